@@ -1,0 +1,40 @@
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { once } from 'node:events';
+import { ChainwardenError } from '../errors.js';
+import { startLocalEnvironment, type EnvironmentDescription } from '../controlplane/environment.js';
+import { parseCommandArgs, progressLine } from './main.js';
+
+/**
+ * `chainwarden devenv --out DIR`: everything a script outside this repository needs to test
+ * against, running until SIGINT or SIGTERM. `DIR/env.json` appears only once all of it is ready,
+ * so a script can wait for that file.
+ */
+export async function runDevenv(args: string[]): Promise<number> {
+  const { values } = parseCommandArgs('devenv', args, {
+    out: { type: 'string' },
+    'keep-state': { type: 'boolean', default: false },
+  });
+  if (!values.out) throw new ChainwardenError('usage', 'devenv needs --out DIR: the directory where env.json is written');
+  const out = path.resolve(values.out);
+  await mkdir(out, { recursive: true });
+
+  const env = await startLocalEnvironment({ progress: progressLine, keepState: values['keep-state'] });
+  const description: EnvironmentDescription = {
+    apiServer: env.apiServer,
+    kubeconfig: env.kubeconfig,
+    caFile: env.caFile,
+    caKeyFile: env.caKeyFile,
+    stsEndpoint: env.stsEndpoint,
+    stateDir: env.stateDir,
+  };
+  const file = path.join(out, 'env.json');
+  await writeFile(`${file}.tmp`, `${JSON.stringify(description, null, 2)}\n`);
+  await rename(`${file}.tmp`, file);
+  progressLine(`ready: ${file} (Ctrl-C or SIGTERM stops everything)`);
+
+  const signal = await Promise.race([once(process, 'SIGINT'), once(process, 'SIGTERM')]);
+  progressLine(`stopping (${String(signal[0] ?? 'signal')})`);
+  await env.stop();
+  return 0;
+}

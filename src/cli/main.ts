@@ -1,0 +1,56 @@
+import { parseArgs } from 'node:util';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import { runDevenv } from './devenv.js';
+import { runProvision } from './provision.js';
+
+const USAGE = `usage: chainwarden <command> [options]
+
+commands:
+  devenv --out DIR [--keep-state]   run a local control plane and STS emulator; write DIR/env.json
+  provision                         build or install the local control plane's components now
+`;
+
+type Command = (args: string[]) => Promise<number>;
+
+const commands: Record<string, Command> = {
+  devenv: runDevenv,
+  provision: runProvision,
+};
+
+/** The `chainwarden` command line; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`chainwarden: unknown command "${name}"\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await command(rest);
+  } catch (err) {
+    const code = err instanceof ChainwardenError ? ` [${err.code}]` : '';
+    process.stderr.write(`chainwarden ${name}: ${errorMessage(err)}${code}\n`);
+    return 1;
+  }
+}
+
+/** parseArgs with errors that name the command and its usage. */
+export function parseCommandArgs<T extends NonNullable<Parameters<typeof parseArgs>[0]>['options']>(
+  command: string,
+  args: string[],
+  options: T,
+) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new ChainwardenError('usage', `${errorMessage(err)}\n\n${USAGE}`);
+  }
+}
+
+export function progressLine(message: string): void {
+  process.stderr.write(`• ${message}\n`);
+}

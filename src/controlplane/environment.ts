@@ -1,0 +1,108 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { CertificateAuthority } from '../pki/authority.js';
+import { ensureAssets, type Progress } from './assets.js';
+import { startEtcd, type Etcd } from './etcd.js';
+import { startKubeApiserver, type KubeApiserver } from './apiserver.js';
+import { startStsEmulator, type StsEmulator } from './moto.js';
+import { kubeConfigFromYaml, kubeconfigYaml } from './kubeconfig.js';
+import { installCrds, PACKAGE_CRD_DIR } from './crds.js';
+
+/**
+ * What a running local environment tells the processes that use it. It is plain JSON: the
+ * devenv command writes it as `env.json`, and the test harness hands it to every test worker.
+ */
+export interface EnvironmentDescription {
+  /** https URL of the API server. */
+  apiServer: string;
+  /** Admin kubeconfig (system:masters); admins may impersonate any user. */
+  kubeconfig: string;
+  /** The cluster CA certificate, and its key, which signs client certificates for any user. */
+  caFile: string;
+  caKeyFile: string;
+  /** http URL of the STS/IAM emulator; POST `/moto-api/reset` forgets its state. */
+  stsEndpoint: string;
+  /** Working directory: kubeconfigs, certificates, component logs. Removed on stop. */
+  stateDir: string;
+}
+
+export interface LocalEnvironment extends EnvironmentDescription {
+  /** The CRDs installed at start. */
+  crds: string[];
+  adminKubeConfig(): KubeConfig;
+  kubeConfigFor(user: string, groups?: readonly string[]): Promise<KubeConfig>;
+  resetSts(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Progress lines for a person watching (first runs build components for minutes). */
+  progress?: Progress;
+  /** CRDs to install; defaults to the package's `crds/`. */
+  crdDir?: string;
+  /** Keep the state directory (logs) after stop. */
+  keepState?: boolean;
+}
+
+/** A kubeconfig for any user and groups, signed by the environment's CA. */
+export async function kubeConfigForUser(env: EnvironmentDescription, user: string, groups: readonly string[] = []): Promise<KubeConfig> {
+  const ca = await CertificateAuthority.load({ certPem: await readFile(env.caFile, 'utf8'), keyPem: await readFile(env.caKeyFile, 'utf8') });
+  return kubeConfigFromYaml(kubeconfigYaml(env.apiServer, ca.certPem, user, await ca.issueClient(user, groups)));
+}
+
+/**
+ * Starts etcd, kube-apiserver and the STS emulator on free loopback ports, installs the CRDs,
+ * and returns once all of them answer. Whatever started is stopped again if a later step fails.
+ */
+export async function startLocalEnvironment(options: StartOptions = {}): Promise<LocalEnvironment> {
+  const progress = options.progress ?? (() => {});
+  const assets = await ensureAssets(progress);
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'chainwarden-env-'));
+  const started: { stop(): Promise<void> }[] = [];
+  const stopAll = async (keepState = options.keepState) => {
+    for (const component of started.reverse()) await component.stop();
+    started.length = 0;
+    if (!keepState) await rm(stateDir, { recursive: true, force: true });
+  };
+  try {
+    progress('starting etcd, kube-apiserver and the STS emulator');
+    const ca = await CertificateAuthority.create('chainwarden-local-ca');
+    const admin = await ca.issueClient('chainwarden-admin', ['system:masters']);
+    const [etcd, sts] = await Promise.all([
+      startEtcd(assets.etcd, stateDir).then((e: Etcd) => (started.push(e.process), e)),
+      startStsEmulator(assets.motoServer, stateDir).then((s: StsEmulator) => (started.push(s.process), s)),
+    ]);
+    const apiserver: KubeApiserver = await startKubeApiserver({ binary: assets.kubeApiserver, etcdUrl: etcd.url, dir: stateDir, ca, admin });
+    started.push(apiserver.process);
+
+    const description: EnvironmentDescription = {
+      apiServer: apiserver.url,
+      kubeconfig: path.join(stateDir, 'admin.kubeconfig'),
+      caFile: path.join(stateDir, 'pki', 'ca.crt'),
+      caKeyFile: path.join(stateDir, 'pki', 'ca.key'),
+      stsEndpoint: sts.endpoint,
+      stateDir,
+    };
+    const adminYaml = kubeconfigYaml(apiserver.url, ca.certPem, 'chainwarden-admin', admin);
+    await writeFile(description.kubeconfig, adminYaml, { mode: 0o600 });
+    await writeFile(description.caKeyFile, ca.keyPem, { mode: 0o600 });
+    const crds = await installCrds(kubeConfigFromYaml(adminYaml), options.crdDir ?? PACKAGE_CRD_DIR);
+    if (crds.length > 0) progress(`installed CRDs: ${crds.join(', ')}`);
+
+    return {
+      ...description,
+      crds,
+      adminKubeConfig: () => kubeConfigFromYaml(adminYaml),
+      kubeConfigFor: (user, groups = []) => kubeConfigForUser(description, user, groups),
+      resetSts: () => sts.reset(),
+      stop: () => stopAll(),
+    };
+  } catch (err) {
+    // Keep the component logs the error points at.
+    await stopAll(true);
+    if (err instanceof Error) err.message += `\n(component logs kept in ${stateDir})`;
+    throw err;
+  }
+}

@@ -1,0 +1,9 @@
+/**
+ * Pinned versions of the components the local control plane runs. Changing one changes the
+ * cache key, so the next run builds (or installs) the new version beside the old one.
+ */
+export const KUBERNETES_VERSION = '1.35.4';
+export const ETCD_VERSION = '3.5.33';
+export const MOTO_VERSION = '5.2.5';
+/** The oldest Go toolchain that builds the pinned kube-apiserver (its go.mod's `go` line). */
+export const MIN_GO_VERSION = '1.25';

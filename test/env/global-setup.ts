@@ -1,0 +1,30 @@
+import type { TestProject } from 'vitest/node';
+import { startLocalEnvironment, type EnvironmentDescription } from '../../src/controlplane/environment.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    env: EnvironmentDescription;
+  }
+}
+
+/**
+ * Starts the one control plane and STS emulator every integration test file shares. A missing
+ * toolchain fails the run with what to install: integration tests never skip.
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const started = Date.now();
+  const env = await startLocalEnvironment({
+    progress: (m) => process.stderr.write(`[control plane] ${m}\n`),
+    keepState: process.env.CHAINWARDEN_KEEP_STATE === '1',
+  });
+  process.stderr.write(`[control plane] ready in ${((Date.now() - started) / 1000).toFixed(1)}s at ${env.apiServer}\n`);
+  project.provide('env', {
+    apiServer: env.apiServer,
+    kubeconfig: env.kubeconfig,
+    caFile: env.caFile,
+    caKeyFile: env.caKeyFile,
+    stsEndpoint: env.stsEndpoint,
+    stateDir: env.stateDir,
+  });
+  return () => env.stop();
+}

@@ -1,0 +1,63 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { describe, expect, it } from 'vitest';
+import type { EnvironmentDescription } from '../../src/controlplane/environment.js';
+import { childPids, commandLine, isRunning } from '../env/processes.js';
+
+const bin = path.resolve(import.meta.dirname, '../../bin/chainwarden.js');
+
+async function startDevenv(): Promise<{ child: ChildProcess; env: EnvironmentDescription; stderr: () => string }> {
+  const out = await mkdtemp(path.join(os.tmpdir(), 'devenv-'));
+  const child = spawn(process.execPath, [bin, 'devenv', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  const file = path.join(out, 'env.json');
+  const deadline = Date.now() + 90_000;
+  while (!existsSync(file)) {
+    if (child.exitCode !== null) throw new Error(`devenv exited ${child.exitCode}: ${stderr}`);
+    if (Date.now() > deadline) throw new Error(`devenv wrote no env.json in 90s: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, env: JSON.parse(await readFile(file, 'utf8')) as EnvironmentDescription, stderr: () => stderr };
+}
+
+function componentsOf(pid: number): Map<number, string> {
+  return new Map(childPids(pid).map((p) => [p, commandLine(p)]));
+}
+
+describe('chainwarden devenv', () => {
+  it('writes env.json for a working cluster and STS endpoint, and SIGTERM leaves nothing running', async () => {
+    const { child, env } = await startDevenv();
+    const components = componentsOf(child.pid ?? 0);
+    const commands = [...components.values()].join('\n');
+    expect(commands).toMatch(/etcd/);
+    expect(commands).toMatch(/kube-apiserver/);
+    expect(commands).toMatch(/moto_server/);
+
+    const kc = new KubeConfig();
+    kc.loadFromFile(env.kubeconfig);
+    const namespaces = await kc.makeApiClient(CoreV1Api).listNamespace();
+    expect(namespaces.items.map((n) => n.metadata?.name)).toEqual(expect.arrayContaining(['default', 'kube-system']));
+    const sts = new STSClient({ region: 'us-east-1', endpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'x' } });
+    expect((await sts.send(new GetCallerIdentityCommand({}))).Account).toBe('123456789012');
+
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    for (const pid of components.keys()) expect(isRunning(pid), components.get(pid)).toBe(false);
+    expect(existsSync(env.stateDir)).toBe(false);
+  });
+
+  it('leaves nothing running when it is killed outright', async () => {
+    const { child } = await startDevenv();
+    const components = componentsOf(child.pid ?? 0);
+    expect(components.size).toBe(3);
+    child.kill('SIGKILL');
+    await expect.poll(() => [...components.keys()].filter(isRunning), { timeout: 10_000 }).toEqual([]);
+  });
+});

@@ -1,0 +1,29 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    reporters: ['default', './test/reporters/summary.ts'],
+    teardownTimeout: 60_000,
+    projects: [
+      {
+        test: {
+          name: 'unit',
+          include: ['test/unit/**/*.test.ts'],
+        },
+      },
+      {
+        test: {
+          name: 'integration',
+          include: ['test/integration/**/*.test.ts'],
+          // One control plane per run, shared by every file; each test gets its own namespace.
+          globalSetup: ['./test/env/global-setup.ts'],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+          // Files run one at a time: they share one API server and one STS emulator whose reset
+          // API clears everything, and two cores gain little from running them side by side.
+          fileParallelism: false,
+        },
+      },
+    ],
+  },
+});
