@@ -4,6 +4,9 @@ import { once } from 'node:events';
 import { ChainwardenError } from '../errors.js';
 import { startLocalEnvironment, type EnvironmentDescription } from '../controlplane/environment.js';
 import { parseCommandArgs, progressLine } from './main.js';
+import { createLogger } from '../log.js';
+import { pino } from 'pino';
+import { startOperator, type RunningOperator } from '../operator/operator.js';
 
 /**
  * `chainwarden devenv --out DIR`: everything a script outside this repository needs to test
@@ -14,6 +17,7 @@ export async function runDevenv(args: string[]): Promise<number> {
   const { values } = parseCommandArgs('devenv', args, {
     out: { type: 'string' },
     'keep-state': { type: 'boolean', default: false },
+    'no-operator': { type: 'boolean', default: false },
   });
   if (!values.out) throw new ChainwardenError('usage', 'devenv needs --out DIR: the directory where env.json is written');
   const out = path.resolve(values.out);
@@ -28,6 +32,19 @@ export async function runDevenv(args: string[]): Promise<number> {
     stsEndpoint: env.stsEndpoint,
     stateDir: env.stateDir,
   };
+  let operator: RunningOperator | undefined;
+  if (!values['no-operator']) {
+    try {
+      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {} });
+    } catch (err) {
+      await env.stop();
+      throw err;
+    }
+    description.brokerUrl = operator.url;
+    description.brokerCA = path.join(env.stateDir, 'broker-ca.crt');
+    await writeFile(description.brokerCA, operator.caPem);
+    progressLine(`operator serving at ${operator.url}`);
+  }
   const file = path.join(out, 'env.json');
   await writeFile(`${file}.tmp`, `${JSON.stringify(description, null, 2)}\n`);
   await rename(`${file}.tmp`, file);
@@ -35,6 +52,7 @@ export async function runDevenv(args: string[]): Promise<number> {
 
   const signal = await Promise.race([once(process, 'SIGINT'), once(process, 'SIGTERM')]);
   progressLine(`stopping (${String(signal[0] ?? 'signal')})`);
+  await operator?.stop();
   await env.stop();
   return 0;
 }

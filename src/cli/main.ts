@@ -2,12 +2,15 @@ import { parseArgs } from 'node:util';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { runDevenv } from './devenv.js';
 import { runProvision } from './provision.js';
+import { runCrds } from './crds.js';
 
 const USAGE = `usage: chainwarden <command> [options]
 
 commands:
-  devenv --out DIR [--keep-state]   run a local control plane and STS emulator; write DIR/env.json
+  devenv --out DIR [--keep-state] [--no-operator]
+                                    run a local control plane, STS emulator and the operator; write DIR/env.json
   provision                         build or install the local control plane's components now
+  crds [--write DIR]                print the CRDs (or write one file per kind to DIR)
 `;
 
 type Command = (args: string[]) => Promise<number>;
@@ -15,6 +18,7 @@ type Command = (args: string[]) => Promise<number>;
 const commands: Record<string, Command> = {
   devenv: runDevenv,
   provision: runProvision,
+  crds: runCrds,
 };
 
 /** The `chainwarden` command line; returns the exit code. */

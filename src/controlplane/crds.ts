@@ -1,9 +1,10 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiextensionsV1Api, KubernetesObjectApi, PatchStrategy, type KubeConfig, type V1CustomResourceDefinition } from '@kubernetes/client-node';
+import { ApiextensionsV1Api, type KubeConfig, type V1CustomResourceDefinition } from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
-import { ChainwardenError } from '../errors.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import { serverSideApply } from '../kube/raw.js';
 
 /** The package's own `crds/` directory, from `src/controlplane` and from `dist/controlplane` alike. */
 export const PACKAGE_CRD_DIR = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'crds');
@@ -32,9 +33,13 @@ export async function readCrds(dir: string): Promise<V1CustomResourceDefinition[
  */
 export async function installCrds(kc: KubeConfig, dir: string, timeoutMs = 30_000): Promise<string[]> {
   const crds = await readCrds(dir);
-  const objects = KubernetesObjectApi.makeApiClient(kc);
   for (const crd of crds) {
-    await objects.patch(crd, undefined, undefined, 'chainwarden', true, PatchStrategy.ServerSideApply);
+    const name = crd.metadata?.name ?? '';
+    try {
+      await serverSideApply(kc, `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}`, crd);
+    } catch (err) {
+      throw new ChainwardenError('crd_install_failed', `installing CRD ${name} from ${dir}: ${errorMessage(err)}`, { cause: err });
+    }
   }
   const ext = kc.makeApiClient(ApiextensionsV1Api);
   const names = crds.map((c) => c.metadata?.name ?? '');

@@ -26,6 +26,10 @@ export interface EnvironmentDescription {
   stsEndpoint: string;
   /** Working directory: kubeconfigs, certificates, component logs. Removed on stop. */
   stateDir: string;
+  /** https URL of the operator (webhooks and broker), when one runs. */
+  brokerUrl?: string;
+  /** PEM file of the CA that signed the operator's serving certificate. */
+  brokerCA?: string;
 }
 
 export interface LocalEnvironment extends EnvironmentDescription {

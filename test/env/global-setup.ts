@@ -1,5 +1,9 @@
 import type { TestProject } from 'vitest/node';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { startLocalEnvironment, type EnvironmentDescription } from '../../src/controlplane/environment.js';
+import { createLogger } from '../../src/log.js';
+import { startOperator } from '../../src/operator/operator.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -17,6 +21,13 @@ export default async function setup(project: TestProject): Promise<() => Promise
     progress: (m) => process.stderr.write(`[control plane] ${m}\n`),
     keepState: process.env.CHAINWARDEN_KEEP_STATE === '1',
   });
+  const log = createLogger({ level: process.env.CHAINWARDEN_LOG_LEVEL ?? 'warn', name: 'operator' });
+  const operator = await startOperator({ kc: env.adminKubeConfig(), log, register: {} }).catch(async (err: unknown) => {
+    await env.stop();
+    throw err;
+  });
+  const brokerCA = path.join(env.stateDir, 'broker-ca.crt');
+  await writeFile(brokerCA, operator.caPem);
   process.stderr.write(`[control plane] ready in ${((Date.now() - started) / 1000).toFixed(1)}s at ${env.apiServer}\n`);
   project.provide('env', {
     apiServer: env.apiServer,
@@ -25,6 +36,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
     caKeyFile: env.caKeyFile,
     stsEndpoint: env.stsEndpoint,
     stateDir: env.stateDir,
+    brokerUrl: operator.url,
+    brokerCA,
   });
-  return () => env.stop();
+  return async () => {
+    await operator.stop();
+    await env.stop();
+  };
 }

@@ -1,0 +1,73 @@
+import { serverSideApply } from '../kube/raw.js';
+import {
+  type KubeConfig,
+  type V1MutatingWebhookConfiguration,
+  type V1ValidatingWebhookConfiguration,
+  type AdmissionregistrationV1WebhookClientConfig,
+} from '@kubernetes/client-node';
+import { GROUP, VERSION } from '../api/schema.js';
+
+/** Where the API server reaches the webhooks: a URL (local runs) or a Service (in cluster). */
+export interface WebhookEndpoint {
+  url?: string;
+  service?: { namespace: string; name: string; port: number };
+  caBundlePem: string;
+}
+
+export const WEBHOOK_CONFIGURATION_NAME = 'chainwarden';
+
+function clientConfig(endpoint: WebhookEndpoint, path: string): AdmissionregistrationV1WebhookClientConfig {
+  const caBundle = Buffer.from(endpoint.caBundlePem).toString('base64');
+  if (endpoint.service) return { service: { ...endpoint.service, path }, caBundle };
+  return { url: `${endpoint.url ?? ''}${path}`, caBundle };
+}
+
+const common = () => ({
+  admissionReviewVersions: ['v1'],
+  sideEffects: 'None',
+  failurePolicy: 'Fail',
+  matchPolicy: 'Equivalent',
+  timeoutSeconds: 5,
+});
+
+/** The webhook configurations, scoped to exactly the resources and operations each plugin handles. */
+export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingWebhookConfiguration, V1MutatingWebhookConfiguration] {
+  const labels = { 'app.kubernetes.io/part-of': 'chainwarden' };
+  return [
+    {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'ValidatingWebhookConfiguration',
+      metadata: { name: WEBHOOK_CONFIGURATION_NAME, labels },
+      webhooks: [
+        {
+          name: 'resources.validate.chainwarden.io',
+          clientConfig: clientConfig(endpoint, '/validate'),
+          rules: [{ apiGroups: [GROUP], apiVersions: [VERSION], operations: ['CREATE', 'UPDATE'], resources: ['agenttasks', 'agentpolicies', 'agentapprovals'], scope: 'Namespaced' }],
+          ...common(),
+        },
+      ],
+    },
+    {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: WEBHOOK_CONFIGURATION_NAME, labels },
+      webhooks: [
+        {
+          name: 'approvers.mutate.chainwarden.io',
+          clientConfig: clientConfig(endpoint, '/mutate'),
+          rules: [{ apiGroups: [GROUP], apiVersions: [VERSION], operations: ['CREATE', 'UPDATE'], resources: ['agentapprovals'], scope: 'Namespaced' }],
+          reinvocationPolicy: 'Never',
+          ...common(),
+        },
+      ],
+    },
+  ];
+}
+
+/** Server-side applies both configurations; the API server calls the webhooks from then on. */
+export async function registerWebhooks(kc: KubeConfig, endpoint: WebhookEndpoint): Promise<void> {
+  const [validating, mutating] = webhookConfigurations(endpoint);
+  const base = '/apis/admissionregistration.k8s.io/v1';
+  await serverSideApply(kc, `${base}/validatingwebhookconfigurations/${WEBHOOK_CONFIGURATION_NAME}`, validating);
+  await serverSideApply(kc, `${base}/mutatingwebhookconfigurations/${WEBHOOK_CONFIGURATION_NAME}`, mutating);
+}

@@ -1,0 +1,63 @@
+import { InvalidObjectError, type FieldViolation } from '../api/parse.js';
+
+/** The parts of an admission.k8s.io/v1 AdmissionRequest the plugins read. */
+export interface AdmissionRequest {
+  uid: string;
+  kind: { group: string; version: string; kind: string };
+  resource: { group: string; version: string; resource: string };
+  subResource?: string;
+  operation: 'CREATE' | 'UPDATE' | 'DELETE' | 'CONNECT';
+  namespace?: string;
+  name?: string;
+  userInfo: { username?: string; uid?: string; groups?: string[]; extra?: Record<string, string[]> };
+  object?: unknown;
+  oldObject?: unknown;
+  dryRun?: boolean;
+}
+
+export interface JsonPatchOperation {
+  op: 'add' | 'replace' | 'remove';
+  path: string;
+  value?: unknown;
+}
+
+/** What a plugin decides. A denial lists every violation it found, each with its field path. */
+export type Verdict =
+  | { allowed: true; patch?: JsonPatchOperation[]; warnings?: string[] }
+  | { allowed: false; message: string; violations?: FieldViolation[]; code?: number };
+
+export const allow = (patch?: JsonPatchOperation[], warnings?: string[]): Verdict => ({ allowed: true, patch, warnings });
+
+export function deny(kind: string, violations: FieldViolation[]): Verdict {
+  return {
+    allowed: false,
+    code: 422,
+    violations,
+    message: `${kind} rejected: ${violations.map((v) => `${v.field}: ${v.message}`).join('; ')}`,
+  };
+}
+
+/** One link of a webhook's chain: it sees the requests for its resources and operations. */
+export interface AdmissionPlugin {
+  name: string;
+  resources: readonly string[];
+  operations: readonly AdmissionRequest['operation'][];
+  admit(request: AdmissionRequest): Promise<Verdict>;
+}
+
+/** JSON Pointer escaping for one path segment. */
+export const pointer = (segment: string) => segment.replace(/~/g, '~0').replace(/\//g, '~1');
+
+/**
+ * Parses the object under review. One that does not fit the schema yields undefined: the
+ * plugins then let it pass to the API server's own schema and CEL validation, which refuses
+ * it with the messages written next to each rule. Context checks need a well-formed object.
+ */
+export function parseForAdmission<T>(parse: (raw: unknown) => T, raw: unknown): T | undefined {
+  try {
+    return parse(raw);
+  } catch (err) {
+    if (err instanceof InvalidObjectError) return undefined;
+    throw err;
+  }
+}

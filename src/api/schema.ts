@@ -1,0 +1,513 @@
+/**
+ * The v1alpha1 API, defined once. The CRDs in `crds/` are rendered from these schemas
+ * (`chainwarden crds`), the TypeScript types are their static types, and the runtime parser
+ * checks objects against them; a unit test fails when `crds/` drifts from what this file renders.
+ *
+ * Static rules live here, as OpenAPI and CEL (`x-kubernetes-validations`), so the API server
+ * itself rejects a wrong manifest with the message written next to the rule. Rules that need
+ * another object (the task's policy, the requesting user) live in the admission webhooks.
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { DURATION_PATTERN } from './duration.js';
+
+export const GROUP = 'chainwarden.io';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+
+interface CelRule {
+  rule: string;
+  message: string;
+  fieldPath?: string;
+  reason?: 'FieldValueInvalid' | 'FieldValueForbidden' | 'FieldValueRequired' | 'FieldValueDuplicate';
+}
+
+const cel = (...rules: CelRule[]) => ({ 'x-kubernetes-validations': rules });
+
+/** A regular expression as a CEL string literal (CEL, like Go, reads backslash escapes). */
+const celString = (regex: string) => `'${regex.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+const matches = (regex: string) => `self.matches(${celString(regex)})`;
+
+const NAME_RULE = matches(String.raw`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`);
+const LABEL_RULE = matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$');
+const ROLE_ARN = '^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$';
+const ROLE_ARN_GLOB = '^arn:aws[a-z*-]*:iam::([0-9]{12}|[*]):role/[A-Za-z0-9+=,.@_/*?-]{1,512}$';
+const TAG_KEY = String.raw`^[\p{L}\p{Z}\p{N}_.:/=+@-]{1,128}$`;
+const TAG_VALUE = String.raw`^[\p{L}\p{Z}\p{N}_.:/=+@-]{0,256}$`;
+const TOKEN = '^[A-Za-z0-9_.:/*?-]+$';
+
+/** Tags chainwarden adds to every session (task, namespace, service account); STS allows 50 in all. */
+export const RESERVED_SESSION_TAGS = 3;
+export const MAX_USER_SESSION_TAGS = 50 - RESERVED_SESSION_TAGS;
+export const MAX_SESSION_POLICY_CHARS = 2048;
+
+function durationRules(range: { min: string; minExclusive?: boolean; max: string }, hint: string): CelRule[] {
+  const valid = matches(DURATION_PATTERN);
+  const lower = range.minExclusive ? `duration(self) > duration('${range.min}')` : `duration(self) >= duration('${range.min}')`;
+  return [
+    { rule: valid, message: 'must be a duration such as 30m, 1h or 1h30m (units: s, m, h)' },
+    { rule: `!${valid} || (${lower} && duration(self) <= duration('${range.max}'))`, message: hint },
+  ];
+}
+
+const Duration = (
+  description: string,
+  range: { min: string; minExclusive?: boolean; max: string },
+  hint: string,
+  options: { default?: string; rules?: CelRule[] } = {},
+) => {
+  const { rules = [], ...extra } = options;
+  return Type.String({ description, maxLength: 32, ...extra, ...cel(...durationRules(range, hint), ...rules) });
+};
+
+const Timestamp = (description: string) => Type.String({ description, format: 'date-time' });
+
+const ObjectName = (description: string, ...rules: CelRule[]) =>
+  Type.String({ description, minLength: 1, maxLength: 253, ...cel({ rule: NAME_RULE, message: 'must be a lowercase DNS name: letters, digits, "-" and "."' }, ...rules) });
+
+const Condition = Type.Object(
+  {
+    type: Type.String({ description: 'Kind of condition: Ready, IdentityBound, CredentialsIssued, Completed, Violated, Revoked or Expired.', maxLength: 316 }),
+    status: Type.Union([Type.Literal('True'), Type.Literal('False'), Type.Literal('Unknown')], { description: 'True, False or Unknown.' }),
+    reason: Type.String({ description: 'A CamelCase word saying why; each reason is documented in the README.', maxLength: 1024 }),
+    message: Type.String({ description: 'What happened and, when something is wrong, what to do about it.', maxLength: 32768 }),
+    lastTransitionTime: Timestamp('When the status last changed; a repeated observation does not move it.'),
+    observedGeneration: Type.Optional(Type.Integer({ description: 'The .metadata.generation this condition was computed from.', minimum: 0 })),
+  },
+  { description: 'A condition in the Kubernetes convention.' },
+);
+
+const Conditions = Type.Array(Condition, {
+  description: 'Conditions, one per type.',
+  maxItems: 16,
+  'x-kubernetes-list-type': 'map',
+  'x-kubernetes-list-map-keys': ['type'],
+});
+
+const Limits = (defaults: boolean) =>
+  Type.Object(
+    {
+      maxHops: Type.Optional(
+        Type.Integer({ description: 'Most hops (tool calls and handoffs) the task may make in all.', minimum: 1, maximum: 100000, ...(defaults ? { default: 100 } : {}) }),
+      ),
+      maxDepth: Type.Optional(
+        Type.Integer({ description: 'Deepest a chain of hops may go (a hop with no parent has depth 1).', minimum: 1, maximum: 64, ...(defaults ? { default: 6 } : {}) }),
+      ),
+    },
+    { description: defaults ? 'Limits every task under this policy must stay within.' : "Limits for this task; each must be within the policy's." },
+  );
+
+// ---------------------------------------------------------------------------------------------
+// AgentPolicy
+
+const System = Type.Object({
+  name: Type.String({ description: 'The tool or system name hops use in their `tool` field, e.g. tickets.', minLength: 1, maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }) }),
+  trustBoundary: Type.Optional(
+    Type.Union([Type.Literal('internal'), Type.Literal('external')], { description: 'internal: inside the organisation; external: data leaving it (email, third-party APIs).', default: 'internal' }),
+  ),
+  dataClasses: Type.Optional(
+    Type.Array(Type.String({ maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name such as pii or payment-card' }) }), {
+      description: 'Classes of data a hop to this system touches, e.g. pii. Rules can refer to them afterwards.',
+      maxItems: 20,
+    }),
+  ),
+});
+
+const Glob = (what: string) => Type.String({ description: what, minLength: 1, maxLength: 256, ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcards * and ?' }) });
+
+const RuleWhen = Type.Object(
+  {
+    afterDataClasses: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'Match only once the task has touched any of these data classes.', maxItems: 20 })),
+    afterSystems: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'Match only once the task has called any of these systems.', maxItems: 20 })),
+    crossesTrustBoundary: Type.Optional(Type.Boolean({ description: 'Match only hops that go from internal systems to an external one (true) or that do not (false).' })),
+    minDepth: Type.Optional(Type.Integer({ description: 'Match only hops at this depth or deeper.', minimum: 1, maximum: 64 })),
+  },
+  { description: 'Conditions on the chain so far; all given must hold.' },
+);
+
+const PolicyRule = Type.Object({
+  name: Type.String({ description: 'Unique name; decisions cite it as the reason.', minLength: 1, maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }) }),
+  effect: Type.Union([Type.Literal('Allow'), Type.Literal('Deny'), Type.Literal('RequireApproval')], {
+    description: 'Allow, Deny, or RequireApproval (the hop waits for an AgentApproval). Deny wins over RequireApproval, which wins over Allow.',
+  }),
+  tools: Type.Array(Glob('A tool name or glob, e.g. tickets or *.'), { description: 'Tools the rule applies to.', minItems: 1, maxItems: 50 }),
+  actions: Type.Array(Glob('An action or glob, e.g. read or admin.*.'), { description: 'Actions the rule applies to.', minItems: 1, maxItems: 50 }),
+  resources: Type.Optional(Type.Array(Glob('A resource or glob, e.g. ticket/*.'), { description: 'Resources the rule applies to; every resource when left out.', maxItems: 50 })),
+  when: Type.Optional(RuleWhen),
+  description: Type.Optional(Type.String({ description: 'Why the rule exists, for people reading the policy.', maxLength: 1024 })),
+});
+
+export const AgentPolicySpec = Type.Object(
+  {
+    maxTaskTTL: Type.Optional(
+      Duration('Longest ttl a task under this policy may ask for.', { min: '0s', minExclusive: true, max: '24h' }, 'must be more than 0s and at most 24h', { default: '1h' }),
+    ),
+    limits: Type.Optional(Type.Object(Limits(true).properties, { description: Limits(true).description, default: {} })),
+    aws: Type.Optional(
+      Type.Object(
+        {
+          allowedRoleArns: Type.Optional(
+            Type.Array(
+              Type.String({
+                maxLength: 600,
+                ...cel({ rule: matches(ROLE_ARN_GLOB), message: 'must be an IAM role ARN, globs allowed: arn:aws:iam::111122223333:role/support-*' }),
+              }),
+              { description: 'IAM roles tasks may assume, as ARNs with * and ? globs. None when left out.', maxItems: 50 },
+            ),
+          ),
+          maxDuration: Type.Optional(
+            Duration('Longest AWS session a task may ask for.', { min: '15m', max: '12h' }, 'must be between 15m (the STS minimum) and 12h (the STS maximum)', { default: '1h' }),
+          ),
+        },
+        { description: 'What tasks may do in AWS.' },
+      ),
+    ),
+    systems: Type.Optional(
+      Type.Array(System, {
+        description: 'The tools and systems agents call; they feed the chain context rules see.',
+        maxItems: 100,
+        ...cel({ rule: 'self.all(s, self.exists_one(t, t.name == s.name))', message: 'system names must be unique' }),
+      }),
+    ),
+    rules: Type.Optional(
+      Type.Array(PolicyRule, {
+        description: 'Hop rules. A hop no rule allows is denied; Deny and a failed limit win over Allow.',
+        maxItems: 200,
+        ...cel({ rule: 'self.all(r, self.exists_one(q, q.name == r.name))', message: 'rule names must be unique' }),
+      }),
+    ),
+    cedar: Type.Optional(
+      Type.String({ description: 'Raw Cedar policies added to the compiled rules; validated against the chainwarden Cedar schema.', maxLength: 65536 }),
+    ),
+    onViolation: Type.Optional(
+      Type.Union([Type.Literal('Revoke'), Type.Literal('Deny')], {
+        description: 'Revoke: a denied hop ends the task and revokes all it holds. Deny: only that hop is refused.',
+        default: 'Revoke',
+      }),
+    ),
+    approval: Type.Optional(
+      Type.Object(
+        {
+          timeout: Type.Optional(
+            Duration('How long a hop waits for an AgentApproval before it is denied.', { min: '1m', max: '24h' }, 'must be between 1m and 24h', { default: '15m' }),
+          ),
+        },
+        { description: 'How approvals work.', default: {} },
+      ),
+    ),
+  },
+  { description: 'What tasks under this policy may do.' },
+);
+
+export const AgentPolicyStatus = Type.Object(
+  {
+    observedGeneration: Type.Optional(Type.Integer({ description: 'The generation the status describes.', minimum: 0 })),
+    rules: Type.Optional(Type.Integer({ description: 'Cedar policies in force: compiled rules plus raw Cedar.', minimum: 0 })),
+    conditions: Type.Optional(Conditions),
+  },
+  { description: 'Written by the operator.' },
+);
+
+// ---------------------------------------------------------------------------------------------
+// AgentTask
+
+const AwsCredential = Type.Object(
+  {
+    roleArn: Type.String({
+      description: 'The IAM role to assume; the task policy must allow it.',
+      maxLength: 600,
+      ...cel({ rule: matches(ROLE_ARN), message: 'must be an IAM role ARN such as arn:aws:iam::111122223333:role/support-agent' }),
+    }),
+    duration: Type.Optional(
+      Duration('Session length; planned from the deadline when left out.', { min: '15m', max: '12h' }, 'must be between 15m (the STS minimum) and 12h (the STS maximum)'),
+    ),
+    sessionPolicy: Type.Optional(
+      Type.String({
+        description: 'Inline IAM session policy (JSON) that narrows the role for this task.',
+        maxLength: MAX_SESSION_POLICY_CHARS,
+      }),
+    ),
+    sessionTags: Type.Optional(
+      Type.Record(Type.String(), Type.String({ maxLength: 256 }), {
+        description: `Extra session tags. chainwarden adds ${RESERVED_SESSION_TAGS} of its own (task, namespace, service account).`,
+        maxProperties: MAX_USER_SESSION_TAGS,
+        ...cel(
+          {
+            rule: `self.all(k, k.matches(${celString(TAG_KEY)}))`,
+            message: 'tag keys must be 1-128 characters of letters, digits, spaces and _ . : / = + - @',
+          },
+          { rule: `self.all(k, self[k].matches(${celString(TAG_VALUE)}))`, message: 'tag values must be at most 256 characters of letters, digits, spaces and _ . : / = + - @' },
+          { rule: "self.all(k, !k.lowerAscii().startsWith('chainwarden'))", message: 'tag keys starting with chainwarden are reserved for the tags chainwarden adds' },
+        ),
+      }),
+    ),
+    webIdentity: Type.Optional(
+      Type.Boolean({ description: "true: AssumeRoleWithWebIdentity with the task's JWT-SVID instead of the operator's own identity.", default: false }),
+    ),
+  },
+  { description: 'AWS credentials through STS.' },
+);
+
+const CredentialRequest = Type.Object({
+  name: Type.String({
+    description: 'default is served at /v1/credentials; others at /v1/credentials/{name}.',
+    minLength: 1,
+    maxLength: 63,
+    ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }),
+  }),
+  aws: AwsCredential,
+});
+
+export const AgentTaskSpec = Type.Object(
+  {
+    serviceAccountName: ObjectName('The service account the agent pods run as. They are labelled chainwarden.io/task=<task name>.'),
+    policyRef: Type.Object(
+      {
+        name: ObjectName('Name of an AgentPolicy in the same namespace.'),
+      },
+      { description: 'The AgentPolicy that governs this task.' },
+    ),
+    ttl: Duration('How long the task may run, counted from creation; the deadline.', { min: '0s', minExclusive: true, max: '24h' }, 'must be more than 0s and at most 24h'),
+    intent: Type.Optional(Type.String({ description: 'What the task is for, in a sentence; recorded in the audit trail.', maxLength: 1024 })),
+    limits: Type.Optional(Limits(false)),
+    credentials: Type.Optional(
+      Type.Array(CredentialRequest, {
+        description: 'Credentials the broker issues to the agent pods.',
+        maxItems: 10,
+        ...cel({ rule: 'self.all(c, self.exists_one(d, d.name == c.name))', message: 'credential names must be unique' }),
+      }),
+    ),
+  },
+  {
+    description: 'One chain of agent work.',
+    // Transition rules (those reading oldSelf) sit here, on the parent, with a fieldPath: the API
+    // server skips a field's whole rule list on create when any rule in it reads oldSelf.
+    ...cel(
+      { rule: 'self.serviceAccountName == oldSelf.serviceAccountName', message: 'is immutable: the task identity is bound to it; create a new AgentTask instead', fieldPath: '.serviceAccountName' },
+      { rule: 'self.policyRef == oldSelf.policyRef', message: 'is immutable; create a new AgentTask to use another policy', fieldPath: '.policyRef' },
+      { rule: 'self.ttl == oldSelf.ttl', message: 'is immutable: the deadline is fixed when the task is created', fieldPath: '.ttl' },
+      {
+        rule: 'has(self.credentials) == has(oldSelf.credentials) && (!has(self.credentials) || self.credentials == oldSelf.credentials)',
+        message: 'are immutable once the task exists; create a new AgentTask instead',
+        fieldPath: '.credentials',
+      },
+    ),
+  },
+);
+
+const BoundPod = Type.Object({
+  name: Type.String({ description: 'Pod name.' }),
+  uid: Type.String({ description: 'Pod UID; a replaced pod has a new one and must be bound again.' }),
+});
+
+const IssuedSession = Type.Object({
+  credential: Type.String({ description: 'The credential request this session serves.' }),
+  accessKeyId: Type.String({ description: 'Access key id of the session (never the secret).' }),
+  expiration: Timestamp('When the session expires at STS.'),
+  sessionName: Type.String({ description: 'The RoleSessionName, deterministic per task.' }),
+  issuedBy: Type.Optional(Type.String({ description: 'The operator replica that issued it.' })),
+  issuedAt: Type.Optional(Timestamp('When it was issued.')),
+});
+
+export const TASK_STATES = ['Pending', 'Bound', 'Completed', 'Expired', 'Violated'] as const;
+
+export const AgentTaskStatus = Type.Object(
+  {
+    state: Type.Optional(
+      Type.Union(
+        TASK_STATES.map((s) => Type.Literal(s)),
+        { description: 'Summary of the conditions: Pending, Bound, Completed, Expired or Violated.' },
+      ),
+    ),
+    observedGeneration: Type.Optional(Type.Integer({ description: 'The generation the status describes.', minimum: 0 })),
+    spiffeID: Type.Optional(Type.String({ description: 'spiffe://<trust-domain>/ns/<ns>/sa/<sa>/task/<task>' })),
+    boundPods: Type.Optional(Type.Array(BoundPod, { description: 'Pods holding the task identity.', maxItems: 64 })),
+    deadline: Type.Optional(Timestamp('Creation time plus ttl.')),
+    credentials: Type.Optional(
+      Type.Object(
+        {
+          sourceIdentity: Type.Optional(Type.String({ description: 'The immutable per-task marker set as STS SourceIdentity.' })),
+          sessions: Type.Optional(Type.Array(IssuedSession, { description: 'Every STS session issued, recorded before it was handed out.', maxItems: 1000 })),
+          expiration: Type.Optional(Timestamp('Latest expiry of any session issued.')),
+          revokedAt: Type.Optional(Timestamp('When the task was revoked.')),
+          awsDenyInPlace: Type.Optional(Type.Boolean({ description: "Whether the deny on the task's SourceIdentity is written to the roles." })),
+        },
+        { description: 'What was issued and revoked.' },
+      ),
+    ),
+    hops: Type.Optional(
+      Type.Object(
+        {
+          allowed: Type.Integer({ description: 'Hops allowed.', minimum: 0 }),
+          denied: Type.Integer({ description: 'Hops denied.', minimum: 0 }),
+          pending: Type.Integer({ description: 'Hops waiting for approval.', minimum: 0 }),
+        },
+        { description: 'Hop counts.' },
+      ),
+    ),
+    violation: Type.Optional(
+      Type.Object(
+        {
+          hopId: Type.String({ description: 'The hop that violated the policy.' }),
+          rule: Type.String({ description: 'The rule or limit it broke.' }),
+          message: Type.String({ description: 'What happened.' }),
+        },
+        { description: 'Why the task was stopped, when it was.' },
+      ),
+    ),
+    audit: Type.Optional(
+      Type.Object(
+        {
+          head: Type.String({ description: "SHA-256 of the task's latest audit record." }),
+          count: Type.Integer({ description: 'Records in the chain.', minimum: 0 }),
+        },
+        { description: 'The head of the audit hash chain, to check an audit stream against.' },
+      ),
+    ),
+    conditions: Type.Optional(Conditions),
+  },
+  { description: 'Written by the operator only.' },
+);
+
+// ---------------------------------------------------------------------------------------------
+// AgentApproval
+
+export const AgentApprovalSpec = Type.Object(
+  {
+    taskRef: Type.Object({ name: ObjectName('Name of the AgentTask in the same namespace.') }, { description: 'The task whose hop this decides.' }),
+    hopId: Type.String({
+      description: 'The pending hop, as answered by POST /v1/hops.',
+      minLength: 1,
+      maxLength: 128,
+      ...cel({ rule: matches('^[A-Za-z0-9_-]+$'), message: 'must be a hop id as the broker returned it (letters, digits, _ and -)' }),
+    }),
+    decision: Type.Union([Type.Literal('Approve'), Type.Literal('Reject')], { description: 'Approve or Reject.' }),
+    reason: Type.Optional(Type.String({ description: 'Why; recorded in the audit trail.', maxLength: 1024 })),
+    approver: Type.Optional(
+      Type.Object(
+        {
+          username: Type.String({ description: 'The user who created the approval.', maxLength: 512 }),
+          uid: Type.Optional(Type.String({ description: "The user's uid, when the authenticator gives one.", maxLength: 512 })),
+          groups: Type.Optional(Type.Array(Type.String({ maxLength: 512 }), { description: "The user's groups.", maxItems: 256 })),
+        },
+        { description: 'Set by admission from the requesting user; a value in the request body is replaced.' },
+      ),
+    ),
+  },
+  {
+    description: 'A human decision on one pending hop.',
+    ...cel({ rule: 'self == oldSelf', message: 'an AgentApproval is immutable once created; create a new one to change a decision' }),
+  },
+);
+
+// ---------------------------------------------------------------------------------------------
+
+export const ObjectMeta = Type.Object(
+  {
+    name: Type.Optional(Type.String()),
+    namespace: Type.Optional(Type.String()),
+    uid: Type.Optional(Type.String()),
+    generation: Type.Optional(Type.Integer()),
+    resourceVersion: Type.Optional(Type.String()),
+    creationTimestamp: Type.Optional(Type.String()),
+    deletionTimestamp: Type.Optional(Type.String()),
+    labels: Type.Optional(Type.Record(Type.String(), Type.String())),
+    annotations: Type.Optional(Type.Record(Type.String(), Type.String())),
+    finalizers: Type.Optional(Type.Array(Type.String())),
+  },
+  { additionalProperties: true },
+);
+
+export interface PrinterColumn {
+  name: string;
+  type: 'string' | 'integer' | 'date' | 'boolean' | 'number';
+  jsonPath: string;
+  description: string;
+  priority?: number;
+}
+
+export interface KindDefinition {
+  kind: string;
+  plural: string;
+  singular: string;
+  shortNames: string[];
+  description: string;
+  spec: TSchema;
+  status?: TSchema;
+  printerColumns: PrinterColumn[];
+}
+
+export const KINDS: KindDefinition[] = [
+  {
+    kind: 'AgentTask',
+    plural: 'agenttasks',
+    singular: 'agenttask',
+    shortNames: ['at'],
+    description: 'One chain of agent work: who runs it, its deadline, its policy, the credentials it may get and its limits.',
+    spec: AgentTaskSpec,
+    status: AgentTaskStatus,
+    printerColumns: [
+      { name: 'State', type: 'string', jsonPath: '.status.state', description: 'Pending, Bound, Completed, Expired or Violated.' },
+      { name: 'SPIFFE ID', type: 'string', jsonPath: '.status.spiffeID', description: 'The identity bound to the agent pods.' },
+      { name: 'Creds Expire', type: 'date', jsonPath: '.status.credentials.expiration', description: 'Latest expiry of an issued session.' },
+      { name: 'Allowed', type: 'integer', jsonPath: '.status.hops.allowed', description: 'Hops allowed.' },
+      { name: 'Denied', type: 'integer', jsonPath: '.status.hops.denied', description: 'Hops denied.' },
+      { name: 'Policy', type: 'string', jsonPath: '.spec.policyRef.name', description: 'The governing AgentPolicy.', priority: 1 },
+      { name: 'Deadline', type: 'date', jsonPath: '.status.deadline', description: 'When the task expires.', priority: 1 },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp', description: 'Time since creation.' },
+    ],
+  },
+  {
+    kind: 'AgentPolicy',
+    plural: 'agentpolicies',
+    singular: 'agentpolicy',
+    shortNames: ['ap'],
+    description: 'What tasks under it may do: max TTL, allowed roles, hop rules, raw Cedar, and what a violation does.',
+    spec: AgentPolicySpec,
+    status: AgentPolicyStatus,
+    printerColumns: [
+      { name: 'Max TTL', type: 'string', jsonPath: '.spec.maxTaskTTL', description: 'Longest task ttl allowed.' },
+      { name: 'On Violation', type: 'string', jsonPath: '.spec.onViolation', description: 'Revoke or Deny.' },
+      { name: 'Max Hops', type: 'integer', jsonPath: '.spec.limits.maxHops', description: 'Most hops a task may make.' },
+      { name: 'Max Depth', type: 'integer', jsonPath: '.spec.limits.maxDepth', description: 'Deepest a chain may go.' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp', description: 'Time since creation.' },
+    ],
+  },
+  {
+    kind: 'AgentApproval',
+    plural: 'agentapprovals',
+    singular: 'agentapproval',
+    shortNames: ['aa'],
+    description: 'A human decision (Approve or Reject) on one pending hop; the approver is stamped by admission.',
+    spec: AgentApprovalSpec,
+    printerColumns: [
+      { name: 'Task', type: 'string', jsonPath: '.spec.taskRef.name', description: 'The task.' },
+      { name: 'Hop', type: 'string', jsonPath: '.spec.hopId', description: 'The hop decided.' },
+      { name: 'Decision', type: 'string', jsonPath: '.spec.decision', description: 'Approve or Reject.' },
+      { name: 'Approver', type: 'string', jsonPath: '.spec.approver.username', description: 'Who decided.' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp', description: 'Time since creation.' },
+    ],
+  },
+];
+
+export type AgentTaskSpec = Static<typeof AgentTaskSpec>;
+export type AgentTaskStatus = Static<typeof AgentTaskStatus>;
+export type AgentPolicySpec = Static<typeof AgentPolicySpec>;
+export type AgentPolicyStatus = Static<typeof AgentPolicyStatus>;
+export type AgentApprovalSpec = Static<typeof AgentApprovalSpec>;
+export type ObjectMeta = Static<typeof ObjectMeta>;
+export type Condition = Static<typeof Condition>;
+export type TaskState = (typeof TASK_STATES)[number];
+export type PolicyRule = Static<typeof PolicyRule>;
+export type AwsCredential = Static<typeof AwsCredential>;
+
+interface Resource<Spec, Status> {
+  apiVersion: typeof API_VERSION;
+  kind: string;
+  metadata: ObjectMeta;
+  spec: Spec;
+  status?: Status;
+}
+
+export type AgentTask = Resource<AgentTaskSpec, AgentTaskStatus> & { kind: 'AgentTask' };
+export type AgentPolicy = Resource<AgentPolicySpec, AgentPolicyStatus> & { kind: 'AgentPolicy' };
+export type AgentApproval = Resource<AgentApprovalSpec, never> & { kind: 'AgentApproval' };

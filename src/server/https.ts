@@ -1,0 +1,55 @@
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../log.js';
+import { HttpError, sendError, type Handler } from './http.js';
+
+export type Routes = Record<string, Handler>;
+
+export interface TlsMaterial {
+  certPem: string;
+  keyPem: string;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * One HTTPS server for everything the operator serves (webhooks, broker, health). Routes match
+ * on exact path first, then on the longest registered prefix ending in `/`. Unhandled errors
+ * are 500s with a JSON body; they never crash the process.
+ */
+export async function startHttpsServer(routes: Routes, tls: TlsMaterial, listen: { host: string; port: number }, log: Logger): Promise<RunningServer> {
+  const prefixes = Object.keys(routes)
+    .filter((p) => p.endsWith('/'))
+    .sort((a, b) => b.length - a.length);
+  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' }, (req, res) => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    const handler = routes[path] ?? routes[prefixes.find((p) => path.startsWith(p)) ?? ''];
+    if (!handler) return sendError(res, new HttpError(404, 'not_found', `no endpoint at ${path}`));
+    handler(req, res).catch((err: unknown) => {
+      if (err instanceof HttpError) return sendError(res, err);
+      log.error({ err, path }, 'request failed');
+      if (!res.headersSent) sendError(res, new HttpError(500, 'internal', 'internal error; see the operator logs'));
+      else res.destroy();
+    });
+  });
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = listen.host.includes(':') ? `[${listen.host}]` : listen.host;
+  return {
+    url: `https://${host}:${port}`,
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

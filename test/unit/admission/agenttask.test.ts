@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { checkSessionPolicy, checkTaskAgainstPolicy } from '../../../src/admission/plugins/agenttask.js';
+import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
+
+const policy = (spec: AgentPolicy['spec'] = {}): AgentPolicy => ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'pol' }, spec });
+const task = (spec: Partial<AgentTask['spec']> = {}): AgentTask => ({
+  apiVersion: 'chainwarden.io/v1alpha1',
+  kind: 'AgentTask',
+  metadata: { name: 't' },
+  spec: { serviceAccountName: 'sa', policyRef: { name: 'pol' }, ttl: '30m', ...spec },
+});
+const role = (arn: string, extra: object = {}) => [{ name: 'default', aws: { roleArn: arn, ...extra } }];
+
+describe('checkTaskAgainstPolicy', () => {
+  it.each([
+    { name: 'within every limit', t: task({ credentials: role('arn:aws:iam::111122223333:role/support-a') }), p: policy({ aws: { allowedRoleArns: ['arn:aws:iam::111122223333:role/support-*'] } }), fields: [] },
+    { name: 'ttl over the default 1h maximum', t: task({ ttl: '90m' }), p: policy(), fields: ['spec.ttl'] },
+    { name: 'ttl at exactly the maximum', t: task({ ttl: '2h' }), p: policy({ maxTaskTTL: '2h' }), fields: [] },
+    { name: 'role not matched by any glob', t: task({ credentials: role('arn:aws:iam::111122223333:role/admin') }), p: policy({ aws: { allowedRoleArns: ['arn:aws:iam::111122223333:role/support-*'] } }), fields: ['spec.credentials[0].aws.roleArn'] },
+    { name: 'role glob ? matches one character only', t: task({ credentials: role('arn:aws:iam::111122223333:role/agent-10') }), p: policy({ aws: { allowedRoleArns: ['arn:aws:iam::111122223333:role/agent-?'] } }), fields: ['spec.credentials[0].aws.roleArn'] },
+    { name: 'no roles allowed at all', t: task({ credentials: role('arn:aws:iam::111122223333:role/a') }), p: policy(), fields: ['spec.credentials[0].aws.roleArn'] },
+    { name: 'session longer than the default 1h', t: task({ credentials: role('arn:aws:iam::1:role/a', { duration: '61m' }) }), p: policy({ aws: { allowedRoleArns: ['*'] } }), fields: ['spec.credentials[0].aws.duration'] },
+    { name: 'limits above the policy', t: task({ limits: { maxHops: 101, maxDepth: 7 } }), p: policy(), fields: ['spec.limits.maxHops', 'spec.limits.maxDepth'] },
+    { name: 'limits equal to the policy', t: task({ limits: { maxHops: 10, maxDepth: 2 } }), p: policy({ limits: { maxHops: 10, maxDepth: 2 } }), fields: [] },
+  ])('$name', ({ t, p, fields }) => {
+    expect(checkTaskAgainstPolicy(t, p).map((v) => v.field)).toEqual(fields);
+  });
+
+  it('says which roles the policy allows', () => {
+    const [v] = checkTaskAgainstPolicy(task({ credentials: role('arn:aws:iam::1:role/x') }), policy({ aws: { allowedRoleArns: ['arn:aws:iam::1:role/y*'] } }));
+    expect(v?.message).toBe('arn:aws:iam::1:role/x is not allowed by AgentPolicy pol (allowed: arn:aws:iam::1:role/y*)');
+  });
+});
+
+describe('checkSessionPolicy', () => {
+  it('accepts an IAM policy document', () => {
+    expect(checkSessionPolicy('{"Version":"2012-10-17","Statement":[]}', 'f')).toEqual([]);
+  });
+  it.each([
+    ['not JSON', '{', /is not valid JSON/],
+    ['an array', '[]', /must be a JSON object/],
+    ['no Statement', '{"Version":"2012-10-17"}', /has no Statement/],
+  ])('refuses %s', (_name, text, message) => {
+    const [v] = checkSessionPolicy(text, 'spec.credentials[0].aws.sessionPolicy');
+    expect(v?.field).toBe('spec.credentials[0].aws.sessionPolicy');
+    expect(v?.message).toMatch(message);
+  });
+});
