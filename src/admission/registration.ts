@@ -59,6 +59,15 @@ export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingW
           reinvocationPolicy: 'Never',
           ...common(),
         },
+        {
+          name: 'pods.mutate.chainwarden.io',
+          clientConfig: clientConfig(endpoint, '/mutate'),
+          rules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'], scope: 'Namespaced' }],
+          // Only agent pods: everything else in the cluster never waits on chainwarden.
+          objectSelector: { matchExpressions: [{ key: 'chainwarden.io/task', operator: 'Exists' }] },
+          reinvocationPolicy: 'IfNeeded',
+          ...common(),
+        },
       ],
     },
   ];

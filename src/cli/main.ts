@@ -3,10 +3,17 @@ import { ChainwardenError, errorMessage } from '../errors.js';
 import { runDevenv } from './devenv.js';
 import { runProvision } from './provision.js';
 import { runCrds } from './crds.js';
+import { runOperator } from './operator.js';
+import { runAgent } from './agent.js';
 
 const USAGE = `usage: chainwarden <command> [options]
 
 commands:
+  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--tls-cert F --tls-key F]
+           [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT]
+                                    controllers (leader only), admission webhooks and the broker
+  agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT]
+                                    the in-pod sidecar: loopback http to the broker over TLS
   devenv --out DIR [--keep-state] [--no-operator]
                                     run a local control plane, STS emulator and the operator; write DIR/env.json
   provision                         build or install the local control plane's components now
@@ -19,6 +26,8 @@ const commands: Record<string, Command> = {
   devenv: runDevenv,
   provision: runProvision,
   crds: runCrds,
+  operator: runOperator,
+  agent: runAgent,
 };
 
 /** The `chainwarden` command line; returns the exit code. */

@@ -9,6 +9,16 @@ import { startKubeApiserver, type KubeApiserver } from './apiserver.js';
 import { startStsEmulator, type StsEmulator } from './moto.js';
 import { kubeConfigFromYaml, kubeconfigYaml } from './kubeconfig.js';
 import { installCrds, PACKAGE_CRD_DIR } from './crds.js';
+import { rawRequest } from '../kube/raw.js';
+import { ChainwardenError } from '../errors.js';
+
+/** Where the operator keeps its Lease and signing keys in a local environment. */
+export const OPERATOR_NAMESPACE = 'chainwarden-system';
+
+async function ensureNamespace(kc: KubeConfig, name: string): Promise<void> {
+  const res = await rawRequest(kc, 'POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+  if (res.status >= 300 && res.status !== 409) throw new ChainwardenError('start_failed', `creating namespace ${name}: ${res.status}`);
+}
 
 /**
  * What a running local environment tells the processes that use it. It is plain JSON: the
@@ -93,6 +103,7 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
     await writeFile(description.kubeconfig, adminYaml, { mode: 0o600 });
     await writeFile(description.caKeyFile, ca.keyPem, { mode: 0o600 });
     const crds = await installCrds(kubeConfigFromYaml(adminYaml), options.crdDir ?? PACKAGE_CRD_DIR);
+    await ensureNamespace(kubeConfigFromYaml(adminYaml), OPERATOR_NAMESPACE);
     if (crds.length > 0) progress(`installed CRDs: ${crds.join(', ')}`);
 
     return {

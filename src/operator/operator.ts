@@ -1,33 +1,73 @@
 import { readFile } from 'node:fs/promises';
+import os from 'node:os';
+import { randomBytes } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
 import { agentTaskPlugin } from '../admission/plugins/agenttask.js';
 import { approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
+import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
-import type { Logger } from '../log.js';
+import { GROUP, VERSION, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
+import { brokerRoutes } from '../broker/routes.js';
+import { AgentTaskController } from '../controllers/agenttask/controller.js';
+import { TASK_LABEL } from '../controllers/agenttask/decide.js';
+import { errorMessage } from '../errors.js';
+import { KeyRing } from '../identity/keyring.js';
+import { secretKeyStore } from '../identity/keystore-secret.js';
+import { assertTrustDomain } from '../identity/spiffe.js';
+import { SvidIssuer } from '../identity/svid.js';
 import { customObjectReader } from '../kube/readers.js';
+import { TaskWriter } from '../kube/tasks.js';
+import type { Logger } from '../log.js';
 import { CertificateAuthority } from '../pki/authority.js';
+import { systemClock, type Clock } from '../runtime/clock.js';
+import { Informer } from '../runtime/informer.js';
+import { LeaderElector } from '../runtime/leader.js';
+import { Metrics } from '../runtime/metrics.js';
 import { sendJson, type Handler } from '../server/http.js';
-import { startHttpsServer, type RunningServer, type TlsMaterial } from '../server/https.js';
+import { startHttpsServer, type TlsMaterial } from '../server/https.js';
 
 export interface OperatorOptions {
   kc: KubeConfig;
   log: Logger;
+  /** The operator's own namespace: its leader-election Lease and SVID key Secret live there. */
+  namespace?: string;
+  /** This replica's name in the Lease; hostname and a random suffix by default. */
+  identity?: string;
   listen?: { host: string; port: number };
   /** Serving certificate files (in cluster: mounted from a Secret). A development CA is made when absent. */
   tls?: { certFile: string; keyFile: string; caFile?: string };
   /** Register the webhooks with the API server, reaching them at this URL or Service. */
   register?: Omit<WebhookEndpoint, 'caBundlePem'>;
+  trustDomain?: string;
+  /** The JWT-SVID issuer URL (what AWS IAM's OIDC provider is configured with); the serving URL by default. */
+  issuerUrl?: string;
+  /** The broker URL agent sidecars are given; the serving URL by default. */
+  podBrokerUrl?: string;
+  sidecarImage?: string;
+  leaderElection?: { leaseDurationMs?: number; renewDeadlineMs?: number; retryPeriodMs?: number };
+  workers?: number;
+  clock?: Clock;
 }
 
 export interface RunningOperator {
   url: string;
   /** The CA that signed the serving certificate: the webhooks' caBundle and the broker's CA. */
   caPem: string;
+  identity: string;
+  metrics: Metrics;
+  isLeader(): boolean;
+  /** Informer caches, for tests that interrupt watches. */
+  informers: { tasks: Informer<AgentTask>; policies: Informer<AgentPolicy>; pods: Informer<PodRecord> };
   stop(): Promise<void>;
 }
+
+export const DEFAULT_NAMESPACE = 'chainwarden-system';
+export const DEFAULT_SIDECAR_IMAGE = 'chainwarden/chainwarden:0.1.0';
+export const SIDECAR_PORT = 15080;
 
 async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & { caPem: string }> {
   if (options.tls) {
@@ -41,37 +81,102 @@ async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & 
   return { ...pair, caPem: ca.certPem };
 }
 
-const ok: Handler = (_req, res) => Promise.resolve(sendJson(res, 200, { status: 'ok' }));
-
 /**
- * The operator process: admission webhooks served over HTTPS on every replica. Later parts
- * (controllers, broker) attach to the same server.
+ * The operator: on every replica, the admission webhooks, the broker and the caches they read;
+ * on the elected leader only, the controllers. Stopping releases the lease so a standby takes
+ * over at once.
  */
 export async function startOperator(options: OperatorOptions): Promise<RunningOperator> {
   const { kc, log } = options;
+  const clock = options.clock ?? systemClock;
+  const namespace = options.namespace ?? DEFAULT_NAMESPACE;
+  const identity = options.identity ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
+  const trustDomain = options.trustDomain ?? 'cluster.local';
+  assertTrustDomain(trustDomain);
+  const metrics = new Metrics();
+  const writer = new TaskWriter(kc);
+
+  const informers = {
+    tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}/agenttasks`, log }),
+    policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}/agentpolicies`, log }),
+    pods: new Informer<PodRecord>(kc, { path: '/api/v1/pods', labelSelector: TASK_LABEL, log }),
+  };
+  await Promise.all(Object.values(informers).map((i) => i.start()));
+
+  const tls = await servingMaterial(options);
+  const ring = new KeyRing(secretKeyStore(kc, namespace, 'chainwarden-svid-keys'), clock);
+  await ring.refresh();
+  const keyRefresh = setInterval(() => void ring.refresh().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not refresh the SVID keys')), 30_000);
+  keyRefresh.unref();
+
+  const auth = new AgentAuthenticator(
+    kc,
+    {
+      pod: (ns, name) => informers.pods.get(ns, name),
+      task: (ns, name) => informers.tasks.get(ns, name),
+    },
+    clock,
+    log,
+  );
+
   const policies = customObjectReader(kc, 'agentpolicies', parseAgentPolicy);
   const tasks = customObjectReader(kc, 'agenttasks', parseAgentTask);
-  const routes = {
-    ...admissionRoutes(
+  const routes: Record<string, Handler> = {
+    '/healthz': (_req, res) => Promise.resolve(sendJson(res, 200, { status: 'ok' })),
+    '/readyz': (_req, res) => {
+      const ready = Object.values(informers).every((i) => i.hasSynced);
+      return Promise.resolve(sendJson(res, ready ? 200 : 503, { status: ready ? 'ok' : 'syncing' }));
+    },
+    '/metrics': (_req, res) => {
+      metrics.gauge('chainwarden_cached_objects', 'Objects in the informer caches.', { resource: 'agenttasks' }).set(informers.tasks.size);
+      metrics.gauge('chainwarden_leader', 'Whether this replica runs the controllers.').set(elector.isLeader ? 1 : 0);
+      const text = metrics.render();
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+      res.end(text);
+      return Promise.resolve();
+    },
+  };
+  const server = await startHttpsServer(routes, tls, options.listen ?? { host: '127.0.0.1', port: 0 }, log);
+  const issuer = new SvidIssuer(ring, options.issuerUrl ?? server.url, clock);
+  Object.assign(
+    routes,
+    admissionRoutes(
       {
         validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin(tasks)],
-        mutate: [approverStampPlugin()],
+        mutate: [
+          approverStampPlugin(),
+          podInjectionPlugin(
+            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: options.podBrokerUrl ?? server.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, tokenExpirationSeconds: 600 },
+            tasks,
+          ),
+        ],
       },
       log,
     ),
-    '/healthz': ok,
-    '/readyz': ok,
+    brokerRoutes({ auth, issuer, writer, clock, log }),
+  );
+
+  const controller = new AgentTaskController({ ...informers, writer, clock, log, metrics, trustDomain });
+  const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
+  const running: Promise<void>[] = [];
+  const campaign = elector.run((signal) => running.push(controller.run(signal, options.workers ?? 2)));
+
+  const stop = async () => {
+    await elector.stop();
+    await campaign;
+    await Promise.all(running);
+    clearInterval(keyRefresh);
+    await Promise.all(Object.values(informers).map((i) => i.stop()));
+    await server.close();
   };
-  const tls = await servingMaterial(options);
-  const server: RunningServer = await startHttpsServer(routes, tls, options.listen ?? { host: '127.0.0.1', port: 0 }, log);
   try {
     if (options.register) {
       await registerWebhooks(kc, { ...options.register, url: options.register.url ?? (options.register.service ? undefined : server.url), caBundlePem: tls.caPem });
     }
   } catch (err) {
-    await server.close();
+    await stop();
     throw err;
   }
-  log.info({ url: server.url }, 'operator serving');
-  return { url: server.url, caPem: tls.caPem, stop: () => server.close() };
+  log.info({ url: server.url, identity, namespace }, 'operator serving');
+  return { url: server.url, caPem: tls.caPem, identity, metrics, isLeader: () => elector.isLeader, informers, stop };
 }

@@ -96,14 +96,17 @@ describe('the API rejects wrong manifests, naming the field and the fix', () => 
     expect(cases.length).toBeGreaterThanOrEqual(25);
     await create(admin, examplePolicy(namespace));
     await create(admin, exampleTask(namespace));
-    let message: string;
+    let message = '';
     if (c.before) {
       const before = c.before(namespace);
       if (before.kind !== 'AgentTask') await create(admin, before);
-      const current = (await read(admin, before)) as { metadata: { resourceVersion?: string } };
-      const bad = c.build(namespace) as { metadata: object };
-      bad.metadata = { ...bad.metadata, resourceVersion: current.metadata.resourceVersion };
-      message = await rejection(admin, bad, 'replace');
+      // The operator writes finalizers and status meanwhile: retry on a stale resourceVersion.
+      do {
+        const current = (await read(admin, before)) as { metadata: { resourceVersion?: string } };
+        const bad = c.build(namespace) as { metadata: object };
+        bad.metadata = { ...bad.metadata, resourceVersion: current.metadata.resourceVersion };
+        message = await rejection(admin, bad, 'replace');
+      } while (message.startsWith('Operation cannot be fulfilled'));
     } else {
       // A name of its own, so that only validation can refuse it.
       const bad = c.build(namespace) as { metadata: { name: string } };

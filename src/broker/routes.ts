@@ -1,0 +1,76 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
+import { isTerminal } from '../controllers/agenttask/decide.js';
+import type { SvidIssuer } from '../identity/svid.js';
+import type { TaskWriter } from '../kube/tasks.js';
+import type { Logger } from '../log.js';
+import type { Clock } from '../runtime/clock.js';
+import { HttpError, sendJson, type Handler } from '../server/http.js';
+import type { AgentAuthenticator } from './auth.js';
+
+export interface BrokerDeps {
+  auth: AgentAuthenticator;
+  issuer: SvidIssuer;
+  writer: TaskWriter;
+  clock: Clock;
+  log: Logger;
+}
+
+const requireMethod = (req: IncomingMessage, method: string) => {
+  if (req.method !== method) throw new HttpError(405, 'method_not_allowed', `use ${method}`);
+};
+
+/** GET /v1/svid?audience=…: a JWT-SVID for the calling pod's task. */
+function svid(deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'GET');
+    const audience = new URL(req.url ?? '/', 'http://x').searchParams.get('audience');
+    if (!audience) throw new HttpError(400, 'invalid_request', 'audience is required: GET /v1/svid?audience=<who will verify the token>', 'audience');
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    const { token, expiresAt } = await deps.issuer.mint(who.spiffeId, audience);
+    deps.log.info({ event: 'svid_issued', task: `${who.namespace}/${who.task.metadata.name ?? ''}`, pod: who.podName, audience }, 'JWT-SVID issued');
+    sendJson(res, 200, { spiffeID: who.spiffeId, token, expiresAt: new Date(expiresAt).toISOString() }, { 'cache-control': 'no-store' });
+  };
+}
+
+/** POST /v1/tasks/{namespace}/{name}/complete: the agent says the chain is done. */
+function complete(deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'POST');
+    const match = /^\/v1\/tasks\/([^/]+)\/([^/]+)\/complete$/.exec((req.url ?? '').split('?')[0] ?? '');
+    if (!match) throw new HttpError(404, 'not_found', 'use POST /v1/tasks/{namespace}/{name}/complete');
+    const [, namespace = '', name = ''] = match;
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    if (who.namespace !== namespace || who.task.metadata.name !== name) {
+      throw new HttpError(403, 'forbidden', `pod ${who.podName} is bound to AgentTask ${who.namespace}/${who.task.metadata.name ?? ''}, not ${namespace}/${name}`);
+    }
+    const now = new Date(deps.clock.now()).toISOString();
+    const written = await deps.writer.updateStatus(namespace, name, (task) => {
+      if (isTerminal(task.status?.state)) return undefined;
+      return {
+        ...task.status,
+        state: 'Completed',
+        conditions: mergeConditions(
+          task.status?.conditions,
+          [{ type: ConditionType.Completed, status: 'True', reason: Reason.AgentReported, message: `pod ${who.podName} reported the chain complete` }],
+          now,
+          task.metadata.generation,
+        ),
+      };
+    });
+    const state = written?.status?.state;
+    if (state !== 'Completed') throw new HttpError(403, 'task_not_active', `AgentTask ${namespace}/${name} is ${state ?? 'gone'}; it cannot complete`);
+    deps.log.info({ event: 'task_completed', task: `${namespace}/${name}`, pod: who.podName }, 'agent reported completion');
+    sendJson(res, 200, { state });
+  };
+}
+
+/** The broker's routes; prefixes end in `/`. */
+export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
+  return {
+    '/v1/svid': svid(deps),
+    '/v1/tasks/': complete(deps),
+    '/keys': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.jwks(), { 'cache-control': 'max-age=300' })),
+    '/.well-known/openid-configuration': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.discovery(), { 'cache-control': 'max-age=300' })),
+  };
+}

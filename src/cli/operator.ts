@@ -1,0 +1,50 @@
+import { pino } from 'pino';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import { createLogger } from '../log.js';
+import { startOperator } from '../operator/operator.js';
+import { loadKubeConfig, parseHostPort, untilSignal } from './kube.js';
+import { parseCommandArgs } from './main.js';
+
+function parseService(text: string): { namespace: string; name: string; port: number } {
+  const m = /^([a-z0-9-]+)\/([a-z0-9-]+):(\d+)$/.exec(text);
+  if (!m) throw new ChainwardenError('usage', `--webhook-service takes NAMESPACE/NAME:PORT, e.g. chainwarden-system/chainwarden:443 (got "${text}")`);
+  return { namespace: m[1] ?? '', name: m[2] ?? '', port: Number(m[3]) };
+}
+
+/** `chainwarden operator`: controllers (when leader), admission webhooks and the broker, until SIGTERM. */
+export async function runOperator(args: string[]): Promise<number> {
+  const { values } = parseCommandArgs('operator', args, {
+    kubeconfig: { type: 'string' },
+    namespace: { type: 'string', default: process.env.POD_NAMESPACE ?? 'chainwarden-system' },
+    listen: { type: 'string', default: '0.0.0.0:8443' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-ca': { type: 'string' },
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    'issuer-url': { type: 'string' },
+    'broker-url': { type: 'string' },
+    'sidecar-image': { type: 'string' },
+    'webhook-url': { type: 'string' },
+    'webhook-service': { type: 'string' },
+    'log-level': { type: 'string', default: process.env.CHAINWARDEN_LOG_LEVEL ?? 'info' },
+  });
+  if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) throw new ChainwardenError('usage', '--tls-cert and --tls-key go together');
+  const log = createLogger({ level: values['log-level'], name: 'operator' }, pino.destination(1));
+  const register = values['webhook-service'] ? { service: parseService(values['webhook-service']) } : values['webhook-url'] ? { url: values['webhook-url'] } : undefined;
+  const operator = await startOperator({
+    kc: loadKubeConfig(values.kubeconfig),
+    log,
+    namespace: values.namespace,
+    listen: parseHostPort(values.listen ?? '', '--listen'),
+    tls: values['tls-cert'] && values['tls-key'] ? { certFile: values['tls-cert'], keyFile: values['tls-key'], caFile: values['tls-ca'] } : undefined,
+    register,
+    trustDomain: values['trust-domain'],
+    issuerUrl: values['issuer-url'],
+    podBrokerUrl: values['broker-url'],
+    sidecarImage: values['sidecar-image'],
+  });
+  const signal = await untilSignal();
+  log.info({ signal }, 'stopping');
+  await operator.stop().catch((err: unknown) => log.error({ err: errorMessage(err) }, 'unclean stop'));
+  return 0;
+}

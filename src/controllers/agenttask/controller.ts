@@ -1,0 +1,132 @@
+import { InvalidObjectError, parseAgentPolicy, parseAgentTask } from '../../api/parse.js';
+import type { AgentPolicy, AgentTask } from '../../api/schema.js';
+import type { PodRecord } from '../../broker/auth.js';
+import { errorMessage } from '../../errors.js';
+import type { TaskWriter } from '../../kube/tasks.js';
+import type { Logger } from '../../log.js';
+import type { Clock } from '../../runtime/clock.js';
+import type { Informer } from '../../runtime/informer.js';
+import type { Metrics } from '../../runtime/metrics.js';
+import { WorkQueue, type ReconcileResult } from '../../runtime/workqueue.js';
+import { decide, FINALIZER, TASK_LABEL, type PodView } from './decide.js';
+
+export interface TaskControllerDeps {
+  tasks: Informer<AgentTask>;
+  policies: Informer<AgentPolicy>;
+  pods: Informer<PodRecord>;
+  writer: TaskWriter;
+  clock: Clock;
+  log: Logger;
+  metrics: Metrics;
+  trustDomain: string;
+  /** Takes back everything the task holds; must treat "already gone" as done. */
+  revoke?: (task: AgentTask) => Promise<void>;
+}
+
+const CONFLICT_RETRY_MS = 100;
+
+export function podView(pod: PodRecord): PodView {
+  return {
+    name: pod.metadata?.name ?? '',
+    uid: pod.metadata?.uid ?? '',
+    serviceAccountName: pod.spec?.serviceAccountName ?? 'default',
+    phase: pod.status?.phase ?? 'Pending',
+    deleting: Boolean(pod.metadata?.deletionTimestamp),
+  };
+}
+
+/**
+ * The AgentTask controller: gather → decide → act → report. It never knows why it ran; it
+ * reads the caches, asks `decide` for a plan, carries it out, and writes the status once.
+ */
+export class AgentTaskController {
+  readonly queue: WorkQueue;
+  private active = false;
+
+  constructor(private readonly deps: TaskControllerDeps) {
+    this.queue = new WorkQueue('agenttask', { baseMs: 200, maxMs: 60_000 }, deps.metrics);
+    deps.tasks.on((_event, task) => this.enqueue(`${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`));
+    deps.pods.on((_event, pod) => {
+      const task = pod.metadata?.labels?.[TASK_LABEL];
+      if (task) this.enqueue(`${pod.metadata?.namespace ?? ''}/${task}`);
+    });
+    deps.policies.on((_event, policy) => {
+      for (const task of deps.tasks.list()) {
+        if (task.metadata.namespace === policy.metadata.namespace && task.spec.policyRef.name === policy.metadata.name) this.enqueue(`${task.metadata.namespace}/${task.metadata.name ?? ''}`);
+      }
+    });
+  }
+
+  private enqueue(key: string): void {
+    if (this.active) this.queue.add(key);
+  }
+
+  /** Reconciles until `signal` aborts (leadership lost, shutdown). Every known task is looked at on start. */
+  async run(signal: AbortSignal, workers = 2): Promise<void> {
+    this.active = true;
+    for (const task of this.deps.tasks.list()) this.queue.add(`${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`);
+    signal.addEventListener('abort', () => {
+      this.active = false;
+      this.queue.shutdown();
+    });
+    await this.queue.run(workers, (key) => this.reconcile(key), (key, err, retryIn) => {
+      this.deps.log.warn({ task: key, err: errorMessage(err), retryInMs: retryIn }, 'reconcile failed; retrying');
+    });
+  }
+
+  private gatherPods(namespace: string, task: string): PodView[] {
+    return this.deps.pods
+      .list()
+      .filter((p) => p.metadata?.namespace === namespace && p.metadata.labels?.[TASK_LABEL] === task)
+      .map(podView);
+  }
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const [namespace = '', name = ''] = key.split('/');
+    const raw = this.deps.tasks.get(namespace, name);
+    if (!raw) return {};
+    let task: AgentTask;
+    try {
+      task = parseAgentTask(raw);
+    } catch (err) {
+      // Permanent: the API server's schema admitted something we cannot read. Nothing to act on.
+      if (err instanceof InvalidObjectError) {
+        this.deps.log.error({ task: key, err: err.message }, 'AgentTask does not parse; not reconciling it');
+        return {};
+      }
+      throw err;
+    }
+    const rawPolicy = this.deps.policies.get(namespace, task.spec.policyRef.name);
+    let policy: AgentPolicy | undefined;
+    try {
+      policy = rawPolicy ? parseAgentPolicy(rawPolicy) : undefined;
+    } catch {
+      policy = undefined;
+    }
+    const plan = decide({ task, policy, pods: this.gatherPods(namespace, name), now: this.deps.clock.now(), trustDomain: this.deps.trustDomain });
+    const { writer } = this.deps;
+
+    if (plan.finalize) {
+      await this.deps.revoke?.(task); // retryable: a failure backs off and the finalizer stays
+      const result = await writer.setFinalizers(task, (task.metadata.finalizers ?? []).filter((f) => f !== FINALIZER));
+      return result === 'conflict' ? { requeueAfterMs: CONFLICT_RETRY_MS } : {};
+    }
+    if (plan.addFinalizer) {
+      // Pending: the update wakes us again with the finalizer in place.
+      const result = await writer.setFinalizers(task, [...(task.metadata.finalizers ?? []), FINALIZER]);
+      return result === 'conflict' ? { requeueAfterMs: CONFLICT_RETRY_MS } : {};
+    }
+    if (plan.revoke) await this.deps.revoke?.(task);
+    if (plan.statusChanged) {
+      const result = await writer.writeStatus(task, plan.status);
+      if (result === 'conflict') return { requeueAfterMs: CONFLICT_RETRY_MS };
+      if (result === 'gone') return {};
+      for (const event of plan.events) {
+        await writer.recordEvent(task, event.type, event.reason, event.message).catch((err: unknown) => {
+          this.deps.log.warn({ task: key, err: errorMessage(err) }, 'could not record an Event');
+        });
+      }
+    }
+    return plan.requeueAfterMs === undefined ? {} : { requeueAfterMs: plan.requeueAfterMs };
+  }
+}

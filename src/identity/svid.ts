@@ -1,0 +1,67 @@
+import { randomUUID } from 'node:crypto';
+import { createLocalJWKSet, jwtVerify, SignJWT, type JWTPayload } from 'jose';
+import { ChainwardenError } from '../errors.js';
+import type { Clock } from '../runtime/clock.js';
+import type { KeyRing } from './keyring.js';
+
+/** The longest a JWT-SVID lives; short, because a JWT-SVID cannot be revoked. */
+export const MAX_SVID_SECONDS = 300;
+
+/** SPIFFE JWT-SVIDs accept only asymmetric algorithms; ours are ES256. */
+const ALGORITHMS = ['ES256'];
+
+/**
+ * The embedded SPIFFE JWT issuer: mints JWT-SVIDs with the key ring's active key and publishes
+ * its keys and an OIDC discovery document, so that AWS IAM (as an OIDC provider) or any
+ * verifier can trust it.
+ */
+export class SvidIssuer {
+  constructor(
+    private readonly ring: KeyRing,
+    readonly issuerUrl: string,
+    private readonly clock: Clock,
+  ) {}
+
+  async mint(spiffeId: string, audience: string, seconds = MAX_SVID_SECONDS): Promise<{ token: string; expiresAt: number }> {
+    if (!audience) throw new ChainwardenError('audience_required', 'a JWT-SVID needs an audience: pass ?audience=<who will verify it>', { field: 'audience' });
+    const { kid, key } = await this.ring.signingKey();
+    const iat = Math.floor(this.clock.now() / 1000);
+    const exp = iat + Math.min(seconds, MAX_SVID_SECONDS);
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid, typ: 'JWT' })
+      .setIssuer(this.issuerUrl)
+      .setSubject(spiffeId)
+      .setAudience(audience)
+      .setIssuedAt(iat)
+      .setExpirationTime(exp)
+      .setJti(randomUUID())
+      .sign(key);
+    return { token, expiresAt: exp * 1000 };
+  }
+
+  /** Checks a JWT-SVID as the SPIFFE spec asks: allowed algorithm, our key, audience and expiry present and valid. */
+  async verify(token: string, audience: string): Promise<JWTPayload & { sub: string }> {
+    const { payload } = await jwtVerify(token, createLocalJWKSet(this.ring.jwks()), {
+      algorithms: ALGORITHMS,
+      audience,
+      issuer: this.issuerUrl,
+      requiredClaims: ['exp', 'aud', 'sub'],
+      currentDate: new Date(this.clock.now()),
+    });
+    return payload as JWTPayload & { sub: string };
+  }
+
+  discovery(): Record<string, unknown> {
+    return {
+      issuer: this.issuerUrl,
+      jwks_uri: `${this.issuerUrl}/keys`,
+      response_types_supported: ['id_token'],
+      subject_types_supported: ['public'],
+      id_token_signing_alg_values_supported: ALGORITHMS,
+    };
+  }
+
+  jwks(): { keys: unknown[] } {
+    return this.ring.jwks();
+  }
+}

@@ -1,0 +1,226 @@
+import { Watch, type KubeConfig } from '@kubernetes/client-node';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { errorMessage } from '../errors.js';
+import { rawRequest } from '../kube/raw.js';
+import type { Logger } from '../log.js';
+
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata?: { name?: string; namespace?: string; uid?: string; resourceVersion?: string; labels?: Record<string, string> };
+}
+
+export type InformerEvent = 'add' | 'update' | 'delete';
+export type InformerHandler<T> = (event: InformerEvent, obj: T, old?: T) => void;
+
+export const objectKey = (obj: KubeObject): string => `${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
+
+export interface InformerOptions {
+  /** A collection path, e.g. /api/v1/pods or /apis/chainwarden.io/v1alpha1/agenttasks. */
+  path: string;
+  labelSelector?: string;
+  log: Logger;
+  /** Page size of a list. */
+  pageSize?: number;
+  /** Delay before re-watching after an error, doubling up to 30 s. */
+  retryBaseMs?: number;
+}
+
+interface ListAnswer<T> {
+  items?: T[];
+  metadata?: { resourceVersion?: string; continue?: string };
+}
+
+/**
+ * A list-then-watch cache of one resource. It survives errors: a watch that ends or fails is
+ * resumed from the last resourceVersion seen, and one the API server answers with 410 Gone (the
+ * version was compacted away) is replaced by a fresh list, diffed against the cache so that
+ * handlers hear of every object added, changed or deleted in the gap.
+ */
+export class Informer<T extends KubeObject> {
+  private readonly store = new Map<string, T>();
+  private readonly handlers: InformerHandler<T>[] = [];
+  private resourceVersion: string | undefined;
+  private abort: AbortController | undefined;
+  private stopped = false;
+  private synced = false;
+  private failures = 0;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly kc: KubeConfig,
+    private readonly options: InformerOptions,
+  ) {}
+
+  on(handler: InformerHandler<T>): void {
+    this.handlers.push(handler);
+  }
+
+  get hasSynced(): boolean {
+    return this.synced;
+  }
+
+  get(namespace: string, name: string): T | undefined {
+    return this.store.get(`${namespace}/${name}`);
+  }
+
+  list(): T[] {
+    return [...this.store.values()];
+  }
+
+  get size(): number {
+    return this.store.size;
+  }
+
+  /** Lists once (so the cache is complete when this resolves), then keeps watching. */
+  async start(): Promise<void> {
+    await this.relist();
+    this.synced = true;
+    this.loop = this.watchLoop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort?.abort();
+    await this.loop;
+  }
+
+  /** Drops the current watch connection as a network failure would; the informer resumes by itself. */
+  disconnect(): void {
+    this.abort?.abort();
+  }
+
+  private emit(event: InformerEvent, obj: T, old?: T): void {
+    for (const handler of this.handlers) {
+      try {
+        handler(event, obj, old);
+      } catch (err) {
+        this.options.log.error({ err, path: this.options.path }, 'informer handler failed');
+      }
+    }
+  }
+
+  private async listAll(): Promise<{ items: T[]; resourceVersion: string | undefined }> {
+    const items: T[] = [];
+    let cont: string | undefined;
+    let resourceVersion: string | undefined;
+    do {
+      const query = new URLSearchParams({ limit: String(this.options.pageSize ?? 500) });
+      if (cont) query.set('continue', cont);
+      if (this.options.labelSelector) query.set('labelSelector', this.options.labelSelector);
+      const res = await rawRequest(this.kc, 'GET', `${this.options.path}?${query.toString()}`);
+      if (res.status !== 200) throw new Error(`list ${this.options.path}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
+      const page = res.body as ListAnswer<T>;
+      items.push(...(page.items ?? []));
+      resourceVersion = page.metadata?.resourceVersion;
+      cont = page.metadata?.continue || undefined;
+    } while (cont);
+    return { items, resourceVersion };
+  }
+
+  private async relist(): Promise<void> {
+    const { items, resourceVersion } = await this.listAll();
+    const seen = new Set<string>();
+    for (const item of items) {
+      const key = objectKey(item);
+      seen.add(key);
+      const old = this.store.get(key);
+      this.store.set(key, item);
+      if (!old) this.emit('add', item);
+      else if (old.metadata?.resourceVersion !== item.metadata?.resourceVersion) this.emit('update', item, old);
+    }
+    for (const [key, old] of this.store) {
+      if (!seen.has(key)) {
+        this.store.delete(key);
+        this.emit('delete', old);
+      }
+    }
+    this.resourceVersion = resourceVersion;
+  }
+
+  private onWatchEvent(type: string, obj: T | { code?: number; message?: string }): 'gone' | undefined {
+    if (type === 'ERROR') {
+      const status = obj as { code?: number; message?: string };
+      if (status.code === 410) return 'gone';
+      throw new Error(`watch ${this.options.path}: ${status.message ?? JSON.stringify(status)}`);
+    }
+    const item = obj as T;
+    this.resourceVersion = item.metadata?.resourceVersion ?? this.resourceVersion;
+    if (type === 'BOOKMARK') return undefined;
+    const key = objectKey(item);
+    const old = this.store.get(key);
+    if (type === 'DELETED') {
+      this.store.delete(key);
+      this.emit('delete', item);
+    } else {
+      this.store.set(key, item);
+      this.emit(old ? 'update' : 'add', item, old);
+    }
+    return undefined;
+  }
+
+  /** One watch connection; resolves when it ends, with whether the API server said 410 Gone. */
+  private async watchOnce(): Promise<{ gone: boolean; error?: unknown }> {
+    let gone = false;
+    let failure: unknown;
+    const ended = new Promise<void>((resolve) => {
+      void new Watch(this.kc)
+        .watch(
+          this.options.path,
+          { allowWatchBookmarks: true, resourceVersion: this.resourceVersion, labelSelector: this.options.labelSelector, timeoutSeconds: 300 },
+          (type: string, obj: T) => {
+            try {
+              if (this.onWatchEvent(type, obj) === 'gone') {
+                gone = true;
+                this.abort?.abort();
+              }
+            } catch (err) {
+              failure = err;
+              this.abort?.abort();
+            }
+          },
+          (err: unknown) => {
+            if (err && !failure) failure = err;
+            resolve();
+          },
+        )
+        .then((abort) => {
+          this.abort = abort;
+          if (this.stopped) abort.abort();
+        })
+        .catch((err: unknown) => {
+          failure = err;
+          resolve();
+        });
+    });
+    await ended;
+    return { gone, error: failure };
+  }
+
+  private async backoff(err: unknown): Promise<void> {
+    this.failures++;
+    const delay = Math.min(30_000, (this.options.retryBaseMs ?? 500) * 2 ** (this.failures - 1));
+    this.options.log.warn({ path: this.options.path, err: errorMessage(err), retryInMs: delay }, 'watch failed; resuming');
+    await sleep(delay);
+  }
+
+  private async watchLoop(): Promise<void> {
+    while (!this.stopped) {
+      const { gone, error } = await this.watchOnce();
+      if (this.stopped) return;
+      if (gone || (error as { statusCode?: number } | undefined)?.statusCode === 410) {
+        this.options.log.info({ path: this.options.path }, 'watch expired (410 Gone); listing again');
+        try {
+          await this.relist();
+          this.failures = 0;
+        } catch (err) {
+          await this.backoff(err);
+        }
+      } else if (error && !(error instanceof Error && error.name === 'AbortError')) {
+        await this.backoff(error);
+      } else {
+        this.failures = 0;
+      }
+    }
+  }
+}
