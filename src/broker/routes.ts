@@ -59,7 +59,9 @@ function complete(deps: BrokerDeps): Handler {
       };
     });
     const state = written?.status?.state;
-    if (state !== 'Completed') throw new HttpError(403, 'task_not_active', `AgentTask ${namespace}/${name} is ${state ?? 'gone'}; it cannot complete`);
+    if (!written || state !== 'Completed') throw new HttpError(403, 'task_not_active', `AgentTask ${namespace}/${name} is ${state ?? 'gone'}; it cannot complete`);
+    // The broker made this transition, so it records the Event (the controller only sees the result).
+    await deps.writer.recordEvent(written, 'Normal', 'Completed', `pod ${who.podName} reported the chain complete`).catch((err: unknown) => deps.log.warn({ err }, 'could not record an Event'));
     deps.log.info({ event: 'task_completed', task: `${namespace}/${name}`, pod: who.podName }, 'agent reported completion');
     sendJson(res, 200, { state });
   };

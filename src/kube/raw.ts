@@ -10,7 +10,7 @@ import { ChainwardenError } from '../errors.js';
 export async function rawRequest(kc: KubeConfig, method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; body: unknown }> {
   const server = kc.getCurrentCluster()?.server;
   if (!server) throw new ChainwardenError('no_cluster', 'the kubeconfig has no current cluster');
-  const options: https.RequestOptions = { method, headers: { accept: 'application/json' } };
+  const options: https.RequestOptions = { method, headers: { accept: 'application/json, */*;q=0.8' } };
   await kc.applyToHTTPSOptions(options);
   const payload = body === undefined ? undefined : JSON.stringify(body);
   if (payload !== undefined) options.headers = { ...options.headers, 'content-type': contentType, 'content-length': Buffer.byteLength(payload) };

@@ -49,6 +49,10 @@ export interface OperatorOptions {
   podBrokerUrl?: string;
   sidecarImage?: string;
   leaderElection?: { leaseDurationMs?: number; renewDeadlineMs?: number; retryPeriodMs?: number };
+  /** Run the controllers (when elected). Off: webhooks and broker only. */
+  controllers?: boolean;
+  /** Watch one namespace instead of the whole cluster. */
+  watchNamespace?: string;
   workers?: number;
   clock?: Clock;
 }
@@ -63,6 +67,8 @@ export interface RunningOperator {
   /** Informer caches, for tests that interrupt watches. */
   informers: { tasks: Informer<AgentTask>; policies: Informer<AgentPolicy>; pods: Informer<PodRecord> };
   stop(): Promise<void>;
+  /** Stops without releasing the Lease, as a killed process would; for failover tests. */
+  crash(): Promise<void>;
 }
 
 export const DEFAULT_NAMESPACE = 'chainwarden-system';
@@ -96,10 +102,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const metrics = new Metrics();
   const writer = new TaskWriter(kc);
 
+  const scope = options.watchNamespace ? `/namespaces/${options.watchNamespace}` : '';
   const informers = {
-    tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}/agenttasks`, log }),
-    policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}/agentpolicies`, log }),
-    pods: new Informer<PodRecord>(kc, { path: '/api/v1/pods', labelSelector: TASK_LABEL, log }),
+    tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agenttasks`, log }),
+    policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentpolicies`, log }),
+    pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, log }),
   };
   await Promise.all(Object.values(informers).map((i) => i.start()));
 
@@ -159,10 +166,10 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const controller = new AgentTaskController({ ...informers, writer, clock, log, metrics, trustDomain });
   const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
   const running: Promise<void>[] = [];
-  const campaign = elector.run((signal) => running.push(controller.run(signal, options.workers ?? 2)));
+  const campaign = options.controllers === false ? Promise.resolve() : elector.run((signal) => running.push(controller.run(signal, options.workers ?? 2)));
 
-  const stop = async () => {
-    await elector.stop();
+  const stop = async (release = true) => {
+    await (release ? elector.stop() : elector.abandon());
     await campaign;
     await Promise.all(running);
     clearInterval(keyRefresh);
@@ -178,5 +185,5 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     throw err;
   }
   log.info({ url: server.url, identity, namespace }, 'operator serving');
-  return { url: server.url, caPem: tls.caPem, identity, metrics, isLeader: () => elector.isLeader, informers, stop };
+  return { url: server.url, caPem: tls.caPem, identity, metrics, isLeader: () => elector.isLeader, informers, stop: () => stop(), crash: () => stop(false) };
 }

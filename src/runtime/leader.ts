@@ -132,6 +132,13 @@ export class LeaderElector {
     }
   }
 
+  /** Stops campaigning and leaves the lease to expire, as a killed process does. */
+  async abandon(): Promise<void> {
+    this.stopped = true;
+    await this.inflight?.catch(() => false);
+    this.leading = false;
+  }
+
   /** Stops campaigning and, if leading, releases the lease for the next candidate. */
   async stop(): Promise<void> {
     this.stopped = true;

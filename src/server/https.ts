@@ -22,12 +22,15 @@ export interface RunningServer {
  * are 500s with a JSON body; they never crash the process.
  */
 export async function startHttpsServer(routes: Routes, tls: TlsMaterial, listen: { host: string; port: number }, log: Logger): Promise<RunningServer> {
-  const prefixes = Object.keys(routes)
-    .filter((p) => p.endsWith('/'))
-    .sort((a, b) => b.length - a.length);
+  // Routes may be added after start (handlers that need the server's own URL); read them per request.
+  const prefixFor = (path: string) => {
+    let best = '';
+    for (const key of Object.keys(routes)) if (key.endsWith('/') && path.startsWith(key) && key.length > best.length) best = key;
+    return best;
+  };
   const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const handler = routes[path] ?? routes[prefixes.find((p) => path.startsWith(p)) ?? ''];
+    const handler = routes[path] ?? routes[prefixFor(path)];
     if (!handler) return sendError(res, new HttpError(404, 'not_found', `no endpoint at ${path}`));
     handler(req, res).catch((err: unknown) => {
       if (err instanceof HttpError) return sendError(res, err);
