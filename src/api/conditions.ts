@@ -33,6 +33,16 @@ export const Reason = {
   // Expired
   DeadlinePassed: 'DeadlinePassed',
   BeforeDeadline: 'BeforeDeadline',
+  // CredentialsIssued
+  Issued: 'Issued',
+  AssumeRoleFailed: 'AssumeRoleFailed',
+  RoleNotAllowed: 'RoleNotAllowed',
+  StsLimitExceeded: 'StsLimitExceeded',
+  StsUnavailable: 'StsUnavailable',
+  // Revoked
+  DenyWritten: 'DenyWritten',
+  DenyPending: 'DenyPending',
+  NothingIssued: 'NothingIssued',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 

@@ -7,9 +7,11 @@ import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { HttpError, sendJson, type Handler } from '../server/http.js';
 import type { AgentAuthenticator } from './auth.js';
+import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
 
 export interface BrokerDeps {
   auth: AgentAuthenticator;
+  credentials: CredentialBroker;
   issuer: SvidIssuer;
   writer: TaskWriter;
   clock: Clock;
@@ -67,10 +69,24 @@ function complete(deps: BrokerDeps): Handler {
   };
 }
 
+/** GET /v1/credentials[/{name}]: AWS container-credentials for the calling pod's task. */
+function credentials(deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'GET');
+    const path = (req.url ?? '').split('?')[0] ?? '';
+    const name = path === '/v1/credentials' ? 'default' : decodeURIComponent(path.slice('/v1/credentials/'.length));
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    const session = await deps.credentials.credentials(who, name);
+    sendJson(res, 200, containerCredentials(session), { 'cache-control': 'no-store' });
+  };
+}
+
 /** The broker's routes; prefixes end in `/`. */
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   return {
     '/v1/svid': svid(deps),
+    '/v1/credentials': credentials(deps),
+    '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
     '/keys': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.jwks(), { 'cache-control': 'max-age=300' })),
     '/.well-known/openid-configuration': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.discovery(), { 'cache-control': 'max-age=300' })),

@@ -2,7 +2,7 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { once } from 'node:events';
 import { ChainwardenError } from '../errors.js';
-import { startLocalEnvironment, type EnvironmentDescription } from '../controlplane/environment.js';
+import { localAws, startLocalEnvironment, type EnvironmentDescription } from '../controlplane/environment.js';
 import { parseCommandArgs, progressLine } from './main.js';
 import { createLogger } from '../log.js';
 import { pino } from 'pino';
@@ -30,12 +30,13 @@ export async function runDevenv(args: string[]): Promise<number> {
     caFile: env.caFile,
     caKeyFile: env.caKeyFile,
     stsEndpoint: env.stsEndpoint,
+    stsRecording: env.stsRecording,
     stateDir: env.stateDir,
   };
   let operator: RunningOperator | undefined;
   if (!values['no-operator']) {
     try {
-      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {} });
+      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {}, aws: localAws(description) });
     } catch (err) {
       await env.stop();
       throw err;

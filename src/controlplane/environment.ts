@@ -34,12 +34,16 @@ export interface EnvironmentDescription {
   caKeyFile: string;
   /** http URL of the STS/IAM emulator; POST `/moto-api/reset` forgets its state. */
   stsEndpoint: string;
+  /** The emulator's request log (JSON lines): what was sent to STS and IAM. */
+  stsRecording: string;
   /** Working directory: kubeconfigs, certificates, component logs. Removed on stop. */
   stateDir: string;
   /** https URL of the operator (webhooks and broker), when one runs. */
   brokerUrl?: string;
   /** PEM file of the CA that signed the operator's serving certificate. */
   brokerCA?: string;
+  /** The operator's log (pino JSON lines), where one is written to a file. */
+  operatorLog?: string;
 }
 
 export interface LocalEnvironment extends EnvironmentDescription {
@@ -58,6 +62,11 @@ export interface StartOptions {
   crdDir?: string;
   /** Keep the state directory (logs) after stop. */
   keepState?: boolean;
+}
+
+/** The operator's AWS settings for a local environment: the emulator, with its test identity. */
+export function localAws(env: EnvironmentDescription) {
+  return { region: 'us-east-1', stsEndpoint: env.stsEndpoint, iamEndpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'chainwarden-local-operator-key' } };
 }
 
 /** A kubeconfig for any user and groups, signed by the environment's CA. */
@@ -97,6 +106,7 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
       caFile: path.join(stateDir, 'pki', 'ca.crt'),
       caKeyFile: path.join(stateDir, 'pki', 'ca.key'),
       stsEndpoint: sts.endpoint,
+      stsRecording: sts.recording,
       stateDir,
     };
     const adminYaml = kubeconfigYaml(apiserver.url, ca.certPem, 'chainwarden-admin', admin);

@@ -9,6 +9,8 @@ import { ChainwardenError } from '../errors.js';
 export interface StsEmulator {
   endpoint: string;
   process: ManagedProcess;
+  /** JSON lines, one per request moto received: what we sent, for what moto cannot check. */
+  recording: string;
   /** Forgets every role, policy and session (moto's reset API). */
   reset(): Promise<void>;
 }
@@ -22,13 +24,21 @@ export async function startStsEmulator(motoServer: string, dir: string, timeoutM
   return startWithFreshPorts(3, async () => {
     const port = await freePort();
     const endpoint = `http://127.0.0.1:${port}`;
+    const recording = path.join(dir, 'moto-recording.jsonl');
     const proc = ManagedProcess.start({
       name: 'moto',
       command: motoServer,
       args: ['-H', '127.0.0.1', '-p', String(port)],
       logFile: path.join(dir, 'moto.log'),
       // moto signs nothing itself but some code paths ask for a region and credentials.
-      env: { ...process.env, AWS_DEFAULT_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing' },
+      env: {
+        ...process.env,
+        AWS_DEFAULT_REGION: 'us-east-1',
+        AWS_ACCESS_KEY_ID: 'testing',
+        AWS_SECRET_ACCESS_KEY: 'testing',
+        MOTO_ENABLE_RECORDING: 'True',
+        MOTO_RECORDER_FILEPATH: recording,
+      },
     });
     try {
       await proc.waitUntilReady(async () => (await httpGet(`${endpoint}/moto-api/data.json`)).status === 200, timeoutMs);
@@ -36,6 +46,6 @@ export async function startStsEmulator(motoServer: string, dir: string, timeoutM
       await proc.stop(1000);
       throw err;
     }
-    return { endpoint, process: proc, reset: () => resetMoto(endpoint) };
+    return { endpoint, process: proc, recording, reset: () => resetMoto(endpoint) };
   });
 }

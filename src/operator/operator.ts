@@ -13,7 +13,14 @@ import { GROUP, VERSION, type AgentPolicy, type AgentTask } from '../api/schema.
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
 import { brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
-import { TASK_LABEL } from '../controllers/agenttask/decide.js';
+import { isTerminal, TASK_LABEL } from '../controllers/agenttask/decide.js';
+import { CredentialBroker } from '../credentials/broker.js';
+import { AwsIamPort } from '../credentials/iam.js';
+import { roleNameOf } from '../credentials/plan.js';
+import { revokeTask } from '../credentials/revocation.js';
+import { Revoker } from '../credentials/revoke.js';
+import { AwsStsPort } from '../credentials/sts.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../errors.js';
 import { KeyRing } from '../identity/keyring.js';
 import { secretKeyStore } from '../identity/keystore-secret.js';
@@ -55,6 +62,8 @@ export interface OperatorOptions {
   watchNamespace?: string;
   workers?: number;
   clock?: Clock;
+  /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
+  aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
 }
 
 export interface RunningOperator {
@@ -85,6 +94,16 @@ async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & 
   const host = options.listen?.host ?? '127.0.0.1';
   const pair = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: [host === '0.0.0.0' ? '127.0.0.1' : host] });
   return { ...pair, caPem: ca.certPem };
+}
+
+/** Leader only: drops expired entries from the deny policy of every role a task names, every 5 minutes. */
+async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>, revoker: Revoker, log: Logger, everyMs = 5 * 60_000): Promise<void> {
+  while (!signal.aborted) {
+    await sleep(everyMs, undefined, { signal }).catch(() => undefined);
+    if (signal.aborted) return;
+    const roles = new Set(tasks.list().flatMap((t) => (t.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn))));
+    for (const role of roles) await revoker.prune(role).catch((err: unknown) => log.warn({ role, err: errorMessage(err) }, 'could not prune the revocation policy'));
+  }
 }
 
 /**
@@ -160,13 +179,45 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       },
       log,
     ),
-    brokerRoutes({ auth, issuer, writer, clock, log }),
   );
 
-  const controller = new AgentTaskController({ ...informers, writer, clock, log, metrics, trustDomain });
+  const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
+  const sts = new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials });
+  const iam = new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint ?? aws.stsEndpoint, credentials: aws.credentials });
+  const revoker = new Revoker(iam, clock, log);
+  const parsedPolicy = (ns: string, name: string) => {
+    const raw = informers.policies.get(ns, name);
+    try {
+      return raw ? parseAgentPolicy(raw) : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const credentialBroker = new CredentialBroker({ sts, writer, issuer, policy: parsedPolicy, clock, log, replica: identity });
+  // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
+  informers.tasks.on((event, task) => {
+    if (event === 'delete' || isTerminal(task.status?.state)) credentialBroker.drop(task.metadata.uid ?? '');
+  });
+  Object.assign(routes, brokerRoutes({ auth, credentials: credentialBroker, issuer, writer, clock, log }));
+
+  const controller = new AgentTaskController({
+    ...informers,
+    writer,
+    clock,
+    log,
+    metrics,
+    trustDomain,
+    revoke: (task, policy) => revokeTask(revoker, clock, task, policy),
+  });
   const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
   const running: Promise<void>[] = [];
-  const campaign = options.controllers === false ? Promise.resolve() : elector.run((signal) => running.push(controller.run(signal, options.workers ?? 2)));
+  const campaign =
+    options.controllers === false
+      ? Promise.resolve()
+      : elector.run((signal) => {
+          running.push(controller.run(signal, options.workers ?? 2));
+          running.push(pruneWhileLeading(signal, informers.tasks, revoker, log));
+        });
 
   const stop = async (release = true) => {
     await (release ? elector.stop() : elector.abandon());
@@ -175,6 +226,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     clearInterval(keyRefresh);
     await Promise.all(Object.values(informers).map((i) => i.stop()));
     await server.close();
+    sts.destroy();
+    iam.destroy();
   };
   try {
     if (options.register) {

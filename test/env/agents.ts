@@ -42,6 +42,8 @@ export async function tokenFile(token: string): Promise<string> {
 export interface AgentProcess {
   /** http://127.0.0.1:PORT: what the pod's containers are given as CHAINWARDEN_URL. */
   url: string;
+  /** The token file the sidecar reads; the agent's SDK sends its content back to the sidecar. */
+  tokenFile: string;
   child: ChildProcess;
   stop(): Promise<void>;
 }
@@ -60,6 +62,7 @@ export async function startAgentProcess(env: EnvironmentDescription, token: stri
   });
   return {
     url,
+    tokenFile: file,
     child,
     stop: () =>
       new Promise<void>((resolve) => {

@@ -1,7 +1,8 @@
 import type { TestProject } from 'vitest/node';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { startLocalEnvironment, type EnvironmentDescription } from '../../src/controlplane/environment.js';
+import { localAws, startLocalEnvironment, type EnvironmentDescription } from '../../src/controlplane/environment.js';
+import { pino } from 'pino';
 import { createLogger } from '../../src/log.js';
 import { startOperator } from '../../src/operator/operator.js';
 
@@ -21,8 +22,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
     progress: (m) => process.stderr.write(`[control plane] ${m}\n`),
     keepState: process.env.CHAINWARDEN_KEEP_STATE === '1',
   });
-  const log = createLogger({ level: process.env.CHAINWARDEN_LOG_LEVEL ?? 'warn', name: 'operator' });
-  const operator = await startOperator({ kc: env.adminKubeConfig(), log, register: {} }).catch(async (err: unknown) => {
+  // Everything the operator logs goes to a file the tests can scan (for secrets, for audit records).
+  const operatorLog = path.join(env.stateDir, 'operator.log');
+  const log = createLogger({ level: process.env.CHAINWARDEN_LOG_LEVEL ?? 'info', name: 'operator' }, pino.destination({ dest: operatorLog, sync: true }));
+  const operator = await startOperator({ kc: env.adminKubeConfig(), log, register: {}, aws: localAws(env) }).catch(async (err: unknown) => {
     await env.stop();
     throw err;
   });
@@ -35,9 +38,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
     caFile: env.caFile,
     caKeyFile: env.caKeyFile,
     stsEndpoint: env.stsEndpoint,
+    stsRecording: env.stsRecording,
     stateDir: env.stateDir,
     brokerUrl: operator.url,
     brokerCA,
+    operatorLog,
   });
   return async () => {
     await operator.stop();

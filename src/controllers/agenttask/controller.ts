@@ -8,7 +8,11 @@ import type { Clock } from '../../runtime/clock.js';
 import type { Informer } from '../../runtime/informer.js';
 import type { Metrics } from '../../runtime/metrics.js';
 import { WorkQueue, type ReconcileResult } from '../../runtime/workqueue.js';
-import { decide, FINALIZER, TASK_LABEL, type PodView } from './decide.js';
+import { decide, FINALIZER, TASK_LABEL, type PodView, type TaskEvent } from './decide.js';
+import { ConditionType, mergeConditions, Reason } from '../../api/conditions.js';
+import type { AgentTaskStatus } from '../../api/schema.js';
+import type { RevocationResult } from '../../credentials/revocation.js';
+import { isDeepStrictEqual } from 'node:util';
 
 export interface TaskControllerDeps {
   tasks: Informer<AgentTask>;
@@ -19,8 +23,8 @@ export interface TaskControllerDeps {
   log: Logger;
   metrics: Metrics;
   trustDomain: string;
-  /** Takes back everything the task holds; must treat "already gone" as done. */
-  revoke?: (task: AgentTask) => Promise<void>;
+  /** AWS-side revocation; must treat "already denied" as done. Absent: nothing to deny. */
+  revoke?: (task: AgentTask, policy: AgentPolicy | undefined) => Promise<RevocationResult>;
 }
 
 const CONFLICT_RETRY_MS = 100;
@@ -74,6 +78,39 @@ export class AgentTaskController {
     });
   }
 
+  private async revoke(task: AgentTask, policy: AgentPolicy | undefined): Promise<RevocationResult> {
+    return this.deps.revoke ? this.deps.revoke(task, policy) : { marker: '', roles: [], pruneAfter: 0 };
+  }
+
+  private withRevocation(status: AgentTaskStatus, outcome: RevocationResult, events: TaskEvent[]): { status: AgentTaskStatus } {
+    const now = new Date(this.deps.clock.now()).toISOString();
+    const denied = outcome.roles.length > 0;
+    const message = denied
+      ? `the broker refuses the task; Deny on aws:SourceIdentity=${outcome.marker} written to ${outcome.roles.join(', ')} until ${new Date(outcome.pruneAfter).toISOString()}`
+      : 'the broker refuses the task; it requested no AWS credentials, so there is nothing to deny in AWS';
+    events.push({ type: 'Normal', reason: 'Revoked', message });
+    return {
+      status: {
+        ...status,
+        credentials: { ...status.credentials, ...(denied ? { sourceIdentity: outcome.marker } : {}), revokedAt: status.credentials?.revokedAt ?? now, awsDenyInPlace: denied },
+        conditions: mergeConditions(status.conditions, [{ type: ConditionType.Revoked, status: 'True', reason: denied ? Reason.DenyWritten : Reason.NothingIssued, message }], now),
+      },
+    };
+  }
+
+  private withPendingRevocation(status: AgentTaskStatus, err: unknown): AgentTaskStatus {
+    const now = new Date(this.deps.clock.now()).toISOString();
+    return {
+      ...status,
+      credentials: { ...status.credentials, revokedAt: status.credentials?.revokedAt ?? now, awsDenyInPlace: false },
+      conditions: mergeConditions(
+        status.conditions,
+        [{ type: ConditionType.Revoked, status: 'False', reason: Reason.DenyPending, message: `the broker refuses the task; writing the AWS-side deny failed and is retried: ${errorMessage(err)}` }],
+        now,
+      ),
+    };
+  }
+
   private gatherPods(namespace: string, task: string): PodView[] {
     return this.deps.pods
       .list()
@@ -107,7 +144,8 @@ export class AgentTaskController {
     const { writer } = this.deps;
 
     if (plan.finalize) {
-      await this.deps.revoke?.(task); // retryable: a failure backs off and the finalizer stays
+      // Retryable: a failure backs off and the finalizer stays until the deny is written.
+      if (plan.revoke) await this.revoke(task, policy);
       const result = await writer.setFinalizers(task, (task.metadata.finalizers ?? []).filter((f) => f !== FINALIZER));
       return result === 'conflict' ? { requeueAfterMs: CONFLICT_RETRY_MS } : {};
     }
@@ -116,17 +154,30 @@ export class AgentTaskController {
       const result = await writer.setFinalizers(task, [...(task.metadata.finalizers ?? []), FINALIZER]);
       return result === 'conflict' ? { requeueAfterMs: CONFLICT_RETRY_MS } : {};
     }
-    if (plan.revoke) await this.deps.revoke?.(task);
-    if (plan.statusChanged) {
-      const result = await writer.writeStatus(task, plan.status);
+    let status = plan.status;
+    const events = [...plan.events];
+    let failure: Error | undefined;
+    if (plan.revoke) {
+      try {
+        const outcome = await this.revoke(task, policy);
+        ({ status } = this.withRevocation(status, outcome, events));
+      } catch (err) {
+        failure = err instanceof Error ? err : new Error(String(err));
+        status = this.withPendingRevocation(status, err);
+      }
+    }
+    if (!isDeepStrictEqual(task.status, status)) {
+      const result = await writer.writeStatus(task, status);
       if (result === 'conflict') return { requeueAfterMs: CONFLICT_RETRY_MS };
       if (result === 'gone') return {};
-      for (const event of plan.events) {
+      for (const event of events) {
         await writer.recordEvent(task, event.type, event.reason, event.message).catch((err: unknown) => {
           this.deps.log.warn({ task: key, err: errorMessage(err) }, 'could not record an Event');
         });
       }
     }
+    // Retryable: the status says the deny is pending; back off and try again.
+    if (failure) throw failure;
     return plan.requeueAfterMs === undefined ? {} : { requeueAfterMs: plan.requeueAfterMs };
   }
 }

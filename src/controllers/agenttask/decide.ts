@@ -160,8 +160,9 @@ export function decide(o: Observed): Plan {
   const { task, now } = o;
   const deleting = Boolean(task.metadata.deletionTimestamp);
   const hasFinalizer = (task.metadata.finalizers ?? []).includes(FINALIZER);
+  const revoked = conditionOf(task.status?.conditions, ConditionType.Revoked)?.status === 'True';
   if (deleting) {
-    return { addFinalizer: false, finalize: hasFinalizer, revoke: hasFinalizer, status: task.status ?? {}, statusChanged: false, events: [] };
+    return { addFinalizer: false, finalize: hasFinalizer, revoke: hasFinalizer && !revoked, status: task.status ?? {}, statusChanged: false, events: [] };
   }
   const deadline = deadlineOf(task);
   const verdict = judge(o, deadline);
@@ -179,7 +180,7 @@ export function decide(o: Observed): Plan {
   return {
     addFinalizer: !hasFinalizer,
     finalize: false,
-    revoke: terminal,
+    revoke: terminal && !revoked,
     status,
     statusChanged: !isDeepStrictEqual(before, status),
     events: transitionEvents(before, status, verdict),

@@ -1,0 +1,142 @@
+import { AssumeRoleCommand, AssumeRoleWithWebIdentityCommand, STSClient, STSServiceException, type Credentials, type STSClientConfig } from '@aws-sdk/client-sts';
+import { ChainwardenError } from '../errors.js';
+
+/** Everything one STS call for a task carries. */
+export interface SessionRequest {
+  roleArn: string;
+  roleSessionName: string;
+  durationSeconds: number;
+  sourceIdentity: string;
+  tags: Record<string, string>;
+  transitiveTagKeys: string[];
+  policy?: string;
+  /** Set: AssumeRoleWithWebIdentity with this JWT-SVID. Unset: AssumeRole with the operator's identity. */
+  webIdentityToken?: string;
+}
+
+export interface AwsSession {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken: string;
+  expiration: Date;
+  assumedRoleArn?: string;
+}
+
+/** The only STS calls chainwarden makes. */
+export interface StsPort {
+  assume(request: SessionRequest): Promise<AwsSession>;
+}
+
+/** STS failures, sorted by what a person can do about them. */
+export type StsErrorCode = 'role_not_assumable' | 'sts_limits_exceeded' | 'sts_unavailable';
+
+export class StsError extends ChainwardenError {
+  constructor(
+    code: StsErrorCode,
+    message: string,
+    readonly awsCode: string,
+  ) {
+    super(code, message);
+    this.name = 'StsError';
+  }
+}
+
+/** Maps an STS error to what it means for the task; never to a retry with broader credentials. */
+export function classifyStsError(err: unknown, roleArn: string): StsError {
+  const name = err instanceof STSServiceException ? err.name : (err as { name?: string })?.name ?? 'Error';
+  const message = err instanceof Error ? err.message : String(err);
+  if (['AccessDenied', 'AccessDeniedException', 'InvalidIdentityToken', 'IDPRejectedClaim', 'ExpiredTokenException', 'NoSuchEntity'].includes(name)) {
+    return new StsError('role_not_assumable', `STS refused to let chainwarden assume ${roleArn} (${name}: ${message}); check the role's trust policy allows chainwarden's identity and sts:SetSourceIdentity and sts:TagSession`, name);
+  }
+  if (['PackedPolicyTooLarge', 'ValidationError', 'MalformedPolicyDocument', 'RegionDisabledException'].includes(name)) {
+    return new StsError('sts_limits_exceeded', `STS rejected the request for ${roleArn} (${name}: ${message}); shorten the session policy or tags, or lower the duration to the role's maximum session duration`, name);
+  }
+  return new StsError('sts_unavailable', `STS did not issue credentials for ${roleArn} (${name}: ${message}); retrying with backoff`, name);
+}
+
+const toSession = (c: Credentials | undefined, assumedRoleArn?: string): AwsSession => {
+  if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) throw new Error('STS answered without credentials');
+  return { accessKeyId: c.AccessKeyId, secretAccessKey: c.SecretAccessKey, sessionToken: c.SessionToken, expiration: c.Expiration, assumedRoleArn };
+};
+
+export interface AwsStsOptions {
+  region: string;
+  endpoint?: string;
+  /** The operator's base identity; the default AWS credential chain when absent. */
+  credentials?: STSClientConfig['credentials'];
+  /** Attempts per call; the SDK's standard retry backs off on throttling and 5xx. */
+  maxAttempts?: number;
+}
+
+/** STS through the AWS SDK. Throttling and 5xx are retried with backoff by the SDK; then the call fails. */
+export class AwsStsPort implements StsPort {
+  private readonly client: STSClient;
+
+  constructor(options: AwsStsOptions) {
+    this.client = new STSClient({
+      region: options.region,
+      endpoint: options.endpoint,
+      credentials: options.credentials,
+      maxAttempts: options.maxAttempts ?? 5,
+      retryMode: 'standard',
+    });
+  }
+
+  async assume(request: SessionRequest): Promise<AwsSession> {
+    const common = {
+      RoleArn: request.roleArn,
+      RoleSessionName: request.roleSessionName,
+      DurationSeconds: request.durationSeconds,
+      Policy: request.policy,
+    };
+    try {
+      if (request.webIdentityToken) {
+        // Web identity: the role's OIDC trust brings the tags and source identity from the token's claims.
+        const answer = await this.client.send(new AssumeRoleWithWebIdentityCommand({ ...common, WebIdentityToken: request.webIdentityToken }));
+        return toSession(answer.Credentials, answer.AssumedRoleUser?.Arn);
+      }
+      const answer = await this.client.send(
+        new AssumeRoleCommand({
+          ...common,
+          SourceIdentity: request.sourceIdentity,
+          Tags: Object.entries(request.tags).map(([Key, Value]) => ({ Key, Value })),
+          TransitiveTagKeys: request.transitiveTagKeys,
+        }),
+      );
+      return toSession(answer.Credentials, answer.AssumedRoleUser?.Arn);
+    } catch (err) {
+      throw classifyStsError(err, request.roleArn);
+    }
+  }
+
+  destroy(): void {
+    this.client.destroy();
+  }
+}
+
+/** An STS twin for unit tests: records every request, answers from a counter, fails on demand. */
+export class InMemorySts implements StsPort {
+  readonly requests: SessionRequest[] = [];
+  private failures: unknown[] = [];
+  private n = 0;
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  failNext(err: unknown): void {
+    this.failures.push(err);
+  }
+
+  assume(request: SessionRequest): Promise<AwsSession> {
+    this.requests.push(structuredClone(request));
+    const failure = this.failures.shift();
+    if (failure) return Promise.reject(classifyStsError(failure, request.roleArn));
+    this.n++;
+    return Promise.resolve({
+      accessKeyId: `ASIATWIN${String(this.n).padStart(12, '0')}`,
+      secretAccessKey: `twin-secret-${this.n}-${Math.random().toString(36).slice(2)}`,
+      sessionToken: `twin-token-${this.n}`,
+      expiration: new Date(this.now() + request.durationSeconds * 1000),
+      assumedRoleArn: `${request.roleArn.replace(':iam::', ':sts::').replace(':role/', ':assumed-role/')}/${request.roleSessionName}`,
+    });
+  }
+}

@@ -1,0 +1,103 @@
+import { describe, expect, it } from 'vitest';
+import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
+import type { AgentPrincipal } from '../../../src/broker/auth.js';
+import { CredentialBroker, type TaskStatusWriter } from '../../../src/credentials/broker.js';
+import { InMemorySts } from '../../../src/credentials/sts.js';
+import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
+import { SvidIssuer } from '../../../src/identity/svid.js';
+import { silentLogger } from '../../../src/log.js';
+
+const now = Date.parse('2026-11-21T10:00:00Z');
+const clock = { now: () => now };
+const task: AgentTask = {
+  apiVersion: 'chainwarden.io/v1alpha1',
+  kind: 'AgentTask',
+  metadata: { name: 't', namespace: 'ns', uid: '6f1c0d8e-0000-0000-0000-000000000001', creationTimestamp: new Date(now - 60_000).toISOString(), generation: 1 },
+  spec: { serviceAccountName: 'sa', policyRef: { name: 'p' }, ttl: '30m', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::123456789012:role/agent' } }] },
+  status: { state: 'Bound', spiffeID: 'spiffe://cluster.local/ns/ns/sa/sa/task/t' },
+};
+const policy: AgentPolicy = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'p' }, spec: { aws: { allowedRoleArns: ['arn:aws:iam::123456789012:role/*'], maxDuration: '1h' } } };
+const who: AgentPrincipal = { namespace: 'ns', podName: 'pod', podUid: 'u', serviceAccount: 'sa', task, spiffeId: task.status?.spiffeID ?? '' };
+
+/** The task as stored, in memory: what updateStatus edits and what Events were recorded. */
+class TaskTwin implements TaskStatusWriter {
+  stored: AgentTask = structuredClone(task);
+  events: { type: string; reason: string; message: string }[] = [];
+  updateStatus(_ns: string, _name: string, edit: (t: AgentTask) => AgentTaskStatus | undefined) {
+    const status = edit(structuredClone(this.stored));
+    if (status) this.stored = { ...this.stored, status };
+    return Promise.resolve(this.stored);
+  }
+  recordEvent(_t: AgentTask, type: 'Normal' | 'Warning', reason: string, message: string) {
+    this.events.push({ type, reason, message });
+    return Promise.resolve();
+  }
+}
+
+async function setup() {
+  const sts = new InMemorySts(clock.now);
+  const writer = new TaskTwin();
+  const ring = new KeyRing(new InMemoryKeyStore(), clock);
+  await ring.refresh();
+  const broker = new CredentialBroker({ sts, writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), replica: 'r1' });
+  return { sts, writer, broker };
+}
+
+describe('CredentialBroker', () => {
+  it('records the session in status before handing it out, and serves the cache after', async () => {
+    const { sts, writer, broker } = await setup();
+    const session = await broker.credentials(who, 'default');
+    expect(writer.stored.status?.credentials?.sessions).toEqual([
+      expect.objectContaining({ accessKeyId: session.accessKeyId, issuedBy: 'r1', expiration: session.expiration.toISOString() }),
+    ]);
+    expect(JSON.stringify(writer.stored.status)).not.toContain(session.secretAccessKey);
+    expect(await broker.credentials(who, 'default')).toBe(session);
+    expect(sts.requests).toHaveLength(1);
+    // Planned from the deadline (29 minutes left), within the policy's hour.
+    expect(sts.requests[0]?.durationSeconds).toBe(29 * 60);
+  });
+
+  it('mints one session for concurrent first fetches', async () => {
+    const { sts, broker } = await setup();
+    await Promise.all([broker.credentials(who, 'default'), broker.credentials(who, 'default'), broker.credentials(who, 'default')]);
+    expect(sts.requests).toHaveLength(1);
+  });
+
+  it('turns an STS refusal into a 403, a task condition and a Warning Event; never a fallback', async () => {
+    const { sts, writer, broker } = await setup();
+    sts.failNext(Object.assign(new Error('not authorized to perform sts:AssumeRole'), { name: 'AccessDenied' }));
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'role_not_assumable' });
+    const issued = writer.stored.status?.conditions?.find((c) => c.type === 'CredentialsIssued');
+    expect(issued).toMatchObject({ status: 'False', reason: 'AssumeRoleFailed' });
+    expect(issued?.message).toMatch(/trust policy/);
+    expect(writer.events[0]).toMatchObject({ type: 'Warning', reason: 'AssumeRoleFailed' });
+    expect(sts.requests).toHaveLength(1);
+  });
+
+  it('answers throttling that outlasted the retries with a 503 and a condition', async () => {
+    const { sts, writer, broker } = await setup();
+    sts.failNext(Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }));
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 503, code: 'sts_unavailable' });
+    expect(writer.stored.status?.conditions?.find((c) => c.type === 'CredentialsIssued')?.reason).toBe('StsUnavailable');
+  });
+
+  it('does not hand out a session when the task ended while STS answered', async () => {
+    const { writer, broker } = await setup();
+    writer.stored = { ...writer.stored, status: { ...writer.stored.status, state: 'Completed' } };
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'task_not_active' });
+  });
+
+  it('names the credentials a task has when asked for another', async () => {
+    const { broker } = await setup();
+    await expect(broker.credentials(who, 's3')).rejects.toThrow(/no credential named "s3" \(it has: default\)/);
+  });
+
+  it('forgets a task\'s sessions when it is dropped', async () => {
+    const { sts, broker } = await setup();
+    await broker.credentials(who, 'default');
+    broker.drop(task.metadata.uid ?? '');
+    expect(broker.cachedSessions).toBe(0);
+    await broker.credentials(who, 'default');
+    expect(sts.requests).toHaveLength(2);
+  });
+});

@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import type { AgentTask } from '../../../src/api/schema.js';
+import { planCredentialDuration, roleNameOf, roleSessionName } from '../../../src/credentials/plan.js';
+import { mergeRevocation, prune } from '../../../src/credentials/revoke.js';
+
+const MIN = 60_000;
+
+describe('planCredentialDuration', () => {
+  const now = 0;
+  it.each([
+    { name: 'until the deadline', deadline: 40 * MIN, expected: 40 * 60 },
+    { name: 'never under the STS floor, even close to the deadline', deadline: 5 * MIN, expected: 900 },
+    { name: 'never past the policy maximum', deadline: 5 * 60 * MIN, policyMax: '1h', expected: 3600 },
+    { name: 'what was asked for', deadline: 60 * MIN, requested: '20m', expected: 1200 },
+    { name: 'asked for more than the policy allows', deadline: 600 * MIN, requested: '3h', policyMax: '2h', expected: 7200 },
+    { name: 'never past 12 h', deadline: 48 * 60 * MIN, expected: 43_200 },
+    { name: 'never past the role maximum', deadline: 48 * 60 * MIN, roleMaxSeconds: 7200, expected: 7200 },
+  ])('$name', ({ deadline, requested, policyMax, roleMaxSeconds, expected }) => {
+    expect(planCredentialDuration({ deadline, now, requested, policyMax, roleMaxSeconds })).toBe(expected);
+  });
+});
+
+describe('session naming', () => {
+  const task = { metadata: { name: 'a'.repeat(80), namespace: 'support', uid: 'u-1' } } as AgentTask;
+  it('is deterministic, within 64 characters and STS\'s alphabet', () => {
+    const name = roleSessionName(task, 'default');
+    expect(name).toBe(roleSessionName(task, 'default'));
+    expect(name.length).toBeLessThanOrEqual(64);
+    expect(name).toMatch(/^[\w+=,.@-]+$/);
+    expect(roleSessionName({ ...task, metadata: { ...task.metadata, uid: 'u-2' } }, 'default')).not.toBe(name);
+  });
+  it('takes the role name from an ARN with a path', () => {
+    expect(roleNameOf('arn:aws:iam::123456789012:role/agents/support')).toBe('support');
+  });
+});
+
+describe('revocation policy', () => {
+  const now = Date.parse('2026-11-21T10:00:00Z');
+  it('groups markers by prune time and keeps a marker once', () => {
+    let text: string | undefined;
+    for (const marker of ['chainwarden-a', 'chainwarden-b', 'chainwarden-a']) {
+      text = JSON.stringify(mergeRevocation(text, { marker, pruneAfter: now + 60 * MIN }, now).document);
+    }
+    const doc = JSON.parse(text ?? '{}') as { Statement: { Sid: string; Condition: { StringEquals: Record<string, string[]> } }[] };
+    expect(doc.Statement).toHaveLength(1);
+    expect(doc.Statement[0]?.Condition.StringEquals['aws:SourceIdentity']).toEqual(['chainwarden-a', 'chainwarden-b']);
+    expect(Number(/(\d+)$/.exec(doc.Statement[0]?.Sid ?? '')?.[1]) * 1000).toBeGreaterThanOrEqual(now + 60 * MIN);
+  });
+
+  it('drops entries once every session they cover has expired, and keeps statements that are not ours', () => {
+    const mine = mergeRevocation(undefined, { marker: 'chainwarden-a', pruneAfter: now + MIN }, now).document;
+    mine.Statement.push({ Sid: 'TeamRule', Effect: 'Deny', Action: '*', Resource: '*', Condition: {} });
+    expect(prune(mine, now + 11 * MIN).Statement.map((s) => s.Sid)).toEqual(['TeamRule']);
+  });
+
+  it('collapses into one cutoff on every older chainwarden session when IAM\'s size limit is reached', () => {
+    let text: string | undefined;
+    let collapsed = false;
+    for (let i = 0; i < 400 && !collapsed; i++) {
+      const merged = mergeRevocation(text, { marker: `chainwarden-${String(i).padStart(36, '0')}`, pruneAfter: now + 60 * MIN }, now);
+      collapsed = merged.collapsed;
+      text = JSON.stringify(merged.document);
+    }
+    expect(collapsed).toBe(true);
+    expect(text!.length).toBeLessThan(10_240);
+    const doc = JSON.parse(text!) as { Statement: { Condition: Record<string, Record<string, string>> }[] };
+    expect(doc.Statement).toHaveLength(1);
+    expect(doc.Statement[0]?.Condition).toEqual({ StringLike: { 'aws:SourceIdentity': 'chainwarden-*' }, DateLessThan: { 'aws:TokenIssueTime': new Date(now).toISOString() } });
+  });
+});
