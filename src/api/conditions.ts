@@ -43,6 +43,8 @@ export const Reason = {
   DenyWritten: 'DenyWritten',
   DenyPending: 'DenyPending',
   NothingIssued: 'NothingIssued',
+  // Violated
+  PolicyViolation: 'PolicyViolation',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 

@@ -33,7 +33,7 @@ const ROLE_ARN = '^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}
 const ROLE_ARN_GLOB = '^arn:aws[a-z*-]*:iam::([0-9]{12}|[*]):role/[A-Za-z0-9+=,.@_/*?-]{1,512}$';
 const TAG_KEY = String.raw`^[\p{L}\p{Z}\p{N}_.:/=+@-]{1,128}$`;
 const TAG_VALUE = String.raw`^[\p{L}\p{Z}\p{N}_.:/=+@-]{0,256}$`;
-const TOKEN = '^[A-Za-z0-9_.:/*?-]+$';
+const TOKEN = '^[A-Za-z0-9_.:/*-]+$';
 
 /** Tags chainwarden adds to every session (task, namespace, service account); STS allows 50 in all. */
 export const RESERVED_SESSION_TAGS = 3;
@@ -112,7 +112,7 @@ const System = Type.Object({
   ),
 });
 
-const Glob = (what: string) => Type.String({ description: what, minLength: 1, maxLength: 256, ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcards * and ?' }) });
+const Glob = (what: string) => Type.String({ description: what, minLength: 1, maxLength: 256, ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcard *' }) });
 
 const RuleWhen = Type.Object(
   {
@@ -344,6 +344,46 @@ export const AgentTaskStatus = Type.Object(
         { description: 'Hop counts.' },
       ),
     ),
+    chain: Type.Optional(
+      Type.Object(
+        {
+          version: Type.Integer({ description: 'Incremented with every write of the chain state.', minimum: 0 }),
+          hopCount: Type.Integer({ description: 'Hops asked for so far, whatever their decision.', minimum: 0 }),
+          priorDenials: Type.Integer({ description: 'Hops denied so far.', minimum: 0 }),
+          systemsTouched: Type.Array(Type.String({ maxLength: 63 }), { description: 'Systems the task has called.', maxItems: 200 }),
+          dataClassesTouched: Type.Array(Type.String({ maxLength: 63 }), { description: 'Data classes the task has touched.', maxItems: 200 }),
+        },
+        { description: 'The chain context hop rules see, shared by every replica.' },
+      ),
+    ),
+    pendingHops: Type.Optional(
+      Type.Array(
+        Type.Object({
+          hopId: Type.String({ description: 'The hop waiting.' }),
+          digest: Type.String({ description: 'SHA-256 of tool, action, resource and attributes; an approval is bound to it.' }),
+          tool: Type.String({ description: 'Tool.' }),
+          action: Type.String({ description: 'Action.' }),
+          resource: Type.String({ description: 'Resource.' }),
+          depth: Type.Integer({ description: 'Depth in the chain.', minimum: 1 }),
+          parentHop: Type.Optional(Type.String({ description: 'The hop it follows.' })),
+          rules: Type.Array(Type.String(), { description: 'The rules that require approval.' }),
+          requestedAt: Timestamp('When it was asked for.'),
+          timeoutAt: Timestamp('When it is denied if nobody decides.'),
+        }),
+        { description: 'Hops waiting for an AgentApproval.', maxItems: 100 },
+      ),
+    ),
+    recentHops: Type.Optional(
+      Type.Array(
+        Type.Object({
+          hopId: Type.String({ description: 'The hop.' }),
+          decision: Type.String({ description: 'allow or deny.' }),
+          rules: Type.Array(Type.String(), { description: 'The rules that decided it.' }),
+          at: Timestamp('When it was decided.'),
+        }),
+        { description: 'The latest decided hops, newest last.', maxItems: 50 },
+      ),
+    ),
     violation: Type.Optional(
       Type.Object(
         {
@@ -382,6 +422,9 @@ export const AgentApprovalSpec = Type.Object(
     }),
     decision: Type.Union([Type.Literal('Approve'), Type.Literal('Reject')], { description: 'Approve or Reject.' }),
     reason: Type.Optional(Type.String({ description: 'Why; recorded in the audit trail.', maxLength: 1024 })),
+    hopDigest: Type.Optional(
+      Type.String({ description: 'Set by admission: the digest of the pending hop (tool, action, resource, attributes) this approval is bound to.', maxLength: 64 }),
+    ),
     approver: Type.Optional(
       Type.Object(
         {

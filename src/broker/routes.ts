@@ -7,11 +7,16 @@ import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { HttpError, sendJson, type Handler } from '../server/http.js';
 import type { AgentAuthenticator } from './auth.js';
+import type { HopService } from './hops.js';
+import type { TaskJournal } from '../audit/journal.js';
+import { readJson } from '../server/http.js';
 import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
 
 export interface BrokerDeps {
   auth: AgentAuthenticator;
   credentials: CredentialBroker;
+  hops: HopService;
+  journal: TaskJournal;
   issuer: SvidIssuer;
   writer: TaskWriter;
   clock: Clock;
@@ -62,6 +67,7 @@ function complete(deps: BrokerDeps): Handler {
     });
     const state = written?.status?.state;
     if (!written || state !== 'Completed') throw new HttpError(403, 'task_not_active', `AgentTask ${namespace}/${name} is ${state ?? 'gone'}; it cannot complete`);
+    deps.journal.record(namespace, name, { events: [{ type: 'completion', at: now, data: { reason: 'AgentReported', pod: who.podName } }] });
     // The broker made this transition, so it records the Event (the controller only sees the result).
     await deps.writer.recordEvent(written, 'Normal', 'Completed', `pod ${who.podName} reported the chain complete`).catch((err: unknown) => deps.log.warn({ err }, 'could not record an Event'));
     deps.log.info({ event: 'task_completed', task: `${namespace}/${name}`, pod: who.podName }, 'agent reported completion');
@@ -81,10 +87,33 @@ function credentials(deps: BrokerDeps): Handler {
   };
 }
 
+/** The most a hop request may carry. */
+const MAX_HOP_BYTES = 64 * 1024;
+
+/** POST /v1/hops: decide one hop; GET /v1/hops/{id}: its decision now (after approval or timeout). */
+function hops(deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    const path = (req.url ?? '').split('?')[0] ?? '';
+    if (path === '/v1/hops') {
+      requireMethod(req, 'POST');
+      const body = await readJson(req, MAX_HOP_BYTES);
+      const who = await deps.auth.authenticate(req.headers.authorization);
+      sendJson(res, 200, await deps.hops.decide(who, body), { 'cache-control': 'no-store' });
+      return;
+    }
+    requireMethod(req, 'GET');
+    const id = decodeURIComponent(path.slice('/v1/hops/'.length));
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    sendJson(res, 200, await deps.hops.status(who, id), { 'cache-control': 'no-store' });
+  };
+}
+
 /** The broker's routes; prefixes end in `/`. */
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   return {
     '/v1/svid': svid(deps),
+    '/v1/hops': hops(deps),
+    '/v1/hops/': hops(deps),
     '/v1/credentials': credentials(deps),
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),

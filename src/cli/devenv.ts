@@ -36,7 +36,8 @@ export async function runDevenv(args: string[]): Promise<number> {
   let operator: RunningOperator | undefined;
   if (!values['no-operator']) {
     try {
-      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {}, aws: localAws(description) });
+      description.auditFile = path.join(env.stateDir, 'audit.jsonl');
+      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {}, aws: localAws(description), auditFile: description.auditFile });
     } catch (err) {
       await env.stop();
       throw err;

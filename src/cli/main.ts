@@ -5,6 +5,7 @@ import { runProvision } from './provision.js';
 import { runCrds } from './crds.js';
 import { runOperator } from './operator.js';
 import { runAgent } from './agent.js';
+import { runAudit, runTrace } from './audit.js';
 
 const USAGE = `usage: chainwarden <command> [options]
 
@@ -17,6 +18,9 @@ commands:
   devenv --out DIR [--keep-state] [--no-operator]
                                     run a local control plane, STS emulator and the operator; write DIR/env.json
   provision                         build or install the local control plane's components now
+  trace <ns>/<task> [FILE] [--kubeconfig F]
+                                    the task's hop tree from an audit stream (FILE or stdin), checked against its status
+  audit verify [FILE]               check every hash chain in an audit stream; exit 1 on any break
   crds [--write DIR]                print the CRDs (or write one file per kind to DIR)
 `;
 
@@ -28,6 +32,8 @@ const commands: Record<string, Command> = {
   crds: runCrds,
   operator: runOperator,
   agent: runAgent,
+  audit: runAudit,
+  trace: runTrace,
 };
 
 /** The `chainwarden` command line; returns the exit code. */

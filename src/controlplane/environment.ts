@@ -44,6 +44,8 @@ export interface EnvironmentDescription {
   brokerCA?: string;
   /** The operator's log (pino JSON lines), where one is written to a file. */
   operatorLog?: string;
+  /** The audit stream (JSON lines), for `chainwarden audit verify` and `chainwarden trace`. */
+  auditFile?: string;
 }
 
 export interface LocalEnvironment extends EnvironmentDescription {

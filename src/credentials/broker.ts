@@ -4,6 +4,7 @@ import type { AgentPrincipal } from '../broker/auth.js';
 import { deadlineOf, isTerminal } from '../controllers/agenttask/decide.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskWriter } from '../kube/tasks.js';
+import type { TaskJournal } from '../audit/journal.js';
 
 /** The two task writes the broker makes; TaskWriter in the operator, a twin in unit tests. */
 export type TaskStatusWriter = Pick<TaskWriter, 'updateStatus' | 'recordEvent'>;
@@ -31,6 +32,8 @@ export interface CredentialBrokerDeps {
   log: Logger;
   /** This replica's name, recorded with each session it issues. */
   replica: string;
+  /** Where the credential_issued audit records go. */
+  journal?: Pick<TaskJournal, 'record'>;
 }
 
 interface Cached {
@@ -116,6 +119,15 @@ export class CredentialBroker {
       throw new HttpError(statusFor[err.code] ?? 502, err.code, err.message);
     }
     await this.record(task, name, request.roleSessionName, request.sourceIdentity, session);
+    this.deps.journal?.record(namespace, taskName, {
+      events: [
+        {
+          type: 'credential_issued',
+          at: new Date(this.deps.clock.now()).toISOString(),
+          data: { credential: name, roleArn: request.roleArn, accessKeyId: session.accessKeyId, expiration: session.expiration.toISOString(), sessionName: request.roleSessionName, sourceIdentity: request.sourceIdentity, durationSeconds: request.durationSeconds, replica: this.deps.replica },
+        },
+      ],
+    });
     this.deps.log.info(
       { event: 'credential_issued', task: `${namespace}/${taskName}`, credential: name, accessKeyId: session.accessKeyId, expiration: session.expiration.toISOString(), durationSeconds: request.durationSeconds },
       'AWS session issued',

@@ -4,12 +4,18 @@ import { randomBytes } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
 import { agentTaskPlugin } from '../admission/plugins/agenttask.js';
-import { approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
+import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
 import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
-import { GROUP, VERSION, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { TaskJournal } from '../audit/journal.js';
+import type { AuditRecord } from '../audit/record.js';
+import { HopIds, loadHopKey } from '../broker/hopids.js';
+import { HopService } from '../broker/hops.js';
+import { PolicyEngine } from '../policy/engine.js';
+import { createWriteStream } from 'node:fs';
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
 import { brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
@@ -62,6 +68,8 @@ export interface OperatorOptions {
   watchNamespace?: string;
   workers?: number;
   clock?: Clock;
+  /** Also append every audit record to this file (JSON lines), besides the operator's log. */
+  auditFile?: string;
   /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
   aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
 }
@@ -74,7 +82,7 @@ export interface RunningOperator {
   metrics: Metrics;
   isLeader(): boolean;
   /** Informer caches, for tests that interrupt watches. */
-  informers: { tasks: Informer<AgentTask>; policies: Informer<AgentPolicy>; pods: Informer<PodRecord> };
+  informers: { tasks: Informer<AgentTask>; policies: Informer<AgentPolicy>; pods: Informer<PodRecord>; approvals: Informer<AgentApproval> };
   stop(): Promise<void>;
   /** Stops without releasing the Lease, as a killed process would; for failover tests. */
   crash(): Promise<void>;
@@ -126,6 +134,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agenttasks`, log }),
     policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentpolicies`, log }),
     pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, log }),
+    approvals: new Informer<AgentApproval>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentapprovals`, log }),
   };
   await Promise.all(Object.values(informers).map((i) => i.start()));
 
@@ -171,6 +180,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin(tasks)],
         mutate: [
           approverStampPlugin(),
+          approvalHopDigestPlugin(tasks),
           podInjectionPlugin(
             { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: options.podBrokerUrl ?? server.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, tokenExpirationSeconds: 600 },
             tasks,
@@ -193,12 +203,29 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       return undefined;
     }
   };
-  const credentialBroker = new CredentialBroker({ sts, writer, issuer, policy: parsedPolicy, clock, log, replica: identity });
+  const auditFile = options.auditFile ? createWriteStream(options.auditFile, { flags: 'a' }) : undefined;
+  const emit = (record: AuditRecord) => {
+    log.info({ audit: record }, 'audit');
+    auditFile?.write(`${JSON.stringify({ time: new Date().toISOString(), audit: record })}\n`);
+  };
+  const journal = new TaskJournal(writer, emit, clock, log);
+  const credentialBroker = new CredentialBroker({ sts, writer, issuer, policy: parsedPolicy, clock, log, replica: identity, journal });
+  const hops = new HopService({
+    engine: new PolicyEngine(),
+    journal,
+    ids: new HopIds(await loadHopKey(kc, namespace)),
+    policy: parsedPolicy,
+    approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+    credentials: credentialBroker,
+    clock,
+    log,
+    metrics,
+  });
   // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
   informers.tasks.on((event, task) => {
     if (event === 'delete' || isTerminal(task.status?.state)) credentialBroker.drop(task.metadata.uid ?? '');
   });
-  Object.assign(routes, brokerRoutes({ auth, credentials: credentialBroker, issuer, writer, clock, log }));
+  Object.assign(routes, brokerRoutes({ auth, credentials: credentialBroker, hops, journal, issuer, writer, clock, log }));
 
   const controller = new AgentTaskController({
     ...informers,
@@ -208,6 +235,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     metrics,
     trustDomain,
     revoke: (task, policy) => revokeTask(revoker, clock, task, policy),
+    resolvePending: (task) => hops.resolvePending(task),
+    journal,
+    approvals: informers.approvals,
   });
   const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
   const running: Promise<void>[] = [];
@@ -224,6 +254,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     await campaign;
     await Promise.all(running);
     clearInterval(keyRefresh);
+    await journal.drain();
+    auditFile?.end();
     await Promise.all(Object.values(informers).map((i) => i.stop()));
     await server.close();
     sts.destroy();

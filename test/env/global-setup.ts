@@ -25,7 +25,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
   // Everything the operator logs goes to a file the tests can scan (for secrets, for audit records).
   const operatorLog = path.join(env.stateDir, 'operator.log');
   const log = createLogger({ level: process.env.CHAINWARDEN_LOG_LEVEL ?? 'info', name: 'operator' }, pino.destination({ dest: operatorLog, sync: true }));
-  const operator = await startOperator({ kc: env.adminKubeConfig(), log, register: {}, aws: localAws(env) }).catch(async (err: unknown) => {
+  const auditFile = path.join(env.stateDir, 'audit.jsonl');
+  const operator = await startOperator({ kc: env.adminKubeConfig(), log, register: {}, aws: localAws(env), auditFile }).catch(async (err: unknown) => {
     await env.stop();
     throw err;
   });
@@ -43,6 +44,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     brokerUrl: operator.url,
     brokerCA,
     operatorLog,
+    auditFile,
   });
   return async () => {
     await operator.stop();

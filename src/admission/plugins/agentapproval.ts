@@ -36,6 +36,26 @@ export function approverStampPlugin(): AdmissionPlugin {
   };
 }
 
+/**
+ * Mutating: binds the approval to the exact hop it names by stamping the hop's digest (tool,
+ * action, resource, attributes), so it can never approve a different hop.
+ */
+export function approvalHopDigestPlugin(tasks: ObjectReader<AgentTask>): AdmissionPlugin {
+  return {
+    name: 'agentapproval-bind-hop',
+    resources: ['agentapprovals'],
+    operations: ['CREATE'],
+    async admit(request) {
+      const body = request.object as { spec?: { taskRef?: { name?: string }; hopId?: string } } | undefined;
+      const taskName = body?.spec?.taskRef?.name;
+      if (!taskName || !body?.spec?.hopId) return allow();
+      const task = await tasks.get(request.namespace ?? '', taskName);
+      const hop = (task?.status?.pendingHops ?? []).find((h) => h.hopId === body.spec?.hopId);
+      return hop ? allow([{ op: 'add', path: '/spec/hopDigest', value: hop.digest }]) : allow();
+    },
+  };
+}
+
 /** Validating: the approval names an existing task, carries the stamped approver, and never changes. */
 export function approvalValidationPlugin(tasks: ObjectReader<AgentTask>): AdmissionPlugin {
   return {
@@ -64,6 +84,15 @@ export function approvalValidationPlugin(tasks: ObjectReader<AgentTask>): Admiss
         return deny('AgentApproval', [
           { field: 'spec.taskRef.name', message: `AgentTask "${approval.spec.taskRef.name}" does not exist in namespace ${namespace}; approve a hop of an existing task` },
         ]);
+      }
+      const hop = (task.status?.pendingHops ?? []).find((h) => h.hopId === approval.spec.hopId);
+      if (!hop) {
+        return deny('AgentApproval', [
+          { field: 'spec.hopId', message: `hop ${approval.spec.hopId} is not waiting for approval in AgentTask ${approval.spec.taskRef.name} (it may have been decided or timed out); see kubectl get at ${approval.spec.taskRef.name} -o jsonpath='{.status.pendingHops}'` },
+        ]);
+      }
+      if (approval.spec.hopDigest !== hop.digest) {
+        return deny('AgentApproval', [{ field: 'spec.hopDigest', message: 'is set by admission from the pending hop and cannot be chosen' }]);
       }
       return allow();
     },

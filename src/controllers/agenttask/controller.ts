@@ -10,7 +10,8 @@ import type { Metrics } from '../../runtime/metrics.js';
 import { WorkQueue, type ReconcileResult } from '../../runtime/workqueue.js';
 import { decide, FINALIZER, TASK_LABEL, type PodView, type TaskEvent } from './decide.js';
 import { ConditionType, mergeConditions, Reason } from '../../api/conditions.js';
-import type { AgentTaskStatus } from '../../api/schema.js';
+import type { AgentApproval, AgentTaskStatus } from '../../api/schema.js';
+import type { TaskJournal } from '../../audit/journal.js';
 import type { RevocationResult } from '../../credentials/revocation.js';
 import { isDeepStrictEqual } from 'node:util';
 
@@ -23,6 +24,11 @@ export interface TaskControllerDeps {
   log: Logger;
   metrics: Metrics;
   trustDomain: string;
+  /** Approvals and timeouts of waiting hops; every replica's broker shares it. */
+  resolvePending?: (task: AgentTask) => Promise<number>;
+  /** Where the controller's audit records go. */
+  journal?: TaskJournal;
+  approvals?: Informer<AgentApproval>;
   /** AWS-side revocation; must treat "already denied" as done. Absent: nothing to deny. */
   revoke?: (task: AgentTask, policy: AgentPolicy | undefined) => Promise<RevocationResult>;
 }
@@ -54,6 +60,7 @@ export class AgentTaskController {
       const task = pod.metadata?.labels?.[TASK_LABEL];
       if (task) this.enqueue(`${pod.metadata?.namespace ?? ''}/${task}`);
     });
+    deps.approvals?.on((_event, approval) => this.enqueue(`${approval.metadata.namespace ?? ''}/${approval.spec.taskRef.name}`));
     deps.policies.on((_event, policy) => {
       for (const task of deps.tasks.list()) {
         if (task.metadata.namespace === policy.metadata.namespace && task.spec.policyRef.name === policy.metadata.name) this.enqueue(`${task.metadata.namespace}/${task.metadata.name ?? ''}`);
@@ -170,6 +177,9 @@ export class AgentTaskController {
       const result = await writer.writeStatus(task, status);
       if (result === 'conflict') return { requeueAfterMs: CONFLICT_RETRY_MS };
       if (result === 'gone') return {};
+      const at = new Date(this.deps.clock.now()).toISOString();
+      const records = [...plan.records, ...(plan.revoke && !failure ? [{ type: 'revocation' as const, data: { marker: status.credentials?.sourceIdentity, awsDenyInPlace: status.credentials?.awsDenyInPlace, state: status.state } }] : [])];
+      if (records.length > 0) this.deps.journal?.record(namespace, name, { events: records.map((r) => ({ type: r.type, at, data: r.data })) });
       for (const event of events) {
         await writer.recordEvent(task, event.type, event.reason, event.message).catch((err: unknown) => {
           this.deps.log.warn({ task: key, err: errorMessage(err) }, 'could not record an Event');
@@ -178,6 +188,13 @@ export class AgentTaskController {
     }
     // Retryable: the status says the deny is pending; back off and try again.
     if (failure) throw failure;
-    return plan.requeueAfterMs === undefined ? {} : { requeueAfterMs: plan.requeueAfterMs };
+    let requeue = plan.requeueAfterMs;
+    const waiting = status.state === 'Bound' || status.state === 'Pending' ? (task.status?.pendingHops ?? []) : [];
+    if (waiting.length > 0 && this.deps.resolvePending) {
+      await this.deps.resolvePending(task);
+      const next = Math.min(...waiting.map((h) => Date.parse(h.timeoutAt))) - this.deps.clock.now() + 50;
+      requeue = Math.max(0, Math.min(requeue ?? Infinity, next));
+    }
+    return requeue === undefined || !Number.isFinite(requeue) ? {} : { requeueAfterMs: requeue };
   }
 }

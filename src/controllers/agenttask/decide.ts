@@ -31,6 +31,12 @@ export interface TaskEvent {
   message: string;
 }
 
+/** An audit record the controller writes for a transition it made. */
+export interface TaskRecord {
+  type: 'task_admitted' | 'identity_bound' | 'completion' | 'expiry';
+  data: Record<string, unknown>;
+}
+
 /** What to do, decided from what was observed alone. */
 export interface Plan {
   addFinalizer: boolean;
@@ -41,6 +47,7 @@ export interface Plan {
   status: AgentTaskStatus;
   statusChanged: boolean;
   events: TaskEvent[];
+  records: TaskRecord[];
   requeueAfterMs?: number;
 }
 
@@ -155,6 +162,29 @@ function transitionEvents(before: AgentTaskStatus | undefined, after: AgentTaskS
   return events;
 }
 
+function transitionRecords(task: AgentTask, before: AgentTaskStatus | undefined, after: AgentTaskStatus): TaskRecord[] {
+  const records: TaskRecord[] = [];
+  if (!before?.state) {
+    records.push({
+      type: 'task_admitted',
+      data: {
+        policy: task.spec.policyRef.name,
+        serviceAccount: task.spec.serviceAccountName,
+        ttl: task.spec.ttl,
+        deadline: after.deadline,
+        intent: task.spec.intent,
+        credentials: (task.spec.credentials ?? []).map((c) => ({ name: c.name, roleArn: c.aws.roleArn })),
+      },
+    });
+  }
+  if (after.state === 'Bound' && (before?.state !== 'Bound' || !isDeepStrictEqual(before.boundPods, after.boundPods))) {
+    records.push({ type: 'identity_bound', data: { spiffeID: after.spiffeID, pods: after.boundPods } });
+  }
+  if (after.state !== before?.state && after.state === 'Expired') records.push({ type: 'expiry', data: { deadline: after.deadline } });
+  if (after.state !== before?.state && after.state === 'Completed') records.push({ type: 'completion', data: { reason: after.conditions?.find((c) => c.type === 'Completed')?.reason } });
+  return records;
+}
+
 /** From what is observed to what to do: pure, so most of the controller is tested as tables. */
 export function decide(o: Observed): Plan {
   const { task, now } = o;
@@ -162,7 +192,7 @@ export function decide(o: Observed): Plan {
   const hasFinalizer = (task.metadata.finalizers ?? []).includes(FINALIZER);
   const revoked = conditionOf(task.status?.conditions, ConditionType.Revoked)?.status === 'True';
   if (deleting) {
-    return { addFinalizer: false, finalize: hasFinalizer, revoke: hasFinalizer && !revoked, status: task.status ?? {}, statusChanged: false, events: [] };
+    return { addFinalizer: false, finalize: hasFinalizer, revoke: hasFinalizer && !revoked, status: task.status ?? {}, statusChanged: false, events: [], records: [] };
   }
   const deadline = deadlineOf(task);
   const verdict = judge(o, deadline);
@@ -184,6 +214,7 @@ export function decide(o: Observed): Plan {
     status,
     statusChanged: !isDeepStrictEqual(before, status),
     events: transitionEvents(before, status, verdict),
+    records: transitionRecords(task, before, status),
     requeueAfterMs: terminal ? undefined : Math.max(0, deadline - now) + 50,
   };
 }

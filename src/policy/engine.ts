@@ -1,0 +1,103 @@
+import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import type { AgentPolicy } from '../api/schema.js';
+import { CEDAR_NAMESPACE, CEDAR_SCHEMA } from './cedar-schema.js';
+import { compilePolicy, type RuleEffect } from './compile.js';
+
+/** What Cedar sees of one hop. */
+export interface HopContext {
+  tool: string;
+  action: string;
+  resource: string;
+  intent: string;
+  depth: number;
+  hopCount: number;
+  secondsSinceStart: number;
+  systemsTouched: string[];
+  dataClassesTouched: string[];
+  trustBoundary: string;
+  crossesTrustBoundary: boolean;
+  priorDenials: number;
+}
+
+export interface HopSubject {
+  namespace: string;
+  task: string;
+  serviceAccount: string;
+  intent: string;
+  toolDataClasses: string[];
+  attributes: Record<string, string>;
+}
+
+export interface Reason {
+  rule: string;
+  effect: RuleEffect;
+}
+
+/** Cedar's answer, with the rules that decided it. */
+export interface Evaluation {
+  decision: 'Allow' | 'Deny';
+  reasons: Reason[];
+  errors: string[];
+}
+
+const SCHEMA_NAME = 'chainwarden';
+let schemaReady = false;
+
+interface Prepared {
+  id: string;
+  effects: Map<string, RuleEffect>;
+}
+
+/**
+ * Evaluates hops with Cedar. Each policy generation is compiled and parsed once (preparsed in
+ * the WASM module under a per-generation id); a hop then costs one authorization call.
+ */
+export class PolicyEngine {
+  private readonly prepared = new Map<string, Prepared>();
+
+  private prepare(policy: AgentPolicy): Prepared {
+    const key = `${policy.metadata.uid ?? policy.metadata.namespace ?? ''}/${policy.metadata.name ?? ''}@${policy.metadata.generation ?? 0}`;
+    let entry = this.prepared.get(key);
+    if (entry) return entry;
+    if (!schemaReady) {
+      const answer = cedar.preparseSchema(SCHEMA_NAME, CEDAR_SCHEMA);
+      if (answer.type === 'failure') throw new Error(`the chainwarden Cedar schema does not parse: ${answer.errors.map((e) => e.message).join('; ')}`);
+      schemaReady = true;
+    }
+    const compiled = compilePolicy(policy);
+    const answer = cedar.preparsePolicySet(key, { staticPolicies: compiled.policies });
+    if (answer.type === 'failure') throw new Error(`AgentPolicy ${policy.metadata.name ?? ''} does not compile to Cedar: ${answer.errors.map((e) => e.message).join('; ')}`);
+    entry = { id: key, effects: compiled.effects };
+    // Older generations of the same policy are not needed any more.
+    for (const old of this.prepared.keys()) if (old.startsWith(key.slice(0, key.lastIndexOf('@') + 1))) this.prepared.delete(old);
+    this.prepared.set(key, entry);
+    return entry;
+  }
+
+  evaluate(policy: AgentPolicy, subject: HopSubject, context: HopContext, toolBoundary: string): Evaluation {
+    const prepared = this.prepare(policy);
+    const taskId = `${subject.namespace}/${subject.task}`;
+    const resourceId = `${context.tool}/${context.resource}`;
+    const answer = cedar.statefulIsAuthorized({
+      principal: { type: `${CEDAR_NAMESPACE}::Task`, id: taskId },
+      action: { type: `${CEDAR_NAMESPACE}::Action`, id: 'hop' },
+      resource: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId },
+      context: context as unknown as cedar.Context,
+      preparsedPolicySetId: prepared.id,
+      preparsedSchemaName: SCHEMA_NAME,
+      validateRequest: true,
+      entities: [
+        { uid: { type: `${CEDAR_NAMESPACE}::Task`, id: taskId }, attrs: { namespace: subject.namespace, name: subject.task, serviceAccount: subject.serviceAccount, intent: subject.intent }, parents: [] },
+        { uid: { type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }, attrs: { trustBoundary: toolBoundary, dataClasses: subject.toolDataClasses }, parents: [] },
+        { uid: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId }, attrs: {}, parents: [{ type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }], tags: subject.attributes },
+      ],
+    });
+    if (answer.type === 'failure') {
+      // Fail closed: an evaluation that cannot complete is a denial.
+      return { decision: 'Deny', reasons: [{ rule: 'evaluation-error', effect: 'Deny' }], errors: answer.errors.map((e) => e.message) };
+    }
+    const { decision, diagnostics } = answer.response;
+    const reasons = diagnostics.reason.map((rule) => ({ rule, effect: prepared.effects.get(rule) ?? (decision === 'deny' ? 'Deny' : 'Allow') }));
+    return { decision: decision === 'allow' ? 'Allow' : 'Deny', reasons, errors: diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`) };
+  }
+}

@@ -1,0 +1,91 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
+import { canonicalJson, GENESIS, linkRecords, type AuditRecord } from '../../../src/audit/record.js';
+import { readAuditRecords, verifyChains } from '../../../src/audit/verify.js';
+import type { AgentTask } from '../../../src/api/schema.js';
+
+const events = Array.from({ length: 5 }, (_, i) => ({ type: 'hop_decided' as const, at: `2026-11-21T10:00:0${i}Z`, data: { hopId: `h1_${i}`, decision: 'allow' } }));
+const chain = (): AuditRecord[] => linkRecords({ key: 'ns/t', uid: 'u1' }, GENESIS, 0, events);
+const lines = (records: AuditRecord[]) => records.map((r) => JSON.stringify({ level: 30, time: 'x', audit: r })).join('\n');
+const verify = (records: AuditRecord[]) => verifyChains(readAuditRecords(lines(records))).breaks;
+const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
+
+describe('audit chain', () => {
+  it('encodes canonically: key order does not change the bytes', () => {
+    expect(canonicalJson({ b: 1, a: { d: [1, { f: 2, e: 1 }], c: null } })).toBe('{"a":{"c":null,"d":[1,{"e":1,"f":2}]},"b":1}');
+  });
+
+  it('links each record to the one before, from the genesis hash', () => {
+    const records = chain();
+    expect(records[0]?.prev).toBe(GENESIS);
+    expect(records[1]?.prev).toBe(records[0]?.hash);
+    expect(records.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(verify(records)).toEqual([]);
+  });
+
+  it.each([
+    ['an edited record', (r: AuditRecord[]) => ((r[2]!.data.decision = 'deny'), r)],
+    ['a removed record', (r: AuditRecord[]) => (r.splice(2, 1), r)],
+    ['two records swapped', (r: AuditRecord[]) => ([r[1], r[2]] = [r[2]!, r[1]!], r)],
+    ['an inserted record', (r: AuditRecord[]) => (r.splice(3, 0, { ...r[2]!, data: { hopId: 'forged' } }), r)],
+    ['a re-hashed edit (the next link breaks)', (r: AuditRecord[]) => {
+      const [forged] = linkRecords({ key: 'ns/t', uid: 'u1' }, r[1]!.hash, 2, [{ ...events[2]!, data: { hopId: 'h1_2', decision: 'deny' } }]);
+      r[2] = forged!;
+      return r;
+    }],
+  ])('detects %s', (_name, tamper) => {
+    const breaks = verify(tamper(chain()));
+    expect(breaks.length).toBeGreaterThan(0);
+  });
+
+  it('chainwarden audit verify exits 0 on an intact stream and 1 naming the break otherwise', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'verify-'));
+    const good = path.join(dir, 'good.jsonl');
+    writeFileSync(good, `not json\n${lines(chain())}\n`);
+    const ok = spawnSync(process.execPath, [bin, 'audit', 'verify', good], { encoding: 'utf8' });
+    expect(ok.status).toBe(0);
+    expect(ok.stdout).toMatch(/ok: 1 chains, 5 records intact/);
+    const records = chain();
+    records.splice(1, 1);
+    const bad = path.join(dir, 'bad.jsonl');
+    writeFileSync(bad, lines(records));
+    const broken = spawnSync(process.execPath, [bin, 'audit', 'verify', bad], { encoding: 'utf8' });
+    expect(broken.status).toBe(1);
+    expect(broken.stdout).toMatch(/BROKEN ns\/t seq 3 \(line 2\): sequence 3 follows 1/);
+  });
+});
+
+describe('applyDelta', () => {
+  const task: AgentTask = {
+    apiVersion: 'chainwarden.io/v1alpha1',
+    kind: 'AgentTask',
+    metadata: { name: 't', namespace: 'ns', uid: 'u1' },
+    spec: { serviceAccountName: 'sa', policyRef: { name: 'p' }, ttl: '1h' },
+    status: {
+      state: 'Bound',
+      hops: { allowed: 0, denied: 0, pending: 1 },
+      pendingHops: [{ hopId: 'h1_x', digest: 'd', tool: 'payments', action: 'refund', resource: 'o', depth: 1, rules: ['r'], requestedAt: 'a', timeoutAt: 'b' }],
+    },
+  };
+  const resolution = { hopId: 'h1_x', decision: 'allow' as const, systems: ['payments'], dataClasses: ['payment'], recent: { hopId: 'h1_x', decision: 'allow', rules: ['approval:a'], at: 'now' }, events: [{ type: 'approval' as const, at: 'now', data: {} }] };
+
+  it('counts a resolution once, even when two replicas send it', () => {
+    const once = applyDelta(task, { ...emptyDelta(), resolutions: [resolution] }, 'now');
+    expect(once.status.hops).toEqual({ allowed: 1, denied: 0, pending: 0 });
+    expect(once.records).toHaveLength(1);
+    const twice = applyDelta({ ...task, status: once.status }, { ...emptyDelta(), resolutions: [resolution] }, 'now');
+    expect(twice.status.hops).toEqual({ allowed: 1, denied: 0, pending: 0 });
+    expect(twice.records).toHaveLength(0);
+  });
+
+  it('marks the task Violated with the offending hop', () => {
+    const { status } = applyDelta(task, { ...emptyDelta(), violation: { hopId: 'h1_y', rule: 'never-admin', message: 'm' } }, 'now');
+    expect(status.state).toBe('Violated');
+    expect(status.violation?.hopId).toBe('h1_y');
+    expect(status.conditions?.find((c) => c.type === 'Violated')?.reason).toBe('PolicyViolation');
+  });
+});
