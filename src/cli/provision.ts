@@ -1,9 +1,10 @@
-import { ensureAssets } from '../controlplane/assets.js';
+import { ensureAssets, ensureHelm } from '../controlplane/assets.js';
 import { progressLine } from './main.js';
 
 /** Builds or installs everything the local control plane needs, so a later start is quick. */
 export async function runProvision(_args: string[]): Promise<number> {
   const assets = await ensureAssets(progressLine);
-  process.stdout.write(`${JSON.stringify(assets, null, 2)}\n`);
+  const helm = await ensureHelm(progressLine);
+  process.stdout.write(`${JSON.stringify({ ...assets, helm }, null, 2)}\n`);
   return 0;
 }

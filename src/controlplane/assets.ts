@@ -4,7 +4,7 @@ import path from 'node:path';
 import { MissingToolError, ChainwardenError } from '../errors.js';
 import { cacheRoot, withLock } from './cache.js';
 import { isExecutable, run, which } from './exec.js';
-import { ETCD_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, MOTO_VERSION } from './versions.js';
+import { ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, MOTO_VERSION } from './versions.js';
 
 /** Executables the local control plane runs. */
 export interface Assets {
@@ -70,6 +70,19 @@ const etcd: GoBinary = {
   pkg: 'go.etcd.io/etcd/server/v3',
 };
 
+const helm: GoBinary = {
+  name: 'helm',
+  module: 'helm.sh/helm/v3',
+  version: `v${HELM_VERSION}`,
+  pkg: 'helm.sh/helm/v3/cmd/helm',
+  ldflags: [`-X helm.sh/helm/v3/internal/version.version=v${HELM_VERSION}`],
+};
+
+/** helm, from `CHAINWARDEN_HELM`, else built once from its Go module into the cache. */
+export async function ensureHelm(progress: Progress = () => {}): Promise<string> {
+  return process.env.CHAINWARDEN_HELM ?? buildGoBinary(helm, progress);
+}
+
 function goEnv(): NodeJS.ProcessEnv {
   // Never let the go command fetch a toolchain of its own, and let it edit the wrapper's go.mod.
   return { ...process.env, GOTOOLCHAIN: 'local', GOFLAGS: '-mod=mod' };
@@ -87,7 +100,7 @@ export function versionAtLeast(have: string, want: string): boolean {
 }
 
 async function requireGo(): Promise<string> {
-  const why = `to build kube-apiserver v${KUBERNETES_VERSION} and etcd v${ETCD_VERSION} on first use (they are cached after)`;
+  const why = `to build kube-apiserver v${KUBERNETES_VERSION}, etcd v${ETCD_VERSION} and helm v${HELM_VERSION} on first use (they are cached after)`;
   const go = await which('go');
   if (!go) {
     throw new MissingToolError(

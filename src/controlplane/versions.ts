@@ -7,3 +7,5 @@ export const ETCD_VERSION = '3.5.33';
 export const MOTO_VERSION = '5.2.5';
 /** The oldest Go toolchain that builds the pinned kube-apiserver (its go.mod's `go` line). */
 export const MIN_GO_VERSION = '1.25';
+/** Helm, for rendering and linting the chart in tests. */
+export const HELM_VERSION = '3.20.2';

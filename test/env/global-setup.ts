@@ -5,6 +5,8 @@ import { localAws, startLocalEnvironment, type EnvironmentDescription } from '..
 import { pino } from 'pino';
 import { createLogger } from '../../src/log.js';
 import { startOperator } from '../../src/operator/operator.js';
+import { registerWebhooks } from '../../src/admission/registration.js';
+import { applyChartRbac, chartServiceAccountKubeConfig } from './chart.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -26,10 +28,19 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const operatorLog = path.join(env.stateDir, 'operator.log');
   const log = createLogger({ level: process.env.CHAINWARDEN_LOG_LEVEL ?? 'info', name: 'operator' }, pino.destination({ dest: operatorLog, sync: true }));
   const auditFile = path.join(env.stateDir, 'audit.jsonl');
-  const operator = await startOperator({ kc: env.adminKubeConfig(), log, register: {}, aws: localAws(env), auditFile }).catch(async (err: unknown) => {
+  // The operator runs as the chart's service account, with the chart's RBAC applied as rendered:
+  // every integration test is also a test that the chart grants enough, and no more is granted.
+  const admin = env.adminKubeConfig();
+  let operator: Awaited<ReturnType<typeof startOperator>>;
+  try {
+    await applyChartRbac(admin);
+    const asChart = await chartServiceAccountKubeConfig(admin);
+    operator = await startOperator({ kc: asChart, log, aws: localAws(env), auditFile });
+    await registerWebhooks(admin, { url: operator.url, caBundlePem: operator.caPem });
+  } catch (err) {
     await env.stop();
     throw err;
-  });
+  }
   const brokerCA = path.join(env.stateDir, 'broker-ca.crt');
   await writeFile(brokerCA, operator.caPem);
   process.stderr.write(`[control plane] ready in ${((Date.now() - started) / 1000).toFixed(1)}s at ${env.apiServer}\n`);

@@ -1,0 +1,100 @@
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { webhookConfigurations } from '../../src/admission/registration.js';
+import { rawRequest } from '../../src/kube/raw.js';
+import { applyChartRbac, chartServiceAccountKubeConfig, CHART, helm, objectPath, renderChart, RELEASE_NAMESPACE, type Rendered } from './../env/chart.js';
+import { describe, expect, test } from '../env/fixtures.js';
+import { examplePolicy, exampleTask } from '../builders/examples.js';
+import { create } from '../env/kube.js';
+
+const PLURALS: Record<string, string> = {
+  ServiceAccount: 'serviceaccounts',
+  ClusterRole: 'clusterroles',
+  ClusterRoleBinding: 'clusterrolebindings',
+  Role: 'roles',
+  RoleBinding: 'rolebindings',
+  Deployment: 'deployments',
+  Service: 'services',
+  Secret: 'secrets',
+  PodDisruptionBudget: 'poddisruptionbudgets',
+  NetworkPolicy: 'networkpolicies',
+  ValidatingWebhookConfiguration: 'validatingwebhookconfigurations',
+  MutatingWebhookConfiguration: 'mutatingwebhookconfigurations',
+};
+
+async function dryRunApply(admin: KubeConfig, objects: Rendered[]): Promise<{ kind: string; status: number; message?: string }[]> {
+  const results = [];
+  for (const o of objects) {
+    const plural = PLURALS[o.kind];
+    if (!plural) throw new Error(`no REST mapping for ${o.kind} in this test`);
+    // The webhook configurations are renamed so the dry run cannot collide with the ones in use.
+    const obj = o.kind.endsWith('WebhookConfiguration') ? { ...o, metadata: { ...o.metadata, name: `${o.metadata.name}-dryrun` } } : o;
+    const res = await rawRequest(admin, 'PATCH', `${objectPath(obj, plural)}?fieldManager=helm-dryrun&dryRun=All&force=true`, obj, 'application/apply-patch+yaml');
+    results.push({ kind: o.kind, status: res.status, message: (res.body as { message?: string }).message });
+  }
+  return results;
+}
+
+describe('Helm chart', () => {
+  test('passes helm lint', async () => {
+    const out = await helm(['lint', CHART, '--kube-version', '1.35.4']);
+    expect(out).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+  });
+
+  test('renders objects the real API server accepts (server-side dry run), also with a NetworkPolicy', async ({ admin }) => {
+    const variants: Record<string, string>[] = [{}, { 'networkPolicy.enabled': 'true', replicaCount: '3' }];
+    for (const set of variants) {
+      const objects = await renderChart(set);
+      const results = await dryRunApply(admin, objects);
+      expect(results.filter((r) => r.status >= 300)).toEqual([]);
+      expect(results.map((r) => r.kind)).toEqual(expect.arrayContaining(['Deployment', 'PodDisruptionBudget', 'ValidatingWebhookConfiguration', 'MutatingWebhookConfiguration']));
+    }
+  });
+
+  test('refuses wrong values at install with the path of the value', async () => {
+    await expect(renderChart({ replicaCount: '0' })).rejects.toThrow(/\/replicaCount.*minimum/);
+    await expect(renderChart({ trustDomain: 'Not_A_Domain!' })).rejects.toThrow(/\/trustDomain.*does not match pattern/);
+    await expect(renderChart({ replicas: '3' })).rejects.toThrow(/additional properties 'replicas' not allowed/);
+    await expect(renderChart({ 'aws.region': 'moon' })).rejects.toThrow(/\/aws\/region/);
+  });
+
+  test('runs 2 replicas, non-root with a read-only root filesystem and no capabilities, behind a PodDisruptionBudget', async () => {
+    const objects = await renderChart();
+    const deployment = objects.find((o) => o.kind === 'Deployment') as unknown as { spec: { replicas: number; template: { spec: { securityContext: object; containers: { securityContext: object; readinessProbe: object; resources: object }[] } } } };
+    expect(deployment.spec.replicas).toBe(2);
+    expect(deployment.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true });
+    expect(deployment.spec.template.spec.containers[0]?.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } });
+    expect(deployment.spec.template.spec.containers[0]?.readinessProbe).toMatchObject({ httpGet: { path: '/readyz', scheme: 'HTTPS' } });
+    expect(deployment.spec.template.spec.containers[0]?.resources).toMatchObject({ requests: { cpu: '100m', memory: '128Mi' } });
+    expect(objects.find((o) => o.kind === 'PodDisruptionBudget')).toMatchObject({ spec: { minAvailable: 1 } });
+  });
+
+  test('its webhook configurations match the ones the operator registers (same rules, selectors, failure policy)', async () => {
+    const objects = await renderChart();
+    const [validating, mutating] = webhookConfigurations({ service: { namespace: RELEASE_NAMESPACE, name: 'chainwarden', port: 443 }, caBundlePem: 'x' });
+    const strip = (hooks: unknown) => (hooks as { clientConfig: { caBundle?: string } }[]).map(({ clientConfig, ...rest }) => ({ ...rest, clientConfig: { ...clientConfig, caBundle: undefined } }));
+    expect(strip(objects.find((o) => o.kind === 'ValidatingWebhookConfiguration')?.webhooks)).toEqual(strip(validating.webhooks));
+    expect(strip(objects.find((o) => o.kind === 'MutatingWebhookConfiguration')?.webhooks)).toEqual(strip(mutating.webhooks));
+  });
+
+  test('its service account can do the operator\'s work and nothing more', async ({ admin, namespace }) => {
+    await applyChartRbac(admin);
+    const sa = await chartServiceAccountKubeConfig(admin);
+    await create(admin, examplePolicy(namespace));
+    await create(admin, exampleTask(namespace));
+    const core = sa.makeApiClient(CoreV1Api);
+    // What it needs: agent pods and its resources everywhere, Secrets only in its own namespace.
+    await expect(core.listPodForAllNamespaces({ labelSelector: 'chainwarden.io/task' })).resolves.toBeTruthy();
+    await expect(sa.makeApiClient(CustomObjectsApi).listClusterCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', plural: 'agenttasks' })).resolves.toBeTruthy();
+    await expect(core.readNamespacedSecret({ name: 'chainwarden-svid-keys', namespace: RELEASE_NAMESPACE })).resolves.toBeTruthy();
+    // What it may not do.
+    await admin.makeApiClient(CoreV1Api).createNamespacedSecret({ namespace, body: { metadata: { name: 'app-secret' }, stringData: { password: 'x' } } });
+    await expect(core.readNamespacedSecret({ name: 'app-secret', namespace })).rejects.toMatchObject({ code: 403 });
+    await expect(core.listSecretForAllNamespaces()).rejects.toMatchObject({ code: 403 });
+    await expect(core.listNamespacedSecret({ namespace: RELEASE_NAMESPACE })).rejects.toMatchObject({ code: 403 });
+    await expect(sa.makeApiClient(CustomObjectsApi).deleteNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name: 'ticket-4711' })).rejects.toMatchObject({ code: 403 });
+    const webhook = await rawRequest(sa, 'POST', '/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations', { apiVersion: 'admissionregistration.k8s.io/v1', kind: 'ValidatingWebhookConfiguration', metadata: { name: 'sneaky' }, webhooks: [] });
+    expect(webhook.status).toBe(403);
+    const escalate = await rawRequest(sa, 'POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name: 'sneaky' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' }, subjects: [] });
+    expect(escalate.status).toBe(403);
+  });
+});
