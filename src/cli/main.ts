@@ -6,10 +6,12 @@ import { runCrds } from './crds.js';
 import { runOperator } from './operator.js';
 import { runAgent } from './agent.js';
 import { runAudit, runTrace } from './audit.js';
+import { runDemo } from './demo.js';
 
 const USAGE = `usage: chainwarden <command> [options]
 
 commands:
+  demo                              the whole story on one machine: control plane, STS emulator, operator, an agent
   operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--tls-cert F --tls-key F]
            [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT]
                                     controllers (leader only), admission webhooks and the broker
@@ -33,6 +35,7 @@ const commands: Record<string, Command> = {
   operator: runOperator,
   agent: runAgent,
   audit: runAudit,
+  demo: runDemo,
   trace: runTrace,
 };
 

@@ -1,0 +1,203 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CreateRoleCommand, GetRolePolicyCommand, IAMClient } from '@aws-sdk/client-iam';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import { parse } from 'yaml';
+import { startAgentProxy } from '../agent/proxy.js';
+import { registerWebhooks } from '../admission/registration.js';
+import type { AgentApproval, AgentPolicy, AgentTask } from '../api/schema.js';
+import { renderTrace } from '../audit/trace.js';
+import { readAuditRecords, verifyChains } from '../audit/verify.js';
+import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
+import { ChainwardenError } from '../errors.js';
+import { rawRequest, serverSideApply } from '../kube/raw.js';
+import { TaskWriter } from '../kube/tasks.js';
+import { createLogger } from '../log.js';
+import { startOperator, type RunningOperator } from '../operator/operator.js';
+
+const EXAMPLES = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'examples');
+const NS = 'support';
+const TASK = 'ticket-4711';
+
+let step = 0;
+const say = (text: string) => process.stdout.write(`\n[${++step}] ${text}\n`);
+const show = (text: string) => process.stdout.write(`    ${text.split('\n').join('\n    ')}\n`);
+
+async function example<T>(file: string): Promise<T> {
+  const obj = parse(await readFile(path.join(EXAMPLES, file), 'utf8')) as T & { metadata: { namespace?: string } };
+  obj.metadata.namespace = NS;
+  return obj;
+}
+
+async function waitFor<T>(what: string, read: () => Promise<T | undefined>, ok: (v: T) => boolean, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await read();
+    if (v !== undefined && ok(v)) return v;
+    if (Date.now() > deadline) throw new ChainwardenError('demo_timeout', `timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+async function apply(kc: KubeConfig, plural: string, obj: { metadata: { name?: string; namespace?: string } }): Promise<void> {
+  await serverSideApply(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${obj.metadata.namespace ?? ''}/${plural}/${obj.metadata.name ?? ''}`, obj, 'chainwarden-demo');
+}
+
+interface Broker {
+  get(p: string): Promise<{ status: number; body: Record<string, unknown> }>;
+  post(p: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }>;
+}
+
+function sidecarClient(url: string): Broker {
+  const call = async (method: string, p: string, body?: unknown) => {
+    const res = await fetch(`${url}${p}`, { method, body: body === undefined ? undefined : JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  };
+  return { get: (p) => call('GET', p), post: (p, b) => call('POST', p, b) };
+}
+
+const hopLine = (label: string, answer: Record<string, unknown>) =>
+  `${label.padEnd(44)} → ${String(answer.decision)} [${((answer.reasons as { rule: string }[] | undefined) ?? []).map((r) => r.rule).join(', ')}]`;
+
+/** Everything the story needs in the cluster and in AWS: policy, task, role, an approver. */
+async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleName: string }> {
+  const core = admin.makeApiClient(CoreV1Api);
+  await core.createNamespace({ body: { metadata: { name: NS } } });
+  await core.createNamespacedServiceAccount({ namespace: NS, body: { metadata: { name: 'support-agent' } } });
+  const aws = localAws(env);
+  const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
+  const role = await iam.send(new CreateRoleCommand({ RoleName: 'support-agent', AssumeRolePolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }] }) }));
+  iam.destroy();
+
+  const policy = await example<AgentPolicy>('support-policy.yaml');
+  // The emulator's account, instead of the example's.
+  policy.spec.aws = { ...policy.spec.aws, allowedRoleArns: ['arn:aws:iam::123456789012:role/support-*'] };
+  await apply(admin, 'agentpolicies', policy);
+  const task = await example<AgentTask>('support-task.yaml');
+  task.spec.credentials![0]!.aws.roleArn = role.Role?.Arn ?? '';
+  await apply(admin, 'agenttasks', task);
+
+  const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
+  await rbac.createNamespacedRole({ namespace: NS, body: { metadata: { name: 'approvers' }, rules: [{ apiGroups: ['chainwarden.io'], resources: ['agentapprovals'], verbs: ['create', 'get', 'list'] }] } });
+  await rbac.createNamespacedRoleBinding({
+    namespace: NS,
+    body: { metadata: { name: 'approvers' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'approvers' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'support-leads' }] },
+  });
+  return { roleName: 'support-agent' };
+}
+
+async function story(env: LocalEnvironment, operator: RunningOperator, auditFile: string): Promise<void> {
+  const admin = env.adminKubeConfig();
+  const tasks = new TaskWriter(admin);
+  const core = admin.makeApiClient(CoreV1Api);
+
+  say('A platform team applies the support agent\'s AgentPolicy and an AgentTask for ticket 4711');
+  const { roleName } = await setUp(env, admin);
+  show('AgentPolicy support-agent: read and comment on tickets; refunds need a person; never payments admin; no email after reading PII');
+  show('AgentTask ticket-4711: ttl 30m, role support-agent, 15m sessions, limits 40 hops / depth 4');
+
+  say('The agent pod is admitted: the webhook injects its sidecar and projected token; the task binds to it');
+  const pod = await core.createNamespacedPod({
+    namespace: NS,
+    body: { metadata: { name: 'agent-0', labels: { 'chainwarden.io/task': TASK } }, spec: { serviceAccountName: 'support-agent', containers: [{ name: 'agent', image: 'example.invalid/support-agent:1' }] } },
+  });
+  show(`sidecar injected: ${pod.spec?.initContainers?.map((c) => c.name).join(', ') ?? 'none'}; AWS_CONTAINER_CREDENTIALS_FULL_URI=${pod.spec?.containers[0]?.env?.find((e) => e.name === 'AWS_CONTAINER_CREDENTIALS_FULL_URI')?.value ?? ''}`);
+  const bound = await waitFor('the task to bind', () => tasks.read(NS, TASK), (t) => t.status?.state === 'Bound');
+  show(`state ${bound.status?.state ?? ''}  ${bound.status?.spiffeID ?? ''}  pods ${bound.status?.boundPods?.map((p) => p.name).join(', ') ?? ''}`);
+
+  // No kubelet here: the agent runs on this machine with a token from the real TokenRequest API.
+  const token = await core.createNamespacedServiceAccountToken({
+    name: 'support-agent',
+    namespace: NS,
+    body: { spec: { audiences: ['chainwarden'], expirationSeconds: 600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: 'agent-0', uid: pod.metadata?.uid } } },
+  });
+  const tokenFile = path.join(env.stateDir, 'agent-token');
+  await writeFile(tokenFile, token.status?.token ?? '', { mode: 0o600 });
+  const sidecar = await startAgentProxy({ brokerUrl: operator.url, caPem: operator.caPem, tokenFile, listen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
+  const agent = sidecarClient(sidecar.url);
+  try {
+    say('The agent fetches AWS credentials for its task and calls STS with them');
+    const creds = await agent.get('/v1/credentials');
+    const sts = new STSClient({ region: 'us-east-1', endpoint: env.stsEndpoint, credentials: { accessKeyId: String(creds.body.AccessKeyId), secretAccessKey: String(creds.body.SecretAccessKey), sessionToken: String(creds.body.Token) } });
+    const me = await sts.send(new GetCallerIdentityCommand({}));
+    sts.destroy();
+    show(`${String(creds.body.AccessKeyId)} until ${String(creds.body.Expiration)}`);
+    show(`GetCallerIdentity: ${me.Arn ?? ''}`);
+
+    say('Each tool call is a hop, decided with the whole chain in view');
+    const read = await agent.post('/v1/hops', { tool: 'tickets', action: 'read', resource: 'ticket/4711', intent: 'read the ticket' });
+    show(hopLine('tickets read ticket/4711', read.body));
+    const comment = await agent.post('/v1/hops', { tool: 'tickets', action: 'comment', resource: 'ticket/4711', parentHop: read.body.hopId });
+    show(hopLine('  └ tickets comment ticket/4711', comment.body));
+    const refund = await agent.post('/v1/hops', { tool: 'payments', action: 'refund', resource: 'order/981', attributes: { amount: 42 }, parentHop: read.body.hopId });
+    show(hopLine('  └ payments refund order/981 (42)', refund.body));
+
+    say('The refund waits for a person: alice (support-leads) approves it through the API server');
+    const alice = await env.kubeConfigFor('alice@example.com', ['support-leads']);
+    const approval = await example<AgentApproval>('support-approval.yaml');
+    approval.spec.hopId = String(refund.body.hopId);
+    const created = await rawRequest(alice, 'POST', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agentapprovals`, approval);
+    if (created.status !== 201) throw new ChainwardenError('demo_failed', `creating the approval: ${JSON.stringify(created.body)}`);
+    show(`AgentApproval ticket-4711-refund created by alice; admission stamped approver ${JSON.stringify((created.body as AgentApproval).spec.approver)}`);
+    const approved = await waitFor('the approval to land', () => agent.get(`/v1/hops/${String(refund.body.hopId)}`).then((r) => r.body), (b) => b.decision !== 'pending_approval');
+    show(hopLine('  └ payments refund order/981 (42)', approved));
+
+    say('The agent tries to email the customer after reading PII: a violation; the task is stopped');
+    const email = await agent.post('/v1/hops', { tool: 'email', action: 'send', resource: 'customer@example.com', parentHop: read.body.hopId });
+    show(hopLine('  └ email send customer@example.com', email.body));
+    const revoked = await waitFor('revocation', () => tasks.read(NS, TASK), (t) => t.status?.conditions?.some((c) => c.type === 'Revoked' && c.status === 'True') ?? false);
+    show(`state ${revoked.status?.state ?? ''}: ${revoked.status?.violation?.message ?? ''}`);
+    show(`hops allowed ${revoked.status?.hops?.allowed ?? 0}, denied ${revoked.status?.hops?.denied ?? 0}; audit head ${revoked.status?.audit?.head?.slice(0, 16) ?? ''}… (${revoked.status?.audit?.count ?? 0} records)`);
+
+    say('Everything the task held is refused');
+    const after = await agent.get('/v1/credentials');
+    show(`GET /v1/credentials → ${after.status} ${JSON.stringify(after.body)}`);
+    const nextHop = await agent.post('/v1/hops', { tool: 'tickets', action: 'read', resource: 'ticket/1' });
+    show(`POST /v1/hops → ${nextHop.status} ${String((nextHop.body.error as { code?: string } | undefined)?.code)}`);
+    const aws = localAws(env);
+    const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
+    const deny = await iam.send(new GetRolePolicyCommand({ RoleName: roleName, PolicyName: 'chainwarden-revocations' }));
+    iam.destroy();
+    show(`IAM role ${roleName}, inline policy chainwarden-revocations: ${decodeURIComponent(deny.PolicyDocument ?? '')}`);
+    if (after.status !== 403 || nextHop.status !== 403) throw new ChainwardenError('demo_failed', 'the task\'s credentials were not refused after revocation');
+
+    say('chainwarden trace support/ticket-4711: the hop tree from the audit stream, checked against the task');
+    await waitFor('the audit stream to catch up', async () => readAuditRecords(await readFile(auditFile, 'utf8').catch(() => '')).filter((r) => r.record.task === `${NS}/${TASK}`), (records) => records.at(-1)?.record.hash === revoked.status?.audit?.head || records.length >= (revoked.status?.audit?.count ?? 0));
+    const records = readAuditRecords(await readFile(auditFile, 'utf8')).filter((r) => r.record.task === `${NS}/${TASK}`);
+    const { breaks } = verifyChains(records);
+    const final = await tasks.read(NS, TASK);
+    const matches = breaks.length === 0 && records.at(-1)?.record.hash === final?.status?.audit?.head;
+    show(matches ? `chain verified: ${records.length} records, head matches the task's status` : `CHAIN NOT VERIFIED (${breaks.length} breaks)`);
+    show(renderTrace(records.map((r) => r.record)));
+    if (!matches) throw new ChainwardenError('demo_failed', 'the audit chain does not verify');
+  } finally {
+    await sidecar.close();
+  }
+}
+
+/** `chainwarden demo`: the whole story on one machine, on the embedded default. */
+export async function runDemo(_args: string[]): Promise<number> {
+  const started = Date.now();
+  // This machine's Node is older than the SDK's next major wants; that notice is not part of the story.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+  process.stdout.write('chainwarden demo: a local control plane, the STS emulator, the operator, and one agent task\n');
+  const env = await startLocalEnvironment({ progress: (m) => process.stdout.write(`    · ${m}\n`) });
+  let operator: RunningOperator | undefined;
+  try {
+    const auditFile = path.join(env.stateDir, 'audit.jsonl');
+    const log = createLogger({ name: 'operator', level: 'info' }, pino.destination({ dest: path.join(env.stateDir, 'operator.log'), sync: false }));
+    operator = await startOperator({ kc: env.adminKubeConfig(), log, aws: localAws(env), auditFile });
+    await registerWebhooks(env.adminKubeConfig(), { url: operator.url, caBundlePem: operator.caPem });
+    // The default namespace is not where the story runs; nothing else to prepare.
+    await rawRequest(env.adminKubeConfig(), 'GET', '/readyz');
+    await story(env, operator, auditFile);
+    process.stdout.write(`\ndone in ${((Date.now() - started) / 1000).toFixed(1)}s\n`);
+    return 0;
+  } finally {
+    await operator?.stop();
+    await env.stop();
+  }
+}
