@@ -39,6 +39,8 @@ const TOKEN = '^[A-Za-z0-9_.:/*-]+$';
 export const RESERVED_SESSION_TAGS = 3;
 export const MAX_USER_SESSION_TAGS = 50 - RESERVED_SESSION_TAGS;
 export const MAX_SESSION_POLICY_CHARS = 2048;
+/** Sessions kept in a task's status; the oldest drop out first. */
+export const MAX_RECORDED_SESSIONS = 200;
 
 function durationRules(range: { min: string; minExclusive?: boolean; max: string }, hint: string): CelRule[] {
   const valid = matches(DURATION_PATTERN);
@@ -326,7 +328,7 @@ export const AgentTaskStatus = Type.Object(
       Type.Object(
         {
           sourceIdentity: Type.Optional(Type.String({ description: 'The immutable per-task marker set as STS SourceIdentity.' })),
-          sessions: Type.Optional(Type.Array(IssuedSession, { description: 'Every STS session issued, recorded before it was handed out.', maxItems: 1000 })),
+          sessions: Type.Optional(Type.Array(IssuedSession, { description: `STS sessions issued, each recorded before it was handed out; the latest ${MAX_RECORDED_SESSIONS}.`, maxItems: MAX_RECORDED_SESSIONS })),
           expiration: Type.Optional(Timestamp('Latest expiry of any session issued.')),
           revokedAt: Type.Optional(Timestamp('When the task was revoked.')),
           awsDenyInPlace: Type.Optional(Type.Boolean({ description: "Whether the deny on the task's SourceIdentity is written to the roles." })),
@@ -381,7 +383,7 @@ export const AgentTaskStatus = Type.Object(
           rules: Type.Array(Type.String(), { description: 'The rules that decided it.' }),
           at: Timestamp('When it was decided.'),
         }),
-        { description: 'The latest decided hops, newest last.', maxItems: 50 },
+        { description: 'The latest decided hops, newest last.', maxItems: 20 },
       ),
     ),
     violation: Type.Optional(

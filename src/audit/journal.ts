@@ -59,7 +59,7 @@ export const emptyDelta = (): TaskDelta => ({
   resolutions: [],
 });
 
-const RECENT_HOPS = 50;
+const RECENT_HOPS = 20;
 
 /** The task's status with a delta applied, and the audit records linked onto its chain head. */
 export function applyDelta(task: AgentTask, delta: TaskDelta, now: string): { status: AgentTaskStatus; records: AuditRecord[] } {
@@ -182,7 +182,9 @@ export class TaskJournal {
     private readonly emit: (record: AuditRecord) => void,
     private readonly clock: Clock,
     private readonly log: Logger,
-    private readonly flushMs = 10,
+    private readonly flushMs = 100,
+    /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
+    private readonly cached?: (namespace: string, name: string) => AgentTask | undefined,
   ) {}
 
   /** Queues a change; it is written within `flushMs`. */
@@ -204,6 +206,14 @@ export class TaskJournal {
     const landed = new Promise<void>((resolve, reject) => entry.waiters.push({ resolve, reject }));
     this.schedule(entry, 0);
     return landed;
+  }
+
+  /** The watch's copy of the task, unless this replica has written a newer chain since. */
+  private newestKnown(namespace: string, name: string): AgentTask | undefined {
+    const seen = this.cached?.(namespace, name);
+    const mine = this.written.get(`${namespace}/${name}`);
+    if (!seen || (mine && mine.uid === seen.metadata.uid && mine.chain.version > (seen.status?.chain?.version ?? 0))) return undefined;
+    return seen;
   }
 
   /** The newer of the chain state observed through the watch and the one this replica last wrote. */
@@ -247,11 +257,16 @@ export class TaskJournal {
     entry.waiters = [];
     let records: AuditRecord[] = [];
     try {
-      const written = await this.writer.updateStatus(entry.namespace, entry.name, (task) => {
-        const applied = applyDelta(task, delta, new Date(this.clock.now()).toISOString());
-        records = applied.records;
-        return applied.status;
-      });
+      const written = await this.writer.updateStatus(
+        entry.namespace,
+        entry.name,
+        (task) => {
+          const applied = applyDelta(task, delta, new Date(this.clock.now()).toISOString());
+          records = applied.records;
+          return applied.status;
+        },
+        this.cached && (() => this.newestKnown(entry.namespace, entry.name)),
+      );
       if (!written) {
         // The task is gone; the records still go out, linked on what was last known.
         this.log.warn({ task: `${entry.namespace}/${entry.name}`, records: delta.events.length }, 'task gone before its journal was written');

@@ -22,6 +22,8 @@ export interface PodRecord {
 export interface AgentAuthLookups {
   pod(namespace: string, name: string): PodRecord | undefined;
   task(namespace: string, name: string): AgentTask | undefined;
+  /** A pod the cache does not hold yet (created a moment ago), read from the API server. */
+  fetchPod?(namespace: string, name: string): Promise<PodRecord | undefined>;
 }
 
 /** Who is calling: an agent pod, and the live task it is bound to. */
@@ -60,6 +62,8 @@ export class AgentAuthenticator {
   private keys: ReturnType<typeof createLocalJWKSet> | undefined;
   private keysFetchedAt = 0;
   private readonly verified = new Map<string, Verified>();
+  /** Pod UIDs known to be gone; a UID never comes back, so no second look is needed. */
+  private readonly gone = new Set<string>();
 
   constructor(
     private readonly kc: KubeConfig,
@@ -127,12 +131,23 @@ export class AgentAuthenticator {
     return fresh;
   }
 
+  private async podOf(who: Verified): Promise<PodRecord | undefined> {
+    const cached = this.lookups.pod(who.namespace, who.podName);
+    if (cached?.metadata?.uid === who.podUid || this.gone.has(who.podUid) || !this.lookups.fetchPod) return cached;
+    const fresh = await this.lookups.fetchPod(who.namespace, who.podName);
+    if (fresh?.metadata?.uid !== who.podUid) {
+      if (this.gone.size > 100_000) this.gone.clear();
+      this.gone.add(who.podUid);
+    }
+    return fresh;
+  }
+
   /** The calling agent, from an `Authorization: Bearer …` header; a coded 401 or 403 otherwise. */
   async authenticate(authorization: string | undefined): Promise<AgentPrincipal> {
     const token = /^Bearer\s+(\S+)$/i.exec(authorization ?? '')?.[1];
     if (!token) throw unauthenticated('send the pod\'s projected service-account token as "Authorization: Bearer <token>"');
     const who = await this.cachedVerify(token);
-    const pod = this.lookups.pod(who.namespace, who.podName);
+    const pod = await this.podOf(who);
     if (!pod || pod.metadata?.uid !== who.podUid || pod.metadata.deletionTimestamp) {
       throw unauthenticated(`pod ${who.namespace}/${who.podName} (${who.podUid}) no longer exists; its token is no longer accepted`);
     }

@@ -24,15 +24,7 @@ export async function runDevenv(args: string[]): Promise<number> {
   await mkdir(out, { recursive: true });
 
   const env = await startLocalEnvironment({ progress: progressLine, keepState: values['keep-state'] });
-  const description: EnvironmentDescription = {
-    apiServer: env.apiServer,
-    kubeconfig: env.kubeconfig,
-    caFile: env.caFile,
-    caKeyFile: env.caKeyFile,
-    stsEndpoint: env.stsEndpoint,
-    stsRecording: env.stsRecording,
-    stateDir: env.stateDir,
-  };
+  const description: EnvironmentDescription = env.describe();
   let operator: RunningOperator | undefined;
   if (!values['no-operator']) {
     try {

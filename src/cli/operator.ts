@@ -27,6 +27,11 @@ export async function runOperator(args: string[]): Promise<number> {
     'webhook-url': { type: 'string' },
     'webhook-service': { type: 'string' },
     'log-level': { type: 'string', default: process.env.CHAINWARDEN_LOG_LEVEL ?? 'info' },
+    'aws-region': { type: 'string', default: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' },
+    'sts-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_STS },
+    'iam-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_IAM },
+    'audit-file': { type: 'string' },
+    'no-controllers': { type: 'boolean', default: false },
   });
   if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) throw new ChainwardenError('usage', '--tls-cert and --tls-key go together');
   const log = createLogger({ level: values['log-level'], name: 'operator' }, pino.destination(1));
@@ -42,6 +47,9 @@ export async function runOperator(args: string[]): Promise<number> {
     issuerUrl: values['issuer-url'],
     podBrokerUrl: values['broker-url'],
     sidecarImage: values['sidecar-image'],
+    aws: { region: values['aws-region'] ?? 'us-east-1', stsEndpoint: values['sts-endpoint'], iamEndpoint: values['iam-endpoint'] },
+    auditFile: values['audit-file'],
+    controllers: !values['no-controllers'],
   });
   const signal = await untilSignal();
   log.info({ signal }, 'stopping');

@@ -51,6 +51,8 @@ export interface EnvironmentDescription {
 export interface LocalEnvironment extends EnvironmentDescription {
   /** The CRDs installed at start. */
   crds: string[];
+  /** The plain-JSON description, to hand to other processes. */
+  describe(): EnvironmentDescription;
   adminKubeConfig(): KubeConfig;
   kubeConfigFor(user: string, groups?: readonly string[]): Promise<KubeConfig>;
   resetSts(): Promise<void>;
@@ -121,6 +123,7 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
     return {
       ...description,
       crds,
+      describe: () => ({ ...description }),
       adminKubeConfig: () => kubeConfigFromYaml(adminYaml),
       kubeConfigFor: (user, groups = []) => kubeConfigForUser(description, user, groups),
       resetSts: () => sts.reset(),

@@ -1,5 +1,5 @@
 import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
-import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
+import { MAX_RECORDED_SESSIONS, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import { deadlineOf, isTerminal } from '../controllers/agenttask/decide.js';
 import type { SvidIssuer } from '../identity/svid.js';
@@ -20,8 +20,6 @@ import { POLICY_DEFAULTS } from '../admission/plugins/agenttask.js';
 const REFRESH_MARGIN_MS = 5 * 60_000;
 /** The audience of the JWT-SVID presented to AssumeRoleWithWebIdentity. */
 export const STS_AUDIENCE = 'sts.amazonaws.com';
-/** Sessions recorded per task; the oldest drop out of status first. */
-const MAX_RECORDED_SESSIONS = 200;
 
 export interface CredentialBrokerDeps {
   sts: StsPort;

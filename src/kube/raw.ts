@@ -7,11 +7,28 @@ import { ChainwardenError } from '../errors.js';
  * fields it has no model for (`enum`, `default`, `x-kubernetes-*` in a CRD schema among them), so
  * objects we author as raw JSON (CRDs, webhook configurations) are sent through this instead.
  */
+const agents = new WeakMap<KubeConfig, https.Agent>();
+
+/**
+ * One keep-alive agent per kubeconfig: a TLS handshake and a new secure context per request
+ * would cost more than the request (the journal writes status many times a second).
+ */
+function agentFor(kc: KubeConfig, tls: https.RequestOptions): https.Agent {
+  let agent = agents.get(kc);
+  if (!agent) {
+    agent = new https.Agent({ keepAlive: true, maxSockets: 64, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized });
+    agents.set(kc, agent);
+  }
+  return agent;
+}
+
 export async function rawRequest(kc: KubeConfig, method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; body: unknown }> {
   const server = kc.getCurrentCluster()?.server;
   if (!server) throw new ChainwardenError('no_cluster', 'the kubeconfig has no current cluster');
-  const options: https.RequestOptions = { method, headers: { accept: 'application/json, */*;q=0.8' } };
-  await kc.applyToHTTPSOptions(options);
+  const tls: https.RequestOptions = {};
+  // Applied per request: a token that rotates (in-cluster service account) is read fresh.
+  await kc.applyToHTTPSOptions(tls);
+  const options: https.RequestOptions = { method, agent: agentFor(kc, tls), headers: { ...(tls.headers as Record<string, string> | undefined), accept: 'application/json, */*;q=0.8' } };
   const payload = body === undefined ? undefined : JSON.stringify(body);
   if (payload !== undefined) options.headers = { ...options.headers, 'content-type': contentType, 'content-length': Buffer.byteLength(payload) };
   return new Promise((resolve, reject) => {

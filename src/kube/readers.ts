@@ -21,3 +21,17 @@ export function customObjectReader<T>(kc: KubeConfig, plural: string, parse: (ra
     },
   };
 }
+
+/**
+ * Reads from an informer's cache, and from the API server on a miss, so that an object created
+ * a moment ago (a policy applied just before its task) is found before the watch delivers it.
+ */
+export function cachedReader<T>(cache: { get(namespace: string, name: string): unknown }, parse: (raw: unknown) => T, fallback: ObjectReader<T>): ObjectReader<T> {
+  return {
+    async get(namespace, name) {
+      const hit = cache.get(namespace, name);
+      if (hit !== undefined) return parse(hit);
+      return fallback.get(namespace, name);
+    },
+  };
+}

@@ -43,9 +43,10 @@ export class TaskWriter {
    * Changes the status through `edit` on a fresh read, retrying on conflicts. `edit` returns
    * undefined to leave the task as it is. Returns the task as written (or as found).
    */
-  async updateStatus(namespace: string, name: string, edit: (task: AgentTask) => AgentTaskStatus | undefined): Promise<AgentTask | undefined> {
+  async updateStatus(namespace: string, name: string, edit: (task: AgentTask) => AgentTaskStatus | undefined, cached?: () => AgentTask | undefined): Promise<AgentTask | undefined> {
     for (let attempt = 0; attempt < 8; attempt++) {
-      const task = await this.read(namespace, name);
+      // First try the caller's cached copy (saves a read); after a conflict, read fresh.
+      const task = attempt === 0 && cached?.() ? cached() : await this.read(namespace, name);
       if (!task) return undefined;
       const status = edit(task);
       if (!status) return task;

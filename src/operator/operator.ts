@@ -32,8 +32,9 @@ import { KeyRing } from '../identity/keyring.js';
 import { secretKeyStore } from '../identity/keystore-secret.js';
 import { assertTrustDomain } from '../identity/spiffe.js';
 import { SvidIssuer } from '../identity/svid.js';
-import { customObjectReader } from '../kube/readers.js';
+import { cachedReader, customObjectReader } from '../kube/readers.js';
 import { TaskWriter } from '../kube/tasks.js';
+import { rawRequest } from '../kube/raw.js';
 import type { Logger } from '../log.js';
 import { CertificateAuthority } from '../pki/authority.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
@@ -70,6 +71,8 @@ export interface OperatorOptions {
   clock?: Clock;
   /** Also append every audit record to this file (JSON lines), besides the operator's log. */
   auditFile?: string;
+  /** How long chain state and audit records gather before one status write per task. */
+  journalFlushMs?: number;
   /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
   aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
 }
@@ -149,13 +152,17 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     {
       pod: (ns, name) => informers.pods.get(ns, name),
       task: (ns, name) => informers.tasks.get(ns, name),
+      fetchPod: async (ns, name) => {
+        const res = await rawRequest(kc, 'GET', `/api/v1/namespaces/${ns}/pods/${name}`);
+        return res.status === 200 ? (res.body as PodRecord) : undefined;
+      },
     },
     clock,
     log,
   );
 
-  const policies = customObjectReader(kc, 'agentpolicies', parseAgentPolicy);
-  const tasks = customObjectReader(kc, 'agenttasks', parseAgentTask);
+  const policies = cachedReader(informers.policies, parseAgentPolicy, customObjectReader(kc, 'agentpolicies', parseAgentPolicy));
+  const tasks = cachedReader(informers.tasks, parseAgentTask, customObjectReader(kc, 'agenttasks', parseAgentTask));
   const routes: Record<string, Handler> = {
     '/healthz': (_req, res) => Promise.resolve(sendJson(res, 200, { status: 'ok' })),
     '/readyz': (_req, res) => {
@@ -195,20 +202,30 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const sts = new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials });
   const iam = new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint ?? aws.stsEndpoint, credentials: aws.credentials });
   const revoker = new Revoker(iam, clock, log);
-  const parsedPolicy = (ns: string, name: string) => {
+  // Parsed once per policy version: hops read the policy on every decision.
+  const parsedPolicies = new Map<string, { version: string; policy: AgentPolicy | undefined }>();
+  const parsedPolicy = (ns: string, name: string): AgentPolicy | undefined => {
     const raw = informers.policies.get(ns, name);
+    if (!raw) return undefined;
+    const key = `${ns}/${name}`;
+    const version = `${raw.metadata.uid ?? ''}@${raw.metadata.resourceVersion ?? ''}`;
+    const hit = parsedPolicies.get(key);
+    if (hit?.version === version) return hit.policy;
+    let policy: AgentPolicy | undefined;
     try {
-      return raw ? parseAgentPolicy(raw) : undefined;
+      policy = parseAgentPolicy(raw);
     } catch {
-      return undefined;
+      policy = undefined;
     }
+    parsedPolicies.set(key, { version, policy });
+    return policy;
   };
   const auditFile = options.auditFile ? createWriteStream(options.auditFile, { flags: 'a' }) : undefined;
   const emit = (record: AuditRecord) => {
     log.info({ audit: record }, 'audit');
     auditFile?.write(`${JSON.stringify({ time: new Date().toISOString(), audit: record })}\n`);
   };
-  const journal = new TaskJournal(writer, emit, clock, log);
+  const journal = new TaskJournal(writer, emit, clock, log, options.journalFlushMs, (ns, name) => informers.tasks.get(ns, name));
   const credentialBroker = new CredentialBroker({ sts, writer, issuer, policy: parsedPolicy, clock, log, replica: identity, journal });
   const hops = new HopService({
     engine: new PolicyEngine(),

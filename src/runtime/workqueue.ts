@@ -47,8 +47,12 @@ export class WorkQueue {
     if (this.queued.has(key)) return;
     this.queued.add(key);
     this.queue.push(key);
-    this.metrics?.gauge('chainwarden_workqueue_depth', 'Keys waiting in the work queue.', { queue: this.name }).set(this.queue.length);
+    this.reportDepth();
     this.waiters.shift()?.();
+  }
+
+  private reportDepth(): void {
+    this.metrics?.gauge('chainwarden_workqueue_depth', 'Keys waiting in the work queue.', { queue: this.name }).set(this.queue.length);
   }
 
   /** Adds `key` after `ms`; an earlier pending delay for the same key wins over a later one. */
@@ -88,6 +92,7 @@ export class WorkQueue {
     while (!this.stopped) {
       const key = this.queue.shift();
       if (key !== undefined) {
+        this.reportDepth();
         this.queued.delete(key);
         this.processing.add(key);
         return key;

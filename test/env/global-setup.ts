@@ -45,13 +45,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   await writeFile(brokerCA, operator.caPem);
   process.stderr.write(`[control plane] ready in ${((Date.now() - started) / 1000).toFixed(1)}s at ${env.apiServer}\n`);
   project.provide('env', {
-    apiServer: env.apiServer,
-    kubeconfig: env.kubeconfig,
-    caFile: env.caFile,
-    caKeyFile: env.caKeyFile,
-    stsEndpoint: env.stsEndpoint,
-    stsRecording: env.stsRecording,
-    stateDir: env.stateDir,
+    ...env.describe(),
     brokerUrl: operator.url,
     brokerCA,
     operatorLog,

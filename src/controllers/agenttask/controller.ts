@@ -45,6 +45,24 @@ export function podView(pod: PodRecord): PodView {
   };
 }
 
+/** Status fields the broker's journal owns; a write that changes only these needs no reconcile. */
+const JOURNAL_FIELDS = new Set(['chain', 'hops', 'audit', 'recentHops']);
+
+/**
+ * True when an update touched nothing the controller decides on: the same spec and metadata
+ * (bar the resourceVersion) and a status that differs only in the journal's fields.
+ */
+export function onlyJournalChanged(old: AgentTask, next: AgentTask): boolean {
+  if (old.metadata.generation !== next.metadata.generation || old.metadata.deletionTimestamp !== next.metadata.deletionTimestamp) return false;
+  if (!isDeepStrictEqual(old.metadata.finalizers, next.metadata.finalizers) || !isDeepStrictEqual(old.metadata.labels, next.metadata.labels)) return false;
+  const a = (old.status ?? {}) as Record<string, unknown>;
+  const b = (next.status ?? {}) as Record<string, unknown>;
+  for (const key of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (!JOURNAL_FIELDS.has(key) && !isDeepStrictEqual(a[key], b[key])) return false;
+  }
+  return true;
+}
+
 /**
  * The AgentTask controller: gather → decide → act → report. It never knows why it ran; it
  * reads the caches, asks `decide` for a plan, carries it out, and writes the status once.
@@ -55,7 +73,10 @@ export class AgentTaskController {
 
   constructor(private readonly deps: TaskControllerDeps) {
     this.queue = new WorkQueue('agenttask', { baseMs: 200, maxMs: 60_000 }, deps.metrics);
-    deps.tasks.on((_event, task) => this.enqueue(`${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`));
+    deps.tasks.on((event, task, old) => {
+      if (event === 'update' && old && onlyJournalChanged(old, task)) return;
+      this.enqueue(`${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`);
+    });
     deps.pods.on((_event, pod) => {
       const task = pod.metadata?.labels?.[TASK_LABEL];
       if (task) this.enqueue(`${pod.metadata?.namespace ?? ''}/${task}`);

@@ -134,11 +134,11 @@ describe('audit', () => {
     // After reading PII, email is exfiltration: a violation, and the task ends.
     await agent.hop({ tool: 'email', action: 'send', resource: 'customer', parentHop: read.body.hopId });
     const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => condition(t, 'Revoked')?.status === 'True');
-    await expect.poll(async () => (await readTask(admin, namespace, 'ticket-4711'))?.status?.audit?.count, { timeout: 5000 }).toBeGreaterThanOrEqual(10);
+    // The revocation record is the last; the stream has it once the head covering it is written.
+    const recordsOf = async () => readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).filter((r) => r.record.taskUid === task.metadata.uid);
+    await expect.poll(async () => (await recordsOf()).some((r) => r.record.type === 'revocation'), { timeout: 10_000 }).toBe(true);
     const head = (await readTask(admin, namespace, 'ticket-4711'))?.status?.audit;
-
-    const stream = await readFile(env.auditFile ?? '', 'utf8');
-    const mine = readAuditRecords(stream).filter((r) => r.record.taskUid === task.metadata.uid);
+    const mine = await recordsOf();
     expect(verifyChains(mine).breaks).toEqual([]);
     expect(mine.at(-1)?.record.hash).toBe(head?.head);
     expect(mine.map((r) => r.record.type)).toEqual(

@@ -83,3 +83,14 @@ describe('decide', () => {
     expect(later.status.conditions?.find((c) => c.type === 'Ready')?.lastTransitionTime).toBe(readyAt);
   });
 });
+
+describe('onlyJournalChanged', () => {
+  const base = task({ state: 'Bound', hops: { allowed: 1, denied: 0, pending: 0 } });
+  it('skips a reconcile for writes of hop counters, chain and audit head only', async () => {
+    const { onlyJournalChanged } = await import('../../../src/controllers/agenttask/controller.js');
+    expect(onlyJournalChanged(base, { ...base, status: { ...base.status, hops: { allowed: 2, denied: 0, pending: 0 }, audit: { head: 'x', count: 3 } } })).toBe(true);
+    expect(onlyJournalChanged(base, { ...base, status: { ...base.status, state: 'Violated' } })).toBe(false);
+    expect(onlyJournalChanged(base, { ...base, status: { ...base.status, pendingHops: [] } })).toBe(false);
+    expect(onlyJournalChanged(base, { ...base, metadata: { ...base.metadata, deletionTimestamp: 'now' } })).toBe(false);
+  });
+});

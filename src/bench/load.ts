@@ -1,0 +1,115 @@
+/**
+ * A load generator, run as its own process so it does not share an event loop with what it
+ * measures. It reads a JSON job from argv and prints a JSON result.
+ *
+ * - closed: `concurrency` loops for `seconds`, each sending the next request when the last
+ *   answered: the most the target sustains.
+ * - open: requests start on a fixed schedule (`rate` per second) whatever the answers do;
+ *   latency is counted from the scheduled start, so a stall shows up in the percentiles
+ *   instead of slowing the offered rate down (no coordinated omission).
+ */
+import http from 'node:http';
+import https from 'node:https';
+import { summarize } from './stats.js';
+
+export interface LoadJob {
+  mode: 'closed' | 'open';
+  url: string;
+  method: 'GET' | 'POST';
+  /** One body and header set per virtual client; requests take them round-robin. */
+  clients: { headers: Record<string, string>; body?: string }[];
+  ca?: string;
+  seconds: number;
+  concurrency?: number;
+  rate?: number;
+  warmupSeconds?: number;
+}
+
+export interface LoadResult {
+  mode: string;
+  requests: number;
+  errors: number;
+  statuses: Record<string, number>;
+  seconds: number;
+  ratePerSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+function requester(job: LoadJob) {
+  const url = new URL(job.url);
+  const secure = url.protocol === 'https:';
+  const agent = secure ? new https.Agent({ keepAlive: true, maxSockets: 256, ca: job.ca }) : new http.Agent({ keepAlive: true, maxSockets: 256 });
+  const lib = secure ? https : http;
+  let next = 0;
+  return () =>
+    new Promise<number>((resolve) => {
+      const client = job.clients[next++ % job.clients.length] ?? { headers: {} };
+      const req = lib.request(url, { method: job.method, agent, headers: { 'content-type': 'application/json', ...client.headers } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', () => resolve(0));
+      req.end(client.body);
+    });
+}
+
+async function closed(job: LoadJob, send: () => Promise<number>, until: number, record: (started: number, status: number) => void) {
+  const loop = async () => {
+    while (performance.now() < until) {
+      const started = performance.now();
+      record(started, await send());
+    }
+  };
+  await Promise.all(Array.from({ length: job.concurrency ?? 16 }, loop));
+}
+
+async function open(job: LoadJob, send: () => Promise<number>, start: number, until: number, record: (scheduled: number, status: number) => void) {
+  const interval = 1000 / (job.rate ?? 1000);
+  const inflight = new Set<Promise<void>>();
+  let i = 0;
+  for (;;) {
+    const now = performance.now();
+    // Start everything that is due, then yield so answers are read: timers are coarser than the schedule.
+    while (start + i * interval <= now) {
+      const scheduled = start + i * interval;
+      if (scheduled >= until) break;
+      const p: Promise<void> = send().then((status) => {
+        record(scheduled, status);
+        inflight.delete(p);
+      });
+      inflight.add(p);
+      i++;
+    }
+    if (start + i * interval >= until) break;
+    await new Promise((r) => setImmediate(r));
+  }
+  await Promise.all(inflight);
+}
+
+export async function runLoad(job: LoadJob): Promise<LoadResult> {
+  const send = requester(job);
+  const warmUntil = performance.now() + (job.warmupSeconds ?? 1) * 1000;
+  while (performance.now() < warmUntil) await send();
+  const latencies: number[] = [];
+  const statuses: Record<string, number> = {};
+  let errors = 0;
+  const record = (started: number, status: number) => {
+    latencies.push(performance.now() - started);
+    statuses[status] = (statuses[status] ?? 0) + 1;
+    if (status < 200 || status >= 300) errors++;
+  };
+  const start = performance.now();
+  const until = start + job.seconds * 1000;
+  if (job.mode === 'closed') await closed(job, send, until, record);
+  else await open(job, send, start, until, record);
+  const seconds = (performance.now() - start) / 1000;
+  const summary = summarize(latencies);
+  return { mode: job.mode, requests: summary.count, errors, statuses, seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
+}
+
+if (process.argv[2] === '--job') {
+  const job = JSON.parse(process.argv[3] ?? '{}') as LoadJob;
+  process.stdout.write(`${JSON.stringify(await runLoad(job))}\n`);
+}

@@ -1,0 +1,301 @@
+/**
+ * `npm run bench`: the figures the README quotes, measured on real components. Writes one JSON
+ * document to stdout and to bench-results.json, and a readable table to stderr.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CreateRoleCommand, IAMClient } from '@aws-sdk/client-iam';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
+import { freePort } from '../controlplane/ports.js';
+import { rawRequest } from '../kube/raw.js';
+import { CertificateAuthority } from '../pki/authority.js';
+import type { LoadJob, LoadResult } from './load.js';
+import { summarize } from './stats.js';
+
+const here = path.dirname(new URL(import.meta.url).pathname);
+const bin = path.resolve(here, '..', '..', 'bin', 'chainwarden.js');
+const NS = 'bench';
+const log = (m: string) => process.stderr.write(`· ${m}\n`);
+
+interface Broker {
+  url: string;
+  ca: string;
+  pid: number;
+  child: ChildProcess;
+}
+
+async function https(broker: Broker, method: string, p: string, token?: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  const { request } = await import('node:https');
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(new URL(p, broker.url), { method, ca: broker.ca, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => {
+        let parsed: unknown = text;
+        try {
+          parsed = text ? (JSON.parse(text) as unknown) : undefined;
+        } catch {
+          // /metrics is text
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed });
+      });
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+async function load(job: LoadJob): Promise<LoadResult> {
+  const child = spawn(process.execPath, [path.join(here, 'load.js'), '--job', JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  await new Promise((r) => child.on('exit', r));
+  return JSON.parse(out) as LoadResult;
+}
+
+async function startBroker(env: LocalEnvironment): Promise<Broker> {
+  const ca = await CertificateAuthority.create('bench-ca');
+  const serving = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
+  const files = { cert: path.join(env.stateDir, 'bench.crt'), key: path.join(env.stateDir, 'bench.key'), ca: path.join(env.stateDir, 'bench-ca.crt') };
+  await writeFile(files.cert, serving.certPem);
+  await writeFile(files.key, serving.keyPem);
+  await writeFile(files.ca, ca.certPem);
+  const port = await freePort();
+  const aws = localAws(env);
+  // CHAINWARDEN_BENCH_PROFILE=DIR writes a V8 CPU profile of the operator there.
+  const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
+  const child = spawn(
+    process.execPath,
+    [...profile, bin, 'operator', '--kubeconfig', env.kubeconfig, '--namespace', 'chainwarden-system', '--listen', `127.0.0.1:${port}`, '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.ca, '--webhook-url', `https://127.0.0.1:${port}`, '--sts-endpoint', env.stsEndpoint, '--iam-endpoint', env.stsEndpoint, '--audit-file', path.join(env.stateDir, 'audit.jsonl'), '--log-level', 'warn'],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+    },
+  );
+  const broker = { url: `https://127.0.0.1:${port}`, ca: ca.certPem, pid: child.pid ?? 0, child };
+  for (let i = 0; i < 300; i++) {
+    const ready = await https(broker, 'GET', '/readyz').catch(() => undefined);
+    if (ready?.status === 200) return broker;
+    await sleep(100);
+  }
+  throw new Error('the operator did not become ready');
+}
+
+async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024);
+}
+
+async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {
+  const res = await rawRequest(kc, 'POST', p, obj);
+  if (res.status >= 300) throw new Error(`POST ${p}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
+}
+
+const taskManifest = (name: string, roleArn: string) => ({
+  apiVersion: 'chainwarden.io/v1alpha1',
+  kind: 'AgentTask',
+  metadata: { name, namespace: NS },
+  spec: { serviceAccountName: 'agent', policyRef: { name: 'bench' }, ttl: '1h', credentials: [{ name: 'default', aws: { roleArn, duration: '15m' } }] },
+});
+
+async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn: string): Promise<{ token: string; created: number; ready: number }> {
+  const created = performance.now();
+  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks`, taskManifest(name, roleArn));
+  const pod = (await rawRequest(kc, 'POST', `/api/v1/namespaces/${NS}/pods`, {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: `${name}-pod`, labels: { 'chainwarden.io/task': name } },
+    spec: { serviceAccountName: 'agent', containers: [{ name: 'agent', image: 'example.invalid/agent:1' }] },
+  })).body as { metadata: { uid: string } };
+  const token = ((await rawRequest(kc, 'POST', `/api/v1/namespaces/${NS}/serviceaccounts/agent/token`, {
+    apiVersion: 'authentication.k8s.io/v1',
+    kind: 'TokenRequest',
+    spec: { audiences: ['chainwarden'], expirationSeconds: 3600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: `${name}-pod`, uid: pod.metadata.uid } },
+  })).body as { status: { token: string } }).status.token;
+  for (;;) {
+    const creds = await https(broker, 'GET', '/v1/credentials', token);
+    if (creds.status === 200) return { token, created, ready: performance.now() };
+    if (creds.status !== 403) throw new Error(`credentials for ${name}: ${creds.status} ${JSON.stringify(creds.body)}`);
+    await sleep(10);
+  }
+}
+
+async function pool<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < items.length) await work(items[next++] as T);
+  }));
+}
+
+async function setUp(env: LocalEnvironment, kc: KubeConfig): Promise<string> {
+  await post(kc, '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
+  await post(kc, `/api/v1/namespaces/${NS}/serviceaccounts`, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'agent' } });
+  const aws = localAws(env);
+  const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
+  const role = await iam.send(new CreateRoleCommand({ RoleName: 'bench-agent', AssumeRolePolicyDocument: '{"Version":"2012-10-17","Statement":[]}' }));
+  iam.destroy();
+  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agentpolicies`, {
+    apiVersion: 'chainwarden.io/v1alpha1',
+    kind: 'AgentPolicy',
+    metadata: { name: 'bench', namespace: NS },
+    spec: {
+      maxTaskTTL: '2h',
+      limits: { maxHops: 100000, maxDepth: 64 },
+      aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h' },
+      systems: [{ name: 'tickets', dataClasses: ['pii'] }, { name: 'email', trustBoundary: 'external' }],
+      rules: [
+        { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
+        { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
+      ],
+      onViolation: 'Deny',
+    },
+  });
+  return role.Role?.Arn ?? '';
+}
+
+async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, roleArn: string, count: number) {
+  const names = Array.from({ length: count }, (_, i) => `task-${i}`);
+  const tokens = new Map<string, string>();
+  const issue: number[] = [];
+  const started = performance.now();
+  await pool(names, 8, async (name) => {
+    const r = await boundAgent(kc, broker, name, roleArn);
+    tokens.set(name, r.token);
+    issue.push(r.ready - r.created);
+  });
+  const issuanceSeconds = (performance.now() - started) / 1000;
+  const revoke: number[] = [];
+  await pool(names, 8, async (name) => {
+    const token = tokens.get(name) ?? '';
+    const t0 = performance.now();
+    const done = await https(broker, 'POST', `/v1/tasks/${NS}/${name}/complete`, token);
+    if (done.status !== 200) throw new Error(`complete ${name}: ${done.status}`);
+    for (;;) {
+      if ((await https(broker, 'GET', '/v1/credentials', token)).status === 403) break;
+      await sleep(1);
+    }
+    revoke.push(performance.now() - t0);
+  });
+  return { issuance: { tasks: count, ...summarize(issue), tasksPerSecond: Math.round((count / issuanceSeconds) * 10) / 10 }, revocation: summarize(revoke) };
+}
+
+async function admission(broker: Broker, roleArn: string): Promise<LoadResult> {
+  const review = (uid: string) => JSON.stringify({
+    apiVersion: 'admission.k8s.io/v1',
+    kind: 'AdmissionReview',
+    request: { uid, kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' }, resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' }, operation: 'CREATE', namespace: NS, userInfo: { username: 'bench' }, object: taskManifest('admission-check', roleArn) },
+  });
+  return load({ mode: 'closed', url: `${broker.url}/validate`, method: 'POST', clients: [{ headers: {}, body: review('u1') }], ca: broker.ca, seconds: 5, concurrency: 1 });
+}
+
+async function bareServer(): Promise<{ url: string; child: ChildProcess }> {
+  const code = `const http=require('node:http');const s=http.createServer((q,r)=>{let n=0;q.on('data',c=>n+=c.length);q.on('end',()=>{const b=JSON.stringify({hopId:'h',decision:'allow',reasons:[],depth:1});r.writeHead(200,{'content-type':'application/json','content-length':Buffer.byteLength(b)});r.end(b);});});s.keepAliveTimeout=65000;s.listen(0,'127.0.0.1',()=>console.log(s.address().port));`;
+  const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<string>((r) => child.stdout?.once('data', (c: Buffer) => r(c.toString().trim())));
+  return { url: `http://127.0.0.1:${port}`, child };
+}
+
+async function hops(kc: KubeConfig, broker: Broker, roleArn: string) {
+  const agents = await Promise.all(Array.from({ length: 8 }, (_, i) => boundAgent(kc, broker, `hops-${i}`, roleArn)));
+  const body = JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/4711' });
+  const clients = agents.map((a) => ({ headers: { authorization: `Bearer ${a.token}` }, body }));
+  const bare = await bareServer();
+  try {
+    const bareMax = await load({ mode: 'closed', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], seconds: 5, concurrency: 32 });
+    const bareFixed = await load({ mode: 'open', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], seconds: 5, rate: 1000 });
+    const fixed = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 1000 });
+    const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
+    const max = await load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 });
+    return { fixedRate: fixed, fixedRate500: fixedHalf, maxThroughput: max, bareHttpMax: bareMax, bareHttpFixedRate: bareFixed, throughputShareOfBare: Math.round((max.ratePerSecond / bareMax.ratePerSecond) * 1000) / 1000 };
+  } finally {
+    bare.child.kill();
+  }
+}
+
+async function memory(kc: KubeConfig, broker: Broker, roleArn: string, count: number) {
+  const before = await rssMiB(broker.pid);
+  const names = Array.from({ length: count }, (_, i) => `mem-${i}`);
+  const started = performance.now();
+  await pool(names, 16, (name) => post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks`, taskManifest(name, roleArn)));
+  const createSeconds = (performance.now() - started) / 1000;
+  // Settled: every task cached and reconciled (its status written), the queue empty.
+  for (;;) {
+    const metrics = (await https(broker, 'GET', '/metrics')).body;
+    const text = typeof metrics === 'string' ? metrics : '';
+    const depth = Number(/chainwarden_workqueue_depth\{queue="agenttask"\} (\d+)/.exec(text)?.[1] ?? '0');
+    const cached = Number(/chainwarden_cached_objects\{resource="agenttasks"\} (\d+)/.exec(text)?.[1] ?? '0');
+    if (cached >= count && depth === 0) break;
+    await sleep(1000);
+  }
+  const settledSeconds = (performance.now() - started) / 1000;
+  return { tasks: count, rssBeforeMiB: before, rssMiB: await rssMiB(broker.pid), createSeconds: Math.round(createSeconds), settledSeconds: Math.round(settledSeconds) };
+}
+
+function table(r: Results): string {
+  const h = r.hops;
+  const row = (a: string, b: string) => `${a.padEnd(52)} ${b}`;
+  return [
+    '',
+    row('hop decisions at 1,000/s offered (open loop)', `${h.fixedRate.ratePerSecond}/s  p50 ${h.fixedRate.p50Ms} ms  p99 ${h.fixedRate.p99Ms} ms  errors ${h.fixedRate.errors}`),
+    row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  errors ${h.fixedRate500.errors}`),
+    row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.ratePerSecond}/s  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms`),
+    row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
+    row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
+    row('hop throughput as a share of bare node:http', `${Math.round(h.throughputShareOfBare * 100)}%`),
+    row(`credential issuance (${r.credentials.issuance.tasks} tasks, created → credentials)`, `p50 ${r.credentials.issuance.p50Ms} ms  p99 ${r.credentials.issuance.p99Ms} ms  ${r.credentials.issuance.tasksPerSecond} tasks/s`),
+    row('revocation (completion → credentials refused)', `p50 ${r.credentials.revocation.p50Ms} ms  p99 ${r.credentials.revocation.p99Ms} ms`),
+    row('admission webhook (AgentTask, over HTTPS)', `p50 ${r.admission.p50Ms} ms  p99 ${r.admission.p99Ms} ms  ${r.admission.ratePerSecond}/s`),
+    row(`operator RSS with ${r.memory.tasks} AgentTasks cached`, `${r.memory.rssMiB} MiB (${r.memory.rssBeforeMiB} MiB before; settled in ${r.memory.settledSeconds} s)`),
+    '',
+  ].join('\n');
+}
+
+interface Results {
+  machine: { cpus: number; node: string; memoryGiB: number };
+  hops: Awaited<ReturnType<typeof hops>>;
+  credentials: Awaited<ReturnType<typeof issuanceAndRevocation>>;
+  admission: LoadResult;
+  memory: Awaited<ReturnType<typeof memory>>;
+}
+
+async function main(): Promise<void> {
+  const tasks = Number(process.env.CHAINWARDEN_BENCH_TASKS ?? 200);
+  const cached = Number(process.env.CHAINWARDEN_BENCH_CACHED ?? 10_000);
+  const env = await startLocalEnvironment({ progress: log });
+  let broker: Broker | undefined;
+  try {
+    broker = await startBroker(env);
+    const kc = env.adminKubeConfig();
+    const roleArn = await setUp(env, kc);
+    // CHAINWARDEN_BENCH_ONLY=hops measures the hop decisions alone (for profiling).
+    const only = process.env.CHAINWARDEN_BENCH_ONLY;
+    log('hop decisions');
+    const hopResults = await hops(kc, broker, roleArn);
+    if (only === 'hops') {
+      process.stdout.write(`${JSON.stringify(hopResults, null, 2)}\n`);
+      return;
+    }
+    log('admission webhook');
+    const admissionResult = await admission(broker, roleArn);
+    log(`credential issuance and revocation over ${tasks} tasks`);
+    const credentials = await issuanceAndRevocation(kc, broker, roleArn, tasks);
+    log(`operator memory with ${cached} AgentTasks`);
+    const mem = await memory(kc, broker, roleArn, cached);
+    const results: Results = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, credentials, admission: admissionResult, memory: mem };
+    const json = JSON.stringify(results, null, 2);
+    await writeFile('bench-results.json', `${json}\n`);
+    process.stdout.write(`${json}\n`);
+    process.stderr.write(table(results));
+  } finally {
+    broker?.child.kill('SIGTERM');
+    if (broker) await new Promise((r) => broker?.child.once('exit', r));
+    await env.stop();
+  }
+}
+
+await main();
