@@ -191,8 +191,6 @@ export async function runDemo(_args: string[]): Promise<number> {
     const log = createLogger({ name: 'operator', level: 'info' }, pino.destination({ dest: path.join(env.stateDir, 'operator.log'), sync: false }));
     operator = await startOperator({ kc: env.adminKubeConfig(), log, aws: localAws(env), auditFile });
     await registerWebhooks(env.adminKubeConfig(), { url: operator.url, caBundlePem: operator.caPem });
-    // The default namespace is not where the story runs; nothing else to prepare.
-    await rawRequest(env.adminKubeConfig(), 'GET', '/readyz');
     await story(env, operator, auditFile);
     process.stdout.write(`\ndone in ${((Date.now() - started) / 1000).toFixed(1)}s\n`);
     return 0;

@@ -110,7 +110,7 @@ export class AgentTaskController {
     return this.deps.revoke ? this.deps.revoke(task, policy) : { marker: '', roles: [], pruneAfter: 0 };
   }
 
-  private withRevocation(status: AgentTaskStatus, outcome: RevocationResult, events: TaskEvent[]): { status: AgentTaskStatus } {
+  private withRevocation(status: AgentTaskStatus, outcome: RevocationResult, events: TaskEvent[]): AgentTaskStatus {
     const now = new Date(this.deps.clock.now()).toISOString();
     const denied = outcome.roles.length > 0;
     const message = denied
@@ -118,11 +118,9 @@ export class AgentTaskController {
       : 'the broker refuses the task; it requested no AWS credentials, so there is nothing to deny in AWS';
     events.push({ type: 'Normal', reason: 'Revoked', message });
     return {
-      status: {
-        ...status,
-        credentials: { ...status.credentials, ...(denied ? { sourceIdentity: outcome.marker } : {}), revokedAt: status.credentials?.revokedAt ?? now, awsDenyInPlace: denied },
-        conditions: mergeConditions(status.conditions, [{ type: ConditionType.Revoked, status: 'True', reason: denied ? Reason.DenyWritten : Reason.NothingIssued, message }], now),
-      },
+      ...status,
+      credentials: { ...status.credentials, ...(denied ? { sourceIdentity: outcome.marker } : {}), revokedAt: status.credentials?.revokedAt ?? now, awsDenyInPlace: denied },
+      conditions: mergeConditions(status.conditions, [{ type: ConditionType.Revoked, status: 'True', reason: denied ? Reason.DenyWritten : Reason.NothingIssued, message }], now),
     };
   }
 
@@ -188,7 +186,7 @@ export class AgentTaskController {
     if (plan.revoke) {
       try {
         const outcome = await this.revoke(task, policy);
-        ({ status } = this.withRevocation(status, outcome, events));
+        status = this.withRevocation(status, outcome, events);
       } catch (err) {
         failure = err instanceof Error ? err : new Error(String(err));
         status = this.withPendingRevocation(status, err);
