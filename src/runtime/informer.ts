@@ -82,7 +82,8 @@ export class Informer<T extends KubeObject> {
   async stop(): Promise<void> {
     this.stopped = true;
     this.abort?.abort();
-    await this.loop;
+    // A watch still waiting for its response headers cannot be aborted from here; do not wait on it.
+    await Promise.race([this.loop, sleep(2000)]);
   }
 
   /** Drops the current watch connection as a network failure would; the informer resumes by itself. */

@@ -1,0 +1,68 @@
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { KubeConfig } from '@kubernetes/client-node';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../../src/log.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
+import { Informer, type KubeObject } from '../../../src/runtime/informer.js';
+
+/**
+ * A scripted list/watch endpoint (a unit-test stand-in, not an API server): the first watch
+ * answers 410 Gone, as the API server does once a resourceVersion has been compacted away,
+ * and the list that follows shows what changed in the gap.
+ */
+async function scriptedServer(lists: KubeObject[][]) {
+  const ca = await CertificateAuthority.create('test');
+  const pair = await ca.issueServing('localhost', { ips: ['127.0.0.1'] });
+  let listCalls = 0;
+  let watchCalls = 0;
+  const server = https.createServer({ cert: pair.certPem, key: pair.keyPem }, (req, res) => {
+    const url = new URL(req.url ?? '/', 'https://x');
+    if (url.searchParams.get('watch') === 'true') {
+      watchCalls++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      if (watchCalls === 1) res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: 410, message: 'too old resource version' } })}\n`);
+      // Later watches stay open with nothing to say.
+      res.flushHeaders();
+      return;
+    }
+    const items = lists[Math.min(listCalls, lists.length - 1)] ?? [];
+    listCalls++;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ kind: 'List', metadata: { resourceVersion: String(100 + listCalls) }, items }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, caData: Buffer.from(ca.certPem).toString('base64') }],
+    users: [{ name: 'u', token: 't' }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+  return { kc, server, lists: () => listCalls };
+}
+
+const obj = (name: string, rv: string): KubeObject => ({ metadata: { namespace: 'ns', name, resourceVersion: rv } });
+let close: (() => void) | undefined;
+afterEach(() => close?.());
+
+describe('Informer', () => {
+  it('lists again after 410 Gone and tells handlers what changed in the gap', async () => {
+    const { kc, server, lists } = await scriptedServer([
+      [obj('kept', '1'), obj('changed', '1'), obj('deleted', '1')],
+      [obj('kept', '1'), obj('changed', '2'), obj('added', '3')],
+    ]);
+    close = () => server.closeAllConnections();
+    const informer = new Informer<KubeObject>(kc, { path: '/apis/x/v1/things', log: silentLogger(), retryBaseMs: 10 });
+    const events: string[] = [];
+    informer.on((event, o) => events.push(`${event} ${o.metadata?.name ?? ''}`));
+    await informer.start();
+    expect(events.sort()).toEqual(['add changed', 'add deleted', 'add kept']);
+    events.length = 0;
+    await expect.poll(() => lists(), { timeout: 5000 }).toBeGreaterThanOrEqual(2);
+    await expect.poll(() => events.sort(), { timeout: 5000 }).toEqual(['add added', 'delete deleted', 'update changed']);
+    expect(informer.list().map((o) => o.metadata?.name).sort()).toEqual(['added', 'changed', 'kept']);
+    await informer.stop();
+    server.close();
+  });
+});
