@@ -23,6 +23,8 @@ export interface LoadJob {
   concurrency?: number;
   rate?: number;
   warmupSeconds?: number;
+  /** Connections kept to the target (default 32). */
+  maxSockets?: number;
 }
 
 export interface LoadResult {
@@ -40,7 +42,10 @@ export interface LoadResult {
 function requester(job: LoadJob) {
   const url = new URL(job.url);
   const secure = url.protocol === 'https:';
-  const agent = secure ? new https.Agent({ keepAlive: true, maxSockets: 256, ca: job.ca }) : new http.Agent({ keepAlive: true, maxSockets: 256 });
+  // Connections are capped as a fleet of sidecars would hold them (each keeps a few alive);
+  // past that, requests wait for a connection, and the wait counts in their latency.
+  const sockets = job.maxSockets ?? 32;
+  const agent = secure ? new https.Agent({ keepAlive: true, maxSockets: sockets, ca: job.ca }) : new http.Agent({ keepAlive: true, maxSockets: sockets });
   const lib = secure ? https : http;
   let next = 0;
   return () =>
