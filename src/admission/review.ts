@@ -45,9 +45,6 @@ export interface AdmissionPlugin {
   admit(request: AdmissionRequest): Promise<Verdict>;
 }
 
-/** JSON Pointer escaping for one path segment. */
-export const pointer = (segment: string) => segment.replace(/~/g, '~0').replace(/\//g, '~1');
-
 /**
  * Parses the object under review. One that does not fit the schema yields undefined: the
  * plugins then let it pass to the API server's own schema and CEL validation, which refuses

@@ -46,7 +46,6 @@ const publicPart = ({ d: _d, ...rest }: JWK): JWK => rest;
 export class KeyRing {
   private keys: StoredKey[] = [];
   private readonly imported = new Map<string, SigningKey>();
-  private loadedAt = 0;
   private readonly rotateAfterMs: number;
   private readonly activationDelayMs: number;
   private readonly overlapMs: number;
@@ -70,7 +69,6 @@ export class KeyRing {
         const first = [await newKey(now)];
         if (current ? await this.store.replace(first, current.version) : await this.store.create(first)) {
           this.keys = first;
-          this.loadedAt = now;
           return;
         }
         continue;
@@ -78,7 +76,6 @@ export class KeyRing {
       const next = await this.due(current.keys, now);
       if (next === current.keys || (await this.store.replace(next, current.version))) {
         this.keys = next;
-        this.loadedAt = now;
         return;
       }
     }
@@ -98,9 +95,6 @@ export class KeyRing {
     return kept.length === keys.length && next === sorted ? keys : kept;
   }
 
-  get staleness(): number {
-    return this.clock.now() - this.loadedAt;
-  }
 
   /** The key to sign with: the newest one that has been published for the activation delay. */
   async signingKey(): Promise<{ kid: string; key: SigningKey }> {

@@ -12,12 +12,3 @@ export function assertTrustDomain(trustDomain: string): void {
 export function spiffeIdFor(trustDomain: string, namespace: string, serviceAccount: string, task: string): string {
   return `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}/task/${task}`;
 }
-
-const PATTERN = /^spiffe:\/\/([a-z0-9._-]+)\/ns\/([a-z0-9.-]+)\/sa\/([a-z0-9.-]+)\/task\/([a-z0-9.-]+)$/;
-
-export function parseSpiffeId(id: string): { trustDomain: string; namespace: string; serviceAccount: string; task: string } | undefined {
-  const m = PATTERN.exec(id);
-  if (!m) return undefined;
-  const [, trustDomain = '', namespace = '', serviceAccount = '', task = ''] = m;
-  return { trustDomain, namespace, serviceAccount, task };
-}

@@ -25,7 +25,6 @@ export function statusCode(err: unknown): number | undefined {
 }
 
 export const isNotFound = (err: unknown) => statusCode(err) === 404;
-export const isConflict = (err: unknown) => statusCode(err) === 409;
 
 /** The API server's own words for a failed call (its Status message), not the HTTP client's dump. */
 export function kubeErrorMessage(err: unknown): string {
