@@ -1,17 +1,90 @@
+import { Reason } from './api/conditions.js';
+
+interface ErrorEntry {
+  /** The HTTP status a server answers with when this error reaches it. */
+  status: number;
+  /** The condition reason a task's status shows when this error is about the task. */
+  reason?: Reason;
+}
+
 /**
- * Coded errors. Every error a user can meet carries a stable `code`, a message that says what
- * to do, and, where a request or manifest field is at fault, that field's path.
+ * Every error a user can meet, in one table: its stable code, the HTTP status the broker,
+ * webhooks and sidecar answer with, and where it shows on a task, the condition reason. Domain
+ * code throws `ChainwardenError(code, …)`; only the HTTP layer and the status writers read this.
+ */
+export const ERRORS = {
+  // The request is wrong; the message names the field.
+  invalid_json: { status: 400 },
+  invalid_request: { status: 400 },
+  invalid_hop: { status: 400 },
+  invalid_object: { status: 400 },
+  invalid_duration: { status: 400 },
+  invalid_admission_review: { status: 400 },
+  not_an_admission_review: { status: 400 },
+  audience_required: { status: 400 },
+  body_too_large: { status: 413 },
+  method_not_allowed: { status: 405 },
+  not_found: { status: 404 },
+  hop_not_found: { status: 404 },
+  credential_not_found: { status: 404 },
+  // Who is calling, and whether their task may have anything.
+  unauthenticated: { status: 401 },
+  forbidden: { status: 403 },
+  pod_not_bound: { status: 403 },
+  task_not_active: { status: 403 },
+  // AWS.
+  role_not_allowed: { status: 403, reason: Reason.RoleNotAllowed },
+  role_not_assumable: { status: 403, reason: Reason.AssumeRoleFailed },
+  sts_limits_exceeded: { status: 422, reason: Reason.StsLimitExceeded },
+  sts_unavailable: { status: 503, reason: Reason.StsUnavailable },
+  // The parts around chainwarden.
+  broker_unreachable: { status: 502 },
+  api_error: { status: 502 },
+  conflict: { status: 409 },
+  no_cluster: { status: 500 },
+  apply_failed: { status: 500 },
+  internal: { status: 500 },
+  // Command line and local environment.
+  usage: { status: 400 },
+  invalid_trust_domain: { status: 400 },
+  tool_missing: { status: 500 },
+  command_failed: { status: 500 },
+  provision_failed: { status: 500 },
+  start_failed: { status: 500 },
+  reset_failed: { status: 500 },
+  crd_install_failed: { status: 500 },
+  crd_not_established: { status: 500 },
+  demo_failed: { status: 500 },
+  demo_timeout: { status: 500 },
+} as const satisfies Record<string, ErrorEntry>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/**
+ * Coded errors. Every error a user can meet carries a stable `code` from the catalogue above, a
+ * message that says what to do, and, where a request or manifest field is at fault, that
+ * field's path.
  */
 export class ChainwardenError extends Error {
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly field: string | undefined;
 
-  constructor(code: string, message: string, options: { field?: string; cause?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, options: { field?: string; cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'ChainwardenError';
     this.code = code;
     this.field = options.field;
   }
+
+  get status(): number {
+    return ERRORS[this.code].status;
+  }
+}
+
+/** The condition reason for an error about a task, when the catalogue gives one. */
+export function reasonOf(code: ErrorCode): Reason | undefined {
+  const entry: ErrorEntry = ERRORS[code];
+  return entry.reason;
 }
 
 /** A tool the local environment needs is not installed; the message names what to install. */

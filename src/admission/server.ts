@@ -1,7 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import { errorMessage } from '../errors.js';
-import { HttpError, readJson, sendError, sendJson } from '../server/http.js';
+import { readJson, sendError, sendJson } from '../server/http.js';
+import { ChainwardenError } from '../errors.js';
 import type { AdmissionPlugin, AdmissionRequest, JsonPatchOperation, Verdict } from './review.js';
 
 /** Admission reviews carry the old and new object; Kubernetes objects are at most 1.5 MiB each. */
@@ -17,11 +18,11 @@ export interface AdmissionChains {
 function decodeReview(body: unknown): AdmissionRequest {
   const review = body as { apiVersion?: unknown; kind?: unknown; request?: Partial<AdmissionRequest> } | null;
   if (review?.kind !== 'AdmissionReview' || review.apiVersion !== 'admission.k8s.io/v1') {
-    throw new HttpError(400, 'not_an_admission_review', 'expected an admission.k8s.io/v1 AdmissionReview; set admissionReviewVersions: [v1] on the webhook');
+    throw new ChainwardenError('not_an_admission_review', 'expected an admission.k8s.io/v1 AdmissionReview; set admissionReviewVersions: [v1] on the webhook');
   }
   const request = review.request;
   if (!request?.uid || !request.resource?.resource || !request.operation) {
-    throw new HttpError(400, 'invalid_admission_review', 'AdmissionReview.request needs uid, resource and operation');
+    throw new ChainwardenError('invalid_admission_review', 'AdmissionReview.request needs uid, resource and operation');
   }
   return request as AdmissionRequest;
 }
@@ -71,10 +72,10 @@ export function admissionRoutes(chains: AdmissionChains, log: Logger): Record<st
   const route = (plugins: AdmissionPlugin[]) => async (req: IncomingMessage, res: ServerResponse) => {
     let request: AdmissionRequest;
     try {
-      if (req.method !== 'POST') throw new HttpError(405, 'method_not_allowed', 'admission webhooks take POST');
+      if (req.method !== 'POST') throw new ChainwardenError('method_not_allowed', 'admission webhooks take POST');
       request = decodeReview(await readJson(req, MAX_REVIEW_BYTES));
     } catch (err) {
-      if (err instanceof HttpError) return sendError(res, err);
+      if (err instanceof ChainwardenError) return sendError(res, err);
       throw err;
     }
     const verdict = await runChain(plugins, request, log);

@@ -3,7 +3,8 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../log.js';
-import { HttpError, sendError, sendJson } from '../server/http.js';
+import { sendError, sendJson } from '../server/http.js';
+import { ChainwardenError } from '../errors.js';
 
 export interface AgentProxyOptions {
   brokerUrl: string;
@@ -36,11 +37,11 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<{ url
   const forward = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
-    if (!FORWARDED.some((re) => re.test(path))) throw new HttpError(404, 'not_found', `the chainwarden agent does not forward ${path}`);
+    if (!FORWARDED.some((re) => re.test(path))) throw new ChainwardenError('not_found', `the chainwarden agent does not forward ${path}`);
     const bearer = await currentToken();
     // The AWS SDK sends the token file's content as the Authorization header; anything else here is not the agent.
     const presented = req.headers.authorization?.replace(/^Bearer\s+/i, '');
-    if (presented !== undefined && presented !== bearer) throw new HttpError(401, 'unauthenticated', 'the Authorization header does not match the pod token');
+    if (presented !== undefined && presented !== bearer) throw new ChainwardenError('unauthenticated', 'the Authorization header does not match the pod token');
     const target = new URL(req.url ?? '/', options.brokerUrl);
     await new Promise<void>((resolve, reject) => {
       const upstream = https.request(
@@ -64,7 +65,7 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<{ url
         },
       );
       upstream.on('timeout', () => upstream.destroy(new Error('the broker did not answer within 30s')));
-      upstream.on('error', (err) => reject(new HttpError(502, 'broker_unreachable', `cannot reach the chainwarden broker at ${options.brokerUrl}: ${err.message}`)));
+      upstream.on('error', (err) => reject(new ChainwardenError('broker_unreachable', `cannot reach the chainwarden broker at ${options.brokerUrl}: ${err.message}`)));
       req.pipe(upstream);
     });
   };
@@ -72,9 +73,9 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<{ url
   const server = http.createServer((req, res) => {
     forward(req, res).catch((err: unknown) => {
       if (res.headersSent) return res.destroy();
-      if (err instanceof HttpError) return sendError(res, err);
+      if (err instanceof ChainwardenError) return sendError(res, err);
       options.log.error({ err }, 'agent proxy failed');
-      sendError(res, new HttpError(500, 'internal', 'the chainwarden agent failed; see its log'));
+      sendError(res, new ChainwardenError('internal', 'the chainwarden agent failed; see its log'));
     });
   });
   await new Promise<void>((resolve, reject) => {

@@ -396,6 +396,15 @@ export const AgentTaskStatus = Type.Object(
         { description: 'Why the task was stopped, when it was.' },
       ),
     ),
+    completion: Type.Optional(
+      Type.Object(
+        {
+          pod: Type.String({ description: 'The agent pod that reported it.' }),
+          at: Timestamp('When it was reported.'),
+        },
+        { description: 'The agent reported the chain complete (POST /v1/tasks/{namespace}/{name}/complete); the controller turns this into Completed.' },
+      ),
+    ),
     audit: Type.Optional(
       Type.Object(
         {
@@ -407,7 +416,7 @@ export const AgentTaskStatus = Type.Object(
     ),
     conditions: Type.Optional(Conditions),
   },
-  { description: 'Written by the operator only.' },
+  { description: 'Written by the operator only; each field has one owner (see the README).' },
 );
 
 // ---------------------------------------------------------------------------------------------

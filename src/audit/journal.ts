@@ -1,10 +1,7 @@
-import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
-import { isTerminal } from '../controllers/agenttask/decide.js';
 import { errorMessage } from '../errors.js';
-import type { TaskWriter } from '../kube/tasks.js';
+import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
-import type { Clock } from '../runtime/clock.js';
 import { GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
 
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
@@ -61,8 +58,12 @@ export const emptyDelta = (): TaskDelta => ({
 
 const RECENT_HOPS = 20;
 
-/** The task's status with a delta applied, and the audit records linked onto its chain head. */
-export function applyDelta(task: AgentTask, delta: TaskDelta, now: string): { status: AgentTaskStatus; records: AuditRecord[] } {
+/**
+ * The task's status with a delta applied, and the audit records linked onto its chain head.
+ * The journal records facts only: a violation is recorded once (the first wins); turning it
+ * into state, conditions and Events is the controller's.
+ */
+export function applyDelta(task: AgentTask, delta: TaskDelta): { status: AgentTaskStatus; records: AuditRecord[] } {
   const before = task.status ?? {};
   const chain = before.chain ?? { version: 0, hopCount: 0, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] };
   const hops = { ...(before.hops ?? { allowed: 0, denied: 0, pending: 0 }) };
@@ -104,16 +105,7 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now: string): { st
     recentHops: [...(before.recentHops ?? []), ...recent].slice(-RECENT_HOPS),
     audit: records.length > 0 ? { head: records.at(-1)?.hash ?? GENESIS, count: records.at(-1)?.seq ?? 0 } : before.audit,
   };
-  if (delta.violation && !isTerminal(before.state)) {
-    status.state = 'Violated';
-    status.violation = delta.violation;
-    status.conditions = mergeConditions(
-      before.conditions,
-      [{ type: ConditionType.Violated, status: 'True', reason: Reason.PolicyViolation, message: `hop ${delta.violation.hopId} broke ${delta.violation.rule}: ${delta.violation.message}` }],
-      now,
-      task.metadata.generation,
-    );
-  }
+  if (delta.violation && !before.violation) status.violation = delta.violation;
   return { status, records };
 }
 
@@ -178,9 +170,8 @@ export class TaskJournal {
   private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']> }>();
 
   constructor(
-    private readonly writer: Pick<TaskWriter, 'updateStatus'>,
+    private readonly writer: Pick<TaskStatusWriter, 'update'>,
     private readonly emit: (record: AuditRecord) => void,
-    private readonly clock: Clock,
     private readonly log: Logger,
     private readonly flushMs = 100,
     /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
@@ -257,11 +248,11 @@ export class TaskJournal {
     entry.waiters = [];
     let records: AuditRecord[] = [];
     try {
-      const written = await this.writer.updateStatus(
+      const written = await this.writer.update(
         entry.namespace,
         entry.name,
         (task) => {
-          const applied = applyDelta(task, delta, new Date(this.clock.now()).toISOString());
+          const applied = applyDelta(task, delta);
           records = applied.records;
           return applied.status;
         },

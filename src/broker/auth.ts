@@ -2,18 +2,18 @@ import { createHash } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
 import type { AgentTask } from '../api/schema.js';
-import { isTerminal, TASK_LABEL } from '../controllers/agenttask/decide.js';
+import { BROKER_AUDIENCE, endOf, TASK_LABEL } from '../api/task.js';
+import { spiffeIdFor } from '../identity/spiffe.js';
 import { errorMessage } from '../errors.js';
 import { rawRequest } from '../kube/raw.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
-import { HttpError } from '../server/http.js';
+import { ChainwardenError } from '../errors.js';
 
-/** The audience an agent pod's projected service-account token must carry. */
-export const BROKER_AUDIENCE = 'chainwarden';
+export { BROKER_AUDIENCE } from '../api/task.js';
 
 export interface PodRecord {
-  metadata?: { name?: string; namespace?: string; uid?: string; labels?: Record<string, string>; deletionTimestamp?: string };
+  metadata?: { name?: string; namespace?: string; uid?: string; labels?: Record<string, string>; creationTimestamp?: string; deletionTimestamp?: string };
   spec?: { serviceAccountName?: string };
   status?: { phase?: string };
 }
@@ -48,7 +48,7 @@ interface Verified {
   expiresAt: number;
 }
 
-const unauthenticated = (message: string) => new HttpError(401, 'unauthenticated', message);
+const unauthenticated = (message: string) => new ChainwardenError('unauthenticated', message);
 
 /**
  * Authenticates agent pods by their projected service-account token: signature against the API
@@ -70,6 +70,8 @@ export class AgentAuthenticator {
     private readonly lookups: AgentAuthLookups,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** The SPIFFE trust domain: a caller's ID is derived from the task's spec, never read back from status. */
+    private readonly trustDomain: string,
     private readonly maxCached = 20_000,
   ) {}
 
@@ -154,14 +156,15 @@ export class AgentAuthenticator {
     const taskName = pod.metadata.labels?.[TASK_LABEL];
     const task = taskName ? this.lookups.task(who.namespace, taskName) : undefined;
     if (!taskName || !task) {
-      throw new HttpError(403, 'task_not_active', `pod ${who.podName} is not labelled with an existing AgentTask (${TASK_LABEL}=${taskName ?? ''})`);
+      throw new ChainwardenError('task_not_active', `pod ${who.podName} is not labelled with an existing AgentTask (${TASK_LABEL}=${taskName ?? ''})`);
     }
+    const end = endOf(task, this.clock.now());
+    if (end) throw new ChainwardenError('task_not_active', `AgentTask ${who.namespace}/${taskName} ${end.message}; it gets nothing more`);
     const state = task.status?.state;
-    if (isTerminal(state)) throw new HttpError(403, 'task_not_active', `AgentTask ${who.namespace}/${taskName} is ${state}; it gets nothing more`);
     if (!(task.status?.boundPods ?? []).some((p) => p.uid === who.podUid)) {
-      throw new HttpError(403, 'pod_not_bound', `pod ${who.podName} (${who.podUid}) is not bound to AgentTask ${taskName} (state ${state ?? 'Pending'}); retry once the task is Bound`);
+      throw new ChainwardenError('pod_not_bound', `pod ${who.podName} (${who.podUid}) is not bound to AgentTask ${taskName} (state ${state ?? 'Pending'}); retry once the task is Bound`);
     }
     this.log.trace({ pod: who.podName, task: taskName }, 'agent authenticated');
-    return { namespace: who.namespace, podName: who.podName, podUid: who.podUid, serviceAccount: who.serviceAccount, task, spiffeId: task.status?.spiffeID ?? '' };
+    return { namespace: who.namespace, podName: who.podName, podUid: who.podUid, serviceAccount: who.serviceAccount, task, spiffeId: spiffeIdFor(this.trustDomain, who.namespace, task.spec.serviceAccountName, taskName) };
   }
 }

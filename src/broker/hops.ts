@@ -1,29 +1,16 @@
-import { createHash } from 'node:crypto';
-import { parseDuration } from '../api/duration.js';
-import type { AgentApproval, AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
+import type { AgentApproval, AgentPolicy, AgentTask } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
-import { canonicalJson } from '../audit/record.js';
 import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
-import { HttpError } from '../server/http.js';
+import { ChainwardenError } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
+import { chainView, decideHop, type HopDecision, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
-export interface HopRequest {
-  tool: string;
-  action: string;
-  resource: string;
-  parentHop?: string;
-  intent: string;
-  attributes: Record<string, string>;
-  /** On allow, also answer with this credential of the task (container-credentials format). */
-  credential?: string;
-}
-
-export type HopDecision = 'allow' | 'deny' | 'pending_approval';
+export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
 
 export interface HopAnswer {
   hopId: string;
@@ -37,7 +24,7 @@ export interface HopAnswer {
 const NAME = /^[A-Za-z0-9_.:/-]{1,63}$/;
 const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'attributes', 'credential']);
 
-const bad = (field: string, message: string) => new HttpError(400, 'invalid_hop', `${field}: ${message}`, field);
+const bad = (field: string, message: string) => new ChainwardenError('invalid_hop', `${field}: ${message}`, { field });
 
 /** Validates a hop request; the first problem is a 400 that names the field. */
 export function parseHopRequest(body: unknown): HopRequest {
@@ -75,11 +62,6 @@ export function parseHopRequest(body: unknown): HopRequest {
   return { tool, action, resource, parentHop, intent, attributes, credential };
 }
 
-/** What an approval is bound to: the same tool, action, resource and attributes, nothing else. */
-export function hopDigest(r: Pick<HopRequest, 'tool' | 'action' | 'resource' | 'attributes'>): string {
-  return createHash('sha256').update(canonicalJson({ tool: r.tool, action: r.action, resource: r.resource, attributes: r.attributes })).digest('hex');
-}
-
 export interface HopServiceDeps {
   engine: PolicyEngine;
   journal: TaskJournal;
@@ -91,25 +73,6 @@ export interface HopServiceDeps {
   log: Logger;
   metrics: Metrics;
 }
-
-interface ChainView {
-  hopCount: number;
-  priorDenials: number;
-  systems: Set<string>;
-  dataClasses: Set<string>;
-}
-
-/** The chain as this replica sees it: the task's status plus what it has not written yet. */
-function chainView(c: AgentTaskStatus['chain'], unwritten: TaskDelta | undefined): ChainView {
-  return {
-    hopCount: (c?.hopCount ?? 0) + (unwritten?.hopCount ?? 0),
-    priorDenials: (c?.priorDenials ?? 0) + (unwritten?.priorDenials ?? 0),
-    systems: new Set([...(c?.systemsTouched ?? []), ...(unwritten?.systems ?? [])]),
-    dataClasses: new Set([...(c?.dataClassesTouched ?? []), ...(unwritten?.dataClasses ?? [])]),
-  };
-}
-
-const DEFAULT_DENY: Reason = { rule: 'default-deny', effect: 'Deny' };
 
 /**
  * Every hop is a new decision, taken with the whole chain in view: limits first, then the
@@ -127,102 +90,28 @@ export class HopService {
     this.answers.set(answer.hopId, answer);
   }
 
+  /** POST /v1/hops: gather → decideHop → act (journal, answer). */
   async decide(who: AgentPrincipal, body: unknown): Promise<HopAnswer> {
     const started = performance.now();
     const request = parseHopRequest(body);
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
-    if (!policy) throw new HttpError(403, 'task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
+    if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
     let depth = 1;
     if (request.parentHop) {
       const parentDepth = this.deps.ids.depthOf(uid, request.parentHop);
       if (parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
       depth = parentDepth + 1;
     }
-    const view = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name));
+    const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name));
     const hopId = this.deps.ids.mint(uid, depth);
-    const now = this.deps.clock.now();
-    const at = new Date(now).toISOString();
-    const maxHops = task.spec.limits?.maxHops ?? policy.spec.limits?.maxHops ?? 100;
-    const maxDepth = task.spec.limits?.maxDepth ?? policy.spec.limits?.maxDepth ?? 6;
-    const system = (policy.spec.systems ?? []).find((s) => s.name === request.tool);
-    // A tool the policy does not declare is treated as outside the organisation.
-    const boundary = system?.trustBoundary ?? 'external';
-    const internal = new Set((policy.spec.systems ?? []).filter((s) => (s.trustBoundary ?? 'internal') === 'internal').map((s) => s.name));
-
-    let decision: HopDecision;
-    let reasons: Reason[];
-    if (view.hopCount + 1 > maxHops) {
-      decision = 'deny';
-      reasons = [{ rule: 'limit:maxHops', effect: 'Deny' }];
-    } else if (depth > maxDepth) {
-      decision = 'deny';
-      reasons = [{ rule: 'limit:maxDepth', effect: 'Deny' }];
-    } else {
-      const evaluation = this.deps.engine.evaluate(
-        policy,
-        { namespace, task: name, serviceAccount: task.spec.serviceAccountName, intent: task.spec.intent ?? '', toolDataClasses: system?.dataClasses ?? [], attributes: request.attributes },
-        {
-          tool: request.tool,
-          action: request.action,
-          resource: request.resource,
-          intent: request.intent,
-          depth,
-          hopCount: view.hopCount,
-          secondsSinceStart: Math.max(0, Math.floor((now - Date.parse(task.metadata.creationTimestamp ?? '')) / 1000)),
-          systemsTouched: [...view.systems],
-          dataClassesTouched: [...view.dataClasses],
-          trustBoundary: boundary,
-          crossesTrustBoundary: boundary === 'external' && [...view.systems].some((s) => internal.has(s)),
-          priorDenials: view.priorDenials,
-        },
-        boundary,
-      );
-      if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, errors: evaluation.errors }, 'Cedar evaluation errors');
-      if (evaluation.decision === 'Deny') {
-        decision = 'deny';
-        reasons = evaluation.reasons.length > 0 ? evaluation.reasons.filter((r) => r.effect === 'Deny') : [DEFAULT_DENY];
-        if (reasons.length === 0) reasons = evaluation.reasons;
-      } else {
-        const approvals = evaluation.reasons.filter((r) => r.effect === 'RequireApproval');
-        decision = approvals.length > 0 ? 'pending_approval' : 'allow';
-        reasons = approvals.length > 0 ? approvals : evaluation.reasons;
-      }
-    }
-
-    const record: AuditEvent = {
-      type: 'hop_decided',
-      at,
-      data: { hopId, parentHop: request.parentHop, depth, tool: request.tool, action: request.action, resource: request.resource, intent: request.intent, digest: hopDigest(request), decision, reasons, pod: who.podName },
-    };
-    const answer: HopAnswer = { hopId, decision, reasons, depth };
-    const recent = { hopId, decision: decision === 'allow' ? 'allow' : 'deny', rules: reasons.map((r) => r.rule), at };
-    if (decision === 'allow') {
-      this.deps.journal.record(namespace, name, { hopCount: 1, allowed: 1, systems: new Set([request.tool]), dataClasses: new Set(system?.dataClasses ?? []), recent: [recent], events: [record] });
-      if (request.credential) answer.credentials = containerCredentials(await this.deps.credentials.credentials(who, request.credential));
-    } else if (decision === 'pending_approval') {
-      const timeoutAt = new Date(now + parseDuration(policy.spec.approval?.timeout ?? '15m')).toISOString();
-      answer.timeoutAt = timeoutAt;
-      await this.deps.journal.commit(namespace, name, {
-        hopCount: 1,
-        pending: 1,
-        addPending: [{ hopId, digest: hopDigest(request), tool: request.tool, action: request.action, resource: request.resource, depth, parentHop: request.parentHop, rules: reasons.map((r) => r.rule), requestedAt: at, timeoutAt }],
-        events: [record],
-      });
-    } else {
-      const violation = (policy.spec.onViolation ?? 'Revoke') === 'Revoke';
-      const change: Partial<TaskDelta> = { hopCount: 1, denied: 1, priorDenials: 1, recent: [recent], events: [record] };
-      if (violation) {
-        const rule = reasons.map((r) => r.rule).join(', ');
-        const message = `${request.tool} ${request.action} ${request.resource} was denied by ${rule}`;
-        change.violation = { hopId, rule, message };
-        change.events = [record, { type: 'violation', at, data: { hopId, rule, message, onViolation: 'Revoke' } }];
-        await this.deps.journal.commit(namespace, name, change);
-      } else {
-        this.deps.journal.record(namespace, name, change);
-      }
-    }
+    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => this.deps.engine.evaluate(...args));
+    const { decision, reasons } = outcome;
+    const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}) };
+    if (outcome.commit) await this.deps.journal.commit(namespace, name, outcome.delta);
+    else this.deps.journal.record(namespace, name, outcome.delta);
+    if (decision === 'allow' && request.credential) answer.credentials = containerCredentials(await this.deps.credentials.credentials(who, request.credential));
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
@@ -233,7 +122,7 @@ export class HopService {
   async status(who: AgentPrincipal, hopId: string): Promise<HopAnswer> {
     const { namespace = '', name = '', uid = '' } = who.task.metadata;
     const depth = this.deps.ids.depthOf(uid, hopId);
-    if (depth === undefined) throw new HttpError(404, 'hop_not_found', `${hopId} is not a hop of AgentTask ${namespace}/${name}`);
+    if (depth === undefined) throw new ChainwardenError('hop_not_found', `${hopId} is not a hop of AgentTask ${namespace}/${name}`);
     const known = this.answers.get(hopId);
     if (known && known.decision !== 'pending_approval') return known;
     const pending = (who.task.status?.pendingHops ?? []).find((h) => h.hopId === hopId);
@@ -246,7 +135,7 @@ export class HopService {
     const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId);
     if (recent) return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect: recent.decision === 'allow' ? 'Allow' : 'Deny' })), depth };
     if (known) return known;
-    throw new HttpError(404, 'hop_not_found', `hop ${hopId} is not among the recent hops of AgentTask ${namespace}/${name}`);
+    throw new ChainwardenError('hop_not_found', `hop ${hopId} is not among the recent hops of AgentTask ${namespace}/${name}`);
   }
 
   /**

@@ -1,30 +1,28 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
-import { isTerminal } from '../controllers/agenttask/decide.js';
+import { endOf } from '../api/task.js';
 import type { SvidIssuer } from '../identity/svid.js';
-import type { TaskWriter } from '../kube/tasks.js';
+import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
-import { HttpError, sendJson, type Handler } from '../server/http.js';
+import { readJson, sendJson, type Handler } from '../server/http.js';
+import { ChainwardenError } from '../errors.js';
 import type { AgentAuthenticator } from './auth.js';
 import type { HopService } from './hops.js';
-import type { TaskJournal } from '../audit/journal.js';
-import { readJson } from '../server/http.js';
 import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
 
 export interface BrokerDeps {
   auth: AgentAuthenticator;
   credentials: CredentialBroker;
   hops: HopService;
-  journal: TaskJournal;
   issuer: SvidIssuer;
-  writer: TaskWriter;
+  /** The broker's status writer: the agent's completion is a fact it records. */
+  status: Pick<TaskStatusWriter, 'update'>;
   clock: Clock;
   log: Logger;
 }
 
 const requireMethod = (req: IncomingMessage, method: string) => {
-  if (req.method !== method) throw new HttpError(405, 'method_not_allowed', `use ${method}`);
+  if (req.method !== method) throw new ChainwardenError('method_not_allowed', `use ${method}`);
 };
 
 /** GET /v1/svid?audience=…: a JWT-SVID for the calling pod's task. */
@@ -32,7 +30,7 @@ function svid(deps: BrokerDeps): Handler {
   return async (req, res) => {
     requireMethod(req, 'GET');
     const audience = new URL(req.url ?? '/', 'http://x').searchParams.get('audience');
-    if (!audience) throw new HttpError(400, 'invalid_request', 'audience is required: GET /v1/svid?audience=<who will verify the token>', 'audience');
+    if (!audience) throw new ChainwardenError('invalid_request', 'audience is required: GET /v1/svid?audience=<who will verify the token>', { field: 'audience' });
     const who = await deps.auth.authenticate(req.headers.authorization);
     const { token, expiresAt } = await deps.issuer.mint(who.spiffeId, audience);
     deps.log.info({ event: 'svid_issued', task: `${who.namespace}/${who.task.metadata.name ?? ''}`, pod: who.podName, audience }, 'JWT-SVID issued');
@@ -45,31 +43,25 @@ function complete(deps: BrokerDeps): Handler {
   return async (req, res) => {
     requireMethod(req, 'POST');
     const match = /^\/v1\/tasks\/([^/]+)\/([^/]+)\/complete$/.exec((req.url ?? '').split('?')[0] ?? '');
-    if (!match) throw new HttpError(404, 'not_found', 'use POST /v1/tasks/{namespace}/{name}/complete');
+    if (!match) throw new ChainwardenError('not_found', 'use POST /v1/tasks/{namespace}/{name}/complete');
     const [, namespace = '', name = ''] = match;
     const who = await deps.auth.authenticate(req.headers.authorization);
     if (who.namespace !== namespace || who.task.metadata.name !== name) {
-      throw new HttpError(403, 'forbidden', `pod ${who.podName} is bound to AgentTask ${who.namespace}/${who.task.metadata.name ?? ''}, not ${namespace}/${name}`);
+      throw new ChainwardenError('forbidden', `pod ${who.podName} is bound to AgentTask ${who.namespace}/${who.task.metadata.name ?? ''}, not ${namespace}/${name}`);
     }
-    const now = new Date(deps.clock.now()).toISOString();
-    const written = await deps.writer.updateStatus(namespace, name, (task) => {
-      if (isTerminal(task.status?.state)) return undefined;
-      return {
-        ...task.status,
-        state: 'Completed',
-        conditions: mergeConditions(
-          task.status?.conditions,
-          [{ type: ConditionType.Completed, status: 'True', reason: Reason.AgentReported, message: `pod ${who.podName} reported the chain complete` }],
-          now,
-          task.metadata.generation,
-        ),
-      };
+    const now = deps.clock.now();
+    let refusal: string | undefined;
+    // A fact, not a state: the controller turns it into Completed (its Event and audit record),
+    // and every replica's broker refuses the task as soon as its watch shows the fact.
+    const written = await deps.status.update(namespace, name, (task) => {
+      const end = endOf(task, now);
+      refusal = end?.message;
+      if (end) return undefined;
+      return { ...task.status, completion: { pod: who.podName, at: new Date(now).toISOString() } };
     });
-    const state = written?.status?.state;
-    if (!written || state !== 'Completed') throw new HttpError(403, 'task_not_active', `AgentTask ${namespace}/${name} is ${state ?? 'gone'}; it cannot complete`);
-    deps.journal.record(namespace, name, { events: [{ type: 'completion', at: now, data: { reason: 'AgentReported', pod: who.podName } }] });
-    // The broker made this transition, so it records the Event (the controller only sees the result).
-    await deps.writer.recordEvent(written, 'Normal', 'Completed', `pod ${who.podName} reported the chain complete`).catch((err: unknown) => deps.log.warn({ err }, 'could not record an Event'));
+    if (!written) throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} is gone; it cannot complete`);
+    if (refusal !== undefined) throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} ${refusal}; it cannot complete`);
+    const state = 'Completed';
     deps.log.info({ event: 'task_completed', task: `${namespace}/${name}`, pod: who.podName }, 'agent reported completion');
     sendJson(res, 200, { state });
   };

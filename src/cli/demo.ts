@@ -14,7 +14,7 @@ import { readAuditRecords, verifyChains } from '../audit/verify.js';
 import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { ChainwardenError } from '../errors.js';
 import { rawRequest, serverSideApply } from '../kube/raw.js';
-import { TaskWriter } from '../kube/tasks.js';
+import { KubeTaskClient } from '../kube/tasks.js';
 import { createLogger } from '../log.js';
 import { startOperator, type RunningOperator } from '../operator/operator.js';
 
@@ -91,7 +91,7 @@ async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleNa
 
 async function story(env: LocalEnvironment, operator: RunningOperator, auditFile: string): Promise<void> {
   const admin = env.adminKubeConfig();
-  const tasks = new TaskWriter(admin);
+  const tasks = new KubeTaskClient(admin);
   const core = admin.makeApiClient(CoreV1Api);
 
   say('A platform team applies the support agent\'s AgentPolicy and an AgentTask for ticket 4711');

@@ -1,29 +1,25 @@
 import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
 import { MAX_RECORDED_SESSIONS, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
-import type { AgentPrincipal } from '../broker/auth.js';
-import { deadlineOf, isTerminal } from '../controllers/agenttask/decide.js';
-import type { SvidIssuer } from '../identity/svid.js';
-import type { TaskWriter } from '../kube/tasks.js';
+import { deadlineOf, endOf, POLICY_DEFAULTS, STS_AUDIENCE } from '../api/task.js';
 import type { TaskJournal } from '../audit/journal.js';
-
-/** The two task writes the broker makes; TaskWriter in the operator, a twin in unit tests. */
-export type TaskStatusWriter = Pick<TaskWriter, 'updateStatus' | 'recordEvent'>;
+import type { AgentPrincipal } from '../broker/auth.js';
+import { ChainwardenError, reasonOf } from '../errors.js';
+import type { SvidIssuer } from '../identity/svid.js';
+import type { TaskClient, TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
+import { globMatches } from '../policy/glob.js';
 import type { Clock } from '../runtime/clock.js';
-import { HttpError } from '../server/http.js';
 import { planCredentialDuration, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
 import { StsError, type AwsSession, type StsPort } from './sts.js';
-import { globMatches } from '../policy/glob.js';
-import { POLICY_DEFAULTS } from '../admission/plugins/agenttask.js';
 
 /** Hand out a cached session only while it has this much life left; the SDKs refresh 5 min before expiry. */
 const REFRESH_MARGIN_MS = 5 * 60_000;
-/** The audience of the JWT-SVID presented to AssumeRoleWithWebIdentity. */
-export const STS_AUDIENCE = 'sts.amazonaws.com';
 
 export interface CredentialBrokerDeps {
   sts: StsPort;
-  writer: TaskStatusWriter;
+  /** The broker's status writer (field manager chainwarden-broker) and Events. */
+  status: Pick<TaskStatusWriter, 'update'>;
+  events: Pick<TaskClient, 'recordEvent'>;
   issuer: SvidIssuer;
   policy: (namespace: string, name: string) => AgentPolicy | undefined;
   clock: Clock;
@@ -38,13 +34,6 @@ interface Cached {
   session: AwsSession;
   taskUid: string;
 }
-
-const reasonFor: Record<string, Reason> = {
-  role_not_assumable: Reason.AssumeRoleFailed,
-  sts_limits_exceeded: Reason.StsLimitExceeded,
-  sts_unavailable: Reason.StsUnavailable,
-};
-const statusFor: Record<string, number> = { role_not_assumable: 403, sts_limits_exceeded: 422, sts_unavailable: 503 };
 
 /**
  * Per-task AWS sessions. Any replica can mint one; nothing secret is stored in the cluster:
@@ -88,14 +77,13 @@ export class CredentialBroker {
     const credential = task.spec.credentials?.find((c) => c.name === name);
     if (!credential) {
       const known = (task.spec.credentials ?? []).map((c) => c.name);
-      throw new HttpError(404, 'credential_not_found', `AgentTask ${namespace}/${taskName} requests no credential named "${name}"${known.length ? ` (it has: ${known.join(', ')})` : ''}`);
+      throw new ChainwardenError('credential_not_found', `AgentTask ${namespace}/${taskName} requests no credential named "${name}"${known.length ? ` (it has: ${known.join(', ')})` : ''}`);
     }
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
     const allowed = policy?.spec.aws?.allowedRoleArns ?? [];
     if (!policy || !allowed.some((g) => globMatches(g, credential.aws.roleArn))) {
       const message = policy ? `${credential.aws.roleArn} is no longer allowed by AgentPolicy ${policy.metadata.name ?? ''}` : `AgentPolicy ${task.spec.policyRef.name} does not exist`;
-      await this.recordFailure(task, Reason.RoleNotAllowed, message);
-      throw new HttpError(403, 'role_not_allowed', message);
+      throw await this.failed(task, new ChainwardenError('role_not_allowed', message));
     }
     const now = this.deps.clock.now();
     const request = {
@@ -113,8 +101,7 @@ export class CredentialBroker {
       session = await this.deps.sts.assume(request);
     } catch (err) {
       if (!(err instanceof StsError)) throw err;
-      await this.recordFailure(task, reasonFor[err.code] ?? Reason.AssumeRoleFailed, err.message);
-      throw new HttpError(statusFor[err.code] ?? 502, err.code, err.message);
+      throw await this.failed(task, new ChainwardenError(err.code, err.message));
     }
     await this.record(task, name, request.roleSessionName, request.sourceIdentity, session);
     this.deps.journal?.record(namespace, taskName, {
@@ -138,8 +125,8 @@ export class CredentialBroker {
     const { namespace = '', name = '' } = task.metadata;
     const issuedAt = new Date(this.deps.clock.now()).toISOString();
     const expiration = session.expiration.toISOString();
-    const written = await this.deps.writer.updateStatus(namespace, name, (current) => {
-      if (isTerminal(current.status?.state) || current.metadata.uid !== task.metadata.uid) return undefined;
+    const written = await this.deps.status.update(namespace, name, (current) => {
+      if (endOf(current, this.deps.clock.now()) || current.metadata.uid !== task.metadata.uid) return undefined;
       const before = current.status?.credentials;
       const latest = before?.expiration && before.expiration > expiration ? before.expiration : expiration;
       const status: AgentTaskStatus = {
@@ -162,23 +149,27 @@ export class CredentialBroker {
     const recorded = written?.status?.credentials?.sessions?.some((s) => s.accessKeyId === session.accessKeyId);
     if (!recorded) {
       // Not recorded, not handed out. The task's revocation denies its marker on the role, so this session is dead too.
-      throw new HttpError(403, 'task_not_active', `AgentTask ${namespace}/${name} ended before its credentials could be recorded`);
+      throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} ended before its credentials could be recorded`);
     }
   }
 
-  private async recordFailure(task: AgentTask, reason: Reason, message: string): Promise<void> {
+  /** Shows an issuance failure on the task (condition and Event), then returns the error for the caller to throw. */
+  private async failed(task: AgentTask, error: ChainwardenError): Promise<ChainwardenError> {
     const { namespace = '', name = '' } = task.metadata;
+    const reason: Reason = reasonOf(error.code) ?? Reason.AssumeRoleFailed;
     const now = new Date(this.deps.clock.now()).toISOString();
     try {
-      const written = await this.deps.writer.updateStatus(namespace, name, (current) => {
+      const written = await this.deps.status.update(namespace, name, (current) => {
         const was = current.status?.conditions?.find((c) => c.type === ConditionType.CredentialsIssued);
-        if (was?.status === 'False' && was.reason === reason && was.message === message) return undefined;
-        return { ...current.status, conditions: mergeConditions(current.status?.conditions, [{ type: ConditionType.CredentialsIssued, status: 'False', reason, message }], now, current.metadata.generation) };
+        if (was?.status === 'False' && was.reason === reason && was.message === error.message) return undefined;
+        return { ...current.status, conditions: mergeConditions(current.status?.conditions, [{ type: ConditionType.CredentialsIssued, status: 'False', reason, message: error.message }], now, current.metadata.generation) };
       });
-      if (written) await this.deps.writer.recordEvent(written, 'Warning', reason, message);
+      // The broker saw the failure, so it reports it; lifecycle Events are the controller's.
+      if (written) await this.deps.events.recordEvent(written, 'Warning', reason, error.message);
     } catch (err) {
       this.deps.log.warn({ err, task: `${namespace}/${name}` }, 'could not record the credential failure on the task');
     }
+    return error;
   }
 }
 

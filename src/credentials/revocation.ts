@@ -1,6 +1,6 @@
 import { parseDuration } from '../api/duration.js';
 import type { AgentPolicy, AgentTask } from '../api/schema.js';
-import { POLICY_DEFAULTS } from '../admission/plugins/agenttask.js';
+import { POLICY_DEFAULTS } from '../api/task.js';
 import type { Clock } from '../runtime/clock.js';
 import { roleNameOf, sourceIdentityFor, STS_MAX_SECONDS, STS_MIN_SECONDS } from './plan.js';
 import type { Revoker } from './revoke.js';

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createLocalJWKSet, jwtVerify, SignJWT, type JWTPayload } from 'jose';
+import { urlOf, type ServingUrl } from '../server/url.js';
 import { ChainwardenError } from '../errors.js';
 import type { Clock } from '../runtime/clock.js';
 import type { KeyRing } from './keyring.js';
@@ -18,9 +19,13 @@ const ALGORITHMS = ['ES256'];
 export class SvidIssuer {
   constructor(
     private readonly ring: KeyRing,
-    readonly issuerUrl: string,
+    private readonly issuer: ServingUrl,
     private readonly clock: Clock,
   ) {}
+
+  get issuerUrl(): string {
+    return urlOf(this.issuer);
+  }
 
   async mint(spiffeId: string, audience: string, seconds = MAX_SVID_SECONDS): Promise<{ token: string; expiresAt: number }> {
     if (!audience) throw new ChainwardenError('audience_required', 'a JWT-SVID needs an audience: pass ?audience=<who will verify it>', { field: 'audience' });

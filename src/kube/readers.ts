@@ -22,16 +22,50 @@ export function customObjectReader<T>(kc: KubeConfig, plural: string, parse: (ra
   };
 }
 
+interface Parsed<T> {
+  version: string;
+  value: T | undefined;
+}
+
 /**
- * Reads from an informer's cache, and from the API server on a miss, so that an object created
- * a moment ago (a policy applied just before its task) is found before the watch delivers it.
+ * The one reader of a kind's objects for everything in the operator: parsed once per version
+ * from the informer's cache. `current` answers from the cache alone (hot paths: hops,
+ * credentials, reconciles); `get` also asks the API server on a miss, so an object created a
+ * moment ago (a policy applied just before its task) is found before the watch delivers it.
+ * An object that does not parse reads as absent: the schema admitted it, so this only happens
+ * across versions, and nothing may act on what it cannot read.
  */
-export function cachedReader<T>(cache: { get(namespace: string, name: string): unknown }, parse: (raw: unknown) => T, fallback: ObjectReader<T>): ObjectReader<T> {
-  return {
-    async get(namespace, name) {
-      const hit = cache.get(namespace, name);
-      if (hit !== undefined) return parse(hit);
-      return fallback.get(namespace, name);
-    },
-  };
+export class ParsedReader<T> implements ObjectReader<T> {
+  private readonly parsed = new Map<string, Parsed<T>>();
+
+  constructor(
+    private readonly cache: { get(namespace: string, name: string): { metadata: { uid?: string; resourceVersion?: string } } | undefined },
+    private readonly parse: (raw: unknown) => T,
+    private readonly fallback?: ObjectReader<T>,
+  ) {}
+
+  current(namespace: string, name: string): T | undefined {
+    const raw = this.cache.get(namespace, name);
+    const key = `${namespace}/${name}`;
+    if (!raw) {
+      this.parsed.delete(key);
+      return undefined;
+    }
+    const version = `${raw.metadata.uid ?? ''}@${raw.metadata.resourceVersion ?? ''}`;
+    const hit = this.parsed.get(key);
+    if (hit?.version === version) return hit.value;
+    let value: T | undefined;
+    try {
+      value = this.parse(raw);
+    } catch {
+      value = undefined;
+    }
+    this.parsed.set(key, { version, value });
+    return value;
+  }
+
+  async get(namespace: string, name: string): Promise<T | undefined> {
+    if (this.cache.get(namespace, name) !== undefined) return this.current(namespace, name);
+    return this.fallback?.get(namespace, name);
+  }
 }

@@ -1,22 +1,49 @@
 import { randomBytes } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { FieldManager, ownedStatus, type StatusOwner } from '../api/ownership.js';
 import { API_VERSION, GROUP, VERSION, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
+import { printable } from '../api/text.js';
 import { ChainwardenError } from '../errors.js';
+import { applyStatus, patchJson, type JsonPatchOperation, type ObjectRef, type WriteOutcome } from '../runtime/apply.js';
 import { rawRequest } from './raw.js';
 
-export type WriteResult = 'written' | 'conflict' | 'gone';
+export type { WriteOutcome } from '../runtime/apply.js';
 
 const taskPath = (namespace: string, name: string) => `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/agenttasks/${name}`;
 
-function outcome(status: number, what: string, body: unknown): WriteResult {
-  if (status < 300) return 'written';
-  if (status === 409) return 'conflict';
-  if (status === 404) return 'gone';
-  throw new ChainwardenError('api_error', `${what}: ${status} ${(body as { message?: string } | undefined)?.message ?? JSON.stringify(body).slice(0, 200)}`);
+const refOf = (namespace: string, name: string): ObjectRef => ({ path: taskPath(namespace, name), apiVersion: API_VERSION, kind: 'AgentTask', namespace, name });
+
+/** How many fresh reads a read-modify-write of status tries before it reports the conflict. */
+const MAX_ATTEMPTS = 8;
+
+/**
+ * Writes one owner's part of a task's status. Every write is a read-modify-write conditional on
+ * the resourceVersion read, and applies only the owner's fields: the owner's full view of them,
+ * since a server-side apply removes an owned field it leaves out.
+ */
+export interface TaskStatusWriter {
+  readonly owner: StatusOwner;
+  /** Applies `status` (only the owner's fields of it) if the task is still at `task`'s resourceVersion. */
+  apply(task: AgentTask, status: AgentTaskStatus): Promise<{ outcome: WriteOutcome; task?: AgentTask }>;
+  /**
+   * `edit` on a fresh read until the write lands: returns the task as written, or as found when
+   * `edit` returns undefined (nothing to change), or undefined when the task is gone.
+   * `cached` is tried first to save a read; a conflict always reads fresh.
+   */
+  update(namespace: string, name: string, edit: (task: AgentTask) => AgentTaskStatus | undefined, cached?: () => AgentTask | undefined): Promise<AgentTask | undefined>;
 }
 
-/** The writes the operator makes to AgentTasks; each is conditional on the resourceVersion read. */
-export class TaskWriter {
+/** Everything the operator writes to AgentTasks. Status goes only through an owner's `TaskStatusWriter`. */
+export interface TaskClient {
+  read(namespace: string, name: string): Promise<AgentTask | undefined>;
+  statusWriter(owner: StatusOwner): TaskStatusWriter;
+  patch(task: AgentTask, ops: JsonPatchOperation[]): Promise<WriteOutcome>;
+  /** A core/v1 Event on the task, as `kubectl describe` shows them. */
+  recordEvent(task: AgentTask, type: 'Normal' | 'Warning', reason: string, message: string, component?: string): Promise<void>;
+}
+
+/** The TaskClient against the API server. */
+export class KubeTaskClient implements TaskClient {
   constructor(private readonly kc: KubeConfig) {}
 
   async read(namespace: string, name: string): Promise<AgentTask | undefined> {
@@ -26,38 +53,18 @@ export class TaskWriter {
     return res.body as AgentTask;
   }
 
-  /** Replaces the status subresource; 'conflict' when the task changed since it was read. */
-  async writeStatus(task: AgentTask, status: AgentTaskStatus): Promise<WriteResult> {
-    const { namespace = '', name = '' } = task.metadata;
-    const res = await rawRequest(this.kc, 'PUT', `${taskPath(namespace, name)}/status`, { ...task, apiVersion: API_VERSION, kind: 'AgentTask', status });
-    return outcome(res.status, `writing the status of AgentTask ${namespace}/${name}`, res.body);
+  statusWriter(owner: StatusOwner): TaskStatusWriter {
+    return ownerWriter(owner, this, async (task, status) => {
+      const { namespace = '', name = '', resourceVersion } = task.metadata;
+      const { outcome, object } = await applyStatus<AgentTask>(this.kc, refOf(namespace, name), FieldManager[owner], ownedStatus(owner, status), resourceVersion);
+      return { outcome, task: object };
+    });
   }
 
-  async setFinalizers(task: AgentTask, finalizers: string[]): Promise<WriteResult> {
-    const { namespace = '', name = '', resourceVersion } = task.metadata;
-    const res = await rawRequest(this.kc, 'PATCH', taskPath(namespace, name), { metadata: { finalizers, resourceVersion } }, 'application/merge-patch+json');
-    return outcome(res.status, `updating the finalizers of AgentTask ${namespace}/${name}`, res.body);
+  patch(task: AgentTask, ops: JsonPatchOperation[]): Promise<WriteOutcome> {
+    return patchJson(this.kc, refOf(task.metadata.namespace ?? '', task.metadata.name ?? ''), ops);
   }
 
-  /**
-   * Changes the status through `edit` on a fresh read, retrying on conflicts. `edit` returns
-   * undefined to leave the task as it is. Returns the task as written (or as found).
-   */
-  async updateStatus(namespace: string, name: string, edit: (task: AgentTask) => AgentTaskStatus | undefined, cached?: () => AgentTask | undefined): Promise<AgentTask | undefined> {
-    for (let attempt = 0; attempt < 8; attempt++) {
-      // First try the caller's cached copy (saves a read); after a conflict, read fresh.
-      const task = attempt === 0 && cached?.() ? cached() : await this.read(namespace, name);
-      if (!task) return undefined;
-      const status = edit(task);
-      if (!status) return task;
-      const result = await this.writeStatus(task, status);
-      if (result === 'written') return { ...task, status };
-      if (result === 'gone') return undefined;
-    }
-    throw new ChainwardenError('conflict', `AgentTask ${namespace}/${name} kept changing; try again`);
-  }
-
-  /** A core/v1 Event on the task, as `kubectl describe` shows them. */
   async recordEvent(task: AgentTask, type: 'Normal' | 'Warning', reason: string, message: string, component = 'chainwarden'): Promise<void> {
     const { namespace = '', name = '', uid } = task.metadata;
     const now = new Date().toISOString();
@@ -67,7 +74,8 @@ export class TaskWriter {
       metadata: { name: `${name}.${randomBytes(8).toString('hex')}`, namespace },
       involvedObject: { apiVersion: API_VERSION, kind: 'AgentTask', name, namespace, uid },
       reason,
-      message: message.slice(0, 1024),
+      // Messages quote agent-supplied text: shown escaped, never as terminal control sequences.
+      message: printable(message).slice(0, 1024),
       type,
       source: { component },
       firstTimestamp: now,
@@ -76,4 +84,28 @@ export class TaskWriter {
       reportingComponent: component,
     });
   }
+}
+
+/** The read-modify-write loop every owner shares, over any `apply` (the API server's, or a twin's). */
+export function ownerWriter(
+  owner: StatusOwner,
+  client: Pick<TaskClient, 'read'>,
+  apply: (task: AgentTask, status: AgentTaskStatus) => Promise<{ outcome: WriteOutcome; task?: AgentTask }>,
+): TaskStatusWriter {
+  return {
+    owner,
+    apply,
+    async update(namespace, name, edit, cached) {
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        const task = attempt === 0 && cached?.() ? cached() : await client.read(namespace, name);
+        if (!task) return undefined;
+        const status = edit(task);
+        if (!status) return task;
+        const { outcome, task: written } = await apply(task, status);
+        if (outcome === 'written') return written ?? { ...task, status };
+        if (outcome === 'gone') return undefined;
+      }
+      throw new ChainwardenError('conflict', `AgentTask ${namespace}/${name} kept changing while ${FieldManager[owner]} wrote its status; try again`);
+    },
+  };
 }

@@ -19,7 +19,7 @@ import { createWriteStream } from 'node:fs';
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
 import { brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
-import { isTerminal, TASK_LABEL } from '../controllers/agenttask/decide.js';
+import { endOf, TASK_LABEL } from '../api/task.js';
 import { CredentialBroker } from '../credentials/broker.js';
 import { AwsIamPort } from '../credentials/iam.js';
 import { roleNameOf } from '../credentials/plan.js';
@@ -32,8 +32,8 @@ import { KeyRing } from '../identity/keyring.js';
 import { secretKeyStore } from '../identity/keystore-secret.js';
 import { assertTrustDomain } from '../identity/spiffe.js';
 import { SvidIssuer } from '../identity/svid.js';
-import { cachedReader, customObjectReader } from '../kube/readers.js';
-import { TaskWriter } from '../kube/tasks.js';
+import { customObjectReader, ParsedReader } from '../kube/readers.js';
+import { KubeTaskClient } from '../kube/tasks.js';
 import { rawRequest } from '../kube/raw.js';
 import type { Logger } from '../log.js';
 import { CertificateAuthority } from '../pki/authority.js';
@@ -41,8 +41,8 @@ import { systemClock, type Clock } from '../runtime/clock.js';
 import { Informer } from '../runtime/informer.js';
 import { LeaderElector } from '../runtime/leader.js';
 import { Metrics } from '../runtime/metrics.js';
-import { sendJson, type Handler } from '../server/http.js';
-import { startHttpsServer, type TlsMaterial } from '../server/https.js';
+import { sendJson } from '../server/http.js';
+import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
 
 export interface OperatorOptions {
   kc: KubeConfig;
@@ -119,8 +119,9 @@ async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>
 
 /**
  * The operator: on every replica, the admission webhooks, the broker and the caches they read;
- * on the elected leader only, the controllers. Stopping releases the lease so a standby takes
- * over at once.
+ * on the elected leader only, the controllers. Every part is built first, then the route table,
+ * and only then does the server listen: nothing is added after a request can arrive. Stopping
+ * releases the lease so a standby takes over at once.
  */
 export async function startOperator(options: OperatorOptions): Promise<RunningOperator> {
   const { kc, log } = options;
@@ -130,7 +131,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const trustDomain = options.trustDomain ?? 'cluster.local';
   assertTrustDomain(trustDomain);
   const metrics = new Metrics();
-  const writer = new TaskWriter(kc);
+  const client = new KubeTaskClient(kc);
 
   const scope = options.watchNamespace ? `/namespaces/${options.watchNamespace}` : '';
   const informers = {
@@ -139,14 +140,17 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, log }),
     approvals: new Informer<AgentApproval>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentapprovals`, log }),
   };
-  await Promise.all(Object.values(informers).map((i) => i.start()));
+  // Parsed once per version, read by admission, the broker, hops and the controller alike.
+  const policies = new ParsedReader(informers.policies, parseAgentPolicy, customObjectReader(kc, 'agentpolicies', parseAgentPolicy));
+  const tasks = new ParsedReader(informers.tasks, parseAgentTask, customObjectReader(kc, 'agenttasks', parseAgentTask));
+  const policy = (ns: string, name: string) => policies.current(ns, name);
 
   const tls = await servingMaterial(options);
+  const listen = options.listen ?? { host: '127.0.0.1', port: 0 };
+  // The URL pods and verifiers reach us at; with port 0 it is known once listening, before any request is read.
+  const serving = { url: '' };
   const ring = new KeyRing(secretKeyStore(kc, namespace, 'chainwarden-svid-keys'), clock);
-  await ring.refresh();
-  const keyRefresh = setInterval(() => void ring.refresh().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not refresh the SVID keys')), 30_000);
-  keyRefresh.unref();
-
+  const issuer = new SvidIssuer(ring, () => options.issuerUrl ?? serving.url, clock);
   const auth = new AgentAuthenticator(
     kc,
     {
@@ -159,15 +163,59 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     },
     clock,
     log,
+    trustDomain,
   );
 
-  const policies = cachedReader(informers.policies, parseAgentPolicy, customObjectReader(kc, 'agentpolicies', parseAgentPolicy));
-  const tasks = cachedReader(informers.tasks, parseAgentTask, customObjectReader(kc, 'agenttasks', parseAgentTask));
-  const routes: Record<string, Handler> = {
+  const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
+  const sts = new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials });
+  const iam = new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint ?? aws.stsEndpoint, credentials: aws.credentials });
+  const revoker = new Revoker(iam, clock, log);
+  const auditFile = options.auditFile ? createWriteStream(options.auditFile, { flags: 'a' }) : undefined;
+  const emit = (record: AuditRecord) => {
+    log.info({ audit: record }, 'audit');
+    auditFile?.write(`${JSON.stringify({ time: new Date().toISOString(), audit: record })}\n`);
+  };
+  const journal = new TaskJournal(client.statusWriter('journal'), emit, log, options.journalFlushMs, (ns, name) => informers.tasks.get(ns, name));
+  const brokerStatus = client.statusWriter('broker');
+  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, replica: identity, journal });
+  const hops = new HopService({
+    engine: new PolicyEngine(),
+    journal,
+    ids: new HopIds(await loadHopKey(kc, namespace)),
+    policy,
+    approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+    credentials: credentialBroker,
+    clock,
+    log,
+    metrics,
+  });
+  // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
+  informers.tasks.on((event, task) => {
+    if (event === 'delete' || endOf(task, clock.now())) credentialBroker.drop(task.metadata.uid ?? '');
+  });
+  const controller = new AgentTaskController({
+    sources: {
+      task: (ns, name) => informers.tasks.get(ns, name),
+      policy,
+      pods: (ns, task) => informers.pods.list().filter((p) => p.metadata?.namespace === ns && p.metadata.labels?.[TASK_LABEL] === task),
+    },
+    client,
+    clock,
+    log,
+    metrics,
+    trustDomain,
+    revoke: (task, p) => revokeTask(revoker, clock, task, p),
+    resolvePending: (task) => hops.resolvePending(task),
+    journal,
+  });
+  controller.watch(informers);
+
+  let webhooksRegistered = !options.register;
+  const routes: Routes = {
     '/healthz': (_req, res) => Promise.resolve(sendJson(res, 200, { status: 'ok' })),
     '/readyz': (_req, res) => {
-      const ready = Object.values(informers).every((i) => i.hasSynced);
-      return Promise.resolve(sendJson(res, ready ? 200 : 503, { status: ready ? 'ok' : 'syncing' }));
+      const waiting = [...Object.entries(informers).filter(([, i]) => !i.hasSynced).map(([name]) => `${name} cache`), ...(webhooksRegistered ? [] : ['webhook registration'])];
+      return Promise.resolve(sendJson(res, waiting.length === 0 ? 200 : 503, waiting.length === 0 ? { status: 'ok' } : { status: 'starting', waitingFor: waiting }));
     },
     '/metrics': (_req, res) => {
       metrics.gauge('chainwarden_cached_objects', 'Objects in the informer caches.', { resource: 'agenttasks' }).set(informers.tasks.size);
@@ -177,92 +225,39 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       res.end(text);
       return Promise.resolve();
     },
-  };
-  const server = await startHttpsServer(routes, tls, options.listen ?? { host: '127.0.0.1', port: 0 }, log);
-  const issuer = new SvidIssuer(ring, options.issuerUrl ?? server.url, clock);
-  Object.assign(
-    routes,
-    admissionRoutes(
+    ...admissionRoutes(
       {
         validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin(tasks)],
         mutate: [
           approverStampPlugin(),
           approvalHopDigestPlugin(tasks),
           podInjectionPlugin(
-            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: options.podBrokerUrl ?? server.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, tokenExpirationSeconds: 600 },
+            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, tokenExpirationSeconds: 600 },
             tasks,
           ),
         ],
       },
       log,
     ),
-  );
-
-  const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
-  const sts = new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials });
-  const iam = new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint ?? aws.stsEndpoint, credentials: aws.credentials });
-  const revoker = new Revoker(iam, clock, log);
-  // Parsed once per policy version: hops read the policy on every decision.
-  const parsedPolicies = new Map<string, { version: string; policy: AgentPolicy | undefined }>();
-  const parsedPolicy = (ns: string, name: string): AgentPolicy | undefined => {
-    const raw = informers.policies.get(ns, name);
-    if (!raw) return undefined;
-    const key = `${ns}/${name}`;
-    const version = `${raw.metadata.uid ?? ''}@${raw.metadata.resourceVersion ?? ''}`;
-    const hit = parsedPolicies.get(key);
-    if (hit?.version === version) return hit.policy;
-    let policy: AgentPolicy | undefined;
-    try {
-      policy = parseAgentPolicy(raw);
-    } catch {
-      policy = undefined;
-    }
-    parsedPolicies.set(key, { version, policy });
-    return policy;
+    ...brokerRoutes({ auth, credentials: credentialBroker, hops, issuer, status: brokerStatus, clock, log }),
   };
-  const auditFile = options.auditFile ? createWriteStream(options.auditFile, { flags: 'a' }) : undefined;
-  const emit = (record: AuditRecord) => {
-    log.info({ audit: record }, 'audit');
-    auditFile?.write(`${JSON.stringify({ time: new Date().toISOString(), audit: record })}\n`);
-  };
-  const journal = new TaskJournal(writer, emit, clock, log, options.journalFlushMs, (ns, name) => informers.tasks.get(ns, name));
-  const credentialBroker = new CredentialBroker({ sts, writer, issuer, policy: parsedPolicy, clock, log, replica: identity, journal });
-  const hops = new HopService({
-    engine: new PolicyEngine(),
-    journal,
-    ids: new HopIds(await loadHopKey(kc, namespace)),
-    policy: parsedPolicy,
-    approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
-    credentials: credentialBroker,
-    clock,
-    log,
-    metrics,
-  });
-  // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
-  informers.tasks.on((event, task) => {
-    if (event === 'delete' || isTerminal(task.status?.state)) credentialBroker.drop(task.metadata.uid ?? '');
-  });
-  Object.assign(routes, brokerRoutes({ auth, credentials: credentialBroker, hops, journal, issuer, writer, clock, log }));
-
-  const controller = new AgentTaskController({
-    ...informers,
-    writer,
-    clock,
-    log,
-    metrics,
-    trustDomain,
-    revoke: (task, policy) => revokeTask(revoker, clock, task, policy),
-    resolvePending: (task) => hops.resolvePending(task),
-    journal,
-    approvals: informers.approvals,
-  });
   const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
+
+  // Built; now start what reads the world, then serve.
+  await Promise.all(Object.values(informers).map((i) => i.start()));
+  await ring.refresh();
+  const keyRefresh = setInterval(() => void ring.refresh().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not refresh the SVID keys')), 30_000);
+  keyRefresh.unref();
+  const server = await serveHttps(routes, tls, listen, log);
+  serving.url = server.url;
+
   const running: Promise<void>[] = [];
+  const taskKeys = () => informers.tasks.list().map((t) => `${t.metadata.namespace ?? ''}/${t.metadata.name ?? ''}`);
   const campaign =
     options.controllers === false
       ? Promise.resolve()
       : elector.run((signal) => {
-          running.push(controller.run(signal, options.workers ?? 2));
+          running.push(controller.run(signal, taskKeys(), options.workers ?? 2));
           running.push(pruneWhileLeading(signal, informers.tasks, revoker, log));
         });
 
@@ -272,7 +267,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     await Promise.all(running);
     clearInterval(keyRefresh);
     await journal.drain();
-    auditFile?.end();
+    await new Promise<void>((resolve) => (auditFile ? auditFile.end(resolve) : resolve()));
     await Promise.all(Object.values(informers).map((i) => i.stop()));
     await server.close();
     sts.destroy();
@@ -281,6 +276,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   try {
     if (options.register) {
       await registerWebhooks(kc, { ...options.register, url: options.register.url ?? (options.register.service ? undefined : server.url), caBundlePem: tls.caPem });
+      webhooksRegistered = true;
     }
   } catch (err) {
     await stop();

@@ -1,15 +1,12 @@
 import type { Metrics } from './metrics.js';
+import { PermanentError, type ReconcileResult } from './reconcile.js';
 
 export interface BackoffOptions {
   baseMs: number;
   maxMs: number;
 }
 
-/** What a reconcile asks of the queue when it returns normally. */
-export interface ReconcileResult {
-  /** Look again after this long (a deadline, an expiry); not an error. */
-  requeueAfterMs?: number;
-}
+export type { ReconcileResult } from './reconcile.js';
 
 export type Reconciler = (key: string) => Promise<ReconcileResult | void>;
 
@@ -107,7 +104,10 @@ export class WorkQueue {
     if (this.dirty.delete(key)) this.add(key);
   }
 
-  /** Runs `workers` loops calling `reconcile`; resolves once the queue is shut down and they have finished. */
+  /**
+   * Runs `workers` loops calling `reconcile`; resolves once the queue is shut down and they have
+   * finished. `onError` hears every failure; `retryInMs` is -1 for a permanent one (not retried).
+   */
   async run(workers: number, reconcile: Reconciler, onError: (key: string, err: unknown, retryInMs: number) => void): Promise<void> {
     const loop = async () => {
       for (let key = await this.next(); key !== undefined; key = await this.next()) {
@@ -118,8 +118,11 @@ export class WorkQueue {
           if (result?.requeueAfterMs !== undefined) this.addAfter(key, result.requeueAfterMs);
           this.metrics?.counter('chainwarden_reconcile_total', 'Reconciles by result.', { queue: this.name, result: 'success' }).inc();
         } catch (err) {
-          const retryIn = this.addRateLimited(key);
-          this.metrics?.counter('chainwarden_reconcile_total', 'Reconciles by result.', { queue: this.name, result: 'error' }).inc();
+          // Permanent: the object must change before another try can succeed; its next event brings it back.
+          const permanent = err instanceof PermanentError;
+          if (permanent) this.forget(key);
+          const retryIn = permanent ? -1 : this.addRateLimited(key);
+          this.metrics?.counter('chainwarden_reconcile_total', 'Reconciles by result.', { queue: this.name, result: permanent ? 'permanent' : 'error' }).inc();
           onError(key, err, retryIn);
         } finally {
           this.metrics?.histogram('chainwarden_reconcile_duration_seconds', 'Time spent in one reconcile.', { queue: this.name }).observe((performance.now() - started) / 1000);

@@ -1,7 +1,8 @@
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
-import { HttpError, sendError, type Handler } from './http.js';
+import { ChainwardenError } from '../errors.js';
+import { sendError, sendFailure, type Handler } from './http.js';
 
 export type Routes = Record<string, Handler>;
 
@@ -16,28 +17,31 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Exact paths first, then the longest prefix ending in `/`; fixed once built. */
+function router(routes: Routes): (path: string) => Handler | undefined {
+  const exact = new Map(Object.entries(routes));
+  const prefixes = Object.keys(routes)
+    .filter((k) => k.endsWith('/'))
+    .sort((a, b) => b.length - a.length);
+  return (path) => exact.get(path) ?? exact.get(prefixes.find((p) => path.startsWith(p)) ?? '');
+}
+
 /**
- * One HTTPS server for everything the operator serves (webhooks, broker, health). Routes match
- * on exact path first, then on the longest registered prefix ending in `/`. Unhandled errors
- * are 500s with a JSON body; they never crash the process.
+ * One HTTPS server for everything the operator serves (webhooks, broker, health), built from a
+ * complete route table and only then listening: nothing is added after the first request can
+ * arrive. A handler's failure, thrown synchronously or not, is a JSON error; it never crashes
+ * the process.
  */
-export async function startHttpsServer(routes: Routes, tls: TlsMaterial, listen: { host: string; port: number }, log: Logger): Promise<RunningServer> {
-  // Routes may be added after start (handlers that need the server's own URL); read them per request.
-  const prefixFor = (path: string) => {
-    let best = '';
-    for (const key of Object.keys(routes)) if (key.endsWith('/') && path.startsWith(key) && key.length > best.length) best = key;
-    return best;
-  };
+export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { host: string; port: number }, log: Logger): Promise<RunningServer> {
+  const route = router(routes);
   const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const handler = routes[path] ?? routes[prefixFor(path)];
-    if (!handler) return sendError(res, new HttpError(404, 'not_found', `no endpoint at ${path}`));
-    handler(req, res).catch((err: unknown) => {
-      if (err instanceof HttpError) return sendError(res, err);
-      log.error({ err, path }, 'request failed');
-      if (!res.headersSent) sendError(res, new HttpError(500, 'internal', 'internal error; see the operator logs'));
-      else res.destroy();
-    });
+    const handler = route(path);
+    if (!handler) return sendError(res, new ChainwardenError('not_found', `no endpoint at ${path}`));
+    // Called inside a promise so that a synchronous throw is answered like an asynchronous one.
+    Promise.resolve()
+      .then(() => handler(req, res))
+      .catch((err: unknown) => sendFailure(res, err, (e) => log.error({ err: e, path }, 'request failed')));
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {

@@ -2,11 +2,11 @@ import { isDeepStrictEqual } from 'node:util';
 import { parseDuration } from '../../api/duration.js';
 import { parseAgentTask, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy, AgentTask } from '../../api/schema.js';
+import { POLICY_DEFAULTS } from '../../api/task.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { globMatches } from '../../policy/glob.js';
 import { allow, deny, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
-export const POLICY_DEFAULTS = { maxTaskTTL: '1h', maxHops: 100, maxDepth: 6, maxDuration: '1h' } as const;
 
 /** Problems with an inline session policy that CEL cannot see: it must be an IAM policy document. */
 export function checkSessionPolicy(text: string, field: string): FieldViolation[] {

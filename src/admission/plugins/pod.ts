@@ -2,8 +2,8 @@ import { isDeepStrictEqual } from 'node:util';
 import type { V1Container, V1EnvVar, V1Pod, V1Volume } from '@kubernetes/client-node';
 import type { FieldViolation } from '../../api/parse.js';
 import type { AgentTask } from '../../api/schema.js';
-import { BROKER_AUDIENCE } from '../../broker/auth.js';
-import { TASK_LABEL } from '../../controllers/agenttask/decide.js';
+import { BROKER_AUDIENCE, TASK_LABEL } from '../../api/task.js';
+import { urlOf, type ServingUrl } from '../../server/url.js';
 import { spiffeIdFor } from '../../identity/spiffe.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { allow, deny, type AdmissionPlugin, type JsonPatchOperation } from '../review.js';
@@ -18,7 +18,7 @@ export const TOKEN_PATH = `${TOKEN_DIR}/token`;
 export interface InjectionConfig {
   /** The operator image; the sidecar runs `chainwarden agent` from it. */
   image: string;
-  brokerUrl: string;
+  brokerUrl: ServingUrl;
   brokerCaPem: string;
   trustDomain: string;
   /** Loopback port of the sidecar inside the pod. */
@@ -42,7 +42,7 @@ function sidecar(config: InjectionConfig): V1Container {
   return {
     name: SIDECAR_NAME,
     image: config.image,
-    args: ['agent', '--broker', config.brokerUrl, '--token-file', TOKEN_PATH, '--listen', `127.0.0.1:${config.port}`],
+    args: ['agent', '--broker', urlOf(config.brokerUrl), '--token-file', TOKEN_PATH, '--listen', `127.0.0.1:${config.port}`],
     env: [{ name: 'CHAINWARDEN_BROKER_CA', value: config.brokerCaPem }],
     // A native sidecar: started before the agent, stopped after it.
     restartPolicy: 'Always',

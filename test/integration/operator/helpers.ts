@@ -1,10 +1,10 @@
 import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { expect } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
-import { TaskWriter } from '../../../src/kube/tasks.js';
+import { KubeTaskClient } from '../../../src/kube/tasks.js';
 
 export async function readTask(kc: KubeConfig, namespace: string, name: string): Promise<AgentTask | undefined> {
-  return new TaskWriter(kc).read(namespace, name);
+  return new KubeTaskClient(kc).read(namespace, name);
 }
 
 /** Polls the task until `check` holds; returns it. */

@@ -74,18 +74,20 @@ describe('applyDelta', () => {
   const resolution = { hopId: 'h1_x', decision: 'allow' as const, systems: ['payments'], dataClasses: ['payment'], recent: { hopId: 'h1_x', decision: 'allow', rules: ['approval:a'], at: 'now' }, events: [{ type: 'approval' as const, at: 'now', data: {} }] };
 
   it('counts a resolution once, even when two replicas send it', () => {
-    const once = applyDelta(task, { ...emptyDelta(), resolutions: [resolution] }, 'now');
+    const once = applyDelta(task, { ...emptyDelta(), resolutions: [resolution] });
     expect(once.status.hops).toEqual({ allowed: 1, denied: 0, pending: 0 });
     expect(once.records).toHaveLength(1);
-    const twice = applyDelta({ ...task, status: once.status }, { ...emptyDelta(), resolutions: [resolution] }, 'now');
+    const twice = applyDelta({ ...task, status: once.status }, { ...emptyDelta(), resolutions: [resolution] });
     expect(twice.status.hops).toEqual({ allowed: 1, denied: 0, pending: 0 });
     expect(twice.records).toHaveLength(0);
   });
 
-  it('marks the task Violated with the offending hop', () => {
-    const { status } = applyDelta(task, { ...emptyDelta(), violation: { hopId: 'h1_y', rule: 'never-admin', message: 'm' } }, 'now');
-    expect(status.state).toBe('Violated');
+  it('records the violation as a fact, the first one only, and leaves state to the controller', () => {
+    const { status } = applyDelta(task, { ...emptyDelta(), violation: { hopId: 'h1_y', rule: 'never-admin', message: 'm' } });
     expect(status.violation?.hopId).toBe('h1_y');
-    expect(status.conditions?.find((c) => c.type === 'Violated')?.reason).toBe('PolicyViolation');
+    expect(status.state).toBe('Bound');
+    expect(status.conditions).toBeUndefined();
+    const again = applyDelta({ ...task, status }, { ...emptyDelta(), violation: { hopId: 'h1_z', rule: 'other', message: 'm' } });
+    expect(again.status.violation?.hopId).toBe('h1_y');
   });
 });

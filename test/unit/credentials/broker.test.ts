@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
+import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
-import { CredentialBroker, type TaskStatusWriter } from '../../../src/credentials/broker.js';
+import { CredentialBroker } from '../../../src/credentials/broker.js';
 import { InMemorySts } from '../../../src/credentials/sts.js';
 import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
 import { SvidIssuer } from '../../../src/identity/svid.js';
 import { silentLogger } from '../../../src/log.js';
+import { TaskClientTwin } from '../../builders/task-client-twin.js';
 
 const now = Date.parse('2026-11-21T10:00:00Z');
 const clock = { now: () => now };
@@ -19,38 +20,23 @@ const task: AgentTask = {
 const policy: AgentPolicy = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'p' }, spec: { aws: { allowedRoleArns: ['arn:aws:iam::123456789012:role/*'], maxDuration: '1h' } } };
 const who: AgentPrincipal = { namespace: 'ns', podName: 'pod', podUid: 'u', serviceAccount: 'sa', task, spiffeId: task.status?.spiffeID ?? '' };
 
-/** The task as stored, in memory: what updateStatus edits and what Events were recorded. */
-class TaskTwin implements TaskStatusWriter {
-  stored: AgentTask = structuredClone(task);
-  events: { type: string; reason: string; message: string }[] = [];
-  updateStatus(_ns: string, _name: string, edit: (t: AgentTask) => AgentTaskStatus | undefined) {
-    const status = edit(structuredClone(this.stored));
-    if (status) this.stored = { ...this.stored, status };
-    return Promise.resolve(this.stored);
-  }
-  recordEvent(_t: AgentTask, type: 'Normal' | 'Warning', reason: string, message: string) {
-    this.events.push({ type, reason, message });
-    return Promise.resolve();
-  }
-}
-
 async function setup() {
   const sts = new InMemorySts(clock.now);
-  const writer = new TaskTwin();
+  const writer = new TaskClientTwin(task);
   const ring = new KeyRing(new InMemoryKeyStore(), clock);
   await ring.refresh();
-  const broker = new CredentialBroker({ sts, writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), replica: 'r1' });
-  return { sts, writer, broker };
+  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), replica: 'r1' });
+  return { sts, writer, broker, stored: () => writer.task as AgentTask };
 }
 
 describe('CredentialBroker', () => {
   it('records the session in status before handing it out, and serves the cache after', async () => {
-    const { sts, writer, broker } = await setup();
+    const { sts, broker, stored } = await setup();
     const session = await broker.credentials(who, 'default');
-    expect(writer.stored.status?.credentials?.sessions).toEqual([
+    expect(stored().status?.credentials?.sessions).toEqual([
       expect.objectContaining({ accessKeyId: session.accessKeyId, issuedBy: 'r1', expiration: session.expiration.toISOString() }),
     ]);
-    expect(JSON.stringify(writer.stored.status)).not.toContain(session.secretAccessKey);
+    expect(JSON.stringify(stored().status)).not.toContain(session.secretAccessKey);
     expect(await broker.credentials(who, 'default')).toBe(session);
     expect(sts.requests).toHaveLength(1);
     // Planned from the deadline (29 minutes left), within the policy's hour.
@@ -64,10 +50,10 @@ describe('CredentialBroker', () => {
   });
 
   it('turns an STS refusal into a 403, a task condition and a Warning Event; never a fallback', async () => {
-    const { sts, writer, broker } = await setup();
+    const { sts, writer, broker, stored } = await setup();
     sts.failNext(Object.assign(new Error('not authorized to perform sts:AssumeRole'), { name: 'AccessDenied' }));
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'role_not_assumable' });
-    const issued = writer.stored.status?.conditions?.find((c) => c.type === 'CredentialsIssued');
+    const issued = stored().status?.conditions?.find((c) => c.type === 'CredentialsIssued');
     expect(issued).toMatchObject({ status: 'False', reason: 'AssumeRoleFailed' });
     expect(issued?.message).toMatch(/trust policy/);
     expect(writer.events[0]).toMatchObject({ type: 'Warning', reason: 'AssumeRoleFailed' });
@@ -75,16 +61,24 @@ describe('CredentialBroker', () => {
   });
 
   it('answers throttling that outlasted the retries with a 503 and a condition', async () => {
-    const { sts, writer, broker } = await setup();
+    const { sts, broker, stored } = await setup();
     sts.failNext(Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }));
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 503, code: 'sts_unavailable' });
-    expect(writer.stored.status?.conditions?.find((c) => c.type === 'CredentialsIssued')?.reason).toBe('StsUnavailable');
+    expect(stored().status?.conditions?.find((c) => c.type === 'CredentialsIssued')?.reason).toBe('StsUnavailable');
   });
 
   it('does not hand out a session when the task ended while STS answered', async () => {
     const { writer, broker } = await setup();
-    writer.stored = { ...writer.stored, status: { ...writer.stored.status, state: 'Completed' } };
+    await writer.statusWriter('broker').update('ns', 't', (t) => ({ ...t.status, completion: { pod: 'pod', at: new Date(now).toISOString() } }));
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'task_not_active' });
+  });
+
+  it('writes only the broker\'s fields, under its own field manager', async () => {
+    const { writer, broker } = await setup();
+    await broker.credentials(who, 'default');
+    expect(writer.writes.map((w) => w.owner)).toEqual(['broker']);
+    expect(Object.keys(writer.writes[0]?.status ?? {}).sort()).toEqual(['conditions', 'credentials']);
+    expect(writer.task?.status?.state).toBe('Bound');
   });
 
   it('names the credentials a task has when asked for another', async () => {

@@ -1,0 +1,72 @@
+import type { TSchema } from '@sinclair/typebox';
+import { parseDuration } from './duration.js';
+import { AgentPolicySpec, type AgentTask, type TaskState } from './schema.js';
+
+/**
+ * The task vocabulary every part of chainwarden shares: when a task is over, its deadline, the
+ * label and finalizer it carries, the audiences its tokens are minted for and the policy
+ * defaults. It lives here, below everything that uses it, so nothing reaches sideways into a
+ * controller to learn when a task has ended.
+ */
+
+/** Agent pods carry this label; its value is the task's name. */
+export const TASK_LABEL = 'chainwarden.io/task';
+/** Held on every task until what it was given has been revoked. */
+export const FINALIZER = 'chainwarden.io/revoke';
+/** The audience an agent pod's projected service-account token must carry. */
+export const BROKER_AUDIENCE = 'chainwarden';
+/** The audience of the JWT-SVID presented to AssumeRoleWithWebIdentity. */
+export const STS_AUDIENCE = 'sts.amazonaws.com';
+
+const TERMINAL: readonly TaskState[] = ['Completed', 'Expired', 'Violated'];
+export const isTerminal = (state: TaskState | undefined): boolean => state !== undefined && TERMINAL.includes(state);
+
+export const taskKey = (task: { metadata: { namespace?: string; name?: string } }): string => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
+
+/** Creation time plus ttl, in epoch milliseconds. */
+export function deadlineOf(task: AgentTask): number {
+  return Date.parse(task.metadata.creationTimestamp ?? '') + parseDuration(task.spec.ttl);
+}
+
+/** Why a task gets nothing more. */
+export interface TaskEnd {
+  state: TaskState | 'Deleting';
+  message: string;
+}
+
+/**
+ * Whether the task has ended, from facts alone: the state the controller wrote, or a fact the
+ * controller has not turned into state yet (a violation, a completion, a passed deadline, a
+ * deletion). Every replica's broker checks this on every request, so an ended task gets
+ * nothing from any replica, with or without a leader.
+ */
+export function endOf(task: AgentTask, now: number): TaskEnd | undefined {
+  const state = task.status?.state;
+  if (isTerminal(state)) return { state: state ?? 'Completed', message: `is ${state ?? 'Completed'}` };
+  if (task.metadata.deletionTimestamp) return { state: 'Deleting', message: 'is being deleted' };
+  const violation = task.status?.violation;
+  if (violation) return { state: 'Violated', message: `is Violated: hop ${violation.hopId} broke ${violation.rule}` };
+  const completion = task.status?.completion;
+  if (completion) return { state: 'Completed', message: `is Completed: pod ${completion.pod} reported the chain complete` };
+  const deadline = deadlineOf(task);
+  if (now >= deadline) return { state: 'Expired', message: `is Expired: its deadline ${new Date(deadline).toISOString()} has passed` };
+  return undefined;
+}
+
+function defaultOf<T>(schema: TSchema | undefined, path: string): T {
+  const value = (schema as { default?: unknown } | undefined)?.default;
+  if (value === undefined) throw new Error(`the AgentPolicy schema has no default for ${path}`);
+  return value as T;
+}
+
+const policy = AgentPolicySpec.properties;
+
+/** What a policy that leaves a field out means: read from the one schema, so the CRD's defaults and the code agree. */
+export const POLICY_DEFAULTS = {
+  maxTaskTTL: defaultOf<string>(policy.maxTaskTTL, 'maxTaskTTL'),
+  maxHops: defaultOf<number>(policy.limits.properties.maxHops, 'limits.maxHops'),
+  maxDepth: defaultOf<number>(policy.limits.properties.maxDepth, 'limits.maxDepth'),
+  maxDuration: defaultOf<string>(policy.aws.properties.maxDuration, 'aws.maxDuration'),
+  onViolation: defaultOf<'Revoke' | 'Deny'>(policy.onViolation, 'onViolation'),
+  approvalTimeout: defaultOf<string>(policy.approval.properties.timeout, 'approval.timeout'),
+} as const;

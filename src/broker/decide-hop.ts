@@ -1,0 +1,192 @@
+import { createHash } from 'node:crypto';
+import { parseDuration } from '../api/duration.js';
+import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
+import { POLICY_DEFAULTS } from '../api/task.js';
+import type { AuditEvent, TaskDelta } from '../audit/journal.js';
+import { canonicalJson } from '../audit/record.js';
+import type { Evaluation, HopContext, HopSubject, Reason } from '../policy/engine.js';
+
+export interface HopRequest {
+  tool: string;
+  action: string;
+  resource: string;
+  parentHop?: string;
+  intent: string;
+  attributes: Record<string, string>;
+  /** On allow, also answer with this credential of the task (container-credentials format). */
+  credential?: string;
+}
+
+export type HopDecision = 'allow' | 'deny' | 'pending_approval';
+
+/** The chain as one replica sees it: what the task's status says plus what it has not written yet. */
+export interface ChainView {
+  hopCount: number;
+  priorDenials: number;
+  systems: ReadonlySet<string>;
+  dataClasses: ReadonlySet<string>;
+}
+
+export function chainView(c: AgentTaskStatus['chain'], unwritten: TaskDelta | undefined): ChainView {
+  return {
+    hopCount: (c?.hopCount ?? 0) + (unwritten?.hopCount ?? 0),
+    priorDenials: (c?.priorDenials ?? 0) + (unwritten?.priorDenials ?? 0),
+    systems: new Set([...(c?.systemsTouched ?? []), ...(unwritten?.systems ?? [])]),
+    dataClasses: new Set([...(c?.dataClassesTouched ?? []), ...(unwritten?.dataClasses ?? [])]),
+  };
+}
+
+/** Everything one hop is decided on, gathered by the caller. */
+export interface HopInput {
+  task: AgentTask;
+  policy: AgentPolicy;
+  request: HopRequest;
+  /** Minted by the caller: ids are random, decisions are not. */
+  hopId: string;
+  depth: number;
+  chain: ChainView;
+  now: number;
+  /** The pod that asked, for the audit record. */
+  pod: string;
+}
+
+/** The decision, and what the journal records for it. */
+export interface HopOutcome {
+  decision: HopDecision;
+  reasons: Reason[];
+  delta: Partial<TaskDelta>;
+  /** The answer must not outrun its record: a hop left waiting and a violation are written before they are answered. */
+  commit: boolean;
+  /** When a waiting hop is denied if nobody decides. */
+  timeoutAt?: string;
+}
+
+export type Evaluate = (policy: AgentPolicy, subject: HopSubject, context: HopContext, toolBoundary: string) => Evaluation;
+
+/** What an approval is bound to: the same tool, action, resource and attributes, nothing else. */
+export function hopDigest(r: Pick<HopRequest, 'tool' | 'action' | 'resource' | 'attributes'>): string {
+  return createHash('sha256').update(canonicalJson({ tool: r.tool, action: r.action, resource: r.resource, attributes: r.attributes })).digest('hex');
+}
+
+const DEFAULT_DENY: Reason = { rule: 'default-deny', effect: 'Deny' };
+
+interface Verdict {
+  decision: HopDecision;
+  reasons: Reason[];
+}
+
+/** The task's limits, each within the policy's (admission keeps them so). */
+function limitsOf(input: HopInput): { maxHops: number; maxDepth: number } {
+  const { task, policy } = input;
+  return {
+    maxHops: task.spec.limits?.maxHops ?? policy.spec.limits?.maxHops ?? POLICY_DEFAULTS.maxHops,
+    maxDepth: task.spec.limits?.maxDepth ?? policy.spec.limits?.maxDepth ?? POLICY_DEFAULTS.maxDepth,
+  };
+}
+
+/** Limits come first: a hop over a limit is denied whatever the rules say. */
+function overLimit(input: HopInput): Verdict | undefined {
+  const { maxHops, maxDepth } = limitsOf(input);
+  if (input.chain.hopCount + 1 > maxHops) return { decision: 'deny', reasons: [{ rule: 'limit:maxHops', effect: 'Deny' }] };
+  if (input.depth > maxDepth) return { decision: 'deny', reasons: [{ rule: 'limit:maxDepth', effect: 'Deny' }] };
+  return undefined;
+}
+
+/** The Cedar context of the hop: the request and the whole chain so far. */
+export function hopContext(input: HopInput): { subject: HopSubject; context: HopContext; boundary: string } {
+  const { task, policy, request, chain, now } = input;
+  const systems = policy.spec.systems ?? [];
+  const system = systems.find((s) => s.name === request.tool);
+  // A tool the policy does not declare is treated as outside the organisation.
+  const boundary = system?.trustBoundary ?? 'external';
+  const internal = new Set(systems.filter((s) => (s.trustBoundary ?? 'internal') === 'internal').map((s) => s.name));
+  return {
+    subject: {
+      namespace: task.metadata.namespace ?? '',
+      task: task.metadata.name ?? '',
+      serviceAccount: task.spec.serviceAccountName,
+      intent: task.spec.intent ?? '',
+      toolDataClasses: system?.dataClasses ?? [],
+      attributes: request.attributes,
+    },
+    context: {
+      tool: request.tool,
+      action: request.action,
+      resource: request.resource,
+      intent: request.intent,
+      depth: input.depth,
+      hopCount: chain.hopCount,
+      secondsSinceStart: Math.max(0, Math.floor((now - Date.parse(task.metadata.creationTimestamp ?? '')) / 1000)),
+      systemsTouched: [...chain.systems],
+      dataClassesTouched: [...chain.dataClasses],
+      trustBoundary: boundary,
+      crossesTrustBoundary: boundary === 'external' && [...chain.systems].some((s) => internal.has(s)),
+      priorDenials: chain.priorDenials,
+    },
+    boundary,
+  };
+}
+
+/** The policy's rules: Deny wins; otherwise a RequireApproval rule holds the hop; otherwise Allow. */
+function byRules(input: HopInput, evaluate: Evaluate): Verdict {
+  const { subject, context, boundary } = hopContext(input);
+  const evaluation = evaluate(input.policy, subject, context, boundary);
+  if (evaluation.decision === 'Deny') {
+    const denials = evaluation.reasons.filter((r) => r.effect === 'Deny');
+    return { decision: 'deny', reasons: denials.length > 0 ? denials : evaluation.reasons.length > 0 ? evaluation.reasons : [DEFAULT_DENY] };
+  }
+  const approvals = evaluation.reasons.filter((r) => r.effect === 'RequireApproval');
+  return approvals.length > 0 ? { decision: 'pending_approval', reasons: approvals } : { decision: 'allow', reasons: evaluation.reasons };
+}
+
+/**
+ * One hop, decided with the whole chain in view: limits first, then the policy's rules. Pure:
+ * the same input gives the same decision and the same journal delta, so the policy scenarios
+ * are a unit table over this function.
+ */
+export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
+  const { policy, request, hopId, depth, now } = input;
+  const { decision, reasons } = overLimit(input) ?? byRules(input, evaluate);
+  const at = new Date(now).toISOString();
+  const digest = hopDigest(request);
+  const record: AuditEvent = {
+    type: 'hop_decided',
+    at,
+    data: { hopId, parentHop: request.parentHop, depth, tool: request.tool, action: request.action, resource: request.resource, intent: request.intent, digest, decision, reasons, pod: input.pod },
+  };
+  const rules = reasons.map((r) => r.rule);
+  if (decision === 'allow') {
+    const system = (policy.spec.systems ?? []).find((s) => s.name === request.tool);
+    return {
+      decision,
+      reasons,
+      commit: false,
+      delta: { hopCount: 1, allowed: 1, systems: new Set([request.tool]), dataClasses: new Set(system?.dataClasses ?? []), recent: [{ hopId, decision: 'allow', rules, at }], events: [record] },
+    };
+  }
+  if (decision === 'pending_approval') {
+    const timeoutAt = new Date(now + parseDuration(policy.spec.approval?.timeout ?? POLICY_DEFAULTS.approvalTimeout)).toISOString();
+    return {
+      decision,
+      reasons,
+      commit: true,
+      timeoutAt,
+      delta: {
+        hopCount: 1,
+        pending: 1,
+        addPending: [{ hopId, digest, tool: request.tool, action: request.action, resource: request.resource, depth, parentHop: request.parentHop, rules, requestedAt: at, timeoutAt }],
+        events: [record],
+      },
+    };
+  }
+  const delta: Partial<TaskDelta> = { hopCount: 1, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', rules, at }], events: [record] };
+  if ((policy.spec.onViolation ?? POLICY_DEFAULTS.onViolation) !== 'Revoke') return { decision, reasons, commit: false, delta };
+  const rule = rules.join(', ');
+  const message = `${request.tool} ${request.action} ${request.resource} was denied by ${rule}`;
+  return {
+    decision,
+    reasons,
+    commit: true,
+    delta: { ...delta, violation: { hopId, rule, message }, events: [record, { type: 'violation', at, data: { hopId, rule, message, onViolation: 'Revoke' } }] },
+  };
+}

@@ -1,0 +1,112 @@
+import { describe, expect, it } from 'vitest';
+import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
+import { FINALIZER } from '../../../src/api/task.js';
+import type { PodRecord } from '../../../src/broker/auth.js';
+import { AgentTaskController } from '../../../src/controllers/agenttask/controller.js';
+import { silentLogger } from '../../../src/log.js';
+import { Metrics } from '../../../src/runtime/metrics.js';
+import { TaskClientTwin } from '../../builders/task-client-twin.js';
+
+const created = Date.parse('2026-11-21T10:00:00Z');
+const policy: AgentPolicy = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'pol', namespace: 'ns' }, spec: { aws: { allowedRoleArns: ['arn:aws:iam::111122223333:role/*'] } } };
+const newTask = (meta: Partial<AgentTask['metadata']> = {}, status?: AgentTask['status']): AgentTask => ({
+  apiVersion: 'chainwarden.io/v1alpha1',
+  kind: 'AgentTask',
+  metadata: { name: 't', namespace: 'ns', uid: 'u1', generation: 1, creationTimestamp: new Date(created).toISOString(), ...meta },
+  spec: { serviceAccountName: 'agent', policyRef: { name: 'pol' }, ttl: '30m', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::111122223333:role/agent' } }] },
+  status,
+});
+const agentPod: PodRecord = { metadata: { name: 'agent-0', namespace: 'ns', uid: 'p1', creationTimestamp: new Date(created + 1000).toISOString(), labels: { 'chainwarden.io/task': 't' } }, spec: { serviceAccountName: 'agent' }, status: { phase: 'Running' } };
+
+function setup(task: AgentTask, options: { revokeFails?: boolean } = {}) {
+  const client = new TaskClientTwin(task);
+  const revocations: string[] = [];
+  const records: string[] = [];
+  let now = created + 60_000;
+  const controller = new AgentTaskController({
+    sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] },
+    client,
+    clock: { now: () => now },
+    log: silentLogger(),
+    metrics: new Metrics(),
+    trustDomain: 'cluster.local',
+    journal: { record: (_ns, _n, change) => records.push(...change.events.map((e) => e.type)) },
+    revoke: (t) => {
+      revocations.push(t.metadata.name ?? '');
+      return options.revokeFails ? Promise.reject(new Error('Throttling: Rate exceeded')) : Promise.resolve({ marker: `chainwarden-${t.metadata.uid ?? ''}`, roles: ['agent'], pruneAfter: now + 3_600_000 });
+    },
+  });
+  return { client, controller, revocations, records, advance: (ms: number) => (now += ms) };
+}
+
+describe('AgentTaskController: acting on the plan', () => {
+  it('adds its finalizer before anything else, then binds and writes only its own fields', async () => {
+    const { client, controller, records } = setup(newTask({}, { hops: { allowed: 3, denied: 0, pending: 0 } }));
+    await controller.reconcile('ns/t');
+    expect(client.task?.metadata.finalizers).toEqual([FINALIZER]);
+    expect(client.writes).toEqual([]);
+    await controller.reconcile('ns/t');
+    expect(client.task?.status).toMatchObject({ state: 'Bound', boundPods: [{ name: 'agent-0', uid: 'p1' }], hops: { allowed: 3, denied: 0, pending: 0 } });
+    expect(client.writes.map((w) => w.owner)).toEqual(['controller']);
+    expect(Object.keys(client.writes[0]?.status ?? {})).not.toContain('hops');
+    expect(records).toEqual(['task_admitted', 'identity_bound']);
+    expect(client.events).toEqual([expect.objectContaining({ reason: 'Bound' })]);
+  });
+
+  it('turns a violation the journal recorded into Violated, a Violated Event, and one revocation', async () => {
+    const { client, controller, revocations } = setup(newTask({ finalizers: [FINALIZER] }));
+    await controller.reconcile('ns/t');
+    await client.statusWriter('journal').update('ns', 't', (t) => ({ ...t.status, violation: { hopId: 'h1_x', rule: 'no-exfiltration', message: 'email send was denied' } }));
+    await controller.reconcile('ns/t');
+    expect(client.task?.status?.state).toBe('Violated');
+    expect(client.events.map((e) => `${e.type} ${e.reason}`)).toEqual(['Normal Bound', 'Warning Violated', 'Normal Revoked']);
+    expect(client.task?.status?.conditions?.find((c) => c.type === 'Revoked')).toMatchObject({ status: 'True', reason: 'DenyWritten' });
+    expect(client.task?.status?.violation?.hopId).toBe('h1_x');
+    await controller.reconcile('ns/t');
+    expect(revocations).toEqual(['t']);
+    expect(client.events).toHaveLength(3);
+  });
+
+  it('keeps the deny pending and retries when AWS refuses it; the state is still Violated', async () => {
+    const { client, controller } = setup(newTask({ finalizers: [FINALIZER] }, { violation: { hopId: 'h1_x', rule: 'r', message: 'm' } }), { revokeFails: true });
+    await expect(controller.reconcile('ns/t')).rejects.toThrow('Throttling');
+    expect(client.task?.status?.state).toBe('Violated');
+    expect(client.task?.status?.conditions?.find((c) => c.type === 'Revoked')).toMatchObject({ status: 'False', reason: 'DenyPending' });
+    expect(client.task?.status?.credentials?.revokedAt).toBeDefined();
+  });
+
+  it('reports nothing and looks again soon when its write loses a race', async () => {
+    const { client, controller, records } = setup(newTask({ finalizers: [FINALIZER] }));
+    client.conflicts = 1;
+    expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 100 });
+    expect(records).toEqual([]);
+    expect(client.events).toEqual([]);
+  });
+
+  it('on deletion revokes, then removes only its own finalizer', async () => {
+    const { client, controller, revocations } = setup(newTask({ finalizers: ['example.com/other', FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }));
+    await controller.reconcile('ns/t');
+    expect(revocations).toEqual(['t']);
+    expect(client.task?.metadata.finalizers).toEqual(['example.com/other']);
+  });
+
+  it('keeps the finalizer while the deny cannot be written', async () => {
+    const { client, controller } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }), { revokeFails: true });
+    await expect(controller.reconcile('ns/t')).rejects.toThrow('Throttling');
+    expect(client.task?.metadata.finalizers).toEqual([FINALIZER]);
+  });
+
+  it('does not remove an entry that moved since it was read', async () => {
+    const { client, controller } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }));
+    // Another controller's entry lands in front of ours between our read and our write.
+    const stale = client.task as AgentTask;
+    await client.patch(stale, [{ op: 'add', path: '/metadata/finalizers/0', value: 'example.com/other' }]);
+    const result = await client.patch(stale, [
+      { op: 'test', path: '/metadata/finalizers/0', value: FINALIZER },
+      { op: 'remove', path: '/metadata/finalizers/0' },
+    ]);
+    expect(result).toBe('conflict');
+    await controller.reconcile('ns/t');
+    expect(client.task?.metadata.finalizers).toEqual(['example.com/other']);
+  });
+});
