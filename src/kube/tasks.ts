@@ -14,7 +14,10 @@ const taskPath = (namespace: string, name: string) => `/apis/${GROUP}/${VERSION}
 const refOf = (namespace: string, name: string): ObjectRef => ({ path: taskPath(namespace, name), apiVersion: API_VERSION, kind: 'AgentTask', namespace, name });
 
 /** How many fresh reads a read-modify-write of status tries before it reports the conflict. */
-const MAX_ATTEMPTS = 8;
+const MAX_ATTEMPTS = 10;
+
+/** A short, jittered pause before retrying a write that lost a race, so racing writers spread out. */
+const raceBackoff = (attempt: number) => new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(200, 5 * 2 ** attempt)));
 
 /**
  * Writes one owner's part of a task's status. Every write is a read-modify-write conditional on
@@ -97,6 +100,7 @@ export function ownerWriter(
     apply,
     async update(namespace, name, edit, cached) {
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        if (attempt > 1) await raceBackoff(attempt);
         const task = attempt === 0 && cached?.() ? cached() : await client.read(namespace, name);
         if (!task) return undefined;
         const status = edit(task);

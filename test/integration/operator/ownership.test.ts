@@ -1,0 +1,89 @@
+import type { AgentTask } from '../../../src/api/schema.js';
+import { KubeTaskClient } from '../../../src/kube/tasks.js';
+import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import { brokerRequest } from '../../env/agents.js';
+import { describe, expect, test } from '../../env/fixtures.js';
+import { boundExampleAgent } from '../../env/hops.js';
+import { create } from '../../env/kube.js';
+import { eventReasons, readTask, waitForTask } from './helpers.js';
+
+interface ManagedField {
+  manager: string;
+  operation: string;
+  subresource?: string;
+  fieldsV1?: { 'f:status'?: Record<string, unknown> };
+}
+
+/** The status fields each field manager owns on the live object, as `kubectl get -o yaml --show-managed-fields` shows them. */
+function owners(task: AgentTask): Map<string, string[]> {
+  const fields = ((task.metadata as { managedFields?: ManagedField[] }).managedFields ?? []).filter((m) => m.subresource === 'status');
+  return new Map(fields.map((m) => [m.manager, Object.keys(m.fieldsV1?.['f:status'] ?? {})]));
+}
+
+describe('one owner per status field, through the real API server', () => {
+  test('a live task shows the controller, the journal and the broker each owning only its own fields', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const hop = await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/4711' });
+    expect(hop.body.decision).toBe('allow');
+    const done = await brokerRequest(env, 'POST', `/v1/tasks/${namespace}/ticket-4711/complete`, { token: agent.token });
+    expect(done.status).toBe(200);
+    const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Completed' && (t.status.hops?.allowed ?? 0) === 1);
+    const byManager = owners(task);
+    expect([...byManager.keys()].sort()).toEqual(['chainwarden-broker', 'chainwarden-controller', 'chainwarden-journal']);
+    expect(byManager.get('chainwarden-controller')).toEqual(expect.arrayContaining(['f:state', 'f:boundPods', 'f:conditions', 'f:spiffeID', 'f:deadline']));
+    expect(byManager.get('chainwarden-journal')).toEqual(expect.arrayContaining(['f:chain', 'f:hops', 'f:audit', 'f:recentHops']));
+    expect(byManager.get('chainwarden-broker')).toEqual(['f:completion']);
+    // No field has two owners.
+    const all = [...byManager.values()].flat().filter((f) => f !== 'f:conditions' && f !== 'f:credentials');
+    expect(new Set(all).size).toBe(all.length);
+    // The agent's completion is a fact; the controller turned it into Completed and said so.
+    expect(task.status?.conditions?.find((c) => c.type === 'Completed')).toMatchObject({ status: 'True', reason: 'AgentReported' });
+    await expect.poll(() => eventReasons(admin, namespace, 'ticket-4711')).toContain('Completed');
+  });
+
+  test('a violation the journal records becomes Violated with a Violated Event from the controller', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/4711' });
+    const denied = await agent.hop({ tool: 'email', action: 'send', resource: 'customer@example.com' });
+    expect(denied.body.decision).toBe('deny');
+    const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Violated');
+    expect(task.status?.violation).toMatchObject({ hopId: denied.body.hopId, rule: 'no-exfiltration' });
+    expect(owners(task).get('chainwarden-journal')).toContain('f:violation');
+    await expect.poll(() => eventReasons(admin, namespace, 'ticket-4711')).toContain('Violated');
+  });
+
+  test('two writers changing their own fields at once lose nothing, and neither removes the other\'s', async ({ admin, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    const created = await create(admin, exampleTask(namespace));
+    const name = created.metadata.name ?? '';
+    // The operator's controller writes this task too (it is Pending: no pods): a third writer.
+    await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending');
+    const client = new KubeTaskClient(admin);
+    const journal = client.statusWriter('journal');
+    const broker = client.statusWriter('broker');
+    const rounds = 15;
+    // Each owner writes its own fields over and over, both at the same time (as the journal and
+    // the broker do on a busy task), while the controller writes its own.
+    const countHops = async () => {
+      for (let i = 0; i < rounds; i++) await journal.update(namespace, name, (t) => ({ ...t.status, hops: { allowed: (t.status?.hops?.allowed ?? 0) + 1, denied: 0, pending: 0 } }));
+    };
+    const recordSessions = async () => {
+      for (let i = 0; i < rounds; i++) {
+        await broker.update(namespace, name, (t) => ({
+          ...t.status,
+          credentials: { ...t.status?.credentials, sessions: [...(t.status?.credentials?.sessions ?? []), { credential: 'default', accessKeyId: `ASIA${i}`, expiration: '2026-11-21T11:00:00Z', sessionName: 's' }] },
+        }));
+      }
+    };
+    await Promise.all([countHops(), recordSessions()]);
+    const task = await readTask(admin, namespace, name);
+    expect(task?.status?.hops?.allowed).toBe(rounds);
+    expect(task?.status?.credentials?.sessions).toHaveLength(rounds);
+    expect(task?.status?.state).toBe('Pending');
+    // A writer that applies only its fields leaves everyone else's in place.
+    await journal.update(namespace, name, (t) => ({ hops: t.status?.hops }));
+    const after = await readTask(admin, namespace, name);
+    expect(after?.status?.credentials?.sessions).toHaveLength(rounds);
+    expect(after?.status?.state).toBe('Pending');
+  });
+});

@@ -1,0 +1,99 @@
+import { describe, expect, it } from 'vitest';
+import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
+import type { TaskDelta } from '../../../src/audit/journal.js';
+import { chainView, decideHop, type ChainView, type HopInput } from '../../../src/broker/decide-hop.js';
+import { parseHopRequest } from '../../../src/broker/hops.js';
+import { PolicyEngine } from '../../../src/policy/engine.js';
+import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import { scenarios, type Scenario } from '../../builders/hop-scenarios.js';
+
+const engine = new PolicyEngine();
+const evaluate: Parameters<typeof decideHop>[1] = (...args) => engine.evaluate(...args);
+const created = Date.parse('2026-11-21T10:00:00Z');
+let generation = 0;
+
+function objects(s: Pick<Scenario, 'policy' | 'task'>) {
+  const policy = examplePolicy('support');
+  // Every scenario's policy is a new generation, as an edited AgentPolicy would be.
+  policy.metadata = { ...policy.metadata, uid: 'p-uid', generation: ++generation };
+  s.policy?.(policy);
+  const task = exampleTask('support');
+  task.metadata = { ...task.metadata, uid: 't-uid', creationTimestamp: new Date(created).toISOString() };
+  s.task?.(task);
+  return { policy: parseAgentPolicy(policy), task: parseAgentTask(task) };
+}
+
+/** The chain after a hop's delta, as the journal would record it. */
+function advance(chain: ChainView, delta: Partial<TaskDelta>): ChainView {
+  return chainView(
+    { version: 0, hopCount: chain.hopCount, priorDenials: chain.priorDenials, systemsTouched: [...chain.systems], dataClassesTouched: [...chain.dataClasses] },
+    { hopCount: delta.hopCount ?? 0, priorDenials: delta.priorDenials ?? 0, systems: delta.systems ?? new Set(), dataClasses: delta.dataClasses ?? new Set() } as TaskDelta,
+  );
+}
+
+/** Walks a scenario's hops through decideHop, carrying the chain and depths along. */
+function walk(s: Scenario) {
+  const { policy, task } = objects(s);
+  let chain = chainView(undefined, undefined);
+  let previousDepth: number | undefined;
+  let last: ReturnType<typeof decideHop> | undefined;
+  let depth = 1;
+  for (const [i, step] of [...(s.before ?? []), s.hop].entries()) {
+    const { parent, ...body } = step;
+    depth = parent && previousDepth ? previousDepth + 1 : 1;
+    const input: HopInput = { task, policy, request: parseHopRequest(body), hopId: `h${depth}_${i}`, depth, chain, now: created + 60_000 + i, pod: 'agent-0' };
+    last = decideHop(input, evaluate);
+    chain = advance(chain, last.delta);
+    previousDepth = depth;
+  }
+  return { outcome: last as ReturnType<typeof decideHop>, depth };
+}
+
+describe('decideHop: the policy scenarios', () => {
+  it.each(scenarios)('$name → $decision', (s) => {
+    const { outcome, depth } = walk(s);
+    expect(outcome.decision).toBe(s.decision);
+    expect(outcome.reasons.map((r) => r.rule).sort()).toEqual([...s.rules].sort());
+    if (s.depth) expect(depth).toBe(s.depth);
+  });
+
+  it('covers every decision and enough of the chain context to matter', () => {
+    expect(scenarios.length).toBeGreaterThanOrEqual(25);
+    expect(new Set(scenarios.map((s) => s.decision))).toEqual(new Set(['allow', 'deny', 'pending_approval']));
+  });
+});
+
+describe('decideHop: what the journal records', () => {
+  const input = (body: Record<string, unknown>, s: Pick<Scenario, 'policy' | 'task'> = {}): HopInput => ({ ...objects(s), request: parseHopRequest(body), hopId: 'h1_x', depth: 1, chain: chainView(undefined, undefined), now: created + 1000, pod: 'agent-0' });
+
+  it('is pure: the same input gives the same decision and the same delta', () => {
+    const i = input({ tool: 'tickets', action: 'read', resource: 'ticket/1' });
+    expect(decideHop(i, evaluate)).toEqual(decideHop(i, evaluate));
+  });
+
+  it('an allowed hop touches its system and data classes, and is answered before it is written', () => {
+    const out = decideHop(input({ tool: 'tickets', action: 'read', resource: 'ticket/1' }), evaluate);
+    expect(out.commit).toBe(false);
+    expect(out.delta).toMatchObject({ hopCount: 1, allowed: 1, systems: new Set(['tickets']), dataClasses: new Set(['pii']) });
+    expect(out.delta.events?.[0]).toMatchObject({ type: 'hop_decided', data: { hopId: 'h1_x', decision: 'allow', pod: 'agent-0' } });
+  });
+
+  it('a hop that waits is written before it is answered, with its digest and timeout', () => {
+    const out = decideHop(input({ tool: 'payments', action: 'refund', resource: 'order/1' }), evaluate);
+    expect(out).toMatchObject({ decision: 'pending_approval', commit: true });
+    expect(out.delta.addPending?.[0]).toMatchObject({ hopId: 'h1_x', rules: ['refunds-need-a-human'], timeoutAt: out.timeoutAt });
+    expect(Date.parse(out.timeoutAt ?? '') - (created + 1000)).toBe(15 * 60_000);
+  });
+
+  it('a denial under onViolation Revoke records the violation fact and is written before it is answered', () => {
+    const out = decideHop(input({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }), evaluate);
+    expect(out).toMatchObject({ decision: 'deny', commit: true, delta: { violation: { hopId: 'h1_x', rule: 'never-admin-payments' } } });
+    expect(out.delta.events?.map((e) => e.type)).toEqual(['hop_decided', 'violation']);
+  });
+
+  it('a denial under onViolation Deny only counts', () => {
+    const out = decideHop(input({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, { policy: (p) => void (p.spec.onViolation = 'Deny') }), evaluate);
+    expect(out).toMatchObject({ decision: 'deny', commit: false, delta: { denied: 1, priorDenials: 1 } });
+    expect(out.delta.violation).toBeUndefined();
+  });
+});

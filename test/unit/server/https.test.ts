@@ -1,0 +1,58 @@
+import https from 'node:https';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ChainwardenError } from '../../../src/errors.js';
+import { silentLogger } from '../../../src/log.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
+import { serveHttps, type RunningServer } from '../../../src/server/https.js';
+
+let server: RunningServer;
+let ca: string;
+
+function get(path: string): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    https
+      .get(`${server.url}${path}`, { ca }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as unknown }));
+      })
+      .on('error', reject);
+  });
+}
+
+beforeAll(async () => {
+  const authority = await CertificateAuthority.create('test-ca');
+  ca = authority.certPem;
+  const tls = await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
+  server = await serveHttps(
+    {
+      // A handler that throws before it returns a promise, as a metrics render on a half-built registry could.
+      '/sync-throw': () => {
+        throw new Error('boom');
+      },
+      '/coded': () => Promise.reject(new ChainwardenError('task_not_active', 'AgentTask ns/t is Completed')),
+      '/ok': (_req, res) => Promise.resolve(void res.end('{"ok":true}')),
+      '/prefix/': (_req, res) => Promise.resolve(void res.end('{"prefix":true}')),
+    },
+    tls,
+    { host: '127.0.0.1', port: 0 },
+    silentLogger(),
+  );
+});
+afterAll(() => server.close());
+
+describe('serveHttps', () => {
+  it('answers a handler that throws synchronously with a 500 and keeps serving', async () => {
+    expect(await get('/sync-throw')).toEqual({ status: 500, body: { error: { code: 'internal', message: 'internal error; see the operator logs' } } });
+    expect(await get('/ok')).toEqual({ status: 200, body: { ok: true } });
+  });
+
+  it('maps a coded error to its status from the catalogue', async () => {
+    expect(await get('/coded')).toEqual({ status: 403, body: { error: { code: 'task_not_active', message: 'AgentTask ns/t is Completed' } } });
+  });
+
+  it('routes exact paths, then prefixes, and 404s the rest', async () => {
+    expect((await get('/prefix/x/y')).body).toEqual({ prefix: true });
+    expect(await get('/nothing')).toMatchObject({ status: 404, body: { error: { code: 'not_found' } } });
+  });
+});
