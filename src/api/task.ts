@@ -17,6 +17,11 @@ export const FINALIZER = 'chainwarden.io/revoke';
 export const BROKER_AUDIENCE = 'chainwarden';
 /** The audience of the JWT-SVID presented to AssumeRoleWithWebIdentity. */
 export const STS_AUDIENCE = 'sts.amazonaws.com';
+/**
+ * Audiences `GET /v1/svid` never mints for: with an STS-audience SVID an agent could assume roles
+ * behind the broker's back, and one for the broker's own audience would be a second way in.
+ */
+export const RESERVED_AUDIENCES: readonly string[] = [STS_AUDIENCE, BROKER_AUDIENCE];
 
 const TERMINAL: readonly TaskState[] = ['Completed', 'Expired', 'Violated'];
 export const isTerminal = (state: TaskState | undefined): boolean => state !== undefined && TERMINAL.includes(state);

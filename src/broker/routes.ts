@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { endOf } from '../api/task.js';
+import { endOf, RESERVED_AUDIENCES } from '../api/task.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
@@ -31,6 +31,9 @@ function svid(deps: BrokerDeps): Handler {
     requireMethod(req, 'GET');
     const audience = new URL(req.url ?? '/', 'http://x').searchParams.get('audience');
     if (!audience) throw new ChainwardenError('invalid_request', 'audience is required: GET /v1/svid?audience=<who will verify the token>', { field: 'audience' });
+    if (RESERVED_AUDIENCES.includes(audience)) {
+      throw new ChainwardenError('forbidden', `audience ${audience} is reserved: AWS credentials come only from /v1/credentials, where they are recorded and revocable; ask for an audience of your own service`, { field: 'audience' });
+    }
     const who = await deps.auth.authenticate(req.headers.authorization);
     const { token, expiresAt } = await deps.issuer.mint(who.spiffeId, audience);
     deps.log.info({ event: 'svid_issued', task: `${who.namespace}/${who.task.metadata.name ?? ''}`, pod: who.podName, audience }, 'JWT-SVID issued');

@@ -4,6 +4,7 @@ import { deadlineOf, endOf, POLICY_DEFAULTS, STS_AUDIENCE } from '../api/task.js
 import type { TaskJournal } from '../audit/journal.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import { ChainwardenError, reasonOf } from '../errors.js';
+import { spiffeIdFor } from '../identity/spiffe.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskClient, TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
@@ -24,6 +25,8 @@ export interface CredentialBrokerDeps {
   policy: (namespace: string, name: string) => AgentPolicy | undefined;
   clock: Clock;
   log: Logger;
+  /** The SPIFFE trust domain: a web-identity token's subject is derived from the task's spec. */
+  trustDomain: string;
   /** This replica's name, recorded with each session it issues. */
   replica: string;
   /** Where the credential_issued audit records go. */
@@ -94,7 +97,7 @@ export class CredentialBroker {
       tags: sessionTags(task, credential.aws),
       transitiveTagKeys: TRANSITIVE_TAG_KEYS,
       policy: credential.aws.sessionPolicy,
-      webIdentityToken: credential.aws.webIdentity ? (await this.deps.issuer.mint(task.status?.spiffeID ?? '', STS_AUDIENCE)).token : undefined,
+      webIdentityToken: credential.aws.webIdentity ? await this.webIdentityToken(task, credential.aws) : undefined,
     };
     let session: AwsSession;
     try {
@@ -118,6 +121,22 @@ export class CredentialBroker {
       'AWS session issued',
     );
     return session;
+  }
+
+  /**
+   * The JWT-SVID for AssumeRoleWithWebIdentity. It carries the task's source identity and
+   * session tags as the claims AWS reads from an OIDC token, so the revocation deny on the role
+   * (keyed on aws:SourceIdentity) matches these sessions as it matches AssumeRole's.
+   */
+  private async webIdentityToken(task: AgentTask, aws: NonNullable<AgentTask['spec']['credentials']>[number]['aws']): Promise<string> {
+    const { namespace = '', name = '' } = task.metadata;
+    const tags = sessionTags(task, aws);
+    const claims = {
+      'https://aws.amazon.com/source_identity': sourceIdentityFor(task),
+      'https://aws.amazon.com/tags': { principal_tags: Object.fromEntries(Object.entries(tags).map(([k, v]) => [k, [v]])), transitive_tag_keys: TRANSITIVE_TAG_KEYS },
+    };
+    const spiffeId = spiffeIdFor(this.deps.trustDomain, namespace, task.spec.serviceAccountName, name);
+    return (await this.deps.issuer.mint(spiffeId, STS_AUDIENCE, undefined, claims)).token;
   }
 
   /** Writes the session into status; refuses to hand it out if the task ended meanwhile. */

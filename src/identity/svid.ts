@@ -27,12 +27,13 @@ export class SvidIssuer {
     return urlOf(this.issuer);
   }
 
-  async mint(spiffeId: string, audience: string, seconds = MAX_SVID_SECONDS): Promise<{ token: string; expiresAt: number }> {
+  /** `claims` are added to the token (the AWS source-identity and tag claims for AssumeRoleWithWebIdentity); they never replace the registered ones. */
+  async mint(spiffeId: string, audience: string, seconds = MAX_SVID_SECONDS, claims: Record<string, unknown> = {}): Promise<{ token: string; expiresAt: number }> {
     if (!audience) throw new ChainwardenError('audience_required', 'a JWT-SVID needs an audience: pass ?audience=<who will verify it>', { field: 'audience' });
     const { kid, key } = await this.ring.signingKey();
     const iat = Math.floor(this.clock.now() / 1000);
     const exp = iat + Math.min(seconds, MAX_SVID_SECONDS);
-    const token = await new SignJWT({})
+    const token = await new SignJWT({ ...claims })
       .setProtectedHeader({ alg: 'ES256', kid, typ: 'JWT' })
       .setIssuer(this.issuerUrl)
       .setSubject(spiffeId)

@@ -177,7 +177,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   };
   const journal = new TaskJournal(client.statusWriter('journal'), emit, log, options.journalFlushMs, (ns, name) => informers.tasks.get(ns, name));
   const brokerStatus = client.statusWriter('broker');
-  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, replica: identity, journal });
+  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal });
   const hops = new HopService({
     engine: new PolicyEngine(),
     journal,

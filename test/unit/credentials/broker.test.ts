@@ -25,7 +25,7 @@ async function setup() {
   const writer = new TaskClientTwin(task);
   const ring = new KeyRing(new InMemoryKeyStore(), clock);
   await ring.refresh();
-  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), replica: 'r1' });
+  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1' });
   return { sts, writer, broker, stored: () => writer.task as AgentTask };
 }
 
