@@ -351,6 +351,7 @@ export const AgentTaskStatus = Type.Object(
         {
           version: Type.Integer({ description: 'Incremented with every write of the chain state.', minimum: 0 }),
           hopCount: Type.Integer({ description: 'Hops asked for so far, whatever their decision.', minimum: 0 }),
+          deepest: Type.Optional(Type.Integer({ description: 'The deepest a hop of the task has gone; no later hop is shallower.', minimum: 0 })),
           priorDenials: Type.Integer({ description: 'Hops denied so far.', minimum: 0 }),
           systemsTouched: Type.Array(Type.String({ maxLength: 63 }), { description: 'Systems the task has called.', maxItems: 200 }),
           dataClassesTouched: Type.Array(Type.String({ maxLength: 63 }), { description: 'Data classes the task has touched.', maxItems: 200 }),

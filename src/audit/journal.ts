@@ -14,6 +14,8 @@ export interface TaskDelta {
   denied: number;
   pending: number;
   hopCount: number;
+  /** The deepest hop decided; merges as a maximum. */
+  deepest: number;
   priorDenials: number;
   systems: Set<string>;
   dataClasses: Set<string>;
@@ -46,6 +48,7 @@ export const emptyDelta = (): TaskDelta => ({
   denied: 0,
   pending: 0,
   hopCount: 0,
+  deepest: 0,
   priorDenials: 0,
   systems: new Set(),
   dataClasses: new Set(),
@@ -96,6 +99,7 @@ export function applyDelta(task: AgentTask, delta: TaskDelta): { status: AgentTa
     chain: {
       version: chain.version + 1,
       hopCount: chain.hopCount + delta.hopCount,
+      deepest: Math.max(chain.deepest ?? 0, delta.deepest),
       priorDenials: chain.priorDenials + delta.priorDenials,
       systemsTouched: [...new Set([...chain.systemsTouched, ...systems])],
       dataClassesTouched: [...new Set([...chain.dataClassesTouched, ...dataClasses])],
@@ -114,6 +118,7 @@ function isEmpty(d: TaskDelta): boolean {
     d.events.length === 0 &&
     d.resolutions.length === 0 &&
     d.hopCount === 0 &&
+    d.deepest === 0 &&
     d.allowed === 0 &&
     d.denied === 0 &&
     d.pending === 0 &&
@@ -131,6 +136,7 @@ function merge(into: TaskDelta, from: TaskDelta): void {
   into.denied += from.denied;
   into.pending += from.pending;
   into.hopCount += from.hopCount;
+  into.deepest = Math.max(into.deepest, from.deepest);
   into.priorDenials += from.priorDenials;
   for (const s of from.systems) into.systems.add(s);
   for (const d of from.dataClasses) into.dataClasses.add(d);

@@ -22,6 +22,8 @@ export type HopDecision = 'allow' | 'deny' | 'pending_approval';
 /** The chain as one replica sees it: what the task's status says plus what it has not written yet. */
 export interface ChainView {
   hopCount: number;
+  /** The deepest hop so far. */
+  deepest: number;
   priorDenials: number;
   systems: ReadonlySet<string>;
   dataClasses: ReadonlySet<string>;
@@ -30,10 +32,22 @@ export interface ChainView {
 export function chainView(c: AgentTaskStatus['chain'], unwritten: TaskDelta | undefined): ChainView {
   return {
     hopCount: (c?.hopCount ?? 0) + (unwritten?.hopCount ?? 0),
+    deepest: Math.max(c?.deepest ?? 0, unwritten?.deepest ?? 0),
     priorDenials: (c?.priorDenials ?? 0) + (unwritten?.priorDenials ?? 0),
     systems: new Set([...(c?.systemsTouched ?? []), ...(unwritten?.systems ?? [])]),
     dataClasses: new Set([...(c?.dataClassesTouched ?? []), ...(unwritten?.dataClasses ?? [])]),
   };
+}
+
+/**
+ * A hop's depth. The agent says which hop this one follows, but the agent is not trusted: were
+ * depth only its parent's plus one, it could start over at depth 1 whenever it liked, by leaving
+ * `parentHop` out or by naming an early, shallow hop, and no depth limit or depth rule would ever
+ * bind it. So depth never goes back up the tree: a hop is as deep as its parent plus one, and at
+ * least as deep as the deepest hop the task has made so far.
+ */
+export function depthOf(parentDepth: number | undefined, chain: Pick<ChainView, 'deepest'>): number {
+  return Math.max(parentDepth === undefined ? 1 : parentDepth + 1, chain.deepest);
 }
 
 /** Everything one hop is decided on, gathered by the caller. */
@@ -161,7 +175,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       decision,
       reasons,
       commit: false,
-      delta: { hopCount: 1, allowed: 1, systems: new Set([request.tool]), dataClasses: new Set(system?.dataClasses ?? []), recent: [{ hopId, decision: 'allow', rules, at }], events: [record] },
+      delta: { hopCount: 1, deepest: depth, allowed: 1, systems: new Set([request.tool]), dataClasses: new Set(system?.dataClasses ?? []), recent: [{ hopId, decision: 'allow', rules, at }], events: [record] },
     };
   }
   if (decision === 'pending_approval') {
@@ -173,13 +187,14 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       timeoutAt,
       delta: {
         hopCount: 1,
+        deepest: depth,
         pending: 1,
         addPending: [{ hopId, digest, tool: request.tool, action: request.action, resource: request.resource, depth, parentHop: request.parentHop, rules, requestedAt: at, timeoutAt }],
         events: [record],
       },
     };
   }
-  const delta: Partial<TaskDelta> = { hopCount: 1, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', rules, at }], events: [record] };
+  const delta: Partial<TaskDelta> = { hopCount: 1, deepest: depth, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', rules, at }], events: [record] };
   if ((policy.spec.onViolation ?? POLICY_DEFAULTS.onViolation) !== 'Revoke') return { decision, reasons, commit: false, delta };
   const rule = rules.join(', ');
   const message = `${request.tool} ${request.action} ${request.resource} was denied by ${rule}`;

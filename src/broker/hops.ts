@@ -7,7 +7,7 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { chainView, decideHop, type HopDecision, type HopRequest } from './decide-hop.js';
+import { chainView, decideHop, depthOf, type HopDecision, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
 export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -98,13 +98,10 @@ export class HopService {
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
     if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
-    let depth = 1;
-    if (request.parentHop) {
-      const parentDepth = this.deps.ids.depthOf(uid, request.parentHop);
-      if (parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
-      depth = parentDepth + 1;
-    }
+    const parentDepth = request.parentHop === undefined ? undefined : this.deps.ids.depthOf(uid, request.parentHop);
+    if (request.parentHop !== undefined && parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
     const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name));
+    const depth = depthOf(parentDepth, chain);
     const hopId = this.deps.ids.mint(uid, depth);
     const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => this.deps.engine.evaluate(...args));
     const { decision, reasons } = outcome;

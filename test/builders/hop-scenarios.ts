@@ -106,6 +106,15 @@ export const scenarios: Scenario[] = [
     depth: 3,
   },
   {
+    name: 'leaving out parentHop does not reset the depth a rule sees',
+    policy: withRule({ name: 'no-deep-comments', effect: 'Deny', tools: ['tickets'], actions: ['comment'], when: { minDepth: 2 } }),
+    before: [read, { ...read, parent: true }],
+    hop: { tool: 'tickets', action: 'comment', resource: 'ticket/1' },
+    decision: 'deny',
+    rules: ['no-deep-comments'],
+    depth: 2,
+  },
+  {
     name: 'the task\'s maxDepth stops a chain that goes too deep',
     policy: denyOnly,
     task: (t) => void (t.spec.limits = { maxDepth: 2 }),

@@ -11,6 +11,7 @@ const END_TO_END = new Set([
   'no email to an external system after reading PII in the same task',
   'the task\'s maxDepth stops a chain that goes too deep',
   'raw Cedar can allow on the hop\'s attributes',
+  'leaving out parentHop does not reset the depth a rule sees',
 ]);
 const endToEnd = scenarios.filter((s) => END_TO_END.has(s.name));
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
 import type { TaskDelta } from '../../../src/audit/journal.js';
-import { chainView, decideHop, type ChainView, type HopInput } from '../../../src/broker/decide-hop.js';
+import { chainView, decideHop, depthOf, type ChainView, type HopInput } from '../../../src/broker/decide-hop.js';
 import { parseHopRequest } from '../../../src/broker/hops.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
@@ -26,8 +26,8 @@ function objects(s: Pick<Scenario, 'policy' | 'task'>) {
 /** The chain after a hop's delta, as the journal would record it. */
 function advance(chain: ChainView, delta: Partial<TaskDelta>): ChainView {
   return chainView(
-    { version: 0, hopCount: chain.hopCount, priorDenials: chain.priorDenials, systemsTouched: [...chain.systems], dataClassesTouched: [...chain.dataClasses] },
-    { hopCount: delta.hopCount ?? 0, priorDenials: delta.priorDenials ?? 0, systems: delta.systems ?? new Set(), dataClasses: delta.dataClasses ?? new Set() } as TaskDelta,
+    { version: 0, hopCount: chain.hopCount, deepest: chain.deepest, priorDenials: chain.priorDenials, systemsTouched: [...chain.systems], dataClassesTouched: [...chain.dataClasses] },
+    { hopCount: delta.hopCount ?? 0, deepest: delta.deepest ?? 0, priorDenials: delta.priorDenials ?? 0, systems: delta.systems ?? new Set(), dataClasses: delta.dataClasses ?? new Set() } as TaskDelta,
   );
 }
 
@@ -40,7 +40,7 @@ function walk(s: Scenario) {
   let depth = 1;
   for (const [i, step] of [...(s.before ?? []), s.hop].entries()) {
     const { parent, ...body } = step;
-    depth = parent && previousDepth ? previousDepth + 1 : 1;
+    depth = depthOf(parent ? previousDepth : undefined, chain);
     const input: HopInput = { task, policy, request: parseHopRequest(body), hopId: `h${depth}_${i}`, depth, chain, now: created + 60_000 + i, pod: 'agent-0' };
     last = decideHop(input, evaluate);
     chain = advance(chain, last.delta);
@@ -60,6 +60,17 @@ describe('decideHop: the policy scenarios', () => {
   it('covers every decision and enough of the chain context to matter', () => {
     expect(scenarios.length).toBeGreaterThanOrEqual(25);
     expect(new Set(scenarios.map((s) => s.decision))).toEqual(new Set(['allow', 'deny', 'pending_approval']));
+  });
+});
+
+describe('depthOf: an agent cannot climb back up the tree', () => {
+  it.each([
+    { parent: undefined, deepest: 0, depth: 1, why: 'the first hop is a root' },
+    { parent: 2, deepest: 2, depth: 3, why: 'a child is one deeper than its parent' },
+    { parent: undefined, deepest: 4, depth: 4, why: 'leaving parentHop out does not start over at 1' },
+    { parent: 1, deepest: 4, depth: 4, why: 'naming an early, shallow hop does not either' },
+  ])('$why', ({ parent, deepest, depth }) => {
+    expect(depthOf(parent, { deepest })).toBe(depth);
   });
 });
 
