@@ -19,6 +19,8 @@ const PLURALS: Record<string, string> = {
   NetworkPolicy: 'networkpolicies',
   ValidatingWebhookConfiguration: 'validatingwebhookconfigurations',
   MutatingWebhookConfiguration: 'mutatingwebhookconfigurations',
+  ValidatingAdmissionPolicy: 'validatingadmissionpolicies',
+  ValidatingAdmissionPolicyBinding: 'validatingadmissionpolicybindings',
 };
 
 async function dryRunApply(admin: KubeConfig, objects: Rendered[]): Promise<{ kind: string; status: number; message?: string }[]> {
@@ -27,7 +29,7 @@ async function dryRunApply(admin: KubeConfig, objects: Rendered[]): Promise<{ ki
     const plural = PLURALS[o.kind];
     if (!plural) throw new Error(`no REST mapping for ${o.kind} in this test`);
     // The webhook configurations are renamed so the dry run cannot collide with the ones in use.
-    const obj = o.kind.endsWith('WebhookConfiguration') ? { ...o, metadata: { ...o.metadata, name: `${o.metadata.name}-dryrun` } } : o;
+    const obj = o.kind.endsWith('WebhookConfiguration') || o.kind.startsWith('ValidatingAdmissionPolicy') ? { ...o, metadata: { ...o.metadata, name: `${o.metadata.name}-dryrun` } } : o;
     const res = await rawRequest(admin, 'PATCH', `${objectPath(obj, plural)}?fieldManager=helm-dryrun&dryRun=All&force=true`, obj, 'application/apply-patch+yaml');
     results.push({ kind: o.kind, status: res.status, message: (res.body as { message?: string }).message });
   }
