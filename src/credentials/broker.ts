@@ -104,6 +104,7 @@ export class CredentialBroker {
       session = await this.deps.sts.assume(request);
     } catch (err) {
       if (!(err instanceof StsError)) throw err;
+      this.deps.log.warn({ task: `${namespace}/${taskName}`, code: err.code, awsCode: err.awsCode, detail: err.detail }, 'STS refused a session');
       throw await this.failed(task, new ChainwardenError(err.code, err.message));
     }
     await this.record(task, name, request.roleSessionName, request.sourceIdentity, session);

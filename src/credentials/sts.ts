@@ -35,23 +35,38 @@ export class StsError extends ChainwardenError {
     code: StsErrorCode,
     message: string,
     readonly awsCode: string,
+    /** STS's own words, for the operator's log only: they name the operator's identity. */
+    readonly detail?: string,
   ) {
     super(code, message);
     this.name = 'StsError';
   }
 }
 
+/**
+ * STS's messages name the caller ("User: arn:aws:sts::111122223333:assumed-role/chainwarden/…
+ * is not authorized"): the operator's own role and account. Those reach the agent and the
+ * task's status, so every ARN and account id but the role the task asked for is replaced.
+ */
+export function scrubOperatorIdentity(message: string, roleArn: string): string {
+  const account = /^arn:aws[a-z-]*:iam::(\d{12}):/.exec(roleArn)?.[1];
+  return message
+    .replace(/arn:aws[a-z-]*:[a-z0-9-]*:[a-z0-9-]*:\d{12}:[^\s,;'"()]+/g, (arn) => (arn === roleArn ? arn : '<operator identity>'))
+    .replace(/\b\d{12}\b/g, (id) => (id === account ? id : '<account>'));
+}
+
 /** Maps an STS error to what it means for the task; never to a retry with broader credentials. */
 export function classifyStsError(err: unknown, roleArn: string): StsError {
   const name = err instanceof STSServiceException ? err.name : (err as { name?: string })?.name ?? 'Error';
-  const message = err instanceof Error ? err.message : String(err);
+  const raw = err instanceof Error ? err.message : String(err);
+  const message = scrubOperatorIdentity(raw, roleArn);
   if (['AccessDenied', 'AccessDeniedException', 'InvalidIdentityToken', 'IDPRejectedClaim', 'ExpiredTokenException', 'NoSuchEntity'].includes(name)) {
-    return new StsError('role_not_assumable', `STS refused to let chainwarden assume ${roleArn} (${name}: ${message}); check the role's trust policy allows chainwarden's identity and sts:SetSourceIdentity and sts:TagSession`, name);
+    return new StsError('role_not_assumable', `STS refused to let chainwarden assume ${roleArn} (${name}: ${message}); check the role's trust policy allows chainwarden's identity and sts:SetSourceIdentity and sts:TagSession`, name, raw);
   }
   if (['PackedPolicyTooLarge', 'ValidationError', 'MalformedPolicyDocument', 'RegionDisabledException'].includes(name)) {
-    return new StsError('sts_limits_exceeded', `STS rejected the request for ${roleArn} (${name}: ${message}); shorten the session policy or tags, or lower the duration to the role's maximum session duration`, name);
+    return new StsError('sts_limits_exceeded', `STS rejected the request for ${roleArn} (${name}: ${message}); shorten the session policy or tags, or lower the duration to the role's maximum session duration`, name, raw);
   }
-  return new StsError('sts_unavailable', `STS did not issue credentials for ${roleArn} (${name}: ${message}); retrying with backoff`, name);
+  return new StsError('sts_unavailable', `STS did not issue credentials for ${roleArn} (${name}: ${message}); retrying with backoff`, name, raw);
 }
 
 const toSession = (c: Credentials | undefined, assumedRoleArn?: string): AwsSession => {

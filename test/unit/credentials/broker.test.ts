@@ -60,6 +60,17 @@ describe('CredentialBroker', () => {
     expect(sts.requests).toHaveLength(1);
   });
 
+  it('never shows the agent or the task the operator\'s own role or account from an STS refusal', async () => {
+    const { sts, broker, stored } = await setup();
+    sts.failNext(Object.assign(new Error('User: arn:aws:sts::999988887777:assumed-role/chainwarden-operator/i-0abc is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::123456789012:role/agent (account 999988887777)'), { name: 'AccessDenied' }));
+    const refused = (await broker.credentials(who, 'default').catch((e: unknown) => e)) as Error;
+    const shown = [refused.message, JSON.stringify(stored().status)].join('\n');
+    expect(shown).not.toContain('999988887777');
+    expect(shown).not.toContain('chainwarden-operator');
+    expect(refused.message).toContain('arn:aws:iam::123456789012:role/agent');
+    expect(refused.message).toContain('User: <operator identity> is not authorized');
+  });
+
   it('answers throttling that outlasted the retries with a 503 and a condition', async () => {
     const { sts, broker, stored } = await setup();
     sts.failNext(Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }));
