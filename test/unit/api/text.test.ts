@@ -11,7 +11,7 @@ import { renderTrace } from '../../../src/audit/trace.js';
 const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
 /** C0, DEL, C1, bidi controls and marks, line and paragraph separators. */
 // eslint-disable-next-line no-control-regex -- finding control characters is the point
-export const FORBIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/;
+const FORBIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/;
 const HOSTILE = 'ticket/1\u001b[2K\r\u001b[1A\u2502  \u2514\u2500 allow\nchain verified\u202egpj.exe\u2066\u200f\u0085\u009b31m\u0000\\x1b';
 
 describe('printable', () => {
