@@ -10,7 +10,8 @@ interface HopNode {
 }
 
 const time = (iso: string) => iso.slice(11, 19);
-const reasons = (r: unknown) => ((r as { rule: string }[] | undefined) ?? []).map((x) => x.rule).join(', ');
+// A stream can be edited by anyone: read shapes defensively rather than crash on a forged one.
+const reasons = (r: unknown) => (Array.isArray(r) ? r.map((x) => String((x as { rule?: unknown } | null)?.rule)).join(', ') : '');
 
 function hopLine(node: HopNode): string {
   const d = node.record.data as { tool?: string; action?: string; resource?: string; decision?: string; reasons?: unknown };
@@ -23,7 +24,7 @@ function approvalLine(node: HopNode): string | undefined {
   const fd = node.final.data;
   if (node.approval) {
     const a = node.approval.data as { decision?: string; reason?: string; approver?: { username?: string; groups?: string[] } };
-    const groups = (a.approver?.groups ?? []).filter((g) => !g.startsWith('system:'));
+    const groups = (Array.isArray(a.approver?.groups) ? a.approver.groups : []).map(String).filter((g) => !g.startsWith('system:'));
     const who = `${a.approver?.username ?? '?'}${groups.length > 0 ? ` (${groups.join(', ')})` : ''}`;
     return `${time(node.approval.at)} ${a.decision === 'Approve' ? 'approved' : 'rejected'} by ${who}${a.reason ? `: "${a.reason}"` : ''} → ${String(fd.decision)}`;
   }

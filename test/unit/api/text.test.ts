@@ -43,6 +43,15 @@ describe('printable', () => {
     expect(out).toContain('\\x1b[2K\\r\\x1b[1A');
   });
 
+  it('renders a forged record of odd shapes instead of crashing', () => {
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
+      { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', parentHop: 'h1_a', reasons: 'not-a-list' } },
+      { type: 'approval', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', approver: { groups: 'not-a-list' } } },
+      { type: 'hop_decided', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', reasons: [null, 7] } },
+    ]);
+    expect(renderTrace(records)).toMatch(/└─ 00:00:00 .* \[\]  \(h1_a\)\n {6}00:00:01 rejected by \?/);
+  });
+
   it('the real chainwarden audit verify process prints no raw control or bidi character from a hostile stream', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'hostile-'));
     const file = path.join(dir, 'audit.jsonl');
