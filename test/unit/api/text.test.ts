@@ -49,7 +49,7 @@ describe('printable', () => {
       { type: 'approval', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', approver: { groups: 'not-a-list' } } },
       { type: 'hop_decided', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', reasons: [null, 7] } },
     ]);
-    expect(renderTrace(records)).toMatch(/└─ 00:00:00 .* \[\]  \(h1_a\)\n {6}00:00:01 rejected by \?/);
+    expect(renderTrace(records)).toMatch(/└─ 00:00:00 .* \[\] {2}\(h1_a\)\n {6}00:00:01 rejected by \?/);
   });
 
   it('the real chainwarden audit verify process prints no raw control or bidi character from a hostile stream', () => {
