@@ -114,7 +114,27 @@ const System = Type.Object({
   ),
 });
 
-const Glob = (what: string) => Type.String({ description: what, minLength: 1, maxLength: 256, ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcard *' }) });
+/**
+ * Globs are matched in linear time (`src/policy/glob.ts`, Cedar's `like`), so their cost is
+ * bounded by length alone; the cap on stars keeps policies readable and leaves room if the
+ * matcher ever changes. A glob with more stars than this is almost always a mistake.
+ */
+export const MAX_GLOB_STARS = 8;
+const MAX_GLOB_LENGTH = 256;
+/** RE2 (CEL's regex engine) is linear, so this is cheap for the API server to check. */
+const STAR_LIMIT_RULE = `!${matches(`^([^*]*[*]){${MAX_GLOB_STARS + 1}}`)}`;
+const STAR_LIMIT: CelRule = {
+  rule: STAR_LIMIT_RULE,
+  message: `may hold at most ${MAX_GLOB_STARS} wildcards (*); name the values, or split the pattern into several list entries with fewer wildcards each`,
+};
+
+const Glob = (what: string) =>
+  Type.String({
+    description: what,
+    minLength: 1,
+    maxLength: MAX_GLOB_LENGTH,
+    ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcard *' }, STAR_LIMIT),
+  });
 
 const RuleWhen = Type.Object(
   {
@@ -151,7 +171,10 @@ export const AgentPolicySpec = Type.Object(
             Type.Array(
               Type.String({
                 maxLength: 600,
-                ...cel({ rule: matches(ROLE_ARN_GLOB), message: 'must be an IAM role ARN, globs allowed: arn:aws:iam::111122223333:role/support-*' }),
+                ...cel(
+                  { rule: matches(ROLE_ARN_GLOB), message: 'must be an IAM role ARN, globs allowed: arn:aws:iam::111122223333:role/support-*' },
+                  STAR_LIMIT,
+                ),
               }),
               { description: 'IAM roles tasks may assume, as ARNs with * and ? globs. None when left out.', maxItems: 50 },
             ),

@@ -1,14 +1,41 @@
 /**
- * Agent-supplied text (intents, resources, attributes, rule messages quoting them) reaches
- * terminals through `kubectl describe`, `trace` and logs. Control characters and bidi overrides
- * there could forge or hide output, so they are shown as visible escapes.
+ * Text that came from an agent (a hop's resource, intent, attributes) or from a stream anyone
+ * may have edited ends up in a terminal or in `kubectl describe`. There, a control character or
+ * a bidi override is an instruction, not text: ESC starts a terminal escape sequence, CR and LF
+ * start a forged line ("chain verified: …"), U+202E reverses what follows so `evil/gpj.exe`
+ * reads `evil/exe.jpg`. `printable` makes every such character visible as an escape instead.
  */
-// eslint-disable-next-line no-control-regex
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 
+/** Bidi embeddings, overrides and isolates, and the invisible direction marks. */
+const BIDI = new Set([0x061c, 0x200e, 0x200f, 0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069]);
+const NAMED: Record<number, string> = { 0x09: '\\t', 0x0a: '\\n', 0x0d: '\\r', 0x5c: '\\\\' };
+
+const hex = (code: number, width: number) => code.toString(16).padStart(width, '0');
+
+function escape(code: number): string | undefined {
+  const named = NAMED[code];
+  if (named) return named;
+  // C0, DEL and C1 controls.
+  if (code < 0x20 || (code >= 0x7f && code <= 0x9f)) return `\\x${hex(code, 2)}`;
+  // Bidi controls and the line and paragraph separators, which some terminals and viewers honour.
+  if (BIDI.has(code) || code === 0x2028 || code === 0x2029) return `\\u${hex(code, 4)}`;
+  return undefined;
+}
+
+/**
+ * `text` with C0/C1 controls (ESC, CR, LF, …), DEL, bidi controls (U+202A–U+202E,
+ * U+2066–U+2069, U+200E, U+200F, U+061C) and U+2028/U+2029 written as visible escapes (`\x1b`,
+ * `\n`, `\u202e`). The backslash is doubled, so the escaping is one-to-one: a hostile string
+ * cannot spell an escape that reads like another character. Other text is unchanged.
+ */
 export function printable(text: string): string {
-  return text.replace(UNSAFE, (c) => {
-    const code = c.charCodeAt(0);
-    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
-  });
+  let out = '';
+  let plain = 0;
+  for (let i = 0; i < text.length; i++) {
+    const replacement = escape(text.charCodeAt(i));
+    if (replacement === undefined) continue;
+    out += text.slice(plain, i) + replacement;
+    plain = i + 1;
+  }
+  return plain === 0 ? text : out + text.slice(plain);
 }

@@ -1,3 +1,4 @@
+import { printable } from '../api/text.js';
 import type { AuditRecord } from './record.js';
 
 interface HopNode {
@@ -9,7 +10,8 @@ interface HopNode {
 }
 
 const time = (iso: string) => iso.slice(11, 19);
-const reasons = (r: unknown) => ((r as { rule: string }[] | undefined) ?? []).map((x) => x.rule).join(', ');
+// A stream can be edited by anyone: read shapes defensively rather than crash on a forged one.
+const reasons = (r: unknown) => (Array.isArray(r) ? r.map((x) => String((x as { rule?: unknown } | null)?.rule)).join(', ') : '');
 
 function hopLine(node: HopNode): string {
   const d = node.record.data as { tool?: string; action?: string; resource?: string; decision?: string; reasons?: unknown };
@@ -22,22 +24,24 @@ function approvalLine(node: HopNode): string | undefined {
   const fd = node.final.data;
   if (node.approval) {
     const a = node.approval.data as { decision?: string; reason?: string; approver?: { username?: string; groups?: string[] } };
-    const groups = (a.approver?.groups ?? []).filter((g) => !g.startsWith('system:'));
+    const groups = (Array.isArray(a.approver?.groups) ? a.approver.groups : []).map(String).filter((g) => !g.startsWith('system:'));
     const who = `${a.approver?.username ?? '?'}${groups.length > 0 ? ` (${groups.join(', ')})` : ''}`;
     return `${time(node.approval.at)} ${a.decision === 'Approve' ? 'approved' : 'rejected'} by ${who}${a.reason ? `: "${a.reason}"` : ''} → ${String(fd.decision)}`;
   }
   return `${time(node.final.at)} no approval in time → ${String(fd.decision)} [${reasons(fd.reasons)}]`;
 }
 
-function render(nodes: HopNode[], prefix: string, out: string[]): void {
-  nodes.forEach((node, i) => {
-    const last = i === nodes.length - 1;
+/** Depth-first, with an explicit stack: a forged stream may nest hops deeper than the call stack. */
+function render(roots: HopNode[], out: string[]): void {
+  const stack = roots.map((node, i) => ({ node, prefix: '', last: i === roots.length - 1 })).reverse();
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const { node, prefix, last } = item;
     out.push(`${prefix}${last ? '└─ ' : '├─ '}${hopLine(node)}`);
     const inner = `${prefix}${last ? '   ' : '│  '}`;
     const approval = approvalLine(node);
     if (approval) out.push(`${inner}   ${approval}`);
-    render(node.children, inner, out);
-  });
+    for (let i = node.children.length - 1; i >= 0; i--) stack.push({ node: node.children[i] as HopNode, prefix: inner, last: i === node.children.length - 1 });
+  }
 }
 
 const OTHER: Partial<Record<AuditRecord['type'], (r: AuditRecord) => string>> = {
@@ -50,34 +54,60 @@ const OTHER: Partial<Record<AuditRecord['type'], (r: AuditRecord) => string>> = 
   expiry: (r) => `expired at ${String(r.data.deadline)}`,
 };
 
-/** The hop tree of one task (parent → children) with decisions, reasons, approvers and times, then the task's other events. */
+/** Whether making `parent` the parent of `child` would close a loop (only a forged stream has one). */
+function closesLoop(child: HopNode, parent: HopNode, nodes: Map<string, HopNode>): boolean {
+  let at: HopNode | undefined = parent;
+  for (let steps = 0; at && steps <= nodes.size; steps++) {
+    if (at === child) return true;
+    const up: unknown = (at.record.data as { parentHop?: unknown }).parentHop;
+    at = typeof up === 'string' ? nodes.get(up) : undefined;
+  }
+  return at !== undefined;
+}
+
+const byTime = (a: HopNode, b: HopNode) => (a.record.at < b.record.at ? -1 : a.record.at > b.record.at ? 1 : 0);
+
+/**
+ * The hop tree of one task (parent → children) with decisions, reasons, approvers and times,
+ * then the task's other events. `records` are in chain order; a child may come before its
+ * parent there (replicas write one task's records in batches), so the tree is built after
+ * every hop is known, and siblings are ordered by decision time. Every string from the stream is
+ * passed through `printable`: an agent chose the hop's resource and intent, and they must not
+ * be able to move the cursor, forge a line or reverse the text of the trace.
+ */
 export function renderTrace(records: readonly AuditRecord[]): string {
   const nodes = new Map<string, HopNode>();
-  const roots: HopNode[] = [];
+  const approvals: AuditRecord[] = [];
   const events: string[] = [];
   for (const record of records) {
-    const d = record.data as { hopId?: string; parentHop?: string; decision?: string };
-    if (record.type === 'hop_decided' && d.hopId) {
-      const existing = nodes.get(d.hopId);
-      if (existing) {
-        existing.final = record;
-        continue;
-      }
-      const node: HopNode = { hopId: d.hopId, record, children: [] };
-      nodes.set(d.hopId, node);
-      const parent = d.parentHop ? nodes.get(d.parentHop) : undefined;
-      (parent ? parent.children : roots).push(node);
-    } else if (record.type === 'approval' && d.hopId) {
-      const node = nodes.get(d.hopId);
-      if (node) node.approval = record;
+    const d = record.data as { hopId?: unknown };
+    const hopId = typeof d.hopId === 'string' ? d.hopId : undefined;
+    if (record.type === 'hop_decided' && hopId !== undefined) {
+      const existing = nodes.get(hopId);
+      if (existing) existing.final = record;
+      else nodes.set(hopId, { hopId, record, children: [] });
+    } else if (record.type === 'approval' && hopId !== undefined) {
+      approvals.push(record);
     } else {
       const describe = OTHER[record.type];
       if (describe) events.push(`${time(record.at)} ${describe(record)}`);
     }
   }
+  for (const approval of approvals) {
+    const node = nodes.get((approval.data as { hopId: string }).hopId);
+    if (node) node.approval = approval;
+  }
+  const roots: HopNode[] = [];
+  for (const node of nodes.values()) {
+    const parentHop = (node.record.data as { parentHop?: unknown }).parentHop;
+    const parent = typeof parentHop === 'string' ? nodes.get(parentHop) : undefined;
+    (parent && !closesLoop(node, parent, nodes) ? parent.children : roots).push(node);
+  }
+  roots.sort(byTime);
+  for (const node of nodes.values()) node.children.sort(byTime);
   const out: string[] = ['hops:'];
   if (roots.length === 0) out.push('   (none)');
-  render(roots, '', out);
+  render(roots, out);
   out.push('events:', ...events.map((e) => `   ${e}`));
-  return out.join('\n');
+  return out.map(printable).join('\n');
 }

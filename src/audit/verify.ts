@@ -1,27 +1,39 @@
-import { GENESIS, hashRecord, type AuditRecord } from './record.js';
+import { canonicalJson, GENESIS, hashRecord, AUDIT_EVENTS, type AuditRecord } from './record.js';
+
+/** One audit record as found in a stream: the file it came from (if any) and its line there. */
+export interface AuditEntry {
+  record: AuditRecord;
+  line: number;
+  source?: string;
+}
 
 export interface ChainBreak {
   task: string;
   seq: number;
+  /** The line of the record that shows the break (for a missing record: the next one there is). */
   line: number;
+  source?: string;
   problem: string;
 }
 
+/** One task's chain, its records in chain order (by seq, each linked to the one before). */
 export interface ChainSummary {
   task: string;
+  taskUid: string;
   count: number;
   head: string;
+  records: AuditRecord[];
 }
 
 /** Audit records in a stream of log lines (pino JSON): lines carrying an `audit` object. */
-export function readAuditRecords(text: string): { record: AuditRecord; line: number }[] {
-  const out: { record: AuditRecord; line: number }[] = [];
+export function readAuditRecords(text: string, source?: string): AuditEntry[] {
+  const out: AuditEntry[] = [];
   text.split('\n').forEach((raw, i) => {
     const line = raw.trim();
     if (!line.startsWith('{')) return;
     try {
       const parsed = JSON.parse(line) as { audit?: AuditRecord };
-      if (parsed.audit && typeof parsed.audit === 'object' && parsed.audit.v === 1) out.push({ record: parsed.audit, line: i + 1 });
+      if (parsed.audit && typeof parsed.audit === 'object' && parsed.audit.v === 1) out.push({ record: parsed.audit, line: i + 1, ...(source === undefined ? {} : { source }) });
     } catch {
       // not JSON: not a record
     }
@@ -29,24 +41,113 @@ export function readAuditRecords(text: string): { record: AuditRecord; line: num
   return out;
 }
 
+/** Where an entry is, for a person: `file:line`, or `line N` for a single unnamed stream. */
+export const location = (e: { line: number; source?: string }): string => (e.source === undefined ? `line ${e.line}` : `${e.source}:${e.line}`);
+
+const HASH = /^[0-9a-f]{64}$/;
+const EVENTS = new Set<string>(AUDIT_EVENTS);
+
+/** A stream may hold anything; only records of the right shape can be ordered and linked. */
+function wellFormed(r: AuditRecord): boolean {
+  const u = r as unknown as Record<string, unknown>;
+  return (
+    typeof u.task === 'string' &&
+    typeof u.taskUid === 'string' &&
+    Number.isSafeInteger(u.seq) &&
+    (u.seq as number) >= 1 &&
+    typeof u.prev === 'string' &&
+    HASH.test(u.prev) &&
+    typeof u.hash === 'string' &&
+    HASH.test(u.hash) &&
+    typeof u.at === 'string' &&
+    typeof u.type === 'string' &&
+    EVENTS.has(u.type) &&
+    typeof u.data === 'object' &&
+    u.data !== null &&
+    !Array.isArray(u.data)
+  );
+}
+
+const breakAt = (e: AuditEntry, seq: number, problem: string): ChainBreak => ({
+  task: e.record.task,
+  seq,
+  line: e.line,
+  ...(e.source === undefined ? {} : { source: e.source }),
+  problem,
+});
+
+/**
+ * Orders one task's records by their chain linkage, whatever order the lines came in: several
+ * replicas write one task's chain, so their streams interleave, and files may be concatenated
+ * in any order. Record k must be the only record with seq k and carry the hash of record k-1
+ * (the genesis hash for k = 1). An exact copy of a record (the same stream given twice) is one
+ * record.
+ */
+function linkChain(entries: AuditEntry[], breaks: ChainBreak[]): ChainSummary {
+  const first = entries[0];
+  const bySeq = new Map<number, AuditEntry[]>();
+  for (const e of entries) {
+    const same = bySeq.get(e.record.seq) ?? [];
+    if (!same.some((s) => s.record.hash === e.record.hash && canonicalJson(s.record) === canonicalJson(e.record))) same.push(e);
+    bySeq.set(e.record.seq, same);
+  }
+  const ordered: AuditRecord[] = [];
+  let expected = 1;
+  let prevHash: string | undefined = GENESIS;
+  for (const seq of [...bySeq.keys()].sort((a, b) => a - b)) {
+    const candidates = bySeq.get(seq) ?? [];
+    const chosen = candidates.find((c) => c.record.prev === prevHash) ?? candidates[0];
+    if (!chosen) continue;
+    if (seq > expected) {
+      const missing = seq === expected + 1 ? `record ${expected} is missing` : `records ${expected} to ${seq - 1} are missing`;
+      breaks.push(breakAt(chosen, expected, `${missing} (record ${seq} is the next in the stream, at ${location(chosen)})`));
+      // The link into a gap cannot be checked; the records after it still can.
+      prevHash = undefined;
+    }
+    if (candidates.length > 1) {
+      breaks.push(breakAt(chosen, seq, `${candidates.length} different records claim seq ${seq} (at ${candidates.map(location).join(', ')}): a record was inserted or altered`));
+    } else if (prevHash !== undefined && chosen.record.prev !== prevHash) {
+      breaks.push(breakAt(chosen, seq, `it does not link to record ${seq - 1}: that record was altered, or this one was`));
+    }
+    ordered.push(chosen.record);
+    prevHash = chosen.record.hash;
+    expected = seq + 1;
+  }
+  const last = ordered.at(-1);
+  return { task: first?.record.task ?? '', taskUid: first?.record.taskUid ?? '', count: last?.seq ?? 0, head: last?.hash ?? GENESIS, records: ordered };
+}
+
 /**
  * Checks every task's chain in the stream: each record's hash over its content, its link to
- * the record before, and an unbroken sequence from 1. An edited, removed, reordered or inserted
- * record breaks one of the three.
+ * the record before, and an unbroken sequence from 1. Records are linked by seq and prev hash,
+ * not by line order, so streams of several replicas verify merged in any order; an edited,
+ * removed or inserted record still breaks one of the three. (A record cut off the end of a
+ * chain leaves no trace in the stream itself: `checkHead` compares with the task's status.)
  */
-export function verifyChains(records: readonly { record: AuditRecord; line: number }[]): { chains: ChainSummary[]; breaks: ChainBreak[] } {
-  const state = new Map<string, { head: string; count: number }>();
+export function verifyChains(entries: readonly AuditEntry[]): { chains: ChainSummary[]; breaks: ChainBreak[] } {
   const breaks: ChainBreak[] = [];
-  for (const { record, line } of records) {
-    const key = `${record.task}#${record.taskUid}`;
-    const chain = state.get(key) ?? { head: GENESIS, count: 0 };
-    const problems: string[] = [];
-    if (hashRecord(record) !== record.hash) problems.push('its content does not match its hash (edited)');
-    if (record.seq !== chain.count + 1) problems.push(`sequence ${record.seq} follows ${chain.count} (a record is missing, reordered or inserted)`);
-    if (record.prev !== chain.head) problems.push('it does not link to the record before it');
-    for (const problem of problems) breaks.push({ task: record.task, seq: record.seq, line, problem });
-    state.set(key, { head: record.hash, count: record.seq });
+  const byTask = new Map<string, AuditEntry[]>();
+  for (const e of entries) {
+    if (!wellFormed(e.record)) {
+      const seq = Number.isSafeInteger(e.record.seq) ? e.record.seq : 0;
+      breaks.push({ ...breakAt(e, seq, 'it is not a well-formed audit record'), task: typeof e.record.task === 'string' ? e.record.task : '?' });
+      continue;
+    }
+    if (hashRecord(e.record) !== e.record.hash) breaks.push(breakAt(e, e.record.seq, 'its content does not match its hash (edited)'));
+    const key = `${e.record.task}#${e.record.taskUid}`;
+    const chain = byTask.get(key);
+    if (chain) chain.push(e);
+    else byTask.set(key, [e]);
   }
-  const chains = [...state.entries()].map(([key, s]) => ({ task: key.slice(0, key.indexOf('#')), count: s.count, head: s.head }));
+  const chains = [...byTask.values()].map((chain) => linkChain(chain, breaks));
+  breaks.sort((a, b) => (a.task < b.task ? -1 : a.task > b.task ? 1 : a.seq - b.seq));
   return { chains, breaks };
+}
+
+/** What is wrong when a verified chain is compared with the head kept in the task's status. */
+export function checkHead(chain: Pick<ChainSummary, 'count' | 'head'>, head: { head: string; count: number }): string | undefined {
+  if (head.count > chain.count) return `the stream ends at record ${chain.count} but the task's status counts ${head.count}: records are missing (truncated)`;
+  if (head.count < chain.count) return `the stream has ${chain.count} records but the task's status counts only ${head.count}`;
+  if (head.head !== chain.head) return "the stream's last record does not hash to the head in the task's status";
+  return undefined;
 }

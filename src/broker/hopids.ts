@@ -2,6 +2,35 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { rawRequest } from '../kube/raw.js';
 
+/** The parts of a hop id: `h<depth>_<nonce>_<mac>`. */
+export interface HopIdParts {
+  depth: number;
+  /** 9 random bytes, base64url: exactly 12 characters, every bit significant. */
+  nonce: string;
+  /** The first 96 bits of the MAC, base64url: exactly 16 characters, every bit significant. */
+  mac: string;
+}
+
+/**
+ * The one spelling of a hop id: depth in decimal without leading zeros (1 to 999; limits.maxDepth is at most 64), then two
+ * base64url fields whose lengths leave no spare bits. Anything else — `h01_…`, `H1_…`, `h0_…`,
+ * padding, other alphabets, surrounding space — is not a hop id, so a hop has exactly one id
+ * and an alias cannot hide a hop's parent from the audit tree or an approval.
+ */
+const CANONICAL = /^h([1-9][0-9]{0,2})_([A-Za-z0-9_-]{12})_([A-Za-z0-9_-]{16})$/;
+
+/** The parts of a canonical hop id, or undefined; `formatHopId(parseHopId(s))` is `s` again. */
+export function parseHopId(text: string): HopIdParts | undefined {
+  const m = CANONICAL.exec(text);
+  if (!m) return undefined;
+  const [, depthText = '', nonce = '', mac = ''] = m;
+  return { depth: Number(depthText), nonce, mac };
+}
+
+export function formatHopId(parts: HopIdParts): string {
+  return `h${parts.depth}_${parts.nonce}_${parts.mac}`;
+}
+
 /**
  * Hop ids carry their depth and a MAC over (task UID, depth, nonce), so any replica can tell
  * a hop of this task and its depth without shared storage, and an agent cannot make up a
@@ -16,18 +45,16 @@ export class HopIds {
 
   mint(taskUid: string, depth: number): string {
     const nonce = randomBytes(9).toString('base64url');
-    return `h${depth}_${nonce}_${this.mac(taskUid, depth, nonce)}`;
+    return formatHopId({ depth, nonce, mac: this.mac(taskUid, depth, nonce) });
   }
 
-  /** The depth of `id` if it is a hop of the task, else undefined. */
+  /** The depth of `id` if it is a hop of the task, spelled exactly as it was minted, else undefined. */
   depthOf(taskUid: string, id: string): number | undefined {
-    const m = /^h(\d{1,3})_([A-Za-z0-9_-]{12})_([A-Za-z0-9_-]{16})$/.exec(id);
-    if (!m) return undefined;
-    const [, depthText = '', nonce = '', mac = ''] = m;
-    const depth = Number(depthText);
-    const expected = Buffer.from(this.mac(taskUid, depth, nonce));
-    const given = Buffer.from(mac);
-    return expected.length === given.length && timingSafeEqual(expected, given) ? depth : undefined;
+    const parts = parseHopId(id);
+    if (!parts) return undefined;
+    const expected = Buffer.from(this.mac(taskUid, parts.depth, parts.nonce));
+    const given = Buffer.from(parts.mac);
+    return expected.length === given.length && timingSafeEqual(expected, given) ? parts.depth : undefined;
   }
 }
 

@@ -1,49 +1,67 @@
 import { readFile } from 'node:fs/promises';
 import { CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentTask } from '../api/schema.js';
+import { printable } from '../api/text.js';
 import { renderTrace } from '../audit/trace.js';
-import { readAuditRecords, verifyChains } from '../audit/verify.js';
+import { checkHead, location, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
 import { ChainwardenError } from '../errors.js';
 import { isNotFound } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';
 import { parseCommandArgs } from './main.js';
 
-async function readStream(file: string | undefined): Promise<string> {
-  if (file && file !== '-') return readFile(file, 'utf8');
-  if (process.stdin.isTTY) throw new ChainwardenError('usage', 'give an audit stream as FILE, or pipe one in (e.g. kubectl logs deploy/chainwarden | chainwarden audit verify)');
+/** The records of every stream named (`-` is stdin; none given: stdin), each entry knowing its file. */
+async function readStreams(files: readonly string[]): Promise<AuditEntry[]> {
+  if (files.length === 0) return readAuditRecords(await readStdin());
+  const named = files.length > 1;
+  const out: AuditEntry[] = [];
+  for (const file of files) {
+    const text = file === '-' ? await readStdin() : await readFile(file, 'utf8');
+    out.push(...readAuditRecords(text, named ? (file === '-' ? 'stdin' : file) : undefined));
+  }
+  return out;
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) throw new ChainwardenError('usage', 'give audit streams as FILEs, or pipe one in (e.g. kubectl logs deploy/chainwarden | chainwarden audit verify)');
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin as AsyncIterable<Buffer>) chunks.push(chunk);
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** `chainwarden audit verify [FILE]`: every task chain in the stream is intact, or exit 1 naming each break. */
+/** Everything printed from a stream goes through `printable`: the stream may have been written by anyone. */
+const say = (text: string) => process.stdout.write(`${printable(text)}\n`);
+
+/**
+ * `chainwarden audit verify [FILE...]`: every task chain in the streams is intact, or exit 1
+ * naming each break. The streams of several replicas may be given in any order, or merged.
+ */
 export async function runAudit(args: string[]): Promise<number> {
   const { positionals } = parseCommandArgs('audit', args, {});
-  const [verb, file] = positionals;
-  if (verb !== 'verify') throw new ChainwardenError('usage', 'use: chainwarden audit verify [FILE]');
-  const records = readAuditRecords(await readStream(file));
+  const [verb, ...files] = positionals;
+  if (verb !== 'verify') throw new ChainwardenError('usage', 'use: chainwarden audit verify [FILE...]');
+  const records = await readStreams(files);
   const { chains, breaks } = verifyChains(records);
-  for (const c of chains) process.stdout.write(`${c.task}: ${c.count} records, head ${c.head}\n`);
-  for (const b of breaks) process.stdout.write(`BROKEN ${b.task} seq ${b.seq} (line ${b.line}): ${b.problem}\n`);
+  for (const c of chains) say(`${c.task}: ${c.count} records, head ${c.head}`);
+  for (const b of breaks) say(`BROKEN ${b.task} seq ${b.seq} (${location(b)}): ${b.problem}`);
   if (records.length === 0) {
     process.stderr.write('no audit records found in the stream\n');
     return 1;
   }
-  process.stdout.write(breaks.length === 0 ? `ok: ${chains.length} chains, ${records.length} records intact\n` : `${breaks.length} breaks found\n`);
+  say(breaks.length === 0 ? `ok: ${chains.length} chains, ${records.length} records intact` : `${breaks.length} breaks found`);
   return breaks.length === 0 ? 0 : 1;
 }
 
 /**
- * `chainwarden trace <ns>/<task> [FILE]`: the task's hop tree from the audit stream, after
- * checking the stream's chain against the head kept in the task's status.
+ * `chainwarden trace <ns>/<task> [FILE...]`: the task's hop tree from the audit streams, after
+ * checking the task's chain against the head kept in the task's status.
  */
 export async function runTrace(args: string[]): Promise<number> {
   const { positionals, values } = parseCommandArgs('trace', args, { kubeconfig: { type: 'string' } });
-  const [target, file] = positionals;
+  const [target, ...files] = positionals;
   const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
-  if (!m) throw new ChainwardenError('usage', 'use: chainwarden trace <namespace>/<task> [FILE]');
+  if (!m) throw new ChainwardenError('usage', 'use: chainwarden trace <namespace>/<task> [FILE...]');
   const [, namespace = '', name = ''] = m;
-  const all = readAuditRecords(await readStream(file)).filter((r) => r.record.task === `${namespace}/${name}`);
+  const all = (await readStreams(files)).filter((r) => r.record.task === `${namespace}/${name}`);
   let task: AgentTask | undefined;
   try {
     task = (await loadKubeConfig(values.kubeconfig)
@@ -52,22 +70,26 @@ export async function runTrace(args: string[]): Promise<number> {
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
-  // The stream may hold an earlier task of the same name; follow the one that exists now, or the latest.
-  const uid = task?.metadata.uid ?? all.at(-1)?.record.taskUid;
-  const records = all.filter((r) => r.record.taskUid === uid);
-  if (records.length === 0) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
-  const { breaks } = verifyChains(records);
-  const last = records.at(-1)?.record;
+  // The streams may hold an earlier task of the same name; follow the one that exists now, or
+  // the one with the latest record (by time: line order means nothing across replicas).
+  const latest = all.reduce<AuditEntry | undefined>((a, b) => (a === undefined || String(b.record.at) > String(a.record.at) ? b : a), undefined);
+  const uid = task?.metadata.uid ?? latest?.record.taskUid;
+  const mine = all.filter((r) => r.record.taskUid === uid);
+  if (mine.length === 0) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
+  const { chains, breaks } = verifyChains(mine);
+  const chain = chains[0] ?? { count: 0, head: '', records: [] };
   const head = task?.status?.audit;
-  const problems = breaks.map((b) => `seq ${b.seq} (line ${b.line}): ${b.problem}`);
+  const problems = breaks.map((b) => `seq ${b.seq} (${location(b)}): ${b.problem}`);
   if (!task) problems.push('the task no longer exists, so the stream cannot be checked against its head');
   else if (!head) problems.push('the task has no audit head in its status');
-  else if (head.count > (last?.seq ?? 0)) problems.push(`the stream ends at record ${last?.seq ?? 0} but the task's status counts ${head.count}: records are missing (truncated)`);
-  else if (head.count < (last?.seq ?? 0)) problems.push(`the stream has ${last?.seq ?? 0} records but the task's status counts only ${head.count}`);
-  else if (head.head !== last?.hash) problems.push("the stream's last record does not hash to the head in the task's status");
+  else {
+    const problem = checkHead(chain, head);
+    if (problem) problems.push(problem);
+  }
   const state = task?.status?.state ?? 'unknown';
-  process.stdout.write(`${namespace}/${name} (${uid ?? '?'}) ${state}\n`);
-  process.stdout.write(problems.length === 0 ? `chain verified: ${records.length} records, head ${last?.hash.slice(0, 16) ?? ''}… matches the task's status\n` : `CHAIN NOT VERIFIED:\n${problems.map((p) => `  - ${p}`).join('\n')}\n`);
-  process.stdout.write(`${renderTrace(records.map((r) => r.record))}\n`);
+  say(`${namespace}/${name} (${String(uid)}) ${state}`);
+  say(problems.length === 0 ? `chain verified: ${chain.count} records, head ${chain.head.slice(0, 16)}… matches the task's status` : 'CHAIN NOT VERIFIED:');
+  for (const p of problems) say(`  - ${p}`);
+  process.stdout.write(`${renderTrace(chain.records)}\n`);
   return problems.length === 0 ? 0 : 1;
 }

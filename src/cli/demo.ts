@@ -167,11 +167,12 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
     say('chainwarden trace support/ticket-4711: the hop tree from the audit stream, checked against the task');
     await waitFor('the audit stream to catch up', async () => readAuditRecords(await readFile(auditFile, 'utf8').catch(() => '')).filter((r) => r.record.task === `${NS}/${TASK}`), (records) => records.at(-1)?.record.hash === revoked.status?.audit?.head || records.length >= (revoked.status?.audit?.count ?? 0));
     const records = readAuditRecords(await readFile(auditFile, 'utf8')).filter((r) => r.record.task === `${NS}/${TASK}`);
-    const { breaks } = verifyChains(records);
+    const { chains, breaks } = verifyChains(records);
     const final = await tasks.read(NS, TASK);
-    const matches = breaks.length === 0 && records.at(-1)?.record.hash === final?.status?.audit?.head;
-    show(matches ? `chain verified: ${records.length} records, head matches the task's status` : `CHAIN NOT VERIFIED (${breaks.length} breaks)`);
-    show(renderTrace(records.map((r) => r.record)));
+    const chain = chains.find((c) => c.taskUid === final?.metadata.uid);
+    const matches = breaks.length === 0 && chain !== undefined && chain.head === final?.status?.audit?.head;
+    show(matches ? `chain verified: ${chain.count} records, head matches the task's status` : `CHAIN NOT VERIFIED (${breaks.length} breaks)`);
+    show(renderTrace(chain?.records ?? []));
     if (!matches) throw new ChainwardenError('demo_failed', 'the audit chain does not verify');
   } finally {
     await sidecar.close();

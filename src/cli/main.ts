@@ -21,9 +21,10 @@ commands:
   devenv --out DIR [--keep-state] [--no-operator]
                                     run a local control plane, STS emulator and the operator; write DIR/env.json
   provision                         build or install the local control plane's components now
-  trace <ns>/<task> [FILE] [--kubeconfig F]
-                                    the task's hop tree from an audit stream (FILE or stdin), checked against its status
-  audit verify [FILE]               check every hash chain in an audit stream; exit 1 on any break
+  trace <ns>/<task> [FILE...] [--kubeconfig F]
+                                    the task's hop tree from audit streams (FILEs, e.g. one per replica, or stdin),
+                                    checked against its status
+  audit verify [FILE...]            check every hash chain in audit streams (FILEs in any order, or stdin); exit 1 on any break
   crds [--write DIR]                print the CRDs (or write one file per kind to DIR)
 `;
 

@@ -10,12 +10,12 @@ import { registerWebhooks, type WebhookEndpoint } from '../admission/registratio
 import { admissionRoutes } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
 import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { AuditFileWriter } from '../audit/file.js';
 import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
 import { HopIds, loadHopKey } from '../broker/hopids.js';
 import { HopService } from '../broker/hops.js';
 import { PolicyEngine } from '../policy/engine.js';
-import { createWriteStream } from 'node:fs';
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
 import { brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
@@ -170,10 +170,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const sts = new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials });
   const iam = new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint ?? aws.stsEndpoint, credentials: aws.credentials });
   const revoker = new Revoker(iam, clock, log);
-  const auditFile = options.auditFile ? createWriteStream(options.auditFile, { flags: 'a' }) : undefined;
+  // A full disk or a lost mount is logged and counted, never fatal; stopping flushes what is buffered.
+  const auditFile = options.auditFile ? new AuditFileWriter({ path: options.auditFile, log, metrics, clock }) : undefined;
   const emit = (record: AuditRecord) => {
     log.info({ audit: record }, 'audit');
-    auditFile?.write(`${JSON.stringify({ time: new Date().toISOString(), audit: record })}\n`);
+    auditFile?.write(record);
   };
   const journal = new TaskJournal(client.statusWriter('journal'), emit, log, options.journalFlushMs, (ns, name) => informers.tasks.get(ns, name));
   const brokerStatus = client.statusWriter('broker');
@@ -267,7 +268,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     await Promise.all(running);
     clearInterval(keyRefresh);
     await journal.drain();
-    await new Promise<void>((resolve) => (auditFile ? auditFile.end(resolve) : resolve()));
+    await auditFile?.close();
     await Promise.all(Object.values(informers).map((i) => i.stop()));
     await server.close();
     sts.destroy();

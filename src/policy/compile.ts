@@ -36,12 +36,27 @@ export function compileRule(rule: PolicyRule): string {
   return `@id(${literal(rule.name)})\n${head}${body.length > 0 ? `\nwhen { ${body.join(' && ')} }` : ''};`;
 }
 
-/** Splits raw Cedar into policies named by their @id annotation, else cedar-1, cedar-2, … */
-function rawPolicies(text: string): [string, string][] {
+/** One policy of a policy's raw Cedar: its `@id` (if it has one), its effect and its text. */
+export interface RawPolicy {
+  id?: string;
+  effect: 'permit' | 'forbid';
+  text: string;
+}
+
+/**
+ * Splits raw Cedar into its policies, reading `@id` and the effect from Cedar's own parse (a
+ * regex over the text would be fooled by comments and escapes). Throws when the text does not
+ * parse; admission refuses such a policy first.
+ */
+export function rawPolicies(text: string): RawPolicy[] {
   if (!text.trim()) return [];
   const parts = cedar.policySetTextToParts(text);
   if (parts.type === 'failure') throw new Error(`raw Cedar does not parse: ${parts.errors.map((e) => e.message).join('; ')}`);
-  return parts.policies.map((p, i) => [/@id\("([^"]+)"\)/.exec(p)?.[1] ?? `cedar-${i + 1}`, p]);
+  return parts.policies.map((policy) => {
+    const json = cedar.policyToJson(policy);
+    if (json.type === 'failure') throw new Error(`raw Cedar does not parse: ${json.errors.map((e) => e.message).join('; ')}`);
+    return { id: json.json.annotations?.id || undefined, effect: json.json.effect, text: policy };
+  });
 }
 
 export function compilePolicy(policy: AgentPolicy): CompiledPolicy {
@@ -51,11 +66,14 @@ export function compilePolicy(policy: AgentPolicy): CompiledPolicy {
     policies[rule.name] = compileRule(rule);
     effects.set(rule.name, rule.effect);
   }
-  for (const [id, text] of rawPolicies(policy.spec.cedar ?? '')) {
-    // A raw policy whose @id collides with a rule name is kept under a distinct id.
-    const key = policies[id] === undefined ? id : `cedar:${id}`;
-    policies[key] = text;
-    effects.set(key, /^\s*(@[^\n]*\n\s*)*forbid\b/.test(text) ? 'Deny' : 'Allow');
-  }
+  rawPolicies(policy.spec.cedar ?? '').forEach((raw, i) => {
+    // Admission refuses duplicate ids and ids that are rule names; should one slip through (a
+    // policy admitted before that check), every policy is still kept, under a distinct id: a
+    // second policy must never replace the first, least of all a forbid.
+    let key = raw.id ?? `cedar-${i + 1}`;
+    for (let n = 2; policies[key] !== undefined; n++) key = `cedar:${raw.id ?? i + 1}#${n}`;
+    policies[key] = raw.text;
+    effects.set(key, raw.effect === 'forbid' ? 'Deny' : 'Allow');
+  });
   return { policies, effects };
 }

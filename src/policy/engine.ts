@@ -31,7 +31,12 @@ export interface HopSubject {
 export interface Reason {
   rule: string;
   effect: RuleEffect;
+  /** Why, when the rule alone does not say (an evaluation error names the policy and the error). */
+  message?: string;
 }
+
+/** The rule a hop is denied by when Cedar could not evaluate the policy completely. */
+export const EVALUATION_ERROR = 'evaluation-error';
 
 /** Cedar's answer, with the rules that decided it. */
 export interface Evaluation {
@@ -74,8 +79,18 @@ export class PolicyEngine {
     return entry;
   }
 
+  /**
+   * Fails closed: Cedar skips a policy whose evaluation errors (an integer overflow, a missing
+   * tag) and decides without it, so an erroring `forbid` would let the hop through. Any error,
+   * and a policy that does not compile, is a denial by `evaluation-error` naming what failed.
+   */
   evaluate(policy: AgentPolicy, subject: HopSubject, context: HopContext, toolBoundary: string): Evaluation {
-    const prepared = this.prepare(policy);
+    let prepared: Prepared;
+    try {
+      prepared = this.prepare(policy);
+    } catch (err) {
+      return failedClosed([err instanceof Error ? err.message : String(err)]);
+    }
     const taskId = `${subject.namespace}/${subject.task}`;
     const resourceId = `${context.tool}/${context.resource}`;
     const answer = cedar.statefulIsAuthorized({
@@ -92,12 +107,18 @@ export class PolicyEngine {
         { uid: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId }, attrs: {}, parents: [{ type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }], tags: subject.attributes },
       ],
     });
-    if (answer.type === 'failure') {
-      // Fail closed: an evaluation that cannot complete is a denial.
-      return { decision: 'Deny', reasons: [{ rule: 'evaluation-error', effect: 'Deny' }], errors: answer.errors.map((e) => e.message) };
-    }
+    if (answer.type === 'failure') return failedClosed(answer.errors.map((e) => e.message));
     const { decision, diagnostics } = answer.response;
-    const reasons = diagnostics.reason.map((rule) => ({ rule, effect: prepared.effects.get(rule) ?? (decision === 'deny' ? 'Deny' : 'Allow') }));
-    return { decision: decision === 'allow' ? 'Allow' : 'Deny', reasons, errors: diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`) };
+    if (diagnostics.errors.length > 0) return failedClosed(diagnostics.errors.map((e) => `policy ${e.policyId}: ${e.error.message}`));
+    const reasons = diagnostics.reason.map((rule): Reason => ({ rule, effect: prepared.effects.get(rule) ?? (decision === 'deny' ? 'Deny' : 'Allow') }));
+    return { decision: decision === 'allow' ? 'Allow' : 'Deny', reasons, errors: [] };
   }
+}
+
+/** Long enough to name the policy and the error; short enough for an answer and an audit record. */
+const MAX_REASON_MESSAGE = 512;
+
+function failedClosed(errors: string[]): Evaluation {
+  const message = errors.join('; ');
+  return { decision: 'Deny', reasons: [{ rule: EVALUATION_ERROR, effect: 'Deny', message: message.length > MAX_REASON_MESSAGE ? `${message.slice(0, MAX_REASON_MESSAGE - 1)}…` : message }], errors };
 }

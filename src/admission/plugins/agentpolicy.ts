@@ -1,6 +1,7 @@
 import { parseAgentPolicy, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
+import { rawPolicies } from '../../policy/compile.js';
 import { allow, deny, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
 /** Rules must refer only to systems and data classes the policy declares; raw Cedar must validate. */
@@ -26,10 +27,34 @@ export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
   });
 
   if (policy.spec.cedar !== undefined && policy.spec.cedar.trim() !== '') {
-    for (const d of validateCedar(policy.spec.cedar)) {
+    const diagnostics = validateCedar(policy.spec.cedar);
+    for (const d of diagnostics) {
       violations.push({ field: 'spec.cedar', message: `line ${d.line}, column ${d.column}: ${d.message}` });
     }
+    if (diagnostics.length === 0) violations.push(...checkCedarIds(policy));
   }
+  return violations;
+}
+
+/**
+ * Decisions cite policies by id, and the compiled policy set is keyed by id: two raw policies
+ * with one `@id`, or a raw `@id` equal to a rule's name, would make a reason ambiguous (which
+ * `no-exfiltration` denied the hop?). Refused, naming the id and the fix.
+ */
+function checkCedarIds(policy: AgentPolicy): FieldViolation[] {
+  const violations: FieldViolation[] = [];
+  const rules = new Set((policy.spec.rules ?? []).map((r) => r.name));
+  const seen = new Map<string, number>();
+  rawPolicies(policy.spec.cedar ?? '').forEach((raw, i) => {
+    if (raw.id === undefined) return;
+    const first = seen.get(raw.id);
+    if (first !== undefined) {
+      violations.push({ field: 'spec.cedar', message: `policy ${i + 1} has @id("${raw.id}"), which policy ${first + 1} already has; give each raw Cedar policy its own @id` });
+    } else if (rules.has(raw.id)) {
+      violations.push({ field: 'spec.cedar', message: `policy ${i + 1} has @id("${raw.id}"), which is the name of a rule in spec.rules; rename the @id or the rule` });
+    }
+    if (first === undefined) seen.set(raw.id, i);
+  });
   return violations;
 }
 

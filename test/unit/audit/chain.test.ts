@@ -27,10 +27,14 @@ describe('audit chain', () => {
     expect(verify(records)).toEqual([]);
   });
 
+  it('orders records by their links, not by line order: a reversed stream is intact', () => {
+    expect(verify(chain().reverse())).toEqual([]);
+  });
+
   it.each([
     ['an edited record', (r: AuditRecord[]) => ((r[2]!.data.decision = 'deny'), r)],
     ['a removed record', (r: AuditRecord[]) => (r.splice(2, 1), r)],
-    ['two records swapped', (r: AuditRecord[]) => ([r[1], r[2]] = [r[2]!, r[1]!], r)],
+    ['two records swapping their seq', (r: AuditRecord[]) => ([r[1]!.seq, r[2]!.seq] = [r[2]!.seq, r[1]!.seq], r)],
     ['an inserted record', (r: AuditRecord[]) => (r.splice(3, 0, { ...r[2]!, data: { hopId: 'forged' } }), r)],
     ['a re-hashed edit (the next link breaks)', (r: AuditRecord[]) => {
       const [forged] = linkRecords({ key: 'ns/t', uid: 'u1' }, r[1]!.hash, 2, [{ ...events[2]!, data: { hopId: 'h1_2', decision: 'deny' } }]);
@@ -55,7 +59,7 @@ describe('audit chain', () => {
     writeFileSync(bad, lines(records));
     const broken = spawnSync(process.execPath, [bin, 'audit', 'verify', bad], { encoding: 'utf8' });
     expect(broken.status).toBe(1);
-    expect(broken.stdout).toMatch(/BROKEN ns\/t seq 3 \(line 2\): sequence 3 follows 1/);
+    expect(broken.stdout).toMatch(/BROKEN ns\/t seq 2 \(line 2\): record 2 is missing \(record 3 is the next in the stream, at line 2\)/);
   });
 });
 

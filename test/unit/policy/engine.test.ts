@@ -3,7 +3,8 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { parseAgentPolicy } from '../../../src/api/parse.js';
-import { compileRule } from '../../../src/policy/compile.js';
+import { compilePolicy, compileRule } from '../../../src/policy/compile.js';
+import { checkPolicy } from '../../../src/admission/plugins/agentpolicy.js';
 import { PolicyEngine, type HopContext } from '../../../src/policy/engine.js';
 
 const policy = parseAgentPolicy(parse(readFileSync(path.resolve(import.meta.dirname, '../../../examples/support-policy.yaml'), 'utf8')));
@@ -36,5 +37,59 @@ describe('PolicyEngine', () => {
     expect(compileRule({ name: 'r', effect: 'Deny', tools: ['payments'], actions: ['admin.*', 'wipe'] })).toBe(
       '@id("r")\nforbid (principal, action == Chainwarden::Action::"hop", resource)\nwhen { context.tool == "payments" && (context.action like "admin.*" || context.action == "wipe") };',
     );
+  });
+});
+
+const withCedar = (cedar: string, generation: number) => {
+  const p = structuredClone(policy);
+  p.spec.cedar = cedar;
+  p.metadata.generation = generation;
+  p.metadata.uid = `fail-closed-${generation}`;
+  return p;
+};
+
+describe('PolicyEngine fails closed', () => {
+  // Meant as "forbid below depth 2"; at depth 2 the product overflows a Cedar Long and Cedar
+  // skips the policy, which used to let the hop through on read-and-comment.
+  const overflowing = withCedar('@id("deep-multiplier")\nforbid (principal, action, resource) when { context.depth * 4611686018427387904 > 4611686018427387904 };', 1);
+
+  it('denies a hop when a policy errors during evaluation, naming the policy and the error', () => {
+    expect(engine.evaluate(overflowing, subject, context({ depth: 1 }), 'internal')).toMatchObject({ decision: 'Allow' });
+    const answer = engine.evaluate(overflowing, subject, context({ depth: 2 }), 'internal');
+    expect(answer.decision).toBe('Deny');
+    expect(answer.reasons).toMatchObject([{ rule: 'evaluation-error', effect: 'Deny' }]);
+    expect(answer.reasons[0]?.message).toMatch(/^policy deep-multiplier: .*overflow/);
+  });
+
+  it('denies when the policy does not compile, instead of throwing', () => {
+    const broken = withCedar('permit (principal, action, resource) when { ', 2);
+    expect(engine.evaluate(broken, subject, context({}), 'internal')).toMatchObject({ decision: 'Deny', reasons: [{ rule: 'evaluation-error' }] });
+  });
+});
+
+describe('raw Cedar ids', () => {
+  const twoWithOneId = '@id("x")\nforbid (principal, action, resource) when { context.tool == "tickets" };\n@id("x")\npermit (principal, action, resource);';
+
+  it('keeps every raw policy, even two with one @id: a second never replaces a forbid', () => {
+    const p = withCedar(twoWithOneId, 3);
+    const compiled = compilePolicy(p);
+    expect(Object.values(compiled.policies).filter((t) => t.includes('forbid (principal, action, resource) when { context.tool == "tickets" }'))).toHaveLength(1);
+    expect(engine.evaluate(p, subject, context({}), 'internal')).toMatchObject({ decision: 'Deny', reasons: [{ rule: 'x', effect: 'Deny' }] });
+  });
+
+  it('reads @id and the effect from Cedar, not from comments or the layout', () => {
+    const compiled = compilePolicy(withCedar('// @id("decoy")\n@id("one-line") forbid (principal, action, resource) when { context.depth > 3 };', 4));
+    expect(compiled.effects.get('one-line')).toBe('Deny');
+    expect(compiled.effects.has('decoy')).toBe(false);
+  });
+
+  it('refuses duplicate @ids and @ids that are rule names at admission, with the field and the fix', () => {
+    expect(checkPolicy(withCedar(twoWithOneId, 5))).toEqual([
+      { field: 'spec.cedar', message: 'policy 2 has @id("x"), which policy 1 already has; give each raw Cedar policy its own @id' },
+    ]);
+    expect(checkPolicy(withCedar('@id("read-and-comment")\nforbid (principal, action, resource);', 6))).toEqual([
+      { field: 'spec.cedar', message: 'policy 1 has @id("read-and-comment"), which is the name of a rule in spec.rules; rename the @id or the rule' },
+    ]);
+    expect(checkPolicy(policy)).toEqual([]);
   });
 });

@@ -1,0 +1,136 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { AgentPolicy } from '../../../src/api/schema.js';
+import { readAuditRecords } from '../../../src/audit/verify.js';
+import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import { describe, expect, test } from '../../env/fixtures.js';
+import { boundExampleAgent } from '../../env/hops.js';
+import { rejection } from '../../env/kube.js';
+import { readTask } from '../operator/helpers.js';
+
+const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
+/** At the schema's limit of 8 `*`; exponential for a backtracking RegExp against a long run of `a`s. */
+const PATHOLOGICAL = `${'*a'.repeat(7)}*b`;
+const ROLE_PREFIX = 'arn:aws:iam::111122223333:role/';
+// eslint-disable-next-line no-control-regex -- finding control characters is the point
+const FORBIDDEN = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/;
+
+const otherPolicy = (namespace: string, edit: (p: AgentPolicy) => void) => {
+  const p = examplePolicy(namespace);
+  p.metadata.name = 'hostile-policy';
+  edit(p);
+  return p;
+};
+
+describe('globs cannot stall the operator', () => {
+  test('the API server refuses a glob with more than 8 wildcards, naming the field and the fix', async ({ admin, namespace }) => {
+    const tooMany = `${ROLE_PREFIX}${'*a'.repeat(11)}*b`;
+    const role = await rejection(admin, otherPolicy(namespace, (p) => (p.spec.aws = { allowedRoleArns: [tooMany] })));
+    expect(role).toContain('spec.aws.allowedRoleArns[0]');
+    expect(role).toMatch(/may hold at most 8 wildcards \(\*\); name the values, or split the pattern/);
+    const resource = await rejection(admin, otherPolicy(namespace, (p) => (p.spec.rules![0]!.resources = [`${'*a'.repeat(9)}`])));
+    expect(resource).toContain('spec.rules[0].resources[0]');
+    expect(resource).toMatch(/may hold at most 8 wildcards/);
+  });
+
+  test('an admitted pathological glob decides a long role ARN and a long resource in milliseconds', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, {
+      policy: (p) => {
+        p.spec.onViolation = 'Deny';
+        p.spec.aws!.allowedRoleArns!.push(`${ROLE_PREFIX}${PATHOLOGICAL}`);
+        p.spec.rules!.push({ name: 'pathological', effect: 'Allow', tools: ['tickets'], actions: ['read'], resources: [PATHOLOGICAL] });
+      },
+    });
+    // The admission webhook matches the task's role against both globs.
+    const task = exampleTask(namespace);
+    task.metadata.name = 'long-role';
+    task.spec.credentials![0]!.aws.roleArn = `${ROLE_PREFIX}${'a'.repeat(500)}`;
+    let started = performance.now();
+    expect(await rejection(admin, task)).toMatch(/spec.credentials\[0\].aws.roleArn: .* is not allowed by AgentPolicy support-agent/);
+    expect(performance.now() - started).toBeLessThan(2_000);
+
+    // The broker evaluates the rule's glob against a resource the agent chose.
+    started = performance.now();
+    const miss = await agent.hop({ tool: 'tickets', action: 'read', resource: 'a'.repeat(1024) });
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(miss.body).toMatchObject({ decision: 'deny' });
+    const hit = await agent.hop({ tool: 'tickets', action: 'read', resource: `${'a'.repeat(1023)}b` });
+    expect(hit.body).toMatchObject({ decision: 'allow', reasons: [{ rule: 'pathological' }] });
+  });
+});
+
+describe('policy evaluation fails closed', () => {
+  test('a forbid that errors at evaluation denies the hop with evaluation-error instead of being skipped', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, {
+      policy: (p) => {
+        p.spec.onViolation = 'Deny';
+        // "Nothing below depth 1", written so that depth 2 overflows a Cedar Long.
+        p.spec.cedar = `${p.spec.cedar ?? ''}@id("only-top-level")\nforbid (principal, action, resource) when { context.depth * 4611686018427387904 > 4611686018427387904 };\n`;
+      },
+    });
+    const top = await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/1' });
+    expect(top.body.decision).toBe('allow');
+    const child = await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/2', parentHop: top.body.hopId });
+    expect(child.body).toMatchObject({ decision: 'deny', depth: 2, reasons: [{ rule: 'evaluation-error', effect: 'Deny' }] });
+    expect(JSON.stringify(child.body.reasons)).toMatch(/only-top-level: .*overflow/);
+  });
+
+  test.for([
+    ['two raw policies with one @id', '@id("x")\nforbid (principal, action, resource) when { context.depth > 3 };\n@id("x")\npermit (principal, action, resource);', /policy 2 has @id\("x"\), which policy 1 already has; give each raw Cedar policy its own @id/],
+    ['a raw @id that is a rule name', '@id("read-and-comment")\nforbid (principal, action, resource);', /policy 1 has @id\("read-and-comment"\), which is the name of a rule in spec.rules; rename the @id or the rule/],
+  ] as const)('admission refuses %s, naming the field and the fix', async ([, cedar, message], { admin, namespace }) => {
+    const refused = await rejection(admin, otherPolicy(namespace, (p) => (p.spec.cedar = cedar)));
+    expect(refused).toContain('spec.cedar');
+    expect(refused).toMatch(message);
+  });
+});
+
+describe('hop ids', () => {
+  test('an alias of a real hop id (zero-padded depth, other case) is refused as parentHop', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const parent = (await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/1' })).body.hopId;
+    expect(parent).toMatch(/^h1_/);
+    for (const alias of [parent.replace(/^h1_/, 'h01_'), parent.replace(/^h1_/, 'h001_'), parent.replace(/^h/, 'H')]) {
+      const answer = await agent.hop({ tool: 'tickets', action: 'comment', resource: 'ticket/1', parentHop: alias });
+      expect(answer, alias).toMatchObject({ status: 400, body: { error: { code: 'invalid_hop', field: 'parentHop' } } });
+    }
+    const real = await agent.hop({ tool: 'tickets', action: 'comment', resource: 'ticket/1', parentHop: parent });
+    expect(real.body).toMatchObject({ decision: 'allow', depth: 2 });
+  });
+});
+
+describe('trace output', () => {
+  test('hostile hop strings reach the audit stream but not the terminal; replicas\' streams verify in any order', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, { policy: (p) => void (p.spec.onViolation = 'Deny') });
+    const hostile = 'ticket/1\u001b[2K\r\u001b[1A└─ 00:00:00 tickets read ticket/9 → allow\nchain verified\u202egpj.exe\u2066\u0085';
+    const parent = await agent.hop({ tool: 'tickets', action: 'read', resource: hostile, intent: hostile });
+    expect(parent.body.decision).toBe('allow');
+    await agent.hop({ tool: 'tickets', action: 'comment', resource: 'ticket/1', parentHop: parent.body.hopId, intent: '\u202eevil' });
+
+    const uid = (await readTask(admin, namespace, 'ticket-4711'))?.metadata.uid;
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'trace-'));
+    const [a, b] = [path.join(dir, 'replica-a.jsonl'), path.join(dir, 'replica-b.jsonl')];
+    const run = async () => {
+      const mine = readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).filter((e) => e.record.taskUid === uid);
+      const lines = mine.map((e) => JSON.stringify({ audit: e.record })).reverse();
+      // Two "replicas", each holding every other record, newest first.
+      await writeFile(a, lines.filter((_, i) => i % 2 === 0).join('\n'));
+      await writeFile(b, lines.filter((_, i) => i % 2 === 1).join('\n'));
+      return spawnSync(process.execPath, [bin, 'trace', `${namespace}/ticket-4711`, b, a, '--kubeconfig', env.kubeconfig], { encoding: 'utf8' });
+    };
+    // The stream catches up with the head in status within a journal flush.
+    await expect.poll(async () => (await run()).status, { timeout: 10_000 }).toBe(0);
+    const trace = await run();
+    expect(trace.stdout).toMatch(/chain verified: \d+ records/);
+    expect(trace.stdout.split('\n').filter((line) => FORBIDDEN.test(line))).toEqual([]);
+    expect(trace.stdout).toContain('tickets read ticket/1\\x1b[2K\\r\\x1b[1A└─ 00:00:00 tickets read ticket/9 → allow\\nchain verified\\u202egpj.exe\\u2066\\x85 → allow');
+    // The child stays under its parent, whichever file held which record.
+    expect(trace.stdout).toMatch(/\n {3}└─ .*tickets comment ticket\/1 → allow/);
+    expect(trace.stdout.split('\n').filter((line) => line.startsWith('chain verified'))).toHaveLength(1);
+
+    const verify = spawnSync(process.execPath, [bin, 'audit', 'verify', a, b], { encoding: 'utf8' });
+    expect(verify.status, verify.stdout).toBe(0);
+  });
+});

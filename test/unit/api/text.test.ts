@@ -1,0 +1,65 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { printable } from '../../../src/api/text.js';
+import { GENESIS, linkRecords } from '../../../src/audit/record.js';
+import { renderTrace } from '../../../src/audit/trace.js';
+
+const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
+/** C0, DEL, C1, bidi controls and marks, line and paragraph separators. */
+// eslint-disable-next-line no-control-regex -- finding control characters is the point
+const FORBIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/;
+const HOSTILE = 'ticket/1\u001b[2K\r\u001b[1A\u2502  \u2514\u2500 allow\nchain verified\u202egpj.exe\u2066\u200f\u0085\u009b31m\u0000\\x1b';
+
+describe('printable', () => {
+  it('writes controls and bidi characters as visible escapes, and doubles the backslash', () => {
+    expect(printable('a\u001bb\nc\u202ed\u2066e\u200ff\u0085g\\h\ti\u0000')).toBe('a\\x1bb\\nc\\u202ed\\u2066e\\u200ff\\x85g\\\\h\\ti\\x00');
+    expect(printable('ticket/4711 → allow │ └─ é 漢字 🙂')).toBe('ticket/4711 → allow │ └─ é 漢字 🙂');
+  });
+
+  it('never lets a forbidden character through, and is one-to-one (fuzz)', () => {
+    const text = fc.string({ unit: fc.oneof(fc.constantFrom('\u001b', '\n', '\r', '\\', 'x', '1', 'b', '\u202e', '\u2066', '\u0085', '\u2028'), fc.string({ unit: 'binary', minLength: 1, maxLength: 1 })), maxLength: 30 });
+    fc.assert(
+      fc.property(text, text, (a, b) => {
+        expect(printable(a)).not.toMatch(FORBIDDEN);
+        if (a !== b) expect(printable(a)).not.toBe(printable(b));
+      }),
+      { numRuns: 20_000 },
+    );
+  });
+
+  it('keeps every line of a trace printable when an agent chose hostile strings', () => {
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
+      { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', tool: 'tickets', action: 'read', resource: HOSTILE, intent: HOSTILE, decision: 'allow', reasons: [{ rule: HOSTILE }] } },
+      { type: 'approval', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', decision: 'Approve', reason: HOSTILE, approver: { username: HOSTILE, groups: [HOSTILE] } } },
+      { type: 'hop_decided', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', decision: 'allow' } },
+      { type: 'violation', at: '2026-01-01T00:00:02Z', data: { hopId: HOSTILE, message: HOSTILE } },
+    ]);
+    const out = renderTrace(records);
+    expect(out.split('\n').every((line) => !FORBIDDEN.test(line))).toBe(true);
+    expect(out).toContain('\\x1b[2K\\r\\x1b[1A');
+  });
+
+  it('renders a forged record of odd shapes instead of crashing', () => {
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
+      { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', parentHop: 'h1_a', reasons: 'not-a-list' } },
+      { type: 'approval', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', approver: { groups: 'not-a-list' } } },
+      { type: 'hop_decided', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', reasons: [null, 7] } },
+    ]);
+    expect(renderTrace(records)).toMatch(/└─ 00:00:00 .* \[\] {2}\(h1_a\)\n {6}00:00:01 rejected by \?/);
+  });
+
+  it('the real chainwarden audit verify process prints no raw control or bidi character from a hostile stream', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'hostile-'));
+    const file = path.join(dir, 'audit.jsonl');
+    const records = linkRecords({ key: `ns/t${HOSTILE}`, uid: 'u' }, GENESIS, 0, [{ type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { resource: HOSTILE } }]);
+    writeFileSync(file, [JSON.stringify({ audit: records[0] }), JSON.stringify({ audit: { ...records[0], seq: 2, data: { x: 1 } } })].join('\n'));
+    const run = spawnSync(process.execPath, [bin, 'audit', 'verify', file], { encoding: 'utf8' });
+    expect(run.status).toBe(1);
+    expect(run.stdout).toContain('ns/tticket/1\\x1b[2K\\r');
+    expect(run.stdout.split('\n').filter((l) => FORBIDDEN.test(l))).toEqual([]);
+  });
+});
