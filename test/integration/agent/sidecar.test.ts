@@ -69,7 +69,7 @@ describe('the chainwarden agent serves only its own agent', () => {
 
   test('a foreign Host (DNS rebinding) or Origin (a web page, a fetch tool) is refused even with the right token', async ({ admin, env, namespace }) => {
     const { pod } = await boundExampleAgent(admin, env, namespace);
-    const agent = await startAgentProcess(env, await podToken(admin, pod));
+    const agent = await startAgentProcess(env, await podToken(admin, pod), { localToken: false });
     try {
       const port = new URL(agent.url).port;
       const auth = await agent.headers();
@@ -93,8 +93,7 @@ describe('the chainwarden agent serves only its own agent', () => {
     const { pod } = await boundExampleAgent(admin, env, namespace);
     const first = await podToken(admin, pod);
     const podMode = await startAgentProcess(env, first, { localToken: false });
-    // The local-token sidecar starts with a token the broker refuses, as after a long outage.
-    const localMode = await startAgentProcess(env, 'expired.token.value');
+    let localMode: AgentProcess | undefined;
     try {
       expect((await call(podMode, SVID, { authorization: first })).status).toBe(200);
       const rotated = await podToken(admin, pod);
@@ -103,12 +102,14 @@ describe('the chainwarden agent serves only its own agent', () => {
       // The SDK reads the rotated file and presents it; no waiting for a cache to expire.
       expect((await call(podMode, SVID, { authorization: rotated })).status).toBe(200);
 
+      // The local-token sidecar starts with a token the broker refuses, as after a long outage.
+      localMode = await startAgentProcess(env, 'expired.token.value');
       expect((await call(localMode, SVID, await localMode.headers())).status).toBe(401);
       await writeFile(localMode.tokenFile, rotated);
       expect((await call(localMode, SVID, await localMode.headers())).status).toBe(200);
     } finally {
       await podMode.stop();
-      await localMode.stop();
+      await localMode?.stop();
     }
   });
 
