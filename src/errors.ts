@@ -32,6 +32,10 @@ export const ERRORS = {
   forbidden: { status: 403 },
   pod_not_bound: { status: 403 },
   task_not_active: { status: 403 },
+  forbidden_host: { status: 403 },
+  forbidden_origin: { status: 403 },
+  starting: { status: 503 },
+  local_token_invalid: { status: 500 },
   // AWS.
   role_not_allowed: { status: 403, reason: Reason.RoleNotAllowed },
   role_not_assumable: { status: 403, reason: Reason.AssumeRoleFailed },

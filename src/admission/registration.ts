@@ -6,6 +6,7 @@ import {
   type AdmissionregistrationV1WebhookClientConfig,
 } from '@kubernetes/client-node';
 import { GROUP, VERSION } from '../api/schema.js';
+import { TASK_LABEL } from '../api/task.js';
 
 /** Where the API server reaches the webhooks: a URL (local runs) or a Service (in cluster). */
 export interface WebhookEndpoint {
@@ -62,9 +63,15 @@ export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingW
         {
           name: 'pods.mutate.chainwarden.io',
           clientConfig: clientConfig(endpoint, '/mutate'),
-          rules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'], scope: 'Namespaced' }],
-          // Only agent pods: everything else in the cluster never waits on chainwarden.
-          objectSelector: { matchExpressions: [{ key: 'chainwarden.io/task', operator: 'Exists' }] },
+          // UPDATE too: the task label is immutable and ephemeral containers are refused, so a
+          // pod cannot join a task, or gain a debugging container, after it was admitted.
+          rules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE', 'UPDATE'], resources: ['pods', 'pods/ephemeralcontainers'], scope: 'Namespaced' }],
+          // Only agent pods: everything else in the cluster never waits on chainwarden. The API
+          // server evaluates objectSelector against both oldObject and newObject and calls the
+          // webhook if either matches (admissionregistration/v1 MutatingWebhook.objectSelector;
+          // k8s.io/apiserver .../webhook/predicates/object), so an UPDATE that adds the label
+          // (new matches) or removes it (old matches) still reaches the webhook.
+          objectSelector: { matchExpressions: [{ key: TASK_LABEL, operator: 'Exists' }] },
           reinvocationPolicy: 'IfNeeded',
           ...common(),
         },

@@ -41,6 +41,8 @@ export function deny(kind: string, violations: FieldViolation[]): Verdict {
 export interface AdmissionPlugin {
   name: string;
   resources: readonly string[];
+  /** Subresources it sees as well (e.g. `ephemeralcontainers`); by default only the resource itself. */
+  subResources?: readonly string[];
   operations: readonly AdmissionRequest['operation'][];
   admit(request: AdmissionRequest): Promise<Verdict>;
 }

@@ -33,7 +33,7 @@ export async function runChain(plugins: readonly AdmissionPlugin[], request: Adm
   const warnings: string[] = [];
   for (const plugin of plugins) {
     if (!plugin.resources.includes(request.resource.resource) || !plugin.operations.includes(request.operation)) continue;
-    if (request.subResource) continue;
+    if (request.subResource && !plugin.subResources?.includes(request.subResource)) continue;
     let verdict: Verdict;
     try {
       verdict = await plugin.admit(request);

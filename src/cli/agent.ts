@@ -12,13 +12,14 @@ export async function runAgent(args: string[]): Promise<number> {
     broker: { type: 'string', default: process.env.CHAINWARDEN_BROKER_URL },
     ca: { type: 'string' },
     'token-file': { type: 'string' },
+    'local-token-file': { type: 'string' },
     listen: { type: 'string', default: '127.0.0.1:15080' },
   });
   if (!values.broker) throw new ChainwardenError('usage', 'agent needs --broker URL: the chainwarden broker (https)');
   if (!values['token-file']) throw new ChainwardenError('usage', "agent needs --token-file FILE: the pod's projected service-account token (audience chainwarden)");
   const caPem = values.ca ? await readFile(values.ca, 'utf8') : process.env.CHAINWARDEN_BROKER_CA;
   const log = createLogger({ name: 'agent' }, pino.destination(2));
-  const proxy = await startAgentProxy({ brokerUrl: values.broker, caPem, tokenFile: values['token-file'], listen: parseHostPort(values.listen ?? '', '--listen'), log });
+  const proxy = await startAgentProxy({ brokerUrl: values.broker, caPem, tokenFile: values['token-file'], localTokenFile: values['local-token-file'], listen: parseHostPort(values.listen ?? '', '--listen'), log });
   log.info({ url: proxy.url, broker: values.broker }, 'chainwarden agent listening');
   process.stdout.write(`${proxy.url}\n`);
   await untilSignal();

@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateRoleCommand, GetRolePolicyCommand, IAMClient } from '@aws-sdk/client-iam';
@@ -51,9 +51,11 @@ interface Broker {
   post(p: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }>;
 }
 
-function sidecarClient(url: string): Broker {
+/** The agent's side of the sidecar: every call presents the pod's local token, as injected containers do. */
+function sidecarClient(url: string, localTokenFile: string): Broker {
   const call = async (method: string, p: string, body?: unknown) => {
-    const res = await fetch(`${url}${p}`, { method, body: body === undefined ? undefined : JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const authorization = (await readFile(localTokenFile, 'utf8')).trim();
+    const res = await fetch(`${url}${p}`, { method, body: body === undefined ? undefined : JSON.stringify(body), headers: { 'content-type': 'application/json', authorization } });
     return { status: res.status, body: (await res.json()) as Record<string, unknown> };
   };
   return { get: (p) => call('GET', p), post: (p, b) => call('POST', p, b) };
@@ -116,8 +118,10 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
   });
   const tokenFile = path.join(env.stateDir, 'agent-token');
   await writeFile(tokenFile, token.status?.token ?? '', { mode: 0o600 });
-  const sidecar = await startAgentProxy({ brokerUrl: operator.url, caPem: operator.caPem, tokenFile, listen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
-  const agent = sidecarClient(sidecar.url);
+  const localTokenFile = path.join(env.stateDir, 'agent-local-token');
+  await rm(localTokenFile, { force: true });
+  const sidecar = await startAgentProxy({ brokerUrl: operator.url, caPem: operator.caPem, tokenFile, localTokenFile, listen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
+  const agent = sidecarClient(sidecar.url, localTokenFile);
   try {
     say('The agent fetches AWS credentials for its task and calls STS with them');
     const creds = await agent.get('/v1/credentials');

@@ -60,10 +60,12 @@ export function classifyStsError(err: unknown, roleArn: string): StsError {
   const name = err instanceof STSServiceException ? err.name : (err as { name?: string })?.name ?? 'Error';
   const raw = err instanceof Error ? err.message : String(err);
   const message = scrubOperatorIdentity(raw, roleArn);
-  if (['AccessDenied', 'AccessDeniedException', 'InvalidIdentityToken', 'IDPRejectedClaim', 'ExpiredTokenException', 'NoSuchEntity'].includes(name)) {
+  // The SDK names modelled errors with an Exception suffix (InvalidIdentityTokenException); the wire codes have none.
+  const code = name.replace(/Exception$/, '');
+  if (['AccessDenied', 'InvalidIdentityToken', 'IDPRejectedClaim', 'ExpiredToken', 'NoSuchEntity'].includes(code)) {
     return new StsError('role_not_assumable', `STS refused to let chainwarden assume ${roleArn} (${name}: ${message}); check the role's trust policy allows chainwarden's identity and sts:SetSourceIdentity and sts:TagSession`, name, raw);
   }
-  if (['PackedPolicyTooLarge', 'ValidationError', 'MalformedPolicyDocument', 'RegionDisabledException'].includes(name)) {
+  if (['PackedPolicyTooLarge', 'ValidationError', 'MalformedPolicyDocument', 'RegionDisabled'].includes(code)) {
     return new StsError('sts_limits_exceeded', `STS rejected the request for ${roleArn} (${name}: ${message}); shorten the session policy or tags, or lower the duration to the role's maximum session duration`, name, raw);
   }
   return new StsError('sts_unavailable', `STS did not issue credentials for ${roleArn} (${name}: ${message}); retrying with backoff`, name, raw);

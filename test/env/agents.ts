@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
@@ -42,28 +42,51 @@ export async function tokenFile(token: string): Promise<string> {
 export interface AgentProcess {
   /** http://127.0.0.1:PORT: what the pod's containers are given as CHAINWARDEN_URL. */
   url: string;
-  /** The token file the sidecar reads; the agent's SDK sends its content back to the sidecar. */
+  /** The pod token file the sidecar reads and sends to the broker; rewrite it to rotate the token. */
   tokenFile: string;
+  /**
+   * What the app containers read their Authorization header from (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE):
+   * the local token file, or the pod token file when the sidecar runs without one.
+   */
+  callerTokenFile: string;
+  /** The headers an app container sends to the sidecar. */
+  headers(): Promise<Record<string, string>>;
   child: ChildProcess;
+  /** What the sidecar wrote to stderr (its log) so far. */
+  stderr(): string;
   stop(): Promise<void>;
 }
 
+export interface AgentProcessOptions {
+  /** Run as injected pods do, with a local token file (default), or let callers present the pod token. */
+  localToken?: boolean;
+  /** The local token file to use (created by the sidecar if absent); a fresh path when not given. */
+  localTokenFile?: string;
+  /** Extra arguments, e.g. a different --listen. */
+  args?: string[];
+}
+
 /** `chainwarden agent` as a local process, as it runs in the pod's sidecar. */
-export async function startAgentProcess(env: EnvironmentDescription, token: string): Promise<AgentProcess> {
+export async function startAgentProcess(env: EnvironmentDescription, token: string, opts: AgentProcessOptions = {}): Promise<AgentProcess> {
   const file = await tokenFile(token);
-  const child = spawn(process.execPath, [bin, 'agent', '--broker', env.brokerUrl ?? '', '--ca', env.brokerCA ?? '', '--token-file', file, '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const local = opts.localToken === false ? undefined : (opts.localTokenFile ?? path.join(await mkdtemp(path.join(os.tmpdir(), 'agent-local-')), 'token'));
+  const args = [bin, 'agent', '--broker', env.brokerUrl ?? '', '--ca', env.brokerCA ?? '', '--token-file', file, ...(local ? ['--local-token-file', local] : []), ...(opts.args ?? ['--listen', '127.0.0.1:0'])];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
   const url = await new Promise<string>((resolve, reject) => {
     child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim()));
     child.once('exit', (code) => reject(new Error(`chainwarden agent exited ${code}: ${stderr}`)));
   });
+  const callerTokenFile = local ?? file;
   return {
     url,
     tokenFile: file,
+    callerTokenFile,
+    // Read per call, as the AWS SDK does: the file's content verbatim.
+    headers: async () => ({ authorization: (await readFile(callerTokenFile, 'utf8')).trim() }),
     child,
+    stderr: () => stderr,
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null) return resolve();
@@ -93,7 +116,6 @@ export async function brokerRequest(
   opts: { token?: string; authorization?: string; body?: unknown } = {},
 ): Promise<{ status: number; body: unknown }> {
   const https = await import('node:https');
-  const { readFile } = await import('node:fs/promises');
   const ca = await readFile(env.brokerCA ?? '', 'utf8');
   const payload = opts.body === undefined ? undefined : typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
   const authorization = opts.authorization ?? (opts.token ? `Bearer ${opts.token}` : undefined);

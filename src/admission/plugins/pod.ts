@@ -1,5 +1,5 @@
 import { isDeepStrictEqual } from 'node:util';
-import type { V1Container, V1EnvVar, V1Pod, V1Volume } from '@kubernetes/client-node';
+import type { V1Container, V1EnvVar, V1EphemeralContainer, V1Pod, V1Volume } from '@kubernetes/client-node';
 import type { FieldViolation } from '../../api/parse.js';
 import type { AgentTask } from '../../api/schema.js';
 import { BROKER_AUDIENCE, TASK_LABEL } from '../../api/task.js';
@@ -10,9 +10,14 @@ import { allow, deny, type AdmissionPlugin, type JsonPatchOperation } from '../r
 
 export const SPIFFE_ID_ANNOTATION = 'chainwarden.io/spiffe-id';
 export const SIDECAR_NAME = 'chainwarden-agent';
+/** The projected broker token: mounted into the sidecar only. */
 export const TOKEN_VOLUME = 'chainwarden-token';
 export const TOKEN_DIR = '/var/run/secrets/chainwarden';
 export const TOKEN_PATH = `${TOKEN_DIR}/token`;
+/** A memory emptyDir holding the per-pod local token the sidecar creates and app containers present. */
+export const LOCAL_VOLUME = 'chainwarden-local';
+export const LOCAL_DIR = '/var/run/secrets/chainwarden-local';
+export const LOCAL_TOKEN_PATH = `${LOCAL_DIR}/token`;
 
 /** What every injected agent pod gets; set once per operator. */
 export interface InjectionConfig {
@@ -26,14 +31,33 @@ export interface InjectionConfig {
   tokenExpirationSeconds: number;
 }
 
-/** Environment variables that would hand an agent long-lived AWS keys. */
-const STATIC_AWS_KEYS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_PROFILE'];
+/**
+ * Environment variables through which an AWS SDK would find credentials before (or instead of)
+ * the container-credentials endpoint, with what to do instead. Refused rather than removed:
+ * silently dropping a variable would leave the author wondering which credentials ran.
+ */
+const CREDENTIAL_ENV: Record<string, string> = {
+  AWS_ACCESS_KEY_ID: 'static AWS credentials',
+  AWS_SECRET_ACCESS_KEY: 'static AWS credentials',
+  AWS_SESSION_TOKEN: 'static AWS credentials',
+  AWS_PROFILE: 'a profile from a shared config or credentials file (which may run a credential_process)',
+  AWS_DEFAULT_PROFILE: 'a profile from a shared config or credentials file',
+  AWS_SHARED_CREDENTIALS_FILE: 'a shared credentials file',
+  AWS_CONFIG_FILE: 'a shared config file (profiles, credential_process, SSO)',
+  AWS_ROLE_ARN: 'a web-identity role of its own (IRSA)',
+  AWS_WEB_IDENTITY_TOKEN_FILE: 'a web-identity token of its own (IRSA)',
+  AWS_CONTAINER_CREDENTIALS_RELATIVE_URI: 'the ECS task role, which SDKs prefer over AWS_CONTAINER_CREDENTIALS_FULL_URI',
+  AWS_CONTAINER_AUTHORIZATION_TOKEN: 'an authorization token for a credentials endpoint of its own choosing',
+};
+// AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE are not refused:
+// injection overwrites them with the sidecar's values (see injectedEnv), which keeps admitting an
+// injected pod again a no-op.
 
 export function injectedEnv(config: InjectionConfig): V1EnvVar[] {
   const base = `http://127.0.0.1:${config.port}`;
   return [
     { name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: `${base}/v1/credentials` },
-    { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: TOKEN_PATH },
+    { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: LOCAL_TOKEN_PATH },
     { name: 'CHAINWARDEN_URL', value: base },
   ];
 }
@@ -42,11 +66,19 @@ function sidecar(config: InjectionConfig): V1Container {
   return {
     name: SIDECAR_NAME,
     image: config.image,
-    args: ['agent', '--broker', urlOf(config.brokerUrl), '--token-file', TOKEN_PATH, '--listen', `127.0.0.1:${config.port}`],
+    args: ['agent', '--broker', urlOf(config.brokerUrl), '--token-file', TOKEN_PATH, '--local-token-file', LOCAL_TOKEN_PATH, '--listen', `127.0.0.1:${config.port}`],
     env: [{ name: 'CHAINWARDEN_BROKER_CA', value: config.brokerCaPem }],
     // A native sidecar: started before the agent, stopped after it.
     restartPolicy: 'Always',
-    volumeMounts: [{ name: TOKEN_VOLUME, mountPath: TOKEN_DIR, readOnly: true }],
+    // App containers start only once this succeeds, so their first read of the local token finds
+    // it. Not an httpGet on /healthz: the kubelet sends those to the pod IP, and the sidecar
+    // listens on loopback only. The sidecar writes the file after its listener is up, so the
+    // file's existence also says the sidecar answers.
+    startupProbe: { exec: { command: ['/bin/sh', '-c', `test -s ${LOCAL_TOKEN_PATH}`] }, periodSeconds: 1, failureThreshold: 60, timeoutSeconds: 1, successThreshold: 1 },
+    volumeMounts: [
+      { name: TOKEN_VOLUME, mountPath: TOKEN_DIR, readOnly: true },
+      { name: LOCAL_VOLUME, mountPath: LOCAL_DIR },
+    ],
     resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '96Mi' } },
     securityContext: {
       runAsNonRoot: true,
@@ -58,33 +90,64 @@ function sidecar(config: InjectionConfig): V1Container {
   };
 }
 
-function tokenVolume(config: InjectionConfig): V1Volume {
-  return {
-    name: TOKEN_VOLUME,
-    projected: { sources: [{ serviceAccountToken: { audience: BROKER_AUDIENCE, expirationSeconds: config.tokenExpirationSeconds, path: 'token' } }] },
-  };
+function volumes(config: InjectionConfig): V1Volume[] {
+  return [
+    {
+      name: TOKEN_VOLUME,
+      projected: { sources: [{ serviceAccountToken: { audience: BROKER_AUDIENCE, expirationSeconds: config.tokenExpirationSeconds, path: 'token' } }] },
+    },
+    // In memory: the local token never touches the node's disk.
+    { name: LOCAL_VOLUME, emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } },
+  ];
 }
 
-/** Every way the pod could carry static AWS keys, each with its field path. */
+const isAwsConfigDir = (mountPath: string) => /\/\.aws(\/|$)/.test(mountPath);
+
+type ContainerList = 'containers' | 'initContainers' | 'ephemeralContainers';
+
+/**
+ * Every way an agent pod could reach AWS credentials other than through the sidecar, each with
+ * its field path and the fix.
+ */
 export function staticKeyViolations(pod: V1Pod): FieldViolation[] {
   const violations: FieldViolation[] = [];
-  const check = (containers: V1Container[] | undefined, kind: 'containers' | 'initContainers') => {
-    (containers ?? []).forEach((c, i) => {
-      (c.env ?? []).forEach((e, j) => {
-        if (STATIC_AWS_KEYS.includes(e.name)) {
-          violations.push({ field: `spec.${kind}[${i}].env[${j}]`, message: `${e.name} would give the agent static AWS credentials; remove it: chainwarden issues per-task credentials through AWS_CONTAINER_CREDENTIALS_FULL_URI` });
+  const check = (containers: (V1Container | V1EphemeralContainer)[] | undefined, kind: ContainerList) => {
+    containers?.forEach((c, i) => {
+      c.env?.forEach((e, j) => {
+        const what = CREDENTIAL_ENV[e.name];
+        if (what) {
+          violations.push({ field: `spec.${kind}[${i}].env[${j}]`, message: `${e.name} would give the agent ${what}; remove it: chainwarden issues per-task credentials through AWS_CONTAINER_CREDENTIALS_FULL_URI` });
         }
       });
-      (c.envFrom ?? []).forEach((e, j) => {
-        if (e.secretRef) {
-          violations.push({ field: `spec.${kind}[${i}].envFrom[${j}].secretRef`, message: `agent pods may not load a whole Secret into the environment (it could hold static AWS keys); reference the keys you need one by one with env[].valueFrom.secretKeyRef` });
+      c.envFrom?.forEach((e, j) => {
+        const [ref, source, single] = e.secretRef ? ['secretRef', `Secret ${e.secretRef.name}`, 'secretKeyRef'] : ['configMapRef', `ConfigMap ${e.configMapRef?.name ?? ''}`, 'configMapKeyRef'];
+        violations.push({ field: `spec.${kind}[${i}].envFrom[${j}].${ref}`, message: `agent pods may not load a whole ${source} into the environment (it could hold AWS credential variables); reference the keys you need one by one with env[].valueFrom.${single}` });
+      });
+      c.volumeMounts?.forEach((m, j) => {
+        if (isAwsConfigDir(m.mountPath)) {
+          violations.push({ field: `spec.${kind}[${i}].volumeMounts[${j}].mountPath`, message: `${m.mountPath} is an AWS config directory, where SDKs find shared credentials and profiles; mount it elsewhere or remove it: chainwarden issues per-task credentials through AWS_CONTAINER_CREDENTIALS_FULL_URI` });
         }
       });
     });
   };
   check(pod.spec?.containers, 'containers');
   check(pod.spec?.initContainers, 'initContainers');
+  check(pod.spec?.ephemeralContainers, 'ephemeralContainers');
+  pod.spec?.volumes?.forEach((v, i) => {
+    if (v.name === TOKEN_VOLUME) return;
+    v.projected?.sources?.forEach((source, j) => {
+      if (source.serviceAccountToken?.audience === BROKER_AUDIENCE) {
+        violations.push({ field: `spec.volumes[${i}].projected.sources[${j}].serviceAccountToken.audience`, message: `a token for audience ${BROKER_AUDIENCE} is the sidecar's alone; remove this volume: app containers reach the broker through the sidecar` });
+      }
+    });
+  });
   return violations;
+}
+
+/** Pod-level settings that would expose the sidecar beyond its pod. */
+function podViolations(pod: V1Pod): FieldViolation[] {
+  if (pod.spec?.hostNetwork !== true) return [];
+  return [{ field: 'spec.hostNetwork', message: "agent pods may not use the node's network: the sidecar's loopback listener would be reachable from every process on the node; remove hostNetwork: true" }];
 }
 
 /** The pod as it should be once injected. Applying it to its own output changes nothing. */
@@ -93,15 +156,17 @@ export function injectPod(pod: V1Pod, config: InjectionConfig, spiffeId: string)
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, [SPIFFE_ID_ANNOTATION]: spiffeId } };
   const spec = out.spec ?? { containers: [] };
   out.spec = spec;
-  const volumes = (spec.volumes ?? []).filter((v) => v.name !== TOKEN_VOLUME);
-  spec.volumes = [...volumes, tokenVolume(config)];
-  const inits = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
+  const injectedVolumes = volumes(config);
+  spec.volumes = [...(spec.volumes ?? []).filter((v) => !injectedVolumes.some((x) => x.name === v.name)), ...injectedVolumes];
+  // Only the sidecar sees the broker token or writes the local token, whatever the pod asked for.
+  const ownMounts = (c: V1Container) => (c.volumeMounts ?? []).filter((m) => m.name !== TOKEN_VOLUME && m.name !== LOCAL_VOLUME);
+  const inits = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME).map((c) => (c.volumeMounts ? { ...c, volumeMounts: ownMounts(c) } : c));
   spec.initContainers = [sidecar(config), ...inits];
   const env = injectedEnv(config);
   spec.containers = spec.containers.map((c) => ({
     ...c,
     env: [...(c.env ?? []).filter((e) => !env.some((x) => x.name === e.name)), ...env],
-    volumeMounts: [...(c.volumeMounts ?? []).filter((m) => m.name !== TOKEN_VOLUME), { name: TOKEN_VOLUME, mountPath: TOKEN_DIR, readOnly: true }],
+    volumeMounts: [...ownMounts(c), { name: LOCAL_VOLUME, mountPath: LOCAL_DIR, readOnly: true }],
   }));
   return out;
 }
@@ -119,21 +184,60 @@ function diff(before: V1Pod, after: V1Pod): JsonPatchOperation[] {
   return ops;
 }
 
+const TASK_LABEL_FIELD = `metadata.labels["${TASK_LABEL}"]`;
+
 /**
- * Mutating, for pods labelled chainwarden.io/task: refuses static AWS keys, then injects the
- * projected token, the `chainwarden agent` sidecar, the environment an unmodified AWS SDK
- * reads, and the SPIFFE ID annotation. Admitting an injected pod again changes nothing.
+ * A pod joins a task when it is created, and only then: a label added later would hand a pod the
+ * task's identity without injection (its containers would hold whatever they were created
+ * with), and a label removed or changed would move a pod between tasks behind the controller.
+ */
+function taskLabelViolations(oldPod: V1Pod | undefined, pod: V1Pod): FieldViolation[] {
+  const before = oldPod?.metadata?.labels?.[TASK_LABEL];
+  const after = pod.metadata?.labels?.[TASK_LABEL];
+  if (before === after) return [];
+  const change = before === undefined ? `adding ${TASK_LABEL}=${after ?? ''} to a running pod` : after === undefined ? `removing ${TASK_LABEL}=${before}` : `changing ${TASK_LABEL} from ${before} to ${after}`;
+  return [{ field: TASK_LABEL_FIELD, message: `the task label is immutable (${change} is refused): a pod joins a task only when it is created; create a new pod with the label instead` }];
+}
+
+/**
+ * Ephemeral containers are refused on agent pods rather than checked like the others: one can
+ * target the sidecar's process namespace, or mount the pod's volumes, and so read the broker
+ * token that only the sidecar may hold. Debugging needs a copy of the pod without the task label.
+ */
+function ephemeralContainerViolations(oldPod: V1Pod | undefined, pod: V1Pod): FieldViolation[] {
+  const existing = new Set((oldPod?.spec?.ephemeralContainers ?? []).map((c) => c.name));
+  return (pod.spec?.ephemeralContainers ?? []).flatMap((c, i) =>
+    existing.has(c.name)
+      ? []
+      : [{ field: `spec.ephemeralContainers[${i}]`, message: `ephemeral container ${c.name} cannot be added to an agent pod: it could read the sidecar's broker token; debug a copy of the pod without the ${TASK_LABEL} label (kubectl debug --copy-to, then remove the label)` }],
+  );
+}
+
+/**
+ * Mutating, for pods labelled chainwarden.io/task. On CREATE: refuses every other source of
+ * AWS credentials and host networking, then injects the projected token (sidecar only), the
+ * local-token emptyDir, the `chainwarden agent` sidecar, the environment an unmodified AWS SDK
+ * reads, and the SPIFFE ID annotation; admitting an injected pod again changes nothing. On
+ * UPDATE (and the ephemeralcontainers subresource): the task label is immutable and ephemeral
+ * containers are refused.
  */
 export function podInjectionPlugin(config: InjectionConfig, tasks: ObjectReader<AgentTask>): AdmissionPlugin {
   return {
     name: 'agent-pod-injection',
     resources: ['pods'],
-    operations: ['CREATE'],
+    subResources: ['ephemeralcontainers'],
+    operations: ['CREATE', 'UPDATE'],
     async admit(request) {
       const pod = request.object as V1Pod;
+      if (request.operation === 'UPDATE') {
+        const oldPod = request.oldObject as V1Pod | undefined;
+        const wasAgent = oldPod?.metadata?.labels?.[TASK_LABEL] !== undefined;
+        const violations = [...taskLabelViolations(oldPod, pod), ...(wasAgent ? ephemeralContainerViolations(oldPod, pod) : [])];
+        return violations.length > 0 ? deny('Pod', violations) : allow();
+      }
       const taskName = pod.metadata?.labels?.[TASK_LABEL];
       if (!taskName) return allow();
-      const violations = staticKeyViolations(pod);
+      const violations = [...podViolations(pod), ...staticKeyViolations(pod)];
       if (violations.length > 0) return deny('Pod', violations);
       const namespace = request.namespace ?? pod.metadata?.namespace ?? '';
       const serviceAccount = pod.spec?.serviceAccountName ?? 'default';

@@ -36,7 +36,7 @@ describe('per-task AWS credentials', () => {
     const { roleName, pod, task } = await setup(admin, env, namespace);
     const stored = await admin.makeApiClient(CoreV1Api).readNamespacedPod({ name: 'agent-0', namespace });
     const sidecar = await startAgentProcess(env, await podToken(admin, pod));
-    const agent = startAwsAgent(env, stored.spec?.containers[0]?.env ?? [], sidecar.url, sidecar.tokenFile);
+    const agent = startAwsAgent(env, stored.spec?.containers[0]?.env ?? [], sidecar.url, sidecar.callerTokenFile);
     try {
       const first = await agent.call();
       expect(first).toMatchObject({ ok: true, arn: `arn:aws:sts::${ACCOUNT}:assumed-role/${roleName}/${roleSessionName(task, 'default')}` });
@@ -47,12 +47,12 @@ describe('per-task AWS credentials', () => {
       expect(issued?.status?.credentials?.sessions?.[0]?.accessKeyId).toMatch(/^ASIA/);
       expect(condition(issued!, 'CredentialsIssued')).toMatchObject({ status: 'True', reason: 'Issued' });
 
-      const done = await getJson(`${sidecar.url}/v1/tasks/${namespace}/ticket-4711/complete`, { method: 'POST' });
+      const done = await getJson(`${sidecar.url}/v1/tasks/${namespace}/ticket-4711/complete`, { method: 'POST', headers: await sidecar.headers() });
       expect(done.status).toBe(200);
 
       const refused = await agent.call();
       expect(refused.ok).toBe(false);
-      const direct = await getJson(`${sidecar.url}/v1/credentials`);
+      const direct = await getJson(`${sidecar.url}/v1/credentials`, { headers: await sidecar.headers() });
       expect(direct).toMatchObject({ status: 403, body: { error: { code: 'task_not_active' } } });
 
       const revoked = await waitForTask(admin, namespace, 'ticket-4711', (t) => condition(t, 'Revoked')?.status === 'True');

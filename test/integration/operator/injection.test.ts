@@ -1,4 +1,5 @@
-import { CoreV1Api, type V1Pod } from '@kubernetes/client-node';
+import { CoreV1Api, type V1Container, type V1Pod } from '@kubernetes/client-node';
+import { rawRequest } from '../../../src/kube/raw.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { createAgentPod, createServiceAccount } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
@@ -22,20 +23,42 @@ describe('agent pod injection (mutating webhook)', () => {
     expect(stored.metadata?.annotations?.['chainwarden.io/spiffe-id']).toBe(`spiffe://cluster.local/ns/${namespace}/sa/support-agent/task/ticket-4711`);
     const sidecar = stored.spec?.initContainers?.find((c) => c.name === 'chainwarden-agent');
     expect(sidecar?.restartPolicy).toBe('Always');
-    expect(sidecar?.args).toEqual(['agent', '--broker', env.brokerUrl, '--token-file', '/var/run/secrets/chainwarden/token', '--listen', '127.0.0.1:15080']);
+    expect(sidecar?.args).toEqual(['agent', '--broker', env.brokerUrl, '--token-file', '/var/run/secrets/chainwarden/token', '--local-token-file', '/var/run/secrets/chainwarden-local/token', '--listen', '127.0.0.1:15080']);
     expect(sidecar?.securityContext).toMatchObject({ runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false });
     expect(sidecar?.env?.find((e) => e.name === 'CHAINWARDEN_BROKER_CA')?.value).toContain('BEGIN CERTIFICATE');
+    // App containers start once the sidecar has written the local token.
+    expect(sidecar?.startupProbe?.exec?.command).toEqual(['/bin/sh', '-c', 'test -s /var/run/secrets/chainwarden-local/token']);
+    expect(sidecar?.volumeMounts).toEqual([
+      { name: 'chainwarden-token', mountPath: '/var/run/secrets/chainwarden', readOnly: true },
+      { name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local' },
+    ]);
     const volume = stored.spec?.volumes?.find((v) => v.name === 'chainwarden-token');
     expect(volume?.projected?.sources?.[0]?.serviceAccountToken).toEqual({ audience: 'chainwarden', expirationSeconds: 600, path: 'token' });
+    expect(stored.spec?.volumes?.find((v) => v.name === 'chainwarden-local')?.emptyDir).toEqual({ medium: 'Memory', sizeLimit: '1Mi' });
     const app = stored.spec?.containers[0];
     expect(app?.env).toEqual(
       expect.arrayContaining([
         { name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: 'http://127.0.0.1:15080/v1/credentials' },
-        { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: '/var/run/secrets/chainwarden/token' },
+        { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: '/var/run/secrets/chainwarden-local/token' },
         { name: 'CHAINWARDEN_URL', value: 'http://127.0.0.1:15080' },
       ]),
     );
-    expect(app?.volumeMounts).toEqual(expect.arrayContaining([{ name: 'chainwarden-token', mountPath: '/var/run/secrets/chainwarden', readOnly: true }]));
+    // The local token, read-only; never the broker token (the API server adds its own kube-api-access mount).
+    expect(app?.volumeMounts?.filter((m) => m.name.startsWith('chainwarden'))).toEqual([{ name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local', readOnly: true }]);
+  });
+
+  test('the broker token reaches the sidecar alone, even when the pod asks to mount it elsewhere', async ({ admin, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const steal = [{ name: 'chainwarden-token', mountPath: '/var/run/secrets/chainwarden' }];
+    const stored = await admin.makeApiClient(CoreV1Api).createNamespacedPod({
+      namespace,
+      body: agentPod(namespace, 'agent-0', { containers: [{ name: 'agent', image: 'x', volumeMounts: steal }], initContainers: [{ name: 'setup', image: 'x', volumeMounts: steal }] }),
+    });
+    const mountsToken = (c: V1Container) => (c.volumeMounts ?? []).some((m) => m.name === 'chainwarden-token');
+    const all = [...(stored.spec?.initContainers ?? []), ...(stored.spec?.containers ?? [])];
+    expect(all.filter(mountsToken).map((c) => c.name)).toEqual(['chainwarden-agent']);
+    const tokenVolumes = (stored.spec?.volumes ?? []).filter((v) => v.projected?.sources?.some((s) => s.serviceAccountToken?.audience === 'chainwarden'));
+    expect(tokenVolumes.map((v) => v.name)).toEqual(['chainwarden-token']);
   });
 
   test('admitting an already injected pod again changes nothing', async ({ admin, namespace }) => {
@@ -61,6 +84,60 @@ describe('agent pod injection (mutating webhook)', () => {
     await createServiceAccount(admin, namespace, 'other');
     const sa = await rejection(admin, agentPod(namespace, 'c', { serviceAccountName: 'other' }));
     expect(sa).toMatch(/spec.serviceAccountName: AgentTask ticket-4711 runs as service account support-agent, not other/);
+  });
+
+  test('refuses every other way to AWS credentials, naming the field and the fix', async ({ admin, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const refused = async (name: string, spec: Partial<V1Pod['spec']>) => rejection(admin, agentPod(namespace, name, spec));
+    const withEnv = (env: string) => ({ containers: [{ name: 'agent', image: 'x', env: [{ name: env, value: 'x' }] }] });
+    for (const env of ['AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_ROLE_ARN', 'AWS_WEB_IDENTITY_TOKEN_FILE', 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI', 'AWS_CONTAINER_AUTHORIZATION_TOKEN']) {
+      expect(await refused(`env-${env.toLowerCase().replaceAll('_', '-')}`, withEnv(env))).toMatch(new RegExp(`spec.containers\\[0\\].env\\[0\\]: ${env} would give the agent .*; remove it`));
+    }
+    expect(await refused('cm', { containers: [{ name: 'agent', image: 'x', envFrom: [{ configMapRef: { name: 'aws' } }] }] })).toMatch(/spec.containers\[0\].envFrom\[0\].configMapRef: agent pods may not load a whole ConfigMap aws .*configMapKeyRef/);
+    expect(await refused('dotaws', { containers: [{ name: 'agent', image: 'x', volumeMounts: [{ name: 'aws', mountPath: '/home/agent/.aws' }] }], volumes: [{ name: 'aws', secret: { secretName: 'aws' } }] })).toMatch(
+      /spec.containers\[0\].volumeMounts\[0\].mountPath: \/home\/agent\/.aws is an AWS config directory/,
+    );
+    expect(await refused('init', { containers: [{ name: 'agent', image: 'x' }], initContainers: [{ name: 'setup', image: 'x', volumeMounts: [{ name: 'aws', mountPath: '/root/.aws/credentials', subPath: 'c' }] }], volumes: [{ name: 'aws', secret: { secretName: 'aws' } }] })).toMatch(
+      /spec.initContainers\[0\].volumeMounts\[0\].mountPath/,
+    );
+    expect(await refused('own-token', { volumes: [{ name: 'mine', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden', path: 't' } }] } }] })).toMatch(/spec.volumes\[0\].projected.sources\[0\].serviceAccountToken.audience: a token for audience chainwarden is the sidecar's alone/);
+    expect(await refused('hostnet', { hostNetwork: true })).toMatch(/spec.hostNetwork: agent pods may not use the node's network: the sidecar's loopback listener would be reachable/);
+  });
+
+  test('a pod cannot join, leave or switch tasks after admission', async ({ admin, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const core = admin.makeApiClient(CoreV1Api);
+    await core.createNamespacedPod({ namespace, body: { metadata: { name: 'plain' }, spec: { serviceAccountName: 'support-agent', containers: [{ name: 'agent', image: 'x' }] } } });
+    await core.createNamespacedPod({ namespace, body: agentPod(namespace, 'agent-0') });
+    const relabel = (name: string, labels: Record<string, string | null>) => rawRequest(admin, 'PATCH', `/api/v1/namespaces/${namespace}/pods/${name}`, { metadata: { labels } }, 'application/merge-patch+json');
+    const field = 'metadata.labels[\\"chainwarden.io/task\\"]';
+
+    // Adding the label to a pod admitted without it: the objectSelector matches the new object.
+    const join = await relabel('plain', { 'chainwarden.io/task': 'ticket-4711' });
+    expect(join.status).toBe(422);
+    expect(JSON.stringify(join.body)).toContain(`${field}: the task label is immutable (adding chainwarden.io/task=ticket-4711 to a running pod is refused)`);
+    // Removing it: the objectSelector matches the old object.
+    const leave = await relabel('agent-0', { 'chainwarden.io/task': null });
+    expect(leave.status).toBe(422);
+    expect(JSON.stringify(leave.body)).toContain('removing chainwarden.io/task=ticket-4711');
+    const move = await relabel('agent-0', { 'chainwarden.io/task': 'other-task' });
+    expect(move.status).toBe(422);
+    expect(JSON.stringify(move.body)).toContain('changing chainwarden.io/task from ticket-4711 to other-task');
+    // Other labels stay editable.
+    expect((await relabel('agent-0', { team: 'support' })).status).toBe(200);
+    expect((await core.readNamespacedPod({ name: 'plain', namespace })).metadata?.labels?.['chainwarden.io/task']).toBeUndefined();
+  });
+
+  test('an ephemeral container cannot be added to an agent pod', async ({ admin, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const core = admin.makeApiClient(CoreV1Api);
+    await core.createNamespacedPod({ namespace, body: agentPod(namespace, 'agent-0') });
+    const pod = (await rawRequest(admin, 'GET', `/api/v1/namespaces/${namespace}/pods/agent-0`)).body as V1Pod;
+    const debug = { ...pod, spec: { ...pod.spec, ephemeralContainers: [{ name: 'debugger', image: 'busybox', targetContainerName: 'chainwarden-agent', volumeMounts: [{ name: 'chainwarden-token', mountPath: '/stolen' }] }] } };
+    const answer = await rawRequest(admin, 'PUT', `/api/v1/namespaces/${namespace}/pods/agent-0/ephemeralcontainers`, debug);
+    expect(answer.status).toBe(422);
+    expect(JSON.stringify(answer.body)).toContain('spec.ephemeralContainers[0]: ephemeral container debugger cannot be added to an agent pod');
+    expect((await core.readNamespacedPod({ name: 'agent-0', namespace })).spec?.ephemeralContainers ?? []).toEqual([]);
   });
 
   test('pods without the task label are left alone', async ({ admin, namespace }) => {

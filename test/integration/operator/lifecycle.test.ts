@@ -27,8 +27,8 @@ describe('AgentTask lifecycle', () => {
 
     const agent = await startAgentProcess(env, await podToken(admin, pod));
     try {
-      expect((await getJson(`${agent.url}/v1/svid?audience=tickets`)).status).toBe(200);
-      const done = await getJson(`${agent.url}/v1/tasks/${namespace}/ticket-4711/complete`, { method: 'POST' });
+      expect((await getJson(`${agent.url}/v1/svid?audience=tickets`, { headers: await agent.headers() })).status).toBe(200);
+      const done = await getJson(`${agent.url}/v1/tasks/${namespace}/ticket-4711/complete`, { method: 'POST', headers: await agent.headers() });
       expect(done).toEqual({ status: 200, body: { state: 'Completed' } });
 
       const completed = await waitForTask(admin, namespace, 'ticket-4711', (t) => condition(t, 'IdentityBound')?.reason === 'Released');
@@ -37,7 +37,7 @@ describe('AgentTask lifecycle', () => {
       expect(condition(completed, 'Ready')).toMatchObject({ status: 'False', reason: 'Ended' });
       expect(completed.status?.boundPods).toEqual([]);
 
-      const after = await getJson(`${agent.url}/v1/svid?audience=tickets`);
+      const after = await getJson(`${agent.url}/v1/svid?audience=tickets`, { headers: await agent.headers() });
       expect(after.status).toBe(403);
       expect(after.body).toMatchObject({ error: { code: 'task_not_active' } });
     } finally {

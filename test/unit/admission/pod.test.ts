@@ -1,9 +1,13 @@
-import type { V1Pod } from '@kubernetes/client-node';
+import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { injectPod, staticKeyViolations, type InjectionConfig } from '../../../src/admission/plugins/pod.js';
+import { injectPod, podInjectionPlugin, staticKeyViolations, type InjectionConfig } from '../../../src/admission/plugins/pod.js';
+import type { AdmissionRequest } from '../../../src/admission/review.js';
+import type { AgentTask } from '../../../src/api/schema.js';
+import type { ObjectReader } from '../../../src/kube/readers.js';
 
 const config: InjectionConfig = { image: 'img', brokerUrl: 'https://broker', brokerCaPem: 'PEM', trustDomain: 'cluster.local', port: 15080, tokenExpirationSeconds: 600 };
 const pod: V1Pod = { metadata: { name: 'p', labels: { 'chainwarden.io/task': 't' } }, spec: { serviceAccountName: 'sa', containers: [{ name: 'a', image: 'x', env: [{ name: 'KEEP', value: '1' }] }, { name: 'b', image: 'y' }] } };
+const withContainer = (c: Partial<V1Container>): V1Pod => ({ ...pod, spec: { ...pod.spec, containers: [{ name: 'a', image: 'x', ...c }] } });
 
 describe('injectPod', () => {
   it('is idempotent', () => {
@@ -21,21 +25,124 @@ describe('injectPod', () => {
   });
 
   it('replaces an SDK variable the pod set to something else', () => {
-    const sneaky: V1Pod = { ...pod, spec: { containers: [{ name: 'a', image: 'x', env: [{ name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: 'http://evil' }] }] } };
+    const sneaky: V1Pod = { ...pod, spec: { containers: [{ name: 'a', image: 'x', env: [{ name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: 'http://evil' }, { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: '/evil' }] }] } };
     const env = injectPod(sneaky, config, 'id').spec?.containers[0]?.env ?? [];
-    expect(env.filter((e) => e.name === 'AWS_CONTAINER_CREDENTIALS_FULL_URI')).toEqual([{ name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: 'http://127.0.0.1:15080/v1/credentials' }]);
+    expect(env.filter((e) => e.name.startsWith('AWS_CONTAINER'))).toEqual([
+      { name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: 'http://127.0.0.1:15080/v1/credentials' },
+      { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: '/var/run/secrets/chainwarden-local/token' },
+    ]);
+  });
+
+  it('mounts the broker token into the sidecar alone, and the local token read-only into app containers', () => {
+    const asking: V1Pod = {
+      ...pod,
+      spec: {
+        containers: [{ name: 'a', image: 'x', volumeMounts: [{ name: 'chainwarden-token', mountPath: '/steal' }, { name: 'chainwarden-local', mountPath: '/rw' }] }],
+        initContainers: [{ name: 'setup', image: 'x', volumeMounts: [{ name: 'chainwarden-token', mountPath: '/steal' }] }],
+      },
+    };
+    const out = injectPod(asking, config, 'id');
+    const mounts = (c: V1Container | undefined) => c?.volumeMounts ?? [];
+    const [sidecar, setup] = out.spec?.initContainers ?? [];
+    expect(mounts(sidecar)).toEqual([{ name: 'chainwarden-token', mountPath: '/var/run/secrets/chainwarden', readOnly: true }, { name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local' }]);
+    expect(mounts(setup)).toEqual([]);
+    expect(mounts(out.spec?.containers[0])).toEqual([{ name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local', readOnly: true }]);
+    expect(sidecar?.args).toEqual(expect.arrayContaining(['--local-token-file', '/var/run/secrets/chainwarden-local/token']));
+    expect(sidecar?.startupProbe?.exec?.command?.join(' ')).toContain('test -s /var/run/secrets/chainwarden-local/token');
+    expect(out.spec?.volumes?.find((v) => v.name === 'chainwarden-local')).toEqual({ name: 'chainwarden-local', emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } });
   });
 });
 
 describe('staticKeyViolations', () => {
-  it('finds AWS key variables in containers and init containers, and whole Secrets in envFrom', () => {
+  it('finds AWS key variables in containers and init containers, and whole Secrets and ConfigMaps in envFrom', () => {
     const bad: V1Pod = {
       spec: {
         initContainers: [{ name: 'i', image: 'x', env: [{ name: 'AWS_ACCESS_KEY_ID', value: 'AKIA' }] }],
         containers: [{ name: 'a', image: 'x', env: [{ name: 'OK', value: '1' }, { name: 'AWS_SESSION_TOKEN', value: 't' }], envFrom: [{ configMapRef: { name: 'c' } }, { secretRef: { name: 's' } }] }],
       },
     };
-    expect(staticKeyViolations(bad).map((v) => v.field)).toEqual(['spec.containers[0].env[1]', 'spec.containers[0].envFrom[1].secretRef', 'spec.initContainers[0].env[0]']);
+    expect(staticKeyViolations(bad).map((v) => v.field)).toEqual(['spec.containers[0].env[1]', 'spec.containers[0].envFrom[0].configMapRef', 'spec.containers[0].envFrom[1].secretRef', 'spec.initContainers[0].env[0]']);
     expect(staticKeyViolations(pod)).toEqual([]);
+  });
+
+  it.each([
+    'AWS_ACCESS_KEY_ID',
+    'AWS_SECRET_ACCESS_KEY',
+    'AWS_SESSION_TOKEN',
+    'AWS_PROFILE',
+    'AWS_SHARED_CREDENTIALS_FILE',
+    'AWS_CONFIG_FILE',
+    'AWS_ROLE_ARN',
+    'AWS_WEB_IDENTITY_TOKEN_FILE',
+    'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI',
+    'AWS_CONTAINER_AUTHORIZATION_TOKEN',
+  ])('refuses %s, naming the field and the fix', (name) => {
+    expect(staticKeyViolations(withContainer({ env: [{ name, value: 'x' }] }))).toEqual([{ field: 'spec.containers[0].env[0]', message: expect.stringMatching(new RegExp(`^${name} would give the agent .*; remove it`)) as unknown }]);
+  });
+
+  it.each(['/root/.aws', '/home/app/.aws/', '/home/app/.aws/credentials'])('refuses a volume mounted at %s', (mountPath) => {
+    expect(staticKeyViolations(withContainer({ volumeMounts: [{ name: 'v', mountPath }] })).map((v) => v.field)).toEqual(['spec.containers[0].volumeMounts[0].mountPath']);
+  });
+
+  it('leaves paths that only look like .aws alone', () => {
+    expect(staticKeyViolations(withContainer({ volumeMounts: [{ name: 'v', mountPath: '/data/.awsome' }, { name: 'w', mountPath: '/aws' }] }))).toEqual([]);
+  });
+
+  it('checks ephemeral containers by the same rules, and refuses a projected token for the broker audience', () => {
+    const bad: V1Pod = {
+      ...pod,
+      spec: {
+        containers: [{ name: 'a', image: 'x' }],
+        ephemeralContainers: [{ name: 'debug', image: 'x', env: [{ name: 'AWS_PROFILE', value: 'admin' }] }],
+        volumes: [{ name: 'mine', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden', path: 'token' } }] } }],
+      },
+    };
+    expect(staticKeyViolations(bad).map((v) => v.field)).toEqual(['spec.ephemeralContainers[0].env[0]', 'spec.volumes[0].projected.sources[0].serviceAccountToken.audience']);
+  });
+});
+
+describe('podInjectionPlugin', () => {
+  const tasks: ObjectReader<AgentTask> = { get: () => Promise.resolve(undefined) };
+  const plugin = podInjectionPlugin(config, tasks);
+  const review = (operation: AdmissionRequest['operation'], object: V1Pod, oldObject?: V1Pod, subResource?: string): AdmissionRequest => ({
+    uid: 'u',
+    kind: { group: '', version: 'v1', kind: 'Pod' },
+    resource: { group: '', version: 'v1', resource: 'pods' },
+    subResource,
+    operation,
+    namespace: 'ns',
+    userInfo: {},
+    object,
+    oldObject,
+  });
+  const labelled = (task: string | undefined): V1Pod => ({ ...pod, metadata: { name: 'p', labels: { app: 'x', ...(task ? { 'chainwarden.io/task': task } : {}) } } });
+  const refusal = async (request: AdmissionRequest) => {
+    const verdict = await plugin.admit(request);
+    return verdict.allowed ? undefined : verdict.violations?.map((v) => `${v.field}: ${v.message}`).join('\n');
+  };
+
+  it.each([
+    ['adding', undefined, 't', /adding chainwarden.io\/task=t to a running pod/],
+    ['removing', 't', undefined, /removing chainwarden.io\/task=t/],
+    ['changing', 't', 'u', /changing chainwarden.io\/task from t to u/],
+  ])('refuses %s the task label on UPDATE', async (_what, before, after, message) => {
+    const text = await refusal(review('UPDATE', labelled(after), labelled(before)));
+    expect(text).toMatch(/^metadata\.labels\["chainwarden\.io\/task"\]: the task label is immutable/);
+    expect(text).toMatch(message);
+  });
+
+  it('lets other UPDATEs of an agent pod through untouched', async () => {
+    const after = labelled('t');
+    after.metadata!.labels!.app = 'y';
+    expect(await plugin.admit(review('UPDATE', after, labelled('t')))).toEqual({ allowed: true, patch: undefined, warnings: undefined });
+  });
+
+  it('refuses an ephemeral container added to an agent pod', async () => {
+    const debugged: V1Pod = { ...labelled('t'), spec: { ...pod.spec!, ephemeralContainers: [{ name: 'debug', image: 'busybox' }] } };
+    expect(await refusal(review('UPDATE', debugged, labelled('t'), 'ephemeralcontainers'))).toMatch(/^spec\.ephemeralContainers\[0\]: ephemeral container debug cannot be added to an agent pod/);
+  });
+
+  it('refuses host networking for agent pods', async () => {
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostNetwork: true } }))).toMatch(/^spec\.hostNetwork: .*loopback listener would be reachable/);
   });
 });

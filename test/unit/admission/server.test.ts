@@ -38,6 +38,12 @@ describe('runChain', () => {
     expect((await runChain(chain, { ...request, resource: { ...request.resource, resource: 'pods' } }, silentLogger())).allowed).toBe(true);
     expect((await runChain(chain, { ...request, subResource: 'status' }, silentLogger())).allowed).toBe(true);
   });
+
+  it('shows a plugin the subresources it names, and only those', async () => {
+    const watching: AdmissionPlugin = { ...plugin('ephemeral', () => Promise.resolve({ allowed: false, message: 'seen' })), subResources: ['ephemeralcontainers'] };
+    expect((await runChain([watching], { ...request, subResource: 'ephemeralcontainers' }, silentLogger())).allowed).toBe(false);
+    expect((await runChain([watching], { ...request, subResource: 'status' }, silentLogger())).allowed).toBe(true);
+  });
 });
 
 describe('admission HTTP endpoint', () => {
