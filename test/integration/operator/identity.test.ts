@@ -27,7 +27,7 @@ describe('SPIFFE identity and agent authentication', () => {
   test('a JWT-SVID fetched with a real pod-bound token verifies against the published JWKS', async ({ admin, env, namespace }) => {
     await setup(admin, namespace);
     const pod = await boundAgent(admin, namespace);
-    const answer = await brokerRequest(env, 'GET', '/v1/svid?audience=sts.amazonaws.com', { token: await podToken(admin, pod) });
+    const answer = await brokerRequest(env, 'GET', '/v1/svid?audience=tickets.support.svc', { token: await podToken(admin, pod) });
     expect(answer.status).toBe(200);
     const { token, spiffeID } = answer.body as { token: string; spiffeID: string };
     expect(spiffeID).toBe(`spiffe://cluster.local/ns/${namespace}/sa/support-agent/task/ticket-4711`);
@@ -35,12 +35,12 @@ describe('SPIFFE identity and agent authentication', () => {
     const discovery = (await brokerRequest(env, 'GET', '/.well-known/openid-configuration')).body as { issuer: string; jwks_uri: string };
     expect(discovery.jwks_uri).toBe(`${discovery.issuer}/keys`);
     const jwks = (await brokerRequest(env, 'GET', new URL(discovery.jwks_uri).pathname)).body as JSONWebKeySet;
-    const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(jwks), { audience: 'sts.amazonaws.com', issuer: discovery.issuer, algorithms: ['ES256'] });
+    const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(jwks), { audience: 'tickets.support.svc', issuer: discovery.issuer, algorithms: ['ES256'] });
     expect(protectedHeader.alg).toBe('ES256');
     expect(payload.sub).toBe(spiffeID);
     expect((payload.exp ?? 0) - (payload.iat ?? 0)).toBeLessThanOrEqual(300);
     expect(payload.jti).toMatch(/^[0-9a-f-]{36}$/);
-    const again = (await brokerRequest(env, 'GET', '/v1/svid?audience=sts.amazonaws.com', { token: await podToken(admin, pod) })).body as { token: string };
+    const again = (await brokerRequest(env, 'GET', '/v1/svid?audience=tickets.support.svc', { token: await podToken(admin, pod) })).body as { token: string };
     expect(decodeJwt(again.token).jti).not.toBe(payload.jti);
 
     // The JWKS publishes public keys only.
