@@ -103,7 +103,12 @@ export class HopService {
     const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name));
     const depth = depthOf(parentDepth, chain);
     const hopId = this.deps.ids.mint(uid, depth);
-    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => this.deps.engine.evaluate(...args));
+    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => {
+      const evaluation = this.deps.engine.evaluate(...args);
+      // The hop is denied and its reason says why; the operator's log says it too, since it is a policy to fix.
+      if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, policy: policy.metadata.name, errors: evaluation.errors }, 'Cedar evaluation errors');
+      return evaluation;
+    });
     const { decision, reasons } = outcome;
     const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}) };
     if (outcome.commit) await this.deps.journal.commit(namespace, name, outcome.delta);

@@ -4,6 +4,7 @@ import { FINALIZER } from '../../../src/api/task.js';
 import type { PodRecord } from '../../../src/broker/auth.js';
 import { AgentTaskController } from '../../../src/controllers/agenttask/controller.js';
 import { silentLogger } from '../../../src/log.js';
+import { withFinalizer } from '../../../src/runtime/finalizer.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
 import { TaskClientTwin } from '../../builders/task-client-twin.js';
 
@@ -97,16 +98,12 @@ describe('AgentTaskController: acting on the plan', () => {
   });
 
   it('does not remove an entry that moved since it was read', async () => {
-    const { client, controller } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }));
-    // Another controller's entry lands in front of ours between our read and our write.
+    const { client } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }));
     const stale = client.task as AgentTask;
+    // Another controller's entry lands in front of ours between our read and our write.
     await client.patch(stale, [{ op: 'add', path: '/metadata/finalizers/0', value: 'example.com/other' }]);
-    const result = await client.patch(stale, [
-      { op: 'test', path: '/metadata/finalizers/0', value: FINALIZER },
-      { op: 'remove', path: '/metadata/finalizers/0' },
-    ]);
-    expect(result).toBe('conflict');
-    await controller.reconcile('ns/t');
-    expect(client.task?.metadata.finalizers).toEqual(['example.com/other']);
+    const result = await withFinalizer(stale, FINALIZER, (ops) => client.patch(stale, ops), { cleanup: () => Promise.resolve(), apply: () => Promise.resolve({}) });
+    expect(result).toEqual({ requeueAfterMs: 100 });
+    expect(client.task?.metadata.finalizers).toEqual(['example.com/other', FINALIZER]);
   });
 });
