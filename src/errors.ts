@@ -44,6 +44,9 @@ export const ERRORS = {
   // The parts around chainwarden.
   broker_unreachable: { status: 502 },
   api_error: { status: 502 },
+  /** The API server refuses the write itself (invalid, too large, forbidden): the same write will be refused again. */
+  api_refused: { status: 502 },
+  journal_behind: { status: 503 },
   conflict: { status: 409 },
   no_cluster: { status: 500 },
   apply_failed: { status: 500 },

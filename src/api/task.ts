@@ -1,6 +1,6 @@
 import type { TSchema } from '@sinclair/typebox';
 import { parseDuration } from './duration.js';
-import { AgentPolicySpec, type AgentTask, type TaskState } from './schema.js';
+import { AgentPolicySpec, AgentTaskStatus, type AgentTask, type TaskState } from './schema.js';
 
 /**
  * The task vocabulary every part of chainwarden shares: when a task is over, its deadline, the
@@ -74,4 +74,23 @@ export const POLICY_DEFAULTS = {
   maxDuration: defaultOf<string>(policy.aws.properties.maxDuration, 'aws.maxDuration'),
   onViolation: defaultOf<'Revoke' | 'Deny'>(policy.onViolation, 'onViolation'),
   approvalTimeout: defaultOf<string>(policy.approval.properties.timeout, 'approval.timeout'),
+} as const;
+
+function maxItemsOf(schema: TSchema | undefined, path: string): number {
+  const value = (schema as { maxItems?: unknown } | undefined)?.maxItems;
+  if (typeof value !== 'number') throw new Error(`the AgentTask status schema has no maxItems for ${path}`);
+  return value;
+}
+
+const status = AgentTaskStatus.properties;
+
+/**
+ * The most entries each list the journal writes may hold, read from the status schema: a write
+ * over a cap is refused by the API server every time, so the journal never makes one.
+ */
+export const STATUS_CAPS = {
+  pendingHops: maxItemsOf(status.pendingHops, 'pendingHops'),
+  recentHops: maxItemsOf(status.recentHops, 'recentHops'),
+  systemsTouched: maxItemsOf(status.chain.properties.systemsTouched, 'chain.systemsTouched'),
+  dataClassesTouched: maxItemsOf(status.chain.properties.dataClassesTouched, 'chain.dataClassesTouched'),
 } as const;

@@ -1,7 +1,9 @@
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
-import { errorMessage } from '../errors.js';
+import { STATUS_CAPS } from '../api/task.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
+import { systemClock, type Clock } from '../runtime/clock.js';
 import { GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
 
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
@@ -59,14 +61,32 @@ export const emptyDelta = (): TaskDelta => ({
   resolutions: [],
 });
 
-const RECENT_HOPS = 20;
+/** The newest `cap` members of a set, oldest first: what a capped status list keeps. */
+const newest = <T>(items: Iterable<T>, cap: number): T[] => [...items].slice(-cap);
+
+/**
+ * Waiting hops beyond the status's cap. Hop decisions keep within it; two replicas adding at
+ * once can still overshoot, and a write over the cap would be refused every time, so the
+ * newest extra hops are denied here, recorded and counted like any denial.
+ */
+function overflowPending(pending: PendingHop[], at: string): { kept: PendingHop[]; denied: PendingHop[]; recent: RecentHop[]; events: AuditEvent[] } {
+  const kept = pending.slice(0, STATUS_CAPS.pendingHops);
+  const denied = pending.slice(STATUS_CAPS.pendingHops);
+  const rule = 'limit:pendingHops';
+  return {
+    kept,
+    denied,
+    recent: denied.map((h) => ({ hopId: h.hopId, decision: 'deny', rules: [rule], at })),
+    events: denied.map((h) => ({ type: 'hop_decided', at, data: { hopId: h.hopId, parentHop: h.parentHop, depth: h.depth, tool: h.tool, action: h.action, resource: h.resource, digest: h.digest, decision: 'deny', reasons: [{ rule, effect: 'Deny' }] } })),
+  };
+}
 
 /**
  * The task's status with a delta applied, and the audit records linked onto its chain head.
  * The journal records facts only: a violation is recorded once (the first wins); turning it
  * into state, conditions and Events is the controller's.
  */
-export function applyDelta(task: AgentTask, delta: TaskDelta): { status: AgentTaskStatus; records: AuditRecord[] } {
+export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now()): { status: AgentTaskStatus; records: AuditRecord[] } {
   const before = task.status ?? {};
   const chain = before.chain ?? { version: 0, hopCount: 0, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] };
   const hops = { ...(before.hops ?? { allowed: 0, denied: 0, pending: 0 }) };
@@ -88,6 +108,12 @@ export function applyDelta(task: AgentTask, delta: TaskDelta): { status: AgentTa
     events.push(...r.events);
   }
   pending = pending.filter((h) => !delta.removePending.has(h.hopId));
+  const overflow = overflowPending(pending, new Date(now).toISOString());
+  pending = overflow.kept;
+  hops.pending -= overflow.denied.length;
+  hops.denied += overflow.denied.length;
+  recent.push(...overflow.recent);
+  events.push(...overflow.events);
   const records = linkRecords(
     { key: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, uid: task.metadata.uid ?? '' },
     before.audit?.head ?? GENESIS,
@@ -100,13 +126,14 @@ export function applyDelta(task: AgentTask, delta: TaskDelta): { status: AgentTa
       version: chain.version + 1,
       hopCount: chain.hopCount + delta.hopCount,
       deepest: Math.max(chain.deepest ?? 0, delta.deepest),
-      priorDenials: chain.priorDenials + delta.priorDenials,
-      systemsTouched: [...new Set([...chain.systemsTouched, ...systems])],
-      dataClassesTouched: [...new Set([...chain.dataClassesTouched, ...dataClasses])],
+      priorDenials: chain.priorDenials + delta.priorDenials + overflow.denied.length,
+      // Hop decisions keep within the caps; only replicas racing at the edge can overshoot them.
+      systemsTouched: [...new Set([...chain.systemsTouched, ...systems])].slice(0, STATUS_CAPS.systemsTouched),
+      dataClassesTouched: [...new Set([...chain.dataClassesTouched, ...dataClasses])].slice(0, STATUS_CAPS.dataClassesTouched),
     },
     hops: { allowed: hops.allowed + delta.allowed, denied: hops.denied + delta.denied, pending: Math.max(0, hops.pending + delta.pending) },
     pendingHops: pending,
-    recentHops: [...(before.recentHops ?? []), ...recent].slice(-RECENT_HOPS),
+    recentHops: newest([...(before.recentHops ?? []), ...recent], STATUS_CAPS.recentHops),
     audit: records.length > 0 ? { head: records.at(-1)?.hash ?? GENESIS, count: records.at(-1)?.seq ?? 0 } : before.audit,
   };
   if (delta.violation && !before.violation) status.violation = delta.violation;
@@ -160,7 +187,50 @@ interface Entry {
   /** Waiters for the next write to land. */
   waiters: { resolve: () => void; reject: (err: Error) => void }[];
   timer?: NodeJS.Timeout;
+  /** Writes that failed in a row, for backoff; reset by a write that lands. */
+  failures: number;
+  /** Writes the API server refused outright in a row. */
+  refusals: number;
+  /** Since when the task's records have been waiting on a failing write. */
+  behindSince?: number;
 }
+
+/** Why this replica gives a task nothing more, whatever its status says yet. */
+export type StopCause = 'violated' | 'unrecorded';
+
+interface Stop {
+  uid: string;
+  /** The first reason: what requests are refused with. */
+  message: string;
+  causes: Set<StopCause>;
+}
+
+/** A task as the journal names it. */
+export type TaskRef = Pick<AgentTask, 'metadata'>;
+
+export interface JournalOptions {
+  writer: Pick<TaskStatusWriter, 'update'>;
+  /** Where audit records go once their head is in the task's status (or once the status is given up on). */
+  emit: (record: AuditRecord) => void;
+  log: Logger;
+  /** How long changes gather before they are written; 100 ms unless set. */
+  flushMs?: number;
+  /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
+  cached?: (namespace: string, name: string) => AgentTask | undefined;
+  clock?: Clock;
+  /** Called once when this replica stops a task: a violation it recorded, or status the API server refuses. */
+  onStop?: (task: TaskRef, cause: StopCause, message: string) => void;
+}
+
+/** How often a write the API server refuses outright is tried before the task is stopped: never forever. */
+const REFUSED_ATTEMPTS = 3;
+/** Records may wait on a failing write this long, or this many, before the task's hops are refused. */
+const MAX_BEHIND_MS = 10_000;
+const MAX_BEHIND_EVENTS = 1_000;
+const MAX_BACKOFF_MS = 5_000;
+
+const isRefusal = (err: unknown) => err instanceof ChainwardenError && err.code === 'api_refused';
+const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
 
 /**
  * Every change a replica makes to a task's chain state and audit trail goes through here.
@@ -169,45 +239,89 @@ interface Entry {
  * and the audit records are linked onto whatever head is current). Records are emitted to the
  * audit log only once the head that covers them is in the task's status, so the log and the
  * head never disagree.
+ *
+ * The journal cannot be wedged, and never lets hops outrun their records. A failing write is
+ * retried with backoff, nothing lost; while records wait longer than 10 s (or more than 1,000
+ * pile up) the task's requests are refused until they are written. A write the API server
+ * refuses outright is tried three times, then given up: its records are emitted on the last
+ * head known, and the task is stopped on this replica. A violation stops the task on this
+ * replica the moment it is recorded, before any write lands.
  */
 export class TaskJournal {
   private readonly entries = new Map<string, Entry>();
   /** The chain state this replica last wrote, per task: newer than the watch may have shown yet. */
   private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']> }>();
+  private readonly stops = new Map<string, Stop>();
+  private readonly flushMs: number;
+  private readonly clock: Clock;
 
-  constructor(
-    private readonly writer: Pick<TaskStatusWriter, 'update'>,
-    private readonly emit: (record: AuditRecord) => void,
-    private readonly log: Logger,
-    private readonly flushMs = 100,
-    /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
-    private readonly cached?: (namespace: string, name: string) => AgentTask | undefined,
-  ) {}
+  constructor(private readonly options: JournalOptions) {
+    this.flushMs = options.flushMs ?? 100;
+    this.clock = options.clock ?? systemClock;
+  }
 
   /** Queues a change; it is written within `flushMs`. */
-  record(namespace: string, name: string, change: Partial<TaskDelta>): void {
-    const key = `${namespace}/${name}`;
+  record(task: TaskRef, change: Partial<TaskDelta>): void {
+    const key = keyOf(task);
     let entry = this.entries.get(key);
     if (!entry) {
-      entry = { namespace, name, queued: emptyDelta(), waiters: [] };
+      entry = { namespace: task.metadata.namespace ?? '', name: task.metadata.name ?? '', queued: emptyDelta(), waiters: [], failures: 0, refusals: 0 };
       this.entries.set(key, entry);
     }
     merge(entry.queued, { ...emptyDelta(), ...change });
+    if (change.violation) this.stop(task, 'violated', `is Violated: hop ${change.violation.hopId} broke ${change.violation.rule}`);
     this.schedule(entry, this.flushMs);
   }
 
   /** Queues a change and resolves once it is in the task's status. */
-  commit(namespace: string, name: string, change: Partial<TaskDelta>): Promise<void> {
-    this.record(namespace, name, change);
-    const entry = this.entries.get(`${namespace}/${name}`) as Entry;
+  commit(task: TaskRef, change: Partial<TaskDelta>): Promise<void> {
+    this.record(task, change);
+    const entry = this.entries.get(keyOf(task)) as Entry;
     const landed = new Promise<void>((resolve, reject) => entry.waiters.push({ resolve, reject }));
     this.schedule(entry, 0);
     return landed;
   }
 
+  /**
+   * Why this replica refuses the task's requests now, if it does: a violation recorded here,
+   * status the API server refuses, or records waiting too long on a failing write.
+   */
+  refusal(task: TaskRef): ChainwardenError | undefined {
+    const key = keyOf(task);
+    const stop = this.stops.get(key);
+    if (stop && stop.uid === task.metadata.uid) return new ChainwardenError('task_not_active', `AgentTask ${key} ${stop.message}; it gets nothing more`);
+    const entry = this.entries.get(key);
+    if (entry?.behindSince === undefined) return undefined;
+    const waited = this.clock.now() - entry.behindSince;
+    const events = entry.queued.events.length + (entry.inflight?.events.length ?? 0);
+    if (waited < MAX_BEHIND_MS && events < MAX_BEHIND_EVENTS) return undefined;
+    return new ChainwardenError('journal_behind', `the audit records of AgentTask ${key} have waited ${Math.round(waited / 1000)} s for the API server; requests are refused until they are written, retry shortly`);
+  }
+
+  /** Forgets a task that is gone. */
+  forget(task: TaskRef): void {
+    const key = keyOf(task);
+    if (this.stops.get(key)?.uid === task.metadata.uid) this.stops.delete(key);
+    this.written.delete(key);
+  }
+
+  private stop(task: TaskRef, cause: StopCause, message: string): void {
+    const key = keyOf(task);
+    const uid = task.metadata.uid ?? '';
+    const known = this.stops.get(key);
+    if (known?.uid === uid) {
+      if (known.causes.has(cause)) return;
+      known.causes.add(cause);
+    } else {
+      if (this.stops.size >= 50_000) this.stops.delete(this.stops.keys().next().value ?? '');
+      this.stops.set(key, { uid, message, causes: new Set([cause]) });
+    }
+    this.options.onStop?.(task, cause, message);
+  }
+
   /** The watch's copy of the task, unless this replica has written a newer chain since. */
   private newestKnown(namespace: string, name: string): AgentTask | undefined {
-    const seen = this.cached?.(namespace, name);
+    const seen = this.options.cached?.(namespace, name);
     const mine = this.written.get(`${namespace}/${name}`);
     if (!seen || (mine && mine.uid === seen.metadata.uid && mine.chain.version > (seen.status?.chain?.version ?? 0))) return undefined;
     return seen;
@@ -216,7 +330,7 @@ export class TaskJournal {
   /** The newer of the chain state observed through the watch and the one this replica last wrote. */
   latestChain(task: AgentTask): AgentTaskStatus['chain'] {
     const observed = task.status?.chain;
-    const mine = this.written.get(`${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`);
+    const mine = this.written.get(keyOf(task));
     if (!mine || mine.uid !== task.metadata.uid) return observed;
     return !observed || mine.chain.version > observed.version ? mine.chain : observed;
   }
@@ -249,41 +363,61 @@ export class TaskJournal {
   private async flush(entry: Entry): Promise<void> {
     const delta = entry.queued;
     const waiters = entry.waiters;
+    const task = `${entry.namespace}/${entry.name}`;
     entry.inflight = delta;
     entry.queued = emptyDelta();
     entry.waiters = [];
     let records: AuditRecord[] = [];
+    let seen: TaskRef | undefined;
     try {
-      const written = await this.writer.update(
+      const written = await this.options.writer.update(
         entry.namespace,
         entry.name,
-        (task) => {
-          const applied = applyDelta(task, delta);
+        (current) => {
+          seen = current;
+          const applied = applyDelta(current, delta, this.clock.now());
           records = applied.records;
           return applied.status;
         },
-        this.cached && (() => this.newestKnown(entry.namespace, entry.name)),
+        this.options.cached && (() => this.newestKnown(entry.namespace, entry.name)),
       );
-      if (!written) {
-        // The task is gone; the records still go out, linked on what was last known.
-        this.log.warn({ task: `${entry.namespace}/${entry.name}`, records: delta.events.length }, 'task gone before its journal was written');
-      }
+      // The task is gone; the records still go out, linked on what was last known.
+      if (!written) this.options.log.warn({ task, records: delta.events.length }, 'task gone before its journal was written');
       const chain = written?.status?.chain;
       if (written && chain) {
-        this.written.set(`${entry.namespace}/${entry.name}`, { uid: written.metadata.uid ?? '', chain });
+        this.written.set(task, { uid: written.metadata.uid ?? '', chain });
         if (this.written.size > 50_000) this.written.delete(this.written.keys().next().value ?? '');
       }
-      for (const record of records) this.emit(record);
+      entry.failures = 0;
+      entry.refusals = 0;
+      entry.behindSince = undefined;
+      for (const record of records) this.options.emit(record);
       for (const w of waiters) w.resolve();
     } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      for (const w of waiters) w.reject(error);
+      entry.failures += 1;
+      entry.behindSince ??= this.clock.now();
+      entry.refusals = isRefusal(err) ? entry.refusals + 1 : 0;
+      if (entry.refusals >= REFUSED_ATTEMPTS && seen) {
+        // The same write is refused every time: give it up rather than retry it forever. Its
+        // records go out on the last head known, so the stream keeps what the agent was answered,
+        // and the task gets nothing more here: no hop is answered that could not be recorded.
+        this.options.log.error({ task, err: errorMessage(err), records: records.length }, 'the API server refuses the journal write; the task is stopped on this replica');
+        for (const record of records) this.options.emit(record);
+        entry.failures = 0;
+        entry.refusals = 0;
+        this.stop(seen, 'unrecorded', `cannot be recorded: the API server refuses its status (${errorMessage(err)})`);
+        return;
+      }
       // Put the changes back in front of whatever queued since: nothing is lost, the next flush retries.
       const requeued = emptyDelta();
       merge(requeued, delta);
       merge(requeued, entry.queued);
       entry.queued = requeued;
-      this.log.warn({ task: `${entry.namespace}/${entry.name}`, err: errorMessage(err) }, 'journal write failed; retrying');
-      for (const w of waiters) w.reject(err instanceof Error ? err : new Error(String(err)));
-      await new Promise((r) => setTimeout(r, 200));
+      this.options.log.warn({ task, err: errorMessage(err), attempt: entry.failures }, 'journal write failed; retrying');
+      const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** entry.failures);
+      await new Promise((r) => setTimeout(r, backoff / 2 + Math.random() * (backoff / 2)));
     } finally {
       entry.inflight = undefined;
     }
@@ -297,6 +431,6 @@ export class TaskJournal {
   private async commitQueued(entry: Entry): Promise<void> {
     await entry.flushing;
     if (isEmpty(entry.queued)) return;
-    await this.commit(entry.namespace, entry.name, {}).catch(() => undefined);
+    await this.commit({ metadata: { namespace: entry.namespace, name: entry.name } }, {}).catch(() => undefined);
   }
 }

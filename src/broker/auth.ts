@@ -24,6 +24,8 @@ export interface AgentAuthLookups {
   task(namespace: string, name: string): AgentTask | undefined;
   /** A pod the cache does not hold yet (created a moment ago), read from the API server. */
   fetchPod?(namespace: string, name: string): Promise<PodRecord | undefined>;
+  /** Why this replica refuses the task although its status does not say it ended yet (a violation recorded here, a journal that cannot write). */
+  refusal?(task: AgentTask): ChainwardenError | undefined;
 }
 
 /** Who is calling: an agent pod, and the live task it is bound to. */
@@ -160,6 +162,8 @@ export class AgentAuthenticator {
     }
     const end = endOf(task, this.clock.now());
     if (end) throw new ChainwardenError('task_not_active', `AgentTask ${who.namespace}/${taskName} ${end.message}; it gets nothing more`);
+    const refusal = this.lookups.refusal?.(task);
+    if (refusal) throw refusal;
     const state = task.status?.state;
     if (!(task.status?.boundPods ?? []).some((p) => p.uid === who.podUid)) {
       throw new ChainwardenError('pod_not_bound', `pod ${who.podName} (${who.podUid}) is not bound to AgentTask ${taskName} (state ${state ?? 'Pending'}); retry once the task is Bound`);

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { parseDuration } from '../api/duration.js';
 import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
-import { POLICY_DEFAULTS } from '../api/task.js';
+import { POLICY_DEFAULTS, STATUS_CAPS } from '../api/task.js';
 import type { AuditEvent, TaskDelta } from '../audit/journal.js';
 import { canonicalJson } from '../audit/record.js';
 import type { Evaluation, HopContext, HopSubject, Reason } from '../policy/engine.js';
@@ -27,10 +27,13 @@ export interface ChainView {
   priorDenials: number;
   systems: ReadonlySet<string>;
   dataClasses: ReadonlySet<string>;
+  /** Hops waiting for approval. */
+  pending: number;
 }
 
-export function chainView(c: AgentTaskStatus['chain'], unwritten: TaskDelta | undefined): ChainView {
+export function chainView(c: AgentTaskStatus['chain'], unwritten: TaskDelta | undefined, pendingHops = 0): ChainView {
   return {
+    pending: pendingHops + (unwritten?.addPending.length ?? 0),
     hopCount: (c?.hopCount ?? 0) + (unwritten?.hopCount ?? 0),
     deepest: Math.max(c?.deepest ?? 0, unwritten?.deepest ?? 0),
     priorDenials: (c?.priorDenials ?? 0) + (unwritten?.priorDenials ?? 0),
@@ -106,6 +109,22 @@ function overLimit(input: HopInput): Verdict | undefined {
   return undefined;
 }
 
+/**
+ * What the task's status can hold: the API server refuses a status over its lists' caps every
+ * time, so a hop whose record would not fit is denied rather than answered and never recorded.
+ */
+function overCapacity(input: HopInput, verdict: Verdict): Verdict | undefined {
+  const { chain, request, policy } = input;
+  const deny = (rule: string): Verdict => ({ decision: 'deny', reasons: [{ rule, effect: 'Deny' }] });
+  if (verdict.decision === 'pending_approval' && chain.pending >= STATUS_CAPS.pendingHops) return deny('limit:pendingHops');
+  if (verdict.decision !== 'allow') return undefined;
+  if (!chain.systems.has(request.tool) && chain.systems.size >= STATUS_CAPS.systemsTouched) return deny('limit:systemsTouched');
+  const classes = (policy.spec.systems ?? []).find((s) => s.name === request.tool)?.dataClasses ?? [];
+  const added = new Set(classes.filter((c) => !chain.dataClasses.has(c))).size;
+  if (chain.dataClasses.size + added > STATUS_CAPS.dataClassesTouched) return deny('limit:dataClassesTouched');
+  return undefined;
+}
+
 /** The Cedar context of the hop: the request and the whole chain so far. */
 export function hopContext(input: HopInput): { subject: HopSubject; context: HopContext; boundary: string } {
   const { task, policy, request, chain, now } = input;
@@ -160,7 +179,8 @@ function byRules(input: HopInput, evaluate: Evaluate): Verdict {
  */
 export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { policy, request, hopId, depth, now } = input;
-  const { decision, reasons } = overLimit(input) ?? byRules(input, evaluate);
+  const ruled = overLimit(input) ?? byRules(input, evaluate);
+  const { decision, reasons } = overCapacity(input, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
   const record: AuditEvent = {

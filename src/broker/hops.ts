@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
-import { ChainwardenError } from '../errors.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
 import { chainView, decideHop, depthOf, type HopDecision, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
@@ -100,7 +100,7 @@ export class HopService {
     if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
     const parentDepth = request.parentHop === undefined ? undefined : this.deps.ids.depthOf(uid, request.parentHop);
     if (request.parentHop !== undefined && parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
-    const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name));
+    const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), task.status?.pendingHops?.length ?? 0);
     const depth = depthOf(parentDepth, chain);
     const hopId = this.deps.ids.mint(uid, depth);
     const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => {
@@ -111,8 +111,11 @@ export class HopService {
     });
     const { decision, reasons } = outcome;
     const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}) };
-    if (outcome.commit) await this.deps.journal.commit(namespace, name, outcome.delta);
-    else this.deps.journal.record(namespace, name, outcome.delta);
+    if (!outcome.commit) this.deps.journal.record(task, outcome.delta);
+    else if (decision === 'deny') {
+      // A violation is enforced on this replica the moment it is recorded; the answer is deny whether or not its write has landed.
+      await this.deps.journal.commit(task, outcome.delta).catch((err: unknown) => this.deps.log.warn({ task: `${namespace}/${name}`, hopId, err: errorMessage(err) }, 'violation not written yet; the journal retries it'));
+    } else await this.deps.journal.commit(task, outcome.delta);
     if (decision === 'allow' && request.credential) answer.credentials = containerCredentials(await this.deps.credentials.credentials(who, request.credential));
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
@@ -180,7 +183,7 @@ export class HopService {
       });
       this.remember({ hopId: hop.hopId, decision: approved ? 'allow' : 'deny', reasons, depth: hop.depth });
     }
-    if (resolutions.length > 0) await this.deps.journal.commit(namespace, name, { resolutions });
+    if (resolutions.length > 0) await this.deps.journal.commit(task, { resolutions });
     return resolutions.length;
   }
 }

@@ -108,7 +108,7 @@ export class CredentialBroker {
       throw await this.failed(task, new ChainwardenError(err.code, err.message));
     }
     await this.record(task, name, request.roleSessionName, request.sourceIdentity, session);
-    this.deps.journal?.record(namespace, taskName, {
+    this.deps.journal?.record(task, {
       events: [
         {
           type: 'credential_issued',

@@ -160,6 +160,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         const res = await rawRequest(kc, 'GET', `/api/v1/namespaces/${ns}/pods/${name}`);
         return res.status === 200 ? (res.body as PodRecord) : undefined;
       },
+      refusal: (task) => journal.refusal(task),
     },
     clock,
     log,
@@ -176,7 +177,21 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     log.info({ audit: record }, 'audit');
     auditFile?.write(record);
   };
-  const journal = new TaskJournal(client.statusWriter('journal'), emit, log, options.journalFlushMs, (ns, name) => informers.tasks.get(ns, name));
+  const journal = new TaskJournal({
+    writer: client.statusWriter('journal'),
+    emit,
+    log,
+    flushMs: options.journalFlushMs,
+    cached: (ns, name) => informers.tasks.get(ns, name),
+    clock,
+    // A task stopped here (a violation recorded, status the API server refuses) loses its sessions at once, before any write lands.
+    onStop: (task, cause, message) => {
+      credentialBroker.drop(task.metadata.uid ?? '');
+      if (cause === 'unrecorded') {
+        void client.recordEvent(task as AgentTask, 'Warning', 'JournalRefused', `AgentTask ${message}; this replica refuses its requests`).catch(() => undefined);
+      }
+    },
+  });
   const brokerStatus = client.statusWriter('broker');
   const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal });
   const hops = new HopService({
@@ -193,6 +208,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
   informers.tasks.on((event, task) => {
     if (event === 'delete' || endOf(task, clock.now())) credentialBroker.drop(task.metadata.uid ?? '');
+    if (event === 'delete') journal.forget(task);
   });
   const controller = new AgentTaskController({
     sources: {

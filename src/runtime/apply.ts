@@ -23,8 +23,8 @@ export interface JsonPatchOperation {
 
 function refused(status: number, what: string, body: unknown): ChainwardenError {
   const message = (body as { message?: string } | undefined)?.message ?? JSON.stringify(body).slice(0, 300);
-  // 422: the API server will refuse the same write every time; retrying it cannot help.
-  return new ChainwardenError(status === 422 ? 'invalid_object' : 'api_error', `${what}: ${status} ${message}`);
+  // Invalid, too large or forbidden: the API server will refuse the same write every time; retrying it cannot help.
+  return new ChainwardenError([400, 403, 413, 422].includes(status) ? 'api_refused' : 'api_error', `${what}: ${status} ${message}`);
 }
 
 /**

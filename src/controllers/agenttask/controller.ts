@@ -33,7 +33,7 @@ export interface TaskControllerDeps {
   /** Approvals and timeouts of waiting hops; every replica's broker shares it. */
   resolvePending?: (task: AgentTask) => Promise<number>;
   /** Where the controller's audit records go. */
-  journal?: { record(namespace: string, name: string, change: { events: AuditEvent[] }): void };
+  journal?: { record(task: AgentTask, change: { events: AuditEvent[] }): void };
   /** AWS-side revocation; must treat "already denied" as done. Absent: nothing to deny. */
   revoke?: (task: AgentTask, policy: AgentPolicy | undefined) => Promise<RevocationResult>;
 }
@@ -172,7 +172,7 @@ export class AgentTaskController {
   private async report(task: AgentTask, events: TaskEvent[], records: TaskRecord[]): Promise<void> {
     const { namespace = '', name = '' } = task.metadata;
     const at = new Date(this.deps.clock.now()).toISOString();
-    if (records.length > 0) this.deps.journal?.record(namespace, name, { events: records.map((r) => ({ type: r.type, at, data: r.data })) });
+    if (records.length > 0) this.deps.journal?.record(task, { events: records.map((r) => ({ type: r.type, at, data: r.data })) });
     for (const event of events) {
       await this.deps.client.recordEvent(task, event.type, event.reason, event.message).catch((err: unknown) => {
         this.deps.log.warn({ task: keyOf(namespace, name), err: errorMessage(err) }, 'could not record an Event');

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
 import type { TaskDelta } from '../../../src/audit/journal.js';
+import { STATUS_CAPS } from '../../../src/api/task.js';
 import { chainView, decideHop, depthOf, type ChainView, type HopInput } from '../../../src/broker/decide-hop.js';
 import { parseHopRequest } from '../../../src/broker/hops.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
@@ -27,7 +28,8 @@ function objects(s: Pick<Scenario, 'policy' | 'task'>) {
 function advance(chain: ChainView, delta: Partial<TaskDelta>): ChainView {
   return chainView(
     { version: 0, hopCount: chain.hopCount, deepest: chain.deepest, priorDenials: chain.priorDenials, systemsTouched: [...chain.systems], dataClassesTouched: [...chain.dataClasses] },
-    { hopCount: delta.hopCount ?? 0, deepest: delta.deepest ?? 0, priorDenials: delta.priorDenials ?? 0, systems: delta.systems ?? new Set(), dataClasses: delta.dataClasses ?? new Set() } as TaskDelta,
+    { hopCount: delta.hopCount ?? 0, deepest: delta.deepest ?? 0, priorDenials: delta.priorDenials ?? 0, systems: delta.systems ?? new Set(), dataClasses: delta.dataClasses ?? new Set(), addPending: delta.addPending ?? [] } as TaskDelta,
+    chain.pending,
   );
 }
 
@@ -108,3 +110,28 @@ describe('decideHop: what the journal records', () => {
     expect(out.delta.violation).toBeUndefined();
   });
 });
+
+describe('decideHop: a hop whose record would not fit in status is denied, never left unrecorded', () => {
+  const wide = (p: ReturnType<typeof examplePolicy>) => void p.spec.rules!.push({ name: 'any-probe', effect: 'Allow', tools: ['*'], actions: ['probe'] });
+  const full = (over: Partial<ChainView>): ChainView => ({ ...chainView(undefined, undefined), ...over });
+  const decide = (body: Record<string, unknown>, chain: ChainView) => decideHop({ ...objects({ policy: wide }), request: parseHopRequest(body), hopId: 'h1_x', depth: 1, chain, now: created + 1000, pod: 'agent-0' }, evaluate);
+
+  it(`a hop that would wait beyond ${STATUS_CAPS.pendingHops} waiting hops is denied by limit:pendingHops`, () => {
+    expect(decide({ tool: 'payments', action: 'refund', resource: 'order/1' }, full({ pending: STATUS_CAPS.pendingHops - 1 })).decision).toBe('pending_approval');
+    const out = decide({ tool: 'payments', action: 'refund', resource: 'order/1' }, full({ pending: STATUS_CAPS.pendingHops }));
+    expect(out).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops' }] });
+    expect(out.delta.addPending).toBeUndefined();
+  });
+
+  it(`a new system beyond the ${STATUS_CAPS.systemsTouched} the chain records is denied; a system already touched is not`, () => {
+    const systems = new Set(Array.from({ length: STATUS_CAPS.systemsTouched }, (_, i) => `tool-${i}`));
+    expect(decide({ tool: 'tool-new', action: 'probe' }, full({ systems }))).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:systemsTouched' }] });
+    expect(decide({ tool: 'tool-7', action: 'probe' }, full({ systems })).decision).toBe('allow');
+  });
+
+  it('data classes the hop would add beyond the cap deny it', () => {
+    const dataClasses = new Set(Array.from({ length: STATUS_CAPS.dataClassesTouched }, (_, i) => `class-${i}`));
+    expect(decide({ tool: 'tickets', action: 'read', resource: 'ticket/1' }, full({ dataClasses }))).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:dataClassesTouched' }] });
+  });
+});
+

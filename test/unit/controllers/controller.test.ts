@@ -31,7 +31,7 @@ function setup(task: AgentTask, options: { revokeFails?: boolean } = {}) {
     log: silentLogger(),
     metrics: new Metrics(),
     trustDomain: 'cluster.local',
-    journal: { record: (_ns, _n, change) => records.push(...change.events.map((e) => e.type)) },
+    journal: { record: (_task, change) => void records.push(...change.events.map((e) => e.type)) },
     revoke: (t) => {
       revocations.push(t.metadata.name ?? '');
       return options.revokeFails ? Promise.reject(new Error('Throttling: Rate exceeded')) : Promise.resolve({ marker: `chainwarden-${t.metadata.uid ?? ''}`, roles: ['agent'], pruneAfter: now + 3_600_000 });

@@ -1,0 +1,110 @@
+import { describe, expect, it, vi } from 'vitest';
+import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
+import { STATUS_CAPS } from '../../../src/api/task.js';
+import { applyDelta, emptyDelta, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
+import type { AuditRecord } from '../../../src/audit/record.js';
+import { ChainwardenError } from '../../../src/errors.js';
+import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
+import { silentLogger } from '../../../src/log.js';
+
+const task = (uid = 'u1', status: AgentTaskStatus = {}): AgentTask =>
+  ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', metadata: { namespace: 'ns', name: 't', uid }, spec: { policyRef: { name: 'p' }, serviceAccountName: 'sa', ttl: '1h' }, status }) as AgentTask;
+
+const hop = (i: number) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: { hopId: `h1_${i}`, decision: 'allow' } });
+
+type Update = TaskStatusWriter['update'];
+
+/** A journal over a writer whose answers the test scripts, with a clock the test moves. */
+function journalWith(write: (attempt: number, status: AgentTaskStatus) => Promise<AgentTask | undefined>) {
+  let attempts = 0;
+  let now = Date.parse('2026-11-21T10:00:00Z');
+  const emitted: AuditRecord[] = [];
+  const stops: { cause: StopCause; message: string }[] = [];
+  const update: Update = async (_ns, _name, edit) => {
+    const status = edit(task()) ?? {};
+    return write(++attempts, status);
+  };
+  const journal = new TaskJournal({
+    writer: { update },
+    emit: (r) => emitted.push(r),
+    log: silentLogger(),
+    flushMs: 0,
+    clock: { now: () => now },
+    onStop: (_t: TaskRef, cause, message) => stops.push({ cause, message }),
+  });
+  return { journal, emitted, stops, attempts: () => attempts, advance: (ms: number) => (now += ms) };
+}
+
+const refused = () => Promise.reject(new ChainwardenError('api_refused', 'applying the status of AgentTask ns/t: 422 status.chain.systemsTouched: Too many: 201: must have at most 200 items'));
+const unreachable = () => Promise.reject(new ChainwardenError('api_error', 'connect ECONNREFUSED'));
+
+describe('the journal cannot be wedged', () => {
+  it('gives a refused write up after three tries: its records still go out, and the task is stopped here', async () => {
+    const { journal, emitted, stops, attempts } = journalWith(refused);
+    journal.record(task(), { hopCount: 1, events: [hop(1)] });
+    await vi.waitFor(() => expect(stops).toHaveLength(1), { timeout: 3_000 });
+    expect(attempts()).toBe(3);
+    expect(emitted.map((r) => r.data.hopId)).toEqual(['h1_1']);
+    expect(stops[0]).toMatchObject({ cause: 'unrecorded', message: expect.stringContaining('422') as string });
+    expect(journal.refusal(task())).toMatchObject({ code: 'task_not_active', message: expect.stringMatching(/cannot be recorded: the API server refuses its status/) as string });
+    // Not retried forever: nothing more is tried once it is given up.
+    await new Promise((r) => setTimeout(r, 800));
+    expect(attempts()).toBe(3);
+    // A task of the same name created anew is not refused for the old one.
+    expect(journal.refusal(task('u2'))).toBeUndefined();
+  });
+
+  it('retries a failing write without loss, and refuses requests only while records wait too long', async () => {
+    let healthy = false;
+    const { journal, emitted, advance, attempts } = journalWith((_attempt, status) => (healthy ? Promise.resolve({ ...task(), status }) : unreachable()));
+    journal.record(task(), { hopCount: 1, events: [hop(1)] });
+    await vi.waitFor(() => expect(attempts()).toBeGreaterThanOrEqual(1));
+    journal.record(task(), { hopCount: 1, events: [hop(2)] });
+    expect(journal.refusal(task())).toBeUndefined();
+    advance(11_000);
+    expect(journal.refusal(task())).toMatchObject({ code: 'journal_behind', status: 503 });
+    healthy = true;
+    await vi.waitFor(() => expect(emitted).toHaveLength(2), { timeout: 5_000 });
+    expect(emitted.map((r) => [r.seq, r.data.hopId])).toEqual([[1, 'h1_1'], [2, 'h1_2']]);
+    expect(journal.refusal(task())).toBeUndefined();
+  });
+
+  it('stops a task the moment a violation is recorded, before (and whether or not) its write lands', () => {
+    const { journal, stops } = journalWith(() => new Promise(() => undefined));
+    journal.record(task(), { denied: 1, violation: { hopId: 'h1_9', rule: 'never-admin-payments', message: 'payments admin.freeze' } });
+    expect(journal.refusal(task())).toMatchObject({ code: 'task_not_active', message: expect.stringContaining('is Violated: hop h1_9 broke never-admin-payments') as string });
+    expect(stops).toEqual([{ cause: 'violated', message: expect.any(String) as string }]);
+    journal.forget(task());
+    expect(journal.refusal(task())).toBeUndefined();
+  });
+});
+
+describe('applyDelta keeps every list within its CRD cap', () => {
+  const pendingHop = (i: number) => ({ hopId: `h1_${i}`, digest: 'd', tool: 'payments', action: 'refund', resource: `order/${i}`, depth: 1, rules: ['refunds-need-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' });
+
+  it('denies, records and counts the waiting hops beyond the cap that racing replicas add', () => {
+    const full = Array.from({ length: STATUS_CAPS.pendingHops }, (_, i) => pendingHop(i));
+    const before = task('u1', { hops: { allowed: 0, denied: 0, pending: full.length }, pendingHops: full });
+    const { status, records } = applyDelta(before, { ...emptyDelta(), hopCount: 2, pending: 2, addPending: [pendingHop(500), pendingHop(501)] });
+    expect(status.pendingHops).toHaveLength(STATUS_CAPS.pendingHops);
+    expect(status.pendingHops?.some((h) => h.hopId === 'h1_500')).toBe(false);
+    expect(status.hops).toEqual({ allowed: 0, denied: 2, pending: STATUS_CAPS.pendingHops });
+    expect(status.recentHops?.map((h) => [h.hopId, h.decision, h.rules])).toEqual([
+      ['h1_500', 'deny', ['limit:pendingHops']],
+      ['h1_501', 'deny', ['limit:pendingHops']],
+    ]);
+    expect(records.map((r) => [r.data.hopId, r.data.decision])).toEqual([
+      ['h1_500', 'deny'],
+      ['h1_501', 'deny'],
+    ]);
+  });
+
+  it('never writes more systems, data classes or recent hops than the CRD holds', () => {
+    const many = (prefix: string, n: number) => new Set(Array.from({ length: n }, (_, i) => `${prefix}-${i}`));
+    const recent = Array.from({ length: 50 }, (_, i) => ({ hopId: `h1_${i}`, decision: 'allow', rules: ['r'], at: '2026-11-21T10:00:00Z' }));
+    const { status } = applyDelta(task(), { ...emptyDelta(), systems: many('s', 300), dataClasses: many('c', 300), recent });
+    expect(status.chain?.systemsTouched).toHaveLength(STATUS_CAPS.systemsTouched);
+    expect(status.chain?.dataClassesTouched).toHaveLength(STATUS_CAPS.dataClassesTouched);
+    expect(status.recentHops?.map((h) => h.hopId)).toEqual(recent.slice(-STATUS_CAPS.recentHops).map((h) => h.hopId));
+  });
+});
