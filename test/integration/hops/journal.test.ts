@@ -3,7 +3,8 @@ import { AdmissionregistrationV1Api, type KubeConfig } from '@kubernetes/client-
 import { STATUS_CAPS } from '../../../src/api/task.js';
 import { readAuditRecords } from '../../../src/audit/verify.js';
 import { rawRequest } from '../../../src/kube/raw.js';
-import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import type { examplePolicy} from '../../builders/examples.js';
+import { exampleTask } from '../../builders/examples.js';
 import { brokerRequest } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { boundExampleAgent, pendingRefund } from '../../env/hops.js';

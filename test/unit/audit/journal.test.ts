@@ -8,7 +8,7 @@ import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
 
 const task = (uid = 'u1', status: AgentTaskStatus = {}): AgentTask =>
-  ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', metadata: { namespace: 'ns', name: 't', uid }, spec: { policyRef: { name: 'p' }, serviceAccountName: 'sa', ttl: '1h' }, status }) as AgentTask;
+  ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', metadata: { namespace: 'ns', name: 't', uid }, spec: { policyRef: { name: 'p' }, serviceAccountName: 'sa', ttl: '1h' }, status });
 
 const hop = (i: number) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: { hopId: `h1_${i}`, decision: 'allow' } });
 
