@@ -41,6 +41,11 @@ export const MAX_USER_SESSION_TAGS = 50 - RESERVED_SESSION_TAGS;
 export const MAX_SESSION_POLICY_CHARS = 2048;
 /** Sessions kept in a task's status; the oldest drop out first. */
 export const MAX_RECORDED_SESSIONS = 200;
+/** What a hop request may carry; a waiting hop keeps all of it in status, so 100 of them stay far below an object's size limit. */
+export const MAX_HOP_INTENT = 1024;
+export const MAX_HOP_ATTRIBUTES = 50;
+export const MAX_HOP_ATTRIBUTE = 1024;
+export const MAX_HOP_ATTRIBUTES_CHARS = 4096;
 
 function durationRules(range: { min: string; minExclusive?: boolean; max: string }, hint: string): CelRule[] {
   const valid = matches(DURATION_PATTERN);
@@ -214,6 +219,25 @@ export const AgentPolicySpec = Type.Object(
         {
           timeout: Type.Optional(
             Duration('How long a hop waits for an AgentApproval before it is denied.', { min: '1m', max: '24h' }, 'must be between 1m and 24h', { default: '15m' }),
+          ),
+          approvers: Type.Optional(
+            Type.Object(
+              {
+                users: Type.Optional(
+                  Type.Array(Type.String({ minLength: 1, maxLength: 512 }), {
+                    description: 'Usernames that may decide, as the API server authenticates them. A service account approves only when named here (system:serviceaccount:<namespace>:<name>).',
+                    maxItems: 100,
+                  }),
+                ),
+                groups: Type.Optional(
+                  Type.Array(Type.String({ minLength: 1, maxLength: 512 }), { description: 'Groups whose members may decide; membership never lets a service account decide.', maxItems: 100 }),
+                ),
+              },
+              {
+                description: "Who may decide this policy's hops. Left out: any user RBAC lets create AgentApprovals, but no service account. A task's own service account never decides its hops.",
+                ...cel({ rule: '(has(self.users) && size(self.users) > 0) || (has(self.groups) && size(self.groups) > 0)', message: 'name at least one user or group, or leave approvers out' }),
+              },
+            ),
           ),
         },
         { description: 'How approvals work.', default: {} },
@@ -392,6 +416,10 @@ export const AgentTaskStatus = Type.Object(
           resource: Type.String({ description: 'Resource.' }),
           depth: Type.Integer({ description: 'Depth in the chain.', minimum: 1 }),
           parentHop: Type.Optional(Type.String({ description: 'The hop it follows.' })),
+          intent: Type.Optional(Type.String({ description: 'What the agent says the hop is for.', maxLength: MAX_HOP_INTENT })),
+          attributes: Type.Optional(
+            Type.Record(Type.String(), Type.String({ maxLength: MAX_HOP_ATTRIBUTE }), { description: 'The attributes the agent sent, which the approval is bound to.', maxProperties: MAX_HOP_ATTRIBUTES }),
+          ),
           rules: Type.Array(Type.String(), { description: 'The rules that require approval.' }),
           requestedAt: Timestamp('When it was asked for.'),
           timeoutAt: Timestamp('When it is denied if nobody decides.'),

@@ -184,8 +184,8 @@ interface Entry {
   inflight?: TaskDelta;
   /** The write in flight, if any. */
   flushing?: Promise<void>;
-  /** Waiters for the next write to land. */
-  waiters: { resolve: () => void; reject: (err: Error) => void }[];
+  /** Waiters for the next write to land, given the task as written (undefined: it is gone). */
+  waiters: { resolve: (written: AgentTask | undefined) => void; reject: (err: Error) => void }[];
   timer?: NodeJS.Timeout;
   /** Writes that failed in a row, for backoff; reset by a write that lands. */
   failures: number;
@@ -273,11 +273,11 @@ export class TaskJournal {
     this.schedule(entry, this.flushMs);
   }
 
-  /** Queues a change and resolves once it is in the task's status. */
-  commit(task: TaskRef, change: Partial<TaskDelta>): Promise<void> {
+  /** Queues a change and resolves, with the task as written, once it is in the task's status. */
+  commit(task: TaskRef, change: Partial<TaskDelta>): Promise<AgentTask | undefined> {
     this.record(task, change);
     const entry = this.entries.get(keyOf(task)) as Entry;
-    const landed = new Promise<void>((resolve, reject) => entry.waiters.push({ resolve, reject }));
+    const landed = new Promise<AgentTask | undefined>((resolve, reject) => entry.waiters.push({ resolve, reject }));
     this.schedule(entry, 0);
     return landed;
   }
@@ -392,7 +392,7 @@ export class TaskJournal {
       entry.refusals = 0;
       entry.behindSince = undefined;
       for (const record of records) this.options.emit(record);
-      for (const w of waiters) w.resolve();
+      for (const w of waiters) w.resolve(written);
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       for (const w of waiters) w.reject(error);

@@ -186,7 +186,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const record: AuditEvent = {
     type: 'hop_decided',
     at,
-    data: { hopId, parentHop: request.parentHop, depth, tool: request.tool, action: request.action, resource: request.resource, intent: request.intent, digest, decision, reasons, pod: input.pod },
+    data: { hopId, parentHop: request.parentHop, depth, tool: request.tool, action: request.action, resource: request.resource, attributes: request.attributes, intent: request.intent, digest, decision, reasons, pod: input.pod },
   };
   const rules = reasons.map((r) => r.rule);
   if (decision === 'allow') {
@@ -209,7 +209,8 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
         hopCount: 1,
         deepest: depth,
         pending: 1,
-        addPending: [{ hopId, digest, tool: request.tool, action: request.action, resource: request.resource, depth, parentHop: request.parentHop, rules, requestedAt: at, timeoutAt }],
+        // The approver sees what they approve: the attributes the approval is bound to, and the agent's stated intent.
+        addPending: [{ hopId, digest, tool: request.tool, action: request.action, resource: request.resource, attributes: request.attributes, intent: request.intent, depth, parentHop: request.parentHop, rules, requestedAt: at, timeoutAt }],
         events: [record],
       },
     };

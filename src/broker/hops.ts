@@ -1,4 +1,4 @@
-import type { AgentApproval, AgentPolicy, AgentTask } from '../api/schema.js';
+import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
@@ -46,18 +46,20 @@ export function parseHopRequest(body: unknown): HopRequest {
   const action = str('action', true, 63, NAME) ?? '';
   const resource = str('resource', false, 1024) ?? '';
   const parentHop = str('parentHop', false, 64);
-  const intent = str('intent', false, 1024) ?? '';
+  const intent = str('intent', false, MAX_HOP_INTENT) ?? '';
   const credential = str('credential', false, 63, /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);
   const attributes: Record<string, string> = {};
   if (b.attributes !== undefined) {
     if (typeof b.attributes !== 'object' || b.attributes === null || Array.isArray(b.attributes)) throw bad('attributes', 'must be an object of strings, numbers or booleans');
     const entries = Object.entries(b.attributes as Record<string, unknown>);
-    if (entries.length > 50) throw bad('attributes', 'may have at most 50 entries');
+    if (entries.length > MAX_HOP_ATTRIBUTES) throw bad('attributes', `may have at most ${MAX_HOP_ATTRIBUTES} entries`);
     for (const [k, v] of entries) {
       if (!NAME.test(k)) throw bad(`attributes.${k}`, `keys must match ${NAME.source}`);
       if (!['string', 'number', 'boolean'].includes(typeof v)) throw bad(`attributes.${k}`, 'must be a string, number or boolean');
       attributes[k] = String(v);
+      if (attributes[k].length > MAX_HOP_ATTRIBUTE) throw bad(`attributes.${k}`, `must be at most ${MAX_HOP_ATTRIBUTE} characters`);
     }
+    if (JSON.stringify(attributes).length > MAX_HOP_ATTRIBUTES_CHARS) throw bad('attributes', `must be at most ${MAX_HOP_ATTRIBUTES_CHARS} characters in all, as JSON`);
   }
   return { tool, action, resource, parentHop, intent, attributes, credential };
 }
@@ -145,7 +147,9 @@ export class HopService {
 
   /**
    * Decides the task's waiting hops that an AgentApproval now answers or whose time ran out.
-   * Safe on every replica at once: a hop's resolution counts only if it was still pending.
+   * Safe on every replica at once: a hop's resolution counts only if it was still pending, and
+   * an answer is remembered only once its record is in status, as status has it (another
+   * replica may have decided the hop first), so no replica answers otherwise than status says.
    */
   async resolvePending(task: AgentTask): Promise<number> {
     const { namespace = '', name = '' } = task.metadata;
@@ -153,11 +157,11 @@ export class HopService {
     if (pending.length === 0) return 0;
     const now = this.deps.clock.now();
     const at = new Date(now).toISOString();
-    const approvals = this.deps.approvals(namespace).filter((a) => a.spec.taskRef.name === name);
+    const approvals = firstApprovals(this.deps.approvals(namespace).filter((a) => a.spec.taskRef.name === name));
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
     const resolutions: TaskDelta['resolutions'] = [];
     for (const hop of pending) {
-      const approval = approvals.find((a) => a.spec.hopId === hop.hopId);
+      const approval = approvals.get(hop.hopId);
       if (approval && approval.spec.hopDigest !== hop.digest) {
         this.deps.log.warn({ task: `${namespace}/${name}`, hopId: hop.hopId, approval: approval.metadata.name }, 'approval does not match the hop it names; ignored');
         continue;
@@ -172,7 +176,11 @@ export class HopService {
       if (approval) {
         events.push({ type: 'approval', at, data: { hopId: hop.hopId, approval: approval.metadata.name, decision: approval.spec.decision, reason: approval.spec.reason, approver: approval.spec.approver } });
       }
-      events.push({ type: 'hop_decided', at, data: { hopId: hop.hopId, parentHop: hop.parentHop, depth: hop.depth, tool: hop.tool, action: hop.action, resource: hop.resource, digest: hop.digest, decision: approved ? 'allow' : 'deny', reasons } });
+      events.push({
+        type: 'hop_decided',
+        at,
+        data: { hopId: hop.hopId, parentHop: hop.parentHop, depth: hop.depth, tool: hop.tool, action: hop.action, resource: hop.resource, attributes: hop.attributes, intent: hop.intent, digest: hop.digest, decision: approved ? 'allow' : 'deny', reasons },
+      });
       resolutions.push({
         hopId: hop.hopId,
         decision: approved ? 'allow' : 'deny',
@@ -181,9 +189,26 @@ export class HopService {
         recent: { hopId: hop.hopId, decision: approved ? 'allow' : 'deny', rules: [rule], at },
         events,
       });
-      this.remember({ hopId: hop.hopId, decision: approved ? 'allow' : 'deny', reasons, depth: hop.depth });
     }
-    if (resolutions.length > 0) await this.deps.journal.commit(task, { resolutions });
+    if (resolutions.length === 0) return 0;
+    const written = await this.deps.journal.commit(task, { resolutions });
+    for (const r of resolutions) {
+      const recorded = written?.status?.recentHops?.find((h) => h.hopId === r.hopId);
+      const hop = pending.find((h) => h.hopId === r.hopId);
+      if (!recorded || !hop) continue;
+      this.remember({ hopId: r.hopId, decision: recorded.decision as HopDecision, reasons: recorded.rules.map((rule) => ({ rule, effect: recorded.decision === 'allow' ? 'Allow' : 'Deny' })), depth: hop.depth });
+    }
     return resolutions.length;
   }
+}
+
+/**
+ * The approval that decides each hop: the first created. Admission refuses a second one for a
+ * hop, but two created in the same instant can both pass; every replica then picks the same.
+ */
+function firstApprovals(approvals: AgentApproval[]): Map<string, AgentApproval> {
+  const order = (a: AgentApproval) => `${a.metadata.creationTimestamp ?? ''}/${a.metadata.name ?? ''}`;
+  const first = new Map<string, AgentApproval>();
+  for (const a of [...approvals].sort((x, y) => order(x).localeCompare(order(y)))) if (!first.has(a.spec.hopId)) first.set(a.spec.hopId, a);
+  return first;
 }

@@ -244,7 +244,16 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     },
     ...admissionRoutes(
       {
-        validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin(tasks)],
+        validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin({
+            tasks,
+            policies,
+            approvals: async (ns) => {
+              const res = await rawRequest(kc, 'GET', `/apis/${GROUP}/${VERSION}/namespaces/${ns}/agentapprovals`);
+              if (res.status !== 200) throw new Error(`listing AgentApprovals in ${ns}: ${res.status}`);
+              return (res.body as { items: AgentApproval[] }).items;
+            },
+          }),
+        ],
         mutate: [
           approverStampPlugin(),
           approvalHopDigestPlugin(tasks),

@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { parseAgentApproval } from '../../api/parse.js';
-import type { AgentApprovalSpec, AgentTask } from '../../api/schema.js';
+import type { AgentApproval, AgentApprovalSpec, AgentPolicy, AgentTask } from '../../api/schema.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { allow, deny, parseForAdmission, type AdmissionPlugin, type AdmissionRequest } from '../review.js';
 
@@ -56,8 +56,40 @@ export function approvalHopDigestPlugin(tasks: ObjectReader<AgentTask>): Admissi
   };
 }
 
-/** Validating: the approval names an existing task, carries the stamped approver, and never changes. */
-export function approvalValidationPlugin(tasks: ObjectReader<AgentTask>): AdmissionPlugin {
+const SERVICE_ACCOUNT = 'system:serviceaccount:';
+
+/**
+ * Whether `approver` may decide the hops of `task` under `policy`; the refusal, if not. An agent
+ * never decides its own hops; a service account decides only when the policy names it; when the
+ * policy names approvers, only they decide.
+ */
+export function approverRefusal(approver: Approver, task: AgentTask, policy: AgentPolicy | undefined): string | undefined {
+  const policyName = task.spec.policyRef.name;
+  if (!policy) return `AgentPolicy ${policyName} does not exist, so nobody may decide the hops of AgentTask ${task.metadata.name ?? ''}`;
+  const own = `${SERVICE_ACCOUNT}${task.metadata.namespace ?? ''}:${task.spec.serviceAccountName}`;
+  if (approver.username === own) return `${own} is the task's own service account: an agent never decides its own hops`;
+  const approvers = policy.spec.approval?.approvers;
+  const users = approvers?.users ?? [];
+  const groups = approvers?.groups ?? [];
+  if (approver.username.startsWith(SERVICE_ACCOUNT)) {
+    return users.includes(approver.username) ? undefined : `${approver.username} is a service account, and service accounts decide hops only when AgentPolicy ${policyName} names them in spec.approval.approvers.users`;
+  }
+  if (!approvers || users.includes(approver.username) || (approver.groups ?? []).some((g) => groups.includes(g))) return undefined;
+  return `${approver.username} is not an approver under AgentPolicy ${policyName}: spec.approval.approvers names users [${users.join(', ')}] and groups [${groups.join(', ')}]; ask one of them to decide, or add the user to the policy`;
+}
+
+export interface ApprovalLookups {
+  tasks: ObjectReader<AgentTask>;
+  policies: ObjectReader<AgentPolicy>;
+  /** The namespace's AgentApprovals, read from the API server: one created a moment ago counts. */
+  approvals(namespace: string): Promise<AgentApproval[]>;
+}
+
+/**
+ * Validating: the approval names a hop that is waiting, carries the stamped approver, comes from
+ * someone who may decide the task's hops, is the first for its hop, and never changes.
+ */
+export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlugin {
   return {
     name: 'agentapproval-valid',
     resources: ['agentapprovals'],
@@ -79,10 +111,18 @@ export function approvalValidationPlugin(tasks: ObjectReader<AgentTask>): Admiss
         ]);
       }
       const namespace = request.namespace ?? approval.metadata.namespace ?? '';
-      const task = await tasks.get(namespace, approval.spec.taskRef.name);
+      const task = await lookups.tasks.get(namespace, approval.spec.taskRef.name);
       if (!task) {
         return deny('AgentApproval', [
           { field: 'spec.taskRef.name', message: `AgentTask "${approval.spec.taskRef.name}" does not exist in namespace ${namespace}; approve a hop of an existing task` },
+        ]);
+      }
+      const refusal = approverRefusal(expected, task, await lookups.policies.get(namespace, task.spec.policyRef.name));
+      if (refusal) return deny('AgentApproval', [{ field: 'spec.approver', message: refusal }]);
+      const first = (await lookups.approvals(namespace)).find((a) => a.spec.taskRef.name === approval.spec.taskRef.name && a.spec.hopId === approval.spec.hopId && a.metadata.name !== approval.metadata.name);
+      if (first) {
+        return deny('AgentApproval', [
+          { field: 'spec.hopId', message: `hop ${approval.spec.hopId} is already decided by AgentApproval ${first.metadata.name ?? ''} (${first.spec.decision} by ${first.spec.approver?.username ?? 'unknown'}); a hop takes one decision` },
         ]);
       }
       const hop = (task.status?.pendingHops ?? []).find((h) => h.hopId === approval.spec.hopId);

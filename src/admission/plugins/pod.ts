@@ -150,16 +150,27 @@ function podViolations(pod: V1Pod): FieldViolation[] {
   return [{ field: 'spec.hostNetwork', message: "agent pods may not use the node's network: the sidecar's loopback listener would be reachable from every process on the node; remove hostNetwork: true" }];
 }
 
+/**
+ * The volume the API server's ServiceAccount admission adds for the API token (it runs before
+ * webhooks): a projected service-account token with the API server's own audience.
+ */
+const isApiTokenVolume = (v: V1Volume) => v.name.startsWith('kube-api-access-') && (v.projected?.sources ?? []).some((s) => s.serviceAccountToken && !s.serviceAccountToken.audience);
+
 /** The pod as it should be once injected. Applying it to its own output changes nothing. */
 export function injectPod(pod: V1Pod, config: InjectionConfig, spiffeId: string): V1Pod {
   const out = structuredClone(pod);
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, [SPIFFE_ID_ANNOTATION]: spiffeId } };
   const spec = out.spec ?? { containers: [] };
   out.spec = spec;
+  // An agent needs no Kubernetes API token: one in its file system would let a compromised agent
+  // act with its service account's RBAC. It is mounted only when the pod asks for it explicitly.
+  const apiToken = spec.automountServiceAccountToken === true;
+  if (!apiToken) spec.automountServiceAccountToken = false;
+  const dropped = new Set(apiToken ? [] : (spec.volumes ?? []).filter(isApiTokenVolume).map((v) => v.name));
   const injectedVolumes = volumes(config);
-  spec.volumes = [...(spec.volumes ?? []).filter((v) => !injectedVolumes.some((x) => x.name === v.name)), ...injectedVolumes];
+  spec.volumes = [...(spec.volumes ?? []).filter((v) => !dropped.has(v.name) && !injectedVolumes.some((x) => x.name === v.name)), ...injectedVolumes];
   // Only the sidecar sees the broker token or writes the local token, whatever the pod asked for.
-  const ownMounts = (c: V1Container) => (c.volumeMounts ?? []).filter((m) => m.name !== TOKEN_VOLUME && m.name !== LOCAL_VOLUME);
+  const ownMounts = (c: V1Container) => (c.volumeMounts ?? []).filter((m) => m.name !== TOKEN_VOLUME && m.name !== LOCAL_VOLUME && !dropped.has(m.name));
   const inits = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME).map((c) => (c.volumeMounts ? { ...c, volumeMounts: ownMounts(c) } : c));
   spec.initContainers = [sidecar(config), ...inits];
   const env = injectedEnv(config);
@@ -179,6 +190,7 @@ function diff(before: V1Pod, after: V1Pod): JsonPatchOperation[] {
     ['/spec/volumes', before.spec?.volumes, after.spec?.volumes],
     ['/spec/initContainers', before.spec?.initContainers, after.spec?.initContainers],
     ['/spec/containers', before.spec?.containers, after.spec?.containers],
+    ['/spec/automountServiceAccountToken', before.spec?.automountServiceAccountToken, after.spec?.automountServiceAccountToken],
   ];
   for (const [path, a, b] of fields) if (!isDeepStrictEqual(a, b)) ops.push({ op: 'add', path, value: b });
   return ops;

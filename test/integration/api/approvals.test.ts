@@ -1,8 +1,12 @@
+import { readFile } from 'node:fs/promises';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import type { AgentApproval } from '../../../src/api/schema.js';
+import { readAuditRecords } from '../../../src/audit/verify.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { boundExampleAgent, pendingRefund } from '../../env/hops.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create, grant, objectsApi, read, rejection } from '../../env/kube.js';
+import { waitForTask } from '../operator/helpers.js';
 
 describe('AgentApproval records who approved, from the authenticated request only', () => {
   test('two users each get their own identity stamped, whatever the body claims', async ({ admin, env, namespace, userKubeConfig }) => {
@@ -55,5 +59,83 @@ describe('AgentApproval records who approved, from the authenticated request onl
     await create(admin, exampleTask(namespace));
     const eve = await userKubeConfig('eve@example.com');
     expect(await rejection(eve, exampleApproval(namespace))).toMatch(/forbidden/);
+  });
+});
+
+/** A kubeconfig holding a service account's API token from the real TokenRequest API. */
+async function serviceAccountKubeConfig(admin: KubeConfig, namespace: string, name: string): Promise<KubeConfig> {
+  const core = admin.makeApiClient(CoreV1Api);
+  await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } }).catch(() => undefined);
+  const token = (await core.createNamespacedServiceAccountToken({ namespace, name, body: { spec: { audiences: [], expirationSeconds: 600 } } })).status?.token ?? '';
+  const cluster = admin.getCurrentCluster();
+  if (!cluster) throw new Error('the admin kubeconfig has no cluster');
+  const kc = new KubeConfig();
+  kc.loadFromOptions({ clusters: [cluster], users: [{ name, token }], contexts: [{ name, cluster: cluster.name, user: name }], currentContext: name });
+  return kc;
+}
+
+const approvalOf = (namespace: string, name: string, hopId: string, decision: 'Approve' | 'Reject' = 'Approve'): AgentApproval => {
+  const a = exampleApproval(namespace);
+  a.metadata.name = name;
+  a.spec.hopId = hopId;
+  a.spec.decision = decision;
+  return a;
+};
+
+describe('approvals are made by approvers', () => {
+  test('only the users and groups the policy names may decide; the refusal says who may', async ({ admin, env, namespace, userKubeConfig }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, { policy: (p) => void (p.spec.approval = { timeout: '15m', approvers: { users: ['alice@example.com'], groups: ['payments-leads'] } }) });
+    const [one, two, three] = [await pendingRefund(agent, '1'), await pendingRefund(agent, '2'), await pendingRefund(agent, '3')];
+    await grant(admin, namespace, ['alice@example.com', 'bob@example.com', 'carol@example.com'], ['agentapprovals'], ['create', 'get']);
+    const bob = await userKubeConfig('bob@example.com', ['finance']);
+    const refused = await rejection(bob, approvalOf(namespace, 'by-bob', one));
+    expect(refused).toContain('spec.approver');
+    expect(refused).toMatch(/bob@example.com is not an approver under AgentPolicy support-agent: spec.approval.approvers names users \[alice@example.com\] and groups \[payments-leads\]/);
+    await create(await userKubeConfig('alice@example.com'), approvalOf(namespace, 'by-alice', two));
+    await create(await userKubeConfig('carol@example.com', ['payments-leads']), approvalOf(namespace, 'by-carol', three, 'Reject'));
+    await expect.poll(async () => (await agent.poll(two)).body.decision, { timeout: 10_000 }).toBe('allow');
+    await expect.poll(async () => (await agent.poll(three)).body.decision, { timeout: 10_000 }).toBe('deny');
+    expect((await agent.poll(one)).body.decision).toBe('pending_approval');
+  });
+
+  test('service accounts never decide unless the policy names them, and the task\'s own never does', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const hop = await pendingRefund(agent);
+    const own = `system:serviceaccount:${namespace}:support-agent`;
+    const bot = `system:serviceaccount:${namespace}:ci-bot`;
+    // A careless Role lets both service accounts create approvals.
+    await grant(admin, namespace, [own, bot], ['agentapprovals'], ['create', 'get']);
+    const agentItself = await serviceAccountKubeConfig(admin, namespace, 'support-agent');
+    expect(await rejection(agentItself, approvalOf(namespace, 'self', hop))).toMatch(new RegExp(`${own} is the task's own service account: an agent never decides its own hops`));
+    const ciBot = await serviceAccountKubeConfig(admin, namespace, 'ci-bot');
+    expect(await rejection(ciBot, approvalOf(namespace, 'bot', hop))).toMatch(/is a service account, and service accounts decide hops only when AgentPolicy support-agent names them in spec.approval.approvers.users/);
+    // Named by the policy, the bot may decide; the task's own account still may not.
+    const policy = await read(admin, examplePolicy(namespace));
+    policy.spec.approval = { timeout: '15m', approvers: { users: [bot, own] } };
+    await objectsApi(admin).replace(policy as never);
+    await expect.poll(async () => create(ciBot, approvalOf(namespace, 'bot', hop)).then(() => 'created', (e: Error) => e.message), { timeout: 10_000 }).toBe('created');
+    expect(await rejection(agentItself, approvalOf(namespace, 'self-again', hop))).toMatch(/an agent never decides its own hops/);
+    await expect.poll(async () => (await agent.poll(hop)).body.decision, { timeout: 10_000 }).toBe('allow');
+  });
+
+  test('a second approval for the same hop is refused, naming the first', async ({ admin, env, namespace, userKubeConfig }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const hop = await pendingRefund(agent);
+    await grant(admin, namespace, ['alice@example.com', 'mallory@example.com'], ['agentapprovals'], ['create', 'get']);
+    await create(await userKubeConfig('alice@example.com'), approvalOf(namespace, 'reject-it', hop, 'Reject'));
+    const second = await rejection(await userKubeConfig('mallory@example.com'), approvalOf(namespace, 'approve-it', hop));
+    expect(second).toMatch(/spec.hopId: hop .* is already decided by AgentApproval reject-it \(Reject by alice@example.com\); a hop takes one decision/);
+    await expect.poll(async () => (await agent.poll(hop)).body.decision, { timeout: 10_000 }).toBe('deny');
+  });
+
+  test('the waiting hop and its audit record show the attributes and intent the approver approves', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const answer = await agent.hop({ tool: 'payments', action: 'refund', resource: 'order/7', attributes: { amount: 4200, currency: 'EUR' }, intent: 'refund the duplicate charge on order 7' });
+    expect(answer.body.decision).toBe('pending_approval');
+    const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 1);
+    expect(task.status?.pendingHops?.[0]).toMatchObject({ hopId: answer.body.hopId, attributes: { amount: '4200', currency: 'EUR' }, intent: 'refund the duplicate charge on order 7' });
+    await expect
+      .poll(async () => readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).find((e) => e.record.taskUid === task.metadata.uid && e.record.data.hopId === answer.body.hopId)?.record.data, { timeout: 10_000 })
+      .toMatchObject({ decision: 'pending_approval', attributes: { amount: '4200', currency: 'EUR' }, intent: 'refund the duplicate charge on order 7' });
   });
 });

@@ -43,8 +43,22 @@ describe('agent pod injection (mutating webhook)', () => {
         { name: 'CHAINWARDEN_URL', value: 'http://127.0.0.1:15080' },
       ]),
     );
-    // The local token, read-only; never the broker token (the API server adds its own kube-api-access mount).
-    expect(app?.volumeMounts?.filter((m) => m.name.startsWith('chainwarden'))).toEqual([{ name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local', readOnly: true }]);
+    // The local token, read-only; never the broker token, nor the Kubernetes API token.
+    expect(app?.volumeMounts).toEqual([{ name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local', readOnly: true }]);
+  });
+
+  test('an agent pod holds no Kubernetes API token unless it asks for one explicitly', async ({ admin, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const core = admin.makeApiClient(CoreV1Api);
+    // The API server's ServiceAccount admission mounts the token before any webhook runs; injection takes it out again.
+    const plain = await core.createNamespacedPod({ namespace, body: agentPod(namespace, 'agent-0') });
+    expect(plain.spec?.automountServiceAccountToken).toBe(false);
+    const apiMounts = (p: V1Pod) => [...(p.spec?.initContainers ?? []), ...p.spec!.containers].flatMap((c) => c.volumeMounts ?? []).filter((m) => m.mountPath === '/var/run/secrets/kubernetes.io/serviceaccount');
+    expect(apiMounts(plain)).toEqual([]);
+    expect(plain.spec?.volumes?.map((v) => v.name)).toEqual(['chainwarden-token', 'chainwarden-local']);
+    const optedIn = await core.createNamespacedPod({ namespace, body: agentPod(namespace, 'agent-1', { automountServiceAccountToken: true }) });
+    expect(optedIn.spec?.automountServiceAccountToken).toBe(true);
+    expect(apiMounts(optedIn).length).toBeGreaterThan(0);
   });
 
   test('the broker token reaches the sidecar alone, even when the pod asks to mount it elsewhere', async ({ admin, namespace }) => {

@@ -51,6 +51,19 @@ describe('injectPod', () => {
     expect(sidecar?.startupProbe?.exec?.command?.join(' ')).toContain('test -s /var/run/secrets/chainwarden-local/token');
     expect(out.spec?.volumes?.find((v) => v.name === 'chainwarden-local')).toEqual({ name: 'chainwarden-local', emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } });
   });
+  it('drops the Kubernetes API token the ServiceAccount admission mounted, unless the pod asks for it explicitly', () => {
+    const apiVolume = { name: 'kube-api-access-x7k2p', projected: { sources: [{ serviceAccountToken: { path: 'token', expirationSeconds: 3607 } }, { configMap: { name: 'kube-root-ca.crt' } }] } };
+    const apiMount = { name: 'kube-api-access-x7k2p', mountPath: '/var/run/secrets/kubernetes.io/serviceaccount', readOnly: true };
+    const mounted: V1Pod = { ...pod, spec: { containers: [{ name: 'a', image: 'x', volumeMounts: [apiMount, { name: 'data', mountPath: '/data' }] }], volumes: [apiVolume, { name: 'data', emptyDir: {} }] } };
+    const out = injectPod(mounted, config, 'id');
+    expect(out.spec?.automountServiceAccountToken).toBe(false);
+    expect(out.spec?.volumes?.map((v) => v.name)).toEqual(['data', 'chainwarden-token', 'chainwarden-local']);
+    expect(out.spec?.containers[0]?.volumeMounts?.map((m) => m.name)).toEqual(['data', 'chainwarden-local']);
+    // Opting in keeps the token where the pod's author put it.
+    const optIn = injectPod({ ...mounted, spec: { ...mounted.spec!, automountServiceAccountToken: true } }, config, 'id');
+    expect(optIn.spec?.automountServiceAccountToken).toBe(true);
+    expect(optIn.spec?.containers[0]?.volumeMounts?.map((m) => m.name)).toEqual(['kube-api-access-x7k2p', 'data', 'chainwarden-local']);
+  });
 });
 
 describe('staticKeyViolations', () => {

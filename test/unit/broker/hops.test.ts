@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
+import { parseAgentApproval, parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
+import type { AgentApproval } from '../../../src/api/schema.js';
+import { TaskJournal } from '../../../src/audit/journal.js';
 import { HopIds } from '../../../src/broker/hopids.js';
-import { hopDigest, parseHopRequest } from '../../../src/broker/hops.js';
+import { hopDigest, HopService, parseHopRequest } from '../../../src/broker/hops.js';
+import { silentLogger } from '../../../src/log.js';
+import { PolicyEngine } from '../../../src/policy/engine.js';
+import { Metrics } from '../../../src/runtime/metrics.js';
+import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
+import { TaskClientTwin } from '../../builders/task-client-twin.js';
 
 describe('parseHopRequest', () => {
   it('reads a hop and turns attribute values into strings', () => {
@@ -16,6 +24,8 @@ describe('parseHopRequest', () => {
     [{ tool: 't', action: 'a', extra: 1 }, 'extra'],
     [{ tool: 't', action: 'a', attributes: [] }, 'attributes'],
     [{ tool: 't', action: 'a', resource: 'x'.repeat(1025) }, 'resource'],
+    [{ tool: 't', action: 'a', attributes: { note: 'x'.repeat(1025) } }, 'attributes.note'],
+    [{ tool: 't', action: 'a', attributes: Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`k${i}`, 'x'.repeat(600)])) }, 'attributes'],
   ])('refuses %j naming %s', (body, field) => {
     expect(() => parseHopRequest(body)).toThrow(expect.objectContaining({ status: 400, field }));
   });
@@ -37,5 +47,48 @@ describe('HopIds', () => {
     const id = ids.mint('task-1', 5);
     expect(ids.depthOf('task-1', id.replace(/^h5_/, 'h1_'))).toBeUndefined();
     expect(ids.depthOf('task-1', 'garbage')).toBeUndefined();
+  });
+});
+
+describe('HopService on two replicas: an answer is remembered only as status records it', () => {
+  const now = Date.parse('2026-11-21T10:30:00Z');
+
+  it('a replica whose approval lost the race to another replica\'s timeout answers deny, as status says', async () => {
+    const ids = new HopIds(Buffer.alloc(32, 1));
+    const policy = parseAgentPolicy(examplePolicy('support'));
+    const raw = exampleTask('support');
+    raw.metadata = { ...raw.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
+    const hopId = ids.mint('t-uid', 1);
+    const digest = hopDigest({ tool: 'payments', action: 'refund', resource: 'order/1', attributes: {} });
+    raw.status = {
+      state: 'Bound',
+      hops: { allowed: 0, denied: 0, pending: 1 },
+      pendingHops: [{ hopId, digest, tool: 'payments', action: 'refund', resource: 'order/1', depth: 1, rules: ['refunds-need-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' }],
+    };
+    const task = parseAgentTask(raw);
+    const twin = new TaskClientTwin(task);
+    const approval = parseAgentApproval({ ...exampleApproval('support'), metadata: { name: 'ok', namespace: 'support', creationTimestamp: '2026-11-21T10:29:00Z' }, spec: { taskRef: { name: task.metadata.name }, hopId, decision: 'Approve', hopDigest: digest } });
+    const replica = (approvals: AgentApproval[]) =>
+      new HopService({
+        engine: new PolicyEngine(),
+        journal: new TaskJournal({ writer: twin.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0 }),
+        ids,
+        policy: () => policy,
+        approvals: () => approvals,
+        credentials: undefined as never,
+        clock: { now: () => now },
+        log: silentLogger(),
+        metrics: new Metrics(),
+      });
+    // Replica B has not seen the approval yet: to it the hop timed out. Its write lands first.
+    const b = replica([]);
+    expect(await b.resolvePending(task)).toBe(1);
+    // Replica A saw the approval, and decides from its stale copy of the task that still shows the hop waiting.
+    const a = replica([approval]);
+    await a.resolvePending(task);
+    expect(twin.task?.status?.recentHops?.find((h) => h.hopId === hopId)).toMatchObject({ decision: 'deny', rules: ['approval-timeout'] });
+    const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
+    expect(await a.status(who, hopId)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'approval-timeout' }] });
+    expect(await b.status(who, hopId)).toMatchObject({ decision: 'deny' });
   });
 });
