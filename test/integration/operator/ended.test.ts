@@ -1,0 +1,127 @@
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { AdmissionregistrationV1Api, CoordinationV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { createLogger } from '../../../src/log.js';
+import { startOperator, type RunningOperator } from '../../../src/operator/operator.js';
+import { brokerRequest } from '../../env/agents.js';
+import { describe, expect, test } from '../../env/fixtures.js';
+import { boundExampleAgent, type BoundAgent } from '../../env/hops.js';
+import { readTask } from './helpers.js';
+
+/**
+ * A replica that never leads: the Lease it would elect on is held, for an hour, by a replica
+ * that no longer exists. It serves the broker from its own caches and runs no controller.
+ */
+async function leaderlessReplica(kubeconfig: string, namespace: string): Promise<RunningOperator> {
+  const kc = new KubeConfig();
+  kc.loadFromString(await readFile(kubeconfig, 'utf8'));
+  const now = new Date().toISOString().replace('Z', '000Z');
+  await kc.makeApiClient(CoordinationV1Api).createNamespacedLease({
+    namespace,
+    body: { metadata: { name: 'chainwarden-controller' }, spec: { holderIdentity: 'departed-replica', leaseDurationSeconds: 3600, acquireTime: now as never, renewTime: now as never } },
+  });
+  return startOperator({ kc, log: createLogger({ level: 'silent' }), namespace, watchNamespace: namespace, identity: 'standby' });
+}
+
+/** A ValidatingAdmissionPolicy in `namespace` only, removed by the returned function. */
+async function clusterPolicy(admin: KubeConfig, namespace: string, name: string, resources: string[], expression: string, message: string): Promise<() => Promise<void>> {
+  const api = admin.makeApiClient(AdmissionregistrationV1Api);
+  const full = `${name}-${namespace}`;
+  await api.createValidatingAdmissionPolicy({
+    body: {
+      metadata: { name: full },
+      spec: { failurePolicy: 'Fail', matchConstraints: { resourceRules: [{ apiGroups: ['chainwarden.io'], apiVersions: ['*'], operations: ['UPDATE'], resources }] }, validations: [{ expression, message, reason: 'Invalid' }] },
+    },
+  });
+  await api.createValidatingAdmissionPolicyBinding({ body: { metadata: { name: full }, spec: { policyName: full, validationActions: ['Deny'], matchResources: { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': namespace } } } } } });
+  // A new policy takes effect a moment after it is created.
+  await new Promise((r) => setTimeout(r, 1_500));
+  return async () => {
+    await api.deleteValidatingAdmissionPolicyBinding({ name: full });
+    await api.deleteValidatingAdmissionPolicy({ name: full });
+  };
+}
+
+interface Broker {
+  url: string;
+  /** The file holding the CA its serving certificate chains to. */
+  caFile: string;
+}
+
+async function brokersOf(env: Parameters<typeof brokerRequest>[0], standby: RunningOperator): Promise<Broker[]> {
+  const caFile = path.join(await mkdtemp(path.join(os.tmpdir(), 'standby-')), 'ca.pem');
+  await writeFile(caFile, standby.caPem);
+  return [
+    { url: env.brokerUrl ?? '', caFile: env.brokerCA ?? '' },
+    { url: standby.url, caFile },
+  ];
+}
+
+/** Asks every replica for a hop and for credentials as the agent; returns what each answered. */
+async function askEveryReplica(agent: BoundAgent, brokers: Broker[], env: Parameters<typeof brokerRequest>[0]) {
+  const answers = [];
+  for (const broker of brokers) {
+    const at = { ...env, brokerUrl: broker.url, brokerCA: broker.caFile };
+    const hop = await brokerRequest(at, 'POST', '/v1/hops', { token: agent.token, body: { tool: 'tickets', action: 'read', resource: 'ticket/1' } });
+    const credentials = await brokerRequest(at, 'GET', '/v1/credentials', { token: agent.token });
+    answers.push({ hop, credentials });
+  }
+  return answers;
+}
+
+describe('every replica enforces the end of a task itself', () => {
+  test('past its deadline, a task gets nothing from any replica, though no controller can record that it expired', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, { task: (t) => void (t.spec.ttl = '12s') });
+    const standby = await leaderlessReplica(env.kubeconfig, namespace);
+    // No controller anywhere may write Expired for this namespace's tasks.
+    const allowExpiry = await clusterPolicy(admin, namespace, 'no-expiry', ['agenttasks/status'], "!has(object.status) || !has(object.status.state) || object.status.state != 'Expired'", 'expiry may not be recorded here');
+    try {
+      expect(standby.isLeader()).toBe(false);
+      const brokers = await brokersOf(env, standby);
+      await expect.poll(async () => (await askEveryReplica(agent, brokers, env)).map((a) => a.hop.status), { timeout: 10_000 }).toEqual([200, 200]);
+      const deadline = Date.parse((await readTask(admin, namespace, 'ticket-4711'))?.status?.deadline ?? '');
+      await new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now()) + 200));
+      for (const { hop, credentials } of await askEveryReplica(agent, brokers, env)) {
+        expect(hop).toMatchObject({ status: 403, body: { error: { code: 'task_not_active', message: expect.stringMatching(/is Expired: its deadline .* has passed/) as string } } });
+        expect(credentials).toMatchObject({ status: 403, body: { error: { code: 'task_not_active' } } });
+      }
+      expect((await readTask(admin, namespace, 'ticket-4711'))?.status?.state).toBe('Bound');
+    } finally {
+      await allowExpiry();
+      await standby.stop();
+    }
+  });
+
+  test('a task being deleted gets nothing from any replica while its revocation cannot finish', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const standby = await leaderlessReplica(env.kubeconfig, namespace);
+    // The finalizer stays, as it does while the IAM deny keeps failing: nothing may remove it.
+    const keepFinalizer = await clusterPolicy(
+      admin,
+      namespace,
+      'keep-finalizer',
+      ['agenttasks'],
+      "!has(oldObject.metadata.finalizers) || !('chainwarden.io/revoke' in oldObject.metadata.finalizers) || (has(object.metadata.finalizers) && 'chainwarden.io/revoke' in object.metadata.finalizers)",
+      'the revocation finalizer may not be removed here',
+    );
+    try {
+      const brokers = await brokersOf(env, standby);
+      await expect.poll(async () => (await askEveryReplica(agent, brokers, env)).map((a) => a.hop.status), { timeout: 10_000 }).toEqual([200, 200]);
+      await admin.makeApiClient(CustomObjectsApi).deleteNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name: 'ticket-4711' });
+      await expect.poll(async () => (await readTask(admin, namespace, 'ticket-4711'))?.metadata.deletionTimestamp, { timeout: 5_000 }).toBeTruthy();
+      await expect
+        .poll(async () => (await askEveryReplica(agent, brokers, env)).map((a) => [a.hop.status, a.credentials.status]), { timeout: 5_000, interval: 100 })
+        .toEqual([
+          [403, 403],
+          [403, 403],
+        ]);
+      for (const { hop } of await askEveryReplica(agent, brokers, env)) expect(JSON.stringify(hop.body)).toMatch(/is being deleted/);
+      // Still there: the refusal comes from the deletion itself, not from the task being gone.
+      expect((await readTask(admin, namespace, 'ticket-4711'))?.metadata.finalizers).toContain('chainwarden.io/revoke');
+    } finally {
+      await keepFinalizer();
+      await standby.stop();
+    }
+  });
+});
