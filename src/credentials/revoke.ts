@@ -34,6 +34,8 @@ export interface OwedDeny extends RevocationEntry {
 /** A statement chainwarden wrote: markers denied until a prune time, or a cutoff on every chainwarden session issued before a moment. */
 type OurStatement = { kind: 'markers'; pruneAfter: number; markers: string[] } | { kind: 'cutoff'; pruneAfter: number; issuedBefore: number };
 
+const isAccessDenied = (err: unknown) => ['AccessDenied', 'AccessDeniedException'].includes((err as { name?: string })?.name ?? '');
+
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function parse(text: string | undefined): PolicyDocument {
@@ -236,7 +238,7 @@ export class Revoker {
         throw err;
       }
       if (!plan.changed) return;
-      if (writes === this.attempts) throw new ChainwardenError('conflict', `IAM role ${role}: ${REVOCATION_POLICY} kept losing denies to concurrent writers after ${writes} writes; retrying`);
+      if (writes === this.attempts) throw new ChainwardenError('conflict', `IAM role ${role}: ${REVOCATION_POLICY} kept losing denies to concurrent writers (${writes} writes)`);
       if (writes > 0) this.log.warn({ role, writes }, 'IAM does not show every deny this replica owes (overwritten by another writer, or not yet consistent); writing again');
       if (plan.document) await this.iam.putRolePolicy(role, REVOCATION_POLICY, JSON.stringify(plan.document));
       else await this.iam.deleteRolePolicy(role, REVOCATION_POLICY);
@@ -246,9 +248,18 @@ export class Revoker {
     }
   }
 
-  /** What IAM's shared limit leaves for our policy once the role's other inline policies are counted. */
+  /**
+   * What IAM's shared limit leaves for our policy once the role's other inline policies are
+   * counted. Without `iam:ListRolePolicies` the deny is still written, counting our policy alone:
+   * a missing permission must not stop revocation; IAM refuses a put that does not fit.
+   */
   private async budgetOf(role: string): Promise<number> {
-    const others = (await this.iam.listRolePolicies(role)).filter((name) => name !== REVOCATION_POLICY);
+    const names = await this.iam.listRolePolicies(role).catch((err: unknown) => {
+      if (!isAccessDenied(err)) throw err;
+      this.log.warn({ role }, `cannot list the role's inline policies: grant iam:ListRolePolicies, or ${REVOCATION_POLICY} may not fit beside them`);
+      return [];
+    });
+    const others = names.filter((name) => name !== REVOCATION_POLICY);
     const sizes = await Promise.all(others.map(async (name) => policySize((await this.iam.getRolePolicy(role, name)) ?? '')));
     return ROLE_INLINE_POLICIES_MAX_CHARS - sizes.reduce((a, b) => a + b, 0);
   }

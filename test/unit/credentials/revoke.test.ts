@@ -91,6 +91,13 @@ describe('the size limit is shared by every inline policy of the role', () => {
     await expect(denied).rejects.toThrow(new RegExp(`IAM role ${ROLE}: .*managed policies`));
     expect(policyOf(iam)).toBeUndefined();
   });
+
+  it('without iam:ListRolePolicies the deny is still written, counting our policy alone', async () => {
+    const iam = new InMemoryIam();
+    const denied: IamPort = { ...bind(iam), listRolePolicies: () => Promise.reject(Object.assign(new Error('not authorized to perform: iam:ListRolePolicies'), { name: 'AccessDenied' })) };
+    await new Revoker(denied, clockAt(), silentLogger(), noWait).deny(ROLE, { marker: marker(1), pruneAfter: T0 + 60 * MIN });
+    expect(denies(policyOf(iam), { marker: marker(1), pruneAfter: T0 + 60 * MIN, since: T0 })).toBe(true);
+  });
 });
 
 describe('concurrent writers', () => {
