@@ -232,12 +232,14 @@ export class Revoker {
       if (current === undefined && owed.length === 0) return;
       const budget = await this.budgetOf(role);
       const plan = planRevocationPolicy(current, owed, now, budget);
+      // Retryable, but only a person can make room: the task stays DenyPending with this message.
       if (!plan.fits) {
         const err = new RevocationPolicyFullError(role, plan.needed, budget);
         this.log.error({ role, needed: plan.needed, budget }, err.message);
         throw err;
       }
       if (!plan.changed) return;
+      // Retryable: the controller backs off and denies again.
       if (writes === this.attempts) throw new ChainwardenError('conflict', `IAM role ${role}: ${REVOCATION_POLICY} kept losing denies to concurrent writers (${writes} writes)`);
       if (writes > 0) this.log.warn({ role, writes }, 'IAM does not show every deny this replica owes (overwritten by another writer, or not yet consistent); writing again');
       if (plan.document) await this.iam.putRolePolicy(role, REVOCATION_POLICY, JSON.stringify(plan.document));
@@ -264,7 +266,7 @@ export class Revoker {
     return ROLE_INLINE_POLICIES_MAX_CHARS - sizes.reduce((a, b) => a + b, 0);
   }
 
-  /** Full-jitter exponential backoff: desynchronizes two replicas that keep overwriting each other. */
+  /** Exponential backoff, jittered between half and all of it: desynchronizes two replicas that keep overwriting each other. */
   private backoff(attempt: number): number {
     const ceiling = Math.min(this.backoffMs.cap, this.backoffMs.base * 2 ** (attempt - 1));
     return ceiling / 2 + (this.random() * ceiling) / 2;
