@@ -1,10 +1,18 @@
-import { DeleteRolePolicyCommand, GetRolePolicyCommand, IAMClient, PutRolePolicyCommand, type IAMClientConfig } from '@aws-sdk/client-iam';
+import { DeleteRolePolicyCommand, GetRolePolicyCommand, IAMClient, paginateListRolePolicies, PutRolePolicyCommand, type IAMClientConfig } from '@aws-sdk/client-iam';
 
-/** The only IAM calls chainwarden makes: one inline policy on each role tasks assume. */
+/** IAM's limit for all inline policies of one role, together. */
+export const ROLE_INLINE_POLICIES_MAX_CHARS = 10_240;
+
+/** A policy's size as IAM counts it against the role's limit: white space does not count. */
+export const policySize = (document: string): number => document.replace(/\s/g, '').length;
+
+/** The only IAM calls chainwarden makes: one inline policy on each role tasks assume, and the size of the others. */
 export interface IamPort {
   getRolePolicy(roleName: string, policyName: string): Promise<string | undefined>;
   putRolePolicy(roleName: string, policyName: string, document: string): Promise<void>;
   deleteRolePolicy(roleName: string, policyName: string): Promise<void>;
+  /** The names of every inline policy of the role (all pages). */
+  listRolePolicies(roleName: string): Promise<string[]>;
 }
 
 export interface AwsIamOptions {
@@ -45,12 +53,18 @@ export class AwsIamPort implements IamPort {
     }
   }
 
+  async listRolePolicies(RoleName: string): Promise<string[]> {
+    const names: string[] = [];
+    for await (const page of paginateListRolePolicies({ client: this.client }, { RoleName })) names.push(...(page.PolicyNames ?? []));
+    return names;
+  }
+
   destroy(): void {
     this.client.destroy();
   }
 }
 
-/** IAM inline policies in memory, for unit tests. */
+/** IAM inline policies in memory, for unit tests. Like IAM, it refuses a put that takes the role's inline policies past their shared limit. */
 export class InMemoryIam implements IamPort {
   readonly policies = new Map<string, string>();
   private failures: unknown[] = [];
@@ -69,11 +83,16 @@ export class InMemoryIam implements IamPort {
   }
 
   putRolePolicy(role: string, name: string, document: string) {
-    if (document.length > 10_240) return Promise.reject(Object.assign(new Error('policy too large'), { name: 'LimitExceededException' }));
+    const others = [...this.policies].filter(([key]) => key.startsWith(`${role}/`) && key !== `${role}/${name}`).reduce((sum, [, doc]) => sum + policySize(doc), 0);
+    if (others + policySize(document) > ROLE_INLINE_POLICIES_MAX_CHARS) return Promise.reject(Object.assign(new Error(`Maximum policy size of ${ROLE_INLINE_POLICIES_MAX_CHARS} bytes exceeded for role ${role}`), { name: 'LimitExceededException' }));
     return this.fail() ?? Promise.resolve(void this.policies.set(`${role}/${name}`, document));
   }
 
   deleteRolePolicy(role: string, name: string) {
     return this.fail() ?? Promise.resolve(void this.policies.delete(`${role}/${name}`));
+  }
+
+  listRolePolicies(role: string) {
+    return this.fail() ?? Promise.resolve([...this.policies.keys()].filter((key) => key.startsWith(`${role}/`)).map((key) => key.slice(role.length + 1)).sort());
   }
 }

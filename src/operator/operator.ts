@@ -118,6 +118,19 @@ async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>
 }
 
 /**
+ * Every replica, leader or not: every minute, re-asserts the denies this replica wrote and still
+ * owes. IAM has no conditional put, so a stale write by another replica (at a failover both may
+ * write for a while) can drop a deny after it was verified; this puts it back within a minute.
+ */
+async function keepOwedDenies(signal: AbortSignal, revoker: Revoker, log: Logger, everyMs = 60_000): Promise<void> {
+  while (!signal.aborted) {
+    await sleep(everyMs, undefined, { signal }).catch(() => undefined);
+    if (signal.aborted) return;
+    for (const role of revoker.owedRoles()) await revoker.prune(role).catch((err: unknown) => log.warn({ role, err: errorMessage(err) }, 'could not re-assert the denies this replica owes'));
+  }
+}
+
+/**
  * The operator: on every replica, the admission webhooks, the broker and the caches they read;
  * on the elected leader only, the controllers. Every part is built first, then the route table,
  * and only then does the server listen: nothing is added after a request can arrive. Stopping
@@ -278,6 +291,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   serving.url = server.url;
 
   const running: Promise<void>[] = [];
+  const lifetime = new AbortController();
+  running.push(keepOwedDenies(lifetime.signal, revoker, log));
   const taskKeys = () => informers.tasks.list().map((t) => `${t.metadata.namespace ?? ''}/${t.metadata.name ?? ''}`);
   const campaign =
     options.controllers === false
@@ -290,6 +305,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const stop = async (release = true) => {
     await (release ? elector.stop() : elector.abandon());
     await campaign;
+    lifetime.abort();
     await Promise.all(running);
     clearInterval(keyRefresh);
     await journal.drain();

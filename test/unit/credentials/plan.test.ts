@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { planCredentialDuration, roleNameOf, roleSessionName } from '../../../src/credentials/plan.js';
-import { mergeRevocation, prune } from '../../../src/credentials/revoke.js';
+import { planRevocationPolicy } from '../../../src/credentials/revoke.js';
 
 const MIN = 60_000;
 
@@ -36,31 +36,34 @@ describe('session naming', () => {
 
 describe('revocation policy', () => {
   const now = Date.parse('2026-11-21T10:00:00Z');
+  const owe = (marker: string, pruneAfter: number) => ({ marker, pruneAfter, since: now });
+  const write = (text: string | undefined, entries: ReturnType<typeof owe>[], at = now, budget?: number) => {
+    const plan = planRevocationPolicy(text, entries, at, budget);
+    if (!plan.fits) throw new Error('does not fit');
+    return { ...plan, text: plan.document && JSON.stringify(plan.document) };
+  };
+
   it('groups markers by prune time and keeps a marker once', () => {
     let text: string | undefined;
-    for (const marker of ['chainwarden-a', 'chainwarden-b', 'chainwarden-a']) {
-      text = JSON.stringify(mergeRevocation(text, { marker, pruneAfter: now + 60 * MIN }, now).document);
-    }
+    for (const marker of ['chainwarden-a', 'chainwarden-b', 'chainwarden-a']) text = write(text, [owe(marker, now + 60 * MIN)]).text;
     const doc = JSON.parse(text ?? '{}') as { Statement: { Sid: string; Condition: { StringEquals: Record<string, string[]> } }[] };
     expect(doc.Statement).toHaveLength(1);
     expect(doc.Statement[0]?.Condition.StringEquals['aws:SourceIdentity']).toEqual(['chainwarden-a', 'chainwarden-b']);
     expect(Number(/(\d+)$/.exec(doc.Statement[0]?.Sid ?? '')?.[1]) * 1000).toBeGreaterThanOrEqual(now + 60 * MIN);
   });
 
-  it('drops entries once every session they cover has expired, and keeps statements that are not ours', () => {
-    const mine = mergeRevocation(undefined, { marker: 'chainwarden-a', pruneAfter: now + MIN }, now).document;
+  it('drops entries once every session they cover has expired, keeps statements that are not ours, and deletes a policy left empty', () => {
+    const mine = write(undefined, [owe('chainwarden-a', now + MIN)]).document!;
     mine.Statement.push({ Sid: 'TeamRule', Effect: 'Deny', Action: '*', Resource: '*', Condition: {} });
-    expect(prune(mine, now + 11 * MIN).Statement.map((s) => s.Sid)).toEqual(['TeamRule']);
+    const later = write(JSON.stringify(mine), [], now + 11 * MIN);
+    expect(later.document?.Statement).toEqual([{ Sid: 'TeamRule', Effect: 'Deny', Action: '*', Resource: '*', Condition: {} }]);
+    expect(write(write(undefined, [owe('chainwarden-a', now + MIN)]).text, [], now + 11 * MIN)).toMatchObject({ document: undefined, changed: true });
   });
 
   it('collapses into one cutoff on every older chainwarden session when IAM\'s size limit is reached', () => {
     let text: string | undefined;
     let collapsed = false;
-    for (let i = 0; i < 400 && !collapsed; i++) {
-      const merged = mergeRevocation(text, { marker: `chainwarden-${String(i).padStart(36, '0')}`, pruneAfter: now + 60 * MIN }, now);
-      collapsed = merged.collapsed;
-      text = JSON.stringify(merged.document);
-    }
+    for (let i = 0; i < 400 && !collapsed; i++) ({ text, collapsed } = write(text, [owe(`chainwarden-${String(i).padStart(36, '0')}`, now + 60 * MIN)]));
     expect(collapsed).toBe(true);
     expect(text!.length).toBeLessThan(10_240);
     const doc = JSON.parse(text!) as { Statement: { Condition: Record<string, Record<string, string>> }[] };
