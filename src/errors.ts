@@ -46,6 +46,8 @@ export const ERRORS = {
   api_error: { status: 502 },
   /** The API server refuses the write itself (invalid, too large, forbidden): the same write will be refused again. */
   api_refused: { status: 502 },
+  /** The role's other inline policies leave no room for the revocation policy: a person must make room. */
+  revocation_policy_full: { status: 500 },
   journal_behind: { status: 503 },
   conflict: { status: 409 },
   no_cluster: { status: 500 },

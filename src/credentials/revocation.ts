@@ -30,10 +30,28 @@ export function longestSessionMs(task: AgentTask, policy: AgentPolicy | undefine
  * have assumed, kept until every session it could hold has expired. Idempotent.
  */
 export async function revokeTask(revoker: Revoker, clock: Clock, task: AgentTask, policy: AgentPolicy | undefined): Promise<RevocationResult> {
+  const result = revocationOf(task, policy, clock.now());
+  for (const role of result.roles) await revoker.deny(role, { marker: result.marker, pruneAfter: result.pruneAfter });
+  return result;
+}
+
+/** The deny a task revoked at `revokedAt` needs: on which roles, for which marker, until when. */
+function revocationOf(task: AgentTask, policy: AgentPolicy | undefined, revokedAt: number): RevocationResult {
   const marker = sourceIdentityFor(task);
   const roles = [...new Set((task.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn)))];
   const recorded = Date.parse(task.status?.credentials?.expiration ?? '') || 0;
-  const pruneAfter = Math.max(recorded, clock.now() + longestSessionMs(task, policy)) + SKEW_MS;
-  for (const role of roles) await revoker.deny(role, { marker, pruneAfter });
-  return { marker, roles, pruneAfter };
+  return { marker, roles, pruneAfter: Math.max(recorded, revokedAt + longestSessionMs(task, policy)) + SKEW_MS };
+}
+
+/**
+ * The denies a revoked task still needs, derived from its status alone: the leader re-asserts
+ * them, so a deny that the replica which wrote it can no longer defend (it died, and another
+ * replica's stale write dropped it) is put back.
+ */
+export function outstandingDeny(task: AgentTask, policy: AgentPolicy | undefined, now: number): RevocationResult | undefined {
+  const credentials = task.status?.credentials;
+  const revokedAt = Date.parse(credentials?.revokedAt ?? '');
+  if (!credentials?.awsDenyInPlace || Number.isNaN(revokedAt)) return undefined;
+  const owed = revocationOf(task, policy, revokedAt);
+  return owed.pruneAfter > now ? owed : undefined;
 }

@@ -140,7 +140,7 @@ const cutoffStatement = (pruneAfter: number, now: number) => ({
 export class RevocationPolicyFullError extends ChainwardenError {
   constructor(role: string, needed: number, budget: number) {
     super(
-      'api_error',
+      'revocation_policy_full',
       `IAM role ${role}: its other inline policies leave ${Math.max(budget, 0)} of the role's ${ROLE_INLINE_POLICIES_MAX_CHARS} characters to ${REVOCATION_POLICY}, which needs ${needed} even collapsed into one cutoff; the deny is not written. Move the role's other inline policies into managed policies or shorten them (IAM counts all inline policies of a role together)`,
     );
     this.name = 'RevocationPolicyFullError';
@@ -188,11 +188,16 @@ export class Revoker {
 
   /** Idempotent: resolves once IAM shows the deny (and every other this Revoker owes on the role). Throws (retryable) when IAM cannot be written. */
   async deny(roleName: string, entry: RevocationEntry): Promise<void> {
+    this.owe(roleName, entry);
+    await this.serialized(roleName, () => this.converge(roleName));
+  }
+
+  /** Takes on a deny without writing it: the next `prune` of the role writes it with every other owed one. */
+  owe(roleName: string, entry: RevocationEntry): void {
     const owed = this.owed.get(roleName) ?? new Map<string, OwedDeny>();
     this.owed.set(roleName, owed);
     const known = owed.get(entry.marker);
     owed.set(entry.marker, { marker: entry.marker, pruneAfter: Math.max(entry.pruneAfter, known?.pruneAfter ?? 0), since: known?.since ?? this.clock.now() });
-    await this.serialized(roleName, () => this.converge(roleName));
   }
 
   /** Removes expired entries, re-asserts every deny this Revoker still owes on the role, and deletes the policy once nothing is left in it. */

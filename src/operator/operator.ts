@@ -23,7 +23,7 @@ import { endOf, TASK_LABEL } from '../api/task.js';
 import { CredentialBroker } from '../credentials/broker.js';
 import { AwsIamPort } from '../credentials/iam.js';
 import { roleNameOf } from '../credentials/plan.js';
-import { revokeTask } from '../credentials/revocation.js';
+import { outstandingDeny, revokeTask } from '../credentials/revocation.js';
 import { Revoker } from '../credentials/revoke.js';
 import { AwsStsPort } from '../credentials/sts.js';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -107,11 +107,19 @@ async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & 
   return { ...pair, caPem: ca.certPem };
 }
 
-/** Leader only: drops expired entries from the deny policy of every role a task names, every 5 minutes. */
-async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>, revoker: Revoker, log: Logger, everyMs = 5 * 60_000): Promise<void> {
+/**
+ * Leader only, every 5 minutes: on every role a task names, drops expired entries from the deny
+ * policy and re-asserts the deny of every revoked task whose sessions may still live, read from
+ * its status, so a deny whose writer died and was overwritten is put back.
+ */
+async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>, policy: (ns: string, name: string) => AgentPolicy | undefined, revoker: Revoker, clock: Clock, log: Logger, everyMs = 5 * 60_000): Promise<void> {
   while (!signal.aborted) {
     await sleep(everyMs, undefined, { signal }).catch(() => undefined);
     if (signal.aborted) return;
+    for (const task of tasks.list()) {
+      const owed = outstandingDeny(task, policy(task.metadata.namespace ?? '', task.spec.policyRef.name), clock.now());
+      for (const role of owed?.roles ?? []) revoker.owe(role, { marker: owed?.marker ?? '', pruneAfter: owed?.pruneAfter ?? 0 });
+    }
     const roles = new Set(tasks.list().flatMap((t) => (t.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn))));
     for (const role of roles) await revoker.prune(role).catch((err: unknown) => log.warn({ role, err: errorMessage(err) }, 'could not prune the revocation policy'));
   }
@@ -299,7 +307,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       ? Promise.resolve()
       : elector.run((signal) => {
           running.push(controller.run(signal, taskKeys(), options.workers ?? 2));
-          running.push(pruneWhileLeading(signal, informers.tasks, revoker, log));
+          running.push(pruneWhileLeading(signal, informers.tasks, policy, revoker, clock, log));
         });
 
   const stop = async (release = true) => {

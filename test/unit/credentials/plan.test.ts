@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { planCredentialDuration, roleNameOf, roleSessionName } from '../../../src/credentials/plan.js';
+import { outstandingDeny } from '../../../src/credentials/revocation.js';
 import { planRevocationPolicy } from '../../../src/credentials/revoke.js';
+import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
+import { examplePolicy, exampleTask } from '../../builders/examples.js';
 
 const MIN = 60_000;
 
@@ -69,5 +72,25 @@ describe('revocation policy', () => {
     const doc = JSON.parse(text!) as { Statement: { Condition: Record<string, Record<string, string>> }[] };
     expect(doc.Statement).toHaveLength(1);
     expect(doc.Statement[0]?.Condition).toEqual({ StringLike: { 'aws:SourceIdentity': 'chainwarden-*' }, DateLessThan: { 'aws:TokenIssueTime': new Date(now).toISOString() } });
+  });
+});
+
+describe('outstandingDeny: what the leader re-asserts for a revoked task, from its status alone', () => {
+  const revokedAt = Date.parse('2026-11-21T10:00:00Z');
+  const revoked = (status: AgentTask['status']) => ({ ...parseAgentTask(exampleTask('support')), metadata: { name: 'ticket-4711', namespace: 'support', uid: 'u-1' }, status }) as AgentTask;
+  const policy = parseAgentPolicy(examplePolicy('support'));
+
+  it('owes the deny on every role of the task until its longest session, counted from the revocation, has expired', () => {
+    const task = revoked({ credentials: { revokedAt: new Date(revokedAt).toISOString(), awsDenyInPlace: true } });
+    const owed = outstandingDeny(task, policy, revokedAt + 10 * MIN);
+    expect(owed).toMatchObject({ marker: 'chainwarden-u-1', roles: [roleNameOf(task.spec.credentials![0]!.aws.roleArn)] });
+    // The example task's 15-minute sessions plus 5 minutes of skew.
+    expect(owed?.pruneAfter).toBe(revokedAt + 20 * MIN);
+    expect(outstandingDeny(task, policy, revokedAt + 21 * MIN)).toBeUndefined();
+  });
+
+  it('owes nothing for a task whose deny was never written or that was never revoked', () => {
+    expect(outstandingDeny(revoked({ credentials: { revokedAt: new Date(revokedAt).toISOString(), awsDenyInPlace: false } }), policy, revokedAt)).toBeUndefined();
+    expect(outstandingDeny(revoked({ state: 'Bound' }), policy, revokedAt)).toBeUndefined();
   });
 });
