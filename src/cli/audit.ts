@@ -2,9 +2,13 @@ import { readFile } from 'node:fs/promises';
 import { CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentTask } from '../api/schema.js';
 import { printable } from '../api/text.js';
+import { AUDIT_HEADS, AuditHeadStore } from '../audit/heads.js';
 import { renderTrace } from '../audit/trace.js';
 import { checkHead, location, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
-import { ChainwardenError } from '../errors.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import { silentLogger } from '../log.js';
+import { DEFAULT_NAMESPACE } from '../operator/operator.js';
+import { systemClock } from '../runtime/clock.js';
 import { isNotFound } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';
 import { parseCommandArgs } from './main.js';
@@ -56,15 +60,16 @@ export async function runAudit(args: string[]): Promise<number> {
  * checking the task's chain against the head kept in the task's status.
  */
 export async function runTrace(args: string[]): Promise<number> {
-  const { positionals, values } = parseCommandArgs('trace', args, { kubeconfig: { type: 'string' } });
+  const { positionals, values } = parseCommandArgs('trace', args, { kubeconfig: { type: 'string' }, 'operator-namespace': { type: 'string' } });
   const [target, ...files] = positionals;
   const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
   if (!m) throw new ChainwardenError('usage', 'use: chainwarden trace <namespace>/<task> [FILE...]');
   const [, namespace = '', name = ''] = m;
   const all = (await readStreams(files)).filter((r) => r.record.task === `${namespace}/${name}`);
   let task: AgentTask | undefined;
+  const kc = loadKubeConfig(values.kubeconfig);
   try {
-    task = (await loadKubeConfig(values.kubeconfig)
+    task = (await kc
       .makeApiClient(CustomObjectsApi)
       .getNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name })) as AgentTask;
   } catch (err) {
@@ -78,17 +83,24 @@ export async function runTrace(args: string[]): Promise<number> {
   if (mine.length === 0) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
   const { chains, breaks } = verifyChains(mine);
   const chain = chains[0] ?? { count: 0, head: '', records: [] };
-  const head = task?.status?.audit;
   const problems = breaks.map((b) => `seq ${b.seq} (${location(b)}): ${b.problem}`);
-  if (!task) problems.push('the task no longer exists, so the stream cannot be checked against its head');
-  else if (!head) problems.push('the task has no audit head in its status');
-  else {
+  // A deleted task's head was sealed in the operator's namespace when it went.
+  const operatorNamespace = values['operator-namespace'] ?? DEFAULT_NAMESPACE;
+  const sealed = task ? undefined : await new AuditHeadStore(kc, operatorNamespace, systemClock, silentLogger()).find(String(uid)).catch((err: unknown) => {
+    problems.push(`the task no longer exists and its sealed head cannot be read from ConfigMap ${operatorNamespace}/${AUDIT_HEADS}: ${errorMessage(err)}`);
+    return undefined;
+  });
+  const head = task ? task.status?.audit : sealed;
+  const where = task ? "the task's status" : `the head sealed when the task was deleted (${operatorNamespace}/${AUDIT_HEADS})`;
+  if (!task && !sealed && problems.length === breaks.length) problems.push('the task no longer exists and no head was sealed for it, so the stream cannot be checked against its head');
+  else if (task && !head) problems.push('the task has no audit head in its status');
+  if (head) {
     const problem = checkHead(chain, head);
-    if (problem) problems.push(problem);
+    if (problem) problems.push(problem.replace("the task's status", where));
   }
-  const state = task?.status?.state ?? 'unknown';
+  const state = task?.status?.state ?? (sealed ? `deleted ${sealed.sealedAt}` : 'unknown');
   say(`${namespace}/${name} (${String(uid)}) ${state}`);
-  say(problems.length === 0 ? `chain verified: ${chain.count} records, head ${chain.head.slice(0, 16)}… matches the task's status` : 'CHAIN NOT VERIFIED:');
+  say(problems.length === 0 ? `chain verified: ${chain.count} records, head ${chain.head.slice(0, 16)}… matches ${where}` : 'CHAIN NOT VERIFIED:');
   for (const p of problems) say(`  - ${p}`);
   process.stdout.write(`${renderTrace(chain.records)}\n`);
   return problems.length === 0 ? 0 : 1;

@@ -21,7 +21,7 @@ export interface AwsIamOptions {
   credentials?: IAMClientConfig['credentials'];
 }
 
-const isNoSuchEntity = (err: unknown) => (err as { name?: string })?.name === 'NoSuchEntityException' || (err as { name?: string })?.name === 'NoSuchEntity';
+export const isNoSuchEntity = (err: unknown) => (err as { name?: string })?.name === 'NoSuchEntityException' || (err as { name?: string })?.name === 'NoSuchEntity';
 
 export class AwsIamPort implements IamPort {
   private readonly client: IAMClient;

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
-import { policySize, ROLE_INLINE_POLICIES_MAX_CHARS, type IamPort } from './iam.js';
+import { isNoSuchEntity, policySize, ROLE_INLINE_POLICIES_MAX_CHARS, type IamPort } from './iam.js';
 
 /** The inline policy chainwarden keeps on every role tasks assume. */
 export const REVOCATION_POLICY = 'chainwarden-revocations';
@@ -205,6 +205,20 @@ export class Revoker {
     await this.serialized(roleName, () => this.converge(roleName));
   }
 
+  /**
+   * A role that does not exist has no live sessions to deny: AWS ends the sessions of a deleted
+   * role, and one created again under the same name is a new role its old sessions cannot use.
+   */
+  private async converge(role: string): Promise<void> {
+    try {
+      await this.writeOwed(role);
+    } catch (err) {
+      if (!isNoSuchEntity(err)) throw err;
+      this.owed.delete(role);
+      this.log.info({ role }, 'the role does not exist: there is no session of it to deny');
+    }
+  }
+
   /** Roles on which this Revoker still owes a deny: each needs a periodic `prune` so another replica's stale write cannot drop one for long. */
   owedRoles(): string[] {
     const now = this.clock.now();
@@ -229,7 +243,7 @@ export class Revoker {
   }
 
   /** Reads, writes what is missing, and reads again until IAM shows every owed deny; bounded, then retryable. */
-  private async converge(role: string): Promise<void> {
+  private async writeOwed(role: string): Promise<void> {
     for (let writes = 0; ; writes++) {
       const now = this.clock.now();
       const current = await this.iam.getRolePolicy(role, REVOCATION_POLICY);

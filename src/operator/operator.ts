@@ -10,6 +10,7 @@ import { registerWebhooks, type WebhookEndpoint } from '../admission/registratio
 import { admissionRoutes } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
 import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { AuditHeadStore } from '../audit/heads.js';
 import { AuditFileWriter } from '../audit/file.js';
 import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
@@ -198,6 +199,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     log.info({ audit: record }, 'audit');
     auditFile?.write(record);
   };
+  const heads = new AuditHeadStore(kc, namespace, clock, log);
   const journal = new TaskJournal({
     writer: client.statusWriter('journal'),
     emit,
@@ -245,6 +247,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     revoke: (task, p) => revokeTask(revoker, clock, task, p),
     resolvePending: (task) => hops.resolvePending(task),
     journal,
+    // What this replica still has queued for the task goes into its status first, so the sealed head is the last one.
+    seal: async (task) => heads.seal((await journal.commit(task, {})) ?? task),
   });
   controller.watch(informers);
 

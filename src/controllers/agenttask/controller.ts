@@ -34,6 +34,8 @@ export interface TaskControllerDeps {
   resolvePending?: (task: AgentTask) => Promise<number>;
   /** Where the controller's audit records go. */
   journal?: { record(task: AgentTask, change: { events: AuditEvent[] }): void };
+  /** Keeps a deleted task's final audit head beyond the task; throws (retryable) when it cannot. */
+  seal?: (task: AgentTask) => Promise<void>;
   /** AWS-side revocation; must treat "already denied" as done. Absent: nothing to deny. */
   revoke?: (task: AgentTask, policy: AgentPolicy | undefined) => Promise<RevocationResult>;
 }
@@ -131,6 +133,8 @@ export class AgentTaskController {
       // Retryable: a failing deny throws, the finalizer stays, the queue backs off.
       cleanup: async (t) => {
         if (needsRevocation(t)) await this.revokeAtAws(t);
+        // The audit head lives in the task's status; it is kept elsewhere before the task goes.
+        await this.deps.seal?.(t);
       },
       apply: (t) => this.converge(t),
     });

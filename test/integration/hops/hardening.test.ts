@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentPolicy } from '../../../src/api/schema.js';
 import { readAuditRecords } from '../../../src/audit/verify.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
@@ -132,5 +133,36 @@ describe('trace output', () => {
 
     const verify = spawnSync(process.execPath, [bin, 'audit', 'verify', a, b], { encoding: 'utf8' });
     expect(verify.status, verify.stdout).toBe(0);
+  });
+});
+
+describe('audit heads outlive their tasks', () => {
+  test('a deleted task\'s stream is still checked against its final head, so truncating it shows', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    for (const ticket of ['1', '2', '3']) expect((await agent.hop({ tool: 'tickets', action: 'read', resource: `ticket/${ticket}` })).body.decision).toBe('allow');
+    const uid = (await readTask(admin, namespace, 'ticket-4711'))?.metadata.uid;
+    await admin.makeApiClient(CustomObjectsApi).deleteNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name: 'ticket-4711' });
+    await expect.poll(async () => readTask(admin, namespace, 'ticket-4711'), { timeout: 15_000 }).toBeUndefined();
+
+    // The head is kept where tenants cannot reach it, keyed by the task's uid.
+    const heads = await admin.makeApiClient(CoreV1Api).readNamespacedConfigMap({ name: 'chainwarden-audit-heads', namespace: 'chainwarden-system' });
+    const sealed = JSON.parse(heads.data?.[uid ?? ''] ?? '{}') as { task?: string; head?: string; count?: number };
+    expect(sealed).toMatchObject({ task: `${namespace}/ticket-4711`, count: expect.any(Number) as number });
+
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'sealed-'));
+    const stream = path.join(dir, 'audit.jsonl');
+    const mine = async () => readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).filter((e) => e.record.taskUid === uid);
+    await expect.poll(async () => (await mine()).length, { timeout: 10_000 }).toBe(sealed.count);
+    const lines = (await mine()).map((e) => JSON.stringify({ audit: e.record }));
+    const trace = (file: string) => spawnSync(process.execPath, [bin, 'trace', `${namespace}/ticket-4711`, file, '--kubeconfig', env.kubeconfig], { encoding: 'utf8' });
+    await writeFile(stream, lines.join('\n'));
+    const intact = trace(stream);
+    expect(intact.stdout).toMatch(/chain verified: \d+ records, head .* matches the head sealed when the task was deleted \(chainwarden-system\/chainwarden-audit-heads\)/);
+    expect(intact.status).toBe(0);
+    // The last records dropped: without the sealed head this stream would verify.
+    await writeFile(stream, lines.slice(0, -2).join('\n'));
+    const truncated = trace(stream);
+    expect(truncated.status).toBe(1);
+    expect(truncated.stdout).toMatch(/CHAIN NOT VERIFIED:\n {2}- the stream ends at record \d+ but the head sealed when the task was deleted .* counts \d+: records are missing \(truncated\)/);
   });
 });

@@ -267,3 +267,18 @@ describe('any interleaving of denies and prunes', () => {
     );
   });
 });
+
+describe('a role that does not exist', () => {
+  it('has no session to deny: the deny resolves and nothing stays owed, so a deletion is not held forever', async () => {
+    const iam = new InMemoryIam();
+    const noSuchRole = Object.assign(new Error('Role support-gone not found'), { name: 'NoSuchEntityException' });
+    iam.failNext(noSuchRole);
+    const revoker = new Revoker(iam, clockAt(), silentLogger(), noWait);
+    await expect(revoker.deny('support-gone', { marker: marker(1), pruneAfter: T0 + 30 * MIN })).resolves.toBeUndefined();
+    expect(revoker.owedRoles()).toEqual([]);
+    // Any other failure still throws, and the deny stays owed.
+    iam.failNext(Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }));
+    await expect(revoker.deny(ROLE, { marker: marker(2), pruneAfter: T0 + 30 * MIN })).rejects.toThrow(/Rate exceeded/);
+    expect(revoker.owedRoles()).toEqual([ROLE]);
+  });
+});
