@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import { errorMessage } from '../errors.js';
 import { parseJson, readBody, sendError, sendJson } from '../server/http.js';
+import type { ListenerLimits } from '../server/https.js';
 import { ChainwardenError } from '../errors.js';
 import type { AdmissionPlugin, AdmissionRequest, JsonPatchOperation, Verdict } from './review.js';
 
@@ -19,6 +20,13 @@ export const MAX_REVIEW_BYTES = 4 * 1024 * 1024;
  * that walks a value recursively (deep equality of old and new spec, JSON.stringify) overflows.
  */
 export const MAX_REVIEW_DEPTH = 100;
+
+/**
+ * Bounds on the webhook listener's clients: the API server sends a review at once and gives up
+ * on a webhook after its timeoutSeconds (at most 30), so a request still arriving after that is
+ * no API server's, and holding its connection helps no one.
+ */
+export const WEBHOOK_LISTENER_LIMITS: ListenerLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 };
 
 const OPERATIONS: readonly string[] = ['CREATE', 'UPDATE', 'DELETE', 'CONNECT'];
 
