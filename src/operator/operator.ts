@@ -167,12 +167,15 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       task: (ns, name) => informers.tasks.get(ns, name),
       fetchPod: async (ns, name) => {
         const res = await rawRequest(kc, 'GET', `/api/v1/namespaces/${ns}/pods/${name}`);
-        return res.status === 200 ? (res.body as PodRecord) : undefined;
+        if (res.status === 404) return undefined;
+        if (res.status !== 200) throw new Error(`the API server answered ${res.status}`);
+        return res.body as PodRecord;
       },
     },
     clock,
     log,
     trustDomain,
+    { metrics },
   );
 
   const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
