@@ -43,6 +43,33 @@ async function flood(send: () => Promise<{ status: number }>, n: number): Promis
 /** A real projected token with its signature's last characters changed: well formed, signed by a known key id, not valid. */
 const forge = (token: string) => `${token.slice(0, -8)}${token.slice(-8) === 'AAAAAAAA' ? 'BBBBBBBB' : 'AAAAAAAA'}`;
 
+describe('malformed broker paths cost nothing', () => {
+  test('a path that cannot name anything is a 400 naming the part at fault, with no token verified', async ({ admin, env, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
+    const forged = forge(await podToken(admin, pod));
+    const malformed: [string, string, string, string][] = [
+      ['GET', '/v1/hops/not-a-hop-id', 'invalid_hop', 'hopId'],
+      ['GET', '/v1/hops/h01_AAAAAAAAAAAA_BBBBBBBBBBBBBBBB', 'invalid_hop', 'hopId'],
+      ['GET', '/v1/hops/%zz', 'invalid_hop', 'hopId'],
+      ['GET', '/v1/credentials/%E0%A4%A', 'invalid_request', 'name'],
+      ['GET', '/v1/credentials/Default', 'invalid_request', 'name'],
+      ['POST', `/v1/tasks/${namespace.toUpperCase()}/ticket-4711/complete`, 'invalid_request', 'namespace'],
+      ['POST', `/v1/tasks/${namespace}/ticket_4711/complete`, 'invalid_request', 'name'],
+      ['POST', `/v1/tasks/${namespace}/${'a'.repeat(254)}/complete`, 'invalid_request', 'name'],
+    ];
+    const before = await costs(env, admin);
+    for (const [method, path, code, field] of malformed) {
+      for (let i = 0; i < 5; i++) expect(await brokerRequest(env, method, path, { token: forged }), path).toMatchObject({ status: 400, body: { error: { code, field } } });
+    }
+    expect(delta(before, await costs(env, admin))).toMatchObject({ verifications: 0, podReads: 0 });
+
+    // The same token on a well-formed path is verified, and refused.
+    expect((await brokerRequest(env, 'GET', '/v1/hops/h1_AAAAAAAAAAAA_BBBBBBBBBBBBBBBB', { token: forged })).status).toBe(401);
+    expect(delta(before, await costs(env, admin)).verifications).toBe(1);
+  });
+});
+
 describe('unknown callers are remembered', () => {
   test('a flood of one forged token costs one verification, and every request is still a 401', async ({ admin, env, namespace }) => {
     await createServiceAccount(admin, namespace, 'support-agent');
