@@ -15,6 +15,7 @@ interface ErrorEntry {
 export const ERRORS = {
   // The request is wrong; the message names the field.
   invalid_json: { status: 400 },
+  json_too_deep: { status: 400 },
   invalid_request: { status: 400 },
   invalid_hop: { status: 400 },
   invalid_object: { status: 400 },

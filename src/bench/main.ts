@@ -23,6 +23,8 @@ const log = (m: string) => process.stderr.write(`· ${m}\n`);
 
 interface Broker {
   url: string;
+  /** The admission webhooks' own listener. */
+  webhookUrl: string;
   ca: string;
   pid: number;
   child: ChildProcess;
@@ -66,18 +68,19 @@ async function startBroker(env: LocalEnvironment): Promise<Broker> {
   await writeFile(files.key, serving.keyPem);
   await writeFile(files.ca, ca.certPem);
   const port = await freePort();
+  const webhookPort = await freePort();
   const aws = localAws(env);
   // CHAINWARDEN_BENCH_PROFILE=DIR writes a V8 CPU profile of the operator there.
   const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
   const child = spawn(
     process.execPath,
-    [...profile, bin, 'operator', '--kubeconfig', env.kubeconfig, '--namespace', 'chainwarden-system', '--listen', `127.0.0.1:${port}`, '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.ca, '--webhook-url', `https://127.0.0.1:${port}`, '--sts-endpoint', env.stsEndpoint, '--iam-endpoint', env.stsEndpoint, '--audit-file', path.join(env.stateDir, 'audit.jsonl'), '--log-level', 'warn'],
+    [...profile, bin, 'operator', '--kubeconfig', env.kubeconfig, '--namespace', 'chainwarden-system', '--listen', `127.0.0.1:${port}`, '--webhook-listen', `127.0.0.1:${webhookPort}`, '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.ca, '--webhook-url', `https://127.0.0.1:${webhookPort}`, '--sts-endpoint', env.stsEndpoint, '--iam-endpoint', env.stsEndpoint, '--audit-file', path.join(env.stateDir, 'audit.jsonl'), '--log-level', 'warn'],
     {
       stdio: ['ignore', 'ignore', 'inherit'],
       env: { ...process.env, AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
     },
   );
-  const broker = { url: `https://127.0.0.1:${port}`, ca: ca.certPem, pid: child.pid ?? 0, child };
+  const broker = { url: `https://127.0.0.1:${port}`, webhookUrl: `https://127.0.0.1:${webhookPort}`, ca: ca.certPem, pid: child.pid ?? 0, child };
   for (let i = 0; i < 300; i++) {
     const ready = await https(broker, 'GET', '/readyz').catch(() => undefined);
     if (ready?.status === 200) return broker;
@@ -190,7 +193,7 @@ async function admission(broker: Broker, roleArn: string): Promise<LoadResult> {
     kind: 'AdmissionReview',
     request: { uid, kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' }, resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' }, operation: 'CREATE', namespace: NS, userInfo: { username: 'bench' }, object: taskManifest('admission-check', roleArn) },
   });
-  return load({ mode: 'closed', url: `${broker.url}/validate`, method: 'POST', clients: [{ headers: {}, body: review('u1') }], ca: broker.ca, seconds: 5, concurrency: 1 });
+  return load({ mode: 'closed', url: `${broker.webhookUrl}/validate`, method: 'POST', clients: [{ headers: {}, body: review('u1') }], ca: broker.ca, seconds: 5, concurrency: 1 });
 }
 
 async function bareServer(): Promise<{ url: string; child: ChildProcess }> {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { createLocalJWKSet, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
+import { createLocalJWKSet, errors as jose, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
 import type { AgentTask } from '../api/schema.js';
 import { BROKER_AUDIENCE, endOf, TASK_LABEL } from '../api/task.js';
 import { spiffeIdFor } from '../identity/spiffe.js';
@@ -8,6 +8,7 @@ import { errorMessage } from '../errors.js';
 import { rawRequest } from '../kube/raw.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
+import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError } from '../errors.js';
 
 export { BROKER_AUDIENCE } from '../api/task.js';
@@ -22,7 +23,10 @@ export interface PodRecord {
 export interface AgentAuthLookups {
   pod(namespace: string, name: string): PodRecord | undefined;
   task(namespace: string, name: string): AgentTask | undefined;
-  /** A pod the cache does not hold yet (created a moment ago), read from the API server. */
+  /**
+   * A pod the cache does not hold (created a moment ago, gone, or no agent pod), read from the
+   * API server: undefined when it answers that there is no such pod; throws when it cannot tell.
+   */
   fetchPod?(namespace: string, name: string): Promise<PodRecord | undefined>;
   /** Why this replica refuses the task although its status does not say it ended yet (a violation recorded here, a journal that cannot write). */
   refusal?(task: AgentTask): ChainwardenError | undefined;
@@ -53,19 +57,68 @@ interface Verified {
 const unauthenticated = (message: string) => new ChainwardenError('unauthenticated', message);
 
 /**
+ * How long a refusal is remembered, by token: while it is, the same token is refused from memory,
+ * at the cost of a map lookup. Failures that say nothing about the token (the API server could
+ * not be asked) are never remembered.
+ */
+export const REFUSAL_TTL_MS = {
+  /** The token failed verification (signature, issuer, audience, expiry, binding): it will not pass later either. */
+  token: 60_000,
+  /**
+   * The token is valid but the API server has no such pod, or the pod is no agent: short, so
+   * that remembering can never hide a pod for long, whatever the cache did or did not see.
+   */
+  pod: 30_000,
+} as const;
+
+/** When a token names a key we do not have, the API server's keys are read again at most this often. */
+const KEY_REFETCH_MS = 10_000;
+
+/** Why a token failed, for the verification counter and for how long to remember it. */
+function classifyVerificationError(err: unknown, keysRefetchableInMs: number): { ttlMs: number | undefined; error: ChainwardenError } {
+  if (!(err instanceof jose.JOSEError)) {
+    // The API server's keys could not be read: nothing is known about the token.
+    return { ttlMs: undefined, error: new ChainwardenError('api_error', `could not verify the token: the API server's service-account keys are unavailable (${errorMessage(err)}); retry`) };
+  }
+  const error = unauthenticated(`the token was refused: ${err.message}; use the pod's projected token with audience ${BROKER_AUDIENCE}`);
+  // An unknown key may be a new one the API server rotated in: try again once its keys may be re-read.
+  if (err.code === 'ERR_JWKS_NO_MATCHING_KEY') return { ttlMs: keysRefetchableInMs > 0 ? keysRefetchableInMs : undefined, error };
+  // Not valid yet (the clocks differ a little): it soon will be.
+  if (err instanceof jose.JWTClaimValidationFailed && err.claim === 'nbf') return { ttlMs: undefined, error };
+  return { ttlMs: REFUSAL_TTL_MS.token, error };
+}
+
+export interface AgentAuthenticatorOptions {
+  /** Where the counters of verifications, pod reads and remembered refusals go. */
+  metrics?: Metrics;
+  /** Most verified tokens kept. */
+  maxCached?: number;
+  /** Most refused tokens kept. */
+  maxRefused?: number;
+}
+
+/**
  * Authenticates agent pods by their projected service-account token: signature against the API
  * server's published keys, issuer, audience `chainwarden`, expiry, and the pod binding. A
  * verified token is cached until it expires, so a hop pays no round trip; whether its pod still
  * exists and is bound to a live task is checked on every request against the informer caches,
  * so a deleted pod or an ended task loses access within one watch event.
+ *
+ * Unknown callers stay cheap: a token that fails verification, or whose pod the API server does
+ * not have, is remembered by its hash for a short while (REFUSAL_TTL_MS), and concurrent
+ * requests with one token share one verification and one pod read. A flood of one bad token
+ * costs a map lookup per request, not a signature check or an API call.
  */
 export class AgentAuthenticator {
   private issuer: string | undefined;
   private keys: ReturnType<typeof createLocalJWKSet> | undefined;
-  private keysFetchedAt = 0;
+  private keysFetchedAt = -Infinity;
   private readonly verified = new Map<string, Verified>();
-  /** Pod UIDs known to be gone; a UID never comes back, so no second look is needed. */
-  private readonly gone = new Set<string>();
+  private readonly refused = new Map<string, { error: ChainwardenError; until: number }>();
+  private readonly verifying = new Map<string, Promise<Verified>>();
+  private readonly reading = new Map<string, Promise<PodRecord | undefined>>();
+  private readonly maxCached: number;
+  private readonly maxRefused: number;
 
   constructor(
     private readonly kc: KubeConfig,
@@ -74,17 +127,29 @@ export class AgentAuthenticator {
     private readonly log: Logger,
     /** The SPIFFE trust domain: a caller's ID is derived from the task's spec, never read back from status. */
     private readonly trustDomain: string,
-    private readonly maxCached = 20_000,
-  ) {}
+    private readonly options: AgentAuthenticatorOptions = {},
+  ) {
+    this.maxCached = options.maxCached ?? 20_000;
+    this.maxRefused = options.maxRefused ?? 10_000;
+  }
 
+  private count(name: string, help: string, labels: Record<string, string> = {}): void {
+    this.options.metrics?.counter(name, help, labels).inc();
+  }
+
+  /** Reads the API server's issuer and keys; any failure is a plain Error, never one about a token. */
   private async loadKeys(): Promise<void> {
-    const discovery = await rawRequest(this.kc, 'GET', '/.well-known/openid-configuration');
-    if (discovery.status !== 200) throw new Error(`service-account issuer discovery answered ${discovery.status}`);
-    this.issuer = (discovery.body as { issuer: string }).issuer;
-    const jwks = await rawRequest(this.kc, 'GET', '/openid/v1/jwks');
-    if (jwks.status !== 200) throw new Error(`service-account JWKS answered ${jwks.status}`);
-    this.keys = createLocalJWKSet(jwks.body as JSONWebKeySet);
-    this.keysFetchedAt = this.clock.now();
+    try {
+      const discovery = await rawRequest(this.kc, 'GET', '/.well-known/openid-configuration');
+      if (discovery.status !== 200) throw new Error(`service-account issuer discovery answered ${discovery.status}`);
+      const jwks = await rawRequest(this.kc, 'GET', '/openid/v1/jwks');
+      if (jwks.status !== 200) throw new Error(`service-account JWKS answered ${jwks.status}`);
+      this.keys = createLocalJWKSet(jwks.body as JSONWebKeySet);
+      this.issuer = (discovery.body as { issuer: string }).issuer;
+      this.keysFetchedAt = this.clock.now();
+    } catch (err) {
+      throw new Error(errorMessage(err));
+    }
   }
 
   private async verifySignature(token: string): Promise<ServiceAccountClaims> {
@@ -100,33 +165,31 @@ export class AgentAuthenticator {
       return (await jwtVerify<ServiceAccountClaims>(token, this.keys as ReturnType<typeof createLocalJWKSet>, options)).payload;
     } catch (err) {
       // An unknown key may mean the API server rotated its keys: refetch, at most every 10 s.
-      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || this.clock.now() - this.keysFetchedAt < 10_000) throw err;
+      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || this.clock.now() - this.keysFetchedAt < KEY_REFETCH_MS) throw err;
       await this.loadKeys();
       return (await jwtVerify<ServiceAccountClaims>(token, this.keys as ReturnType<typeof createLocalJWKSet>, options)).payload;
     }
   }
 
-  private async verifyToken(token: string): Promise<Verified> {
+  /** Verifies a token the caches do not know; refusals are remembered, failures to verify are not. */
+  private async verifyToken(key: string, token: string): Promise<Verified> {
+    const verifications = (result: string) => this.count('chainwarden_agent_token_verifications_total', 'Agent tokens verified against the API server\'s keys, by result.', { result });
     let payload: ServiceAccountClaims;
     try {
       payload = await this.verifySignature(token);
     } catch (err) {
-      throw unauthenticated(`the token was refused: ${errorMessage(err)}; use the pod's projected token with audience ${BROKER_AUDIENCE}`);
+      const { ttlMs, error } = classifyVerificationError(err, this.keysFetchedAt + KEY_REFETCH_MS - this.clock.now());
+      verifications(error.code === 'unauthenticated' ? 'refused' : 'failed');
+      if (ttlMs !== undefined) this.remember(key, error, ttlMs);
+      throw error;
     }
     const k8s = payload['kubernetes.io'];
     if (!k8s?.pod?.name || !k8s.pod.uid || !k8s.namespace || !k8s.serviceaccount?.name) {
-      throw unauthenticated('the token is not bound to a pod; use the projected service-account token of the agent pod');
+      verifications('refused');
+      throw this.remember(key, unauthenticated('the token is not bound to a pod; use the projected service-account token of the agent pod'), REFUSAL_TTL_MS.token);
     }
-    return { namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 };
-  }
-
-  private async cachedVerify(token: string): Promise<Verified> {
-    const key = createHash('sha256').update(token).digest('base64url');
-    const hit = this.verified.get(key);
-    const now = this.clock.now();
-    if (hit && hit.expiresAt > now) return hit;
-    if (hit) this.verified.delete(key);
-    const fresh = await this.verifyToken(token);
+    verifications('accepted');
+    const fresh = { namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 };
     if (this.verified.size >= this.maxCached) {
       const oldest = this.verified.keys().next().value;
       if (oldest !== undefined) this.verified.delete(oldest);
@@ -135,14 +198,69 @@ export class AgentAuthenticator {
     return fresh;
   }
 
-  private async podOf(who: Verified): Promise<PodRecord | undefined> {
-    const cached = this.lookups.pod(who.namespace, who.podName);
-    if (cached?.metadata?.uid === who.podUid || this.gone.has(who.podUid) || !this.lookups.fetchPod) return cached;
-    const fresh = await this.lookups.fetchPod(who.namespace, who.podName);
-    if (fresh?.metadata?.uid !== who.podUid) {
-      if (this.gone.size > 100_000) this.gone.clear();
-      this.gone.add(who.podUid);
+  private async cachedVerify(key: string, token: string): Promise<Verified> {
+    const hit = this.verified.get(key);
+    if (hit && hit.expiresAt > this.clock.now()) return hit;
+    if (hit) this.verified.delete(key);
+    return this.once(this.verifying, key, () => this.verifyToken(key, token));
+  }
+
+  /** Runs `work` once for concurrent callers with the same key; they all get its outcome. */
+  private once<T>(inFlight: Map<string, Promise<T>>, key: string, work: () => Promise<T>): Promise<T> {
+    let pending = inFlight.get(key);
+    if (!pending) {
+      pending = work().finally(() => inFlight.delete(key));
+      inFlight.set(key, pending);
     }
+    return pending;
+  }
+
+  /** Records a refusal of the token with hash `key` for `ttlMs`; returns the error to throw. */
+  private remember(key: string, error: ChainwardenError, ttlMs: number): ChainwardenError {
+    if (this.refused.size >= this.maxRefused) {
+      const oldest = this.refused.keys().next().value;
+      if (oldest !== undefined) this.refused.delete(oldest);
+    }
+    this.refused.set(key, { error, until: this.clock.now() + ttlMs });
+    return error;
+  }
+
+  private rememberedRefusal(key: string): ChainwardenError | undefined {
+    const refusal = this.refused.get(key);
+    if (!refusal) return undefined;
+    if (refusal.until > this.clock.now()) return refusal.error;
+    this.refused.delete(key);
+    return undefined;
+  }
+
+  /** The API server's answer for a pod; concurrent requests share one read. */
+  private readPod(who: Verified): Promise<PodRecord | undefined> {
+    const reads = (result: string) => this.count('chainwarden_agent_pod_reads_total', 'Agent pods read from the API server because the cache did not hold them, by result.', { result });
+    return this.once(this.reading, `${who.namespace}/${who.podName}`, async () => {
+      try {
+        const pod = await this.lookups.fetchPod?.(who.namespace, who.podName);
+        reads(pod ? 'found' : 'not_found');
+        return pod;
+      } catch (err) {
+        reads('failed');
+        throw new ChainwardenError('api_error', `could not check pod ${who.namespace}/${who.podName} with the API server (${errorMessage(err)}); retry`);
+      }
+    });
+  }
+
+  /**
+   * The caller's pod: from the cache when it holds this pod (the usual case, no round trip);
+   * otherwise from the API server, since a pod created a moment ago may not have reached the
+   * cache yet. What the API server says is final for a while: no such pod, or no agent pod, is
+   * remembered for REFUSAL_TTL_MS.pod.
+   */
+  private async podOf(key: string, who: Verified): Promise<PodRecord | undefined> {
+    const cached = this.lookups.pod(who.namespace, who.podName);
+    if (cached?.metadata?.uid === who.podUid || !this.lookups.fetchPod) return cached;
+    const fresh = await this.readPod(who);
+    if (fresh?.metadata?.uid !== who.podUid || fresh.metadata.deletionTimestamp) throw this.remember(key, podGone(who), REFUSAL_TTL_MS.pod);
+    // The task label cannot be added to a pod after admission: an unlabelled pod never becomes an agent.
+    if (!fresh.metadata.labels?.[TASK_LABEL]) throw this.remember(key, notAnAgent(who, undefined), REFUSAL_TTL_MS.pod);
     return fresh;
   }
 
@@ -150,16 +268,18 @@ export class AgentAuthenticator {
   async authenticate(authorization: string | undefined): Promise<AgentPrincipal> {
     const token = /^Bearer\s+(\S+)$/i.exec(authorization ?? '')?.[1];
     if (!token) throw unauthenticated('send the pod\'s projected service-account token as "Authorization: Bearer <token>"');
-    const who = await this.cachedVerify(token);
-    const pod = await this.podOf(who);
-    if (!pod || pod.metadata?.uid !== who.podUid || pod.metadata.deletionTimestamp) {
-      throw unauthenticated(`pod ${who.namespace}/${who.podName} (${who.podUid}) no longer exists; its token is no longer accepted`);
+    const key = createHash('sha256').update(token).digest('base64url');
+    const remembered = this.rememberedRefusal(key);
+    if (remembered) {
+      this.count('chainwarden_agent_refusals_remembered_total', 'Agent requests refused from memory, with no verification or API call.');
+      throw remembered;
     }
+    const who = await this.cachedVerify(key, token);
+    const pod = await this.podOf(key, who);
+    if (!pod || pod.metadata?.uid !== who.podUid || pod.metadata.deletionTimestamp) throw podGone(who);
     const taskName = pod.metadata.labels?.[TASK_LABEL];
     const task = taskName ? this.lookups.task(who.namespace, taskName) : undefined;
-    if (!taskName || !task) {
-      throw new ChainwardenError('task_not_active', `pod ${who.podName} is not labelled with an existing AgentTask (${TASK_LABEL}=${taskName ?? ''})`);
-    }
+    if (!taskName || !task) throw notAnAgent(who, taskName);
     const end = endOf(task, this.clock.now());
     if (end) throw new ChainwardenError('task_not_active', `AgentTask ${who.namespace}/${taskName} ${end.message}; it gets nothing more`);
     const refusal = this.lookups.refusal?.(task);
@@ -172,3 +292,7 @@ export class AgentAuthenticator {
     return { namespace: who.namespace, podName: who.podName, podUid: who.podUid, serviceAccount: who.serviceAccount, task, spiffeId: spiffeIdFor(this.trustDomain, who.namespace, task.spec.serviceAccountName, taskName) };
   }
 }
+
+const podGone = (who: Verified) => unauthenticated(`pod ${who.namespace}/${who.podName} (${who.podUid}) no longer exists; its token is no longer accepted`);
+const notAnAgent = (who: Verified, taskName: string | undefined) =>
+  new ChainwardenError('task_not_active', `pod ${who.podName} is not labelled with an existing AgentTask (${TASK_LABEL}=${taskName ?? ''})`);

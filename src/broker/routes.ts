@@ -6,12 +6,14 @@ import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { readJson, sendJson, type Handler } from '../server/http.js';
 import { ChainwardenError } from '../errors.js';
+import { isDnsLabel, isDnsSubdomain } from '../api/names.js';
 import type { AgentAuthenticator } from './auth.js';
+import { parseHopId } from './hopids.js';
 import type { HopService } from './hops.js';
 import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
 
 export interface BrokerDeps {
-  auth: AgentAuthenticator;
+  auth: Pick<AgentAuthenticator, 'authenticate'>;
   credentials: CredentialBroker;
   hops: HopService;
   issuer: SvidIssuer;
@@ -24,6 +26,50 @@ export interface BrokerDeps {
 const requireMethod = (req: IncomingMessage, method: string) => {
   if (req.method !== method) throw new ChainwardenError('method_not_allowed', `use ${method}`);
 };
+
+const pathOf = (req: IncomingMessage) => (req.url ?? '').split('?')[0] ?? '';
+
+/** A path segment as a message quotes it: short, and plainly text. */
+const quoted = (segment: string) => JSON.stringify(segment.length > 64 ? `${segment.slice(0, 64)}…` : segment);
+
+/*
+ * Path parameters are checked here, before the caller is authenticated and before a body is
+ * read: a path that cannot name anything is a 400 that costs no token verification, no API
+ * server call and no parsing. Names are never percent-decoded: a valid one needs no escaping.
+ */
+
+/** `/v1/tasks/{namespace}/{name}/complete`, checked. */
+export function parseTaskPath(path: string): { namespace: string; name: string } {
+  const segments = path.slice('/v1/tasks/'.length).split('/');
+  if (!path.startsWith('/v1/tasks/') || segments.length !== 3 || segments[2] !== 'complete') {
+    throw new ChainwardenError('not_found', 'use POST /v1/tasks/{namespace}/{name}/complete');
+  }
+  const [namespace = '', name = ''] = segments;
+  if (!isDnsLabel(namespace)) {
+    throw new ChainwardenError('invalid_request', `the namespace in the path, ${quoted(namespace)}, is not a namespace name: at most 63 lowercase letters, digits and "-"`, { field: 'namespace' });
+  }
+  if (!isDnsSubdomain(name)) {
+    throw new ChainwardenError('invalid_request', `the task name in the path, ${quoted(name)}, is not an AgentTask name: at most 253 lowercase letters, digits, "-" and "."`, { field: 'name' });
+  }
+  return { namespace, name };
+}
+
+/** `/v1/hops/{id}`: the id spelled exactly as the broker mints it. */
+export function parseHopPath(path: string): string {
+  const id = path.slice('/v1/hops/'.length);
+  if (!parseHopId(id)) throw new ChainwardenError('invalid_hop', `${quoted(id)} is not a hop id; use the hopId a hop request answered with`, { field: 'hopId' });
+  return id;
+}
+
+/** `/v1/credentials` (the `default` credential) or `/v1/credentials/{name}`. */
+export function parseCredentialPath(path: string): string {
+  if (path === '/v1/credentials') return 'default';
+  const name = path.slice('/v1/credentials/'.length);
+  if (!isDnsLabel(name)) {
+    throw new ChainwardenError('invalid_request', `the credential name in the path, ${quoted(name)}, is not a credential name: at most 63 lowercase letters, digits and "-"`, { field: 'name' });
+  }
+  return name;
+}
 
 /** GET /v1/svid?audience=…: a JWT-SVID for the calling pod's task. */
 function svid(deps: BrokerDeps): Handler {
@@ -45,9 +91,7 @@ function svid(deps: BrokerDeps): Handler {
 function complete(deps: BrokerDeps): Handler {
   return async (req, res) => {
     requireMethod(req, 'POST');
-    const match = /^\/v1\/tasks\/([^/]+)\/([^/]+)\/complete$/.exec((req.url ?? '').split('?')[0] ?? '');
-    if (!match) throw new ChainwardenError('not_found', 'use POST /v1/tasks/{namespace}/{name}/complete');
-    const [, namespace = '', name = ''] = match;
+    const { namespace, name } = parseTaskPath(pathOf(req));
     const who = await deps.auth.authenticate(req.headers.authorization);
     if (who.namespace !== namespace || who.task.metadata.name !== name) {
       throw new ChainwardenError('forbidden', `pod ${who.podName} is bound to AgentTask ${who.namespace}/${who.task.metadata.name ?? ''}, not ${namespace}/${name}`);
@@ -74,8 +118,7 @@ function complete(deps: BrokerDeps): Handler {
 function credentials(deps: BrokerDeps): Handler {
   return async (req, res) => {
     requireMethod(req, 'GET');
-    const path = (req.url ?? '').split('?')[0] ?? '';
-    const name = path === '/v1/credentials' ? 'default' : decodeURIComponent(path.slice('/v1/credentials/'.length));
+    const name = parseCredentialPath(pathOf(req));
     const who = await deps.auth.authenticate(req.headers.authorization);
     const session = await deps.credentials.credentials(who, name);
     sendJson(res, 200, containerCredentials(session), { 'cache-control': 'no-store' });
@@ -85,19 +128,22 @@ function credentials(deps: BrokerDeps): Handler {
 /** The most a hop request may carry. */
 const MAX_HOP_BYTES = 64 * 1024;
 
-/** POST /v1/hops: decide one hop; GET /v1/hops/{id}: its decision now (after approval or timeout). */
+/**
+ * POST /v1/hops: decide one hop; GET /v1/hops/{id}: its decision now (after approval or timeout).
+ * The caller is authenticated before its body is read: an unknown caller costs no parsing.
+ */
 function hops(deps: BrokerDeps): Handler {
   return async (req, res) => {
-    const path = (req.url ?? '').split('?')[0] ?? '';
+    const path = pathOf(req);
     if (path === '/v1/hops') {
       requireMethod(req, 'POST');
-      const body = await readJson(req, MAX_HOP_BYTES);
       const who = await deps.auth.authenticate(req.headers.authorization);
+      const body = await readJson(req, MAX_HOP_BYTES);
       sendJson(res, 200, await deps.hops.decide(who, body), { 'cache-control': 'no-store' });
       return;
     }
     requireMethod(req, 'GET');
-    const id = decodeURIComponent(path.slice('/v1/hops/'.length));
+    const id = parseHopPath(path);
     const who = await deps.auth.authenticate(req.headers.authorization);
     sendJson(res, 200, await deps.hops.status(who, id), { 'cache-control': 'no-store' });
   };

@@ -195,7 +195,7 @@ export async function runDemo(_args: string[]): Promise<number> {
     const auditFile = path.join(env.stateDir, 'audit.jsonl');
     const log = createLogger({ name: 'operator', level: 'info' }, pino.destination({ dest: path.join(env.stateDir, 'operator.log'), sync: false }));
     operator = await startOperator({ kc: env.adminKubeConfig(), log, aws: localAws(env), auditFile });
-    await registerWebhooks(env.adminKubeConfig(), { url: operator.url, caBundlePem: operator.caPem });
+    await registerWebhooks(env.adminKubeConfig(), { url: operator.webhookUrl, caBundlePem: operator.caPem });
     await story(env, operator, auditFile);
     process.stdout.write(`\ndone in ${((Date.now() - started) / 1000).toFixed(1)}s\n`);
     return 0;

@@ -35,9 +35,10 @@ export async function runDevenv(args: string[]): Promise<number> {
       throw err;
     }
     description.brokerUrl = operator.url;
+    description.webhookUrl = operator.webhookUrl;
     description.brokerCA = path.join(env.stateDir, 'broker-ca.crt');
     await writeFile(description.brokerCA, operator.caPem);
-    progressLine(`operator serving at ${operator.url}`);
+    progressLine(`operator serving: broker at ${operator.url}, webhooks at ${operator.webhookUrl}`);
   }
   const file = path.join(out, 'env.json');
   await writeFile(`${file}.tmp`, `${JSON.stringify(description, null, 2)}\n`);

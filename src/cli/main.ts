@@ -12,7 +12,7 @@ const USAGE = `usage: chainwarden <command> [options]
 
 commands:
   demo                              the whole story on one machine: control plane, STS emulator, operator, an agent
-  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--tls-cert F --tls-key F]
+  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F]
            [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
            [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--audit-file F] [--log-level L]
                                     controllers (leader only), admission webhooks and the broker

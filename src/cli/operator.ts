@@ -11,12 +11,52 @@ function parseService(text: string): { namespace: string; name: string; port: nu
   return { namespace: m[1] ?? '', name: m[2] ?? '', port: Number(m[3]) };
 }
 
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '::1']);
+
+export interface WebhookEndpoint {
+  /** Where the webhook listener listens. */
+  listen: { host: string; port: number };
+  /** The URL to register; undefined: the webhook listener's own. */
+  url?: string;
+  /** Why the flags given may not be what the user meant, to log at start. */
+  warning?: string;
+}
+
+/**
+ * Where the webhooks listen, and the URL the API server is told to call. `--webhook-url` is that
+ * URL. Without `--webhook-listen`, the webhooks listen on the port a `--webhook-url` of this
+ * machine names (loopback, or the `--listen` host), else on a free port. Before the webhooks had
+ * a listener of their own they shared the broker's, so a `--webhook-url` naming the broker's own
+ * address meant "this process": it still does, now meaning the webhook listener.
+ */
+export function webhookEndpoint(listen: { host: string; port: number }, webhookListen: string | undefined, webhookUrl: string | undefined): WebhookEndpoint {
+  let url: URL | undefined;
+  try {
+    url = webhookUrl === undefined ? undefined : new URL(webhookUrl);
+  } catch {
+    throw new ChainwardenError('usage', `--webhook-url takes the https URL the API server calls the webhooks at, e.g. https://127.0.0.1:9443 (got "${webhookUrl ?? ''}")`);
+  }
+  const own = webhookListen === undefined ? undefined : parseHostPort(webhookListen, '--webhook-listen');
+  if (!url) return { listen: own ?? { host: listen.host, port: 0 } };
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(url.port || 443);
+  const local = LOOPBACK.has(host) || host === listen.host;
+  if (local && port === listen.port) {
+    if (own) throw new ChainwardenError('usage', `--webhook-url ${url.href} names the broker's --listen address; point it at the webhook listener (--webhook-listen ${webhookListen ?? ''})`);
+    return { listen: { host, port: 0 }, url: undefined, warning: `--webhook-url ${url.href} names the broker's --listen address; the webhooks have a listener of their own (--webhook-listen), and the API server is told to call that one` };
+  }
+  if (own) return { listen: own, url: webhookUrl };
+  if (local) return { listen: { host: listen.host, port }, url: webhookUrl };
+  return { listen: { host: listen.host, port: 0 }, url: webhookUrl, warning: `--webhook-url ${url.href} names another host: make it reach the webhook listener, and give --webhook-listen HOST:PORT for where that listens (a free port without it)` };
+}
+
 /** `chainwarden operator`: controllers (when leader), admission webhooks and the broker, until SIGTERM. */
 export async function runOperator(args: string[]): Promise<number> {
   const { values } = parseCommandArgs('operator', args, {
     kubeconfig: { type: 'string' },
     namespace: { type: 'string', default: process.env.POD_NAMESPACE ?? 'chainwarden-system' },
     listen: { type: 'string', default: '0.0.0.0:8443' },
+    'webhook-listen': { type: 'string' },
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'tls-ca': { type: 'string' },
@@ -35,12 +75,16 @@ export async function runOperator(args: string[]): Promise<number> {
   });
   if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) throw new ChainwardenError('usage', '--tls-cert and --tls-key go together');
   const log = createLogger({ level: values['log-level'], name: 'operator' }, pino.destination(1));
-  const register = values['webhook-service'] ? { service: parseService(values['webhook-service']) } : values['webhook-url'] ? { url: values['webhook-url'] } : undefined;
+  const listen = parseHostPort(values.listen ?? '', '--listen');
+  const webhooks = webhookEndpoint(listen, values['webhook-listen'], values['webhook-url']);
+  if (webhooks.warning) log.warn(webhooks.warning);
+  const register = values['webhook-service'] ? { service: parseService(values['webhook-service']) } : values['webhook-url'] ? { url: webhooks.url } : undefined;
   const operator = await startOperator({
     kc: loadKubeConfig(values.kubeconfig),
     log,
     namespace: values.namespace,
-    listen: parseHostPort(values.listen ?? '', '--listen'),
+    listen,
+    webhookListen: webhooks.listen,
     tls: values['tls-cert'] && values['tls-key'] ? { certFile: values['tls-cert'], keyFile: values['tls-key'], caFile: values['tls-ca'] } : undefined,
     register,
     trustDomain: values['trust-domain'],

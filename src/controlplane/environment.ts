@@ -38,9 +38,11 @@ export interface EnvironmentDescription {
   stsRecording: string;
   /** Working directory: kubeconfigs, certificates, component logs. Removed on stop. */
   stateDir: string;
-  /** https URL of the operator (webhooks and broker), when one runs. */
+  /** https URL of the operator's broker, when one runs. */
   brokerUrl?: string;
-  /** PEM file of the CA that signed the operator's serving certificate. */
+  /** https URL of the operator's admission webhooks (a listener of their own), when one runs. */
+  webhookUrl?: string;
+  /** PEM file of the CA that signed the operator's serving certificates (broker and webhooks). */
   brokerCA?: string;
   /** The operator's log (pino JSON lines), where one is written to a file. */
   operatorLog?: string;

@@ -7,7 +7,7 @@ import { agentTaskPlugin } from '../admission/plugins/agenttask.js';
 import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
 import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
-import { admissionRoutes } from '../admission/server.js';
+import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
 import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import { AuditHeadStore } from '../audit/heads.js';
@@ -52,10 +52,16 @@ export interface OperatorOptions {
   namespace?: string;
   /** This replica's name in the Lease; hostname and a random suffix by default. */
   identity?: string;
+  /** The broker's HTTPS listener (and health, metrics); 127.0.0.1 on a free port by default. */
   listen?: { host: string; port: number };
+  /**
+   * The admission webhooks' own HTTPS listener (and health), so that neither agents nor the API
+   * server can crowd out the other; 127.0.0.1 on a free port by default.
+   */
+  webhookListen?: { host: string; port: number };
   /** Serving certificate files (in cluster: mounted from a Secret). A development CA is made when absent. */
   tls?: { certFile: string; keyFile: string; caFile?: string };
-  /** Register the webhooks with the API server, reaching them at this URL or Service. */
+  /** Register the webhooks with the API server, reaching them at this URL or Service (the webhook listener's URL when neither is given). */
   register?: Omit<WebhookEndpoint, 'caBundlePem'>;
   trustDomain?: string;
   /** The JWT-SVID issuer URL (what AWS IAM's OIDC provider is configured with); the serving URL by default. */
@@ -79,7 +85,10 @@ export interface OperatorOptions {
 }
 
 export interface RunningOperator {
+  /** The broker's URL. */
   url: string;
+  /** The admission webhooks' URL (their own listener). */
+  webhookUrl: string;
   /** The CA that signed the serving certificate: the webhooks' caBundle and the broker's CA. */
   caPem: string;
   identity: string;
@@ -103,8 +112,8 @@ async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & 
     return { certPem, keyPem, caPem };
   }
   const ca = await CertificateAuthority.create('chainwarden-development-ca');
-  const host = options.listen?.host ?? '127.0.0.1';
-  const pair = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: [host === '0.0.0.0' ? '127.0.0.1' : host] });
+  const hosts = [options.listen?.host ?? '127.0.0.1', options.webhookListen?.host ?? '127.0.0.1'].map((h) => (h === '0.0.0.0' ? '127.0.0.1' : h));
+  const pair = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: [...new Set(hosts)] });
   return { ...pair, caPem: ca.certPem };
 }
 
@@ -180,13 +189,16 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       task: (ns, name) => informers.tasks.get(ns, name),
       fetchPod: async (ns, name) => {
         const res = await rawRequest(kc, 'GET', `/api/v1/namespaces/${ns}/pods/${name}`);
-        return res.status === 200 ? (res.body as PodRecord) : undefined;
+        if (res.status === 404) return undefined;
+        if (res.status !== 200) throw new Error(`the API server answered ${res.status}`);
+        return res.body as PodRecord;
       },
       refusal: (task) => journal.refusal(task),
     },
     clock,
     log,
     trustDomain,
+    { metrics },
   );
 
   const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
@@ -253,12 +265,17 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   controller.watch(informers);
 
   let webhooksRegistered = !options.register;
-  const routes: Routes = {
+  const health: Routes = {
     '/healthz': (_req, res) => Promise.resolve(sendJson(res, 200, { status: 'ok' })),
     '/readyz': (_req, res) => {
       const waiting = [...Object.entries(informers).filter(([, i]) => !i.hasSynced).map(([name]) => `${name} cache`), ...(webhooksRegistered ? [] : ['webhook registration'])];
       return Promise.resolve(sendJson(res, waiting.length === 0 ? 200 : 503, waiting.length === 0 ? { status: 'ok' } : { status: 'starting', waitingFor: waiting }));
     },
+  };
+  // Two listeners: agents reach the broker, the API server reaches the webhooks; each has its own
+  // connections and limits, and neither serves the other's endpoints.
+  const brokerListenerRoutes: Routes = {
+    ...health,
     '/metrics': (_req, res) => {
       metrics.gauge('chainwarden_cached_objects', 'Objects in the informer caches.', { resource: 'agenttasks' }).set(informers.tasks.size);
       metrics.gauge('chainwarden_leader', 'Whether this replica runs the controllers.').set(elector.isLeader ? 1 : 0);
@@ -267,6 +284,10 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       res.end(text);
       return Promise.resolve();
     },
+    ...brokerRoutes({ auth, credentials: credentialBroker, hops, issuer, status: brokerStatus, clock, log }),
+  };
+  const webhookListenerRoutes: Routes = {
+    ...health,
     ...admissionRoutes(
       {
         validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin({
@@ -290,7 +311,6 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       },
       log,
     ),
-    ...brokerRoutes({ auth, credentials: credentialBroker, hops, issuer, status: brokerStatus, clock, log }),
   };
   const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
 
@@ -299,8 +319,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   await ring.refresh();
   const keyRefresh = setInterval(() => void ring.refresh().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not refresh the SVID keys')), 30_000);
   keyRefresh.unref();
-  const server = await serveHttps(routes, tls, listen, log);
+  const server = await serveHttps(brokerListenerRoutes, tls, listen, log);
   serving.url = server.url;
+  const webhookServer = await serveHttps(webhookListenerRoutes, tls, options.webhookListen ?? { host: '127.0.0.1', port: 0 }, log, WEBHOOK_LISTENER_LIMITS).catch(async (err: unknown) => {
+    await server.close();
+    throw err;
+  });
 
   const running: Promise<void>[] = [];
   const lifetime = new AbortController();
@@ -323,19 +347,19 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     await journal.drain();
     await auditFile?.close();
     await Promise.all(Object.values(informers).map((i) => i.stop()));
-    await server.close();
+    await Promise.all([server.close(), webhookServer.close()]);
     sts.destroy();
     iam.destroy();
   };
   try {
     if (options.register) {
-      await registerWebhooks(kc, { ...options.register, url: options.register.url ?? (options.register.service ? undefined : server.url), caBundlePem: tls.caPem });
+      await registerWebhooks(kc, { ...options.register, url: options.register.url ?? (options.register.service ? undefined : webhookServer.url), caBundlePem: tls.caPem });
       webhooksRegistered = true;
     }
   } catch (err) {
     await stop();
     throw err;
   }
-  log.info({ url: server.url, identity, namespace }, 'operator serving');
-  return { url: server.url, caPem: tls.caPem, identity, metrics, isLeader: () => elector.isLeader, informers, stop: () => stop(), crash: () => stop(false) };
+  log.info({ url: server.url, webhookUrl: webhookServer.url, identity, namespace }, 'operator serving');
+  return { url: server.url, webhookUrl: webhookServer.url, caPem: tls.caPem, identity, metrics, isLeader: () => elector.isLeader, informers, stop: () => stop(), crash: () => stop(false) };
 }

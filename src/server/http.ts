@@ -17,13 +17,51 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
   return Buffer.concat(chunks);
 }
 
-export async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
-  const body = await readBody(req, limit);
+/** How deeply a request body may nest arrays and objects unless its endpoint says otherwise; a hop request nests 2 deep. */
+export const DEFAULT_MAX_JSON_DEPTH = 64;
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const [OPEN_ARRAY, OPEN_OBJECT, CLOSE_ARRAY, CLOSE_OBJECT] = [0x5b, 0x7b, 0x5d, 0x7d];
+
+/**
+ * Refuses JSON nested more than `maxDepth` arrays and objects deep, in one pass over the bytes
+ * and without recursion, before anything parses it. JSON.parse itself copes with a million `[`,
+ * but it spends a second of the event loop on a few MiB of them, and whatever walks the value
+ * afterwards (deep equality, JSON.stringify, structuredClone) overflows the stack. The scan stops
+ * at the first bracket past the limit. Inside strings every byte is skipped but `"` and `\`, and
+ * a UTF-8 continuation byte is never one of those, so no multi-byte character confuses it.
+ */
+export function assertJsonDepth(body: Uint8Array, maxDepth: number): void {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < body.length; i++) {
+    const byte = body[i] as number;
+    if (inString) {
+      if (byte === BACKSLASH) i++;
+      else if (byte === QUOTE) inString = false;
+    } else if (byte === QUOTE) {
+      inString = true;
+    } else if (byte === OPEN_ARRAY || byte === OPEN_OBJECT) {
+      if (++depth > maxDepth) throw new ChainwardenError('json_too_deep', `request body nests arrays and objects more than ${maxDepth} deep (at byte ${i}); nothing this endpoint takes nests that deep`);
+    } else if (byte === CLOSE_ARRAY || byte === CLOSE_OBJECT) {
+      depth--;
+    }
+  }
+}
+
+/** Parses a request body as JSON nested at most `maxDepth` deep; anything else is a coded 400. */
+export function parseJson(body: Buffer, maxDepth = DEFAULT_MAX_JSON_DEPTH): unknown {
+  assertJsonDepth(body, maxDepth);
   try {
     return JSON.parse(body.toString('utf8'));
   } catch (err) {
     throw new ChainwardenError('invalid_json', `request body is not valid JSON: ${(err as Error).message}`);
   }
+}
+
+export async function readJson(req: IncomingMessage, limit: number, maxDepth = DEFAULT_MAX_JSON_DEPTH): Promise<unknown> {
+  return parseJson(await readBody(req, limit), maxDepth);
 }
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

@@ -11,6 +11,14 @@ export interface TlsMaterial {
   keyPem: string;
 }
 
+/** Per-listener bounds on how long a client may take to send a request. */
+export interface ListenerLimits {
+  /** Drop a connection whose request headers have not all arrived by then. */
+  headersTimeoutMs?: number;
+  /** Drop a connection whose request has not arrived whole by then. */
+  requestTimeoutMs?: number;
+}
+
 export interface RunningServer {
   url: string;
   port: number;
@@ -27,14 +35,20 @@ function router(routes: Routes): (path: string) => Handler | undefined {
 }
 
 /**
- * One HTTPS server for everything the operator serves (webhooks, broker, health), built from a
- * complete route table and only then listening: nothing is added after the first request can
- * arrive. A handler's failure, thrown synchronously or not, is a JSON error; it never crashes
- * the process.
+ * One HTTPS listener (the operator runs two: the broker's and the admission webhooks'), built
+ * from a complete route table and only then listening: nothing is added after the first request
+ * can arrive. A handler's failure, thrown synchronously or not, is a JSON error; it never
+ * crashes the process.
  */
-export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { host: string; port: number }, log: Logger): Promise<RunningServer> {
+export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { host: string; port: number }, log: Logger, limits: ListenerLimits = {}): Promise<RunningServer> {
   const route = router(routes);
-  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' }, (req, res) => {
+  const timeouts = {
+    ...(limits.headersTimeoutMs === undefined ? {} : { headersTimeout: limits.headersTimeoutMs }),
+    ...(limits.requestTimeoutMs === undefined ? {} : { requestTimeout: limits.requestTimeoutMs }),
+    // Node looks for overdue requests this often (30 s by default, longer than these timeouts).
+    ...(limits.headersTimeoutMs === undefined && limits.requestTimeoutMs === undefined ? {} : { connectionsCheckingInterval: Math.min(1_000, limits.headersTimeoutMs ?? Infinity, limits.requestTimeoutMs ?? Infinity) }),
+  };
+  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2', ...timeouts }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const handler = route(path);
     if (!handler) return sendError(res, new ChainwardenError('not_found', `no endpoint at ${path}`));

@@ -36,7 +36,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     await applyChartRbac(admin);
     const asChart = await chartServiceAccountKubeConfig(admin);
     operator = await startOperator({ kc: asChart, log, aws: localAws(env), auditFile });
-    await registerWebhooks(admin, { url: operator.url, caBundlePem: operator.caPem });
+    await registerWebhooks(admin, { url: operator.webhookUrl, caBundlePem: operator.caPem });
   } catch (err) {
     await env.stop();
     throw err;
@@ -47,6 +47,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('env', {
     ...env.describe(),
     brokerUrl: operator.url,
+    webhookUrl: operator.webhookUrl,
     brokerCA,
     operatorLog,
     auditFile,

@@ -43,7 +43,7 @@ describe('Helm chart', () => {
   });
 
   test('renders objects the real API server accepts (server-side dry run), also with a NetworkPolicy', async ({ admin }) => {
-    const variants: Record<string, string>[] = [{}, { 'networkPolicy.enabled': 'true', replicaCount: '3' }];
+    const variants: Record<string, string>[] = [{}, { 'networkPolicy.enabled': 'true', replicaCount: '3', 'networkPolicy.webhookFrom[0].ipBlock.cidr': '10.0.0.0/24' }];
     for (const set of variants) {
       const objects = await renderChart(set);
       const results = await dryRunApply(admin, objects);
@@ -72,10 +72,24 @@ describe('Helm chart', () => {
 
   test('its webhook configurations match the ones the operator registers (same rules, selectors, failure policy)', async () => {
     const objects = await renderChart();
-    const [validating, mutating] = webhookConfigurations({ service: { namespace: RELEASE_NAMESPACE, name: 'chainwarden', port: 443 }, caBundlePem: 'x' });
+    const [validating, mutating] = webhookConfigurations({ service: { namespace: RELEASE_NAMESPACE, name: 'chainwarden', port: 9443 }, caBundlePem: 'x' });
     const strip = (hooks: unknown) => (hooks as { clientConfig: { caBundle?: string } }[]).map(({ clientConfig, ...rest }) => ({ ...rest, clientConfig: { ...clientConfig, caBundle: undefined } }));
     expect(strip(objects.find((o) => o.kind === 'ValidatingWebhookConfiguration')?.webhooks)).toEqual(strip(validating.webhooks));
     expect(strip(objects.find((o) => o.kind === 'MutatingWebhookConfiguration')?.webhooks)).toEqual(strip(mutating.webhooks));
+  });
+
+  test('serves the webhooks on a port of their own: container port, --webhook-listen, Service and clientConfig agree', async () => {
+    const objects = await renderChart({ 'webhook.port': '9555', 'networkPolicy.enabled': 'true', 'networkPolicy.webhookFrom[0].ipBlock.cidr': '10.0.0.0/24' });
+    const container = (objects.find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { args: string[]; ports: { name: string; containerPort: number }[] }[] } } } }).spec.template.spec.containers[0];
+    expect(container?.args).toEqual(expect.arrayContaining(['--listen=0.0.0.0:8443', '--webhook-listen=0.0.0.0:9555']));
+    expect(container?.ports).toEqual([expect.objectContaining({ name: 'https', containerPort: 8443 }), expect.objectContaining({ name: 'webhook', containerPort: 9555 })]);
+    const service = objects.find((o) => o.kind === 'Service') as unknown as { spec: { ports: { name: string; port: number; targetPort: string }[] } };
+    expect(service.spec.ports).toEqual([expect.objectContaining({ name: 'https', port: 443, targetPort: 'https' }), expect.objectContaining({ name: 'webhook', port: 9555, targetPort: 'webhook' })]);
+    const hooks = objects.filter((o) => o.kind.endsWith('WebhookConfiguration')).flatMap((o) => o.webhooks as { clientConfig: { service: { port: number } } }[]);
+    expect(hooks.map((h) => h.clientConfig.service.port)).toEqual([9555, 9555, 9555]);
+    const policy = objects.find((o) => o.kind === 'NetworkPolicy') as unknown as { spec: { ingress: { ports: { port: number }[]; from?: unknown[] }[] } };
+    expect(policy.spec.ingress).toEqual([{ ports: [{ port: 8443, protocol: 'TCP' }] }, { ports: [{ port: 9555, protocol: 'TCP' }], from: [{ ipBlock: { cidr: '10.0.0.0/24' } }] }]);
+    await expect(renderChart({ 'webhook.port': '8443' })).rejects.toThrow(/\/webhook\/port/);
   });
 
   test('its service account can do the operator\'s work and nothing more', async ({ admin, namespace }) => {

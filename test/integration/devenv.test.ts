@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { describe, expect, it } from 'vitest';
 import type { EnvironmentDescription } from '../../src/controlplane/environment.js';
@@ -45,6 +45,12 @@ describe('chainwarden devenv', () => {
     expect(namespaces.items.map((n) => n.metadata?.name)).toEqual(expect.arrayContaining(['default', 'kube-system']));
     const sts = new STSClient({ region: 'us-east-1', endpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'x' } });
     expect((await sts.send(new GetCallerIdentityCommand({}))).Account).toBe('123456789012');
+    // The operator's two listeners, and the webhooks registered at the second.
+    expect(env.brokerUrl).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    expect(env.webhookUrl).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    expect(env.webhookUrl).not.toBe(env.brokerUrl);
+    const hooks = await kc.makeApiClient(AdmissionregistrationV1Api).readValidatingWebhookConfiguration({ name: 'chainwarden' });
+    expect(hooks.webhooks?.[0]?.clientConfig.url).toBe(`${env.webhookUrl ?? ''}/validate`);
 
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     child.kill('SIGTERM');

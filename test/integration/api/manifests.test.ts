@@ -123,7 +123,7 @@ describe('the API rejects wrong manifests, naming the field and the fix', () => 
     const api = admin.makeApiClient(AdmissionregistrationV1Api);
     const validating = await api.readValidatingWebhookConfiguration({ name: 'chainwarden' });
     const hook = validating.webhooks?.[0];
-    expect(hook?.clientConfig.url).toBe(`${env.brokerUrl}/validate`);
+    expect(hook?.clientConfig.url).toBe(`${env.webhookUrl}/validate`);
     expect(Buffer.from(hook?.clientConfig.caBundle ?? '', 'base64').toString()).toContain('BEGIN CERTIFICATE');
     expect(hook?.failurePolicy).toBe('Fail');
     expect(hook?.timeoutSeconds).toBeLessThanOrEqual(10);

@@ -67,6 +67,14 @@ describe('admission HTTP endpoint', () => {
     expect(review.response.status.details.causes[0]?.field).toBe('spec.ttl');
   });
 
+  it('answers a review nested past the limit with 400 json_too_deep, and one over 4 MiB with 413', async () => {
+    const deep = await post('/validate', JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { ...request, object: 0 } }).replace('"object":0', `"object":${'['.repeat(100_000)}`));
+    expect(deep.status).toBe(400);
+    expect(((await deep.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: 'json_too_deep', message: expect.stringMatching(/more than 100 deep/) as unknown });
+    const big = await post('/validate', JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { ...request, object: { data: 'x'.repeat(4 * 1024 * 1024) } } }));
+    expect(big.status).toBe(413);
+  });
+
   it('answers 400 with a reason for a body that is not an AdmissionReview', async () => {
     const res = await post('/validate', JSON.stringify({ kind: 'Pod' }));
     expect(res.status).toBe(400);

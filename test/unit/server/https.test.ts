@@ -1,4 +1,5 @@
 import https from 'node:https';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChainwardenError } from '../../../src/errors.js';
 import { silentLogger } from '../../../src/log.js';
@@ -54,5 +55,34 @@ describe('serveHttps', () => {
   it('routes exact paths, then prefixes, and 404s the rest', async () => {
     expect((await get('/prefix/x/y')).body).toEqual({ prefix: true });
     expect(await get('/nothing')).toMatchObject({ status: 404, body: { error: { code: 'not_found' } } });
+  });
+});
+
+describe('serveHttps limits', () => {
+  it('drops a client that keeps its request headers coming (slowloris) once the headers timeout passes', async () => {
+    const authority = await CertificateAuthority.create('test-ca');
+    const material = await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
+    const limited = await serveHttps({ '/ok': (_req, res) => Promise.resolve(void res.end('{}')) }, material, { host: '127.0.0.1', port: 0 }, silentLogger(), { headersTimeoutMs: 300, requestTimeoutMs: 600 });
+    try {
+      const started = performance.now();
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = tls.connect({ host: '127.0.0.1', port: limited.port, ca: authority.certPem, servername: 'localhost' }, () => {
+          socket.write('POST /ok HTTP/1.1\r\nHost: localhost\r\n');
+          // One more header line every 100 ms, never the blank line that ends them.
+          const drip = setInterval(() => socket.writable && socket.write('X-Slow: 1\r\n'), 100);
+          let text = '';
+          socket.on('data', (c: Buffer) => (text += c.toString()));
+          socket.on('close', () => {
+            clearInterval(drip);
+            resolve(text);
+          });
+        });
+        socket.on('error', reject);
+      });
+      expect(answer).toMatch(/^HTTP\/1.1 408/);
+      expect(performance.now() - started).toBeLessThan(3_000);
+    } finally {
+      await limited.close();
+    }
   });
 });

@@ -1,0 +1,89 @@
+import https from 'node:https';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { brokerRoutes, type BrokerDeps } from '../../../src/broker/routes.js';
+import { ChainwardenError } from '../../../src/errors.js';
+import { silentLogger } from '../../../src/log.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
+import { systemClock } from '../../../src/runtime/clock.js';
+import { serveHttps, type RunningServer } from '../../../src/server/https.js';
+
+const authenticate = vi.fn<BrokerDeps['auth']['authenticate']>();
+const untouchable = new Proxy({}, { get: (_t, name) => () => Promise.reject(new Error(`${String(name)} must not be called`)) });
+let server: RunningServer;
+let ca: string;
+
+function call(method: string, path: string, body?: string): Promise<{ status: number; body: { error?: { code: string; field?: string; message: string } } }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(`${server.url}${path}`, { method, ca, headers: { authorization: 'Bearer forged' } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as { error?: { code: string; field?: string; message: string } } }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+beforeAll(async () => {
+  const authority = await CertificateAuthority.create('test-ca');
+  ca = authority.certPem;
+  const deps = { auth: { authenticate }, credentials: untouchable, hops: untouchable, issuer: untouchable, status: untouchable, clock: systemClock, log: silentLogger() } as unknown as BrokerDeps;
+  server = await serveHttps(brokerRoutes(deps), await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, silentLogger());
+});
+afterAll(() => server.close());
+beforeEach(() => {
+  authenticate.mockReset();
+  authenticate.mockRejectedValue(new ChainwardenError('unauthenticated', 'the token was refused'));
+});
+
+const HOP = 'h1_AAAAAAAAAAAA_BBBBBBBBBBBBBBBB';
+
+describe('broker paths are checked before the caller is authenticated', () => {
+  it.each([
+    ['GET', '/v1/hops/not-a-hop-id', 'invalid_hop', 'hopId'],
+    ['GET', `/v1/hops/${HOP.replace('h1_', 'h01_')}`, 'invalid_hop', 'hopId'],
+    ['GET', '/v1/hops/%zz', 'invalid_hop', 'hopId'],
+    ['GET', '/v1/hops/', 'invalid_hop', 'hopId'],
+    ['GET', `/v1/hops/${HOP}/again`, 'invalid_hop', 'hopId'],
+    ['GET', `/v1/hops/${'h'.repeat(10_000)}`, 'invalid_hop', 'hopId'],
+    ['GET', '/v1/credentials/%E0%A4%A', 'invalid_request', 'name'],
+    ['GET', '/v1/credentials/Default', 'invalid_request', 'name'],
+    ['GET', '/v1/credentials/', 'invalid_request', 'name'],
+    ['GET', '/v1/credentials/a/b', 'invalid_request', 'name'],
+    ['GET', `/v1/credentials/${'a'.repeat(64)}`, 'invalid_request', 'name'],
+    ['POST', '/v1/tasks/Support/ticket-4711/complete', 'invalid_request', 'namespace'],
+    ['POST', `/v1/tasks/${'a'.repeat(64)}/ticket-4711/complete`, 'invalid_request', 'namespace'],
+    ['POST', '/v1/tasks/support/ticket_4711/complete', 'invalid_request', 'name'],
+    ['POST', '/v1/tasks/support/%74icket/complete', 'invalid_request', 'name'],
+    ['POST', `/v1/tasks/support/${'a'.repeat(254)}/complete`, 'invalid_request', 'name'],
+  ])('%s %s is a 400 %s naming %s', async (method, path, code, field) => {
+    const answer = await call(method, path);
+    expect(answer).toMatchObject({ status: 400, body: { error: { code, field } } });
+    expect(authenticate).not.toHaveBeenCalled();
+  });
+
+  it.each([
+    ['POST', '/v1/tasks/support/ticket-4711/finish'],
+    ['POST', '/v1/tasks/support/ticket-4711'],
+    ['POST', '/v1/tasks/support/ticket-4711/complete/now'],
+  ])('%s %s names no endpoint: 404, unauthenticated', async (method, path) => {
+    expect(await call(method, path)).toMatchObject({ status: 404, body: { error: { code: 'not_found' } } });
+    expect(authenticate).not.toHaveBeenCalled();
+  });
+
+  it.each([
+    ['GET', `/v1/hops/${HOP}`],
+    ['GET', '/v1/credentials'],
+    ['GET', '/v1/credentials/reports-bucket'],
+    ['POST', '/v1/tasks/support/ticket-4711/complete'],
+    ['POST', '/v1/tasks/support/agents.ticket-4711/complete'],
+  ])('%s %s is well formed: the caller is authenticated (and here refused)', async (method, path) => {
+    expect(await call(method, path)).toMatchObject({ status: 401, body: { error: { code: 'unauthenticated' } } });
+    expect(authenticate).toHaveBeenCalledOnce();
+  });
+
+  it('authenticates a hop request before its body is read: an unknown caller\'s body is never parsed', async () => {
+    expect(await call('POST', '/v1/hops', `${'['.repeat(60_000)}`)).toMatchObject({ status: 401, body: { error: { code: 'unauthenticated' } } });
+    expect(authenticate).toHaveBeenCalledOnce();
+  });
+});

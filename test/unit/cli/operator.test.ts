@@ -1,0 +1,30 @@
+import { describe, expect, it } from 'vitest';
+import { webhookEndpoint } from '../../../src/cli/operator.js';
+
+const broker = { host: '0.0.0.0', port: 8443 };
+
+describe('webhookEndpoint', () => {
+  it.each([
+    ['no webhook flags: a free port on the --listen host, nothing registered by URL', undefined, undefined, { listen: { host: '0.0.0.0', port: 0 } }],
+    ['--webhook-listen alone', '127.0.0.1:9443', undefined, { listen: { host: '127.0.0.1', port: 9443 } }],
+    ['--webhook-url of this machine alone: listen on the port it names', undefined, 'https://127.0.0.1:9443', { listen: { host: '0.0.0.0', port: 9443 }, url: 'https://127.0.0.1:9443' }],
+    ['both: the URL is registered as given (a proxy may sit in between)', '0.0.0.0:9443', 'https://webhooks.example.com', { listen: { host: '0.0.0.0', port: 9443 }, url: 'https://webhooks.example.com' }],
+  ])('%s', (_name, listen, url, expected) => {
+    expect(webhookEndpoint(broker, listen, url)).toEqual(expected);
+  });
+
+  it.each([
+    ['a --webhook-url naming the broker\'s own loopback address: the webhook listener is registered instead', 'https://127.0.0.1:8443', { listen: { host: '127.0.0.1', port: 0 }, url: undefined }, /names the broker's --listen address; the webhooks have a listener of their own/],
+    ['the same by name', 'https://localhost:8443', { listen: { host: 'localhost', port: 0 }, url: undefined }, /names the broker's --listen address/],
+    ['a --webhook-url of another host without --webhook-listen: registered, a free port, and a warning (its port is a proxy\'s, not ours)', 'https://webhooks.example.com', { listen: { host: '0.0.0.0', port: 0 }, url: 'https://webhooks.example.com' }, /names another host: make it reach the webhook listener, and give --webhook-listen/],
+  ])('%s', (_name, url, expected, warning) => {
+    const endpoint = webhookEndpoint(broker, undefined, url);
+    expect(endpoint).toMatchObject(expected);
+    expect(endpoint.warning).toMatch(warning);
+  });
+
+  it('refuses a --webhook-url naming the broker together with a --webhook-listen, and a URL that is not one', () => {
+    expect(() => webhookEndpoint(broker, '127.0.0.1:9443', 'https://127.0.0.1:8443')).toThrow(/names the broker's --listen address; point it at the webhook listener \(--webhook-listen 127.0.0.1:9443\)/);
+    expect(() => webhookEndpoint(broker, undefined, 'not a url')).toThrow(expect.objectContaining({ code: 'usage' }));
+  });
+});
