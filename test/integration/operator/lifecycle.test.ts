@@ -44,7 +44,7 @@ describe('AgentTask lifecycle', () => {
       await agent.stop();
     }
     // One Event per transition, no more.
-    await expect.poll(async () => (await eventReasons(admin, namespace, 'ticket-4711')).sort(), { timeout: 10_000 }).toEqual(['Bound', 'Completed', 'WaitingForPods']);
+    await expect.poll(async () => (await eventReasons(admin, namespace, 'ticket-4711')).sort(), { timeout: 10_000 }).toEqual(['Bound', 'Completed', 'Revoked', 'WaitingForPods']);
   });
 
   test('a task expires at its deadline and its pods lose their identity', async ({ admin, namespace }) => {
