@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseAgentApproval, parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
 import type { AgentApproval } from '../../../src/api/schema.js';
@@ -90,5 +91,40 @@ describe('HopService on two replicas: an answer is remembered only as status rec
     const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
     expect(await a.status(who, hopId)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'approval-timeout' }] });
     expect(await b.status(who, hopId)).toMatchObject({ decision: 'deny' });
+  });
+});
+
+describe('parseHopRequest under fuzzing', () => {
+  const scalar = fc.oneof(fc.string({ maxLength: 2000 }), fc.integer(), fc.double(), fc.boolean(), fc.constant(null));
+  const body = fc.oneof(
+    fc.jsonValue(),
+    fc.record(
+      {
+        tool: scalar,
+        action: scalar,
+        resource: scalar,
+        parentHop: scalar,
+        intent: scalar,
+        credential: scalar,
+        attributes: fc.oneof(fc.dictionary(fc.string({ maxLength: 80 }), fc.oneof(scalar, fc.jsonValue()), { maxKeys: 60 }), fc.jsonValue()),
+      },
+      { requiredKeys: [] },
+    ),
+  );
+
+  it('answers any body with a parsed hop within the limits, or a 400 naming a field; it never throws anything else', () => {
+    fc.assert(
+      fc.property(body, (b) => {
+        try {
+          const hop = parseHopRequest(b);
+          expect(hop.tool).toMatch(/^[A-Za-z0-9_.:/-]{1,63}$/);
+          expect(hop.resource.length).toBeLessThanOrEqual(1024);
+          expect(JSON.stringify(hop.attributes).length).toBeLessThanOrEqual(4096);
+        } catch (err) {
+          expect(err).toMatchObject({ name: 'ChainwardenError', status: 400, field: expect.any(String) as string });
+        }
+      }),
+      { numRuns: 3000 },
+    );
   });
 });
