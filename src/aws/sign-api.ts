@@ -1,0 +1,63 @@
+/**
+ * The AWS gateway's one call from the sidecar to the broker: `POST /v1/aws/sign`, authenticated
+ * with the pod token like every broker call. The sidecar passes on what the SDK signed, never
+ * the payload (a query-protocol form excepted, which is small and names the action); the broker
+ * checks the SDK's signature against the credential's placeholder secret, derives the hop from
+ * the request, decides it with the whole chain in view and, on allow, signs the request for the
+ * real endpoint with the task's STS session. The session's secret never leaves the broker.
+ */
+
+/** The request as the SDK sent it to the sidecar. */
+export interface AwsSignRequest {
+  /** The SDK's `Authorization` header (AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…). */
+  authorization: string;
+  method: string;
+  /** The path as received, percent-encoded as the SDK sent it. */
+  path: string;
+  /** The query string as received, without `?`; '' when none. */
+  query: string;
+  /** Every header the SDK signed (its SignedHeaders), names lowercased, values as received; `host` and `x-amz-date` included. */
+  headers: Record<string, string>;
+  /**
+   * The payload hash the SDK signed: its `x-amz-content-sha256` when it sent one (S3: a hex
+   * SHA-256, `UNSIGNED-PAYLOAD` or a `STREAMING-…` marker), else the hex SHA-256 of the body.
+   */
+  payloadHash: string;
+  /** Query protocol (a form-encoded POST body): the body itself, at most 64 KiB, so the broker reads `Action` from what it signs. */
+  form?: string;
+  /**
+   * When the sidecar re-encodes the body for the real endpoint (signed aws-chunked → unsigned
+   * aws-chunked with trailer, or decoded), what it will send instead: the payload hash and header
+   * changes (a null value removes the header). The broker signs that, not the SDK's form.
+   */
+  forward?: { payloadHash: string; headers: Record<string, string | null> };
+}
+
+/** On allow: where to send the request and the headers to send it with (they replace the SDK's of the same name). */
+export interface AwsSignAnswer {
+  hopId: string;
+  decision: 'allow';
+  reasons: { rule: string; effect: string }[];
+  /** The real endpoint's origin, e.g. https://s3.us-east-1.amazonaws.com. */
+  url: string;
+  /** `authorization`, `x-amz-date`, `x-amz-security-token`, `host`, and `x-amz-content-sha256` when it is signed. */
+  headers: Record<string, string>;
+}
+
+/**
+ * Refusals come as the broker's usual JSON error (`{error: {code, message, field?}}`) with, for a
+ * decided hop, `hopId`, `decision` and `reasons` beside it. Codes the sidecar maps to AWS errors:
+ * `aws_signature_mismatch` (SignatureDoesNotMatch), `aws_unsigned` (MissingAuthenticationToken),
+ * `aws_unknown_key` (InvalidClientTokenId), `aws_request_invalid` (the message names what),
+ * `hop_denied` (AccessDenied, message naming rule and hop id), `approval_pending`
+ * (ChainwardenApprovalPending with the hop id), `task_not_active` and the 401s (AccessDenied).
+ */
+export interface AwsSignRefusal {
+  error: { code: string; message: string; field?: string };
+  hopId?: string;
+  decision?: 'deny' | 'pending_approval';
+  reasons?: { rule: string; effect: string }[];
+}
+
+/** The sidecar's AWS listener port in injected pods. */
+export const AWS_GATEWAY_PORT = 15081;
