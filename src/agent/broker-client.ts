@@ -1,0 +1,145 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type http from 'node:http';
+import https from 'node:https';
+import { ChainwardenError } from '../errors.js';
+
+/** How long the pod token is trusted from memory before the file is read again. */
+const TOKEN_TTL_MS = 10_000;
+/** A broker call is a decision, not a transfer: anything slower is a broker in trouble. */
+const BROKER_TIMEOUT_MS = 30_000;
+
+/**
+ * Equal in constant time. Hashing first gives equal-length inputs, so neither the content nor
+ * the length of the secret leaks through timing.
+ */
+export function sameSecret(presented: string, expected: string): boolean {
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(digest(presented), digest(expected));
+}
+
+/** The pod token from its file, cached briefly; the kubelet replaces the file as it rotates the token. */
+export class PodToken {
+  private cached: { value: string; readAt: number } | undefined;
+  constructor(private readonly file: string) {}
+
+  async current(): Promise<string> {
+    if (!this.cached || Date.now() - this.cached.readAt > TOKEN_TTL_MS) return this.reread();
+    return this.cached.value;
+  }
+
+  async reread(): Promise<string> {
+    const value = (await readFile(this.file, 'utf8')).trim();
+    this.cached = { value, readAt: Date.now() };
+    return value;
+  }
+}
+
+export interface BrokerClientOptions {
+  brokerUrl: string;
+  /** PEM of the CA that signed the broker's certificate; the system roots when absent. */
+  caPem?: string;
+  /** The pod's projected service-account token; only the sidecar reads it and sends it to the broker. */
+  tokenFile: string;
+}
+
+/** One call to the broker: the method, the path (with query) and a body small enough to send twice. */
+export interface BrokerCall {
+  method: string;
+  path: string;
+  body: Buffer;
+  contentType?: string;
+}
+
+/**
+ * The sidecar's one way to the broker, shared by its listeners: TLS with the broker's CA, the pod
+ * token as a Bearer token, one connection pool. A 401 may be a token the kubelet just rotated, so
+ * the call is repeated once with the file's content; the token never appears in an error.
+ */
+export class BrokerClient {
+  private readonly podToken: PodToken;
+  private readonly agent: https.Agent;
+
+  constructor(private readonly options: BrokerClientOptions) {
+    this.podToken = new PodToken(options.tokenFile);
+    this.agent = new https.Agent({ keepAlive: true, ca: options.caPem, maxSockets: 16 });
+  }
+
+  get url(): string {
+    return this.options.brokerUrl;
+  }
+
+  /** Whether a caller presented the pod token itself; a mismatch may be a token the kubelet just rotated, so the file is read again before saying no. */
+  async isPodToken(presented: string): Promise<boolean> {
+    return sameSecret(presented, await this.podToken.current()) || sameSecret(presented, await this.podToken.reread());
+  }
+
+  /** The broker's answer with its body unread; the caller consumes or discards it. */
+  async request(call: BrokerCall): Promise<http.IncomingMessage> {
+    const token = await this.podToken.current();
+    const answer = await this.send(call, token);
+    if (answer.statusCode !== 401) return answer;
+    const fresh = await this.podToken.reread();
+    if (fresh === token) return answer;
+    answer.resume();
+    return this.send(call, fresh);
+  }
+
+  /** A JSON call whose answer is read whole, up to `limit` bytes. */
+  async requestJson(path: string, value: unknown, limit: number): Promise<{ status: number; body: unknown }> {
+    const answer = await this.request({ method: 'POST', path, body: Buffer.from(JSON.stringify(value)), contentType: 'application/json' });
+    const text = await readAnswer(answer, limit, this.options.brokerUrl);
+    try {
+      return { status: answer.statusCode ?? 502, body: JSON.parse(text) as unknown };
+    } catch {
+      return { status: answer.statusCode ?? 502, body: undefined };
+    }
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private send(call: BrokerCall, token: string): Promise<http.IncomingMessage> {
+    const target = new URL(call.path, this.options.brokerUrl);
+    return new Promise((resolve, reject) => {
+      const upstream = https.request(
+        target,
+        {
+          method: call.method,
+          agent: this.agent,
+          headers: {
+            authorization: `Bearer ${token}`,
+            ...(call.contentType ? { 'content-type': call.contentType } : {}),
+            ...(call.body.length > 0 ? { 'content-length': String(call.body.length) } : {}),
+            accept: 'application/json',
+          },
+          timeout: BROKER_TIMEOUT_MS,
+        },
+        resolve,
+      );
+      upstream.on('timeout', () => upstream.destroy(new Error(`the broker did not answer within ${BROKER_TIMEOUT_MS / 1000}s`)));
+      upstream.on('error', (err) => reject(new ChainwardenError('broker_unreachable', `cannot reach the chainwarden broker at ${this.options.brokerUrl}: ${err.message}`)));
+      upstream.end(call.body);
+    });
+  }
+}
+
+async function readAnswer(answer: http.IncomingMessage, limit: number, brokerUrl: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of answer as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > limit) {
+        answer.destroy();
+        throw new ChainwardenError('broker_unreachable', `the chainwarden broker at ${brokerUrl} answered with more than ${limit} bytes`);
+      }
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof ChainwardenError) throw err;
+    throw new ChainwardenError('broker_unreachable', `the chainwarden broker at ${brokerUrl} broke off its answer: ${(err as Error).message}`);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
