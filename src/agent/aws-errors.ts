@@ -52,6 +52,7 @@ const AWS_FACES: Record<string, { status: number; code: string }> = {
   pod_not_bound: { status: 403, code: 'AccessDenied' },
   // The way to AWS is down for now: SDKs retry a 503 by themselves.
   broker_unreachable: { status: 503, code: 'ServiceUnavailable' },
+  aws_unreachable: { status: 503, code: 'ServiceUnavailable' },
   starting: { status: 503, code: 'ServiceUnavailable' },
   journal_behind: { status: 503, code: 'ServiceUnavailable' },
   sts_unavailable: { status: 503, code: 'ServiceUnavailable' },

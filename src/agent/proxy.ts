@@ -5,6 +5,7 @@ import path from 'node:path';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readBody, sendError, sendJson } from '../server/http.js';
+import { brokerAwsSigner, createAwsGateway } from './aws-gateway.js';
 import { BrokerClient, sameSecret } from './broker-client.js';
 import { assertLoopbackListen, checkLoopbackCaller, closeServer, httpUrl, listenOn, type ListenAddress } from './loopback.js';
 
@@ -23,7 +24,16 @@ export interface AgentProxyOptions {
   localTokenFile?: string;
   /** A loopback address: the sidecar serves only the containers of its own pod. */
   listen: ListenAddress;
+  /** The AWS signing gateway's loopback address (`AWS_ENDPOINT_URL`); none when absent. */
+  awsListen?: ListenAddress;
   log: Logger;
+}
+
+export interface RunningAgent {
+  url: string;
+  /** The AWS listener's URL, when there is one. */
+  awsUrl?: string;
+  close(): Promise<void>;
 }
 
 /** What the sidecar forwards; anything else is a 404 here, never a request to the broker. */
@@ -128,25 +138,32 @@ function brokerProxy(deps: BrokerProxyDeps): http.RequestListener {
  * credentials provider accepts plain http only on loopback and ignores custom CA bundles, so
  * the SDK talks to this, and this talks to the broker over TLS with the pod's token. Callers
  * prove they are the agent with the local token (or the pod token); nothing else gets through.
+ * With `awsListen`, a second loopback listener is the AWS endpoint of the pod's SDKs (see
+ * aws-gateway.ts); both share one broker client. Both are built before either listens.
  */
-export async function startAgentProxy(options: AgentProxyOptions): Promise<{ url: string; close(): Promise<void> }> {
+export async function startAgentProxy(options: AgentProxyOptions): Promise<RunningAgent> {
   assertLoopbackListen(options.listen, '--listen');
+  if (options.awsListen) assertLoopbackListen(options.awsListen, '--aws-listen');
   const broker = new BrokerClient({ brokerUrl: options.brokerUrl, caPem: options.caPem, tokenFile: options.tokenFile });
   // Set once the file exists; the file is written only after the listener is up, so an app
   // container that found the file (the startup probe waits for it) finds the sidecar answering.
   let localToken: string | undefined;
   let port = options.listen.port;
+  let awsPort = options.awsListen?.port ?? 0;
   const server = http.createServer(brokerProxy({ broker, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
+  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log }) : undefined;
   const close = async () => {
+    aws?.close();
     broker.close();
-    await closeServer(server);
+    await Promise.all([closeServer(server), aws ? closeServer(aws.server) : undefined]);
   };
   try {
+    if (aws && options.awsListen) awsPort = await listenOn(aws.server, options.awsListen);
     port = await listenOn(server, options.listen);
     if (options.localTokenFile !== undefined) localToken = await ensureLocalToken(options.localTokenFile);
   } catch (err) {
     await close();
     throw err;
   }
-  return { url: httpUrl(options.listen.host, port), close };
+  return { url: httpUrl(options.listen.host, port), ...(aws && options.awsListen ? { awsUrl: httpUrl(options.awsListen.host, awsPort) } : {}), close };
 }

@@ -16,9 +16,11 @@ commands:
            [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
            [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--audit-file F] [--log-level L]
                                     controllers (leader only), admission webhooks and the broker
-  agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT] [--local-token-file F]
+  agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT] [--aws-listen 127.0.0.1:PORT] [--local-token-file F]
                                     the in-pod sidecar: loopback http to the broker over TLS; callers
-                                    present the local token (created if absent) or else the pod token
+                                    present the local token (created if absent) or else the pod token;
+                                    --aws-listen is the pod's AWS_ENDPOINT_URL: SDK requests signed with the
+                                    placeholder credentials go to AWS only as the broker signs them
   devenv --out DIR [--keep-state] [--no-operator]
                                     run a local control plane, STS emulator and the operator; write DIR/env.json
   provision                         build or install the local control plane's components now

@@ -75,7 +75,8 @@ export async function startAgentProcess(env: EnvironmentDescription, token: stri
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
   const url = await new Promise<string>((resolve, reject) => {
-    child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim()));
+    // The first line is the main listener; an AWS listener (--aws-listen) prints a second.
+    child.stdout?.once('data', (c: Buffer) => resolve(c.toString().split('\n')[0]?.trim() ?? ''));
     child.once('exit', (code) => reject(new Error(`chainwarden agent exited ${code}: ${stderr}`)));
   });
   const callerTokenFile = local ?? file;

@@ -1,0 +1,256 @@
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import { PassThrough, type Duplex, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { awsChunkedReencoder } from '../aws/aws-chunked.js';
+import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from '../aws/sign-api.js';
+import { ChainwardenError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { readBody } from '../server/http.js';
+import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
+import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
+import type { BrokerClient } from './broker-client.js';
+import { checkLoopbackCaller } from './loopback.js';
+
+/** The broker's side of the gateway, as the sidecar sees it: one call, allow or an AWS-shaped refusal. */
+export interface AwsSigner {
+  sign(request: AwsSignRequest): Promise<{ ok: true; answer: AwsSignAnswer } | { ok: false; error: AwsError }>;
+}
+
+/** A broker answer is a few headers; anything bigger is not one. */
+const MAX_SIGN_ANSWER_BYTES = 64 * 1024;
+/** An upstream that sends nothing for this long, mid-request or mid-answer, is gone. */
+const UPSTREAM_IDLE_MS = 120_000;
+/** Never sent on, whatever the SDK sent: the credentials the broker replaces, and headers about this hop's connection alone. */
+const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host']);
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect']);
+const HEADER_NAME = /^[a-z0-9!#$%&'*+.^_`|~-]{1,128}$/;
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/** A refusal that already has its AWS face (the broker's, or the way to AWS failing). */
+class AwsRefusal extends Error {
+  constructor(readonly aws: AwsError) {
+    super(aws.message);
+  }
+}
+
+const unusableAnswer = (what: string) => new ChainwardenError('internal', `the chainwarden broker's answer to /v1/aws/sign is not usable: ${what}`);
+
+/** The broker's allow, checked once: where the request may go and the headers it goes with. */
+export function parseSignAnswer(value: unknown): AwsSignAnswer {
+  const answer = value as Partial<AwsSignAnswer> | undefined;
+  if (typeof answer !== 'object' || answer === null || answer.decision !== 'allow' || typeof answer.hopId !== 'string') throw unusableAnswer('it is not an allow with a hopId');
+  let url: URL;
+  try {
+    url = new URL(String(answer.url));
+  } catch {
+    throw unusableAnswer('url is not a URL');
+  }
+  if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.username || url.password || url.pathname !== '/' || url.search || url.hash) throw unusableAnswer('url is not an http(s) origin');
+  const headers = answer.headers;
+  if (typeof headers !== 'object' || headers === null) throw unusableAnswer('it has no headers');
+  for (const [name, value] of Object.entries(headers)) {
+    if (!HEADER_NAME.test(name) || typeof value !== 'string' || !HEADER_VALUE.test(value)) throw unusableAnswer(`header ${HEADER_NAME.test(name) ? name : '(unreadable)'} is not a lowercase name with a single-line value`);
+  }
+  if (typeof headers.authorization !== 'string' || typeof headers.host !== 'string') throw unusableAnswer('it has no authorization or host header');
+  return { hopId: answer.hopId, decision: 'allow', reasons: Array.isArray(answer.reasons) ? answer.reasons : [], url: url.origin, headers: { ...headers } };
+}
+
+/** `POST /v1/aws/sign` on the broker, with the pod token. */
+export function brokerAwsSigner(broker: BrokerClient): AwsSigner {
+  return {
+    async sign(request) {
+      const { status, body } = await broker.requestJson('/v1/aws/sign', request, MAX_SIGN_ANSWER_BYTES);
+      if (status === 200) return { ok: true, answer: parseSignAnswer(body) };
+      return { ok: false, error: awsErrorOfRefusal(status, body as AwsSignRefusal | undefined) };
+    },
+  };
+}
+
+/** The head of a request in the shape the planner reads. */
+function headOf(req: http.IncomingMessage) {
+  let headerBytes = 0;
+  for (const part of req.rawHeaders) headerBytes += Buffer.byteLength(part) + 2;
+  return { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headersDistinct as Record<string, string[]>, headerBytes };
+}
+
+/** The SDK's headers as they go to AWS: without what the broker replaces, with the broker's changes and signature. */
+function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer: AwsSignAnswer, bodyLength: number | undefined): http.OutgoingHttpHeaders {
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [name, values] of Object.entries(req.headersDistinct)) {
+    if (REPLACED.has(name) || (HOP_BY_HOP.has(name) && !plan.signedHeaders.has(name)) || values === undefined) continue;
+    out[name] = values.length === 1 ? values[0] : values;
+  }
+  for (const [name, value] of Object.entries(plan.sign.forward?.headers ?? {})) {
+    if (value === null) delete out[name];
+    else out[name] = value;
+  }
+  if (bodyLength !== undefined) out['content-length'] = String(bodyLength);
+  return { ...out, ...answer.headers };
+}
+
+/** The upstream's answer headers as the SDK gets them, without those about the upstream connection. */
+function downstreamHeaders(raw: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] ?? '';
+    if (!HOP_BY_HOP.has(name.toLowerCase())) out.push(name, raw[i + 1] ?? '');
+  }
+  return out;
+}
+
+export interface AwsGatewayOptions {
+  signer: AwsSigner;
+  /** The port the listener is bound to, known once it listens. */
+  port: () => number;
+  log: Logger;
+}
+
+/**
+ * The sidecar's AWS listener, `AWS_ENDPOINT_URL` of the agent's SDKs. Every request is parsed
+ * and checked here (loopback Host, a SigV4 Authorization, bounded headers and body), then the
+ * broker decides the hop and signs it with the task's session, and only then does anything go to
+ * AWS: the SDK's request with the broker's signature, its body streamed (S3) or as read. A
+ * refusal is the AWS error the SDK turns into the exception its user would catch.
+ */
+export function createAwsGateway(options: AwsGatewayOptions): { server: http.Server; close(): void } {
+  const agents = { 'http:': new http.Agent({ keepAlive: true, maxSockets: 64 }), 'https:': new https.Agent({ keepAlive: true, maxSockets: 64 }) };
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse, exchange: Exchange) => {
+    checkLoopbackCaller(req, options.port());
+    const plan = planAwsRequest(headOf(req));
+    exchange.protocol = plan.protocol;
+    let body: Buffer | undefined;
+    const sign: AwsSignRequest = { ...plan.sign, payloadHash: plan.sign.payloadHash ?? '' };
+    if (plan.body.kind === 'buffer') {
+      exchange.continueBody();
+      body = await readBody(req, plan.body.maxBytes).catch((err: unknown) => {
+        throw err instanceof ChainwardenError && err.code === 'body_too_large' && plan.body.kind === 'buffer' ? tooLarge(plan.body.maxBytes, plan.body.form) : err;
+      });
+      sign.payloadHash = createHash('sha256').update(body).digest('hex');
+      if (plan.body.declaredHash !== undefined && plan.body.declaredHash !== sign.payloadHash) {
+        throw new ChainwardenError('aws_request_invalid', 'x-amz-content-sha256 is not the SHA-256 of the body the request carries', { field: 'x-amz-content-sha256' });
+      }
+      if (plan.body.declaredHash !== undefined) sign.payloadHash = plan.body.declaredHash;
+      if (plan.body.form) sign.form = body.toString('utf8');
+    }
+    const decision = await options.signer.sign(sign);
+    if (!decision.ok) throw new AwsRefusal(decision.error);
+    exchange.hopId = decision.answer.hopId;
+    exchange.continueBody();
+    const source = body ?? bodySource(req, plan);
+    await sendUpstream(res, plan, decision.answer, upstreamHeaders(req, plan, decision.answer, body?.length), source, agents);
+    options.log.debug({ hopId: decision.answer.hopId, service: plan.authorization.service, method: req.method, status: res.statusCode }, 'aws request passed on');
+  };
+
+  const respond = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
+    const exchange = new Exchange(res, expectsContinue);
+    handle(req, res, exchange).catch((err: unknown) => {
+      const aws = err instanceof AwsRefusal ? err.aws : err instanceof ChainwardenError ? awsErrorOf(err.code, err.message, err.status, exchange.hopId) : undefined;
+      if (!aws) options.log.error({ err }, 'aws gateway failed');
+      const error = aws ?? awsErrorOf('internal', 'the chainwarden agent failed; see its log');
+      options.log.info({ code: error.code, status: error.status, hopId: exchange.hopId, method: req.method }, 'aws request refused');
+      if (res.headersSent) return res.destroy();
+      const protocol = exchange.protocol ?? protocolOf(req, (req.url ?? '').split('?')[1] ?? '');
+      const out = renderAwsError(protocol, error, req.headers['content-type']);
+      // A body the client still holds back (Expect: 100-continue) will not come: say so rather than wait for it.
+      const close = expectsContinue && !exchange.continued ? { connection: 'close' } : {};
+      res.writeHead(out.status, { ...out.headers, 'content-length': Buffer.byteLength(out.body), ...close });
+      res.end(out.body);
+      // The rest of a body sent with the request is read and dropped, so the SDK, still sending, reads this answer rather than a reset.
+      if (!req.complete) {
+        req.unpipe();
+        req.resume();
+      }
+    });
+  };
+
+  const server = http.createServer({ maxHeaderSize: 64 * 1024, requestTimeout: 0 }, (req, res) => respond(req, res, false));
+  server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => respond(req, res, true));
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => rejectUnparsable(err, socket));
+  return {
+    server,
+    close: () => {
+      agents['http:'].destroy();
+      agents['https:'].destroy();
+    },
+  };
+}
+
+/** What one request has come to so far, for the answer if it fails. */
+class Exchange {
+  protocol: AwsProtocol | undefined;
+  hopId: string | undefined;
+  continued = false;
+  constructor(
+    private readonly res: http.ServerResponse,
+    private readonly expectsContinue: boolean,
+  ) {}
+
+  /** The body is wanted now: a client waiting on Expect: 100-continue may send it. */
+  continueBody(): void {
+    if (this.expectsContinue && !this.continued) this.res.writeContinue();
+    this.continued = true;
+  }
+}
+
+/**
+ * The request body on its way out, re-encoded when the plan says so. Piped rather than put in a
+ * pipeline: a failure on the way to AWS must not destroy the SDK's connection, which still has
+ * to carry the answer.
+ */
+function bodySource(req: http.IncomingMessage, plan: AwsRequestPlan): Readable {
+  const reencode = plan.body.kind === 'stream' ? plan.body.reencode : undefined;
+  const through = reencode ? awsChunkedReencoder(reencode.output, reencode.decodedLength) : new PassThrough();
+  // pipe() does not pass errors on: a client that goes away must end the upstream request too.
+  req.on('error', (err) => through.destroy(err));
+  req.on('aborted', () => through.destroy(new Error('the client went away mid-request')));
+  return req.pipe(through);
+}
+
+/**
+ * Sends the request to AWS and streams the answer back. Settles when the answer is passed on;
+ * fails, for the caller to answer, only while nothing of the answer has been sent.
+ */
+function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: AwsSignAnswer, headers: http.OutgoingHttpHeaders, body: Buffer | Readable, agents: Record<'http:' | 'https:', http.Agent>): Promise<void> {
+  const target = new URL(answer.url);
+  const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
+  const path = plan.sign.query === '' ? plan.sign.path : `${plan.sign.path}?${plan.sign.query}`;
+  return new Promise<void>((resolve, reject) => {
+    let answered = false;
+    const fail = (err: unknown) => {
+      if (answered) return;
+      answered = true;
+      reject(err instanceof ChainwardenError ? err : new AwsRefusal(awsErrorOf('aws_unreachable', `the chainwarden agent could not complete the request to ${target.origin}: ${(err as Error).message}`)));
+    };
+    const request = (protocol === 'https:' ? https : http).request({ protocol, hostname: target.hostname, port: target.port, method: plan.sign.method, path, headers, agent: agents[protocol], timeout: UPSTREAM_IDLE_MS });
+    request.on('timeout', () => request.destroy(new Error(`no answer for ${UPSTREAM_IDLE_MS / 1000}s`)));
+    request.on('error', fail);
+    request.on('response', (upstream) => {
+      if (answered) return upstream.resume();
+      answered = true;
+      res.writeHead(upstream.statusCode ?? 502, downstreamHeaders(upstream.rawHeaders));
+      // Once the answer has begun there is no one to tell: a broken stream ends the connection.
+      pipeline(upstream, res).then(resolve, () => {
+        res.destroy();
+        resolve();
+      });
+    });
+    if (Buffer.isBuffer(body)) request.end(body);
+    else pipeline(body, request).catch(fail);
+  });
+}
+
+/**
+ * A request Node could not parse never reaches a handler: headers past Node's limit, or not
+ * HTTP at all. It is still answered as AWS would, in REST-XML (the protocol cannot be known).
+ */
+function rejectUnparsable(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy();
+  const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+  const error = tooLarge ? awsErrorOf('aws_headers_too_large', 'the request\'s headers are larger than the chainwarden gateway takes') : awsErrorOf('aws_request_invalid', 'the request is not HTTP the chainwarden gateway can read');
+  const out = renderAwsError('rest-xml', error);
+  const head = [`HTTP/1.1 ${out.status} ${http.STATUS_CODES[out.status] ?? ''}`, ...Object.entries(out.headers).map(([k, v]) => `${k}: ${v}`), `content-length: ${Buffer.byteLength(out.body)}`, 'connection: close'];
+  socket.end(`${head.join('\r\n')}\r\n\r\n${out.body}`);
+}

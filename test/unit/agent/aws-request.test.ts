@@ -1,0 +1,96 @@
+import { describe, expect, it } from 'vitest';
+import { planAwsRequest, type AwsRequestHead } from '../../../src/agent/aws-request.js';
+import { ChainwardenError } from '../../../src/errors.js';
+
+const SIG = 'a'.repeat(64);
+const EMPTY = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+const auth = (service: string, signed = 'host;x-amz-content-sha256;x-amz-date') => `AWS4-HMAC-SHA256 Credential=CWPLACEHOLDER0001/20261121/us-east-1/${service}/aws4_request, SignedHeaders=${signed}, Signature=${SIG}`;
+
+function head(method: string, url: string, headers: Record<string, string | string[]>): AwsRequestHead {
+  const all = { host: '127.0.0.1:15081', 'x-amz-date': '20261121T081159Z', ...headers };
+  return { method, url, headers: Object.fromEntries(Object.entries(all).map(([k, v]) => [k, Array.isArray(v) ? v : [v]])), headerBytes: 900 };
+}
+
+const s3Put = (contentSha: string, extra: Record<string, string> = {}) =>
+  head('PUT', '/bkt/a/b%20c.txt?x-id=PutObject', { authorization: auth('s3', `content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length`), 'x-amz-content-sha256': contentSha, 'content-encoding': 'aws-chunked', 'x-amz-decoded-content-length': '100', ...extra });
+
+const refusal = (h: AwsRequestHead) => {
+  try {
+    planAwsRequest(h);
+    return 'planned';
+  } catch (err) {
+    return err instanceof ChainwardenError ? err.code : `uncoded: ${String(err)}`;
+  }
+};
+
+describe('planAwsRequest: what the broker is asked and how the body travels', () => {
+  it('S3 with a hex payload hash: streamed as is, the path and query as the SDK encoded them', () => {
+    const plan = planAwsRequest(head('GET', '/bkt/?list-type=2&prefix=a%2F', { authorization: auth('s3'), 'x-amz-content-sha256': EMPTY }));
+    expect(plan.body).toEqual({ kind: 'stream', reencode: undefined });
+    expect(plan.sign).toEqual({
+      authorization: auth('s3'),
+      method: 'GET',
+      path: '/bkt/',
+      query: 'list-type=2&prefix=a%2F',
+      headers: { host: '127.0.0.1:15081', 'x-amz-content-sha256': EMPTY, 'x-amz-date': '20261121T081159Z' },
+      payloadHash: EMPTY,
+    });
+  });
+
+  it.each(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER'])('S3 with %s: streamed as is', (marker) => {
+    const plan = planAwsRequest(s3Put(marker));
+    expect(plan.body).toEqual({ kind: 'stream', reencode: undefined });
+    expect(plan.sign.payloadHash).toBe(marker);
+    expect(plan.sign.forward).toBeUndefined();
+  });
+
+  it('signed aws-chunked without a trailer: decoded, sent as UNSIGNED-PAYLOAD of the decoded length, and the broker told', () => {
+    const plan = planAwsRequest(s3Put('STREAMING-AWS4-HMAC-SHA256-PAYLOAD', { 'content-encoding': 'aws-chunked,gzip' }));
+    expect(plan.body).toEqual({ kind: 'stream', reencode: { output: 'decoded', decodedLength: 100 } });
+    expect(plan.sign.payloadHash).toBe('STREAMING-AWS4-HMAC-SHA256-PAYLOAD');
+    expect(plan.sign.forward).toEqual({ payloadHash: 'UNSIGNED-PAYLOAD', headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': '100', 'content-encoding': 'gzip', 'x-amz-decoded-content-length': null } });
+    expect(planAwsRequest(s3Put('STREAMING-AWS4-HMAC-SHA256-PAYLOAD')).sign.forward?.headers['content-encoding']).toBeNull();
+  });
+
+  it('signed aws-chunked with a trailer: re-framed unsigned, sent chunked, and the broker told', () => {
+    const plan = planAwsRequest(s3Put('STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER', { 'x-amz-trailer': 'x-amz-checksum-crc32' }));
+    expect(plan.body).toEqual({ kind: 'stream', reencode: { output: 'unsigned-trailer', decodedLength: 100 } });
+    expect(plan.sign.forward).toEqual({ payloadHash: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER', headers: { 'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER', 'content-length': null } });
+  });
+
+  it('JSON protocol (DynamoDB): the body is held to be hashed, and the SDK\'s hash checked against it later', () => {
+    const plan = planAwsRequest(head('POST', '/', { authorization: auth('dynamodb', 'content-type;host;x-amz-date;x-amz-target'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'content-type': 'application/x-amz-json-1.0', 'content-length': '41', 'x-amz-content-sha256': EMPTY }));
+    expect(plan.protocol).toBe('json');
+    expect(plan.body).toEqual({ kind: 'buffer', maxBytes: 16 * 1024 * 1024, form: false, declaredHash: EMPTY });
+    expect(plan.sign.payloadHash).toBeUndefined();
+  });
+
+  it('query protocol (STS): the form goes to the broker', () => {
+    const plan = planAwsRequest(head('POST', '/', { authorization: auth('sts', 'content-type;host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded; charset=utf-8', 'content-length': '43' }));
+    expect(plan.protocol).toBe('query');
+    expect(plan.body).toMatchObject({ kind: 'buffer', form: true, maxBytes: 64 * 1024 });
+  });
+
+  it('repeated signed headers are one comma-joined value, as SigV4 canonicalizes them', () => {
+    const plan = planAwsRequest(head('GET', '/bkt/k', { authorization: auth('s3', 'host;x-amz-content-sha256;x-amz-date;x-amz-meta-a'), 'x-amz-content-sha256': EMPTY, 'x-amz-meta-a': ['1', '2'] }));
+    expect(plan.sign.headers['x-amz-meta-a']).toBe('1,2');
+  });
+
+  it.each([
+    ['no Authorization', head('GET', '/bkt/k', {}), 'aws_unsigned'],
+    ['two Authorization headers', head('GET', '/bkt/k', { authorization: [auth('s3'), auth('s3')] }), 'aws_request_invalid'],
+    ['a presigned URL', head('GET', '/bkt/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=K&X-Amz-Signature=abc', {}), 'aws_auth_unsupported'],
+    ['a presigned URL beside a header', head('GET', '/bkt/k?X-Amz-Signature=abc', { authorization: auth('s3'), 'x-amz-content-sha256': EMPTY }), 'aws_auth_unsupported'],
+    ['a proxy-style absolute target', head('GET', 'http://169.254.169.254/latest/meta-data', { authorization: auth('s3') }), 'aws_request_invalid'],
+    ['a signed header the request does not have', head('GET', '/bkt/k', { authorization: auth('s3', 'host;x-amz-content-sha256;x-amz-date;x-amz-meta-gone'), 'x-amz-content-sha256': EMPTY }), 'aws_authorization_malformed'],
+    ['a SigV4a payload marker', s3Put('STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD'), 'aws_request_invalid'],
+    ['garbage as payload hash', s3Put('not-a-hash'), 'aws_request_invalid'],
+    ['signed aws-chunked without its decoded length', s3Put('STREAMING-AWS4-HMAC-SHA256-PAYLOAD', { 'x-amz-decoded-content-length': '-1' }), 'aws_request_invalid'],
+    ['UNSIGNED-PAYLOAD to a service that hashes the body itself', head('POST', '/', { authorization: auth('dynamodb'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' }), 'aws_request_invalid'],
+    ['a DynamoDB body over 16 MiB', head('POST', '/', { authorization: auth('dynamodb', 'host;x-amz-date'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'content-length': String(16 * 1024 * 1024 + 1) }), 'body_too_large'],
+    ['a form over 64 KiB', head('POST', '/', { authorization: auth('sts', 'host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(64 * 1024 + 1) }), 'body_too_large'],
+    ['headers over 16 KiB', { ...head('GET', '/bkt/k', { authorization: auth('s3') }), headerBytes: 16 * 1024 + 1 }, 'aws_headers_too_large'],
+  ])('%s is refused (%s)', (_name, h, code) => {
+    expect(refusal(h)).toBe(code);
+  });
+});
