@@ -149,6 +149,12 @@ async function buildGoBinary(spec: GoBinary, progress: Progress): Promise<string
   });
 }
 
+/** moto alone, for what needs an AWS emulator and no control plane: `CHAINWARDEN_MOTO_SERVER`, or installed once into the cache. */
+export function ensureMoto(progress: Progress = () => {}): Promise<string> {
+  const override = process.env.CHAINWARDEN_MOTO_SERVER;
+  return override ? Promise.resolve(override) : installMoto(progress);
+}
+
 async function installMoto(progress: Progress): Promise<string> {
   const home = path.join(cacheRoot(), 'moto', MOTO_VERSION);
   const venv = path.join(home, 'venv');
@@ -198,8 +204,7 @@ async function fromKubebuilderAssets(dir: string): Promise<Pick<Assets, 'kubeApi
  * the machine's cores, so they run one after the other while moto installs beside them.
  */
 export async function ensureAssets(progress: Progress = () => {}): Promise<Assets> {
-  const motoOverride = process.env.CHAINWARDEN_MOTO_SERVER;
-  const moto = motoOverride ? Promise.resolve(motoOverride) : installMoto(progress);
+  const moto = ensureMoto(progress);
   // Do not let a moto failure go unobserved while the Go builds run.
   moto.catch(() => {});
   const assetsDir = process.env.KUBEBUILDER_ASSETS;

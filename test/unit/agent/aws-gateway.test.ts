@@ -1,0 +1,347 @@
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import { crc32 } from 'node:zlib';
+import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { CreateQueueCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
+import type { AwsSignRefusal } from '../../../src/aws/sign-api.js';
+import { createLogger } from '../../../src/log.js';
+import { signedAwsChunked } from '../../builders/aws-chunked.js';
+import { PLACEHOLDER, SESSION, Sha256, startGatewayWorld } from '../../builders/aws-gateway-twins.js';
+
+let world: Awaited<ReturnType<typeof startGatewayWorld>>;
+let sidecar: RunningAgent;
+const logLines: string[] = [];
+const awsUrl = () => sidecar.awsUrl ?? '';
+const port = () => Number(new URL(awsUrl()).port);
+
+beforeAll(async () => {
+  world = await startGatewayWorld();
+  const log = createLogger({ level: 'debug', name: 'agent' }, { write: (line: string) => void logLines.push(line) });
+  sidecar = await startAgentProxy({ brokerUrl: world.twin.url, caPem: world.twin.caPem, tokenFile: world.tokenFile, listen: { host: '127.0.0.1', port: 0 }, awsListen: { host: '127.0.0.1', port: 0 }, log });
+}, 90_000);
+
+afterAll(async () => {
+  await sidecar?.close();
+  await world?.close();
+});
+
+beforeEach(() => {
+  world.twin.decide = () => undefined;
+});
+
+/** What an SDK in the agent pod is configured with: the gateway as its endpoint and the placeholder credentials. */
+const config = (credentials = PLACEHOLDER) => ({ endpoint: awsUrl(), region: 'us-east-1', credentials, maxAttempts: 1 });
+
+/** Counts of what reached the broker and AWS, to tell what a step sent. */
+const sent = () => ({ broker: world.twin.calls.length, aws: world.front.records.length });
+const since = (before: { broker: number; aws: number }) => ({ broker: world.twin.calls.slice(before.broker), aws: world.front.records.slice(before.aws) });
+
+const HOP = 'h3_AbCdEfGhIjKl_MnOpQrStUvWxYz01';
+const refusal = (code: string, message: string, decision?: 'deny' | 'pending_approval', rule?: string): { status: number; body: AwsSignRefusal } => ({
+  status: 403,
+  body: { error: { code, message }, ...(decision ? { hopId: HOP, decision } : {}), ...(rule ? { reasons: [{ rule, effect: decision === 'deny' ? 'deny' : 'require_approval' }] } : {}) },
+});
+
+async function rejection(promise: Promise<unknown>): Promise<{ name: string; message: string; status: number | undefined; requestId: string | undefined }> {
+  try {
+    await promise;
+  } catch (err) {
+    const e = err as { name: string; message: string; $metadata?: { httpStatusCode?: number; requestId?: string } };
+    return { name: e.name, message: e.message, status: e.$metadata?.httpStatusCode, requestId: e.$metadata?.requestId };
+  }
+  throw new Error('the call went through');
+}
+
+describe('unmodified AWS SDKs through the gateway, to AWS (moto behind a signature-checking front)', () => {
+  it('S3: bucket, put, get and list; AWS sees the session\'s signature, never the placeholder', async () => {
+    const s3 = new S3Client(config());
+    const before = sent();
+    const key = 'reports/2026 q4/ünïcode+plus=.txt';
+    await s3.send(new CreateBucketCommand({ Bucket: 'gw-bucket' }));
+    await s3.send(new PutObjectCommand({ Bucket: 'gw-bucket', Key: key, Body: 'hello through the gateway' }));
+    const got = await s3.send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: key }));
+    expect(await got.Body?.transformToString()).toBe('hello through the gateway');
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: 'gw-bucket', Prefix: 'reports/' }));
+    expect(listed.Contents?.map((c) => c.Key)).toEqual([key]);
+
+    const { broker, aws } = since(before);
+    expect(broker).toHaveLength(4);
+    for (const call of broker) {
+      expect(call.bearer).toBe(`Bearer ${world.podToken}`);
+      expect(call.request.authorization).toMatch(/^AWS4-HMAC-SHA256 Credential=CWPLACEHOLDERKEY0001\/\d{8}\/us-east-1\/s3\/aws4_request/);
+    }
+    expect(broker[1]?.request).toMatchObject({ method: 'PUT', path: '/gw-bucket/reports/2026%20q4/%C3%BCn%C3%AFcode%2Bplus%3D.txt', query: 'x-id=PutObject' });
+    expect(broker[3]?.request.query).toContain('prefix=reports%2F');
+    expect(aws.map((r) => r.refused)).toEqual([undefined, undefined, undefined, undefined]);
+    for (const r of aws) expect(r.headers.authorization).toContain(`Credential=${SESSION.accessKeyId}/`);
+    s3.destroy();
+  });
+
+  it('DynamoDB (JSON protocol): table, put and get an item', async () => {
+    const ddb = new DynamoDBClient(config());
+    await ddb.send(new CreateTableCommand({ TableName: 'gw-table', KeySchema: [{ AttributeName: 'id', KeyType: 'HASH' }], AttributeDefinitions: [{ AttributeName: 'id', AttributeType: 'S' }], BillingMode: 'PAY_PER_REQUEST' }));
+    const before = sent();
+    await ddb.send(new PutItemCommand({ TableName: 'gw-table', Item: { id: { S: 'ticket-4711' }, note: { S: 'refund <requested> & "approved"' } } }));
+    const item = await ddb.send(new GetItemCommand({ TableName: 'gw-table', Key: { id: { S: 'ticket-4711' } } }));
+    expect(item.Item?.note?.S).toBe('refund <requested> & "approved"');
+    const { broker, aws } = since(before);
+    expect(broker.map((c) => c.request.headers['x-amz-target'])).toEqual(['DynamoDB_20120810.PutItem', 'DynamoDB_20120810.GetItem']);
+    // The JSON body is not the broker's to see; its hash is.
+    expect(broker[0]?.request.form).toBeUndefined();
+    expect(broker[0]?.request.payloadHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(aws.map((r) => r.refused)).toEqual([undefined, undefined]);
+    ddb.destroy();
+  });
+
+  it('SQS (JSON protocol): queue, send and receive', async () => {
+    const sqs = new SQSClient(config());
+    const queue = await sqs.send(new CreateQueueCommand({ QueueName: 'gw-queue' }));
+    const before = sent();
+    await sqs.send(new SendMessageCommand({ QueueUrl: queue.QueueUrl, MessageBody: 'hop through the gateway' }));
+    const received = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queue.QueueUrl, WaitTimeSeconds: 0 }));
+    expect(received.Messages?.map((m) => m.Body)).toEqual(['hop through the gateway']);
+    expect(since(before).broker.map((c) => c.request.headers['x-amz-target'])).toEqual(['AmazonSQS.SendMessage', 'AmazonSQS.ReceiveMessage']);
+    expect(since(before).aws.map((r) => r.refused)).toEqual([undefined, undefined]);
+    sqs.destroy();
+  });
+
+  it('STS (query protocol): GetCallerIdentity, its form passed to the broker to read the action from', async () => {
+    const sts = new STSClient(config());
+    const before = sent();
+    const me = await sts.send(new GetCallerIdentityCommand({}));
+    expect(me.Account).toBe('123456789012');
+    const [call] = since(before).broker;
+    expect(call?.request.form).toBe('Action=GetCallerIdentity&Version=2011-06-15');
+    expect(since(before).aws.map((r) => r.refused)).toEqual([undefined]);
+    sts.destroy();
+  });
+
+  it('AWS_ENDPOINT_URL alone, as an injected pod has it, without forcePathStyle', async () => {
+    const saved = process.env.AWS_ENDPOINT_URL;
+    process.env.AWS_ENDPOINT_URL = awsUrl();
+    try {
+      const s3 = new S3Client({ region: 'us-east-1', credentials: PLACEHOLDER, maxAttempts: 1 });
+      await s3.send(new CreateBucketCommand({ Bucket: 'env-bucket' }));
+      await s3.send(new PutObjectCommand({ Bucket: 'env-bucket', Key: 'k', Body: 'via AWS_ENDPOINT_URL' }));
+      const got = await s3.send(new GetObjectCommand({ Bucket: 'env-bucket', Key: 'k' }));
+      expect(await got.Body?.transformToString()).toBe('via AWS_ENDPOINT_URL');
+      s3.destroy();
+    } finally {
+      if (saved === undefined) delete process.env.AWS_ENDPOINT_URL;
+      else process.env.AWS_ENDPOINT_URL = saved;
+    }
+  });
+
+  it.each([
+    ['without a trailer', undefined, 'UNSIGNED-PAYLOAD'],
+    ['with a checksum trailer', 'x-amz-checksum-crc32', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER'],
+  ])('signed aws-chunked (the Java SDK over http) %s: re-encoded, stored intact', async (_name, trailer, forwarded) => {
+    const payload = randomBytes(300_000);
+    const chunks = [payload.subarray(0, 65_536), payload.subarray(65_536, 131_072), payload.subarray(131_072)];
+    const marker = trailer ? 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER' : 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD';
+    const key = `chunked-${trailer ?? 'plain'}`;
+    const headers: Record<string, string> = {
+      host: `127.0.0.1:${port()}`,
+      'content-encoding': 'aws-chunked',
+      'x-amz-content-sha256': marker,
+      'x-amz-decoded-content-length': String(payload.length),
+      ...(trailer ? { 'x-amz-trailer': trailer } : {}),
+    };
+    const signer = new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
+    const signed = await signer.sign({ method: 'PUT', protocol: 'http:', hostname: '127.0.0.1', port: port(), path: `/gw-bucket/${key}`, query: {}, headers });
+    const authorization = String(signed.headers.authorization);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(payload));
+    const body = signedAwsChunked(chunks, trailer ? [[trailer, crc.toString('base64')]] : undefined, { secretAccessKey: PLACEHOLDER.secretAccessKey, amzDate: String(signed.headers['x-amz-date']), region: 'us-east-1', service: 's3', seedSignature: /Signature=([0-9a-f]{64})/.exec(authorization)?.[1] ?? '' });
+    const before = sent();
+    // Sent in odd pieces, as a socket would deliver them.
+    const answer = await raw({ method: 'PUT', path: `/gw-bucket/${key}`, headers: { ...signed.headers, 'content-length': String(body.length) }, body: [body.subarray(0, 7), body.subarray(7, 70_001), body.subarray(70_001)] });
+    expect(answer.status).toBe(200);
+    const [call] = since(before).broker;
+    expect(call?.request.payloadHash).toBe(marker);
+    expect(call?.request.forward?.payloadHash).toBe(forwarded);
+    const [front] = since(before).aws;
+    expect(front?.refused).toBeUndefined();
+    expect(front?.headers['x-amz-content-sha256']).toBe(forwarded);
+    expect(front?.bodyStart).not.toContain('chunk-signature');
+    if (!trailer) expect(front?.headers['content-length']).toBe(String(payload.length));
+
+    const s3 = new S3Client(config());
+    const got = await s3.send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: key }));
+    expect(Buffer.from((await got.Body?.transformToByteArray()) ?? []).equals(payload)).toBe(true);
+    s3.destroy();
+  });
+});
+
+describe('refusals reach the SDK as the exception its user would catch, and nothing reaches AWS', () => {
+  it('S3 PutObject denied by a rule: AccessDenied naming the rule and the hop', async () => {
+    world.twin.decide = (r) => (r.method === 'PUT' ? refusal('hop_denied', `hop ${HOP} denied by rule no-s3-writes`, 'deny', 'no-s3-writes') : undefined);
+    const before = sent();
+    const err = await rejection(new S3Client(config()).send(new PutObjectCommand({ Bucket: 'gw-bucket', Key: 'secret', Body: 'x'.repeat(100_000) })));
+    expect(err).toMatchObject({ name: 'AccessDenied', status: 403, requestId: HOP });
+    expect(err.message).toContain('no-s3-writes');
+    expect(err.message).toContain(HOP);
+    expect(since(before)).toMatchObject({ broker: [expect.anything()], aws: [] });
+  });
+
+  it('DynamoDB PutItem waiting for approval: ChainwardenApprovalPending with the hop id', async () => {
+    world.twin.decide = () => refusal('approval_pending', 'a person must approve this hop: kubectl get agentapprovals', 'pending_approval', 'refunds-need-approval');
+    const before = sent();
+    const err = await rejection(new DynamoDBClient(config()).send(new PutItemCommand({ TableName: 'gw-table', Item: { id: { S: 'refund-1' } } })));
+    expect(err).toMatchObject({ name: 'ChainwardenApprovalPending', status: 403 });
+    expect(err.message).toContain(HOP);
+    expect(err.message).toContain('refunds-need-approval');
+    expect(since(before).aws).toEqual([]);
+  });
+
+  it('SQS SendMessage denied: AccessDenied, JSON protocol in query-compatible mode', async () => {
+    world.twin.decide = () => refusal('hop_denied', 'no messages after reading PII', 'deny', 'no-egress-after-pii');
+    const before = sent();
+    const err = await rejection(new SQSClient(config()).send(new SendMessageCommand({ QueueUrl: 'http://127.0.0.1:1/123456789012/gw-queue', MessageBody: 'customer data' })));
+    expect(err).toMatchObject({ name: 'AccessDenied', status: 403 });
+    expect(err.message).toContain('no-egress-after-pii');
+    expect(err.message).toContain(HOP);
+    expect(since(before).aws).toEqual([]);
+  });
+
+  it('STS denied: AccessDenied in the query protocol\'s ErrorResponse', async () => {
+    world.twin.decide = () => refusal('hop_denied', 'denied', 'deny', 'no-sts');
+    const err = await rejection(new STSClient(config()).send(new GetCallerIdentityCommand({})));
+    expect(err).toMatchObject({ name: 'AccessDenied', status: 403 });
+    expect(err.message).toContain('no-sts');
+    expect(err.message).toContain(HOP);
+  });
+
+  it.each([
+    ['the task has ended', () => refusal('task_not_active', 'AgentTask ns/t is Completed; it gets nothing more'), 'AccessDenied', 'is Completed'],
+    ['the broker does not know the pod', () => ({ status: 401, body: { error: { code: 'unauthenticated', message: 'the pod token is not valid' } } }), 'AccessDenied', 'pod token'],
+    ['a request the broker finds malformed', () => ({ status: 400, body: { error: { code: 'aws_request_invalid', message: 'the query names no Action' } } }), 'InvalidRequest', 'no Action'],
+  ])('%s → %s', async (_name, decide, name, text) => {
+    world.twin.decide = decide;
+    const before = sent();
+    const err = await rejection(new S3Client(config()).send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: 'k' })));
+    expect(err.name).toBe(name);
+    expect(err.message).toContain(text);
+    expect(since(before).aws).toEqual([]);
+  });
+
+  it('an SDK with the wrong secret: SignatureDoesNotMatch; an unknown key: InvalidClientTokenId', async () => {
+    const before = sent();
+    expect((await rejection(new DynamoDBClient(config({ ...PLACEHOLDER, secretAccessKey: 'guessed' })).send(new GetItemCommand({ TableName: 'gw-table', Key: { id: { S: 'x' } } })))).name).toBe('SignatureDoesNotMatch');
+    expect((await rejection(new S3Client(config({ accessKeyId: 'AKIASTOLENREALKEY001', secretAccessKey: 'real-secret' })).send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: 'k' })))).name).toBe('InvalidClientTokenId');
+    expect(since(before).aws).toEqual([]);
+  });
+
+  it('a pod token the broker refuses, even read again from the file: AccessDenied, the token in no message', async () => {
+    world.twin.podToken = 'a-token-this-pod-does-not-have';
+    try {
+      const before = sent();
+      const err = await rejection(new STSClient(config()).send(new GetCallerIdentityCommand({})));
+      expect(err).toMatchObject({ name: 'AccessDenied', status: 403 });
+      expect(err.message).not.toContain(world.podToken);
+      // Refused, the file read again: the same token, so not sent again.
+      expect(since(before).broker.map((c) => c.bearer)).toEqual([`Bearer ${world.podToken}`]);
+      expect(since(before).aws).toEqual([]);
+    } finally {
+      world.twin.podToken = world.podToken;
+    }
+  });
+
+  it('a pod token the kubelet rotated: the broker\'s 401 makes the sidecar read the file again, and the call goes through', async () => {
+    const rotated = `rotated-${randomBytes(16).toString('hex')}`;
+    await writeFile(world.tokenFile, rotated);
+    world.twin.podToken = rotated;
+    try {
+      const before = sent();
+      expect((await new STSClient(config()).send(new GetCallerIdentityCommand({}))).Account).toBe('123456789012');
+      expect(since(before).broker.map((c) => c.bearer)).toEqual([`Bearer ${world.podToken}`, `Bearer ${rotated}`]);
+    } finally {
+      await writeFile(world.tokenFile, world.podToken);
+      world.twin.podToken = world.podToken;
+      // The sidecar holds the rotated token until the next 401; one call puts it back on the original.
+      await new STSClient(config()).send(new GetCallerIdentityCommand({}));
+    }
+  });
+
+  it('the broker unreachable: ServiceUnavailable, which SDKs retry', async () => {
+    const lonely = await startAgentProxy({ brokerUrl: 'https://127.0.0.1:1', caPem: world.twin.caPem, tokenFile: world.tokenFile, listen: { host: '127.0.0.1', port: 0 }, awsListen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
+    try {
+      const err = await rejection(new S3Client({ ...config(), endpoint: lonely.awsUrl }).send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: 'k' })));
+      expect(err).toMatchObject({ name: 'ServiceUnavailable', status: 503 });
+    } finally {
+      await lonely.close();
+    }
+  });
+});
+
+/** A request as anything in the pod could send it, headers and all. */
+function raw(options: { method?: string; path: string; headers: Record<string, string | string[] | undefined>; body?: Buffer[] }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: port(), method: options.method ?? 'GET', path: options.path, headers: Object.fromEntries(Object.entries({ host: `127.0.0.1:${port()}`, ...options.headers }).filter(([, v]) => v !== undefined)) as http.OutgoingHttpHeaders, setHost: false }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    for (const piece of options.body ?? []) req.write(piece);
+    req.end();
+  });
+}
+
+describe('attacks from outside the SDK: answered as AWS would, nothing sent to the broker or AWS', () => {
+  const SIGV4 = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.accessKeyId}/20261121/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=${'0'.repeat(64)}`;
+  const signedish = { authorization: SIGV4, 'x-amz-date': '20261121T081159Z', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
+
+  it.each([
+    ['an unsigned request', { path: '/gw-bucket/k', headers: {} }, 403, '<Code>MissingAuthenticationToken</Code>'],
+    ['a garbage SigV4 header', { path: '/gw-bucket/k', headers: { authorization: 'AWS4-HMAC-SHA256 Credential=garbage' } }, 400, '<Code>IncompleteSignature</Code>'],
+    ['random bytes as Authorization', { path: '/gw-bucket/k', headers: { authorization: Buffer.from(randomBytes(600).map((b) => (b < 0x20 || b === 0x7f ? 0x21 : b))).toString('latin1') } }, 403, '<Code>AccessDenied</Code>'],
+    ['the pod token as a Bearer token', { path: '/gw-bucket/k', headers: { authorization: 'Bearer stolen' } }, 403, '<Code>AccessDenied</Code>'],
+    ['a foreign Host (DNS rebinding)', { path: '/gw-bucket/k', headers: { ...signedish, host: 'attacker.example:15081' } }, 403, '<Code>AccessDenied</Code>'],
+    ['a foreign Origin (a web page)', { path: '/gw-bucket/k', headers: { ...signedish, origin: 'https://attacker.example' } }, 403, '<Code>AccessDenied</Code>'],
+    ['a presigned URL', { path: `/gw-bucket/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=${PLACEHOLDER.accessKeyId}%2F20261121%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=${'0'.repeat(64)}`, headers: {} }, 403, '<Code>AccessDenied</Code>'],
+    ['a proxy request for the metadata service', { path: 'http://169.254.169.254/latest/meta-data/', headers: signedish }, 400, '<Code>InvalidRequest</Code>'],
+    ['a 20 KiB header', { path: '/gw-bucket/k', headers: { ...signedish, 'x-padding': 'a'.repeat(20 * 1024) } }, 400, '<Code>RequestHeaderSectionTooLarge</Code>'],
+    ['a 100 KiB header, past what Node parses', { path: '/gw-bucket/k', headers: { ...signedish, 'x-padding': 'a'.repeat(100 * 1024) } }, 400, '<Code>RequestHeaderSectionTooLarge</Code>'],
+  ])('%s → %i', async (_name, request, status, code) => {
+    const before = sent();
+    const answer = await raw(request);
+    expect(answer.status).toBe(status);
+    expect(answer.body).toContain(code);
+    expect(answer.body).toMatch(/^(<\?xml[^>]*>\n)?<Error><Code>\w+<\/Code><Message>[^<]+<\/Message>/);
+    expect(since(before)).toEqual({ broker: [], aws: [] });
+  });
+
+  it('a JSON-protocol caller gets its refusal as JSON, a query-protocol caller as an ErrorResponse', async () => {
+    const json = await raw({ method: 'POST', path: '/', headers: { 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0' }, body: [Buffer.from('{"TableName":"gw-table"}')] });
+    expect(json.status).toBe(403);
+    expect(json.headers['x-amzn-errortype']).toBe('MissingAuthenticationToken');
+    expect(JSON.parse(json.body)).toMatchObject({ __type: 'MissingAuthenticationToken' });
+    const query = await raw({ method: 'POST', path: '/', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: [Buffer.from('Action=GetCallerIdentity&Version=2011-06-15')] });
+    expect(query.body).toMatch(/^<ErrorResponse><Error><Type>Sender<\/Type><Code>MissingAuthenticationToken<\/Code>/);
+  });
+
+  it('a DynamoDB body whose claimed hash is not its own, and one past 16 MiB, are refused before the broker', async () => {
+    const before = sent();
+    const auth = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.accessKeyId}/20261121/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-target, Signature=${'0'.repeat(64)}`;
+    const headers = { authorization: auth, 'x-amz-date': '20261121T081159Z', 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0' };
+    const lying = await raw({ method: 'POST', path: '/', headers: { ...headers, 'x-amz-content-sha256': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' }, body: [Buffer.from('{"TableName":"gw-table"}')] });
+    expect(JSON.parse(lying.body)).toMatchObject({ __type: 'InvalidRequest' });
+    const huge = await raw({ method: 'POST', path: '/', headers: { ...headers, authorization: auth.replace('x-amz-content-sha256;', ''), 'transfer-encoding': 'chunked' }, body: Array.from({ length: 17 }, () => Buffer.alloc(1024 * 1024, 0x20)) });
+    expect(huge.status).toBe(413);
+    expect(JSON.parse(huge.body)).toMatchObject({ __type: 'RequestEntityTooLarge' });
+    expect(since(before)).toEqual({ broker: [], aws: [] });
+  });
+
+  it('the sidecar log holds neither the pod token nor the session the broker signs with', () => {
+    const text = logLines.join('');
+    expect(text).toContain('aws request refused');
+    for (const secret of [world.podToken, SESSION.secretAccessKey, SESSION.sessionToken, PLACEHOLDER.secretAccessKey]) expect(text).not.toContain(secret);
+  });
+});
