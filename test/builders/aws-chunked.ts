@@ -24,9 +24,9 @@ function signingKey(s: ChunkSigning): Buffer {
  * A body in signed aws-chunked encoding, as the Java SDK sends S3 uploads over http
  * (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD`, or `…-TRAILER` when there are trailers): every chunk
  * signed, each signature chained from the one before, the trailer signed last. Without `signing`
- * the signatures are well-formed but made up.
+ * the signatures are well-formed but made up. Produced piece by piece, so a large body is never whole.
  */
-export function signedAwsChunked(chunks: Buffer[], trailers: [string, string][] | undefined, signing?: ChunkSigning): Buffer {
+export function* signedAwsChunkedStream(chunks: Iterable<Buffer>, trailers: [string, string][] | undefined, signing?: ChunkSigning): Generator<Buffer> {
   const scope = signing ? `${signing.amzDate.slice(0, 8)}/${signing.region}/${signing.service}/aws4_request` : '';
   const key = signing ? signingKey(signing) : undefined;
   let previous = signing?.seedSignature ?? '';
@@ -37,18 +37,23 @@ export function signedAwsChunked(chunks: Buffer[], trailers: [string, string][] 
     previous = createHmac('sha256', key).update(stringToSign).digest('hex');
     return previous;
   };
-  const parts: Buffer[] = [];
-  for (const chunk of [...chunks.filter((c) => c.length > 0), Buffer.alloc(0)]) {
-    parts.push(Buffer.from(`${chunk.length.toString(16)};chunk-signature=${sign('PAYLOAD', sha256Hex(chunk))}\r\n`), chunk);
-    if (chunk.length > 0) parts.push(Buffer.from('\r\n'));
+  for (const chunk of chunks) {
+    if (chunk.length === 0) continue;
+    yield Buffer.concat([Buffer.from(`${chunk.length.toString(16)};chunk-signature=${sign('PAYLOAD', sha256Hex(chunk))}\r\n`), chunk, Buffer.from('\r\n')]);
   }
+  const end = [`0;chunk-signature=${sign('PAYLOAD', EMPTY_HASH)}\r\n`];
   if (trailers && trailers.length > 0) {
     const text = trailers.map(([name, value]) => `${name}:${value}\n`).join('');
-    for (const [name, value] of trailers) parts.push(Buffer.from(`${name}:${value}\r\n`));
-    parts.push(Buffer.from(`x-amz-trailer-signature:${sign('TRAILER', sha256Hex(text))}\r\n`));
+    for (const [name, value] of trailers) end.push(`${name}:${value}\r\n`);
+    end.push(`x-amz-trailer-signature:${sign('TRAILER', sha256Hex(text))}\r\n`);
   }
-  parts.push(Buffer.from('\r\n'));
-  return Buffer.concat(parts);
+  end.push('\r\n');
+  yield Buffer.from(end.join(''));
+}
+
+/** The whole of `signedAwsChunkedStream`. */
+export function signedAwsChunked(chunks: Buffer[], trailers: [string, string][] | undefined, signing?: ChunkSigning): Buffer {
+  return Buffer.concat([...signedAwsChunkedStream(chunks, trailers, signing)]);
 }
 
 /** Unsigned aws-chunked (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`) read whole: what S3 would store and the trailers it would check. */
