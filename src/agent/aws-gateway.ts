@@ -7,7 +7,6 @@ import { awsChunkedReencoder } from '../aws/aws-chunked.js';
 import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from '../aws/sign-api.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readBody } from '../server/http.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
@@ -125,9 +124,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     const sign: AwsSignRequest = { ...plan.sign, payloadHash: plan.sign.payloadHash ?? '' };
     if (plan.body.kind === 'buffer') {
       exchange.continueBody();
-      body = await readBody(req, plan.body.maxBytes).catch((err: unknown) => {
-        throw err instanceof ChainwardenError && err.code === 'body_too_large' && plan.body.kind === 'buffer' ? tooLarge(plan.body.maxBytes, plan.body.form) : err;
-      });
+      body = await readBounded(req, plan.body.maxBytes, plan.body.form);
       sign.payloadHash = createHash('sha256').update(body).digest('hex');
       if (plan.body.declaredHash !== undefined && plan.body.declaredHash !== sign.payloadHash) {
         throw new ChainwardenError('aws_request_invalid', 'x-amz-content-sha256 is not the SHA-256 of the body the request carries', { field: 'x-amz-content-sha256' });
@@ -193,6 +190,30 @@ class Exchange {
     if (this.expectsContinue && !this.continued) this.res.writeContinue();
     this.continued = true;
   }
+}
+
+/**
+ * The whole body, up to `maxBytes`. Past that it stops reading but leaves the request alive: the
+ * refusal drains the rest, so the SDK reads its 413 and its keep-alive connection stays usable
+ * (an async iterator would destroy the request, and the connection would hang).
+ */
+function readBounded(req: http.IncomingMessage, maxBytes: number, form: boolean): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const stop = (err: Error) => {
+      req.off('data', onData).off('end', onEnd).off('error', stop);
+      req.pause();
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) return stop(tooLarge(maxBytes, form));
+      chunks.push(chunk);
+    };
+    const onEnd = () => resolve(Buffer.concat(chunks));
+    req.on('data', onData).on('end', onEnd).on('error', stop);
+  });
 }
 
 /**

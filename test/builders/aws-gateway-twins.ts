@@ -253,7 +253,8 @@ export async function startAwsFront(moto: string) {
  */
 export async function startGatewayWorld() {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'aws-gateway-'));
-  const moto = await startStsEmulator(await ensureMoto(), dir);
+  const motoServer = await ensureMoto();
+  const moto = await startStsEmulator(motoServer, dir);
   const front = await startAwsFront(moto.endpoint);
   const podToken = `pod-token-${randomBytes(24).toString('base64url')}`;
   const tokenFile = path.join(dir, 'token');
@@ -269,6 +270,8 @@ export async function startGatewayWorld() {
     podToken,
     tokenFile,
     caFile,
+    /** moto's Python, which has boto3: an agent in another language. */
+    python: path.join(path.dirname(motoServer), 'python'),
     close: async () => {
       await twin.close();
       await front.close();

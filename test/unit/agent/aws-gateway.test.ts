@@ -1,6 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
 import http from 'node:http';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
@@ -14,6 +17,7 @@ import { createLogger } from '../../../src/log.js';
 import { signedAwsChunked } from '../../builders/aws-chunked.js';
 import { PLACEHOLDER, SESSION, Sha256, startGatewayWorld } from '../../builders/aws-gateway-twins.js';
 
+const execFileAsync = promisify(execFile);
 let world: Awaited<ReturnType<typeof startGatewayWorld>>;
 let sidecar: RunningAgent;
 const logLines: string[] = [];
@@ -280,13 +284,49 @@ describe('refusals reach the SDK as the exception its user would catch, and noth
   });
 });
 
+/** The Python agent (test/fixtures/boto3-agent.py) with only what an injected pod's environment gives boto3. */
+async function boto3(scenario: 'flows' | 'denied'): Promise<Record<string, unknown>> {
+  const { stdout } = await execFileAsync(world.python, [path.resolve(import.meta.dirname, '../../fixtures/boto3-agent.py'), scenario], {
+    env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', AWS_ENDPOINT_URL: awsUrl(), AWS_ACCESS_KEY_ID: PLACEHOLDER.accessKeyId, AWS_SECRET_ACCESS_KEY: PLACEHOLDER.secretAccessKey, AWS_DEFAULT_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true' },
+    timeout: 60_000,
+  });
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+describe('boto3, an SDK that signs differently: hex payload hashes, Expect: 100-continue, no x-amz-content-sha256 outside S3', () => {
+  it('S3 (a multipart upload too), DynamoDB, SQS and STS through AWS_ENDPOINT_URL', async () => {
+    const before = sent();
+    expect(await boto3('flows')).toEqual({ small: 'hello from boto3', multipart: true, item: 'from boto3', message: 'from boto3', account: '123456789012' });
+    const { broker, aws } = since(before);
+    expect(aws.filter((r) => r.refused)).toEqual([]);
+    expect(broker.find((c) => c.request.headers['x-amz-target'] === 'DynamoDB_20120810.PutItem')?.request.headers['x-amz-content-sha256']).toBeUndefined();
+    // The S3 upload waited for the gateway's 100 Continue, sent only once the broker had allowed it.
+    expect(aws.find((r) => r.method === 'PUT' && r.path === '/boto-bucket/small%20key.txt')?.headers['x-amz-content-sha256']).toMatch(/^[0-9a-f]{64}$/);
+  }, 90_000);
+
+  it('refusals as boto3 reads them: AccessDenied naming the rule and the hop, for S3 (an upload waiting on 100-continue), DynamoDB and STS', async () => {
+    world.twin.decide = (r) => (r.method === 'GET' && r.path === '/boto-bucket' ? undefined : refusal('hop_denied', 'denied', 'deny', 'python-agents-read-only'));
+    const before = sent();
+    const out = (await boto3('denied')) as Record<string, { code: string; message: string; status: number }>;
+    for (const service of ['s3', 'dynamodb', 'sts']) {
+      expect(out[service]).toMatchObject({ code: 'AccessDenied', status: 403 });
+      expect(out[service]?.message).toContain('python-agents-read-only');
+      expect(out[service]?.message).toContain(HOP);
+    }
+    expect(since(before).aws).toEqual([]);
+  }, 90_000);
+});
+
+/** One connection, kept alive as SDKs keep theirs: a refusal that left it unusable would hang the next request. */
+const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 1 });
+
 /** A request as anything in the pod could send it, headers and all. */
-function raw(options: { method?: string; path: string; headers: Record<string, string | string[] | undefined>; body?: Buffer[] }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+function raw(options: { method?: string; path: string; headers: Record<string, string | string[] | undefined>; body?: Buffer[] }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string; reusedSocket: boolean }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: port(), method: options.method ?? 'GET', path: options.path, headers: Object.fromEntries(Object.entries({ host: `127.0.0.1:${port()}`, ...options.headers }).filter(([, v]) => v !== undefined)) as http.OutgoingHttpHeaders, setHost: false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port: port(), method: options.method ?? 'GET', path: options.path, headers: Object.fromEntries(Object.entries({ host: `127.0.0.1:${port()}`, ...options.headers }).filter(([, v]) => v !== undefined)) as http.OutgoingHttpHeaders, setHost: false, agent: keepAlive }, (res) => {
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, reusedSocket: req.reusedSocket }));
     });
     req.on('error', reject);
     for (const piece of options.body ?? []) req.write(piece);
@@ -336,7 +376,40 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     const huge = await raw({ method: 'POST', path: '/', headers: { ...headers, authorization: auth.replace('x-amz-content-sha256;', ''), 'transfer-encoding': 'chunked' }, body: Array.from({ length: 17 }, () => Buffer.alloc(1024 * 1024, 0x20)) });
     expect(huge.status).toBe(413);
     expect(JSON.parse(huge.body)).toMatchObject({ __type: 'RequestEntityTooLarge' });
+    // The rest of the refused body was drained: the same connection answers the next request.
+    const next = await raw({ path: '/gw-bucket/k', headers: {} });
+    expect(next).toMatchObject({ status: 403, reusedSocket: true });
     expect(since(before)).toEqual({ broker: [], aws: [] });
+  });
+
+  it('Expect: 100-continue: a refused upload is answered before its body is asked for; an allowed one is asked for it once allowed', async () => {
+    const put = (key: string) =>
+      new Promise<{ status: number; continued: boolean; body: string }>((resolve, reject) => {
+        let continued = false;
+        const payload = Buffer.alloc(5 * 1024 * 1024, 0x41);
+        const headers = { host: `127.0.0.1:${port()}`, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(payload.length), expect: '100-continue' };
+        void new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false }).sign({ method: 'PUT', protocol: 'http:', hostname: '127.0.0.1', path: `/expect-bucket/${key}`, query: {}, headers }).then((signed) => {
+          const req = http.request({ host: '127.0.0.1', port: port(), method: 'PUT', path: `/expect-bucket/${key}`, headers: signed.headers, setHost: false, agent: keepAlive }, (res) => {
+            let body = '';
+            res.on('data', (c: Buffer) => (body += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, continued, body }));
+          });
+          req.on('continue', () => {
+            continued = true;
+            req.end(payload);
+          });
+          req.on('error', reject);
+          req.flushHeaders();
+        }, reject);
+      });
+    world.twin.decide = () => refusal('hop_denied', 'denied', 'deny', 'no-uploads');
+    const refused = await put('expect-refused');
+    expect(refused).toMatchObject({ status: 403, continued: false });
+    expect(refused.body).toContain('<Code>AccessDenied</Code>');
+    world.twin.decide = () => undefined;
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'expect-bucket' })).catch(() => undefined);
+    expect(await put('expect-allowed')).toMatchObject({ status: 200, continued: true });
   });
 
   it('the sidecar log holds neither the pod token nor the session the broker signs with', () => {
