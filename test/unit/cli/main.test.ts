@@ -31,4 +31,10 @@ describe('chainwarden CLI', () => {
     expect(await main(['devenv', '--outt', 'x'])).toBe(1);
     expect(stderr()).toMatch(/--outt/);
   });
+
+  it('agent --aws-listen serves loopback only, like --listen', async () => {
+    const stderr = captureStderr();
+    expect(await main(['agent', '--broker', 'https://127.0.0.1:1', '--token-file', '/dev/null', '--listen', '127.0.0.1:0', '--aws-listen', '0.0.0.0:0'])).toBe(1);
+    expect(stderr()).toMatch(/loopback only .*not 0\.0\.0\.0 \(--aws-listen\)/);
+  });
 });
