@@ -125,12 +125,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     if (plan.body.kind === 'buffer') {
       exchange.continueBody();
       body = await readBounded(req, plan.body.maxBytes, plan.body.form);
-      sign.payloadHash = createHash('sha256').update(body).digest('hex');
-      if (plan.body.declaredHash !== undefined && plan.body.declaredHash !== sign.payloadHash) {
-        throw new ChainwardenError('aws_request_invalid', 'x-amz-content-sha256 is not the SHA-256 of the body the request carries', { field: 'x-amz-content-sha256' });
-      }
-      if (plan.body.declaredHash !== undefined) sign.payloadHash = plan.body.declaredHash;
-      if (plan.body.form) sign.form = body.toString('utf8');
+      Object.assign(sign, heldPayload(body, plan.body));
     }
     const decision = await options.signer.sign(sign);
     if (!decision.ok) throw new AwsRefusal(decision.error);
@@ -190,6 +185,15 @@ class Exchange {
     if (this.expectsContinue && !this.continued) this.res.writeContinue();
     this.continued = true;
   }
+}
+
+/** What the broker is told of a body held here: its hash (which must be the one the SDK claims, if it claims one) and a form. */
+function heldPayload(body: Buffer, plan: Extract<AwsRequestPlan['body'], { kind: 'buffer' }>): Pick<AwsSignRequest, 'payloadHash' | 'form'> {
+  const payloadHash = createHash('sha256').update(body).digest('hex');
+  if (plan.declaredHash !== undefined && plan.declaredHash !== payloadHash) {
+    throw new ChainwardenError('aws_request_invalid', 'x-amz-content-sha256 is not the SHA-256 of the body the request carries', { field: 'x-amz-content-sha256' });
+  }
+  return { payloadHash, ...(plan.form ? { form: body.toString('utf8') } : {}) };
 }
 
 /**

@@ -40,7 +40,7 @@ beforeEach(() => {
 });
 
 /** What an SDK in the agent pod is configured with: the gateway as its endpoint and the placeholder credentials. */
-const config = (credentials = PLACEHOLDER) => ({ endpoint: awsUrl(), region: 'us-east-1', credentials, maxAttempts: 1 });
+const config = (credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } = PLACEHOLDER) => ({ endpoint: awsUrl(), region: 'us-east-1', credentials, maxAttempts: 1 });
 
 /** Counts of what reached the broker and AWS, to tell what a step sent. */
 const sent = () => ({ broker: world.twin.calls.length, aws: world.front.records.length });
@@ -87,8 +87,8 @@ describe('unmodified AWS SDKs through the gateway, to AWS (moto behind a signatu
     s3.destroy();
   });
 
-  it('DynamoDB (JSON protocol): table, put and get an item', async () => {
-    const ddb = new DynamoDBClient(config());
+  it('DynamoDB (JSON protocol): table, put and get an item; a placeholder session token is replaced by the session\'s', async () => {
+    const ddb = new DynamoDBClient(config({ ...PLACEHOLDER, sessionToken: 'placeholder-session-token' }));
     await ddb.send(new CreateTableCommand({ TableName: 'gw-table', KeySchema: [{ AttributeName: 'id', KeyType: 'HASH' }], AttributeDefinitions: [{ AttributeName: 'id', AttributeType: 'S' }], BillingMode: 'PAY_PER_REQUEST' }));
     const before = sent();
     await ddb.send(new PutItemCommand({ TableName: 'gw-table', Item: { id: { S: 'ticket-4711' }, note: { S: 'refund <requested> & "approved"' } } }));
@@ -100,6 +100,8 @@ describe('unmodified AWS SDKs through the gateway, to AWS (moto behind a signatu
     expect(broker[0]?.request.form).toBeUndefined();
     expect(broker[0]?.request.payloadHash).toMatch(/^[0-9a-f]{64}$/);
     expect(aws.map((r) => r.refused)).toEqual([undefined, undefined]);
+    expect(broker[0]?.request.headers['x-amz-security-token']).toBe('placeholder-session-token');
+    expect(aws[0]?.headers['x-amz-security-token']).toBe(SESSION.sessionToken);
     ddb.destroy();
   });
 
