@@ -42,6 +42,13 @@ export const ERRORS = {
   role_not_assumable: { status: 403, reason: Reason.AssumeRoleFailed },
   sts_limits_exceeded: { status: 422, reason: Reason.StsLimitExceeded },
   sts_unavailable: { status: 503, reason: Reason.StsUnavailable },
+  // The AWS gateway; the sidecar turns each into the AWS error an SDK raises.
+  aws_unsigned: { status: 403 },
+  aws_request_invalid: { status: 400 },
+  aws_unknown_key: { status: 403 },
+  aws_signature_mismatch: { status: 403 },
+  hop_denied: { status: 403 },
+  approval_pending: { status: 403 },
   // The parts around chainwarden.
   broker_unreachable: { status: 502 },
   api_error: { status: 502 },

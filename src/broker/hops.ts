@@ -1,6 +1,6 @@
 import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
-import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
+import type { CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
@@ -93,9 +93,13 @@ export class HopService {
   }
 
   /** POST /v1/hops: gather → decideHop → act (journal, answer). */
-  async decide(who: AgentPrincipal, body: unknown): Promise<HopAnswer> {
+  decide(who: AgentPrincipal, body: unknown): Promise<HopAnswer> {
+    return this.decideRequest(who, parseHopRequest(body));
+  }
+
+  /** A hop a gateway derived from the call it carries, decided like any other. */
+  async decideRequest(who: AgentPrincipal, request: HopRequest): Promise<HopAnswer> {
     const started = performance.now();
-    const request = parseHopRequest(body);
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
@@ -118,7 +122,7 @@ export class HopService {
       // A violation is enforced on this replica the moment it is recorded; the answer is deny whether or not its write has landed.
       await this.deps.journal.commit(task, outcome.delta).catch((err: unknown) => this.deps.log.warn({ task: `${namespace}/${name}`, hopId, err: errorMessage(err) }, 'violation not written yet; the journal retries it'));
     } else await this.deps.journal.commit(task, outcome.delta);
-    if (decision === 'allow' && request.credential) answer.credentials = containerCredentials(await this.deps.credentials.credentials(who, request.credential));
+    if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);

@@ -11,6 +11,9 @@ import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
 import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import { AuditHeadStore } from '../audit/heads.js';
+import { AwsGateway } from '../aws/gateway.js';
+import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
+import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
 import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
@@ -81,7 +84,8 @@ export interface OperatorOptions {
   /** How long chain state and audit records gather before one status write per task. */
   journalFlushMs?: number;
   /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
-  aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
+  /** `gatewayEndpoint`: where the AWS gateway sends every service's calls (a local emulator); each service's regional AWS endpoint when unset. */
+  aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; gatewayEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
 }
 
 export interface RunningOperator {
@@ -228,11 +232,14 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     },
   });
   const brokerStatus = client.statusWriter('broker');
-  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal });
+  // One key for hop ids and placeholder AWS keys, shared by every replica through a Secret.
+  const hopKey = await loadHopKey(kc, namespace);
+  const placeholders = new Placeholders(hopKey);
+  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal, placeholders });
   const hops = new HopService({
     engine: new PolicyEngine(),
     journal,
-    ids: new HopIds(await loadHopKey(kc, namespace)),
+    ids: new HopIds(hopKey),
     policy,
     approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
     credentials: credentialBroker,
@@ -284,7 +291,16 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       res.end(text);
       return Promise.resolve();
     },
-    ...brokerRoutes({ auth, credentials: credentialBroker, hops, issuer, status: brokerStatus, clock, log }),
+    ...brokerRoutes({
+      auth,
+      credentials: credentialBroker,
+      hops,
+      issuer,
+      status: brokerStatus,
+      clock,
+      log,
+      aws: new AwsGateway({ placeholders, credentials: credentialBroker, hops, region: aws.region, endpoint: aws.gatewayEndpoint, clock, log }),
+    }),
   };
   const webhookListenerRoutes: Routes = {
     ...health,
@@ -304,7 +320,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           approverStampPlugin(),
           approvalHopDigestPlugin(tasks),
           podInjectionPlugin(
-            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, tokenExpirationSeconds: 600 },
+            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, awsPort: AWS_GATEWAY_PORT, tokenExpirationSeconds: 600 },
             tasks,
           ),
         ],
