@@ -7,7 +7,7 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { chainView, decideHop, depthOf, type HopDecision, type HopRequest } from './decide-hop.js';
+import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
 export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -175,7 +175,7 @@ export class HopService {
       const approved = approval?.spec.decision === 'Approve';
       const rule = approval ? `approval:${approval.metadata.name ?? ''}` : 'approval-timeout';
       const reasons: Reason[] = [{ rule, effect: approved ? 'Allow' : 'Deny' }];
-      const system = (policy?.spec.systems ?? []).find((s) => s.name === hop.tool);
+      const touched = policy ? touchedSystems(policy, hop) : [];
       const events: AuditEvent[] = [];
       if (approval) {
         events.push({ type: 'approval', at, data: { hopId: hop.hopId, approval: approval.metadata.name, decision: approval.spec.decision, reason: approval.spec.reason, approver: approval.spec.approver } });
@@ -188,8 +188,8 @@ export class HopService {
       resolutions.push({
         hopId: hop.hopId,
         decision: approved ? 'allow' : 'deny',
-        systems: approved ? [hop.tool] : [],
-        dataClasses: approved ? (system?.dataClasses ?? []) : [],
+        systems: approved ? [hop.tool, ...touched.map((t) => t.name)] : [],
+        dataClasses: approved ? dataClassesOf(touched) : [],
         recent: { hopId: hop.hopId, decision: approved ? 'allow' : 'deny', rules: [rule], at },
         events,
       });
