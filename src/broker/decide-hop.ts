@@ -66,6 +66,8 @@ export interface HopInput {
   now: number;
   /** The pod that asked, for the audit record. */
   pod: string;
+  /** An AgentApproval of this exact call, already claimed for it: what would wait for approval is allowed. */
+  approvedBy?: string;
 }
 
 /** The decision, and what the journal records for it. */
@@ -145,6 +147,12 @@ function overCapacity(input: HopInput, verdict: Verdict): Verdict | undefined {
   return undefined;
 }
 
+/** A call that would wait, with an approval claimed for it, goes through; a limit or a Deny still wins. */
+function approved(input: HopInput, verdict: Verdict): Verdict {
+  if (verdict.decision !== 'pending_approval' || !input.approvedBy) return verdict;
+  return { decision: 'allow', reasons: [{ rule: `approval:${input.approvedBy}`, effect: 'Allow' }] };
+}
+
 /** The Cedar context of the hop: the request and the whole chain so far. */
 export function hopContext(input: HopInput): { subject: HopSubject; context: HopContext; boundary: string } {
   const { task, policy, request, chain, now } = input;
@@ -199,7 +207,7 @@ function byRules(input: HopInput, evaluate: Evaluate): Verdict {
  */
 export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { policy, request, hopId, depth, now } = input;
-  const ruled = overLimit(input) ?? byRules(input, evaluate);
+  const ruled = approved(input, overLimit(input) ?? byRules(input, evaluate));
   const { decision, reasons } = overCapacity(input, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);

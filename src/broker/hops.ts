@@ -97,8 +97,8 @@ export class HopService {
     return this.decideRequest(who, parseHopRequest(body));
   }
 
-  /** A hop a gateway derived from the call it carries, decided like any other. */
-  async decideRequest(who: AgentPrincipal, request: HopRequest): Promise<HopAnswer> {
+  /** A hop a gateway derived from the call it carries, decided like any other; `approvedBy` names an approval claimed for it. */
+  async decideRequest(who: AgentPrincipal, request: HopRequest, approvedBy?: string): Promise<HopAnswer> {
     const started = performance.now();
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
@@ -109,7 +109,7 @@ export class HopService {
     const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), task.status?.pendingHops?.length ?? 0);
     const depth = depthOf(parentDepth, chain);
     const hopId = this.deps.ids.mint(uid, depth);
-    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => {
+    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName, approvedBy }, (...args) => {
       const evaluation = this.deps.engine.evaluate(...args);
       // The hop is denied and its reason says why; the operator's log says it too, since it is a policy to fix.
       if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, policy: policy.metadata.name, errors: evaluation.errors }, 'Cedar evaluation errors');

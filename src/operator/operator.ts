@@ -9,9 +9,9 @@ import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
-import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { API_VERSION, GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import { AuditHeadStore } from '../audit/heads.js';
-import { AwsGateway } from '../aws/gateway.js';
+import { APPROVAL_USED_BY, AwsGateway } from '../aws/gateway.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
@@ -44,6 +44,7 @@ import { CertificateAuthority } from '../pki/authority.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
 import { Informer } from '../runtime/informer.js';
 import { LeaderElector } from '../runtime/leader.js';
+import { patchJson, type JsonPatchOperation } from '../runtime/apply.js';
 import { Metrics } from '../runtime/metrics.js';
 import { sendJson } from '../server/http.js';
 import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
@@ -137,6 +138,29 @@ async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>
     const roles = new Set(tasks.list().flatMap((t) => (t.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn))));
     for (const role of roles) await revoker.prune(role).catch((err: unknown) => log.warn({ role, err: errorMessage(err) }, 'could not prune the revocation policy'));
   }
+}
+
+/**
+ * Marks an approval used with a JSON patch conditional on the version just read, so of callers
+ * racing on any replicas exactly one wins; a lost race reads again and sees the approval used.
+ */
+async function claimApproval(kc: KubeConfig, approval: AgentApproval, by: string): Promise<boolean> {
+  const { namespace = '', name = '' } = approval.metadata;
+  const path = `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/agentapprovals/${name}`;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const res = await rawRequest(kc, 'GET', path);
+    if (res.status !== 200) return false;
+    const current = res.body as AgentApproval;
+    if (current.metadata.annotations?.[APPROVAL_USED_BY]) return false;
+    const rv: JsonPatchOperation = { op: 'test', path: '/metadata/resourceVersion', value: current.metadata.resourceVersion };
+    const mark: JsonPatchOperation = current.metadata.annotations
+      ? { op: 'add', path: `/metadata/annotations/${APPROVAL_USED_BY.replace('/', '~1')}`, value: by }
+      : { op: 'add', path: '/metadata/annotations', value: { [APPROVAL_USED_BY]: by } };
+    const outcome = await patchJson(kc, { path, apiVersion: API_VERSION, kind: 'AgentApproval', namespace, name }, [rv, mark]);
+    if (outcome === 'written') return true;
+    if (outcome === 'gone') return false;
+  }
+  return false;
 }
 
 /**
@@ -299,7 +323,17 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       status: brokerStatus,
       clock,
       log,
-      aws: new AwsGateway({ placeholders, credentials: credentialBroker, hops, region: aws.region, endpoint: aws.gatewayEndpoint, clock, log }),
+      aws: new AwsGateway({
+        placeholders,
+        credentials: credentialBroker,
+        hops,
+        approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+        claim: (approval, by) => claimApproval(kc, approval, by),
+        region: aws.region,
+        endpoint: aws.gatewayEndpoint,
+        clock,
+        log,
+      }),
     }),
   };
   const webhookListenerRoutes: Routes = {
