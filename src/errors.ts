@@ -42,15 +42,17 @@ export const ERRORS = {
   role_not_assumable: { status: 403, reason: Reason.AssumeRoleFailed },
   sts_limits_exceeded: { status: 422, reason: Reason.StsLimitExceeded },
   sts_unavailable: { status: 503, reason: Reason.StsUnavailable },
-  // The AWS gateway: what a request to the sidecar's AWS listener can be refused for before any hop is decided.
-  /** No SigV4 Authorization header: the caller holds no credentials at all. */
+  // The AWS gateway; the sidecar turns each into the AWS error an SDK raises (src/agent/aws-errors.ts).
   aws_unsigned: { status: 403 },
-  /** Signed some other way (SigV2, SigV4a, a presigned URL): the gateway passes on header SigV4 only. */
+  aws_request_invalid: { status: 400 },
+  aws_unknown_key: { status: 403 },
+  aws_signature_mismatch: { status: 403 },
+  hop_denied: { status: 403 },
+  approval_pending: { status: 403 },
+  /** Signed some other way (SigV2, SigV4a, a presigned URL): the sidecar passes on header SigV4 only. */
   aws_auth_unsupported: { status: 403 },
   /** An Authorization header that is not a well-formed SigV4 one; the message names the part. */
   aws_authorization_malformed: { status: 400 },
-  /** A request the gateway cannot pass on as it came (its body encoding, its URL); the message names what. */
-  aws_request_invalid: { status: 400 },
   aws_headers_too_large: { status: 400 },
   // The parts around chainwarden.
   broker_unreachable: { status: 502 },

@@ -106,18 +106,6 @@ const Limits = (defaults: boolean) =>
 // ---------------------------------------------------------------------------------------------
 // AgentPolicy
 
-const System = Type.Object({
-  name: Type.String({ description: 'The tool or system name hops use in their `tool` field, e.g. tickets.', minLength: 1, maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }) }),
-  trustBoundary: Type.Optional(
-    Type.Union([Type.Literal('internal'), Type.Literal('external')], { description: 'internal: inside the organisation; external: data leaving it (email, third-party APIs).', default: 'internal' }),
-  ),
-  dataClasses: Type.Optional(
-    Type.Array(Type.String({ maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name such as pii or payment-card' }) }), {
-      description: 'Classes of data a hop to this system touches, e.g. pii. Rules can refer to them afterwards.',
-      maxItems: 20,
-    }),
-  ),
-});
 
 /**
  * Globs are matched in linear time (`src/policy/glob.ts`, Cedar's `like`), so their cost is
@@ -140,6 +128,25 @@ const Glob = (what: string) =>
     maxLength: MAX_GLOB_LENGTH,
     ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcard *' }, STAR_LIMIT),
   });
+
+const System = Type.Object({
+  name: Type.String({ description: 'The tool or system name hops use in their `tool` field, e.g. tickets.', minLength: 1, maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }) }),
+  trustBoundary: Type.Optional(
+    Type.Union([Type.Literal('internal'), Type.Literal('external')], { description: 'internal: inside the organisation; external: data leaving it (email, third-party APIs).', default: 'internal' }),
+  ),
+  dataClasses: Type.Optional(
+    Type.Array(Type.String({ maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name such as pii or payment-card' }) }), {
+      description: 'Classes of data a hop to this system touches, e.g. pii. Rules can refer to them afterwards.',
+      maxItems: 20,
+    }),
+  ),
+  resources: Type.Optional(
+    Type.Array(Glob('A hop resource glob, e.g. arn:aws:s3:::customers/*.'), {
+      description: "Hops whose resource matches one of these globs touch this system too, whatever their tool: an AWS gateway hop reading arn:aws:s3:::customers/1 touches a system that lists arn:aws:s3:::customers/*, with its data classes.",
+      maxItems: 20,
+    }),
+  ),
+});
 
 const RuleWhen = Type.Object(
   {
@@ -186,6 +193,12 @@ export const AgentPolicySpec = Type.Object(
           ),
           maxDuration: Type.Optional(
             Duration('Longest AWS session a task may ask for.', { min: '15m', max: '12h' }, 'must be between 15m (the STS minimum) and 12h (the STS maximum)', { default: '1h' }),
+          ),
+          allowDirect: Type.Optional(
+            Type.Boolean({
+              description: "Whether a task's credentials may use delivery: Direct, handing the agent the STS session itself. Gateway only when false: every AWS call is a hop the broker signs.",
+              default: false,
+            }),
           ),
         },
         { description: 'What tasks may do in AWS.' },
@@ -291,6 +304,13 @@ const AwsCredential = Type.Object(
     ),
     webIdentity: Type.Optional(
       Type.Boolean({ description: "true: AssumeRoleWithWebIdentity with the task's JWT-SVID instead of the operator's own identity.", default: false }),
+    ),
+    delivery: Type.Optional(
+      Type.Union([Type.Literal('Gateway'), Type.Literal('Direct')], {
+        description:
+          "Gateway: the agent gets placeholder keys and AWS_ENDPOINT_URL points its SDK at the sidecar, which has the broker decide and sign every call; the session never leaves the broker. Direct: the agent gets the STS session itself (the policy must set spec.aws.allowDirect).",
+        default: 'Gateway',
+      }),
     ),
   },
   { description: 'AWS credentials through STS.' },

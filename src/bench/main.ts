@@ -74,7 +74,7 @@ async function startBroker(env: LocalEnvironment): Promise<Broker> {
   const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
   const child = spawn(
     process.execPath,
-    [...profile, bin, 'operator', '--kubeconfig', env.kubeconfig, '--namespace', 'chainwarden-system', '--listen', `127.0.0.1:${port}`, '--webhook-listen', `127.0.0.1:${webhookPort}`, '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.ca, '--webhook-url', `https://127.0.0.1:${webhookPort}`, '--sts-endpoint', env.stsEndpoint, '--iam-endpoint', env.stsEndpoint, '--audit-file', path.join(env.stateDir, 'audit.jsonl'), '--log-level', 'warn'],
+    [...profile, bin, 'operator', '--kubeconfig', env.kubeconfig, '--namespace', 'chainwarden-system', '--listen', `127.0.0.1:${port}`, '--webhook-listen', `127.0.0.1:${webhookPort}`, '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.ca, '--webhook-url', `https://127.0.0.1:${webhookPort}`, '--sts-endpoint', env.stsEndpoint, '--iam-endpoint', env.stsEndpoint, '--aws-gateway-endpoint', env.stsEndpoint, '--audit-file', path.join(env.stateDir, 'audit.jsonl'), '--log-level', 'warn'],
     {
       stdio: ['ignore', 'ignore', 'inherit'],
       env: { ...process.env, AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },

@@ -4,6 +4,7 @@ import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
 import { POLICY_DEFAULTS, STATUS_CAPS } from '../api/task.js';
 import type { AuditEvent, TaskDelta } from '../audit/journal.js';
 import { canonicalJson } from '../audit/record.js';
+import { globMatches } from '../policy/glob.js';
 import type { Evaluation, HopContext, HopSubject, Reason } from '../policy/engine.js';
 
 export interface HopRequest {
@@ -65,6 +66,8 @@ export interface HopInput {
   now: number;
   /** The pod that asked, for the audit record. */
   pod: string;
+  /** An AgentApproval of this exact call, already claimed for it: what would wait for approval is allowed. */
+  approvedBy?: string;
 }
 
 /** The decision, and what the journal records for it. */
@@ -109,6 +112,23 @@ function overLimit(input: HopInput): Verdict | undefined {
   return undefined;
 }
 
+type System = NonNullable<AgentPolicy['spec']['systems']>[number];
+
+/**
+ * The systems a hop touches: the one its tool names, and every one whose `resources` globs match
+ * its resource (an AWS call reading arn:aws:s3:::customers/1 touches the system that classifies
+ * that bucket), the tool's own first.
+ */
+export function touchedSystems(policy: AgentPolicy, hop: Pick<HopRequest, 'tool' | 'resource'>): System[] {
+  const systems = policy.spec.systems ?? [];
+  const byName = systems.filter((s) => s.name === hop.tool);
+  const byResource = hop.resource ? systems.filter((s) => s.name !== hop.tool && (s.resources ?? []).some((glob) => globMatches(glob, hop.resource))) : [];
+  return [...byName, ...byResource];
+}
+
+/** The data classes of every system a hop touches. */
+export const dataClassesOf = (systems: System[]): string[] => [...new Set(systems.flatMap((s) => s.dataClasses ?? []))];
+
 /**
  * What the task's status can hold: the API server refuses a status over its lists' caps every
  * time, so a hop whose record would not fit is denied rather than answered and never recorded.
@@ -118,20 +138,28 @@ function overCapacity(input: HopInput, verdict: Verdict): Verdict | undefined {
   const deny = (rule: string): Verdict => ({ decision: 'deny', reasons: [{ rule, effect: 'Deny' }] });
   if (verdict.decision === 'pending_approval' && chain.pending >= STATUS_CAPS.pendingHops) return deny('limit:pendingHops');
   if (verdict.decision !== 'allow') return undefined;
-  if (!chain.systems.has(request.tool) && chain.systems.size >= STATUS_CAPS.systemsTouched) return deny('limit:systemsTouched');
-  const classes = (policy.spec.systems ?? []).find((s) => s.name === request.tool)?.dataClasses ?? [];
-  const added = new Set(classes.filter((c) => !chain.dataClasses.has(c))).size;
-  if (chain.dataClasses.size + added > STATUS_CAPS.dataClassesTouched) return deny('limit:dataClassesTouched');
+  const touched = touchedSystems(policy, request);
+  const added = new Set([request.tool, ...touched.map((t) => t.name)].filter((name) => !chain.systems.has(name))).size;
+  if (chain.systems.size + added > STATUS_CAPS.systemsTouched) return deny('limit:systemsTouched');
+  const classes = dataClassesOf(touched);
+  const newClasses = classes.filter((c) => !chain.dataClasses.has(c)).length;
+  if (chain.dataClasses.size + newClasses > STATUS_CAPS.dataClassesTouched) return deny('limit:dataClassesTouched');
   return undefined;
+}
+
+/** A call that would wait, with an approval claimed for it, goes through; a limit or a Deny still wins. */
+function approved(input: HopInput, verdict: Verdict): Verdict {
+  if (verdict.decision !== 'pending_approval' || !input.approvedBy) return verdict;
+  return { decision: 'allow', reasons: [{ rule: `approval:${input.approvedBy}`, effect: 'Allow' }] };
 }
 
 /** The Cedar context of the hop: the request and the whole chain so far. */
 export function hopContext(input: HopInput): { subject: HopSubject; context: HopContext; boundary: string } {
   const { task, policy, request, chain, now } = input;
   const systems = policy.spec.systems ?? [];
-  const system = systems.find((s) => s.name === request.tool);
-  // A tool the policy does not declare is treated as outside the organisation.
-  const boundary = system?.trustBoundary ?? 'external';
+  const touched = touchedSystems(policy, request);
+  // A tool the policy does not declare, on a resource no system classifies, is outside the organisation.
+  const boundary = touched[0] ? (touched[0].trustBoundary ?? 'internal') : 'external';
   const internal = new Set(systems.filter((s) => (s.trustBoundary ?? 'internal') === 'internal').map((s) => s.name));
   return {
     subject: {
@@ -139,7 +167,7 @@ export function hopContext(input: HopInput): { subject: HopSubject; context: Hop
       task: task.metadata.name ?? '',
       serviceAccount: task.spec.serviceAccountName,
       intent: task.spec.intent ?? '',
-      toolDataClasses: system?.dataClasses ?? [],
+      toolDataClasses: dataClassesOf(touched),
       attributes: request.attributes,
     },
     context: {
@@ -179,7 +207,7 @@ function byRules(input: HopInput, evaluate: Evaluate): Verdict {
  */
 export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { policy, request, hopId, depth, now } = input;
-  const ruled = overLimit(input) ?? byRules(input, evaluate);
+  const ruled = approved(input, overLimit(input) ?? byRules(input, evaluate));
   const { decision, reasons } = overCapacity(input, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
@@ -190,12 +218,12 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   };
   const rules = reasons.map((r) => r.rule);
   if (decision === 'allow') {
-    const system = (policy.spec.systems ?? []).find((s) => s.name === request.tool);
+    const touched = touchedSystems(policy, request);
     return {
       decision,
       reasons,
       commit: false,
-      delta: { hopCount: 1, deepest: depth, allowed: 1, systems: new Set([request.tool]), dataClasses: new Set(system?.dataClasses ?? []), recent: [{ hopId, decision: 'allow', rules, at }], events: [record] },
+      delta: { hopCount: 1, deepest: depth, allowed: 1, systems: new Set([request.tool, ...touched.map((t) => t.name)]), dataClasses: new Set(dataClassesOf(touched)), recent: [{ hopId, decision: 'allow', rules, at }], events: [record] },
     };
   }
   if (decision === 'pending_approval') {

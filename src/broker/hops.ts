@@ -1,13 +1,13 @@
 import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
-import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
+import type { CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { chainView, decideHop, depthOf, type HopDecision, type HopRequest } from './decide-hop.js';
+import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
 export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -93,9 +93,13 @@ export class HopService {
   }
 
   /** POST /v1/hops: gather → decideHop → act (journal, answer). */
-  async decide(who: AgentPrincipal, body: unknown): Promise<HopAnswer> {
+  decide(who: AgentPrincipal, body: unknown): Promise<HopAnswer> {
+    return this.decideRequest(who, parseHopRequest(body));
+  }
+
+  /** A hop a gateway derived from the call it carries, decided like any other; `approvedBy` names an approval claimed for it. */
+  async decideRequest(who: AgentPrincipal, request: HopRequest, approvedBy?: string): Promise<HopAnswer> {
     const started = performance.now();
-    const request = parseHopRequest(body);
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
@@ -105,7 +109,7 @@ export class HopService {
     const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), task.status?.pendingHops?.length ?? 0);
     const depth = depthOf(parentDepth, chain);
     const hopId = this.deps.ids.mint(uid, depth);
-    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName }, (...args) => {
+    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName, approvedBy }, (...args) => {
       const evaluation = this.deps.engine.evaluate(...args);
       // The hop is denied and its reason says why; the operator's log says it too, since it is a policy to fix.
       if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, policy: policy.metadata.name, errors: evaluation.errors }, 'Cedar evaluation errors');
@@ -118,7 +122,7 @@ export class HopService {
       // A violation is enforced on this replica the moment it is recorded; the answer is deny whether or not its write has landed.
       await this.deps.journal.commit(task, outcome.delta).catch((err: unknown) => this.deps.log.warn({ task: `${namespace}/${name}`, hopId, err: errorMessage(err) }, 'violation not written yet; the journal retries it'));
     } else await this.deps.journal.commit(task, outcome.delta);
-    if (decision === 'allow' && request.credential) answer.credentials = containerCredentials(await this.deps.credentials.credentials(who, request.credential));
+    if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
@@ -171,7 +175,7 @@ export class HopService {
       const approved = approval?.spec.decision === 'Approve';
       const rule = approval ? `approval:${approval.metadata.name ?? ''}` : 'approval-timeout';
       const reasons: Reason[] = [{ rule, effect: approved ? 'Allow' : 'Deny' }];
-      const system = (policy?.spec.systems ?? []).find((s) => s.name === hop.tool);
+      const touched = policy ? touchedSystems(policy, hop) : [];
       const events: AuditEvent[] = [];
       if (approval) {
         events.push({ type: 'approval', at, data: { hopId: hop.hopId, approval: approval.metadata.name, decision: approval.spec.decision, reason: approval.spec.reason, approver: approval.spec.approver } });
@@ -184,8 +188,8 @@ export class HopService {
       resolutions.push({
         hopId: hop.hopId,
         decision: approved ? 'allow' : 'deny',
-        systems: approved ? [hop.tool] : [],
-        dataClasses: approved ? (system?.dataClasses ?? []) : [],
+        systems: approved ? [hop.tool, ...touched.map((t) => t.name)] : [],
+        dataClasses: approved ? dataClassesOf(touched) : [],
         recent: { hopId: hop.hopId, decision: approved ? 'allow' : 'deny', rules: [rule], at },
         events,
       });

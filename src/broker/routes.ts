@@ -10,7 +10,8 @@ import { isDnsLabel, isDnsSubdomain } from '../api/names.js';
 import type { AgentAuthenticator } from './auth.js';
 import { parseHopId } from './hopids.js';
 import type { HopService } from './hops.js';
-import { containerCredentials, type CredentialBroker } from '../credentials/broker.js';
+import type { CredentialBroker } from '../credentials/broker.js';
+import { parseSignRequest, type AwsGateway } from '../aws/gateway.js';
 
 export interface BrokerDeps {
   auth: Pick<AgentAuthenticator, 'authenticate'>;
@@ -21,6 +22,8 @@ export interface BrokerDeps {
   status: Pick<TaskStatusWriter, 'update'>;
   clock: Clock;
   log: Logger;
+  /** The AWS gateway's signer; without it POST /v1/aws/sign is a 404. */
+  aws?: AwsGateway;
 }
 
 const requireMethod = (req: IncomingMessage, method: string) => {
@@ -120,8 +123,7 @@ function credentials(deps: BrokerDeps): Handler {
     requireMethod(req, 'GET');
     const name = parseCredentialPath(pathOf(req));
     const who = await deps.auth.authenticate(req.headers.authorization);
-    const session = await deps.credentials.credentials(who, name);
-    sendJson(res, 200, containerCredentials(session), { 'cache-control': 'no-store' });
+    sendJson(res, 200, await deps.credentials.forAgent(who, name), { 'cache-control': 'no-store' });
   };
 }
 
@@ -149,6 +151,20 @@ function hops(deps: BrokerDeps): Handler {
   };
 }
 
+/** The most a signing request may carry: the signed headers and, for the query protocol, the form body. */
+const MAX_SIGN_BYTES = 160 * 1024;
+
+/** POST /v1/aws/sign: the sidecar's AWS listener asks whether to send an SDK's call, and how it is signed. */
+function awsSign(gateway: AwsGateway, deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'POST');
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    const request = parseSignRequest(await readJson(req, MAX_SIGN_BYTES));
+    const { status, body } = await gateway.sign(who, request);
+    sendJson(res, status, body, { 'cache-control': 'no-store' });
+  };
+}
+
 /** The broker's routes; prefixes end in `/`. */
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   return {
@@ -158,6 +174,7 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
     '/v1/credentials': credentials(deps),
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
+    ...(deps.aws ? { '/v1/aws/sign': awsSign(deps.aws, deps) } : {}),
     '/keys': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.jwks(), { 'cache-control': 'max-age=300' })),
     '/.well-known/openid-configuration': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.discovery(), { 'cache-control': 'max-age=300' })),
   };

@@ -70,6 +70,7 @@ export async function runOperator(args: string[]): Promise<number> {
     'aws-region': { type: 'string', default: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' },
     'sts-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_STS },
     'iam-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_IAM },
+    'aws-gateway-endpoint': { type: 'string' },
     'audit-file': { type: 'string' },
     'no-controllers': { type: 'boolean', default: false },
   });
@@ -91,7 +92,7 @@ export async function runOperator(args: string[]): Promise<number> {
     issuerUrl: values['issuer-url'],
     podBrokerUrl: values['broker-url'],
     sidecarImage: values['sidecar-image'],
-    aws: { region: values['aws-region'] ?? 'us-east-1', stsEndpoint: values['sts-endpoint'], iamEndpoint: values['iam-endpoint'] },
+    aws: { region: values['aws-region'] ?? 'us-east-1', stsEndpoint: values['sts-endpoint'], iamEndpoint: values['iam-endpoint'], gatewayEndpoint: values['aws-gateway-endpoint'] },
     auditFile: values['audit-file'],
     controllers: !values['no-controllers'],
   });

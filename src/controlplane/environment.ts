@@ -72,7 +72,7 @@ export interface StartOptions {
 
 /** The operator's AWS settings for a local environment: the emulator, with its test identity. */
 export function localAws(env: EnvironmentDescription) {
-  return { region: 'us-east-1', stsEndpoint: env.stsEndpoint, iamEndpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'chainwarden-local-operator-key' } };
+  return { region: 'us-east-1', stsEndpoint: env.stsEndpoint, iamEndpoint: env.stsEndpoint, gatewayEndpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'chainwarden-local-operator-key' } };
 }
 
 /** A kubeconfig for any user and groups, signed by the environment's CA. */

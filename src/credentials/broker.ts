@@ -12,6 +12,7 @@ import { globMatches } from '../policy/glob.js';
 import type { Clock } from '../runtime/clock.js';
 import { planCredentialDuration, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
 import { StsError, type AwsSession, type StsPort } from './sts.js';
+import type { Placeholders } from '../aws/placeholders.js';
 
 /** Hand out a cached session only while it has this much life left; the SDKs refresh 5 min before expiry. */
 const REFRESH_MARGIN_MS = 5 * 60_000;
@@ -31,7 +32,12 @@ export interface CredentialBrokerDeps {
   replica: string;
   /** Where the credential_issued audit records go. */
   journal?: Pick<TaskJournal, 'record'>;
+  /** The keys Gateway credentials are answered with; without them every credential is delivered Direct. */
+  placeholders?: Placeholders;
 }
+
+/** How long placeholder keys are good for at most: the SDK fetches them again, and a task that ended gets none. */
+const PLACEHOLDER_TTL_MS = 60 * 60_000;
 
 interface Cached {
   session: AwsSession;
@@ -58,6 +64,29 @@ export class CredentialBroker {
     return this.cache.size;
   }
 
+  /**
+   * What the agent gets for its credential `name`, in the container-credentials format: under
+   * Gateway delivery placeholder keys its SDK signs with (the session stays here, for the
+   * broker to sign with); under Direct the STS session itself.
+   */
+  async forAgent(who: AgentPrincipal, name: string): Promise<Record<string, string>> {
+    const credential = this.credentialNamed(who.task, name);
+    if (credential.aws.delivery === 'Direct' || !this.deps.placeholders) return containerCredentials(await this.credentials(who, name));
+    const keys = this.deps.placeholders.of(who.task, name);
+    const expiration = Math.min(deadlineOf(who.task), this.deps.clock.now() + PLACEHOLDER_TTL_MS);
+    return { AccessKeyId: keys.accessKeyId, SecretAccessKey: keys.secretAccessKey, Token: keys.sessionToken, Expiration: new Date(expiration).toISOString() };
+  }
+
+  private credentialNamed(task: AgentTask, name: string) {
+    const credential = task.spec.credentials?.find((c) => c.name === name);
+    if (!credential) {
+      const names = (task.spec.credentials ?? []).map((c) => c.name);
+      throw new ChainwardenError('credential_not_found', `AgentTask ${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''} requests no credential named "${name}"${names.length > 0 ? ` (it has: ${names.join(', ')})` : ''}`);
+    }
+    return credential;
+  }
+
+  /** The task's STS session for credential `name`, issued on first use and cached until near its expiry. */
   async credentials(who: AgentPrincipal, name: string): Promise<AwsSession> {
     const task = who.task;
     const uid = task.metadata.uid ?? '';
@@ -77,11 +106,7 @@ export class CredentialBroker {
 
   private async issue(task: AgentTask, name: string): Promise<AwsSession> {
     const { namespace = '', name: taskName = '' } = task.metadata;
-    const credential = task.spec.credentials?.find((c) => c.name === name);
-    if (!credential) {
-      const known = (task.spec.credentials ?? []).map((c) => c.name);
-      throw new ChainwardenError('credential_not_found', `AgentTask ${namespace}/${taskName} requests no credential named "${name}"${known.length ? ` (it has: ${known.join(', ')})` : ''}`);
-    }
+    const credential = this.credentialNamed(task, name);
     const policy = this.deps.policy(namespace, task.spec.policyRef.name);
     const allowed = policy?.spec.aws?.allowedRoleArns ?? [];
     if (!policy || !allowed.some((g) => globMatches(g, credential.aws.roleArn))) {

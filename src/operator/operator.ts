@@ -9,8 +9,11 @@ import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
-import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { API_VERSION, GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import { AuditHeadStore } from '../audit/heads.js';
+import { APPROVAL_USED_BY, AwsGateway } from '../aws/gateway.js';
+import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
+import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
 import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
@@ -41,6 +44,7 @@ import { CertificateAuthority } from '../pki/authority.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
 import { Informer } from '../runtime/informer.js';
 import { LeaderElector } from '../runtime/leader.js';
+import { patchJson, type JsonPatchOperation } from '../runtime/apply.js';
 import { Metrics } from '../runtime/metrics.js';
 import { sendJson } from '../server/http.js';
 import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
@@ -81,7 +85,8 @@ export interface OperatorOptions {
   /** How long chain state and audit records gather before one status write per task. */
   journalFlushMs?: number;
   /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
-  aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
+  /** `gatewayEndpoint`: where the AWS gateway sends every service's calls (a local emulator); each service's regional AWS endpoint when unset. */
+  aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; gatewayEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
 }
 
 export interface RunningOperator {
@@ -133,6 +138,29 @@ async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>
     const roles = new Set(tasks.list().flatMap((t) => (t.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn))));
     for (const role of roles) await revoker.prune(role).catch((err: unknown) => log.warn({ role, err: errorMessage(err) }, 'could not prune the revocation policy'));
   }
+}
+
+/**
+ * Marks an approval used with a JSON patch conditional on the version just read, so of callers
+ * racing on any replicas exactly one wins; a lost race reads again and sees the approval used.
+ */
+async function claimApproval(kc: KubeConfig, approval: AgentApproval, by: string): Promise<boolean> {
+  const { namespace = '', name = '' } = approval.metadata;
+  const path = `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/agentapprovals/${name}`;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const res = await rawRequest(kc, 'GET', path);
+    if (res.status !== 200) return false;
+    const current = res.body as AgentApproval;
+    if (current.metadata.annotations?.[APPROVAL_USED_BY]) return false;
+    const rv: JsonPatchOperation = { op: 'test', path: '/metadata/resourceVersion', value: current.metadata.resourceVersion };
+    const mark: JsonPatchOperation = current.metadata.annotations
+      ? { op: 'add', path: `/metadata/annotations/${APPROVAL_USED_BY.replace('/', '~1')}`, value: by }
+      : { op: 'add', path: '/metadata/annotations', value: { [APPROVAL_USED_BY]: by } };
+    const outcome = await patchJson(kc, { path, apiVersion: API_VERSION, kind: 'AgentApproval', namespace, name }, [rv, mark]);
+    if (outcome === 'written') return true;
+    if (outcome === 'gone') return false;
+  }
+  return false;
 }
 
 /**
@@ -228,11 +256,14 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     },
   });
   const brokerStatus = client.statusWriter('broker');
-  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal });
+  // One key for hop ids and placeholder AWS keys, shared by every replica through a Secret.
+  const hopKey = await loadHopKey(kc, namespace);
+  const placeholders = new Placeholders(hopKey);
+  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal, placeholders });
   const hops = new HopService({
     engine: new PolicyEngine(),
     journal,
-    ids: new HopIds(await loadHopKey(kc, namespace)),
+    ids: new HopIds(hopKey),
     policy,
     approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
     credentials: credentialBroker,
@@ -284,7 +315,26 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       res.end(text);
       return Promise.resolve();
     },
-    ...brokerRoutes({ auth, credentials: credentialBroker, hops, issuer, status: brokerStatus, clock, log }),
+    ...brokerRoutes({
+      auth,
+      credentials: credentialBroker,
+      hops,
+      issuer,
+      status: brokerStatus,
+      clock,
+      log,
+      aws: new AwsGateway({
+        placeholders,
+        credentials: credentialBroker,
+        hops,
+        approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+        claim: (approval, by) => claimApproval(kc, approval, by),
+        region: aws.region,
+        endpoint: aws.gatewayEndpoint,
+        clock,
+        log,
+      }),
+    }),
   };
   const webhookListenerRoutes: Routes = {
     ...health,
@@ -304,7 +354,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           approverStampPlugin(),
           approvalHopDigestPlugin(tasks),
           podInjectionPlugin(
-            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, tokenExpirationSeconds: 600 },
+            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, awsPort: AWS_GATEWAY_PORT, tokenExpirationSeconds: 600 },
             tasks,
           ),
         ],

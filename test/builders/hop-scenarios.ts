@@ -54,6 +54,25 @@ export const scenarios: Scenario[] = [
   { name: 'email is allowed before any customer data was read', hop: { tool: 'email', action: 'send', resource: 'customer' }, decision: 'allow', rules: ['reply-by-email'] },
   { name: 'no email to an external system after reading PII in the same task', policy: denyOnly, before: [read], hop: { tool: 'email', action: 'send', resource: 'customer' }, decision: 'deny', rules: ['no-exfiltration'] },
   {
+    name: 'no email after an AWS read of a bucket a system classifies as PII',
+    policy: (p) => {
+      withRule({ name: 'read-customer-objects', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:GetObject'], resources: ['arn:aws:s3:::customers/*'] })(p);
+      p.spec.systems = [...(p.spec.systems ?? []), { name: 'customer-data', trustBoundary: 'internal', dataClasses: ['pii'], resources: ['arn:aws:s3:::customers/*'] }];
+    },
+    before: [{ tool: 'aws:s3', action: 's3:GetObject', resource: 'arn:aws:s3:::customers/4711.json' }],
+    hop: { tool: 'email', action: 'send', resource: 'customer' },
+    decision: 'deny',
+    rules: ['no-exfiltration'],
+  },
+  {
+    name: 'an email after an AWS read of an unclassified bucket is allowed',
+    policy: withRule({ name: 'read-public-objects', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:GetObject'], resources: ['arn:aws:s3:::public/*'] }),
+    before: [{ tool: 'aws:s3', action: 's3:GetObject', resource: 'arn:aws:s3:::public/faq.json' }],
+    hop: { tool: 'email', action: 'send', resource: 'customer' },
+    decision: 'allow',
+    rules: ['reply-by-email'],
+  },
+  {
     name: 'a denied PII read does not count as touching PII',
     policy: (p) => {
       denyOnly(p);

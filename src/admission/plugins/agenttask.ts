@@ -74,6 +74,12 @@ export function checkTaskAgainstPolicy(task: AgentTask, policy: AgentPolicy): Fi
       violations.push({ field: `${at}.duration`, message: `${cred.aws.duration} is longer than AgentPolicy ${policyName}'s aws.maxDuration of ${maxDuration}` });
     }
     if (cred.aws.sessionPolicy !== undefined) violations.push(...checkSessionPolicy(cred.aws.sessionPolicy, `${at}.sessionPolicy`));
+    if (cred.aws.delivery === 'Direct' && policy.spec.aws?.allowDirect !== true) {
+      violations.push({
+        field: `${at}.delivery`,
+        message: `Direct hands the agent the STS session itself, and AgentPolicy ${policyName} does not set spec.aws.allowDirect: true; use delivery: Gateway (the default), or set spec.aws.allowDirect: true in the policy`,
+      });
+    }
   });
   return violations;
 }

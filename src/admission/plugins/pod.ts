@@ -28,6 +28,8 @@ export interface InjectionConfig {
   trustDomain: string;
   /** Loopback port of the sidecar inside the pod. */
   port: number;
+  /** Loopback port of the sidecar's AWS listener (Gateway delivery). */
+  awsPort: number;
   tokenExpirationSeconds: number;
 }
 
@@ -53,20 +55,35 @@ const CREDENTIAL_ENV: Record<string, string> = {
 // injection overwrites them with the sidecar's values (see injectedEnv), which keeps admitting an
 // injected pod again a no-op.
 
-export function injectedEnv(config: InjectionConfig): V1EnvVar[] {
+/** Where an SDK sends its AWS calls under Gateway delivery: the sidecar's AWS listener. */
+export const awsGatewayUrl = (config: InjectionConfig) => `http://127.0.0.1:${config.awsPort}`;
+
+export function injectedEnv(config: InjectionConfig, gateway: boolean): V1EnvVar[] {
   const base = `http://127.0.0.1:${config.port}`;
   return [
     { name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: `${base}/v1/credentials` },
     { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: LOCAL_TOKEN_PATH },
     { name: 'CHAINWARDEN_URL', value: base },
+    ...(gateway ? [{ name: 'AWS_ENDPOINT_URL', value: awsGatewayUrl(config) }] : []),
   ];
 }
 
-function sidecar(config: InjectionConfig): V1Container {
+function sidecar(config: InjectionConfig, gateway: boolean): V1Container {
   return {
     name: SIDECAR_NAME,
     image: config.image,
-    args: ['agent', '--broker', urlOf(config.brokerUrl), '--token-file', TOKEN_PATH, '--local-token-file', LOCAL_TOKEN_PATH, '--listen', `127.0.0.1:${config.port}`],
+    args: [
+      'agent',
+      '--broker',
+      urlOf(config.brokerUrl),
+      '--token-file',
+      TOKEN_PATH,
+      '--local-token-file',
+      LOCAL_TOKEN_PATH,
+      '--listen',
+      `127.0.0.1:${config.port}`,
+      ...(gateway ? ['--aws-listen', `127.0.0.1:${config.awsPort}`] : []),
+    ],
     env: [{ name: 'CHAINWARDEN_BROKER_CA', value: config.brokerCaPem }],
     // A native sidecar: started before the agent, stopped after it.
     restartPolicy: 'Always',
@@ -157,7 +174,7 @@ function podViolations(pod: V1Pod): FieldViolation[] {
 const isApiTokenVolume = (v: V1Volume) => v.name.startsWith('kube-api-access-') && (v.projected?.sources ?? []).some((s) => s.serviceAccountToken && !s.serviceAccountToken.audience);
 
 /** The pod as it should be once injected. Applying it to its own output changes nothing. */
-export function injectPod(pod: V1Pod, config: InjectionConfig, spiffeId: string): V1Pod {
+export function injectPod(pod: V1Pod, config: InjectionConfig, spiffeId: string, gateway = true): V1Pod {
   const out = structuredClone(pod);
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, [SPIFFE_ID_ANNOTATION]: spiffeId } };
   const spec = out.spec ?? { containers: [] };
@@ -172,8 +189,8 @@ export function injectPod(pod: V1Pod, config: InjectionConfig, spiffeId: string)
   // Only the sidecar sees the broker token or writes the local token, whatever the pod asked for.
   const ownMounts = (c: V1Container) => (c.volumeMounts ?? []).filter((m) => m.name !== TOKEN_VOLUME && m.name !== LOCAL_VOLUME && !dropped.has(m.name));
   const inits = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME).map((c) => (c.volumeMounts ? { ...c, volumeMounts: ownMounts(c) } : c));
-  spec.initContainers = [sidecar(config), ...inits];
-  const env = injectedEnv(config);
+  spec.initContainers = [sidecar(config, gateway), ...inits];
+  const env = injectedEnv(config, gateway);
   spec.containers = spec.containers.map((c) => ({
     ...c,
     env: [...(c.env ?? []).filter((e) => !env.some((x) => x.name === e.name)), ...env],
@@ -257,7 +274,9 @@ export function podInjectionPlugin(config: InjectionConfig, tasks: ObjectReader<
       if (task && task.spec.serviceAccountName !== serviceAccount) {
         return deny('Pod', [{ field: 'spec.serviceAccountName', message: `AgentTask ${taskName} runs as service account ${task.spec.serviceAccountName}, not ${serviceAccount}; set spec.serviceAccountName: ${task.spec.serviceAccountName}` }]);
       }
-      const injected = injectPod(pod, config, spiffeIdFor(config.trustDomain, namespace, serviceAccount, taskName));
+      // Gateway is the default delivery: a pod whose task is not there yet gets the gateway too.
+      const gateway = !task || (task.spec.credentials ?? []).some((c) => c.aws.delivery !== 'Direct');
+      const injected = injectPod(pod, config, spiffeIdFor(config.trustDomain, namespace, serviceAccount, taskName), gateway);
       return allow(diff(pod, injected));
     },
   };

@@ -19,11 +19,13 @@ async function setup(admin: KubeConfig, env: EnvironmentDescription, namespace: 
   const roleName = `support-agent-${namespace}`;
   const roleArn = await createRole(env, roleName);
   const policy: AgentPolicy = examplePolicy(namespace);
-  policy.spec.aws = { allowedRoleArns: [`arn:aws:iam::${ACCOUNT}:role/support-*`], maxDuration: '1h' };
+  // Direct delivery: these tests are about the STS sessions the agent itself is handed.
+  policy.spec.aws = { allowedRoleArns: [`arn:aws:iam::${ACCOUNT}:role/support-*`], maxDuration: '1h', allowDirect: true };
   await create(admin, policy);
   await createServiceAccount(admin, namespace, 'support-agent');
   const task = exampleTask(namespace);
   task.spec.credentials![0]!.aws.roleArn = roleArn;
+  task.spec.credentials![0]!.aws.delivery = 'Direct';
   edit(task);
   await create(admin, task);
   const pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });

@@ -13,11 +13,11 @@ import { waitForTask } from '../operator/helpers.js';
 async function webIdentityAgent(admin: KubeConfig, env: EnvironmentDescription, namespace: string) {
   const roleArn = await createRole(env, `support-web-${namespace}`);
   const policy: AgentPolicy = examplePolicy(namespace);
-  policy.spec.aws = { allowedRoleArns: ['arn:aws:iam::123456789012:role/support-*'], maxDuration: '1h' };
+  policy.spec.aws = { allowedRoleArns: ['arn:aws:iam::123456789012:role/support-*'], maxDuration: '1h', allowDirect: true };
   await create(admin, policy);
   await createServiceAccount(admin, namespace, 'support-agent');
   const task = exampleTask(namespace);
-  task.spec.credentials = [{ name: 'default', aws: { roleArn, webIdentity: true, sessionTags: { team: 'support' } } }];
+  task.spec.credentials = [{ name: 'default', aws: { roleArn, webIdentity: true, sessionTags: { team: 'support' }, delivery: 'Direct' } }];
   await create(admin, task);
   const pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
   const bound = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Bound');

@@ -57,8 +57,8 @@ describe('approvals', () => {
   test('a waiting hop gets no credentials; an allowed one can', async ({ admin, env, namespace }) => {
     const roleArn = await createRole(env, `support-agent-${namespace}`);
     const agent = await boundExampleAgent(admin, env, namespace, {
-      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn] }),
-      task: (t) => void (t.spec.credentials![0]!.aws.roleArn = roleArn),
+      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn], allowDirect: true }),
+      task: (t) => void (t.spec.credentials![0]!.aws = { ...t.spec.credentials![0]!.aws, roleArn, delivery: 'Direct' }),
     });
     const waiting = await agent.hop({ tool: 'payments', action: 'refund', resource: 'order/1', credential: 'default' });
     expect(waiting.body.decision).toBe('pending_approval');
@@ -74,8 +74,8 @@ describe('violations', () => {
     const roleName = `support-agent-${namespace}`;
     const roleArn = await createRole(env, roleName);
     const agent = await boundExampleAgent(admin, env, namespace, {
-      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn] }),
-      task: (t) => void (t.spec.credentials![0]!.aws.roleArn = roleArn),
+      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn], allowDirect: true }),
+      task: (t) => void (t.spec.credentials![0]!.aws = { ...t.spec.credentials![0]!.aws, roleArn, delivery: 'Direct' }),
     });
     expect((await brokerRequest(env, 'GET', '/v1/credentials', { token: agent.token })).status).toBe(200);
     const violating = await agent.hop({ tool: 'payments', action: 'admin.freeze', resource: 'account/9' });
@@ -120,8 +120,8 @@ describe('audit', () => {
   test('every step lands in one hash chain per task, matching the head in status; verify and trace read it', async ({ admin, env, namespace }) => {
     const roleArn = await createRole(env, `support-agent-${namespace}`);
     const agent = await boundExampleAgent(admin, env, namespace, {
-      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn] }),
-      task: (t) => void (t.spec.credentials![0]!.aws.roleArn = roleArn),
+      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn], allowDirect: true }),
+      task: (t) => void (t.spec.credentials![0]!.aws = { ...t.spec.credentials![0]!.aws, roleArn, delivery: 'Direct' }),
     });
     await brokerRequest(env, 'GET', '/v1/credentials', { token: agent.token });
     const read = await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/4711', intent: 'read the ticket' });

@@ -23,7 +23,7 @@ describe('agent pod injection (mutating webhook)', () => {
     expect(stored.metadata?.annotations?.['chainwarden.io/spiffe-id']).toBe(`spiffe://cluster.local/ns/${namespace}/sa/support-agent/task/ticket-4711`);
     const sidecar = stored.spec?.initContainers?.find((c) => c.name === 'chainwarden-agent');
     expect(sidecar?.restartPolicy).toBe('Always');
-    expect(sidecar?.args).toEqual(['agent', '--broker', env.brokerUrl, '--token-file', '/var/run/secrets/chainwarden/token', '--local-token-file', '/var/run/secrets/chainwarden-local/token', '--listen', '127.0.0.1:15080']);
+    expect(sidecar?.args).toEqual(['agent', '--broker', env.brokerUrl, '--token-file', '/var/run/secrets/chainwarden/token', '--local-token-file', '/var/run/secrets/chainwarden-local/token', '--listen', '127.0.0.1:15080', '--aws-listen', '127.0.0.1:15081']);
     expect(sidecar?.securityContext).toMatchObject({ runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false });
     expect(sidecar?.env?.find((e) => e.name === 'CHAINWARDEN_BROKER_CA')?.value).toContain('BEGIN CERTIFICATE');
     // App containers start once the sidecar has written the local token.
@@ -41,6 +41,8 @@ describe('agent pod injection (mutating webhook)', () => {
         { name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: 'http://127.0.0.1:15080/v1/credentials' },
         { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: '/var/run/secrets/chainwarden-local/token' },
         { name: 'CHAINWARDEN_URL', value: 'http://127.0.0.1:15080' },
+        // Gateway delivery, the default: the SDK's calls go to the sidecar's AWS listener.
+        { name: 'AWS_ENDPOINT_URL', value: 'http://127.0.0.1:15081' },
       ]),
     );
     // The local token, read-only; never the broker token, nor the Kubernetes API token.

@@ -5,7 +5,7 @@ import type { AdmissionRequest } from '../../../src/admission/review.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 import type { ObjectReader } from '../../../src/kube/readers.js';
 
-const config: InjectionConfig = { image: 'img', brokerUrl: 'https://broker', brokerCaPem: 'PEM', trustDomain: 'cluster.local', port: 15080, tokenExpirationSeconds: 600 };
+const config: InjectionConfig = { image: 'img', brokerUrl: 'https://broker', brokerCaPem: 'PEM', trustDomain: 'cluster.local', port: 15080, awsPort: 15081, tokenExpirationSeconds: 600 };
 const pod: V1Pod = { metadata: { name: 'p', labels: { 'chainwarden.io/task': 't' } }, spec: { serviceAccountName: 'sa', containers: [{ name: 'a', image: 'x', env: [{ name: 'KEEP', value: '1' }] }, { name: 'b', image: 'y' }] } };
 const withContainer = (c: Partial<V1Container>): V1Pod => ({ ...pod, spec: { ...pod.spec, containers: [{ name: 'a', image: 'x', ...c }] } });
 

@@ -135,3 +135,17 @@ describe('decideHop: a hop whose record would not fit in status is denied, never
   });
 });
 
+
+describe('decideHop: a call approved before it was made again', () => {
+  const input = (body: Record<string, unknown>, approvedBy?: string): HopInput => ({ ...objects({ policy: (p) => void (p.spec.onViolation = 'Deny') }), request: parseHopRequest(body), hopId: 'h1_x', depth: 1, chain: chainView(undefined, undefined), now: created + 1000, pod: 'agent-0', approvedBy });
+
+  it('what would wait is allowed, citing the approval; without one it waits', () => {
+    const refund = { tool: 'payments', action: 'refund', resource: 'order/1' };
+    expect(decideHop(input(refund), evaluate).decision).toBe('pending_approval');
+    expect(decideHop(input(refund, 'refund-ok'), evaluate)).toMatchObject({ decision: 'allow', reasons: [{ rule: 'approval:refund-ok', effect: 'Allow' }] });
+  });
+
+  it('an approval never overrides a Deny', () => {
+    expect(decideHop(input({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, 'refund-ok'), evaluate)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments' }] });
+  });
+});

@@ -1,0 +1,209 @@
+import type { AgentApproval, AgentTask } from '../api/schema.js';
+import type { AgentPrincipal } from '../broker/auth.js';
+import { hopDigest, type HopService } from '../broker/hops.js';
+import type { CredentialBroker } from '../credentials/broker.js';
+import { ChainwardenError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Clock } from '../runtime/clock.js';
+import { awsOperation } from './operations.js';
+import type { Placeholders } from './placeholders.js';
+import { amzDateOf, parseAmzDate, parseAuthorization, sha256Hex, signatureOf, verifySignature } from './sigv4.js';
+import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from './sign-api.js';
+
+/** Set on an AgentApproval once an AWS call has used it: who, and when. */
+export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
+
+/** How far an SDK's X-Amz-Date may be from the broker's clock, as AWS allows. */
+const MAX_SKEW_MS = 15 * 60_000;
+const MAX_FORM_CHARS = 64 * 1024;
+/** Headers the broker sets for the real endpoint; the SDK's values of them are never signed on. */
+const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host', 'x-amz-content-sha256']);
+
+export interface AwsGatewayDeps {
+  placeholders: Placeholders;
+  credentials: Pick<CredentialBroker, 'credentials'>;
+  hops: Pick<HopService, 'decideRequest'>;
+  /** The AgentApprovals of a namespace, from the cache. */
+  approvals: (namespace: string) => AgentApproval[];
+  /**
+   * Marks an approval used by one call, if no call has used it yet: true for the one caller
+   * that wins, on any replica.
+   */
+  claim: (approval: AgentApproval, hopRef: string) => Promise<boolean>;
+  /** The region the gateway serves: where the operator's sessions are used. */
+  region: string;
+  /** One endpoint for every service (a local emulator); the service's regional AWS endpoint otherwise. */
+  endpoint?: string;
+  clock: Clock;
+  log: Logger;
+}
+
+export type AwsSignResult = { status: 200; body: AwsSignAnswer } | { status: number; body: AwsSignRefusal };
+
+/** The service's regional endpoint in the role's partition; IAM is global. */
+export function awsEndpoint(service: string, region: string, partition: string): string {
+  const domain = partition === 'aws-cn' ? 'amazonaws.com.cn' : 'amazonaws.com';
+  if (service === 'iam') return partition === 'aws-cn' ? `https://iam.cn-north-1.${domain}` : `https://iam.${domain}`;
+  return `https://${service}.${region}.${domain}`;
+}
+
+const refusal = (err: ChainwardenError, extra: Partial<AwsSignRefusal> = {}): AwsSignResult => ({ status: err.status, body: { error: { code: err.code, message: err.message, ...(err.field ? { field: err.field } : {}) }, ...extra } });
+
+/**
+ * The broker's half of the AWS gateway (see sign-api.ts): checks what the SDK signed with its
+ * placeholder key, decides the call as a hop with the whole chain in view, and on allow signs
+ * it for the real endpoint with the task's STS session, which never leaves the broker.
+ */
+export class AwsGateway {
+  constructor(private readonly deps: AwsGatewayDeps) {}
+
+  /**
+   * An approval of this exact call whose hop was decided and that no call has used yet, claimed
+   * for this one: the same call after an AgentApproval goes through, once.
+   */
+  private async approvalFor(task: AgentTask, digest: string, pod: string): Promise<string | undefined> {
+    const candidates = this.deps.approvals(task.metadata.namespace ?? '').filter(
+      (a) => a.spec.taskRef.name === task.metadata.name && a.spec.decision === 'Approve' && a.spec.hopDigest === digest && !a.metadata.annotations?.[APPROVAL_USED_BY],
+    );
+    for (const approval of candidates) if (await this.deps.claim(approval, `${pod}@${new Date(this.deps.clock.now()).toISOString()}`)) return approval.metadata.name;
+    return undefined;
+  }
+
+  async sign(who: AgentPrincipal, request: AwsSignRequest): Promise<AwsSignResult> {
+    const task = who.task;
+    const key = `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
+    const auth = parseAuthorization(request.authorization);
+    const credential = this.deps.placeholders.credentialOf(task, auth.accessKeyId);
+    if (!credential) throw new ChainwardenError('aws_unknown_key', `the key id ${auth.accessKeyId} is not one of AgentTask ${key}'s: sign with the credentials from AWS_CONTAINER_CREDENTIALS_FULL_URI`);
+    const spec = task.spec.credentials?.find((c) => c.name === credential);
+    if (spec?.aws.delivery === 'Direct') throw new ChainwardenError('aws_request_invalid', `credential ${credential} of AgentTask ${key} is delivered Direct: its SDK calls AWS itself, not the gateway`);
+    const headers = lowercase(request.headers);
+    for (const name of auth.signedHeaders) if (headers[name] === undefined) throw new ChainwardenError('aws_request_invalid', `the signed header ${name} was not passed on`, { field: `headers.${name}` });
+    for (const name of ['host', 'x-amz-date']) if (!auth.signedHeaders.includes(name)) throw new ChainwardenError('aws_request_invalid', `the signature must cover the ${name} header`);
+    const amzDate = headers['x-amz-date'] ?? '';
+    const signedAt = parseAmzDate(amzDate);
+    if (signedAt === undefined || Math.abs(signedAt - this.deps.clock.now()) > MAX_SKEW_MS) throw new ChainwardenError('aws_request_invalid', `X-Amz-Date ${amzDate} is not within 15 minutes of the broker's clock`);
+    if (amzDate.slice(0, 8) !== auth.shortDate) throw new ChainwardenError('aws_request_invalid', 'the credential scope date is not the X-Amz-Date day');
+    const signed = Object.fromEntries(auth.signedHeaders.map((n) => [n, headers[n] ?? '']));
+    const placeholder = this.deps.placeholders.of(task, credential);
+    const sdk = { method: request.method, path: request.path, query: request.query, headers: signed, payloadHash: request.payloadHash, amzDate, region: auth.region, service: auth.service };
+    if (!(await verifySignature(auth, sdk, placeholder.secretAccessKey))) {
+      throw new ChainwardenError('aws_signature_mismatch', `the signature does not match the request signed with credential ${credential}'s key: sign with the credentials from AWS_CONTAINER_CREDENTIALS_FULL_URI`);
+    }
+    if (request.form !== undefined) {
+      if (request.form.length > MAX_FORM_CHARS) throw new ChainwardenError('aws_request_invalid', `the request body passed on is longer than ${MAX_FORM_CHARS} characters`, { field: 'form' });
+      if (sha256Hex(request.form) !== request.payloadHash) throw new ChainwardenError('aws_request_invalid', 'the request body passed on is not the body the SDK signed', { field: 'form' });
+    }
+    if (auth.region !== this.deps.region && auth.service !== 'iam') {
+      throw new ChainwardenError('aws_request_invalid', `region ${auth.region}: this gateway serves ${this.deps.region}; configure the SDK's region as ${this.deps.region}`);
+    }
+    const roleArn = spec?.aws.roleArn ?? '';
+    const [, partition = 'aws', , , account = ''] = roleArn.split(':');
+    const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers, body: request.form });
+    const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes: {} };
+    // The same call again while it waits: the same hop, not a new one for the approver to find.
+    const digest = hopDigest(hop);
+    const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);
+    if (waiting) {
+      return refusal(new ChainwardenError('approval_pending', `${operation.action} on ${operation.resource} waits for approval (hop ${waiting.hopId}, rule ${waiting.rules.join(', ')}); retry the call once an AgentApproval for it exists`), {
+        hopId: waiting.hopId,
+        decision: 'pending_approval',
+        reasons: waiting.rules.map((rule) => ({ rule, effect: 'RequireApproval' })),
+      });
+    }
+    const answer = await this.deps.hops.decideRequest(who, hop, await this.approvalFor(task, digest, who.podName));
+    const rules = answer.reasons.map((r) => r.rule).join(', ');
+    if (answer.decision === 'deny') {
+      return refusal(new ChainwardenError('hop_denied', `${operation.action} on ${operation.resource} was denied by ${rules || 'default-deny'} (hop ${answer.hopId})`), { hopId: answer.hopId, decision: 'deny', reasons: answer.reasons });
+    }
+    if (answer.decision === 'pending_approval') {
+      return refusal(new ChainwardenError('approval_pending', `${operation.action} on ${operation.resource} waits for approval (hop ${answer.hopId}, rule ${rules}); retry the call once an AgentApproval for it exists`), {
+        hopId: answer.hopId,
+        decision: 'pending_approval',
+        reasons: answer.reasons,
+      });
+    }
+    const session = await this.deps.credentials.credentials(who, credential);
+    const url = new URL(this.deps.endpoint ?? awsEndpoint(auth.service, auth.region, partition));
+    const upstream: Record<string, string> = {};
+    for (const name of auth.signedHeaders) if (!REPLACED.has(name)) upstream[name] = headers[name] ?? '';
+    for (const [name, value] of Object.entries(lowercase(request.forward?.headers ?? {}))) {
+      if (REPLACED.has(name)) continue;
+      if (value === null) delete upstream[name];
+      else upstream[name] = value;
+    }
+    const date = amzDateOf(this.deps.clock.now());
+    Object.assign(upstream, { host: url.host, 'x-amz-date': date, 'x-amz-security-token': session.sessionToken, 'x-amz-content-sha256': request.forward?.payloadHash ?? request.payloadHash });
+    const { signature, scope, signedHeaders } = await signatureOf(
+      { method: request.method, path: request.path, query: request.query, headers: upstream, payloadHash: upstream['x-amz-content-sha256'] ?? '', amzDate: date, region: auth.region, service: auth.service },
+      session,
+    );
+    this.deps.log.debug({ task: key, hopId: answer.hopId, action: operation.action, upstream: url.origin }, 'AWS call signed');
+    return {
+      status: 200,
+      body: {
+        hopId: answer.hopId,
+        decision: 'allow',
+        reasons: answer.reasons,
+        url: url.origin,
+        headers: {
+          authorization: `AWS4-HMAC-SHA256 Credential=${session.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`,
+          'x-amz-date': date,
+          'x-amz-security-token': session.sessionToken,
+          'x-amz-content-sha256': upstream['x-amz-content-sha256'] ?? '',
+          host: url.host,
+        },
+      },
+    };
+  }
+}
+
+const bad = (field: string, message: string) => new ChainwardenError('aws_request_invalid', `${field}: ${message}`, { field });
+
+/** The sidecar's request, checked field by field; the first problem is a 400 naming the field. */
+export function parseSignRequest(body: unknown): AwsSignRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('body', 'must be a JSON object');
+  const b = body as Record<string, unknown>;
+  const text = (field: string, max: number, optional = false): string | undefined => {
+    const v = b[field];
+    if (v === undefined && optional) return undefined;
+    if (typeof v !== 'string') throw bad(field, 'must be a string');
+    if (v.length > max) throw bad(field, `must be at most ${max} characters`);
+    return v;
+  };
+  const headerMap = (field: string, v: unknown, nullable: boolean): Record<string, string | null> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(field, 'must be an object of header names to values');
+    const entries = Object.entries(v as Record<string, unknown>);
+    if (entries.length > 100) throw bad(field, 'may have at most 100 headers');
+    for (const [k, value] of entries) {
+      if (!/^[A-Za-z0-9-]{1,128}$/.test(k)) throw bad(`${field}.${k}`, 'is not a header name');
+      if (!(typeof value === 'string' && value.length <= 8192) && !(nullable && value === null)) throw bad(`${field}.${k}`, `must be a string of at most 8192 characters${nullable ? ' or null' : ''}`);
+    }
+    return v as Record<string, string | null>;
+  };
+  const method = text('method', 16) ?? '';
+  if (!/^[A-Z]+$/.test(method)) throw bad('method', 'must be an HTTP method');
+  const path = text('path', 4096) ?? '';
+  if (!path.startsWith('/')) throw bad('path', 'must start with /');
+  const request: AwsSignRequest = {
+    authorization: text('authorization', 4096) ?? '',
+    method,
+    path,
+    query: text('query', 16384) ?? '',
+    headers: headerMap('headers', b.headers, false) as Record<string, string>,
+    payloadHash: text('payloadHash', 128) ?? '',
+  };
+  const form = text('form', MAX_FORM_CHARS, true);
+  if (form !== undefined) request.form = form;
+  if (b.forward !== undefined) {
+    const f = b.forward as Record<string, unknown> | null;
+    if (typeof f !== 'object' || f === null) throw bad('forward', 'must be an object {payloadHash, headers}');
+    if (typeof f.payloadHash !== 'string' || f.payloadHash.length > 128) throw bad('forward.payloadHash', 'must be a string of at most 128 characters');
+    request.forward = { payloadHash: f.payloadHash, headers: headerMap('forward.headers', f.headers ?? {}, true) };
+  }
+  return request;
+}
+
+function lowercase<T>(headers: Record<string, T>): Record<string, T> {
+  return Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+}
