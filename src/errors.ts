@@ -51,8 +51,6 @@ export const ERRORS = {
   approval_pending: { status: 403 },
   /** Signed some other way (SigV2, SigV4a, a presigned URL): the sidecar passes on header SigV4 only. */
   aws_auth_unsupported: { status: 403 },
-  /** An Authorization header that is not a well-formed SigV4 one; the message names the part. */
-  aws_authorization_malformed: { status: 400 },
   aws_headers_too_large: { status: 400 },
   // The parts around chainwarden.
   broker_unreachable: { status: 502 },

@@ -37,7 +37,6 @@ const AWS_FACES: Record<string, { status: number; code: string }> = {
   forbidden_origin: { status: 403, code: 'AccessDenied' },
   aws_unsigned: { status: 403, code: 'MissingAuthenticationToken' },
   aws_auth_unsupported: { status: 403, code: 'AccessDenied' },
-  aws_authorization_malformed: { status: 400, code: 'IncompleteSignature' },
   aws_request_invalid: { status: 400, code: 'InvalidRequest' },
   aws_headers_too_large: { status: 400, code: 'RequestHeaderSectionTooLarge' },
   body_too_large: { status: 413, code: 'RequestEntityTooLarge' },

@@ -1,6 +1,6 @@
 import type { ChunkedOutput } from '../aws/aws-chunked.js';
 import type { AwsSignRequest } from '../aws/sign-api.js';
-import { isPresignedQuery, parseSigV4Authorization, type SigV4Authorization } from '../aws/sigv4-authorization.js';
+import { ALGORITHM, parseAuthorization, type AuthorizationHeader } from '../aws/sigv4.js';
 import { ChainwardenError } from '../errors.js';
 import { protocolOf, type AwsProtocol } from './aws-errors.js';
 
@@ -23,7 +23,7 @@ export type BodyPlan =
 /** Everything the gateway decided from the head: what to ask the broker (but the body's hash) and how to move the body. */
 export interface AwsRequestPlan {
   protocol: AwsProtocol;
-  authorization: SigV4Authorization;
+  authorization: AuthorizationHeader;
   /** The sign request without the fields that need the body (`payloadHash` is set already when the body streams). */
   sign: Omit<AwsSignRequest, 'payloadHash' | 'form'> & { payloadHash?: string };
   body: BodyPlan;
@@ -77,11 +77,12 @@ export function planAwsRequest(head: AwsRequestHead): AwsRequestPlan {
   if (isPresignedQuery(query)) {
     throw new ChainwardenError('aws_auth_unsupported', 'the chainwarden gateway does not take presigned URLs: one signed with the placeholder credentials is worthless, and the gateway signs only what the SDK sends it signed in the Authorization header');
   }
-  const authorization = parseSigV4Authorization(single(head.headers, 'authorization'));
+  const header = single(head.headers, 'authorization');
+  const authorization = parseSigV4(header);
   const signed: Record<string, string> = {};
   for (const name of authorization.signedHeaders) {
     const values = head.headers[name];
-    if (!values || values.length === 0) throw new ChainwardenError('aws_authorization_malformed', `SignedHeaders names ${name}, which the request does not have`, { field: 'authorization' });
+    if (!values || values.length === 0) throw invalid(`SignedHeaders names ${name}, which the request does not have`, 'authorization');
     // Repeated headers are one comma-separated value in SigV4's canonical form.
     signed[name] = values.join(',');
   }
@@ -89,14 +90,54 @@ export function planAwsRequest(head: AwsRequestHead): AwsRequestPlan {
   return {
     protocol,
     authorization,
-    sign: { authorization: single(head.headers, 'authorization') ?? '', method: head.method, path, query, headers: signed, ...(payloadHash ? { payloadHash } : {}), ...(forward ? { forward } : {}) },
+    sign: { authorization: header ?? '', method: head.method, path, query, headers: signed, ...(payloadHash ? { payloadHash } : {}), ...(forward ? { forward } : {}) },
     body,
     signedHeaders: new Set(authorization.signedHeaders),
   };
 }
 
+/** Schemes an SDK may sign with that the gateway cannot pass on, named so the refusal says what to change. */
+const OTHER_SCHEMES: Record<string, string> = {
+  AWS: 'Signature Version 2',
+  'AWS4-ECDSA-P256-SHA256': 'SigV4a (multi-region access points)',
+};
+
+/**
+ * The SDK's SigV4 Authorization, read with the broker's parser. Before it, what only the sidecar
+ * tells apart: no header at all (403 MissingAuthenticationToken) and another scheme (403
+ * AccessDenied); a SigV4 header that does not parse is the parser's 400.
+ */
+function parseSigV4(header: string | undefined): AuthorizationHeader {
+  const scheme = header?.trim().split(/\s/, 1)[0] ?? '';
+  if (header !== undefined && scheme !== '' && scheme !== ALGORITHM) {
+    throw new ChainwardenError('aws_auth_unsupported', `the chainwarden gateway passes on requests signed with ${ALGORITHM} in the Authorization header only, not ${OTHER_SCHEMES[scheme] ?? 'another scheme'}: use an AWS SDK with the credentials from AWS_CONTAINER_CREDENTIALS_FULL_URI`, { field: 'authorization' });
+  }
+  return parseAuthorization(header?.trim() === '' ? undefined : header?.trim());
+}
+
+/**
+ * Query parameters that sign a URL (SigV4 presigning; SigV2's always has AWSAccessKeyId beside its
+ * Signature); names are compared decoded and without case, as AWS reads them.
+ */
+const PRESIGNING_PARAMETERS = new Set(['x-amz-algorithm', 'x-amz-credential', 'x-amz-signature', 'awsaccesskeyid']);
+
+/** Whether a raw query string (without `?`) carries presigned-URL authentication. */
+export function isPresignedQuery(query: string): boolean {
+  if (query === '') return false;
+  return query.split('&').some((pair) => {
+    const name = pair.split('=', 1)[0] ?? '';
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(name);
+    } catch {
+      decoded = name;
+    }
+    return PRESIGNING_PARAMETERS.has(decoded.toLowerCase());
+  });
+}
+
 /** How the body travels, and for a streamed body the payload hash and header changes the broker signs instead of the SDK's. */
-function payloadPlan(head: AwsRequestHead, authorization: SigV4Authorization, protocol: AwsProtocol): { body: BodyPlan } & Pick<AwsSignRequest, 'forward'> & { payloadHash?: string } {
+function payloadPlan(head: AwsRequestHead, authorization: AuthorizationHeader, protocol: AwsProtocol): { body: BodyPlan } & Pick<AwsSignRequest, 'forward'> & { payloadHash?: string } {
   const contentSha = single(head.headers, 'x-amz-content-sha256');
   if (contentSha !== undefined && HASH_CHECKING_SERVICES.has(authorization.service)) {
     if (HEX_SHA256.test(contentSha) || STREAM_AS_IS.has(contentSha)) return { body: { kind: 'stream', reencode: undefined }, payloadHash: contentSha };

@@ -11,7 +11,7 @@ import type { HttpRequest, SourceData } from '@smithy/types';
 import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from '../../src/aws/sign-api.js';
 import { ensureMoto } from '../../src/controlplane/assets.js';
 import { startStsEmulator } from '../../src/controlplane/moto.js';
-import { parseSigV4Authorization } from '../../src/aws/sigv4-authorization.js';
+import { parseAuthorization } from '../../src/aws/sigv4.js';
 import { silentLogger } from '../../src/log.js';
 import { CertificateAuthority } from '../../src/pki/authority.js';
 import { readJson, sendJson } from '../../src/server/http.js';
@@ -68,7 +68,7 @@ function amzDate(text: string | undefined): Date {
  * with `payloadHash` as the payload's hash whether or not x-amz-content-sha256 was signed.
  */
 async function expectedAuthorization(credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }, authorization: string, r: { method: string; host: string; path: string; query: string; headers: Record<string, string>; payloadHash: string }): Promise<string> {
-  const parsed = parseSigV4Authorization(authorization);
+  const parsed = parseAuthorization(authorization);
   const headers: Record<string, string> = {};
   for (const name of parsed.signedHeaders) {
     const value = r.headers[name];
@@ -106,7 +106,7 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
         const request = (await readJson(req, 1024 * 1024)) as AwsSignRequest;
         calls.push({ request, bearer: req.headers.authorization });
         if (req.headers.authorization !== `Bearer ${podToken}`) return sendJson(res, 401, { error: { code: 'unauthenticated', message: 'the pod token is not valid' } });
-        const parsed = parseSigV4Authorization(request.authorization);
+        const parsed = parseAuthorization(request.authorization);
         if (parsed.accessKeyId !== PLACEHOLDER.accessKeyId) return sendJson(res, 403, { error: { code: 'aws_unknown_key', message: `the access key ${parsed.accessKeyId} is not a chainwarden placeholder of this task` } });
         const host = request.headers.host ?? '';
         const expected = await expectedAuthorization(PLACEHOLDER, request.authorization, { ...request, host, payloadHash: request.payloadHash });
@@ -189,7 +189,7 @@ export async function startAwsFront(moto: string) {
       const authorization = req.headers.authorization ?? '';
       let parsed;
       try {
-        parsed = parseSigV4Authorization(authorization);
+        parsed = parseAuthorization(authorization);
       } catch (err) {
         return refuse(`no usable Authorization: ${(err as Error).message}`);
       }

@@ -1,5 +1,6 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { planAwsRequest, type AwsRequestHead } from '../../../src/agent/aws-request.js';
+import { isPresignedQuery, planAwsRequest, type AwsRequestHead } from '../../../src/agent/aws-request.js';
 import { ChainwardenError } from '../../../src/errors.js';
 
 const SIG = 'a'.repeat(64);
@@ -78,11 +79,17 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
 
   it.each([
     ['no Authorization', head('GET', '/bkt/k', {}), 'aws_unsigned'],
+    ['an empty Authorization', head('GET', '/bkt/k', { authorization: '  ' }), 'aws_unsigned'],
+    ['a Bearer token', head('GET', '/bkt/k', { authorization: 'Bearer abc.def.ghi' }), 'aws_auth_unsupported'],
+    ['Signature Version 2', head('GET', '/bkt/k', { authorization: 'AWS AKIDEXAMPLE:frJIUN8DYpKDtOLCwo//yllqDzg=' }), 'aws_auth_unsupported'],
+    ['SigV4a', head('GET', '/bkt/k', { authorization: auth('s3').replace('AWS4-HMAC-SHA256', 'AWS4-ECDSA-P256-SHA256') }), 'aws_auth_unsupported'],
+    ['the SigV4 scheme alone', head('GET', '/bkt/k', { authorization: 'AWS4-HMAC-SHA256' }), 'aws_request_invalid'],
+    ['a SigV4 header without a signature', head('GET', '/bkt/k', { authorization: auth('s3').replace(/, Signature=.*/, '') }), 'aws_request_invalid'],
     ['two Authorization headers', head('GET', '/bkt/k', { authorization: [auth('s3'), auth('s3')] }), 'aws_request_invalid'],
     ['a presigned URL', head('GET', '/bkt/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=K&X-Amz-Signature=abc', {}), 'aws_auth_unsupported'],
     ['a presigned URL beside a header', head('GET', '/bkt/k?X-Amz-Signature=abc', { authorization: auth('s3'), 'x-amz-content-sha256': EMPTY }), 'aws_auth_unsupported'],
     ['a proxy-style absolute target', head('GET', 'http://169.254.169.254/latest/meta-data', { authorization: auth('s3') }), 'aws_request_invalid'],
-    ['a signed header the request does not have', head('GET', '/bkt/k', { authorization: auth('s3', 'host;x-amz-content-sha256;x-amz-date;x-amz-meta-gone'), 'x-amz-content-sha256': EMPTY }), 'aws_authorization_malformed'],
+    ['a signed header the request does not have', head('GET', '/bkt/k', { authorization: auth('s3', 'host;x-amz-content-sha256;x-amz-date;x-amz-meta-gone'), 'x-amz-content-sha256': EMPTY }), 'aws_request_invalid'],
     ['a SigV4a payload marker', s3Put('STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD'), 'aws_request_invalid'],
     ['garbage as payload hash', s3Put('not-a-hash'), 'aws_request_invalid'],
     ['signed aws-chunked without its decoded length', s3Put('STREAMING-AWS4-HMAC-SHA256-PAYLOAD', { 'x-amz-decoded-content-length': '-1' }), 'aws_request_invalid'],
@@ -92,5 +99,40 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
     ['headers over 16 KiB', { ...head('GET', '/bkt/k', { authorization: auth('s3') }), headerBytes: 16 * 1024 + 1 }, 'aws_headers_too_large'],
   ])('%s is refused (%s)', (_name, h, code) => {
     expect(refusal(h)).toBe(code);
+  });
+});
+
+describe('any Authorization header', () => {
+  it('is planned or refused with a code, never anything else, and never quoted back', () => {
+    const secretish = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY';
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ maxLength: 300 }), fc.string({ maxLength: 300 }).map((t) => `AWS4-HMAC-SHA256 ${t}`), fc.string({ maxLength: 60 }).map((t) => auth(t))), (text) => {
+        let outcome = 'planned';
+        try {
+          planAwsRequest(head('GET', '/bkt/k', { authorization: `${text} ${secretish}`, 'x-amz-content-sha256': EMPTY }));
+        } catch (err) {
+          expect(err).toBeInstanceOf(ChainwardenError);
+          expect((err as Error).message).not.toContain('wJalrXUtnFEMI');
+          outcome = (err as ChainwardenError).code;
+        }
+        expect(outcome).toMatch(/^(planned|aws_unsigned|aws_auth_unsupported|aws_request_invalid)$/);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+describe('isPresignedQuery', () => {
+  it.each([
+    ['', false],
+    ['list-type=2&prefix=a%2F', false],
+    ['x-id=PutObject', false],
+    ['X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=K%2F20261121%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=abc', true],
+    ['x-amz-signature=abc', true],
+    ['X-Amz-%53ignature=abc', true],
+    ['AWSAccessKeyId=AKID&Signature=abc&Expires=1', true],
+    ['%zz=1', false],
+  ])('%j → %s', (query, expected) => {
+    expect(isPresignedQuery(query)).toBe(expected);
   });
 });
