@@ -36,7 +36,10 @@ export const AWS_LIMITS = {
   maxHeaderBytes: 16 * 1024,
   /** Non-S3 bodies are held to be hashed; DynamoDB's own limit on a request is 16 MB. */
   maxBufferedBody: 16 * 1024 * 1024,
-  /** A query-protocol form is sent to the broker, which reads the action from it. */
+  /**
+   * A body that names the operation or its resource (a query-protocol form, a JSON-protocol
+   * document) goes to the broker, which derives the hop from it: at most this, the broker's bound.
+   */
   maxForm: 64 * 1024,
 };
 
@@ -151,7 +154,8 @@ function payloadPlan(head: AwsRequestHead, authorization: AuthorizationHeader, p
   if (contentSha !== undefined && !HEX_SHA256.test(contentSha)) {
     throw invalid(`x-amz-content-sha256 is ${describeMarker(contentSha)}, which only S3 takes; ${authorization.service} hashes the payload itself`, 'x-amz-content-sha256');
   }
-  const form = protocol === 'query' && head.method === 'POST';
+  // The broker derives these calls' resource from the body: a body it cannot see would be a hop on `*`.
+  const form = (protocol === 'query' && head.method === 'POST') || protocol === 'json';
   const maxBytes = form ? AWS_LIMITS.maxForm : AWS_LIMITS.maxBufferedBody;
   const declared = Number(single(head.headers, 'content-length') ?? '0');
   if (declared > maxBytes) throw tooLarge(maxBytes, form);
@@ -194,7 +198,7 @@ export function tooLarge(maxBytes: number, form: boolean): ChainwardenError {
   return new ChainwardenError(
     'body_too_large',
     form
-      ? `the form is over ${maxBytes} bytes; the chainwarden gateway sends query-protocol forms to the broker and takes at most that`
+      ? `the body is over ${maxBytes} bytes; the chainwarden gateway shows the broker the bodies of query- and JSON-protocol calls, which name what the call acts on, and takes at most that`
       : `the body is over ${maxBytes} bytes; the chainwarden gateway hashes bodies of services other than S3 in memory and takes at most that`,
   );
 }

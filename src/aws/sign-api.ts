@@ -1,10 +1,11 @@
 /**
  * The AWS gateway's one call from the sidecar to the broker: `POST /v1/aws/sign`, authenticated
  * with the pod token like every broker call. The sidecar passes on what the SDK signed, never
- * the payload (a query-protocol form excepted, which is small and names the action); the broker
- * checks the SDK's signature against the credential's placeholder secret, derives the hop from
- * the request, decides it with the whole chain in view and, on allow, signs the request for the
- * real endpoint with the task's STS session. The session's secret never leaves the broker.
+ * the payload (a query-protocol form or a JSON-protocol document excepted, which are small and
+ * name the action and its resource); the broker checks the SDK's signature against the
+ * credential's placeholder secret, derives the hop from the request, decides it with the whole
+ * chain in view and, on allow, signs the request for the real endpoint with the task's STS
+ * session. The session's secret never leaves the broker.
  */
 
 /** The request as the SDK sent it to the sidecar. */
@@ -23,7 +24,12 @@ export interface AwsSignRequest {
    * SHA-256, `UNSIGNED-PAYLOAD` or a `STREAMING-…` marker), else the hex SHA-256 of the body.
    */
   payloadHash: string;
-  /** Query protocol (a form-encoded POST body): the body itself, at most 64 KiB, so the broker reads `Action` from what it signs. */
+  /**
+   * Query protocol (a form-encoded POST body) and JSON protocol (`x-amz-target`): the body
+   * itself, at most 64 KiB, so the broker reads `Action`, `TableName`, `QueueUrl`… from what it
+   * signs (its hash is `payloadHash`). The sidecar refuses such calls with larger bodies rather
+   * than let the broker decide them on `*`.
+   */
   form?: string;
   /**
    * When the sidecar re-encodes the body for the real endpoint (signed aws-chunked → unsigned

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import http from 'node:http';
@@ -96,9 +96,9 @@ describe('unmodified AWS SDKs through the gateway, to AWS (moto behind a signatu
     expect(item.Item?.note?.S).toBe('refund <requested> & "approved"');
     const { broker, aws } = since(before);
     expect(broker.map((c) => c.request.headers['x-amz-target'])).toEqual(['DynamoDB_20120810.PutItem', 'DynamoDB_20120810.GetItem']);
-    // The JSON body is not the broker's to see; its hash is.
-    expect(broker[0]?.request.form).toBeUndefined();
-    expect(broker[0]?.request.payloadHash).toMatch(/^[0-9a-f]{64}$/);
+    // The JSON document names the table: the broker sees it, and its hash is what the SDK signed.
+    expect(JSON.parse(broker[0]?.request.form ?? '{}')).toMatchObject({ TableName: 'gw-table' });
+    expect(broker[0]?.request.payloadHash).toBe(createHash('sha256').update(broker[0]?.request.form ?? '').digest('hex'));
     expect(aws.map((r) => r.refused)).toEqual([undefined, undefined]);
     expect(broker[0]?.request.headers['x-amz-security-token']).toBe('placeholder-session-token');
     expect(aws[0]?.headers['x-amz-security-token']).toBe(SESSION.sessionToken);
@@ -328,7 +328,9 @@ function raw(options: { method?: string; path: string; headers: Record<string, s
     const req = http.request({ host: '127.0.0.1', port: port(), method: options.method ?? 'GET', path: options.path, headers: Object.fromEntries(Object.entries({ host: `127.0.0.1:${port()}`, ...options.headers }).filter(([, v]) => v !== undefined)) as http.OutgoingHttpHeaders, setHost: false, agent: keepAlive }, (res) => {
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, reusedSocket: req.reusedSocket }));
+      // Settled once the request is sent whole too: an answer may come while the body is still going out.
+      const sentWhole = new Promise((done) => (req.writableFinished ? done(undefined) : req.once('finish', done)));
+      res.on('end', () => void sentWhole.then(() => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, reusedSocket: req.reusedSocket })));
     });
     req.on('error', reject);
     for (const piece of options.body ?? []) req.write(piece);
@@ -369,13 +371,15 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     expect(query.body).toMatch(/^<ErrorResponse><Error><Type>Sender<\/Type><Code>MissingAuthenticationToken<\/Code>/);
   });
 
-  it('a DynamoDB body whose claimed hash is not its own, and one past 16 MiB, are refused before the broker', async () => {
+  it('a DynamoDB body whose claimed hash is not its own, and one past the 64 KiB the broker reads, are refused before the broker', async () => {
     const before = sent();
     const auth = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.accessKeyId}/20261121/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-target, Signature=${'0'.repeat(64)}`;
     const headers = { authorization: auth, 'x-amz-date': '20261121T081159Z', 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0' };
     const lying = await raw({ method: 'POST', path: '/', headers: { ...headers, 'x-amz-content-sha256': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' }, body: [Buffer.from('{"TableName":"gw-table"}')] });
     expect(JSON.parse(lying.body)).toMatchObject({ __type: 'InvalidRequest' });
     const huge = await raw({ method: 'POST', path: '/', headers: { ...headers, authorization: auth.replace('x-amz-content-sha256;', ''), 'transfer-encoding': 'chunked' }, body: Array.from({ length: 17 }, () => Buffer.alloc(1024 * 1024, 0x20)) });
+    // A table named past what the broker reads would be a hop on `*`: refused, not decided blind.
+    expect(JSON.parse(huge.body)).toMatchObject({ message: expect.stringContaining('name what the call acts on') as unknown });
     expect(huge.status).toBe(413);
     expect(JSON.parse(huge.body)).toMatchObject({ __type: 'RequestEntityTooLarge' });
     // The rest of the refused body was drained: the same connection answers the next request.
