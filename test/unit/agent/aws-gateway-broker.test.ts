@@ -1,0 +1,180 @@
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import http from 'node:http';
+import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { CreateQueueCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
+import type { AgentTask } from '../../../src/api/schema.js';
+import { AwsGateway, parseSignRequest } from '../../../src/aws/gateway.js';
+import { Placeholders } from '../../../src/aws/placeholders.js';
+import type { AgentPrincipal } from '../../../src/broker/auth.js';
+import type { HopAnswer, HopRequest } from '../../../src/broker/hops.js';
+import { ChainwardenError } from '../../../src/errors.js';
+import { silentLogger } from '../../../src/log.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
+import { systemClock } from '../../../src/runtime/clock.js';
+import { readJson, sendJson } from '../../../src/server/http.js';
+import { serveHttps, type RunningServer } from '../../../src/server/https.js';
+import { signedAwsChunked } from '../../builders/aws-chunked.js';
+import { SESSION, Sha256, startGatewayWorld } from '../../builders/aws-gateway-twins.js';
+
+/**
+ * The sidecar with the broker's real half of the gateway (src/aws/gateway.ts: signature check,
+ * hop derivation, signing with the session), only the hop decision and the session stubbed: what
+ * the twin in aws-gateway.test.ts stands for, checked against the real thing.
+ */
+
+const task: AgentTask = {
+  apiVersion: 'chainwarden.io/v1alpha1',
+  kind: 'AgentTask',
+  metadata: { name: 't', namespace: 'ns', uid: '6f1c0d8e-0000-0000-0000-00000000aw5g', generation: 1 },
+  spec: { serviceAccountName: 'sa', policyRef: { name: 'p' }, ttl: '30m', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::123456789012:role/agent' } }] },
+  status: { state: 'Bound', spiffeID: 'spiffe://cluster.local/ns/ns/sa/sa/task/t' },
+};
+const who: AgentPrincipal = { namespace: 'ns', podName: 'agent-0', podUid: 'u', serviceAccount: 'sa', task, spiffeId: task.status?.spiffeID ?? '' };
+const placeholders = new Placeholders(randomBytes(32));
+/** What /v1/credentials hands the agent's SDK under Gateway delivery. */
+const keys = placeholders.of(task, 'default');
+
+let world: Awaited<ReturnType<typeof startGatewayWorld>>;
+let broker: RunningServer;
+let sidecar: RunningAgent;
+const decided: HopRequest[] = [];
+let decide: (hop: HopRequest) => Pick<HopAnswer, 'decision' | 'reasons'> = () => ({ decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
+let hops = 0;
+
+beforeAll(async () => {
+  world = await startGatewayWorld();
+  const gateway = new AwsGateway({
+    placeholders,
+    credentials: { credentials: () => Promise.resolve({ ...SESSION, expiration: new Date(Date.now() + 3_600_000) }) },
+    hops: {
+      decideRequest: (_who, hop) => {
+        decided.push(hop);
+        return Promise.resolve({ hopId: `h1_${String(++hops).padStart(12, 'A')}_CCCCCCCCCCCCCCCC`, depth: 1, ...decide(hop) });
+      },
+    },
+    approvals: () => [],
+    claim: () => Promise.resolve(false),
+    region: 'us-east-1',
+    endpoint: world.front.url,
+    clock: systemClock,
+    log: silentLogger(),
+  });
+  const ca = await CertificateAuthority.create('aws-gateway-broker-test');
+  // The broker's /v1/aws/sign handler, with the pod token as the only principal.
+  const route = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (req.headers.authorization !== `Bearer ${world.podToken}`) throw new ChainwardenError('unauthenticated', 'not a pod token');
+    const { status, body } = await gateway.sign(who, parseSignRequest(await readJson(req, 160 * 1024)));
+    sendJson(res, status, body, { 'cache-control': 'no-store' });
+  };
+  broker = await serveHttps({ '/v1/aws/sign': route }, await ca.issueServing('broker', { ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, silentLogger());
+  sidecar = await startAgentProxy({ brokerUrl: broker.url, caPem: ca.certPem, tokenFile: world.tokenFile, listen: { host: '127.0.0.1', port: 0 }, awsListen: { host: '127.0.0.1', port: 0 }, log: silentLogger() });
+}, 90_000);
+
+afterAll(async () => {
+  await sidecar?.close();
+  await broker?.close();
+  await world?.close();
+});
+
+beforeEach(() => {
+  decide = () => ({ decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
+});
+
+const config = (credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } = keys, region = 'us-east-1') => ({ endpoint: sidecar.awsUrl, region, credentials, maxAttempts: 1 });
+const hopsOf = (from: number) => decided.slice(from).map((h) => `${h.tool} ${h.action} ${h.resource}`);
+const frontSince = (from: number) => world.front.records.slice(from);
+
+async function rejection(promise: Promise<unknown>): Promise<{ name: string; message: string }> {
+  try {
+    await promise;
+  } catch (err) {
+    return { name: (err as Error).name, message: (err as Error).message };
+  }
+  throw new Error('the call went through');
+}
+
+describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () => {
+  it('S3: each call a hop on the object or bucket it names, signed so AWS accepts it', async () => {
+    const [from, front] = [decided.length, world.front.records.length];
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'customers' }));
+    await s3.send(new PutObjectCommand({ Bucket: 'customers', Key: '4711.json', Body: '{"name":"Ada"}' }));
+    expect(await (await s3.send(new GetObjectCommand({ Bucket: 'customers', Key: '4711.json' }))).Body?.transformToString()).toBe('{"name":"Ada"}');
+    await s3.send(new ListObjectsV2Command({ Bucket: 'customers' }));
+    s3.destroy();
+    expect(hopsOf(from)).toEqual(['aws:s3 s3:CreateBucket arn:aws:s3:::customers', 'aws:s3 s3:PutObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:GetObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:ListBucket arn:aws:s3:::customers']);
+    expect(frontSince(front).map((r) => r.refused)).toEqual([undefined, undefined, undefined, undefined]);
+  });
+
+  it('DynamoDB and SQS (JSON protocol): the hop names the table and the queue, read from the body the sidecar shows the broker', async () => {
+    const from = decided.length;
+    const ddb = new DynamoDBClient(config());
+    await ddb.send(new CreateTableCommand({ TableName: 'orders', KeySchema: [{ AttributeName: 'id', KeyType: 'HASH' }], AttributeDefinitions: [{ AttributeName: 'id', AttributeType: 'S' }], BillingMode: 'PAY_PER_REQUEST' }));
+    await ddb.send(new PutItemCommand({ TableName: 'orders', Item: { id: { S: '981' } } }));
+    expect((await ddb.send(new GetItemCommand({ TableName: 'orders', Key: { id: { S: '981' } } }))).Item?.id?.S).toBe('981');
+    ddb.destroy();
+    const sqs = new SQSClient(config());
+    const queue = await sqs.send(new CreateQueueCommand({ QueueName: 'refunds' }));
+    await sqs.send(new SendMessageCommand({ QueueUrl: queue.QueueUrl, MessageBody: 'refund 981' }));
+    sqs.destroy();
+    expect(hopsOf(from)).toEqual([
+      'aws:dynamodb dynamodb:CreateTable arn:aws:dynamodb:us-east-1:123456789012:table/orders',
+      'aws:dynamodb dynamodb:PutItem arn:aws:dynamodb:us-east-1:123456789012:table/orders',
+      'aws:dynamodb dynamodb:GetItem arn:aws:dynamodb:us-east-1:123456789012:table/orders',
+      expect.stringMatching(/^aws:sqs sqs:CreateQueue /) as unknown,
+      'aws:sqs sqs:SendMessage arn:aws:sqs:us-east-1:123456789012:refunds',
+    ]);
+  });
+
+  it('STS (query protocol) through the broker', async () => {
+    const from = decided.length;
+    expect((await new STSClient(config()).send(new GetCallerIdentityCommand({}))).Account).toBe('123456789012');
+    expect(hopsOf(from)).toEqual(['aws:sts sts:GetCallerIdentity *']);
+  });
+
+  it('signed aws-chunked with a trailer: the broker signs what the sidecar says it forwards, and AWS accepts it', async () => {
+    const port = Number(new URL(sidecar.awsUrl ?? '').port);
+    const payload = randomBytes(200_000);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(payload));
+    const headers = { host: `127.0.0.1:${port}`, 'content-encoding': 'aws-chunked', 'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER', 'x-amz-decoded-content-length': String(payload.length), 'x-amz-trailer': 'x-amz-checksum-crc32', 'x-amz-security-token': keys.sessionToken };
+    const signed = await new SignatureV4({ credentials: keys, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false }).sign({ method: 'PUT', protocol: 'http:', hostname: '127.0.0.1', port, path: '/customers/java.bin', query: {}, headers });
+    const body = signedAwsChunked([payload.subarray(0, 100_000), payload.subarray(100_000)], [['x-amz-checksum-crc32', crc.toString('base64')]], { secretAccessKey: keys.secretAccessKey, amzDate: String(signed.headers['x-amz-date']), region: 'us-east-1', service: 's3', seedSignature: /Signature=([0-9a-f]{64})/.exec(String(signed.headers.authorization))?.[1] ?? '' });
+    const front = world.front.records.length;
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method: 'PUT', path: '/customers/java.bin', headers: { ...signed.headers, 'content-length': String(body.length) }, setHost: false }, (res) => {
+        res.resume().on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+    expect(status).toBe(200);
+    expect(frontSince(front)).toMatchObject([{ headers: { 'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }]);
+    expect(frontSince(front)[0]?.refused).toBeUndefined();
+    const s3 = new S3Client(config());
+    expect(Buffer.from((await (await s3.send(new GetObjectCommand({ Bucket: 'customers', Key: 'java.bin' }))).Body?.transformToByteArray()) ?? []).equals(payload)).toBe(true);
+    s3.destroy();
+  });
+
+  it('the broker\'s refusals as the SDK raises them: a rule\'s deny, a wait for approval, a wrong secret, another region', async () => {
+    const front = world.front.records.length;
+    decide = (hop) => (hop.action === 'dynamodb:PutItem' ? { decision: 'deny', reasons: [{ rule: 'orders-read-only', effect: 'Deny' }] } : { decision: 'pending_approval', reasons: [{ rule: 'refunds-need-a-person', effect: 'RequireApproval' }] });
+    const denied = await rejection(new DynamoDBClient(config()).send(new PutItemCommand({ TableName: 'orders', Item: { id: { S: '982' } } })));
+    expect(denied.name).toBe('AccessDenied');
+    expect(denied.message).toMatch(/dynamodb:PutItem on arn:aws:dynamodb:us-east-1:123456789012:table\/orders was denied by orders-read-only \(hop h1_\w+_C+\)/);
+    const waiting = await rejection(new SQSClient(config()).send(new SendMessageCommand({ QueueUrl: 'http://127.0.0.1:1/123456789012/refunds', MessageBody: 'refund 982' })));
+    expect(waiting.name).toBe('ChainwardenApprovalPending');
+    expect(waiting.message).toMatch(/waits for approval \(hop h1_\w+_C+, rule refunds-need-a-person\)/);
+    expect((await rejection(new S3Client(config({ ...keys, secretAccessKey: 'guessed-secret' })).send(new GetObjectCommand({ Bucket: 'customers', Key: '4711.json' })))).name).toBe('SignatureDoesNotMatch');
+    expect((await rejection(new S3Client(config({ ...keys, accessKeyId: 'ASIACWNOTTHISTASKS01' })).send(new GetObjectCommand({ Bucket: 'customers', Key: '4711.json' })))).name).toBe('InvalidClientTokenId');
+    const elsewhere = await rejection(new S3Client(config(keys, 'eu-west-1')).send(new GetObjectCommand({ Bucket: 'customers', Key: '4711.json' })));
+    expect(elsewhere).toMatchObject({ name: 'InvalidRequest', message: expect.stringContaining('region eu-west-1') as unknown });
+    expect(frontSince(front)).toEqual([]);
+  });
+});
