@@ -95,6 +95,7 @@ export type SignDecision = { status: number; body: AwsSignRefusal } | undefined;
  */
 export async function startSignTwin(options: { podToken: string; upstream: () => string }) {
   let podToken = options.podToken;
+  let upstream: string | undefined;
   const ca = await CertificateAuthority.create('aws-gateway-test');
   const tls = await ca.issueServing('broker', { ips: ['127.0.0.1'] });
   const calls: { request: AwsSignRequest; bearer: string | undefined }[] = [];
@@ -113,7 +114,7 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
         if (expected !== request.authorization) return sendJson(res, 403, { error: { code: 'aws_signature_mismatch', message: 'the request signature we calculated does not match the signature you provided' } });
         const refusal = decide(request);
         if (refusal) return sendJson(res, refusal.status, refusal.body);
-        sendJson(res, 200, await signForUpstream(request, parsed.region, parsed.service, options.upstream(), `h1_${String(++hops).padStart(12, 'A')}_BBBBBBBBBBBBBBBB`));
+        sendJson(res, 200, await signForUpstream(request, parsed.region, parsed.service, upstream ?? options.upstream(), `h1_${String(++hops).padStart(12, 'A')}_BBBBBBBBBBBBBBBB`));
       },
     },
     tls,
@@ -130,6 +131,10 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
     },
     set podToken(token: string) {
       podToken = token;
+    },
+    /** Where allowed requests are sent instead of the front, until set back to undefined. */
+    set upstream(url: string | undefined) {
+      upstream = url;
     },
     /** What the next requests are answered; undefined signs them. */
     set decide(fn: (request: AwsSignRequest) => SignDecision) {

@@ -14,6 +14,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
 import type { AwsSignRefusal } from '../../../src/aws/sign-api.js';
 import { createLogger } from '../../../src/log.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
+import { serveHttps } from '../../../src/server/https.js';
 import { signedAwsChunked } from '../../builders/aws-chunked.js';
 import { PLACEHOLDER, SESSION, Sha256, startGatewayWorld } from '../../builders/aws-gateway-twins.js';
 
@@ -272,6 +274,22 @@ describe('refusals reach the SDK as the exception its user would catch, and noth
       world.twin.podToken = world.podToken;
       // The sidecar holds the rotated token until the next 401; one call puts it back on the original.
       await new STSClient(config()).send(new GetCallerIdentityCommand({}));
+    }
+  });
+
+  it('an https endpoint whose certificate the system does not trust: ServiceUnavailable, nothing sent to it', async () => {
+    const ca = await CertificateAuthority.create('not-amazon');
+    let reached = 0;
+    const impostor = await serveHttps({ '/': () => Promise.resolve(void reached++) }, await ca.issueServing('s3', { ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, createLogger({ level: 'silent' }));
+    world.twin.upstream = impostor.url;
+    try {
+      const err = await rejection(new S3Client(config()).send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: 'k' })));
+      expect(err).toMatchObject({ name: 'ServiceUnavailable', status: 503 });
+      expect(err.message).toMatch(/certificate/);
+      expect(reached).toBe(0);
+    } finally {
+      world.twin.upstream = undefined;
+      await impostor.close();
     }
   });
 
