@@ -53,10 +53,11 @@ const payloadHash = (() => {
 })();
 
 /**
- * A sidecar that held the body would grow by at least its 100 MiB. Streaming, it grows by what its
- * garbage collector lets pile up before a collection: about 25–30 MiB, the same at 300 MiB.
+ * A sidecar that held the body would grow by at least its 100 MiB (holding it, it grew by 188).
+ * Streaming, it grows by what its garbage collector lets pile up before a collection: 0–32 MiB
+ * measured, and no more at 300 MiB than at 100.
  */
-const MAX_GROWTH_MIB = 50;
+const MAX_GROWTH_MIB = 60;
 
 /** Runs `step` while sampling the sidecar's memory; what it took in time and in resident memory above where it started. */
 async function measured(step: () => Promise<void>): Promise<{ ms: number; rssGrowthMiB: number; startMiB: number }> {
