@@ -176,7 +176,7 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
     const entries = Object.entries(v as Record<string, unknown>);
     if (entries.length > 100) throw bad(field, 'may have at most 100 headers');
     for (const [k, value] of entries) {
-      if (!/^[A-Za-z0-9-]{1,128}$/.test(k)) throw bad(`${field}.${k}`, 'is not a header name');
+      if (!/^[A-Za-z0-9_-]{1,128}$/.test(k)) throw bad(`${field}.${k}`, 'is not a header name');
       if (!(typeof value === 'string' && value.length <= 8192) && !(nullable && value === null)) throw bad(`${field}.${k}`, `must be a string of at most 8192 characters${nullable ? ' or null' : ''}`);
     }
     return v as Record<string, string | null>;

@@ -37,7 +37,7 @@ export function parseAuthorization(header: string | undefined): AuthorizationHea
   const signedHeaders = fields.get('SignedHeaders') ?? '';
   const signature = fields.get('Signature') ?? '';
   if (!credential) throw invalid('the Authorization header has no valid Credential=<key id>/<date>/<region>/<service>/aws4_request');
-  if (!/^[a-z0-9-]+(;[a-z0-9-]+)*$/.test(signedHeaders)) throw invalid('the Authorization header has no valid SignedHeaders');
+  if (!/^[a-z0-9_-]+(;[a-z0-9_-]+)*$/.test(signedHeaders)) throw invalid('the Authorization header has no valid SignedHeaders');
   if (!/^[0-9a-f]{64}$/.test(signature)) throw invalid('the Authorization header has no valid Signature');
   const [, accessKeyId = '', shortDate = '', region = '', service = ''] = credential;
   return { accessKeyId, shortDate, region, service, signedHeaders: signedHeaders.split(';'), signature };

@@ -42,6 +42,8 @@ export async function tokenFile(token: string): Promise<string> {
 export interface AgentProcess {
   /** http://127.0.0.1:PORT: what the pod's containers are given as CHAINWARDEN_URL. */
   url: string;
+  /** With --aws-listen: what the pod's containers are given as AWS_ENDPOINT_URL. */
+  awsUrl?: string;
   /** The pod token file the sidecar reads and sends to the broker; rewrite it to rotate the token. */
   tokenFile: string;
   /**
@@ -74,14 +76,15 @@ export async function startAgentProcess(env: EnvironmentDescription, token: stri
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  const url = await new Promise<string>((resolve, reject) => {
-    // The first line is the main listener; an AWS listener (--aws-listen) prints a second.
-    child.stdout?.once('data', (c: Buffer) => resolve(c.toString().split('\n')[0]?.trim() ?? ''));
+  // The first line is the main listener; an AWS listener (--aws-listen) prints a second.
+  const [url = '', awsUrl] = await new Promise<string[]>((resolve, reject) => {
+    child.stdout?.once('data', (c: Buffer) => resolve(c.toString().split('\n').map((l) => l.trim()).filter(Boolean)));
     child.once('exit', (code) => reject(new Error(`chainwarden agent exited ${code}: ${stderr}`)));
   });
   const callerTokenFile = local ?? file;
   return {
     url,
+    awsUrl,
     tokenFile: file,
     callerTokenFile,
     // Read per call, as the AWS SDK does: the file's content verbatim.

@@ -1,0 +1,155 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import readline from 'node:readline';
+import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { AgentPolicy } from '../../../src/api/schema.js';
+import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
+import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
+import { createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
+import { createRole } from '../../env/aws.js';
+import { describe, expect, test } from '../../env/fixtures.js';
+import { create } from '../../env/kube.js';
+import { readTask, waitForTask } from '../operator/helpers.js';
+
+const ACCOUNT = '123456789012';
+
+interface CallResult {
+  ok: boolean;
+  out?: Record<string, unknown> & { Body?: string; bodySize?: number };
+  name?: string;
+  message?: string;
+  status?: number;
+}
+
+/** The agent: unmodified AWS SDK clients given only the pod's injected environment, ports rewritten to this machine's sidecar. */
+function startAgent(env: EnvironmentDescription, podEnv: Record<string, string>, sidecar: AgentProcess) {
+  const vars = { ...podEnv };
+  vars.AWS_ENDPOINT_URL = sidecar.awsUrl ?? '';
+  vars.AWS_CONTAINER_CREDENTIALS_FULL_URI = `${sidecar.url}/v1/credentials`;
+  vars.AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE = sidecar.callerTokenFile;
+  const child: ChildProcess = spawn(process.execPath, [path.resolve(import.meta.dirname, '../../fixtures/aws-calls.mjs')], {
+    env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', ...vars },
+    stdio: ['pipe', 'pipe', 'inherit'],
+    cwd: path.resolve(import.meta.dirname, '../../..'),
+  });
+  const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  void env;
+  return {
+    async call(client: string, command: string, input: Record<string, unknown>, generatedBody?: number): Promise<CallResult> {
+      child.stdin!.write(`${JSON.stringify({ client, command, input, generatedBody })}\n`);
+      return JSON.parse(String((await lines.next()).value)) as CallResult;
+    },
+    stop: () => void child.kill('SIGTERM'),
+  };
+}
+
+/** What reached the emulator, as moto recorded it: method, path and headers of each request. */
+async function reachedAws(env: EnvironmentDescription): Promise<{ method: string; path: string; headers: Record<string, string> }[]> {
+  const text = await readFile(env.stsRecording, 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as { method: string; url: string; headers: Record<string, string> })
+    .map((e) => ({ method: e.method, path: new URL(e.url, 'http://x').pathname, headers: Object.fromEntries(Object.entries(e.headers).map(([k, v]) => [k.toLowerCase(), v])) }));
+}
+
+async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, namespace: string, bucket: string) {
+  const roleArn = await createRole(env, `support-agent-${namespace}`);
+  const policy: AgentPolicy = examplePolicy(namespace);
+  policy.spec.onViolation = 'Deny';
+  policy.spec.aws = { allowedRoleArns: [`arn:aws:iam::${ACCOUNT}:role/support-*`], maxDuration: '1h' };
+  policy.spec.rules = [
+    ...(policy.spec.rules ?? []),
+    { name: 'agent-bucket', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:CreateBucket', 's3:PutObject', 's3:GetObject', 's3:ListBucket'], resources: [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/*`] },
+    { name: 'never-delete-objects', effect: 'Deny', tools: ['aws:s3'], actions: ['s3:DeleteObject'] },
+    { name: 'outbox-needs-a-human', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: [`arn:aws:s3:::${bucket}/outbox/*`] },
+  ];
+  await create(admin, policy);
+  await createServiceAccount(admin, namespace, 'support-agent');
+  const task = exampleTask(namespace);
+  task.spec.credentials = [{ name: 'default', aws: { roleArn, duration: '15m' } }];
+  await create(admin, task);
+  await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
+  const bound = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Bound');
+  const pod = await admin.makeApiClient(CoreV1Api).readNamespacedPod({ name: 'agent-0', namespace });
+  const podEnv = Object.fromEntries((pod.spec?.containers[0]?.env ?? []).map((e) => [e.name, e.value ?? '']));
+  const sidecar = await startAgentProcess(env, await podToken(admin, pod), { args: ['--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'] });
+  return { task: bound, podEnv, sidecar, agent: startAgent(env, podEnv, sidecar) };
+}
+
+describe('every AWS call is a hop: the signing gateway', () => {
+  test('an unmodified SDK reads and writes S3 through the sidecar, signed with the task\'s session it never holds; a denied call never reaches AWS; revocation stops the next call', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const { podEnv, sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);
+    try {
+      expect(podEnv.AWS_ENDPOINT_URL).toBe('http://127.0.0.1:15081');
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      expect((await agent.call('s3', 'PutObject', { Bucket: bucket, Key: 'notes/4711.txt', Body: 'customer called twice' })).ok).toBe(true);
+      expect(await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'notes/4711.txt' })).toMatchObject({ ok: true, out: { Body: 'customer called twice' } });
+
+      // What the agent holds is a placeholder; what reached AWS was signed with the task's session.
+      const held = (await getJson(`${sidecar.url}/v1/credentials`, { headers: await sidecar.headers() })).body as Record<string, string>;
+      expect(held.AccessKeyId).toMatch(/^ASIACW/);
+      const session = (await readTask(admin, namespace, 'ticket-4711'))?.status?.credentials?.sessions?.[0];
+      expect(session?.accessKeyId).toMatch(/^ASIA/);
+      expect(session?.accessKeyId).not.toBe(held.AccessKeyId);
+      const puts = (await reachedAws(env)).filter((r) => r.method === 'PUT' && r.path === `/${bucket}/notes/4711.txt`);
+      expect(puts).toHaveLength(1);
+      expect(puts[0]?.headers.authorization).toContain(`Credential=${session?.accessKeyId ?? '?'}/`);
+      expect(puts[0]?.headers['x-amz-security-token']).not.toContain('placeholder');
+      expect(JSON.stringify(await reachedAws(env))).not.toContain(held.AccessKeyId);
+
+      // Denied: the SDK raises AccessDenied naming the rule and the hop; nothing is sent to AWS.
+      const denied = await agent.call('s3', 'DeleteObject', { Bucket: bucket, Key: 'notes/4711.txt' });
+      expect(denied).toMatchObject({ ok: false, name: 'AccessDenied', status: 403 });
+      expect(denied.message).toMatch(/s3:DeleteObject on arn:aws:s3:::.*\/notes\/4711.txt was denied by never-delete-objects \(hop h1_/);
+      expect((await reachedAws(env)).filter((r) => r.method === 'DELETE')).toEqual([]);
+
+      // Each call is a hop of the chain, in status and the audit trail.
+      const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.chain?.hopCount ?? 0) >= 4);
+      expect(task.status?.chain?.systemsTouched).toContain('aws:s3');
+      expect(task.status?.hops).toMatchObject({ allowed: 3, denied: 1 });
+
+      // Revocation is immediate: after completion the broker signs nothing more, whatever the session's life.
+      const done = await getJson(`${sidecar.url}/v1/tasks/${namespace}/ticket-4711/complete`, { method: 'POST', headers: await sidecar.headers() });
+      expect(done.status).toBe(200);
+      const gets = async () => (await reachedAws(env)).filter((r) => r.method === 'GET' && r.path === `/${bucket}/notes/4711.txt`).length;
+      const before = await gets();
+      await expect.poll(async () => (await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'notes/4711.txt' })).name, { timeout: 10_000 }).toBe('AccessDenied');
+      expect(await gets()).toBe(before);
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('a call that needs approval fails with ChainwardenApprovalPending, and the same call after an AgentApproval goes through once', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);
+    try {
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      const put = { Bucket: bucket, Key: 'outbox/reply.txt', Body: 'refund approved' };
+      const pending = await agent.call('s3', 'PutObject', put);
+      expect(pending).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+      const hopId = /hop (h\d+_[A-Za-z0-9_-]+)/.exec(pending.message ?? '')?.[1] ?? '';
+      expect(hopId).not.toBe('');
+      // Asked again while it waits: the same hop, not a second one for the approver.
+      expect((await agent.call('s3', 'PutObject', put)).message).toContain(hopId);
+      expect((await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops?.map((h) => h.hopId)).toEqual([hopId]);
+
+      const approval = exampleApproval(namespace);
+      approval.metadata.name = 'outbox-ok';
+      approval.spec.hopId = hopId;
+      await create(admin, approval);
+      await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
+      await expect.poll(async () => (await agent.call('s3', 'PutObject', put)).ok, { timeout: 10_000 }).toBe(true);
+      expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/reply.txt' })).out?.Body).toBe('refund approved');
+      // Once: the approval is spent, the next identical call waits again.
+      expect(await agent.call('s3', 'PutObject', put)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+});
