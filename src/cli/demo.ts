@@ -2,6 +2,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateRoleCommand, GetRolePolicyCommand, IAMClient } from '@aws-sdk/client-iam';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
@@ -65,6 +66,9 @@ const hopLine = (label: string, answer: Record<string, unknown>) =>
   `${label.padEnd(44)} → ${String(answer.decision)} [${((answer.reasons as { rule: string }[] | undefined) ?? []).map((r) => r.rule).join(', ')}]`;
 
 /** Everything the story needs in the cluster and in AWS: policy, task, role, an approver. */
+/** The bucket the demo's agent reads a customer record from through the gateway. */
+const CUSTOMERS_BUCKET = 'support-customers';
+
 async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleName: string }> {
   const core = admin.makeApiClient(CoreV1Api);
   await core.createNamespace({ body: { metadata: { name: NS } } });
@@ -73,6 +77,11 @@ async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleNa
   const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
   const role = await iam.send(new CreateRoleCommand({ RoleName: 'support-agent', AssumeRolePolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }] }) }));
   iam.destroy();
+  // The customer records the agent may read, put there by the platform team.
+  const s3 = new S3Client({ region: aws.region, endpoint: env.stsEndpoint, credentials: aws.credentials, forcePathStyle: true });
+  await s3.send(new CreateBucketCommand({ Bucket: CUSTOMERS_BUCKET }));
+  await s3.send(new PutObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json', Body: '{"customer":"Ada","email":"ada@example.com"}' }));
+  s3.destroy();
 
   const policy = await example<AgentPolicy>('support-policy.yaml');
   // The emulator's account, instead of the example's.
@@ -120,16 +129,20 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
   await writeFile(tokenFile, token.status?.token ?? '', { mode: 0o600 });
   const localTokenFile = path.join(env.stateDir, 'agent-local-token');
   await rm(localTokenFile, { force: true });
-  const sidecar = await startAgentProxy({ brokerUrl: operator.url, caPem: operator.caPem, tokenFile, localTokenFile, listen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
+  const sidecar = await startAgentProxy({ brokerUrl: operator.url, caPem: operator.caPem, tokenFile, localTokenFile, listen: { host: '127.0.0.1', port: 0 }, awsListen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
   const agent = sidecarClient(sidecar.url, localTokenFile);
+  // What an unmodified SDK in the pod does: AWS_ENDPOINT_URL is the sidecar's AWS listener, and its keys come from the container-credentials endpoint.
+  const creds = await agent.get('/v1/credentials');
+  const sdk = { region: 'us-east-1', endpoint: sidecar.awsUrl, credentials: { accessKeyId: String(creds.body.AccessKeyId), secretAccessKey: String(creds.body.SecretAccessKey), sessionToken: String(creds.body.Token) }, maxAttempts: 1 };
+  const sts = new STSClient(sdk);
+  const s3 = new S3Client(sdk);
   try {
-    say('The agent fetches AWS credentials for its task and calls STS with them');
-    const creds = await agent.get('/v1/credentials');
-    const sts = new STSClient({ region: 'us-east-1', endpoint: env.stsEndpoint, credentials: { accessKeyId: String(creds.body.AccessKeyId), secretAccessKey: String(creds.body.SecretAccessKey), sessionToken: String(creds.body.Token) } });
+    say('The agent calls AWS through the sidecar: its SDK holds placeholder keys; the broker decides and signs each call');
+    show(`placeholder key ${String(creds.body.AccessKeyId)} (AWS refuses it; the task's session never leaves the broker)`);
     const me = await sts.send(new GetCallerIdentityCommand({}));
-    sts.destroy();
-    show(`${String(creds.body.AccessKeyId)} until ${String(creds.body.Expiration)}`);
     show(`GetCallerIdentity: ${me.Arn ?? ''}`);
+    const record = await s3.send(new GetObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json' }));
+    show(`s3://${CUSTOMERS_BUCKET}/4711.json: ${await record.Body?.transformToString()} (a PII read: the bucket is system customer-records)`);
 
     say('Each tool call is a hop, decided with the whole chain in view');
     const read = await agent.post('/v1/hops', { tool: 'tickets', action: 'read', resource: 'ticket/4711', intent: 'read the ticket' });
@@ -166,7 +179,12 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
     const deny = await iam.send(new GetRolePolicyCommand({ RoleName: roleName, PolicyName: 'chainwarden-revocations' }));
     iam.destroy();
     show(`IAM role ${roleName}, inline policy chainwarden-revocations: ${decodeURIComponent(deny.PolicyDocument ?? '')}`);
-    if (after.status !== 403 || nextHop.status !== 403) throw new ChainwardenError('demo_failed', 'the task\'s credentials were not refused after revocation');
+    const lateRead = await s3.send(new GetObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json' })).then(
+      () => 'allowed',
+      (err: Error) => `${err.name}: ${err.message}`,
+    );
+    show(`S3 GetObject through the gateway → ${lateRead}`);
+    if (after.status !== 403 || nextHop.status !== 403 || lateRead === 'allowed') throw new ChainwardenError('demo_failed', 'the task\'s credentials were not refused after revocation');
 
     say('chainwarden trace support/ticket-4711: the hop tree from the audit stream, checked against the task');
     await waitFor('the audit stream to catch up', async () => readAuditRecords(await readFile(auditFile, 'utf8').catch(() => '')).filter((r) => r.record.task === `${NS}/${TASK}`), (records) => records.at(-1)?.record.hash === revoked.status?.audit?.head || records.length >= (revoked.status?.audit?.count ?? 0));
@@ -179,6 +197,8 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
     show(renderTrace(chain?.records ?? []));
     if (!matches) throw new ChainwardenError('demo_failed', 'the audit chain does not verify');
   } finally {
+    sts.destroy();
+    s3.destroy();
     await sidecar.close();
   }
 }
