@@ -46,7 +46,7 @@ export function parseAuthorization(header: string | undefined): AuthorizationHea
 const toBytes = (data: ArrayBuffer | ArrayBufferView): Uint8Array => (ArrayBuffer.isView(data) ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : new Uint8Array(data));
 
 /** node:crypto behind the checksum interface the SDK's key derivation takes. */
-class Sha256 implements Checksum {
+export class Sha256 implements Checksum {
   private hash: ReturnType<typeof createHash> | ReturnType<typeof createHmac>;
   private readonly secret: string | Uint8Array | undefined;
   constructor(secret?: SourceData) {

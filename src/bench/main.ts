@@ -3,14 +3,16 @@
  * document to stdout and to bench-results.json, and a readable table to stderr.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateRoleCommand, IAMClient } from '@aws-sdk/client-iam';
+import { SignatureV4 } from '@smithy/signature-v4';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { freePort } from '../controlplane/ports.js';
+import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
 import { CertificateAuthority } from '../pki/authority.js';
 import type { LoadJob, LoadResult } from './load.js';
@@ -99,16 +101,17 @@ async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {
   if (res.status >= 300) throw new Error(`POST ${p}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
 }
 
-const taskManifest = (name: string, roleArn: string) => ({
+/** Direct delivery unless `Gateway`: issuance and revocation are measured on the sessions agents are handed. */
+const taskManifest = (name: string, roleArn: string, delivery: 'Direct' | 'Gateway' = 'Direct') => ({
   apiVersion: 'chainwarden.io/v1alpha1',
   kind: 'AgentTask',
   metadata: { name, namespace: NS },
-  spec: { serviceAccountName: 'agent', policyRef: { name: 'bench' }, ttl: '1h', credentials: [{ name: 'default', aws: { roleArn, duration: '15m' } }] },
+  spec: { serviceAccountName: 'agent', policyRef: { name: 'bench' }, ttl: '1h', credentials: [{ name: 'default', aws: { roleArn, duration: '15m', delivery } }] },
 });
 
-async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn: string): Promise<{ token: string; created: number; ready: number }> {
+async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn: string, delivery: 'Direct' | 'Gateway' = 'Direct'): Promise<{ token: string; created: number; ready: number }> {
   const created = performance.now();
-  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks`, taskManifest(name, roleArn));
+  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks`, taskManifest(name, roleArn, delivery));
   const pod = (await rawRequest(kc, 'POST', `/api/v1/namespaces/${NS}/pods`, {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -149,11 +152,12 @@ async function setUp(env: LocalEnvironment, kc: KubeConfig): Promise<string> {
     spec: {
       maxTaskTTL: '2h',
       limits: { maxHops: 100000, maxDepth: 64 },
-      aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h' },
+      aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h', allowDirect: true },
       systems: [{ name: 'tickets', dataClasses: ['pii'] }, { name: 'email', trustBoundary: 'external' }],
       rules: [
         { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
         { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
+        { name: 'who-am-i', effect: 'Allow', tools: ['aws:sts'], actions: ['sts:GetCallerIdentity'] },
       ],
       onViolation: 'Deny',
     },
@@ -220,6 +224,39 @@ async function hops(kc: KubeConfig, broker: Broker, roleArn: string) {
   }
 }
 
+/**
+ * The AWS gateway's cost per call: the same signed STS GetCallerIdentity, replayed at a fixed
+ * rate through a real sidecar (`chainwarden agent --aws-listen`: verify, decide, sign, forward)
+ * and straight to the emulator; the difference is the gateway's overhead.
+ */
+async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, rate = 200) {
+  const { token } = await boundAgent(kc, broker, 'gateway-0', roleArn, 'Gateway');
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bench-sidecar-'));
+  const tokenFile = path.join(dir, 'token');
+  const caFile = path.join(dir, 'ca.pem');
+  await writeFile(tokenFile, token, { mode: 0o600 });
+  await writeFile(caFile, broker.ca);
+  const sidecar = spawn(process.execPath, [bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const [, awsUrl = ''] = await new Promise<string[]>((resolve) => sidecar.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
+    const placeholder = (await https(broker, 'GET', '/v1/credentials', token)).body as Record<string, string>;
+    // One GetCallerIdentity as the SDK signs it with the placeholder keys; valid for 15 minutes, so it can be replayed.
+    const signer = new SignatureV4({ service: 'sts', region: 'us-east-1', credentials: { accessKeyId: placeholder.AccessKeyId ?? '', secretAccessKey: placeholder.SecretAccessKey ?? '', sessionToken: placeholder.Token }, sha256: Sha256 });
+    const host = new URL(awsUrl).host;
+    const body = 'Action=GetCallerIdentity&Version=2011-06-15';
+    const signed = await signer.sign({ method: 'POST', protocol: 'http:', hostname: host.split(':')[0] ?? '', port: Number(host.split(':')[1]), path: '/', query: {}, headers: { host, 'content-type': 'application/x-www-form-urlencoded; charset=utf-8' }, body });
+    const headers = Object.fromEntries(Object.entries(signed.headers).filter(([k]) => k !== 'host')) as Record<string, string>;
+    const clients = [{ headers, body }];
+    const through = await load({ mode: 'open', url: `${awsUrl}/`, method: 'POST', clients, seconds: 10, rate });
+    const direct = await load({ mode: 'open', url: `${env.stsEndpoint}/`, method: 'POST', clients, seconds: 10, rate });
+    const max = await load({ mode: 'closed', url: `${awsUrl}/`, method: 'POST', clients, seconds: 5, concurrency: 16 });
+    const overhead = { p50Ms: Math.round((through.p50Ms - direct.p50Ms) * 100) / 100, p99Ms: Math.round((through.p99Ms - direct.p99Ms) * 100) / 100 };
+    return { rate, throughGateway: through, direct, overhead, goal: { p50Ms: 2, p99Ms: 10 }, maxThroughput: max };
+  } finally {
+    sidecar.kill('SIGTERM');
+  }
+}
+
 async function memory(kc: KubeConfig, broker: Broker, roleArn: string, count: number) {
   const before = await rssMiB(broker.pid);
   const names = Array.from({ length: count }, (_, i) => `mem-${i}`);
@@ -250,6 +287,10 @@ function table(r: Results): string {
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
     row('hop throughput as a share of bare node:http', `${Math.round(h.throughputShareOfBare * 100)}%`),
+    row(`AWS gateway at ${r.gateway.rate}/s (STS call, sidecar + broker)`, `p50 ${r.gateway.throughGateway.p50Ms} ms  p99 ${r.gateway.throughGateway.p99Ms} ms  errors ${r.gateway.throughGateway.errors}`),
+    row(`the same call straight to the emulator`, `p50 ${r.gateway.direct.p50Ms} ms  p99 ${r.gateway.direct.p99Ms} ms`),
+    row('gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.gateway.overhead.p50Ms} ms  p99 ${r.gateway.overhead.p99Ms} ms`),
+    row('gateway, max throughput (16 clients)', `${r.gateway.maxThroughput.ratePerSecond}/s  p50 ${r.gateway.maxThroughput.p50Ms} ms  p99 ${r.gateway.maxThroughput.p99Ms} ms`),
     row(`credential issuance (${r.credentials.issuance.tasks} tasks, created → credentials)`, `p50 ${r.credentials.issuance.p50Ms} ms  p99 ${r.credentials.issuance.p99Ms} ms  ${r.credentials.issuance.tasksPerSecond} tasks/s`),
     row('revocation (completion → credentials refused)', `p50 ${r.credentials.revocation.p50Ms} ms  p99 ${r.credentials.revocation.p99Ms} ms`),
     row('admission webhook (AgentTask, over HTTPS)', `p50 ${r.admission.p50Ms} ms  p99 ${r.admission.p99Ms} ms  ${r.admission.ratePerSecond}/s`),
@@ -261,6 +302,7 @@ function table(r: Results): string {
 interface Results {
   machine: { cpus: number; node: string; memoryGiB: number };
   hops: Awaited<ReturnType<typeof hops>>;
+  gateway: Awaited<ReturnType<typeof gateway>>;
   credentials: Awaited<ReturnType<typeof issuanceAndRevocation>>;
   admission: LoadResult;
   memory: Awaited<ReturnType<typeof memory>>;
@@ -283,13 +325,15 @@ async function main(): Promise<void> {
       process.stdout.write(`${JSON.stringify(hopResults, null, 2)}\n`);
       return;
     }
+    log('AWS gateway');
+    const gatewayResult = await gateway(kc, broker, env, roleArn);
     log('admission webhook');
     const admissionResult = await admission(broker, roleArn);
     log(`credential issuance and revocation over ${tasks} tasks`);
     const credentials = await issuanceAndRevocation(kc, broker, roleArn, tasks);
     log(`operator memory with ${cached} AgentTasks`);
     const mem = await memory(kc, broker, roleArn, cached);
-    const results: Results = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, credentials, admission: admissionResult, memory: mem };
+    const results: Results = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, gateway: gatewayResult, credentials, admission: admissionResult, memory: mem };
     const json = JSON.stringify(results, null, 2);
     await writeFile('bench-results.json', `${json}\n`);
     process.stdout.write(`${json}\n`);

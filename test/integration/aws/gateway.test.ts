@@ -1,9 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import type { AgentPolicy } from '../../../src/api/schema.js';
+import { ensureMoto } from '../../../src/controlplane/assets.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
@@ -13,6 +15,7 @@ import { create } from '../../env/kube.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
 
 const ACCOUNT = '123456789012';
+const execFileAsync = promisify(execFile);
 
 interface CallResult {
   ok: boolean;
@@ -147,6 +150,39 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/reply.txt' })).out?.Body).toBe('refund approved');
       // Once: the approval is spent, the next identical call waits again.
       expect(await agent.call('s3', 'PutObject', put)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('boto3 works through the same gateway with nothing but the pod\'s environment, and is refused the same way', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const { podEnv, sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);
+    try {
+      const python = path.join(path.dirname(await ensureMoto()), 'python');
+      const script = [
+        'import json, boto3',
+        'from botocore.config import Config',
+        'from botocore.exceptions import ClientError',
+        's3 = boto3.client("s3", config=Config(retries={"max_attempts": 1}))',
+        `s3.create_bucket(Bucket="${bucket}")`,
+        `s3.put_object(Bucket="${bucket}", Key="py/note.txt", Body=b"written by boto3")`,
+        `body = s3.get_object(Bucket="${bucket}", Key="py/note.txt")["Body"].read().decode()`,
+        'try:',
+        `    s3.delete_object(Bucket="${bucket}", Key="py/note.txt")`,
+        '    denied = None',
+        'except ClientError as e:',
+        '    denied = {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"]}',
+        'print(json.dumps({"body": body, "denied": denied}))',
+      ].join('\n');
+      const vars = { ...podEnv, AWS_ENDPOINT_URL: sidecar.awsUrl ?? '', AWS_CONTAINER_CREDENTIALS_FULL_URI: `${sidecar.url}/v1/credentials`, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: sidecar.callerTokenFile };
+      const { stdout } = await execFileAsync(python, ['-c', script], { env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', AWS_DEFAULT_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', ...vars } });
+      const out = JSON.parse(stdout) as { body: string; denied: { code: string; message: string } | null };
+      expect(out.body).toBe('written by boto3');
+      expect(out.denied?.code).toBe('AccessDenied');
+      expect(out.denied?.message).toMatch(/s3:DeleteObject on arn:aws:s3:::.*\/py\/note.txt was denied by never-delete-objects \(hop h1_/);
+      expect((await reachedAws(env)).filter((r) => r.method === 'DELETE')).toEqual([]);
     } finally {
       agent.stop();
       await sidecar.stop();
