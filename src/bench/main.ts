@@ -236,7 +236,8 @@ async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, ro
   const caFile = path.join(dir, 'ca.pem');
   await writeFile(tokenFile, token, { mode: 0o600 });
   await writeFile(caFile, broker.ca);
-  const sidecar = spawn(process.execPath, [bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
+  const sidecar = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
   try {
     const [, awsUrl = ''] = await new Promise<string[]>((resolve) => sidecar.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
     const placeholder = (await https(broker, 'GET', '/v1/credentials', token)).body as Record<string, string>;
@@ -317,8 +318,12 @@ async function main(): Promise<void> {
     broker = await startBroker(env);
     const kc = env.adminKubeConfig();
     const roleArn = await setUp(env, kc);
-    // CHAINWARDEN_BENCH_ONLY=hops measures the hop decisions alone (for profiling).
+    // CHAINWARDEN_BENCH_ONLY=hops (or gateway) measures the hop decisions (or the AWS gateway) alone, for profiling.
     const only = process.env.CHAINWARDEN_BENCH_ONLY;
+    if (only === 'gateway') {
+      process.stdout.write(`${JSON.stringify(await gateway(kc, broker, env, roleArn), null, 2)}\n`);
+      return;
+    }
     log('hop decisions');
     const hopResults = await hops(kc, broker, roleArn);
     if (only === 'hops') {
