@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { KubeConfig } from '@kubernetes/client-node';
+import { CoordinationV1Api, KubeConfig } from '@kubernetes/client-node';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { createAgentPod, createServiceAccount } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
@@ -86,4 +86,43 @@ describe('replicas', () => {
       await op.stop();
     }
   });
+
+  test('a replica that loses its Lease and wins it back reconciles again', async ({ admin, env, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const a = await replica(env.kubeconfig, namespace, 'replica-a');
+    try {
+      await expect.poll(() => a.isLeader(), { timeout: 10_000 }).toBe(true);
+      await task(admin, namespace, 'before-loss');
+      await expect.poll(() => Number(reconciles(a)), { timeout: 10_000 }).toBeGreaterThan(0);
+      // Another holder takes the Lease (a replica whose clock ran ahead, say): this one must step down.
+      await takeLease(admin, namespace, 'usurper');
+      await expect.poll(() => a.isLeader(), { timeout: 10_000, interval: 50 }).toBe(false);
+      // The usurper never renews; this replica wins the Lease back within a lease duration and works again.
+      await expect.poll(() => a.isLeader(), { timeout: lease.leaseDurationMs + 5_000, interval: 100 }).toBe(true);
+      const before = Number(reconciles(a));
+      await task(admin, namespace, 'after-regain');
+      await expect.poll(() => Number(reconciles(a)), { timeout: 10_000 }).toBeGreaterThan(before);
+    } finally {
+      await a.stop();
+    }
+  });
 });
+
+/** Writes `holder` into the controllers' Lease as if it had just renewed it; retried over the leader's own renewals. */
+async function takeLease(admin: KubeConfig, namespace: string, holder: string): Promise<void> {
+  const api = admin.makeApiClient(CoordinationV1Api);
+  let last: unknown;
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const current = await api.readNamespacedLease({ name: 'chainwarden-controller', namespace });
+    current.spec = { ...current.spec, holderIdentity: holder, renewTime: new Date().toISOString().replace('Z', '000Z') as never, leaseDurationSeconds: lease.leaseDurationMs / 1000 };
+    try {
+      await api.replaceNamespacedLease({ name: 'chainwarden-controller', namespace, body: current });
+      return;
+    } catch (err) {
+      // The leader renewed in between: read again.
+      last = err;
+    }
+  }
+  throw new Error(`could not take the Lease: ${String((last as { body?: unknown })?.body ?? last)}`);
+}
