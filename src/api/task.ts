@@ -9,6 +9,8 @@ import { AgentPolicySpec, AgentTaskStatus, type AgentTask, type TaskState } from
  * controller to learn when a task has ended.
  */
 
+/** The operator's own namespace unless told otherwise: its Lease, key Secrets and sealed audit heads live there. */
+export const DEFAULT_NAMESPACE = 'chainwarden-system';
 /** Agent pods carry this label; its value is the task's name. */
 export const TASK_LABEL = 'chainwarden.io/task';
 /** Held on every task until what it was given has been revoked. */

@@ -133,12 +133,11 @@ export const dataClassesOf = (systems: System[]): string[] => [...new Set(system
  * What the task's status can hold: the API server refuses a status over its lists' caps every
  * time, so a hop whose record would not fit is denied rather than answered and never recorded.
  */
-function overCapacity(input: HopInput, verdict: Verdict): Verdict | undefined {
-  const { chain, request, policy } = input;
+function overCapacity(input: HopInput, touched: System[], verdict: Verdict): Verdict | undefined {
+  const { chain, request } = input;
   const deny = (rule: string): Verdict => ({ decision: 'deny', reasons: [{ rule, effect: 'Deny' }] });
   if (verdict.decision === 'pending_approval' && chain.pending >= STATUS_CAPS.pendingHops) return deny('limit:pendingHops');
   if (verdict.decision !== 'allow') return undefined;
-  const touched = touchedSystems(policy, request);
   const added = new Set([request.tool, ...touched.map((t) => t.name)].filter((name) => !chain.systems.has(name))).size;
   if (chain.systems.size + added > STATUS_CAPS.systemsTouched) return deny('limit:systemsTouched');
   const classes = dataClassesOf(touched);
@@ -153,11 +152,10 @@ function approved(input: HopInput, verdict: Verdict): Verdict {
   return { decision: 'allow', reasons: [{ rule: `approval:${input.approvedBy}`, effect: 'Allow' }] };
 }
 
-/** The Cedar context of the hop: the request and the whole chain so far. */
-export function hopContext(input: HopInput): { subject: HopSubject; context: HopContext; boundary: string } {
+/** The Cedar context of the hop: the request and the whole chain so far; `touched` is what `touchedSystems` gives for it. */
+export function hopContext(input: HopInput, touched: System[]): { subject: HopSubject; context: HopContext; boundary: string } {
   const { task, policy, request, chain, now } = input;
   const systems = policy.spec.systems ?? [];
-  const touched = touchedSystems(policy, request);
   // A tool the policy does not declare, on a resource no system classifies, is outside the organisation.
   const boundary = touched[0] ? (touched[0].trustBoundary ?? 'internal') : 'external';
   const internal = new Set(systems.filter((s) => (s.trustBoundary ?? 'internal') === 'internal').map((s) => s.name));
@@ -189,8 +187,8 @@ export function hopContext(input: HopInput): { subject: HopSubject; context: Hop
 }
 
 /** The policy's rules: Deny wins; otherwise a RequireApproval rule holds the hop; otherwise Allow. */
-function byRules(input: HopInput, evaluate: Evaluate): Verdict {
-  const { subject, context, boundary } = hopContext(input);
+function byRules(input: HopInput, touched: System[], evaluate: Evaluate): Verdict {
+  const { subject, context, boundary } = hopContext(input, touched);
   const evaluation = evaluate(input.policy, subject, context, boundary);
   if (evaluation.decision === 'Deny') {
     const denials = evaluation.reasons.filter((r) => r.effect === 'Deny');
@@ -207,8 +205,10 @@ function byRules(input: HopInput, evaluate: Evaluate): Verdict {
  */
 export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { policy, request, hopId, depth, now } = input;
-  const ruled = approved(input, overLimit(input) ?? byRules(input, evaluate));
-  const { decision, reasons } = overCapacity(input, ruled) ?? ruled;
+  // Matched once: the systems a hop touches feed its Cedar context, the status caps and its record.
+  const touched = touchedSystems(policy, request);
+  const ruled = approved(input, overLimit(input) ?? byRules(input, touched, evaluate));
+  const { decision, reasons } = overCapacity(input, touched, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
   const record: AuditEvent = {
@@ -218,7 +218,6 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   };
   const rules = reasons.map((r) => r.rule);
   if (decision === 'allow') {
-    const touched = touchedSystems(policy, request);
     return {
       decision,
       reasons,

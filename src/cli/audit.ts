@@ -1,13 +1,13 @@
 import { readFile } from 'node:fs/promises';
 import { CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentTask } from '../api/schema.js';
+import { DEFAULT_NAMESPACE } from '../api/task.js';
 import { printable } from '../api/text.js';
 import { AUDIT_HEADS, AuditHeadStore } from '../audit/heads.js';
 import { renderTrace } from '../audit/trace.js';
 import { checkHead, location, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { silentLogger } from '../log.js';
-import { DEFAULT_NAMESPACE } from '../operator/operator.js';
 import { systemClock } from '../runtime/clock.js';
 import { isNotFound } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';

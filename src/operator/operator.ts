@@ -23,7 +23,7 @@ import { PolicyEngine } from '../policy/engine.js';
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
 import { brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
-import { endOf, TASK_LABEL } from '../api/task.js';
+import { DEFAULT_NAMESPACE, endOf, TASK_LABEL } from '../api/task.js';
 import { CredentialBroker } from '../credentials/broker.js';
 import { AwsIamPort } from '../credentials/iam.js';
 import { roleNameOf } from '../credentials/plan.js';
@@ -106,7 +106,7 @@ export interface RunningOperator {
   crash(): Promise<void>;
 }
 
-export const DEFAULT_NAMESPACE = 'chainwarden-system';
+export { DEFAULT_NAMESPACE };
 export const DEFAULT_SIDECAR_IMAGE = 'chainwarden/chainwarden:0.1.0';
 export const SIDECAR_PORT = 15080;
 

@@ -11,7 +11,7 @@ import { exampleApproval, examplePolicy, exampleTask } from '../../builders/exam
 import { createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
 import { createRole } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create } from '../../env/kube.js';
+import { create, rejection } from '../../env/kube.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
 
 const ACCOUNT = '123456789012';
@@ -187,5 +187,14 @@ describe('every AWS call is a hop: the signing gateway', () => {
       agent.stop();
       await sidecar.stop();
     }
+  });
+
+  test('Direct delivery is refused unless the policy allows it, naming both fields', async ({ admin, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    const task = exampleTask(namespace);
+    task.spec.credentials![0]!.aws.delivery = 'Direct';
+    const refused = await rejection(admin, task);
+    expect(refused).toContain('spec.credentials[0].aws.delivery');
+    expect(refused).toMatch(/does not set spec.aws.allowDirect: true; use delivery: Gateway \(the default\), or set spec.aws.allowDirect: true in the policy/);
   });
 });
