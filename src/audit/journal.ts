@@ -180,6 +180,8 @@ interface Entry {
   name: string;
   /** Changes not yet in flight. */
   queued: TaskDelta;
+  /** When the oldest queued change was queued: it is written `flushMs` after, whatever runs meanwhile. */
+  queuedAt?: number;
   /** Changes being written now. */
   inflight?: TaskDelta;
   /** The write in flight, if any. */
@@ -269,6 +271,7 @@ export class TaskJournal {
       this.entries.set(key, entry);
     }
     merge(entry.queued, { ...emptyDelta(), ...change });
+    entry.queuedAt ??= this.clock.now();
     if (change.violation) this.stop(task, 'violated', `is Violated: hop ${change.violation.hopId} broke ${change.violation.rule}`);
     this.schedule(entry, this.flushMs);
   }
@@ -353,8 +356,10 @@ export class TaskJournal {
       entry.timer = undefined;
       entry.flushing = this.flush(entry).finally(() => {
         entry.flushing = undefined;
-        const more = entry.waiters.length > 0 || !isEmpty(entry.queued);
-        if (more) this.schedule(entry, 0);
+        // What queued during the write waits out its own flushMs: under steady load the task is
+        // written every flushMs, not back to back.
+        if (entry.waiters.length > 0) this.schedule(entry, 0);
+        else if (!isEmpty(entry.queued)) this.schedule(entry, Math.max(0, (entry.queuedAt ?? 0) + this.flushMs - this.clock.now()));
         else if (this.entries.get(`${entry.namespace}/${entry.name}`) === entry) this.entries.delete(`${entry.namespace}/${entry.name}`);
       });
     }, delay);
@@ -366,6 +371,7 @@ export class TaskJournal {
     const task = `${entry.namespace}/${entry.name}`;
     entry.inflight = delta;
     entry.queued = emptyDelta();
+    entry.queuedAt = undefined;
     entry.waiters = [];
     let records: AuditRecord[] = [];
     let seen: TaskRef | undefined;
@@ -415,6 +421,7 @@ export class TaskJournal {
       merge(requeued, delta);
       merge(requeued, entry.queued);
       entry.queued = requeued;
+      entry.queuedAt = this.clock.now();
       this.options.log.warn({ task, err: errorMessage(err), attempt: entry.failures }, 'journal write failed; retrying');
       const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** entry.failures);
       await new Promise((r) => setTimeout(r, backoff / 2 + Math.random() * (backoff / 2)));

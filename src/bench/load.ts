@@ -6,7 +6,8 @@
  *   answered: the most the target sustains.
  * - open: requests start on a fixed schedule (`rate` per second) whatever the answers do;
  *   latency is counted from the scheduled start, so a stall shows up in the percentiles
- *   instead of slowing the offered rate down (no coordinated omission).
+ *   instead of slowing the offered rate down (no coordinated omission). Between starts it
+ *   sleeps: on a small machine a spinning generator would take a core from what it measures.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -76,7 +77,9 @@ async function open(job: LoadJob, send: () => Promise<number>, start: number, un
   let i = 0;
   for (;;) {
     const now = performance.now();
-    // Start everything that is due, then yield so answers are read: timers are coarser than the schedule.
+    // Start everything that is due, then sleep until the next is: a timer fires a little late,
+    // and that lateness counts in the latency, but spinning here would take a core from what
+    // is measured.
     while (start + i * interval <= now) {
       const scheduled = start + i * interval;
       if (scheduled >= until) break;
@@ -87,8 +90,9 @@ async function open(job: LoadJob, send: () => Promise<number>, start: number, un
       inflight.add(p);
       i++;
     }
-    if (start + i * interval >= until) break;
-    await new Promise((r) => setImmediate(r));
+    const due = start + i * interval;
+    if (due >= until) break;
+    await new Promise((r) => setTimeout(r, Math.max(0, Math.floor(due - performance.now()))));
   }
   await Promise.all(inflight);
 }

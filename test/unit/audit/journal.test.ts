@@ -79,6 +79,31 @@ describe('the journal cannot be wedged', () => {
   });
 });
 
+describe('the journal batches', () => {
+  it('writes a busy task once per flush window, not back to back, and loses nothing', async () => {
+    const writes: number[] = [];
+    const emitted: AuditRecord[] = [];
+    const update: Update = async (_ns, _name, edit) => {
+      const status = edit(task()) ?? {};
+      writes.push(performance.now());
+      await new Promise((r) => setTimeout(r, 5)); // a write takes a while; hops keep coming meanwhile
+      return { ...task(), status };
+    };
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 50 });
+    const started = performance.now();
+    let i = 0;
+    while (performance.now() - started < 400) {
+      journal.record(task(), { hopCount: 1, events: [hop(++i)] });
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await journal.drain();
+    // Before, what queued during a write was written the moment it ended: a write every 5 ms.
+    expect(writes.length).toBeLessThanOrEqual(11);
+    for (let w = 1; w < writes.length - 1; w++) expect((writes[w] ?? 0) - (writes[w - 1] ?? 0)).toBeGreaterThanOrEqual(40);
+    expect(emitted.map((r) => r.data.hopId)).toEqual(Array.from({ length: i }, (_, k) => `h1_${k + 1}`));
+  });
+});
+
 describe('applyDelta keeps every list within its CRD cap', () => {
   const pendingHop = (i: number) => ({ hopId: `h1_${i}`, digest: 'd', tool: 'payments', action: 'refund', resource: `order/${i}`, depth: 1, rules: ['refunds-need-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' });
 
