@@ -8,6 +8,12 @@ export type RuleEffect = PolicyRule['effect'];
 export interface CompiledPolicy {
   policies: Record<string, string>;
   effects: Map<string, RuleEffect>;
+  /**
+   * What the policy reads of a hop, when that is known: compiled rules read the tool, action,
+   * resource, depth and boundary crossing, and only whether the chain touched the systems and
+   * data classes they name. Absent when the policy has raw Cedar, which may read anything.
+   */
+  reads?: { systems: Set<string>; dataClasses: Set<string> };
 }
 
 const literal = (s: string) => JSON.stringify(s);
@@ -62,11 +68,15 @@ export function rawPolicies(text: string): RawPolicy[] {
 export function compilePolicy(policy: AgentPolicy): CompiledPolicy {
   const policies: Record<string, string> = {};
   const effects = new Map<string, RuleEffect>();
+  const reads = { systems: new Set<string>(), dataClasses: new Set<string>() };
   for (const rule of policy.spec.rules ?? []) {
     policies[rule.name] = compileRule(rule);
     effects.set(rule.name, rule.effect);
+    for (const s of rule.when?.afterSystems ?? []) reads.systems.add(s);
+    for (const c of rule.when?.afterDataClasses ?? []) reads.dataClasses.add(c);
   }
-  rawPolicies(policy.spec.cedar ?? '').forEach((raw, i) => {
+  const raws = rawPolicies(policy.spec.cedar ?? '');
+  raws.forEach((raw, i) => {
     // Admission refuses duplicate ids and ids that are rule names; should one slip through (a
     // policy admitted before that check), every policy is still kept, under a distinct id: a
     // second policy must never replace the first, least of all a forbid.
@@ -75,5 +85,5 @@ export function compilePolicy(policy: AgentPolicy): CompiledPolicy {
     policies[key] = raw.text;
     effects.set(key, raw.effect === 'forbid' ? 'Deny' : 'Allow');
   });
-  return { policies, effects };
+  return raws.length > 0 ? { policies, effects } : { policies, effects, reads };
 }

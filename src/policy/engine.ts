@@ -1,7 +1,7 @@
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import type { AgentPolicy } from '../api/schema.js';
 import { CEDAR_NAMESPACE, CEDAR_SCHEMA } from './cedar-schema.js';
-import { compilePolicy, type RuleEffect } from './compile.js';
+import { compilePolicy, type CompiledPolicy, type RuleEffect } from './compile.js';
 
 /** What Cedar sees of one hop. */
 export interface HopContext {
@@ -48,17 +48,35 @@ export interface Evaluation {
 const SCHEMA_NAME = 'chainwarden';
 let schemaReady = false;
 
+/** Decisions remembered per policy generation; past this the oldest are forgotten. */
+const MEMO_ENTRIES = 8_192;
+
 interface Prepared {
   id: string;
   effects: Map<string, RuleEffect>;
+  /** What the policy reads, and its decisions by exactly that; absent when it has raw Cedar. */
+  memo?: { reads: NonNullable<CompiledPolicy['reads']>; decisions: Map<string, Evaluation> };
+}
+
+/** Exactly what a compiled policy reads of a hop, as one string: equal keys, equal decisions. */
+function memoKey(reads: NonNullable<CompiledPolicy['reads']>, context: HopContext): string {
+  const systems = context.systemsTouched.filter((s) => reads.systems.has(s)).sort();
+  const classes = context.dataClassesTouched.filter((c) => reads.dataClasses.has(c)).sort();
+  return JSON.stringify([context.tool, context.action, context.resource, context.depth, context.crossesTrustBoundary, systems, classes]);
 }
 
 /**
  * Evaluates hops with Cedar. Each policy generation is compiled and parsed once (preparsed in
- * the WASM module under a per-generation id); a hop then costs one authorization call.
+ * the WASM module under a per-generation id); a hop then costs one authorization call. A policy
+ * of rules alone reads a known, small part of a hop (see `CompiledPolicy.reads`), so its
+ * decisions are remembered keyed on exactly that part: the same call in the same chain state is
+ * decided once per policy generation. Raw Cedar may read anything, and is evaluated every time.
  */
 export class PolicyEngine {
   private readonly prepared = new Map<string, Prepared>();
+
+  /** `memoize: false` asks Cedar every time: the reference the remembered decisions are tested against. */
+  constructor(private readonly options: { memoize?: boolean } = {}) {}
 
   private prepare(policy: AgentPolicy): Prepared {
     const key = `${policy.metadata.uid ?? policy.metadata.namespace ?? ''}/${policy.metadata.name ?? ''}@${policy.metadata.generation ?? 0}`;
@@ -72,7 +90,7 @@ export class PolicyEngine {
     const compiled = compilePolicy(policy);
     const answer = cedar.preparsePolicySet(key, { staticPolicies: compiled.policies });
     if (answer.type === 'failure') throw new Error(`AgentPolicy ${policy.metadata.name ?? ''} does not compile to Cedar: ${answer.errors.map((e) => e.message).join('; ')}`);
-    entry = { id: key, effects: compiled.effects };
+    entry = { id: key, effects: compiled.effects, ...(compiled.reads && this.options.memoize !== false ? { memo: { reads: compiled.reads, decisions: new Map() } } : {}) };
     // Older generations of the same policy are not needed any more.
     for (const old of this.prepared.keys()) if (old.startsWith(key.slice(0, key.lastIndexOf('@') + 1))) this.prepared.delete(old);
     this.prepared.set(key, entry);
@@ -91,6 +109,20 @@ export class PolicyEngine {
     } catch (err) {
       return failedClosed([err instanceof Error ? err.message : String(err)]);
     }
+    const memo = prepared.memo;
+    if (!memo) return this.authorize(prepared, subject, context, toolBoundary);
+    const key = memoKey(memo.reads, context);
+    const known = memo.decisions.get(key);
+    if (known) return known;
+    const evaluation = this.authorize(prepared, subject, context, toolBoundary);
+    // Only clean answers are remembered: an error is re-evaluated (and denied) every time.
+    if (evaluation.errors.length > 0) return evaluation;
+    if (memo.decisions.size >= MEMO_ENTRIES) memo.decisions.delete(memo.decisions.keys().next().value ?? '');
+    memo.decisions.set(key, Object.freeze({ ...evaluation, reasons: Object.freeze(evaluation.reasons.map((r) => Object.freeze(r))) as Reason[] }));
+    return memo.decisions.get(key) as Evaluation;
+  }
+
+  private authorize(prepared: Prepared, subject: HopSubject, context: HopContext, toolBoundary: string): Evaluation {
     const taskId = `${subject.namespace}/${subject.task}`;
     const resourceId = `${context.tool}/${context.resource}`;
     const answer = cedar.statefulIsAuthorized({
@@ -110,7 +142,8 @@ export class PolicyEngine {
     if (answer.type === 'failure') return failedClosed(answer.errors.map((e) => e.message));
     const { decision, diagnostics } = answer.response;
     if (diagnostics.errors.length > 0) return failedClosed(diagnostics.errors.map((e) => `policy ${e.policyId}: ${e.error.message}`));
-    const reasons = diagnostics.reason.map((rule): Reason => ({ rule, effect: prepared.effects.get(rule) ?? (decision === 'deny' ? 'Deny' : 'Allow') }));
+    // Cedar gives the deciding policies in no particular order; the answer and its audit record do not vary.
+    const reasons = [...diagnostics.reason].sort().map((rule): Reason => ({ rule, effect: prepared.effects.get(rule) ?? (decision === 'deny' ? 'Deny' : 'Allow') }));
     return { decision: decision === 'allow' ? 'Allow' : 'Deny', reasons, errors: [] };
   }
 }
