@@ -52,6 +52,11 @@ export const ERRORS = {
   /** Signed some other way (SigV2, SigV4a, a presigned URL): the sidecar passes on header SigV4 only. */
   aws_auth_unsupported: { status: 403 },
   aws_headers_too_large: { status: 400 },
+  // The MCP gateway; the sidecar turns each into a JSON-RPC error (see src/mcp/forward-api.ts).
+  mcp_unknown_system: { status: 404 },
+  /** The system's Secret or key is missing: the platform team must create it. */
+  mcp_credential_missing: { status: 502 },
+  mcp_upstream_unreachable: { status: 502 },
   // The parts around chainwarden.
   broker_unreachable: { status: 502 },
   api_error: { status: 502 },
