@@ -146,6 +146,45 @@ const System = Type.Object({
       maxItems: 20,
     }),
   ),
+  mcp: Type.Optional(
+    Type.Object(
+      {
+        url: Type.String({
+          description: "The system's MCP server (Streamable HTTP), e.g. http://tickets-mcp.support.svc:8080/mcp. Agents reach it only through the sidecar's /mcp/<system>.",
+          minLength: 1,
+          maxLength: 2048,
+          ...cel({ rule: "self.matches('^https?://[^/@?#\\\\s]+(/[^?#\\\\s]*)?$') && isURL(self)", message: 'must be an http:// or https:// URL without credentials, query or fragment, e.g. http://tickets-mcp.support.svc:8080/mcp' }),
+        }),
+        credentials: Type.Optional(
+          Type.Object(
+            {
+              secretRef: Type.Object(
+                {
+                  name: Type.String({ description: "A Secret in the policy's namespace.", minLength: 1, maxLength: 253, ...cel({ rule: NAME_RULE, message: 'must be a Secret name' }) }),
+                  key: Type.String({ description: 'The key of the Secret holding the credential.', minLength: 1, maxLength: 253, ...cel({ rule: matches('^[-._a-zA-Z0-9]+$'), message: 'must be a Secret key: letters, digits, - _ .' }) }),
+                },
+                { description: 'Where the credential is. The operator reads it; the agent never sees it.' },
+              ),
+              header: Type.Optional(
+                Type.String({ description: 'The header the credential goes in.', default: 'Authorization', minLength: 1, maxLength: 128, ...cel({ rule: matches("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), message: 'must be an HTTP header name' }) }),
+              ),
+              prefix: Type.Optional(Type.String({ description: 'Written before the credential, e.g. "Bearer ".', maxLength: 64, ...cel({ rule: matches('^[\\x20-\\x7e]*$'), message: 'must be printable ASCII' }) })),
+            },
+            { description: 'The credential the gateway adds to every message it passes on to the server.' },
+          ),
+        ),
+        resource: Type.Optional(
+          Type.String({
+            description: 'The hop resource of a tools/call, filled from its arguments: ticket/{ticketId}. Without it the resource is *.',
+            minLength: 1,
+            maxLength: 512,
+            ...cel({ rule: matches('\\{[A-Za-z0-9_]+\\}'), message: 'must name at least one argument as {name}, e.g. ticket/{ticketId}' }),
+          }),
+        ),
+      },
+      { description: "The MCP server behind this system: the agent's tools/call on it are hops, decided before anything reaches the server." },
+    ),
+  ),
 });
 
 const RuleWhen = Type.Object(
@@ -232,6 +271,9 @@ export const AgentPolicySpec = Type.Object(
         {
           timeout: Type.Optional(
             Duration('How long a hop waits for an AgentApproval before it is denied.', { min: '1m', max: '24h' }, 'must be between 1m and 24h', { default: '15m' }),
+          ),
+          holdFor: Type.Optional(
+            Duration('How long a gateway holds a call that waits for approval before it answers that an approval is needed.', { min: '1s', max: '10m' }, 'must be between 1s and 10m', { default: '30s' }),
           ),
           approvers: Type.Optional(
             Type.Object(

@@ -1,6 +1,5 @@
-import type { AgentApproval, AgentTask } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
-import { hopDigest, type HopService } from '../broker/hops.js';
+import type { GatewayHops } from '../broker/gateway-hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -9,9 +8,6 @@ import { awsOperation } from './operations.js';
 import type { Placeholders } from './placeholders.js';
 import { amzDateOf, parseAmzDate, parseAuthorization, sha256Hex, signatureOf, verifySignature } from './sigv4.js';
 import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from './sign-api.js';
-
-/** Set on an AgentApproval once an AWS call has used it: who, and when. */
-export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
 
 /** How far an SDK's X-Amz-Date may be from the broker's clock, as AWS allows. */
 const MAX_SKEW_MS = 15 * 60_000;
@@ -22,14 +18,8 @@ const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token',
 export interface AwsGatewayDeps {
   placeholders: Placeholders;
   credentials: Pick<CredentialBroker, 'credentials'>;
-  hops: Pick<HopService, 'decideRequest'>;
-  /** The AgentApprovals of a namespace, from the cache. */
-  approvals: (namespace: string) => AgentApproval[];
-  /**
-   * Marks an approval used by one call, if no call has used it yet: true for the one caller
-   * that wins, on any replica.
-   */
-  claim: (approval: AgentApproval, hopRef: string) => Promise<boolean>;
+  /** Decides the call as a hop: pending dedupe, approvals used once, transaction tokens. */
+  hops: Pick<GatewayHops, 'decide'>;
   /** The region the gateway serves: where the operator's sessions are used. */
   region: string;
   /** One endpoint for every service (a local emulator); the service's regional AWS endpoint otherwise. */
@@ -56,18 +46,6 @@ const refusal = (err: ChainwardenError, extra: Partial<AwsSignRefusal> = {}): Aw
  */
 export class AwsGateway {
   constructor(private readonly deps: AwsGatewayDeps) {}
-
-  /**
-   * An approval of this exact call whose hop was decided and that no call has used yet, claimed
-   * for this one: the same call after an AgentApproval goes through, once.
-   */
-  private async approvalFor(task: AgentTask, digest: string, pod: string): Promise<string | undefined> {
-    const candidates = this.deps.approvals(task.metadata.namespace ?? '').filter(
-      (a) => a.spec.taskRef.name === task.metadata.name && a.spec.decision === 'Approve' && a.spec.hopDigest === digest && !a.metadata.annotations?.[APPROVAL_USED_BY],
-    );
-    for (const approval of candidates) if (await this.deps.claim(approval, `${pod}@${new Date(this.deps.clock.now()).toISOString()}`)) return approval.metadata.name;
-    return undefined;
-  }
 
   async sign(who: AgentPrincipal, request: AwsSignRequest): Promise<AwsSignResult> {
     const task = who.task;
@@ -101,28 +79,9 @@ export class AwsGateway {
     const [, partition = 'aws', , , account = ''] = roleArn.split(':');
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers, body: request.form });
     const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes: {} };
-    // The same call again while it waits: the same hop, not a new one for the approver to find.
-    const digest = hopDigest(hop);
-    const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);
-    if (waiting) {
-      return refusal(new ChainwardenError('approval_pending', `${operation.action} on ${operation.resource} waits for approval (hop ${waiting.hopId}, rule ${waiting.rules.join(', ')}); retry the call once an AgentApproval for it exists`), {
-        hopId: waiting.hopId,
-        decision: 'pending_approval',
-        reasons: waiting.rules.map((rule) => ({ rule, effect: 'RequireApproval' })),
-      });
-    }
-    const answer = await this.deps.hops.decideRequest(who, hop, await this.approvalFor(task, digest, who.podName));
-    const rules = answer.reasons.map((r) => r.rule).join(', ');
-    if (answer.decision === 'deny') {
-      return refusal(new ChainwardenError('hop_denied', `${operation.action} on ${operation.resource} was denied by ${rules || 'default-deny'} (hop ${answer.hopId})`), { hopId: answer.hopId, decision: 'deny', reasons: answer.reasons });
-    }
-    if (answer.decision === 'pending_approval') {
-      return refusal(new ChainwardenError('approval_pending', `${operation.action} on ${operation.resource} waits for approval (hop ${answer.hopId}, rule ${rules}); retry the call once an AgentApproval for it exists`), {
-        hopId: answer.hopId,
-        decision: 'pending_approval',
-        reasons: answer.reasons,
-      });
-    }
+    const verdict = await this.deps.hops.decide(who, hop, `${operation.action} on ${operation.resource}`, 'retry the call once an AgentApproval for it exists');
+    if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
+    const answer = verdict.answer;
     const session = await this.deps.credentials.credentials(who, credential);
     const url = new URL(this.deps.endpoint ?? awsEndpoint(auth.service, auth.region, partition));
     const upstream: Record<string, string> = {};
@@ -152,6 +111,8 @@ export class AwsGateway {
           'x-amz-security-token': session.sessionToken,
           'x-amz-content-sha256': upstream['x-amz-content-sha256'] ?? '',
           host: url.host,
+          // Not signed: AWS passes over it; a service behind a proxy that knows it can verify the chain.
+          'txn-token': verdict.txnToken,
         },
       },
     };

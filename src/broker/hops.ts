@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
@@ -11,6 +12,16 @@ import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopD
 import type { HopIds } from './hopids.js';
 
 export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
+
+/** What a gateway's transaction token says of an allowed hop. */
+export interface GatewayHopFacts {
+  hopId: string;
+  depth: number;
+  parentHop?: string;
+  policy: string;
+  /** The chain's data classes with this hop's. */
+  dataClassesTouched: string[];
+}
 
 export interface HopAnswer {
   hopId: string;
@@ -99,6 +110,19 @@ export class HopService {
 
   /** A hop a gateway derived from the call it carries, decided like any other; `approvedBy` names an approval claimed for it. */
   async decideRequest(who: AgentPrincipal, request: HopRequest, approvedBy?: string): Promise<HopAnswer> {
+    return (await this.decideFull(who, request, approvedBy)).answer;
+  }
+
+  /**
+   * A gateway's hop: decided like any other and, when allowed, given the transaction token the
+   * forwarded call carries. The token is made before the hop's record is journaled, so the record
+   * keeps its hash (never the token).
+   */
+  async decideForGateway(who: AgentPrincipal, request: HopRequest, approvedBy: string | undefined, mint: (hop: GatewayHopFacts) => Promise<string>): Promise<{ answer: HopAnswer; txnToken?: string }> {
+    return this.decideFull(who, request, approvedBy, mint);
+  }
+
+  private async decideFull(who: AgentPrincipal, request: HopRequest, approvedBy?: string, mint?: (hop: GatewayHopFacts) => Promise<string>): Promise<{ answer: HopAnswer; txnToken?: string }> {
     const started = performance.now();
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
@@ -117,6 +141,13 @@ export class HopService {
     });
     const { decision, reasons } = outcome;
     const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}) };
+    let txnToken: string | undefined;
+    if (decision === 'allow' && mint) {
+      const dataClassesTouched = [...new Set([...chain.dataClasses, ...(outcome.delta.dataClasses ?? [])])];
+      txnToken = await mint({ hopId, depth, parentHop: request.parentHop, policy: policy.metadata.name ?? '', dataClassesTouched });
+      const record = outcome.delta.events?.[0];
+      if (record) record.data.txnTokenSha256 = createHash('sha256').update(txnToken).digest('hex');
+    }
     if (!outcome.commit) this.deps.journal.record(task, outcome.delta);
     else if (decision === 'deny') {
       // A violation is enforced on this replica the moment it is recorded; the answer is deny whether or not its write has landed.
@@ -126,7 +157,7 @@ export class HopService {
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
-    return answer;
+    return txnToken === undefined ? { answer } : { answer, txnToken };
   }
 
   /** GET /v1/hops/{id}: the hop's decision, resolving it first if it waits for approval. */

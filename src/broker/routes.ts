@@ -12,6 +12,7 @@ import { parseHopId } from './hopids.js';
 import type { HopService } from './hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { parseSignRequest, type AwsGateway } from '../aws/gateway.js';
+import { parseForwardRequest, type McpGateway } from '../mcp/gateway.js';
 
 export interface BrokerDeps {
   auth: Pick<AgentAuthenticator, 'authenticate'>;
@@ -24,6 +25,8 @@ export interface BrokerDeps {
   log: Logger;
   /** The AWS gateway's signer; without it POST /v1/aws/sign is a 404. */
   aws?: AwsGateway;
+  /** The MCP gateway's broker half; without it POST /v1/mcp/forward is a 404. */
+  mcp?: McpGateway;
 }
 
 const requireMethod = (req: IncomingMessage, method: string) => {
@@ -165,6 +168,20 @@ function awsSign(gateway: AwsGateway, deps: BrokerDeps): Handler {
   };
 }
 
+/** A call's name and arguments ride along; the rest of an MCP message never comes here. */
+const MAX_FORWARD_BYTES = 256 * 1024;
+
+/** POST /v1/mcp/forward: the sidecar's MCP gateway asks where a message goes, and for tools/call whether it may. */
+function mcpForward(gateway: McpGateway, deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'POST');
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    const request = parseForwardRequest(await readJson(req, MAX_FORWARD_BYTES));
+    const { status, body } = await gateway.forward(who, request);
+    sendJson(res, status, body, { 'cache-control': 'no-store' });
+  };
+}
+
 /** The broker's routes; prefixes end in `/`. */
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   return {
@@ -175,6 +192,7 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
     ...(deps.aws ? { '/v1/aws/sign': awsSign(deps.aws, deps) } : {}),
+    ...(deps.mcp ? { '/v1/mcp/forward': mcpForward(deps.mcp, deps) } : {}),
     '/keys': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.jwks(), { 'cache-control': 'max-age=300' })),
     '/.well-known/openid-configuration': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.discovery(), { 'cache-control': 'max-age=300' })),
   };

@@ -8,6 +8,20 @@ import type { KeyRing } from './keyring.js';
 /** The longest a JWT-SVID lives; short, because a JWT-SVID cannot be revoked. */
 export const MAX_SVID_SECONDS = 300;
 
+/** A transaction token outlives the call it covers by little: its life is the hop's, not the task's. */
+export const TXN_TOKEN_SECONDS = 120;
+export const TXN_TOKEN_TYPE = 'txntoken+jwt';
+
+export interface TxnTokenInput {
+  spiffeId: string;
+  trustDomain: string;
+  /** The task's SourceIdentity marker. */
+  txn: string;
+  /** `<tool>:<action>`. */
+  scope: string;
+  tctx: { task: string; namespace: string; policy: string; hopId: string; parentHop?: string; depth: number; dataClassesTouched: string[] };
+}
+
 /** SPIFFE JWT-SVIDs accept only asymmetric algorithms; ours are ES256. */
 const ALGORITHMS = ['ES256'];
 
@@ -43,6 +57,26 @@ export class SvidIssuer {
       .setJti(randomUUID())
       .sign(key);
     return { token, expiresAt: exp * 1000 };
+  }
+
+  /**
+   * A transaction token (draft-ietf-oauth-transaction-tokens) for one forwarded hop: who acts
+   * (`sub`, `req_wl`: the task's SPIFFE ID), in which transaction (`txn`: the task's source
+   * identity, so the hop joins CloudTrail), for what (`scope`: tool:action) and with what chain
+   * behind it (`tctx`). Short-lived, audience the trust domain, signed with the key in /keys.
+   */
+  async mintTxnToken(input: TxnTokenInput): Promise<string> {
+    const { kid, key } = await this.ring.signingKey();
+    const iat = Math.floor(this.clock.now() / 1000);
+    return new SignJWT({ txn: input.txn, req_wl: input.spiffeId, scope: input.scope, tctx: input.tctx })
+      .setProtectedHeader({ alg: 'ES256', kid, typ: TXN_TOKEN_TYPE })
+      .setIssuer(this.issuerUrl)
+      .setSubject(input.spiffeId)
+      .setAudience(input.trustDomain)
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + TXN_TOKEN_SECONDS)
+      .setJti(randomUUID())
+      .sign(key);
   }
 
   /** Checks a JWT-SVID as the SPIFFE spec asks: allowed algorithm, our key, audience and expiry present and valid. */

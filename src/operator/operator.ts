@@ -11,7 +11,10 @@ import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
 import { API_VERSION, GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import { AuditHeadStore } from '../audit/heads.js';
-import { APPROVAL_USED_BY, AwsGateway } from '../aws/gateway.js';
+import { AwsGateway } from '../aws/gateway.js';
+import { McpGateway } from '../mcp/gateway.js';
+import { SecretReader } from '../mcp/secrets.js';
+import { APPROVAL_USED_BY, GatewayHops } from '../broker/gateway-hops.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
@@ -26,7 +29,7 @@ import { AgentTaskController } from '../controllers/agenttask/controller.js';
 import { DEFAULT_NAMESPACE, endOf, TASK_LABEL } from '../api/task.js';
 import { CredentialBroker } from '../credentials/broker.js';
 import { AwsIamPort } from '../credentials/iam.js';
-import { roleNameOf } from '../credentials/plan.js';
+import { roleNameOf, sourceIdentityFor } from '../credentials/plan.js';
 import { outstandingDeny, revokeTask } from '../credentials/revocation.js';
 import { Revoker } from '../credentials/revoke.js';
 import { AwsStsPort } from '../credentials/sts.js';
@@ -34,7 +37,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../errors.js';
 import { KeyRing } from '../identity/keyring.js';
 import { secretKeyStore } from '../identity/keystore-secret.js';
-import { assertTrustDomain } from '../identity/spiffe.js';
+import { assertTrustDomain, spiffeIdFor } from '../identity/spiffe.js';
 import { SvidIssuer } from '../identity/svid.js';
 import { customObjectReader, ParsedReader } from '../kube/readers.js';
 import { KubeTaskClient } from '../kube/tasks.js';
@@ -305,6 +308,17 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   };
   // Two listeners: agents reach the broker, the API server reaches the webhooks; each has its own
   // connections and limits, and neither serves the other's endpoints.
+  const secrets = new SecretReader(kc, clock);
+  const gatewayHops = new GatewayHops({
+    hops,
+    approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+    claim: (approval, by) => claimApproval(kc, approval, by),
+    issuer,
+    trustDomain,
+    marker: sourceIdentityFor,
+    spiffeId: (task) => spiffeIdFor(trustDomain, task.metadata.namespace ?? '', task.spec.serviceAccountName, task.metadata.name ?? ''),
+    clock,
+  });
   const brokerListenerRoutes: Routes = {
     ...health,
     '/metrics': (_req, res) => {
@@ -326,21 +340,20 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       aws: new AwsGateway({
         placeholders,
         credentials: credentialBroker,
-        hops,
-        approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
-        claim: (approval, by) => claimApproval(kc, approval, by),
+        hops: gatewayHops,
         region: aws.region,
         endpoint: aws.gatewayEndpoint,
         clock,
         log,
       }),
+      mcp: new McpGateway({ policy, hops: gatewayHops, secrets }),
     }),
   };
   const webhookListenerRoutes: Routes = {
     ...health,
     ...admissionRoutes(
       {
-        validate: [agentTaskPlugin(policies), agentPolicyPlugin(), approvalValidationPlugin({
+        validate: [agentTaskPlugin(policies), agentPolicyPlugin(secrets), approvalValidationPlugin({
             tasks,
             policies,
             approvals: async (ns) => {

@@ -2,6 +2,8 @@ import { parseAgentPolicy, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
 import { rawPolicies } from '../../policy/compile.js';
+import { ChainwardenError, errorMessage } from '../../errors.js';
+import type { SecretReader } from '../../mcp/secrets.js';
 import { allow, deny, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
 /** Rules must refer only to systems and data classes the policy declares; raw Cedar must validate. */
@@ -58,16 +60,37 @@ function checkCedarIds(policy: AgentPolicy): FieldViolation[] {
   return violations;
 }
 
-export function agentPolicyPlugin(): AdmissionPlugin {
+/**
+ * Every MCP credential a policy names must exist when the policy is applied: a missing Secret
+ * or key would otherwise surface only as the agent's failed calls.
+ */
+export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<SecretReader, 'value'>): Promise<FieldViolation[]> {
+  const namespace = policy.metadata.namespace ?? '';
+  const checks = (policy.spec.systems ?? []).map(async (system, i): Promise<FieldViolation | undefined> => {
+    const ref = system.mcp?.credentials?.secretRef;
+    if (!ref) return undefined;
+    const field = `spec.systems[${i}].mcp.credentials.secretRef`;
+    try {
+      await secrets.value(namespace, ref.name, ref.key, field);
+      return undefined;
+    } catch (err) {
+      const message = err instanceof ChainwardenError && err.code === 'mcp_credential_missing' ? err.message : `could not read Secret ${namespace}/${ref.name}: ${errorMessage(err)}; retry`;
+      return { field, message };
+    }
+  });
+  return (await Promise.all(checks)).filter((v): v is FieldViolation => v !== undefined);
+}
+
+export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value'>): AdmissionPlugin {
   return {
     name: 'agentpolicy-well-formed',
     resources: ['agentpolicies'],
     operations: ['CREATE', 'UPDATE'],
-    admit(request) {
+    async admit(request) {
       const policy = parseForAdmission(parseAgentPolicy, request.object);
-      if (!policy || policy.metadata.deletionTimestamp) return Promise.resolve(allow());
-      const violations = checkPolicy(policy);
-      return Promise.resolve(violations.length > 0 ? deny('AgentPolicy', violations) : allow());
+      if (!policy || policy.metadata.deletionTimestamp) return allow();
+      const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets) : [])];
+      return violations.length > 0 ? deny('AgentPolicy', violations) : allow();
     },
   };
 }

@@ -9,6 +9,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
 import type { AgentTask } from '../../../src/api/schema.js';
+import { GatewayHops } from '../../../src/broker/gateway-hops.js';
 import { AwsGateway, parseSignRequest } from '../../../src/aws/gateway.js';
 import { Placeholders } from '../../../src/aws/placeholders.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
@@ -52,14 +53,22 @@ beforeAll(async () => {
   const gateway = new AwsGateway({
     placeholders,
     credentials: { credentials: () => Promise.resolve({ ...SESSION, expiration: new Date(Date.now() + 3_600_000) }) },
-    hops: {
-      decideRequest: (_who, hop) => {
-        decided.push(hop);
-        return Promise.resolve({ hopId: `h1_${String(++hops).padStart(12, 'A')}_CCCCCCCCCCCCCCCC`, depth: 1, ...decide(hop) });
+    hops: new GatewayHops({
+      hops: {
+        decideForGateway: async (_who, hop, _approvedBy, mint) => {
+          decided.push(hop);
+          const answer = { hopId: `h1_${String(++hops).padStart(12, 'A')}_CCCCCCCCCCCCCCCC`, depth: 1, ...decide(hop) };
+          return answer.decision === 'allow' ? { answer, txnToken: await mint({ hopId: answer.hopId, depth: 1, policy: 'p', dataClassesTouched: [] }) } : { answer };
+        },
       },
-    },
-    approvals: () => [],
-    claim: () => Promise.resolve(false),
+      approvals: () => [],
+      claim: () => Promise.resolve(false),
+      issuer: { mintTxnToken: (input) => Promise.resolve(`txn.${input.tctx.hopId}.token`) },
+      trustDomain: 'cluster.local',
+      marker: () => 'cw-marker',
+      spiffeId: () => who.spiffeId,
+      clock: systemClock,
+    }),
     region: 'us-east-1',
     endpoint: world.front.url,
     clock: systemClock,

@@ -1,0 +1,126 @@
+import { createHash } from 'node:crypto';
+import type { AgentPolicy } from '../api/schema.js';
+import { parseDuration } from '../api/duration.js';
+import type { AgentPrincipal } from '../broker/auth.js';
+import type { GatewayHops } from '../broker/gateway-hops.js';
+import { parseHopRequest } from '../broker/hops.js';
+import { ChainwardenError } from '../errors.js';
+import { globMatches } from '../policy/glob.js';
+import { rawPolicies } from '../policy/compile.js';
+import type { McpArguments, McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from './forward-api.js';
+import type { SecretReader } from './secrets.js';
+
+type System = NonNullable<AgentPolicy['spec']['systems']>[number];
+type McpServer = NonNullable<System['mcp']>;
+
+export interface McpGatewayDeps {
+  policy: (namespace: string, name: string) => AgentPolicy | undefined;
+  hops: Pick<GatewayHops, 'decide'>;
+  secrets: Pick<SecretReader, 'value'>;
+}
+
+export type McpForwardResult = { status: 200; body: McpForwardAnswer } | { status: number; body: McpForwardRefusal };
+
+const DEFAULT_HOLD_FOR = '30s';
+/** Longer argument values are bound by their hash: an approval still binds the exact content, and the hop stays small. */
+const MAX_PLAIN_ATTRIBUTE = 256;
+const MAX_ATTRIBUTES = 50;
+
+const bad = (field: string, message: string) => new ChainwardenError('invalid_request', `${field}: ${message}`, { field });
+
+/** The sidecar's request, checked field by field; the first problem is a 400 that names the field. */
+export function parseForwardRequest(body: unknown): McpForwardRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('body', 'must be a JSON object {system, method?, call?}');
+  const b = body as Record<string, unknown>;
+  if (typeof b.system !== 'string' || !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(b.system)) throw bad('system', 'must be the name of a system of the policy');
+  const request: McpForwardRequest = { system: b.system };
+  if (b.method !== undefined) {
+    if (typeof b.method !== 'string' || b.method.length === 0 || b.method.length > 128) throw bad('method', 'must be a JSON-RPC method name of at most 128 characters');
+    request.method = b.method;
+  }
+  if (b.call !== undefined) {
+    const c = b.call as Record<string, unknown> | null;
+    if (typeof c !== 'object' || c === null || Array.isArray(c)) throw bad('call', 'must be an object {name, arguments, parentHop?}');
+    if (typeof c.name !== 'string' || c.name.length === 0 || c.name.length > 128) throw bad('call.name', 'must be a tool name of at most 128 characters');
+    const args = c.arguments ?? {};
+    if (typeof args !== 'object' || args === null || Array.isArray(args)) throw bad('call.arguments', 'must be an object');
+    if (c.parentHop !== undefined && typeof c.parentHop !== 'string') throw bad('call.parentHop', 'must be a hop id');
+    request.call = { name: c.name, arguments: args as McpArguments, ...(typeof c.parentHop === 'string' ? { parentHop: c.parentHop } : {}) };
+  }
+  if ((request.method === 'tools/call') !== (request.call !== undefined)) throw bad('call', 'is given for tools/call, and only for it');
+  return request;
+}
+
+/** `ticket/{ticketId}` filled from a call's arguments; an argument that is missing or not a scalar is empty. */
+export function resourceOf(template: string | undefined, args: McpArguments): string {
+  if (!template) return '*';
+  return template.replace(/\{([A-Za-z0-9_]+)\}/g, (_, name: string) => {
+    const v = args[name];
+    return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : '';
+  });
+}
+
+/** The call's scalar top-level arguments as hop attributes; long values by their SHA-256. */
+export function attributesOf(args: McpArguments): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(args)) {
+    if (Object.keys(out).length >= MAX_ATTRIBUTES) break;
+    if (!/^[A-Za-z0-9_.:/-]{1,63}$/.test(k)) continue;
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') continue;
+    const text = String(v);
+    out[k] = text.length > MAX_PLAIN_ATTRIBUTE ? `sha256:${createHash('sha256').update(text).digest('hex')}` : text;
+  }
+  return out;
+}
+
+/**
+ * Globs over the tool names some rule could allow on `system`: Allow and RequireApproval rules
+ * whose tools match it, whatever their conditions (a tool hidden now could be allowed later in
+ * the chain). Undefined when raw Cedar permits anything: it could allow any tool.
+ */
+export function visibleTools(policy: AgentPolicy, system: string): string[] | undefined {
+  if (rawPolicies(policy.spec.cedar ?? '').some((p) => p.effect === 'permit')) return undefined;
+  const globs = (policy.spec.rules ?? []).filter((r) => r.effect !== 'Deny' && r.tools.some((t) => globMatches(t, system))).flatMap((r) => r.actions);
+  return [...new Set(globs)];
+}
+
+/**
+ * The broker's half of the MCP gateway (see forward-api.ts): where a system's server is, the
+ * credential it takes (from the Secret the policy names; the agent never sees it), and, for a
+ * `tools/call`, the hop decided with the whole chain in view and its transaction token.
+ */
+export class McpGateway {
+  constructor(private readonly deps: McpGatewayDeps) {}
+
+  async forward(who: AgentPrincipal, request: McpForwardRequest): Promise<McpForwardResult> {
+    const task = who.task;
+    const namespace = task.metadata.namespace ?? '';
+    const policy = this.deps.policy(namespace, task.spec.policyRef.name);
+    if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
+    const index = (policy.spec.systems ?? []).findIndex((s) => s.name === request.system && s.mcp);
+    const server = policy.spec.systems?.[index]?.mcp;
+    if (!server) throw new ChainwardenError('mcp_unknown_system', `AgentPolicy ${namespace}/${policy.metadata.name ?? ''} has no system ${request.system} with an MCP server (spec.systems[].mcp)`, { field: 'system' });
+    const headers = await this.credentialHeaders(namespace, server, `spec.systems[${index}].mcp.credentials.secretRef`);
+    if (request.method === 'tools/list') return { status: 200, body: { url: server.url, headers, ...optional('visibleTools', visibleTools(policy, request.system)) } };
+    if (!request.call) return { status: 200, body: { url: server.url, headers } };
+    const call = request.call;
+    const hop = parseHopRequest({ tool: request.system, action: call.name, resource: resourceOf(server.resource, call.arguments), attributes: attributesOf(call.arguments), ...(call.parentHop ? { parentHop: call.parentHop } : {}) });
+    const verdict = await this.deps.hops.decide(who, hop, `tools/call ${call.name} on ${request.system} (${hop.resource})`, 'the identical call goes through once an AgentApproval for the hop exists');
+    if (!verdict.allowed) {
+      const holdFor = verdict.decision === 'pending_approval' ? { holdForSeconds: parseDuration(policy.spec.approval?.holdFor ?? DEFAULT_HOLD_FOR) / 1000 } : {};
+      return { status: verdict.error.status, body: { error: { code: verdict.error.code, message: verdict.error.message }, hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons, ...holdFor } };
+    }
+    return { status: 200, body: { url: server.url, headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
+  }
+
+  private async credentialHeaders(namespace: string, server: McpServer, field: string): Promise<Record<string, string>> {
+    const credentials = server.credentials;
+    if (!credentials) return {};
+    const value = await this.deps.secrets.value(namespace, credentials.secretRef.name, credentials.secretRef.key, field);
+    const header = `${credentials.prefix ?? ''}${value.trim()}`;
+    if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(header)) throw new ChainwardenError('mcp_credential_missing', `Secret ${namespace}/${credentials.secretRef.name} key ${credentials.secretRef.key} (${field}) holds more than one line; a header value must be one line`, { field });
+    return { [(credentials.header ?? 'Authorization').toLowerCase()]: header };
+  }
+}
+
+const optional = <K extends string, V>(key: K, value: V | undefined) => (value === undefined ? {} : ({ [key]: value } as Record<K, V>));
