@@ -1,0 +1,71 @@
+import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { describe, expect, it } from 'vitest';
+import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
+import type { AgentPrincipal } from '../../../src/broker/auth.js';
+import { GatewayHops } from '../../../src/broker/gateway-hops.js';
+import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopRequest } from '../../../src/broker/hops.js';
+import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
+import { SvidIssuer } from '../../../src/identity/svid.js';
+
+const now = Date.parse('2026-11-21T10:00:00Z');
+const clock = { now: () => now };
+const hop: HopRequest = { tool: 'tickets', action: 'refund', resource: 'order/9', intent: '', attributes: { amount: '20' } };
+const task = (status: AgentTask['status'] = {}) => ({ metadata: { namespace: 'support', name: 't', uid: 'u' }, spec: { policyRef: { name: 'support' }, serviceAccountName: 'sa', ttl: '1h' }, status }) as AgentTask;
+const principal = (t: AgentTask) => ({ namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task: t, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' }) as AgentPrincipal;
+const approval = (name: string, digest: string, used?: string) =>
+  ({ metadata: { namespace: 'support', name, annotations: used ? { 'chainwarden.io/used-by': used } : {} }, spec: { taskRef: { name: 't' }, hopId: 'h1_p', hopDigest: digest, decision: 'Approve', reason: 'ok' } }) as unknown as AgentApproval;
+
+async function setup(decide: (approvedBy: string | undefined) => HopAnswer, approvals: AgentApproval[] = []) {
+  const ring = new KeyRing(new InMemoryKeyStore(), clock, { rotateAfterMs: 86_400_000, activationDelayMs: 0, overlapMs: 3_600_000 });
+  await ring.refresh();
+  const issuer = new SvidIssuer(ring, 'https://chainwarden.example', clock);
+  const claimed: string[] = [];
+  const gateway = new GatewayHops({
+    hops: {
+      decideForGateway: async (_who, _hop, approvedBy, mint) => {
+        const answer = decide(approvedBy);
+        if (answer.decision !== 'allow') return { answer };
+        const facts: GatewayHopFacts = { hopId: answer.hopId, depth: answer.depth, parentHop: 'h1_parent', policy: 'support', dataClassesTouched: ['pii'] };
+        return { answer, txnToken: await mint(facts) };
+      },
+    },
+    approvals: () => approvals,
+    claim: (a) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), true)),
+    issuer,
+    trustDomain: 'cluster.local',
+    marker: () => 'cw-7f3a',
+    spiffeId: () => 'spiffe://cluster.local/ns/support/sa/sa/task/t',
+    clock,
+  });
+  return { gateway, issuer, claimed };
+}
+
+describe('a gateway hop', () => {
+  it('carries a transaction token that verifies against /keys with the chain in its claims', async () => {
+    const { gateway, issuer } = await setup(() => ({ hopId: 'h1_a', decision: 'allow', reasons: [], depth: 2 }));
+    const verdict = await gateway.decide(principal(task()), hop, 'refund', 'retry');
+    if (!verdict.allowed) throw new Error('expected allow');
+    expect(decodeProtectedHeader(verdict.txnToken)).toMatchObject({ typ: 'txntoken+jwt', alg: 'ES256' });
+    const { payload } = await jwtVerify(verdict.txnToken, createLocalJWKSet(issuer.jwks() as Parameters<typeof createLocalJWKSet>[0]), { audience: 'cluster.local', issuer: 'https://chainwarden.example', currentDate: new Date(now), typ: 'txntoken+jwt' });
+    expect(payload).toMatchObject({
+      txn: 'cw-7f3a',
+      sub: 'spiffe://cluster.local/ns/support/sa/sa/task/t',
+      req_wl: 'spiffe://cluster.local/ns/support/sa/sa/task/t',
+      scope: 'tickets:refund',
+      tctx: { task: 't', namespace: 'support', policy: 'support', hopId: 'h1_a', parentHop: 'h1_parent', depth: 2, dataClassesTouched: ['pii'] },
+    });
+    expect((payload.exp ?? 0) - (payload.iat ?? 0)).toBeLessThanOrEqual(300);
+  });
+
+  it('is the waiting hop again while it waits, and goes through once an approval of the identical call exists, once', async () => {
+    const digest = hopDigest(hop);
+    const waiting = task({ pendingHops: [{ hopId: 'h1_p', digest, tool: 'tickets', action: 'refund', resource: 'order/9', depth: 1, rules: ['refunds'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' }] } as AgentTask['status']);
+    let decisions = 0;
+    const { gateway, claimed } = await setup((approvedBy) => ((decisions += 1), approvedBy ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${approvedBy}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 }), [approval('used', digest, 'agent-0@earlier'), approval('other-call', 'sha256:else'), approval('yes', digest)]);
+    await expect(gateway.decide(principal(waiting), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_p', decision: 'pending_approval' });
+    expect(decisions).toBe(0);
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_ok' } });
+    expect(claimed).toEqual(['yes']);
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_new', decision: 'pending_approval' });
+  });
+});

@@ -1,0 +1,102 @@
+import { describe, expect, it } from 'vitest';
+import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
+import type { AgentPrincipal } from '../../../src/broker/auth.js';
+import type { GatewayVerdict } from '../../../src/broker/gateway-hops.js';
+import type { HopRequest } from '../../../src/broker/hops.js';
+import { ChainwardenError } from '../../../src/errors.js';
+import { attributesOf, McpGateway, parseForwardRequest, resourceOf, visibleTools } from '../../../src/mcp/gateway.js';
+
+const policy = (over: Partial<AgentPolicy['spec']> = {}): AgentPolicy =>
+  ({
+    apiVersion: 'chainwarden.io/v1alpha1',
+    kind: 'AgentPolicy',
+    metadata: { namespace: 'support', name: 'support', uid: 'p', generation: 1 },
+    spec: {
+      systems: [
+        { name: 'tickets', dataClasses: ['pii'], mcp: { url: 'http://tickets.support.svc:8080/mcp', credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' } },
+        { name: 'email', trustBoundary: 'external', mcp: { url: 'http://email.support.svc:8080/mcp' } },
+        { name: 'crm' },
+      ],
+      rules: [
+        { name: 'read-tickets', effect: 'Allow', tools: ['tickets'], actions: ['get_*', 'list_tickets'] },
+        { name: 'refunds', effect: 'RequireApproval', tools: ['tick*'], actions: ['refund'] },
+        { name: 'never-wipe', effect: 'Deny', tools: ['*'], actions: ['admin_wipe'] },
+      ],
+      ...over,
+    },
+  }) as AgentPolicy;
+
+const task = { metadata: { namespace: 'support', name: 't', uid: 'u' }, spec: { policyRef: { name: 'support' }, serviceAccountName: 'sa', ttl: '1h' } } as AgentTask;
+const who = { namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' } as AgentPrincipal;
+
+function gateway(verdict: (hop: HopRequest) => GatewayVerdict, p = policy(), secret: () => Promise<string> = () => Promise.resolve('s3cr3t\n')) {
+  const decided: HopRequest[] = [];
+  const g = new McpGateway({
+    policy: () => p,
+    hops: { decide: (_who, hop) => Promise.resolve(verdict((decided.push(hop), hop))) },
+    secrets: { value: () => secret() },
+  });
+  return { g, decided };
+}
+const allow = (hop: HopRequest): GatewayVerdict => ({ allowed: true, answer: { hopId: 'h1_x', decision: 'allow', reasons: [{ rule: 'read-tickets', effect: 'Allow' }], depth: 1 }, txnToken: `txn-for-${hop.action}` });
+
+describe('the MCP gateway, broker half', () => {
+  it('makes a tools/call a hop: the system, the tool, the resource from the template, scalar arguments as attributes', async () => {
+    const { g, decided } = gateway(allow);
+    const out = await g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'get_ticket', arguments: { ticketId: 4711, verbose: true, filter: { deep: 1 } }, parentHop: 'h1_parent' } });
+    expect(decided).toEqual([expect.objectContaining({ tool: 'tickets', action: 'get_ticket', resource: 'ticket/4711', attributes: { ticketId: '4711', verbose: 'true' }, parentHop: 'h1_parent' })]);
+    expect(out).toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', headers: { authorization: 'Bearer s3cr3t', 'txn-token': 'txn-for-get_ticket' }, hopId: 'h1_x', reasons: [{ rule: 'read-tickets', effect: 'Allow' }] } });
+  });
+
+  it('refuses a denied call with the rule and hop, and holds a pending one for approval.holdFor', async () => {
+    const deny = gateway(() => ({ allowed: false, error: new ChainwardenError('hop_denied', 'tools/call admin_wipe on tickets (*) was denied by never-wipe (hop h1_d)'), hopId: 'h1_d', decision: 'deny', reasons: [{ rule: 'never-wipe', effect: 'Deny' }] }));
+    await expect(deny.g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'admin_wipe', arguments: {} } })).resolves.toMatchObject({ status: 403, body: { error: { code: 'hop_denied', message: expect.stringContaining('never-wipe') as string }, hopId: 'h1_d', decision: 'deny' } });
+    const pending = gateway(() => ({ allowed: false, error: new ChainwardenError('approval_pending', 'waits'), hopId: 'h1_p', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }] }), policy({ approval: { holdFor: '45s' } }));
+    await expect(pending.g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'refund', arguments: {} } })).resolves.toMatchObject({ status: 403, body: { hopId: 'h1_p', decision: 'pending_approval', holdForSeconds: 45 } });
+  });
+
+  it('passes other messages on with the credential and no hop; tools/list gets the tools some rule could allow', async () => {
+    const { g, decided } = gateway(allow);
+    await expect(g.forward(who, { system: 'tickets', method: 'initialize' })).resolves.toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', headers: { authorization: 'Bearer s3cr3t' } } });
+    await expect(g.forward(who, { system: 'tickets', method: 'tools/list' })).resolves.toMatchObject({ body: { visibleTools: ['get_*', 'list_tickets', 'refund'] } });
+    await expect(g.forward(who, { system: 'email' })).resolves.toEqual({ status: 200, body: { url: 'http://email.support.svc:8080/mcp', headers: {} } });
+    expect(decided).toEqual([]);
+  });
+
+  it('names the system when the policy has no MCP server for it', async () => {
+    const { g } = gateway(allow);
+    await expect(g.forward(who, { system: 'crm', method: 'initialize' })).rejects.toMatchObject({ code: 'mcp_unknown_system', message: expect.stringContaining('no system crm with an MCP server') as string });
+    await expect(g.forward(who, { system: 'nope', method: 'initialize' })).rejects.toMatchObject({ code: 'mcp_unknown_system' });
+  });
+
+  it('refuses a credential that would break the header rather than send it', async () => {
+    const { g } = gateway(allow, policy(), () => Promise.resolve('line1\nline2'));
+    await expect(g.forward(who, { system: 'tickets', method: 'initialize' })).rejects.toMatchObject({ code: 'mcp_credential_missing', field: 'spec.systems[0].mcp.credentials.secretRef' });
+  });
+});
+
+describe('reading the sidecar and the call', () => {
+  it('checks the forward request field by field', () => {
+    expect(() => parseForwardRequest([])).toThrow(/body/);
+    expect(() => parseForwardRequest({ system: '../x' })).toThrow(/system/);
+    expect(() => parseForwardRequest({ system: 'a', method: 'tools/call' })).toThrow(/call: is given for tools\/call/);
+    expect(() => parseForwardRequest({ system: 'a', method: 'initialize', call: { name: 'x' } })).toThrow(/call/);
+    expect(() => parseForwardRequest({ system: 'a', method: 'tools/call', call: { name: 'x', arguments: [1] } })).toThrow(/call.arguments/);
+    expect(parseForwardRequest({ system: 'a', method: 'tools/call', call: { name: 'x' } })).toEqual({ system: 'a', method: 'tools/call', call: { name: 'x', arguments: {} } });
+  });
+
+  it('fills the resource template from scalar arguments only, and binds long values by their hash', () => {
+    expect(resourceOf('ticket/{ticketId}', { ticketId: 'T-1' })).toBe('ticket/T-1');
+    expect(resourceOf('ticket/{ticketId}', { ticketId: { $ne: 1 } })).toBe('ticket/');
+    expect(resourceOf(undefined, { ticketId: 1 })).toBe('*');
+    const long = 'x'.repeat(5000);
+    expect(attributesOf({ to: 'a@b.c', body: long, nested: { a: 1 }, 'bad key': 'v' })).toEqual({ to: 'a@b.c', body: expect.stringMatching(/^sha256:[0-9a-f]{64}$/) as string });
+    expect(attributesOf({ body: long }).body).not.toBe(attributesOf({ body: `${long}y` }).body);
+  });
+
+  it('shows every tool when raw Cedar could permit any', () => {
+    expect(visibleTools(policy({ cedar: '@id("x")\npermit (principal, action, resource);' }), 'tickets')).toBeUndefined();
+    expect(visibleTools(policy({ cedar: '@id("x")\nforbid (principal, action, resource) when { context.depth > 3 };' }), 'tickets')).toEqual(['get_*', 'list_tickets', 'refund']);
+    expect(visibleTools(policy(), 'email')).toEqual([]);
+  });
+});
