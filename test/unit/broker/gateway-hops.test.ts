@@ -11,7 +11,7 @@ const now = Date.parse('2026-11-21T10:00:00Z');
 const clock = { now: () => now };
 const hop: HopRequest = { tool: 'tickets', action: 'refund', resource: 'order/9', intent: '', attributes: { amount: '20' } };
 const task = (status: AgentTask['status'] = {}) => ({ metadata: { namespace: 'support', name: 't', uid: 'u' }, spec: { policyRef: { name: 'support' }, serviceAccountName: 'sa', ttl: '1h' }, status }) as AgentTask;
-const principal = (t: AgentTask) => ({ namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task: t, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' }) as AgentPrincipal;
+const principal = (t: AgentTask) => ({ namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task: t, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' });
 const approval = (name: string, digest: string, used?: string) =>
   ({ metadata: { namespace: 'support', name, annotations: used ? { 'chainwarden.io/used-by': used } : {} }, spec: { taskRef: { name: 't' }, hopId: 'h1_p', hopDigest: digest, decision: 'Approve', reason: 'ok' } }) as unknown as AgentApproval;
 
@@ -59,7 +59,7 @@ describe('a gateway hop', () => {
 
   it('is the waiting hop again while it waits, and goes through once an approval of the identical call exists, once', async () => {
     const digest = hopDigest(hop);
-    const waiting = task({ pendingHops: [{ hopId: 'h1_p', digest, tool: 'tickets', action: 'refund', resource: 'order/9', depth: 1, rules: ['refunds'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' }] } as AgentTask['status']);
+    const waiting = task({ pendingHops: [{ hopId: 'h1_p', digest, tool: 'tickets', action: 'refund', resource: 'order/9', depth: 1, rules: ['refunds'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' }] });
     let decisions = 0;
     const { gateway, claimed } = await setup((approvedBy) => ((decisions += 1), approvedBy ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${approvedBy}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 }), [approval('used', digest, 'agent-0@earlier'), approval('other-call', 'sha256:else'), approval('yes', digest)]);
     await expect(gateway.decide(principal(waiting), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_p', decision: 'pending_approval' });

@@ -24,10 +24,10 @@ const policy = (over: Partial<AgentPolicy['spec']> = {}): AgentPolicy =>
       ],
       ...over,
     },
-  }) as AgentPolicy;
+  });
 
 const task = { metadata: { namespace: 'support', name: 't', uid: 'u' }, spec: { policyRef: { name: 'support' }, serviceAccountName: 'sa', ttl: '1h' } } as AgentTask;
-const who = { namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' } as AgentPrincipal;
+const who = { namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' };
 
 function gateway(verdict: (hop: HopRequest) => GatewayVerdict, p = policy(), secret: () => Promise<string> = () => Promise.resolve('s3cr3t\n')) {
   const decided: HopRequest[] = [];
