@@ -1,7 +1,6 @@
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { describe, expect, it } from 'vitest';
 import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
-import type { AgentPrincipal } from '../../../src/broker/auth.js';
 import { GatewayHops } from '../../../src/broker/gateway-hops.js';
 import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopRequest } from '../../../src/broker/hops.js';
 import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';

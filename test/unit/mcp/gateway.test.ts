@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
-import type { AgentPrincipal } from '../../../src/broker/auth.js';
 import type { GatewayVerdict } from '../../../src/broker/gateway-hops.js';
 import type { HopRequest } from '../../../src/broker/hops.js';
 import { ChainwardenError } from '../../../src/errors.js';
