@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -8,7 +10,7 @@ import type { AgentPolicy } from '../../../src/api/schema.js';
 import { ensureMoto } from '../../../src/controlplane/assets.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
-import { createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
+import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
 import { createRole } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create, rejection } from '../../env/kube.js';
@@ -102,6 +104,14 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect(puts[0]?.headers.authorization).toContain(`Credential=${session?.accessKeyId ?? '?'}/`);
       expect(puts[0]?.headers['x-amz-security-token']).not.toContain('placeholder');
       expect(JSON.stringify(await reachedAws(env))).not.toContain(held.AccessKeyId);
+      // The call carried a transaction token: verifiable against the broker's /keys, naming the task and the hop.
+      const keys = (await brokerRequest(env, 'GET', '/keys')).body as Parameters<typeof createLocalJWKSet>[0];
+      const txn = await jwtVerify(puts[0]?.headers['txn-token'] ?? '', createLocalJWKSet(keys), { audience: 'cluster.local', typ: 'txntoken+jwt' });
+      expect(txn.payload).toMatchObject({ scope: 'aws:s3:s3:PutObject', sub: expect.stringMatching(new RegExp(`^spiffe://cluster.local/ns/${namespace}/sa/support-agent/task/ticket-4711$`)) as string, tctx: { task: 'ticket-4711', namespace } });
+      // The audit keeps the token's hash, never the token.
+      const audit = () => readFile(env.auditFile ?? '', 'utf8');
+      await expect.poll(audit, { timeout: 5_000 }).toContain(createHash('sha256').update(puts[0]?.headers['txn-token'] ?? '').digest('hex'));
+      expect(await audit()).not.toContain(puts[0]?.headers['txn-token'] ?? 'no token');
 
       // Denied: the SDK raises AccessDenied naming the rule and the hop; nothing is sent to AWS.
       const denied = await agent.call('s3', 'DeleteObject', { Bucket: bucket, Key: 'notes/4711.txt' });
