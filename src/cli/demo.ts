@@ -2,9 +2,13 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateRoleCommand, GetRolePolicyCommand, IAMClient } from '@aws-sdk/client-iam';
-import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import { pino } from 'pino';
 import { parse } from 'yaml';
 import { startAgentProxy } from '../agent/proxy.js';
@@ -13,6 +17,7 @@ import type { AgentApproval, AgentPolicy, AgentTask } from '../api/schema.js';
 import { renderTrace } from '../audit/trace.js';
 import { readAuditRecords, verifyChains } from '../audit/verify.js';
 import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
+import { EMAIL_TOOLS, startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
 import { ChainwardenError } from '../errors.js';
 import { rawRequest, serverSideApply } from '../kube/raw.js';
 import { KubeTaskClient } from '../kube/tasks.js';
@@ -22,6 +27,10 @@ import { startOperator, type RunningOperator } from '../operator/operator.js';
 const EXAMPLES = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'examples');
 const NS = 'support';
 const TASK = 'ticket-4711';
+/** A second task, whose agent asks for what no rule allows. */
+const SECOND_TASK = 'ticket-4712';
+/** What the tickets MCP server takes; it is in Secret tickets-mcp, and the agent never sees it. */
+const TICKETS_CREDENTIAL = 'tickets-api-key-d3m0';
 
 let step = 0;
 const say = (text: string) => process.stdout.write(`\n[${++step}] ${text}\n`);
@@ -69,7 +78,7 @@ const hopLine = (label: string, answer: Record<string, unknown>) =>
 /** The bucket the demo's agent reads a customer record from through the gateway. */
 const CUSTOMERS_BUCKET = 'support-customers';
 
-async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleName: string }> {
+async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleName: string; servers: DemoMcpServer[] }> {
   const core = admin.makeApiClient(CoreV1Api);
   await core.createNamespace({ body: { metadata: { name: NS } } });
   await core.createNamespacedServiceAccount({ namespace: NS, body: { metadata: { name: 'support-agent' } } });
@@ -83,13 +92,25 @@ async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleNa
   await s3.send(new PutObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json', Body: '{"customer":"Ada","email":"ada@example.com"}' }));
   s3.destroy();
 
+  // The tickets and email systems' MCP servers; the tickets server takes a credential the agent never sees.
+  await core.createNamespacedSecret({ namespace: NS, body: { metadata: { name: 'tickets-mcp' }, stringData: { token: TICKETS_CREDENTIAL } } });
+  const tickets = await startDemoMcpServer('tickets', TICKET_TOOLS, { bearer: TICKETS_CREDENTIAL });
+  const email = await startDemoMcpServer('email', EMAIL_TOOLS);
+
   const policy = await example<AgentPolicy>('support-policy.yaml');
-  // The emulator's account, instead of the example's.
+  // The emulator's account, instead of the example's; the MCP servers on this machine, instead of the cluster's.
   policy.spec.aws = { ...policy.spec.aws, allowedRoleArns: ['arn:aws:iam::123456789012:role/support-*'] };
+  for (const system of policy.spec.systems ?? []) {
+    if (system.name === 'tickets') system.mcp = { url: tickets.url, credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' };
+    if (system.name === 'email') system.mcp = { url: email.url };
+  }
   await apply(admin, 'agentpolicies', policy);
-  const task = await example<AgentTask>('support-task.yaml');
-  task.spec.credentials![0]!.aws.roleArn = role.Role?.Arn ?? '';
-  await apply(admin, 'agenttasks', task);
+  for (const name of [TASK, SECOND_TASK]) {
+    const task = await example<AgentTask>('support-task.yaml');
+    task.metadata.name = name;
+    task.spec.credentials![0]!.aws.roleArn = role.Role?.Arn ?? '';
+    await apply(admin, 'agenttasks', task);
+  }
 
   const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
   await rbac.createNamespacedRole({ namespace: NS, body: { metadata: { name: 'approvers' }, rules: [{ apiGroups: ['chainwarden.io'], resources: ['agentapprovals'], verbs: ['create', 'get', 'list'] }] } });
@@ -97,45 +118,74 @@ async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleNa
     namespace: NS,
     body: { metadata: { name: 'approvers' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'approvers' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'support-leads' }] },
   });
-  return { roleName: 'support-agent' };
+  return { roleName: 'support-agent', servers: [tickets, email] };
 }
 
-async function story(env: LocalEnvironment, operator: RunningOperator, auditFile: string): Promise<void> {
+/** An agent pod of `task`: admitted (the webhook injects its sidecar), bound, and its sidecar run here with a real pod token. */
+async function agentPod(env: LocalEnvironment, operator: RunningOperator, task: string, pod: string) {
   const admin = env.adminKubeConfig();
-  const tasks = new KubeTaskClient(admin);
   const core = admin.makeApiClient(CoreV1Api);
-
-  say('A platform team applies the support agent\'s AgentPolicy and an AgentTask for ticket 4711');
-  const { roleName } = await setUp(env, admin);
-  show('AgentPolicy support-agent: read and comment on tickets; refunds need a person; never payments admin; no email after reading PII');
-  show('AgentTask ticket-4711: ttl 30m, role support-agent, 15m sessions, limits 40 hops / depth 4');
-
-  say('The agent pod is admitted: the webhook injects its sidecar and projected token; the task binds to it');
-  const pod = await core.createNamespacedPod({
+  const created = await core.createNamespacedPod({
     namespace: NS,
-    body: { metadata: { name: 'agent-0', labels: { 'chainwarden.io/task': TASK } }, spec: { serviceAccountName: 'support-agent', containers: [{ name: 'agent', image: 'example.invalid/support-agent:1' }] } },
+    body: { metadata: { name: pod, labels: { 'chainwarden.io/task': task } }, spec: { serviceAccountName: 'support-agent', containers: [{ name: 'agent', image: 'example.invalid/support-agent:1' }] } },
   });
-  show(`sidecar injected: ${pod.spec?.initContainers?.map((c) => c.name).join(', ') ?? 'none'}; AWS_CONTAINER_CREDENTIALS_FULL_URI=${pod.spec?.containers[0]?.env?.find((e) => e.name === 'AWS_CONTAINER_CREDENTIALS_FULL_URI')?.value ?? ''}`);
-  const bound = await waitFor('the task to bind', () => tasks.read(NS, TASK), (t) => t.status?.state === 'Bound');
-  show(`state ${bound.status?.state ?? ''}  ${bound.status?.spiffeID ?? ''}  pods ${bound.status?.boundPods?.map((p) => p.name).join(', ') ?? ''}`);
-
+  const bound = await waitFor('the task to bind', () => new KubeTaskClient(admin).read(NS, task), (t) => t.status?.state === 'Bound');
   // No kubelet here: the agent runs on this machine with a token from the real TokenRequest API.
   const token = await core.createNamespacedServiceAccountToken({
     name: 'support-agent',
     namespace: NS,
-    body: { spec: { audiences: ['chainwarden'], expirationSeconds: 600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: 'agent-0', uid: pod.metadata?.uid } } },
+    body: { spec: { audiences: ['chainwarden'], expirationSeconds: 600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod, uid: created.metadata?.uid } } },
   });
-  const tokenFile = path.join(env.stateDir, 'agent-token');
+  const tokenFile = path.join(env.stateDir, `${pod}-token`);
   await writeFile(tokenFile, token.status?.token ?? '', { mode: 0o600 });
-  const localTokenFile = path.join(env.stateDir, 'agent-local-token');
+  const localTokenFile = path.join(env.stateDir, `${pod}-local-token`);
   await rm(localTokenFile, { force: true });
   const sidecar = await startAgentProxy({ brokerUrl: operator.url, caPem: operator.caPem, tokenFile, localTokenFile, listen: { host: '127.0.0.1', port: 0 }, awsListen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
   const agent = sidecarClient(sidecar.url, localTokenFile);
   // What an unmodified SDK in the pod does: AWS_ENDPOINT_URL is the sidecar's AWS listener, and its keys come from the container-credentials endpoint.
   const creds = await agent.get('/v1/credentials');
   const sdk = { region: 'us-east-1', endpoint: sidecar.awsUrl, credentials: { accessKeyId: String(creds.body.AccessKeyId), secretAccessKey: String(creds.body.SecretAccessKey), sessionToken: String(creds.body.Token) }, maxAttempts: 1 };
+  // Its MCP client reaches each system at the sidecar's /mcp/<system>, with the pod's local token.
+  const mcp = async (system: string) => {
+    const client = new Client({ name: 'support-agent', version: '1.0.0' });
+    const authorization = `Bearer ${(await readFile(localTokenFile, 'utf8')).trim()}`;
+    await client.connect(new StreamableHTTPClientTransport(new URL(`${sidecar.url}/mcp/${system}`), { requestInit: { headers: { authorization } } }));
+    return client;
+  };
+  return { pod: created, bound, sidecar, agent, creds, sdk, mcp };
+}
+
+/** A tool call's answer on one line: its text and hop, or the gateway's refusal. */
+async function toolCall(client: Client, name: string, args: Record<string, string>, parentHop?: string): Promise<{ line: string; hopId?: string; code?: number }> {
+  try {
+    const result = (await client.callTool({ name, arguments: args, ...(parentHop ? { _meta: { 'chainwarden.io/parentHop': parentHop } } : {}) })) as CallToolResult;
+    const hopId = String(result._meta?.['chainwarden.io/hopId'] ?? '');
+    const text = result.content.map((c) => (c.type === 'text' ? c.text : '')).join(' ');
+    return { line: `→ ${text}  (hop ${hopId})`, hopId };
+  } catch (err) {
+    if (err instanceof McpError) return { line: `→ error ${err.code}: ${err.message}`, code: err.code };
+    throw err;
+  }
+}
+
+async function story(env: LocalEnvironment, operator: RunningOperator, auditFile: string): Promise<void> {
+  const admin = env.adminKubeConfig();
+  const tasks = new KubeTaskClient(admin);
+
+  say('A platform team applies the support agent\'s AgentPolicy and an AgentTask for ticket 4711');
+  const { roleName, servers } = await setUp(env, admin);
+  const [tickets, email] = servers;
+  show('AgentPolicy support-agent: read and comment on tickets; refunds need a person; never payments admin; no email after reading PII');
+  show('AgentTask ticket-4711: ttl 30m, role support-agent, 15m sessions, limits 40 hops / depth 4');
+
+  say('The agent pod is admitted: the webhook injects its sidecar and projected token; the task binds to it');
+  const { pod, bound, sidecar, agent, creds, sdk, mcp } = await agentPod(env, operator, TASK, 'agent-0');
+  show(`sidecar injected: ${pod.spec?.initContainers?.map((c) => c.name).join(', ') ?? 'none'}; AWS_CONTAINER_CREDENTIALS_FULL_URI=${pod.spec?.containers[0]?.env?.find((e) => e.name === 'AWS_CONTAINER_CREDENTIALS_FULL_URI')?.value ?? ''}`);
+  show(`state ${bound.status?.state ?? ''}  ${bound.status?.spiffeID ?? ''}  pods ${bound.status?.boundPods?.map((p) => p.name).join(', ') ?? ''}`);
   const sts = new STSClient(sdk);
   const s3 = new S3Client(sdk);
+  const ticketsMcp = await mcp('tickets');
+  const emailMcp = await mcp('email');
   try {
     say('The agent calls AWS through the sidecar: its SDK holds placeholder keys; the broker decides and signs each call');
     show(`placeholder key ${String(creds.body.AccessKeyId)} (AWS refuses it; the task's session never leaves the broker)`);
@@ -144,12 +194,15 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
     const record = await s3.send(new GetObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json' }));
     show(`s3://${CUSTOMERS_BUCKET}/4711.json: ${await record.Body?.transformToString()} (a PII read: the bucket is system customer-records)`);
 
-    say('Each tool call is a hop, decided with the whole chain in view');
-    const read = await agent.post('/v1/hops', { tool: 'tickets', action: 'read', resource: 'ticket/4711', intent: 'read the ticket' });
-    show(hopLine('tickets read ticket/4711', read.body));
-    const comment = await agent.post('/v1/hops', { tool: 'tickets', action: 'comment', resource: 'ticket/4711', parentHop: read.body.hopId });
-    show(hopLine('  └ tickets comment ticket/4711', comment.body));
-    const refund = await agent.post('/v1/hops', { tool: 'payments', action: 'refund', resource: 'order/981', attributes: { amount: 42 }, parentHop: read.body.hopId });
+    say('Each tool call is a hop: the agent\'s MCP client calls the tickets server through the sidecar, which asks the broker first');
+    show(`tools/list on tickets: ${(await ticketsMcp.listTools()).tools.map((t) => t.name).join(', ')} (only tools some rule could allow)`);
+    const read = await toolCall(ticketsMcp, 'read', { ticketId: '4711' });
+    show(`tickets read {ticketId: 4711} ${read.line}`);
+    const comment = await toolCall(ticketsMcp, 'comment', { ticketId: '4711', text: 'Looking into your refund.' }, read.hopId);
+    show(`  └ tickets comment ${comment.line}`);
+    const seen = tickets?.calls.at(-1)?.headers;
+    show(`the tickets server got Authorization ${seen?.authorization === `Bearer ${TICKETS_CREDENTIAL}` ? 'from Secret tickets-mcp (the agent never had it)' : 'MISSING'} and a Txn-Token: ${await describeTxnToken(operator, String(seen?.['txn-token'] ?? ''))}`);
+    const refund = await agent.post('/v1/hops', { tool: 'payments', action: 'refund', resource: 'order/981', attributes: { amount: 42 }, parentHop: read.hopId });
     show(hopLine('  └ payments refund order/981 (42)', refund.body));
 
     say('The refund waits for a person: alice (support-leads) approves it through the API server');
@@ -162,9 +215,11 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
     const approved = await waitFor('the approval to land', () => agent.get(`/v1/hops/${String(refund.body.hopId)}`).then((r) => r.body), (b) => b.decision !== 'pending_approval');
     show(hopLine('  └ payments refund order/981 (42)', approved));
 
-    say('The agent tries to email the customer after reading PII: a violation; the task is stopped');
-    const email = await agent.post('/v1/hops', { tool: 'email', action: 'send', resource: 'customer@example.com', parentHop: read.body.hopId });
-    show(hopLine('  └ email send customer@example.com', email.body));
+    say('The agent emails the customer after reading PII, a real tools/call on the email server: a violation; the task is stopped');
+    const sent = await toolCall(emailMcp, 'send', { to: 'ada@example.com', body: 'Here is everything we hold on you.' }, read.hopId);
+    show(`  └ email send {to: ada@example.com} ${sent.line}`);
+    show(`the email server received ${email?.calls.length ?? 0} calls`);
+    if (sent.code !== -32001 || (email?.calls.length ?? 0) > 0) throw new ChainwardenError('demo_failed', 'the email after reading PII was not refused by the gateway');
     const revoked = await waitFor('revocation', () => tasks.read(NS, TASK), (t) => t.status?.conditions?.some((c) => c.type === 'Revoked' && c.status === 'True') ?? false);
     show(`state ${revoked.status?.state ?? ''}: ${revoked.status?.violation?.message ?? ''}`);
     show(`hops allowed ${revoked.status?.hops?.allowed ?? 0}, denied ${revoked.status?.hops?.denied ?? 0}; audit head ${revoked.status?.audit?.head?.slice(0, 16) ?? ''}… (${revoked.status?.audit?.count ?? 0} records)`);
@@ -184,7 +239,9 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
       (err: Error) => `${err.name}: ${err.message}`,
     );
     show(`S3 GetObject through the gateway → ${lateRead}`);
-    if (after.status !== 403 || nextHop.status !== 403 || lateRead === 'allowed') throw new ChainwardenError('demo_failed', 'the task\'s credentials were not refused after revocation');
+    const lateTool = await toolCall(ticketsMcp, 'read', { ticketId: '4711' });
+    show(`tools/call read on tickets → ${lateTool.line.replace(/^→ /, '')}`);
+    if (after.status !== 403 || nextHop.status !== 403 || lateRead === 'allowed' || lateTool.code === undefined) throw new ChainwardenError('demo_failed', 'the task\'s credentials were not refused after revocation');
 
     say('chainwarden trace support/ticket-4711: the hop tree from the audit stream, checked against the task');
     await waitFor('the audit stream to catch up', async () => readAuditRecords(await readFile(auditFile, 'utf8').catch(() => '')).filter((r) => r.record.task === `${NS}/${TASK}`), (records) => records.at(-1)?.record.hash === revoked.status?.audit?.head || records.length >= (revoked.status?.audit?.count ?? 0));
@@ -196,11 +253,70 @@ async function story(env: LocalEnvironment, operator: RunningOperator, auditFile
     show(matches ? `chain verified: ${chain.count} records, head matches the task's status` : `CHAIN NOT VERIFIED (${breaks.length} breaks)`);
     show(renderTrace(chain?.records ?? []));
     if (!matches) throw new ChainwardenError('demo_failed', 'the audit chain does not verify');
+
+    say('Another task\'s agent tries to delete the customer record in S3: no rule allows it, so AWS never sees the call');
+    await deniedAwsCall(env, operator);
   } finally {
     sts.destroy();
     s3.destroy();
+    await ticketsMcp.close();
+    await emailMcp.close();
+    await sidecar.close();
+    await Promise.all(servers.map((server) => server.close()));
+  }
+}
+
+/** A second task's agent asks for what no rule allows: its SDK raises AccessDenied naming the rule and the hop. */
+async function deniedAwsCall(env: LocalEnvironment, operator: RunningOperator): Promise<void> {
+  const { sidecar, sdk } = await agentPod(env, operator, SECOND_TASK, 'agent-1');
+  const s3 = new S3Client(sdk);
+  try {
+    const outcome = await s3.send(new DeleteObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json' })).then(
+      () => 'allowed',
+      (err: Error) => `${err.name}: ${err.message}`,
+    );
+    show(`S3 DeleteObject s3://${CUSTOMERS_BUCKET}/4711.json → ${outcome}`);
+    if (!outcome.startsWith('AccessDenied')) throw new ChainwardenError('demo_failed', 'the S3 delete was not denied');
+    const still = await waitFor('the record to be there', async () => {
+      const aws = localAws(env);
+      const admin = new S3Client({ region: aws.region, endpoint: env.stsEndpoint, credentials: aws.credentials, forcePathStyle: true });
+      try {
+        return await (await admin.send(new GetObjectCommand({ Bucket: CUSTOMERS_BUCKET, Key: '4711.json' }))).Body?.transformToString();
+      } finally {
+        admin.destroy();
+      }
+    }, () => true);
+    show(`the record is untouched in the emulator: ${still ?? ''}`);
+  } finally {
+    s3.destroy();
     await sidecar.close();
   }
+}
+
+/** The transaction token a server received, checked as a downstream service would: against the broker's /keys. */
+async function describeTxnToken(operator: RunningOperator, token: string): Promise<string> {
+  try {
+    const keys = (await (await fetchBroker(operator, '/keys')).json()) as Parameters<typeof createLocalJWKSet>[0];
+    const { payload } = await jwtVerify(token, createLocalJWKSet(keys), { typ: 'txntoken+jwt' });
+    const tctx = payload.tctx as { hopId?: string; depth?: number; dataClassesTouched?: string[] };
+    return `verified against /keys; scope ${String(payload.scope)}, hop ${tctx.hopId ?? ''}, depth ${tctx.depth ?? 0}, data classes [${(tctx.dataClassesTouched ?? []).join(', ')}]`;
+  } catch (err) {
+    return `NOT VERIFIED (${(err as Error).message})`;
+  }
+}
+
+/** A GET to the broker, trusting its CA. */
+async function fetchBroker(operator: RunningOperator, p: string): Promise<{ json(): Promise<unknown> }> {
+  const { request } = await import('node:https');
+  return new Promise((resolve, reject) => {
+    const req = request(new URL(p, operator.url), { ca: operator.caPem }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ json: () => Promise.resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** `chainwarden demo`: the whole story on one machine, on the embedded default. */

@@ -103,12 +103,12 @@ export async function startDemoMcpServer(name: string, tools: Record<string, Dem
 
 /** The demo's ticket system: internal, holds customer data. */
 export const TICKET_TOOLS: Record<string, DemoTool> = {
-  get_ticket: { description: 'Read a support ticket.', arguments: ['ticketId'], answer: (a) => JSON.stringify({ ticket: a.ticketId, customer: 'Ada', email: 'ada@example.com', text: 'My refund has not arrived.' }) },
+  read: { description: 'Read a support ticket.', arguments: ['ticketId'], answer: (a) => JSON.stringify({ ticket: a.ticketId, customer: 'Ada', email: 'ada@example.com', text: 'My refund has not arrived.' }) },
   comment: { description: 'Comment on a ticket.', arguments: ['ticketId', 'text'], answer: (a) => `commented on ${a.ticketId}` },
-  delete_ticket: { description: 'Delete a ticket.', arguments: ['ticketId'], answer: (a) => `deleted ${a.ticketId}` },
+  delete: { description: 'Delete a ticket.', arguments: ['ticketId'], answer: (a) => `deleted ${a.ticketId}` },
 };
 
 /** The demo's email system: outside the organisation. */
 export const EMAIL_TOOLS: Record<string, DemoTool> = {
-  send_email: { description: 'Send an email.', arguments: ['to', 'body'], answer: (a) => `sent to ${a.to}` },
+  send: { description: 'Send an email.', arguments: ['to', 'body'], answer: (a) => `sent to ${a.to}` },
 };
