@@ -28,12 +28,12 @@ const rule = (name: string): fc.Arbitrary<PolicyRule> =>
       ),
     },
     { requiredKeys: ['name', 'effect', 'tools', 'actions'] },
-  ) as fc.Arbitrary<PolicyRule>;
+  );
 
 let generated = 0;
 const policyArb = fc.integer({ min: 1, max: 5 }).chain((n) =>
   fc.tuple(...Array.from({ length: n }, (_, i) => rule(`rule-${i}`))).map(
-    (rules): AgentPolicy => ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { namespace: 'ns', name: 'p', uid: `p-${++generated}`, generation: 1 }, spec: { rules } }) as AgentPolicy,
+    (rules): AgentPolicy => ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { namespace: 'ns', name: 'p', uid: `p-${++generated}`, generation: 1 }, spec: { rules } }),
   ),
 );
 
