@@ -11,8 +11,8 @@ import { readBoundedBody } from '../server/http.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
-import { checkedBrokerHeaders, downstreamHeaders, HOP_BY_HOP } from './http-headers.js';
 import { checkLoopbackCaller } from './loopback.js';
+import { checkedBrokerHeaders, downstreamHeaders, endTogether, HOP_BY_HOP } from './relay.js';
 
 /** The broker's side of the gateway, as the sidecar sees it: one call, allow or an AWS-shaped refusal. */
 export interface AwsSigner {
@@ -218,15 +218,7 @@ function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: Aw
       if (answered) return upstream.resume();
       answered = true;
       res.writeHead(upstream.statusCode ?? 502, downstreamHeaders(upstream.rawHeaders));
-      // Once the answer has begun there is no one to tell: a broken stream ends the connection.
-      // pipe() rather than pipeline(): this runs for every call, and pipeline's abort machinery costs more than the copy.
-      const broken = () => {
-        upstream.destroy();
-        res.destroy();
-        resolve();
-      };
-      upstream.on('error', broken).on('aborted', broken);
-      res.on('close', () => (res.writableFinished ? resolve() : broken()));
+      endTogether(upstream, res, resolve);
       upstream.pipe(res);
     });
     if (Buffer.isBuffer(body)) request.end(body);

@@ -7,7 +7,6 @@ import { ChainwardenError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from '../mcp/forward-api.js';
 import { readBoundedBody, sendJson } from '../server/http.js';
-import { downstreamHeaders } from './http-headers.js';
 import { HopStatusRefusal, type McpForwarder, type McpHopStatus } from './mcp-forwarder.js';
 import {
   approvalNeeded,
@@ -27,6 +26,7 @@ import {
   type ResponseEdit,
   type RpcFailure,
 } from './mcp-message.js';
+import { downstreamHeaders, endTogether } from './relay.js';
 import { eventStreamEditor, sseEvent, sseMessage } from './sse.js';
 
 export interface McpGatewayOptions {
@@ -307,17 +307,6 @@ function agentGone(res: http.ServerResponse): AbortSignal {
 
 async function pause(ms: number, signal: AbortSignal): Promise<void> {
   if (ms > 0) await sleep(ms, undefined, { signal }).catch(() => undefined);
-}
-
-/** Once an answer has begun there is no one to tell: a broken stream on either side ends both. */
-function endTogether(reply: http.IncomingMessage, res: http.ServerResponse, done: () => void): void {
-  const broken = () => {
-    reply.destroy();
-    res.destroy();
-    done();
-  };
-  reply.on('error', broken).on('aborted', broken);
-  res.on('close', () => (res.writableFinished ? done() : broken()));
 }
 
 /** The server's answer as it came; an event stream's head is sent at once, so the agent's client sees it begin. */

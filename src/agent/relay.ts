@@ -1,6 +1,9 @@
+import type http from 'node:http';
+
 /**
- * Headers as the sidecar's gateways pass them on: what belongs to one connection only stays
- * behind, and what the broker asks them to add is checked before it goes anywhere.
+ * How the sidecar's gateways pass a request on and its answer back: what belongs to one
+ * connection only stays behind, what the broker asks them to add is checked before it goes
+ * anywhere, and an answer broken on either side ends both.
  */
 
 /** About one connection alone (RFC 9110 §7.6.1), never passed on in either direction. */
@@ -34,4 +37,19 @@ export function downstreamHeaders(raw: string[], drop?: ReadonlySet<string>): st
     if (!HOP_BY_HOP.has(name) && !drop?.has(name)) out.push(raw[i] ?? '', raw[i + 1] ?? '');
   }
   return out;
+}
+
+/**
+ * Once an answer has begun there is no one to tell: a broken stream on either side ends both.
+ * `done` is called once the answer is complete or broken off. Listeners rather than pipeline():
+ * this runs for every call, and pipeline's abort machinery costs more than the copy.
+ */
+export function endTogether(upstream: http.IncomingMessage, res: http.ServerResponse, done: () => void): void {
+  const broken = () => {
+    upstream.destroy();
+    res.destroy();
+    done();
+  };
+  upstream.on('error', broken).on('aborted', broken);
+  res.on('close', () => (res.writableFinished ? done() : broken()));
 }
