@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type http from 'node:http';
 import type { AwsSignRefusal } from '../aws/sign-api.js';
+import { describedRefusal, reasonsOf, safeHopId } from './refusal.js';
 
 /**
  * How the SDK that sent a request reads errors: JSON protocols (DynamoDB, SQS, KMS, … which name
@@ -81,13 +82,9 @@ export function awsErrorOfRefusal(status: number, refusal: AwsSignRefusal | unde
   if (!refusal?.error || typeof refusal.error.code !== 'string') {
     return awsErrorOf('', `the chainwarden broker refused the request with HTTP ${status} and no reason`, status);
   }
-  let message = typeof refusal.error.message === 'string' ? refusal.error.message : refusal.error.code;
-  const rules = (Array.isArray(refusal.reasons) ? refusal.reasons : []).map((r) => r?.rule).filter((r): r is string => typeof r === 'string' && r !== '');
-  const unnamed = rules.filter((rule) => !message.includes(rule));
-  if (unnamed.length > 0) message += ` (rule ${unnamed.join(', ')})`;
   // It goes into a header too: only what a hop id can look like.
-  const hopId = typeof refusal.hopId === 'string' && /^[A-Za-z0-9_-]{1,128}$/.test(refusal.hopId) ? refusal.hopId : undefined;
-  if (hopId && !message.includes(hopId)) message += ` (hop ${hopId})`;
+  const hopId = safeHopId(refusal.hopId);
+  const message = describedRefusal(typeof refusal.error.message === 'string' ? refusal.error.message : refusal.error.code, reasonsOf(refusal.reasons), hopId);
   return awsErrorOf(refusal.error.code, message, status, hopId);
 }
 

@@ -7,10 +7,12 @@ import { awsChunkedReencoder } from '../aws/aws-chunked.js';
 import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from '../aws/sign-api.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { readBoundedBody } from '../server/http.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
 import { checkLoopbackCaller } from './loopback.js';
+import { checkedBrokerHeaders, downstreamHeaders, endTogether, HOP_BY_HOP } from './relay.js';
 
 /** The broker's side of the gateway, as the sidecar sees it: one call, allow or an AWS-shaped refusal. */
 export interface AwsSigner {
@@ -23,9 +25,6 @@ const MAX_SIGN_ANSWER_BYTES = 64 * 1024;
 const UPSTREAM_IDLE_MS = 120_000;
 /** Never sent on, whatever the SDK sent: the credentials the broker replaces, and headers about this hop's connection alone. */
 const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host']);
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect']);
-const HEADER_NAME = /^[a-z0-9!#$%&'*+.^_`|~-]{1,128}$/;
-const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 
 /** A refusal that already has its AWS face (the broker's, or the way to AWS failing). */
 class AwsRefusal extends Error {
@@ -47,13 +46,9 @@ export function parseSignAnswer(value: unknown): AwsSignAnswer {
     throw unusableAnswer('url is not a URL');
   }
   if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.username || url.password || url.pathname !== '/' || url.search || url.hash) throw unusableAnswer('url is not an http(s) origin');
-  const headers = answer.headers;
-  if (typeof headers !== 'object' || headers === null) throw unusableAnswer('it has no headers');
-  for (const [name, value] of Object.entries(headers)) {
-    if (!HEADER_NAME.test(name) || typeof value !== 'string' || !HEADER_VALUE.test(value)) throw unusableAnswer(`header ${HEADER_NAME.test(name) ? name : '(unreadable)'} is not a lowercase name with a single-line value`);
-  }
+  const headers = checkedBrokerHeaders(answer.headers, unusableAnswer);
   if (typeof headers.authorization !== 'string' || typeof headers.host !== 'string') throw unusableAnswer('it has no authorization or host header');
-  return { hopId: answer.hopId, decision: 'allow', reasons: Array.isArray(answer.reasons) ? answer.reasons : [], url: url.origin, headers: { ...headers } };
+  return { hopId: answer.hopId, decision: 'allow', reasons: Array.isArray(answer.reasons) ? answer.reasons : [], url: url.origin, headers };
 }
 
 /** `POST /v1/aws/sign` on the broker, with the pod token. */
@@ -89,16 +84,6 @@ function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer
   return { ...out, ...answer.headers };
 }
 
-/** The upstream's answer headers as the SDK gets them, without those about the upstream connection. */
-function downstreamHeaders(raw: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = raw[i] ?? '';
-    if (!HOP_BY_HOP.has(name.toLowerCase())) out.push(name, raw[i + 1] ?? '');
-  }
-  return out;
-}
-
 export interface AwsGatewayOptions {
   signer: AwsSigner;
   /** The port the listener is bound to, known once it listens. */
@@ -123,9 +108,10 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     let body: Buffer | undefined;
     const sign: AwsSignRequest = { ...plan.sign, payloadHash: plan.sign.payloadHash ?? '' };
     if (plan.body.kind === 'buffer') {
+      const held = plan.body;
       exchange.continueBody();
-      body = await readBounded(req, plan.body.maxBytes, plan.body.form);
-      Object.assign(sign, heldPayload(body, plan.body));
+      body = await readBoundedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form));
+      Object.assign(sign, heldPayload(body, held));
     }
     const decision = await options.signer.sign(sign);
     if (!decision.ok) throw new AwsRefusal(decision.error);
@@ -197,30 +183,6 @@ function heldPayload(body: Buffer, plan: Extract<AwsRequestPlan['body'], { kind:
 }
 
 /**
- * The whole body, up to `maxBytes`. Past that it stops reading but leaves the request alive: the
- * refusal drains the rest, so the SDK reads its 413 and its keep-alive connection stays usable
- * (an async iterator would destroy the request, and the connection would hang).
- */
-function readBounded(req: http.IncomingMessage, maxBytes: number, form: boolean): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const stop = (err: Error) => {
-      req.off('data', onData).off('end', onEnd).off('error', stop);
-      req.pause();
-      reject(err);
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > maxBytes) return stop(tooLarge(maxBytes, form));
-      chunks.push(chunk);
-    };
-    const onEnd = () => resolve(Buffer.concat(chunks));
-    req.on('data', onData).on('end', onEnd).on('error', stop);
-  });
-}
-
-/**
  * The request body on its way out, re-encoded when the plan says so. Piped rather than put in a
  * pipeline: a failure on the way to AWS must not destroy the SDK's connection, which still has
  * to carry the answer.
@@ -256,15 +218,7 @@ function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: Aw
       if (answered) return upstream.resume();
       answered = true;
       res.writeHead(upstream.statusCode ?? 502, downstreamHeaders(upstream.rawHeaders));
-      // Once the answer has begun there is no one to tell: a broken stream ends the connection.
-      // pipe() rather than pipeline(): this runs for every call, and pipeline's abort machinery costs more than the copy.
-      const broken = () => {
-        upstream.destroy();
-        res.destroy();
-        resolve();
-      };
-      upstream.on('error', broken).on('aborted', broken);
-      res.on('close', () => (res.writableFinished ? resolve() : broken()));
+      endTogether(upstream, res, resolve);
       upstream.pipe(res);
     });
     if (Buffer.isBuffer(body)) request.end(body);

@@ -86,18 +86,28 @@ export class BrokerClient {
   }
 
   /** A JSON call whose answer is read whole, up to `limit` bytes. */
-  async requestJson(path: string, value: unknown, limit: number): Promise<{ status: number; body: unknown }> {
-    const answer = await this.request({ method: 'POST', path, body: Buffer.from(JSON.stringify(value)), contentType: 'application/json' });
+  requestJson(path: string, value: unknown, limit: number): Promise<{ status: number; body: unknown }> {
+    return this.json({ method: 'POST', path, body: Buffer.from(JSON.stringify(value)), contentType: 'application/json' }, limit);
+  }
+
+  /** A GET whose JSON answer is read whole, up to `limit` bytes. */
+  getJson(path: string, limit: number): Promise<{ status: number; body: unknown }> {
+    return this.json({ method: 'GET', path, body: Buffer.alloc(0) }, limit);
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** The answer's status and its body parsed, or `undefined` when the body is not JSON. */
+  private async json(call: BrokerCall, limit: number): Promise<{ status: number; body: unknown }> {
+    const answer = await this.request(call);
     const text = await readAnswer(answer, limit, this.options.brokerUrl);
     try {
       return { status: answer.statusCode ?? 502, body: JSON.parse(text) as unknown };
     } catch {
       return { status: answer.statusCode ?? 502, body: undefined };
     }
-  }
-
-  close(): void {
-    this.agent.destroy();
   }
 
   private send(call: BrokerCall, token: string): Promise<http.IncomingMessage> {

@@ -8,6 +8,8 @@ import { readBody, sendError, sendJson } from '../server/http.js';
 import { brokerAwsSigner, createAwsGateway } from './aws-gateway.js';
 import { BrokerClient, sameSecret } from './broker-client.js';
 import { assertLoopbackListen, checkLoopbackCaller, closeServer, httpUrl, listenOn, type ListenAddress } from './loopback.js';
+import { brokerMcpForwarder } from './mcp-forwarder.js';
+import { McpGateway, type McpGatewayOptions } from './mcp-gateway.js';
 
 export { sameSecret };
 
@@ -26,6 +28,8 @@ export interface AgentProxyOptions {
   listen: ListenAddress;
   /** The AWS signing gateway's loopback address (`AWS_ENDPOINT_URL`); none when absent. */
   awsListen?: ListenAddress;
+  /** The MCP gateway's timings; its defaults are for production. */
+  mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs'>;
   log: Logger;
 }
 
@@ -38,6 +42,13 @@ export interface RunningAgent {
 
 /** What the sidecar forwards; anything else is a 404 here, never a request to the broker. */
 const FORWARDED = [/^\/v1\/credentials(\/[a-z0-9-]+)?$/, /^\/v1\/hops$/, /^\/v1\/hops\/[A-Za-z0-9_-]+$/, /^\/v1\/svid$/, /^\/v1\/tasks\/[^/]+\/[^/]+\/complete$/];
+
+/**
+ * `/mcp/<system>`, the MCP gateway: a system is named like a DNS label. Anything else under
+ * `/mcp/` (`/mcp/a/b`, `/mcp/../v1/credentials`, percent-encoding) matches neither this nor
+ * FORWARDED, and is a 404.
+ */
+const MCP_PATH = /^\/mcp\/([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)$/;
 
 /** Hop and completion bodies are small; the body is held so a request can be retried once. */
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -82,6 +93,7 @@ function presentedSecret(header: string | undefined): string | undefined {
 /** What the broker-forwarding listener needs; the local token is known only once the listener is up. */
 interface BrokerProxyDeps {
   broker: BrokerClient;
+  mcp: McpGateway;
   localTokenFile: string | undefined;
   localToken: () => string | undefined;
   port: () => number;
@@ -90,7 +102,8 @@ interface BrokerProxyDeps {
 
 /**
  * The handler of the sidecar's main listener: callers prove they are the agent with the local
- * token (or the pod token), and only the broker endpoints an agent uses are forwarded.
+ * token (or the pod token); then `/mcp/<system>` goes to the MCP gateway, and of the rest only
+ * the broker endpoints an agent uses are forwarded.
  */
 function brokerProxy(deps: BrokerProxyDeps): http.RequestListener {
   const authenticate = async (req: http.IncomingMessage) => {
@@ -112,6 +125,8 @@ function brokerProxy(deps: BrokerProxyDeps): http.RequestListener {
     // Unauthenticated, so it says nothing about the task, the broker or the tokens.
     if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
     await authenticate(req);
+    const mcp = MCP_PATH.exec(path);
+    if (mcp?.[1] !== undefined) return deps.mcp.handle(req, res, mcp[1]);
     if (!FORWARDED.some((re) => re.test(path))) throw new ChainwardenError('not_found', `the chainwarden agent does not forward ${path}`);
     const body = await readBody(req, MAX_BODY_BYTES);
     const answer = await deps.broker.request({ method: req.method ?? 'GET', path: req.url ?? '/', body, contentType: req.headers['content-type'] });
@@ -139,7 +154,8 @@ function brokerProxy(deps: BrokerProxyDeps): http.RequestListener {
  * the SDK talks to this, and this talks to the broker over TLS with the pod's token. Callers
  * prove they are the agent with the local token (or the pod token); nothing else gets through.
  * With `awsListen`, a second loopback listener is the AWS endpoint of the pod's SDKs (see
- * aws-gateway.ts); both share one broker client. Both are built before either listens.
+ * aws-gateway.ts); both share one broker client, and the main listener serves the MCP gateway
+ * (mcp-gateway.ts) at `/mcp/<system>`. Everything is built before anything listens.
  */
 export async function startAgentProxy(options: AgentProxyOptions): Promise<RunningAgent> {
   assertLoopbackListen(options.listen, '--listen');
@@ -150,10 +166,12 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   let localToken: string | undefined;
   let port = options.listen.port;
   let awsPort = options.awsListen?.port ?? 0;
-  const server = http.createServer(brokerProxy({ broker, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
+  const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, ...options.mcp });
+  const server = http.createServer(brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
   const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log }) : undefined;
   const close = async () => {
     aws?.close();
+    mcp.close();
     broker.close();
     await Promise.all([closeServer(server), aws ? closeServer(aws.server) : undefined]);
   };

@@ -17,6 +17,31 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
   return Buffer.concat(chunks);
 }
 
+/**
+ * The whole body, up to `maxBytes`; past that it rejects with `tooLarge()` but leaves the request
+ * alive: the caller answers (a 413) and drains the rest, so the client reads the refusal and its
+ * keep-alive connection stays usable. `readBody` above destroys the request instead (its async
+ * iterator does), which a client still sending sees as a reset, not as an answer.
+ */
+export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const stop = (err: Error) => {
+      req.off('data', onData).off('end', onEnd).off('error', stop);
+      req.pause();
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) return stop(tooLarge());
+      chunks.push(chunk);
+    };
+    const onEnd = () => resolve(Buffer.concat(chunks));
+    req.on('data', onData).on('end', onEnd).on('error', stop);
+  });
+}
+
 /** How deeply a request body may nest arrays and objects unless its endpoint says otherwise; a hop request nests 2 deep. */
 export const DEFAULT_MAX_JSON_DEPTH = 64;
 

@@ -1,0 +1,378 @@
+import http from 'node:http';
+import https from 'node:https';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { mediaTypeEssence } from '@modelcontextprotocol/sdk/shared/mediaType.js';
+import { ErrorCode, type ProgressToken, type RequestId } from '@modelcontextprotocol/sdk/types.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from '../mcp/forward-api.js';
+import { readBoundedBody, sendJson } from '../server/http.js';
+import { HopStatusRefusal, type McpForwarder, type McpHopStatus } from './mcp-forwarder.js';
+import {
+  approvalNeeded,
+  deniedFailure,
+  editFor,
+  editResponse,
+  failureOfRefusal,
+  forwardRequestOf,
+  isPending,
+  isRpcResponse,
+  MAX_MESSAGE_BYTES,
+  McpFailure,
+  parseAgentMessage,
+  tooLargeMessage,
+  upstreamFailure,
+  type AgentMessage,
+  type ResponseEdit,
+  type RpcFailure,
+} from './mcp-message.js';
+import { downstreamHeaders, endTogether } from './relay.js';
+import { eventStreamEditor, sseEvent, sseMessage } from './sse.js';
+
+export interface McpGatewayOptions {
+  forwarder: McpForwarder;
+  log: Logger;
+  /** How long an MCP server may take before its answer begins (60 s). Once it has begun, a stream may be quiet for as long as it likes. */
+  answerTimeoutMs?: number;
+  /** How often a held call asks the broker about its hop (400 ms). */
+  pollMs?: number;
+  /** How often a held call tells the agent it still waits (1 s). */
+  progressMs?: number;
+}
+
+/** The policy's `approval.holdFor` when the broker does not say. */
+const DEFAULT_HOLD_SECONDS = 30;
+/** The most of a server's answer held in memory to check or edit it: one JSON answer, or one event. */
+const MAX_EDITED_CHARS = 16 * 1024 * 1024;
+/** What of the agent's request goes on: the transport's own headers. Never its Authorization, which is the sidecar's local token. */
+const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version', 'last-event-id'] as const;
+/** Streamable HTTP's three methods. */
+const METHODS = new Set(['POST', 'GET', 'DELETE']);
+/** Dropped from an answer the gateway rewrites: the length changes. */
+const CONTENT_LENGTH = new Set(['content-length']);
+
+/** What one exchange has come to so far, for the answer if it fails and for the log. */
+interface Exchange {
+  readonly req: http.IncomingMessage;
+  readonly res: http.ServerResponse;
+  readonly system: string;
+  id: RequestId | null;
+  method?: string;
+  hopId?: string;
+  /** The gateway began an event stream to the agent itself (a held call): what follows goes into it. */
+  streaming: boolean;
+}
+
+/**
+ * The sidecar's MCP gateway, `/mcp/<system>` on its main listener. The agent's MCP client talks
+ * Streamable HTTP to it as to any MCP server; each message is checked, then the broker says
+ * whether and where it goes and with which headers (the system's credential, the hop's
+ * Txn-Token), and only then is it sent to the system's server, whose answer streams back. The
+ * agent never holds the credential; a denied call never leaves the pod; a call that waits for a
+ * person is held here, with progress notifications, until the broker decides it.
+ */
+export class McpGateway {
+  private readonly agents = { 'http:': new http.Agent({ keepAlive: true }), 'https:': new https.Agent({ keepAlive: true }) };
+  private readonly answerTimeoutMs: number;
+  private readonly pollMs: number;
+  private readonly progressMs: number;
+
+  constructor(private readonly options: McpGatewayOptions) {
+    this.answerTimeoutMs = options.answerTimeoutMs ?? 60_000;
+    this.pollMs = options.pollMs ?? 400;
+    this.progressMs = options.progressMs ?? 1_000;
+  }
+
+  /** Serves one request of the authenticated agent for `system`; every failure is answered here, as a JSON-RPC error. */
+  async handle(req: http.IncomingMessage, res: http.ServerResponse, system: string): Promise<void> {
+    const exchange: Exchange = { req, res, system, id: null, streaming: false };
+    try {
+      await this.serve(exchange);
+    } catch (err) {
+      this.fail(exchange, err);
+    }
+  }
+
+  close(): void {
+    this.agents['http:'].destroy();
+    this.agents['https:'].destroy();
+  }
+
+  /** parse → ask the broker → pass on, hold, or refuse. */
+  private async serve(ex: Exchange): Promise<void> {
+    const verb = ex.req.method ?? 'GET';
+    if (!METHODS.has(verb)) throw new McpFailure({ status: 405, code: ErrorCode.InvalidRequest, message: `the chainwarden MCP gateway takes POST, GET and DELETE (MCP's Streamable HTTP transport), not ${verb}` });
+    const body = verb === 'POST' ? await readBoundedBody(ex.req, MAX_MESSAGE_BYTES, tooLargeMessage) : undefined;
+    const message = body ? parseAgentMessage(body) : undefined;
+    ex.id = message?.id ?? null;
+    ex.method = message?.method;
+    const request = forwardRequestOf(ex.system, message);
+    const outcome = await this.options.forwarder.forward(request);
+    if (outcome.ok) return this.passOn(ex, outcome.answer, body, message);
+    ex.hopId = outcome.refusal.hopId;
+    if (message?.call && ex.hopId && isPending(outcome.refusal)) return this.hold(ex, { request, message, body, refusal: outcome.refusal, hopId: ex.hopId });
+    throw new McpFailure(failureOfRefusal(ex.system, outcome.status, outcome.refusal));
+  }
+
+  /**
+   * A call that waits for a person is held rather than refused: the broker is asked about its hop
+   * every `pollMs`, and once it says allow the same call is asked for again (the broker allows it
+   * now, using the approval once) and passed on. An agent that takes an event stream gets one at
+   * once, with progress notifications when it asked for them; the answer then comes in it. A deny
+   * ends the hold with -32001, the end of `holdForSeconds` with -32002, and an agent that goes
+   * away ends it quietly.
+   */
+  private async hold(ex: Exchange, held: { request: McpForwardRequest; message: AgentMessage; body: Buffer | undefined; refusal: McpForwardRefusal; hopId: string }): Promise<void> {
+    const holdSeconds = held.refusal.holdForSeconds ?? DEFAULT_HOLD_SECONDS;
+    const deadline = Date.now() + holdSeconds * 1000;
+    const gone = agentGone(ex.res);
+    if (acceptsEventStream(ex.req)) this.openStream(ex);
+    const progress = ex.streaming && held.message.progressToken !== undefined ? this.reportWaiting(ex, held.message.progressToken, held.hopId) : undefined;
+    try {
+      for (;;) {
+        await pause(Math.min(this.pollMs, deadline - Date.now()), gone);
+        if (gone.aborted) return this.options.log.debug({ system: ex.system, hopId: held.hopId }, 'held mcp call abandoned by the agent');
+        const status = await this.hopStatus(ex, held.hopId);
+        if (status?.decision === 'deny') {
+          throw new McpFailure(deniedFailure(`the call to tool ${held.message.call?.name ?? ''} of system ${ex.system} was rejected while it waited for approval`, held.hopId, status.reasons));
+        }
+        if (status?.decision === 'allow' && !gone.aborted) {
+          const again = await this.options.forwarder.forward(held.request);
+          if (again.ok) {
+            clearInterval(progress);
+            return await this.passOn(ex, again.answer, held.body, held.message);
+          }
+          if (!isPending(again.refusal)) throw new McpFailure(failureOfRefusal(ex.system, again.status, again.refusal));
+        }
+        if (Date.now() >= deadline) throw new McpFailure(approvalNeeded(`${held.refusal.error.message}; held ${holdSeconds}s without a decision`, held.hopId, held.refusal.reasons ?? []));
+      }
+    } finally {
+      clearInterval(progress);
+    }
+  }
+
+  /** The hop's decision now, or undefined while the broker is out of reach or behind: it may still answer before the hold ends. */
+  private async hopStatus(ex: Exchange, hopId: string): Promise<McpHopStatus | undefined> {
+    try {
+      return await this.options.forwarder.hop(hopId);
+    } catch (err) {
+      if (err instanceof HopStatusRefusal && err.status < 500) throw new McpFailure(failureOfRefusal(ex.system, err.status, err.refusal));
+      if (!(err instanceof HopStatusRefusal) && !(err instanceof ChainwardenError && err.code === 'broker_unreachable')) throw err;
+      this.options.log.warn({ system: ex.system, hopId, reason: errorMessage(err) }, 'the broker cannot say how a held mcp call is decided; still holding it');
+      return undefined;
+    }
+  }
+
+  /** The agent's event stream, begun now so that its client sees the call is alive. */
+  private openStream(ex: Exchange): void {
+    ex.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    ex.res.flushHeaders();
+    ex.streaming = true;
+  }
+
+  /** `notifications/progress` for the agent's token, once a `progressMs`, while the call is held. */
+  private reportWaiting(ex: Exchange, progressToken: ProgressToken, hopId: string): NodeJS.Timeout {
+    let ticks = 0;
+    return setInterval(() => {
+      ticks++;
+      const waited = Math.round((ticks * this.progressMs) / 1000);
+      ex.res.write(sseMessage({ jsonrpc: '2.0', method: 'notifications/progress', params: { progressToken, progress: ticks, message: `waiting ${waited}s for an AgentApproval of hop ${hopId}` } }));
+    }, this.progressMs);
+  }
+
+  /** Sends the agent's message where the broker says, with the broker's headers, and passes the server's answer back. */
+  private async passOn(ex: Exchange, answer: McpForwardAnswer, body: Buffer | undefined, message: AgentMessage | undefined): Promise<void> {
+    const edit = editFor(message, answer);
+    ex.hopId = answer.hopId ?? ex.hopId;
+    const reply = await this.send(ex, answer, body);
+    await this.relay(ex, reply, edit);
+    this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId, status: reply.statusCode }, 'mcp message passed on');
+  }
+
+  /** The request to the system's server; settles once its answer begins, or fails naming the system when it does not begin in time. */
+  private send(ex: Exchange, answer: McpForwardAnswer, body: Buffer | undefined): Promise<http.IncomingMessage> {
+    const target = new URL(answer.url);
+    const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
+    const headers: http.OutgoingHttpHeaders = {};
+    for (const name of PASSED_ON) if (typeof ex.req.headers[name] === 'string') headers[name] = ex.req.headers[name];
+    if (body) headers['content-length'] = String(body.length);
+    Object.assign(headers, answer.headers);
+    return new Promise((resolve, reject) => {
+      const request = (protocol === 'https:' ? https : http).request(target, { method: ex.req.method, headers, agent: this.agents[protocol] });
+      const timer = setTimeout(() => request.destroy(new Error(`it sent no answer within ${this.answerTimeoutMs / 1000}s`)), this.answerTimeoutMs);
+      // An agent that goes away takes its request with it, answered or not.
+      ex.res.once('close', () => {
+        if (!ex.res.writableFinished) request.destroy(new Error('the agent went away'));
+      });
+      request.on('error', (err) => {
+        clearTimeout(timer);
+        reject(new McpFailure(upstreamFailure(ex.system, `(${target.origin}${target.pathname}) could not be reached: ${err.message}`)));
+      });
+      request.on('response', (reply) => {
+        clearTimeout(timer);
+        resolve(reply);
+      });
+      request.end(body);
+    });
+  }
+
+  /**
+   * The server's answer on its way to the agent. A 200 to a request must be a JSON-RPC response
+   * or an event stream, and is edited where the broker asked; anything else (the GET stream,
+   * a notification's 202, the server's own HTTP errors) passes as it came.
+   */
+  private async relay(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined): Promise<void> {
+    const status = reply.statusCode ?? 502;
+    const type = mediaTypeEssence(reply.headers['content-type']);
+    if (ex.streaming) return this.relayIntoStream(ex, reply, edit, status, type);
+    if (ex.id === null || status !== 200) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders), type);
+    if (type === 'application/json') {
+      const json = await this.checkedJson(ex, reply, edit);
+      ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
+      ex.res.end(json);
+      return;
+    }
+    if (type !== 'text/event-stream') {
+      reply.resume();
+      throw new McpFailure(upstreamFailure(ex.system, `answered with ${type ?? 'no content type'}, not application/json or text/event-stream: it does not speak MCP's Streamable HTTP there`));
+    }
+    if (!edit) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders), type);
+    ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
+    ex.res.flushHeaders();
+    return editEvents(reply, ex.res, edit);
+  }
+
+  /** A held call's answer, into the event stream the agent already has. */
+  private async relayIntoStream(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined, status: number, type: string | undefined): Promise<void> {
+    if (status === 200 && type === 'application/json') return void ex.res.end(sseEvent({ event: 'message', data: await this.checkedJson(ex, reply, edit) }));
+    if (status === 200 && type === 'text/event-stream') return editEvents(reply, ex.res, edit);
+    reply.resume();
+    throw new McpFailure(upstreamFailure(ex.system, `answered the approved call with HTTP ${status}${type ? ` (${type})` : ''}`));
+  }
+
+  /** A JSON answer read whole, checked to be a JSON-RPC response and edited; the server's own text when nothing changed. */
+  private async checkedJson(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined): Promise<string> {
+    const text = await readText(reply, MAX_EDITED_CHARS, this.answerTimeoutMs).catch((err: unknown) => {
+      throw new McpFailure(upstreamFailure(ex.system, `broke off its answer: ${errorMessage(err)}`));
+    });
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw new McpFailure(upstreamFailure(ex.system, 'answered with something that is not JSON, though it said application/json'));
+    }
+    if (!isRpcResponse(value)) throw new McpFailure(upstreamFailure(ex.system, 'answered with JSON that is not a JSON-RPC response'));
+    const edited = edit ? editResponse(value, edit) : value;
+    return edited === value ? text : JSON.stringify(edited);
+  }
+
+  /** The JSON-RPC error for whatever ended the exchange, with the request's id; into the event stream if the agent has one. */
+  private fail(ex: Exchange, err: unknown): void {
+    const rpc = err instanceof McpFailure ? err.rpc : this.failureOf(err);
+    const id = err instanceof McpFailure && err.id !== undefined ? err.id : ex.id;
+    const answer = { jsonrpc: '2.0', id, error: { code: rpc.code, message: rpc.message, ...(rpc.data ? { data: rpc.data } : {}) } };
+    this.options.log.info({ system: ex.system, method: ex.method, hopId: ex.hopId, code: rpc.code, status: rpc.status }, 'mcp message refused');
+    const { req, res } = ex;
+    if (ex.streaming) {
+      if (!res.writableEnded && !res.destroyed) res.end(sseMessage(answer));
+      return;
+    }
+    if (res.headersSent) return void res.destroy();
+    sendJson(res, rpc.status, answer, { 'cache-control': 'no-store' });
+    // The rest of a body too large to take is read and dropped, so the client, still sending, reads this answer rather than a reset.
+    if (!req.complete) req.resume();
+  }
+
+  /** Failures that are not the gateway's own: the broker out of reach, a broker answer not usable, a defect. */
+  private failureOf(err: unknown): RpcFailure {
+    if (err instanceof ChainwardenError) return { status: err.code === 'internal' ? 502 : err.status, code: ErrorCode.InternalError, message: err.message, data: { code: err.code } };
+    this.options.log.error({ err }, 'mcp gateway failed');
+    return { status: 500, code: ErrorCode.InternalError, message: 'the chainwarden agent failed; see its log' };
+  }
+}
+
+/** Whether the agent's client takes an event stream as the answer to its POST. */
+function acceptsEventStream(req: http.IncomingMessage): boolean {
+  return (req.headers.accept ?? '').split(',').some((part) => mediaTypeEssence(part) === 'text/event-stream');
+}
+
+/** Aborted when the agent goes away before its answer is complete. */
+function agentGone(res: http.ServerResponse): AbortSignal {
+  const controller = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) controller.abort();
+  });
+  return controller.signal;
+}
+
+async function pause(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms > 0) await sleep(ms, undefined, { signal }).catch(() => undefined);
+}
+
+/** The server's answer as it came; an event stream's head is sent at once, so the agent's client sees it begin. */
+function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, headers: string[], type: string | undefined): Promise<void> {
+  res.writeHead(reply.statusCode ?? 502, headers);
+  if (type === 'text/event-stream') res.flushHeaders();
+  return new Promise((resolve) => {
+    endTogether(reply, res, resolve);
+    reply.pipe(res);
+  });
+}
+
+/** An event stream re-emitted event by event, the edited request's response changed; writes wait for a slow agent. */
+function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit: ResponseEdit | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    endTogether(reply, res, resolve);
+    let draining = false;
+    const write = (text: string) => {
+      if (res.write(text) || draining) return;
+      draining = true;
+      reply.pause();
+      res.once('drain', () => {
+        draining = false;
+        reply.resume();
+      });
+    };
+    const editor = eventStreamEditor((data) => editedData(data, edit), write, () => {
+      reply.destroy();
+      res.destroy();
+    }, MAX_EDITED_CHARS);
+    reply.setEncoding('utf8');
+    reply.on('data', (text: string) => editor.feed(text));
+    reply.on('end', () => res.end());
+  });
+}
+
+/** One event's data with the edit applied when it is the edited response; data that is not JSON passes as it came. */
+function editedData(data: string, edit: ResponseEdit | undefined): string {
+  if (!edit) return data;
+  let value: unknown;
+  try {
+    value = JSON.parse(data);
+  } catch {
+    return data;
+  }
+  const edited = editResponse(value, edit);
+  return edited === value ? data : JSON.stringify(edited);
+}
+
+/**
+ * A whole JSON answer as text, up to `maxBytes`. Unlike an event stream, a JSON answer has no
+ * reason to pause: one that sends nothing for `idleMs` is given up, so the agent is not left waiting.
+ */
+async function readText(reply: http.IncomingMessage, maxBytes: number, idleMs: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const idle = setTimeout(() => reply.destroy(new Error(`it stopped sending for ${idleMs / 1000}s`)), idleMs);
+  try {
+    for await (const chunk of reply as AsyncIterable<Buffer>) {
+      idle.refresh();
+      size += chunk.length;
+      if (size > maxBytes) throw new Error(`its answer is larger than the ${maxBytes} bytes the chainwarden gateway reads to check it`);
+      chunks.push(chunk);
+    }
+  } finally {
+    clearTimeout(idle);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

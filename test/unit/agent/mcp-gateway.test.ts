@@ -1,0 +1,480 @@
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { McpError } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
+import { createLogger } from '../../../src/log.js';
+import { META_HOP_ID, META_PARENT_HOP, type McpForwardRequest } from '../../../src/mcp/forward-api.js';
+import { startBrokenUpstream, startForwardTwin, startMcpUpstream, txnTokenOf, UPSTREAM_CREDENTIAL, type ForwardDecision } from '../../builders/mcp-twins.js';
+
+/**
+ * The sidecar's MCP gateway between two unmodified ends: the MCP SDK's client as the agent would
+ * use it (pointed at `/mcp/<system>` with the local token) and MCP SDK servers as a system's
+ * authors would write them, with the broker's two calls answered by a scripted twin.
+ */
+
+const POD_TOKEN = 'pod-token-of-agent-0';
+const ANSWER_TIMEOUT_MS = 1_500;
+const PARENT = 'h1_PPPPPPPPPPPP_PPPPPPPPPPPPPPPP';
+/** An argument value that must never be logged. */
+const PRIVATE_ARGUMENT = 'customer-4711-private-address';
+
+let twin: Awaited<ReturnType<typeof startForwardTwin>>;
+let streaming: Awaited<ReturnType<typeof startMcpUpstream>>;
+let json: Awaited<ReturnType<typeof startMcpUpstream>>;
+let sidecar: RunningAgent;
+let localToken: string;
+const logLines: string[] = [];
+const clients: Client[] = [];
+
+beforeAll(async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'mcp-gateway-'));
+  await writeFile(path.join(dir, 'pod-token'), POD_TOKEN);
+  twin = await startForwardTwin({ podToken: POD_TOKEN });
+  streaming = await startMcpUpstream();
+  json = await startMcpUpstream({ json: true });
+  twin.systems.set('tickets', streaming.url).set('tickets-json', json.url);
+  const log = createLogger({ level: 'debug', name: 'agent' }, { write: (line: string) => void logLines.push(line) });
+  sidecar = await startAgentProxy({
+    brokerUrl: twin.url,
+    caPem: twin.caPem,
+    tokenFile: path.join(dir, 'pod-token'),
+    localTokenFile: path.join(dir, 'local-token'),
+    listen: { host: '127.0.0.1', port: 0 },
+    mcp: { answerTimeoutMs: ANSWER_TIMEOUT_MS, pollMs: 50, progressMs: 150 },
+    log,
+  });
+  localToken = (await readFile(path.join(dir, 'local-token'), 'utf8')).trim();
+}, 60_000);
+
+afterEach(async () => {
+  twin.decide = (request) => twin.allow(request);
+  twin.hopStatus = (hopId) => ({ status: 404, body: { error: { code: 'hop_not_found', message: `hop ${hopId} is not a hop of this task` } } });
+  await Promise.all(clients.splice(0).map((c) => c.close()));
+});
+
+afterAll(async () => {
+  await sidecar?.close();
+  await Promise.all([twin?.close(), streaming?.close(), json?.close()]);
+});
+
+/** What the agent's client received over HTTP, to show what it never saw. */
+const received: { headers: Record<string, string>; body: Promise<string> }[] = [];
+
+/** The agent's MCP client, as its author configures it: the sidecar's URL and the local token. */
+async function connect(system = 'tickets'): Promise<Client> {
+  const client = new Client({ name: 'support-agent', version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(`${sidecar.url}/mcp/${system}`), {
+    requestInit: { headers: { Authorization: `Bearer ${localToken}` } },
+    fetch: async (url, init) => {
+      const response = await fetch(url, init);
+      if (init?.method === 'POST') received.push({ headers: Object.fromEntries(response.headers), body: response.clone().text().catch(() => '') });
+      return response;
+    },
+  });
+  await client.connect(transport);
+  clients.push(client);
+  return client;
+}
+
+/** The McpError a call ends with. */
+async function rpcError(promise: Promise<unknown>): Promise<McpError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof McpError) return err;
+    throw err;
+  }
+  throw new Error('the call went through');
+}
+
+/** A raw request to the sidecar, path sent verbatim (fetch would resolve `..`). */
+function raw(options: { method?: string; path: string; headers?: Record<string, string>; body?: string | Buffer }): Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string; body: { id?: unknown; error?: { code: number; message: string; data?: Record<string, unknown> } } }> {
+  const url = new URL(sidecar.url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, method: options.method ?? 'POST', path: options.path, headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...options.headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let body = {};
+        try {
+          body = JSON.parse(text) as object;
+        } catch {
+          // Not JSON: the test reads `text`.
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body });
+      });
+    });
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+const auth = () => ({ authorization: `Bearer ${localToken}` });
+const rpc = (message: object) => JSON.stringify({ jsonrpc: '2.0', ...message });
+const callMessage = (name: string, args: object, id: number | string = 1) => rpc({ id, method: 'tools/call', params: { name, arguments: args } });
+
+const deny = (hopId: string, rule: string): ForwardDecision => ({
+  status: 403,
+  body: { error: { code: 'hop_denied', message: `hop ${hopId} (email send) denied by rule ${rule}` }, hopId, decision: 'deny', reasons: [{ rule, effect: 'Deny' }] },
+});
+const pending = (hopId: string, holdForSeconds: number): ForwardDecision => ({
+  status: 403,
+  body: { error: { code: 'approval_pending', message: `hop ${hopId} waits for approval by rule refunds-need-a-human` }, hopId, decision: 'pending_approval', reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }], holdForSeconds },
+});
+
+describe.each([
+  ['an event-stream server', 'tickets', () => streaming],
+  ['a JSON-answering server (enableJsonResponse)', 'tickets-json', () => json],
+])('through the gateway to %s', (_name, system, upstream) => {
+  it('an allowed call reaches the server with the system credential and a Txn-Token, which the agent never sees; its result names its hop', async () => {
+    const client = await connect(system);
+    const before = { seen: upstream().seen.length, calls: upstream().calls.length, forwards: twin.forwards.length, received: received.length };
+    const result = await client.callTool({ name: 'get_ticket', arguments: { ticketId: PRIVATE_ARGUMENT }, _meta: { [META_PARENT_HOP]: PARENT } });
+
+    expect(result.content).toEqual([{ type: 'text', text: `ticket ${PRIVATE_ARGUMENT}: the printer is on fire` }]);
+    const hopId = result._meta?.[META_HOP_ID];
+    expect(hopId).toMatch(/^h1_/);
+    // The broker was asked about exactly this call, with its parent.
+    expect(twin.forwards.slice(before.forwards).filter((f) => f.method === 'tools/call')).toEqual([{ system, method: 'tools/call', call: { name: 'get_ticket', arguments: { ticketId: PRIVATE_ARGUMENT }, parentHop: PARENT } }]);
+    // The server got the credential and the hop's Txn-Token, never the agent's local token.
+    const call = upstream().seen.slice(before.seen).find((s) => s.rpcMethod === 'tools/call');
+    expect(call?.headers.authorization).toBe(UPSTREAM_CREDENTIAL);
+    expect(call?.headers['txn-token']).toBe(txnTokenOf(String(hopId)));
+    expect(JSON.stringify(upstream().seen)).not.toContain(localToken);
+    expect(upstream().calls.slice(before.calls)).toEqual([{ tool: 'get_ticket', args: { ticketId: PRIVATE_ARGUMENT } }]);
+    // The agent's client saw neither, in headers or bodies.
+    const seenByAgent = await Promise.all(received.slice(before.received).map(async (r) => JSON.stringify(r.headers) + (await r.body)));
+    expect(seenByAgent.join('\n')).not.toMatch(/upstream-secret|txn-for-|txn-token/);
+  });
+
+  it('for a system without a credential, nothing stands in the Authorization header: the agent\'s local token stays in the pod', async () => {
+    twin.decide = (request) => {
+      const allowed = twin.allow(request);
+      const body = allowed.body as { headers: Record<string, string> };
+      const { authorization: _credential, ...headers } = body.headers;
+      return { status: 200, body: { ...body, headers } };
+    };
+    const before = upstream().seen.length;
+    const client = await connect(system);
+    await client.callTool({ name: 'get_ticket', arguments: { ticketId: '2' } });
+    const seen = upstream().seen.slice(before);
+    expect(seen.length).toBeGreaterThanOrEqual(3);
+    for (const request of seen) expect(request.headers.authorization).toBeUndefined();
+  });
+
+  it('the session the server made is the agent\'s: its id passes both ways, and ending it reaches the server', async () => {
+    const client = await connect(system);
+    const transport = client.transport as StreamableHTTPClientTransport;
+    const sessionId = transport.sessionId;
+    expect(sessionId).toBeDefined();
+    expect(upstream().sessions.has(sessionId ?? '')).toBe(true);
+    await client.listTools();
+    expect(upstream().seen.at(-1)?.headers['mcp-session-id']).toBe(sessionId);
+    // notifications/initialized was asked about and passed on (the server answered 202).
+    expect(twin.forwards).toContainEqual({ system, method: 'notifications/initialized' });
+    await transport.terminateSession();
+    expect(upstream().seen.at(-1)).toMatchObject({ httpMethod: 'DELETE', headers: { 'mcp-session-id': sessionId } });
+    expect(twin.forwards.at(-1)).toEqual({ system });
+    expect(upstream().sessions.has(sessionId ?? '')).toBe(false);
+  });
+
+  it('tools/list shows only the tools some rule could allow', async () => {
+    twin.decide = (request) => twin.allow(request, request.method === 'tools/list' ? { visibleTools: ['get_*', 'send_email'] } : {});
+    const client = await connect(system);
+    const { tools } = await client.listTools();
+    expect(tools.map((t) => t.name).sort()).toEqual(['get_ticket', 'send_email']);
+    // Without visibleTools (raw Cedar could allow anything) the list is the server's.
+    twin.decide = (request) => twin.allow(request);
+    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['admin_wipe', 'get_ticket', 'send_email']);
+  });
+
+  it('a denied call never reaches the server, and the agent reads the rule and the hop', async () => {
+    const client = await connect(system);
+    const hopId = twin.nextHopId();
+    twin.decide = (request) => (request.method === 'tools/call' ? deny(hopId, 'no-exfiltration') : twin.allow(request));
+    const before = upstream().calls.length;
+    const err = await rpcError(client.callTool({ name: 'send_email', arguments: { to: 'x@example.com', body: 'the customer list' } }));
+    expect(err.code).toBe(-32001);
+    expect(err.message).toContain('no-exfiltration');
+    expect(err.message).toContain(hopId);
+    expect(err.data).toEqual({ hopId, reasons: [{ rule: 'no-exfiltration', effect: 'Deny' }] });
+    expect(upstream().calls.length).toBe(before);
+    expect(upstream().seen.filter((s) => s.rpcMethod === 'tools/call' && JSON.stringify(s).includes('send_email'))).toEqual([]);
+  });
+});
+
+describe('a call that waits for approval', () => {
+  /** The first ask is pending; the hop's status turns to `decision` after `afterMs`; asking again then allows. */
+  function approvalScript(hopId: string, holdForSeconds: number, decision: 'allow' | 'deny' | 'pending_approval', afterMs: number) {
+    const started = Date.now();
+    let asked = 0;
+    twin.decide = (request) => {
+      if (request.method !== 'tools/call') return twin.allow(request);
+      asked++;
+      if (asked === 1 || Date.now() - started < afterMs) return pending(hopId, holdForSeconds);
+      return { status: 200, body: { ...(twin.allow(request).body as object), hopId, headers: { authorization: UPSTREAM_CREDENTIAL, 'txn-token': txnTokenOf(hopId) } } };
+    };
+    twin.hopStatus = (id) => ({ status: 200, body: { hopId: id, decision: Date.now() - started < afterMs ? 'pending_approval' : decision, reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }], depth: 1 } });
+    return { asked: () => asked };
+  }
+
+  it('is held with progress notifications, then forwarded once when approved', async () => {
+    const client = await connect('tickets');
+    const hopId = twin.nextHopId();
+    const script = approvalScript(hopId, 10, 'allow', 700);
+    const before = streaming.calls.length;
+    const progress: { progress: number; message?: string }[] = [];
+    const started = Date.now();
+    const result = await client.callTool({ name: 'get_ticket', arguments: { ticketId: '17' } }, undefined, { onprogress: (p) => void progress.push(p) });
+
+    expect(Date.now() - started).toBeGreaterThanOrEqual(650);
+    expect((result._meta as Record<string, unknown>)[META_HOP_ID]).toBe(hopId);
+    expect(streaming.calls.slice(before)).toEqual([{ tool: 'get_ticket', args: { ticketId: '17' } }]);
+    expect(script.asked()).toBe(2);
+    // The gateway's while it waited, then the server's own, in the same stream.
+    const waiting = progress.filter((p) => p.message?.includes(hopId));
+    expect(waiting.length).toBeGreaterThanOrEqual(2);
+    expect(progress.at(-1)).toMatchObject({ progress: 1, message: 'read from the ticket store' });
+    expect(twin.polls).toContain(hopId);
+  });
+
+  it('ends with -32002 and the hop id when no one approves within holdFor; the server never sees it', async () => {
+    const client = await connect('tickets-json');
+    const hopId = twin.nextHopId();
+    approvalScript(hopId, 1, 'pending_approval', Infinity);
+    const before = json.calls.length;
+    const started = Date.now();
+    const err = await rpcError(client.callTool({ name: 'get_ticket', arguments: { ticketId: '18' } }));
+    const took = Date.now() - started;
+
+    expect(err.code).toBe(-32002);
+    expect(err.data).toMatchObject({ hopId });
+    expect(err.message).toContain('AgentApproval');
+    expect(err.message).toContain('identical call goes through once');
+    expect(took).toBeGreaterThanOrEqual(950);
+    expect(took).toBeLessThan(2_500);
+    expect(json.calls.length).toBe(before);
+  });
+
+  it('ends with -32001 when the approver rejects it', async () => {
+    const client = await connect('tickets');
+    const hopId = twin.nextHopId();
+    approvalScript(hopId, 10, 'deny', 300);
+    const err = await rpcError(client.callTool({ name: 'get_ticket', arguments: { ticketId: '19' } }));
+    expect(err.code).toBe(-32001);
+    expect(err.message).toContain(hopId);
+    expect(err.message).toContain('refunds-need-a-human');
+  });
+
+  it('an agent that takes no event stream waits without one, and then gets what the server answered', async () => {
+    const hopId = twin.nextHopId();
+    approvalScript(hopId, 10, 'allow', 300);
+    const started = Date.now();
+    // A POST outside any session: once approved it goes on, and the server's refusal is what comes back.
+    const answer = await raw({ path: '/mcp/tickets', headers: { ...auth(), accept: 'application/json' }, body: callMessage('get_ticket', { ticketId: '20' }) });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(280);
+    expect(answer.headers['content-type']).toBe('application/json');
+    expect(answer.status).toBe(404);
+    expect(answer.text).toContain('Session not found');
+  });
+
+  it('stops asking the broker when the agent goes away', async () => {
+    const hopId = twin.nextHopId();
+    approvalScript(hopId, 30, 'pending_approval', Infinity);
+    const controller = new AbortController();
+    const call = fetch(`${sidecar.url}/mcp/tickets`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: callMessage('get_ticket', { ticketId: '21' }), signal: controller.signal });
+    const response = await call;
+    expect(response.headers.get('content-type')).toBe('text/event-stream');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(twin.polls.filter((p) => p === hopId).length).toBeGreaterThan(0);
+    controller.abort();
+    await new Promise((r) => setTimeout(r, 150));
+    const after = twin.polls.filter((p) => p === hopId).length;
+    await new Promise((r) => setTimeout(r, 400));
+    expect(twin.polls.filter((p) => p === hopId).length).toBe(after);
+  });
+});
+
+describe('from outside: what the gateway refuses', () => {
+  const initialize = rpc({ id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } });
+
+  it('without the local token: 401, and the broker is not asked', async () => {
+    const before = twin.forwards.length;
+    expect((await raw({ path: '/mcp/tickets', body: initialize })).status).toBe(401);
+    expect((await raw({ path: '/mcp/tickets', headers: { authorization: 'Bearer not-the-local-token' }, body: initialize })).status).toBe(401);
+    // The pod token is the sidecar's alone once there is a local token.
+    expect((await raw({ path: '/mcp/tickets', headers: { authorization: `Bearer ${POD_TOKEN}` }, body: initialize })).status).toBe(401);
+    expect(twin.forwards.length).toBe(before);
+  });
+
+  it.each(['/mcp/../v1/credentials', '/mcp/tickets/../../v1/credentials', '/mcp/a/b', '/mcp/', '/mcp', '/mcp/Tickets', '/mcp/%74ickets', '/mcp/-tickets', `/mcp/${'a'.repeat(64)}`])('%s is a 404 that asks the broker nothing', async (target) => {
+    const before = twin.forwards.length;
+    const answer = await raw({ path: target, headers: auth(), body: initialize });
+    expect(answer.status).toBe(404);
+    expect(answer.body).toMatchObject({ error: { code: 'not_found' } });
+    expect(twin.forwards.length).toBe(before);
+  });
+
+  it('a batch is -32600, one message per request', async () => {
+    const answer = await raw({ path: '/mcp/tickets', headers: auth(), body: `[${callMessage('get_ticket', { ticketId: '1' })}]` });
+    expect(answer.status).toBe(400);
+    expect(answer.body).toEqual({ jsonrpc: '2.0', id: null, error: { code: -32600, message: 'batch requests are not supported by the chainwarden gateway; send one message per request' } });
+  });
+
+  it('malformed JSON is -32700', async () => {
+    const answer = await raw({ path: '/mcp/tickets', headers: auth(), body: '{"jsonrpc": "2.0", "id": 1, "method": ' });
+    expect(answer.status).toBe(400);
+    expect(answer.body).toMatchObject({ id: null, error: { code: -32700 } });
+    expect(answer.body.error?.message).toMatch(/^Parse error/);
+  });
+
+  it.each([
+    ['a call without a tool name', rpc({ id: 7, method: 'tools/call', params: { arguments: {} } }), 7, 'params.name'],
+    ['arguments that are a list', rpc({ id: 'a', method: 'tools/call', params: { name: 'get_ticket', arguments: [1] } }), 'a', 'params.arguments'],
+    ['a parent hop that is not a hop id', rpc({ id: 8, method: 'tools/call', params: { name: 'get_ticket', arguments: {}, _meta: { [META_PARENT_HOP]: 'h1/../x' } } }), 8, META_PARENT_HOP],
+    ['a member JSON-RPC does not have', rpc({ id: 9, method: 'ping', extra: true }), 9, 'extra'],
+    ['no jsonrpc version', JSON.stringify({ id: 10, method: 'ping' }), 10, 'jsonrpc'],
+  ])('%s is -32600 naming what is wrong, with the request id', async (_name, body, id, named) => {
+    const before = twin.forwards.length;
+    const answer = await raw({ path: '/mcp/tickets', headers: auth(), body });
+    expect(answer.status).toBe(400);
+    expect(answer.body).toMatchObject({ jsonrpc: '2.0', id, error: { code: -32600 } });
+    expect(answer.body.error?.message).toContain(named);
+    expect(twin.forwards.length).toBe(before);
+  });
+
+  it('a message over 1 MiB is a 413 the client can read, and its connection stays usable', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const url = new URL(sidecar.url);
+    const send = (body: Buffer | string) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const req = http.request({ host: url.hostname, port: url.port, method: 'POST', path: '/mcp/tickets', agent, headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' } }, (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (c: string) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    const big = Buffer.from(callMessage('send_email', { to: 'x@example.com', body: 'x'.repeat(3 * 1024 * 1024) }));
+    const answer = await send(big);
+    expect(answer.status).toBe(413);
+    expect(JSON.parse(answer.text)).toMatchObject({ id: null, error: { code: -32600 } });
+    expect(answer.text).toContain('arguments larger than');
+    expect((await send(rpc({ id: 2, method: 'ping' }))).status).not.toBe(413);
+    agent.destroy();
+  });
+
+  it('an unknown system is -32602 naming it, a 404', async () => {
+    const answer = await raw({ path: '/mcp/payroll', headers: auth(), body: initialize });
+    expect(answer.status).toBe(404);
+    expect(answer.body).toMatchObject({ id: 1, error: { code: -32602 } });
+    expect(answer.body.error?.message).toContain('payroll');
+    expect(twin.forwards.at(-1)).toEqual({ system: 'payroll', method: 'initialize' });
+  });
+
+  it('another broker refusal carries the broker\'s message and status', async () => {
+    twin.decide = () => ({ status: 503, body: { error: { code: 'journal_behind', message: 'the task\'s audit records are behind; retry shortly' } } });
+    const answer = await raw({ path: '/mcp/tickets', headers: auth(), body: initialize });
+    expect(answer.status).toBe(503);
+    expect(answer.body).toMatchObject({ id: 1, error: { code: -32603, message: 'the task\'s audit records are behind; retry shortly', data: { code: 'journal_behind' } } });
+  });
+
+  it('a broker answer that is not usable goes nowhere', async () => {
+    const broken = await startBrokenUpstream({ status: 200, contentType: 'application/json', body: '{}' });
+    try {
+      twin.decide = () => ({ status: 200, body: { url: broken.url, headers: { authorization: 'Bearer x\r\nx-smuggled: 1' } } });
+      const answer = await raw({ path: '/mcp/tickets', headers: auth(), body: initialize });
+      expect(answer.status).toBe(502);
+      expect(answer.body.error?.message).toContain('authorization');
+      twin.decide = () => ({ status: 200, body: { url: 'file:///etc/passwd', headers: {} } });
+      expect((await raw({ path: '/mcp/tickets', headers: auth(), body: initialize })).status).toBe(502);
+      expect(broken.requests()).toBe(0);
+    } finally {
+      await broken.close();
+    }
+  });
+});
+
+describe('a system whose server fails', () => {
+  it.each([
+    ['never answers', 'before' as const, /system hanging .*could not be reached: it sent no answer within 1\.5s/],
+    ['stops halfway through its answer', 'midway' as const, /system hanging broke off its answer: it stopped sending for 1\.5s/],
+  ])('an upstream that %s is a JSON-RPC error naming the system, not a hang', async (_name, hang, message) => {
+    const hanging = await startBrokenUpstream({ hang });
+    twin.systems.set('hanging', hanging.url);
+    try {
+      const started = Date.now();
+      const answer = await raw({ path: '/mcp/hanging', headers: auth(), body: callMessage('get_ticket', { ticketId: '1' }, 3) });
+      expect(Date.now() - started).toBeLessThan(ANSWER_TIMEOUT_MS + 1_000);
+      expect(answer.status).toBe(502);
+      expect(answer.body).toMatchObject({ id: 3, error: { code: -32603 } });
+      expect(answer.body.error?.message).toMatch(message);
+      expect(hanging.requests()).toBe(1);
+    } finally {
+      await hanging.close();
+    }
+  });
+
+  it.each([
+    ['an HTML page', { status: 200, contentType: 'text/html', body: '<html>login</html>' }, 'text/html'],
+    ['JSON that is not JSON', { status: 200, contentType: 'application/json', body: 'not json at all' }, 'not JSON'],
+    ['JSON that is not a JSON-RPC response', { status: 200, contentType: 'application/json', body: '{"tickets": []}' }, 'not a JSON-RPC response'],
+  ])('an upstream that answers %s is a JSON-RPC error naming the system', async (_name, reply, named) => {
+    const garbage = await startBrokenUpstream(reply);
+    twin.systems.set('garbage', garbage.url);
+    try {
+      const answer = await raw({ path: '/mcp/garbage', headers: auth(), body: callMessage('get_ticket', { ticketId: '1' }, 'g') });
+      expect(answer.status).toBe(502);
+      expect(answer.body).toMatchObject({ jsonrpc: '2.0', id: 'g', error: { code: -32603, data: { system: 'garbage' } } });
+      expect(answer.body.error?.message).toContain('system garbage');
+      expect(answer.body.error?.message).toContain(named);
+    } finally {
+      await garbage.close();
+    }
+  });
+
+  it('an upstream that is not there is a 502 naming the system', async () => {
+    const gone = await startBrokenUpstream({ hang: 'before' });
+    twin.systems.set('gone', gone.url);
+    await gone.close();
+    const answer = await raw({ path: '/mcp/gone', headers: auth(), body: callMessage('get_ticket', { ticketId: '1' }) });
+    expect(answer.status).toBe(502);
+    expect(answer.body.error?.message).toMatch(/MCP server of system gone .*could not be reached/);
+  });
+
+  it('a broker out of reach is a 502 JSON-RPC error', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'mcp-gateway-'));
+    await writeFile(path.join(dir, 'pod-token'), POD_TOKEN);
+    const lonely = await startAgentProxy({ brokerUrl: 'https://127.0.0.1:1', caPem: twin.caPem, tokenFile: path.join(dir, 'pod-token'), listen: { host: '127.0.0.1', port: 0 }, log: createLogger({ level: 'silent' }) });
+    try {
+      const url = new URL(lonely.url);
+      const response = await fetch(`${url.origin}/mcp/tickets`, { method: 'POST', headers: { authorization: `Bearer ${POD_TOKEN}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: callMessage('get_ticket', { ticketId: '1' }, 4) });
+      // The pod token is checked against the file, not the broker: the request gets as far as asking the broker.
+      expect(response.status).toBe(502);
+      expect(await response.json()).toMatchObject({ id: 4, error: { code: -32603, message: expect.stringContaining('cannot reach the chainwarden broker') as unknown } });
+    } finally {
+      await lonely.close();
+    }
+  });
+});
+
+describe('the log', () => {
+  it('holds no credential, Txn-Token, local token or argument', async () => {
+    const client = await connect('tickets');
+    await client.callTool({ name: 'get_ticket', arguments: { ticketId: PRIVATE_ARGUMENT } });
+    const hopId = twin.nextHopId();
+    twin.decide = (request: McpForwardRequest) => (request.call ? deny(hopId, 'no-exfiltration') : twin.allow(request));
+    await rpcError(client.callTool({ name: 'send_email', arguments: { to: PRIVATE_ARGUMENT, body: PRIVATE_ARGUMENT } }));
+    const log = logLines.join('');
+    expect(log).toContain('mcp message passed on');
+    expect(log).toContain('mcp message refused');
+    for (const secret of ['upstream-secret', 'txn-for-', localToken, POD_TOKEN, PRIVATE_ARGUMENT]) expect(log).not.toContain(secret);
+  });
+});
