@@ -159,7 +159,7 @@ async function agentPod(env: LocalEnvironment, operator: RunningOperator, task: 
 async function toolCall(client: Client, name: string, args: Record<string, string>, parentHop?: string): Promise<{ line: string; hopId?: string; code?: number }> {
   try {
     const result = (await client.callTool({ name, arguments: args, ...(parentHop ? { _meta: { 'chainwarden.io/parentHop': parentHop } } : {}) })) as CallToolResult;
-    const hopId = String(result._meta?.['chainwarden.io/hopId'] ?? '');
+    const hopId = ((result._meta?.['chainwarden.io/hopId'] as string | undefined) ?? '');
     const text = result.content.map((c) => (c.type === 'text' ? c.text : '')).join(' ');
     return { line: `→ ${text}  (hop ${hopId})`, hopId };
   } catch (err) {

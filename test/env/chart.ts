@@ -53,7 +53,8 @@ export function objectPath(o: Rendered, plural: string): string {
  * an operator of their own run it as the admin, so the admin's group may also write status.
  */
 export async function applyChartRbac(admin: KubeConfig): Promise<Rendered[]> {
-  const objects = (await renderChart({ 'statusGuard.allowGroups': '{system:masters}' })).filter((o) => PLURAL[o.kind]);
+  // Tests make a namespace each, so the MCP gateway is granted get on Secrets everywhere ("*").
+  const objects = (await renderChart({ 'statusGuard.allowGroups': '{system:masters}', 'mcpGateway.secretNamespaces': '{*}' })).filter((o) => PLURAL[o.kind]);
   for (const o of objects) await serverSideApply(admin, objectPath(o, PLURAL[o.kind] ?? ''), o, 'chainwarden-test');
   return objects;
 }

@@ -92,6 +92,16 @@ describe('Helm chart', () => {
     await expect(renderChart({ 'webhook.port': '8443' })).rejects.toThrow(/\/webhook\/port/);
   });
 
+  test('reads tenants\' Secrets only where it is told: none by default, named namespaces, or "*"', async () => {
+    const secretRules = (objects: Rendered[]) =>
+      objects.flatMap((o) => ((o as { rules?: { resources?: string[]; verbs?: string[]; resourceNames?: string[] }[] }).rules ?? []).filter((r) => r.resources?.includes('secrets') && r.verbs?.includes('get') && !r.resourceNames).map(() => `${o.kind}/${o.metadata?.namespace ?? '-'}`));
+    expect(secretRules(await renderChart())).toEqual([]);
+    expect(secretRules(await renderChart({ 'mcpGateway.secretNamespaces': '{support,billing}' })).sort()).toEqual(['Role/billing', 'Role/support']);
+    expect(secretRules(await renderChart({ 'mcpGateway.secretNamespaces': '{*}' }))).toEqual(['ClusterRole/-']);
+    expect(secretRules(await renderChart({ 'mcpGateway.enabled': 'false', 'mcpGateway.secretNamespaces': '{*}' }))).toEqual([]);
+    await expect(renderChart({ 'mcpGateway.secretNamespaces': '{Not_A_Namespace}' })).rejects.toThrow(/secretNamespaces/);
+  });
+
   test('its service account can do the operator\'s work and nothing more', async ({ admin, namespace }) => {
     await applyChartRbac(admin);
     const sa = await chartServiceAccountKubeConfig(admin);
@@ -103,8 +113,10 @@ describe('Helm chart', () => {
     await expect(sa.makeApiClient(CustomObjectsApi).listClusterCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', plural: 'agenttasks' })).resolves.toBeTruthy();
     await expect(core.readNamespacedSecret({ name: 'chainwarden-svid-keys', namespace: RELEASE_NAMESPACE })).resolves.toBeTruthy();
     // What it may not do.
+    // Tenants' Secrets: one GET at a time for the MCP gateway (granted everywhere here, "*"), never a list.
     await admin.makeApiClient(CoreV1Api).createNamespacedSecret({ namespace, body: { metadata: { name: 'app-secret' }, stringData: { password: 'x' } } });
-    await expect(core.readNamespacedSecret({ name: 'app-secret', namespace })).rejects.toMatchObject({ code: 403 });
+    await expect(core.readNamespacedSecret({ name: 'app-secret', namespace })).resolves.toBeTruthy();
+    await expect(core.listNamespacedSecret({ namespace })).rejects.toMatchObject({ code: 403 });
     await expect(core.listSecretForAllNamespaces()).rejects.toMatchObject({ code: 403 });
     await expect(core.listNamespacedSecret({ namespace: RELEASE_NAMESPACE })).rejects.toMatchObject({ code: 403 });
     await expect(sa.makeApiClient(CustomObjectsApi).deleteNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name: 'ticket-4711' })).rejects.toMatchObject({ code: 403 });

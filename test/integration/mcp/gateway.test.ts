@@ -68,7 +68,7 @@ describe('every tool call is a hop: the MCP gateway', () => {
 
       const read = (await client.callTool({ name: 'read', arguments: { ticketId: '4711' } })) as CallToolResult;
       expect(read.content[0]).toMatchObject({ type: 'text', text: expect.stringContaining('ada@example.com') as string });
-      const hopId = String(read._meta?.['chainwarden.io/hopId'] ?? '');
+      const hopId = ((read._meta?.['chainwarden.io/hopId'] as string | undefined) ?? '');
       expect(hopId).toMatch(/^h1_/);
 
       // What the server got: the Secret's credential (not the agent's token) and a Txn-Token naming this hop.
@@ -88,7 +88,7 @@ describe('every tool call is a hop: the MCP gateway', () => {
 
       // A child hop names its parent in _meta.
       const comment = (await client.callTool({ name: 'comment', arguments: { ticketId: '4711', text: 'looking into it' }, _meta: { 'chainwarden.io/parentHop': hopId } })) as CallToolResult;
-      expect(String(comment._meta?.['chainwarden.io/hopId'])).toMatch(/^h2_/);
+      expect(comment._meta?.['chainwarden.io/hopId']).toMatch(/^h2_/);
 
       // Hidden and called anyway: denied by default, never reaches the server.
       const before = tickets.calls.length;

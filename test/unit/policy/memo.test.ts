@@ -82,7 +82,8 @@ describe('remembered decisions', () => {
       }),
       { numRuns: 600 },
     );
-  });
+    // Some 26,000 Cedar evaluations: seconds on a busy two-core machine, not a hang.
+  }, 60_000);
 
   it('are not used for raw Cedar, which may read anything the hop carries', () => {
     const engine = new PolicyEngine();
