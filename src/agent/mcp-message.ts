@@ -174,6 +174,9 @@ export function failureOfRefusal(system: string, status: number, refusal: McpFor
     const message = refusal.error.message.includes(system) ? refusal.error.message : `${refusal.error.message} (system ${system})`;
     return { status: 404, code: ErrorCode.InvalidParams, message, data: { code: refusal.error.code, system } };
   }
+  // The task may have nothing more (ended, revoked, violated): a denial the agent's client reads as
+  // a JSON-RPC error, like any other, rather than a failed transport.
+  if (status === 403) return { status: 200, code: MCP_DENIED, message: refusal.error.message, data: { code: refusal.error.code } };
   const httpStatus = status >= 400 && status <= 599 ? status : 502;
   return { status: httpStatus, code: ErrorCode.InternalError, message: describedRefusal(refusal.error.message, reasons, hopId), data: { code: refusal.error.code } };
 }

@@ -102,7 +102,7 @@ async function setUp(env: LocalEnvironment, admin: KubeConfig): Promise<{ roleNa
   policy.spec.aws = { ...policy.spec.aws, allowedRoleArns: ['arn:aws:iam::123456789012:role/support-*'] };
   for (const system of policy.spec.systems ?? []) {
     if (system.name === 'tickets') system.mcp = { url: tickets.url, credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' };
-    if (system.name === 'email') system.mcp = { url: email.url };
+    if (system.name === 'email') system.mcp = { url: email.url, resource: 'mail/{to}' };
   }
   await apply(admin, 'agentpolicies', policy);
   for (const name of [TASK, SECOND_TASK]) {
@@ -163,7 +163,7 @@ async function toolCall(client: Client, name: string, args: Record<string, strin
     const text = result.content.map((c) => (c.type === 'text' ? c.text : '')).join(' ');
     return { line: `→ ${text}  (hop ${hopId})`, hopId };
   } catch (err) {
-    if (err instanceof McpError) return { line: `→ error ${err.code}: ${err.message}`, code: err.code };
+    if (err instanceof McpError) return { line: `→ error ${err.code}: ${err.message.replace(/^MCP error -?\d+: /, '')}`, code: err.code };
     throw err;
   }
 }

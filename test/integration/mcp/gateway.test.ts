@@ -149,7 +149,7 @@ describe('every tool call is a hop: the MCP gateway', () => {
       const done = await getJson(`${sidecar.url}/v1/tasks/${namespace}/ticket-4711/complete`, { method: 'POST', headers: await sidecar.headers() });
       expect(done.status).toBe(200);
       const seen = tickets.requests.length;
-      expect(await callError(client.callTool({ name: 'read', arguments: { ticketId: '2' } }))).toMatchObject({ message: expect.stringMatching(/AgentTask .*ticket-4711/) as string });
+      expect(await callError(client.callTool({ name: 'read', arguments: { ticketId: '2' } }))).toMatchObject({ code: -32001, message: expect.stringMatching(/AgentTask .*ticket-4711 .*nothing more/) as string, data: { code: 'task_not_active' } });
       expect(await callError(client.listTools())).toBeDefined();
       expect(tickets.requests.length).toBe(seen);
     } finally {

@@ -65,7 +65,7 @@ describe('a broker refusal as the agent\'s client sees it', () => {
     ['approval_pending', 403, 200, -32002, { decision: 'pending_approval' as const, hopId: HOP, reasons: [] }, { hopId: HOP, reasons: [] }],
     ['mcp_unknown_system', 404, 404, -32602, {}, { code: 'mcp_unknown_system', system: 'payroll' }],
     ['mcp_credential_missing', 502, 502, -32603, {}, { code: 'mcp_credential_missing' }],
-    ['task_not_active', 403, 403, -32603, {}, { code: 'task_not_active' }],
+    ['task_not_active', 403, 200, -32001, {}, { code: 'task_not_active' }],
     ['', 200, 502, -32603, {}, { code: '' }],
   ])('%s (HTTP %i) → HTTP %i, JSON-RPC %i', (code, status, httpStatus, rpcCode, extra, data) => {
     const failure = failureOfRefusal('payroll', status, { error: { code, message: 'the broker says so' }, ...extra });
