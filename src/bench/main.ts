@@ -17,10 +17,13 @@ import { rawRequest } from '../kube/raw.js';
 import { CertificateAuthority } from '../pki/authority.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
+import { startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 const bin = path.resolve(here, '..', '..', 'bin', 'chainwarden.js');
 const NS = 'bench';
+/** The bench's tickets MCP server takes this; the gateway adds it from Secret tickets-mcp. */
+const MCP_CREDENTIAL = 'bench-mcp-credential';
 const log = (m: string) => process.stderr.write(`· ${m}\n`);
 
 interface Broker {
@@ -144,8 +147,9 @@ async function pool<T>(items: T[], concurrency: number, work: (item: T) => Promi
   }));
 }
 
-async function setUp(env: LocalEnvironment, kc: KubeConfig): Promise<string> {
+async function setUp(env: LocalEnvironment, kc: KubeConfig, mcp: DemoMcpServer): Promise<string> {
   await post(kc, '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
+  await post(kc, `/api/v1/namespaces/${NS}/secrets`, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tickets-mcp' }, stringData: { token: MCP_CREDENTIAL } });
   await post(kc, `/api/v1/namespaces/${NS}/serviceaccounts`, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'agent' } });
   const aws = localAws(env);
   const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
@@ -159,7 +163,10 @@ async function setUp(env: LocalEnvironment, kc: KubeConfig): Promise<string> {
       maxTaskTTL: '2h',
       limits: { maxHops: 100000, maxDepth: 64 },
       aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h', allowDirect: true },
-      systems: [{ name: 'tickets', dataClasses: ['pii'] }, { name: 'email', trustBoundary: 'external' }],
+      systems: [
+        { name: 'tickets', dataClasses: ['pii'], mcp: { url: mcp.url, credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' } },
+        { name: 'email', trustBoundary: 'external' },
+      ],
       rules: [
         { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
         { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
@@ -235,17 +242,25 @@ async function hops(kc: KubeConfig, broker: Broker, roleArn: string) {
  * rate through a real sidecar (`chainwarden agent --aws-listen`: verify, decide, sign, forward)
  * and straight to the emulator; the difference is the gateway's overhead.
  */
-async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, rate = 200) {
-  const { token } = await boundAgent(kc, broker, 'gateway-0', roleArn, 'Gateway');
+/** A real sidecar (`chainwarden agent`) for one pod token, with its AWS listener: its URLs and the local token its callers present. */
+async function startSidecar(broker: Broker, token: string) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'bench-sidecar-'));
   const tokenFile = path.join(dir, 'token');
   const caFile = path.join(dir, 'ca.pem');
   await writeFile(tokenFile, token, { mode: 0o600 });
   await writeFile(caFile, broker.ca);
   const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
-  const sidecar = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [url = '', awsUrl = ''] = await new Promise<string[]>((resolve) => child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
+  const localToken = (await readFile(path.join(dir, 'local'), 'utf8')).trim();
+  return { url, awsUrl, localToken, stop: () => void child.kill('SIGTERM') };
+}
+
+async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, rate = 200) {
+  const { token } = await boundAgent(kc, broker, 'gateway-0', roleArn, 'Gateway');
+  const sidecar = await startSidecar(broker, token);
+  const awsUrl = sidecar.awsUrl;
   try {
-    const [, awsUrl = ''] = await new Promise<string[]>((resolve) => sidecar.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
     const placeholder = (await https(broker, 'GET', '/v1/credentials', token)).body as Record<string, string>;
     // One GetCallerIdentity as the SDK signs it with the placeholder keys; valid for 15 minutes, so it can be replayed.
     const signer = new SignatureV4({ service: 'sts', region: 'us-east-1', credentials: { accessKeyId: placeholder.AccessKeyId ?? '', secretAccessKey: placeholder.SecretAccessKey ?? '', sessionToken: placeholder.Token }, sha256: Sha256 });
@@ -261,7 +276,56 @@ async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, ro
     const overhead = { p50Ms: Math.round((through.p50Ms - direct.p50Ms) * 100) / 100, p99Ms: Math.round((through.p99Ms - direct.p99Ms) * 100) / 100 };
     return { rate, throughGateway: through, direct, overhead, goal: { p50Ms: 2, p99Ms: 10 }, maxThroughput: max };
   } finally {
-    sidecar.kill('SIGTERM');
+    sidecar.stop();
+  }
+}
+
+/** Opens an MCP session at `url` (initialize, then initialized) and returns its id. */
+async function mcpSession(url: string, headers: Record<string, string>): Promise<string> {
+  const { request } = await import('node:http');
+  const post = (message: unknown, session?: string) =>
+    new Promise<string>((resolve, reject) => {
+      const req = request(url, { method: 'POST', headers: { ...headers, ...MCP_HEADERS, ...(session ? { 'mcp-session-id': session } : {}) } }, (res) => {
+        res.resume();
+        res.on('end', () => (res.statusCode && res.statusCode < 300 ? resolve(String(res.headers['mcp-session-id'] ?? session ?? '')) : reject(new Error(`${url}: ${res.statusCode ?? 0}`))));
+      });
+      req.on('error', reject);
+      req.end(JSON.stringify(message));
+    });
+  const session = await post({ jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'bench', version: '1' } } });
+  await post({ jsonrpc: '2.0', method: 'notifications/initialized' }, session);
+  return session;
+}
+
+const MCP_HEADERS = { accept: 'application/json, text/event-stream', 'content-type': 'application/json', 'mcp-protocol-version': '2025-06-18' };
+
+/**
+ * The MCP gateway's cost per tools/call: the same call, at a fixed rate, through a real sidecar
+ * (ask the broker, add the Secret's credential and a transaction token, forward, add the hop id
+ * to the result) and straight to the same server with its credential; the difference is the
+ * gateway's overhead. Requests take 250 JSON-RPC ids in turn: none is reused while in flight.
+ */
+async function mcpGateway(kc: KubeConfig, broker: Broker, roleArn: string, server: DemoMcpServer, rate = 200) {
+  const { token } = await boundAgent(kc, broker, 'mcp-0', roleArn);
+  const sidecar = await startSidecar(broker, token);
+  try {
+    const calls = (headers: Record<string, string>, session: string) =>
+      Array.from({ length: 250 }, (_, i) => ({ headers: { ...headers, ...MCP_HEADERS, 'mcp-session-id': session }, body: JSON.stringify({ jsonrpc: '2.0', id: i + 1, method: 'tools/call', params: { name: 'read', arguments: { ticketId: '4711' } } }) }));
+    const agent = { authorization: `Bearer ${sidecar.localToken}` };
+    const through = `${sidecar.url}/mcp/tickets`;
+    const throughClients = calls(agent, await mcpSession(through, agent));
+    const upstream = { authorization: `Bearer ${MCP_CREDENTIAL}` };
+    const directClients = calls(upstream, await mcpSession(server.url, upstream));
+    const before = server.calls.length;
+    const throughGateway = await load({ mode: 'open', url: through, method: 'POST', clients: throughClients, seconds: 20, rate });
+    // A denial is an HTTP 200 too: the figures count only if the server did get every call.
+    if (server.calls.length - before < throughGateway.requests) throw new Error(`the MCP server got ${server.calls.length - before} of ${throughGateway.requests} calls sent through the gateway`);
+    const direct = await load({ mode: 'open', url: server.url, method: 'POST', clients: directClients, seconds: 20, rate });
+    const max = await load({ mode: 'closed', url: through, method: 'POST', clients: throughClients, seconds: 5, concurrency: 16 });
+    const overhead = { p50Ms: Math.round((throughGateway.p50Ms - direct.p50Ms) * 100) / 100, p99Ms: Math.round((throughGateway.p99Ms - direct.p99Ms) * 100) / 100 };
+    return { rate, throughGateway, direct, overhead, goal: { p50Ms: 2, p99Ms: 10 }, maxThroughput: max };
+  } finally {
+    sidecar.stop();
   }
 }
 
@@ -299,6 +363,10 @@ function table(r: Results): string {
     row(`the same call straight to the emulator`, `p50 ${r.gateway.direct.p50Ms} ms  p99 ${r.gateway.direct.p99Ms} ms`),
     row('gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.gateway.overhead.p50Ms} ms  p99 ${r.gateway.overhead.p99Ms} ms`),
     row('gateway, max throughput (16 clients)', `${r.gateway.maxThroughput.ratePerSecond}/s  p50 ${r.gateway.maxThroughput.p50Ms} ms  p99 ${r.gateway.maxThroughput.p99Ms} ms`),
+    row(`MCP gateway at ${r.mcpGateway.rate}/s (tools/call, sidecar + broker)`, `p50 ${r.mcpGateway.throughGateway.p50Ms} ms  p99 ${r.mcpGateway.throughGateway.p99Ms} ms  errors ${r.mcpGateway.throughGateway.errors}`),
+    row('the same call straight to the MCP server', `p50 ${r.mcpGateway.direct.p50Ms} ms  p99 ${r.mcpGateway.direct.p99Ms} ms`),
+    row('MCP gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.mcpGateway.overhead.p50Ms} ms  p99 ${r.mcpGateway.overhead.p99Ms} ms`),
+    row('MCP gateway, max throughput (16 clients)', `${r.mcpGateway.maxThroughput.ratePerSecond}/s  p50 ${r.mcpGateway.maxThroughput.p50Ms} ms  p99 ${r.mcpGateway.maxThroughput.p99Ms} ms`),
     row(`credential issuance (${r.credentials.issuance.tasks} tasks, created → credentials)`, `p50 ${r.credentials.issuance.p50Ms} ms  p99 ${r.credentials.issuance.p99Ms} ms  ${r.credentials.issuance.tasksPerSecond} tasks/s`),
     row('revocation (completion → credentials refused)', `p50 ${r.credentials.revocation.p50Ms} ms  p99 ${r.credentials.revocation.p99Ms} ms`),
     row('admission webhook (AgentTask, over HTTPS)', `p50 ${r.admission.p50Ms} ms  p99 ${r.admission.p99Ms} ms  ${r.admission.ratePerSecond}/s`),
@@ -311,6 +379,7 @@ interface Results {
   machine: { cpus: number; node: string; memoryGiB: number };
   hops: Awaited<ReturnType<typeof hops>>;
   gateway: Awaited<ReturnType<typeof gateway>>;
+  mcpGateway: Awaited<ReturnType<typeof mcpGateway>>;
   credentials: Awaited<ReturnType<typeof issuanceAndRevocation>>;
   admission: LoadResult;
   memory: Awaited<ReturnType<typeof memory>>;
@@ -321,14 +390,19 @@ async function main(): Promise<void> {
   const cached = Number(process.env.CHAINWARDEN_BENCH_CACHED ?? 10_000);
   const env = await startLocalEnvironment({ progress: log });
   let broker: Broker | undefined;
+  const tickets = await startDemoMcpServer('tickets', TICKET_TOOLS, { bearer: MCP_CREDENTIAL });
   try {
     broker = await startBroker(env);
     const kc = env.adminKubeConfig();
-    const roleArn = await setUp(env, kc);
+    const roleArn = await setUp(env, kc, tickets);
     // CHAINWARDEN_BENCH_ONLY=hops (or gateway) measures the hop decisions (or the AWS gateway) alone, for profiling.
     const only = process.env.CHAINWARDEN_BENCH_ONLY;
     if (only === 'gateway') {
       process.stdout.write(`${JSON.stringify(await gateway(kc, broker, env, roleArn), null, 2)}\n`);
+      return;
+    }
+    if (only === 'mcp') {
+      process.stdout.write(`${JSON.stringify(await mcpGateway(kc, broker, roleArn, tickets), null, 2)}\n`);
       return;
     }
     log('hop decisions');
@@ -344,13 +418,15 @@ async function main(): Promise<void> {
       process.stdout.write(`${JSON.stringify({ hops: hopResults, gateway: gatewayResult }, null, 2)}\n`);
       return;
     }
+    log('MCP gateway');
+    const mcpResult = await mcpGateway(kc, broker, roleArn, tickets);
     log('admission webhook');
     const admissionResult = await admission(broker, roleArn);
     log(`credential issuance and revocation over ${tasks} tasks`);
     const credentials = await issuanceAndRevocation(kc, broker, roleArn, tasks);
     log(`operator memory with ${cached} AgentTasks`);
     const mem = await memory(kc, broker, roleArn, cached);
-    const results: Results = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, gateway: gatewayResult, credentials, admission: admissionResult, memory: mem };
+    const results: Results = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, gateway: gatewayResult, mcpGateway: mcpResult, credentials, admission: admissionResult, memory: mem };
     const json = JSON.stringify(results, null, 2);
     await writeFile('bench-results.json', `${json}\n`);
     process.stdout.write(`${json}\n`);
@@ -358,6 +434,7 @@ async function main(): Promise<void> {
   } finally {
     broker?.child.kill('SIGTERM');
     if (broker) await new Promise((r) => broker?.child.once('exit', r));
+    await tickets.close();
     await env.stop();
   }
 }
