@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 const bin = path.resolve(import.meta.dirname, '../../bin/chainwarden.js');
 
 describe('chainwarden demo', () => {
-  it('tells the whole story and exits 0: credentials, hops, an approval, a violation, refusal, the trace', async () => {
+  it('tells the whole story and exits 0: AWS and MCP calls through the gateways, an approval, a violation on a real tool call, refusal, the trace, a denied AWS call', async () => {
     const child = spawn(process.execPath, [bin, 'demo'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
@@ -18,9 +18,19 @@ describe('chainwarden demo', () => {
     expect(out).toMatch(/s3:\/\/support-customers\/4711.json: \{"customer":"Ada"/);
     expect(out).toMatch(/payments refund order\/981 \(42\) +→ pending_approval/);
     expect(out).toMatch(/approved by alice@example.com \(support-leads\)/);
-    expect(out).toMatch(/email send customer@example.com +→ deny \[no-exfiltration\]/);
+    // Tool calls through the MCP gateway: the server gets the Secret's credential and a token it verifies; the email after PII never reaches its server.
+    expect(out).toMatch(/tools\/list on tickets: read, comment \(/);
+    expect(out).toMatch(/tickets read \{ticketId: 4711\} → \{"ticket":"4711".*\(hop h1_/);
+    expect(out).toMatch(/the tickets server got Authorization from Secret tickets-mcp .* Txn-Token: verified against \/keys; scope tickets:comment/);
+    expect(out).toMatch(/email send \{to: ada@example.com\} → error -32001: .*denied by no-exfiltration \(hop h2_/);
+    expect(out).toMatch(/the email server received 0 calls/);
     expect(out).toMatch(/GET \/v1\/credentials → 403 .*task_not_active/);
     expect(out).toMatch(/S3 GetObject through the gateway → AccessDenied: .*is Violated/);
+    expect(out).toMatch(/tools\/call read on tickets → error -32001: .*is Violated/);
     expect(out).toMatch(/chain verified: \d+ records, head matches the task's status/);
+    expect(out).toMatch(/email send mail\/ada@example.com → deny \[no-exfiltration\]/);
+    // A denied AWS call: the SDK's AccessDenied names the rule and hop; the object is untouched.
+    expect(out).toMatch(/S3 DeleteObject s3:\/\/support-customers\/4711.json → AccessDenied: s3:DeleteObject on arn:aws:s3:::support-customers\/4711.json was denied by default-deny \(hop h1_/);
+    expect(out).toMatch(/the record is untouched in the emulator: \{"customer":"Ada"/);
   }, 180_000);
 });
