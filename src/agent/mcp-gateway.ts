@@ -102,15 +102,14 @@ export class McpGateway {
   private async serve(ex: Exchange): Promise<void> {
     const verb = ex.req.method ?? 'GET';
     if (!METHODS.has(verb)) throw new McpFailure({ status: 405, code: ErrorCode.InvalidRequest, message: `the chainwarden MCP gateway takes POST, GET and DELETE (MCP's Streamable HTTP transport), not ${verb}` });
-    const body = verb === 'POST' ? await readBoundedBody(ex.req, MAX_MESSAGE_BYTES, tooLargeMessage) : undefined;
-    const message = body ? parseAgentMessage(body) : undefined;
+    const message = verb === 'POST' ? parseAgentMessage(await readBoundedBody(ex.req, MAX_MESSAGE_BYTES, tooLargeMessage)) : undefined;
     ex.id = message?.id ?? null;
     ex.method = message?.method;
     const request = forwardRequestOf(ex.system, message);
     const outcome = await this.options.forwarder.forward(request);
-    if (outcome.ok) return this.passOn(ex, outcome.answer, body, message);
+    if (outcome.ok) return this.passOn(ex, outcome.answer, message);
     ex.hopId = outcome.refusal.hopId;
-    if (message?.call && ex.hopId && isPending(outcome.refusal)) return this.hold(ex, { request, message, body, refusal: outcome.refusal, hopId: ex.hopId });
+    if (message?.call && ex.hopId && isPending(outcome.refusal)) return this.hold(ex, { request, message, refusal: outcome.refusal, hopId: ex.hopId });
     throw new McpFailure(failureOfRefusal(ex.system, outcome.status, outcome.refusal));
   }
 
@@ -122,7 +121,7 @@ export class McpGateway {
    * ends the hold with -32001, the end of `holdForSeconds` with -32002, and an agent that goes
    * away ends it quietly.
    */
-  private async hold(ex: Exchange, held: { request: McpForwardRequest; message: AgentMessage; body: Buffer | undefined; refusal: McpForwardRefusal; hopId: string }): Promise<void> {
+  private async hold(ex: Exchange, held: { request: McpForwardRequest; message: AgentMessage; refusal: McpForwardRefusal; hopId: string }): Promise<void> {
     const holdSeconds = held.refusal.holdForSeconds ?? DEFAULT_HOLD_SECONDS;
     const deadline = Date.now() + holdSeconds * 1000;
     const gone = agentGone(ex.res);
@@ -140,7 +139,7 @@ export class McpGateway {
           const again = await this.options.forwarder.forward(held.request);
           if (again.ok) {
             clearInterval(progress);
-            return await this.passOn(ex, again.answer, held.body, held.message);
+            return await this.passOn(ex, again.answer, held.message);
           }
           if (!isPending(again.refusal)) throw new McpFailure(failureOfRefusal(ex.system, again.status, again.refusal));
         }
@@ -180,11 +179,11 @@ export class McpGateway {
     }, this.progressMs);
   }
 
-  /** Sends the agent's message where the broker says, with the broker's headers, and passes the server's answer back. */
-  private async passOn(ex: Exchange, answer: McpForwardAnswer, body: Buffer | undefined, message: AgentMessage | undefined): Promise<void> {
+  /** Sends the agent's message (as the gateway read it) where the broker says, with the broker's headers, and passes the server's answer back. */
+  private async passOn(ex: Exchange, answer: McpForwardAnswer, message: AgentMessage | undefined): Promise<void> {
     const edit = editFor(message, answer);
     ex.hopId = answer.hopId ?? ex.hopId;
-    const reply = await this.send(ex, answer, body);
+    const reply = await this.send(ex, answer, message?.body);
     await this.relay(ex, reply, edit);
     this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId, status: reply.statusCode }, 'mcp message passed on');
   }
@@ -195,7 +194,8 @@ export class McpGateway {
     const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
     const headers: http.OutgoingHttpHeaders = {};
     for (const name of PASSED_ON) if (typeof ex.req.headers[name] === 'string') headers[name] = ex.req.headers[name];
-    if (body) headers['content-length'] = String(body.length);
+    // The body is the gateway's own JSON, UTF-8 whatever charset the agent named.
+    if (body) Object.assign(headers, { 'content-type': 'application/json', 'content-length': String(body.length) });
     Object.assign(headers, answer.headers);
     return new Promise((resolve, reject) => {
       const request = (protocol === 'https:' ? https : http).request(target, { method: ex.req.method, headers, agent: this.agents[protocol] });

@@ -1,4 +1,5 @@
 import {
+  CallToolRequestParamsSchema,
   ClientNotificationSchema,
   ClientRequestSchema,
   ErrorCode,
@@ -47,6 +48,12 @@ export class McpFailure extends Error {
 
 /** What the gateway reads of one agent message. */
 export interface AgentMessage {
+  /**
+   * What goes on to the server: the message as the gateway read it, serialized again. Never the
+   * agent's bytes, which a server's own JSON parser could read otherwise (the first of two equal
+   * keys, an integer past 2^53) than the gateway and the broker did.
+   */
+  body: Buffer;
   /** A request's id; absent for notifications and the agent's answers to server requests. */
   id?: RequestId;
   /** Absent for the agent's answers to server requests. */
@@ -71,14 +78,51 @@ interface Issues {
   issues: readonly { path: readonly PropertyKey[]; message: string }[];
 }
 
+/** A path in the message as its author would write it: `params.arguments["a b"][0]`. */
+function pathText(path: readonly PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : /^[A-Za-z_$][\w$]*$/.test(String(p)) ? `${i === 0 ? '' : '.'}${String(p)}` : `[${JSON.stringify(String(p))}]`)).join('');
+}
+
 /** The first thing wrong, as `params.name: expected string, …`, so the agent's author can find it. */
 function firstIssue(error: Issues): string {
   const issue = error.issues[0];
   if (!issue) return 'the message: not a JSON-RPC message';
-  const path = issue.path
-    .map((p, i) => (typeof p === 'number' ? `[${p}]` : /^[A-Za-z_$][\w$]*$/.test(String(p)) ? `${i === 0 ? '' : '.'}${String(p)}` : `[${JSON.stringify(String(p))}]`))
-    .join('');
-  return `${path || 'the message'}: ${issue.message}`;
+  return `${pathText(issue.path) || 'the message'}: ${issue.message}`;
+}
+
+/**
+ * A key as a server that matches keys without case reads it. Go's encoding/json does, and folds
+ * ſ (U+017F) to s and K (U+212A) to k as well; upper- then lowercasing folds both.
+ */
+const folded = (key: string): string => key.toUpperCase().toLowerCase();
+
+/** The members of a `tools/call`'s params by their folded spelling: the hop is made of two of them. */
+const CALL_PARAMS = new Map(Object.keys(CallToolRequestParamsSchema.shape).map((name) => [folded(name), name]));
+
+/**
+ * Refuses a message that a server matching keys without case (Go's encoding/json, which the Go
+ * MCP SDK used until CVE-2026-27896) would read otherwise than the gateway: two keys of one
+ * object that differ only in case, anywhere in the message (`name` and `Name`: the server may
+ * take either).
+ */
+function checkKeySpelling(value: unknown, path: readonly PropertyKey[], id: RequestId | null): void {
+  if (Array.isArray(value)) return value.forEach((item: unknown, i) => checkKeySpelling(item, [...path, i], id));
+  if (typeof value !== 'object' || value === null) return;
+  const seen = new Map<string, string>();
+  for (const [key, item] of Object.entries(value)) {
+    const other = seen.get(folded(key));
+    if (other !== undefined) throw invalid(`${pathText([...path, key])}: differs from ${JSON.stringify(other)} only in case, and a server that matches keys without case could read either; send one of them`, id);
+    seen.set(folded(key), key);
+    checkKeySpelling(item, [...path, key], id);
+  }
+}
+
+/** The same for a call's params alone: `Arguments` is not `arguments` to the gateway, but is to such a server, which would run the call with arguments the hop was not made of. */
+function checkCallParams(params: Record<string, unknown>, id: RequestId): void {
+  for (const key of Object.keys(params)) {
+    const member = CALL_PARAMS.get(folded(key));
+    if (member !== undefined && member !== key) throw invalid(`tools/call: ${pathText(['params', key])} is not params.${member}, but a server that matches keys without case would read it as that; spell it ${member}`, id);
+  }
 }
 
 /** The schema that explains why an object is not a JSON-RPC message: the member of the union it looks like. */
@@ -105,8 +149,9 @@ function parsedBody(body: Buffer): unknown {
 
 /**
  * One POSTed message, checked as the MCP SDK checks it: a JSON-RPC message, and a known method's
- * params as that method's schema says. Batches are refused: each message may be a hop, and one
- * answer per hop keeps a refusal next to the call it refuses.
+ * params as that method's schema says; and checked to read the same to a server that matches keys
+ * without case. Batches are refused: each message may be a hop, and one answer per hop keeps a
+ * refusal next to the call it refuses.
  */
 export function parseAgentMessage(body: Buffer): AgentMessage {
   const value = parsedBody(body);
@@ -118,14 +163,18 @@ export function parseAgentMessage(body: Buffer): AgentMessage {
     const explained = envelopeLike(record).safeParse(value);
     throw invalid(`the message is not a JSON-RPC message: ${explained.success ? 'it matches no JSON-RPC message shape' : firstIssue(explained.error)}`, id);
   }
-  if (typeof record.method !== 'string') return {};
+  checkKeySpelling(value, [], id);
+  const passedOn = Buffer.from(JSON.stringify(value));
+  if (typeof record.method !== 'string') return { body: passedOn };
   const schema = id === null ? NOTIFICATIONS.get(record.method) : REQUESTS.get(record.method);
   const checked = schema?.safeParse(value);
   if (checked && !checked.success) throw invalid(`${record.method}: ${firstIssue(checked.error)}`, id);
   const params = (typeof record.params === 'object' && record.params !== null ? record.params : {}) as Record<string, unknown>;
   const meta = (typeof params._meta === 'object' && params._meta !== null ? params._meta : {}) as Record<string, unknown>;
   const progressToken = meta.progressToken as ProgressToken | undefined;
+  if (record.method === 'tools/call' && id !== null) checkCallParams(params, id);
   return {
+    body: passedOn,
     ...(id === null ? {} : { id }),
     method: record.method,
     ...(record.method === 'tools/call' && id !== null ? { call: callOf(params, meta, id) } : {}),
@@ -192,7 +241,7 @@ export interface ResponseEdit {
  * The edit for a message's answer, or none. An allowed `tools/call` without a hop id breaks the
  * contract (its result must lead to the audit record), so it goes no further.
  */
-export function editFor(message: AgentMessage | undefined, answer: McpForwardAnswer): ResponseEdit | undefined {
+export function editFor(message: Pick<AgentMessage, 'id' | 'method'> | undefined, answer: McpForwardAnswer): ResponseEdit | undefined {
   if (message?.id === undefined) return undefined;
   if (message.method === 'tools/list' && answer.visibleTools) return { id: message.id, visibleTools: answer.visibleTools };
   if (message.method !== 'tools/call') return undefined;

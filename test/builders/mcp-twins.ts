@@ -16,6 +16,8 @@ export interface SeenRequest {
   httpMethod: string;
   rpcMethod: string | undefined;
   headers: http.IncomingHttpHeaders;
+  /** The body as it arrived, byte for byte: what a server in any language would parse. */
+  body: string;
 }
 
 async function readAll(req: http.IncomingMessage): Promise<string> {
@@ -70,7 +72,7 @@ export async function startMcpUpstream(options: { json?: boolean } = {}) {
     void (async () => {
       const text = req.method === 'POST' ? await readAll(req) : '';
       const body = text === '' ? undefined : (JSON.parse(text) as unknown);
-      seen.push({ httpMethod: req.method ?? '', rpcMethod: (body as { method?: string } | undefined)?.method, headers: req.headers });
+      seen.push({ httpMethod: req.method ?? '', rpcMethod: (body as { method?: string } | undefined)?.method, headers: req.headers, body: text });
       const sessionId = req.headers['mcp-session-id'];
       let transport = typeof sessionId === 'string' ? sessions.get(sessionId) : undefined;
       if (!transport) {

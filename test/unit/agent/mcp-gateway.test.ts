@@ -402,6 +402,55 @@ describe('from outside: what the gateway refuses', () => {
   });
 });
 
+/**
+ * A server in another language reads the bytes it gets with its own JSON parser: some keep the
+ * first of two equal keys, some keep integers JavaScript cannot hold, Go's encoding/json matches
+ * keys without case (CVE-2026-27896 in the Go MCP SDK). What it gets must read the same as what
+ * the broker decided, under any of them.
+ */
+describe('what the server gets is what the broker was asked about', () => {
+  /** The last request the server saw with `id`, by the raw bytes it got. */
+  const seenWithId = (id: number) => streaming.seen.filter((s) => s.body.includes(`"id":${id}`)).at(-1);
+
+  it.each<[string, number, string, { method: string; params?: { name: string } }]>([
+    ['a second params, for a parser that keeps the first', 21, '{"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"admin_wipe","arguments":{}},"params":{"name":"get_ticket","arguments":{"ticketId":"1"}}}', { method: 'tools/call', params: { name: 'get_ticket' } }],
+    ['a second method, for a parser that keeps the first', 22, '{"jsonrpc":"2.0","id":22,"method":"tools/call","method":"tools/list","params":{"name":"admin_wipe","arguments":{}}}', { method: 'tools/list' }],
+  ])('%s: the server never sees the other one', async (_name, id, body, asked) => {
+    const before = twin.forwards.length;
+    await raw({ path: '/mcp/tickets', headers: auth(), body });
+    expect(twin.forwards.slice(before).map((f) => f.method)).toEqual([asked.method]);
+    if (asked.params) expect(twin.forwards.at(-1)?.call?.name).toBe(asked.params.name);
+    // One method and one params: any parser, keeping the first key or the last, reads what the broker was asked.
+    const seen = seenWithId(id)?.body ?? '';
+    expect(seen.match(/"method"/g)).toHaveLength(1);
+    expect(seen.match(/"params"/g)).toHaveLength(1);
+    expect(JSON.parse(seen)).toMatchObject(asked);
+  });
+
+  it('an integer past 2^53 reaches the server as the number the broker decided on', async () => {
+    const before = twin.forwards.length;
+    await raw({ path: '/mcp/tickets', headers: auth(), body: '{"jsonrpc":"2.0","id":23,"method":"tools/call","params":{"name":"get_ticket","arguments":{"ticketId":9007199254740993}}}' });
+    const asked = twin.forwards.slice(before).find((f) => f.call)?.call?.arguments.ticketId;
+    expect(asked).toBe(9007199254740992);
+    expect(seenWithId(23)?.body).toContain(`"ticketId":${String(asked)}`);
+  });
+
+  it.each([
+    ['a tool name spelled twice', { name: 'get_ticket', Name: 'admin_wipe', arguments: { ticketId: '1' } }, 'params.Name'],
+    ['arguments spelled twice, with a long s', { name: 'get_ticket', arguments: { ticketId: '1' }, ['argumentſ']: { ticketId: 'vip-1' } }, 'argumentſ'],
+    ['arguments spelled only otherwise', { name: 'get_ticket', Arguments: { ticketId: 'vip-1' } }, 'params.Arguments'],
+    ['an argument spelled twice', { name: 'get_ticket', arguments: { ticketId: '1', TicketId: 'vip-1' } }, 'params.arguments.TicketId'],
+  ])('%s is -32600 naming it; neither the broker nor the server sees it', async (_name, params, named) => {
+    const before = { forwards: twin.forwards.length, seen: streaming.seen.length };
+    const answer = await raw({ path: '/mcp/tickets', headers: auth(), body: rpc({ id: 24, method: 'tools/call', params }) });
+    expect(answer.status).toBe(400);
+    expect(answer.body).toMatchObject({ id: 24, error: { code: -32600 } });
+    expect(answer.body.error?.message).toContain(named);
+    expect(twin.forwards.length).toBe(before.forwards);
+    expect(streaming.seen.length).toBe(before.seen);
+  });
+});
+
 describe('a system whose server fails', () => {
   it.each([
     ['never answers', 'before' as const, /system hanging .*could not be reached: it sent no answer within 1\.5s/],

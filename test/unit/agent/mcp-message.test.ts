@@ -6,6 +6,11 @@ import { META_HOP_ID, META_PARENT_HOP } from '../../../src/mcp/forward-api.js';
 
 const HOP = 'h2_AAAAAAAAAAAA_BBBBBBBBBBBBBBBB';
 const message = (value: unknown) => Buffer.from(JSON.stringify(value));
+/** What the gateway read of a message, without the body it passes on. */
+const readOf = (body: Buffer) => {
+  const { body: _passedOn, ...read } = parseAgentMessage(body);
+  return read;
+};
 
 /** The JSON-RPC error a body is refused with. */
 function refusalOf(body: Buffer): { id: unknown; status: number; code: number; message: string } {
@@ -20,7 +25,7 @@ function refusalOf(body: Buffer): { id: unknown; status: number; code: number; m
 
 describe('what the gateway reads of an agent message', () => {
   it('a call: its tool, arguments, parent hop and progress token', () => {
-    expect(parseAgentMessage(message({ jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name: 'get_ticket', arguments: { ticketId: '1' }, _meta: { [META_PARENT_HOP]: HOP, progressToken: 'p1' } } }))).toEqual({
+    expect(readOf(message({ jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name: 'get_ticket', arguments: { ticketId: '1' }, _meta: { [META_PARENT_HOP]: HOP, progressToken: 'p1' } } }))).toEqual({
       id: 5,
       method: 'tools/call',
       call: { name: 'get_ticket', arguments: { ticketId: '1' }, parentHop: HOP },
@@ -36,7 +41,26 @@ describe('what the gateway reads of an agent message', () => {
     ['the agent\'s answer to a server request', { jsonrpc: '2.0', id: 3, result: { roots: [] } }, {}],
     ['the agent\'s error answer to a server request', { jsonrpc: '2.0', id: 4, error: { code: -1, message: 'no' } }, {}],
   ])('%s', (_name, value, expected) => {
-    expect(parseAgentMessage(message(value))).toEqual(expected);
+    expect(readOf(message(value))).toEqual(expected);
+  });
+
+  it('passes on its own serialization of what it read, never the agent\'s bytes', () => {
+    // The last of two equal keys, as JSON.parse reads it; an integer as JavaScript holds it; the escapes decoded.
+    const read = parseAgentMessage(Buffer.from('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin_wipe"},"params":{"name":"get_\\u0074icket","arguments":{"n":9007199254740993,"n":1}}}'));
+    expect(read.call).toEqual({ name: 'get_ticket', arguments: { n: 1 } });
+    expect(read.body.toString()).toBe('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_ticket","arguments":{"n":1}}}');
+  });
+
+  it.each([
+    ['keys of one object that differ only in case', { jsonrpc: '2.0', id: 1, method: 'ping', params: { _meta: { a: 1, A: 2 } } }, 'params._meta.A: differs from "a" only in case'],
+    ['keys that fold alike (K, the Kelvin sign)', { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 't', arguments: { k: 1, ['\u212a']: 2 } } }, 'differs from "k" only in case'],
+    ['deep in an argument', { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 't', arguments: { to: [{ ID: 1, id: 2 }] } } }, 'params.arguments.to[0].id'],
+    ['a call param spelled like a member', { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 't', NAME: 'x' } }, 'params.NAME'],
+    ['a call param spelled like a member alone', { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 't', ARGUMENTS: { a: 1 } } }, 'params.ARGUMENTS is not params.arguments'],
+  ])('%s is refused: a server matching keys without case could read another call', (_name, value, named) => {
+    const refusal = refusalOf(message(value));
+    expect(refusal).toMatchObject({ id: 1, status: 400, code: -32600 });
+    expect(refusal.message).toContain(named);
   });
 
   it.each([
