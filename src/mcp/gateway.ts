@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import type { AgentPolicy } from '../api/schema.js';
+import { MAX_HOP_ATTRIBUTES, type AgentPolicy } from '../api/schema.js';
+import { canonicalJson } from '../audit/record.js';
 import { parseDuration } from '../api/duration.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import type { GatewayHops } from '../broker/gateway-hops.js';
@@ -22,9 +23,11 @@ export interface McpGatewayDeps {
 export type McpForwardResult = { status: 200; body: McpForwardAnswer } | { status: number; body: McpForwardRefusal };
 
 const DEFAULT_HOLD_FOR = '30s';
-/** Longer argument values are bound by their hash: an approval still binds the exact content, and the hop stays small. */
+/** Longer argument values are shown by their hash: the hop stays small. */
 const MAX_PLAIN_ATTRIBUTE = 256;
-const MAX_ATTRIBUTES = 50;
+/** The hash of all the arguments, as an attribute: what an approval of the call is bound to. */
+export const ARGUMENTS_ATTRIBUTE = 'chainwarden.io/arguments';
+const sha256 = (text: string) => `sha256:${createHash('sha256').update(text).digest('hex')}`;
 
 const bad = (field: string, message: string) => new ChainwardenError('invalid_request', `${field}: ${message}`, { field });
 
@@ -60,16 +63,24 @@ export function resourceOf(template: string | undefined, args: McpArguments): st
   });
 }
 
-/** The call's scalar top-level arguments as hop attributes; long values by their SHA-256. */
+/**
+ * The call's scalar top-level arguments as hop attributes, for rules and the approver to read
+ * (long values by their SHA-256), and `chainwarden.io/arguments`, the SHA-256 of all the
+ * arguments as canonical JSON. An approval is bound to a hop's attributes, and the scalars alone
+ * would let it release a call whose nested, listed or unreadably named arguments (an email's
+ * body as an object, a `cc` list) or whose types (1 and "1") differ from those approved.
+ */
 export function attributesOf(args: McpArguments): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(args)) {
-    if (Object.keys(out).length >= MAX_ATTRIBUTES) break;
-    if (!/^[A-Za-z0-9_.:/-]{1,63}$/.test(k)) continue;
+    if (Object.keys(out).length >= MAX_HOP_ATTRIBUTES - 1) break;
+    // `__proto__` and our own name are never an argument's attribute; the hash holds them.
+    if (!/^[A-Za-z0-9_.:/-]{1,63}$/.test(k) || k === '__proto__' || k === ARGUMENTS_ATTRIBUTE) continue;
     if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') continue;
     const text = String(v);
-    out[k] = text.length > MAX_PLAIN_ATTRIBUTE ? `sha256:${createHash('sha256').update(text).digest('hex')}` : text;
+    out[k] = text.length > MAX_PLAIN_ATTRIBUTE ? sha256(text) : text;
   }
+  out[ARGUMENTS_ATTRIBUTE] = sha256(canonicalJson(args));
   return out;
 }
 

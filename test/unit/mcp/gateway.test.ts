@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import type { GatewayVerdict } from '../../../src/broker/gateway-hops.js';
-import type { HopRequest } from '../../../src/broker/hops.js';
+import { hopDigest, type HopRequest } from '../../../src/broker/hops.js';
 import { ChainwardenError } from '../../../src/errors.js';
-import { attributesOf, McpGateway, parseForwardRequest, resourceOf, visibleTools } from '../../../src/mcp/gateway.js';
+import { ARGUMENTS_ATTRIBUTE, attributesOf, McpGateway, parseForwardRequest, resourceOf, visibleTools } from '../../../src/mcp/gateway.js';
 
 const policy = (over: Partial<AgentPolicy['spec']> = {}): AgentPolicy =>
   ({
@@ -37,13 +37,14 @@ function gateway(verdict: (hop: HopRequest) => GatewayVerdict, p = policy(), sec
   });
   return { g, decided };
 }
+const SHA256 = expect.stringMatching(/^sha256:[0-9a-f]{64}$/) as string;
 const allow = (hop: HopRequest): GatewayVerdict => ({ allowed: true, answer: { hopId: 'h1_x', decision: 'allow', reasons: [{ rule: 'read-tickets', effect: 'Allow' }], depth: 1 }, txnToken: `txn-for-${hop.action}` });
 
 describe('the MCP gateway, broker half', () => {
   it('makes a tools/call a hop: the system, the tool, the resource from the template, scalar arguments as attributes', async () => {
     const { g, decided } = gateway(allow);
     const out = await g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'get_ticket', arguments: { ticketId: 4711, verbose: true, filter: { deep: 1 } }, parentHop: 'h1_parent' } });
-    expect(decided).toEqual([expect.objectContaining({ tool: 'tickets', action: 'get_ticket', resource: 'ticket/4711', attributes: { ticketId: '4711', verbose: 'true' }, parentHop: 'h1_parent' })]);
+    expect(decided).toEqual([expect.objectContaining({ tool: 'tickets', action: 'get_ticket', resource: 'ticket/4711', attributes: { ticketId: '4711', verbose: 'true', [ARGUMENTS_ATTRIBUTE]: SHA256 }, parentHop: 'h1_parent' })]);
     expect(out).toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', headers: { authorization: 'Bearer s3cr3t', 'txn-token': 'txn-for-get_ticket' }, hopId: 'h1_x', reasons: [{ rule: 'read-tickets', effect: 'Allow' }] } });
   });
 
@@ -89,8 +90,24 @@ describe('reading the sidecar and the call', () => {
     expect(resourceOf('ticket/{ticketId}', { ticketId: { $ne: 1 } })).toBe('ticket/');
     expect(resourceOf(undefined, { ticketId: 1 })).toBe('*');
     const long = 'x'.repeat(5000);
-    expect(attributesOf({ to: 'a@b.c', body: long, nested: { a: 1 }, 'bad key': 'v' })).toEqual({ to: 'a@b.c', body: expect.stringMatching(/^sha256:[0-9a-f]{64}$/) as string });
+    expect(attributesOf({ to: 'a@b.c', body: long, nested: { a: 1 }, 'bad key': 'v' })).toEqual({ to: 'a@b.c', body: SHA256, [ARGUMENTS_ATTRIBUTE]: SHA256 });
     expect(attributesOf({ body: long }).body).not.toBe(attributesOf({ body: `${long}y` }).body);
+  });
+
+  it('binds an approval to every argument of the call: calls that differ anywhere are different hops', () => {
+    const digestOf = (args: Record<string, unknown>) => hopDigest({ tool: 'email', action: 'send_email', resource: resourceOf('mail/{to}', args), attributes: attributesOf(args) });
+    const approved = { to: 'boss@example.com', body: { text: 'the quarterly figures' } };
+    const others: Record<string, unknown>[] = [
+      { to: 'boss@example.com', body: { text: 'the customer list' } },
+      { ...approved, cc: ['someone@elsewhere.example'] },
+      { ...approved, 'reply to': 'someone@elsewhere.example' },
+      JSON.parse('{"to":"boss@example.com","body":{"text":"the quarterly figures"},"__proto__":"someone@elsewhere.example"}') as Record<string, unknown>,
+      { ...approved, ...Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`a${i}`, i])) },
+    ];
+    for (const other of others) expect(digestOf(other), JSON.stringify(other)).not.toBe(digestOf(approved));
+    expect(digestOf({ ...approved, copies: 1 })).not.toBe(digestOf({ ...approved, copies: '1' }));
+    // The identical call, its keys in another order, is the same hop.
+    expect(digestOf({ body: { text: 'the quarterly figures' }, to: 'boss@example.com' })).toBe(digestOf(approved));
   });
 
   it('shows every tool when raw Cedar could permit any', () => {
