@@ -10,7 +10,7 @@ import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopRequest, type 
 export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
 
 export interface GatewayHopsDeps {
-  hops: Pick<HopService, 'decideForGateway'>;
+  hops: Pick<HopService, 'decideForGateway' | 'isHopOf'>;
   /** The AgentApprovals of a namespace, from the cache. */
   approvals: (namespace: string) => AgentApproval[];
   /** Marks an approval used by one call, if no call has used it yet: true for the one caller that wins, on any replica. */
@@ -61,10 +61,19 @@ export class GatewayHops {
     return { allowed: true, answer, txnToken };
   }
 
-  /** An approval of this exact call whose hop was decided and that no call has used yet, claimed for this one. */
+  /**
+   * An approval of this exact call whose hop was decided and that no call has used yet, claimed
+   * for this one. Its hop must be one of this task: approvals outlive their task, and one left
+   * unused by an earlier task of the same name must not release the same call in a new one.
+   */
   private async approvalFor(task: AgentTask, digest: string, pod: string): Promise<string | undefined> {
     const candidates = this.deps.approvals(task.metadata.namespace ?? '').filter(
-      (a) => a.spec.taskRef.name === task.metadata.name && a.spec.decision === 'Approve' && a.spec.hopDigest === digest && !a.metadata.annotations?.[APPROVAL_USED_BY],
+      (a) =>
+        a.spec.taskRef.name === task.metadata.name &&
+        a.spec.decision === 'Approve' &&
+        a.spec.hopDigest === digest &&
+        !a.metadata.annotations?.[APPROVAL_USED_BY] &&
+        this.deps.hops.isHopOf(task, a.spec.hopId),
     );
     for (const approval of candidates) if (await this.deps.claim(approval, `${pod}@${new Date(this.deps.clock.now()).toISOString()}`)) return approval.metadata.name;
     return undefined;

@@ -160,6 +160,11 @@ export class HopService {
     return txnToken === undefined ? { answer } : { answer, txnToken };
   }
 
+  /** Whether `hopId` was minted for this task, not an earlier one of the same name: hop ids carry a MAC over the task's UID. */
+  isHopOf(task: AgentTask, hopId: string): boolean {
+    return this.deps.ids.depthOf(task.metadata.uid ?? '', hopId) !== undefined;
+  }
+
   /** GET /v1/hops/{id}: the hop's decision, resolving it first if it waits for approval. */
   async status(who: AgentPrincipal, hopId: string): Promise<HopAnswer> {
     const { namespace = '', name = '', uid = '' } = who.task.metadata;

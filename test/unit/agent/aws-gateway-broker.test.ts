@@ -60,6 +60,7 @@ beforeAll(async () => {
           const answer = { hopId: `h1_${String(++hops).padStart(12, 'A')}_CCCCCCCCCCCCCCCC`, depth: 1, ...decide(hop) };
           return answer.decision === 'allow' ? { answer, txnToken: await mint({ hopId: answer.hopId, depth: 1, policy: 'p', dataClassesTouched: [] }) } : { answer };
         },
+        isHopOf: () => true,
       },
       approvals: () => [],
       claim: () => Promise.resolve(false),

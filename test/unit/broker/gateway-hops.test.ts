@@ -2,6 +2,7 @@ import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { describe, expect, it } from 'vitest';
 import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
 import { GatewayHops } from '../../../src/broker/gateway-hops.js';
+import { HopIds } from '../../../src/broker/hopids.js';
 import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopRequest } from '../../../src/broker/hops.js';
 import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
 import { SvidIssuer } from '../../../src/identity/svid.js';
@@ -11,8 +12,10 @@ const clock = { now: () => now };
 const hop: HopRequest = { tool: 'tickets', action: 'refund', resource: 'order/9', intent: '', attributes: { amount: '20' } };
 const task = (status: AgentTask['status'] = {}) => ({ metadata: { namespace: 'support', name: 't', uid: 'u' }, spec: { policyRef: { name: 'support' }, serviceAccountName: 'sa', ttl: '1h' }, status }) as AgentTask;
 const principal = (t: AgentTask) => ({ namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task: t, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' });
-const approval = (name: string, digest: string, used?: string) =>
-  ({ metadata: { namespace: 'support', name, annotations: used ? { 'chainwarden.io/used-by': used } : {} }, spec: { taskRef: { name: 't' }, hopId: 'h1_p', hopDigest: digest, decision: 'Approve', reason: 'ok' } }) as unknown as AgentApproval;
+const ids = new HopIds(Buffer.alloc(32, 7));
+/** A hop of the task `t` now is (uid `u`); one of an earlier task of the same name is not. */
+const approval = (name: string, digest: string, used?: string, hopId = ids.mint('u', 1)) =>
+  ({ metadata: { namespace: 'support', name, annotations: used ? { 'chainwarden.io/used-by': used } : {} }, spec: { taskRef: { name: 't' }, hopId, hopDigest: digest, decision: 'Approve', reason: 'ok' } }) as unknown as AgentApproval;
 
 async function setup(decide: (approvedBy: string | undefined) => HopAnswer, approvals: AgentApproval[] = []) {
   const ring = new KeyRing(new InMemoryKeyStore(), clock, { rotateAfterMs: 86_400_000, activationDelayMs: 0, overlapMs: 3_600_000 });
@@ -27,6 +30,7 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
         const facts: GatewayHopFacts = { hopId: answer.hopId, depth: answer.depth, parentHop: 'h1_parent', policy: 'support', dataClassesTouched: ['pii'] };
         return { answer, txnToken: await mint(facts) };
       },
+      isHopOf: (t, hopId) => ids.depthOf(t.metadata.uid ?? '', hopId) !== undefined,
     },
     approvals: () => approvals,
     claim: (a) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), true)),
@@ -66,5 +70,12 @@ describe('a gateway hop', () => {
     await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_ok' } });
     expect(claimed).toEqual(['yes']);
     await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_new', decision: 'pending_approval' });
+  });
+
+  it('is not released by an approval left from an earlier task of the same name', async () => {
+    // Approvals outlive their task; the task made again under its name asks for the identical call.
+    const { gateway, claimed } = await setup((approvedBy) => (approvedBy ? { hopId: 'h1_ok', decision: 'allow', reasons: [], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 }), [approval('earlier', hopDigest(hop), undefined, ids.mint('uid-of-the-earlier-task', 1))]);
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_new', decision: 'pending_approval' });
+    expect(claimed).toEqual([]);
   });
 });
