@@ -116,17 +116,18 @@ export class McpGateway {
   /**
    * A call that waits for a person is held rather than refused: the broker is asked about its hop
    * every `pollMs`, and once it says allow the same call is asked for again (the broker allows it
-   * now, using the approval once) and passed on. An agent that takes an event stream gets one at
-   * once, with progress notifications when it asked for them; the answer then comes in it. A deny
-   * ends the hold with -32001, the end of `holdForSeconds` with -32002, and an agent that goes
-   * away ends it quietly.
+   * now, using the approval once) and passed on. If it is pending still (an identical call held
+   * on the same hop used the approval first), it now waits on the hop the broker names, which is
+   * the one to approve. An agent that takes an event stream gets one at once, with progress
+   * notifications when it asked for them; the answer then comes in it. A deny ends the hold with
+   * -32001, the end of `holdForSeconds` with -32002, and an agent that goes away ends it quietly.
    */
   private async hold(ex: Exchange, held: { request: McpForwardRequest; message: AgentMessage; refusal: McpForwardRefusal; hopId: string }): Promise<void> {
     const holdSeconds = held.refusal.holdForSeconds ?? DEFAULT_HOLD_SECONDS;
     const deadline = Date.now() + holdSeconds * 1000;
     const gone = agentGone(ex.res);
     if (acceptsEventStream(ex.req)) this.openStream(ex);
-    const progress = ex.streaming && held.message.progressToken !== undefined ? this.reportWaiting(ex, held.message.progressToken, held.hopId) : undefined;
+    const progress = ex.streaming && held.message.progressToken !== undefined ? this.reportWaiting(ex, held.message.progressToken, () => held.hopId) : undefined;
     try {
       for (;;) {
         await pause(Math.min(this.pollMs, deadline - Date.now()), gone);
@@ -142,6 +143,9 @@ export class McpGateway {
             return await this.passOn(ex, again.answer, held.message);
           }
           if (!isPending(again.refusal)) throw new McpFailure(failureOfRefusal(ex.system, again.status, again.refusal));
+          held.refusal = again.refusal;
+          held.hopId = again.refusal.hopId ?? held.hopId;
+          ex.hopId = held.hopId;
         }
         if (Date.now() >= deadline) throw new McpFailure(approvalNeeded(`${held.refusal.error.message}; held ${holdSeconds}s without a decision`, held.hopId, held.refusal.reasons ?? []));
       }
@@ -170,12 +174,12 @@ export class McpGateway {
   }
 
   /** `notifications/progress` for the agent's token, once a `progressMs`, while the call is held. */
-  private reportWaiting(ex: Exchange, progressToken: ProgressToken, hopId: string): NodeJS.Timeout {
+  private reportWaiting(ex: Exchange, progressToken: ProgressToken, hopId: () => string): NodeJS.Timeout {
     let ticks = 0;
     return setInterval(() => {
       ticks++;
       const waited = Math.round((ticks * this.progressMs) / 1000);
-      ex.res.write(sseMessage({ jsonrpc: '2.0', method: 'notifications/progress', params: { progressToken, progress: ticks, message: `waiting ${waited}s for an AgentApproval of hop ${hopId}` } }));
+      ex.res.write(sseMessage({ jsonrpc: '2.0', method: 'notifications/progress', params: { progressToken, progress: ticks, message: `waiting ${waited}s for an AgentApproval of hop ${hopId()}` } }));
     }, this.progressMs);
   }
 

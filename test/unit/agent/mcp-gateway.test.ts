@@ -262,6 +262,23 @@ describe('a call that waits for approval', () => {
     expect(json.calls.length).toBe(before);
   });
 
+  it('follows the new hop when another call used the approval first, and names it when the hold ends', async () => {
+    // Two identical calls held on one hop; the other claimed the approval, so asking again made this call a hop of its own.
+    const first = twin.nextHopId();
+    const second = twin.nextHopId();
+    let asked = 0;
+    twin.decide = (request) => (request.method !== 'tools/call' ? twin.allow(request) : pending(++asked === 1 ? first : second, 1));
+    twin.hopStatus = (id) => ({ status: 200, body: { hopId: id, decision: id === first ? 'allow' : 'pending_approval', reasons: [], depth: 1 } });
+    const client = await connect('tickets-json');
+    const err = await rpcError(client.callTool({ name: 'get_ticket', arguments: { ticketId: '22' } }));
+    expect(err.code).toBe(-32002);
+    expect(err.data).toMatchObject({ hopId: second });
+    expect(err.message).toContain(`AgentApproval for hop ${second}`);
+    expect(err.message).not.toContain(first);
+    // Asked once, and once more when the first hop was allowed; not again at every poll of a hop that stays allowed.
+    expect(asked).toBe(2);
+  });
+
   it('ends with -32001 when the approver rejects it', async () => {
     const client = await connect('tickets');
     const hopId = twin.nextHopId();
