@@ -38,6 +38,12 @@ export interface McpGatewayOptions {
   pollMs?: number;
   /** How often a held call tells the agent it still waits (1 s). */
   progressMs?: number;
+  /**
+   * How many calls may be held at once (16). Each asks the broker about its hop every `pollMs`
+   * for up to 10 minutes; without a bound, an agent that sends the same waiting call a thousand
+   * times over would make the broker, shared by every task, answer thousands of polls a second.
+   */
+  maxHeld?: number;
 }
 
 /** The policy's `approval.holdFor` when the broker does not say. */
@@ -76,11 +82,14 @@ export class McpGateway {
   private readonly answerTimeoutMs: number;
   private readonly pollMs: number;
   private readonly progressMs: number;
+  private readonly maxHeld: number;
+  private held = 0;
 
   constructor(private readonly options: McpGatewayOptions) {
     this.answerTimeoutMs = options.answerTimeoutMs ?? 60_000;
     this.pollMs = options.pollMs ?? 400;
     this.progressMs = options.progressMs ?? 1_000;
+    this.maxHeld = options.maxHeld ?? 16;
   }
 
   /** Serves one request of the authenticated agent for `system`; every failure is answered here, as a JSON-RPC error. */
@@ -123,6 +132,18 @@ export class McpGateway {
    * -32001, the end of `holdForSeconds` with -32002, and an agent that goes away ends it quietly.
    */
   private async hold(ex: Exchange, held: { request: McpForwardRequest; message: AgentMessage; refusal: McpForwardRefusal; hopId: string }): Promise<void> {
+    if (this.held >= this.maxHeld) {
+      throw new McpFailure(approvalNeeded(`${held.refusal.error.message}; ${this.maxHeld} calls are held already, the most the chainwarden agent holds at once, so it is not held`, held.hopId, held.refusal.reasons ?? []));
+    }
+    this.held++;
+    try {
+      await this.holdUntilDecided(ex, held);
+    } finally {
+      this.held--;
+    }
+  }
+
+  private async holdUntilDecided(ex: Exchange, held: { request: McpForwardRequest; message: AgentMessage; refusal: McpForwardRefusal; hopId: string }): Promise<void> {
     const holdSeconds = held.refusal.holdForSeconds ?? DEFAULT_HOLD_SECONDS;
     const deadline = Date.now() + holdSeconds * 1000;
     const gone = agentGone(ex.res);

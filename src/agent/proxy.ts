@@ -29,7 +29,7 @@ export interface AgentProxyOptions {
   /** The AWS signing gateway's loopback address (`AWS_ENDPOINT_URL`); none when absent. */
   awsListen?: ListenAddress;
   /** The MCP gateway's timings; its defaults are for production. */
-  mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs'>;
+  mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs' | 'maxHeld'>;
   log: Logger;
 }
 

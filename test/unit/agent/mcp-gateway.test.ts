@@ -19,6 +19,7 @@ import { startBrokenUpstream, startForwardTwin, startMcpUpstream, txnTokenOf, UP
 
 const POD_TOKEN = 'pod-token-of-agent-0';
 const ANSWER_TIMEOUT_MS = 1_500;
+const MAX_HELD = 3;
 const PARENT = 'h1_PPPPPPPPPPPP_PPPPPPPPPPPPPPPP';
 /** An argument value that must never be logged. */
 const PRIVATE_ARGUMENT = 'customer-4711-private-address';
@@ -45,7 +46,7 @@ beforeAll(async () => {
     tokenFile: path.join(dir, 'pod-token'),
     localTokenFile: path.join(dir, 'local-token'),
     listen: { host: '127.0.0.1', port: 0 },
-    mcp: { answerTimeoutMs: ANSWER_TIMEOUT_MS, pollMs: 50, progressMs: 150 },
+    mcp: { answerTimeoutMs: ANSWER_TIMEOUT_MS, pollMs: 50, progressMs: 150, maxHeld: MAX_HELD },
     log,
   });
   localToken = (await readFile(path.join(dir, 'local-token'), 'utf8')).trim();
@@ -299,6 +300,31 @@ describe('a call that waits for approval', () => {
     expect(answer.headers['content-type']).toBe('application/json');
     expect(answer.status).toBe(404);
     expect(answer.text).toContain('Session not found');
+  });
+
+  it(`holds at most ${MAX_HELD} calls at once: each asks the broker every poll, so more is refused at once with -32002`, async () => {
+    const hopId = twin.nextHopId();
+    approvalScript(hopId, 30, 'pending_approval', Infinity);
+    const controller = new AbortController();
+    const holds = await Promise.all(
+      Array.from({ length: MAX_HELD }, (_, i) =>
+        fetch(`${sidecar.url}/mcp/tickets`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: callMessage('get_ticket', { ticketId: '23' }, i), signal: controller.signal }),
+      ),
+    );
+    try {
+      expect(holds.map((r) => r.headers.get('content-type'))).toEqual(Array(MAX_HELD).fill('text/event-stream'));
+      const started = Date.now();
+      const refused = await raw({ path: '/mcp/tickets', headers: { ...auth(), accept: 'application/json' }, body: callMessage('get_ticket', { ticketId: '23' }, 'one-too-many') });
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(refused.body).toMatchObject({ id: 'one-too-many', error: { code: -32002, data: { hopId } } });
+      expect(refused.body.error?.message).toContain(`${MAX_HELD} calls are held already`);
+    } finally {
+      controller.abort();
+    }
+    // Once those are gone, a call is held again.
+    await new Promise((r) => setTimeout(r, 200));
+    approvalScript(hopId, 10, 'allow', 300);
+    await expect(connect('tickets').then((c) => c.callTool({ name: 'get_ticket', arguments: { ticketId: '23' } }))).resolves.toMatchObject({ _meta: { [META_HOP_ID]: hopId } });
   });
 
   it('stops asking the broker when the agent goes away', async () => {
