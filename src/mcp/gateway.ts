@@ -54,10 +54,23 @@ export function parseForwardRequest(body: unknown): McpForwardRequest {
   return request;
 }
 
-/** `ticket/{ticketId}` filled from a call's arguments; an argument that is missing or not a scalar is empty. */
+/** A name as a server that matches names without case reads it (Go's encoding/json folds ſ to s and K to k too). */
+const folded = (name: string) => name.toUpperCase().toLowerCase();
+
+/**
+ * `ticket/{ticketId}` filled from a call's arguments; an argument that is missing or not a scalar
+ * is empty. An argument spelled like a template's name but not as it (`TicketId`) is refused: a
+ * server that binds arguments without case reads it as `ticketId`, so the hop's resource would
+ * leave out the very ticket the call acts on, and a Deny on that resource would not see it.
+ */
 export function resourceOf(template: string | undefined, args: McpArguments): string {
   if (!template) return '*';
   return template.replace(/\{([A-Za-z0-9_]+)\}/g, (_, name: string) => {
+    if (!Object.hasOwn(args, name)) {
+      const alike = Object.keys(args).find((key) => folded(key) === folded(name));
+      if (alike !== undefined) throw bad(`call.arguments.${alike}`, `is spelled like {${name}} in the system's resource template but is not it, and a server that matches argument names without case would read it as ${name}; send ${name}`);
+      return '';
+    }
     const v = args[name];
     return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : '';
   });

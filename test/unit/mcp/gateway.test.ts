@@ -89,6 +89,10 @@ describe('reading the sidecar and the call', () => {
     expect(resourceOf('ticket/{ticketId}', { ticketId: 'T-1' })).toBe('ticket/T-1');
     expect(resourceOf('ticket/{ticketId}', { ticketId: { $ne: 1 } })).toBe('ticket/');
     expect(resourceOf(undefined, { ticketId: 1 })).toBe('*');
+    // A server that matches argument names without case reads TicketId as ticketId: the resource must not leave it out.
+    expect(() => resourceOf('ticket/{ticketId}', { TicketId: 'vip-1' })).toThrow(/call\.arguments\.TicketId: .*send ticketId/);
+    expect(() => resourceOf('item/{sku}', { ['\u017fku']: 'vip-1' })).toThrow(/call\.arguments.*send sku/);
+    expect(resourceOf('ticket/{constructor}', {})).toBe('ticket/');
     const long = 'x'.repeat(5000);
     expect(attributesOf({ to: 'a@b.c', body: long, nested: { a: 1 }, 'bad key': 'v' })).toEqual({ to: 'a@b.c', body: SHA256, [ARGUMENTS_ATTRIBUTE]: SHA256 });
     expect(attributesOf({ body: long }).body).not.toBe(attributesOf({ body: `${long}y` }).body);
