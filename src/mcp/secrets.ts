@@ -31,7 +31,8 @@ export class SecretReader {
     const now = this.clock.now();
     const read = known && now - known.readAt < ('error' in known ? MISSING_MS : FRESH_MS) ? known : await this.read(namespace, name, field);
     if ('error' in read) throw read.error;
-    const encoded = read.data[key];
+    // Own keys only: a policy may name any key, `constructor` and `__proto__` included.
+    const encoded = Object.hasOwn(read.data, key) ? read.data[key] : undefined;
     if (encoded === undefined) throw new ChainwardenError('mcp_credential_missing', `Secret ${id} has no key ${key} (${field}); add it or name the key that holds the credential`, { field });
     return Buffer.from(encoded, 'base64').toString('utf8');
   }

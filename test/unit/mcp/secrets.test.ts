@@ -1,0 +1,47 @@
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { KubeConfig } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SecretReader } from '../../../src/mcp/secrets.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
+
+/** A scripted Secret endpoint (a unit-test stand-in, not an API server): one Secret, every GET recorded. */
+let server: https.Server;
+let kc: KubeConfig;
+const paths: string[] = [];
+
+beforeAll(async () => {
+  const ca = await CertificateAuthority.create('test');
+  const pair = await ca.issueServing('localhost', { ips: ['127.0.0.1'] });
+  server = https.createServer({ cert: pair.certPem, key: pair.keyPem }, (req, res) => {
+    paths.push(req.url ?? '');
+    if (req.url !== '/api/v1/namespaces/support/secrets/tickets-mcp') return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"kind":"Status","code":404}');
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Secret', data: { token: Buffer.from('s3cr3t').toString('base64') } }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, caData: Buffer.from(ca.certPem).toString('base64') }],
+    users: [{ name: 'u', token: 't' }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+});
+
+afterAll(() => {
+  server.closeAllConnections();
+  server.close();
+});
+
+describe('the Secret reader', () => {
+  const field = 'spec.systems[0].mcp.credentials.secretRef';
+
+  it('reads the key of the Secret in the namespace it is given', async () => {
+    await expect(new SecretReader(kc, { now: () => 0 }).value('support', 'tickets-mcp', 'token', field)).resolves.toBe('s3cr3t');
+    expect(paths.at(-1)).toBe('/api/v1/namespaces/support/secrets/tickets-mcp');
+  });
+
+  it.each(['constructor', 'toString', '__proto__', 'hasOwnProperty'])('a key %s the Secret does not have is missing, named, like any other', async (key) => {
+    await expect(new SecretReader(kc, { now: () => 0 }).value('support', 'tickets-mcp', key, field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field, message: `Secret support/tickets-mcp has no key ${key} (${field}); add it or name the key that holds the credential` });
+  });
+});
