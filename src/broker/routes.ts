@@ -27,6 +27,8 @@ export interface BrokerDeps {
   aws?: AwsGateway;
   /** The MCP gateway's broker half; without it POST /v1/mcp/forward is a 404. */
   mcp?: McpGateway;
+  /** The audience of transaction tokens, which /v1/svid never mints for. */
+  trustDomain: string;
 }
 
 const requireMethod = (req: IncomingMessage, method: string) => {
@@ -85,6 +87,10 @@ function svid(deps: BrokerDeps): Handler {
     if (!audience) throw new ChainwardenError('invalid_request', 'audience is required: GET /v1/svid?audience=<who will verify the token>', { field: 'audience' });
     if (RESERVED_AUDIENCES.includes(audience)) {
       throw new ChainwardenError('forbidden', `audience ${audience} is reserved: AWS credentials come only from /v1/credentials, where they are recorded and revocable; ask for an audience of your own service`, { field: 'audience' });
+    }
+    // Same issuer, same key, same subject: a service that checked a Txn-Token's signature and audience but not its typ would take the SVID for one.
+    if (audience === deps.trustDomain) {
+      throw new ChainwardenError('forbidden', `audience ${audience} is the trust domain, the audience of the transaction tokens the gateways send with allowed hops; ask for an audience of your own service`, { field: 'audience' });
     }
     const who = await deps.auth.authenticate(req.headers.authorization);
     const { token, expiresAt } = await deps.issuer.mint(who.spiffeId, audience);

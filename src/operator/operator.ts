@@ -337,6 +337,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       status: brokerStatus,
       clock,
       log,
+      trustDomain,
       aws: new AwsGateway({
         placeholders,
         credentials: credentialBroker,

@@ -27,7 +27,7 @@ function call(method: string, path: string, body?: string): Promise<{ status: nu
 beforeAll(async () => {
   const authority = await CertificateAuthority.create('test-ca');
   ca = authority.certPem;
-  const deps = { auth: { authenticate }, credentials: untouchable, hops: untouchable, issuer: untouchable, status: untouchable, clock: systemClock, log: silentLogger() } as unknown as BrokerDeps;
+  const deps = { auth: { authenticate }, credentials: untouchable, hops: untouchable, issuer: untouchable, status: untouchable, clock: systemClock, log: silentLogger(), trustDomain: 'cluster.local' } as unknown as BrokerDeps;
   server = await serveHttps(brokerRoutes(deps), await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, silentLogger());
 });
 afterAll(() => server.close());
@@ -85,5 +85,13 @@ describe('broker paths are checked before the caller is authenticated', () => {
   it('authenticates a hop request before its body is read: an unknown caller\'s body is never parsed', async () => {
     expect(await call('POST', '/v1/hops', `${'['.repeat(60_000)}`)).toMatchObject({ status: 401, body: { error: { code: 'unauthenticated' } } });
     expect(authenticate).toHaveBeenCalledOnce();
+  });
+});
+
+describe('GET /v1/svid', () => {
+  it.each(['sts.amazonaws.com', 'chainwarden', 'cluster.local'])('never mints for audience %s: 403, unauthenticated', async (audience) => {
+    // cluster.local, the trust domain, is the audience of transaction tokens, signed with the same key by the same issuer.
+    expect(await call('GET', `/v1/svid?audience=${audience}`)).toMatchObject({ status: 403, body: { error: { code: 'forbidden', field: 'audience' } } });
+    expect(authenticate).not.toHaveBeenCalled();
   });
 });
