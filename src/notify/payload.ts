@@ -33,7 +33,7 @@ export function noticeData(notice: PendingHopNotice) {
     resource: hop.resource,
     depth: hop.depth,
     ...(hop.parentHop ? { parentHop: hop.parentHop } : {}),
-    ...(hop.intent !== undefined ? { intent: hop.intent } : {}),
+    ...(hop.intent ? { intent: hop.intent } : {}),
     attributes: hop.attributes ?? {},
     rules: hop.rules,
     digest: hop.digest,
@@ -107,7 +107,7 @@ export function slackMessage(notice: PendingHopNotice): NotifyRequest {
         field('Times out', hop.timeoutAt),
       ],
     },
-    { type: 'section', text: { type: 'mrkdwn', text: `*Intent*\n${hop.intent === undefined ? '(none given)' : slackCode(hop.intent, 1024)}` } },
+    { type: 'section', text: { type: 'mrkdwn', text: `*Intent*\n${hop.intent ? slackCode(hop.intent, 1024) : '(none given)'}` } },
     { type: 'section', text: { type: 'mrkdwn', text: `*Attributes*\n${attributeLines(hop.attributes)}` } },
     { type: 'section', text: { type: 'mrkdwn', text: `*Approve*\n\`${commands.approve}\`\n*Reject*\n\`${commands.reject}\`\n(or \`${commands.kubectlApprove}\`)` } },
   ];

@@ -100,6 +100,11 @@ describe('approval notification payloads', () => {
     expect(event.data.resource).toBe('\u0000\n</script>');
   });
 
+  it('a hop without an intent says so, and carries none', () => {
+    expect(allText(slack(notice({ intent: '' })))).toContain('*Intent*\n(none given)');
+    expect((JSON.parse(cloudEvent(notice({ intent: '' })).body) as { data: object }).data).not.toHaveProperty('intent');
+  });
+
   it('the format picks the payload; Slack when none is given', () => {
     expect(notifyRequest(undefined, notice()).contentType).toBe('application/json');
     expect(notifyRequest('Slack', notice()).contentType).toBe('application/json');
