@@ -6,6 +6,7 @@ import type { TaskClient, TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import type { SecretReader } from '../mcp/secrets.js';
 import type { Clock } from '../runtime/clock.js';
+import type { Metrics } from '../runtime/metrics.js';
 import { notifyRetryDelay } from './backoff.js';
 import { notifyRequest, type PendingHop } from './payload.js';
 
@@ -37,6 +38,12 @@ export interface AttemptState {
   nextAt: number;
   inFlight: boolean;
   delivered: boolean;
+}
+
+/** Whether the task has a pending hop not yet recorded as notified: only then is a look worth it. */
+export function owesNotice(task: AgentTask): boolean {
+  const notified = new Set((task.status?.notifiedHops ?? []).map((n) => n.hopId));
+  return (task.status?.pendingHops ?? []).some((h) => !notified.has(h.hopId));
 }
 
 export const noticeKey = (task: AgentTask, hopId: string) => `${task.metadata.uid ?? taskKey(task)}/${hopId}`;
@@ -100,6 +107,7 @@ export interface ApprovalNotifierDeps {
   transport?: NotifyTransport;
   clock: Clock;
   log: Logger;
+  metrics?: Metrics;
   random?: () => number;
   retryBaseMs?: number;
   /** How long one attempt may take. */
@@ -189,6 +197,9 @@ export class ApprovalNotifier {
       } catch (err) {
         outcome = describeFailure(err, timeoutMs);
       }
+      // Leadership lost mid-attempt: not a failure of the receiver; the next leader starts from status.
+      if (signal.aborted && outcome !== 'delivered') return void this.attempts.set(key, { ...state, inFlight: false });
+      this.deps.metrics?.counter('chainwarden_approval_notifications_total', 'Approval notification attempts by outcome.', { outcome: outcome === 'delivered' ? 'delivered' : 'failed' }).inc();
       if (outcome === 'delivered') await this.delivered(notice, key, state, host);
       else await this.failed(notice, key, state, host, outcome);
     } catch (err) {

@@ -14,7 +14,7 @@ import { AuditHeadStore } from '../audit/heads.js';
 import { AwsGateway } from '../aws/gateway.js';
 import { McpGateway } from '../mcp/gateway.js';
 import { SecretReader } from '../mcp/secrets.js';
-import { ApprovalNotifier } from '../notify/notifier.js';
+import { ApprovalNotifier, owesNotice } from '../notify/notifier.js';
 import { APPROVAL_USED_BY, GatewayHops } from '../broker/gateway-hops.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
@@ -311,9 +311,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   // connections and limits, and neither serves the other's endpoints.
   const secrets = new SecretReader(kc, clock);
   // Leader only: posts hops that start waiting to their policy's approval.notify receiver, from task status.
-  const notifier = new ApprovalNotifier({ tasks: () => informers.tasks.list(), task: (ns, name) => informers.tasks.get(ns, name), policy, secrets, status: client.statusWriter('notifier'), events: client, clock, log });
+  const notifier = new ApprovalNotifier({ tasks: () => informers.tasks.list(), task: (ns, name) => informers.tasks.get(ns, name), policy, secrets, status: client.statusWriter('notifier'), events: client, clock, log, metrics });
   informers.tasks.on((event, task) => {
-    if (event !== 'delete' && (task.status?.pendingHops?.length ?? 0) > 0) notifier.wake();
+    if (event !== 'delete' && owesNotice(task)) notifier.wake();
   });
   const gatewayHops = new GatewayHops({
     hops,

@@ -138,6 +138,37 @@ describe('the approval notifier', () => {
     expect(over.sent).toHaveLength(0);
   });
 
+  it('an attempt cut short by losing leadership is no failure: no Event, and it is tried again at once', async () => {
+    const task = taskWith(['h1']);
+    const twin = new TaskClientTwin(task);
+    let calls = 0;
+    const transport: NotifyTransport = (_url, { signal }) => {
+      calls += 1;
+      if (calls > 1) return Promise.resolve({ status: 200 });
+      return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(Object.assign(new Error('aborted'), { name: 'AbortError' }))));
+    };
+    const notifier = new ApprovalNotifier({
+      tasks: () => (twin.task ? [twin.task] : []),
+      task: () => twin.task,
+      policy: () => ({ spec: { approval: { notify: { url: 'https://hooks.example.com/x' } } } }) as unknown as AgentPolicy,
+      secrets: { value: () => Promise.resolve(CREDENTIAL) },
+      status: twin.statusWriter('notifier'),
+      events: twin,
+      transport,
+      clock: { now: () => T0 },
+      log: silentLogger(),
+    });
+    const term = new AbortController();
+    notifier.pass(term.signal);
+    term.abort();
+    await notifier.settle();
+    expect(twin.events).toEqual([]);
+    notifier.pass(new AbortController().signal);
+    await notifier.settle();
+    expect(calls).toBe(2);
+    expect(twin.events.map((e) => e.reason)).toEqual(['ApprovalNotified']);
+  });
+
   it('a missing Secret is a failed attempt like any other, retried', async () => {
     const { twin, sent, pass } = setup(taskWith(['h1']), [], {}, () => Promise.reject(new Error('Secret support/hook does not exist')));
     await pass();
