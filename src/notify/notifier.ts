@@ -13,6 +13,9 @@ import { notifyRequest, type PendingHop } from './payload.js';
 export type NotifyTarget = NonNullable<NonNullable<AgentPolicySpec['approval']>['notify']>;
 type NotifiedHop = NonNullable<AgentTaskStatus['notifiedHops']>[number];
 
+/** Attempts under way at once; the rest wait for the next pass, so a burst of waiting hops cannot open a connection each. */
+const MAX_IN_FLIGHT = 32;
+
 export const NotifyEventReason = { Notified: 'ApprovalNotified', Failed: 'ApprovalNotifyFailed' } as const;
 
 /** The one call made to a notification receiver. `status` is the HTTP status; a transport failure throws. */
@@ -157,6 +160,7 @@ export class ApprovalNotifier {
     const live = new Set(tasks.flatMap((t) => (t.status?.pendingHops ?? []).map((h) => noticeKey(t, h.hopId))));
     for (const [key, state] of this.attempts) if (!live.has(key) && !state.inFlight) this.attempts.delete(key);
     for (const notice of dueNotices(tasks, policyOf, this.attempts, now)) {
+      if (this.inFlight.size >= MAX_IN_FLIGHT) break;
       const attempt = this.attempt(notice, signal).finally(() => this.inFlight.delete(attempt));
       this.inFlight.add(attempt);
     }

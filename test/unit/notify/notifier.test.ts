@@ -169,6 +169,16 @@ describe('the approval notifier', () => {
     expect(twin.events.map((e) => e.reason)).toEqual(['ApprovalNotified']);
   });
 
+  it('a burst of waiting hops is posted at most 32 at a time; the rest on the next passes', async () => {
+    const ids = Array.from({ length: 40 }, (_, i) => `h${i}`);
+    const { sent, notifier, pass } = setup(taskWith(ids), []);
+    notifier.pass(new AbortController().signal);
+    await notifier.settle();
+    expect(sent).toHaveLength(32);
+    await pass();
+    expect(new Set(sent.map((s) => (JSON.parse(s.body) as { text: string }).text.split(' ')[1])).size).toBe(40);
+  });
+
   it('a missing Secret is a failed attempt like any other, retried', async () => {
     const { twin, sent, pass } = setup(taskWith(['h1']), [], {}, () => Promise.reject(new Error('Secret support/hook does not exist')));
     await pass();
