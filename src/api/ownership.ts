@@ -14,6 +14,8 @@ export const FieldManager = {
   journal: 'chainwarden-journal',
   /** Records what it handed out and what the agent reported: sessions, completion. */
   broker: 'chainwarden-broker',
+  /** Records which pending hops' approval notifications were delivered. */
+  notifier: 'chainwarden-notifier',
 } as const;
 export type StatusOwner = keyof typeof FieldManager;
 
@@ -39,6 +41,7 @@ export const STATUS_OWNERS: Record<Exclude<keyof AgentTaskStatus, 'credentials' 
   chain: 'journal',
   pendingHops: 'journal',
   recentHops: 'journal',
+  notifiedHops: 'notifier',
   violation: 'journal',
   audit: 'journal',
   completion: 'broker',

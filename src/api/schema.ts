@@ -129,6 +129,28 @@ const Glob = (what: string) =>
     ...cel({ rule: matches(TOKEN), message: 'may hold letters, digits and _ . : / - and the wildcard *' }, STAR_LIMIT),
   });
 
+/** An http(s) URL the operator calls; credentials go in a header from a Secret, never in the URL. */
+const HttpUrl = (description: string, example: string) =>
+  Type.String({
+    description,
+    minLength: 1,
+    maxLength: 2048,
+    ...cel({ rule: "self.matches('^https?://[^/@?#\\\\s]+(/[^?#\\\\s]*)?$') && isURL(self)", message: `must be an http:// or https:// URL without credentials, query or fragment, e.g. ${example}` }),
+  });
+
+/** A key of a Secret in the policy's namespace, read by the operator (which needs get on it). */
+const SecretKeyRef = (description: string) =>
+  Type.Object(
+    {
+      name: Type.String({ description: "A Secret in the policy's namespace.", minLength: 1, maxLength: 253, ...cel({ rule: NAME_RULE, message: 'must be a Secret name' }) }),
+      key: Type.String({ description: 'The key of the Secret holding the credential.', minLength: 1, maxLength: 253, ...cel({ rule: matches('^[-._a-zA-Z0-9]+$'), message: 'must be a Secret key: letters, digits, - _ .' }) }),
+    },
+    { description },
+  );
+
+const CredentialHeader = Type.String({ description: 'The header the credential goes in.', default: 'Authorization', minLength: 1, maxLength: 128, ...cel({ rule: matches("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), message: 'must be an HTTP header name' }) });
+const CredentialPrefix = Type.String({ description: 'Written before the credential, e.g. "Bearer ".', maxLength: 64, ...cel({ rule: matches('^[\\x20-\\x7e]*$'), message: 'must be printable ASCII' }) });
+
 const System = Type.Object({
   name: Type.String({ description: 'The tool or system name hops use in their `tool` field, e.g. tickets.', minLength: 1, maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }) }),
   trustBoundary: Type.Optional(
@@ -149,27 +171,10 @@ const System = Type.Object({
   mcp: Type.Optional(
     Type.Object(
       {
-        url: Type.String({
-          description: "The system's MCP server (Streamable HTTP), e.g. http://tickets-mcp.support.svc:8080/mcp. Agents reach it only through the sidecar's /mcp/<system>.",
-          minLength: 1,
-          maxLength: 2048,
-          ...cel({ rule: "self.matches('^https?://[^/@?#\\\\s]+(/[^?#\\\\s]*)?$') && isURL(self)", message: 'must be an http:// or https:// URL without credentials, query or fragment, e.g. http://tickets-mcp.support.svc:8080/mcp' }),
-        }),
+        url: HttpUrl("The system's MCP server (Streamable HTTP), e.g. http://tickets-mcp.support.svc:8080/mcp. Agents reach it only through the sidecar's /mcp/<system>.", 'http://tickets-mcp.support.svc:8080/mcp'),
         credentials: Type.Optional(
           Type.Object(
-            {
-              secretRef: Type.Object(
-                {
-                  name: Type.String({ description: "A Secret in the policy's namespace.", minLength: 1, maxLength: 253, ...cel({ rule: NAME_RULE, message: 'must be a Secret name' }) }),
-                  key: Type.String({ description: 'The key of the Secret holding the credential.', minLength: 1, maxLength: 253, ...cel({ rule: matches('^[-._a-zA-Z0-9]+$'), message: 'must be a Secret key: letters, digits, - _ .' }) }),
-                },
-                { description: 'Where the credential is. The operator reads it; the agent never sees it.' },
-              ),
-              header: Type.Optional(
-                Type.String({ description: 'The header the credential goes in.', default: 'Authorization', minLength: 1, maxLength: 128, ...cel({ rule: matches("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), message: 'must be an HTTP header name' }) }),
-              ),
-              prefix: Type.Optional(Type.String({ description: 'Written before the credential, e.g. "Bearer ".', maxLength: 64, ...cel({ rule: matches('^[\\x20-\\x7e]*$'), message: 'must be printable ASCII' }) })),
-            },
+            { secretRef: SecretKeyRef('Where the credential is. The operator reads it; the agent never sees it.'), header: Type.Optional(CredentialHeader), prefix: Type.Optional(CredentialPrefix) },
             { description: 'The credential the gateway adds to every message it passes on to the server.' },
           ),
         ),
@@ -292,6 +297,23 @@ export const AgentPolicySpec = Type.Object(
                 description: "Who may decide this policy's hops. Left out: any user RBAC lets create AgentApprovals, but no service account. A task's own service account never decides its hops.",
                 ...cel({ rule: '(has(self.users) && size(self.users) > 0) || (has(self.groups) && size(self.groups) > 0)', message: 'name at least one user or group, or leave approvers out' }),
               },
+            ),
+          ),
+          notify: Type.Optional(
+            Type.Object(
+              {
+                url: HttpUrl('Where each hop that starts waiting is POSTed, e.g. https://hooks.example.com/chainwarden.', 'https://hooks.example.com/chainwarden'),
+                format: Type.Optional(
+                  Type.Union([Type.Literal('Slack'), Type.Literal('CloudEvents')], {
+                    description: 'Slack: Slack-compatible JSON ({text, blocks}). CloudEvents: a CloudEvents 1.0 structured event (application/cloudevents+json) whose id is the hop id.',
+                    default: 'Slack',
+                  }),
+                ),
+                secretRef: Type.Optional(SecretKeyRef('Where the credential for the URL is; the operator needs get on Secrets in this namespace, as for MCP credentials.')),
+                header: Type.Optional(CredentialHeader),
+                prefix: Type.Optional(CredentialPrefix),
+              },
+              { description: 'Tells people a hop waits: the leader POSTs every pending hop once, retried with backoff; each failed attempt is a Warning Event on the task.' },
             ),
           ),
         },
@@ -498,6 +520,15 @@ export const AgentTaskStatus = Type.Object(
           at: Timestamp('When it was decided.'),
         }),
         { description: 'The latest decided hops, newest last.', maxItems: 20 },
+      ),
+    ),
+    notifiedHops: Type.Optional(
+      Type.Array(
+        Type.Object({
+          hopId: Type.String({ description: 'The pending hop.' }),
+          at: Timestamp('When the notification was accepted.'),
+        }),
+        { description: "Pending hops whose approval notification (the policy's approval.notify) was delivered, so a new leader does not send it again.", maxItems: 100 },
       ),
     ),
     violation: Type.Optional(

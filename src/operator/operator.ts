@@ -14,6 +14,7 @@ import { AuditHeadStore } from '../audit/heads.js';
 import { AwsGateway } from '../aws/gateway.js';
 import { McpGateway } from '../mcp/gateway.js';
 import { SecretReader } from '../mcp/secrets.js';
+import { ApprovalNotifier, owesNotice } from '../notify/notifier.js';
 import { APPROVAL_USED_BY, GatewayHops } from '../broker/gateway-hops.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
@@ -309,6 +310,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   // Two listeners: agents reach the broker, the API server reaches the webhooks; each has its own
   // connections and limits, and neither serves the other's endpoints.
   const secrets = new SecretReader(kc, clock);
+  // Leader only: posts hops that start waiting to their policy's approval.notify receiver, from task status.
+  const notifier = new ApprovalNotifier({ tasks: () => informers.tasks.list(), task: (ns, name) => informers.tasks.get(ns, name), policy, secrets, status: client.statusWriter('notifier'), events: client, clock, log, metrics });
+  informers.tasks.on((event, task) => {
+    if (event !== 'delete' && owesNotice(task)) notifier.wake();
+  });
   const gatewayHops = new GatewayHops({
     hops,
     approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
@@ -400,6 +406,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       : elector.run((signal) => {
           running.push(controller.run(signal, taskKeys(), options.workers ?? 2));
           running.push(pruneWhileLeading(signal, informers.tasks, policy, revoker, clock, log));
+          running.push(notifier.run(signal));
         });
 
   const stop = async (release = true) => {

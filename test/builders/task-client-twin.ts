@@ -20,7 +20,7 @@ export class TaskClientTwin implements TaskClient {
 
   constructor(task: AgentTask) {
     this.stored = { ...structuredClone(task), metadata: { ...structuredClone(task.metadata), resourceVersion: '1' } };
-    if (task.status) for (const owner of ['controller', 'journal', 'broker'] as const) this.applied.set(owner, ownedStatus(owner, task.status));
+    if (task.status) for (const owner of ['controller', 'journal', 'broker', 'notifier'] as const) this.applied.set(owner, ownedStatus(owner, task.status));
   }
 
   get task(): AgentTask | undefined {

@@ -61,15 +61,17 @@ function checkCedarIds(policy: AgentPolicy): FieldViolation[] {
 }
 
 /**
- * Every MCP credential a policy names must exist when the policy is applied: a missing Secret
- * or key would otherwise surface only as the agent's failed calls.
+ * Every credential a policy names (MCP systems', the approval notification's) must exist when the
+ * policy is applied: a missing Secret or key would otherwise surface only as the agent's failed
+ * calls or as notifications nobody gets.
  */
 export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<SecretReader, 'value' | 'mayRead'>, author?: SecretAuthor, known: ReadonlySet<string> = new Set()): Promise<FieldViolation[]> {
   const namespace = policy.metadata.namespace ?? '';
-  const checks = (policy.spec.systems ?? []).map(async (system, i): Promise<FieldViolation | undefined> => {
-    const ref = system.mcp?.credentials?.secretRef;
+  const refs = (policy.spec.systems ?? []).map((system, i) => ({ ref: system.mcp?.credentials?.secretRef, field: `spec.systems[${i}].mcp.credentials.secretRef` }));
+  // The approval notification's credential is read the same way, so it is checked the same way.
+  refs.push({ ref: policy.spec.approval?.notify?.secretRef, field: 'spec.approval.notify.secretRef' });
+  const checks = refs.map(async ({ ref, field }): Promise<FieldViolation | undefined> => {
     if (!ref) return undefined;
-    const field = `spec.systems[${i}].mcp.credentials.secretRef`;
     try {
       await secrets.value(namespace, ref.name, ref.key, field);
       // The gateway sends the credential to the policy's server: a policy names only a Secret its

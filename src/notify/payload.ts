@@ -1,0 +1,119 @@
+import { API_VERSION, type AgentPolicySpec, type AgentTaskStatus } from '../api/schema.js';
+
+export type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
+export type NotifyFormat = NonNullable<NonNullable<NonNullable<AgentPolicySpec['approval']>['notify']>['format']>;
+
+/** What a notification is about: the waiting hop and the task it belongs to. */
+export interface PendingHopNotice {
+  namespace: string;
+  task: string;
+  hop: PendingHop;
+}
+
+export interface NotifyRequest {
+  contentType: string;
+  body: string;
+}
+
+/** The commands an approver runs, with the hop filled in; `…` is theirs to replace with a reason. */
+export function approvalCommands(namespace: string, task: string, hopId: string): { approve: string; reject: string; kubectlApprove: string } {
+  const args = `${namespace}/${task} ${hopId} --reason "…"`;
+  return { approve: `chainwarden approve ${args}`, reject: `chainwarden reject ${args}`, kubectlApprove: `kubectl chainwarden approve ${args}` };
+}
+
+/** The hop's facts as the CloudEvent's data and for any receiver: agent text is carried as JSON strings, never markup. */
+export function noticeData(notice: PendingHopNotice) {
+  const { namespace, task, hop } = notice;
+  return {
+    namespace,
+    task,
+    hopId: hop.hopId,
+    tool: hop.tool,
+    action: hop.action,
+    resource: hop.resource,
+    depth: hop.depth,
+    ...(hop.parentHop ? { parentHop: hop.parentHop } : {}),
+    ...(hop.intent ? { intent: hop.intent } : {}),
+    attributes: hop.attributes ?? {},
+    rules: hop.rules,
+    digest: hop.digest,
+    requestedAt: hop.requestedAt,
+    timeoutAt: hop.timeoutAt,
+    commands: approvalCommands(namespace, task, hop.hopId),
+  };
+}
+
+/** CloudEvents 1.0, structured mode. The id is the hop id: a receiver that sees it twice (a resend after a failover) can drop the second. */
+export function cloudEvent(notice: PendingHopNotice): NotifyRequest {
+  const event = {
+    specversion: '1.0',
+    type: 'io.chainwarden.hop.pending',
+    source: `/apis/${API_VERSION}/namespaces/${notice.namespace}/agenttasks/${notice.task}`,
+    id: notice.hop.hopId,
+    subject: notice.hop.hopId,
+    time: notice.hop.requestedAt,
+    datacontenttype: 'application/json',
+    data: noticeData(notice),
+  };
+  return { contentType: 'application/cloudevents+json', body: JSON.stringify(event) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slack
+
+/**
+ * Agent text in Slack mrkdwn. Slack reads `<…>` as links, mentions (`<!channel>`) and dates, so
+ * `&`, `<` and `>` become entities, as Slack asks. The text then goes inside a code span, where
+ * `*bold*` and `_italics_` are not formatting; a backtick would close the span, so it becomes a
+ * look-alike (ˋ), and line breaks become ⏎ so the text cannot start a line of its own that reads
+ * like chainwarden's. Long text is cut, saying so.
+ */
+export function slackCode(text: string, max = 500): string {
+  const cut = text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
+  const safe = cut
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/`/g, 'ˋ')
+    .replace(/\r\n|[\r\n\u2028\u2029]/g, '⏎');
+  return `\`${safe === '' ? ' ' : safe}\``;
+}
+
+function attributeLines(attributes: Record<string, string> | undefined): string {
+  const entries = Object.entries(attributes ?? {});
+  if (entries.length === 0) return '(none)';
+  const shown = entries.slice(0, 10).map(([k, v]) => `${slackCode(k, 64)} = ${slackCode(v, 200)}`);
+  return entries.length > shown.length ? [...shown, `and ${entries.length - shown.length} more`].join('\n') : shown.join('\n');
+}
+
+/** Slack-compatible JSON: `text` for notifications and clients without blocks, `blocks` for the message itself. */
+export function slackMessage(notice: PendingHopNotice): NotifyRequest {
+  const { namespace, task, hop } = notice;
+  const commands = approvalCommands(namespace, task, hop.hopId);
+  const rules = hop.rules.map((r) => slackCode(r, 63)).join(', ');
+  const what = `${slackCode(hop.tool, 63)} ${slackCode(hop.action, 128)} on ${slackCode(hop.resource)}`;
+  const text = `Hop ${hop.hopId} of AgentTask ${namespace}/${task} waits for approval until ${hop.timeoutAt}: ${what} (${rules}). Approve: \`${commands.approve}\``;
+  const field = (label: string, value: string) => ({ type: 'mrkdwn', text: `*${label}*\n${value}` });
+  const blocks = [
+    { type: 'header', text: { type: 'plain_text', text: `Approval needed: ${namespace}/${task}`.slice(0, 150) } },
+    {
+      type: 'section',
+      fields: [
+        field('Tool', slackCode(hop.tool, 63)),
+        field('Action', slackCode(hop.action, 128)),
+        field('Resource', slackCode(hop.resource)),
+        field('Rules', rules),
+        field('Hop', `\`${hop.hopId}\` (depth ${hop.depth})`),
+        field('Times out', hop.timeoutAt),
+      ],
+    },
+    { type: 'section', text: { type: 'mrkdwn', text: `*Intent*\n${hop.intent ? slackCode(hop.intent, 1024) : '(none given)'}` } },
+    { type: 'section', text: { type: 'mrkdwn', text: `*Attributes*\n${attributeLines(hop.attributes)}` } },
+    { type: 'section', text: { type: 'mrkdwn', text: `*Approve*\n\`${commands.approve}\`\n*Reject*\n\`${commands.reject}\`\n(or \`${commands.kubectlApprove}\`)` } },
+  ];
+  return { contentType: 'application/json', body: JSON.stringify({ text, blocks }) };
+}
+
+export function notifyRequest(format: NotifyFormat | undefined, notice: PendingHopNotice): NotifyRequest {
+  return format === 'CloudEvents' ? cloudEvent(notice) : slackMessage(notice);
+}

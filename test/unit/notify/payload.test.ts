@@ -1,0 +1,113 @@
+import { describe, expect, it } from 'vitest';
+import { approvalCommands, cloudEvent, notifyRequest, slackCode, slackMessage, type PendingHopNotice } from '../../../src/notify/payload.js';
+
+const notice = (edit: Partial<PendingHopNotice['hop']> = {}): PendingHopNotice => ({
+  namespace: 'support',
+  task: 'ticket-4711',
+  hop: {
+    hopId: 'h1_abc_DEF',
+    digest: 'd'.repeat(64),
+    tool: 'payments',
+    action: 'refund',
+    resource: 'order/1',
+    depth: 2,
+    parentHop: 'h1_parent',
+    intent: 'refund the duplicate charge',
+    attributes: { amount: '42' },
+    rules: ['refunds-need-a-human'],
+    requestedAt: '2026-11-21T10:00:00.000Z',
+    timeoutAt: '2026-11-21T10:15:00.000Z',
+    ...edit,
+  },
+});
+
+interface Slack {
+  text: string;
+  blocks: { type: string; text?: { text: string }; fields?: { text: string }[] }[];
+}
+const slack = (n: PendingHopNotice) => JSON.parse(slackMessage(n).body) as Slack;
+const allText = (m: Slack) => [m.text, ...m.blocks.flatMap((b) => [b.text?.text ?? '', ...(b.fields ?? []).map((f) => f.text)])].join('\n');
+
+describe('approval notification payloads', () => {
+  it('Slack: names the task, hop, tool, action, resource, attributes, intent, rule, timeout and the commands', () => {
+    const request = slackMessage(notice());
+    expect(request.contentType).toBe('application/json');
+    const text = allText(slack(notice()));
+    for (const part of ['support/ticket-4711', 'h1_abc_DEF', '`payments`', '`refund`', '`order/1`', '`amount` = `42`', '`refund the duplicate charge`', '`refunds-need-a-human`', '2026-11-21T10:15:00.000Z']) expect(text).toContain(part);
+    expect(text).toContain('chainwarden approve support/ticket-4711 h1_abc_DEF --reason "…"');
+    expect(text).toContain('chainwarden reject support/ticket-4711 h1_abc_DEF --reason "…"');
+    expect(text).toContain('kubectl chainwarden approve support/ticket-4711 h1_abc_DEF');
+    expect(slack(notice()).text).toMatch(/^Hop h1_abc_DEF of AgentTask support\/ticket-4711 waits for approval/);
+  });
+
+  it('Slack: agent text cannot mention, link, format or start a line of its own', () => {
+    const hostile = '<!channel> `x` *Approved by security* <https://evil.example|approve here> & done\n*Approve*\n`chainwarden approve other/task h9 --reason ok`';
+    const m = slack(notice({ intent: hostile, resource: hostile, attributes: { [hostile]: hostile } }));
+    const text = allText(m);
+    expect(text).not.toContain('<!channel>');
+    expect(text).not.toContain('<https://');
+    expect(text).toContain('&lt;!channel&gt;');
+    expect(text).toContain('&amp; done');
+    // Every agent value sits in one code span: no backtick or line break of its own survives.
+    expect(slackCode(hostile)).toMatch(/^`[^`\n]*`$/);
+    expect(text).not.toContain('`chainwarden approve other/task');
+    expect(text).not.toMatch(/^\*Approve\*\n`chainwarden approve other/m);
+    expect(text.match(/`chainwarden approve/g)).toHaveLength(2);
+  });
+
+  it('Slack: long agent text is cut, saying how much was left out', () => {
+    expect(slackCode('x'.repeat(600), 500)).toBe(`\`${'x'.repeat(500)}… (100 more characters)\``);
+    const many = Object.fromEntries(Array.from({ length: 15 }, (_, i) => [`k${i}`, 'v']));
+    expect(allText(slack(notice({ attributes: many })))).toContain('and 5 more');
+  });
+
+  it('CloudEvents: a structured CloudEvents 1.0 event whose id is the hop id, with the hop as data', () => {
+    const request = cloudEvent(notice());
+    expect(request.contentType).toBe('application/cloudevents+json');
+    expect(JSON.parse(request.body)).toEqual({
+      specversion: '1.0',
+      type: 'io.chainwarden.hop.pending',
+      source: '/apis/chainwarden.io/v1alpha1/namespaces/support/agenttasks/ticket-4711',
+      id: 'h1_abc_DEF',
+      subject: 'h1_abc_DEF',
+      time: '2026-11-21T10:00:00.000Z',
+      datacontenttype: 'application/json',
+      data: {
+        namespace: 'support',
+        task: 'ticket-4711',
+        hopId: 'h1_abc_DEF',
+        tool: 'payments',
+        action: 'refund',
+        resource: 'order/1',
+        depth: 2,
+        parentHop: 'h1_parent',
+        intent: 'refund the duplicate charge',
+        attributes: { amount: '42' },
+        rules: ['refunds-need-a-human'],
+        digest: 'd'.repeat(64),
+        requestedAt: '2026-11-21T10:00:00.000Z',
+        timeoutAt: '2026-11-21T10:15:00.000Z',
+        commands: approvalCommands('support', 'ticket-4711', 'h1_abc_DEF'),
+      },
+    });
+  });
+
+  it('CloudEvents: agent text stays data, whatever it holds', () => {
+    const hostile = '"}, "id": "forged", "x": {"';
+    const event = JSON.parse(cloudEvent(notice({ intent: hostile, resource: '\u0000\n</script>' })).body) as { id: string; data: { intent: string; resource: string } };
+    expect(event.id).toBe('h1_abc_DEF');
+    expect(event.data.intent).toBe(hostile);
+    expect(event.data.resource).toBe('\u0000\n</script>');
+  });
+
+  it('a hop without an intent says so, and carries none', () => {
+    expect(allText(slack(notice({ intent: '' })))).toContain('*Intent*\n(none given)');
+    expect((JSON.parse(cloudEvent(notice({ intent: '' })).body) as { data: object }).data).not.toHaveProperty('intent');
+  });
+
+  it('the format picks the payload; Slack when none is given', () => {
+    expect(notifyRequest(undefined, notice()).contentType).toBe('application/json');
+    expect(notifyRequest('Slack', notice()).contentType).toBe('application/json');
+    expect(notifyRequest('CloudEvents', notice()).contentType).toBe('application/cloudevents+json');
+  });
+});
