@@ -90,8 +90,9 @@ export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<Sec
 
 /** The secretRefs an update keeps as they were: their author was checked when they were written. */
 function knownSecretRefs(old: unknown): Set<string> {
-  const systems = (old as AgentPolicy | undefined)?.spec?.systems ?? [];
-  return new Set(systems.flatMap((s) => (s.mcp?.credentials?.secretRef ? [`${s.mcp.credentials.secretRef.name}/${s.mcp.credentials.secretRef.key}`] : [])));
+  const spec = (old as AgentPolicy | undefined)?.spec;
+  const refs = [...(spec?.systems ?? []).map((s) => s.mcp?.credentials?.secretRef), spec?.approval?.notify?.secretRef];
+  return new Set(refs.flatMap((ref) => (ref ? [`${ref.name}/${ref.key}`] : [])));
 }
 
 export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRead'>): AdmissionPlugin {
