@@ -85,6 +85,9 @@ export const ERRORS = {
   hop_not_pending: { status: 409 },
   /** approve/reject: admission refused the AgentApproval (not an approver, already decided). */
   approval_refused: { status: 403 },
+  /** policy replay: the policy file does not parse or validate. */
+  invalid_policy: { status: 400 },
+  no_audit_records: { status: 400 },
 } as const satisfies Record<string, ErrorEntry>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -8,6 +8,7 @@ import { runAgent } from './agent.js';
 import { runAudit, runTrace } from './audit.js';
 import { runDemo } from './demo.js';
 import { decisionCommand, runHops } from './hops.js';
+import { runPolicy } from './replay.js';
 
 const USAGE = `usage: chainwarden <command> [options]
 
@@ -38,6 +39,9 @@ day-two operations (also as a kubectl plugin: kubectl chainwarden …):
   approve NS/TASK HOP --reason TEXT [--kubeconfig F]
   reject NS/TASK HOP --reason TEXT [--kubeconfig F]
                                     decide a waiting hop: creates the AgentApproval as the kubeconfig's user
+  policy replay --policy FILE [AUDIT_FILE|-]
+                                    re-decide the recorded hops of an audit stream under the AgentPolicy in FILE;
+                                    print each decision that would change; exit 1 if any would
 `;
 
 type Command = (args: string[]) => Promise<number>;
@@ -54,6 +58,7 @@ const commands: Record<string, Command> = {
   hops: runHops,
   approve: decisionCommand('Approve'),
   reject: decisionCommand('Reject'),
+  policy: runPolicy,
 };
 
 /**
