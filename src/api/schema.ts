@@ -631,6 +631,7 @@ export const KINDS: KindDefinition[] = [
       { name: 'Creds Expire', type: 'date', jsonPath: '.status.credentials.expiration', description: 'Latest expiry of an issued session.' },
       { name: 'Allowed', type: 'integer', jsonPath: '.status.hops.allowed', description: 'Hops allowed.' },
       { name: 'Denied', type: 'integer', jsonPath: '.status.hops.denied', description: 'Hops denied.' },
+      { name: 'Would Deny', type: 'integer', jsonPath: '.status.hops.wouldDeny', description: 'Hops allowed only because the policy is in Audit mode.', priority: 1 },
       { name: 'Policy', type: 'string', jsonPath: '.spec.policyRef.name', description: 'The governing AgentPolicy.', priority: 1 },
       { name: 'Deadline', type: 'date', jsonPath: '.status.deadline', description: 'When the task expires.', priority: 1 },
       { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp', description: 'Time since creation.' },
