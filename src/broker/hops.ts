@@ -178,7 +178,10 @@ export class HopService {
       return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt };
     }
     const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId);
-    if (recent) return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect: recent.decision === 'allow' ? 'Allow' : 'Deny' })), depth };
+    if (recent) {
+      const effect = recent.decision === 'allow' && !recent.wouldDeny ? 'Allow' : 'Deny';
+      return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect })), depth, ...(recent.wouldDeny ? { wouldDeny: true } : {}) };
+    }
     if (known) return known;
     throw new ChainwardenError('hop_not_found', `hop ${hopId} is not among the recent hops of AgentTask ${namespace}/${name}`);
   }

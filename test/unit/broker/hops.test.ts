@@ -169,6 +169,11 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     const status = twin.task?.status;
     if (mode === 'Audit') {
       await expect.poll(() => twin.task?.status?.hops?.wouldDeny).toBe(2);
+      // Another replica answers a poll of the hop from status alone, and says the same.
+      const other = setup(mode);
+      const written = twin.task;
+      if (!written) throw new Error('the task is gone');
+      expect(await other.service.status({ ...who, task: written }, answer.hopId).catch((e: unknown) => e)).toMatchObject({ decision: 'allow', wouldDeny: true, reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
       expect(twin.task?.status?.violation).toBeUndefined();
       expect(metrics.render()).toMatch(/chainwarden_hops_would_deny_total 2/);
     } else {
