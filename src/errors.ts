@@ -81,6 +81,13 @@ export const ERRORS = {
   crd_not_established: { status: 500 },
   demo_failed: { status: 500 },
   demo_timeout: { status: 500 },
+  /** approve/reject: the hop was decided, timed out or never existed. */
+  hop_not_pending: { status: 409 },
+  /** approve/reject: admission refused the AgentApproval (not an approver, already decided). */
+  approval_refused: { status: 403 },
+  /** policy replay: the policy file does not parse or validate. */
+  invalid_policy: { status: 400 },
+  no_audit_records: { status: 400 },
 } as const satisfies Record<string, ErrorEntry>;
 
 export type ErrorCode = keyof typeof ERRORS;

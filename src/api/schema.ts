@@ -265,6 +265,13 @@ export const AgentPolicySpec = Type.Object(
     cedar: Type.Optional(
       Type.String({ description: 'Raw Cedar policies added to the compiled rules; validated against the chainwarden Cedar schema.', maxLength: 65536 }),
     ),
+    mode: Type.Optional(
+      Type.Union([Type.Literal('Enforce'), Type.Literal('Audit')], {
+        description:
+          'Enforce: decisions are answered as made. Audit: decisions are made, recorded and counted as in Enforce, but a hop that would be denied is allowed (its audit record says wouldDeny, status.hops.wouldDeny counts it) and nothing is revoked; RequireApproval still waits for a person.',
+        default: 'Enforce',
+      }),
+    ),
     onViolation: Type.Optional(
       Type.Union([Type.Literal('Revoke'), Type.Literal('Deny')], {
         description: 'Revoke: a denied hop ends the task and revokes all it holds. Deny: only that hop is refused.',
@@ -473,6 +480,7 @@ export const AgentTaskStatus = Type.Object(
           allowed: Type.Integer({ description: 'Hops allowed.', minimum: 0 }),
           denied: Type.Integer({ description: 'Hops denied.', minimum: 0 }),
           pending: Type.Integer({ description: 'Hops waiting for approval.', minimum: 0 }),
+          wouldDeny: Type.Optional(Type.Integer({ description: 'Hops allowed only because the policy is in Audit mode: Enforce would have denied them.', minimum: 0 })),
         },
         { description: 'Hop counts.' },
       ),
@@ -516,7 +524,11 @@ export const AgentTaskStatus = Type.Object(
         Type.Object({
           hopId: Type.String({ description: 'The hop.' }),
           decision: Type.String({ description: 'allow or deny.' }),
+          tool: Type.Optional(Type.String({ description: 'Tool.', maxLength: 63 })),
+          action: Type.Optional(Type.String({ description: 'Action.', maxLength: 63 })),
+          resource: Type.Optional(Type.String({ description: 'Resource.', maxLength: 1024 })),
           rules: Type.Array(Type.String(), { description: 'The rules that decided it.' }),
+          wouldDeny: Type.Optional(Type.Boolean({ description: 'Allowed only because the policy is in Audit mode; rules are those that would have denied it.' })),
           at: Timestamp('When it was decided.'),
         }),
         { description: 'The latest decided hops, newest last.', maxItems: 20 },
@@ -650,6 +662,7 @@ export const KINDS: KindDefinition[] = [
       { name: 'Creds Expire', type: 'date', jsonPath: '.status.credentials.expiration', description: 'Latest expiry of an issued session.' },
       { name: 'Allowed', type: 'integer', jsonPath: '.status.hops.allowed', description: 'Hops allowed.' },
       { name: 'Denied', type: 'integer', jsonPath: '.status.hops.denied', description: 'Hops denied.' },
+      { name: 'Would Deny', type: 'integer', jsonPath: '.status.hops.wouldDeny', description: 'Hops allowed only because the policy is in Audit mode.', priority: 1 },
       { name: 'Policy', type: 'string', jsonPath: '.spec.policyRef.name', description: 'The governing AgentPolicy.', priority: 1 },
       { name: 'Deadline', type: 'date', jsonPath: '.status.deadline', description: 'When the task expires.', priority: 1 },
       { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp', description: 'Time since creation.' },
@@ -665,6 +678,7 @@ export const KINDS: KindDefinition[] = [
     status: AgentPolicyStatus,
     printerColumns: [
       { name: 'Max TTL', type: 'string', jsonPath: '.spec.maxTaskTTL', description: 'Longest task ttl allowed.' },
+      { name: 'Mode', type: 'string', jsonPath: '.spec.mode', description: 'Enforce, or Audit: would-be denials are recorded and allowed.' },
       { name: 'On Violation', type: 'string', jsonPath: '.spec.onViolation', description: 'Revoke or Deny.' },
       { name: 'Max Hops', type: 'integer', jsonPath: '.spec.limits.maxHops', description: 'Most hops a task may make.' },
       { name: 'Max Depth', type: 'integer', jsonPath: '.spec.limits.maxDepth', description: 'Deepest a chain may go.' },

@@ -75,6 +75,7 @@ export const POLICY_DEFAULTS = {
   maxDepth: defaultOf<number>(policy.limits.properties.maxDepth, 'limits.maxDepth'),
   maxDuration: defaultOf<string>(policy.aws.properties.maxDuration, 'aws.maxDuration'),
   onViolation: defaultOf<'Revoke' | 'Deny'>(policy.onViolation, 'onViolation'),
+  mode: defaultOf<'Enforce' | 'Audit'>(policy.mode, 'mode'),
   approvalTimeout: defaultOf<string>(policy.approval.properties.timeout, 'approval.timeout'),
 } as const;
 

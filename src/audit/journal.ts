@@ -15,6 +15,8 @@ export interface TaskDelta {
   allowed: number;
   denied: number;
   pending: number;
+  /** Hops allowed only because their policy is in Audit mode. */
+  wouldDeny: number;
   hopCount: number;
   /** The deepest hop decided; merges as a maximum. */
   deepest: number;
@@ -49,6 +51,7 @@ export const emptyDelta = (): TaskDelta => ({
   allowed: 0,
   denied: 0,
   pending: 0,
+  wouldDeny: 0,
   hopCount: 0,
   deepest: 0,
   priorDenials: 0,
@@ -76,7 +79,7 @@ function overflowPending(pending: PendingHop[], at: string): { kept: PendingHop[
   return {
     kept,
     denied,
-    recent: denied.map((h) => ({ hopId: h.hopId, decision: 'deny', rules: [rule], at })),
+    recent: denied.map((h) => ({ hopId: h.hopId, decision: 'deny', tool: h.tool, action: h.action, resource: h.resource, rules: [rule], at })),
     events: denied.map((h) => ({ type: 'hop_decided', at, data: { hopId: h.hopId, parentHop: h.parentHop, depth: h.depth, tool: h.tool, action: h.action, resource: h.resource, digest: h.digest, decision: 'deny', reasons: [{ rule, effect: 'Deny' }] } })),
   };
 }
@@ -131,7 +134,13 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now()):
       systemsTouched: [...new Set([...chain.systemsTouched, ...systems])].slice(0, STATUS_CAPS.systemsTouched),
       dataClassesTouched: [...new Set([...chain.dataClassesTouched, ...dataClasses])].slice(0, STATUS_CAPS.dataClassesTouched),
     },
-    hops: { allowed: hops.allowed + delta.allowed, denied: hops.denied + delta.denied, pending: Math.max(0, hops.pending + delta.pending) },
+    hops: {
+      allowed: hops.allowed + delta.allowed,
+      denied: hops.denied + delta.denied,
+      pending: Math.max(0, hops.pending + delta.pending),
+      // Left out until a policy in Audit mode first allows what Enforce would deny.
+      ...(hops.wouldDeny !== undefined || delta.wouldDeny > 0 ? { wouldDeny: (hops.wouldDeny ?? 0) + delta.wouldDeny } : {}),
+    },
     pendingHops: pending,
     recentHops: newest([...(before.recentHops ?? []), ...recent], STATUS_CAPS.recentHops),
     audit: records.length > 0 ? { head: records.at(-1)?.hash ?? GENESIS, count: records.at(-1)?.seq ?? 0 } : before.audit,
@@ -149,6 +158,7 @@ function isEmpty(d: TaskDelta): boolean {
     d.allowed === 0 &&
     d.denied === 0 &&
     d.pending === 0 &&
+    d.wouldDeny === 0 &&
     d.addPending.length === 0 &&
     d.removePending.size === 0 &&
     d.recent.length === 0 &&
@@ -162,6 +172,7 @@ function merge(into: TaskDelta, from: TaskDelta): void {
   into.allowed += from.allowed;
   into.denied += from.denied;
   into.pending += from.pending;
+  into.wouldDeny += from.wouldDeny;
   into.hopCount += from.hopCount;
   into.deepest = Math.max(into.deepest, from.deepest);
   into.priorDenials += from.priorDenials;

@@ -74,6 +74,8 @@ export interface HopInput {
 export interface HopOutcome {
   decision: HopDecision;
   reasons: Reason[];
+  /** Allowed only because the policy is in Audit mode; `reasons` are the rules that would have denied it. */
+  wouldDeny?: boolean;
   delta: Partial<TaskDelta>;
   /** The answer must not outrun its record: a hop left waiting and a violation are written before they are answered. */
   commit: boolean;
@@ -93,6 +95,8 @@ const DEFAULT_DENY: Reason = { rule: 'default-deny', effect: 'Deny' };
 interface Verdict {
   decision: HopDecision;
   reasons: Reason[];
+  /** Allowed by Audit mode where Enforce would deny. */
+  wouldDeny?: boolean;
 }
 
 /** The task's limits, each within the policy's (admission keeps them so). */
@@ -152,6 +156,19 @@ function approved(input: HopInput, verdict: Verdict): Verdict {
   return { decision: 'allow', reasons: [{ rule: `approval:${input.approvedBy}`, effect: 'Allow' }] };
 }
 
+/**
+ * Audit mode: a hop the policy would deny is allowed, keeping the denying rules as its reasons.
+ * Only the policy's verdicts are relaxed (its rules and its maxHops / maxDepth limits): a status
+ * cap still denies, since a hop whose record the API server would refuse cannot be recorded at
+ * all. A hop that waits for approval still waits: Audit is for trying out denials without
+ * breaking agents, not for lifting a human gate the policy asks for, and an Enforce policy moved
+ * to Audit while a stricter version is tried must not lose its approvals meanwhile.
+ */
+function audited(input: HopInput, verdict: Verdict): Verdict {
+  if (verdict.decision !== 'deny' || (input.policy.spec.mode ?? POLICY_DEFAULTS.mode) !== 'Audit') return verdict;
+  return { ...verdict, decision: 'allow', wouldDeny: true };
+}
+
 /** The Cedar context of the hop: the request and the whole chain so far; `touched` is what `touchedSystems` gives for it. */
 export function hopContext(input: HopInput, touched: System[]): { subject: HopSubject; context: HopContext; boundary: string } {
   const { task, policy, request, chain, now } = input;
@@ -207,22 +224,47 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { policy, request, hopId, depth, now } = input;
   // Matched once: the systems a hop touches feed its Cedar context, the status caps and its record.
   const touched = touchedSystems(policy, request);
-  const ruled = approved(input, overLimit(input) ?? byRules(input, touched, evaluate));
-  const { decision, reasons } = overCapacity(input, touched, ruled) ?? ruled;
+  const ruled = audited(input, approved(input, overLimit(input) ?? byRules(input, touched, evaluate)));
+  const { decision, reasons, wouldDeny } = overCapacity(input, touched, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
   const record: AuditEvent = {
     type: 'hop_decided',
     at,
-    data: { hopId, parentHop: request.parentHop, depth, tool: request.tool, action: request.action, resource: request.resource, attributes: request.attributes, intent: request.intent, digest, decision, reasons, pod: input.pod },
+    data: {
+      hopId,
+      parentHop: request.parentHop,
+      depth,
+      tool: request.tool,
+      action: request.action,
+      resource: request.resource,
+      attributes: request.attributes,
+      intent: request.intent,
+      digest,
+      decision,
+      reasons,
+      ...(wouldDeny ? { wouldDeny: true } : {}),
+      pod: input.pod,
+    },
   };
   const rules = reasons.map((r) => r.rule);
   if (decision === 'allow') {
+    // A hop allowed in Audit happened: it touches systems and data classes like any other, and is no prior denial.
     return {
       decision,
       reasons,
+      ...(wouldDeny ? { wouldDeny } : {}),
       commit: false,
-      delta: { hopCount: 1, deepest: depth, allowed: 1, systems: new Set([request.tool, ...touched.map((t) => t.name)]), dataClasses: new Set(dataClassesOf(touched)), recent: [{ hopId, decision: 'allow', rules, at }], events: [record] },
+      delta: {
+        hopCount: 1,
+        deepest: depth,
+        allowed: 1,
+        ...(wouldDeny ? { wouldDeny: 1 } : {}),
+        systems: new Set([request.tool, ...touched.map((t) => t.name)]),
+        dataClasses: new Set(dataClassesOf(touched)),
+        recent: [{ hopId, decision: 'allow', tool: request.tool, action: request.action, resource: request.resource, rules, ...(wouldDeny ? { wouldDeny } : {}), at }],
+        events: [record],
+      },
     };
   }
   if (decision === 'pending_approval') {
@@ -242,7 +284,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       },
     };
   }
-  const delta: Partial<TaskDelta> = { hopCount: 1, deepest: depth, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', rules, at }], events: [record] };
+  const delta: Partial<TaskDelta> = { hopCount: 1, deepest: depth, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', tool: request.tool, action: request.action, resource: request.resource, rules, at }], events: [record] };
   if ((policy.spec.onViolation ?? POLICY_DEFAULTS.onViolation) !== 'Revoke') return { decision, reasons, commit: false, delta };
   const rule = rules.join(', ');
   const message = `${request.tool} ${request.action} ${request.resource} was denied by ${rule}`;

@@ -29,6 +29,8 @@ export interface HopAnswer {
   reasons: Reason[];
   depth: number;
   timeoutAt?: string;
+  /** Allowed only because the policy is in Audit mode: `reasons` name the rules that would have denied it. */
+  wouldDeny?: boolean;
   credentials?: Record<string, string>;
 }
 
@@ -140,7 +142,7 @@ export class HopService {
       return evaluation;
     });
     const { decision, reasons } = outcome;
-    const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}) };
+    const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}), ...(outcome.wouldDeny ? { wouldDeny: true } : {}) };
     let txnToken: string | undefined;
     if (decision === 'allow' && mint) {
       const dataClassesTouched = [...new Set([...chain.dataClasses, ...(outcome.delta.dataClasses ?? [])])];
@@ -156,6 +158,7 @@ export class HopService {
     if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
+    if (outcome.wouldDeny) this.deps.metrics.counter('chainwarden_hops_would_deny_total', 'Hops allowed only because their policy is in Audit mode.').inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
     return txnToken === undefined ? { answer } : { answer, txnToken };
   }
@@ -180,7 +183,10 @@ export class HopService {
       return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt };
     }
     const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId);
-    if (recent) return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect: recent.decision === 'allow' ? 'Allow' : 'Deny' })), depth };
+    if (recent) {
+      const effect = recent.decision === 'allow' && !recent.wouldDeny ? 'Allow' : 'Deny';
+      return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect })), depth, ...(recent.wouldDeny ? { wouldDeny: true } : {}) };
+    }
     if (known) return known;
     throw new ChainwardenError('hop_not_found', `hop ${hopId} is not among the recent hops of AgentTask ${namespace}/${name}`);
   }
@@ -226,7 +232,7 @@ export class HopService {
         decision: approved ? 'allow' : 'deny',
         systems: approved ? [hop.tool, ...touched.map((t) => t.name)] : [],
         dataClasses: approved ? dataClassesOf(touched) : [],
-        recent: { hopId: hop.hopId, decision: approved ? 'allow' : 'deny', rules: [rule], at },
+        recent: { hopId: hop.hopId, decision: approved ? 'allow' : 'deny', tool: hop.tool, action: hop.action, resource: hop.resource, rules: [rule], at },
         events,
       });
     }

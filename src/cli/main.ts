@@ -7,6 +7,8 @@ import { runOperator } from './operator.js';
 import { runAgent } from './agent.js';
 import { runAudit, runTrace } from './audit.js';
 import { runDemo } from './demo.js';
+import { decisionCommand, runHops } from './hops.js';
+import { runPolicy } from './replay.js';
 
 const USAGE = `usage: chainwarden <command> [options]
 
@@ -29,6 +31,17 @@ commands:
                                     checked against its status
   audit verify [FILE...]            check every hash chain in audit streams (FILEs in any order, or stdin); exit 1 on any break
   crds [--write DIR]                print the CRDs (or write one file per kind to DIR)
+
+day-two operations (also as a kubectl plugin: kubectl chainwarden …):
+  hops [-n NS] [TASK] [--pending] [-o json] [--kubeconfig F]
+                                    the hops of a task (or of every task in NS) from its status: waiting ones
+                                    with tool, action, resource, attributes, intent and rules, then the latest decided
+  approve NS/TASK HOP --reason TEXT [--kubeconfig F]
+  reject NS/TASK HOP --reason TEXT [--kubeconfig F]
+                                    decide a waiting hop: creates the AgentApproval as the kubeconfig's user
+  policy replay --policy FILE [AUDIT_FILE|-]
+                                    re-decide the recorded hops of an audit stream under the AgentPolicy in FILE;
+                                    print each decision that would change; exit 1 if any would
 `;
 
 type Command = (args: string[]) => Promise<number>;
@@ -42,25 +55,40 @@ const commands: Record<string, Command> = {
   audit: runAudit,
   demo: runDemo,
   trace: runTrace,
+  hops: runHops,
+  approve: decisionCommand('Approve'),
+  reject: decisionCommand('Reject'),
+  policy: runPolicy,
 };
 
+/**
+ * What the user typed to run us: kubectl runs a plugin as `kubectl-chainwarden` (found on PATH,
+ * a symlink or a wrapper), and its messages should name the command as the user knows it.
+ */
+export function programName(invokedAs: string | undefined): string {
+  const base = (invokedAs ?? '').split(/[\\/]/).pop() ?? '';
+  return /^kubectl-chainwarden(\.[a-z]+)?$/.test(base) ? 'kubectl chainwarden' : 'chainwarden';
+}
+
 /** The `chainwarden` command line; returns the exit code. */
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], invokedAs?: string): Promise<number> {
+  const program = programName(invokedAs);
+  const named = (text: string) => (program === 'chainwarden' ? text : text.replace(/(^|[\s:])chainwarden /g, `$1${program} `));
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(USAGE);
+    process.stdout.write(named(USAGE));
     return name === undefined ? 2 : 0;
   }
   const command = commands[name];
   if (!command) {
-    process.stderr.write(`chainwarden: unknown command "${name}"\n\n${USAGE}`);
+    process.stderr.write(named(`chainwarden: unknown command "${name}"\n\n${USAGE}`));
     return 2;
   }
   try {
     return await command(rest);
   } catch (err) {
     const code = err instanceof ChainwardenError ? ` [${err.code}]` : '';
-    process.stderr.write(`chainwarden ${name}: ${errorMessage(err)}${code}\n`);
+    process.stderr.write(named(`chainwarden ${name}: ${errorMessage(err)}${code}\n`));
     return 1;
   }
 }

@@ -133,3 +133,27 @@ describe('applyDelta keeps every list within its CRD cap', () => {
     expect(status.recentHops?.map((h) => h.hopId)).toEqual(recent.slice(-STATUS_CAPS.recentHops).map((h) => h.hopId));
   });
 });
+
+describe('applyDelta counts hops allowed in Audit mode', () => {
+  it.each([
+    { before: undefined, add: 0, after: undefined, why: 'left out while no policy in Audit allowed a would-be denial' },
+    { before: undefined, add: 2, after: 2, why: 'appears with the first' },
+    { before: 3, add: 2, after: 5, why: 'adds, like every counter' },
+    { before: 3, add: 0, after: 3, why: 'stays once there' },
+  ])('$why', ({ before, add, after }) => {
+    const start = task('u1', { hops: { allowed: 4, denied: 0, pending: 0, ...(before === undefined ? {} : { wouldDeny: before }) } });
+    const { status } = applyDelta(start, { ...emptyDelta(), allowed: add, wouldDeny: add });
+    expect(status.hops?.wouldDeny).toBe(after);
+    expect(status.hops?.allowed).toBe(4 + add);
+  });
+
+  it('deltas of several hops add up before they are written', async () => {
+    const written: AgentTaskStatus[] = [];
+    const { journal } = journalWith((_a, status) => (written.push(status), Promise.resolve(task('u1', status))));
+    journal.record(task(), { allowed: 1, wouldDeny: 1 });
+    journal.record(task(), { allowed: 1, wouldDeny: 1 });
+    journal.record(task(), { allowed: 1 });
+    await journal.commit(task(), {});
+    expect(written.at(-1)?.hops).toMatchObject({ allowed: 3, wouldDeny: 2 });
+  });
+});

@@ -149,3 +149,42 @@ describe('decideHop: a call approved before it was made again', () => {
     expect(decideHop(input({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, 'refund-ok'), evaluate)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments' }] });
   });
 });
+
+describe('decideHop: a policy in Audit mode', () => {
+  const audit = (p: ReturnType<typeof examplePolicy>) => void (p.spec.mode = 'Audit');
+  const decide = (body: Record<string, unknown>, mode: 'Enforce' | 'Audit', chain: Partial<ChainView> = {}, depth = 1) =>
+    decideHop({ ...objects({ policy: mode === 'Audit' ? audit : undefined }), request: parseHopRequest(body), hopId: 'h1_x', depth, chain: { ...chainView(undefined, undefined), ...chain }, now: created + 1000, pod: 'agent-0' }, evaluate);
+  const pii = { systems: new Set(['tickets']), dataClasses: new Set(['pii']) };
+
+  it.each([
+    { why: 'a hop a Deny rule matches', body: { tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, chain: {}, enforce: 'deny', audit: 'allow', wouldDeny: true, rules: ['never-admin-payments'] },
+    { why: 'a hop a chain rule denies (email after pii)', body: { tool: 'email', action: 'send', resource: 'customer@example.com' }, chain: pii, enforce: 'deny', audit: 'allow', wouldDeny: true, rules: ['no-exfiltration'] },
+    { why: 'a hop no rule allows', body: { tool: 'crm', action: 'export', resource: 'all' }, chain: {}, enforce: 'deny', audit: 'allow', wouldDeny: true, rules: ['default-deny'] },
+    { why: 'a hop over maxHops', body: { tool: 'tickets', action: 'read', resource: 'ticket/1' }, chain: { hopCount: 100 }, enforce: 'deny', audit: 'allow', wouldDeny: true, rules: ['limit:maxHops'] },
+    { why: 'a hop the policy allows', body: { tool: 'tickets', action: 'read', resource: 'ticket/1' }, chain: {}, enforce: 'allow', audit: 'allow', wouldDeny: false, rules: ['read-and-comment'] },
+    { why: 'a hop that needs approval still waits', body: { tool: 'payments', action: 'refund', resource: 'order/1' }, chain: {}, enforce: 'pending_approval', audit: 'pending_approval', wouldDeny: false, rules: ['refunds-need-a-human'] },
+    { why: 'a status cap still denies: the record could not be written', body: { tool: 'tickets', action: 'read', resource: 'ticket/1' }, chain: { dataClasses: new Set(Array.from({ length: STATUS_CAPS.dataClassesTouched }, (_, i) => `class-${i}`)) }, enforce: 'deny', audit: 'deny', wouldDeny: false, rules: ['limit:dataClassesTouched'] },
+  ])('$why: Enforce $enforce, Audit $audit', ({ body, chain, enforce, audit: inAudit, wouldDeny, rules }) => {
+    expect(decide(body, 'Enforce', chain).decision).toBe(enforce);
+    const out = decide(body, 'Audit', chain);
+    expect(out.decision).toBe(inAudit);
+    expect(out.reasons.map((r) => r.rule)).toEqual(rules);
+    expect(Boolean(out.wouldDeny)).toBe(wouldDeny);
+    expect(Boolean(out.delta.events?.[0]?.data.wouldDeny)).toBe(wouldDeny);
+  });
+
+  it('a would-be denial is counted, touches what it touched, revokes nothing and is answered before it is written', () => {
+    const out = decide({ tool: 'email', action: 'send', resource: 'customer@example.com' }, 'Audit', pii);
+    expect(out.commit).toBe(false);
+    expect(out.delta).toMatchObject({ allowed: 1, wouldDeny: 1, systems: new Set(['email']), recent: [{ decision: 'allow', rules: ['no-exfiltration'], wouldDeny: true }] });
+    expect(out.delta.violation).toBeUndefined();
+    expect(out.delta.denied).toBeUndefined();
+    expect(out.delta.priorDenials).toBeUndefined();
+    expect(out.delta.events?.map((e) => e.type)).toEqual(['hop_decided']);
+    expect(out.delta.events?.[0]?.data).toMatchObject({ decision: 'allow', wouldDeny: true, reasons: [{ rule: 'no-exfiltration', effect: 'Deny' }] });
+  });
+
+  it('a policy that leaves mode out enforces', () => {
+    expect(decide({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, 'Enforce')).toMatchObject({ decision: 'deny', commit: true });
+  });
+});

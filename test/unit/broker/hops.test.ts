@@ -128,3 +128,57 @@ describe('parseHopRequest under fuzzing', () => {
     );
   });
 });
+
+describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
+  const now = Date.parse('2026-11-21T10:30:00Z');
+  const setup = (mode: 'Enforce' | 'Audit') => {
+    const raw = examplePolicy('support');
+    raw.spec.mode = mode;
+    const policy = parseAgentPolicy(raw);
+    const rawTask = exampleTask('support');
+    rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
+    const task = parseAgentTask(rawTask);
+    const twin = new TaskClientTwin(task);
+    const metrics = new Metrics();
+    const service = new HopService({
+      engine: new PolicyEngine(),
+      journal: new TaskJournal({ writer: twin.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0 }),
+      ids: new HopIds(Buffer.alloc(32, 3)),
+      policy: () => policy,
+      approvals: () => [],
+      credentials: undefined as never,
+      clock: { now: () => now },
+      log: silentLogger(),
+      metrics,
+    });
+    const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
+    return { service, who, twin, metrics };
+  };
+  const freeze = { tool: 'payments', action: 'admin.freeze', resource: 'account/1', intent: '', attributes: {} };
+
+  it.each([
+    { mode: 'Enforce' as const, decision: 'deny', token: false },
+    { mode: 'Audit' as const, decision: 'allow', token: true },
+  ])('a call a Deny rule matches, in $mode: $decision', async ({ mode, decision, token }) => {
+    const { service, who, twin, metrics } = setup(mode);
+    const { answer, txnToken } = await service.decideForGateway(who, freeze, undefined, () => Promise.resolve('txn-token'));
+    expect(answer).toMatchObject({ decision, reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
+    expect(txnToken !== undefined).toBe(token);
+    expect(Boolean(answer.wouldDeny)).toBe(mode === 'Audit');
+    await service.decideRequest(who, { ...freeze, resource: 'account/2' }).catch(() => undefined);
+    const status = twin.task?.status;
+    if (mode === 'Audit') {
+      await expect.poll(() => twin.task?.status?.hops?.wouldDeny).toBe(2);
+      // Another replica answers a poll of the hop from status alone, and says the same.
+      const other = setup(mode);
+      const written = twin.task;
+      if (!written) throw new Error('the task is gone');
+      expect(await other.service.status({ ...who, task: written }, answer.hopId).catch((e: unknown) => e)).toMatchObject({ decision: 'allow', wouldDeny: true, reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
+      expect(twin.task?.status?.violation).toBeUndefined();
+      expect(metrics.render()).toMatch(/chainwarden_hops_would_deny_total 2/);
+    } else {
+      expect(status?.violation).toMatchObject({ rule: 'never-admin-payments' });
+      expect(status?.hops?.wouldDeny).toBeUndefined();
+    }
+  });
+});
