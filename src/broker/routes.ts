@@ -7,7 +7,7 @@ import type { Clock } from '../runtime/clock.js';
 import { readJson, sendJson, type Handler } from '../server/http.js';
 import { ChainwardenError } from '../errors.js';
 import { isDnsLabel, isDnsSubdomain } from '../api/names.js';
-import type { AgentAuthenticator } from './auth.js';
+import type { AgentAuthenticator, AgentPrincipal } from './auth.js';
 import { parseHopId } from './hopids.js';
 import type { HopService } from './hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
@@ -160,36 +160,27 @@ function hops(deps: BrokerDeps): Handler {
   };
 }
 
-/** The most a signing request may carry: the signed headers and, for the query protocol, the form body. */
+/**
+ * A gateway's one call from the sidecar: POST, the pod token, a bounded JSON body checked by
+ * `parse`, and the gateway's answer as it is, never cached.
+ */
+function gatewayRoute<R>(deps: BrokerDeps, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<{ status: number; body: unknown }>): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'POST');
+    const who = await deps.auth.authenticate(req.headers.authorization);
+    const { status, body } = await answer(who, parse(await readJson(req, maxBytes)));
+    sendJson(res, status, body, { 'cache-control': 'no-store' });
+  };
+}
+
+/** POST /v1/aws/sign: the signed headers and, for the query protocol, the form body. */
 const MAX_SIGN_BYTES = 160 * 1024;
-
-/** POST /v1/aws/sign: the sidecar's AWS listener asks whether to send an SDK's call, and how it is signed. */
-function awsSign(gateway: AwsGateway, deps: BrokerDeps): Handler {
-  return async (req, res) => {
-    requireMethod(req, 'POST');
-    const who = await deps.auth.authenticate(req.headers.authorization);
-    const request = parseSignRequest(await readJson(req, MAX_SIGN_BYTES));
-    const { status, body } = await gateway.sign(who, request);
-    sendJson(res, status, body, { 'cache-control': 'no-store' });
-  };
-}
-
-/** A call's name and arguments ride along; the rest of an MCP message never comes here. */
+/** POST /v1/mcp/forward: a call's name and arguments ride along; the rest of an MCP message never comes here. */
 const MAX_FORWARD_BYTES = 256 * 1024;
-
-/** POST /v1/mcp/forward: the sidecar's MCP gateway asks where a message goes, and for tools/call whether it may. */
-function mcpForward(gateway: McpGateway, deps: BrokerDeps): Handler {
-  return async (req, res) => {
-    requireMethod(req, 'POST');
-    const who = await deps.auth.authenticate(req.headers.authorization);
-    const request = parseForwardRequest(await readJson(req, MAX_FORWARD_BYTES));
-    const { status, body } = await gateway.forward(who, request);
-    sendJson(res, status, body, { 'cache-control': 'no-store' });
-  };
-}
 
 /** The broker's routes; prefixes end in `/`. */
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
+  const { aws, mcp } = deps;
   return {
     '/v1/svid': svid(deps),
     '/v1/hops': hops(deps),
@@ -197,8 +188,10 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
     '/v1/credentials': credentials(deps),
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
-    ...(deps.aws ? { '/v1/aws/sign': awsSign(deps.aws, deps) } : {}),
-    ...(deps.mcp ? { '/v1/mcp/forward': mcpForward(deps.mcp, deps) } : {}),
+    // The sidecar's AWS listener asks whether to send an SDK's call, and how it is signed.
+    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, MAX_SIGN_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
+    // The sidecar's MCP gateway asks where a message goes, and for tools/call whether it may.
+    ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
     '/keys': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.jwks(), { 'cache-control': 'max-age=300' })),
     '/.well-known/openid-configuration': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.discovery(), { 'cache-control': 'max-age=300' })),
   };

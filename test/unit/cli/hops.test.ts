@@ -77,7 +77,7 @@ describe('the CLI under the kubectl plugin name', () => {
 
   it.each([
     ['/usr/local/bin/chainwarden', 'chainwarden'],
-    ['/work/bin/chainwarden.js', 'chainwarden'],
+    ['/opt/chainwarden/bin/chainwarden.js', 'chainwarden'],
     ['/home/u/.local/bin/kubectl-chainwarden', 'kubectl chainwarden'],
     ['C:\\tools\\kubectl-chainwarden.cmd', 'kubectl chainwarden'],
     [undefined, 'chainwarden'],
