@@ -148,7 +148,18 @@ const SecretKeyRef = (description: string) =>
     { description },
   );
 
-const CredentialHeader = Type.String({ description: 'The header the credential goes in.', default: 'Authorization', minLength: 1, maxLength: 128, ...cel({ rule: matches("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), message: 'must be an HTTP header name' }) });
+/** Headers the gateways set themselves or that carry the transport: a credential there would break the call or misroute it. */
+const RESERVED_CREDENTIAL_HEADERS = ['host', 'content-type', 'content-length', 'transfer-encoding', 'connection', 'accept', 'txn-token', 'mcp-session-id', 'mcp-protocol-version', 'last-event-id'];
+const CredentialHeader = Type.String({
+  description: 'The header the credential goes in.',
+  default: 'Authorization',
+  minLength: 1,
+  maxLength: 128,
+  ...cel(
+    { rule: matches("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), message: 'must be an HTTP header name' },
+    { rule: `!(self.lowerAscii() in [${RESERVED_CREDENTIAL_HEADERS.map((h) => `'${h}'`).join(', ')}])`, message: `must not be a header the gateway or the transport sets (${RESERVED_CREDENTIAL_HEADERS.join(', ')}); use Authorization or a header of the server's own` },
+  ),
+});
 const CredentialPrefix = Type.String({ description: 'Written before the credential, e.g. "Bearer ".', maxLength: 64, ...cel({ rule: matches('^[\\x20-\\x7e]*$'), message: 'must be printable ASCII' }) });
 
 const System = Type.Object({

@@ -166,6 +166,9 @@ describe('every tool call is a hop: the MCP gateway', () => {
     const ftp = base();
     ftp.spec.systems![1]!.mcp!.url = 'ftp://mail.example/mcp';
     expect(await rejection(admin, ftp)).toMatch(/spec.systems\[1\].mcp.url.*http:\/\/ or https:\/\//);
+    const header = base();
+    header.spec.systems![0]!.mcp!.credentials!.header = 'Txn-Token';
+    expect(await rejection(admin, header)).toMatch(/spec.systems\[0\].mcp.credentials.header.*must not be a header the gateway or the transport sets/);
     const template = base();
     template.spec.systems![0]!.mcp!.resource = 'ticket/all';
     expect(await rejection(admin, template)).toMatch(/spec.systems\[0\].mcp.resource.*must name at least one argument/);
