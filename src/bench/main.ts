@@ -401,6 +401,10 @@ async function main(): Promise<void> {
       process.stdout.write(`${JSON.stringify(await gateway(kc, broker, env, roleArn), null, 2)}\n`);
       return;
     }
+    if (only === 'memory') {
+      process.stdout.write(`${JSON.stringify(await memory(kc, broker, roleArn, cached), null, 2)}\n`);
+      return;
+    }
     if (only === 'mcp') {
       process.stdout.write(`${JSON.stringify(await mcpGateway(kc, broker, roleArn, tickets), null, 2)}\n`);
       return;

@@ -112,7 +112,7 @@ export class Informer<T extends KubeObject> {
       const res = await rawRequest(this.kc, 'GET', `${this.options.path}?${query.toString()}`);
       if (res.status !== 200) throw new Error(`list ${this.options.path}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
       const page = res.body as ListAnswer<T>;
-      items.push(...(page.items ?? []));
+      for (const item of page.items ?? []) items.push(slim(item));
       resourceVersion = page.metadata?.resourceVersion;
       cont = page.metadata?.continue || undefined;
     } while (cont);
@@ -145,7 +145,7 @@ export class Informer<T extends KubeObject> {
       if (status.code === 410) return 'gone';
       throw new Error(`watch ${this.options.path}: ${status.message ?? JSON.stringify(status)}`);
     }
-    const item = obj as T;
+    const item = slim(obj as T);
     this.resourceVersion = item.metadata?.resourceVersion ?? this.resourceVersion;
     if (type === 'BOOKMARK') return undefined;
     const key = objectKey(item);
@@ -225,3 +225,22 @@ export class Informer<T extends KubeObject> {
     }
   }
 }
+
+/**
+ * What the cache keeps of an object: everything but the server-side-apply bookkeeping
+ * (`managedFields`) and kubectl's copy of the last applied manifest, which no reader here uses
+ * and which can be larger than the rest of the object. With tens of thousands of tasks cached
+ * that is most of the operator's memory.
+ */
+function slim<T extends KubeObject>(item: T): T {
+  const metadata = item.metadata as { managedFields?: unknown; annotations?: Record<string, string> } | undefined;
+  if (!metadata) return item;
+  delete metadata.managedFields;
+  if (metadata.annotations?.[LAST_APPLIED] !== undefined) {
+    const { [LAST_APPLIED]: _dropped, ...rest } = metadata.annotations;
+    metadata.annotations = rest;
+  }
+  return item;
+}
+
+const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';

@@ -66,3 +66,27 @@ describe('Informer', () => {
     server.close();
   });
 });
+
+describe('what the cache keeps', () => {
+  it('drops server-side-apply bookkeeping and kubectl\'s last-applied copy, and keeps every other field', async () => {
+    const heavy = {
+      metadata: {
+        namespace: 'ns',
+        name: 'big',
+        resourceVersion: '1',
+        annotations: { 'kubectl.kubernetes.io/last-applied-configuration': 'x'.repeat(10_000), team: 'support' },
+        managedFields: [{ manager: 'kubectl', operation: 'Apply', fieldsV1: { 'f:spec': {} } }],
+      },
+      spec: { ttl: '1h' },
+    } as KubeObject;
+    const { kc, server } = await scriptedServer([[heavy]]);
+    close = () => server.closeAllConnections();
+    const informer = new Informer<KubeObject>(kc, { path: '/apis/x/v1/things', log: silentLogger(), retryBaseMs: 10 });
+    await informer.start();
+    const cached = informer.get('ns', 'big') as KubeObject & { spec?: unknown; metadata: { annotations?: Record<string, string>; managedFields?: unknown } };
+    expect(cached.metadata.managedFields).toBeUndefined();
+    expect(cached.metadata.annotations).toEqual({ team: 'support' });
+    expect(cached.spec).toEqual({ ttl: '1h' });
+    informer.stop();
+  });
+});
