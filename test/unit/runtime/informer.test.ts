@@ -87,6 +87,6 @@ describe('what the cache keeps', () => {
     expect(cached.metadata.managedFields).toBeUndefined();
     expect(cached.metadata.annotations).toEqual({ team: 'support' });
     expect(cached.spec).toEqual({ ttl: '1h' });
-    informer.stop();
+    await informer.stop();
   });
 });
