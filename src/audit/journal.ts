@@ -263,7 +263,7 @@ const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metada
 export class TaskJournal {
   private readonly entries = new Map<string, Entry>();
   /** The chain state this replica last wrote, per task: newer than the watch may have shown yet. */
-  private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']> }>();
+  private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']>; pending: number }>();
   private readonly stops = new Map<string, Stop>();
   private readonly flushMs: number;
   private readonly clock: Clock;
@@ -349,6 +349,16 @@ export class TaskJournal {
     return !observed || mine.chain.version > observed.version ? mine.chain : observed;
   }
 
+  /**
+   * How many hops wait, by the newer of the watch's copy and what this replica last wrote: a hop
+   * decided right after another was made to wait must count it, though the watch may not show it yet.
+   */
+  latestPending(task: AgentTask): number {
+    const observed = task.status?.chain?.version ?? 0;
+    const mine = this.written.get(keyOf(task));
+    return mine && mine.uid === task.metadata.uid && mine.chain.version > observed ? mine.pending : (task.status?.pendingHops?.length ?? 0);
+  }
+
   /** The changes this replica has not written yet, for deciding with a view that includes them. */
   unwritten(namespace: string, name: string): TaskDelta | undefined {
     const entry = this.entries.get(`${namespace}/${name}`);
@@ -402,7 +412,7 @@ export class TaskJournal {
       if (!written) this.options.log.warn({ task, records: delta.events.length }, 'task gone before its journal was written');
       const chain = written?.status?.chain;
       if (written && chain) {
-        this.written.set(task, { uid: written.metadata.uid ?? '', chain });
+        this.written.set(task, { uid: written.metadata.uid ?? '', chain, pending: written.status?.pendingHops?.length ?? 0 });
         if (this.written.size > 50_000) this.written.delete(this.written.keys().next().value ?? '');
       }
       entry.failures = 0;

@@ -132,7 +132,7 @@ export class HopService {
     if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
     const parentDepth = request.parentHop === undefined ? undefined : this.deps.ids.depthOf(uid, request.parentHop);
     if (request.parentHop !== undefined && parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
-    const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), task.status?.pendingHops?.length ?? 0);
+    const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(task));
     const depth = depthOf(parentDepth, chain);
     const hopId = this.deps.ids.mint(uid, depth);
     const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName, approvedBy }, (...args) => {

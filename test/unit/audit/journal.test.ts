@@ -79,6 +79,18 @@ describe('the journal cannot be wedged', () => {
   });
 });
 
+describe('what a replica knows before the watch shows it', () => {
+  it('counts a hop it just made wait, though the watch\'s copy of the task does not show it yet', async () => {
+    const { journal } = journalWith((_attempt, status) => Promise.resolve({ ...task(), status }));
+    const waiting = { hopId: 'h1_w', digest: 'd', tool: 'payments', action: 'refund', resource: 'order/1', depth: 1, rules: ['refunds'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' };
+    await journal.commit(task(), { hopCount: 1, pending: 1, addPending: [waiting] });
+    // The watch still shows the task as it was: no hop waiting.
+    expect(journal.latestPending(task())).toBe(1);
+    // Once the watch has caught up with a newer write, its copy wins.
+    expect(journal.latestPending(task('u1', { chain: { version: 99, hopCount: 1, deepest: 1, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] }, pendingHops: [] }))).toBe(0);
+  });
+});
+
 describe('the journal batches', () => {
   it('writes a busy task once per flush window, not back to back, and loses nothing', async () => {
     const writes: number[] = [];
