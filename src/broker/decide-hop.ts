@@ -228,6 +228,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { decision, reasons, wouldDeny } = overCapacity(input, touched, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
+  const classes = dataClassesOf(touched);
   const record: AuditEvent = {
     type: 'hop_decided',
     at,
@@ -244,6 +245,8 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       decision,
       reasons,
       ...(wouldDeny ? { wouldDeny: true } : {}),
+      // The data classes of the systems it touched: what an auditor (or a trace) filters on.
+      ...(classes.length > 0 ? { dataClasses: classes } : {}),
       pod: input.pod,
     },
   };
@@ -261,7 +264,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
         allowed: 1,
         ...(wouldDeny ? { wouldDeny: 1 } : {}),
         systems: new Set([request.tool, ...touched.map((t) => t.name)]),
-        dataClasses: new Set(dataClassesOf(touched)),
+        dataClasses: new Set(classes),
         recent: [{ hopId, decision: 'allow', tool: request.tool, action: request.action, resource: request.resource, rules, ...(wouldDeny ? { wouldDeny } : {}), at }],
         events: [record],
       },
