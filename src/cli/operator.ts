@@ -11,6 +11,22 @@ function parseService(text: string): { namespace: string; name: string; port: nu
   return { namespace: m[1] ?? '', name: m[2] ?? '', port: Number(m[3]) };
 }
 
+/** OTEL_EXPORTER_OTLP_ENDPOINT is a base URL; OTLP/HTTP sends traces to its /v1/traces. */
+const otlpTracesFromBase = (base: string | undefined) => (base ? `${base.replace(/\/+$/, '')}/v1/traces` : undefined);
+
+export function parseOtlpEndpoint(text: string): string {
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (!url || !['http:', 'https:'].includes(url.protocol)) {
+    throw new ChainwardenError('usage', `--otlp-traces-endpoint (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) takes the OTLP/HTTP traces URL, e.g. http://otel-collector.observability:4318/v1/traces (got "${text}")`);
+  }
+  return url.href;
+}
+
 const LOOPBACK = new Set(['localhost', '127.0.0.1', '::1']);
 
 export interface WebhookEndpoint {
@@ -72,6 +88,7 @@ export async function runOperator(args: string[]): Promise<number> {
     'iam-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_IAM },
     'aws-gateway-endpoint': { type: 'string' },
     'audit-file': { type: 'string' },
+    'otlp-traces-endpoint': { type: 'string', default: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? otlpTracesFromBase(process.env.OTEL_EXPORTER_OTLP_ENDPOINT) },
     'no-controllers': { type: 'boolean', default: false },
   });
   if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) throw new ChainwardenError('usage', '--tls-cert and --tls-key go together');
@@ -94,6 +111,7 @@ export async function runOperator(args: string[]): Promise<number> {
     sidecarImage: values['sidecar-image'],
     aws: { region: values['aws-region'] ?? 'us-east-1', stsEndpoint: values['sts-endpoint'], iamEndpoint: values['iam-endpoint'], gatewayEndpoint: values['aws-gateway-endpoint'] },
     auditFile: values['audit-file'],
+    tracing: values['otlp-traces-endpoint'] ? { endpoint: parseOtlpEndpoint(values['otlp-traces-endpoint']) } : undefined,
     controllers: !values['no-controllers'],
   });
   const signal = await untilSignal();

@@ -19,6 +19,7 @@ import { APPROVAL_USED_BY, GatewayHops } from '../broker/gateway-hops.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
+import { TraceExporter } from '../telemetry/exporter.js';
 import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
 import { HopIds, loadHopKey } from '../broker/hopids.js';
@@ -86,6 +87,8 @@ export interface OperatorOptions {
   clock?: Clock;
   /** Also append every audit record to this file (JSON lines), besides the operator's log. */
   auditFile?: string;
+  /** Export every audit record as OpenTelemetry spans to this OTLP/HTTP traces URL; off when absent. */
+  tracing?: { endpoint: string; serviceName?: string; flushMs?: number };
   /** How long chain state and audit records gather before one status write per task. */
   journalFlushMs?: number;
   /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
@@ -239,9 +242,23 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const revoker = new Revoker(iam, clock, log);
   // A full disk or a lost mount is logged and counted, never fatal; stopping flushes what is buffered.
   const auditFile = options.auditFile ? new AuditFileWriter({ path: options.auditFile, log, metrics, clock }) : undefined;
+  const traces = options.tracing
+    ? new TraceExporter({
+        ...options.tracing,
+        instance: identity,
+        log,
+        metrics,
+        taskStart: (key) => {
+          const [ns = '', name = ''] = key.split('/');
+          const created = informers.tasks.get(ns, name)?.metadata.creationTimestamp;
+          return created ? Date.parse(String(created)) : undefined;
+        },
+      })
+    : undefined;
   const emit = (record: AuditRecord) => {
     log.info({ audit: record }, 'audit');
     auditFile?.write(record);
+    traces?.record(record);
   };
   const heads = new AuditHeadStore(kc, namespace, clock, log);
   const journal = new TaskJournal({
@@ -417,6 +434,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     clearInterval(keyRefresh);
     await journal.drain();
     await auditFile?.close();
+    await traces?.shutdown();
     await Promise.all(Object.values(informers).map((i) => i.stop()));
     await Promise.all([server.close(), webhookServer.close()]);
     sts.destroy();

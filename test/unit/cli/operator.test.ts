@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { webhookEndpoint } from '../../../src/cli/operator.js';
+import { parseOtlpEndpoint, webhookEndpoint } from '../../../src/cli/operator.js';
 
 const broker = { host: '0.0.0.0', port: 8443 };
 
@@ -26,5 +26,15 @@ describe('webhookEndpoint', () => {
   it('refuses a --webhook-url naming the broker together with a --webhook-listen, and a URL that is not one', () => {
     expect(() => webhookEndpoint(broker, '127.0.0.1:9443', 'https://127.0.0.1:8443')).toThrow(/names the broker's --listen address; point it at the webhook listener \(--webhook-listen 127.0.0.1:9443\)/);
     expect(() => webhookEndpoint(broker, undefined, 'not a url')).toThrow(expect.objectContaining({ code: 'usage' }));
+  });
+});
+
+describe('parseOtlpEndpoint', () => {
+  it('takes an http(s) URL as given', () => {
+    expect(parseOtlpEndpoint('http://otel-collector.observability:4318/v1/traces')).toBe('http://otel-collector.observability:4318/v1/traces');
+  });
+
+  it.each(['otel-collector:4318', 'grpc://otel:4317', ''])('refuses %j, naming the flag and the form it takes', (text) => {
+    expect(() => parseOtlpEndpoint(text)).toThrow(/--otlp-traces-endpoint \(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT\) takes the OTLP\/HTTP traces URL/);
   });
 });
