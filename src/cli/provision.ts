@@ -1,10 +1,11 @@
-import { ensureAssets, ensureHelm } from '../controlplane/assets.js';
+import { ensureAssets, ensureHelm, ensureOtelCollector } from '../controlplane/assets.js';
 import { progressLine } from './main.js';
 
 /** Builds or installs everything the local control plane needs, so a later start is quick. */
 export async function runProvision(_args: string[]): Promise<number> {
   const assets = await ensureAssets(progressLine);
   const helm = await ensureHelm(progressLine);
-  process.stdout.write(`${JSON.stringify({ ...assets, helm }, null, 2)}\n`);
+  const otelCollector = await ensureOtelCollector(progressLine);
+  process.stdout.write(`${JSON.stringify({ ...assets, helm, otelCollector }, null, 2)}\n`);
   return 0;
 }

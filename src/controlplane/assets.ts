@@ -4,7 +4,7 @@ import path from 'node:path';
 import { MissingToolError, ChainwardenError } from '../errors.js';
 import { cacheRoot, withLock } from './cache.js';
 import { isExecutable, run, which } from './exec.js';
-import { ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, MOTO_VERSION } from './versions.js';
+import { ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, MOTO_VERSION, OTEL_COLLECTOR_STABLE_VERSION, OTEL_COLLECTOR_VERSION } from './versions.js';
 
 /** Executables the local control plane runs. */
 export interface Assets {
@@ -81,6 +81,68 @@ const helm: GoBinary = {
 /** helm, from `CHAINWARDEN_HELM`, else built once from its Go module into the cache. */
 export async function ensureHelm(progress: Progress = () => {}): Promise<string> {
   return process.env.CHAINWARDEN_HELM ?? buildGoBinary(helm, progress);
+}
+
+const collectorBuilder: GoBinary = {
+  name: 'otelcol-builder',
+  module: 'go.opentelemetry.io/collector/cmd/builder',
+  version: `v${OTEL_COLLECTOR_VERSION}`,
+  pkg: 'go.opentelemetry.io/collector/cmd/builder',
+};
+
+/** What the test collector is made of: module, version. */
+const COLLECTOR_MODULES: readonly (readonly [string, string])[] = [
+  ['go.opentelemetry.io/collector/otelcol', `v${OTEL_COLLECTOR_VERSION}`],
+  ['go.opentelemetry.io/collector/receiver/otlpreceiver', `v${OTEL_COLLECTOR_VERSION}`],
+  ['github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter', `v${OTEL_COLLECTOR_VERSION}`],
+  ['go.opentelemetry.io/collector/confmap/provider/fileprovider', `v${OTEL_COLLECTOR_STABLE_VERSION}`],
+  ['go.opentelemetry.io/collector/confmap/provider/envprovider', `v${OTEL_COLLECTOR_STABLE_VERSION}`],
+];
+
+/**
+ * An OpenTelemetry Collector with the OTLP receiver and the file exporter, for the tracing
+ * tests: `CHAINWARDEN_OTELCOL`, else built once into the cache. The collector's builder writes
+ * the distribution's sources; the build then resolves only what the binary imports (the
+ * builder's own `go mod tidy` would also fetch the components' test-only dependencies).
+ */
+export async function ensureOtelCollector(progress: Progress = () => {}): Promise<string> {
+  const override = process.env.CHAINWARDEN_OTELCOL;
+  if (override) return override;
+  const home = path.join(cacheRoot(), 'otelcol', `v${OTEL_COLLECTOR_VERSION}`);
+  const binary = path.join(home, 'otelcol');
+  if (await isExecutable(binary)) return binary;
+  const builder = await buildGoBinary(collectorBuilder, progress);
+  return withLock(path.join(home, '.lock'), () => progress(`waiting for another process building the OpenTelemetry Collector v${OTEL_COLLECTOR_VERSION}`), async () => {
+    if (await isExecutable(binary)) return binary;
+    const go = await requireGo();
+    const src = path.join(home, 'src');
+    await rm(src, { recursive: true, force: true });
+    await mkdir(src, { recursive: true });
+    progress(`building the OpenTelemetry Collector v${OTEL_COLLECTOR_VERSION} from its Go modules (first run only)`);
+    const env = goEnv();
+    const component = (kind: string, module: string) => {
+      const found = COLLECTOR_MODULES.find(([m]) => m.endsWith(module));
+      if (!found) throw new ChainwardenError('provision_failed', `no pinned version for ${module}`);
+      return `${kind}:\n  - gomod: ${found[0]} ${found[1]}\n`;
+    };
+    const manifest = [
+      `dist:\n  name: otelcol\n  description: OTLP receiver and file exporter\n  output_path: ${src}\n  version: ${OTEL_COLLECTOR_VERSION}\n`,
+      component('receivers', '/otlpreceiver'),
+      component('exporters', '/fileexporter'),
+      `providers:\n${COLLECTOR_MODULES.filter(([m]) => m.includes('/confmap/provider/')).map(([m, v]) => `  - gomod: ${m} ${v}\n`).join('')}`,
+    ].join('');
+    await writeFile(path.join(home, 'manifest.yaml'), manifest);
+    await run(builder, ['--config', path.join(home, 'manifest.yaml'), '--skip-compilation', '--skip-get-modules'], { env, cwd: home });
+    await writeFile(
+      path.join(src, 'go.mod'),
+      `module chainwarden.local/build/otelcol\n\ngo ${MIN_GO_VERSION}.0\n\nrequire (\n${COLLECTOR_MODULES.map(([m, v]) => `\t${m} ${v}`).join('\n')}\n)\n`,
+    );
+    const partial = `${binary}.partial`;
+    await run(go, ['build', '-o', partial, '.'], { env, cwd: src });
+    await rename(partial, binary);
+    progress(`built ${binary}`);
+    return binary;
+  });
 }
 
 function goEnv(): NodeJS.ProcessEnv {

@@ -48,6 +48,8 @@ export interface EnvironmentDescription {
   operatorLog?: string;
   /** The audit stream (JSON lines), for `chainwarden audit verify` and `chainwarden trace`. */
   auditFile?: string;
+  /** What an OpenTelemetry Collector received from the operator (OTLP JSON lines), where one runs. */
+  otlpSpans?: string;
 }
 
 export interface LocalEnvironment extends EnvironmentDescription {

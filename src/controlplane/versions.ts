@@ -9,3 +9,10 @@ export const MOTO_VERSION = '5.2.5';
 export const MIN_GO_VERSION = '1.25';
 /** Helm, for rendering and linting the chart in tests. */
 export const HELM_VERSION = '3.20.2';
+/**
+ * The OpenTelemetry Collector the tracing tests send spans to: its OTLP receiver and file
+ * exporter, assembled by the collector's own builder. The stable modules (confmap providers)
+ * are versioned apart from the rest; this pair is one collector release.
+ */
+export const OTEL_COLLECTOR_VERSION = '0.160.0';
+export const OTEL_COLLECTOR_STABLE_VERSION = '1.66.0';

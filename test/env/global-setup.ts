@@ -7,6 +7,7 @@ import { createLogger } from '../../src/log.js';
 import { startOperator } from '../../src/operator/operator.js';
 import { registerWebhooks } from '../../src/admission/registration.js';
 import { applyChartRbac, chartServiceAccountKubeConfig } from './chart.js';
+import { startCollector, type Collector } from './otelcol.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -32,12 +33,16 @@ export default async function setup(project: TestProject): Promise<() => Promise
   // every integration test is also a test that the chart grants enough, and no more is granted.
   const admin = env.adminKubeConfig();
   let operator: Awaited<ReturnType<typeof startOperator>>;
+  // Every audit record also goes out as spans to a real collector, as a chart with tracing on does.
+  let collector: Collector | undefined;
   try {
+    collector = await startCollector(env.stateDir, (m) => process.stderr.write(`[control plane] ${m}\n`));
     await applyChartRbac(admin);
     const asChart = await chartServiceAccountKubeConfig(admin);
-    operator = await startOperator({ kc: asChart, log, aws: localAws(env), auditFile });
+    operator = await startOperator({ kc: asChart, log, aws: localAws(env), auditFile, tracing: { endpoint: collector.tracesUrl, flushMs: 200 } });
     await registerWebhooks(admin, { url: operator.webhookUrl, caBundlePem: operator.caPem });
   } catch (err) {
+    await collector?.stop();
     await env.stop();
     throw err;
   }
@@ -51,9 +56,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
     brokerCA,
     operatorLog,
     auditFile,
+    otlpSpans: collector.file,
   });
   return async () => {
     await operator.stop();
+    await collector?.stop();
     await env.stop();
   };
 }
