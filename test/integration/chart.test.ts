@@ -15,6 +15,7 @@ const PLURALS: Record<string, string> = {
   Deployment: 'deployments',
   Service: 'services',
   Secret: 'secrets',
+  ConfigMap: 'configmaps',
   PodDisruptionBudget: 'poddisruptionbudgets',
   NetworkPolicy: 'networkpolicies',
   ValidatingWebhookConfiguration: 'validatingwebhookconfigurations',
@@ -57,6 +58,30 @@ describe('Helm chart', () => {
     await expect(renderChart({ trustDomain: 'Not_A_Domain!' })).rejects.toThrow(/\/trustDomain.*does not match pattern/);
     await expect(renderChart({ replicas: '3' })).rejects.toThrow(/additional properties 'replicas' not allowed/);
     await expect(renderChart({ 'aws.region': 'moon' })).rejects.toThrow(/\/aws\/region/);
+  });
+
+  test('tracing and the Grafana dashboard: off by default; on, the operator gets the OTLP endpoint and the header Secret, and Grafana a dashboard of valid JSON', async ({ admin }) => {
+    const plain = await renderChart({});
+    const container = (objects: Rendered[]) => (objects.find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { env: { name: string; value?: string; valueFrom?: unknown }[] }[] } } } }).spec.template.spec.containers[0];
+    expect(container(plain)?.env.map((e) => e.name)).not.toContain('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+    expect(plain.map((o) => o.kind)).not.toContain('ConfigMap');
+
+    const on = await renderChart({ 'tracing.enabled': 'true', 'tracing.endpoint': 'http://otel-collector.observability:4318/v1/traces', 'tracing.headersSecretRef.name': 'otlp', 'tracing.headersSecretRef.key': 'headers', 'grafanaDashboard.enabled': 'true' });
+    expect(container(on)?.env).toEqual(
+      expect.arrayContaining([
+        { name: 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', value: 'http://otel-collector.observability:4318/v1/traces' },
+        { name: 'OTEL_SERVICE_NAME', value: 'chainwarden' },
+        { name: 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', valueFrom: { secretKeyRef: { name: 'otlp', key: 'headers' } } },
+      ]),
+    );
+    const dashboard = on.find((o) => o.kind === 'ConfigMap') as unknown as { metadata: { labels: Record<string, string> }; data: Record<string, string> };
+    expect(dashboard.metadata.labels.grafana_dashboard).toBe('1');
+    expect(JSON.parse(dashboard.data['chainwarden.json'] ?? '')).toMatchObject({ uid: 'chainwarden', panels: expect.arrayContaining([expect.objectContaining({ type: 'timeseries' })]) as unknown });
+    const results = await dryRunApply(admin, on);
+    expect(results.filter((r) => r.status >= 300)).toEqual([]);
+
+    await expect(renderChart({ 'tracing.enabled': 'true' })).rejects.toThrow(/tracing.endpoint: set the OTLP\/HTTP traces URL/);
+    await expect(renderChart({ 'tracing.endpoint': 'otel-collector:4318' })).rejects.toThrow(/\/tracing\/endpoint.*does not match pattern/);
   });
 
   test('runs 2 replicas, non-root with a read-only root filesystem and no capabilities, behind a PodDisruptionBudget', async () => {
