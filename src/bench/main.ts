@@ -3,7 +3,7 @@
  * document to stdout and to bench-results.json, and a readable table to stderr.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,51 +11,17 @@ import { CreateRoleCommand, IAMClient } from '@aws-sdk/client-iam';
 import { SignatureV4 } from '@smithy/signature-v4';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
-import { freePort } from '../controlplane/ports.js';
 import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
-import { CertificateAuthority } from '../pki/authority.js';
+import { https, log, pool, post, rssMiB, startBroker, startSidecar, type Broker } from './harness.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
 import { startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
-const bin = path.resolve(here, '..', '..', 'bin', 'chainwarden.js');
 const NS = 'bench';
 /** The bench's tickets MCP server takes this; the gateway adds it from Secret tickets-mcp. */
 const MCP_CREDENTIAL = 'bench-mcp-credential';
-const log = (m: string) => process.stderr.write(`· ${m}\n`);
-
-interface Broker {
-  url: string;
-  /** The admission webhooks' own listener. */
-  webhookUrl: string;
-  ca: string;
-  pid: number;
-  child: ChildProcess;
-}
-
-async function https(broker: Broker, method: string, p: string, token?: string, body?: unknown): Promise<{ status: number; body: unknown }> {
-  const { request } = await import('node:https');
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = request(new URL(p, broker.url), { method, ca: broker.ca, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' } }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => {
-        let parsed: unknown = text;
-        try {
-          parsed = text ? (JSON.parse(text) as unknown) : undefined;
-        } catch {
-          // /metrics is text
-        }
-        resolve({ status: res.statusCode ?? 0, body: parsed });
-      });
-    });
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
 async function load(job: LoadJob): Promise<LoadResult> {
   const child = spawn(process.execPath, [path.join(here, 'load.js'), '--job', JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -63,51 +29,6 @@ async function load(job: LoadJob): Promise<LoadResult> {
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
   await new Promise((r) => child.on('exit', r));
   return JSON.parse(out) as LoadResult;
-}
-
-async function startBroker(env: LocalEnvironment): Promise<Broker> {
-  const ca = await CertificateAuthority.create('bench-ca');
-  const serving = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
-  const files = { cert: path.join(env.stateDir, 'bench.crt'), key: path.join(env.stateDir, 'bench.key'), ca: path.join(env.stateDir, 'bench-ca.crt') };
-  await writeFile(files.cert, serving.certPem);
-  await writeFile(files.key, serving.keyPem);
-  await writeFile(files.ca, ca.certPem);
-  const port = await freePort();
-  const webhookPort = await freePort();
-  const aws = localAws(env);
-  // CHAINWARDEN_BENCH_PROFILE=DIR writes a V8 CPU profile of the operator there.
-  const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
-  const child = spawn(
-    process.execPath,
-    [...profile, bin, 'operator', '--kubeconfig', env.kubeconfig, '--namespace', 'chainwarden-system', '--listen', `127.0.0.1:${port}`, '--webhook-listen', `127.0.0.1:${webhookPort}`, '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.ca, '--webhook-url', `https://127.0.0.1:${webhookPort}`, '--sts-endpoint', env.stsEndpoint, '--iam-endpoint', env.stsEndpoint, '--aws-gateway-endpoint', env.stsEndpoint, '--audit-file', path.join(env.stateDir, 'audit.jsonl'), '--log-level', 'warn'],
-    {
-      stdio: ['ignore', 'ignore', 'inherit'],
-      env: { ...process.env, AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
-    },
-  );
-  const broker = { url: `https://127.0.0.1:${port}`, webhookUrl: `https://127.0.0.1:${webhookPort}`, ca: ca.certPem, pid: child.pid ?? 0, child };
-  // An operator that dies mid-run makes every figure after it meaningless: stop rather than measure refusals.
-  child.on('exit', (code, signal) => {
-    if (signal === 'SIGTERM' || child.killed) return;
-    log(`the operator exited (${signal ?? `code ${code}`}) during the run; no figures are written`);
-    process.exit(1);
-  });
-  for (let i = 0; i < 300; i++) {
-    const ready = await https(broker, 'GET', '/readyz').catch(() => undefined);
-    if (ready?.status === 200) return broker;
-    await sleep(100);
-  }
-  throw new Error('the operator did not become ready');
-}
-
-async function rssMiB(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024);
-}
-
-async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {
-  const res = await rawRequest(kc, 'POST', p, obj);
-  if (res.status >= 300) throw new Error(`POST ${p}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
 }
 
 /** Direct delivery unless `Gateway`: issuance and revocation are measured on the sessions agents are handed. */
@@ -138,13 +59,6 @@ async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn:
     if (creds.status !== 403) throw new Error(`credentials for ${name}: ${creds.status} ${JSON.stringify(creds.body)}`);
     await sleep(10);
   }
-}
-
-async function pool<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (next < items.length) await work(items[next++] as T);
-  }));
 }
 
 async function setUp(env: LocalEnvironment, kc: KubeConfig, mcp: DemoMcpServer): Promise<string> {
@@ -242,20 +156,6 @@ async function hops(kc: KubeConfig, broker: Broker, roleArn: string) {
  * rate through a real sidecar (`chainwarden agent --aws-listen`: verify, decide, sign, forward)
  * and straight to the emulator; the difference is the gateway's overhead.
  */
-/** A real sidecar (`chainwarden agent`) for one pod token, with its AWS listener: its URLs and the local token its callers present. */
-async function startSidecar(broker: Broker, token: string) {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'bench-sidecar-'));
-  const tokenFile = path.join(dir, 'token');
-  const caFile = path.join(dir, 'ca.pem');
-  await writeFile(tokenFile, token, { mode: 0o600 });
-  await writeFile(caFile, broker.ca);
-  const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
-  const child = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const [url = '', awsUrl = ''] = await new Promise<string[]>((resolve) => child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
-  const localToken = (await readFile(path.join(dir, 'local'), 'utf8')).trim();
-  return { url, awsUrl, localToken, stop: () => void child.kill('SIGTERM') };
-}
-
 async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, rate = 200) {
   const { token } = await boundAgent(kc, broker, 'gateway-0', roleArn, 'Gateway');
   const sidecar = await startSidecar(broker, token);

@@ -1,0 +1,164 @@
+/**
+ * What the benchmark and the soak share: the operator as a real process (one or more replicas),
+ * a real sidecar, an HTTPS client that trusts the operator's CA, and small helpers.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { localAws, type LocalEnvironment } from '../controlplane/environment.js';
+import { freePort } from '../controlplane/ports.js';
+import { rawRequest } from '../kube/raw.js';
+import { CertificateAuthority } from '../pki/authority.js';
+
+const here = path.dirname(new URL(import.meta.url).pathname);
+export const bin = path.resolve(here, '..', '..', 'bin', 'chainwarden.js');
+export const log = (m: string) => process.stderr.write(`· ${m}\n`);
+
+export interface Broker {
+  url: string;
+  /** The admission webhooks' own listener. */
+  webhookUrl: string;
+  ca: string;
+  pid: number;
+  child: ChildProcess;
+}
+
+export async function https(broker: Pick<Broker, 'url' | 'ca'>, method: string, p: string, token?: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  const { request } = await import('node:https');
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(new URL(p, broker.url), { method, ca: broker.ca, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => {
+        let parsed: unknown = text;
+        try {
+          parsed = text ? (JSON.parse(text) as unknown) : undefined;
+        } catch {
+          // /metrics is text
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed });
+      });
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/** Serving material every replica shares, for 127.0.0.1: one CA the agents and the API server trust. */
+export interface Serving {
+  cert: string;
+  key: string;
+  ca: string;
+  caPem: string;
+}
+
+export async function servingFiles(dir: string): Promise<Serving> {
+  const ca = await CertificateAuthority.create('bench-ca');
+  const serving = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
+  const files = { cert: path.join(dir, 'bench.crt'), key: path.join(dir, 'bench.key'), ca: path.join(dir, 'bench-ca.crt') };
+  await writeFile(files.cert, serving.certPem);
+  await writeFile(files.key, serving.keyPem);
+  await writeFile(files.ca, ca.certPem);
+  return { ...files, caPem: ca.certPem };
+}
+
+export interface ReplicaOptions {
+  serving?: Serving;
+  port?: number;
+  webhookPort?: number;
+  /** The URL the webhooks are registered at (a proxy in front of every replica); this replica's own listener by default. */
+  webhookUrl?: string;
+  auditFile?: string;
+  /** Stop the whole run when this process dies on its own (the benchmark: figures after it would be meaningless). */
+  exitIsFatal?: boolean;
+}
+
+/** The operator as a real process against the local control plane and emulator, ready when this resolves. */
+export async function startBroker(env: LocalEnvironment, options: ReplicaOptions = {}): Promise<Broker> {
+  const files = options.serving ?? (await servingFiles(env.stateDir));
+  const port = options.port ?? (await freePort());
+  const webhookPort = options.webhookPort ?? (await freePort());
+  const aws = localAws(env);
+  // CHAINWARDEN_BENCH_PROFILE=DIR writes a V8 CPU profile of the operator there.
+  const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
+  const args = [
+    ...profile,
+    bin,
+    'operator',
+    '--kubeconfig', env.kubeconfig,
+    '--namespace', 'chainwarden-system',
+    '--listen', `127.0.0.1:${port}`,
+    '--webhook-listen', `127.0.0.1:${webhookPort}`,
+    '--tls-cert', files.cert,
+    '--tls-key', files.key,
+    '--tls-ca', files.ca,
+    '--webhook-url', options.webhookUrl ?? `https://127.0.0.1:${webhookPort}`,
+    '--sts-endpoint', env.stsEndpoint,
+    '--iam-endpoint', env.stsEndpoint,
+    '--aws-gateway-endpoint', env.stsEndpoint,
+    '--audit-file', options.auditFile ?? path.join(env.stateDir, 'audit.jsonl'),
+    '--log-level', 'warn',
+  ];
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: {
+      ...process.env,
+      AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    },
+  });
+  const broker = { url: `https://127.0.0.1:${port}`, webhookUrl: `https://127.0.0.1:${webhookPort}`, ca: files.caPem, pid: child.pid ?? 0, child };
+  if (options.exitIsFatal ?? true) {
+    // An operator that dies mid-run makes every figure after it meaningless: stop rather than measure refusals.
+    child.on('exit', (code, signal) => {
+      if (signal === 'SIGTERM' || child.killed) return;
+      log(`the operator exited (${signal ?? `code ${code}`}) during the run; no figures are written`);
+      process.exit(1);
+    });
+  }
+  for (let i = 0; i < 300; i++) {
+    const ready = await https(broker, 'GET', '/readyz').catch(() => undefined);
+    if (ready?.status === 200) return broker;
+    if (child.exitCode !== null || child.signalCode !== null) break;
+    await sleep(100);
+  }
+  throw new Error('the operator did not become ready');
+}
+
+export async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024);
+}
+
+export async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {
+  const res = await rawRequest(kc, 'POST', p, obj);
+  if (res.status >= 300) throw new Error(`POST ${p}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
+}
+
+export async function pool<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < items.length) await work(items[next++] as T);
+    }),
+  );
+}
+
+/** A real sidecar (`chainwarden agent`) for one pod token, with its AWS listener: its URLs and the local token its callers present. */
+export async function startSidecar(broker: Pick<Broker, 'url' | 'ca'>, token: string) {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bench-sidecar-'));
+  const tokenFile = path.join(dir, 'token');
+  const caFile = path.join(dir, 'ca.pem');
+  await writeFile(tokenFile, token, { mode: 0o600 });
+  await writeFile(caFile, broker.ca);
+  const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
+  const child = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [url = '', awsUrl = ''] = await new Promise<string[]>((resolve) => child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
+  const localToken = (await readFile(path.join(dir, 'local'), 'utf8')).trim();
+  return { url, awsUrl, localToken, stop: () => void child.kill('SIGTERM') };
+}
