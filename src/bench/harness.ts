@@ -127,7 +127,8 @@ export async function startBroker(env: LocalEnvironment, options: ReplicaOptions
     if (child.exitCode !== null || child.signalCode !== null) break;
     await sleep(100);
   }
-  throw new Error('the operator did not become ready');
+  child.kill('SIGKILL');
+  throw new Error('the operator did not become ready within 30 s');
 }
 
 export async function rssMiB(pid: number): Promise<number> {
