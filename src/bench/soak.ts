@@ -104,6 +104,8 @@ interface Slot {
 interface HopSent {
   task: string;
   sentAt: number;
+  /** Sent after the agent completed, violated or outlived its task: must never be allowed. */
+  afterEnd?: boolean;
   decision?: string;
   status: number;
 }
@@ -427,10 +429,10 @@ async function main(): Promise<void> {
             await sleep(200);
           }
           counts.bound += 1;
-          const hop = async (body: Record<string, unknown>) => {
+          const hop = async (body: Record<string, unknown>, afterEnd = false) => {
             const sentAt = Date.now();
             const answer = await agents.call('POST', '/v1/hops', token, body);
-            hopsSent.push({ task: name, sentAt, decision: answer.body.decision as string | undefined, status: answer.status });
+            hopsSent.push({ task: name, sentAt, afterEnd, decision: answer.body.decision as string | undefined, status: answer.status });
             if (answer.status === 0 || answer.status >= 500) counts.hopErrors += 1;
             return answer;
           };
@@ -454,7 +456,7 @@ async function main(): Promise<void> {
           }
           // After the end, as a compromised agent would: one more hop.
           await sleep(1000);
-          await hop({ tool: 'tickets', action: 'read', resource: `ticket/${i}` });
+          await hop({ tool: 'tickets', action: 'read', resource: `ticket/${i}` }, true);
         })(),
       );
     }
@@ -507,8 +509,9 @@ async function main(): Promise<void> {
       const end = chain?.records.find((r) => r.type === 'completion' || r.type === 'expiry' || r.type === 'violation');
       if (end && t.metadata.name) ends.set(t.metadata.name, Date.parse(end.at));
     }
-    // A hop sent after its task's end was recorded must not be allowed (100 ms for the clocks of one machine).
-    const allowedAfterEnd = hopsSent.filter((h) => h.decision === 'allow' && ends.has(h.task) && h.sentAt > (ends.get(h.task) ?? Infinity) + 100).length;
+    // A hop sent after its agent saw the task end, or after its end was recorded (100 ms for the
+    // clocks of one machine), must not be allowed.
+    const allowedAfterEnd = hopsSent.filter((h) => h.decision === 'allow' && (h.afterEnd || h.sentAt > (ends.get(h.task) ?? Infinity) + 100)).length;
 
     const third = plan.seconds / 3;
     const maxIn = (from: number, to: number) => Math.max(0, ...rss.filter((r) => r.at >= from && r.at < to).map((r) => r.rssMiB));
@@ -516,7 +519,7 @@ async function main(): Promise<void> {
     const late = maxIn(plan.seconds - third, plan.seconds + 1);
     const report = {
       plan: { ...plan, short },
-      counts: { ...counts, hopsSent: hopsSent.length, hopsAllowed: hopsSent.filter((h) => h.decision === 'allow').length, tasksSeen: list.length },
+      counts: { ...counts, hopsSent: hopsSent.length, hopsSentAfterEnd: hopsSent.filter((h) => h.afterEnd).length, hopsAllowed: hopsSent.filter((h) => h.decision === 'allow').length, tasksSeen: list.length },
       guarantees: {
         tasksLeftUnrevoked: unrevoked.length,
         credentialsServedAfterEnd: credentialsStillServed,
