@@ -13,7 +13,8 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
-import { https, log, pool, post, rssMiB, startBroker, startSidecar, type Broker } from './harness.js';
+import { https, log, pool, post, rssMiB, servingFiles, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
+import { OPA_INPUT, startOpa } from './opa.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
 import { startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
@@ -134,19 +135,36 @@ async function bareServer(): Promise<{ url: string; child: ChildProcess }> {
   return { url: `http://127.0.0.1:${port}`, child };
 }
 
-async function hops(kc: KubeConfig, broker: Broker, roleArn: string) {
+async function hops(kc: KubeConfig, broker: Broker, roleArn: string, serving: Serving) {
   const agents = await Promise.all(Array.from({ length: 8 }, (_, i) => boundAgent(kc, broker, `hops-${i}`, roleArn)));
   const body = JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/4711' });
   const clients = agents.map((a) => ({ headers: { authorization: `Bearer ${a.token}` }, body }));
   const bare = await bareServer();
+  const opa = await startOpa(path.dirname(serving.cert), serving);
+  // The agent's real path: its sidecar, which forwards to the broker over one kept-alive connection pool.
+  const sidecar = await startSidecar(broker, agents[0]?.token ?? '');
   try {
     const bareMax = await load({ mode: 'closed', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], seconds: 5, concurrency: 32 });
     const bareFixed = await load({ mode: 'open', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], seconds: 5, rate: 1000 });
     const fixed = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 1000 });
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
+    const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
     const max = await load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 });
-    return { fixedRate: fixed, fixedRate500: fixedHalf, maxThroughput: max, bareHttpMax: bareMax, bareHttpFixedRate: bareFixed, throughputShareOfBare: Math.round((max.ratePerSecond / bareMax.ratePerSecond) * 1000) / 1000 };
+    const opaMax = await load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 });
+    return {
+      fixedRate: fixed,
+      fixedRate500: fixedHalf,
+      throughSidecarFixedRate: throughSidecar,
+      maxThroughput: max,
+      opaMaxThroughput: opaMax,
+      ratioToOpa: Math.round((max.ratePerSecond / opaMax.ratePerSecond) * 1000) / 1000,
+      bareHttpMax: bareMax,
+      bareHttpFixedRate: bareFixed,
+      throughputShareOfBare: Math.round((max.ratePerSecond / bareMax.ratePerSecond) * 1000) / 1000,
+    };
   } finally {
+    sidecar.stop();
+    opa.stop();
     bare.child.kill();
   }
 }
@@ -255,6 +273,9 @@ function table(r: Results): string {
     '',
     row('hop decisions at 1,000/s offered (open loop)', `${h.fixedRate.ratePerSecond}/s  p50 ${h.fixedRate.p50Ms} ms  p99 ${h.fixedRate.p99Ms} ms  errors ${h.fixedRate.errors}`),
     row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  errors ${h.fixedRate500.errors}`),
+    row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  errors ${h.throughSidecarFixedRate.errors}`),
+    row('OPA, same rules in Rego, max throughput (32 clients)', `${h.opaMaxThroughput.ratePerSecond}/s  p50 ${h.opaMaxThroughput.p50Ms} ms  p99 ${h.opaMaxThroughput.p99Ms} ms`),
+    row('broker max throughput ÷ OPA\'s (goal ≥ 1)', `${h.ratioToOpa}`),
     row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.ratePerSecond}/s  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms`),
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
@@ -272,11 +293,35 @@ function table(r: Results): string {
     row('admission webhook (AgentTask, over HTTPS)', `p50 ${r.admission.p50Ms} ms  p99 ${r.admission.p99Ms} ms  ${r.admission.ratePerSecond}/s`),
     row(`operator RSS with ${r.memory.tasks} AgentTasks cached`, `${r.memory.rssMiB} MiB (${r.memory.rssBeforeMiB} MiB before; settled in ${r.memory.settledSeconds} s)`),
     '',
+    ...Object.entries(r.goals).map(([name, g]) => row(`goal ${name}`, `${g.value} (${g.goal}) ${g.met ? 'met' : 'MISSED'}`)),
+    '',
   ].join('\n');
+}
+
+interface Goal {
+  value: number;
+  goal: string;
+  met: boolean;
+}
+
+/** Every figure the performance goals name, next to its goal. */
+function goals(r: Omit<Results, 'goals'>): Record<string, Goal> {
+  const atMost = (value: number, max: number, unit: string): Goal => ({ value, goal: `≤ ${max} ${unit}`, met: value <= max });
+  return {
+    hopsRatioToOpa: { value: r.hops.ratioToOpa, goal: '≥ 1', met: r.hops.ratioToOpa >= 1 },
+    hopsP99ThroughSidecarAt1000PerSecondMs: atMost(r.hops.throughSidecarFixedRate.p99Ms, 5, 'ms'),
+    awsGatewayOverheadP50Ms: atMost(r.gateway.overhead.p50Ms, 2, 'ms'),
+    awsGatewayOverheadP99Ms: atMost(r.gateway.overhead.p99Ms, 10, 'ms'),
+    mcpGatewayOverheadP50Ms: atMost(r.mcpGateway.overhead.p50Ms, 2, 'ms'),
+    mcpGatewayOverheadP99Ms: atMost(r.mcpGateway.overhead.p99Ms, 10, 'ms'),
+    operatorRssMiBWith10kTasks: atMost(r.memory.rssMiB, 150, 'MiB'),
+    issuanceP50Ms: atMost(r.credentials.issuance.p50Ms, 150, 'ms'),
+  };
 }
 
 interface Results {
   machine: { cpus: number; node: string; memoryGiB: number };
+  goals: Record<string, Goal>;
   hops: Awaited<ReturnType<typeof hops>>;
   gateway: Awaited<ReturnType<typeof gateway>>;
   mcpGateway: Awaited<ReturnType<typeof mcpGateway>>;
@@ -292,7 +337,8 @@ async function main(): Promise<void> {
   let broker: Broker | undefined;
   const tickets = await startDemoMcpServer('tickets', TICKET_TOOLS, { bearer: MCP_CREDENTIAL });
   try {
-    broker = await startBroker(env);
+    const serving = await servingFiles(env.stateDir);
+    broker = await startBroker(env, { serving });
     const kc = env.adminKubeConfig();
     const roleArn = await setUp(env, kc, tickets);
     // CHAINWARDEN_BENCH_ONLY=hops (or gateway) measures the hop decisions (or the AWS gateway) alone, for profiling.
@@ -310,7 +356,7 @@ async function main(): Promise<void> {
       return;
     }
     log('hop decisions');
-    const hopResults = await hops(kc, broker, roleArn);
+    const hopResults = await hops(kc, broker, roleArn, serving);
     if (only === 'hops') {
       process.stdout.write(`${JSON.stringify(hopResults, null, 2)}\n`);
       return;
@@ -330,7 +376,8 @@ async function main(): Promise<void> {
     const credentials = await issuanceAndRevocation(kc, broker, roleArn, tasks);
     log(`operator memory with ${cached} AgentTasks`);
     const mem = await memory(kc, broker, roleArn, cached);
-    const results: Results = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, gateway: gatewayResult, mcpGateway: mcpResult, credentials, admission: admissionResult, memory: mem };
+    const measured = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, gateway: gatewayResult, mcpGateway: mcpResult, credentials, admission: admissionResult, memory: mem };
+    const results: Results = { ...measured, goals: goals(measured) };
     const json = JSON.stringify(results, null, 2);
     await writeFile('bench-results.json', `${json}\n`);
     process.stdout.write(`${json}\n`);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { MissingToolError, ChainwardenError } from '../errors.js';
 import { cacheRoot, withLock } from './cache.js';
 import { isExecutable, run, which } from './exec.js';
-import { ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, MOTO_VERSION, OTEL_COLLECTOR_STABLE_VERSION, OTEL_COLLECTOR_VERSION } from './versions.js';
+import { ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, MIN_GO_VERSION, MOTO_VERSION, OPA_VERSION, OTEL_COLLECTOR_STABLE_VERSION, OTEL_COLLECTOR_VERSION } from './versions.js';
 
 /** Executables the local control plane runs. */
 export interface Assets {
@@ -81,6 +81,19 @@ const helm: GoBinary = {
 /** helm, from `CHAINWARDEN_HELM`, else built once from its Go module into the cache. */
 export async function ensureHelm(progress: Progress = () => {}): Promise<string> {
   return process.env.CHAINWARDEN_HELM ?? buildGoBinary(helm, progress);
+}
+
+const opa: GoBinary = {
+  name: 'opa',
+  module: 'github.com/open-policy-agent/opa',
+  version: `v${OPA_VERSION}`,
+  pkg: 'github.com/open-policy-agent/opa',
+  ldflags: [`-X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION}`],
+};
+
+/** OPA, for the benchmark's comparison: `CHAINWARDEN_OPA`, else built once from its Go module into the cache. */
+export async function ensureOpa(progress: Progress = () => {}): Promise<string> {
+  return process.env.CHAINWARDEN_OPA ?? buildGoBinary(opa, progress);
 }
 
 const collectorBuilder: GoBinary = {

@@ -16,3 +16,5 @@ export const HELM_VERSION = '3.20.2';
  */
 export const OTEL_COLLECTOR_VERSION = '0.160.0';
 export const OTEL_COLLECTOR_STABLE_VERSION = '1.66.0';
+/** OPA, which the benchmark measures hop decisions against on the same rules (its Rego twin). */
+export const OPA_VERSION = '1.22.2';
