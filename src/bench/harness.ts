@@ -7,6 +7,7 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { CreateRoleCommand, IAMClient } from '@aws-sdk/client-iam';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { localAws, type LocalEnvironment } from '../controlplane/environment.js';
 import { freePort } from '../controlplane/ports.js';
@@ -162,4 +163,47 @@ export async function startSidecar(broker: Pick<Broker, 'url' | 'ca'>, token: st
   const [url = '', awsUrl = ''] = await new Promise<string[]>((resolve) => child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
   const localToken = (await readFile(path.join(dir, 'local'), 'utf8')).trim();
   return { url, awsUrl, localToken, stop: () => void child.kill('SIGTERM') };
+}
+
+export interface PolicySetUp {
+  namespace: string;
+  /** The AgentPolicy's name, and the IAM role's prefix. */
+  name: string;
+  /** The tickets MCP server, and the credential it takes (kept in Secret tickets-mcp). */
+  mcpUrl: string;
+  mcpCredential: string;
+  rules: Record<string, unknown>[];
+  onViolation: 'Deny' | 'Revoke';
+}
+
+/**
+ * A namespace with service account `agent`, a role in the emulator, the tickets MCP server's
+ * Secret, and an AgentPolicy over tickets (pii, through the MCP gateway) and email (external)
+ * with `rules`; returns the role's ARN.
+ */
+export async function setUpPolicy(env: LocalEnvironment, kc: KubeConfig, p: PolicySetUp): Promise<string> {
+  await post(kc, '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: p.namespace } });
+  await post(kc, `/api/v1/namespaces/${p.namespace}/secrets`, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tickets-mcp' }, stringData: { token: p.mcpCredential } });
+  await post(kc, `/api/v1/namespaces/${p.namespace}/serviceaccounts`, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'agent' } });
+  const aws = localAws(env);
+  const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
+  const role = await iam.send(new CreateRoleCommand({ RoleName: `${p.name}-agent`, AssumeRolePolicyDocument: '{"Version":"2012-10-17","Statement":[]}' }));
+  iam.destroy();
+  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${p.namespace}/agentpolicies`, {
+    apiVersion: 'chainwarden.io/v1alpha1',
+    kind: 'AgentPolicy',
+    metadata: { name: p.name, namespace: p.namespace },
+    spec: {
+      maxTaskTTL: '2h',
+      limits: { maxHops: 100000, maxDepth: 64 },
+      aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h', allowDirect: true },
+      systems: [
+        { name: 'tickets', dataClasses: ['pii'], mcp: { url: p.mcpUrl, credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' } },
+        { name: 'email', trustBoundary: 'external' },
+      ],
+      rules: p.rules,
+      onViolation: p.onViolation,
+    },
+  });
+  return role.Role?.Arn ?? '';
 }

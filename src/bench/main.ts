@@ -7,13 +7,12 @@ import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CreateRoleCommand, IAMClient } from '@aws-sdk/client-iam';
 import { SignatureV4 } from '@smithy/signature-v4';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
+import { startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
-import { https, log, pool, post, rssMiB, servingFiles, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
+import { https, log, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
 import { OPA_INPUT, startOpa } from './opa.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
@@ -62,35 +61,19 @@ async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn:
   }
 }
 
-async function setUp(env: LocalEnvironment, kc: KubeConfig, mcp: DemoMcpServer): Promise<string> {
-  await post(kc, '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
-  await post(kc, `/api/v1/namespaces/${NS}/secrets`, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tickets-mcp' }, stringData: { token: MCP_CREDENTIAL } });
-  await post(kc, `/api/v1/namespaces/${NS}/serviceaccounts`, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'agent' } });
-  const aws = localAws(env);
-  const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
-  const role = await iam.send(new CreateRoleCommand({ RoleName: 'bench-agent', AssumeRolePolicyDocument: '{"Version":"2012-10-17","Statement":[]}' }));
-  iam.destroy();
-  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agentpolicies`, {
-    apiVersion: 'chainwarden.io/v1alpha1',
-    kind: 'AgentPolicy',
-    metadata: { name: 'bench', namespace: NS },
-    spec: {
-      maxTaskTTL: '2h',
-      limits: { maxHops: 100000, maxDepth: 64 },
-      aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h', allowDirect: true },
-      systems: [
-        { name: 'tickets', dataClasses: ['pii'], mcp: { url: mcp.url, credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' } },
-        { name: 'email', trustBoundary: 'external' },
-      ],
-      rules: [
-        { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
-        { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
-        { name: 'who-am-i', effect: 'Allow', tools: ['aws:sts'], actions: ['sts:GetCallerIdentity'] },
-      ],
-      onViolation: 'Deny',
-    },
+function setUp(env: LocalEnvironment, kc: KubeConfig, mcp: DemoMcpServer): Promise<string> {
+  return setUpPolicy(env, kc, {
+    namespace: NS,
+    name: 'bench',
+    mcpUrl: mcp.url,
+    mcpCredential: MCP_CREDENTIAL,
+    rules: [
+      { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
+      { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
+      { name: 'who-am-i', effect: 'Allow', tools: ['aws:sts'], actions: ['sts:GetCallerIdentity'] },
+    ],
+    onViolation: 'Deny',
   });
-  return role.Role?.Arn ?? '';
 }
 
 async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, roleArn: string, count: number) {

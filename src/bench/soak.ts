@@ -18,15 +18,14 @@ import { Agent, request } from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CreateRoleCommand, IAMClient } from '@aws-sdk/client-iam';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { AgentTask } from '../api/schema.js';
 import { checkHead, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
-import { localAws, startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
+import { startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { freePort } from '../controlplane/ports.js';
 import { startDemoMcpServer, TICKET_TOOLS } from '../demo/mcp-servers.js';
 import { rawRequest } from '../kube/raw.js';
-import { https, log, post, rssMiB, servingFiles, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
+import { https, log, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
 
 const NS = 'soak';
 const MCP_CREDENTIAL = 'soak-mcp-credential';
@@ -147,35 +146,19 @@ class AgentClient {
   }
 }
 
-async function setUp(env: LocalEnvironment, kc: KubeConfig, mcpUrl: string): Promise<string> {
-  await post(kc, '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
-  await post(kc, `/api/v1/namespaces/${NS}/secrets`, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tickets-mcp' }, stringData: { token: MCP_CREDENTIAL } });
-  await post(kc, `/api/v1/namespaces/${NS}/serviceaccounts`, { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'agent' } });
-  const aws = localAws(env);
-  const iam = new IAMClient({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials });
-  const role = await iam.send(new CreateRoleCommand({ RoleName: 'soak-agent', AssumeRolePolicyDocument: '{"Version":"2012-10-17","Statement":[]}' }));
-  iam.destroy();
-  await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agentpolicies`, {
-    apiVersion: 'chainwarden.io/v1alpha1',
-    kind: 'AgentPolicy',
-    metadata: { name: 'soak', namespace: NS },
-    spec: {
-      maxTaskTTL: '2h',
-      limits: { maxHops: 100000, maxDepth: 64 },
-      aws: { allowedRoleArns: [role.Role?.Arn ?? ''], maxDuration: '1h', allowDirect: true },
-      systems: [
-        { name: 'tickets', dataClasses: ['pii'], mcp: { url: mcpUrl, credentials: { secretRef: { name: 'tickets-mcp', key: 'token' }, prefix: 'Bearer ' }, resource: 'ticket/{ticketId}' } },
-        { name: 'email', trustBoundary: 'external' },
-      ],
-      rules: [
-        { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
-        { name: 'reply-by-email', effect: 'Allow', tools: ['email'], actions: ['send'] },
-        { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
-      ],
-      onViolation: 'Revoke',
-    },
+function setUp(env: LocalEnvironment, kc: KubeConfig, mcpUrl: string): Promise<string> {
+  return setUpPolicy(env, kc, {
+    namespace: NS,
+    name: 'soak',
+    mcpUrl,
+    mcpCredential: MCP_CREDENTIAL,
+    rules: [
+      { name: 'read-and-comment', effect: 'Allow', tools: ['tickets'], actions: ['read', 'comment'], resources: ['ticket/*'] },
+      { name: 'reply-by-email', effect: 'Allow', tools: ['email'], actions: ['send'] },
+      { name: 'no-exfiltration', effect: 'Deny', tools: ['email'], actions: ['send'], when: { afterDataClasses: ['pii'] } },
+    ],
+    onViolation: 'Revoke',
   });
-  return role.Role?.Arn ?? '';
 }
 
 /** POSTs `obj`, or takes the one a retried POST already made; the object as stored. */
