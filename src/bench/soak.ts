@@ -421,25 +421,26 @@ async function main(): Promise<void> {
           };
           const read = await hop({ tool: 'tickets', action: 'read', resource: `ticket/${i}` });
           await hop({ tool: 'tickets', action: 'comment', resource: `ticket/${i}`, parentHop: read.body.hopId });
+          // Whether the agent saw its task end; only then is its next hop one that must be refused.
+          let ended = false;
           if (kind === 'violate') {
-            await hop({ tool: 'email', action: 'send', resource: 'someone@example.com' });
-            counts.violated += 1;
+            const sent = await hop({ tool: 'email', action: 'send', resource: 'someone@example.com' });
+            ended = sent.body.decision === 'deny';
+            if (ended) counts.violated += 1;
           } else if (kind === 'complete') {
-            for (let attempt = 0; attempt < 20; attempt++) {
-              const done = await agents.call('POST', `/v1/tasks/${NS}/${name}/complete`, token);
-              if (done.status === 200) {
-                counts.completed += 1;
-                break;
-              }
-              await sleep(500);
+            for (let attempt = 0; attempt < 20 && !ended; attempt++) {
+              ended = (await agents.call('POST', `/v1/tasks/${NS}/${name}/complete`, token)).status === 200;
+              if (!ended) await sleep(500);
             }
+            if (ended) counts.completed += 1;
           } else {
             counts.leftToExpire += 1;
             await sleep(50_000);
+            ended = true;
           }
           // After the end, as a compromised agent would: one more hop.
           await sleep(1000);
-          await hop({ tool: 'tickets', action: 'read', resource: `ticket/${i}` }, true);
+          await hop({ tool: 'tickets', action: 'read', resource: `ticket/${i}` }, ended);
         })(),
       );
     }
