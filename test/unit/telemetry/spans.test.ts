@@ -51,6 +51,19 @@ describe('SpanMapper', () => {
     expect(spans[1]).toMatchObject({ spanId: taskSpanIdOf('uid-1'), startMs: created, endMs: Date.parse(record?.at ?? ''), error: undefined, attributes: { 'chainwarden.task.state': 'Completed' } });
   });
 
+  it('keeps an agent inside its own trace: a parentHop naming another task\'s hop, or the task itself, grafts nothing elsewhere', () => {
+    const mapper = new SpanMapper(() => undefined);
+    const other = { uid: 'uid-2' };
+    const [span] = mapper.map(
+      records([{ type: 'hop_decided', data: { hopId: 'h9', parentHop: 'their-hop', tool: 'tickets', action: 'read', decision: 'allow', reasons: [] } }])[0] as AuditRecord,
+    );
+    expect(span?.traceId).toBe(traceIdOf('uid-1'));
+    expect(span?.parentSpanId).toBe(hopSpanIdOf('uid-1', 'their-hop'));
+    expect(span?.parentSpanId).not.toBe(hopSpanIdOf(other.uid, 'their-hop'));
+    // A hop cannot take the task span's id, whatever it is called.
+    for (const hopId of ['task', taskSpanIdOf('uid-1'), '']) expect(hopSpanIdOf('uid-1', hopId)).not.toBe(taskSpanIdOf('uid-1'));
+  });
+
   it('never throws, and gives well-formed ids, whatever a record holds (a stream can be forged)', () => {
     const types = ['task_admitted', 'identity_bound', 'credential_issued', 'hop_decided', 'approval', 'violation', 'revocation', 'completion', 'expiry'] as const;
     fc.assert(
