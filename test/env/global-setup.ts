@@ -7,10 +7,13 @@ import { createLogger } from '../../src/log.js';
 import { startOperator } from '../../src/operator/operator.js';
 import { registerWebhooks } from '../../src/admission/registration.js';
 import { applyChartRbac, chartServiceAccountKubeConfig } from './chart.js';
+import { startAwsFaultProxy } from './aws-faults.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     env: EnvironmentDescription;
+    /** The fault proxy the operator's STS and IAM calls pass through (test/env/aws-faults.ts). */
+    awsFaults: string;
   }
 }
 
@@ -32,12 +35,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
   // every integration test is also a test that the chart grants enough, and no more is granted.
   const admin = env.adminKubeConfig();
   let operator: Awaited<ReturnType<typeof startOperator>>;
+  // The operator reaches STS and IAM through a proxy that tests can make misbehave for their own roles.
+  const faults = await startAwsFaultProxy(env.stsEndpoint);
   try {
     await applyChartRbac(admin);
     const asChart = await chartServiceAccountKubeConfig(admin);
-    operator = await startOperator({ kc: asChart, log, aws: localAws(env), auditFile });
+    operator = await startOperator({ kc: asChart, log, aws: { ...localAws(env), stsEndpoint: faults.url, iamEndpoint: faults.url }, auditFile });
     await registerWebhooks(admin, { url: operator.webhookUrl, caBundlePem: operator.caPem });
   } catch (err) {
+    await faults.close();
     await env.stop();
     throw err;
   }
@@ -52,8 +58,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
     operatorLog,
     auditFile,
   });
+  project.provide('awsFaults', faults.url);
   return async () => {
     await operator.stop();
+    await faults.close();
     await env.stop();
   };
 }
