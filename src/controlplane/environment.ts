@@ -58,6 +58,16 @@ export interface LocalEnvironment extends EnvironmentDescription {
   adminKubeConfig(): KubeConfig;
   kubeConfigFor(user: string, groups?: readonly string[]): Promise<KubeConfig>;
   resetSts(): Promise<void>;
+  /**
+   * The real processes, for fault tests: the API server can be stopped and started again (same
+   * port, flags and keys; its state is in etcd), and etcd frozen (SIGSTOP) and thawed (SIGCONT).
+   */
+  faults: {
+    stopApiServer(graceMs?: number): Promise<void>;
+    startApiServer(): Promise<void>;
+    freezeEtcd(): void;
+    thawEtcd(): void;
+  };
   stop(): Promise<void>;
 }
 
@@ -73,6 +83,10 @@ export interface StartOptions {
 /** The operator's AWS settings for a local environment: the emulator, with its test identity. */
 export function localAws(env: EnvironmentDescription) {
   return { region: 'us-east-1', stsEndpoint: env.stsEndpoint, iamEndpoint: env.stsEndpoint, gatewayEndpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'chainwarden-local-operator-key' } };
+}
+
+function signal(pid: number | undefined, name: NodeJS.Signals): void {
+  if (pid !== undefined) process.kill(pid, name);
 }
 
 /** A kubeconfig for any user and groups, signed by the environment's CA. */
@@ -104,7 +118,7 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
       startStsEmulator(assets.motoServer, stateDir).then((s: StsEmulator) => (started.push(s.process), s)),
     ]);
     const apiserver: KubeApiserver = await startKubeApiserver({ binary: assets.kubeApiserver, etcdUrl: etcd.url, dir: stateDir, ca, admin });
-    started.push(apiserver.process);
+    started.push({ stop: () => apiserver.stop() });
 
     const description: EnvironmentDescription = {
       apiServer: apiserver.url,
@@ -129,7 +143,17 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
       adminKubeConfig: () => kubeConfigFromYaml(adminYaml),
       kubeConfigFor: (user, groups = []) => kubeConfigForUser(description, user, groups),
       resetSts: () => sts.reset(),
-      stop: () => stopAll(),
+      faults: {
+        stopApiServer: (graceMs) => apiserver.stop(graceMs),
+        startApiServer: () => apiserver.start(),
+        freezeEtcd: () => signal(etcd.process.pid, 'SIGSTOP'),
+        thawEtcd: () => signal(etcd.process.pid, 'SIGCONT'),
+      },
+      stop: () => {
+        // A frozen etcd would not stop on SIGTERM.
+        if (etcd.process.running) signal(etcd.process.pid, 'SIGCONT');
+        return stopAll();
+      },
     };
   } catch (err) {
     // Keep the component logs the error points at.

@@ -8,12 +8,15 @@ import { startOperator } from '../../src/operator/operator.js';
 import { registerWebhooks } from '../../src/admission/registration.js';
 import { applyChartRbac, chartServiceAccountKubeConfig } from './chart.js';
 import { startAwsFaultProxy } from './aws-faults.js';
+import { serveControlPlaneFaults } from './controlplane-faults.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     env: EnvironmentDescription;
     /** The fault proxy the operator's STS and IAM calls pass through (test/env/aws-faults.ts). */
     awsFaults: string;
+    /** Stops and starts the real API server, freezes and thaws etcd (test/env/controlplane-faults.ts). */
+    controlPlaneFaults: string;
   }
 }
 
@@ -59,7 +62,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
     auditFile,
   });
   project.provide('awsFaults', faults.url);
+  const processes = await serveControlPlaneFaults(env);
+  project.provide('controlPlaneFaults', processes.url);
   return async () => {
+    await processes.close();
     await operator.stop();
     await faults.close();
     await env.stop();
