@@ -1,44 +1,23 @@
 import { inject } from 'vitest';
-import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
-import type { AgentPolicy } from '../../../src/api/schema.js';
+import type { KubeConfig } from '@kubernetes/client-node';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { sourceIdentityFor } from '../../../src/credentials/plan.js';
-import { examplePolicy, exampleTask } from '../../builders/examples.js';
-import { brokerRequest, createAgentPod, createServiceAccount, podToken } from '../../env/agents.js';
+import { brokerRequest } from '../../env/agents.js';
 import { AwsFaults, type Fault } from '../../env/aws-faults.js';
-import { createRole, recordedCalls, revocationPolicy } from '../../env/aws.js';
+import { recordedCalls, revocationPolicy } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create } from '../../env/kube.js';
 import { condition, readTask, waitForTask } from '../operator/helpers.js';
+import { boundTask as bound, fetchCredentials } from './helpers.js';
+
+/** A bound task, and the fault proxy's handle on calls naming its role. */
+async function boundTask(admin: KubeConfig, env: EnvironmentDescription, namespace: string) {
+  const b = await bound(admin, env, namespace);
+  return { ...b, faults: new AwsFaults(inject('awsFaults'), b.roleName) };
+}
 
 // The operator's STS and IAM calls pass through a proxy in front of the emulator (test/env/aws-faults.ts);
 // each test makes it misbehave for its own role only. What reached the emulator is read from the
 // emulator's own request log; what the operator tried, from the proxy's.
-
-const ACCOUNT = '123456789012';
-
-/** A bound task with one Direct credential on a role of this test's own; the agent's pod token. */
-async function boundTask(admin: KubeConfig, env: EnvironmentDescription, namespace: string) {
-  const roleName = `support-agent-${namespace}`;
-  const roleArn = await createRole(env, roleName);
-  const policy: AgentPolicy = examplePolicy(namespace);
-  policy.spec.aws = { allowedRoleArns: [`arn:aws:iam::${ACCOUNT}:role/support-*`], maxDuration: '1h', allowDirect: true };
-  await create(admin, policy);
-  await createServiceAccount(admin, namespace, 'support-agent');
-  const task = exampleTask(namespace);
-  task.spec.credentials = [{ name: 'default', aws: { roleArn, duration: '15m', delivery: 'Direct' } }];
-  await create(admin, task);
-  const pod: V1Pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
-  const bound = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Bound');
-  const token = await podToken(admin, pod);
-  return { roleName, roleArn, task: bound, token, faults: new AwsFaults(inject('awsFaults'), roleName) };
-}
-
-/** GET /v1/credentials as the AWS SDK's container provider asks: a short timeout, and an abandoned request counts as failed. */
-async function fetchCredentials(env: EnvironmentDescription, token: string, timeoutMs = 10_000): Promise<{ status: number; body: unknown }> {
-  const timeout = new Promise<{ status: number; body: unknown }>((resolve) => setTimeout(() => resolve({ status: 0, body: 'client timeout' }), timeoutMs));
-  return Promise.race([brokerRequest(env, 'GET', '/v1/credentials', { token }), timeout]);
-}
 
 /** An agent that asks again every `everyMs` until `until` says stop; every answer, in order. */
 async function keepAsking(env: EnvironmentDescription, token: string, opts: { everyMs: number; forMs: number; timeoutMs?: number; until?: (a: { status: number }) => boolean }) {
