@@ -4,7 +4,7 @@ import type { EnvironmentDescription } from '../../../src/controlplane/environme
 import { brokerRequest } from '../../env/agents.js';
 import { ControlPlaneFaults } from '../../env/controlplane-faults.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { waitForTask } from '../operator/helpers.js';
+import { readTask, waitForTask } from '../operator/helpers.js';
 import { auditOf, boundTask, fetchCredentials } from './helpers.js';
 
 // These tests stop, start and freeze the real processes of the control plane every test file
@@ -88,6 +88,37 @@ describe('the API server and etcd misbehave', () => {
     expect(audited.breaks).toEqual([]);
     expect({ count: audited.chain?.count, head: audited.chain?.head }).toEqual({ count: written.status?.audit?.count, head: written.status?.audit?.head });
     expect(decision(await hop(env, token, 99))).toBe('allow');
+    await expect.poll(async () => (await readiness(env)).status, { timeout: 30_000, interval: 200 }).toBe(200);
+  });
+
+  test('the API server is killed while a journal write waits on a frozen etcd: whether or not that write landed, every hop answered is counted and in the audit chain exactly once', async ({ admin, env, namespace }) => {
+    const processes = new ControlPlaneFaults(inject('controlPlaneFaults'));
+    const { token, task } = await boundTask(admin, env, namespace);
+    expect(decision(await hop(env, token, 0))).toBe('allow');
+    await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.hops?.allowed === 1);
+
+    await processes.freezeEtcd();
+    try {
+      for (let i = 1; i <= 3; i++) expect(decision(await hop(env, token, i))).toBe('allow');
+      // The journal's write has gone out and waits on etcd; the API server dies before it can answer.
+      await new Promise((r) => setTimeout(r, 1_000));
+      await processes.stopApiServer('kill');
+    } finally {
+      await processes.thawEtcd();
+      await processes.startApiServer();
+    }
+
+    // Settled: the stream has caught up with the head in the task's status.
+    await expect
+      .poll(async () => (await auditedHops(env, task.metadata.uid)).chain?.head === (await readTask(admin, namespace, 'ticket-4711'))?.status?.audit?.head, { timeout: 30_000, interval: 250 })
+      .toBe(true);
+    const written = await readTask(admin, namespace, 'ticket-4711');
+    const audited = await auditedHops(env, task.metadata.uid);
+    expect(audited.breaks).toEqual([]);
+    expect(audited.hops.sort()).toEqual(['ticket/0', 'ticket/1', 'ticket/2', 'ticket/3']);
+    expect(written?.status?.hops?.allowed).toBe(4);
+    expect(written?.status?.chain?.hopCount).toBe(4);
+    expect(audited.chain?.count).toBe(written?.status?.audit?.count);
     await expect.poll(async () => (await readiness(env)).status, { timeout: 30_000, interval: 200 }).toBe(200);
   });
 });

@@ -3,6 +3,7 @@ import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { STATUS_CAPS } from '../../../src/api/task.js';
 import { applyDelta, emptyDelta, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
+import { verifyChains } from '../../../src/audit/verify.js';
 import { ChainwardenError } from '../../../src/errors.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
@@ -67,6 +68,34 @@ describe('the journal cannot be wedged', () => {
     await vi.waitFor(() => expect(emitted).toHaveLength(2), { timeout: 5_000 });
     expect(emitted.map((r) => [r.seq, r.data.hopId])).toEqual([[1, 'h1_1'], [2, 'h1_2']]);
     expect(journal.refusal(task())).toBeUndefined();
+  });
+
+  it.each([1, 2])('a write that landed though its answer was lost (%i in a row) is not applied again: each hop counted once, each record emitted once, the chain whole', async (lost) => {
+    // The API server commits the write, then the connection drops before the answer (a restart, a reset).
+    let stored = task();
+    let answersToLose = lost;
+    const emitted: AuditRecord[] = [];
+    const update: Update = (_ns, _name, edit) => {
+      const status = edit(stored);
+      if (!status) return Promise.resolve(stored);
+      stored = { ...stored, status };
+      if (answersToLose > 0) {
+        answersToLose -= 1;
+        return Promise.reject(new ChainwardenError('api_error', 'socket hang up'));
+      }
+      return Promise.resolve(stored);
+    };
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0 });
+    journal.record(stored, { hopCount: 1, allowed: 1, events: [hop(1)] });
+    await new Promise((r) => setTimeout(r, 50));
+    journal.record(stored, { hopCount: 1, allowed: 1, events: [hop(2)] });
+    await vi.waitFor(() => expect(emitted.map((r) => r.data.hopId)).toContain('h1_2'), { timeout: 5_000 });
+    expect(stored.status?.hops?.allowed).toBe(2);
+    expect(stored.status?.chain?.hopCount).toBe(2);
+    expect(emitted.map((r) => [r.seq, r.data.hopId])).toEqual([[1, 'h1_1'], [2, 'h1_2']]);
+    const { chains, breaks } = verifyChains(emitted.map((record, i) => ({ record, line: i + 1 })));
+    expect(breaks).toEqual([]);
+    expect({ count: chains[0]?.count, head: chains[0]?.head }).toEqual({ count: stored.status?.audit?.count, head: stored.status?.audit?.head });
   });
 
   it('stops a task the moment a violation is recorded, before (and whether or not) its write lands', () => {
