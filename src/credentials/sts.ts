@@ -102,7 +102,9 @@ export class AwsStsPort implements StsPort {
       region: options.region,
       endpoint: options.endpoint,
       credentials: options.credentials,
-      maxAttempts: options.maxAttempts ?? 5,
+      // An agent's fetch waits for these: three keep it within a few seconds even under throttling
+      // (five waited up to 15 s, past every SDK's credential timeout). Between fetches the broker backs off itself.
+      maxAttempts: options.maxAttempts ?? 3,
       retryMode: 'standard',
       // An abandoned attempt is a TimeoutError, which the standard retry retries; only an error can end it.
       requestHandler: { requestTimeout: options.attemptTimeoutMs ?? STS_ATTEMPT_TIMEOUT_MS, throwOnRequestTimeout: true },
