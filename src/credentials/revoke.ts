@@ -157,7 +157,7 @@ export interface RevokerOptions {
   random?: () => number;
 }
 
-/** IAM did not answer about a role; the Revoker leaves the role alone until `retryAt`. Retryable. */
+/** IAM failed about a role (throttling, 5xx, a timeout, a cut connection, a refusal): the Revoker leaves the role alone until `retryAt`. Retryable. */
 export class IamUnavailableError extends ChainwardenError {
   constructor(
     role: string,
@@ -165,7 +165,7 @@ export class IamUnavailableError extends ChainwardenError {
     readonly retryAt: number,
   ) {
     const name = (cause as { name?: string })?.name ?? 'Error';
-    super('iam_unavailable', `IAM did not answer for role ${role} (${name}: ${cause instanceof Error ? cause.message : String(cause)})`);
+    super('iam_unavailable', `IAM failed for role ${role} (${name}: ${cause instanceof Error ? cause.message : String(cause)})`);
     this.name = 'IamUnavailableError';
   }
 }
@@ -239,18 +239,18 @@ export class Revoker {
         this.log.info({ role }, 'the role does not exist: there is no session of it to deny');
         return;
       }
-      // Ours (a full policy, writers racing) is decided by what IAM showed; anything else is IAM not answering.
+      // Ours (a full policy, writers racing) is decided by what IAM showed; anything else is IAM failing.
       throw err instanceof ChainwardenError ? err : this.leaveAlone(role, err);
     }
   }
 
-  /** Remembers that IAM did not answer for the role, and until when it is left alone; returns the error to throw. */
+  /** Remembers that IAM failed for the role, and until when it is left alone; returns the error to throw. */
   private leaveAlone(role: string, cause: unknown): IamUnavailableError {
     const failures = (this.unanswered.get(role)?.failures ?? 0) + 1;
     const waitMs = planAwsRetry(failures, this.random);
     const error = new IamUnavailableError(role, cause, this.clock.now() + waitMs);
     this.unanswered.set(role, { failures, error });
-    this.log.warn({ role, failures, retryInMs: waitMs, err: error.message }, 'IAM did not answer: the role is not written to again until the wait is over');
+    this.log.warn({ role, failures, retryInMs: waitMs, err: error.message }, 'IAM failed: the role is not written to again until the wait is over');
     return error;
   }
 

@@ -168,7 +168,7 @@ export class AgentTaskController {
       if (outcome === 'gone') return done();
       await this.report(task, events, records);
     }
-    // Pending: IAM did not answer, and the Revoker says when to ask it again. Until then, every
+    // Pending: IAM failed, and the Revoker says when to ask it again. Until then, every
     // wake (each status write is one) is answered from its memory, without an IAM call.
     if (failure instanceof IamUnavailableError) return requeueAfter(failure.retryAt - clock.now());
     // Retryable: the status says the deny is pending; back off and try again.

@@ -136,7 +136,7 @@ describe('IAM misbehaves while a deny must be written', () => {
 
     if (times === undefined) {
       const pending = await waitForTask(admin, namespace, 'ticket-4711', (t) => condition(t, 'Revoked')?.reason === 'DenyPending');
-      expect(condition(pending, 'Revoked')).toMatchObject({ status: 'False', message: expect.stringContaining(`writing the AWS-side deny failed and is retried: IAM did not answer for role ${roleName}`) as string });
+      expect(condition(pending, 'Revoked')).toMatchObject({ status: 'False', message: expect.stringContaining(`writing the AWS-side deny failed and is retried: IAM failed for role ${roleName}`) as string });
       expect(pending.status?.credentials?.awsDenyInPlace).toBe(false);
       // Meanwhile the broker refuses the task: no credentials, no hops.
       for (let i = 0; i < 3; i++) {

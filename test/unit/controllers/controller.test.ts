@@ -78,10 +78,10 @@ describe('AgentTaskController: acting on the plan', () => {
     expect(client.task?.status?.credentials?.revokedAt).toBeDefined();
   });
 
-  it('when IAM did not answer, keeps the deny pending and looks again when the Revoker will ask IAM again, not sooner', async () => {
+  it('when IAM failed, keeps the deny pending and looks again when the Revoker will ask IAM again, not sooner', async () => {
     const { client, controller } = setup(newTask({ finalizers: [FINALIZER] }, { violation: { hopId: 'h1_x', rule: 'r', message: 'm' } }), { iamUnavailableFor: 4_000 });
     expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 4_000 });
-    expect(client.task?.status?.conditions?.find((c) => c.type === 'Revoked')).toMatchObject({ status: 'False', reason: 'DenyPending', message: expect.stringContaining('IAM did not answer for role agent (Throttling: Rate exceeded)') as string });
+    expect(client.task?.status?.conditions?.find((c) => c.type === 'Revoked')).toMatchObject({ status: 'False', reason: 'DenyPending', message: expect.stringContaining('IAM failed for role agent (Throttling: Rate exceeded)') as string });
     // Woken again by its own write: the status stays as it is (an apply that changes nothing wakes no one), no Event.
     const before = structuredClone(client.task?.status);
     expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 4_000 });
