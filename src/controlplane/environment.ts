@@ -67,6 +67,8 @@ export interface LocalEnvironment extends EnvironmentDescription {
     startApiServer(): Promise<void>;
     freezeEtcd(): void;
     thawEtcd(): void;
+    /** Compacts etcd's history up to now: every watch resumed from an older resourceVersion is told 410 Gone. */
+    compactEtcd(): Promise<void>;
   };
   stop(): Promise<void>;
 }
@@ -83,6 +85,17 @@ export interface StartOptions {
 /** The operator's AWS settings for a local environment: the emulator, with its test identity. */
 export function localAws(env: EnvironmentDescription) {
   return { region: 'us-east-1', stsEndpoint: env.stsEndpoint, iamEndpoint: env.stsEndpoint, gatewayEndpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'chainwarden-local-operator-key' } };
+}
+
+/** Through etcd's JSON gateway: its current revision, then a compaction up to it. */
+async function compactEtcd(url: string): Promise<void> {
+  const post = async (path: string, body: unknown): Promise<{ header?: { revision?: string } }> => {
+    const res = await fetch(`${url}${path}`, { method: 'POST', body: JSON.stringify(body) });
+    if (!res.ok) throw new ChainwardenError('command_failed', `etcd ${path}: ${res.status} ${await res.text()}`);
+    return (await res.json()) as { header?: { revision?: string } };
+  };
+  const { header } = await post('/v3/kv/range', { key: Buffer.from('/').toString('base64') });
+  await post('/v3/kv/compaction', { revision: header?.revision, physical: true });
 }
 
 function signal(pid: number | undefined, name: NodeJS.Signals): void {
@@ -148,6 +161,7 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
         startApiServer: () => apiserver.start(),
         freezeEtcd: () => signal(etcd.process.pid, 'SIGSTOP'),
         thawEtcd: () => signal(etcd.process.pid, 'SIGCONT'),
+        compactEtcd: () => compactEtcd(etcd.url),
       },
       stop: () => {
         // A frozen etcd would not stop on SIGTERM.

@@ -5,8 +5,8 @@ import type { LocalEnvironment } from '../../src/controlplane/environment.js';
 /**
  * The shared control plane's processes live in the test runner's main process; a test file runs
  * in a worker. This small HTTP endpoint lets a test stop and start the real kube-apiserver and
- * freeze and thaw the real etcd: `POST /apiserver/stop`, `/apiserver/start`, `/etcd/freeze`,
- * `/etcd/thaw`. A test that uses it must leave both running, as it found them.
+ * freeze, thaw and compact the real etcd: `POST /apiserver/stop`, `/apiserver/kill`,
+ * `/apiserver/start`, `/etcd/freeze`, `/etcd/thaw`, `/etcd/compact`. A test that uses it must leave both running, as it found them.
  */
 export async function serveControlPlaneFaults(env: LocalEnvironment): Promise<{ url: string; close(): Promise<void> }> {
   const actions: Record<string, () => Promise<void> | void> = {
@@ -15,6 +15,7 @@ export async function serveControlPlaneFaults(env: LocalEnvironment): Promise<{ 
     '/apiserver/start': () => env.faults.startApiServer(),
     '/etcd/freeze': () => env.faults.freezeEtcd(),
     '/etcd/thaw': () => env.faults.thawEtcd(),
+    '/etcd/compact': () => env.faults.compactEtcd(),
   };
   const server = http.createServer((req, res) => {
     const action = req.method === 'POST' ? actions[req.url ?? ''] : undefined;
@@ -55,5 +56,10 @@ export class ControlPlaneFaults {
 
   thawEtcd(): Promise<void> {
     return this.post('/etcd/thaw');
+  }
+
+  /** History up to now is gone: a watch resumed from before is answered 410 Gone. */
+  compactEtcd(): Promise<void> {
+    return this.post('/etcd/compact');
   }
 }

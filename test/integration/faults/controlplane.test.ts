@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { inject } from 'vitest';
 import { verifyChains } from '../../../src/audit/verify.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
@@ -14,6 +15,15 @@ const hop = (env: EnvironmentDescription, token: string, i: number) => brokerReq
 const readiness = (env: EnvironmentDescription) => brokerRequest(env, 'GET', '/readyz');
 const decision = (a: { body: unknown }) => (a.body as { decision?: string }).decision;
 
+/** The collections the operator's informers listed again, told 410 Gone, since `since`: from its log. */
+async function relistedSince(env: EnvironmentDescription, since: number): Promise<string[]> {
+  const lines = (await readFile(env.operatorLog ?? '', 'utf8')).split('\n').filter((l) => l.startsWith('{'));
+  return lines
+    .map((l) => JSON.parse(l) as { time?: string; msg?: string; path?: string })
+    .filter((l) => l.msg === 'watch expired (410 Gone); listing again' && Date.parse(l.time ?? '') >= since)
+    .map((l) => l.path ?? '');
+}
+
 /** The task's hop decisions in the audit stream, and whether its chain holds together up to the head in its status. */
 async function auditedHops(env: EnvironmentDescription, uid: string | undefined) {
   const entries = await auditOf(env, uid);
@@ -22,13 +32,14 @@ async function auditedHops(env: EnvironmentDescription, uid: string | undefined)
 }
 
 describe('the API server and etcd misbehave', () => {
-  test('the API server stops and starts again: hops are answered from the caches, a credential that cannot be recorded is not handed out, readiness says why, and afterwards the caches catch up and every hop is in the audit chain once', async ({ admin, env, namespace }) => {
+  test('the API server stops and starts again with its history compacted: hops are answered from the caches, a credential that cannot be recorded is not handed out, readiness says why, and afterwards the informers list again (410), catch up, and every hop is in the audit chain once', async ({ admin, env, namespace }) => {
     const processes = new ControlPlaneFaults(inject('controlPlaneFaults'));
     const { token, task } = await boundTask(admin, env, namespace);
     expect(decision(await hop(env, token, 1))).toBe('allow');
     await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.hops?.allowed === 1);
     expect(await readiness(env)).toMatchObject({ status: 200, body: { status: 'ok' } });
 
+    const stoppedAt = Date.now();
     await processes.stopApiServer();
     try {
       await expect.poll(async () => (await readiness(env)).status, { timeout: 10_000, interval: 200 }).toBe(503);
@@ -42,6 +53,8 @@ describe('the API server and etcd misbehave', () => {
       const credentials = await fetchCredentials(env, token);
       expect(credentials.status).toBeGreaterThanOrEqual(500);
       expect(JSON.stringify(credentials.body)).not.toContain('SecretAccessKey');
+      // The history the operator's watches would resume from is gone: they must list again.
+      await processes.compactEtcd();
     } finally {
       await processes.startApiServer();
     }
@@ -50,6 +63,8 @@ describe('the API server and etcd misbehave', () => {
     const second = await boundTask(admin, env, namespace, 'ticket-4712');
     expect(second.task.status?.spiffeID).toContain('/task/ticket-4712');
     await expect.poll(async () => (await readiness(env)).status, { timeout: 30_000, interval: 200 }).toBe(200);
+    // (The API server answers watches before it says it is ready, so the relist may come before `start` returns.)
+    expect(await relistedSince(env, stoppedAt)).toContain('/apis/chainwarden.io/v1alpha1/agenttasks');
 
     const written = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.hops?.allowed === 4, 20_000);
     const audited = await auditedHops(env, task.metadata.uid);
