@@ -208,8 +208,9 @@ interface Entry {
   timer?: NodeJS.Timeout;
   /** Writes that failed in a row, for backoff; reset by a write that lands. */
   failures: number;
-  /** Writes the API server refused outright in a row. */
+  /** Writes the API server refused outright in a row, and since when. */
   refusals: number;
+  refusedSince?: number;
   /** Since when the task's records have been waiting on a failing write. */
   behindSince?: number;
 }
@@ -252,8 +253,13 @@ export interface JournalOptions {
   onStop?: (task: TaskRef, cause: StopCause, message: string) => void;
 }
 
-/** How often a write the API server refuses outright is tried before the task is stopped: never forever. */
+/**
+ * How often, and for how long, a write the API server refuses outright is tried before the task
+ * is stopped: never forever, but not on a moment's refusals either. An API server that has just
+ * started answers 403 until its RBAC is loaded; three quick refusals then stopped a task for good.
+ */
 const REFUSED_ATTEMPTS = 3;
+const REFUSED_FOR_MS = 5_000;
 /** Records may wait on a failing write this long, or this many, before the task's hops are refused. */
 const MAX_BEHIND_MS = 10_000;
 const MAX_BEHIND_EVENTS = 1_000;
@@ -273,7 +279,7 @@ const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metada
  * The journal cannot be wedged, and never lets hops outrun their records. A failing write is
  * retried with backoff, nothing lost; while records wait longer than 10 s (or more than 1,000
  * pile up) the task's requests are refused until they are written. A write the API server
- * refuses outright is tried three times, then given up: its records are emitted on the last
+ * refuses outright is tried three times and for 5 s, then given up: its records are emitted on the last
  * head known, and the task is stopped on this replica. A violation stops the task on this
  * replica the moment it is recorded, before any write lands.
  */
@@ -438,7 +444,8 @@ export class TaskJournal {
           records = applied.records;
           return applied.status;
         },
-        this.options.cached && (() => this.newestKnown(entry.namespace, entry.name)),
+        // With a write unconfirmed, only a fresh read tells whether it landed: the watch's copy may lag behind it.
+        unconfirmed ? undefined : this.options.cached && (() => this.newestKnown(entry.namespace, entry.name)),
       );
       // The task is gone; the records still go out, linked on what was last known.
       if (!written) this.options.log.warn({ task, records: delta.events.length }, 'task gone before its journal was written');
@@ -449,6 +456,7 @@ export class TaskJournal {
       }
       entry.failures = 0;
       entry.refusals = 0;
+      entry.refusedSince = undefined;
       entry.behindSince = undefined;
       for (const record of [...landed, ...records]) this.options.emit(record);
       for (const w of waiters) w.resolve(written);
@@ -458,7 +466,8 @@ export class TaskJournal {
       entry.failures += 1;
       entry.behindSince ??= this.clock.now();
       entry.refusals = isRefusal(err) ? entry.refusals + 1 : 0;
-      if (entry.refusals >= REFUSED_ATTEMPTS && seen) {
+      entry.refusedSince = isRefusal(err) ? (entry.refusedSince ?? this.clock.now()) : undefined;
+      if (entry.refusals >= REFUSED_ATTEMPTS && this.clock.now() - (entry.refusedSince ?? 0) >= REFUSED_FOR_MS && seen) {
         // The same write is refused every time: give it up rather than retry it forever. Its
         // records go out on the last head known, so the stream keeps what the agent was answered,
         // and the task gets nothing more here: no hop is answered that could not be recorded.
@@ -466,6 +475,7 @@ export class TaskJournal {
         for (const record of [...landed, ...records]) this.options.emit(record);
         entry.failures = 0;
         entry.refusals = 0;
+        entry.refusedSince = undefined;
         this.stop(seen, 'unrecorded', `cannot be recorded: the API server refuses its status (${errorMessage(err)})`);
         return;
       }
