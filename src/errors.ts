@@ -64,6 +64,8 @@ export const ERRORS = {
   api_refused: { status: 502 },
   /** The role's other inline policies leave no room for the revocation policy: a person must make room. */
   revocation_policy_full: { status: 500 },
+  /** IAM failed (throttling, 5xx, timeouts, connections cut, refusals): retried after a wait. */
+  iam_unavailable: { status: 503 },
   journal_behind: { status: 503 },
   conflict: { status: 409 },
   no_cluster: { status: 500 },

@@ -195,6 +195,12 @@ interface Entry {
   queuedAt?: number;
   /** Changes being written now. */
   inflight?: TaskDelta;
+  /**
+   * A write that failed without an answer (connection cut, API server gone): it may have landed.
+   * The next write checks the head in status: there, only its records go out; not there, it is
+   * written again with whatever queued since. Counted as unwritten until then.
+   */
+  unconfirmed?: Unconfirmed;
   /** The write in flight, if any. */
   flushing?: Promise<void>;
   /** Waiters for the next write to land, given the task as written (undefined: it is gone). */
@@ -202,10 +208,22 @@ interface Entry {
   timer?: NodeJS.Timeout;
   /** Writes that failed in a row, for backoff; reset by a write that lands. */
   failures: number;
-  /** Writes the API server refused outright in a row. */
+  /** Writes the API server refused outright in a row, and since when. */
   refusals: number;
+  refusedSince?: number;
   /** Since when the task's records have been waiting on a failing write. */
   behindSince?: number;
+}
+
+interface Unconfirmed {
+  delta: TaskDelta;
+  /** The task it was written to, and the audit head it would have left in status (none without records, or when refused). */
+  uid: string;
+  head?: string;
+  /** Its records, linked as written. */
+  records: AuditRecord[];
+  /** Records found in status by a later write that then failed itself: they go out first. */
+  landed: AuditRecord[];
 }
 
 /** Why this replica gives a task nothing more, whatever its status says yet. */
@@ -235,8 +253,13 @@ export interface JournalOptions {
   onStop?: (task: TaskRef, cause: StopCause, message: string) => void;
 }
 
-/** How often a write the API server refuses outright is tried before the task is stopped: never forever. */
+/**
+ * How often, and for how long, a write the API server refuses outright is tried before the task
+ * is stopped: never forever, but not on a moment's refusals either. An API server that has just
+ * started answers 403 until its RBAC is loaded; three quick refusals then stopped a task for good.
+ */
 const REFUSED_ATTEMPTS = 3;
+const REFUSED_FOR_MS = 5_000;
 /** Records may wait on a failing write this long, or this many, before the task's hops are refused. */
 const MAX_BEHIND_MS = 10_000;
 const MAX_BEHIND_EVENTS = 1_000;
@@ -256,7 +279,7 @@ const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metada
  * The journal cannot be wedged, and never lets hops outrun their records. A failing write is
  * retried with backoff, nothing lost; while records wait longer than 10 s (or more than 1,000
  * pile up) the task's requests are refused until they are written. A write the API server
- * refuses outright is tried three times, then given up: its records are emitted on the last
+ * refuses outright is tried three times and for 5 s, then given up: its records are emitted on the last
  * head known, and the task is stopped on this replica. A violation stops the task on this
  * replica the moment it is recorded, before any write lands.
  */
@@ -307,7 +330,7 @@ export class TaskJournal {
     const entry = this.entries.get(key);
     if (entry?.behindSince === undefined) return undefined;
     const waited = this.clock.now() - entry.behindSince;
-    const events = entry.queued.events.length + (entry.inflight?.events.length ?? 0);
+    const events = entry.queued.events.length + (entry.inflight?.events.length ?? entry.unconfirmed?.delta.events.length ?? 0);
     if (waited < MAX_BEHIND_MS && events < MAX_BEHIND_EVENTS) return undefined;
     return new ChainwardenError('journal_behind', `the audit records of AgentTask ${key} have waited ${Math.round(waited / 1000)} s for the API server; requests are refused until they are written, retry shortly`);
   }
@@ -362,9 +385,12 @@ export class TaskJournal {
   /** The changes this replica has not written yet, for deciding with a view that includes them. */
   unwritten(namespace: string, name: string): TaskDelta | undefined {
     const entry = this.entries.get(`${namespace}/${name}`);
-    if (!entry?.inflight) return entry?.queued;
+    if (!entry) return undefined;
+    // A write without an answer counts until the next shows whether it landed: a hop counted twice for a moment, never none.
+    const before = entry.inflight ?? entry.unconfirmed?.delta;
+    if (!before) return entry.queued;
     const both = emptyDelta();
-    merge(both, entry.inflight);
+    merge(both, before);
     merge(both, entry.queued);
     return both;
   }
@@ -379,7 +405,7 @@ export class TaskJournal {
         entry.flushing = undefined;
         // What queued during the write waits out its own flushMs: under steady load the task is
         // written every flushMs, not back to back.
-        if (entry.waiters.length > 0) this.schedule(entry, 0);
+        if (entry.waiters.length > 0 || entry.unconfirmed) this.schedule(entry, 0);
         else if (!isEmpty(entry.queued)) this.schedule(entry, Math.max(0, (entry.queuedAt ?? 0) + this.flushMs - this.clock.now()));
         else if (this.entries.get(`${entry.namespace}/${entry.name}`) === entry) this.entries.delete(`${entry.namespace}/${entry.name}`);
       });
@@ -387,14 +413,22 @@ export class TaskJournal {
   }
 
   private async flush(entry: Entry): Promise<void> {
-    const delta = entry.queued;
+    const unconfirmed = entry.unconfirmed;
+    const fresh = entry.queued;
     const waiters = entry.waiters;
     const task = `${entry.namespace}/${entry.name}`;
+    // What this write carries, unless the unconfirmed one turns out to have landed.
+    const delta = emptyDelta();
+    if (unconfirmed) merge(delta, unconfirmed.delta);
+    merge(delta, fresh);
     entry.inflight = delta;
+    entry.unconfirmed = undefined;
     entry.queued = emptyDelta();
     entry.queuedAt = undefined;
     entry.waiters = [];
+    let attempted: TaskDelta | undefined;
     let records: AuditRecord[] = [];
+    let landed: AuditRecord[] = unconfirmed?.landed ?? [];
     let seen: TaskRef | undefined;
     try {
       const written = await this.options.writer.update(
@@ -402,11 +436,16 @@ export class TaskJournal {
         entry.name,
         (current) => {
           seen = current;
-          const applied = applyDelta(current, delta, this.clock.now());
+          // The head it would have left is there: it landed, and is not applied a second time.
+          const wasWritten = unconfirmed?.head !== undefined && unconfirmed.uid === current.metadata.uid && current.status?.audit?.head === unconfirmed.head;
+          attempted = wasWritten ? fresh : delta;
+          landed = wasWritten ? [...unconfirmed.landed, ...unconfirmed.records] : (unconfirmed?.landed ?? []);
+          const applied = applyDelta(current, attempted, this.clock.now());
           records = applied.records;
           return applied.status;
         },
-        this.options.cached && (() => this.newestKnown(entry.namespace, entry.name)),
+        // With a write unconfirmed, only a fresh read tells whether it landed: the watch's copy may lag behind it.
+        unconfirmed ? undefined : this.options.cached && (() => this.newestKnown(entry.namespace, entry.name)),
       );
       // The task is gone; the records still go out, linked on what was last known.
       if (!written) this.options.log.warn({ task, records: delta.events.length }, 'task gone before its journal was written');
@@ -417,8 +456,9 @@ export class TaskJournal {
       }
       entry.failures = 0;
       entry.refusals = 0;
+      entry.refusedSince = undefined;
       entry.behindSince = undefined;
-      for (const record of records) this.options.emit(record);
+      for (const record of [...landed, ...records]) this.options.emit(record);
       for (const w of waiters) w.resolve(written);
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
@@ -426,22 +466,32 @@ export class TaskJournal {
       entry.failures += 1;
       entry.behindSince ??= this.clock.now();
       entry.refusals = isRefusal(err) ? entry.refusals + 1 : 0;
-      if (entry.refusals >= REFUSED_ATTEMPTS && seen) {
+      entry.refusedSince = isRefusal(err) ? (entry.refusedSince ?? this.clock.now()) : undefined;
+      if (entry.refusals >= REFUSED_ATTEMPTS && this.clock.now() - (entry.refusedSince ?? 0) >= REFUSED_FOR_MS && seen) {
         // The same write is refused every time: give it up rather than retry it forever. Its
         // records go out on the last head known, so the stream keeps what the agent was answered,
         // and the task gets nothing more here: no hop is answered that could not be recorded.
         this.options.log.error({ task, err: errorMessage(err), records: records.length }, 'the API server refuses the journal write; the task is stopped on this replica');
-        for (const record of records) this.options.emit(record);
+        for (const record of [...landed, ...records]) this.options.emit(record);
         entry.failures = 0;
         entry.refusals = 0;
+        entry.refusedSince = undefined;
         this.stop(seen, 'unrecorded', `cannot be recorded: the API server refuses its status (${errorMessage(err)})`);
         return;
       }
-      // Put the changes back in front of whatever queued since: nothing is lost, the next flush retries.
-      const requeued = emptyDelta();
-      merge(requeued, delta);
-      merge(requeued, entry.queued);
-      entry.queued = requeued;
+      // Nothing is lost, nothing written twice. Never got to write (the read failed): the
+      // unconfirmed write stays as it was, and what was fresh goes back in front of the queue.
+      // Wrote, without an answer: it may have landed; the next write looks for its head. Refused:
+      // it did not land.
+      if (attempted === undefined) {
+        entry.unconfirmed = unconfirmed;
+        const requeued = emptyDelta();
+        merge(requeued, fresh);
+        merge(requeued, entry.queued);
+        entry.queued = requeued;
+      } else {
+        entry.unconfirmed = { delta: attempted, uid: seen?.metadata.uid ?? '', head: isRefusal(err) ? undefined : records.at(-1)?.hash, records, landed };
+      }
       entry.queuedAt = this.clock.now();
       this.options.log.warn({ task, err: errorMessage(err), attempt: entry.failures }, 'journal write failed; retrying');
       const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** entry.failures);
@@ -458,7 +508,7 @@ export class TaskJournal {
 
   private async commitQueued(entry: Entry): Promise<void> {
     await entry.flushing;
-    if (isEmpty(entry.queued)) return;
+    if (isEmpty(entry.queued) && !entry.unconfirmed) return;
     await this.commit({ metadata: { namespace: entry.namespace, name: entry.name } }, {}).catch(() => undefined);
   }
 }

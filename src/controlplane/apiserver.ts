@@ -12,7 +12,12 @@ export const SERVICE_ACCOUNT_ISSUER = 'https://kubernetes.default.svc.cluster.lo
 
 export interface KubeApiserver {
   url: string;
-  process: ManagedProcess;
+  /** The running process; a new one after each `start`. */
+  readonly process: ManagedProcess;
+  /** Stops the process (SIGTERM, SIGKILL after `graceMs`), as a control-plane upgrade or crash would; its state stays in etcd. */
+  stop(graceMs?: number): Promise<void>;
+  /** Starts it again on the same port with the same flags and keys; resolves once it is ready. */
+  start(): Promise<void>;
 }
 
 export interface ApiserverInputs {
@@ -52,8 +57,7 @@ export async function startKubeApiserver(inputs: ApiserverInputs): Promise<KubeA
   await writeFile(files.saKey, signing.privateKeyPem, { mode: 0o600 });
   await writeFile(files.saPub, signing.publicKeyPem);
 
-  return startWithFreshPorts(3, async () => {
-    const port = await freePort();
+  const launch = async (port: number): Promise<ManagedProcess> => {
     const url = `https://127.0.0.1:${port}`;
     const proc = ManagedProcess.start({
       name: 'kube-apiserver',
@@ -89,6 +93,24 @@ export async function startKubeApiserver(inputs: ApiserverInputs): Promise<KubeA
       await proc.stop(1000);
       throw err;
     }
-    return { url, process: proc };
+    return proc;
+  };
+
+  const first = await startWithFreshPorts(3, async () => {
+    const port = await freePort();
+    return { port, proc: await launch(port) };
   });
+  let current = first.proc;
+  return {
+    url: `https://127.0.0.1:${first.port}`,
+    get process() {
+      return current;
+    },
+    stop: (graceMs) => current.stop(graceMs),
+    start: async () => {
+      if (current.running) return;
+      // The port was ours a moment ago; another process taking it in between is a failure to start, said as such.
+      current = await launch(first.port);
+    },
+  };
 }

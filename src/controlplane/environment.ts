@@ -60,6 +60,18 @@ export interface LocalEnvironment extends EnvironmentDescription {
   adminKubeConfig(): KubeConfig;
   kubeConfigFor(user: string, groups?: readonly string[]): Promise<KubeConfig>;
   resetSts(): Promise<void>;
+  /**
+   * The real processes, for fault tests: the API server can be stopped and started again (same
+   * port, flags and keys; its state is in etcd), and etcd frozen (SIGSTOP) and thawed (SIGCONT).
+   */
+  faults: {
+    stopApiServer(graceMs?: number): Promise<void>;
+    startApiServer(): Promise<void>;
+    freezeEtcd(): void;
+    thawEtcd(): void;
+    /** Compacts etcd's history up to now: every watch resumed from an older resourceVersion is told 410 Gone. */
+    compactEtcd(): Promise<void>;
+  };
   stop(): Promise<void>;
 }
 
@@ -75,6 +87,21 @@ export interface StartOptions {
 /** The operator's AWS settings for a local environment: the emulator, with its test identity. */
 export function localAws(env: EnvironmentDescription) {
   return { region: 'us-east-1', stsEndpoint: env.stsEndpoint, iamEndpoint: env.stsEndpoint, gatewayEndpoint: env.stsEndpoint, credentials: { accessKeyId: 'AKIAIOSFODNN7EXAMPLE', secretAccessKey: 'chainwarden-local-operator-key' } };
+}
+
+/** Through etcd's JSON gateway: its current revision, then a compaction up to it. */
+async function compactEtcd(url: string): Promise<void> {
+  const post = async (path: string, body: unknown): Promise<{ header?: { revision?: string } }> => {
+    const res = await fetch(`${url}${path}`, { method: 'POST', body: JSON.stringify(body) });
+    if (!res.ok) throw new ChainwardenError('command_failed', `etcd ${path}: ${res.status} ${await res.text()}`);
+    return (await res.json()) as { header?: { revision?: string } };
+  };
+  const { header } = await post('/v3/kv/range', { key: Buffer.from('/').toString('base64') });
+  await post('/v3/kv/compaction', { revision: header?.revision, physical: true });
+}
+
+function signal(pid: number | undefined, name: NodeJS.Signals): void {
+  if (pid !== undefined) process.kill(pid, name);
 }
 
 /** A kubeconfig for any user and groups, signed by the environment's CA. */
@@ -106,7 +133,7 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
       startStsEmulator(assets.motoServer, stateDir).then((s: StsEmulator) => (started.push(s.process), s)),
     ]);
     const apiserver: KubeApiserver = await startKubeApiserver({ binary: assets.kubeApiserver, etcdUrl: etcd.url, dir: stateDir, ca, admin });
-    started.push(apiserver.process);
+    started.push({ stop: () => apiserver.stop() });
 
     const description: EnvironmentDescription = {
       apiServer: apiserver.url,
@@ -131,7 +158,18 @@ export async function startLocalEnvironment(options: StartOptions = {}): Promise
       adminKubeConfig: () => kubeConfigFromYaml(adminYaml),
       kubeConfigFor: (user, groups = []) => kubeConfigForUser(description, user, groups),
       resetSts: () => sts.reset(),
-      stop: () => stopAll(),
+      faults: {
+        stopApiServer: (graceMs) => apiserver.stop(graceMs),
+        startApiServer: () => apiserver.start(),
+        freezeEtcd: () => signal(etcd.process.pid, 'SIGSTOP'),
+        thawEtcd: () => signal(etcd.process.pid, 'SIGCONT'),
+        compactEtcd: () => compactEtcd(etcd.url),
+      },
+      stop: () => {
+        // A frozen etcd would not stop on SIGTERM.
+        if (etcd.process.running) signal(etcd.process.pid, 'SIGCONT');
+        return stopAll();
+      },
     };
   } catch (err) {
     // Keep the component logs the error points at.

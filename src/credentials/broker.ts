@@ -10,7 +10,7 @@ import type { TaskClient, TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { globMatches } from '../policy/glob.js';
 import type { Clock } from '../runtime/clock.js';
-import { planCredentialDuration, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
+import { planCredentialDuration, planAwsRetry, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
 import { StsError, type AwsSession, type StsPort } from './sts.js';
 import type { Placeholders } from '../aws/placeholders.js';
 
@@ -34,6 +34,8 @@ export interface CredentialBrokerDeps {
   journal?: Pick<TaskJournal, 'record'>;
   /** The keys Gateway credentials are answered with; without them every credential is delivered Direct. */
   placeholders?: Placeholders;
+  /** Jitter for the wait between issuances after STS failed; Math.random by default. */
+  random?: () => number;
 }
 
 /** How long placeholder keys are good for at most: the SDK fetches them again, and a task that ended gets none. */
@@ -41,6 +43,14 @@ const PLACEHOLDER_TTL_MS = 60 * 60_000;
 
 interface Cached {
   session: AwsSession;
+  taskUid: string;
+}
+
+/** A credential STS failed to issue: until `retryAt` its fetches get the same answer without a call to STS. */
+interface BackingOff {
+  failures: number;
+  retryAt: number;
+  error: ChainwardenError;
   taskUid: string;
 }
 
@@ -52,12 +62,14 @@ interface Cached {
 export class CredentialBroker {
   private readonly cache = new Map<string, Cached>();
   private readonly inflight = new Map<string, Promise<AwsSession>>();
+  private readonly backingOff = new Map<string, BackingOff>();
 
   constructor(private readonly deps: CredentialBrokerDeps) {}
 
   /** Forgets every session of a task (it ended); called on every replica from the informer. */
   drop(taskUid: string): void {
     for (const [key, entry] of this.cache) if (entry.taskUid === taskUid) this.cache.delete(key);
+    for (const [key, entry] of this.backingOff) if (entry.taskUid === taskUid) this.backingOff.delete(key);
   }
 
   get cachedSessions(): number {
@@ -95,13 +107,33 @@ export class CredentialBroker {
     if (hit && hit.session.expiration.getTime() - this.deps.clock.now() > REFRESH_MARGIN_MS) return hit.session;
     let pending = this.inflight.get(key);
     if (!pending) {
-      pending = this.issue(task, name).finally(() => this.inflight.delete(key));
+      const waiting = this.backingOff.get(key);
+      // Retryable, answered at once: STS failed moments ago and is left alone a while (503, StsUnavailable on the task).
+      if (waiting && waiting.retryAt > this.deps.clock.now()) throw waiting.error;
+      pending = this.issue(task, name)
+        .then(
+          (session) => (this.backingOff.delete(key), session),
+          (err: unknown) => {
+            this.backOff(key, uid, err);
+            throw err;
+          },
+        )
+        .finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
     const session = await pending;
     // The task may have ended while STS answered: its revocation already dropped the cache.
     this.cache.set(key, { session, taskUid: uid });
     return session;
+  }
+
+  /** After STS could not answer, the next issuance of the credential waits, longer with each failure in a row. */
+  private backOff(key: string, taskUid: string, err: unknown): void {
+    if (!(err instanceof ChainwardenError) || err.code !== 'sts_unavailable') return void this.backingOff.delete(key);
+    const failures = (this.backingOff.get(key)?.failures ?? 0) + 1;
+    const retryAt = this.deps.clock.now() + planAwsRetry(failures, this.deps.random);
+    this.backingOff.set(key, { failures, retryAt, error: err, taskUid });
+    this.deps.log.info({ credential: key, failures, retryInMs: retryAt - this.deps.clock.now() }, 'STS unavailable: the credential is not asked for again until the wait is over');
   }
 
   private async issue(task: AgentTask, name: string): Promise<AwsSession> {

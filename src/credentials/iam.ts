@@ -19,7 +19,16 @@ export interface AwsIamOptions {
   region: string;
   endpoint?: string;
   credentials?: IAMClientConfig['credentials'];
+  /** How long one attempt may take before it is abandoned and retried. */
+  attemptTimeoutMs?: number;
 }
+
+/**
+ * Without a limit the SDK waits up to its 5-minute socket timeout for an answer IAM holds back,
+ * and the controller worker writing the deny waits with it: the deny, and every other task that
+ * worker would reconcile, stall. An abandoned attempt is retried by the SDK, then by the work queue.
+ */
+export const IAM_ATTEMPT_TIMEOUT_MS = 10_000;
 
 export const isNoSuchEntity = (err: unknown) => (err as { name?: string })?.name === 'NoSuchEntityException' || (err as { name?: string })?.name === 'NoSuchEntity';
 
@@ -27,7 +36,14 @@ export class AwsIamPort implements IamPort {
   private readonly client: IAMClient;
 
   constructor(options: AwsIamOptions) {
-    this.client = new IAMClient({ region: options.region, endpoint: options.endpoint, credentials: options.credentials, maxAttempts: 5, retryMode: 'standard' });
+    this.client = new IAMClient({
+      region: options.region,
+      endpoint: options.endpoint,
+      credentials: options.credentials,
+      maxAttempts: 5,
+      retryMode: 'standard',
+      requestHandler: { requestTimeout: options.attemptTimeoutMs ?? IAM_ATTEMPT_TIMEOUT_MS, throwOnRequestTimeout: true },
+    });
   }
 
   async getRolePolicy(RoleName: string, PolicyName: string): Promise<string | undefined> {

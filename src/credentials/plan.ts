@@ -53,3 +53,21 @@ export function sessionTags(task: AgentTask, credential: AwsCredential): Record<
 export function roleNameOf(roleArn: string): string {
   return roleArn.slice(roleArn.lastIndexOf('/') + 1);
 }
+
+/** After STS or IAM failed to answer, chainwarden calls again about that credential or role no sooner than this… */
+export const AWS_RETRY_BASE_MS = 1_000;
+/** …doubling with each failure in a row, up to this. */
+export const AWS_RETRY_MAX_MS = 30_000;
+
+/**
+ * How long to leave STS (for one credential) or IAM (for one role) alone after the `failures`-th
+ * failure in a row. Each call already carries the SDK's own retries; without a wait between calls,
+ * whatever keeps asking (an agent's SDK fetching credentials, the controller woken by every status
+ * write) turns an AWS outage into a steady stream of calls. Doubling from twice the base, with
+ * "equal jitter" (a random point in the upper half of the step), so what failed together does not
+ * come back together.
+ */
+export function planAwsRetry(failures: number, random: () => number = Math.random, baseMs = AWS_RETRY_BASE_MS, maxMs = AWS_RETRY_MAX_MS): number {
+  const step = Math.min(maxMs, baseMs * 2 ** Math.min(Math.max(failures, 1), 30));
+  return Math.round(step / 2 + random() * (step / 2));
+}

@@ -3,6 +3,7 @@ import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { isNoSuchEntity, policySize, ROLE_INLINE_POLICIES_MAX_CHARS, type IamPort } from './iam.js';
+import { planAwsRetry } from './plan.js';
 
 /** The inline policy chainwarden keeps on every role tasks assume. */
 export const REVOCATION_POLICY = 'chainwarden-revocations';
@@ -156,6 +157,19 @@ export interface RevokerOptions {
   random?: () => number;
 }
 
+/** IAM failed about a role (throttling, 5xx, a timeout, a cut connection, a refusal): the Revoker leaves the role alone until `retryAt`. Retryable. */
+export class IamUnavailableError extends ChainwardenError {
+  constructor(
+    role: string,
+    cause: unknown,
+    readonly retryAt: number,
+  ) {
+    const name = (cause as { name?: string })?.name ?? 'Error';
+    super('iam_unavailable', `IAM failed for role ${role} (${name}: ${cause instanceof Error ? cause.message : String(cause)})`);
+    this.name = 'IamUnavailableError';
+  }
+}
+
 /**
  * Writes and prunes the AWS-side deny on each role a task could have assumed.
  *
@@ -169,6 +183,8 @@ export interface RevokerOptions {
 export class Revoker {
   private readonly owed = new Map<string, Map<string, OwedDeny>>();
   private readonly tails = new Map<string, Promise<void>>();
+  /** Roles IAM failed to answer for: until `retryAt`, a deny or prune of the role fails at once with the same error. */
+  private readonly unanswered = new Map<string, { failures: number; error: IamUnavailableError }>();
   private readonly attempts: number;
   private readonly backoffMs: { base: number; cap: number };
   private readonly sleep: (ms: number) => Promise<void>;
@@ -210,13 +226,32 @@ export class Revoker {
    * role, and one created again under the same name is a new role its old sessions cannot use.
    */
   private async converge(role: string): Promise<void> {
+    const waiting = this.unanswered.get(role);
+    // Retryable, at once: IAM failed moments ago. Every status write wakes the controller, and each wake must not become IAM calls.
+    if (waiting && waiting.error.retryAt > this.clock.now()) throw waiting.error;
     try {
       await this.writeOwed(role);
+      this.unanswered.delete(role);
     } catch (err) {
-      if (!isNoSuchEntity(err)) throw err;
-      this.owed.delete(role);
-      this.log.info({ role }, 'the role does not exist: there is no session of it to deny');
+      if (isNoSuchEntity(err)) {
+        this.unanswered.delete(role);
+        this.owed.delete(role);
+        this.log.info({ role }, 'the role does not exist: there is no session of it to deny');
+        return;
+      }
+      // Ours (a full policy, writers racing) is decided by what IAM showed; anything else is IAM failing.
+      throw err instanceof ChainwardenError ? err : this.leaveAlone(role, err);
     }
+  }
+
+  /** Remembers that IAM failed for the role, and until when it is left alone; returns the error to throw. */
+  private leaveAlone(role: string, cause: unknown): IamUnavailableError {
+    const failures = (this.unanswered.get(role)?.failures ?? 0) + 1;
+    const waitMs = planAwsRetry(failures, this.random);
+    const error = new IamUnavailableError(role, cause, this.clock.now() + waitMs);
+    this.unanswered.set(role, { failures, error });
+    this.log.warn({ role, failures, retryInMs: waitMs, err: error.message }, 'IAM failed: the role is not written to again until the wait is over');
+    return error;
   }
 
   /** Roles on which this Revoker still owes a deny: each needs a periodic `prune` so another replica's stale write cannot drop one for long. */

@@ -83,7 +83,15 @@ export interface AwsStsOptions {
   credentials?: STSClientConfig['credentials'];
   /** Attempts per call; the SDK's standard retry backs off on throttling and 5xx. */
   maxAttempts?: number;
+  /** How long one attempt may take before it is abandoned and retried. */
+  attemptTimeoutMs?: number;
 }
+
+/**
+ * STS answers in well under a second. Without a limit the SDK waits up to its 5-minute socket
+ * timeout, and every fetch of the task's credentials waits with it, even after STS has healed.
+ */
+export const STS_ATTEMPT_TIMEOUT_MS = 5_000;
 
 /** STS through the AWS SDK. Throttling and 5xx are retried with backoff by the SDK; then the call fails. */
 export class AwsStsPort implements StsPort {
@@ -94,8 +102,12 @@ export class AwsStsPort implements StsPort {
       region: options.region,
       endpoint: options.endpoint,
       credentials: options.credentials,
-      maxAttempts: options.maxAttempts ?? 5,
+      // An agent's fetch waits for these: three keep it within a few seconds even under throttling
+      // (five waited up to 15 s, past every SDK's credential timeout). Between fetches the broker backs off itself.
+      maxAttempts: options.maxAttempts ?? 3,
       retryMode: 'standard',
+      // An abandoned attempt is a TimeoutError, which the standard retry retries; only an error can end it.
+      requestHandler: { requestTimeout: options.attemptTimeoutMs ?? STS_ATTEMPT_TIMEOUT_MS, throwOnRequestTimeout: true },
     });
   }
 

@@ -321,7 +321,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     '/healthz': (_req, res) => Promise.resolve(sendJson(res, 200, { status: 'ok' })),
     '/readyz': (_req, res) => {
       const waiting = [...Object.entries(informers).filter(([, i]) => !i.hasSynced).map(([name]) => `${name} cache`), ...(webhooksRegistered ? [] : ['webhook registration'])];
-      return Promise.resolve(sendJson(res, waiting.length === 0 ? 200 : 503, waiting.length === 0 ? { status: 'ok' } : { status: 'starting', waitingFor: waiting }));
+      // Synced once is not current: while a watch cannot be re-established the caches may miss a task's end.
+      const cutOff = Object.entries(informers).flatMap(([name, i]) => (i.disconnected ? [`${name} cache: API server unreachable since ${new Date(i.disconnected.since).toISOString()} (${i.disconnected.error})`] : []));
+      if (waiting.length > 0) return Promise.resolve(sendJson(res, 503, { status: 'starting', waitingFor: waiting }));
+      if (cutOff.length > 0) return Promise.resolve(sendJson(res, 503, { status: 'disconnected', waitingFor: cutOff }));
+      return Promise.resolve(sendJson(res, 200, { status: 'ok' }));
     },
   };
   // Two listeners: agents reach the broker, the API server reaches the webhooks; each has its own

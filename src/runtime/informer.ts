@@ -44,6 +44,7 @@ export class Informer<T extends KubeObject> {
   private abort: AbortController | undefined;
   private stopped = false;
   private synced = false;
+  private unreachable: { since: number; error: string } | undefined;
   private failures = 0;
   private loop: Promise<void> | undefined;
 
@@ -58,6 +59,14 @@ export class Informer<T extends KubeObject> {
 
   get hasSynced(): boolean {
     return this.synced;
+  }
+
+  /**
+   * Set from the first failed watch or list until a watch is established again: meanwhile the
+   * cache may miss changes (a task ended, a pod deleted), however complete it was before.
+   */
+  get disconnected(): { since: number; error: string } | undefined {
+    return this.unreachable;
   }
 
   get(namespace: string, name: string): T | undefined {
@@ -163,8 +172,9 @@ export class Informer<T extends KubeObject> {
   /** One watch connection; resolves when it ends, with whether the API server said 410 Gone. */
   private async watchOnce(): Promise<{ gone: boolean; error?: unknown }> {
     let gone = false;
+    let ended = false;
     let failure: unknown;
-    const ended = new Promise<void>((resolve) => {
+    const finished = new Promise<void>((resolve) => {
       void new Watch(this.kc)
         .watch(
           this.options.path,
@@ -182,24 +192,28 @@ export class Informer<T extends KubeObject> {
           },
           (err: unknown) => {
             if (err && !failure) failure = err;
+            ended = true;
             resolve();
           },
         )
         .then((abort) => {
           this.abort = abort;
           if (this.stopped) abort.abort();
+          // The API server answered the watch and is streaming it: the cache is current again.
+          else if (!ended) this.unreachable = undefined;
         })
         .catch((err: unknown) => {
           failure = err;
           resolve();
         });
     });
-    await ended;
+    await finished;
     return { gone, error: failure };
   }
 
   private async backoff(err: unknown): Promise<void> {
     this.failures++;
+    this.unreachable ??= { since: Date.now(), error: errorMessage(err) };
     const delay = Math.min(30_000, (this.options.retryBaseMs ?? 500) * 2 ** (this.failures - 1));
     this.options.log.warn({ path: this.options.path, err: errorMessage(err), retryInMs: delay }, 'watch failed; resuming');
     await sleep(delay);

@@ -8,10 +8,16 @@ import { startOperator } from '../../src/operator/operator.js';
 import { registerWebhooks } from '../../src/admission/registration.js';
 import { applyChartRbac, chartServiceAccountKubeConfig } from './chart.js';
 import { startCollector, type Collector } from './otelcol.js';
+import { startAwsFaultProxy } from './aws-faults.js';
+import { serveControlPlaneFaults } from './controlplane-faults.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     env: EnvironmentDescription;
+    /** The fault proxy the operator's STS and IAM calls pass through (test/env/aws-faults.ts). */
+    awsFaults: string;
+    /** Stops and starts the real API server, freezes and thaws etcd (test/env/controlplane-faults.ts). */
+    controlPlaneFaults: string;
   }
 }
 
@@ -35,14 +41,23 @@ export default async function setup(project: TestProject): Promise<() => Promise
   let operator: Awaited<ReturnType<typeof startOperator>>;
   // Every audit record also goes out as spans to a real collector, as a chart with tracing on does.
   let collector: Collector | undefined;
+  // The operator reaches STS and IAM through a proxy that tests can make misbehave for their own roles.
+  const faults = await startAwsFaultProxy(env.stsEndpoint);
   try {
     collector = await startCollector(env.stateDir, (m) => process.stderr.write(`[control plane] ${m}\n`));
     await applyChartRbac(admin);
     const asChart = await chartServiceAccountKubeConfig(admin);
-    operator = await startOperator({ kc: asChart, log, aws: localAws(env), auditFile, tracing: { endpoint: collector.tracesUrl, flushMs: 200 } });
+    operator = await startOperator({
+      kc: asChart,
+      log,
+      aws: { ...localAws(env), stsEndpoint: faults.url, iamEndpoint: faults.url },
+      auditFile,
+      tracing: { endpoint: collector.tracesUrl, flushMs: 200 },
+    });
     await registerWebhooks(admin, { url: operator.webhookUrl, caBundlePem: operator.caPem });
   } catch (err) {
     await collector?.stop();
+    await faults.close();
     await env.stop();
     throw err;
   }
@@ -58,9 +73,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
     auditFile,
     otlpSpans: collector.file,
   });
+  project.provide('awsFaults', faults.url);
+  const processes = await serveControlPlaneFaults(env);
+  project.provide('controlPlaneFaults', processes.url);
   return async () => {
+    await processes.close();
     await operator.stop();
     await collector?.stop();
+    await faults.close();
     await env.stop();
   };
 }

@@ -3,6 +3,7 @@ import type { AgentApproval, AgentPolicy, AgentTask, AgentTaskStatus } from '../
 import { FINALIZER, TASK_LABEL } from '../../api/task.js';
 import type { PodRecord } from '../../broker/auth.js';
 import type { RevocationResult } from '../../credentials/revocation.js';
+import { IamUnavailableError } from '../../credentials/revoke.js';
 import { errorMessage } from '../../errors.js';
 import type { TaskClient, TaskStatusWriter } from '../../kube/tasks.js';
 import type { Logger } from '../../log.js';
@@ -167,6 +168,9 @@ export class AgentTaskController {
       if (outcome === 'gone') return done();
       await this.report(task, events, records);
     }
+    // Pending: IAM failed, and the Revoker says when to ask it again. Until then, every
+    // wake (each status write is one) is answered from its memory, without an IAM call.
+    if (failure instanceof IamUnavailableError) return requeueAfter(failure.retryAt - clock.now());
     // Retryable: the status says the deny is pending; back off and try again.
     if (failure) throw failure;
     return this.nextLook(task, status, plan.requeueAfterMs);

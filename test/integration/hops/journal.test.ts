@@ -72,8 +72,8 @@ describe('the journal cannot be wedged', () => {
       expect(next).toMatchObject({ status: 403, body: { error: { code: 'task_not_active', message: expect.stringContaining('is Violated: hop') as string } } });
       const credentials = await brokerRequest(env, 'GET', '/v1/credentials/default', { token: agent.token });
       expect(credentials).toMatchObject({ status: 403, body: { error: { code: 'task_not_active' } } });
-      // The journal gives the refused write up instead of retrying it forever, and emits its records.
-      await expect.poll(async () => (await auditOf(env.auditFile, uid)).map((e) => e.record.type), { timeout: 10_000 }).toContain('violation');
+      // The journal gives the refused write up (after three tries over 5 s) instead of retrying it forever, and emits its records.
+      await expect.poll(async () => (await auditOf(env.auditFile, uid)).map((e) => e.record.type), { timeout: 20_000 }).toContain('violation');
       const task = await readTask(admin, namespace, TASK);
       expect(task?.status?.violation).toBeUndefined();
       expect(task?.status?.state).toBe('Bound');

@@ -3,6 +3,7 @@ import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { STATUS_CAPS } from '../../../src/api/task.js';
 import { applyDelta, emptyDelta, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
+import { verifyChains } from '../../../src/audit/verify.js';
 import { ChainwardenError } from '../../../src/errors.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
@@ -39,19 +40,33 @@ const refused = () => Promise.reject(new ChainwardenError('api_refused', 'applyi
 const unreachable = () => Promise.reject(new ChainwardenError('api_error', 'connect ECONNREFUSED'));
 
 describe('the journal cannot be wedged', () => {
-  it('gives a refused write up after three tries: its records still go out, and the task is stopped here', async () => {
-    const { journal, emitted, stops, attempts } = journalWith(refused);
+  it('gives a refused write up after three tries over 5 s: its records still go out, and the task is stopped here', async () => {
+    const { journal, emitted, stops, attempts, advance } = journalWith(refused);
     journal.record(task(), { hopCount: 1, events: [hop(1)] });
-    await vi.waitFor(() => expect(stops).toHaveLength(1), { timeout: 3_000 });
-    expect(attempts()).toBe(3);
+    await vi.waitFor(() => expect(attempts()).toBe(3), { timeout: 3_000 });
+    // Three quick refusals are not yet "every time": a restarting API server refuses until its RBAC is loaded.
+    expect(stops).toEqual([]);
+    advance(5_000);
+    await vi.waitFor(() => expect(stops).toHaveLength(1), { timeout: 5_000 });
+    expect(attempts()).toBe(4);
     expect(emitted.map((r) => r.data.hopId)).toEqual(['h1_1']);
     expect(stops[0]).toMatchObject({ cause: 'unrecorded', message: expect.stringContaining('422') as string });
     expect(journal.refusal(task())).toMatchObject({ code: 'task_not_active', message: expect.stringMatching(/cannot be recorded: the API server refuses its status/) as string });
     // Not retried forever: nothing more is tried once it is given up.
     await new Promise((r) => setTimeout(r, 800));
-    expect(attempts()).toBe(3);
+    expect(attempts()).toBe(4);
     // A task of the same name created anew is not refused for the old one.
     expect(journal.refusal(task('u2'))).toBeUndefined();
+  });
+
+  it('a moment of refusals (a restarting API server\'s 403s) does not stop the task: the write lands once they end, every record once', async () => {
+    const forbidden = () => Promise.reject(new ChainwardenError('api_refused', 'applying the status of AgentTask ns/t: 403 forbidden: RBAC: not yet ready'));
+    const { journal, emitted, stops, attempts } = journalWith((attempt, status) => (attempt <= 4 ? forbidden() : Promise.resolve({ ...task(), status })));
+    journal.record(task(), { hopCount: 1, events: [hop(1)] });
+    await vi.waitFor(() => expect(emitted).toHaveLength(1), { timeout: 5_000 });
+    expect(attempts()).toBe(5);
+    expect(stops).toEqual([]);
+    expect(journal.refusal(task())).toBeUndefined();
   });
 
   it('retries a failing write without loss, and refuses requests only while records wait too long', async () => {
@@ -67,6 +82,60 @@ describe('the journal cannot be wedged', () => {
     await vi.waitFor(() => expect(emitted).toHaveLength(2), { timeout: 5_000 });
     expect(emitted.map((r) => [r.seq, r.data.hopId])).toEqual([[1, 'h1_1'], [2, 'h1_2']]);
     expect(journal.refusal(task())).toBeUndefined();
+  });
+
+  it.each([1, 2])('a write that landed though its answer was lost (%i in a row) is not applied again: each hop counted once, each record emitted once, the chain whole', async (lost) => {
+    // The API server commits the write, then the connection drops before the answer (a restart, a reset).
+    let stored = task();
+    let answersToLose = lost;
+    const emitted: AuditRecord[] = [];
+    const update: Update = (_ns, _name, edit) => {
+      const status = edit(stored);
+      if (!status) return Promise.resolve(stored);
+      stored = { ...stored, status };
+      if (answersToLose > 0) {
+        answersToLose -= 1;
+        return Promise.reject(new ChainwardenError('api_error', 'socket hang up'));
+      }
+      return Promise.resolve(stored);
+    };
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0 });
+    journal.record(stored, { hopCount: 1, allowed: 1, events: [hop(1)] });
+    await new Promise((r) => setTimeout(r, 50));
+    journal.record(stored, { hopCount: 1, allowed: 1, events: [hop(2)] });
+    await vi.waitFor(() => expect(emitted.map((r) => r.data.hopId)).toContain('h1_2'), { timeout: 5_000 });
+    expect(stored.status?.hops?.allowed).toBe(2);
+    expect(stored.status?.chain?.hopCount).toBe(2);
+    expect(emitted.map((r) => [r.seq, r.data.hopId])).toEqual([[1, 'h1_1'], [2, 'h1_2']]);
+    const { chains, breaks } = verifyChains(emitted.map((record, i) => ({ record, line: i + 1 })));
+    expect(breaks).toEqual([]);
+    expect({ count: chains[0]?.count, head: chains[0]?.head }).toEqual({ count: stored.status?.audit?.count, head: stored.status?.audit?.head });
+  });
+
+  it('a lost answer, then a refusal (a restarting API server): each hop still once, for the watch\'s lagging copy is not what tells whether a write landed', async () => {
+    let stored = task();
+    const watched = stored; // the watch is down: its copy stays as it was
+    let calls = 0;
+    const emitted: AuditRecord[] = [];
+    const update: Update = (_ns, _name, edit, cached) => {
+      calls += 1;
+      const base = cached?.() ?? stored;
+      const status = edit(base);
+      if (!status) return Promise.resolve(base);
+      if (calls === 2) return Promise.reject(new ChainwardenError('api_refused', 'applying the status of AgentTask ns/t: 403 forbidden'));
+      // Written conditionally on the version read: a stale one conflicts, and the writer reads again.
+      stored = { ...stored, status: base === stored ? status : (edit(stored) ?? {}) };
+      if (calls === 1) return Promise.reject(new ChainwardenError('api_error', 'socket hang up'));
+      return Promise.resolve(stored);
+    };
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0, cached: () => watched });
+    journal.record(stored, { hopCount: 1, allowed: 1, events: [hop(1)] });
+    await new Promise((r) => setTimeout(r, 50));
+    journal.record(stored, { hopCount: 1, allowed: 1, events: [hop(2)] });
+    await vi.waitFor(() => expect(emitted.map((r) => r.data.hopId)).toContain('h1_2'), { timeout: 5_000 });
+    expect(stored.status?.hops?.allowed).toBe(2);
+    expect(emitted.map((r) => [r.seq, r.data.hopId])).toEqual([[1, 'h1_1'], [2, 'h1_2']]);
+    expect(verifyChains(emitted.map((record, i) => ({ record, line: i + 1 }))).breaks).toEqual([]);
   });
 
   it('stops a task the moment a violation is recorded, before (and whether or not) its write lands', () => {

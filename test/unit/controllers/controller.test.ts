@@ -3,6 +3,7 @@ import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import { FINALIZER } from '../../../src/api/task.js';
 import type { PodRecord } from '../../../src/broker/auth.js';
 import { AgentTaskController } from '../../../src/controllers/agenttask/controller.js';
+import { IamUnavailableError } from '../../../src/credentials/revoke.js';
 import { silentLogger } from '../../../src/log.js';
 import { withFinalizer } from '../../../src/runtime/finalizer.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
@@ -19,7 +20,7 @@ const newTask = (meta: Partial<AgentTask['metadata']> = {}, status?: AgentTask['
 });
 const agentPod: PodRecord = { metadata: { name: 'agent-0', namespace: 'ns', uid: 'p1', creationTimestamp: new Date(created + 1000).toISOString(), labels: { 'chainwarden.io/task': 't' } }, spec: { serviceAccountName: 'agent' }, status: { phase: 'Running' } };
 
-function setup(task: AgentTask, options: { revokeFails?: boolean } = {}) {
+function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailableFor?: number } = {}) {
   const client = new TaskClientTwin(task);
   const revocations: string[] = [];
   const records: string[] = [];
@@ -34,6 +35,7 @@ function setup(task: AgentTask, options: { revokeFails?: boolean } = {}) {
     journal: { record: (_task, change) => void records.push(...change.events.map((e) => e.type)) },
     revoke: (t) => {
       revocations.push(t.metadata.name ?? '');
+      if (options.iamUnavailableFor) return Promise.reject(new IamUnavailableError('agent', Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }), now + options.iamUnavailableFor));
       return options.revokeFails ? Promise.reject(new Error('Throttling: Rate exceeded')) : Promise.resolve({ marker: `chainwarden-${t.metadata.uid ?? ''}`, roles: ['agent'], pruneAfter: now + 3_600_000 });
     },
   });
@@ -74,6 +76,17 @@ describe('AgentTaskController: acting on the plan', () => {
     expect(client.task?.status?.state).toBe('Violated');
     expect(client.task?.status?.conditions?.find((c) => c.type === 'Revoked')).toMatchObject({ status: 'False', reason: 'DenyPending' });
     expect(client.task?.status?.credentials?.revokedAt).toBeDefined();
+  });
+
+  it('when IAM failed, keeps the deny pending and looks again when the Revoker will ask IAM again, not sooner', async () => {
+    const { client, controller } = setup(newTask({ finalizers: [FINALIZER] }, { violation: { hopId: 'h1_x', rule: 'r', message: 'm' } }), { iamUnavailableFor: 4_000 });
+    expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 4_000 });
+    expect(client.task?.status?.conditions?.find((c) => c.type === 'Revoked')).toMatchObject({ status: 'False', reason: 'DenyPending', message: expect.stringContaining('IAM failed for role agent (Throttling: Rate exceeded)') as string });
+    // Woken again by its own write: the status stays as it is (an apply that changes nothing wakes no one), no Event.
+    const before = structuredClone(client.task?.status);
+    expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 4_000 });
+    expect(client.task?.status).toEqual(before);
+    expect(client.events.filter((e) => e.reason === 'Revoked')).toEqual([]);
   });
 
   it('reports nothing and looks again soon when its write loses a race', async () => {

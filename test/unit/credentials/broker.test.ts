@@ -20,6 +20,8 @@ const task: AgentTask = {
 const policy: AgentPolicy = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'p' }, spec: { aws: { allowedRoleArns: ['arn:aws:iam::123456789012:role/*'], maxDuration: '1h' } } };
 const who: AgentPrincipal = { namespace: 'ns', podName: 'pod', podUid: 'u', serviceAccount: 'sa', task, spiffeId: task.status?.spiffeID ?? '' };
 
+const stored = (writer: TaskClientTwin) => writer.task as AgentTask;
+
 async function setup() {
   const sts = new InMemorySts(clock.now);
   const writer = new TaskClientTwin(task);
@@ -102,6 +104,46 @@ describe('CredentialBroker', () => {
     await broker.credentials(who, 'default');
     broker.drop(task.metadata.uid ?? '');
     expect(broker.cachedSessions).toBe(0);
+    await broker.credentials(who, 'default');
+    expect(sts.requests).toHaveLength(2);
+  });
+
+  it('after STS failed, leaves it alone for a jittered wait that grows with each failure, answering fetches meanwhile with the same 503; a success starts afresh', async () => {
+    let t = now;
+    const moving = { now: () => t };
+    const sts = new InMemorySts(moving.now);
+    const writer = new TaskClientTwin(task);
+    const ring = new KeyRing(new InMemoryKeyStore(), moving);
+    await ring.refresh();
+    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', random: () => 0 });
+    const unavailable = () => sts.failNext(Object.assign(new Error('Service unavailable'), { name: 'ServiceUnavailable' }));
+
+    unavailable();
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 503, code: 'sts_unavailable' });
+    t += 999;
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 503, code: 'sts_unavailable' });
+    expect(sts.requests).toHaveLength(1);
+
+    t += 1;
+    unavailable();
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'sts_unavailable' });
+    expect(sts.requests).toHaveLength(2);
+    // The second failure in a row: twice as long.
+    t += 1_999;
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'sts_unavailable' });
+    expect(sts.requests).toHaveLength(2);
+
+    t += 1;
+    const session = await broker.credentials(who, 'default');
+    expect(sts.requests).toHaveLength(3);
+    expect(stored(writer).status?.conditions?.find((c) => c.type === 'CredentialsIssued')?.reason).toBe('Issued');
+    expect(session.accessKeyId).toMatch(/^ASIATWIN/);
+  });
+
+  it('does not hold back after a refusal STS meant: a fixed trust policy is tried at once', async () => {
+    const { sts, broker } = await setup();
+    sts.failNext(Object.assign(new Error('not authorized to perform sts:AssumeRole'), { name: 'AccessDenied' }));
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'role_not_assumable' });
     await broker.credentials(who, 'default');
     expect(sts.requests).toHaveLength(2);
   });

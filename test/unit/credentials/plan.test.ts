@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
-import { planCredentialDuration, roleNameOf, roleSessionName } from '../../../src/credentials/plan.js';
+import { AWS_RETRY_MAX_MS, planCredentialDuration, planAwsRetry, roleNameOf, roleSessionName } from '../../../src/credentials/plan.js';
 import { outstandingDeny } from '../../../src/credentials/revocation.js';
 import { planRevocationPolicy } from '../../../src/credentials/revoke.js';
 import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
@@ -20,6 +20,21 @@ describe('planCredentialDuration', () => {
     { name: 'never past the role maximum', deadline: 48 * 60 * MIN, roleMaxSeconds: 7200, expected: 7200 },
   ])('$name', ({ deadline, requested, policyMax, roleMaxSeconds, expected }) => {
     expect(planCredentialDuration({ deadline, now, requested, policyMax, roleMaxSeconds })).toBe(expected);
+  });
+});
+
+describe('planAwsRetry', () => {
+  it('doubles with each failure in a row, from 1–2 s up to 15–30 s, never below half its step', () => {
+    const low = [1, 2, 3, 4, 5, 6, 9].map((f) => planAwsRetry(f, () => 0));
+    const high = [1, 2, 3, 4, 5, 6, 9].map((f) => planAwsRetry(f, () => 1));
+    expect(low).toEqual([1_000, 2_000, 4_000, 8_000, 15_000, 15_000, 15_000]);
+    expect(high).toEqual([2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+  });
+  it('spreads credentials that failed together', () => {
+    const waits = new Set(Array.from({ length: 50 }, () => planAwsRetry(3)));
+    expect(waits.size).toBeGreaterThan(10);
+    for (const w of waits) expect(w).toBeGreaterThanOrEqual(4_000);
+    expect(Math.max(...waits)).toBeLessThanOrEqual(AWS_RETRY_MAX_MS);
   });
 });
 

@@ -282,3 +282,30 @@ describe('a role that does not exist', () => {
     expect(revoker.owedRoles()).toEqual([ROLE]);
   });
 });
+
+describe('IAM not answering', () => {
+  it('leaves the role alone for a jittered wait that grows with each failure: a deny meanwhile fails at once without calling IAM, and lands after the wait', async () => {
+    const iam = new InMemoryIam();
+    let now = T0;
+    const revoker = new Revoker(iam, { now: () => now }, silentLogger(), { ...noWait, random: () => 0 });
+    const entry = { marker: marker(1), pruneAfter: T0 + 30 * MIN };
+    iam.failNext(Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }));
+    await expect(revoker.deny(ROLE, entry)).rejects.toThrow(/Rate exceeded/);
+
+    // IAM would answer now; the wait (1 s after a first failure) is not over, so it is not asked.
+    now += 999;
+    await expect(revoker.deny(ROLE, entry)).rejects.toThrow(/Rate exceeded/);
+    await expect(revoker.prune(ROLE)).rejects.toThrow(/Rate exceeded/);
+    expect(policyOf(iam)).toBeUndefined();
+
+    now += 1;
+    iam.failNext(Object.assign(new Error('Service unavailable'), { name: 'ServiceUnavailable' }));
+    await expect(revoker.deny(ROLE, entry)).rejects.toThrow(/Service unavailable/);
+    // A second failure in a row: twice as long.
+    now += 1_999;
+    await expect(revoker.deny(ROLE, entry)).rejects.toThrow(/Service unavailable/);
+    now += 1;
+    await revoker.deny(ROLE, entry);
+    expect(denies(policyOf(iam), { ...entry, since: 0 })).toBe(true);
+  });
+});

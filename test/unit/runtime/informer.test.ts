@@ -11,13 +11,17 @@ import { Informer, type KubeObject } from '../../../src/runtime/informer.js';
  * answers 410 Gone, as the API server does once a resourceVersion has been compacted away,
  * and the list that follows shows what changed in the gap.
  */
-async function scriptedServer(lists: KubeObject[][]) {
+async function scriptedServer(lists: KubeObject[][], opts: { down?: () => boolean } = {}) {
   const ca = await CertificateAuthority.create('test');
   const pair = await ca.issueServing('localhost', { ips: ['127.0.0.1'] });
   let listCalls = 0;
   let watchCalls = 0;
   const server = https.createServer({ cert: pair.certPem, key: pair.keyPem }, (req, res) => {
     const url = new URL(req.url ?? '/', 'https://x');
+    if (opts.down?.()) {
+      res.writeHead(503);
+      return void res.end();
+    }
     if (url.searchParams.get('watch') === 'true') {
       watchCalls++;
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -62,6 +66,28 @@ describe('Informer', () => {
     await expect.poll(() => lists(), { timeout: 5000 }).toBeGreaterThanOrEqual(2);
     await expect.poll(() => events.sort(), { timeout: 5000 }).toEqual(['add added', 'delete deleted', 'update changed']);
     expect(informer.list().map((o) => o.metadata?.name).sort()).toEqual(['added', 'changed', 'kept']);
+    await informer.stop();
+    server.close();
+  });
+});
+
+describe('Informer: whether the cache is current', () => {
+  it('says it is disconnected, since when and why, from the first failed watch until a watch is streaming again', async () => {
+    let down = false;
+    const { kc, server } = await scriptedServer([[obj('a', '1')]], { down: () => down });
+    close = () => server.closeAllConnections();
+    const informer = new Informer<KubeObject>(kc, { path: '/apis/x/v1/things', log: silentLogger(), retryBaseMs: 10 });
+    await informer.start();
+    // The first watch answers 410, the relist succeeds, the next watch streams.
+    await expect.poll(() => informer.disconnected, { timeout: 5000 }).toBeUndefined();
+    down = true;
+    server.closeAllConnections();
+    await expect.poll(() => informer.disconnected, { timeout: 5000 }).toMatchObject({ since: expect.any(Number) as number, error: expect.stringMatching(/Service Unavailable|503/) as string });
+    // Synced once, and still: what it holds is the last it saw.
+    expect(informer.hasSynced).toBe(true);
+    expect(informer.list()).toHaveLength(1);
+    down = false;
+    await expect.poll(() => informer.disconnected, { timeout: 5000 }).toBeUndefined();
     await informer.stop();
     server.close();
   });
