@@ -66,6 +66,8 @@ export const ERRORS = {
   revocation_policy_full: { status: 500 },
   journal_behind: { status: 503 },
   conflict: { status: 409 },
+  /** A leader-only write on a replica whose lease may have passed to another: retried, by whichever replica leads. */
+  not_leader: { status: 503 },
   no_cluster: { status: 500 },
   apply_failed: { status: 500 },
   internal: { status: 500 },

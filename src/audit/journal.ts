@@ -4,6 +4,7 @@ import { ChainwardenError, errorMessage } from '../errors.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
+import { faultPoint } from '../runtime/faults.js';
 import { GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
 
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
@@ -418,6 +419,7 @@ export class TaskJournal {
       entry.failures = 0;
       entry.refusals = 0;
       entry.behindSince = undefined;
+      if (records.length > 0) faultPoint('journal.after-status');
       for (const record of records) this.options.emit(record);
       for (const w of waiters) w.resolve(written);
     } catch (err) {

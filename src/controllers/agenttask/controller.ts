@@ -3,7 +3,9 @@ import type { AgentApproval, AgentPolicy, AgentTask, AgentTaskStatus } from '../
 import { FINALIZER, TASK_LABEL } from '../../api/task.js';
 import type { PodRecord } from '../../broker/auth.js';
 import type { RevocationResult } from '../../credentials/revocation.js';
-import { errorMessage } from '../../errors.js';
+import { ChainwardenError, errorMessage } from '../../errors.js';
+import type { JsonPatchOperation } from '../../runtime/apply.js';
+import { faultPoint } from '../../runtime/faults.js';
 import type { TaskClient, TaskStatusWriter } from '../../kube/tasks.js';
 import type { Logger } from '../../log.js';
 import type { Clock } from '../../runtime/clock.js';
@@ -36,6 +38,12 @@ export interface TaskControllerDeps {
   journal?: { record(task: AgentTask, change: { events: AuditEvent[] }): void };
   /** Keeps a deleted task's final audit head beyond the task; throws (retryable) when it cannot. */
   seal?: (task: AgentTask) => Promise<void>;
+  /**
+   * Whether this replica may act as the leader at this moment (its own clock says its lease still
+   * holds); checked before every write, since a replica may have been frozen past its lease while
+   * a reconcile was under way. Absent: always.
+   */
+  leading?: () => boolean;
   /** AWS-side revocation; must treat "already denied" as done. Absent: nothing to deny. */
   revoke?: (task: AgentTask, policy: AgentPolicy | undefined) => Promise<RevocationResult>;
 }
@@ -119,7 +127,14 @@ export class AgentTaskController {
     });
   }
 
+  /** Retryable: another replica may lead now; this one's queue is shut down as soon as its election loop notices. */
+  private assertLeading(): void {
+    if (this.deps.leading && !this.deps.leading()) throw new ChainwardenError('not_leader', 'this replica no longer holds the lease');
+  }
+
   private async revokeAtAws(task: AgentTask): Promise<RevocationResult> {
+    this.assertLeading();
+    this.deps.log.info({ leaderWork: 'revoke', task: keyOf(task.metadata.namespace, task.metadata.name) }, 'denying the task\'s sessions at AWS');
     const policy = this.deps.sources.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
     return this.deps.revoke ? this.deps.revoke(task, policy) : { marker: '', roles: [], pruneAfter: 0 };
   }
@@ -129,12 +144,20 @@ export class AgentTaskController {
     const [namespace = '', name = ''] = key.split('/');
     const task = this.deps.sources.task(namespace, name);
     if (!task) return done();
-    return withFinalizer(task, FINALIZER, (ops) => this.deps.client.patch(task, ops), {
+    this.assertLeading();
+    const patch = (ops: JsonPatchOperation[]) => {
+      this.assertLeading();
+      return this.deps.client.patch(task, ops);
+    };
+    return withFinalizer(task, FINALIZER, patch, {
       // Retryable: a failing deny throws, the finalizer stays, the queue backs off.
       cleanup: async (t) => {
         if (needsRevocation(t)) await this.revokeAtAws(t);
+        faultPoint('finalize.after-deny');
         // The audit head lives in the task's status; it is kept elsewhere before the task goes.
         await this.deps.seal?.(t);
+        faultPoint('finalize.after-seal');
+        this.deps.log.info({ leaderWork: 'finalize', task: key }, 'task cleaned up; removing the finalizer');
       },
       apply: (t) => this.converge(t),
     });
@@ -152,6 +175,7 @@ export class AgentTaskController {
     if (plan.revoke) {
       try {
         const outcome = revoked(status, await this.revokeAtAws(task), clock.now());
+        faultPoint('revoke.after-deny');
         status = outcome.status;
         events.push(outcome.event);
         records.push(outcome.record);
@@ -162,9 +186,11 @@ export class AgentTaskController {
     }
     if (plan.changed || plan.revoke) {
       // Conditional on the version decided from: a stale view never overwrites a newer state, nor reports its transitions twice.
+      this.assertLeading();
       const { outcome } = await this.status.apply(task, status);
       if (outcome === 'conflict') return requeueAfter(CONFLICT_RETRY_MS);
       if (outcome === 'gone') return done();
+      if (plan.revoke && !failure) faultPoint('revoke.after-status');
       await this.report(task, events, records);
     }
     // Retryable: the status says the deny is pending; back off and try again.
