@@ -35,7 +35,11 @@ export interface TaskControllerDeps {
   /** Approvals and timeouts of waiting hops; every replica's broker shares it. */
   resolvePending?: (task: AgentTask) => Promise<number>;
   /** Where the controller's audit records go. */
-  journal?: { record(task: AgentTask, change: { events: AuditEvent[] }): void };
+  journal?: {
+    record(task: AgentTask, change: { events: AuditEvent[] }): void;
+    /** Resolves, with the task as written, once the records are in the task's status (undefined: the task is gone). */
+    commit?(task: AgentTask, change: { events: AuditEvent[] }): Promise<AgentTask | undefined>;
+  };
   /** Keeps a deleted task's final audit head beyond the task; throws (retryable) when it cannot. */
   seal?: (task: AgentTask) => Promise<void>;
   /**
@@ -172,22 +176,30 @@ export class AgentTaskController {
     const events = [...plan.events];
     const records = [...plan.records];
     let failure: Error | undefined;
+    let base = task;
     if (plan.revoke) {
+      let outcome: ReturnType<typeof revoked> | undefined;
       try {
-        const outcome = revoked(status, await this.revokeAtAws(task), clock.now());
+        outcome = revoked(status, await this.revokeAtAws(task), clock.now());
         faultPoint('revoke.after-deny');
-        status = outcome.status;
-        events.push(outcome.event);
-        records.push(outcome.record);
       } catch (err) {
         failure = err instanceof Error ? err : new Error(String(err));
         status = revocationPending(status, errorMessage(err), clock.now());
+      }
+      if (outcome) {
+        status = outcome.status;
+        events.push(outcome.event);
+        const written = await this.recordRevocation(task, outcome.record);
+        if (written === 'gone') return done();
+        if (written === 'changed') return requeueAfter(CONFLICT_RETRY_MS);
+        if (written) base = written;
+        else records.push(outcome.record);
       }
     }
     if (plan.changed || plan.revoke) {
       // Conditional on the version decided from: a stale view never overwrites a newer state, nor reports its transitions twice.
       this.assertLeading();
-      const { outcome } = await this.status.apply(task, status);
+      const { outcome } = await this.status.apply(base, status);
       if (outcome === 'conflict') return requeueAfter(CONFLICT_RETRY_MS);
       if (outcome === 'gone') return done();
       if (plan.revoke && !failure) faultPoint('revoke.after-status');
@@ -196,6 +208,23 @@ export class AgentTaskController {
     // Retryable: the status says the deny is pending; back off and try again.
     if (failure) throw failure;
     return this.nextLook(task, status, plan.requeueAfterMs);
+  }
+
+  /**
+   * The revocation's audit record goes into the chain before the status says revoked. In the
+   * other order a replica killed between the two writes left a revoked task whose stream never
+   * said so: the next leader saw it revoked and had nothing to record. In this order the status
+   * still says unrevoked, so the next leader revokes again (idempotent) and records again; the
+   * stream may say it twice, never not at all. The status is then written over the version the
+   * journal wrote, unless what the controller decided from changed meanwhile. Without a journal
+   * that commits, the record goes with the others after the status write.
+   */
+  private async recordRevocation(task: AgentTask, record: TaskRecord): Promise<AgentTask | 'gone' | 'changed' | undefined> {
+    const journal = this.deps.journal;
+    if (!journal?.commit) return undefined;
+    const written = await journal.commit(task, { events: [{ type: record.type, at: new Date(this.deps.clock.now()).toISOString(), data: record.data }] });
+    if (!written) return 'gone';
+    return isDeepStrictEqual(factsOf(written), factsOf(task)) ? written : 'changed';
   }
 
   /** Audit records and Events for the transitions just written; an Event that fails is logged, never retried into a duplicate. */
