@@ -264,6 +264,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const heads = new AuditHeadStore(kc, namespace, clock, log);
   const journal = new TaskJournal({
     writer: client.statusWriter('journal'),
+    process: `${identity}/${randomBytes(6).toString('hex')}`,
     emit,
     log,
     flushMs: options.journalFlushMs,
