@@ -162,6 +162,8 @@ interface Scenario {
   deleted?: boolean;
   /** Driving the step ended the task (completed or deleted); otherwise the agent carries on after the restart, then completes. */
   ends?: boolean;
+  /** The armed point would fire while binding the task: an unarmed replica binds it first. */
+  bindFirst?: boolean;
 }
 
 const issue = async (w: World, r: Replica) => void (await w.credentials(r));
@@ -172,7 +174,7 @@ const issueFirst = async (w: World, r: Replica) => {
 const scenarios: Scenario[] = [
   { point: 'issue.after-sts', drive: issue },
   { point: 'issue.after-record', drive: issue },
-  { point: 'journal.after-status', before: issueFirst, drive: async (w, r) => void (await w.ask(r, 'POST', '/v1/hops', { tool: 'tickets', action: 'read', resource: 'ticket/4711' })) },
+  { point: 'journal.after-status', bindFirst: true, before: issueFirst, drive: async (w, r) => void (await w.ask(r, 'POST', '/v1/hops', { tool: 'tickets', action: 'read', resource: 'ticket/4711' })) },
   { point: 'revoke.after-deny', before: issueFirst, drive: async (w, r) => void (await complete(w, r)), ends: true },
   { point: 'revoke.after-status', before: issueFirst, drive: async (w, r) => void (await complete(w, r)), ends: true },
   { point: 'deny-policy.before-write', before: issueFirst, drive: async (w, r) => void (await complete(w, r)), ends: true },
@@ -196,10 +198,14 @@ describe('a replica killed at every step of issuance, revocation and cleanup lea
     const w = await world(admin, env, namespace);
     const replicas: Replica[] = [];
     try {
-      await bound(w, scenario.before && ((r) => scenario.before!(w, r)));
-      const task = (await readTask(admin, namespace, TASK))!;
+      if (scenario.bindFirst) await bound(w, scenario.before && ((r) => scenario.before!(w, r)));
       const armed = await w.replica([point]);
       replicas.push(armed);
+      if (!scenario.bindFirst) {
+        await waitForTask(admin, namespace, TASK, (t) => t.status?.state === 'Bound');
+        await scenario.before?.(w, armed);
+      }
+      const task = (await readTask(admin, namespace, TASK))!;
       await scenario.drive(w, armed);
       await diesAt(armed, point);
 
