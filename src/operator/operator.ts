@@ -427,9 +427,14 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     options.controllers === false
       ? Promise.resolve()
       : elector.run((signal) => {
-          running.push(controller.run(signal, taskKeys(), options.workers ?? 2));
-          running.push(pruneWhileLeading(signal, assertLeading, informers.tasks, policy, revoker, clock, log, options.pruneIntervalMs ?? 5 * 60_000));
-          running.push(notifier.run(signal));
+          const work = [
+            controller.run(signal, taskKeys(), options.workers ?? 2),
+            pruneWhileLeading(signal, assertLeading, informers.tasks, policy, revoker, clock, log, options.pruneIntervalMs ?? 5 * 60_000),
+            notifier.run(signal),
+          ];
+          running.push(...work);
+          // Settles once the leader-only work has stopped; the lease is released only after.
+          return Promise.all(work);
         });
 
   const stop = async (release = true) => {

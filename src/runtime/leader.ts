@@ -54,6 +54,10 @@ export class LeaderElector {
   private leading = false;
   private stopped = false;
   private inflight: Promise<boolean> | undefined;
+  /** The current term: aborting it stops the leader-only work, which settles `work` once it has. */
+  private term: { leadership: AbortController; work: Promise<unknown> } | undefined;
+  /** The work of the latest term, ended or not: the lease is released only once it has settled. */
+  private work: Promise<unknown> = Promise.resolve();
   /** Monotonic time the last successful acquire or renew was sent. */
   private renewedAt = -Infinity;
   /** The lease record last seen, and when (monotonic) this replica first saw it. */
@@ -135,9 +139,11 @@ export class LeaderElector {
 
   /**
    * Campaigns until stopped. `lead` is called on winning with a signal that aborts when
-   * leadership is lost or `stop` is called; it is called again if leadership is won again.
+   * leadership is lost or `stop` is called; it is called again if leadership is won again. What
+   * it returns settles once the leader-only work has stopped: `stop` waits for it before it
+   * releases the lease.
    */
-  async run(lead: (signal: AbortSignal) => void): Promise<void> {
+  async run(lead: (signal: AbortSignal) => unknown): Promise<void> {
     const { log } = this.options;
     while (!this.stopped) {
       let won = false;
@@ -155,7 +161,8 @@ export class LeaderElector {
       const leadership = new AbortController();
       // Whatever the loop below is doing (waiting on a request, frozen), the work stops at the deadline.
       let deadline = this.deadlineTimer(leadership);
-      lead(leadership.signal);
+      this.term = { leadership, work: Promise.resolve().then(() => lead(leadership.signal)).catch(() => undefined) };
+      this.work = this.term.work;
       while (!this.stopped && !leadership.signal.aborted) {
         await sleep(this.retryMs);
         if (this.stopped || leadership.signal.aborted) break;
@@ -179,10 +186,18 @@ export class LeaderElector {
         }
       }
       clearTimeout(deadline);
-      this.leading = false;
-      if (!leadership.signal.aborted) leadership.abort();
-      log.info({ identity: this.options.identity, lease: this.options.name }, 'stopped leading');
+      // A stop ends the term itself: it waits for the work to stop, then releases the lease.
+      if (this.stopped) return;
+      this.endTerm();
     }
+  }
+
+  private endTerm(): void {
+    const term = this.term;
+    this.term = undefined;
+    this.leading = false;
+    if (term && !term.leadership.signal.aborted) term.leadership.abort();
+    this.options.log.info({ identity: this.options.identity, lease: this.options.name }, 'stopped leading');
   }
 
   /** Aborts the term when the renew deadline passes without a renewal. */
@@ -201,16 +216,24 @@ export class LeaderElector {
   async abandon(): Promise<void> {
     this.stopped = true;
     await this.inflight?.catch(() => false);
-    this.leading = false;
+    if (this.term) this.endTerm();
   }
 
-  /** Stops campaigning and, if leading, releases the lease for the next candidate. */
+  /**
+   * Stops campaigning and, if this replica holds the lease, releases it for the next candidate,
+   * once the leader-only work has stopped: a standby may start the moment it is released. Work
+   * that does not stop within the renew deadline keeps the lease until it expires.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     // A renewal in flight would overwrite the release; let it land first.
     await this.inflight?.catch(() => false);
-    if (!this.leading) return;
-    this.leading = false;
+    if (this.term) this.endTerm();
+    const stopped = await Promise.race([this.work.then(() => true), sleep(this.renewDeadlineMs).then(() => false)]);
+    if (!stopped) {
+      this.options.log.warn('leader election: leader-only work did not stop within the renew deadline; leaving the lease to expire instead of releasing it');
+      return;
+    }
     const current = await rawRequest(this.options.kc, 'GET', this.path).catch(() => undefined);
     const lease = current?.body as Lease | undefined;
     if (current?.status !== 200 || lease?.spec.holderIdentity !== this.options.identity) return;

@@ -18,6 +18,8 @@ let failing = false;
 let server: https.Server;
 let kc: KubeConfig;
 const PATH = '/apis/coordination.k8s.io/v1/namespaces/ns/leases/lead';
+/** Who holds the lease the server has now. */
+const holder = () => stored?.spec.holderIdentity;
 
 function answer(res: ServerResponse, status: number, body: unknown) {
   res.writeHead(status, { 'content-type': 'application/json' });
@@ -85,7 +87,7 @@ describe('leader election trusts no clock but its own monotonic one', () => {
       expect(e.isLeader).toBe(false);
       advance(2);
       await vi.waitFor(() => expect(e.isLeader).toBe(true), { timeout: 2_000 });
-      expect(stored?.spec.holderIdentity).toBe('ahead');
+      expect(holder()).toBe('ahead');
     } finally {
       await e.stop();
       await running;
@@ -127,5 +129,27 @@ describe('leader election trusts no clock but its own monotonic one', () => {
       await e.stop();
       await running;
     }
+  });
+
+  it('stop releases the lease only once the leader-only work has stopped, so a standby never starts beside it', async () => {
+    failing = false;
+    stored = undefined;
+    const { e } = elector('handing-over');
+    let finished = false;
+    const running = e.run(async (signal) => {
+      await new Promise((r) => signal.addEventListener('abort', r));
+      // A write in flight when the term ends.
+      await new Promise((r) => setTimeout(r, 300));
+      finished = true;
+    });
+    await vi.waitFor(() => expect(e.isLeader).toBe(true), { timeout: 2_000 });
+    const stopping = e.stop();
+    await new Promise((r) => setTimeout(r, 150));
+    expect(e.isLeader).toBe(false);
+    expect(holder()).toBe('handing-over');
+    await stopping;
+    expect(finished).toBe(true);
+    expect(holder()).toBe('');
+    await running;
   });
 });
