@@ -4,6 +4,7 @@ import path from 'node:path';
 import { CoordinationV1Api, KubeConfig } from '@kubernetes/client-node';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import { brokerRequest } from '../../env/agents.js';
 import { createRole } from '../../env/aws.js';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { describe, expect, test } from '../../env/fixtures.js';
@@ -108,8 +109,12 @@ describe('leadership changes between real operator processes', () => {
       await expect.poll(() => tookOverAt(standby!, frozen), { timeout: LEASE_MS + SLACK_MS + 2_000, interval: 50 }).toBeLessThan(Infinity);
       expect(tookOverAt(standby!, frozen) - frozen).toBeLessThan(LEASE_MS + RETRY_MS + SLACK_MS);
       await expect.poll(() => workSince(standby!, frozen).length, { timeout: 2_000, interval: 50 }).toBeGreaterThan(0);
+      // Asked while still frozen, answered as its first act once continued: it does not claim to lead.
+      const claim = brokerRequest({ ...env, brokerUrl: leader.url, brokerCA: tls.ca }, 'GET', '/metrics');
+      await new Promise((r) => setTimeout(r, 200));
       const continued = Date.now();
       leader.signal('SIGCONT');
+      expect(String((await claim).body)).toMatch(/^chainwarden_leader 0$/m);
       await expect.poll(() => leader.logs.some((l) => l.msg === 'stopped leading' && l.at >= continued), { timeout: 5_000, interval: 50 }).toBe(true);
       // A few more rounds of the new leader's work, then look at everything both did.
       await new Promise((r) => setTimeout(r, 1_500));
