@@ -582,7 +582,7 @@ export const AgentTaskStatus = Type.Object(
           unsent: Type.Optional(
             Type.Array(Type.String(), {
               description:
-                "The records of the latest journal write, as JSON, until the next write: a process killed after writing the head and before emitting them leaves them here, and the next writer, if another process, emits them (an exact copy of a record in the stream counts once), so the stream never has a hole below the head.",
+                "The records of the latest journal write (base64 of each record's JSON), until the next write: a process killed after writing the head and before emitting them leaves them here, and the next writer, if another process, emits them (an exact copy of a record in the stream counts once), so the stream never has a hole below the head.",
             }),
           ),
         },

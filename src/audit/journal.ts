@@ -159,8 +159,15 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now(), 
 function auditAfter(before: AgentTaskStatus['audit'], records: AuditRecord[], writer: string): AgentTaskStatus['audit'] {
   const last = records.at(-1);
   if (!last) return before && { head: before.head, count: before.count, ...(writer ? { writer } : {}) };
-  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: records.map((r) => JSON.stringify(r)) };
+  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: records.map(encodeUnsent) };
 }
+
+/**
+ * An outbox record as its exact bytes (base64 of its JSON): a record holds whatever an agent
+ * sent, and must hash the same when read back through any client.
+ */
+export const encodeUnsent = (record: AuditRecord): string => Buffer.from(JSON.stringify(record), 'utf8').toString('base64');
+export const decodeUnsent = (text: string): unknown => JSON.parse(Buffer.from(text, 'base64').toString('utf8'));
 
 /** Records another process wrote the head of and may have died before emitting. */
 function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[] {
@@ -169,7 +176,7 @@ function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[
   const out: AuditRecord[] = [];
   for (const text of audit.unsent) {
     try {
-      out.push(JSON.parse(text) as AuditRecord);
+      out.push(decodeUnsent(text) as AuditRecord);
     } catch {
       // Not ours to repair: verify shows the hole.
     }

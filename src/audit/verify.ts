@@ -49,7 +49,7 @@ export function readAuditRecords(text: string, source?: string): AuditEntry[] {
 export function outboxEntries(audit: { unsent?: string[] } | undefined): AuditEntry[] {
   const lines = (audit?.unsent ?? []).map((r) => {
     try {
-      return JSON.stringify({ audit: JSON.parse(r) as unknown });
+      return JSON.stringify({ audit: JSON.parse(Buffer.from(r, 'base64').toString('utf8')) as unknown });
     } catch {
       return '';
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
-import { TaskJournal } from '../../../src/audit/journal.js';
+import { decodeUnsent, TaskJournal } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
 import { checkHead, outboxEntries, verifyChains } from '../../../src/audit/verify.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
@@ -42,7 +42,7 @@ describe("the journal's outbox", () => {
     await one.commit(s.task(), { hopCount: 1, events: [hop(1)] });
     await one.commit(s.task(), { hopCount: 1, events: [hop(2)] });
     expect(s.stream.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2']);
-    expect((s.task().status?.audit?.unsent ?? []).map((u) => (JSON.parse(u) as AuditRecord).data.hopId)).toEqual(['h1_2']);
+    expect((s.task().status?.audit?.unsent ?? []).map((u) => (decodeUnsent(u) as AuditRecord).data.hopId)).toEqual(['h1_2']);
   });
 });
 
@@ -64,7 +64,7 @@ describe('checking a stream against its task', () => {
     const s = server();
     await s.process('replica-a/1', false).commit(s.task(), { hopCount: 1, events: [hop(1)] });
     const audit = s.task().status!.audit!;
-    const forged = { ...audit, unsent: audit.unsent!.map((u) => u.replace('h1_1', 'h1_9')) };
+    const forged = { ...audit, unsent: audit.unsent!.map((u) => Buffer.from(Buffer.from(u, 'base64').toString('utf8').replace('h1_1', 'h1_9')).toString('base64')) };
     expect(verifyChains(outboxEntries(forged)).breaks.map((b) => b.problem)).toEqual([expect.stringMatching(/edited/)]);
   });
 });
