@@ -41,22 +41,6 @@ export function readAuditRecords(text: string, source?: string): AuditEntry[] {
   return out;
 }
 
-/**
- * The records of a task's latest journal write, kept in its status until the next write
- * (`status.audit.unsent`): the writer may have died before emitting them, so they count as part
- * of the stream. They are checked like any record, by hash and link.
- */
-export function outboxEntries(audit: { unsent?: string[] } | undefined): AuditEntry[] {
-  const lines = (audit?.unsent ?? []).map((r) => {
-    try {
-      return JSON.stringify({ audit: JSON.parse(Buffer.from(r, 'base64').toString('utf8')) as unknown });
-    } catch {
-      return '';
-    }
-  });
-  return readAuditRecords(lines.join('\n'), 'status.audit.unsent');
-}
-
 /** Where an entry is, for a person: `file:line`, or `line N` for a single unnamed stream. */
 export const location = (e: { line: number; source?: string }): string => (e.source === undefined ? `line ${e.line}` : `${e.source}:${e.line}`);
 

@@ -5,7 +5,7 @@ import { DEFAULT_NAMESPACE } from '../api/task.js';
 import { printable } from '../api/text.js';
 import { AUDIT_HEADS, AuditHeadStore } from '../audit/heads.js';
 import { renderTrace } from '../audit/trace.js';
-import { checkHead, location, outboxEntries, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
+import { checkHead, location, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { systemClock } from '../runtime/clock.js';
@@ -79,8 +79,7 @@ export async function runTrace(args: string[]): Promise<number> {
   // the one with the latest record (by time: line order means nothing across replicas).
   const latest = all.reduce<AuditEntry | undefined>((a, b) => (a === undefined || String(b.record.at) > String(a.record.at) ? b : a), undefined);
   const uid = task?.metadata.uid ?? latest?.record.taskUid;
-  // What the task's last writer may not have emitted yet is in its status.
-  const mine = [...all, ...outboxEntries(task?.status?.audit)].filter((r) => r.record.taskUid === uid);
+  const mine = all.filter((r) => r.record.taskUid === uid);
   if (mine.length === 0) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
   const { chains, breaks } = verifyChains(mine);
   const chain = chains[0] ?? { count: 0, head: '', records: [] };

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { decodeUnsent, TaskJournal } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
-import { checkHead, outboxEntries, verifyChains } from '../../../src/audit/verify.js';
+import { verifyChains } from '../../../src/audit/verify.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
 
@@ -43,28 +43,5 @@ describe("the journal's outbox", () => {
     await one.commit(s.task(), { hopCount: 1, events: [hop(2)] });
     expect(s.stream.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2']);
     expect((s.task().status?.audit?.unsent ?? []).map((u) => (decodeUnsent(u) as AuditRecord).data.hopId)).toEqual(['h1_2']);
-  });
-});
-
-describe('checking a stream against its task', () => {
-  it("counts the records still in the task's outbox: a writer that died before emitting them leaves no unexplained gap", async () => {
-    const s = server();
-    await s.process('replica-a/1').commit(s.task(), { hopCount: 1, events: [hop(1)] });
-    await s.process('replica-a/2', false).commit(s.task(), { hopCount: 1, events: [hop(2)] });
-    const head = s.task().status?.audit;
-    const stream = s.stream.map((record, i) => ({ record, line: i + 1 }));
-    // The stream alone ends one record short of the head.
-    expect(checkHead(verifyChains(stream).chains[0]!, head!)).toMatch(/records are missing/);
-    const { chains, breaks } = verifyChains([...stream, ...outboxEntries(head)]);
-    expect(breaks).toEqual([]);
-    expect(checkHead(chains[0]!, head!)).toBeUndefined();
-  });
-
-  it('an outbox record that was altered does not pass', async () => {
-    const s = server();
-    await s.process('replica-a/1', false).commit(s.task(), { hopCount: 1, events: [hop(1)] });
-    const audit = s.task().status!.audit!;
-    const forged = { ...audit, unsent: audit.unsent!.map((u) => Buffer.from(Buffer.from(u, 'base64').toString('utf8').replace('h1_1', 'h1_9')).toString('base64')) };
-    expect(verifyChains(outboxEntries(forged)).breaks.map((b) => b.problem)).toEqual([expect.stringMatching(/edited/)]);
   });
 });
