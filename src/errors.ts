@@ -68,6 +68,8 @@ export const ERRORS = {
   iam_unavailable: { status: 503 },
   journal_behind: { status: 503 },
   conflict: { status: 409 },
+  /** A leader-only write on a replica whose lease may have passed to another: retried, by whichever replica leads. */
+  not_leader: { status: 503 },
   no_cluster: { status: 500 },
   apply_failed: { status: 500 },
   internal: { status: 500 },

@@ -578,6 +578,13 @@ export const AgentTaskStatus = Type.Object(
         {
           head: Type.String({ description: "SHA-256 of the task's latest audit record." }),
           count: Type.Integer({ description: 'Records in the chain.', minimum: 0 }),
+          writer: Type.Optional(Type.String({ description: 'The operator process (replica and a per-process id) that made the latest journal write.', maxLength: 512 })),
+          unsent: Type.Optional(
+            Type.Array(Type.String(), {
+              description:
+                "The records of the latest journal write (base64 of each record's JSON), until the next write: a process killed after writing the head and before emitting them leaves them here, and the next writer, if another process, emits them (an exact copy of a record in the stream counts once), so the stream never has a hole below the head.",
+            }),
+          ),
         },
         { description: 'The head of the audit hash chain, to check an audit stream against.' },
       ),

@@ -1,9 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
 import { STATUS_CAPS } from '../api/task.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
+import { faultPoint } from '../runtime/faults.js';
 import { GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
 
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
@@ -89,7 +91,7 @@ function overflowPending(pending: PendingHop[], at: string): { kept: PendingHop[
  * The journal records facts only: a violation is recorded once (the first wins); turning it
  * into state, conditions and Events is the controller's.
  */
-export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now()): { status: AgentTaskStatus; records: AuditRecord[] } {
+export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now(), writer = ''): { status: AgentTaskStatus; records: AuditRecord[] } {
   const before = task.status ?? {};
   const chain = before.chain ?? { version: 0, hopCount: 0, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] };
   const hops = { ...(before.hops ?? { allowed: 0, denied: 0, pending: 0 }) };
@@ -143,10 +145,43 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now()):
     },
     pendingHops: pending,
     recentHops: newest([...(before.recentHops ?? []), ...recent], STATUS_CAPS.recentHops),
-    audit: records.length > 0 ? { head: records.at(-1)?.hash ?? GENESIS, count: records.at(-1)?.seq ?? 0 } : before.audit,
+    audit: auditAfter(before.audit, records, writer),
   };
   if (delta.violation && !before.violation) status.violation = delta.violation;
   return { status, records };
+}
+
+/**
+ * The head after a write, with the write's records as its outbox: they are emitted only once the
+ * head is written, and a process can die in between. The outbox of the write before is dropped:
+ * its writer emitted it, or, if another process wrote it, this write's writer does (see flush).
+ */
+function auditAfter(before: AgentTaskStatus['audit'], records: AuditRecord[], writer: string): AgentTaskStatus['audit'] {
+  const last = records.at(-1);
+  if (!last) return before && { head: before.head, count: before.count, ...(writer ? { writer } : {}) };
+  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: records.map(encodeUnsent) };
+}
+
+/**
+ * An outbox record as its exact bytes (base64 of its JSON): a record holds whatever an agent
+ * sent, and must hash the same when read back through any client.
+ */
+export const encodeUnsent = (record: AuditRecord): string => Buffer.from(JSON.stringify(record), 'utf8').toString('base64');
+export const decodeUnsent = (text: string): unknown => JSON.parse(Buffer.from(text, 'base64').toString('utf8'));
+
+/** Records another process wrote the head of and may have died before emitting. */
+function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[] {
+  const audit = (task as AgentTask | undefined)?.status?.audit;
+  if (!audit?.unsent?.length || audit.writer === writer) return [];
+  const out: AuditRecord[] = [];
+  for (const text of audit.unsent) {
+    try {
+      out.push(decodeUnsent(text) as AuditRecord);
+    } catch {
+      // Not ours to repair: verify shows the hole.
+    }
+  }
+  return out;
 }
 
 function isEmpty(d: TaskDelta): boolean {
@@ -249,6 +284,8 @@ export interface JournalOptions {
   /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
   cached?: (namespace: string, name: string) => AgentTask | undefined;
   clock?: Clock;
+  /** This process, as recorded with each head it writes: replica name and a per-process id. */
+  process?: string;
   /** Called once when this replica stops a task: a violation it recorded, or status the API server refuses. */
   onStop?: (task: TaskRef, cause: StopCause, message: string) => void;
 }
@@ -290,10 +327,12 @@ export class TaskJournal {
   private readonly stops = new Map<string, Stop>();
   private readonly flushMs: number;
   private readonly clock: Clock;
+  private readonly process: string;
 
   constructor(private readonly options: JournalOptions) {
     this.flushMs = options.flushMs ?? 100;
     this.clock = options.clock ?? systemClock;
+    this.process = options.process ?? `journal-${randomBytes(6).toString('hex')}`;
   }
 
   /** Queues a change; it is written within `flushMs`. */
@@ -440,7 +479,7 @@ export class TaskJournal {
           const wasWritten = unconfirmed?.head !== undefined && unconfirmed.uid === current.metadata.uid && current.status?.audit?.head === unconfirmed.head;
           attempted = wasWritten ? fresh : delta;
           landed = wasWritten ? [...unconfirmed.landed, ...unconfirmed.records] : (unconfirmed?.landed ?? []);
-          const applied = applyDelta(current, attempted, this.clock.now());
+          const applied = applyDelta(current, attempted, this.clock.now(), this.process);
           records = applied.records;
           return applied.status;
         },
@@ -458,6 +497,9 @@ export class TaskJournal {
       entry.refusals = 0;
       entry.refusedSince = undefined;
       entry.behindSince = undefined;
+      if (records.length > 0) faultPoint('journal.after-status');
+      // What the process that wrote the head before this one left unsent goes first: it precedes these records in the chain.
+      for (const record of unsentByOthers(seen, this.process)) this.options.emit(record);
       for (const record of [...landed, ...records]) this.options.emit(record);
       for (const w of waiters) w.resolve(written);
     } catch (err) {

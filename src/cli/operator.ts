@@ -2,6 +2,9 @@ import { pino } from 'pino';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { createLogger } from '../log.js';
 import { startOperator } from '../operator/operator.js';
+import { parseDuration } from '../api/duration.js';
+import { systemClock } from '../runtime/clock.js';
+import { skewedClock } from '../runtime/faults.js';
 import { loadKubeConfig, parseHostPort, untilSignal } from './kube.js';
 import { parseCommandArgs } from './main.js';
 
@@ -90,7 +93,20 @@ export async function runOperator(args: string[]): Promise<number> {
     'audit-file': { type: 'string' },
     'otlp-traces-endpoint': { type: 'string', default: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? otlpTracesFromBase(process.env.OTEL_EXPORTER_OTLP_ENDPOINT) },
     'no-controllers': { type: 'boolean', default: false },
+    'watch-namespace': { type: 'string' },
+    identity: { type: 'string', default: process.env.POD_NAME },
+    'leader-elect-lease-duration': { type: 'string', default: '15s' },
+    'leader-elect-renew-deadline': { type: 'string', default: '10s' },
+    'leader-elect-retry-period': { type: 'string', default: '2s' },
+    'revocation-prune-interval': { type: 'string', default: '5m' },
   });
+  const leaderElection = {
+    leaseDurationMs: parseDuration(values['leader-elect-lease-duration'] ?? '', '--leader-elect-lease-duration'),
+    renewDeadlineMs: parseDuration(values['leader-elect-renew-deadline'] ?? '', '--leader-elect-renew-deadline'),
+    retryPeriodMs: parseDuration(values['leader-elect-retry-period'] ?? '', '--leader-elect-retry-period'),
+  };
+  // A leader that steps down at its renew deadline is sure to stop before a standby may take the lease.
+  if (leaderElection.renewDeadlineMs >= leaderElection.leaseDurationMs) throw new ChainwardenError('usage', '--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
   if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) throw new ChainwardenError('usage', '--tls-cert and --tls-key go together');
   const log = createLogger({ level: values['log-level'], name: 'operator' }, pino.destination(1));
   const listen = parseHostPort(values.listen ?? '', '--listen');
@@ -113,6 +129,11 @@ export async function runOperator(args: string[]): Promise<number> {
     auditFile: values['audit-file'],
     tracing: values['otlp-traces-endpoint'] ? { endpoint: parseOtlpEndpoint(values['otlp-traces-endpoint']) } : undefined,
     controllers: !values['no-controllers'],
+    watchNamespace: values['watch-namespace'],
+    identity: values.identity,
+    leaderElection,
+    pruneIntervalMs: parseDuration(values['revocation-prune-interval'] ?? '', '--revocation-prune-interval'),
+    clock: skewedClock(systemClock),
   });
   const signal = await untilSignal();
   log.info({ signal }, 'stopping');

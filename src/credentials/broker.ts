@@ -13,6 +13,7 @@ import type { Clock } from '../runtime/clock.js';
 import { planCredentialDuration, planAwsRetry, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
 import { StsError, type AwsSession, type StsPort } from './sts.js';
 import type { Placeholders } from '../aws/placeholders.js';
+import { faultPoint } from '../runtime/faults.js';
 
 /** Hand out a cached session only while it has this much life left; the SDKs refresh 5 min before expiry. */
 const REFRESH_MARGIN_MS = 5 * 60_000;
@@ -164,7 +165,9 @@ export class CredentialBroker {
       this.deps.log.warn({ task: `${namespace}/${taskName}`, code: err.code, awsCode: err.awsCode, detail: err.detail }, 'STS refused a session');
       throw await this.failed(task, new ChainwardenError(err.code, err.message));
     }
+    faultPoint('issue.after-sts');
     await this.record(task, name, request.roleSessionName, request.sourceIdentity, session);
+    faultPoint('issue.after-record');
     this.deps.journal?.record(task, {
       events: [
         {

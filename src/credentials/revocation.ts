@@ -3,7 +3,7 @@ import type { AgentPolicy, AgentTask } from '../api/schema.js';
 import { POLICY_DEFAULTS } from '../api/task.js';
 import type { Clock } from '../runtime/clock.js';
 import { roleNameOf, sourceIdentityFor, STS_MAX_SECONDS, STS_MIN_SECONDS } from './plan.js';
-import type { Revoker } from './revoke.js';
+import type { Revoker, WriteGuard } from './revoke.js';
 
 /** Clock skew allowed between us and AWS when deciding that a session has expired. */
 const SKEW_MS = 5 * 60_000;
@@ -29,9 +29,9 @@ export function longestSessionMs(task: AgentTask, policy: AgentPolicy | undefine
  * AWS-side revocation of one task: a Deny on its SourceIdentity marker on every role it could
  * have assumed, kept until every session it could hold has expired. Idempotent.
  */
-export async function revokeTask(revoker: Revoker, clock: Clock, task: AgentTask, policy: AgentPolicy | undefined): Promise<RevocationResult> {
+export async function revokeTask(revoker: Revoker, clock: Clock, task: AgentTask, policy: AgentPolicy | undefined, mayWrite?: WriteGuard): Promise<RevocationResult> {
   const result = revocationOf(task, policy, clock.now());
-  for (const role of result.roles) await revoker.deny(role, { marker: result.marker, pruneAfter: result.pruneAfter });
+  for (const role of result.roles) await revoker.deny(role, { marker: result.marker, pruneAfter: result.pruneAfter }, mayWrite);
   return result;
 }
 

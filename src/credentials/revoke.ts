@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
+import { faultPoint } from '../runtime/faults.js';
 import { isNoSuchEntity, policySize, ROLE_INLINE_POLICIES_MAX_CHARS, type IamPort } from './iam.js';
 import { planAwsRetry } from './plan.js';
 
@@ -148,6 +149,9 @@ export class RevocationPolicyFullError extends ChainwardenError {
   }
 }
 
+/** Throws when this process may no longer write (the leader-only writers: its lease may have passed to another replica). */
+export type WriteGuard = () => void;
+
 export interface RevokerOptions {
   /** Puts one pass may make while IAM keeps showing a deny it owes missing; then it throws (retryable). */
   attempts?: number;
@@ -203,9 +207,9 @@ export class Revoker {
   }
 
   /** Idempotent: resolves once IAM shows the deny (and every other this Revoker owes on the role). Throws (retryable) when IAM cannot be written. */
-  async deny(roleName: string, entry: RevocationEntry): Promise<void> {
+  async deny(roleName: string, entry: RevocationEntry, mayWrite?: WriteGuard): Promise<void> {
     this.owe(roleName, entry);
-    await this.serialized(roleName, () => this.converge(roleName));
+    await this.serialized(roleName, () => this.converge(roleName, mayWrite));
   }
 
   /** Takes on a deny without writing it: the next `prune` of the role writes it with every other owed one. */
@@ -217,20 +221,20 @@ export class Revoker {
   }
 
   /** Removes expired entries, re-asserts every deny this Revoker still owes on the role, and deletes the policy once nothing is left in it. */
-  async prune(roleName: string): Promise<void> {
-    await this.serialized(roleName, () => this.converge(roleName));
+  async prune(roleName: string, mayWrite?: WriteGuard): Promise<void> {
+    await this.serialized(roleName, () => this.converge(roleName, mayWrite));
   }
 
   /**
    * A role that does not exist has no live sessions to deny: AWS ends the sessions of a deleted
    * role, and one created again under the same name is a new role its old sessions cannot use.
    */
-  private async converge(role: string): Promise<void> {
+  private async converge(role: string, mayWrite?: WriteGuard): Promise<void> {
     const waiting = this.unanswered.get(role);
     // Retryable, at once: IAM failed moments ago. Every status write wakes the controller, and each wake must not become IAM calls.
     if (waiting && waiting.error.retryAt > this.clock.now()) throw waiting.error;
     try {
-      await this.writeOwed(role);
+      await this.writeOwed(role, mayWrite);
       this.unanswered.delete(role);
     } catch (err) {
       if (isNoSuchEntity(err)) {
@@ -278,7 +282,7 @@ export class Revoker {
   }
 
   /** Reads, writes what is missing, and reads again until IAM shows every owed deny; bounded, then retryable. */
-  private async writeOwed(role: string): Promise<void> {
+  private async writeOwed(role: string, mayWrite?: WriteGuard): Promise<void> {
     for (let writes = 0; ; writes++) {
       const now = this.clock.now();
       const current = await this.iam.getRolePolicy(role, REVOCATION_POLICY);
@@ -296,6 +300,9 @@ export class Revoker {
       // Retryable: the controller backs off and denies again.
       if (writes === this.attempts) throw new ChainwardenError('conflict', `IAM role ${role}: ${REVOCATION_POLICY} kept losing denies to concurrent writers (${writes} writes)`);
       if (writes > 0) this.log.warn({ role, writes }, 'IAM does not show every deny this replica owes (overwritten by another writer, or not yet consistent); writing again');
+      faultPoint('deny-policy.before-write');
+      // Checked right before the put: the read above may have been answered after a long stall.
+      mayWrite?.();
       if (plan.document) await this.iam.putRolePolicy(role, REVOCATION_POLICY, JSON.stringify(plan.document));
       else await this.iam.deleteRolePolicy(role, REVOCATION_POLICY);
       if (plan.collapsed) this.log.warn({ role, size: plan.size, budget }, 'revocation policy full: collapsed into a cutoff on every chainwarden session issued before now');

@@ -33,10 +33,10 @@ import { CredentialBroker } from '../credentials/broker.js';
 import { AwsIamPort } from '../credentials/iam.js';
 import { roleNameOf, sourceIdentityFor } from '../credentials/plan.js';
 import { outstandingDeny, revokeTask } from '../credentials/revocation.js';
-import { Revoker } from '../credentials/revoke.js';
+import { Revoker, type WriteGuard } from '../credentials/revoke.js';
 import { AwsStsPort } from '../credentials/sts.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { errorMessage } from '../errors.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
 import { KeyRing } from '../identity/keyring.js';
 import { secretKeyStore } from '../identity/keystore-secret.js';
 import { assertTrustDomain, spiffeIdFor } from '../identity/spiffe.js';
@@ -79,6 +79,8 @@ export interface OperatorOptions {
   podBrokerUrl?: string;
   sidecarImage?: string;
   leaderElection?: { leaseDurationMs?: number; renewDeadlineMs?: number; retryPeriodMs?: number };
+  /** How often the leader prunes and re-asserts the revocation denies on every role; 5 minutes by default. */
+  pruneIntervalMs?: number;
   /** Run the controllers (when elected). Off: webhooks and broker only. */
   controllers?: boolean;
   /** Watch one namespace instead of the whole cluster. */
@@ -130,20 +132,36 @@ async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & 
 }
 
 /**
- * Leader only, every 5 minutes: on every role a task names, drops expired entries from the deny
- * policy and re-asserts the deny of every revoked task whose sessions may still live, read from
- * its status, so a deny whose writer died and was overwritten is put back.
+ * Leader only, at once on winning and then every 5 minutes: on every role a task names, drops
+ * expired entries from the deny policy and re-asserts the deny of every revoked task whose
+ * sessions may still live, read from its status, so a deny whose writer died and was overwritten
+ * is put back. A new leader does it at once: the replica it replaces may have died mid-write.
  */
-async function pruneWhileLeading(signal: AbortSignal, tasks: Informer<AgentTask>, policy: (ns: string, name: string) => AgentPolicy | undefined, revoker: Revoker, clock: Clock, log: Logger, everyMs = 5 * 60_000): Promise<void> {
-  while (!signal.aborted) {
-    await sleep(everyMs, undefined, { signal }).catch(() => undefined);
+async function pruneWhileLeading(signal: AbortSignal, leading: WriteGuard, tasks: Informer<AgentTask>, policy: (ns: string, name: string) => AgentPolicy | undefined, revoker: Revoker, clock: Clock, log: Logger, everyMs: number): Promise<void> {
+  for (let pass = 0; !signal.aborted; pass++) {
+    if (pass > 0) await sleep(everyMs, undefined, { signal }).catch(() => undefined);
     if (signal.aborted) return;
+    const startedAt = Date.now();
     for (const task of tasks.list()) {
       const owed = outstandingDeny(task, policy(task.metadata.namespace ?? '', task.spec.policyRef.name), clock.now());
       for (const role of owed?.roles ?? []) revoker.owe(role, { marker: owed?.marker ?? '', pruneAfter: owed?.pruneAfter ?? 0 });
     }
     const roles = new Set(tasks.list().flatMap((t) => (t.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn))));
-    for (const role of roles) await revoker.prune(role).catch((err: unknown) => log.warn({ role, err: errorMessage(err) }, 'could not prune the revocation policy'));
+    try {
+      // Checked before each write: a leader frozen past its lease must not write once it wakes.
+      for (const role of roles) {
+        leading();
+        await revoker.prune(role, leading).catch((err: unknown) => {
+          if (err instanceof ChainwardenError && err.code === 'not_leader') throw err;
+          log.warn({ role, err: errorMessage(err) }, 'could not prune the revocation policy');
+        });
+      }
+      leading();
+    } catch (err) {
+      if (err instanceof ChainwardenError && err.code === 'not_leader') return;
+      throw err;
+    }
+    log.debug({ leaderWork: 'prune', roles: roles.size, startedAt }, 'revocation policies pruned');
   }
 }
 
@@ -263,6 +281,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const heads = new AuditHeadStore(kc, namespace, clock, log);
   const journal = new TaskJournal({
     writer: client.statusWriter('journal'),
+    process: `${identity}/${randomBytes(6).toString('hex')}`,
     emit,
     log,
     flushMs: options.journalFlushMs,
@@ -308,9 +327,10 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     log,
     metrics,
     trustDomain,
-    revoke: (task, p) => revokeTask(revoker, clock, task, p),
+    revoke: (task, p) => revokeTask(revoker, clock, task, p, assertLeading),
     resolvePending: (task) => hops.resolvePending(task),
     journal,
+    leading: () => elector.isLeader,
     // What this replica still has queued for the task goes into its status first, so the sealed head is the last one.
     seal: async (task) => heads.seal((await journal.commit(task, {})) ?? task),
   });
@@ -403,6 +423,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       log,
     ),
   };
+  const assertLeading: WriteGuard = () => {
+    if (!elector.isLeader) throw new ChainwardenError('not_leader', 'this replica no longer holds the lease');
+  };
   const elector = new LeaderElector({ kc, namespace, name: 'chainwarden-controller', identity, log, clock, ...options.leaderElection });
 
   // Built; now start what reads the world, then serve.
@@ -425,9 +448,14 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     options.controllers === false
       ? Promise.resolve()
       : elector.run((signal) => {
-          running.push(controller.run(signal, taskKeys(), options.workers ?? 2));
-          running.push(pruneWhileLeading(signal, informers.tasks, policy, revoker, clock, log));
-          running.push(notifier.run(signal));
+          const work = [
+            controller.run(signal, taskKeys(), options.workers ?? 2),
+            pruneWhileLeading(signal, assertLeading, informers.tasks, policy, revoker, clock, log, options.pruneIntervalMs ?? 5 * 60_000),
+            notifier.run(signal),
+          ];
+          running.push(...work);
+          // Settles once the leader-only work has stopped; the lease is released only after.
+          return Promise.all(work);
         });
 
   const stop = async (release = true) => {

@@ -4,7 +4,9 @@ import { FINALIZER, TASK_LABEL } from '../../api/task.js';
 import type { PodRecord } from '../../broker/auth.js';
 import type { RevocationResult } from '../../credentials/revocation.js';
 import { IamUnavailableError } from '../../credentials/revoke.js';
-import { errorMessage } from '../../errors.js';
+import { ChainwardenError, errorMessage } from '../../errors.js';
+import type { JsonPatchOperation } from '../../runtime/apply.js';
+import { faultPoint } from '../../runtime/faults.js';
 import type { TaskClient, TaskStatusWriter } from '../../kube/tasks.js';
 import type { Logger } from '../../log.js';
 import type { Clock } from '../../runtime/clock.js';
@@ -34,9 +36,19 @@ export interface TaskControllerDeps {
   /** Approvals and timeouts of waiting hops; every replica's broker shares it. */
   resolvePending?: (task: AgentTask) => Promise<number>;
   /** Where the controller's audit records go. */
-  journal?: { record(task: AgentTask, change: { events: AuditEvent[] }): void };
+  journal?: {
+    record(task: AgentTask, change: { events: AuditEvent[] }): void;
+    /** Resolves, with the task as written, once the records are in the task's status (undefined: the task is gone). */
+    commit?(task: AgentTask, change: { events: AuditEvent[] }): Promise<AgentTask | undefined>;
+  };
   /** Keeps a deleted task's final audit head beyond the task; throws (retryable) when it cannot. */
   seal?: (task: AgentTask) => Promise<void>;
+  /**
+   * Whether this replica may act as the leader at this moment (its own clock says its lease still
+   * holds); checked before every write, since a replica may have been frozen past its lease while
+   * a reconcile was under way. Absent: always.
+   */
+  leading?: () => boolean;
   /** AWS-side revocation; must treat "already denied" as done. Absent: nothing to deny. */
   revoke?: (task: AgentTask, policy: AgentPolicy | undefined) => Promise<RevocationResult>;
 }
@@ -120,7 +132,14 @@ export class AgentTaskController {
     });
   }
 
+  /** Retryable: another replica may lead now; this one's queue is shut down as soon as its election loop notices. */
+  private assertLeading(): void {
+    if (this.deps.leading && !this.deps.leading()) throw new ChainwardenError('not_leader', 'this replica no longer holds the lease');
+  }
+
   private async revokeAtAws(task: AgentTask): Promise<RevocationResult> {
+    this.assertLeading();
+    this.deps.log.info({ leaderWork: 'revoke', task: keyOf(task.metadata.namespace, task.metadata.name) }, 'denying the task\'s sessions at AWS');
     const policy = this.deps.sources.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
     return this.deps.revoke ? this.deps.revoke(task, policy) : { marker: '', roles: [], pruneAfter: 0 };
   }
@@ -130,12 +149,20 @@ export class AgentTaskController {
     const [namespace = '', name = ''] = key.split('/');
     const task = this.deps.sources.task(namespace, name);
     if (!task) return done();
-    return withFinalizer(task, FINALIZER, (ops) => this.deps.client.patch(task, ops), {
+    this.assertLeading();
+    const patch = (ops: JsonPatchOperation[]) => {
+      this.assertLeading();
+      return this.deps.client.patch(task, ops);
+    };
+    return withFinalizer(task, FINALIZER, patch, {
       // Retryable: a failing deny throws, the finalizer stays, the queue backs off.
       cleanup: async (t) => {
         if (needsRevocation(t)) await this.revokeAtAws(t);
+        faultPoint('finalize.after-deny');
         // The audit head lives in the task's status; it is kept elsewhere before the task goes.
         await this.deps.seal?.(t);
+        faultPoint('finalize.after-seal');
+        this.deps.log.info({ leaderWork: 'finalize', task: key }, 'task cleaned up; removing the finalizer');
       },
       apply: (t) => this.converge(t),
     });
@@ -150,22 +177,33 @@ export class AgentTaskController {
     const events = [...plan.events];
     const records = [...plan.records];
     let failure: Error | undefined;
+    let base = task;
     if (plan.revoke) {
+      let outcome: ReturnType<typeof revoked> | undefined;
       try {
-        const outcome = revoked(status, await this.revokeAtAws(task), clock.now());
-        status = outcome.status;
-        events.push(outcome.event);
-        records.push(outcome.record);
+        outcome = revoked(status, await this.revokeAtAws(task), clock.now());
+        faultPoint('revoke.after-deny');
       } catch (err) {
         failure = err instanceof Error ? err : new Error(String(err));
         status = revocationPending(status, errorMessage(err), clock.now());
       }
+      if (outcome) {
+        status = outcome.status;
+        events.push(outcome.event);
+        const written = await this.recordRevocation(task, outcome.record);
+        if (written === 'gone') return done();
+        if (written === 'changed') return requeueAfter(CONFLICT_RETRY_MS);
+        if (written) base = written;
+        else records.push(outcome.record);
+      }
     }
     if (plan.changed || plan.revoke) {
       // Conditional on the version decided from: a stale view never overwrites a newer state, nor reports its transitions twice.
-      const { outcome } = await this.status.apply(task, status);
+      this.assertLeading();
+      const { outcome } = await this.status.apply(base, status);
       if (outcome === 'conflict') return requeueAfter(CONFLICT_RETRY_MS);
       if (outcome === 'gone') return done();
+      if (plan.revoke && !failure) faultPoint('revoke.after-status');
       await this.report(task, events, records);
     }
     // Pending: IAM failed, and the Revoker says when to ask it again. Until then, every
@@ -174,6 +212,23 @@ export class AgentTaskController {
     // Retryable: the status says the deny is pending; back off and try again.
     if (failure) throw failure;
     return this.nextLook(task, status, plan.requeueAfterMs);
+  }
+
+  /**
+   * The revocation's audit record goes into the chain before the status says revoked. In the
+   * other order a replica killed between the two writes left a revoked task whose stream never
+   * said so: the next leader saw it revoked and had nothing to record. In this order the status
+   * still says unrevoked, so the next leader revokes again (idempotent) and records again; the
+   * stream may say it twice, never not at all. The status is then written over the version the
+   * journal wrote, unless what the controller decided from changed meanwhile. Without a journal
+   * that commits, the record goes with the others after the status write.
+   */
+  private async recordRevocation(task: AgentTask, record: TaskRecord): Promise<AgentTask | 'gone' | 'changed' | undefined> {
+    const journal = this.deps.journal;
+    if (!journal?.commit) return undefined;
+    const written = await journal.commit(task, { events: [{ type: record.type, at: new Date(this.deps.clock.now()).toISOString(), data: record.data }] });
+    if (!written) return 'gone';
+    return isDeepStrictEqual(factsOf(written), factsOf(task)) ? written : 'changed';
   }
 
   /** Audit records and Events for the transitions just written; an Event that fails is logged, never retried into a duplicate. */
