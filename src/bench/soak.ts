@@ -246,7 +246,7 @@ async function main(): Promise<void> {
   const rss: { at: number; slot: string; generation: number; rssMiB: number }[] = [];
   const events: { at: number; what: string }[] = [];
   const hopsSent: HopSent[] = [];
-  const counts = { tasksCreated: 0, createFailures: 0, bound: 0, bindTimeouts: 0, completed: 0, violated: 0, leftToExpire: 0, hopErrors: 0, gatewayOk: 0, gatewayErrors: 0, leaderKills: 0 };
+  const counts = { tasksCreated: 0, createFailures: 0, bound: 0, bindTimeouts: 0, completed: 0, violated: 0, leftToExpire: 0, hopErrors: 0, gatewayOk: 0, gatewayErrors: 0, leaderKills: 0, unexpectedExits: 0 };
   const tokens = new Map<string, string>();
   const started = Date.now();
   const elapsed = () => Math.round((Date.now() - started) / 1000);
@@ -255,7 +255,15 @@ async function main(): Promise<void> {
     slot.generation += 1;
     const auditFile = path.join(env.stateDir, `audit-${slot.name}-${slot.generation}.jsonl`);
     slot.auditFiles.push(auditFile);
-    slot.broker = await startBroker(env, { serving, port: slot.port, webhookPort: slot.webhookPort, webhookUrl: `https://127.0.0.1:${webhookProxy.port}`, auditFile, exitIsFatal: false });
+    const broker = await startBroker(env, { serving, port: slot.port, webhookPort: slot.webhookPort, webhookUrl: `https://127.0.0.1:${webhookProxy.port}`, auditFile, exitIsFatal: false });
+    slot.broker = broker;
+    // A replica that dies on its own is a finding to report; like one killed, it is started again.
+    broker.child.once('exit', (code, signal) => {
+      if (slot.broker !== broker) return;
+      counts.unexpectedExits += 1;
+      events.push({ at: elapsed(), what: `${slot.name}#${slot.generation} exited on its own (${signal ?? `code ${String(code)}`})` });
+      kill(slot);
+    });
     for (const proxy of [brokerProxy, webhookProxy]) {
       const port = proxy === brokerProxy ? slot.port : slot.webhookPort;
       const backend = proxy.backends.find((b) => b.port === port);
