@@ -228,8 +228,9 @@ interface Entry {
   queued: TaskDelta;
   /** When the oldest queued change was queued: it is written `flushMs` after, whatever runs meanwhile. */
   queuedAt?: number;
-  /** Changes being written now. */
+  /** Changes being written now, and since when. */
   inflight?: TaskDelta;
+  inflightSince?: number;
   /**
    * A write that failed without an answer (connection cut, API server gone): it may have landed.
    * The next write checks the head in status: there, only its records go out; not there, it is
@@ -461,6 +462,7 @@ export class TaskJournal {
     if (unconfirmed) merge(delta, unconfirmed.delta);
     merge(delta, fresh);
     entry.inflight = delta;
+    entry.inflightSince = this.clock.now();
     entry.unconfirmed = undefined;
     entry.queued = emptyDelta();
     entry.queuedAt = undefined;
@@ -540,7 +542,25 @@ export class TaskJournal {
       await new Promise((r) => setTimeout(r, backoff / 2 + Math.random() * (backoff / 2)));
     } finally {
       entry.inflight = undefined;
+      entry.inflightSince = undefined;
     }
+  }
+
+  /**
+   * Tasks whose audit records have waited longer than requests may wait on them: on a failing
+   * write, or on one the API server has not answered (etcd frozen behind it). For readiness.
+   */
+  behind(): { tasks: number; since: number } | undefined {
+    const now = this.clock.now();
+    let tasks = 0;
+    let since = Infinity;
+    for (const entry of this.entries.values()) {
+      const waiting = Math.min(entry.behindSince ?? Infinity, entry.inflightSince ?? Infinity);
+      if (now - waiting < MAX_BEHIND_MS) continue;
+      tasks += 1;
+      since = Math.min(since, waiting);
+    }
+    return tasks > 0 ? { tasks, since } : undefined;
   }
 
   /** Writes everything queued; for shutdown. */

@@ -345,6 +345,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       const cutOff = Object.entries(informers).flatMap(([name, i]) => (i.disconnected ? [`${name} cache: API server unreachable since ${new Date(i.disconnected.since).toISOString()} (${i.disconnected.error})`] : []));
       if (waiting.length > 0) return Promise.resolve(sendJson(res, 503, { status: 'starting', waitingFor: waiting }));
       if (cutOff.length > 0) return Promise.resolve(sendJson(res, 503, { status: 'disconnected', waitingFor: cutOff }));
+      // Reachable is not writable: behind a frozen etcd the API server answers reads and holds writes.
+      const behind = journal.behind();
+      if (behind) return Promise.resolve(sendJson(res, 503, { status: 'behind', waitingFor: [`the audit records of ${behind.tasks} task(s) have waited for the API server since ${new Date(behind.since).toISOString()}`] }));
       return Promise.resolve(sendJson(res, 200, { status: 'ok' }));
     },
   };

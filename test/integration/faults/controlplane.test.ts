@@ -88,6 +88,8 @@ describe('the API server and etcd misbehave', () => {
         answers.push({ i, ...(await hop(env, token, i)) });
         await new Promise((r) => setTimeout(r, 400));
       }
+      // The API server still answers reads, so the caches are connected; readiness says the records wait.
+      await expect.poll(async () => (await readiness(env)).body, { timeout: 5_000, interval: 200 }).toMatchObject({ status: 'behind' });
     } finally {
       await processes.thawEtcd();
     }

@@ -69,6 +69,29 @@ describe('the journal cannot be wedged', () => {
     expect(journal.refusal(task())).toBeUndefined();
   });
 
+  it('says it is behind, for readiness, while a write has hung unanswered for 10 s (etcd frozen behind a reachable API server), and not once it lands', async () => {
+    let answer: (() => void) | undefined;
+    const { journal, emitted, advance, attempts } = journalWith((_attempt, status) => new Promise((resolve) => (answer = () => resolve({ ...task(), status }))));
+    journal.record(task(), { hopCount: 1, events: [hop(1)] });
+    await vi.waitFor(() => expect(attempts()).toBe(1));
+    advance(9_000);
+    expect(journal.behind()).toBeUndefined();
+    advance(2_000);
+    expect(journal.behind()).toMatchObject({ tasks: 1 });
+    answer?.();
+    await vi.waitFor(() => expect(emitted).toHaveLength(1));
+    expect(journal.behind()).toBeUndefined();
+  });
+
+  it('says it is behind while records wait on a failing write', async () => {
+    const { journal, advance, attempts } = journalWith(() => unreachable());
+    journal.record(task(), { hopCount: 1, events: [hop(1)] });
+    await vi.waitFor(() => expect(attempts()).toBeGreaterThanOrEqual(1));
+    expect(journal.behind()).toBeUndefined();
+    advance(11_000);
+    expect(journal.behind()).toMatchObject({ tasks: 1 });
+  });
+
   it('retries a failing write without loss, and refuses requests only while records wait too long', async () => {
     let healthy = false;
     const { journal, emitted, advance, attempts } = journalWith((_attempt, status) => (healthy ? Promise.resolve({ ...task(), status }) : unreachable()));
