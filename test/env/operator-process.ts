@@ -3,7 +3,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from '@kubernetes/client-node';
+import { afterAll, beforeAll, inject } from 'vitest';
 import { localAws, type EnvironmentDescription } from '../../src/controlplane/environment.js';
 import { rawRequest } from '../../src/kube/raw.js';
 import { CertificateAuthority } from '../../src/pki/authority.js';
@@ -205,4 +206,27 @@ async function until(check: () => Promise<boolean>, what: string, timeoutMs = 20
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/**
+ * For a test file that runs replicas of its own: the shared test operator's controllers stand
+ * aside for the whole file, and every replica shares one set of serving files (the getter's).
+ */
+export function replicasOwnTheLease(): () => ServingFiles {
+  let giveBack: (() => Promise<void>) | undefined;
+  let tls: ServingFiles | undefined;
+  beforeAll(async () => {
+    const env = inject('env');
+    const admin = new KubeConfig();
+    admin.loadFromFile(env.kubeconfig);
+    giveBack = await sidelineSharedController(admin, env);
+    tls = await servingFiles();
+  });
+  afterAll(async () => {
+    await giveBack?.();
+  });
+  return () => {
+    if (!tls) throw new Error('serving files are made before the first test');
+    return tls;
+  };
 }

@@ -1,9 +1,8 @@
 import { mkdtemp, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { AUDIT_HEADS, type SealedHead } from '../../../src/audit/heads.js';
-import { afterAll, beforeAll, inject } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { readAuditRecords, verifyChains, checkHead } from '../../../src/audit/verify.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
@@ -13,7 +12,7 @@ import { brokerRequest, createAgentPod, createServiceAccount, podToken } from '.
 import { createRole, iamClient, recordedCalls, revocationPolicy } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create } from '../../env/kube.js';
-import { servingFiles, sidelineSharedController, startReplica, type Replica, type ServingFiles } from '../../env/operator-process.js';
+import { replicasOwnTheLease, startReplica, type Replica } from '../../env/operator-process.js';
 import { condition, readTask, waitForTask } from './helpers.js';
 import { PutRolePolicyCommand } from '@aws-sdk/client-iam';
 
@@ -29,8 +28,7 @@ import { PutRolePolicyCommand } from '@aws-sdk/client-iam';
 
 const TASK = 'ticket-4711';
 
-let giveBack: (() => Promise<void>) | undefined;
-let tls: ServingFiles;
+const serving = replicasOwnTheLease();
 
 interface World {
   env: EnvironmentDescription;
@@ -70,8 +68,8 @@ async function world(admin: KubeConfig, env: EnvironmentDescription, namespace: 
     auditFile,
     token,
     received: [],
-    replica: (faults = []) => startReplica(env, { namespace, identity: `replica-${++n}`, tls, auditFile, faults }),
-    ask: (replica, method, p, body) => brokerRequest({ ...env, brokerUrl: replica.url, brokerCA: tls.ca }, method, p, { token, body }).catch((err: unknown) => ({ status: 0, body: String(err) })),
+    replica: (faults = []) => startReplica(env, { namespace, identity: `replica-${++n}`, tls: serving(), auditFile, faults }),
+    ask: (replica, method, p, body) => brokerRequest({ ...env, brokerUrl: replica.url, brokerCA: serving().ca }, method, p, { token, body }).catch((err: unknown) => ({ status: 0, body: String(err) })),
     credentials: async (replica) => {
       const answer = await w.ask(replica, 'GET', '/v1/credentials');
       const key = (answer.body as { AccessKeyId?: string }).AccessKeyId;
@@ -183,17 +181,6 @@ const scenarios: Scenario[] = [
 ];
 
 describe('a replica killed at every step of issuance, revocation and cleanup leaves nothing half done', () => {
-  beforeAll(async () => {
-    const env = inject('env');
-    const admin = new KubeConfig();
-    admin.loadFromFile(env.kubeconfig);
-    giveBack = await sidelineSharedController(admin, env);
-    tls = await servingFiles();
-  });
-  afterAll(async () => {
-    await giveBack?.();
-  });
-
   test.for(scenarios.map((s) => [s.point, s] as const))('killed at %s', async ([point, scenario], { admin, env, namespace }) => {
     const w = await world(admin, env, namespace);
     const replicas: Replica[] = [];

@@ -1,15 +1,15 @@
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { CoordinationV1Api, KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { CoordinationV1Api } from '@kubernetes/client-node';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest } from '../../env/agents.js';
 import { createRole } from '../../env/aws.js';
-import { afterAll, beforeAll, inject } from 'vitest';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create } from '../../env/kube.js';
-import { overlappingLeaderWork, servingFiles, sidelineSharedController, startReplica, type Replica, type ReplicaOptions, type ServingFiles } from '../../env/operator-process.js';
+import { overlappingLeaderWork, replicasOwnTheLease, startReplica, type Replica, type ReplicaOptions } from '../../env/operator-process.js';
 
 // Replicas of the operator as real processes on a 3 s lease (renew deadline 2 s, retry 300 ms),
 // pruning the revocation policy every 200 ms so that leader-only work runs all the time: every
@@ -20,21 +20,9 @@ const RETRY_MS = 300;
 /** Process start, a request in flight and the log line reaching the test. */
 const SLACK_MS = 1_500;
 
-let giveBack: (() => Promise<void>) | undefined;
-let tls: ServingFiles;
+const serving = replicasOwnTheLease();
 
 describe('leadership changes between real operator processes', () => {
-  beforeAll(async () => {
-    const env = inject('env');
-    const admin = new KubeConfig();
-    admin.loadFromFile(env.kubeconfig);
-    giveBack = await sidelineSharedController(admin, env);
-    tls = await servingFiles();
-  });
-  afterAll(async () => {
-    await giveBack?.();
-  });
-
   async function replicas(env: EnvironmentDescription, admin: KubeConfig, namespace: string, specs: Partial<ReplicaOptions>[]): Promise<Replica[]> {
     // A task naming a role, so every prune pass has a role to read.
     const role = `failover-${namespace}`;
@@ -48,7 +36,7 @@ describe('leadership changes between real operator processes', () => {
     const auditFile = path.join(await mkdtemp(path.join(os.tmpdir(), 'failover-')), 'audit.jsonl');
     const started: Replica[] = [];
     for (const [i, spec] of specs.entries()) {
-      started.push(await startReplica(env, { namespace, identity: `replica-${String.fromCharCode(97 + i)}`, tls, auditFile, pruneInterval: '200ms', ...spec }));
+      started.push(await startReplica(env, { namespace, identity: `replica-${String.fromCharCode(97 + i)}`, tls: serving(), auditFile, pruneInterval: '200ms', ...spec }));
     }
     return started;
   }
@@ -110,7 +98,7 @@ describe('leadership changes between real operator processes', () => {
       expect(tookOverAt(standby!, frozen) - frozen).toBeLessThan(LEASE_MS + RETRY_MS + SLACK_MS);
       await expect.poll(() => workSince(standby!, frozen).length, { timeout: 2_000, interval: 50 }).toBeGreaterThan(0);
       // Asked while still frozen, answered as its first act once continued: it does not claim to lead.
-      const claim = brokerRequest({ ...env, brokerUrl: leader.url, brokerCA: tls.ca }, 'GET', '/metrics');
+      const claim = brokerRequest({ ...env, brokerUrl: leader.url, brokerCA: serving().ca }, 'GET', '/metrics');
       await new Promise((r) => setTimeout(r, 200));
       const continued = Date.now();
       leader.signal('SIGCONT');
@@ -134,7 +122,7 @@ describe('leadership changes between real operator processes', () => {
     const all = await replicas(env, admin, namespace, [{}]);
     try {
       const [leader] = await leaderOf(all);
-      const skewed = await startReplica(env, { namespace, identity: 'replica-skewed', tls, auditFile: path.join(await mkdtemp(path.join(os.tmpdir(), 'failover-')), 'audit.jsonl'), pruneInterval: '200ms', clockSkewMs: skew });
+      const skewed = await startReplica(env, { namespace, identity: 'replica-skewed', tls: serving(), auditFile: path.join(await mkdtemp(path.join(os.tmpdir(), 'failover-')), 'audit.jsonl'), pruneInterval: '200ms', clockSkewMs: skew });
       all.push(skewed);
       const leases = admin.makeApiClient(CoordinationV1Api);
       // Ten renewals' worth of chances to steal the lease.
