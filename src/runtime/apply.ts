@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { ChainwardenError } from '../errors.js';
 import { rawRequest } from '../kube/raw.js';
@@ -21,8 +22,19 @@ export interface JsonPatchOperation {
   value?: unknown;
 }
 
+/**
+ * What the API server said, with its causes: a JSON patch it cannot apply comes back as a generic
+ * "rejected our request" whose reason (a failed test, a missing path) is only in the causes.
+ */
+function apiMessage(body: unknown): string {
+  const status = body as { message?: string; details?: { causes?: { message?: string; field?: string }[] } } | undefined;
+  const causes = (status?.details?.causes ?? []).map((c) => [c.field, c.message].filter(Boolean).join(': ')).filter((c) => c && c !== status?.message);
+  const message = status?.message ?? JSON.stringify(body ?? '').slice(0, 300);
+  return causes.length > 0 ? `${message} (${causes.join('; ')})` : message;
+}
+
 function refused(status: number, what: string, body: unknown): ChainwardenError {
-  const message = (body as { message?: string } | undefined)?.message ?? JSON.stringify(body).slice(0, 300);
+  const message = apiMessage(body);
   // Invalid, too large or forbidden: the API server will refuse the same write every time; retrying it cannot help.
   return new ChainwardenError([400, 403, 413, 422].includes(status) ? 'api_refused' : 'api_error', `${what}: ${status} ${message}`);
 }
@@ -48,14 +60,32 @@ export async function applyStatus<T>(kc: KubeConfig, ref: ObjectRef, fieldManage
 }
 
 /**
- * A JSON patch whose `test` operations make it conditional: a failed test (422 with a test
- * failure, or a 409) is a 'conflict', to be retried on a fresh read.
+ * A JSON patch whose `test` operations make it conditional: a failed test is a 'conflict', to be
+ * retried on a fresh read. The API server answers a failed test with the same bare 422 as any
+ * patch it cannot apply, so a 422 is told apart by reading the object: a tested value that
+ * changed is a lost race; with every test still true, the patch itself is wrong.
  */
 export async function patchJson(kc: KubeConfig, ref: ObjectRef, ops: JsonPatchOperation[]): Promise<WriteOutcome> {
   const res = await rawRequest(kc, 'PATCH', ref.path, ops, 'application/json-patch+json');
   if (res.status < 300) return 'written';
   if (res.status === 404) return 'gone';
-  const message = (res.body as { message?: string } | undefined)?.message ?? '';
-  if (res.status === 409 || (res.status === 422 && /test/i.test(message))) return 'conflict';
-  throw refused(res.status, `patching ${ref.kind} ${ref.namespace}/${ref.name}`, res.body);
+  if (res.status === 409) return 'conflict';
+  const tests = ops.filter((op) => op.op === 'test');
+  if (res.status === 422 && tests.length > 0) {
+    const fresh = await rawRequest(kc, 'GET', ref.path);
+    if (fresh.status === 404) return 'gone';
+    if (fresh.status === 200 && tests.some((op) => !isDeepStrictEqual(pointer(fresh.body, op.path), op.value))) return 'conflict';
+  }
+  throw refused(res.status, `patching ${ref.kind} ${ref.namespace}/${ref.name} (${ops.map((op) => `${op.op} ${op.path}`).join(', ')})`, res.body);
+}
+
+/** The value at a JSON pointer (RFC 6901), or undefined. */
+function pointer(doc: unknown, path: string): unknown {
+  let at = doc;
+  for (const raw of path.split('/').slice(1)) {
+    const key = raw.replaceAll('~1', '/').replaceAll('~0', '~');
+    if (at === null || typeof at !== 'object') return undefined;
+    at = (at as Record<string, unknown>)[key];
+  }
+  return at;
 }

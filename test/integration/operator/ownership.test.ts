@@ -86,4 +86,28 @@ describe('one owner per status field, through the real API server', () => {
     expect(after?.status?.credentials?.sessions).toHaveLength(rounds);
     expect(after?.status?.state).toBe('Pending');
   });
+
+  test('a finalizer patch from a stale read is a lost race, retried, never a refusal that names no cause', async ({ admin, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    const created = await create(admin, exampleTask(namespace));
+    const name = created.metadata.name ?? '';
+    const stale = (await readTask(admin, namespace, name))!;
+    // The controller writes the task meanwhile, as it does right after a task is created.
+    await waitForTask(admin, namespace, name, (t) => t.metadata.resourceVersion !== stale.metadata.resourceVersion);
+    const client = new KubeTaskClient(admin);
+    const guarded = (value: string | undefined) => [
+      { op: 'test' as const, path: '/metadata/resourceVersion', value },
+      { op: 'add' as const, path: '/metadata/annotations', value: { 'example.com/marked': 'yes' } },
+    ];
+    // The API server answers a failed test with a bare 422, the same as for any patch it cannot apply.
+    expect(await client.patch(stale, guarded(stale.metadata.resourceVersion))).toBe('conflict');
+    expect((await readTask(admin, namespace, name))?.metadata.annotations?.['example.com/marked']).toBeUndefined();
+    const fresh = (await readTask(admin, namespace, name))!;
+    expect(await client.patch(fresh, guarded(fresh.metadata.resourceVersion))).toBe('written');
+    // A patch that cannot apply whatever the object's version is refused, naming what it tried;
+    // so is one whose tests all still hold.
+    await expect(client.patch(fresh, [{ op: 'remove', path: '/metadata/labels/not-there' }])).rejects.toThrow(/remove \/metadata\/labels\/not-there\): 422/);
+    const now = (await readTask(admin, namespace, name))!;
+    await expect(client.patch(now, [{ op: 'test', path: '/metadata/name', value: name }, { op: 'remove', path: '/metadata/labels/not-there' }])).rejects.toThrow(/422/);
+  });
 });
