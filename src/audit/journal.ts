@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
-import { STATUS_CAPS } from '../api/task.js';
+import { isTerminal, STATUS_CAPS } from '../api/task.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
@@ -302,6 +302,11 @@ const REFUSED_FOR_MS = 5_000;
 const MAX_BEHIND_MS = 10_000;
 const MAX_BEHIND_EVENTS = 1_000;
 const MAX_BACKOFF_MS = 5_000;
+/**
+ * How long an ended task's outbox may sit before another process takes it for orphaned: its
+ * writer empties it within moments of writing, unless it died first.
+ */
+export const ORPHANED_OUTBOX_MS = 10_000;
 
 const isRefusal = (err: unknown) => err instanceof ChainwardenError && err.code === 'api_refused';
 const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
@@ -326,6 +331,8 @@ export class TaskJournal {
   /** The chain state this replica last wrote, per task: newer than the watch may have shown yet. */
   private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']>; pending: number }>();
   private readonly stops = new Map<string, Stop>();
+  /** Other processes' outboxes on ended tasks, by task uid and head: when this process first saw each. */
+  private readonly foreignOutboxes = new Map<string, number>();
   private readonly flushMs: number;
   private readonly clock: Clock;
   private readonly process: string;
@@ -504,6 +511,10 @@ export class TaskJournal {
       for (const record of unsentByOthers(seen, this.process)) this.options.emit(record);
       for (const record of [...landed, ...records]) this.options.emit(record);
       for (const w of waiters) w.resolve(written);
+      // No later write may come to an ended task (or one this write's violation ends) to carry
+      // its outbox out: this process empties its own.
+      const head = records.at(-1)?.hash;
+      if (written && head && (isTerminal(written.status?.state) || attempted?.violation)) void this.emptyOutbox(written, head, false);
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       for (const w of waiters) w.reject(error);
@@ -543,6 +554,62 @@ export class TaskJournal {
     } finally {
       entry.inflight = undefined;
       entry.inflightSince = undefined;
+    }
+  }
+
+  /**
+   * Makes sure an ended task's audit records all reach the stream. A journal write leaves its
+   * records in the task's outbox (`status.audit.unsent`) until the next write; an ended task may
+   * never get one, so its writer empties the outbox once the records are out, and another process
+   * that still finds one there `ORPHANED_OUTBOX_MS` later takes its writer for dead: it emits the
+   * records (exact copies, should the writer have emitted them after all: verify reads them as
+   * one) and empties the outbox. For the controller, on every ended task it looks at. Returns
+   * when to look again, in ms, or undefined when there is nothing left to do.
+   */
+  async settleOutbox(task: AgentTask): Promise<number | undefined> {
+    const audit = task.status?.audit;
+    const key = `${task.metadata.uid ?? ''}/${audit?.head ?? ''}`;
+    if (!audit?.unsent?.length || !isTerminal(task.status?.state)) {
+      this.foreignOutboxes.delete(key);
+      return undefined;
+    }
+    if (audit.writer === this.process) {
+      await this.emptyOutbox(task, audit.head, false);
+      return undefined;
+    }
+    const now = this.clock.now();
+    const seenAt = this.foreignOutboxes.get(key);
+    if (seenAt === undefined) {
+      if (this.foreignOutboxes.size >= 50_000) this.foreignOutboxes.delete(this.foreignOutboxes.keys().next().value ?? '');
+      this.foreignOutboxes.set(key, now);
+      return ORPHANED_OUTBOX_MS;
+    }
+    if (now - seenAt < ORPHANED_OUTBOX_MS) return seenAt + ORPHANED_OUTBOX_MS - now;
+    await this.emptyOutbox(task, audit.head, true);
+    this.foreignOutboxes.delete(key);
+    return undefined;
+  }
+
+  /**
+   * Empties the outbox of the head `head`, if that is still the task's head and, unless it is
+   * `orphaned`, this process's own. An orphaned outbox's records go out first: should this process
+   * die before the write, the next one to find it emits them again.
+   */
+  private async emptyOutbox(task: TaskRef, head: string, orphaned: boolean): Promise<void> {
+    const { namespace = '', name = '' } = task.metadata;
+    const orphans = orphaned ? unsentByOthers(task, this.process) : [];
+    for (const record of orphans) this.options.emit(record);
+    if (orphans.length > 0) this.options.log.warn({ task: `${namespace}/${name}`, records: orphans.length }, 'emitted audit records another process wrote the head of and left unsent');
+    try {
+      await this.options.writer.update(namespace, name, (current) => {
+        const audit = current.status?.audit;
+        if (!audit?.unsent?.length || audit.head !== head || (!orphaned && audit.writer !== this.process)) return undefined;
+        return { ...current.status, audit: { head: audit.head, count: audit.count, ...(audit.writer ? { writer: audit.writer } : {}) } };
+      });
+    } catch (err) {
+      if (orphaned) throw err;
+      // Its records are out; another process empties it in time, emitting them again as exact copies.
+      this.options.log.debug({ task: `${namespace}/${name}`, err: errorMessage(err) }, 'could not empty the audit outbox');
     }
   }
 

@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { AgentApproval, AgentPolicy, AgentTask, AgentTaskStatus } from '../../api/schema.js';
-import { FINALIZER, TASK_LABEL } from '../../api/task.js';
+import { FINALIZER, isTerminal, TASK_LABEL } from '../../api/task.js';
 import type { PodRecord } from '../../broker/auth.js';
 import type { RevocationResult } from '../../credentials/revocation.js';
 import { IamUnavailableError } from '../../credentials/revoke.js';
@@ -40,6 +40,8 @@ export interface TaskControllerDeps {
     record(task: AgentTask, change: { events: AuditEvent[] }): void;
     /** Resolves, with the task as written, once the records are in the task's status (undefined: the task is gone). */
     commit?(task: AgentTask, change: { events: AuditEvent[] }): Promise<AgentTask | undefined>;
+    /** Sees that an ended task's records all reach the stream; returns when to look again (ms). */
+    settleOutbox?(task: AgentTask): Promise<number | undefined>;
   };
   /** Keeps a deleted task's final audit head beyond the task; throws (retryable) when it cannot. */
   seal?: (task: AgentTask) => Promise<void>;
@@ -77,6 +79,9 @@ export function podView(pod: PodRecord): PodView {
 
 const keyOf = (namespace: string | undefined, name: string | undefined) => `${namespace ?? ''}/${name ?? ''}`;
 
+const outboxAppeared = (old: AgentTask, task: AgentTask) =>
+  isTerminal(task.status?.state) && (task.status?.audit?.unsent?.length ?? 0) > 0 && task.status?.audit?.head !== old.status?.audit?.head;
+
 /**
  * The AgentTask controller: gather → decide → act. It never knows why it ran; it reads the
  * caches, asks `decide` for a plan, carries it out, and writes its own status fields once.
@@ -93,7 +98,8 @@ export class AgentTaskController {
   watch(triggers: TaskControllerTriggers): void {
     triggers.tasks.on((event, task, old) => {
       // The journal records hops many times a second; only a change of what the controller acts on wakes it.
-      if (event === 'update' && old && isDeepStrictEqual(factsOf(old), factsOf(task))) return;
+      // So does a new outbox on an ended task: no later write may come to carry its records out.
+      if (event === 'update' && old && isDeepStrictEqual(factsOf(old), factsOf(task)) && !outboxAppeared(old, task)) return;
       this.enqueue(keyOf(task.metadata.namespace, task.metadata.name));
     });
     triggers.pods.on((_event, pod) => {
@@ -211,7 +217,8 @@ export class AgentTaskController {
     if (failure instanceof IamUnavailableError) return requeueAfter(failure.retryAt - clock.now());
     // Retryable: the status says the deny is pending; back off and try again.
     if (failure) throw failure;
-    return this.nextLook(task, status, plan.requeueAfterMs);
+    const settleIn = isTerminal(task.status?.state) ? await this.deps.journal?.settleOutbox?.(task) : undefined;
+    return this.nextLook(task, status, plan.requeueAfterMs, settleIn);
   }
 
   /**
@@ -244,9 +251,9 @@ export class AgentTaskController {
   }
 
   /** Pending: the deadline, or the first waiting hop's timeout, whichever comes first. */
-  private async nextLook(task: AgentTask, status: AgentTaskStatus, deadlineIn: number | undefined): Promise<ReconcileResult> {
+  private async nextLook(task: AgentTask, status: AgentTaskStatus, deadlineIn: number | undefined, settleIn: number | undefined): Promise<ReconcileResult> {
     const waiting = status.state === 'Bound' || status.state === 'Pending' ? (task.status?.pendingHops ?? []) : [];
-    let next = deadlineIn ?? Infinity;
+    let next = Math.min(deadlineIn ?? Infinity, settleIn ?? Infinity);
     if (waiting.length > 0 && this.deps.resolvePending) {
       await this.deps.resolvePending(task);
       next = Math.min(next, Math.min(...waiting.map((h) => Date.parse(h.timeoutAt))) - this.deps.clock.now() + 50);

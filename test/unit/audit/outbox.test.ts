@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
-import { decodeUnsent, TaskJournal } from '../../../src/audit/journal.js';
+import { decodeUnsent, ORPHANED_OUTBOX_MS, TaskJournal } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
 import { verifyChains } from '../../../src/audit/verify.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
@@ -17,10 +17,24 @@ function server() {
     return Promise.resolve(current);
   };
   const stream: AuditRecord[] = [];
-  /** A process's journal; `emits` false: it dies after each write, before emitting anything. */
-  const process = (name: string, emits = true) => new TaskJournal({ writer: { update }, emit: (r) => void (emits && stream.push(r)), log: silentLogger(), flushMs: 0, process: name });
-  return { process, stream, task: () => current };
+  let now = Date.parse('2026-11-21T10:00:00Z');
+  const clock = { now: () => now };
+  /**
+   * A process's journal; `emits` false: it dies after each write, before emitting anything.
+   * `writes`: how many writes it makes before it is dead.
+   */
+  const process = (name: string, emits = true, writes = Infinity) => {
+    let left = writes;
+    const limited: TaskStatusWriter['update'] = (...args) => (left-- > 0 ? update(...args) : Promise.reject(new Error(`${name} is dead`)));
+    return new TaskJournal({ writer: { update: limited }, emit: (r) => void (emits && stream.push(r)), log: silentLogger(), flushMs: 0, process: name, clock });
+  };
+  const end = () => void (current = { ...current, status: { ...current.status, state: 'Completed' } });
+  const advance = (ms: number) => void (now += ms);
+  return { process, stream, task: () => current, end, advance };
 }
+
+const settled = () => new Promise((r) => setImmediate(r));
+const verified = (stream: AuditRecord[]) => verifyChains(stream.map((record, i) => ({ record, line: i + 1 })));
 
 describe("the journal's outbox", () => {
   it('a process that dies between writing a head and emitting its records leaves no hole: the next writer emits them first', async () => {
@@ -43,5 +57,68 @@ describe("the journal's outbox", () => {
     await one.commit(s.task(), { hopCount: 1, events: [hop(2)] });
     expect(s.stream.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2']);
     expect((s.task().status?.audit?.unsent ?? []).map((u) => (decodeUnsent(u) as AuditRecord).data.hopId)).toEqual(['h1_2']);
+  });
+
+  it("the writer of an ended task's last head empties the outbox once its records are out: nothing is left for anyone to emit again", async () => {
+    const s = server();
+    const writer = s.process('replica-a/1');
+    await writer.commit(s.task(), { hopCount: 1, events: [hop(1)] });
+    expect(s.task().status?.audit?.unsent).toHaveLength(1);
+    s.end();
+    await writer.commit(s.task(), { events: [{ type: 'completion', at: '2026-11-21T10:00:01Z', data: { reason: 'AgentReported' } }] });
+    await settled();
+    expect(s.task().status?.audit).toMatchObject({ count: 2, writer: 'replica-a/1' });
+    expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
+    // Another process later finds nothing to do.
+    s.advance(ORPHANED_OUTBOX_MS * 2);
+    expect(await s.process('replica-b/1').settleOutbox(s.task())).toBeUndefined();
+    expect(s.stream.map((r) => r.seq)).toEqual([1, 2]);
+  });
+
+  it("an ended task's last writer died before emitting: another process waits out the orphan delay, then emits the records and empties the outbox", async () => {
+    const s = server();
+    await s.process('replica-a/1').commit(s.task(), { hopCount: 1, events: [hop(1)] });
+    s.end();
+    await s.process('replica-a/2', false, 1).commit(s.task(), { events: [{ type: 'completion', at: '2026-11-21T10:00:01Z', data: { reason: 'AgentReported' } }] });
+    await settled();
+    // The head covers two records; the stream has one: as `chainwarden audit verify` would see it, truncated.
+    expect(s.task().status?.audit?.count).toBe(2);
+    expect(verified(s.stream).chains[0]?.count).toBe(1);
+
+    const leader = s.process('replica-b/1');
+    // A live writer empties its own within moments: a fresh outbox is not taken for orphaned.
+    expect(await leader.settleOutbox(s.task())).toBe(ORPHANED_OUTBOX_MS);
+    s.advance(ORPHANED_OUTBOX_MS / 2);
+    expect(await leader.settleOutbox(s.task())).toBe(ORPHANED_OUTBOX_MS / 2);
+    expect(s.stream).toHaveLength(1);
+    s.advance(ORPHANED_OUTBOX_MS / 2);
+    expect(await leader.settleOutbox(s.task())).toBeUndefined();
+    const { chains, breaks } = verified(s.stream);
+    expect(breaks).toEqual([]);
+    expect(chains[0]).toMatchObject({ count: 2, head: s.task().status?.audit?.head });
+    expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
+  });
+
+  it('a task still running keeps its outbox for the next write to carry out: nobody empties it early', async () => {
+    const s = server();
+    await s.process('replica-a/1', false, 1).commit(s.task(), { hopCount: 1, events: [hop(1)] });
+    const other = s.process('replica-b/1');
+    s.advance(ORPHANED_OUTBOX_MS * 3);
+    expect(await other.settleOutbox(s.task())).toBeUndefined();
+    expect(s.task().status?.audit?.unsent).toHaveLength(1);
+    expect(s.stream).toEqual([]);
+  });
+
+  it('a write that records a violation empties its own outbox at once: the task ends, and nobody else emits its records again', async () => {
+    const s = server();
+    const replica = s.process('replica-b/1');
+    await replica.commit(s.task(), { hopCount: 1, denied: 1, violation: { hopId: 'h1_1', rule: 'no-exfiltration', at: '2026-11-21T10:00:00Z' }, events: [hop(1)] });
+    await settled();
+    expect(s.task().status?.violation?.hopId).toBe('h1_1');
+    expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
+    s.end();
+    s.advance(ORPHANED_OUTBOX_MS * 2);
+    expect(await s.process('replica-a/1').settleOutbox(s.task())).toBeUndefined();
+    expect(s.stream).toHaveLength(1);
   });
 });
