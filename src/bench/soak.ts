@@ -13,7 +13,7 @@
  * `--short` (or CHAINWARDEN_SOAK_SHORT=1) is the two-minute version CI runs.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { Agent, request } from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
@@ -246,8 +246,9 @@ async function main(): Promise<void> {
   const rss: { at: number; slot: string; generation: number; rssMiB: number }[] = [];
   const events: { at: number; what: string }[] = [];
   const hopsSent: HopSent[] = [];
-  const counts = { tasksCreated: 0, createFailures: 0, bound: 0, bindTimeouts: 0, completed: 0, violated: 0, leftToExpire: 0, hopErrors: 0, gatewayOk: 0, gatewayErrors: 0, leaderKills: 0, unexpectedExits: 0 };
+  const counts = { tasksCreated: 0, createFailures: 0, bound: 0, bindTimeouts: 0, completed: 0, violated: 0, leftToExpire: 0, hopErrors: 0, gatewayOk: 0, gatewayErrors: 0, leaderKills: 0, unexpectedExits: 0, abandoned: 0 };
   const tokens = new Map<string, string>();
+  const abandoned = new Set<string>();
   const started = Date.now();
   const elapsed = () => Math.round((Date.now() - started) / 1000);
 
@@ -275,6 +276,19 @@ async function main(): Promise<void> {
     for (const b of [...brokerProxy.backends, ...webhookProxy.backends]) if (b.port === slot.port || b.port === slot.webhookPort) b.up = false;
     slot.broker?.child.kill('SIGKILL');
     slot.broker = undefined;
+  };
+
+  const stop = async (slot: Slot) => {
+    const broker = slot.broker;
+    if (!broker) return;
+    for (const b of [...brokerProxy.backends, ...webhookProxy.backends]) if (b.port === slot.port || b.port === slot.webhookPort) b.up = false;
+    slot.broker = undefined;
+    const exited = new Promise((resolve) => broker.child.once('exit', resolve));
+    broker.child.kill('SIGTERM');
+    if ((await Promise.race([exited, sleep(30_000).then(() => 'late')])) === 'late') {
+      events.push({ at: elapsed(), what: `${slot.name}#${slot.generation} did not stop within 30 s of SIGTERM` });
+      broker.child.kill('SIGKILL');
+    }
   };
 
   let stopping = false;
@@ -415,6 +429,7 @@ async function main(): Promise<void> {
             if (creds.status === 200) break;
             if (Date.now() > bindBy) {
               counts.bindTimeouts += 1;
+              abandoned.add(name);
               return;
             }
             await sleep(200);
@@ -449,6 +464,9 @@ async function main(): Promise<void> {
           // After the end, as a compromised agent would: one more hop.
           await sleep(1000);
           await hop({ tool: 'tickets', action: 'read', resource: `ticket/${i}` }, ended);
+          // An agent that never saw its task end (its violating hop unanswered, its completion
+          // refused throughout) leaves a live task: it is deleted at the end, as a user would.
+          if (!ended) abandoned.add(name);
         })(),
       );
     }
@@ -458,29 +476,37 @@ async function main(): Promise<void> {
     await Promise.all(background);
     await Promise.all(churn);
     sidecar.stop();
-    // The long-lived tasks end too: deleting them is revocation's other path.
-    for (const name of [...steady.keys()].map((i) => `steady-${i}`).concat('gateway-0')) {
+    // The long-lived tasks end too, and any an agent abandoned: deleting them is revocation's other path.
+    counts.abandoned = abandoned.size;
+    for (const name of [...steady.keys()].map((i) => `steady-${i}`).concat('gateway-0', ...abandoned)) {
       await persist(`delete ${name}`, async () => {
         const res = await rawRequest(kc, 'DELETE', `${TASKS}/${name}`);
         if (res.status >= 300 && res.status !== 404) throw new Error(`${res.status}`);
       }, deadline);
     }
 
-    // Every other task ended and revoked, within two minutes of the traffic stopping.
+    // Every other task ended and revoked, and its audit records all out (no outbox left for a
+    // replica that died to have abandoned), within three minutes of the traffic stopping.
     const settleBy = Date.now() + 180_000;
+    const isRevoked = (t: AgentTask) => t.status?.conditions?.some((c) => c.type === 'Revoked' && c.status === 'True') ?? false;
     let list: AgentTask[] = [];
     for (;;) {
       list = ((await rawRequest(kc, 'GET', TASKS)).body as { items: AgentTask[] }).items;
-      const open = list.filter((t) => !t.status?.conditions?.some((c) => c.type === 'Revoked' && c.status === 'True'));
+      const open = list.filter((t) => !isRevoked(t) || (t.status?.audit?.unsent?.length ?? 0) > 0);
       if (open.length === 0 || Date.now() > settleBy) break;
       await sleep(2000);
     }
-    const unrevoked = list.filter((t) => !t.status?.conditions?.some((c) => c.type === 'Revoked' && c.status === 'True')).map((t) => `${t.metadata.name ?? ''} (${t.status?.state ?? 'no state'})`);
+    const unrevoked = list.filter((t) => !isRevoked(t)).map((t) => `${t.metadata.name ?? ''} (${t.status?.state ?? 'no state'})`);
     let credentialsStillServed = 0;
-    for (const t of list) {
-      const token = tokens.get(t.metadata.name ?? '');
-      if (token && (await agents.call('GET', '/v1/credentials', token)).status === 200) credentialsStillServed += 1;
+    // Every task has ended by now, deleted ones included: no agent's token gets credentials.
+    for (const token of tokens.values()) {
+      if ((await agents.call('GET', '/v1/credentials', token)).status === 200) credentialsStillServed += 1;
     }
+
+    // The replicas stop as a rollout stops them (SIGTERM: each writes what it has queued), so
+    // the heads read next and the audit files agree on what was written, with nothing in flight.
+    await Promise.all(slots.map((slot) => stop(slot)));
+    list = ((await rawRequest(kc, 'GET', TASKS)).body as { items: AgentTask[] }).items;
 
     // The audit chains: every replica's file, every process it ever ran.
     const entries: AuditEntry[] = [];
@@ -526,7 +552,26 @@ async function main(): Promise<void> {
     const json = JSON.stringify({ ...report, ok }, null, 2);
     await writeFile('soak-results.json', `${json}\n`);
     process.stdout.write(`${json}\n`);
-    if (!ok) process.exitCode = 1;
+    if (!ok) {
+      // The JSON may be discarded (CI keeps only stderr): say what failed where it is read.
+      const failed = [
+        g.tasksLeftUnrevoked > 0 && `${g.tasksLeftUnrevoked} tasks left unrevoked: ${report.details.unrevoked.join(', ')}`,
+        g.credentialsServedAfterEnd > 0 && `${g.credentialsServedAfterEnd} tasks still served credentials after they ended`,
+        g.auditBreaks > 0 && `${g.auditBreaks} audit problems: ${[...report.details.auditBreaks, ...report.details.headProblems].join('; ')}`,
+        g.hopsAllowedAfterEnd > 0 && `${g.hopsAllowedAfterEnd} hops allowed after their task ended`,
+        !g.rssMiB.flat && `memory grew: ${g.rssMiB.earlyMax} MiB early, ${g.rssMiB.lateMax} MiB late`,
+      ].filter((x): x is string => typeof x === 'string');
+      for (const f of failed) log(`soak FAILED: ${f}`);
+      // Evidence for whoever looks next: every audit file, and each failing task as the API server has it.
+      const keep = path.resolve('soak-failure');
+      await mkdir(keep, { recursive: true });
+      for (const file of slots.flatMap((x) => x.auditFiles)) await copyFile(file, path.join(keep, path.basename(file))).catch(() => undefined);
+      const failing = new Set([...unrevoked.map((u) => u.split(' ')[0]), ...headProblems.map((h) => h.split(':')[0])]);
+      await writeFile(path.join(keep, 'tasks.json'), `${JSON.stringify(list.filter((t) => failing.has(t.metadata.name ?? '')), null, 2)}\n`);
+      log(`soak: the audit files and the failing tasks are in ${keep}`);
+      log(`soak events: ${events.map((e) => `${e.at}s ${e.what}`).join('; ')}`);
+      process.exitCode = 1;
+    }
   } finally {
     stopping = true;
     agents.destroy();
