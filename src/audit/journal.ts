@@ -184,6 +184,24 @@ function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[
   return out;
 }
 
+/**
+ * Whether a write whose answer was lost is in `current`: its head is the task's head, or another
+ * process wrote on top of it, and that write's first record (in the outbox) links to its head.
+ * Two writes on top hide it; it is then written again, its records a second time in the chain.
+ */
+function landedIn(unconfirmed: Unconfirmed, current: AgentTask): boolean {
+  if (unconfirmed.head === undefined || unconfirmed.uid !== current.metadata.uid) return false;
+  const audit = current.status?.audit;
+  if (audit?.head === unconfirmed.head) return true;
+  const above = audit?.unsent?.[0];
+  if (!above) return false;
+  try {
+    return (decodeUnsent(above) as Partial<AuditRecord>).prev === unconfirmed.head;
+  } catch {
+    return false;
+  }
+}
+
 function isEmpty(d: TaskDelta): boolean {
   return (
     d.events.length === 0 &&
@@ -484,8 +502,8 @@ export class TaskJournal {
         entry.name,
         (current) => {
           seen = current;
-          // The head it would have left is there: it landed, and is not applied a second time.
-          const wasWritten = unconfirmed?.head !== undefined && unconfirmed.uid === current.metadata.uid && current.status?.audit?.head === unconfirmed.head;
+          // It landed (its head is there, or under the write on top of it): not applied a second time.
+          const wasWritten = unconfirmed !== undefined && landedIn(unconfirmed, current);
           attempted = wasWritten ? fresh : delta;
           landed = wasWritten ? [...unconfirmed.landed, ...unconfirmed.records] : (unconfirmed?.landed ?? []);
           const applied = applyDelta(current, attempted, this.clock.now(), this.process);

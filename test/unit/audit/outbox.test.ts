@@ -23,9 +23,19 @@ function server() {
    * A process's journal; `emits` false: it dies after each write, before emitting anything.
    * `writes`: how many writes it makes before it is dead.
    */
-  const process = (name: string, emits = true, writes = Infinity) => {
+  const process = (name: string, emits = true, writes = Infinity, answersLost = 0) => {
     let left = writes;
-    const limited: TaskStatusWriter['update'] = (...args) => (left-- > 0 ? update(...args) : Promise.reject(new Error(`${name} is dead`)));
+    let lose = answersLost;
+    const limited: TaskStatusWriter['update'] = async (...args) => {
+      if (left-- <= 0) throw new Error(`${name} is dead`);
+      const written = await update(...args);
+      // The API server committed it; the connection dropped before the answer.
+      if (lose > 0 && written === current) {
+        lose -= 1;
+        throw new Error('socket hang up');
+      }
+      return written;
+    };
     return new TaskJournal({ writer: { update: limited }, emit: (r) => void (emits && stream.push(r)), log: silentLogger(), flushMs: 0, process: name, clock });
   };
   const end = () => void (current = { ...current, status: { ...current.status, state: 'Completed' } });
@@ -112,7 +122,7 @@ describe("the journal's outbox", () => {
   it('a write that records a violation empties its own outbox at once: the task ends, and nobody else emits its records again', async () => {
     const s = server();
     const replica = s.process('replica-b/1');
-    await replica.commit(s.task(), { hopCount: 1, denied: 1, violation: { hopId: 'h1_1', rule: 'no-exfiltration', at: '2026-11-21T10:00:00Z' }, events: [hop(1)] });
+    await replica.commit(s.task(), { hopCount: 1, denied: 1, violation: { hopId: 'h1_1', rule: 'no-exfiltration', message: 'email send' }, events: [hop(1)] });
     await settled();
     expect(s.task().status?.violation?.hopId).toBe('h1_1');
     expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
@@ -120,5 +130,21 @@ describe("the journal's outbox", () => {
     s.advance(ORPHANED_OUTBOX_MS * 2);
     expect(await s.process('replica-a/1').settleOutbox(s.task())).toBeUndefined();
     expect(s.stream).toHaveLength(1);
+  });
+
+  it("a write whose answer was lost, with another process's write on top of it, is found under that write: each hop counted once", async () => {
+    const s = server();
+    const a = s.process('replica-a/1', true, Infinity, 1);
+    await a.commit(s.task(), { hopCount: 1, allowed: 1, events: [hop(1)] }).catch(() => undefined);
+    expect(s.task().status?.audit?.count).toBe(1);
+    await s.process('replica-b/1').commit(s.task(), { hopCount: 1, allowed: 1, events: [hop(2)] });
+    // replica-a writes again: its first write is not its head any more, but it is under it.
+    await a.commit(s.task(), { hopCount: 1, allowed: 1, events: [hop(3)] });
+    expect(s.task().status?.hops?.allowed).toBe(3);
+    expect(s.task().status?.chain?.hopCount).toBe(3);
+    const { chains, breaks } = verified(s.stream);
+    expect(breaks).toEqual([]);
+    expect(chains[0]?.records.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2', 'h1_3']);
+    expect(chains[0]).toMatchObject({ count: 3, head: s.task().status?.audit?.head });
   });
 });
