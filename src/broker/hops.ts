@@ -34,6 +34,9 @@ export interface HopAnswer {
   credentials?: Record<string, string>;
 }
 
+/** How long, and for how many journal writes, the deny of a violation waits for the violation to be in status. */
+const VIOLATION_WAIT_MS = 10_000;
+const VIOLATION_WAIT_ATTEMPTS = 8;
 const NAME = /^[A-Za-z0-9_.:/-]{1,63}$/;
 const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'attributes', 'credential']);
 
@@ -151,16 +154,39 @@ export class HopService {
       if (record) record.data.txnTokenSha256 = createHash('sha256').update(txnToken).digest('hex');
     }
     if (!outcome.commit) this.deps.journal.record(task, outcome.delta);
-    else if (decision === 'deny') {
-      // A violation is enforced on this replica the moment it is recorded; the answer is deny whether or not its write has landed.
-      await this.deps.journal.commit(task, outcome.delta).catch((err: unknown) => this.deps.log.warn({ task: `${namespace}/${name}`, hopId, err: errorMessage(err) }, 'violation not written yet; the journal retries it'));
-    } else await this.deps.journal.commit(task, outcome.delta);
+    else if (decision === 'deny') await this.commitViolation(task, outcome.delta, hopId);
+    else await this.deps.journal.commit(task, outcome.delta);
     if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
     if (outcome.wouldDeny) this.deps.metrics.counter('chainwarden_hops_would_deny_total', 'Hops allowed only because their policy is in Audit mode.').inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
     return txnToken === undefined ? { answer } : { answer, txnToken };
+  }
+
+  /**
+   * A violation is enforced on this replica the moment it is recorded; other replicas learn of
+   * it from the task's status. So the deny waits for that write while the journal retries it, up
+   * to 10 s: an agent told deny is told by a replica whose violation the others will see, and a
+   * replica that dies first leaves the agent unanswered (the hop, sent again, violates again on
+   * another replica). Past 10 s the answer is deny all the same, and the journal keeps trying.
+   */
+  private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
+    const started = performance.now();
+    let change = delta;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.deps.journal.commit(task, change);
+        return;
+      } catch (err) {
+        // What failed stays queued in the journal: each commit after this waits for its next write.
+        change = {};
+        if (performance.now() - started >= VIOLATION_WAIT_MS || attempt >= VIOLATION_WAIT_ATTEMPTS) {
+          this.deps.log.warn({ task: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, hopId, err: errorMessage(err) }, 'violation not written yet; answering deny, and the journal retries it');
+          return;
+        }
+      }
+    }
   }
 
   /** Whether `hopId` was minted for this task, not an earlier one of the same name: hop ids carry a MAC over the task's UID. */

@@ -5,6 +5,8 @@ import type { AgentApproval } from '../../../src/api/schema.js';
 import { TaskJournal } from '../../../src/audit/journal.js';
 import { HopIds } from '../../../src/broker/hopids.js';
 import { hopDigest, HopService, parseHopRequest } from '../../../src/broker/hops.js';
+import { ChainwardenError } from '../../../src/errors.js';
+import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
@@ -131,7 +133,7 @@ describe('parseHopRequest under fuzzing', () => {
 
 describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
   const now = Date.parse('2026-11-21T10:30:00Z');
-  const setup = (mode: 'Enforce' | 'Audit') => {
+  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0) => {
     const raw = examplePolicy('support');
     raw.spec.mode = mode;
     const policy = parseAgentPolicy(raw);
@@ -140,9 +142,14 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     const task = parseAgentTask(rawTask);
     const twin = new TaskClientTwin(task);
     const metrics = new Metrics();
+    const writer = twin.statusWriter('journal');
+    let failing = failingWrites;
+    const flaky: Pick<TaskStatusWriter, 'update'> = {
+      update: (...args) => (failing-- > 0 ? Promise.reject(new ChainwardenError('api_error', 'the API server answered 504')) : writer.update(...args)),
+    };
     const service = new HopService({
       engine: new PolicyEngine(),
-      journal: new TaskJournal({ writer: twin.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0 }),
+      journal: new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0 }),
       ids: new HopIds(Buffer.alloc(32, 3)),
       policy: () => policy,
       approvals: () => [],
@@ -180,5 +187,12 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
       expect(status?.violation).toMatchObject({ rule: 'never-admin-payments' });
       expect(status?.hops?.wouldDeny).toBeUndefined();
     }
+  });
+
+  it('the deny of a violation waits while the journal retries its write: once the agent has the answer, every replica can see the violation', async () => {
+    const { service, who, twin } = setup('Enforce', 2);
+    const answer = await service.decideRequest(who, freeze);
+    expect(answer).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
+    expect(twin.task?.status?.violation).toMatchObject({ hopId: answer.hopId, rule: 'never-admin-payments' });
   });
 });
