@@ -585,6 +585,12 @@ export const AgentTaskStatus = Type.Object(
                 "The records of the latest journal write (base64 of each record's JSON), until the next write: a process killed after writing the head and before emitting them leaves them here, and the next writer, if another process, emits them (an exact copy of a record in the stream counts once), so the stream never has a hole below the head.",
             }),
           ),
+          emitted: Type.Optional(
+            Type.Boolean({
+              description:
+                'The records in unsent are known to be in the audit stream: marked by their writer once they are out, on a task that has ended (no next write will come), or by the leader, which emits them first, when the writer left them unmarked for 10 s.',
+            }),
+          ),
         },
         { description: 'The head of the audit hash chain, to check an audit stream against.' },
       ),

@@ -172,7 +172,7 @@ export const decodeUnsent = (text: string): unknown => JSON.parse(Buffer.from(te
 /** Records another process wrote the head of and may have died before emitting. */
 function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[] {
   const audit = (task as AgentTask | undefined)?.status?.audit;
-  if (!audit?.unsent?.length || audit.writer === writer) return [];
+  if (!audit?.unsent?.length || audit.emitted || audit.writer === writer) return [];
   const out: AuditRecord[] = [];
   for (const text of audit.unsent) {
     try {
@@ -349,6 +349,8 @@ export class TaskJournal {
   /** The chain state this replica last wrote, per task: newer than the watch may have shown yet. */
   private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']>; pending: number }>();
   private readonly stops = new Map<string, Stop>();
+  /** The head whose records this process last emitted, per task: an outbox it may mark emitted. */
+  private readonly emittedHeads = new Map<string, string>();
   /** Other processes' outboxes on ended tasks, by task uid and head: when this process first saw each. */
   private readonly foreignOutboxes = new Map<string, number>();
   private readonly flushMs: number;
@@ -405,6 +407,7 @@ export class TaskJournal {
     const key = keyOf(task);
     if (this.stops.get(key)?.uid === task.metadata.uid) this.stops.delete(key);
     this.written.delete(key);
+    this.emittedHeads.delete(key);
   }
 
   private stop(task: TaskRef, cause: StopCause, message: string): void {
@@ -529,10 +532,16 @@ export class TaskJournal {
       for (const record of unsentByOthers(seen, this.process)) this.options.emit(record);
       for (const record of [...landed, ...records]) this.options.emit(record);
       for (const w of waiters) w.resolve(written);
+      const head = [...landed, ...records].at(-1)?.hash;
+      if (head) {
+        if (this.emittedHeads.size >= 50_000 && !this.emittedHeads.has(task)) this.emittedHeads.delete(this.emittedHeads.keys().next().value ?? '');
+        this.emittedHeads.set(task, head);
+      }
       // No later write may come to an ended task (or one this write's violation ends) to carry
-      // its outbox out: this process empties its own.
-      const head = records.at(-1)?.hash;
-      if (written && head && (isTerminal(written.status?.state) || attempted?.violation)) void this.emptyOutbox(written, head, false);
+      // its outbox out: this process marks its own emitted. Not for a write someone waits on on
+      // an ended task (the controller's revocation record): its next status write would race
+      // this one; the controller settles the outbox after it.
+      if (written && head && ((isTerminal(written.status?.state) && waiters.length === 0) || attempted?.violation)) void this.markEmitted(written, head, false);
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       for (const w of waiters) w.reject(error);
@@ -577,23 +586,25 @@ export class TaskJournal {
 
   /**
    * Makes sure an ended task's audit records all reach the stream. A journal write leaves its
-   * records in the task's outbox (`status.audit.unsent`) until the next write; an ended task may
-   * never get one, so its writer empties the outbox once the records are out, and another process
-   * that still finds one there `ORPHANED_OUTBOX_MS` later takes its writer for dead: it emits the
-   * records (exact copies, should the writer have emitted them after all: verify reads them as
-   * one) and empties the outbox. For the controller, on every ended task it looks at. Returns
-   * when to look again, in ms, or undefined when there is nothing left to do.
+   * records in the task's outbox (`status.audit.unsent`) for the next writer to emit should its
+   * own process die first; an ended task may never get a next write. So the writer marks the
+   * outbox `emitted` once its records are out, and another process that finds an outbox still
+   * unmarked `ORPHANED_OUTBOX_MS` later takes its writer for dead: it emits the records (exact
+   * copies, should the writer have emitted them after all: verify reads them as one) and marks
+   * it. For the controller, on every ended task it looks at. Returns when to look again, in ms,
+   * or undefined when there is nothing left to do.
    */
   async settleOutbox(task: AgentTask): Promise<number | undefined> {
     const audit = task.status?.audit;
     const key = `${task.metadata.uid ?? ''}/${audit?.head ?? ''}`;
-    if (!audit?.unsent?.length || !isTerminal(task.status?.state)) {
+    if (!audit?.unsent?.length || audit.emitted || !isTerminal(task.status?.state)) {
       this.foreignOutboxes.delete(key);
       return undefined;
     }
     if (audit.writer === this.process) {
-      await this.emptyOutbox(task, audit.head, false);
-      return undefined;
+      // Its own: marked only once its records are out here (a write whose answer is lost is not).
+      if (this.emittedHeads.get(keyOf(task)) !== audit.head) return ORPHANED_OUTBOX_MS / 10;
+      return (await this.markEmitted(task, audit.head, false)) ? undefined : ORPHANED_OUTBOX_MS / 10;
     }
     const now = this.clock.now();
     const seenAt = this.foreignOutboxes.get(key);
@@ -603,17 +614,19 @@ export class TaskJournal {
       return ORPHANED_OUTBOX_MS;
     }
     if (now - seenAt < ORPHANED_OUTBOX_MS) return seenAt + ORPHANED_OUTBOX_MS - now;
-    await this.emptyOutbox(task, audit.head, true);
-    this.foreignOutboxes.delete(key);
-    return undefined;
+    const marked = await this.markEmitted(task, audit.head, true);
+    if (marked) this.foreignOutboxes.delete(key);
+    return marked ? undefined : ORPHANED_OUTBOX_MS / 10;
   }
 
   /**
-   * Empties the outbox of the head `head`, if that is still the task's head and, unless it is
-   * `orphaned`, this process's own. An orphaned outbox's records go out first: should this process
-   * die before the write, the next one to find it emits them again.
+   * Marks the outbox of the head `head` emitted, if that is still the task's head and, unless it
+   * is `orphaned`, this process's own. The outbox stays (a write whose answer was lost looks for
+   * its head under the write on top, see `landedIn`). An orphaned outbox's records go out first:
+   * should this process die before the write, the next one to find it emits them again.
+   * Resolves whether the outbox is marked (or needs no mark) now.
    */
-  private async emptyOutbox(task: TaskRef, head: string, orphaned: boolean): Promise<void> {
+  private async markEmitted(task: TaskRef, head: string, orphaned: boolean): Promise<boolean> {
     const { namespace = '', name = '' } = task.metadata;
     const orphans = orphaned ? unsentByOthers(task, this.process) : [];
     for (const record of orphans) this.options.emit(record);
@@ -621,13 +634,14 @@ export class TaskJournal {
     try {
       await this.options.writer.update(namespace, name, (current) => {
         const audit = current.status?.audit;
-        if (!audit?.unsent?.length || audit.head !== head || (!orphaned && audit.writer !== this.process)) return undefined;
-        return { ...current.status, audit: { head: audit.head, count: audit.count, ...(audit.writer ? { writer: audit.writer } : {}) } };
+        if (!audit?.unsent?.length || audit.emitted || audit.head !== head || (!orphaned && audit.writer !== this.process)) return undefined;
+        return { ...current.status, audit: { ...audit, emitted: true } };
       });
+      return true;
     } catch (err) {
-      if (orphaned) throw err;
-      // Its records are out; another process empties it in time, emitting them again as exact copies.
-      this.options.log.debug({ task: `${namespace}/${name}`, err: errorMessage(err) }, 'could not empty the audit outbox');
+      // Its records are out; this process or another marks it on a later look.
+      this.options.log.debug({ task: `${namespace}/${name}`, err: errorMessage(err) }, 'could not mark the audit outbox emitted');
+      return false;
     }
   }
 

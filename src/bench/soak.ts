@@ -41,7 +41,7 @@ interface Plan {
   gatewayCallsPerSecond: number;
 }
 
-const FULL: Plan = { seconds: 600, tasksPerSecond: 5, killEverySeconds: 60, freezeEtcdAtSeconds: 250, freezeSeconds: 10, steadyHopsPerSecond: 40, gatewayCallsPerSecond: 10 };
+const FULL: Plan = { seconds: 600, tasksPerSecond: 3.5, killEverySeconds: 60, freezeEtcdAtSeconds: 250, freezeSeconds: 10, steadyHopsPerSecond: 30, gatewayCallsPerSecond: 8 };
 const SHORT: Plan = { seconds: 120, tasksPerSecond: 2.5, killEverySeconds: 40, freezeEtcdAtSeconds: 55, freezeSeconds: 10, steadyHopsPerSecond: 20, gatewayCallsPerSecond: 5 };
 
 /**
@@ -492,7 +492,7 @@ async function main(): Promise<void> {
     let list: AgentTask[] = [];
     for (;;) {
       list = ((await rawRequest(kc, 'GET', TASKS)).body as { items: AgentTask[] }).items;
-      const open = list.filter((t) => !isRevoked(t) || (t.status?.audit?.unsent?.length ?? 0) > 0);
+      const open = list.filter((t) => !isRevoked(t) || ((t.status?.audit?.unsent?.length ?? 0) > 0 && !t.status?.audit?.emitted));
       if (open.length === 0 || Date.now() > settleBy) break;
       await sleep(2000);
     }

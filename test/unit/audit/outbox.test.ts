@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { decodeUnsent, ORPHANED_OUTBOX_MS, TaskJournal } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
@@ -69,23 +69,21 @@ describe("the journal's outbox", () => {
     expect((s.task().status?.audit?.unsent ?? []).map((u) => (decodeUnsent(u) as AuditRecord).data.hopId)).toEqual(['h1_2']);
   });
 
-  it("the writer of an ended task's last head empties the outbox once its records are out: nothing is left for anyone to emit again", async () => {
+  it("the writer of an ended task's last head marks the outbox emitted once its records are out: nothing is left for anyone to emit again", async () => {
     const s = server();
     const writer = s.process('replica-a/1');
     await writer.commit(s.task(), { hopCount: 1, events: [hop(1)] });
     expect(s.task().status?.audit?.unsent).toHaveLength(1);
     s.end();
-    await writer.commit(s.task(), { events: [{ type: 'completion', at: '2026-11-21T10:00:01Z', data: { reason: 'AgentReported' } }] });
-    await settled();
-    expect(s.task().status?.audit).toMatchObject({ count: 2, writer: 'replica-a/1' });
-    expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
+    writer.record(s.task(), { events: [{ type: 'completion', at: '2026-11-21T10:00:01Z', data: { reason: 'AgentReported' } }] });
+    await vi.waitFor(() => expect(s.task().status?.audit).toMatchObject({ count: 2, writer: 'replica-a/1', emitted: true }));
     // Another process later finds nothing to do.
     s.advance(ORPHANED_OUTBOX_MS * 2);
     expect(await s.process('replica-b/1').settleOutbox(s.task())).toBeUndefined();
     expect(s.stream.map((r) => r.seq)).toEqual([1, 2]);
   });
 
-  it("an ended task's last writer died before emitting: another process waits out the orphan delay, then emits the records and empties the outbox", async () => {
+  it("an ended task's last writer died before emitting: another process waits out the orphan delay, then emits the records and marks the outbox", async () => {
     const s = server();
     await s.process('replica-a/1').commit(s.task(), { hopCount: 1, events: [hop(1)] });
     s.end();
@@ -106,7 +104,11 @@ describe("the journal's outbox", () => {
     const { chains, breaks } = verified(s.stream);
     expect(breaks).toEqual([]);
     expect(chains[0]).toMatchObject({ count: 2, head: s.task().status?.audit?.head });
-    expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
+    expect(s.task().status?.audit?.emitted).toBe(true);
+    // Marked: nobody emits them again.
+    s.advance(ORPHANED_OUTBOX_MS * 2);
+    expect(await s.process('replica-c/1').settleOutbox(s.task())).toBeUndefined();
+    expect(s.stream).toHaveLength(2);
   });
 
   it('a task still running keeps its outbox for the next write to carry out: nobody empties it early', async () => {
@@ -119,13 +121,13 @@ describe("the journal's outbox", () => {
     expect(s.stream).toEqual([]);
   });
 
-  it('a write that records a violation empties its own outbox at once: the task ends, and nobody else emits its records again', async () => {
+  it('a write that records a violation marks its own outbox emitted at once: the task ends, and nobody else emits its records again', async () => {
     const s = server();
     const replica = s.process('replica-b/1');
     await replica.commit(s.task(), { hopCount: 1, denied: 1, violation: { hopId: 'h1_1', rule: 'no-exfiltration', message: 'email send' }, events: [hop(1)] });
     await settled();
     expect(s.task().status?.violation?.hopId).toBe('h1_1');
-    expect(s.task().status?.audit?.unsent ?? []).toEqual([]);
+    expect(s.task().status?.audit?.emitted).toBe(true);
     s.end();
     s.advance(ORPHANED_OUTBOX_MS * 2);
     expect(await s.process('replica-a/1').settleOutbox(s.task())).toBeUndefined();
@@ -146,5 +148,36 @@ describe("the journal's outbox", () => {
     expect(breaks).toEqual([]);
     expect(chains[0]?.records.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2', 'h1_3']);
     expect(chains[0]).toMatchObject({ count: 3, head: s.task().status?.audit?.head });
+  });
+
+  it("an ended task's head whose answer its own writer lost is not marked emitted before its records are out", async () => {
+    const s = server();
+    s.end();
+    const a = s.process('replica-a/1', true, Infinity, 1);
+    await a.commit(s.task(), { events: [{ type: 'completion', at: '2026-11-21T10:00:01Z', data: { reason: 'AgentReported' } }] }).catch(() => undefined);
+    // The write landed; its records are not out yet: the controller's look must not mark them.
+    expect(s.task().status?.audit?.count).toBe(1);
+    expect(await a.settleOutbox(s.task())).toBeGreaterThan(0);
+    expect(s.task().status?.audit?.emitted).toBeUndefined();
+    // The journal's retry finds the write landed and emits its records; no outbox is left unmarked.
+    await vi.waitFor(() => expect(s.stream.map((r) => r.seq)).toEqual([1]), { timeout: 5_000 });
+    await vi.waitFor(() => expect(!s.task().status?.audit?.unsent?.length || s.task().status?.audit?.emitted).toBe(true));
+    s.advance(ORPHANED_OUTBOX_MS * 2);
+    expect(await s.process('replica-b/1').settleOutbox(s.task())).toBeUndefined();
+    expect(s.stream).toHaveLength(1);
+  });
+
+  it('a write whose answer was lost is still found under a violation written on top of it and marked emitted: counted once', async () => {
+    const s = server();
+    const a = s.process('replica-a/1', true, Infinity, 1);
+    await a.commit(s.task(), { hopCount: 1, allowed: 1, events: [hop(1)] }).catch(() => undefined);
+    await s.process('replica-b/1').commit(s.task(), { hopCount: 1, denied: 1, violation: { hopId: 'h1_2', rule: 'no-exfiltration', message: 'email send' }, events: [hop(2)] });
+    await settled();
+    expect(s.task().status?.audit?.emitted).toBe(true);
+    await a.commit(s.task(), { hopCount: 1, denied: 1, events: [hop(3)] });
+    expect(s.task().status?.hops).toMatchObject({ allowed: 1, denied: 2 });
+    const { chains, breaks } = verified(s.stream);
+    expect(breaks).toEqual([]);
+    expect(chains[0]?.records.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2', 'h1_3']);
   });
 });
