@@ -172,20 +172,26 @@ export class HopService {
    * another replica). Past 10 s the answer is deny all the same, and the journal keeps trying.
    */
   private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
-    const started = performance.now();
+    const deadline = performance.now() + VIOLATION_WAIT_MS;
     let change = delta;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.deps.journal.commit(task, change);
-        return;
-      } catch (err) {
+    let timer: NodeJS.Timeout | undefined;
+    const outOfTime = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), VIOLATION_WAIT_MS)));
+    try {
+      for (let attempt = 1; ; attempt++) {
+        let failure: unknown;
+        // A write the API server holds (a frozen etcd) does not hold the answer past the wait.
+        const landed = await Promise.race([this.deps.journal.commit(task, change).then(() => true as const, (err: unknown) => ((failure = err), false as const)), outOfTime]);
+        if (landed === true) return;
         // What failed stays queued in the journal: each commit after this waits for its next write.
         change = {};
-        if (performance.now() - started >= VIOLATION_WAIT_MS || attempt >= VIOLATION_WAIT_ATTEMPTS) {
-          this.deps.log.warn({ task: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, hopId, err: errorMessage(err) }, 'violation not written yet; answering deny, and the journal retries it');
+        if (landed === 'late' || performance.now() >= deadline || attempt >= VIOLATION_WAIT_ATTEMPTS) {
+          const err = landed === 'late' ? `not written within ${VIOLATION_WAIT_MS / 1000} s` : errorMessage(failure);
+          this.deps.log.warn({ task: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, hopId, err }, 'violation not written yet; answering deny, and the journal retries it');
           return;
         }
       }
+    } finally {
+      clearTimeout(timer);
     }
   }
 

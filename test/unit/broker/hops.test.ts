@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { parseAgentApproval, parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
 import type { AgentApproval } from '../../../src/api/schema.js';
 import { TaskJournal } from '../../../src/audit/journal.js';
@@ -133,7 +133,7 @@ describe('parseHopRequest under fuzzing', () => {
 
 describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
   const now = Date.parse('2026-11-21T10:30:00Z');
-  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0) => {
+  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0, hangs = false) => {
     const raw = examplePolicy('support');
     raw.spec.mode = mode;
     const policy = parseAgentPolicy(raw);
@@ -145,7 +145,7 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     const writer = twin.statusWriter('journal');
     let failing = failingWrites;
     const flaky: Pick<TaskStatusWriter, 'update'> = {
-      update: (...args) => (failing-- > 0 ? Promise.reject(new ChainwardenError('api_error', 'the API server answered 504')) : writer.update(...args)),
+      update: (...args) => (hangs ? new Promise(() => undefined) : failing-- > 0 ? Promise.reject(new ChainwardenError('api_error', 'the API server answered 504')) : writer.update(...args)),
     };
     const service = new HopService({
       engine: new PolicyEngine(),
@@ -194,5 +194,20 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     const answer = await service.decideRequest(who, freeze);
     expect(answer).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
     expect(twin.task?.status?.violation).toMatchObject({ hopId: answer.hopId, rule: 'never-admin-payments' });
+  });
+
+  it('a violation whose write the API server holds (a frozen etcd) is answered deny after 10 s, not held for as long as the API server holds it', async () => {
+    vi.useFakeTimers();
+    try {
+      const { service, who } = setup('Enforce', 0, true);
+      let answer: { decision: string } | undefined;
+      void service.decideRequest(who, freeze).then((a) => (answer = a));
+      await vi.advanceTimersByTimeAsync(9_000);
+      expect(answer).toBeUndefined();
+      await vi.advanceTimersByTimeAsync(1_500);
+      expect(answer).toMatchObject({ decision: 'deny' });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
