@@ -74,7 +74,8 @@ export async function patchJson(kc: KubeConfig, ref: ObjectRef, ops: JsonPatchOp
   if (res.status === 422 && tests.length > 0) {
     const fresh = await rawRequest(kc, 'GET', ref.path);
     if (fresh.status === 404) return 'gone';
-    if (fresh.status === 200 && tests.some((op) => !isDeepStrictEqual(pointer(fresh.body, op.path), op.value))) return 'conflict';
+    if (fresh.status !== 200) throw new ChainwardenError('api_error', `reading ${ref.kind} ${ref.namespace}/${ref.name} after a refused patch: ${fresh.status} ${apiMessage(fresh.body)}`);
+    if (tests.some((op) => !isDeepStrictEqual(pointer(fresh.body, op.path), op.value))) return 'conflict';
   }
   throw refused(res.status, `patching ${ref.kind} ${ref.namespace}/${ref.name} (${ops.map((op) => `${op.op} ${op.path}`).join(', ')})`, res.body);
 }
