@@ -139,24 +139,11 @@ export class PolicyEngine {
         { uid: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId }, attrs: {}, parents: [{ type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }], tags: subject.attributes },
       ],
     });
-    // Plain loops, no callbacks into Array builtins: on Node 20, V8 could abort the process
-    // deoptimizing an inlined Array.prototype.map here under load (a V8 fatal error, not an exception).
-    if (answer.type === 'failure') {
-      const errors: string[] = [];
-      for (const e of answer.errors) errors.push(e.message);
-      return failedClosed(errors);
-    }
+    if (answer.type === 'failure') return failedClosed(answer.errors.map((e) => e.message));
     const { decision, diagnostics } = answer.response;
-    if (diagnostics.errors.length > 0) {
-      const errors: string[] = [];
-      for (const e of diagnostics.errors) errors.push(`policy ${e.policyId}: ${e.error.message}`);
-      return failedClosed(errors);
-    }
+    if (diagnostics.errors.length > 0) return failedClosed(diagnostics.errors.map((e) => `policy ${e.policyId}: ${e.error.message}`));
     // Cedar gives the deciding policies in no particular order; the answer and its audit record do not vary.
-    const rules = [...diagnostics.reason].sort();
-    const fallback: Reason['effect'] = decision === 'deny' ? 'Deny' : 'Allow';
-    const reasons: Reason[] = [];
-    for (const rule of rules) reasons.push({ rule, effect: prepared.effects.get(rule) ?? fallback });
+    const reasons = [...diagnostics.reason].sort().map((rule): Reason => ({ rule, effect: prepared.effects.get(rule) ?? (decision === 'deny' ? 'Deny' : 'Allow') }));
     return { decision: decision === 'allow' ? 'Allow' : 'Deny', reasons, errors: [] };
   }
 }
