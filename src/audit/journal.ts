@@ -321,8 +321,8 @@ const MAX_BEHIND_MS = 10_000;
 const MAX_BEHIND_EVENTS = 1_000;
 const MAX_BACKOFF_MS = 5_000;
 /**
- * How long an ended task's outbox may sit before another process takes it for orphaned: its
- * writer empties it within moments of writing, unless it died first.
+ * How long an ended task's outbox may sit unmarked before another process takes it for orphaned:
+ * its writer marks it emitted within moments of writing, unless it died first.
  */
 export const ORPHANED_OUTBOX_MS = 10_000;
 
