@@ -4,6 +4,8 @@ import { FINALIZER } from '../../../src/api/task.js';
 import type { PodRecord } from '../../../src/broker/auth.js';
 import { AgentTaskController } from '../../../src/controllers/agenttask/controller.js';
 import { IamUnavailableError } from '../../../src/credentials/revoke.js';
+import { ORPHANED_OUTBOX_MS, TaskJournal } from '../../../src/audit/journal.js';
+import type { AuditRecord } from '../../../src/audit/record.js';
 import { silentLogger } from '../../../src/log.js';
 import { withFinalizer } from '../../../src/runtime/finalizer.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
@@ -120,3 +122,39 @@ describe('AgentTaskController: acting on the plan', () => {
     expect(client.task?.metadata.finalizers).toEqual(['example.com/other', FINALIZER]);
   });
 });
+
+describe("AgentTaskController: an ended task's audit records all reach the stream", () => {
+  it('the leader emits and marks an outbox a dead replica left on an ended task, once it has sat unmarked for the orphan delay', async () => {
+    const { client, controller, advance } = setup(newTask({ finalizers: [FINALIZER] }, { violation: { hopId: 'h1_x', rule: 'no-exfiltration', message: 'email send was denied' } }));
+    await controller.reconcile('ns/t');
+    expect(client.task?.status?.state).toBe('Violated');
+    // A replica writes one more record to the ended task, then dies before emitting it.
+    const dead = new TaskJournal({ writer: client.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0, process: 'replica-b/dead' });
+    await dead.commit(client.task!, { events: [{ type: 'hop_decided', at: '2026-11-21T10:01:00Z', data: { hopId: 'h1_y', decision: 'deny' } }] });
+    const head = client.task?.status?.audit?.head;
+
+    const stream: AuditRecord[] = [];
+    let now = created + 120_000;
+    const leader = new AgentTaskController({
+      sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] },
+      client,
+      clock: { now: () => now },
+      log: silentLogger(),
+      metrics: new Metrics(),
+      trustDomain: 'cluster.local',
+      journal: new TaskJournal({ writer: client.statusWriter('journal'), emit: (r) => stream.push(r), log: silentLogger(), flushMs: 0, process: 'replica-a/leader', clock: { now: () => now } }),
+    });
+    // A live writer marks its own within moments: the leader looks again after the delay, emitting nothing yet.
+    expect(await leader.reconcile('ns/t')).toEqual({ requeueAfterMs: ORPHANED_OUTBOX_MS });
+    expect(stream).toEqual([]);
+    now += ORPHANED_OUTBOX_MS;
+    advance(ORPHANED_OUTBOX_MS);
+    expect(await leader.reconcile('ns/t')).toEqual({});
+    expect(stream.map((r) => [r.data.hopId, r.hash])).toEqual([['h1_y', head]]);
+    expect(client.task?.status?.audit).toMatchObject({ head, emitted: true });
+    // Marked: the next look emits nothing again.
+    await leader.reconcile('ns/t');
+    expect(stream).toHaveLength(1);
+  });
+});
+
