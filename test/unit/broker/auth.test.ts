@@ -1,6 +1,5 @@
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
@@ -8,6 +7,7 @@ import { AgentAuthenticator, REFUSAL_TTL_MS, type PodRecord } from '../../../src
 import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
+import { kubeConfigFor } from '../../builders/kubeconfig.js';
 
 const ISSUER = 'https://kubernetes.default.svc.cluster.local';
 const START = Date.parse('2026-01-01T10:00:00Z');
@@ -34,13 +34,7 @@ beforeAll(async () => {
     res.writeHead(body ? 200 : 404, { 'content-type': 'application/json' }).end(JSON.stringify(body ?? {}));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'api', server: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, caData: Buffer.from(authority.certPem).toString('base64') }],
-    users: [{ name: 'operator', token: 'x' }],
-    contexts: [{ name: 'api', cluster: 'api', user: 'operator' }],
-    currentContext: 'api',
-  });
+  kc = kubeConfigFor(server, authority.certPem);
 });
 afterAll(() => new Promise<void>((r) => server.close(() => r())));
 

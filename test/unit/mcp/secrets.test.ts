@@ -1,9 +1,9 @@
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SecretReader } from '../../../src/mcp/secrets.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
+import { kubeConfigFor } from '../../builders/kubeconfig.js';
 
 /** A scripted Secret endpoint (a unit-test stand-in, not an API server): one Secret, every GET recorded. */
 let server: https.Server;
@@ -19,13 +19,7 @@ beforeAll(async () => {
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Secret', data: { token: Buffer.from('s3cr3t').toString('base64') } }));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, caData: Buffer.from(ca.certPem).toString('base64') }],
-    users: [{ name: 'u', token: 't' }],
-    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-    currentContext: 'x',
-  });
+  kc = kubeConfigFor(server, ca.certPem);
 });
 
 afterAll(() => {

@@ -1,10 +1,9 @@
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
-import { KubeConfig } from '@kubernetes/client-node';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { Informer, type KubeObject } from '../../../src/runtime/informer.js';
+import { kubeConfigFor } from '../../builders/kubeconfig.js';
 
 /**
  * A scripted list/watch endpoint (a unit-test stand-in, not an API server): the first watch
@@ -36,13 +35,7 @@ async function scriptedServer(lists: KubeObject[][], opts: { down?: () => boolea
     res.end(JSON.stringify({ kind: 'List', metadata: { resourceVersion: String(100 + listCalls) }, items }));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, caData: Buffer.from(ca.certPem).toString('base64') }],
-    users: [{ name: 'u', token: 't' }],
-    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-    currentContext: 'x',
-  });
+  const kc = kubeConfigFor(server, ca.certPem);
   return { kc, server, lists: () => listCalls };
 }
 

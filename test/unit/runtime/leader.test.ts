@@ -1,11 +1,11 @@
 import https from 'node:https';
 import type { ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { LeaderElector } from '../../../src/runtime/leader.js';
+import { kubeConfigFor } from '../../builders/kubeconfig.js';
 
 /** A Lease endpoint that behaves as the API server's does: resourceVersion preconditions, 409 on a stale write. */
 interface LeaseBody {
@@ -50,13 +50,7 @@ beforeAll(async () => {
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, caData: Buffer.from(ca.certPem).toString('base64') }],
-    users: [{ name: 'u', token: 't' }],
-    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-    currentContext: 'x',
-  });
+  kc = kubeConfigFor(server, ca.certPem);
 });
 
 afterAll(() => new Promise<void>((r) => server.close(() => r())));
