@@ -281,7 +281,7 @@ interface Unconfirmed {
 }
 
 /** Why this replica gives a task nothing more, whatever its status says yet. */
-export type StopCause = 'violated' | 'unrecorded';
+export type StopCause = 'violated' | 'completed' | 'unrecorded';
 
 interface Stop {
   uid: string;
@@ -387,8 +387,9 @@ export class TaskJournal {
   }
 
   /**
-   * Why this replica refuses the task's requests now, if it does: a violation recorded here,
-   * status the API server refuses, or records waiting too long on a failing write.
+   * Why this replica refuses the task's requests now, if it does: a violation recorded here, a
+   * completion written here, status the API server refuses, or records waiting too long on a
+   * failing write.
    */
   refusal(task: TaskRef): ChainwardenError | undefined {
     const key = keyOf(task);
@@ -400,6 +401,14 @@ export class TaskJournal {
     const events = entry.queued.events.length + (entry.inflight?.events.length ?? entry.unconfirmed?.delta.events.length ?? 0);
     if (waited < MAX_BEHIND_MS && events < MAX_BEHIND_EVENTS) return undefined;
     return new ChainwardenError('journal_behind', `the audit records of AgentTask ${key} have waited ${Math.round(waited / 1000)} s for the API server; requests are refused until they are written, retry shortly`);
+  }
+
+  /**
+   * Stops a task on this replica whose end it has just written (the agent's completion): its
+   * requests are refused from now on, whatever the watch has delivered yet.
+   */
+  ended(task: TaskRef, message: string): void {
+    this.stop(task, 'completed', message);
   }
 
   /** Forgets a task that is gone. */

@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
+import type { Informer } from '../runtime/informer.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
 import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -90,6 +91,8 @@ export interface HopServiceDeps {
   clock: Clock;
   log: Logger;
   metrics: Metrics;
+  /** The watch's copy of tasks: a violation is answered once this replica's watch shows it. */
+  tasks?: Pick<Informer<AgentTask>, 'waitFor'>;
 }
 
 /**
@@ -167,9 +170,10 @@ export class HopService {
   /**
    * A violation is enforced on this replica the moment it is recorded; other replicas learn of
    * it from the task's status. So the deny waits for that write while the journal retries it, up
-   * to 10 s: an agent told deny is told by a replica whose violation the others will see, and a
-   * replica that dies first leaves the agent unanswered (the hop, sent again, violates again on
-   * another replica). Past 10 s the answer is deny all the same, and the journal keeps trying.
+   * to 10 s, and for this replica's watch to show it: an agent told deny is told by a replica
+   * whose violation the others see too (their watches are fed alike), and a replica that dies
+   * first leaves the agent unanswered (the hop, sent again, violates again on another replica).
+   * Past 10 s the answer is deny all the same, and the journal keeps trying.
    */
   private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
     const deadline = performance.now() + VIOLATION_WAIT_MS;
@@ -181,7 +185,14 @@ export class HopService {
         let failure: unknown;
         // A write the API server holds (a frozen etcd) does not hold the answer past the wait.
         const landed = await Promise.race([this.deps.journal.commit(task, change).then(() => true as const, (err: unknown) => ((failure = err), false as const)), outOfTime]);
-        if (landed === true) return;
+        if (landed === true) {
+          // The other replicas learn of it through the same watch: within the same budget, the
+          // deny waits until this replica's watch has delivered the violation too.
+          const { namespace = '', name = '', uid } = task.metadata;
+          const left = deadline - performance.now();
+          if (left > 0) await this.deps.tasks?.waitFor(namespace, name, (t) => !t || t.metadata.uid !== uid || t.status?.violation !== undefined, left);
+          return;
+        }
         // What failed stays queued in the journal: each commit after this waits for its next write.
         change = {};
         if (landed === 'late' || performance.now() >= deadline || attempt >= VIOLATION_WAIT_ATTEMPTS) {

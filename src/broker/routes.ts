@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { endOf, RESERVED_AUDIENCES } from '../api/task.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
+import type { AgentTask } from '../api/schema.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { readJson, sendJson, type Handler } from '../server/http.js';
@@ -21,6 +22,13 @@ export interface BrokerDeps {
   issuer: SvidIssuer;
   /** The broker's status writer: the agent's completion is a fact it records. */
   status: Pick<TaskStatusWriter, 'update'>;
+  /**
+   * Called with the task as written once the agent's completion is in its status, before the
+   * agent is answered: this replica refuses the task from then on, and the answer waits for
+   * the watch to show the completion, so that the other replicas refuse it too by the time the
+   * agent hears it is done.
+   */
+  completed?: (task: AgentTask, message: string) => Promise<void>;
   clock: Clock;
   log: Logger;
   /** The AWS gateway's signer; without it POST /v1/aws/sign is a 404. */
@@ -121,6 +129,7 @@ function complete(deps: BrokerDeps): Handler {
     if (!written) throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} is gone; it cannot complete`);
     if (refusal !== undefined) throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} ${refusal}; it cannot complete`);
     const state = 'Completed';
+    await deps.completed?.(written, endOf(written, now)?.message ?? 'is Completed');
     deps.log.info({ event: 'task_completed', task: `${namespace}/${name}`, pod: who.podName }, 'agent reported completion');
     sendJson(res, 200, { state });
   };

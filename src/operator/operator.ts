@@ -54,6 +54,9 @@ import { Metrics } from '../runtime/metrics.js';
 import { sendJson } from '../server/http.js';
 import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
 
+/** How long an agent's completion waits for this replica's watch to show it before it is answered all the same. */
+const COMPLETION_SHOWN_MS = 5_000;
+
 export interface OperatorOptions {
   kc: KubeConfig;
   log: Logger;
@@ -87,6 +90,8 @@ export interface OperatorOptions {
   watchNamespace?: string;
   workers?: number;
   clock?: Clock;
+  /** Tests only: every watch event of the caches is taken this much later, as on a replica whose watch lags. */
+  watchLagMs?: number;
   /** Also append every audit record to this file (JSON lines), besides the operator's log. */
   auditFile?: string;
   /** Export every audit record as OpenTelemetry spans to this OTLP/HTTP traces URL; off when absent. */
@@ -218,11 +223,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const client = new KubeTaskClient(kc);
 
   const scope = options.watchNamespace ? `/namespaces/${options.watchNamespace}` : '';
+  const lagMs = options.watchLagMs;
   const informers = {
-    tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agenttasks`, log }),
-    policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentpolicies`, log }),
-    pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, log }),
-    approvals: new Informer<AgentApproval>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentapprovals`, log }),
+    tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agenttasks`, log, lagMs }),
+    policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentpolicies`, log, lagMs }),
+    pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, log, lagMs }),
+    approvals: new Informer<AgentApproval>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentapprovals`, log, lagMs }),
   };
   // Parsed once per version, read by admission, the broker, hops and the controller alike.
   const policies = new ParsedReader(informers.policies, parseAgentPolicy, customObjectReader(kc, 'agentpolicies', parseAgentPolicy));
@@ -310,6 +316,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     clock,
     log,
     metrics,
+    tasks: informers.tasks,
   });
   // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
   informers.tasks.on((event, task) => {
@@ -385,6 +392,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       hops,
       issuer,
       status: brokerStatus,
+      completed: async (task, message) => {
+        journal.ended(task, message);
+        const { namespace: ns = '', name = '', uid } = task.metadata;
+        const shown = await informers.tasks.waitFor(ns, name, (t) => !t || t.metadata.uid !== uid || t.status?.completion !== undefined, COMPLETION_SHOWN_MS);
+        if (!shown) log.warn({ task: `${ns}/${name}`, waitedMs: COMPLETION_SHOWN_MS }, 'completion written but not yet delivered by the watch; other replicas may serve the task until it is');
+      },
       clock,
       log,
       trustDomain,

@@ -24,6 +24,8 @@ export interface InformerOptions {
   pageSize?: number;
   /** Delay before re-watching after an error, doubling up to 30 s. */
   retryBaseMs?: number;
+  /** Tests only: every watch event is taken this much later, as by a replica whose watch lags. */
+  lagMs?: number;
 }
 
 interface ListAnswer<T> {
@@ -40,6 +42,8 @@ interface ListAnswer<T> {
 export class Informer<T extends KubeObject> {
   private readonly store = new Map<string, T>();
   private readonly handlers: InformerHandler<T>[] = [];
+  /** Callers waiting for the cache to show something of one object, by key. */
+  private readonly waiters = new Map<string, Set<() => void>>();
   private resourceVersion: string | undefined;
   private abort: AbortController | undefined;
   private stopped = false;
@@ -71,6 +75,31 @@ export class Informer<T extends KubeObject> {
 
   get(namespace: string, name: string): T | undefined {
     return this.store.get(`${namespace}/${name}`);
+  }
+
+  /**
+   * Resolves true once the cached object (undefined when it is gone) satisfies `shows`, or
+   * false after `timeoutMs`: how a replica that wrote something waits until its own watch has
+   * delivered it, and with it the watches of other replicas fed from the same API server.
+   */
+  waitFor(namespace: string, name: string, shows: (obj: T | undefined) => boolean, timeoutMs: number): Promise<boolean> {
+    const key = `${namespace}/${name}`;
+    if (shows(this.store.get(key))) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiting = this.waiters.get(key) ?? new Set<() => void>();
+      this.waiters.set(key, waiting);
+      const done = (seen: boolean) => {
+        clearTimeout(timer);
+        waiting.delete(check);
+        if (waiting.size === 0 && this.waiters.get(key) === waiting) this.waiters.delete(key);
+        resolve(seen);
+      };
+      const check = () => {
+        if (shows(this.store.get(key))) done(true);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      waiting.add(check);
+    });
   }
 
   list(): T[] {
@@ -108,6 +137,8 @@ export class Informer<T extends KubeObject> {
         this.options.log.error({ err, path: this.options.path }, 'informer handler failed');
       }
     }
+    const waiting = this.waiters.get(objectKey(obj));
+    if (waiting) for (const check of [...waiting]) check();
   }
 
   private async listAll(): Promise<{ items: T[]; resourceVersion: string | undefined }> {
@@ -180,15 +211,19 @@ export class Informer<T extends KubeObject> {
           this.options.path,
           { allowWatchBookmarks: true, resourceVersion: this.resourceVersion, labelSelector: this.options.labelSelector, timeoutSeconds: 300 },
           (type: string, obj: T) => {
-            try {
-              if (this.onWatchEvent(type, obj) === 'gone') {
-                gone = true;
+            const take = () => {
+              try {
+                if (this.onWatchEvent(type, obj) === 'gone') {
+                  gone = true;
+                  this.abort?.abort();
+                }
+              } catch (err) {
+                failure = err;
                 this.abort?.abort();
               }
-            } catch (err) {
-              failure = err;
-              this.abort?.abort();
-            }
+            };
+            if (this.options.lagMs) setTimeout(take, this.options.lagMs);
+            else take();
           },
           (err: unknown) => {
             if (err && !failure) failure = err;

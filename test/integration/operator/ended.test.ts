@@ -13,7 +13,7 @@ import { readTask } from './helpers.js';
  * A replica that never leads: the Lease it would elect on is held, for an hour, by a replica
  * that no longer exists. It serves the broker from its own caches and runs no controller.
  */
-async function leaderlessReplica(kubeconfig: string, namespace: string): Promise<RunningOperator> {
+async function leaderlessReplica(kubeconfig: string, namespace: string, watchLagMs?: number): Promise<RunningOperator> {
   const kc = new KubeConfig();
   kc.loadFromString(await readFile(kubeconfig, 'utf8'));
   const now = new Date().toISOString().replace('Z', '000Z');
@@ -21,7 +21,7 @@ async function leaderlessReplica(kubeconfig: string, namespace: string): Promise
     namespace,
     body: { metadata: { name: 'chainwarden-controller' }, spec: { holderIdentity: 'departed-replica', leaseDurationSeconds: 3600, acquireTime: now as never, renewTime: now as never } },
   });
-  return startOperator({ kc, log: createLogger({ level: 'silent' }), namespace, watchNamespace: namespace, identity: 'standby' });
+  return startOperator({ kc, log: createLogger({ level: 'silent' }), namespace, watchNamespace: namespace, identity: 'standby', watchLagMs });
 }
 
 /** A ValidatingAdmissionPolicy in `namespace` only, removed by the returned function. */
@@ -89,6 +89,31 @@ describe('every replica enforces the end of a task itself', () => {
       expect((await readTask(admin, namespace, 'ticket-4711'))?.status?.state).toBe('Bound');
     } finally {
       await allowExpiry();
+      await standby.stop();
+    }
+  });
+
+  test("the replica that took an agent's completion refuses it at once, though its own watch is seconds behind; the answer first waits for that watch, up to 5 s", async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    // Every change reaches this replica's caches 8 s late: a starved process, or a slow watch.
+    const lagMs = 8_000;
+    const standby = await leaderlessReplica(env.kubeconfig, namespace, lagMs);
+    try {
+      const [, lagging] = await brokersOf(env, standby);
+      const at = { ...env, brokerUrl: lagging?.url ?? '', brokerCA: lagging?.caFile ?? '' };
+      const ask = () => brokerRequest(at, 'POST', '/v1/hops', { token: agent.token, body: { tool: 'tickets', action: 'read', resource: 'ticket/1' } });
+      await expect.poll(async () => (await ask()).status, { timeout: 10_000 }).toBe(200);
+      const asked = Date.now();
+      const done = await brokerRequest(at, 'POST', `/v1/tasks/${namespace}/ticket-4711/complete`, { token: agent.token });
+      // It waited for its watch to show the completion (the other replicas' watches are fed
+      // alike), and answered when 5 s had passed without it.
+      expect(done).toMatchObject({ status: 200, body: { state: 'Completed' } });
+      expect(Date.now() - asked).toBeGreaterThanOrEqual(4_900);
+      // The agent asks again at once: its watch still shows the task live, and it refuses.
+      expect(await ask()).toMatchObject({ status: 403, body: { error: { code: 'task_not_active', message: expect.stringMatching(/is Completed: pod agent-0 reported the chain complete/) as string } } });
+      expect((await brokerRequest(at, 'GET', '/v1/credentials', { token: agent.token })).status).toBe(403);
+      expect(Date.now() - asked).toBeLessThan(lagMs);
+    } finally {
       await standby.stop();
     }
   });

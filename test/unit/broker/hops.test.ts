@@ -1,10 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import { parseAgentApproval, parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
-import type { AgentApproval } from '../../../src/api/schema.js';
+import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
 import { TaskJournal } from '../../../src/audit/journal.js';
 import { HopIds } from '../../../src/broker/hopids.js';
-import { hopDigest, HopService, parseHopRequest } from '../../../src/broker/hops.js';
+import { hopDigest, HopService, parseHopRequest, type HopServiceDeps } from '../../../src/broker/hops.js';
 import { ChainwardenError } from '../../../src/errors.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
@@ -133,7 +133,7 @@ describe('parseHopRequest under fuzzing', () => {
 
 describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
   const now = Date.parse('2026-11-21T10:30:00Z');
-  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0, hangs = false) => {
+  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0, hangs = false, tasks?: HopServiceDeps['tasks']) => {
     const raw = examplePolicy('support');
     raw.spec.mode = mode;
     const policy = parseAgentPolicy(raw);
@@ -157,6 +157,7 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
       clock: { now: () => now },
       log: silentLogger(),
       metrics,
+      tasks,
     });
     const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
     return { service, who, twin, metrics };
@@ -194,6 +195,28 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     const answer = await service.decideRequest(who, freeze);
     expect(answer).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
     expect(twin.task?.status?.violation).toMatchObject({ hopId: answer.hopId, rule: 'never-admin-payments' });
+  });
+
+  it("once written, the deny waits for this replica's watch to show the violation: the other replicas' watches, fed alike, show it by the time the agent is told", async () => {
+    const shown: { shows: (t: AgentTask | undefined) => boolean; deliver: () => void }[] = [];
+    const watch: HopServiceDeps['tasks'] = {
+      waitFor: (_ns, _name, shows, timeoutMs) =>
+        new Promise((resolve) => {
+          shown.push({ shows, deliver: () => resolve(shows(twin.task)) });
+          setTimeout(() => resolve(false), timeoutMs);
+        }),
+    };
+    const { service, who, twin } = setup('Enforce', 0, false, watch);
+    let answer: { decision: string } | undefined;
+    void service.decideRequest(who, freeze).then((a) => (answer = a));
+    await expect.poll(() => shown.length).toBe(1);
+    // Written, and the wait is for exactly that: the task as written shows it, the task as it was does not.
+    expect(twin.task?.status?.violation).toBeDefined();
+    expect([shown[0]?.shows(twin.task), shown[0]?.shows(who.task)]).toEqual([true, false]);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answer).toBeUndefined();
+    shown[0]?.deliver();
+    await expect.poll(() => answer).toMatchObject({ decision: 'deny' });
   });
 
   it('a violation whose write the API server holds (a frozen etcd) is answered deny after 10 s, not held for as long as the API server holds it', async () => {

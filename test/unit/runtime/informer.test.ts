@@ -109,3 +109,27 @@ describe('what the cache keeps', () => {
     await informer.stop();
   });
 });
+
+describe('Informer: waiting for the cache to show a change', () => {
+  it('answers true as soon as the cache shows it (a deleted object shows as undefined), and false once the wait is over', async () => {
+    const { kc, server } = await scriptedServer([
+      [obj('a', '1'), obj('b', '1')],
+      [obj('a', '2')],
+    ]);
+    close = () => server.closeAllConnections();
+    const informer = new Informer<KubeObject>(kc, { path: '/apis/x/v1/things', log: silentLogger(), retryBaseMs: 10 });
+    // The first watch answers 410 only after start() resolves: the relist brings version 2 and b's deletion.
+    await informer.start();
+    const atVersion = (rv: string) => (o: KubeObject | undefined) => o?.metadata?.resourceVersion === rv;
+    const [changed, gone, never] = await Promise.all([
+      informer.waitFor('ns', 'a', atVersion('2'), 5000),
+      informer.waitFor('ns', 'b', (o) => o === undefined, 5000),
+      informer.waitFor('ns', 'a', atVersion('9'), 300),
+    ]);
+    expect({ changed, gone, never }).toEqual({ changed: true, gone: true, never: false });
+    // What the cache shows already needs no event.
+    expect(await informer.waitFor('ns', 'a', atVersion('2'), 0)).toBe(true);
+    await informer.stop();
+    server.close();
+  });
+});
