@@ -5,6 +5,8 @@ export interface AuditEntry {
   record: AuditRecord;
   line: number;
   source?: string;
+  /** When the line was written, if it says: after the head covering the record was in the task's status. */
+  time?: string;
 }
 
 export interface ChainBreak {
@@ -32,8 +34,10 @@ export function readAuditRecords(text: string, source?: string): AuditEntry[] {
     const line = raw.trim();
     if (!line.startsWith('{')) return;
     try {
-      const parsed = JSON.parse(line) as { audit?: AuditRecord };
-      if (parsed.audit && typeof parsed.audit === 'object' && parsed.audit.v === 1) out.push({ record: parsed.audit, line: i + 1, ...(source === undefined ? {} : { source }) });
+      const parsed = JSON.parse(line) as { audit?: AuditRecord; time?: unknown };
+      if (parsed.audit && typeof parsed.audit === 'object' && parsed.audit.v === 1) {
+        out.push({ record: parsed.audit, line: i + 1, ...(source === undefined ? {} : { source }), ...(typeof parsed.time === 'string' ? { time: parsed.time } : {}) });
+      }
     } catch {
       // not JSON: not a record
     }

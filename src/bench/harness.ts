@@ -3,6 +3,7 @@
  * a real sidecar, an HTTPS client that trusts the operator's CA, and small helpers.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -74,6 +75,8 @@ export interface ReplicaOptions {
   /** The URL the webhooks are registered at (a proxy in front of every replica); this replica's own listener by default. */
   webhookUrl?: string;
   auditFile?: string;
+  /** Where the operator's log (warnings and worse) goes; nowhere by default. */
+  logFile?: string;
   /** Stop the whole run when this process dies on its own (the benchmark: figures after it would be meaningless). */
   exitIsFatal?: boolean;
 }
@@ -104,8 +107,9 @@ export async function startBroker(env: LocalEnvironment, options: ReplicaOptions
     '--audit-file', options.auditFile ?? path.join(env.stateDir, 'audit.jsonl'),
     '--log-level', 'warn',
   ];
+  const logFd = options.logFile ? openSync(options.logFile, 'a') : undefined;
   const child = spawn(process.execPath, args, {
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: ['ignore', logFd ?? 'ignore', 'inherit'],
     env: {
       ...process.env,
       AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId,
@@ -113,6 +117,8 @@ export async function startBroker(env: LocalEnvironment, options: ReplicaOptions
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
     },
   });
+  // The child has its own copy of the descriptor.
+  if (logFd !== undefined) closeSync(logFd);
   const broker = { url: `https://127.0.0.1:${port}`, webhookUrl: `https://127.0.0.1:${webhookPort}`, ca: files.caPem, pid: child.pid ?? 0, child };
   if (options.exitIsFatal ?? true) {
     // An operator that dies mid-run makes every figure after it meaningless: stop rather than measure refusals.

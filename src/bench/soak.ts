@@ -98,6 +98,8 @@ interface Slot {
   broker?: Broker;
   generation: number;
   auditFiles: string[];
+  /** Each process's log: warnings and worse. */
+  logFiles: string[];
 }
 
 interface HopSent {
@@ -107,6 +109,7 @@ interface HopSent {
   afterEnd?: boolean;
   decision?: string;
   status: number;
+  hopId?: string;
 }
 
 /** An agent's view of the broker, through the proxy: keep-alive HTTPS, its pod token. */
@@ -240,7 +243,7 @@ async function main(): Promise<void> {
   const webhookProxy = new RoundRobin();
   await Promise.all([brokerProxy.listen(), webhookProxy.listen()]);
   const serving: Serving = await servingFiles(env.stateDir);
-  const slots: Slot[] = await Promise.all(['a', 'b'].map(async (name) => ({ name, port: await freePort(), webhookPort: await freePort(), generation: 0, auditFiles: [] })));
+  const slots: Slot[] = await Promise.all(['a', 'b'].map(async (name) => ({ name, port: await freePort(), webhookPort: await freePort(), generation: 0, auditFiles: [], logFiles: [] })));
   const front = { url: `https://127.0.0.1:${brokerProxy.port}`, ca: serving.caPem };
   const agents = new AgentClient(front.url, serving.caPem);
   const rss: { at: number; slot: string; generation: number; rssMiB: number }[] = [];
@@ -256,7 +259,9 @@ async function main(): Promise<void> {
     slot.generation += 1;
     const auditFile = path.join(env.stateDir, `audit-${slot.name}-${slot.generation}.jsonl`);
     slot.auditFiles.push(auditFile);
-    const broker = await startBroker(env, { serving, port: slot.port, webhookPort: slot.webhookPort, webhookUrl: `https://127.0.0.1:${webhookProxy.port}`, auditFile, exitIsFatal: false });
+    const logFile = path.join(env.stateDir, `replica-${slot.name}-${slot.generation}.log`);
+    slot.logFiles.push(logFile);
+    const broker = await startBroker(env, { serving, port: slot.port, webhookPort: slot.webhookPort, webhookUrl: `https://127.0.0.1:${webhookProxy.port}`, auditFile, logFile, exitIsFatal: false });
     slot.broker = broker;
     // A replica that dies on its own is a finding to report; like one killed, it is started again.
     broker.child.once('exit', (code, signal) => {
@@ -438,7 +443,7 @@ async function main(): Promise<void> {
           const hop = async (body: Record<string, unknown>, afterEnd = false) => {
             const sentAt = Date.now();
             const answer = await agents.call('POST', '/v1/hops', token, body);
-            hopsSent.push({ task: name, sentAt, afterEnd, decision: answer.body.decision as string | undefined, status: answer.status });
+            hopsSent.push({ task: name, sentAt, afterEnd, decision: answer.body.decision as string | undefined, status: answer.status, hopId: answer.body.hopId as string | undefined });
             if (answer.status === 0 || answer.status >= 500) counts.hopErrors += 1;
             return answer;
           };
@@ -514,7 +519,7 @@ async function main(): Promise<void> {
     const { chains, breaks } = verifyChains(entries);
     const byUid = new Map(chains.map((c) => [c.taskUid, c]));
     const headProblems: string[] = [];
-    const ends = new Map<string, number>();
+    const ends = new Map<string, { at: number; type: string; source: string }>();
     for (const t of list) {
       const chain = byUid.get(t.metadata.uid ?? '');
       const head = t.status?.audit;
@@ -525,11 +530,23 @@ async function main(): Promise<void> {
       }
       // When the task ended, by its own chain: its first completion, expiry or violation.
       const end = chain?.records.find((r) => r.type === 'completion' || r.type === 'expiry' || r.type === 'violation');
-      if (end && t.metadata.name) ends.set(t.metadata.name, Date.parse(end.at));
+      // Recorded once written: a file's line is written after the head that covers it is in status.
+      const written = entries.filter((e) => end && e.record.hash === end.hash).sort((x, y) => (x.time ?? '').localeCompare(y.time ?? ''))[0];
+      if (end && t.metadata.name) ends.set(t.metadata.name, { at: Math.max(Date.parse(end.at), Date.parse(written?.time ?? end.at)), type: end.type, source: written?.source ?? '' });
     }
-    // A hop sent after its agent saw the task end, or after its end was recorded (100 ms for the
-    // clocks of one machine), must not be allowed.
-    const allowedAfterEnd = hopsSent.filter((h) => h.decision === 'allow' && (h.afterEnd || h.sentAt > (ends.get(h.task) ?? Infinity) + 100)).length;
+    // A hop sent after its agent saw the task end, or after its end was recorded (written to the
+    // task's status; 100 ms for the clocks of one machine), must not be allowed. A violation
+    // decided while etcd is frozen is recorded only once it thaws; until then the replica that
+    // decided it refuses the task, and the others cannot know.
+    const allowedAfterEndHops = hopsSent.filter((h) => h.decision === 'allow' && (h.afterEnd || h.sentAt > (ends.get(h.task)?.at ?? Infinity) + 100));
+    const allowedAfterEnd = allowedAfterEndHops.length;
+    // Who answered each such hop and who recorded the end, by the audit files: what to look at next.
+    const writerOf = new Map(entries.filter((e) => e.record.type === 'hop_decided').map((e) => [String((e.record.data as { hopId?: unknown }).hopId), e.source ?? '']));
+    const seconds = (at: number) => Math.round((at - started) / 100) / 10;
+    const lateAllows = allowedAfterEndHops.map((h) => {
+      const end = ends.get(h.task);
+      return `${h.task}: hop ${h.hopId ?? '?'} sent at ${seconds(h.sentAt)}s${h.afterEnd ? ' after the agent saw the end' : ''}, decided by ${writerOf.get(h.hopId ?? '') ?? 'no audit file'}; ${end ? `${end.type} at ${seconds(end.at)}s by ${end.source}` : 'no end in its chain'}`;
+    });
 
     const third = plan.seconds / 3;
     const maxIn = (from: number, to: number) => Math.max(0, ...rss.filter((r) => r.at >= from && r.at < to).map((r) => r.rssMiB));
@@ -545,7 +562,7 @@ async function main(): Promise<void> {
         hopsAllowedAfterEnd: allowedAfterEnd,
         rssMiB: { earlyMax: early, lateMax: late, growth: early > 0 ? Math.round((late / early) * 100) / 100 : null, flat: early > 0 && late <= early * 1.25 },
       },
-      details: { unrevoked: unrevoked.slice(0, 20), auditBreaks: breaks.slice(0, 20).map((b) => `${b.task} #${b.seq}: ${b.problem}`), headProblems: headProblems.slice(0, 20), events },
+      details: { unrevoked: unrevoked.slice(0, 20), auditBreaks: breaks.slice(0, 20).map((b) => `${b.task} #${b.seq}: ${b.problem}`), headProblems: headProblems.slice(0, 20), allowedAfterEnd: lateAllows.slice(0, 40), events },
     };
     const g = report.guarantees;
     const ok = g.tasksLeftUnrevoked === 0 && g.credentialsServedAfterEnd === 0 && g.auditBreaks === 0 && g.hopsAllowedAfterEnd === 0 && g.rssMiB.flat;
@@ -558,18 +575,23 @@ async function main(): Promise<void> {
         g.tasksLeftUnrevoked > 0 && `${g.tasksLeftUnrevoked} tasks left unrevoked: ${report.details.unrevoked.join(', ')}`,
         g.credentialsServedAfterEnd > 0 && `${g.credentialsServedAfterEnd} tasks still served credentials after they ended`,
         g.auditBreaks > 0 && `${g.auditBreaks} audit problems: ${[...report.details.auditBreaks, ...report.details.headProblems].join('; ')}`,
-        g.hopsAllowedAfterEnd > 0 && `${g.hopsAllowedAfterEnd} hops allowed after their task ended`,
+        g.hopsAllowedAfterEnd > 0 && `${g.hopsAllowedAfterEnd} hops allowed after their task ended: ${report.details.allowedAfterEnd.join('; ')}`,
         !g.rssMiB.flat && `memory grew: ${g.rssMiB.earlyMax} MiB early, ${g.rssMiB.lateMax} MiB late`,
       ].filter((x): x is string => typeof x === 'string');
       for (const f of failed) log(`soak FAILED: ${f}`);
       // Evidence for whoever looks next: every audit file, and each failing task as the API server has it.
       const keep = path.resolve('soak-failure');
       await mkdir(keep, { recursive: true });
-      for (const file of slots.flatMap((x) => x.auditFiles)) await copyFile(file, path.join(keep, path.basename(file))).catch(() => undefined);
-      const failing = new Set([...unrevoked.map((u) => u.split(' ')[0]), ...headProblems.map((h) => h.split(':')[0])]);
+      for (const file of slots.flatMap((x) => [...x.auditFiles, ...x.logFiles])) await copyFile(file, path.join(keep, path.basename(file))).catch(() => undefined);
+      const failing = new Set([...unrevoked.map((u) => u.split(' ')[0]), ...headProblems.map((h) => h.split(':')[0]), ...allowedAfterEndHops.map((h) => h.task)]);
       await writeFile(path.join(keep, 'tasks.json'), `${JSON.stringify(list.filter((t) => failing.has(t.metadata.name ?? '')), null, 2)}\n`);
-      log(`soak: the audit files and the failing tasks are in ${keep}`);
+      log(`soak: the audit files, the replicas' logs and the failing tasks are in ${keep}`);
       log(`soak events: ${events.map((e) => `${e.at}s ${e.what}`).join('; ')}`);
+      // CI keeps only this output: each replica's last warnings, shortened.
+      for (const file of slots.flatMap((x) => x.logFiles)) {
+        const lines = (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+        if (lines.length > 0) log(`${path.basename(file)}, last ${Math.min(10, lines.length)} of ${lines.length} lines:\n${lines.slice(-10).map((l) => `    ${l.slice(0, 400)}`).join('\n')}`);
+      }
       process.exitCode = 1;
     }
   } finally {
