@@ -6,7 +6,6 @@ import type { Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
-import type { Informer } from '../runtime/informer.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
 import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -91,8 +90,8 @@ export interface HopServiceDeps {
   clock: Clock;
   log: Logger;
   metrics: Metrics;
-  /** The watch's copy of tasks: a violation is answered once this replica's watch shows it. */
-  tasks?: Pick<Informer<AgentTask>, 'waitFor'>;
+  /** Whether this replica's watch shows the task ended within `timeoutMs`: a violation is answered once it does. */
+  endShown?: (task: AgentTask, timeoutMs: number) => Promise<boolean>;
 }
 
 /**
@@ -188,9 +187,8 @@ export class HopService {
         if (landed === true) {
           // The other replicas learn of it through the same watch: within the same budget, the
           // deny waits until this replica's watch has delivered the violation too.
-          const { namespace = '', name = '', uid } = task.metadata;
           const left = deadline - performance.now();
-          if (left > 0) await this.deps.tasks?.waitFor(namespace, name, (t) => !t || t.metadata.uid !== uid || t.status?.violation !== undefined, left);
+          if (left > 0) await this.deps.endShown?.(task, left);
           return;
         }
         // What failed stays queued in the journal: each commit after this waits for its next write.

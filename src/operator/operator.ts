@@ -306,6 +306,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const hopKey = await loadHopKey(kc, namespace);
   const placeholders = new Placeholders(hopKey);
   const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal, placeholders });
+  // Whether this replica's watch shows a task ended (or gone) within `timeoutMs`: an end it wrote
+  // is answered once it does, since the other replicas' watches are fed alike.
+  const endShown = (task: AgentTask, timeoutMs: number) => {
+    const { namespace: ns = '', name = '', uid } = task.metadata;
+    return informers.tasks.waitFor(ns, name, (t) => !t || t.metadata.uid !== uid || endOf(t, clock.now()) !== undefined, timeoutMs);
+  };
   const hops = new HopService({
     engine: new PolicyEngine(),
     journal,
@@ -316,7 +322,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     clock,
     log,
     metrics,
-    tasks: informers.tasks,
+    endShown,
   });
   // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
   informers.tasks.on((event, task) => {
@@ -394,9 +400,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       status: brokerStatus,
       completed: async (task, message) => {
         journal.ended(task, message);
-        const { namespace: ns = '', name = '', uid } = task.metadata;
-        const shown = await informers.tasks.waitFor(ns, name, (t) => !t || t.metadata.uid !== uid || t.status?.completion !== undefined, COMPLETION_SHOWN_MS);
-        if (!shown) log.warn({ task: `${ns}/${name}`, waitedMs: COMPLETION_SHOWN_MS }, 'completion written but not yet delivered by the watch; other replicas may serve the task until it is');
+        if (!(await endShown(task, COMPLETION_SHOWN_MS))) {
+          log.warn({ task: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, waitedMs: COMPLETION_SHOWN_MS }, 'completion written but not yet delivered by the watch; other replicas may serve the task until it is');
+        }
       },
       clock,
       log,
