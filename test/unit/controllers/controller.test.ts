@@ -27,21 +27,17 @@ function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailable
   const revocations: string[] = [];
   const records: string[] = [];
   let now = created + 60_000;
-  const controller = new AgentTaskController({
-    sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] },
-    client,
-    clock: { now: () => now },
-    log: silentLogger(),
-    metrics: new Metrics(),
-    trustDomain: 'cluster.local',
-    journal: { record: (_task, change) => void records.push(...change.events.map((e) => e.type)) },
-    revoke: (t) => {
-      revocations.push(t.metadata.name ?? '');
-      if (options.iamUnavailableFor) return Promise.reject(new IamUnavailableError('agent', Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }), now + options.iamUnavailableFor));
-      return options.revokeFails ? Promise.reject(new Error('Throttling: Rate exceeded')) : Promise.resolve({ marker: `chainwarden-${t.metadata.uid ?? ''}`, roles: ['agent'], pruneAfter: now + 3_600_000 });
-    },
-  });
-  return { client, controller, revocations, records, advance: (ms: number) => (now += ms) };
+  const clock = { now: () => now };
+  const revoke = (t: AgentTask) => {
+    revocations.push(t.metadata.name ?? '');
+    if (options.iamUnavailableFor) return Promise.reject(new IamUnavailableError('agent', Object.assign(new Error('Rate exceeded'), { name: 'Throttling' }), now + options.iamUnavailableFor));
+    return options.revokeFails ? Promise.reject(new Error('Throttling: Rate exceeded')) : Promise.resolve({ marker: `chainwarden-${t.metadata.uid ?? ''}`, roles: ['agent'], pruneAfter: now + 3_600_000 });
+  };
+  // Another controller on the same task, clock and revocations: a replica with a journal of its own.
+  const controllerWith = (journal: ConstructorParameters<typeof AgentTaskController>[0]['journal']) =>
+    new AgentTaskController({ sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] }, client, clock, log: silentLogger(), metrics: new Metrics(), trustDomain: 'cluster.local', journal, revoke });
+  const controller = controllerWith({ record: (_task, change) => void records.push(...change.events.map((e) => e.type)) });
+  return { client, controller, controllerWith, clock, revocations, records, advance: (ms: number) => (now += ms) };
 }
 
 describe('AgentTaskController: acting on the plan', () => {
@@ -125,7 +121,7 @@ describe('AgentTaskController: acting on the plan', () => {
 
 describe("AgentTaskController: an ended task's audit records all reach the stream", () => {
   it('the leader emits and marks an outbox a dead replica left on an ended task, once it has sat unmarked for the orphan delay', async () => {
-    const { client, controller, advance } = setup(newTask({ finalizers: [FINALIZER] }, { violation: { hopId: 'h1_x', rule: 'no-exfiltration', message: 'email send was denied' } }));
+    const { client, controller, controllerWith, clock, advance } = setup(newTask({ finalizers: [FINALIZER] }, { violation: { hopId: 'h1_x', rule: 'no-exfiltration', message: 'email send was denied' } }));
     await controller.reconcile('ns/t');
     expect(client.task?.status?.state).toBe('Violated');
     // A replica writes one more record to the ended task, then dies before emitting it.
@@ -134,20 +130,11 @@ describe("AgentTaskController: an ended task's audit records all reach the strea
     const head = client.task?.status?.audit?.head;
 
     const stream: AuditRecord[] = [];
-    let now = created + 120_000;
-    const leader = new AgentTaskController({
-      sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] },
-      client,
-      clock: { now: () => now },
-      log: silentLogger(),
-      metrics: new Metrics(),
-      trustDomain: 'cluster.local',
-      journal: new TaskJournal({ writer: client.statusWriter('journal'), emit: (r) => stream.push(r), log: silentLogger(), flushMs: 0, process: 'replica-a/leader', clock: { now: () => now } }),
-    });
+    advance(60_000);
+    const leader = controllerWith(new TaskJournal({ writer: client.statusWriter('journal'), emit: (r) => stream.push(r), log: silentLogger(), flushMs: 0, process: 'replica-a/leader', clock }));
     // A live writer marks its own within moments: the leader looks again after the delay, emitting nothing yet.
     expect(await leader.reconcile('ns/t')).toEqual({ requeueAfterMs: ORPHANED_OUTBOX_MS });
     expect(stream).toEqual([]);
-    now += ORPHANED_OUTBOX_MS;
     advance(ORPHANED_OUTBOX_MS);
     expect(await leader.reconcile('ns/t')).toEqual({});
     expect(stream.map((r) => [r.data.hopId, r.hash])).toEqual([['h1_y', head]]);
