@@ -244,7 +244,7 @@ interface Entry {
   name: string;
   /** Changes not yet in flight. */
   queued: TaskDelta;
-  /** When the oldest queued change was queued: it is written `flushMs` after, whatever runs meanwhile. */
+  /** When the oldest queued change was queued: it is written one window after, whatever runs meanwhile. */
   queuedAt?: number;
   /** Changes being written now, and since when. */
   inflight?: TaskDelta;
@@ -300,6 +300,13 @@ export interface JournalOptions {
   log: Logger;
   /** How long changes gather before they are written; 100 ms unless set. */
   flushMs?: number;
+  /**
+   * The status writes a second this replica aims to stay under, across all its tasks (20 unless
+   * set): with more tasks busy than that allows at `flushMs`, each task's changes gather longer,
+   * up to `maxFlushMs` (1 s unless set). Past that the rate gives way: no task waits longer.
+   */
+  writesPerSecond?: number;
+  maxFlushMs?: number;
   /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
   cached?: (namespace: string, name: string) => AgentTask | undefined;
   clock?: Clock;
@@ -354,16 +361,20 @@ export class TaskJournal {
   /** Other processes' outboxes on ended tasks, by task uid and head: when this process first saw each. */
   private readonly foreignOutboxes = new Map<string, number>();
   private readonly flushMs: number;
+  private readonly maxFlushMs: number;
+  private readonly writesPerSecond: number;
   private readonly clock: Clock;
   private readonly process: string;
 
   constructor(private readonly options: JournalOptions) {
     this.flushMs = options.flushMs ?? 100;
+    this.maxFlushMs = Math.max(this.flushMs, options.maxFlushMs ?? 1_000);
+    this.writesPerSecond = options.writesPerSecond ?? 20;
     this.clock = options.clock ?? systemClock;
     this.process = options.process ?? `journal-${randomBytes(6).toString('hex')}`;
   }
 
-  /** Queues a change; it is written within `flushMs`. */
+  /** Queues a change; it is written within the window (`flushMs`, longer under load, see `window`). */
   record(task: TaskRef, change: Partial<TaskDelta>): void {
     const key = keyOf(task);
     let entry = this.entries.get(key);
@@ -374,7 +385,19 @@ export class TaskJournal {
     merge(entry.queued, { ...emptyDelta(), ...change });
     entry.queuedAt ??= this.clock.now();
     if (change.violation) this.stop(task, 'violated', `is Violated: hop ${change.violation.hopId} broke ${change.violation.rule}`);
-    this.schedule(entry, this.flushMs);
+    this.schedule(entry, this.window());
+  }
+
+  /**
+   * How long a task's changes gather now: `flushMs`, or longer when so many tasks have changes
+   * waiting that writing each every `flushMs` would exceed `writesPerSecond`. Most of what a
+   * status write costs the API server does not depend on what it carries (the request, the
+   * object's validation, etcd, every watcher), so under load fewer, larger writes keep it, and
+   * the cores it may share, free for the hops themselves.
+   */
+  window(): number {
+    const spread = (this.entries.size / this.writesPerSecond) * 1000;
+    return Math.round(Math.min(this.maxFlushMs, Math.max(this.flushMs, spread)));
   }
 
   /** Queues a change and resolves, with the task as written, once it is in the task's status. */
@@ -480,10 +503,10 @@ export class TaskJournal {
       entry.timer = undefined;
       entry.flushing = this.flush(entry).finally(() => {
         entry.flushing = undefined;
-        // What queued during the write waits out its own flushMs: under steady load the task is
-        // written every flushMs, not back to back.
+        // What queued during the write waits out its own window: under steady load the task is
+        // written once a window, not back to back.
         if (entry.waiters.length > 0 || entry.unconfirmed) this.schedule(entry, 0);
-        else if (!isEmpty(entry.queued)) this.schedule(entry, Math.max(0, (entry.queuedAt ?? 0) + this.flushMs - this.clock.now()));
+        else if (!isEmpty(entry.queued)) this.schedule(entry, Math.max(0, (entry.queuedAt ?? 0) + this.window() - this.clock.now()));
         else if (this.entries.get(`${entry.namespace}/${entry.name}`) === entry) this.entries.delete(`${entry.namespace}/${entry.name}`);
       });
     }, delay);

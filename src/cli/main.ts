@@ -17,6 +17,7 @@ commands:
   operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F]
            [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
            [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--aws-gateway-endpoint URL] [--audit-file F] [--log-level L]
+           [--journal-writes-per-second N]
                                     controllers (leader only), admission webhooks and the broker
   agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT] [--aws-listen 127.0.0.1:PORT] [--local-token-file F]
                                     the in-pod sidecar: loopback http to the broker over TLS; callers

@@ -14,6 +14,13 @@ function parseService(text: string): { namespace: string; name: string; port: nu
   return { namespace: m[1] ?? '', name: m[2] ?? '', port: Number(m[3]) };
 }
 
+/** A positive number of writes a second, e.g. 20 or 2.5. */
+export function parseRate(text: string, flag: string): number {
+  const rate = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
+  if (!(rate > 0) || rate > 10_000) throw new ChainwardenError('usage', `${flag} takes status writes a second, a number above 0 and at most 10000, e.g. 20 (got "${text}")`);
+  return rate;
+}
+
 /** OTEL_EXPORTER_OTLP_ENDPOINT is a base URL; OTLP/HTTP sends traces to its /v1/traces. */
 const otlpTracesFromBase = (base: string | undefined) => (base ? `${base.replace(/\/+$/, '')}/v1/traces` : undefined);
 
@@ -99,6 +106,7 @@ export async function runOperator(args: string[]): Promise<number> {
     'leader-elect-renew-deadline': { type: 'string', default: '10s' },
     'leader-elect-retry-period': { type: 'string', default: '2s' },
     'revocation-prune-interval': { type: 'string', default: '5m' },
+    'journal-writes-per-second': { type: 'string', default: '20' },
   });
   const leaderElection = {
     leaseDurationMs: parseDuration(values['leader-elect-lease-duration'] ?? '', '--leader-elect-lease-duration'),
@@ -133,6 +141,7 @@ export async function runOperator(args: string[]): Promise<number> {
     identity: values.identity,
     leaderElection,
     pruneIntervalMs: parseDuration(values['revocation-prune-interval'] ?? '', '--revocation-prune-interval'),
+    journalWritesPerSecond: parseRate(values['journal-writes-per-second'] ?? '', '--journal-writes-per-second'),
     clock: skewedClock(systemClock),
   });
   const signal = await untilSignal();

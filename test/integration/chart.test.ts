@@ -117,6 +117,14 @@ describe('Helm chart', () => {
     await expect(renderChart({ 'webhook.port': '8443' })).rejects.toThrow(/\/webhook\/port/);
   });
 
+  test('passes the journal\'s write rate to the operator, and refuses one that is not a positive number', async () => {
+    const args = async (values: Record<string, string> = {}) =>
+      ((await renderChart(values)).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { args: string[] }[] } } } }).spec.template.spec.containers[0]?.args;
+    expect(await args()).toContain('--journal-writes-per-second=20');
+    expect(await args({ journalWritesPerSecond: '5' })).toContain('--journal-writes-per-second=5');
+    await expect(renderChart({ journalWritesPerSecond: '0' })).rejects.toThrow(/journalWritesPerSecond/);
+  });
+
   test('reads tenants\' Secrets only where it is told: none by default, named namespaces, or "*"', async () => {
     const secretRules = (objects: Rendered[]) =>
       objects.flatMap((o) => ((o as { rules?: { resources?: string[]; verbs?: string[]; resourceNames?: string[] }[] }).rules ?? []).filter((r) => r.resources?.includes('secrets') && r.verbs?.includes('get') && !r.resourceNames).map(() => `${o.kind}/${o.metadata?.namespace ?? '-'}`));

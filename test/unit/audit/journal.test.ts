@@ -208,6 +208,47 @@ describe('the journal batches', () => {
   });
 });
 
+describe('the journal keeps to its write rate', () => {
+  const named = (name: string): AgentTask => ({ ...task(), metadata: { namespace: 'ns', name, uid: `u-${name}` } });
+
+  it('lets busy tasks\' changes gather longer when writing each every flush window would exceed writesPerSecond, and loses nothing', async () => {
+    const writes = new Map<string, number[]>();
+    const emitted: AuditRecord[] = [];
+    const update: Update = async (_ns, name, edit) => {
+      const status = edit(named(name)) ?? {};
+      writes.set(name, [...(writes.get(name) ?? []), performance.now()]);
+      await new Promise((r) => setTimeout(r, 2));
+      return { ...named(name), status };
+    };
+    // 8 busy tasks at 40 writes a second: each written every 200 ms, not every 50.
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 50, writesPerSecond: 40 });
+    const names = Array.from({ length: 8 }, (_, k) => `t${k}`);
+    const started = performance.now();
+    let i = 0;
+    while (performance.now() - started < 1_000) {
+      for (const name of names) journal.record(named(name), { hopCount: 1, events: [hop(++i)] });
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    expect(journal.window()).toBe(200);
+    await journal.drain();
+    const total = [...writes.values()].reduce((n, w) => n + w.length, 0);
+    // At 50 ms each task would be written about 20 times: 160 writes. The rate allows 40 in the second, plus each task's last.
+    expect(total).toBeLessThanOrEqual(40 + 2 * names.length);
+    for (const w of writes.values()) for (let k = 1; k < w.length - 1; k++) expect((w[k] ?? 0) - (w[k - 1] ?? 0)).toBeGreaterThanOrEqual(180);
+    expect(emitted.map((r) => Number(String(r.data.hopId).slice(3))).sort((a, b) => a - b)).toEqual(Array.from({ length: i }, (_, k) => k + 1));
+  });
+
+  it('writes a task every flush window while few are busy, and never lets one wait longer than maxFlushMs', () => {
+    const journal = new TaskJournal({ writer: { update: () => Promise.resolve(undefined) }, emit: () => undefined, log: silentLogger(), flushMs: 100, writesPerSecond: 20, maxFlushMs: 1_000 });
+    journal.record(named('a'), { hopCount: 1 });
+    expect(journal.window()).toBe(100);
+    for (let k = 0; k < 8; k++) journal.record(named(`b${k}`), { hopCount: 1 });
+    expect(journal.window()).toBe(450);
+    for (let k = 0; k < 100; k++) journal.record(named(`c${k}`), { hopCount: 1 });
+    expect(journal.window()).toBe(1_000);
+  });
+});
+
 describe('applyDelta keeps every list within its CRD cap', () => {
   const pendingHop = (i: number) => ({ hopId: `h1_${i}`, digest: 'd', tool: 'payments', action: 'refund', resource: `order/${i}`, depth: 1, rules: ['refunds-need-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' });
 

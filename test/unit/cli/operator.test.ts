@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseOtlpEndpoint, webhookEndpoint } from '../../../src/cli/operator.js';
+import { parseOtlpEndpoint, parseRate, webhookEndpoint } from '../../../src/cli/operator.js';
 
 const broker = { host: '0.0.0.0', port: 8443 };
 
@@ -36,5 +36,16 @@ describe('parseOtlpEndpoint', () => {
 
   it.each(['otel-collector:4318', 'grpc://otel:4317', ''])('refuses %j, naming the flag and the form it takes', (text) => {
     expect(() => parseOtlpEndpoint(text)).toThrow(/--otlp-traces-endpoint \(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT\) takes the OTLP\/HTTP traces URL/);
+  });
+});
+
+describe('--journal-writes-per-second', () => {
+  it('takes a positive number of writes a second', () => {
+    expect(parseRate('20', '--journal-writes-per-second')).toBe(20);
+    expect(parseRate('2.5', '--journal-writes-per-second')).toBe(2.5);
+  });
+
+  it.each(['0', '-5', 'fast', '', '1e3', '20/s', '100000'])('refuses %j, naming the flag and what it takes', (text) => {
+    expect(() => parseRate(text, '--journal-writes-per-second')).toThrow(/^--journal-writes-per-second takes status writes a second, a number above 0 and at most 10000, e\.g\. 20/);
   });
 });
