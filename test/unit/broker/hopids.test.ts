@@ -38,4 +38,12 @@ describe('hop ids', () => {
       { numRuns: 300 },
     );
   });
+
+  it('never mints the same id twice, across many refills of its nonce pool', () => {
+    const fresh = new HopIds(Buffer.alloc(32, 9));
+    const minted = Array.from({ length: 5_000 }, () => fresh.mint('task', 1));
+    expect(new Set(minted).size).toBe(minted.length);
+    expect(new Set(minted.map((id) => parseHopId(id)?.nonce)).size).toBe(minted.length);
+    for (const id of minted.slice(450, 470)) expect(fresh.depthOf('task', id)).toBe(1);
+  });
 });
