@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
 import { canonicalJson, GENESIS, linkRecords, type AuditRecord } from '../../../src/audit/record.js';
@@ -17,6 +18,23 @@ const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
 describe('audit chain', () => {
   it('encodes canonically: key order does not change the bytes', () => {
     expect(canonicalJson({ b: 1, a: { d: [1, { f: 2, e: 1 }], c: null } })).toBe('{"a":{"c":null,"d":[1,{"e":1,"f":2}]},"b":1}');
+  });
+
+  it('encodes every value exactly as streams already written were hashed (fuzz): sorted keys by code unit, undefined left out, no whitespace', () => {
+    // The form every record so far was hashed in; a change of a single byte would break every stream's chain.
+    const written = (value: unknown): string => {
+      if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
+      if (Array.isArray(value)) return `[${value.map(written).join(',')}]`;
+      const entries = Object.entries(value as Record<string, unknown>)
+        .filter(([, v]) => v !== undefined)
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${written(v)}`).join(',')}}`;
+    };
+    const key = fc.oneof(fc.string(), fc.string({ unit: 'grapheme' }), fc.constantFrom('a', 'A', 'é', 'e\u0301', '\uD83D\uDE00', '\uFFFF', '', '__proto__x', '10', '9'));
+    const value = fc.letrec((tie) => ({
+      any: fc.oneof({ depthSize: 'small' }, fc.constant(undefined), fc.constant(null), fc.boolean(), fc.double(), fc.integer(), fc.string({ unit: 'binary' }), fc.array(tie('any'), { maxLength: 4 }), fc.dictionary(key, tie('any'), { maxKeys: 5 })),
+    })).any;
+    fc.assert(fc.property(value, (v) => canonicalJson(v) === written(v)), { numRuns: 5_000 });
   });
 
   it('links each record to the one before, from the genesis hash', () => {
