@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -141,6 +141,23 @@ export async function startBroker(env: LocalEnvironment, options: ReplicaOptions
 export async function rssMiB(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024);
+}
+
+/** CPU time (user and system) a process has used so far, in ms; Linux reports it in ticks of 10 ms. */
+export async function cpuMs(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** The process whose command line names `binary` and contains `marker` (e.g. the environment's state directory). */
+export async function pidOf(binary: string, marker: string): Promise<number | undefined> {
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    const [command = ''] = cmdline.split('\0');
+    if (path.basename(command) === binary && cmdline.includes(marker)) return Number(entry);
+  }
+  return undefined;
 }
 
 export async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {

@@ -12,7 +12,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
-import { https, log, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
+import { cpuMs, https, log, pidOf, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
 import { OPA_INPUT, startOpa } from './opa.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
@@ -118,7 +118,7 @@ async function bareServer(): Promise<{ url: string; child: ChildProcess }> {
   return { url: `http://127.0.0.1:${port}`, child };
 }
 
-async function hops(kc: KubeConfig, broker: Broker, roleArn: string, serving: Serving) {
+async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, serving: Serving) {
   const agents = await Promise.all(Array.from({ length: 8 }, (_, i) => boundAgent(kc, broker, `hops-${i}`, roleArn)));
   const body = JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/4711' });
   const clients = agents.map((a) => ({ headers: { authorization: `Bearer ${a.token}` }, body }));
@@ -129,13 +129,19 @@ async function hops(kc: KubeConfig, broker: Broker, roleArn: string, serving: Se
   try {
     const bareMax = await load({ mode: 'closed', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], seconds: 5, concurrency: 32 });
     const bareFixed = await load({ mode: 'open', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], seconds: 5, rate: 1000 });
+    // What the journal's status writes cost the API server under this load: its CPU over the run.
+    const apiServer = await pidOf('kube-apiserver', env.stateDir);
+    const apiServerBefore = apiServer === undefined ? 0 : await cpuMs(apiServer);
     const fixed = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 1000 });
+    const apiServerCpuMsPerSecond = apiServer === undefined ? undefined : ((await cpuMs(apiServer)) - apiServerBefore) / fixed.seconds;
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
     const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
     const max = await load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 });
     const opaMax = await load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 });
     return {
       fixedRate: fixed,
+      /** CPU the API server used per second of the 1,000/s run (1,000 ms is one core). */
+      apiServerCpuMsPerSecondAt1000: apiServerCpuMsPerSecond === undefined ? undefined : Math.round(apiServerCpuMsPerSecond),
       fixedRate500: fixedHalf,
       throughSidecarFixedRate: throughSidecar,
       maxThroughput: max,
@@ -255,6 +261,7 @@ function table(r: Results): string {
   return [
     '',
     row('hop decisions at 1,000/s offered (open loop)', `${h.fixedRate.ratePerSecond}/s  p50 ${h.fixedRate.p50Ms} ms  p99 ${h.fixedRate.p99Ms} ms  errors ${h.fixedRate.errors}`),
+    row('API server CPU during the 1,000/s hops', `${h.apiServerCpuMsPerSecondAt1000 ?? '?'} ms a second (1,000 is a core)`),
     row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  errors ${h.fixedRate500.errors}`),
     row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  errors ${h.throughSidecarFixedRate.errors}`),
     row('OPA, same rules in Rego, max throughput (32 clients)', `${h.opaMaxThroughput.ratePerSecond}/s  p50 ${h.opaMaxThroughput.p50Ms} ms  p99 ${h.opaMaxThroughput.p99Ms} ms`),
@@ -339,7 +346,7 @@ async function main(): Promise<void> {
       return;
     }
     log('hop decisions');
-    const hopResults = await hops(kc, broker, roleArn, serving);
+    const hopResults = await hops(kc, broker, env, roleArn, serving);
     if (only === 'hops') {
       process.stdout.write(`${JSON.stringify(hopResults, null, 2)}\n`);
       return;
