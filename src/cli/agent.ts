@@ -3,8 +3,7 @@ import { pino } from 'pino';
 import { startAgentProxy } from '../agent/proxy.js';
 import { ChainwardenError } from '../errors.js';
 import { createLogger } from '../log.js';
-import { parseHostPort, untilSignal } from './kube.js';
-import { parseCommandArgs } from './main.js';
+import { parseCommandArgs, parseHostPort, untilSignal } from './common.js';
 
 /** `chainwarden agent`: the in-pod sidecar (also runs outside a pod, as tests and devenv do). */
 export async function runAgent(args: string[]): Promise<number> {

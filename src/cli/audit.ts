@@ -11,7 +11,7 @@ import { silentLogger } from '../log.js';
 import { systemClock } from '../runtime/clock.js';
 import { isNotFound } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';
-import { parseCommandArgs } from './main.js';
+import { parseCommandArgs } from './common.js';
 
 /** The records of every stream named (`-` is stdin; none given: stdin), each entry knowing its file. */
 async function readStreams(files: readonly string[]): Promise<AuditEntry[]> {

@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { renderCrdFiles } from '../api/crd.js';
-import { parseCommandArgs } from './main.js';
+import { parseCommandArgs } from './common.js';
 
 /** `chainwarden crds [--write DIR]`: the CRDs as YAML, rendered from the API schema. */
 export async function runCrds(args: string[]): Promise<number> {

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { once } from 'node:events';
 import { ChainwardenError } from '../errors.js';
 import { localAws, startLocalEnvironment, type EnvironmentDescription } from '../controlplane/environment.js';
-import { parseCommandArgs, progressLine } from './main.js';
+import { parseCommandArgs, progressLine } from './common.js';
 import { createLogger } from '../log.js';
 import { pino } from 'pino';
 import { startOperator, type RunningOperator } from '../operator/operator.js';

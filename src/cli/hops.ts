@@ -4,7 +4,7 @@ import { printable } from '../api/text.js';
 import { ChainwardenError } from '../errors.js';
 import { isNotFound, kubeErrorMessage, statusCode } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';
-import { parseCommandArgs } from './main.js';
+import { parseCommandArgs } from './common.js';
 
 /** One hop as an approver sees it: what was asked, why, and what became of it. */
 export interface HopRow {

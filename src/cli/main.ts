@@ -1,65 +1,26 @@
-import { parseArgs } from 'node:util';
 import { ChainwardenError, errorMessage } from '../errors.js';
-import { runDevenv } from './devenv.js';
-import { runProvision } from './provision.js';
-import { runCrds } from './crds.js';
-import { runOperator } from './operator.js';
-import { runAgent } from './agent.js';
-import { runAudit, runTrace } from './audit.js';
-import { runDemo } from './demo.js';
-import { decisionCommand, runHops } from './hops.js';
-import { runPolicy } from './replay.js';
-
-const USAGE = `usage: chainwarden <command> [options]
-
-commands:
-  demo                              the whole story on one machine: control plane, STS emulator, operator, an agent
-  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F]
-           [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
-           [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--aws-gateway-endpoint URL] [--audit-file F] [--log-level L]
-           [--journal-writes-per-second N]
-                                    controllers (leader only), admission webhooks and the broker
-  agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT] [--aws-listen 127.0.0.1:PORT] [--local-token-file F]
-                                    the in-pod sidecar: loopback http to the broker over TLS; callers
-                                    present the local token (created if absent) or else the pod token;
-                                    --aws-listen is the pod's AWS_ENDPOINT_URL: SDK requests signed with the
-                                    placeholder credentials go to AWS only as the broker signs them
-  devenv --out DIR [--keep-state] [--no-operator]
-                                    run a local control plane, STS emulator and the operator; write DIR/env.json
-  provision                         build or install the local control plane's components now
-  trace <ns>/<task> [FILE...] [--kubeconfig F]
-                                    the task's hop tree from audit streams (FILEs, e.g. one per replica, or stdin),
-                                    checked against its status
-  audit verify [FILE...]            check every hash chain in audit streams (FILEs in any order, or stdin); exit 1 on any break
-  crds [--write DIR]                print the CRDs (or write one file per kind to DIR)
-
-day-two operations (also as a kubectl plugin: kubectl chainwarden …):
-  hops [-n NS] [TASK] [--pending] [-o json] [--kubeconfig F]
-                                    the hops of a task (or of every task in NS) from its status: waiting ones
-                                    with tool, action, resource, attributes, intent and rules, then the latest decided
-  approve NS/TASK HOP --reason TEXT [--kubeconfig F]
-  reject NS/TASK HOP --reason TEXT [--kubeconfig F]
-                                    decide a waiting hop: creates the AgentApproval as the kubeconfig's user
-  policy replay --policy FILE [AUDIT_FILE|-]
-                                    re-decide the recorded hops of an audit stream under the AgentPolicy in FILE;
-                                    print each decision that would change; exit 1 if any would
-`;
+import { USAGE } from './common.js';
 
 type Command = (args: string[]) => Promise<number>;
 
-const commands: Record<string, Command> = {
-  devenv: runDevenv,
-  provision: runProvision,
-  crds: runCrds,
-  operator: runOperator,
-  agent: runAgent,
-  audit: runAudit,
-  demo: runDemo,
-  trace: runTrace,
-  hops: runHops,
-  approve: decisionCommand('Approve'),
-  reject: decisionCommand('Reject'),
-  policy: runPolicy,
+/**
+ * Each command's module is loaded only when it runs: the operator and the sidecar are long-lived
+ * processes, and every library the other commands pull in (the demo's MCP servers, the control
+ * plane's tooling) would stay resident in them for nothing.
+ */
+const commands: Record<string, () => Promise<Command>> = {
+  devenv: async () => (await import('./devenv.js')).runDevenv,
+  provision: async () => (await import('./provision.js')).runProvision,
+  crds: async () => (await import('./crds.js')).runCrds,
+  operator: async () => (await import('./operator.js')).runOperator,
+  agent: async () => (await import('./agent.js')).runAgent,
+  audit: async () => (await import('./audit.js')).runAudit,
+  demo: async () => (await import('./demo.js')).runDemo,
+  trace: async () => (await import('./audit.js')).runTrace,
+  hops: async () => (await import('./hops.js')).runHops,
+  approve: async () => (await import('./hops.js')).decisionCommand('Approve'),
+  reject: async () => (await import('./hops.js')).decisionCommand('Reject'),
+  policy: async () => (await import('./replay.js')).runPolicy,
 };
 
 /**
@@ -80,33 +41,17 @@ export async function main(argv: string[], invokedAs?: string): Promise<number> 
     process.stdout.write(named(USAGE));
     return name === undefined ? 2 : 0;
   }
-  const command = commands[name];
-  if (!command) {
+  const load = commands[name];
+  if (!load) {
     process.stderr.write(named(`chainwarden: unknown command "${name}"\n\n${USAGE}`));
     return 2;
   }
   try {
+    const command = await load();
     return await command(rest);
   } catch (err) {
     const code = err instanceof ChainwardenError ? ` [${err.code}]` : '';
     process.stderr.write(named(`chainwarden ${name}: ${errorMessage(err)}${code}\n`));
     return 1;
   }
-}
-
-/** parseArgs with errors that name the command and its usage. */
-export function parseCommandArgs<T extends NonNullable<Parameters<typeof parseArgs>[0]>['options']>(
-  command: string,
-  args: string[],
-  options: T,
-) {
-  try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw new ChainwardenError('usage', `${errorMessage(err)}\n\n${USAGE}`);
-  }
-}
-
-export function progressLine(message: string): void {
-  process.stderr.write(`• ${message}\n`);
 }

@@ -5,8 +5,8 @@ import { startOperator } from '../operator/operator.js';
 import { parseDuration } from '../api/duration.js';
 import { systemClock } from '../runtime/clock.js';
 import { skewedClock } from '../runtime/faults.js';
-import { loadKubeConfig, parseHostPort, untilSignal } from './kube.js';
-import { parseCommandArgs } from './main.js';
+import { loadKubeConfig } from './kube.js';
+import { parseCommandArgs, parseHostPort, untilSignal } from './common.js';
 
 function parseService(text: string): { namespace: string; name: string; port: number } {
   const m = /^([a-z0-9-]+)\/([a-z0-9-]+):(\d+)$/.exec(text);

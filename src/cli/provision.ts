@@ -1,5 +1,5 @@
 import { ensureAssets, ensureHelm, ensureOtelCollector } from '../controlplane/assets.js';
-import { progressLine } from './main.js';
+import { progressLine } from './common.js';
 
 /** Builds or installs everything the local control plane needs, so a later start is quick. */
 export async function runProvision(_args: string[]): Promise<number> {

@@ -8,7 +8,7 @@ import { readAuditRecords } from '../audit/verify.js';
 import { replayRecords, type ReplayChange } from '../broker/replay.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { PolicyEngine } from '../policy/engine.js';
-import { parseCommandArgs } from './main.js';
+import { parseCommandArgs } from './common.js';
 
 const USAGE = 'use: chainwarden policy replay --policy FILE [AUDIT_FILE|-]';
 

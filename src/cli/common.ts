@@ -1,0 +1,71 @@
+/** What every command shares: the usage text, argument parsing that names it, addresses, progress lines, signals. */
+import { parseArgs } from 'node:util';
+import { ChainwardenError, errorMessage } from '../errors.js';
+
+export const USAGE = `usage: chainwarden <command> [options]
+
+commands:
+  demo                              the whole story on one machine: control plane, STS emulator, operator, an agent
+  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F]
+           [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
+           [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--aws-gateway-endpoint URL] [--audit-file F] [--log-level L]
+           [--journal-writes-per-second N]
+                                    controllers (leader only), admission webhooks and the broker
+  agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT] [--aws-listen 127.0.0.1:PORT] [--local-token-file F]
+                                    the in-pod sidecar: loopback http to the broker over TLS; callers
+                                    present the local token (created if absent) or else the pod token;
+                                    --aws-listen is the pod's AWS_ENDPOINT_URL: SDK requests signed with the
+                                    placeholder credentials go to AWS only as the broker signs them
+  devenv --out DIR [--keep-state] [--no-operator]
+                                    run a local control plane, STS emulator and the operator; write DIR/env.json
+  provision                         build or install the local control plane's components now
+  trace <ns>/<task> [FILE...] [--kubeconfig F]
+                                    the task's hop tree from audit streams (FILEs, e.g. one per replica, or stdin),
+                                    checked against its status
+  audit verify [FILE...]            check every hash chain in audit streams (FILEs in any order, or stdin); exit 1 on any break
+  crds [--write DIR]                print the CRDs (or write one file per kind to DIR)
+
+day-two operations (also as a kubectl plugin: kubectl chainwarden …):
+  hops [-n NS] [TASK] [--pending] [-o json] [--kubeconfig F]
+                                    the hops of a task (or of every task in NS) from its status: waiting ones
+                                    with tool, action, resource, attributes, intent and rules, then the latest decided
+  approve NS/TASK HOP --reason TEXT [--kubeconfig F]
+  reject NS/TASK HOP --reason TEXT [--kubeconfig F]
+                                    decide a waiting hop: creates the AgentApproval as the kubeconfig's user
+  policy replay --policy FILE [AUDIT_FILE|-]
+                                    re-decide the recorded hops of an audit stream under the AgentPolicy in FILE;
+                                    print each decision that would change; exit 1 if any would
+`;
+
+/** parseArgs with errors that name the command and its usage. */
+export function parseCommandArgs<T extends NonNullable<Parameters<typeof parseArgs>[0]>['options']>(
+  command: string,
+  args: string[],
+  options: T,
+) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new ChainwardenError('usage', `${errorMessage(err)}\n\n${USAGE}`);
+  }
+}
+
+export function progressLine(message: string): void {
+  process.stderr.write(`• ${message}\n`);
+}
+
+export function parseHostPort(text: string, flag: string): { host: string; port: number } {
+  const m = /^(.*):(\d+)$/.exec(text);
+  const port = Number(m?.[2]);
+  if (!m || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`${flag} takes HOST:PORT, e.g. 127.0.0.1:15080 (got "${text}")`);
+  return { host: (m[1] ?? '').replace(/^\[|\]$/g, '') || '0.0.0.0', port };
+}
+
+/** Resolves once the process is asked to stop. */
+export function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const done = (s: NodeJS.Signals) => resolve(s);
+    process.once('SIGINT', done);
+    process.once('SIGTERM', done);
+  });
+}
