@@ -72,6 +72,7 @@ export const ERRORS = {
   not_leader: { status: 503 },
   no_cluster: { status: 500 },
   apply_failed: { status: 500 },
+  read_failed: { status: 500 },
   internal: { status: 500 },
   // Command line and local environment.
   usage: { status: 400 },

@@ -1,10 +1,6 @@
 import { serverSideApply } from '../kube/raw.js';
-import {
-  type KubeConfig,
-  type V1MutatingWebhookConfiguration,
-  type V1ValidatingWebhookConfiguration,
-  type AdmissionregistrationV1WebhookClientConfig,
-} from '@kubernetes/client-node';
+import type { V1MutatingWebhookConfiguration, V1ValidatingWebhookConfiguration, AdmissionregistrationV1WebhookClientConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { GROUP, VERSION } from '../api/schema.js';
 import { TASK_LABEL } from '../api/task.js';
 
@@ -81,7 +77,7 @@ export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingW
 }
 
 /** Server-side applies both configurations; the API server calls the webhooks from then on. */
-export async function registerWebhooks(kc: KubeConfig, endpoint: WebhookEndpoint): Promise<void> {
+export async function registerWebhooks(kc: KubeAccess, endpoint: WebhookEndpoint): Promise<void> {
   const [validating, mutating] = webhookConfigurations(endpoint);
   const base = '/apis/admissionregistration.k8s.io/v1';
   await serverSideApply(kc, `${base}/validatingwebhookconfigurations/${WEBHOOK_CONFIGURATION_NAME}`, validating);

@@ -1,4 +1,4 @@
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import type { AgentTask } from '../api/schema.js';
 import { taskKey } from '../api/task.js';
 import { ChainwardenError } from '../errors.js';
@@ -35,7 +35,7 @@ export class AuditHeadStore {
   private readonly path: string;
 
   constructor(
-    private readonly kc: KubeConfig,
+    private readonly kc: KubeAccess,
     private readonly namespace: string,
     private readonly clock: Clock,
     private readonly log: Logger,

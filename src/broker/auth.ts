@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { createLocalJWKSet, errors as jose, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
 import type { AgentTask } from '../api/schema.js';
 import { BROKER_AUDIENCE, endOf, TASK_LABEL } from '../api/task.js';
@@ -121,7 +121,7 @@ export class AgentAuthenticator {
   private readonly maxRefused: number;
 
   constructor(
-    private readonly kc: KubeConfig,
+    private readonly kc: KubeAccess,
     private readonly lookups: AgentAuthLookups,
     private readonly clock: Clock,
     private readonly log: Logger,

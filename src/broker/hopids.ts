@@ -1,5 +1,5 @@
 import { createHmac, randomBytes, randomFillSync, timingSafeEqual } from 'node:crypto';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { rawRequest } from '../kube/raw.js';
 
 /** The parts of a hop id: `h<depth>_<nonce>_<mac>`. */
@@ -80,7 +80,7 @@ export class HopIds {
 }
 
 /** The MAC key, shared by all replicas through a Secret in the operator's namespace; made on first start. */
-export async function loadHopKey(kc: KubeConfig, namespace: string, name = 'chainwarden-hop-key'): Promise<Buffer> {
+export async function loadHopKey(kc: KubeAccess, namespace: string, name = 'chainwarden-hop-key'): Promise<Buffer> {
   const path = `/api/v1/namespaces/${namespace}/secrets`;
   for (let attempt = 0; attempt < 3; attempt++) {
     const existing = await rawRequest(kc, 'GET', `${path}/${name}`);

@@ -5,7 +5,7 @@ import { startOperator } from '../operator/operator.js';
 import { parseDuration } from '../api/duration.js';
 import { systemClock } from '../runtime/clock.js';
 import { skewedClock } from '../runtime/faults.js';
-import { loadKubeConfig } from './kube.js';
+import { loadKubeAccess } from '../kube/access.js';
 import { parseCommandArgs, parseHostPort, untilSignal } from './common.js';
 
 function parseService(text: string): { namespace: string; name: string; port: number } {
@@ -122,7 +122,7 @@ export async function runOperator(args: string[]): Promise<number> {
   if (webhooks.warning) log.warn(webhooks.warning);
   const register = values['webhook-service'] ? { service: parseService(values['webhook-service']) } : values['webhook-url'] ? { url: webhooks.url } : undefined;
   const operator = await startOperator({
-    kc: loadKubeConfig(values.kubeconfig),
+    kc: await loadKubeAccess({ file: values.kubeconfig }),
     log,
     namespace: values.namespace,
     listen,

@@ -1,4 +1,4 @@
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { rawRequest } from '../kube/raw.js';
 import type { KeyStorePort, StoredKey } from './keyring.js';
 
@@ -10,7 +10,7 @@ interface Secret {
 const FIELD = 'keys.json';
 
 /** The SVID keys in a Secret of the operator's namespace, written with resourceVersion preconditions. */
-export function secretKeyStore(kc: KubeConfig, namespace: string, name: string): KeyStorePort {
+export function secretKeyStore(kc: KubeAccess, namespace: string, name: string): KeyStorePort {
   const path = `/api/v1/namespaces/${namespace}/secrets`;
   const body = (keys: StoredKey[], resourceVersion?: string) => ({
     apiVersion: 'v1',

@@ -1,6 +1,7 @@
-import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { GROUP, VERSION } from '../api/schema.js';
-import { isNotFound } from './errors.js';
+import { ChainwardenError } from '../errors.js';
+import type { KubeAccess } from './access.js';
+import { rawRequest } from './raw.js';
 
 /** Reads one namespaced object by name; undefined when it does not exist. */
 export interface ObjectReader<T> {
@@ -8,16 +9,16 @@ export interface ObjectReader<T> {
 }
 
 /** Reads chainwarden custom resources straight from the API server. */
-export function customObjectReader<T>(kc: KubeConfig, plural: string, parse: (raw: unknown) => T): ObjectReader<T> {
-  const api = kc.makeApiClient(CustomObjectsApi);
+export function customObjectReader<T>(kc: KubeAccess, plural: string, parse: (raw: unknown) => T): ObjectReader<T> {
   return {
     async get(namespace, name) {
-      try {
-        return parse(await api.getNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural, name }));
-      } catch (err) {
-        if (isNotFound(err)) return undefined;
-        throw err;
+      const res = await rawRequest(kc, 'GET', `/apis/${GROUP}/${VERSION}/namespaces/${encodeURIComponent(namespace)}/${plural}/${encodeURIComponent(name)}`);
+      if (res.status === 404) return undefined;
+      if (res.status !== 200) {
+        const message = (res.body as { message?: string } | undefined)?.message ?? JSON.stringify(res.body);
+        throw new ChainwardenError('read_failed', `reading ${plural} ${namespace}/${name}: ${res.status} ${message}`);
       }
+      return parse(res.body);
     },
   };
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from './access.js';
 import { FieldManager, ownedStatus, type StatusOwner } from '../api/ownership.js';
 import { API_VERSION, GROUP, VERSION, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import { printable } from '../api/text.js';
@@ -47,7 +47,7 @@ export interface TaskClient {
 
 /** The TaskClient against the API server. */
 export class KubeTaskClient implements TaskClient {
-  constructor(private readonly kc: KubeConfig) {}
+  constructor(private readonly kc: KubeAccess) {}
 
   async read(namespace: string, name: string): Promise<AgentTask | undefined> {
     const res = await rawRequest(this.kc, 'GET', taskPath(namespace, name));

@@ -1,4 +1,4 @@
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { ChainwardenError } from '../errors.js';
 import { rawRequest } from '../kube/raw.js';
 import type { Clock } from '../runtime/clock.js';
@@ -28,7 +28,7 @@ export class SecretReader {
   private readonly cache = new Map<string, Read>();
 
   constructor(
-    private readonly kc: KubeConfig,
+    private readonly kc: KubeAccess,
     private readonly clock: Clock,
   ) {}
 

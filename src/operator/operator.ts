@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
 import { agentTaskPlugin } from '../admission/plugins/agenttask.js';
 import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
@@ -58,7 +58,7 @@ import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
 const COMPLETION_SHOWN_MS = 5_000;
 
 export interface OperatorOptions {
-  kc: KubeConfig;
+  kc: KubeAccess;
   log: Logger;
   /** The operator's own namespace: its leader-election Lease and SVID key Secret live there. */
   namespace?: string;
@@ -176,7 +176,7 @@ async function pruneWhileLeading(signal: AbortSignal, leading: WriteGuard, tasks
  * Marks an approval used with a JSON patch conditional on the version just read, so of callers
  * racing on any replicas exactly one wins; a lost race reads again and sees the approval used.
  */
-async function claimApproval(kc: KubeConfig, approval: AgentApproval, by: string): Promise<boolean> {
+async function claimApproval(kc: KubeAccess, approval: AgentApproval, by: string): Promise<boolean> {
   const { namespace = '', name = '' } = approval.metadata;
   const path = `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/agentapprovals/${name}`;
   for (let attempt = 0; attempt < 3; attempt++) {

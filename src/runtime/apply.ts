@@ -1,5 +1,5 @@
 import { isDeepStrictEqual } from 'node:util';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { ChainwardenError } from '../errors.js';
 import { rawRequest } from '../kube/raw.js';
 
@@ -45,7 +45,7 @@ function refused(status: number, what: string, body: unknown): ChainwardenError 
  * With `resourceVersion`, the write is conditional on it (a read-modify-write that must not
  * overwrite a newer state answers 'conflict').
  */
-export async function applyStatus<T>(kc: KubeConfig, ref: ObjectRef, fieldManager: string, status: unknown, resourceVersion?: string): Promise<{ outcome: WriteOutcome; object?: T }> {
+export async function applyStatus<T>(kc: KubeAccess, ref: ObjectRef, fieldManager: string, status: unknown, resourceVersion?: string): Promise<{ outcome: WriteOutcome; object?: T }> {
   const body = {
     apiVersion: ref.apiVersion,
     kind: ref.kind,
@@ -65,7 +65,7 @@ export async function applyStatus<T>(kc: KubeConfig, ref: ObjectRef, fieldManage
  * patch it cannot apply, so a 422 is told apart by reading the object: a tested value that
  * changed is a lost race; with every test still true, the patch itself is wrong.
  */
-export async function patchJson(kc: KubeConfig, ref: ObjectRef, ops: JsonPatchOperation[]): Promise<WriteOutcome> {
+export async function patchJson(kc: KubeAccess, ref: ObjectRef, ops: JsonPatchOperation[]): Promise<WriteOutcome> {
   const res = await rawRequest(kc, 'PATCH', ref.path, ops, 'application/json-patch+json');
   if (res.status < 300) return 'written';
   if (res.status === 404) return 'gone';

@@ -1,7 +1,7 @@
-import { Watch, type KubeConfig } from '@kubernetes/client-node';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../errors.js';
-import { rawRequest } from '../kube/raw.js';
+import type { KubeAccess } from '../kube/access.js';
+import { rawRequest, watchStream } from '../kube/raw.js';
 import type { Logger } from '../log.js';
 
 export interface KubeObject {
@@ -53,7 +53,7 @@ export class Informer<T extends KubeObject> {
   private loop: Promise<void> | undefined;
 
   constructor(
-    private readonly kc: KubeConfig,
+    private readonly kc: KubeAccess,
     private readonly options: InformerOptions,
   ) {}
 
@@ -206,31 +206,32 @@ export class Informer<T extends KubeObject> {
     let ended = false;
     let failure: unknown;
     const finished = new Promise<void>((resolve) => {
-      void new Watch(this.kc)
-        .watch(
-          this.options.path,
-          { allowWatchBookmarks: true, resourceVersion: this.resourceVersion, labelSelector: this.options.labelSelector, timeoutSeconds: 300 },
-          (type: string, obj: T) => {
-            const take = () => {
-              try {
-                if (this.onWatchEvent(type, obj) === 'gone') {
-                  gone = true;
-                  this.abort?.abort();
-                }
-              } catch (err) {
-                failure = err;
+      void watchStream(
+        this.kc,
+        this.options.path,
+        { allowWatchBookmarks: 'true', resourceVersion: this.resourceVersion, labelSelector: this.options.labelSelector, timeoutSeconds: '300' },
+        (type, object) => {
+          const obj = object as T;
+          const take = () => {
+            try {
+              if (this.onWatchEvent(type, obj) === 'gone') {
+                gone = true;
                 this.abort?.abort();
               }
-            };
-            if (this.options.lagMs) setTimeout(take, this.options.lagMs);
-            else take();
-          },
-          (err: unknown) => {
-            if (err && !failure) failure = err;
-            ended = true;
-            resolve();
-          },
-        )
+            } catch (err) {
+              failure = err;
+              this.abort?.abort();
+            }
+          };
+          if (this.options.lagMs) setTimeout(take, this.options.lagMs);
+          else take();
+        },
+        (err: unknown) => {
+          if (err && !failure) failure = err;
+          ended = true;
+          resolve();
+        },
+      )
         .then((abort) => {
           this.abort = abort;
           if (this.stopped) abort.abort();
@@ -284,11 +285,14 @@ export class Informer<T extends KubeObject> {
 function slim<T extends KubeObject>(item: T): T {
   const metadata = item.metadata as { managedFields?: unknown; annotations?: Record<string, string> } | undefined;
   if (!metadata) return item;
-  delete metadata.managedFields;
-  if (metadata.annotations?.[LAST_APPLIED] !== undefined) {
-    const { [LAST_APPLIED]: _dropped, ...rest } = metadata.annotations;
-    metadata.annotations = rest;
+  // Copied rather than `delete`d: an object that loses a property becomes a hash table, several
+  // times the size of the object it was, and the cache holds one per task.
+  const { managedFields: _bookkeeping, ...kept } = metadata;
+  if (kept.annotations?.[LAST_APPLIED] !== undefined) {
+    const { [LAST_APPLIED]: _dropped, ...rest } = kept.annotations;
+    kept.annotations = rest;
   }
+  item.metadata = kept as T['metadata'];
   return item;
 }
 

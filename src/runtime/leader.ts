@@ -1,4 +1,4 @@
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeAccess } from '../kube/access.js';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../errors.js';
@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import type { Clock } from './clock.js';
 
 export interface LeaderElectionOptions {
-  kc: KubeConfig;
+  kc: KubeAccess;
   namespace: string;
   name: string;
   identity: string;
