@@ -19,7 +19,6 @@ import { APPROVAL_USED_BY, GatewayHops } from '../broker/gateway-hops.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
-import { TraceExporter } from '../telemetry/exporter.js';
 import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
 import { HopIds, loadHopKey } from '../broker/hopids.js';
@@ -268,8 +267,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const revoker = new Revoker(iam, clock, log);
   // A full disk or a lost mount is logged and counted, never fatal; stopping flushes what is buffered.
   const auditFile = options.auditFile ? new AuditFileWriter({ path: options.auditFile, log, metrics, clock }) : undefined;
+  // Loaded only when traces are sent: the OpenTelemetry SDK is a few MiB every replica would carry otherwise.
   const traces = options.tracing
-    ? new TraceExporter({
+    ? new (await import('../telemetry/exporter.js')).TraceExporter({
         ...options.tracing,
         instance: identity,
         log,
@@ -390,6 +390,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     '/metrics': (_req, res) => {
       metrics.gauge('chainwarden_cached_objects', 'Objects in the informer caches.', { resource: 'agenttasks' }).set(informers.tasks.size);
       metrics.gauge('chainwarden_leader', 'Whether this replica runs the controllers.').set(elector.isLeader ? 1 : 0);
+      const memory = process.memoryUsage();
+      metrics.gauge('process_resident_memory_bytes', 'Resident memory size in bytes.').set(memory.rss);
+      metrics.gauge('nodejs_heap_size_used_bytes', 'JavaScript heap in use, in bytes.').set(memory.heapUsed);
+      metrics.gauge('nodejs_heap_size_total_bytes', 'JavaScript heap reserved, in bytes.').set(memory.heapTotal);
+      metrics.gauge('nodejs_external_memory_bytes', 'Memory of objects outside the JavaScript heap (buffers, WebAssembly), in bytes.').set(memory.external);
       const text = metrics.render();
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
       res.end(text);

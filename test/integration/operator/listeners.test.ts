@@ -79,3 +79,18 @@ describe('the admission webhooks have a listener of their own', () => {
     expect(await webhookRequest(env, 'POST', '/validate', big)).toMatchObject({ status: 413, body: { error: { code: 'body_too_large' } } });
   });
 });
+
+describe('the broker listener says how much memory the operator holds', () => {
+  test('resident size and JavaScript heap in bytes, beside the cache they grow with', async ({ env }) => {
+    const text = String((await brokerRequest(env, 'GET', '/metrics')).body);
+    const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1]);
+    const rss = value('process_resident_memory_bytes');
+    expect(rss).toBeGreaterThan(16 * 2 ** 20);
+    expect(rss).toBeLessThan(2 ** 30);
+    expect(value('nodejs_heap_size_used_bytes')).toBeGreaterThan(0);
+    expect(value('nodejs_heap_size_used_bytes')).toBeLessThanOrEqual(value('nodejs_heap_size_total_bytes'));
+    expect(rss).toBeGreaterThan(value('nodejs_heap_size_total_bytes'));
+    expect(value('nodejs_external_memory_bytes')).toBeGreaterThan(0);
+    expect(text).toMatch(/^chainwarden_cached_objects\{resource="agenttasks"\} \d+$/m);
+  });
+});
