@@ -21,7 +21,7 @@ export class WorkQueue {
   private readonly processing = new Set<string>();
   private readonly dirty = new Set<string>();
   private readonly failures = new Map<string, number>();
-  private readonly timers = new Map<string, { timer: NodeJS.Timeout; due: number }>();
+  private readonly delays = new Delays((key) => this.add(key));
   private readonly waiters: (() => void)[] = [];
   private stopped = false;
 
@@ -56,16 +56,7 @@ export class WorkQueue {
   addAfter(key: string, ms: number): void {
     if (this.stopped) return;
     if (ms <= 0) return this.add(key);
-    const due = Date.now() + ms;
-    const existing = this.timers.get(key);
-    if (existing && existing.due <= due) return;
-    if (existing) clearTimeout(existing.timer);
-    const timer = setTimeout(() => {
-      this.timers.delete(key);
-      this.add(key);
-    }, ms);
-    timer.unref();
-    this.timers.set(key, { timer, due });
+    this.delays.schedule(key, Date.now() + ms);
   }
 
   /** Adds `key` after its backoff, which doubles with every consecutive failure. */
@@ -135,8 +126,111 @@ export class WorkQueue {
 
   shutdown(): void {
     this.stopped = true;
-    for (const { timer } of this.timers.values()) clearTimeout(timer);
-    this.timers.clear();
+    this.delays.clear();
     for (const wake of this.waiters.splice(0)) wake();
+  }
+}
+
+/** setTimeout takes at most this (about 24.8 days); a later time is reached in steps. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+interface Due {
+  key: string;
+  at: number;
+}
+
+/**
+ * Keys due at a time, behind one timer: a min-heap by due time, with the timer armed for the
+ * earliest. Ten thousand tasks each waiting for their deadline are ten thousand heap entries,
+ * not ten thousand Node timers (each a Timeout, a timer list of its own and a closure).
+ * A key scheduled earlier than it was leaves its later entry behind; entries that no longer
+ * match `due` are skipped, and swept once they outnumber the live ones.
+ */
+export class Delays {
+  private readonly due = new Map<string, number>();
+  private heap: Due[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private armedFor = Infinity;
+
+  constructor(
+    private readonly fire: (key: string) => void,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get size(): number {
+    return this.due.size;
+  }
+
+  /** `key` is fired at `at`, or at the earlier time it was already due. */
+  schedule(key: string, at: number): void {
+    const current = this.due.get(key);
+    if (current !== undefined && current <= at) return;
+    this.due.set(key, at);
+    this.push({ key, at });
+    if (this.heap.length > 2 * this.due.size + 64) this.sweep();
+    if (at < this.armedFor) this.arm(at);
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.armedFor = Infinity;
+    this.due.clear();
+    this.heap = [];
+  }
+
+  private arm(at: number): void {
+    clearTimeout(this.timer);
+    this.armedFor = at;
+    this.timer = setTimeout(() => this.expire(), Math.min(MAX_TIMER_MS, Math.max(0, at - this.now())));
+    this.timer.unref();
+  }
+
+  private expire(): void {
+    this.timer = undefined;
+    this.armedFor = Infinity;
+    const now = this.now();
+    for (let next = this.heap[0]; next !== undefined && next.at <= now; next = this.heap[0]) {
+      this.pop();
+      if (this.due.get(next.key) !== next.at) continue;
+      this.due.delete(next.key);
+      this.fire(next.key);
+    }
+    const first = this.heap[0];
+    if (first) this.arm(first.at);
+  }
+
+  private sweep(): void {
+    this.heap = [];
+    for (const [key, at] of this.due) this.push({ key, at });
+  }
+
+  private push(entry: Due): void {
+    const heap = this.heap;
+    let i = heap.push(entry) - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if ((heap[parent] as Due).at <= entry.at) break;
+      heap[i] = heap[parent] as Due;
+      i = parent;
+    }
+    heap[i] = entry;
+  }
+
+  private pop(): void {
+    const heap = this.heap;
+    const last = heap.pop();
+    if (last === undefined || heap.length === 0) return;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= heap.length) break;
+      const right = left + 1;
+      const child = right < heap.length && (heap[right] as Due).at < (heap[left] as Due).at ? right : left;
+      if ((heap[child] as Due).at >= last.at) break;
+      heap[i] = heap[child] as Due;
+      i = child;
+    }
+    heap[i] = last;
   }
 }
