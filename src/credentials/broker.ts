@@ -25,6 +25,11 @@ export interface CredentialBrokerDeps {
   events: Pick<TaskClient, 'recordEvent'>;
   issuer: SvidIssuer;
   policy: (namespace: string, name: string) => AgentPolicy | undefined;
+  /**
+   * The task as this replica's cache has it: a session is recorded on it without reading it
+   * first, since the write is conditional on its version and a stale copy only costs a retry.
+   */
+  cached?: (namespace: string, name: string) => AgentTask | undefined;
   clock: Clock;
   log: Logger;
   /** The SPIFFE trust domain: a web-identity token's subject is derived from the task's spec. */
@@ -205,6 +210,7 @@ export class CredentialBroker {
     const { namespace = '', name = '' } = task.metadata;
     const issuedAt = new Date(this.deps.clock.now()).toISOString();
     const expiration = session.expiration.toISOString();
+    const cached = this.deps.cached ? () => this.deps.cached?.(namespace, name) : undefined;
     const written = await this.deps.status.update(namespace, name, (current) => {
       if (endOf(current, this.deps.clock.now()) || current.metadata.uid !== task.metadata.uid) return undefined;
       const before = current.status?.credentials;
@@ -225,7 +231,7 @@ export class CredentialBroker {
         ),
       };
       return status;
-    });
+    }, cached);
     const recorded = written?.status?.credentials?.sessions?.some((s) => s.accessKeyId === session.accessKeyId);
     if (!recorded) {
       // Not recorded, not handed out. The task's revocation denies its marker on the role, so this session is dead too.

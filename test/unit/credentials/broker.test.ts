@@ -45,6 +45,28 @@ describe('CredentialBroker', () => {
     expect(sts.requests[0]?.durationSeconds).toBe(29 * 60);
   });
 
+  it('records the session on the cached task without reading it first; a stale copy costs a retry, not the record', async () => {
+    const sts = new InMemorySts(clock.now);
+    const writer = new TaskClientTwin(task);
+    let reads = 0;
+    const read = writer.read.bind(writer);
+    writer.read = () => (reads++, read());
+    const ring = new KeyRing(new InMemoryKeyStore(), clock);
+    await ring.refresh();
+    const cache = structuredClone(writer.task as AgentTask);
+    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, cached: () => cache, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1' });
+    const first = await broker.credentials(who, 'default');
+    expect(reads).toBe(0);
+    // Another writer moved the task on; this replica's cache has not seen it yet.
+    await writer.statusWriter('controller').update('ns', 't', (t) => ({ ...t.status, state: 'Running' }));
+    broker.drop(task.metadata.uid ?? '');
+    reads = 0;
+    const second = await broker.credentials(who, 'default');
+    expect(reads).toBe(1);
+    expect((writer.task as AgentTask).status?.credentials?.sessions?.map((s) => s.accessKeyId)).toEqual([first.accessKeyId, second.accessKeyId]);
+    expect((writer.task as AgentTask).status?.state).toBe('Running');
+  });
+
   it('mints one session for concurrent first fetches', async () => {
     const { sts, broker } = await setup();
     await Promise.all([broker.credentials(who, 'default'), broker.credentials(who, 'default'), broker.credentials(who, 'default')]);
