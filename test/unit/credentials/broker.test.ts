@@ -58,13 +58,13 @@ describe('CredentialBroker', () => {
     const first = await broker.credentials(who, 'default');
     expect(reads).toBe(0);
     // Another writer moved the task on; this replica's cache has not seen it yet.
-    await writer.statusWriter('controller').update('ns', 't', (t) => ({ ...t.status, state: 'Running' }));
+    await writer.statusWriter('controller').update('ns', 't', (t) => ({ ...t.status, deadline: '2026-11-21T10:29:00Z' }));
     broker.drop(task.metadata.uid ?? '');
     reads = 0;
     const second = await broker.credentials(who, 'default');
     expect(reads).toBe(1);
     expect((writer.task as AgentTask).status?.credentials?.sessions?.map((s) => s.accessKeyId)).toEqual([first.accessKeyId, second.accessKeyId]);
-    expect((writer.task as AgentTask).status?.state).toBe('Running');
+    expect((writer.task as AgentTask).status?.deadline).toBe('2026-11-21T10:29:00Z');
   });
 
   it('mints one session for concurrent first fetches', async () => {
