@@ -185,7 +185,7 @@ export async function startSidecar(broker: Pick<Broker, 'url' | 'ca'>, token: st
   const child = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const [url = '', awsUrl = ''] = await new Promise<string[]>((resolve) => child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
   const localToken = (await readFile(path.join(dir, 'local'), 'utf8')).trim();
-  return { url, awsUrl, localToken, stop: () => void child.kill('SIGTERM') };
+  return { url, awsUrl, localToken, pid: child.pid ?? 0, stop: () => void child.kill('SIGTERM') };
 }
 
 export interface PolicySetUp {
