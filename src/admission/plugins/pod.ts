@@ -96,7 +96,9 @@ function sidecar(config: InjectionConfig, gateway: boolean): V1Container {
       { name: TOKEN_VOLUME, mountPath: TOKEN_DIR, readOnly: true },
       { name: LOCAL_VOLUME, mountPath: LOCAL_DIR },
     ],
-    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '96Mi' } },
+    // Measured: about 70 MiB resident once started, under 90 after a sustained gateway load; the
+    // limit leaves room for bursts of large bodies in flight.
+    resources: { requests: { cpu: '10m', memory: '80Mi' }, limits: { memory: '160Mi' } },
     securityContext: {
       runAsNonRoot: true,
       runAsUser: 65532,

@@ -1,7 +1,8 @@
 import { CoreV1Api, type V1Container, type V1Pod } from '@kubernetes/client-node';
 import { rawRequest } from '../../../src/kube/raw.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
-import { createAgentPod, createServiceAccount } from '../../env/agents.js';
+import { readFile } from 'node:fs/promises';
+import { createAgentPod, createServiceAccount, podToken, startAgentProcess } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create, rejection } from '../../env/kube.js';
 
@@ -47,6 +48,28 @@ describe('agent pod injection (mutating webhook)', () => {
     );
     // The local token, read-only; never the broker token, nor the Kubernetes API token.
     expect(app?.volumeMounts).toEqual([{ name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local', readOnly: true }]);
+  });
+
+  test('the sidecar asks the scheduler for the memory it uses: the real sidecar, started, stays within its request', async ({ admin, env, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    await createServiceAccount(admin, namespace, 'support-agent');
+    await create(admin, exampleTask(namespace));
+    const pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
+    const resources = pod.spec?.initContainers?.find((c) => c.name === 'chainwarden-agent')?.resources;
+    const mebibytes = (quantity: unknown) => Number(/^(\d+)Mi$/.exec(String(quantity))?.[1]);
+    const request = mebibytes(resources?.requests?.memory);
+    const limit = mebibytes(resources?.limits?.memory);
+    const agent = await startAgentProcess(env, await podToken(admin, pod));
+    try {
+      const status = await readFile(`/proc/${agent.child.pid ?? 0}/status`, 'utf8');
+      const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]) / 1024;
+      expect(rss).toBeGreaterThan(10);
+      expect(rss).toBeLessThanOrEqual(request);
+      // Room above the request for a burst of large bodies in flight.
+      expect(limit).toBeGreaterThanOrEqual(2 * request);
+    } finally {
+      await agent.stop();
+    }
   });
 
   test('an agent pod holds no Kubernetes API token unless it asks for one explicitly', async ({ admin, namespace }) => {
