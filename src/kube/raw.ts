@@ -25,7 +25,7 @@ function agentFor(kc: KubeAccess, tls: https.RequestOptions, use: 'requests' | '
   return pair[use];
 }
 
-/** Where a request to `path` goes, and its options: the kubeconfig's TLS material and credentials, on the shared agent. */
+/** Where a request to `path` goes, and its options: the kubeconfig's TLS material and credentials, on the agent for its use. */
 async function prepare(kc: KubeAccess, method: string, path: string, use: 'requests' | 'watches' = 'requests'): Promise<{ url: URL; options: https.RequestOptions }> {
   const server = kc.getCurrentCluster()?.server;
   if (!server) throw new ChainwardenError('no_cluster', 'the kubeconfig has no current cluster');
