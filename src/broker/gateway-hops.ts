@@ -79,7 +79,7 @@ export class GatewayHops {
     return undefined;
   }
 
-  private mint(task: AgentTask, hop: HopRequest, facts: GatewayHopFacts): Promise<string> {
+  private mint(task: AgentTask, hop: HopRequest, facts: GatewayHopFacts): string {
     return this.deps.issuer.mintTxnToken({
       spiffeId: this.deps.spiffeId(task),
       trustDomain: this.deps.trustDomain,

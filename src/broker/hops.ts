@@ -125,11 +125,11 @@ export class HopService {
    * forwarded call carries. The token is made before the hop's record is journaled, so the record
    * keeps its hash (never the token).
    */
-  async decideForGateway(who: AgentPrincipal, request: HopRequest, approvedBy: string | undefined, mint: (hop: GatewayHopFacts) => Promise<string>): Promise<{ answer: HopAnswer; txnToken?: string }> {
+  async decideForGateway(who: AgentPrincipal, request: HopRequest, approvedBy: string | undefined, mint: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
     return this.decideFull(who, request, approvedBy, mint);
   }
 
-  private async decideFull(who: AgentPrincipal, request: HopRequest, approvedBy?: string, mint?: (hop: GatewayHopFacts) => Promise<string>): Promise<{ answer: HopAnswer; txnToken?: string }> {
+  private async decideFull(who: AgentPrincipal, request: HopRequest, approvedBy?: string, mint?: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
     const started = performance.now();
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
@@ -151,7 +151,7 @@ export class HopService {
     let txnToken: string | undefined;
     if (decision === 'allow' && mint) {
       const dataClassesTouched = [...new Set([...chain.dataClasses, ...(outcome.delta.dataClasses ?? [])])];
-      txnToken = await mint({ hopId, depth, parentHop: request.parentHop, policy: policy.metadata.name ?? '', dataClassesTouched });
+      txnToken = mint({ hopId, depth, parentHop: request.parentHop, policy: policy.metadata.name ?? '', dataClassesTouched });
       const record = outcome.delta.events?.[0];
       if (record) record.data.txnTokenSha256 = createHash('sha256').update(txnToken).digest('hex');
     }

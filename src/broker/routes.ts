@@ -101,7 +101,7 @@ function svid(deps: BrokerDeps): Handler {
       throw new ChainwardenError('forbidden', `audience ${audience} is the trust domain, the audience of the transaction tokens the gateways send with allowed hops; ask for an audience of your own service`, { field: 'audience' });
     }
     const who = await deps.auth.authenticate(req.headers.authorization);
-    const { token, expiresAt } = await deps.issuer.mint(who.spiffeId, audience);
+    const { token, expiresAt } = deps.issuer.mint(who.spiffeId, audience);
     deps.log.info({ event: 'svid_issued', task: `${who.namespace}/${who.task.metadata.name ?? ''}`, pod: who.podName, audience }, 'JWT-SVID issued');
     sendJson(res, 200, { spiffeID: who.spiffeId, token, expiresAt: new Date(expiresAt).toISOString() }, { 'cache-control': 'no-store' });
   };

@@ -160,7 +160,7 @@ export class CredentialBroker {
       tags: sessionTags(task, credential.aws),
       transitiveTagKeys: TRANSITIVE_TAG_KEYS,
       policy: credential.aws.sessionPolicy,
-      webIdentityToken: credential.aws.webIdentity ? await this.webIdentityToken(task, credential.aws) : undefined,
+      webIdentityToken: credential.aws.webIdentity ? this.webIdentityToken(task, credential.aws) : undefined,
     };
     let session: AwsSession;
     try {
@@ -194,7 +194,7 @@ export class CredentialBroker {
    * session tags as the claims AWS reads from an OIDC token, so the revocation deny on the role
    * (keyed on aws:SourceIdentity) matches these sessions as it matches AssumeRole's.
    */
-  private async webIdentityToken(task: AgentTask, aws: NonNullable<AgentTask['spec']['credentials']>[number]['aws']): Promise<string> {
+  private webIdentityToken(task: AgentTask, aws: NonNullable<AgentTask['spec']['credentials']>[number]['aws']): string {
     const { namespace = '', name = '' } = task.metadata;
     const tags = sessionTags(task, aws);
     const claims = {
@@ -202,7 +202,7 @@ export class CredentialBroker {
       'https://aws.amazon.com/tags': { principal_tags: Object.fromEntries(Object.entries(tags).map(([k, v]) => [k, [v]])), transitive_tag_keys: TRANSITIVE_TAG_KEYS },
     };
     const spiffeId = spiffeIdFor(this.deps.trustDomain, namespace, task.spec.serviceAccountName, name);
-    return (await this.deps.issuer.mint(spiffeId, STS_AUDIENCE, undefined, claims)).token;
+    return this.deps.issuer.mint(spiffeId, STS_AUDIENCE, undefined, claims).token;
   }
 
   /** Writes the session into status; refuses to hand it out if the task ended meanwhile. */

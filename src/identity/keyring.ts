@@ -1,6 +1,5 @@
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
-
-type SigningKey = Awaited<ReturnType<typeof importJWK>>;
+import { createPrivateKey, type JsonWebKey } from 'node:crypto';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Clock } from '../runtime/clock.js';
 
 /** One stored signing key; `jwk` holds the private part. */
@@ -45,7 +44,8 @@ const publicPart = ({ d: _d, ...rest }: JWK): JWK => rest;
  */
 export class KeyRing {
   private keys: StoredKey[] = [];
-  private readonly imported = new Map<string, SigningKey>();
+  /** The active key as PKCS#8 PEM, converted once per key. */
+  private active?: { kid: string; pem: string };
   private readonly rotateAfterMs: number;
   private readonly activationDelayMs: number;
   private readonly overlapMs: number;
@@ -96,18 +96,17 @@ export class KeyRing {
   }
 
 
-  /** The key to sign with: the newest one that has been published for the activation delay. */
-  async signingKey(): Promise<{ kid: string; key: SigningKey }> {
+  /** The key to sign with, as PKCS#8 PEM: the newest one that has been published for the activation delay. */
+  signingKey(): { kid: string; pem: string } {
     const now = this.clock.now();
     const sorted = [...this.keys].sort((a, b) => b.createdAt - a.createdAt);
     const active = sorted.find((k) => now - k.createdAt >= this.activationDelayMs) ?? sorted.at(-1);
     if (!active) throw new Error('no SVID signing key loaded');
-    let key = this.imported.get(active.kid);
-    if (!key) {
-      key = await importJWK(active.jwk, ALG);
-      this.imported.set(active.kid, key);
+    if (this.active?.kid !== active.kid) {
+      const pem = createPrivateKey({ key: active.jwk as JsonWebKey, format: 'jwk' }).export({ type: 'pkcs8', format: 'pem' });
+      this.active = { kid: active.kid, pem: pem.toString() };
     }
-    return { kid: active.kid, key };
+    return this.active;
   }
 
   /** Every published key, public parts only. */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { createLocalJWKSet, jwtVerify, SignJWT, type JWTPayload } from 'jose';
+import { createSigner } from 'fast-jwt';
+import { createLocalJWKSet, jwtVerify, type JWTPayload } from 'jose';
 import { urlOf, type ServingUrl } from '../server/url.js';
 import { ChainwardenError } from '../errors.js';
 import type { Clock } from '../runtime/clock.js';
@@ -31,6 +32,13 @@ const ALGORITHMS = ['ES256'];
  * verifier can trust it.
  */
 export class SvidIssuer {
+  /**
+   * Signers for the active key, one per token type. Tokens are signed with node:crypto (through
+   * fast-jwt), not WebCrypto: every forwarded hop signs a transaction token, and WebCrypto's
+   * per-call overhead made that about three times the cost of the signature itself.
+   */
+  private signers = { kid: '', byType: new Map<string, (claims: Record<string, unknown>) => string>() };
+
   constructor(
     private readonly ring: KeyRing,
     private readonly issuer: ServingUrl,
@@ -42,20 +50,11 @@ export class SvidIssuer {
   }
 
   /** `claims` are added to the token (the AWS source-identity and tag claims for AssumeRoleWithWebIdentity); they never replace the registered ones. */
-  async mint(spiffeId: string, audience: string, seconds = MAX_SVID_SECONDS, claims: Record<string, unknown> = {}): Promise<{ token: string; expiresAt: number }> {
+  mint(spiffeId: string, audience: string, seconds = MAX_SVID_SECONDS, claims: Record<string, unknown> = {}): { token: string; expiresAt: number } {
     if (!audience) throw new ChainwardenError('audience_required', 'a JWT-SVID needs an audience: pass ?audience=<who will verify it>', { field: 'audience' });
-    const { kid, key } = await this.ring.signingKey();
     const iat = Math.floor(this.clock.now() / 1000);
     const exp = iat + Math.min(seconds, MAX_SVID_SECONDS);
-    const token = await new SignJWT({ ...claims })
-      .setProtectedHeader({ alg: 'ES256', kid, typ: 'JWT' })
-      .setIssuer(this.issuerUrl)
-      .setSubject(spiffeId)
-      .setAudience(audience)
-      .setIssuedAt(iat)
-      .setExpirationTime(exp)
-      .setJti(randomUUID())
-      .sign(key);
+    const token = this.sign('JWT', { ...claims, iss: this.issuerUrl, sub: spiffeId, aud: audience, iat, exp, jti: randomUUID() });
     return { token, expiresAt: exp * 1000 };
   }
 
@@ -65,18 +64,21 @@ export class SvidIssuer {
    * identity, so the hop joins CloudTrail), for what (`scope`: tool:action) and with what chain
    * behind it (`tctx`). Short-lived, audience the trust domain, signed with the key in /keys.
    */
-  async mintTxnToken(input: TxnTokenInput): Promise<string> {
-    const { kid, key } = await this.ring.signingKey();
+  mintTxnToken(input: TxnTokenInput): string {
     const iat = Math.floor(this.clock.now() / 1000);
-    return new SignJWT({ txn: input.txn, req_wl: input.spiffeId, scope: input.scope, tctx: input.tctx })
-      .setProtectedHeader({ alg: 'ES256', kid, typ: TXN_TOKEN_TYPE })
-      .setIssuer(this.issuerUrl)
-      .setSubject(input.spiffeId)
-      .setAudience(input.trustDomain)
-      .setIssuedAt(iat)
-      .setExpirationTime(iat + TXN_TOKEN_SECONDS)
-      .setJti(randomUUID())
-      .sign(key);
+    return this.sign(TXN_TOKEN_TYPE, { txn: input.txn, req_wl: input.spiffeId, scope: input.scope, tctx: input.tctx, iss: this.issuerUrl, sub: input.spiffeId, aud: input.trustDomain, iat, exp: iat + TXN_TOKEN_SECONDS, jti: randomUUID() });
+  }
+
+  /** A compact ES256 JWT of `claims` with header typ `typ`, signed with the ring's active key. */
+  private sign(typ: string, claims: Record<string, unknown>): string {
+    const { kid, pem } = this.ring.signingKey();
+    if (this.signers.kid !== kid) this.signers = { kid, byType: new Map() };
+    let sign = this.signers.byType.get(typ);
+    if (!sign) {
+      sign = createSigner({ key: pem, algorithm: 'ES256', kid, header: { alg: 'ES256', typ } });
+      this.signers.byType.set(typ, sign);
+    }
+    return sign(claims);
   }
 
   /** Checks a JWT-SVID as the SPIFFE spec asks: allowed algorithm, our key, audience and expiry present and valid. */

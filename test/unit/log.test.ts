@@ -112,7 +112,7 @@ describe('secrets never reach the log', () => {
   it('an SDK exception with credentials in its message and $metadata, failing a broker request: nothing in the log', async () => {
     const secretKey = awsSecretKey();
     const token = sessionToken();
-    const podToken = (await (await issuer()).mint('spiffe://cluster.local/ns/ns/sa/sa', 'chainwarden')).token;
+    const podToken = ((await issuer()).mint('spiffe://cluster.local/ns/ns/sa/sa', 'chainwarden')).token;
     const failure = new STSServiceException({ name: 'ExpiredTokenException', $fault: 'client', $metadata: { httpStatusCode: 400, requestId: 'r-2' }, message: `The security token ${token} expired; retry with {"SecretAccessKey":"${secretKey}"}` });
     // What an SDK or an HTTP client hangs on its errors: the request it sent and the answer it got.
     Object.assign(failure.$metadata, { credentials: { secretAccessKey: secretKey, sessionToken: token } });
@@ -142,7 +142,7 @@ describe('secrets never reach the log', () => {
   });
 
   it('a refused token, at the sidecar and at the broker: neither the presented nor the pod token in the log', async () => {
-    const podToken = (await (await issuer()).mint('spiffe://cluster.local/ns/ns/sa/sa', 'chainwarden')).token;
+    const podToken = ((await issuer()).mint('spiffe://cluster.local/ns/ns/sa/sa', 'chainwarden')).token;
     const ca = await CertificateAuthority.create('test');
     const tls = await ca.issueServing('broker', { ips: ['127.0.0.1'] });
     const { log, text } = capturedLogger('operator');

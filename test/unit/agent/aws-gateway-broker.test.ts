@@ -55,16 +55,16 @@ beforeAll(async () => {
     credentials: { credentials: () => Promise.resolve({ ...SESSION, expiration: new Date(Date.now() + 3_600_000) }) },
     hops: new GatewayHops({
       hops: {
-        decideForGateway: async (_who, hop, _approvedBy, mint) => {
+        decideForGateway: (_who, hop, _approvedBy, mint) => {
           decided.push(hop);
           const answer = { hopId: `h1_${String(++hops).padStart(12, 'A')}_CCCCCCCCCCCCCCCC`, depth: 1, ...decide(hop) };
-          return answer.decision === 'allow' ? { answer, txnToken: await mint({ hopId: answer.hopId, depth: 1, policy: 'p', dataClassesTouched: [] }) } : { answer };
+          return Promise.resolve(answer.decision === 'allow' ? { answer, txnToken: mint({ hopId: answer.hopId, depth: 1, policy: 'p', dataClassesTouched: [] }) } : { answer });
         },
         isHopOf: () => true,
       },
       approvals: () => [],
       claim: () => Promise.resolve(false),
-      issuer: { mintTxnToken: (input) => Promise.resolve(`txn.${input.tctx.hopId}.token`) },
+      issuer: { mintTxnToken: (input) => `txn.${input.tctx.hopId}.token` },
       trustDomain: 'cluster.local',
       marker: () => 'cw-marker',
       spiffeId: () => who.spiffeId,

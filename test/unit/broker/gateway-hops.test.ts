@@ -24,11 +24,11 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
   const claimed: string[] = [];
   const gateway = new GatewayHops({
     hops: {
-      decideForGateway: async (_who, _hop, approvedBy, mint) => {
+      decideForGateway: (_who, _hop, approvedBy, mint) => {
         const answer = decide(approvedBy);
-        if (answer.decision !== 'allow') return { answer };
+        if (answer.decision !== 'allow') return Promise.resolve({ answer });
         const facts: GatewayHopFacts = { hopId: answer.hopId, depth: answer.depth, parentHop: 'h1_parent', policy: 'support', dataClassesTouched: ['pii'] };
-        return { answer, txnToken: await mint(facts) };
+        return Promise.resolve({ answer, txnToken: mint(facts) });
       },
       isHopOf: (t, hopId) => ids.depthOf(t.metadata.uid ?? '', hopId) !== undefined,
     },

@@ -169,7 +169,7 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     { mode: 'Audit' as const, decision: 'allow', token: true },
   ])('a call a Deny rule matches, in $mode: $decision', async ({ mode, decision, token }) => {
     const { service, who, twin, metrics } = setup(mode);
-    const { answer, txnToken } = await service.decideForGateway(who, freeze, undefined, () => Promise.resolve('txn-token'));
+    const { answer, txnToken } = await service.decideForGateway(who, freeze, undefined, () => 'txn-token');
     expect(answer).toMatchObject({ decision, reasons: [{ rule: 'never-admin-payments', effect: 'Deny' }] });
     expect(txnToken !== undefined).toBe(token);
     expect(Boolean(answer.wouldDeny)).toBe(mode === 'Audit');

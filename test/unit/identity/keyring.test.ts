@@ -34,12 +34,14 @@ describe('KeyRing', () => {
     await ring.refresh();
     expect(ring.jwks().keys).toHaveLength(2);
     // Published but not yet active: the old key still signs.
-    expect(decodeProtectedHeader((await issuer.mint('spiffe://x/ns/a/sa/b/task/c', 'aud')).token).kid).toBe(firstKid);
+    expect(decodeProtectedHeader(issuer.mint('spiffe://x/ns/a/sa/b/task/c', 'aud').token).kid).toBe(firstKid);
 
     advance(5 * 60_000);
     const secondKid = ring.jwks().keys[1]?.kid;
-    const token = (await issuer.mint('spiffe://x/ns/a/sa/b/task/c', 'aud')).token;
+    const token = issuer.mint('spiffe://x/ns/a/sa/b/task/c', 'aud').token;
     expect(decodeProtectedHeader(token).kid).toBe(secondKid);
+    // Signed with the new key itself, not only named for it.
+    await expect(issuer.verify(token, 'aud')).resolves.toMatchObject({ sub: 'spiffe://x/ns/a/sa/b/task/c' });
 
     advance(HOUR + 1000);
     await ring.refresh();
@@ -51,13 +53,25 @@ describe('KeyRing', () => {
     const ring = new KeyRing(store, clock, options);
     await ring.refresh();
     const issuer = new SvidIssuer(ring, 'https://issuer.example', clock);
-    const { token } = await issuer.mint('spiffe://cluster.local/ns/a/sa/b/task/c', 'sts.amazonaws.com', 3600);
+    const { token } = issuer.mint('spiffe://cluster.local/ns/a/sa/b/task/c', 'sts.amazonaws.com', 3600);
     const claims = await issuer.verify(token, 'sts.amazonaws.com');
     expect(claims.sub).toBe('spiffe://cluster.local/ns/a/sa/b/task/c');
     expect((claims.exp ?? 0) - (claims.iat ?? 0)).toBe(300);
     await expect(issuer.verify(token, 'someone-else')).rejects.toThrow(/aud/);
     advance(301_000);
     await expect(issuer.verify(token, 'sts.amazonaws.com')).rejects.toThrow(/exp/);
-    await expect(issuer.mint('spiffe://x', '')).rejects.toThrow(/needs an audience/);
+    expect(() => issuer.mint('spiffe://x', '')).toThrow(/needs an audience/);
+  });
+
+  it('adds the caller\'s claims to an SVID but never lets them replace the registered ones', async () => {
+    const { clock, store, options } = setup();
+    const ring = new KeyRing(store, clock, options);
+    await ring.refresh();
+    const issuer = new SvidIssuer(ring, 'https://issuer.example', clock);
+    const extra = { sub: 'spiffe://cluster.local/ns/other/sa/admin', aud: 'sts.amazonaws.com', exp: 4_102_444_800, 'https://aws.amazon.com/source_identity': 'cw-marker' };
+    const { token } = issuer.mint('spiffe://cluster.local/ns/a/sa/b/task/c', 'chainwarden', 60, extra);
+    const claims = await issuer.verify(token, 'chainwarden');
+    expect(claims).toMatchObject({ sub: 'spiffe://cluster.local/ns/a/sa/b/task/c', aud: 'chainwarden', iss: 'https://issuer.example', 'https://aws.amazon.com/source_identity': 'cw-marker' });
+    expect((claims.exp ?? 0) - (claims.iat ?? 0)).toBe(60);
   });
 });
