@@ -121,7 +121,8 @@ export async function watchStream(
       res.on('data', (chunk: string) => {
         pending += chunk;
         let newline = pending.indexOf('\n');
-        while (newline >= 0) {
+        // A consumer that aborts on an event (a 410, an ERROR) is handed nothing after it.
+        while (newline >= 0 && !abort.signal.aborted) {
           const line = pending.slice(0, newline);
           pending = pending.slice(newline + 1);
           if (line.trim()) {

@@ -81,6 +81,24 @@ describe('a watch stream', () => {
     expect(refused).toMatchObject({ statusCode: 410, message: 'watch /apis/x/v1/things: 410 Gone: too old resource version: 1 (200)' });
   });
 
+  it('hands over nothing more once aborted, not even the rest of the chunk that held the event it was aborted on', async () => {
+    const kc = await watchServer((res) => {
+      res.writeHead(200);
+      res.flushHeaders();
+      setTimeout(() => res.write(`${event('ERROR', 'expired')}\n${event('ADDED', 'stale-1')}\n${event('ADDED', 'stale-2')}\n`), 50);
+    });
+    const seen: string[] = [];
+    let abort: AbortController | undefined;
+    const ended = new Promise<unknown>((resolve) => {
+      void watchStream(kc, '/apis/x/v1/things', {}, (type, object) => {
+        seen.push(`${type} ${(object as { metadata: { name: string } }).metadata.name}`);
+        abort?.abort();
+      }, resolve).then((a) => (abort = a));
+    });
+    expect(await ended).toBeUndefined();
+    expect(seen).toEqual(['ERROR expired']);
+  });
+
   it('stops at once when aborted, and says it ended without an error', async () => {
     const kc = await watchServer((res) => {
       res.writeHead(200);
