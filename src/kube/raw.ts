@@ -81,13 +81,15 @@ export async function watchStream(
   kc: KubeAccess,
   path: string,
   query: Record<string, string | undefined>,
-  onEvent: (type: string, object: unknown) => void,
+  onEvent: (type: string, object: unknown, stop: () => void) => void,
   onDone: (err?: unknown) => void,
 ): Promise<AbortController> {
   const params = new URLSearchParams({ watch: 'true' });
   for (const [key, value] of Object.entries(query)) if (value !== undefined) params.set(key, value);
   const { url, options } = await prepare(kc, 'GET', `${path}?${params.toString()}`, 'watches');
   const abort = new AbortController();
+  // Handed to every event too: the first may arrive before the caller holds the controller.
+  const stop = () => abort.abort();
   let finished = false;
   let answered = false;
   const done = (err?: unknown) => {
@@ -133,7 +135,7 @@ export async function watchStream(
               req.destroy();
               return done(new Error(`watch ${path}: an event that is not JSON: ${(err as Error).message}`));
             }
-            onEvent(event.type ?? '', event.object);
+            onEvent(event.type ?? '', event.object, stop);
           }
           newline = pending.indexOf('\n');
         }

@@ -210,17 +210,17 @@ export class Informer<T extends KubeObject> {
         this.kc,
         this.options.path,
         { allowWatchBookmarks: 'true', resourceVersion: this.resourceVersion, labelSelector: this.options.labelSelector, timeoutSeconds: '300' },
-        (type, object) => {
+        (type, object, stop) => {
           const obj = object as T;
           const take = () => {
             try {
               if (this.onWatchEvent(type, obj) === 'gone') {
                 gone = true;
-                this.abort?.abort();
+                stop();
               }
             } catch (err) {
               failure = err;
-              this.abort?.abort();
+              stop();
             }
           };
           if (this.options.lagMs) setTimeout(take, this.options.lagMs);
