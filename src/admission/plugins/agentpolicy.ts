@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import { parseAgentPolicy, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
@@ -103,6 +104,9 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
     async admit(request) {
       const policy = parseForAdmission(parseAgentPolicy, request.object);
       if (!policy || policy.metadata.deletionTimestamp) return allow();
+      // Label, annotation and finalizer edits go through even if a Secret the policy names is gone
+      // since; the API server does not call the webhook for them at all (registration.ts).
+      if (request.operation === 'UPDATE' && isDeepStrictEqual((request.oldObject as { spec?: unknown } | undefined)?.spec, (request.object as { spec?: unknown }).spec)) return allow();
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
       return violations.length > 0 ? deny('AgentPolicy', violations) : allow();
     },

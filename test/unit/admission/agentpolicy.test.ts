@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { agentPolicyPlugin } from '../../../src/admission/plugins/agentpolicy.js';
+import type { AdmissionRequest } from '../../../src/admission/review.js';
+import type { AgentPolicy } from '../../../src/api/schema.js';
+import { ChainwardenError } from '../../../src/errors.js';
+import { examplePolicy } from '../../builders/examples.js';
+
+/** The example policy with its tickets server's credential in Secret tickets-mcp. */
+function withCredential(): AgentPolicy {
+  const policy = examplePolicy('support');
+  const tickets = policy.spec.systems?.find((s) => s.name === 'tickets');
+  if (tickets) tickets.mcp = { url: 'https://tickets.internal/mcp', credentials: { secretRef: { name: 'tickets-mcp', key: 'token' } } };
+  return policy;
+}
+
+const review = (operation: 'CREATE' | 'UPDATE', object: AgentPolicy, oldObject?: AgentPolicy): AdmissionRequest => ({
+  uid: 'u',
+  kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentPolicy' },
+  resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agentpolicies' },
+  operation,
+  namespace: 'support',
+  userInfo: { username: 'alice' },
+  object,
+  oldObject,
+});
+
+/** A namespace whose Secret tickets-mcp has been deleted since the policy was written. */
+const secretGone = {
+  value: () => Promise.reject(new ChainwardenError('mcp_credential_missing', 'Secret support/tickets-mcp does not exist')),
+  mayRead: () => Promise.resolve(true),
+};
+
+describe('the AgentPolicy webhook', () => {
+  it('lets a label or finalizer edit through when a Secret the policy names is gone, as the API server does without calling it', async () => {
+    const before = withCredential();
+    const after = withCredential();
+    after.metadata.labels = { 'team.example.com/owner': 'payments' };
+    after.metadata.finalizers = ['example.com/hold'];
+    expect(await agentPolicyPlugin(secretGone).admit(review('UPDATE', after, before))).toMatchObject({ allowed: true });
+  });
+
+  it('still refuses a spec change, and a new policy, that names the missing Secret', async () => {
+    const before = withCredential();
+    const after = withCredential();
+    after.spec.maxTaskTTL = '1h';
+    for (const request of [review('UPDATE', after, before), review('CREATE', after)]) {
+      const verdict = await agentPolicyPlugin(secretGone).admit(request);
+      expect(verdict.allowed, request.operation).toBe(false);
+      expect(JSON.stringify(verdict)).toContain('spec.systems[0].mcp.credentials.secretRef');
+    }
+  });
+});
