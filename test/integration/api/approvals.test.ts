@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import type { AgentApproval } from '../../../src/api/schema.js';
+import { rawRequest } from '../../../src/kube/raw.js';
+import { APPROVAL_USED_BY } from '../../../src/broker/gateway-hops.js';
 import { readAuditRecords } from '../../../src/audit/verify.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { boundExampleAgent, pendingRefund } from '../../env/hops.js';
@@ -137,5 +139,41 @@ describe('approvals are made by approvers', () => {
     await expect
       .poll(async () => readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).find((e) => e.record.taskUid === task.metadata.uid && e.record.data.hopId === answer.body.hopId)?.record.data, { timeout: 10_000 })
       .toMatchObject({ decision: 'pending_approval', attributes: { amount: '4200', currency: 'EUR' }, intent: 'refund the duplicate charge on order 7' });
+  });
+});
+
+describe('an approval is spent once, and only the operator says so', () => {
+  test('a tenant who may update approvals can neither set nor clear nor change the mark that spends one; other annotations are theirs', async ({ admin, env, namespace, userKubeConfig }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    await grant(admin, namespace, ['alice@example.com', 'mallory@example.com'], ['agentapprovals'], ['create', 'get', 'update', 'patch']);
+    const alice = await userKubeConfig('alice@example.com');
+    const mallory = await userKubeConfig('mallory@example.com');
+    const refused = /the chainwarden\.io\/used-by annotation marks an AgentApproval spent and is written by the chainwarden operator \(system:serviceaccount:chainwarden-system:chainwarden\) only; mallory@example\.com may not set, change or remove it/;
+
+    // Spent before the agent could use it: refused at creation.
+    const approval = exampleApproval(namespace);
+    approval.spec.hopId = await pendingRefund(agent);
+    approval.metadata.annotations = { [APPROVAL_USED_BY]: 'someone-else' };
+    expect(await rejection(mallory, approval)).toMatch(/may not set, change or remove it/);
+    delete approval.metadata.annotations;
+    await create(alice, approval);
+
+    const path = `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agentapprovals/${approval.metadata.name ?? ''}`;
+    const annotate = (kc: typeof admin, value: string | null) => rawRequest(kc, 'PATCH', path, { metadata: { annotations: { [APPROVAL_USED_BY]: value } } }, 'application/merge-patch+json');
+    const spend = await annotate(mallory, 'mallory-pod@2026-01-01T00:00:00Z');
+    expect(spend.status).toBe(403);
+    expect(JSON.stringify(spend.body)).toMatch(refused);
+
+    // The operator's claim (here the admin, whom this environment lets write what the operator writes).
+    expect((await annotate(admin, 'agent-pod@2026-01-01T00:00:00Z')).status).toBe(200);
+    for (const value of [null, 'mallory-pod@2026-01-01T00:00:00Z']) {
+      const replay = await annotate(mallory, value);
+      expect(replay.status, String(value)).toBe(403);
+      expect(JSON.stringify(replay.body)).toMatch(refused);
+    }
+    expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBe('agent-pod@2026-01-01T00:00:00Z');
+
+    const note = await rawRequest(mallory, 'PATCH', path, { metadata: { annotations: { 'team.example.com/ticket': 'SUP-4711' } } }, 'application/merge-patch+json');
+    expect(note.status, JSON.stringify(note.body)).toBe(200);
   });
 });
