@@ -17,6 +17,7 @@ import { OPA_INPUT, startOpa } from './opa.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
 import { startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
+import { SIDECAR_RESOURCES } from '../admission/plugins/pod.js';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 const NS = 'bench';
@@ -230,7 +231,7 @@ async function mcpGateway(kc: KubeConfig, broker: Broker, roleArn: string, serve
     const direct = await load({ mode: 'open', url: server.url, method: 'POST', clients: directClients, seconds: 20, rate });
     const max = await load({ mode: 'closed', url: through, method: 'POST', clients: throughClients, seconds: 5, concurrency: 16 });
     const overhead = { p50Ms: Math.round((throughGateway.p50Ms - direct.p50Ms) * 100) / 100, p99Ms: Math.round((throughGateway.p99Ms - direct.p99Ms) * 100) / 100 };
-    // The sidecar runs in every agent pod under the chart's 96 MiB limit: its size after this load.
+    // The sidecar runs in every agent pod under the limit the pod webhook gives it: its size after this load.
     return { rate, throughGateway, direct, overhead, goal: { p50Ms: 2, p99Ms: 10 }, maxThroughput: max, sidecarRssMiB: await rssMiB(sidecar.pid) };
   } finally {
     sidecar.stop();
@@ -311,7 +312,7 @@ function table(r: Results): string {
     row(`credential issuance (${r.credentials.issuance.tasks} tasks, created → credentials)`, `p50 ${r.credentials.issuance.p50Ms} ms  p99 ${r.credentials.issuance.p99Ms} ms  ${r.credentials.issuance.tasksPerSecond} tasks/s`),
     row('revocation (completion → credentials refused)', `p50 ${r.credentials.revocation.p50Ms} ms  p99 ${r.credentials.revocation.p99Ms} ms`),
     row('admission webhook (AgentTask, over HTTPS)', `p50 ${r.admission.p50Ms} ms  p99 ${r.admission.p99Ms} ms  ${r.admission.ratePerSecond}/s`),
-    row('sidecar RSS after the MCP gateway runs (pod limit 96 MiB)', `${r.mcpGateway.sidecarRssMiB} MiB`),
+    row(`sidecar RSS after the MCP gateway runs (pod request ${SIDECAR_RESOURCES.requests.memory}, limit ${SIDECAR_RESOURCES.limits.memory})`, `${r.mcpGateway.sidecarRssMiB} MiB`),
     row(`operator RSS with ${r.memory.tasks} AgentTasks cached`, `${r.memory.rssMiB} MiB (${r.memory.rssBeforeMiB} MiB before; ${r.memory.rssPeakMiB} MiB at the creation burst's peak; settled in ${r.memory.settledSeconds} s)`),
     '',
     ...Object.entries(r.goals).map(([name, g]) => row(`goal ${name}`, `${g.value} (${g.goal}) ${g.met ? 'met' : 'MISSED'}`)),
