@@ -100,8 +100,8 @@ export function describeFailure(err: unknown, timeoutMs: number): string {
 }
 
 export interface ApprovalNotifierDeps {
-  /** The tasks as the informer has them. */
-  tasks: () => AgentTask[];
+  /** The tasks as the informer has them; scanned every second, so not copied. */
+  tasks: () => Iterable<AgentTask>;
   task: (namespace: string, name: string) => AgentTask | undefined;
   policy: (namespace: string, name: string) => AgentPolicy | undefined;
   secrets: Pick<SecretReader, 'value'>;
@@ -155,7 +155,9 @@ export class ApprovalNotifier {
   /** Starts every attempt due now; forgets hops no longer pending. */
   pass(signal: AbortSignal): void {
     const now = this.deps.clock.now();
-    const tasks = this.deps.tasks();
+    // Most tasks have no hop waiting: they cost a look, and no allocation, every second.
+    const tasks: AgentTask[] = [];
+    for (const task of this.deps.tasks()) if ((task.status?.pendingHops?.length ?? 0) > 0) tasks.push(task);
     const policyOf = (t: AgentTask) => this.deps.policy(t.metadata.namespace ?? '', t.spec.policyRef.name);
     const live = new Set(tasks.flatMap((t) => (t.status?.pendingHops ?? []).map((h) => noticeKey(t, h.hopId))));
     for (const [key, state] of this.attempts) if (!live.has(key) && !state.inFlight) this.attempts.delete(key);

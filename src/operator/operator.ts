@@ -371,7 +371,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   // connections and limits, and neither serves the other's endpoints.
   const secrets = new SecretReader(kc, clock);
   // Leader only: posts hops that start waiting to their policy's approval.notify receiver, from task status.
-  const notifier = new ApprovalNotifier({ tasks: () => informers.tasks.list(), task: (ns, name) => informers.tasks.get(ns, name), policy, secrets, status: client.statusWriter('notifier'), events: client, clock, log, metrics });
+  const notifier = new ApprovalNotifier({ tasks: () => informers.tasks.values(), task: (ns, name) => informers.tasks.get(ns, name), policy, secrets, status: client.statusWriter('notifier'), events: client, clock, log, metrics });
   informers.tasks.on((event, task) => {
     if (event !== 'delete' && owesNotice(task)) notifier.wake();
   });

@@ -106,6 +106,11 @@ export class Informer<T extends KubeObject> {
     return [...this.store.values()];
   }
 
+  /** The cached objects without copying them into a list: for scans that keep few of many. Not to be held across an await. */
+  values(): IterableIterator<T> {
+    return this.store.values();
+  }
+
   get size(): number {
     return this.store.size;
   }
