@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import { InvalidObjectError, type FieldViolation } from '../api/parse.js';
 
 /** The parts of an admission.k8s.io/v1 AdmissionRequest the plugins read. */
@@ -25,6 +26,16 @@ export interface JsonPatchOperation {
 export type Verdict =
   | { allowed: true; patch?: JsonPatchOperation[]; warnings?: string[] }
   | { allowed: false; message: string; violations?: FieldViolation[]; code?: number };
+
+/**
+ * An UPDATE that leaves the spec as it was: only metadata changed. The API server does not call
+ * our webhooks for these (registration.ts), and the plugins allow them too, so both agree.
+ */
+export function keepsSpec(request: AdmissionRequest): boolean {
+  if (request.operation !== 'UPDATE') return false;
+  const spec = (o: unknown) => (o as { spec?: unknown } | undefined)?.spec;
+  return isDeepStrictEqual(spec(request.oldObject), spec(request.object));
+}
 
 export const allow = (patch?: JsonPatchOperation[], warnings?: string[]): Verdict => ({ allowed: true, patch, warnings });
 

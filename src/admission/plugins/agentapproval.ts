@@ -2,7 +2,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { parseAgentApproval } from '../../api/parse.js';
 import type { AgentApproval, AgentApprovalSpec, AgentPolicy, AgentTask } from '../../api/schema.js';
 import type { ObjectReader } from '../../kube/readers.js';
-import { allow, deny, parseForAdmission, type AdmissionPlugin, type AdmissionRequest } from '../review.js';
+import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin, type AdmissionRequest } from '../review.js';
 
 type Approver = NonNullable<AgentApprovalSpec['approver']>;
 
@@ -97,12 +97,9 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
     async admit(request) {
       const approval = parseForAdmission(parseAgentApproval, request.object);
       if (!approval) return allow();
+      if (keepsSpec(request)) return allow();
       if (request.operation === 'UPDATE') {
-        const old = request.oldObject as { spec?: unknown } | undefined;
-        if (!isDeepStrictEqual(old?.spec, approval.spec)) {
-          return deny('AgentApproval', [{ field: 'spec', message: 'an AgentApproval is immutable once created; create a new one to change a decision' }]);
-        }
-        return allow();
+        return deny('AgentApproval', [{ field: 'spec', message: 'an AgentApproval is immutable once created; create a new one to change a decision' }]);
       }
       const expected = approverFrom(request.userInfo);
       if (!isDeepStrictEqual(approval.spec.approver, expected)) {

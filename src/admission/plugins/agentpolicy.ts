@@ -1,11 +1,10 @@
-import { isDeepStrictEqual } from 'node:util';
 import { parseAgentPolicy, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
 import { rawPolicies } from '../../policy/compile.js';
 import { ChainwardenError, errorMessage } from '../../errors.js';
 import type { SecretAuthor, SecretReader } from '../../mcp/secrets.js';
-import { allow, deny, parseForAdmission, type AdmissionPlugin } from '../review.js';
+import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
 /** Rules must refer only to systems and data classes the policy declares; raw Cedar must validate. */
 export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
@@ -106,7 +105,7 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
       if (!policy || policy.metadata.deletionTimestamp) return allow();
       // Label, annotation and finalizer edits go through even if a Secret the policy names is gone
       // since; the API server does not call the webhook for them at all (registration.ts).
-      if (request.operation === 'UPDATE' && isDeepStrictEqual((request.oldObject as { spec?: unknown } | undefined)?.spec, (request.object as { spec?: unknown }).spec)) return allow();
+      if (keepsSpec(request)) return allow();
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
       return violations.length > 0 ? deny('AgentPolicy', violations) : allow();
     },

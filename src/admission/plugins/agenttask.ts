@@ -1,11 +1,10 @@
-import { isDeepStrictEqual } from 'node:util';
 import { parseDuration } from '../../api/duration.js';
 import { parseAgentTask, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy, AgentTask } from '../../api/schema.js';
 import { POLICY_DEFAULTS } from '../../api/task.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { globMatches } from '../../policy/glob.js';
-import { allow, deny, parseForAdmission, type AdmissionPlugin } from '../review.js';
+import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
 
 /** Problems with an inline session policy that CEL cannot see: it must be an IAM policy document. */
@@ -94,11 +93,8 @@ export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionP
     async admit(request) {
       const task = parseForAdmission(parseAgentTask, request.object);
       if (!task || task.metadata.deletionTimestamp) return allow();
-      if (request.operation === 'UPDATE') {
-        const old = request.oldObject as { spec?: unknown } | undefined;
-        // Finalizer and label edits must go through even if the policy has tightened since.
-        if (isDeepStrictEqual(old?.spec, (request.object as { spec?: unknown }).spec)) return allow();
-      }
+      // Finalizer and label edits must go through even if the policy has tightened since.
+      if (keepsSpec(request)) return allow();
       const namespace = request.namespace ?? task.metadata.namespace ?? '';
       const policy = await policies.get(namespace, task.spec.policyRef.name);
       if (!policy) {
