@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { ManagedProcess } from './process.js';
 import { freePort } from './ports.js';
@@ -20,6 +21,26 @@ export async function resetMoto(endpoint: string): Promise<void> {
   if (res.status !== 200) throw new ChainwardenError('reset_failed', `moto reset answered ${res.status}: ${res.body.slice(0, 200)}`);
 }
 
+/**
+ * moto's own entry point, with one change: the list of its service packages is read once. moto
+ * lists its package directory (a `stat` of every one of some 190 entries) to route each request,
+ * which was about a quarter of what a request cost it; what it routes to, and how, is unchanged.
+ */
+const MOTO_LAUNCHER = [
+  'import sys',
+  'import moto.backends as backends',
+  'modules = tuple(backends.list_of_moto_modules())',
+  'backends.list_of_moto_modules = lambda: modules',
+  'from moto.server import main',
+  'sys.exit(main())',
+].join('\n');
+
+/** How to start `motoServer`: through its virtualenv's Python with the launcher above when it has one beside it, else as given. */
+export function motoCommand(motoServer: string, args: string[]): { command: string; args: string[] } {
+  const python = path.join(path.dirname(motoServer), 'python');
+  return existsSync(python) ? { command: python, args: ['-c', MOTO_LAUNCHER, ...args] } : { command: motoServer, args };
+}
+
 export async function startStsEmulator(motoServer: string, dir: string, timeoutMs = 60_000): Promise<StsEmulator> {
   return startWithFreshPorts(3, async () => {
     const port = await freePort();
@@ -27,8 +48,7 @@ export async function startStsEmulator(motoServer: string, dir: string, timeoutM
     const recording = path.join(dir, 'moto-recording.jsonl');
     const proc = ManagedProcess.start({
       name: 'moto',
-      command: motoServer,
-      args: ['-H', '127.0.0.1', '-p', String(port)],
+      ...motoCommand(motoServer, ['-H', '127.0.0.1', '-p', String(port)]),
       logFile: path.join(dir, 'moto.log'),
       // moto signs nothing itself but some code paths ask for a region and credentials.
       env: {

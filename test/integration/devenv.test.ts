@@ -37,7 +37,7 @@ describe('chainwarden devenv', () => {
     const commands = [...components.values()].join('\n');
     expect(commands).toMatch(/etcd/);
     expect(commands).toMatch(/kube-apiserver/);
-    expect(commands).toMatch(/moto_server/);
+    expect(commands).toMatch(/moto[._]server/);
 
     const kc = new KubeConfig();
     kc.loadFromFile(env.kubeconfig);
