@@ -23,6 +23,11 @@ export interface LoadJob {
   seconds: number;
   concurrency?: number;
   rate?: number;
+  /**
+   * Seconds of the same load, at the same rate or concurrency, run first and not counted (3
+   * unless set): the target's code is compiled and its connections open before anything is
+   * measured, whatever ran on it before. Each run is measured warm, so two runs compare alike.
+   */
   warmupSeconds?: number;
   /** Connections kept to the target (default 32). */
   maxSockets?: number;
@@ -97,10 +102,16 @@ async function open(job: LoadJob, send: () => Promise<number>, start: number, un
   await Promise.all(inflight);
 }
 
+/** Runs `job` for `seconds` from now, handing each answer to `record`. */
+function drive(job: LoadJob, send: () => Promise<number>, seconds: number, record: (started: number, status: number) => void): Promise<void> {
+  const start = performance.now();
+  const until = start + seconds * 1000;
+  return job.mode === 'closed' ? closed(job, send, until, record) : open(job, send, start, until, record);
+}
+
 export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const send = requester(job);
-  const warmUntil = performance.now() + (job.warmupSeconds ?? 1) * 1000;
-  while (performance.now() < warmUntil) await send();
+  await drive(job, send, job.warmupSeconds ?? 3, () => {});
   const latencies: number[] = [];
   const statuses: Record<string, number> = {};
   let errors = 0;
@@ -110,9 +121,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
     if (status < 200 || status >= 300) errors++;
   };
   const start = performance.now();
-  const until = start + job.seconds * 1000;
-  if (job.mode === 'closed') await closed(job, send, until, record);
-  else await open(job, send, start, until, record);
+  await drive(job, send, job.seconds, record);
   const seconds = (performance.now() - start) / 1000;
   const summary = summarize(latencies);
   return { mode: job.mode, requests: summary.count, errors, statuses, seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
