@@ -28,9 +28,13 @@ export async function resetMoto(endpoint: string): Promise<void> {
  */
 const MOTO_LAUNCHER = [
   'import sys',
-  'import moto.backends as backends',
-  'modules = tuple(backends.list_of_moto_modules())',
-  'backends.list_of_moto_modules = lambda: modules',
+  'try:',
+  '    import moto.backends as backends',
+  '    modules = tuple(backends.list_of_moto_modules())',
+  '    backends.list_of_moto_modules = lambda: modules',
+  // A moto without that function (another version than the one installed here) starts as it is.
+  'except (ImportError, AttributeError):',
+  '    pass',
   'from moto.server import main',
   'sys.exit(main())',
 ].join('\n');
