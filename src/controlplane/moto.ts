@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { ManagedProcess } from './process.js';
 import { freePort } from './ports.js';
@@ -25,9 +25,15 @@ export async function resetMoto(endpoint: string): Promise<void> {
  * moto's own entry point, with one change: the list of its service packages is read once. moto
  * lists its package directory (a `stat` of every one of some 190 entries) to route each request,
  * which was about a quarter of what a request cost it; what it routes to, and how, is unchanged.
+ * Its first argument is the `moto_server` it stands for, run as it is when this Python has no moto.
  */
 const MOTO_LAUNCHER = [
-  'import sys',
+  'import os, sys',
+  'server = sys.argv.pop(1)',
+  'try:',
+  '    from moto.server import main',
+  'except ImportError:',
+  '    os.execv(server, [server] + sys.argv[1:])',
   'try:',
   '    import moto.backends as backends',
   '    modules = tuple(backends.list_of_moto_modules())',
@@ -35,14 +41,21 @@ const MOTO_LAUNCHER = [
   // A moto without that function (another version than the one installed here) starts as it is.
   'except (ImportError, AttributeError):',
   '    pass',
-  'from moto.server import main',
   'sys.exit(main())',
 ].join('\n');
 
-/** How to start `motoServer`: through its virtualenv's Python with the launcher above when it has one beside it, else as given. */
+/**
+ * How to start `motoServer`: through the Python of the virtualenv it belongs to (beside it once
+ * links are resolved) with the launcher above, else as given.
+ */
 export function motoCommand(motoServer: string, args: string[]): { command: string; args: string[] } {
-  const python = path.join(path.dirname(motoServer), 'python');
-  return existsSync(python) ? { command: python, args: ['-c', MOTO_LAUNCHER, ...args] } : { command: motoServer, args };
+  let python: string;
+  try {
+    python = path.join(path.dirname(realpathSync(motoServer)), 'python');
+  } catch {
+    return { command: motoServer, args };
+  }
+  return existsSync(python) ? { command: python, args: ['-c', MOTO_LAUNCHER, motoServer, ...args] } : { command: motoServer, args };
 }
 
 export async function startStsEmulator(motoServer: string, dir: string, timeoutMs = 60_000): Promise<StsEmulator> {

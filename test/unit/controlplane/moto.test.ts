@@ -1,4 +1,5 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -6,9 +7,9 @@ import { motoCommand } from '../../../src/controlplane/moto.js';
 
 const args = ['-H', '127.0.0.1', '-p', '5000'];
 
-async function binDir(files: string[]): Promise<string> {
+async function binDir(files: string[], scripts: Record<string, string> = {}): Promise<string> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'moto-bin-'));
-  for (const file of files) await writeFile(path.join(dir, file), '#!/bin/sh\n', { mode: 0o755 });
+  for (const file of files) await writeFile(path.join(dir, file), `#!/bin/sh\n${scripts[file] ?? ''}\n`, { mode: 0o755 });
   return dir;
 }
 
@@ -19,11 +20,26 @@ describe('how moto is started', () => {
     expect(command.command).toBe(path.join(dir, 'python'));
     expect(command.args[0]).toBe('-c');
     expect(command.args[1]).toContain('from moto.server import main');
-    expect(command.args.slice(2)).toEqual(args);
+    expect(command.args.slice(2)).toEqual([path.join(dir, 'moto_server'), ...args]);
+  });
+
+  it('finds the virtualenv of a moto_server reached through a link (as pipx installs it), not a Python beside the link', async () => {
+    const venv = await binDir(['moto_server', 'python']);
+    const links = await binDir(['python']);
+    await symlink(path.join(venv, 'moto_server'), path.join(links, 'moto_server'));
+    expect(motoCommand(path.join(links, 'moto_server'), args).command).toBe(path.join(venv, 'python'));
   });
 
   it('runs a moto_server with no Python beside it (CHAINWARDEN_MOTO_SERVER elsewhere) as it is', async () => {
     const dir = await binDir(['moto_server']);
     expect(motoCommand(path.join(dir, 'moto_server'), args)).toEqual({ command: path.join(dir, 'moto_server'), args });
+  });
+
+  it('runs the moto_server itself, with its arguments, when the Python beside it cannot import moto', async () => {
+    // python3 -S has no site-packages, so no moto, whatever this machine has installed.
+    const dir = await binDir(['moto_server', 'python'], { moto_server: 'echo "moto_server $*"', python: 'exec python3 -S "$@"' });
+    const command = motoCommand(path.join(dir, 'moto_server'), args);
+    expect(command.command).toBe(path.join(dir, 'python'));
+    expect(execFileSync(command.command, command.args, { encoding: 'utf8' }).trim()).toBe(`moto_server ${args.join(' ')}`);
   });
 });
