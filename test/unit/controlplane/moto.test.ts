@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -41,5 +41,20 @@ describe('how moto is started', () => {
     const command = motoCommand(path.join(dir, 'moto_server'), args);
     expect(command.command).toBe(path.join(dir, 'python'));
     expect(execFileSync(command.command, command.args, { encoding: 'utf8' }).trim()).toBe(`moto_server ${args.join(' ')}`);
+  });
+
+  it('has moto list its service packages once, however many requests it routes', async () => {
+    // A stand-in moto package whose server routes three requests and reports how often the list was read.
+    const site = await mkdtemp(path.join(os.tmpdir(), 'moto-site-'));
+    await mkdir(path.join(site, 'moto'));
+    await writeFile(path.join(site, 'moto', '__init__.py'), '');
+    await writeFile(path.join(site, 'moto', 'backends.py'), ['reads = 0', 'def list_of_moto_modules():', '    global reads', '    reads += 1', "    yield 'sts'"].join('\n'));
+    await writeFile(
+      path.join(site, 'moto', 'server.py'),
+      ['import sys', 'import moto.backends as backends', 'def main():', "    routed = ['sts' in backends.list_of_moto_modules() for _ in range(3)]", "    print(backends.reads, all(routed), ' '.join(sys.argv[1:]))", '    return 0'].join('\n'),
+    );
+    const dir = await binDir(['moto_server', 'python'], { python: `PYTHONPATH=${site} exec python3 -S "$@"` });
+    const command = motoCommand(path.join(dir, 'moto_server'), args);
+    expect(execFileSync(command.command, command.args, { encoding: 'utf8' }).trim()).toBe(`1 True ${args.join(' ')}`);
   });
 });
