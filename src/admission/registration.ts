@@ -65,6 +65,14 @@ export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingW
       metadata: { name: WEBHOOK_CONFIGURATION_NAME, labels },
       webhooks: [
         {
+          // CREATE only: the controller's finalizer is on a task from its first write.
+          name: 'tasks.mutate.chainwarden.io',
+          clientConfig: clientConfig(endpoint, '/mutate'),
+          rules: [{ apiGroups: [GROUP], apiVersions: [VERSION], operations: ['CREATE'], resources: ['agenttasks'], scope: 'Namespaced' }],
+          reinvocationPolicy: 'Never',
+          ...common(),
+        },
+        {
           name: 'approvers.mutate.chainwarden.io',
           clientConfig: clientConfig(endpoint, '/mutate'),
           rules: [{ apiGroups: [GROUP], apiVersions: [VERSION], operations: ['CREATE', 'UPDATE'], resources: ['agentapprovals'], scope: 'Namespaced' }],

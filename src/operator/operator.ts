@@ -3,7 +3,7 @@ import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { KubeAccess } from '../kube/access.js';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
-import { agentTaskPlugin } from '../admission/plugins/agenttask.js';
+import { agentTaskPlugin, taskFinalizerPlugin } from '../admission/plugins/agenttask.js';
 import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
 import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
@@ -442,6 +442,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           }),
         ],
         mutate: [
+          taskFinalizerPlugin(),
           approverStampPlugin(),
           approvalHopDigestPlugin(tasks),
           podInjectionPlugin(

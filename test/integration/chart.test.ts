@@ -111,7 +111,7 @@ describe('Helm chart', () => {
     const service = objects.find((o) => o.kind === 'Service') as unknown as { spec: { ports: { name: string; port: number; targetPort: string }[] } };
     expect(service.spec.ports).toEqual([expect.objectContaining({ name: 'https', port: 443, targetPort: 'https' }), expect.objectContaining({ name: 'webhook', port: 9555, targetPort: 'webhook' })]);
     const hooks = objects.filter((o) => o.kind.endsWith('WebhookConfiguration')).flatMap((o) => o.webhooks as { clientConfig: { service: { port: number } } }[]);
-    expect(hooks.map((h) => h.clientConfig.service.port)).toEqual([9555, 9555, 9555]);
+    expect(hooks.map((h) => h.clientConfig.service.port)).toEqual([9555, 9555, 9555, 9555]);
     const policy = objects.find((o) => o.kind === 'NetworkPolicy') as unknown as { spec: { ingress: { ports: { port: number }[]; from?: unknown[] }[] } };
     expect(policy.spec.ingress).toEqual([{ ports: [{ port: 8443, protocol: 'TCP' }] }, { ports: [{ port: 9555, protocol: 'TCP' }], from: [{ ipBlock: { cidr: '10.0.0.0/24' } }] }]);
     await expect(renderChart({ 'webhook.port': '8443' })).rejects.toThrow(/\/webhook\/port/);

@@ -1,7 +1,7 @@
 import { parseDuration } from '../../api/duration.js';
 import { parseAgentTask, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy, AgentTask } from '../../api/schema.js';
-import { POLICY_DEFAULTS } from '../../api/task.js';
+import { FINALIZER, POLICY_DEFAULTS } from '../../api/task.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { globMatches } from '../../policy/glob.js';
 import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin } from '../review.js';
@@ -107,6 +107,30 @@ export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionP
       }
       const violations = checkTaskAgainstPolicy(task, policy);
       return violations.length > 0 ? deny('AgentTask', violations) : allow();
+    },
+  };
+}
+
+/**
+ * Mutating: a new task carries the controller's finalizer from its first write, so the
+ * controller's first reconcile converges it instead of patching the finalizer in and waiting for
+ * the watch to bring the task back (one API write and one round trip fewer per task). A task
+ * deleted before the controller ever saw it is still cleaned up and its audit head sealed. The
+ * controller keeps adding the finalizer to tasks without it (created before this webhook).
+ */
+export function taskFinalizerPlugin(): AdmissionPlugin {
+  return {
+    name: 'agenttask-finalizer',
+    resources: ['agenttasks'],
+    operations: ['CREATE'],
+    admit(request) {
+      const metadata = (request.object as { metadata?: { finalizers?: unknown } } | undefined)?.metadata;
+      if (typeof metadata !== 'object' || metadata === null) return Promise.resolve(allow());
+      const finalizers = metadata.finalizers;
+      if (finalizers === undefined) return Promise.resolve(allow([{ op: 'add', path: '/metadata/finalizers', value: [FINALIZER] }]));
+      // Anything else is the API server's to refuse; only a well-formed list is added to.
+      if (!Array.isArray(finalizers) || finalizers.includes(FINALIZER)) return Promise.resolve(allow());
+      return Promise.resolve(allow([{ op: 'add', path: '/metadata/finalizers/-', value: FINALIZER }]));
     },
   };
 }

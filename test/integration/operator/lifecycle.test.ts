@@ -10,7 +10,9 @@ describe('AgentTask lifecycle', () => {
   test('Pending → Bound → Completed when the agent reports completion, with conditions and Events', async ({ admin, env, namespace }) => {
     await create(admin, examplePolicy(namespace));
     await createServiceAccount(admin, namespace, 'support-agent');
-    await create(admin, exampleTask(namespace));
+    const created = await create(admin, exampleTask(namespace));
+    // On the task from its first write (admission), before the controller has seen it.
+    expect(created.metadata?.finalizers).toEqual(['chainwarden.io/revoke']);
 
     const pending = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Pending');
     expect(pending.metadata.finalizers).toContain('chainwarden.io/revoke');
@@ -114,5 +116,15 @@ describe('AgentTask lifecycle', () => {
     expect(condition(stuck, 'Ready')?.message).toMatch(/AgentPolicy "support-agent" does not exist .*create it/);
     expect(stuck.status?.boundPods).toEqual([]);
   });
-});
 
+  test('the controller puts its finalizer back on a live task that lost it', async ({ admin, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    await create(admin, exampleTask(namespace));
+    await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Pending');
+    const path = `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`;
+    const stripped = await rawRequest(admin, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json');
+    expect((stripped.body as { metadata: { finalizers?: string[] } }).metadata.finalizers).toBeUndefined();
+    const back = await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.metadata.finalizers ?? []).includes('chainwarden.io/revoke'));
+    expect(back.metadata.finalizers).toEqual(['chainwarden.io/revoke']);
+  });
+});

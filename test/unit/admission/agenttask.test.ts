@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { checkSessionPolicy, checkTaskAgainstPolicy } from '../../../src/admission/plugins/agenttask.js';
+import { checkSessionPolicy, checkTaskAgainstPolicy, taskFinalizerPlugin } from '../../../src/admission/plugins/agenttask.js';
+import type { AdmissionRequest } from '../../../src/admission/review.js';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 
 const policy = (spec: AgentPolicy['spec'] = {}): AgentPolicy => ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'pol' }, spec });
@@ -44,5 +45,23 @@ describe('checkSessionPolicy', () => {
     const [v] = checkSessionPolicy(text, 'spec.credentials[0].aws.sessionPolicy');
     expect(v?.field).toBe('spec.credentials[0].aws.sessionPolicy');
     expect(v?.message).toMatch(message);
+  });
+});
+
+describe('taskFinalizerPlugin', () => {
+  const admit = (metadata: unknown) =>
+    taskFinalizerPlugin().admit({ uid: 'u', operation: 'CREATE', namespace: 'ns', userInfo: { username: 'alice' }, object: { ...task(), metadata } } as unknown as AdmissionRequest);
+
+  it('puts the revocation finalizer on a new task that has none', async () => {
+    expect(await admit({ name: 't' })).toEqual({ allowed: true, patch: [{ op: 'add', path: '/metadata/finalizers', value: ['chainwarden.io/revoke'] }] });
+  });
+
+  it("appends it after the tenant's own finalizers, which stay", async () => {
+    expect(await admit({ name: 't', finalizers: ['example.com/hold'] })).toEqual({ allowed: true, patch: [{ op: 'add', path: '/metadata/finalizers/-', value: 'chainwarden.io/revoke' }] });
+  });
+
+  it('leaves a task that already carries it, or whose finalizers are malformed (the API server refuses those), as it is', async () => {
+    expect(await admit({ name: 't', finalizers: ['chainwarden.io/revoke'] })).toEqual({ allowed: true });
+    expect(await admit({ name: 't', finalizers: 'chainwarden.io/revoke' })).toEqual({ allowed: true });
   });
 });
