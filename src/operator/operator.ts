@@ -56,6 +56,12 @@ import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
 /** How long an agent's completion waits for this replica's watch to show it before it is answered all the same. */
 const COMPLETION_SHOWN_MS = 5_000;
 
+/** Where the pods informer files a pod: under `namespace/task` of the task its label names. */
+function podsOfTask(pod: PodRecord): string | undefined {
+  const task = pod.metadata?.labels?.[TASK_LABEL];
+  return task === undefined ? undefined : `${pod.metadata?.namespace ?? ''}/${task}`;
+}
+
 export interface OperatorOptions {
   kc: KubeAccess;
   log: Logger;
@@ -228,8 +234,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const informers = {
     tasks: new Informer<AgentTask>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agenttasks`, log, lagMs }),
     policies: new Informer<AgentPolicy>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentpolicies`, log, lagMs }),
-    pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, log, lagMs }),
-    approvals: new Informer<AgentApproval>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentapprovals`, log, lagMs }),
+    // Indexed: a reconcile reads its task's pods, and every hop its namespace's approvals, without a scan of all.
+    pods: new Informer<PodRecord>(kc, { path: `/api/v1${scope}/pods`, labelSelector: TASK_LABEL, indexBy: podsOfTask, log, lagMs }),
+    approvals: new Informer<AgentApproval>(kc, { path: `/apis/${GROUP}/${VERSION}${scope}/agentapprovals`, indexBy: (a) => a.metadata.namespace, log, lagMs }),
   };
   // Parsed once per version, read by admission, the broker, hops and the controller alike.
   const policies = new ParsedReader(informers.policies, parseAgentPolicy, customObjectReader(kc, 'agentpolicies', parseAgentPolicy));
@@ -320,7 +327,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     journal,
     ids: new HopIds(hopKey),
     policy,
-    approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+    approvals: (ns) => informers.approvals.byIndex(ns),
     credentials: credentialBroker,
     clock,
     log,
@@ -336,7 +343,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     sources: {
       task: (ns, name) => informers.tasks.get(ns, name),
       policy,
-      pods: (ns, task) => informers.pods.list().filter((p) => p.metadata?.namespace === ns && p.metadata.labels?.[TASK_LABEL] === task),
+      pods: (ns, task) => informers.pods.byIndex(`${ns}/${task}`),
     },
     client,
     clock,
@@ -377,7 +384,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   });
   const gatewayHops = new GatewayHops({
     hops,
-    approvals: (ns) => informers.approvals.list().filter((a) => a.metadata.namespace === ns),
+    approvals: (ns) => informers.approvals.byIndex(ns),
     claim: (approval, by) => claimApproval(kc, approval, by),
     issuer,
     trustDomain,

@@ -15,9 +15,14 @@ export type InformerHandler<T> = (event: InformerEvent, obj: T, old?: T) => void
 
 export const objectKey = (obj: KubeObject): string => `${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
 
-export interface InformerOptions {
+export interface InformerOptions<T extends KubeObject = KubeObject> {
   /** A collection path, e.g. /api/v1/pods or /apis/chainwarden.io/v1alpha1/agenttasks. */
   path: string;
+  /**
+   * The key `byIndex` finds an object under (e.g. its namespace and a label), or undefined for
+   * none: the objects of one key are found without a scan of the whole cache.
+   */
+  indexBy?: (obj: T) => string | undefined;
   labelSelector?: string;
   log: Logger;
   /** Page size of a list. */
@@ -41,6 +46,8 @@ interface ListAnswer<T> {
  */
 export class Informer<T extends KubeObject> {
   private readonly store = new Map<string, T>();
+  /** `indexBy` key → the objects under it, by object key; kept with the store. */
+  private readonly index = new Map<string, Map<string, T>>();
   private readonly handlers: InformerHandler<T>[] = [];
   /** Callers waiting for the cache to show something of one object, by key. */
   private readonly waiters = new Map<string, Set<() => void>>();
@@ -54,7 +61,7 @@ export class Informer<T extends KubeObject> {
 
   constructor(
     private readonly kc: KubeAccess,
-    private readonly options: InformerOptions,
+    private readonly options: InformerOptions<T>,
   ) {}
 
   on(handler: InformerHandler<T>): void {
@@ -104,6 +111,37 @@ export class Informer<T extends KubeObject> {
 
   list(): T[] {
     return [...this.store.values()];
+  }
+
+  /** The cached objects whose `indexBy` key is `key` (none without an index). */
+  byIndex(key: string): T[] {
+    const bucket = this.index.get(key);
+    return bucket ? [...bucket.values()] : [];
+  }
+
+  /** Every change of the cache goes through here and `remove`, so the index never disagrees with it. */
+  private put(key: string, item: T, old: T | undefined): void {
+    this.store.set(key, item);
+    const at = this.options.indexBy?.(item);
+    // An object that stays under its key keeps its place there, as it does in the store.
+    if (old && this.options.indexBy?.(old) !== at) this.unindex(key, old);
+    if (at === undefined) return;
+    let bucket = this.index.get(at);
+    if (!bucket) this.index.set(at, (bucket = new Map<string, T>()));
+    bucket.set(key, item);
+  }
+
+  private remove(key: string, old: T): void {
+    this.store.delete(key);
+    this.unindex(key, old);
+  }
+
+  private unindex(key: string, old: T): void {
+    const at = this.options.indexBy?.(old);
+    if (at === undefined) return;
+    const bucket = this.index.get(at);
+    bucket?.delete(key);
+    if (bucket?.size === 0) this.index.delete(at);
   }
 
   /** The cached objects without copying them into a list: for scans that keep few of many. Not to be held across an await. */
@@ -171,13 +209,13 @@ export class Informer<T extends KubeObject> {
       const key = objectKey(item);
       seen.add(key);
       const old = this.store.get(key);
-      this.store.set(key, item);
+      this.put(key, item, old);
       if (!old) this.emit('add', item);
       else if (old.metadata?.resourceVersion !== item.metadata?.resourceVersion) this.emit('update', item, old);
     }
     for (const [key, old] of this.store) {
       if (!seen.has(key)) {
-        this.store.delete(key);
+        this.remove(key, old);
         this.emit('delete', old);
       }
     }
@@ -196,10 +234,10 @@ export class Informer<T extends KubeObject> {
     const key = objectKey(item);
     const old = this.store.get(key);
     if (type === 'DELETED') {
-      this.store.delete(key);
+      if (old) this.remove(key, old);
       this.emit('delete', item);
     } else {
-      this.store.set(key, item);
+      this.put(key, item, old);
       this.emit(old ? 'update' : 'add', item, old);
     }
     return undefined;

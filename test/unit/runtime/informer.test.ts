@@ -10,7 +10,7 @@ import { kubeConfigFor } from '../../builders/kubeconfig.js';
  * answers 410 Gone, as the API server does once a resourceVersion has been compacted away,
  * and the list that follows shows what changed in the gap.
  */
-async function scriptedServer(lists: KubeObject[][], opts: { down?: () => boolean } = {}) {
+async function scriptedServer(lists: KubeObject[][], opts: { down?: () => boolean; events?: { type: string; object: KubeObject }[] } = {}) {
   const ca = await CertificateAuthority.create('test');
   const pair = await ca.issueServing('localhost', { ips: ['127.0.0.1'] });
   let listCalls = 0;
@@ -25,8 +25,9 @@ async function scriptedServer(lists: KubeObject[][], opts: { down?: () => boolea
       watchCalls++;
       res.writeHead(200, { 'content-type': 'application/json' });
       if (watchCalls === 1) res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: 410, message: 'too old resource version' } })}\n`);
-      // Later watches stay open with nothing to say.
-      res.flushHeaders();
+      // The second sends the scripted events, if any; every later watch stays open with nothing to say.
+      else if (watchCalls === 2 && opts.events) res.write(opts.events.map((e) => `${JSON.stringify(e)}\n`).join(''));
+      else res.flushHeaders();
       return;
     }
     const items = lists[Math.min(listCalls, lists.length - 1)] ?? [];
@@ -59,6 +60,37 @@ describe('Informer', () => {
     await expect.poll(() => lists(), { timeout: 5000 }).toBeGreaterThanOrEqual(2);
     await expect.poll(() => events.sort(), { timeout: 5000 }).toEqual(['add added', 'delete deleted', 'update changed']);
     expect(informer.list().map((o) => o.metadata?.name).sort()).toEqual(['added', 'changed', 'kept']);
+    await informer.stop();
+    server.close();
+  });
+});
+
+describe('Informer: the index', () => {
+  it('finds the objects filed under a key, and follows them as they are added, moved, changed and deleted by list or watch', async () => {
+    const pod = (name: string, task: string | undefined, rv: string): KubeObject => ({ metadata: { namespace: 'ns', name, resourceVersion: rv, labels: task ? { task } : {} } });
+    const { kc, server } = await scriptedServer(
+      [
+        [pod('a', 't1', '1'), pod('b', 't1', '1'), pod('c', 't2', '1'), pod('d', undefined, '1')],
+        // Relisted after the 410: b moved to t2, c is gone, e is new.
+        [pod('a', 't1', '1'), pod('b', 't2', '2'), pod('e', 't1', '3'), pod('d', undefined, '1')],
+      ],
+      { events: [{ type: 'MODIFIED', object: pod('a', 't1', '4') }, { type: 'DELETED', object: pod('e', 't1', '5') }, { type: 'ADDED', object: pod('f', 't2', '6') }, { type: 'MODIFIED', object: pod('d', 't1', '7') }] },
+    );
+    close = () => server.closeAllConnections();
+    const informer = new Informer<KubeObject>(kc, { path: '/api/v1/pods', log: silentLogger(), retryBaseMs: 10, indexBy: (p) => (p.metadata?.labels?.task ? `ns/${p.metadata.labels.task}` : undefined) });
+    const names = (key: string) => informer.byIndex(key).map((p) => p.metadata?.name);
+    await informer.start();
+    expect(names('ns/t1')).toEqual(['a', 'b']);
+    expect(names('ns/t2')).toEqual(['c']);
+    // After the relist and the watch's events: a stays first under t1 with its new version.
+    await expect.poll(() => informer.get('ns', 'f'), { timeout: 5000 }).toBeDefined();
+    await expect.poll(() => names('ns/t1'), { timeout: 5000 }).toEqual(['a', 'd']);
+    expect(informer.byIndex('ns/t1')[0]?.metadata?.resourceVersion).toBe('4');
+    expect(names('ns/t2')).toEqual(['b', 'f']);
+    expect(names('ns/none')).toEqual([]);
+    // Every object under a key is one the cache holds, and every labelled one is under its key.
+    const labelled = informer.list().filter((p) => p.metadata?.labels?.task).map((p) => p.metadata?.name).sort();
+    expect([...names('ns/t1'), ...names('ns/t2')].sort()).toEqual(labelled);
     await informer.stop();
     server.close();
   });
