@@ -2,7 +2,7 @@ import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create } from '../../env/kube.js';
+import { create, grant } from '../../env/kube.js';
 import { rawRequest } from '../../../src/kube/raw.js';
 import { condition, eventReasons, waitForTask } from './helpers.js';
 
@@ -117,12 +117,19 @@ describe('AgentTask lifecycle', () => {
     expect(stuck.status?.boundPods).toEqual([]);
   });
 
-  test('the controller puts its finalizer back on a live task that lost it', async ({ admin, namespace }) => {
+  test('a tenant cannot make a task escape its revocation finalizer: not at creation, not by taking it off later', async ({ admin, namespace, userKubeConfig }) => {
     await create(admin, examplePolicy(namespace));
-    await create(admin, exampleTask(namespace));
+    await grant(admin, namespace, ['dev@example.com'], ['agenttasks'], ['create', 'get', 'patch']);
+    const dev = await userKubeConfig('dev@example.com');
+    // A task that arrives with finalizers of its own gets ours after them.
+    const task = exampleTask(namespace);
+    const created = await create(dev, { ...task, metadata: { ...task.metadata, finalizers: ['example.com/hold'] } });
+    expect(created.metadata?.finalizers).toEqual(['example.com/hold', 'chainwarden.io/revoke']);
     await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Pending');
+    // Metadata edits do not reach the webhooks, so this goes through; the controller puts it back.
     const path = `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`;
-    const stripped = await rawRequest(admin, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json');
+    const stripped = await rawRequest(dev, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json');
+    expect(stripped.status).toBe(200);
     expect((stripped.body as { metadata: { finalizers?: string[] } }).metadata.finalizers).toBeUndefined();
     const back = await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.metadata.finalizers ?? []).includes('chainwarden.io/revoke'));
     expect(back.metadata.finalizers).toEqual(['chainwarden.io/revoke']);

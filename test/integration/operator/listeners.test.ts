@@ -29,7 +29,7 @@ describe('the admission webhooks have a listener of their own', () => {
     const api = admin.makeApiClient(AdmissionregistrationV1Api);
     const validating = await api.readValidatingWebhookConfiguration({ name: 'chainwarden' });
     const mutating = await api.readMutatingWebhookConfiguration({ name: 'chainwarden' });
-    expect([...(validating.webhooks ?? []), ...(mutating.webhooks ?? [])].map((h) => new URL(h.clientConfig.url ?? '').origin)).toEqual([env.webhookUrl, env.webhookUrl, env.webhookUrl]);
+    expect([...(validating.webhooks ?? []), ...(mutating.webhooks ?? [])].map((h) => new URL(h.clientConfig.url ?? '').origin)).toEqual([env.webhookUrl, env.webhookUrl, env.webhookUrl, env.webhookUrl]);
     // Really called there: only the webhook knows which policies exist.
     await create(admin, examplePolicy(namespace));
     const task = exampleTask(namespace);
