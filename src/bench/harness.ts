@@ -160,6 +160,30 @@ export async function pidOf(binary: string, marker: string): Promise<number | un
   return undefined;
 }
 
+/** The API server's request counter (`apiserver_request_total`), summed by verb and resource, e.g. `APPLY agenttasks/status`. */
+export async function apiRequests(kc: KubeConfig): Promise<Map<string, number>> {
+  const res = await rawRequest(kc, 'GET', '/metrics');
+  const counts = new Map<string, number>();
+  for (const line of String(res.body).split('\n')) {
+    const m = /^apiserver_request_total\{(.*)\} (\S+)$/.exec(line);
+    if (!m) continue;
+    const labels: Record<string, string | undefined> = Object.fromEntries([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1] ?? '', l[2]]));
+    const key = `${labels.verb ?? ''} ${labels.resource ?? ''}${labels.subresource ? `/${labels.subresource}` : ''}`;
+    counts.set(key, (counts.get(key) ?? 0) + Number(m[2]));
+  }
+  return counts;
+}
+
+/** What changed between two `apiRequests` readings, per `per` (e.g. per task): only the writes, and only those seen at least once a task. */
+export function writesPer(before: Map<string, number>, after: Map<string, number>, per: number): Record<string, number> {
+  const writes: Record<string, number> = {};
+  for (const [key, value] of after) {
+    const each = (value - (before.get(key) ?? 0)) / per;
+    if (/^(POST|PUT|PATCH|APPLY|DELETE) /.test(key) && each >= 0.05) writes[key] = Math.round(each * 100) / 100;
+  }
+  return writes;
+}
+
 export async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {
   const res = await rawRequest(kc, 'POST', p, obj);
   if (res.status >= 300) throw new Error(`POST ${p}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);

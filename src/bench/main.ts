@@ -12,7 +12,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
-import { cpuMs, https, log, pidOf, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, type Broker, type Serving } from './harness.js';
+import { apiRequests, cpuMs, https, log, pidOf, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, writesPer, type Broker, type Serving } from './harness.js';
 import { OPA_INPUT, startOpa } from './opa.js';
 import type { LoadJob, LoadResult } from './load.js';
 import { summarize } from './stats.js';
@@ -77,10 +77,14 @@ function setUp(env: LocalEnvironment, kc: KubeConfig, mcp: DemoMcpServer): Promi
   });
 }
 
-async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, roleArn: string, count: number) {
+async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, count: number) {
   const names = Array.from({ length: count }, (_, i) => `task-${i}`);
   const tokens = new Map<string, string>();
   const issue: number[] = [];
+  // What an issuance costs the API server, which every step of it goes through: its CPU, and the writes it served.
+  const apiServer = await pidOf('kube-apiserver', env.stateDir);
+  const apiServerBefore = apiServer === undefined ? 0 : await cpuMs(apiServer);
+  const requestsBefore = await apiRequests(kc);
   const started = performance.now();
   await pool(names, 8, async (name) => {
     const r = await boundAgent(kc, broker, name, roleArn);
@@ -88,6 +92,8 @@ async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, roleArn: st
     issue.push(r.ready - r.created);
   });
   const issuanceSeconds = (performance.now() - started) / 1000;
+  const apiServerCpuMsPerTask = apiServer === undefined ? undefined : Math.round(((await cpuMs(apiServer)) - apiServerBefore) / count);
+  const apiWritesPerTask = writesPer(requestsBefore, await apiRequests(kc), count);
   const revoke: number[] = [];
   await pool(names, 8, async (name) => {
     const token = tokens.get(name) ?? '';
@@ -100,7 +106,7 @@ async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, roleArn: st
     }
     revoke.push(performance.now() - t0);
   });
-  return { issuance: { tasks: count, ...summarize(issue), tasksPerSecond: Math.round((count / issuanceSeconds) * 10) / 10 }, revocation: summarize(revoke) };
+  return { issuance: { tasks: count, ...summarize(issue), tasksPerSecond: Math.round((count / issuanceSeconds) * 10) / 10, apiServerCpuMsPerTask, apiWritesPerTask }, revocation: summarize(revoke) };
 }
 
 async function admission(broker: Broker, roleArn: string): Promise<LoadResult> {
@@ -310,6 +316,7 @@ function table(r: Results): string {
     row('MCP gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.mcpGateway.overhead.p50Ms} ms  p99 ${r.mcpGateway.overhead.p99Ms} ms`),
     row('MCP gateway, max throughput (16 clients)', `${r.mcpGateway.maxThroughput.ratePerSecond}/s  p50 ${r.mcpGateway.maxThroughput.p50Ms} ms  p99 ${r.mcpGateway.maxThroughput.p99Ms} ms`),
     row(`credential issuance (${r.credentials.issuance.tasks} tasks, created → credentials)`, `p50 ${r.credentials.issuance.p50Ms} ms  p99 ${r.credentials.issuance.p99Ms} ms  ${r.credentials.issuance.tasksPerSecond} tasks/s`),
+    row('API server per issuance', `${r.credentials.issuance.apiServerCpuMsPerTask ?? '?'} ms of CPU; writes ${Object.entries(r.credentials.issuance.apiWritesPerTask).map(([k, v]) => `${k} ${v}`).join(', ')}`),
     row('revocation (completion → credentials refused)', `p50 ${r.credentials.revocation.p50Ms} ms  p99 ${r.credentials.revocation.p99Ms} ms`),
     row('admission webhook (AgentTask, over HTTPS)', `p50 ${r.admission.p50Ms} ms  p99 ${r.admission.p99Ms} ms  ${r.admission.ratePerSecond}/s`),
     row(`sidecar RSS after the MCP gateway runs (pod request ${SIDECAR_RESOURCES.requests.memory}, limit ${SIDECAR_RESOURCES.limits.memory})`, `${r.mcpGateway.sidecarRssMiB} MiB`),
@@ -377,6 +384,10 @@ async function main(): Promise<void> {
       process.stdout.write(`${JSON.stringify(await mcpGateway(kc, broker, roleArn, tickets), null, 2)}\n`);
       return;
     }
+    if (only === 'issuance') {
+      process.stdout.write(`${JSON.stringify(await issuanceAndRevocation(kc, broker, env, roleArn, tasks), null, 2)}\n`);
+      return;
+    }
     log('hop decisions');
     const hopResults = await hops(kc, broker, env, roleArn, serving);
     if (only === 'hops') {
@@ -395,7 +406,7 @@ async function main(): Promise<void> {
     log('admission webhook');
     const admissionResult = await admission(broker, roleArn);
     log(`credential issuance and revocation over ${tasks} tasks`);
-    const credentials = await issuanceAndRevocation(kc, broker, roleArn, tasks);
+    const credentials = await issuanceAndRevocation(kc, broker, env, roleArn, tasks);
     log(`operator memory with ${cached} AgentTasks`);
     const mem = await memory(kc, broker, roleArn, cached);
     const measured = { machine: { cpus: os.cpus().length, node: process.version, memoryGiB: Math.round(os.totalmem() / 2 ** 30) }, hops: hopResults, gateway: gatewayResult, mcpGateway: mcpResult, credentials, admission: admissionResult, memory: mem };
