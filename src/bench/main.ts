@@ -370,7 +370,7 @@ async function main(): Promise<void> {
     broker = await startBroker(env, { serving });
     const kc = env.adminKubeConfig();
     const roleArn = await setUp(env, kc, tickets);
-    // CHAINWARDEN_BENCH_ONLY=hops (or gateway) measures the hop decisions (or the AWS gateway) alone, for profiling.
+    // CHAINWARDEN_BENCH_ONLY=gateway, memory, mcp, issuance or hops measures that part alone, for profiling.
     const only = process.env.CHAINWARDEN_BENCH_ONLY;
     if (only === 'gateway') {
       process.stdout.write(`${JSON.stringify(await gateway(kc, broker, env, roleArn), null, 2)}\n`);
