@@ -115,8 +115,9 @@ export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionP
  * Mutating: a new task carries the controller's finalizer from its first write, so the
  * controller's first reconcile converges it instead of patching the finalizer in and waiting for
  * the watch to bring the task back (one API write and one round trip fewer per task). A task
- * deleted before the controller ever saw it is still cleaned up and its audit head sealed. The
- * controller keeps adding the finalizer to tasks without it (created before this webhook).
+ * deleted before the controller ever saw it still goes through the controller's cleanup. The
+ * controller keeps adding the finalizer to tasks without it (one that lost it, or one created
+ * before this webhook).
  */
 export function taskFinalizerPlugin(): AdmissionPlugin {
   return {
