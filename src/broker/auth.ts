@@ -30,6 +30,17 @@ export interface AgentAuthLookups {
   fetchPod?(namespace: string, name: string): Promise<PodRecord | undefined>;
   /** Why this replica refuses the task although its status does not say it ended yet (a violation recorded here, a journal that cannot write). */
   refusal?(task: AgentTask): ChainwardenError | undefined;
+  /** Resolves true once the cached task satisfies `shows`, false after `timeoutMs`; without it nothing waits. */
+  taskShows?(namespace: string, name: string, shows: (task: AgentTask | undefined) => boolean, timeoutMs: number): Promise<boolean>;
+}
+
+export interface AuthenticateOptions {
+  /**
+   * How long a pod whose live task has not bound it yet is held before the refusal, in case the
+   * binding lands meanwhile: an agent that starts as its task binds gets its answer the first
+   * time, instead of a refusal its SDK may not retry.
+   */
+  waitForBindingMs?: number;
 }
 
 /** Who is calling: an agent pod, and the live task it is bound to. */
@@ -265,7 +276,7 @@ export class AgentAuthenticator {
   }
 
   /** The calling agent, from an `Authorization: Bearer …` header; a coded 401 or 403 otherwise. */
-  async authenticate(authorization: string | undefined): Promise<AgentPrincipal> {
+  async authenticate(authorization: string | undefined, options: AuthenticateOptions = {}): Promise<AgentPrincipal> {
     const token = /^Bearer\s+(\S+)$/i.exec(authorization ?? '')?.[1];
     if (!token) throw unauthenticated('send the pod\'s projected service-account token as "Authorization: Bearer <token>"');
     const key = createHash('sha256').update(token).digest('base64url');
@@ -276,6 +287,21 @@ export class AgentAuthenticator {
     }
     const who = await this.cachedVerify(key, token);
     const pod = await this.podOf(key, who);
+    const found = this.principal(who, pod);
+    if (!('waiting' in found)) return found;
+    const waitMs = options.waitForBindingMs ?? 0;
+    if (waitMs <= 0 || !this.lookups.taskShows) throw found.waiting;
+    // Held until the task binds this pod, ends or goes, whichever the watch shows first; then checked afresh.
+    const { uid } = found.task.metadata;
+    const settled = (t: AgentTask | undefined) => !t || t.metadata.uid !== uid || endOf(t, this.clock.now()) !== undefined || isBound(t, who.podUid);
+    await this.lookups.taskShows(who.namespace, found.task.metadata.name ?? '', settled, waitMs);
+    const after = this.principal(who, this.lookups.pod(who.namespace, who.podName) ?? pod);
+    if ('waiting' in after) throw after.waiting;
+    return after;
+  }
+
+  /** The principal, or the task and the refusal while the task has not bound the pod yet; throws every other refusal. */
+  private principal(who: Verified, pod: PodRecord | undefined): AgentPrincipal | { waiting: ChainwardenError; task: AgentTask } {
     if (!pod || pod.metadata?.uid !== who.podUid || pod.metadata.deletionTimestamp) throw podGone(who);
     const taskName = pod.metadata.labels?.[TASK_LABEL];
     const task = taskName ? this.lookups.task(who.namespace, taskName) : undefined;
@@ -284,14 +310,16 @@ export class AgentAuthenticator {
     if (end) throw new ChainwardenError('task_not_active', `AgentTask ${who.namespace}/${taskName} ${end.message}; it gets nothing more`);
     const refusal = this.lookups.refusal?.(task);
     if (refusal) throw refusal;
-    const state = task.status?.state;
-    if (!(task.status?.boundPods ?? []).some((p) => p.uid === who.podUid)) {
-      throw new ChainwardenError('pod_not_bound', `pod ${who.podName} (${who.podUid}) is not bound to AgentTask ${taskName} (state ${state ?? 'Pending'}); retry once the task is Bound`);
+    if (!isBound(task, who.podUid)) {
+      const state = task.status?.state;
+      return { task, waiting: new ChainwardenError('pod_not_bound', `pod ${who.podName} (${who.podUid}) is not bound to AgentTask ${taskName} (state ${state ?? 'Pending'}); retry once the task is Bound`) };
     }
     this.log.trace({ pod: who.podName, task: taskName }, 'agent authenticated');
     return { namespace: who.namespace, podName: who.podName, podUid: who.podUid, serviceAccount: who.serviceAccount, task, spiffeId: spiffeIdFor(this.trustDomain, who.namespace, task.spec.serviceAccountName, taskName) };
   }
 }
+
+const isBound = (task: AgentTask, podUid: string) => (task.status?.boundPods ?? []).some((p) => p.uid === podUid);
 
 const podGone = (who: Verified) => unauthenticated(`pod ${who.namespace}/${who.podName} (${who.podUid}) no longer exists; its token is no longer accepted`);
 const notAnAgent = (who: Verified, taskName: string | undefined) =>

@@ -135,12 +135,19 @@ function complete(deps: BrokerDeps): Handler {
   };
 }
 
+/**
+ * How long a credential request from a pod its task has not bound yet waits for the binding:
+ * well inside the 1 s the AWS SDKs give the credentials endpoint, so an SDK that asks as its
+ * task binds gets credentials the first time, and one that asks too early still hears why.
+ */
+export const CREDENTIALS_BINDING_WAIT_MS = 500;
+
 /** GET /v1/credentials[/{name}]: AWS container-credentials for the calling pod's task. */
 function credentials(deps: BrokerDeps): Handler {
   return async (req, res) => {
     requireMethod(req, 'GET');
     const name = parseCredentialPath(pathOf(req));
-    const who = await deps.auth.authenticate(req.headers.authorization);
+    const who = await deps.auth.authenticate(req.headers.authorization, { waitForBindingMs: CREDENTIALS_BINDING_WAIT_MS });
     sendJson(res, 200, await deps.credentials.forAgent(who, name), { 'cache-control': 'no-store' });
   };
 }

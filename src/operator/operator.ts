@@ -261,6 +261,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         return res.body as PodRecord;
       },
       refusal: (task) => journal.refusal(task),
+      taskShows: (ns, name, shows, timeoutMs) => informers.tasks.waitFor(ns, name, shows, timeoutMs),
     },
     clock,
     log,

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { CoreV1Api } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import { localAws, type EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { planCredentialDuration, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from '../../../src/credentials/plan.js';
@@ -69,6 +69,29 @@ describe('per-task AWS credentials', () => {
       agent.stop();
       await sidecar.stop();
     }
+  });
+
+  test('an agent that asks before its task has bound its pod is answered once the binding lands, the first time it asks', async ({ admin, env, namespace }) => {
+    const roleArn = await createRole(env, `support-agent-${namespace}`);
+    const policy: AgentPolicy = examplePolicy(namespace);
+    policy.spec.aws = { allowedRoleArns: [roleArn], maxDuration: '1h', allowDirect: true };
+    await create(admin, policy);
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const task = exampleTask(namespace);
+    task.spec.credentials![0]!.aws = { ...task.spec.credentials![0]!.aws, roleArn, delivery: 'Direct' };
+    await create(admin, task);
+    // The task cannot bind while its policy is gone: the agent's pod starts, and asks, before it does.
+    const policies = admin.makeApiClient(CustomObjectsApi);
+    const ref = { group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agentpolicies' };
+    await policies.deleteNamespacedCustomObject({ ...ref, name: policy.metadata.name ?? '' });
+    const pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
+    await waitForTask(admin, namespace, 'ticket-4711', (t) => condition(t, 'Ready')?.reason === 'PolicyNotFound');
+    const token = await podToken(admin, pod);
+    // One ask, no retry (SDKs give the credentials endpoint a second, and some never ask again); the policy returns meanwhile.
+    const asked = brokerRequest(env, 'GET', '/v1/credentials', { token });
+    await create(admin, policy);
+    expect(await asked).toMatchObject({ status: 200, body: { AccessKeyId: expect.stringMatching(/^ASIA/) as unknown } });
+    expect((await readTask(admin, namespace, 'ticket-4711'))?.status?.state).toBe('Bound');
   });
 
   test('the STS request carries the planned duration, SourceIdentity, transitive tags and session policy', async ({ admin, env, namespace }) => {

@@ -98,7 +98,7 @@ describe('AgentTask lifecycle', () => {
     expect((await svid(await podToken(admin, second))).status).toBe(200);
   });
 
-  test('a task whose policy is missing stays Pending and says which policy to create', async ({ admin, namespace }) => {
+  test('a task whose policy is missing stays Pending and says which policy to create', async ({ admin, env, namespace }) => {
     await create(admin, examplePolicy(namespace));
     await createServiceAccount(admin, namespace, 'support-agent');
     await create(admin, exampleTask(namespace));
@@ -110,11 +110,18 @@ describe('AgentTask lifecycle', () => {
       plural: 'agentpolicies',
       name: 'support-agent',
     });
-    await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
+    const pod = await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
     const stuck = await waitForTask(admin, namespace, 'ticket-4711', (t) => condition(t, 'Ready')?.reason === 'PolicyNotFound');
     expect(stuck.status?.state).toBe('Pending');
     expect(condition(stuck, 'Ready')?.message).toMatch(/AgentPolicy "support-agent" does not exist .*create it/);
     expect(stuck.status?.boundPods).toEqual([]);
+    // Its agent hears why, on credentials within the second an SDK waits for them, on hops at once.
+    const token = await podToken(admin, pod);
+    const started = performance.now();
+    const credentials = await brokerRequest(env, 'GET', '/v1/credentials', { token });
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(credentials).toMatchObject({ status: 403, body: { error: { code: 'pod_not_bound', message: expect.stringMatching(/not bound to AgentTask ticket-4711 \(state Pending\)/) as unknown } } });
+    expect(await brokerRequest(env, 'POST', '/v1/hops', { token, body: { tool: 'tickets', action: 'read', resource: 'ticket/1' } })).toMatchObject({ status: 403, body: { error: { code: 'pod_not_bound' } } });
   });
 
   test('a tenant cannot make a task escape its revocation finalizer: not at creation, not by taking it off later', async ({ admin, namespace, userKubeConfig }) => {

@@ -216,3 +216,74 @@ describe('AgentAuthenticator: unknown callers stay cheap', () => {
     expect(verifications('refused')).toBe(5);
   });
 });
+
+describe('a pod whose task has not bound it yet', () => {
+  /** The task as a watch delivers it: changed by the test, with waiters woken on each change, as the informer does. */
+  function watchedTask(initial: AgentTask) {
+    let current: AgentTask | undefined = initial;
+    const waiters = new Set<() => void>();
+    const auth = new AgentAuthenticator(
+      kc,
+      {
+        pod: (ns, name) => cachedPods.get(`${ns}/${name}`),
+        task: () => current,
+        taskShows: (_ns, _name, shows, timeoutMs) =>
+          new Promise<boolean>((resolve) => {
+            if (shows(current)) return resolve(true);
+            const check = () => shows(current) && (waiters.delete(check), clearTimeout(timer), resolve(true));
+            const timer = setTimeout(() => (waiters.delete(check), resolve(false)), timeoutMs);
+            waiters.add(check);
+          }),
+      },
+      { now: () => now },
+      silentLogger(),
+      'cluster.local',
+      { metrics },
+    );
+    const change = (task: AgentTask | undefined) => {
+      current = task;
+      for (const w of [...waiters]) w();
+    };
+    return { auth, change, waiting: () => waiters.size };
+  }
+  const pending = { ...boundTask, status: { state: 'Pending' } } as AgentTask;
+
+  it('is refused at once where nothing waits: every route but credentials', async () => {
+    const { auth, waiting } = watchedTask(pending);
+    await expect(auth.authenticate(`Bearer ${await token()}`)).rejects.toMatchObject({ status: 403, code: 'pod_not_bound', message: expect.stringMatching(/not bound to AgentTask ticket-4711 \(state Pending\); retry once the task is Bound/) as unknown });
+    expect(waiting()).toBe(0);
+  });
+
+  it('is answered as soon as the binding lands within the wait', async () => {
+    const { auth, change } = watchedTask(pending);
+    const started = performance.now();
+    const answer = auth.authenticate(`Bearer ${await token()}`, { waitForBindingMs: 5_000 });
+    setTimeout(() => change(boundTask), 20);
+    await expect(answer).resolves.toMatchObject({ podUid: 'uid-0', task: { status: { state: 'Bound' } } });
+    expect(performance.now() - started).toBeLessThan(2_000);
+  });
+
+  it('hears why once the wait is over without a binding, and leaves nothing waiting', async () => {
+    const { auth, waiting } = watchedTask(pending);
+    await expect(auth.authenticate(`Bearer ${await token()}`, { waitForBindingMs: 50 })).rejects.toMatchObject({ code: 'pod_not_bound' });
+    expect(waiting()).toBe(0);
+  });
+
+  it('is refused at once when the task ends or goes during the wait, not at the end of it', async () => {
+    for (const next of [{ ...pending, status: { state: 'Completed' } } as AgentTask, undefined]) {
+      const { auth, change } = watchedTask(pending);
+      const started = performance.now();
+      const answer = auth.authenticate(`Bearer ${await token()}`, { waitForBindingMs: 5_000 });
+      setTimeout(() => change(next), 20);
+      await expect(answer).rejects.toMatchObject({ status: 403, code: 'task_not_active' });
+      expect(performance.now() - started).toBeLessThan(2_000);
+    }
+  });
+
+  it('is never bound by waiting when the task binds another pod', async () => {
+    const { auth, change } = watchedTask(pending);
+    const answer = auth.authenticate(`Bearer ${await token()}`, { waitForBindingMs: 100 });
+    setTimeout(() => change({ ...boundTask, status: { state: 'Bound', boundPods: [{ name: 'agent-1', uid: 'uid-1' }] } }), 10);
+    await expect(answer).rejects.toMatchObject({ code: 'pod_not_bound' });
+  });
+});
