@@ -12,7 +12,7 @@ export const FieldManager = {
   controller: 'chainwarden-controller',
   /** Records hops: the chain context, pending and recent hops, the audit head, a violation. */
   journal: 'chainwarden-journal',
-  /** Records what it handed out and what the agent reported: sessions, completion. */
+  /** Records what the agent reported (completion) and why a credential could not be issued. */
   broker: 'chainwarden-broker',
   /** Records which pending hops' approval notifications were delivered. */
   notifier: 'chainwarden-notifier',
@@ -21,11 +21,22 @@ export type StatusOwner = keyof typeof FieldManager;
 
 type Credentials = NonNullable<AgentTaskStatus['credentials']>;
 
-/** Fields of `status.credentials`: the broker records sessions, the controller revocation. */
-export const CREDENTIALS_OWNERS: Record<keyof Credentials, StatusOwner> = {
-  sourceIdentity: 'broker',
-  sessions: 'broker',
-  expiration: 'broker',
+/**
+ * A field two writers share. Each states it as it read it, or as it changes it, in every write,
+ * so neither removes it by leaving it out; the write whose version is current wins, as for any
+ * field. The sessions the broker hands out are recorded by the journal, in the same write as
+ * their audit records and whatever else the task's journal has queued; the broker wrote them
+ * itself before, so it still states them (and the CredentialsIssued condition it sets when an
+ * issuance fails), and a replica of either version leaves the other's record in place.
+ */
+type Owners = StatusOwner | readonly StatusOwner[];
+const SESSIONS: Owners = ['journal', 'broker'];
+
+/** Fields of `status.credentials`: sessions are recorded with their audit records, revocation by the controller. */
+export const CREDENTIALS_OWNERS: Record<keyof Credentials, Owners> = {
+  sourceIdentity: SESSIONS,
+  sessions: SESSIONS,
+  expiration: SESSIONS,
   revokedAt: 'controller',
   awsDenyInPlace: 'controller',
 };
@@ -48,20 +59,23 @@ export const STATUS_OWNERS: Record<Exclude<keyof AgentTaskStatus, 'credentials' 
 };
 
 /** Conditions, by type. */
-export const CONDITION_OWNERS: Record<ConditionType, StatusOwner> = {
+export const CONDITION_OWNERS: Record<ConditionType, Owners> = {
   [ConditionType.Ready]: 'controller',
   [ConditionType.IdentityBound]: 'controller',
   [ConditionType.Completed]: 'controller',
   [ConditionType.Expired]: 'controller',
   [ConditionType.Violated]: 'controller',
   [ConditionType.Revoked]: 'controller',
-  [ConditionType.CredentialsIssued]: 'broker',
+  [ConditionType.CredentialsIssued]: SESSIONS,
 };
 
-function pick<T extends object>(value: T | undefined, owners: Partial<Record<keyof T, StatusOwner>>, owner: StatusOwner): Partial<T> {
+/** Whether `owner` writes a field owned by `owners`. */
+export const writes = (owners: Owners | undefined, owner: StatusOwner): boolean => (typeof owners === 'string' ? owners === owner : (owners?.includes(owner) ?? false));
+
+function pick<T extends object>(value: T | undefined, owners: Partial<Record<keyof T, Owners>>, owner: StatusOwner): Partial<T> {
   const out: Partial<T> = {};
   for (const key of Object.keys(value ?? {}) as (keyof T)[]) {
-    if (owners[key] === owner && value?.[key] !== undefined) out[key] = value[key];
+    if (writes(owners[key], owner) && value?.[key] !== undefined) out[key] = value[key];
   }
   return out;
 }
@@ -71,10 +85,10 @@ function pick<T extends object>(value: T | undefined, owners: Partial<Record<key
  * owns (a field left out is removed), so writers apply this of their full view of the status.
  */
 export function ownedStatus(owner: StatusOwner, status: AgentTaskStatus): AgentTaskStatus {
-  const out = pick(status, STATUS_OWNERS as Partial<Record<keyof AgentTaskStatus, StatusOwner>>, owner) as AgentTaskStatus;
+  const out = pick(status, STATUS_OWNERS as Partial<Record<keyof AgentTaskStatus, Owners>>, owner) as AgentTaskStatus;
   const credentials = pick(status.credentials, CREDENTIALS_OWNERS, owner);
   if (Object.keys(credentials).length > 0) out.credentials = credentials;
-  const conditions = (status.conditions ?? []).filter((c) => CONDITION_OWNERS[c.type as ConditionType] === owner);
+  const conditions = (status.conditions ?? []).filter((c) => writes(CONDITION_OWNERS[c.type as ConditionType], owner));
   if (conditions.length > 0) out.conditions = conditions;
   return out;
 }

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
-import { isTerminal, STATUS_CAPS } from '../api/task.js';
+import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
+import { MAX_RECORDED_SESSIONS } from '../api/schema.js';
+import { endOf, isTerminal, STATUS_CAPS } from '../api/task.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
@@ -11,6 +13,7 @@ import { GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './r
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
 type RecentHop = NonNullable<AgentTaskStatus['recentHops']>[number];
 type Violation = NonNullable<AgentTaskStatus['violation']>;
+type IssuedSession = NonNullable<NonNullable<AgentTaskStatus['credentials']>['sessions']>[number];
 
 /** What one replica changed in a task since its last write: counters add, sets unite. */
 export interface TaskDelta {
@@ -32,6 +35,8 @@ export interface TaskDelta {
   events: AuditEvent[];
   /** Decisions on pending hops; each applies only if its hop is still pending when written. */
   resolutions: Resolution[];
+  /** Sessions the broker minted; each is recorded, with its audit record, only if its task is still live when written. */
+  sessions: SessionGrant[];
 }
 
 export interface AuditEvent {
@@ -49,6 +54,18 @@ export interface Resolution {
   events: AuditEvent[];
 }
 
+/**
+ * An STS session about to be handed out. It is handed out only if this write records it: a task
+ * that ended (or was recreated) meanwhile gets no session, and its revocation finds every one it got.
+ */
+export interface SessionGrant {
+  taskUid: string;
+  session: IssuedSession;
+  sourceIdentity: string;
+  /** Its audit record (credential_issued), in the chain only if the session is recorded. */
+  event: AuditEvent;
+}
+
 export const emptyDelta = (): TaskDelta => ({
   allowed: 0,
   denied: 0,
@@ -64,6 +81,7 @@ export const emptyDelta = (): TaskDelta => ({
   recent: [],
   events: [],
   resolutions: [],
+  sessions: [],
 });
 
 /** The newest `cap` members of a set, oldest first: what a capped status list keeps. */
@@ -113,12 +131,15 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now(), 
     events.push(...r.events);
   }
   pending = pending.filter((h) => !delta.removePending.has(h.hopId));
-  const overflow = overflowPending(pending, new Date(now).toISOString());
+  const at = new Date(now).toISOString();
+  const overflow = overflowPending(pending, at);
   pending = overflow.kept;
   hops.pending -= overflow.denied.length;
   hops.denied += overflow.denied.length;
   recent.push(...overflow.recent);
   events.push(...overflow.events);
+  const granted = delta.violation ? [] : delta.sessions.filter((g) => g.taskUid === task.metadata.uid && !endOf(task, now));
+  events.push(...granted.map((g) => g.event));
   const records = linkRecords(
     { key: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, uid: task.metadata.uid ?? '' },
     before.audit?.head ?? GENESIS,
@@ -148,7 +169,25 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now(), 
     audit: auditAfter(before.audit, records, writer),
   };
   if (delta.violation && !before.violation) status.violation = delta.violation;
+  if (granted.length > 0) Object.assign(status, withSessions(status, granted, at, task.metadata.generation));
   return { status, records };
+}
+
+/** The status with `granted` recorded: the sessions (the latest kept), the latest expiry, and CredentialsIssued. */
+function withSessions(status: AgentTaskStatus, granted: SessionGrant[], at: string, generation: number | undefined): AgentTaskStatus {
+  const before = status.credentials;
+  const sessions = [...(before?.sessions ?? []), ...granted.map((g) => g.session)].slice(-MAX_RECORDED_SESSIONS);
+  const expiration = [before?.expiration, ...granted.map((g) => g.session.expiration)].reduce((a, b) => (b !== undefined && (a === undefined || b > a) ? b : a));
+  const last = granted.at(-1) as SessionGrant;
+  return {
+    credentials: { ...before, sourceIdentity: last.sourceIdentity, expiration, sessions },
+    conditions: mergeConditions(
+      status.conditions,
+      [{ type: ConditionType.CredentialsIssued, status: 'True', reason: Reason.Issued, message: `session ${last.session.accessKeyId} (${last.session.credential}) valid until ${last.session.expiration}` }],
+      at,
+      generation,
+    ),
+  };
 }
 
 /**
@@ -217,6 +256,7 @@ function isEmpty(d: TaskDelta): boolean {
     d.recent.length === 0 &&
     d.systems.size === 0 &&
     d.dataClasses.size === 0 &&
+    d.sessions.length === 0 &&
     !d.violation
   );
 }
@@ -237,6 +277,7 @@ function merge(into: TaskDelta, from: TaskDelta): void {
   into.violation ??= from.violation;
   into.events.push(...from.events);
   into.resolutions.push(...from.resolutions);
+  into.sessions.push(...from.sessions);
 }
 
 interface Entry {

@@ -1,6 +1,6 @@
 import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
-import { MAX_RECORDED_SESSIONS, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
-import { deadlineOf, endOf, POLICY_DEFAULTS, STS_AUDIENCE } from '../api/task.js';
+import type { AgentPolicy, AgentTask } from '../api/schema.js';
+import { deadlineOf, POLICY_DEFAULTS, STS_AUDIENCE } from '../api/task.js';
 import type { TaskJournal } from '../audit/journal.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import { ChainwardenError, reasonOf } from '../errors.js';
@@ -20,24 +20,19 @@ const REFRESH_MARGIN_MS = 5 * 60_000;
 
 export interface CredentialBrokerDeps {
   sts: StsPort;
-  /** The broker's status writer (field manager chainwarden-broker) and Events. */
+  /** The broker's status writer (field manager chainwarden-broker), for issuance failures, and Events. */
   status: Pick<TaskStatusWriter, 'update'>;
   events: Pick<TaskClient, 'recordEvent'>;
   issuer: SvidIssuer;
   policy: (namespace: string, name: string) => AgentPolicy | undefined;
-  /**
-   * The task as this replica's cache has it: a session is recorded on it without reading it
-   * first, since the write is conditional on its version and a stale copy only costs a retry.
-   */
-  cached?: (namespace: string, name: string) => AgentTask | undefined;
   clock: Clock;
   log: Logger;
   /** The SPIFFE trust domain: a web-identity token's subject is derived from the task's spec. */
   trustDomain: string;
   /** This replica's name, recorded with each session it issues. */
   replica: string;
-  /** Where the credential_issued audit records go. */
-  journal?: Pick<TaskJournal, 'record'>;
+  /** Where sessions are recorded, with their credential_issued audit records, before they are handed out. */
+  journal: Pick<TaskJournal, 'commit'>;
   /** The keys Gateway credentials are answered with; without them every credential is delivered Direct. */
   placeholders?: Placeholders;
   /** Jitter for the wait between issuances after STS failed; Math.random by default. */
@@ -63,7 +58,8 @@ interface BackingOff {
 /**
  * Per-task AWS sessions. Any replica can mint one; nothing secret is stored in the cluster:
  * each replica keeps what it minted in memory, and records the session (access key id, expiry,
- * name, replica; never the secret) in the task's status before handing it out.
+ * name, replica; never the secret) in the task's status, through the task's journal, before
+ * handing it out.
  */
 export class CredentialBroker {
   private readonly cache = new Map<string, Cached>();
@@ -171,17 +167,8 @@ export class CredentialBroker {
       throw await this.failed(task, new ChainwardenError(err.code, err.message));
     }
     faultPoint('issue.after-sts');
-    await this.record(task, name, request.roleSessionName, request.sourceIdentity, session);
+    await this.record(task, name, request, session);
     faultPoint('issue.after-record');
-    this.deps.journal?.record(task, {
-      events: [
-        {
-          type: 'credential_issued',
-          at: new Date(this.deps.clock.now()).toISOString(),
-          data: { credential: name, roleArn: request.roleArn, accessKeyId: session.accessKeyId, expiration: session.expiration.toISOString(), sessionName: request.roleSessionName, sourceIdentity: request.sourceIdentity, durationSeconds: request.durationSeconds, replica: this.deps.replica },
-        },
-      ],
-    });
     this.deps.log.info(
       { event: 'credential_issued', task: `${namespace}/${taskName}`, credential: name, accessKeyId: session.accessKeyId, expiration: session.expiration.toISOString(), durationSeconds: request.durationSeconds },
       'AWS session issued',
@@ -205,33 +192,25 @@ export class CredentialBroker {
     return this.deps.issuer.mint(spiffeId, STS_AUDIENCE, undefined, claims).token;
   }
 
-  /** Writes the session into status; refuses to hand it out if the task ended meanwhile. */
-  private async record(task: AgentTask, credential: string, sessionName: string, sourceIdentity: string, session: AwsSession): Promise<void> {
+  /**
+   * Records the session in status, with its audit record and whatever the task's journal has
+   * queued, in one write; refuses to hand it out if the task ended meanwhile.
+   */
+  private async record(task: AgentTask, credential: string, request: { roleArn: string; roleSessionName: string; sourceIdentity: string; durationSeconds: number }, session: AwsSession): Promise<void> {
     const { namespace = '', name = '' } = task.metadata;
     const issuedAt = new Date(this.deps.clock.now()).toISOString();
     const expiration = session.expiration.toISOString();
-    const cached = this.deps.cached ? () => this.deps.cached?.(namespace, name) : undefined;
-    const written = await this.deps.status.update(namespace, name, (current) => {
-      if (endOf(current, this.deps.clock.now()) || current.metadata.uid !== task.metadata.uid) return undefined;
-      const before = current.status?.credentials;
-      const latest = before?.expiration && before.expiration > expiration ? before.expiration : expiration;
-      const status: AgentTaskStatus = {
-        ...current.status,
-        credentials: {
-          ...before,
+    const { roleArn, roleSessionName: sessionName, sourceIdentity, durationSeconds } = request;
+    const written = await this.deps.journal.commit(task, {
+      sessions: [
+        {
+          taskUid: task.metadata.uid ?? '',
+          session: { credential, accessKeyId: session.accessKeyId, expiration, sessionName, issuedBy: this.deps.replica, issuedAt },
           sourceIdentity,
-          expiration: latest,
-          sessions: [...(before?.sessions ?? []), { credential, accessKeyId: session.accessKeyId, expiration, sessionName, issuedBy: this.deps.replica, issuedAt }].slice(-MAX_RECORDED_SESSIONS),
+          event: { type: 'credential_issued', at: issuedAt, data: { credential, roleArn, accessKeyId: session.accessKeyId, expiration, sessionName, sourceIdentity, durationSeconds, replica: this.deps.replica } },
         },
-        conditions: mergeConditions(
-          current.status?.conditions,
-          [{ type: ConditionType.CredentialsIssued, status: 'True', reason: Reason.Issued, message: `session ${session.accessKeyId} (${credential}) valid until ${expiration}` }],
-          issuedAt,
-          current.metadata.generation,
-        ),
-      };
-      return status;
-    }, cached);
+      ],
+    });
     const recorded = written?.status?.credentials?.sessions?.some((s) => s.accessKeyId === session.accessKeyId);
     if (!recorded) {
       // Not recorded, not handed out. The task's revocation denies its marker on the role, so this session is dead too.

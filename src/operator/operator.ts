@@ -316,7 +316,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   // One key for hop ids and placeholder AWS keys, shared by every replica through a Secret.
   const hopKey = await loadHopKey(kc, namespace);
   const placeholders = new Placeholders(hopKey);
-  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, cached: (ns, name) => tasks.current(ns, name), clock, log, trustDomain, replica: identity, journal, placeholders });
+  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal, placeholders });
   // Whether this replica's watch shows a task ended (or gone) within `timeoutMs`: an end it wrote
   // is answered once it does, since the other replicas' watches are fed alike.
   const endShown = (task: AgentTask, timeoutMs: number) => {

@@ -3,6 +3,23 @@ import type { AgentTask, AgentTaskStatus } from '../../src/api/schema.js';
 import { ownerWriter, type TaskClient, type TaskStatusWriter, type WriteOutcome } from '../../src/kube/tasks.js';
 import type { JsonPatchOperation } from '../../src/runtime/apply.js';
 
+/** `part` without the fields `written` states: top-level fields, `credentials` fields, conditions by type. */
+function without(part: AgentTaskStatus, written: AgentTaskStatus): AgentTaskStatus {
+  const out: AgentTaskStatus = { ...part };
+  for (const key of Object.keys(written) as (keyof AgentTaskStatus)[]) if (key !== 'credentials' && key !== 'conditions') delete out[key];
+  if (out.credentials && written.credentials) {
+    const credentials = { ...out.credentials };
+    for (const key of Object.keys(written.credentials) as (keyof typeof credentials)[]) delete credentials[key];
+    if (Object.keys(credentials).length > 0) out.credentials = credentials;
+    else delete out.credentials;
+  }
+  if (out.conditions && written.conditions) {
+    const types = new Set(written.conditions.map((c) => c.type));
+    out.conditions = out.conditions.filter((c) => !types.has(c.type));
+  }
+  return out;
+}
+
 /**
  * An in-memory TaskClient for unit tests, with the semantics the API server gives the real one:
  * writes conditional on the resourceVersion read, server-side apply per field manager (each
@@ -51,6 +68,8 @@ export class TaskClientTwin implements TaskClient {
     }
     const mine = ownedStatus(owner, status);
     this.writes.push({ owner, status: mine });
+    // A field two owners share is the last writer's value: the other's earlier one no longer counts.
+    for (const [other, part] of this.applied) if (other !== owner) this.applied.set(other, without(part, mine));
     this.applied.set(owner, mine);
     const parts = [...this.applied.values()];
     const merged: AgentTaskStatus = Object.assign({}, ...parts) as AgentTaskStatus;

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startAgentProxy } from '../../src/agent/proxy.js';
 import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../../src/api/schema.js';
 import type { AgentPrincipal } from '../../src/broker/auth.js';
+import { TaskJournal } from '../../src/audit/journal.js';
 import { CredentialBroker } from '../../src/credentials/broker.js';
 import { AwsStsPort } from '../../src/credentials/sts.js';
 import { InMemoryKeyStore, KeyRing } from '../../src/identity/keyring.js';
@@ -98,7 +99,8 @@ describe('secrets never reach the log', () => {
     };
     const port = new AwsStsPort({ region: 'us-east-1', endpoint, credentials: { accessKeyId: 'AKIDBASE', secretAccessKey: awsSecretKey() }, maxAttempts: 1 });
     closers.push(() => Promise.resolve(port.destroy()));
-    const broker = new CredentialBroker({ sts: port, status, events: { recordEvent: () => Promise.resolve() }, issuer: await issuer(), policy: () => policy, clock, log, trustDomain: 'cluster.local', replica: 'r1' });
+    const journal = new TaskJournal({ writer: status, emit: () => undefined, log });
+    const broker = new CredentialBroker({ sts: port, status, events: { recordEvent: () => Promise.resolve() }, issuer: await issuer(), policy: () => policy, clock, log, trustDomain: 'cluster.local', replica: 'r1', journal });
 
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ message: expect.stringContaining('InvalidIdentityToken') as unknown });
     expect(sent[0]).toMatch(/^eyJ/);

@@ -1,8 +1,10 @@
 import type { AgentTask } from '../../../src/api/schema.js';
 import { KubeTaskClient } from '../../../src/kube/tasks.js';
+import { applyStatus } from '../../../src/runtime/apply.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
+import { createRole } from '../../env/aws.js';
 import { boundExampleAgent } from '../../env/hops.js';
 import { create } from '../../env/kube.js';
 import { eventReasons, readTask, waitForTask } from './helpers.js';
@@ -21,8 +23,15 @@ function owners(task: AgentTask): Map<string, string[]> {
 }
 
 describe('one owner per status field, through the real API server', () => {
-  test('a live task shows the controller, the journal and the broker each owning only its own fields', async ({ admin, env, namespace }) => {
-    const agent = await boundExampleAgent(admin, env, namespace);
+  test('a live task shows the controller, the journal and the broker each owning only its own fields, the session record shared', async ({ admin, env, namespace }) => {
+    // Direct delivery: the session is minted and recorded when the agent asks for it.
+    const roleArn = await createRole(env, `support-agent-${namespace}`);
+    const agent = await boundExampleAgent(admin, env, namespace, {
+      policy: (p) => void (p.spec.aws = { allowedRoleArns: [roleArn], maxDuration: '1h', allowDirect: true }),
+      task: (t) => void (t.spec.credentials![0]!.aws = { ...t.spec.credentials![0]!.aws, roleArn, delivery: 'Direct' }),
+    });
+    const credentials = await brokerRequest(env, 'GET', '/v1/credentials', { token: agent.token });
+    expect(credentials.status).toBe(200);
     const hop = await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/4711' });
     expect(hop.body.decision).toBe('allow');
     const done = await brokerRequest(env, 'POST', `/v1/tasks/${namespace}/ticket-4711/complete`, { token: agent.token });
@@ -31,8 +40,10 @@ describe('one owner per status field, through the real API server', () => {
     const byManager = owners(task);
     expect([...byManager.keys()].sort()).toEqual(['chainwarden-broker', 'chainwarden-controller', 'chainwarden-journal']);
     expect(byManager.get('chainwarden-controller')).toEqual(expect.arrayContaining(['f:state', 'f:boundPods', 'f:conditions', 'f:spiffeID', 'f:deadline']));
-    expect(byManager.get('chainwarden-journal')).toEqual(expect.arrayContaining(['f:chain', 'f:hops', 'f:audit', 'f:recentHops']));
-    expect(byManager.get('chainwarden-broker')).toEqual(['f:completion']);
+    // The session went into status with its audit record, in the journal's write; the broker states it with its completion.
+    expect(byManager.get('chainwarden-journal')).toEqual(expect.arrayContaining(['f:chain', 'f:hops', 'f:audit', 'f:recentHops', 'f:credentials']));
+    expect(byManager.get('chainwarden-broker')?.sort()).toEqual(['f:completion', 'f:conditions', 'f:credentials']);
+    expect(task.status?.credentials?.sessions).toHaveLength(1);
     // No field has two owners.
     const all = [...byManager.values()].flat().filter((f) => f !== 'f:conditions' && f !== 'f:credentials');
     expect(new Set(all).size).toBe(all.length);
@@ -85,6 +96,26 @@ describe('one owner per status field, through the real API server', () => {
     const after = await readTask(admin, namespace, name);
     expect(after?.status?.credentials?.sessions).toHaveLength(rounds);
     expect(after?.status?.state).toBe('Pending');
+  });
+
+  test('sessions an earlier version\'s broker recorded alone stay through this version\'s writes', async ({ admin, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    const created = await create(admin, exampleTask(namespace));
+    const name = created.metadata.name ?? '';
+    await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending');
+    const client = new KubeTaskClient(admin);
+    // A replica of the version before applied the session record under the broker's manager, its sole owner.
+    const earlier = { credential: 'default', accessKeyId: 'ASIAEARLIERVERSION', expiration: '2026-11-21T11:00:00Z', sessionName: 's', issuedBy: 'old', issuedAt: '2026-11-21T10:45:00Z' };
+    const read = (await readTask(admin, namespace, name))!;
+    const issued = { type: 'CredentialsIssued', status: 'True' as const, reason: 'Issued', message: 'session ASIAEARLIERVERSION', lastTransitionTime: '2026-11-21T10:45:00Z' };
+    expect((await applyStatus(admin, { path: `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/${name}`, apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', namespace, name }, 'chainwarden-broker', { credentials: { sourceIdentity: 'marker', expiration: earlier.expiration, sessions: [earlier] }, conditions: [issued] }, read.metadata.resourceVersion)).outcome).toBe('written');
+    // This version's broker records a completion, its journal a hop: neither leaves the record out.
+    await client.statusWriter('broker').update(namespace, name, (t) => ({ ...t.status, completion: { pod: 'p', at: '2026-11-21T10:50:00Z' } }));
+    await client.statusWriter('journal').update(namespace, name, (t) => ({ ...t.status, hops: { allowed: 1, denied: 0, pending: 0 } }));
+    const task = await readTask(admin, namespace, name);
+    expect(task?.status?.credentials?.sessions).toEqual([earlier]);
+    expect(task?.status?.credentials?.sourceIdentity).toBe('marker');
+    expect(task?.status?.conditions?.find((c) => c.type === 'CredentialsIssued')).toMatchObject({ status: 'True', message: 'session ASIAEARLIERVERSION' });
   });
 
   test('a finalizer patch from a stale read is a lost race, retried, never a refusal that names no cause', async ({ admin, namespace }) => {

@@ -302,3 +302,46 @@ describe('applyDelta counts hops allowed in Audit mode', () => {
     expect(written.at(-1)?.hops).toMatchObject({ allowed: 3, wouldDeny: 2 });
   });
 });
+
+describe('applyDelta records a session only on a live task, with its audit record', () => {
+  const at = Date.parse('2026-11-21T10:00:00Z');
+  const live = (status: AgentTaskStatus = {}) => ({ ...task('u1', status), metadata: { namespace: 'ns', name: 't', uid: 'u1', creationTimestamp: '2026-11-21T09:59:00Z', generation: 1 } }) as AgentTask;
+  const grant = (accessKeyId: string, expiration = '2026-11-21T10:15:00.000Z', taskUid = 'u1') => ({
+    taskUid,
+    session: { credential: 'default', accessKeyId, expiration, sessionName: 'ns.t.default.1', issuedBy: 'r1', issuedAt: '2026-11-21T10:00:00.000Z' },
+    sourceIdentity: 'chainwarden-u1',
+    event: { type: 'credential_issued' as const, at: '2026-11-21T10:00:00.000Z', data: { accessKeyId } },
+  });
+
+  it('appends the session, keeps the latest expiry, says CredentialsIssued and links the record after the others', () => {
+    const before = live({ credentials: { sourceIdentity: 'chainwarden-u1', expiration: '2026-11-21T10:30:00.000Z', sessions: [grant('ASIAOLD', '2026-11-21T10:30:00.000Z').session] } });
+    const { status, records } = applyDelta(before, { ...emptyDelta(), events: [hop(1)], sessions: [grant('ASIANEW')] }, at);
+    expect(status.credentials?.sessions?.map((s) => s.accessKeyId)).toEqual(['ASIAOLD', 'ASIANEW']);
+    expect(status.credentials?.expiration).toBe('2026-11-21T10:30:00.000Z');
+    expect(status.conditions?.find((c) => c.type === 'CredentialsIssued')).toMatchObject({ status: 'True', reason: 'Issued', message: expect.stringContaining('ASIANEW') as unknown, observedGeneration: 1 });
+    expect(records.map((r) => r.type)).toEqual(['hop_decided', 'credential_issued']);
+    expect(status.audit?.count).toBe(2);
+  });
+
+  it.each([
+    { why: 'the task completed meanwhile', before: live({ completion: { pod: 'p', at: '2026-11-21T09:59:30Z' } }), delta: {} },
+    { why: 'its deadline passed', before: { ...live(), metadata: { ...live().metadata, creationTimestamp: '2026-11-21T08:59:59Z' } }, delta: {} },
+    { why: 'a violation is recorded in the same write', before: live(), delta: { violation: { hopId: 'h1_9', rule: 'no-exfiltration', message: 'm' } } },
+    { why: 'the task was deleted and created again', before: { ...live(), metadata: { ...live().metadata, uid: 'u2' } }, delta: {} },
+  ])('leaves it out, record and all, when $why', ({ before, delta }) => {
+    const { status, records } = applyDelta(before, { ...emptyDelta(), ...delta, sessions: [grant('ASIALATE')] }, at);
+    expect(status.credentials?.sessions ?? []).toEqual([]);
+    expect(records.some((r) => r.type === 'credential_issued')).toBe(false);
+    expect(status.conditions?.some((c) => c.type === 'CredentialsIssued') ?? false).toBe(false);
+  });
+
+  it('a session queued with other changes goes out in their write, and whoever waits on it hears it landed', async () => {
+    const written: AgentTaskStatus[] = [];
+    const { journal, emitted } = journalWith((_a, status) => (written.push(status), Promise.resolve(task('u1', status))));
+    journal.record(task(), { events: [hop(1)] });
+    const landed = await journal.commit(task(), { sessions: [grant('ASIAONE')] });
+    expect(written).toHaveLength(1);
+    expect(landed?.status?.credentials?.sessions?.map((s) => s.accessKeyId)).toEqual(['ASIAONE']);
+    expect(emitted.map((r) => r.type)).toEqual(['hop_decided', 'credential_issued']);
+  });
+});

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
+import { TaskJournal } from '../../../src/audit/journal.js';
+import type { AuditRecord } from '../../../src/audit/record.js';
 import { CredentialBroker } from '../../../src/credentials/broker.js';
 import { InMemorySts } from '../../../src/credentials/sts.js';
 import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
@@ -22,13 +24,21 @@ const who: AgentPrincipal = { namespace: 'ns', podName: 'pod', podUid: 'u', serv
 
 const stored = (writer: TaskClientTwin) => writer.task as AgentTask;
 
+/** The task's journal over the twin, as the operator builds it; `emitted` is the audit stream. */
+function journalOf(writer: TaskClientTwin, cached?: () => AgentTask | undefined, at: { now: () => number } = clock) {
+  const emitted: AuditRecord[] = [];
+  const journal = new TaskJournal({ writer: writer.statusWriter('journal'), emit: (r) => emitted.push(r), log: silentLogger(), cached: cached && (() => cached()), clock: at });
+  return { journal, emitted };
+}
+
 async function setup() {
   const sts = new InMemorySts(clock.now);
   const writer = new TaskClientTwin(task);
   const ring = new KeyRing(new InMemoryKeyStore(), clock);
   await ring.refresh();
-  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1' });
-  return { sts, writer, broker, stored: () => writer.task as AgentTask };
+  const { journal, emitted } = journalOf(writer);
+  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal });
+  return { sts, writer, broker, emitted, stored: () => writer.task as AgentTask };
 }
 
 describe('CredentialBroker', () => {
@@ -54,7 +64,8 @@ describe('CredentialBroker', () => {
     const ring = new KeyRing(new InMemoryKeyStore(), clock);
     await ring.refresh();
     const cache = structuredClone(writer.task as AgentTask);
-    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, cached: () => cache, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1' });
+    const { journal } = journalOf(writer, () => cache);
+    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal });
     const first = await broker.credentials(who, 'default');
     expect(reads).toBe(0);
     // Another writer moved the task on; this replica's cache has not seen it yet.
@@ -108,11 +119,22 @@ describe('CredentialBroker', () => {
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'task_not_active' });
   });
 
-  it('writes only the broker\'s fields, under its own field manager', async () => {
-    const { writer, broker } = await setup();
-    await broker.credentials(who, 'default');
-    expect(writer.writes.map((w) => w.owner)).toEqual(['broker']);
-    expect(Object.keys(writer.writes[0]?.status ?? {}).sort()).toEqual(['conditions', 'credentials']);
+  it('records the session and its audit record in one write, with what the journal had queued for the task', async () => {
+    const sts = new InMemorySts(clock.now);
+    const writer = new TaskClientTwin(task);
+    const ring = new KeyRing(new InMemoryKeyStore(), clock);
+    await ring.refresh();
+    const { journal, emitted } = journalOf(writer);
+    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal });
+    // The controller's record of the binding, queued a moment before the agent asked.
+    journal.record(task, { events: [{ type: 'identity_bound', at: new Date(now).toISOString(), data: { pods: [{ name: 'pod', uid: 'u' }] } }] });
+    const session = await broker.credentials(who, 'default');
+    expect(writer.writes.map((w) => w.owner)).toEqual(['journal']);
+    expect(emitted.map((r) => r.type)).toEqual(['identity_bound', 'credential_issued']);
+    expect(emitted[1]?.data).toMatchObject({ accessKeyId: session.accessKeyId, credential: 'default', replica: 'r1' });
+    expect(stored(writer).status?.audit).toMatchObject({ count: 2, head: emitted[1]?.hash });
+    expect(stored(writer).status?.credentials?.sessions?.map((s) => s.accessKeyId)).toEqual([session.accessKeyId]);
+    expect(stored(writer).status?.conditions?.find((c) => c.type === 'CredentialsIssued')).toMatchObject({ status: 'True', reason: 'Issued' });
     expect(writer.task?.status?.state).toBe('Bound');
   });
 
@@ -137,7 +159,8 @@ describe('CredentialBroker', () => {
     const writer = new TaskClientTwin(task);
     const ring = new KeyRing(new InMemoryKeyStore(), moving);
     await ring.refresh();
-    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', random: () => 0 });
+    const { journal } = journalOf(writer, undefined, moving);
+    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', random: () => 0, journal });
     const unavailable = () => sts.failNext(Object.assign(new Error('Service unavailable'), { name: 'ServiceUnavailable' }));
 
     unavailable();
