@@ -66,6 +66,14 @@ export interface TaskControllerTriggers {
 /** A write that lost a race to a newer version: look again once the watch has brought it. */
 const CONFLICT_RETRY_MS = 100;
 
+/**
+ * How long a task created moments ago, with no pod yet, waits for its first look. Its pod usually
+ * follows within moments (created with it, by the same client or its Job); the pod's arrival looks
+ * at once, and the task is bound in one status write with one Event, instead of first written
+ * WaitingForPods and then Bound. A task whose pod does not come says WaitingForPods this much later.
+ */
+export const NEW_TASK_FIRST_LOOK_MS = 250;
+
 export function podView(pod: PodRecord): PodView {
   return {
     name: pod.metadata?.name ?? '',
@@ -100,7 +108,9 @@ export class AgentTaskController {
       // The journal records hops many times a second; only a change of what the controller acts on wakes it.
       // So does a new outbox on an ended task: no later write may come to carry its records out.
       if (event === 'update' && old && isDeepStrictEqual(factsOf(old), factsOf(task)) && !outboxAppeared(old, task)) return;
-      this.enqueue(keyOf(task.metadata.namespace, task.metadata.name));
+      const key = keyOf(task.metadata.namespace, task.metadata.name);
+      if (event === 'add' && this.awaitsItsPod(task)) return this.queue?.addAfter(key, NEW_TASK_FIRST_LOOK_MS);
+      this.enqueue(key);
     });
     triggers.pods.on((_event, pod) => {
       const task = pod.metadata?.labels?.[TASK_LABEL];
@@ -116,6 +126,13 @@ export class AgentTaskController {
 
   private enqueue(key: string): void {
     this.queue?.add(key);
+  }
+
+  /** A task never looked at, created within the last moments, whose pod has not arrived yet. */
+  private awaitsItsPod(task: AgentTask): boolean {
+    const { namespace = '', name = '', creationTimestamp } = task.metadata;
+    const age = this.deps.clock.now() - (Date.parse(String(creationTimestamp ?? '')) || 0);
+    return task.status?.state === undefined && age >= -1_000 && age < 2_000 && this.deps.sources.pods(namespace, name).length === 0;
   }
 
   /**

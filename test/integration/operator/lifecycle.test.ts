@@ -98,6 +98,17 @@ describe('AgentTask lifecycle', () => {
     expect((await svid(await podToken(admin, second))).status).toBe(200);
   });
 
+  test('a task whose pod comes with it is bound in one step, with no WaitingForPods on the way', async ({ admin, namespace }) => {
+    await create(admin, examplePolicy(namespace));
+    await createServiceAccount(admin, namespace, 'support-agent');
+    await create(admin, exampleTask(namespace));
+    await createAgentPod(admin, namespace, { name: 'agent-0', task: 'ticket-4711', serviceAccount: 'support-agent' });
+    const bound = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Bound');
+    expect(condition(bound, 'Ready')).toMatchObject({ status: 'True', reason: 'Bound' });
+    await expect.poll(() => eventReasons(admin, namespace, 'ticket-4711')).toContain('Bound');
+    expect(await eventReasons(admin, namespace, 'ticket-4711')).toEqual(['Bound']);
+  });
+
   test('a task whose policy is missing stays Pending and says which policy to create', async ({ admin, env, namespace }) => {
     await create(admin, examplePolicy(namespace));
     await createServiceAccount(admin, namespace, 'support-agent');
