@@ -10,7 +10,7 @@ import type { AgentTaskStatus } from './schema.js';
 export const FieldManager = {
   /** Turns facts into state: lifecycle conditions, bound pods, revocation. */
   controller: 'chainwarden-controller',
-  /** Records hops: the chain context, pending and recent hops, the audit head, a violation. */
+  /** Records hops (the chain context, pending and recent hops, the audit head, a violation) and the sessions handed out. */
   journal: 'chainwarden-journal',
   /** Records what the agent reported (completion) and why a credential could not be issued. */
   broker: 'chainwarden-broker',
