@@ -1,3 +1,4 @@
+import type { KubeConfig } from '@kubernetes/client-node';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { KubeTaskClient } from '../../../src/kube/tasks.js';
 import { applyStatus } from '../../../src/runtime/apply.js';
@@ -20,6 +21,15 @@ interface ManagedField {
 function owners(task: AgentTask): Map<string, string[]> {
   const fields = ((task.metadata as { managedFields?: ManagedField[] }).managedFields ?? []).filter((m) => m.subresource === 'status');
   return new Map(fields.map((m) => [m.manager, Object.keys(m.fieldsV1?.['f:status'] ?? {})]));
+}
+
+/** The example task, Pending (it has no pods), and a client writing its status as the operator's owners do. */
+async function pendingTask(admin: KubeConfig, namespace: string) {
+  await create(admin, examplePolicy(namespace));
+  const created = await create(admin, exampleTask(namespace));
+  const name = created.metadata.name ?? '';
+  await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending');
+  return { name, client: new KubeTaskClient(admin) };
 }
 
 describe('one owner per status field, through the real API server', () => {
@@ -64,12 +74,8 @@ describe('one owner per status field, through the real API server', () => {
   });
 
   test('two writers changing their own fields at once lose nothing, and neither removes the other\'s', async ({ admin, namespace }) => {
-    await create(admin, examplePolicy(namespace));
-    const created = await create(admin, exampleTask(namespace));
-    const name = created.metadata.name ?? '';
     // The operator's controller writes this task too (it is Pending: no pods): a third writer.
-    await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending');
-    const client = new KubeTaskClient(admin);
+    const { name, client } = await pendingTask(admin, namespace);
     const journal = client.statusWriter('journal');
     const broker = client.statusWriter('broker');
     const rounds = 15;
@@ -99,11 +105,7 @@ describe('one owner per status field, through the real API server', () => {
   });
 
   test('sessions an earlier version\'s broker recorded alone stay through this version\'s writes', async ({ admin, namespace }) => {
-    await create(admin, examplePolicy(namespace));
-    const created = await create(admin, exampleTask(namespace));
-    const name = created.metadata.name ?? '';
-    await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending');
-    const client = new KubeTaskClient(admin);
+    const { name, client } = await pendingTask(admin, namespace);
     // A replica of the version before applied the session record under the broker's manager, its sole owner.
     const earlier = { credential: 'default', accessKeyId: 'ASIAEARLIERVERSION', expiration: '2026-11-21T11:00:00Z', sessionName: 's', issuedBy: 'old', issuedAt: '2026-11-21T10:45:00Z' };
     const read = (await readTask(admin, namespace, name))!;

@@ -38,7 +38,7 @@ async function setup() {
   await ring.refresh();
   const { journal, emitted } = journalOf(writer);
   const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal });
-  return { sts, writer, broker, emitted, stored: () => writer.task as AgentTask };
+  return { sts, writer, broker, journal, emitted, stored: () => writer.task as AgentTask };
 }
 
 describe('CredentialBroker', () => {
@@ -120,12 +120,7 @@ describe('CredentialBroker', () => {
   });
 
   it('records the session and its audit record in one write, with what the journal had queued for the task', async () => {
-    const sts = new InMemorySts(clock.now);
-    const writer = new TaskClientTwin(task);
-    const ring = new KeyRing(new InMemoryKeyStore(), clock);
-    await ring.refresh();
-    const { journal, emitted } = journalOf(writer);
-    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal });
+    const { writer, broker, journal, emitted } = await setup();
     // The controller's record of the binding, queued a moment before the agent asked.
     journal.record(task, { events: [{ type: 'identity_bound', at: new Date(now).toISOString(), data: { pods: [{ name: 'pod', uid: 'u' }] } }] });
     const session = await broker.credentials(who, 'default');
