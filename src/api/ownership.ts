@@ -10,8 +10,13 @@ import type { AgentTaskStatus } from './schema.js';
 export const FieldManager = {
   /** Turns facts into state: lifecycle conditions, bound pods, revocation. */
   controller: 'chainwarden-controller',
-  /** Records hops (the chain context, pending and recent hops, the audit head, a violation) and the sessions handed out. */
-  journal: 'chainwarden-journal',
+  /**
+   * Records hops (the chain context, pending and recent hops, the audit head, a violation) and the
+   * sessions handed out. A manager name of its own, apart from the `chainwarden-journal` of
+   * versions whose journal did not record sessions: a field only one manager owns is removed when
+   * that manager applies without it, and those journals apply without the session record.
+   */
+  journal: 'chainwarden-journal-v2',
   /** Records what the agent reported (completion) and why a credential could not be issued. */
   broker: 'chainwarden-broker',
   /** Records which pending hops' approval notifications were delivered. */
@@ -26,8 +31,10 @@ type Credentials = NonNullable<AgentTaskStatus['credentials']>;
  * so neither removes it by leaving it out; the write whose version is current wins, as for any
  * field. The sessions the broker hands out are recorded by the journal, in the same write as
  * their audit records and whatever else the task's journal has queued; the broker wrote them
- * itself before, so it still states them (and the CredentialsIssued condition it sets when an
- * issuance fails), and a replica of either version leaves the other's record in place.
+ * itself in earlier versions, so it still states them (and the CredentialsIssued condition it
+ * sets when an issuance fails). With replicas of both versions running, each version's writers
+ * leave the other's record in place: the earlier broker states the record, the earlier journal
+ * (another manager name, see FieldManager) never owned it.
  */
 type Owners = StatusOwner | readonly StatusOwner[];
 const SESSIONS: Owners = ['journal', 'broker'];

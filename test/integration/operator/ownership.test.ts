@@ -48,10 +48,10 @@ describe('one owner per status field, through the real API server', () => {
     expect(done.status).toBe(200);
     const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Completed' && (t.status.hops?.allowed ?? 0) === 1);
     const byManager = owners(task);
-    expect([...byManager.keys()].sort()).toEqual(['chainwarden-broker', 'chainwarden-controller', 'chainwarden-journal']);
+    expect([...byManager.keys()].sort()).toEqual(['chainwarden-broker', 'chainwarden-controller', 'chainwarden-journal-v2']);
     expect(byManager.get('chainwarden-controller')).toEqual(expect.arrayContaining(['f:state', 'f:boundPods', 'f:conditions', 'f:spiffeID', 'f:deadline']));
     // The session went into status with its audit record, in the journal's write; the broker states it with its completion.
-    expect(byManager.get('chainwarden-journal')).toEqual(expect.arrayContaining(['f:chain', 'f:hops', 'f:audit', 'f:recentHops', 'f:credentials']));
+    expect(byManager.get('chainwarden-journal-v2')).toEqual(expect.arrayContaining(['f:chain', 'f:hops', 'f:audit', 'f:recentHops', 'f:credentials']));
     expect(byManager.get('chainwarden-broker')?.sort()).toEqual(['f:completion', 'f:conditions', 'f:credentials']);
     expect(task.status?.credentials?.sessions).toHaveLength(1);
     // No field has two owners.
@@ -69,7 +69,7 @@ describe('one owner per status field, through the real API server', () => {
     expect(denied.body.decision).toBe('deny');
     const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Violated');
     expect(task.status?.violation).toMatchObject({ hopId: denied.body.hopId, rule: 'no-exfiltration' });
-    expect(owners(task).get('chainwarden-journal')).toContain('f:violation');
+    expect(owners(task).get('chainwarden-journal-v2')).toContain('f:violation');
     await expect.poll(() => eventReasons(admin, namespace, 'ticket-4711')).toContain('Violated');
   });
 
@@ -118,6 +118,26 @@ describe('one owner per status field, through the real API server', () => {
     expect(task?.status?.credentials?.sessions).toEqual([earlier]);
     expect(task?.status?.credentials?.sourceIdentity).toBe('marker');
     expect(task?.status?.conditions?.find((c) => c.type === 'CredentialsIssued')).toMatchObject({ status: 'True', message: 'session ASIAEARLIERVERSION' });
+  });
+
+  test('a session this version\'s journal recorded stays through an earlier version\'s journal write, which never stated it', async ({ admin, namespace }) => {
+    const { name, client } = await pendingTask(admin, namespace);
+    // This version's journal records a session with its condition (the journal's manager its sole owner of what changed).
+    const at = '2026-11-21T10:45:00.000Z';
+    const session = { credential: 'default', accessKeyId: 'ASIATHISVERSION', expiration: '2026-11-21T11:00:00.000Z', sessionName: 's', issuedBy: 'new', issuedAt: at };
+    await client.statusWriter('journal').update(namespace, name, (t) => ({
+      ...t.status,
+      credentials: { sourceIdentity: 'marker', expiration: session.expiration, sessions: [session] },
+      conditions: [{ type: 'CredentialsIssued', status: 'True', reason: 'Issued', message: 'session ASIATHISVERSION', lastTransitionTime: at }],
+    }));
+    // A replica of the earlier version journals a hop: its manager applies the journal's fields of then, no session record.
+    const read = (await readTask(admin, namespace, name))!;
+    const ref = { path: `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/${name}`, apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', namespace, name };
+    expect((await applyStatus(admin, ref, 'chainwarden-journal', { hops: { allowed: 1, denied: 0, pending: 0 } }, read.metadata.resourceVersion)).outcome).toBe('written');
+    const task = await readTask(admin, namespace, name);
+    expect(task?.status?.hops?.allowed).toBe(1);
+    expect(task?.status?.credentials?.sessions).toEqual([session]);
+    expect(task?.status?.conditions?.find((c) => c.type === 'CredentialsIssued')).toMatchObject({ status: 'True', message: 'session ASIATHISVERSION' });
   });
 
   test('a finalizer patch from a stale read is a lost race, retried, never a refusal that names no cause', async ({ admin, namespace }) => {
