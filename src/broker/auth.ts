@@ -82,6 +82,9 @@ export const REFUSAL_TTL_MS = {
   pod: 30_000,
 } as const;
 
+/** Requests one pod may have waiting for its binding at once; more are refused at once, so waiting costs a pod's connections, never the broker's memory. */
+export const MAX_WAITING_PER_POD = 4;
+
 /** When a token names a key we do not have, the API server's keys are read again at most this often. */
 const KEY_REFETCH_MS = 10_000;
 
@@ -128,6 +131,8 @@ export class AgentAuthenticator {
   private readonly refused = new Map<string, { error: ChainwardenError; until: number }>();
   private readonly verifying = new Map<string, Promise<Verified>>();
   private readonly reading = new Map<string, Promise<PodRecord | undefined>>();
+  /** Requests waiting for their pod's binding, by pod uid. */
+  private readonly waitingByPod = new Map<string, number>();
   private readonly maxCached: number;
   private readonly maxRefused: number;
 
@@ -290,12 +295,20 @@ export class AgentAuthenticator {
     const found = this.principal(who, pod);
     if (!('waiting' in found)) return found;
     const waitMs = options.waitForBindingMs ?? 0;
-    if (waitMs <= 0 || !this.lookups.taskShows) throw found.waiting;
-    // Held until the task binds this pod, ends or goes, whichever the watch shows first; then checked afresh.
+    const waiting = this.waitingByPod.get(who.podUid) ?? 0;
+    if (waitMs <= 0 || !this.lookups.taskShows || waiting >= MAX_WAITING_PER_POD) throw found.waiting;
+    // Held until the task binds this pod, ends or goes, whichever the watch shows first; then checked afresh, the pod too.
     const { uid } = found.task.metadata;
     const settled = (t: AgentTask | undefined) => !t || t.metadata.uid !== uid || endOf(t, this.clock.now()) !== undefined || isBound(t, who.podUid);
-    await this.lookups.taskShows(who.namespace, found.task.metadata.name ?? '', settled, waitMs);
-    const after = this.principal(who, this.lookups.pod(who.namespace, who.podName) ?? pod);
+    this.waitingByPod.set(who.podUid, waiting + 1);
+    try {
+      await this.lookups.taskShows(who.namespace, found.task.metadata.name ?? '', settled, waitMs);
+    } finally {
+      const left = (this.waitingByPod.get(who.podUid) ?? 1) - 1;
+      if (left > 0) this.waitingByPod.set(who.podUid, left);
+      else this.waitingByPod.delete(who.podUid);
+    }
+    const after = this.principal(who, await this.podOf(key, who));
     if ('waiting' in after) throw after.waiting;
     return after;
   }

@@ -132,7 +132,10 @@ describe('AgentTask lifecycle', () => {
     const credentials = await brokerRequest(env, 'GET', '/v1/credentials', { token });
     expect(performance.now() - started).toBeLessThan(1_000);
     expect(credentials).toMatchObject({ status: 403, body: { error: { code: 'pod_not_bound', message: expect.stringMatching(/not bound to AgentTask ticket-4711 \(state Pending\)/) as unknown } } });
+    const hopAsked = performance.now();
     expect(await brokerRequest(env, 'POST', '/v1/hops', { token, body: { tool: 'tickets', action: 'read', resource: 'ticket/1' } })).toMatchObject({ status: 403, body: { error: { code: 'pod_not_bound' } } });
+    // Not held: well under the credentials' wait.
+    expect(performance.now() - hopAsked).toBeLessThan(400);
   });
 
   test('a tenant cannot make a task escape its revocation finalizer: not at creation, not by taking it off later', async ({ admin, namespace, userKubeConfig }) => {

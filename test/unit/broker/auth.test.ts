@@ -3,7 +3,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
-import { AgentAuthenticator, REFUSAL_TTL_MS, type PodRecord } from '../../../src/broker/auth.js';
+import { AgentAuthenticator, MAX_WAITING_PER_POD, REFUSAL_TTL_MS, type PodRecord } from '../../../src/broker/auth.js';
 import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
@@ -278,6 +278,31 @@ describe('a pod whose task has not bound it yet', () => {
       await expect(answer).rejects.toMatchObject({ status: 403, code: 'task_not_active' });
       expect(performance.now() - started).toBeLessThan(2_000);
     }
+  });
+
+  it('holds a few requests of one pod at once and refuses the rest at once, so a flood of them holds nothing more', async () => {
+    const { auth, change, waiting } = watchedTask(pending);
+    const header = `Bearer ${await token()}`;
+    const held = Array.from({ length: MAX_WAITING_PER_POD }, () => auth.authenticate(header, { waitForBindingMs: 5_000 }));
+    await new Promise((r) => setTimeout(r, 10));
+    const started = performance.now();
+    await expect(auth.authenticate(header, { waitForBindingMs: 5_000 })).rejects.toMatchObject({ code: 'pod_not_bound' });
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(waiting()).toBe(MAX_WAITING_PER_POD);
+    change(boundTask);
+    for (const answer of held) await expect(answer).resolves.toMatchObject({ podUid: 'uid-0' });
+    // The count went back down: the pod may wait again.
+    change(pending);
+    const again = auth.authenticate(header, { waitForBindingMs: 5_000 });
+    setTimeout(() => change(boundTask), 10);
+    await expect(again).resolves.toMatchObject({ podUid: 'uid-0' });
+  });
+
+  it('is refused when its pod is deleted while it waits, though the binding lands', async () => {
+    const { auth, change } = watchedTask(pending);
+    const answer = auth.authenticate(`Bearer ${await token()}`, { waitForBindingMs: 5_000 });
+    setTimeout(() => (cachedPods.clear(), change(boundTask)), 10);
+    await expect(answer).rejects.toMatchObject({ status: 401, message: expect.stringMatching(/no longer exists/) as unknown });
   });
 
   it('is never bound by waiting when the task binds another pod', async () => {
