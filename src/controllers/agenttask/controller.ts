@@ -72,7 +72,7 @@ const CONFLICT_RETRY_MS = 100;
  * at once, and the task is bound in one status write with one Event, instead of first written
  * WaitingForPods and then Bound. A task whose pod does not come says WaitingForPods this much later.
  */
-export const NEW_TASK_FIRST_LOOK_MS = 250;
+export const NEW_TASK_FIRST_LOOK_MS = 1_000;
 
 export function podView(pod: PodRecord): PodView {
   return {
