@@ -194,11 +194,15 @@ function withSessions(status: AgentTaskStatus, granted: SessionGrant[], at: stri
  * The head after a write, with the write's records as its outbox: they are emitted only once the
  * head is written, and a process can die in between. The outbox of the write before is dropped:
  * its writer emitted it, or, if another process wrote it, this write's writer does (see flush).
+ * What the write before left is cleared by stating it empty, not by leaving it out: leaving a
+ * field out removes it only when this field manager owns it, and on a task an earlier version's
+ * journal wrote, that one does.
  */
 function auditAfter(before: AgentTaskStatus['audit'], records: AuditRecord[], writer: string): AgentTaskStatus['audit'] {
   const last = records.at(-1);
-  if (!last) return before && { head: before.head, count: before.count, ...(writer ? { writer } : {}) };
-  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: records.map(encodeUnsent) };
+  const cleared = before?.emitted ? { emitted: false } : {};
+  if (!last) return before && { head: before.head, count: before.count, ...(writer ? { writer } : {}), ...(before.unsent?.length ? { unsent: [] } : {}), ...cleared };
+  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: records.map(encodeUnsent), ...cleared };
 }
 
 /**

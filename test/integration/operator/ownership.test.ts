@@ -1,6 +1,7 @@
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { KubeTaskClient } from '../../../src/kube/tasks.js';
+import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
 import { applyStatus } from '../../../src/runtime/apply.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest } from '../../env/agents.js';
@@ -138,6 +139,23 @@ describe('one owner per status field, through the real API server', () => {
     expect(task?.status?.hops?.allowed).toBe(1);
     expect(task?.status?.credentials?.sessions).toEqual([session]);
     expect(task?.status?.conditions?.find((c) => c.type === 'CredentialsIssued')).toMatchObject({ status: 'True', message: 'session ASIATHISVERSION' });
+  });
+
+  test('an outbox an earlier version\'s journal left, marked emitted, is replaced by this version\'s next records, not left looking emitted', async ({ admin, namespace }) => {
+    const { name, client } = await pendingTask(admin, namespace);
+    const read = (await readTask(admin, namespace, name))!;
+    const ref = { path: `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/${name}`, apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', namespace, name };
+    // The earlier journal's manager wrote a head with its outbox, and marked it emitted.
+    const earlier = { head: 'e'.repeat(64), count: 1, writer: 'earlier/1', unsent: ['eyJlYXJsaWVyIjp0cnVlfQ=='], emitted: true };
+    expect((await applyStatus(admin, ref, 'chainwarden-journal', { audit: earlier }, read.metadata.resourceVersion)).outcome).toBe('written');
+    // This version's journal writes a record on top.
+    const event = { type: 'hop_decided' as const, at: '2026-11-21T10:50:00.000Z', data: { hopId: 'h1_x', decision: 'allow' } };
+    await client.statusWriter('journal').update(namespace, name, (t) => applyDelta(t, { ...emptyDelta(), events: [event] }, Date.parse(event.at), 'this/1').status);
+    const audit = (await readTask(admin, namespace, name))?.status?.audit;
+    expect(audit).toMatchObject({ count: 2, writer: 'this/1' });
+    expect(audit?.emitted ?? false).toBe(false);
+    expect(audit?.unsent).toHaveLength(1);
+    expect(audit?.unsent?.[0]).not.toBe(earlier.unsent[0]);
   });
 
   test('a finalizer patch from a stale read is a lost race, retried, never a refusal that names no cause', async ({ admin, namespace }) => {

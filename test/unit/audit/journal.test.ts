@@ -345,3 +345,24 @@ describe('applyDelta records a session only on a live task, with its audit recor
     expect(emitted.map((r) => r.type)).toEqual(['hop_decided', 'credential_issued']);
   });
 });
+
+describe('applyDelta clears the outbox it replaces by stating it, not by leaving it out', () => {
+  const withOutbox = (emitted: boolean) => task('u1', { audit: { head: 'h0', count: 1, writer: 'earlier', unsent: ['b3V0Ym94'], ...(emitted ? { emitted: true } : {}) } });
+
+  it('a write with records states its own outbox, and that it is not emitted yet', () => {
+    const { status } = applyDelta(withOutbox(true), { ...emptyDelta(), events: [hop(1)] }, Date.parse('2026-11-21T10:00:00Z'), 'me');
+    expect(status.audit).toMatchObject({ count: 2, writer: 'me', emitted: false });
+    expect(status.audit?.unsent).toHaveLength(1);
+    expect(status.audit?.unsent?.[0]).not.toBe('b3V0Ym94');
+  });
+
+  it('a write without records states the outbox empty', () => {
+    const { status } = applyDelta(withOutbox(true), { ...emptyDelta(), allowed: 1 }, Date.parse('2026-11-21T10:00:00Z'), 'me');
+    expect(status.audit).toEqual({ head: 'h0', count: 1, writer: 'me', unsent: [], emitted: false });
+  });
+
+  it('states nothing it need not: no outbox and nothing emitted before, none after', () => {
+    const { status } = applyDelta(task('u1', { audit: { head: 'h0', count: 1 } }), { ...emptyDelta(), allowed: 1 }, Date.parse('2026-11-21T10:00:00Z'), 'me');
+    expect(status.audit).toEqual({ head: 'h0', count: 1, writer: 'me' });
+  });
+});
