@@ -77,7 +77,7 @@ export const CONDITION_OWNERS: Record<ConditionType, Owners> = {
 };
 
 /** Whether `owner` writes a field owned by `owners`. */
-export const writes = (owners: Owners | undefined, owner: StatusOwner): boolean => (typeof owners === 'string' ? owners === owner : (owners?.includes(owner) ?? false));
+const writes = (owners: Owners | undefined, owner: StatusOwner): boolean => (typeof owners === 'string' ? owners === owner : (owners?.includes(owner) ?? false));
 
 function pick<T extends object>(value: T | undefined, owners: Partial<Record<keyof T, Owners>>, owner: StatusOwner): Partial<T> {
   const out: Partial<T> = {};

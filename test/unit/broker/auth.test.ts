@@ -248,7 +248,7 @@ describe('a pod whose task has not bound it yet', () => {
   }
   const pending = { ...boundTask, status: { state: 'Pending' } } as AgentTask;
 
-  it('is refused at once where nothing waits: every route but credentials', async () => {
+  it('is refused at once when the caller does not wait, as on every route but /v1/credentials', async () => {
     const { auth, waiting } = watchedTask(pending);
     await expect(auth.authenticate(`Bearer ${await token()}`)).rejects.toMatchObject({ status: 403, code: 'pod_not_bound', message: expect.stringMatching(/not bound to AgentTask ticket-4711 \(state Pending\); retry once the task is Bound/) as unknown });
     expect(waiting()).toBe(0);
