@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
@@ -36,11 +36,24 @@ export interface HopAnswer {
 
 /** How long, and for how many journal writes, the deny of a violation waits for the violation to be in status. */
 const VIOLATION_WAIT_MS = 10_000;
-const VIOLATION_WAIT_ATTEMPTS = 8;
+/** How many journal writes a hop that must be in status before it is answered waits for. */
+const LANDING_ATTEMPTS = 8;
+/** How long an allowed hop that widens the chain waits for its record to be in status before it is refused as `journal_behind`. */
+const WIDENING_WAIT_MS = 5_000;
 const NAME = /^[A-Za-z0-9_.:/-]{1,63}$/;
 const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'attributes', 'credential']);
 
+const keyOf = (task: AgentTask) => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
 const bad = (field: string, message: string) => new ChainwardenError('invalid_hop', `${field}: ${message}`, { field });
+
+/** Whether an allowed hop's change adds a system or a data class the chain, as last written or seen, has not touched. */
+export function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boolean {
+  const systems = chain?.systemsTouched ?? [];
+  const classes = chain?.dataClassesTouched ?? [];
+  for (const s of delta.systems ?? []) if (!systems.includes(s)) return true;
+  for (const c of delta.dataClasses ?? []) if (!classes.includes(c)) return true;
+  return false;
+}
 
 /** Validates a hop request; the first problem is a 400 that names the field. */
 export function parseHopRequest(body: unknown): HopRequest {
@@ -92,13 +105,16 @@ export interface HopServiceDeps {
   metrics: Metrics;
   /** Whether this replica's watch shows the task ended within `timeoutMs`: a violation is answered once it does. */
   endShown?: (task: AgentTask, timeoutMs: number) => Promise<boolean>;
+  /** Whether this replica's watch shows the task's chain at `version` or later (or the task ended or gone) within `timeoutMs`. */
+  chainShown?: (task: AgentTask, version: number, timeoutMs: number) => Promise<boolean>;
 }
 
 /**
  * Every hop is a new decision, taken with the whole chain in view: limits first, then the
  * policy's Cedar. Answers come from memory; the chain state and audit records are written to the
  * task by the journal in small batches, except where an answer must not outrun its record: a
- * hop left waiting for approval and a violation are written before they are answered.
+ * hop left waiting for approval, a violation, and an allowed hop that adds a system or data class
+ * to the chain are written before they are answered.
  */
 export class HopService {
   private readonly answers = new Map<string, HopAnswer>();
@@ -155,8 +171,10 @@ export class HopService {
       const record = outcome.delta.events?.[0];
       if (record) record.data.txnTokenSha256 = createHash('sha256').update(txnToken).digest('hex');
     }
-    if (!outcome.commit) this.deps.journal.record(task, outcome.delta);
-    else if (decision === 'deny') await this.commitViolation(task, outcome.delta, hopId);
+    if (!outcome.commit) {
+      if (decision === 'allow' && widens(this.deps.journal.latestChain(task), outcome.delta)) await this.commitWidening(task, outcome.delta, hopId);
+      else this.deps.journal.record(task, outcome.delta);
+    } else if (decision === 'deny') await this.commitViolation(task, outcome.delta, hopId);
     else await this.deps.journal.commit(task, outcome.delta);
     if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
     this.remember(answer);
@@ -175,28 +193,53 @@ export class HopService {
    * Past 10 s the answer is deny all the same, and the journal keeps trying.
    */
   private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
-    const deadline = performance.now() + VIOLATION_WAIT_MS;
+    const landed = await this.land(task, delta, VIOLATION_WAIT_MS, (left) => this.deps.endShown?.(task, left));
+    if ('failure' in landed) this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'violation not written yet; answering deny, and the journal retries it');
+  }
+
+  /**
+   * An allowed hop that adds a system or a data class to the chain changes what every later hop
+   * is decided on ("no email once PII was read"), on every replica. Answered from memory, its
+   * record could still be on its way when the agent's next hop reaches another replica, or lost
+   * with this one: the email would be decided on a chain that never read the PII. So it is
+   * answered once it is in the task's status and this replica's watch shows it (the other
+   * replicas' watches are fed alike). Hops that add nothing new are answered at once, as before:
+   * a chain widens a few times in its life. A write that does not land within 5 s refuses the
+   * hop as `journal_behind` (retryable); its record stays queued, so the chain counts the hop.
+   */
+  private async commitWidening(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
+    const landed = await this.land(task, delta, WIDENING_WAIT_MS, (left, written) => {
+      const version = written?.status?.chain?.version;
+      return version === undefined ? undefined : this.deps.chainShown?.(task, version, left);
+    });
+    if (!('failure' in landed)) return;
+    this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'a hop that widens the chain is refused until its record is written');
+    throw new ChainwardenError('journal_behind', `hop ${hopId} adds to what AgentTask ${keyOf(task)} has touched, and its record was ${landed.failure}; it is answered only once recorded, retry shortly`);
+  }
+
+  /**
+   * Commits `delta` and, once it is written, waits for `shown` (this replica's watch), all within
+   * `waitMs` and at most 8 writes: the journal retries a failing write, and what failed stays queued
+   * in it, so each attempt after the first waits for its next write. A write the API server holds
+   * (a frozen etcd) does not hold the caller past the wait.
+   */
+  private async land(task: AgentTask, delta: Partial<TaskDelta>, waitMs: number, shown: (leftMs: number, written: AgentTask | undefined) => Promise<boolean> | undefined): Promise<{ written: AgentTask | undefined } | { failure: string }> {
+    const deadline = performance.now() + waitMs;
     let change = delta;
     let timer: NodeJS.Timeout | undefined;
-    const outOfTime = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), VIOLATION_WAIT_MS)));
+    const outOfTime = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), waitMs)));
     try {
       for (let attempt = 1; ; attempt++) {
         let failure: unknown;
-        // A write the API server holds (a frozen etcd) does not hold the answer past the wait.
-        const landed = await Promise.race([this.deps.journal.commit(task, change).then(() => true as const, (err: unknown) => ((failure = err), false as const)), outOfTime]);
-        if (landed === true) {
-          // The other replicas learn of it through the same watch: within the same budget, the
-          // deny waits until this replica's watch has delivered the violation too.
+        const landed = await Promise.race([this.deps.journal.commit(task, change).then((written) => ({ written }), (err: unknown) => ((failure = err), false as const)), outOfTime]);
+        if (landed !== false && landed !== 'late') {
           const left = deadline - performance.now();
-          if (left > 0) await this.deps.endShown?.(task, left);
-          return;
+          if (left > 0) await shown(left, landed.written);
+          return landed;
         }
-        // What failed stays queued in the journal: each commit after this waits for its next write.
         change = {};
-        if (landed === 'late' || performance.now() >= deadline || attempt >= VIOLATION_WAIT_ATTEMPTS) {
-          const err = landed === 'late' ? `not written within ${VIOLATION_WAIT_MS / 1000} s` : errorMessage(failure);
-          this.deps.log.warn({ task: `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, hopId, err }, 'violation not written yet; answering deny, and the journal retries it');
-          return;
+        if (landed === 'late' || performance.now() >= deadline || attempt >= LANDING_ATTEMPTS) {
+          return { failure: landed === 'late' ? `not written within ${waitMs / 1000} s` : `not written: ${errorMessage(failure)}` };
         }
       }
     } finally {

@@ -334,6 +334,10 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     log,
     metrics,
     endShown,
+    chainShown: (task, version, timeoutMs) => {
+      const { namespace: ns = '', name = '', uid } = task.metadata;
+      return informers.tasks.waitFor(ns, name, (t) => !t || t.metadata.uid !== uid || (t.status?.chain?.version ?? 0) >= version || endOf(t, clock.now()) !== undefined, timeoutMs);
+    },
   });
   // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
   informers.tasks.on((event, task) => {

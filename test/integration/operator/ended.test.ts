@@ -1,28 +1,8 @@
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { AdmissionregistrationV1Api, CoordinationV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
-import { createLogger } from '../../../src/log.js';
-import { startOperator, type RunningOperator } from '../../../src/operator/operator.js';
+import { AdmissionregistrationV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { brokerRequest } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { boundExampleAgent, type BoundAgent } from '../../env/hops.js';
-import { readTask } from './helpers.js';
-
-/**
- * A replica that never leads: the Lease it would elect on is held, for an hour, by a replica
- * that no longer exists. It serves the broker from its own caches and runs no controller.
- */
-async function leaderlessReplica(kubeconfig: string, namespace: string, watchLagMs?: number): Promise<RunningOperator> {
-  const kc = new KubeConfig();
-  kc.loadFromString(await readFile(kubeconfig, 'utf8'));
-  const now = new Date().toISOString().replace('Z', '000Z');
-  await kc.makeApiClient(CoordinationV1Api).createNamespacedLease({
-    namespace,
-    body: { metadata: { name: 'chainwarden-controller' }, spec: { holderIdentity: 'departed-replica', leaseDurationSeconds: 3600, acquireTime: now as never, renewTime: now as never } },
-  });
-  return startOperator({ kc, log: createLogger({ level: 'silent' }), namespace, watchNamespace: namespace, identity: 'standby', watchLagMs });
-}
+import { brokersOf, leaderlessReplica, readTask, type Broker } from './helpers.js';
 
 /** A ValidatingAdmissionPolicy in `namespace` only, removed by the returned function. */
 async function clusterPolicy(admin: KubeConfig, namespace: string, name: string, resources: string[], expression: string, message: string): Promise<() => Promise<void>> {
@@ -41,21 +21,6 @@ async function clusterPolicy(admin: KubeConfig, namespace: string, name: string,
     await api.deleteValidatingAdmissionPolicyBinding({ name: full });
     await api.deleteValidatingAdmissionPolicy({ name: full });
   };
-}
-
-interface Broker {
-  url: string;
-  /** The file holding the CA its serving certificate chains to. */
-  caFile: string;
-}
-
-async function brokersOf(env: Parameters<typeof brokerRequest>[0], standby: RunningOperator): Promise<Broker[]> {
-  const caFile = path.join(await mkdtemp(path.join(os.tmpdir(), 'standby-')), 'ca.pem');
-  await writeFile(caFile, standby.caPem);
-  return [
-    { url: env.brokerUrl ?? '', caFile: env.brokerCA ?? '' },
-    { url: standby.url, caFile },
-  ];
 }
 
 /** Asks every replica for a hop and for credentials as the agent; returns what each answered. */

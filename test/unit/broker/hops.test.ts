@@ -131,37 +131,61 @@ describe('parseHopRequest under fuzzing', () => {
   });
 });
 
-describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
-  const now = Date.parse('2026-11-21T10:30:00Z');
-  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0, hangs = false, endShown?: HopServiceDeps['endShown']) => {
-    const raw = examplePolicy('support');
-    raw.spec.mode = mode;
-    const policy = parseAgentPolicy(raw);
-    const rawTask = exampleTask('support');
-    rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
-    const task = parseAgentTask(rawTask);
-    const twin = new TaskClientTwin(task);
-    const metrics = new Metrics();
-    const writer = twin.statusWriter('journal');
-    let failing = failingWrites;
-    const flaky: Pick<TaskStatusWriter, 'update'> = {
-      update: (...args) => (hangs ? new Promise(() => undefined) : failing-- > 0 ? Promise.reject(new ChainwardenError('api_error', 'the API server answered 504')) : writer.update(...args)),
-    };
-    const service = new HopService({
-      engine: new PolicyEngine(),
-      journal: new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0 }),
-      ids: new HopIds(Buffer.alloc(32, 3)),
-      policy: () => policy,
-      approvals: () => [],
-      credentials: undefined as never,
-      clock: { now: () => now },
-      log: silentLogger(),
-      metrics,
-      endShown,
-    });
-    const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
-    return { service, who, twin, metrics };
+interface ServiceOptions {
+  mode?: 'Enforce' | 'Audit';
+  /** Journal writes that fail (a 504) before they land. */
+  failingWrites?: number;
+  /** Every journal write hangs, as with a frozen etcd. */
+  hangs?: boolean;
+  /** Journal writes wait for this before they reach the API server. */
+  gate?: () => Promise<void>;
+  endShown?: HopServiceDeps['endShown'];
+  chainShown?: HopServiceDeps['chainShown'];
+}
+
+const NOW = Date.parse('2026-11-21T10:30:00Z');
+
+/** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
+function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown }: ServiceOptions = {}) {
+  const raw = examplePolicy('support');
+  raw.spec.mode = mode;
+  const policy = parseAgentPolicy(raw);
+  const rawTask = exampleTask('support');
+  rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
+  const task = parseAgentTask(rawTask);
+  const twin = new TaskClientTwin(task);
+  const metrics = new Metrics();
+  const writer = twin.statusWriter('journal');
+  let failing = failingWrites;
+  let writes = 0;
+  const flaky: Pick<TaskStatusWriter, 'update'> = {
+    update: async (...args) => {
+      writes++;
+      if (hangs) return new Promise(() => undefined);
+      await gate?.();
+      if (failing-- > 0) throw new ChainwardenError('api_error', 'the API server answered 504');
+      return writer.update(...args);
+    },
   };
+  const service = new HopService({
+    engine: new PolicyEngine(),
+    journal: new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0 }),
+    ids: new HopIds(Buffer.alloc(32, 3)),
+    policy: () => policy,
+    approvals: () => [],
+    credentials: undefined as never,
+    clock: { now: () => NOW },
+    log: silentLogger(),
+    metrics,
+    endShown,
+    chainShown,
+  });
+  const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
+  return { service, who, twin, metrics, writes: () => writes };
+}
+
+describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
+  const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0, hangs = false, endShown?: HopServiceDeps['endShown']) => serviceFor({ mode, failingWrites, hangs, endShown });
   const freeze = { tool: 'payments', action: 'admin.freeze', resource: 'account/1', intent: '', attributes: {} };
 
   it.each([
@@ -229,5 +253,82 @@ describe('HopService under a policy in Audit mode: the gateways get the same ans
     } finally {
       vi.useRealTimers();
     }
+  });
+});
+
+describe('HopService: a hop that widens the chain is in status, and shown by the watch, before it is answered', () => {
+  const read = { tool: 'tickets', action: 'read', resource: 'ticket/1', intent: '', attributes: {} };
+
+  it('the first read of PII waits for its write; a read that adds nothing new is answered while writes are held', async () => {
+    let open: () => void = () => undefined;
+    let held = true;
+    const gate = () => (held ? new Promise<void>((r) => (open = r)) : Promise.resolve());
+    const { service, who, twin, writes } = serviceFor({ gate });
+    let first: { decision: string } | undefined;
+    void service.decideRequest(who, read).then((a) => (first = a));
+    await expect.poll(() => writes()).toBe(1);
+    await new Promise((r) => setTimeout(r, 50));
+    // The write is held: the agent has no answer, so it has read nothing another replica does not know of.
+    expect(first).toBeUndefined();
+    held = false;
+    open();
+    await expect.poll(() => first).toMatchObject({ decision: 'allow' });
+    expect(twin.task?.status?.chain).toMatchObject({ systemsTouched: ['tickets'], dataClassesTouched: ['pii'] });
+    // Same system, same data class: nothing for another replica to learn, answered at once.
+    held = true;
+    const again = await service.decideRequest({ ...who, task: twin.task ?? who.task }, { ...read, resource: 'ticket/2' });
+    expect(again).toMatchObject({ decision: 'allow' });
+    // A new system widens it again: email after PII is a violation, written before it is answered, as ever.
+    open();
+  });
+
+  it("once written, the answer waits for this replica's watch to show that chain version", async () => {
+    const asked: { version: number; deliver: () => void }[] = [];
+    const chainShown: HopServiceDeps['chainShown'] = (_task, version, timeoutMs) =>
+      new Promise((resolve) => {
+        asked.push({ version, deliver: () => resolve(true) });
+        setTimeout(() => resolve(false), timeoutMs);
+      });
+    const { service, who, twin } = serviceFor({ chainShown });
+    let answer: { decision: string } | undefined;
+    void service.decideRequest(who, read).then((a) => (answer = a));
+    await expect.poll(() => asked.length).toBe(1);
+    expect(asked[0]?.version).toBe(twin.task?.status?.chain?.version);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answer).toBeUndefined();
+    asked[0]?.deliver();
+    await expect.poll(() => answer).toMatchObject({ decision: 'allow' });
+  });
+
+  it('a write that fails is retried by the journal while the hop waits; the hop is answered once it lands', async () => {
+    const { service, who, twin } = serviceFor({ failingWrites: 2 });
+    expect(await service.decideRequest(who, read)).toMatchObject({ decision: 'allow' });
+    expect(twin.task?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+  });
+
+  it('a write the API server holds (a frozen etcd): refused after 5 s as journal_behind, retryable, naming the task', async () => {
+    vi.useFakeTimers();
+    try {
+      const { service, who } = serviceFor({ hangs: true });
+      let outcome: unknown;
+      void service.decideRequest(who, read).then((a) => (outcome = a), (e: unknown) => (outcome = e));
+      await vi.advanceTimersByTimeAsync(4_500);
+      expect(outcome).toBeUndefined();
+      await vi.advanceTimersByTimeAsync(1_000);
+      expect(outcome).toBeInstanceOf(ChainwardenError);
+      expect(outcome).toMatchObject({ code: 'journal_behind', status: 503, message: expect.stringMatching(/support\/ticket-4711 .*retry shortly/) as string });
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('an allowed hop in a chain that already touched its system and data classes is never written before it is answered', async () => {
+    const { service, who, twin, writes } = serviceFor({ hangs: true });
+    const touched = structuredClone(twin.task ?? who.task);
+    touched.status = { ...touched.status, chain: { version: 3, hopCount: 1, deepest: 1, priorDenials: 0, systemsTouched: ['tickets'], dataClassesTouched: ['pii'] } };
+    expect(await service.decideRequest({ ...who, task: touched }, read)).toMatchObject({ decision: 'allow' });
+    // Queued for the next batch; the answer did not wait for it.
+    expect(writes()).toBe(0);
+    await expect.poll(() => writes()).toBe(1);
   });
 });
