@@ -208,10 +208,13 @@ export class HopService {
    * hop as `journal_behind` (retryable); its record stays queued, so the chain counts the hop.
    */
   private async commitWidening(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
+    const started = performance.now();
     const landed = await this.land(task, delta, WIDENING_WAIT_MS, (left, written) => {
       const version = written?.status?.chain?.version;
       return version === undefined ? undefined : this.deps.chainShown?.(task, version, left);
     });
+    const outcome = 'failure' in landed ? 'refused' : 'recorded';
+    this.deps.metrics.histogram('chainwarden_hop_widening_wait_seconds', 'How long an allowed hop that adds a system or data class to the chain waited for its record to be in status and shown by the watch.', { outcome }).observe((performance.now() - started) / 1000);
     if (!('failure' in landed)) return;
     this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'a hop that widens the chain is refused until its record is written');
     throw new ChainwardenError('journal_behind', `hop ${hopId} adds to what AgentTask ${keyOf(task)} has touched, and its record was ${landed.failure}; it is answered only once recorded, retry shortly`);

@@ -300,10 +300,13 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     await expect.poll(() => answer).toMatchObject({ decision: 'allow' });
   });
 
-  it('a write that fails is retried by the journal while the hop waits; the hop is answered once it lands', async () => {
-    const { service, who, twin } = serviceFor({ failingWrites: 2 });
+  it('a write that fails is retried by the journal while the hop waits; the hop is answered once it lands, and /metrics shows the wait', async () => {
+    const { service, who, twin, metrics } = serviceFor({ failingWrites: 2 });
     expect(await service.decideRequest(who, read)).toMatchObject({ decision: 'allow' });
     expect(twin.task?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+    expect(metrics.render()).toMatch(/chainwarden_hop_widening_wait_seconds_count\{outcome="recorded"\} 1\n/);
+    // The journal's backoff before its two retries (at least 100 + 200 ms) is in it.
+    expect(Number(/chainwarden_hop_widening_wait_seconds_sum\{outcome="recorded"\} ([\d.e-]+)/.exec(metrics.render())?.[1])).toBeGreaterThan(0.29);
   });
 
   it('a write the API server holds (a frozen etcd): refused after 5 s as journal_behind, retryable, naming the task', async () => {
