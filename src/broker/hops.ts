@@ -8,7 +8,7 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopRequest } from './decide-hop.js';
+import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
 export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -46,7 +46,13 @@ const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'at
 const keyOf = (task: AgentTask) => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
 const bad = (field: string, message: string) => new ChainwardenError('invalid_hop', `${field}: ${message}`, { field });
 
-/** Whether an allowed hop's change adds a system or a data class the chain, as last written or seen, has not touched. */
+/**
+ * Whether an allowed hop adds a system or a data class to the chain as `task` (the watch's copy,
+ * or a fresh read) shows it: then it is written, and shown, before it is answered.
+ */
+const isWidening = (outcome: HopOutcome, task: AgentTask) => outcome.decision === 'allow' && !outcome.commit && widens(task.status?.chain, outcome.delta);
+
+/** Whether an allowed hop's change adds a system or a data class `chain` has not touched. */
 export function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boolean {
   const systems = chain?.systemsTouched ?? [];
   const classes = chain?.dataClassesTouched ?? [];
@@ -107,6 +113,8 @@ export interface HopServiceDeps {
   endShown?: (task: AgentTask, timeoutMs: number) => Promise<boolean>;
   /** Whether this replica's watch shows the task's chain at `version` or later (or the task ended or gone) within `timeoutMs`. */
   chainShown?: (task: AgentTask, version: number, timeoutMs: number) => Promise<boolean>;
+  /** The task as the API server has it now (a read, not the watch's copy). */
+  freshTask?: (namespace: string, name: string) => Promise<AgentTask | undefined>;
 }
 
 /**
@@ -153,15 +161,31 @@ export class HopService {
     if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
     const parentDepth = request.parentHop === undefined ? undefined : this.deps.ids.depthOf(uid, request.parentHop);
     if (request.parentHop !== undefined && parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
-    const chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(task));
-    const depth = depthOf(parentDepth, chain);
-    const hopId = this.deps.ids.mint(uid, depth);
-    const outcome = decideHop({ task, policy, request, hopId, depth, chain, now: this.deps.clock.now(), pod: who.podName, approvedBy }, (...args) => {
-      const evaluation = this.deps.engine.evaluate(...args);
-      // The hop is denied and its reason says why; the operator's log says it too, since it is a policy to fix.
-      if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, policy: policy.metadata.name, errors: evaluation.errors }, 'Cedar evaluation errors');
-      return evaluation;
-    });
+    const now = this.deps.clock.now();
+    const decideOn = (current: AgentTask) => {
+      const chain = chainView(this.deps.journal.latestChain(current), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(current));
+      const depth = depthOf(parentDepth, chain);
+      const hopId = this.deps.ids.mint(uid, depth);
+      const outcome = decideHop({ task: current, policy, request, hopId, depth, chain, now, pod: who.podName, approvedBy }, (...args) => {
+        const evaluation = this.deps.engine.evaluate(...args);
+        // The hop is denied and its reason says why; the operator's log says it too, since it is a policy to fix.
+        if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, policy: policy.metadata.name, errors: evaluation.errors }, 'Cedar evaluation errors');
+        return evaluation;
+      });
+      return { chain, depth, hopId, outcome };
+    };
+    let basis = task;
+    let decided = decideOn(task);
+    if (isWidening(decided.outcome, task)) {
+      // It will be written before it is answered; first, what other replicas have written that
+      // this one's watch may not show yet (a PII read answered by another replica a moment ago).
+      const fresh = await this.deps.freshTask?.(namespace, name).catch(() => undefined);
+      if (fresh?.metadata.uid === uid) {
+        basis = fresh;
+        if ((fresh.status?.chain?.version ?? 0) > (this.deps.journal.latestChain(task)?.version ?? 0)) decided = decideOn(fresh);
+      }
+    }
+    const { chain, depth, hopId, outcome } = decided;
     const { decision, reasons } = outcome;
     const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}), ...(outcome.wouldDeny ? { wouldDeny: true } : {}) };
     let txnToken: string | undefined;
@@ -172,7 +196,7 @@ export class HopService {
       if (record) record.data.txnTokenSha256 = createHash('sha256').update(txnToken).digest('hex');
     }
     if (!outcome.commit) {
-      if (decision === 'allow' && widens(this.deps.journal.latestChain(task), outcome.delta)) await this.commitWidening(task, outcome.delta, hopId);
+      if (isWidening(outcome, basis)) await this.commitWidening(task, outcome.delta, hopId);
       else this.deps.journal.record(task, outcome.delta);
     } else if (decision === 'deny') await this.commitViolation(task, outcome.delta, hopId);
     else await this.deps.journal.commit(task, outcome.delta);
@@ -194,7 +218,8 @@ export class HopService {
    */
   private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
     const landed = await this.land(task, delta, VIOLATION_WAIT_MS, (left) => this.deps.endShown?.(task, left));
-    if ('failure' in landed) this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'violation not written yet; answering deny, and the journal retries it');
+    // Written but not yet shown here: the deny is answered all the same (the violation is in status).
+    if (landed.failure !== undefined && landed.written === undefined) this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'violation not written yet; answering deny, and the journal retries it');
   }
 
   /**
@@ -213,9 +238,9 @@ export class HopService {
       const version = written?.status?.chain?.version;
       return version === undefined ? undefined : this.deps.chainShown?.(task, version, left);
     });
-    const outcome = 'failure' in landed ? 'refused' : 'recorded';
+    const outcome = landed.failure === undefined ? 'recorded' : 'refused';
     this.deps.metrics.histogram('chainwarden_hop_widening_wait_seconds', 'How long an allowed hop that adds a system or data class to the chain waited for its record to be in status and shown by the watch.', { outcome }).observe((performance.now() - started) / 1000);
-    if (!('failure' in landed)) return;
+    if (landed.failure === undefined) return;
     this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'a hop that widens the chain is refused until its record is written');
     throw new ChainwardenError('journal_behind', `hop ${hopId} adds to what AgentTask ${keyOf(task)} has touched, and its record was ${landed.failure}; it is answered only once recorded, retry shortly`);
   }
@@ -226,7 +251,7 @@ export class HopService {
    * in it, so each attempt after the first waits for its next write. A write the API server holds
    * (a frozen etcd) does not hold the caller past the wait.
    */
-  private async land(task: AgentTask, delta: Partial<TaskDelta>, waitMs: number, shown: (leftMs: number, written: AgentTask | undefined) => Promise<boolean> | undefined): Promise<{ written: AgentTask | undefined } | { failure: string }> {
+  private async land(task: AgentTask, delta: Partial<TaskDelta>, waitMs: number, shown: (leftMs: number, written: AgentTask | undefined) => Promise<boolean> | undefined): Promise<{ written: AgentTask | undefined; failure?: undefined } | { written?: AgentTask; failure: string }> {
     const deadline = performance.now() + waitMs;
     let change = delta;
     let timer: NodeJS.Timeout | undefined;
@@ -237,8 +262,8 @@ export class HopService {
         const landed = await Promise.race([this.deps.journal.commit(task, change).then((written) => ({ written }), (err: unknown) => ((failure = err), false as const)), outOfTime]);
         if (landed !== false && landed !== 'late') {
           const left = deadline - performance.now();
-          if (left > 0) await shown(left, landed.written);
-          return landed;
+          const seen = left > 0 ? await shown(left, landed.written) : false;
+          return seen === false ? { written: landed.written, failure: `written but not shown by this replica's watch within ${waitMs / 1000} s` } : landed;
         }
         change = {};
         if (landed === 'late' || performance.now() >= deadline || attempt >= LANDING_ATTEMPTS) {

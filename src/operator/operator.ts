@@ -338,6 +338,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       const { namespace: ns = '', name = '', uid } = task.metadata;
       return informers.tasks.waitFor(ns, name, (t) => !t || t.metadata.uid !== uid || (t.status?.chain?.version ?? 0) >= version || endOf(t, clock.now()) !== undefined, timeoutMs);
     },
+    freshTask: (ns, name) => client.read(ns, name),
   });
   // Every replica drops an ended task's sessions as soon as its watch shows the task ended.
   informers.tasks.on((event, task) => {

@@ -141,12 +141,13 @@ interface ServiceOptions {
   gate?: () => Promise<void>;
   endShown?: HopServiceDeps['endShown'];
   chainShown?: HopServiceDeps['chainShown'];
+  freshTask?: HopServiceDeps['freshTask'];
 }
 
 const NOW = Date.parse('2026-11-21T10:30:00Z');
 
 /** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
-function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown }: ServiceOptions = {}) {
+function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask }: ServiceOptions = {}) {
   const raw = examplePolicy('support');
   raw.spec.mode = mode;
   const policy = parseAgentPolicy(raw);
@@ -179,6 +180,7 @@ function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, 
     metrics,
     endShown,
     chainShown,
+    freshTask,
   });
   const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
   return { service, who, twin, metrics, writes: () => writes };
@@ -274,12 +276,58 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     open();
     await expect.poll(() => first).toMatchObject({ decision: 'allow' });
     expect(twin.task?.status?.chain).toMatchObject({ systemsTouched: ['tickets'], dataClassesTouched: ['pii'] });
-    // Same system, same data class: nothing for another replica to learn, answered at once.
+    // Once the watch shows the chain with PII, a read of the same system and data class has nothing
+    // for another replica to learn: answered at once, though writes are held again.
     held = true;
     const again = await service.decideRequest({ ...who, task: twin.task ?? who.task }, { ...read, resource: 'ticket/2' });
     expect(again).toMatchObject({ decision: 'allow' });
-    // A new system widens it again: email after PII is a violation, written before it is answered, as ever.
     open();
+  });
+
+  it('two first reads at once: neither is answered before the write that carries PII lands', async () => {
+    let open: () => void = () => undefined;
+    const gate = () => new Promise<void>((r) => (open = r));
+    const { service, who, writes } = serviceFor({ gate });
+    const answers: string[] = [];
+    void service.decideRequest(who, read).then((a) => answers.push(a.decision));
+    void service.decideRequest(who, { ...read, resource: 'ticket/2' }).then((a) => answers.push(a.decision));
+    await expect.poll(() => writes()).toBe(1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answers).toEqual([]);
+    // One write carries both.
+    open();
+    await expect.poll(() => answers).toEqual(['allow', 'allow']);
+    expect(writes()).toBe(1);
+  });
+
+  it("decided on what another replica wrote, though this replica's watch does not show it yet: the email after a PII read elsewhere is a violation", async () => {
+    const elsewhere = serviceFor();
+    // Replica B reads the ticket; its write lands in the API server.
+    await elsewhere.service.decideRequest(elsewhere.who, read);
+    const written = elsewhere.twin.task;
+    expect(written?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+    // Replica A's watch still shows the task as it was; a read of it shows B's write.
+    const { service, who, twin } = serviceFor({ freshTask: () => Promise.resolve(written) });
+    const email = await service.decideRequest(who, { tool: 'email', action: 'send', resource: 'mailto:someone@example.com', intent: '', attributes: {} });
+    expect(email).toMatchObject({ decision: 'deny', reasons: [{ rule: 'no-exfiltration', effect: 'Deny' }] });
+    expect(twin.task?.status?.violation).toMatchObject({ rule: 'no-exfiltration' });
+    // Without the read it would have been allowed: the watch's copy has no PII.
+    expect(await serviceFor().service.decideRequest(who, { tool: 'email', action: 'send', resource: 'mailto:someone@example.com', intent: '', attributes: {} })).toMatchObject({ decision: 'allow' });
+  });
+
+  it("written, but this replica's watch never shows it within 5 s: refused as journal_behind", async () => {
+    const chainShown: HopServiceDeps['chainShown'] = (_task, _version, timeoutMs) => new Promise((resolve) => setTimeout(() => resolve(false), timeoutMs));
+    vi.useFakeTimers();
+    try {
+      const { service, who, twin } = serviceFor({ chainShown });
+      let outcome: unknown;
+      void service.decideRequest(who, read).then((a) => (outcome = a), (e: unknown) => (outcome = e));
+      await vi.advanceTimersByTimeAsync(5_100);
+      expect(twin.task?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+      expect(outcome).toMatchObject({ code: 'journal_behind', message: expect.stringMatching(/not shown by this replica's watch within 5 s/) as string });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("once written, the answer waits for this replica's watch to show that chain version", async () => {
