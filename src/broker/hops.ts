@@ -350,6 +350,9 @@ export class HopService {
     }
     if (resolutions.length === 0) return 0;
     const written = await this.deps.journal.commit(task, { resolutions });
+    // An approved hop widens the chain like any allowed one: told once this replica's watch shows it.
+    const version = written?.status?.chain?.version;
+    if (version !== undefined && resolutions.some((r) => r.decision === 'allow')) await this.deps.chainShown?.(task, version, WIDENING_WAIT_MS);
     for (const r of resolutions) {
       const recorded = written?.status?.recentHops?.find((h) => h.hopId === r.hopId);
       const hop = pending.find((h) => h.hopId === r.hopId);

@@ -142,12 +142,13 @@ interface ServiceOptions {
   endShown?: HopServiceDeps['endShown'];
   chainShown?: HopServiceDeps['chainShown'];
   freshTask?: HopServiceDeps['freshTask'];
+  approvals?: HopServiceDeps['approvals'];
 }
 
 const NOW = Date.parse('2026-11-21T10:30:00Z');
 
 /** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
-function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask }: ServiceOptions = {}) {
+function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [] }: ServiceOptions = {}) {
   const raw = examplePolicy('support');
   raw.spec.mode = mode;
   const policy = parseAgentPolicy(raw);
@@ -173,7 +174,7 @@ function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, 
     journal: new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0 }),
     ids: new HopIds(Buffer.alloc(32, 3)),
     policy: () => policy,
-    approvals: () => [],
+    approvals,
     credentials: undefined as never,
     clock: { now: () => NOW },
     log: silentLogger(),
@@ -313,6 +314,30 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     expect(twin.task?.status?.violation).toMatchObject({ rule: 'no-exfiltration' });
     // Without the read it would have been allowed: the watch's copy has no PII.
     expect(await serviceFor().service.decideRequest(who, { tool: 'email', action: 'send', resource: 'mailto:someone@example.com', intent: '', attributes: {} })).toMatchObject({ decision: 'allow' });
+  });
+
+  it("an approved hop's answer waits for this replica's watch to show the chain with it", async () => {
+    const asked: number[] = [];
+    let deliver: () => void = () => undefined;
+    const chainShown: HopServiceDeps['chainShown'] = (_task, version) => {
+      asked.push(version);
+      return new Promise((resolve) => (deliver = () => resolve(true)));
+    };
+    const approvals: AgentApproval[] = [];
+    const { service, who, twin } = serviceFor({ chainShown, approvals: () => approvals });
+    const refund = await service.decideRequest(who, { tool: 'payments', action: 'refund', resource: 'order/1', intent: '', attributes: {} });
+    expect(refund.decision).toBe('pending_approval');
+    const waiting = twin.task ?? who.task;
+    const approval = parseAgentApproval({ ...exampleApproval('support'), metadata: { name: 'ok', namespace: 'support', creationTimestamp: '2026-11-21T10:29:00Z' }, spec: { taskRef: { name: who.task.metadata.name }, hopId: refund.hopId, decision: 'Approve', hopDigest: waiting.status?.pendingHops?.[0]?.digest } });
+    approvals.push(approval);
+    let answer: { decision: string } | undefined;
+    void service.status({ ...who, task: waiting }, refund.hopId).then((a) => (answer = a));
+    await expect.poll(() => twin.task?.status?.chain?.dataClassesTouched).toEqual(['payment']);
+    await expect.poll(() => asked.at(-1)).toBe(twin.task?.status?.chain?.version);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answer).toBeUndefined();
+    deliver();
+    await expect.poll(() => answer).toMatchObject({ decision: 'allow' });
   });
 
   it("written, but this replica's watch never shows it within 5 s: refused as journal_behind", async () => {
