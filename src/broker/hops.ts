@@ -40,6 +40,8 @@ const VIOLATION_WAIT_MS = 10_000;
 const LANDING_ATTEMPTS = 8;
 /** How long an allowed hop that widens the chain waits for its record to be in status before it is refused as `journal_behind`. */
 const WIDENING_WAIT_MS = 5_000;
+/** Of that, how long the read of the task before deciding it may take. */
+const FRESH_READ_MS = 1_000;
 const NAME = /^[A-Za-z0-9_.:/-]{1,63}$/;
 const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'attributes', 'credential']);
 
@@ -176,14 +178,15 @@ export class HopService {
     };
     let basis = task;
     let decided = decideOn(task);
-    if (isWidening(decided.outcome, task)) {
+    const widening = isWidening(decided.outcome, task) ? performance.now() : undefined;
+    if (widening !== undefined) {
       // It will be written before it is answered; first, what other replicas have written that
       // this one's watch may not show yet (a PII read answered by another replica a moment ago).
-      const fresh = await this.deps.freshTask?.(namespace, name).catch(() => undefined);
-      if (fresh?.metadata.uid === uid) {
-        basis = fresh;
-        if ((fresh.status?.chain?.version ?? 0) > (this.deps.journal.latestChain(task)?.version ?? 0)) decided = decideOn(fresh);
-      }
+      const fresh = await this.readFresh(namespace, name);
+      if (fresh?.metadata.uid === uid) basis = fresh;
+      // Decided again, on the newest chain: hops this replica decided during the read count in
+      // it, and from here to the journal nothing waits, so none slips between.
+      decided = decideOn(basis);
     }
     const { chain, depth, hopId, outcome } = decided;
     const { decision, reasons } = outcome;
@@ -196,7 +199,7 @@ export class HopService {
       if (record) record.data.txnTokenSha256 = createHash('sha256').update(txnToken).digest('hex');
     }
     if (!outcome.commit) {
-      if (isWidening(outcome, basis)) await this.commitWidening(task, outcome.delta, hopId);
+      if (isWidening(outcome, basis)) await this.commitWidening(task, outcome.delta, hopId, WIDENING_WAIT_MS - (performance.now() - (widening ?? performance.now())));
       else this.deps.journal.record(task, outcome.delta);
     } else if (decision === 'deny') await this.commitViolation(task, outcome.delta, hopId);
     else await this.deps.journal.commit(task, outcome.delta);
@@ -219,7 +222,7 @@ export class HopService {
   private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
     const landed = await this.land(task, delta, VIOLATION_WAIT_MS, (left) => this.deps.endShown?.(task, left));
     // Written but not yet shown here: the deny is answered all the same (the violation is in status).
-    if (landed.failure !== undefined && landed.written === undefined) this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'violation not written yet; answering deny, and the journal retries it');
+    if (!landed.landed) this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'violation not written yet; answering deny, and the journal retries it');
   }
 
   /**
@@ -232,9 +235,9 @@ export class HopService {
    * a chain widens a few times in its life. A write that does not land within 5 s refuses the
    * hop as `journal_behind` (retryable); its record stays queued, so the chain counts the hop.
    */
-  private async commitWidening(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
+  private async commitWidening(task: AgentTask, delta: Partial<TaskDelta>, hopId: string, waitMs: number): Promise<void> {
     const started = performance.now();
-    const landed = await this.land(task, delta, WIDENING_WAIT_MS, (left, written) => {
+    const landed = await this.land(task, delta, Math.max(1, waitMs), (left, written) => {
       const version = written?.status?.chain?.version;
       return version === undefined ? undefined : this.deps.chainShown?.(task, version, left);
     });
@@ -245,13 +248,25 @@ export class HopService {
     throw new ChainwardenError('journal_behind', `hop ${hopId} adds to what AgentTask ${keyOf(task)} has touched, and its record was ${landed.failure}; it is answered only once recorded, retry shortly`);
   }
 
+  /** The task as the API server has it, or undefined when it does not say within a second (the write that follows has the rest of the 5 s). */
+  private async readFresh(namespace: string, name: string): Promise<AgentTask | undefined> {
+    if (!this.deps.freshTask) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), FRESH_READ_MS)));
+    try {
+      return await Promise.race([this.deps.freshTask(namespace, name).catch(() => undefined), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /**
    * Commits `delta` and, once it is written, waits for `shown` (this replica's watch), all within
    * `waitMs` and at most 8 writes: the journal retries a failing write, and what failed stays queued
    * in it, so each attempt after the first waits for its next write. A write the API server holds
    * (a frozen etcd) does not hold the caller past the wait.
    */
-  private async land(task: AgentTask, delta: Partial<TaskDelta>, waitMs: number, shown: (leftMs: number, written: AgentTask | undefined) => Promise<boolean> | undefined): Promise<{ written: AgentTask | undefined; failure?: undefined } | { written?: AgentTask; failure: string }> {
+  private async land(task: AgentTask, delta: Partial<TaskDelta>, waitMs: number, shown: (leftMs: number, written: AgentTask | undefined) => Promise<boolean> | undefined): Promise<{ landed: true; written: AgentTask | undefined; failure?: undefined } | { landed: boolean; written?: undefined; failure: string }> {
     const deadline = performance.now() + waitMs;
     let change = delta;
     let timer: NodeJS.Timeout | undefined;
@@ -263,11 +278,11 @@ export class HopService {
         if (landed !== false && landed !== 'late') {
           const left = deadline - performance.now();
           const seen = left > 0 ? await shown(left, landed.written) : false;
-          return seen === false ? { written: landed.written, failure: `written but not shown by this replica's watch within ${waitMs / 1000} s` } : landed;
+          return seen === false ? { landed: true, failure: `written but not shown by this replica's watch within ${waitMs / 1000} s` } : { landed: true, written: landed.written };
         }
         change = {};
         if (landed === 'late' || performance.now() >= deadline || attempt >= LANDING_ATTEMPTS) {
-          return { failure: landed === 'late' ? `not written within ${waitMs / 1000} s` : `not written: ${errorMessage(failure)}` };
+          return { landed: false, failure: landed === 'late' ? `not written within ${waitMs / 1000} s` : `not written: ${errorMessage(failure)}` };
         }
       }
     } finally {
@@ -289,7 +304,7 @@ export class HopService {
     if (known && known.decision !== 'pending_approval') return known;
     const pending = (who.task.status?.pendingHops ?? []).find((h) => h.hopId === hopId);
     if (pending) {
-      await this.resolvePending(who.task);
+      await this.resolvePending(who.task, true);
       const resolved = this.answers.get(hopId);
       if (resolved && resolved.decision !== 'pending_approval') return resolved;
       return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt };
@@ -309,7 +324,7 @@ export class HopService {
    * an answer is remembered only once its record is in status, as status has it (another
    * replica may have decided the hop first), so no replica answers otherwise than status says.
    */
-  async resolvePending(task: AgentTask): Promise<number> {
+  async resolvePending(task: AgentTask, answering = false): Promise<number> {
     const { namespace = '', name = '' } = task.metadata;
     const pending = task.status?.pendingHops ?? [];
     if (pending.length === 0) return 0;
@@ -350,9 +365,10 @@ export class HopService {
     }
     if (resolutions.length === 0) return 0;
     const written = await this.deps.journal.commit(task, { resolutions });
-    // An approved hop widens the chain like any allowed one: told once this replica's watch shows it.
+    // An approved hop widens the chain like any allowed one: an agent asking is told once this
+    // replica's watch shows it (up to 5 s; the approval stands either way), a controller is not held.
     const version = written?.status?.chain?.version;
-    if (version !== undefined && resolutions.some((r) => r.decision === 'allow')) await this.deps.chainShown?.(task, version, WIDENING_WAIT_MS);
+    if (answering && version !== undefined && resolutions.some((r) => r.decision === 'allow')) await this.deps.chainShown?.(task, version, WIDENING_WAIT_MS);
     for (const r of resolutions) {
       const recorded = written?.status?.recentHops?.find((h) => h.hopId === r.hopId);
       const hop = pending.find((h) => h.hopId === r.hopId);

@@ -340,6 +340,40 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     await expect.poll(() => answer).toMatchObject({ decision: 'allow' });
   });
 
+  it('a PII read and an email at once on one replica: whichever is decided last is decided with the other in view', async () => {
+    const reads: ((task: AgentTask | undefined) => void)[] = [];
+    const freshTask: HopServiceDeps['freshTask'] = () => new Promise((resolve) => reads.push(resolve));
+    const { service, who, twin } = serviceFor({ freshTask });
+    const answers: Record<string, unknown> = {};
+    void service.decideRequest(who, read).then((a) => (answers.read = a.decision));
+    const email = { tool: 'email', action: 'send', resource: 'mailto:someone@example.com', intent: '', attributes: {} };
+    void service.decideRequest(who, email).then((a) => (answers.email = a.decision), (e: unknown) => (answers.email = e));
+    // Both are decided once on the watch's copy (no PII), and both wait for their read of the task.
+    await expect.poll(() => reads.length).toBe(2);
+    reads[0]?.(who.task);
+    await expect.poll(() => twin.task?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+    reads[1]?.(who.task);
+    await expect.poll(() => answers.email).toBe('deny');
+    expect(answers.read).toBe('allow');
+    expect(twin.task?.status?.violation).toMatchObject({ rule: 'no-exfiltration' });
+  });
+
+  it('a read of the task that does not answer within a second leaves the rest of the 5 s to the write', async () => {
+    vi.useFakeTimers();
+    try {
+      const { service, who, twin } = serviceFor({ freshTask: () => new Promise(() => undefined) });
+      let outcome: unknown;
+      void service.decideRequest(who, read).then((a) => (outcome = a), (e: unknown) => (outcome = e));
+      await vi.advanceTimersByTimeAsync(900);
+      expect(twin.task?.status?.chain?.dataClassesTouched).toBeUndefined();
+      await vi.advanceTimersByTimeAsync(300);
+      expect(outcome).toMatchObject({ decision: 'allow' });
+      expect(twin.task?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("written, but this replica's watch never shows it within 5 s: refused as journal_behind", async () => {
     const chainShown: HopServiceDeps['chainShown'] = (_task, _version, timeoutMs) => new Promise((resolve) => setTimeout(() => resolve(false), timeoutMs));
     vi.useFakeTimers();
