@@ -221,7 +221,7 @@ export class HopService {
    */
   private async commitViolation(task: AgentTask, delta: Partial<TaskDelta>, hopId: string): Promise<void> {
     const landed = await this.land(task, delta, VIOLATION_WAIT_MS, (left) => this.deps.endShown?.(task, left));
-    // Written but not yet shown here: the deny is answered all the same (the violation is in status).
+    // The deny is answered whatever happened; only a write that did not land is worth a warning.
     if (!landed.landed) this.deps.log.warn({ task: keyOf(task), hopId, err: landed.failure }, 'violation not written yet; answering deny, and the journal retries it');
   }
 
@@ -231,9 +231,11 @@ export class HopService {
    * record could still be on its way when the agent's next hop reaches another replica, or lost
    * with this one: the email would be decided on a chain that never read the PII. So it is
    * answered once it is in the task's status and this replica's watch shows it (the other
-   * replicas' watches are fed alike). Hops that add nothing new are answered at once, as before:
-   * a chain widens a few times in its life. A write that does not land within 5 s refuses the
-   * hop as `journal_behind` (retryable); its record stays queued, so the chain counts the hop.
+   * replicas' watches are fed alike; a replica deciding a widening hop reads the task first).
+   * Hops that add nothing new are answered at once, as before: a chain widens once per system
+   * and data class it touches. A write that does not land and show within what is left of the
+   * 5 s refuses the hop as `journal_behind` (retryable); its record stays queued, so the chain
+   * counts the hop.
    */
   private async commitWidening(task: AgentTask, delta: Partial<TaskDelta>, hopId: string, waitMs: number): Promise<void> {
     const started = performance.now();
