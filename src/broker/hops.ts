@@ -55,7 +55,7 @@ const bad = (field: string, message: string) => new ChainwardenError('invalid_ho
 const isWidening = (outcome: HopOutcome, task: AgentTask) => outcome.decision === 'allow' && !outcome.commit && widens(task.status?.chain, outcome.delta);
 
 /** Whether an allowed hop's change adds a system or a data class `chain` has not touched. */
-export function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boolean {
+function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boolean {
   const systems = chain?.systemsTouched ?? [];
   const classes = chain?.dataClassesTouched ?? [];
   for (const s of delta.systems ?? []) if (!systems.includes(s)) return true;
