@@ -139,8 +139,11 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
     // What the journal's status writes cost the API server under this load: its CPU over the run.
     const apiServer = await pidOf('kube-apiserver', env.stateDir);
     const apiServerBefore = apiServer === undefined ? 0 : await cpuMs(apiServer);
+    const requestsBefore = await apiRequests(kc);
     const fixed = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 1000 });
     const apiServerCpuMsPerSecond = apiServer === undefined ? undefined : ((await cpuMs(apiServer)) - apiServerBefore) / fixed.seconds;
+    const apiWritesPerSecond = writesPer(requestsBefore, await apiRequests(kc), fixed.seconds + 3);
+    const statusBytes = JSON.stringify(((await rawRequest(kc, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks/hops-0`)).body as { status?: unknown }).status ?? {}).length;
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
     const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
     const max = await load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 });
@@ -149,6 +152,9 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       fixedRate: fixed,
       /** CPU the API server used per second of the 1,000/s run (1,000 ms is one core). */
       apiServerCpuMsPerSecondAt1000: apiServerCpuMsPerSecond === undefined ? undefined : Math.round(apiServerCpuMsPerSecond),
+      /** Writes the API server served per second over that run and its warm-up, and the size of one busy task's status after it. */
+      apiWritesPerSecondAt1000: apiWritesPerSecond,
+      statusBytesAt1000: statusBytes,
       fixedRate500: fixedHalf,
       throughSidecarFixedRate: throughSidecar,
       maxThroughput: max,
@@ -298,7 +304,7 @@ function table(r: Results): string {
   return [
     '',
     row('hop decisions at 1,000/s offered (open loop)', `${h.fixedRate.ratePerSecond}/s  p50 ${h.fixedRate.p50Ms} ms  p99 ${h.fixedRate.p99Ms} ms  errors ${h.fixedRate.errors}`),
-    row('API server CPU during the 1,000/s hops', `${h.apiServerCpuMsPerSecondAt1000 ?? '?'} ms a second (1,000 is a core)`),
+    row('API server CPU during the 1,000/s hops', `${h.apiServerCpuMsPerSecondAt1000 ?? '?'} ms a second (1,000 is a core); writes a second ${Object.entries(h.apiWritesPerSecondAt1000).map(([k, v]) => `${k} ${v}`).join(', ')}; a busy task's status ${h.statusBytesAt1000} bytes`),
     row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  errors ${h.fixedRate500.errors}`),
     row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  errors ${h.throughSidecarFixedRate.errors}`),
     row('OPA, same rules in Rego, max throughput (32 clients)', `${h.opaMaxThroughput.ratePerSecond}/s  p50 ${h.opaMaxThroughput.p50Ms} ms  p99 ${h.opaMaxThroughput.p99Ms} ms`),
