@@ -582,7 +582,7 @@ export const AgentTaskStatus = Type.Object(
           unsent: Type.Optional(
             Type.Array(Type.String(), {
               description:
-                "The records of the latest journal write (base64 of each record's JSON), until the next write: a process killed after writing the head and before emitting them leaves them here, and the next writer, if another process, emits them (an exact copy of a record in the stream counts once), so the stream never has a hole below the head.",
+                "The records of the latest journal write, until the next write (one entry: `deflate:` and the base64 of the raw-deflated records, each record's JSON a line; an earlier version's entries are base64 of one record's JSON each): a process killed after writing the head and before emitting them leaves them here, and the next writer, if another process, emits them (an exact copy of a record in the stream counts once), so the stream never has a hole below the head.",
             }),
           ),
           emitted: Type.Optional(

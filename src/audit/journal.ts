@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
 import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
 import { MAX_RECORDED_SESSIONS } from '../api/schema.js';
@@ -202,29 +203,53 @@ function auditAfter(before: AgentTaskStatus['audit'], records: AuditRecord[], wr
   const last = records.at(-1);
   const cleared = before?.emitted ? { emitted: false } : {};
   if (!last) return before && { head: before.head, count: before.count, ...(writer ? { writer } : {}), ...(before.unsent?.length ? { unsent: [] } : {}), ...cleared };
-  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: records.map(encodeUnsent), ...cleared };
+  return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: encodeOutbox(records), ...cleared };
+}
+
+/** Marks an outbox entry holding several records, deflated; an entry without it is one record. */
+const DEFLATED = 'deflate:';
+/** The most an outbox entry may inflate to: a status is at most a few MiB, and a tenant able to write one must not make a replica inflate a bomb. */
+const MAX_INFLATED_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The outbox as written: one entry, the records' exact bytes (each record's JSON, one a line,
+ * which JSON never breaks) deflated and in base64. A record holds whatever an agent sent and must
+ * hash the same when read back through any client. A busy task's write carries tens of records,
+ * most of their bytes alike; deflated they are a sixth of the size, and every byte of a status
+ * write costs the API server and etcd, and every replica's watch, again.
+ */
+export function encodeOutbox(records: readonly AuditRecord[]): string[] {
+  if (records.length === 0) return [];
+  return [DEFLATED + deflateRawSync(records.map((r) => JSON.stringify(r)).join('\n')).toString('base64')];
 }
 
 /**
- * An outbox record as its exact bytes (base64 of its JSON): a record holds whatever an agent
- * sent, and must hash the same when read back through any client.
+ * The records of an outbox, in order, as this version writes it or as earlier versions did (an
+ * entry a record, base64 of its JSON). An entry that does not decode is skipped: not ours to
+ * repair, and verify shows the hole.
  */
-export const encodeUnsent = (record: AuditRecord): string => Buffer.from(JSON.stringify(record), 'utf8').toString('base64');
-export const decodeUnsent = (text: string): unknown => JSON.parse(Buffer.from(text, 'base64').toString('utf8'));
+export function decodeOutbox(unsent: readonly string[]): unknown[] {
+  const out: unknown[] = [];
+  for (const entry of unsent) {
+    try {
+      if (!entry.startsWith(DEFLATED)) {
+        out.push(JSON.parse(Buffer.from(entry, 'base64').toString('utf8')));
+        continue;
+      }
+      const text = inflateRawSync(Buffer.from(entry.slice(DEFLATED.length), 'base64'), { maxOutputLength: MAX_INFLATED_BYTES }).toString('utf8');
+      for (const line of text.split('\n')) out.push(JSON.parse(line));
+    } catch {
+      // Skipped, as above.
+    }
+  }
+  return out;
+}
 
 /** Records another process wrote the head of and may have died before emitting. */
 function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[] {
   const audit = (task as AgentTask | undefined)?.status?.audit;
   if (!audit?.unsent?.length || audit.emitted || audit.writer === writer) return [];
-  const out: AuditRecord[] = [];
-  for (const text of audit.unsent) {
-    try {
-      out.push(decodeUnsent(text) as AuditRecord);
-    } catch {
-      // Not ours to repair: verify shows the hole.
-    }
-  }
-  return out;
+  return decodeOutbox(audit.unsent) as AuditRecord[];
 }
 
 /**
@@ -236,13 +261,8 @@ function landedIn(unconfirmed: Unconfirmed, current: AgentTask): boolean {
   if (unconfirmed.head === undefined || unconfirmed.uid !== current.metadata.uid) return false;
   const audit = current.status?.audit;
   if (audit?.head === unconfirmed.head) return true;
-  const above = audit?.unsent?.[0];
-  if (!above) return false;
-  try {
-    return (decodeUnsent(above) as Partial<AuditRecord>).prev === unconfirmed.head;
-  } catch {
-    return false;
-  }
+  const above = decodeOutbox(audit?.unsent ?? [])[0] as Partial<AuditRecord> | undefined;
+  return above !== undefined && above.prev === unconfirmed.head;
 }
 
 function isEmpty(d: TaskDelta): boolean {

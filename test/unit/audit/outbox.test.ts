@@ -1,7 +1,10 @@
+import { createHash } from 'node:crypto';
+import { deflateRawSync } from 'node:zlib';
+import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
-import { decodeUnsent, ORPHANED_OUTBOX_MS, TaskJournal } from '../../../src/audit/journal.js';
-import type { AuditRecord } from '../../../src/audit/record.js';
+import { decodeOutbox, encodeOutbox, ORPHANED_OUTBOX_MS, TaskJournal } from '../../../src/audit/journal.js';
+import { GENESIS, hashRecord, linkRecords, type AuditRecord } from '../../../src/audit/record.js';
 import { verifyChains } from '../../../src/audit/verify.js';
 import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
@@ -51,7 +54,8 @@ describe("the journal's outbox", () => {
     const s = server();
     const dying = s.process('replica-a/1', false);
     await dying.commit(s.task(), { hopCount: 2, events: [hop(1), hop(2)] });
-    expect(s.task().status?.audit).toMatchObject({ count: 2, writer: 'replica-a/1', unsent: [expect.any(String), expect.any(String)] as unknown });
+    expect(s.task().status?.audit).toMatchObject({ count: 2, writer: 'replica-a/1' });
+    expect(decodeOutbox(s.task().status?.audit?.unsent ?? []).map((r) => (r as AuditRecord).data.hopId)).toEqual(['h1_1', 'h1_2']);
 
     await s.process('replica-a/2').commit(s.task(), { hopCount: 1, events: [hop(3)] });
     const { chains, breaks } = verifyChains(s.stream.map((record, i) => ({ record, line: i + 1 })));
@@ -66,7 +70,7 @@ describe("the journal's outbox", () => {
     await one.commit(s.task(), { hopCount: 1, events: [hop(1)] });
     await one.commit(s.task(), { hopCount: 1, events: [hop(2)] });
     expect(s.stream.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2']);
-    expect((s.task().status?.audit?.unsent ?? []).map((u) => (decodeUnsent(u) as AuditRecord).data.hopId)).toEqual(['h1_2']);
+    expect(decodeOutbox(s.task().status?.audit?.unsent ?? []).map((r) => (r as AuditRecord).data.hopId)).toEqual(['h1_2']);
   });
 
   it("the writer of an ended task's last head marks the outbox emitted once its records are out: nothing is left for anyone to emit again", async () => {
@@ -179,5 +183,65 @@ describe("the journal's outbox", () => {
     const { chains, breaks } = verified(s.stream);
     expect(breaks).toEqual([]);
     expect(chains[0]?.records.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2', 'h1_3']);
+  });
+});
+
+describe("the outbox's encoding", () => {
+  const busy = (n: number) =>
+    linkRecords(
+      { key: 'ns/t', uid: 'u1' },
+      GENESIS,
+      0,
+      Array.from({ length: n }, (_, i) => ({
+        type: 'hop_decided' as const,
+        at: new Date(Date.parse('2026-11-21T10:00:00Z') + i * 7).toISOString(),
+        data: { hopId: `h1_${i.toString(36)}x${(i * 7919).toString(36)}`, depth: 1, tool: 'tickets', action: 'read', resource: 'ticket/4711', digest: createHash('sha256').update(String(i)).digest('hex'), decision: 'allow', reasons: [{ rule: 'allow-reads', effect: 'Permit' }], pod: { name: 'agent-0', uid: 'a1b2c3d4-0000-4000-8000-000000000001' } },
+      })),
+    );
+
+  it("a busy task's write carries its records in a fraction of their size: what the API server, etcd and every watch pay for on each write", () => {
+    const records = busy(50);
+    const json = records.map((r) => JSON.stringify(r)).join('').length;
+    const written = encodeOutbox(records).join('').length;
+    expect(written).toBeLessThan(json / 4);
+    expect(decodeOutbox(encodeOutbox(records))).toEqual(records);
+  });
+
+  it('gives back every record byte for byte, whatever an agent put in it (newlines, quotes, any Unicode), so each hashes as it did when written', () => {
+    fc.assert(
+      fc.property(fc.array(fc.record({ resource: fc.string({ unit: 'grapheme' }), intent: fc.string({ unit: 'binary' }), n: fc.integer() }), { minLength: 1, maxLength: 20 }), (data) => {
+        const records = linkRecords({ key: 'ns/t', uid: 'u1' }, GENESIS, 0, data.map((d) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: d })));
+        const back = decodeOutbox(encodeOutbox(records)) as AuditRecord[];
+        expect(back.map((r) => JSON.stringify(r))).toEqual(records.map((r) => JSON.stringify(r)));
+        expect(back.map((r) => hashRecord(r))).toEqual(records.map((r) => r.hash));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('an outbox an earlier version left (a record an entry, base64 of its JSON) is still carried out by the next writer', async () => {
+    const s = server();
+    await s.process('replica-a/1', false).commit(s.task(), { hopCount: 2, events: [hop(1), hop(2)] });
+    const audit = s.task().status?.audit;
+    const earlier = decodeOutbox(audit?.unsent ?? []).map((r) => Buffer.from(JSON.stringify(r), 'utf8').toString('base64'));
+    expect(earlier).toHaveLength(2);
+    s.task().status = { ...s.task().status, audit: { ...audit, head: audit?.head ?? '', count: audit?.count ?? 0, unsent: earlier } };
+
+    await s.process('replica-b/1').commit(s.task(), { hopCount: 1, events: [hop(3)] });
+    const { chains, breaks } = verified(s.stream);
+    expect(breaks).toEqual([]);
+    expect(chains[0]?.records.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2', 'h1_3']);
+  });
+
+  it('an entry written to inflate past its bound, or that is not an outbox at all, is skipped, not inflated or trusted; the entries beside it still read', () => {
+    const good = encodeOutbox(busy(2));
+    // Some 20 MiB of records, deflated to a few KiB.
+    const line = JSON.stringify(busy(1)[0]);
+    const bomb = `deflate:${deflateRawSync(Array.from({ length: Math.ceil((20 * 1024 * 1024) / line.length) }, () => line).join('\n')).toString('base64')}`;
+    expect(bomb.length).toBeLessThan(200_000);
+    const started = performance.now();
+    const back = decodeOutbox([bomb, 'deflate:not-deflate', 'bm90IGpzb24=', ...good]) as AuditRecord[];
+    expect(performance.now() - started).toBeLessThan(2_000);
+    expect(back.map((r) => r.seq)).toEqual([1, 2]);
   });
 });
