@@ -208,6 +208,12 @@ function auditAfter(before: AgentTaskStatus['audit'], records: AuditRecord[], wr
 
 /** Marks an outbox entry holding several records, deflated; an entry without it is one record. */
 const DEFLATED = 'deflate:';
+/**
+ * A 4 KiB window and small state: a record repeats the one before it within a few hundred bytes,
+ * so this compresses as well as the defaults, with 32 KiB of state a write instead of 256 KiB,
+ * below the size at which the allocator maps and unmaps (and then keeps larger blocks).
+ */
+const DEFLATE_OPTIONS = { windowBits: 12, memLevel: 5 } as const;
 /** The most an outbox entry may inflate to: a status is at most a few MiB, and a tenant able to write one must not make a replica inflate a bomb. */
 const MAX_INFLATED_BYTES = 16 * 1024 * 1024;
 
@@ -220,7 +226,7 @@ const MAX_INFLATED_BYTES = 16 * 1024 * 1024;
  */
 export function encodeOutbox(records: readonly AuditRecord[]): string[] {
   if (records.length === 0) return [];
-  return [DEFLATED + deflateRawSync(records.map((r) => JSON.stringify(r)).join('\n')).toString('base64')];
+  return [DEFLATED + deflateRawSync(records.map((r) => JSON.stringify(r)).join('\n'), DEFLATE_OPTIONS).toString('base64')];
 }
 
 /**
