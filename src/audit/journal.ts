@@ -231,22 +231,31 @@ export function encodeOutbox(records: readonly AuditRecord[]): string[] {
 
 /**
  * The records of an outbox, in order, as this version writes it or as earlier versions did (an
- * entry a record, base64 of its JSON). An entry that does not decode is skipped: not ours to
- * repair, and verify shows the hole.
+ * entry a record, base64 of its JSON). What does not decode (an entry that does not inflate
+ * within its bound, a line or entry that is not JSON) is skipped: not ours to repair, and verify
+ * shows the hole.
  */
 export function decodeOutbox(unsent: readonly string[]): unknown[] {
   const out: unknown[] = [];
-  for (const entry of unsent) {
+  const parsed = (text: string) => {
     try {
-      if (!entry.startsWith(DEFLATED)) {
-        out.push(JSON.parse(Buffer.from(entry, 'base64').toString('utf8')));
-        continue;
-      }
-      const text = inflateRawSync(Buffer.from(entry.slice(DEFLATED.length), 'base64'), { maxOutputLength: MAX_INFLATED_BYTES }).toString('utf8');
-      for (const line of text.split('\n')) out.push(JSON.parse(line));
+      out.push(JSON.parse(text));
     } catch {
       // Skipped, as above.
     }
+  };
+  for (const entry of unsent) {
+    if (!entry.startsWith(DEFLATED)) {
+      parsed(Buffer.from(entry, 'base64').toString('utf8'));
+      continue;
+    }
+    let text: string;
+    try {
+      text = inflateRawSync(Buffer.from(entry.slice(DEFLATED.length), 'base64'), { maxOutputLength: MAX_INFLATED_BYTES }).toString('utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) parsed(line);
   }
   return out;
 }

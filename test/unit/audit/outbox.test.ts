@@ -233,15 +233,18 @@ describe("the outbox's encoding", () => {
     expect(chains[0]?.records.map((r) => r.data.hopId)).toEqual(['h1_1', 'h1_2', 'h1_3']);
   });
 
-  it('an entry written to inflate past its bound, or that is not an outbox at all, is skipped, not inflated or trusted; the entries beside it still read', () => {
+  it('an entry written to inflate past its bound, or that is not an outbox at all, is skipped, not inflated or trusted; a line that is not JSON is skipped alone; the rest still reads', () => {
     const good = encodeOutbox(busy(2));
     // Some 20 MiB of records, deflated to a few KiB.
     const line = JSON.stringify(busy(1)[0]);
     const bomb = `deflate:${deflateRawSync(Array.from({ length: Math.ceil((20 * 1024 * 1024) / line.length) }, () => line).join('\n')).toString('base64')}`;
     expect(bomb.length).toBeLessThan(200_000);
     const started = performance.now();
-    const back = decodeOutbox([bomb, 'deflate:not-deflate', 'bm90IGpzb24=', ...good]) as AuditRecord[];
+    // A deflated entry with one line that is not JSON between two records.
+    const [first, second] = busy(2).map((r) => JSON.stringify(r));
+    const torn = `deflate:${deflateRawSync(`${first}\n{"torn":\n${second}`).toString('base64')}`;
+    const back = decodeOutbox([bomb, 'deflate:not-deflate', 'bm90IGpzb24=', ...good, torn]) as AuditRecord[];
     expect(performance.now() - started).toBeLessThan(2_000);
-    expect(back.map((r) => r.seq)).toEqual([1, 2]);
+    expect(back.map((r) => r.seq)).toEqual([1, 2, 1, 2]);
   });
 });
