@@ -214,14 +214,19 @@ const DEFLATED = 'deflate:';
  * below the size at which the allocator maps and unmaps (and then keeps larger blocks).
  */
 const DEFLATE_OPTIONS = { windowBits: 12, memLevel: 5 } as const;
-/** The most an outbox entry may inflate to: a status is at most a few MiB, and a tenant able to write one must not make a replica inflate a bomb. */
+/**
+ * The most an outbox may hold, inflated and in records. One write's records (a task's hops over
+ * at most a second or two) are far below both; a tenant able to write a status must not make a
+ * replica inflate a bomb, or parse millions of lines, on its event loop.
+ */
 const MAX_INFLATED_BYTES = 16 * 1024 * 1024;
+const MAX_OUTBOX_RECORDS = 25_000;
 
 /**
  * The outbox as written: one entry, the records' exact bytes (each record's JSON, one a line,
  * which JSON never breaks) deflated and in base64. A record holds whatever an agent sent and must
  * hash the same when read back through any client. A busy task's write carries tens of records,
- * most of their bytes alike; deflated they are a sixth of the size, and every byte of a status
+ * most of their bytes alike; deflated they are a fifth of the size, and every byte of a status
  * write costs the API server and etcd, and every replica's watch, again.
  */
 export function encodeOutbox(records: readonly AuditRecord[]): string[] {
@@ -229,33 +234,47 @@ export function encodeOutbox(records: readonly AuditRecord[]): string[] {
   return [DEFLATED + deflateRawSync(records.map((r) => JSON.stringify(r)).join('\n'), DEFLATE_OPTIONS).toString('base64')];
 }
 
+/** Whether a decoded value has the shape of an audit record: anything else is not emitted or trusted. */
+function isRecord(value: unknown): value is AuditRecord {
+  const r = value as Partial<AuditRecord> | null;
+  return typeof r === 'object' && r !== null && !Array.isArray(r) && r.v === 1 && typeof r.prev === 'string' && typeof r.hash === 'string' && typeof r.seq === 'number' && typeof r.task === 'string';
+}
+
 /**
  * The records of an outbox, in order, as this version writes it or as earlier versions did (an
  * entry a record, base64 of its JSON). What does not decode (an entry that does not inflate
- * within its bound, a line or entry that is not JSON) is skipped: not ours to repair, and verify
- * shows the hole.
+ * within what is left of the bound, a line or entry that is not a record) is skipped, and so is
+ * everything past the bounds: not ours to repair, and verify shows the hole.
  */
-export function decodeOutbox(unsent: readonly string[]): unknown[] {
-  const out: unknown[] = [];
+export function decodeOutbox(unsent: readonly string[]): AuditRecord[] {
+  const out: AuditRecord[] = [];
+  let bytesLeft = MAX_INFLATED_BYTES;
+  let linesLeft = MAX_OUTBOX_RECORDS;
   const parsed = (text: string) => {
+    linesLeft -= 1;
     try {
-      out.push(JSON.parse(text));
+      const value: unknown = JSON.parse(text);
+      if (isRecord(value)) out.push(value);
     } catch {
       // Skipped, as above.
     }
   };
   for (const entry of unsent) {
+    if (linesLeft <= 0 || bytesLeft <= 0) break;
     if (!entry.startsWith(DEFLATED)) {
-      parsed(Buffer.from(entry, 'base64').toString('utf8'));
+      bytesLeft -= entry.length;
+      if (bytesLeft >= 0) parsed(Buffer.from(entry, 'base64').toString('utf8'));
       continue;
     }
-    let text: string;
+    let inflated: Buffer;
     try {
-      text = inflateRawSync(Buffer.from(entry.slice(DEFLATED.length), 'base64'), { maxOutputLength: MAX_INFLATED_BYTES }).toString('utf8');
+      inflated = inflateRawSync(Buffer.from(entry.slice(DEFLATED.length), 'base64'), { maxOutputLength: bytesLeft });
     } catch {
+      bytesLeft = 0;
       continue;
     }
-    for (const line of text.split('\n')) parsed(line);
+    bytesLeft -= inflated.length;
+    for (const line of inflated.toString('utf8').split('\n', linesLeft)) parsed(line);
   }
   return out;
 }
@@ -264,7 +283,7 @@ export function decodeOutbox(unsent: readonly string[]): unknown[] {
 function unsentByOthers(task: TaskRef | undefined, writer: string): AuditRecord[] {
   const audit = (task as AgentTask | undefined)?.status?.audit;
   if (!audit?.unsent?.length || audit.emitted || audit.writer === writer) return [];
-  return decodeOutbox(audit.unsent) as AuditRecord[];
+  return decodeOutbox(audit.unsent);
 }
 
 /**
@@ -276,8 +295,7 @@ function landedIn(unconfirmed: Unconfirmed, current: AgentTask): boolean {
   if (unconfirmed.head === undefined || unconfirmed.uid !== current.metadata.uid) return false;
   const audit = current.status?.audit;
   if (audit?.head === unconfirmed.head) return true;
-  const above = decodeOutbox(audit?.unsent ?? [])[0] as Partial<AuditRecord> | undefined;
-  return above !== undefined && above.prev === unconfirmed.head;
+  return decodeOutbox(audit?.unsent ?? [])[0]?.prev === unconfirmed.head;
 }
 
 function isEmpty(d: TaskDelta): boolean {
