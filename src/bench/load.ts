@@ -13,6 +13,9 @@ import http from 'node:http';
 import https from 'node:https';
 import { summarize } from './stats.js';
 
+/** Seconds of load run before each measured run and not counted, unless a job says otherwise. */
+export const WARMUP_SECONDS = 3;
+
 export interface LoadJob {
   mode: 'closed' | 'open';
   url: string;
@@ -111,7 +114,7 @@ function drive(job: LoadJob, send: () => Promise<number>, seconds: number, recor
 
 export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const send = requester(job);
-  await drive(job, send, job.warmupSeconds ?? 3, () => {});
+  await drive(job, send, job.warmupSeconds ?? WARMUP_SECONDS, () => {});
   const latencies: number[] = [];
   const statuses: Record<string, number> = {};
   let errors = 0;

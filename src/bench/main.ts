@@ -14,7 +14,7 @@ import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
 import { apiRequests, cpuMs, https, log, pidOf, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, writesPer, type Broker, type Serving } from './harness.js';
 import { OPA_INPUT, startOpa } from './opa.js';
-import type { LoadJob, LoadResult } from './load.js';
+import { WARMUP_SECONDS, type LoadJob, type LoadResult } from './load.js';
 import { summarize } from './stats.js';
 import { startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
 import { SIDECAR_RESOURCES } from '../admission/plugins/pod.js';
@@ -142,7 +142,7 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
     const requestsBefore = await apiRequests(kc);
     const fixed = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 1000 });
     const apiServerCpuMsPerSecond = apiServer === undefined ? undefined : ((await cpuMs(apiServer)) - apiServerBefore) / fixed.seconds;
-    const apiWritesPerSecond = writesPer(requestsBefore, await apiRequests(kc), fixed.seconds + 3);
+    const apiWritesPerSecond = writesPer(requestsBefore, await apiRequests(kc), fixed.seconds + WARMUP_SECONDS);
     const statusBytes = JSON.stringify(((await rawRequest(kc, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks/hops-0`)).body as { status?: unknown }).status ?? {}).length;
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
     const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
