@@ -9,7 +9,7 @@ import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
 import { faultPoint } from '../runtime/faults.js';
-import { GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
+import { AUDIT_EVENTS, GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
 
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
 type RecentHop = NonNullable<AgentTaskStatus['recentHops']>[number];
@@ -234,10 +234,26 @@ export function encodeOutbox(records: readonly AuditRecord[]): string[] {
   return [DEFLATED + deflateRawSync(records.map((r) => JSON.stringify(r)).join('\n'), DEFLATE_OPTIONS).toString('base64')];
 }
 
-/** Whether a decoded value has the shape of an audit record: anything else is not emitted or trusted. */
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/**
+ * Whether a decoded value has the shape of an audit record, every field its readers use (the
+ * log, the file, the trace exporter, the lost-answer check): anything else is not emitted or trusted.
+ */
 function isRecord(value: unknown): value is AuditRecord {
-  const r = value as Partial<AuditRecord> | null;
-  return typeof r === 'object' && r !== null && !Array.isArray(r) && r.v === 1 && typeof r.prev === 'string' && typeof r.hash === 'string' && typeof r.seq === 'number' && typeof r.task === 'string';
+  if (!isObject(value)) return false;
+  const r = value as Partial<Record<keyof AuditRecord, unknown>>;
+  return (
+    r.v === 1 &&
+    typeof r.task === 'string' &&
+    typeof r.taskUid === 'string' &&
+    typeof r.seq === 'number' &&
+    typeof r.prev === 'string' &&
+    typeof r.at === 'string' &&
+    (AUDIT_EVENTS as readonly unknown[]).includes(r.type) &&
+    isObject(r.data) &&
+    typeof r.hash === 'string'
+  );
 }
 
 /**

@@ -253,7 +253,11 @@ describe("the outbox's encoding", () => {
 
   it('only what has the shape of a record comes out: null, numbers, arrays, other objects and lines that are not JSON are skipped, each alone', () => {
     const [first, second] = busy(2).map((r) => JSON.stringify(r));
-    const mixed = deflated([first, 'null', '0', '[1]', '{"v":1}', '{"torn":', second].join('\n'));
+    // Shaped like a record but for one field each: no data, a type no record has, data that is not an object.
+    const record = busy(1)[0] as AuditRecord;
+    const { data: _data, ...noData } = record;
+    const almost = [noData, { ...record, type: 'deleted' }, { ...record, data: 'x' }].map((r) => JSON.stringify(r));
+    const mixed = deflated([first, 'null', '0', '[1]', '{"v":1}', '{"torn":', ...almost, second].join('\n'));
     const earlier = ['null', '7', 'not json'].map((t) => Buffer.from(t).toString('base64'));
     expect(decodeOutbox([...earlier, mixed]).map((r) => r.seq)).toEqual([1, 2]);
   });
