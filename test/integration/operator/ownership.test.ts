@@ -29,7 +29,9 @@ async function pendingTask(admin: KubeConfig, namespace: string) {
   await create(admin, examplePolicy(namespace));
   const created = await create(admin, exampleTask(namespace));
   const name = created.metadata.name ?? '';
-  await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending');
+  // Pending, and its admission recorded: the operator's journal writes that record apart from the
+  // state, and nothing more comes until a pod does, so a test's own writes are the only ones left.
+  await waitForTask(admin, namespace, name, (t) => t.status?.state === 'Pending' && (t.status.audit?.count ?? 0) >= 1);
   return { name, client: new KubeTaskClient(admin) };
 }
 
