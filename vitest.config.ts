@@ -24,6 +24,7 @@ export default defineConfig({
           // One control plane per run, shared by every file; each test gets its own namespace.
           globalSetup: ['./test/env/global-setup.ts'],
           testTimeout: 60_000,
+          maxConcurrency: 3,
           hookTimeout: 120_000,
           // Files run one at a time: they share one API server and one STS emulator whose reset
           // API clears everything, and two cores gain little from running them side by side.

@@ -10,7 +10,7 @@ import type { FaultPoint } from '../../../src/runtime/faults.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, podToken } from '../../env/agents.js';
 import { createRole, iamClient, recordedCalls, revocationPolicy } from '../../env/aws.js';
-import { describe, expect, test } from '../../env/fixtures.js';
+import { describe, test, type expect as Expect } from '../../env/fixtures.js';
 import { create } from '../../env/kube.js';
 import { replicasOwnTheLease, startReplica, type Replica } from '../../env/operator-process.js';
 import { condition, readTask, waitForTask } from './helpers.js';
@@ -31,6 +31,8 @@ const TASK = 'ticket-4711';
 const serving = replicasOwnTheLease();
 
 interface World {
+  /** The test's own expect: the scenarios run side by side. */
+  expect: typeof Expect;
   env: EnvironmentDescription;
   admin: KubeConfig;
   namespace: string;
@@ -44,7 +46,7 @@ interface World {
   credentials(replica: Replica): Promise<{ status: number; body: unknown }>;
 }
 
-async function world(admin: KubeConfig, env: EnvironmentDescription, namespace: string): Promise<World> {
+async function world(admin: KubeConfig, env: EnvironmentDescription, namespace: string, expect: typeof Expect): Promise<World> {
   const role = `crash-${namespace}`;
   const roleArn = await createRole(env, role);
   const policy = examplePolicy(namespace);
@@ -61,6 +63,7 @@ async function world(admin: KubeConfig, env: EnvironmentDescription, namespace: 
   const token = await podToken(admin, pod);
   let n = 0;
   const w: World = {
+    expect,
     env,
     admin,
     namespace,
@@ -91,7 +94,8 @@ async function bound(w: World, prepare: (r: Replica) => Promise<void> = async ()
   }
 }
 
-async function diesAt(replica: Replica, point: FaultPoint): Promise<void> {
+async function diesAt(w: World, replica: Replica, point: FaultPoint): Promise<void> {
+  const { expect } = w;
   expect(await replica.exited).toEqual({ code: null, signal: 'SIGKILL' });
   expect(replica.stderr()).toContain(`fault point ${point}: SIGKILL`);
 }
@@ -101,6 +105,7 @@ const deleteTask = (w: World) => w.admin.makeApiClient(CustomObjectsApi).deleteN
 
 /** What a user relies on once the task has ended, whichever replica finished the work. */
 async function assertEndedCleanly(w: World, last: Replica, task: AgentTask, deleted: boolean): Promise<void> {
+  const { expect } = w;
   const marker = `chainwarden-${task.metadata.uid ?? ''}`;
   let final: AgentTask | undefined;
   if (deleted) {
@@ -166,7 +171,7 @@ interface Scenario {
 
 const issue = async (w: World, r: Replica) => void (await w.credentials(r));
 const issueFirst = async (w: World, r: Replica) => {
-  expect((await w.credentials(r)).status).toBe(200);
+  w.expect((await w.credentials(r)).status).toBe(200);
 };
 
 const scenarios: Scenario[] = [
@@ -180,9 +185,9 @@ const scenarios: Scenario[] = [
   { point: 'finalize.after-seal', before: issueFirst, drive: async (w) => void (await deleteTask(w)), deleted: true, ends: true },
 ];
 
-describe('a replica killed at every step of issuance, revocation and cleanup leaves nothing half done', () => {
-  test.for(scenarios.map((s) => [s.point, s] as const))('killed at %s', async ([point, scenario], { admin, env, namespace }) => {
-    const w = await world(admin, env, namespace);
+describe.concurrent('a replica killed at every step of issuance, revocation and cleanup leaves nothing half done', () => {
+  test.for(scenarios.map((s) => [s.point, s] as const))('killed at %s', async ([point, scenario], { admin, env, namespace, expect }) => {
+    const w = await world(admin, env, namespace, expect);
     const replicas: Replica[] = [];
     try {
       if (scenario.bindFirst) await bound(w, scenario.before && ((r) => scenario.before!(w, r)));
@@ -194,7 +199,7 @@ describe('a replica killed at every step of issuance, revocation and cleanup lea
       }
       const task = (await readTask(admin, namespace, TASK))!;
       await scenario.drive(w, armed);
-      await diesAt(armed, point);
+      await diesAt(w, armed, point);
 
       const next = await w.replica();
       replicas.push(next);
@@ -209,8 +214,8 @@ describe('a replica killed at every step of issuance, revocation and cleanup lea
     }
   });
 
-  test('killed at deny-policy.before-write while pruning: the restarted leader prunes, and keeps every deny still owed', async ({ admin, env, namespace }) => {
-    const w = await world(admin, env, namespace);
+  test('killed at deny-policy.before-write while pruning: the restarted leader prunes, and keeps every deny still owed', async ({ admin, env, namespace, expect }) => {
+    const w = await world(admin, env, namespace, expect);
     const replicas: Replica[] = [];
     try {
       await bound(w, async (r) => {
@@ -226,7 +231,7 @@ describe('a replica killed at every step of issuance, revocation and cleanup lea
       // A new leader prunes at once.
       const armed = await w.replica(['deny-policy.before-write']);
       replicas.push(armed);
-      await diesAt(armed, 'deny-policy.before-write');
+      await diesAt(w, armed, 'deny-policy.before-write');
       const next = await w.replica();
       replicas.push(next);
       await expect.poll(async () => JSON.stringify(await revocationPolicy(env, w.role)), { timeout: 10_000, interval: 200 }).not.toContain('chainwarden-long-gone');

@@ -2,7 +2,6 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CoordinationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { expect } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { KubeTaskClient } from '../../../src/kube/tasks.js';
 import { createLogger } from '../../../src/log.js';
@@ -13,19 +12,21 @@ export async function readTask(kc: KubeConfig, namespace: string, name: string):
   return new KubeTaskClient(kc).read(namespace, name);
 }
 
-/** Polls the task until `check` holds; returns it. */
+/**
+ * Polls the task until `check` holds; returns it. A plain loop rather than expect.poll, which
+ * belongs to one running test: this also serves tests that run side by side.
+ */
 export async function waitForTask(kc: KubeConfig, namespace: string, name: string, check: (t: AgentTask) => boolean, timeout = 20_000): Promise<AgentTask> {
+  const until = Date.now() + timeout;
   let last: AgentTask | undefined;
-  await expect
-    .poll(
-      async () => {
-        last = await readTask(kc, namespace, name);
-        return last !== undefined && check(last);
-      },
-      { timeout, interval: 100 },
-    )
-    .toBe(true);
-  return last as AgentTask;
+  for (;;) {
+    last = await readTask(kc, namespace, name);
+    if (last !== undefined && check(last)) return last;
+    if (Date.now() >= until) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const seen = last === undefined ? 'it does not exist' : `its state is ${last.status?.state ?? '(none)'}, conditions ${JSON.stringify(last.status?.conditions?.map((c) => `${c.type}=${c.status}`) ?? [])}`;
+  throw new Error(`AgentTask ${namespace}/${name} did not get there within ${timeout / 1000}s: ${seen}`);
 }
 
 export const condition = (task: AgentTask, type: string) => task.status?.conditions?.find((c) => c.type === type);
