@@ -22,13 +22,16 @@ export async function resetMoto(endpoint: string): Promise<void> {
 }
 
 /**
- * moto's own entry point, with one change: the list of its service packages is read once. moto
+ * moto's own entry point, with two changes. The list of its service packages is read once: moto
  * lists its package directory (a `stat` of every one of some 190 entries) to route each request,
  * which was about a quarter of what a request cost it; what it routes to, and how, is unchanged.
+ * And its recorder writes one request at a time: it appends each request through a buffered file,
+ * so a request over 8 KiB goes out in pieces, and two such requests arriving at once interleave
+ * into a line that is not JSON, which every later reader of the recording trips over.
  * Its first argument is the `moto_server` it stands for, run as it is when this Python has no moto.
  */
 const MOTO_LAUNCHER = [
-  'import os, sys',
+  'import os, sys, threading',
   'server = sys.argv.pop(1)',
   'try:',
   '    from moto.server import main',
@@ -39,6 +42,16 @@ const MOTO_LAUNCHER = [
   '    modules = tuple(backends.list_of_moto_modules())',
   '    backends.list_of_moto_modules = lambda: modules',
   // A moto without that function (another version than the one installed here) starts as it is.
+  'except (ImportError, AttributeError):',
+  '    pass',
+  'try:',
+  '    from moto.moto_api._internal.recorder.models import Recorder',
+  '    recording = threading.Lock()',
+  '    record = Recorder._record_request',
+  '    def record_alone(self, *args, **kwargs):',
+  '        with recording:',
+  '            return record(self, *args, **kwargs)',
+  '    Recorder._record_request = record_alone',
   'except (ImportError, AttributeError):',
   '    pass',
   'sys.exit(main())',

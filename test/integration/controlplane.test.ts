@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import https from 'node:https';
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { CreateRoleCommand, GetRoleCommand, IAMClient } from '@aws-sdk/client-iam';
@@ -113,6 +114,23 @@ describe('local control plane', () => {
     await expect(iam.send(new GetRoleCommand({ RoleName: 'to-forget' }))).resolves.toBeTruthy();
     await resetMoto(env.stsEndpoint);
     await expect(iam.send(new GetRoleCommand({ RoleName: 'to-forget' }))).rejects.toMatchObject({ name: 'NoSuchEntityException' });
+  });
+
+  test("the emulator's recording, which tests read to see what reached AWS, stays one request a line when large requests arrive at once", async ({ env }) => {
+    // Over 8 KiB each: moto's own recorder wrote such a request in pieces, and two at once interleaved.
+    const marker = `recording-${Date.now()}`;
+    const pad = 'x'.repeat(20_000);
+    await Promise.all(
+      Array.from({ length: 16 }, async (_, i) => {
+        const res = await fetch(`${env.stsEndpoint}/`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `Action=GetCallerIdentity&Version=2011-06-15&Marker=${marker}-${i}&Pad=${pad}` });
+        await res.arrayBuffer();
+      }),
+    );
+    const lines = (await readFile(env.stsRecording, 'utf8')).split('\n').filter(Boolean);
+    // Every line parses (JSON.parse throws on a broken one), and each request is there once.
+    const bodies = lines.map((line) => JSON.parse(line) as { body: string; body_encoded: boolean }).map((e) => (e.body_encoded ? Buffer.from(e.body, 'base64').toString('utf8') : e.body));
+    const ours = bodies.map((b) => new RegExp(`Marker=${marker}-(\\d+)&`).exec(b)?.[1]).filter((m) => m !== undefined);
+    expect(ours.sort((a, b) => Number(a) - Number(b))).toEqual(Array.from({ length: 16 }, (_, i) => String(i)));
   });
 });
 
