@@ -24,6 +24,7 @@ export default defineConfig({
           // One control plane per run, shared by every file; each test gets its own namespace.
           globalSetup: ['./test/env/global-setup.ts'],
           testTimeout: 60_000,
+          // Tests a file marks concurrent (each with its own namespace and processes) run three at a time.
           maxConcurrency: 3,
           hookTimeout: 120_000,
           // Files run one at a time: they share one API server and one STS emulator whose reset
