@@ -13,19 +13,27 @@ export async function readTask(kc: KubeConfig, namespace: string, name: string):
 }
 
 /**
- * Polls the task until `check` holds; returns it. A plain loop rather than expect.poll, which
- * belongs to one running test: this also serves tests that run side by side.
+ * Polls the task until `check` holds; returns it. A read that fails (the API server restarting)
+ * is tried again, as expect.poll would; a plain loop rather than expect.poll, which belongs to
+ * one running test, so that tests running side by side can use it too.
  */
 export async function waitForTask(kc: KubeConfig, namespace: string, name: string, check: (t: AgentTask) => boolean, timeout = 20_000): Promise<AgentTask> {
   const until = Date.now() + timeout;
   let last: AgentTask | undefined;
+  let failure: unknown;
   for (;;) {
-    last = await readTask(kc, namespace, name);
-    if (last !== undefined && check(last)) return last;
+    try {
+      last = await readTask(kc, namespace, name);
+      failure = undefined;
+      if (last !== undefined && check(last)) return last;
+    } catch (err) {
+      failure = err;
+    }
     if (Date.now() >= until) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  const seen = last === undefined ? 'it does not exist' : `its state is ${last.status?.state ?? '(none)'}, conditions ${JSON.stringify(last.status?.conditions?.map((c) => `${c.type}=${c.status}`) ?? [])}`;
+  const seen =
+    failure !== undefined ? `the last read failed: ${failure instanceof Error ? failure.message : JSON.stringify(failure)}` : last === undefined ? 'it does not exist' : `its state is ${last.status?.state ?? '(none)'}, conditions ${JSON.stringify(last.status?.conditions?.map((c) => `${c.type}=${c.status}`) ?? [])}`;
   throw new Error(`AgentTask ${namespace}/${name} did not get there within ${timeout / 1000}s: ${seen}`);
 }
 
