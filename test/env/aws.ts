@@ -31,52 +31,31 @@ export async function revocationPolicy(env: EnvironmentDescription, roleName: st
   }
 }
 
-interface RecordedRequest {
+/** One request as the emulator recorded it. */
+export interface RecordedRequest {
+  method: string;
+  url: string;
+  headers: Record<string, string>;
   body?: string;
   body_encoded?: boolean;
 }
 
-const parsed = (text: string): RecordedRequest | undefined => {
-  try {
-    return JSON.parse(text) as RecordedRequest;
-  } catch {
-    return undefined;
-  }
-};
-
 /**
- * The emulator's recording, one request a line. Its threads append an entry over 8 KiB in two
- * writes, so another request can land inside it: line i is then the first part of A followed by
- * all of B, and line i+1 the rest of A. Such a pair is taken apart where B begins.
+ * Everything the emulator received so far, one request a line. The launcher has its recorder
+ * write one request at a time, so a line that does not parse is a fault worth failing on: a
+ * skipped line could hide a request that did reach AWS.
  */
-export function recordedRequests(text: string): RecordedRequest[] {
-  const lines = text.split('\n').filter(Boolean);
-  const out: RecordedRequest[] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i] ?? '';
-    const whole = parsed(line);
-    if (whole) {
-      out.push(whole);
-      continue;
-    }
-    const rest = lines[i + 1] ?? '';
-    for (let at = line.indexOf('{"', 1); at > 0; at = line.indexOf('{"', at + 1)) {
-      const inner = parsed(line.slice(at));
-      const outer = inner && parsed(line.slice(0, at) + rest);
-      if (inner && outer) {
-        out.push(outer, inner);
-        i += 1;
-        break;
-      }
-    }
-  }
-  return out;
+export async function recordedRequests(env: EnvironmentDescription): Promise<RecordedRequest[]> {
+  const text = await readFile(env.stsRecording, 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as RecordedRequest);
 }
 
 /** Requests the emulator received with the given STS/IAM Action, as form parameters. */
 export async function recordedCalls(env: EnvironmentDescription, action: string): Promise<URLSearchParams[]> {
-  const text = await readFile(env.stsRecording, 'utf8').catch(() => '');
-  return recordedRequests(text)
+  return (await recordedRequests(env))
     .map((e) => new URLSearchParams(e.body_encoded ? Buffer.from(e.body ?? '', 'base64').toString('utf8') : (e.body ?? '')))
     .filter((p) => p.get('Action') === action);
 }

@@ -1,10 +1,10 @@
-import { readFile } from 'node:fs/promises';
 import https from 'node:https';
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { CreateRoleCommand, GetRoleCommand, IAMClient } from '@aws-sdk/client-iam';
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { SERVICE_ACCOUNT_ISSUER } from '../../src/controlplane/apiserver.js';
 import { resetMoto } from '../../src/controlplane/moto.js';
+import { recordedRequests } from '../env/aws.js';
 import { describe, expect, test } from '../env/fixtures.js';
 
 const region = 'us-east-1';
@@ -126,9 +126,8 @@ describe('local control plane', () => {
         await res.arrayBuffer();
       }),
     );
-    const lines = (await readFile(env.stsRecording, 'utf8')).split('\n').filter(Boolean);
-    // Every line parses (JSON.parse throws on a broken one), and each request is there once.
-    const bodies = lines.map((line) => JSON.parse(line) as { body: string; body_encoded: boolean }).map((e) => (e.body_encoded ? Buffer.from(e.body, 'base64').toString('utf8') : e.body));
+    // The tests' reader takes every line as it is (a broken one throws), and each request is there once.
+    const bodies = (await recordedRequests(env)).map((e) => (e.body_encoded ? Buffer.from(e.body ?? '', 'base64').toString('utf8') : (e.body ?? '')));
     const ours = bodies.map((b) => new RegExp(`Marker=${marker}-(\\d+)&`).exec(b)?.[1]).filter((m) => m !== undefined);
     expect(ours.sort((a, b) => Number(a) - Number(b))).toEqual(Array.from({ length: 16 }, (_, i) => String(i)));
   });

@@ -11,7 +11,7 @@ import { ensureMoto } from '../../../src/controlplane/assets.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
-import { createRole } from '../../env/aws.js';
+import { createRole, recordedRequests } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create, rejection } from '../../env/kube.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
@@ -51,12 +51,7 @@ function startAgent(env: EnvironmentDescription, podEnv: Record<string, string>,
 
 /** What reached the emulator, as moto recorded it: method, path and headers of each request. */
 async function reachedAws(env: EnvironmentDescription): Promise<{ method: string; path: string; headers: Record<string, string> }[]> {
-  const text = await readFile(env.stsRecording, 'utf8').catch(() => '');
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line) as { method: string; url: string; headers: Record<string, string> })
-    .map((e) => ({ method: e.method, path: new URL(e.url, 'http://x').pathname, headers: Object.fromEntries(Object.entries(e.headers).map(([k, v]) => [k.toLowerCase(), v])) }));
+  return (await recordedRequests(env)).map((e) => ({ method: e.method, path: new URL(e.url, 'http://x').pathname, headers: Object.fromEntries(Object.entries(e.headers).map(([k, v]) => [k.toLowerCase(), v])) }));
 }
 
 async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, namespace: string, bucket: string) {
