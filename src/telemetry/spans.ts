@@ -72,8 +72,10 @@ const LIFECYCLE_FIELDS: Partial<Record<AuditRecord['type'], readonly string[]>> 
 function hopSpan(record: AuditRecord, hopId: string, at: number, approval: AuditRecord | undefined): SpanData {
   const d = record.data;
   const rules = rulesOf(d.reasons);
-  const attributes: Attributes = { ...taskAttributes(record), 'chainwarden.rules': rules };
-  scalars(d, ['hopId', 'tool', 'action', 'resource', 'decision', 'depth', 'intent', 'parentHop', 'pod', 'wouldDeny', 'digest'], 'chainwarden.hop.', attributes);
+  // The hop's own facts under the names the trace contract gives them; the rest under `chainwarden.hop.`.
+  const attributes: Attributes = { ...taskAttributes(record), 'chainwarden.rule': rules.join(', ') };
+  scalars(d, ['tool', 'action', 'resource', 'decision'], 'chainwarden.', attributes);
+  scalars(d, ['hopId', 'depth', 'intent', 'parentHop', 'pod', 'wouldDeny', 'digest'], 'chainwarden.hop.', attributes);
   if (Array.isArray(d.dataClasses)) attributes['chainwarden.hop.dataClasses'] = d.dataClasses.map(String);
   if (d.attributes && typeof d.attributes === 'object') {
     for (const [key, value] of Object.entries(d.attributes as Record<string, unknown>)) attributes[`chainwarden.hop.attribute.${key}`] = typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value);

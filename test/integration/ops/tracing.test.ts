@@ -71,16 +71,16 @@ describe('the chain as OpenTelemetry spans, received by a real collector', () =>
     expect(refundSpan?.parentSpanId).toBe(root?.spanId);
     expect(readSpan).toMatchObject({
       name: 'hop tickets read',
-      attributes: { 'chainwarden.hop.decision': 'allow', 'chainwarden.rules': ['read-and-comment'], 'chainwarden.hop.dataClasses': ['pii'], 'chainwarden.hop.resource': 'ticket/4711', 'chainwarden.hop.intent': 'read the ticket' },
+      attributes: { 'chainwarden.tool': 'tickets', 'chainwarden.action': 'read', 'chainwarden.decision': 'allow', 'chainwarden.rule': 'read-and-comment', 'chainwarden.hop.dataClasses': ['pii'], 'chainwarden.resource': 'ticket/4711', 'chainwarden.hop.intent': 'read the ticket' },
     });
-    expect(freezeSpan).toMatchObject({ attributes: { 'chainwarden.hop.decision': 'deny', 'chainwarden.rules': ['never-admin-payments'] }, status: { code: 2 } });
+    expect(freezeSpan).toMatchObject({ attributes: { 'chainwarden.decision': 'deny', 'chainwarden.rule': 'never-admin-payments' }, status: { code: 2 } });
     expect(freezeSpan?.status.message).toContain('never-admin-payments');
-    expect(refundSpan?.attributes['chainwarden.hop.decision']).toBe('pending_approval');
+    expect(refundSpan?.attributes['chainwarden.decision']).toBe('pending_approval');
 
     // The approval answers the refund hop: a child of it, naming the approver and the reason.
     const [approval] = named(spans, 'approval approve');
     expect(approval?.parentSpanId).toBe(refundSpan?.spanId);
-    expect(approval?.attributes).toMatchObject({ 'chainwarden.hop.decision': 'allow', 'chainwarden.approval.reason': 'duplicate charge' });
+    expect(approval?.attributes).toMatchObject({ 'chainwarden.decision': 'allow', 'chainwarden.approval.reason': 'duplicate charge' });
     expect(String(approval?.attributes['chainwarden.approval.approver'])).not.toBe('');
 
     // The lifecycle: children of the task span, in order.

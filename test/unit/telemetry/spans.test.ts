@@ -24,7 +24,7 @@ describe('SpanMapper', () => {
     expect(spans.map((s) => s.name)).toEqual(['hop payments refund', 'approval approve', 'hop email send']);
     const [held, answer, next] = spans;
     expect(held).toMatchObject({ traceId: traceIdOf('uid-1'), spanId: hopSpanIdOf('uid-1', 'h1'), parentSpanId: taskSpanIdOf('uid-1'), error: undefined });
-    expect(answer).toMatchObject({ parentSpanId: held?.spanId, attributes: { 'chainwarden.approval.approver': 'alice', 'chainwarden.approval.reason': 'dup', 'chainwarden.rules': ['approval:ok-1'] } });
+    expect(answer).toMatchObject({ parentSpanId: held?.spanId, attributes: { 'chainwarden.approval.approver': 'alice', 'chainwarden.approval.reason': 'dup', 'chainwarden.rule': 'approval:ok-1' } });
     expect(answer?.spanId).not.toBe(held?.spanId);
     expect(next).toMatchObject({ parentSpanId: held?.spanId, error: 'denied by no-exfiltration' });
   });
