@@ -59,9 +59,11 @@ export interface BrokerCall {
 export class BrokerClient {
   private readonly podToken: PodToken;
   private readonly agent: https.Agent;
+  private readonly origin: string;
 
   constructor(private readonly options: BrokerClientOptions) {
     this.podToken = new PodToken(options.tokenFile);
+    this.origin = new URL(options.brokerUrl).origin;
     this.agent = new https.Agent({ keepAlive: true, ca: options.caPem, maxSockets: 16 });
   }
 
@@ -112,6 +114,11 @@ export class BrokerClient {
 
   private send(call: BrokerCall, token: string): Promise<http.IncomingMessage> {
     const target = new URL(call.path, this.options.brokerUrl);
+    // The path goes out as it was checked, or not at all: a URL parser that resolved `..` or `\\`,
+    // or dropped a fragment, would send the pod token to an endpoint no one chose.
+    if (target.pathname !== call.path.split('?')[0] || target.hash !== '' || target.origin !== this.origin) {
+      return Promise.reject(new ChainwardenError('invalid_request', `the chainwarden agent does not forward ${JSON.stringify(call.path)}: its path is not in plain form`));
+    }
     return new Promise((resolve, reject) => {
       const upstream = https.request(
         target,

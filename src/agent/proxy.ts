@@ -40,8 +40,18 @@ export interface RunningAgent {
   close(): Promise<void>;
 }
 
-/** What the sidecar forwards; anything else is a 404 here, never a request to the broker. */
-const FORWARDED = [/^\/v1\/credentials(\/[a-z0-9-]+)?$/, /^\/v1\/hops$/, /^\/v1\/hops\/[A-Za-z0-9_-]+$/, /^\/v1\/svid$/, /^\/v1\/tasks\/[^/]+\/[^/]+\/complete$/];
+/**
+ * What the sidecar forwards; anything else is a 404 here, never a request to the broker. Every
+ * segment is spelled in the characters its names take, so no `..`, `\\`, `%` or `#` can make the
+ * broker's URL parser resolve the path to another endpoint.
+ */
+const FORWARDED = [
+  /^\/v1\/credentials(\/[a-z0-9-]+)?$/,
+  /^\/v1\/hops$/,
+  /^\/v1\/hops\/[A-Za-z0-9_-]+$/,
+  /^\/v1\/svid$/,
+  /^\/v1\/tasks\/[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\/[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?\/complete$/,
+];
 
 /**
  * `/mcp/<system>`, the MCP gateway: a system is named like a DNS label. Anything else under

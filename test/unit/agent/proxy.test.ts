@@ -1,8 +1,13 @@
 import { mkdtemp, readdir, stat, writeFile } from 'node:fs/promises';
+import https from 'node:https';
+import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { ensureLocalToken, sameSecret } from '../../../src/agent/proxy.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BrokerClient } from '../../../src/agent/broker-client.js';
+import { ensureLocalToken, sameSecret, startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
+import { silentLogger } from '../../../src/log.js';
+import { CertificateAuthority } from '../../../src/pki/authority.js';
 
 const freshFile = async () => path.join(await mkdtemp(path.join(os.tmpdir(), 'local-token-')), 'token');
 
@@ -33,5 +38,80 @@ describe('sameSecret', () => {
     expect(sameSecret('abc', 'abd')).toBe(false);
     expect(sameSecret('abc', 'abcd')).toBe(false);
     expect(sameSecret('', 'abc')).toBe(false);
+  });
+});
+
+describe('what the sidecar forwards to the broker', () => {
+  let broker: https.Server;
+  let sidecar: RunningAgent;
+  let localToken = '';
+  let brokerUrl = '';
+  let caPem = '';
+  let tokenFile = '';
+  const reached: string[] = [];
+
+  beforeAll(async () => {
+    const ca = await CertificateAuthority.create('proxy-paths-test');
+    caPem = ca.certPem;
+    const serving = await ca.issueServing('broker', { ips: ['127.0.0.1'] });
+    broker = https.createServer({ cert: serving.certPem, key: serving.keyPem }, (req, res) => {
+      reached.push(`${req.method ?? ''} ${req.url ?? ''} ${req.headers.authorization ?? ''}`);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+    });
+    await new Promise<void>((resolve) => broker.listen(0, '127.0.0.1', resolve));
+    brokerUrl = `https://127.0.0.1:${(broker.address() as AddressInfo).port}`;
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'proxy-paths-'));
+    tokenFile = path.join(dir, 'pod-token');
+    await writeFile(tokenFile, 'the-pod-token');
+    sidecar = await startAgentProxy({ brokerUrl, caPem, tokenFile, localTokenFile: path.join(dir, 'local'), listen: { host: '127.0.0.1', port: 0 }, log: silentLogger() });
+    localToken = await ensureLocalToken(path.join(dir, 'local'));
+  });
+
+  afterAll(async () => {
+    await sidecar.close();
+    broker.close();
+  });
+
+  /** A request line sent as it is, with the agent's local token: no client library tidies the target first. */
+  const raw = (target: string) =>
+    new Promise<number>((resolve, reject) => {
+      const { port } = new URL(sidecar.url);
+      const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(`POST ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: ${localToken}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`));
+      let answer = '';
+      socket.on('data', (c: Buffer) => (answer += c.toString()));
+      socket.on('close', () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1] ?? 0)));
+      socket.on('error', reject);
+    });
+
+  it('never lets a path the broker would resolve elsewhere carry the pod token to the gateways\' own endpoints', async () => {
+    reached.length = 0;
+    const attacks = [
+      '/v1/tasks/..\\..\\v1\\mcp\\forward#/x/complete',
+      '/v1/tasks/..\\..\\v1\\aws\\sign#/x/complete',
+      '/v1/tasks/%2e%2e/%2e%2e%2fv1%2faws%2fsign%23/complete',
+      '/v1/tasks/a/..%5C..%5Cv1%5Cmcp%5Cforward%23/complete',
+      '/v1/tasks/./../complete',
+      '/v1/credentials/../../v1/aws/sign',
+      '/v1/hops/..%2F..%2Fv1%2Fmcp%2Fforward',
+      '/mcp/../v1/mcp/forward',
+    ];
+    for (const target of attacks) expect([target, await raw(target)]).toEqual([target, 404]);
+    expect(reached).toEqual([]);
+  });
+
+  it('forwards the endpoints an agent uses exactly as it asked for them', async () => {
+    reached.length = 0;
+    expect(await raw('/v1/tasks/support/ticket-4711.v2/complete')).toBe(200);
+    expect(await raw('/v1/hops')).toBe(200);
+    expect(reached).toEqual(['POST /v1/tasks/support/ticket-4711.v2/complete Bearer the-pod-token', 'POST /v1/hops Bearer the-pod-token']);
+  });
+
+  it('the broker client itself sends no path its URL parser would change', async () => {
+    reached.length = 0;
+    const client = new BrokerClient({ brokerUrl, caPem, tokenFile });
+    for (const bad of ['/v1/tasks/a/..\\..\\v1\\aws\\sign#/complete', '/v1/x/../aws/sign', '//elsewhere.example/v1/hops', '/v1/hops#frag']) {
+      await expect(client.request({ method: 'POST', path: bad, body: Buffer.from('{}') })).rejects.toMatchObject({ code: 'invalid_request' });
+    }
+    expect(reached).toEqual([]);
   });
 });
