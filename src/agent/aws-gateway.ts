@@ -12,7 +12,7 @@ import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsErro
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
 import { checkLoopbackCaller } from './loopback.js';
-import { checkedBrokerHeaders, downstreamHeaders, endTogether, HOP_BY_HOP } from './relay.js';
+import { checkedBrokerHeaders, downstreamHeaders, endTogether } from './relay.js';
 
 /** The broker's side of the gateway, as the sidecar sees it: one call, allow or an AWS-shaped refusal. */
 export interface AwsSigner {
@@ -25,6 +25,13 @@ const MAX_SIGN_ANSWER_BYTES = 64 * 1024;
 const UPSTREAM_IDLE_MS = 120_000;
 /** Never sent on, whatever the SDK sent: the credentials the broker replaces, and headers about this hop's connection alone. */
 const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host']);
+/**
+ * The headers an SDK leaves unsigned that still go on: about the client, or framing this sidecar
+ * keeps true to the body it sends, or S3 object metadata (an SDK never signs Cache-Control). Any
+ * other unsigned header stays here: the broker decides the call on what the SDK signed, and a
+ * header it never saw (an X-Amz-Target, a Content-Type) must not change what AWS does.
+ */
+const UNSIGNED_PASSED = new Set(['user-agent', 'x-amzn-trace-id', 'cache-control', 'content-length']);
 
 /** A refusal that already has its AWS face (the broker's, or the way to AWS failing). */
 class AwsRefusal extends Error {
@@ -69,11 +76,11 @@ function headOf(req: http.IncomingMessage) {
   return { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headersDistinct as Record<string, string[]>, headerBytes };
 }
 
-/** The SDK's headers as they go to AWS: without what the broker replaces, with the broker's changes and signature. */
+/** The SDK's signed headers as they go to AWS: without what the broker replaces, with the broker's changes and signature. */
 function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer: AwsSignAnswer, bodyLength: number | undefined): http.OutgoingHttpHeaders {
   const out: http.OutgoingHttpHeaders = {};
   for (const [name, values] of Object.entries(req.headersDistinct)) {
-    if (REPLACED.has(name) || (HOP_BY_HOP.has(name) && !plan.signedHeaders.has(name)) || values === undefined) continue;
+    if (REPLACED.has(name) || !(plan.signedHeaders.has(name) || UNSIGNED_PASSED.has(name)) || values === undefined) continue;
     out[name] = values.length === 1 ? values[0] : values;
   }
   for (const [name, value] of Object.entries(plan.sign.forward?.headers ?? {})) {
