@@ -68,6 +68,7 @@ export class AwsGateway {
     if (!(await verifySignature(auth, sdk, placeholder.secretAccessKey))) {
       throw new ChainwardenError('aws_signature_mismatch', `the signature does not match the request signed with credential ${credential}'s key: sign with the credentials from AWS_CONTAINER_CREDENTIALS_FULL_URI`);
     }
+    if (request.forward !== undefined) checkForward(request.payloadHash, headers, request.forward);
     if (request.form !== undefined) {
       if (request.form.length > MAX_FORM_CHARS) throw new ChainwardenError('aws_request_invalid', `the request body passed on is longer than ${MAX_FORM_CHARS} characters`, { field: 'form' });
       if (sha256Hex(request.form) !== request.payloadHash) throw new ChainwardenError('aws_request_invalid', 'the request body passed on is not the body the SDK signed', { field: 'form' });
@@ -118,6 +119,40 @@ export class AwsGateway {
     };
   }
 }
+
+/**
+ * The sidecar may re-encode a signed aws-chunked body on its way (the chunk signatures are the
+ * placeholder's), and says how in `forward`. Those two re-encodings are all it may ask the broker
+ * to sign instead of what the SDK signed: nothing else the SDK sent can be changed under the
+ * broker's signature.
+ */
+function checkForward(sdkHash: string, headers: Record<string, string>, forward: NonNullable<AwsSignRequest['forward']>): void {
+  const refuse = (what: string) => new ChainwardenError('aws_request_invalid', `forward: ${what}; the gateway re-encodes only a signed aws-chunked body`, { field: 'forward' });
+  const changes = lowercase(forward.headers);
+  const allowed: Record<string, (value: string | null) => boolean> =
+    sdkHash === 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER' && forward.payloadHash === 'STREAMING-UNSIGNED-PAYLOAD-TRAILER'
+      ? { 'x-amz-content-sha256': (v) => v === forward.payloadHash, 'content-length': (v) => v === null }
+      : sdkHash === 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD' && forward.payloadHash === 'UNSIGNED-PAYLOAD'
+        ? {
+            'x-amz-content-sha256': (v) => v === forward.payloadHash,
+            'content-length': (v) => v === headers['x-amz-decoded-content-length'],
+            'x-amz-decoded-content-length': (v) => v === null,
+            // What the SDK declared, less aws-chunked: the body's own encoding stays.
+            'content-encoding': (v) => (v ?? '') === withoutAwsChunked(headers['content-encoding'] ?? ''),
+          }
+        : {};
+  if (Object.keys(allowed).length === 0) throw refuse(`a payload signed ${JSON.stringify(sdkHash.slice(0, 64))} cannot be sent on as ${JSON.stringify(forward.payloadHash.slice(0, 64))}`);
+  for (const [name, value] of Object.entries(changes)) {
+    if (!allowed[name]?.(value)) throw refuse(`the header change ${name}: ${JSON.stringify(value)?.slice(0, 80) ?? ''} is not that re-encoding's`);
+  }
+}
+
+const withoutAwsChunked = (encodings: string) =>
+  encodings
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '' && e.toLowerCase() !== 'aws-chunked')
+    .join(',');
 
 const bad = (field: string, message: string) => new ChainwardenError('aws_request_invalid', `${field}: ${message}`, { field });
 

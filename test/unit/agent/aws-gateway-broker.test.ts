@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import http from 'node:http';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
@@ -47,10 +47,11 @@ let sidecar: RunningAgent;
 const decided: HopRequest[] = [];
 let decide: (hop: HopRequest) => Pick<HopAnswer, 'decision' | 'reasons'> = () => ({ decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
 let hops = 0;
+let gateway: AwsGateway;
 
 beforeAll(async () => {
   world = await startGatewayWorld();
-  const gateway = new AwsGateway({
+  gateway = new AwsGateway({
     placeholders,
     credentials: { credentials: () => Promise.resolve({ ...SESSION, expiration: new Date(Date.now() + 3_600_000) }) },
     hops: new GatewayHops({
@@ -170,6 +171,33 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     const s3 = new S3Client(config());
     expect(Buffer.from((await (await s3.send(new GetObjectCommand({ Bucket: 'customers', Key: 'java.bin' }))).Body?.transformToByteArray()) ?? []).equals(payload)).toBe(true);
     s3.destroy();
+  });
+
+  it('a caller holding the pod token cannot have the broker sign anything but what was decided: no other header, payload or missing body', async () => {
+    /** A request as an SDK signs it with the placeholder keys, in the shape the sidecar passes on. */
+    const signed = async (service: string, method: string, path: string, headers: Record<string, string>, body = '') => {
+      const payloadHash = headers['x-amz-content-sha256'] ?? createHash('sha256').update(body).digest('hex');
+      const request = await new SignatureV4({ credentials: keys, region: 'us-east-1', service, sha256: Sha256, uriEscapePath: service !== 's3' }).sign({ method, protocol: 'http:', hostname: '127.0.0.1', path, query: {}, headers: { host: '127.0.0.1:15081', ...headers }, body });
+      const authorization = String(request.headers.authorization);
+      const names = /SignedHeaders=([^,]+)/.exec(authorization)?.[1]?.split(';') ?? [];
+      return { authorization, method, path, query: '', headers: Object.fromEntries(names.map((n) => [n, String(request.headers[n] ?? request.headers[Object.keys(request.headers).find((k) => k.toLowerCase() === n) ?? ''])])), payloadHash };
+    };
+    const before = decided.length;
+    const get = await signed('s3', 'GET', '/gw-bucket/public.json', { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' });
+    // Headers to sign on that the SDK never signed, or a payload other than the one it signed: only a signed aws-chunked body may be re-encoded.
+    for (const forward of [{ payloadHash: 'UNSIGNED-PAYLOAD', headers: { 'x-amz-target': 'x.DeleteBucket' } }, { payloadHash: createHash('sha256').update('other').digest('hex'), headers: {} }]) {
+      await expect(gateway.sign(who, parseSignRequest({ ...get, forward }))).rejects.toMatchObject({ code: 'aws_request_invalid', field: 'forward' });
+    }
+    const chunked = await signed('s3', 'PUT', '/gw-bucket/up', { 'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD', 'x-amz-decoded-content-length': '5', 'content-encoding': 'aws-chunked' });
+    const reencoded = { payloadHash: 'UNSIGNED-PAYLOAD', headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': '5', 'content-encoding': null, 'x-amz-decoded-content-length': null } };
+    await expect(gateway.sign(who, parseSignRequest({ ...chunked, forward: { ...reencoded, headers: { ...reencoded.headers, 'x-amz-acl': 'public-read' } } }))).rejects.toMatchObject({ field: 'forward' });
+    await expect(gateway.sign(who, parseSignRequest({ ...chunked, forward: { ...reencoded, headers: { ...reencoded.headers, 'content-length': '5000' } } }))).rejects.toMatchObject({ field: 'forward' });
+    // The JSON document names the table: without it the call is not decided on `*`.
+    const scan = await signed('dynamodb', 'POST', '/', { 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0' }, '{"TableName":"secrets"}');
+    await expect(gateway.sign(who, parseSignRequest(scan))).rejects.toMatchObject({ code: 'aws_request_invalid', field: 'form' });
+    expect(decided.length).toBe(before);
+    // The re-encoding the sidecar does make is signed.
+    expect(await gateway.sign(who, parseSignRequest({ ...chunked, forward: reencoded }))).toMatchObject({ status: 200, body: { headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } } });
   });
 
   it('the broker\'s refusals as the SDK raises them: a rule\'s deny, a wait for approval, a wrong secret, another region', async () => {
