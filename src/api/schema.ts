@@ -43,6 +43,8 @@ export const MAX_SESSION_POLICY_CHARS = 2048;
 export const MAX_RECORDED_SESSIONS = 200;
 /** What a hop request may carry; a waiting hop keeps all of it in status, so 100 of them stay far below an object's size limit. */
 export const MAX_HOP_INTENT = 1024;
+/** The longest hop action: MCP tool names run to 128 characters. */
+export const MAX_HOP_ACTION = 128;
 export const MAX_HOP_ATTRIBUTES = 50;
 export const MAX_HOP_ATTRIBUTE = 1024;
 export const MAX_HOP_ATTRIBUTES_CHARS = 4096;
@@ -536,7 +538,7 @@ export const AgentTaskStatus = Type.Object(
           hopId: Type.String({ description: 'The hop.' }),
           decision: Type.String({ description: 'allow or deny.' }),
           tool: Type.Optional(Type.String({ description: 'Tool.', maxLength: 63 })),
-          action: Type.Optional(Type.String({ description: 'Action.', maxLength: 63 })),
+          action: Type.Optional(Type.String({ description: 'Action.', maxLength: MAX_HOP_ACTION })),
           resource: Type.Optional(Type.String({ description: 'Resource.', maxLength: 1024 })),
           rules: Type.Array(Type.String(), { description: 'The rules that decided it.' }),
           wouldDeny: Type.Optional(Type.Boolean({ description: 'Allowed only because the policy is in Audit mode; rules are those that would have denied it.' })),

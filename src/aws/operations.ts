@@ -1,8 +1,13 @@
+import { ChainwardenError } from '../errors.js';
+
 /**
  * Which AWS operation a request is, as a hop: tool `aws:<signing service>`, action the IAM
  * action name, resource the ARN the request names, else `*`. Derived from what the broker signs
  * (method, path, query, signed headers, and for the JSON and query protocols the small body
- * whose hash the signature covers), so the hop decided is the request sent.
+ * whose hash the signature covers), so the hop decided is the request sent. A request AWS could
+ * read as another operation than the one derived here (its operation named twice, a parameter
+ * given twice, a service whose protocol is unknown, a call that names more than one resource)
+ * is refused: the hop must be what AWS does.
  */
 
 export interface AwsOperationInput {
@@ -21,26 +26,48 @@ export interface AwsOperationInput {
   body?: string;
 }
 
+type Protocol = 'json' | 'query' | 'rest';
+
 export interface AwsOperation {
   tool: string;
   action: string;
   resource: string;
-  protocol: 'json' | 'query' | 'rest';
+  protocol: Protocol;
 }
+
+/**
+ * How each signing service the gateway passes on names its operations, by the endpoint the
+ * gateway sends it to (`<service>.<region>.amazonaws.com`). A REST service's operation is its
+ * method and path, whatever else the request carries; a JSON service's its X-Amz-Target; a query
+ * service's its `Action`. Services that take two protocols get exactly one operation marker.
+ */
+const SERVICE_PROTOCOLS: Record<string, readonly Protocol[]> = {
+  ...Object.fromEntries(['s3', 'lambda', 'execute-api', 'apigateway', 'bedrock', 'es', 'aoss', 'eks', 'glacier', 'route53', 'cloudfront', 'appsync', 'batch', 'polly', 'xray', 'kafka', 'elasticfilesystem', 'mq'].map((s) => [s, ['rest'] as const])),
+  ...Object.fromEntries(['dynamodb', 'kms', 'secretsmanager', 'logs', 'events', 'ssm', 'kinesis', 'firehose', 'states', 'ecr', 'ecs', 'cognito-idp', 'glue', 'athena', 'codebuild', 'sagemaker', 'comprehend', 'textract', 'translate', 'cloudtrail'].map((s) => [s, ['json'] as const])),
+  // Query services, some of which now take the JSON protocol as well.
+  ...Object.fromEntries(['sts', 'iam', 'sns', 'sqs', 'ec2', 'cloudformation', 'rds', 'autoscaling', 'elasticloadbalancing', 'elasticache', 'redshift', 'monitoring'].map((s) => [s, ['query', 'json'] as const])),
+};
+
+/** The signing services the gateway knows, for a refusal to list. */
+export const KNOWN_AWS_SERVICES = Object.keys(SERVICE_PROTOCOLS).sort();
+
+const refuse = (message: string, field?: string) => new ChainwardenError('aws_request_invalid', message, field ? { field } : {});
 
 /** Signing services whose IAM prefix differs. */
 const IAM_PREFIX: Record<string, string> = { monitoring: 'cloudwatch', email: 'ses', 'execute-api': 'execute-api' };
 
 const prefixOf = (service: string) => IAM_PREFIX[service] ?? service;
 
-function parseQuery(query: string): Map<string, string> {
+/** A query string or form, each name once: AWS and the broker could each read another of two. */
+function parseQuery(query: string, where = 'query'): Map<string, string> {
   const out = new Map<string, string>();
   for (const part of query.split('&')) {
     if (!part) continue;
     const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
+    const key = safeDecode((eq < 0 ? part : part.slice(0, eq)).replace(/\+/g, ' '));
     const value = eq < 0 ? '' : part.slice(eq + 1);
-    out.set(safeDecode(key.replace(/\+/g, ' ')), safeDecode(value.replace(/\+/g, ' ')));
+    if (out.has(key)) throw refuse(`the ${where} names the parameter ${JSON.stringify(key.slice(0, 64))} more than once`, where);
+    out.set(key, safeDecode(value.replace(/\+/g, ' ')));
   }
   return out;
 }
@@ -65,6 +92,19 @@ function jsonBody(body: string | undefined): Record<string, unknown> {
 
 const str = (v: unknown) => (typeof v === 'string' && v.length > 0 && v.length <= 2048 ? v : undefined);
 
+/** An SQS queue's ARN from its URL: exactly `<scheme>://<host>/<account>/<name>`, nothing after it. */
+function queueArn(url: string, input: AwsOperationInput): string {
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  const match = parsed && !parsed.search && !parsed.hash ? /^\/(\d{12})\/([A-Za-z0-9_-]{1,80}(?:\.fifo)?)$/.exec(parsed.pathname) : null;
+  if (!match) throw refuse(`QueueUrl ${JSON.stringify(url.slice(0, 200))} is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)`, 'QueueUrl');
+  return `arn:${input.partition}:sqs:${input.region}:${match[1] ?? ''}:${match[2] ?? ''}`;
+}
+
 /** The ARN a JSON or query request names, for the services whose resource parameter is known. */
 function namedResource(input: AwsOperationInput, params: (name: string) => string | undefined): string {
   const { service, region, account, partition } = input;
@@ -77,8 +117,7 @@ function namedResource(input: AwsOperationInput, params: (name: string) => strin
     }
     case 'sqs': {
       const url = params('QueueUrl');
-      const match = url ? /\/(\d{12})\/([^/?]+)\/?$/.exec(url) : undefined;
-      if (match) return `arn:${partition}:sqs:${region}:${match[1] ?? account}:${match[2] ?? ''}`;
+      if (url) return queueArn(url, input);
       const name = params('QueueName');
       return name ? arn(name) : '*';
     }
@@ -102,6 +141,45 @@ function namedResource(input: AwsOperationInput, params: (name: string) => strin
   }
 }
 
+/**
+ * JSON operations that name their resources inside lists: decided on their one resource when
+ * they name one, refused when they name more (a hop has one resource, and a rule scoped to one of
+ * them must see it). PartiQL names its tables inside statements, which the gateway does not parse.
+ */
+function multiResource(input: AwsOperationInput, operation: string, body: Record<string, unknown>): string[] | undefined {
+  const tablesOf = (items: unknown, keys: readonly string[]) =>
+    (Array.isArray(items) ? items : []).map((item) => {
+      const entry = keys.map((k) => (item as Record<string, Record<string, unknown> | undefined> | null)?.[k]).find((e) => e !== undefined);
+      return str(entry?.TableName) ?? '';
+    });
+  if (input.service === 'dynamodb') {
+    if (['ExecuteStatement', 'BatchExecuteStatement', 'ExecuteTransaction'].includes(operation)) {
+      throw refuse(`dynamodb:${operation} names its tables inside PartiQL statements, which the chainwarden gateway does not read: use the item operations (GetItem, PutItem, Query…)`);
+    }
+    if (operation === 'BatchGetItem' || operation === 'BatchWriteItem') {
+      const items = body.RequestItems;
+      return typeof items === 'object' && items !== null && !Array.isArray(items) ? Object.keys(items) : [];
+    }
+    if (operation === 'TransactWriteItems') return tablesOf(body.TransactItems, ['ConditionCheck', 'Put', 'Delete', 'Update']);
+    if (operation === 'TransactGetItems') return tablesOf(body.TransactItems, ['Get']);
+  }
+  if (input.service === 'secretsmanager' && operation === 'BatchGetSecretValue') {
+    if (body.Filters !== undefined) throw refuse('secretsmanager:BatchGetSecretValue with Filters names no secret the gateway can decide on: list the secret in SecretIdList');
+    return (Array.isArray(body.SecretIdList) ? body.SecretIdList : []).map((id) => str(id) ?? '');
+  }
+  return undefined;
+}
+
+/** The one resource a multi-resource call names, as the single-resource parameter would give it. */
+function oneResource(input: AwsOperationInput, operation: string, names: string[]): string {
+  const distinct = [...new Set(names)];
+  if (distinct.length !== 1 || distinct[0] === '') {
+    throw refuse(`${prefixOf(input.service)}:${operation} names ${distinct.length === 0 ? 'no' : distinct.length} resources; through the chainwarden gateway a call names exactly one (a hop has one resource, and each is decided): split the call`);
+  }
+  const name = distinct[0] ?? '';
+  return namedResource(input, (n) => (n === 'TableName' || n === 'SecretId' ? name : undefined));
+}
+
 /** S3 subresources (query keys) and the IAM actions they map to, by method. */
 const S3_SUBRESOURCES: Record<string, Partial<Record<string, string>>> = {
   acl: { GET: 'GetObjectAcl', PUT: 'PutObjectAcl' },
@@ -110,37 +188,85 @@ const S3_SUBRESOURCES: Record<string, Partial<Record<string, string>>> = {
   'legal-hold': { GET: 'GetObjectLegalHold', PUT: 'PutObjectLegalHold' },
   attributes: { GET: 'GetObjectAttributes' },
   restore: { POST: 'RestoreObject' },
+  // SelectObjectContent reads the object.
+  select: { POST: 'GetObject' },
 };
 
+const getPut = (name: string, del = `Put${name}`) => ({ GET: `Get${name}`, PUT: `Put${name}`, DELETE: del });
+
 const S3_BUCKET_SUBRESOURCES: Record<string, Partial<Record<string, string>>> = {
-  policy: { GET: 'GetBucketPolicy', PUT: 'PutBucketPolicy', DELETE: 'DeleteBucketPolicy' },
+  policy: getPut('BucketPolicy', 'DeleteBucketPolicy'),
   acl: { GET: 'GetBucketAcl', PUT: 'PutBucketAcl' },
-  tagging: { GET: 'GetBucketTagging', PUT: 'PutBucketTagging', DELETE: 'PutBucketTagging' },
+  tagging: getPut('BucketTagging'),
   versioning: { GET: 'GetBucketVersioning', PUT: 'PutBucketVersioning' },
   location: { GET: 'GetBucketLocation' },
-  cors: { GET: 'GetBucketCORS', PUT: 'PutBucketCORS', DELETE: 'PutBucketCORS' },
-  lifecycle: { GET: 'GetLifecycleConfiguration', PUT: 'PutLifecycleConfiguration', DELETE: 'PutLifecycleConfiguration' },
-  encryption: { GET: 'GetEncryptionConfiguration', PUT: 'PutEncryptionConfiguration', DELETE: 'PutEncryptionConfiguration' },
+  cors: getPut('BucketCORS'),
+  lifecycle: getPut('LifecycleConfiguration'),
+  encryption: getPut('EncryptionConfiguration'),
   notification: { GET: 'GetBucketNotification', PUT: 'PutBucketNotification' },
   versions: { GET: 'ListBucketVersions' },
   uploads: { GET: 'ListBucketMultipartUploads' },
-  delete: { POST: 'DeleteObject' },
+  publicAccessBlock: getPut('BucketPublicAccessBlock'),
+  policyStatus: { GET: 'GetBucketPolicyStatus' },
+  website: getPut('BucketWebsite', 'DeleteBucketWebsite'),
+  replication: getPut('ReplicationConfiguration'),
+  ownershipControls: getPut('BucketOwnershipControls'),
+  'object-lock': getPut('BucketObjectLockConfiguration'),
+  logging: getPut('BucketLogging'),
+  requestPayment: getPut('BucketRequestPayment'),
+  accelerate: getPut('AccelerateConfiguration'),
+  analytics: getPut('AnalyticsConfiguration'),
+  metrics: getPut('MetricsConfiguration'),
+  inventory: getPut('InventoryConfiguration'),
+  'intelligent-tiering': getPut('IntelligentTieringConfiguration'),
 };
+
+/** Query parameters of S3's plain operations (listing, versions, ranges, multipart parts, response overrides): none of them makes a request another operation. */
+const S3_PLAIN_PARAMETERS = new Set(['x-id', 'list-type', 'prefix', 'delimiter', 'max-keys', 'marker', 'continuation-token', 'start-after', 'encoding-type', 'fetch-owner', 'key-marker', 'version-id-marker', 'upload-id-marker', 'max-uploads', 'max-parts', 'part-number-marker', 'partNumber', 'uploadId', 'versionId', 'select-type']);
+
+/** Canned ACLs that grant no one beyond the bucket's owner. */
+const OWNER_ONLY_ACLS = new Set(['private', 'bucket-owner-full-control', 'bucket-owner-read']);
+
+/**
+ * Headers that make an S3 call do more than its action: a copy reads a second object, and ACLs,
+ * grants and object locks need permissions of their own. A hop has one action and one resource,
+ * so such calls are refused, each naming the call to use instead.
+ */
+function refuseS3Extras(headers: Record<string, string>): void {
+  if (headers['x-amz-copy-source'] !== undefined) throw refuse('a copy (x-amz-copy-source) reads another object as well, which would be a second hop: GetObject the source, then PutObject it', 'x-amz-copy-source');
+  const acl = headers['x-amz-acl'];
+  if (acl !== undefined && !OWNER_ONLY_ACLS.has(acl)) throw refuse(`x-amz-acl ${JSON.stringify(acl.slice(0, 64))} grants access beyond the bucket's owner, which PutObjectAcl or PutBucketAcl decides: set it with that call`, 'x-amz-acl');
+  for (const name of Object.keys(headers)) {
+    if (name.startsWith('x-amz-grant-') || name.startsWith('x-amz-object-lock-') || name === 'x-amz-bypass-governance-retention') {
+      throw refuse(`${name} needs a permission of its own beyond the call's action: set grants with PutObjectAcl, retention and legal holds with PutObjectRetention and PutObjectLegalHold`, name);
+    }
+  }
+}
 
 /** A path-style S3 request: the bucket and key it names, and its IAM action. */
 function s3Operation(input: AwsOperationInput): { action: string; resource: string } {
   const { method, partition } = input;
   const query = parseQuery(input.query);
+  refuseS3Extras(input.headers);
   const [, rawBucket = '', ...rawKey] = input.path.split('/');
   const bucket = safeDecode(rawBucket);
   const key = safeDecode(rawKey.join('/'));
   const s3 = (action: string) => `s3:${action}`;
-  if (!bucket) return { action: s3(method === 'GET' ? 'ListAllMyBuckets' : `${method}Service`), resource: '*' };
+  if (!bucket) {
+    if (input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} names no bucket: the chainwarden gateway takes path-style requests, /<bucket>/<key>`, 'path');
+    return { action: s3(method === 'GET' ? 'ListAllMyBuckets' : `${method}Service`), resource: '*' };
+  }
   const bucketArn = `arn:${partition}:s3:::${bucket}`;
+  // The subresource a request names: a known one by its IAM action; an unknown one by method and name, which no rule allows unless it says so.
+  const subresources = [...query.keys()].filter((name) => !S3_PLAIN_PARAMETERS.has(name) && !name.startsWith('response-'));
+  if (subresources.length > 1) throw refuse(`the request names ${subresources.length} subresources (${subresources.slice(0, 4).join(', ')}); an S3 call names one`, 'query');
   const sub = (table: Record<string, Partial<Record<string, string>>>) => {
-    for (const [name, byMethod] of Object.entries(table)) if (query.has(name)) return byMethod[method] ?? `${method}${name}`;
-    return undefined;
+    const name = subresources[0];
+    return name === undefined ? undefined : (table[name]?.[method] ?? `${method}${name}`);
   };
+  if (method === 'POST' && query.has('delete')) {
+    throw refuse('DeleteObjects names its keys in its body, which the chainwarden gateway does not read: delete objects one at a time (DeleteObject), each a hop', 'delete');
+  }
   if (!key) {
     const named = sub(S3_BUCKET_SUBRESOURCES);
     if (named) return { action: s3(named), resource: bucketArn };
@@ -155,32 +281,76 @@ function s3Operation(input: AwsOperationInput): { action: string; resource: stri
   }
   const named = sub(S3_SUBRESOURCES);
   if (named) return { action: s3(named), resource: objectArn };
-  const plain: Partial<Record<string, string>> = { GET: 'GetObject', HEAD: 'GetObject', PUT: 'PutObject', DELETE: 'DeleteObject', POST: 'PutObject' };
+  const versioned = query.has('versionId');
+  const plain: Partial<Record<string, string>> = versioned
+    ? { GET: 'GetObjectVersion', HEAD: 'GetObjectVersion', DELETE: 'DeleteObjectVersion' }
+    : { GET: 'GetObject', HEAD: 'GetObject', PUT: 'PutObject', DELETE: 'DeleteObject', POST: 'PutObject' };
   return { action: s3(plain[method] ?? `${method}Object`), resource: objectArn };
+}
+
+/** The longest action a hop takes. */
+const MAX_ACTION = 128;
+
+/**
+ * Another REST service's operation: its method and path (`lambda:POST/2015-03-31/functions/f/invocations`).
+ * The path must be plain: a dot segment, an empty one or a character a rule cannot name would let
+ * the action a rule matches differ from the resource AWS resolves.
+ */
+function restOperation(input: AwsOperationInput): string {
+  const segments = input.path.split('/').slice(1).map(safeDecode);
+  const plain = segments.every((s, i) => (s !== '' || i === segments.length - 1) && s !== '.' && s !== '..' && /^[A-Za-z0-9_.:-]*$/.test(s));
+  const action = `${prefixOf(input.service)}:${input.method}/${segments.join('/')}`;
+  if (!plain) throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} is not one a rule can name: empty or dot segments, or characters other than letters, digits and _ . : -`, 'path');
+  if (action.length > MAX_ACTION) throw refuse(`the action this call would be decided as, ${action.slice(0, 80)}…, is longer than ${MAX_ACTION} characters`, 'path');
+  return action;
+}
+
+const OPERATION_NAME = /^[A-Za-z][A-Za-z0-9]{0,127}$/;
+
+function operationName(name: string, field: string): string {
+  if (!OPERATION_NAME.test(name)) throw refuse(`${JSON.stringify(name.slice(0, 64))} is not an operation name`, field);
+  return name;
 }
 
 /** The hop an AWS request is. */
 export function awsOperation(input: AwsOperationInput): AwsOperation {
   const tool = `aws:${input.service}`;
+  const protocols = SERVICE_PROTOCOLS[input.service];
+  if (!protocols) {
+    throw refuse(`the chainwarden gateway does not know the service ${JSON.stringify(input.service.slice(0, 64))}, so it cannot tell which operation a request to it is; it knows ${KNOWN_AWS_SERVICES.join(', ')}. Use delivery: Direct for a credential that calls other services`, 'service');
+  }
+  if (protocols.includes('rest')) {
+    // A REST service reads its operation from the method and path alone; whatever else is there does not change it.
+    if (input.service === 's3') return { tool, ...s3Operation(input), protocol: 'rest' };
+    parseQuery(input.query);
+    return { tool, action: restOperation(input), resource: '*', protocol: 'rest' };
+  }
   const target = input.headers['x-amz-target'];
-  if (target) {
-    const operation = target.slice(target.lastIndexOf('.') + 1);
-    const body = jsonBody(input.body);
-    return { tool, action: `${prefixOf(input.service)}:${operation}`, resource: namedResource(input, (n) => str(body[n])), protocol: 'json' };
-  }
   const contentType = (input.headers['content-type'] ?? '').toLowerCase();
-  const form = contentType.startsWith('application/x-www-form-urlencoded') ? parseQuery(input.body ?? '') : new Map<string, string>();
+  const isForm = input.method === 'POST' && contentType.startsWith('application/x-www-form-urlencoded');
+  if ((target !== undefined || isForm) && input.body === undefined) throw refuse(`the ${target !== undefined ? 'JSON document' : 'form'} the call carries names its operation's resource: pass it on as form`, 'form');
+  const form = isForm ? parseQuery(input.body ?? '', 'form') : new Map<string, string>();
   const query = parseQuery(input.query);
-  const action = form.get('Action') ?? (input.service !== 's3' ? query.get('Action') : undefined);
-  if (action) {
-    const params = (n: string) => str(form.get(n) ?? query.get(n));
-    // An SQS query request may name its queue by URL path instead of QueueUrl.
-    const queuePath = input.service === 'sqs' && !params('QueueUrl') ? /^\/(\d{12})\/([^/]+)$/.exec(input.path) : null;
-    const resource = queuePath ? `arn:${input.partition}:sqs:${input.region}:${queuePath[1] ?? ''}:${queuePath[2] ?? ''}` : namedResource(input, params);
-    return { tool, action: `${prefixOf(input.service)}:${action}`, resource, protocol: 'query' };
+  for (const name of form.keys()) if (query.has(name)) throw refuse(`the parameter ${JSON.stringify(name.slice(0, 64))} is in both the query and the form`, name);
+  const markers = [target !== undefined && 'X-Amz-Target', query.has('Action') && 'Action in the query', form.has('Action') && 'Action in the form'].filter((m) => m !== false);
+  if (markers.length !== 1) {
+    throw refuse(markers.length === 0 ? `the request names no ${input.service} operation: the service takes ${protocols.map((p) => (p === 'json' ? 'X-Amz-Target' : 'Action')).join(' or ')}` : `the request names its operation more than once (${markers.join(', ')})`, 'operation');
   }
-  if (input.service === 's3') return { tool, ...s3Operation(input), protocol: 'rest' };
-  // Other REST services: the method and the path say what it is; the policy can still match them.
-  const path = safeDecode(input.path).replace(/[^A-Za-z0-9_.:/-]/g, '-');
-  return { tool, action: `${prefixOf(input.service)}:${input.method}${path}`.slice(0, 63), resource: '*', protocol: 'rest' };
+  if (target !== undefined) {
+    if (!protocols.includes('json')) throw refuse(`${input.service} does not take the JSON protocol (X-Amz-Target)`, 'x-amz-target');
+    const operation = operationName(target.slice(target.lastIndexOf('.') + 1), 'x-amz-target');
+    const body = jsonBody(input.body);
+    const names = multiResource(input, operation, body);
+    const resource = names ? oneResource(input, operation, names) : namedResource(input, (n) => str(body[n]));
+    return { tool, action: `${prefixOf(input.service)}:${operation}`, resource, protocol: 'json' };
+  }
+  if (!protocols.includes('query')) throw refuse(`${input.service} does not take the query protocol (Action)`, 'Action');
+  const operation = operationName(form.get('Action') ?? query.get('Action') ?? '', 'Action');
+  const params = (n: string) => str(form.get(n) ?? query.get(n));
+  // An SQS query request may name its queue by its URL's path instead of QueueUrl; naming it both ways, it must be one queue.
+  const queuePath = input.service === 'sqs' ? /^\/(\d{12})\/([^/]+)$/.exec(input.path) : null;
+  const byPath = queuePath ? `arn:${input.partition}:sqs:${input.region}:${queuePath[1] ?? ''}:${safeDecode(queuePath[2] ?? '')}` : undefined;
+  const named = namedResource(input, params);
+  if (byPath !== undefined && params('QueueUrl') !== undefined && byPath !== named) throw refuse('the request names one queue in its path and another in QueueUrl', 'QueueUrl');
+  return { tool, action: `${prefixOf(input.service)}:${operation}`, resource: byPath ?? named, protocol: 'query' };
 }

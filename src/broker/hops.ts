@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
+import { MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
@@ -43,6 +43,7 @@ const WIDENING_WAIT_MS = 5_000;
 /** Of that, how long the read of the task before deciding it may take. */
 const FRESH_READ_MS = 1_000;
 const NAME = /^[A-Za-z0-9_.:/-]{1,63}$/;
+const ACTION = new RegExp(`^[A-Za-z0-9_.:/-]{1,${MAX_HOP_ACTION}}$`);
 const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'attributes', 'credential']);
 
 const keyOf = (task: AgentTask) => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
@@ -80,7 +81,7 @@ export function parseHopRequest(body: unknown): HopRequest {
     return v;
   };
   const tool = str('tool', true, 63, NAME) ?? '';
-  const action = str('action', true, 63, NAME) ?? '';
+  const action = str('action', true, MAX_HOP_ACTION, ACTION) ?? '';
   const resource = str('resource', false, 1024) ?? '';
   const parentHop = str('parentHop', false, 64);
   const intent = str('intent', false, MAX_HOP_INTENT) ?? '';

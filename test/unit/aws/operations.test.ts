@@ -1,0 +1,94 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { awsOperation, type AwsOperationInput } from '../../../src/aws/operations.js';
+
+const JSON_TYPE = { 'content-type': 'application/x-amz-json-1.0' };
+const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
+
+const op = (input: Partial<AwsOperationInput> & Pick<AwsOperationInput, 'service'>) => awsOperation({ region: 'us-east-1', account: '123456789012', partition: 'aws', method: 'POST', path: '/', query: '', headers: {}, ...input });
+
+const refusal = (run: () => unknown): string => {
+  try {
+    run();
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    return `${e.code ?? ''}: ${e.message ?? ''}`;
+  }
+  return 'not refused';
+};
+
+describe('an AWS request is decided as the operation AWS performs, or refused', () => {
+  it.each([
+    ['S3 GetObject', { service: 's3', method: 'GET', path: '/customers/4711.json' }, 's3:GetObject', 'arn:aws:s3:::customers/4711.json'],
+    ['S3 GetObject with a signed, meaningless X-Amz-Target: S3 reads the path', { service: 's3', method: 'GET', path: '/customers/4711.json', headers: { 'x-amz-target': 'x.ListAllMyBuckets' } }, 's3:GetObject', 'arn:aws:s3:::customers/4711.json'],
+    ['S3 with a query parameter it does not know (?Action=): taken as a subresource, by name, which no rule allows unless it says so', { service: 's3', method: 'GET', path: '/customers/4711.json', query: 'Action=ListAllMyBuckets' }, 's3:GETAction', 'arn:aws:s3:::customers/4711.json'],
+    ['S3 SelectObjectContent is a read', { service: 's3', method: 'POST', path: '/customers/4711.json', query: 'select=&select-type=2' }, 's3:GetObject', 'arn:aws:s3:::customers/4711.json'],
+    ['S3 PutPublicAccessBlock', { service: 's3', method: 'PUT', path: '/scratch', query: 'publicAccessBlock=' }, 's3:PutBucketPublicAccessBlock', 'arn:aws:s3:::scratch'],
+    ['S3 a bucket subresource the table lacks: by method and name, which no rule allows unless it says so', { service: 's3', method: 'PUT', path: '/scratch', query: 'somethingNew=' }, 's3:PUTsomethingNew', 'arn:aws:s3:::scratch'],
+    ['S3 DELETE with a versionId deletes for good', { service: 's3', method: 'DELETE', path: '/customers/4711.json', query: 'versionId=3' }, 's3:DeleteObjectVersion', 'arn:aws:s3:::customers/4711.json'],
+    ['S3 GetObject of a version', { service: 's3', method: 'GET', path: '/customers/4711.json', query: 'versionId=3&x-id=GetObject' }, 's3:GetObjectVersion', 'arn:aws:s3:::customers/4711.json'],
+    ['S3 ListObjectsV2', { service: 's3', method: 'GET', path: '/customers', query: 'list-type=2&prefix=a&delimiter=%2F&max-keys=10' }, 's3:ListBucket', 'arn:aws:s3:::customers'],
+    ['S3 PutObject with a canned ACL that grants only the owner', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-acl': 'bucket-owner-full-control' } }, 's3:PutObject', 'arn:aws:s3:::drop/a'],
+    ['DynamoDB GetItem', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.GetItem' }, body: '{"TableName":"orders"}' }, 'dynamodb:GetItem', 'arn:aws:dynamodb:us-east-1:123456789012:table/orders'],
+    ['DynamoDB BatchWriteItem on one table is decided on that table', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.BatchWriteItem' }, body: JSON.stringify({ RequestItems: { secrets: [{ DeleteRequest: { Key: { id: { S: '1' } } } }] } }) }, 'dynamodb:BatchWriteItem', 'arn:aws:dynamodb:us-east-1:123456789012:table/secrets'],
+    ['DynamoDB TransactWriteItems on one table', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.TransactWriteItems' }, body: JSON.stringify({ TransactItems: [{ Put: { TableName: 'orders' } }, { Delete: { TableName: 'orders' } }] }) }, 'dynamodb:TransactWriteItems', 'arn:aws:dynamodb:us-east-1:123456789012:table/orders'],
+    ['Secrets Manager BatchGetSecretValue of one secret', { service: 'secretsmanager', headers: { ...JSON_TYPE, 'x-amz-target': 'secretsmanager.BatchGetSecretValue' }, body: '{"SecretIdList":["prod/db"]}' }, 'secretsmanager:BatchGetSecretValue', 'arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db'],
+    ['STS by form', { service: 'sts', headers: FORM, body: 'Action=GetCallerIdentity&Version=2011-06-15' }, 'sts:GetCallerIdentity', '*'],
+    ['STS by query', { service: 'sts', method: 'GET', query: 'Action=GetCallerIdentity&Version=2011-06-15' }, 'sts:GetCallerIdentity', '*'],
+    ['SQS by JSON', { service: 'sqs', headers: { ...JSON_TYPE, 'x-amz-target': 'AmazonSQS.SendMessage' }, body: '{"QueueUrl":"https://sqs.us-east-1.amazonaws.com/123456789012/tickets"}' }, 'sqs:SendMessage', 'arn:aws:sqs:us-east-1:123456789012:tickets'],
+    ['SQS by query, the queue in the path', { service: 'sqs', path: '/123456789012/tickets', headers: FORM, body: 'Action=SendMessage&MessageBody=x' }, 'sqs:SendMessage', 'arn:aws:sqs:us-east-1:123456789012:tickets'],
+    ['Lambda Invoke: REST, by method and path', { service: 'lambda', path: '/2015-03-31/functions/payroll-admin/invocations' }, 'lambda:POST/2015-03-31/functions/payroll-admin/invocations', '*'],
+    ['Lambda Invoke with ?Action= and a signed X-Amz-Target: Lambda reads the path', { service: 'lambda', path: '/2015-03-31/functions/payroll-admin/invocations', query: 'Action=ListFunctions', headers: { 'x-amz-target': 'x.GetAccountSettings' } }, 'lambda:POST/2015-03-31/functions/payroll-admin/invocations', '*'],
+  ] as const)('%s', (_name, input, action, resource) => {
+    expect(op(input)).toMatchObject({ action, resource });
+  });
+
+  it.each([
+    ['a service the gateway does not know', { service: 'nosuchservice', method: 'GET', path: '/x' }, /does not know the service "nosuchservice"/],
+    ['S3 CopyObject: it also reads the source', { service: 's3', method: 'PUT', path: '/public-drop/copy.json', headers: { 'x-amz-copy-source': '/customers/4711.json' } }, /x-amz-copy-source.*GetObject the source, then PutObject/],
+    ['S3 DeleteObjects: its keys are in the body', { service: 's3', method: 'POST', path: '/customers', query: 'delete=' }, /DeleteObjects names its keys in its body/],
+    ['S3 DeleteObjects with Action hidden in its body as a form', { service: 's3', method: 'POST', path: '/customers', query: 'delete=', headers: FORM, body: '<Delete><!--&Action=ListAllMyBuckets&--></Delete>' }, /DeleteObjects/],
+    ['S3 PutObject that makes the object public', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-acl': 'public-read' } }, /x-amz-acl "public-read" grants access beyond the bucket's owner/],
+    ['S3 PutObject with a grant', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-grant-read': 'uri="http://acs.amazonaws.com/groups/global/AllUsers"' } }, /x-amz-grant-read needs a permission of its own/],
+    ['S3 PutObject that locks the object', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-object-lock-mode': 'COMPLIANCE' } }, /x-amz-object-lock-mode/],
+    ['S3 with an empty bucket segment', { service: 's3', method: 'GET', path: '//customers/4711.json' }, /names no bucket/],
+    ['S3 with two subresources', { service: 's3', method: 'PUT', path: '/b/k', query: 'acl=&tagging=' }, /names 2 subresources/],
+    ['S3 with a parameter given twice', { service: 's3', method: 'GET', path: '/b/k', query: 'versionId=1&versionId=2' }, /more than once/],
+    ['DynamoDB with no X-Amz-Target, the operation named in the query', { service: 'dynamodb', query: 'Action=GetItem&TableName=public', body: '{"TableName":"orders"}' }, /does not take the query protocol/],
+    ['DynamoDB JSON without its body passed on', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.DeleteTable' } }, /pass it on as form/],
+    ['DynamoDB BatchWriteItem across two tables', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.BatchWriteItem' }, body: JSON.stringify({ RequestItems: { public: [], secrets: [] } }) }, /names 2 resources/],
+    ['DynamoDB TransactGetItems across two tables', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.TransactGetItems' }, body: JSON.stringify({ TransactItems: [{ Get: { TableName: 'a' } }, { Get: { TableName: 'b' } }] }) }, /names 2 resources/],
+    ['DynamoDB PartiQL', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.ExecuteStatement' }, body: '{"Statement":"DELETE FROM secrets"}' }, /PartiQL/],
+    ['Secrets Manager BatchGetSecretValue by filter', { service: 'secretsmanager', headers: { ...JSON_TYPE, 'x-amz-target': 'secretsmanager.BatchGetSecretValue' }, body: '{"Filters":[{"Key":"name","Values":["prod"]}]}' }, /Filters/],
+    ['a query service with the operation named twice', { service: 'sts', query: 'Action=GetCallerIdentity', headers: { ...FORM, 'x-amz-target': 'AWSSecurityTokenServiceV20110615.AssumeRole' }, body: 'Version=2011-06-15' }, /names its operation more than once/],
+    ['a form and a query that both name a parameter', { service: 'sqs', query: 'QueueUrl=https%3A%2F%2Fsqs.us-east-1.amazonaws.com%2F123456789012%2Fpublic', headers: FORM, body: 'Action=SendMessage&QueueUrl=https%3A%2F%2Fsqs.us-east-1.amazonaws.com%2F123456789012%2Fsecret' }, /in both the query and the form/],
+    ['an SQS QueueUrl with a query hiding another queue', { service: 'sqs', headers: FORM, body: `Action=SendMessage&QueueUrl=${encodeURIComponent('https://sqs.us-east-1.amazonaws.com/123456789012/secret?x=/111122223333/public')}` }, /is not a queue URL/],
+    ['an SQS queue in the path and another in QueueUrl', { service: 'sqs', path: '/123456789012/public', headers: FORM, body: `Action=SendMessage&QueueUrl=${encodeURIComponent('https://sqs.us-east-1.amazonaws.com/123456789012/secret')}` }, /one queue in its path and another in QueueUrl/],
+    ['a REST path with a dot segment', { service: 'lambda', path: '/2015-03-31/functions/public-x/../payroll/invocations' }, /empty or dot segments/],
+    ['a REST path with an encoded dot segment', { service: 'lambda', path: '/2015-03-31/functions/public-x/%2e%2e/payroll/invocations' }, /empty or dot segments/],
+    ['a REST path too long to be named whole', { service: 'lambda', path: `/2015-03-31/functions/${'a'.repeat(120)}/invocations` }, /longer than 128 characters/],
+    ['an operation name that is not one', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.Get Item' }, body: '{}' }, /is not an operation name/],
+  ] as const)('refuses %s, saying why', (_name, input, message) => {
+    const answer = refusal(() => op(input));
+    expect(answer).toMatch(/^aws_request_invalid: /);
+    expect(answer).toMatch(message);
+  });
+
+  it('never decides a request it does not refuse on anything but the one operation its markers name (fuzzed)', () => {
+    const marker = fc.constantFrom('', 'x.DeleteTable', 'DynamoDB_20120810.GetItem');
+    fc.assert(
+      fc.property(fc.constantFrom('dynamodb', 'sts', 'sqs', 's3', 'lambda'), marker, fc.constantFrom('', 'Action=GetItem', 'Action=GetCallerIdentity'), fc.constantFrom('', 'Action=DeleteTable', '{"TableName":"t"}'), fc.boolean(), (service, target, query, body, form) => {
+        const headers: Record<string, string> = { ...(form ? FORM : JSON_TYPE), ...(target ? { 'x-amz-target': target } : {}) };
+        let decided;
+        try {
+          decided = op({ service, query, headers, body, path: service === 's3' ? '/b/k' : '/' });
+        } catch {
+          return;
+        }
+        const named = [target !== '' && service !== 's3' && service !== 'lambda', query !== '' && service !== 's3' && service !== 'lambda', form && body.startsWith('Action=') && service !== 's3' && service !== 'lambda'].filter(Boolean).length;
+        // REST services read the method and path; the others exactly one marker.
+        expect(service === 's3' || service === 'lambda' ? decided.protocol : named).toBe(service === 's3' || service === 'lambda' ? 'rest' : 1);
+      }),
+    );
+  });
+});
