@@ -223,6 +223,9 @@ export function failureOfRefusal(system: string, status: number, refusal: McpFor
     const message = refusal.error.message.includes(system) ? refusal.error.message : `${refusal.error.message} (system ${system})`;
     return { status: 404, code: ErrorCode.InvalidParams, message, data: { code: refusal.error.code, system } };
   }
+  // The call's arguments cannot be made a hop (a template argument that is a list, too many of
+  // them): the client's fault, which its SDK shows as an error naming the argument, not as a failed transport.
+  if (status === 400) return { status: 200, code: ErrorCode.InvalidParams, message: refusal.error.message, data: { code: refusal.error.code } };
   // The task may have nothing more (ended, revoked, violated): a denial the agent's client reads as
   // a JSON-RPC error, like any other, rather than a failed transport.
   if (status === 403) return { status: 200, code: MCP_DENIED, message: refusal.error.message, data: { code: refusal.error.code } };

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MAX_HOP_ATTRIBUTES, type AgentPolicy } from '../api/schema.js';
+import { MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, type AgentPolicy } from '../api/schema.js';
 import { canonicalJson } from '../audit/record.js';
 import { parseDuration } from '../api/duration.js';
 import type { AgentPrincipal } from '../broker/auth.js';
@@ -25,6 +25,8 @@ export type McpForwardResult = { status: 200; body: McpForwardAnswer } | { statu
 const DEFAULT_HOLD_FOR = '30s';
 /** Longer argument values are shown by their hash: the hop stays small. */
 const MAX_PLAIN_ATTRIBUTE = 256;
+/** `sha256:` and 64 hex digits. */
+const HASHED_LENGTH = 71;
 /** The hash of all the arguments, as an attribute: what an approval of the call is bound to. */
 export const ARGUMENTS_ATTRIBUTE = 'chainwarden.io/arguments';
 const sha256 = (text: string) => `sha256:${createHash('sha256').update(text).digest('hex')}`;
@@ -58,8 +60,10 @@ export function parseForwardRequest(body: unknown): McpForwardRequest {
 const folded = (name: string) => name.toUpperCase().toLowerCase();
 
 /**
- * `ticket/{ticketId}` filled from a call's arguments; an argument that is missing or not a scalar
- * is empty. An argument spelled like a template's name but not as it (`TicketId`) is refused: a
+ * `ticket/{ticketId}` filled from a call's arguments; a missing argument is empty (the server's
+ * default applies). One that is there but is not a string, number or boolean is refused: an email
+ * tool's `to: [...]` would leave `mail/` as the resource, and a Deny on `mail/*@rival.example`
+ * would not see the address. An argument spelled like a template's name but not as it (`TicketId`) is refused: a
  * server that binds arguments without case reads it as `ticketId`, so the hop's resource would
  * leave out the very ticket the call acts on, and a Deny on that resource would not see it.
  */
@@ -72,7 +76,8 @@ export function resourceOf(template: string | undefined, args: McpArguments): st
       return '';
     }
     const v = args[name];
-    return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : '';
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return String(v);
+    throw bad(`call.arguments.${name}`, `is ${v === null ? 'null' : Array.isArray(v) ? 'a list' : 'an object'}, and the system's resource template names it ({${name}}): send one string, number or boolean, one call for each value`);
   });
 }
 
@@ -94,7 +99,31 @@ export function attributesOf(args: McpArguments): Record<string, string> {
     out[k] = text.length > MAX_PLAIN_ATTRIBUTE ? sha256(text) : text;
   }
   out[ARGUMENTS_ATTRIBUTE] = sha256(canonicalJson(args));
-  return out;
+  return fitted(out);
+}
+
+/**
+ * A hop's attributes are bounded in all (they are written to the task's status while a hop
+ * waits): when the call's are more, the longest values are shown by their hash until they fit,
+ * so the short ones (an address, an id) stay readable. Arguments too many to fit even so are a
+ * refusal naming the limit, never a hop decided without some of them.
+ */
+function fitted(attributes: Record<string, string>): Record<string, string> {
+  let size = JSON.stringify(attributes).length;
+  if (size <= MAX_HOP_ATTRIBUTES_CHARS) return attributes;
+  const longest = Object.entries(attributes)
+    .filter(([k, v]) => k !== ARGUMENTS_ATTRIBUTE && !v.startsWith('sha256:') && v.length > HASHED_LENGTH)
+    .sort(([, a], [, b]) => b.length - a.length);
+  for (const [k, v] of longest) {
+    if (size <= MAX_HOP_ATTRIBUTES_CHARS) break;
+    const hashed = sha256(v);
+    size -= JSON.stringify(v).length - hashed.length - 2;
+    attributes[k] = hashed;
+  }
+  if (size > MAX_HOP_ATTRIBUTES_CHARS) {
+    throw bad('call.arguments', `has more scalar arguments than a hop carries: their names and values come to ${size} characters as attributes even with long values hashed, and a hop takes ${MAX_HOP_ATTRIBUTES_CHARS}; pass the arguments in fewer, nested ones`);
+  }
+  return attributes;
 }
 
 /**

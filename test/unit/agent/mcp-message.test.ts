@@ -90,6 +90,7 @@ describe('a broker refusal as the agent\'s client sees it', () => {
     ['mcp_unknown_system', 404, 404, -32602, {}, { code: 'mcp_unknown_system', system: 'payroll' }],
     ['mcp_credential_missing', 502, 502, -32603, {}, { code: 'mcp_credential_missing' }],
     ['task_not_active', 403, 200, -32001, {}, { code: 'task_not_active' }],
+    ['invalid_request', 400, 200, -32602, {}, { code: 'invalid_request' }],
     ['', 200, 502, -32603, {}, { code: '' }],
   ])('%s (HTTP %i) → HTTP %i, JSON-RPC %i', (code, status, httpStatus, rpcCode, extra, data) => {
     const failure = failureOfRefusal('payroll', status, { error: { code, message: 'the broker says so' }, ...extra });

@@ -1,7 +1,8 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import type { GatewayVerdict } from '../../../src/broker/gateway-hops.js';
-import { hopDigest, type HopRequest } from '../../../src/broker/hops.js';
+import { hopDigest, parseHopRequest, type HopRequest } from '../../../src/broker/hops.js';
 import { ChainwardenError } from '../../../src/errors.js';
 import { ARGUMENTS_ATTRIBUTE, attributesOf, McpGateway, parseForwardRequest, resourceOf, visibleTools } from '../../../src/mcp/gateway.js';
 
@@ -38,6 +39,7 @@ function gateway(verdict: (hop: HopRequest) => GatewayVerdict, p = policy(), sec
   return { g, decided };
 }
 const SHA256 = expect.stringMatching(/^sha256:[0-9a-f]{64}$/) as string;
+const SHA256_OF = (text: string) => `sha256:${createHash('sha256').update(text).digest('hex')}`;
 const allow = (hop: HopRequest): GatewayVerdict => ({ allowed: true, answer: { hopId: 'h1_x', decision: 'allow', reasons: [{ rule: 'read-tickets', effect: 'Allow' }], depth: 1 }, txnToken: `txn-for-${hop.action}` });
 
 describe('the MCP gateway, broker half', () => {
@@ -87,7 +89,11 @@ describe('reading the sidecar and the call', () => {
 
   it('fills the resource template from scalar arguments only, and binds long values by their hash', () => {
     expect(resourceOf('ticket/{ticketId}', { ticketId: 'T-1' })).toBe('ticket/T-1');
-    expect(resourceOf('ticket/{ticketId}', { ticketId: { $ne: 1 } })).toBe('ticket/');
+    // A template argument that is there but not one value (an email's `to: [...]`) would leave the resource without it.
+    expect(() => resourceOf('ticket/{ticketId}', { ticketId: { $ne: 1 } })).toThrow(/call\.arguments\.ticketId: is an object.*one string, number or boolean/);
+    expect(() => resourceOf('mail/{to}', { to: ['boss@rival.example'] })).toThrow(/call\.arguments\.to: is a list/);
+    expect(() => resourceOf('mail/{to}', { to: null })).toThrow(/call\.arguments\.to: is null/);
+    expect(resourceOf('mail/{to}', {})).toBe('mail/');
     expect(resourceOf(undefined, { ticketId: 1 })).toBe('*');
     // A server that matches argument names without case reads TicketId as ticketId: the resource must not leave it out.
     expect(() => resourceOf('ticket/{ticketId}', { TicketId: 'vip-1' })).toThrow(/call\.arguments\.TicketId: .*send ticketId/);
@@ -96,6 +102,21 @@ describe('reading the sidecar and the call', () => {
     const long = 'x'.repeat(5000);
     expect(attributesOf({ to: 'a@b.c', body: long, nested: { a: 1 }, 'bad key': 'v' })).toEqual({ to: 'a@b.c', body: SHA256, [ARGUMENTS_ATTRIBUTE]: SHA256 });
     expect(attributesOf({ body: long }).body).not.toBe(attributesOf({ body: `${long}y` }).body);
+  });
+
+  it('keeps a call with many or long arguments within what a hop carries: the longest values hashed first, the short ones readable, and a call that cannot fit refused naming the limit', () => {
+    const many = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`field${i}`, `${i}`.padEnd(200, 'x')]));
+    const longest = 'y'.repeat(250);
+    const attributes = attributesOf({ to: 'boss@example.com', longest, ...many });
+    expect(JSON.stringify(attributes).length).toBeLessThanOrEqual(4096);
+    expect(attributes.to).toBe('boss@example.com');
+    expect(attributes.longest).toBe(SHA256_OF(longest));
+    // Only as many as it takes: most of the 200-character values are still there to read.
+    expect(Object.values(attributes).filter((v) => v.length === 200).length).toBeGreaterThan(10);
+    // What the broker takes: the hop parses, its action a tool name of up to 128 characters.
+    expect(parseHopRequest({ tool: 'email', action: 'a'.repeat(128), resource: '*', attributes })).toMatchObject({ attributes: { to: 'boss@example.com' } });
+    const tooMany = Object.fromEntries(Array.from({ length: 45 }, (_, i) => [`a_rather_long_argument_name_of_sixty_characters_or_so_${String(i).padStart(4, '0')}`, 'v'.repeat(64)]));
+    expect(() => attributesOf(tooMany)).toThrow(/call\.arguments: has more scalar arguments than a hop carries/);
   });
 
   it('binds an approval to every argument of the call: calls that differ anywhere are different hops', () => {
