@@ -79,7 +79,9 @@ export class AwsGateway {
     const roleArn = spec?.aws.roleArn ?? '';
     const [, partition = 'aws', , , account = ''] = roleArn.split(':');
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers, body: request.form });
-    const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes: {} };
+    // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
+    const attributes: Record<string, string> = /^[0-9a-f]{64}$/.test(request.payloadHash) ? { payloadSha256: request.payloadHash } : {};
+    const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes };
     const verdict = await this.deps.hops.decide(who, hop, `${operation.action} on ${operation.resource}`, 'retry the call once an AgentApproval for it exists');
     if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
     const answer = verdict.answer;

@@ -141,6 +141,10 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
       expect.stringMatching(/^aws:sqs sqs:CreateQueue /) as unknown,
       'aws:sqs sqs:SendMessage arn:aws:sqs:us-east-1:123456789012:refunds',
     ]);
+    // Each hop carries its body's hash, so an approval of one PutItem releases that item only.
+    const put = decided[from + 1];
+    const item = JSON.stringify({ TableName: 'orders', Item: { id: { S: '981' } } });
+    expect(put?.attributes).toEqual({ payloadSha256: createHash('sha256').update(item).digest('hex') });
   });
 
   it('STS (query protocol) through the broker', async () => {
