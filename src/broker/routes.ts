@@ -6,6 +6,7 @@ import type { AgentTask } from '../api/schema.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { readJson, sendJson, type Handler } from '../server/http.js';
+import type { ListenerLimits } from '../server/https.js';
 import { ChainwardenError } from '../errors.js';
 import { isDnsLabel, isDnsSubdomain } from '../api/names.js';
 import type { AgentAuthenticator, AgentPrincipal } from './auth.js';
@@ -141,6 +142,13 @@ function complete(deps: BrokerDeps): Handler {
  * task binds gets credentials the first time, and one that asks too early still hears why.
  */
 export const CREDENTIALS_BINDING_WAIT_MS = 500;
+
+/**
+ * Every broker request is small and answered within seconds (a held MCP call waits in the sidecar,
+ * which polls): a connection whose request has not arrived by these times is any pod's in the
+ * cluster holding the listener, and is dropped.
+ */
+export const BROKER_LISTENER_LIMITS: ListenerLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 };
 
 /** GET /v1/credentials[/{name}]: AWS container-credentials for the calling pod's task. */
 function credentials(deps: BrokerDeps): Handler {

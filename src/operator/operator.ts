@@ -25,7 +25,7 @@ import { HopIds, loadHopKey } from '../broker/hopids.js';
 import { HopService } from '../broker/hops.js';
 import { PolicyEngine } from '../policy/engine.js';
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
-import { brokerRoutes } from '../broker/routes.js';
+import { BROKER_LISTENER_LIMITS, brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
 import { DEFAULT_NAMESPACE, endOf, TASK_LABEL } from '../api/task.js';
 import { CredentialBroker } from '../credentials/broker.js';
@@ -477,7 +477,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   await ring.refresh();
   const keyRefresh = setInterval(() => void ring.refresh().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'could not refresh the SVID keys')), 30_000);
   keyRefresh.unref();
-  const server = await serveHttps(brokerListenerRoutes, tls, listen, log);
+  const server = await serveHttps(brokerListenerRoutes, tls, listen, log, BROKER_LISTENER_LIMITS);
   serving.url = server.url;
   const webhookServer = await serveHttps(webhookListenerRoutes, tls, options.webhookListen ?? { host: '127.0.0.1', port: 0 }, log, WEBHOOK_LISTENER_LIMITS).catch(async (err: unknown) => {
     await server.close();

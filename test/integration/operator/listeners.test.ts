@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import tls from 'node:tls';
 import { AdmissionregistrationV1Api } from '@kubernetes/client-node';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
@@ -77,6 +79,31 @@ describe('the admission webhooks have a listener of their own', () => {
 
     const big = review(namespace, { data: 'x'.repeat(4 * 1024 * 1024) });
     expect(await webhookRequest(env, 'POST', '/validate', big)).toMatchObject({ status: 413, body: { error: { code: 'body_too_large' } } });
+  });
+});
+
+describe('the broker listener is not held by clients that never finish a request', () => {
+  test('a client that keeps its request headers coming is answered 408 and dropped after 10 s, while the broker keeps answering', async ({ env }) => {
+    const url = new URL(env.brokerUrl ?? '');
+    const ca = await readFile(env.brokerCA ?? '', 'utf8');
+    const started = performance.now();
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = tls.connect({ host: url.hostname, port: Number(url.port), ca, servername: url.hostname }, () => {
+        socket.write('POST /v1/hops HTTP/1.1\r\nHost: broker\r\n');
+        // One more header line a second, never the blank line that ends them.
+        const drip = setInterval(() => socket.writable && socket.write('X-Slow: 1\r\n'), 1_000);
+        let text = '';
+        socket.on('data', (c: Buffer) => (text += c.toString()));
+        socket.on('close', () => {
+          clearInterval(drip);
+          resolve(text);
+        });
+      });
+      socket.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1.1 408/);
+    expect(performance.now() - started).toBeLessThan(15_000);
+    expect((await brokerRequest(env, 'GET', '/healthz')).status).toBe(200);
   });
 });
 
