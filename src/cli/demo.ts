@@ -23,6 +23,7 @@ import { rawRequest, serverSideApply } from '../kube/raw.js';
 import { KubeTaskClient } from '../kube/tasks.js';
 import { createLogger } from '../log.js';
 import { startOperator, type RunningOperator } from '../operator/operator.js';
+import { tracingOption } from './operator.js';
 
 const EXAMPLES = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'examples');
 const NS = 'support';
@@ -332,7 +333,7 @@ export async function runDemo(_args: string[]): Promise<number> {
   try {
     const auditFile = path.join(env.stateDir, 'audit.jsonl');
     const log = createLogger({ name: 'operator', level: 'info' }, pino.destination({ dest: path.join(env.stateDir, 'operator.log'), sync: false }));
-    operator = await startOperator({ kc: env.adminKubeConfig(), log, aws: localAws(env), auditFile });
+    operator = await startOperator({ kc: env.adminKubeConfig(), log, aws: localAws(env), auditFile, tracing: tracingOption() });
     await registerWebhooks(env.adminKubeConfig(), { url: operator.webhookUrl, caBundlePem: operator.caPem });
     await story(env, operator, auditFile);
     process.stdout.write(`\ndone in ${((Date.now() - started) / 1000).toFixed(1)}s\n`);

@@ -7,6 +7,7 @@ import { parseCommandArgs, progressLine } from './common.js';
 import { createLogger } from '../log.js';
 import { pino } from 'pino';
 import { startOperator, type RunningOperator } from '../operator/operator.js';
+import { tracingOption } from './operator.js';
 
 /**
  * `chainwarden devenv --out DIR`: everything a script outside this repository needs to test
@@ -29,7 +30,7 @@ export async function runDevenv(args: string[]): Promise<number> {
   if (!values['no-operator']) {
     try {
       description.auditFile = path.join(env.stateDir, 'audit.jsonl');
-      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {}, aws: localAws(description), auditFile: description.auditFile });
+      operator = await startOperator({ kc: env.adminKubeConfig(), log: createLogger({ name: 'operator' }, pino.destination(2)), register: {}, aws: localAws(description), auditFile: description.auditFile, tracing: tracingOption() });
     } catch (err) {
       await env.stop();
       throw err;

@@ -21,8 +21,17 @@ export function parseRate(text: string, flag: string): number {
   return rate;
 }
 
-/** OTEL_EXPORTER_OTLP_ENDPOINT is a base URL; OTLP/HTTP sends traces to its /v1/traces. */
-const otlpTracesFromBase = (base: string | undefined) => (base ? `${base.replace(/\/+$/, '')}/v1/traces` : undefined);
+/**
+ * The traces URL the standard variables name: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as it is, or
+ * OTEL_EXPORTER_OTLP_ENDPOINT, a base URL whose /v1/traces OTLP/HTTP sends traces to.
+ */
+const otlpTracesFromEnvironment = (env: NodeJS.ProcessEnv) =>
+  env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
+
+/** The operator's tracing option: from `endpoint`, else the standard variables (as `devenv` and `demo` pass them on); none when neither is set. */
+export function tracingOption(endpoint = otlpTracesFromEnvironment(process.env)): { endpoint: string } | undefined {
+  return endpoint ? { endpoint: parseOtlpEndpoint(endpoint) } : undefined;
+}
 
 export function parseOtlpEndpoint(text: string): string {
   let url: URL | undefined;
@@ -98,7 +107,7 @@ export async function runOperator(args: string[]): Promise<number> {
     'iam-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_IAM },
     'aws-gateway-endpoint': { type: 'string' },
     'audit-file': { type: 'string' },
-    'otlp-traces-endpoint': { type: 'string', default: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? otlpTracesFromBase(process.env.OTEL_EXPORTER_OTLP_ENDPOINT) },
+    'otlp-traces-endpoint': { type: 'string' },
     'no-controllers': { type: 'boolean', default: false },
     'watch-namespace': { type: 'string' },
     identity: { type: 'string', default: process.env.POD_NAME },
@@ -135,7 +144,7 @@ export async function runOperator(args: string[]): Promise<number> {
     sidecarImage: values['sidecar-image'],
     aws: { region: values['aws-region'] ?? 'us-east-1', stsEndpoint: values['sts-endpoint'], iamEndpoint: values['iam-endpoint'], gatewayEndpoint: values['aws-gateway-endpoint'] },
     auditFile: values['audit-file'],
-    tracing: values['otlp-traces-endpoint'] ? { endpoint: parseOtlpEndpoint(values['otlp-traces-endpoint']) } : undefined,
+    tracing: tracingOption(values['otlp-traces-endpoint']),
     controllers: !values['no-controllers'],
     watchNamespace: values['watch-namespace'],
     identity: values.identity,

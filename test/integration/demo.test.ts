@@ -1,12 +1,16 @@
 import { spawn } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { receivedSpans, startCollector } from '../env/otelcol.js';
 
 const bin = path.resolve(import.meta.dirname, '../../bin/chainwarden.js');
 
 describe('chainwarden demo', () => {
-  it('tells the whole story and exits 0: AWS and MCP calls through the gateways, an approval, a violation on a real tool call, refusal, the trace, a denied AWS call', async () => {
-    const child = spawn(process.execPath, [bin, 'demo'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  it('tells the whole story and exits 0: AWS and MCP calls through the gateways, an approval, a violation on a real tool call, refusal, the trace, a denied AWS call; with the standard OTLP variable set, its operator sends the spans', async () => {
+    const collector = await startCollector(await mkdtemp(path.join(os.tmpdir(), 'demo-otel-')));
+    const child = spawn(process.execPath, [bin, 'demo'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: collector.tracesUrl.replace(/\/v1\/traces$/, '') } });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (out += c.toString()));
@@ -32,5 +36,8 @@ describe('chainwarden demo', () => {
     // A denied AWS call: the SDK's AccessDenied names the rule and hop; the object is untouched.
     expect(out).toMatch(/S3 DeleteObject s3:\/\/support-customers\/4711.json → AccessDenied: s3:DeleteObject on arn:aws:s3:::support-customers\/4711.json was denied by default-deny \(hop h1_/);
     expect(out).toMatch(/the record is untouched in the emulator: \{"customer":"Ada"/);
+    // The spans of the story's task, from the operator the demo started.
+    await expect.poll(async () => (await receivedSpans(collector.file)).filter((s) => s.attributes['chainwarden.task'] === 'support/ticket-4711').map((s) => s.name), { timeout: 10_000 }).toEqual(expect.arrayContaining(['task admitted', 'hop tickets read', 'violation']));
+    await collector.stop();
   }, 180_000);
 });
