@@ -6,10 +6,12 @@ export const USAGE = `usage: chainwarden <command> [options]
 
 commands:
   demo                              the whole story on one machine: control plane, STS emulator, operator, an agent
-  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F]
+  operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F [--tls-ca F]]
            [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
-           [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--aws-gateway-endpoint URL] [--audit-file F] [--log-level L]
-           [--journal-writes-per-second N]
+           [--sidecar-image IMAGE] [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--aws-gateway-endpoint URL]
+           [--audit-file F] [--otlp-traces-endpoint URL] [--log-level L] [--journal-writes-per-second N]
+           [--watch-namespace NS] [--no-controllers] [--identity NAME] [--leader-elect-lease-duration D]
+           [--leader-elect-renew-deadline D] [--leader-elect-retry-period D] [--revocation-prune-interval D]
                                     controllers (leader only), admission webhooks and the broker
   agent --broker URL --token-file F [--ca F] [--listen 127.0.0.1:PORT] [--aws-listen 127.0.0.1:PORT] [--local-token-file F]
                                     the in-pod sidecar: loopback http to the broker over TLS; callers
@@ -19,7 +21,7 @@ commands:
   devenv --out DIR [--keep-state] [--no-operator]
                                     run a local control plane, STS emulator and the operator; write DIR/env.json
   provision                         build or install the local control plane's components now
-  trace <ns>/<task> [FILE...] [--kubeconfig F]
+  trace <ns>/<task> [FILE...] [--kubeconfig F] [--operator-namespace NS]
                                     the task's hop tree from audit streams (FILEs, e.g. one per replica, or stdin),
                                     checked against its status
   audit verify [FILE...]            check every hash chain in audit streams (FILEs in any order, or stdin); exit 1 on any break
@@ -36,6 +38,26 @@ day-two operations (also as a kubectl plugin: kubectl chainwarden …):
                                     re-decide the recorded hops of an audit stream under the AgentPolicy in FILE;
                                     print each decision that would change; exit 1 if any would
 `;
+
+/**
+ * One command's lines of the usage text: its own line and those under it, up to the next
+ * command. `approve` and `reject` share their description, and a command's first word names it
+ * (`policy replay`, `audit verify`).
+ */
+export function usageOf(command: string): string | undefined {
+  const lines = USAGE.split('\n');
+  const start = lines.findIndex((l) => l.startsWith(`  ${command} `) || l === `  ${command}`);
+  if (start < 0) return undefined;
+  let end = start + 1;
+  while (end < lines.length && /^ {3,}\S/.test(lines[end] ?? '')) end++;
+  // A line with no description of its own shares the next command's (approve, reject).
+  if (end === start + 1 && !/\S {3,}\S/.test(lines[start] ?? '') && /^ {2}\S/.test(lines[end] ?? '')) {
+    end++;
+    while (end < lines.length && /^ {3,}\S/.test(lines[end] ?? '')) end++;
+  }
+  const block = lines.slice(start, end).map((l, i) => (/^ {2}\S/.test(l) ? `${i === 0 ? 'usage:' : '      '} chainwarden ${l.slice(2)}` : l.slice(2)));
+  return `${block.join('\n')}\n`;
+}
 
 /** parseArgs with errors that name the command and its usage. */
 export function parseCommandArgs<T extends NonNullable<Parameters<typeof parseArgs>[0]>['options']>(

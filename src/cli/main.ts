@@ -1,5 +1,5 @@
 import { ChainwardenError, errorMessage } from '../errors.js';
-import { USAGE } from './common.js';
+import { USAGE, usageOf } from './common.js';
 
 type Command = (args: string[]) => Promise<number>;
 
@@ -45,6 +45,12 @@ export async function main(argv: string[], invokedAs?: string): Promise<number> 
   if (!load) {
     process.stderr.write(named(`chainwarden: unknown command "${name}"\n\n${USAGE}`));
     return 2;
+  }
+  // Asked before anything runs: `demo --help` must not start a control plane.
+  const options = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (options.includes('--help') || options.includes('-h')) {
+    process.stdout.write(named(usageOf(name) ?? USAGE));
+    return 0;
   }
   try {
     const command = await load();

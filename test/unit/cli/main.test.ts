@@ -20,6 +20,28 @@ describe('chainwarden CLI', () => {
     expect(stderr()).toMatch(/devenv --out DIR/);
   });
 
+  it('--help after a command prints that command\'s usage and runs nothing: not the demo\'s control plane, not a provision', async () => {
+    const out: string[] = [];
+    vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      out.push(String(chunk));
+      return true;
+    });
+    for (const [command, line] of [
+      ['demo', /^usage: chainwarden demo +the whole story/],
+      ['provision', /^usage: chainwarden provision/],
+      ['hops', /^usage: chainwarden hops \[-n NS\][^\n]*\n +the hops of a task/],
+      ['approve', /^usage: chainwarden approve NS\/TASK HOP --reason TEXT[^\n]*\n +chainwarden reject[^\n]*\n +decide a waiting hop/],
+      ['operator', /--otlp-traces-endpoint URL[\s\S]*--revocation-prune-interval D/],
+    ] as const) {
+      out.length = 0;
+      expect(await main([command, '--help'])).toBe(0);
+      expect(out.join('')).toMatch(line);
+      expect(out.join('')).not.toMatch(/^ {2}devenv/m);
+    }
+    expect(await main(['trace', '-h'])).toBe(0);
+    expect(out.join('')).toMatch(/--operator-namespace NS/);
+  });
+
   it('says devenv needs --out', async () => {
     const stderr = captureStderr();
     expect(await main(['devenv'])).toBe(1);
