@@ -167,10 +167,21 @@ export function staticKeyViolations(pod: V1Pod): FieldViolation[] {
   return violations;
 }
 
-/** Pod-level settings that would expose the sidecar beyond its pod. */
+/** Pod-level settings that would expose the sidecar, or what only it holds, beyond itself. */
 function podViolations(pod: V1Pod): FieldViolation[] {
-  if (pod.spec?.hostNetwork !== true) return [];
-  return [{ field: 'spec.hostNetwork', message: "agent pods may not use the node's network: the sidecar's loopback listener would be reachable from every process on the node; remove hostNetwork: true" }];
+  const violations: FieldViolation[] = [];
+  if (pod.spec?.hostNetwork === true) {
+    violations.push({ field: 'spec.hostNetwork', message: "agent pods may not use the node's network: the sidecar's loopback listener would be reachable from every process on the node; remove hostNetwork: true" });
+  }
+  // With a process namespace shared, an app container running as the sidecar's user reads the pod
+  // token through /proc/<sidecar>/root: the broker's own endpoints, unmediated, for the agent.
+  if (pod.spec?.shareProcessNamespace === true) {
+    violations.push({ field: 'spec.shareProcessNamespace', message: "agent pods may not share a process namespace: an app container could read the sidecar's pod token through /proc; remove shareProcessNamespace: true" });
+  }
+  if (pod.spec?.hostPID === true) {
+    violations.push({ field: 'spec.hostPID', message: "agent pods may not use the node's process namespace: the sidecar's pod token would be readable through /proc from the node's processes; remove hostPID: true" });
+  }
+  return violations;
 }
 
 /**

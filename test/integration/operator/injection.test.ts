@@ -141,6 +141,7 @@ describe('agent pod injection (mutating webhook)', () => {
     );
     expect(await refused('own-token', { volumes: [{ name: 'mine', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden', path: 't' } }] } }] })).toMatch(/spec.volumes\[0\].projected.sources\[0\].serviceAccountToken.audience: a token for audience chainwarden is the sidecar's alone/);
     expect(await refused('hostnet', { hostNetwork: true })).toMatch(/spec.hostNetwork: agent pods may not use the node's network: the sidecar's loopback listener would be reachable/);
+    expect(await refused('sharedpid', { shareProcessNamespace: true })).toMatch(/spec.shareProcessNamespace: agent pods may not share a process namespace/);
   });
 
   test('a pod cannot join, leave or switch tasks after admission', async ({ admin, namespace }) => {

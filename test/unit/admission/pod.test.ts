@@ -158,4 +158,9 @@ describe('podInjectionPlugin', () => {
   it('refuses host networking for agent pods', async () => {
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostNetwork: true } }))).toMatch(/^spec\.hostNetwork: .*loopback listener would be reachable/);
   });
+
+  it('refuses a shared process namespace and the node\'s: through /proc an app container would read the pod token only the sidecar holds', async () => {
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, shareProcessNamespace: true } }))).toMatch(/^spec\.shareProcessNamespace: .*pod token through \/proc/);
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostPID: true } }))).toMatch(/^spec\.hostPID: .*pod token would be readable/);
+  });
 });
