@@ -104,7 +104,8 @@ export class ManagedProcess {
     const pid = this.child.pid;
     if (!this.running || pid === undefined) return;
     killGroup(pid, 'SIGTERM');
-    const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)]);
+    // Unreferenced, so a process that exits at once does not hold ours open for the grace period.
+    const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs, undefined, { ref: false }).then(() => true)]);
     if (timedOut) {
       killGroup(pid, 'SIGKILL');
       await this.exited;

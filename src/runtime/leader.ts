@@ -229,7 +229,8 @@ export class LeaderElector {
     // A renewal in flight would overwrite the release; let it land first.
     await this.inflight?.catch(() => false);
     if (this.term) this.endTerm();
-    const stopped = await Promise.race([this.work.then(() => true), sleep(this.renewDeadlineMs).then(() => false)]);
+    // Unreferenced: a stop that went well must not keep the process alive for the rest of the deadline.
+    const stopped = await Promise.race([this.work.then(() => true), sleep(this.renewDeadlineMs, undefined, { ref: false }).then(() => false)]);
     if (!stopped) {
       this.options.log.warn('leader election: leader-only work did not stop within the renew deadline; leaving the lease to expire instead of releasing it');
       return;
