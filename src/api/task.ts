@@ -21,9 +21,12 @@ export const BROKER_AUDIENCE = 'chainwarden';
 export const STS_AUDIENCE = 'sts.amazonaws.com';
 /**
  * Audiences `GET /v1/svid` never mints for: with an STS-audience SVID an agent could assume roles
- * behind the broker's back, and one for the broker's own audience would be a second way in.
+ * behind the broker's back. (An SVID for the broker's own audience is minted bound to the calling
+ * pod, and the broker checks it as it checks the pod's token.)
  */
-export const RESERVED_AUDIENCES: readonly string[] = [STS_AUDIENCE, BROKER_AUDIENCE];
+export const RESERVED_AUDIENCES: readonly string[] = [STS_AUDIENCE];
+/** The claim of a broker-audience JWT-SVID that binds it to the pod it was minted for. */
+export const SVID_POD_CLAIM = 'chainwarden.io/pod';
 
 const TERMINAL: readonly TaskState[] = ['Completed', 'Expired', 'Violated'];
 export const isTerminal = (state: TaskState | undefined): boolean => state !== undefined && TERMINAL.includes(state);

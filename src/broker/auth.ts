@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { KubeAccess } from '../kube/access.js';
-import { createLocalJWKSet, errors as jose, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
+import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, errors as jose, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
 import type { AgentTask } from '../api/schema.js';
-import { BROKER_AUDIENCE, endOf, TASK_LABEL } from '../api/task.js';
+import { BROKER_AUDIENCE, endOf, SVID_POD_CLAIM, TASK_LABEL } from '../api/task.js';
 import { spiffeIdFor } from '../identity/spiffe.js';
 import { errorMessage } from '../errors.js';
 import { rawRequest } from '../kube/raw.js';
@@ -63,6 +63,8 @@ interface Verified {
   podUid: string;
   serviceAccount: string;
   expiresAt: number;
+  /** For a JWT-SVID: the SPIFFE ID it names, which must be the one the pod's task gives. */
+  spiffeId?: string;
 }
 
 const unauthenticated = (message: string) => new ChainwardenError('unauthenticated', message);
@@ -109,6 +111,8 @@ export interface AgentAuthenticatorOptions {
   maxCached?: number;
   /** Most refused tokens kept. */
   maxRefused?: number;
+  /** The embedded JWT-SVID issuer: an SVID it minted for audience `chainwarden` is a caller identity too. */
+  svids?: { issuerUrl: string; verify(token: string, audience: string): Promise<JWTPayload & { sub: string }> };
 }
 
 /**
@@ -187,9 +191,42 @@ export class AgentAuthenticator {
     }
   }
 
+  /** The issuer of a token, unverified: which keys to check it against. */
+  private isSvid(token: string): boolean {
+    const svids = this.options.svids;
+    if (!svids) return false;
+    try {
+      // A transaction token has the same issuer and keys, but is no caller's identity.
+      return decodeJwt(token).iss === svids.issuerUrl && decodeProtectedHeader(token).typ === 'JWT';
+    } catch {
+      return false;
+    }
+  }
+
+  /** A JWT-SVID minted by GET /v1/svid for the broker's audience, bound to the pod that asked for it. */
+  private async verifySvid(key: string, token: string, verifications: (result: string) => void): Promise<Verified> {
+    let payload: JWTPayload & { sub: string };
+    try {
+      payload = await (this.options.svids as NonNullable<AgentAuthenticatorOptions['svids']>).verify(token, BROKER_AUDIENCE);
+    } catch (err) {
+      verifications('refused');
+      throw this.remember(key, unauthenticated(`the JWT-SVID was refused: ${errorMessage(err)}; use one from GET /v1/svid?audience=${BROKER_AUDIENCE}, or the pod's projected token`), REFUSAL_TTL_MS.token);
+    }
+    const pod = payload[SVID_POD_CLAIM] as { namespace?: unknown; name?: unknown; uid?: unknown; serviceAccount?: unknown } | undefined;
+    const text = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
+    const [namespace, podName, podUid, serviceAccount] = [text(pod?.namespace), text(pod?.name), text(pod?.uid), text(pod?.serviceAccount)];
+    if (!namespace || !podName || !podUid || !serviceAccount) {
+      verifications('refused');
+      throw this.remember(key, unauthenticated(`the JWT-SVID is not bound to a pod; use one from GET /v1/svid?audience=${BROKER_AUDIENCE}`), REFUSAL_TTL_MS.token);
+    }
+    verifications('accepted');
+    return { namespace, podName, podUid, serviceAccount, expiresAt: (payload.exp ?? 0) * 1000, spiffeId: payload.sub };
+  }
+
   /** Verifies a token the caches do not know; refusals are remembered, failures to verify are not. */
   private async verifyToken(key: string, token: string): Promise<Verified> {
     const verifications = (result: string) => this.count('chainwarden_agent_token_verifications_total', 'Agent tokens verified against the API server\'s keys, by result.', { result });
+    if (this.isSvid(token)) return this.cache(key, await this.verifySvid(key, token, verifications));
     let payload: ServiceAccountClaims;
     try {
       payload = await this.verifySignature(token);
@@ -205,7 +242,10 @@ export class AgentAuthenticator {
       throw this.remember(key, unauthenticated('the token is not bound to a pod; use the projected service-account token of the agent pod'), REFUSAL_TTL_MS.token);
     }
     verifications('accepted');
-    const fresh = { namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 };
+    return this.cache(key, { namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 });
+  }
+
+  private cache(key: string, fresh: Verified): Verified {
     if (this.verified.size >= this.maxCached) {
       const oldest = this.verified.keys().next().value;
       if (oldest !== undefined) this.verified.delete(oldest);
@@ -327,8 +367,10 @@ export class AgentAuthenticator {
       const state = task.status?.state;
       return { task, waiting: new ChainwardenError('pod_not_bound', `pod ${who.podName} (${who.podUid}) is not bound to AgentTask ${taskName} (state ${state ?? 'Pending'}); retry once the task is Bound`) };
     }
+    const spiffeId = spiffeIdFor(this.trustDomain, who.namespace, task.spec.serviceAccountName, taskName);
+    if (who.spiffeId !== undefined && who.spiffeId !== spiffeId) throw unauthenticated(`the JWT-SVID names ${who.spiffeId}, not the SPIFFE ID of pod ${who.podName}'s task (${spiffeId})`);
     this.log.trace({ pod: who.podName, task: taskName }, 'agent authenticated');
-    return { namespace: who.namespace, podName: who.podName, podUid: who.podUid, serviceAccount: who.serviceAccount, task, spiffeId: spiffeIdFor(this.trustDomain, who.namespace, task.spec.serviceAccountName, taskName) };
+    return { namespace: who.namespace, podName: who.podName, podUid: who.podUid, serviceAccount: who.serviceAccount, task, spiffeId };
   }
 }
 

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { endOf, RESERVED_AUDIENCES } from '../api/task.js';
+import { BROKER_AUDIENCE, endOf, RESERVED_AUDIENCES, SVID_POD_CLAIM } from '../api/task.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { AgentTask } from '../api/schema.js';
@@ -102,7 +102,9 @@ function svid(deps: BrokerDeps): Handler {
       throw new ChainwardenError('forbidden', `audience ${audience} is the trust domain, the audience of the transaction tokens the gateways send with allowed hops; ask for an audience of your own service`, { field: 'audience' });
     }
     const who = await deps.auth.authenticate(req.headers.authorization);
-    const { token, expiresAt } = deps.issuer.mint(who.spiffeId, audience);
+    // For the broker itself: bound to this pod, so the SVID is refused once the pod or its binding is gone, as the pod's token is.
+    const claims = audience === BROKER_AUDIENCE ? { [SVID_POD_CLAIM]: { namespace: who.namespace, name: who.podName, uid: who.podUid, serviceAccount: who.serviceAccount } } : {};
+    const { token, expiresAt } = deps.issuer.mint(who.spiffeId, audience, undefined, claims);
     deps.log.info({ event: 'svid_issued', task: `${who.namespace}/${who.task.metadata.name ?? ''}`, pod: who.podName, audience }, 'JWT-SVID issued');
     sendJson(res, 200, { spiffeID: who.spiffeId, token, expiresAt: new Date(expiresAt).toISOString() }, { 'cache-control': 'no-store' });
   };

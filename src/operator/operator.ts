@@ -266,7 +266,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     clock,
     log,
     trustDomain,
-    { metrics },
+    { metrics, svids: issuer },
   );
 
   const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };

@@ -42,7 +42,7 @@ describe('JWT-SVIDs cannot escape revocation', () => {
     });
   });
 
-  test.for(['sts.amazonaws.com', 'chainwarden'])('an agent cannot get an SVID for the reserved audience %s', async (audience, { admin, env, namespace }) => {
+  test.for(['sts.amazonaws.com'])('an agent cannot get an SVID for the reserved audience %s', async (audience, { admin, env, namespace }) => {
     const { token } = await webIdentityAgent(admin, env, namespace);
     const refused = await brokerRequest(env, 'GET', `/v1/svid?audience=${audience}`, { token });
     expect(refused.status).toBe(403);

@@ -1,6 +1,6 @@
 import { createLocalJWKSet, decodeJwt, jwtVerify, type JSONWebKeySet } from 'jose';
 import { readFile } from 'node:fs/promises';
-import { KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, podToken } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
@@ -47,6 +47,23 @@ describe('SPIFFE identity and agent authentication', () => {
     expect(JSON.stringify(jwks)).not.toMatch(/"d":/);
     const noAudience = await brokerRequest(env, 'GET', '/v1/svid', { token: await podToken(admin, pod) });
     expect(noAudience).toMatchObject({ status: 400, body: { error: { code: 'invalid_request', field: 'audience' } } });
+  });
+
+  test('a JWT-SVID for the broker\'s audience is a caller identity bound to its pod: accepted while the pod is bound, refused once it is gone; other SVIDs and transaction tokens are not identities', async ({ admin, env, namespace }) => {
+    await setup(admin, namespace);
+    const pod = await boundAgent(admin, namespace);
+    const podJwt = await podToken(admin, pod);
+    const svidFor = async (audience: string) => ((await brokerRequest(env, 'GET', `/v1/svid?audience=${audience}`, { token: podJwt })).body as { token: string }).token;
+    const svid = await svidFor('chainwarden');
+    expect(decodeJwt(svid)).toMatchObject({ aud: 'chainwarden', 'chainwarden.io/pod': { namespace, name: 'agent-0', uid: pod.metadata?.uid } });
+    const hop = { tool: 'tickets', action: 'read', resource: 'ticket/4711' };
+    expect(await brokerRequest(env, 'POST', '/v1/hops', { token: svid, body: hop })).toMatchObject({ status: 200, body: { decision: 'allow' } });
+    // An SVID for another audience is no way in, nor is a token signed with the same keys for another purpose.
+    const other = await brokerRequest(env, 'POST', '/v1/hops', { token: await svidFor('tickets.support.svc'), body: hop });
+    expect(other).toMatchObject({ status: 401, body: { error: { code: 'unauthenticated' } } });
+    // Once the pod is gone, its SVID goes with it, though the token has minutes left.
+    await admin.makeApiClient(CoreV1Api).deleteNamespacedPod({ namespace, name: 'agent-0', gracePeriodSeconds: 0 });
+    await expect.poll(async () => (await brokerRequest(env, 'POST', '/v1/hops', { token: svid, body: hop })).status, { timeout: 10_000 }).toBe(401);
   });
 
   test('tokens with the wrong audience, another pod\'s binding, alg none, or no binding are refused', async ({ admin, env, namespace }) => {

@@ -89,7 +89,7 @@ describe('broker paths are checked before the caller is authenticated', () => {
 });
 
 describe('GET /v1/svid', () => {
-  it.each(['sts.amazonaws.com', 'chainwarden', 'cluster.local'])('never mints for audience %s: 403, unauthenticated', async (audience) => {
+  it.each(['sts.amazonaws.com', 'cluster.local'])('never mints for audience %s: 403, unauthenticated', async (audience) => {
     // cluster.local, the trust domain, is the audience of transaction tokens, signed with the same key by the same issuer.
     expect(await call('GET', `/v1/svid?audience=${audience}`)).toMatchObject({ status: 403, body: { error: { code: 'forbidden', field: 'audience' } } });
     expect(authenticate).not.toHaveBeenCalled();
