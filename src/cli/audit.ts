@@ -63,7 +63,7 @@ export async function runTrace(args: string[]): Promise<number> {
   const { positionals, values } = parseCommandArgs('trace', args, { kubeconfig: { type: 'string' }, 'operator-namespace': { type: 'string' } });
   const [target, ...files] = positionals;
   const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
-  if (!m) throw new ChainwardenError('usage', 'use: chainwarden trace <namespace>/<task> [FILE...]');
+  if (!m) throw new ChainwardenError('usage', `${target === undefined ? 'the task is missing' : `${JSON.stringify(target)} is not NAMESPACE/TASK`}: name the task with its namespace, e.g. support/ticket-4711\nuse: chainwarden trace <namespace>/<task> [FILE...]`);
   const [, namespace = '', name = ''] = m;
   const all = (await readStreams(files)).filter((r) => r.record.task === `${namespace}/${name}`);
   let task: AgentTask | undefined;

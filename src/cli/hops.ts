@@ -194,7 +194,8 @@ export function decisionCommand(decision: 'Approve' | 'Reject'): (args: string[]
     const usage = `use: chainwarden ${verb} NAMESPACE/TASK HOP --reason "why"`;
     const [target, hopId, ...extra] = positionals;
     const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
-    if (!m || !hopId || extra.length > 0) throw new ChainwardenError('usage', usage);
+    if (!m) throw new ChainwardenError('usage', `${target === undefined ? 'the task is missing' : `${JSON.stringify(target)} is not NAMESPACE/TASK`}: name the task with its namespace, e.g. support/ticket-4711\n${usage}`);
+    if (!hopId || extra.length > 0) throw new ChainwardenError('usage', `${hopId ? `unexpected ${extra.join(' ')}` : 'the hop id is missing'}: give the task and one hop id; chainwarden hops -n NAMESPACE TASK --pending lists them\n${usage}`);
     const reason = values.reason?.trim() ?? '';
     if (!reason) throw new ChainwardenError('usage', `--reason is required: it is recorded in the audit trail with your decision\n${usage}`);
     const [, namespace = '', name = ''] = m;

@@ -16,7 +16,7 @@ export interface KubeAccess {
   applyToHTTPSOptions(options: https.RequestOptions): Promise<void>;
 }
 
-const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 /** The service account's token file is read again after this long: the kubelet rotates it. */
 const TOKEN_FILE_TTL_MS = 60_000;

@@ -87,7 +87,7 @@ describe('the CLI under the kubectl plugin name', () => {
     const chunks: string[] = [];
     vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (chunks.push(String(c)), true));
     expect(await main(['approve', 'support/ticket-4711'], '/usr/bin/kubectl-chainwarden')).toBe(1);
-    expect(chunks.join('')).toMatch(/^kubectl chainwarden approve: use: kubectl chainwarden approve NAMESPACE\/TASK HOP --reason "why"/);
+    expect(chunks.join('')).toMatch(/^kubectl chainwarden approve: the hop id is missing: .*; kubectl chainwarden hops -n NAMESPACE TASK --pending lists them\nuse: kubectl chainwarden approve NAMESPACE\/TASK HOP --reason "why"/);
   });
 
   it('asks for a reason before it reads anything', async () => {

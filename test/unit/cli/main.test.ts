@@ -1,3 +1,6 @@
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../../src/cli/main.js';
 
@@ -40,6 +43,29 @@ describe('chainwarden CLI', () => {
     }
     expect(await main(['trace', '-h'])).toBe(0);
     expect(out.join('')).toMatch(/--operator-namespace NS/);
+  });
+
+  it('says what is wrong with a task name or a kubeconfig, and what to pass instead', async () => {
+    const stderr = captureStderr();
+    expect(await main(['approve', 'ticket-4711', 'h1_x', '--reason', 'ok'])).toBe(1);
+    expect(stderr()).toMatch(/"ticket-4711" is not NAMESPACE\/TASK: name the task with its namespace, e\.g\. support\/ticket-4711/);
+    expect(await main(['trace', 'ticket-4711'])).toBe(1);
+    expect(stderr()).toMatch(/trace: "ticket-4711" is not NAMESPACE\/TASK/);
+    expect(await main(['approve', 'support/ticket-4711', '--reason', 'ok'])).toBe(1);
+    expect(stderr()).toMatch(/the hop id is missing: .*; chainwarden hops -n NAMESPACE TASK --pending lists them/);
+    const saved = { KUBECONFIG: process.env.KUBECONFIG, HOME: process.env.HOME };
+    try {
+      process.env.KUBECONFIG = '/nonexistent/kubeconfig';
+      expect(await main(['hops', '-n', 'support'])).toBe(1);
+      expect(stderr()).toMatch(/cannot read the kubeconfig \/nonexistent\/kubeconfig \(\$KUBECONFIG\): .*ENOENT.*pass --kubeconfig FILE/);
+      delete process.env.KUBECONFIG;
+      process.env.HOME = await mkdtemp(path.join(os.tmpdir(), 'no-kube-'));
+      expect(await main(['hops', '-n', 'support'])).toBe(1);
+      expect(stderr()).toMatch(/no kubeconfig found: .*pass --kubeconfig FILE or set KUBECONFIG/);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
   });
 
   it('says devenv needs --out', async () => {
