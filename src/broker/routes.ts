@@ -44,6 +44,14 @@ const requireMethod = (req: IncomingMessage, method: string) => {
   if (req.method !== method) throw new ChainwardenError('method_not_allowed', `use ${method}`);
 };
 
+/** A document the issuer publishes for verifiers: read with GET (or HEAD), cacheable for five minutes. */
+const published =
+  (document: () => unknown): Handler =>
+  (req, res) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new ChainwardenError('method_not_allowed', 'use GET');
+    return Promise.resolve(sendJson(res, 200, document(), { 'cache-control': 'max-age=300' }));
+  };
+
 const pathOf = (req: IncomingMessage) => (req.url ?? '').split('?')[0] ?? '';
 
 /** A path segment as a message quotes it: short, and plainly text. */
@@ -218,7 +226,7 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
     ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, MAX_SIGN_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
     // The sidecar's MCP gateway asks where a message goes, and for tools/call whether it may.
     ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
-    '/keys': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.jwks(), { 'cache-control': 'max-age=300' })),
-    '/.well-known/openid-configuration': (_req: IncomingMessage, res: ServerResponse) => Promise.resolve(sendJson(res, 200, deps.issuer.discovery(), { 'cache-control': 'max-age=300' })),
+    '/keys': published(() => deps.issuer.jwks()),
+    '/.well-known/openid-configuration': published(() => deps.issuer.discovery()),
   };
 }

@@ -95,3 +95,9 @@ describe('GET /v1/svid', () => {
     expect(authenticate).not.toHaveBeenCalled();
   });
 });
+
+describe('what the issuer publishes', () => {
+  it.each(['POST', 'PUT', 'DELETE'])('%s on /keys or the discovery document is a 405: they are read, never written', async (method) => {
+    for (const path of ['/keys', '/.well-known/openid-configuration']) expect(await call(method, path)).toMatchObject({ status: 405, body: { error: { code: 'method_not_allowed' } } });
+  });
+});
