@@ -90,7 +90,8 @@ export class GatewayHops {
         namespace: task.metadata.namespace ?? '',
         policy: facts.policy,
         hopId: facts.hopId,
-        ...(facts.parentHop ? { parentHop: facts.parentHop } : {}),
+        // Every claim the contract lists is there: a first hop's parent is null, not left out.
+        parentHop: facts.parentHop ?? null,
         depth: facts.depth,
         dataClassesTouched: facts.dataClassesTouched,
       },

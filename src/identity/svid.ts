@@ -20,7 +20,7 @@ export interface TxnTokenInput {
   txn: string;
   /** `<tool>:<action>`. */
   scope: string;
-  tctx: { task: string; namespace: string; policy: string; hopId: string; parentHop?: string; depth: number; dataClassesTouched: string[] };
+  tctx: { task: string; namespace: string; policy: string; hopId: string; parentHop: string | null; depth: number; dataClassesTouched: string[] };
 }
 
 /** SPIFFE JWT-SVIDs accept only asymmetric algorithms; ours are ES256. */

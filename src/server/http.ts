@@ -68,7 +68,7 @@ export function assertJsonDepth(body: Uint8Array, maxDepth: number): void {
     } else if (byte === QUOTE) {
       inString = true;
     } else if (byte === OPEN_ARRAY || byte === OPEN_OBJECT) {
-      if (++depth > maxDepth) throw new ChainwardenError('json_too_deep', `request body nests arrays and objects more than ${maxDepth} deep (at byte ${i}); nothing this endpoint takes nests that deep`);
+      if (++depth > maxDepth) throw new ChainwardenError('json_too_deep', `request body nests arrays and objects more than ${maxDepth} deep (at byte ${i}); nothing this endpoint takes nests that deep`, { field: 'body' });
     } else if (byte === CLOSE_ARRAY || byte === CLOSE_OBJECT) {
       depth--;
     }
@@ -81,7 +81,7 @@ export function parseJson(body: Buffer, maxDepth = DEFAULT_MAX_JSON_DEPTH): unkn
   try {
     return JSON.parse(body.toString('utf8'));
   } catch (err) {
-    throw new ChainwardenError('invalid_json', `request body is not valid JSON: ${(err as Error).message}`);
+    throw new ChainwardenError('invalid_json', `request body is not valid JSON: ${(err as Error).message}`, { field: 'body' });
   }
 }
 

@@ -78,7 +78,7 @@ describe('every tool call is a hop: the MCP gateway', () => {
       const keys = (await brokerRequest(env, 'GET', '/keys')).body as Parameters<typeof createLocalJWKSet>[0];
       const token = String(seen?.headers['txn-token'] ?? '');
       const { payload } = await jwtVerify(token, createLocalJWKSet(keys), { audience: 'cluster.local', typ: 'txntoken+jwt' });
-      expect(payload).toMatchObject({ scope: 'tickets:read', sub: `spiffe://cluster.local/ns/${namespace}/sa/support-agent/task/ticket-4711`, tctx: { task: 'ticket-4711', namespace, hopId, depth: 1, dataClassesTouched: ['pii'] } });
+      expect(payload).toMatchObject({ scope: 'tickets:read', sub: `spiffe://cluster.local/ns/${namespace}/sa/support-agent/task/ticket-4711`, tctx: { task: 'ticket-4711', namespace, hopId, parentHop: null, depth: 1, dataClassesTouched: ['pii'] } });
       // The agent saw neither; the audit keeps the token's hash only.
       expect(JSON.stringify(read)).not.toContain(SECRET);
       expect(JSON.stringify(read)).not.toContain(token);

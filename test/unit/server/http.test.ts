@@ -8,7 +8,7 @@ const nested = (depth: number, open = '[', close = ']') => `${open.repeat(depth)
 describe('parseJson', () => {
   it('parses JSON nested exactly to the limit, and refuses one level more with json_too_deep', () => {
     expect(parseJson(Buffer.from(nested(5)), 5)).toEqual([[[[[]]]]]);
-    expect(() => parseJson(Buffer.from(nested(6)), 5)).toThrow(expect.objectContaining({ code: 'json_too_deep', status: 400 }));
+    expect(() => parseJson(Buffer.from(nested(6)), 5)).toThrow(expect.objectContaining({ code: 'json_too_deep', status: 400, field: 'body' }));
     const objects = `${'{"a":'.repeat(6)}1${'}'.repeat(6)}`;
     expect(() => parseJson(Buffer.from(objects), 5)).toThrow(/nests arrays and objects more than 5 deep \(at byte 25\)/);
   });
@@ -34,6 +34,8 @@ describe('parseJson', () => {
       }
       expect(thrown, text).toBeInstanceOf(ChainwardenError);
       expect((thrown as ChainwardenError).code).toBe('invalid_json');
+      // The contract's 400s name the field: here the body as a whole.
+      expect((thrown as ChainwardenError).field).toBe('body');
     }
   });
 
