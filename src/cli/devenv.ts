@@ -41,12 +41,14 @@ export async function runDevenv(args: string[]): Promise<number> {
     await writeFile(description.brokerCA, operator.caPem);
     progressLine(`operator serving: broker at ${operator.url}, webhooks at ${operator.webhookUrl}`);
   }
+  // Listening before env.json appears: a script may signal the moment it sees the file.
+  const stopping = Promise.race([once(process, 'SIGINT'), once(process, 'SIGTERM')]);
   const file = path.join(out, 'env.json');
   await writeFile(`${file}.tmp`, `${JSON.stringify(description, null, 2)}\n`);
   await rename(`${file}.tmp`, file);
   progressLine(`ready: ${file} (Ctrl-C or SIGTERM stops everything)`);
 
-  const signal = await Promise.race([once(process, 'SIGINT'), once(process, 'SIGTERM')]);
+  const signal = await stopping;
   progressLine(`stopping (${String(signal[0] ?? 'signal')})`);
   await operator?.stop();
   await env.stop();
