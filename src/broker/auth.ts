@@ -41,6 +41,12 @@ export interface AuthenticateOptions {
    * time, instead of a refusal its SDK may not retry.
    */
   waitForBindingMs?: number;
+  /**
+   * Set by the endpoints that serve the sidecar alone (the gateways' signing and forwarding, SVID
+   * minting): a JWT-SVID, which the app container can hold, is refused there, so the agent never
+   * reaches them around the sidecar. The value says what the caller should use.
+   */
+  podTokenOnly?: string;
 }
 
 /** Who is calling: an agent pod, and the live task it is bound to. */
@@ -331,6 +337,7 @@ export class AgentAuthenticator {
       throw remembered;
     }
     const who = await this.cachedVerify(key, token);
+    if (options.podTokenOnly !== undefined && who.spiffeId !== undefined) throw new ChainwardenError('forbidden', `a JWT-SVID is not accepted here: ${options.podTokenOnly}`);
     const pod = await this.podOf(key, who);
     const found = this.principal(who, pod);
     if (!('waiting' in found)) return found;

@@ -109,7 +109,7 @@ function svid(deps: BrokerDeps): Handler {
     if (audience === deps.trustDomain) {
       throw new ChainwardenError('forbidden', `audience ${audience} is the trust domain, the audience of the transaction tokens the gateways send with allowed hops; ask for an audience of your own service`, { field: 'audience' });
     }
-    const who = await deps.auth.authenticate(req.headers.authorization);
+    const who = await deps.auth.authenticate(req.headers.authorization, { podTokenOnly: "an SVID is minted for the pod's token, which the sidecar presents: ask through the sidecar" });
     // For the broker itself: bound to this pod, so the SVID is refused once the pod or its binding is gone, as the pod's token is.
     const claims = audience === BROKER_AUDIENCE ? { [SVID_POD_CLAIM]: { namespace: who.namespace, name: who.podName, uid: who.podUid, serviceAccount: who.serviceAccount } } : {};
     const { token, expiresAt } = deps.issuer.mint(who.spiffeId, audience, undefined, claims);
@@ -201,7 +201,7 @@ function hops(deps: BrokerDeps): Handler {
 function gatewayRoute<R>(deps: BrokerDeps, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<{ status: number; body: unknown }>): Handler {
   return async (req, res) => {
     requireMethod(req, 'POST');
-    const who = await deps.auth.authenticate(req.headers.authorization);
+    const who = await deps.auth.authenticate(req.headers.authorization, { podTokenOnly: "the gateways' endpoints serve the pod's sidecar, which presents the pod's token: send AWS and MCP calls through the sidecar" });
     const { status, body } = await answer(who, parse(await readJson(req, maxBytes)));
     sendJson(res, status, body, { 'cache-control': 'no-store' });
   };

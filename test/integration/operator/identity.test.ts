@@ -49,7 +49,7 @@ describe('SPIFFE identity and agent authentication', () => {
     expect(noAudience).toMatchObject({ status: 400, body: { error: { code: 'invalid_request', field: 'audience' } } });
   });
 
-  test('a JWT-SVID for the broker\'s audience is a caller identity bound to its pod: accepted while the pod is bound, refused once it is gone; other SVIDs and transaction tokens are not identities', async ({ admin, env, namespace }) => {
+  test('a JWT-SVID for the broker\'s audience is a caller identity bound to its pod: accepted while the pod is bound, refused once it is gone, never at the endpoints that serve only the sidecar; other SVIDs are not identities', async ({ admin, env, namespace }) => {
     await setup(admin, namespace);
     const pod = await boundAgent(admin, namespace);
     const podJwt = await podToken(admin, pod);
@@ -58,6 +58,11 @@ describe('SPIFFE identity and agent authentication', () => {
     expect(decodeJwt(svid)).toMatchObject({ aud: 'chainwarden', 'chainwarden.io/pod': { namespace, name: 'agent-0', uid: pod.metadata?.uid } });
     const hop = { tool: 'tickets', action: 'read', resource: 'ticket/4711' };
     expect(await brokerRequest(env, 'POST', '/v1/hops', { token: svid, body: hop })).toMatchObject({ status: 200, body: { decision: 'allow' } });
+    // The app container can hold an SVID; what serves only the sidecar stays out of its reach: no
+    // system credential or AWS signature around the sidecar, and no SVID minting the next one.
+    for (const [method, path] of [['POST', '/v1/mcp/forward'], ['POST', '/v1/aws/sign'], ['GET', '/v1/svid?audience=chainwarden']] as const) {
+      expect([path, await brokerRequest(env, method, path, { token: svid, body: method === 'POST' ? { system: 'tickets', method: 'initialize' } : undefined })]).toMatchObject([path, { status: 403, body: { error: { code: 'forbidden', message: expect.stringContaining('through the sidecar') as string } } }]);
+    }
     // An SVID for another audience is no way in, nor is a token signed with the same keys for another purpose.
     const other = await brokerRequest(env, 'POST', '/v1/hops', { token: await svidFor('tickets.support.svc'), body: hop });
     expect(other).toMatchObject({ status: 401, body: { error: { code: 'unauthenticated' } } });
