@@ -31,7 +31,9 @@ const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token',
  * other unsigned header stays here: the broker decides the call on what the SDK signed, and a
  * header it never saw (an X-Amz-Target, a Content-Type) must not change what AWS does.
  */
-const UNSIGNED_PASSED = new Set(['user-agent', 'x-amzn-trace-id', 'cache-control', 'content-length']);
+const UNSIGNED_PASSED = new Set(['user-agent', 'x-amzn-trace-id', 'content-length']);
+/** S3 alone stores it as object metadata; elsewhere (API Gateway) it can ask for more than the decided call. */
+const UNSIGNED_PASSED_S3 = new Set([...UNSIGNED_PASSED, 'cache-control']);
 
 /** A refusal that already has its AWS face (the broker's, or the way to AWS failing). */
 class AwsRefusal extends Error {
@@ -79,8 +81,9 @@ function headOf(req: http.IncomingMessage) {
 /** The SDK's signed headers as they go to AWS: without what the broker replaces, with the broker's changes and signature. */
 function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer: AwsSignAnswer, bodyLength: number | undefined): http.OutgoingHttpHeaders {
   const out: http.OutgoingHttpHeaders = {};
+  const unsignedPassed = plan.authorization.service === 's3' ? UNSIGNED_PASSED_S3 : UNSIGNED_PASSED;
   for (const [name, values] of Object.entries(req.headersDistinct)) {
-    if (REPLACED.has(name) || !(plan.signedHeaders.has(name) || UNSIGNED_PASSED.has(name)) || values === undefined) continue;
+    if (REPLACED.has(name) || !(plan.signedHeaders.has(name) || unsignedPassed.has(name)) || values === undefined) continue;
     out[name] = values.length === 1 ? values[0] : values;
   }
   for (const [name, value] of Object.entries(plan.sign.forward?.headers ?? {})) {

@@ -68,7 +68,7 @@ export class AwsGateway {
     if (!(await verifySignature(auth, sdk, placeholder.secretAccessKey))) {
       throw new ChainwardenError('aws_signature_mismatch', `the signature does not match the request signed with credential ${credential}'s key: sign with the credentials from AWS_CONTAINER_CREDENTIALS_FULL_URI`);
     }
-    if (request.forward !== undefined) checkForward(request.payloadHash, headers, request.forward);
+    if (request.forward !== undefined) checkForward(request.payloadHash, signed, request.forward);
     if (request.form !== undefined) {
       if (request.form.length > MAX_FORM_CHARS) throw new ChainwardenError('aws_request_invalid', `the request body passed on is longer than ${MAX_FORM_CHARS} characters`, { field: 'form' });
       if (sha256Hex(request.form) !== request.payloadHash) throw new ChainwardenError('aws_request_invalid', 'the request body passed on is not the body the SDK signed', { field: 'form' });
@@ -78,7 +78,8 @@ export class AwsGateway {
     }
     const roleArn = spec?.aws.roleArn ?? '';
     const [, partition = 'aws', , , account = ''] = roleArn.split(':');
-    const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers, body: request.form });
+    // Decided on the signed headers alone: those are the ones signed on for AWS.
+    const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers: signed, body: request.form });
     // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
     const attributes: Record<string, string> = /^[0-9a-f]{64}$/.test(request.payloadHash) ? { payloadSha256: request.payloadHash } : {};
     const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes };

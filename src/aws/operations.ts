@@ -80,17 +80,52 @@ function safeDecode(s: string): string {
   }
 }
 
+/**
+ * The first member name an object in (valid) JSON text repeats, at any depth: JSON.parse keeps the
+ * last, and a service may read the first.
+ */
+function repeatedMember(text: string): string | undefined {
+  const objects: (Set<string> | undefined)[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '{') objects.push(new Set());
+    else if (c === '[') objects.push(undefined);
+    else if (c === '}' || c === ']') objects.pop();
+    else if (c === '"') {
+      let end = i + 1;
+      while (end < text.length && text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      let next = end + 1;
+      while (next < text.length && ' \t\r\n'.includes(text[next] ?? '')) next++;
+      const members = objects.at(-1);
+      if (text[next] === ':' && members) {
+        const name = JSON.parse(text.slice(i, end + 1)) as string;
+        if (members.has(name)) return name;
+        members.add(name);
+      }
+      i = end;
+    }
+  }
+  return undefined;
+}
+
+/** A JSON-protocol document; one that is not JSON names no resource, and AWS refuses it too. */
 function jsonBody(body: string | undefined): Record<string, unknown> {
   if (!body) return {};
+  let value: unknown;
   try {
-    const value = JSON.parse(body) as unknown;
-    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+    value = JSON.parse(body);
   } catch {
     return {};
   }
+  const repeated = repeatedMember(body);
+  if (repeated !== undefined) throw refuse(`the JSON document names the member ${JSON.stringify(repeated.slice(0, 64))} twice in one object`, 'form');
+  return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
 }
 
 const str = (v: unknown) => (typeof v === 'string' && v.length > 0 && v.length <= 2048 ? v : undefined);
+
+/** `/<account>/<queue>`, as a queue URL's path or an SQS query request's. */
+const QUEUE_PATH = /^\/(\d{12})\/([A-Za-z0-9_-]{1,80}(?:\.fifo)?)\/?$/;
 
 /** An SQS queue's ARN from its URL: exactly `<scheme>://<host>/<account>/<name>`, nothing after it. */
 function queueArn(url: string, input: AwsOperationInput): string {
@@ -100,7 +135,7 @@ function queueArn(url: string, input: AwsOperationInput): string {
   } catch {
     parsed = undefined;
   }
-  const match = parsed && !parsed.search && !parsed.hash ? /^\/(\d{12})\/([A-Za-z0-9_-]{1,80}(?:\.fifo)?)$/.exec(parsed.pathname) : null;
+  const match = parsed && !parsed.search && !parsed.hash ? QUEUE_PATH.exec(parsed.pathname) : null;
   if (!match) throw refuse(`QueueUrl ${JSON.stringify(url.slice(0, 200))} is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)`, 'QueueUrl');
   return `arn:${input.partition}:sqs:${input.region}:${match[1] ?? ''}:${match[2] ?? ''}`;
 }
@@ -222,7 +257,7 @@ const S3_BUCKET_SUBRESOURCES: Record<string, Partial<Record<string, string>>> = 
 };
 
 /** Query parameters of S3's plain operations (listing, versions, ranges, multipart parts, response overrides): none of them makes a request another operation. */
-const S3_PLAIN_PARAMETERS = new Set(['x-id', 'list-type', 'prefix', 'delimiter', 'max-keys', 'marker', 'continuation-token', 'start-after', 'encoding-type', 'fetch-owner', 'key-marker', 'version-id-marker', 'upload-id-marker', 'max-uploads', 'max-parts', 'part-number-marker', 'partNumber', 'uploadId', 'versionId', 'select-type']);
+const S3_PLAIN_PARAMETERS = new Set(['x-id', 'list-type', 'prefix', 'delimiter', 'max-keys', 'marker', 'continuation-token', 'start-after', 'encoding-type', 'fetch-owner', 'key-marker', 'version-id-marker', 'upload-id-marker', 'max-uploads', 'max-parts', 'part-number-marker', 'partNumber', 'uploadId', 'versionId', 'select-type', 'id']);
 
 /** Canned ACLs that grant no one beyond the bucket's owner. */
 const OWNER_ONLY_ACLS = new Set(['private', 'bucket-owner-full-control', 'bucket-owner-read']);
@@ -237,8 +272,8 @@ function refuseS3Extras(headers: Record<string, string>): void {
   const acl = headers['x-amz-acl'];
   if (acl !== undefined && !OWNER_ONLY_ACLS.has(acl)) throw refuse(`x-amz-acl ${JSON.stringify(acl.slice(0, 64))} grants access beyond the bucket's owner, which PutObjectAcl or PutBucketAcl decides: set it with that call`, 'x-amz-acl');
   for (const name of Object.keys(headers)) {
-    if (name.startsWith('x-amz-grant-') || name.startsWith('x-amz-object-lock-') || name === 'x-amz-bypass-governance-retention') {
-      throw refuse(`${name} needs a permission of its own beyond the call's action: set grants with PutObjectAcl, retention and legal holds with PutObjectRetention and PutObjectLegalHold`, name);
+    if (name.startsWith('x-amz-grant-') || name.startsWith('x-amz-object-lock-') || name === 'x-amz-bypass-governance-retention' || name === 'x-amz-bucket-object-lock-enabled' || name === 'x-amz-tagging') {
+      throw refuse(`${name} needs a permission of its own beyond the call's action: set grants with PutObjectAcl, tags with PutObjectTagging, retention and legal holds with PutObjectRetention and PutObjectLegalHold, object lock with PutBucketObjectLockConfiguration`, name);
     }
   }
 }
@@ -252,6 +287,7 @@ function s3Operation(input: AwsOperationInput): { action: string; resource: stri
   const bucket = safeDecode(rawBucket);
   const key = safeDecode(rawKey.join('/'));
   const s3 = (action: string) => `s3:${action}`;
+  if (bucket && !/^[A-Za-z0-9._-]{1,255}$/.test(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is not one S3 takes: letters, digits, '.', '-' and '_'`, 'path');
   if (!bucket) {
     if (input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} names no bucket: the chainwarden gateway takes path-style requests, /<bucket>/<key>`, 'path');
     return { action: s3(method === 'GET' ? 'ListAllMyBuckets' : `${method}Service`), resource: '*' };
@@ -279,9 +315,10 @@ function s3Operation(input: AwsOperationInput): { action: string; resource: stri
     if (method === 'GET') return { action: s3('ListMultipartUploadParts'), resource: objectArn };
     return { action: s3('PutObject'), resource: objectArn };
   }
-  const named = sub(S3_SUBRESOURCES);
-  if (named) return { action: s3(named), resource: objectArn };
   const versioned = query.has('versionId');
+  const named = sub(S3_SUBRESOURCES);
+  // A version's tags, ACL and attributes are IAM actions of their own (s3:GetObjectVersionTagging…).
+  if (named) return { action: s3(versioned && /^(Get|Put|Delete)Object(Tagging|Acl|Attributes)$/.test(named) ? named.replace('Object', 'ObjectVersion') : named), resource: objectArn };
   const plain: Partial<Record<string, string>> = versioned
     ? { GET: 'GetObjectVersion', HEAD: 'GetObjectVersion', DELETE: 'DeleteObjectVersion' }
     : { GET: 'GetObject', HEAD: 'GetObject', PUT: 'PutObject', DELETE: 'DeleteObject', POST: 'PutObject' };
@@ -348,7 +385,9 @@ export function awsOperation(input: AwsOperationInput): AwsOperation {
   const operation = operationName(form.get('Action') ?? query.get('Action') ?? '', 'Action');
   const params = (n: string) => str(form.get(n) ?? query.get(n));
   // An SQS query request may name its queue by its URL's path instead of QueueUrl; naming it both ways, it must be one queue.
-  const queuePath = input.service === 'sqs' ? /^\/(\d{12})\/([^/]+)$/.exec(input.path) : null;
+  const queuePath = input.service === 'sqs' ? QUEUE_PATH.exec(input.path) : null;
+  // Any other path AWS would normalise to a queue the hop did not name (`//acct/q`, `/acct/./q`).
+  if (input.service === 'sqs' && !queuePath && input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} is neither / nor /<account>/<queue>`, 'path');
   const byPath = queuePath ? `arn:${input.partition}:sqs:${input.region}:${queuePath[1] ?? ''}:${safeDecode(queuePath[2] ?? '')}` : undefined;
   const named = namedResource(input, params);
   if (byPath !== undefined && params('QueueUrl') !== undefined && byPath !== named) throw refuse('the request names one queue in its path and another in QueueUrl', 'QueueUrl');

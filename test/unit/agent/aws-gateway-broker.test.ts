@@ -199,6 +199,10 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     // The JSON document names the table: without it the call is not decided on `*`.
     const scan = await signed('dynamodb', 'POST', '/', { 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0' }, '{"TableName":"secrets"}');
     await expect(gateway.sign(who, parseSignRequest(scan))).rejects.toMatchObject({ code: 'aws_request_invalid', field: 'form' });
+    // An X-Amz-Target passed along unsigned is not what the broker decides on: it would not be signed on for AWS either.
+    const body = '{"TableName":"public"}';
+    const bare = await signed('dynamodb', 'POST', '/', {}, body);
+    await expect(gateway.sign(who, parseSignRequest({ ...bare, headers: { ...bare.headers, 'x-amz-target': 'DynamoDB_20120810.DeleteTable' }, form: body }))).rejects.toMatchObject({ code: 'aws_request_invalid', message: expect.stringContaining('names no dynamodb operation') as string });
     expect(decided.length).toBe(before);
     // The re-encoding the sidecar does make is signed.
     expect(await gateway.sign(who, parseSignRequest({ ...chunked, forward: reencoded }))).toMatchObject({ status: 200, body: { headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } } });
