@@ -70,11 +70,10 @@ const folded = (name: string) => name.toUpperCase().toLowerCase();
 export function resourceOf(template: string | undefined, args: McpArguments): string {
   if (!template) return '*';
   return template.replace(/\{([A-Za-z0-9_]+)\}/g, (_, name: string) => {
-    if (!Object.hasOwn(args, name)) {
-      const alike = Object.keys(args).find((key) => folded(key) === folded(name));
-      if (alike !== undefined) throw bad(`call.arguments.${alike}`, `is spelled like {${name}} in the system's resource template but is not it, and a server that matches argument names without case would read it as ${name}; send ${name}`);
-      return '';
-    }
+    // Beside the exact name too: a server that folds case may take either ({to, TO}: Go's encoding/json takes the last).
+    const alike = Object.keys(args).find((key) => key !== name && folded(key) === folded(name));
+    if (alike !== undefined) throw bad(`call.arguments.${alike}`, `is spelled like {${name}} in the system's resource template but is not it, and a server that matches argument names without case would read it as ${name}; send ${name} alone`);
+    if (!Object.hasOwn(args, name)) return '';
     const v = args[name];
     if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return String(v);
     throw bad(`call.arguments.${name}`, `is ${v === null ? 'null' : Array.isArray(v) ? 'a list' : 'an object'}, and the system's resource template names it ({${name}}): send one string, number or boolean, one call for each value`);
@@ -91,10 +90,11 @@ export function resourceOf(template: string | undefined, args: McpArguments): st
 export function attributesOf(args: McpArguments): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(args)) {
-    if (Object.keys(out).length >= MAX_HOP_ATTRIBUTES - 1) break;
     // `__proto__` and our own name are never an argument's attribute; the hash holds them.
     if (!/^[A-Za-z0-9_.:/-]{1,63}$/.test(k) || k === '__proto__' || k === ARGUMENTS_ATTRIBUTE) continue;
     if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') continue;
+    // Never some of them: a rule or an approver that reads `to` must see it, however many come before.
+    if (Object.keys(out).length >= MAX_HOP_ATTRIBUTES - 1) throw bad('call.arguments', `has more than ${MAX_HOP_ATTRIBUTES - 1} scalar arguments, more than a hop carries as attributes; pass them in fewer, nested ones`);
     const text = String(v);
     out[k] = text.length > MAX_PLAIN_ATTRIBUTE ? sha256(text) : text;
   }

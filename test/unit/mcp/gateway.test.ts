@@ -115,6 +115,10 @@ describe('reading the sidecar and the call', () => {
     expect(Object.values(attributes).filter((v) => v.length === 200).length).toBeGreaterThan(10);
     // What the broker takes: the hop parses, its action a tool name of up to 128 characters.
     expect(parseHopRequest({ tool: 'email', action: 'a'.repeat(128), resource: '*', attributes })).toMatchObject({ attributes: { to: 'boss@example.com' } });
+    // More scalar arguments than a hop carries: refused, never decided without the last of them.
+    expect(() => attributesOf({ ...Object.fromEntries(Array.from({ length: 49 }, (_, i) => [`a${i}`, i])), to: 'ceo@rival.example' })).toThrow(/more than 49 scalar arguments/);
+    // An argument spelled like the template's beside the exact one: a server folding case may take either.
+    expect(() => resourceOf('mail/{to}', { to: 'a@example.com', TO: 'b@rival.example' })).toThrow(/call\.arguments\.TO: is spelled like \{to\}/);
     const tooMany = Object.fromEntries(Array.from({ length: 45 }, (_, i) => [`a_rather_long_argument_name_of_sixty_characters_or_so_${String(i).padStart(4, '0')}`, 'v'.repeat(64)]));
     expect(() => attributesOf(tooMany)).toThrow(/call\.arguments: has more scalar arguments than a hop carries/);
   });
@@ -127,7 +131,6 @@ describe('reading the sidecar and the call', () => {
       { ...approved, cc: ['someone@elsewhere.example'] },
       { ...approved, 'reply to': 'someone@elsewhere.example' },
       JSON.parse('{"to":"boss@example.com","body":{"text":"the quarterly figures"},"__proto__":"someone@elsewhere.example"}') as Record<string, unknown>,
-      { ...approved, ...Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`a${i}`, i])) },
     ];
     for (const other of others) expect(digestOf(other), JSON.stringify(other)).not.toBe(digestOf(approved));
     expect(digestOf({ ...approved, copies: 1 })).not.toBe(digestOf({ ...approved, copies: '1' }));
