@@ -142,6 +142,10 @@ export function staticKeyViolations(pod: V1Pod): FieldViolation[] {
           violations.push({ field: `spec.${kind}[${i}].env[${j}]`, message: `${e.name} would give the agent ${what}; remove it: chainwarden issues per-task credentials through AWS_CONTAINER_CREDENTIALS_FULL_URI` });
         }
       });
+      // A privileged container reads the node, where the kubelet keeps the sidecar's pod token.
+      if (c.securityContext?.privileged === true) {
+        violations.push({ field: `spec.${kind}[${i}].securityContext.privileged`, message: "agent pods may not run privileged containers: one could read the sidecar's pod token from the node; remove privileged: true" });
+      }
       c.envFrom?.forEach((e, j) => {
         const [ref, source, single] = e.secretRef ? ['secretRef', `Secret ${e.secretRef.name}`, 'secretKeyRef'] : ['configMapRef', `ConfigMap ${e.configMapRef?.name ?? ''}`, 'configMapKeyRef'];
         violations.push({ field: `spec.${kind}[${i}].envFrom[${j}].${ref}`, message: `agent pods may not load a whole ${source} into the environment (it could hold AWS credential variables); reference the keys you need one by one with env[].valueFrom.${single}` });
@@ -158,6 +162,9 @@ export function staticKeyViolations(pod: V1Pod): FieldViolation[] {
   check(pod.spec?.ephemeralContainers, 'ephemeralContainers');
   pod.spec?.volumes?.forEach((v, i) => {
     if (v.name === TOKEN_VOLUME) return;
+    if (v.hostPath) {
+      violations.push({ field: `spec.volumes[${i}].hostPath`, message: `agent pods may not mount the node's file system (${v.hostPath.path}): the kubelet keeps the sidecar's pod token there; use an emptyDir, a ConfigMap or a PersistentVolumeClaim` });
+    }
     v.projected?.sources?.forEach((source, j) => {
       if (source.serviceAccountToken?.audience === BROKER_AUDIENCE) {
         violations.push({ field: `spec.volumes[${i}].projected.sources[${j}].serviceAccountToken.audience`, message: `a token for audience ${BROKER_AUDIENCE} is the sidecar's alone; remove this volume: app containers reach the broker through the sidecar` });

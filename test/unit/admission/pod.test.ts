@@ -159,8 +159,10 @@ describe('podInjectionPlugin', () => {
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostNetwork: true } }))).toMatch(/^spec\.hostNetwork: .*loopback listener would be reachable/);
   });
 
-  it('refuses a shared process namespace and the node\'s: through /proc an app container would read the pod token only the sidecar holds', async () => {
+  it('refuses a shared process namespace, the node\'s, its file system and privileged containers: each reaches the pod token only the sidecar holds', async () => {
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, shareProcessNamespace: true } }))).toMatch(/^spec\.shareProcessNamespace: .*pod token through \/proc/);
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostPID: true } }))).toMatch(/^spec\.hostPID: .*pod token would be readable/);
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, volumes: [...(pod.spec?.volumes ?? []), { name: 'node', hostPath: { path: '/var/lib/kubelet' } }] } }))).toMatch(/spec\.volumes\[\d+\]\.hostPath: agent pods may not mount the node's file system \(\/var\/lib\/kubelet\)/);
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, containers: [{ name: 'agent', image: 'x', securityContext: { privileged: true } }] } }))).toMatch(/^spec\.containers\[0\]\.securityContext\.privileged: agent pods may not run privileged containers/);
   });
 });
