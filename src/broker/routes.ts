@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { BROKER_AUDIENCE, endOf, RESERVED_AUDIENCES, SVID_POD_CLAIM } from '../api/task.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';

@@ -48,7 +48,9 @@ export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { hos
     // Node looks for overdue requests this often (30 s by default, longer than these timeouts).
     ...(limits.headersTimeoutMs === undefined && limits.requestTimeoutMs === undefined ? {} : { connectionsCheckingInterval: Math.min(1_000, limits.headersTimeoutMs ?? Infinity, limits.requestTimeoutMs ?? Infinity) }),
   };
-  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2', ...timeouts }, (req, res) => {
+  // With limits, the TLS handshake is bounded too (Node allows two minutes): they would start only after it.
+  const handshake = limits.headersTimeoutMs === undefined ? {} : { handshakeTimeout: limits.headersTimeoutMs };
+  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2', ...timeouts, ...handshake }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const handler = route(path);
     if (!handler) return sendError(res, new ChainwardenError('not_found', `no endpoint at ${path}`));

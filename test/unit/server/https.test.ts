@@ -1,3 +1,4 @@
+import net from 'node:net';
 import https from 'node:https';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -59,6 +60,29 @@ describe('serveHttps', () => {
 });
 
 describe('serveHttps limits', () => {
+  it('drops a connection that never starts its TLS handshake, within the headers timeout rather than Node\'s two minutes', async () => {
+    const authority = await CertificateAuthority.create('test-ca');
+    const material = await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
+    const limited = await serveHttps({ '/ok': (_req, res) => Promise.resolve(void res.end('{}')) }, material, { host: '127.0.0.1', port: 0 }, silentLogger(), { headersTimeoutMs: 300, requestTimeoutMs: 600 });
+    try {
+      const closed = await new Promise<boolean>((resolve, reject) => {
+        const socket = net.connect(limited.port, '127.0.0.1');
+        const giveUp = setTimeout(() => {
+          socket.destroy();
+          resolve(false);
+        }, 5_000);
+        socket.on('close', () => {
+          clearTimeout(giveUp);
+          resolve(true);
+        });
+        socket.on('error', reject);
+      });
+      expect(closed).toBe(true);
+    } finally {
+      await limited.close();
+    }
+  });
+
   it('drops a client that keeps its request headers coming (slowloris) once the headers timeout passes', async () => {
     const authority = await CertificateAuthority.create('test-ca');
     const material = await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
