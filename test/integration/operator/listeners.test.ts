@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import tls from 'node:tls';
 import { AdmissionregistrationV1Api } from '@kubernetes/client-node';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import { dripHeaders } from '../../builders/slow-client.js';
 import { brokerRequest } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create, rejection } from '../../env/kube.js';
@@ -87,20 +87,7 @@ describe('the broker listener is not held by clients that never finish a request
     const url = new URL(env.brokerUrl ?? '');
     const ca = await readFile(env.brokerCA ?? '', 'utf8');
     const started = performance.now();
-    const answer = await new Promise<string>((resolve, reject) => {
-      const socket = tls.connect({ host: url.hostname, port: Number(url.port), ca, servername: url.hostname }, () => {
-        socket.write('POST /v1/hops HTTP/1.1\r\nHost: broker\r\n');
-        // One more header line a second, never the blank line that ends them.
-        const drip = setInterval(() => socket.writable && socket.write('X-Slow: 1\r\n'), 1_000);
-        let text = '';
-        socket.on('data', (c: Buffer) => (text += c.toString()));
-        socket.on('close', () => {
-          clearInterval(drip);
-          resolve(text);
-        });
-      });
-      socket.on('error', reject);
-    });
+    const answer = await dripHeaders({ host: url.hostname, port: Number(url.port), ca, servername: url.hostname, path: '/v1/hops', everyMs: 1_000 });
     expect(answer).toMatch(/^HTTP\/1.1 408/);
     expect(performance.now() - started).toBeLessThan(15_000);
     expect((await brokerRequest(env, 'GET', '/healthz')).status).toBe(200);

@@ -1,11 +1,11 @@
 import net from 'node:net';
 import https from 'node:https';
-import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChainwardenError } from '../../../src/errors.js';
 import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { serveHttps, type RunningServer } from '../../../src/server/https.js';
+import { dripHeaders } from '../../builders/slow-client.js';
 
 let server: RunningServer;
 let ca: string;
@@ -89,20 +89,7 @@ describe('serveHttps limits', () => {
     const limited = await serveHttps({ '/ok': (_req, res) => Promise.resolve(void res.end('{}')) }, material, { host: '127.0.0.1', port: 0 }, silentLogger(), { headersTimeoutMs: 300, requestTimeoutMs: 600 });
     try {
       const started = performance.now();
-      const answer = await new Promise<string>((resolve, reject) => {
-        const socket = tls.connect({ host: '127.0.0.1', port: limited.port, ca: authority.certPem, servername: 'localhost' }, () => {
-          socket.write('POST /ok HTTP/1.1\r\nHost: localhost\r\n');
-          // One more header line every 100 ms, never the blank line that ends them.
-          const drip = setInterval(() => socket.writable && socket.write('X-Slow: 1\r\n'), 100);
-          let text = '';
-          socket.on('data', (c: Buffer) => (text += c.toString()));
-          socket.on('close', () => {
-            clearInterval(drip);
-            resolve(text);
-          });
-        });
-        socket.on('error', reject);
-      });
+      const answer = await dripHeaders({ host: '127.0.0.1', port: limited.port, ca: authority.certPem, servername: 'localhost', path: '/ok', everyMs: 100 });
       expect(answer).toMatch(/^HTTP\/1.1 408/);
       expect(performance.now() - started).toBeLessThan(3_000);
     } finally {
