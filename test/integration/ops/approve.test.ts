@@ -58,7 +58,7 @@ describe('approvals from the terminal, as the kubeconfig user', () => {
     expect(rejected.stdout).toMatch(/created: Reject hop .* as alice@example.com/);
     await expect.poll(async () => (await agent.poll(second)).body.decision, { timeout: 10_000 }).toBe('deny');
     const usage = await run(['approve'], { kubeconfig: alice, as: plugin });
-    expect(usage.stderr).toMatch(/kubectl chainwarden approve: use: kubectl chainwarden approve NAMESPACE\/TASK HOP/);
+    expect(usage.stderr).toMatch(/kubectl chainwarden approve: the task is missing: name the task with its namespace, e\.g\. support\/ticket-4711\nuse: kubectl chainwarden approve NAMESPACE\/TASK HOP/);
 
     const unknownTask = await run(['approve', `${namespace}/no-such-task`, second, '--reason', 'x'], { kubeconfig: alice });
     expect(unknownTask.code).toBe(1);
