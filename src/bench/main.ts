@@ -3,7 +3,7 @@
  * document to stdout and to bench-results.json, and a readable table to stderr.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -118,11 +118,34 @@ async function admission(broker: Broker, roleArn: string): Promise<LoadResult> {
   return load({ mode: 'closed', url: `${broker.webhookUrl}/validate`, method: 'POST', clients: [{ headers: {}, body: review('u1') }], ca: broker.ca, seconds: 5, concurrency: 1 });
 }
 
-async function bareServer(): Promise<{ url: string; child: ChildProcess }> {
-  const code = `const http=require('node:http');const s=http.createServer((q,r)=>{let n=0;q.on('data',c=>n+=c.length);q.on('end',()=>{const b=JSON.stringify({hopId:'h',decision:'allow',reasons:[],depth:1});r.writeHead(200,{'content-type':'application/json','content-length':Buffer.byteLength(b)});r.end(b);});});s.keepAliveTimeout=65000;s.listen(0,'127.0.0.1',()=>console.log(s.address().port));`;
-  const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * A Node server that answers every request with a fixed hop answer and does nothing else: the
+ * ceiling any Node server reaches on this machine with this load generator. Over TLS with the
+ * broker's certificate, as one process (one event loop, as the broker is) or as two (both cores).
+ */
+async function bareServer(options: { tls?: Serving; processes?: 1 | 2 } = {}): Promise<{ url: string; child: ChildProcess }> {
+  // Two processes share one listening socket (cluster), each accepting its own connections.
+  const code = `const cluster=require('node:cluster');const fs=require('node:fs');const tls=process.env.BARE_KEY;
+if(cluster.isPrimary&&Number(process.env.BARE_PROCESSES)>1){cluster.schedulingPolicy=cluster.SCHED_NONE;let up=0;for(let i=0;i<2;i++)cluster.fork().on('listening',(a)=>{if(++up===2)console.log(a.port);});}
+else{const handle=(q,r)=>{q.resume();q.on('end',()=>{const b=JSON.stringify({hopId:'h',decision:'allow',reasons:[],depth:1});r.writeHead(200,{'content-type':'application/json','content-length':Buffer.byteLength(b)});r.end(b);});};
+const s=tls?require('node:https').createServer({key:fs.readFileSync(tls),cert:fs.readFileSync(process.env.BARE_CERT)},handle):require('node:http').createServer(handle);s.keepAliveTimeout=65000;s.listen(0,'127.0.0.1',()=>{if(cluster.isPrimary)console.log(s.address().port);});}`;
+  const env = { ...process.env, BARE_PROCESSES: String(options.processes ?? 1), ...(options.tls ? { BARE_KEY: options.tls.key, BARE_CERT: options.tls.cert } : {}) };
+  // A file, not -e: cluster forks its workers from the primary's script.
+  const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'bench-bare-')), 'bare.cjs');
+  await writeFile(file, code);
+  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'inherit'], env });
   const port = await new Promise<string>((r) => child.stdout?.once('data', (c: Buffer) => r(c.toString().trim())));
-  return { url: `http://127.0.0.1:${port}`, child };
+  return { url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`, child };
+}
+
+/** A bare Node HTTPS server's most, closed loop as the broker's and OPA's runs are. */
+async function bareMaxOver(serving: Serving, processes: 1 | 2, body: string, ca: string): Promise<LoadResult> {
+  const bare = await bareServer({ tls: serving, processes });
+  try {
+    return await load({ mode: 'closed', url: `${bare.url}/v1/hops`, method: 'POST', clients: [{ headers: {}, body }], ca, seconds: 5, concurrency: 32 });
+  } finally {
+    bare.child.kill();
+  }
 }
 
 async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleArn: string, serving: Serving) {
@@ -148,6 +171,8 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
     const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
     const max = await load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 });
     const opaMax = await load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 });
+    // What a Node server that decides nothing reaches over the same TLS, one process and two: the ceiling the OPA ratio is read against.
+    const bareTls = { one: await bareMaxOver(serving, 1, body, broker.ca), two: await bareMaxOver(serving, 2, body, broker.ca) };
     return {
       fixedRate: fixed,
       /** CPU the API server used per second of the 1,000/s run (1,000 ms is one core). */
@@ -160,6 +185,11 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       maxThroughput: max,
       opaMaxThroughput: opaMax,
       ratioToOpa: Math.round((max.ratePerSecond / opaMax.ratePerSecond) * 1000) / 1000,
+      bareHttpsMax: bareTls.one,
+      bareHttpsTwoProcessesMax: bareTls.two,
+      /** The same ratio for a Node HTTPS server that does no work at all: above 1 only if OPA's figure is in a Node server's reach. */
+      bareHttpsRatioToOpa: Math.round((bareTls.one.ratePerSecond / opaMax.ratePerSecond) * 1000) / 1000,
+      bareHttpsTwoProcessesRatioToOpa: Math.round((bareTls.two.ratePerSecond / opaMax.ratePerSecond) * 1000) / 1000,
       bareHttpMax: bareMax,
       bareHttpFixedRate: bareFixed,
       throughputShareOfBare: Math.round((max.ratePerSecond / bareMax.ratePerSecond) * 1000) / 1000,
@@ -309,6 +339,8 @@ function table(r: Results): string {
     row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  errors ${h.throughSidecarFixedRate.errors}`),
     row('OPA, same rules in Rego, max throughput (32 clients)', `${h.opaMaxThroughput.ratePerSecond}/s  p50 ${h.opaMaxThroughput.p50Ms} ms  p99 ${h.opaMaxThroughput.p99Ms} ms`),
     row('broker max throughput ÷ OPA\'s (goal ≥ 1)', `${h.ratioToOpa}`),
+    row('bare node:https, one process, ÷ OPA\'s', `${h.bareHttpsRatioToOpa} (${h.bareHttpsMax.ratePerSecond}/s)`),
+    row('bare node:https, two processes, ÷ OPA\'s', `${h.bareHttpsTwoProcessesRatioToOpa} (${h.bareHttpsTwoProcessesMax.ratePerSecond}/s)`),
     row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.ratePerSecond}/s  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms`),
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
