@@ -86,26 +86,43 @@ function safeDecode(s: string): string {
  */
 function repeatedMember(text: string): string | undefined {
   const objects: (Set<string> | undefined)[] = [];
-  for (let i = 0; i < text.length; i++) {
+  // Jumps from one structural character to the next, and over each string in one search: a
+  // document of megabytes is read at the speed of indexOf, not a character at a time.
+  const structural = /[{}[\]"]/g;
+  for (let found = structural.exec(text); found !== null; found = structural.exec(text)) {
+    const i = found.index;
     const c = text[i];
     if (c === '{') objects.push(new Set());
     else if (c === '[') objects.push(undefined);
     else if (c === '}' || c === ']') objects.pop();
-    else if (c === '"') {
-      let end = i + 1;
-      while (end < text.length && text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+    else {
+      const end = closingQuote(text, i);
+      if (end < 0) return undefined;
+      structural.lastIndex = end + 1;
       let next = end + 1;
       while (next < text.length && ' \t\r\n'.includes(text[next] ?? '')) next++;
       const members = objects.at(-1);
       if (text[next] === ':' && members) {
-        const name = JSON.parse(text.slice(i, end + 1)) as string;
+        const raw = text.slice(i + 1, end);
+        const name = raw.includes('\\') ? (JSON.parse(text.slice(i, end + 1)) as string) : raw;
         if (members.has(name)) return name;
         members.add(name);
       }
-      i = end;
     }
   }
   return undefined;
+}
+
+/** Where the string that opens at `open` ends: the next quote not escaped by an odd run of backslashes. */
+function closingQuote(text: string, open: number): number {
+  let end = text.indexOf('"', open + 1);
+  for (;;) {
+    if (end < 0) return end;
+    let slashes = 0;
+    while (text[end - 1 - slashes] === '\\') slashes++;
+    if (slashes % 2 === 0) return end;
+    end = text.indexOf('"', end + 1);
+  }
 }
 
 /** A JSON-protocol document; one that is not JSON names no resource, and AWS refuses it too. */

@@ -84,6 +84,40 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
     expect(answer).toMatch(message);
   });
 
+  it('a JSON document naming a member twice in any object, at any depth, spelled or spaced otherwise, is refused; one without is decided (fuzzed)', () => {
+    type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+    const name = fc.string({ maxLength: 6, unit: 'binary' });
+    const { node } = fc.letrec<{ node: Json }>((tie) => ({
+      node: fc.oneof({ depthSize: 'small' }, fc.constantFrom<Json>(null, true, 0, 'v', '\\"'), fc.array(tie('node'), { maxLength: 3 }), fc.dictionary(name, tie('node'), { maxKeys: 4 })),
+    }));
+    // Every character of a name as \uXXXX: the same member to JSON.parse, another spelling to a scanner.
+    const escaped = (key: string) => `"${key.split('').map((ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"`;
+    fc.assert(
+      fc.property(fc.dictionary(name, node, { maxKeys: 4 }), fc.nat(), fc.constantFrom('', ' ', '\n\t'), (members, pick, space) => {
+        let objects = 0;
+        let repeated: string | undefined;
+        const render = (value: Json): string => {
+          if (Array.isArray(value)) return `[${space}${value.map(render).join(`,${space}`)}]`;
+          if (value === null || typeof value !== 'object') return JSON.stringify(value);
+          const keys = Object.keys(value);
+          const parts = keys.map((k) => `${JSON.stringify(k)}${space}:${space}${render(value[k] ?? null)}`);
+          const first = keys[0];
+          if (objects++ === pick % 8 && first !== undefined) {
+            repeated = first;
+            parts.push(`${escaped(first)}${space}:${space}null`);
+          }
+          return `{${space}${parts.join(`,${space}`)}}`;
+        };
+        const body = render({ TableName: 'orders', ...members });
+        expect(() => JSON.parse(body) as unknown).not.toThrow();
+        const run = () => op({ service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.DescribeTable' }, body });
+        if (repeated === undefined) expect(run().resource).toBe('arn:aws:dynamodb:us-east-1:123456789012:table/orders');
+        else expect(refusal(run)).toContain(`names the member ${JSON.stringify(repeated.slice(0, 64))} twice`);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
   it('never decides a request it does not refuse on anything but the one operation its markers name (fuzzed)', () => {
     const marker = fc.constantFrom('', 'x.DeleteTable', 'DynamoDB_20120810.GetItem');
     fc.assert(
