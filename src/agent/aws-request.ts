@@ -1,5 +1,5 @@
 import type { ChunkedOutput } from '../aws/aws-chunked.js';
-import type { AwsSignRequest } from '../aws/sign-api.js';
+import { MAX_SIGN_FORM_BYTES, type AwsSignRequest } from '../aws/sign-api.js';
 import { ALGORITHM, parseAuthorization, type AuthorizationHeader } from '../aws/sigv4.js';
 import { ChainwardenError } from '../errors.js';
 import { protocolOf, type AwsProtocol } from './aws-errors.js';
@@ -40,7 +40,7 @@ export const AWS_LIMITS = {
    * A body that names the operation or its resource (a query-protocol form, a JSON-protocol
    * document) goes to the broker, which derives the hop from it: at most this, the broker's bound.
    */
-  maxForm: 64 * 1024,
+  maxForm: MAX_SIGN_FORM_BYTES,
 };
 
 /** Signing services whose x-amz-content-sha256 AWS checks against the body, so the body can stream without being hashed here. */

@@ -89,7 +89,12 @@ export class BrokerClient {
 
   /** A JSON call whose answer is read whole, up to `limit` bytes. */
   requestJson(path: string, value: unknown, limit: number): Promise<{ status: number; body: unknown }> {
-    return this.json({ method: 'POST', path, body: Buffer.from(JSON.stringify(value)), contentType: 'application/json' }, limit);
+    return this.postJson(path, Buffer.from(JSON.stringify(value)), limit);
+  }
+
+  /** A POST of JSON already serialized (so that its size could be checked first), its answer read whole up to `limit` bytes. */
+  postJson(path: string, body: Buffer, limit: number): Promise<{ status: number; body: unknown }> {
+    return this.json({ method: 'POST', path, body, contentType: 'application/json' }, limit);
   }
 
   /** A GET whose JSON answer is read whole, up to `limit` bytes. */

@@ -7,11 +7,10 @@ import type { Clock } from '../runtime/clock.js';
 import { awsOperation } from './operations.js';
 import type { Placeholders } from './placeholders.js';
 import { amzDateOf, parseAmzDate, parseAuthorization, sha256Hex, signatureOf, verifySignature } from './sigv4.js';
-import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from './sign-api.js';
+import { MAX_SIGN_FORM_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from './sign-api.js';
 
 /** How far an SDK's X-Amz-Date may be from the broker's clock, as AWS allows. */
 const MAX_SKEW_MS = 15 * 60_000;
-const MAX_FORM_CHARS = 64 * 1024;
 /** Headers the broker sets for the real endpoint; the SDK's values of them are never signed on. */
 const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host', 'x-amz-content-sha256']);
 
@@ -70,7 +69,7 @@ export class AwsGateway {
     }
     if (request.forward !== undefined) checkForward(request.payloadHash, signed, request.forward);
     if (request.form !== undefined) {
-      if (request.form.length > MAX_FORM_CHARS) throw new ChainwardenError('aws_request_invalid', `the request body passed on is longer than ${MAX_FORM_CHARS} characters`, { field: 'form' });
+      if (request.form.length > MAX_SIGN_FORM_BYTES) throw new ChainwardenError('aws_request_invalid', `the request body passed on is longer than ${MAX_SIGN_FORM_BYTES} characters`, { field: 'form' });
       if (sha256Hex(request.form) !== request.payloadHash) throw new ChainwardenError('aws_request_invalid', 'the request body passed on is not the body the SDK signed', { field: 'form' });
     }
     if (auth.region !== this.deps.region && auth.service !== 'iam') {
@@ -192,7 +191,7 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
     headers: headerMap('headers', b.headers, false) as Record<string, string>,
     payloadHash: text('payloadHash', 128) ?? '',
   };
-  const form = text('form', MAX_FORM_CHARS, true);
+  const form = text('form', MAX_SIGN_FORM_BYTES, true);
   if (form !== undefined) request.form = form;
   if (b.forward !== undefined) {
     const f = b.forward as Record<string, unknown> | null;

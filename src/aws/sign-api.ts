@@ -8,6 +8,21 @@
  * session. The session's secret never leaves the broker.
  */
 
+/**
+ * The most of a query- or JSON-protocol body the sidecar passes on and the broker reads. AWS's own
+ * limits on one call fit, with their encoding: an SQS message or a Kinesis record of 1 MiB (a
+ * record is base64), an SNS message of 256 KiB form-encoded, a DynamoDB item of 400 KB. Larger
+ * batches (`BatchWriteItem` up to 16 MB, `TransactWriteItems` up to 4 MB) do not.
+ */
+export const MAX_SIGN_FORM_BYTES = 2 * 1024 * 1024;
+
+/**
+ * The most a sign request may take on the wire: a form of `MAX_SIGN_FORM_BYTES` with its quotes
+ * and backslashes escaped, and the headers beside it. The sidecar measures the request before
+ * sending it and refuses a body whose escaping would take it past this.
+ */
+export const MAX_SIGN_REQUEST_BYTES = 2 * MAX_SIGN_FORM_BYTES + 160 * 1024;
+
 /** The request as the SDK sent it to the sidecar. */
 export interface AwsSignRequest {
   /** The SDK's `Authorization` header (AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…). */
@@ -26,7 +41,7 @@ export interface AwsSignRequest {
   payloadHash: string;
   /**
    * Query protocol (a form-encoded POST body) and JSON protocol (`x-amz-target`): the body
-   * itself, at most 64 KiB, so the broker reads `Action`, `TableName`, `QueueUrl`… from what it
+   * itself, at most `MAX_SIGN_FORM_BYTES`, so the broker reads `Action`, `TableName`, `QueueUrl`… from what it
    * signs (its hash is `payloadHash`). The sidecar refuses such calls with larger bodies rather
    * than let the broker decide them on `*`.
    */

@@ -14,6 +14,7 @@ import { parseHopId } from './hopids.js';
 import type { HopService } from './hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { parseSignRequest, type AwsGateway } from '../aws/gateway.js';
+import { MAX_SIGN_REQUEST_BYTES } from '../aws/sign-api.js';
 import { parseForwardRequest, type McpGateway } from '../mcp/gateway.js';
 
 export interface BrokerDeps {
@@ -207,8 +208,6 @@ function gatewayRoute<R>(deps: BrokerDeps, maxBytes: number, parse: (body: unkno
   };
 }
 
-/** POST /v1/aws/sign: the signed headers and, for the query protocol, the form body. */
-const MAX_SIGN_BYTES = 160 * 1024;
 /** POST /v1/mcp/forward: a call's name and arguments ride along; the rest of an MCP message never comes here. */
 const MAX_FORWARD_BYTES = 256 * 1024;
 
@@ -223,7 +222,7 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
     // The sidecar's AWS listener asks whether to send an SDK's call, and how it is signed.
-    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, MAX_SIGN_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
+    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, MAX_SIGN_REQUEST_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
     // The sidecar's MCP gateway asks where a message goes, and for tools/call whether it may.
     ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
     '/keys': published(() => deps.issuer.jwks()),

@@ -8,7 +8,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { SignatureV4 } from '@smithy/signature-v4';
 import type { HttpRequest, SourceData } from '@smithy/types';
-import type { AwsSignAnswer, AwsSignRefusal, AwsSignRequest } from '../../src/aws/sign-api.js';
+import { MAX_SIGN_REQUEST_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from '../../src/aws/sign-api.js';
 import { ensureMoto } from '../../src/controlplane/assets.js';
 import { startStsEmulator } from '../../src/controlplane/moto.js';
 import { parseAuthorization } from '../../src/aws/sigv4.js';
@@ -104,7 +104,7 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
   const server = await serveHttps(
     {
       '/v1/aws/sign': async (req, res) => {
-        const request = (await readJson(req, 1024 * 1024)) as AwsSignRequest;
+        const request = (await readJson(req, MAX_SIGN_REQUEST_BYTES)) as AwsSignRequest;
         calls.push({ request, bearer: req.headers.authorization });
         if (req.headers.authorization !== `Bearer ${podToken}`) return sendJson(res, 401, { error: { code: 'unauthenticated', message: 'the pod token is not valid' } });
         const parsed = parseAuthorization(request.authorization);

@@ -64,6 +64,7 @@ async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, name
     { name: 'agent-bucket', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:CreateBucket', 's3:PutObject', 's3:GetObject', 's3:ListBucket'], resources: [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/*`] },
     { name: 'never-delete-objects', effect: 'Deny', tools: ['aws:s3'], actions: ['s3:DeleteObject'] },
     { name: 'outbox-needs-a-human', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: [`arn:aws:s3:::${bucket}/outbox/*`] },
+    { name: 'agent-table', effect: 'Allow', tools: ['aws:dynamodb'], actions: ['dynamodb:CreateTable', 'dynamodb:PutItem', 'dynamodb:GetItem'], resources: [`arn:aws:dynamodb:us-east-1:${ACCOUNT}:table/${bucket}`] },
   ];
   await create(admin, policy);
   await createServiceAccount(admin, namespace, 'support-agent');
@@ -126,6 +127,32 @@ describe('every AWS call is a hop: the signing gateway', () => {
       const before = await gets();
       await expect.poll(async () => (await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'notes/4711.txt' })).name, { timeout: 10_000 }).toBe('AccessDenied');
       expect(await gets()).toBe(before);
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('a DynamoDB item of 350 KB goes through: the broker reads the whole document to decide it on its table, and AWS gets it signed with the session', async ({ admin, env, namespace }) => {
+    const table = `agent-data-${namespace}`;
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, table);
+    try {
+      const key = { id: { S: 'ticket-4711' } };
+      expect(await agent.call('dynamodb', 'CreateTable', { TableName: table, KeySchema: [{ AttributeName: 'id', KeyType: 'HASH' }], AttributeDefinitions: [{ AttributeName: 'id', AttributeType: 'S' }], BillingMode: 'PAY_PER_REQUEST' })).toMatchObject({ ok: true });
+      const transcript = 'the customer said: "refund, please"\n'.repeat(10_000);
+      expect(transcript.length).toBeGreaterThan(350_000);
+      expect(await agent.call('dynamodb', 'PutItem', { TableName: table, Item: { ...key, transcript: { S: transcript } } })).toMatchObject({ ok: true });
+      const got = await agent.call('dynamodb', 'GetItem', { TableName: table, Key: key });
+      expect((got.out as { Item?: { transcript?: { S?: string } } } | undefined)?.Item?.transcript?.S).toBe(transcript);
+
+      const session = (await readTask(admin, namespace, 'ticket-4711'))?.status?.credentials?.sessions?.[0];
+      const puts = (await reachedAws(env)).filter((r) => r.headers['x-amz-target'] === 'DynamoDB_20120810.PutItem' && r.headers.authorization?.includes(`Credential=${session?.accessKeyId ?? '?'}/`));
+      expect(puts).toHaveLength(1);
+      expect(Number(puts[0]?.headers['content-length'])).toBeGreaterThan(350_000);
+      // Decided as a hop on the table the document names, like any other call.
+      const task = await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.chain?.hopCount ?? 0) >= 3);
+      expect(task.status?.chain?.systemsTouched).toContain('aws:dynamodb');
+      expect(task.status?.hops).toMatchObject({ allowed: 3 });
     } finally {
       agent.stop();
       await sidecar.stop();

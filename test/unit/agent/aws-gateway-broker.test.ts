@@ -11,6 +11,7 @@ import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js'
 import type { AgentTask } from '../../../src/api/schema.js';
 import { GatewayHops } from '../../../src/broker/gateway-hops.js';
 import { AwsGateway, parseSignRequest } from '../../../src/aws/gateway.js';
+import { MAX_SIGN_FORM_BYTES } from '../../../src/aws/sign-api.js';
 import { Placeholders } from '../../../src/aws/placeholders.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
 import type { HopAnswer, HopRequest } from '../../../src/broker/hops.js';
@@ -203,6 +204,8 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     const body = '{"TableName":"public"}';
     const bare = await signed('dynamodb', 'POST', '/', {}, body);
     await expect(gateway.sign(who, parseSignRequest({ ...bare, headers: { ...bare.headers, 'x-amz-target': 'DynamoDB_20120810.DeleteTable' }, form: body }))).rejects.toMatchObject({ code: 'aws_request_invalid', message: expect.stringContaining('names no dynamodb operation') as string });
+    // A document past what the broker reads is refused by name, never decided on the part that fits.
+    expect(() => parseSignRequest({ ...scan, form: `{"TableName":"secrets","pad":"${'x'.repeat(MAX_SIGN_FORM_BYTES)}"}` })).toThrow(expect.objectContaining({ code: 'aws_request_invalid', field: 'form' }));
     expect(decided.length).toBe(before);
     // The re-encoding the sidecar does make is signed.
     expect(await gateway.sign(who, parseSignRequest({ ...chunked, forward: reencoded }))).toMatchObject({ status: 200, body: { headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } } });

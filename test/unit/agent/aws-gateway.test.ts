@@ -389,7 +389,7 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     expect(query.body).toMatch(/^<ErrorResponse><Error><Type>Sender<\/Type><Code>MissingAuthenticationToken<\/Code>/);
   });
 
-  it('a DynamoDB body whose claimed hash is not its own, and one past the 64 KiB the broker reads, are refused before the broker', async () => {
+  it('a DynamoDB body whose claimed hash is not its own, one past the 2 MiB the broker reads, and one that escapes past the broker\'s bound are refused before the broker', async () => {
     const before = sent();
     const auth = `AWS4-HMAC-SHA256 Credential=${PLACEHOLDER.accessKeyId}/20261121/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-target, Signature=${'0'.repeat(64)}`;
     const headers = { authorization: auth, 'x-amz-date': '20261121T081159Z', 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0' };
@@ -403,6 +403,10 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     // The rest of the refused body was drained: the same connection answers the next request.
     const next = await raw({ path: '/gw-bucket/k', headers: {} });
     expect(next).toMatchObject({ status: 403, reusedSocket: true });
+    // Within 2 MiB, but control characters escape to six bytes each on the way to the broker: refused here, named, not cut off there.
+    const escaping = await raw({ method: 'POST', path: '/', headers: { ...headers, authorization: auth.replace('x-amz-content-sha256;', '') }, body: [Buffer.alloc(800 * 1024, 0x01)] });
+    expect(escaping.status).toBe(413);
+    expect(JSON.parse(escaping.body)).toMatchObject({ __type: 'RequestEntityTooLarge', message: expect.stringContaining('escaped as JSON') as unknown });
     expect(since(before)).toEqual({ broker: [], aws: [] });
   });
 

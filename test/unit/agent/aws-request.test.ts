@@ -62,14 +62,14 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
   it('JSON protocol (DynamoDB): the body is held, hashed, the SDK\'s hash checked against it, and shown to the broker', () => {
     const plan = planAwsRequest(head('POST', '/', { authorization: auth('dynamodb', 'content-type;host;x-amz-date;x-amz-target'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'content-type': 'application/x-amz-json-1.0', 'content-length': '41', 'x-amz-content-sha256': EMPTY }));
     expect(plan.protocol).toBe('json');
-    expect(plan.body).toEqual({ kind: 'buffer', maxBytes: 64 * 1024, form: true, declaredHash: EMPTY });
+    expect(plan.body).toEqual({ kind: 'buffer', maxBytes: 2 * 1024 * 1024, form: true, declaredHash: EMPTY });
     expect(plan.sign.payloadHash).toBeUndefined();
   });
 
   it('query protocol (STS): the form goes to the broker', () => {
     const plan = planAwsRequest(head('POST', '/', { authorization: auth('sts', 'content-type;host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded; charset=utf-8', 'content-length': '43' }));
     expect(plan.protocol).toBe('query');
-    expect(plan.body).toMatchObject({ kind: 'buffer', form: true, maxBytes: 64 * 1024 });
+    expect(plan.body).toMatchObject({ kind: 'buffer', form: true, maxBytes: 2 * 1024 * 1024 });
   });
 
   it('repeated signed headers are one comma-joined value, as SigV4 canonicalizes them', () => {
@@ -94,9 +94,9 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
     ['garbage as payload hash', s3Put('not-a-hash'), 'aws_request_invalid'],
     ['signed aws-chunked without its decoded length', s3Put('STREAMING-AWS4-HMAC-SHA256-PAYLOAD', { 'x-amz-decoded-content-length': '-1' }), 'aws_request_invalid'],
     ['UNSIGNED-PAYLOAD to a service that hashes the body itself', head('POST', '/', { authorization: auth('dynamodb'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' }), 'aws_request_invalid'],
-    ['a DynamoDB body over 64 KiB', head('POST', '/', { authorization: auth('dynamodb', 'host;x-amz-date'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'content-length': String(64 * 1024 + 1) }), 'body_too_large'],
+    ['a DynamoDB body over 2 MiB', head('POST', '/', { authorization: auth('dynamodb', 'host;x-amz-date'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'content-length': String(2 * 1024 * 1024 + 1) }), 'body_too_large'],
     ['a REST-JSON body (Lambda) over 16 MiB', head('POST', '/2015-03-31/functions/f/invocations', { authorization: auth('lambda', 'host;x-amz-date'), 'content-length': String(16 * 1024 * 1024 + 1) }), 'body_too_large'],
-    ['a form over 64 KiB', head('POST', '/', { authorization: auth('sts', 'host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(64 * 1024 + 1) }), 'body_too_large'],
+    ['a form over 2 MiB', head('POST', '/', { authorization: auth('sts', 'host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(2 * 1024 * 1024 + 1) }), 'body_too_large'],
     ['headers over 16 KiB', { ...head('GET', '/bkt/k', { authorization: auth('s3') }), headerBytes: 16 * 1024 + 1 }, 'aws_headers_too_large'],
   ])('%s is refused (%s)', (_name, h, code) => {
     expect(refusal(h)).toBe(code);
