@@ -89,6 +89,12 @@ export function planAwsRequest(head: AwsRequestHead): AwsRequestPlan {
     // Repeated headers are one comma-separated value in SigV4's canonical form.
     signed[name] = values.join(',');
   }
+  // S3 refuses x-amz-* headers its signature does not cover. Passed on without them, a copy would
+  // go as an empty PutObject and an encrypted upload as a plain one: refused here as S3 would.
+  if (HASH_CHECKING_SERVICES.has(authorization.service)) {
+    const unsigned = Object.keys(head.headers).filter((name) => name.startsWith('x-amz-') && !authorization.signedHeaders.includes(name));
+    if (unsigned.length > 0) throw invalid(`the request has x-amz- headers its signature does not cover (${unsigned.slice(0, 4).join(', ')}), which S3 refuses: sign every x-amz- header`, unsigned[0]);
+  }
   const { body, payloadHash, forward } = payloadPlan(head, authorization, protocol);
   return {
     protocol,

@@ -12,8 +12,12 @@ function head(method: string, url: string, headers: Record<string, string | stri
   return { method, url, headers: Object.fromEntries(Object.entries(all).map(([k, v]) => [k, Array.isArray(v) ? v : [v]])), headerBytes: 900 };
 }
 
-const s3Put = (contentSha: string, extra: Record<string, string> = {}) =>
-  head('PUT', '/bkt/a/b%20c.txt?x-id=PutObject', { authorization: auth('s3', `content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length`), 'x-amz-content-sha256': contentSha, 'content-encoding': 'aws-chunked', 'x-amz-decoded-content-length': '100', ...extra });
+/** An S3 PUT as an SDK signs it: every header it sends signed, `extra` too. */
+const s3Put = (contentSha: string, extra: Record<string, string> = {}) => {
+  const headers = { 'x-amz-content-sha256': contentSha, 'content-encoding': 'aws-chunked', 'x-amz-decoded-content-length': '100', ...extra };
+  const signed = ['host', 'x-amz-date', ...Object.keys(headers)].sort().join(';');
+  return head('PUT', '/bkt/a/b%20c.txt?x-id=PutObject', { authorization: auth('s3', signed), ...headers });
+};
 
 const refusal = (h: AwsRequestHead) => {
   try {
@@ -97,6 +101,8 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
     ['a DynamoDB body over 2 MiB', head('POST', '/', { authorization: auth('dynamodb', 'host;x-amz-date'), 'x-amz-target': 'DynamoDB_20120810.PutItem', 'content-length': String(2 * 1024 * 1024 + 1) }), 'body_too_large'],
     ['a REST-JSON body (Lambda) over 16 MiB', head('POST', '/2015-03-31/functions/f/invocations', { authorization: auth('lambda', 'host;x-amz-date'), 'content-length': String(16 * 1024 * 1024 + 1) }), 'body_too_large'],
     ['a form over 2 MiB', head('POST', '/', { authorization: auth('sts', 'host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(2 * 1024 * 1024 + 1) }), 'body_too_large'],
+    ['an S3 request with an x-amz- header its signature does not cover (S3 refuses it; dropped, a copy would be an empty PutObject)', head('PUT', '/bkt/k', { authorization: auth('s3'), 'x-amz-content-sha256': EMPTY, 'x-amz-copy-source': 'customers/4711.json' }), 'aws_request_invalid'],
+    ['an S3 request with an unsigned x-amz-server-side-encryption (dropped, the object would be stored unencrypted)', head('PUT', '/bkt/k', { authorization: auth('s3'), 'x-amz-content-sha256': EMPTY, 'x-amz-server-side-encryption': 'aws:kms' }), 'aws_request_invalid'],
     ['headers over 16 KiB', { ...head('GET', '/bkt/k', { authorization: auth('s3') }), headerBytes: 16 * 1024 + 1 }, 'aws_headers_too_large'],
   ])('%s is refused (%s)', (_name, h, code) => {
     expect(refusal(h)).toBe(code);
