@@ -1,3 +1,4 @@
+import { MAX_HOP_ATTRIBUTE } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import type { GatewayHops } from '../broker/gateway-hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
@@ -81,8 +82,18 @@ export class AwsGateway {
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers: signed, body: request.form });
     // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
     const attributes: Record<string, string> = /^[0-9a-f]{64}$/.test(request.payloadHash) ? { payloadSha256: request.payloadHash } : {};
-    const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes };
-    const verdict = await this.deps.hops.decide(who, hop, `${operation.action} on ${operation.resource}`, 'retry the call once an AgentApproval for it exists');
+    const retry = 'retry the call once an AgentApproval for it exists';
+    // A copy is two hops: the read of its source, then the write it is the parent of. Each names the other, so approving one copy releases no other.
+    let parentHop: string | undefined;
+    if (operation.reads) {
+      const read = { tool: operation.tool, action: operation.reads.action, resource: operation.reads.resource, intent: '', attributes: { copyTo: attributeValue(operation.resource) } };
+      const verdict = await this.deps.hops.decide(who, read, `${read.action} on ${read.resource} (the source of a copy)`, retry);
+      if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
+      parentHop = verdict.answer.hopId;
+      attributes.copySource = attributeValue(operation.reads.resource);
+    }
+    const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes, ...(parentHop ? { parentHop } : {}) };
+    const verdict = await this.deps.hops.decide(who, hop, `${operation.action} on ${operation.resource}`, retry);
     if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
     const answer = verdict.answer;
     const session = await this.deps.credentials.credentials(who, credential);
@@ -200,6 +211,11 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
     request.forward = { payloadHash: f.payloadHash, headers: headerMap('forward.headers', f.headers ?? {}, true) };
   }
   return request;
+}
+
+/** A resource as a hop attribute: as it is when it fits one, else its hash. */
+function attributeValue(resource: string): string {
+  return resource.length <= MAX_HOP_ATTRIBUTE ? resource : `sha256:${sha256Hex(resource)}`;
 }
 
 function lowercase<T>(headers: Record<string, T>): Record<string, T> {

@@ -33,6 +33,11 @@ export interface AwsOperation {
   action: string;
   resource: string;
   protocol: Protocol;
+  /**
+   * What the call reads besides, decided first as a hop of its own on the same tool: the source
+   * object of an S3 copy (CopyObject, UploadPartCopy), whose destination is `resource`.
+   */
+  reads?: { action: string; resource: string };
 }
 
 /**
@@ -280,12 +285,11 @@ const S3_PLAIN_PARAMETERS = new Set(['x-id', 'list-type', 'prefix', 'delimiter',
 const OWNER_ONLY_ACLS = new Set(['private', 'bucket-owner-full-control', 'bucket-owner-read']);
 
 /**
- * Headers that make an S3 call do more than its action: a copy reads a second object, and ACLs,
- * grants and object locks need permissions of their own. A hop has one action and one resource,
- * so such calls are refused, each naming the call to use instead.
+ * Headers that make an S3 call do more than its action: ACLs, grants and object locks need
+ * permissions of their own. A hop has one action and one resource, so such calls are refused,
+ * each naming the call to use instead. (A copy's source is a hop of its own: `copySource`.)
  */
 function refuseS3Extras(headers: Record<string, string>): void {
-  if (headers['x-amz-copy-source'] !== undefined) throw refuse('a copy (x-amz-copy-source) reads another object as well, which would be a second hop: GetObject the source, then PutObject it', 'x-amz-copy-source');
   const acl = headers['x-amz-acl'];
   if (acl !== undefined && !OWNER_ONLY_ACLS.has(acl)) throw refuse(`x-amz-acl ${JSON.stringify(acl.slice(0, 64))} grants access beyond the bucket's owner, which PutObjectAcl or PutBucketAcl decides: set it with that call`, 'x-amz-acl');
   for (const name of Object.keys(headers)) {
@@ -295,8 +299,29 @@ function refuseS3Extras(headers: Record<string, string>): void {
   }
 }
 
-/** A path-style S3 request: the bucket and key it names, and its IAM action. */
-function s3Operation(input: AwsOperationInput): { action: string; resource: string } {
+const S3_BUCKET_NAME = /^[A-Za-z0-9._-]{1,255}$/;
+
+/**
+ * The object a copy reads (`x-amz-copy-source: <bucket>/<key>[?versionId=…]`, percent-encoded,
+ * a leading / allowed), as the read it is: GetObject, or GetObjectVersion of a version.
+ */
+function copySource(value: string, partition: string): { action: string; resource: string } {
+  const bad = (why: string) => refuse(`x-amz-copy-source ${JSON.stringify(value.slice(0, 200))} ${why}`, 'x-amz-copy-source');
+  const [encoded = '', query, ...more] = value.split('?');
+  if (more.length > 0) throw bad('has more than one ?');
+  const parameters = parseQuery(query ?? '', 'x-amz-copy-source');
+  if ([...parameters.keys()].some((name) => name !== 'versionId')) throw bad('names a parameter other than versionId');
+  const path = safeDecode(encoded.startsWith('/') ? encoded.slice(1) : encoded);
+  if (path.startsWith('arn:')) throw bad('names an access point or outpost: the chainwarden gateway copies from a bucket it names, <bucket>/<key>');
+  const slash = path.indexOf('/');
+  const bucket = slash < 0 ? path : path.slice(0, slash);
+  const key = slash < 0 ? '' : path.slice(slash + 1);
+  if (!S3_BUCKET_NAME.test(bucket) || key === '') throw bad('is not <bucket>/<key>');
+  return { action: parameters.has('versionId') ? 's3:GetObjectVersion' : 's3:GetObject', resource: `arn:${partition}:s3:::${bucket}/${key}` };
+}
+
+/** A path-style S3 request: the bucket and key it names, its IAM action, and for a copy the object it reads. */
+function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'resource' | 'reads'> {
   const { method, partition } = input;
   const query = parseQuery(input.query);
   refuseS3Extras(input.headers);
@@ -304,7 +329,7 @@ function s3Operation(input: AwsOperationInput): { action: string; resource: stri
   const bucket = safeDecode(rawBucket);
   const key = safeDecode(rawKey.join('/'));
   const s3 = (action: string) => `s3:${action}`;
-  if (bucket && !/^[A-Za-z0-9._-]{1,255}$/.test(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is not one S3 takes: letters, digits, '.', '-' and '_'`, 'path');
+  if (bucket && !S3_BUCKET_NAME.test(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is not one S3 takes: letters, digits, '.', '-' and '_'`, 'path');
   if (!bucket) {
     if (input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} names no bucket: the chainwarden gateway takes path-style requests, /<bucket>/<key>`, 'path');
     return { action: s3(method === 'GET' ? 'ListAllMyBuckets' : `${method}Service`), resource: '*' };
@@ -327,6 +352,13 @@ function s3Operation(input: AwsOperationInput): { action: string; resource: stri
     return { action: s3(plain[method] ?? `${method}Bucket`), resource: bucketArn };
   }
   const objectArn = `${bucketArn}/${key}`;
+  const copied = input.headers['x-amz-copy-source'];
+  if (copied !== undefined) {
+    // CopyObject, or UploadPartCopy into a multipart upload: a write of this object that reads another.
+    const part = query.has('uploadId') && query.has('partNumber');
+    if (method !== 'PUT' || subresources.length > 0 || (query.has('uploadId') !== part) || query.has('versionId')) throw refuse('x-amz-copy-source goes with a PUT of an object (CopyObject) or of a part of a multipart upload (UploadPartCopy) only', 'x-amz-copy-source');
+    return { action: s3('PutObject'), resource: objectArn, reads: copySource(copied, partition) };
+  }
   if (query.has('uploadId') || query.has('uploads')) {
     if (method === 'DELETE') return { action: s3('AbortMultipartUpload'), resource: objectArn };
     if (method === 'GET') return { action: s3('ListMultipartUploadParts'), resource: objectArn };

@@ -188,6 +188,37 @@ describe('every AWS call is a hop: the signing gateway', () => {
     }
   });
 
+  test('a copy is two hops, the read of its source and the write it leads to: a copy into the outbox waits for approval, then goes through once', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);
+    try {
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      expect((await agent.call('s3', 'PutObject', { Bucket: bucket, Key: 'notes/4711.txt', Body: 'refund approved' })).ok).toBe(true);
+      const copy = { Bucket: bucket, Key: 'outbox/4711.txt', CopySource: `${bucket}/notes/4711.txt` };
+      const pending = await agent.call('s3', 'CopyObject', copy);
+      expect(pending).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+      expect(pending.message).toContain(`s3:PutObject on arn:aws:s3:::${bucket}/outbox/4711.txt`);
+      const hopId = /hop (h\d+_[A-Za-z0-9_-]+)/.exec(pending.message ?? '')?.[1] ?? '';
+      // The write waits as the child of the read, which was allowed and is in the chain.
+      const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
+      expect(waiting).toMatchObject([{ hopId, action: 's3:PutObject', attributes: { copySource: `arn:aws:s3:::${bucket}/notes/4711.txt` }, parentHop: expect.stringMatching(/^h\d+_/) as unknown }]);
+
+      const approval = exampleApproval(namespace);
+      approval.metadata.name = 'copy-ok';
+      approval.spec.hopId = hopId;
+      await create(admin, approval);
+      await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
+      await expect.poll(async () => (await agent.call('s3', 'CopyObject', copy)).ok, { timeout: 10_000 }).toBe(true);
+      expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/4711.txt' })).out?.Body).toBe('refund approved');
+      expect((await reachedAws(env)).filter((r) => r.method === 'PUT' && r.path === `/${bucket}/outbox/4711.txt`).map((r) => r.headers['x-amz-copy-source'])).toEqual([`${bucket}/notes/4711.txt`]);
+      // Once: the approval is spent, and a copy from another source is another call.
+      expect(await agent.call('s3', 'CopyObject', copy)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
   test('boto3 works through the same gateway with nothing but the pod\'s environment, and is refused the same way', async ({ admin, env, namespace }) => {
     const bucket = `agent-data-${namespace}`;
     const { podEnv, sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);

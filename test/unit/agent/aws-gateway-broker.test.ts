@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import http from 'node:http';
-import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, UploadPartCopyCommand } from '@aws-sdk/client-s3';
 import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
 import { CreateQueueCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
@@ -11,7 +11,7 @@ import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js'
 import type { AgentTask } from '../../../src/api/schema.js';
 import { GatewayHops } from '../../../src/broker/gateway-hops.js';
 import { AwsGateway, parseSignRequest } from '../../../src/aws/gateway.js';
-import { MAX_SIGN_FORM_BYTES } from '../../../src/aws/sign-api.js';
+import { MAX_SIGN_FORM_BYTES, MAX_SIGN_REQUEST_BYTES } from '../../../src/aws/sign-api.js';
 import { Placeholders } from '../../../src/aws/placeholders.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
 import type { HopAnswer, HopRequest } from '../../../src/broker/hops.js';
@@ -81,7 +81,7 @@ beforeAll(async () => {
   // The broker's /v1/aws/sign handler, with the pod token as the only principal.
   const route = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (req.headers.authorization !== `Bearer ${world.podToken}`) throw new ChainwardenError('unauthenticated', 'not a pod token');
-    const { status, body } = await gateway.sign(who, parseSignRequest(await readJson(req, 160 * 1024)));
+    const { status, body } = await gateway.sign(who, parseSignRequest(await readJson(req, MAX_SIGN_REQUEST_BYTES)));
     sendJson(res, status, body, { 'cache-control': 'no-store' });
   };
   broker = await serveHttps({ '/v1/aws/sign': route }, await ca.issueServing('broker', { ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, silentLogger());
@@ -122,6 +122,38 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     s3.destroy();
     expect(hopsOf(from)).toEqual(['aws:s3 s3:CreateBucket arn:aws:s3:::customers', 'aws:s3 s3:PutObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:GetObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:ListBucket arn:aws:s3:::customers']);
     expect(frontSince(front).map((r) => r.refused)).toEqual([undefined, undefined, undefined, undefined]);
+  });
+
+  it('S3 CopyObject and UploadPartCopy: the read of the source is a hop, the write its child, and the copy lands; a denied read stops the copy before AWS', async () => {
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'reports' }));
+    await s3.send(new PutObjectCommand({ Bucket: 'reports', Key: 'q4.txt', Body: 'quarterly figures' }));
+    const from = decided.length;
+    await s3.send(new CopyObjectCommand({ Bucket: 'reports', Key: 'archive/q4 copy.txt', CopySource: 'reports/q4.txt' }));
+    expect(await (await s3.send(new GetObjectCommand({ Bucket: 'reports', Key: 'archive/q4 copy.txt' }))).Body?.transformToString()).toBe('quarterly figures');
+    const [read, write] = decided.slice(from);
+    expect(hopsOf(from).slice(0, 2)).toEqual(['aws:s3 s3:GetObject arn:aws:s3:::reports/q4.txt', 'aws:s3 s3:PutObject arn:aws:s3:::reports/archive/q4 copy.txt']);
+    // Each names the other: an approval of this copy releases no other copy, and the write follows the read in the chain.
+    expect(read?.attributes).toEqual({ copyTo: 'arn:aws:s3:::reports/archive/q4 copy.txt' });
+    expect(write?.attributes).toMatchObject({ copySource: 'arn:aws:s3:::reports/q4.txt' });
+    expect(write?.parentHop).toMatch(/^h1_/);
+
+    const upload = await s3.send(new CreateMultipartUploadCommand({ Bucket: 'reports', Key: 'archive/q4 parts.txt' }));
+    const partFrom = decided.length;
+    const part = await s3.send(new UploadPartCopyCommand({ Bucket: 'reports', Key: 'archive/q4 parts.txt', UploadId: upload.UploadId, PartNumber: 1, CopySource: 'reports/q4.txt' }));
+    expect(hopsOf(partFrom)).toEqual(['aws:s3 s3:GetObject arn:aws:s3:::reports/q4.txt', 'aws:s3 s3:PutObject arn:aws:s3:::reports/archive/q4 parts.txt']);
+    await s3.send(new CompleteMultipartUploadCommand({ Bucket: 'reports', Key: 'archive/q4 parts.txt', UploadId: upload.UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.CopyPartResult?.ETag }] } }));
+    expect(await (await s3.send(new GetObjectCommand({ Bucket: 'reports', Key: 'archive/q4 parts.txt' }))).Body?.transformToString()).toBe('quarterly figures');
+
+    decide = (hop) => (hop.action === 's3:GetObject' ? { decision: 'deny', reasons: [{ rule: 'reports-stay-put', effect: 'Deny' }] } : { decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
+    const deniedFrom = decided.length;
+    const front = world.front.records.length;
+    const denied = await rejection(s3.send(new CopyObjectCommand({ Bucket: 'reports', Key: 'elsewhere.txt', CopySource: 'reports/q4.txt' })));
+    expect(denied.name).toBe('AccessDenied');
+    expect(denied.message).toMatch(/s3:GetObject on arn:aws:s3:::reports\/q4.txt \(the source of a copy\) was denied by reports-stay-put \(hop h1_/);
+    expect(hopsOf(deniedFrom)).toEqual(['aws:s3 s3:GetObject arn:aws:s3:::reports/q4.txt']);
+    expect(frontSince(front)).toEqual([]);
+    s3.destroy();
   });
 
   it('DynamoDB and SQS (JSON protocol): the hop names the table and the queue, read from the body the sidecar shows the broker', async () => {

@@ -47,8 +47,24 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
   });
 
   it.each([
+    ['CopyObject', { query: 'x-id=CopyObject', source: '/customers/4711.json' }, 's3:GetObject', 'arn:aws:s3:::customers/4711.json'],
+    ['CopyObject, the source percent-encoded and without a leading /', { query: '', source: 'customers/reports%2F2026%20q4.txt' }, 's3:GetObject', 'arn:aws:s3:::customers/reports/2026 q4.txt'],
+    ['CopyObject of a version', { query: '', source: 'customers/4711.json?versionId=3' }, 's3:GetObjectVersion', 'arn:aws:s3:::customers/4711.json'],
+    ['UploadPartCopy', { query: 'partNumber=2&uploadId=u1&x-id=UploadPartCopy', source: '/customers/big.bin' }, 's3:GetObject', 'arn:aws:s3:::customers/big.bin'],
+  ] as const)('S3 %s: a write of the destination that reads its source first', (_name, { query, source }, readAction, readResource) => {
+    expect(op({ service: 's3', method: 'PUT', path: '/drop/copy.json', query, headers: { 'x-amz-copy-source': source } })).toEqual({ tool: 'aws:s3', protocol: 'rest', action: 's3:PutObject', resource: 'arn:aws:s3:::drop/copy.json', reads: { action: readAction, resource: readResource } });
+  });
+
+  it.each([
     ['a service the gateway does not know', { service: 'nosuchservice', method: 'GET', path: '/x' }, /does not know the service "nosuchservice"/],
-    ['S3 CopyObject: it also reads the source', { service: 's3', method: 'PUT', path: '/public-drop/copy.json', headers: { 'x-amz-copy-source': '/customers/4711.json' } }, /x-amz-copy-source.*GetObject the source, then PutObject/],
+    ['S3 CopyObject from an access point', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-copy-source': 'arn:aws:s3:us-east-1:123456789012:accesspoint/ap/object/k' } }, /names an access point/],
+    ['S3 CopyObject from a bucket without a key', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-copy-source': 'customers' } }, /is not <bucket>\/<key>/],
+    ['S3 CopyObject from a bucket name S3 does not take', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-copy-source': 'cu*st%20omers/k' } }, /is not <bucket>\/<key>/],
+    ['S3 CopyObject whose source names another parameter', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-copy-source': 'customers/k?versionId=1&acl=' } }, /a parameter other than versionId/],
+    ['S3 CopyObject whose source names its version twice', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-copy-source': 'customers/k?versionId=1&versionId=2' } }, /more than once/],
+    ['S3 copy source on a subresource', { service: 's3', method: 'PUT', path: '/drop/a', query: 'tagging=', headers: { 'x-amz-copy-source': 'customers/k' } }, /goes with a PUT of an object/],
+    ['S3 copy source on a POST', { service: 's3', method: 'POST', path: '/drop/a', query: 'uploads=', headers: { 'x-amz-copy-source': 'customers/k' } }, /goes with a PUT of an object/],
+    ['S3 copy source on a part without its number', { service: 's3', method: 'PUT', path: '/drop/a', query: 'uploadId=u', headers: { 'x-amz-copy-source': 'customers/k' } }, /goes with a PUT of an object/],
     ['S3 DeleteObjects: its keys are in the body', { service: 's3', method: 'POST', path: '/customers', query: 'delete=' }, /DeleteObjects names its keys in its body/],
     ['S3 DeleteObjects with Action hidden in its body as a form', { service: 's3', method: 'POST', path: '/customers', query: 'delete=', headers: FORM, body: '<Delete><!--&Action=ListAllMyBuckets&--></Delete>' }, /DeleteObjects/],
     ['S3 PutObject that makes the object public', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-acl': 'public-read' } }, /x-amz-acl "public-read" grants access beyond the bucket's owner/],
