@@ -95,7 +95,7 @@ export function planAwsRequest(head: AwsRequestHead): AwsRequestPlan {
     const unsigned = Object.keys(head.headers).filter((name) => name.startsWith('x-amz-') && !authorization.signedHeaders.includes(name));
     if (unsigned.length > 0) throw invalid(`the request has x-amz- headers its signature does not cover (${unsigned.slice(0, 4).join(', ')}), which S3 refuses: sign every x-amz- header`, unsigned[0]);
   }
-  const { body, payloadHash, forward } = payloadPlan(head, authorization, protocol);
+  const { body, payloadHash, forward } = payloadPlan(head, query, authorization, protocol);
   return {
     protocol,
     authorization,
@@ -132,22 +132,34 @@ const PRESIGNING_PARAMETERS = new Set(['x-amz-algorithm', 'x-amz-credential', 'x
 
 /** Whether a raw query string (without `?`) carries presigned-URL authentication. */
 export function isPresignedQuery(query: string): boolean {
-  if (query === '') return false;
-  return query.split('&').some((pair) => {
+  return queryNames(query).some((name) => PRESIGNING_PARAMETERS.has(name.toLowerCase()));
+}
+
+/** The names of a raw query string's parameters (without `?`), percent-decoded as AWS reads them. */
+function queryNames(query: string): string[] {
+  if (query === '') return [];
+  return query.split('&').map((pair) => {
     const name = pair.split('=', 1)[0] ?? '';
-    let decoded: string;
     try {
-      decoded = decodeURIComponent(name);
+      return decodeURIComponent(name);
     } catch {
-      decoded = name;
+      return name;
     }
-    return PRESIGNING_PARAMETERS.has(decoded.toLowerCase());
   });
 }
 
 /** How the body travels, and for a streamed body the payload hash and header changes the broker signs instead of the SDK's. */
-function payloadPlan(head: AwsRequestHead, authorization: AuthorizationHeader, protocol: AwsProtocol): { body: BodyPlan } & Pick<AwsSignRequest, 'forward'> & { payloadHash?: string } {
+function payloadPlan(head: AwsRequestHead, query: string, authorization: AuthorizationHeader, protocol: AwsProtocol): { body: BodyPlan } & Pick<AwsSignRequest, 'forward'> & { payloadHash?: string } {
   const contentSha = single(head.headers, 'x-amz-content-sha256');
+  if (authorization.service === 's3' && head.method === 'POST' && queryNames(query).includes('delete')) {
+    // DeleteObjects names its objects in its body: held and shown to the broker, which decides each.
+    // Its hash must be signed, so that S3 checks it deletes the objects decided.
+    if (contentSha === undefined || !HEX_SHA256.test(contentSha)) {
+      throw invalid('a DeleteObjects body must be signed with its SHA-256 in x-amz-content-sha256: the broker decides each object it names, and S3 must check it deletes those', 'x-amz-content-sha256');
+    }
+    if (Number(single(head.headers, 'content-length') ?? '0') > AWS_LIMITS.maxForm) throw tooLarge(AWS_LIMITS.maxForm, true);
+    return { body: { kind: 'buffer', maxBytes: AWS_LIMITS.maxForm, form: true, declaredHash: contentSha } };
+  }
   if (contentSha !== undefined && HASH_CHECKING_SERVICES.has(authorization.service)) {
     if (HEX_SHA256.test(contentSha) || STREAM_AS_IS.has(contentSha)) return { body: { kind: 'stream', reencode: undefined }, payloadHash: contentSha };
     const output = SIGNED_STREAMING[contentSha];

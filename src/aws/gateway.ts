@@ -1,11 +1,12 @@
 import { MAX_HOP_ATTRIBUTE } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
-import type { GatewayHops } from '../broker/gateway-hops.js';
+import type { GatewayHops, GatewayVerdict } from '../broker/gateway-hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
+import { setImmediate } from 'node:timers/promises';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
-import { awsOperation } from './operations.js';
+import { awsOperation, type AwsOperation } from './operations.js';
 import type { Placeholders } from './placeholders.js';
 import { amzDateOf, parseAmzDate, parseAuthorization, sha256Hex, signatureOf, verifySignature } from './sigv4.js';
 import { MAX_SIGN_FORM_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from './sign-api.js';
@@ -82,18 +83,7 @@ export class AwsGateway {
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers: signed, body: request.form });
     // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
     const attributes: Record<string, string> = /^[0-9a-f]{64}$/.test(request.payloadHash) ? { payloadSha256: request.payloadHash } : {};
-    const retry = 'retry the call once an AgentApproval for it exists';
-    // A copy is two hops: the read of its source, then the write it is the parent of. Each names the other, so approving one copy releases no other.
-    let parentHop: string | undefined;
-    if (operation.reads) {
-      const read = { tool: operation.tool, action: operation.reads.action, resource: operation.reads.resource, intent: '', attributes: { copyTo: attributeValue(operation.resource) } };
-      const verdict = await this.deps.hops.decide(who, read, `${read.action} on ${read.resource} (the source of a copy)`, retry);
-      if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
-      parentHop = verdict.answer.hopId;
-      attributes.copySource = attributeValue(operation.reads.resource);
-    }
-    const hop = { tool: operation.tool, action: operation.action, resource: operation.resource, intent: '', attributes, ...(parentHop ? { parentHop } : {}) };
-    const verdict = await this.deps.hops.decide(who, hop, `${operation.action} on ${operation.resource}`, retry);
+    const verdict = await this.decideHops(who, operation, attributes);
     if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
     const answer = verdict.answer;
     const session = await this.deps.credentials.credentials(who, credential);
@@ -130,6 +120,31 @@ export class AwsGateway {
         },
       },
     };
+  }
+
+  /**
+   * The call's hops, decided in order, each allowed before the next is asked; the first refusal
+   * ends the call, and the last verdict is its answer. A copy is the read of its source, then the
+   * write (the read its parent; each names the other, so approving one copy releases no other); a
+   * DeleteObjects is each object it deletes; any other call is one hop.
+   */
+  private async decideHops(who: AgentPrincipal, operation: AwsOperation, attributes: Record<string, string>): Promise<GatewayVerdict> {
+    const decide = (action: string, resource: string, attrs: Record<string, string>, what: string, parentHop?: string) =>
+      this.deps.hops.decide(who, { tool: operation.tool, action, resource, intent: '', attributes: attrs, ...(parentHop ? { parentHop } : {}) }, `${action} on ${resource}${what}`, RETRY);
+    if (operation.reads) {
+      const read = await decide(operation.reads.action, operation.reads.resource, { copyTo: attributeValue(operation.resource) }, ' (the source of a copy)');
+      if (!read.allowed) return read;
+      return decide(operation.action, operation.resource, { ...attributes, copySource: attributeValue(operation.reads.resource) }, '', read.answer.hopId);
+    }
+    const each = operation.each ?? [];
+    let last: GatewayVerdict | undefined;
+    for (const [i, one] of each.entries()) {
+      // Up to a thousand decisions in a row: other calls are answered between every few.
+      if (i > 0 && i % 64 === 0) await setImmediate();
+      last = await decide(one.action, one.resource, {}, ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`);
+      if (!last.allowed) return last;
+    }
+    return last ?? decide(operation.action, operation.resource, attributes, '');
   }
 }
 
@@ -212,6 +227,9 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
   }
   return request;
 }
+
+/** How to go on after a refusal that waits for approval. */
+const RETRY = 'retry the call once an AgentApproval for it exists';
 
 /** A resource as a hop attribute: as it is when it fits one, else its hash. */
 function attributeValue(resource: string): string {

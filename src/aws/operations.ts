@@ -1,4 +1,5 @@
 import { ChainwardenError } from '../errors.js';
+import { deletedObjects } from './s3-delete.js';
 
 /**
  * Which AWS operation a request is, as a hop: tool `aws:<signing service>`, action the IAM
@@ -38,6 +39,11 @@ export interface AwsOperation {
    * object of an S3 copy (CopyObject, UploadPartCopy), whose destination is `resource`.
    */
   reads?: { action: string; resource: string };
+  /**
+   * A call on several resources, each decided as a hop of its own, in order, instead of
+   * `action` on `resource` (which name the first): the objects of an S3 DeleteObjects.
+   */
+  each?: { action: string; resource: string }[];
 }
 
 /**
@@ -321,7 +327,7 @@ function copySource(value: string, partition: string): { action: string; resourc
 }
 
 /** A path-style S3 request: the bucket and key it names, its IAM action, and for a copy the object it reads. */
-function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'resource' | 'reads'> {
+function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'resource' | 'reads' | 'each'> {
   const { method, partition } = input;
   const query = parseQuery(input.query);
   refuseS3Extras(input.headers);
@@ -343,7 +349,11 @@ function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'r
     return name === undefined ? undefined : (table[name]?.[method] ?? `${method}${name}`);
   };
   if (method === 'POST' && query.has('delete')) {
-    throw refuse('DeleteObjects names its keys in its body, which the chainwarden gateway does not read: delete objects one at a time (DeleteObject), each a hop', 'delete');
+    // DeleteObjects: each object it names is a DeleteObject (or DeleteObjectVersion) of its own.
+    if (key || subresources.length !== 1) throw refuse('DeleteObjects is a POST to /<bucket>?delete and nothing else', 'delete');
+    if (input.body === undefined) throw refuse('DeleteObjects names its objects in its body: pass it on as form', 'form');
+    const each = deletedObjects(input.body).map((o) => ({ action: s3(o.versionId === undefined ? 'DeleteObject' : 'DeleteObjectVersion'), resource: `${bucketArn}/${o.key}` }));
+    return { action: each[0]?.action ?? s3('DeleteObject'), resource: each[0]?.resource ?? bucketArn, each };
   }
   if (!key) {
     const named = sub(S3_BUCKET_SUBRESOURCES);

@@ -237,15 +237,26 @@ describe('every AWS call is a hop: the signing gateway', () => {
         '    denied = None',
         'except ClientError as e:',
         '    denied = {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"]}',
-        'print(json.dumps({"body": body, "denied": denied}))',
+        `s3.copy_object(Bucket="${bucket}", Key="py/copy.txt", CopySource={"Bucket": "${bucket}", "Key": "py/note.txt"})`,
+        `copied = s3.get_object(Bucket="${bucket}", Key="py/copy.txt")["Body"].read().decode()`,
+        'try:',
+        `    s3.delete_objects(Bucket="${bucket}", Delete={"Objects": [{"Key": "py/copy.txt"}, {"Key": "py/note.txt"}]})`,
+        '    bulk = None',
+        'except ClientError as e:',
+        '    bulk = {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"]}',
+        'print(json.dumps({"body": body, "denied": denied, "copied": copied, "bulk": bulk}))',
       ].join('\n');
       const vars = { ...podEnv, AWS_ENDPOINT_URL: sidecar.awsUrl ?? '', AWS_CONTAINER_CREDENTIALS_FULL_URI: `${sidecar.url}/v1/credentials`, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: sidecar.callerTokenFile };
       const { stdout } = await execFileAsync(python, ['-c', script], { env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', AWS_DEFAULT_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', ...vars } });
-      const out = JSON.parse(stdout) as { body: string; denied: { code: string; message: string } | null };
+      const out = JSON.parse(stdout) as { body: string; copied: string; denied: { code: string; message: string } | null; bulk: { code: string; message: string } | null };
       expect(out.body).toBe('written by boto3');
       expect(out.denied?.code).toBe('AccessDenied');
       expect(out.denied?.message).toMatch(/s3:DeleteObject on arn:aws:s3:::.*\/py\/note.txt was denied by never-delete-objects \(hop h1_/);
-      expect((await reachedAws(env)).filter((r) => r.method === 'DELETE')).toEqual([]);
+      // A copy is its two hops; a bulk delete is one hop per object, each refused by the same rule.
+      expect(out.copied).toBe('written by boto3');
+      expect(out.bulk?.code).toBe('AccessDenied');
+      expect(out.bulk?.message).toMatch(/s3:DeleteObject on arn:aws:s3:::.*\/py\/copy.txt \(object 1 of the 2 a DeleteObjects deletes\) was denied by never-delete-objects/);
+      expect((await reachedAws(env)).filter((r) => r.method === 'DELETE' || (r.method === 'POST' && r.path === `/${bucket}/`))).toEqual([]);
     } finally {
       agent.stop();
       await sidecar.stop();

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import http from 'node:http';
-import { CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, UploadPartCopyCommand } from '@aws-sdk/client-s3';
+import { CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, UploadPartCopyCommand } from '@aws-sdk/client-s3';
 import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
 import { CreateQueueCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
@@ -153,6 +153,32 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     expect(denied.message).toMatch(/s3:GetObject on arn:aws:s3:::reports\/q4.txt \(the source of a copy\) was denied by reports-stay-put \(hop h1_/);
     expect(hopsOf(deniedFrom)).toEqual(['aws:s3 s3:GetObject arn:aws:s3:::reports/q4.txt']);
     expect(frontSince(front)).toEqual([]);
+    s3.destroy();
+  });
+
+  it('S3 DeleteObjects: each object is a hop, and the objects go; one denied, the call is refused whole and nothing reaches AWS', async () => {
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'scratch' }));
+    const keys = ['tmp/a.txt', 'tmp/b & c <d>.txt', 'keep/ledger.csv'];
+    for (const key of keys) await s3.send(new PutObjectCommand({ Bucket: 'scratch', Key: key, Body: key }));
+    const listed = async () => ((await s3.send(new ListObjectsV2Command({ Bucket: 'scratch' }))).Contents ?? []).map((c) => c.Key).sort();
+
+    decide = (hop) => (hop.resource === 'arn:aws:s3:::scratch/keep/ledger.csv' ? { decision: 'deny', reasons: [{ rule: 'keep-the-ledger', effect: 'Deny' }] } : { decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
+    const from = decided.length;
+    const front = world.front.records.length;
+    const denied = await rejection(s3.send(new DeleteObjectsCommand({ Bucket: 'scratch', Delete: { Objects: keys.map((Key) => ({ Key })) } })));
+    expect(denied.name).toBe('AccessDenied');
+    expect(denied.message).toMatch(/s3:DeleteObject on arn:aws:s3:::scratch\/keep\/ledger.csv \(object 3 of the 3 a DeleteObjects deletes\) was denied by keep-the-ledger \(hop h1_/);
+    expect(hopsOf(from)).toEqual(keys.map((k) => `aws:s3 s3:DeleteObject arn:aws:s3:::scratch/${k}`));
+    expect(frontSince(front)).toEqual([]);
+    expect(await listed()).toEqual([...keys].sort());
+
+    decide = () => ({ decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
+    const allowedFrom = decided.length;
+    const result = await s3.send(new DeleteObjectsCommand({ Bucket: 'scratch', Delete: { Objects: keys.slice(0, 2).map((Key) => ({ Key })) } }));
+    expect(result.Deleted?.map((d) => d.Key).sort()).toEqual(keys.slice(0, 2).sort());
+    expect(hopsOf(allowedFrom)).toEqual(keys.slice(0, 2).map((k) => `aws:s3 s3:DeleteObject arn:aws:s3:::scratch/${k}`));
+    expect(await listed()).toEqual(['keep/ledger.csv']);
     s3.destroy();
   });
 

@@ -70,6 +70,15 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
     expect(plan.sign.payloadHash).toBeUndefined();
   });
 
+  it('S3 DeleteObjects: its body is held and shown to the broker, which decides each object it names; its hash must be signed', () => {
+    const del = (sha: string, extra: Record<string, string> = {}) => head('POST', '/bkt/?delete=', { authorization: auth('s3', 'content-length;host;x-amz-content-sha256;x-amz-date'), 'x-amz-content-sha256': sha, 'content-length': '120', ...extra });
+    expect(planAwsRequest(del(EMPTY)).body).toEqual({ kind: 'buffer', maxBytes: 2 * 1024 * 1024, form: true, declaredHash: EMPTY });
+    // Named with an encoded name, it is still DeleteObjects to S3.
+    expect(planAwsRequest(head('POST', '/bkt/?%64elete=', { authorization: auth('s3', 'host;x-amz-content-sha256;x-amz-date'), 'x-amz-content-sha256': EMPTY })).body).toMatchObject({ kind: 'buffer', form: true });
+    expect(refusal(del('UNSIGNED-PAYLOAD'))).toBe('aws_request_invalid');
+    expect(refusal(del(EMPTY, { 'content-length': String(2 * 1024 * 1024 + 1) }))).toBe('body_too_large');
+  });
+
   it('query protocol (STS): the form goes to the broker', () => {
     const plan = planAwsRequest(head('POST', '/', { authorization: auth('sts', 'content-type;host;x-amz-date'), 'content-type': 'application/x-www-form-urlencoded; charset=utf-8', 'content-length': '43' }));
     expect(plan.protocol).toBe('query');

@@ -46,6 +46,18 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
     expect(op(input)).toMatchObject({ action, resource });
   });
 
+  it('S3 DeleteObjects: each object it names is a hop of its own, a version by DeleteObjectVersion', () => {
+    const body = '<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>tmp/a b.txt</Key></Object><Object><Key>tmp/c</Key><VersionId>3</VersionId></Object><Quiet>true</Quiet></Delete>';
+    expect(op({ service: 's3', method: 'POST', path: '/scratch/', query: 'delete=', body })).toMatchObject({
+      action: 's3:DeleteObject',
+      resource: 'arn:aws:s3:::scratch/tmp/a b.txt',
+      each: [
+        { action: 's3:DeleteObject', resource: 'arn:aws:s3:::scratch/tmp/a b.txt' },
+        { action: 's3:DeleteObjectVersion', resource: 'arn:aws:s3:::scratch/tmp/c' },
+      ],
+    });
+  });
+
   it.each([
     ['CopyObject', { query: 'x-id=CopyObject', source: '/customers/4711.json' }, 's3:GetObject', 'arn:aws:s3:::customers/4711.json'],
     ['CopyObject, the source percent-encoded and without a leading /', { query: '', source: 'customers/reports%2F2026%20q4.txt' }, 's3:GetObject', 'arn:aws:s3:::customers/reports/2026 q4.txt'],
@@ -65,7 +77,8 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
     ['S3 copy source on a subresource', { service: 's3', method: 'PUT', path: '/drop/a', query: 'tagging=', headers: { 'x-amz-copy-source': 'customers/k' } }, /goes with a PUT of an object/],
     ['S3 copy source on a POST', { service: 's3', method: 'POST', path: '/drop/a', query: 'uploads=', headers: { 'x-amz-copy-source': 'customers/k' } }, /goes with a PUT of an object/],
     ['S3 copy source on a part without its number', { service: 's3', method: 'PUT', path: '/drop/a', query: 'uploadId=u', headers: { 'x-amz-copy-source': 'customers/k' } }, /goes with a PUT of an object/],
-    ['S3 DeleteObjects: its keys are in the body', { service: 's3', method: 'POST', path: '/customers', query: 'delete=' }, /DeleteObjects names its keys in its body/],
+    ['S3 DeleteObjects without its body passed on', { service: 's3', method: 'POST', path: '/customers', query: 'delete=' }, /DeleteObjects names its objects in its body/],
+    ['S3 DeleteObjects on a key', { service: 's3', method: 'POST', path: '/customers/k', query: 'delete=', body: '<Delete><Object><Key>k</Key></Object></Delete>' }, /DeleteObjects is a POST to \/<bucket>\?delete/],
     ['S3 DeleteObjects with Action hidden in its body as a form', { service: 's3', method: 'POST', path: '/customers', query: 'delete=', headers: FORM, body: '<Delete><!--&Action=ListAllMyBuckets&--></Delete>' }, /DeleteObjects/],
     ['S3 PutObject that makes the object public', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-acl': 'public-read' } }, /x-amz-acl "public-read" grants access beyond the bucket's owner/],
     ['S3 PutObject with a grant', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-grant-read': 'uri="http://acs.amazonaws.com/groups/global/AllUsers"' } }, /x-amz-grant-read needs a permission of its own/],

@@ -1,0 +1,79 @@
+import { SaxesParser, type SaxesTagPlain } from 'saxes';
+import { ChainwardenError } from '../errors.js';
+
+/** One object an S3 DeleteObjects call deletes: its key, and its version when the call names one. */
+export interface DeletedObject {
+  key: string;
+  versionId?: string;
+}
+
+/** What S3 takes in one DeleteObjects call. */
+export const MAX_DELETED_OBJECTS = 1000;
+
+const S3_NAMESPACE = 'http://s3.amazonaws.com/doc/2006-03-01/';
+/** The elements a DeleteObjects body may have, by their path from the root; Key and VersionId are read, the others only allowed. */
+const LEAVES = new Set(['Delete/Quiet', 'Delete/Object/Key', 'Delete/Object/VersionId', 'Delete/Object/ETag', 'Delete/Object/LastModifiedTime', 'Delete/Object/Size']);
+const ELEMENTS = new Set(['Delete', 'Delete/Object', ...LEAVES]);
+
+const refuse = (message: string) => new ChainwardenError('aws_request_invalid', `the DeleteObjects body ${message}`, { field: 'delete' });
+
+/**
+ * The objects a DeleteObjects body names, read with a conforming XML parser (entities, character
+ * references, CDATA, comments and line endings as S3's own parser reads them), so each key decided
+ * is the key S3 deletes. Anything beyond the documented shape is refused rather than guessed at:
+ * a DOCTYPE, another element or attribute, text outside Key and VersionId, a key named twice in one
+ * Object, no objects or more than 1,000.
+ */
+export function deletedObjects(xml: string): DeletedObject[] {
+  const parser = new SaxesParser<{ xmlns: false }>({ xmlns: false });
+  const path: string[] = [];
+  const objects: DeletedObject[] = [];
+  let object: Partial<DeletedObject> | undefined;
+  let text = '';
+  parser.on('doctype', () => {
+    throw refuse('has a DOCTYPE, which S3 does not take');
+  });
+  parser.on('processinginstruction', (pi) => {
+    throw refuse(`has a processing instruction (<?${pi.target.slice(0, 32)}…?>)`);
+  });
+  parser.on('opentag', (tag: SaxesTagPlain) => {
+    path.push(tag.name);
+    const at = path.join('/');
+    if (!ELEMENTS.has(at)) throw refuse(`has a ${tag.name.slice(0, 64)} element at ${at.slice(0, 200)}, which DeleteObjects does not have`);
+    for (const [name, value] of Object.entries(tag.attributes)) {
+      if (!(at === 'Delete' && name === 'xmlns' && value === S3_NAMESPACE)) throw refuse(`has the attribute ${name.slice(0, 64)} on ${tag.name}: only Delete's xmlns, S3's namespace, is taken`);
+    }
+    if (at === 'Delete/Object') object = {};
+    text = '';
+  });
+  const onText = (t: string) => {
+    const at = path.join('/');
+    if (LEAVES.has(at)) text += t;
+    else if (!/^[ \t\r\n]*$/.test(t)) throw refuse(`has text ${JSON.stringify(t.trim().slice(0, 32))} in ${at || 'no element'}`);
+  };
+  parser.on('text', onText);
+  parser.on('cdata', onText);
+  parser.on('closetag', (tag: SaxesTagPlain) => {
+    const at = path.join('/');
+    path.pop();
+    if (at === 'Delete/Object/Key' || at === 'Delete/Object/VersionId') {
+      const field = at === 'Delete/Object/Key' ? 'key' : 'versionId';
+      if (object?.[field] !== undefined) throw refuse(`names ${tag.name} twice in one Object`);
+      if (object) object[field] = text;
+    } else if (at === 'Delete/Object') {
+      if (!object?.key) throw refuse(`has an Object without a Key (object ${objects.length + 1})`);
+      objects.push(object.versionId === undefined ? { key: object.key } : { key: object.key, versionId: object.versionId });
+      if (objects.length > MAX_DELETED_OBJECTS) throw refuse(`names more than the ${MAX_DELETED_OBJECTS} objects S3 deletes in one call`);
+      object = undefined;
+    }
+    text = '';
+  });
+  try {
+    parser.write(xml).close();
+  } catch (err) {
+    if (err instanceof ChainwardenError) throw err;
+    throw refuse(`is not well-formed XML: ${(err as Error).message.slice(0, 200)}`);
+  }
+  if (objects.length === 0) throw refuse('names no objects');
+  return objects;
+}
