@@ -1,4 +1,5 @@
 import { ChainwardenError } from '../errors.js';
+import { assertJsonDepth } from '../server/http.js';
 import { deletedObjects } from './s3-delete.js';
 
 /**
@@ -136,14 +137,29 @@ function closingQuote(text: string, open: number): number {
   }
 }
 
-/** A JSON-protocol document; one that is not JSON names no resource, and AWS refuses it too. */
+/**
+ * How deep a JSON-protocol document may nest: a DynamoDB item nests 32 levels, each two levels of
+ * JSON, with the call's own around them. Checked before parsing, which costs the broker seconds on
+ * a document nested a million deep.
+ */
+const MAX_JSON_DEPTH = 96;
+
+/**
+ * A JSON-protocol document. One that is not JSON is refused, not decided on `*`: a service whose
+ * parser is kinder (a byte-order mark, a trailing comma) would act on the table it names.
+ */
 function jsonBody(body: string | undefined): Record<string, unknown> {
   if (!body) return {};
+  try {
+    assertJsonDepth(Buffer.from(body), MAX_JSON_DEPTH);
+  } catch {
+    throw refuse(`the JSON document nests deeper than ${MAX_JSON_DEPTH} levels, more than any AWS call takes`, 'form');
+  }
   let value: unknown;
   try {
     value = JSON.parse(body);
-  } catch {
-    return {};
+  } catch (err) {
+    throw refuse(`the JSON document is not JSON (${(err as Error).message.slice(0, 120)}): a service that read it otherwise would act on what no hop names`, 'form');
   }
   const repeated = repeatedMember(body);
   if (repeated !== undefined) throw refuse(`the JSON document names the member ${JSON.stringify(repeated.slice(0, 64))} twice in one object`, 'form');
@@ -306,6 +322,13 @@ function refuseS3Extras(headers: Record<string, string>): void {
 }
 
 const S3_BUCKET_NAME = /^[A-Za-z0-9._-]{1,255}$/;
+/**
+ * Suffixes S3 keeps for aliases (of access points, Object Lambda access points, directory and
+ * table buckets): a name with one reaches a bucket other than the one it says, out of sight of
+ * rules on that bucket's ARN.
+ */
+const ALIAS_SUFFIXES = ['-s3alias', '--ol-s3', '--x-s3', '--table-s3'];
+const aliasOf = (bucket: string) => ALIAS_SUFFIXES.find((suffix) => bucket.endsWith(suffix));
 
 /**
  * The object a copy reads (`x-amz-copy-source: <bucket>/<key>[?versionId=…]`, percent-encoded,
@@ -315,15 +338,23 @@ function copySource(value: string, partition: string): { action: string; resourc
   const bad = (why: string) => refuse(`x-amz-copy-source ${JSON.stringify(value.slice(0, 200))} ${why}`, 'x-amz-copy-source');
   const [encoded = '', query, ...more] = value.split('?');
   if (more.length > 0) throw bad('has more than one ?');
-  const parameters = parseQuery(query ?? '', 'x-amz-copy-source');
-  if ([...parameters.keys()].some((name) => name !== 'versionId')) throw bad('names a parameter other than versionId');
-  const path = safeDecode(encoded.startsWith('/') ? encoded.slice(1) : encoded);
+  // S3 reads the source as a form value would be read: a + is a space there, and nowhere else in a hop.
+  if (encoded.includes('+')) throw bad('has a +, which S3 reads as a space: encode a plus as %2B and a space as %20');
+  // Read as written, without decoding the name: only `versionId=<version>`.
+  if (query !== undefined && !/^versionId=[^&=]+$/.test(query)) throw bad('names something other than one versionId=<version>');
+  let path: string;
+  try {
+    path = decodeURIComponent(encoded.startsWith('/') ? encoded.slice(1) : encoded);
+  } catch {
+    throw bad('is not percent-encoded as S3 reads it');
+  }
   if (path.startsWith('arn:')) throw bad('names an access point or outpost: the chainwarden gateway copies from a bucket it names, <bucket>/<key>');
   const slash = path.indexOf('/');
   const bucket = slash < 0 ? path : path.slice(0, slash);
   const key = slash < 0 ? '' : path.slice(slash + 1);
   if (!S3_BUCKET_NAME.test(bucket) || key === '') throw bad('is not <bucket>/<key>');
-  return { action: parameters.has('versionId') ? 's3:GetObjectVersion' : 's3:GetObject', resource: `arn:${partition}:s3:::${bucket}/${key}` };
+  if (aliasOf(bucket)) throw bad(`names a bucket by an alias (${aliasOf(bucket) ?? ''}), which reaches a bucket it does not name: copy from the bucket's own name`);
+  return { action: query === undefined ? 's3:GetObject' : 's3:GetObjectVersion', resource: `arn:${partition}:s3:::${bucket}/${key}` };
 }
 
 /** A path-style S3 request: the bucket and key it names, its IAM action, and for a copy the object it reads. */
@@ -336,6 +367,7 @@ function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'r
   const key = safeDecode(rawKey.join('/'));
   const s3 = (action: string) => `s3:${action}`;
   if (bucket && !S3_BUCKET_NAME.test(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is not one S3 takes: letters, digits, '.', '-' and '_'`, 'path');
+  if (aliasOf(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is an alias (${aliasOf(bucket) ?? ''}), which reaches a bucket it does not name, out of sight of rules on that bucket: use the bucket's own name`, 'path');
   if (!bucket) {
     if (input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} names no bucket: the chainwarden gateway takes path-style requests, /<bucket>/<key>`, 'path');
     return { action: s3(method === 'GET' ? 'ListAllMyBuckets' : `${method}Service`), resource: '*' };
