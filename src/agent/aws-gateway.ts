@@ -89,7 +89,8 @@ function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer
   const unsignedPassed = plan.authorization.service === 's3' ? UNSIGNED_PASSED_S3 : UNSIGNED_PASSED;
   for (const [name, values] of Object.entries(req.headersDistinct)) {
     if (REPLACED.has(name) || !(plan.signedHeaders.has(name) || unsignedPassed.has(name)) || values === undefined) continue;
-    out[name] = values.length === 1 ? values[0] : values;
+    // A repeated header goes on as one, its values joined as SigV4 joins them: the value the broker decided and signed, not lines AWS might take one of.
+    out[name] = values.join(',');
   }
   for (const [name, value] of Object.entries(plan.sign.forward?.headers ?? {})) {
     if (value === null) delete out[name];

@@ -464,6 +464,19 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     }
   });
 
+  it('a signed header sent twice reaches AWS as the one value the broker decided and signed, not as two lines AWS could take either of', async () => {
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'twice-bucket' })).catch(() => undefined);
+    const headers = { host: `127.0.0.1:${port()}`, 'x-amz-content-sha256': createHash('sha256').update('').digest('hex'), 'x-amz-copy-source': 'twice-bucket/public.txt,other/secret.csv' };
+    const signed = await new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false }).sign({ method: 'PUT', protocol: 'http:', hostname: '127.0.0.1', path: '/twice-bucket/copy.txt', query: {}, headers });
+    const before = sent();
+    await raw({ method: 'PUT', path: '/twice-bucket/copy.txt', headers: { ...signed.headers, 'x-amz-copy-source': ['twice-bucket/public.txt', 'other/secret.csv'] } });
+    const { broker, aws } = since(before);
+    expect(broker.map((c) => c.request.headers['x-amz-copy-source'])).toEqual(['twice-bucket/public.txt,other/secret.csv']);
+    // Node joins repeated lines with ", ": one line reached AWS.
+    expect(aws.map((r) => r.headers['x-amz-copy-source'])).toEqual(['twice-bucket/public.txt,other/secret.csv']);
+  });
+
   it('the sidecar log holds neither the pod token nor the session the broker signs with', () => {
     const text = logLines.join('');
     expect(text).toContain('aws request refused');
