@@ -71,9 +71,14 @@ const IAM_PREFIX: Record<string, string> = { monitoring: 'cloudwatch', email: 's
 const prefixOf = (service: string) => IAM_PREFIX[service] ?? service;
 
 /** A query string or form, each name once: AWS and the broker could each read another of two. */
+/** Parameters a query or form may have: SendMessageBatch with every attribute has about 400; reading each costs the broker a microsecond or so. */
+const MAX_PARAMETERS = 5_000;
+
 function parseQuery(query: string, where = 'query'): Map<string, string> {
   const out = new Map<string, string>();
-  for (const part of query.split('&')) {
+  const parts = query.split('&', MAX_PARAMETERS + 1);
+  if (parts.length > MAX_PARAMETERS) throw refuse(`the ${where} has more than ${MAX_PARAMETERS} parameters, more than any AWS call takes`, where);
+  for (const part of parts) {
     if (!part) continue;
     const eq = part.indexOf('=');
     const key = safeDecode((eq < 0 ? part : part.slice(0, eq)).replace(/\+/g, ' '));

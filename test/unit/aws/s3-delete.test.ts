@@ -19,7 +19,7 @@ describe('the objects of an S3 DeleteObjects body, read as S3 reads them', () =>
   it.each([
     ['as the JavaScript SDK writes it, entities and all', body('<Object><Key>a&amp;b &lt;c&gt;.txt</Key></Object><Object><Key>d</Key><VersionId>v1</VersionId></Object>'), [{ key: 'a&b <c>.txt' }, { key: 'd', versionId: 'v1' }]],
     ['without the namespace or the declaration', '<Delete><Object><Key>k</Key></Object></Delete>', [{ key: 'k' }]],
-    ['a key with character references, CDATA and a comment inside: one key, as an XML parser joins it', body('<Object><Key>&#x61;<![CDATA[<b>]]><!-- between -->c&#13;</Key></Object>'), [{ key: 'a<b>c\r' }]],
+    ['a key with character references', body('<Object><Key>&#x61;&#60;b&#x3E;c&#13;</Key></Object>'), [{ key: 'a<b>c\r' }]],
     ['a key whose line ending is normalised, and whose spaces are kept', body('<Object><Key>  two\r\nlines  </Key></Object>'), [{ key: '  two\nlines  ' }]],
     ['ETag, LastModifiedTime and Size beside the key', body('<Object><Key>k</Key><ETag>"e"</ETag><LastModifiedTime>2026-11-22T00:00:00Z</LastModifiedTime><Size>3</Size></Object>'), [{ key: 'k' }]],
     ['whitespace between elements', `<Delete ${NS}>\n  <Object>\n    <Key>k</Key>\n  </Object>\n</Delete>`, [{ key: 'k' }]],
@@ -29,6 +29,8 @@ describe('the objects of an S3 DeleteObjects body, read as S3 reads them', () =>
 
   it.each([
     ['a DOCTYPE that defines an entity (a key S3 would read otherwise, or a billion laughs)', `<?xml version="1.0"?><!DOCTYPE Delete [<!ENTITY k "secret">]><Delete><Object><Key>&k;</Key></Object></Delete>`, /has a DOCTYPE/],
+    ['a comment, even inside a key (slow to parse, and where parsers disagree)', body('<Object><Key>a<!-- b -->c</Key></Object>'), /has a comment or CDATA section/],
+    ['a CDATA section', body('<Object><Key><![CDATA[k]]></Key></Object>'), /has a comment or CDATA section/],
     ['an entity no one defined', body('<Object><Key>&k;</Key></Object>'), /not well-formed XML/],
     ['a processing instruction', body('<?evil x?><Object><Key>k</Key></Object>'), /processing instruction/],
     ['another element', body('<Object><Key>k</Key><Prefix>secrets/</Prefix></Object>'), /has a Prefix element at Delete\/Object\/Prefix/],
@@ -59,7 +61,7 @@ describe('the objects of an S3 DeleteObjects body, read as S3 reads them', () =>
       fc.string({ minLength: 1, maxLength: 1, unit: 'grapheme' }).filter((c) => /^[\t\n\r\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]+$/u.test(c)),
     );
     const text = fc.array(xmlChar, { minLength: 1, maxLength: 12 }).map((parts) => parts.join(''));
-    // Each character written one of the ways XML allows: escaped, a character reference, or in CDATA where it can be.
+    // Each character written one of the ways XML allows: escaped, or a character reference, decimal or hex.
     const write = (value: string, ways: number[]) =>
       [...value]
         .map((ch, i) => {
@@ -67,13 +69,11 @@ describe('the objects of an S3 DeleteObjects body, read as S3 reads them', () =>
           const code = ch.codePointAt(0) ?? 0;
           if (way === 1 || ch === '\r') return `&#${code};`;
           if (way === 2) return `&#x${code.toString(16)};`;
-          if (way === 3 && ch !== '>') return `<![CDATA[${ch}]]>`;
-          if (way === 4) return `${ch === '&' ? '&amp;' : ch === '<' ? '&lt;' : ch === '>' ? '&gt;' : ch}<!---->`;
           return ch === '&' ? '&amp;' : ch === '<' ? '&lt;' : ch === '>' ? '&gt;' : ch;
         })
         .join('');
     fc.assert(
-      fc.property(fc.array(fc.record({ key: text, versionId: fc.option(text, { nil: undefined }) }), { minLength: 1, maxLength: 8 }), fc.array(fc.integer({ min: 0, max: 4 }), { minLength: 1, maxLength: 6 }), (objects, ways) => {
+      fc.property(fc.array(fc.record({ key: text, versionId: fc.option(text, { nil: undefined }) }), { minLength: 1, maxLength: 8 }), fc.array(fc.integer({ min: 0, max: 2 }), { minLength: 1, maxLength: 6 }), (objects, ways) => {
         const xml = body(objects.map((o) => `<Object><Key>${write(o.key, ways)}</Key>${o.versionId === undefined ? '' : `<VersionId>${write(o.versionId, ways)}</VersionId>`}</Object>`).join(''));
         expect(deletedObjects(xml)).toEqual(objects.map((o) => (o.versionId === undefined ? { key: o.key } : { key: o.key, versionId: o.versionId })));
       }),
