@@ -79,6 +79,16 @@ async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, name
   return { task: bound, podEnv, sidecar, agent: startAgent(env, podEnv, sidecar) };
 }
 
+/** An approver's AgentApproval of the task's waiting hop; then the agent's call, retried until the approval releases it. */
+async function approveThenRetry(admin: KubeConfig, namespace: string, hopId: string, call: () => Promise<CallResult>): Promise<void> {
+  const approval = exampleApproval(namespace);
+  approval.metadata.name = `approve-${hopId.slice(-8).toLowerCase().replace(/[^a-z0-9]/g, 'x')}`;
+  approval.spec.hopId = hopId;
+  await create(admin, approval);
+  await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
+  await expect.poll(async () => (await call()).ok, { timeout: 10_000 }).toBe(true);
+}
+
 describe('every AWS call is a hop: the signing gateway', () => {
   test('an unmodified SDK reads and writes S3 through the sidecar, signed with the task\'s session it never holds; a denied call never reaches AWS; revocation stops the next call', async ({ admin, env, namespace }) => {
     const bucket = `agent-data-${namespace}`;
@@ -173,12 +183,7 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect((await agent.call('s3', 'PutObject', put)).message).toContain(hopId);
       expect((await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops?.map((h) => h.hopId)).toEqual([hopId]);
 
-      const approval = exampleApproval(namespace);
-      approval.metadata.name = 'outbox-ok';
-      approval.spec.hopId = hopId;
-      await create(admin, approval);
-      await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
-      await expect.poll(async () => (await agent.call('s3', 'PutObject', put)).ok, { timeout: 10_000 }).toBe(true);
+      await approveThenRetry(admin, namespace, hopId, () => agent.call('s3', 'PutObject', put));
       expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/reply.txt' })).out?.Body).toBe('refund approved');
       // Once: the approval is spent, the next identical call waits again.
       expect(await agent.call('s3', 'PutObject', put)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
@@ -203,12 +208,7 @@ describe('every AWS call is a hop: the signing gateway', () => {
       const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
       expect(waiting).toMatchObject([{ hopId, action: 's3:PutObject', attributes: { copySource: `arn:aws:s3:::${bucket}/notes/4711.txt` }, parentHop: expect.stringMatching(/^h\d+_/) as unknown }]);
 
-      const approval = exampleApproval(namespace);
-      approval.metadata.name = 'copy-ok';
-      approval.spec.hopId = hopId;
-      await create(admin, approval);
-      await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
-      await expect.poll(async () => (await agent.call('s3', 'CopyObject', copy)).ok, { timeout: 10_000 }).toBe(true);
+      await approveThenRetry(admin, namespace, hopId, () => agent.call('s3', 'CopyObject', copy));
       expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/4711.txt' })).out?.Body).toBe('refund approved');
       expect((await reachedAws(env)).filter((r) => r.method === 'PUT' && r.path === `/${bucket}/outbox/4711.txt`).map((r) => r.headers['x-amz-copy-source'])).toEqual([`${bucket}/notes/4711.txt`]);
       // Once: the approval is spent, and a copy from another source is another call.
