@@ -45,6 +45,8 @@ export const MAX_RECORDED_SESSIONS = 200;
 export const MAX_HOP_INTENT = 1024;
 /** The longest hop action: MCP tool names run to 128 characters. */
 export const MAX_HOP_ACTION = 128;
+/** A hop's resource: what the status lists of decided hops hold. */
+export const MAX_HOP_RESOURCE = 1024;
 export const MAX_HOP_ATTRIBUTES = 50;
 export const MAX_HOP_ATTRIBUTE = 1024;
 export const MAX_HOP_ATTRIBUTES_CHARS = 4096;
@@ -539,7 +541,7 @@ export const AgentTaskStatus = Type.Object(
           decision: Type.String({ description: 'allow or deny.' }),
           tool: Type.Optional(Type.String({ description: 'Tool.', maxLength: 63 })),
           action: Type.Optional(Type.String({ description: 'Action.', maxLength: MAX_HOP_ACTION })),
-          resource: Type.Optional(Type.String({ description: 'Resource.', maxLength: 1024 })),
+          resource: Type.Optional(Type.String({ description: 'Resource.', maxLength: MAX_HOP_RESOURCE })),
           rules: Type.Array(Type.String(), { description: 'The rules that decided it.' }),
           wouldDeny: Type.Optional(Type.Boolean({ description: 'Allowed only because the policy is in Audit mode; rules are those that would have denied it.' })),
           at: Timestamp('When it was decided.'),

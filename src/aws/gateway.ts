@@ -1,6 +1,7 @@
-import { MAX_HOP_ATTRIBUTE } from '../api/schema.js';
+import { MAX_HOP_ATTRIBUTE, MAX_HOP_RESOURCE } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import type { GatewayHops, GatewayVerdict } from '../broker/gateway-hops.js';
+import { hopDigest } from '../broker/decide-hop.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { setImmediate } from 'node:timers/promises';
 import { ChainwardenError } from '../errors.js';
@@ -137,14 +138,35 @@ export class AwsGateway {
       return decide(operation.action, operation.resource, { ...attributes, copySource: attributeValue(operation.reads.resource) }, '', read.answer.hopId);
     }
     const each = operation.each ?? [];
+    if (each.length === 0) return decide(operation.action, operation.resource, attributes, '');
+    const what = (i: number) => ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`;
+    const long = each.findIndex((one) => one.resource.length > MAX_HOP_RESOURCE);
+    if (long >= 0) throw new ChainwardenError('aws_request_invalid', `object ${long + 1} of the DeleteObjects is ${each[long]?.resource.slice(0, 80) ?? ''}…, longer than the ${MAX_HOP_RESOURCE} characters a hop's resource takes`, { field: 'delete' });
+    // While objects of an earlier try still wait for approval, the call waits on them: nothing is
+    // decided again, and no approval of another object is spent on a try that cannot go through.
+    const waiting = new Set((who.task.status?.pendingHops ?? []).map((h) => h.digest));
+    const stillWaiting = each.findIndex((one) => waiting.has(hopDigest({ tool: operation.tool, action: one.action, resource: one.resource, attributes: {} })));
+    if (stillWaiting >= 0) return decide(each[stillWaiting]?.action ?? '', each[stillWaiting]?.resource ?? '', {}, what(stillWaiting));
+    // Every object decided (a deny ends the call), so that all those needing approval wait at once and are approved in one round.
     let last: GatewayVerdict | undefined;
+    let pending: Extract<GatewayVerdict, { allowed: false }> | undefined;
+    let waits = 0;
+    let ran = performance.now();
     for (const [i, one] of each.entries()) {
-      // Up to a thousand decisions in a row: other calls are answered between every few.
-      if (i > 0 && i % 64 === 0) await setImmediate();
-      last = await decide(one.action, one.resource, {}, ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`);
-      if (!last.allowed) return last;
+      // Up to a thousand decisions: other calls are answered between every few milliseconds of them.
+      if (performance.now() - ran > YIELD_EVERY_MS) {
+        await setImmediate();
+        ran = performance.now();
+      }
+      last = await decide(one.action, one.resource, {}, what(i));
+      if (last.allowed) continue;
+      if (last.decision === 'deny') return last;
+      pending ??= last;
+      if (++waits >= MAX_WAITING_A_CALL) break;
     }
-    return last ?? decide(operation.action, operation.resource, attributes, '');
+    if (!pending) return last as GatewayVerdict;
+    if (waits === 1) return pending;
+    return { ...pending, error: new ChainwardenError(pending.error.code, `${pending.error.message}; ${waits - 1} more of its objects wait for approval too (the task's status.pendingHops), and the call goes through once all are approved`) };
   }
 }
 
@@ -227,6 +249,11 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
   }
   return request;
 }
+
+/** A DeleteObjects decides up to this many objects that need approval in one try, then waits on them. */
+const MAX_WAITING_A_CALL = 20;
+/** How long a run of a call's decisions holds the event loop before other calls are answered. */
+const YIELD_EVERY_MS = 5;
 
 /** How to go on after a refusal that waits for approval. */
 const RETRY = 'retry the call once an AgentApproval for it exists';

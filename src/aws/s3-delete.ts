@@ -32,6 +32,19 @@ export function deletedObjects(xml: string): DeletedObject[] {
   const objects: DeletedObject[] = [];
   let object: Partial<DeletedObject> | undefined;
   let text = '';
+  /** The fields each open element has had, so that none is given twice. */
+  const seen: Set<string>[] = [];
+  // Only XML 1.0 in UTF-8, as the body was read: another version reads line endings and
+  // references otherwise, and another encoding would be other characters to S3.
+  parser.on('xmldecl', (decl) => {
+    if (decl.version !== '1.0') throw refuse(`declares XML version ${JSON.stringify((decl.version ?? '').slice(0, 16))}: send XML 1.0`);
+    if (decl.encoding !== undefined && decl.encoding.toLowerCase() !== 'utf-8') throw refuse(`declares the encoding ${JSON.stringify(decl.encoding.slice(0, 32))}: send it in UTF-8`);
+  });
+  // Refused as each is read, so that a tag of thousands of attributes costs no more than one.
+  parser.on('attribute', (attribute) => {
+    const at = [...path, '?'].join('/');
+    if (!(at === '?' && attribute.name === 'xmlns' && attribute.value === S3_NAMESPACE)) throw refuse(`has the attribute ${attribute.name.slice(0, 64)}: only Delete's xmlns, S3's namespace, is taken`);
+  });
   parser.on('doctype', () => {
     throw refuse('has a DOCTYPE, which S3 does not take');
   });
@@ -39,12 +52,15 @@ export function deletedObjects(xml: string): DeletedObject[] {
     throw refuse(`has a processing instruction (<?${pi.target.slice(0, 32)}…?>)`);
   });
   parser.on('opentag', (tag: SaxesTagPlain) => {
+    const parent = seen.at(-1);
     path.push(tag.name);
     const at = path.join('/');
     if (!ELEMENTS.has(at)) throw refuse(`has a ${tag.name.slice(0, 64)} element at ${at.slice(0, 200)}, which DeleteObjects does not have`);
-    for (const [name, value] of Object.entries(tag.attributes)) {
-      if (!(at === 'Delete' && name === 'xmlns' && value === S3_NAMESPACE)) throw refuse(`has the attribute ${name.slice(0, 64)} on ${tag.name}: only Delete's xmlns, S3's namespace, is taken`);
+    if (LEAVES.has(at)) {
+      if (parent?.has(tag.name)) throw refuse(`names ${tag.name} twice in one ${path.at(-2) ?? ''}`);
+      parent?.add(tag.name);
     }
+    seen.push(new Set());
     if (at === 'Delete/Object') object = {};
     text = '';
   });
@@ -58,10 +74,10 @@ export function deletedObjects(xml: string): DeletedObject[] {
   parser.on('closetag', (tag: SaxesTagPlain) => {
     const at = path.join('/');
     path.pop();
+    seen.pop();
     if (at === 'Delete/Object/Key' || at === 'Delete/Object/VersionId') {
-      const field = at === 'Delete/Object/Key' ? 'key' : 'versionId';
-      if (object?.[field] !== undefined) throw refuse(`names ${tag.name} twice in one Object`);
-      if (object) object[field] = text;
+      if (text === '') throw refuse(`has an empty ${tag.name} (object ${objects.length + 1})`);
+      if (object) object[at === 'Delete/Object/Key' ? 'key' : 'versionId'] = text;
     } else if (at === 'Delete/Object') {
       if (!object?.key) throw refuse(`has an Object without a Key (object ${objects.length + 1})`);
       objects.push(object.versionId === undefined ? { key: object.key } : { key: object.key, versionId: object.versionId });

@@ -1,4 +1,4 @@
-import type { AgentApproval, AgentTask } from '../api/schema.js';
+import { MAX_HOP_RESOURCE, type AgentApproval, type AgentTask } from '../api/schema.js';
 import { ChainwardenError } from '../errors.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
@@ -43,6 +43,10 @@ export class GatewayHops {
    * to go on once it is approved.
    */
   async decide(who: AgentPrincipal, hop: HopRequest, what: string, retry: string): Promise<GatewayVerdict> {
+    // What a gateway derives is bounded as a hop an agent sends is: a longer resource would be a record the task's status refuses.
+    if (hop.resource.length > MAX_HOP_RESOURCE) {
+      throw new ChainwardenError('invalid_request', `the resource this call names is ${hop.resource.length} characters, more than the ${MAX_HOP_RESOURCE} a hop takes: ${hop.resource.slice(0, 80)}…`, { field: 'resource' });
+    }
     const task = who.task;
     const digest = hopDigest(hop);
     const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);

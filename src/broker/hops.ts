@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
+import { MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, MAX_HOP_RESOURCE, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import type { Logger } from '../log.js';
@@ -82,7 +82,7 @@ export function parseHopRequest(body: unknown): HopRequest {
   };
   const tool = str('tool', true, 63, NAME) ?? '';
   const action = str('action', true, MAX_HOP_ACTION, ACTION) ?? '';
-  const resource = str('resource', false, 1024) ?? '';
+  const resource = str('resource', false, MAX_HOP_RESOURCE) ?? '';
   const parentHop = str('parentHop', false, 64);
   const intent = str('intent', false, MAX_HOP_INTENT) ?? '';
   const credential = str('credential', false, 63, /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);

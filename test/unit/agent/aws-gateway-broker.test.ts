@@ -11,6 +11,7 @@ import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js'
 import type { AgentTask } from '../../../src/api/schema.js';
 import { GatewayHops } from '../../../src/broker/gateway-hops.js';
 import { AwsGateway, parseSignRequest } from '../../../src/aws/gateway.js';
+import { hopDigest } from '../../../src/broker/decide-hop.js';
 import { MAX_SIGN_FORM_BYTES, MAX_SIGN_REQUEST_BYTES } from '../../../src/aws/sign-api.js';
 import { Placeholders } from '../../../src/aws/placeholders.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
@@ -179,6 +180,51 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     expect(result.Deleted?.map((d) => d.Key).sort()).toEqual(keys.slice(0, 2).sort());
     expect(hopsOf(allowedFrom)).toEqual(keys.slice(0, 2).map((k) => `aws:s3 s3:DeleteObject arn:aws:s3:::scratch/${k}`));
     expect(await listed()).toEqual(['keep/ledger.csv']);
+    s3.destroy();
+  });
+
+  it('S3 DeleteObjects with objects that need approval: all wait at once, a retry meanwhile decides and spends nothing, and once all are approved one retry goes through', async () => {
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'held' }));
+    const keys = ['hold/a', 'free/b', 'hold/c', 'hold/d'];
+    for (const key of keys) await s3.send(new PutObjectCommand({ Bucket: 'held', Key: key, Body: key }));
+    const del = () => s3.send(new DeleteObjectsCommand({ Bucket: 'held', Delete: { Objects: keys.map((Key) => ({ Key })) } }));
+    decide = (hop) => (hop.resource.includes('/hold/') ? { decision: 'pending_approval', reasons: [{ rule: 'holds-need-a-person', effect: 'RequireApproval' }] } : { decision: 'allow', reasons: [{ rule: 'allow-aws', effect: 'Allow' }] });
+    const from = decided.length;
+    const waiting = await rejection(del());
+    expect(waiting.name).toBe('ChainwardenApprovalPending');
+    expect(waiting.message).toMatch(/s3:DeleteObject on arn:aws:s3:::held\/hold\/a \(object 1 of the 4 a DeleteObjects deletes\).*; 2 more of its objects wait for approval too/);
+    // Every object was decided in that one try, so the three wait together.
+    expect(hopsOf(from)).toEqual(keys.map((k) => `aws:s3 s3:DeleteObject arn:aws:s3:::held/${k}`));
+
+    // As the operator records them: the task's waiting hops, by digest.
+    const pendingHops = decided.slice(from).filter((h) => h.resource.includes('/hold/')).map((h, i) => ({ hopId: `h1_${String(i).padStart(12, 'W')}_CCCCCCCCCCCCCCCC`, digest: hopDigest(h), tool: h.tool, action: h.action, resource: h.resource, depth: 1, rules: ['holds-need-a-person'], requestedAt: new Date().toISOString() }));
+    task.status = { ...task.status, pendingHops } as AgentTask['status'];
+    try {
+      const retried = decided.length;
+      const again = await rejection(del());
+      expect(again.name).toBe('ChainwardenApprovalPending');
+      expect(again.message).toContain(pendingHops[0]?.hopId ?? '?');
+      expect(decided.length).toBe(retried);
+    } finally {
+      task.status = { ...task.status, pendingHops: [] } as AgentTask['status'];
+    }
+    // Approved (the waiting hops gone from the status, the decisions now allow): one retry, and the objects go.
+    decide = () => ({ decision: 'allow', reasons: [{ rule: 'approval:ok', effect: 'Allow' }] });
+    const result = await del();
+    expect(result.Deleted?.map((d) => d.Key).sort()).toEqual([...keys].sort());
+    s3.destroy();
+  });
+
+  it('a resource longer than a hop takes is refused before anything is decided: a long key in a path, or among the objects of a DeleteObjects', async () => {
+    const s3 = new S3Client(config());
+    const long = `tmp/${'k'.repeat(1_020)}`;
+    const from = decided.length;
+    const get = await rejection(s3.send(new GetObjectCommand({ Bucket: 'scratch', Key: long })));
+    expect(get).toMatchObject({ name: 'InvalidRequest', message: expect.stringMatching(/is 1045 characters, more than the 1024 a hop takes/) as unknown });
+    const bulk = await rejection(s3.send(new DeleteObjectsCommand({ Bucket: 'scratch', Delete: { Objects: [{ Key: 'tmp/a.txt' }, { Key: long }] } })));
+    expect(bulk).toMatchObject({ name: 'InvalidRequest', message: expect.stringMatching(/object 2 of the DeleteObjects is arn:aws:s3:::scratch\/tmp\/k+…, longer than the 1024 characters/) as unknown });
+    expect(decided.length).toBe(from);
     s3.destroy();
   });
 

@@ -72,6 +72,14 @@ describe('a gateway hop', () => {
     await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_new', decision: 'pending_approval' });
   });
 
+  it('is refused, deciding nothing, when its resource is longer than a hop takes (an MCP argument or an S3 key would make a record the status refuses)', async () => {
+    let decisions = 0;
+    const { gateway } = await setup(() => ((decisions += 1), { hopId: 'h1_a', decision: 'allow', reasons: [], depth: 1 }));
+    await expect(gateway.decide(principal(task()), { ...hop, resource: `ticket/${'9'.repeat(1_020)}` }, 'refund', 'retry')).rejects.toMatchObject({ code: 'invalid_request', field: 'resource', message: expect.stringContaining('is 1027 characters, more than the 1024 a hop takes') as unknown });
+    expect(decisions).toBe(0);
+    await expect(gateway.decide(principal(task()), { ...hop, resource: `ticket/${'9'.repeat(1_017)}` }, 'refund', 'retry')).resolves.toMatchObject({ allowed: true });
+  });
+
   it('is not released by an approval left from an earlier task of the same name', async () => {
     // Approvals outlive their task; the task made again under its name asks for the identical call.
     const { gateway, claimed } = await setup((approvedBy) => (approvedBy ? { hopId: 'h1_ok', decision: 'allow', reasons: [], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 }), [approval('earlier', hopDigest(hop), undefined, ids.mint('uid-of-the-earlier-task', 1))]);
