@@ -99,12 +99,11 @@ function safeDecode(s: string): string {
 
 /**
  * Objects, arrays and object members a JSON-protocol document may have in all. Parsing costs the
- * broker about half a microsecond each, on the loop every hop shares: 2 MiB of tiny members or
- * empty objects would take 150-200 ms. Real calls stay far below (a BatchWriteItem of 25 items of
- * 1,000 attributes is about 50,000 members with their type wrappers, and as many objects); past
- * this the document is refused before it is parsed.
+ * broker about a microsecond each, on the loop every hop shares: 2 MiB of tiny members would take
+ * 200 ms. Real calls stay far below (a BatchWriteItem of 25 items of 500 attributes is about
+ * 40,000 with their type wrappers); past this the document is refused before it is parsed.
  */
-const MAX_JSON_MEMBERS = 120_000;
+const MAX_JSON_MEMBERS = 50_000;
 
 /**
  * The first member name an object in JSON text repeats, at any depth (JSON.parse keeps the last,
