@@ -207,7 +207,7 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
       expect(again.message).toContain(pendingHops[0]?.hopId ?? '?');
       expect(decided.length).toBe(retried);
     } finally {
-      task.status = { ...task.status, pendingHops: [] } as AgentTask['status'];
+      task.status = { ...task.status, pendingHops: [] };
     }
     // Approved (the waiting hops gone from the status, the decisions now allow): one retry, and the objects go.
     decide = () => ({ decision: 'allow', reasons: [{ rule: 'approval:ok', effect: 'Allow' }] });
