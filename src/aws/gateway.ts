@@ -1,9 +1,9 @@
+import { setImmediate } from 'node:timers/promises';
 import { MAX_HOP_ATTRIBUTE, MAX_HOP_RESOURCE } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import type { GatewayHops, GatewayVerdict } from '../broker/gateway-hops.js';
 import { hopDigest } from '../broker/decide-hop.js';
 import type { CredentialBroker } from '../credentials/broker.js';
-import { setImmediate } from 'node:timers/promises';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
@@ -124,10 +124,11 @@ export class AwsGateway {
   }
 
   /**
-   * The call's hops, decided in order, each allowed before the next is asked; the first refusal
-   * ends the call, and the last verdict is its answer. A copy is the read of its source, then the
-   * write (the read its parent; each names the other, so approving one copy releases no other); a
-   * DeleteObjects is each object it deletes; any other call is one hop.
+   * The call's hops, decided in order; the call goes on only if every one is allowed, and the
+   * last verdict is its answer. A copy is the read of its source, then the write (the read its
+   * parent; each names the other, so approving one copy releases no other). A DeleteObjects is each
+   * object it deletes: a deny ends it, objects that need approval wait together. Any other call is
+   * one hop.
    */
   private async decideHops(who: AgentPrincipal, operation: AwsOperation, attributes: Record<string, string>): Promise<GatewayVerdict> {
     const decide = (action: string, resource: string, attrs: Record<string, string>, what: string, parentHop?: string) =>
@@ -140,6 +141,7 @@ export class AwsGateway {
     const each = operation.each ?? [];
     if (each.length === 0) return decide(operation.action, operation.resource, attributes, '');
     const what = (i: number) => ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`;
+    // Checked for all before any is decided, so that a long key at the end leaves no decisions behind.
     const long = each.findIndex((one) => one.resource.length > MAX_HOP_RESOURCE);
     if (long >= 0) throw new ChainwardenError('aws_request_invalid', `object ${long + 1} of the DeleteObjects is ${each[long]?.resource.slice(0, 80) ?? ''}…, longer than the ${MAX_HOP_RESOURCE} characters a hop's resource takes`, { field: 'delete' });
     // While objects of an earlier try still wait for approval, the call waits on them: nothing is

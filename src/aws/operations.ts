@@ -70,10 +70,10 @@ const IAM_PREFIX: Record<string, string> = { monitoring: 'cloudwatch', email: 's
 
 const prefixOf = (service: string) => IAM_PREFIX[service] ?? service;
 
-/** A query string or form, each name once: AWS and the broker could each read another of two. */
 /** Parameters a query or form may have: SendMessageBatch with every attribute has about 400; reading each costs the broker a microsecond or so. */
 const MAX_PARAMETERS = 5_000;
 
+/** A query string or form, each name once: AWS and the broker could each read another of two. */
 function parseQuery(query: string, where = 'query'): Map<string, string> {
   const out = new Map<string, string>();
   const parts = query.split('&', MAX_PARAMETERS + 1);

@@ -11,8 +11,9 @@ export interface DeletedObject {
 export const MAX_DELETED_OBJECTS = 1000;
 
 const S3_NAMESPACE = 'http://s3.amazonaws.com/doc/2006-03-01/';
-/** The elements a DeleteObjects body may have, by their path from the root; Key and VersionId are read, the others only allowed. */
+/** The fields, by their path from the root: each holds text and is given at most once; Key and VersionId are read, the others only allowed. */
 const LEAVES = new Set(['Delete/Quiet', 'Delete/Object/Key', 'Delete/Object/VersionId', 'Delete/Object/ETag', 'Delete/Object/LastModifiedTime', 'Delete/Object/Size']);
+/** Every element a DeleteObjects body may have. */
 const ELEMENTS = new Set(['Delete', 'Delete/Object', ...LEAVES]);
 
 const refuse = (message: string) => new ChainwardenError('aws_request_invalid', `the DeleteObjects body ${message}`, { field: 'delete' });
@@ -20,9 +21,9 @@ const refuse = (message: string) => new ChainwardenError('aws_request_invalid', 
 /**
  * The objects a DeleteObjects body names, read with a conforming XML parser (entities, character
  * references and line endings as S3's own parser reads them), so each key decided is the key S3
- * deletes. Anything beyond the documented shape is refused rather than guessed at: a DOCTYPE, a
- * comment or CDATA section, another element or attribute, text outside the object's fields, a key
- * named twice in one Object, no objects or more than 1,000.
+ * deletes. Anything beyond the documented shape is refused rather than guessed at: XML other than
+ * 1.0 in UTF-8, a DOCTYPE, a comment or CDATA section, another element or attribute, text outside
+ * the fields, a field given twice or empty, no objects or more than 1,000.
  */
 export function deletedObjects(xml: string): DeletedObject[] {
   // SDKs write neither; XML parsers disagree most there, and a parser spends the longest on them.
@@ -42,8 +43,8 @@ export function deletedObjects(xml: string): DeletedObject[] {
   });
   // Refused as each is read, so that a tag of thousands of attributes costs no more than one.
   parser.on('attribute', (attribute) => {
-    const at = [...path, '?'].join('/');
-    if (!(at === '?' && attribute.name === 'xmlns' && attribute.value === S3_NAMESPACE)) throw refuse(`has the attribute ${attribute.name.slice(0, 64)}: only Delete's xmlns, S3's namespace, is taken`);
+    const onRoot = path.length === 0;
+    if (!(onRoot && attribute.name === 'xmlns' && attribute.value === S3_NAMESPACE)) throw refuse(`has the attribute ${attribute.name.slice(0, 64)}: only Delete's xmlns, S3's namespace, is taken`);
   });
   parser.on('doctype', () => {
     throw refuse('has a DOCTYPE, which S3 does not take');
@@ -64,13 +65,11 @@ export function deletedObjects(xml: string): DeletedObject[] {
     if (at === 'Delete/Object') object = {};
     text = '';
   });
-  const onText = (t: string) => {
+  parser.on('text', (t) => {
     const at = path.join('/');
     if (LEAVES.has(at)) text += t;
     else if (!/^[ \t\r\n]*$/.test(t)) throw refuse(`has text ${JSON.stringify(t.trim().slice(0, 32))} in ${at || 'no element'}`);
-  };
-  parser.on('text', onText);
-  parser.on('cdata', onText);
+  });
   parser.on('closetag', (tag: SaxesTagPlain) => {
     const at = path.join('/');
     path.pop();
