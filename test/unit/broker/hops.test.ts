@@ -6,12 +6,12 @@ import { TaskJournal } from '../../../src/audit/journal.js';
 import { HopIds } from '../../../src/broker/hopids.js';
 import { hopDigest, HopService, parseHopRequest, type HopServiceDeps } from '../../../src/broker/hops.js';
 import { ChainwardenError } from '../../../src/errors.js';
-import type { TaskStatusWriter } from '../../../src/kube/tasks.js';
 import { silentLogger } from '../../../src/log.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { TaskClientTwin } from '../../builders/task-client-twin.js';
+import { serviceFor } from '../../builders/hop-service.js';
 
 describe('parseHopRequest', () => {
   it('reads a hop and turns attribute values into strings', () => {
@@ -130,62 +130,6 @@ describe('parseHopRequest under fuzzing', () => {
     );
   });
 });
-
-interface ServiceOptions {
-  mode?: 'Enforce' | 'Audit';
-  /** Journal writes that fail (a 504) before they land. */
-  failingWrites?: number;
-  /** Every journal write hangs, as with a frozen etcd. */
-  hangs?: boolean;
-  /** Journal writes wait for this before they reach the API server. */
-  gate?: () => Promise<void>;
-  endShown?: HopServiceDeps['endShown'];
-  chainShown?: HopServiceDeps['chainShown'];
-  freshTask?: HopServiceDeps['freshTask'];
-  approvals?: HopServiceDeps['approvals'];
-}
-
-const NOW = Date.parse('2026-11-21T10:30:00Z');
-
-/** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
-function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [] }: ServiceOptions = {}) {
-  const raw = examplePolicy('support');
-  raw.spec.mode = mode;
-  const policy = parseAgentPolicy(raw);
-  const rawTask = exampleTask('support');
-  rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
-  const task = parseAgentTask(rawTask);
-  const twin = new TaskClientTwin(task);
-  const metrics = new Metrics();
-  const writer = twin.statusWriter('journal');
-  let failing = failingWrites;
-  let writes = 0;
-  const flaky: Pick<TaskStatusWriter, 'update'> = {
-    update: async (...args) => {
-      writes++;
-      if (hangs) return new Promise(() => undefined);
-      await gate?.();
-      if (failing-- > 0) throw new ChainwardenError('api_error', 'the API server answered 504');
-      return writer.update(...args);
-    },
-  };
-  const service = new HopService({
-    engine: new PolicyEngine(),
-    journal: new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0 }),
-    ids: new HopIds(Buffer.alloc(32, 3)),
-    policy: () => policy,
-    approvals,
-    credentials: undefined as never,
-    clock: { now: () => NOW },
-    log: silentLogger(),
-    metrics,
-    endShown,
-    chainShown,
-    freshTask,
-  });
-  const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
-  return { service, who, twin, metrics, writes: () => writes };
-}
 
 describe('HopService under a policy in Audit mode: the gateways get the same answer as /v1/hops', () => {
   const setup = (mode: 'Enforce' | 'Audit', failingWrites = 0, hangs = false, endShown?: HopServiceDeps['endShown']) => serviceFor({ mode, failingWrites, hangs, endShown });
