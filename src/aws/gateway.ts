@@ -1,8 +1,6 @@
-import { setImmediate } from 'node:timers/promises';
 import { MAX_HOP_ATTRIBUTE, MAX_HOP_RESOURCE } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
-import type { GatewayHops, GatewayVerdict } from '../broker/gateway-hops.js';
-import { hopDigest } from '../broker/decide-hop.js';
+import type { CallHop, GatewayHops, GatewayVerdict } from '../broker/gateway-hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -20,8 +18,8 @@ const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token',
 export interface AwsGatewayDeps {
   placeholders: Placeholders;
   credentials: Pick<CredentialBroker, 'credentials'>;
-  /** Decides the call as a hop: pending dedupe, approvals used once, transaction tokens. */
-  hops: Pick<GatewayHops, 'decide'>;
+  /** Decides the call's hops: pending dedupe, approvals used once, transaction tokens. */
+  hops: Pick<GatewayHops, 'decideCall'>;
   /** The region the gateway serves: where the operator's sessions are used. */
   region: string;
   /** One endpoint for every service (a local emulator); the service's regional AWS endpoint otherwise. */
@@ -124,51 +122,30 @@ export class AwsGateway {
   }
 
   /**
-   * The call's hops, decided in order; the call goes on only if every one is allowed, and the
-   * last verdict is its answer. A copy is the read of its source, then the write (the read its
-   * parent; each names the other, so approving one copy releases no other). A DeleteObjects is each
-   * object it deletes: a deny ends it, objects that need approval wait together. Any other call is
-   * one hop.
+   * The call's hops: a copy is the read of its source, then the write (each names the other, so
+   * approving one copy releases no other); a DeleteObjects is each object it deletes; any other
+   * call is one hop. Decided as one call (`GatewayHops.decideCall`): it goes on only if every
+   * hop is allowed, and hops that need approval wait together.
    */
-  private async decideHops(who: AgentPrincipal, operation: AwsOperation, attributes: Record<string, string>): Promise<GatewayVerdict> {
-    const decide = (action: string, resource: string, attrs: Record<string, string>, what: string, parentHop?: string) =>
-      this.deps.hops.decide(who, { tool: operation.tool, action, resource, intent: '', attributes: attrs, ...(parentHop ? { parentHop } : {}) }, `${action} on ${resource}${what}`, RETRY);
-    if (operation.reads) {
-      const read = await decide(operation.reads.action, operation.reads.resource, { copyTo: attributeValue(operation.resource) }, ' (the source of a copy)');
-      if (!read.allowed) return read;
-      return decide(operation.action, operation.resource, { ...attributes, copySource: attributeValue(operation.reads.resource) }, '', read.answer.hopId);
-    }
+  private decideHops(who: AgentPrincipal, operation: AwsOperation, attributes: Record<string, string>): Promise<GatewayVerdict> {
+    const hop = (action: string, resource: string, attrs: Record<string, string>, what: string, after?: number): CallHop => ({
+      request: { tool: operation.tool, action, resource, intent: '', attributes: attrs },
+      what: `${action} on ${resource}${what}`,
+      ...(after !== undefined ? { after } : {}),
+    });
     const each = operation.each ?? [];
-    if (each.length === 0) return decide(operation.action, operation.resource, attributes, '');
-    const what = (i: number) => ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`;
     // Checked for all before any is decided, so that a long key at the end leaves no decisions behind.
     const long = each.findIndex((one) => one.resource.length > MAX_HOP_RESOURCE);
     if (long >= 0) throw new ChainwardenError('aws_request_invalid', `object ${long + 1} of the DeleteObjects is ${each[long]?.resource.slice(0, 80) ?? ''}…, longer than the ${MAX_HOP_RESOURCE} characters a hop's resource takes`, { field: 'delete' });
-    // While objects of an earlier try still wait for approval, the call waits on them: nothing is
-    // decided again, and no approval of another object is spent on a try that cannot go through.
-    const waiting = new Set((who.task.status?.pendingHops ?? []).map((h) => h.digest));
-    const stillWaiting = each.findIndex((one) => waiting.has(hopDigest({ tool: operation.tool, action: one.action, resource: one.resource, attributes: {} })));
-    if (stillWaiting >= 0) return decide(each[stillWaiting]?.action ?? '', each[stillWaiting]?.resource ?? '', {}, what(stillWaiting));
-    // Every object decided (a deny ends the call), so that all those needing approval wait at once and are approved in one round.
-    let last: GatewayVerdict | undefined;
-    let pending: Extract<GatewayVerdict, { allowed: false }> | undefined;
-    let waits = 0;
-    let ran = performance.now();
-    for (const [i, one] of each.entries()) {
-      // Up to a thousand decisions: other calls are answered between every few milliseconds of them.
-      if (performance.now() - ran > YIELD_EVERY_MS) {
-        await setImmediate();
-        ran = performance.now();
-      }
-      last = await decide(one.action, one.resource, {}, what(i));
-      if (last.allowed) continue;
-      if (last.decision === 'deny') return last;
-      pending ??= last;
-      if (++waits >= MAX_WAITING_A_CALL) break;
-    }
-    if (!pending) return last as GatewayVerdict;
-    if (waits === 1) return pending;
-    return { ...pending, error: new ChainwardenError(pending.error.code, `${pending.error.message}; ${waits - 1} more of its objects wait for approval too (the task's status.pendingHops), and the call goes through once all are approved`) };
+    const hops = operation.reads
+      ? [
+          hop(operation.reads.action, operation.reads.resource, { copyTo: attributeValue(operation.resource) }, ' (the source of a copy)'),
+          hop(operation.action, operation.resource, { ...attributes, copySource: attributeValue(operation.reads.resource) }, '', 0),
+        ]
+      : each.length > 0
+        ? each.map((one, i) => hop(one.action, one.resource, {}, ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`))
+        : [hop(operation.action, operation.resource, attributes, '')];
+    return this.deps.hops.decideCall(who, hops, RETRY);
   }
 }
 
@@ -251,11 +228,6 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
   }
   return request;
 }
-
-/** A DeleteObjects decides up to this many objects that need approval in one try, then waits on them. */
-const MAX_WAITING_A_CALL = 20;
-/** How long a run of a call's decisions holds the event loop before other calls are answered. */
-const YIELD_EVERY_MS = 5;
 
 /** How to go on after a refusal that waits for approval. */
 const RETRY = 'retry the call once an AgentApproval for it exists';

@@ -33,13 +33,27 @@ export interface ChainView {
 }
 
 export function chainView(c: AgentTaskStatus['chain'], unwritten: TaskDelta | undefined, pendingHops = 0): ChainView {
+  const written: ChainView = {
+    pending: pendingHops,
+    hopCount: c?.hopCount ?? 0,
+    deepest: c?.deepest ?? 0,
+    priorDenials: c?.priorDenials ?? 0,
+    systems: new Set(c?.systemsTouched ?? []),
+    dataClasses: new Set(c?.dataClassesTouched ?? []),
+  };
+  return unwritten ? advanceChain(written, unwritten) : written;
+}
+
+/** The chain with one more change in it (a decided hop's, or all a replica has not written): counters add, sets unite. */
+export function advanceChain(view: ChainView, delta: Partial<TaskDelta>): ChainView {
+  const unite = (a: ReadonlySet<string>, b: Set<string> | undefined) => (b && b.size > 0 ? new Set([...a, ...b]) : a);
   return {
-    pending: pendingHops + (unwritten?.addPending.length ?? 0),
-    hopCount: (c?.hopCount ?? 0) + (unwritten?.hopCount ?? 0),
-    deepest: Math.max(c?.deepest ?? 0, unwritten?.deepest ?? 0),
-    priorDenials: (c?.priorDenials ?? 0) + (unwritten?.priorDenials ?? 0),
-    systems: new Set([...(c?.systemsTouched ?? []), ...(unwritten?.systems ?? [])]),
-    dataClasses: new Set([...(c?.dataClassesTouched ?? []), ...(unwritten?.dataClasses ?? [])]),
+    pending: view.pending + (delta.addPending?.length ?? 0),
+    hopCount: view.hopCount + (delta.hopCount ?? 0),
+    deepest: Math.max(view.deepest, delta.deepest ?? 0),
+    priorDenials: view.priorDenials + (delta.priorDenials ?? 0),
+    systems: unite(view.systems, delta.systems),
+    dataClasses: unite(view.dataClasses, delta.dataClasses),
   };
 }
 

@@ -1,16 +1,17 @@
+import { setImmediate } from 'node:timers/promises';
 import { MAX_HOP_RESOURCE, type AgentApproval, type AgentTask } from '../api/schema.js';
 import { ChainwardenError } from '../errors.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { AgentPrincipal } from './auth.js';
-import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopRequest, type HopService } from './hops.js';
+import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopDecision, type HopRequest, type HopService } from './hops.js';
 
 /** Set on an AgentApproval once a gateway call has used it: who, and when. */
 export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
 
 export interface GatewayHopsDeps {
-  hops: Pick<HopService, 'decideForGateway' | 'isHopOf'>;
+  hops: Pick<HopService, 'decideForGateway' | 'isHopOf' | 'preview'>;
   /** The AgentApprovals of a namespace, from the cache. */
   approvals: (namespace: string) => AgentApproval[];
   /** Marks an approval used by one call, if no call has used it yet: true for the one caller that wins, on any replica. */
@@ -28,6 +29,15 @@ export interface GatewayHopsDeps {
 export type GatewayVerdict =
   | { allowed: true; answer: HopAnswer; txnToken: string }
   | { allowed: false; error: ChainwardenError; hopId: string; decision: 'deny' | 'pending_approval'; reasons: Reason[] };
+
+/** One hop of a gateway call of several (a copy's read and write, each object of a bulk delete). */
+export interface CallHop {
+  request: HopRequest;
+  /** Names the hop in refusals: "s3:GetObject on arn:aws:s3:::b/k (the source of a copy)". */
+  what: string;
+  /** The hop of the same call this one follows, by its place in the call: its parent once decided. */
+  after?: number;
+}
 
 /**
  * What the AWS and MCP gateways share: a call is a hop. The same call again while its hop waits
@@ -66,12 +76,101 @@ export class GatewayHops {
   }
 
   /**
-   * An approval of this exact call whose hop was decided and that no call has used yet, claimed
-   * for this one. Its hop must be one of this task: approvals outlive their task, and one left
-   * unused by an earlier task of the same name must not release the same call in a new one.
+   * A call of several hops, which goes on only if every one is allowed: decided in order, each
+   * with those before it in the chain, a hop after one that is not allowed left undecided. The
+   * verdict is the last hop's, or the first deny, or the first wait (saying how many more wait;
+   * up to 20 a try, to be approved in one round).
+   *
+   * A try that cannot go through spends nothing it need not. While hops of an earlier try wait,
+   * the call waits on them and nothing is decided again. Otherwise the call is first forecast
+   * (`HopService.preview`): if hops would wait and none would be denied, only those are decided,
+   * with what they follow (see `decideWaiting`), so they wait for an approver together; the
+   * others are neither recorded nor counted, and no approval is used, until a try can go through.
+   * A forecast that proves wrong (the chain moved meanwhile) costs only that: the call is then
+   * decided in full.
    */
-  private async approvalFor(task: AgentTask, digest: string, pod: string): Promise<string | undefined> {
-    const candidates = this.deps.approvals(task.metadata.namespace ?? '').filter(
+  async decideCall(who: AgentPrincipal, hops: readonly CallHop[], retry: string): Promise<GatewayVerdict> {
+    if (hops.length === 1 && hops[0]) return this.decide(who, hops[0].request, hops[0].what, retry);
+    const waiting = new Set((who.task.status?.pendingHops ?? []).map((h) => h.digest));
+    const still = hops.find((hop) => waiting.has(hopDigest(hop.request)));
+    if (still) return this.decide(who, still.request, still.what, retry);
+    // For each hop, the hop an unused approval of it released: the approval the call would use.
+    const released = hops.map((hop) => this.unusedApprovals(who.task, hopDigest(hop.request))[0]?.spec.hopId);
+    const forecast = await this.forecast(who, hops, released);
+    if (!forecast.includes('deny') && forecast.includes('pending_approval')) {
+      const waits = await this.decideWaiting(who, hops, forecast, released, retry);
+      if (waits) return waits;
+    }
+    return this.decideInOrder(who, hops, retry);
+  }
+
+  private async forecast(who: AgentPrincipal, hops: readonly CallHop[], released: readonly (string | undefined)[]): Promise<HopDecision[]> {
+    const decisions: HopDecision[] = [];
+    const breathe = pacer();
+    const planned = hops.map((hop, i) => ({ request: hop.request, ...(hop.after !== undefined ? { after: hop.after } : {}), approved: released[i] !== undefined }));
+    for (const decision of this.deps.hops.preview(who, planned)) {
+      decisions.push(decision);
+      await breathe();
+    }
+    return decisions;
+  }
+
+  /**
+   * The hops forecast to wait (the first 20), each after what it follows, so that the approver
+   * sees it in its place in the chain: a hop it follows that is allowed outright is decided
+   * first; one an unused approval allows is not (that would spend the approval), and the hop
+   * that approval released, already in the chain, stands in for it. Undefined when, decided,
+   * none waits after all.
+   */
+  private async decideWaiting(who: AgentPrincipal, hops: readonly CallHop[], forecast: readonly HopDecision[], released: readonly (string | undefined)[], retry: string): Promise<GatewayVerdict | undefined> {
+    const decide = new Set<number>();
+    const waits = forecast.flatMap((d, i) => (d === 'pending_approval' ? [i] : [])).slice(0, MAX_WAITING_A_CALL);
+    for (const i of waits) {
+      decide.add(i);
+      for (let j = hops[i]?.after; j !== undefined && forecast[j] === 'allow' && released[j] === undefined; j = hops[j]?.after) decide.add(j);
+    }
+    const ids: (string | undefined)[] = [...released];
+    const refused: Refused[] = [];
+    const breathe = pacer();
+    for (const [i, hop] of hops.entries()) {
+      if (!decide.has(i)) continue;
+      await breathe();
+      const parent = hop.after === undefined ? undefined : ids[hop.after];
+      const verdict = await this.decide(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry);
+      ids[i] = verdict.allowed ? verdict.answer.hopId : verdict.hopId;
+      if (verdict.allowed) continue;
+      if (verdict.decision === 'deny') return verdict;
+      refused.push(verdict);
+    }
+    return refused.length > 0 ? together(refused) : undefined;
+  }
+
+  private async decideInOrder(who: AgentPrincipal, hops: readonly CallHop[], retry: string): Promise<GatewayVerdict> {
+    const ids: (string | undefined)[] = [];
+    const refused: Refused[] = [];
+    let last: GatewayVerdict | undefined;
+    const breathe = pacer();
+    for (const hop of hops) {
+      await breathe();
+      const parent = hop.after === undefined ? undefined : ids[hop.after];
+      if (hop.after !== undefined && parent === undefined) {
+        ids.push(undefined);
+        continue;
+      }
+      last = await this.decide(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry);
+      ids.push(last.allowed ? last.answer.hopId : undefined);
+      if (last.allowed) continue;
+      if (last.decision === 'deny') return last;
+      if (refused.push(last) >= MAX_WAITING_A_CALL) break;
+    }
+    if (refused.length > 0) return together(refused);
+    if (!last) throw new ChainwardenError('invalid_request', 'the call names no hop');
+    return last;
+  }
+
+  /** Approvals of this exact call whose hop was decided and that no call has used yet. */
+  private unusedApprovals(task: AgentTask, digest: string): AgentApproval[] {
+    return this.deps.approvals(task.metadata.namespace ?? '').filter(
       (a) =>
         a.spec.taskRef.name === task.metadata.name &&
         a.spec.decision === 'Approve' &&
@@ -79,7 +178,15 @@ export class GatewayHops {
         !a.metadata.annotations?.[APPROVAL_USED_BY] &&
         this.deps.hops.isHopOf(task, a.spec.hopId),
     );
-    for (const approval of candidates) if (await this.deps.claim(approval, `${pod}@${new Date(this.deps.clock.now()).toISOString()}`)) return approval.metadata.name;
+  }
+
+  /**
+   * An unused approval of this exact call, claimed for this one. Its hop must be one of this
+   * task: approvals outlive their task, and one left unused by an earlier task of the same name
+   * must not release the same call in a new one.
+   */
+  private async approvalFor(task: AgentTask, digest: string, pod: string): Promise<string | undefined> {
+    for (const approval of this.unusedApprovals(task, digest)) if (await this.deps.claim(approval, `${pod}@${new Date(this.deps.clock.now()).toISOString()}`)) return approval.metadata.name;
     return undefined;
   }
 
@@ -101,6 +208,32 @@ export class GatewayHops {
       },
     });
   }
+}
+
+type Refused = Extract<GatewayVerdict, { allowed: false }>;
+
+/** A call decides up to this many hops that need approval in one try, then waits on them. */
+const MAX_WAITING_A_CALL = 20;
+/** How long a run of a call's decisions holds the event loop before other calls are answered. */
+const YIELD_EVERY_MS = 5;
+
+/** Lets other calls in every few milliseconds of a long run of decisions (a bulk delete is up to a thousand). */
+function pacer(): () => Promise<void> {
+  let ran = performance.now();
+  return async () => {
+    if (performance.now() - ran <= YIELD_EVERY_MS) return;
+    await setImmediate();
+    ran = performance.now();
+  };
+}
+
+/** The first wait of a call, saying how many more of its hops wait with it. */
+function together(refused: readonly Refused[]): Refused {
+  const [first] = refused;
+  if (!first) throw new Error('no refusal to answer');
+  const more = refused.length - 1;
+  if (more === 0) return first;
+  return { ...first, error: new ChainwardenError(first.error.code, `${first.error.message}; ${more} more of its hops ${more === 1 ? 'waits' : 'wait'} for approval too (the task's status.pendingHops), and the call goes through once all are approved`) };
 }
 
 const pendingError = (what: string, hopId: string, rules: string, retry: string) => new ChainwardenError('approval_pending', `${what} waits for approval (hop ${hopId}, rule ${rules}); ${retry}`);

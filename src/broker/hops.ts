@@ -8,7 +8,7 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
+import { advanceChain, chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
 export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -22,6 +22,18 @@ export interface GatewayHopFacts {
   /** The chain's data classes with this hop's. */
   dataClassesTouched: string[];
 }
+
+/** One hop of a call, as `HopService.preview` forecasts it. */
+export interface PreviewHop {
+  request: HopRequest;
+  /** The hop of the same call this one follows, by its place in the call: its parent once decided. */
+  after?: number;
+  /** An unused AgentApproval of this exact hop exists: what would wait is allowed. */
+  approved: boolean;
+}
+
+/** Stands for the id a forecast hop would be given: never recorded, never answered. */
+const PREVIEW_HOP_ID = 'preview';
 
 export interface HopAnswer {
   hopId: string;
@@ -156,12 +168,41 @@ export class HopService {
     return this.decideFull(who, request, approvedBy, mint);
   }
 
+  /**
+   * How the hops of one gateway call would be decided, in order, each with those before it in the
+   * chain: nothing is recorded, no hop id minted, no approval claimed. A gateway asks before it
+   * decides a call of several hops, so that a try some of whose hops must wait records only
+   * those. A forecast on this replica's view of the chain: deciding is what counts. One decision
+   * a step, so the caller can let other calls in between.
+   */
+  *preview(who: AgentPrincipal, hops: readonly PreviewHop[]): Generator<HopDecision, void, undefined> {
+    const task = who.task;
+    const { namespace = '', name = '', uid = '' } = task.metadata;
+    const policy = this.policyOf(task);
+    let chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(task));
+    const depths: number[] = [];
+    const now = this.deps.clock.now();
+    for (const { request, after, approved } of hops) {
+      const parentDepth = after !== undefined ? depths[after] : request.parentHop !== undefined ? this.deps.ids.depthOf(uid, request.parentHop) : undefined;
+      const depth = depthOf(parentDepth, chain);
+      depths.push(depth);
+      const outcome = decideHop({ task, policy, request, hopId: PREVIEW_HOP_ID, depth, chain, now, pod: who.podName, ...(approved ? { approvedBy: 'preview' } : {}) }, (...args) => this.deps.engine.evaluate(...args));
+      chain = advanceChain(chain, outcome.delta);
+      yield outcome.decision;
+    }
+  }
+
+  private policyOf(task: AgentTask): AgentPolicy {
+    const policy = this.deps.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
+    if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
+    return policy;
+  }
+
   private async decideFull(who: AgentPrincipal, request: HopRequest, approvedBy?: string, mint?: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
     const started = performance.now();
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
-    const policy = this.deps.policy(namespace, task.spec.policyRef.name);
-    if (!policy) throw new ChainwardenError('task_not_active', `AgentPolicy ${task.spec.policyRef.name} does not exist; the task gets no decisions`);
+    const policy = this.policyOf(task);
     const parentDepth = request.parentHop === undefined ? undefined : this.deps.ids.depthOf(uid, request.parentHop);
     if (request.parentHop !== undefined && parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
     const now = this.deps.clock.now();

@@ -62,7 +62,9 @@ async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, name
   policy.spec.rules = [
     ...(policy.spec.rules ?? []),
     { name: 'agent-bucket', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:CreateBucket', 's3:PutObject', 's3:GetObject', 's3:ListBucket'], resources: [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/*`] },
-    { name: 'never-delete-objects', effect: 'Deny', tools: ['aws:s3'], actions: ['s3:DeleteObject'] },
+    { name: 'never-delete-objects', effect: 'Deny', tools: ['aws:s3'], actions: ['s3:DeleteObject'], resources: [`arn:aws:s3:::${bucket}/notes/*`, `arn:aws:s3:::${bucket}/py/*`] },
+    { name: 'scratch-is-scratch', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:DeleteObject'], resources: [`arn:aws:s3:::${bucket}/scratch/*`, `arn:aws:s3:::${bucket}/archive/*`] },
+    { name: 'archive-deletes-need-a-human', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:DeleteObject'], resources: [`arn:aws:s3:::${bucket}/archive/*`] },
     { name: 'outbox-needs-a-human', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: [`arn:aws:s3:::${bucket}/outbox/*`] },
     { name: 'agent-table', effect: 'Allow', tools: ['aws:dynamodb'], actions: ['dynamodb:CreateTable', 'dynamodb:PutItem', 'dynamodb:GetItem'], resources: [`arn:aws:dynamodb:us-east-1:${ACCOUNT}:table/${bucket}`] },
   ];
@@ -213,6 +215,36 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect((await reachedAws(env)).filter((r) => r.method === 'PUT' && r.path === `/${bucket}/outbox/4711.txt`).map((r) => r.headers['x-amz-copy-source'])).toEqual([`${bucket}/notes/4711.txt`]);
       // Once: the approval is spent, and a copy from another source is another call.
       expect(await agent.call('s3', 'CopyObject', copy)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('a bulk delete with an archived object among scratch ones: only that object waits; approved, one retry deletes all three, each counted once', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);
+    try {
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      const keys = ['scratch/a.txt', 'archive/2025.csv', 'scratch/b.txt'];
+      for (const Key of keys) expect((await agent.call('s3', 'PutObject', { Bucket: bucket, Key, Body: Key })).ok).toBe(true);
+      const hopCount = async () => (await readTask(admin, namespace, 'ticket-4711'))?.status?.chain?.hopCount ?? 0;
+      await expect.poll(hopCount).toBe(4);
+      const bulk = { Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })) } };
+      const pending = await agent.call('s3', 'DeleteObjects', bulk);
+      expect(pending).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+      expect(pending.message).toContain(`s3:DeleteObject on arn:aws:s3:::${bucket}/archive/2025.csv (object 2 of the 3 a DeleteObjects deletes) waits for approval`);
+      const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
+      expect(waiting.map((h) => [h.action, h.resource])).toEqual([['s3:DeleteObject', `arn:aws:s3:::${bucket}/archive/2025.csv`]]);
+      // The scratch objects were not decided while the archived one waits: only it is in the chain.
+      expect(await hopCount()).toBe(5);
+
+      const hopId = /hop (h\d+_[A-Za-z0-9_-]+)/.exec(pending.message ?? '')?.[1] ?? '';
+      await approveThenRetry(admin, namespace, hopId, () => agent.call('s3', 'DeleteObjects', bulk));
+      // Four to fill the bucket, the wait, then the three decided once: eight, not the ten a try that records every object would count against maxHops.
+      await expect.poll(hopCount).toBe(8);
+      expect((await agent.call('s3', 'ListObjectsV2', { Bucket: bucket })).out?.Contents ?? []).toEqual([]);
+      expect((await reachedAws(env)).filter((r) => r.method === 'POST' && r.path === `/${bucket}/`)).toHaveLength(1);
     } finally {
       agent.stop();
       await sidecar.stop();

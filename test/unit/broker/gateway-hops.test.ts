@@ -31,6 +31,10 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
         return Promise.resolve({ answer, txnToken: mint(facts) });
       },
       isHopOf: (t, hopId) => ids.depthOf(t.metadata.uid ?? '', hopId) !== undefined,
+      // A call of one hop is decided, never forecast (gateway-calls.test.ts has calls of several).
+      preview: () => {
+        throw new Error('a single hop was forecast');
+      },
     },
     approvals: () => approvals,
     claim: (a) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), true)),

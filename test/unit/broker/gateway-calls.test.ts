@@ -1,0 +1,181 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { parseAgentApproval } from '../../../src/api/parse.js';
+import type { AgentApproval, AgentPolicy } from '../../../src/api/schema.js';
+import { APPROVAL_USED_BY, GatewayHops, type CallHop } from '../../../src/broker/gateway-hops.js';
+import { type HopDecision, type HopRequest } from '../../../src/broker/hops.js';
+import { NOW, serviceFor } from '../../builders/hop-service.js';
+
+/**
+ * A gateway call of several hops (an S3 copy: the read, then the write; a bulk delete: each
+ * object), decided by the real HopService over the support policy: what a try records, counts
+ * and spends when some of its hops must wait for a person.
+ */
+
+const hop = (tool: string, action: string, resource: string): HopRequest => ({ tool, action, resource, intent: '', attributes: {} });
+const refund = (order: number) => hop('payments', 'refund', `order/${order}`);
+const readTicket = (n: number) => hop('tickets', 'read', `ticket/${n}`);
+const comment = (n: number) => hop('tickets', 'comment', `ticket/${n}`);
+const email = hop('email', 'send', 'mailto:someone@example.com');
+const call = (...hops: (HopRequest | [HopRequest, number])[]): CallHop[] =>
+  hops.map((h) => (Array.isArray(h) ? { request: h[0], what: `${h[0].action} ${h[0].resource}`, after: h[1] } : { request: h, what: `${h.action} ${h.resource}` }));
+
+function world(adjust?: (policy: AgentPolicy) => void) {
+  const approvals: AgentApproval[] = [];
+  const { service, twin, who } = serviceFor({ approvals: () => approvals, ...(adjust ? { adjust } : {}) });
+  const claimed: string[] = [];
+  const gateway = new GatewayHops({
+    hops: service,
+    approvals: () => approvals,
+    // As the operator's conditional patch does: the first claim wins, every later one loses.
+    claim: (approval, by) => {
+      if (approval.metadata.annotations?.[APPROVAL_USED_BY]) return Promise.resolve(false);
+      approval.metadata.annotations = { ...approval.metadata.annotations, [APPROVAL_USED_BY]: by };
+      claimed.push(approval.metadata.name ?? '');
+      return Promise.resolve(true);
+    },
+    issuer: { mintTxnToken: (input) => `txn.${input.tctx.hopId}` },
+    trustDomain: 'cluster.local',
+    marker: () => 'cw-marker',
+    spiffeId: () => who.spiffeId,
+    clock: { now: () => NOW },
+  });
+  const task = () => twin.task ?? who.task;
+  const status = () => task().status;
+  /** The agent's next try, with the task as the watch now shows it. */
+  const attempt = (hops: CallHop[]) => gateway.decideCall({ ...who, task: task() }, hops, 'retry once approved');
+  /** A person approves every hop that waits, as `chainwarden approve` does; the operator resolves them. */
+  const approveAll = async () => {
+    const waiting = status()?.pendingHops ?? [];
+    for (const [i, p] of waiting.entries()) {
+      approvals.push(parseAgentApproval({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentApproval', metadata: { name: `ok-${approvals.length + i}`, namespace: 'support', creationTimestamp: new Date(NOW).toISOString() }, spec: { taskRef: { name: task().metadata.name }, hopId: p.hopId, hopDigest: p.digest, decision: 'Approve', reason: 'checked' } }));
+    }
+    await service.resolvePending(task());
+    await expect.poll(() => status()?.pendingHops ?? []).toEqual([]);
+    return waiting.length;
+  };
+  return { service, who, task, status, attempt, approveAll, approvals, claimed };
+}
+
+describe('a gateway call of several hops, some of which need approval', () => {
+  it('a copy whose read and write both need approval: both wait in the first try, one round of approvals releases it, and each approval is used once', async () => {
+    const w = world();
+    const copy = call(refund(1), [refund(2), 0]);
+    const first = await w.attempt(copy);
+    expect(first).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(first.allowed ? '' : first.error.message).toMatch(/refund order\/1 waits for approval .*; 1 more of its hops waits for approval too/);
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.resource)).toEqual(['order/1', 'order/2']);
+
+    // Retried before anyone decides: the same waiting hop, nothing decided again.
+    const again = await w.attempt(copy);
+    expect(again).toMatchObject({ allowed: false, hopId: first.allowed ? '' : first.hopId });
+    expect(w.status()?.chain?.hopCount).toBe(2);
+
+    expect(await w.approveAll()).toBe(2);
+    const through = await w.attempt(copy);
+    expect(through).toMatchObject({ allowed: true });
+    expect(w.claimed.sort()).toEqual(w.approvals.map((a) => a.metadata.name).sort());
+    // Spent: the same copy again waits for a person.
+    expect(await w.attempt(copy)).toMatchObject({ allowed: false, decision: 'pending_approval' });
+  });
+
+  it('a copy whose write alone needs approval: the write waits in its place, after the read, and one approval releases the copy', async () => {
+    const w = world();
+    const copy = call(readTicket(1), [refund(3), 0]);
+    expect(await w.attempt(copy)).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.resource)).toEqual(['order/3']);
+    const read = w.status()?.recentHops?.find((h) => h.resource === 'ticket/1');
+    expect(w.status()?.pendingHops?.[0]?.parentHop).toBe(read?.hopId);
+    expect(await w.approveAll()).toBe(1);
+    expect(await w.attempt(copy)).toMatchObject({ allowed: true });
+    expect(w.claimed).toHaveLength(1);
+  });
+
+  it('a copy whose write waits only once its approved read is in the chain: the read\'s approval is not spent while the write waits, and two approvals release it', async () => {
+    // A write after payment data needs a person too: it waits only once the refund is allowed.
+    const w = world((p) => {
+      (p.spec.rules ??= []).push({ name: 'write-out', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:PutObject'] });
+      (p.spec.rules ??= []).push({ name: 'payment-data-leaves-with-a-person', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], when: { afterDataClasses: ['payment'] } });
+    });
+    const copy = call(refund(7), [hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/7'), 0]);
+    expect(await w.attempt(copy)).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.resource)).toEqual(['order/7']);
+    const refundHop = w.status()?.pendingHops?.[0]?.hopId;
+    expect(await w.approveAll()).toBe(1);
+
+    const second = await w.attempt(copy);
+    expect(second).toMatchObject({ allowed: false, decision: 'pending_approval', reasons: [{ rule: 'payment-data-leaves-with-a-person' }] });
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => [p.resource, p.parentHop])).toEqual([['arn:aws:s3:::outbox/7', refundHop]]);
+    expect(w.claimed).toEqual([]);
+    expect(await w.approveAll()).toBe(1);
+
+    expect(await w.attempt(copy)).toMatchObject({ allowed: true });
+    expect(w.claimed).toHaveLength(2);
+  });
+
+  it('a bulk delete with some objects held: only the held ones are decided while they wait; the others are counted once, when the call goes through', async () => {
+    const w = world();
+    const bulk = call(readTicket(1), refund(4), comment(2), refund(5));
+    const first = await w.attempt(bulk);
+    expect(first).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.resource)).toEqual(['order/4', 'order/5']);
+    expect(w.status()?.chain?.hopCount).toBe(2);
+    expect(await w.approveAll()).toBe(2);
+    expect(await w.attempt(bulk)).toMatchObject({ allowed: true });
+    // Two waits, then the four decided: not the eight a try that records everything would count against maxHops.
+    await expect.poll(() => w.status()?.chain?.hopCount).toBe(6);
+    expect(w.claimed).toHaveLength(2);
+  });
+
+  it('a call with a hop that would be denied is decided in order as it comes, so the deny is recorded and counts as a violation whatever else waits', async () => {
+    const w = world((p) => (p.spec.onViolation = 'Deny'));
+    const verdict = await w.attempt(call(refund(6), readTicket(1), email));
+    expect(verdict).toMatchObject({ allowed: false, decision: 'deny', reasons: [{ rule: 'no-exfiltration' }] });
+    await expect.poll(() => w.status()?.hops).toMatchObject({ denied: 1, pending: 1, allowed: 1 });
+    expect(w.status()?.chain?.priorDenials).toBe(1);
+  });
+
+  it('a hop that follows one the call could not decide is not decided either', async () => {
+    const w = world((p) => (p.spec.onViolation = 'Deny'));
+    const verdict = await w.attempt(call(hop('payments', 'admin.freeze', 'account/1'), [readTicket(1), 0]));
+    expect(verdict).toMatchObject({ allowed: false, decision: 'deny', reasons: [{ rule: 'never-admin-payments' }] });
+    await expect.poll(() => w.status()?.hops?.denied).toBe(1);
+    expect(w.status()?.chain?.hopCount).toBe(1);
+  });
+});
+
+describe('HopService.preview: the forecast a gateway acts on is what deciding the hops in order decides', () => {
+  const pool: HopRequest[] = [readTicket(1), comment(2), refund(1), hop('payments', 'admin.freeze', 'account/1'), email, hop('aws:s3', 's3:GetObject', 'arn:aws:s3:::support-customers/c1'), hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/r1'), hop('aws:sts', 'sts:GetCallerIdentity', '*'), hop('search', 'query', 'q')];
+  const hops = fc.array(fc.record({ at: fc.nat(pool.length - 1), after: fc.option(fc.nat(), { nil: undefined }), approved: fc.boolean() }), { minLength: 1, maxLength: 8 });
+
+  it('for any call of the support policy\'s tools, in Enforce or Audit, with or without approvals, up to the first deny', async () => {
+    await fc.assert(
+      fc.asyncProperty(hops, fc.constantFrom<'Enforce' | 'Audit'>('Enforce', 'Audit'), fc.nat(7), async (generated, mode, deep) => {
+        const { service, who } = serviceFor({ mode, adjust: (p) => ((p.spec.onViolation = 'Deny'), (p.spec.limits = { maxHops: 6, maxDepth: 3 + deep })) });
+        const planned = generated.map((g, i) => ({ request: pool[g.at] as HopRequest, ...(g.after !== undefined && i > 0 ? { after: g.after % i } : {}), approved: g.approved }));
+        const forecast = [...service.preview(who, planned)];
+        const decided: HopDecision[] = [];
+        const ids: string[] = [];
+        for (const p of planned) {
+          const parentHop = p.after === undefined ? undefined : ids[p.after];
+          const { answer } = await service.decideForGateway(who, parentHop ? { ...p.request, parentHop } : p.request, p.approved ? 'ok' : undefined, () => 'txn');
+          ids.push(answer.hopId);
+          decided.push(answer.decision);
+          if (answer.decision === 'deny') break;
+        }
+        expect(forecast.slice(0, decided.length)).toEqual(decided);
+      }),
+      { numRuns: 200 },
+    );
+  }, 30_000);
+
+  it('records nothing: the email after a ticket read is forecast denied, and the task has no chain, no violation, nothing waiting', async () => {
+    const { service, who, twin, writes } = serviceFor();
+    const forecast = [...service.preview(who, [readTicket(1), email, refund(1)].map((request) => ({ request, approved: false })))];
+    expect(forecast).toEqual(['allow', 'deny', 'pending_approval']);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(writes()).toBe(0);
+    expect(twin.task?.status?.chain).toBeUndefined();
+    expect(twin.task?.status?.violation).toBeUndefined();
+  });
+});
