@@ -170,26 +170,39 @@ export class HopService {
 
   /**
    * How the hops of one gateway call would be decided, in order, each with those before it in the
-   * chain: nothing is recorded, no hop id minted, no approval claimed. A gateway asks before it
-   * decides a call of several hops, so that a try some of whose hops must wait records only
-   * those. A forecast on this replica's view of the chain: deciding is what counts. One decision
-   * a step, so the caller can let other calls in between.
+   * chain: nothing is recorded, no hop id minted, no approval claimed. A hop that follows one not
+   * allowed would not be decided (undefined). A gateway asks before it decides a call of several
+   * hops, so that a try some of whose hops must wait records only those. A forecast on this
+   * replica's view of the chain: deciding is what counts. One decision a step, so the caller can
+   * let other calls in between.
    */
-  *preview(who: AgentPrincipal, hops: readonly PreviewHop[]): Generator<HopDecision, void, undefined> {
+  *preview(who: AgentPrincipal, hops: readonly PreviewHop[]): Generator<HopDecision | undefined, void, undefined> {
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.policyOf(task);
     let chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(task));
-    const depths: number[] = [];
+    // The depth of each hop allowed so far: what a hop that follows it is decided at.
+    const depths: (number | undefined)[] = [];
     const now = this.deps.clock.now();
     for (const { request, after, approved } of hops) {
+      if (after !== undefined && depths[after] === undefined) {
+        depths.push(undefined);
+        yield undefined;
+        continue;
+      }
       const parentDepth = after !== undefined ? depths[after] : request.parentHop !== undefined ? this.deps.ids.depthOf(uid, request.parentHop) : undefined;
       const depth = depthOf(parentDepth, chain);
-      depths.push(depth);
       const outcome = decideHop({ task, policy, request, hopId: PREVIEW_HOP_ID, depth, chain, now, pod: who.podName, ...(approved ? { approvedBy: 'preview' } : {}) }, (...args) => this.deps.engine.evaluate(...args));
       chain = advanceChain(chain, outcome.delta);
+      depths.push(outcome.decision === 'allow' ? depth : undefined);
       yield outcome.decision;
     }
+  }
+
+  /** Whether the task's policy holds any hop for approval (only its RequireApproval rules do); true when it has none to ask. */
+  mayWait(task: AgentTask): boolean {
+    const policy = this.deps.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
+    return !policy || (policy.spec.rules ?? []).some((r) => r.effect === 'RequireApproval');
   }
 
   private policyOf(task: AgentTask): AgentPolicy {

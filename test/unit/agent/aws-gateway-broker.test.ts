@@ -65,6 +65,7 @@ beforeAll(async () => {
         },
         isHopOf: () => true,
         // The forecast of a call of several hops, by the same stubbed decision.
+        mayWait: () => true,
         preview: function* (_who, planned) {
           for (const p of planned) yield p.approved ? 'allow' : decide(p.request).decision;
         },

@@ -32,6 +32,9 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
       },
       isHopOf: (t, hopId) => ids.depthOf(t.metadata.uid ?? '', hopId) !== undefined,
       // A call of one hop is decided, never forecast (gateway-calls.test.ts has calls of several).
+      mayWait: () => {
+        throw new Error('a single hop was forecast');
+      },
       preview: () => {
         throw new Error('a single hop was forecast');
       },
