@@ -40,23 +40,35 @@ const taskManifest = (name: string, roleArn: string, delivery: 'Direct' | 'Gatew
   spec: { serviceAccountName: 'agent', policyRef: { name: 'bench' }, ttl: '1h', credentials: [{ name: 'default', aws: { roleArn, duration: '15m', delivery } }] },
 });
 
-async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn: string, delivery: 'Direct' | 'Gateway' = 'Direct'): Promise<{ token: string; created: number; ready: number }> {
+/** When each step of an issuance ended (performance.now()): the task created, its pod, the pod's token, credentials served. */
+interface IssuanceSteps {
+  created: number;
+  taskAt: number;
+  podAt: number;
+  tokenAt: number;
+  ready: number;
+}
+
+async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn: string, delivery: 'Direct' | 'Gateway' = 'Direct'): Promise<{ token: string } & IssuanceSteps> {
   const created = performance.now();
   await post(kc, `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks`, taskManifest(name, roleArn, delivery));
+  const taskAt = performance.now();
   const pod = (await rawRequest(kc, 'POST', `/api/v1/namespaces/${NS}/pods`, {
     apiVersion: 'v1',
     kind: 'Pod',
     metadata: { name: `${name}-pod`, labels: { 'chainwarden.io/task': name } },
     spec: { serviceAccountName: 'agent', containers: [{ name: 'agent', image: 'example.invalid/agent:1' }] },
   })).body as { metadata: { uid: string } };
+  const podAt = performance.now();
   const token = ((await rawRequest(kc, 'POST', `/api/v1/namespaces/${NS}/serviceaccounts/agent/token`, {
     apiVersion: 'authentication.k8s.io/v1',
     kind: 'TokenRequest',
     spec: { audiences: ['chainwarden'], expirationSeconds: 3600, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: `${name}-pod`, uid: pod.metadata.uid } },
   })).body as { status: { token: string } }).status.token;
+  const tokenAt = performance.now();
   for (;;) {
     const creds = await https(broker, 'GET', '/v1/credentials', token);
-    if (creds.status === 200) return { token, created, ready: performance.now() };
+    if (creds.status === 200) return { token, created, taskAt, podAt, tokenAt, ready: performance.now() };
     if (creds.status !== 403) throw new Error(`credentials for ${name}: ${creds.status} ${JSON.stringify(creds.body)}`);
     await sleep(10);
   }
@@ -81,6 +93,7 @@ async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, env: LocalE
   const names = Array.from({ length: count }, (_, i) => `task-${i}`);
   const tokens = new Map<string, string>();
   const issue: number[] = [];
+  const steps: IssuanceSteps[] = [];
   // What an issuance costs the API server, which every step of it goes through: its CPU, and the writes it served.
   const apiServer = await pidOf('kube-apiserver', env.stateDir);
   const apiServerBefore = apiServer === undefined ? 0 : await cpuMs(apiServer);
@@ -90,6 +103,7 @@ async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, env: LocalE
     const r = await boundAgent(kc, broker, name, roleArn);
     tokens.set(name, r.token);
     issue.push(r.ready - r.created);
+    steps.push(r);
   });
   const issuanceSeconds = (performance.now() - started) / 1000;
   const apiServerCpuMsPerTask = apiServer === undefined ? undefined : Math.round(((await cpuMs(apiServer)) - apiServerBefore) / count);
@@ -106,7 +120,10 @@ async function issuanceAndRevocation(kc: KubeConfig, broker: Broker, env: LocalE
     }
     revoke.push(performance.now() - t0);
   });
-  return { issuance: { tasks: count, ...summarize(issue), tasksPerSecond: Math.round((count / issuanceSeconds) * 10) / 10, apiServerCpuMsPerTask, apiWritesPerTask }, revocation: summarize(revoke) };
+  // Where an issuance's time goes: the three API requests a user and the kubelet make, then the broker's answer (binding, STS, the session's record).
+  const p50 = (of: (s: IssuanceSteps) => number) => summarize(steps.map(of)).p50Ms;
+  const stepsP50Ms = { createTask: p50((s) => s.taskAt - s.created), createPod: p50((s) => s.podAt - s.taskAt), requestToken: p50((s) => s.tokenAt - s.podAt), credentials: p50((s) => s.ready - s.tokenAt) };
+  return { issuance: { tasks: count, ...summarize(issue), stepsP50Ms, tasksPerSecond: Math.round((count / issuanceSeconds) * 10) / 10, apiServerCpuMsPerTask, apiWritesPerTask }, revocation: summarize(revoke) };
 }
 
 async function admission(broker: Broker, roleArn: string): Promise<LoadResult> {
