@@ -5,7 +5,7 @@ import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { AgentPrincipal } from './auth.js';
-import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopDecision, type HopRequest, type HopService } from './hops.js';
+import { hopDigest, type Forecast, type GatewayHopFacts, type HopAnswer, type HopRequest, type HopService } from './hops.js';
 
 /** Set on an AgentApproval once a gateway call has used it: who, and when. */
 export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
@@ -53,11 +53,15 @@ export class GatewayHops {
    * to go on once it is approved.
    */
   decide(who: AgentPrincipal, hop: HopRequest, what: string, retry: string): Promise<GatewayVerdict> {
-    return this.decideOne(who, hop, what, retry, true);
+    return this.decideOne(who, hop, what, retry, 'claim');
   }
 
-  /** As `decide`; with `useApproval` false no approval is claimed, so what needs one waits. */
-  private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retry: string, useApproval: boolean): Promise<GatewayVerdict> {
+  /**
+   * As `decide`. What an unused approval of the hop does: `claim` claims one first and decides
+   * with it; an approval names one that a call of several hops claims only once every hop is
+   * allowed; `none` decides without, so what needs one waits.
+   */
+  private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retry: string, approval: 'claim' | AgentApproval | 'none'): Promise<GatewayVerdict> {
     // What a gateway derives is bounded as a hop an agent sends is: a longer resource would be a record the task's status refuses.
     if (hop.resource.length > MAX_HOP_RESOURCE) {
       throw new ChainwardenError('invalid_request', `the resource this call names is ${hop.resource.length} characters, more than the ${MAX_HOP_RESOURCE} a hop takes: ${hop.resource.slice(0, 80)}…`, { field: 'resource' });
@@ -69,7 +73,7 @@ export class GatewayHops {
       const reasons = waiting.rules.map((rule): Reason => ({ rule, effect: 'RequireApproval' }));
       return { allowed: false, error: pendingError(what, waiting.hopId, waiting.rules.join(', '), retry), hopId: waiting.hopId, decision: 'pending_approval', reasons };
     }
-    const approvedBy = useApproval ? await this.approvalFor(task, digest, who.podName) : undefined;
+    const approvedBy = approval === 'claim' ? await this.approvalFor(task, digest, who.podName) : approval === 'none' ? undefined : approval.metadata.name;
     const { answer, txnToken } = await this.deps.hops.decideForGateway(who, hop, approvedBy, (facts) => this.mint(task, hop, facts));
     const rules = answer.reasons.map((r) => r.rule).join(', ');
     if (answer.decision === 'deny') {
@@ -85,86 +89,87 @@ export class GatewayHops {
    * A call of several hops, which goes on only if every one is allowed: decided in order, each
    * with those before it in the chain, a hop after one that is not allowed left undecided. The
    * verdict is the last hop's, or the first deny, or the first wait (saying how many more wait;
-   * up to 20 a try, to be approved in one round).
+   * up to 20 a try, to be approved in one round). An approval a hop needs is claimed only once
+   * every hop of the call is allowed, so no try that is refused uses one up.
    *
-   * A try that cannot go through records and spends only what it must. While hops of an earlier
-   * try wait, the call waits on them and nothing is decided again. Otherwise, when the policy
-   * holds any hop for approval, the call is first forecast (`HopService.preview`, up to its first
-   * deny):
-   * - a hop would be denied: the hops before it that are allowed outright are decided, then it,
-   *   so the deny is recorded on the chain it was forecast on; no person is asked about a call
-   *   that cannot go through, and no approval is used;
-   * - hops would wait: only they are decided, each after what it follows (`decideWaiting`); the
-   *   others are neither recorded nor counted, and no approval is used, until a try can go through.
-   * A forecast that proves wrong (the chain moved meanwhile) costs only that: the call is then
-   * decided in full.
+   * While hops of an earlier try wait, the call waits on them and nothing is decided again.
+   * Otherwise, when the policy holds any hop for approval, the call is first forecast
+   * (`HopService.preview`, up to its first deny). If hops would wait and none would be denied,
+   * only they are decided (`decideWaiting`), so that the others are neither recorded nor counted
+   * until a try can go through. Else, and whenever the forecast proves wrong, the call is decided
+   * in order; with a deny forecast, past any number of waits, so the deny is recorded on the chain
+   * deciding in order gives it.
    */
   async decideCall(who: AgentPrincipal, hops: readonly CallHop[], retry: string): Promise<GatewayVerdict> {
     if (hops.length === 1 && hops[0]) return this.decide(who, hops[0].request, hops[0].what, retry);
     const waiting = new Set((who.task.status?.pendingHops ?? []).map((h) => h.digest));
     const still = hops.find((hop) => waiting.has(hopDigest(hop.request)));
     if (still) return this.decide(who, still.request, still.what, retry);
-    if (!this.deps.hops.mayWait(who.task)) return this.decideAll(who, hops, retry);
-    // For each hop, the hop an unused approval of it released: the approval the call would use, each used by one hop.
-    const unused = new Map<string, string[]>();
-    for (const { spec } of this.unusedApprovals(who.task)) if (spec.hopDigest) unused.set(spec.hopDigest, [...(unused.get(spec.hopDigest) ?? []), spec.hopId]);
+    // For each hop, an unused approval of it, each given to one hop: what the call uses if it goes through.
+    const unused = new Map<string, AgentApproval[]>();
+    for (const a of this.unusedApprovals(who.task)) if (a.spec.hopDigest) unused.set(a.spec.hopDigest, [...(unused.get(a.spec.hopDigest) ?? []), a]);
     const released = hops.map((hop) => unused.get(hopDigest(hop.request))?.shift());
+    if (!this.deps.hops.mayWait(who.task)) return this.decideInOrder(who, hops, released, retry, MAX_WAITING_A_CALL);
     const forecast = await this.forecast(who, hops, released);
-    const denied = forecast.indexOf('deny');
-    if (denied >= 0) {
-      // Skipped: hops that would wait (a wait adds nothing to the chain) and hops an approval would allow (its hop is in the chain already).
-      const skip = new Set(forecast.flatMap((d, i) => (d === 'pending_approval' || released[i] !== undefined ? [i] : [])));
-      const verdict = await this.decideInOrder(who, hops.slice(0, denied + 1), retry, { skip, stands: released, useApproval: false });
-      if (verdict && !verdict.allowed && verdict.decision === 'deny') return verdict;
-    } else if (forecast.includes('pending_approval')) {
+    const denied = forecast.some((f) => f?.decision === 'deny');
+    if (!denied && forecast.some((f) => f?.decision === 'pending_approval')) {
       const waits = await this.decideWaiting(who, hops, forecast, released, retry);
       if (waits) return waits;
     }
-    return this.decideAll(who, hops, retry);
-  }
-
-  private async decideAll(who: AgentPrincipal, hops: readonly CallHop[], retry: string): Promise<GatewayVerdict> {
-    const verdict = await this.decideInOrder(who, hops, retry);
-    if (!verdict) throw new ChainwardenError('invalid_request', 'the call names no hop');
-    return verdict;
+    return this.decideInOrder(who, hops, released, retry, denied ? Infinity : MAX_WAITING_A_CALL);
   }
 
   /** The call's hops as they would be decided, up to the first that would be denied. */
-  private async forecast(who: AgentPrincipal, hops: readonly CallHop[], released: readonly (string | undefined)[]): Promise<(HopDecision | undefined)[]> {
-    const decisions: (HopDecision | undefined)[] = [];
+  private async forecast(who: AgentPrincipal, hops: readonly CallHop[], released: readonly (AgentApproval | undefined)[], only?: readonly number[]): Promise<(Forecast | undefined)[]> {
+    const forecasts: (Forecast | undefined)[] = [];
     const breathe = pacer();
-    const planned = hops.map((hop, i) => ({ request: hop.request, ...(hop.after !== undefined ? { after: hop.after } : {}), approved: released[i] !== undefined }));
-    for (const decision of this.deps.hops.preview(who, planned)) {
-      decisions.push(decision);
-      if (decision === 'deny') break;
+    const picked = only ?? hops.map((_, i) => i);
+    const planned = picked.map((i) => {
+      const after = hops[i]?.after;
+      const at = after === undefined ? -1 : picked.indexOf(after);
+      return { request: hops[i]?.request as HopRequest, ...(at >= 0 ? { after: at } : {}), approved: released[i] !== undefined };
+    });
+    for (const forecast of this.deps.hops.preview(who, planned)) {
+      forecasts.push(forecast);
+      if (forecast?.decision === 'deny') break;
       await breathe();
     }
-    return decisions;
+    return forecasts;
   }
 
   /**
-   * The hops forecast to wait (the first 20), each after what it follows, so that the approver
-   * sees it in its place in the chain and with every rule that holds it: a hop it follows that is
-   * allowed outright is decided first; one an unused approval allows is not (that would spend the
-   * approval), and the hop that approval released, already in the chain, stands in for it. A hop
-   * that follows one that waits is not forecast, and is left for a later try, once what it follows
-   * is in the chain. Undefined when, decided, none waits after all.
+   * The hops forecast to wait (the first 20), without those the forecast decides before them
+   * and allows, so long as each would wait as it does in the call, for the same rules: decided
+   * alone (after the hops it follows), so the approver sees it with every rule that holds it.
+   * A hop it follows that is allowed outright is decided first; one an approval allows is not
+   * (the hop that approval released, already in the chain, stands in for it). Undefined when one
+   * would wait otherwise alone (the call is then decided in order), or when, decided, none waits.
    */
-  private async decideWaiting(who: AgentPrincipal, hops: readonly CallHop[], forecast: readonly (HopDecision | undefined)[], released: readonly (string | undefined)[], retry: string): Promise<GatewayVerdict | undefined> {
+  private async decideWaiting(who: AgentPrincipal, hops: readonly CallHop[], forecast: readonly (Forecast | undefined)[], released: readonly (AgentApproval | undefined)[], retry: string): Promise<GatewayVerdict | undefined> {
+    const lineage = (i: number): number[] => {
+      const up: number[] = [];
+      for (let j = hops[i]?.after; j !== undefined; j = hops[j]?.after) up.unshift(j);
+      return up;
+    };
+    const waits = forecast.flatMap((f, i) => (f?.decision === 'pending_approval' ? [i] : [])).slice(0, MAX_WAITING_A_CALL);
     const decide = new Set<number>();
-    const waits = forecast.flatMap((d, i) => (d === 'pending_approval' ? [i] : [])).slice(0, MAX_WAITING_A_CALL);
     for (const i of waits) {
+      const alone = await this.forecast(who, hops, released, [...lineage(i), i]);
+      if (!sameForecast(alone.at(-1), forecast[i])) return undefined;
       decide.add(i);
-      for (let j = hops[i]?.after; j !== undefined && released[j] === undefined; j = hops[j]?.after) decide.add(j);
+      for (const j of lineage(i).reverse()) {
+        if (released[j] !== undefined) break;
+        decide.add(j);
+      }
     }
-    const ids: (string | undefined)[] = [...released];
+    const ids: (string | undefined)[] = released.map((a) => a?.spec.hopId);
     const refused: Refused[] = [];
     const breathe = pacer();
     for (const [i, hop] of hops.entries()) {
       if (!decide.has(i)) continue;
       await breathe();
       const parent = hop.after === undefined ? undefined : ids[hop.after];
-      const verdict = await this.decideOne(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry, false);
+      const verdict = await this.decideOne(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry, 'none');
       ids[i] = verdict.allowed ? verdict.answer.hopId : undefined;
       if (verdict.allowed) continue;
       if (verdict.decision === 'deny') return verdict;
@@ -174,29 +179,42 @@ export class GatewayHops {
   }
 
   /**
-   * Every hop in order but those in `skip`; a hop after one not allowed is not decided, nor after
-   * one skipped unless `stands` names a hop in the chain that stands in for it. Undefined when
-   * none was decided.
+   * Every hop in order, a hop after one not allowed left undecided, until a deny or `maxWaits`
+   * waits. Each hop may be allowed by the approval `released` gives it; once all are allowed, the
+   * approvals that allowed any are claimed, and if another call has used one meanwhile the call
+   * waits for a new one.
    */
-  private async decideInOrder(who: AgentPrincipal, hops: readonly CallHop[], retry: string, { skip = new Set(), stands = [], useApproval = true }: InOrder = {}): Promise<GatewayVerdict | undefined> {
+  private async decideInOrder(who: AgentPrincipal, hops: readonly CallHop[], released: readonly (AgentApproval | undefined)[], retry: string, maxWaits: number): Promise<GatewayVerdict> {
     const ids: (string | undefined)[] = [];
     const refused: Refused[] = [];
+    const used: { approval: AgentApproval; hop: CallHop; verdict: Extract<GatewayVerdict, { allowed: true }> }[] = [];
     let last: GatewayVerdict | undefined;
     const breathe = pacer();
     for (const [i, hop] of hops.entries()) {
       const parent = hop.after === undefined ? undefined : ids[hop.after];
-      if (skip.has(i) || (hop.after !== undefined && parent === undefined)) {
-        ids.push(skip.has(i) ? stands[i] : undefined);
+      if (hop.after !== undefined && parent === undefined) {
+        ids.push(undefined);
         continue;
       }
       await breathe();
-      last = await this.decideOne(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry, useApproval);
+      const approval = released[i];
+      last = await this.decideOne(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry, approval ?? 'none');
       ids.push(last.allowed ? last.answer.hopId : undefined);
-      if (last.allowed) continue;
+      if (last.allowed) {
+        if (approval && last.answer.reasons.some((r) => r.rule === `approval:${approval.metadata.name ?? ''}`)) used.push({ approval, hop, verdict: last });
+        continue;
+      }
       if (last.decision === 'deny') return last;
-      if (refused.push(last) >= MAX_WAITING_A_CALL) break;
+      if (refused.push(last) >= maxWaits) break;
     }
-    return refused.length > 0 ? together(refused) : last;
+    if (refused.length > 0) return together(refused);
+    if (!last) throw new ChainwardenError('invalid_request', 'the call names no hop');
+    for (const { approval, hop, verdict } of used) {
+      if (await this.deps.claim(approval, `${who.podName}@${new Date(this.deps.clock.now()).toISOString()}`)) continue;
+      const rules = `approval:${approval.metadata.name ?? ''}`;
+      return { allowed: false, error: new ChainwardenError('approval_pending', `${hop.what} was allowed by AgentApproval ${approval.metadata.name ?? ''}, which another call used meanwhile (hop ${verdict.answer.hopId}); it needs a new approval: retry the call, and approve the hop it then waits on`), hopId: verdict.answer.hopId, decision: 'pending_approval', reasons: [{ rule: rules, effect: 'RequireApproval' }] };
+    }
+    return last;
   }
 
   /** Approvals of the task's hops (of this exact call, given its digest) that no call has used yet. */
@@ -243,15 +261,6 @@ export class GatewayHops {
 
 type Refused = Extract<GatewayVerdict, { allowed: false }>;
 
-interface InOrder {
-  /** Hops not decided. */
-  skip?: ReadonlySet<number>;
-  /** For a skipped hop, one in the chain that stands in for it as the parent of those that follow it. */
-  stands?: readonly (string | undefined)[];
-  /** Whether an unused approval of a hop is claimed for it: not in a try that cannot go through. */
-  useApproval?: boolean;
-}
-
 /** A call decides up to this many hops that need approval in one try, then waits on them. */
 const MAX_WAITING_A_CALL = 20;
 /** How long a run of a call's decisions holds the event loop before other calls are answered. */
@@ -265,6 +274,11 @@ function pacer(): () => Promise<void> {
     await setImmediate();
     ran = performance.now();
   };
+}
+
+/** Whether a hop would be decided alike: the same decision, for the same rules. */
+function sameForecast(a: Forecast | undefined, b: Forecast | undefined): boolean {
+  return a !== undefined && b !== undefined && a.decision === b.decision && a.rules.join(',') === [...b.rules].join(',');
 }
 
 /** The first wait of a call, saying how many more of its hops wait with it. */

@@ -32,6 +32,12 @@ export interface PreviewHop {
   approved: boolean;
 }
 
+/** A hop as `HopService.preview` forecasts it: the decision, and the rules that would decide it. */
+export interface Forecast {
+  decision: HopDecision;
+  rules: string[];
+}
+
 /** Stands for the id a forecast hop would be given: never recorded, never answered. */
 const PREVIEW_HOP_ID = 'preview';
 
@@ -176,7 +182,7 @@ export class HopService {
    * replica's view of the chain: deciding is what counts. One decision a step, so the caller can
    * let other calls in between.
    */
-  *preview(who: AgentPrincipal, hops: readonly PreviewHop[]): Generator<HopDecision | undefined, void, undefined> {
+  *preview(who: AgentPrincipal, hops: readonly PreviewHop[]): Generator<Forecast | undefined, void, undefined> {
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.policyOf(task);
@@ -195,7 +201,7 @@ export class HopService {
       const outcome = decideHop({ task, policy, request, hopId: PREVIEW_HOP_ID, depth, chain, now, pod: who.podName, ...(approved ? { approvedBy: 'preview' } : {}) }, (...args) => this.deps.engine.evaluate(...args));
       chain = advanceChain(chain, outcome.delta);
       depths.push(outcome.decision === 'allow' ? depth : undefined);
-      yield outcome.decision;
+      yield { decision: outcome.decision, rules: outcome.reasons.map((r) => r.rule) };
     }
   }
 

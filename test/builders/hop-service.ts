@@ -1,5 +1,5 @@
 import { parseAgentPolicy, parseAgentTask } from '../../src/api/parse.js';
-import type { AgentPolicy } from '../../src/api/schema.js';
+import type { AgentPolicy, AgentTask } from '../../src/api/schema.js';
 import { TaskJournal } from '../../src/audit/journal.js';
 import { HopIds } from '../../src/broker/hopids.js';
 import { HopService, type HopServiceDeps } from '../../src/broker/hops.js';
@@ -27,18 +27,21 @@ export interface ServiceOptions {
   approvals?: HopServiceDeps['approvals'];
   /** Changes the support policy before it is parsed. */
   adjust?: (policy: AgentPolicy) => void;
+  /** The task's own limits, which take precedence over the policy's. */
+  taskLimits?: NonNullable<AgentTask['spec']['limits']>;
 }
 
 export const NOW = Date.parse('2026-11-21T10:30:00Z');
 
 /** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
-export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [], adjust }: ServiceOptions = {}) {
+export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [], adjust, taskLimits }: ServiceOptions = {}) {
   const raw = examplePolicy('support');
   raw.spec.mode = mode;
   adjust?.(raw);
   const policy = parseAgentPolicy(raw);
   const rawTask = exampleTask('support');
   rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
+  if (taskLimits) rawTask.spec.limits = taskLimits;
   const task = parseAgentTask(rawTask);
   const twin = new TaskClientTwin(task);
   const metrics = new Metrics();

@@ -67,7 +67,10 @@ beforeAll(async () => {
         // The forecast of a call of several hops, by the same stubbed decision.
         mayWait: () => true,
         preview: function* (_who, planned) {
-          for (const p of planned) yield p.approved ? 'allow' : decide(p.request).decision;
+          for (const p of planned) {
+            const { decision, reasons } = p.approved ? { decision: 'allow' as const, reasons: [] } : decide(p.request);
+            yield { decision, rules: reasons.map((r) => r.rule) };
+          }
         },
       },
       approvals: () => [],
