@@ -209,6 +209,8 @@ export class GatewayHops {
     }
     if (refused.length > 0) return together(refused);
     if (!last) throw new ChainwardenError('invalid_request', 'the call names no hop');
+    // In one order on every replica, so two calls racing for the same approvals do not each win some and both wait.
+    used.sort((a, b) => (a.approval.metadata.name ?? '').localeCompare(b.approval.metadata.name ?? ''));
     for (const { approval, hop, verdict } of used) {
       if (await this.deps.claim(approval, `${who.podName}@${new Date(this.deps.clock.now()).toISOString()}`)) continue;
       const rules = `approval:${approval.metadata.name ?? ''}`;

@@ -194,6 +194,15 @@ describe('a gateway call of several hops, some of which need approval', () => {
     expect(verdict.allowed ? '' : verdict.error.message).toMatch(/was allowed by AgentApproval ok-0, which another call used meanwhile/);
   });
 
+  it('approvals are claimed in one order, whatever order the call names their hops in, so two calls racing for them do not each win half', async () => {
+    const w = world();
+    expect(await w.attempt(call(refund(2), refund(1)))).toMatchObject({ decision: 'pending_approval' });
+    expect(await w.approveAll()).toBe(2);
+    const named = Object.fromEntries(w.approvals.map((a) => [a.spec.hopDigest, a.metadata.name]));
+    expect(await w.attempt(call(refund(1), refund(2)))).toMatchObject({ allowed: true });
+    expect(w.claimed).toEqual(Object.values(named).sort());
+  });
+
   it('a copy whose approved read leads to a denied write: the deny is recorded and the read\'s approval is not spent on it', async () => {
     const w = world({ adjust: (p) => (p.spec.onViolation = 'Deny') });
     expect(await w.attempt(call(refund(9), [readTicket(9), 0]))).toMatchObject({ allowed: false, decision: 'pending_approval' });
