@@ -73,6 +73,28 @@ function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
   return { service, gateway, who, task, status, attempt, approveAll, approvals, claimed };
 }
 
+/**
+ * The reference both properties hold the code to: each hop decided in order (as `decide` decides
+ * it, given its parent's hop id), a hop after one not allowed left undecided, up to the first deny.
+ */
+async function decidedInOrder(planned: readonly { request: HopRequest; after?: number }[], decide: (request: HopRequest, i: number) => Promise<{ decision: HopDecision; hopId: string }>): Promise<(HopDecision | undefined)[]> {
+  const ids: (string | undefined)[] = [];
+  const decided: (HopDecision | undefined)[] = [];
+  for (const [i, p] of planned.entries()) {
+    const parentHop = p.after === undefined ? undefined : ids[p.after];
+    if (p.after !== undefined && parentHop === undefined) {
+      ids.push(undefined);
+      decided.push(undefined);
+      continue;
+    }
+    const { decision, hopId } = await decide(parentHop ? { ...p.request, parentHop } : p.request, i);
+    ids.push(decision === 'allow' ? hopId : undefined);
+    decided.push(decision);
+    if (decision === 'deny') break;
+  }
+  return decided;
+}
+
 describe('a gateway call of several hops, some of which need approval', () => {
   it('a copy whose read and write both need approval: the read waits, then the write after it; each approval is used once, none spent on a try that waits', async () => {
     const w = world();
@@ -249,20 +271,10 @@ describe('decideCall against deciding every hop in order, for any call', () => {
         const reference = await prepared();
         // As a gateway call sees it: the task as the watch showed it when the call came.
         const asCalled = { ...reference.who, task: reference.task() };
-        const ids: (string | undefined)[] = [];
-        const decided: (HopDecision | undefined)[] = [];
-        for (const h of planned) {
-          const parent = h.after === undefined ? undefined : ids[h.after];
-          if (h.after !== undefined && parent === undefined) {
-            ids.push(undefined);
-            decided.push(undefined);
-            continue;
-          }
-          const v = await reference.gateway.decide(asCalled, parent ? { ...h.request, parentHop: parent } : h.request, h.what, 'retry');
-          ids.push(v.allowed ? v.answer.hopId : undefined);
-          decided.push(v.allowed ? 'allow' : v.decision);
-          if (!v.allowed && v.decision === 'deny') break;
-        }
+        const decided = await decidedInOrder(planned, async (request, i) => {
+          const v = await reference.gateway.decide(asCalled, request, planned[i]?.what ?? '', 'retry');
+          return v.allowed ? { decision: 'allow', hopId: v.answer.hopId } : v;
+        });
         const w = await prepared();
         const verdict = await w.attempt(planned);
         const allAllowed = decided.length === planned.length && decided.every((d) => d === 'allow');
@@ -287,21 +299,10 @@ describe('HopService.preview: the forecast a gateway acts on is what deciding th
         const { service, who } = serviceFor({ mode, adjust: (p) => (p.spec.onViolation = 'Deny'), taskLimits: { maxHops, maxDepth } });
         const planned = generated.map((g, i) => ({ request: pool[g.at] as HopRequest, ...(g.after !== undefined && i > 0 ? { after: g.after % i } : {}), approved: g.approved }));
         const forecast = [...service.preview(who, planned)].map((f) => f?.decision);
-        const decided: (HopDecision | undefined)[] = [];
-        const ids: (string | undefined)[] = [];
-        for (const p of planned) {
-          const parentHop = p.after === undefined ? undefined : ids[p.after];
-          // A hop after one not allowed is not decided, as a gateway leaves it.
-          if (p.after !== undefined && parentHop === undefined) {
-            ids.push(undefined);
-            decided.push(undefined);
-            continue;
-          }
-          const { answer } = await service.decideForGateway(who, parentHop ? { ...p.request, parentHop } : p.request, p.approved ? 'ok' : undefined, () => 'txn');
-          ids.push(answer.decision === 'allow' ? answer.hopId : undefined);
-          decided.push(answer.decision);
-          if (answer.decision === 'deny') break;
-        }
+        const decided = await decidedInOrder(planned, async (request, i) => {
+          const { answer } = await service.decideForGateway(who, request, planned[i]?.approved ? 'ok' : undefined, () => 'txn');
+          return answer;
+        });
         expect(forecast.slice(0, decided.length)).toEqual(decided);
       }),
       { numRuns: 200 },
