@@ -280,7 +280,7 @@ function pacer(): () => Promise<void> {
 
 /** Whether a hop would be decided alike: the same decision, for the same rules. */
 function sameForecast(a: Forecast | undefined, b: Forecast | undefined): boolean {
-  return a !== undefined && b !== undefined && a.decision === b.decision && a.rules.join(',') === [...b.rules].join(',');
+  return a !== undefined && b !== undefined && a.decision === b.decision && a.rules.join(',') === b.rules.join(',');
 }
 
 /** The first wait of a call, saying how many more of its hops wait with it. */
