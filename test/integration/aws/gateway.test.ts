@@ -82,6 +82,9 @@ async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, name
 }
 
 /** An approver's AgentApproval of the task's waiting hop; then the agent's call, retried until the approval releases it. */
+/** The hop a refused call waits on, as its message names it. */
+const waitingHop = (refused: CallResult) => /hop (h\d+_[A-Za-z0-9_-]+)/.exec(refused.message ?? '')?.[1] ?? '';
+
 async function approveThenRetry(admin: KubeConfig, namespace: string, hopId: string, call: () => Promise<CallResult>): Promise<void> {
   const approval = exampleApproval(namespace);
   approval.metadata.name = `approve-${hopId.slice(-8).toLowerCase().replace(/[^a-z0-9]/g, 'x')}`;
@@ -179,7 +182,7 @@ describe('every AWS call is a hop: the signing gateway', () => {
       const put = { Bucket: bucket, Key: 'outbox/reply.txt', Body: 'refund approved' };
       const pending = await agent.call('s3', 'PutObject', put);
       expect(pending).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
-      const hopId = /hop (h\d+_[A-Za-z0-9_-]+)/.exec(pending.message ?? '')?.[1] ?? '';
+      const hopId = waitingHop(pending);
       expect(hopId).not.toBe('');
       // Asked again while it waits: the same hop, not a second one for the approver.
       expect((await agent.call('s3', 'PutObject', put)).message).toContain(hopId);
@@ -205,7 +208,7 @@ describe('every AWS call is a hop: the signing gateway', () => {
       const pending = await agent.call('s3', 'CopyObject', copy);
       expect(pending).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
       expect(pending.message).toContain(`s3:PutObject on arn:aws:s3:::${bucket}/outbox/4711.txt`);
-      const hopId = /hop (h\d+_[A-Za-z0-9_-]+)/.exec(pending.message ?? '')?.[1] ?? '';
+      const hopId = waitingHop(pending);
       // The write waits as the child of the read, which was allowed and is in the chain.
       const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
       expect(waiting).toMatchObject([{ hopId, action: 's3:PutObject', attributes: { copySource: `arn:aws:s3:::${bucket}/notes/4711.txt` }, parentHop: expect.stringMatching(/^h\d+_/) as unknown }]);
@@ -239,7 +242,7 @@ describe('every AWS call is a hop: the signing gateway', () => {
       // The scratch objects were not decided while the archived one waits: only it is in the chain.
       expect(await hopCount()).toBe(5);
 
-      const hopId = /hop (h\d+_[A-Za-z0-9_-]+)/.exec(pending.message ?? '')?.[1] ?? '';
+      const hopId = waitingHop(pending);
       await approveThenRetry(admin, namespace, hopId, () => agent.call('s3', 'DeleteObjects', bulk));
       // Four to fill the bucket, the wait, then the three decided once: eight, not the ten a try that records every object would count against maxHops.
       await expect.poll(hopCount).toBe(8);
