@@ -28,7 +28,7 @@ export interface PreviewHop {
   request: HopRequest;
   /** The hop of the same call this one follows, by its place in the call: its parent once decided. */
   after?: number;
-  /** An unused AgentApproval of this exact hop exists: what would wait is allowed. */
+  /** An unused AgentApproval of this exact hop is given to it: what would wait is allowed. */
   approved: boolean;
 }
 
@@ -205,7 +205,7 @@ export class HopService {
     }
   }
 
-  /** Whether the task's policy holds any hop for approval (only its RequireApproval rules do); true when it has none to ask. */
+  /** Whether the task's policy may hold a hop for approval (only its RequireApproval rules do); true without a policy, whose decisions then say why there are none. */
   mayWait(task: AgentTask): boolean {
     const policy = this.deps.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
     return !policy || (policy.spec.rules ?? []).some((r) => r.effect === 'RequireApproval');
