@@ -621,6 +621,13 @@ export const AgentApprovalSpec = Type.Object(
     hopDigest: Type.Optional(
       Type.String({ description: 'Set by admission: the digest of the pending hop (tool, action, resource, attributes) this approval is bound to.', maxLength: 64 }),
     ),
+    hopRules: Type.Optional(
+      Type.Array(Type.String({ maxLength: 256 }), {
+        description:
+          'Set by admission: the rules the pending hop waited for. The approval lifts these and no other: the same call, once the chain has changed so that another rule holds it too, waits for a new approval.',
+        maxItems: 200,
+      }),
+    ),
     approver: Type.Optional(
       Type.Object(
         {

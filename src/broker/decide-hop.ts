@@ -80,9 +80,25 @@ export interface HopInput {
   now: number;
   /** The pod that asked, for the audit record. */
   pod: string;
-  /** An AgentApproval of this exact call, already claimed for it: what would wait for approval is allowed. */
-  approvedBy?: string;
+  /** An AgentApproval of this exact call, claimed for it: what would wait only for the rules it was given for is allowed. */
+  approval?: HopApproval;
 }
+
+/** What an AgentApproval of a call lifts when the call comes again. */
+export interface HopApproval {
+  name: string;
+  /**
+   * The rules its hop waited for when the approver saw it (`spec.hopRules`). Unset only on
+   * approvals admitted before they were recorded, which lift whatever holds the call.
+   */
+  rules?: readonly string[];
+}
+
+/** The approval an AgentApproval gives the call it is bound to. */
+export const approvalOf = (approval: { metadata: { name?: string }; spec: { hopRules?: readonly string[] } }): HopApproval => ({
+  name: approval.metadata.name ?? '',
+  ...(approval.spec.hopRules ? { rules: approval.spec.hopRules } : {}),
+});
 
 /** The decision, and what the journal records for it. */
 export interface HopOutcome {
@@ -164,10 +180,17 @@ function overCapacity(input: HopInput, touched: System[], verdict: Verdict): Ver
   return undefined;
 }
 
-/** A call that would wait, with an approval claimed for it, goes through; a limit or a Deny still wins. */
+/**
+ * A call that would wait, with an approval claimed for it, goes through if every rule that holds
+ * it now held it when it was approved; a limit or a Deny still wins. A rule the approver was not
+ * shown (the chain has read customer data since, say) holds it again, with all its rules, for a
+ * person to see.
+ */
 function approved(input: HopInput, verdict: Verdict): Verdict {
-  if (verdict.decision !== 'pending_approval' || !input.approvedBy) return verdict;
-  return { decision: 'allow', reasons: [{ rule: `approval:${input.approvedBy}`, effect: 'Allow' }] };
+  const { approval } = input;
+  if (verdict.decision !== 'pending_approval' || !approval) return verdict;
+  if (approval.rules && !verdict.reasons.every((r) => approval.rules?.includes(r.rule))) return verdict;
+  return { decision: 'allow', reasons: [{ rule: `approval:${approval.name}`, effect: 'Allow' }] };
 }
 
 /**

@@ -5,7 +5,7 @@ import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { AgentPrincipal } from './auth.js';
-import { hopDigest, type Forecast, type GatewayHopFacts, type HopAnswer, type HopRequest, type HopService } from './hops.js';
+import { approvalOf, hopDigest, type Forecast, type GatewayHopFacts, type HopAnswer, type HopApproval, type HopRequest, type HopService } from './hops.js';
 
 /** Set on an AgentApproval once a gateway call has used it: who, and when. */
 export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
@@ -57,9 +57,9 @@ export class GatewayHops {
   }
 
   /**
-   * As `decide`. What an unused approval of the hop does: `claim` claims one first and decides
-   * with it; an approval names one that a call of several hops claims only once every hop is
-   * allowed; `none` decides without, so what needs one waits.
+   * As `decide`. What an unused approval of the hop does: `claim` claims one that would let it
+   * through and decides with it; an approval names one that a call of several hops claims only
+   * once every hop is allowed; `none` decides without, so what needs one waits.
    */
   private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retry: string, approval: 'claim' | AgentApproval | 'none'): Promise<GatewayVerdict> {
     // What a gateway derives is bounded as a hop an agent sends is: a longer resource would be a record the task's status refuses.
@@ -73,14 +73,15 @@ export class GatewayHops {
       const reasons = waiting.rules.map((rule): Reason => ({ rule, effect: 'RequireApproval' }));
       return { allowed: false, error: pendingError(what, waiting.hopId, waiting.rules.join(', '), retry), hopId: waiting.hopId, decision: 'pending_approval', reasons };
     }
-    const approvedBy = approval === 'claim' ? await this.approvalFor(task, digest, who.podName) : approval === 'none' ? undefined : approval.metadata.name;
-    const { answer, txnToken } = await this.deps.hops.decideForGateway(who, hop, approvedBy, (facts) => this.mint(task, hop, facts));
+    const found = approval === 'claim' ? await this.approvalFor(who, hop, digest) : approval === 'none' ? {} : { approval: approvalOf(approval) };
+    const { answer, txnToken } = await this.deps.hops.decideForGateway(who, hop, found.approval, (facts) => this.mint(task, hop, facts));
     const rules = answer.reasons.map((r) => r.rule).join(', ');
     if (answer.decision === 'deny') {
       return { allowed: false, error: new ChainwardenError('hop_denied', `${what} was denied by ${rules || 'default-deny'} (hop ${answer.hopId})`), hopId: answer.hopId, decision: 'deny', reasons: answer.reasons };
     }
     if (answer.decision === 'pending_approval' || txnToken === undefined) {
-      return { allowed: false, error: pendingError(what, answer.hopId, rules, retry), hopId: answer.hopId, decision: 'pending_approval', reasons: answer.reasons };
+      const error = pendingError(what, answer.hopId, rules, retry, found.outgrown && outgrownBy(found.outgrown, answer.reasons));
+      return { allowed: false, error, hopId: answer.hopId, decision: 'pending_approval', reasons: answer.reasons };
     }
     return { allowed: true, answer, txnToken };
   }
@@ -127,7 +128,8 @@ export class GatewayHops {
     const planned = picked.map((i) => {
       const after = hops[i]?.after;
       const at = after === undefined ? -1 : picked.indexOf(after);
-      return { request: hops[i]?.request as HopRequest, ...(at >= 0 ? { after: at } : {}), approved: released[i] !== undefined };
+      const approval = released[i];
+      return { request: hops[i]?.request as HopRequest, ...(at >= 0 ? { after: at } : {}), ...(approval ? { approval: approvalOf(approval) } : {}) };
     });
     for (const forecast of this.deps.hops.preview(who, planned)) {
       forecasts.push(forecast);
@@ -232,13 +234,26 @@ export class GatewayHops {
   }
 
   /**
-   * An unused approval of this exact call, claimed for this one. Its hop must be one of this
-   * task: approvals outlive their task, and one left unused by an earlier task of the same name
-   * must not release the same call in a new one.
+   * An unused approval of this exact call that lets it through now, claimed for this one. Its hop
+   * must be one of this task: approvals outlive their task, and one left unused by an earlier task
+   * of the same name must not release the same call in a new one. An approval is claimed only if
+   * the call, forecast with it, goes through on it: one the call no longer needs, or has outgrown
+   * (a rule the approver was not shown holds it now), stays unused; the one outgrown is named in
+   * the refusal. The chain may still change between forecast and decision; the approval is then
+   * spent on a call that waits again (a person approves once more), never stretched to cover it.
    */
-  private async approvalFor(task: AgentTask, digest: string, pod: string): Promise<string | undefined> {
-    for (const approval of this.unusedApprovals(task, digest)) if (await this.deps.claim(approval, `${pod}@${new Date(this.deps.clock.now()).toISOString()}`)) return approval.metadata.name;
-    return undefined;
+  private async approvalFor(who: AgentPrincipal, hop: HopRequest, digest: string): Promise<{ approval?: HopApproval; outgrown?: AgentApproval }> {
+    let outgrown: AgentApproval | undefined;
+    for (const candidate of this.unusedApprovals(who.task, digest)) {
+      const approval = approvalOf(candidate);
+      const [forecast] = this.deps.hops.preview(who, [{ request: hop, approval }]);
+      if (!forecast?.rules.includes(`approval:${approval.name}`)) {
+        if (forecast?.decision === 'pending_approval') outgrown ??= candidate;
+        continue;
+      }
+      if (await this.deps.claim(candidate, `${who.podName}@${new Date(this.deps.clock.now()).toISOString()}`)) return { approval };
+    }
+    return outgrown ? { outgrown } : {};
   }
 
   private mint(task: AgentTask, hop: HopRequest, facts: GatewayHopFacts): string {
@@ -292,4 +307,11 @@ function together(refused: readonly Refused[]): Refused {
   return { ...first, error: new ChainwardenError(first.error.code, `${first.error.message}; ${more} more of its hops ${more === 1 ? 'waits' : 'wait'} for approval too (the task's status.pendingHops), and the call goes through once all are approved`) };
 }
 
-const pendingError = (what: string, hopId: string, rules: string, retry: string) => new ChainwardenError('approval_pending', `${what} waits for approval (hop ${hopId}, rule ${rules}); ${retry}`);
+const pendingError = (what: string, hopId: string, rules: string, retry: string, why?: string) => new ChainwardenError('approval_pending', `${what} waits for approval (hop ${hopId}, rule ${rules})${why ? `; ${why}` : ''}; ${retry}`);
+
+/** Why an approval of the call did not let it through: it was given for fewer rules than hold the call now. */
+function outgrownBy(approval: AgentApproval, reasons: readonly Reason[]): string {
+  const given = approval.spec.hopRules ?? [];
+  const added = reasons.map((r) => r.rule).filter((rule) => !given.includes(rule));
+  return `AgentApproval ${approval.metadata.name ?? ''} approved it while ${given.join(', ')} held it, and ${added.join(', ')} ${added.length === 1 ? 'holds' : 'hold'} it now too, so it needs a new approval`;
+}

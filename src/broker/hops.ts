@@ -8,10 +8,10 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { advanceChain, chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
+import { advanceChain, chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopApproval, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
-export { hopDigest, type HopDecision, type HopRequest } from './decide-hop.js';
+export { approvalOf, hopDigest, type HopApproval, type HopDecision, type HopRequest } from './decide-hop.js';
 
 /** What a gateway's transaction token says of an allowed hop. */
 export interface GatewayHopFacts {
@@ -28,8 +28,8 @@ export interface PreviewHop {
   request: HopRequest;
   /** The hop of the same call this one follows, by its place in the call: its parent once decided. */
   after?: number;
-  /** An unused AgentApproval of this exact hop is given to it: what would wait is allowed. */
-  approved: boolean;
+  /** An unused AgentApproval of this exact hop given to it: what would wait for the rules it lifts is allowed. */
+  approval?: HopApproval;
 }
 
 /** A hop as `HopService.preview` forecasts it: the decision, and the rules that would decide it. */
@@ -160,9 +160,9 @@ export class HopService {
     return this.decideRequest(who, parseHopRequest(body));
   }
 
-  /** A hop a gateway derived from the call it carries, decided like any other; `approvedBy` names an approval claimed for it. */
-  async decideRequest(who: AgentPrincipal, request: HopRequest, approvedBy?: string): Promise<HopAnswer> {
-    return (await this.decideFull(who, request, approvedBy)).answer;
+  /** A hop a gateway derived from the call it carries, decided like any other; `approval` is one claimed for it. */
+  async decideRequest(who: AgentPrincipal, request: HopRequest, approval?: HopApproval): Promise<HopAnswer> {
+    return (await this.decideFull(who, request, approval)).answer;
   }
 
   /**
@@ -170,8 +170,8 @@ export class HopService {
    * forwarded call carries. The token is made before the hop's record is journaled, so the record
    * keeps its hash (never the token).
    */
-  async decideForGateway(who: AgentPrincipal, request: HopRequest, approvedBy: string | undefined, mint: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
-    return this.decideFull(who, request, approvedBy, mint);
+  async decideForGateway(who: AgentPrincipal, request: HopRequest, approval: HopApproval | undefined, mint: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
+    return this.decideFull(who, request, approval, mint);
   }
 
   /**
@@ -190,7 +190,7 @@ export class HopService {
     // The depth of each hop allowed so far: what a hop that follows it is decided at.
     const depths: (number | undefined)[] = [];
     const now = this.deps.clock.now();
-    for (const { request, after, approved } of hops) {
+    for (const { request, after, approval } of hops) {
       if (after !== undefined && depths[after] === undefined) {
         depths.push(undefined);
         yield undefined;
@@ -198,7 +198,7 @@ export class HopService {
       }
       const parentDepth = after !== undefined ? depths[after] : request.parentHop !== undefined ? this.deps.ids.depthOf(uid, request.parentHop) : undefined;
       const depth = depthOf(parentDepth, chain);
-      const outcome = decideHop({ task, policy, request, hopId: PREVIEW_HOP_ID, depth, chain, now, pod: who.podName, ...(approved ? { approvedBy: 'preview' } : {}) }, (...args) => this.deps.engine.evaluate(...args));
+      const outcome = decideHop({ task, policy, request, hopId: PREVIEW_HOP_ID, depth, chain, now, pod: who.podName, ...(approval ? { approval } : {}) }, (...args) => this.deps.engine.evaluate(...args));
       chain = advanceChain(chain, outcome.delta);
       depths.push(outcome.decision === 'allow' ? depth : undefined);
       yield { decision: outcome.decision, rules: outcome.reasons.map((r) => r.rule) };
@@ -217,7 +217,7 @@ export class HopService {
     return policy;
   }
 
-  private async decideFull(who: AgentPrincipal, request: HopRequest, approvedBy?: string, mint?: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
+  private async decideFull(who: AgentPrincipal, request: HopRequest, approval?: HopApproval, mint?: (hop: GatewayHopFacts) => string): Promise<{ answer: HopAnswer; txnToken?: string }> {
     const started = performance.now();
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
@@ -229,7 +229,7 @@ export class HopService {
       const chain = chainView(this.deps.journal.latestChain(current), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(current));
       const depth = depthOf(parentDepth, chain);
       const hopId = this.deps.ids.mint(uid, depth);
-      const outcome = decideHop({ task: current, policy, request, hopId, depth, chain, now, pod: who.podName, approvedBy }, (...args) => {
+      const outcome = decideHop({ task: current, policy, request, hopId, depth, chain, now, pod: who.podName, ...(approval ? { approval } : {}) }, (...args) => {
         const evaluation = this.deps.engine.evaluate(...args);
         // The hop is denied and its reason says why; the operator's log says it too, since it is a policy to fix.
         if (evaluation.errors.length > 0) this.deps.log.warn({ task: `${namespace}/${name}`, policy: policy.metadata.name, errors: evaluation.errors }, 'Cedar evaluation errors');

@@ -102,7 +102,8 @@ export function replayTask(records: AuditRecord[], policy: AgentPolicy, evaluate
       continue;
     }
     const depth = typeof r.data.depth === 'number' ? r.data.depth : walk.deepest || 1;
-    // A gateway call that went through on an approval claimed for it is replayed with that approval.
+    // A gateway call that went through on an approval claimed for it is replayed with that
+    // approval; the record does not say which rules it was given for, so it lifts any.
     const approval = rules.find((rule) => rule.startsWith('approval:'));
     const outcome = decideHop(
       {
@@ -114,7 +115,7 @@ export function replayTask(records: AuditRecord[], policy: AgentPolicy, evaluate
         chain: chainView({ version: 0, hopCount: walk.hopCount, deepest: walk.deepest, priorDenials: walk.priorDenials, systemsTouched: [...walk.systems], dataClassesTouched: [...walk.dataClasses] }, undefined, walk.pending.size),
         now: Date.parse(r.at),
         pod: str(r.data.pod),
-        ...(approval ? { approvedBy: approval.slice('approval:'.length) } : {}),
+        ...(approval ? { approval: { name: approval.slice('approval:'.length) } } : {}),
       },
       evaluate,
     );

@@ -38,7 +38,8 @@ export function approverStampPlugin(): AdmissionPlugin {
 
 /**
  * Mutating: binds the approval to the exact hop it names by stamping the hop's digest (tool,
- * action, resource, attributes), so it can never approve a different hop.
+ * action, resource, attributes), so it can never approve a different hop, and the rules the hop
+ * waits for, so that the same call comes through on it only while no other rule holds it.
  */
 export function approvalHopDigestPlugin(tasks: ObjectReader<AgentTask>): AdmissionPlugin {
   return {
@@ -51,7 +52,11 @@ export function approvalHopDigestPlugin(tasks: ObjectReader<AgentTask>): Admissi
       if (!taskName || !body?.spec?.hopId) return allow();
       const task = await tasks.get(request.namespace ?? '', taskName);
       const hop = (task?.status?.pendingHops ?? []).find((h) => h.hopId === body.spec?.hopId);
-      return hop ? allow([{ op: 'add', path: '/spec/hopDigest', value: hop.digest }]) : allow();
+      if (!hop) return allow();
+      return allow([
+        { op: 'add', path: '/spec/hopDigest', value: hop.digest },
+        { op: 'add', path: '/spec/hopRules', value: hop.rules },
+      ]);
     },
   };
 }
@@ -130,6 +135,9 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
       }
       if (approval.spec.hopDigest !== hop.digest) {
         return deny('AgentApproval', [{ field: 'spec.hopDigest', message: 'is set by admission from the pending hop and cannot be chosen' }]);
+      }
+      if (!isDeepStrictEqual(approval.spec.hopRules, hop.rules)) {
+        return deny('AgentApproval', [{ field: 'spec.hopRules', message: 'is set by admission from the rules the pending hop waits for and cannot be chosen' }]);
       }
       return allow();
     },

@@ -7,13 +7,14 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import type { AgentPolicy } from '../../../src/api/schema.js';
+import { APPROVAL_USED_BY } from '../../../src/broker/gateway-hops.js';
 import { ensureMoto } from '../../../src/controlplane/assets.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
 import { createRole, recordedRequests } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create, rejection } from '../../env/kube.js';
+import { create, read, rejection } from '../../env/kube.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
 
 const ACCOUNT = '123456789012';
@@ -54,7 +55,7 @@ async function reachedAws(env: EnvironmentDescription): Promise<{ method: string
   return (await recordedRequests(env)).map((e) => ({ method: e.method, path: new URL(e.url, 'http://x').pathname, headers: Object.fromEntries(Object.entries(e.headers).map(([k, v]) => [k.toLowerCase(), v])) }));
 }
 
-async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, namespace: string, bucket: string) {
+async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, namespace: string, bucket: string, extraRules: NonNullable<AgentPolicy['spec']['rules']> = []) {
   const roleArn = await createRole(env, `support-agent-${namespace}`);
   const policy: AgentPolicy = examplePolicy(namespace);
   policy.spec.onViolation = 'Deny';
@@ -67,6 +68,7 @@ async function gatewayAgent(admin: KubeConfig, env: EnvironmentDescription, name
     { name: 'archive-deletes-need-a-human', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:DeleteObject'], resources: [`arn:aws:s3:::${bucket}/archive/*`] },
     { name: 'outbox-needs-a-human', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: [`arn:aws:s3:::${bucket}/outbox/*`] },
     { name: 'agent-table', effect: 'Allow', tools: ['aws:dynamodb'], actions: ['dynamodb:CreateTable', 'dynamodb:PutItem', 'dynamodb:GetItem'], resources: [`arn:aws:dynamodb:us-east-1:${ACCOUNT}:table/${bucket}`] },
+    ...extraRules,
   ];
   await create(admin, policy);
   await createServiceAccount(admin, namespace, 'support-agent');
@@ -192,6 +194,49 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/reply.txt' })).out?.Body).toBe('refund approved');
       // Once: the approval is spent, the next identical call waits again.
       expect(await agent.call('s3', 'PutObject', put)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('an approval given before the agent read customer data does not carry the same call after it: the call waits again with both rules, and a second approval lets it through', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const lead = { name: 'outbox-after-customer-data-needs-a-lead', effect: 'RequireApproval' as const, tools: ['aws:s3'], actions: ['s3:PutObject'], resources: [`arn:aws:s3:::${bucket}/outbox/*`], when: { afterDataClasses: ['pii'] } };
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket, [lead]);
+    try {
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      const put = { Bucket: bucket, Key: 'outbox/summary.txt', Body: 'what the customer told us' };
+      const first = waitingHop(await agent.call('s3', 'PutObject', put));
+      expect(first).not.toBe('');
+
+      // Approved while only the outbox rule held it. The body's claim to approve the lead's rule too is overwritten.
+      const approval = exampleApproval(namespace);
+      approval.metadata.name = 'outbox-only';
+      approval.spec.hopId = first;
+      approval.spec.hopRules = ['outbox-needs-a-human', lead.name];
+      await create(admin, approval);
+      const stored = await read(admin, approval);
+      expect(stored.spec.hopRules).toEqual(['outbox-needs-a-human']);
+      await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
+
+      // The agent reads a ticket, customer data, then sends the approved call again.
+      const read4711 = await getJson(`${sidecar.url}/v1/hops`, { method: 'POST', headers: { ...(await sidecar.headers()), 'content-type': 'application/json' }, body: JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/4711' }) });
+      expect(read4711.body).toMatchObject({ decision: 'allow' });
+      const again = await agent.call('s3', 'PutObject', put);
+      expect(again).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+      expect(again.message).toContain(`AgentApproval outbox-only approved it while outbox-needs-a-human held it, and ${lead.name} holds it now too`);
+      const second = waitingHop(again);
+      expect(second).not.toBe(first);
+      const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
+      expect(waiting.map((h) => [h.hopId, [...h.rules].sort()])).toEqual([[second, [lead.name, 'outbox-needs-a-human'].sort()]]);
+      expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBeUndefined();
+      expect((await reachedAws(env)).filter((r) => r.method === 'PUT' && r.path === `/${bucket}/outbox/summary.txt`)).toEqual([]);
+
+      // Approved with both rules in view: through, once, on the second approval.
+      await approveThenRetry(admin, namespace, second, () => agent.call('s3', 'PutObject', put));
+      expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/summary.txt' })).out?.Body).toBe('what the customer told us');
+      expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBeUndefined();
     } finally {
       agent.stop();
       await sidecar.stop();

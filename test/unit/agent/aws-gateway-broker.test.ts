@@ -68,7 +68,7 @@ beforeAll(async () => {
         mayWait: () => true,
         preview: function* (_who, planned) {
           for (const p of planned) {
-            const { decision, reasons } = p.approved ? { decision: 'allow' as const, reasons: [] } : decide(p.request);
+            const { decision, reasons } = p.approval ? { decision: 'allow' as const, reasons: [{ rule: `approval:${p.approval.name}`, effect: 'Allow' }] } : decide(p.request);
             yield { decision, rules: reasons.map((r) => r.rule) };
           }
         },

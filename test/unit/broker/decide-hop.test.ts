@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
 import type { TaskDelta } from '../../../src/audit/journal.js';
 import { STATUS_CAPS } from '../../../src/api/task.js';
-import { chainView, decideHop, depthOf, type ChainView, type HopInput } from '../../../src/broker/decide-hop.js';
+import { chainView, decideHop, depthOf, type ChainView, type HopApproval, type HopInput } from '../../../src/broker/decide-hop.js';
 import { parseHopRequest } from '../../../src/broker/hops.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
@@ -137,16 +137,45 @@ describe('decideHop: a hop whose record would not fit in status is denied, never
 
 
 describe('decideHop: a call approved before it was made again', () => {
-  const input = (body: Record<string, unknown>, approvedBy?: string): HopInput => ({ ...objects({ policy: (p) => void (p.spec.onViolation = 'Deny') }), request: parseHopRequest(body), hopId: 'h1_x', depth: 1, chain: chainView(undefined, undefined), now: created + 1000, pod: 'agent-0', approvedBy });
+  const input = (body: Record<string, unknown>, approval?: HopApproval): HopInput => ({ ...objects({ policy: (p) => void (p.spec.onViolation = 'Deny') }), request: parseHopRequest(body), hopId: 'h1_x', depth: 1, chain: chainView(undefined, undefined), now: created + 1000, pod: 'agent-0', ...(approval ? { approval } : {}) });
 
   it('what would wait is allowed, citing the approval; without one it waits', () => {
     const refund = { tool: 'payments', action: 'refund', resource: 'order/1' };
     expect(decideHop(input(refund), evaluate).decision).toBe('pending_approval');
-    expect(decideHop(input(refund, 'refund-ok'), evaluate)).toMatchObject({ decision: 'allow', reasons: [{ rule: 'approval:refund-ok', effect: 'Allow' }] });
+    expect(decideHop(input(refund, { name: 'refund-ok' }), evaluate)).toMatchObject({ decision: 'allow', reasons: [{ rule: 'approval:refund-ok', effect: 'Allow' }] });
   });
 
   it('an approval never overrides a Deny', () => {
-    expect(decideHop(input({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, 'refund-ok'), evaluate)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments' }] });
+    expect(decideHop(input({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' }, { name: 'refund-ok' }), evaluate)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments' }] });
+  });
+
+  it('an approval lifts the rules it was given for and no other: once customer data is read, a second rule holds the refund again, with both rules for the person to see', () => {
+    const twoRules = (body: Record<string, unknown>, approval: HopApproval | undefined, dataClasses: string[]): HopInput => ({
+      ...objects({
+        policy: (p) => {
+          p.spec.onViolation = 'Deny';
+          (p.spec.rules ??= []).push({ name: 'refunds-after-pii-need-a-lead', effect: 'RequireApproval', tools: ['payments'], actions: ['refund'], when: { afterDataClasses: ['pii'] } });
+        },
+      }),
+      request: parseHopRequest(body),
+      hopId: 'h1_x',
+      depth: 1,
+      chain: chainView({ version: 1, hopCount: 1, deepest: 1, priorDenials: 0, systemsTouched: ['tickets'], dataClassesTouched: dataClasses }, undefined),
+      now: created + 1000,
+      pod: 'agent-0',
+      ...(approval ? { approval } : {}),
+    });
+    const refund = { tool: 'payments', action: 'refund', resource: 'order/1' };
+    const given = { name: 'refund-ok', rules: ['refunds-need-a-human'] };
+    expect(decideHop(twoRules(refund, given, []), evaluate)).toMatchObject({ decision: 'allow', reasons: [{ rule: 'approval:refund-ok' }] });
+    const afterPii = decideHop(twoRules(refund, given, ['pii']), evaluate);
+    expect(afterPii.decision).toBe('pending_approval');
+    expect(afterPii.reasons.map((r) => r.rule).sort()).toEqual(['refunds-after-pii-need-a-lead', 'refunds-need-a-human']);
+    // Given for both, or admitted before rules were recorded: through.
+    expect(decideHop(twoRules(refund, { name: 'refund-ok', rules: ['refunds-after-pii-need-a-lead', 'refunds-need-a-human'] }, ['pii']), evaluate).decision).toBe('allow');
+    expect(decideHop(twoRules(refund, { name: 'refund-ok' }, ['pii']), evaluate).decision).toBe('allow');
+    // Given for no rule: lifts nothing.
+    expect(decideHop(twoRules(refund, { name: 'refund-ok', rules: [] }, []), evaluate).decision).toBe('pending_approval');
   });
 });
 

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAgentApproval } from '../../../src/api/parse.js';
 import type { AgentApproval, AgentPolicy } from '../../../src/api/schema.js';
 import { APPROVAL_USED_BY, GatewayHops, type CallHop } from '../../../src/broker/gateway-hops.js';
-import { type HopDecision, type HopRequest } from '../../../src/broker/hops.js';
+import { type HopApproval, type HopDecision, type HopRequest } from '../../../src/broker/hops.js';
 import { NOW, serviceFor, type ServiceOptions } from '../../builders/hop-service.js';
 
 /**
@@ -60,11 +60,11 @@ function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
   const status = () => task().status;
   /** The agent's next try, with the task as the watch now shows it. */
   const attempt = (hops: CallHop[]) => gateway.decideCall({ ...who, task: task() }, hops, 'retry once approved');
-  /** A person approves every hop that waits, as `chainwarden approve` does; the operator resolves them. */
+  /** A person approves every hop that waits, as `chainwarden approve` does (admission stamps the hop's digest and rules); the operator resolves them. */
   const approveAll = async () => {
     const waiting = status()?.pendingHops ?? [];
     for (const [i, p] of waiting.entries()) {
-      approvals.push(parseAgentApproval({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentApproval', metadata: { name: `ok-${approvals.length + i}`, namespace: 'support', creationTimestamp: new Date(NOW).toISOString() }, spec: { taskRef: { name: task().metadata.name }, hopId: p.hopId, hopDigest: p.digest, decision: 'Approve', reason: 'checked' } }));
+      approvals.push(parseAgentApproval({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentApproval', metadata: { name: `ok-${approvals.length + i}`, namespace: 'support', creationTimestamp: new Date(NOW).toISOString() }, spec: { taskRef: { name: task().metadata.name }, hopId: p.hopId, hopDigest: p.digest, hopRules: p.rules, decision: 'Approve', reason: 'checked' } }));
     }
     await service.resolvePending(task());
     await expect.poll(() => status()?.pendingHops ?? []).toEqual([]);
@@ -245,6 +245,56 @@ describe('a gateway call of several hops, some of which need approval', () => {
   });
 });
 
+describe('an approval lets the same call through only while the rules it was given for are all that hold it', () => {
+  const outbox = hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/r1');
+
+  it('approved for the outbox rule before customer data was read, the same write after the read waits for a new approval, naming why; the first is not spent', async () => {
+    const w = world({ adjust: withOutboxRules });
+    expect(await w.attempt(call(outbox))).toMatchObject({ allowed: false, decision: 'pending_approval', reasons: [{ rule: 'outbox-needs-a-person' }] });
+    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
+    await w.approveAll();
+    expect(w.approvals[0]?.spec.hopRules).toEqual(['outbox-needs-a-person']);
+
+    // The agent reads customer data, then sends the approved call again.
+    expect(await w.attempt(call(readTicket(1)))).toMatchObject({ allowed: true });
+    const again = await w.attempt(call(outbox));
+    if (again.allowed) throw new Error('the approval carried the write past a rule nobody was shown');
+    expect(again.decision).toBe('pending_approval');
+    expect(again.reasons.map((r) => r.rule).sort()).toEqual(['outbox-needs-a-person', 'payment-data-leaves-with-a-person']);
+    expect(again.error.message).toContain('AgentApproval ok-0 approved it while outbox-needs-a-person held it, and payment-data-leaves-with-a-person holds it now too, so it needs a new approval');
+    expect(w.claimed).toEqual([]);
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.rules)).toEqual([['outbox-needs-a-person', 'payment-data-leaves-with-a-person']]);
+
+    // Approved with both rules in view: through, on the new approval; the old one stays unused.
+    await w.approveAll();
+    expect(await w.attempt(call(outbox))).toMatchObject({ allowed: true, answer: { reasons: [{ rule: 'approval:ok-1' }] } });
+    expect(w.claimed).toEqual(['ok-1']);
+  });
+
+  it('an approval admitted before rules were recorded lifts whatever holds the call, as it did', async () => {
+    const w = world({ adjust: withOutboxRules });
+    await w.attempt(call(outbox));
+    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
+    await w.approveAll();
+    delete w.approvals[0]?.spec.hopRules;
+    await w.attempt(call(readTicket(1)));
+    expect(await w.attempt(call(outbox))).toMatchObject({ allowed: true, answer: { reasons: [{ rule: 'approval:ok-0' }] } });
+  });
+
+  it('in a call of several hops, an approval outgrown by one hop holds that hop again and is not spent', async () => {
+    const w = world({ adjust: withOutboxRules });
+    // A copy of customer data into the outbox: the read is allowed, the write after it needs both rules.
+    const copy = call(hop('aws:s3', 's3:GetObject', 'arn:aws:s3:::support-customers/c1'), [outbox, 0]);
+    await w.attempt(call(outbox));
+    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
+    await w.approveAll();
+    const verdict = await w.attempt(copy);
+    expect(verdict).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(w.claimed).toEqual([]);
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.rules)).toEqual([['outbox-needs-a-person', 'payment-data-leaves-with-a-person']]);
+  });
+});
+
 describe('decideCall against deciding every hop in order, for any call', () => {
   const pool: HopRequest[] = [readTicket(1), comment(2), refund(1), refund(2), hop('payments', 'admin.freeze', 'account/1'), email, hop('search', 'query', 'q')];
   const calls = fc.record({
@@ -291,16 +341,21 @@ describe('decideCall against deciding every hop in order, for any call', () => {
 
 describe('HopService.preview: the forecast a gateway acts on is what deciding the hops in order decides', () => {
   const pool: HopRequest[] = [readTicket(1), comment(2), refund(1), hop('payments', 'admin.freeze', 'account/1'), email, hop('aws:s3', 's3:GetObject', 'arn:aws:s3:::support-customers/c1'), hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/r1'), hop('aws:sts', 'sts:GetCallerIdentity', '*'), hop('search', 'query', 'q')];
-  const hops = fc.array(fc.record({ at: fc.nat(pool.length - 1), after: fc.option(fc.nat(), { nil: undefined }), approved: fc.boolean() }), { minLength: 1, maxLength: 8 });
+  // An approval given for some of the rules that may hold a hop, or (admitted before rules were recorded) for any.
+  const approval = fc.option(
+    fc.option(fc.subarray(['refunds-need-a-human', 'outbox-needs-a-person', 'payment-data-leaves-with-a-person']), { nil: undefined }).map((rules): HopApproval => (rules ? { name: 'ok', rules } : { name: 'ok' })),
+    { nil: undefined },
+  );
+  const hops = fc.array(fc.record({ at: fc.nat(pool.length - 1), after: fc.option(fc.nat(), { nil: undefined }), approval }), { minLength: 1, maxLength: 8 });
 
-  it('for any call of the support policy\'s tools, in Enforce or Audit, with or without approvals, up to the first deny; a hop after one not allowed is not decided', async () => {
+  it('for any call of the support policy\'s tools, in Enforce or Audit, with or without approvals for some rules, up to the first deny; a hop after one not allowed is not decided', async () => {
     await fc.assert(
       fc.asyncProperty(hops, fc.constantFrom<'Enforce' | 'Audit'>('Enforce', 'Audit'), fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: 7 }), async (generated, mode, maxHops, maxDepth) => {
-        const { service, who } = serviceFor({ mode, adjust: (p) => (p.spec.onViolation = 'Deny'), taskLimits: { maxHops, maxDepth } });
-        const planned = generated.map((g, i) => ({ request: pool[g.at] as HopRequest, ...(g.after !== undefined && i > 0 ? { after: g.after % i } : {}), approved: g.approved }));
+        const { service, who } = serviceFor({ mode, adjust: (p) => ((p.spec.onViolation = 'Deny'), withOutboxRules(p)), taskLimits: { maxHops, maxDepth } });
+        const planned = generated.map((g, i) => ({ request: pool[g.at] as HopRequest, ...(g.after !== undefined && i > 0 ? { after: g.after % i } : {}), ...(g.approval ? { approval: g.approval } : {}) }));
         const forecast = [...service.preview(who, planned)].map((f) => f?.decision);
         const decided = await decidedInOrder(planned, async (request, i) => {
-          const { answer } = await service.decideForGateway(who, request, planned[i]?.approved ? 'ok' : undefined, () => 'txn');
+          const { answer } = await service.decideForGateway(who, request, planned[i]?.approval, () => 'txn');
           return answer;
         });
         expect(forecast.slice(0, decided.length)).toEqual(decided);
@@ -311,7 +366,7 @@ describe('HopService.preview: the forecast a gateway acts on is what deciding th
 
   it('records nothing: the email after a ticket read is forecast denied, and the task has no chain, no violation, nothing waiting', async () => {
     const { service, who, twin, writes } = serviceFor();
-    const forecast = [...service.preview(who, [readTicket(1), email, refund(1)].map((request) => ({ request, approved: false })))].map((f) => f?.decision);
+    const forecast = [...service.preview(who, [readTicket(1), email, refund(1)].map((request) => ({ request })))].map((f) => f?.decision);
     expect(forecast).toEqual(['allow', 'deny', 'pending_approval']);
     await new Promise((r) => setTimeout(r, 20));
     expect(writes()).toBe(0);

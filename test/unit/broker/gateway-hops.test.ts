@@ -24,19 +24,23 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
   const claimed: string[] = [];
   const gateway = new GatewayHops({
     hops: {
-      decideForGateway: (_who, _hop, approvedBy, mint) => {
-        const answer = decide(approvedBy);
+      decideForGateway: (_who, _hop, approval, mint) => {
+        const answer = decide(approval?.name);
         if (answer.decision !== 'allow') return Promise.resolve({ answer });
         const facts: GatewayHopFacts = { hopId: answer.hopId, depth: answer.depth, parentHop: 'h1_parent', policy: 'support', dataClassesTouched: ['pii'] };
         return Promise.resolve({ answer, txnToken: mint(facts) });
       },
       isHopOf: (t, hopId) => ids.depthOf(t.metadata.uid ?? '', hopId) !== undefined,
-      // A call of one hop is decided, never forecast (gateway-calls.test.ts has calls of several).
+      // A call of one hop is decided, never forecast in full (gateway-calls.test.ts has calls of several)...
       mayWait: () => {
         throw new Error('a single hop was forecast');
       },
-      preview: () => {
-        throw new Error('a single hop was forecast');
+      // ...only with each unused approval of it, by the same stubbed decision, before one is claimed.
+      preview: function* (_who, planned) {
+        for (const p of planned) {
+          const answer = decide(p.approval?.name);
+          yield { decision: answer.decision, rules: answer.reasons.map((r) => r.rule) };
+        }
       },
     },
     approvals: () => approvals,
@@ -85,6 +89,12 @@ describe('a gateway hop', () => {
     await expect(gateway.decide(principal(task()), { ...hop, resource: `ticket/${'9'.repeat(1_020)}` }, 'refund', 'retry')).rejects.toMatchObject({ code: 'invalid_request', field: 'resource', message: expect.stringContaining('is 1027 characters, more than the 1024 a hop takes') as unknown });
     expect(decisions).toBe(0);
     await expect(gateway.decide(principal(task()), { ...hop, resource: `ticket/${'9'.repeat(1_017)}` }, 'refund', 'retry')).resolves.toMatchObject({ allowed: true });
+  });
+
+  it('leaves an approval of the call unused when the call no longer needs one (the policy now allows it outright)', async () => {
+    const { gateway, claimed } = await setup(() => ({ hopId: 'h1_free', decision: 'allow', reasons: [{ rule: 'refunds-allowed-now', effect: 'Allow' }], depth: 1 }), [approval('yes', hopDigest(hop))]);
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_free' } });
+    expect(claimed).toEqual([]);
   });
 
   it('is not released by an approval left from an earlier task of the same name', async () => {
