@@ -59,9 +59,10 @@ export class GatewayHops {
   /**
    * As `decide`. What an unused approval of the hop does: `claim` claims one that would let it
    * through and decides with it; an approval names one that a call of several hops claims only
-   * once every hop is allowed; `none` decides without, so what needs one waits.
+   * once every hop is allowed; `none` decides without, so what needs one waits. `outgrown` is an
+   * approval of the hop that a forecast found too narrow for it now: a wait says so.
    */
-  private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retry: string, approval: 'claim' | AgentApproval | 'none'): Promise<GatewayVerdict> {
+  private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retry: string, approval: 'claim' | AgentApproval | 'none', outgrown?: AgentApproval): Promise<GatewayVerdict> {
     // What a gateway derives is bounded as a hop an agent sends is: a longer resource would be a record the task's status refuses.
     if (hop.resource.length > MAX_HOP_RESOURCE) {
       throw new ChainwardenError('invalid_request', `the resource this call names is ${hop.resource.length} characters, more than the ${MAX_HOP_RESOURCE} a hop takes: ${hop.resource.slice(0, 80)}…`, { field: 'resource' });
@@ -73,7 +74,7 @@ export class GatewayHops {
       const reasons = waiting.rules.map((rule): Reason => ({ rule, effect: 'RequireApproval' }));
       return { allowed: false, error: pendingError(what, waiting.hopId, waiting.rules.join(', '), retry), hopId: waiting.hopId, decision: 'pending_approval', reasons };
     }
-    const found = approval === 'claim' ? await this.approvalFor(who, hop, digest) : approval === 'none' ? {} : { approval: approvalOf(approval) };
+    const found = approval === 'claim' ? await this.approvalFor(who, hop, digest) : approval === 'none' ? { outgrown } : { approval: approvalOf(approval), outgrown: approval };
     const { answer, txnToken } = await this.deps.hops.decideForGateway(who, hop, found.approval, (facts) => this.mint(task, hop, facts));
     const rules = answer.reasons.map((r) => r.rule).join(', ');
     if (answer.decision === 'deny') {
@@ -171,7 +172,8 @@ export class GatewayHops {
       if (!decide.has(i)) continue;
       await breathe();
       const parent = hop.after === undefined ? undefined : ids[hop.after];
-      const verdict = await this.decideOne(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry, 'none');
+      // Decided without the approval given to it, which the forecast found outgrown: the refusal names it.
+      const verdict = await this.decideOne(who, parent ? { ...hop.request, parentHop: parent } : hop.request, hop.what, retry, 'none', released[i]);
       ids[i] = verdict.allowed ? verdict.answer.hopId : undefined;
       if (verdict.allowed) continue;
       if (verdict.decision === 'deny') return verdict;
@@ -221,16 +223,24 @@ export class GatewayHops {
     return last;
   }
 
-  /** Approvals of the task's hops (of this exact call, given its digest) that no call has used yet. */
+  /**
+   * Approvals of the task's hops (of this exact call, given its digest) that no call has used
+   * yet, those that lift the most first: the same call waits again with more rules once its chain
+   * has grown (the approval of its first wait is then outgrown), so the newest approval of a call
+   * is the one that lets it through.
+   */
   private unusedApprovals(task: AgentTask, digest?: string): AgentApproval[] {
-    return this.deps.approvals(task.metadata.namespace ?? '').filter(
-      (a) =>
-        a.spec.taskRef.name === task.metadata.name &&
-        a.spec.decision === 'Approve' &&
-        (digest === undefined || a.spec.hopDigest === digest) &&
-        !a.metadata.annotations?.[APPROVAL_USED_BY] &&
-        this.deps.hops.isHopOf(task, a.spec.hopId),
-    );
+    return this.deps
+      .approvals(task.metadata.namespace ?? '')
+      .filter(
+        (a) =>
+          a.spec.taskRef.name === task.metadata.name &&
+          a.spec.decision === 'Approve' &&
+          (digest === undefined || a.spec.hopDigest === digest) &&
+          !a.metadata.annotations?.[APPROVAL_USED_BY] &&
+          this.deps.hops.isHopOf(task, a.spec.hopId),
+      )
+      .sort(liftingMostFirst);
   }
 
   /**
@@ -309,9 +319,16 @@ function together(refused: readonly Refused[]): Refused {
 
 const pendingError = (what: string, hopId: string, rules: string, retry: string, why?: string) => new ChainwardenError('approval_pending', `${what} waits for approval (hop ${hopId}, rule ${rules})${why ? `; ${why}` : ''}; ${retry}`);
 
-/** Why an approval of the call did not let it through: it was given for fewer rules than hold the call now. */
-function outgrownBy(approval: AgentApproval, reasons: readonly Reason[]): string {
-  const given = approval.spec.hopRules ?? [];
-  const added = reasons.map((r) => r.rule).filter((rule) => !given.includes(rule));
-  return `AgentApproval ${approval.metadata.name ?? ''} approved it while ${given.join(', ')} held it, and ${added.join(', ')} ${added.length === 1 ? 'holds' : 'hold'} it now too, so it needs a new approval`;
+/** Why an approval of the call did not let it through, when it was given for fewer rules than hold the call now. */
+function outgrownBy(approval: AgentApproval, reasons: readonly Reason[]): string | undefined {
+  const given = approval.spec.hopRules;
+  const added = reasons.filter((r) => r.effect === 'RequireApproval' && !given?.includes(r.rule)).map((r) => r.rule);
+  if (!given || added.length === 0) return undefined;
+  return `AgentApproval ${approval.metadata.name ?? ''} approved it while ${given.join(', ') || 'no rule'} held it, and ${added.join(', ')} ${added.length === 1 ? 'holds' : 'hold'} it now too, so it needs a new approval`;
+}
+
+/** An approval admitted before rules were recorded lifts any; then more rules before fewer, newer before older. */
+function liftingMostFirst(a: AgentApproval, b: AgentApproval): number {
+  const lifts = (x: AgentApproval) => x.spec.hopRules?.length ?? Infinity;
+  return lifts(b) - lifts(a) || (b.metadata.creationTimestamp ?? '').localeCompare(a.metadata.creationTimestamp ?? '') || (a.metadata.name ?? '').localeCompare(b.metadata.name ?? '');
 }
