@@ -136,7 +136,9 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
       if (approval.spec.hopDigest !== hop.digest) {
         return deny('AgentApproval', [{ field: 'spec.hopDigest', message: 'is set by admission from the pending hop and cannot be chosen' }]);
       }
-      if (!isDeepStrictEqual(approval.spec.hopRules, hop.rules)) {
+      // Absent only where an AgentApproval CRD from before the field prunes it (the stamp was made):
+      // the approval then lifts what holds its call, as approvals did. Present, it is the hop's.
+      if (approval.spec.hopRules !== undefined && !isDeepStrictEqual(approval.spec.hopRules, hop.rules)) {
         return deny('AgentApproval', [{ field: 'spec.hopRules', message: 'is set by admission from the rules the pending hop waits for and cannot be chosen' }]);
       }
       return allow();

@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { approvalHopDigestPlugin, approvalValidationPlugin } from '../../../src/admission/plugins/agentapproval.js';
+import type { AdmissionRequest } from '../../../src/admission/review.js';
+import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
+import { examplePolicy } from '../../builders/examples.js';
+
+/**
+ * What admission makes of an AgentApproval's binding to its hop: the digest and the rules the
+ * hop waits for are the pending hop's, whatever the body says.
+ */
+
+const waiting = { hopId: 'h1_wait', digest: 'd'.repeat(64), tool: 'aws:s3', action: 's3:PutObject', resource: 'arn:aws:s3:::b/outbox/x', depth: 1, rules: ['outbox-needs-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' };
+const task = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', metadata: { name: 't', namespace: 'support' }, spec: { serviceAccountName: 'agent', policyRef: { name: 'support-agent' }, ttl: '1h' }, status: { pendingHops: [waiting] } } as AgentTask;
+const alice = { username: 'alice@example.com', groups: ['support-leads'] };
+
+const approval = (spec: Partial<AgentApproval['spec']> = {}): AgentApproval => ({
+  apiVersion: 'chainwarden.io/v1alpha1',
+  kind: 'AgentApproval',
+  metadata: { name: 'ok', namespace: 'support' },
+  spec: { taskRef: { name: 't' }, hopId: 'h1_wait', decision: 'Approve', approver: { username: alice.username, groups: alice.groups }, ...spec },
+});
+
+const request = (object: AgentApproval): AdmissionRequest => ({
+  uid: 'u',
+  kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentApproval' },
+  resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agentapprovals' },
+  operation: 'CREATE',
+  namespace: 'support',
+  userInfo: alice,
+  object,
+});
+
+const tasks = { get: (_ns: string, name: string) => Promise.resolve(name === 't' ? task : undefined) };
+const validate = approvalValidationPlugin({ tasks, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]) });
+
+describe('an AgentApproval is bound to its hop by admission', () => {
+  it('the stamp replaces the digest and the rules a body claims with the pending hop\'s', async () => {
+    const verdict = await approvalHopDigestPlugin(tasks).admit(request(approval({ hopDigest: 'e'.repeat(64), hopRules: ['outbox-needs-a-human', 'outbox-after-customer-data-needs-a-lead'] })));
+    expect(verdict).toEqual({
+      allowed: true,
+      patch: [
+        { op: 'add', path: '/spec/hopDigest', value: waiting.digest },
+        { op: 'add', path: '/spec/hopRules', value: ['outbox-needs-a-human'] },
+      ],
+    });
+  });
+
+  it('rules other than the hop\'s are refused, naming the field; the hop\'s own pass', async () => {
+    const wider = await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human', 'outbox-after-customer-data-needs-a-lead'] })));
+    expect(wider).toMatchObject({ allowed: false, message: expect.stringContaining('spec.hopRules: is set by admission from the rules the pending hop waits for and cannot be chosen') as unknown });
+    expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: [] })))).toMatchObject({ allowed: false });
+    expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })))).toMatchObject({ allowed: true });
+  });
+
+  it('an approval whose rules an earlier CRD pruned is admitted: it lifts what holds its call, as approvals did', async () => {
+    expect(await validate.admit(request(approval({ hopDigest: waiting.digest })))).toMatchObject({ allowed: true });
+  });
+});
