@@ -239,10 +239,12 @@ export class HopService {
     };
     let basis = task;
     let decided = decideOn(task);
-    const widening = isWidening(decided.outcome, task) ? performance.now() : undefined;
+    const widening = isWidening(decided.outcome, task) || approval !== undefined ? performance.now() : undefined;
     if (widening !== undefined) {
       // It will be written before it is answered; first, what other replicas have written that
       // this one's watch may not show yet (a PII read answered by another replica a moment ago).
+      // So is a call an approval lets through: such a write may bring a rule its approver was
+      // not shown, which holds it again.
       const fresh = await this.readFresh(namespace, name);
       if (fresh?.metadata.uid === uid) basis = fresh;
       // Decided again, on the newest chain: hops this replica decided during the read count in

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import { parseAgentApproval, parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
-import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
+import type { AgentApproval, AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import { TaskJournal } from '../../../src/audit/journal.js';
 import { HopIds } from '../../../src/broker/hopids.js';
 import { hopDigest, HopService, parseHopRequest, type HopServiceDeps } from '../../../src/broker/hops.js';
@@ -258,6 +258,33 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     expect(twin.task?.status?.violation).toMatchObject({ rule: 'no-exfiltration' });
     // Without the read it would have been allowed: the watch's copy has no PII.
     expect(await serviceFor().service.decideRequest(who, { tool: 'email', action: 'send', resource: 'mailto:someone@example.com', intent: '', attributes: {} })).toMatchObject({ decision: 'allow' });
+  });
+
+  it('a call an approval lets through is decided on what another replica wrote: a customer read answered there holds it again for the rule its approver was not shown', async () => {
+    const outboxRules = (p: AgentPolicy) =>
+      void (p.spec.rules ??= []).push(
+        { name: 'write-out', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:PutObject'] },
+        { name: 'outbox-needs-a-person', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: ['arn:aws:s3:::outbox/*'] },
+        { name: 'outbox-after-customer-data-needs-a-lead', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: ['arn:aws:s3:::outbox/*'], when: { afterDataClasses: ['pii'] } },
+      );
+    const put = (key: string) => ({ tool: 'aws:s3', action: 's3:PutObject', resource: `arn:aws:s3:::${key}`, intent: '', attributes: {} });
+    // Replica B writes a note (the chain now has S3), then reads a ticket (customer data).
+    const elsewhere = serviceFor({ adjust: outboxRules });
+    await elsewhere.service.decideRequest(elsewhere.who, put('notes/n1'));
+    const seen = structuredClone(elsewhere.twin.task) as AgentTask;
+    await elsewhere.service.decideRequest(elsewhere.who, read);
+    const written = elsewhere.twin.task;
+    expect(written?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+    // Replica A's watch shows the note, not the read: the approved outbox write adds nothing to
+    // that chain, so only the approval sends A to read the task.
+    const given = { name: 'outbox-ok', rules: ['outbox-needs-a-person'] };
+    const replicaA = serviceFor({ adjust: outboxRules, freshTask: () => Promise.resolve(written) });
+    const { answer } = await replicaA.service.decideForGateway({ ...replicaA.who, task: seen }, put('outbox/o1'), given, () => 'txn');
+    expect(answer.decision).toBe('pending_approval');
+    expect(answer.reasons.map((r) => r.rule).sort()).toEqual(['outbox-after-customer-data-needs-a-lead', 'outbox-needs-a-person']);
+    // On the watch's copy alone it would have gone through.
+    const unread = serviceFor({ adjust: outboxRules });
+    expect((await unread.service.decideForGateway({ ...unread.who, task: seen }, put('outbox/o1'), given, () => 'txn')).answer.decision).toBe('allow');
   });
 
   it("an approved hop's answer waits for this replica's watch to show the chain with it", async () => {
