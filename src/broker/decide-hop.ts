@@ -125,8 +125,10 @@ const DEFAULT_DENY: Reason = { rule: 'default-deny', effect: 'Deny' };
 interface Verdict {
   decision: HopDecision;
   reasons: Reason[];
-  /** Allowed by Audit mode where Enforce would deny. */
+  /** Allowed, or held for approval, by Audit mode where Enforce would deny. */
   wouldDeny?: boolean;
+  /** Held in Audit mode where Enforce would deny: the rules that would deny it. */
+  denied?: Reason[];
 }
 
 /** The task's limits, each within the policy's (admission keeps them so). */
@@ -190,7 +192,9 @@ function approved(input: HopInput, verdict: Verdict): Verdict {
   const { approval } = input;
   if (verdict.decision !== 'pending_approval' || !approval) return verdict;
   if (approval.rules && !verdict.reasons.every((r) => approval.rules?.includes(r.rule))) return verdict;
-  return { decision: 'allow', reasons: [{ rule: `approval:${approval.name}`, effect: 'Allow' }] };
+  const lifted: Reason = { rule: `approval:${approval.name}`, effect: 'Allow' };
+  // In Audit mode a hop Enforce would deny is allowed once approved, recorded with what would deny it.
+  return verdict.wouldDeny ? { decision: 'allow', reasons: [lifted, ...(verdict.denied ?? [])], wouldDeny: true } : { decision: 'allow', reasons: [lifted] };
 }
 
 /**
@@ -199,11 +203,27 @@ function approved(input: HopInput, verdict: Verdict): Verdict {
  * cap still denies, since a hop whose record the API server would refuse cannot be recorded at
  * all. A hop that waits for approval still waits: Audit is for trying out denials without
  * breaking agents, not for lifting a human gate the policy asks for, and an Enforce policy moved
- * to Audit while a stricter version is tried must not lose its approvals meanwhile.
+ * to Audit while a stricter version is tried must not lose its approvals meanwhile. That holds
+ * where a Deny rule or a limit would also refuse the hop: Cedar's forbid hides the permits it
+ * overrides, so the policy's RequireApproval rules are asked on their own.
  */
-function audited(input: HopInput, verdict: Verdict): Verdict {
+function audited(input: HopInput, verdict: Verdict, touched: System[], evaluate: Evaluate): Verdict {
   if (verdict.decision !== 'deny' || (input.policy.spec.mode ?? POLICY_DEFAULTS.mode) !== 'Audit') return verdict;
+  const held = heldForApproval(input, touched, evaluate);
+  if (held.length > 0) return { decision: 'pending_approval', reasons: held, wouldDeny: true, denied: verdict.reasons };
   return { ...verdict, decision: 'allow', wouldDeny: true };
+}
+
+/** The RequireApproval rules of the policy that match the hop, with its Deny rules, raw Cedar and limits set aside. */
+function heldForApproval(input: HopInput, touched: System[], evaluate: Evaluate): Reason[] {
+  const { policy } = input;
+  const rules = (policy.spec.rules ?? []).filter((r) => r.effect === 'RequireApproval');
+  if (rules.length === 0) return [];
+  const { cedar: _raw, ...spec } = policy.spec;
+  // Its own name, so the engine prepares and remembers it apart from the whole policy.
+  const approvalsOnly: AgentPolicy = { ...policy, metadata: { ...policy.metadata, name: `${policy.metadata.name ?? ''}/require-approval` }, spec: { ...spec, rules } };
+  const { subject, context, boundary } = hopContext(input, touched);
+  return evaluate(approvalsOnly, subject, context, boundary).reasons.filter((r) => r.effect === 'RequireApproval');
 }
 
 /** The Cedar context of the hop: the request and the whole chain so far; `touched` is what `touchedSystems` gives for it. */
@@ -261,7 +281,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const { policy, request, hopId, depth, now } = input;
   // Matched once: the systems a hop touches feed its Cedar context, the status caps and its record.
   const touched = touchedSystems(policy, request);
-  const ruled = audited(input, approved(input, overLimit(input) ?? byRules(input, touched, evaluate)));
+  const ruled = approved(input, audited(input, overLimit(input) ?? byRules(input, touched, evaluate), touched, evaluate));
   const { decision, reasons, wouldDeny } = overCapacity(input, touched, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
@@ -312,6 +332,8 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
     return {
       decision,
       reasons,
+      // Held in Audit mode where Enforce would deny: the answer and the record say so.
+      ...(wouldDeny ? { wouldDeny } : {}),
       commit: true,
       timeoutAt,
       delta: {

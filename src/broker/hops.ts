@@ -269,7 +269,7 @@ export class HopService {
     if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
     this.remember(answer);
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
-    if (outcome.wouldDeny) this.deps.metrics.counter('chainwarden_hops_would_deny_total', 'Hops allowed only because their policy is in Audit mode.').inc();
+    if (outcome.wouldDeny && decision === 'allow') this.deps.metrics.counter('chainwarden_hops_would_deny_total', 'Hops allowed only because their policy is in Audit mode.').inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
     return txnToken === undefined ? { answer } : { answer, txnToken };
   }

@@ -192,6 +192,7 @@ describe('decideHop: a policy in Audit mode', () => {
     { why: 'a hop over maxHops', body: { tool: 'tickets', action: 'read', resource: 'ticket/1' }, chain: { hopCount: 100 }, enforce: 'deny', audit: 'allow', wouldDeny: true, rules: ['limit:maxHops'] },
     { why: 'a hop the policy allows', body: { tool: 'tickets', action: 'read', resource: 'ticket/1' }, chain: {}, enforce: 'allow', audit: 'allow', wouldDeny: false, rules: ['read-and-comment'] },
     { why: 'a hop that needs approval still waits', body: { tool: 'payments', action: 'refund', resource: 'order/1' }, chain: {}, enforce: 'pending_approval', audit: 'pending_approval', wouldDeny: false, rules: ['refunds-need-a-human'] },
+    { why: 'a hop that needs approval still waits when a limit would deny it too', body: { tool: 'payments', action: 'refund', resource: 'order/1' }, chain: { hopCount: 100 }, enforce: 'deny', audit: 'pending_approval', wouldDeny: true, rules: ['refunds-need-a-human'] },
     { why: 'a status cap still denies: the record could not be written', body: { tool: 'tickets', action: 'read', resource: 'ticket/1' }, chain: { dataClasses: new Set(Array.from({ length: STATUS_CAPS.dataClassesTouched }, (_, i) => `class-${i}`)) }, enforce: 'deny', audit: 'deny', wouldDeny: false, rules: ['limit:dataClassesTouched'] },
   ])('$why: Enforce $enforce, Audit $audit', ({ body, chain, enforce, audit: inAudit, wouldDeny, rules }) => {
     expect(decide(body, 'Enforce', chain).decision).toBe(enforce);
@@ -200,6 +201,18 @@ describe('decideHop: a policy in Audit mode', () => {
     expect(out.reasons.map((r) => r.rule)).toEqual(rules);
     expect(Boolean(out.wouldDeny)).toBe(wouldDeny);
     expect(Boolean(out.delta.events?.[0]?.data.wouldDeny)).toBe(wouldDeny);
+  });
+
+  it('a hop that needs approval and that a Deny rule would refuse waits for a person, and once approved is allowed as a would-be denial', () => {
+    const both = (p: ReturnType<typeof examplePolicy>) => {
+      p.spec.mode = 'Audit';
+      (p.spec.rules ??= []).push({ name: 'no-refunds-after-customer-data', effect: 'Deny', tools: ['payments'], actions: ['refund'], when: { afterDataClasses: ['pii'] } });
+    };
+    const input = (approval?: HopApproval): HopInput => ({ ...objects({ policy: both }), request: parseHopRequest({ tool: 'payments', action: 'refund', resource: 'order/1' }), hopId: 'h1_x', depth: 1, chain: { ...chainView(undefined, undefined), ...pii }, now: created + 1000, pod: 'agent-0', ...(approval ? { approval } : {}) });
+    expect(decideHop(input(), evaluate)).toMatchObject({ decision: 'pending_approval', reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }] });
+    const approved = decideHop(input({ name: 'ok', rules: ['refunds-need-a-human'] }), evaluate);
+    expect(approved).toMatchObject({ decision: 'allow', wouldDeny: true, reasons: [{ rule: 'approval:ok', effect: 'Allow' }, { rule: 'no-refunds-after-customer-data', effect: 'Deny' }] });
+    expect(approved.delta.events?.[0]?.data).toMatchObject({ decision: 'allow', wouldDeny: true });
   });
 
   it('a would-be denial is counted, touches what it touched, revokes nothing and is answered before it is written', () => {
