@@ -112,7 +112,15 @@ export class GatewayHops {
     for (const a of this.unusedApprovals(who.task)) if (a.spec.hopDigest) unused.set(a.spec.hopDigest, [...(unused.get(a.spec.hopDigest) ?? []), a]);
     const released = hops.map((hop) => unused.get(hopDigest(hop.request))?.shift());
     if (!this.deps.hops.mayWait(who.task)) return this.decideInOrder(who, hops, released, retry, MAX_WAITING_A_CALL);
-    const forecast = await this.forecast(who, hops, released);
+    let forecast = await this.forecast(who, hops, released);
+    // An approval the forecast finds too narrow for its hop now (a rule it was not given for holds
+    // the hop) gives way to the next approval of the same call, if there is one; it stays unused.
+    for (let swaps = 0; swaps < MAX_APPROVAL_SWAPS; swaps++) {
+      const narrow = forecast.findIndex((f, i) => f?.decision === 'pending_approval' && released[i] !== undefined && (unused.get(hopDigest(hops[i]?.request as HopRequest))?.length ?? 0) > 0);
+      if (narrow < 0) break;
+      released[narrow] = unused.get(hopDigest(hops[narrow]?.request as HopRequest))?.shift();
+      forecast = await this.forecast(who, hops, released);
+    }
     const denied = forecast.some((f) => f?.decision === 'deny');
     if (!denied && forecast.some((f) => f?.decision === 'pending_approval')) {
       const waits = await this.decideWaiting(who, hops, forecast, released, retry);
@@ -227,7 +235,7 @@ export class GatewayHops {
    * Approvals of the task's hops (of this exact call, given its digest) that no call has used
    * yet, those that lift the most first: the same call waits again with more rules once its chain
    * has grown (the approval of its first wait is then outgrown), so the newest approval of a call
-   * is the one that lets it through.
+   * is most often the one that lets it through. Callers forecast with each before they use it.
    */
   private unusedApprovals(task: AgentTask, digest?: string): AgentApproval[] {
     return this.deps
@@ -290,6 +298,8 @@ type Refused = Extract<GatewayVerdict, { allowed: false }>;
 
 /** A call decides up to this many hops that need approval in one try, then waits on them. */
 const MAX_WAITING_A_CALL = 20;
+/** How many times a call tries another approval for a hop whose approval is too narrow, each a forecast. */
+const MAX_APPROVAL_SWAPS = 8;
 /** How long a run of a call's decisions holds the event loop before other calls are answered. */
 const YIELD_EVERY_MS = 5;
 

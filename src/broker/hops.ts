@@ -239,7 +239,8 @@ export class HopService {
     };
     let basis = task;
     let decided = decideOn(task);
-    const widening = isWidening(decided.outcome, task) || approval !== undefined ? performance.now() : undefined;
+    const releasedBy = approval !== undefined && decided.outcome.reasons.some((r) => r.rule === `approval:${approval.name}`);
+    const widening = isWidening(decided.outcome, task) || releasedBy ? performance.now() : undefined;
     if (widening !== undefined) {
       // It will be written before it is answered; first, what other replicas have written that
       // this one's watch may not show yet (a PII read answered by another replica a moment ago).

@@ -52,7 +52,9 @@ export function approvalHopDigestPlugin(tasks: ObjectReader<AgentTask>): Admissi
       if (!taskName || !body?.spec?.hopId) return allow();
       const task = await tasks.get(request.namespace ?? '', taskName);
       const hop = (task?.status?.pendingHops ?? []).find((h) => h.hopId === body.spec?.hopId);
-      if (!hop) return allow();
+      // The rules are stamped even when the hop is not found (as none), so that on this CRD an
+      // approval never reaches validation without them: absent there means an earlier CRD pruned them.
+      if (!hop) return allow([{ op: 'add', path: '/spec/hopRules', value: [] }]);
       return allow([
         { op: 'add', path: '/spec/hopDigest', value: hop.digest },
         { op: 'add', path: '/spec/hopRules', value: hop.rules },
@@ -139,7 +141,9 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
       // Absent only where an AgentApproval CRD from before the field prunes it (the stamp was made):
       // the approval then lifts what holds its call, as approvals did. Present, it is the hop's.
       if (approval.spec.hopRules !== undefined && !isDeepStrictEqual(approval.spec.hopRules, hop.rules)) {
-        return deny('AgentApproval', [{ field: 'spec.hopRules', message: 'is set by admission from the rules the pending hop waits for and cannot be chosen' }]);
+        return deny('AgentApproval', [
+          { field: 'spec.hopRules', message: `is set by admission from the rules the pending hop waits for (${hop.rules.join(', ')}) and cannot be chosen; create the approval again without it` },
+        ]);
       }
       return allow();
     },

@@ -47,9 +47,15 @@ describe('an AgentApproval is bound to its hop by admission', () => {
 
   it('rules other than the hop\'s are refused, naming the field; the hop\'s own pass', async () => {
     const wider = await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human', 'outbox-after-customer-data-needs-a-lead'] })));
-    expect(wider).toMatchObject({ allowed: false, message: expect.stringContaining('spec.hopRules: is set by admission from the rules the pending hop waits for and cannot be chosen') as unknown });
+    expect(wider).toMatchObject({ allowed: false, message: expect.stringContaining('spec.hopRules: is set by admission from the rules the pending hop waits for (outbox-needs-a-human) and cannot be chosen') as unknown });
     expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: [] })))).toMatchObject({ allowed: false });
     expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })))).toMatchObject({ allowed: true });
+  });
+
+  it('a hop the stamp cannot find gets no rules, so a validation that then finds it (a watch caught up) refuses the approval rather than take it for one from an earlier CRD', async () => {
+    const gone = { get: () => Promise.resolve({ ...task, status: { pendingHops: [] } }) };
+    expect(await approvalHopDigestPlugin(gone).admit(request(approval({ hopDigest: waiting.digest })))).toEqual({ allowed: true, patch: [{ op: 'add', path: '/spec/hopRules', value: [] }] });
+    expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: [] })))).toMatchObject({ allowed: false, message: expect.stringContaining('create the approval again without it') as unknown });
   });
 
   it('an approval whose rules an earlier CRD pruned is admitted: it lifts what holds its call, as approvals did', async () => {

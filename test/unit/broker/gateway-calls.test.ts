@@ -298,6 +298,30 @@ describe('an approval lets the same call through only while the rules it was giv
     expect(w.claimed).toEqual(['ok-1']);
   });
 
+  it('in a call of several hops, an approval for more rules that no longer covers its hop gives way to a newer one for fewer that does', async () => {
+    const w = world({
+      adjust: (p) => {
+        (p.spec.rules ??= []).push(
+          { name: 'write-out', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:PutObject'] },
+          { name: 'quiet-outbox-1', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: ['arn:aws:s3:::outbox/*'], when: { crossesTrustBoundary: false } },
+          { name: 'quiet-outbox-2', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: ['arn:aws:s3:::outbox/*'], when: { crossesTrustBoundary: false } },
+          { name: 'outbox-crossing', effect: 'RequireApproval', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: ['arn:aws:s3:::outbox/*'], when: { crossesTrustBoundary: true } },
+        );
+      },
+    });
+    // Approved before anything internal was touched, for the two quiet rules.
+    await w.attempt(call(outbox));
+    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
+    await w.approveAll();
+    // The copy reads customer records (internal), so its write crosses the trust boundary now.
+    const copy = call(hop('aws:s3', 's3:GetObject', 'arn:aws:s3:::support-customers/c1'), [outbox, 0]);
+    expect(await w.attempt(copy)).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.rules)).toEqual([['outbox-crossing']]);
+    await w.approveAll();
+    expect(await w.attempt(copy)).toMatchObject({ allowed: true });
+    expect(w.claimed).toEqual(['ok-1']);
+  });
+
   it('a bulk delete of customer objects, each waiting for a person: approved, the approvals resolve hops that read customer data, so each object waits again for the rule that follows such a read; approved again, the delete goes through', async () => {
     const w = world({
       adjust: (p) => {

@@ -287,6 +287,17 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     expect((await unread.service.decideForGateway({ ...unread.who, task: seen }, put('outbox/o1'), given, () => 'txn')).answer.decision).toBe('allow');
   });
 
+  it('a hop given an approval it does not need (allowed outright) costs no read of the task', async () => {
+    let reads = 0;
+    const { service, who, twin } = serviceFor({ freshTask: () => ((reads += 1), Promise.resolve(undefined)) });
+    await service.decideForGateway(who, read, undefined, () => 'txn');
+    expect(reads).toBe(1);
+    // The watch shows the first read; the second adds nothing to the chain.
+    const { answer } = await service.decideForGateway({ ...who, task: twin.task ?? who.task }, { ...read, resource: 'ticket/2' }, { name: 'unneeded' }, () => 'txn');
+    expect(answer).toMatchObject({ decision: 'allow', reasons: [{ rule: 'read-and-comment' }] });
+    expect(reads).toBe(1);
+  });
+
   it("an approved hop's answer waits for this replica's watch to show the chain with it", async () => {
     const asked: number[] = [];
     let deliver: () => void = () => undefined;
