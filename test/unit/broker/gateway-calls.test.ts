@@ -247,6 +247,12 @@ describe('a gateway call of several hops, some of which need approval', () => {
 
 describe('an approval lets the same call through only while the rules it was given for are all that hold it', () => {
   const outbox = hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/r1');
+  /** The call alone waits, in a chain with nothing else in it yet, and a person approves it. */
+  const approvedAlone = async (w: ReturnType<typeof world>, one: HopRequest) => {
+    await w.attempt(call(one));
+    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
+    await w.approveAll();
+  };
 
   it('approved for the outbox rule before customer data was read, the same write after the read waits for a new approval, naming why; the first is not spent', async () => {
     const w = world({ adjust: withOutboxRules });
@@ -273,9 +279,7 @@ describe('an approval lets the same call through only while the rules it was giv
 
   it('an approval admitted before rules were recorded lifts whatever holds the call, as it did', async () => {
     const w = world({ adjust: withOutboxRules });
-    await w.attempt(call(outbox));
-    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
-    await w.approveAll();
+    await approvedAlone(w, outbox);
     delete w.approvals[0]?.spec.hopRules;
     await w.attempt(call(readTicket(1)));
     expect(await w.attempt(call(outbox))).toMatchObject({ allowed: true, answer: { reasons: [{ rule: 'approval:ok-0' }] } });
@@ -285,9 +289,7 @@ describe('an approval lets the same call through only while the rules it was giv
     const w = world({ adjust: withOutboxRules });
     // A copy of customer data into the outbox: the read is allowed, the write after it needs both rules.
     const copy = call(hop('aws:s3', 's3:GetObject', 'arn:aws:s3:::support-customers/c1'), [outbox, 0]);
-    await w.attempt(call(outbox));
-    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
-    await w.approveAll();
+    await approvedAlone(w, outbox);
     const verdict = await w.attempt(copy);
     if (verdict.allowed) throw new Error('the outbox approval carried the copy of customer data');
     expect(verdict.error.message).toContain('AgentApproval ok-0 approved it while outbox-needs-a-person held it');
@@ -310,9 +312,7 @@ describe('an approval lets the same call through only while the rules it was giv
       },
     });
     // Approved before anything internal was touched, for the two quiet rules.
-    await w.attempt(call(outbox));
-    await expect.poll(() => w.status()?.pendingHops?.length).toBe(1);
-    await w.approveAll();
+    await approvedAlone(w, outbox);
     // The copy reads customer records (internal), so its write crosses the trust boundary now.
     const copy = call(hop('aws:s3', 's3:GetObject', 'arn:aws:s3:::support-customers/c1'), [outbox, 0]);
     expect(await w.attempt(copy)).toMatchObject({ allowed: false, decision: 'pending_approval' });
