@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { ApiextensionsV1Api } from '@kubernetes/client-node';
 import { readAuditRecords } from '../../../src/audit/verify.js';
-import { examplePolicy, exampleTask } from '../../builders/examples.js';
+import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { create } from '../../env/kube.js';
 import { boundExampleAgent } from '../../env/hops.js';
 import { describe, expect, test } from '../../env/fixtures.js';
@@ -36,6 +36,25 @@ describe('AgentPolicy spec.mode: Audit tries a policy before it bites', () => {
     const later = await readTask(admin, namespace, taskName);
     expect(later?.status?.state).toBe('Bound');
     expect(later?.status?.violation).toBeUndefined();
+  });
+
+  test('under Audit a refund after a customer read, which a Deny rule would refuse and a RequireApproval rule holds, waits for a person, and is allowed once one approves it', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, {
+      policy: (p) => {
+        p.spec.mode = 'Audit';
+        (p.spec.rules ??= []).push({ name: 'no-refunds-after-customer-data', effect: 'Deny', tools: ['payments'], actions: ['refund'], when: { afterDataClasses: ['pii'] } });
+      },
+    });
+    expect((await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/4711' })).body).toMatchObject({ decision: 'allow' });
+    const refund = await agent.hop({ tool: 'payments', action: 'refund', resource: 'order/1' });
+    expect(refund.body).toMatchObject({ decision: 'pending_approval', wouldDeny: true, reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }] });
+    const task = await waitForTask(admin, namespace, taskName, (t) => (t.status?.pendingHops ?? []).length === 1);
+    expect(task.status?.pendingHops?.[0]).toMatchObject({ hopId: refund.body.hopId, rules: ['refunds-need-a-human'] });
+    expect(task.status?.hops).toMatchObject({ allowed: 1, pending: 1 });
+    const approval = exampleApproval(namespace);
+    approval.spec.hopId = refund.body.hopId;
+    await create(admin, approval);
+    await expect.poll(async () => (await agent.poll(refund.body.hopId)).body.decision, { timeout: 10_000 }).toBe('allow');
   });
 
   test('kubectl get ap shows the mode, Enforce when left out', async ({ admin, namespace }) => {
