@@ -302,6 +302,8 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       decision,
       reasons,
       ...(wouldDeny ? { wouldDeny: true } : {}),
+      // Allowed by an approval: the rules it was given for, so a replay lifts those and no other.
+      ...(input.approval?.rules && reasons.some((r) => r.rule === `approval:${input.approval?.name ?? ''}`) ? { approvalRules: [...input.approval.rules] } : {}),
       // The data classes of the systems it touched: what an auditor (or a trace) filters on.
       ...(classes.length > 0 ? { dataClasses: classes } : {}),
       pod: input.pod,

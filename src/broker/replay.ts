@@ -103,8 +103,10 @@ export function replayTask(records: AuditRecord[], policy: AgentPolicy, evaluate
     }
     const depth = typeof r.data.depth === 'number' ? r.data.depth : walk.deepest || 1;
     // A gateway call that went through on an approval claimed for it is replayed with that
-    // approval; the record does not say which rules it was given for, so it lifts any.
+    // approval: it lifts the rules the record says it was given for, or any, on a record from
+    // before they were recorded.
     const approval = rules.find((rule) => rule.startsWith('approval:'));
+    const given = Array.isArray(r.data.approvalRules) ? r.data.approvalRules.map(str) : undefined;
     const outcome = decideHop(
       {
         task,
@@ -115,7 +117,7 @@ export function replayTask(records: AuditRecord[], policy: AgentPolicy, evaluate
         chain: chainView({ version: 0, hopCount: walk.hopCount, deepest: walk.deepest, priorDenials: walk.priorDenials, systemsTouched: [...walk.systems], dataClassesTouched: [...walk.dataClasses] }, undefined, walk.pending.size),
         now: Date.parse(r.at),
         pod: str(r.data.pod),
-        ...(approval ? { approval: { name: approval.slice('approval:'.length) } } : {}),
+        ...(approval ? { approval: { name: approval.slice('approval:'.length), ...(given ? { rules: given } : {}) } } : {}),
       },
       evaluate,
     );

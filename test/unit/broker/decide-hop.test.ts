@@ -167,13 +167,18 @@ describe('decideHop: a call approved before it was made again', () => {
     });
     const refund = { tool: 'payments', action: 'refund', resource: 'order/1' };
     const given = { name: 'refund-ok', rules: ['refunds-need-a-human'] };
-    expect(decideHop(twoRules(refund, given, []), evaluate)).toMatchObject({ decision: 'allow', reasons: [{ rule: 'approval:refund-ok' }] });
+    const through = decideHop(twoRules(refund, given, []), evaluate);
+    expect(through).toMatchObject({ decision: 'allow', reasons: [{ rule: 'approval:refund-ok' }] });
+    // Its record keeps the rules the approval was given for, for a replay to lift those alone.
+    expect(through.delta.events?.[0]?.data.approvalRules).toEqual(['refunds-need-a-human']);
     const afterPii = decideHop(twoRules(refund, given, ['pii']), evaluate);
     expect(afterPii.decision).toBe('pending_approval');
     expect(afterPii.reasons.map((r) => r.rule).sort()).toEqual(['refunds-after-pii-need-a-lead', 'refunds-need-a-human']);
     // Given for both, or admitted before rules were recorded: through.
     expect(decideHop(twoRules(refund, { name: 'refund-ok', rules: ['refunds-after-pii-need-a-lead', 'refunds-need-a-human'] }, ['pii']), evaluate).decision).toBe('allow');
-    expect(decideHop(twoRules(refund, { name: 'refund-ok' }, ['pii']), evaluate).decision).toBe('allow');
+    const legacy = decideHop(twoRules(refund, { name: 'refund-ok' }, ['pii']), evaluate);
+    expect(legacy.decision).toBe('allow');
+    expect(legacy.delta.events?.[0]?.data.approvalRules).toBeUndefined();
     // Given for no rule: lifts nothing.
     expect(decideHop(twoRules(refund, { name: 'refund-ok', rules: [] }, []), evaluate).decision).toBe('pending_approval');
   });

@@ -70,6 +70,22 @@ describe('replayRecords: what a policy would decide otherwise', () => {
     expect(result.changes).toEqual([]);
   });
 
+  it('a gateway call an approval let through is replayed with the rules that approval was given for: a rule the approver was not shown holds it again', () => {
+    const approvedRefund = (extra: Record<string, unknown>): AuditRecord[] =>
+      linkRecords({ key: 'support/ticket-4711', uid: 'u1' }, '0'.repeat(64), 0, [
+        { type: 'task_admitted', at: '2026-11-21T10:00:00Z', data: { policy: 'support-agent', serviceAccount: 'support-agent', ttl: '1h' } },
+        { type: 'hop_decided', at: '2026-11-21T10:00:01Z', data: { hopId: 'h1_g', depth: 1, tool: 'payments', action: 'refund', resource: 'order/1', attributes: {}, intent: '', decision: 'allow', reasons: [{ rule: 'approval:lead-1', effect: 'Allow' }], ...extra, pod: 'agent-0' } },
+      ]);
+    const stricter = policy((p) => void (p.spec.rules ??= []).push({ name: 'refunds-need-a-lead', effect: 'RequireApproval', tools: ['payments'], actions: ['refund'] }));
+    const [change] = replayRecords(approvedRefund({ approvalRules: ['refunds-need-a-human'] }), stricter, evaluate).changes;
+    expect(change).toMatchObject({ hopId: 'h1_g', before: 'allow', after: 'pending_approval' });
+    expect([...(change?.afterRules ?? [])].sort()).toEqual(['refunds-need-a-human', 'refunds-need-a-lead']);
+    // Under the policy it was recorded under, the approval still covers it.
+    expect(replayRecords(approvedRefund({ approvalRules: ['refunds-need-a-human'] }), policy(), evaluate).changes).toEqual([]);
+    // A record from before the rules were kept: the approval lifts any, as it did then.
+    expect(replayRecords(approvedRefund({}), stricter, evaluate).changes).toEqual([]);
+  });
+
   it('leaves out tasks admitted under another policy or in another namespace than the file names', () => {
     const records = [
       ...stream([READ, EMAIL], { task: 'support/other', uid: 'u2', policyName: 'billing' }),
