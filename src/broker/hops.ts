@@ -160,9 +160,9 @@ export class HopService {
     return this.decideRequest(who, parseHopRequest(body));
   }
 
-  /** A hop a gateway derived from the call it carries, decided like any other; `approval` is one claimed for it. */
-  async decideRequest(who: AgentPrincipal, request: HopRequest, approval?: HopApproval): Promise<HopAnswer> {
-    return (await this.decideFull(who, request, approval)).answer;
+  /** A hop, parsed, decided as any other. */
+  async decideRequest(who: AgentPrincipal, request: HopRequest): Promise<HopAnswer> {
+    return (await this.decideFull(who, request)).answer;
   }
 
   /**
