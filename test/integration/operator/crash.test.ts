@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { AUDIT_HEADS, type SealedHead } from '../../../src/audit/heads.js';
+import { ORPHANED_OUTBOX_MS } from '../../../src/audit/journal.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { readAuditRecords, verifyChains, checkHead } from '../../../src/audit/verify.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
@@ -129,8 +130,10 @@ async function assertEndedCleanly(w: World, last: Replica, task: AgentTask, dele
   const assumed = (await recordedCalls(w.env, 'AssumeRole')).filter((p) => p.get('RoleArn')?.endsWith(`:role/${w.role}`));
   for (const call of assumed) expect(call.get('SourceIdentity')).toBe(marker);
   // The audit chain: no break, it ends where the task's status (or its sealed head) says, and
-  // it tells whatever ended the task. Records follow their head by a flush: give them a moment.
-  await expect.poll(() => auditProblems(w, task, deleted), { timeout: 10_000, interval: 250 }).toEqual([]);
+  // it tells whatever ended the task. Records follow their head by a flush; those a killed
+  // replica wrote the head of and never got to the file wait in the task's outbox until the
+  // next leader (up to a lease later) takes them for orphaned and emits them.
+  await expect.poll(() => auditProblems(w, task, deleted), { timeout: ORPHANED_OUTBOX_MS + 10_000, interval: 250 }).toEqual([]);
 }
 
 /** What is wrong with the task's audit stream against its head; empty when nothing is. */
