@@ -33,8 +33,18 @@ function apiMessage(body: unknown): string {
   return causes.length > 0 ? `${message} (${causes.join('; ')})` : message;
 }
 
+/**
+ * The API server's answer to an apply naming a field its CRD does not declare: a 500, but the
+ * same every time. It means the installed CRDs are older than this version (Helm never upgrades
+ * them), and only applying this version's CRDs fixes it.
+ */
+const UNDECLARED_FIELD = /field not declared in schema/;
+
 function refused(status: number, what: string, body: unknown): ChainwardenError {
   const message = apiMessage(body);
+  if (UNDECLARED_FIELD.test(message)) {
+    return new ChainwardenError('api_refused', `${what}: ${status} ${message}; the installed CRD is older than this chainwarden: apply the CRDs of this version (kubectl apply --server-side -f crds/)`);
+  }
   // Invalid, too large or forbidden: the API server will refuse the same write every time; retrying it cannot help.
   return new ChainwardenError([400, 403, 413, 422].includes(status) ? 'api_refused' : 'api_error', `${what}: ${status} ${message}`);
 }
@@ -53,9 +63,9 @@ export async function applyStatus<T>(kc: KubeAccess, ref: ObjectRef, fieldManage
     status,
   };
   // fieldValidation=Ignore: the API server otherwise parses every apply a second time, strictly,
-  // only to warn of duplicate or unknown fields. This body is built here and has neither (a field
-  // the installed CRD lacks is pruned either way); on the journal's writes that parse was a
-  // fifteenth of the API server's work.
+  // only to warn of duplicate or unknown fields. This body is built here and has neither; on the
+  // journal's writes that parse was a fifteenth of the API server's work. (A field the installed
+  // CRD lacks is refused whatever this says: an apply is typed against the CRD's schema.)
   const res = await rawRequest(kc, 'PATCH', `${ref.path}/status?fieldManager=${encodeURIComponent(fieldManager)}&force=true&fieldValidation=Ignore`, body, 'application/apply-patch+yaml');
   if (res.status < 300) return { outcome: 'written', object: res.body as T };
   if (res.status === 409) return { outcome: 'conflict' };

@@ -1,7 +1,9 @@
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { AgentTask } from '../../../src/api/schema.js';
 import { KubeTaskClient } from '../../../src/kube/tasks.js';
-import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
+import { applyDelta, emptyDelta, TaskJournal } from '../../../src/audit/journal.js';
+import type { AuditRecord } from '../../../src/audit/record.js';
+import { silentLogger } from '../../../src/log.js';
 import { applyStatus } from '../../../src/runtime/apply.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest } from '../../env/agents.js';
@@ -158,6 +160,25 @@ describe('one owner per status field, through the real API server', () => {
     expect(audit?.emitted ?? false).toBe(false);
     expect(audit?.unsent).toHaveLength(1);
     expect(audit?.unsent?.[0]).not.toBe(earlier.unsent[0]);
+  });
+
+  test('a status field the installed CRD lacks (an operator upgraded before its CRDs) stops that task alone, saying how to fix it, and keeps the replica ready', async ({ admin, namespace }) => {
+    const { name, client } = await pendingTask(admin, namespace);
+    const emitted: AuditRecord[] = [];
+    const stops: string[] = [];
+    const journal = new TaskJournal({ writer: client.statusWriter('journal'), emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0, onStop: (_t, _cause, message) => stops.push(message) });
+    const task = (await readTask(admin, namespace, name))!;
+    // What a newer version writes into a field this CRD does not declare; the API server types an apply against the schema and answers 500.
+    const waiting = { hopId: 'h1_new', digest: 'd', tool: 'payments', action: 'refund', resource: 'order/1', depth: 1, rules: ['refunds-need-a-human'], fieldOfANewerVersion: ['x'], requestedAt: '2026-11-21T10:50:00Z', timeoutAt: '2026-11-21T11:05:00Z' };
+    const event = { type: 'hop_decided' as const, at: '2026-11-21T10:50:00.000Z', data: { hopId: 'h1_new', decision: 'pending_approval' } };
+    journal.record(task, { ...emptyDelta(), hopCount: 1, pending: 1, addPending: [waiting], events: [event] });
+    // Given up (three tries over 5 s), not retried for ever: its record still reaches the stream.
+    await expect.poll(() => stops, { timeout: 15_000, interval: 200 }).toEqual([expect.stringContaining('kubectl apply --server-side -f crds/')]);
+    expect(stops[0]).toContain('field not declared in schema');
+    expect(emitted.map((r) => r.data.hopId)).toEqual(['h1_new']);
+    // A write retried for ever would have kept every replica that took such a hop unready.
+    expect(journal.behind()).toBeUndefined();
+    expect((await readTask(admin, namespace, name))?.status?.pendingHops ?? []).toEqual([]);
   });
 
   test('a finalizer patch from a stale read is a lost race, retried, never a refusal that names no cause', async ({ admin, namespace }) => {
