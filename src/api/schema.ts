@@ -528,6 +528,9 @@ export const AgentTaskStatus = Type.Object(
             Type.Record(Type.String(), Type.String({ maxLength: MAX_HOP_ATTRIBUTE }), { description: 'The attributes the agent sent, which the approval is bound to.', maxProperties: MAX_HOP_ATTRIBUTES }),
           ),
           rules: Type.Array(Type.String(), { description: 'The rules that require approval.' }),
+          wouldDenyBy: Type.Optional(
+            Type.Array(Type.String(), { description: 'Audit mode only: the rules or limits that would deny this hop under Enforce. Approved, it is allowed and recorded as a would-be denial.' }),
+          ),
           requestedAt: Timestamp('When it was asked for.'),
           timeoutAt: Timestamp('When it is denied if nobody decides.'),
         }),

@@ -282,7 +282,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   // Matched once: the systems a hop touches feed its Cedar context, the status caps and its record.
   const touched = touchedSystems(policy, request);
   const ruled = approved(input, audited(input, overLimit(input) ?? byRules(input, touched, evaluate), touched, evaluate));
-  const { decision, reasons, wouldDeny } = overCapacity(input, touched, ruled) ?? ruled;
+  const { decision, reasons, wouldDeny, denied } = overCapacity(input, touched, ruled) ?? ruled;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
   const classes = dataClassesOf(touched);
@@ -302,6 +302,8 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       decision,
       reasons,
       ...(wouldDeny ? { wouldDeny: true } : {}),
+      // Held in Audit mode: what Enforce would deny it by, as the approver is shown.
+      ...(decision === 'pending_approval' && denied ? { wouldDenyBy: denied.map((r) => r.rule) } : {}),
       // Allowed by an approval: the rules it was given for, so a replay lifts those and no other.
       ...(input.approval?.rules && reasons.some((r) => r.rule === `approval:${input.approval?.name ?? ''}`) ? { approvalRules: [...input.approval.rules] } : {}),
       // The data classes of the systems it touched: what an auditor (or a trace) filters on.
@@ -342,8 +344,25 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
         hopCount: 1,
         deepest: depth,
         pending: 1,
-        // The approver sees what they approve: the attributes the approval is bound to, and the agent's stated intent.
-        addPending: [{ hopId, digest, tool: request.tool, action: request.action, resource: request.resource, attributes: request.attributes, intent: request.intent, depth, parentHop: request.parentHop, rules, requestedAt: at, timeoutAt }],
+        // The approver sees what they approve: the attributes the approval is bound to, the agent's
+        // stated intent, and in Audit mode what Enforce would deny it by.
+        addPending: [
+          {
+            hopId,
+            digest,
+            tool: request.tool,
+            action: request.action,
+            resource: request.resource,
+            attributes: request.attributes,
+            intent: request.intent,
+            depth,
+            parentHop: request.parentHop,
+            rules,
+            ...(denied ? { wouldDenyBy: denied.map((r) => r.rule) } : {}),
+            requestedAt: at,
+            timeoutAt,
+          },
+        ],
         events: [record],
       },
     };

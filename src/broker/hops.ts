@@ -373,7 +373,7 @@ export class HopService {
       await this.resolvePending(who.task, true);
       const resolved = this.answers.get(hopId);
       if (resolved && resolved.decision !== 'pending_approval') return resolved;
-      return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt };
+      return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt, ...(pending.wouldDenyBy ? { wouldDeny: true } : {}) };
     }
     const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId);
     if (recent) {

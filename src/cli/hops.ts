@@ -18,6 +18,8 @@ export interface HopRow {
   attributes: Record<string, string>;
   intent: string;
   rules: string[];
+  /** A pending hop in Audit mode: the rules or limits that would deny it under Enforce. */
+  wouldDenyBy?: string[];
   /** When it was asked for (pending) or decided. */
   at: string;
   /** A pending hop's deadline. */
@@ -40,6 +42,7 @@ export function hopRows(task: AgentTask, pendingOnly = false): HopRow[] {
     attributes: h.attributes ?? {},
     intent: h.intent ?? '',
     rules: h.rules,
+    ...(h.wouldDenyBy ? { wouldDenyBy: h.wouldDenyBy } : {}),
     at: h.requestedAt,
     timeoutAt: h.timeoutAt,
   }));
@@ -80,13 +83,13 @@ export function renderHops(rows: HopRow[], now: number, withTask: boolean): stri
   const cells = rows.map((r) => [
     ...(withTask ? [r.task] : []),
     r.hopId,
-    r.decision,
+    r.wouldDenyBy ? `${r.decision} (would deny)` : r.decision,
     r.tool || '-',
     r.action || '-',
     r.resource || '-',
     attributesText(r.attributes) || '-',
     r.intent || '-',
-    r.rules.join(',') || '-',
+    (r.rules.join(',') || '-') + (r.wouldDenyBy ? `; Enforce would deny: ${r.wouldDenyBy.join(',') || '-'}` : ''),
     age(r.at, now),
   ].map((c) => printable(c)));
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));

@@ -36,6 +36,7 @@ export function noticeData(notice: PendingHopNotice) {
     ...(hop.intent ? { intent: hop.intent } : {}),
     attributes: hop.attributes ?? {},
     rules: hop.rules,
+    ...(hop.wouldDenyBy ? { wouldDenyBy: hop.wouldDenyBy } : {}),
     digest: hop.digest,
     requestedAt: hop.requestedAt,
     timeoutAt: hop.timeoutAt,
@@ -92,7 +93,9 @@ export function slackMessage(notice: PendingHopNotice): NotifyRequest {
   const commands = approvalCommands(namespace, task, hop.hopId);
   const rules = hop.rules.map((r) => slackCode(r, 63)).join(', ');
   const what = `${slackCode(hop.tool, 63)} ${slackCode(hop.action, 128)} on ${slackCode(hop.resource)}`;
-  const text = `Hop ${hop.hopId} of AgentTask ${namespace}/${task} waits for approval until ${hop.timeoutAt}: ${what} (${rules}). Approve: \`${commands.approve}\``;
+  const wouldDeny = hop.wouldDenyBy ? hop.wouldDenyBy.map((r) => slackCode(r, 63)).join(', ') : undefined;
+  const warning = wouldDeny ? ` The policy is in Audit mode; Enforce would deny it (${wouldDeny}).` : '';
+  const text = `Hop ${hop.hopId} of AgentTask ${namespace}/${task} waits for approval until ${hop.timeoutAt}: ${what} (${rules}).${warning} Approve: \`${commands.approve}\``;
   const field = (label: string, value: string) => ({ type: 'mrkdwn', text: `*${label}*\n${value}` });
   const blocks = [
     { type: 'header', text: { type: 'plain_text', text: `Approval needed: ${namespace}/${task}`.slice(0, 150) } },
@@ -103,6 +106,7 @@ export function slackMessage(notice: PendingHopNotice): NotifyRequest {
         field('Action', slackCode(hop.action, 128)),
         field('Resource', slackCode(hop.resource)),
         field('Rules', rules),
+        ...(wouldDeny ? [field('Enforce would deny it', wouldDeny)] : []),
         field('Hop', `\`${hop.hopId}\` (depth ${hop.depth})`),
         field('Times out', hop.timeoutAt),
       ],

@@ -49,8 +49,10 @@ describe('AgentPolicy spec.mode: Audit tries a policy before it bites', () => {
     const refund = await agent.hop({ tool: 'payments', action: 'refund', resource: 'order/1' });
     expect(refund.body).toMatchObject({ decision: 'pending_approval', wouldDeny: true, reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }] });
     const task = await waitForTask(admin, namespace, taskName, (t) => (t.status?.pendingHops ?? []).length === 1);
-    expect(task.status?.pendingHops?.[0]).toMatchObject({ hopId: refund.body.hopId, rules: ['refunds-need-a-human'] });
+    // The approver is told, in status (kept by the CRD's schema), that Enforce would deny it, and by what.
+    expect(task.status?.pendingHops?.[0]).toMatchObject({ hopId: refund.body.hopId, rules: ['refunds-need-a-human'], wouldDenyBy: ['no-refunds-after-customer-data'] });
     expect(task.status?.hops).toMatchObject({ allowed: 1, pending: 1 });
+    expect((await agent.poll(refund.body.hopId)).body).toMatchObject({ decision: 'pending_approval', wouldDeny: true });
     const approval = exampleApproval(namespace);
     approval.spec.hopId = refund.body.hopId;
     await create(admin, approval);

@@ -206,6 +206,8 @@ describe('decideHop: a policy in Audit mode', () => {
     expect(out.reasons.map((r) => r.rule)).toEqual(rules);
     expect(Boolean(out.wouldDeny)).toBe(wouldDeny);
     expect(Boolean(out.delta.events?.[0]?.data.wouldDeny)).toBe(wouldDeny);
+    // A waiting hop tells its approver whether Enforce would deny it, and by what.
+    if (inAudit === 'pending_approval') expect(out.delta.addPending?.[0]?.wouldDenyBy).toEqual(wouldDeny ? ['limit:maxHops'] : undefined);
   });
 
   it('a hop that needs approval and that a Deny rule would refuse waits for a person, and once approved is allowed as a would-be denial', () => {
@@ -214,7 +216,11 @@ describe('decideHop: a policy in Audit mode', () => {
       (p.spec.rules ??= []).push({ name: 'no-refunds-after-customer-data', effect: 'Deny', tools: ['payments'], actions: ['refund'], when: { afterDataClasses: ['pii'] } });
     };
     const input = (approval?: HopApproval): HopInput => ({ ...objects({ policy: both }), request: parseHopRequest({ tool: 'payments', action: 'refund', resource: 'order/1' }), hopId: 'h1_x', depth: 1, chain: { ...chainView(undefined, undefined), ...pii }, now: created + 1000, pod: 'agent-0', ...(approval ? { approval } : {}) });
-    expect(decideHop(input(), evaluate)).toMatchObject({ decision: 'pending_approval', reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }] });
+    const held = decideHop(input(), evaluate);
+    expect(held).toMatchObject({ decision: 'pending_approval', reasons: [{ rule: 'refunds-need-a-human', effect: 'RequireApproval' }] });
+    // The approver is shown what Enforce would deny it by, in status and in the record.
+    expect(held.delta.addPending?.[0]).toMatchObject({ rules: ['refunds-need-a-human'], wouldDenyBy: ['no-refunds-after-customer-data'] });
+    expect(held.delta.events?.[0]?.data).toMatchObject({ wouldDeny: true, wouldDenyBy: ['no-refunds-after-customer-data'] });
     const approved = decideHop(input({ name: 'ok', rules: ['refunds-need-a-human'] }), evaluate);
     expect(approved).toMatchObject({ decision: 'allow', wouldDeny: true, reasons: [{ rule: 'approval:ok', effect: 'Allow' }, { rule: 'no-refunds-after-customer-data', effect: 'Deny' }] });
     expect(approved.delta.events?.[0]?.data).toMatchObject({ decision: 'allow', wouldDeny: true });

@@ -42,6 +42,16 @@ describe('hopRows and renderHops', () => {
     expect(renderHops(hopRows(task()), now, true).split('\n')[1]).toMatch(/^ticket-4711\s+h2_wait/);
   });
 
+  it('tells the approver of a hop waiting in Audit mode that Enforce would deny it, and by what', () => {
+    const t = task();
+    t.status!.pendingHops![0]!.wouldDenyBy = ['no-refunds-after-customer-data'];
+    const [row] = hopRows(t, true);
+    // -o json: the decision stays pending; the rules that would deny it are their own field.
+    expect(row).toMatchObject({ decision: 'pending', rules: ['refunds-need-a-human'], wouldDenyBy: ['no-refunds-after-customer-data'] });
+    expect(renderHops([row!], now, false).split('\n')[1]).toMatch(/^h2_wait\s+pending \(would deny\)\s+payments\s.*\srefunds-need-a-human; Enforce would deny: no-refunds-after-customer-data\s+45s$/);
+    expect(hopRows(task(), true)[0]).not.toHaveProperty('wouldDenyBy');
+  });
+
   it.each([
     ['2026-11-21T10:29:59Z', '1s'],
     ['2026-11-21T10:10:00Z', '20m'],

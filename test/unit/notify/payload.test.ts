@@ -92,6 +92,15 @@ describe('approval notification payloads', () => {
     });
   });
 
+  it('both formats tell the approver of a hop waiting in Audit mode what Enforce would deny it by', () => {
+    const audit = notice({ wouldDenyBy: ['no-refunds-after-customer-data'] });
+    const m = slack(audit);
+    expect(m.text).toContain('Enforce would deny it (`no-refunds-after-customer-data`)');
+    expect(allText(m)).toContain('*Enforce would deny it*\n`no-refunds-after-customer-data`');
+    expect(allText(slack(notice()))).not.toContain('Enforce would deny');
+    expect((JSON.parse(cloudEvent(audit).body) as { data: { wouldDenyBy?: string[] } }).data.wouldDenyBy).toEqual(['no-refunds-after-customer-data']);
+  });
+
   it('CloudEvents: agent text stays data, whatever it holds', () => {
     const hostile = '"}, "id": "forged", "x": {"';
     const event = JSON.parse(cloudEvent(notice({ intent: hostile, resource: '\u0000\n</script>' })).body) as { id: string; data: { intent: string; resource: string } };
