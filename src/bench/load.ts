@@ -41,6 +41,8 @@ export interface LoadResult {
   requests: number;
   errors: number;
   statuses: Record<string, number>;
+  /** Requests that got no answer (status 0), by the client's error code: a reset, a refused connection. */
+  failures?: Record<string, number>;
   seconds: number;
   ratePerSecond: number;
   p50Ms: number;
@@ -57,16 +59,22 @@ function requester(job: LoadJob) {
   const agent = secure ? new https.Agent({ keepAlive: true, maxSockets: sockets, ca: job.ca }) : new http.Agent({ keepAlive: true, maxSockets: sockets });
   const lib = secure ? https : http;
   let next = 0;
-  return () =>
+  const failures: Record<string, number> = {};
+  const send = () =>
     new Promise<number>((resolve) => {
       const client = job.clients[next++ % job.clients.length] ?? { headers: {} };
       const req = lib.request(url, { method: job.method, agent, headers: { 'content-type': 'application/json', ...client.headers } }, (res) => {
         res.resume();
         res.on('end', () => resolve(res.statusCode ?? 0));
       });
-      req.on('error', () => resolve(0));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        const cause = err.code ?? err.message;
+        failures[cause] = (failures[cause] ?? 0) + 1;
+        resolve(0);
+      });
       req.end(client.body);
     });
+  return { send, failures };
 }
 
 async function closed(job: LoadJob, send: () => Promise<number>, until: number, record: (started: number, status: number) => void) {
@@ -113,8 +121,9 @@ function drive(job: LoadJob, send: () => Promise<number>, seconds: number, recor
 }
 
 export async function runLoad(job: LoadJob): Promise<LoadResult> {
-  const send = requester(job);
+  const { send, failures } = requester(job);
   await drive(job, send, job.warmupSeconds ?? WARMUP_SECONDS, () => {});
+  for (const cause of Object.keys(failures)) delete failures[cause];
   const latencies: number[] = [];
   const statuses: Record<string, number> = {};
   let errors = 0;
@@ -127,7 +136,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
   await drive(job, send, job.seconds, record);
   const seconds = (performance.now() - start) / 1000;
   const summary = summarize(latencies);
-  return { mode: job.mode, requests: summary.count, errors, statuses, seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
+  return { mode: job.mode, requests: summary.count, errors, statuses, ...(Object.keys(failures).length > 0 ? { failures } : {}), seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
 }
 
 if (process.argv[2] === '--job') {

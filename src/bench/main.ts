@@ -74,6 +74,12 @@ async function boundAgent(kc: KubeConfig, broker: Broker, name: string, roleArn:
   }
 }
 
+/** A run's errors for the table, with the causes of those that got no answer at all. */
+function errorsOf(result: LoadResult): string {
+  const causes = Object.entries(result.failures ?? {}).map(([cause, n]) => `${cause} ${n}`);
+  return `errors ${result.errors}${causes.length > 0 ? ` (no answer: ${causes.join(', ')})` : ''}`;
+}
+
 function setUp(env: LocalEnvironment, kc: KubeConfig, mcp: DemoMcpServer): Promise<string> {
   return setUpPolicy(env, kc, {
     namespace: NS,
@@ -350,10 +356,10 @@ function table(r: Results): string {
   const row = (a: string, b: string) => `${a.padEnd(52)} ${b}`;
   return [
     '',
-    row('hop decisions at 1,000/s offered (open loop)', `${h.fixedRate.ratePerSecond}/s  p50 ${h.fixedRate.p50Ms} ms  p99 ${h.fixedRate.p99Ms} ms  errors ${h.fixedRate.errors}`),
+    row('hop decisions at 1,000/s offered (open loop)', `${h.fixedRate.ratePerSecond}/s  p50 ${h.fixedRate.p50Ms} ms  p99 ${h.fixedRate.p99Ms} ms  ${errorsOf(h.fixedRate)}`),
     row('API server CPU during the 1,000/s hops', `${h.apiServerCpuMsPerSecondAt1000 ?? '?'} ms a second (1,000 is a core); writes a second ${Object.entries(h.apiWritesPerSecondAt1000).map(([k, v]) => `${k} ${v}`).join(', ')}; a busy task's status ${h.statusBytesAt1000} bytes`),
-    row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  errors ${h.fixedRate500.errors}`),
-    row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  errors ${h.throughSidecarFixedRate.errors}`),
+    row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  ${errorsOf(h.fixedRate500)}`),
+    row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  ${errorsOf(h.throughSidecarFixedRate)}`),
     row('OPA, same rules in Rego, max throughput (32 clients)', `${h.opaMaxThroughput.ratePerSecond}/s  p50 ${h.opaMaxThroughput.p50Ms} ms  p99 ${h.opaMaxThroughput.p99Ms} ms`),
     row('broker max throughput ÷ OPA\'s (goal ≥ 1)', `${h.ratioToOpa}`),
     row('bare node:https, one process, ÷ OPA\'s', `${h.bareHttpsRatioToOpa} (${h.bareHttpsMax.ratePerSecond}/s)`),
@@ -362,11 +368,11 @@ function table(r: Results): string {
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
     row('hop throughput as a share of bare node:http', `${Math.round(h.throughputShareOfBare * 100)}%`),
-    row(`AWS gateway at ${r.gateway.rate}/s (STS call, sidecar + broker)`, `p50 ${r.gateway.throughGateway.p50Ms} ms  p99 ${r.gateway.throughGateway.p99Ms} ms  errors ${r.gateway.throughGateway.errors}`),
+    row(`AWS gateway at ${r.gateway.rate}/s (STS call, sidecar + broker)`, `p50 ${r.gateway.throughGateway.p50Ms} ms  p99 ${r.gateway.throughGateway.p99Ms} ms  ${errorsOf(r.gateway.throughGateway)}`),
     row(`the same call straight to the emulator`, `p50 ${r.gateway.direct.p50Ms} ms  p99 ${r.gateway.direct.p99Ms} ms`),
     row('gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.gateway.overhead.p50Ms} ms  p99 ${r.gateway.overhead.p99Ms} ms`),
     row('gateway, max throughput (16 clients)', `${r.gateway.maxThroughput.ratePerSecond}/s  p50 ${r.gateway.maxThroughput.p50Ms} ms  p99 ${r.gateway.maxThroughput.p99Ms} ms`),
-    row(`MCP gateway at ${r.mcpGateway.rate}/s (tools/call, sidecar + broker)`, `p50 ${r.mcpGateway.throughGateway.p50Ms} ms  p99 ${r.mcpGateway.throughGateway.p99Ms} ms  errors ${r.mcpGateway.throughGateway.errors}`),
+    row(`MCP gateway at ${r.mcpGateway.rate}/s (tools/call, sidecar + broker)`, `p50 ${r.mcpGateway.throughGateway.p50Ms} ms  p99 ${r.mcpGateway.throughGateway.p99Ms} ms  ${errorsOf(r.mcpGateway.throughGateway)}`),
     row('the same call straight to the MCP server', `p50 ${r.mcpGateway.direct.p50Ms} ms  p99 ${r.mcpGateway.direct.p99Ms} ms`),
     row('MCP gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.mcpGateway.overhead.p50Ms} ms  p99 ${r.mcpGateway.overhead.p99Ms} ms`),
     row('MCP gateway, max throughput (16 clients)', `${r.mcpGateway.maxThroughput.ratePerSecond}/s  p50 ${r.mcpGateway.maxThroughput.p50Ms} ms  p99 ${r.mcpGateway.maxThroughput.p99Ms} ms`),
