@@ -283,6 +283,8 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
   const touched = touchedSystems(policy, request);
   const ruled = approved(input, audited(input, overLimit(input) ?? byRules(input, touched, evaluate), touched, evaluate));
   const { decision, reasons, wouldDeny, denied } = overCapacity(input, touched, ruled) ?? ruled;
+  // Held in Audit mode where Enforce would deny: what it would deny it by, as the approver is shown.
+  const wouldDenyBy = decision === 'pending_approval' ? denied?.map((r) => r.rule) : undefined;
   const at = new Date(now).toISOString();
   const digest = hopDigest(request);
   const classes = dataClassesOf(touched);
@@ -302,8 +304,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       decision,
       reasons,
       ...(wouldDeny ? { wouldDeny: true } : {}),
-      // Held in Audit mode: what Enforce would deny it by, as the approver is shown.
-      ...(decision === 'pending_approval' && denied ? { wouldDenyBy: denied.map((r) => r.rule) } : {}),
+      ...(wouldDenyBy ? { wouldDenyBy } : {}),
       // Allowed by an approval: the rules it was given for, so a replay lifts those and no other.
       ...(input.approval?.rules && reasons.some((r) => r.rule === `approval:${input.approval?.name ?? ''}`) ? { approvalRules: [...input.approval.rules] } : {}),
       // The data classes of the systems it touched: what an auditor (or a trace) filters on.
@@ -358,7 +359,7 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
             depth,
             parentHop: request.parentHop,
             rules,
-            ...(denied ? { wouldDenyBy: denied.map((r) => r.rule) } : {}),
+            ...(wouldDenyBy ? { wouldDenyBy } : {}),
             requestedAt: at,
             timeoutAt,
           },
