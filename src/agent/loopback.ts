@@ -1,7 +1,6 @@
 import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ChainwardenError } from '../errors.js';
-import { KEEP_ALIVE_MS } from '../server/http.js';
 
 /** A host:port the sidecar listens on. */
 export interface ListenAddress {
@@ -39,9 +38,8 @@ export function checkLoopbackCaller(req: http.IncomingMessage, port: number): vo
   }
 }
 
-/** Listens and answers the port actually bound (the address may ask for port 0); idle connections are kept as the broker keeps them. */
+/** Listens and answers the port actually bound (the address may ask for port 0). */
 export async function listenOn(server: http.Server, listen: ListenAddress): Promise<number> {
-  server.keepAliveTimeout = KEEP_ALIVE_MS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {

@@ -3,14 +3,6 @@ import { ChainwardenError } from '../errors.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
-/**
- * How long a listener keeps an idle keep-alive connection. Node's 5 s races clients that keep
- * theirs with no idle limit (Node's own agent, the AWS SDK's): a call sent as the server closes
- * the connection fails with a reset. An agent pauses between calls for seconds (a model thinking),
- * right where 5 s falls, so idle connections stay open for longer than that.
- */
-export const KEEP_ALIVE_MS = 65_000;
-
 /** Reads a request body up to `limit` bytes; a larger one is a 413 without reading the rest. */
 export async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? '0');

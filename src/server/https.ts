@@ -2,7 +2,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
 import { ChainwardenError } from '../errors.js';
-import { KEEP_ALIVE_MS, sendError, sendFailure, type Handler } from './http.js';
+import { sendError, sendFailure, type Handler } from './http.js';
 
 export type Routes = Record<string, Handler>;
 
@@ -59,7 +59,7 @@ export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { hos
       .then(() => handler(req, res))
       .catch((err: unknown) => sendFailure(res, err, (e) => log.error({ err: e, path }, 'request failed')));
   });
-  server.keepAliveTimeout = KEEP_ALIVE_MS;
+  server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => resolve());
