@@ -1,7 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ChainwardenError } from '../../../src/errors.js';
-import { assertJsonDepth, parseJson } from '../../../src/server/http.js';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { assertJsonDepth, parseJson, readBody } from '../../../src/server/http.js';
 
 const nested = (depth: number, open = '[', close = ']') => `${open.repeat(depth)}${close.repeat(depth)}`;
 
@@ -50,5 +52,80 @@ describe('parseJson', () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('readBody', () => {
+  /** A real server whose handler reads the body; resolves with what readBody gave or threw, and whether it had destroyed the request. */
+  const serve = async (limit: number) => {
+    const outcomes: Promise<{ body?: string; error?: unknown; destroyed: boolean }>[] = [];
+    const server = http.createServer((req, res) => {
+      outcomes.push(
+        readBody(req, limit).then(
+          (b) => {
+            res.end('ok');
+            return { body: b.toString(), destroyed: false };
+          },
+          (error: unknown) => {
+            const destroyed = req.destroyed;
+            res.destroy();
+            return { error, destroyed };
+          },
+        ),
+      );
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    return { port, outcomes, close: () => new Promise((r) => server.close(r)) };
+  };
+  const send = (port: number, write: (req: http.ClientRequest) => void, headers: Record<string, string> = {}) => {
+    const req = http.request({ port, host: '127.0.0.1', method: 'POST', headers });
+    req.on('error', () => undefined);
+    req.on('response', (res) => res.resume());
+    write(req);
+    return req;
+  };
+
+  it('joins a body sent in several chunks', async () => {
+    const s = await serve(100);
+    send(s.port, (req) => {
+      req.write('{"tool":');
+      setTimeout(() => req.end('"tickets"}'), 20);
+    });
+    await expect.poll(() => s.outcomes.length).toBe(1);
+    expect(await s.outcomes[0]).toEqual({ body: '{"tool":"tickets"}', destroyed: false });
+    await s.close();
+  });
+
+  it('refuses a chunked body that grows past the limit with body_too_large and stops reading it', async () => {
+    const s = await serve(16);
+    const req = send(s.port, (r) => r.write('x'.repeat(10)));
+    setTimeout(() => req.write('y'.repeat(10)), 20);
+    await expect.poll(() => s.outcomes.length).toBe(1);
+    const outcome = await s.outcomes[0];
+    expect(outcome?.error).toEqual(expect.objectContaining({ code: 'body_too_large', status: 413 }));
+    expect(outcome?.destroyed).toBe(true);
+    req.destroy();
+    await s.close();
+  });
+
+  it('refuses a declared length over the limit before reading a byte', async () => {
+    const s = await serve(16);
+    const req = send(s.port, (r) => r.flushHeaders(), { 'content-length': '17' });
+    await expect.poll(() => s.outcomes.length).toBe(1);
+    expect((await s.outcomes[0])?.error).toEqual(expect.objectContaining({ code: 'body_too_large' }));
+    req.destroy();
+    await s.close();
+  });
+
+  it('rejects, never hangs, when the client goes away before the body ends', async () => {
+    const s = await serve(1000);
+    const req = send(s.port, (r) => r.write('{"tool":'), { 'content-length': '100' });
+    await expect.poll(() => s.outcomes.length).toBe(1);
+    req.destroy();
+    const outcome = await s.outcomes[0];
+    expect(outcome?.error).toBeInstanceOf(Error);
+    expect(outcome?.body).toBeUndefined();
+    await s.close();
   });
 });
