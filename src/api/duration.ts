@@ -7,13 +7,24 @@ const UNIT_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, 
 const DURATION = new RegExp(DURATION_PATTERN);
 const PART = /([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)/g;
 
+/**
+ * Durations already parsed. Every request reads its task's ttl, and a cluster writes a handful of
+ * distinct durations; the memo is dropped whole when it fills, so odd values cannot grow it.
+ */
+const parsed = new Map<string, number>();
+const MAX_PARSED = 1024;
+
 /** Milliseconds in a Go-style duration string; throws naming `field` when it does not parse. */
 export function parseDuration(text: string, field = 'duration'): number {
+  const known = parsed.get(text);
+  if (known !== undefined) return known;
   if (!DURATION.test(text)) {
     throw new ChainwardenError('invalid_duration', `${field}: "${text}" is not a duration; write it like 30m, 1h or 1h30m`, { field });
   }
   let ms = 0;
   for (const [, amount, unit] of text.matchAll(PART)) ms += Number(amount) * (UNIT_MS[unit ?? ''] ?? 0);
+  if (parsed.size >= MAX_PARSED) parsed.clear();
+  parsed.set(text, ms);
   return ms;
 }
 

@@ -4,9 +4,14 @@
  */
 type Labels = Record<string, string>;
 
+const NEEDS_ESCAPE = /[\\"\n]/;
+const escapeValue = (v: string) => (NEEDS_ESCAPE.test(v) ? v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') : v);
+
+/** `{k="v",…}` with values escaped, or nothing: the series' key, worked out on every hop's metrics. */
 const labelText = (labels: Labels) => {
-  const entries = Object.entries(labels);
-  return entries.length === 0 ? '' : `{${entries.map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',')}}`;
+  let out = '';
+  for (const k in labels) out += `${out ? ',' : '{'}${k}="${escapeValue(labels[k] as string)}"`;
+  return out ? `${out}}` : '';
 };
 
 interface Series {

@@ -44,6 +44,15 @@ describe('durations', () => {
     expect(() => parseDuration(text, 'spec.ttl')).toThrow(/spec.ttl: .* is not a duration; write it like 30m/);
   });
 
+  it('answers a duration it has parsed before the same, a bad one is refused every time, and the memo holds any number of values', () => {
+    expect(parseDuration('1h30m')).toBe(5_400_000);
+    expect(parseDuration('1h30m')).toBe(5_400_000);
+    expect(() => parseDuration('1d', 'spec.ttl')).toThrow(/spec.ttl/);
+    expect(() => parseDuration('1d', 'spec.ttl')).toThrow(/spec.ttl/);
+    for (let s = 1; s <= 3000; s++) expect(parseDuration(`${s}s`)).toBe(s * 1000);
+    expect(parseDuration('90m')).toBe(5_400_000);
+  });
+
   it('formats whole seconds the shortest way', () => {
     expect(formatDuration(5_400_000)).toBe('1h30m');
     expect(formatDuration(900_000)).toBe('15m');
