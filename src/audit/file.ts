@@ -2,7 +2,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import type { Logger } from '../log.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
-import type { AuditRecord } from './record.js';
+import { recordJson, type AuditRecord } from './record.js';
 
 export interface AuditFileOptions {
   path: string;
@@ -50,7 +50,7 @@ export class AuditFileWriter {
       this.drop();
       return;
     }
-    stream.write(`${JSON.stringify({ time: new Date(this.clock.now()).toISOString(), audit: record })}\n`);
+    stream.write(`{"time":"${new Date(this.clock.now()).toISOString()}","audit":${recordJson(record)}}\n`);
   }
 
   async close(): Promise<void> {

@@ -9,7 +9,7 @@ import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
 import { faultPoint } from '../runtime/faults.js';
-import { AUDIT_EVENTS, GENESIS, linkRecords, type AuditEventType, type AuditRecord } from './record.js';
+import { AUDIT_EVENTS, GENESIS, linkRecords, recordJson, type AuditEventType, type AuditRecord } from './record.js';
 
 type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
 type RecentHop = NonNullable<AgentTaskStatus['recentHops']>[number];
@@ -231,7 +231,7 @@ const MAX_OUTBOX_RECORDS = 25_000;
  */
 export function encodeOutbox(records: readonly AuditRecord[]): string[] {
   if (records.length === 0) return [];
-  return [DEFLATED + deflateRawSync(records.map((r) => JSON.stringify(r)).join('\n'), DEFLATE_OPTIONS).toString('base64')];
+  return [DEFLATED + deflateRawSync(records.map(recordJson).join('\n'), DEFLATE_OPTIONS).toString('base64')];
 }
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);

@@ -45,6 +45,19 @@ export function hashRecord(record: Omit<AuditRecord, 'hash'>): string {
   return createHash('sha256').update(canonicalJson(rest)).digest('hex');
 }
 
+/**
+ * Each linked record's JSON: the canonical form its hash was taken over, with the hash added. A
+ * record is written to the status outbox and to the audit file; both write these bytes, so the
+ * record is serialized once on the hop path, not three times, and what is written is exactly what
+ * was hashed.
+ */
+const linkedJson = new WeakMap<AuditRecord, string>();
+
+/** A record as one line of JSON: as it was hashed if it was linked here, else as JSON.stringify gives it. */
+export function recordJson(record: AuditRecord): string {
+  return linkedJson.get(record) ?? JSON.stringify(record);
+}
+
 /** Links `events` after `head` (which has `count` records before it). */
 export function linkRecords(
   task: { key: string; uid: string },
@@ -56,7 +69,9 @@ export function linkRecords(
   let prev = head;
   events.forEach((e, i) => {
     const body = { v: 1 as const, task: task.key, taskUid: task.uid, seq: count + i + 1, prev, at: e.at, type: e.type, data: structuredClone(e.data) };
-    const record = { ...body, hash: hashRecord(body) };
+    const canonical = canonicalJson(body);
+    const record = { ...body, hash: createHash('sha256').update(canonical).digest('hex') };
+    linkedJson.set(record, `${canonical.slice(0, -1)},"hash":"${record.hash}"}`);
     out.push(record);
     prev = record.hash;
   });

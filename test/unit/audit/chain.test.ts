@@ -5,7 +5,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
-import { canonicalJson, GENESIS, linkRecords, type AuditRecord } from '../../../src/audit/record.js';
+import { canonicalJson, GENESIS, hashRecord, linkRecords, recordJson, type AuditRecord } from '../../../src/audit/record.js';
 import { readAuditRecords, verifyChains } from '../../../src/audit/verify.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 
@@ -43,6 +43,17 @@ describe('audit chain', () => {
     expect(records[1]?.prev).toBe(records[0]?.hash);
     expect(records.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
     expect(verify(records)).toEqual([]);
+  });
+
+  it('writes a linked record as the bytes its hash was taken over, with the hash added; any other record as JSON.stringify gives it', () => {
+    for (const record of chain()) {
+      const { hash, ...body } = record;
+      const line = recordJson(record);
+      expect(line).toBe(`${canonicalJson(body).slice(0, -1)},"hash":"${hash}"}`);
+      expect(JSON.parse(line)).toStrictEqual(record);
+      expect(hashRecord(JSON.parse(line) as AuditRecord)).toBe(hash);
+      expect(recordJson({ ...record })).toBe(JSON.stringify(record));
+    }
   });
 
   it('orders records by their links, not by line order: a reversed stream is intact', () => {
