@@ -39,6 +39,8 @@ export interface LoadJob {
 export interface LoadResult {
   mode: string;
   requests: number;
+  /** Requests answered during the warm-up, not counted in the figures: with them, what the target served over the whole run. */
+  warmupRequests: number;
   errors: number;
   statuses: Record<string, number>;
   /** Requests that got no answer (status 0), by the client's error code: a reset, a refused connection. */
@@ -122,7 +124,8 @@ function drive(job: LoadJob, send: () => Promise<number>, seconds: number, recor
 
 export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const { send, failures } = requester(job);
-  await drive(job, send, job.warmupSeconds ?? WARMUP_SECONDS, () => {});
+  let warmupRequests = 0;
+  await drive(job, send, job.warmupSeconds ?? WARMUP_SECONDS, () => void warmupRequests++);
   for (const cause of Object.keys(failures)) delete failures[cause];
   const latencies: number[] = [];
   const statuses: Record<string, number> = {};
@@ -136,7 +139,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
   await drive(job, send, job.seconds, record);
   const seconds = (performance.now() - start) / 1000;
   const summary = summarize(latencies);
-  return { mode: job.mode, requests: summary.count, errors, statuses, ...(Object.keys(failures).length > 0 ? { failures } : {}), seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
+  return { mode: job.mode, requests: summary.count, warmupRequests, errors, statuses, ...(Object.keys(failures).length > 0 ? { failures } : {}), seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
 }
 
 if (process.argv[2] === '--job') {

@@ -192,8 +192,15 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
     const statusBytes = JSON.stringify(((await rawRequest(kc, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks/hops-0`)).body as { status?: unknown }).status ?? {}).length;
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
     const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
-    const max = await load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 });
-    const opaMax = await load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 });
+    // CPU per decision at full load, the operator's and OPA's: steadier than a throughput, which moves with whatever else the machine runs.
+    const cpuPer = async (pid: number | undefined, run: () => Promise<LoadResult>) => {
+      const before = pid === undefined ? 0 : await cpuMs(pid);
+      const result = await run();
+      const us = pid === undefined ? undefined : Math.round((((await cpuMs(pid)) - before) * 1000) / (result.requests + result.warmupRequests));
+      return { result, us };
+    };
+    const { result: max, us: operatorCpuUs } = await cpuPer(broker.pid, () => load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 }));
+    const { result: opaMax, us: opaCpuUs } = await cpuPer(opa.child.pid, () => load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 }));
     // What a Node server that decides nothing reaches over the same TLS, one process and two: the ceiling the OPA ratio is read against.
     const bareTls = { one: await bareMaxOver(serving, 1, body, broker.ca), two: await bareMaxOver(serving, 2, body, broker.ca) };
     return {
@@ -208,6 +215,8 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       maxThroughput: max,
       opaMaxThroughput: opaMax,
       ratioToOpa: Math.round((max.ratePerSecond / opaMax.ratePerSecond) * 1000) / 1000,
+      /** CPU microseconds per decision over the closed-loop runs (warm-up included): the operator's whole process, and OPA's. */
+      cpuUsPerDecision: { operator: operatorCpuUs, opa: opaCpuUs },
       bareHttpsMax: bareTls.one,
       bareHttpsTwoProcessesMax: bareTls.two,
       /** The same ratio for a Node HTTPS server that does no work at all: above 1 only if OPA's figure is in a Node server's reach. */
@@ -365,6 +374,7 @@ function table(r: Results): string {
     row('bare node:https, one process, ÷ OPA\'s', `${h.bareHttpsRatioToOpa} (${h.bareHttpsMax.ratePerSecond}/s)`),
     row('bare node:https, two processes, ÷ OPA\'s', `${h.bareHttpsTwoProcessesRatioToOpa} (${h.bareHttpsTwoProcessesMax.ratePerSecond}/s)`),
     row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.ratePerSecond}/s  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms`),
+    row('CPU per decision at max throughput', `operator ${h.cpuUsPerDecision.operator ?? '?'} µs, OPA ${h.cpuUsPerDecision.opa ?? '?'} µs`),
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
     row('hop throughput as a share of bare node:http', `${Math.round(h.throughputShareOfBare * 100)}%`),
