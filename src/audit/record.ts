@@ -20,6 +20,38 @@ export interface AuditRecord {
   hash: string;
 }
 
+/**
+ * Object keys in UTF-16 code unit order (as `<` compares, and as `sort()` does), sorted in place:
+ * an insertion sort for the few keys a record's objects have, which `sort()` would first copy.
+ */
+function sortKeys(keys: string[]): string[] {
+  if (keys.length > 16) return keys.sort();
+  for (let i = 1; i < keys.length; i++) {
+    const key = keys[i] as string;
+    let j = i - 1;
+    while (j >= 0 && (keys[j] as string) > key) {
+      keys[j + 1] = keys[j] as string;
+      j--;
+    }
+    keys[j + 1] = key;
+  }
+  return keys;
+}
+
+/** Keys as JSON strings, quoted once: records repeat the same few dozen keys on every hop. */
+const quotedKeys = new Map<string, string>();
+const MAX_QUOTED_KEYS = 4096;
+
+function quoted(key: string): string {
+  let q = quotedKeys.get(key);
+  if (q === undefined) {
+    q = JSON.stringify(key);
+    if (quotedKeys.size >= MAX_QUOTED_KEYS) quotedKeys.clear();
+    if (key.length <= 64) quotedKeys.set(key, q);
+  }
+  return q;
+}
+
 /** JSON with object keys sorted at every level and no whitespace: one byte string per value. */
 export function canonicalJson(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
@@ -29,13 +61,13 @@ export function canonicalJson(value: unknown): string {
     return `${out}]`;
   }
   // Every record is hashed in this form on the hop path: built in one pass, without the arrays
-  // of entries a map-and-join would make. sort() orders by UTF-16 code units, as `<` does.
+  // of entries a map-and-join would make, nor the copy sort() makes of the keys.
   const object = value as Record<string, unknown>;
   let out = '{';
-  for (const key of Object.keys(object).sort()) {
+  for (const key of sortKeys(Object.keys(object))) {
     const v = object[key];
     if (v === undefined) continue;
-    out += `${out.length > 1 ? ',' : ''}${JSON.stringify(key)}:${canonicalJson(v)}`;
+    out += `${out.length > 1 ? ',' : ''}${quoted(key)}:${canonicalJson(v)}`;
   }
   return `${out}}`;
 }
