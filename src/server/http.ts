@@ -5,49 +5,33 @@ export type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<voi
 
 /**
  * Reads a request body up to `limit` bytes; a larger one is a 413 without reading the rest, and
- * the request is destroyed. A request that ends early (the client went away) rejects. Listeners,
- * not an async iterator: every hop reads a body, and the iterator's promises and stream plumbing
- * cost more than the body does.
+ * the request is destroyed. A request that ends early (the client went away) rejects.
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const tooLarge = () => new ChainwardenError('body_too_large', `request body is over ${limit} bytes`);
-  if (Number(req.headers['content-length'] ?? '0') > limit) return Promise.reject(tooLarge());
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = () => req.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= limit) return void chunks.push(chunk);
-      done();
-      req.destroy();
-      reject(tooLarge());
-    };
-    const onEnd = () => {
-      done();
-      resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
-    };
-    const onError = (err: Error) => {
-      done();
-      reject(err);
-    };
-    const onClose = () => onError(new Error('the request was closed before its body ended'));
-    req.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
-  });
+  if (Number(req.headers['content-length'] ?? '0') > limit) throw tooLarge();
+  try {
+    return await readBoundedBody(req, limit, tooLarge);
+  } catch (err) {
+    req.destroy();
+    throw err;
+  }
 }
 
 /**
  * The whole body, up to `maxBytes`; past that it rejects with `tooLarge()` but leaves the request
  * alive: the caller answers (a 413) and drains the rest, so the client reads the refusal and its
- * keep-alive connection stays usable. `readBody` above destroys the request instead (its async
- * iterator does), which a client still sending sees as a reset, not as an answer.
+ * keep-alive connection stays usable (`readBody` above destroys the request instead). A request
+ * closed before its body ended rejects. Listeners, not an async iterator: every hop reads a body,
+ * and an iterator's promises and stream plumbing cost more than the body does.
  */
 export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const done = () => req.off('data', onData).off('end', onEnd).off('error', stop).off('close', onClose);
     const stop = (err: Error) => {
-      req.off('data', onData).off('end', onEnd).off('error', stop);
+      done();
       req.pause();
       reject(err);
     };
@@ -56,8 +40,12 @@ export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge
       if (size > maxBytes) return stop(tooLarge());
       chunks.push(chunk);
     };
-    const onEnd = () => resolve(Buffer.concat(chunks));
-    req.on('data', onData).on('end', onEnd).on('error', stop);
+    const onEnd = () => {
+      done();
+      resolve(Buffer.concat(chunks));
+    };
+    const onClose = () => stop(new Error('the request was closed before its body ended'));
+    req.on('data', onData).on('end', onEnd).on('error', stop).on('close', onClose);
   });
 }
 
