@@ -59,6 +59,17 @@ describe('audit chain', () => {
     }
   });
 
+  it("verifies a stream that mixes an earlier version's lines (fields in insertion order) with this one's, an exact copy in the other order counting once", () => {
+    const records = chain();
+    const earlier = (r: AuditRecord) => JSON.stringify({ time: 'x', audit: r });
+    const now = (r: AuditRecord) => `{"time":"x","audit":${recordJson(r)}}`;
+    expect(now(records[0]!)).not.toBe(earlier(records[0]!));
+    const text = [earlier(records[0]!), now(records[1]!), earlier(records[2]!), now(records[2]!), now(records[3]!), earlier(records[4]!)].join('\n');
+    const { chains, breaks } = verifyChains(readAuditRecords(text));
+    expect(breaks).toEqual([]);
+    expect(chains[0]?.records.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
+  });
+
   it('orders records by their links, not by line order: a reversed stream is intact', () => {
     expect(verify(chain().reverse())).toEqual([]);
   });
