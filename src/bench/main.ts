@@ -191,14 +191,15 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
     const apiWritesPerSecond = writesPer(requestsBefore, await apiRequests(kc), fixed.seconds + WARMUP_SECONDS);
     const statusBytes = JSON.stringify(((await rawRequest(kc, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks/hops-0`)).body as { status?: unknown }).status ?? {}).length;
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
-    const throughSidecar = await load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 });
-    // CPU per decision at full load, the operator's and OPA's: steadier than a throughput, which moves with whatever else the machine runs.
+    // CPU per request of a process over a run, warm-up included: steadier than a latency or a throughput, which move with whatever else the machine runs.
     const cpuPer = async (pid: number | undefined, run: () => Promise<LoadResult>) => {
       const before = pid === undefined ? 0 : await cpuMs(pid);
       const result = await run();
       const us = pid === undefined ? undefined : Math.round((((await cpuMs(pid)) - before) * 1000) / (result.requests + result.warmupRequests));
       return { result, us };
     };
+    const { result: throughSidecar, us: sidecarCpuUs } = await cpuPer(sidecar.pid, () => load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 }));
+    // CPU per decision at full load, the operator's and OPA's.
     const { result: max, us: operatorCpuUs } = await cpuPer(broker.pid, () => load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 }));
     const { result: opaMax, us: opaCpuUs } = await cpuPer(opa.child.pid, () => load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 }));
     // What a Node server that decides nothing reaches over the same TLS, one process and two: the ceiling the OPA ratio is read against.
@@ -212,6 +213,8 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       statusBytesAt1000: statusBytes,
       fixedRate500: fixedHalf,
       throughSidecarFixedRate: throughSidecar,
+      /** The sidecar's CPU microseconds per hop it forwarded in that run: its own cost on the agent's path. */
+      sidecarCpuUsPerHop: sidecarCpuUs,
       maxThroughput: max,
       opaMaxThroughput: opaMax,
       ratioToOpa: Math.round((max.ratePerSecond / opaMax.ratePerSecond) * 1000) / 1000,
@@ -375,6 +378,7 @@ function table(r: Results): string {
     row('bare node:https, two processes, ÷ OPA\'s', `${h.bareHttpsTwoProcessesRatioToOpa} (${h.bareHttpsTwoProcessesMax.ratePerSecond}/s)`),
     row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.ratePerSecond}/s  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms`),
     row('CPU per decision at max throughput', `operator ${h.cpuUsPerDecision.operator ?? '?'} µs, OPA ${h.cpuUsPerDecision.opa ?? '?'} µs`),
+    row('sidecar CPU per hop forwarded at 1,000/s', `${h.sidecarCpuUsPerHop ?? '?'} µs`),
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
     row('hop throughput as a share of bare node:http', `${Math.round(h.throughputShareOfBare * 100)}%`),
