@@ -2,7 +2,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
 import https from 'node:https';
-import { ChainwardenError } from '../errors.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import { readBoundedBody } from '../server/http.js';
 
 /** How long the pod token is trusted from memory before the file is read again. */
 const TOKEN_TTL_MS = 10_000;
@@ -41,6 +42,8 @@ export interface BrokerClientOptions {
   caPem?: string;
   /** The pod's projected service-account token; only the sidecar reads it and sends it to the broker. */
   tokenFile: string;
+  /** How long a connection to the broker may stay silent during a call; 30 s when absent. */
+  timeoutMs?: number;
 }
 
 /** One call to the broker: the method, the path (with query) and a body small enough to send twice. */
@@ -49,6 +52,13 @@ export interface BrokerCall {
   path: string;
   body: Buffer;
   contentType?: string;
+}
+
+/** The broker's answer, read whole: every broker answer is a small JSON document. */
+export interface BrokerAnswer {
+  status: number;
+  contentType: string | undefined;
+  body: Buffer;
 }
 
 /**
@@ -76,15 +86,14 @@ export class BrokerClient {
     return sameSecret(presented, await this.podToken.current()) || sameSecret(presented, await this.podToken.reread());
   }
 
-  /** The broker's answer with its body unread; the caller consumes or discards it. */
-  async request(call: BrokerCall): Promise<http.IncomingMessage> {
+  /** The broker's answer, its body read whole up to `limit` bytes. */
+  async request(call: BrokerCall, limit: number): Promise<BrokerAnswer> {
     const token = await this.podToken.current();
-    const answer = await this.send(call, token);
-    if (answer.statusCode !== 401) return answer;
+    const answer = await this.send(call, token, limit);
+    if (answer.status !== 401) return answer;
     const fresh = await this.podToken.reread();
     if (fresh === token) return answer;
-    answer.resume();
-    return this.send(call, fresh);
+    return this.send(call, fresh, limit);
   }
 
   /** A JSON call whose answer is read whole, up to `limit` bytes. */
@@ -108,22 +117,28 @@ export class BrokerClient {
 
   /** The answer's status and its body parsed, or `undefined` when the body is not JSON. */
   private async json(call: BrokerCall, limit: number): Promise<{ status: number; body: unknown }> {
-    const answer = await this.request(call);
-    const text = await readAnswer(answer, limit, this.options.brokerUrl);
+    const answer = await this.request(call, limit);
     try {
-      return { status: answer.statusCode ?? 502, body: JSON.parse(text) as unknown };
+      return { status: answer.status, body: JSON.parse(answer.body.toString('utf8')) as unknown };
     } catch {
-      return { status: answer.statusCode ?? 502, body: undefined };
+      return { status: answer.status, body: undefined };
     }
   }
 
-  private send(call: BrokerCall, token: string): Promise<http.IncomingMessage> {
+  private async send(call: BrokerCall, token: string, limit: number): Promise<BrokerAnswer> {
+    const answer = await this.answerOf(call, token);
+    const contentType = answer.headers['content-type'];
+    return { status: answer.statusCode ?? 502, contentType, body: await readAnswer(answer, limit, this.options.brokerUrl) };
+  }
+
+  private answerOf(call: BrokerCall, token: string): Promise<http.IncomingMessage> {
     const target = new URL(call.path, this.options.brokerUrl);
     // The path goes out as it was checked, or not at all: a URL parser that resolved `..` or `\\`,
     // or dropped a fragment, would send the pod token to an endpoint no one chose.
     if (target.pathname !== call.path.split('?')[0] || target.hash !== '' || target.origin !== this.origin) {
       return Promise.reject(new ChainwardenError('invalid_request', `the chainwarden agent does not forward ${JSON.stringify(call.path)}: its path is not in plain form`));
     }
+    const timeoutMs = this.options.timeoutMs ?? BROKER_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
       const upstream = https.request(
         target,
@@ -136,32 +151,26 @@ export class BrokerClient {
             ...(call.body.length > 0 ? { 'content-length': String(call.body.length) } : {}),
             accept: 'application/json',
           },
-          timeout: BROKER_TIMEOUT_MS,
+          timeout: timeoutMs,
         },
         resolve,
       );
-      upstream.on('timeout', () => upstream.destroy(new Error(`the broker did not answer within ${BROKER_TIMEOUT_MS / 1000}s`)));
+      upstream.on('timeout', () => upstream.destroy(new Error(`the broker sent nothing for ${timeoutMs / 1000}s`)));
       upstream.on('error', (err) => reject(new ChainwardenError('broker_unreachable', `cannot reach the chainwarden broker at ${this.options.brokerUrl}: ${err.message}`)));
       upstream.end(call.body);
     });
   }
 }
 
-async function readAnswer(answer: http.IncomingMessage, limit: number, brokerUrl: string): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
+/** The answer's body, up to `limit` bytes: anything larger, or an answer broken off, is the broker being unusable. */
+async function readAnswer(answer: http.IncomingMessage, limit: number, brokerUrl: string): Promise<Buffer> {
+  const tooLarge = () => new ChainwardenError('broker_unreachable', `the chainwarden broker at ${brokerUrl} answered with more than ${limit} bytes`);
   try {
-    for await (const chunk of answer as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > limit) {
-        answer.destroy();
-        throw new ChainwardenError('broker_unreachable', `the chainwarden broker at ${brokerUrl} answered with more than ${limit} bytes`);
-      }
-      chunks.push(chunk);
-    }
+    if (Number(answer.headers['content-length'] ?? '0') > limit) throw tooLarge();
+    return await readBoundedBody(answer, limit, tooLarge);
   } catch (err) {
+    answer.destroy();
     if (err instanceof ChainwardenError) throw err;
-    throw new ChainwardenError('broker_unreachable', `the chainwarden broker at ${brokerUrl} broke off its answer: ${(err as Error).message}`);
+    throw new ChainwardenError('broker_unreachable', `the chainwarden broker at ${brokerUrl} broke off its answer: ${errorMessage(err)}`);
   }
-  return Buffer.concat(chunks).toString('utf8');
 }

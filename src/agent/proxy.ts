@@ -62,6 +62,8 @@ const MCP_PATH = /^\/mcp\/([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)$/;
 
 /** Hop and completion bodies are small; the body is held so a request can be retried once. */
 const MAX_BODY_BYTES = 1024 * 1024;
+/** The broker's answers to these endpoints are a few KiB of JSON at most. */
+const MAX_ANSWER_BYTES = 1024 * 1024;
 
 /**
  * Reads the per-pod local token, creating it if it is not there. Created as a temp file that is
@@ -139,13 +141,9 @@ function brokerProxy(deps: BrokerProxyDeps): http.RequestListener {
     if (mcp?.[1] !== undefined) return deps.mcp.handle(req, res, mcp[1]);
     if (!FORWARDED.some((re) => re.test(path))) throw new ChainwardenError('not_found', `the chainwarden agent does not forward ${path}`);
     const body = await readBody(req, MAX_BODY_BYTES);
-    const answer = await deps.broker.request({ method: req.method ?? 'GET', path: req.url ?? '/', body, contentType: req.headers['content-type'] });
-    res.writeHead(answer.statusCode ?? 502, { 'content-type': answer.headers['content-type'] ?? 'application/json', 'cache-control': 'no-store' });
-    await new Promise<void>((resolve, reject) => {
-      answer.pipe(res);
-      answer.on('end', resolve);
-      answer.on('error', reject);
-    });
+    const answer = await deps.broker.request({ method: req.method ?? 'GET', path: req.url ?? '/', body, contentType: req.headers['content-type'] }, MAX_ANSWER_BYTES);
+    res.writeHead(answer.status, { 'content-type': answer.contentType ?? 'application/json', 'content-length': answer.body.length, 'cache-control': 'no-store' });
+    res.end(answer.body);
   };
 
   return (req, res) => {

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import { ChainwardenError } from '../errors.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -19,13 +20,13 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
 }
 
 /**
- * The whole body, up to `maxBytes`; past that it rejects with `tooLarge()` but leaves the request
- * alive: the caller answers (a 413) and drains the rest, so the client reads the refusal and its
- * keep-alive connection stays usable (`readBody` above destroys the request instead). A request
- * closed before its body ended rejects. Listeners, not an async iterator: every hop reads a body,
+ * The whole body of a request (or of an answer), up to `maxBytes`; past that it rejects with
+ * `tooLarge()` but leaves the stream alive: the caller answers (a 413) and drains the rest, so the
+ * client reads the refusal and its keep-alive connection stays usable (`readBody` above destroys
+ * the request instead). A stream closed before its body ended rejects. Listeners, not an async iterator: every hop reads a body,
  * and an iterator's promises and stream plumbing cost more than the body does.
  */
-export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
+export function readBoundedBody(req: Readable, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

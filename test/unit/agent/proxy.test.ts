@@ -110,7 +110,7 @@ describe('what the sidecar forwards to the broker', () => {
     reached.length = 0;
     const client = new BrokerClient({ brokerUrl, caPem, tokenFile });
     for (const bad of ['/v1/tasks/a/..\\..\\v1\\aws\\sign#/complete', '/v1/x/../aws/sign', '//elsewhere.example/v1/hops', '/v1/hops#frag']) {
-      await expect(client.request({ method: 'POST', path: bad, body: Buffer.from('{}') })).rejects.toMatchObject({ code: 'invalid_request' });
+      await expect(client.request({ method: 'POST', path: bad, body: Buffer.from('{}') }, 1024)).rejects.toMatchObject({ code: 'invalid_request' });
     }
     expect(reached).toEqual([]);
   });
