@@ -16,6 +16,8 @@ export interface GatewayHopsDeps {
   approvals: (namespace: string) => AgentApproval[];
   /** Marks an approval used by one call, if no call has used it yet: true for the one caller that wins, on any replica. */
   claim: (approval: AgentApproval, hopRef: string) => Promise<boolean>;
+  /** Unmarks an approval claimed (as `hopRef`) for a call that then did not go through, if it is still so marked. */
+  release: (approval: AgentApproval, hopRef: string) => Promise<boolean>;
   issuer: Pick<SvidIssuer, 'mintTxnToken'>;
   trustDomain: string;
   /** The task's SourceIdentity marker: the `txn` of its transaction tokens. */
@@ -75,7 +77,17 @@ export class GatewayHops {
       return { allowed: false, error: pendingError(what, waiting.hopId, waiting.rules.join(', '), retry), hopId: waiting.hopId, decision: 'pending_approval', reasons };
     }
     const found = approval === 'claim' ? await this.approvalFor(who, hop, digest) : approval === 'none' ? { outgrown } : { approval: approvalOf(approval), outgrown: approval };
-    const { answer, txnToken } = await this.deps.hops.decideForGateway(who, hop, found.approval, (facts) => this.mint(task, hop, facts));
+    let decided: Awaited<ReturnType<HopService['decideForGateway']>>;
+    try {
+      decided = await this.deps.hops.decideForGateway(who, hop, found.approval, (facts) => this.mint(task, hop, facts));
+    } catch (err) {
+      // Refused before it went through (a hop that widens the chain whose record is not written yet): its approval lets the retry through.
+      if (found.claim) await this.deps.release(found.claim.approval, found.claim.by);
+      throw err;
+    }
+    const { answer, txnToken } = decided;
+    // Claimed on a forecast the decision did not bear out (the chain grew in between): the approval stays for the call it still fits.
+    if (found.claim && !(txnToken !== undefined && answer.reasons.some((r) => r.rule === `approval:${found.claim?.approval.metadata.name ?? ''}`))) await this.deps.release(found.claim.approval, found.claim.by);
     const rules = answer.reasons.map((r) => r.rule).join(', ');
     if (answer.decision === 'deny') {
       return { allowed: false, error: new ChainwardenError('hop_denied', `${what} was denied by ${rules || 'default-deny'} (hop ${answer.hopId})`), hopId: answer.hopId, decision: 'deny', reasons: answer.reasons };
@@ -223,8 +235,15 @@ export class GatewayHops {
     if (!last) throw new ChainwardenError('invalid_request', 'the call names no hop');
     // In one order on every replica, so two calls racing for the same approvals do not each win some and both wait.
     used.sort((a, b) => (a.approval.metadata.name ?? '').localeCompare(b.approval.metadata.name ?? ''));
+    const claimed: { approval: AgentApproval; by: string }[] = [];
     for (const { approval, hop, verdict } of used) {
-      if (await this.deps.claim(approval, `${who.podName}@${new Date(this.deps.clock.now()).toISOString()}`)) continue;
+      const by = this.claimant(who);
+      if (await this.deps.claim(approval, by)) {
+        claimed.push({ approval, by });
+        continue;
+      }
+      // The call does not go through: what it claimed so far is for its next try (or another call) to use.
+      for (const mine of claimed) await this.deps.release(mine.approval, mine.by);
       const rules = `approval:${approval.metadata.name ?? ''}`;
       return { allowed: false, error: new ChainwardenError('approval_pending', `${hop.what} was allowed by AgentApproval ${approval.metadata.name ?? ''}, which another call used meanwhile (hop ${verdict.answer.hopId}); it needs a new approval: retry the call, and approve the hop it then waits on`), hopId: verdict.answer.hopId, decision: 'pending_approval', reasons: [{ rule: rules, effect: 'RequireApproval' }] };
     }
@@ -257,10 +276,10 @@ export class GatewayHops {
    * of the same name must not release the same call in a new one. An approval is claimed only if
    * the call, forecast with it, goes through on it: one the call no longer needs, or has outgrown
    * (a rule the approver was not shown holds it now), stays unused; the one outgrown is named in
-   * the refusal. The chain may still change between forecast and decision; the approval is then
-   * spent on a call that waits again (a person approves once more), never stretched to cover it.
+   * the refusal. The chain may still change between forecast and decision: a call the decision
+   * does not let through on the approval gives it back (`decideOne`), never stretches it.
    */
-  private async approvalFor(who: AgentPrincipal, hop: HopRequest, digest: string): Promise<{ approval?: HopApproval; outgrown?: AgentApproval }> {
+  private async approvalFor(who: AgentPrincipal, hop: HopRequest, digest: string): Promise<{ approval?: HopApproval; outgrown?: AgentApproval; claim?: { approval: AgentApproval; by: string } }> {
     let outgrown: AgentApproval | undefined;
     for (const candidate of this.unusedApprovals(who.task, digest)) {
       const approval = approvalOf(candidate);
@@ -269,9 +288,15 @@ export class GatewayHops {
         if (forecast?.decision === 'pending_approval') outgrown ??= candidate;
         continue;
       }
-      if (await this.deps.claim(candidate, `${who.podName}@${new Date(this.deps.clock.now()).toISOString()}`)) return { approval };
+      const by = this.claimant(who);
+      if (await this.deps.claim(candidate, by)) return { approval, claim: { approval: candidate, by } };
     }
     return outgrown ? { outgrown } : {};
+  }
+
+  /** Who claims an approval: the pod and the moment, as the approval's mark shows them. */
+  private claimant(who: AgentPrincipal): string {
+    return `${who.podName}@${new Date(this.deps.clock.now()).toISOString()}`;
   }
 
   private mint(task: AgentTask, hop: HopRequest, facts: GatewayHopFacts): string {

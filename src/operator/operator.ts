@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { KubeAccess } from '../kube/access.js';
+import { claimApproval, releaseApproval } from '../kube/approvals.js';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
 import { agentTaskPlugin, taskFinalizerPlugin } from '../admission/plugins/agenttask.js';
 import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
@@ -9,13 +10,13 @@ import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
-import { API_VERSION, GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
+import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } from '../api/schema.js';
 import { AuditHeadStore } from '../audit/heads.js';
 import { AwsGateway } from '../aws/gateway.js';
 import { McpGateway } from '../mcp/gateway.js';
 import { SecretReader } from '../mcp/secrets.js';
 import { ApprovalNotifier, owesNotice } from '../notify/notifier.js';
-import { APPROVAL_USED_BY, GatewayHops } from '../broker/gateway-hops.js';
+import { GatewayHops } from '../broker/gateway-hops.js';
 import { AWS_GATEWAY_PORT } from '../aws/sign-api.js';
 import { Placeholders } from '../aws/placeholders.js';
 import { AuditFileWriter } from '../audit/file.js';
@@ -48,7 +49,6 @@ import { CertificateAuthority } from '../pki/authority.js';
 import { systemClock, type Clock } from '../runtime/clock.js';
 import { Informer } from '../runtime/informer.js';
 import { LeaderElector } from '../runtime/leader.js';
-import { patchJson, type JsonPatchOperation } from '../runtime/apply.js';
 import { Metrics } from '../runtime/metrics.js';
 import { sendJson } from '../server/http.js';
 import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
@@ -175,29 +175,6 @@ async function pruneWhileLeading(signal: AbortSignal, leading: WriteGuard, tasks
     }
     log.debug({ leaderWork: 'prune', roles: roles.size, startedAt }, 'revocation policies pruned');
   }
-}
-
-/**
- * Marks an approval used with a JSON patch conditional on the version just read, so of callers
- * racing on any replicas exactly one wins; a lost race reads again and sees the approval used.
- */
-async function claimApproval(kc: KubeAccess, approval: AgentApproval, by: string): Promise<boolean> {
-  const { namespace = '', name = '' } = approval.metadata;
-  const path = `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/agentapprovals/${name}`;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const res = await rawRequest(kc, 'GET', path);
-    if (res.status !== 200) return false;
-    const current = res.body as AgentApproval;
-    if (current.metadata.annotations?.[APPROVAL_USED_BY]) return false;
-    const rv: JsonPatchOperation = { op: 'test', path: '/metadata/resourceVersion', value: current.metadata.resourceVersion };
-    const mark: JsonPatchOperation = current.metadata.annotations
-      ? { op: 'add', path: `/metadata/annotations/${APPROVAL_USED_BY.replace('/', '~1')}`, value: by }
-      : { op: 'add', path: '/metadata/annotations', value: { [APPROVAL_USED_BY]: by } };
-    const outcome = await patchJson(kc, { path, apiVersion: API_VERSION, kind: 'AgentApproval', namespace, name }, [rv, mark]);
-    if (outcome === 'written') return true;
-    if (outcome === 'gone') return false;
-  }
-  return false;
 }
 
 /**
@@ -392,6 +369,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     hops,
     approvals: (ns) => informers.approvals.byIndex(ns),
     claim: (approval, by) => claimApproval(kc, approval, by),
+    // Left marked, an approval is spent on a call that did not go through: a person approves again.
+    release: (approval, by) =>
+      releaseApproval(kc, approval, by).catch((err: unknown) => {
+        log.warn({ approval: `${approval.metadata.namespace ?? ''}/${approval.metadata.name ?? ''}`, err: errorMessage(err) }, 'could not release an approval claimed for a call that did not go through');
+        return false;
+      }),
     issuer,
     trustDomain,
     marker: sourceIdentityFor,

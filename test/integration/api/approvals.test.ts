@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import type { AgentApproval } from '../../../src/api/schema.js';
 import { rawRequest } from '../../../src/kube/raw.js';
+import { claimApproval, releaseApproval } from '../../../src/kube/approvals.js';
 import { APPROVAL_USED_BY } from '../../../src/broker/gateway-hops.js';
 import { readAuditRecords } from '../../../src/audit/verify.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
@@ -175,5 +176,27 @@ describe('an approval is spent once, and only the operator says so', () => {
 
     const note = await rawRequest(mallory, 'PATCH', path, { metadata: { annotations: { 'team.example.com/ticket': 'SUP-4711' } } }, 'application/merge-patch+json');
     expect(note.status, JSON.stringify(note.body)).toBe(200);
+  });
+
+  test('the operator claims an approval for one call of all those racing for it, and only that call\'s release gives it back', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const approval = exampleApproval(namespace);
+    approval.spec.hopId = await pendingRefund(agent);
+    await create(admin, approval);
+    // Five calls on as many replicas race for it: the conditional patch lets exactly one win.
+    const callers = Array.from({ length: 5 }, (_, i) => `agent-0@2026-11-21T10:00:0${i}.000Z`);
+    const won = await Promise.all(callers.map((by) => claimApproval(admin, approval, by)));
+    expect(won.filter(Boolean)).toHaveLength(1);
+    const winner = callers[won.indexOf(true)] ?? '';
+    expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBe(winner);
+    // A call that lost gives back nothing: the mark is the winner's.
+    for (const loser of callers.filter((by) => by !== winner)) expect(await releaseApproval(admin, approval, loser)).toBe(false);
+    expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBe(winner);
+    // The winner's call did not go through: its release unmarks the approval, which the next try claims again.
+    expect(await releaseApproval(admin, approval, winner)).toBe(true);
+    expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBeUndefined();
+    expect(await releaseApproval(admin, approval, winner)).toBe(false);
+    expect(await claimApproval(admin, approval, 'agent-0@2026-11-21T10:00:09.000Z')).toBe(true);
+    expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBe('agent-0@2026-11-21T10:00:09.000Z');
   });
 });

@@ -75,6 +75,7 @@ beforeAll(async () => {
       },
       approvals: () => [],
       claim: () => Promise.resolve(false),
+      release: () => Promise.resolve(false),
       issuer: { mintTxnToken: (input) => `txn.${input.tctx.hopId}.token` },
       trustDomain: 'cluster.local',
       marker: () => 'cw-marker',

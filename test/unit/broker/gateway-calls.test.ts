@@ -40,6 +40,7 @@ function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
   const approvals: AgentApproval[] = [];
   const { service, twin, who } = serviceFor({ approvals: () => approvals, ...(adjust ? { adjust } : {}), ...(taskLimits ? { taskLimits } : {}) });
   const claimed: string[] = [];
+  const released: string[] = [];
   const gateway = new GatewayHops({
     hops: service,
     approvals: () => approvals,
@@ -48,6 +49,14 @@ function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
       if (approval.metadata.annotations?.[APPROVAL_USED_BY] || stolen.has(approval.metadata.name ?? '')) return Promise.resolve(false);
       approval.metadata.annotations = { ...approval.metadata.annotations, [APPROVAL_USED_BY]: by };
       claimed.push(approval.metadata.name ?? '');
+      return Promise.resolve(true);
+    },
+    // As the operator's conditional patch does: only a mark this call set is removed.
+    release: (approval, by) => {
+      if (approval.metadata.annotations?.[APPROVAL_USED_BY] !== by) return Promise.resolve(false);
+      delete approval.metadata.annotations[APPROVAL_USED_BY];
+      claimed.splice(claimed.indexOf(approval.metadata.name ?? ''), 1);
+      released.push(approval.metadata.name ?? '');
       return Promise.resolve(true);
     },
     issuer: { mintTxnToken: (input) => `txn.${input.tctx.hopId}` },
@@ -70,7 +79,7 @@ function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
     await expect.poll(() => status()?.pendingHops ?? []).toEqual([]);
     return waiting.length;
   };
-  return { service, gateway, who, task, status, attempt, approveAll, approvals, claimed };
+  return { service, gateway, who, task, status, attempt, approveAll, approvals, claimed, released };
 }
 
 /**
@@ -214,6 +223,24 @@ describe('a gateway call of several hops, some of which need approval', () => {
     const verdict = await w.attempt(copy);
     expect(verdict).toMatchObject({ allowed: false, decision: 'pending_approval' });
     expect(verdict.allowed ? '' : verdict.error.message).toMatch(/was allowed by AgentApproval ok-0, which another call used meanwhile/);
+  });
+
+  it('a call that loses the race for its second approval gives back the first it claimed, so its next try (or the other call) can use it', async () => {
+    const stolen = new Set<string>();
+    const w = world({ stolen });
+    expect(await w.attempt(call(refund(1), refund(2)))).toMatchObject({ decision: 'pending_approval' });
+    expect(await w.approveAll()).toBe(2);
+    const [first = '', second = ''] = w.approvals.map((a) => a.metadata.name ?? '').sort();
+    stolen.add(second);
+    const verdict = await w.attempt(call(refund(1), refund(2)));
+    expect(verdict.allowed ? '' : verdict.error.message).toMatch(new RegExp(`was allowed by AgentApproval ${second}, which another call used meanwhile`));
+    expect(w.released).toEqual([first]);
+    expect(w.claimed).toEqual([]);
+    expect(w.approvals.find((a) => a.metadata.name === first)?.metadata.annotations?.[APPROVAL_USED_BY]).toBeUndefined();
+    // The other call's claim of the second came to nothing after all: the next try takes both.
+    stolen.clear();
+    expect(await w.attempt(call(refund(1), refund(2)))).toMatchObject({ allowed: true });
+    expect(w.claimed.sort()).toEqual([first, second]);
   });
 
   it('approvals are claimed in one order, whatever order the call names their hops in, so two calls racing for them do not each win half', async () => {

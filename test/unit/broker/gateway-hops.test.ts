@@ -6,6 +6,7 @@ import { HopIds } from '../../../src/broker/hopids.js';
 import { hopDigest, type GatewayHopFacts, type HopAnswer, type HopRequest } from '../../../src/broker/hops.js';
 import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
 import { SvidIssuer } from '../../../src/identity/svid.js';
+import { ChainwardenError } from '../../../src/errors.js';
 
 const now = Date.parse('2026-11-21T10:00:00Z');
 const clock = { now: () => now };
@@ -17,18 +18,21 @@ const ids = new HopIds(Buffer.alloc(32, 7));
 const approval = (name: string, digest: string, used?: string, hopId = ids.mint('u', 1)) =>
   ({ metadata: { namespace: 'support', name, annotations: used ? { 'chainwarden.io/used-by': used } : {} }, spec: { taskRef: { name: 't' }, hopId, hopDigest: digest, decision: 'Approve', reason: 'ok' } }) as unknown as AgentApproval;
 
-async function setup(decide: (approvedBy: string | undefined) => HopAnswer, approvals: AgentApproval[] = []) {
+/** `decide` answers both the forecast and the decision, unless `decision` answers the decision (and may throw, as a refused write does). */
+async function setup(decide: (approvedBy: string | undefined) => HopAnswer, approvals: AgentApproval[] = [], decision: (approvedBy: string | undefined) => HopAnswer = decide) {
   const ring = new KeyRing(new InMemoryKeyStore(), clock, { rotateAfterMs: 86_400_000, activationDelayMs: 0, overlapMs: 3_600_000 });
   await ring.refresh();
   const issuer = new SvidIssuer(ring, 'https://chainwarden.example', clock);
   const claimed: string[] = [];
+  const released: string[] = [];
   const gateway = new GatewayHops({
     hops: {
-      decideForGateway: (_who, _hop, approval, mint) => {
-        const answer = decide(approval?.name);
-        if (answer.decision !== 'allow') return Promise.resolve({ answer });
+      decideForGateway: async (_who, _hop, approval, mint) => {
+        await Promise.resolve();
+        const answer = decision(approval?.name);
+        if (answer.decision !== 'allow') return { answer };
         const facts: GatewayHopFacts = { hopId: answer.hopId, depth: answer.depth, parentHop: 'h1_parent', policy: 'support', dataClassesTouched: ['pii'] };
-        return Promise.resolve({ answer, txnToken: mint(facts) });
+        return { answer, txnToken: mint(facts) };
       },
       isHopOf: (t, hopId) => ids.depthOf(t.metadata.uid ?? '', hopId) !== undefined,
       // A call of one hop is decided, never forecast in full (gateway-calls.test.ts has calls of several)...
@@ -45,13 +49,20 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
     },
     approvals: () => approvals,
     claim: (a) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), true)),
+    release: (a) => {
+      const at = claimed.indexOf(a.metadata.name ?? '');
+      if (at < 0) return Promise.resolve(false);
+      claimed.splice(at, 1);
+      released.push(a.metadata.name ?? '');
+      return Promise.resolve(true);
+    },
     issuer,
     trustDomain: 'cluster.local',
     marker: () => 'cw-7f3a',
     spiffeId: () => 'spiffe://cluster.local/ns/support/sa/sa/task/t',
     clock,
   });
-  return { gateway, issuer, claimed };
+  return { gateway, issuer, claimed, released };
 }
 
 describe('a gateway hop', () => {
@@ -94,6 +105,29 @@ describe('a gateway hop', () => {
   it('leaves an approval of the call unused when the call no longer needs one (the policy now allows it outright)', async () => {
     const { gateway, claimed } = await setup(() => ({ hopId: 'h1_free', decision: 'allow', reasons: [{ rule: 'refunds-allowed-now', effect: 'Allow' }], depth: 1 }), [approval('yes', hopDigest(hop))]);
     await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_free' } });
+    expect(claimed).toEqual([]);
+  });
+
+  it('gives its approval back when it is refused before it goes through (its record not written yet), and the retry goes through on it', async () => {
+    const approved = (by: string | undefined): HopAnswer => (by ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${by}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 });
+    let writes = 0;
+    const { gateway, claimed, released } = await setup(approved, [approval('yes', hopDigest(hop))], (by) => {
+      if (++writes === 1) throw new ChainwardenError('journal_behind', 'hop h1_ok adds to what AgentTask support/t has touched, and its record was not written within 5 s; retry shortly');
+      return approved(by);
+    });
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).rejects.toMatchObject({ code: 'journal_behind' });
+    expect(released).toEqual(['yes']);
+    expect(claimed).toEqual([]);
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_ok' } });
+    expect(claimed).toEqual(['yes']);
+  });
+
+  it('gives its approval back when the decision does not bear out the forecast it was claimed on (the chain grew in between)', async () => {
+    const forecast = (by: string | undefined): HopAnswer => (by ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${by}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 });
+    const grown = (): HopAnswer => ({ hopId: 'h1_held', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }, { rule: 'refunds-after-pii', effect: 'RequireApproval' }], depth: 1 });
+    const { gateway, claimed, released } = await setup(forecast, [approval('yes', hopDigest(hop))], grown);
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_held', decision: 'pending_approval' });
+    expect(released).toEqual(['yes']);
     expect(claimed).toEqual([]);
   });
 
