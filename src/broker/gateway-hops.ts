@@ -48,7 +48,31 @@ export interface CallHop {
  * call carries a transaction token whose hash is in its audit record.
  */
 export class GatewayHops {
+  /**
+   * Approvals this replica gave back, by namespace/name, with the mark it removed: until the
+   * watch shows them unmarked, the cache still does, and a retry a moment later would wait for a
+   * new approval. An approval whose cached mark is exactly the one removed counts as unused (the
+   * claim reads it fresh all the same).
+   */
+  private readonly givenBack = new Map<string, string>();
+
   constructor(private readonly deps: GatewayHopsDeps) {}
+
+  private async giveBack(approval: AgentApproval, by: string): Promise<void> {
+    if (!(await this.deps.release(approval, by))) return;
+    if (this.givenBack.size >= GIVEN_BACK_REMEMBERED) this.givenBack.delete(this.givenBack.keys().next().value ?? '');
+    this.givenBack.set(keyOf(approval), by);
+  }
+
+  /** Whether no call has used the approval, as far as this replica knows. */
+  private isUnused(approval: AgentApproval): boolean {
+    const mark = approval.metadata.annotations?.[APPROVAL_USED_BY];
+    if (!mark) {
+      this.givenBack.delete(keyOf(approval));
+      return true;
+    }
+    return this.givenBack.get(keyOf(approval)) === mark;
+  }
 
   /**
    * `what` names the call in refusals ("s3:GetObject on arn:aws:s3:::b/k"); `retry` says how
@@ -82,12 +106,12 @@ export class GatewayHops {
       decided = await this.deps.hops.decideForGateway(who, hop, found.approval, (facts) => this.mint(task, hop, facts));
     } catch (err) {
       // Refused before it went through (a hop that widens the chain whose record is not written yet): its approval lets the retry through.
-      if (found.claim) await this.deps.release(found.claim.approval, found.claim.by);
+      if (found.claim) await this.giveBack(found.claim.approval, found.claim.by);
       throw err;
     }
     const { answer, txnToken } = decided;
     // Claimed on a forecast the decision did not bear out (the chain grew in between): the approval stays for the call it still fits.
-    if (found.claim && !(txnToken !== undefined && answer.reasons.some((r) => r.rule === `approval:${found.claim?.approval.metadata.name ?? ''}`))) await this.deps.release(found.claim.approval, found.claim.by);
+    if (found.claim && !(txnToken !== undefined && answer.reasons.some((r) => r.rule === `approval:${found.claim?.approval.metadata.name ?? ''}`))) await this.giveBack(found.claim.approval, found.claim.by);
     const rules = answer.reasons.map((r) => r.rule).join(', ');
     if (answer.decision === 'deny') {
       return { allowed: false, error: new ChainwardenError('hop_denied', `${what} was denied by ${rules || 'default-deny'} (hop ${answer.hopId})`), hopId: answer.hopId, decision: 'deny', reasons: answer.reasons };
@@ -243,7 +267,7 @@ export class GatewayHops {
         continue;
       }
       // The call does not go through: what it claimed so far is for its next try (or another call) to use.
-      for (const mine of claimed) await this.deps.release(mine.approval, mine.by);
+      for (const mine of claimed) await this.giveBack(mine.approval, mine.by);
       const rules = `approval:${approval.metadata.name ?? ''}`;
       return { allowed: false, error: new ChainwardenError('approval_pending', `${hop.what} was allowed by AgentApproval ${approval.metadata.name ?? ''}, which another call used meanwhile (hop ${verdict.answer.hopId}); it needs a new approval: retry the call, and approve the hop it then waits on`), hopId: verdict.answer.hopId, decision: 'pending_approval', reasons: [{ rule: rules, effect: 'RequireApproval' }] };
     }
@@ -264,7 +288,7 @@ export class GatewayHops {
           a.spec.taskRef.name === task.metadata.name &&
           a.spec.decision === 'Approve' &&
           (digest === undefined || a.spec.hopDigest === digest) &&
-          !a.metadata.annotations?.[APPROVAL_USED_BY] &&
+          this.isUnused(a) &&
           this.deps.hops.isHopOf(task, a.spec.hopId),
       )
       .sort(liftingMostFirst);
@@ -320,6 +344,11 @@ export class GatewayHops {
 }
 
 type Refused = Extract<GatewayVerdict, { allowed: false }>;
+
+/** How many given-back approvals a replica remembers until its watch shows them unmarked. */
+const GIVEN_BACK_REMEMBERED = 1_000;
+
+const keyOf = (approval: AgentApproval) => `${approval.metadata.namespace ?? ''}/${approval.metadata.name ?? ''}`;
 
 /** A call decides up to this many hops that need approval in one try, then waits on them. */
 const MAX_WAITING_A_CALL = 20;

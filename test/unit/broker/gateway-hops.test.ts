@@ -25,6 +25,8 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
   const issuer = new SvidIssuer(ring, 'https://chainwarden.example', clock);
   const claimed: string[] = [];
   const released: string[] = [];
+  /** The mark each claim set, as the watch would bring it into the cache. */
+  const marks = new Map<string, string>();
   const gateway = new GatewayHops({
     hops: {
       decideForGateway: async (_who, _hop, approval, mint) => {
@@ -48,7 +50,7 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
       },
     },
     approvals: () => approvals,
-    claim: (a) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), true)),
+    claim: (a, by) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), marks.set(a.metadata.name ?? '', by), true)),
     release: (a) => {
       const at = claimed.indexOf(a.metadata.name ?? '');
       if (at < 0) return Promise.resolve(false);
@@ -62,7 +64,7 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
     spiffeId: () => 'spiffe://cluster.local/ns/support/sa/sa/task/t',
     clock,
   });
-  return { gateway, issuer, claimed, released };
+  return { gateway, issuer, claimed, released, marks };
 }
 
 describe('a gateway hop', () => {
@@ -120,6 +122,28 @@ describe('a gateway hop', () => {
     expect(claimed).toEqual([]);
     await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_ok' } });
     expect(claimed).toEqual(['yes']);
+  });
+
+  it('a retry finds the approval it gave back while the cache still shows the claim, and not one another call holds', async () => {
+    const approved = (by: string | undefined): HopAnswer => (by ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${by}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 });
+    let writes = 0;
+    const cached = [approval('yes', hopDigest(hop))];
+    const { gateway, claimed, marks } = await setup(approved, cached, (by) => {
+      if (++writes === 1) throw new ChainwardenError('journal_behind', 'not written within 5 s; retry shortly');
+      return approved(by);
+    });
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).rejects.toMatchObject({ code: 'journal_behind' });
+    // The watch has brought the claim, not yet its release.
+    const [yes] = cached;
+    if (!yes) throw new Error('no approval');
+    yes.metadata.annotations = { 'chainwarden.io/used-by': marks.get('yes') ?? '' };
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_ok' } });
+    expect(claimed).toEqual(['yes']);
+    // Marked by another call: not a candidate, whatever this replica gave back before.
+    yes.metadata.annotations = { 'chainwarden.io/used-by': 'agent-1@2026-11-21T10:00:00.000Z' };
+    claimed.length = 0;
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: false, hopId: 'h1_new', decision: 'pending_approval' });
+    expect(claimed).toEqual([]);
   });
 
   it('gives its approval back when the decision does not bear out the forecast it was claimed on (the chain grew in between)', async () => {
