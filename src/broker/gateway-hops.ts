@@ -1,4 +1,4 @@
-import { setImmediate } from 'node:timers/promises';
+import { setImmediate, setTimeout as sleep } from 'node:timers/promises';
 import { MAX_HOP_RESOURCE, type AgentApproval, type AgentTask } from '../api/schema.js';
 import { ChainwardenError } from '../errors.js';
 import type { SvidIssuer } from '../identity/svid.js';
@@ -58,10 +58,21 @@ export class GatewayHops {
 
   constructor(private readonly deps: GatewayHopsDeps) {}
 
-  private async giveBack(approval: AgentApproval, by: string): Promise<void> {
-    if (!(await this.deps.release(approval, by))) return;
-    if (this.givenBack.size >= GIVEN_BACK_REMEMBERED) this.givenBack.delete(this.givenBack.keys().next().value ?? '');
-    this.givenBack.set(keyOf(approval), by);
+  /**
+   * Releases a claim, waiting at most a second: a call is refused for a slow API server, among
+   * other things, and its answer must not wait on that API server again. A release that lands
+   * later still counts.
+   */
+  private giveBack(approval: AgentApproval, by: string): Promise<void> {
+    const released = this.deps.release(approval, by).then(
+      (done) => {
+        if (!done) return;
+        if (this.givenBack.size >= GIVEN_BACK_REMEMBERED) this.givenBack.delete(this.givenBack.keys().next().value ?? '');
+        this.givenBack.set(keyOf(approval), by);
+      },
+      () => undefined,
+    );
+    return Promise.race([released, sleep(GIVE_BACK_WAIT_MS, undefined, { ref: false })]);
   }
 
   /** Whether no call has used the approval, as far as this replica knows. */
@@ -347,6 +358,8 @@ type Refused = Extract<GatewayVerdict, { allowed: false }>;
 
 /** How many given-back approvals a replica remembers until its watch shows them unmarked. */
 const GIVEN_BACK_REMEMBERED = 1_000;
+/** How long a refused call's answer waits for its approval to be given back. */
+const GIVE_BACK_WAIT_MS = 1_000;
 
 const keyOf = (approval: AgentApproval) => `${approval.metadata.namespace ?? ''}/${approval.metadata.name ?? ''}`;
 

@@ -19,7 +19,7 @@ const approval = (name: string, digest: string, used?: string, hopId = ids.mint(
   ({ metadata: { namespace: 'support', name, annotations: used ? { 'chainwarden.io/used-by': used } : {} }, spec: { taskRef: { name: 't' }, hopId, hopDigest: digest, decision: 'Approve', reason: 'ok' } }) as unknown as AgentApproval;
 
 /** `decide` answers both the forecast and the decision, unless `decision` answers the decision (and may throw, as a refused write does). */
-async function setup(decide: (approvedBy: string | undefined) => HopAnswer, approvals: AgentApproval[] = [], decision: (approvedBy: string | undefined) => HopAnswer = decide) {
+async function setup(decide: (approvedBy: string | undefined) => HopAnswer, approvals: AgentApproval[] = [], decision: (approvedBy: string | undefined) => HopAnswer = decide, stuck = false) {
   const ring = new KeyRing(new InMemoryKeyStore(), clock, { rotateAfterMs: 86_400_000, activationDelayMs: 0, overlapMs: 3_600_000 });
   await ring.refresh();
   const issuer = new SvidIssuer(ring, 'https://chainwarden.example', clock);
@@ -52,6 +52,8 @@ async function setup(decide: (approvedBy: string | undefined) => HopAnswer, appr
     approvals: () => approvals,
     claim: (a, by) => Promise.resolve(claimed.includes(a.metadata.name ?? '') ? false : (claimed.push(a.metadata.name ?? ''), marks.set(a.metadata.name ?? '', by), true)),
     release: (a) => {
+      // An API server that holds the write (etcd frozen): the release never answers.
+      if (stuck) return new Promise<boolean>(() => undefined);
       const at = claimed.indexOf(a.metadata.name ?? '');
       if (at < 0) return Promise.resolve(false);
       claimed.splice(at, 1);
@@ -122,6 +124,22 @@ describe('a gateway hop', () => {
     expect(claimed).toEqual([]);
     await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).resolves.toMatchObject({ allowed: true, answer: { hopId: 'h1_ok' } });
     expect(claimed).toEqual(['yes']);
+  });
+
+  it('answers its refusal within a second even when giving the approval back hangs on the API server', async () => {
+    const approved = (by: string | undefined): HopAnswer => (by ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${by}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 });
+    const { gateway } = await setup(
+      approved,
+      [approval('yes', hopDigest(hop))],
+      () => {
+        throw new ChainwardenError('journal_behind', 'not written within 5 s; retry shortly');
+      },
+      true,
+    );
+    const started = performance.now();
+    await expect(gateway.decide(principal(task()), hop, 'refund', 'retry')).rejects.toMatchObject({ code: 'journal_behind' });
+    expect(performance.now() - started).toBeGreaterThanOrEqual(900);
+    expect(performance.now() - started).toBeLessThan(3_000);
   });
 
   it('a retry finds the approval it gave back while the cache still shows the claim, and not one another call holds', async () => {
