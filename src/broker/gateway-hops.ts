@@ -59,20 +59,35 @@ export class GatewayHops {
   constructor(private readonly deps: GatewayHopsDeps) {}
 
   /**
-   * Releases a claim, waiting at most a second: a call is refused for a slow API server, among
-   * other things, and its answer must not wait on that API server again. A release that lands
-   * later still counts.
+   * Releases claims, a few at a time, the answer waiting at most a second for all of them: a call
+   * is refused for a slow API server, among other things, and its answer must not wait on that
+   * API server again. A release that lands later still counts.
    */
-  private giveBack(approval: AgentApproval, by: string): Promise<void> {
-    const released = this.deps.release(approval, by).then(
-      (done) => {
-        if (!done) return;
-        if (this.givenBack.size >= GIVEN_BACK_REMEMBERED) this.givenBack.delete(this.givenBack.keys().next().value ?? '');
-        this.givenBack.set(keyOf(approval), by);
-      },
-      () => undefined,
-    );
-    return Promise.race([released, sleep(GIVE_BACK_WAIT_MS, undefined, { ref: false })]);
+  private giveBack(claims: readonly Claim[]): Promise<void> {
+    if (claims.length === 0) return Promise.resolve();
+    const release = ({ approval, by }: Claim) =>
+      this.deps.release(approval, by).then(
+        (done) => {
+          if (!done) return;
+          if (this.givenBack.size >= GIVEN_BACK_REMEMBERED) this.givenBack.delete(this.givenBack.keys().next().value ?? '');
+          this.givenBack.set(keyOf(approval), by);
+        },
+        () => undefined,
+      );
+    const all = (async () => {
+      for (let i = 0; i < claims.length; i += RELEASES_AT_ONCE) await Promise.all(claims.slice(i, i + RELEASES_AT_ONCE).map(release));
+    })();
+    return Promise.race([all, sleep(GIVE_BACK_WAIT_MS, undefined, { ref: false })]);
+  }
+
+  /** Claims an approval for this call; one whose claim failed midway (its answer lost) is given back with `before`, then the failure is thrown. */
+  private async claim(approval: AgentApproval, by: string, before: readonly Claim[] = []): Promise<boolean> {
+    try {
+      return await this.deps.claim(approval, by);
+    } catch (err) {
+      await this.giveBack([...before, { approval, by }]);
+      throw err;
+    }
   }
 
   /** Whether no call has used the approval, as far as this replica knows. */
@@ -105,6 +120,10 @@ export class GatewayHops {
       throw new ChainwardenError('invalid_request', `the resource this call names is ${hop.resource.length} characters, more than the ${MAX_HOP_RESOURCE} a hop takes: ${hop.resource.slice(0, 80)}…`, { field: 'resource' });
     }
     const task = who.task;
+    // Refused before any approval is claimed for it: deciding refuses it all the same, and a claim given back on every such try would let an agent churn an approval's mark at will.
+    if (hop.parentHop !== undefined && !this.deps.hops.isHopOf(task, hop.parentHop)) {
+      throw new ChainwardenError('invalid_hop', `parentHop: is not a hop of AgentTask ${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, { field: 'parentHop' });
+    }
     const digest = hopDigest(hop);
     const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);
     if (waiting) {
@@ -117,12 +136,12 @@ export class GatewayHops {
       decided = await this.deps.hops.decideForGateway(who, hop, found.approval, (facts) => this.mint(task, hop, facts));
     } catch (err) {
       // Refused before it went through (a hop that widens the chain whose record is not written yet): its approval lets the retry through.
-      if (found.claim) await this.giveBack(found.claim.approval, found.claim.by);
+      if (found.claim) await this.giveBack([found.claim]);
       throw err;
     }
     const { answer, txnToken } = decided;
     // Claimed on a forecast the decision did not bear out (the chain grew in between): the approval stays for the call it still fits.
-    if (found.claim && !(txnToken !== undefined && answer.reasons.some((r) => r.rule === `approval:${found.claim?.approval.metadata.name ?? ''}`))) await this.giveBack(found.claim.approval, found.claim.by);
+    if (found.claim && !(txnToken !== undefined && answer.reasons.some((r) => r.rule === `approval:${found.claim?.approval.metadata.name ?? ''}`))) await this.giveBack([found.claim]);
     const rules = answer.reasons.map((r) => r.rule).join(', ');
     if (answer.decision === 'deny') {
       return { allowed: false, error: new ChainwardenError('hop_denied', `${what} was denied by ${rules || 'default-deny'} (hop ${answer.hopId})`), hopId: answer.hopId, decision: 'deny', reasons: answer.reasons };
@@ -270,15 +289,15 @@ export class GatewayHops {
     if (!last) throw new ChainwardenError('invalid_request', 'the call names no hop');
     // In one order on every replica, so two calls racing for the same approvals do not each win some and both wait.
     used.sort((a, b) => (a.approval.metadata.name ?? '').localeCompare(b.approval.metadata.name ?? ''));
-    const claimed: { approval: AgentApproval; by: string }[] = [];
+    const claimed: Claim[] = [];
     for (const { approval, hop, verdict } of used) {
       const by = this.claimant(who);
-      if (await this.deps.claim(approval, by)) {
+      if (await this.claim(approval, by, claimed)) {
         claimed.push({ approval, by });
         continue;
       }
       // The call does not go through: what it claimed so far is for its next try (or another call) to use.
-      for (const mine of claimed) await this.giveBack(mine.approval, mine.by);
+      await this.giveBack(claimed);
       const rules = `approval:${approval.metadata.name ?? ''}`;
       return { allowed: false, error: new ChainwardenError('approval_pending', `${hop.what} was allowed by AgentApproval ${approval.metadata.name ?? ''}, which another call used meanwhile (hop ${verdict.answer.hopId}); it needs a new approval: retry the call, and approve the hop it then waits on`), hopId: verdict.answer.hopId, decision: 'pending_approval', reasons: [{ rule: rules, effect: 'RequireApproval' }] };
     }
@@ -314,7 +333,7 @@ export class GatewayHops {
    * the refusal. The chain may still change between forecast and decision: a call the decision
    * does not let through on the approval gives it back (`decideOne`), never stretches it.
    */
-  private async approvalFor(who: AgentPrincipal, hop: HopRequest, digest: string): Promise<{ approval?: HopApproval; outgrown?: AgentApproval; claim?: { approval: AgentApproval; by: string } }> {
+  private async approvalFor(who: AgentPrincipal, hop: HopRequest, digest: string): Promise<{ approval?: HopApproval; outgrown?: AgentApproval; claim?: Claim }> {
     let outgrown: AgentApproval | undefined;
     for (const candidate of this.unusedApprovals(who.task, digest)) {
       const approval = approvalOf(candidate);
@@ -324,7 +343,7 @@ export class GatewayHops {
         continue;
       }
       const by = this.claimant(who);
-      if (await this.deps.claim(candidate, by)) return { approval, claim: { approval: candidate, by } };
+      if (await this.claim(candidate, by)) return { approval, claim: { approval: candidate, by } };
     }
     return outgrown ? { outgrown } : {};
   }
@@ -358,8 +377,16 @@ type Refused = Extract<GatewayVerdict, { allowed: false }>;
 
 /** How many given-back approvals a replica remembers until its watch shows them unmarked. */
 const GIVEN_BACK_REMEMBERED = 1_000;
-/** How long a refused call's answer waits for its approval to be given back. */
+/** How long a refused call's answer waits for its approvals to be given back. */
 const GIVE_BACK_WAIT_MS = 1_000;
+/** How many approvals a refused call gives back at once (a bulk delete may hold hundreds). */
+const RELEASES_AT_ONCE = 8;
+
+/** An approval claimed for a call, and the mark the claim set. */
+interface Claim {
+  approval: AgentApproval;
+  by: string;
+}
 
 const keyOf = (approval: AgentApproval) => `${approval.metadata.namespace ?? ''}/${approval.metadata.name ?? ''}`;
 

@@ -34,9 +34,13 @@ interface WorldOptions {
   taskLimits?: ServiceOptions['taskLimits'];
   /** Approvals another call claims first: this one's claim of them fails. */
   stolen?: Set<string>;
+  /** Approvals whose claim lands but whose answer is lost: the claim throws after marking. */
+  lostAnswers?: Set<string>;
+  /** An API server that holds every release: none ever answers. */
+  releasesHang?: boolean;
 }
 
-function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
+function world({ adjust, taskLimits, stolen = new Set(), lostAnswers = new Set(), releasesHang = false }: WorldOptions = {}) {
   const approvals: AgentApproval[] = [];
   const { service, twin, who } = serviceFor({ approvals: () => approvals, ...(adjust ? { adjust } : {}), ...(taskLimits ? { taskLimits } : {}) });
   const claimed: string[] = [];
@@ -49,10 +53,12 @@ function world({ adjust, taskLimits, stolen = new Set() }: WorldOptions = {}) {
       if (approval.metadata.annotations?.[APPROVAL_USED_BY] || stolen.has(approval.metadata.name ?? '')) return Promise.resolve(false);
       approval.metadata.annotations = { ...approval.metadata.annotations, [APPROVAL_USED_BY]: by };
       claimed.push(approval.metadata.name ?? '');
+      if (lostAnswers.has(approval.metadata.name ?? '')) return Promise.reject(new Error('the API server closed the connection before answering'));
       return Promise.resolve(true);
     },
     // As the operator's conditional patch does: only a mark this call set is removed.
     release: (approval, by) => {
+      if (releasesHang) return new Promise<boolean>(() => undefined);
       if (approval.metadata.annotations?.[APPROVAL_USED_BY] !== by) return Promise.resolve(false);
       delete approval.metadata.annotations[APPROVAL_USED_BY];
       claimed.splice(claimed.indexOf(approval.metadata.name ?? ''), 1);
@@ -241,6 +247,37 @@ describe('a gateway call of several hops, some of which need approval', () => {
     stolen.clear();
     expect(await w.attempt(call(refund(1), refund(2)))).toMatchObject({ allowed: true });
     expect(w.claimed.sort()).toEqual([first, second]);
+  });
+
+  it('a claim whose answer is lost (it may have landed) gives back that approval and those claimed before it, and the failure is the call\'s', async () => {
+    const lostAnswers = new Set<string>();
+    const w = world({ lostAnswers });
+    expect(await w.attempt(call(refund(1), refund(2)))).toMatchObject({ decision: 'pending_approval' });
+    expect(await w.approveAll()).toBe(2);
+    const names = w.approvals.map((a) => a.metadata.name ?? '').sort();
+    lostAnswers.add(names[1] ?? '');
+    await expect(w.attempt(call(refund(1), refund(2)))).rejects.toThrow(/closed the connection/);
+    expect(w.released.sort()).toEqual(names);
+    expect(w.approvals.map((a) => a.metadata.annotations?.[APPROVAL_USED_BY])).toEqual([undefined, undefined]);
+    // A call of one hop alike.
+    const single = world({ lostAnswers });
+    expect(await single.attempt(call(refund(3)))).toMatchObject({ decision: 'pending_approval' });
+    await single.approveAll();
+    lostAnswers.add(single.approvals[0]?.metadata.name ?? '');
+    await expect(single.attempt(call(refund(3)))).rejects.toThrow(/closed the connection/);
+    expect(single.approvals[0]?.metadata.annotations?.[APPROVAL_USED_BY]).toBeUndefined();
+  });
+
+  it('gives back what it claimed all at once: a refusal waits about a second for its releases however many there are', async () => {
+    const stolen = new Set<string>();
+    const w = world({ stolen, releasesHang: true });
+    const bulk = call(refund(1), refund(2), refund(3), refund(4));
+    expect(await w.attempt(bulk)).toMatchObject({ decision: 'pending_approval' });
+    expect(await w.approveAll()).toBe(4);
+    stolen.add(w.approvals.map((a) => a.metadata.name ?? '').sort()[3] ?? '');
+    const started = performance.now();
+    expect(await w.attempt(bulk)).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(performance.now() - started).toBeLessThan(2_500);
   });
 
   it('approvals are claimed in one order, whatever order the call names their hops in, so two calls racing for them do not each win half', async () => {

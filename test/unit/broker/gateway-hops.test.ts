@@ -173,6 +173,15 @@ describe('a gateway hop', () => {
     expect(claimed).toEqual([]);
   });
 
+  it('refuses a parent that is no hop of the task before it claims any approval, so a bad parent cannot churn an approval\'s mark', async () => {
+    let decisions = 0;
+    const { gateway, claimed, released } = await setup((by) => ((decisions += 1), by ? { hopId: 'h1_ok', decision: 'allow', reasons: [{ rule: `approval:${by}`, effect: 'Allow' }], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 }), [approval('yes', hopDigest(hop))]);
+    for (const parentHop of ['h1_AAAAAAAAAAAA_AAAAAAAAAAAAAAAA', ids.mint('uid-of-another-task', 1)]) {
+      await expect(gateway.decide(principal(task()), { ...hop, parentHop }, 'refund', 'retry')).rejects.toMatchObject({ code: 'invalid_hop', field: 'parentHop' });
+    }
+    expect({ decisions, claimed, released }).toEqual({ decisions: 0, claimed: [], released: [] });
+  });
+
   it('is not released by an approval left from an earlier task of the same name', async () => {
     // Approvals outlive their task; the task made again under its name asks for the identical call.
     const { gateway, claimed } = await setup((approvedBy) => (approvedBy ? { hopId: 'h1_ok', decision: 'allow', reasons: [], depth: 1 } : { hopId: 'h1_new', decision: 'pending_approval', reasons: [{ rule: 'refunds', effect: 'RequireApproval' }], depth: 1 }), [approval('earlier', hopDigest(hop), undefined, ids.mint('uid-of-the-earlier-task', 1))]);
