@@ -5,7 +5,7 @@ import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { AgentPrincipal } from './auth.js';
-import { approvalOf, hopDigest, type Forecast, type GatewayHopFacts, type HopAnswer, type HopApproval, type HopRequest, type HopService } from './hops.js';
+import { approvalOf, hopDigest, notAParentOf, type Forecast, type GatewayHopFacts, type HopAnswer, type HopApproval, type HopRequest, type HopService } from './hops.js';
 
 /** Set on an AgentApproval once a gateway call has used it: who, and when. */
 export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
@@ -120,16 +120,16 @@ export class GatewayHops {
       throw new ChainwardenError('invalid_request', `the resource this call names is ${hop.resource.length} characters, more than the ${MAX_HOP_RESOURCE} a hop takes: ${hop.resource.slice(0, 80)}…`, { field: 'resource' });
     }
     const task = who.task;
-    // Refused before any approval is claimed for it: deciding refuses it all the same, and a claim given back on every such try would let an agent churn an approval's mark at will.
-    if (hop.parentHop !== undefined && !this.deps.hops.isHopOf(task, hop.parentHop)) {
-      throw new ChainwardenError('invalid_hop', `parentHop: is not a hop of AgentTask ${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`, { field: 'parentHop' });
-    }
     const digest = hopDigest(hop);
     const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);
     if (waiting) {
       const reasons = waiting.rules.map((rule): Reason => ({ rule, effect: 'RequireApproval' }));
       return { allowed: false, error: pendingError(what, waiting.hopId, waiting.rules.join(', '), retry), hopId: waiting.hopId, decision: 'pending_approval', reasons };
     }
+    // A parent the agent named that is no hop of the task is refused before any approval is
+    // claimed: deciding refuses it all the same, and a claim given back on every such try would
+    // let an agent churn an approval's mark at will. (A call's own hops name parents it minted.)
+    if (approval === 'claim' && hop.parentHop !== undefined && !this.deps.hops.isHopOf(task, hop.parentHop)) throw notAParentOf(task);
     const found = approval === 'claim' ? await this.approvalFor(who, hop, digest) : approval === 'none' ? { outgrown } : { approval: approvalOf(approval), outgrown: approval };
     let decided: Awaited<ReturnType<HopService['decideForGateway']>>;
     try {

@@ -66,6 +66,8 @@ const FIELDS = new Set(['tool', 'action', 'resource', 'parentHop', 'intent', 'at
 
 const keyOf = (task: AgentTask) => `${task.metadata.namespace ?? ''}/${task.metadata.name ?? ''}`;
 const bad = (field: string, message: string) => new ChainwardenError('invalid_hop', `${field}: ${message}`, { field });
+/** A hop naming a parent that is no hop of its task: refused, naming the field. */
+export const notAParentOf = (task: AgentTask) => bad('parentHop', `is not a hop of AgentTask ${keyOf(task)}`);
 
 /**
  * Whether an allowed hop adds a system or a data class to the chain as `task` (the watch's copy,
@@ -223,7 +225,7 @@ export class HopService {
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.policyOf(task);
     const parentDepth = request.parentHop === undefined ? undefined : this.deps.ids.depthOf(uid, request.parentHop);
-    if (request.parentHop !== undefined && parentDepth === undefined) throw bad('parentHop', `is not a hop of AgentTask ${namespace}/${name}`);
+    if (request.parentHop !== undefined && parentDepth === undefined) throw notAParentOf(task);
     const now = this.deps.clock.now();
     const decideOn = (current: AgentTask) => {
       const chain = chainView(this.deps.journal.latestChain(current), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(current));
