@@ -196,6 +196,18 @@ async function keepOwedDenies(signal: AbortSignal, revoker: Revoker, log: Logger
  * and only then does the server listen: nothing is added after a request can arrive. Stopping
  * releases the lease so a standby takes over at once.
  */
+/**
+ * The operator's STS and IAM clients. Each endpoint is its own: a regional or private STS endpoint
+ * is no IAM endpoint, and IAM calls sent there would fail, leaving the deny policies that revoke
+ * sessions at AWS unwritten. Unset, each is AWS's own.
+ */
+export function awsPorts(aws: NonNullable<OperatorOptions['aws']>): { sts: AwsStsPort; iam: AwsIamPort } {
+  return {
+    sts: new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials }),
+    iam: new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint, credentials: aws.credentials }),
+  };
+}
+
 export async function startOperator(options: OperatorOptions): Promise<RunningOperator> {
   const { kc, log } = options;
   const clock = options.clock ?? systemClock;
@@ -247,8 +259,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   );
 
   const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
-  const sts = new AwsStsPort({ region: aws.region, endpoint: aws.stsEndpoint, credentials: aws.credentials });
-  const iam = new AwsIamPort({ region: aws.region, endpoint: aws.iamEndpoint ?? aws.stsEndpoint, credentials: aws.credentials });
+  const { sts, iam } = awsPorts(aws);
   const revoker = new Revoker(iam, clock, log);
   // A full disk or a lost mount is logged and counted, never fatal; stopping flushes what is buffered.
   const auditFile = options.auditFile ? new AuditFileWriter({ path: options.auditFile, log, metrics, clock }) : undefined;
