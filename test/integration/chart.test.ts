@@ -95,6 +95,11 @@ describe('Helm chart', () => {
     expect(objects.find((o) => o.kind === 'PodDisruptionBudget')).toMatchObject({ spec: { minAvailable: 1 } });
   });
 
+  test('names each replica in the Lease by its pod, so a restarted container takes its own lease back rather than waiting it out', async () => {
+    const deployment = (await renderChart()).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { env: { name: string; valueFrom?: object }[] }[] } } } };
+    expect(deployment.spec.template.spec.containers[0]?.env).toContainEqual({ name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } });
+  });
+
   test('its webhook configurations match the ones the operator registers (same rules, selectors, failure policy)', async () => {
     const objects = await renderChart();
     const [validating, mutating] = webhookConfigurations({ service: { namespace: RELEASE_NAMESPACE, name: 'chainwarden', port: 9443 }, caBundlePem: 'x' });
@@ -153,6 +158,10 @@ describe('Helm chart', () => {
     await expect(core.listSecretForAllNamespaces()).rejects.toMatchObject({ code: 403 });
     await expect(core.listNamespacedSecret({ namespace: RELEASE_NAMESPACE })).rejects.toMatchObject({ code: 403 });
     await expect(sa.makeApiClient(CustomObjectsApi).deleteNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name: 'ticket-4711' })).rejects.toMatchObject({ code: 403 });
+    // A task is never replaced whole, its status neither: a finalizer is patched, status applied.
+    const task = (await rawRequest(admin, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`)).body as object;
+    expect((await rawRequest(sa, 'PUT', `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`, task)).status).toBe(403);
+    expect((await rawRequest(sa, 'PUT', `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711/status`, task)).status).toBe(403);
     const webhook = await rawRequest(sa, 'POST', '/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations', { apiVersion: 'admissionregistration.k8s.io/v1', kind: 'ValidatingWebhookConfiguration', metadata: { name: 'sneaky' }, webhooks: [] });
     expect(webhook.status).toBe(403);
     const escalate = await rawRequest(sa, 'POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name: 'sneaky' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' }, subjects: [] });
