@@ -52,6 +52,9 @@ export class SecretReader {
       kind: 'SubjectAccessReview',
       spec: { user: author.username, uid: author.uid, groups: author.groups, extra: author.extra, resourceAttributes: { namespace, verb: 'get', resource: 'secrets', name } },
     });
+    if (res.status === 403) {
+      throw new ChainwardenError('mcp_credential_missing', `the operator may not ask whether ${author.username ?? 'the user'} may read Secret ${namespace}/${name} (it is not granted create on subjectaccessreviews); install it with Helm value mcpGateway.enabled=true to use Secrets in policies`);
+    }
     if (res.status >= 300) throw new ChainwardenError('api_error', `asking whether ${author.username ?? 'the user'} may read Secret ${namespace}/${name}: the API server answered ${res.status}`);
     return (res.body as { status?: { allowed?: boolean } }).status?.allowed === true;
   }
@@ -62,7 +65,7 @@ export class SecretReader {
     let read: Read;
     if (res.status === 200) read = { data: (res.body as { data?: Record<string, string> }).data ?? {}, readAt: this.clock.now() };
     else if (res.status === 404) read = { error: new ChainwardenError('mcp_credential_missing', `Secret ${id} (${field}) does not exist; create it in the policy's namespace`, { field }), readAt: this.clock.now() };
-    else if (res.status === 403) read = { error: new ChainwardenError('mcp_credential_missing', `the operator may not read Secret ${id} (${field}); grant it get on Secrets in ${namespace} (Helm value mcpGateway.secretNamespaces)`, { field }), readAt: this.clock.now() };
+    else if (res.status === 403) read = { error: new ChainwardenError('mcp_credential_missing', `the operator may not read Secret ${id} (${field}); grant it get on Secrets in ${namespace} (Helm values mcpGateway.enabled=true and mcpGateway.secretNamespaces)`, { field }), readAt: this.clock.now() };
     else throw new ChainwardenError('api_error', `reading Secret ${id}: the API server answered ${res.status}`);
     if (this.cache.size >= MAX_ENTRIES) this.cache.delete(this.cache.keys().next().value ?? '');
     this.cache.set(id, read);

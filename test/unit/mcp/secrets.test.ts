@@ -15,6 +15,10 @@ beforeAll(async () => {
   const pair = await ca.issueServing('localhost', { ips: ['127.0.0.1'] });
   server = https.createServer({ cert: pair.certPem, key: pair.keyPem }, (req, res) => {
     paths.push(req.url ?? '');
+    // As an API server answers an operator installed without the MCP gateway's grants.
+    if (req.url === '/api/v1/namespaces/support/secrets/forbidden' || req.url === '/apis/authorization.k8s.io/v1/subjectaccessreviews') {
+      return void res.writeHead(403, { 'content-type': 'application/json' }).end('{"kind":"Status","code":403}');
+    }
     if (req.url !== '/api/v1/namespaces/support/secrets/tickets-mcp') return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"kind":"Status","code":404}');
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Secret', data: { token: Buffer.from('s3cr3t').toString('base64') } }));
   });
@@ -33,6 +37,12 @@ describe('the Secret reader', () => {
   it('reads the key of the Secret in the namespace it is given', async () => {
     await expect(new SecretReader(kc, { now: () => 0 }).value('support', 'tickets-mcp', 'token', field)).resolves.toBe('s3cr3t');
     expect(paths.at(-1)).toBe('/api/v1/namespaces/support/secrets/tickets-mcp');
+  });
+
+  it('a Secret the operator may not read, or may not ask about, is refused naming the Helm values that grant it', async () => {
+    const reader = new SecretReader(kc, { now: () => 0 });
+    await expect(reader.value('support', 'forbidden', 'token', field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field, message: expect.stringMatching(/may not read Secret support\/forbidden.*mcpGateway\.enabled=true and mcpGateway\.secretNamespaces/) as unknown });
+    await expect(reader.mayRead({ username: 'alice' }, 'support', 'tickets-mcp')).rejects.toMatchObject({ code: 'mcp_credential_missing', message: expect.stringMatching(/may not ask whether alice may read Secret support\/tickets-mcp.*mcpGateway\.enabled=true/) as unknown });
   });
 
   it.each(['constructor', 'toString', '__proto__', 'hasOwnProperty'])('a key %s the Secret does not have is missing, named, like any other', async (key) => {
