@@ -72,6 +72,11 @@ export function parseCommandArgs<T extends NonNullable<Parameters<typeof parseAr
   }
 }
 
+/** For a command that takes nothing: a mistyped flag is refused before anything starts, not ignored. */
+export function noArguments(command: string, args: string[]): void {
+  if (args.length > 0) throw new ChainwardenError('usage', `${command} takes no arguments (got ${args.map((a) => JSON.stringify(a)).join(' ')})\n\n${usageOf(command) ?? USAGE}`);
+}
+
 export function progressLine(message: string): void {
   process.stderr.write(`• ${message}\n`);
 }

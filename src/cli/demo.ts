@@ -24,6 +24,7 @@ import { KubeTaskClient } from '../kube/tasks.js';
 import { createLogger } from '../log.js';
 import { startOperator, type RunningOperator } from '../operator/operator.js';
 import { tracingOption } from './operator.js';
+import { noArguments } from './common.js';
 
 const EXAMPLES = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'examples');
 const NS = 'support';
@@ -323,7 +324,8 @@ async function fetchBroker(operator: RunningOperator, p: string): Promise<{ json
 }
 
 /** `chainwarden demo`: the whole story on one machine, on the embedded default. */
-export async function runDemo(_args: string[]): Promise<number> {
+export async function runDemo(args: string[]): Promise<number> {
+  noArguments('demo', args);
   const started = Date.now();
   // This machine's Node is older than the SDK's next major wants; that notice is not part of the story.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';

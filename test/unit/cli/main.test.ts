@@ -45,6 +45,14 @@ describe('chainwarden CLI', () => {
     expect(out.join('')).toMatch(/--operator-namespace NS/);
   });
 
+  it('refuses a flag demo and provision do not take before anything starts, rather than ignoring it', async () => {
+    const stderr = captureStderr();
+    expect(await main(['demo', '--keep-state'])).toBe(1);
+    expect(stderr()).toMatch(/chainwarden demo: demo takes no arguments \(got "--keep-state"\)\n\nusage: chainwarden demo/);
+    expect(await main(['provision', 'now'])).toBe(1);
+    expect(stderr()).toMatch(/chainwarden provision: provision takes no arguments \(got "now"\)/);
+  });
+
   it('says what is wrong with a task name or a kubeconfig, and what to pass instead', async () => {
     const stderr = captureStderr();
     expect(await main(['approve', 'ticket-4711', 'h1_x', '--reason', 'ok'])).toBe(1);
