@@ -67,16 +67,12 @@ function checkCedarIds(policy: AgentPolicy): FieldViolation[] {
  */
 export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<SecretReader, 'value' | 'mayRead'>, author?: SecretAuthor, known: ReadonlySet<string> = new Set()): Promise<FieldViolation[]> {
   const namespace = policy.metadata.namespace ?? '';
-  const refs = (policy.spec.systems ?? []).map((system, i) => ({ ref: system.mcp?.credentials?.secretRef, field: `spec.systems[${i}].mcp.credentials.secretRef` }));
-  // The approval notification's credential is read the same way, so it is checked the same way.
-  refs.push({ ref: policy.spec.approval?.notify?.secretRef, field: 'spec.approval.notify.secretRef' });
-  const checks = refs.map(async ({ ref, field }): Promise<FieldViolation | undefined> => {
-    if (!ref) return undefined;
+  const checks = credentialUses(policy).map(async ({ ref, field, sent }): Promise<FieldViolation | undefined> => {
     try {
       await secrets.value(namespace, ref.name, ref.key, field);
       // The gateway sends the credential to the policy's server: a policy names only a Secret its
       // author may read, or writing a policy would be a way to read any Secret of the namespace.
-      if (author && !known.has(`${ref.name}/${ref.key}`) && !(await secrets.mayRead(author, namespace, ref.name))) {
+      if (author && !known.has(sent) && !(await secrets.mayRead(author, namespace, ref.name))) {
         return { field, message: `${author.username ?? 'the requesting user'} may not get Secret ${namespace}/${ref.name}; a policy may name only a Secret its author can read, since the gateway sends its value to the policy's server` };
       }
       return undefined;
@@ -88,11 +84,31 @@ export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<Sec
   return (await Promise.all(checks)).filter((v): v is FieldViolation => v !== undefined);
 }
 
-/** The secretRefs an update keeps as they were: their author was checked when they were written. */
+type Credential = { secretRef: { name: string; key: string }; header?: string; prefix?: string };
+
+/**
+ * Each credential a policy names, with where it is sent: the Secret's key, the URL, the header
+ * and its prefix. An MCP system's and the approval notification's are read and sent alike.
+ */
+function credentialUses(policy: AgentPolicy | undefined): { ref: Credential['secretRef']; field: string; sent: string }[] {
+  const use = (credentials: Credential | undefined, url: string | undefined, field: string) =>
+    credentials ? [{ ref: credentials.secretRef, field, sent: JSON.stringify([credentials.secretRef.name, credentials.secretRef.key, url, credentials.header ?? null, credentials.prefix ?? null]) }] : [];
+  const spec = policy?.spec;
+  const notify = spec?.approval?.notify;
+  return [
+    ...(spec?.systems ?? []).flatMap((system, i) => use(system.mcp?.credentials, system.mcp?.url, `spec.systems[${i}].mcp.credentials.secretRef`)),
+    ...use(notify?.secretRef ? { secretRef: notify.secretRef, header: notify.header, prefix: notify.prefix } : undefined, notify?.url, 'spec.approval.notify.secretRef'),
+  ];
+}
+
+/**
+ * The credentials an update keeps as they were, to the same URL, header and prefix: their author
+ * was checked when they were written. The same Secret sent anywhere else is checked anew, or an
+ * editor who may not read it could point an existing reference at a server of their own.
+ */
 function knownSecretRefs(old: unknown): Set<string> {
-  const spec = (old as AgentPolicy | undefined)?.spec;
-  const refs = [...(spec?.systems ?? []).map((s) => s.mcp?.credentials?.secretRef), spec?.approval?.notify?.secretRef];
-  return new Set(refs.flatMap((ref) => (ref ? [`${ref.name}/${ref.key}`] : [])));
+  // Read as the new object is, defaults filled in, so an unchanged credential compares equal.
+  return new Set(credentialUses(parseForAdmission(parseAgentPolicy, old)).map((use) => use.sent));
 }
 
 export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRead'>): AdmissionPlugin {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
@@ -11,7 +11,7 @@ import { EMAIL_TOOLS, startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } fro
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create, rejection } from '../../env/kube.js';
+import { create, objectsApi, read, rejection } from '../../env/kube.js';
 import { waitForTask } from '../operator/helpers.js';
 
 const SECRET = 'tickets-mcp-s3cret';
@@ -187,6 +187,24 @@ describe('every tool call is a hop: the MCP gateway', () => {
     const careless = await userKubeConfig('careless@example.com');
     const exfiltrate = mcpPolicy(namespace, { url: 'http://collector.attacker.example/mcp' } as DemoMcpServer, { url: 'http://email.example/mcp' } as DemoMcpServer);
     expect(await rejection(careless, exfiltrate)).toMatch(/spec.systems\[0\].mcp.credentials.secretRef: careless@example.com may not get Secret .*tickets-mcp/);
+    // Nor by editing a policy someone who may read it wrote: the rest of it may change, but the
+    // credential goes nowhere new, neither to another server nor to a notification receiver.
+    const original = mcpPolicy(namespace, { url: 'http://tickets.example:8080/mcp' } as DemoMcpServer, { url: 'http://email.example/mcp' } as DemoMcpServer);
+    original.metadata.name = 'written-by-a-reader';
+    const written = await create(admin, original);
+    const edited = (change: (p: AgentPolicy) => void) => {
+      const p = structuredClone(written);
+      change(p);
+      return p;
+    };
+    await objectsApi(careless).replace(edited((p) => void (p.spec.maxTaskTTL = '1h')) as unknown as KubernetesObject);
+    const current = async () => (await read(admin, written)).metadata.resourceVersion;
+    const moved = edited((p) => void (p.spec.systems![0]!.mcp!.url = 'http://collector.attacker.example/mcp'));
+    moved.metadata.resourceVersion = await current();
+    expect(await rejection(careless, moved, 'replace')).toMatch(/spec.systems\[0\].mcp.credentials.secretRef: careless@example.com may not get Secret .*tickets-mcp/);
+    const notify = edited((p) => void (p.spec.approval = { ...p.spec.approval, notify: { url: 'https://hooks.attacker.example/', secretRef: { name: 'tickets-mcp', key: 'token' }, header: 'X-Leak' } }));
+    notify.metadata.resourceVersion = await current();
+    expect(await rejection(careless, notify, 'replace')).toMatch(/spec.approval.notify.secretRef: careless@example.com may not get Secret .*tickets-mcp/);
     // Someone who may read it may name it.
     await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'secret-reader' }, rules: [{ apiGroups: [''], resources: ['secrets'], resourceNames: ['tickets-mcp'], verbs: ['get'] }] } });
     await rbac.createNamespacedRoleBinding({ namespace, body: { metadata: { name: 'secret-reader' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'secret-reader' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'careless@example.com' }] } });

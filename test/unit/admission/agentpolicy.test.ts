@@ -49,4 +49,32 @@ describe('the AgentPolicy webhook', () => {
       expect(JSON.stringify(verdict)).toContain('spec.systems[0].mcp.credentials.secretRef');
     }
   });
+
+  describe('an editor who may not read the Secret a policy names', () => {
+    /** The Secret exists; the editor may not get it. */
+    const unreadable = { value: () => Promise.resolve('s3cr3t'), mayRead: () => Promise.resolve(false) };
+    const admit = (after: AgentPolicy, before: AgentPolicy) => agentPolicyPlugin(unreadable).admit(review('UPDATE', after, before));
+
+    it('may change the rest of the policy, the credential still sent where it was', async () => {
+      const after = withCredential();
+      after.spec.maxTaskTTL = '1h';
+      const verdict = await admit(after, withCredential());
+      expect(verdict, JSON.stringify(verdict)).toMatchObject({ allowed: true });
+    });
+
+    it('may not send it to another server, under another header, or to a notification receiver', async () => {
+      const elsewhere = withCredential();
+      elsewhere.spec.systems![0]!.mcp!.url = 'https://collector.attacker.example/mcp';
+      const header = withCredential();
+      header.spec.systems![0]!.mcp!.credentials!.header = 'X-Forwarded-Token';
+      const notify = withCredential();
+      notify.spec.approval = { ...notify.spec.approval, notify: { url: 'https://hooks.attacker.example/', secretRef: { name: 'tickets-mcp', key: 'token' }, header: 'X-Leak' } };
+      for (const [after, field] of [[elsewhere, 'spec.systems[0]'], [header, 'spec.systems[0]'], [notify, 'spec.approval.notify']] as const) {
+        const verdict = await admit(after, withCredential());
+        expect(verdict.allowed).toBe(false);
+        expect(JSON.stringify(verdict)).toContain(`${field}`);
+        expect(JSON.stringify(verdict)).toMatch(/alice may not get Secret support\/tickets-mcp/);
+      }
+    });
+  });
 });
