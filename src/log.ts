@@ -53,12 +53,19 @@ export const SECRET_FIELDS = [
  */
 export const REDACT_PATHS: string[] = SECRET_FIELDS.map((name) => (/^[A-Za-z_$][\w$]*$/.test(name) ? name : `["${name}"]`));
 
-const CENSOR = '[redacted]';
+/** What stands for a secret value in logs, and in a hop's attributes. */
+export const REDACTED = '[redacted]';
+const CENSOR = REDACTED;
 const MAX_DEPTH = 8;
 /** Field names compared without case, dashes or underscores: `X-Amz-Security-Token` is `xamzsecuritytoken`. */
 const normalize = (key: string) => key.toLowerCase().replace(/[-_]/g, '');
 const SECRET_KEYS = new Set(SECRET_FIELDS.map(normalize));
-export const isSecretField = (key: string): boolean => SECRET_KEYS.has(normalize(key));
+/** Names that end like a credential's: `apiToken`, `clientSecret`, `dbPassword`, `x-api-key`. */
+const SECRET_ENDINGS = /(token|secret|password|passphrase|apikey)$/;
+export const isSecretField = (key: string): boolean => {
+  const name = normalize(key);
+  return SECRET_KEYS.has(name) || SECRET_ENDINGS.test(name);
+};
 
 /**
  * The value with every secret field censored, at any depth. Copies only what it changes: the
@@ -122,6 +129,17 @@ function scrubStrings(value: unknown, depth: number): unknown {
 /** Errors are rare and may carry anything (an SDK's `$metadata`, a quoted request): every string is scrubbed. */
 const serializeError = (err: unknown): unknown => (err instanceof Error ? scrubStrings(pino.stdSerializers.err(err), MAX_DEPTH) : err);
 
+/** A log line's fields with every secret field censored and every string scrubbed. */
+function scrubbed(object: Record<string, unknown>): Record<string, unknown> {
+  let out = redactSecrets(object) as Record<string, unknown>;
+  for (const [key, value] of Object.entries(out)) {
+    if (typeof value !== 'string') continue;
+    const clean = scrubSecrets(value);
+    if (clean !== value) out = { ...out, [key]: clean };
+  }
+  return out;
+}
+
 export function createLogger(options: { level?: string; name?: string } = {}, destination?: DestinationStream): Logger {
   return pino(
     {
@@ -130,15 +148,13 @@ export function createLogger(options: { level?: string; name?: string } = {}, de
       redact: { paths: REDACT_PATHS, censor: CENSOR },
       serializers: { err: serializeError, error: serializeError },
       formatters: {
-        // Nested secret fields, and errors logged as their message (`err: errorMessage(err)`).
+        // Nested secret fields, and errors logged as their message (`err: errorMessage(err)`). An
+        // audit record is logged as recorded: its hash covers every field, so a censored copy would
+        // fail `audit verify` and `trace`; what it records was kept free of secrets when it was made.
         log: (object) => {
-          let out = redactSecrets(object) as Record<string, unknown>;
-          for (const [key, value] of Object.entries(out)) {
-            if (typeof value !== 'string') continue;
-            const clean = scrubSecrets(value);
-            if (clean !== value) out = { ...out, [key]: clean };
-          }
-          return out;
+          if (!('audit' in object)) return scrubbed(object);
+          const { audit, ...rest } = object;
+          return { ...scrubbed(rest), audit };
         },
       },
       base: undefined,

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, MAX_HOP_RESOURCE, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
-import type { Logger } from '../log.js';
+import { isSecretField, REDACTED, type Logger } from '../log.js';
 import type { PolicyEngine, Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
@@ -114,7 +114,9 @@ export function parseHopRequest(body: unknown): HopRequest {
     for (const [k, v] of entries) {
       if (!NAME.test(k)) throw bad(`attributes.${k}`, `keys must match ${NAME.source}`);
       if (!['string', 'number', 'boolean'].includes(typeof v)) throw bad(`attributes.${k}`, 'must be a string, number or boolean');
-      attributes[k] = String(v);
+      // A value named like a credential (`password`, `token`, `authorization`…) is never kept: a hop's attributes
+      // go to the audit stream, status, traces and approval notifications. Its presence is kept, and decided on.
+      attributes[k] = isSecretField(k) ? REDACTED : String(v);
       if (attributes[k].length > MAX_HOP_ATTRIBUTE) throw bad(`attributes.${k}`, `must be at most ${MAX_HOP_ATTRIBUTE} characters`);
     }
     if (JSON.stringify(attributes).length > MAX_HOP_ATTRIBUTES_CHARS) throw bad('attributes', `must be at most ${MAX_HOP_ATTRIBUTES_CHARS} characters in all, as JSON`);

@@ -10,6 +10,8 @@ import { startAgentProxy } from '../../src/agent/proxy.js';
 import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../../src/api/schema.js';
 import type { AgentPrincipal } from '../../src/broker/auth.js';
 import { TaskJournal } from '../../src/audit/journal.js';
+import { GENESIS, linkRecords } from '../../src/audit/record.js';
+import { readAuditRecords, verifyChains } from '../../src/audit/verify.js';
 import { CredentialBroker } from '../../src/credentials/broker.js';
 import { AwsStsPort } from '../../src/credentials/sts.js';
 import { InMemoryKeyStore, KeyRing } from '../../src/identity/keyring.js';
@@ -61,6 +63,23 @@ async function issuer() {
   await ring.refresh();
   return new SvidIssuer(ring, 'https://issuer', clock);
 }
+
+describe('audit records in the log', () => {
+  it('are logged as recorded, so the log verifies as the audit file does, whatever names their fields have', () => {
+    const { log, text } = capturedLogger('operator');
+    // As an earlier version recorded them, and as a record's free-form fields may name things.
+    const records = linkRecords({ key: 'ns/t', uid: task.metadata.uid ?? '' }, GENESIS, 0, [
+      { type: 'hop_decided', at: new Date(now).toISOString(), data: { hopId: 'h1_x', attributes: { token: 'kept-as-recorded', user: 'alice' }, decision: 'allow' } },
+      { type: 'approval', at: new Date(now).toISOString(), data: { hopId: 'h1_x', reason: 'ok', password: 'also-recorded' } },
+    ]);
+    for (const record of records) log.info({ audit: record }, 'audit');
+    log.info({ other: { token: 'not-an-audit-record' } }, 'something else');
+    const { chains, breaks } = verifyChains(readAuditRecords(text()));
+    expect(breaks).toEqual([]);
+    expect(chains).toMatchObject([{ task: 'ns/t', count: 2, head: records[1]?.hash }]);
+    expect(text()).not.toContain('not-an-audit-record');
+  });
+});
 
 describe('secrets never reach the log', () => {
   it('redacts every secret field name at any depth, and leaves the caller\'s object alone', () => {

@@ -19,6 +19,11 @@ describe('parseHopRequest', () => {
       tool: 'tickets', action: 'read', resource: 'ticket/1', parentHop: undefined, intent: '', attributes: { amount: '42', urgent: 'true' }, credential: undefined,
     });
   });
+  it('keeps no value of an attribute named like a credential, only that it was there: attributes go to the audit stream, status and notifications', () => {
+    const hop = parseHopRequest({ tool: 'vault', action: 'login', attributes: { user: 'alice', password: 'hunter2', 'X-Amz-Security-Token': 'FwoGZX', apiToken: 'abc', 'x-api-key': 'def', maxTokens: 100 } });
+    expect(hop.attributes).toEqual({ user: 'alice', password: '[redacted]', 'X-Amz-Security-Token': '[redacted]', apiToken: '[redacted]', 'x-api-key': '[redacted]', maxTokens: '100' });
+    expect(JSON.stringify(hop)).not.toMatch(/hunter2|FwoGZX|abc|def/);
+  });
   it.each([
     [[], 'body'],
     [{ action: 'read' }, 'tool'],
