@@ -1,4 +1,5 @@
 import { API_VERSION, type AgentPolicySpec, type AgentTaskStatus } from '../api/schema.js';
+import { printable } from '../api/text.js';
 
 export type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
 export type NotifyFormat = NonNullable<NonNullable<NonNullable<AgentPolicySpec['approval']>['notify']>['format']>;
@@ -62,28 +63,54 @@ export function cloudEvent(notice: PendingHopNotice): NotifyRequest {
 // ---------------------------------------------------------------------------------------------
 // Slack
 
+/** One character of agent text as it may stand in a Slack code span. */
+function slackChar(char: string): string {
+  switch (char) {
+    case '&':
+      return '&amp;';
+    case '<':
+      return '&lt;';
+    case '>':
+      return '&gt;';
+    case '`':
+      return 'ˋ';
+    case '\r':
+    case '\n':
+    case '\u2028':
+    case '\u2029':
+      return '⏎';
+    default:
+      return printable(char);
+  }
+}
+
 /**
  * Agent text in Slack mrkdwn. Slack reads `<…>` as links, mentions (`<!channel>`) and dates, so
  * `&`, `<` and `>` become entities, as Slack asks. The text then goes inside a code span, where
  * `*bold*` and `_italics_` are not formatting; a backtick would close the span, so it becomes a
  * look-alike (ˋ), and line breaks become ⏎ so the text cannot start a line of its own that reads
- * like chainwarden's. Long text is cut, saying so.
+ * like chainwarden's. Other controls and bidi overrides are shown as escapes (`\u202e`), so what
+ * the approver reads is what the hop holds: `invoice\u202egpj.exe` does not display as
+ * `invoiceexe.jpg`. At most `max` characters are shown, counted as sent, so a block stays within
+ * Slack's limits however many entities the text needs; the rest is cut, saying so.
  */
 export function slackCode(text: string, max = 500): string {
-  const cut = text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
-  const safe = cut
-    .replace(/&/g, '&amp;')
-    .replace(/</g, '&lt;')
-    .replace(/>/g, '&gt;')
-    .replace(/`/g, 'ˋ')
-    .replace(/\r\n|[\r\n\u2028\u2029]/g, '⏎');
-  return `\`${safe === '' ? ' ' : safe}\``;
+  let out = '';
+  let shown = 0;
+  for (const char of text) {
+    const safe = char === '\r' && text[shown + 1] === '\n' ? '' : slackChar(char);
+    if (out.length + safe.length > max) break;
+    out += safe;
+    shown += char.length;
+  }
+  const rest = text.length - shown;
+  return `\`${out === '' ? ' ' : out}${rest > 0 ? `… (${rest} more characters)` : ''}\``;
 }
 
 function attributeLines(attributes: Record<string, string> | undefined): string {
   const entries = Object.entries(attributes ?? {});
   if (entries.length === 0) return '(none)';
-  const shown = entries.slice(0, 10).map(([k, v]) => `${slackCode(k, 64)} = ${slackCode(v, 200)}`);
+  const shown = entries.slice(0, 10).map(([k, v]) => `${slackCode(k, 64)} = ${slackCode(v, 180)}`);
   return entries.length > shown.length ? [...shown, `and ${entries.length - shown.length} more`].join('\n') : shown.join('\n');
 }
 

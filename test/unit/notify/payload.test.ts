@@ -55,6 +55,24 @@ describe('approval notification payloads', () => {
     expect(text.match(/`chainwarden approve/g)).toHaveLength(2);
   });
 
+  it('Slack: what the approver reads is what the hop holds: bidi overrides and controls are shown, not obeyed', () => {
+    const m = slack(notice({ resource: 'invoice\u202egpj.exe', intent: 'a\u2066b\u0007c\u001b[31m' }));
+    const text = allText(m);
+    for (const control of ['\u202e', '\u2066', '\u0007', '\u001b']) expect(text).not.toContain(control);
+    expect(text).toContain('invoice\\u202egpj.exe');
+    expect(slackCode('a\u2066b\u0007c')).toBe('`a\\u2066b\\x07c`');
+  });
+
+  it('Slack: a block stays within Slack\'s limits however many entities agent text needs', () => {
+    // Slack refuses a field over 2,000 characters and a section over 3,000: the message would be retried until the hop timed out, no approver told.
+    const m = slack(notice({ resource: '<'.repeat(1024), intent: '&'.repeat(1024), attributes: Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`.padEnd(63, 'x'), '>'.repeat(1024)])) })) as unknown as { blocks: { fields?: { text: string }[]; text?: { text: string } }[] };
+    for (const block of m.blocks) {
+      for (const f of block.fields ?? []) expect(f.text.length).toBeLessThanOrEqual(2000);
+      if (block.text) expect(block.text.text.length).toBeLessThanOrEqual(3000);
+    }
+    expect(slackCode('&'.repeat(600), 500)).toBe(`\`${'&amp;'.repeat(100)}… (500 more characters)\``);
+  });
+
   it('Slack: long agent text is cut, saying how much was left out', () => {
     expect(slackCode('x'.repeat(600), 500)).toBe(`\`${'x'.repeat(500)}… (100 more characters)\``);
     const many = Object.fromEntries(Array.from({ length: 15 }, (_, i) => [`k${i}`, 'v']));
