@@ -68,8 +68,21 @@ function wellFormed(r: AuditRecord): boolean {
     EVENTS.has(u.type) &&
     typeof u.data === 'object' &&
     u.data !== null &&
-    !Array.isArray(u.data)
+    !Array.isArray(u.data) &&
+    nestedAtMost(u.data, MAX_DATA_DEPTH)
   );
+}
+
+/**
+ * How deep a record's data may nest. Ours nest three levels; a line nested thousands deep is no
+ * record of ours, and hashing it would exhaust the stack: it is a break, named, not a crash.
+ */
+const MAX_DATA_DEPTH = 32;
+
+function nestedAtMost(value: unknown, depth: number): boolean {
+  if (value === null || typeof value !== 'object') return true;
+  if (depth === 0) return false;
+  return Object.values(value).every((v) => nestedAtMost(v, depth - 1));
 }
 
 const breakAt = (e: AuditEntry, seq: number, problem: string): ChainBreak => ({

@@ -115,4 +115,10 @@ describe('audit streams of several replicas', () => {
     const entries = readAuditRecords('{"audit":{"v":1,"task":"ns/t","seq":"1"}}\n', 'x.jsonl');
     expect(verifyChains(entries).breaks).toEqual([{ task: 'ns/t', seq: 0, line: 1, source: 'x.jsonl', problem: 'it is not a well-formed audit record' }]);
   });
+
+  it('reports a record nested thousands deep as a break, where hashing it would have exhausted the stack', () => {
+    const deep = `${'{"a":'.repeat(20_000)}1${'}'.repeat(20_000)}`;
+    const forged = `{"audit":{"v":1,"task":"ns/t","taskUid":"u","seq":1,"prev":"${'0'.repeat(64)}","at":"2026-11-21T10:00:00.000Z","type":"hop_decided","data":${deep},"hash":"${'1'.repeat(64)}"}}\n`;
+    expect(verifyChains(readAuditRecords(forged, 'x.jsonl')).breaks).toEqual([{ task: 'ns/t', seq: 1, line: 1, source: 'x.jsonl', problem: 'it is not a well-formed audit record' }]);
+  });
 });
