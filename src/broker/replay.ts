@@ -144,12 +144,15 @@ export function replayTask(records: AuditRecord[], policy: AgentPolicy, evaluate
  */
 export function replayRecords(records: AuditRecord[], policy: AgentPolicy, evaluate: Evaluate): ReplayResult {
   const byTask = new Map<string, AuditRecord[]>();
+  const seen = new Set<string>();
   for (const r of records) {
     const key = `${r.task}\u0000${r.taskUid}`;
-    const list = byTask.get(key) ?? [];
-    // Several replicas' streams may hold the same record; it counts once.
-    if (!list.some((x) => x.seq === r.seq)) list.push(r);
-    byTask.set(key, list);
+    // Several replicas' streams may hold the same record; it counts once (a lookup, not a scan: streams run to millions of records).
+    if (seen.has(`${key}\u0000${r.seq}`)) continue;
+    seen.add(`${key}\u0000${r.seq}`);
+    const list = byTask.get(key);
+    if (list) list.push(r);
+    else byTask.set(key, [r]);
   }
   const result: ReplayResult = { decided: 0, changes: [], otherPolicy: [] };
   for (const list of byTask.values()) {
