@@ -15,6 +15,12 @@ type NotifiedHop = NonNullable<AgentTaskStatus['notifiedHops']>[number];
 
 /** Attempts under way at once; the rest wait for the next pass, so a burst of waiting hops cannot open a connection each. */
 const MAX_IN_FLIGHT = 32;
+/**
+ * Attempts under way at once for the tasks of one namespace: a tenant whose receiver never
+ * answers (each attempt then takes the whole timeout) holds this many of the slots, never all,
+ * and every other namespace's approvers still hear of their hops.
+ */
+const MAX_IN_FLIGHT_PER_NAMESPACE = 8;
 
 export const NotifyEventReason = { Notified: 'ApprovalNotified', Failed: 'ApprovalNotifyFailed' } as const;
 
@@ -130,6 +136,9 @@ export interface ApprovalNotifierDeps {
 export class ApprovalNotifier {
   private readonly attempts = new Map<string, AttemptState>();
   private readonly inFlight = new Set<Promise<void>>();
+  private readonly inFlightByNamespace = new Map<string, number>();
+  /** Notices left for want of a slot: the next look comes when an attempt ends, not at the next scan. */
+  private waiting = false;
   private wakeUp: (() => void) | undefined;
 
   constructor(private readonly deps: ApprovalNotifierDeps) {}
@@ -161,9 +170,26 @@ export class ApprovalNotifier {
     const policyOf = (t: AgentTask) => this.deps.policy(t.metadata.namespace ?? '', t.spec.policyRef.name);
     const live = new Set(tasks.flatMap((t) => (t.status?.pendingHops ?? []).map((h) => noticeKey(t, h.hopId))));
     for (const [key, state] of this.attempts) if (!live.has(key) && !state.inFlight) this.attempts.delete(key);
+    this.waiting = false;
     for (const notice of dueNotices(tasks, policyOf, this.attempts, now)) {
-      if (this.inFlight.size >= MAX_IN_FLIGHT) break;
-      const attempt = this.attempt(notice, signal).finally(() => this.inFlight.delete(attempt));
+      if (this.inFlight.size >= MAX_IN_FLIGHT) {
+        this.waiting = true;
+        break;
+      }
+      const namespace = notice.task.metadata.namespace ?? '';
+      const ours = this.inFlightByNamespace.get(namespace) ?? 0;
+      if (ours >= MAX_IN_FLIGHT_PER_NAMESPACE) {
+        this.waiting = true;
+        continue;
+      }
+      this.inFlightByNamespace.set(namespace, ours + 1);
+      const attempt = this.attempt(notice, signal).finally(() => {
+        this.inFlight.delete(attempt);
+        const left = (this.inFlightByNamespace.get(namespace) ?? 1) - 1;
+        if (left > 0) this.inFlightByNamespace.set(namespace, left);
+        else this.inFlightByNamespace.delete(namespace);
+        if (this.waiting) this.wake();
+      });
       this.inFlight.add(attempt);
     }
   }

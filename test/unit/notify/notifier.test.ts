@@ -64,6 +64,28 @@ function setup(task: AgentTask, answers: (number | Error)[], target: Partial<Not
   return { twin, clock, sent, notifier, pass };
 }
 
+/** A notifier over several tasks, each namespace's receiver its own URL. */
+function manyTasks(tasks: AgentTask[], transport: NotifyTransport) {
+  const twin = new TaskClientTwin(tasks[0] as AgentTask);
+  const sent: Sent[] = [];
+  const notifier = new ApprovalNotifier({
+    tasks: () => tasks,
+    task: (namespace, name) => tasks.find((t) => t.metadata.namespace === namespace && t.metadata.name === name),
+    policy: (namespace) => ({ spec: { approval: { notify: { url: `https://hooks.example.com/${namespace}` } } } }) as unknown as AgentPolicy,
+    secrets: { value: () => Promise.resolve(CREDENTIAL) },
+    status: twin.statusWriter('notifier'),
+    events: twin,
+    transport: (url, request) => {
+      sent.push({ url, headers: request.headers, body: request.body });
+      return transport(url, request);
+    },
+    clock: { now: () => T0 },
+    log: silentLogger(),
+    random: () => 1,
+  });
+  return { sent, notifier };
+}
+
 describe('the approval notifier', () => {
   it('posts a pending hop once, with the credential from the Secret, and records that it did', async () => {
     const { twin, sent, pass } = setup(taskWith(['h1']), [200]);
@@ -169,14 +191,33 @@ describe('the approval notifier', () => {
     expect(twin.events.map((e) => e.reason)).toEqual(['ApprovalNotified']);
   });
 
-  it('a burst of waiting hops is posted at most 32 at a time; the rest on the next passes', async () => {
-    const ids = Array.from({ length: 40 }, (_, i) => `h${i}`);
-    const { sent, notifier, pass } = setup(taskWith(ids), []);
+  it('a burst of waiting hops is posted at most 32 at a time, 8 of one namespace; the rest as slots free up', async () => {
+    const tasks = Array.from({ length: 5 }, (_, n) => ({ ...taskWith(Array.from({ length: 8 }, (_, i) => `h${n}-${i}`)), metadata: { namespace: `team-${n}`, name: 'ticket', uid: `uid-${n}` } }));
+    tasks.push({ ...taskWith(Array.from({ length: 12 }, (_, i) => `h5-${i}`)), metadata: { namespace: 'team-5', name: 'ticket', uid: 'uid-5' } });
+    const { sent, notifier } = manyTasks(tasks, () => Promise.resolve({ status: 200 }));
     notifier.pass(new AbortController().signal);
-    await notifier.settle();
     expect(sent).toHaveLength(32);
-    await pass();
-    expect(new Set(sent.map((s) => (JSON.parse(s.body) as { text: string }).text.split(' ')[1])).size).toBe(40);
+    await notifier.settle();
+    for (let i = 0; i < 3; i++) {
+      notifier.pass(new AbortController().signal);
+      await notifier.settle();
+    }
+    expect(new Set(sent.map((s) => (JSON.parse(s.body) as { text: string }).text.split(' ')[1])).size).toBe(52);
+  });
+
+  it('a tenant whose receiver never answers holds 8 slots, never the others: another namespace\'s approvers still hear at once', async () => {
+    const hostile = Array.from({ length: 10 }, (_, n) => ({ ...taskWith(Array.from({ length: 10 }, (_, i) => `h${n}-${i}`)), metadata: { namespace: 'hostile', name: `t${n}`, uid: `uid-${n}` } }));
+    const benign = { ...taskWith(['h-benign']), metadata: { namespace: 'support', name: 'ticket-4711', uid: 'uid-benign' } };
+    const stop = new AbortController();
+    // The hostile receiver holds every request until the test ends; the benign one answers.
+    const { sent, notifier } = manyTasks([...hostile, benign], (url, { signal }) =>
+      url.includes('hostile') ? new Promise((_, reject) => AbortSignal.any([signal, stop.signal]).addEventListener('abort', () => reject(new Error('aborted')))) : Promise.resolve({ status: 200 }),
+    );
+    notifier.pass(stop.signal);
+    expect(sent.filter((s) => s.url.includes('hostile'))).toHaveLength(8);
+    expect(sent.filter((s) => !s.url.includes('hostile')).map((s) => (JSON.parse(s.body) as { text: string }).text.split(' ')[1])).toEqual(['h-benign']);
+    stop.abort();
+    await notifier.settle();
   });
 
   it('a missing Secret is a failed attempt like any other, retried', async () => {
