@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import { silentLogger } from '../../../src/log.js';
 import { ApprovalNotifier, type NotifyTarget, type NotifyTransport } from '../../../src/notify/notifier.js';
@@ -65,7 +65,7 @@ function setup(task: AgentTask, answers: (number | Error)[], target: Partial<Not
 }
 
 /** A notifier over several tasks, each namespace's receiver its own URL. */
-function manyTasks(tasks: AgentTask[], transport: NotifyTransport) {
+function manyTasks(tasks: AgentTask[], transport: NotifyTransport, options: { scanMs?: number } = {}) {
   const twin = new TaskClientTwin(tasks[0] as AgentTask);
   const sent: Sent[] = [];
   const notifier = new ApprovalNotifier({
@@ -82,6 +82,7 @@ function manyTasks(tasks: AgentTask[], transport: NotifyTransport) {
     clock: { now: () => T0 },
     log: silentLogger(),
     random: () => 1,
+    ...options,
   });
   return { sent, notifier };
 }
@@ -203,6 +204,16 @@ describe('the approval notifier', () => {
       await notifier.settle();
     }
     expect(new Set(sent.map((s) => (JSON.parse(s.body) as { text: string }).text.split(' ')[1])).size).toBe(52);
+  });
+
+  it('a slot freed takes the next notice at once, not at the next scan', async () => {
+    const tasks = [{ ...taskWith(Array.from({ length: 12 }, (_, i) => `h${i}`)), metadata: { namespace: 'support', name: 'ticket', uid: 'uid-1' } }];
+    const { sent, notifier } = manyTasks(tasks, () => new Promise((resolve) => setTimeout(() => resolve({ status: 200 }), 5)), { scanMs: 60_000 });
+    const stop = new AbortController();
+    const running = notifier.run(stop.signal);
+    await vi.waitFor(() => expect(sent).toHaveLength(12), { timeout: 2_000 });
+    stop.abort();
+    await running;
   });
 
   it('a tenant whose receiver never answers holds 8 slots, never the others: another namespace\'s approvers still hear at once', async () => {
