@@ -9,6 +9,9 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { notifyRetryDelay } from './backoff.js';
 import { notifyRequest, type PendingHop } from './payload.js';
+import { notifyTransport, ReceiverRefused, type NotifyTransport } from './transport.js';
+
+const defaultTransport = notifyTransport();
 
 export type NotifyTarget = NonNullable<NonNullable<AgentPolicySpec['approval']>['notify']>;
 type NotifiedHop = NonNullable<AgentTaskStatus['notifiedHops']>[number];
@@ -24,15 +27,7 @@ const MAX_IN_FLIGHT_PER_NAMESPACE = 8;
 
 export const NotifyEventReason = { Notified: 'ApprovalNotified', Failed: 'ApprovalNotifyFailed' } as const;
 
-/** The one call made to a notification receiver. `status` is the HTTP status; a transport failure throws. */
-export type NotifyTransport = (url: string, request: { headers: Record<string, string>; body: string; signal: AbortSignal }) => Promise<{ status: number }>;
-
-/** POST with fetch. Redirects are not followed: the credential goes to the URL the policy names and nowhere else. */
-export const fetchTransport: NotifyTransport = async (url, { headers, body, signal }) => {
-  const res = await fetch(url, { method: 'POST', headers, body, signal, redirect: 'manual' });
-  await res.body?.cancel();
-  return { status: res.status };
-};
+export type { NotifyTransport } from './transport.js';
 
 /** One waiting hop the leader owes a notification for. */
 export interface DueNotice {
@@ -99,9 +94,10 @@ export const receiverHost = (url: string): string => {
 
 /** A failed attempt in words, from codes only: an error's message may quote a header, and so the credential. */
 export function describeFailure(err: unknown, timeoutMs: number): string {
+  if (err instanceof ReceiverRefused) return err.message;
   if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return `no answer within ${Math.round(timeoutMs / 1000)}s`;
-  const cause = err instanceof Error ? (err.cause as { code?: unknown } | undefined) : undefined;
-  if (typeof cause?.code === 'string') return cause.code;
+  const code = err instanceof Error ? ((err as { code?: unknown }).code ?? (err.cause as { code?: unknown } | undefined)?.code) : undefined;
+  if (typeof code === 'string') return code;
   return err instanceof Error ? err.name : 'error';
 }
 
@@ -224,7 +220,7 @@ export class ApprovalNotifier {
       const timeoutMs = this.deps.timeoutMs ?? 10_000;
       let outcome: string;
       try {
-        const { status } = await (this.deps.transport ?? fetchTransport)(notice.target.url, { headers, body: request.body, signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
+        const { status } = await (this.deps.transport ?? defaultTransport)(notice.target.url, { headers, body: request.body, signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
         outcome = status >= 200 && status < 300 ? 'delivered' : `HTTP ${status}`;
       } catch (err) {
         outcome = describeFailure(err, timeoutMs);

@@ -4,6 +4,7 @@ import { validateCedar } from '../../policy/cedar-validate.js';
 import { rawPolicies } from '../../policy/compile.js';
 import { ChainwardenError, errorMessage } from '../../errors.js';
 import type { SecretAuthor, SecretReader } from '../../mcp/secrets.js';
+import { forbiddenReceiverAddress } from '../../notify/transport.js';
 import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin } from '../review.js';
 
 /** Rules must refer only to systems and data classes the policy declares; raw Cedar must validate. */
@@ -11,6 +12,12 @@ export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
   const violations: FieldViolation[] = [];
   const systems = new Set((policy.spec.systems ?? []).map((s) => s.name));
   const dataClasses = new Set((policy.spec.systems ?? []).flatMap((s) => s.dataClasses ?? []));
+
+  const notifyUrl = policy.spec.approval?.notify?.url;
+  const notifyHost = notifyUrl && URL.canParse(notifyUrl) ? new URL(notifyUrl).hostname.replace(/^\[|\]$/g, '') : '';
+  if (forbiddenReceiverAddress(notifyHost)) {
+    violations.push({ field: 'spec.approval.notify.url', message: `${notifyHost} is a link-local address, where clouds serve instance metadata; the operator does not post there: name the receiver's own address` });
+  }
 
   (policy.spec.rules ?? []).forEach((rule, i) => {
     rule.when?.afterDataClasses?.forEach((dc, j) => {

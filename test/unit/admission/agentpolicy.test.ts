@@ -77,4 +77,15 @@ describe('the AgentPolicy webhook', () => {
       }
     });
   });
+
+  it('refuses a notification receiver at a link-local address, naming the field', async () => {
+    const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
+    for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fd00:ec2::254]/']) {
+      const policy = examplePolicy('support');
+      policy.spec.approval = { notify: { url } };
+      const verdict = await plugin.admit(review('CREATE', policy));
+      expect(verdict.allowed, url).toBe(false);
+      expect(JSON.stringify(verdict)).toMatch(/spec.approval.notify.url.*link-local address/);
+    }
+  });
 });

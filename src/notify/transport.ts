@@ -1,0 +1,68 @@
+import dns, { type LookupAddress } from 'node:dns';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+
+/** The one call made to a notification receiver. `status` is the HTTP status; a transport failure throws. */
+export type NotifyTransport = (url: string, request: { headers: Record<string, string>; body: string; signal: AbortSignal }) => Promise<{ status: number }>;
+
+/**
+ * Addresses no receiver has: link-local ones, where clouds serve instance metadata and the
+ * node's credentials (169.254.169.254; AWS's fd00:ec2::254 too). A policy's author picks the URL
+ * and the header the operator sends, from the operator's place in the network.
+ */
+const FORBIDDEN = new net.BlockList();
+FORBIDDEN.addSubnet('169.254.0.0', 16, 'ipv4');
+FORBIDDEN.addSubnet('fe80::', 10, 'ipv6');
+FORBIDDEN.addAddress('fd00:ec2::254', 'ipv6');
+
+export function forbiddenReceiverAddress(address: string): boolean {
+  // An IPv4 address written as IPv6 (::ffff:169.254.169.254) is that IPv4 address.
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
+  if (mapped) return FORBIDDEN.check(mapped, 'ipv4');
+  const family = net.isIP(address);
+  return family !== 0 && FORBIDDEN.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+/** A receiver the operator does not post to; its message names addresses only, never the request. */
+export class ReceiverRefused extends Error {
+  override readonly name = 'ReceiverRefused';
+}
+
+const refusal = (addresses: string[]) =>
+  new ReceiverRefused(`its address ${addresses.join(', ')} is link-local, where clouds serve instance metadata; chainwarden does not post there`);
+
+type Resolve = (hostname: string, callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
+const systemResolve: Resolve = (hostname, callback) => dns.lookup(hostname, { all: true }, callback);
+
+/**
+ * POST with node:http(s). Redirects are not followed: the credential goes to the URL the policy
+ * names and nowhere else. The receiver's name is resolved as the connection is made and a
+ * link-local address refused then, so a name that resolves elsewhere when checked and to the
+ * metadata service when used gets nowhere. The answer's status is all that is read.
+ */
+export function notifyTransport(resolve: Resolve = systemResolve): NotifyTransport {
+  const lookup: net.LookupFunction = (hostname, options, callback) => {
+    resolve(hostname, (err, addresses) => {
+      if (err) return void callback(err, '', 0);
+      const allowed = addresses.filter((a) => (!options.family || a.family === options.family) && !forbiddenReceiverAddress(a.address));
+      const first = allowed[0];
+      if (!first) return void callback(refusal(addresses.map((a) => a.address)), '', 0);
+      if (options.all) (callback as unknown as (err: null, addresses: LookupAddress[]) => void)(null, allowed);
+      else callback(null, first.address, first.family);
+    });
+  };
+  return (url, { headers, body, signal }) =>
+    new Promise((done, fail) => {
+      const target = new URL(url);
+      const literal = target.hostname.replace(/^\[|\]$/g, '');
+      if (forbiddenReceiverAddress(literal)) return fail(refusal([literal]));
+      const client = target.protocol === 'https:' ? https : http;
+      const req = client.request(target, { method: 'POST', headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, signal, lookup, agent: false }, (res) => {
+        done({ status: res.statusCode ?? 0 });
+        res.destroy();
+      });
+      req.on('error', fail);
+      req.end(body);
+    });
+}
