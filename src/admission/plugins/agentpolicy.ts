@@ -94,17 +94,19 @@ export async function checkMcpCredentials(policy: AgentPolicy, secrets: Pick<Sec
 type Credential = { secretRef: { name: string; key: string }; header?: string; prefix?: string };
 
 /**
- * Each credential a policy names, with where it is sent: the Secret's key, the URL, the header
- * and its prefix. An MCP system's and the approval notification's are read and sent alike.
+ * Each credential a policy names, with where it is sent: by whom, the Secret's key, the URL, the
+ * header and its prefix. An MCP system's and the approval notification's are read and sent alike.
  */
 function credentialUses(policy: AgentPolicy | undefined): { ref: Credential['secretRef']; field: string; sent: string }[] {
-  const use = (credentials: Credential | undefined, url: string | undefined, field: string) =>
-    credentials ? [{ ref: credentials.secretRef, field, sent: JSON.stringify([credentials.secretRef.name, credentials.secretRef.key, url, credentials.header ?? null, credentials.prefix ?? null]) }] : [];
+  // Who sends it is part of where: the operator posts notifications, an agent's sidecar calls MCP
+  // servers, and one URL's name may resolve to another server from the tenant's pod.
+  const use = (sender: 'notify' | 'mcp', credentials: Credential | undefined, url: string | undefined, field: string) =>
+    credentials ? [{ ref: credentials.secretRef, field, sent: JSON.stringify([sender, credentials.secretRef.name, credentials.secretRef.key, url, credentials.header ?? null, credentials.prefix ?? null]) }] : [];
   const spec = policy?.spec;
   const notify = spec?.approval?.notify;
   return [
-    ...(spec?.systems ?? []).flatMap((system, i) => use(system.mcp?.credentials, system.mcp?.url, `spec.systems[${i}].mcp.credentials.secretRef`)),
-    ...use(notify?.secretRef ? { secretRef: notify.secretRef, header: notify.header, prefix: notify.prefix } : undefined, notify?.url, 'spec.approval.notify.secretRef'),
+    ...(spec?.systems ?? []).flatMap((system, i) => use('mcp', system.mcp?.credentials, system.mcp?.url, `spec.systems[${i}].mcp.credentials.secretRef`)),
+    ...use('notify', notify?.secretRef ? { secretRef: notify.secretRef, header: notify.header, prefix: notify.prefix } : undefined, notify?.url, 'spec.approval.notify.secretRef'),
   ];
 }
 

@@ -62,15 +62,22 @@ describe('the AgentPolicy webhook', () => {
       expect(verdict, JSON.stringify(verdict)).toMatchObject({ allowed: true });
     });
 
-    it('may not send it to another server, under another header, or to a notification receiver', async () => {
+    it('may not send it to another server, under another header, to a notification receiver, or have the sidecar send the notification\'s', async () => {
       const elsewhere = withCredential();
       elsewhere.spec.systems![0]!.mcp!.url = 'https://collector.attacker.example/mcp';
       const header = withCredential();
       header.spec.systems![0]!.mcp!.credentials!.header = 'X-Forwarded-Token';
       const notify = withCredential();
       notify.spec.approval = { ...notify.spec.approval, notify: { url: 'https://hooks.attacker.example/', secretRef: { name: 'tickets-mcp', key: 'token' }, header: 'X-Leak' } };
-      for (const [after, field] of [[elsewhere, 'spec.systems[0]'], [header, 'spec.systems[0]'], [notify, 'spec.approval.notify']] as const) {
-        const verdict = await admit(after, withCredential());
+      // The notification's credential, at the notification's own URL, but sent by the agent's sidecar, where the URL's name is the tenant's to resolve.
+      const notified = withCredential();
+      notified.spec.systems = [];
+      notified.spec.approval = { ...notified.spec.approval, notify: { url: 'http://relay/hook', secretRef: { name: 'tickets-mcp', key: 'token' } } };
+      const sidecar = structuredClone(notified);
+      sidecar.spec.systems = [{ name: 'relay', mcp: { url: 'http://relay/hook', credentials: { secretRef: { name: 'tickets-mcp', key: 'token' } } } }];
+      expect(await admit(structuredClone(notified), notified)).toMatchObject({ allowed: true });
+      for (const [after, field, before] of [[elsewhere, 'spec.systems[0]', withCredential()], [header, 'spec.systems[0]', withCredential()], [notify, 'spec.approval.notify', withCredential()], [sidecar, 'spec.systems[0]', notified]] as const) {
+        const verdict = await admit(after, before);
         expect(verdict.allowed).toBe(false);
         expect(JSON.stringify(verdict)).toContain(`${field}`);
         expect(JSON.stringify(verdict)).toMatch(/alice may not get Secret support\/tickets-mcp/);
