@@ -57,11 +57,11 @@ export const REDACT_PATHS: string[] = SECRET_FIELDS.map((name) => (/^[A-Za-z_$][
 export const REDACTED = '[redacted]';
 const CENSOR = REDACTED;
 const MAX_DEPTH = 8;
-/** Field names compared without case, dashes or underscores: `X-Amz-Security-Token` is `xamzsecuritytoken`. */
-const normalize = (key: string) => key.toLowerCase().replace(/[-_]/g, '');
+/** Field names compared without case or separators: `X-Amz-Security-Token` is `xamzsecuritytoken`, `api.key` is `apikey`. */
+const normalize = (key: string) => key.toLowerCase().replace(/[-_.:/]/g, '');
 const SECRET_KEYS = new Set(SECRET_FIELDS.map(normalize));
-/** Names that end like a credential's: `apiToken`, `clientSecret`, `dbPassword`, `x-api-key`. */
-const SECRET_ENDINGS = /(token|secret|password|passphrase|apikey)$/;
+/** Names that end like a credential's: `apiToken`, `clientSecret`, `dbPassword`, `x-api-key`, `sshPrivateKey`, `session.cookie`. */
+const SECRET_ENDINGS = /(token|secret|password|passwd|passphrase|apikey|privatekey|signingkey|keypem|authorization|cookie)$/;
 export const isSecretField = (key: string): boolean => {
   const name = normalize(key);
   return SECRET_KEYS.has(name) || SECRET_ENDINGS.test(name);

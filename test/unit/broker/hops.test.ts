@@ -23,6 +23,9 @@ describe('parseHopRequest', () => {
     const hop = parseHopRequest({ tool: 'vault', action: 'login', attributes: { user: 'alice', password: 'hunter2', 'X-Amz-Security-Token': 'FwoGZX', apiToken: 'abc', 'x-api-key': 'def', maxTokens: 100 } });
     expect(hop.attributes).toEqual({ user: 'alice', password: '[redacted]', 'X-Amz-Security-Token': '[redacted]', apiToken: '[redacted]', 'x-api-key': '[redacted]', maxTokens: '100' });
     expect(JSON.stringify(hop)).not.toMatch(/hunter2|FwoGZX|abc|def/);
+    // Spelled with any of the separators an attribute name may have.
+    const spelled = parseHopRequest({ tool: 'vault', action: 'login', attributes: { 'api.key': '1', 'api:key': '2', 'x-private-key': '3', 'http.authorization': '4', 'session.cookie': '5', passwd: '6', 'oauth/token': '7' } });
+    expect(new Set(Object.values(spelled.attributes))).toEqual(new Set(['[redacted]']));
   });
   it.each([
     [[], 'body'],
