@@ -20,8 +20,9 @@ type NotifiedHop = NonNullable<AgentTaskStatus['notifiedHops']>[number];
 const MAX_IN_FLIGHT = 32;
 /**
  * Attempts under way at once for the tasks of one namespace: a tenant whose receiver never
- * answers (each attempt then takes the whole timeout) holds this many of the slots, never all,
- * and every other namespace's approvers still hear of their hops.
+ * answers (each attempt then takes the whole timeout) holds this many of the slots, never all.
+ * A namespace with none under way may start one even when every slot is taken, so however many
+ * tenants' receivers hang, every other namespace's approvers still hear of their hops.
  */
 const MAX_IN_FLIGHT_PER_NAMESPACE = 8;
 
@@ -168,13 +169,9 @@ export class ApprovalNotifier {
     for (const [key, state] of this.attempts) if (!live.has(key) && !state.inFlight) this.attempts.delete(key);
     this.waiting = false;
     for (const notice of dueNotices(tasks, policyOf, this.attempts, now)) {
-      if (this.inFlight.size >= MAX_IN_FLIGHT) {
-        this.waiting = true;
-        break;
-      }
       const namespace = notice.task.metadata.namespace ?? '';
       const ours = this.inFlightByNamespace.get(namespace) ?? 0;
-      if (ours >= MAX_IN_FLIGHT_PER_NAMESPACE) {
+      if (ours >= MAX_IN_FLIGHT_PER_NAMESPACE || (ours > 0 && this.inFlight.size >= MAX_IN_FLIGHT)) {
         this.waiting = true;
         continue;
       }

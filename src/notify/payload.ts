@@ -107,6 +107,19 @@ export function slackCode(text: string, max = 500): string {
   return `\`${out === '' ? ' ' : out}${rest > 0 ? `… (${rest} more characters)` : ''}\``;
 }
 
+/** Items joined with commas, as many as fit in `max` characters (a Slack field takes 2,000), then how many more. */
+function listed(items: string[], max = 1_500): string {
+  let out = '';
+  let shown = 0;
+  for (const item of items) {
+    const next = shown === 0 ? item : `${out}, ${item}`;
+    if (next.length > max) break;
+    out = next;
+    shown++;
+  }
+  return shown < items.length ? `${out}${shown > 0 ? ' ' : ''}and ${items.length - shown} more` : out;
+}
+
 function attributeLines(attributes: Record<string, string> | undefined): string {
   const entries = Object.entries(attributes ?? {});
   if (entries.length === 0) return '(none)';
@@ -118,9 +131,9 @@ function attributeLines(attributes: Record<string, string> | undefined): string 
 export function slackMessage(notice: PendingHopNotice): NotifyRequest {
   const { namespace, task, hop } = notice;
   const commands = approvalCommands(namespace, task, hop.hopId);
-  const rules = hop.rules.map((r) => slackCode(r, 63)).join(', ');
+  const rules = listed(hop.rules.map((r) => slackCode(r, 63)));
   const what = `${slackCode(hop.tool, 63)} ${slackCode(hop.action, 128)} on ${slackCode(hop.resource)}`;
-  const wouldDeny = hop.wouldDenyBy ? hop.wouldDenyBy.map((r) => slackCode(r, 63)).join(', ') : undefined;
+  const wouldDeny = hop.wouldDenyBy ? listed(hop.wouldDenyBy.map((r) => slackCode(r, 63))) : undefined;
   const warning = wouldDeny ? ` The policy is in Audit mode; Enforce would deny it (${wouldDeny}).` : '';
   const text = `Hop ${hop.hopId} of AgentTask ${namespace}/${task} waits for approval until ${hop.timeoutAt}: ${what} (${rules}).${warning} Approve: \`${commands.approve}\``;
   const field = (label: string, value: string) => ({ type: 'mrkdwn', text: `*${label}*\n${value}` });

@@ -15,6 +15,11 @@ const FORBIDDEN = new net.BlockList();
 FORBIDDEN.addSubnet('169.254.0.0', 16, 'ipv4');
 FORBIDDEN.addSubnet('fe80::', 10, 'ipv6');
 FORBIDDEN.addAddress('fd00:ec2::254', 'ipv6');
+// 169.254.0.0/16 inside IPv6: NAT64, IPv4-compatible, SIIT and 6to4 addresses.
+FORBIDDEN.addSubnet('64:ff9b::a9fe:0', 112, 'ipv6');
+FORBIDDEN.addSubnet('::a9fe:0', 112, 'ipv6');
+FORBIDDEN.addSubnet('::ffff:0:a9fe:0', 112, 'ipv6');
+FORBIDDEN.addSubnet('2002:a9fe::', 32, 'ipv6');
 
 export function forbiddenReceiverAddress(address: string): boolean {
   // An IPv4 address written as IPv6 (::ffff:169.254.169.254) is that IPv4 address.
@@ -45,9 +50,13 @@ export function notifyTransport(resolve: Resolve = systemResolve): NotifyTranspo
   const lookup: net.LookupFunction = (hostname, options, callback) => {
     resolve(hostname, (err, addresses) => {
       if (err) return void callback(err, '', 0);
-      const allowed = addresses.filter((a) => (!options.family || a.family === options.family) && !forbiddenReceiverAddress(a.address));
+      const usable = addresses.filter((a) => !options.family || a.family === options.family);
+      const allowed = usable.filter((a) => !forbiddenReceiverAddress(a.address));
       const first = allowed[0];
-      if (!first) return void callback(refusal(addresses.map((a) => a.address)), '', 0);
+      if (!first) {
+        const error = usable.length > 0 ? refusal(usable.map((a) => a.address)) : Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' });
+        return void callback(error, '', 0);
+      }
       if (options.all) (callback as unknown as (err: null, addresses: LookupAddress[]) => void)(null, allowed);
       else callback(null, first.address, first.family);
     });

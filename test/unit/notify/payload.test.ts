@@ -65,7 +65,7 @@ describe('approval notification payloads', () => {
 
   it('Slack: a block stays within Slack\'s limits however many entities agent text needs', () => {
     // Slack refuses a field over 2,000 characters and a section over 3,000: the message would be retried until the hop timed out, no approver told.
-    const m = slack(notice({ resource: '<'.repeat(1024), intent: '&'.repeat(1024), attributes: Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`.padEnd(63, 'x'), '>'.repeat(1024)])) })) as unknown as { blocks: { fields?: { text: string }[]; text?: { text: string } }[] };
+    const m = slack(notice({ rules: Array.from({ length: 200 }, (_, i) => `rule-${i}`.padEnd(63, 'r')), resource: '<'.repeat(1024), intent: '&'.repeat(1024), attributes: Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`.padEnd(63, 'x'), '>'.repeat(1024)])) })) as unknown as { blocks: { fields?: { text: string }[]; text?: { text: string } }[] };
     for (const block of m.blocks) {
       for (const f of block.fields ?? []) expect(f.text.length).toBeLessThanOrEqual(2000);
       if (block.text) expect(block.text.text.length).toBeLessThanOrEqual(3000);
