@@ -36,6 +36,8 @@ export const ERRORS = {
   forbidden_host: { status: 403 },
   forbidden_origin: { status: 403 },
   starting: { status: 503 },
+  /** A pod holds as many long polls (GET /v1/task) as it may. */
+  too_many_watches: { status: 429 },
   local_token_invalid: { status: 500 },
   // AWS.
   role_not_allowed: { status: 403, reason: Reason.RoleNotAllowed },

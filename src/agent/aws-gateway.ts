@@ -13,6 +13,7 @@ import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js'
 import type { BrokerClient } from './broker-client.js';
 import { checkLoopbackCaller } from './loopback.js';
 import { checkedBrokerHeaders, downstreamHeaders, endTogether } from './relay.js';
+import type { TaskWatch } from './task-watch.js';
 
 /** The broker's side of the gateway, as the sidecar sees it: one call, allow or an AWS-shaped refusal. */
 export interface AwsSigner {
@@ -105,6 +106,8 @@ export interface AwsGatewayOptions {
   /** The port the listener is bound to, known once it listens. */
   port: () => number;
   log: Logger;
+  /** Ends what is on its way to or from AWS when the task ends; without it, a request runs its course. */
+  watch?: Pick<TaskWatch, 'track'>;
 }
 
 /**
@@ -134,7 +137,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     exchange.hopId = decision.answer.hopId;
     exchange.continueBody();
     const source = body ?? bodySource(req, plan);
-    await sendUpstream(res, plan, decision.answer, upstreamHeaders(req, plan, decision.answer, body?.length), source, agents);
+    await sendUpstream(res, plan, decision.answer, upstreamHeaders(req, plan, decision.answer, body?.length), source, agents, options.watch);
     options.log.debug({ hopId: decision.answer.hopId, service: plan.authorization.service, method: req.method, status: res.statusCode }, 'aws request passed on');
   };
 
@@ -214,9 +217,11 @@ function bodySource(req: http.IncomingMessage, plan: AwsRequestPlan): Readable {
 
 /**
  * Sends the request to AWS and streams the answer back. Settles when the answer is passed on;
- * fails, for the caller to answer, only while nothing of the answer has been sent.
+ * fails, for the caller to answer, only while nothing of the answer has been sent. A task that
+ * ends meanwhile ends it: a body still on its way is cut off, so AWS never completes the upload,
+ * and an answer still streaming stops.
  */
-function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: AwsSignAnswer, headers: http.OutgoingHttpHeaders, body: Buffer | Readable, agents: Record<'http:' | 'https:', http.Agent>): Promise<void> {
+function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: AwsSignAnswer, headers: http.OutgoingHttpHeaders, body: Buffer | Readable, agents: Record<'http:' | 'https:', http.Agent>, watch: AwsGatewayOptions['watch']): Promise<void> {
   const target = new URL(answer.url);
   const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
   const path = plan.sign.query === '' ? plan.sign.path : `${plan.sign.path}?${plan.sign.query}`;
@@ -228,13 +233,25 @@ function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: Aw
       reject(err instanceof ChainwardenError ? err : new AwsRefusal(awsErrorOf('aws_unreachable', `the chainwarden agent could not complete the request to ${target.origin}: ${(err as Error).message}`)));
     };
     const request = (protocol === 'https:' ? https : http).request({ protocol, hostname: target.hostname, port: target.port, method: plan.sign.method, path, headers, agent: agents[protocol], timeout: UPSTREAM_IDLE_MS });
+    const release = watch?.track((error) => {
+      request.destroy(error);
+      // Once the answer has begun, the SDK can only be told by the connection breaking.
+      if (res.headersSent) res.destroy();
+    });
+    const over = () => release?.();
     request.on('timeout', () => request.destroy(new Error(`no answer for ${UPSTREAM_IDLE_MS / 1000}s`)));
-    request.on('error', fail);
+    request.on('error', (err) => {
+      over();
+      fail(err);
+    });
     request.on('response', (upstream) => {
       if (answered) return upstream.resume();
       answered = true;
       res.writeHead(upstream.statusCode ?? 502, downstreamHeaders(upstream.rawHeaders));
-      endTogether(upstream, res, resolve);
+      endTogether(upstream, res, () => {
+        over();
+        resolve();
+      });
       upstream.pipe(res);
     });
     if (Buffer.isBuffer(body)) request.end(body);

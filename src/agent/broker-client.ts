@@ -4,6 +4,7 @@ import type http from 'node:http';
 import https from 'node:https';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { readBoundedBody } from '../server/http.js';
+import { refusalOf } from './refusal.js';
 
 /** How long the pod token is trusted from memory before the file is read again. */
 const TOKEN_TTL_MS = 10_000;
@@ -70,11 +71,17 @@ export class BrokerClient {
   private readonly podToken: PodToken;
   private readonly agent: https.Agent;
   private readonly origin: string;
+  private taskEnded: ((message: string) => void) | undefined;
 
   constructor(private readonly options: BrokerClientOptions) {
     this.podToken = new PodToken(options.tokenFile);
     this.origin = new URL(options.brokerUrl).origin;
     this.agent = new https.Agent({ keepAlive: true, ca: options.caPem, maxSockets: 16 });
+  }
+
+  /** `listener` is told of any answer that says the task has ended (403 task_not_active), with its message. */
+  onTaskEnded(listener: (message: string) => void): void {
+    this.taskEnded = listener;
   }
 
   get url(): string {
@@ -89,11 +96,22 @@ export class BrokerClient {
   /** The broker's answer, its body read whole up to `limit` bytes. */
   async request(call: BrokerCall, limit: number): Promise<BrokerAnswer> {
     const token = await this.podToken.current();
-    const answer = await this.send(call, token, limit);
-    if (answer.status !== 401) return answer;
-    const fresh = await this.podToken.reread();
-    if (fresh === token) return answer;
-    return this.send(call, fresh, limit);
+    const first = await this.send(call, token, limit);
+    const fresh = first.status === 401 ? await this.podToken.reread() : token;
+    const answer = fresh === token ? first : await this.send(call, fresh, limit);
+    if (answer.status === 403 && this.taskEnded) this.noticeEnd(answer.body);
+    return answer;
+  }
+
+  /** A refusal that says the task has ended, passed on: what the sidecar still has open ends too. */
+  private noticeEnd(body: Buffer): void {
+    let refusal: ReturnType<typeof refusalOf>;
+    try {
+      refusal = refusalOf(JSON.parse(body.toString('utf8')));
+    } catch {
+      return;
+    }
+    if (refusal?.code === 'task_not_active') this.taskEnded?.(refusal.message);
   }
 
   /** A JSON call whose answer is read whole, up to `limit` bytes. */

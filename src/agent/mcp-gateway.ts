@@ -28,6 +28,7 @@ import {
 } from './mcp-message.js';
 import { downstreamHeaders, endTogether } from './relay.js';
 import { eventStreamEditor, sseEvent, sseMessage } from './sse.js';
+import type { TaskWatch } from './task-watch.js';
 
 export interface McpGatewayOptions {
   forwarder: McpForwarder;
@@ -38,6 +39,8 @@ export interface McpGatewayOptions {
   pollMs?: number;
   /** How often a held call tells the agent it still waits (1 s). */
   progressMs?: number;
+  /** Ends what is on its way to or from an MCP server when the task ends; without it, an exchange runs its course. */
+  watch?: Pick<TaskWatch, 'track'>;
   /**
    * How many calls may be held at once (16). Each asks the broker about its hop every `pollMs`
    * for up to 10 minutes; without a bound, an agent that sends the same waiting call a thousand
@@ -67,6 +70,10 @@ interface Exchange {
   hopId?: string;
   /** The gateway began an event stream to the agent itself (a held call): what follows goes into it. */
   streaming: boolean;
+  /** The request to the system's server, once sent. */
+  upstream?: http.ClientRequest;
+  /** Why the exchange was ended from outside (the task ended), which is what the agent is told. */
+  stopped?: McpFailure;
 }
 
 /**
@@ -204,13 +211,25 @@ export class McpGateway {
     }, this.progressMs);
   }
 
-  /** Sends the agent's message (as the gateway read it) where the broker says, with the broker's headers, and passes the server's answer back. */
+  /**
+   * Sends the agent's message (as the gateway read it) where the broker says, with the broker's
+   * headers, and passes the server's answer back. A task that ends meanwhile ends the exchange:
+   * the request to the server is cut off, and an event stream to the agent stops.
+   */
   private async passOn(ex: Exchange, answer: McpForwardAnswer, message: AgentMessage | undefined): Promise<void> {
     const edit = editFor(message, answer);
     ex.hopId = answer.hopId ?? ex.hopId;
-    const reply = await this.send(ex, answer, message?.body);
-    await this.relay(ex, reply, edit);
-    this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId, status: reply.statusCode }, 'mcp message passed on');
+    const release = this.options.watch?.track((error) => {
+      ex.stopped = new McpFailure(failureOfRefusal(ex.system, error.status, { error: { code: error.code, message: error.message } }));
+      ex.upstream?.destroy(error);
+    });
+    try {
+      const reply = await this.send(ex, answer, message?.body);
+      await this.relay(ex, reply, edit);
+      this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId, status: reply.statusCode }, 'mcp message passed on');
+    } finally {
+      release?.();
+    }
   }
 
   /** The request to the system's server; settles once its answer begins, or fails naming the system when it does not begin in time. */
@@ -224,6 +243,7 @@ export class McpGateway {
     Object.assign(headers, answer.headers);
     return new Promise((resolve, reject) => {
       const request = (protocol === 'https:' ? https : http).request(target, { method: ex.req.method, headers, agent: this.agents[protocol] });
+      ex.upstream = request;
       const timer = setTimeout(() => request.destroy(new Error(`it sent no answer within ${this.answerTimeoutMs / 1000}s`)), this.answerTimeoutMs);
       // An agent that goes away takes its request with it, answered or not.
       ex.res.once('close', () => {
@@ -231,7 +251,7 @@ export class McpGateway {
       });
       request.on('error', (err) => {
         clearTimeout(timer);
-        reject(new McpFailure(upstreamFailure(ex.system, `(${target.origin}${target.pathname}) could not be reached: ${err.message}`)));
+        reject(ex.stopped ?? new McpFailure(upstreamFailure(ex.system, `(${target.origin}${target.pathname}) could not be reached: ${err.message}`)));
       });
       request.on('response', (reply) => {
         clearTimeout(timer);
@@ -293,8 +313,10 @@ export class McpGateway {
 
   /** The JSON-RPC error for whatever ended the exchange, with the request's id; into the event stream if the agent has one. */
   private fail(ex: Exchange, err: unknown): void {
-    const rpc = err instanceof McpFailure ? err.rpc : this.failureOf(err);
-    const id = err instanceof McpFailure && err.id !== undefined ? err.id : ex.id;
+    // The task's end, when that is what broke the exchange, rather than the break it caused.
+    const failure = ex.stopped ?? err;
+    const rpc = failure instanceof McpFailure ? failure.rpc : this.failureOf(failure);
+    const id = failure instanceof McpFailure && failure.id !== undefined ? failure.id : ex.id;
     const answer = { jsonrpc: '2.0', id, error: { code: rpc.code, message: rpc.message, ...(rpc.data ? { data: rpc.data } : {}) } };
     this.options.log.info({ system: ex.system, method: ex.method, hopId: ex.hopId, code: rpc.code, status: rpc.status }, 'mcp message refused');
     const { req, res } = ex;

@@ -10,6 +10,7 @@ import { BrokerClient, sameSecret } from './broker-client.js';
 import { assertLoopbackListen, checkLoopbackCaller, closeServer, httpUrl, listenOn, type ListenAddress } from './loopback.js';
 import { brokerMcpForwarder } from './mcp-forwarder.js';
 import { McpGateway, type McpGatewayOptions } from './mcp-gateway.js';
+import { brokerTaskProbe, TaskWatch, type TaskWatchOptions } from './task-watch.js';
 
 export { sameSecret };
 
@@ -30,6 +31,8 @@ export interface AgentProxyOptions {
   awsListen?: ListenAddress;
   /** The MCP gateway's timings; its defaults are for production. */
   mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs' | 'maxHeld'>;
+  /** The timings of the watch that ends open exchanges when the task ends; its defaults are for production. */
+  watch?: Pick<TaskWatchOptions, 'startAfterMs' | 'waitSeconds' | 'staleAfterMs' | 'retryMs'>;
   log: Logger;
 }
 
@@ -169,15 +172,19 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   assertLoopbackListen(options.listen, '--listen');
   if (options.awsListen) assertLoopbackListen(options.awsListen, '--aws-listen');
   const broker = new BrokerClient({ brokerUrl: options.brokerUrl, caPem: options.caPem, tokenFile: options.tokenFile });
+  const watch = new TaskWatch({ probe: brokerTaskProbe(broker), log: options.log, ...options.watch });
+  // Any broker answer that says the task ended ends what the gateways have open, as the watch's own long poll does.
+  broker.onTaskEnded((message) => watch.ended(message));
   // Set once the file exists; the file is written only after the listener is up, so an app
   // container that found the file (the startup probe waits for it) finds the sidecar answering.
   let localToken: string | undefined;
   let port = options.listen.port;
   let awsPort = options.awsListen?.port ?? 0;
-  const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, ...options.mcp });
+  const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, watch, ...options.mcp });
   const server = http.createServer(brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
-  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log }) : undefined;
+  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch }) : undefined;
   const close = async () => {
+    watch.close();
     aws?.close();
     mcp.close();
     broker.close();

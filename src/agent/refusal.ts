@@ -34,3 +34,10 @@ export function describedRefusal(message: string, reasons: RefusalReason[], hopI
   if (hopId && !out.includes(hopId)) out += ` (hop ${hopId})`;
   return out;
 }
+
+/** The broker's error, when a body is one: its code and message. */
+export function refusalOf(body: unknown): { code: string; message: string } | undefined {
+  const error = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+  if (typeof error?.code !== 'string') return undefined;
+  return { code: error.code, message: typeof error.message === 'string' ? error.message : error.code };
+}

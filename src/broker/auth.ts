@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { KubeAccess } from '../kube/access.js';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, errors as jose, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
 import type { AgentTask } from '../api/schema.js';
@@ -69,6 +70,8 @@ interface Verified {
   podUid: string;
   serviceAccount: string;
   expiresAt: number;
+  /** When the token is verified again, with the keys then current: its expiry, or KEY_MAX_AGE_MS after it was verified. */
+  checkAgainAt: number;
   /** For a JWT-SVID: the SPIFFE ID it names, which must be the one the pod's task gives. */
   spiffeId?: string;
 }
@@ -95,6 +98,19 @@ export const MAX_WAITING_PER_POD = 4;
 
 /** When a token names a key we do not have, the API server's keys are read again at most this often. */
 const KEY_REFETCH_MS = 10_000;
+
+/**
+ * How long the API server's keys, and a token verified with them, are trusted before they are
+ * read and checked again: a key the cluster's admins withdraw (a leaked one, rotated out) stops
+ * verifying tokens within this, though a token it signed may claim a later expiry.
+ */
+export const KEY_MAX_AGE_MS = 5 * 60_000;
+
+/** The long polls (GET /v1/task) one pod may hold at once: its sidecar holds one. */
+export const MAX_WATCHES_PER_POD = 2;
+
+/** How often a watched task is checked afresh though its object has not changed: its deadline, its pod, this replica's refusals. */
+const WATCH_RECHECK_MS = 1_000;
 
 /** Why a token failed, for the verification counter and for how long to remember it. */
 function classifyVerificationError(err: unknown, keysRefetchableInMs: number): { ttlMs: number | undefined; error: ChainwardenError } {
@@ -124,9 +140,10 @@ export interface AgentAuthenticatorOptions {
 /**
  * Authenticates agent pods by their projected service-account token: signature against the API
  * server's published keys, issuer, audience `chainwarden`, expiry, and the pod binding. A
- * verified token is cached until it expires, so a hop pays no round trip; whether its pod still
- * exists and is bound to a live task is checked on every request against the informer caches,
- * so a deleted pod or an ended task loses access within one watch event.
+ * verified token is cached until it expires or KEY_MAX_AGE_MS passes, so a hop pays no round
+ * trip; whether its pod still exists, runs and is bound to a live task is checked on every
+ * request against the informer caches, so a deleted pod or an ended task loses access within
+ * one watch event.
  *
  * Unknown callers stay cheap: a token that fails verification, or whose pod the API server does
  * not have, is remembered by its hash for a short while (REFUSAL_TTL_MS), and concurrent
@@ -137,6 +154,9 @@ export class AgentAuthenticator {
   private issuer: string | undefined;
   private keys: ReturnType<typeof createLocalJWKSet> | undefined;
   private keysFetchedAt = -Infinity;
+  private readonly loadingKeys = new Map<string, Promise<void>>();
+  /** Long polls held, by pod uid. */
+  private readonly watchesByPod = new Map<string, number>();
   private readonly verified = new Map<string, Verified>();
   private readonly refused = new Map<string, { error: ChainwardenError; until: number }>();
   private readonly verifying = new Map<string, Promise<Verified>>();
@@ -178,8 +198,20 @@ export class AgentAuthenticator {
     }
   }
 
+  /**
+   * The keys to verify with: read once, then again when they are older than KEY_MAX_AGE_MS. A
+   * refresh that fails keeps the keys read before, so an API server that cannot answer for a
+   * moment does not refuse every agent whose token is due to be checked again.
+   */
+  private async currentKeys(): Promise<void> {
+    if (this.keys && this.clock.now() - this.keysFetchedAt < KEY_MAX_AGE_MS) return;
+    const refresh = this.once(this.loadingKeys, 'keys', () => this.loadKeys());
+    if (!this.keys) return refresh;
+    await refresh.catch((err: unknown) => this.log.warn({ reason: errorMessage(err) }, 'could not read the API server\'s service-account keys again; verifying with those read before'));
+  }
+
   private async verifySignature(token: string): Promise<ServiceAccountClaims> {
-    if (!this.keys) await this.loadKeys();
+    await this.currentKeys();
     const options = {
       issuer: this.issuer,
       audience: BROKER_AUDIENCE,
@@ -192,7 +224,7 @@ export class AgentAuthenticator {
     } catch (err) {
       // An unknown key may mean the API server rotated its keys: refetch, at most every 10 s.
       if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || this.clock.now() - this.keysFetchedAt < KEY_REFETCH_MS) throw err;
-      await this.loadKeys();
+      await this.once(this.loadingKeys, 'keys', () => this.loadKeys());
       return (await jwtVerify<ServiceAccountClaims>(token, this.keys as ReturnType<typeof createLocalJWKSet>, options)).payload;
     }
   }
@@ -226,7 +258,7 @@ export class AgentAuthenticator {
       throw this.remember(key, unauthenticated(`the JWT-SVID is not bound to a pod; use one from GET /v1/svid?audience=${BROKER_AUDIENCE}`), REFUSAL_TTL_MS.token);
     }
     verifications('accepted');
-    return { namespace, podName, podUid, serviceAccount, expiresAt: (payload.exp ?? 0) * 1000, spiffeId: payload.sub };
+    return this.checkedUntil({ namespace, podName, podUid, serviceAccount, expiresAt: (payload.exp ?? 0) * 1000, spiffeId: payload.sub });
   }
 
   /** Verifies a token the caches do not know; refusals are remembered, failures to verify are not. */
@@ -248,7 +280,11 @@ export class AgentAuthenticator {
       throw this.remember(key, unauthenticated('the token is not bound to a pod; use the projected service-account token of the agent pod'), REFUSAL_TTL_MS.token);
     }
     verifications('accepted');
-    return this.cache(key, { namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 });
+    return this.cache(key, this.checkedUntil({ namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 }));
+  }
+
+  private checkedUntil(verified: Omit<Verified, 'checkAgainAt'>): Verified {
+    return { ...verified, checkAgainAt: Math.min(verified.expiresAt, this.clock.now() + KEY_MAX_AGE_MS) };
   }
 
   private cache(key: string, fresh: Verified): Verified {
@@ -262,7 +298,7 @@ export class AgentAuthenticator {
 
   private async cachedVerify(key: string, token: string): Promise<Verified> {
     const hit = this.verified.get(key);
-    if (hit && hit.expiresAt > this.clock.now()) return hit;
+    if (hit && hit.checkAgainAt > this.clock.now()) return hit;
     if (hit) this.verified.delete(key);
     return this.once(this.verifying, key, () => this.verifyToken(key, token));
   }
@@ -360,9 +396,41 @@ export class AgentAuthenticator {
     return after;
   }
 
+  /**
+   * Holds until the caller's task ends, throwing the refusal every endpoint now gives, or until
+   * `waitMs` passes, returning the caller as it stands then: how a sidecar with a stream open
+   * learns at once that it must end it. Woken by any change of the task's cached object, and
+   * checked afresh every WATCH_RECHECK_MS for what changes no task (its deadline, its pod, this
+   * replica's refusals); `gone` ends the wait early, when the caller has gone away.
+   */
+  async untilEnded(authorization: string | undefined, waitMs: number, gone: () => boolean): Promise<AgentPrincipal> {
+    let who = await this.authenticate(authorization);
+    const held = this.watchesByPod.get(who.podUid) ?? 0;
+    if (held >= MAX_WATCHES_PER_POD) throw new ChainwardenError('too_many_watches', `pod ${who.podName} already holds ${held} requests waiting for its task to end, the most a pod may; wait for one to be answered`);
+    this.watchesByPod.set(who.podUid, held + 1);
+    try {
+      const until = this.clock.now() + waitMs;
+      for (let left = waitMs; left > 0 && !gone(); left = until - this.clock.now()) {
+        const seen = who.task;
+        const wait = Math.min(left, WATCH_RECHECK_MS);
+        if (this.lookups.taskShows) await this.lookups.taskShows(who.namespace, seen.metadata.name ?? '', (task) => task !== seen, wait);
+        else await sleep(wait);
+        who = await this.authenticate(authorization);
+      }
+      return who;
+    } finally {
+      const left = (this.watchesByPod.get(who.podUid) ?? 1) - 1;
+      if (left > 0) this.watchesByPod.set(who.podUid, left);
+      else this.watchesByPod.delete(who.podUid);
+    }
+  }
+
   /** The principal, or the task and the refusal while the task has not bound the pod yet; throws every other refusal. */
   private principal(who: Verified, pod: PodRecord | undefined): AgentPrincipal | { waiting: ChainwardenError; task: AgentTask } {
     if (!pod || pod.metadata?.uid !== who.podUid || pod.metadata.deletionTimestamp) throw podGone(who);
+    // A finished pod runs nothing: whoever holds its token now is not the agent.
+    const phase = pod.status?.phase;
+    if (phase === 'Succeeded' || phase === 'Failed') throw unauthenticated(`pod ${who.namespace}/${who.podName} has finished (phase ${phase}); its token is no longer accepted`);
     const taskName = pod.metadata.labels?.[TASK_LABEL];
     const task = taskName ? this.lookups.task(who.namespace, taskName) : undefined;
     if (!taskName || !task) throw notAnAgent(who, taskName);

@@ -18,7 +18,7 @@ import { MAX_SIGN_REQUEST_BYTES } from '../aws/sign-api.js';
 import { parseForwardRequest, type McpGateway } from '../mcp/gateway.js';
 
 export interface BrokerDeps {
-  auth: Pick<AgentAuthenticator, 'authenticate'>;
+  auth: Pick<AgentAuthenticator, 'authenticate' | 'untilEnded'>;
   credentials: CredentialBroker;
   hops: HopService;
   issuer: SvidIssuer;
@@ -171,6 +171,34 @@ function credentials(deps: BrokerDeps): Handler {
   };
 }
 
+/** The longest GET /v1/task holds its answer: well inside the sidecar's 30 s for a silent broker. */
+export const MAX_TASK_WAIT_SECONDS = 20;
+
+/** `waitSeconds` of GET /v1/task, checked: a whole number of seconds up to MAX_TASK_WAIT_SECONDS; 0 when absent. */
+export function parseWaitSeconds(url: string): number {
+  const raw = new URLSearchParams(url.split('?')[1] ?? '').get('waitSeconds');
+  if (raw === null) return 0;
+  if (!/^\d{1,2}$/.test(raw) || Number(raw) > MAX_TASK_WAIT_SECONDS) {
+    throw new ChainwardenError('invalid_request', `waitSeconds must be a whole number of seconds from 0 to ${MAX_TASK_WAIT_SECONDS}, not ${quoted(raw)}`, { field: 'waitSeconds' });
+  }
+  return Number(raw);
+}
+
+/**
+ * GET /v1/task[?waitSeconds=N]: the caller's task while it is live. Answered at once when the
+ * task has ended (403 task_not_active, as every endpoint then answers), else as soon as it ends,
+ * else after `waitSeconds` with the task: how the sidecar learns to close the streams it has open.
+ */
+function task(deps: BrokerDeps): Handler {
+  return async (req, res) => {
+    requireMethod(req, 'GET');
+    const waitMs = parseWaitSeconds(req.url ?? '') * 1000;
+    const who = await deps.auth.untilEnded(req.headers.authorization, waitMs, () => req.socket.destroyed);
+    const { namespace, name, uid } = who.task.metadata;
+    sendJson(res, 200, { namespace, name, uid, state: who.task.status?.state ?? 'Pending' }, { 'cache-control': 'no-store' });
+  };
+}
+
 /** The most a hop request may carry. */
 const MAX_HOP_BYTES = 64 * 1024;
 
@@ -216,6 +244,7 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   const { aws, mcp } = deps;
   return {
     '/v1/svid': svid(deps),
+    '/v1/task': task(deps),
     '/v1/hops': hops(deps),
     '/v1/hops/': hops(deps),
     '/v1/credentials': credentials(deps),

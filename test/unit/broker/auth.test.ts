@@ -3,7 +3,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { AgentTask } from '../../../src/api/schema.js';
-import { AgentAuthenticator, MAX_WAITING_PER_POD, REFUSAL_TTL_MS, type PodRecord } from '../../../src/broker/auth.js';
+import { AgentAuthenticator, KEY_MAX_AGE_MS, MAX_WATCHES_PER_POD, MAX_WAITING_PER_POD, REFUSAL_TTL_MS, type PodRecord } from '../../../src/broker/auth.js';
 import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { Metrics } from '../../../src/runtime/metrics.js';
@@ -310,5 +310,84 @@ describe('a pod whose task has not bound it yet', () => {
     const answer = auth.authenticate(`Bearer ${await token()}`, { waitForBindingMs: 100 });
     setTimeout(() => change({ ...boundTask, status: { state: 'Bound', boundPods: [{ name: 'agent-1', uid: 'uid-1' }] } }), 10);
     await expect(answer).rejects.toMatchObject({ code: 'pod_not_bound' });
+  });
+
+  describe('GET /v1/task: the sidecar learns at once that its task ended', () => {
+    const header = async () => `Bearer ${await token()}`;
+
+    it('is held while the task is live and refused as soon as it ends, not at the end of the wait', async () => {
+      const { auth, change } = watchedTask(boundTask);
+      const started = performance.now();
+      const answer = auth.untilEnded(await header(), 20_000, () => false);
+      setTimeout(() => change({ ...boundTask, status: { state: 'Completed' } }), 30);
+      await expect(answer).rejects.toMatchObject({ status: 403, code: 'task_not_active' });
+      expect(performance.now() - started).toBeLessThan(2_000);
+    });
+
+    it('answers with the live task once the wait is over, and holds nothing after', async () => {
+      const { auth, waiting } = watchedTask(boundTask);
+      const answer = auth.untilEnded(await header(), 500, () => false);
+      setTimeout(() => (now += 600), 10);
+      await expect(answer).resolves.toMatchObject({ podUid: 'uid-0', task: { metadata: { name: 'ticket-4711' } } });
+      expect(waiting()).toBe(0);
+    });
+
+    it('ends within a recheck when its pod goes, which changes no task', async () => {
+      const { auth } = watchedTask(boundTask);
+      const answer = auth.untilEnded(await header(), 20_000, () => false);
+      setTimeout(() => cachedPods.clear(), 10);
+      await expect(answer).rejects.toMatchObject({ status: 401, message: expect.stringMatching(/no longer exists/) as unknown });
+    });
+
+    it('holds a few for one pod and refuses more with 429, so long polls cost a pod its connections, never the broker its memory', async () => {
+      const { auth, change } = watchedTask(boundTask);
+      const held = Array.from({ length: MAX_WATCHES_PER_POD }, async () => auth.untilEnded(await header(), 20_000, () => false).catch((err: unknown) => err));
+      await new Promise((r) => setTimeout(r, 20));
+      await expect(auth.untilEnded(await header(), 20_000, () => false)).rejects.toMatchObject({ status: 429, code: 'too_many_watches' });
+      change({ ...boundTask, status: { state: 'Completed' } });
+      for (const one of await Promise.all(held)) expect(one).toMatchObject({ code: 'task_not_active' });
+    });
+  });
+});
+
+describe('tokens the cluster no longer stands behind', () => {
+  it('a pod that has finished is refused, though its token is valid and the task still lists it', async () => {
+    for (const phase of ['Succeeded', 'Failed']) {
+      cachedPods.set('support/agent-0', { ...agentPod(), status: { phase } });
+      await expect(authenticator().authenticate(`Bearer ${await token()}`)).rejects.toMatchObject({ status: 401, message: expect.stringContaining(`has finished (phase ${phase})`) as unknown });
+    }
+    cachedPods.set('support/agent-0', { ...agentPod(), status: { phase: 'Running' } });
+    await expect(authenticator().authenticate(`Bearer ${await token()}`)).resolves.toMatchObject({ podUid: 'uid-0' });
+  });
+
+  it('a key the API server withdraws stops verifying within KEY_MAX_AGE_MS, though the token claims a later expiry', async () => {
+    const auth = authenticator();
+    const header = `Bearer ${await token()}`;
+    await expect(auth.authenticate(header)).resolves.toMatchObject({ podUid: 'uid-0' });
+    const published = jwk;
+    try {
+      // Rotated out: the API server now publishes only another key.
+      jwk = { ...(await exportJWK((await generateKeyPair('ES256')).publicKey)), kid: 'k2', alg: 'ES256', use: 'sig' };
+      now += KEY_MAX_AGE_MS - 1_000;
+      await expect(auth.authenticate(header)).resolves.toMatchObject({ podUid: 'uid-0' });
+      now += 2_000;
+      await expect(auth.authenticate(header)).rejects.toMatchObject({ status: 401 });
+    } finally {
+      jwk = published;
+    }
+  });
+
+  it('an API server that cannot be asked when the keys are due keeps the keys read before: agents are not refused for it', async () => {
+    const auth = authenticator();
+    const header = `Bearer ${await token()}`;
+    await expect(auth.authenticate(header)).resolves.toMatchObject({ podUid: 'uid-0' });
+    const reads = api.jwksReads;
+    api.down = true;
+    now += KEY_MAX_AGE_MS + 1_000;
+    await expect(auth.authenticate(header)).resolves.toMatchObject({ podUid: 'uid-0' });
+    // Once it answers again, the next token verified reads them afresh.
+    api.down = false;
+    await expect(auth.authenticate(`Bearer ${await token({ exp: START / 1000 + 599 })}`)).resolves.toMatchObject({ podUid: 'uid-0' });
+    expect(api.jwksReads).toBe(reads + 1);
   });
 });

@@ -56,6 +56,11 @@ describe('broker paths are checked before the caller is authenticated', () => {
     ['POST', '/v1/tasks/support/ticket_4711/complete', 'invalid_request', 'name'],
     ['POST', '/v1/tasks/support/%74icket/complete', 'invalid_request', 'name'],
     ['POST', `/v1/tasks/support/${'a'.repeat(254)}/complete`, 'invalid_request', 'name'],
+    ['GET', '/v1/task?waitSeconds=21', 'invalid_request', 'waitSeconds'],
+    ['GET', '/v1/task?waitSeconds=-1', 'invalid_request', 'waitSeconds'],
+    ['GET', '/v1/task?waitSeconds=1e1', 'invalid_request', 'waitSeconds'],
+    ['GET', '/v1/task?waitSeconds=', 'invalid_request', 'waitSeconds'],
+    ['GET', `/v1/task?waitSeconds=${'9'.repeat(400)}`, 'invalid_request', 'waitSeconds'],
   ])('%s %s is a 400 %s naming %s', async (method, path, code, field) => {
     const answer = await call(method, path);
     expect(answer).toMatchObject({ status: 400, body: { error: { code, field } } });

@@ -1,0 +1,128 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ChainwardenError, errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { BrokerClient } from './broker-client.js';
+import { refusalOf } from './refusal.js';
+
+/** What the broker says of the task, asked with a wait: live still, ended (why), or it cannot say (and, for an older broker, never will). */
+export type TaskAnswer = { live: true } | { live: false; message: string } | { unknown: string; unsupported?: true };
+export type TaskProbe = (waitSeconds: number) => Promise<TaskAnswer>;
+
+export interface TaskWatchOptions {
+  probe: TaskProbe;
+  log: Logger;
+  /** An exchange open this long makes the watch start asking (1 s): shorter ones end before a watch could matter. */
+  startAfterMs?: number;
+  /** How long the broker holds each question (20 s). */
+  waitSeconds?: number;
+  /** Open exchanges are ended when the broker has not said the task is live for this long (30 s): a task may have ended unseen. */
+  staleAfterMs?: number;
+  /** The pause before asking again after the broker could not say (1 s). */
+  retryMs?: number;
+}
+
+/**
+ * Ends the exchanges the sidecar has open (an AWS upload or download, an MCP event stream) when
+ * the task ends: the broker refuses every new request at once, and this carries the same end
+ * into what was allowed before. While an exchange has been open for `startAfterMs`, the sidecar
+ * holds one long poll on the broker (`GET /v1/task?waitSeconds=20`), which the broker answers as
+ * soon as the task ends; any other broker answer that says so ends them too (`ended`). A broker
+ * that cannot be asked for `staleAfterMs` ends them as well: the sidecar fails closed.
+ */
+export class TaskWatch {
+  private readonly open = new Set<(error: ChainwardenError) => void>();
+  private readonly startAfterMs: number;
+  private readonly waitSeconds: number;
+  private readonly staleAfterMs: number;
+  private readonly retryMs: number;
+  private starting: NodeJS.Timeout | undefined;
+  private watching = false;
+  private unsupported = false;
+  private closed = false;
+
+  constructor(private readonly options: TaskWatchOptions) {
+    this.startAfterMs = options.startAfterMs ?? 1_000;
+    this.waitSeconds = options.waitSeconds ?? 20;
+    this.staleAfterMs = options.staleAfterMs ?? 30_000;
+    this.retryMs = options.retryMs ?? 1_000;
+  }
+
+  /** Open exchanges, for tests and the log. */
+  get size(): number {
+    return this.open.size;
+  }
+
+  /**
+   * An exchange begins: `stop` ends it, with the error that says why, if the task ends first.
+   * Returns what to call when it is over.
+   */
+  track(stop: (error: ChainwardenError) => void): () => void {
+    const entry = (error: ChainwardenError) => stop(error);
+    this.open.add(entry);
+    if (!this.watching && !this.starting && !this.unsupported && !this.closed) {
+      this.starting = setTimeout(() => {
+        this.starting = undefined;
+        if (this.open.size > 0) void this.watch();
+      }, this.startAfterMs);
+      this.starting.unref();
+    }
+    return () => this.open.delete(entry);
+  }
+
+  /** The task has ended (a broker answer said so): every open exchange ends now. */
+  ended(message: string): void {
+    const error = new ChainwardenError('task_not_active', message);
+    const stops = [...this.open];
+    this.open.clear();
+    if (stops.length > 0) this.options.log.info({ exchanges: stops.length, reason: message }, 'the task ended: open exchanges are closed');
+    for (const stop of stops) stop(error);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.starting);
+  }
+
+  private async watch(): Promise<void> {
+    this.watching = true;
+    let confirmedAt = Date.now();
+    try {
+      while (this.open.size > 0 && !this.closed) {
+        const askedAt = Date.now();
+        const answer = await this.options.probe(this.waitSeconds).catch((err: unknown): TaskAnswer => ({ unknown: errorMessage(err) }));
+        if ('live' in answer && answer.live) {
+          confirmedAt = Date.now();
+          // A broker that answers without holding the question is not asked again at once.
+          if (confirmedAt - askedAt < this.retryMs) await sleep(this.retryMs, undefined, { ref: false });
+          continue;
+        }
+        if ('live' in answer) return this.ended(answer.message);
+        if (answer.unsupported) {
+          // A broker older than the sidecar: it cannot say, and never will; the exchanges run as they did before.
+          this.unsupported = true;
+          this.options.log.warn({ reason: answer.unknown }, 'the broker cannot say when the task ends; open exchanges are not watched');
+          return;
+        }
+        if (Date.now() - confirmedAt >= this.staleAfterMs) {
+          return this.ended(`the chainwarden broker has not confirmed the task is live for ${Math.round((Date.now() - confirmedAt) / 1000)}s (${answer.unknown}), so what it allowed ends here`);
+        }
+        await sleep(this.retryMs, undefined, { ref: false });
+      }
+    } finally {
+      this.watching = false;
+    }
+  }
+}
+
+/** `GET /v1/task` on the broker, with the pod token: 200 while live; a 401 or 403 is the end (the task's, or the pod's). */
+export function brokerTaskProbe(broker: BrokerClient): TaskProbe {
+  return async (waitSeconds) => {
+    const { status, body } = await broker.getJson(`/v1/task?waitSeconds=${waitSeconds}`, 64 * 1024);
+    if (status === 200) return { live: true };
+    const refusal = refusalOf(body);
+    if (status === 401 || status === 403) return { live: false, message: refusal?.message ?? `the chainwarden broker refuses this pod's requests (HTTP ${status})` };
+    // 404 with the broker's own error shape: a broker without this endpoint.
+    if (status === 404 && refusal?.code === 'not_found') return { unknown: refusal.message, unsupported: true };
+    return { unknown: refusal ? `${refusal.code}: ${refusal.message}` : `HTTP ${status}` };
+  };
+}

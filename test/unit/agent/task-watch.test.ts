@@ -1,0 +1,93 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it, vi } from 'vitest';
+import { TaskWatch, type TaskAnswer } from '../../../src/agent/task-watch.js';
+import type { ChainwardenError } from '../../../src/errors.js';
+import { silentLogger } from '../../../src/log.js';
+
+/** A watch with short timings, whose broker answers from `script` in turn (the last one repeats), each after `delayMs`. */
+function watchWith(script: TaskAnswer[], delayMs = 5) {
+  let asked = 0;
+  const probe = vi.fn(async () => {
+    await sleep(delayMs);
+    return script[Math.min(asked++, script.length - 1)] as TaskAnswer;
+  });
+  const watch = new TaskWatch({ probe, log: silentLogger(), startAfterMs: 20, waitSeconds: 20, staleAfterMs: 100, retryMs: 10 });
+  return { watch, probe };
+}
+
+/** An exchange the watch may end: the error it was ended with, if it was. */
+function exchange(watch: TaskWatch) {
+  const seen: { error?: ChainwardenError } = {};
+  const release = watch.track((error) => (seen.error = error));
+  return { seen, release };
+}
+
+describe('TaskWatch: what the sidecar has open ends with the task', () => {
+  it('an exchange over before the watch starts costs the broker nothing', async () => {
+    const { watch, probe } = watchWith([{ live: true }]);
+    exchange(watch).release();
+    await sleep(60);
+    expect(probe).not.toHaveBeenCalled();
+  });
+
+  it('ends every open exchange with the broker\'s words once it says the task ended, and only then', async () => {
+    const { watch, probe } = watchWith([{ live: true }, { live: true }, { live: false, message: 'AgentTask support/t1 completed; it gets nothing more' }]);
+    const a = exchange(watch);
+    const b = exchange(watch);
+    await vi.waitFor(() => expect(a.seen.error).toBeDefined(), { timeout: 1_000 });
+    expect(probe).toHaveBeenCalledTimes(3);
+    expect(probe).toHaveBeenCalledWith(20);
+    expect(a.seen.error).toMatchObject({ code: 'task_not_active', message: 'AgentTask support/t1 completed; it gets nothing more' });
+    expect(b.seen.error?.code).toBe('task_not_active');
+    expect(watch.size).toBe(0);
+  });
+
+  it('asks no more once nothing is open', async () => {
+    const { watch, probe } = watchWith([{ live: true }], 10);
+    const a = exchange(watch);
+    await vi.waitFor(() => expect(probe).toHaveBeenCalled(), { timeout: 1_000 });
+    a.release();
+    await sleep(50);
+    const asked = probe.mock.calls.length;
+    await sleep(50);
+    expect(probe.mock.calls.length).toBe(asked);
+    expect(a.seen.error).toBeUndefined();
+  });
+
+  it('fails closed: a broker that cannot say for staleAfterMs ends what is open, saying why', async () => {
+    const { watch } = watchWith([{ live: true }, { unknown: 'broker_unreachable: connection refused' }]);
+    const a = exchange(watch);
+    await vi.waitFor(() => expect(a.seen.error).toBeDefined(), { timeout: 1_000 });
+    expect(a.seen.error?.message).toMatch(/has not confirmed the task is live for \ds \(broker_unreachable: connection refused\)/);
+  });
+
+  it('a broker without the endpoint (an older one) ends nothing, and is not asked again', async () => {
+    const { watch, probe } = watchWith([{ unknown: 'no endpoint at /v1/task', unsupported: true }]);
+    const a = exchange(watch);
+    await sleep(200);
+    expect(a.seen.error).toBeUndefined();
+    exchange(watch);
+    await sleep(60);
+    expect(probe).toHaveBeenCalledTimes(1);
+  });
+
+  it('a probe that throws counts as the broker not saying, not as the end', async () => {
+    const probe = vi.fn().mockRejectedValueOnce(new Error('socket hang up')).mockResolvedValue({ live: true });
+    const watch = new TaskWatch({ probe, log: silentLogger(), startAfterMs: 10, staleAfterMs: 10_000, retryMs: 5 });
+    const a = exchange(watch);
+    await vi.waitFor(() => expect(probe.mock.calls.length).toBeGreaterThanOrEqual(3), { timeout: 1_000 });
+    expect(a.seen.error).toBeUndefined();
+    a.release();
+  });
+
+  it('ended() (any broker answer that says so) ends everything open at once', () => {
+    const { watch, probe } = watchWith([{ live: true }]);
+    const a = exchange(watch);
+    const b = exchange(watch);
+    watch.ended('AgentTask support/t1 broke no-exfiltration; it gets nothing more');
+    expect(a.seen.error?.message).toContain('no-exfiltration');
+    expect(b.seen.error?.code).toBe('task_not_active');
+    expect(probe).not.toHaveBeenCalled();
+    watch.close();
+  });
+});
