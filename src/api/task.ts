@@ -100,3 +100,14 @@ export const STATUS_CAPS = {
   systemsTouched: maxItemsOf(status.chain.properties.systemsTouched, 'chain.systemsTouched'),
   dataClassesTouched: maxItemsOf(status.chain.properties.dataClassesTouched, 'chain.dataClassesTouched'),
 } as const;
+
+/**
+ * The marker a hop names instead of its body's hash (`payloadSha256` that is no SHA-256: the
+ * AWS gateway's UNSIGNED-PAYLOAD or streaming marker), when it does: such a body is bound to
+ * nothing, so no approval can bind what it would release. Undefined for a hop with a hashed body or none.
+ */
+export function unhashedBody(attributes: Readonly<Record<string, string | number | boolean>> | undefined): string | undefined {
+  const hash = attributes?.payloadSha256;
+  if (hash === undefined || /^[0-9a-f]{64}$/.test(String(hash))) return undefined;
+  return String(hash);
+}

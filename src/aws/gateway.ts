@@ -12,6 +12,8 @@ import { MAX_SIGN_FORM_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsS
 
 /** How far an SDK's X-Amz-Date may be from the broker's clock, as AWS allows. */
 const MAX_SKEW_MS = 15 * 60_000;
+/** The methods whose body is what the call does (S3 ignores a GET's). */
+const CARRIES_BODY = new Set(['PUT', 'POST', 'PATCH']);
 /** Headers the broker sets for the real endpoint; the SDK's values of them are never signed on. */
 const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host', 'x-amz-content-sha256']);
 
@@ -81,7 +83,9 @@ export class AwsGateway {
     // Decided on the signed headers alone: those are the ones signed on for AWS.
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers: signed, body: request.form });
     // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
-    const attributes: Record<string, string> = /^[0-9a-f]{64}$/.test(request.payloadHash) ? { payloadSha256: request.payloadHash } : {};
+    // A body sent unhashed (UNSIGNED-PAYLOAD, a streaming marker) is named by its marker, and no approval releases it (`approvable`).
+    const attributes: Record<string, string> = {};
+    if (/^[0-9a-f]{64}$/.test(request.payloadHash) || CARRIES_BODY.has(request.method)) attributes.payloadSha256 = request.payloadHash || 'absent';
     const verdict = await this.decideHops(who, operation, attributes);
     if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
     const answer = verdict.answer;

@@ -1,5 +1,6 @@
 import { setImmediate, setTimeout as sleep } from 'node:timers/promises';
 import { MAX_HOP_RESOURCE, type AgentApproval, type AgentTask } from '../api/schema.js';
+import { unhashedBody } from '../api/task.js';
 import { ChainwardenError } from '../errors.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
@@ -114,13 +115,16 @@ export class GatewayHops {
    * once every hop is allowed; `none` decides without, so what needs one waits. `outgrown` is an
    * approval of the hop that a forecast found too narrow for it now: a wait says so.
    */
-  private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retry: string, approval: 'claim' | AgentApproval | 'none', outgrown?: AgentApproval): Promise<GatewayVerdict> {
+  private async decideOne(who: AgentPrincipal, hop: HopRequest, what: string, retryOnce: string, approvalGiven: 'claim' | AgentApproval | 'none', outgrown?: AgentApproval): Promise<GatewayVerdict> {
     // What a gateway derives is bounded as a hop an agent sends is: a longer resource would be a record the task's status refuses.
     if (hop.resource.length > MAX_HOP_RESOURCE) {
       throw new ChainwardenError('invalid_request', `the resource this call names is ${hop.resource.length} characters, more than the ${MAX_HOP_RESOURCE} a hop takes: ${hop.resource.slice(0, 80)}…`, { field: 'resource' });
     }
     const task = who.task;
     const digest = hopDigest(hop);
+    const bound = approvable(hop);
+    const retry = bound ? retryOnce : unbound(hop);
+    const approval = bound || approvalGiven !== 'claim' ? approvalGiven : 'none';
     const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);
     if (waiting) {
       const reasons = waiting.rules.map((rule): Reason => ({ rule, effect: 'RequireApproval' }));
@@ -176,7 +180,7 @@ export class GatewayHops {
     // For each hop, an unused approval of it, each given to one hop: what the call uses if it goes through.
     const unused = new Map<string, AgentApproval[]>();
     for (const a of this.unusedApprovals(who.task)) if (a.spec.hopDigest) unused.set(a.spec.hopDigest, [...(unused.get(a.spec.hopDigest) ?? []), a]);
-    const released = hops.map((hop) => unused.get(hopDigest(hop.request))?.shift());
+    const released = hops.map((hop) => (approvable(hop.request) ? unused.get(hopDigest(hop.request))?.shift() : undefined));
     if (!this.deps.hops.mayWait(who.task)) return this.decideInOrder(who, hops, released, retry, MAX_WAITING_A_CALL);
     let forecast = await this.forecast(who, hops, released);
     // An approval the forecast finds too narrow for its hop now (a rule it was not given for holds
@@ -420,6 +424,13 @@ function together(refused: readonly Refused[]): Refused {
   if (more === 0) return first;
   return { ...first, error: new ChainwardenError(first.error.code, `${first.error.message}; ${more} more of its hops ${more === 1 ? 'waits' : 'wait'} for approval too (the task's status.pendingHops), and the call goes through once all are approved`) };
 }
+
+/** Whether an approval can bind what the call sends: not when its body is sent unhashed (`unhashedBody`). */
+export const approvable = (hop: HopRequest): boolean => unhashedBody(hop.attributes) === undefined;
+
+/** What a call no approval can release is told instead of "retry once approved". */
+const unbound = (hop: HopRequest) =>
+  `no AgentApproval can release it: an approval binds the call's body, and this one is not hashed (x-amz-content-sha256 ${unhashedBody(hop.attributes) ?? ''}); send it with the body's SHA-256 signed (a body the SDK holds whole, such as a Buffer or a string, is hashed)`;
 
 const pendingError = (what: string, hopId: string, rules: string, retry: string, why?: string) => new ChainwardenError('approval_pending', `${what} waits for approval (hop ${hopId}, rule ${rules})${why ? `; ${why}` : ''}; ${retry}`);
 

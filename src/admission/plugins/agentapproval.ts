@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { parseAgentApproval } from '../../api/parse.js';
 import type { AgentApproval, AgentApprovalSpec, AgentPolicy, AgentTask } from '../../api/schema.js';
+import { unhashedBody } from '../../api/task.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin, type AdmissionRequest } from '../review.js';
 
@@ -133,6 +134,12 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
       if (!hop) {
         return deny('AgentApproval', [
           { field: 'spec.hopId', message: `hop ${approval.spec.hopId} is not waiting for approval in AgentTask ${approval.spec.taskRef.name} (it may have been decided or timed out); see kubectl get at ${approval.spec.taskRef.name} -o jsonpath='{.status.pendingHops}'` },
+        ]);
+      }
+      const unhashed = approval.spec.decision === 'Approve' ? unhashedBody(hop.attributes) : undefined;
+      if (unhashed !== undefined) {
+        return deny('AgentApproval', [
+          { field: 'spec.decision', message: `hop ${approval.spec.hopId} sends its body unhashed (x-amz-content-sha256 ${unhashed}), so an approval could not bind what it releases and none will: Reject it, and have the agent send the call with its body's SHA-256 signed` },
         ]);
       }
       if (approval.spec.hopDigest !== hop.digest) {

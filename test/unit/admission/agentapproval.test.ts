@@ -52,6 +52,17 @@ describe('an AgentApproval is bound to its hop by admission', () => {
     expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })))).toMatchObject({ allowed: true });
   });
 
+  it('a hop whose body is sent unhashed cannot be approved, only rejected: no approval could bind what it would release', async () => {
+    const unhashed = { ...waiting, attributes: { payloadSha256: 'UNSIGNED-PAYLOAD' } };
+    const checker = approvalValidationPlugin({ tasks: { get: () => Promise.resolve({ ...task, status: { pendingHops: [unhashed] } }) }, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]) });
+    const refused = await checker.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })));
+    expect(refused).toMatchObject({ allowed: false, message: expect.stringContaining('spec.decision: hop h1_wait sends its body unhashed (x-amz-content-sha256 UNSIGNED-PAYLOAD)') as unknown });
+    expect(await checker.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'], decision: 'Reject' })))).toMatchObject({ allowed: true });
+    // Hashed, it is approved as any hop is.
+    const hashed = approvalValidationPlugin({ tasks: { get: () => Promise.resolve({ ...task, status: { pendingHops: [{ ...waiting, attributes: { payloadSha256: 'a'.repeat(64) } }] } }) }, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]) });
+    expect(await hashed.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })))).toMatchObject({ allowed: true });
+  });
+
   it('a hop the stamp cannot find gets no rules, so a validation that then finds it (a watch caught up) refuses the approval rather than take it for one from an earlier CRD', async () => {
     const gone = { get: () => Promise.resolve({ ...task, status: { pendingHops: [] } }) };
     expect(await approvalHopDigestPlugin(gone).admit(request(approval({ hopDigest: waiting.digest })))).toEqual({ allowed: true, patch: [{ op: 'add', path: '/spec/hopRules', value: [] }] });

@@ -131,6 +131,8 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     await s3.send(new ListObjectsV2Command({ Bucket: 'customers' }));
     s3.destroy();
     expect(hopsOf(from)).toEqual(['aws:s3 s3:CreateBucket arn:aws:s3:::customers', 'aws:s3 s3:PutObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:GetObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:ListBucket arn:aws:s3:::customers']);
+    // The write is bound to its body, which the SDK hashed: an approval of it releases that body alone.
+    expect(decided[from + 1]?.attributes).toEqual({ payloadSha256: createHash('sha256').update('{"name":"Ada"}').digest('hex') });
     expect(frontSince(front).map((r) => r.refused)).toEqual([undefined, undefined, undefined, undefined]);
   });
 
@@ -286,6 +288,8 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
       req.end(body);
     });
     expect(status).toBe(200);
+    // Its body is signed chunk by chunk with the placeholder key the agent holds: nothing binds it, and the hop says so (no approval releases it).
+    expect(decided.at(-1)?.attributes).toEqual({ payloadSha256: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER' });
     expect(frontSince(front)).toMatchObject([{ headers: { 'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }]);
     expect(frontSince(front)[0]?.refused).toBeUndefined();
     const s3 = new S3Client(config());

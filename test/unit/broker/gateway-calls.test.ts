@@ -309,6 +309,35 @@ describe('a gateway call of several hops, some of which need approval', () => {
   });
 });
 
+describe('an approval binds the body of the call it releases', () => {
+  const put = (payloadSha256: string): CallHop[] => call({ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/report.csv'), attributes: { payloadSha256 } });
+  const HASH = 'a'.repeat(64);
+
+  it('a write whose body is not hashed (UNSIGNED-PAYLOAD) is never released by an approval of it: the harmless body approved, any other would go the same way', async () => {
+    const w = world({ adjust: withOutboxRules });
+    const first = await w.attempt(put('UNSIGNED-PAYLOAD'));
+    expect(first).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(first.allowed ? '' : first.error.message).toMatch(/no AgentApproval can release it: an approval binds the call's body, and this one is not hashed \(x-amz-content-sha256 UNSIGNED-PAYLOAD\)/);
+    expect(await w.approveAll()).toBe(1);
+    // Approved, and sent again (with whatever body): it waits again, and the approval is not spent.
+    expect(await w.attempt(put('UNSIGNED-PAYLOAD'))).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(w.claimed).toEqual([]);
+    // In a call of several hops as well.
+    expect(await w.attempt(call(readTicket(1), [{ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/copy.csv'), attributes: { payloadSha256: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }, 0]))).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    await w.approveAll();
+    expect(await w.attempt(call(readTicket(1), [{ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/copy.csv'), attributes: { payloadSha256: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }, 0]))).toMatchObject({ allowed: false });
+    expect(w.claimed).toEqual([]);
+  });
+
+  it('the same write with its body hashed is released once by its approval, as any call is', async () => {
+    const w = world({ adjust: withOutboxRules });
+    expect(await w.attempt(put(HASH))).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(await w.approveAll()).toBe(1);
+    expect(await w.attempt(put(HASH))).toMatchObject({ allowed: true });
+    expect(w.claimed).toHaveLength(1);
+  });
+});
+
 describe('an approval lets the same call through only while the rules it was given for are all that hold it', () => {
   const outbox = hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/r1');
   /** The call alone waits, in a chain with nothing else in it yet, and a person approves it. */
