@@ -11,11 +11,13 @@ interface HopNode {
 
 const time = (iso: string) => iso.slice(11, 19);
 // A stream can be edited by anyone: read shapes defensively rather than crash on a forged one.
-const reasons = (r: unknown) => (Array.isArray(r) ? r.map((x) => String((x as { rule?: unknown } | null)?.rule)).join(', ') : '');
+/** A field as text, whatever it holds: String() throws on an object whose toString is not a function. */
+const text = (v: unknown): string => (typeof v === 'string' ? v : v === undefined ? '' : JSON.stringify(v));
+const reasons = (r: unknown) => (Array.isArray(r) ? r.map((x) => text((x as { rule?: unknown } | null)?.rule)).join(', ') : '');
 
 function hopLine(node: HopNode): string {
-  const d = node.record.data as { tool?: string; action?: string; resource?: string; decision?: string; reasons?: unknown };
-  const first = `${time(node.record.at)} ${d.tool ?? ''} ${d.action ?? ''} ${d.resource ?? ''} → ${d.decision ?? ''} [${reasons(d.reasons)}]`;
+  const d = node.record.data as { tool?: unknown; action?: unknown; resource?: unknown; decision?: unknown; reasons?: unknown };
+  const first = `${time(node.record.at)} ${text(d.tool)} ${text(d.action)} ${text(d.resource)} → ${text(d.decision)} [${reasons(d.reasons)}]`;
   return `${first}  (${node.hopId})`;
 }
 
@@ -23,12 +25,12 @@ function approvalLine(node: HopNode): string | undefined {
   if (!node.final) return undefined;
   const fd = node.final.data;
   if (node.approval) {
-    const a = node.approval.data as { decision?: string; reason?: string; approver?: { username?: string; groups?: string[] } };
-    const groups = (Array.isArray(a.approver?.groups) ? a.approver.groups : []).map(String).filter((g) => !g.startsWith('system:'));
-    const who = `${a.approver?.username ?? '?'}${groups.length > 0 ? ` (${groups.join(', ')})` : ''}`;
-    return `${time(node.approval.at)} ${a.decision === 'Approve' ? 'approved' : 'rejected'} by ${who}${a.reason ? `: "${a.reason}"` : ''} → ${String(fd.decision)}`;
+    const a = node.approval.data as { decision?: unknown; reason?: unknown; approver?: { username?: unknown; groups?: unknown } | null };
+    const groups = (Array.isArray(a.approver?.groups) ? (a.approver.groups as unknown[]) : []).map(text).filter((g) => !g.startsWith('system:'));
+    const who = `${text(a.approver?.username ?? '?')}${groups.length > 0 ? ` (${groups.join(', ')})` : ''}`;
+    return `${time(node.approval.at)} ${a.decision === 'Approve' ? 'approved' : 'rejected'} by ${who}${a.reason ? `: "${text(a.reason)}"` : ''} → ${text(fd.decision)}`;
   }
-  return `${time(node.final.at)} no approval in time → ${String(fd.decision)} [${reasons(fd.reasons)}]`;
+  return `${time(node.final.at)} no approval in time → ${text(fd.decision)} [${reasons(fd.reasons)}]`;
 }
 
 /** Depth-first, with an explicit stack: a forged stream may nest hops deeper than the call stack. */
@@ -45,13 +47,13 @@ function render(roots: HopNode[], out: string[]): void {
 }
 
 const OTHER: Partial<Record<AuditRecord['type'], (r: AuditRecord) => string>> = {
-  task_admitted: (r) => `admitted under AgentPolicy ${String(r.data.policy)}, deadline ${String(r.data.deadline)}`,
-  identity_bound: (r) => `identity ${String(r.data.spiffeID)} bound to ${((r.data.pods as { name: string }[] | undefined) ?? []).map((p) => p.name).join(', ')}`,
-  credential_issued: (r) => `credential ${String(r.data.credential)} issued: ${String(r.data.accessKeyId)} for ${String(r.data.roleArn)} until ${String(r.data.expiration)}`,
-  violation: (r) => `VIOLATION by hop ${String(r.data.hopId)}: ${String(r.data.message)}`,
-  revocation: (r) => `revoked (${String(r.data.state)}); AWS-side deny in place: ${String(r.data.awsDenyInPlace)}`,
-  completion: (r) => `completed (${String(r.data.reason)})`,
-  expiry: (r) => `expired at ${String(r.data.deadline)}`,
+  task_admitted: (r) => `admitted under AgentPolicy ${text(r.data.policy)}, deadline ${text(r.data.deadline)}`,
+  identity_bound: (r) => `identity ${text(r.data.spiffeID)} bound to ${(Array.isArray(r.data.pods) ? (r.data.pods as unknown[]) : []).map((p) => text((p as { name?: unknown } | null)?.name)).join(', ')}`,
+  credential_issued: (r) => `credential ${text(r.data.credential)} issued: ${text(r.data.accessKeyId)} for ${text(r.data.roleArn)} until ${text(r.data.expiration)}`,
+  violation: (r) => `VIOLATION by hop ${text(r.data.hopId)}: ${text(r.data.message)}`,
+  revocation: (r) => `revoked (${text(r.data.state)}); AWS-side deny in place: ${text(r.data.awsDenyInPlace)}`,
+  completion: (r) => `completed (${text(r.data.reason)})`,
+  expiry: (r) => `expired at ${text(r.data.deadline)}`,
 };
 
 /** Whether making `parent` the parent of `child` would close a loop (only a forged stream has one). */

@@ -69,7 +69,8 @@ function wellFormed(r: AuditRecord): boolean {
     typeof u.data === 'object' &&
     u.data !== null &&
     !Array.isArray(u.data) &&
-    nestedAtMost(u.data, MAX_DATA_DEPTH)
+    // The whole record, not its data alone: any field nested thousands deep would exhaust the stack as it is hashed.
+    nestedAtMost(u, MAX_DATA_DEPTH + 1)
   );
 }
 
@@ -103,9 +104,16 @@ const breakAt = (e: AuditEntry, seq: number, problem: string): ChainBreak => ({
 function linkChain(entries: AuditEntry[], breaks: ChainBreak[]): ChainSummary {
   const first = entries[0];
   const bySeq = new Map<number, AuditEntry[]>();
+  // Each record's canonical form once, by seq: a stream of thousands of forged variants of one seq costs one pass, not a comparison of every pair.
+  const seen = new Map<number, Set<string>>();
   for (const e of entries) {
+    const forms = seen.get(e.record.seq) ?? new Set<string>();
+    seen.set(e.record.seq, forms);
+    const form = canonicalJson(e.record);
+    if (forms.has(form)) continue;
+    forms.add(form);
     const same = bySeq.get(e.record.seq) ?? [];
-    if (!same.some((s) => s.record.hash === e.record.hash && canonicalJson(s.record) === canonicalJson(e.record))) same.push(e);
+    same.push(e);
     bySeq.set(e.record.seq, same);
   }
   const ordered: AuditRecord[] = [];

@@ -52,6 +52,21 @@ describe('printable', () => {
     expect(renderTrace(records)).toMatch(/└─ 00:00:00 .* \[\] {2}\(h1_a\)\n {6}00:00:01 rejected by \?/);
   });
 
+  it('renders fields that are objects whose toString is no function (String() throws on them) as their JSON', () => {
+    const odd = { toString: 1, valueOf: 1 };
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
+      { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', tool: odd, action: odd, resource: odd, decision: odd, reasons: [{ rule: odd }] } },
+      { type: 'approval', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', decision: 'Approve', reason: odd, approver: { username: odd, groups: [odd] } } },
+      { type: 'hop_decided', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_a', decision: odd } },
+      { type: 'identity_bound', at: '2026-01-01T00:00:02Z', data: { spiffeID: odd, pods: [odd, null] } },
+      { type: 'violation', at: '2026-01-01T00:00:03Z', data: { hopId: odd, message: odd } },
+    ]);
+    const out = renderTrace(records);
+    expect(out).toContain('00:00:00 {"toString":1,"valueOf":1} {"toString":1,"valueOf":1}');
+    expect(out).toContain('approved by {"toString":1,"valueOf":1} ({"toString":1,"valueOf":1})');
+    expect(out).toContain('VIOLATION by hop {"toString":1,"valueOf":1}');
+  });
+
   it('the real chainwarden audit verify process prints no raw control or bidi character from a hostile stream', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'hostile-'));
     const file = path.join(dir, 'audit.jsonl');
