@@ -72,26 +72,52 @@ export function age(at: string, now: number): string {
   return `${Math.floor(seconds / 86400)}d`;
 }
 
+/** The most of one agent-written cell the table shows; `-o json` shows it whole. */
+export const MAX_CELL = 80;
+/** The most of one attribute's value it shows. */
+const MAX_ATTRIBUTE_VALUE = 40;
+
+/** A column's text that reads as one cell as it is: visible ASCII words with single spaces between them (columns are three apart), no quote or backslash. */
+const PLAIN_CELL = /^[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*$/;
+/** An attribute's name or value that reads as one as it is: no space, and none of the separators `,` `=`, no quote or backslash. */
+const PLAIN_ATTRIBUTE = /^[\x21\x23-\x2b\x2d-\x3c\x3e-\x5b\x5d-\x7e]+$/;
+/** Spaces and invisible characters other than the plain space: a column or a cell end could be faked with them. */
+const UNSEEN = /[^\P{Z} ]|\p{C}|[\u115f\u1160\u3164\uffa0]/gu;
+
+/**
+ * An agent-written cell as the table shows it: as it is when it plainly reads as one (`plain`),
+ * else quoted as JSON (with spaces other than U+0020 and invisible characters escaped), so that
+ * runs of spaces or separators inside it cannot fake further columns or attributes; cut at
+ * `max` characters, saying how many more there are, so no cell pushes the real ones off the screen.
+ */
+export function agentCell(value: string, max = MAX_CELL, plain = PLAIN_CELL): string {
+  const cut = value.length > max ? value.slice(0, max) : value;
+  const more = value.length - cut.length;
+  const shown = plain.test(cut) ? cut : JSON.stringify(cut).replace(UNSEEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return more > 0 ? `${shown}…(+${more})` : shown;
+}
+
 const attributesText = (a: Record<string, string>) =>
   Object.entries(a)
-    .map(([k, v]) => `${k}=${v}`)
+    .map(([k, v]) => `${agentCell(k, MAX_ATTRIBUTE_VALUE, PLAIN_ATTRIBUTE)}=${agentCell(v, MAX_ATTRIBUTE_VALUE, PLAIN_ATTRIBUTE)}`)
     .join(',');
 
-/** The rows as a kubectl-style table; agent-supplied text goes through `printable`. */
+/** The rows as a kubectl-style table; agent-supplied text is quoted and cut (`agentCell`), and every cell goes through `printable`. */
 export function renderHops(rows: HopRow[], now: number, withTask: boolean): string {
   const header = [...(withTask ? ['TASK'] : []), 'HOP', 'DECISION', 'TOOL', 'ACTION', 'RESOURCE', 'ATTRIBUTES', 'INTENT', 'RULES', 'AGE'];
+  // Agent-written cells are made safe by `agentCell` (its JSON escapes are meant to be read as they are); the rest by `printable`.
   const cells = rows.map((r) => [
-    ...(withTask ? [r.task] : []),
-    r.hopId,
-    r.wouldDenyBy ? `${r.decision} (would deny)` : r.decision,
-    r.tool || '-',
-    r.action || '-',
-    r.resource || '-',
+    ...(withTask ? [printable(r.task)] : []),
+    printable(r.hopId),
+    printable(r.wouldDenyBy ? `${r.decision} (would deny)` : r.decision),
+    r.tool ? agentCell(r.tool) : '-',
+    r.action ? agentCell(r.action) : '-',
+    r.resource ? agentCell(r.resource) : '-',
     attributesText(r.attributes) || '-',
-    r.intent || '-',
-    (r.rules.join(',') || '-') + (r.wouldDenyBy ? `; Enforce would deny: ${r.wouldDenyBy.join(',') || '-'}` : ''),
+    r.intent ? agentCell(r.intent) : '-',
+    printable((r.rules.join(',') || '-') + (r.wouldDenyBy ? `; Enforce would deny: ${r.wouldDenyBy.join(',') || '-'}` : '')),
     age(r.at, now),
-  ].map((c) => printable(c)));
+  ]);
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
   const line = (c: string[]) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i] ?? 0))).join('   ');
   return [line(header), ...cells.map(line)].join('\n');

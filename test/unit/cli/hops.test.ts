@@ -37,9 +37,27 @@ describe('hopRows and renderHops', () => {
   it("prints a table whose agent-written text cannot drive the terminal", () => {
     const out = renderHops(hopRows(task()), now, false).split('\n');
     expect(out[0]).toMatch(/^HOP\s+DECISION\s+TOOL\s+ACTION\s+RESOURCE\s+ATTRIBUTES\s+INTENT\s+RULES\s+AGE$/);
-    expect(out[1]).toMatch(/^h2_wait\s+pending\s+payments\s+refund\s+order\/1\s+amount=42\s+refund\\x1b\[2Jthe double charge\s+refunds-need-a-human\s+45s$/);
+    expect(out[1]).toMatch(/^h2_wait\s+pending\s+payments\s+refund\s+order\/1\s+amount=42\s+"refund\\u001b\[2Jthe double charge"\s+refunds-need-a-human\s+45s$/);
     expect(out[4]).toMatch(/^h2_old\s+deny\s+-\s+-\s+-\s+-\s+-\s+approval:lead-1\s+2h$/);
     expect(renderHops(hopRows(task()), now, true).split('\n')[1]).toMatch(/^ticket-4711\s+h2_wait/);
+  });
+
+  it('an agent cannot fake columns or attributes with spaces, separators or invisible fillers, nor push the real ones off the screen', () => {
+    const t = task();
+    const hop = t.status!.pendingHops![0]!;
+    // What the agent would have the approver read, then about 900 blanks, then the truth.
+    hop.resource = `order/1   amount=10,currency=EUR   goodwill refund   refunds-need-a-human   2m${' '.repeat(900)}`;
+    hop.attributes = { amount: '99999', to: 'acct-attacker', note: '10,to=alice', memo: 'two words', 'x\u3164y': 'a\u3164\u200bb' };
+    hop.intent = 'refund the double charge';
+    const line = renderHops(hopRows(t, true), now, false).split('\n')[1] ?? '';
+    // The resource is one quoted cell, cut, with what was left out counted.
+    expect(line).toContain(`${JSON.stringify(hop.resource.slice(0, 80))}…(+${hop.resource.length - 80})`);
+    // The real attributes follow at once; a value with separators in it is quoted, invisible characters escaped.
+    expect(line).toMatch(/…\(\+\d+\)\s+amount=99999,to=acct-attacker,note="10,to=alice",memo="two words","x\\u3164y"="a\\u3164\\u200bb"\s+refund the double charge\s+refunds-need-a-human\s+45s$/);
+    // Words with single spaces read as they are; a run of spaces, which could fake a column, is quoted.
+    hop.intent = 'refund   refunds-need-a-human   1s';
+    expect(renderHops(hopRows(t, true), now, false).split('\n')[1]).toContain('"refund   refunds-need-a-human   1s"   refunds-need-a-human   45s');
+    expect(line.length).toBeLessThan(400);
   });
 
   it('tells the approver of a hop waiting in Audit mode that Enforce would deny it, and by what', () => {
