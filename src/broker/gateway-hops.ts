@@ -6,7 +6,7 @@ import type { SvidIssuer } from '../identity/svid.js';
 import type { Reason } from '../policy/engine.js';
 import type { Clock } from '../runtime/clock.js';
 import type { AgentPrincipal } from './auth.js';
-import { approvalOf, hopDigest, notAParentOf, type Forecast, type GatewayHopFacts, type HopAnswer, type HopApproval, type HopRequest, type HopService } from './hops.js';
+import { approvalOf, firstApprovals, hopDigest, notAParentOf, type Forecast, type GatewayHopFacts, type HopAnswer, type HopApproval, type HopRequest, type HopService } from './hops.js';
 
 /** Set on an AgentApproval once a gateway call has used it: who, and when. */
 export const APPROVAL_USED_BY = 'chainwarden.io/used-by';
@@ -315,11 +315,14 @@ export class GatewayHops {
    * is most often the one that lets it through. Callers forecast with each before they use it.
    */
   private unusedApprovals(task: AgentTask, digest?: string): AgentApproval[] {
-    return this.deps
-      .approvals(task.metadata.namespace ?? '')
+    const mine = this.deps.approvals(task.metadata.namespace ?? '').filter((a) => a.spec.taskRef.name === task.metadata.name);
+    // The decision of a hop is its first approval, as `resolvePending` takes it: an Approve that
+    // raced a Reject past admission and came second releases nothing.
+    const first = firstApprovals(mine);
+    return mine
       .filter(
         (a) =>
-          a.spec.taskRef.name === task.metadata.name &&
+          first.get(a.spec.hopId) === a &&
           a.spec.decision === 'Approve' &&
           (digest === undefined || a.spec.hopDigest === digest) &&
           this.isUnused(a) &&

@@ -453,7 +453,7 @@ export class HopService {
  * The approval that decides each hop: the first created. Admission refuses a second one for a
  * hop, but two created in the same instant can both pass; every replica then picks the same.
  */
-function firstApprovals(approvals: AgentApproval[]): Map<string, AgentApproval> {
+export function firstApprovals(approvals: readonly AgentApproval[]): Map<string, AgentApproval> {
   const order = (a: AgentApproval) => `${a.metadata.creationTimestamp ?? ''}/${a.metadata.name ?? ''}`;
   const first = new Map<string, AgentApproval>();
   for (const a of [...approvals].sort((x, y) => order(x).localeCompare(order(y)))) if (!first.has(a.spec.hopId)) first.set(a.spec.hopId, a);

@@ -329,6 +329,20 @@ describe('an approval binds the body of the call it releases', () => {
     expect(w.claimed).toEqual([]);
   });
 
+  it('an Approve that raced a Reject of the same hop past admission and came second releases nothing: the hop was rejected', async () => {
+    const w = world({ adjust: withOutboxRules });
+    expect(await w.attempt(put(HASH))).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    const waiting = w.status()?.pendingHops?.[0];
+    const decide = (name: string, decision: 'Approve' | 'Reject') =>
+      parseAgentApproval({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentApproval', metadata: { name, namespace: 'support', creationTimestamp: new Date(NOW).toISOString() }, spec: { taskRef: { name: w.task().metadata.name }, hopId: waiting?.hopId, hopDigest: waiting?.digest, hopRules: waiting?.rules, decision, reason: 'raced' } });
+    // Created in the same instant: the first by name decides, on every replica.
+    w.approvals.push(decide('a-reject', 'Reject'), decide('b-approve', 'Approve'));
+    await w.service.resolvePending(w.task());
+    await expect.poll(() => w.status()?.recentHops?.find((h) => h.hopId === waiting?.hopId)?.decision).toBe('deny');
+    expect(await w.attempt(put(HASH))).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    expect(w.claimed).toEqual([]);
+  });
+
   it('the same write with its body hashed is released once by its approval, as any call is', async () => {
     const w = world({ adjust: withOutboxRules });
     expect(await w.attempt(put(HASH))).toMatchObject({ allowed: false, decision: 'pending_approval' });
