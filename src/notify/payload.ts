@@ -120,11 +120,26 @@ function listed(items: string[], max = 1_500): string {
   return shown < items.length ? `${out}${shown > 0 ? ' ' : ''}and ${items.length - shown} more` : out;
 }
 
-function attributeLines(attributes: Record<string, string> | undefined): string {
-  const entries = Object.entries(attributes ?? {});
-  if (entries.length === 0) return '(none)';
-  const shown = entries.slice(0, 10).map(([k, v]) => `${slackCode(k, 64)} = ${slackCode(v, 180)}`);
-  return entries.length > shown.length ? [...shown, `and ${entries.length - shown.length} more`].join('\n') : shown.join('\n');
+/** Slack refuses a section's text over 3,000 characters. */
+const MAX_SECTION = 2_900;
+
+/**
+ * Every attribute, in as many sections as they take: the agent chooses their names and order,
+ * and one left out could be the one the approval binds (an amount behind ten decoys).
+ */
+function attributeSections(attributes: Record<string, string> | undefined): { type: 'section'; text: { type: 'mrkdwn'; text: string } }[] {
+  const lines = Object.entries(attributes ?? {}).map(([k, v]) => `${slackCode(k, 64)} = ${slackCode(v, 180)}`);
+  const texts: string[] = [];
+  let current = '*Attributes*';
+  for (const line of lines) {
+    if (current.length + 1 + line.length > MAX_SECTION) {
+      texts.push(current);
+      current = '*Attributes (continued)*';
+    }
+    current += `\n${line}`;
+  }
+  texts.push(lines.length === 0 ? `${current}\n(none)` : current);
+  return texts.map((text) => ({ type: 'section', text: { type: 'mrkdwn', text } }));
 }
 
 /** Slack-compatible JSON: `text` for notifications and clients without blocks, `blocks` for the message itself. */
@@ -152,7 +167,7 @@ export function slackMessage(notice: PendingHopNotice): NotifyRequest {
       ],
     },
     { type: 'section', text: { type: 'mrkdwn', text: `*Intent*\n${hop.intent ? slackCode(hop.intent, 1024) : '(none given)'}` } },
-    { type: 'section', text: { type: 'mrkdwn', text: `*Attributes*\n${attributeLines(hop.attributes)}` } },
+    ...attributeSections(hop.attributes),
     { type: 'section', text: { type: 'mrkdwn', text: `*Approve*\n\`${commands.approve}\`\n*Reject*\n\`${commands.reject}\`\n(or \`${commands.kubectlApprove}\`)` } },
   ];
   return { contentType: 'application/json', body: JSON.stringify({ text, blocks }) };

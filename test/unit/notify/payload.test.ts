@@ -75,8 +75,15 @@ describe('approval notification payloads', () => {
 
   it('Slack: long agent text is cut, saying how much was left out', () => {
     expect(slackCode('x'.repeat(600), 500)).toBe(`\`${'x'.repeat(500)}… (100 more characters)\``);
-    const many = Object.fromEntries(Array.from({ length: 15 }, (_, i) => [`k${i}`, 'v']));
-    expect(allText(slack(notice({ attributes: many })))).toContain('and 5 more');
+  });
+
+  it('Slack: every attribute is shown, however many decoys come first, in as many sections as they take', () => {
+    const decoys = Object.fromEntries(Array.from({ length: 49 }, (_, i) => [`k${String(i).padStart(2, '0')}`.padEnd(63, 'x'), 'y'.repeat(1024)]));
+    const m = slack(notice({ attributes: { ...decoys, amount: '99999' } })) as unknown as { blocks: { text?: { text: string } }[] };
+    const sections = m.blocks.filter((b) => b.text?.text.startsWith('*Attributes'));
+    expect(sections.length).toBeGreaterThan(1);
+    expect(sections.every((b) => (b.text?.text.length ?? 0) <= 3000)).toBe(true);
+    expect(allText(m as never)).toContain('`amount` = `99999`');
   });
 
   it('CloudEvents: a structured CloudEvents 1.0 event whose id is the hop id, with the hop as data', () => {
