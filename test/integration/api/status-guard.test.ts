@@ -1,6 +1,8 @@
+import { RbacAuthorizationV1Api } from '@kubernetes/client-node';
 import { rawRequest } from '../../../src/kube/raw.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { describe, expect, test } from '../../env/fixtures.js';
+import { boundExampleAgent } from '../../env/hops.js';
 import { create, grant } from '../../env/kube.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
 
@@ -25,5 +27,29 @@ describe('status is not an attack surface', () => {
     // The RBAC grant itself works: the refusal is the status guard's, not a missing permission.
     const read = await rawRequest(mallory, 'GET', path);
     expect(read.status).toBe(200);
+  });
+});
+
+describe('the sidecar is not a way in', () => {
+  test('a tenant granted pods/exec and pods/attach cannot enter an agent pod\'s chainwarden-agent container, which holds its broker token; the app container stays open to them', async ({ admin, env, namespace, userKubeConfig }) => {
+    const { pod } = await boundExampleAgent(admin, env, namespace);
+    // The sidecar the webhook injected, by the name the guard checks.
+    expect([...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])].map((c) => c.name)).toContain('chainwarden-agent');
+    const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
+    await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'debuggers' }, rules: [{ apiGroups: [''], resources: ['pods', 'pods/exec', 'pods/attach'], verbs: ['get', 'list', 'create'] }] } });
+    await rbac.createNamespacedRoleBinding({ namespace, body: { metadata: { name: 'debuggers' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'debuggers' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'mallory' }] } });
+    const mallory = await userKubeConfig('mallory');
+    const base = `/api/v1/namespaces/${namespace}/pods/agent-0`;
+    const enter = (verb: 'exec' | 'attach', container: string) =>
+      rawRequest(mallory, 'POST', `${base}/${verb}?container=${container}&stdout=true${verb === 'exec' ? '&command=cat&command=/var/run/secrets/chainwarden/token' : ''}`);
+    for (const verb of ['exec', 'attach'] as const) {
+      const refused = await enter(verb, 'chainwarden-agent');
+      expect(refused.status).toBe(403);
+      expect(JSON.stringify(refused.body)).toContain(`the chainwarden-agent container of pod agent-0 holds the pod's chainwarden broker token and may not be entered (exec or attach)`);
+      // The app container passes admission: what stops it here is that no kubelet runs the pod, not the guard.
+      const app = await enter(verb, 'agent');
+      expect(JSON.stringify(app.body)).not.toContain('chainwarden broker token');
+      expect(app.status).not.toBe(403);
+    }
   });
 });
