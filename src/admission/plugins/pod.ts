@@ -267,12 +267,22 @@ function ephemeralContainerViolations(oldPod: V1Pod | undefined, pod: V1Pod): Fi
 }
 
 /**
+ * The sidecar stays as injected: its image is the one field of it a pod update may change, and
+ * another image would run with the broker token mounted and hand it to whoever built it.
+ */
+function sidecarViolations(oldPod: V1Pod | undefined, pod: V1Pod): FieldViolation[] {
+  const sidecar = (p: V1Pod | undefined) => JSON.stringify([...(p?.spec?.initContainers ?? []), ...(p?.spec?.containers ?? [])].find((c) => c.name === SIDECAR_NAME) ?? null);
+  if (sidecar(oldPod) === sidecar(pod)) return [];
+  return [{ field: 'spec.initContainers', message: `the ${SIDECAR_NAME} container is the one admission injected and cannot be changed on a running pod (its image included): it holds the pod's broker token; create a new pod instead` }];
+}
+
+/**
  * Mutating, for pods labelled chainwarden.io/task. On CREATE: refuses every other source of
  * AWS credentials and host networking, then injects the projected token (sidecar only), the
  * local-token emptyDir, the `chainwarden agent` sidecar, the environment an unmodified AWS SDK
  * reads, and the SPIFFE ID annotation; admitting an injected pod again changes nothing. On
- * UPDATE (and the ephemeralcontainers subresource): the task label is immutable and ephemeral
- * containers are refused.
+ * UPDATE (and the ephemeralcontainers subresource): the task label and the sidecar are
+ * immutable and ephemeral containers are refused.
  */
 export function podInjectionPlugin(config: InjectionConfig, tasks: ObjectReader<AgentTask>): AdmissionPlugin {
   return {
@@ -285,7 +295,7 @@ export function podInjectionPlugin(config: InjectionConfig, tasks: ObjectReader<
       if (request.operation === 'UPDATE') {
         const oldPod = request.oldObject as V1Pod | undefined;
         const wasAgent = oldPod?.metadata?.labels?.[TASK_LABEL] !== undefined;
-        const violations = [...taskLabelViolations(oldPod, pod), ...(wasAgent ? ephemeralContainerViolations(oldPod, pod) : [])];
+        const violations = [...taskLabelViolations(oldPod, pod), ...(wasAgent ? [...ephemeralContainerViolations(oldPod, pod), ...sidecarViolations(oldPod, pod)] : [])];
         return violations.length > 0 ? deny('Pod', violations) : allow();
       }
       const taskName = pod.metadata?.labels?.[TASK_LABEL];

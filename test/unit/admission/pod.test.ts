@@ -155,6 +155,15 @@ describe('podInjectionPlugin', () => {
     expect(await refusal(review('UPDATE', debugged, labelled('t'), 'ephemeralcontainers'))).toMatch(/^spec\.ephemeralContainers\[0\]: ephemeral container debug cannot be added to an agent pod/);
   });
 
+  it('refuses any change to the injected sidecar of a running agent pod, its image included; the app container\'s image may change', async () => {
+    const sidecar = { name: 'chainwarden-agent', image: 'chainwarden:1', restartPolicy: 'Always' };
+    const injected: V1Pod = { ...labelled('t'), spec: { ...pod.spec!, initContainers: [sidecar] } };
+    const swapped: V1Pod = { ...injected, spec: { ...injected.spec!, initContainers: [{ ...sidecar, image: 'attacker/steal-token:1' }] } };
+    expect(await refusal(review('UPDATE', swapped, injected))).toMatch(/^spec\.initContainers: the chainwarden-agent container is the one admission injected and cannot be changed on a running pod \(its image included\)/);
+    const appUpdated: V1Pod = { ...injected, spec: { ...injected.spec!, containers: (injected.spec?.containers ?? []).map((c) => ({ ...c, image: 'agent:2' })) } };
+    expect(await plugin.admit(review('UPDATE', appUpdated, injected))).toMatchObject({ allowed: true });
+  });
+
   it('refuses host networking for agent pods', async () => {
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostNetwork: true } }))).toMatch(/^spec\.hostNetwork: .*loopback listener would be reachable/);
   });
