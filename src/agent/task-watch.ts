@@ -19,6 +19,8 @@ export interface TaskWatchOptions {
   staleAfterMs?: number;
   /** The pause before asking again after the broker could not say (1 s). */
   retryMs?: number;
+  /** How long a broker without the endpoint is not asked (5 minutes). */
+  unsupportedRetryMs?: number;
 }
 
 /**
@@ -35,9 +37,11 @@ export class TaskWatch {
   private readonly waitSeconds: number;
   private readonly staleAfterMs: number;
   private readonly retryMs: number;
+  private readonly unsupportedRetryMs: number;
   private starting: NodeJS.Timeout | undefined;
   private watching = false;
-  private unsupported = false;
+  /** Until when the broker is taken for one without GET /v1/task (an older replica, during an upgrade): asked again after. */
+  private unsupportedUntil = 0;
   private closed = false;
 
   constructor(private readonly options: TaskWatchOptions) {
@@ -45,6 +49,7 @@ export class TaskWatch {
     this.waitSeconds = options.waitSeconds ?? 20;
     this.staleAfterMs = options.staleAfterMs ?? 30_000;
     this.retryMs = options.retryMs ?? 1_000;
+    this.unsupportedRetryMs = options.unsupportedRetryMs ?? 5 * 60_000;
   }
 
   /** Open exchanges, for tests and the log. */
@@ -59,7 +64,7 @@ export class TaskWatch {
   track(stop: (error: ChainwardenError) => void): () => void {
     const entry = (error: ChainwardenError) => stop(error);
     this.open.add(entry);
-    if (!this.watching && !this.starting && !this.unsupported && !this.closed) {
+    if (!this.watching && !this.starting && Date.now() >= this.unsupportedUntil && !this.closed) {
       this.starting = setTimeout(() => {
         this.starting = undefined;
         if (this.open.size > 0) void this.watch();
@@ -98,9 +103,15 @@ export class TaskWatch {
         }
         if ('live' in answer) return this.ended(answer.message);
         if (answer.unsupported) {
-          // A broker older than the sidecar: it cannot say, and never will; the exchanges run as they did before.
-          this.unsupported = true;
-          this.options.log.warn({ reason: answer.unknown }, 'the broker cannot say when the task ends; open exchanges are not watched');
+          // A broker older than the sidecar (a replica not upgraded yet): the exchanges run as they
+          // did before, and the broker is asked again once the upgrade may be through.
+          this.unsupportedUntil = Date.now() + this.unsupportedRetryMs;
+          this.options.log.warn({ reason: answer.unknown, retryInSeconds: this.unsupportedRetryMs / 1000 }, 'the broker cannot say when the task ends; open exchanges are not watched for now');
+          this.starting = setTimeout(() => {
+            this.starting = undefined;
+            if (this.open.size > 0 && !this.closed) void this.watch();
+          }, this.unsupportedRetryMs);
+          this.starting.unref();
           return;
         }
         if (Date.now() - confirmedAt >= this.staleAfterMs) {

@@ -124,7 +124,7 @@ export class GatewayHops {
     const digest = hopDigest(hop);
     const bound = approvable(hop);
     const retry = bound ? retryOnce : unbound(hop);
-    const approval = bound || approvalGiven !== 'claim' ? approvalGiven : 'none';
+    const approval = bound ? approvalGiven : 'none';
     const waiting = (task.status?.pendingHops ?? []).find((h) => h.digest === digest);
     if (waiting) {
       const reasons = waiting.rules.map((rule): Reason => ({ rule, effect: 'RequireApproval' }));
@@ -173,6 +173,7 @@ export class GatewayHops {
    * deciding in order gives it.
    */
   async decideCall(who: AgentPrincipal, hops: readonly CallHop[], retry: string): Promise<GatewayVerdict> {
+    await this.refuseUnapprovable(who, hops);
     if (hops.length === 1 && hops[0]) return this.decide(who, hops[0].request, hops[0].what, retry);
     const waiting = new Set((who.task.status?.pendingHops ?? []).map((h) => h.digest));
     const still = hops.find((hop) => waiting.has(hopDigest(hop.request)));
@@ -197,6 +198,20 @@ export class GatewayHops {
       if (waits) return waits;
     }
     return this.decideInOrder(who, hops, released, retry, denied ? Infinity : MAX_WAITING_A_CALL);
+  }
+
+  /**
+   * A call with a hop that would wait for a person, though no approval could release it (its body
+   * is not hashed), is refused before anything of it is decided: nothing is recorded as waiting,
+   * no approver is asked for what they cannot give, and the agent hears how to send it instead.
+   */
+  private async refuseUnapprovable(who: AgentPrincipal, hops: readonly CallHop[]): Promise<void> {
+    if (hops.every((hop) => approvable(hop.request))) return;
+    const forecast = await this.forecast(who, hops, hops.map(() => undefined));
+    const held = forecast.findIndex((f, i) => f?.decision === 'pending_approval' && !approvable((hops[i] as CallHop).request));
+    if (held < 0) return;
+    const hop = hops[held] as CallHop;
+    throw new ChainwardenError('aws_request_invalid', `${hop.what} needs approval (rule ${forecast[held]?.rules.join(', ') ?? ''}), and ${unbound(hop.request)}`, { field: 'x-amz-content-sha256' });
   }
 
   /** The call's hops as they would be decided, up to the first that would be denied. */

@@ -84,6 +84,9 @@ const PLAIN_ATTRIBUTE = /^[\x21\x23-\x2b\x2d-\x3c\x3e-\x5b\x5d-\x7e]+$/;
 /** Spaces and invisible characters other than the plain space: a column or a cell end could be faked with them. */
 const UNSEEN = /[^\P{Z} ]|\p{C}|[\u115f\u1160\u3164\uffa0]/gu;
 
+/** Every UTF-16 unit of a character as `\uXXXX`: both halves of one outside the basic plane, so two such characters never look alike. */
+const escapeUnits = (c: string) => Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
+
 /**
  * An agent-written cell as the table shows it: as it is when it plainly reads as one (`plain`),
  * else quoted as JSON (with spaces other than U+0020 and invisible characters escaped), so that
@@ -93,7 +96,7 @@ const UNSEEN = /[^\P{Z} ]|\p{C}|[\u115f\u1160\u3164\uffa0]/gu;
 export function agentCell(value: string, max = MAX_CELL, plain = PLAIN_CELL): string {
   const cut = value.length > max ? value.slice(0, max) : value;
   const more = value.length - cut.length;
-  const shown = plain.test(cut) ? cut : JSON.stringify(cut).replace(UNSEEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const shown = plain.test(cut) ? cut : JSON.stringify(cut).replace(UNSEEN, escapeUnits);
   return more > 0 ? `${shown}…(+${more})` : shown;
 }
 

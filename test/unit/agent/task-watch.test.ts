@@ -61,14 +61,24 @@ describe('TaskWatch: what the sidecar has open ends with the task', () => {
     expect(a.seen.error?.message).toMatch(/has not confirmed the task is live for \ds \(broker_unreachable: connection refused\)/);
   });
 
-  it('a broker without the endpoint (an older one) ends nothing, and is not asked again', async () => {
-    const { watch, probe } = watchWith([{ unknown: 'no endpoint at /v1/task', unsupported: true }]);
+  it('a broker without the endpoint (an older replica, mid-upgrade) ends nothing, and is asked again later, not at once', async () => {
+    let asked = 0;
+    const probe = vi.fn(async (): Promise<TaskAnswer> => {
+      await sleep(5);
+      return asked++ === 0 ? { unknown: 'no endpoint at /v1/task', unsupported: true } : { live: false, message: 'AgentTask support/t1 completed; it gets nothing more' };
+    });
+    const watch = new TaskWatch({ probe, log: silentLogger(), startAfterMs: 20, unsupportedRetryMs: 150, retryMs: 10 });
     const a = exchange(watch);
-    await sleep(200);
-    expect(a.seen.error).toBeUndefined();
-    exchange(watch);
-    await sleep(60);
+    await sleep(80);
     expect(probe).toHaveBeenCalledTimes(1);
+    expect(a.seen.error).toBeUndefined();
+    // A new exchange meanwhile does not ask again either.
+    exchange(watch);
+    await sleep(30);
+    expect(probe).toHaveBeenCalledTimes(1);
+    // Once the upgrade may be through, the broker is asked again, and its answer ends what is open.
+    await vi.waitFor(() => expect(a.seen.error?.code).toBe('task_not_active'), { timeout: 1_000 });
+    expect(probe).toHaveBeenCalledTimes(2);
   });
 
   it('a probe that throws counts as the broker not saying, not as the end', async () => {

@@ -313,19 +313,22 @@ describe('an approval binds the body of the call it releases', () => {
   const put = (payloadSha256: string): CallHop[] => call({ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/report.csv'), attributes: { payloadSha256 } });
   const HASH = 'a'.repeat(64);
 
-  it('a write whose body is not hashed (UNSIGNED-PAYLOAD) is never released by an approval of it: the harmless body approved, any other would go the same way', async () => {
+  it('a write whose body is not hashed (UNSIGNED-PAYLOAD) that would wait for a person is refused before anything is decided: no approval could bind its body', async () => {
     const w = world({ adjust: withOutboxRules });
-    const first = await w.attempt(put('UNSIGNED-PAYLOAD'));
-    expect(first).toMatchObject({ allowed: false, decision: 'pending_approval' });
-    expect(first.allowed ? '' : first.error.message).toMatch(/no AgentApproval can release it: an approval binds the call's body, and this one is not hashed \(x-amz-content-sha256 UNSIGNED-PAYLOAD\)/);
-    expect(await w.approveAll()).toBe(1);
-    // Approved, and sent again (with whatever body): it waits again, and the approval is not spent.
-    expect(await w.attempt(put('UNSIGNED-PAYLOAD'))).toMatchObject({ allowed: false, decision: 'pending_approval' });
-    expect(w.claimed).toEqual([]);
-    // In a call of several hops as well.
-    expect(await w.attempt(call(readTicket(1), [{ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/copy.csv'), attributes: { payloadSha256: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }, 0]))).toMatchObject({ allowed: false, decision: 'pending_approval' });
-    await w.approveAll();
-    expect(await w.attempt(call(readTicket(1), [{ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/copy.csv'), attributes: { payloadSha256: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }, 0]))).toMatchObject({ allowed: false });
+    await expect(w.attempt(put('UNSIGNED-PAYLOAD'))).rejects.toMatchObject({
+      code: 'aws_request_invalid',
+      field: 'x-amz-content-sha256',
+      message: expect.stringMatching(/needs approval \(rule [^)]*outbox-needs-a-person[^)]*\), and no AgentApproval can release it: an approval binds the call's body, and this one is not hashed \(x-amz-content-sha256 UNSIGNED-PAYLOAD\)/) as unknown,
+    });
+    // Nothing waits, so no approver is asked for what they could not give; nothing is counted.
+    expect(w.status()?.pendingHops ?? []).toEqual([]);
+    expect(w.status()?.chain?.hopCount ?? 0).toBe(0);
+    // In a call of several hops, before its first hop is decided.
+    const copy = call(readTicket(1), [{ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::outbox/copy.csv'), attributes: { payloadSha256: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }, 0]);
+    await expect(w.attempt(copy)).rejects.toMatchObject({ code: 'aws_request_invalid' });
+    expect(w.status()?.chain?.hopCount ?? 0).toBe(0);
+    // One that needs no person goes through, unhashed or not.
+    expect(await w.attempt(call({ ...hop('aws:s3', 's3:PutObject', 'arn:aws:s3:::scratch/a'), attributes: { payloadSha256: 'UNSIGNED-PAYLOAD' } }))).toMatchObject({ allowed: true });
     expect(w.claimed).toEqual([]);
   });
 

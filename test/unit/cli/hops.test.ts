@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseAgentTask } from '../../../src/api/parse.js';
 import type { AgentTask } from '../../../src/api/schema.js';
-import { age, approvalFor, hopRows, notPendingReason, renderHops } from '../../../src/cli/hops.js';
+import { agentCell, age, approvalFor, hopRows, notPendingReason, renderHops } from '../../../src/cli/hops.js';
 import { main, programName } from '../../../src/cli/main.js';
 import { exampleTask } from '../../builders/examples.js';
 
@@ -58,6 +58,11 @@ describe('hopRows and renderHops', () => {
     hop.intent = 'refund   refunds-need-a-human   1s';
     expect(renderHops(hopRows(t, true), now, false).split('\n')[1]).toContain('"refund   refunds-need-a-human   1s"   refunds-need-a-human   45s');
     expect(line.length).toBeLessThan(400);
+  });
+
+  it('hidden characters outside the basic plane are escaped whole, so two different hidden payloads never look alike', () => {
+    expect(agentCell('pay\u{E0041}\u{E0042}')).toBe('"pay\\udb40\\udc41\\udb40\\udc42"');
+    expect(agentCell('pay\u{E0041}\u{E0042}')).not.toBe(agentCell('pay\u{E0043}\u{E0044}'));
   });
 
   it('tells the approver of a hop waiting in Audit mode that Enforce would deny it, and by what', () => {
