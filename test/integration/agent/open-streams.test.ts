@@ -6,7 +6,8 @@ import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import type { AgentPolicy } from '../../../src/api/schema.js';
 import { localAws, type EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
-import { createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
+import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
+import { boundExampleAgent } from '../../env/hops.js';
 import { createRole } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
 import { create } from '../../env/kube.js';
@@ -148,5 +149,23 @@ describe('what the task allowed ends with the task', () => {
     } finally {
       await sidecar.stop();
     }
+  });
+
+  test('GET /v1/task, attacked from outside: a pod holds at most two, bad waits are 400s naming the field, strangers get 401, and the held ones are answered the moment the task ends', async ({ admin, env, namespace }) => {
+    const { token } = await boundExampleAgent(admin, env, namespace);
+    expect(await brokerRequest(env, 'GET', '/v1/task?waitSeconds=0', { token })).toMatchObject({ status: 200, body: { namespace, name: 'ticket-4711', state: 'Bound' } });
+    for (const wait of ['21', '-1', 'x', '1e1']) {
+      expect(await brokerRequest(env, 'GET', `/v1/task?waitSeconds=${wait}`, { token })).toMatchObject({ status: 400, body: { error: { code: 'invalid_request', field: 'waitSeconds' } } });
+    }
+    expect((await brokerRequest(env, 'GET', '/v1/task?waitSeconds=20')).status).toBe(401);
+    expect((await brokerRequest(env, 'GET', '/v1/task?waitSeconds=20', { token: `${token}x` })).status).toBe(401);
+    const held = [brokerRequest(env, 'GET', '/v1/task?waitSeconds=20', { token }), brokerRequest(env, 'GET', '/v1/task?waitSeconds=20', { token })];
+    await new Promise((r) => setTimeout(r, 300));
+    // A third from the same pod is refused at once: long polls cost the pod its connections, never the broker its memory.
+    expect(await brokerRequest(env, 'GET', '/v1/task?waitSeconds=20', { token })).toMatchObject({ status: 429, body: { error: { code: 'too_many_watches' } } });
+    const completedAt = Date.now();
+    expect((await brokerRequest(env, 'POST', `/v1/tasks/${namespace}/ticket-4711/complete`, { token })).status).toBe(200);
+    for (const answer of await Promise.all(held)) expect(answer).toMatchObject({ status: 403, body: { error: { code: 'task_not_active' } } });
+    expect(Date.now() - completedAt).toBeLessThan(5_000);
   });
 });
