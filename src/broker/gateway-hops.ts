@@ -206,7 +206,8 @@ export class GatewayHops {
    * no approver is asked for what they cannot give, and the agent hears how to send it instead.
    */
   private async refuseUnapprovable(who: AgentPrincipal, hops: readonly CallHop[]): Promise<void> {
-    if (hops.every((hop) => approvable(hop.request))) return;
+    // Forecast only when it can matter: a hop names an unhashed body, and the policy holds anything for a person.
+    if (hops.every((hop) => approvable(hop.request)) || !this.deps.hops.mayWait(who.task)) return;
     const forecast = await this.forecast(who, hops, hops.map(() => undefined));
     const held = forecast.findIndex((f, i) => f?.decision === 'pending_approval' && !approvable((hops[i] as CallHop).request));
     if (held < 0) return;
