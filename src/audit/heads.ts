@@ -29,7 +29,8 @@ interface ConfigMap {
  * The final audit heads of deleted tasks, keyed by task uid, so that `trace` and an auditor can
  * still check a deleted task's stream for truncation. Kept where tenants have no access (the
  * operator's namespace); written with resourceVersion preconditions, so two replicas sealing at
- * once lose nothing; bounded below the ConfigMap size limit by dropping the oldest heads.
+ * once lose nothing; bounded below the ConfigMap size limit by dropping heads of the namespaces
+ * that hold the most, oldest first (`fit`).
  */
 export class AuditHeadStore {
   private readonly path: string;
@@ -53,7 +54,7 @@ export class AuditHeadStore {
       const current = await this.read();
       const data = { ...(current?.data ?? {}), [uid]: JSON.stringify(sealed) };
       const dropped = fit(data);
-      if (dropped > 0) this.log.warn({ dropped, configMap: `${this.namespace}/${AUDIT_HEADS}` }, 'audit heads full: the oldest sealed heads were dropped; ship the audit stream with its heads to long-term storage');
+      if (dropped > 0) this.log.warn({ dropped, configMap: `${this.namespace}/${AUDIT_HEADS}` }, 'audit heads full: sealed heads were dropped, the oldest of the namespaces that hold the most; ship the audit stream with its heads to long-term storage');
       const body = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: AUDIT_HEADS, namespace: this.namespace, labels: { 'app.kubernetes.io/part-of': 'chainwarden' }, ...(current ? { resourceVersion: current.metadata.resourceVersion } : {}) }, data };
       const res = current ? await rawRequest(this.kc, 'PUT', `${this.path}/${AUDIT_HEADS}`, body) : await rawRequest(this.kc, 'POST', this.path, body);
       if (res.status < 300) return;
@@ -76,20 +77,43 @@ export class AuditHeadStore {
   }
 }
 
-/** Drops the oldest sealed heads until the data fits; returns how many went. */
+/**
+ * Drops sealed heads until the data fits; returns how many went. Each one dropped is the oldest
+ * of the namespace that holds the most (the oldest namespace first among equals): a tenant that
+ * creates and deletes thousands of tasks evicts its own heads, not those of every other tenant.
+ * The last head left is never dropped.
+ */
 export function fit(data: Record<string, string>, maxBytes = MAX_BYTES): number {
-  const size = () => Object.entries(data).reduce((n, [k, v]) => n + k.length + v.length + 8, 0);
-  const sealedAt = (k: string) => {
+  const bytes = (key: string) => key.length + (data[key]?.length ?? 0) + 8;
+  let size = Object.keys(data).reduce((n, key) => n + bytes(key), 0);
+  if (size <= maxBytes) return 0;
+  const byNamespace = new Map<string, { key: string; at: string }[]>();
+  for (const key of Object.keys(data)) {
+    let sealed: Partial<SealedHead> = {};
     try {
-      return (JSON.parse(data[k] ?? '{}') as Partial<SealedHead>).sealedAt ?? '';
+      sealed = JSON.parse(data[key] ?? '{}') as Partial<SealedHead>;
     } catch {
-      return '';
+      // An entry that is not ours counts as the oldest of namespace "".
     }
-  };
-  const oldestFirst = Object.keys(data).sort((a, b) => sealedAt(a).localeCompare(sealedAt(b)));
+    const namespace = typeof sealed.task === 'string' ? (sealed.task.split('/')[0] ?? '') : '';
+    const list = byNamespace.get(namespace) ?? [];
+    list.push({ key, at: typeof sealed.sealedAt === 'string' ? sealed.sealedAt : '' });
+    byNamespace.set(namespace, list);
+  }
+  for (const list of byNamespace.values()) list.sort((a, b) => a.at.localeCompare(b.at));
+  let left = Object.keys(data).length;
   let dropped = 0;
-  while (size() > maxBytes && oldestFirst.length > 1) {
-    delete data[oldestFirst.shift() ?? ''];
+  while (size > maxBytes && left > 1) {
+    let most: { key: string; at: string }[] | undefined;
+    for (const list of byNamespace.values()) {
+      const [oldest] = list;
+      if (oldest && (!most || list.length > most.length || (list.length === most.length && oldest.at < (most[0]?.at ?? '')))) most = list;
+    }
+    const victim = most?.shift();
+    if (!victim) break;
+    size -= bytes(victim.key);
+    delete data[victim.key];
+    left--;
     dropped++;
   }
   return dropped;
