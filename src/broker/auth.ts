@@ -69,7 +69,6 @@ interface Verified {
   podName: string;
   podUid: string;
   serviceAccount: string;
-  expiresAt: number;
   /** When the token is verified again, with the keys then current: its expiry, or KEY_MAX_AGE_MS after it was verified. */
   checkAgainAt: number;
   /** For a JWT-SVID: the SPIFFE ID it names, which must be the one the pod's task gives. */
@@ -258,7 +257,7 @@ export class AgentAuthenticator {
       throw this.remember(key, unauthenticated(`the JWT-SVID is not bound to a pod; use one from GET /v1/svid?audience=${BROKER_AUDIENCE}`), REFUSAL_TTL_MS.token);
     }
     verifications('accepted');
-    return this.checkedUntil({ namespace, podName, podUid, serviceAccount, expiresAt: (payload.exp ?? 0) * 1000, spiffeId: payload.sub });
+    return this.checkedUntil({ namespace, podName, podUid, serviceAccount, spiffeId: payload.sub }, payload.exp);
   }
 
   /** Verifies a token the caches do not know; refusals are remembered, failures to verify are not. */
@@ -280,11 +279,12 @@ export class AgentAuthenticator {
       throw this.remember(key, unauthenticated('the token is not bound to a pod; use the projected service-account token of the agent pod'), REFUSAL_TTL_MS.token);
     }
     verifications('accepted');
-    return this.cache(key, this.checkedUntil({ namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name, expiresAt: (payload.exp ?? 0) * 1000 }));
+    return this.cache(key, this.checkedUntil({ namespace: k8s.namespace, podName: k8s.pod.name, podUid: k8s.pod.uid, serviceAccount: k8s.serviceaccount.name }, payload.exp));
   }
 
-  private checkedUntil(verified: Omit<Verified, 'checkAgainAt'>): Verified {
-    return { ...verified, checkAgainAt: Math.min(verified.expiresAt, this.clock.now() + KEY_MAX_AGE_MS) };
+  /** `exp`: the token's expiry claim, in seconds. */
+  private checkedUntil(verified: Omit<Verified, 'checkAgainAt'>, exp: number | undefined): Verified {
+    return { ...verified, checkAgainAt: Math.min((exp ?? 0) * 1000, this.clock.now() + KEY_MAX_AGE_MS) };
   }
 
   private cache(key: string, fresh: Verified): Verified {

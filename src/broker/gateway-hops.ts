@@ -332,19 +332,14 @@ export class GatewayHops {
    */
   private unusedApprovals(task: AgentTask, digest?: string): AgentApproval[] {
     const mine = this.deps.approvals(task.metadata.namespace ?? '').filter((a) => a.spec.taskRef.name === task.metadata.name);
+    const usable = mine.filter((a) => a.spec.decision === 'Approve' && (digest === undefined || a.spec.hopDigest === digest) && this.isUnused(a) && this.deps.hops.isHopOf(task, a.spec.hopId));
+    if (usable.length === 0) return usable;
     // The decision of a hop is its first approval, as `resolvePending` takes it: an Approve that
-    // raced a Reject past admission and came second releases nothing.
-    const first = firstApprovals(mine);
-    return mine
-      .filter(
-        (a) =>
-          first.get(a.spec.hopId) === a &&
-          a.spec.decision === 'Approve' &&
-          (digest === undefined || a.spec.hopDigest === digest) &&
-          this.isUnused(a) &&
-          this.deps.hops.isHopOf(task, a.spec.hopId),
-      )
-      .sort(liftingMostFirst);
+    // raced a Reject past admission and came second releases nothing. (Ordered only when there is
+    // one to release: most calls have none.)
+    const hops = new Set(usable.map((a) => a.spec.hopId));
+    const first = firstApprovals(mine.filter((a) => hops.has(a.spec.hopId)));
+    return usable.filter((a) => first.get(a.spec.hopId) === a).sort(liftingMostFirst);
   }
 
   /**
