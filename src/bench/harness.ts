@@ -14,10 +14,17 @@ import { localAws, type LocalEnvironment } from '../controlplane/environment.js'
 import { freePort } from '../controlplane/ports.js';
 import { rawRequest } from '../kube/raw.js';
 import { CertificateAuthority } from '../pki/authority.js';
+import type { Allocator } from './allocator.js';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 export const bin = path.resolve(here, '..', '..', 'bin', 'chainwarden.js');
 export const log = (m: string) => process.stderr.write(`· ${m}\n`);
+
+/** The allocator the operator and sidecars started from here run on: the system's until `useAllocator`. */
+let allocator: Allocator = { name: 'system', env: {} };
+export function useAllocator(chosen: Allocator): void {
+  allocator = chosen;
+}
 
 export interface Broker {
   url: string;
@@ -112,6 +119,7 @@ export async function startBroker(env: LocalEnvironment, options: ReplicaOptions
     stdio: ['ignore', logFd ?? 'ignore', 'inherit'],
     env: {
       ...process.env,
+      ...allocator.env,
       AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId,
       AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey,
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
@@ -206,7 +214,7 @@ export async function startSidecar(broker: Pick<Broker, 'url' | 'ca'>, token: st
   await writeFile(tokenFile, token, { mode: 0o600 });
   await writeFile(caFile, broker.ca);
   const profile = process.env.CHAINWARDEN_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.CHAINWARDEN_BENCH_PROFILE] : [];
-  const child = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...profile, bin, 'agent', '--broker', broker.url, '--ca', caFile, '--token-file', tokenFile, '--local-token-file', path.join(dir, 'local'), '--listen', '127.0.0.1:0', '--aws-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...allocator.env } });
   const [url = '', awsUrl = ''] = await new Promise<string[]>((resolve) => child.stdout?.once('data', (c: Buffer) => resolve(c.toString().trim().split('\n'))));
   const localToken = (await readFile(path.join(dir, 'local'), 'utf8')).trim();
   return { url, awsUrl, localToken, pid: child.pid ?? 0, stop: () => void child.kill('SIGTERM') };
