@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import { canonicalJson, GENESIS, hashRecord, AUDIT_EVENTS, type AuditRecord } from './record.js';
 
 /** One audit record as found in a stream: the file it came from (if any) and its line there. */
@@ -27,21 +28,54 @@ export interface ChainSummary {
   records: AuditRecord[];
 }
 
+/** One line of a log (pino JSON), as an entry if it carries an `audit` object. */
+function entryOf(raw: string, line: number, source: string | undefined): AuditEntry | undefined {
+  const text = raw.trim();
+  if (!text.startsWith('{')) return undefined;
+  try {
+    const parsed = JSON.parse(text) as { audit?: AuditRecord; time?: unknown };
+    if (!parsed.audit || typeof parsed.audit !== 'object' || parsed.audit.v !== 1) return undefined;
+    return { record: parsed.audit, line, ...(source === undefined ? {} : { source }), ...(typeof parsed.time === 'string' ? { time: parsed.time } : {}) };
+  } catch {
+    return undefined; // not JSON: not a record
+  }
+}
+
 /** Audit records in a stream of log lines (pino JSON): lines carrying an `audit` object. */
 export function readAuditRecords(text: string, source?: string): AuditEntry[] {
   const out: AuditEntry[] = [];
   text.split('\n').forEach((raw, i) => {
-    const line = raw.trim();
-    if (!line.startsWith('{')) return;
-    try {
-      const parsed = JSON.parse(line) as { audit?: AuditRecord; time?: unknown };
-      if (parsed.audit && typeof parsed.audit === 'object' && parsed.audit.v === 1) {
-        out.push({ record: parsed.audit, line: i + 1, ...(source === undefined ? {} : { source }), ...(typeof parsed.time === 'string' ? { time: parsed.time } : {}) });
-      }
-    } catch {
-      // not JSON: not a record
-    }
+    const entry = entryOf(raw, i + 1, source);
+    if (entry) out.push(entry);
   });
+  return out;
+}
+
+/**
+ * The audit records of a log read line by line, as `readAuditRecords` finds them in its text: a
+ * log of any size is never held whole (a string cannot pass 512 MiB), and `keep` drops the
+ * records the caller has no use for as they are read.
+ */
+export async function readAuditStream(input: Readable, source?: string, keep: (record: AuditRecord) => boolean = () => true): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  let line = 0;
+  let rest = '';
+  const take = (raw: string) => {
+    line++;
+    const entry = entryOf(raw, line, source);
+    if (entry && keep(entry.record)) out.push(entry);
+  };
+  input.setEncoding('utf8');
+  for await (const chunk of input as AsyncIterable<string>) {
+    let from = 0;
+    for (let at = chunk.indexOf('\n'); at >= 0; at = chunk.indexOf('\n', from)) {
+      take(rest + chunk.slice(from, at));
+      rest = '';
+      from = at + 1;
+    }
+    rest += chunk.slice(from);
+  }
+  take(rest);
   return out;
 }
 

@@ -350,12 +350,18 @@ async function memory(kc: KubeConfig, broker: Broker, roleArn: string, count: nu
     // Steady: a minute after the queue drained, with nothing else running.
     await sleep(60_000);
     const steady = await sample();
+    // Where the resident size is: V8's heap (in use, and reserved), and memory outside it that V8 knows of.
+    const metrics = (await https(broker, 'GET', '/metrics')).body;
+    const mib = (name: string) => Math.round(Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(typeof metrics === 'string' ? metrics : '')?.[1] ?? 0) / 2 ** 20);
     return {
       tasks: count,
       rssBeforeMiB: before,
       rssMiB: steady,
       rssAtSettledMiB: atSettled,
       rssPeakMiB: peak,
+      heapUsedMiB: mib('nodejs_heap_size_used_bytes'),
+      heapTotalMiB: mib('nodejs_heap_size_total_bytes'),
+      externalMiB: mib('nodejs_external_memory_bytes'),
       createSeconds: Math.round(createSeconds),
       settledSeconds: Math.round(settledSeconds),
     };

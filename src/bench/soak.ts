@@ -515,7 +515,7 @@ async function main(): Promise<void> {
 
     // The audit chains: every replica's file, every process it ever ran.
     const entries: AuditEntry[] = [];
-    for (const file of slots.flatMap((s) => s.auditFiles)) entries.push(...readAuditRecords(await readFile(file, 'utf8').catch(() => ''), path.basename(file)));
+    for (const file of slots.flatMap((s) => s.auditFiles)) for (const e of readAuditRecords(await readFile(file, 'utf8').catch(() => ''), path.basename(file))) entries.push(e);
     const { chains, breaks } = verifyChains(entries);
     const byUid = new Map(chains.map((c) => [c.taskUid, c]));
     const headProblems: string[] = [];

@@ -166,7 +166,7 @@ export function replayRecords(records: AuditRecord[], policy: AgentPolicy, evalu
     }
     const { decided, changes } = replayTask(list, policy, evaluate);
     result.decided += decided;
-    result.changes.push(...changes);
+    for (const c of changes) result.changes.push(c);
   }
   return result;
 }

@@ -1,11 +1,13 @@
-import { readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentTask } from '../api/schema.js';
 import { DEFAULT_NAMESPACE } from '../api/task.js';
 import { printable } from '../api/text.js';
 import { AUDIT_HEADS, AuditHeadStore } from '../audit/heads.js';
 import { renderTrace } from '../audit/trace.js';
-import { checkHead, location, readAuditRecords, verifyChains, type AuditEntry } from '../audit/verify.js';
+import type { AuditRecord } from '../audit/record.js';
+import { checkHead, location, readAuditStream, verifyChains, type AuditEntry } from '../audit/verify.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { systemClock } from '../runtime/clock.js';
@@ -13,23 +15,26 @@ import { isNotFound } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';
 import { parseCommandArgs } from './common.js';
 
-/** The records of every stream named (`-` is stdin; none given: stdin), each entry knowing its file. */
-async function readStreams(files: readonly string[]): Promise<AuditEntry[]> {
-  if (files.length === 0) return readAuditRecords(await readStdin());
+/**
+ * The records of every stream named (`-` is stdin; none given: stdin), each entry knowing its
+ * file, read line by line: an audit log may be far larger than memory allows as one string.
+ * `keep` drops the records the caller has no use for as they are read.
+ */
+async function readStreams(files: readonly string[], keep?: (record: AuditRecord) => boolean): Promise<AuditEntry[]> {
+  if (files.length === 0) return readAuditStream(stdin(), undefined, keep);
   const named = files.length > 1;
-  const out: AuditEntry[] = [];
+  let out: AuditEntry[] = [];
   for (const file of files) {
-    const text = file === '-' ? await readStdin() : await readFile(file, 'utf8');
-    out.push(...readAuditRecords(text, named ? (file === '-' ? 'stdin' : file) : undefined));
+    const entries = await readAuditStream(file === '-' ? stdin() : createReadStream(file), named ? (file === '-' ? 'stdin' : file) : undefined, keep);
+    // Not push(...entries): a spread of a few hundred thousand arguments overflows the stack.
+    out = out.length === 0 ? entries : out.concat(entries);
   }
   return out;
 }
 
-async function readStdin(): Promise<string> {
+function stdin(): Readable {
   if (process.stdin.isTTY) throw new ChainwardenError('usage', 'give audit streams as FILEs, or pipe one in (e.g. kubectl logs deploy/chainwarden | chainwarden audit verify)');
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks).toString('utf8');
+  return process.stdin;
 }
 
 /** Everything printed from a stream goes through `printable`: the stream may have been written by anyone. */
@@ -68,7 +73,7 @@ export async function runTrace(args: string[]): Promise<number> {
   const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
   if (!m) throw new ChainwardenError('usage', `${target === undefined ? 'the task is missing' : `${JSON.stringify(target)} is not NAMESPACE/TASK`}: name the task with its namespace, e.g. support/ticket-4711\nuse: chainwarden trace <namespace>/<task> [FILE...]`);
   const [, namespace = '', name = ''] = m;
-  const all = (await readStreams(files)).filter((r) => r.record.task === `${namespace}/${name}`);
+  const all = await readStreams(files, (record) => record.task === `${namespace}/${name}`);
   let task: AgentTask | undefined;
   const kc = loadKubeConfig(values.kubeconfig);
   try {

@@ -1,10 +1,12 @@
+import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
 import { parseAllDocuments } from 'yaml';
 import { InvalidObjectError, parseAgentPolicy } from '../api/parse.js';
 import type { AgentPolicy } from '../api/schema.js';
 import { printable } from '../api/text.js';
 import { checkPolicy } from '../admission/plugins/agentpolicy.js';
-import { readAuditRecords } from '../audit/verify.js';
+import { readAuditStream } from '../audit/verify.js';
 import { replayRecords, type ReplayChange } from '../broker/replay.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { PolicyEngine } from '../policy/engine.js';
@@ -47,12 +49,11 @@ export function renderChange(c: ReplayChange): string {
   return printable(`${c.task} hop ${c.hopId} ${c.tool} ${c.action} ${c.resource || '-'}: ${c.before}${rules(c.beforeRules)} → ${c.after}${rules(c.afterRules)}`);
 }
 
-async function readStream(file: string | undefined): Promise<string> {
-  if (file !== undefined && file !== '-') return readFile(file, 'utf8');
+/** The stream to replay, read line by line (a log may be larger than memory allows as one string). */
+function openStream(file: string | undefined): Readable {
+  if (file !== undefined && file !== '-') return createReadStream(file);
   if (process.stdin.isTTY) throw new ChainwardenError('usage', `give the audit stream as AUDIT_FILE, or pipe one in (e.g. kubectl logs deploy/chainwarden | chainwarden policy replay --policy FILE)\n${USAGE}`);
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks).toString('utf8');
+  return process.stdin;
 }
 
 /**
@@ -75,7 +76,7 @@ async function replay(args: string[]): Promise<number> {
   if (verb !== 'replay' || extra.length > 0) throw new ChainwardenError('usage', USAGE);
   if (!values.policy) throw new ChainwardenError('usage', `--policy FILE is required: the AgentPolicy (YAML) to replay the stream under\n${USAGE}`);
   const policy = loadPolicyText(await readFile(values.policy, 'utf8'), values.policy);
-  const records = readAuditRecords(await readStream(stream)).map((e) => e.record);
+  const records = (await readAuditStream(openStream(stream))).map((e) => e.record);
   if (records.length === 0) throw new ChainwardenError('no_audit_records', 'no audit records found in the stream');
   const engine = new PolicyEngine();
   const result = replayRecords(records, policy, (...a) => engine.evaluate(...a));

@@ -1,12 +1,14 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, writeFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
 import { canonicalJson, GENESIS, hashRecord, linkRecords, recordJson, type AuditRecord } from '../../../src/audit/record.js';
-import { readAuditRecords, verifyChains } from '../../../src/audit/verify.js';
+import { readAuditRecords, readAuditStream, verifyChains } from '../../../src/audit/verify.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 
 const events = Array.from({ length: 5 }, (_, i) => ({ type: 'hop_decided' as const, at: `2026-11-21T10:00:0${i}Z`, data: { hopId: `h1_${i}`, decision: 'allow' } }));
@@ -104,6 +106,40 @@ describe('audit chain', () => {
     expect(broken.status).toBe(1);
     expect(broken.stdout).toMatch(/BROKEN ns\/t seq 2 \(line 2\): record 2 is missing \(record 3 is the next in the stream, at line 2\)/);
   });
+
+  it('reads a log arriving in pieces cut anywhere, even inside a character, as it reads the whole text (fuzz)', async () => {
+    const record = (i: number) => JSON.stringify({ level: 30, time: `t${i}`, audit: { ...chain()[i % 5], data: { note: 'é€😀' } } });
+    const line = fc.oneof(fc.nat({ max: 9 }).map(record), fc.string({ unit: 'binary' }), fc.constant(''), fc.constant('{"audit":{"v":2}}'), fc.constant('{not json'));
+    await fc.assert(
+      fc.asyncProperty(fc.array(line, { maxLength: 12 }), fc.constantFrom('\n', '\r\n'), fc.array(fc.nat(), { maxLength: 8 }), async (ls, eol, cuts) => {
+        const bytes = Buffer.from(ls.join(eol));
+        const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+        const pieces = [0, ...at].map((from, i) => bytes.subarray(from, at[i] ?? bytes.length));
+        const streamed = await readAuditStream(Readable.from(pieces, { objectMode: false }), 'f');
+        expect(streamed).toEqual(readAuditRecords(bytes.toString('utf8'), 'f'));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('chainwarden audit verify checks a log of 150,000 records, more than a spread of arguments takes', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'verify-'));
+    const big = path.join(dir, 'big.jsonl');
+    const out = createWriteStream(big);
+    const count = 150_000;
+    let head = GENESIS;
+    for (let from = 0; from < count; from += 5_000) {
+      const records = linkRecords({ key: 'ns/long', uid: 'u2' }, head, from, Array.from({ length: 5_000 }, (_, i) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: { hopId: `h1_${from + i}`, decision: 'allow' } })));
+      head = records.at(-1)?.hash ?? head;
+      out.write(`${lines(records)}\n`);
+    }
+    out.end();
+    await finished(out);
+    const ok = spawnSync(process.execPath, [bin, 'audit', 'verify', big], { encoding: 'utf8' });
+    expect(ok.stderr).not.toMatch(/RangeError|Maximum call stack/);
+    expect(ok.stdout).toMatch(new RegExp(`ns/long: ${count} records, head ${head}`));
+    expect(ok.status).toBe(0);
+  }, 120_000);
 });
 
 describe('applyDelta', () => {

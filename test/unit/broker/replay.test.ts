@@ -97,6 +97,15 @@ describe('replayRecords: what a policy would decide otherwise', () => {
     expect(result.changes.map((c) => c.task)).toEqual(['support/ticket-4711']);
   });
 
+  it('lists every change of a task with more changed decisions than a spread of arguments takes (150,000)', () => {
+    const emails = Array.from({ length: 150_000 }, (_, i) => ({ ...EMAIL, hopId: `h1_${i}` }));
+    const result = replayRecords(stream([READ, ...emails]), policy(), evaluate);
+    expect(result.decided).toBe(150_001);
+    expect(result.changes).toHaveLength(150_000);
+    expect(result.changes[0]).toMatchObject({ hopId: 'h1_0', before: 'allow', after: 'deny', afterRules: ['no-exfiltration'] });
+    expect(result.changes.at(-1)).toMatchObject({ hopId: 'h1_149999', before: 'allow', after: 'deny' });
+  }, 120_000);
+
   it('counts a record once when several replicas streams hold it', () => {
     const records = stream([READ, EMAIL]);
     expect(replayRecords([...records, ...records], policy(), evaluate).changes).toHaveLength(1);
