@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { canonicalJson, GENESIS, hashRecord, AUDIT_EVENTS, type AuditRecord } from './record.js';
+import { GENESIS, hashRecord, AUDIT_EVENTS, type AuditRecord } from './record.js';
 
 /** One audit record as found in a stream: the file it came from (if any) and its line there. */
 export interface AuditEntry {
@@ -52,18 +52,16 @@ export function readAuditRecords(text: string, source?: string): AuditEntry[] {
 }
 
 /**
- * The audit records of a log read line by line, as `readAuditRecords` finds them in its text: a
- * log of any size is never held whole (a string cannot pass 512 MiB), and `keep` drops the
- * records the caller has no use for as they are read.
+ * Each audit record of a log as it is read, line by line, as `readAuditRecords` finds them in its
+ * text: a log of any size is never held whole (a string cannot pass 512 MiB).
  */
-export async function readAuditStream(input: Readable, source?: string, keep: (record: AuditRecord) => boolean = () => true): Promise<AuditEntry[]> {
-  const out: AuditEntry[] = [];
+export async function eachAuditRecord(input: Readable, source: string | undefined, each: (entry: AuditEntry) => void): Promise<void> {
   let line = 0;
   let rest = '';
   const take = (raw: string) => {
     line++;
     const entry = entryOf(raw, line, source);
-    if (entry && keep(entry.record)) out.push(entry);
+    if (entry) each(entry);
   };
   input.setEncoding('utf8');
   for await (const chunk of input as AsyncIterable<string>) {
@@ -76,6 +74,14 @@ export async function readAuditStream(input: Readable, source?: string, keep: (r
     rest += chunk.slice(from);
   }
   take(rest);
+}
+
+/** The audit records of a log read line by line (see `eachAuditRecord`), those `keep` keeps. */
+export async function readAuditStream(input: Readable, source?: string, keep: (record: AuditRecord) => boolean = () => true): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  await eachAuditRecord(input, source, (e) => {
+    if (keep(e.record)) out.push(e);
+  });
   return out;
 }
 
@@ -120,13 +126,75 @@ function nestedAtMost(value: unknown, depth: number): boolean {
   return Object.values(value).every((v) => nestedAtMost(v, depth - 1));
 }
 
-const breakAt = (e: AuditEntry, seq: number, problem: string): ChainBreak => ({
-  task: e.record.task,
+/**
+ * What linking needs of a record, checked and hashed as it was read: the record itself only when
+ * the caller wants the chains' records back.
+ */
+interface Link {
+  task: string;
+  seq: number;
+  prev: string;
+  hash: string;
+  /** The hash of the record's content with the hash it claims: equal for exact copies alone. */
+  copy: string;
+  line: number;
+  source?: string;
+  record?: AuditRecord;
+}
+
+const breakAt = (e: { line: number; source?: string }, task: string, seq: number, problem: string): ChainBreak => ({
+  task,
   seq,
   line: e.line,
   ...(e.source === undefined ? {} : { source: e.source }),
   problem,
 });
+
+/**
+ * Checks audit records as they are read, one at a time: each record's shape and its hash over
+ * its content at once, its place in its task's chain (seq, and the hash of the record before)
+ * at `finish`. Records are linked by seq and prev hash, not by line order, so the streams of
+ * several replicas verify merged in any order; an edited, removed or inserted record still
+ * breaks one of the three. A record cut off the end of a chain leaves no trace in the stream
+ * itself: `checkHead` compares with the task's status. Without `keepRecords` only what linking
+ * needs is held, a few hundred bytes a record, so a long stream verifies in little memory.
+ */
+export class ChainVerifier {
+  private readonly breaks: ChainBreak[] = [];
+  private readonly byTask = new Map<string, Link[]>();
+  private readonly taskUids = new Map<string, string>();
+  count = 0;
+
+  constructor(private readonly keepRecords = true) {}
+
+  add(e: AuditEntry): void {
+    this.count++;
+    const r = e.record;
+    if (!wellFormed(r)) {
+      const seq = Number.isSafeInteger(r.seq) ? r.seq : 0;
+      this.breaks.push(breakAt(e, typeof r.task === 'string' ? r.task : '?', seq, 'it is not a well-formed audit record'));
+      return;
+    }
+    const computed = hashRecord(r);
+    if (computed !== r.hash) this.breaks.push(breakAt(e, r.task, r.seq, 'its content does not match its hash (edited)'));
+    const key = `${r.task}#${r.taskUid}`;
+    // A record whose content matches its hash is told apart by the hash alone; an edited one by both (never the same length).
+    const link: Link = { task: r.task, seq: r.seq, prev: r.prev, hash: r.hash, copy: computed === r.hash ? r.hash : `${computed}${r.hash}`, line: e.line, ...(e.source === undefined ? {} : { source: e.source }), ...(this.keepRecords ? { record: r } : {}) };
+    const chain = this.byTask.get(key);
+    if (chain) chain.push(link);
+    else {
+      this.byTask.set(key, [link]);
+      this.taskUids.set(key, r.taskUid);
+    }
+  }
+
+  /** Every task's chain, and every break found, by task and seq. */
+  finish(): { chains: ChainSummary[]; breaks: ChainBreak[] } {
+    const chains = [...this.byTask].map(([key, links]) => linkChain(links, this.taskUids.get(key) ?? '', this.breaks));
+    this.breaks.sort((a, b) => (a.task < b.task ? -1 : a.task > b.task ? 1 : a.seq - b.seq));
+    return { chains, breaks: this.breaks };
+  }
+}
 
 /**
  * Orders one task's records by their chain linkage, whatever order the lines came in: several
@@ -135,72 +203,50 @@ const breakAt = (e: AuditEntry, seq: number, problem: string): ChainBreak => ({
  * (the genesis hash for k = 1). An exact copy of a record (the same stream given twice) is one
  * record.
  */
-function linkChain(entries: AuditEntry[], breaks: ChainBreak[]): ChainSummary {
-  const first = entries[0];
-  const bySeq = new Map<number, AuditEntry[]>();
-  // Each record's canonical form once, by seq: a stream of thousands of forged variants of one seq costs one pass, not a comparison of every pair.
-  const seen = new Map<number, Set<string>>();
-  for (const e of entries) {
-    const forms = seen.get(e.record.seq) ?? new Set<string>();
-    seen.set(e.record.seq, forms);
-    const form = canonicalJson(e.record);
-    if (forms.has(form)) continue;
-    forms.add(form);
-    const same = bySeq.get(e.record.seq) ?? [];
-    same.push(e);
-    bySeq.set(e.record.seq, same);
+function linkChain(links: Link[], taskUid: string, breaks: ChainBreak[]): ChainSummary {
+  const task = links[0]?.task ?? '';
+  const bySeq = new Map<number, Link[]>();
+  // Exact copies found by a lookup per record: a stream of thousands of forged variants of one seq costs one pass, not a comparison of every pair.
+  const seen = new Set<string>();
+  for (const l of links) {
+    if (seen.has(l.copy)) continue;
+    seen.add(l.copy);
+    const same = bySeq.get(l.seq);
+    if (same) same.push(l);
+    else bySeq.set(l.seq, [l]);
   }
   const ordered: AuditRecord[] = [];
   let expected = 1;
   let prevHash: string | undefined = GENESIS;
+  let last: Link | undefined;
   for (const seq of [...bySeq.keys()].sort((a, b) => a - b)) {
     const candidates = bySeq.get(seq) ?? [];
-    const chosen = candidates.find((c) => c.record.prev === prevHash) ?? candidates[0];
+    const chosen = candidates.find((c) => c.prev === prevHash) ?? candidates[0];
     if (!chosen) continue;
     if (seq > expected) {
       const missing = seq === expected + 1 ? `record ${expected} is missing` : `records ${expected} to ${seq - 1} are missing`;
-      breaks.push(breakAt(chosen, expected, `${missing} (record ${seq} is the next in the stream, at ${location(chosen)})`));
+      breaks.push(breakAt(chosen, task, expected, `${missing} (record ${seq} is the next in the stream, at ${location(chosen)})`));
       // The link into a gap cannot be checked; the records after it still can.
       prevHash = undefined;
     }
     if (candidates.length > 1) {
-      breaks.push(breakAt(chosen, seq, `${candidates.length} different records claim seq ${seq} (at ${candidates.map(location).join(', ')}): a record was inserted or altered`));
-    } else if (prevHash !== undefined && chosen.record.prev !== prevHash) {
-      breaks.push(breakAt(chosen, seq, `it does not link to record ${seq - 1}: that record was altered, or this one was`));
+      breaks.push(breakAt(chosen, task, seq, `${candidates.length} different records claim seq ${seq} (at ${candidates.map(location).join(', ')}): a record was inserted or altered`));
+    } else if (prevHash !== undefined && chosen.prev !== prevHash) {
+      breaks.push(breakAt(chosen, task, seq, `it does not link to record ${seq - 1}: that record was altered, or this one was`));
     }
-    ordered.push(chosen.record);
-    prevHash = chosen.record.hash;
+    if (chosen.record) ordered.push(chosen.record);
+    prevHash = chosen.hash;
     expected = seq + 1;
+    last = chosen;
   }
-  const last = ordered.at(-1);
-  return { task: first?.record.task ?? '', taskUid: first?.record.taskUid ?? '', count: last?.seq ?? 0, head: last?.hash ?? GENESIS, records: ordered };
+  return { task, taskUid, count: last?.seq ?? 0, head: last?.hash ?? GENESIS, records: ordered };
 }
 
-/**
- * Checks every task's chain in the stream: each record's hash over its content, its link to
- * the record before, and an unbroken sequence from 1. Records are linked by seq and prev hash,
- * not by line order, so streams of several replicas verify merged in any order; an edited,
- * removed or inserted record still breaks one of the three. (A record cut off the end of a
- * chain leaves no trace in the stream itself: `checkHead` compares with the task's status.)
- */
+/** `ChainVerifier` over records already read, keeping the chains' records (for `trace`). */
 export function verifyChains(entries: readonly AuditEntry[]): { chains: ChainSummary[]; breaks: ChainBreak[] } {
-  const breaks: ChainBreak[] = [];
-  const byTask = new Map<string, AuditEntry[]>();
-  for (const e of entries) {
-    if (!wellFormed(e.record)) {
-      const seq = Number.isSafeInteger(e.record.seq) ? e.record.seq : 0;
-      breaks.push({ ...breakAt(e, seq, 'it is not a well-formed audit record'), task: typeof e.record.task === 'string' ? e.record.task : '?' });
-      continue;
-    }
-    if (hashRecord(e.record) !== e.record.hash) breaks.push(breakAt(e, e.record.seq, 'its content does not match its hash (edited)'));
-    const key = `${e.record.task}#${e.record.taskUid}`;
-    const chain = byTask.get(key);
-    if (chain) chain.push(e);
-    else byTask.set(key, [e]);
-  }
-  const chains = [...byTask.values()].map((chain) => linkChain(chain, breaks));
-  breaks.sort((a, b) => (a.task < b.task ? -1 : a.task > b.task ? 1 : a.seq - b.seq));
-  return { chains, breaks };
+  const verifier = new ChainVerifier();
+  for (const e of entries) verifier.add(e);
+  return verifier.finish();
 }
 
 /** What is wrong when a verified chain is compared with the head kept in the task's status. */

@@ -6,8 +6,7 @@ import { DEFAULT_NAMESPACE } from '../api/task.js';
 import { printable } from '../api/text.js';
 import { AUDIT_HEADS, AuditHeadStore } from '../audit/heads.js';
 import { renderTrace } from '../audit/trace.js';
-import type { AuditRecord } from '../audit/record.js';
-import { checkHead, location, readAuditStream, verifyChains, type AuditEntry } from '../audit/verify.js';
+import { ChainVerifier, checkHead, eachAuditRecord, location, verifyChains, type AuditEntry } from '../audit/verify.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { systemClock } from '../runtime/clock.js';
@@ -16,20 +15,13 @@ import { loadKubeConfig } from './kube.js';
 import { parseCommandArgs } from './common.js';
 
 /**
- * The records of every stream named (`-` is stdin; none given: stdin), each entry knowing its
+ * Each record of every stream named (`-` is stdin; none given: stdin), each entry knowing its
  * file, read line by line: an audit log may be far larger than memory allows as one string.
- * `keep` drops the records the caller has no use for as they are read.
  */
-async function readStreams(files: readonly string[], keep?: (record: AuditRecord) => boolean): Promise<AuditEntry[]> {
-  if (files.length === 0) return readAuditStream(stdin(), undefined, keep);
+async function eachRecord(files: readonly string[], each: (entry: AuditEntry) => void): Promise<void> {
+  if (files.length === 0) return eachAuditRecord(stdin(), undefined, each);
   const named = files.length > 1;
-  let out: AuditEntry[] = [];
-  for (const file of files) {
-    const entries = await readAuditStream(file === '-' ? stdin() : createReadStream(file), named ? (file === '-' ? 'stdin' : file) : undefined, keep);
-    // Not push(...entries): a spread of a few hundred thousand arguments overflows the stack.
-    out = out.length === 0 ? entries : out.concat(entries);
-  }
-  return out;
+  for (const file of files) await eachAuditRecord(file === '-' ? stdin() : createReadStream(file), named ? (file === '-' ? 'stdin' : file) : undefined, each);
 }
 
 function stdin(): Readable {
@@ -49,15 +41,17 @@ export async function runAudit(args: string[]): Promise<number> {
   const { positionals } = parseCommandArgs('audit', args, {});
   const [verb, ...files] = positionals;
   if (verb !== 'verify') throw new ChainwardenError('usage', 'use: chainwarden audit verify [FILE...]');
-  const records = await readStreams(files);
-  const { chains, breaks } = verifyChains(records);
+  // Checked as read, keeping only what linking needs of each record: a long stream verifies in little memory.
+  const verifier = new ChainVerifier(false);
+  await eachRecord(files, (e) => verifier.add(e));
+  const { chains, breaks } = verifier.finish();
   for (const c of chains) say(`${c.task}: ${c.count} records, head ${c.head}`);
   for (const b of breaks) say(`BROKEN ${b.task} seq ${b.seq} (${location(b)}): ${b.problem}`);
-  if (records.length === 0) {
+  if (verifier.count === 0) {
     process.stderr.write('no audit records found in the stream\n');
     return 1;
   }
-  say(breaks.length === 0 ? `ok: ${chains.length} chains, ${records.length} records intact` : `${breaks.length} breaks found`);
+  say(breaks.length === 0 ? `ok: ${chains.length} chains, ${verifier.count} records intact` : `${breaks.length} breaks found`);
   // The chain has no key: a tail cut off, or a chain rewritten whole, is consistent in itself.
   process.stderr.write('the streams were checked against themselves; that no record was cut off the end of a chain, and that none was rewritten whole, is checked against the task\'s head: chainwarden trace NAMESPACE/TASK\n');
   return breaks.length === 0 ? 0 : 1;
@@ -73,7 +67,11 @@ export async function runTrace(args: string[]): Promise<number> {
   const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
   if (!m) throw new ChainwardenError('usage', `${target === undefined ? 'the task is missing' : `${JSON.stringify(target)} is not NAMESPACE/TASK`}: name the task with its namespace, e.g. support/ticket-4711\nuse: chainwarden trace <namespace>/<task> [FILE...]`);
   const [, namespace = '', name = ''] = m;
-  const all = await readStreams(files, (record) => record.task === `${namespace}/${name}`);
+  // Only this task's records are kept as the streams are read.
+  const all: AuditEntry[] = [];
+  await eachRecord(files, (e) => {
+    if (e.record.task === `${namespace}/${name}`) all.push(e);
+  });
   let task: AgentTask | undefined;
   const kc = loadKubeConfig(values.kubeconfig);
   try {

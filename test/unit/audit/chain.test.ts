@@ -8,13 +8,24 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
 import { canonicalJson, GENESIS, hashRecord, linkRecords, recordJson, type AuditRecord } from '../../../src/audit/record.js';
-import { readAuditRecords, readAuditStream, verifyChains } from '../../../src/audit/verify.js';
+import { ChainVerifier, readAuditRecords, readAuditStream, verifyChains } from '../../../src/audit/verify.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 
 const events = Array.from({ length: 5 }, (_, i) => ({ type: 'hop_decided' as const, at: `2026-11-21T10:00:0${i}Z`, data: { hopId: `h1_${i}`, decision: 'allow' } }));
 const chain = (): AuditRecord[] => linkRecords({ key: 'ns/t', uid: 'u1' }, GENESIS, 0, events);
 const lines = (records: AuditRecord[]) => records.map((r) => JSON.stringify({ level: 30, time: 'x', audit: r })).join('\n');
-const verify = (records: AuditRecord[]) => verifyChains(readAuditRecords(lines(records))).breaks;
+/** The breaks found, the same whether the records are kept (trace) or only their links (audit verify). */
+const verify = (records: AuditRecord[]) => {
+  const entries = readAuditRecords(lines(records));
+  const kept = verifyChains(entries);
+  const slim = new ChainVerifier(false);
+  for (const e of entries) slim.add(e);
+  const linked = slim.finish();
+  expect(linked.breaks).toEqual(kept.breaks);
+  expect(linked.chains).toEqual(kept.chains.map((c) => ({ ...c, records: [] })));
+  expect(slim.count).toBe(entries.length);
+  return kept.breaks;
+};
 const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
 
 describe('audit chain', () => {
@@ -70,6 +81,54 @@ describe('audit chain', () => {
     const { chains, breaks } = verifyChains(readAuditRecords(text));
     expect(breaks).toEqual([]);
     expect(chains[0]?.records.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('calls two chains intact exactly when nothing was changed and nothing but their ends removed, keeping whole records or links alone (fuzz)', () => {
+    const other = () => linkRecords({ key: 'ns/u', uid: 'u9' }, GENESIS, 0, events.slice(0, 3));
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('edit' as const), at: fc.nat(), to: fc.constantFrom('deny', 'allow') }),
+      fc.record({ kind: fc.constant('drop' as const), at: fc.nat() }),
+      fc.record({ kind: fc.constant('copy' as const), at: fc.nat() }),
+      fc.record({ kind: fc.constant('forge' as const), at: fc.nat() }),
+      fc.record({ kind: fc.constant('reseq' as const), at: fc.nat(), seq: fc.integer({ min: 1, max: 9 }) }),
+      fc.record({ kind: fc.constant('swap' as const), at: fc.nat(), with: fc.nat() }),
+      fc.record({ kind: fc.constant('malform' as const), at: fc.nat() }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 6 }), (ops) => {
+        const records: AuditRecord[] = [...chain(), ...other()];
+        for (const o of ops) {
+          const i = o.at % records.length;
+          const r = records[i]!;
+          if (o.kind === 'edit') records[i] = { ...r, data: { ...r.data, decision: o.to } };
+          else if (o.kind === 'drop' && records.length > 1) records.splice(i, 1);
+          else if (o.kind === 'copy') records.push({ ...r });
+          else if (o.kind === 'forge') records.push({ ...r, data: { hopId: 'forged' } });
+          else if (o.kind === 'reseq') records[i] = { ...r, seq: o.seq };
+          else if (o.kind === 'swap') [records[i], records[o.with % records.length]] = [records[o.with % records.length]!, r];
+          else if (o.kind === 'malform') records[i] = { ...r, prev: 'x' };
+        }
+        // Intact exactly when every record left is an original, exactly, and what is gone of a chain is its end alone (which `trace` catches).
+        const originals = [...chain(), ...other()];
+        const forms = new Set(originals.map((r) => canonicalJson(r)));
+        const left = new Set(records.map((r) => canonicalJson(r)));
+        const kept = originals.filter((r) => left.has(canonicalJson(r)));
+        const lastKept = (task: string) => Math.max(0, ...kept.filter((r) => r.task === task).map((r) => r.seq));
+        const intact = [...left].every((f) => forms.has(f)) && originals.every((r) => left.has(canonicalJson(r)) || r.seq > lastKept(r.task));
+        expect(verify(records).length === 0).toBe(intact);
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+
+  it('tells an exact copy (one record) from an edit that keeps the hash (two records claiming one seq)', () => {
+    const records = chain();
+    const edited = { ...records[2]!, data: { ...records[2]!.data, decision: 'deny' } };
+    const breaks = verify([...records, { ...records[1]! }, edited]);
+    expect(breaks.map((b) => [b.seq, b.problem.replace(/ \(.*/, '')])).toEqual([
+      [3, 'its content does not match its hash'],
+      [3, '2 different records claim seq 3'],
+    ]);
   });
 
   it('orders records by their links, not by line order: a reversed stream is intact', () => {
