@@ -76,12 +76,10 @@ export async function eachAuditRecord(input: Readable, source: string | undefine
   take(rest);
 }
 
-/** The audit records of a log read line by line (see `eachAuditRecord`), those `keep` keeps. */
-export async function readAuditStream(input: Readable, source?: string, keep: (record: AuditRecord) => boolean = () => true): Promise<AuditEntry[]> {
+/** The audit records of a log read line by line (see `eachAuditRecord`). */
+export async function readAuditStream(input: Readable, source?: string): Promise<AuditEntry[]> {
   const out: AuditEntry[] = [];
-  await eachAuditRecord(input, source, (e) => {
-    if (keep(e.record)) out.push(e);
-  });
+  await eachAuditRecord(input, source, (e) => out.push(e));
   return out;
 }
 
