@@ -1,5 +1,6 @@
 import type { TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { isDeepStrictEqual } from 'node:util';
 import { ChainwardenError } from '../errors.js';
 import {
   AgentApprovalSpec,
@@ -52,7 +53,9 @@ function parseResource<T>(kind: string, spec: TSchema, input: unknown): T {
     for (const error of Value.Errors(spec, withDefaults)) {
       violations.push({ field: fieldPath(error.path, 'spec'), message: error.message.toLowerCase() });
     }
-    if (violations.length === 0) return { ...obj, spec: withDefaults } as T;
+    // Objects from the API server already carry the CRD's defaults (the same as the schema's):
+    // those are returned as they are, so a cache of parsed objects holds no second copy of each.
+    if (violations.length === 0) return (isDeepStrictEqual(withDefaults, obj.spec) ? obj : { ...obj, spec: withDefaults }) as T;
   }
   throw new InvalidObjectError(kind, violations);
 }

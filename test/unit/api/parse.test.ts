@@ -10,6 +10,17 @@ describe('parse', () => {
     expect(policy.spec).toMatchObject({ maxTaskTTL: '1h', onViolation: 'Revoke', limits: { maxHops: 100, maxDepth: 6 }, approval: { timeout: '15m' } });
   });
 
+  it('leaves its input alone: a defaulted copy when defaults were missing, the object itself when the API server had filled them in', () => {
+    const bare = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', metadata: meta, spec: { serviceAccountName: 'agent', policyRef: { name: 'p' }, ttl: '1h', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::123456789012:role/r' } }] } };
+    const before = structuredClone(bare);
+    const defaulted = parseAgentTask(bare);
+    expect(defaulted.spec.credentials?.[0]?.aws).toMatchObject({ delivery: 'Gateway', webIdentity: false });
+    expect(bare).toEqual(before);
+    // As the watch delivers it: every default present. A cache of parsed tasks then holds one copy of each, not two.
+    const asStored = JSON.parse(JSON.stringify(defaulted)) as unknown;
+    expect(parseAgentTask(asStored)).toBe(asStored);
+  });
+
   it('lists every violation with its field path', () => {
     const bad = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentTask', metadata: meta, spec: { ttl: 5, policyRef: {}, credentials: [{ name: 'x', aws: {} }] } };
     try {
