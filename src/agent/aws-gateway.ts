@@ -7,7 +7,7 @@ import { awsChunkedReencoder } from '../aws/aws-chunked.js';
 import { MAX_SIGN_REQUEST_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from '../aws/sign-api.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readBoundedBody } from '../server/http.js';
+import { HOP_BY_HOP, readBoundedBody } from '../server/http.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
@@ -84,12 +84,17 @@ function headOf(req: http.IncomingMessage) {
   return { method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headersDistinct as Record<string, string[]>, headerBytes };
 }
 
-/** The SDK's signed headers as they go to AWS: without what the broker replaces, with the broker's changes and signature. */
+/**
+ * The SDK's signed headers as they go to AWS: without what the broker replaces, with the broker's
+ * changes and signature, framed by this sidecar alone. A body streamed on without a length goes in
+ * chunks whatever the method: Node sends a GET's or a DELETE's body unframed, and AWS would read
+ * the bytes after the decided request as a second one that nobody decided.
+ */
 function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer: AwsSignAnswer, bodyLength: number | undefined): http.OutgoingHttpHeaders {
   const out: http.OutgoingHttpHeaders = {};
   const unsignedPassed = plan.authorization.service === 's3' ? UNSIGNED_PASSED_S3 : UNSIGNED_PASSED;
   for (const [name, values] of Object.entries(req.headersDistinct)) {
-    if (REPLACED.has(name) || !(plan.signedHeaders.has(name) || unsignedPassed.has(name)) || values === undefined) continue;
+    if (REPLACED.has(name) || HOP_BY_HOP.has(name) || !(plan.signedHeaders.has(name) || unsignedPassed.has(name)) || values === undefined) continue;
     // A repeated header goes on as one, its values joined as SigV4 joins them: the value the broker decided and signed, not lines AWS might take one of.
     out[name] = values.join(',');
   }
@@ -98,8 +103,12 @@ function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer
     else out[name] = value;
   }
   if (bodyLength !== undefined) out['content-length'] = String(bodyLength);
+  else if (out['content-length'] === undefined && carriesBody(req)) out['transfer-encoding'] = 'chunked';
   return { ...out, ...answer.headers };
 }
+
+/** Whether the SDK's request has a body at all, framed by its length or in chunks. */
+const carriesBody = (req: http.IncomingMessage) => req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? '0') > 0;
 
 export interface AwsGatewayOptions {
   signer: AwsSigner;

@@ -1,8 +1,9 @@
 import { ChainwardenError } from '../errors.js';
 import type { McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from '../mcp/forward-api.js';
+import { HOP_BY_HOP } from '../server/http.js';
 import type { BrokerClient } from './broker-client.js';
 import { reasonsOf, safeHopId, type RefusalReason } from './refusal.js';
-import { checkedBrokerHeaders, HOP_BY_HOP } from './relay.js';
+import { checkedBrokerHeaders } from './relay.js';
 
 /** The broker's answer to one message: go ahead, or the refusal with the status it came with. */
 export type McpForwardOutcome = { ok: true; answer: McpForwardAnswer } | { ok: false; status: number; refusal: McpForwardRefusal };

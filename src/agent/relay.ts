@@ -1,13 +1,11 @@
 import type http from 'node:http';
+import { HOP_BY_HOP } from '../server/http.js';
 
 /**
  * How the sidecar's gateways pass a request on and its answer back: what belongs to one
  * connection only stays behind, what the broker asks them to add is checked before it goes
  * anywhere, and an answer broken on either side ends both.
  */
-
-/** About one connection alone (RFC 9110 §7.6.1), never passed on in either direction. */
-export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect']);
 
 const HEADER_NAME = /^[a-z0-9!#$%&'*+.^_`|~-]{1,128}$/;
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;

@@ -5,6 +5,7 @@ import type { CredentialBroker } from '../credentials/broker.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
+import { HOP_BY_HOP } from '../server/http.js';
 import { awsOperation, type AwsOperation } from './operations.js';
 import type { Placeholders } from './placeholders.js';
 import { amzDateOf, parseAmzDate, parseAuthorization, sha256Hex, signatureOf, verifySignature } from './sigv4.js';
@@ -60,6 +61,9 @@ export class AwsGateway {
     const headers = lowercase(request.headers);
     for (const name of auth.signedHeaders) if (headers[name] === undefined) throw new ChainwardenError('aws_request_invalid', `the signed header ${name} was not passed on`, { field: `headers.${name}` });
     for (const name of ['host', 'x-amz-date']) if (!auth.signedHeaders.includes(name)) throw new ChainwardenError('aws_request_invalid', `the signature must cover the ${name} header`);
+    // Signed, it would go on to AWS beside the sidecar's own framing: two framings of one body, which a front end may read as two requests.
+    const framing = auth.signedHeaders.find((name) => HOP_BY_HOP.has(name));
+    if (framing !== undefined) throw new ChainwardenError('aws_request_invalid', `the signature covers ${framing}, a header about one connection that the gateway sets for itself: sign without it (AWS SDKs leave it out)`, { field: `headers.${framing}` });
     const amzDate = headers['x-amz-date'] ?? '';
     const signedAt = parseAmzDate(amzDate);
     if (signedAt === undefined || Math.abs(signedAt - this.deps.clock.now()) > MAX_SKEW_MS) throw new ChainwardenError('aws_request_invalid', `X-Amz-Date ${amzDate} is not within 15 minutes of the broker's clock`);

@@ -4,6 +4,9 @@ import { ChainwardenError } from '../errors.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
+/** About one connection alone (RFC 9110 §7.6.1): never passed on by a gateway, in either direction. */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect']);
+
 /**
  * Reads a request body up to `limit` bytes; a larger one is a 413 without reading the rest, and
  * the request is destroyed. A request that ends early (the client went away) rejects.

@@ -299,9 +299,9 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
 
   it('a caller holding the pod token cannot have the broker sign anything but what was decided: no other header, payload or missing body', async () => {
     /** A request as an SDK signs it with the placeholder keys, in the shape the sidecar passes on. */
-    const signed = async (service: string, method: string, path: string, headers: Record<string, string>, body = '') => {
+    const signed = async (service: string, method: string, path: string, headers: Record<string, string>, body = '', signable: string[] = []) => {
       const payloadHash = headers['x-amz-content-sha256'] ?? createHash('sha256').update(body).digest('hex');
-      const request = await new SignatureV4({ credentials: keys, region: 'us-east-1', service, sha256: Sha256, uriEscapePath: service !== 's3' }).sign({ method, protocol: 'http:', hostname: '127.0.0.1', path, query: {}, headers: { host: '127.0.0.1:15081', ...headers }, body });
+      const request = await new SignatureV4({ credentials: keys, region: 'us-east-1', service, sha256: Sha256, uriEscapePath: service !== 's3' }).sign({ method, protocol: 'http:', hostname: '127.0.0.1', path, query: {}, headers: { host: '127.0.0.1:15081', ...headers }, body }, { signableHeaders: new Set(signable) });
       const authorization = String(request.headers.authorization);
       const names = /SignedHeaders=([^,]+)/.exec(authorization)?.[1]?.split(';') ?? [];
       return { authorization, method, path, query: '', headers: Object.fromEntries(names.map((n) => [n, String(request.headers[n] ?? request.headers[Object.keys(request.headers).find((k) => k.toLowerCase() === n) ?? ''])])), payloadHash };
@@ -323,6 +323,12 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     const body = '{"TableName":"public"}';
     const bare = await signed('dynamodb', 'POST', '/', {}, body);
     await expect(gateway.sign(who, parseSignRequest({ ...bare, headers: { ...bare.headers, 'x-amz-target': 'DynamoDB_20120810.DeleteTable' }, form: body }))).rejects.toMatchObject({ code: 'aws_request_invalid', message: expect.stringContaining('names no dynamodb operation') as string });
+    // Framing signed by the caller would go on to AWS beside the sidecar's own: two framings of one body, which a front end may read as two requests.
+    for (const [name, value] of [['transfer-encoding', 'chunked'], ['connection', 'keep-alive'], ['upgrade', 'h2c']] as const) {
+      const framed = await signed('dynamodb', 'POST', '/', { 'x-amz-target': 'DynamoDB_20120810.Scan', 'content-type': 'application/x-amz-json-1.0', [name]: value }, body, [name]);
+      expect(framed.authorization).toContain(name);
+      await expect(gateway.sign(who, parseSignRequest({ ...framed, form: body }))).rejects.toMatchObject({ code: 'aws_request_invalid', field: `headers.${name}`, message: expect.stringContaining('sign without it') as string });
+    }
     // A document past what the broker reads is refused by name, never decided on the part that fits.
     expect(() => parseSignRequest({ ...scan, form: `{"TableName":"secrets","pad":"${'x'.repeat(MAX_SIGN_FORM_BYTES)}"}` })).toThrow(expect.objectContaining({ code: 'aws_request_invalid', field: 'form' }));
     expect(decided.length).toBe(before);

@@ -464,6 +464,32 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     }
   });
 
+  it('a GET whose chunked body holds a second request: AWS gets the one decided request, its body framed in chunks, never the request inside', async () => {
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'smuggle-bucket' })).catch(() => undefined);
+    const headers = { host: `127.0.0.1:${port()}`, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
+    const signed = await new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false }).sign({ method: 'GET', protocol: 'http:', hostname: '127.0.0.1', path: '/smuggle-bucket/report.txt', query: {}, headers });
+    // Sent unframed after the GET (Node's way with a GET's body), these bytes would be a PUT to AWS that nobody decided.
+    const inner = Buffer.from('PUT /smuggle-bucket/loot HTTP/1.1\r\nHost: s3.us-east-1.amazonaws.com\r\nContent-Length: 6\r\n\r\nSECRET');
+    const before = sent();
+    await raw({ method: 'GET', path: '/smuggle-bucket/report.txt', headers: { ...signed.headers, 'transfer-encoding': 'chunked' }, body: [inner] });
+    const { broker, aws } = since(before);
+    expect(broker).toHaveLength(1);
+    expect(aws.map((r) => `${r.method} ${r.path}`)).toEqual(['GET /smuggle-bucket/report.txt']);
+    expect(aws[0]?.headers['transfer-encoding']).toBe('chunked');
+  });
+
+  it('framing the caller signed never goes on beside the sidecar\'s own: a held body goes with its length alone', async () => {
+    const body = '{"TableName":"gw-table"}';
+    const headers = { host: `127.0.0.1:${port()}`, 'x-amz-target': 'DynamoDB_20120810.DescribeTable', 'content-type': 'application/x-amz-json-1.0', 'transfer-encoding': 'chunked', connection: 'keep-alive' };
+    const signed = await new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 'dynamodb', sha256: Sha256 }).sign({ method: 'POST', protocol: 'http:', hostname: '127.0.0.1', path: '/', query: {}, headers, body }, { signableHeaders: new Set(['transfer-encoding', 'connection']) });
+    const before = sent();
+    await raw({ method: 'POST', path: '/', headers: signed.headers, body: [Buffer.from(body)] });
+    const [reached] = since(before).aws;
+    expect(reached?.headers['transfer-encoding']).toBeUndefined();
+    expect(reached?.headers['content-length']).toBe(String(body.length));
+  });
+
   it('a signed header sent twice reaches AWS as the one value the broker decided and signed, not as two lines AWS could take either of', async () => {
     const s3 = new S3Client(config());
     await s3.send(new CreateBucketCommand({ Bucket: 'twice-bucket' })).catch(() => undefined);
