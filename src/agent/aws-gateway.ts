@@ -3,6 +3,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { PassThrough, type Duplex, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import zlib from 'node:zlib';
 import { awsChunkedReencoder } from '../aws/aws-chunked.js';
 import { MAX_SIGN_REQUEST_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from '../aws/sign-api.js';
 import { ChainwardenError } from '../errors.js';
@@ -256,7 +257,24 @@ function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: Aw
     request.on('response', (upstream) => {
       if (answered) return upstream.resume();
       answered = true;
-      res.writeHead(upstream.statusCode ?? 502, downstreamHeaders(upstream.rawHeaders));
+      const status = upstream.statusCode ?? 502;
+      if (status >= 400 && plan.sign.method !== 'HEAD') {
+        // Read whole, to take the session out of what AWS echoes of the signed request.
+        const refused = readBoundedBody(upstream, MAX_ERROR_BODY_BYTES, () => new Error(`AWS's error answer is longer than ${MAX_ERROR_BODY_BYTES} bytes`));
+        refused.then(
+          (body) => {
+            const out = withoutSession(body, upstream.headers['content-encoding'], answer);
+            res.writeHead(status, [...downstreamHeaders(upstream.rawHeaders, REWRITTEN_ANSWER), 'content-length', String(out.length)]);
+            res.end(out);
+          },
+          () => res.destroy(),
+        ).finally(() => {
+          over();
+          resolve();
+        });
+        return;
+      }
+      res.writeHead(status, downstreamHeaders(upstream.rawHeaders));
       endTogether(upstream, res, () => {
         over();
         resolve();
@@ -266,6 +284,41 @@ function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: Aw
     if (Buffer.isBuffer(body)) request.end(body);
     else pipeline(body, request).catch(fail);
   });
+}
+
+/** An error answer is read whole up to this; AWS's are a few hundred bytes. */
+const MAX_ERROR_BODY_BYTES = 256 * 1024;
+/** Set anew on an error answer this sidecar rewrites. */
+const REWRITTEN_ANSWER: ReadonlySet<string> = new Set(['content-length', 'content-encoding']);
+const DECODERS: Record<string, (body: Buffer, options: zlib.ZlibOptions) => Buffer> = { gzip: zlib.gunzipSync, 'x-gzip': zlib.gunzipSync, deflate: zlib.inflateSync, br: zlib.brotliDecompressSync };
+
+/**
+ * AWS's answer to a request it refused, without the task's session: S3's SignatureDoesNotMatch
+ * echoes the canonical request it computed (the session token among its headers, and again in
+ * hex) and the key id, and other services' messages quote the canonical string. The agent never
+ * holds the session, so both are replaced wherever they appear, in any of the forms AWS writes
+ * them. A body in an encoding this cannot read goes on empty, its status intact.
+ */
+export function withoutSession(body: Buffer, encoding: string | undefined, answer: Pick<AwsSignAnswer, 'headers'>): Buffer {
+  const coding = (encoding ?? 'identity').trim().toLowerCase();
+  let text: string;
+  try {
+    const decode = DECODERS[coding];
+    text = (coding === 'identity' ? body : decode ? decode(body, { maxOutputLength: 4 * MAX_ERROR_BODY_BYTES }) : Buffer.alloc(0)).toString('latin1');
+  } catch {
+    text = '';
+  }
+  const secrets = [
+    [answer.headers['x-amz-security-token'], 'the task session token, withheld by the chainwarden gateway'],
+    [/Credential=([^/,\s]+)\//.exec(answer.headers.authorization ?? '')?.[1], 'the task session key id, withheld by the chainwarden gateway'],
+  ] as const;
+  for (const [secret, instead] of secrets) {
+    if (!secret) continue;
+    const hex = Buffer.from(secret, 'latin1').toString('hex');
+    const spaced = hex.replace(/(..)(?!$)/g, '$1 ');
+    for (const form of new Set([secret, secret.replaceAll('/', '\\/'), encodeURIComponent(secret), hex, hex.toUpperCase(), spaced, spaced.toUpperCase()])) text = text.replaceAll(form, instead);
+  }
+  return Buffer.from(text, 'latin1');
 }
 
 /**

@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { crc32 } from 'node:zlib';
+import { crc32, gzipSync } from 'node:zlib';
 import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
 import { CreateQueueCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
@@ -244,6 +244,54 @@ describe('refusals reach the SDK as the exception its user would catch, and noth
     expect((await rejection(new DynamoDBClient(config({ ...PLACEHOLDER, secretAccessKey: 'guessed' })).send(new GetItemCommand({ TableName: 'gw-table', Key: { id: { S: 'x' } } })))).name).toBe('SignatureDoesNotMatch');
     expect((await rejection(new S3Client(config({ accessKeyId: 'AKIASTOLENREALKEY001', secretAccessKey: 'real-secret' })).send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: 'k' })))).name).toBe('InvalidClientTokenId');
     expect(since(before).aws).toEqual([]);
+  });
+
+  it('AWS\'s refusal as the SDK raises it, without the session AWS echoed: S3\'s canonical request and key id, in text, hex or gzip, and a query service\'s canonical string', async () => {
+    // What S3 answers a request whose signature it computes otherwise (a path it canonicalises differently): the request as it was signed, token and all.
+    const echo = http.createServer((req, res) => {
+      const token = String(req.headers['x-amz-security-token']);
+      const keyId = /Credential=([^/]+)\//.exec(req.headers.authorization ?? '')?.[1] ?? '';
+      const bytes = (text: string) => Buffer.from(text).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+      const canonical = `GET\n${req.url ?? ''}\n\nhost:${req.headers.host ?? ''}\nx-amz-security-token:${token}\n`;
+      const s3 = `<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message><AWSAccessKeyId>${keyId}</AWSAccessKeyId><CanonicalRequest>${canonical}</CanonicalRequest><CanonicalRequestBytes>${bytes(canonical)}</CanonicalRequestBytes></Error>`;
+      const query = `<ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>The Canonical String for this request should have been\n'${canonical}'</Message></Error></ErrorResponse>`;
+      req.resume();
+      const body = req.url?.startsWith('/?') || req.method === 'POST' ? query : s3;
+      if (req.headers['accept-encoding'] === 'gzip') {
+        res.writeHead(403, { 'content-type': 'application/xml', 'content-encoding': 'gzip' });
+        return res.end(gzipSync(body));
+      }
+      res.writeHead(403, { 'content-type': 'application/xml' });
+      res.end(body);
+    });
+    await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve));
+    world.twin.upstream = `http://127.0.0.1:${(echo.address() as { port: number }).port}`;
+    try {
+      // All the SDK made of the answer: the exception carries the answer's other elements as its own fields.
+      const everything = (promise: Promise<unknown>) => promise.then(() => expect.unreachable('the call went through'), (err: Error) => ({ name: err.name, status: (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode, message: `${err.message} ${JSON.stringify(err)}` }));
+      const s3 = await everything(new S3Client(config()).send(new GetObjectCommand({ Bucket: 'gw-bucket', Key: 'a~b' })));
+      expect(s3).toMatchObject({ name: 'SignatureDoesNotMatch', status: 403 });
+      expect(s3.message).toContain('CanonicalRequestBytes');
+      const headers = { host: `127.0.0.1:${port()}`, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'accept-encoding': 'gzip' };
+      const signed = await new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false }).sign({ method: 'GET', protocol: 'http:', hostname: '127.0.0.1', path: '/gw-bucket/k', query: {}, headers });
+      const zipped = await raw({ path: '/gw-bucket/k', headers: signed.headers });
+      const sts = await everything(new STSClient(config()).send(new GetCallerIdentityCommand({})));
+      expect(sts).toMatchObject({ name: 'SignatureDoesNotMatch', status: 403 });
+      expect(zipped.status).toBe(403);
+      expect(zipped.headers['content-encoding']).toBeUndefined();
+      expect(zipped.body).toContain('<CanonicalRequest>GET\n/gw-bucket/k');
+      const hex = (text: string) => Buffer.from(text).toString('hex');
+      for (const seen of [s3.message, sts.message, zipped.body]) {
+        expect(seen).toContain('withheld by the chainwarden gateway');
+        for (const secret of [SESSION.sessionToken, SESSION.accessKeyId]) {
+          expect(seen).not.toContain(secret);
+          expect(seen.replaceAll(' ', '')).not.toContain(hex(secret));
+        }
+      }
+    } finally {
+      world.twin.upstream = undefined;
+      echo.close();
+    }
   });
 
   it('a pod token the broker refuses, even read again from the file: AccessDenied, the token in no message', async () => {
