@@ -490,13 +490,18 @@ export function awsOperation(input: AwsOperationInput): AwsOperation {
   }
   if (target !== undefined) {
     if (!protocols.includes('json')) throw refuse(`${input.service} does not take the JSON protocol (X-Amz-Target)`, 'x-amz-target');
-    const operation = operationName(target.slice(target.lastIndexOf('.') + 1), 'x-amz-target');
+    // One service and one operation: `DynamoDB_20120810.DeleteTable, DynamoDB_20120810.GetItem` names two, and AWS may run the first.
+    const dot = target.indexOf('.');
+    if (!/^[A-Za-z][A-Za-z0-9_]{0,127}$/.test(target.slice(0, dot)) || target.includes('.', dot + 1)) throw refuse(`X-Amz-Target ${JSON.stringify(target.slice(0, 128))} is not <service>.<operation>, as AWS SDKs send it`, 'x-amz-target');
+    const operation = operationName(target.slice(dot + 1), 'x-amz-target');
     const body = jsonBody(input.body);
     const names = multiResource(input, operation, body);
     const resource = names ? oneResource(input, operation, names) : namedResource(input, (n) => str(body[n]));
     return { tool, action: `${prefixOf(input.service)}:${operation}`, resource, protocol: 'json' };
   }
   if (!protocols.includes('query')) throw refuse(`${input.service} does not take the query protocol (Action)`, 'Action');
+  // A body that is not the form is one the broker would not read, and a service might.
+  if (!isForm && (input.body ?? '') !== '') throw refuse('the request carries a body that is not a form (Content-Type: application/x-www-form-urlencoded): a query-protocol call carries its parameters in its query or in a form', 'content-type');
   const operation = operationName(form.get('Action') ?? query.get('Action') ?? '', 'Action');
   const params = (n: string) => str(form.get(n) ?? query.get(n));
   // An SQS query request may name its queue by its URL's path instead of QueueUrl; naming it both ways, it must be one queue.
