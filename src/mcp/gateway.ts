@@ -33,6 +33,11 @@ const sha256 = (text: string) => `sha256:${createHash('sha256').update(text).dig
 
 const bad = (field: string, message: string) => new ChainwardenError('invalid_request', `${field}: ${message}`, { field });
 
+/** A name as a server that matches names without case reads it (Go's encoding/json folds ſ to s and K to k too). */
+const folded = (name: string) => name.toUpperCase().toLowerCase();
+/** The methods the gateway decides (a call) or edits the answer to (the tool list). */
+const LOOKED_AT = ['tools/call', 'tools/list'];
+
 /** The sidecar's request, checked field by field; the first problem is a 400 that names the field. */
 export function parseForwardRequest(body: unknown): McpForwardRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('body', 'must be a JSON object {system, method?, call?}');
@@ -41,7 +46,11 @@ export function parseForwardRequest(body: unknown): McpForwardRequest {
   const request: McpForwardRequest = { system: b.system };
   if (b.method !== undefined) {
     if (typeof b.method !== 'string' || b.method.length === 0 || b.method.length > 128) throw bad('method', 'must be a JSON-RPC method name of at most 128 characters');
-    request.method = b.method;
+    // JSON-RPC method names are exact, but a server that dispatches them loosely would run `Tools/Call` as a call nobody decided, or `tools/list ` unfiltered.
+    const method = b.method;
+    const alike = LOOKED_AT.find((known) => known !== method && folded(method.trim()) === known);
+    if (alike !== undefined) throw bad('method', `${JSON.stringify(method)} is spelled like ${alike} but is not it, and a server that matches method names loosely would take it for ${alike} without the gateway's decision; send ${alike}`);
+    request.method = method;
   }
   if (b.call !== undefined) {
     const c = b.call as Record<string, unknown> | null;
@@ -56,8 +65,6 @@ export function parseForwardRequest(body: unknown): McpForwardRequest {
   return request;
 }
 
-/** A name as a server that matches names without case reads it (Go's encoding/json folds ſ to s and K to k too). */
-const folded = (name: string) => name.toUpperCase().toLowerCase();
 
 /**
  * `ticket/{ticketId}` filled from a call's arguments; a missing argument is empty (the server's

@@ -85,6 +85,11 @@ describe('reading the sidecar and the call', () => {
     expect(() => parseForwardRequest({ system: 'a', method: 'initialize', call: { name: 'x' } })).toThrow(/call/);
     expect(() => parseForwardRequest({ system: 'a', method: 'tools/call', call: { name: 'x', arguments: [1] } })).toThrow(/call.arguments/);
     expect(parseForwardRequest({ system: 'a', method: 'tools/call', call: { name: 'x' } })).toEqual({ system: 'a', method: 'tools/call', call: { name: 'x', arguments: {} } });
+    // Sent as any other method, these would reach a server that dispatches loosely with the credential and no decision, or unfiltered.
+    for (const method of ['Tools/Call', 'tools/call ', 'TOOLS/CALL', 'tool\u017f/call', 'tools/li\u017ft', ' tools/list']) {
+      expect(() => parseForwardRequest({ system: 'a', method })).toThrow(/method: .* is spelled like tools\/(call|list) but is not it/);
+    }
+    expect(parseForwardRequest({ system: 'a', method: 'resources/read' })).toEqual({ system: 'a', method: 'resources/read' });
   });
 
   it('fills the resource template from scalar arguments only, and binds long values by their hash', () => {
