@@ -132,7 +132,20 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
       // since; the API server does not call the webhook for them at all (registration.ts).
       if (keepsSpec(request)) return allow();
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
-      return violations.length > 0 ? deny('AgentPolicy', violations) : allow();
+      return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, mcpWarnings(policy));
     },
   };
+}
+
+/**
+ * What admission allows but an author should know: the agent's container shares the pod's
+ * network with the sidecar, so nothing at the network separates the two. What keeps the agent
+ * from calling an MCP server itself is a credential only the gateway sends.
+ */
+export function mcpWarnings(policy: AgentPolicy): string[] {
+  return (policy.spec.systems ?? []).flatMap((system, i) =>
+    system.mcp && !system.mcp.credentials
+      ? [`spec.systems[${i}].mcp has no credentials: the agent's container shares the pod's network with the sidecar and can call ${system.mcp.url} itself, undecided; give the server a credential only the gateway sends (spec.systems[${i}].mcp.credentials), or have it verify Txn-Tokens`]
+      : [],
+  );
 }

@@ -124,6 +124,20 @@ function volumes(config: InjectionConfig): V1Volume[] {
   ];
 }
 
+/** Capabilities that read or steer the pod's network, which the agent's containers share with the sidecar. */
+const NETWORK_CAPABILITIES = new Set(['NET_RAW', 'NET_ADMIN', 'ALL']);
+
+/**
+ * An app container without NET_RAW: the container runtime grants it by default, and with it a
+ * container running as root captures what the sidecar sends on the pod's network (a plain-HTTP
+ * MCP server's credential). Nothing an agent does needs raw sockets.
+ */
+function withoutNetRaw<T extends V1Container>(c: T): T {
+  const drop = c.securityContext?.capabilities?.drop ?? [];
+  if (drop.some((cap) => ['NET_RAW', 'CAP_NET_RAW', 'ALL'].includes(cap.toUpperCase()))) return c;
+  return { ...c, securityContext: { ...c.securityContext, capabilities: { ...c.securityContext?.capabilities, drop: [...drop, 'NET_RAW'] } } };
+}
+
 const isAwsConfigDir = (mountPath: string) => /\/\.aws(\/|$)/.test(mountPath);
 
 type ContainerList = 'containers' | 'initContainers' | 'ephemeralContainers';
@@ -146,6 +160,12 @@ export function staticKeyViolations(pod: V1Pod): FieldViolation[] {
       if (c.securityContext?.privileged === true) {
         violations.push({ field: `spec.${kind}[${i}].securityContext.privileged`, message: "agent pods may not run privileged containers: one could read the sidecar's pod token from the node; remove privileged: true" });
       }
+      c.securityContext?.capabilities?.add?.forEach((cap, j) => {
+        const name = cap.toUpperCase().replace(/^CAP_/, '');
+        if (NETWORK_CAPABILITIES.has(name)) {
+          violations.push({ field: `spec.${kind}[${i}].securityContext.capabilities.add[${j}]`, message: `agent pods may not add ${cap}: with it a container reads or redirects the sidecar's traffic on the pod's network, where it carries the credentials the broker injects; remove it` });
+        }
+      });
       c.envFrom?.forEach((e, j) => {
         const [ref, source, single] = e.secretRef ? ['secretRef', `Secret ${e.secretRef.name}`, 'secretKeyRef'] : ['configMapRef', `ConfigMap ${e.configMapRef?.name ?? ''}`, 'configMapKeyRef'];
         violations.push({ field: `spec.${kind}[${i}].envFrom[${j}].${ref}`, message: `agent pods may not load a whole ${source} into the environment (it could hold AWS credential variables); reference the keys you need one by one with env[].valueFrom.${single}` });
@@ -212,11 +232,11 @@ export function injectPod(pod: V1Pod, config: InjectionConfig, spiffeId: string,
   spec.volumes = [...(spec.volumes ?? []).filter((v) => !dropped.has(v.name) && !injectedVolumes.some((x) => x.name === v.name)), ...injectedVolumes];
   // Only the sidecar sees the broker token or writes the local token, whatever the pod asked for.
   const ownMounts = (c: V1Container) => (c.volumeMounts ?? []).filter((m) => m.name !== TOKEN_VOLUME && m.name !== LOCAL_VOLUME && !dropped.has(m.name));
-  const inits = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME).map((c) => (c.volumeMounts ? { ...c, volumeMounts: ownMounts(c) } : c));
+  const inits = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME).map((c) => withoutNetRaw(c.volumeMounts ? { ...c, volumeMounts: ownMounts(c) } : c));
   spec.initContainers = [sidecar(config, gateway), ...inits];
   const env = injectedEnv(config, gateway);
   spec.containers = spec.containers.map((c) => ({
-    ...c,
+    ...withoutNetRaw(c),
     env: [...(c.env ?? []).filter((e) => !env.some((x) => x.name === e.name)), ...env],
     volumeMounts: [...ownMounts(c), { name: LOCAL_VOLUME, mountPath: LOCAL_DIR, readOnly: true }],
   }));

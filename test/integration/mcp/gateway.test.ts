@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import https from 'node:https';
 import { CoreV1Api, RbacAuthorizationV1Api, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
@@ -15,6 +16,22 @@ import { create, objectsApi, read, rejection } from '../../env/kube.js';
 import { waitForTask } from '../operator/helpers.js';
 
 const SECRET = 'tickets-mcp-s3cret';
+
+/** Creates the object as kubectl would, returning the API server's Warning headers, which kubectl prints. */
+async function createWithWarnings(kc: KubeConfig, object: AgentPolicy): Promise<{ status: number; warnings: string[] }> {
+  const options: https.RequestOptions = { method: 'POST', headers: { 'content-type': 'application/json' } };
+  await kc.applyToHTTPSOptions(options);
+  const url = new URL(`/apis/chainwarden.io/v1alpha1/namespaces/${object.metadata.namespace ?? ''}/agentpolicies`, kc.getCurrentCluster()?.server);
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, options, (res) => {
+      res.resume();
+      const warning = res.headersDistinct.warning ?? [];
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, warnings: warning }));
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify(object));
+  });
+}
 
 /** The policy of the tests: tickets behind a credential and a resource template, email outside. */
 function mcpPolicy(namespace: string, tickets: DemoMcpServer, email: DemoMcpServer): AgentPolicy {
@@ -177,6 +194,13 @@ describe('every tool call is a hop: the MCP gateway', () => {
     await admin.makeApiClient(CoreV1Api).createNamespacedSecret({ namespace, body: { metadata: { name: 'tickets-mcp' }, stringData: { other: 'x' } } });
     await new Promise((r) => setTimeout(r, 3_100)); // the operator's memory of the missing Secret
     expect(await rejection(admin, base())).toMatch(/spec.systems\[0\].mcp.credentials.secretRef.*has no key token/);
+    // Admitted, but the author is told: a server without a credential is one the agent can call itself.
+    const open = base();
+    delete open.spec.systems![0]!.mcp!.credentials;
+    const { status, warnings } = await createWithWarnings(admin, open);
+    expect(status).toBe(201);
+    expect(warnings).toHaveLength(2);
+    expect(warnings[1]).toMatch(/^299 - "spec\.systems\[1\]\.mcp has no credentials: the agent's container shares the pod's network with the sidecar and can call http:\/\/tickets\.example:8080\/mcp itself, undecided/);
   });
 
   test('a tenant who may write policies but not read a Secret cannot make the gateway send it to a server of theirs', async ({ admin, namespace, userKubeConfig }) => {

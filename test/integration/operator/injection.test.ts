@@ -48,6 +48,8 @@ describe('agent pod injection (mutating webhook)', () => {
     );
     // The local token, read-only; never the broker token, nor the Kubernetes API token.
     expect(app?.volumeMounts).toEqual([{ name: 'chainwarden-local', mountPath: '/var/run/secrets/chainwarden-local', readOnly: true }]);
+    // Without raw sockets: a root agent could otherwise capture what the sidecar sends on the pod's network.
+    expect(app?.securityContext?.capabilities?.drop).toEqual(['NET_RAW']);
   });
 
   test('the sidecar asks the scheduler for the memory it uses: the real sidecar, started, stays within its request', async ({ admin, env, namespace }) => {
@@ -142,6 +144,7 @@ describe('agent pod injection (mutating webhook)', () => {
     expect(await refused('own-token', { volumes: [{ name: 'mine', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden', path: 't' } }] } }] })).toMatch(/spec.volumes\[0\].projected.sources\[0\].serviceAccountToken.audience: a token for audience chainwarden is the sidecar's alone/);
     expect(await refused('hostnet', { hostNetwork: true })).toMatch(/spec.hostNetwork: agent pods may not use the node's network: the sidecar's loopback listener would be reachable/);
     expect(await refused('sharedpid', { shareProcessNamespace: true })).toMatch(/spec.shareProcessNamespace: agent pods may not share a process namespace/);
+    expect(await refused('netadmin', { containers: [{ name: 'agent', image: 'x', securityContext: { capabilities: { add: ['NET_ADMIN'] } } }] })).toMatch(/spec.containers\[0\].securityContext.capabilities.add\[0\]: agent pods may not add NET_ADMIN/);
   });
 
   test('a pod cannot join, leave or switch tasks after admission', async ({ admin, namespace }) => {

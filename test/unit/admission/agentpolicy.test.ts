@@ -85,6 +85,22 @@ describe('the AgentPolicy webhook', () => {
     });
   });
 
+  it('warns of an MCP server the agent could call around the gateway: one without a credential', async () => {
+    const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
+    const policy = withCredential();
+    policy.spec.systems = [
+      { name: 'tickets', mcp: { url: 'https://tickets.internal/mcp', credentials: { secretRef: { name: 'tickets-mcp', key: 'token' } } } },
+      { name: 'email', mcp: { url: 'http://email-mcp.support.svc:8080/mcp' } },
+      { name: 'crm', dataClasses: ['pii'], mcp: { url: 'http://crm-mcp.support.svc:8080/mcp', credentials: { secretRef: { name: 'tickets-mcp', key: 'token' } } } },
+      { name: 'warehouse' },
+    ];
+    const verdict = await plugin.admit(review('CREATE', policy));
+    expect(verdict).toMatchObject({ allowed: true });
+    const warnings = verdict.allowed ? (verdict.warnings ?? []) : [];
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/^spec\.systems\[1\]\.mcp has no credentials: .* can call http:\/\/email-mcp\.support\.svc:8080\/mcp itself, undecided/);
+  });
+
   it('refuses a notification receiver at a link-local address, naming the field', async () => {
     const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
     for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fd00:ec2::254]/']) {

@@ -15,6 +15,14 @@ describe('injectPod', () => {
     expect(injectPod(once, config, 'spiffe://id')).toEqual(once);
   });
 
+  it('drops NET_RAW from every app container, keeping the capabilities the pod set, and leaves one that drops ALL as it is', () => {
+    const out = injectPod({ ...pod, spec: { ...pod.spec!, initContainers: [{ name: 'setup', image: 'z' }], containers: [{ name: 'a', image: 'x', securityContext: { runAsUser: 1000, capabilities: { add: ['NET_BIND_SERVICE'], drop: ['MKNOD'] } } }, { name: 'b', image: 'y', securityContext: { capabilities: { drop: ['ALL'] } } }, { name: 'c', image: 'w' }] } }, config, 'spiffe://id');
+    expect(out.spec?.containers.map((c) => c.securityContext)).toEqual([{ runAsUser: 1000, capabilities: { add: ['NET_BIND_SERVICE'], drop: ['MKNOD', 'NET_RAW'] } }, { capabilities: { drop: ['ALL'] } }, { capabilities: { drop: ['NET_RAW'] } }]);
+    expect(out.spec?.initContainers?.find((c) => c.name === 'setup')?.securityContext).toEqual({ capabilities: { drop: ['NET_RAW'] } });
+    // The sidecar drops everything already.
+    expect(out.spec?.initContainers?.[0]?.securityContext?.capabilities).toEqual({ drop: ['ALL'] });
+  });
+
   it('gives every app container the SDK environment and keeps what was there', () => {
     const out = injectPod(pod, config, 'spiffe://id');
     for (const c of out.spec?.containers ?? []) {
@@ -173,5 +181,14 @@ describe('podInjectionPlugin', () => {
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostPID: true } }))).toMatch(/^spec\.hostPID: .*pod token would be readable/);
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, volumes: [...(pod.spec?.volumes ?? []), { name: 'node', hostPath: { path: '/var/lib/kubelet' } }] } }))).toMatch(/spec\.volumes\[\d+\]\.hostPath: agent pods may not mount the node's file system \(\/var\/lib\/kubelet\)/);
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, containers: [{ name: 'agent', image: 'x', securityContext: { privileged: true } }] } }))).toMatch(/^spec\.containers\[0\]\.securityContext\.privileged: agent pods may not run privileged containers/);
+  });
+
+  it('refuses a container that adds a capability to read or steer the pod\'s network, which carries what the sidecar sends', async () => {
+    for (const [cap, kind] of [['NET_RAW', 'containers'], ['CAP_NET_ADMIN', 'containers'], ['all', 'initContainers']] as const) {
+      const container = { name: 'agent', image: 'x', securityContext: { capabilities: { add: ['NET_BIND_SERVICE', cap] } } };
+      const spec = kind === 'containers' ? { ...pod.spec!, containers: [container] } : { ...pod.spec!, initContainers: [container] };
+      expect(await refusal(review('CREATE', { ...pod, spec }))).toMatch(new RegExp(`^spec\\.${kind}\\[0\\]\\.securityContext\\.capabilities\\.add\\[1\\]: agent pods may not add ${cap}: .*sidecar's traffic`));
+    }
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, containers: [{ name: 'agent', image: 'x', securityContext: { capabilities: { add: ['NET_BIND_SERVICE'] } } }] } }))).toBeUndefined();
   });
 });
