@@ -234,6 +234,9 @@ function namedResource(input: AwsOperationInput, params: (name: string) => strin
       const key = params('KeyId');
       return key ? (key.startsWith('arn:') ? key : arn(key.startsWith('alias/') ? key : `key/${key}`)) : '*';
     }
+    // AssumeRole and its kin: the role whose credentials the call would mint, so a rule can name the roles an agent may become.
+    case 'sts':
+      return params('RoleArn') ?? '*';
     case 'iam': {
       const role = params('RoleName');
       const user = params('UserName');
