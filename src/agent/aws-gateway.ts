@@ -5,10 +5,10 @@ import { PassThrough, type Duplex, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { awsChunkedReencoder } from '../aws/aws-chunked.js';
-import { MAX_SIGN_REQUEST_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from '../aws/sign-api.js';
+import { CONNECTION_HEADERS, MAX_SIGN_REQUEST_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from '../aws/sign-api.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { HOP_BY_HOP, readBoundedBody } from '../server/http.js';
+import { readBoundedBody } from '../server/http.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
@@ -95,7 +95,7 @@ function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer
   const out: http.OutgoingHttpHeaders = {};
   const unsignedPassed = plan.authorization.service === 's3' ? UNSIGNED_PASSED_S3 : UNSIGNED_PASSED;
   for (const [name, values] of Object.entries(req.headersDistinct)) {
-    if (REPLACED.has(name) || HOP_BY_HOP.has(name) || !(plan.signedHeaders.has(name) || unsignedPassed.has(name)) || values === undefined) continue;
+    if (REPLACED.has(name) || CONNECTION_HEADERS.has(name) || !(plan.signedHeaders.has(name) || unsignedPassed.has(name)) || values === undefined) continue;
     // A repeated header goes on as one, its values joined as SigV4 joins them: the value the broker decided and signed, not lines AWS might take one of.
     out[name] = values.join(',');
   }

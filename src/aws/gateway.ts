@@ -5,11 +5,10 @@ import type { CredentialBroker } from '../credentials/broker.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
-import { HOP_BY_HOP } from '../server/http.js';
 import { awsOperation, type AwsOperation } from './operations.js';
 import type { Placeholders } from './placeholders.js';
 import { amzDateOf, parseAmzDate, parseAuthorization, sha256Hex, signatureOf, verifySignature } from './sigv4.js';
-import { MAX_SIGN_FORM_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from './sign-api.js';
+import { CONNECTION_HEADERS, MAX_SIGN_FORM_BYTES, type AwsSignAnswer, type AwsSignRefusal, type AwsSignRequest } from './sign-api.js';
 
 /** How far an SDK's X-Amz-Date may be from the broker's clock, as AWS allows. */
 const MAX_SKEW_MS = 15 * 60_000;
@@ -62,7 +61,7 @@ export class AwsGateway {
     for (const name of auth.signedHeaders) if (headers[name] === undefined) throw new ChainwardenError('aws_request_invalid', `the signed header ${name} was not passed on`, { field: `headers.${name}` });
     for (const name of ['host', 'x-amz-date']) if (!auth.signedHeaders.includes(name)) throw new ChainwardenError('aws_request_invalid', `the signature must cover the ${name} header`);
     // Signed, it would go on to AWS beside the sidecar's own framing: two framings of one body, which a front end may read as two requests.
-    const framing = auth.signedHeaders.find((name) => HOP_BY_HOP.has(name));
+    const framing = auth.signedHeaders.find((name) => CONNECTION_HEADERS.has(name));
     if (framing !== undefined) throw new ChainwardenError('aws_request_invalid', `the signature covers ${framing}, a header about one connection that the gateway sets for itself: sign without it (AWS SDKs leave it out)`, { field: `headers.${framing}` });
     const amzDate = headers['x-amz-date'] ?? '';
     const signedAt = parseAmzDate(amzDate);

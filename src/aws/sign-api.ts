@@ -8,6 +8,15 @@
  * session. The session's secret never leaves the broker.
  */
 
+import { HOP_BY_HOP } from '../server/http.js';
+
+/**
+ * Headers about one connection, which the gateway sets for itself on the way to AWS: a signature
+ * may not cover them, and the sidecar never passes them on. `Expect` is not among them: it frames
+ * nothing, and an SDK may sign it (Go's first SDK does, for S3 uploads).
+ */
+export const CONNECTION_HEADERS: ReadonlySet<string> = new Set([...HOP_BY_HOP].filter((name) => name !== 'expect'));
+
 /**
  * The most of a query- or JSON-protocol body the sidecar passes on and the broker reads. AWS's own
  * limits on one call fit, with their encoding: an SQS message or a Kinesis record of 1 MiB (a

@@ -65,7 +65,6 @@ export function parseForwardRequest(body: unknown): McpForwardRequest {
   return request;
 }
 
-
 /**
  * `ticket/{ticketId}` filled from a call's arguments; a missing argument is empty (the server's
  * default applies). One that is there but is not a string, number or boolean is refused: an email

@@ -332,6 +332,10 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     // A document past what the broker reads is refused by name, never decided on the part that fits.
     expect(() => parseSignRequest({ ...scan, form: `{"TableName":"secrets","pad":"${'x'.repeat(MAX_SIGN_FORM_BYTES)}"}` })).toThrow(expect.objectContaining({ code: 'aws_request_invalid', field: 'form' }));
     expect(decided.length).toBe(before);
+    // Expect frames nothing, and an SDK may sign it (Go's first SDK does, for uploads): signed.
+    const expecting = await signed('s3', 'PUT', '/gw-bucket/up', { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', expect: '100-continue' }, '', ['expect']);
+    expect(expecting.authorization).toContain('expect');
+    expect(await gateway.sign(who, parseSignRequest(expecting))).toMatchObject({ status: 200 });
     // The re-encoding the sidecar does make is signed.
     expect(await gateway.sign(who, parseSignRequest({ ...chunked, forward: reencoded }))).toMatchObject({ status: 200, body: { headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } } });
   });
