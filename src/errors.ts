@@ -54,6 +54,8 @@ export const ERRORS = {
   /** Signed some other way (SigV2, SigV4a, a presigned URL): the sidecar passes on header SigV4 only. */
   aws_auth_unsupported: { status: 403 },
   aws_headers_too_large: { status: 400 },
+  /** The sidecar holds as many request bodies as it may at once: retried, as SDKs retry a 503. */
+  bodies_held: { status: 503 },
   // The MCP gateway; the sidecar turns each into a JSON-RPC error (see src/mcp/forward-api.ts).
   mcp_unknown_system: { status: 404 },
   /** The system's Secret or key is missing: the platform team must create it. */

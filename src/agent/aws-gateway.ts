@@ -118,6 +118,8 @@ export interface AwsGatewayOptions {
   log: Logger;
   /** Ends what is on its way to or from AWS when the task ends; without it, a request runs its course. */
   watch?: Pick<TaskWatch, 'track'>;
+  /** The request bodies held at once, in bytes (32 MiB). */
+  maxHeldBytes?: number;
 }
 
 /**
@@ -138,6 +140,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     const sign: AwsSignRequest = { ...plan.sign, payloadHash: plan.sign.payloadHash ?? '' };
     if (plan.body.kind === 'buffer') {
       const held = plan.body;
+      exchange.hold(Math.min(declaredLength(req) ?? held.maxBytes, held.maxBytes));
       exchange.continueBody();
       body = await readBoundedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form));
       Object.assign(sign, heldPayload(body, held));
@@ -151,9 +154,10 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     options.log.debug({ hopId: decision.answer.hopId, service: plan.authorization.service, method: req.method, status: res.statusCode }, 'aws request passed on');
   };
 
+  const bodies = new HeldBodies(options.maxHeldBytes ?? MAX_HELD_BYTES);
   const respond = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
-    const exchange = new Exchange(res, expectsContinue);
-    handle(req, res, exchange).catch((err: unknown) => {
+    const exchange = new Exchange(res, expectsContinue, bodies);
+    handle(req, res, exchange).finally(() => exchange.release()).catch((err: unknown) => {
       const aws = err instanceof AwsRefusal ? err.aws : err instanceof ChainwardenError ? awsErrorOf(err.code, err.message, err.status, exchange.hopId) : undefined;
       if (!aws) options.log.error({ err }, 'aws gateway failed');
       const error = aws ?? awsErrorOf('internal', 'the chainwarden agent failed; see its log');
@@ -185,15 +189,60 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
   };
 }
 
+/**
+ * The request bodies held at once (non-S3 bodies are read whole, to be hashed and shown to the
+ * broker): bounded in all, so that an agent sending many large calls at once is asked to retry
+ * rather than have the sidecar outgrow its memory limit and restart. Two of the largest bodies
+ * fit, or many ordinary ones.
+ */
+const MAX_HELD_BYTES = 32 * 1024 * 1024;
+
+class HeldBodies {
+  private bytes = 0;
+  constructor(readonly max: number) {}
+
+  take(bytes: number): void {
+    if (this.bytes + bytes > this.max) {
+      throw new ChainwardenError('bodies_held', `the chainwarden gateway holds ${Math.ceil(this.bytes / 1024)} KiB of request bodies already, its bound being ${Math.ceil(this.max / 1024)} KiB; retry, or send fewer large calls at once`);
+    }
+    this.bytes += bytes;
+  }
+
+  give(bytes: number): void {
+    this.bytes -= bytes;
+  }
+}
+
+/** The body's length as its request declares it, when it does. */
+function declaredLength(req: http.IncomingMessage): number | undefined {
+  if (req.headers['transfer-encoding'] !== undefined) return undefined;
+  const length = Number(req.headers['content-length'] ?? '0');
+  return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+}
+
 /** What one request has come to so far, for the answer if it fails. */
 class Exchange {
   protocol: AwsProtocol | undefined;
   hopId: string | undefined;
   continued = false;
+  private held = 0;
   constructor(
     private readonly res: http.ServerResponse,
     private readonly expectsContinue: boolean,
+    private readonly bodies: HeldBodies,
   ) {}
+
+  /** Counts the body this request is about to hold, or refuses it when the sidecar holds enough. */
+  hold(bytes: number): void {
+    this.bodies.take(bytes);
+    this.held += bytes;
+  }
+
+  /** The request is done with its body. */
+  release(): void {
+    this.bodies.give(this.held);
+    this.held = 0;
+  }
 
   /** The body is wanted now: a client waiting on Expect: 100-continue may send it. */
   continueBody(): void {
