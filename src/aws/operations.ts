@@ -499,7 +499,7 @@ export function awsOperation(input: AwsOperationInput): AwsOperation {
     const operation = operationName(target.slice(dot + 1), 'x-amz-target');
     const body = jsonBody(input.body);
     const names = multiResource(input, operation, body);
-    const resource = names ? oneResource(input, operation, names) : namedResource(input, (n) => str(body[n]));
+    const resource = names ? oneResource(input, operation, names) : withQueuePath(input, namedResource(input, (n) => str(body[n])), str(body.QueueUrl) !== undefined);
     return { tool, action: `${prefixOf(input.service)}:${operation}`, resource, protocol: 'json' };
   }
   if (!protocols.includes('query')) throw refuse(`${input.service} does not take the query protocol (Action)`, 'Action');
@@ -507,12 +507,20 @@ export function awsOperation(input: AwsOperationInput): AwsOperation {
   if (!isForm && (input.body ?? '') !== '') throw refuse('the request carries a body that is not a form (Content-Type: application/x-www-form-urlencoded): a query-protocol call carries its parameters in its query or in a form', 'content-type');
   const operation = operationName(form.get('Action') ?? query.get('Action') ?? '', 'Action');
   const params = (n: string) => str(form.get(n) ?? query.get(n));
-  // An SQS query request may name its queue by its URL's path instead of QueueUrl; naming it both ways, it must be one queue.
-  const queuePath = input.service === 'sqs' ? QUEUE_PATH.exec(input.path) : null;
-  // Any other path AWS would normalise to a queue the hop did not name (`//acct/q`, `/acct/./q`).
-  if (input.service === 'sqs' && !queuePath && input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} is neither / nor /<account>/<queue>`, 'path');
+  return { tool, action: `${prefixOf(input.service)}:${operation}`, resource: withQueuePath(input, namedResource(input, params), params('QueueUrl') !== undefined), protocol: 'query' };
+}
+
+/**
+ * An SQS request may name its queue by its URL's path instead of QueueUrl (the query protocol
+ * does; a JSON-protocol request is held to the same rule, whatever SQS makes of its path). Naming
+ * it both ways, it must be one queue; any other path is refused, as one AWS would normalise to a
+ * queue the hop did not name (`//acct/q`, `/acct/./q`). Other services' resources stand as named.
+ */
+function withQueuePath(input: AwsOperationInput, named: string, hasQueueUrl: boolean): string {
+  if (input.service !== 'sqs') return named;
+  const queuePath = QUEUE_PATH.exec(input.path);
+  if (!queuePath && input.path !== '/') throw refuse(`the path ${JSON.stringify(input.path.slice(0, 200))} is neither / nor /<account>/<queue>`, 'path');
   const byPath = queuePath ? `arn:${input.partition}:sqs:${input.region}:${queuePath[1] ?? ''}:${safeDecode(queuePath[2] ?? '')}` : undefined;
-  const named = namedResource(input, params);
-  if (byPath !== undefined && params('QueueUrl') !== undefined && byPath !== named) throw refuse('the request names one queue in its path and another in QueueUrl', 'QueueUrl');
-  return { tool, action: `${prefixOf(input.service)}:${operation}`, resource: byPath ?? named, protocol: 'query' };
+  if (byPath !== undefined && hasQueueUrl && byPath !== named) throw refuse('the request names one queue in its path and another in QueueUrl', 'QueueUrl');
+  return byPath ?? named;
 }
