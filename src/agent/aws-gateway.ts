@@ -109,7 +109,7 @@ function upstreamHeaders(req: http.IncomingMessage, plan: AwsRequestPlan, answer
 }
 
 /** Whether the SDK's request has a body at all, framed by its length or in chunks. */
-const carriesBody = (req: http.IncomingMessage) => req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? '0') > 0;
+const carriesBody = (req: http.IncomingMessage) => declaredLength(req) !== 0;
 
 export interface AwsGatewayOptions {
   signer: AwsSigner;
