@@ -9,11 +9,13 @@ import type { McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from '../
 import { readBoundedBody, sendJson } from '../server/http.js';
 import { HopStatusRefusal, type McpForwarder, type McpHopStatus } from './mcp-forwarder.js';
 import {
+  answeredId,
   approvalNeeded,
   deniedFailure,
   editFor,
   editResponse,
   failureOfRefusal,
+  failureOfReplay,
   forwardRequestOf,
   isPending,
   isRpcResponse,
@@ -21,11 +23,13 @@ import {
   McpFailure,
   parseAgentMessage,
   tooLargeMessage,
+  unknownSession,
   upstreamFailure,
   type AgentMessage,
   type ResponseEdit,
   type RpcFailure,
 } from './mcp-message.js';
+import { McpSessions } from './mcp-sessions.js';
 import { downstreamHeaders, endTogether } from './relay.js';
 import { eventStreamEditor, sseEvent, sseMessage } from './sse.js';
 import type { TaskWatch } from './task-watch.js';
@@ -65,6 +69,8 @@ interface Exchange {
   readonly req: http.IncomingMessage;
   readonly res: http.ServerResponse;
   readonly system: string;
+  /** The session the agent's request names (`Mcp-Session-Id`), one the sidecar saw begin. */
+  sessionId?: string;
   id: RequestId | null;
   method?: string;
   hopId?: string;
@@ -91,6 +97,7 @@ export class McpGateway {
   private readonly progressMs: number;
   private readonly maxHeld: number;
   private held = 0;
+  private readonly sessions = new McpSessions();
 
   constructor(private readonly options: McpGatewayOptions) {
     this.answerTimeoutMs = options.answerTimeoutMs ?? 60_000;
@@ -121,6 +128,11 @@ export class McpGateway {
     const message = verb === 'POST' ? parseAgentMessage(await readBoundedBody(ex.req, MAX_MESSAGE_BYTES, tooLargeMessage)) : undefined;
     ex.id = message?.id ?? null;
     ex.method = message?.method;
+    const sessionId = ex.req.headers['mcp-session-id'];
+    if (sessionId !== undefined) {
+      if (typeof sessionId !== 'string' || !this.sessions.knows(ex.system, sessionId)) throw new McpFailure(unknownSession(ex.system));
+      ex.sessionId = sessionId;
+    }
     const request = forwardRequestOf(ex.system, message);
     const outcome = await this.options.forwarder.forward(request);
     if (outcome.ok) return this.passOn(ex, outcome.answer, message);
@@ -225,11 +237,31 @@ export class McpGateway {
     });
     try {
       const reply = await this.send(ex, answer, message?.body);
+      this.noteSession(ex, reply, message, edit);
       await this.relay(ex, reply, edit);
       this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId, status: reply.statusCode }, 'mcp message passed on');
     } finally {
       release?.();
     }
+  }
+
+  /**
+   * What the server's answer says of the session: the one it begins, the one the agent ended;
+   * and the request, with the edit of its answer, for a stream that replays it later.
+   */
+  private noteSession(ex: Exchange, reply: http.IncomingMessage, message: AgentMessage | undefined, edit: ResponseEdit | undefined): void {
+    const status = reply.statusCode ?? 502;
+    if (status < 200 || status > 299) return;
+    if (ex.req.method === 'DELETE') {
+      if (ex.sessionId !== undefined) this.sessions.end(ex.system, ex.sessionId);
+      return;
+    }
+    const begun = reply.headers['mcp-session-id'];
+    if (ex.sessionId === undefined && typeof begun === 'string' && begun !== '') {
+      this.sessions.begin(ex.system, begun);
+      ex.sessionId = begun;
+    }
+    if (message?.id !== undefined) this.sessions.remember(ex.system, ex.sessionId, message.id, edit);
   }
 
   /** The request to the system's server; settles once its answer begins, or fails naming the system when it does not begin in time. */
@@ -270,6 +302,12 @@ export class McpGateway {
     const status = reply.statusCode ?? 502;
     const type = mediaTypeEssence(reply.headers['content-type']);
     if (ex.streaming) return this.relayIntoStream(ex, reply, edit, status, type);
+    if (ex.req.method === 'GET' && status === 200 && type === 'text/event-stream') {
+      // The server's own stream, or one resumed with Last-Event-ID: the answers it replays are edited as they were the first time.
+      ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
+      ex.res.flushHeaders();
+      return editEvents(reply, ex.res, (data) => this.replayed(ex, data));
+    }
     if (ex.id === null || status !== 200) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders), type);
     if (type === 'application/json') {
       const json = await this.checkedJson(ex, reply, edit);
@@ -284,13 +322,45 @@ export class McpGateway {
     if (!edit) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders), type);
     ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
     ex.res.flushHeaders();
-    return editEvents(reply, ex.res, edit);
+    return editEvents(reply, ex.res, (data) => editedData(data, edit));
+  }
+
+  /**
+   * One event of a GET stream. Answers in it are replays of answers to earlier requests: each is
+   * edited as its request's answer was, and one to a request the sidecar did not pass on in this
+   * session (or no longer remembers) becomes an error for that request, so nothing the policy
+   * hides comes back this way.
+   */
+  private replayed(ex: Exchange, data: string): string {
+    let value: unknown;
+    try {
+      value = JSON.parse(data);
+    } catch {
+      return data;
+    }
+    if (!Array.isArray(value)) {
+      const edited = this.replayedMessage(ex, value);
+      return edited === value ? data : JSON.stringify(edited);
+    }
+    // A batch, as MCP's 2025-03-26 revision allowed.
+    const edited = value.map((each) => this.replayedMessage(ex, each));
+    return edited.every((each, i) => each === value[i]) ? data : JSON.stringify(edited);
+  }
+
+  private replayedMessage(ex: Exchange, message: unknown): unknown {
+    const id = answeredId(message);
+    if (id === undefined) return message;
+    const edit = this.sessions.editOf(ex.system, ex.sessionId, id);
+    if (edit === null) return message;
+    if (edit !== undefined) return editResponse(message, edit);
+    this.options.log.warn({ system: ex.system }, 'a replayed mcp answer to a request this sidecar did not pass on was not passed on');
+    return failureOfReplay(ex.system, id);
   }
 
   /** A held call's answer, into the event stream the agent already has. */
   private async relayIntoStream(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined, status: number, type: string | undefined): Promise<void> {
     if (status === 200 && type === 'application/json') return void ex.res.end(sseEvent({ event: 'message', data: await this.checkedJson(ex, reply, edit) }));
-    if (status === 200 && type === 'text/event-stream') return editEvents(reply, ex.res, edit);
+    if (status === 200 && type === 'text/event-stream') return editEvents(reply, ex.res, (data) => editedData(data, edit));
     reply.resume();
     throw new McpFailure(upstreamFailure(ex.system, `answered the approved call with HTTP ${status}${type ? ` (${type})` : ''}`));
   }
@@ -366,8 +436,8 @@ function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, head
   });
 }
 
-/** An event stream re-emitted event by event, the edited request's response changed; writes wait for a slow agent. */
-function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit: ResponseEdit | undefined): Promise<void> {
+/** An event stream re-emitted event by event, each message's data through `editData`; writes wait for a slow agent. */
+function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, editData: (data: string) => string): Promise<void> {
   return new Promise((resolve) => {
     endTogether(reply, res, resolve);
     let draining = false;
@@ -380,7 +450,7 @@ function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit:
         reply.resume();
       });
     };
-    const editor = eventStreamEditor((data) => editedData(data, edit), write, () => {
+    const editor = eventStreamEditor(editData, write, () => {
       reply.destroy();
       res.destroy();
     }, MAX_EDITED_CHARS);

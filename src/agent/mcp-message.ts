@@ -275,6 +275,29 @@ export function editResponse(message: unknown, edit: ResponseEdit): unknown {
   return result === message.result ? message : { ...message, result };
 }
 
+/** The id of the request a server's message answers; undefined for what is not an answer (a request, a notification, not JSON-RPC). */
+export function answeredId(message: unknown): RequestId | undefined {
+  if (!isRecord(message) || 'method' in message || !('result' in message || 'error' in message)) return undefined;
+  return typeof message.id === 'string' || typeof message.id === 'number' ? message.id : undefined;
+}
+
+/** A replayed answer to a request the sidecar did not pass on in the session, in its place. */
+export function failureOfReplay(system: string, id: RequestId): unknown {
+  return {
+    jsonrpc: '2.0',
+    id,
+    error: { code: ErrorCode.InternalError, message: `the MCP server of system ${system} replayed an answer to request ${JSON.stringify(id)}, which the chainwarden gateway did not pass on in this session or no longer remembers, so it cannot check the answer; send the request again`, data: { system } },
+  };
+}
+
+/**
+ * A request naming a session the sidecar did not see begin: a 404, on which MCP has the agent's
+ * client begin a new session.
+ */
+export function unknownSession(system: string): RpcFailure {
+  return { status: 404, code: ErrorCode.InvalidRequest, message: `the session named in Mcp-Session-Id was not begun through this chainwarden agent with system ${system}, or has ended; begin a new one with initialize`, data: { system } };
+}
+
 /** Whether a server's JSON answer to a request is a JSON-RPC response, as the agent's client will check. */
 export const isRpcResponse = (value: unknown): boolean => JSONRPCResponseSchema.safeParse(value).success;
 

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
+import { StreamableHTTPServerTransport, type EventStore } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { isInitializeRequest, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import type { McpForwardRequest } from '../../src/mcp/forward-api.js';
 import { silentLogger } from '../../src/log.js';
@@ -39,9 +39,32 @@ function stop(server: http.Server): Promise<void> {
 }
 
 /**
+ * A server's store of the events it sent, so that a client that reconnects with Last-Event-ID gets
+ * what followed on that stream. Events are replayed in the order they were sent (the SDK's example
+ * store orders them by their ids, which are random past the millisecond).
+ */
+function eventStore(): EventStore {
+  const events: { id: string; streamId: string; message: JSONRPCMessage }[] = [];
+  return {
+    storeEvent: (streamId, message) => {
+      const id = `${streamId}.${events.length}`;
+      events.push({ id, streamId, message });
+      return Promise.resolve(id);
+    },
+    replayEventsAfter: async (lastEventId, { send }) => {
+      const at = events.findIndex((e) => e.id === lastEventId);
+      if (at < 0) throw new Error(`no event ${lastEventId}`);
+      const { streamId } = events[at] as { streamId: string };
+      for (const event of events.slice(at + 1)) if (event.streamId === streamId && Object.keys(event.message).length > 0) await send(event.id, event.message);
+      return streamId;
+    },
+  };
+}
+
+/**
  * A ticket system's MCP server, made with the MCP SDK as its authors would: `McpServer` behind
  * `StreamableHTTPServerTransport`, one session per client (session ids), answering with event
- * streams or, with `json`, with JSON. It records every request it sees and every tool it runs.
+ * streams (resumable ones) or, with `json`, with JSON. It records every request it sees and every tool it runs.
  */
 export async function startMcpUpstream(options: { json?: boolean } = {}) {
   const seen: SeenRequest[] = [];
@@ -80,7 +103,8 @@ export async function startMcpUpstream(options: { json?: boolean } = {}) {
           res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32001, message: 'Session not found' }, id: null }));
           return;
         }
-        const created = new StreamableHTTPServerTransport({ sessionIdGenerator: randomUUID, enableJsonResponse: options.json ?? false, onsessioninitialized: (id) => void sessions.set(id, created), onsessionclosed: (id) => void sessions.delete(id) });
+        // An event store makes the streams resumable: a client that reconnects with Last-Event-ID gets what it missed, replayed.
+        const created = new StreamableHTTPServerTransport({ sessionIdGenerator: randomUUID, enableJsonResponse: options.json ?? false, eventStore: options.json ? undefined : eventStore(), onsessioninitialized: (id) => void sessions.set(id, created), onsessionclosed: (id) => void sessions.delete(id) });
         await serverForSession().connect(created);
         transport = created;
       }

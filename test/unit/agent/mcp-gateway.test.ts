@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { McpError } from '@modelcontextprotocol/sdk/types.js';
+import { CallToolResultSchema, ListToolsResultSchema, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
 import { createLogger } from '../../../src/log.js';
@@ -491,6 +491,113 @@ describe('what the server gets is what the broker was asked about', () => {
     expect(answer.body.error?.message).toContain(named);
     expect(twin.forwards.length).toBe(before.forwards);
     expect(streaming.seen.length).toBe(before.seen);
+  });
+});
+
+describe('sessions, and streams resumed with Last-Event-ID', () => {
+  const names = (tools: { name: string }[]) => tools.map((t) => t.name).sort();
+
+  it("another agent's session is not this agent's: a session id the sidecar did not see begin is a 404, and neither the broker nor the server hears of it", async () => {
+    // Another pod's agent, whose sidecar reaches the same server with the same credential.
+    const other = new Client({ name: 'other-agent', version: '1.0.0' });
+    const otherTransport = new StreamableHTTPClientTransport(new URL(streaming.url));
+    await other.connect(otherTransport);
+    clients.push(other);
+    const theirs = otherTransport.sessionId ?? '';
+    expect(streaming.sessions.has(theirs)).toBe(true);
+    // What reached the server through a sidecar: the other agent's own client reaches it straight, without the credential.
+    const throughSidecar = () => streaming.seen.filter((s) => s.headers.authorization === UPSTREAM_CREDENTIAL).length;
+    const before = { seen: throughSidecar(), forwards: twin.forwards.length };
+
+    const call = await raw({ path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': theirs }, body: callMessage('get_ticket', { ticketId: 'T-1' }, 7) });
+    expect(call.status).toBe(404);
+    expect(call.body).toMatchObject({ id: 7, error: { code: -32600, message: expect.stringContaining('begin a new one with initialize') as unknown } });
+    // Resuming their event stream, to read what the server replays of it.
+    const resume = await raw({ method: 'GET', path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': theirs, 'last-event-id': '0', accept: 'text/event-stream' } });
+    expect(resume.status).toBe(404);
+    const end = await raw({ method: 'DELETE', path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': theirs } });
+    expect(end.status).toBe(404);
+
+    expect(throughSidecar()).toBe(before.seen);
+    expect(twin.forwards.length).toBe(before.forwards);
+    expect(streaming.sessions.has(theirs)).toBe(true);
+  });
+
+  it('a session the agent ended is refused by the sidecar itself', async () => {
+    const client = await connect('tickets');
+    const transport = client.transport as StreamableHTTPClientTransport;
+    const ended = transport.sessionId ?? '';
+    await transport.terminateSession();
+    const before = twin.forwards.length;
+    const answer = await raw({ path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': ended }, body: rpc({ id: 8, method: 'tools/list' }) });
+    expect(answer.status).toBe(404);
+    expect(twin.forwards.length).toBe(before);
+  });
+
+  it('a replayed tools/list answer is the list the agent got the first time: what the policy hides stays hidden', async () => {
+    twin.decide = (request) => twin.allow(request, request.method === 'tools/list' ? { visibleTools: ['get_*', 'send_email'] } : {});
+    const client = await connect('tickets');
+    const tokens: string[] = [];
+    const first = await client.request({ method: 'tools/list' }, ListToolsResultSchema, { onresumptiontoken: (token) => void tokens.push(token) });
+    expect(names(first.tools)).toEqual(['get_ticket', 'send_email']);
+    expect(tokens.length).toBeGreaterThan(0);
+    // As a client whose stream broke after its first event: it reconnects, and the server replays the rest.
+    const replayed = await client.request({ method: 'tools/list' }, ListToolsResultSchema, { resumptionToken: tokens[0] });
+    expect(streaming.seen.at(-1)).toMatchObject({ httpMethod: 'GET', headers: { 'last-event-id': tokens[0] } });
+    expect(names(replayed.tools)).toEqual(['get_ticket', 'send_email']);
+  });
+
+  it('a replayed tools/call result still names its hop', async () => {
+    const client = await connect('tickets');
+    const tokens: string[] = [];
+    const first = await client.request({ method: 'tools/call', params: { name: 'get_ticket', arguments: { ticketId: 'T-2' } } }, CallToolResultSchema, { onresumptiontoken: (token) => void tokens.push(token) });
+    const hopId = first._meta?.[META_HOP_ID];
+    expect(hopId).toMatch(/^h1_/);
+    const calls = streaming.calls.length;
+    const replayed = await client.request({ method: 'tools/call', params: { name: 'get_ticket', arguments: { ticketId: 'T-2' } } }, CallToolResultSchema, { resumptionToken: tokens[0] });
+    expect(replayed._meta?.[META_HOP_ID]).toBe(hopId);
+    expect(streaming.calls.length).toBe(calls);
+  });
+
+  it('a replayed answer to a request the sidecar never passed on becomes an error for that request; the rest of the stream passes', async () => {
+    const session = 'scripted-session-1';
+    const leaked = { tools: [{ name: 'admin_wipe', inputSchema: { type: 'object' } }] };
+    const server = http.createServer((req, res) => {
+      req.resume();
+      if (req.method === 'POST') {
+        res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': session });
+        return void res.end(rpc({ id: 1, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } } }));
+      }
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const event = (id: number, data: unknown) => `id: ${id}\nevent: message\ndata: ${JSON.stringify(data)}\n\n`;
+      res.end(
+        event(1, { jsonrpc: '2.0', id: 1, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } } }) +
+          event(2, { jsonrpc: '2.0', id: 41, result: leaked }) +
+          event(3, [{ jsonrpc: '2.0', id: 'x', error: { code: -32603, message: 'admin_wipe failed' } }, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'batched' } }]) +
+          event(4, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'still here' } }),
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    twin.systems.set('scripted', `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`);
+    try {
+      const init = await raw({ path: '/mcp/scripted', headers: auth(), body: rpc({ id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'agent', version: '1.0.0' } } }) });
+      expect(init.headers['mcp-session-id']).toBe(session);
+      const stream = await raw({ method: 'GET', path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session, 'last-event-id': '0', accept: 'text/event-stream' } });
+      expect(stream.status).toBe(200);
+      expect(stream.text).not.toContain('admin_wipe');
+      const events = stream.text.split('\n\n').filter((e) => e.includes('data:')).map((e) => JSON.parse(e.split('data: ')[1] ?? '') as unknown);
+      expect(events).toHaveLength(4);
+      expect(events[0]).toMatchObject({ id: 1, result: { serverInfo: { name: 'scripted' } } });
+      expect(events[1]).toMatchObject({ id: 41, error: { code: -32603, message: expect.stringContaining('did not pass on') as unknown } });
+      expect(events[2]).toEqual([expect.objectContaining({ id: 'x', error: expect.objectContaining({ message: expect.stringContaining('did not pass on') as unknown }) as unknown }), expect.objectContaining({ method: 'notifications/message' })]);
+      expect(events[3]).toMatchObject({ method: 'notifications/message', params: { data: 'still here' } });
+    } finally {
+      twin.systems.delete('scripted');
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    }
   });
 });
 
