@@ -58,7 +58,9 @@ const DEFAULT_HOLD_SECONDS = 30;
 /** The most of a server's answer held in memory to check or edit it: one JSON answer, or one event. */
 const MAX_EDITED_CHARS = 16 * 1024 * 1024;
 /** What of the agent's request goes on: the transport's own headers. Never its Authorization, which is the sidecar's local token. */
-const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version', 'last-event-id'] as const;
+const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version'] as const;
+/** Passed on with a GET only, where MCP resumes a stream: the answers a server replays come there, and are edited there. */
+const RESUMES = 'last-event-id';
 /** Streamable HTTP's three methods. */
 const METHODS = new Set(['POST', 'GET', 'DELETE']);
 /** Dropped from an answer the gateway rewrites: the length changes. */
@@ -270,6 +272,7 @@ export class McpGateway {
     const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
     const headers: http.OutgoingHttpHeaders = {};
     for (const name of PASSED_ON) if (typeof ex.req.headers[name] === 'string') headers[name] = ex.req.headers[name];
+    if (ex.req.method === 'GET' && typeof ex.req.headers[RESUMES] === 'string') headers[RESUMES] = ex.req.headers[RESUMES];
     // The body is the gateway's own JSON, UTF-8 whatever charset the agent named.
     if (body) Object.assign(headers, { 'content-type': 'application/json', 'content-length': String(body.length) });
     Object.assign(headers, answer.headers);

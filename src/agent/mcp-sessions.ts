@@ -22,9 +22,12 @@ export class McpSessions {
   /** `<system> <session id>` (a line break for the id: the system's requests outside a session) → request id → its edit, or null for none. */
   private readonly books = new Map<string, Map<string, ResponseEdit | null>>();
 
+  /** One copy of each list of visible tools: the broker's answers repeat the same few. */
+  private readonly toolLists = new Map<string, string[]>();
+
   constructor(
-    private readonly maxSessions = 256,
-    private readonly maxRequestsPerSession = 1024,
+    private readonly maxSessions = 64,
+    private readonly maxRequestsPerSession = 256,
   ) {}
 
   /** Whether the sidecar saw the system's server begin this session, and the agent has not ended it. */
@@ -49,13 +52,27 @@ export class McpSessions {
     const book = this.touch(key) ?? this.add(key);
     const request = requestKey(id);
     book.delete(request);
-    book.set(request, edit ?? null);
+    book.set(request, edit ? this.shared(edit) : null);
     if (book.size > this.maxRequestsPerSession) book.delete(book.keys().next().value as string);
   }
 
   /** What is changed in the answer to the request: null for nothing, undefined when the sidecar did not pass it on (or forgot it). */
   editOf(system: string, sessionId: string | undefined, id: RequestId): ResponseEdit | null | undefined {
     return this.books.get(bookKey(system, sessionId))?.get(requestKey(id));
+  }
+
+  /** The edit with its list of visible tools shared with the edits that carry the same list, so that a full book holds few lists. */
+  private shared(edit: ResponseEdit): ResponseEdit {
+    if (!edit.visibleTools) return edit;
+    const key = edit.visibleTools.join('\n');
+    let list = this.toolLists.get(key);
+    if (list === undefined) {
+      // A new policy generation makes a new list: the old ones go, and the edits that hold them keep their own.
+      if (this.toolLists.size >= 16) this.toolLists.clear();
+      list = edit.visibleTools;
+      this.toolLists.set(key, list);
+    }
+    return { ...edit, visibleTools: list };
   }
 
   /** The book, moved to the end of the order the least recently used are forgotten in. */

@@ -547,6 +547,16 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     expect(names(replayed.tools)).toEqual(['get_ticket', 'send_email']);
   });
 
+  it('Last-Event-ID goes on with a GET only, where the replays it asks for are edited', async () => {
+    const client = await connect('tickets');
+    const sessionId = (client.transport as StreamableHTTPClientTransport).sessionId ?? '';
+    const answer = await raw({ path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': sessionId, 'last-event-id': 'anything' }, body: rpc({ id: 9, method: 'tools/list' }) });
+    expect(answer.status).toBe(200);
+    const seen = streaming.seen.filter((s) => s.body.includes('"id":9')).at(-1);
+    expect(seen?.headers['mcp-session-id']).toBe(sessionId);
+    expect(seen?.headers['last-event-id']).toBeUndefined();
+  });
+
   it('a replayed tools/call result still names its hop', async () => {
     const client = await connect('tickets');
     const tokens: string[] = [];
