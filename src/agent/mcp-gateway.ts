@@ -15,7 +15,6 @@ import {
   editFor,
   editResponse,
   failureOfRefusal,
-  failureOfReplay,
   forwardRequestOf,
   isPending,
   isRpcResponse,
@@ -23,15 +22,17 @@ import {
   McpFailure,
   parseAgentMessage,
   tooLargeMessage,
+  unknownEvent,
   unknownSession,
+  upstreamBody,
   upstreamFailure,
   type AgentMessage,
   type ResponseEdit,
   type RpcFailure,
 } from './mcp-message.js';
-import { McpSessions } from './mcp-sessions.js';
+import { McpSessions, type SentRequest } from './mcp-sessions.js';
 import { downstreamHeaders, endTogether } from './relay.js';
-import { eventStreamEditor, sseEvent, sseMessage } from './sse.js';
+import { eventStreamEditor, sseEvent, sseMessage, type EventSourceMessage } from './sse.js';
 import type { TaskWatch } from './task-watch.js';
 
 export interface McpGatewayOptions {
@@ -59,8 +60,6 @@ const DEFAULT_HOLD_SECONDS = 30;
 const MAX_EDITED_CHARS = 16 * 1024 * 1024;
 /** What of the agent's request goes on: the transport's own headers. Never its Authorization, which is the sidecar's local token. */
 const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version'] as const;
-/** Passed on with a GET only, where MCP resumes a stream: the answers a server replays come there, and are edited there. */
-const RESUMES = 'last-event-id';
 /** Streamable HTTP's three methods. */
 const METHODS = new Set(['POST', 'GET', 'DELETE']);
 /** Dropped from an answer the gateway rewrites: the length changes. */
@@ -71,8 +70,12 @@ interface Exchange {
   readonly req: http.IncomingMessage;
   readonly res: http.ServerResponse;
   readonly system: string;
-  /** The session the agent's request names (`Mcp-Session-Id`), one the sidecar saw begin. */
+  /** The session the agent's request names (`Mcp-Session-Id`), one the sidecar saw begin; or the one the server's answer begins. */
   sessionId?: string;
+  /** The server's event id a GET resumes after, from the agent's `Last-Event-ID`. */
+  lastEventId?: string;
+  /** The agent's request as it went upstream, with the sidecar's id. */
+  sent?: SentRequest;
   id: RequestId | null;
   method?: string;
   hopId?: string;
@@ -134,6 +137,12 @@ export class McpGateway {
     if (sessionId !== undefined) {
       if (typeof sessionId !== 'string' || !this.sessions.knows(ex.system, sessionId)) throw new McpFailure(unknownSession(ex.system));
       ex.sessionId = sessionId;
+    }
+    // A stream resumes after an event the sidecar handed out in this session, and only with a GET, as MCP resumes.
+    const lastEventId = ex.req.headers['last-event-id'];
+    if (verb === 'GET' && lastEventId !== undefined) {
+      ex.lastEventId = typeof lastEventId === 'string' ? this.sessions.upstreamEventId(ex.system, ex.sessionId, lastEventId) : undefined;
+      if (ex.lastEventId === undefined) throw new McpFailure(unknownEvent(ex.system));
     }
     const request = forwardRequestOf(ex.system, message);
     const outcome = await this.options.forwarder.forward(request);
@@ -238,20 +247,23 @@ export class McpGateway {
       ex.upstream?.destroy(error);
     });
     try {
-      const reply = await this.send(ex, answer, message?.body);
-      this.noteSession(ex, reply, message, edit);
-      await this.relay(ex, reply, edit);
+      const reply = await this.send(ex, answer, message && this.bodyFor(ex, message, edit));
+      this.noteSession(ex, reply);
+      await this.relay(ex, reply);
       this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId, status: reply.statusCode }, 'mcp message passed on');
     } finally {
       release?.();
     }
   }
 
-  /**
-   * What the server's answer says of the session: the one it begins, the one the agent ended;
-   * and the request, with the edit of its answer, for a stream that replays it later.
-   */
-  private noteSession(ex: Exchange, reply: http.IncomingMessage, message: AgentMessage | undefined, edit: ResponseEdit | undefined): void {
+  /** The message as it goes upstream: a request with the sidecar's own id, remembered with the agent's and the edit of its answer. */
+  private bodyFor(ex: Exchange, message: AgentMessage, edit: ResponseEdit | undefined): Buffer {
+    if (message.id !== undefined) ex.sent = this.sessions.send(ex.system, ex.sessionId, message.id, edit);
+    return upstreamBody(message, ex.sent?.upstreamId, (agentId) => this.sessions.upstreamIdOf(ex.system, ex.sessionId, agentId));
+  }
+
+  /** What the server's answer says of the session: the one it begins, the one the agent ended. */
+  private noteSession(ex: Exchange, reply: http.IncomingMessage): void {
     const status = reply.statusCode ?? 502;
     if (status < 200 || status > 299) return;
     if (ex.req.method === 'DELETE') {
@@ -260,10 +272,9 @@ export class McpGateway {
     }
     const begun = reply.headers['mcp-session-id'];
     if (ex.sessionId === undefined && typeof begun === 'string' && begun !== '') {
-      this.sessions.begin(ex.system, begun);
+      this.sessions.begin(ex.system, begun, ex.sent);
       ex.sessionId = begun;
     }
-    if (message?.id !== undefined) this.sessions.remember(ex.system, ex.sessionId, message.id, edit);
   }
 
   /** The request to the system's server; settles once its answer begins, or fails naming the system when it does not begin in time. */
@@ -272,7 +283,7 @@ export class McpGateway {
     const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
     const headers: http.OutgoingHttpHeaders = {};
     for (const name of PASSED_ON) if (typeof ex.req.headers[name] === 'string') headers[name] = ex.req.headers[name];
-    if (ex.req.method === 'GET' && typeof ex.req.headers[RESUMES] === 'string') headers[RESUMES] = ex.req.headers[RESUMES];
+    if (ex.lastEventId !== undefined) headers['last-event-id'] = ex.lastEventId;
     // The body is the gateway's own JSON, UTF-8 whatever charset the agent named.
     if (body) Object.assign(headers, { 'content-type': 'application/json', 'content-length': String(body.length) });
     Object.assign(headers, answer.headers);
@@ -297,79 +308,40 @@ export class McpGateway {
   }
 
   /**
-   * The server's answer on its way to the agent. A 200 to a request must be a JSON-RPC response
-   * or an event stream, and is edited where the broker asked; anything else (the GET stream,
-   * a notification's 202, the server's own HTTP errors) passes as it came.
+   * The server's answer on its way to the agent. Every event stream (a POST's answer, the GET
+   * stream, a resumed one) is re-emitted event by event through the session's book; a 200 JSON
+   * answer to a request must be a JSON-RPC response to it; anything else (a notification's 202,
+   * the server's own HTTP errors) passes as it came.
    */
-  private async relay(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined): Promise<void> {
+  private async relay(ex: Exchange, reply: http.IncomingMessage): Promise<void> {
     const status = reply.statusCode ?? 502;
     const type = mediaTypeEssence(reply.headers['content-type']);
-    if (ex.streaming) return this.relayIntoStream(ex, reply, edit, status, type);
-    if (ex.req.method === 'GET' && status === 200 && type === 'text/event-stream') {
-      // The server's own stream, or one resumed with Last-Event-ID: the answers it replays are edited as they were the first time.
+    if (ex.streaming) return this.relayIntoStream(ex, reply, status, type);
+    if (status === 200 && type === 'text/event-stream') {
       ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
       ex.res.flushHeaders();
-      return editEvents(reply, ex.res, (data) => this.replayed(ex, data));
+      return this.editEvents(ex, reply);
     }
-    if (ex.id === null || status !== 200) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders), type);
-    if (type === 'application/json') {
-      const json = await this.checkedJson(ex, reply, edit);
-      ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
-      ex.res.end(json);
-      return;
-    }
-    if (type !== 'text/event-stream') {
+    if (ex.id === null || status !== 200) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders));
+    if (type !== 'application/json') {
       reply.resume();
       throw new McpFailure(upstreamFailure(ex.system, `answered with ${type ?? 'no content type'}, not application/json or text/event-stream: it does not speak MCP's Streamable HTTP there`));
     }
-    if (!edit) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders), type);
+    const json = await this.checkedJson(ex, reply);
     ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
-    ex.res.flushHeaders();
-    return editEvents(reply, ex.res, (data) => editedData(data, edit));
-  }
-
-  /**
-   * One event of a GET stream. Answers in it are replays of answers to earlier requests: each is
-   * edited as its request's answer was, and one to a request the sidecar did not pass on in this
-   * session (or no longer remembers) becomes an error for that request, so nothing the policy
-   * hides comes back this way.
-   */
-  private replayed(ex: Exchange, data: string): string {
-    let value: unknown;
-    try {
-      value = JSON.parse(data);
-    } catch {
-      return data;
-    }
-    if (!Array.isArray(value)) {
-      const edited = this.replayedMessage(ex, value);
-      return edited === value ? data : JSON.stringify(edited);
-    }
-    // A batch, as MCP's 2025-03-26 revision allowed.
-    const edited = value.map((each) => this.replayedMessage(ex, each));
-    return edited.every((each, i) => each === value[i]) ? data : JSON.stringify(edited);
-  }
-
-  private replayedMessage(ex: Exchange, message: unknown): unknown {
-    const id = answeredId(message);
-    if (id === undefined) return message;
-    const edit = this.sessions.editOf(ex.system, ex.sessionId, id);
-    if (edit === null) return message;
-    if (edit !== undefined) return editResponse(message, edit);
-    this.options.log.warn({ system: ex.system }, 'a replayed mcp answer to a request this sidecar did not pass on was not passed on');
-    return failureOfReplay(ex.system, id);
+    ex.res.end(json);
   }
 
   /** A held call's answer, into the event stream the agent already has. */
-  private async relayIntoStream(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined, status: number, type: string | undefined): Promise<void> {
-    if (status === 200 && type === 'application/json') return void ex.res.end(sseEvent({ event: 'message', data: await this.checkedJson(ex, reply, edit) }));
-    if (status === 200 && type === 'text/event-stream') return editEvents(reply, ex.res, (data) => editedData(data, edit));
+  private async relayIntoStream(ex: Exchange, reply: http.IncomingMessage, status: number, type: string | undefined): Promise<void> {
+    if (status === 200 && type === 'application/json') return void ex.res.end(sseEvent({ event: 'message', data: await this.checkedJson(ex, reply) }));
+    if (status === 200 && type === 'text/event-stream') return this.editEvents(ex, reply);
     reply.resume();
     throw new McpFailure(upstreamFailure(ex.system, `answered the approved call with HTTP ${status}${type ? ` (${type})` : ''}`));
   }
 
-  /** A JSON answer read whole, checked to be a JSON-RPC response and edited; the server's own text when nothing changed. */
-  private async checkedJson(ex: Exchange, reply: http.IncomingMessage, edit: ResponseEdit | undefined): Promise<string> {
+  /** A JSON answer read whole, checked to be a JSON-RPC response to the request sent, and given back the agent's id and edited. */
+  private async checkedJson(ex: Exchange, reply: http.IncomingMessage): Promise<string> {
     const text = await readText(reply, MAX_EDITED_CHARS, this.answerTimeoutMs).catch((err: unknown) => {
       throw new McpFailure(upstreamFailure(ex.system, `broke off its answer: ${errorMessage(err)}`));
     });
@@ -380,8 +352,53 @@ export class McpGateway {
       throw new McpFailure(upstreamFailure(ex.system, 'answered with something that is not JSON, though it said application/json'));
     }
     if (!isRpcResponse(value)) throw new McpFailure(upstreamFailure(ex.system, 'answered with JSON that is not a JSON-RPC response'));
-    const edited = edit ? editResponse(value, edit) : value;
-    return edited === value ? text : JSON.stringify(edited);
+    const answer = this.toAgent(ex, value);
+    if (answer === undefined) throw new McpFailure(upstreamFailure(ex.system, 'answered a request the chainwarden gateway did not send it'));
+    return answer === value ? text : JSON.stringify(answer);
+  }
+
+  /** An event stream re-emitted event by event: the answers in it given back to the agent, the event ids bound to the session. */
+  private editEvents(ex: Exchange, reply: http.IncomingMessage): Promise<void> {
+    return relayEvents(reply, ex.res, (event) => {
+      const data = event.event === undefined || event.event === 'message' ? this.agentData(ex, event.data) : event.data;
+      if (data === undefined) return undefined;
+      return { ...event, data, ...(event.id ? { id: this.sessions.agentEventId(ex.system, ex.sessionId, event.id) } : {}) };
+    }, (err) => this.options.log.warn({ system: ex.system, reason: errorMessage(err) }, 'an mcp event stream was cut off'));
+  }
+
+  /** One event's data for the agent; undefined when nothing of it is the agent's. Data that is not JSON passes as it came. */
+  private agentData(ex: Exchange, data: string): string | undefined {
+    let value: unknown;
+    try {
+      value = JSON.parse(data);
+    } catch {
+      return data;
+    }
+    if (!Array.isArray(value)) {
+      const answer = this.toAgent(ex, value);
+      return answer === value ? data : answer === undefined ? undefined : JSON.stringify(answer);
+    }
+    // A batch, as MCP's 2025-03-26 revision allowed.
+    const kept = value.map((each) => this.toAgent(ex, each)).filter((each) => each !== undefined);
+    return kept.length === 0 ? undefined : JSON.stringify(kept);
+  }
+
+  /**
+   * A server's message as the agent gets it. An answer comes back only to the request it answers,
+   * by the id the sidecar sent it with: with the agent's id, and edited as that request's answer is
+   * (live or replayed). An answer to a request the sidecar did not send in this session is not
+   * the agent's (undefined). Requests and notifications of the server pass as they came.
+   */
+  private toAgent(ex: Exchange, message: unknown): unknown {
+    const id = answeredId(message);
+    if (id === undefined) return message;
+    const sent = ex.sent?.upstreamId === id ? ex.sent : this.sessions.sent(ex.system, ex.sessionId, id);
+    if (sent === undefined) {
+      this.options.log.warn({ system: ex.system }, 'an mcp answer to a request this sidecar did not send in the session was not passed on');
+      return undefined;
+    }
+    const answer = { ...(message as Record<string, unknown>), id: sent.agentId };
+    return sent.edit ? editResponse(answer, sent.edit) : answer;
   }
 
   /** The JSON-RPC error for whatever ended the exchange, with the request's id; into the event stream if the agent has one. */
@@ -429,18 +446,17 @@ async function pause(ms: number, signal: AbortSignal): Promise<void> {
   if (ms > 0) await sleep(ms, undefined, { signal }).catch(() => undefined);
 }
 
-/** The server's answer as it came; an event stream's head is sent at once, so the agent's client sees it begin. */
-function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, headers: string[], type: string | undefined): Promise<void> {
+/** The server's answer as it came. */
+function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, headers: string[]): Promise<void> {
   res.writeHead(reply.statusCode ?? 502, headers);
-  if (type === 'text/event-stream') res.flushHeaders();
   return new Promise((resolve) => {
     endTogether(reply, res, resolve);
     reply.pipe(res);
   });
 }
 
-/** An event stream re-emitted event by event, each message's data through `editData`; writes wait for a slow agent. */
-function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, editData: (data: string) => string): Promise<void> {
+/** An event stream re-emitted event by event through `edit` (undefined: the event is left out); writes wait for a slow agent. */
+function relayEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit: (event: EventSourceMessage) => EventSourceMessage | undefined, cutOff: (err: Error) => void): Promise<void> {
   return new Promise((resolve) => {
     endTogether(reply, res, resolve);
     let draining = false;
@@ -453,7 +469,8 @@ function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, editD
         reply.resume();
       });
     };
-    const editor = eventStreamEditor(editData, write, () => {
+    const editor = eventStreamEditor(edit, write, (err) => {
+      cutOff(err);
       reply.destroy();
       res.destroy();
     }, MAX_EDITED_CHARS);
@@ -461,19 +478,6 @@ function editEvents(reply: http.IncomingMessage, res: http.ServerResponse, editD
     reply.on('data', (text: string) => editor.feed(text));
     reply.on('end', () => res.end());
   });
-}
-
-/** One event's data with the edit applied when it is the edited response; data that is not JSON passes as it came. */
-function editedData(data: string, edit: ResponseEdit | undefined): string {
-  if (!edit) return data;
-  let value: unknown;
-  try {
-    value = JSON.parse(data);
-  } catch {
-    return data;
-  }
-  const edited = editResponse(value, edit);
-  return edited === value ? data : JSON.stringify(edited);
 }
 
 /**

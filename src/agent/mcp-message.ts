@@ -49,11 +49,11 @@ export class McpFailure extends Error {
 /** What the gateway reads of one agent message. */
 export interface AgentMessage {
   /**
-   * What goes on to the server: the message as the gateway read it, serialized again. Never the
-   * agent's bytes, which a server's own JSON parser could read otherwise (the first of two equal
-   * keys, an integer past 2^53) than the gateway and the broker did.
+   * The message as the gateway read it: what goes on to the server is this, serialized again
+   * (`upstreamBody`). Never the agent's bytes, which a server's own JSON parser could read
+   * otherwise (the first of two equal keys, an integer past 2^53) than the gateway and the broker did.
    */
-  body: Buffer;
+  json: Record<string, unknown>;
   /** A request's id; absent for notifications and the agent's answers to server requests. */
   id?: RequestId;
   /** Absent for the agent's answers to server requests. */
@@ -63,6 +63,9 @@ export interface AgentMessage {
   /** The token the agent asked progress notifications for, if it did. */
   progressToken?: ProgressToken;
 }
+
+/** Longer request ids are refused: the sidecar remembers the ids of the requests it passes on. */
+export const MAX_ID_CHARS = 256;
 
 const invalid = (message: string, id: RequestId | null = null) => new McpFailure({ status: 400, code: ErrorCode.InvalidRequest, message }, id);
 
@@ -163,9 +166,9 @@ export function parseAgentMessage(body: Buffer): AgentMessage {
     const explained = envelopeLike(record).safeParse(value);
     throw invalid(`the message is not a JSON-RPC message: ${explained.success ? 'it matches no JSON-RPC message shape' : firstIssue(explained.error)}`, id);
   }
+  if (typeof id === 'string' && id.length > MAX_ID_CHARS) throw invalid(`id: longer than the ${MAX_ID_CHARS} characters the chainwarden gateway takes; use a shorter id (a number, a UUID)`);
   checkKeySpelling(value, [], id);
-  const passedOn = Buffer.from(JSON.stringify(value));
-  if (typeof record.method !== 'string') return { body: passedOn };
+  if (typeof record.method !== 'string') return { json: record };
   const schema = id === null ? NOTIFICATIONS.get(record.method) : REQUESTS.get(record.method);
   const checked = schema?.safeParse(value);
   if (checked && !checked.success) throw invalid(`${record.method}: ${firstIssue(checked.error)}`, id);
@@ -174,7 +177,7 @@ export function parseAgentMessage(body: Buffer): AgentMessage {
   const progressToken = meta.progressToken as ProgressToken | undefined;
   if (record.method === 'tools/call' && id !== null) checkCallParams(params, id);
   return {
-    body: passedOn,
+    json: record,
     ...(id === null ? {} : { id }),
     method: record.method,
     ...(record.method === 'tools/call' && id !== null ? { call: callOf(params, meta, id) } : {}),
@@ -190,6 +193,20 @@ function callOf(params: Record<string, unknown>, meta: Record<string, unknown>, 
     throw invalid(`tools/call: params._meta["${META_PARENT_HOP}"] must be the hop id a previous result carried in _meta["${META_HOP_ID}"], or left out`, id);
   }
   return { name: params.name as string, arguments: (params.arguments ?? {}) as McpArguments, ...(parentHop ? { parentHop } : {}) };
+}
+
+/**
+ * What goes to the server: the message as read, with the request's id the one the sidecar gave it
+ * (`upstreamId`), and a `notifications/cancelled` naming the id its request went upstream with.
+ */
+export function upstreamBody(message: AgentMessage, upstreamId: string | undefined, cancelledUpstreamId: (agentId: RequestId) => string | undefined): Buffer {
+  let json = message.json;
+  if (upstreamId !== undefined) json = { ...json, id: upstreamId };
+  if (message.method === 'notifications/cancelled' && isRecord(json.params) && (typeof json.params.requestId === 'string' || typeof json.params.requestId === 'number')) {
+    const requestId = cancelledUpstreamId(json.params.requestId);
+    if (requestId !== undefined) json = { ...json, params: { ...json.params, requestId } };
+  }
+  return Buffer.from(JSON.stringify(json));
 }
 
 /** What the broker is asked before a message goes on; GET and DELETE carry no message. */
@@ -281,21 +298,17 @@ export function answeredId(message: unknown): RequestId | undefined {
   return typeof message.id === 'string' || typeof message.id === 'number' ? message.id : undefined;
 }
 
-/** A replayed answer to a request the sidecar did not pass on in the session, in its place. */
-export function failureOfReplay(system: string, id: RequestId): unknown {
-  return {
-    jsonrpc: '2.0',
-    id,
-    error: { code: ErrorCode.InternalError, message: `the MCP server of system ${system} replayed an answer to request ${JSON.stringify(id)}, which the chainwarden gateway did not pass on in this session or no longer remembers, so it cannot check the answer; send the request again`, data: { system } },
-  };
-}
-
 /**
- * A request naming a session the sidecar did not see begin: a 404, on which MCP has the agent's
- * client begin a new session.
+ * A request naming a session the sidecar did not see begin: a 404, after which MCP has the agent's
+ * client begin a new session with initialize.
  */
 export function unknownSession(system: string): RpcFailure {
   return { status: 404, code: ErrorCode.InvalidRequest, message: `the session named in Mcp-Session-Id was not begun through this chainwarden agent with system ${system}, or has ended; begin a new one with initialize`, data: { system } };
+}
+
+/** A GET resuming after an event the sidecar did not hand out in this session: it goes nowhere. */
+export function unknownEvent(system: string): RpcFailure {
+  return { status: 400, code: ErrorCode.InvalidRequest, message: `Last-Event-ID names no event this chainwarden agent passed on in this session of system ${system}; resume with the id of an event received in it, or open the stream without one`, data: { system } };
 }
 
 /** Whether a server's JSON answer to a request is a JSON-RPC response, as the agent's client will check. */

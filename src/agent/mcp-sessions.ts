@@ -1,29 +1,51 @@
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { RequestId } from '@modelcontextprotocol/sdk/types.js';
 import type { ResponseEdit } from './mcp-message.js';
 
+/** A request the sidecar passed on: the id the agent gave it, and what is changed in its answer. */
+export interface SentRequest {
+  /** The id the request went to the server with, this sidecar's own. */
+  readonly upstreamId: string;
+  readonly agentId: RequestId;
+  readonly edit: ResponseEdit | undefined;
+}
+
+interface Book {
+  /** By the id each request went upstream with, oldest first. */
+  readonly sent: Map<string, SentRequest>;
+  /** The upstream id of the agent's id (`requestKey`), for a `notifications/cancelled` naming it. */
+  readonly byAgentId: Map<string, string>;
+}
+
 /**
- * The MCP sessions this sidecar began for its agent, and for each one the requests it passed on
- * and what it changes in their answers. Two things rest on it:
+ * The MCP sessions this sidecar began for its agent, and in each one the requests it passed on.
+ * Every agent of a system reaches its server with the same credential, so the server cannot tell
+ * one pod's session from another's; this book is what keeps each agent to its own:
  *
- * - A request naming a session the sidecar did not see begin goes nowhere. Every agent of a
- *   system reaches its server with the same credential, so the server cannot tell them apart;
- *   without this, an agent that learned or guessed another pod's session id could use that
- *   session, and resume its event stream to read the other agent's results.
- * - A resumed event stream (a GET with `Last-Event-ID`) replays answers to requests sent earlier,
- *   on other connections. Each is edited as its request's answer would have been (the tools the
- *   policy hides, the hop id a result carries); an answer to a request the sidecar never passed on
- *   in that session is not passed on.
+ * - A request naming a session the sidecar did not see begin goes nowhere: otherwise an agent that
+ *   learned another session's id could use it, and resume its event streams.
+ * - Each request goes upstream with an id of the sidecar's own, unique to it, and every answer
+ *   comes back to the agent only by that id: with the agent's id, edited as the request's answer
+ *   is (the tools the policy hides, the hop id a result carries), live or replayed. An agent that
+ *   reuses an id cannot have an earlier answer replayed with a later request's edit, and an answer
+ *   to a request this sidecar did not send (another session's, replayed by a server whose event
+ *   store is shared) matches nothing and is not passed on.
+ * - The event ids the agent sees are the server's, each prefixed with a MAC over the system and
+ *   session it came in: a `Last-Event-ID` the sidecar did not hand out in that session goes nowhere,
+ *   so an agent cannot resume a stream of another session by its server's event ids.
  *
  * Bounded: the sessions least recently used, and a session's oldest requests, are forgotten first.
- * A forgotten session is refused like an unknown one (the agent's client begins a new one, as
- * MCP has it do after a 404); a forgotten request's replayed answer is replaced by an error.
+ * A forgotten session is refused like an unknown one; a replayed answer to a forgotten request is
+ * not passed on.
  */
 export class McpSessions {
-  /** `<system> <session id>` (a line break for the id: the system's requests outside a session) → request id → its edit, or null for none. */
-  private readonly books = new Map<string, Map<string, ResponseEdit | null>>();
-
+  private readonly books = new Map<string, Book>();
   /** One copy of each list of visible tools: the broker's answers repeat the same few. */
   private readonly toolLists = new Map<string, string[]>();
+  /** Makes this sidecar's request ids its own: no other sidecar's, nor an earlier run's. */
+  private readonly idPrefix = `chainwarden-${randomBytes(9).toString('base64url')}-`;
+  private counter = 0;
+  private readonly eventKey = randomBytes(32);
 
   constructor(
     private readonly maxSessions = 64,
@@ -35,10 +57,11 @@ export class McpSessions {
     return this.touch(bookKey(system, sessionId)) !== undefined;
   }
 
-  /** The server named this session in its answer to the agent. */
-  begin(system: string, sessionId: string): void {
+  /** The server named this session in its answer to `request` (an initialize), which is then the session's too. */
+  begin(system: string, sessionId: string, request?: SentRequest): void {
     const key = bookKey(system, sessionId);
-    if (this.touch(key) === undefined) this.add(key);
+    const book = this.touch(key) ?? this.add(key);
+    if (request) this.enter(book, request);
   }
 
   /** The agent ended the session, and its server said so. */
@@ -46,19 +69,58 @@ export class McpSessions {
     this.books.delete(bookKey(system, sessionId));
   }
 
-  /** The request passed on, and what is changed in its answer (none: `undefined`). */
-  remember(system: string, sessionId: string | undefined, id: RequestId, edit: ResponseEdit | undefined): void {
+  /**
+   * A request about to go upstream: the id it goes with, remembered with the agent's id and the
+   * edit of its answer. In a session that ended meanwhile it is not remembered: its live answer
+   * comes back by the returned request, and nothing of it is replayed.
+   */
+  send(system: string, sessionId: string | undefined, agentId: RequestId, edit: ResponseEdit | undefined): SentRequest {
+    const request: SentRequest = { upstreamId: `${this.idPrefix}${this.counter++}`, agentId, edit: edit && this.shared(edit) };
     const key = bookKey(system, sessionId);
-    const book = this.touch(key) ?? this.add(key);
-    const request = requestKey(id);
-    book.delete(request);
-    book.set(request, edit ? this.shared(edit) : null);
-    if (book.size > this.maxRequestsPerSession) book.delete(book.keys().next().value as string);
+    const book = this.touch(key) ?? (sessionId === undefined ? this.add(key) : undefined);
+    if (book !== undefined) this.enter(book, request);
+    return request;
   }
 
-  /** What is changed in the answer to the request: null for nothing, undefined when the sidecar did not pass it on (or forgot it). */
-  editOf(system: string, sessionId: string | undefined, id: RequestId): ResponseEdit | null | undefined {
-    return this.books.get(bookKey(system, sessionId))?.get(requestKey(id));
+  private enter(book: Book, request: SentRequest): void {
+    book.sent.set(request.upstreamId, request);
+    book.byAgentId.set(requestKey(request.agentId), request.upstreamId);
+    if (book.sent.size > this.maxRequestsPerSession) {
+      const [oldest] = book.sent.values();
+      if (oldest) {
+        book.sent.delete(oldest.upstreamId);
+        if (book.byAgentId.get(requestKey(oldest.agentId)) === oldest.upstreamId) book.byAgentId.delete(requestKey(oldest.agentId));
+      }
+    }
+  }
+
+  /** The request the server's answer is to, by the id it answers; undefined for one this sidecar did not send in the session (or forgot). */
+  sent(system: string, sessionId: string | undefined, upstreamId: RequestId): SentRequest | undefined {
+    return typeof upstreamId === 'string' ? this.books.get(bookKey(system, sessionId))?.sent.get(upstreamId) : undefined;
+  }
+
+  /** The id the agent's request went upstream with, for a `notifications/cancelled` that names it. */
+  upstreamIdOf(system: string, sessionId: string | undefined, agentId: RequestId): string | undefined {
+    return this.books.get(bookKey(system, sessionId))?.byAgentId.get(requestKey(agentId));
+  }
+
+  /** The event id the agent sees for the server's: `<mac>.<server's id>`. */
+  agentEventId(system: string, sessionId: string | undefined, eventId: string): string {
+    return `${this.mac(system, sessionId, eventId).toString('base64url')}.${eventId}`;
+  }
+
+  /** The server's event id in one the sidecar handed out in this session; undefined for any other. */
+  upstreamEventId(system: string, sessionId: string | undefined, agentEventId: string): string | undefined {
+    const dot = agentEventId.indexOf('.');
+    if (dot < 0) return undefined;
+    const given = Buffer.from(agentEventId.slice(0, dot), 'base64url');
+    const eventId = agentEventId.slice(dot + 1);
+    const expected = this.mac(system, sessionId, eventId);
+    return given.length === expected.length && timingSafeEqual(given, expected) ? eventId : undefined;
+  }
+
+  private mac(system: string, sessionId: string | undefined, eventId: string): Buffer {
+    return createHmac('sha256', this.eventKey).update(`${bookKey(system, sessionId)}\n${eventId}`).digest().subarray(0, 16);
   }
 
   /** The edit with its list of visible tools shared with the edits that carry the same list, so that a full book holds few lists. */
@@ -76,7 +138,7 @@ export class McpSessions {
   }
 
   /** The book, moved to the end of the order the least recently used are forgotten in. */
-  private touch(key: string): Map<string, ResponseEdit | null> | undefined {
+  private touch(key: string): Book | undefined {
     const book = this.books.get(key);
     if (book === undefined) return undefined;
     this.books.delete(key);
@@ -84,8 +146,8 @@ export class McpSessions {
     return book;
   }
 
-  private add(key: string): Map<string, ResponseEdit | null> {
-    const book = new Map<string, ResponseEdit | null>();
+  private add(key: string): Book {
+    const book: Book = { sent: new Map(), byAgentId: new Map() };
     this.books.set(key, book);
     if (this.books.size > this.maxSessions) this.books.delete(this.books.keys().next().value as string);
     return book;

@@ -21,22 +21,40 @@ export interface EventStreamEditor {
   feed(text: string): void;
 }
 
+export type { EventSourceMessage };
+
 /**
- * Re-emits an event stream, each `message` event's data passed through `edit` (events of other
- * types as they came); comments (keep-alives) and `retry` pass on as they arrive. An event is
- * written only when complete, so the output is always at an event boundary. `fail` is called
- * once if an event grows past `maxChars` before it ends.
+ * Re-emits an event stream, each event passed through `edit` (undefined: left out); comments
+ * (keep-alives) and `retry` pass on as they arrive. An event is written only when complete, so the
+ * output is always at an event boundary. `fail` is called once, and nothing more is written, if an
+ * event grows past `maxChars` before it ends or `edit` throws (JSON nested too deep to serialize).
  */
-export function eventStreamEditor(edit: (data: string) => string, write: (text: string) => void, fail: (err: Error) => void, maxChars: number): EventStreamEditor {
+export function eventStreamEditor(edit: (event: EventSourceMessage) => EventSourceMessage | undefined, write: (text: string) => void, fail: (err: Error) => void, maxChars: number): EventStreamEditor {
   let failed = false;
+  const stop = (err: Error) => {
+    if (failed) return;
+    failed = true;
+    fail(err);
+  };
   const parser = createParser({
-    onEvent: (event) => write(sseEvent(event.event === undefined || event.event === 'message' ? { ...event, data: edit(event.data) } : event)),
-    onComment: (comment) => write(`: ${comment}\n`),
-    onRetry: (ms) => write(`retry: ${ms}\n\n`),
+    onEvent: (event) => {
+      if (failed) return;
+      let edited: EventSourceMessage | undefined;
+      try {
+        edited = edit(event);
+      } catch (err) {
+        return stop(new Error(`an event could not be checked: ${err instanceof Error ? err.message : String(err)}`));
+      }
+      if (edited) write(sseEvent(edited));
+    },
+    onComment: (comment) => {
+      if (!failed) write(`: ${comment}\n`);
+    },
+    onRetry: (ms) => {
+      if (!failed) write(`retry: ${ms}\n\n`);
+    },
     onError: (err) => {
-      if (err.type !== 'max-buffer-size-exceeded' || failed) return;
-      failed = true;
-      fail(new Error(`an event is longer than ${maxChars} characters`));
+      if (err.type === 'max-buffer-size-exceeded') stop(new Error(`an event is longer than ${maxChars} characters`));
     },
     maxBufferSize: maxChars,
   });

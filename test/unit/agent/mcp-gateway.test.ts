@@ -452,8 +452,12 @@ describe('from outside: what the gateway refuses', () => {
  * the broker decided, under any of them.
  */
 describe('what the server gets is what the broker was asked about', () => {
-  /** The last request the server saw with `id`, by the raw bytes it got. */
-  const seenWithId = (id: number) => streaming.seen.filter((s) => s.body.includes(`"id":${id}`)).at(-1);
+  /** The last request the server saw, by the raw bytes it got; its id is the sidecar's, not the agent's. */
+  const lastSeen = () => {
+    const seen = streaming.seen.at(-1);
+    expect(JSON.parse(seen?.body ?? '{}')).toMatchObject({ id: expect.stringMatching(/^chainwarden-/) as unknown });
+    return seen;
+  };
 
   it.each<[string, number, string, { method: string; params?: { name: string } }]>([
     ['a second params, for a parser that keeps the first', 21, '{"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"admin_wipe","arguments":{}},"params":{"name":"get_ticket","arguments":{"ticketId":"1"}}}', { method: 'tools/call', params: { name: 'get_ticket' } }],
@@ -464,7 +468,8 @@ describe('what the server gets is what the broker was asked about', () => {
     expect(twin.forwards.slice(before).map((f) => f.method)).toEqual([asked.method]);
     if (asked.params) expect(twin.forwards.at(-1)?.call?.name).toBe(asked.params.name);
     // One method and one params: any parser, keeping the first key or the last, reads what the broker was asked.
-    const seen = seenWithId(id)?.body ?? '';
+    const seen = lastSeen()?.body ?? '';
+    expect(seen).not.toContain(`"id":${id}`);
     expect(seen.match(/"method"/g)).toHaveLength(1);
     expect(seen.match(/"params"/g)).toHaveLength(1);
     expect(JSON.parse(seen)).toMatchObject(asked);
@@ -475,7 +480,7 @@ describe('what the server gets is what the broker was asked about', () => {
     await raw({ path: '/mcp/tickets', headers: auth(), body: '{"jsonrpc":"2.0","id":23,"method":"tools/call","params":{"name":"get_ticket","arguments":{"ticketId":9007199254740993}}}' });
     const asked = twin.forwards.slice(before).find((f) => f.call)?.call?.arguments.ticketId;
     expect(asked).toBe(9007199254740992);
-    expect(seenWithId(23)?.body).toContain(`"ticketId":${String(asked)}`);
+    expect(lastSeen()?.body).toContain(`"ticketId":${String(asked)}`);
   });
 
   it.each([
@@ -517,10 +522,19 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     expect(resume.status).toBe(404);
     const end = await raw({ method: 'DELETE', path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': theirs } });
     expect(end.status).toBe(404);
-
     expect(throughSidecar()).toBe(before.seen);
     expect(twin.forwards.length).toBe(before.forwards);
     expect(streaming.sessions.has(theirs)).toBe(true);
+
+    // In the agent's own session, naming an event of theirs: for a server whose event store is shared by its sessions.
+    const theirEvents: string[] = [];
+    await other.request({ method: 'tools/list' }, ListToolsResultSchema, { onresumptiontoken: (token) => void theirEvents.push(token) });
+    expect(theirEvents.length).toBeGreaterThan(0);
+    const mine = ((await connect('tickets')).transport as StreamableHTTPClientTransport).sessionId ?? '';
+    const theirStream = await raw({ method: 'GET', path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': mine, 'last-event-id': theirEvents[0] ?? '', accept: 'text/event-stream' } });
+    expect(theirStream.status).toBe(400);
+    expect(theirStream.body.error?.message).toContain('Last-Event-ID names no event this chainwarden agent passed on in this session');
+    expect(streaming.seen.filter((s) => s.headers['last-event-id'] !== undefined && s.headers['mcp-session-id'] === mine)).toEqual([]);
   });
 
   it('a session the agent ended is refused by the sidecar itself', async () => {
@@ -543,7 +557,9 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     expect(tokens.length).toBeGreaterThan(0);
     // As a client whose stream broke after its first event: it reconnects, and the server replays the rest.
     const replayed = await client.request({ method: 'tools/list' }, ListToolsResultSchema, { resumptionToken: tokens[0] });
-    expect(streaming.seen.at(-1)).toMatchObject({ httpMethod: 'GET', headers: { 'last-event-id': tokens[0] } });
+    // The event id the agent holds is the server's behind the sidecar's MAC; the server gets its own back.
+    const token = tokens[0] ?? '';
+    expect(streaming.seen.at(-1)).toMatchObject({ httpMethod: 'GET', headers: { 'last-event-id': token.slice(token.indexOf('.') + 1) } });
     expect(names(replayed.tools)).toEqual(['get_ticket', 'send_email']);
   });
 
@@ -552,7 +568,8 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     const sessionId = (client.transport as StreamableHTTPClientTransport).sessionId ?? '';
     const answer = await raw({ path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': sessionId, 'last-event-id': 'anything' }, body: rpc({ id: 9, method: 'tools/list' }) });
     expect(answer.status).toBe(200);
-    const seen = streaming.seen.filter((s) => s.body.includes('"id":9')).at(-1);
+    const seen = streaming.seen.at(-1);
+    expect(seen?.rpcMethod).toBe('tools/list');
     expect(seen?.headers['mcp-session-id']).toBe(sessionId);
     expect(seen?.headers['last-event-id']).toBeUndefined();
   });
@@ -569,38 +586,59 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     expect(streaming.calls.length).toBe(calls);
   });
 
-  it('a replayed answer to a request the sidecar never passed on becomes an error for that request; the rest of the stream passes', async () => {
+  it('an answer comes back only to the request it answers, by the id the sidecar sent it with; event ids are bound to the session', async () => {
     const session = 'scripted-session-1';
     const leaked = { tools: [{ name: 'admin_wipe', inputSchema: { type: 'object' } }] };
+    const serverInfo = { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } };
+    let initId: unknown;
+    // A server that answers what it likes: the initialize by the id it got, anything else by the id 41, and on its GET stream answers to ids it picks.
     const server = http.createServer((req, res) => {
-      req.resume();
-      if (req.method === 'POST') {
-        res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': session });
-        return void res.end(rpc({ id: 1, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } } }));
-      }
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      const event = (id: number, data: unknown) => `id: ${id}\nevent: message\ndata: ${JSON.stringify(data)}\n\n`;
-      res.end(
-        event(1, { jsonrpc: '2.0', id: 1, result: { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } } }) +
-          event(2, { jsonrpc: '2.0', id: 41, result: leaked }) +
-          event(3, [{ jsonrpc: '2.0', id: 'x', error: { code: -32603, message: 'admin_wipe failed' } }, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'batched' } }]) +
-          event(4, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'still here' } }),
-      );
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        if (req.method === 'POST') {
+          const sent = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id: unknown; method: string };
+          if (sent.method === 'initialize') initId = sent.id;
+          res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': session });
+          return void res.end(JSON.stringify({ jsonrpc: '2.0', id: sent.method === 'initialize' ? sent.id : 41, result: sent.method === 'initialize' ? serverInfo : leaked }));
+        }
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        const event = (id: number, data: unknown) => `id: ${id}\nevent: message\ndata: ${JSON.stringify(data)}\n\n`;
+        res.end(
+          event(1, { jsonrpc: '2.0', id: initId, result: serverInfo }) +
+            event(2, { jsonrpc: '2.0', id: 41, result: leaked }) +
+            event(3, { jsonrpc: '2.0', id: 1, result: leaked }) +
+            event(4, [{ jsonrpc: '2.0', id: 'x', result: leaked }, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'batched' } }]) +
+            event(5, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'still here' } }),
+        );
+      });
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     twin.systems.set('scripted', `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`);
     try {
       const init = await raw({ path: '/mcp/scripted', headers: auth(), body: rpc({ id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'agent', version: '1.0.0' } } }) });
       expect(init.headers['mcp-session-id']).toBe(session);
-      const stream = await raw({ method: 'GET', path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session, 'last-event-id': '0', accept: 'text/event-stream' } });
+      expect(init.body).toMatchObject({ id: 1, result: { serverInfo: { name: 'scripted' } } });
+      expect(initId).toMatch(/^chainwarden-/);
+
+      // A JSON answer to another request than the one sent.
+      const list = await raw({ path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session }, body: rpc({ id: 41, method: 'tools/list' }) });
+      expect(list.status).toBe(502);
+      expect(list.body.error?.message).toContain('answered a request the chainwarden gateway did not send it');
+      expect(list.text).not.toContain('admin_wipe');
+
+      const stream = await raw({ method: 'GET', path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session, accept: 'text/event-stream' } });
       expect(stream.status).toBe(200);
       expect(stream.text).not.toContain('admin_wipe');
-      const events = stream.text.split('\n\n').filter((e) => e.includes('data:')).map((e) => JSON.parse(e.split('data: ')[1] ?? '') as unknown);
-      expect(events).toHaveLength(4);
-      expect(events[0]).toMatchObject({ id: 1, result: { serverInfo: { name: 'scripted' } } });
-      expect(events[1]).toMatchObject({ id: 41, error: { code: -32603, message: expect.stringContaining('did not pass on') as unknown } });
-      expect(events[2]).toEqual([expect.objectContaining({ id: 'x', error: expect.objectContaining({ message: expect.stringContaining('did not pass on') as unknown }) as unknown }), expect.objectContaining({ method: 'notifications/message' })]);
-      expect(events[3]).toMatchObject({ method: 'notifications/message', params: { data: 'still here' } });
+      const events = stream.text.split('\n\n').filter((e) => e.includes('data:')).map((e) => ({ id: /^id: (.*)$/m.exec(e)?.[1], data: JSON.parse(e.split('data: ')[1] ?? '') as unknown }));
+      expect(events.map((e) => e.data)).toEqual([
+        { jsonrpc: '2.0', id: 1, result: serverInfo },
+        [{ jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'batched' } }],
+        { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'still here' } },
+      ]);
+      // The server's event ids, each behind a MAC over the system and the session.
+      expect(events.map((e) => e.id?.replace(/^[\w-]+\./, ''))).toEqual(['1', '4', '5']);
+      expect(events.every((e) => e.id !== undefined && /^[\w-]{22}\.\d$/.test(e.id))).toBe(true);
     } finally {
       twin.systems.delete('scripted');
       await new Promise<void>((resolve) => {
@@ -608,6 +646,54 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
         server.closeAllConnections();
       });
     }
+  });
+
+  it('an answer nested too deep to edit cuts its stream off; the sidecar goes on', async () => {
+    const deep = `${'['.repeat(20_000)}${']'.repeat(20_000)}`;
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const sent = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id: unknown };
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.end(`event: message\ndata: {"jsonrpc":"2.0","id":${JSON.stringify(sent.id)},"result":{"content":[],"structuredContent":{"x":${deep}}}}\n\n`);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    twin.systems.set('deep', `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`);
+    try {
+      const response = await fetch(`${sidecar.url}/mcp/deep`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: callMessage('get_ticket', { ticketId: 'T-1' }, 5) });
+      expect(response.status).toBe(200);
+      // The stream is cut off before the answer: the agent's client sees a broken stream, never a half-edited answer.
+      const text = await response.text().catch(() => '');
+      expect(text).toBe('');
+      expect(logLines.join('')).toContain('an event could not be checked');
+      const client = await connect('tickets');
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+    } finally {
+      twin.systems.delete('deep');
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    }
+  });
+
+  it('an id the agent uses again does not change what a replay of the first answer carries', async () => {
+    const client = await connect('tickets');
+    const sessionId = (client.transport as StreamableHTTPClientTransport).sessionId ?? '';
+    const headers = { ...auth(), 'mcp-session-id': sessionId, 'mcp-protocol-version': '2025-11-25' };
+    const call = await raw({ path: '/mcp/tickets', headers, body: callMessage('get_ticket', { ticketId: 'T-77' }, 77) });
+    const events = call.text.split('\n\n').filter((e) => e.includes('id: '));
+    const priming = /^id: (.*)$/m.exec(events[0] ?? '')?.[1] ?? '';
+    const first = JSON.parse(/^data: (.*)$/m.exec(events.find((e) => e.includes('"result"')) ?? '')?.[1] ?? '{}') as { id: unknown; result: { _meta?: Record<string, unknown> } };
+    const hopId = first.result._meta?.[META_HOP_ID];
+    expect(first.id).toBe(77);
+    expect(hopId).toMatch(/^h1_/);
+    // The same id again, on a request whose answer the gateway does not edit.
+    expect((await raw({ path: '/mcp/tickets', headers, body: rpc({ id: 77, method: 'ping' }) })).status).toBe(200);
+    const replayed = await client.request({ method: 'tools/call', params: { name: 'get_ticket', arguments: { ticketId: 'T-77' } } }, CallToolResultSchema, { resumptionToken: priming });
+    expect(replayed._meta?.[META_HOP_ID]).toBe(hopId);
   });
 });
 

@@ -1,14 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { parseForwardAnswer, parseHopStatus, parseRefusal } from '../../../src/agent/mcp-forwarder.js';
-import { editFor, editResponse, failureOfRefusal, McpFailure, parseAgentMessage, toolVisible } from '../../../src/agent/mcp-message.js';
-import { eventStreamEditor, sseEvent } from '../../../src/agent/sse.js';
+import { editFor, editResponse, failureOfRefusal, McpFailure, parseAgentMessage, toolVisible, upstreamBody } from '../../../src/agent/mcp-message.js';
+import { eventStreamEditor, sseEvent, type EventSourceMessage } from '../../../src/agent/sse.js';
 import { META_HOP_ID, META_PARENT_HOP } from '../../../src/mcp/forward-api.js';
 
 const HOP = 'h2_AAAAAAAAAAAA_BBBBBBBBBBBBBBBB';
 const message = (value: unknown) => Buffer.from(JSON.stringify(value));
-/** What the gateway read of a message, without the body it passes on. */
+/** What the gateway read of a message, without the message itself. */
 const readOf = (body: Buffer) => {
-  const { body: _passedOn, ...read } = parseAgentMessage(body);
+  const { json: _read, ...read } = parseAgentMessage(body);
   return read;
 };
 
@@ -48,7 +48,7 @@ describe('what the gateway reads of an agent message', () => {
     // The last of two equal keys, as JSON.parse reads it; an integer as JavaScript holds it; the escapes decoded.
     const read = parseAgentMessage(Buffer.from('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin_wipe"},"params":{"name":"get_\\u0074icket","arguments":{"n":9007199254740993,"n":1}}}'));
     expect(read.call).toEqual({ name: 'get_ticket', arguments: { n: 1 } });
-    expect(read.body.toString()).toBe('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_ticket","arguments":{"n":1}}}');
+    expect(upstreamBody(read, undefined, () => undefined).toString()).toBe('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_ticket","arguments":{"n":1}}}');
   });
 
   it.each([
@@ -71,6 +71,7 @@ describe('what the gateway reads of an agent message', () => {
     ['nested past the limit', Buffer.from(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":${'['.repeat(100)}${']'.repeat(100)}}}`), null, 400, -32600, 'deep'],
     ['a null id', message({ jsonrpc: '2.0', id: null, method: 'ping' }), null, 400, -32600, 'id'],
     ['a fractional id', message({ jsonrpc: '2.0', id: 1.5, method: 'ping' }), null, 400, -32600, 'id'],
+    ['an id over 256 characters', message({ jsonrpc: '2.0', id: 'x'.repeat(257), method: 'ping' }), null, 400, -32600, 'id: longer than the 256 characters'],
     ['jsonrpc 1.0', message({ jsonrpc: '1.0', id: 2, method: 'ping' }), 2, 400, -32600, 'jsonrpc'],
     ['a call without a name', message({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: {} }), 3, 400, -32600, 'tools/call: params.name'],
     ['a call with list arguments', message({ jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: 't', arguments: [] } }), 4, 400, -32600, 'params.arguments'],
@@ -190,7 +191,7 @@ describe('what changes in the server\'s answer', () => {
 
 describe('event streams, re-emitted', () => {
   /** Feeds the text in pieces of `size` characters, as a network would, and returns what was written. */
-  function reemit(text: string, size: number, edit: (data: string) => string = (d) => d): string {
+  function reemit(text: string, size: number, edit: (event: EventSourceMessage) => EventSourceMessage | undefined = (e) => e): string {
     let out = '';
     const editor = eventStreamEditor(edit, (t) => (out += t), (err) => {
       throw err;
@@ -206,14 +207,26 @@ describe('event streams, re-emitted', () => {
     }
   });
 
-  it('only message events (typed or not) go through the edit', () => {
-    const out = reemit('event: message\ndata: a\n\ndata: b\n\nevent: ping\ndata: c\n\n', 5, (d) => d.toUpperCase());
-    expect(out).toBe('event: message\ndata: A\n\ndata: B\n\nevent: ping\ndata: c\n\n');
+  it('each event goes through the edit, which may change it or leave it out', () => {
+    const out = reemit('id: 1\nevent: message\ndata: a\n\ndata: drop\n\nevent: ping\ndata: c\n\n', 5, (e) => (e.data === 'drop' ? undefined : { ...e, data: e.data.toUpperCase(), ...(e.id ? { id: `x.${e.id}` } : {}) }));
+    expect(out).toBe('event: message\nid: x.1\ndata: A\n\nevent: ping\ndata: C\n\n');
+  });
+
+  it('an edit that throws fails the stream once, and nothing after it is written', () => {
+    const failures: Error[] = [];
+    let out = '';
+    const editor = eventStreamEditor((e) => {
+      if (e.data === 'deep') throw new RangeError('Maximum call stack size exceeded');
+      return e;
+    }, (t) => (out += t), (err) => failures.push(err), 1024);
+    editor.feed('data: a\n\ndata: deep\n\ndata: b\n\n: keep-alive\n\n');
+    expect(out).toBe('data: a\n\n');
+    expect(failures.map((e) => e.message)).toEqual(['an event could not be checked: Maximum call stack size exceeded']);
   });
 
   it('an event longer than the limit fails the stream once', () => {
     const failures: Error[] = [];
-    const editor = eventStreamEditor((d) => d, () => undefined, (err) => failures.push(err), 16);
+    const editor = eventStreamEditor((e) => e, () => undefined, (err) => failures.push(err), 16);
     editor.feed(`data: ${'x'.repeat(40)}`);
     editor.feed('more');
     expect(failures.map((e) => e.message)).toEqual(['an event is longer than 16 characters']);
