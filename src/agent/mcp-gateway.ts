@@ -76,6 +76,8 @@ interface Exchange {
   lastEventId?: string;
   /** The agent's request as it went upstream, with the sidecar's id. */
   sent?: SentRequest;
+  /** Aborted by the agent's `notifications/cancelled` for this request before it went upstream. */
+  readonly cancel: AbortController;
   id: RequestId | null;
   method?: string;
   hopId?: string;
@@ -103,6 +105,8 @@ export class McpGateway {
   private readonly maxHeld: number;
   private held = 0;
   private readonly sessions = new McpSessions();
+  /** The agent's requests not yet sent upstream (asked about, or held), by system, session and id: a cancellation of one ends it here. */
+  private readonly unsent = new Map<string, Exchange>();
 
   constructor(private readonly options: McpGatewayOptions) {
     this.answerTimeoutMs = options.answerTimeoutMs ?? 60_000;
@@ -113,7 +117,7 @@ export class McpGateway {
 
   /** Serves one request of the authenticated agent for `system`; every failure is answered here, as a JSON-RPC error. */
   async handle(req: http.IncomingMessage, res: http.ServerResponse, system: string): Promise<void> {
-    const exchange: Exchange = { req, res, system, id: null, streaming: false };
+    const exchange: Exchange = { req, res, system, id: null, streaming: false, cancel: new AbortController() };
     try {
       await this.serve(exchange);
     } catch (err) {
@@ -144,12 +148,43 @@ export class McpGateway {
       ex.lastEventId = typeof lastEventId === 'string' ? this.sessions.upstreamEventId(ex.system, ex.sessionId, lastEventId) : undefined;
       if (ex.lastEventId === undefined) throw new McpFailure(unknownEvent(ex.system));
     }
-    const request = forwardRequestOf(ex.system, message);
-    const outcome = await this.options.forwarder.forward(request);
-    if (outcome.ok) return this.passOn(ex, outcome.answer, message);
-    ex.hopId = outcome.refusal.hopId;
-    if (message?.call && ex.hopId && isPending(outcome.refusal)) return this.hold(ex, { request, message, refusal: outcome.refusal, hopId: ex.hopId });
-    throw new McpFailure(failureOfRefusal(ex.system, outcome.status, outcome.refusal));
+    if (message?.method === 'notifications/cancelled' && this.cancelledHere(ex, message)) return void ex.res.writeHead(202).end();
+    const unsent = message?.id === undefined ? undefined : unsentKey(ex.system, ex.sessionId, message.id);
+    if (unsent !== undefined) this.unsent.set(unsent, ex);
+    try {
+      const request = forwardRequestOf(ex.system, message);
+      const outcome = await this.options.forwarder.forward(request);
+      if (outcome.ok) return await this.passOn(ex, outcome.answer, message);
+      ex.hopId = outcome.refusal.hopId;
+      if (message?.call && ex.hopId && isPending(outcome.refusal)) return await this.hold(ex, { request, message, refusal: outcome.refusal, hopId: ex.hopId });
+      throw new McpFailure(failureOfRefusal(ex.system, outcome.status, outcome.refusal));
+    } finally {
+      if (unsent !== undefined && this.unsent.get(unsent) === ex) this.unsent.delete(unsent);
+    }
+  }
+
+  /**
+   * The agent cancels a request: one not yet sent upstream (the broker still deciding it, or held
+   * for approval) ends here and never goes; one sent goes on to the server under the id it was
+   * sent with. A cancellation naming neither goes nowhere. True when it is done with here.
+   */
+  private cancelledHere(ex: Exchange, message: AgentMessage): boolean {
+    const params = message.json.params as { requestId?: unknown } | undefined;
+    const requestId = params?.requestId;
+    if (typeof requestId !== 'string' && typeof requestId !== 'number') return true;
+    const waiting = this.unsent.get(unsentKey(ex.system, ex.sessionId, requestId));
+    if (waiting) {
+      waiting.cancel.abort();
+      return true;
+    }
+    return this.sessions.upstreamIdOf(ex.system, ex.sessionId, requestId) === undefined;
+  }
+
+  /** A request the agent cancelled before it went upstream: nothing more is said of it (an event stream it has ends, a plain request is a 202). */
+  private endCancelled(ex: Exchange): void {
+    this.options.log.debug({ system: ex.system, method: ex.method, hopId: ex.hopId }, 'mcp request cancelled by the agent before it was sent');
+    if (ex.streaming) return void ex.res.end();
+    if (!ex.res.headersSent) ex.res.writeHead(202).end();
   }
 
   /**
@@ -177,12 +212,14 @@ export class McpGateway {
     const holdSeconds = held.refusal.holdForSeconds ?? DEFAULT_HOLD_SECONDS;
     const deadline = Date.now() + holdSeconds * 1000;
     const gone = agentGone(ex.res);
+    const waitEnds = AbortSignal.any([gone, ex.cancel.signal]);
     if (acceptsEventStream(ex.req)) this.openStream(ex);
     const progress = ex.streaming && held.message.progressToken !== undefined ? this.reportWaiting(ex, held.message.progressToken, () => held.hopId) : undefined;
     try {
       for (;;) {
-        await pause(Math.min(this.pollMs, deadline - Date.now()), gone);
+        await pause(Math.min(this.pollMs, deadline - Date.now()), waitEnds);
         if (gone.aborted) return this.options.log.debug({ system: ex.system, hopId: held.hopId }, 'held mcp call abandoned by the agent');
+        if (ex.cancel.signal.aborted) return this.endCancelled(ex);
         const status = await this.hopStatus(ex, held.hopId);
         if (status?.decision === 'deny') {
           throw new McpFailure(deniedFailure(`the call to tool ${held.message.call?.name ?? ''} of system ${ex.system} was rejected while it waited for approval`, held.hopId, status.reasons));
@@ -240,6 +277,7 @@ export class McpGateway {
    * the request to the server is cut off, and an event stream to the agent stops.
    */
   private async passOn(ex: Exchange, answer: McpForwardAnswer, message: AgentMessage | undefined): Promise<void> {
+    if (ex.cancel.signal.aborted) return this.endCancelled(ex);
     const edit = editFor(message, answer);
     ex.hopId = answer.hopId ?? ex.hopId;
     const release = this.options.watch?.track((error) => {
@@ -258,7 +296,11 @@ export class McpGateway {
 
   /** The message as it goes upstream: a request with the sidecar's own id, remembered with the agent's and the edit of its answer. */
   private bodyFor(ex: Exchange, message: AgentMessage, edit: ResponseEdit | undefined): Buffer {
-    if (message.id !== undefined) ex.sent = this.sessions.send(ex.system, ex.sessionId, message.id, edit);
+    if (message.id !== undefined) {
+      ex.sent = this.sessions.send(ex.system, ex.sessionId, message.id, edit);
+      // From here a cancellation goes upstream, under the id the request went with.
+      this.unsent.delete(unsentKey(ex.system, ex.sessionId, message.id));
+    }
     return upstreamBody(message, ex.sent?.upstreamId, (agentId) => this.sessions.upstreamIdOf(ex.system, ex.sessionId, agentId));
   }
 
@@ -317,12 +359,14 @@ export class McpGateway {
     const status = reply.statusCode ?? 502;
     const type = mediaTypeEssence(reply.headers['content-type']);
     if (ex.streaming) return this.relayIntoStream(ex, reply, status, type);
-    if (status === 200 && type === 'text/event-stream') {
+    const ok = status >= 200 && status <= 299;
+    if (ok && type === 'text/event-stream') {
       ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
       ex.res.flushHeaders();
       return this.editEvents(ex, reply);
     }
-    if (ex.id === null || status !== 200) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders));
+    // What is not an answer to a request, or carries none (an error, an empty 202 or 204), passes as it came.
+    if (ex.id === null || !ok || (type === undefined && (status === 202 || status === 204))) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders));
     if (type !== 'application/json') {
       reply.resume();
       throw new McpFailure(upstreamFailure(ex.system, `answered with ${type ?? 'no content type'}, not application/json or text/event-stream: it does not speak MCP's Streamable HTTP there`));
@@ -354,25 +398,37 @@ export class McpGateway {
     if (!isRpcResponse(value)) throw new McpFailure(upstreamFailure(ex.system, 'answered with JSON that is not a JSON-RPC response'));
     const answer = this.toAgent(ex, value);
     if (answer === undefined) throw new McpFailure(upstreamFailure(ex.system, 'answered a request the chainwarden gateway did not send it'));
-    return answer === value ? text : JSON.stringify(answer);
+    try {
+      return answer === value ? text : JSON.stringify(answer);
+    } catch {
+      throw new McpFailure(upstreamFailure(ex.system, 'answered with JSON nested too deep for the chainwarden gateway to check'));
+    }
   }
 
   /** An event stream re-emitted event by event: the answers in it given back to the agent, the event ids bound to the session. */
   private editEvents(ex: Exchange, reply: http.IncomingMessage): Promise<void> {
     return relayEvents(reply, ex.res, (event) => {
-      const data = event.event === undefined || event.event === 'message' ? this.agentData(ex, event.data) : event.data;
+      // MCP sends messages only; an event of another type no client of it reads is not passed on.
+      if (event.event !== undefined && event.event !== 'message') return this.dropped(ex, `an event of type ${event.event}`);
+      // A priming event (an id, no data) passes; data that is not one JSON-RPC message or batch does not.
+      const data = event.data === '' ? '' : this.agentData(ex, event.data);
       if (data === undefined) return undefined;
       return { ...event, data, ...(event.id ? { id: this.sessions.agentEventId(ex.system, ex.sessionId, event.id) } : {}) };
     }, (err) => this.options.log.warn({ system: ex.system, reason: errorMessage(err) }, 'an mcp event stream was cut off'));
   }
 
-  /** One event's data for the agent; undefined when nothing of it is the agent's. Data that is not JSON passes as it came. */
+  private dropped(ex: Exchange, what: string): undefined {
+    this.options.log.warn({ system: ex.system }, `${what} in an mcp event stream was not passed on`);
+    return undefined;
+  }
+
+  /** One event's data for the agent; undefined when nothing of it is the agent's, or it is not JSON (nothing the gateway cannot read goes on). */
   private agentData(ex: Exchange, data: string): string | undefined {
     let value: unknown;
     try {
       value = JSON.parse(data);
     } catch {
-      return data;
+      return this.dropped(ex, 'an event whose data is not JSON');
     }
     if (!Array.isArray(value)) {
       const answer = this.toAgent(ex, value);
@@ -427,6 +483,9 @@ export class McpGateway {
     return { status: 500, code: ErrorCode.InternalError, message: 'the chainwarden agent failed; see its log' };
   }
 }
+
+/** `<system> <session id>` (a line break for none) and the agent's request id: 1 and "1" are two ids. */
+const unsentKey = (system: string, sessionId: string | undefined, id: RequestId): string => `${system} ${sessionId ?? '\n'} ${typeof id === 'string' ? `s${id}` : `n${id}`}`;
 
 /** Whether the agent's client takes an event stream as the answer to its POST. */
 function acceptsEventStream(req: http.IncomingMessage): boolean {

@@ -166,7 +166,7 @@ export function parseAgentMessage(body: Buffer): AgentMessage {
     const explained = envelopeLike(record).safeParse(value);
     throw invalid(`the message is not a JSON-RPC message: ${explained.success ? 'it matches no JSON-RPC message shape' : firstIssue(explained.error)}`, id);
   }
-  if (typeof id === 'string' && id.length > MAX_ID_CHARS) throw invalid(`id: longer than the ${MAX_ID_CHARS} characters the chainwarden gateway takes; use a shorter id (a number, a UUID)`);
+  if (typeof record.method === 'string' && typeof id === 'string' && id.length > MAX_ID_CHARS) throw invalid(`id: longer than the ${MAX_ID_CHARS} characters the chainwarden gateway takes; use a shorter id (a number, a UUID)`);
   checkKeySpelling(value, [], id);
   if (typeof record.method !== 'string') return { json: record };
   const schema = id === null ? NOTIFICATIONS.get(record.method) : REQUESTS.get(record.method);

@@ -245,6 +245,45 @@ describe('a call that waits for approval', () => {
     expect(twin.polls).toContain(hopId);
   });
 
+  it.each([
+    ['an event-stream server', 'tickets', () => streaming],
+    ['a JSON-answering server', 'tickets-json', () => json],
+  ])('a call the agent cancels while it is held never runs, even once approved, and the cancellation goes nowhere (%s)', async (_name, system, upstream) => {
+    const client = await connect(system);
+    const hopId = twin.nextHopId();
+    const script = approvalScript(hopId, 10, 'allow', 600);
+    const before = { calls: upstream().calls.length, seen: upstream().seen.length };
+    const abort = new AbortController();
+    const call = client.callTool({ name: 'get_ticket', arguments: { ticketId: '19' } }, undefined, { signal: abort.signal });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    abort.abort('the agent changed its mind');
+    await expect(call).rejects.toThrow();
+    // Well past the approval: the hold would have asked again and sent the call by now.
+    await new Promise((resolve) => setTimeout(resolve, 900));
+    expect(script.asked()).toBe(1);
+    expect(upstream().calls.length).toBe(before.calls);
+    // Nothing of the call: neither it nor its cancellation (the client's own GET stream may open meanwhile).
+    expect(upstream().seen.slice(before.seen).filter((s) => s.httpMethod === 'POST')).toEqual([]);
+    // The client goes on.
+    expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+  });
+
+  it('a cancellation of a call already sent goes to the server under the id it was sent with; one naming nothing goes nowhere', async () => {
+    const client = await connect('tickets');
+    const sessionId = (client.transport as StreamableHTTPClientTransport).sessionId ?? '';
+    const headers = { ...auth(), 'mcp-session-id': sessionId };
+    await raw({ path: '/mcp/tickets', headers, body: callMessage('get_ticket', { ticketId: 'T-20' }, 20) });
+    const sentWith = (JSON.parse(streaming.seen.at(-1)?.body ?? '{}') as { id: unknown }).id;
+    expect(sentWith).toMatch(/^chainwarden-/);
+    const cancel = await raw({ path: '/mcp/tickets', headers, body: rpc({ method: 'notifications/cancelled', params: { requestId: 20, reason: 'too slow' } }) });
+    expect(cancel.status).toBe(202);
+    expect(JSON.parse(streaming.seen.at(-1)?.body ?? '{}')).toMatchObject({ method: 'notifications/cancelled', params: { requestId: sentWith } });
+    const seen = streaming.seen.length;
+    const nothing = await raw({ path: '/mcp/tickets', headers, body: rpc({ method: 'notifications/cancelled', params: { requestId: 'never-sent' } }) });
+    expect(nothing.status).toBe(202);
+    expect(streaming.seen.length).toBe(seen);
+  });
+
   it('ends with -32002 and the hop id when no one approves within holdFor; the server never sees it', async () => {
     const client = await connect('tickets-json');
     const hopId = twin.nextHopId();
@@ -561,6 +600,11 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     const token = tokens[0] ?? '';
     expect(streaming.seen.at(-1)).toMatchObject({ httpMethod: 'GET', headers: { 'last-event-id': token.slice(token.indexOf('.') + 1) } });
     expect(names(replayed.tools)).toEqual(['get_ticket', 'send_email']);
+    // The same event id in another session of the agent's is not one the sidecar handed out there.
+    const other = ((await connect('tickets')).transport as StreamableHTTPClientTransport).sessionId ?? '';
+    const elsewhere = await raw({ method: 'GET', path: '/mcp/tickets', headers: { ...auth(), 'mcp-session-id': other, 'last-event-id': token, accept: 'text/event-stream' } });
+    expect(elsewhere.status).toBe(400);
+    expect(streaming.seen.filter((s) => s.headers['mcp-session-id'] === other && s.headers['last-event-id'] !== undefined)).toEqual([]);
   });
 
   it('Last-Event-ID goes on with a GET only, where the replays it asks for are edited', async () => {
@@ -591,7 +635,7 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     const leaked = { tools: [{ name: 'admin_wipe', inputSchema: { type: 'object' } }] };
     const serverInfo = { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } };
     let initId: unknown;
-    // A server that answers what it likes: the initialize by the id it got, anything else by the id 41, and on its GET stream answers to ids it picks.
+    // A server that answers what it likes: the initialize by the id it got, tools/list with a 201, a ping by the id 41, and on its GET stream answers to ids it picks.
     const server = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
@@ -599,8 +643,8 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
         if (req.method === 'POST') {
           const sent = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id: unknown; method: string };
           if (sent.method === 'initialize') initId = sent.id;
-          res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': session });
-          return void res.end(JSON.stringify({ jsonrpc: '2.0', id: sent.method === 'initialize' ? sent.id : 41, result: sent.method === 'initialize' ? serverInfo : leaked }));
+          res.writeHead(sent.method === 'tools/list' ? 201 : 200, { 'content-type': 'application/json', 'mcp-session-id': session });
+          return void res.end(JSON.stringify({ jsonrpc: '2.0', id: sent.method === 'ping' ? 41 : sent.id, result: sent.method === 'initialize' ? serverInfo : leaked }));
         }
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         const event = (id: number, data: unknown) => `id: ${id}\nevent: message\ndata: ${JSON.stringify(data)}\n\n`;
@@ -609,7 +653,10 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
             event(2, { jsonrpc: '2.0', id: 41, result: leaked }) +
             event(3, { jsonrpc: '2.0', id: 1, result: leaked }) +
             event(4, [{ jsonrpc: '2.0', id: 'x', result: leaked }, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'batched' } }]) +
-            event(5, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'still here' } }),
+            event(5, { jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: 'still here' } }) +
+            // Not JSON (a Python server's json.dumps writes Infinity), and an event of another type: neither is read, so neither goes on.
+            `id: 6\nevent: message\ndata: {"jsonrpc":"2.0","id":${JSON.stringify(initId)},"result":{"tools":[{"name":"admin_wipe","inputSchema":{"type":"object","maximum":Infinity}}]}}\n\n` +
+            `id: 7\nevent: other\ndata: ${JSON.stringify({ jsonrpc: '2.0', id: initId, result: leaked })}\n\n`,
         );
       });
     });
@@ -621,11 +668,16 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
       expect(init.body).toMatchObject({ id: 1, result: { serverInfo: { name: 'scripted' } } });
       expect(initId).toMatch(/^chainwarden-/);
 
+      // A 201 is an answer like a 200: checked and edited.
+      twin.decide = (request) => twin.allow(request, request.method === 'tools/list' ? { visibleTools: ['get_*'] } : {});
+      const list = await raw({ path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session }, body: rpc({ id: 2, method: 'tools/list' }) });
+      expect(list.status).toBe(201);
+      expect(list.body).toEqual({ jsonrpc: '2.0', id: 2, result: { tools: [] } });
       // A JSON answer to another request than the one sent.
-      const list = await raw({ path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session }, body: rpc({ id: 41, method: 'tools/list' }) });
-      expect(list.status).toBe(502);
-      expect(list.body.error?.message).toContain('answered a request the chainwarden gateway did not send it');
-      expect(list.text).not.toContain('admin_wipe');
+      const ping = await raw({ path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session }, body: rpc({ id: 41, method: 'ping' }) });
+      expect(ping.status).toBe(502);
+      expect(ping.body.error?.message).toContain('answered a request the chainwarden gateway did not send it');
+      expect(ping.text).not.toContain('admin_wipe');
 
       const stream = await raw({ method: 'GET', path: '/mcp/scripted', headers: { ...auth(), 'mcp-session-id': session, accept: 'text/event-stream' } });
       expect(stream.status).toBe(200);

@@ -51,6 +51,11 @@ describe('what the gateway reads of an agent message', () => {
     expect(upstreamBody(read, undefined, () => undefined).toString()).toBe('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_ticket","arguments":{"n":1}}}');
   });
 
+  it('an answer to a server request keeps the id the server chose, however long', () => {
+    const id = 'x'.repeat(300);
+    expect(readOf(message({ jsonrpc: '2.0', id, result: { action: 'accept' } }))).toEqual({});
+  });
+
   it.each([
     ['keys of one object that differ only in case', { jsonrpc: '2.0', id: 1, method: 'ping', params: { _meta: { a: 1, A: 2 } } }, 'params._meta.A: differs from "a" only in case'],
     ['keys that fold alike (K, the Kelvin sign)', { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 't', arguments: { k: 1, ['\u212a']: 2 } } }, 'differs from "k" only in case'],
