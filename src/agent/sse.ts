@@ -1,4 +1,5 @@
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import { errorMessage } from '../errors.js';
 
 /**
  * Server-sent events as the MCP gateway passes them on: read with the parser the agent's MCP
@@ -43,7 +44,7 @@ export function eventStreamEditor(edit: (event: EventSourceMessage) => EventSour
       try {
         edited = edit(event);
       } catch (err) {
-        return stop(new Error(`an event could not be checked: ${err instanceof Error ? err.message : String(err)}`));
+        return stop(new Error(`an event could not be checked: ${errorMessage(err)}`));
       }
       if (edited) write(sseEvent(edited));
     },

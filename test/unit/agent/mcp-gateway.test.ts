@@ -541,6 +541,22 @@ describe('what the server gets is what the broker was asked about', () => {
 describe('sessions, and streams resumed with Last-Event-ID', () => {
   const names = (tools: { name: string }[]) => tools.map((t) => t.name).sort();
 
+  /** `test` with a system `name` whose server is `handle`, a plain HTTP server that answers what the test says. */
+  async function withScriptedSystem(name: string, handle: http.RequestListener, test: () => Promise<void>): Promise<void> {
+    const server = http.createServer(handle);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    twin.systems.set(name, `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`);
+    try {
+      await test();
+    } finally {
+      twin.systems.delete(name);
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    }
+  }
+
   it("another agent's session is not this agent's: a session id the sidecar did not see begin is a 404, and neither the broker nor the server hears of it", async () => {
     // Another pod's agent, whose sidecar reaches the same server with the same credential.
     const other = new Client({ name: 'other-agent', version: '1.0.0' });
@@ -636,7 +652,7 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     const serverInfo = { protocolVersion: '2025-06-18', capabilities: {}, serverInfo: { name: 'scripted', version: '1.0.0' } };
     let initId: unknown;
     // A server that answers what it likes: the initialize by the id it got, tools/list with a 201, a ping by the id 41, and on its GET stream answers to ids it picks.
-    const server = http.createServer((req, res) => {
+    const scripted: http.RequestListener = (req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
@@ -659,10 +675,8 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
             `id: 7\nevent: other\ndata: ${JSON.stringify({ jsonrpc: '2.0', id: initId, result: leaked })}\n\n`,
         );
       });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    twin.systems.set('scripted', `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`);
-    try {
+    };
+    await withScriptedSystem('scripted', scripted, async () => {
       const init = await raw({ path: '/mcp/scripted', headers: auth(), body: rpc({ id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'agent', version: '1.0.0' } } }) });
       expect(init.headers['mcp-session-id']).toBe(session);
       expect(init.body).toMatchObject({ id: 1, result: { serverInfo: { name: 'scripted' } } });
@@ -691,18 +705,12 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
       // The server's event ids, each behind a MAC over the system and the session.
       expect(events.map((e) => e.id?.replace(/^[\w-]+\./, ''))).toEqual(['1', '4', '5']);
       expect(events.every((e) => e.id !== undefined && /^[\w-]{22}\.\d$/.test(e.id))).toBe(true);
-    } finally {
-      twin.systems.delete('scripted');
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-    }
+    });
   });
 
   it('an answer nested too deep to edit cuts its stream off; the sidecar goes on', async () => {
     const deep = `${'['.repeat(20_000)}${']'.repeat(20_000)}`;
-    const server = http.createServer((req, res) => {
+    const deepServer: http.RequestListener = (req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
@@ -710,10 +718,8 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.end(`event: message\ndata: {"jsonrpc":"2.0","id":${JSON.stringify(sent.id)},"result":{"content":[],"structuredContent":{"x":${deep}}}}\n\n`);
       });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    twin.systems.set('deep', `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`);
-    try {
+    };
+    await withScriptedSystem('deep', deepServer, async () => {
       const response = await fetch(`${sidecar.url}/mcp/deep`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: callMessage('get_ticket', { ticketId: 'T-1' }, 5) });
       expect(response.status).toBe(200);
       // The stream is cut off before the answer: the agent's client sees a broken stream, never a half-edited answer.
@@ -722,13 +728,7 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
       expect(logLines.join('')).toContain('an event could not be checked');
       const client = await connect('tickets');
       expect((await client.listTools()).tools.length).toBeGreaterThan(0);
-    } finally {
-      twin.systems.delete('deep');
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-    }
+    });
   });
 
   it('an id the agent uses again does not change what a replay of the first answer carries', async () => {
