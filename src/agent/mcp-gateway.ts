@@ -351,7 +351,7 @@ export class McpGateway {
 
   /**
    * The server's answer on its way to the agent. Every event stream (a POST's answer, the GET
-   * stream, a resumed one) is re-emitted event by event through the session's book; a 200 JSON
+   * stream, a resumed one) is re-emitted event by event through the session's book; a 2xx JSON
    * answer to a request must be a JSON-RPC response to it; anything else (a notification's 202,
    * the server's own HTTP errors) passes as it came.
    */
