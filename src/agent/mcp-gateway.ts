@@ -30,7 +30,7 @@ import {
   type ResponseEdit,
   type RpcFailure,
 } from './mcp-message.js';
-import { McpSessions, type SentRequest } from './mcp-sessions.js';
+import { agentRequestKey, McpSessions, type SentRequest } from './mcp-sessions.js';
 import { downstreamHeaders, endTogether } from './relay.js';
 import { eventStreamEditor, sseEvent, sseMessage, type EventSourceMessage } from './sse.js';
 import type { TaskWatch } from './task-watch.js';
@@ -149,7 +149,7 @@ export class McpGateway {
       if (ex.lastEventId === undefined) throw new McpFailure(unknownEvent(ex.system));
     }
     if (message?.method === 'notifications/cancelled' && this.cancelledHere(ex, message)) return void ex.res.writeHead(202).end();
-    const unsent = message?.id === undefined ? undefined : unsentKey(ex.system, ex.sessionId, message.id);
+    const unsent = message?.id === undefined ? undefined : agentRequestKey(ex.system, ex.sessionId, message.id);
     if (unsent !== undefined) this.unsent.set(unsent, ex);
     try {
       const request = forwardRequestOf(ex.system, message);
@@ -172,7 +172,7 @@ export class McpGateway {
     const params = message.json.params as { requestId?: unknown } | undefined;
     const requestId = params?.requestId;
     if (typeof requestId !== 'string' && typeof requestId !== 'number') return true;
-    const waiting = this.unsent.get(unsentKey(ex.system, ex.sessionId, requestId));
+    const waiting = this.unsent.get(agentRequestKey(ex.system, ex.sessionId, requestId));
     if (waiting) {
       waiting.cancel.abort();
       return true;
@@ -299,7 +299,7 @@ export class McpGateway {
     if (message.id !== undefined) {
       ex.sent = this.sessions.send(ex.system, ex.sessionId, message.id, edit);
       // From here a cancellation goes upstream, under the id the request went with.
-      this.unsent.delete(unsentKey(ex.system, ex.sessionId, message.id));
+      this.unsent.delete(agentRequestKey(ex.system, ex.sessionId, message.id));
     }
     return upstreamBody(message, ex.sent?.upstreamId, (agentId) => this.sessions.upstreamIdOf(ex.system, ex.sessionId, agentId));
   }
@@ -483,9 +483,6 @@ export class McpGateway {
     return { status: 500, code: ErrorCode.InternalError, message: 'the chainwarden agent failed; see its log' };
   }
 }
-
-/** `<system> <session id>` (a line break for none) and the agent's request id: 1 and "1" are two ids. */
-const unsentKey = (system: string, sessionId: string | undefined, id: RequestId): string => `${system} ${sessionId ?? '\n'} ${typeof id === 'string' ? `s${id}` : `n${id}`}`;
 
 /** Whether the agent's client takes an event stream as the answer to its POST. */
 function acceptsEventStream(req: http.IncomingMessage): boolean {

@@ -65,7 +65,7 @@ export interface AgentMessage {
 }
 
 /** Longer request ids are refused: the sidecar remembers the ids of the requests it passes on. */
-export const MAX_ID_CHARS = 256;
+const MAX_ID_CHARS = 256;
 
 const invalid = (message: string, id: RequestId | null = null) => new McpFailure({ status: 400, code: ErrorCode.InvalidRequest, message }, id);
 

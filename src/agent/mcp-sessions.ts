@@ -158,3 +158,6 @@ export class McpSessions {
 const bookKey = (system: string, sessionId: string | undefined): string => (sessionId === undefined ? `${system}\n` : `${system} ${sessionId}`);
 // 1 and "1" are two ids in JSON-RPC.
 const requestKey = (id: RequestId): string => (typeof id === 'string' ? `s${id}` : `n${id}`);
+
+/** One request of the agent's, by system, session and id: the key of whatever the sidecar keeps of it. */
+export const agentRequestKey = (system: string, sessionId: string | undefined, id: RequestId): string => `${bookKey(system, sessionId)}\n${requestKey(id)}`;
