@@ -1,4 +1,18 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
+
+// Every file a run writes under the temporary directory (token files, audit files, the control
+// plane's state, the gateway's 100 MB upload) goes under one directory of its own, removed when the
+// run ends, so runs on a long-lived machine leave nothing behind. The workers inherit TMPDIR.
+// CHAINWARDEN_KEEP_STATE=1 keeps it, as it keeps the control plane's state, for reading after.
+if (!process.env.CHAINWARDEN_TEST_TMPDIR) {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'chainwarden-test-'));
+  process.env.CHAINWARDEN_TEST_TMPDIR = root;
+  process.env.TMPDIR = root;
+  if (process.env.CHAINWARDEN_KEEP_STATE !== '1') process.once('exit', () => rmSync(root, { recursive: true, force: true }));
+}
 
 export default defineConfig({
   test: {

@@ -3,7 +3,7 @@
  * document to stdout and to bench-results.json, and a readable table to stderr.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -444,6 +444,9 @@ interface Results {
 async function main(): Promise<void> {
   const tasks = Number(process.env.CHAINWARDEN_BENCH_TASKS ?? 200);
   const cached = Number(process.env.CHAINWARDEN_BENCH_CACHED ?? 10_000);
+  // The sidecars' token files and the bare servers' scripts go under one directory, removed at the end.
+  const scratch = await mkdtemp(path.join(os.tmpdir(), 'chainwarden-bench-'));
+  process.env.TMPDIR = scratch;
   const chosen = await benchAllocator(log);
   useAllocator(chosen);
   const env = await startLocalEnvironment({ progress: log });
@@ -510,6 +513,7 @@ async function main(): Promise<void> {
     if (broker) await new Promise((r) => broker?.child.once('exit', r));
     await tickets.close();
     await env.stop();
+    await rm(scratch, { recursive: true, force: true });
   }
 }
 
