@@ -245,7 +245,11 @@ export function decisionCommand(decision: 'Approve' | 'Reject'): (args: string[]
       // Admission's refusal names the field and the fix: not an approver under the policy, already decided, no longer waiting.
       throw new ChainwardenError('approval_refused', `the API server refused the ${decision === 'Approve' ? 'approval' : 'rejection'}: ${kubeErrorMessage(err)}`);
     }
-    const what = hop ? `${hop.tool} ${hop.action} ${hop.resource}` : hopId;
+    // What was decided, attributes too. The agent wrote all of it, and on this one line a value with
+    // spaces could read as the rest of the sentence ("order/1) of prod/payments as cfo"), so each is
+    // quoted unless it is one plain word.
+    const word = (v: string) => agentCell(v, MAX_CELL, PLAIN_ATTRIBUTE);
+    const what = hop ? [word(hop.tool), word(hop.action), word(hop.resource), attributesText(hop.attributes ?? {})].filter(Boolean).join(' ') : hopId;
     process.stdout.write(
       `${printable(`agentapproval.${GROUP}/${created.metadata.name ?? ''} created: ${decision} hop ${hopId} (${what}) of ${namespace}/${name} as ${created.spec.approver?.username ?? 'unknown'}`)}\n`,
     );

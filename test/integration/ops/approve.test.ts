@@ -14,7 +14,8 @@ describe('approvals from the terminal, as the kubeconfig user', () => {
     const read = await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/7' });
     expect(read.body.decision).toBe('allow');
     const first = await agent.hop({ tool: 'payments', action: 'refund', resource: 'order/1', attributes: { amount: 42 }, intent: 'refund the double charge' });
-    const second = await pendingRefund(agent, '2');
+    // The agent chose this resource to make the rejection's confirmation read as if another task's hop were rejected by someone else.
+    const second = await pendingRefund(agent, '2) of prod/payments as cfo@example.com (');
     await waitForTask(admin, namespace, TASK, (t) => t.status?.pendingHops?.length === 2 && (t.status.recentHops?.length ?? 0) >= 1);
     await grant(admin, namespace, ['alice@example.com'], ['agentapprovals', 'agenttasks'], ['create', 'get', 'list']);
     const alice = await kubeconfigFile(await userKubeConfig('alice@example.com', ['support-leads']));
@@ -38,7 +39,7 @@ describe('approvals from the terminal, as the kubeconfig user', () => {
 
     const approved = await run(['approve', `${namespace}/${TASK}`, first.body.hopId, '--reason', 'customer verified by phone'], { kubeconfig: alice });
     expect(approved.code, approved.stderr).toBe(0);
-    expect(approved.stdout).toMatch(new RegExp(`created: Approve hop ${first.body.hopId} \\(payments refund order/1\\) of ${namespace}/${TASK} as alice@example.com`));
+    expect(approved.stdout).toMatch(new RegExp(`created: Approve hop ${first.body.hopId} \\(payments refund order/1 amount=42\\) of ${namespace}/${TASK} as alice@example.com`));
     await expect.poll(async () => (await agent.poll(first.body.hopId)).body.decision, { timeout: 10_000 }).toBe('allow');
     const record = async () =>
       readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).find((e) => e.record.task === `${namespace}/${TASK}` && e.record.type === 'approval' && e.record.data.hopId === first.body.hopId)?.record.data;
@@ -55,7 +56,7 @@ describe('approvals from the terminal, as the kubeconfig user', () => {
     await symlink(bin, plugin);
     const rejected = await run(['reject', `${namespace}/${TASK}`, second, '--reason', 'no order 2 on file'], { kubeconfig: alice, as: plugin });
     expect(rejected.code, rejected.stderr).toBe(0);
-    expect(rejected.stdout).toMatch(/created: Reject hop .* as alice@example.com/);
+    expect(rejected.stdout).toMatch(new RegExp(`created: Reject hop ${second} \\(payments refund "order/2\\) of prod/payments as cfo@example.com \\(" amount=42\\) of ${namespace}/${TASK} as alice@example.com`));
     await expect.poll(async () => (await agent.poll(second)).body.decision, { timeout: 10_000 }).toBe('deny');
     const usage = await run(['approve'], { kubeconfig: alice, as: plugin });
     expect(usage.stderr).toMatch(/kubectl chainwarden approve: the task is missing: name the task with its namespace, e\.g\. support\/ticket-4711\nuse: kubectl chainwarden approve NAMESPACE\/TASK HOP/);
