@@ -1,3 +1,4 @@
+import { kib, MemoryBudget } from './budget.js';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
@@ -154,7 +155,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     options.log.debug({ hopId: decision.answer.hopId, service: plan.authorization.service, method: req.method, status: res.statusCode }, 'aws request passed on');
   };
 
-  const bodies = new HeldBodies(options.maxHeldBytes ?? MAX_HELD_BYTES);
+  const bodies = new MemoryBudget(options.maxHeldBytes ?? MAX_HELD_BYTES);
   const respond = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
     const exchange = new Exchange(res, expectsContinue, bodies);
     handle(req, res, exchange).finally(() => exchange.release()).catch((err: unknown) => {
@@ -197,22 +198,6 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
  */
 const MAX_HELD_BYTES = 32 * 1024 * 1024;
 
-class HeldBodies {
-  private bytes = 0;
-  constructor(readonly max: number) {}
-
-  take(bytes: number): void {
-    if (this.bytes + bytes > this.max) {
-      throw new ChainwardenError('bodies_held', `the chainwarden gateway holds ${Math.ceil(this.bytes / 1024)} KiB of request bodies already, its bound being ${Math.ceil(this.max / 1024)} KiB; retry, or send fewer large calls at once`);
-    }
-    this.bytes += bytes;
-  }
-
-  give(bytes: number): void {
-    this.bytes -= bytes;
-  }
-}
-
 /** The body's length as its request declares it, when it does. */
 function declaredLength(req: http.IncomingMessage): number | undefined {
   if (req.headers['transfer-encoding'] !== undefined) return undefined;
@@ -229,12 +214,14 @@ class Exchange {
   constructor(
     private readonly res: http.ServerResponse,
     private readonly expectsContinue: boolean,
-    private readonly bodies: HeldBodies,
+    private readonly bodies: MemoryBudget,
   ) {}
 
   /** Counts the body this request is about to hold, or refuses it when the sidecar holds enough. */
   hold(bytes: number): void {
-    this.bodies.take(bytes);
+    if (!this.bodies.tryTake(bytes)) {
+      throw new ChainwardenError('bodies_held', `the chainwarden gateway holds ${kib(this.bodies.held)} KiB of request bodies already, its bound being ${kib(this.bodies.max)} KiB; retry, or send fewer large calls at once`);
+    }
     this.held += bytes;
   }
 

@@ -30,6 +30,7 @@ import {
   type ResponseEdit,
   type RpcFailure,
 } from './mcp-message.js';
+import { kib, MemoryBudget } from './budget.js';
 import { agentRequestKey, McpSessions, type SentRequest } from './mcp-sessions.js';
 import { downstreamHeaders, endTogether } from './relay.js';
 import { eventStreamEditor, sseEvent, sseMessage, type EventSourceMessage } from './sse.js';
@@ -52,12 +53,22 @@ export interface McpGatewayOptions {
    * times over would make the broker, shared by every task, answer thousands of polls a second.
    */
   maxHeld?: number;
+  /** How much of the servers' answers the gateway holds at once to check them, in bytes (8 MiB; see MAX_HELD_BYTES). */
+  maxHeldBytes?: number;
 }
 
 /** The policy's `approval.holdFor` when the broker does not say. */
 const DEFAULT_HOLD_SECONDS = 30;
 /** The most of a server's answer held in memory to check or edit it: one JSON answer, or one event. */
-const MAX_EDITED_CHARS = 16 * 1024 * 1024;
+const MAX_EDITED_CHARS = 8 * 1024 * 1024;
+/**
+ * The most of the servers' answers held at once, in all exchanges. Checking an answer parses it:
+ * 8 Mi characters of JSON made of small objects take the sidecar about 50 MiB more while they are
+ * checked. With the AWS gateway's 32 MiB of request bodies and the 70 MiB the sidecar takes to
+ * start, that stays under its 160 MiB memory limit. An answer past this bound is refused, not
+ * waited for: two answers each waiting for the other's share would wait for ever.
+ */
+const MAX_HELD_BYTES = 8 * 1024 * 1024;
 /** What of the agent's request goes on: the transport's own headers. Never its Authorization, which is the sidecar's local token. */
 const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version'] as const;
 /** Streamable HTTP's three methods. */
@@ -87,6 +98,8 @@ interface Exchange {
   upstream?: http.ClientRequest;
   /** Why the exchange was ended from outside (the task ended), which is what the agent is told. */
   stopped?: McpFailure;
+  /** How much of the server's answer this exchange holds to check it (bytes, or characters of an event stream), counted in the gateway's budget. */
+  held: number;
 }
 
 /**
@@ -107,22 +120,43 @@ export class McpGateway {
   private readonly sessions = new McpSessions();
   /** The agent's requests not yet sent upstream (asked about, or held), by system, session and id: a cancellation of one ends it here. */
   private readonly unsent = new Map<string, Exchange>();
+  private readonly answers: MemoryBudget;
 
   constructor(private readonly options: McpGatewayOptions) {
     this.answerTimeoutMs = options.answerTimeoutMs ?? 60_000;
     this.pollMs = options.pollMs ?? 400;
     this.progressMs = options.progressMs ?? 1_000;
     this.maxHeld = options.maxHeld ?? 16;
+    this.answers = new MemoryBudget(options.maxHeldBytes ?? MAX_HELD_BYTES);
   }
 
   /** Serves one request of the authenticated agent for `system`; every failure is answered here, as a JSON-RPC error. */
   async handle(req: http.IncomingMessage, res: http.ServerResponse, system: string): Promise<void> {
-    const exchange: Exchange = { req, res, system, id: null, streaming: false, cancel: new AbortController() };
+    const exchange: Exchange = { req, res, system, id: null, streaming: false, cancel: new AbortController(), held: 0 };
     try {
       await this.serve(exchange);
     } catch (err) {
       this.fail(exchange, err);
+    } finally {
+      this.giveBack(exchange);
     }
+  }
+
+  /** Counts `amount` more of an answer this exchange holds; false, counting nothing, when the gateway holds all it may. */
+  private holdAnswer(ex: Exchange, amount: number): boolean {
+    if (!this.answers.tryTake(amount)) return false;
+    ex.held += amount;
+    return true;
+  }
+
+  private giveBack(ex: Exchange): void {
+    this.answers.give(ex.held);
+    ex.held = 0;
+  }
+
+  /** Why an answer was not passed on: the gateway holds as much of the servers' answers as it may. */
+  private answersHeld(): string {
+    return `the chainwarden gateway holds ${kib(this.answers.held)} KiB of MCP servers' answers to check already, its bound being ${kib(this.answers.max)} KiB`;
   }
 
   close(): void {
@@ -386,7 +420,11 @@ export class McpGateway {
 
   /** A JSON answer read whole, checked to be a JSON-RPC response to the request sent, and given back the agent's id and edited. */
   private async checkedJson(ex: Exchange, reply: http.IncomingMessage): Promise<string> {
-    const text = await readText(reply, MAX_EDITED_CHARS, this.answerTimeoutMs).catch((err: unknown) => {
+    const text = await readText(reply, MAX_EDITED_CHARS, this.answerTimeoutMs, (bytes) => this.holdAnswer(ex, bytes)).catch((err: unknown) => {
+      if (err instanceof AnswersHeld) {
+        const message = `the MCP server of system ${ex.system} answered, but ${this.answersHeld()}: the call ran and its answer was not passed on; retry once fewer large answers are on their way (a call that changes something: check first whether it did)`;
+        throw new McpFailure({ status: 503, code: ErrorCode.InternalError, message, data: { system: ex.system } });
+      }
       throw new McpFailure(upstreamFailure(ex.system, `broke off its answer: ${errorMessage(err)}`));
     });
     let value: unknown;
@@ -407,14 +445,28 @@ export class McpGateway {
 
   /** An event stream re-emitted event by event: the answers in it given back to the agent, the event ids bound to the session. */
   private editEvents(ex: Exchange, reply: http.IncomingMessage): Promise<void> {
-    return relayEvents(reply, ex.res, (event) => {
+    const edit = (event: EventSourceMessage): EventSourceMessage | undefined => {
       // MCP sends messages only; an event of another type no client of it reads is not passed on.
       if (event.event !== undefined && event.event !== 'message') return this.dropped(ex, `an event of type ${event.event}`);
       // A priming event (an id, no data) passes; data that is not one JSON-RPC message or batch does not.
       const data = event.data === '' ? '' : this.agentData(ex, event.data);
       if (data === undefined) return undefined;
       return { ...event, data, ...(event.id ? { id: this.sessions.agentEventId(ex.system, ex.sessionId, event.id) } : {}) };
-    }, (err) => this.options.log.warn({ system: ex.system, reason: errorMessage(err) }, 'an mcp event stream was cut off'));
+    };
+    return relayEvents(
+      reply,
+      ex.res,
+      (event) => {
+        // The event is checked and on its way: what was held of it is given back (at most the start of the next stays uncounted).
+        try {
+          return edit(event);
+        } finally {
+          this.giveBack(ex);
+        }
+      },
+      (chars) => (this.holdAnswer(ex, chars) ? undefined : new Error(`${this.answersHeld()}; the agent's client may resume the stream`)),
+      (err) => this.options.log.warn({ system: ex.system, reason: errorMessage(err) }, 'an mcp event stream was cut off'),
+    );
   }
 
   private dropped(ex: Exchange, what: string): undefined {
@@ -511,8 +563,18 @@ function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, head
   });
 }
 
-/** An event stream re-emitted event by event through `edit` (undefined: the event is left out); writes wait for a slow agent. */
-function relayEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit: (event: EventSourceMessage) => EventSourceMessage | undefined, cutOff: (err: Error) => void): Promise<void> {
+/**
+ * An event stream re-emitted event by event through `edit` (undefined: the event is left out);
+ * writes wait for a slow agent. `hold` counts each part read before it is parsed, and cuts the
+ * stream off with the error it returns.
+ */
+function relayEvents(
+  reply: http.IncomingMessage,
+  res: http.ServerResponse,
+  edit: (event: EventSourceMessage) => EventSourceMessage | undefined,
+  hold: (chars: number) => Error | undefined,
+  cutOff: (err: Error) => void,
+): Promise<void> {
   return new Promise((resolve) => {
     endTogether(reply, res, resolve);
     let draining = false;
@@ -525,22 +587,35 @@ function relayEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit
         reply.resume();
       });
     };
-    const editor = eventStreamEditor(edit, write, (err) => {
+    let over = false;
+    const stop = (err: Error) => {
       cutOff(err);
       reply.destroy();
       res.destroy();
-    }, MAX_EDITED_CHARS);
+    };
+    const editor = eventStreamEditor(edit, write, stop, MAX_EDITED_CHARS);
     reply.setEncoding('utf8');
-    reply.on('data', (text: string) => editor.feed(text));
+    reply.on('data', (text: string) => {
+      if (over) return;
+      const refused = hold(text.length);
+      if (refused) {
+        over = true;
+        return stop(refused);
+      }
+      editor.feed(text);
+    });
     reply.on('end', () => res.end());
   });
 }
 
+/** An answer was not read on: the gateway holds as much of the servers' answers as it may. */
+class AnswersHeld extends Error {}
+
 /**
- * A whole JSON answer as text, up to `maxBytes`. Unlike an event stream, a JSON answer has no
+ * A whole JSON answer as text, up to `maxBytes`, each part counted by `hold` as it is read. Unlike an event stream, a JSON answer has no
  * reason to pause: one that sends nothing for `idleMs` is given up, so the agent is not left waiting.
  */
-async function readText(reply: http.IncomingMessage, maxBytes: number, idleMs: number): Promise<string> {
+async function readText(reply: http.IncomingMessage, maxBytes: number, idleMs: number, hold: (bytes: number) => boolean): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   const idle = setTimeout(() => reply.destroy(new Error(`it stopped sending for ${idleMs / 1000}s`)), idleMs);
@@ -549,6 +624,7 @@ async function readText(reply: http.IncomingMessage, maxBytes: number, idleMs: n
       idle.refresh();
       size += chunk.length;
       if (size > maxBytes) throw new Error(`its answer is larger than the ${maxBytes} bytes the chainwarden gateway reads to check it`);
+      if (!hold(chunk.length)) throw new AnswersHeld();
       chunks.push(chunk);
     }
   } finally {

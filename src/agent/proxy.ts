@@ -30,7 +30,7 @@ export interface AgentProxyOptions {
   /** The AWS signing gateway's loopback address (`AWS_ENDPOINT_URL`); none when absent. */
   awsListen?: ListenAddress;
   /** The MCP gateway's timings; its defaults are for production. */
-  mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs' | 'maxHeld'>;
+  mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs' | 'maxHeld' | 'maxHeldBytes'>;
   /** The timings of the watch that ends open exchanges when the task ends; its defaults are for production. */
   watch?: Pick<TaskWatchOptions, 'startAfterMs' | 'waitSeconds' | 'staleAfterMs' | 'retryMs'>;
   log: Logger;

@@ -20,6 +20,8 @@ import { startBrokenUpstream, startForwardTwin, startMcpUpstream, txnTokenOf, UP
 const POD_TOKEN = 'pod-token-of-agent-0';
 const ANSWER_TIMEOUT_MS = 1_500;
 const MAX_HELD = 3;
+/** How much of the servers' answers the sidecar holds at once to check them: small here, so that a few answers reach it. */
+const MAX_HELD_BYTES = 1024 * 1024;
 const PARENT = 'h1_PPPPPPPPPPPP_PPPPPPPPPPPPPPPP';
 /** An argument value that must never be logged. */
 const PRIVATE_ARGUMENT = 'customer-4711-private-address';
@@ -46,7 +48,7 @@ beforeAll(async () => {
     tokenFile: path.join(dir, 'pod-token'),
     localTokenFile: path.join(dir, 'local-token'),
     listen: { host: '127.0.0.1', port: 0 },
-    mcp: { answerTimeoutMs: ANSWER_TIMEOUT_MS, pollMs: 50, progressMs: 150, maxHeld: MAX_HELD },
+    mcp: { answerTimeoutMs: ANSWER_TIMEOUT_MS, pollMs: 50, progressMs: 150, maxHeld: MAX_HELD, maxHeldBytes: MAX_HELD_BYTES },
     log,
   });
   localToken = (await readFile(path.join(dir, 'local-token'), 'utf8')).trim();
@@ -728,6 +730,95 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
       expect(logLines.join('')).toContain('an event could not be checked');
       const client = await connect('tickets');
       expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+    });
+  });
+
+  describe("the servers' answers the sidecar holds at once are bounded, so large answers cannot take it past its memory limit", () => {
+    /** A tools/call result of `kib` KiB of text and a little, for the id the sidecar sent. */
+    const bigResult = (id: unknown, kib: number, tag: string) => JSON.stringify({ jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: `${tag}:${'x'.repeat(kib * 1024)}` }] } });
+    /** What a scripted server reads of a call: the id the sidecar sent, and the ticket asked for. */
+    const readCall = (req: http.IncomingMessage): Promise<{ id: unknown; ticket: string }> =>
+      new Promise((resolve) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          const sent = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id: unknown; params?: { arguments?: { ticketId?: string } } };
+          resolve({ id: sent.id, ticket: sent.params?.arguments?.ticketId ?? '' });
+        });
+      });
+    const call = (system: string, ticket: string, id: number) => raw({ path: `/mcp/${system}`, headers: auth(), body: callMessage('get_ticket', { ticketId: ticket }, id) });
+    const textOf = (answer: Awaited<ReturnType<typeof raw>>) => (JSON.parse(answer.text) as { result: { content: { text: string }[] } }).result.content[0]?.text ?? '';
+
+    it('a JSON answer past the bound is a 503 saying the call ran; answers already on their way arrive whole, and the bound is given back', async () => {
+      let releaseSlow = () => {};
+      let slowStarted = () => {};
+      const started = new Promise<void>((resolve) => (slowStarted = resolve));
+      const server: http.RequestListener = (req, res) => {
+        void readCall(req).then(({ id, ticket }) => {
+          const body = bigResult(id, 600, ticket);
+          res.writeHead(200, { 'content-type': 'application/json' });
+          if (ticket !== 'slow') return void res.end(body);
+          // 500 KiB of the answer now, the rest when the test says: the sidecar holds those 500 KiB meanwhile.
+          res.write(body.slice(0, 500 * 1024));
+          releaseSlow = () => res.end(body.slice(500 * 1024));
+          slowStarted();
+        });
+      };
+      await withScriptedSystem('large', server, async () => {
+        const slow = call('large', 'slow', 1);
+        await started;
+        await new Promise((r) => setTimeout(r, 100));
+        // 500 KiB held and 600 more is past the 1 MiB bound: refused, and said to have run.
+        const refused = await call('large', 'second', 2);
+        expect(refused.status).toBe(503);
+        expect(refused.body).toMatchObject({ id: 2, error: { code: -32603, data: { system: 'large' } } });
+        expect(refused.body.error?.message).toMatch(/^the MCP server of system large answered, but the chainwarden gateway holds \d+ KiB of MCP servers' answers to check already, its bound being 1024 KiB: the call ran and its answer was not passed on/);
+        expect(refused.text).not.toContain('second:xxx');
+        releaseSlow();
+        const first = await slow;
+        expect(first.status).toBe(200);
+        expect(textOf(first)).toBe(`slow:${'x'.repeat(600 * 1024)}`);
+        expect((JSON.parse(first.text) as { result: { _meta?: Record<string, unknown> } }).result._meta?.[META_HOP_ID]).toMatch(/^h1_/);
+        // Both exchanges gave back what they held: the same answer passes now, and so do two in turn.
+        for (const [ticket, id] of [['third', 3], ['fourth', 4]] as const) {
+          const passed = await call('large', ticket, id);
+          expect(passed.status).toBe(200);
+          expect(textOf(passed)).toBe(`${ticket}:${'x'.repeat(600 * 1024)}`);
+        }
+      });
+    });
+
+    it("an event stream is held one event at a time: events that add up past the bound pass, one event past it cuts the stream off and the sidecar goes on", async () => {
+      const server: http.RequestListener = (req, res) => {
+        void readCall(req).then(({ id, ticket }) => {
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          const notes = ticket === 'huge' ? [] : Array.from({ length: 5 }, (_, i) => JSON.stringify({ jsonrpc: '2.0', method: 'notifications/message', params: { level: 'info', data: `${i}:${'n'.repeat(300 * 1024)}` } }));
+          const events = [...notes, bigResult(id, ticket === 'huge' ? 1100 : 300, ticket)].map((data) => `event: message\ndata: ${data}\n\n`);
+          // In parts of 64 KiB, as a server's writes arrive.
+          const all = events.join('');
+          for (let at = 0; at < all.length; at += 64 * 1024) res.write(all.slice(at, at + 64 * 1024));
+          res.end();
+        });
+      };
+      await withScriptedSystem('streamed', server, async () => {
+        // Six events of 300 KiB: 1.8 MiB in all, each within the bound.
+        const many = await call('streamed', 'many', 1);
+        expect(many.status).toBe(200);
+        const data = many.text.split('\n\n').filter((e) => e.includes('data: ')).map((e) => JSON.parse(e.split('data: ')[1] ?? '') as { id?: unknown; result?: { content: { text: string }[] } });
+        expect(data).toHaveLength(6);
+        expect(data[5]).toMatchObject({ id: 1 });
+        expect(data[5]?.result?.content[0]?.text).toBe(`many:${'x'.repeat(300 * 1024)}`);
+        // One event of 1.1 MiB: the stream is cut off before it, never passed on half-checked.
+        const before = logLines.length;
+        const huge = await fetch(`${sidecar.url}/mcp/streamed`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: callMessage('get_ticket', { ticketId: 'huge' }, 2) });
+        expect(huge.status).toBe(200);
+        expect(await huge.text().catch(() => '')).toBe('');
+        const cutOff = logLines.slice(before).find((line) => line.includes('an mcp event stream was cut off'));
+        expect(cutOff).toMatch(/holds \d+ KiB of MCP servers' answers to check already, its bound being 1024 KiB; the agent's client may resume the stream/);
+        // What the cut-off stream held was given back.
+        const after = await call('streamed', 'after', 3);
+        expect(after.text).toContain(`after:${'x'.repeat(300 * 1024)}`);
+      });
     });
   });
 
