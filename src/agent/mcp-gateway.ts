@@ -312,7 +312,7 @@ export class McpGateway {
    */
   private async passOn(ex: Exchange, answer: McpForwardAnswer, message: AgentMessage | undefined): Promise<void> {
     if (ex.cancel.signal.aborted) return this.endCancelled(ex);
-    const edit = editFor(message, answer);
+    const edit = editFor(message, answer) ?? this.taskResultEdit(ex, message);
     ex.hopId = answer.hopId ?? ex.hopId;
     const release = this.options.watch?.track((error) => {
       ex.stopped = new McpFailure(failureOfRefusal(ex.system, error.status, { error: { code: error.code, message: error.message } }));
@@ -326,6 +326,14 @@ export class McpGateway {
     } finally {
       release?.();
     }
+  }
+
+  /** A `tasks/result` for a task a call of this session began: its result carries the call's hop id, as the call's own result would. */
+  private taskResultEdit(ex: Exchange, message: AgentMessage | undefined): ResponseEdit | undefined {
+    if (message?.method !== 'tasks/result' || message.id === undefined) return undefined;
+    const taskId = (message.json.params as { taskId?: unknown } | undefined)?.taskId;
+    const hopId = typeof taskId === 'string' ? this.sessions.hopOfTask(ex.system, ex.sessionId, taskId) : undefined;
+    return hopId ? { id: message.id, hopId } : undefined;
   }
 
   /** The message as it goes upstream: a request with the sidecar's own id, remembered with the agent's and the edit of its answer. */
@@ -506,7 +514,12 @@ export class McpGateway {
       return undefined;
     }
     const answer = { ...(message as Record<string, unknown>), id: sent.agentId };
-    return sent.edit ? editResponse(answer, sent.edit) : answer;
+    if (!sent.edit) return answer;
+    const edited = editResponse(answer, sent.edit);
+    // A call that began a task (protocol 2025-11-25): the task's result, fetched later, is the call's.
+    const taskId = sent.edit.hopId ? taskIdOf(edited) : undefined;
+    if (taskId !== undefined && sent.edit.hopId) this.sessions.noteTask(ex.system, ex.sessionId, taskId, sent.edit.hopId);
+    return edited;
   }
 
   /** The JSON-RPC error for whatever ended the exchange, with the request's id; into the event stream if the agent has one. */
@@ -606,6 +619,12 @@ function relayEvents(
     });
     reply.on('end', () => res.end());
   });
+}
+
+/** The task a `tools/call`'s result began (a CreateTaskResult), if it began one. */
+function taskIdOf(message: unknown): string | undefined {
+  const task = (message as { result?: { task?: { taskId?: unknown } } } | undefined)?.result?.task;
+  return typeof task?.taskId === 'string' ? task.taskId : undefined;
 }
 
 /** An answer was not read on: the gateway holds as much of the servers' answers as it may. */

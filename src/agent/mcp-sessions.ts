@@ -15,7 +15,12 @@ interface Book {
   readonly sent: Map<string, SentRequest>;
   /** The upstream id of the agent's id (`requestKey`), for a `notifications/cancelled` naming it. */
   readonly byAgentId: Map<string, string>;
+  /** The hop of each task a `tools/call` began (protocol 2025-11-25's tasks), by task id, oldest first: its `tasks/result` carries it. */
+  readonly tasks: Map<string, string>;
 }
+
+/** Longer task ids are not remembered: the server chose them, and the book is bounded by count. */
+const MAX_TASK_ID_CHARS = 256;
 
 /**
  * The MCP sessions this sidecar began for its agent, and in each one the requests it passed on.
@@ -99,6 +104,23 @@ export class McpSessions {
     return typeof upstreamId === 'string' ? this.books.get(bookKey(system, sessionId))?.sent.get(upstreamId) : undefined;
   }
 
+  /** A `tools/call` of the session began a task, under the call's hop: the task's result, fetched later, carries that hop. */
+  noteTask(system: string, sessionId: string | undefined, taskId: string, hopId: string): void {
+    const book = this.books.get(bookKey(system, sessionId));
+    if (!book || taskId.length > MAX_TASK_ID_CHARS) return;
+    book.tasks.delete(taskId);
+    book.tasks.set(taskId, hopId);
+    if (book.tasks.size > this.maxRequestsPerSession) {
+      const [oldest] = book.tasks.keys();
+      if (oldest !== undefined) book.tasks.delete(oldest);
+    }
+  }
+
+  /** The hop of the call that began the task, when a call of this session did. */
+  hopOfTask(system: string, sessionId: string | undefined, taskId: string): string | undefined {
+    return this.books.get(bookKey(system, sessionId))?.tasks.get(taskId);
+  }
+
   /** The id the agent's request went upstream with, for a `notifications/cancelled` that names it. */
   upstreamIdOf(system: string, sessionId: string | undefined, agentId: RequestId): string | undefined {
     return this.books.get(bookKey(system, sessionId))?.byAgentId.get(requestKey(agentId));
@@ -147,7 +169,7 @@ export class McpSessions {
   }
 
   private add(key: string): Book {
-    const book: Book = { sent: new Map(), byAgentId: new Map() };
+    const book: Book = { sent: new Map(), byAgentId: new Map(), tasks: new Map() };
     this.books.set(key, book);
     if (this.books.size > this.maxSessions) this.books.delete(this.books.keys().next().value as string);
     return book;

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { InMemoryTaskStore } from '@modelcontextprotocol/sdk/experimental/tasks/stores/in-memory.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport, type EventStore } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { isInitializeRequest, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { isInitializeRequest, type CallToolResult, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import type { McpForwardRequest } from '../../src/mcp/forward-api.js';
 import { silentLogger } from '../../src/log.js';
@@ -66,13 +67,30 @@ function eventStore(): EventStore {
  * `StreamableHTTPServerTransport`, one session per client (session ids), answering with event
  * streams (resumable ones) or, with `json`, with JSON. It records every request it sees and every tool it runs.
  */
-export async function startMcpUpstream(options: { json?: boolean } = {}) {
+/**
+ * An MCP SDK server with the tickets tools. With `tasks`, it also runs `export_tickets` as a task
+ * (protocol 2025-11-25): the call answers with the task, whose result is fetched with `tasks/result`.
+ */
+export async function startMcpUpstream(options: { json?: boolean; tasks?: boolean } = {}) {
   const seen: SeenRequest[] = [];
   const calls: { tool: string; args: Record<string, unknown> }[] = [];
   const sessions = new Map<string, StreamableHTTPServerTransport>();
 
+  const taskStore = new InMemoryTaskStore();
   const serverForSession = () => {
-    const server = new McpServer({ name: 'tickets', version: '1.0.0' });
+    const server = new McpServer({ name: 'tickets', version: '1.0.0' }, options.tasks ? { capabilities: { tasks: { requests: { tools: { call: {} } } } }, taskStore } : {});
+    if (options.tasks) {
+      server.experimental.tasks.registerToolTask('export_tickets', { description: 'Export every ticket, in the background', inputSchema: { format: z.string() } }, {
+        createTask: async (args, extra) => {
+          calls.push({ tool: 'export_tickets', args });
+          const task = await extra.taskStore.createTask({ ttl: extra.taskRequestedTtl });
+          setTimeout(() => void extra.taskStore.storeTaskResult(task.taskId, 'completed', { content: [{ type: 'text', text: `exported as ${args.format}` }] }), 50);
+          return { task };
+        },
+        getTask: (_args, extra) => extra.taskStore.getTask(extra.taskId),
+        getTaskResult: async (_args, extra) => (await extra.taskStore.getTaskResult(extra.taskId)) as CallToolResult,
+      });
+    }
     server.registerTool('get_ticket', { description: 'Read a ticket', inputSchema: { ticketId: z.string() } }, async (args, extra) => {
       calls.push({ tool: 'get_ticket', args });
       // A notification before the result: the gateway passes it on as it came.
@@ -119,6 +137,7 @@ export async function startMcpUpstream(options: { json?: boolean } = {}) {
     sessions,
     close: async () => {
       await Promise.all([...sessions.values()].map((t) => t.close()));
+      taskStore.cleanup();
       await stop(server);
     },
   };

@@ -733,6 +733,34 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     });
   });
 
+  it("a call run as a task (protocol 2025-11-25): its result, fetched with tasks/result, carries the call's hop id", async () => {
+    const exports = await startMcpUpstream({ tasks: true });
+    twin.systems.set('exports', exports.url);
+    try {
+      let callHop: string | undefined;
+      twin.decide = (request) => {
+        const decided = twin.allow(request);
+        if (request.call?.name === 'export_tickets') callHop = (decided.body as { hopId?: string }).hopId;
+        return decided;
+      };
+      const client = await connect('exports');
+      const messages: { type: string; task?: { taskId: string }; result?: { content: { text?: string }[]; _meta?: Record<string, unknown> } }[] = [];
+      for await (const m of client.experimental.tasks.callToolStream({ name: 'export_tickets', arguments: { format: 'csv' } }, CallToolResultSchema, { task: { ttl: 60_000 } })) messages.push(m as (typeof messages)[number]);
+      const taskId = messages.find((m) => m.type === 'taskCreated')?.task?.taskId ?? '';
+      const result = messages.find((m) => m.type === 'result')?.result;
+      expect(exports.calls.map((c) => c.tool)).toEqual(['export_tickets']);
+      expect(result?.content[0]?.text).toBe('exported as csv');
+      expect(callHop).toMatch(/^h1_/);
+      expect(result?._meta?.[META_HOP_ID]).toBe(callHop);
+      // Fetched again by the same session, it carries the hop again.
+      expect((await client.experimental.tasks.getTaskResult(taskId, CallToolResultSchema))._meta?.[META_HOP_ID]).toBe(callHop);
+
+    } finally {
+      twin.systems.delete('exports');
+      await exports.close();
+    }
+  });
+
   describe("the servers' answers the sidecar holds at once are bounded, so large answers cannot take it past its memory limit", () => {
     /** A tools/call result of `kib` KiB of text and a little, for the id the sidecar sent. */
     const bigResult = (id: unknown, kib: number, tag: string) => JSON.stringify({ jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: `${tag}:${'x'.repeat(kib * 1024)}` }] } });

@@ -52,6 +52,29 @@ describe('McpSessions', () => {
     expect(new McpSessions().upstreamEventId('tickets', 'S1', given)).toBeUndefined();
   });
 
+  it("keeps a task's hop in the session whose call began it only, the newest tasks within the bound, and no task id past 256 characters", () => {
+    const sessions = new McpSessions(64, 3);
+    sessions.begin('exports', 'S1');
+    sessions.begin('exports', 'S2');
+    sessions.noteTask('exports', 'S1', 'task-1', 'h1_one');
+    expect(sessions.hopOfTask('exports', 'S1', 'task-1')).toBe('h1_one');
+    // Another session, another system, a session never seen: none began it.
+    expect(sessions.hopOfTask('exports', 'S2', 'task-1')).toBeUndefined();
+    expect(sessions.hopOfTask('tickets', 'S1', 'task-1')).toBeUndefined();
+    sessions.noteTask('exports', 'S9', 'task-9', 'h1_nine');
+    expect(sessions.hopOfTask('exports', 'S9', 'task-9')).toBeUndefined();
+    // Past the bound the oldest task goes first.
+    for (const n of [2, 3, 4]) sessions.noteTask('exports', 'S1', `task-${n}`, `h1_${n}`);
+    expect(sessions.hopOfTask('exports', 'S1', 'task-1')).toBeUndefined();
+    expect(sessions.hopOfTask('exports', 'S1', 'task-4')).toBe('h1_4');
+    sessions.noteTask('exports', 'S1', 'x'.repeat(257), 'h1_long');
+    expect(sessions.hopOfTask('exports', 'S1', 'x'.repeat(257))).toBeUndefined();
+    expect(sessions.hopOfTask('exports', 'S1', 'task-2')).toBe('h1_2');
+    // An ended session's tasks go with it.
+    sessions.end('exports', 'S1');
+    expect(sessions.hopOfTask('exports', 'S1', 'task-4')).toBeUndefined();
+  });
+
   it('forgets the session used least recently first, and a session its oldest requests first', () => {
     const sessions = new McpSessions(2, 2);
     sessions.begin('tickets', 'A');
