@@ -60,22 +60,27 @@ export interface McpGatewayOptions {
 /** The policy's `approval.holdFor` when the broker does not say. */
 const DEFAULT_HOLD_SECONDS = 30;
 /** The most of a server's answer held in memory to check or edit it: one JSON answer, or one event. */
-const MAX_EDITED_CHARS = 4 * 1024 * 1024;
+const MAX_EDITED_CHARS = 2 * 1024 * 1024;
 /**
- * The most of the servers' answers held at once, in all exchanges. Checking an answer parses it
- * and writes it again: measured in a sidecar after ordinary load (about 130 MiB resident), one
- * 4 MiB answer took it to 150 to 185 MiB at its peak, one of 8 MiB to 190 to 230; under the
- * sidecar's 256 MiB limit that leaves room for the AWS gateway's 32 MiB of request bodies. An answer past
- * this bound is refused, not waited for: two answers each waiting for the other's share would wait
- * for ever.
+ * The most of the servers' answers held at once, in all exchanges: what is being read and checked,
+ * and what was written that the agent has not taken yet. Checking an answer parses it and writes
+ * it again: measured in a sidecar after ordinary load (about 130 MiB resident), one 4 MiB answer
+ * took it to 150 to 185 MiB at its peak, one of 8 MiB to 190 to 230; under the sidecar's 256 MiB
+ * limit this leaves room for the AWS gateway's 32 MiB of request bodies. Twice one answer's bound,
+ * so one slow answer cannot hold it all. An answer past it is refused, not waited for: two answers
+ * each waiting for the other's share would wait for ever.
  */
 const MAX_HELD_BYTES = 4 * 1024 * 1024;
+/** An event of a stream arriving for longer than the answer timeout is cut off once it holds this much: a stalled half-sent event does not keep its share. */
+const STALLED_EVENT_CHARS = 64 * 1024;
 /** What of the agent's request goes on: the transport's own headers. Never its Authorization, which is the sidecar's local token. */
 const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version'] as const;
 /** Streamable HTTP's three methods. */
 const METHODS = new Set(['POST', 'GET', 'DELETE']);
 /** Dropped from an answer the gateway rewrites: the length changes. */
 const CONTENT_LENGTH = new Set(['content-length']);
+/** Dropped from an answer passed on without its body. */
+const BODY_HEADERS = new Set(['content-length', 'content-type', 'transfer-encoding']);
 
 /** What one exchange has come to so far, for the answer if it fails and for the log. */
 interface Exchange {
@@ -150,9 +155,9 @@ export class McpGateway {
     return true;
   }
 
-  private giveBack(ex: Exchange): void {
-    this.answers.give(ex.held);
-    ex.held = 0;
+  private giveBack(ex: Exchange, amount = ex.held): void {
+    this.answers.give(amount);
+    ex.held -= amount;
   }
 
   /** Why an answer was not passed on: the gateway holds as much of the servers' answers as it may. */
@@ -408,20 +413,29 @@ export class McpGateway {
       ex.res.flushHeaders();
       return this.editEvents(ex, reply);
     }
-    // What is not an answer to a request, or carries none (an error, an empty 202 or 204), passes as it came.
-    if (ex.id === null || !ok || (type === undefined && (status === 202 || status === 204))) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders));
+    // The server's own HTTP errors pass as they came.
+    if (!ok) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders));
+    // What asks no answer (a notification, the agent's answer to the server, a GET, a DELETE) gets
+    // its status with nothing in it, or an event stream: a client may read any body of a GET as a
+    // stream, and nothing the gateway has not checked reaches the agent.
+    if (ex.id === null || (type === undefined && (status === 202 || status === 204))) {
+      reply.resume();
+      if (type === undefined || status === 202 || status === 204) return void ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, BODY_HEADERS)).end();
+      throw new McpFailure(upstreamFailure(ex.system, `answered a message that asks for no answer with HTTP ${status}${type ? ` (${type})` : ''}, not 202 or an event stream`));
+    }
     if (type !== 'application/json') {
       reply.resume();
       throw new McpFailure(upstreamFailure(ex.system, `answered with ${type ?? 'no content type'}, not application/json or text/event-stream: it does not speak MCP's Streamable HTTP there`));
     }
     const json = await this.checkedJson(ex, reply);
     ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
-    ex.res.end(json);
+    // Counted until the agent has taken it: an agent that does not read holds it here.
+    await written(ex.res, json);
   }
 
   /** A held call's answer, into the event stream the agent already has. */
   private async relayIntoStream(ex: Exchange, reply: http.IncomingMessage, status: number, type: string | undefined): Promise<void> {
-    if (status === 200 && type === 'application/json') return void ex.res.end(sseEvent({ event: 'message', data: await this.checkedJson(ex, reply) }));
+    if (status === 200 && type === 'application/json') return written(ex.res, sseEvent({ event: 'message', data: await this.checkedJson(ex, reply) }));
     if (status === 200 && type === 'text/event-stream') return this.editEvents(ex, reply);
     reply.resume();
     throw new McpFailure(upstreamFailure(ex.system, `answered the approved call with HTTP ${status}${type ? ` (${type})` : ''}`));
@@ -430,6 +444,7 @@ export class McpGateway {
   /** A JSON answer read whole, checked to be a JSON-RPC response to the request sent, and given back the agent's id and edited. */
   private async checkedJson(ex: Exchange, reply: http.IncomingMessage): Promise<string> {
     const text = await readText(reply, MAX_EDITED_CHARS, this.answerTimeoutMs, (bytes) => this.holdAnswer(ex, bytes)).catch((err: unknown) => {
+      reply.destroy();
       if (err instanceof AnswersHeld) {
         const message = `the MCP server of system ${ex.system} answered, but ${this.answersHeld()}: the call ran and its answer was not passed on; retry once fewer large answers are on their way (a call that changes something: check first whether it did)`;
         throw new McpFailure({ status: 503, code: ErrorCode.InternalError, message, data: { system: ex.system } });
@@ -462,20 +477,12 @@ export class McpGateway {
       if (data === undefined) return undefined;
       return { ...event, data, ...(event.id ? { id: this.sessions.agentEventId(ex.system, ex.sessionId, event.id) } : {}) };
     };
-    return relayEvents(
-      reply,
-      ex.res,
-      (event) => {
-        // The event is checked and on its way: what was held of it is given back (at most the start of the next stays uncounted).
-        try {
-          return edit(event);
-        } finally {
-          this.giveBack(ex);
-        }
-      },
-      (chars) => (this.holdAnswer(ex, chars) ? undefined : new Error(`${this.answersHeld()}; the agent's client may resume the stream`)),
-      (err) => this.options.log.warn({ system: ex.system, reason: errorMessage(err) }, 'an mcp event stream was cut off'),
-    );
+    return relayEvents(reply, ex.res, edit, {
+      take: (amount) => (this.holdAnswer(ex, amount) ? undefined : new Error(`${this.answersHeld()}; the agent's client may resume the stream`)),
+      give: (amount) => this.giveBack(ex, amount),
+      stalledMs: this.answerTimeoutMs,
+      cutOff: (err) => this.options.log.warn({ system: ex.system, reason: errorMessage(err) }, 'an mcp event stream was cut off'),
+    });
   }
 
   private dropped(ex: Exchange, what: string): undefined {
@@ -517,8 +524,8 @@ export class McpGateway {
     const answer = { ...(message as Record<string, unknown>), id: sent.agentId };
     if (!sent.edit) return answer;
     const edited = editResponse(answer, sent.edit);
-    // A call that began a task (protocol 2025-11-25): the task's result, fetched later, is the call's.
-    const taskId = sent.edit.hopId ? taskIdOf(edited) : undefined;
+    // A call asked to run as a task that began one (protocol 2025-11-25): the task's result, fetched later, is the call's.
+    const taskId = sent.edit.beginsTask ? taskIdOf(edited) : undefined;
     if (taskId !== undefined && sent.edit.hopId) this.sessions.noteTask(ex.system, ex.sessionId, taskId, sent.edit.hopId);
     return edited;
   }
@@ -577,68 +584,134 @@ function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, head
   });
 }
 
+/** How an event stream counts what it holds, and what it does when it must stop. */
+interface StreamHold {
+  /** Counts `amount` more; an error (and nothing counted) when the gateway holds all it may. */
+  take(amount: number): Error | undefined;
+  give(amount: number): void;
+  /** How long an event may take to arrive whole once it holds `STALLED_EVENT_CHARS`. */
+  stalledMs: number;
+  cutOff(err: Error): void;
+}
+
+/** A blank line (two line ends, each `\r\n`, `\n` or `\r`): where an event, or a comment's block, ends. */
+const BLANK_LINE = /(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))/g;
+
+/** How many characters of `text` come after its last blank line, or undefined when it has none ending past `from`. */
+function afterBlankLine(text: string, from: number): number | undefined {
+  let end: number | undefined;
+  for (const match of text.matchAll(BLANK_LINE)) end = match.index + match[0].length;
+  return end !== undefined && end > from ? text.length - end : undefined;
+}
+
 /**
  * An event stream re-emitted event by event through `edit` (undefined: the event is left out);
- * writes wait for a slow agent. `hold` counts each part read before it is parsed, and cuts the
- * stream off with the error it returns.
+ * writes wait for a slow agent. What the stream holds is counted: each part as it is read, before
+ * it is parsed; then, once it is, the block not ended yet and what was written that the agent has
+ * not taken. The stream is cut off when the count would pass the gateway's bound, or when an event
+ * holding `STALLED_EVENT_CHARS` has not ended within `stalledMs`.
  */
-function relayEvents(
-  reply: http.IncomingMessage,
-  res: http.ServerResponse,
-  edit: (event: EventSourceMessage) => EventSourceMessage | undefined,
-  hold: (chars: number) => Error | undefined,
-  cutOff: (err: Error) => void,
-): Promise<void> {
+function relayEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit: (event: EventSourceMessage) => EventSourceMessage | undefined, hold: StreamHold): Promise<void> {
   return new Promise((resolve) => {
-    endTogether(reply, res, resolve);
+    let held = 0;
+    let open = 0;
+    let tail = '';
+    let stalled: NodeJS.Timeout | undefined;
+    let over = false;
+    const stop = (err: Error) => {
+      if (over) return;
+      over = true;
+      clearTimeout(stalled);
+      hold.cutOff(err);
+      reply.destroy();
+      res.destroy();
+    };
+    /** Counts what is held now: the open block and what the agent has not taken. */
+    const settle = () => {
+      const now = open + res.writableLength;
+      if (now < held) hold.give(held - now);
+      else if (now > held) {
+        const refused = hold.take(now - held);
+        if (refused) return stop(refused);
+      }
+      held = now;
+      if (open < STALLED_EVENT_CHARS) stalled = void clearTimeout(stalled);
+      else stalled ??= setTimeout(() => stop(new Error(`an event of ${open} characters or more took over ${hold.stalledMs / 1000}s to arrive whole`)), hold.stalledMs);
+    };
+    endTogether(reply, res, () => {
+      clearTimeout(stalled);
+      resolve();
+    });
     let draining = false;
+    // Once a write is handed to the socket, what the agent has not taken is counted afresh.
+    const written = () => {
+      if (!over) settle();
+    };
     const write = (text: string) => {
-      if (res.write(text) || draining) return;
+      if (res.write(text, written) || draining) return;
       draining = true;
       reply.pause();
       res.once('drain', () => {
         draining = false;
+        if (!over) settle();
         reply.resume();
       });
-    };
-    let over = false;
-    const stop = (err: Error) => {
-      cutOff(err);
-      reply.destroy();
-      res.destroy();
     };
     const editor = eventStreamEditor(edit, write, stop, MAX_EDITED_CHARS);
     reply.setEncoding('utf8');
     reply.on('data', (text: string) => {
       if (over) return;
-      const refused = hold(text.length);
-      if (refused) {
-        over = true;
-        return stop(refused);
-      }
+      // Counted before it is parsed: checking an event happens within `feed`.
+      const refused = hold.take(text.length);
+      if (refused) return stop(refused);
+      held += text.length;
       editor.feed(text);
+      const scanned = tail + text;
+      open = afterBlankLine(scanned, tail.length) ?? open + text.length;
+      tail = scanned.slice(-3);
+      if (!over) settle();
     });
     reply.on('end', () => res.end());
   });
 }
 
-/** The task a `tools/call`'s result began (a CreateTaskResult), if it began one. */
+/** Writes the last of an answer; resolves once the agent has taken it (or gone), not when the socket merely holds it. */
+function written(res: http.ServerResponse, text: string): Promise<void> {
+  const { socket } = res;
+  return new Promise((resolve) => {
+    if (!socket || socket.destroyed) {
+      res.end(text);
+      return resolve();
+    }
+    socket.once('close', resolve);
+    res.end(text, () => {
+      if (socket.writableLength === 0) return resolve();
+      socket.once('drain', resolve);
+    });
+  });
+}
+
+/** The task a `tools/call`'s answer began: a CreateTaskResult (a task, and no content of a finished call). */
 function taskIdOf(message: unknown): string | undefined {
-  const task = (message as { result?: { task?: { taskId?: unknown } } } | undefined)?.result?.task;
-  return typeof task?.taskId === 'string' ? task.taskId : undefined;
+  const result = (message as { result?: { task?: { taskId?: unknown }; content?: unknown } } | undefined)?.result;
+  if (result === undefined || result.content !== undefined) return undefined;
+  return typeof result.task?.taskId === 'string' ? result.task.taskId : undefined;
 }
 
 /** An answer was not read on: the gateway holds as much of the servers' answers as it may. */
 class AnswersHeld extends Error {}
 
 /**
- * A whole JSON answer as text, up to `maxBytes`, each part counted by `hold` as it is read. Unlike an event stream, a JSON answer has no
- * reason to pause: one that sends nothing for `idleMs` is given up, so the agent is not left waiting.
+ * A whole JSON answer as text, up to `maxBytes`, each part counted by `hold` as it is read. Unlike
+ * an event stream, a JSON answer has no reason to pause: one that sends nothing for `idleMs`, or
+ * has not ended within twice that, is given up, so the agent is not left waiting and what it holds
+ * is given back.
  */
 async function readText(reply: http.IncomingMessage, maxBytes: number, idleMs: number, hold: (bytes: number) => boolean): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   const idle = setTimeout(() => reply.destroy(new Error(`it stopped sending for ${idleMs / 1000}s`)), idleMs);
+  const whole = setTimeout(() => reply.destroy(new Error(`it took over ${(2 * idleMs) / 1000}s to send its answer`)), 2 * idleMs);
   try {
     for await (const chunk of reply as AsyncIterable<Buffer>) {
       idle.refresh();
@@ -649,6 +722,7 @@ async function readText(reply: http.IncomingMessage, maxBytes: number, idleMs: n
     }
   } finally {
     clearTimeout(idle);
+    clearTimeout(whole);
   }
   return Buffer.concat(chunks).toString('utf8');
 }

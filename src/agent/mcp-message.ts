@@ -255,18 +255,21 @@ export interface ResponseEdit {
   id: RequestId;
   visibleTools?: string[];
   hopId?: string;
+  /** A `tools/call` the agent asked to run as a task (protocol 2025-11-25): its answer may begin one. */
+  beginsTask?: true;
 }
 
 /**
  * The edit for a message's answer, or none. An allowed `tools/call` without a hop id breaks the
  * contract (its result must lead to the audit record), so it goes no further.
  */
-export function editFor(message: Pick<AgentMessage, 'id' | 'method'> | undefined, answer: McpForwardAnswer): ResponseEdit | undefined {
+export function editFor(message: Pick<AgentMessage, 'id' | 'method' | 'json'> | undefined, answer: McpForwardAnswer): ResponseEdit | undefined {
   if (message?.id === undefined) return undefined;
   if (message.method === 'tools/list' && answer.visibleTools) return { id: message.id, visibleTools: answer.visibleTools };
   if (message.method !== 'tools/call') return undefined;
   if (!answer.hopId) throw new ChainwardenError('internal', 'the chainwarden broker allowed a tools/call without a hopId; its answer to /v1/mcp/forward is not usable');
-  return { id: message.id, hopId: answer.hopId };
+  const asTask = isRecord(message.json.params) && message.json.params.task !== undefined;
+  return { id: message.id, hopId: answer.hopId, ...(asTask ? { beginsTask: true as const } : {}) };
 }
 
 /** Whether any glob allows the tool name; a tool without a string name is never shown. */

@@ -104,11 +104,14 @@ export class McpSessions {
     return typeof upstreamId === 'string' ? this.books.get(bookKey(system, sessionId))?.sent.get(upstreamId) : undefined;
   }
 
-  /** A `tools/call` of the session began a task, under the call's hop: the task's result, fetched later, carries that hop. */
+  /**
+   * A `tools/call` of the session began a task, under the call's hop: the task's result, fetched
+   * later, carries that hop. A task id once given a hop keeps it: a server that names it again
+   * does not move it to another call.
+   */
   noteTask(system: string, sessionId: string | undefined, taskId: string, hopId: string): void {
     const book = this.books.get(bookKey(system, sessionId));
-    if (!book || taskId.length > MAX_TASK_ID_CHARS) return;
-    book.tasks.delete(taskId);
+    if (!book || taskId.length > MAX_TASK_ID_CHARS || book.tasks.has(taskId)) return;
     book.tasks.set(taskId, hopId);
     if (book.tasks.size > this.maxRequestsPerSession) {
       const [oldest] = book.tasks.keys();

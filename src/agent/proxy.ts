@@ -33,8 +33,13 @@ export interface AgentProxyOptions {
   mcp?: Pick<McpGatewayOptions, 'answerTimeoutMs' | 'pollMs' | 'progressMs' | 'maxHeld' | 'maxHeldBytes'>;
   /** The timings of the watch that ends open exchanges when the task ends; its defaults are for production. */
   watch?: Pick<TaskWatchOptions, 'startAfterMs' | 'waitSeconds' | 'staleAfterMs' | 'retryMs'>;
+  /** How many connections each listener keeps open at once (256); one past it is closed at once. */
+  maxConnections?: number;
   log: Logger;
 }
+
+/** An agent's SDKs open a few dozen connections at most (the AWS SDK's pool is 50). */
+const MAX_CONNECTIONS = 256;
 
 export interface RunningAgent {
   url: string;
@@ -183,6 +188,9 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, watch, ...options.mcp });
   const server = http.createServer(brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
   const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch }) : undefined;
+  // Each connection holds what is written to it until the caller reads it: an agent opening
+  // thousands it never reads would take the sidecar past its memory limit.
+  for (const listener of [server, aws?.server]) if (listener) listener.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
   const close = async () => {
     watch.close();
     aws?.close();

@@ -178,11 +178,14 @@ describe('what changes in the server\'s answer', () => {
 
   it('edits only what the broker asked: tools/list with globs, tools/call always', () => {
     const answer = { url: 'http://x/mcp', headers: {}, hopId: HOP, visibleTools: ['a'] };
-    expect(editFor({ id: 1, method: 'tools/list' }, answer)).toEqual({ id: 1, visibleTools: ['a'] });
-    expect(editFor({ id: 1, method: 'tools/list' }, { ...answer, visibleTools: undefined })).toBeUndefined();
-    expect(editFor({ id: 1, method: 'tools/call' }, answer)).toEqual({ id: 1, hopId: HOP });
-    expect(editFor({ method: 'notifications/initialized' }, answer)).toBeUndefined();
-    expect(() => editFor({ id: 1, method: 'tools/call' }, { ...answer, hopId: undefined })).toThrow('without a hopId');
+    const json = {};
+    expect(editFor({ id: 1, method: 'tools/list', json }, answer)).toEqual({ id: 1, visibleTools: ['a'] });
+    expect(editFor({ id: 1, method: 'tools/list', json }, { ...answer, visibleTools: undefined })).toBeUndefined();
+    expect(editFor({ id: 1, method: 'tools/call', json }, answer)).toEqual({ id: 1, hopId: HOP });
+    // A call the agent asks to run as a task may begin one, whose result carries the hop later.
+    expect(editFor({ id: 1, method: 'tools/call', json: { params: { name: 'x', task: { ttl: 1000 } } } }, answer)).toEqual({ id: 1, hopId: HOP, beginsTask: true });
+    expect(editFor({ method: 'notifications/initialized', json }, answer)).toBeUndefined();
+    expect(() => editFor({ id: 1, method: 'tools/call', json }, { ...answer, hopId: undefined })).toThrow('without a hopId');
   });
 
   it('a glob\'s * matches any run of characters; nothing else is a wildcard but ?', () => {

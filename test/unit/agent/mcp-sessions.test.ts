@@ -52,11 +52,14 @@ describe('McpSessions', () => {
     expect(new McpSessions().upstreamEventId('tickets', 'S1', given)).toBeUndefined();
   });
 
-  it("keeps a task's hop in the session whose call began it only, the newest tasks within the bound, and no task id past 256 characters", () => {
+  it("keeps a task's first hop, in the session whose call began it only, the newest tasks within the bound, and no task id past 256 characters", () => {
     const sessions = new McpSessions(64, 3);
     sessions.begin('exports', 'S1');
     sessions.begin('exports', 'S2');
     sessions.noteTask('exports', 'S1', 'task-1', 'h1_one');
+    expect(sessions.hopOfTask('exports', 'S1', 'task-1')).toBe('h1_one');
+    // A server naming the task again, in another call's answer, does not move it to that call.
+    sessions.noteTask('exports', 'S1', 'task-1', 'h1_other');
     expect(sessions.hopOfTask('exports', 'S1', 'task-1')).toBe('h1_one');
     // Another session, another system, a session never seen: none began it.
     expect(sessions.hopOfTask('exports', 'S2', 'task-1')).toBeUndefined();

@@ -115,3 +115,42 @@ describe('what the sidecar forwards to the broker', () => {
     expect(reached).toEqual([]);
   });
 });
+
+describe('connections an agent may hold open', () => {
+  it('each listener closes a connection past its bound at once, and takes new ones once others close', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'proxy-connections-'));
+    await writeFile(path.join(dir, 'pod-token'), 'the-pod-token');
+    const sidecar = await startAgentProxy({ brokerUrl: 'https://127.0.0.1:1', caPem: '', tokenFile: path.join(dir, 'pod-token'), localTokenFile: path.join(dir, 'local'), listen: { host: '127.0.0.1', port: 0 }, awsListen: { host: '127.0.0.1', port: 0 }, maxConnections: 5, log: silentLogger() });
+    try {
+      for (const url of [sidecar.url, sidecar.awsUrl ?? '']) {
+        const { port } = new URL(url);
+        const open = (): Promise<{ socket: net.Socket; closedAtOnce: boolean }> =>
+          new Promise((resolve) => {
+            const socket = net.connect(Number(port), '127.0.0.1');
+            const timer = setTimeout(() => resolve({ socket, closedAtOnce: false }), 300);
+            socket.on('close', () => {
+              clearTimeout(timer);
+              resolve({ socket, closedAtOnce: true });
+            });
+            socket.on('error', () => undefined);
+          });
+        const held: net.Socket[] = [];
+        for (let i = 0; i < 5; i++) {
+          const { socket, closedAtOnce } = await open();
+          expect(closedAtOnce).toBe(false);
+          held.push(socket);
+        }
+        // The sixth, idle like the rest, is closed by the sidecar.
+        expect((await open()).closedAtOnce).toBe(true);
+        held.pop()?.destroy();
+        await new Promise((r) => setTimeout(r, 50));
+        const again = await open();
+        expect(again.closedAtOnce).toBe(false);
+        for (const socket of [...held, again.socket]) socket.destroy();
+      }
+    } finally {
+      await sidecar.close();
+    }
+  });
+});
+
