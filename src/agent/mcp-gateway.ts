@@ -644,11 +644,11 @@ function relayEvents(reply: http.IncomingMessage, res: http.ServerResponse, edit
     });
     let draining = false;
     // Once a write is handed to the socket, what the agent has not taken is counted afresh.
-    const written = () => {
+    const recount = () => {
       if (!over) settle();
     };
     const write = (text: string) => {
-      if (res.write(text, written) || draining) return;
+      if (res.write(text, recount) || draining) return;
       draining = true;
       reply.pause();
       res.once('drain', () => {
@@ -683,10 +683,16 @@ function written(res: http.ServerResponse, text: string): Promise<void> {
       res.end(text);
       return resolve();
     }
-    socket.once('close', resolve);
+    // The socket outlives the exchange (keep-alive): its listeners go with the exchange.
+    const done = () => {
+      socket.off('close', done);
+      socket.off('drain', done);
+      resolve();
+    };
+    socket.once('close', done);
     res.end(text, () => {
-      if (socket.writableLength === 0) return resolve();
-      socket.once('drain', resolve);
+      if (socket.writableLength === 0) return done();
+      socket.once('drain', done);
     });
   });
 }

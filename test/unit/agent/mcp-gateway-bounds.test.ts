@@ -143,6 +143,33 @@ describe("what the gateway holds of servers' answers is bounded, and nothing hol
   });
 });
 
+describe('a connection the agent keeps alive', () => {
+  it('carries many answers without the gateway leaving anything on it', async () => {
+    await startSidecar(BUDGET);
+    await system('plain', plain);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      for (let id = 1; id <= 30; id++) {
+        const status = await new Promise<number>((resolve, reject) => {
+          const req = http.request({ host: '127.0.0.1', port: sidecarPort, method: 'POST', path: '/mcp/plain', agent, headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' } }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          });
+          req.on('error', reject);
+          req.end(callMessage('get_ticket', { ticketId: `T-${id}` }, id));
+        });
+        expect(status).toBe(200);
+      }
+      // One connection served all thirty; what each answer waited on is gone from it.
+      expect(new Set(sockets).size).toBe(1);
+      expect(sockets[0]?.listenerCount('close')).toBeLessThan(5);
+      expect(sockets[0]?.listenerCount('drain')).toBeLessThan(5);
+    } finally {
+      agent.destroy();
+    }
+  });
+});
+
 describe('the hop of a task', () => {
   it("a server that names an existing task in an ordinary call's result does not move that task's hop to the ordinary call", async () => {
     await startSidecar(BUDGET);
