@@ -1,4 +1,3 @@
-import { kib, MemoryBudget } from './budget.js';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
@@ -10,6 +9,7 @@ import { CONNECTION_HEADERS, MAX_SIGN_REQUEST_BYTES, type AwsSignAnswer, type Aw
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readBoundedBody } from '../server/http.js';
+import { kib, MemoryBudget } from './budget.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';

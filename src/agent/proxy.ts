@@ -188,8 +188,8 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, watch, ...options.mcp });
   const server = http.createServer(brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
   const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch }) : undefined;
-  // Each connection holds what is written to it until the caller reads it: an agent opening
-  // thousands it never reads would take the sidecar past its memory limit.
+  // Each connection holds what is written to it until the caller reads it (in the sidecar, or in
+  // the kernel's buffers, charged to its container): a bound on connections bounds that too.
   for (const listener of [server, aws?.server]) if (listener) listener.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
   const close = async () => {
     watch.close();

@@ -59,14 +59,11 @@ const CREDENTIAL_ENV: Record<string, string> = {
 export const awsGatewayUrl = (config: InjectionConfig) => `http://127.0.0.1:${config.awsPort}`;
 
 /**
- * What the injected sidecar asks for. Measured: about 70 MiB resident once started, under 90
- * after a sustained gateway load; the limit leaves room for bursts of large bodies in flight.
- */
-/**
- * The sidecar starts at about 70 MiB and grows to 120 to 135 MiB under ordinary load (thousands of
- * tool calls); the limit leaves room above that for what its gateways hold at once to check it (the
- * AWS gateway's 32 MiB of request bodies, the MCP gateway's 4 MiB of answers, which parsing takes
- * to some 40 MiB more), so a large call is refused one by one rather than the sidecar restarting.
+ * What the injected sidecar asks for. It starts at about 70 MiB and grows to 120 to 135 MiB under
+ * ordinary load (thousands of tool calls); the limit leaves room above that for what its gateways
+ * hold at once to check it (the AWS gateway's 32 MiB of request bodies, the MCP gateway's 4 MiB of
+ * answers, which parsing takes to some 40 MiB more), so a large call is refused one by one rather
+ * than the sidecar restarting.
  */
 export const SIDECAR_RESOURCES = { requests: { cpu: '10m', memory: '80Mi' }, limits: { memory: '256Mi' } };
 
