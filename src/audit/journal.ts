@@ -34,6 +34,8 @@ export interface TaskDelta {
   recent: RecentHop[];
   violation?: Violation;
   events: AuditEvent[];
+  /** What `events` come to as records, about (see `eventBytes`): what bounds a write's size. */
+  eventBytes: number;
   /** Decisions on pending hops; each applies only if its hop is still pending when written. */
   resolutions: Resolution[];
   /** Sessions the broker minted; each is recorded, with its audit record, only if its task is still live when written. */
@@ -81,9 +83,54 @@ export const emptyDelta = (): TaskDelta => ({
   removePending: new Set(),
   recent: [],
   events: [],
+  eventBytes: 0,
   resolutions: [],
   sessions: [],
 });
+
+/**
+ * About what an event comes to as a record in the outbox: its data's JSON in UTF-8 and the
+ * record's own fields (task, uid, sequence, time, the two hashes), about 256 bytes more.
+ */
+const eventBytes = (event: AuditEvent): number => Buffer.byteLength(JSON.stringify(event.data)) + 256;
+
+/**
+ * The most a status write carries of hop records, as `eventBytes` counts them. A hop's record
+ * can be 7 KB (its intent, resource and attributes at their limits), and an agent can ask for
+ * hundreds a second: written whole, a second's worth made a status the API server refuses
+ * (413 past 3 MiB; etcd stores 1.5 MiB an object), and the records went out uncovered by any
+ * head. Deflated, this is at most about as many bytes in the outbox, with room left under
+ * etcd's limit for the rest of the status.
+ */
+export const MAX_WRITE_EVENT_BYTES = 256 * 1024;
+/**
+ * Records waiting for their writes beyond which the task's requests are refused until they are
+ * written: the journal keeps pace, and an agent that outruns it is slowed, not queued for.
+ */
+export const MAX_QUEUED_EVENT_BYTES = 4 * MAX_WRITE_EVENT_BYTES;
+
+/**
+ * Leaves in `delta` the events that fit in `budget` (at least one if `atLeastOne`), in order, and
+ * returns the rest to write next, or undefined when all fit. Everything else of the delta (the
+ * counters, the waiting hops, a violation, sessions) goes with the first part: the chain counts a
+ * hop from its first write, and its record follows in the next.
+ */
+function splitEvents(delta: TaskDelta, budget: number, atLeastOne: boolean): TaskDelta | undefined {
+  let used = 0;
+  let kept = 0;
+  for (const event of delta.events) {
+    const size = eventBytes(event);
+    if (used + size > budget && !(atLeastOne && kept === 0)) break;
+    used += size;
+    kept += 1;
+  }
+  if (kept === delta.events.length) return undefined;
+  const later = emptyDelta();
+  later.events = delta.events.splice(kept);
+  later.eventBytes = delta.eventBytes - used;
+  delta.eventBytes = used;
+  return later;
+}
 
 /** The newest `cap` members of a set, oldest first: what a capped status list keeps. */
 const newest = <T>(items: Iterable<T>, cap: number): T[] => [...items].slice(-cap);
@@ -349,6 +396,7 @@ function merge(into: TaskDelta, from: TaskDelta): void {
   into.recent.push(...from.recent);
   into.violation ??= from.violation;
   into.events.push(...from.events);
+  into.eventBytes += from.eventBytes;
   into.resolutions.push(...from.resolutions);
   into.sessions.push(...from.sessions);
 }
@@ -496,7 +544,9 @@ export class TaskJournal {
       entry = { namespace: task.metadata.namespace ?? '', name: task.metadata.name ?? '', queued: emptyDelta(), waiters: [], failures: 0, refusals: 0 };
       this.entries.set(key, entry);
     }
-    merge(entry.queued, { ...emptyDelta(), ...change });
+    const delta = { ...emptyDelta(), ...change };
+    delta.eventBytes = delta.events.reduce((sum, e) => sum + eventBytes(e), 0);
+    merge(entry.queued, delta);
     entry.queuedAt ??= this.clock.now();
     if (change.violation) this.stop(task, 'violated', `is Violated: hop ${change.violation.hopId} broke ${change.violation.rule}`);
     this.schedule(entry, this.window());
@@ -525,14 +575,17 @@ export class TaskJournal {
 
   /**
    * Why this replica refuses the task's requests now, if it does: a violation recorded here, a
-   * completion written here, status the API server refuses, or records waiting too long on a
-   * failing write.
+   * completion written here, status the API server refuses, records waiting too long on a
+   * failing write, or more records waiting than the next writes carry.
    */
   refusal(task: TaskRef): ChainwardenError | undefined {
     const key = keyOf(task);
     const stop = this.stops.get(key);
     if (stop && stop.uid === task.metadata.uid) return new ChainwardenError('task_not_active', `AgentTask ${key} ${stop.message}; it gets nothing more`);
     const entry = this.entries.get(key);
+    if (entry && entry.queued.eventBytes > MAX_QUEUED_EVENT_BYTES) {
+      return new ChainwardenError('journal_behind', `the audit records of AgentTask ${key} come faster than status writes carry them (${Math.round(entry.queued.eventBytes / 1024)} KiB wait); requests are refused until they are written, retry shortly`);
+    }
     if (entry?.behindSince === undefined) return undefined;
     const waited = this.clock.now() - entry.behindSince;
     const events = entry.queued.events.length + (entry.inflight?.events.length ?? entry.unconfirmed?.delta.events.length ?? 0);
@@ -629,8 +682,10 @@ export class TaskJournal {
   private async flush(entry: Entry): Promise<void> {
     const unconfirmed = entry.unconfirmed;
     const fresh = entry.queued;
-    const waiters = entry.waiters;
     const task = `${entry.namespace}/${entry.name}`;
+    // A write carries what fits of the records: the rest stays queued, in order, for the next
+    // write, which goes at once; whoever waits, waits for that one.
+    const later = splitEvents(fresh, MAX_WRITE_EVENT_BYTES - (unconfirmed?.delta.eventBytes ?? 0), !unconfirmed);
     // What this write carries, unless the unconfirmed one turns out to have landed.
     const delta = emptyDelta();
     if (unconfirmed) merge(delta, unconfirmed.delta);
@@ -638,9 +693,10 @@ export class TaskJournal {
     entry.inflight = delta;
     entry.inflightSince = this.clock.now();
     entry.unconfirmed = undefined;
-    entry.queued = emptyDelta();
-    entry.queuedAt = undefined;
-    entry.waiters = [];
+    entry.queued = later ?? emptyDelta();
+    if (!later) entry.queuedAt = undefined;
+    const waiters = later ? [] : entry.waiters;
+    if (!later) entry.waiters = [];
     let attempted: TaskDelta | undefined;
     let records: AuditRecord[] = [];
     let landed: AuditRecord[] = unconfirmed?.landed ?? [];

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { AdmissionregistrationV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { STATUS_CAPS } from '../../../src/api/task.js';
@@ -57,6 +58,44 @@ describe('the journal cannot be wedged', () => {
     // The other hops still flow and are recorded.
     expect((await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/1' })).body.decision).toBe('allow');
     await waitForTask(admin, namespace, TASK, (t) => t.status?.chain?.hopCount === STATUS_CAPS.pendingHops + 2);
+  });
+
+  test('an agent sending hops at their size limits faster than status writes carry them is slowed, and every hop it was answered is counted and covered by the head', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, {
+      policy: (p) => {
+        roomy.policy(p);
+        p.spec.limits = { maxHops: 10_000, maxDepth: 6 };
+      },
+      task: (t) => void (t.spec.limits = { maxHops: 10_000, maxDepth: 4 }),
+    });
+    // Intent, resource and attributes near their limits, in random text that does not compress: about 6 KB a record.
+    const noise = (n: number) => randomBytes(n).toString('base64').slice(0, n);
+    const answers: Record<string, number> = {};
+    let sent = 0;
+    await Promise.all(
+      Array.from({ length: 48 }, async () => {
+        while (sent < 2_000) {
+          sent += 1;
+          const answer = await agent.hop({ tool: 'tickets', action: 'probe', resource: `ticket/${noise(1000)}`, intent: noise(1000), attributes: { a: noise(1000), b: noise(1000), c: noise(1000), d: noise(900) } });
+          const outcome = `${answer.status} ${answer.body.decision ?? answer.body.error?.code ?? ''}`;
+          answers[outcome] = (answers[outcome] ?? 0) + 1;
+        }
+      }),
+    );
+    // Before, one status write carried a second's worth of records, 413 past the API server's 3 MiB: the task
+    // was stopped on this replica (task_not_active), and a thousand answered hops were neither counted nor under the head.
+    expect(Object.keys(answers).filter((k) => k !== '200 allow' && k !== '503 journal_behind')).toEqual([]);
+    const allowed = answers['200 allow'] ?? 0;
+    expect(allowed).toBeGreaterThan(200);
+    const uid = (await readTask(admin, namespace, TASK))?.metadata.uid;
+    // A record reaches the stream once the head that covers it is in status.
+    await expect.poll(async () => (await auditOf(env.auditFile, uid)).filter((e) => e.record.type === 'hop_decided').length, { timeout: 30_000 }).toBe(allowed);
+    const task = await readTask(admin, namespace, TASK);
+    expect(task?.status?.chain?.hopCount).toBe(allowed);
+    expect(task?.status?.hops?.allowed).toBe(allowed);
+    expect((await auditOf(env.auditFile, uid)).at(-1)?.record).toMatchObject({ seq: task?.status?.audit?.count, hash: task?.status?.audit?.head });
+    // The task goes on.
+    expect((await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/1' })).body.decision).toBe('allow');
   });
 
   test('a violation whose status write the API server refuses is enforced at once, and its records still reach the audit stream', async ({ admin, env, namespace }) => {

@@ -1,7 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { STATUS_CAPS } from '../../../src/api/task.js';
-import { applyDelta, emptyDelta, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
+import { applyDelta, emptyDelta, MAX_QUEUED_EVENT_BYTES, MAX_WRITE_EVENT_BYTES, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
 import { verifyChains } from '../../../src/audit/verify.js';
 import { ChainwardenError } from '../../../src/errors.js';
@@ -168,6 +169,76 @@ describe('the journal cannot be wedged', () => {
     expect(stops).toEqual([{ cause: 'violated', message: expect.any(String) as string }]);
     journal.forget(task());
     expect(journal.refusal(task())).toBeUndefined();
+  });
+});
+
+describe('a write stays a size the API server stores', () => {
+  /** A hop record at the hop's limits: intent, resource and attributes of random text, as a hostile agent sends. */
+  const bigHop = (i: number) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: { hopId: `h1_${i}`, decision: 'allow', intent: randomBytes(768).toString('base64'), resource: `ticket/${randomBytes(768).toString('base64')}`, attributes: { a: randomBytes(1500).toString('base64'), b: randomBytes(1500).toString('base64') } } });
+
+  /** A writer over one stored task, the chain linked across writes, each write's outbox size kept. */
+  function storing() {
+    let stored = task();
+    const outboxes: number[] = [];
+    const emitted: AuditRecord[] = [];
+    let release: (() => void) | undefined;
+    let hold = false;
+    const update: Update = async (_ns, _name, edit) => {
+      if (hold) await new Promise<void>((r) => (release = r));
+      const status = edit(stored);
+      if (!status) return stored;
+      stored = { ...stored, status };
+      outboxes.push((status.audit?.unsent ?? []).join('').length);
+      return stored;
+    };
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0 });
+    return { journal, emitted, outboxes, stored: () => stored, hold: (on: boolean) => ((hold = on), on ? undefined : release?.()) };
+  }
+
+  it(`a burst of large hop records goes out over several writes of at most ${MAX_WRITE_EVENT_BYTES / 1024} KiB of records: every record once, in order, each write's head covering its own`, async () => {
+    const { journal, emitted, outboxes, stored, hold } = storing();
+    // 300 records of about 6 KB queue while the first write hangs (a slow API server under a hostile agent).
+    hold(true);
+    journal.record(stored(), { hopCount: 1, allowed: 1, events: [bigHop(0)] });
+    for (let i = 1; i < 300; i++) journal.record(stored(), { hopCount: 1, allowed: 1, events: [bigHop(i)] });
+    hold(false);
+    await vi.waitFor(() => expect(emitted).toHaveLength(300), { timeout: 5_000 });
+    // Before, the second write carried all 299 (2.3 MB of outbox): past what the API server takes.
+    expect(outboxes.length).toBeGreaterThanOrEqual(8);
+    expect(Math.max(...outboxes)).toBeLessThan(MAX_WRITE_EVENT_BYTES * 1.2);
+    expect(emitted.map((r) => r.data.hopId)).toEqual(Array.from({ length: 300 }, (_, i) => `h1_${i}`));
+    expect(stored().status?.chain?.hopCount).toBe(300);
+    const { chains, breaks } = verifyChains(emitted.map((record, i) => ({ record, line: i + 1 })));
+    expect(breaks).toEqual([]);
+    expect({ count: chains[0]?.count, head: chains[0]?.head }).toEqual({ count: 300, head: stored().status?.audit?.head });
+  });
+
+  it('whoever waits on a change queued behind a burst hears it landed only once its record is in status', async () => {
+    const { journal, emitted, stored, hold } = storing();
+    hold(true);
+    journal.record(stored(), { events: [bigHop(0)] });
+    for (let i = 1; i < 200; i++) journal.record(stored(), { events: [bigHop(i)] });
+    const revoked = { type: 'revocation' as const, at: '2026-11-21T10:00:01Z', data: { reason: 'completed' } };
+    const landed = journal.commit(stored(), { events: [revoked] });
+    hold(false);
+    const written = await landed;
+    expect(written?.status?.audit?.count).toBe(201);
+    expect(emitted.at(-1)?.type).toBe('revocation');
+  });
+
+  it(`refuses the task's requests while more than ${MAX_QUEUED_EVENT_BYTES / 1024} KiB of records wait, and not once they are written`, async () => {
+    const { journal, emitted, stored, hold } = storing();
+    hold(true);
+    journal.record(stored(), { events: [bigHop(0)] });
+    let i = 1;
+    while (journal.refusal(stored()) === undefined && i < 1_000) journal.record(stored(), { events: [bigHop(i++)] });
+    expect(journal.refusal(stored())).toMatchObject({ code: 'journal_behind', status: 503, message: expect.stringMatching(/come faster than status writes carry them .* retry shortly/) as string });
+    // About the bound's worth of 6 KB records, not a thousand.
+    expect(i).toBeGreaterThan(MAX_QUEUED_EVENT_BYTES / 8_000);
+    expect(i).toBeLessThan(MAX_QUEUED_EVENT_BYTES / 4_000);
+    hold(false);
+    await vi.waitFor(() => expect(emitted).toHaveLength(i), { timeout: 5_000 });
+    expect(journal.refusal(stored())).toBeUndefined();
   });
 });
 
