@@ -506,9 +506,13 @@ const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metada
  * audit log only once the head that covers them is in the task's status, so the log and the
  * head never disagree.
  *
+ * A write carries at most `MAX_WRITE_EVENT_BYTES` of records, so that no agent makes a status
+ * too large to store; more follow in the writes after it, at once.
+ *
  * The journal cannot be wedged, and never lets hops outrun their records. A failing write is
  * retried with backoff, nothing lost; while records wait longer than 10 s (or more than 1,000
- * pile up) the task's requests are refused until they are written. A write the API server
+ * pile up) the task's requests are refused until they are written, and so they are while more
+ * than `MAX_QUEUED_EVENT_BYTES` of records wait. A write the API server
  * refuses outright is tried three times and for 5 s, then given up: its records are emitted on the last
  * head known, and the task is stopped on this replica. A violation stops the task on this
  * replica the moment it is recorded, before any write lands.
