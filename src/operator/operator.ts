@@ -24,7 +24,7 @@ import { TaskJournal } from '../audit/journal.js';
 import type { AuditRecord } from '../audit/record.js';
 import { HopIds, loadHopKey } from '../broker/hopids.js';
 import { HopService } from '../broker/hops.js';
-import { PolicyEngine } from '../policy/engine.js';
+import { keyOf as policyKey, PolicyEngine } from '../policy/engine.js';
 import { AgentAuthenticator, type PodRecord } from '../broker/auth.js';
 import { BROKER_LISTENER_LIMITS, brokerRoutes } from '../broker/routes.js';
 import { AgentTaskController } from '../controllers/agenttask/controller.js';
@@ -311,8 +311,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     const { namespace: ns = '', name = '', uid } = task.metadata;
     return informers.tasks.waitFor(ns, name, (t) => !t || t.metadata.uid !== uid || endOf(t, clock.now()) !== undefined, timeoutMs);
   };
+  const engine = new PolicyEngine();
+  // A deleted policy's compiled rules go with it.
+  informers.policies.on((event, p) => event === 'delete' && engine.drop(policyKey(p)));
   const hops = new HopService({
-    engine: new PolicyEngine(),
+    engine,
     journal,
     ids: new HopIds(hopKey),
     policy,

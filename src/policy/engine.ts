@@ -51,8 +51,17 @@ let schemaReady = false;
 /** Decisions remembered per policy generation; past this the oldest are forgotten. */
 const MEMO_ENTRIES = 8_192;
 
+/**
+ * Policies kept compiled at once; past this the one compiled longest ago is dropped (and compiled
+ * again if it is used again). Cedar keeps every preparsed policy set until it is replaced, so
+ * this is also what bounds its memory.
+ */
+export const MAX_PREPARED_POLICIES = 256;
+
 interface Prepared {
+  /** Where Cedar keeps it: one slot per policy, reused by its next generation. */
   id: string;
+  generation: number;
   effects: Map<string, RuleEffect>;
   /** What the policy reads, and its decisions by exactly that; absent when it has raw Cedar. */
   memo?: { reads: NonNullable<CompiledPolicy['reads']>; decisions: Map<string, Evaluation> };
@@ -65,36 +74,59 @@ function memoKey(reads: NonNullable<CompiledPolicy['reads']>, context: HopContex
   return JSON.stringify([context.tool, context.action, context.resource, context.depth, context.crossesTrustBoundary, systems, classes]);
 }
 
+/** A policy as the engine keeps it: the object (its uid, else its namespace) and its name. */
+export const keyOf = (policy: Pick<AgentPolicy, 'metadata'>): string => `${policy.metadata.uid ?? policy.metadata.namespace ?? ''}/${policy.metadata.name ?? ''}`;
+
 /**
  * Evaluates hops with Cedar. Each policy generation is compiled and parsed once (preparsed in
- * the WASM module under a per-generation id); a hop then costs one authorization call. A policy
+ * the WASM module, in the policy's own slot: a new generation replaces the last, which Cedar
+ * then frees); a hop then costs one authorization call. A policy
  * of rules alone reads a known, small part of a hop (see `CompiledPolicy.reads`), so its
  * decisions are remembered keyed on exactly that part: the same call in the same chain state is
  * decided once per policy generation. Raw Cedar may read anything, and is evaluated every time.
  */
 export class PolicyEngine {
+  /** By policy (uid, else namespace, and name: see `keyOf`), oldest compiled first. */
   private readonly prepared = new Map<string, Prepared>();
+  /** Cedar slots of policies dropped from `prepared`, for the next policy compiled. */
+  private readonly freeSlots: string[] = [];
+  private slots = 0;
 
   /** `memoize: false` asks Cedar every time: the reference the remembered decisions are tested against. */
   constructor(private readonly options: { memoize?: boolean } = {}) {}
 
   private prepare(policy: AgentPolicy): Prepared {
-    const key = `${policy.metadata.uid ?? policy.metadata.namespace ?? ''}/${policy.metadata.name ?? ''}@${policy.metadata.generation ?? 0}`;
-    let entry = this.prepared.get(key);
-    if (entry) return entry;
+    const key = keyOf(policy);
+    const generation = policy.metadata.generation ?? 0;
+    const known = this.prepared.get(key);
+    if (known?.generation === generation) return known;
     if (!schemaReady) {
       const answer = cedar.preparseSchema(SCHEMA_NAME, CEDAR_SCHEMA);
       if (answer.type === 'failure') throw new Error(`the chainwarden Cedar schema does not parse: ${answer.errors.map((e) => e.message).join('; ')}`);
       schemaReady = true;
     }
     const compiled = compilePolicy(policy);
-    const answer = cedar.preparsePolicySet(key, { staticPolicies: compiled.policies });
-    if (answer.type === 'failure') throw new Error(`AgentPolicy ${policy.metadata.name ?? ''} does not compile to Cedar: ${answer.errors.map((e) => e.message).join('; ')}`);
-    entry = { id: key, effects: compiled.effects, ...(compiled.reads && this.options.memoize !== false ? { memo: { reads: compiled.reads, decisions: new Map() } } : {}) };
-    // Older generations of the same policy are not needed any more.
-    for (const old of this.prepared.keys()) if (old.startsWith(key.slice(0, key.lastIndexOf('@') + 1))) this.prepared.delete(old);
+    const id = known?.id ?? this.freeSlots.pop() ?? `policy-${++this.slots}`;
+    // A set that does not parse leaves the slot as it was; the policy is not kept, so it is tried again.
+    const answer = cedar.preparsePolicySet(id, { staticPolicies: compiled.policies });
+    if (answer.type === 'failure') {
+      if (!known) this.freeSlots.push(id);
+      throw new Error(`AgentPolicy ${policy.metadata.name ?? ''} does not compile to Cedar: ${answer.errors.map((e) => e.message).join('; ')}`);
+    }
+    const entry: Prepared = { id, generation, effects: compiled.effects, ...(compiled.reads && this.options.memoize !== false ? { memo: { reads: compiled.reads, decisions: new Map() } } : {}) };
+    this.prepared.delete(key);
     this.prepared.set(key, entry);
+    if (this.prepared.size > MAX_PREPARED_POLICIES) this.drop(this.prepared.keys().next().value as string);
     return entry;
+  }
+
+  /** Forgets a policy (deleted, or compiled longest ago; by `keyOf`): its slot in Cedar is emptied and reused. */
+  drop(key: string): void {
+    const entry = this.prepared.get(key);
+    if (!entry) return;
+    this.prepared.delete(key);
+    cedar.preparsePolicySet(entry.id, { staticPolicies: {} });
+    this.freeSlots.push(entry.id);
   }
 
   /**
