@@ -34,7 +34,7 @@ export interface TaskDelta {
   recent: RecentHop[];
   violation?: Violation;
   events: AuditEvent[];
-  /** What `events` come to as records, about (see `eventBytes`): what bounds a write's size. */
+  /** What its records come to, about (see `eventBytes`): `events`, and those of `resolutions` and `sessions`. */
   eventBytes: number;
   /** Decisions on pending hops; each applies only if its hop is still pending when written. */
   resolutions: Resolution[];
@@ -116,10 +116,12 @@ export const MAX_QUEUED_EVENT_BYTES = 4 * MAX_WRITE_EVENT_BYTES;
  * hop from its first write, and its record follows in the next.
  */
 function splitEvents(delta: TaskDelta, budget: number, atLeastOne: boolean): TaskDelta | undefined {
-  let used = 0;
+  if (delta.eventBytes <= budget) return undefined;
+  const sizes = delta.events.map(eventBytes);
+  // The records of resolutions and sessions go with the first part.
+  let used = delta.eventBytes - sizes.reduce((sum, size) => sum + size, 0);
   let kept = 0;
-  for (const event of delta.events) {
-    const size = eventBytes(event);
+  for (const size of sizes) {
     if (used + size > budget && !(atLeastOne && kept === 0)) break;
     used += size;
     kept += 1;
@@ -507,7 +509,7 @@ const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metada
  * head never disagree.
  *
  * A write carries at most `MAX_WRITE_EVENT_BYTES` of records, so that no agent makes a status
- * too large to store; more follow in the writes after it, at once.
+ * too large to store; more follow in the next writes.
  *
  * The journal cannot be wedged, and never lets hops outrun their records. A failing write is
  * retried with backoff, nothing lost; while records wait longer than 10 s (or more than 1,000
@@ -550,6 +552,8 @@ export class TaskJournal {
     }
     const delta = { ...emptyDelta(), ...change };
     delta.eventBytes = delta.events.reduce((sum, e) => sum + eventBytes(e), 0);
+    for (const r of delta.resolutions) delta.eventBytes += r.events.reduce((sum, e) => sum + eventBytes(e), 0);
+    for (const g of delta.sessions) delta.eventBytes += eventBytes(g.event);
     merge(entry.queued, delta);
     entry.queuedAt ??= this.clock.now();
     if (change.violation) this.stop(task, 'violated', `is Violated: hop ${change.violation.hopId} broke ${change.violation.rule}`);
@@ -688,7 +692,8 @@ export class TaskJournal {
     const fresh = entry.queued;
     const task = `${entry.namespace}/${entry.name}`;
     // A write carries what fits of the records: the rest stays queued, in order, for the next
-    // write, which goes at once; whoever waits, waits for that one.
+    // write, a window later (at once if someone waits, and whoever waits, waits for that one):
+    // an agent sending more than writes carry is slowed by `refusal`, not written for back to back.
     const later = splitEvents(fresh, MAX_WRITE_EVENT_BYTES - (unconfirmed?.delta.eventBytes ?? 0), !unconfirmed);
     // What this write carries, unless the unconfirmed one turns out to have landed.
     const delta = emptyDelta();
@@ -698,7 +703,7 @@ export class TaskJournal {
     entry.inflightSince = this.clock.now();
     entry.unconfirmed = undefined;
     entry.queued = later ?? emptyDelta();
-    if (!later) entry.queuedAt = undefined;
+    entry.queuedAt = later ? this.clock.now() : undefined;
     const waiters = later ? [] : entry.waiters;
     if (!later) entry.waiters = [];
     let attempted: TaskDelta | undefined;

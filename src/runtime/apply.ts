@@ -39,6 +39,8 @@ function apiMessage(body: unknown): string {
  * them), and only applying this version's CRDs fixes it.
  */
 const UNDECLARED_FIELD = /field not declared in schema/;
+/** etcd refusing an object over its size limit, which the API server answers with a 500: the same every time. */
+const TOO_LARGE = /request is too large/;
 
 function refused(status: number, what: string, body: unknown): ChainwardenError {
   const message = apiMessage(body);
@@ -46,7 +48,7 @@ function refused(status: number, what: string, body: unknown): ChainwardenError 
     return new ChainwardenError('api_refused', `${what}: ${status} ${message}; the installed CRD is older than this chainwarden: apply the CRDs of this version (kubectl apply --server-side -f crds/)`);
   }
   // Invalid, too large or forbidden: the API server will refuse the same write every time; retrying it cannot help.
-  return new ChainwardenError([400, 403, 413, 422].includes(status) ? 'api_refused' : 'api_error', `${what}: ${status} ${message}`);
+  return new ChainwardenError([400, 403, 413, 422].includes(status) || TOO_LARGE.test(message) ? 'api_refused' : 'api_error', `${what}: ${status} ${message}`);
 }
 
 /**

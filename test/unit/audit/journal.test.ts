@@ -177,8 +177,8 @@ describe('a write stays a size the API server stores', () => {
   const bigHop = (i: number) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: { hopId: `h1_${i}`, decision: 'allow', intent: randomBytes(768).toString('base64'), resource: `ticket/${randomBytes(768).toString('base64')}`, attributes: { a: randomBytes(1500).toString('base64'), b: randomBytes(1500).toString('base64') } } });
 
   /** A writer over one stored task, the chain linked across writes, each write's outbox size kept. */
-  function storing() {
-    let stored = task();
+  function storing(initial: AgentTaskStatus = {}) {
+    let stored = task('u1', initial);
     const outboxes: number[] = [];
     const emitted: AuditRecord[] = [];
     let release: (() => void) | undefined;
@@ -224,6 +224,20 @@ describe('a write stays a size the API server stores', () => {
     const written = await landed;
     expect(written?.status?.audit?.count).toBe(201);
     expect(emitted.at(-1)?.type).toBe('revocation');
+  });
+
+  it('the records of waiting hops decided count towards a write\'s bound: the plain records queued with them wait for the next write', async () => {
+    const pendingHops = Array.from({ length: 30 }, (_, i) => ({ hopId: `h1_p${i}`, digest: 'd', tool: 'payments', action: 'refund', resource: 'o', depth: 1, rules: ['r'], requestedAt: 'a', timeoutAt: 'b' }));
+    const { journal, emitted, outboxes, stored, hold } = storing({ state: 'Bound', hops: { allowed: 0, denied: 0, pending: 30 }, pendingHops });
+    hold(true);
+    journal.record(stored(), { events: [bigHop(0)] });
+    // Thirty approvals at once, each record about 6 KB, queued with forty hops' records.
+    journal.record(stored(), { resolutions: pendingHops.map((h, i) => ({ hopId: h.hopId, decision: 'allow' as const, systems: [], dataClasses: [], recent: { hopId: h.hopId, decision: 'allow', rules: ['approval:a'], at: 'now' }, events: [bigHop(1_000 + i)] })) });
+    for (let i = 1; i <= 40; i++) journal.record(stored(), { events: [bigHop(i)] });
+    hold(false);
+    await vi.waitFor(() => expect(emitted).toHaveLength(71), { timeout: 5_000 });
+    expect(stored().status?.hops).toEqual({ allowed: 30, denied: 0, pending: 0 });
+    expect(Math.max(...outboxes)).toBeLessThan(MAX_WRITE_EVENT_BYTES * 1.2);
   });
 
   it(`refuses the task's requests while more than ${MAX_QUEUED_EVENT_BYTES / 1024} KiB of records wait, and not once they are written`, async () => {
