@@ -10,7 +10,7 @@ import type { TaskClient, TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { globMatches } from '../policy/glob.js';
 import type { Clock } from '../runtime/clock.js';
-import { planCredentialDuration, planAwsRetry, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
+import { AWS_RETRY_BASE_MS, planCredentialDuration, planAwsRetry, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
 import { StsError, type AwsSession, type StsPort } from './sts.js';
 import type { Placeholders } from '../aws/placeholders.js';
 import { faultPoint } from '../runtime/faults.js';
@@ -61,6 +61,9 @@ interface BackingOff {
  * name, replica; never the secret) in the task's status, through the task's journal, before
  * handing it out.
  */
+/** The longest a refused credential is answered from memory before it is asked for again. */
+const REFUSED_RETRY_MAX_MS = 5_000;
+
 export class CredentialBroker {
   private readonly cache = new Map<string, Cached>();
   private readonly inflight = new Map<string, Promise<AwsSession>>();
@@ -110,7 +113,7 @@ export class CredentialBroker {
     let pending = this.inflight.get(key);
     if (!pending) {
       const waiting = this.backingOff.get(key);
-      // Retryable, answered at once: STS failed moments ago and is left alone a while (503, StsUnavailable on the task).
+      // Answered at once: the credential failed moments ago (STS unavailable, a refusal) and is left alone a while.
       if (waiting && waiting.retryAt > this.deps.clock.now()) throw waiting.error;
       pending = this.issue(task, name)
         .then(
@@ -129,13 +132,24 @@ export class CredentialBroker {
     return session;
   }
 
-  /** After STS could not answer, the next issuance of the credential waits, longer with each failure in a row. */
+  /**
+   * After an issuance failed, the next of the credential waits, longer with each failure in a row,
+   * and until then the same error is the answer. While STS cannot answer, from the first failure,
+   * up to 30 s. After a refusal (a role no longer allowed, STS's AccessDenied), which a fixed
+   * policy or trust policy ends, the next try goes at once, and from the second refusal in a row
+   * it waits, up to 5 s: an agent or SDK asking in a loop costs no STS call, task read or Event
+   * each time.
+   */
   private backOff(key: string, taskUid: string, err: unknown): void {
-    if (!(err instanceof ChainwardenError) || err.code !== 'sts_unavailable') return void this.backingOff.delete(key);
-    const failures = (this.backingOff.get(key)?.failures ?? 0) + 1;
-    const retryAt = this.deps.clock.now() + planAwsRetry(failures, this.deps.random);
+    if (!(err instanceof ChainwardenError)) return void this.backingOff.delete(key);
+    const now = this.deps.clock.now();
+    const before = this.backingOff.get(key);
+    // Failures in a row: a refusal long after the last starts the count again.
+    const failures = before && now - before.retryAt < REFUSED_RETRY_MAX_MS * 6 ? before.failures + 1 : 1;
+    const unavailable = err.code === 'sts_unavailable';
+    const retryAt = now + (unavailable ? planAwsRetry(failures, this.deps.random) : failures > 1 ? planAwsRetry(failures - 1, this.deps.random, AWS_RETRY_BASE_MS, REFUSED_RETRY_MAX_MS) : 0);
     this.backingOff.set(key, { failures, retryAt, error: err, taskUid });
-    this.deps.log.info({ credential: key, failures, retryInMs: retryAt - this.deps.clock.now() }, 'STS unavailable: the credential is not asked for again until the wait is over');
+    if (unavailable) this.deps.log.info({ credential: key, failures, retryInMs: retryAt - this.deps.clock.now() }, 'STS unavailable: the credential is not asked for again until the wait is over');
   }
 
   private async issue(task: AgentTask, name: string): Promise<AwsSession> {
@@ -224,13 +238,15 @@ export class CredentialBroker {
     const reason: Reason = reasonOf(error.code) ?? Reason.AssumeRoleFailed;
     const now = new Date(this.deps.clock.now()).toISOString();
     try {
+      let changed = false;
       const written = await this.deps.status.update(namespace, name, (current) => {
         const was = current.status?.conditions?.find((c) => c.type === ConditionType.CredentialsIssued);
-        if (was?.status === 'False' && was.reason === reason && was.message === error.message) return undefined;
+        changed = !(was?.status === 'False' && was.reason === reason && was.message === error.message);
+        if (!changed) return undefined;
         return { ...current.status, conditions: mergeConditions(current.status?.conditions, [{ type: ConditionType.CredentialsIssued, status: 'False', reason, message: error.message }], now, current.metadata.generation) };
       });
-      // The broker saw the failure, so it reports it; lifecycle Events are the controller's.
-      if (written) await this.deps.events.recordEvent(written, 'Warning', reason, error.message);
+      // The broker saw the failure, so it reports it, once while the condition says so; lifecycle Events are the controller's.
+      if (written && changed) await this.deps.events.recordEvent(written, 'Warning', reason, error.message);
     } catch (err) {
       this.deps.log.warn({ err, task: `${namespace}/${name}` }, 'could not record the credential failure on the task');
     }

@@ -180,6 +180,27 @@ describe('CredentialBroker', () => {
     expect(session.accessKeyId).toMatch(/^ASIATWIN/);
   });
 
+  it('answers an agent asking in a loop for a refused credential from memory: two STS calls and one Event, not one of each a request; asked again after the wait, STS is', async () => {
+    let at = now;
+    const moving = { now: () => at };
+    const sts = new InMemorySts(moving.now);
+    const writer = new TaskClientTwin(task);
+    const ring = new KeyRing(new InMemoryKeyStore(), moving);
+    await ring.refresh();
+    const { journal } = journalOf(writer, undefined, moving);
+    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal, random: () => 0.5 });
+    const denied = () => Object.assign(new Error('not authorized to perform sts:AssumeRole'), { name: 'AccessDenied' });
+    for (let i = 0; i < 10; i++) sts.failNext(denied());
+    for (let i = 0; i < 50; i++) await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'role_not_assumable' });
+    // Before, each of the 50 was an STS call, a read of the task and a new Event.
+    expect(sts.requests).toHaveLength(2);
+    expect(writer.events).toHaveLength(1);
+    at += 5_000;
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'role_not_assumable' });
+    expect(sts.requests).toHaveLength(3);
+    expect(writer.events).toHaveLength(1);
+  });
+
   it('does not hold back after a refusal STS meant: a fixed trust policy is tried at once', async () => {
     const { sts, broker } = await setup();
     sts.failNext(Object.assign(new Error('not authorized to perform sts:AssumeRole'), { name: 'AccessDenied' }));
