@@ -157,9 +157,11 @@ export const CREDENTIALS_BINDING_WAIT_MS = 500;
 /**
  * Every broker request is small and answered within seconds (a held MCP call waits in the sidecar,
  * which polls): a connection whose request has not arrived by these times is any pod's in the
- * cluster holding the listener, and is dropped.
+ * cluster holding the listener, and is dropped. Any pod can connect without a token, and a kept-alive
+ * connection costs the operator some 50 KiB, so one address keeps at most 1,024 open (a sidecar keeps
+ * at most 16, and a node that hides its pods behind its own address has room for many).
  */
-export const BROKER_LISTENER_LIMITS: ListenerLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 };
+export const BROKER_LISTENER_LIMITS: ListenerLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, maxConnectionsPerSource: 1_024 };
 
 /** GET /v1/credentials[/{name}]: AWS container-credentials for the calling pod's task. */
 function credentials(deps: BrokerDeps): Handler {

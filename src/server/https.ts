@@ -1,5 +1,5 @@
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { ChainwardenError } from '../errors.js';
 import { sendError, sendFailure, type Handler } from './http.js';
@@ -17,6 +17,8 @@ export interface ListenerLimits {
   headersTimeoutMs?: number;
   /** Drop a connection whose request has not arrived whole by then. */
   requestTimeoutMs?: number;
+  /** Close at once a connection from an address that already has this many open. */
+  maxConnectionsPerSource?: number;
 }
 
 export interface RunningServer {
@@ -32,6 +34,31 @@ function router(routes: Routes): (path: string) => Handler | undefined {
     .filter((k) => k.endsWith('/'))
     .sort((a, b) => b.length - a.length);
   return (path) => exact.get(path) ?? exact.get(prefixes.find((p) => path.startsWith(p)) ?? '');
+}
+
+/**
+ * Closes a connection, before its TLS handshake, from an address with `max` open already. Said
+ * once in the log each time an address reaches the bound, not for every connection refused.
+ */
+function boundPerSource(server: https.Server, max: number, log: Logger): void {
+  const open = new Map<string, number>();
+  const full = new Set<string>();
+  server.on('connection', (socket: Socket) => {
+    const source = socket.remoteAddress ?? '';
+    const count = open.get(source) ?? 0;
+    if (count >= max) {
+      if (!full.has(source)) log.warn({ source, open: count }, 'an address holds as many connections to the listener as it may; more are closed at once');
+      full.add(source);
+      return void socket.destroy();
+    }
+    open.set(source, count + 1);
+    socket.once('close', () => {
+      const left = (open.get(source) ?? 1) - 1;
+      if (left > 0) open.set(source, left);
+      else open.delete(source);
+      if (left < max) full.delete(source);
+    });
+  });
 }
 
 /**
@@ -60,6 +87,7 @@ export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { hos
       .catch((err: unknown) => sendFailure(res, err, (e) => log.error({ err: e, path }, 'request failed')));
   });
   server.keepAliveTimeout = 65_000;
+  if (limits.maxConnectionsPerSource !== undefined) boundPerSource(server, limits.maxConnectionsPerSource, log);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => resolve());

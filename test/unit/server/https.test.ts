@@ -1,4 +1,5 @@
 import net from 'node:net';
+import tls from 'node:tls';
 import https from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChainwardenError } from '../../../src/errors.js';
@@ -94,6 +95,46 @@ describe('serveHttps limits', () => {
       expect(performance.now() - started).toBeLessThan(3_000);
     } finally {
       await limited.close();
+    }
+  });
+});
+
+describe('serveHttps with a bound on connections per address', () => {
+  let bounded: RunningServer;
+  let caPem: string;
+  beforeAll(async () => {
+    const authority = await CertificateAuthority.create('test-ca');
+    caPem = authority.certPem;
+    const tls = await authority.issueServing('test', { dnsNames: ['localhost'], ips: ['127.0.0.1'] });
+    bounded = await serveHttps({ '/ok': (_req, res) => Promise.resolve(void res.end('{"ok":true}')) }, tls, { host: '0.0.0.0', port: 0 }, silentLogger(), { maxConnectionsPerSource: 3 });
+  });
+  afterAll(() => bounded.close());
+
+  /** A TLS connection from `from`, resolved once its handshake ends (true) or it is closed first (false). */
+  const connect = (from: string, sockets: tls.TLSSocket[]) =>
+    new Promise<boolean>((resolve) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: bounded.port, localAddress: from, ca: caPem, servername: 'localhost' });
+      sockets.push(socket);
+      socket.once('secureConnect', () => resolve(true));
+      socket.once('error', () => resolve(false));
+      socket.once('close', () => resolve(false));
+    });
+
+  it('closes a connection from an address that holds the bound before its handshake; other addresses, and the same once one closes, still connect', async () => {
+    const sockets: tls.TLSSocket[] = [];
+    try {
+      for (let i = 0; i < 3; i++) expect(await connect('127.0.0.1', sockets)).toBe(true);
+      // The attacker's fourth: closed at once, nothing served on it.
+      expect(await connect('127.0.0.1', sockets)).toBe(false);
+      // Another pod's address is not held up by it.
+      expect(await connect('127.0.0.2', sockets)).toBe(true);
+      // One of the three closes; its address may open one again.
+      const first = sockets[0] as tls.TLSSocket;
+      await new Promise((r) => first.end(r));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(await connect('127.0.0.1', sockets)).toBe(true);
+    } finally {
+      for (const s of sockets) s.destroy();
     }
   });
 });
