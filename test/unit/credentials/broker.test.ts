@@ -41,6 +41,19 @@ async function setup() {
   return { sts, writer, broker, journal, emitted, stored: () => writer.task as AgentTask };
 }
 
+/** As `setup`, on a clock the test moves, with the jitter fixed at `random`. */
+async function setupWithClock(random: number) {
+  let at = now;
+  const moving = { now: () => at };
+  const sts = new InMemorySts(moving.now);
+  const writer = new TaskClientTwin(task);
+  const ring = new KeyRing(new InMemoryKeyStore(), moving);
+  await ring.refresh();
+  const { journal } = journalOf(writer, undefined, moving);
+  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', random: () => random, journal });
+  return { sts, writer, broker, stored: () => writer.task as AgentTask, advance: (ms: number) => (at += ms) };
+}
+
 describe('CredentialBroker', () => {
   it('records the session in status before handing it out, and serves the cache after', async () => {
     const { sts, broker, stored } = await setup();
@@ -148,32 +161,25 @@ describe('CredentialBroker', () => {
   });
 
   it('after STS failed, leaves it alone for a jittered wait that grows with each failure, answering fetches meanwhile with the same 503; a success starts afresh', async () => {
-    let t = now;
-    const moving = { now: () => t };
-    const sts = new InMemorySts(moving.now);
-    const writer = new TaskClientTwin(task);
-    const ring = new KeyRing(new InMemoryKeyStore(), moving);
-    await ring.refresh();
-    const { journal } = journalOf(writer, undefined, moving);
-    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', random: () => 0, journal });
+    const { sts, writer, broker, advance } = await setupWithClock(0);
     const unavailable = () => sts.failNext(Object.assign(new Error('Service unavailable'), { name: 'ServiceUnavailable' }));
 
     unavailable();
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 503, code: 'sts_unavailable' });
-    t += 999;
+    advance(999);
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 503, code: 'sts_unavailable' });
     expect(sts.requests).toHaveLength(1);
 
-    t += 1;
+    advance(1);
     unavailable();
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'sts_unavailable' });
     expect(sts.requests).toHaveLength(2);
     // The second failure in a row: twice as long.
-    t += 1_999;
+    advance(1_999);
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'sts_unavailable' });
     expect(sts.requests).toHaveLength(2);
 
-    t += 1;
+    advance(1);
     const session = await broker.credentials(who, 'default');
     expect(sts.requests).toHaveLength(3);
     expect(stored(writer).status?.conditions?.find((c) => c.type === 'CredentialsIssued')?.reason).toBe('Issued');
@@ -181,21 +187,14 @@ describe('CredentialBroker', () => {
   });
 
   it('answers an agent asking in a loop for a refused credential from memory: two STS calls and one Event, not one of each a request; asked again after the wait, STS is', async () => {
-    let at = now;
-    const moving = { now: () => at };
-    const sts = new InMemorySts(moving.now);
-    const writer = new TaskClientTwin(task);
-    const ring = new KeyRing(new InMemoryKeyStore(), moving);
-    await ring.refresh();
-    const { journal } = journalOf(writer, undefined, moving);
-    const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', moving), policy: () => policy, clock: moving, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal, random: () => 0.5 });
+    const { sts, writer, broker, advance } = await setupWithClock(0.5);
     const denied = () => Object.assign(new Error('not authorized to perform sts:AssumeRole'), { name: 'AccessDenied' });
     for (let i = 0; i < 10; i++) sts.failNext(denied());
     for (let i = 0; i < 50; i++) await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'role_not_assumable' });
     // Before, each of the 50 was an STS call, a read of the task and a new Event.
     expect(sts.requests).toHaveLength(2);
     expect(writer.events).toHaveLength(1);
-    at += 5_000;
+    advance(5_000);
     await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ code: 'role_not_assumable' });
     expect(sts.requests).toHaveLength(3);
     expect(writer.events).toHaveLength(1);

@@ -113,7 +113,7 @@ describe('serveHttps with a bound on connections per address', () => {
   /** A TLS connection from `from`, resolved once its handshake ends (true) or it is closed first (false). */
   const connect = (from: string, sockets: tls.TLSSocket[]) =>
     new Promise<boolean>((resolve) => {
-      const socket = tls.connect({ host: '127.0.0.1', port: bounded.port, localAddress: from, ca: caPem, servername: 'localhost' });
+      const socket = tls.connect({ socket: net.connect({ host: '127.0.0.1', port: bounded.port, localAddress: from }), ca: caPem, servername: 'localhost' });
       sockets.push(socket);
       socket.once('secureConnect', () => resolve(true));
       socket.once('error', () => resolve(false));
@@ -130,7 +130,7 @@ describe('serveHttps with a bound on connections per address', () => {
       expect(await connect('127.0.0.2', sockets)).toBe(true);
       // One of the three closes; its address may open one again.
       const first = sockets[0] as tls.TLSSocket;
-      await new Promise((r) => first.end(r));
+      await new Promise<void>((r) => first.end(() => r()));
       await new Promise((r) => setTimeout(r, 50));
       expect(await connect('127.0.0.1', sockets)).toBe(true);
     } finally {
