@@ -94,6 +94,12 @@ export const emptyDelta = (): TaskDelta => ({
  */
 const eventBytes = (event: AuditEvent): number => Buffer.byteLength(JSON.stringify(event.data)) + 256;
 
+function bytesOf(events: readonly AuditEvent[]): number {
+  let sum = 0;
+  for (const event of events) sum += eventBytes(event);
+  return sum;
+}
+
 /**
  * The most a status write carries of hop records, as `eventBytes` counts them. A hop's record
  * can be 7 KB (its intent, resource and attributes at their limits), and an agent can ask for
@@ -117,11 +123,11 @@ export const MAX_QUEUED_EVENT_BYTES = 4 * MAX_WRITE_EVENT_BYTES;
  */
 function splitEvents(delta: TaskDelta, budget: number, atLeastOne: boolean): TaskDelta | undefined {
   if (delta.eventBytes <= budget) return undefined;
-  const sizes = delta.events.map(eventBytes);
   // The records of resolutions and sessions go with the first part.
-  let used = delta.eventBytes - sizes.reduce((sum, size) => sum + size, 0);
+  let used = delta.eventBytes - bytesOf(delta.events);
   let kept = 0;
-  for (const size of sizes) {
+  for (const event of delta.events) {
+    const size = eventBytes(event);
     if (used + size > budget && !(atLeastOne && kept === 0)) break;
     used += size;
     kept += 1;
@@ -551,8 +557,8 @@ export class TaskJournal {
       this.entries.set(key, entry);
     }
     const delta = { ...emptyDelta(), ...change };
-    delta.eventBytes = delta.events.reduce((sum, e) => sum + eventBytes(e), 0);
-    for (const r of delta.resolutions) delta.eventBytes += r.events.reduce((sum, e) => sum + eventBytes(e), 0);
+    delta.eventBytes = bytesOf(delta.events);
+    for (const r of delta.resolutions) delta.eventBytes += bytesOf(r.events);
     for (const g of delta.sessions) delta.eventBytes += eventBytes(g.event);
     merge(entry.queued, delta);
     entry.queuedAt ??= this.clock.now();
