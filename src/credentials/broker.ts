@@ -55,15 +55,15 @@ interface BackingOff {
   taskUid: string;
 }
 
+/** The longest a refused credential is answered from memory before it is asked for again. */
+const REFUSED_RETRY_MAX_MS = 5_000;
+
 /**
  * Per-task AWS sessions. Any replica can mint one; nothing secret is stored in the cluster:
  * each replica keeps what it minted in memory, and records the session (access key id, expiry,
  * name, replica; never the secret) in the task's status, through the task's journal, before
  * handing it out.
  */
-/** The longest a refused credential is answered from memory before it is asked for again. */
-const REFUSED_RETRY_MAX_MS = 5_000;
-
 export class CredentialBroker {
   private readonly cache = new Map<string, Cached>();
   private readonly inflight = new Map<string, Promise<AwsSession>>();
