@@ -327,7 +327,10 @@ describe('a pod whose task has not bound it yet', () => {
     it('answers with the live task once the wait is over, and holds nothing after', async () => {
       const { auth, waiting } = watchedTask(boundTask);
       const answer = auth.untilEnded(await header(), 500, () => false);
-      setTimeout(() => (now += 600), 10);
+      // The clock moves past the wait once the wait has begun: moved while the token was still
+      // being checked (a loaded machine), it moved the wait's end with it, and nothing ended it.
+      await vi.waitFor(() => expect(waiting()).toBe(1));
+      now += 600;
       await expect(answer).resolves.toMatchObject({ podUid: 'uid-0', task: { metadata: { name: 'ticket-4711' } } });
       expect(waiting()).toBe(0);
     });
