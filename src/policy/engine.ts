@@ -1,3 +1,4 @@
+import { setFlagsFromString } from 'node:v8';
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import type { AgentPolicy } from '../api/schema.js';
 import { CEDAR_NAMESPACE, CEDAR_SCHEMA } from './cedar-schema.js';
@@ -44,6 +45,15 @@ export interface Evaluation {
   reasons: Reason[];
   errors: string[];
 }
+
+/*
+ * Cedar's calls return JavaScript objects from WebAssembly (externref). When optimized code that
+ * inlined such a call is deoptimized while the call runs, V8 11.3 (Node 20) cannot rebuild its
+ * result and aborts the process ("unreachable code" in Deoptimizer::DoComputeBuiltinContinuation);
+ * the operator died so under load. Not inlining JS-to-WebAssembly calls avoids that frame
+ * altogether, at the cost of the generic call wrapper, once per decision Cedar is asked for.
+ */
+setFlagsFromString('--no-turbo-inline-js-wasm-calls');
 
 const SCHEMA_NAME = 'chainwarden';
 let schemaReady = false;
