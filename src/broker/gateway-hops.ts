@@ -186,10 +186,12 @@ export class GatewayHops {
     let forecast = await this.forecast(who, hops, released);
     // An approval the forecast finds too narrow for its hop now (a rule it was not given for holds
     // the hop) gives way to the next approval of the same call, if there is one; it stays unused.
+    // One given to a hop the call does not decide (it follows one that is not allowed) goes to a
+    // later hop of the same digest that would wait without one, as deciding in order gives it.
     for (let swaps = 0; swaps < MAX_APPROVAL_SWAPS; swaps++) {
       const narrow = forecast.findIndex((f, i) => f?.decision === 'pending_approval' && released[i] !== undefined && (unused.get(hopDigest(hops[i]?.request as HopRequest))?.length ?? 0) > 0);
-      if (narrow < 0) break;
-      released[narrow] = unused.get(hopDigest(hops[narrow]?.request as HopRequest))?.shift();
+      if (narrow >= 0) released[narrow] = unused.get(hopDigest(hops[narrow]?.request as HopRequest))?.shift();
+      else if (!passIdleApproval(hops, forecast, released)) break;
       forecast = await this.forecast(who, hops, released);
     }
     const denied = forecast.some((f) => f?.decision === 'deny');
@@ -412,6 +414,23 @@ const keyOf = (approval: AgentApproval) => `${approval.metadata.namespace ?? ''}
 const MAX_WAITING_A_CALL = 20;
 /** How many times a call tries another approval for a hop whose approval is too narrow, each a forecast. */
 const MAX_APPROVAL_SWAPS = 8;
+
+/**
+ * Moves an approval from a hop the forecast leaves undecided (it follows one not allowed) to a
+ * later hop of the same digest that the forecast holds for want of one. False when there is none.
+ */
+function passIdleApproval(hops: readonly CallHop[], forecast: readonly (Forecast | undefined)[], released: (AgentApproval | undefined)[]): boolean {
+  for (const [i, f] of forecast.entries()) {
+    if (f?.decision !== 'pending_approval' || released[i] !== undefined) continue;
+    const digest = hopDigest((hops[i] as CallHop).request);
+    const idle = released.findIndex((a, k) => a !== undefined && k < forecast.length && forecast[k] === undefined && hopDigest((hops[k] as CallHop).request) === digest);
+    if (idle < 0) continue;
+    released[i] = released[idle];
+    released[idle] = undefined;
+    return true;
+  }
+  return false;
+}
 /** How long a run of a call's decisions holds the event loop before other calls are answered. */
 const YIELD_EVERY_MS = 5;
 

@@ -307,6 +307,21 @@ describe('a gateway call of several hops, some of which need approval', () => {
     await expect.poll(() => w.status()?.hops?.denied).toBe(1);
     expect(w.status()?.chain?.hopCount).toBe(1);
   });
+
+  it('an approval that would go to a hop the call cannot decide (it follows one that waits) goes to a later hop of the same request: the approver is asked only about the hop that needs them', async () => {
+    const w = world({ adjust: (p) => (p.spec.onViolation = 'Deny') });
+    // Two refunds of order 1, approved: two approvals of the same request.
+    await w.attempt(call(refund(1), refund(1)));
+    await expect.poll(() => w.status()?.pendingHops?.length).toBe(2);
+    expect(await w.approveAll()).toBe(2);
+    w.claimed.length = 0;
+    // The third hop follows the second, which waits, so it is not decided; the fourth is the same refund and has an approval.
+    const verdict = await w.attempt(call(refund(1), refund(2), [refund(1), 1], refund(1)));
+    expect(verdict).toMatchObject({ allowed: false, decision: 'pending_approval' });
+    await expect.poll(() => w.status()?.pendingHops?.map((p) => p.resource)).toEqual(['order/2']);
+    // Nothing was spent on a try that waits.
+    expect(w.claimed).toEqual([]);
+  });
 });
 
 describe('an approval binds the body of the call it releases', () => {
