@@ -1,6 +1,7 @@
 import { parseAgentPolicy, type FieldViolation } from '../../api/parse.js';
-import type { AgentPolicy } from '../../api/schema.js';
+import { MAX_HOP_RESOURCE, MAX_POLICY_GLOB_WORK, type AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
+import { globWork } from '../../policy/glob.js';
 import { rawPolicies } from '../../policy/compile.js';
 import { ChainwardenError, errorMessage } from '../../errors.js';
 import type { SecretAuthor, SecretReader } from '../../mcp/secrets.js';
@@ -35,6 +36,8 @@ export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
     });
   });
 
+  violations.push(...checkGlobWork(policy));
+
   if (policy.spec.cedar !== undefined && policy.spec.cedar.trim() !== '') {
     const diagnostics = validateCedar(policy.spec.cedar);
     for (const d of diagnostics) {
@@ -43,6 +46,44 @@ export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
     if (diagnostics.length === 0) violations.push(...checkCedarIds(policy));
   }
   return violations;
+}
+
+/**
+ * Every hop is matched against the policy's globs, on every replica's one event loop: globs
+ * crafted to backtrack (`*aaaa…ab`, hundreds of them) would hold each decision for seconds. What
+ * they may cost in all is bounded; the refusal names the globs that cost most and how to write
+ * them cheaply. Realistic policies are far below it: a glob that ends in its star costs nothing.
+ */
+function checkGlobWork(policy: AgentPolicy): FieldViolation[] {
+  const globs: { field: string; work: number }[] = [];
+  const add = (field: string, list: readonly string[] | undefined) => list?.forEach((glob, j) => globs.push({ field: `${field}[${j}]`, work: globWork(glob) }));
+  (policy.spec.rules ?? []).forEach((rule, i) => {
+    add(`spec.rules[${i}].tools`, rule.tools);
+    add(`spec.rules[${i}].actions`, rule.actions);
+    add(`spec.rules[${i}].resources`, rule.resources);
+  });
+  (policy.spec.systems ?? []).forEach((system, i) => add(`spec.systems[${i}].resources`, system.resources));
+  cedarLikePatterns(policy.spec.cedar ?? '').forEach((pattern, j) => globs.push({ field: `spec.cedar (like pattern ${j + 1})`, work: globWork(pattern) }));
+  let total = 0;
+  for (const g of globs) total += g.work;
+  if (total <= MAX_POLICY_GLOB_WORK) return [];
+  const costliest = globs
+    .filter((g) => g.work > 0)
+    .sort((a, b) => b.work - a.work)
+    .slice(0, 3);
+  return [
+    {
+      field: costliest[0]?.field ?? 'spec',
+      message:
+        `the policy's patterns hold ${total} characters after a wildcard (*), more than the ${MAX_POLICY_GLOB_WORK} a policy may: each is compared again at every character of a hop's resource (up to ${MAX_HOP_RESOURCE}), on every decision. ` +
+        `The costliest: ${costliest.map((g) => `${g.field} (${g.work})`).join(', ')}. End patterns with their wildcard (arn:aws:s3:::bucket/*), name the values, or shorten what follows a wildcard`,
+    },
+  ];
+}
+
+/** The patterns of raw Cedar's `like` operators, their escapes (`\*` is a literal star) read as non-stars. */
+function cedarLikePatterns(cedar: string): string[] {
+  return [...cedar.matchAll(/\blike\s*"((?:[^"\\]|\\.)*)"/g)].map((m) => (m[1] ?? '').replace(/\\./g, '.'));
 }
 
 /**

@@ -74,6 +74,7 @@ const cases: WrongManifest[] = [
   { name: 'allowed role that is not a role ARN', build: (ns) => policy(ns, (p) => (p.spec.aws = { allowedRoleArns: ['arn:aws:s3:::bucket'] })), field: 'spec.aws.allowedRoleArns[0]', message: /must be an IAM role ARN, globs allowed/ },
   { name: 'max task ttl over a day', build: (ns) => policy(ns, (p) => (p.spec.maxTaskTTL = '25h')), field: 'spec.maxTaskTTL', message: /at most 24h/ },
   { name: 'unknown violation action', build: (ns) => policy(ns, (p) => Object.assign(p.spec, { onViolation: 'Explode' })), field: 'spec.onViolation', message: /Unsupported value: "Explode"/ },
+  { name: 'globs crafted to hold every decision', build: (ns) => policy(ns, (p) => (p.spec.systems![0]!.resources = Array.from({ length: 20 }, () => `*${'a'.repeat(254)}b`))), field: 'spec.systems[0].resources[0]', message: /hold 5100 characters after a wildcard \(\*\), more than the 2048 a policy may: .*End patterns with their wildcard/ },
   { name: 'max AWS session under the STS floor', build: (ns) => policy(ns, (p) => (p.spec.aws = { maxDuration: '5m' })), field: 'spec.aws.maxDuration', message: /15m \(the STS minimum\)/ },
   // AgentApproval
   { name: 'approval of a task that does not exist', build: (ns) => approval(ns, (a) => (a.spec.taskRef = { name: 'no-such-task' })), field: 'spec.taskRef.name', message: /AgentTask "no-such-task" does not exist/ },

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { agentPolicyPlugin } from '../../../src/admission/plugins/agentpolicy.js';
+import { agentPolicyPlugin, checkPolicy } from '../../../src/admission/plugins/agentpolicy.js';
 import type { AdmissionRequest } from '../../../src/admission/review.js';
-import type { AgentPolicy } from '../../../src/api/schema.js';
+import { MAX_POLICY_GLOB_WORK, type AgentPolicy } from '../../../src/api/schema.js';
 import { ChainwardenError } from '../../../src/errors.js';
 import { examplePolicy } from '../../builders/examples.js';
 
@@ -110,5 +110,48 @@ describe('the AgentPolicy webhook', () => {
       expect(verdict.allowed, url).toBe(false);
       expect(JSON.stringify(verdict)).toMatch(/spec.approval.notify.url.*link-local address/);
     }
+  });
+
+  describe('what its globs may cost a decision', () => {
+    // A glob of `work` characters after its star, which the matchers may re-read from every place in a resource where the star could stop.
+    const crafted = (work: number) => `*${'a'.repeat(work - 1)}b`;
+    const withResources = (...globs: string[]) => {
+      const policy = examplePolicy('support');
+      (policy.spec.systems ?? [])[0]!.resources = globs;
+      return policy;
+    };
+    // Eight globs of 255 and one of 8: exactly the bound.
+    const atTheBound = [...Array.from({ length: 8 }, () => crafted(255)), crafted(MAX_POLICY_GLOB_WORK - 8 * 255)];
+
+    it('admits the example policy and globs that end in their star, however many, and refuses crafted ones past the bound, naming the costliest and the fix', () => {
+      expect(checkPolicy(examplePolicy('support'))).toEqual([]);
+      expect(checkPolicy(withResources(...Array.from({ length: 20 }, (_, i) => `arn:aws:s3:::${'b'.repeat(200)}-${i}/*`)))).toEqual([]);
+      expect(checkPolicy(withResources(...atTheBound))).toEqual([]);
+      expect(checkPolicy(withResources(...atTheBound, crafted(1)))).toEqual([
+        {
+          field: 'spec.systems[0].resources[0]',
+          message: expect.stringMatching(/^the policy's patterns hold 2049 characters after a wildcard \(\*\), more than the 2048 a policy may: .* The costliest: spec\.systems\[0\]\.resources\[0\] \(255\), spec\.systems\[0\]\.resources\[1\] \(255\), spec\.systems\[0\]\.resources\[2\] \(255\)\. End patterns with their wildcard \(arn:aws:s3:::bucket\/\*\)/) as unknown,
+        },
+      ]);
+    });
+
+    it("counts rules' tools, actions and resources and raw Cedar's like patterns, where an escaped star is a literal", () => {
+      const policy = examplePolicy('support');
+      policy.spec.rules![0]!.resources = atTheBound.slice(0, 3);
+      policy.spec.rules![1]!.actions = atTheBound.slice(3, 6);
+      policy.spec.rules![2]!.tools = atTheBound.slice(6);
+      expect(checkPolicy(policy)).toEqual([]);
+      // One character after the star: the `a` (the escaped star before it is a literal, not a wildcard).
+      policy.spec.cedar = 'permit (principal, action, resource) when { context.resource like "ticket/\\**a" };';
+      expect(checkPolicy(policy)).toEqual([{ field: 'spec.rules[0].resources[0]', message: expect.stringContaining('hold 2049 characters after a wildcard') as unknown }]);
+    });
+
+    it('a policy built to stall decisions (100 systems × 20 crafted globs) is refused by the webhook', async () => {
+      const policy = examplePolicy('support');
+      policy.spec.systems = [...(policy.spec.systems ?? []), ...Array.from({ length: 90 }, (_, i) => ({ name: `s${i}`, resources: Array.from({ length: 20 }, () => crafted(255)) }))];
+      const verdict = await agentPolicyPlugin().admit(review('CREATE', policy));
+      expect(verdict.allowed).toBe(false);
+      expect(JSON.stringify(verdict)).toMatch(/spec\.systems\[\d+\]\.resources\[0\].*hold 459000 characters after a wildcard/);
+    });
   });
 });

@@ -42,6 +42,14 @@ describe('globMatches', () => {
     );
   });
 
+  it('agrees with the reference on globs of stars and literals alone, as policies write them (fuzz)', () => {
+    const starred = fc.array(fc.oneof(letter, fc.constant('*')), { maxLength: 12 }).map((cs) => cs.join(''));
+    fc.assert(
+      fc.property(starred, value, (g, v) => globMatches(g, v) === reference(g, v)),
+      { numRuns: 20_000 },
+    );
+  });
+
   it('agrees with the reference on values built to match (so matches are tested, not only misses)', () => {
     const matching = fc.array(fc.oneof(letter.map((c) => [c, c] as const), fc.constant(['?', 'x'] as const), value.map((v) => ['*', v] as const)), { maxLength: 8 });
     fc.assert(
@@ -71,6 +79,8 @@ describe('globMatches', () => {
       [`${'*a'.repeat(8)}*b`, 'a'.repeat(100_000)],
       [`*${'a'.repeat(255)}b`, 'a'.repeat(1024)],
       [`arn:aws:iam::*:role/${'*a'.repeat(8)}b`, `arn:aws:iam::111122223333:role/${'a'.repeat(512)}`],
+      [`*${'a'.repeat(254)}b*`, 'a'.repeat(1024)],
+      [`*b${'a'.repeat(254)}`, 'a'.repeat(1024)],
     ] as const;
     for (const [g, v] of cases) {
       const started = performance.now();
