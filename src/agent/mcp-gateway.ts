@@ -20,10 +20,12 @@ import {
   isRpcResponse,
   MAX_MESSAGE_BYTES,
   McpFailure,
+  NAMED_TASK_METHODS,
   parseAgentMessage,
   tooLargeMessage,
   unknownEvent,
   unknownSession,
+  unknownTask,
   upstreamBody,
   upstreamFailure,
   type AgentMessage,
@@ -188,6 +190,10 @@ export class McpGateway {
       ex.lastEventId = typeof lastEventId === 'string' ? this.sessions.upstreamEventId(ex.system, ex.sessionId, lastEventId) : undefined;
       if (ex.lastEventId === undefined) throw new McpFailure(unknownEvent(ex.system));
     }
+    if (message?.method !== undefined && NAMED_TASK_METHODS.has(message.method)) {
+      const taskId = (message.json.params as { taskId?: unknown } | undefined)?.taskId;
+      if (typeof taskId !== 'string' || this.sessions.hopOfTask(ex.system, ex.sessionId, taskId) === undefined) throw new McpFailure(unknownTask(ex.system, message.method, taskId));
+    }
     if (message?.method === 'notifications/cancelled' && this.cancelledHere(ex, message)) return void ex.res.writeHead(202).end();
     const unsent = message?.id === undefined ? undefined : agentRequestKey(ex.system, ex.sessionId, message.id);
     if (unsent !== undefined) this.unsent.set(unsent, ex);
@@ -318,7 +324,7 @@ export class McpGateway {
    */
   private async passOn(ex: Exchange, answer: McpForwardAnswer, message: AgentMessage | undefined): Promise<void> {
     if (ex.cancel.signal.aborted) return this.endCancelled(ex);
-    const edit = editFor(message, answer) ?? this.taskResultEdit(ex, message);
+    const edit = editFor(message, answer) ?? this.taskEdit(ex, message);
     ex.hopId = answer.hopId ?? ex.hopId;
     const release = this.options.watch?.track((error) => {
       ex.stopped = new McpFailure(failureOfRefusal(ex.system, error.status, { error: { code: error.code, message: error.message } }));
@@ -334,9 +340,16 @@ export class McpGateway {
     }
   }
 
-  /** A `tasks/result` for a task a call of this session began: its result carries the call's hop id, as the call's own result would. */
-  private taskResultEdit(ex: Exchange, message: AgentMessage | undefined): ResponseEdit | undefined {
-    if (message?.method !== 'tasks/result' || message.id === undefined) return undefined;
+  /**
+   * A `tasks/result` (for a task a call of this session began, as `serve` checks): its result
+   * carries the call's hop id, as the call's own result would. A `tasks/list`: only the tasks
+   * calls of this session began are shown.
+   */
+  private taskEdit(ex: Exchange, message: AgentMessage | undefined): ResponseEdit | undefined {
+    if (message?.id === undefined) return undefined;
+    const { system, sessionId } = ex;
+    if (message.method === 'tasks/list') return { id: message.id, ownTask: (taskId) => this.sessions.hopOfTask(system, sessionId, taskId) !== undefined };
+    if (message.method !== 'tasks/result') return undefined;
     const taskId = (message.json.params as { taskId?: unknown } | undefined)?.taskId;
     const hopId = typeof taskId === 'string' ? this.sessions.hopOfTask(ex.system, ex.sessionId, taskId) : undefined;
     return hopId ? { id: message.id, hopId } : undefined;

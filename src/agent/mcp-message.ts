@@ -257,7 +257,12 @@ export interface ResponseEdit {
   hopId?: string;
   /** A `tools/call` the agent asked to run as a task (protocol 2025-11-25): its answer may begin one. */
   beginsTask?: true;
+  /** A `tasks/list`: whether a task is the session's own, begun by one of its calls; the others are not shown. */
+  ownTask?: (taskId: string) => boolean;
 }
+
+/** The requests that name a task by its id (protocol 2025-11-25): they go upstream only for a task of the session's own. */
+export const NAMED_TASK_METHODS: ReadonlySet<string> = new Set(['tasks/get', 'tasks/result', 'tasks/cancel']);
 
 /**
  * The edit for a message's answer, or none. An allowed `tools/call` without a hop id breaks the
@@ -291,6 +296,10 @@ export function editResponse(message: unknown, edit: ResponseEdit): unknown {
     const globs = edit.visibleTools;
     result = { ...result, tools: (result.tools as unknown[]).filter((tool) => isRecord(tool) && toolVisible(tool.name, globs)) };
   }
+  if (edit.ownTask && Array.isArray(result.tasks)) {
+    const own = edit.ownTask;
+    result = { ...result, tasks: (result.tasks as unknown[]).filter((task) => isRecord(task) && typeof task.taskId === 'string' && own(task.taskId)) };
+  }
   if (edit.hopId) result = { ...result, _meta: { ...(isRecord(result._meta) ? result._meta : {}), [META_HOP_ID]: edit.hopId } };
   return result === message.result ? message : { ...message, result };
 }
@@ -312,6 +321,16 @@ export function unknownSession(system: string): RpcFailure {
 /** A GET resuming after an event the sidecar did not hand out in this session: it goes nowhere. */
 export function unknownEvent(system: string): RpcFailure {
   return { status: 400, code: ErrorCode.InvalidRequest, message: `Last-Event-ID names no event this chainwarden agent passed on in this session of system ${system}; resume with the id of an event received in it, or open the stream without one`, data: { system } };
+}
+
+/**
+ * A request naming a task no call of this session began through the sidecar: the server's task
+ * store may be shared by every agent that reaches it (a stateless server's always is), and a
+ * task's result is the answer to the call that began it, decided as that agent's hop.
+ */
+export function unknownTask(system: string, method: string, taskId: unknown): RpcFailure {
+  const named = typeof taskId === 'string' ? `task ${JSON.stringify(taskId.slice(0, 80))}` : 'no task id';
+  return { status: 400, code: ErrorCode.InvalidParams, message: `${method} names ${named}, which no tools/call of this session began through this chainwarden agent with system ${system} (it keeps its sessions' latest 256); a task's result goes only to the session whose call began it`, data: { system } };
 }
 
 /** Whether a server's JSON answer to a request is a JSON-RPC response, as the agent's client will check. */

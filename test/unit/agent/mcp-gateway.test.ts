@@ -594,6 +594,39 @@ describe('sessions, and streams resumed with Last-Event-ID', () => {
     expect(streaming.seen.filter((s) => s.headers['last-event-id'] !== undefined && s.headers['mcp-session-id'] === mine)).toEqual([]);
   });
 
+  it("another agent's task is not this agent's: a server whose task store all its callers share (a stateless one's) lists only the session's own tasks, and gives no other's status or result", async () => {
+    const task = (taskId: string) => ({ taskId, status: 'completed', ttl: 60_000, createdAt: '2026-11-21T10:00:00Z', lastUpdatedAt: '2026-11-21T10:00:01Z' });
+    const asked: { method: string; taskId?: unknown }[] = [];
+    // A server without sessions: every task is every caller's, another pod's export among them.
+    const server: http.RequestListener = (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const sent = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id: unknown; method: string; params?: { taskId?: unknown } };
+        asked.push({ method: sent.method, taskId: sent.params?.taskId });
+        const result =
+          sent.method === 'tools/call' ? { task: task('mine-1') } : sent.method === 'tasks/list' ? { tasks: [task('theirs-1'), task('mine-1')] } : sent.method === 'tasks/get' ? task(String(sent.params?.taskId)) : { content: [{ type: 'text', text: `the export of ${String(sent.params?.taskId)}` }] };
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: sent.id, result }));
+      });
+    };
+    await withScriptedSystem('exports', server, async () => {
+      const send = (message: object) => raw({ path: '/mcp/exports', headers: { ...auth(), 'mcp-protocol-version': '2025-11-25' }, body: rpc(message) });
+      const began = await send({ id: 1, method: 'tools/call', params: { name: 'export_tickets', arguments: {}, task: { ttl: 60_000 } } });
+      expect(began.status).toBe(200);
+      const listed = (await send({ id: 2, method: 'tasks/list', params: {} })).body as { result?: { tasks: { taskId: string }[] } };
+      expect(listed.result?.tasks.map((t) => t.taskId)).toEqual(['mine-1']);
+      for (const method of ['tasks/result', 'tasks/get', 'tasks/cancel']) {
+        const theirs = await send({ id: 3, method, params: { taskId: 'theirs-1' } });
+        expect(theirs.status, method).toBe(400);
+        expect(theirs.body.error, method).toMatchObject({ code: -32602, message: expect.stringContaining(`${method} names task "theirs-1", which no tools/call of this session began`) as unknown });
+      }
+      const mine = (await send({ id: 5, method: 'tasks/result', params: { taskId: 'mine-1' } })).body as { result?: { content: { text: string }[] } };
+      expect(mine.result?.content[0]?.text).toBe('the export of mine-1');
+      // The server heard of no other task: neither its result nor its status was asked for.
+      expect(asked.filter((a) => a.taskId !== undefined && a.taskId !== 'mine-1')).toEqual([]);
+    });
+  });
+
   it('a session the agent ended is refused by the sidecar itself', async () => {
     const client = await connect('tickets');
     const transport = client.transport as StreamableHTTPClientTransport;
