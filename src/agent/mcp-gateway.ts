@@ -73,6 +73,13 @@ const MAX_EDITED_CHARS = 2 * 1024 * 1024;
  * each waiting for the other's share would wait for ever.
  */
 const MAX_HELD_BYTES = 4 * 1024 * 1024;
+/**
+ * The most of the agents' messages held at once while they arrive, before each is parsed: a
+ * message may be 1 MiB, and a few hundred connections each sending one slowly would otherwise take
+ * the sidecar past its memory limit. Each is counted at its declared length (1 MiB when it has
+ * none) as its reading begins; one past the bound is refused at once with a 503.
+ */
+const MAX_ARRIVING_BYTES = 16 * 1024 * 1024;
 /** An event of a stream arriving for longer than the answer timeout is cut off once it holds this much: a stalled half-sent event does not keep its share. */
 const STALLED_EVENT_CHARS = 64 * 1024;
 /** What of the agent's request goes on: the transport's own headers. Never its Authorization, which is the sidecar's local token. */
@@ -129,6 +136,7 @@ export class McpGateway {
   /** The agent's requests not yet sent upstream (asked about, or held), by system, session and id: a cancellation of one ends it here. */
   private readonly unsent = new Map<string, Exchange>();
   private readonly answers: MemoryBudget;
+  private readonly arriving = new MemoryBudget(MAX_ARRIVING_BYTES);
 
   constructor(private readonly options: McpGatewayOptions) {
     this.answerTimeoutMs = options.answerTimeoutMs ?? 60_000;
@@ -176,7 +184,7 @@ export class McpGateway {
   private async serve(ex: Exchange): Promise<void> {
     const verb = ex.req.method ?? 'GET';
     if (!METHODS.has(verb)) throw new McpFailure({ status: 405, code: ErrorCode.InvalidRequest, message: `the chainwarden MCP gateway takes POST, GET and DELETE (MCP's Streamable HTTP transport), not ${verb}` });
-    const message = verb === 'POST' ? parseAgentMessage(await readBoundedBody(ex.req, MAX_MESSAGE_BYTES, tooLargeMessage)) : undefined;
+    const message = verb === 'POST' ? await this.readMessage(ex.req) : undefined;
     ex.id = message?.id ?? null;
     ex.method = message?.method;
     const sessionId = ex.req.headers['mcp-session-id'];
@@ -206,6 +214,20 @@ export class McpGateway {
       throw new McpFailure(failureOfRefusal(ex.system, outcome.status, outcome.refusal));
     } finally {
       if (unsent !== undefined && this.unsent.get(unsent) === ex) this.unsent.delete(unsent);
+    }
+  }
+
+  /** The agent's message, read whole and parsed, counted in `arriving` until it is. */
+  private async readMessage(req: http.IncomingMessage): Promise<AgentMessage> {
+    const declared = Number(req.headers['content-length']);
+    const bytes = Number.isSafeInteger(declared) && declared >= 0 ? Math.min(declared, MAX_MESSAGE_BYTES) : MAX_MESSAGE_BYTES;
+    if (!this.arriving.tryTake(bytes)) {
+      throw new McpFailure({ status: 503, code: ErrorCode.InternalError, message: `the chainwarden gateway holds ${kib(this.arriving.held)} KiB of messages arriving already, its bound being ${kib(this.arriving.max)} KiB; retry shortly, or send fewer large messages at once` });
+    }
+    try {
+      return parseAgentMessage(await readBoundedBody(req, MAX_MESSAGE_BYTES, tooLargeMessage));
+    } finally {
+      this.arriving.give(bytes);
     }
   }
 

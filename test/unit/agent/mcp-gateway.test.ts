@@ -1,5 +1,6 @@
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -395,6 +396,34 @@ describe('from outside: what the gateway refuses', () => {
     // The pod token is the sidecar's alone once there is a local token.
     expect((await raw({ path: '/mcp/tickets', headers: { authorization: `Bearer ${POD_TOKEN}` }, body: initialize })).status).toBe(401);
     expect(twin.forwards.length).toBe(before);
+  });
+
+  it('messages that arrive slowly are held up to 16 MiB in all: the next is refused at once with a 503, and the sidecar takes messages again once they end', async () => {
+    const url = new URL(sidecar.url);
+    // Sixteen connections, each declaring a 1 MiB message and sending all of it but ten bytes, then stalling.
+    const stalled = await Promise.all(
+      Array.from({ length: 16 }, () => {
+        const socket = net.connect(Number(url.port), url.hostname);
+        return new Promise<net.Socket>((resolve) => {
+          socket.once('connect', () => {
+            socket.write(`POST /mcp/tickets HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: Bearer ${localToken}\r\ncontent-type: application/json\r\ncontent-length: ${1024 * 1024}\r\n\r\n`);
+            socket.write(Buffer.alloc(1024 * 1024 - 10, 0x20), () => resolve(socket));
+          });
+        });
+      }),
+    );
+    try {
+      // Once the sidecar reads all sixteen (it takes them as their headers arrive), the next message is refused before the broker is asked.
+      let refused: Awaited<ReturnType<typeof raw>> | undefined;
+      await expect.poll(async () => (refused = await raw({ path: '/mcp/tickets', headers: auth(), body: callMessage('get_ticket', { ticketId: 'T-1' }, 9) })).status).toBe(503);
+      expect(refused?.body.error?.message).toMatch(/holds 16384 KiB of messages arriving already, its bound being 16384 KiB; retry shortly/);
+      const before = twin.forwards.length;
+      expect((await raw({ path: '/mcp/tickets', headers: auth(), body: initialize })).status).toBe(503);
+      expect(twin.forwards.length).toBe(before);
+    } finally {
+      for (const socket of stalled) socket.destroy();
+    }
+    await expect.poll(async () => (await raw({ path: '/mcp/tickets', headers: auth(), body: initialize })).status).toBe(200);
   });
 
   it.each(['/mcp/../v1/credentials', '/mcp/tickets/../../v1/credentials', '/mcp/a/b', '/mcp/', '/mcp', '/mcp/Tickets', '/mcp/%74ickets', '/mcp/-tickets', `/mcp/${'a'.repeat(64)}`])('%s is a 404 that asks the broker nothing', async (target) => {
