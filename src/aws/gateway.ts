@@ -16,6 +16,12 @@ const MAX_SKEW_MS = 15 * 60_000;
 const CARRIES_BODY = new Set(['PUT', 'POST', 'PATCH']);
 /** Headers the broker sets for the real endpoint; the SDK's values of them are never signed on. */
 const REPLACED = new Set(['authorization', 'x-amz-date', 'x-amz-security-token', 'host', 'x-amz-content-sha256']);
+/**
+ * Signed headers the request's hash leaves out: those that change from one sending of the same
+ * call to the next (the SDK's invocation id and attempt, its clock and name, a trace) and those the
+ * body's hash binds already. A call retried once approved must be the hop that was approved.
+ */
+const UNBOUND = new Set([...REPLACED, 'date', 'amz-sdk-invocation-id', 'amz-sdk-request', 'user-agent', 'x-amz-user-agent', 'x-amzn-trace-id', 'expect', 'content-length', 'x-amz-decoded-content-length', 'transfer-encoding', 'connection']);
 
 export interface AwsGatewayDeps {
   placeholders: Placeholders;
@@ -87,8 +93,10 @@ export class AwsGateway {
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers: signed, body: request.form });
     // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
     // A body sent unhashed (UNSIGNED-PAYLOAD, a streaming marker) is named by its marker, and no approval releases it (`approvable`).
+    // The rest of the request is bound too: a query's parameters (an SQS message sent in the URL) and the headers signed (an S3 object's ACL).
     const attributes: Record<string, string> = {};
     if (/^[0-9a-f]{64}$/.test(request.payloadHash) || CARRIES_BODY.has(request.method)) attributes.payloadSha256 = request.payloadHash || 'absent';
+    attributes.requestSha256 = requestHash(request.method, request.path, request.query, signed);
     const verdict = await this.decideHops(who, operation, attributes);
     if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
     const answer = verdict.answer;
@@ -246,4 +254,12 @@ function attributeValue(resource: string): string {
 
 function lowercase<T>(headers: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+}
+
+/** The request but its body, as it goes to AWS: method, path and query as signed, and the signed headers an approval binds (not `UNBOUND`). */
+function requestHash(method: string, path: string, query: string, signed: Record<string, string>): string {
+  const headers = Object.entries(signed)
+    .filter(([name]) => !UNBOUND.has(name))
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return sha256Hex(JSON.stringify([method, path, query, headers]));
 }

@@ -324,11 +324,19 @@ describe('every AWS call is a hop: the signing gateway', () => {
         '    bulk = None',
         'except ClientError as e:',
         '    bulk = {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"]}',
-        'print(json.dumps({"body": body, "denied": denied, "copied": copied, "bulk": bulk}))',
+        // A write that waits for a person, sent twice: botocore signs a new invocation id and attempt each time, and it is the same hop.
+        'pending = []',
+        'for _ in range(2):',
+        '    try:',
+        `        s3.put_object(Bucket="${bucket}", Key="outbox/py.txt", Body=b"from boto3")`,
+        '        pending.append(None)',
+        '    except ClientError as e:',
+        '        pending.append({"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"]})',
+        'print(json.dumps({"body": body, "denied": denied, "copied": copied, "bulk": bulk, "pending": pending}))',
       ].join('\n');
       const vars = { ...podEnv, AWS_ENDPOINT_URL: sidecar.awsUrl ?? '', AWS_CONTAINER_CREDENTIALS_FULL_URI: `${sidecar.url}/v1/credentials`, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: sidecar.callerTokenFile };
       const { stdout } = await execFileAsync(python, ['-c', script], { env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', AWS_DEFAULT_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', ...vars } });
-      const out = JSON.parse(stdout) as { body: string; copied: string; denied: { code: string; message: string } | null; bulk: { code: string; message: string } | null };
+      const out = JSON.parse(stdout) as { body: string; copied: string; denied: { code: string; message: string } | null; bulk: { code: string; message: string } | null; pending: ({ code: string; message: string } | null)[] };
       expect(out.body).toBe('written by boto3');
       expect(out.denied?.code).toBe('AccessDenied');
       expect(out.denied?.message).toMatch(/s3:DeleteObject on arn:aws:s3:::.*\/py\/note.txt was denied by never-delete-objects \(hop h1_/);
@@ -337,6 +345,10 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect(out.bulk?.code).toBe('AccessDenied');
       expect(out.bulk?.message).toMatch(/s3:DeleteObject on arn:aws:s3:::.*\/py\/copy.txt \(object 1 of the 2 a DeleteObjects deletes\) was denied by never-delete-objects/);
       expect((await reachedAws(env)).filter((r) => r.method === 'DELETE' || (r.method === 'POST' && r.path === `/${bucket}/`))).toEqual([]);
+      expect(out.pending.map((p) => p?.code)).toEqual(['ChainwardenApprovalPending', 'ChainwardenApprovalPending']);
+      const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
+      expect(waiting.map((h) => h.resource)).toEqual([`arn:aws:s3:::${bucket}/outbox/py.txt`]);
+      for (const p of out.pending) expect(p?.message).toContain(waiting[0]?.hopId);
     } finally {
       agent.stop();
       await sidecar.stop();

@@ -132,7 +132,7 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     s3.destroy();
     expect(hopsOf(from)).toEqual(['aws:s3 s3:CreateBucket arn:aws:s3:::customers', 'aws:s3 s3:PutObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:GetObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:ListBucket arn:aws:s3:::customers']);
     // The write is bound to its body, which the SDK hashed: an approval of it releases that body alone.
-    expect(decided[from + 1]?.attributes).toEqual({ payloadSha256: createHash('sha256').update('{"name":"Ada"}').digest('hex') });
+    expect(decided[from + 1]?.attributes).toEqual({ payloadSha256: createHash('sha256').update('{"name":"Ada"}').digest('hex'), requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown });
     expect(frontSince(front).map((r) => r.refused)).toEqual([undefined, undefined, undefined, undefined]);
   });
 
@@ -262,7 +262,38 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     // Each hop carries its body's hash, so an approval of one PutItem releases that item only.
     const put = decided[from + 1];
     const item = JSON.stringify({ TableName: 'orders', Item: { id: { S: '981' } } });
-    expect(put?.attributes).toEqual({ payloadSha256: createHash('sha256').update(item).digest('hex') });
+    expect(put?.attributes).toEqual({ payloadSha256: createHash('sha256').update(item).digest('hex'), requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown });
+  });
+
+  it('an approval binds the whole request: the same call sent again by the SDK is the same hop; other metadata, or another message in the query, is another hop', async () => {
+    const from = decided.length;
+    const s3 = new S3Client(config());
+    await s3.send(new CreateBucketCommand({ Bucket: 'outbox' }));
+    const put = (audience?: string) => s3.send(new PutObjectCommand({ Bucket: 'outbox', Key: 'r.csv', Body: 'a,b', ...(audience ? { Metadata: { audience } } : {}) }));
+    await put();
+    await new Promise((r) => setTimeout(r, 1_100)); // another X-Amz-Date, as a retry an approval later has
+    await put();
+    await put('everyone');
+    s3.destroy();
+    // SQS's query protocol with the message in the URL: the body is empty either way.
+    const port = Number(new URL(sidecar.awsUrl ?? '').port);
+    const send = async (message: string) => {
+      const query = { Action: 'SendMessage', QueueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/refunds', MessageBody: message, Version: '2012-11-05' };
+      const signed = await new SignatureV4({ credentials: keys, region: 'us-east-1', service: 'sqs', sha256: Sha256 }).sign({ method: 'GET', protocol: 'http:', hostname: '127.0.0.1', port, path: '/', query, headers: { host: `127.0.0.1:${port}` } });
+      await new Promise<void>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port, method: 'GET', path: `/?${new URLSearchParams(query).toString().replace(/\+/g, '%20')}`, headers: signed.headers, setHost: false }, (res) => res.resume().on('end', resolve));
+        req.on('error', reject);
+        req.end();
+      });
+    };
+    await send('refund order 1');
+    await send('refund order 2');
+    const [, first, again, tagged, messageOne, messageTwo] = decided.slice(from);
+    expect([first, again, tagged].map((h) => h?.action)).toEqual(['s3:PutObject', 's3:PutObject', 's3:PutObject']);
+    expect([messageOne, messageTwo].map((h) => `${h?.action} ${h?.resource}`)).toEqual(['sqs:SendMessage arn:aws:sqs:us-east-1:123456789012:refunds', 'sqs:SendMessage arn:aws:sqs:us-east-1:123456789012:refunds']);
+    expect(hopDigest(again as HopRequest)).toBe(hopDigest(first as HopRequest));
+    expect(hopDigest(tagged as HopRequest)).not.toBe(hopDigest(first as HopRequest));
+    expect(hopDigest(messageTwo as HopRequest)).not.toBe(hopDigest(messageOne as HopRequest));
   });
 
   it('STS (query protocol) through the broker', async () => {
@@ -289,7 +320,7 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     });
     expect(status).toBe(200);
     // Its body is signed chunk by chunk with the placeholder key the agent holds: nothing binds it, and the hop says so (no approval releases it).
-    expect(decided.at(-1)?.attributes).toEqual({ payloadSha256: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER' });
+    expect(decided.at(-1)?.attributes).toEqual({ payloadSha256: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER', requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown });
     expect(frontSince(front)).toMatchObject([{ headers: { 'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }]);
     expect(frontSince(front)[0]?.refused).toBeUndefined();
     const s3 = new S3Client(config());
