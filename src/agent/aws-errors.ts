@@ -15,8 +15,28 @@ export function protocolOf(req: Pick<http.IncomingMessage, 'method' | 'headers'>
   if (req.headers['x-amz-target'] !== undefined) return 'json';
   const contentType = req.headers['content-type']?.toLowerCase() ?? '';
   if (req.method === 'POST' && contentType.startsWith('application/x-www-form-urlencoded')) return 'query';
-  if (/(^|&)Action=/.test(query)) return 'query';
+  if (namesAction(query)) return 'query';
   return 'rest-xml';
+}
+
+/**
+ * Whether the query names `Action`, read as the broker reads names (decoded, `+` a space): a
+ * name spelled `Act%69on` is the same name to the broker and to AWS, so it makes the same
+ * protocol here, and the body of such a call is shown to the broker with it.
+ */
+function namesAction(query: string): boolean {
+  for (const part of query.split('&')) {
+    const eq = part.indexOf('=');
+    const name = (eq < 0 ? part : part.slice(0, eq)).split('+').join(' ');
+    if (name === 'Action') return true;
+    if (!name.includes('%')) continue;
+    try {
+      if (decodeURIComponent(name) === 'Action') return true;
+    } catch {
+      // Not decodable: the broker reads it as it is, which is not Action.
+    }
+  }
+  return false;
 }
 
 /** An error as AWS would answer it: the status and the code the SDK turns into the exception's name. */

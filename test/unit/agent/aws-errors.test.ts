@@ -55,6 +55,9 @@ describe('rendering', () => {
     ['GET', {}, 'Action=GetCallerIdentity&Version=2011-06-15', 'query'],
     ['PUT', { 'content-type': 'application/x-www-form-urlencoded' }, 'x-id=PutObject', 'rest-xml'],
     ['GET', {}, 'list-type=2', 'rest-xml'],
+    ['POST', {}, 'Act%69on=GetCallerIdentity', 'query'],
+    ['GET', {}, 'Version=2011-06-15&%41ction=GetCallerIdentity', 'query'],
+    ['GET', {}, 'Actions=1&%E0%A4%A=x', 'rest-xml'],
   ])('%s %j ?%s is %s', (method, headers, query, protocol) => {
     expect(protocolOf({ method, headers }, query)).toBe(protocol);
   });

@@ -85,6 +85,21 @@ describe('planAwsRequest: what the broker is asked and how the body travels', ()
     expect(plan.body).toMatchObject({ kind: 'buffer', form: true, maxBytes: 2 * 1024 * 1024 });
   });
 
+  it('a query naming Action encoded (Act%69on), as the broker and AWS read it, is the query protocol: its body goes to the broker, or is refused, as with Action', () => {
+    const outcome = (url: string) => {
+      try {
+        const plan = planAwsRequest(head('POST', url, { authorization: auth('sts', 'host;x-amz-date'), 'content-length': '40' }));
+        return { protocol: plan.protocol, body: plan.body };
+      } catch (err) {
+        return (err as ChainwardenError).code;
+      }
+    };
+    for (const encoded of ['/?Act%69on=GetCallerIdentity', '/?%41ction=GetCallerIdentity&Version=2011-06-15']) {
+      expect(outcome(encoded), encoded).toEqual(outcome(encoded.replace(/Act%69on|%41ction/, 'Action')));
+      expect(outcome(encoded), encoded).not.toMatchObject({ protocol: 'rest-xml' });
+    }
+  });
+
   it('repeated signed headers are one comma-joined value, as SigV4 canonicalizes them', () => {
     const plan = planAwsRequest(head('GET', '/bkt/k', { authorization: auth('s3', 'host;x-amz-content-sha256;x-amz-date;x-amz-meta-a'), 'x-amz-content-sha256': EMPTY, 'x-amz-meta-a': ['1', '2'] }));
     expect(plan.sign.headers['x-amz-meta-a']).toBe('1,2');
