@@ -195,29 +195,66 @@ const str = (v: unknown) => (typeof v === 'string' && v.length > 0 && v.length <
 /** `/<account>/<queue>`, as a queue URL's path or an SQS query request's. */
 const QUEUE_PATH = /^\/(\d{12})\/([A-Za-z0-9_-]{1,80}(?:\.fifo)?)\/?$/;
 
+/**
+ * A queue URL as it is written, not as a URL parser would normalize it: `…/secret/../public`,
+ * `%2e%2e`, a tab or a backslash would be decided on one queue and sent to SQS as they are.
+ */
+const QUEUE_URL = /^https?:\/\/(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?(\/\d{12}\/[A-Za-z0-9_-]{1,80}(?:\.fifo)?\/?)$/;
+
 /** An SQS queue's ARN from its URL: exactly `<scheme>://<host>/<account>/<name>`, nothing after it. */
 function queueArn(url: string, input: AwsOperationInput): string {
-  let parsed: URL | undefined;
-  try {
-    parsed = new URL(url);
-  } catch {
-    parsed = undefined;
-  }
-  const match = parsed && !parsed.search && !parsed.hash ? QUEUE_PATH.exec(parsed.pathname) : null;
+  const path = QUEUE_URL.exec(url)?.[1];
+  const match = path === undefined ? null : QUEUE_PATH.exec(path);
   if (!match) throw refuse(`QueueUrl ${JSON.stringify(url.slice(0, 200))} is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)`, 'QueueUrl');
   return `arn:${input.partition}:sqs:${input.region}:${match[1] ?? ''}:${match[2] ?? ''}`;
 }
 
+/**
+ * The DynamoDB operations whose resource another parameter than TableName names, and those
+ * parameters, in the order read. The others name their table by TableName (its name or ARN).
+ */
+const DYNAMODB_RESOURCE_PARAMETERS: Record<string, readonly string[]> = {
+  ExportTableToPointInTime: ['TableArn'],
+  RestoreTableToPointInTime: ['SourceTableArn', 'SourceTableName'],
+  RestoreTableFromBackup: ['BackupArn'],
+  DescribeBackup: ['BackupArn'],
+  DeleteBackup: ['BackupArn'],
+  DescribeExport: ['ExportArn'],
+  DescribeImport: ['ImportArn'],
+  TagResource: ['ResourceArn'],
+  UntagResource: ['ResourceArn'],
+  ListTagsOfResource: ['ResourceArn'],
+  PutResourcePolicy: ['ResourceArn'],
+  GetResourcePolicy: ['ResourceArn'],
+  DeleteResourcePolicy: ['ResourceArn'],
+};
+/** Every parameter that names a DynamoDB resource, of any operation (a restore's target names the table it creates). */
+const DYNAMODB_NAMING = ['TableName', 'TableArn', 'SourceTableArn', 'SourceTableName', 'BackupArn', 'ExportArn', 'ImportArn', 'ResourceArn'];
+
+/**
+ * The resource a DynamoDB call names, by the parameter its operation reads. A parameter that names
+ * a resource but that the operation does not read is refused: DynamoDB would ignore it (or fail the
+ * call), and a decision on it would be a decision on a table the call does not touch.
+ */
+function dynamodbResource(operation: string, params: (name: string) => string | undefined, arn: (rest: string) => string): string {
+  const reads = DYNAMODB_RESOURCE_PARAMETERS[operation] ?? ['TableName'];
+  const stray = DYNAMODB_NAMING.filter((name) => !reads.includes(name) && params(name) !== undefined);
+  const present = reads.filter((name) => params(name) !== undefined);
+  if (stray.length > 0 || present.length > 1) {
+    throw refuse(`dynamodb:${operation} names its resource by ${reads.join(' or ')}, and the call ${stray.length > 0 ? `also names ${stray.join(', ')}, which it does not take` : `names ${present.join(' and ')}`}: name the resource once, by the parameter the operation takes`, stray[0] ?? present[1] ?? 'body');
+  }
+  const named = present[0] === undefined ? undefined : params(present[0]);
+  if (named === undefined) return '*';
+  return named.startsWith('arn:') ? named : arn(`table/${named}`);
+}
+
 /** The ARN a JSON or query request names, for the services whose resource parameter is known. */
-function namedResource(input: AwsOperationInput, params: (name: string) => string | undefined): string {
+function namedResource(input: AwsOperationInput, params: (name: string) => string | undefined, operation = ''): string {
   const { service, region, account, partition } = input;
   const arn = (rest: string) => `arn:${partition}:${prefixOf(service)}:${region}:${account}:${rest}`;
   switch (service) {
-    case 'dynamodb': {
-      const table = params('TableName') ?? params('TableArn');
-      if (table?.startsWith('arn:')) return table;
-      return table ? arn(`table/${table}`) : '*';
-    }
+    case 'dynamodb':
+      return dynamodbResource(operation, params, arn);
     case 'sqs': {
       const url = params('QueueUrl');
       if (url) return queueArn(url, input);
@@ -283,7 +320,7 @@ function oneResource(input: AwsOperationInput, operation: string, names: string[
     throw refuse(`${prefixOf(input.service)}:${operation} names ${distinct.length === 0 ? 'no' : distinct.length} resources; through the chainwarden gateway a call names exactly one (a hop has one resource, and each is decided): split the call`);
   }
   const name = distinct[0] ?? '';
-  return namedResource(input, (n) => (n === 'TableName' || n === 'SecretId' ? name : undefined));
+  return namedResource(input, (n) => (n === 'TableName' || n === 'SecretId' ? name : undefined), operation);
 }
 
 /** S3 subresources (query keys) and the IAM actions they map to, by method. */
@@ -499,7 +536,7 @@ export function awsOperation(input: AwsOperationInput): AwsOperation {
     const operation = operationName(target.slice(dot + 1), 'x-amz-target');
     const body = jsonBody(input.body);
     const names = multiResource(input, operation, body);
-    const resource = names ? oneResource(input, operation, names) : withQueuePath(input, namedResource(input, (n) => str(body[n])), str(body.QueueUrl) !== undefined);
+    const resource = names ? oneResource(input, operation, names) : withQueuePath(input, namedResource(input, (n) => str(body[n]), operation), str(body.QueueUrl) !== undefined);
     return { tool, action: `${prefixOf(input.service)}:${operation}`, resource, protocol: 'json' };
   }
   if (!protocols.includes('query')) throw refuse(`${input.service} does not take the query protocol (Action)`, 'Action');
@@ -507,7 +544,7 @@ export function awsOperation(input: AwsOperationInput): AwsOperation {
   if (!isForm && (input.body ?? '') !== '') throw refuse('the request carries a body that is not a form (Content-Type: application/x-www-form-urlencoded): a query-protocol call carries its parameters in its query or in a form', 'content-type');
   const operation = operationName(form.get('Action') ?? query.get('Action') ?? '', 'Action');
   const params = (n: string) => str(form.get(n) ?? query.get(n));
-  return { tool, action: `${prefixOf(input.service)}:${operation}`, resource: withQueuePath(input, namedResource(input, params), params('QueueUrl') !== undefined), protocol: 'query' };
+  return { tool, action: `${prefixOf(input.service)}:${operation}`, resource: withQueuePath(input, namedResource(input, params, operation), params('QueueUrl') !== undefined), protocol: 'query' };
 }
 
 /**
