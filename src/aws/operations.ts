@@ -89,6 +89,19 @@ function parseQuery(query: string, where = 'query'): Map<string, string> {
   return out;
 }
 
+/**
+ * A path's escapes decoded, refused when they do not decode (`%FF`, a lone `%`): read as written,
+ * `/b/%73ecret/x%FF` would be decided as `%73ecret/…`, out of sight of a rule on `secret/*`,
+ * whatever S3 makes of it.
+ */
+function strictDecode(s: string, what: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw refuse(`${what} ${JSON.stringify(s.slice(0, 200))} has an escape that is not UTF-8 percent-encoding: encode every byte of the key as the SDKs do`, 'path');
+  }
+}
+
 function safeDecode(s: string): string {
   try {
     return decodeURIComponent(s);
@@ -428,7 +441,7 @@ function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'r
   refuseS3Extras(input.headers);
   const [, rawBucket = '', ...rawKey] = input.path.split('/');
   const bucket = safeDecode(rawBucket);
-  const key = safeDecode(rawKey.join('/'));
+  const key = strictDecode(rawKey.join('/'), 'the object key');
   const s3 = (action: string) => `s3:${action}`;
   if (bucket && !S3_BUCKET_NAME.test(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is not one S3 takes: letters, digits, '.', '-' and '_'`, 'path');
   if (aliasOf(bucket)) throw refuse(`the bucket name ${JSON.stringify(bucket.slice(0, 80))} is an alias (${aliasOf(bucket) ?? ''}), which reaches a bucket it does not name, out of sight of rules on that bucket: use the bucket's own name`, 'path');

@@ -116,6 +116,8 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
     ...['https://sqs.us-east-1.amazonaws.com/123456789012/secret/../public', 'https://sqs.us-east-1.amazonaws.com/123456789012/secret/%2e%2e/public', 'https://sqs.us-east-1.amazonaws.com/123456789012/pub\tlic', 'https://sqs.us-east-1.amazonaws.com\\123456789012\\public', 'https://user@sqs.us-east-1.amazonaws.com/123456789012/public'].map(
       (url): [string, Partial<AwsOperationInput> & Pick<AwsOperationInput, 'service'>, RegExp] => [`an SQS QueueUrl a URL parser would normalize: ${url}`, { service: 'sqs', headers: FORM, body: `Action=SendMessage&QueueUrl=${encodeURIComponent(url)}` }, /is not a queue URL/],
     ),
+    ['an S3 key with an escape that does not decode, hiding an escaped prefix', { service: 's3', method: 'GET', path: '/bucket/%73ecret/x%FF' }, /the object key "%73ecret\/x%FF" has an escape that is not UTF-8 percent-encoding/],
+    ['an S3 key with a lone percent sign', { service: 's3', method: 'GET', path: '/bucket/100%' }, /has an escape that is not UTF-8/],
     ['an SQS queue in the path and another in QueueUrl', { service: 'sqs', path: '/123456789012/public', headers: FORM, body: `Action=SendMessage&QueueUrl=${encodeURIComponent('https://sqs.us-east-1.amazonaws.com/123456789012/secret')}` }, /one queue in its path and another in QueueUrl/],
     ['a REST path with a dot segment', { service: 'lambda', path: '/2015-03-31/functions/public-x/../payroll/invocations' }, /empty or dot segments/],
     ['a REST path with an encoded dot segment', { service: 'lambda', path: '/2015-03-31/functions/public-x/%2e%2e/payroll/invocations' }, /empty or dot segments/],
