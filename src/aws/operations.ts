@@ -303,10 +303,11 @@ function namedResource(input: AwsOperationInput, params: (name: string) => strin
  * them must see it). PartiQL names its tables inside statements, which the gateway does not parse.
  */
 function multiResource(input: AwsOperationInput, operation: string, body: Record<string, unknown>): string[] | undefined {
+  // Each table every entry names, under any of its keys: an entry with a Put and an Update names both, whichever DynamoDB would run.
   const tablesOf = (items: unknown, keys: readonly string[]) =>
-    (Array.isArray(items) ? items : []).map((item) => {
-      const entry = keys.map((k) => (item as Record<string, Record<string, unknown> | undefined> | null)?.[k]).find((e) => e !== undefined);
-      return str(entry?.TableName) ?? '';
+    (Array.isArray(items) ? items : []).flatMap((item) => {
+      const entries = keys.map((k) => (item as Record<string, Record<string, unknown> | undefined> | null)?.[k]).filter((e) => e !== undefined);
+      return entries.length === 0 ? [''] : entries.map((entry) => str(entry.TableName) ?? '');
     });
   if (input.service === 'dynamodb') {
     if (['ExecuteStatement', 'BatchExecuteStatement', 'ExecuteTransaction'].includes(operation)) {
