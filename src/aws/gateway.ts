@@ -93,7 +93,7 @@ export class AwsGateway {
     const operation = awsOperation({ service: auth.service, region: auth.region, account, partition, method: request.method, path: request.path, query: request.query, headers: signed, body: request.form });
     // An approval binds the hop's attributes: with the payload's hash among them, approving a PutItem releases that item, not any the agent then sends.
     // A body sent unhashed (UNSIGNED-PAYLOAD, a streaming marker) is named by its marker, and no approval releases it (`approvable`).
-    // The rest of the request is bound too: a query's parameters (an SQS message sent in the URL) and the headers signed (an S3 object's ACL).
+    // The rest of the request is bound too: a query's parameters (an SQS message sent in the URL) and the headers signed (an S3 object's metadata).
     const attributes: Record<string, string> = {};
     if (/^[0-9a-f]{64}$/.test(request.payloadHash) || CARRIES_BODY.has(request.method)) attributes.payloadSha256 = request.payloadHash || 'absent';
     attributes.requestSha256 = requestHash(request.method, request.path, request.query, signed);

@@ -241,7 +241,7 @@ const DYNAMODB_RESOURCE_PARAMETERS: Record<string, readonly string[]> = {
   GetResourcePolicy: ['ResourceArn'],
   DeleteResourcePolicy: ['ResourceArn'],
 };
-/** Every parameter that names a DynamoDB resource, of any operation (a restore's target names the table it creates). */
+/** Every parameter that names the DynamoDB resource a call acts on, of any operation (a restore's TargetTableName, the table it makes, is none of them). */
 const DYNAMODB_NAMING = ['TableName', 'TableArn', 'SourceTableArn', 'SourceTableName', 'BackupArn', 'ExportArn', 'ImportArn', 'ResourceArn'];
 
 /**
