@@ -63,6 +63,9 @@ export interface TaskControllerTriggers {
   approvals?: Informer<AgentApproval>;
 }
 
+/** The deleted tasks awaiting cleanup, and the cleaned-up uids, one leader remembers at most. */
+const MAX_ORPHANS = 10_000;
+
 /** A write that lost a race to a newer version: look again once the watch has brought it. */
 const CONFLICT_RETRY_MS = 100;
 
@@ -97,6 +100,14 @@ const outboxAppeared = (old: AgentTask, task: AgentTask) =>
 export class AgentTaskController {
   private queue?: WorkQueue;
   private readonly status: TaskStatusWriter;
+  /**
+   * Tasks this leader saw deleted without its cleanup, by key, as last seen: someone removed the
+   * finalizer (a tenant, or an administrator unsticking a deletion) before the task went. Their
+   * sessions are denied and their audit heads sealed from that last state all the same.
+   */
+  private readonly orphans = new Map<string, AgentTask>();
+  /** Uids of tasks whose cleanup ran here, so that their deletion is not taken for an orphan. */
+  private readonly finalized = new Set<string>();
 
   constructor(private readonly deps: TaskControllerDeps) {
     this.status = deps.client.statusWriter('controller');
@@ -109,6 +120,7 @@ export class AgentTaskController {
       // So does a new outbox on an ended task: no later write may come to carry its records out.
       if (event === 'update' && old && isDeepStrictEqual(factsOf(old), factsOf(task)) && !outboxAppeared(old, task)) return;
       const key = keyOf(task.metadata.namespace, task.metadata.name);
+      if (event === 'delete') this.noteDeleted(key, task);
       if (event === 'add' && this.awaitsItsPod(task)) return this.queue?.addAfter(key, NEW_TASK_FIRST_LOOK_MS);
       this.enqueue(key);
     });
@@ -126,6 +138,14 @@ export class AgentTaskController {
 
   private enqueue(key: string): void {
     this.queue?.add(key);
+  }
+
+  /** A deletion the leader's cleanup did not see through is an orphan, cleaned up when its key is next reconciled. */
+  private noteDeleted(key: string, task: AgentTask): void {
+    const uid = task.metadata.uid ?? '';
+    if (!uid || this.finalized.delete(uid) || (this.deps.leading && !this.deps.leading())) return;
+    if (this.orphans.size >= MAX_ORPHANS) this.orphans.delete(this.orphans.keys().next().value ?? '');
+    this.orphans.set(key, task);
   }
 
   /** A task never looked at, created within the last moments, whose pod has not arrived yet. */
@@ -171,6 +191,13 @@ export class AgentTaskController {
   async reconcile(key: string): Promise<ReconcileResult> {
     const [namespace = '', name = ''] = key.split('/');
     const task = this.deps.sources.task(namespace, name);
+    const orphan = this.orphans.get(key);
+    if (orphan && task?.metadata.uid !== orphan.metadata.uid) {
+      // Retryable as the finalizer's cleanup is: a failing deny throws, and the queue backs off.
+      await this.cleanUp(orphan);
+      this.orphans.delete(key);
+      this.deps.log.warn({ leaderWork: 'finalize', task: key, uid: orphan.metadata.uid }, 'task deleted without its finalizer (someone removed it): its sessions were denied and its audit head sealed from its last state');
+    }
     if (!task) return done();
     this.assertLeading();
     const patch = (ops: JsonPatchOperation[]) => {
@@ -180,15 +207,23 @@ export class AgentTaskController {
     return withFinalizer(task, FINALIZER, patch, {
       // Retryable: a failing deny throws, the finalizer stays, the queue backs off.
       cleanup: async (t) => {
-        if (needsRevocation(t)) await this.revokeAtAws(t);
-        faultPoint('finalize.after-deny');
-        // The audit head lives in the task's status; it is kept elsewhere before the task goes.
-        await this.deps.seal?.(t);
-        faultPoint('finalize.after-seal');
+        await this.cleanUp(t);
+        if (this.finalized.size >= MAX_ORPHANS) this.finalized.delete(this.finalized.values().next().value ?? '');
+        this.finalized.add(t.metadata.uid ?? '');
         this.deps.log.info({ leaderWork: 'finalize', task: key }, 'task cleaned up; removing the finalizer');
       },
       apply: (t) => this.converge(t),
     });
+  }
+
+  /** What a task's deletion undoes outside the cluster: its sessions denied at AWS, its audit head kept beyond it. */
+  private async cleanUp(task: AgentTask): Promise<void> {
+    this.assertLeading();
+    if (needsRevocation(task)) await this.revokeAtAws(task);
+    faultPoint('finalize.after-deny');
+    // The audit head lives in the task's status; it is kept elsewhere before the task goes.
+    await this.deps.seal?.(task);
+    faultPoint('finalize.after-seal');
   }
 
   private async converge(task: AgentTask): Promise<ReconcileResult> {

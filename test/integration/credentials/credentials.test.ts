@@ -8,7 +8,8 @@ import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess } from '../../env/agents.js';
 import { createRole, queryList, recordedCalls, revocationPolicy, startAwsAgent } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create } from '../../env/kube.js';
+import { create, grant } from '../../env/kube.js';
+import { rawRequest } from '../../../src/kube/raw.js';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { condition, eventReasons, readTask, waitForTask } from '../operator/helpers.js';
 
@@ -187,6 +188,25 @@ describe('per-task AWS credentials', () => {
     await expect.poll(async () => (await readTask(admin, namespace, 'ticket-4711')) === undefined, { timeout: 15_000 }).toBe(true);
     const deny = await revocationPolicy(env, roleName);
     expect(JSON.stringify(deny)).toContain(sourceIdentityFor(task));
+  });
+
+  test('its finalizer cannot be taken off by a tenant; one an administrator takes off before deleting the task still leaves the deny written', async ({ admin, env, namespace, userKubeConfig }) => {
+    const { task, roleName, pod } = await setup(admin, env, namespace);
+    await brokerRequest(env, 'GET', '/v1/credentials', { token: await podToken(admin, pod) });
+    await grant(admin, namespace, ['dev@example.com'], ['agenttasks'], ['get', 'patch', 'delete']);
+    const dev = await userKubeConfig('dev@example.com');
+    const path = `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`;
+    const stripped = await rawRequest(dev, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json');
+    expect(stripped.status).toBe(403);
+    expect(JSON.stringify(stripped.body)).toContain('the chainwarden.io/revoke finalizer keeps an AgentTask until the chainwarden operator');
+    expect((await readTask(admin, namespace, 'ticket-4711'))?.metadata.finalizers).toEqual(['chainwarden.io/revoke']);
+    expect(JSON.stringify(await revocationPolicy(env, roleName) ?? {})).not.toContain(sourceIdentityFor(task));
+
+    // An administrator unsticking a deletion: the finalizer off, then the task deleted at once, before the controller could put it back.
+    expect((await rawRequest(admin, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json')).status).toBe(200);
+    expect((await rawRequest(admin, 'DELETE', path)).status).toBe(200);
+    expect(await readTask(admin, namespace, 'ticket-4711')).toBeUndefined();
+    await expect.poll(async () => JSON.stringify(await revocationPolicy(env, roleName) ?? {}), { timeout: 15_000 }).toContain(sourceIdentityFor(task));
   });
 
   test('a role the policy no longer allows is refused, and the task says why', async ({ admin, env, namespace }) => {

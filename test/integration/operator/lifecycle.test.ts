@@ -138,7 +138,7 @@ describe('AgentTask lifecycle', () => {
     expect(performance.now() - hopAsked).toBeLessThan(400);
   });
 
-  test('a tenant cannot make a task escape its revocation finalizer: not at creation, not by taking it off later', async ({ admin, namespace, userKubeConfig }) => {
+  test('a tenant cannot make a task escape its revocation finalizer: not at creation, not by taking it off later, which is refused; an administrator\'s is put back', async ({ admin, namespace, userKubeConfig }) => {
     await create(admin, examplePolicy(namespace));
     await grant(admin, namespace, ['dev@example.com'], ['agenttasks'], ['create', 'get', 'patch']);
     const dev = await userKubeConfig('dev@example.com');
@@ -147,11 +147,15 @@ describe('AgentTask lifecycle', () => {
     const created = await create(dev, { ...task, metadata: { ...task.metadata, finalizers: ['example.com/hold'] } });
     expect(created.metadata?.finalizers).toEqual(['example.com/hold', 'chainwarden.io/revoke']);
     await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Pending');
-    // Metadata edits do not reach the webhooks, so this goes through; the controller puts it back.
+    // Metadata edits do not reach the webhooks; the chart's admission policy refuses this one. The tenant's own finalizer is theirs to take off.
     const path = `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`;
     const stripped = await rawRequest(dev, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json');
-    expect(stripped.status).toBe(200);
-    expect((stripped.body as { metadata: { finalizers?: string[] } }).metadata.finalizers).toBeUndefined();
+    expect(stripped.status).toBe(403);
+    expect(JSON.stringify(stripped.body)).toContain('dev@example.com may not: delete the task, and the operator lets it go once that is done');
+    const own = await rawRequest(dev, 'PATCH', path, { metadata: { finalizers: ['chainwarden.io/revoke'] } }, 'application/merge-patch+json');
+    expect(own.status).toBe(200);
+    // An administrator may take it off (to unstick a deletion); the controller puts it back on a live task.
+    expect((await rawRequest(admin, 'PATCH', path, { metadata: { finalizers: null } }, 'application/merge-patch+json')).status).toBe(200);
     const back = await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.metadata.finalizers ?? []).includes('chainwarden.io/revoke'));
     expect(back.metadata.finalizers).toEqual(['chainwarden.io/revoke']);
   });

@@ -22,7 +22,7 @@ const newTask = (meta: Partial<AgentTask['metadata']> = {}, status?: AgentTask['
 });
 const agentPod: PodRecord = { metadata: { name: 'agent-0', namespace: 'ns', uid: 'p1', creationTimestamp: new Date(created + 1000).toISOString(), labels: { 'chainwarden.io/task': 't' } }, spec: { serviceAccountName: 'agent' }, status: { phase: 'Running' } };
 
-function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailableFor?: number } = {}) {
+function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailableFor?: number; seal?: (task: AgentTask) => Promise<void> } = {}) {
   const client = new TaskClientTwin(task);
   const revocations: string[] = [];
   const records: string[] = [];
@@ -35,7 +35,7 @@ function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailable
   };
   // Another controller on the same task, clock and revocations: a replica with a journal of its own.
   const controllerWith = (journal: ConstructorParameters<typeof AgentTaskController>[0]['journal']) =>
-    new AgentTaskController({ sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] }, client, clock, log: silentLogger(), metrics: new Metrics(), trustDomain: 'cluster.local', journal, revoke });
+    new AgentTaskController({ sources: { task: () => client.task, policy: () => policy, pods: () => [agentPod] }, client, clock, log: silentLogger(), metrics: new Metrics(), trustDomain: 'cluster.local', journal, revoke, ...(options.seal ? { seal: options.seal } : {}) });
   const controller = controllerWith({ record: (_task, change) => void records.push(...change.events.map((e) => e.type)) });
   return { client, controller, controllerWith, clock, revocations, records, advance: (ms: number) => (now += ms) };
 }
@@ -100,6 +100,39 @@ describe('AgentTaskController: acting on the plan', () => {
     await controller.reconcile('ns/t');
     expect(revocations).toEqual(['t']);
     expect(client.task?.metadata.finalizers).toEqual(['example.com/other']);
+  });
+
+  it('a task deleted after someone removed its finalizer is still revoked and sealed, from its last state; one it cleaned up itself is not cleaned up again', async () => {
+    const bound = { state: 'Bound' as const, credentials: { sourceIdentity: 'chainwarden-u1', sessions: [{ credential: 'default', accessKeyId: 'ASIAEXAMPLE', sessionName: 'chainwarden-u1', expiration: new Date(created + 3_600_000).toISOString() }], expiration: new Date(created + 3_600_000).toISOString() } };
+    const watched = (controller: AgentTaskController) => {
+      let emit: (event: 'add' | 'update' | 'delete', task: AgentTask) => void = () => undefined;
+      const quiet = { on: () => undefined, list: () => [] };
+      controller.watch({ tasks: { on: (cb: typeof emit) => void (emit = cb), list: () => [] }, policies: quiet, pods: quiet } as unknown as Parameters<AgentTaskController['watch']>[0]);
+      return (event: 'add' | 'update' | 'delete', task: AgentTask) => emit(event, task);
+    };
+
+    // A tenant patches the finalizer away and deletes the task: it is gone before the controller looks.
+    const sealed: string[] = [];
+    const stripped = setup(newTask({ finalizers: [FINALIZER] }, bound), { seal: (t) => Promise.resolve(void sealed.push(t.metadata.uid ?? '')) });
+    const emit = watched(stripped.controller);
+    const last = stripped.client.task as AgentTask;
+    stripped.client.delete();
+    emit('delete', { ...last, metadata: { ...last.metadata, finalizers: [] } });
+    await stripped.controller.reconcile('ns/t');
+    expect(stripped.revocations).toEqual(['t']);
+    expect(sealed).toEqual(['u1']);
+    await stripped.controller.reconcile('ns/t');
+    expect(stripped.revocations).toEqual(['t']);
+
+    // Deleted with its finalizer: cleaned up once, before the finalizer goes; the deletion that follows is no orphan.
+    const kept = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }, bound));
+    const emitKept = watched(kept.controller);
+    await kept.controller.reconcile('ns/t');
+    const gone = kept.client.task as AgentTask;
+    kept.client.delete();
+    emitKept('delete', gone);
+    await kept.controller.reconcile('ns/t');
+    expect(kept.revocations).toEqual(['t']);
   });
 
   it('keeps the finalizer while the deny cannot be written', async () => {
