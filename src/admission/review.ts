@@ -59,6 +59,22 @@ export interface AdmissionPlugin {
 }
 
 /**
+ * The object a validating plugin judges, parsed, or the refusal when it does not parse. The API
+ * server checks an object against the CRD's schema before any validating webhook sees it, so one
+ * that does not parse here is one the two read differently (a length or a pattern counted
+ * otherwise): it is refused, naming the fields, never let through unjudged.
+ */
+export function parseToJudge<T>(kind: string, parse: (raw: unknown) => T, raw: unknown): { object: T; refusal?: undefined } | { object?: undefined; refusal: Verdict } {
+  try {
+    return { object: parse(raw) };
+  } catch (err) {
+    if (!(err instanceof InvalidObjectError)) throw err;
+    const violations = err.violations.map((v) => ({ field: v.field, message: `${v.message}, as chainwarden's admission webhook reads it; it judges only what it can read, so change the field until both it and the API server accept it` }));
+    return { refusal: deny(kind, violations) };
+  }
+}
+
+/**
  * Parses the object under review. One that does not fit the schema yields undefined: the
  * plugins then let it pass to the API server's own schema and CEL validation, which refuses
  * it with the messages written next to each rule. Context checks need a well-formed object.

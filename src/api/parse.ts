@@ -1,4 +1,5 @@
 import type { TSchema } from '@sinclair/typebox';
+import { ValueErrorType } from '@sinclair/typebox/errors';
 import { Value } from '@sinclair/typebox/value';
 import { isDeepStrictEqual } from 'node:util';
 import { ChainwardenError } from '../errors.js';
@@ -51,6 +52,7 @@ function parseResource<T>(kind: string, spec: TSchema, input: unknown): T {
   } else {
     const withDefaults = Value.Default(spec, structuredClone(obj.spec));
     for (const error of Value.Errors(spec, withDefaults)) {
+      if (error.type === ValueErrorType.StringMaxLength && withinMaxLength(error.value, error.schema.maxLength)) continue;
       violations.push({ field: fieldPath(error.path, 'spec'), message: error.message.toLowerCase() });
     }
     // Objects from the API server already carry the CRD's defaults (the same as the schema's):
@@ -58,6 +60,18 @@ function parseResource<T>(kind: string, spec: TSchema, input: unknown): T {
     if (violations.length === 0) return (isDeepStrictEqual(withDefaults, obj.spec) ? obj : { ...obj, spec: withDefaults }) as T;
   }
   throw new InvalidObjectError(kind, violations);
+}
+
+/**
+ * A string's length as the API server counts it for `maxLength`: in characters (code points), where
+ * the schema library counts UTF-16 code units, two for an emoji. Counted the other way, a string
+ * the API server stores would be one this parser refuses.
+ */
+function withinMaxLength(value: unknown, maxLength: unknown): boolean {
+  if (typeof value !== 'string' || typeof maxLength !== 'number') return false;
+  let chars = 0;
+  for (const _ of value) if (++chars > maxLength) return false;
+  return true;
 }
 
 /**

@@ -3,7 +3,7 @@ import { parseAgentApproval } from '../../api/parse.js';
 import type { AgentApproval, AgentApprovalSpec, AgentPolicy, AgentTask } from '../../api/schema.js';
 import { unhashedBody } from '../../api/task.js';
 import type { ObjectReader } from '../../kube/readers.js';
-import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin, type AdmissionRequest } from '../review.js';
+import { allow, deny, keepsSpec, parseToJudge, type AdmissionPlugin, type AdmissionRequest } from '../review.js';
 
 type Approver = NonNullable<AgentApprovalSpec['approver']>;
 
@@ -103,9 +103,9 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
     resources: ['agentapprovals'],
     operations: ['CREATE', 'UPDATE'],
     async admit(request) {
-      const approval = parseForAdmission(parseAgentApproval, request.object);
-      if (!approval) return allow();
       if (keepsSpec(request)) return allow();
+      const { object: approval, refusal: unread } = parseToJudge('AgentApproval', parseAgentApproval, request.object);
+      if (unread) return unread;
       if (request.operation === 'UPDATE') {
         return deny('AgentApproval', [{ field: 'spec', message: 'an AgentApproval is immutable once created; create a new one to change a decision' }]);
       }

@@ -6,7 +6,7 @@ import { rawPolicies } from '../../policy/compile.js';
 import { ChainwardenError, errorMessage } from '../../errors.js';
 import type { SecretAuthor, SecretReader } from '../../mcp/secrets.js';
 import { forbiddenReceiverAddress } from '../../notify/transport.js';
-import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin } from '../review.js';
+import { allow, deny, keepsSpec, parseForAdmission, parseToJudge, type AdmissionPlugin } from '../review.js';
 
 /** Rules must refer only to systems and data classes the policy declares; raw Cedar must validate. */
 export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
@@ -167,11 +167,12 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
     resources: ['agentpolicies'],
     operations: ['CREATE', 'UPDATE'],
     async admit(request) {
-      const policy = parseForAdmission(parseAgentPolicy, request.object);
-      if (!policy || policy.metadata.deletionTimestamp) return allow();
       // Label, annotation and finalizer edits go through even if a Secret the policy names is gone
       // since; the API server does not call the webhook for them at all (registration.ts).
       if (keepsSpec(request)) return allow();
+      const { object: policy, refusal } = parseToJudge('AgentPolicy', parseAgentPolicy, request.object);
+      if (refusal) return refusal;
+      if (policy.metadata.deletionTimestamp) return allow();
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
       return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, mcpWarnings(policy));
     },

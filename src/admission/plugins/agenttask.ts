@@ -4,7 +4,7 @@ import type { AgentPolicy, AgentTask } from '../../api/schema.js';
 import { FINALIZER, POLICY_DEFAULTS } from '../../api/task.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { globMatches } from '../../policy/glob.js';
-import { allow, deny, keepsSpec, parseForAdmission, type AdmissionPlugin } from '../review.js';
+import { allow, deny, keepsSpec, parseToJudge, type AdmissionPlugin } from '../review.js';
 
 
 /** Problems with an inline session policy that CEL cannot see: it must be an IAM policy document. */
@@ -91,10 +91,11 @@ export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionP
     resources: ['agenttasks'],
     operations: ['CREATE', 'UPDATE'],
     async admit(request) {
-      const task = parseForAdmission(parseAgentTask, request.object);
-      if (!task || task.metadata.deletionTimestamp) return allow();
       // Finalizer and label edits must go through even if the policy has tightened since.
       if (keepsSpec(request)) return allow();
+      const { object: task, refusal } = parseToJudge('AgentTask', parseAgentTask, request.object);
+      if (refusal) return refusal;
+      if (task.metadata.deletionTimestamp) return allow();
       const namespace = request.namespace ?? task.metadata.namespace ?? '';
       const policy = await policies.get(namespace, task.spec.policyRef.name);
       if (!policy) {

@@ -110,6 +110,10 @@ describe('approvals are made by approvers', () => {
     await grant(admin, namespace, [own, bot], ['agentapprovals'], ['create', 'get']);
     const agentItself = await serviceAccountKubeConfig(admin, namespace, 'support-agent');
     expect(await rejection(agentItself, approvalOf(namespace, 'self', hop))).toMatch(new RegExp(`${own} is the task's own service account: an agent never decides its own hops`));
+    // Nor with a reason of 600 emoji: 600 characters to the API server, 1,200 UTF-16 code units to JavaScript.
+    const emoji = approvalOf(namespace, 'self-emoji', hop);
+    emoji.spec.reason = '\u{1F600}'.repeat(600);
+    expect(await rejection(agentItself, emoji)).toMatch(/an agent never decides its own hops/);
     const ciBot = await serviceAccountKubeConfig(admin, namespace, 'ci-bot');
     expect(await rejection(ciBot, approvalOf(namespace, 'bot', hop))).toMatch(/is a service account, and service accounts decide hops only when AgentPolicy support-agent names them in spec.approval.approvers.users/);
     // Named by the policy, the bot may decide; the task's own account still may not.

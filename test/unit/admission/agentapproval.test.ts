@@ -72,4 +72,22 @@ describe('an AgentApproval is bound to its hop by admission', () => {
   it('an approval whose rules an earlier CRD pruned is admitted: it lifts what holds its call, as approvals did', async () => {
     expect(await validate.admit(request(approval({ hopDigest: waiting.digest })))).toMatchObject({ allowed: true });
   });
+
+  describe('what the API server stores, the webhook judges: it counts a string as the API server does, and refuses what it cannot read', () => {
+    // 600 emoji: 600 characters to the API server (a reason takes 1,024), 1,200 UTF-16 code units to JavaScript.
+    const longReason = '\u{1F600}'.repeat(600);
+    const agent = { username: 'system:serviceaccount:support:agent', groups: ['system:serviceaccounts', 'system:serviceaccounts:support'] };
+
+    it("a reason of emoji does not carry the task's own service account past the approver check", async () => {
+      const byAgent = { ...request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'], reason: longReason, approver: agent })), userInfo: agent };
+      expect(await validate.admit(byAgent)).toMatchObject({ allowed: false, message: expect.stringContaining('spec.approver') as unknown });
+      // From someone who may approve, the same reason is admitted: it is one the API server stores.
+      expect(await validate.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'], reason: longReason })))).toMatchObject({ allowed: true });
+    });
+
+    it('an object the webhook cannot read is refused, naming the field, never let through unjudged', async () => {
+      const unreadable = await validate.admit(request(approval({ hopDigest: waiting.digest, reason: '\u{1F600}'.repeat(1025) })));
+      expect(unreadable).toMatchObject({ allowed: false, message: expect.stringMatching(/^AgentApproval rejected: spec\.reason: .*as chainwarden's admission webhook reads it; it judges only what it can read/) as unknown });
+    });
+  });
 });
