@@ -1,4 +1,4 @@
-import { printable } from '../api/text.js';
+import { agentCell, MAX_CELL, printable } from '../api/text.js';
 import type { AuditRecord } from './record.js';
 
 interface HopNode {
@@ -15,9 +15,14 @@ const time = (iso: string) => iso.slice(11, 19);
 const text = (v: unknown): string => (typeof v === 'string' ? v : v === undefined ? '' : JSON.stringify(v));
 const reasons = (r: unknown) => (Array.isArray(r) ? r.map((x) => text((x as { rule?: unknown } | null)?.rule)).join(', ') : '');
 
+/** What an agent wrote (a hop's tool, action, resource): as it is when it is one word of plain ASCII, else quoted and cut, so no text of its own reads as the line's decision. */
+const agentWord = (v: unknown) => agentCell(text(v), MAX_CELL, PLAIN_WORD);
+/** Visible ASCII but quote and backslash, no space. */
+const PLAIN_WORD = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
 function hopLine(node: HopNode): string {
   const d = node.record.data as { tool?: unknown; action?: unknown; resource?: unknown; decision?: unknown; reasons?: unknown };
-  const first = `${time(node.record.at)} ${text(d.tool)} ${text(d.action)} ${text(d.resource)} → ${text(d.decision)} [${reasons(d.reasons)}]`;
+  const first = `${time(node.record.at)} ${agentWord(d.tool)} ${agentWord(d.action)} ${agentWord(d.resource)} → ${text(d.decision)} [${reasons(d.reasons)}]`;
   return `${first}  (${node.hopId})`;
 }
 

@@ -1,6 +1,6 @@
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { API_VERSION, GROUP, VERSION, type AgentApproval, type AgentTask } from '../api/schema.js';
-import { printable } from '../api/text.js';
+import { agentCell, MAX_CELL, PLAIN_ATTRIBUTE, printable } from '../api/text.js';
 import { ChainwardenError } from '../errors.js';
 import { isNotFound, kubeErrorMessage, statusCode } from '../kube/errors.js';
 import { loadKubeConfig } from './kube.js';
@@ -72,33 +72,8 @@ export function age(at: string, now: number): string {
   return `${Math.floor(seconds / 86400)}d`;
 }
 
-/** The most of one agent-written cell the table shows; `-o json` shows it whole. */
-export const MAX_CELL = 80;
 /** The most of one attribute's value it shows. */
 const MAX_ATTRIBUTE_VALUE = 40;
-
-/** A column's text that reads as one cell as it is: visible ASCII words with single spaces between them (columns are three apart), no quote or backslash. */
-const PLAIN_CELL = /^[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*$/;
-/** An attribute's name or value that reads as one as it is: no space, and none of the separators `,` `=`, no quote or backslash. */
-const PLAIN_ATTRIBUTE = /^[\x21\x23-\x2b\x2d-\x3c\x3e-\x5b\x5d-\x7e]+$/;
-/** Spaces and invisible characters other than the plain space: a column or a cell end could be faked with them. */
-const UNSEEN = /[^\P{Z} ]|\p{C}|[\u115f\u1160\u3164\uffa0]/gu;
-
-/** Every UTF-16 unit of a character as `\uXXXX`: both halves of one outside the basic plane, so two such characters never look alike. */
-const escapeUnits = (c: string) => Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
-
-/**
- * An agent-written cell as the table shows it: as it is when it plainly reads as one (`plain`),
- * else quoted as JSON (with spaces other than U+0020 and invisible characters escaped), so that
- * runs of spaces or separators inside it cannot fake further columns or attributes; cut at
- * `max` characters, saying how many more there are, so no cell pushes the real ones off the screen.
- */
-export function agentCell(value: string, max = MAX_CELL, plain = PLAIN_CELL): string {
-  const cut = value.length > max ? value.slice(0, max) : value;
-  const more = value.length - cut.length;
-  const shown = plain.test(cut) ? cut : JSON.stringify(cut).replace(UNSEEN, escapeUnits);
-  return more > 0 ? `${shown}…(+${more})` : shown;
-}
 
 const attributesText = (a: Record<string, string>) =>
   Object.entries(a)

@@ -126,7 +126,8 @@ describe('trace output', () => {
     const trace = await run();
     expect(trace.stdout).toMatch(/chain verified: \d+ records/);
     expect(trace.stdout.split('\n').filter((line) => FORBIDDEN.test(line))).toEqual([]);
-    expect(trace.stdout).toContain('tickets read ticket/1\\x1b[2K\\r\\x1b[1A└─ 00:00:00 tickets read ticket/9 → allow\\nchain verified\\u202egpj.exe\\u2066\\x85 → allow');
+    // Quoted, its escapes shown as written, and cut: what the agent wrote cannot read as the line's decision.
+    expect(trace.stdout).toContain('tickets read "ticket/1\\\\u001b[2K\\\\r\\\\u001b[1A└─ 00:00:00 tickets read ticket/9 → allow\\\\nchain verified\\\\u202egpj.ex"…(+3) → allow');
     // The child stays under its parent, whichever file held which record.
     expect(trace.stdout).toMatch(/\n {3}└─ .*tickets comment ticket\/1 → allow/);
     expect(trace.stdout.split('\n').filter((line) => line.startsWith('chain verified'))).toHaveLength(1);

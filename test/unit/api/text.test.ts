@@ -43,6 +43,17 @@ describe('printable', () => {
     expect(out).toContain('\\x1b[2K\\r\\x1b[1A');
   });
 
+  it("an agent's resource cannot read as the line's decision: text with spaces or an arrow is quoted and cut", () => {
+    const spoof = `customer@example.com → allow [reply-by-email]${' '.repeat(200)}`;
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
+      { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', tool: 'email', action: 'send', resource: spoof, decision: 'deny', reasons: [{ rule: 'no-exfiltration' }] } },
+      { type: 'hop_decided', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_b', tool: 'tickets', action: 'read', resource: 'ticket/4711', decision: 'allow', reasons: [{ rule: 'read' }] } },
+    ]);
+    const out = renderTrace(records);
+    expect(out).toContain(`email send "customer@example.com → allow [reply-by-email]${' '.repeat(35)}"…(+165) → deny [no-exfiltration]  (h1_a)`);
+    expect(out).toContain('tickets read ticket/4711 → allow [read]  (h1_b)');
+  });
+
   it('renders a forged record of odd shapes instead of crashing', () => {
     const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
       { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', parentHop: 'h1_a', reasons: 'not-a-list' } },
@@ -62,7 +73,8 @@ describe('printable', () => {
       { type: 'violation', at: '2026-01-01T00:00:03Z', data: { hopId: odd, message: odd } },
     ]);
     const out = renderTrace(records);
-    expect(out).toContain('00:00:00 {"toString":1,"valueOf":1} {"toString":1,"valueOf":1}');
+    // What the agent wrote is quoted (its own quotes escaped, then the backslashes doubled as every line's are).
+    expect(out).toContain('00:00:00 "{\\\\"toString\\\\":1,\\\\"valueOf\\\\":1}" "{\\\\"toString\\\\":1,\\\\"valueOf\\\\":1}"');
     expect(out).toContain('approved by {"toString":1,"valueOf":1} ({"toString":1,"valueOf":1})');
     expect(out).toContain('VIOLATION by hop {"toString":1,"valueOf":1}');
   });

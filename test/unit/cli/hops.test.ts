@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseAgentTask } from '../../../src/api/parse.js';
 import type { AgentTask } from '../../../src/api/schema.js';
-import { agentCell, age, approvalFor, hopRows, notPendingReason, renderHops } from '../../../src/cli/hops.js';
+import { agentCell } from '../../../src/api/text.js';
+import { age, approvalFor, hopRows, notPendingReason, renderHops } from '../../../src/cli/hops.js';
 import { main, programName } from '../../../src/cli/main.js';
 import { exampleTask } from '../../builders/examples.js';
 
