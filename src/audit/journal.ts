@@ -412,6 +412,8 @@ function merge(into: TaskDelta, from: TaskDelta): void {
 interface Entry {
   namespace: string;
   name: string;
+  /** The task whose changes these are: another of the same name (deleted and created again) is not theirs to write to. */
+  uid: string;
   /** Changes not yet in flight. */
   queued: TaskDelta;
   /** When the oldest queued change was queued: it is written one window after, whatever runs meanwhile. */
@@ -552,8 +554,9 @@ export class TaskJournal {
   record(task: TaskRef, change: Partial<TaskDelta>): void {
     const key = keyOf(task);
     let entry = this.entries.get(key);
-    if (!entry) {
-      entry = { namespace: task.metadata.namespace ?? '', name: task.metadata.name ?? '', queued: emptyDelta(), waiters: [], failures: 0, refusals: 0 };
+    // A task of the same name created again has an entry of its own; the old one's writes find their task gone.
+    if (!entry || entry.uid !== (task.metadata.uid ?? '')) {
+      entry = { namespace: task.metadata.namespace ?? '', name: task.metadata.name ?? '', uid: task.metadata.uid ?? '', queued: emptyDelta(), waiters: [], failures: 0, refusals: 0 };
       this.entries.set(key, entry);
     }
     const delta = { ...emptyDelta(), ...change };
@@ -716,11 +719,15 @@ export class TaskJournal {
     let records: AuditRecord[] = [];
     let landed: AuditRecord[] = unconfirmed?.landed ?? [];
     let seen: TaskRef | undefined;
+    let replaced = false;
     try {
-      const written = await this.options.writer.update(
+      const found = await this.options.writer.update(
         entry.namespace,
         entry.name,
         (current) => {
+          // Deleted and created again under its name: the task these changes are of is gone.
+          replaced = entry.uid !== '' && current.metadata.uid !== entry.uid;
+          if (replaced) return undefined;
           seen = current;
           // It landed (its head is there, or under the write on top of it): not applied a second time.
           const wasWritten = unconfirmed !== undefined && landedIn(unconfirmed, current);
@@ -733,6 +740,7 @@ export class TaskJournal {
         // With a write unconfirmed, only a fresh read tells whether it landed: the watch's copy may lag behind it.
         unconfirmed ? undefined : this.options.cached && (() => this.newestKnown(entry.namespace, entry.name)),
       );
+      const written = replaced ? undefined : found;
       // The task is gone; the records still go out, linked on what was last known.
       if (!written) this.options.log.warn({ task, records: delta.events.length }, 'task gone before its journal was written');
       const chain = written?.status?.chain;

@@ -268,6 +268,28 @@ describe('what a replica knows before the watch shows it', () => {
   });
 });
 
+describe('a task deleted and created again under its name', () => {
+  it("the old task's queued changes are not written to the new one, and the new task's are", async () => {
+    let stored = task('u-old');
+    const update: Update = async (_ns, _name, edit) => {
+      const status = edit(stored);
+      if (status) stored = { ...stored, status };
+      return Promise.resolve(stored);
+    };
+    const journal = new TaskJournal({ writer: { update }, emit: () => undefined, log: silentLogger(), flushMs: 50 });
+    // Three hops of the old task wait for the next window; the task is deleted and one of its name created meanwhile.
+    journal.record(task('u-old'), { hopCount: 3, allowed: 3, events: [hop(1), hop(2), hop(3)] });
+    stored = task('u-new');
+    // The new task's first hop, before the old task's write has run.
+    const written = await journal.commit(task('u-new'), { hopCount: 1, allowed: 1, events: [hop(4)] });
+    await journal.drain();
+    expect(written?.metadata.uid).toBe('u-new');
+    expect(stored.status?.hops?.allowed).toBe(1);
+    expect(stored.status?.chain?.hopCount).toBe(1);
+    expect(stored.status?.audit?.count).toBe(1);
+  });
+});
+
 describe('the journal batches', () => {
   it('writes a busy task once per flush window, not back to back, and loses nothing', async () => {
     const writes: number[] = [];
