@@ -555,8 +555,9 @@ export class TaskJournal {
     const key = keyOf(task);
     let entry = this.entries.get(key);
     // A task of the same name created again has an entry of its own; the old one's writes find their task gone.
-    if (!entry || entry.uid !== (task.metadata.uid ?? '')) {
-      entry = { namespace: task.metadata.namespace ?? '', name: task.metadata.name ?? '', uid: task.metadata.uid ?? '', queued: emptyDelta(), waiters: [], failures: 0, refusals: 0 };
+    const uid = task.metadata.uid ?? '';
+    if (!entry || (uid !== '' && entry.uid !== '' && entry.uid !== uid)) {
+      entry = { namespace: task.metadata.namespace ?? '', name: task.metadata.name ?? '', uid, queued: emptyDelta(), waiters: [], failures: 0, refusals: 0 };
       this.entries.set(key, entry);
     }
     const delta = { ...emptyDelta(), ...change };
@@ -895,6 +896,6 @@ export class TaskJournal {
   private async commitQueued(entry: Entry): Promise<void> {
     await entry.flushing;
     if (isEmpty(entry.queued) && !entry.unconfirmed) return;
-    await this.commit({ metadata: { namespace: entry.namespace, name: entry.name } }, {}).catch(() => undefined);
+    await this.commit({ metadata: { namespace: entry.namespace, name: entry.name, uid: entry.uid } }, {}).catch(() => undefined);
   }
 }
