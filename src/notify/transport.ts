@@ -40,13 +40,51 @@ const refusal = (addresses: string[]) =>
 type Resolve = (hostname: string, callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
 const systemResolve: Resolve = (hostname, callback) => dns.lookup(hostname, { all: true }, callback);
 
+/** Receivers' names resolved at once, at most: each lookup holds one of libuv's four threads until the resolver answers. */
+export const MAX_RECEIVER_LOOKUPS = 2;
+/** Names waiting for a lookup, at most; past this a notification attempt fails at once and is retried later. */
+const MAX_WAITING_LOOKUPS = 256;
+
+/**
+ * `resolve`, bounded. The system resolver runs on libuv's small thread pool, which the operator's
+ * files, compression and its AWS calls' own lookups share, and a lookup cannot be cancelled: a
+ * tenant whose receiver's name never resolves would otherwise hold every thread, each attempt
+ * another, until nothing else of the operator's got one. So lookups of one name in flight are
+ * one, at most `max` names are looked up at once (a slot is given back when the resolver
+ * answers, not when the attempt gives up), and the rest wait their turn, in order.
+ */
+export function boundedResolve(resolve: Resolve, max = MAX_RECEIVER_LOOKUPS): Resolve {
+  type Callback = Parameters<Resolve>[1];
+  const inFlight = new Map<string, Callback[]>();
+  const waiting = new Map<string, Callback[]>();
+  const start = (hostname: string, callbacks: Callback[]) => {
+    inFlight.set(hostname, callbacks);
+    resolve(hostname, (err, addresses) => {
+      inFlight.delete(hostname);
+      for (const callback of callbacks) callback(err, addresses);
+      const next = waiting.entries().next();
+      if (!next.done) {
+        waiting.delete(next.value[0]);
+        start(next.value[0], next.value[1]);
+      }
+    });
+  };
+  return (hostname, callback) => {
+    const joined = inFlight.get(hostname) ?? waiting.get(hostname);
+    if (joined) return void joined.push(callback);
+    if (inFlight.size < max) return start(hostname, [callback]);
+    if (waiting.size >= MAX_WAITING_LOOKUPS) return callback(Object.assign(new Error(`${MAX_WAITING_LOOKUPS} receivers' names wait to be resolved already`), { code: 'EAI_AGAIN' }), []);
+    waiting.set(hostname, [callback]);
+  };
+}
+
 /**
  * POST with node:http(s). Redirects are not followed: the credential goes to the URL the policy
  * names and nowhere else. The receiver's name is resolved as the connection is made and a
  * link-local address refused then, so a name that resolves elsewhere when checked and to the
  * metadata service when used gets nowhere. The answer's status is all that is read.
  */
-export function notifyTransport(resolve: Resolve = systemResolve): NotifyTransport {
+export function notifyTransport(resolve: Resolve = boundedResolve(systemResolve)): NotifyTransport {
   const lookup: net.LookupFunction = (hostname, options, callback) => {
     resolve(hostname, (err, addresses) => {
       if (err) return void callback(err, '', 0);

@@ -2,7 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeFailure } from '../../../src/notify/notifier.js';
-import { forbiddenReceiverAddress, notifyTransport, ReceiverRefused } from '../../../src/notify/transport.js';
+import { boundedResolve, forbiddenReceiverAddress, MAX_RECEIVER_LOOKUPS, notifyTransport, ReceiverRefused } from '../../../src/notify/transport.js';
 
 /** A receiver on loopback: every request it gets, and a redirect for /moved. */
 const received: { path: string; headers: http.IncomingHttpHeaders; body: string }[] = [];
@@ -73,5 +73,32 @@ describe('the approval notification transport', () => {
       silent.closeAllConnections();
       silent.close();
     }
+  });
+
+  it("a receiver whose name never resolves holds at most one lookup, and all receivers' names at most two: the operator's other lookups and files keep their threads", async () => {
+    // A resolver the tenant's names hang in (their DNS never answers); others answer when the test says.
+    const pending = new Map<string, (addresses: { address: string; family: number }[]) => void>();
+    const started: string[] = [];
+    const resolve = boundedResolve((hostname, callback) => {
+      started.push(hostname);
+      pending.set(hostname, (addresses) => callback(null, addresses));
+    });
+    const answers: string[] = [];
+    const ask = (host: string) => resolve(host, (err, addresses) => answers.push(`${host}:${err ? 'error' : addresses.map((a) => a.address).join(',')}`));
+    // Eight attempts to one hung name, then two more names, then an ordinary one.
+    for (let i = 0; i < 8; i++) ask('hook.tenant-a.example');
+    ask('hook2.tenant-a.example');
+    ask('hook3.tenant-a.example');
+    ask('receiver.tenant-b.example');
+    expect(started).toEqual(['hook.tenant-a.example', 'hook2.tenant-a.example']);
+    expect(MAX_RECEIVER_LOOKUPS).toBe(2);
+    // A hung lookup that finally answers gives its slot to the next name waiting, in order.
+    pending.get('hook.tenant-a.example')?.([{ address: '192.0.2.1', family: 4 }]);
+    expect(answers.filter((a) => a.startsWith('hook.tenant-a.example'))).toHaveLength(8);
+    expect(started).toEqual(['hook.tenant-a.example', 'hook2.tenant-a.example', 'hook3.tenant-a.example']);
+    pending.get('hook3.tenant-a.example')?.([{ address: '192.0.2.3', family: 4 }]);
+    expect(started.at(-1)).toBe('receiver.tenant-b.example');
+    pending.get('receiver.tenant-b.example')?.([{ address: '192.0.2.9', family: 4 }]);
+    expect(answers.at(-1)).toBe('receiver.tenant-b.example:192.0.2.9');
   });
 });
