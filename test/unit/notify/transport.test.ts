@@ -75,7 +75,7 @@ describe('the approval notification transport', () => {
     }
   });
 
-  it("a receiver whose name never resolves holds at most one lookup, and all receivers' names at most two: the operator's other lookups and files keep their threads", async () => {
+  it("a receiver whose name never resolves holds at most one lookup, and all receivers' names at most two: the operator's other lookups and files keep their threads", () => {
     // A resolver the tenant's names hang in (their DNS never answers); others answer when the test says.
     const pending = new Map<string, (addresses: { address: string; family: number }[]) => void>();
     const started: string[] = [];
