@@ -5,7 +5,7 @@ import type { KubeAccess } from '../kube/access.js';
 import { claimApproval, releaseApproval } from '../kube/approvals.js';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
 import { agentTaskPlugin, taskFinalizerPlugin } from '../admission/plugins/agenttask.js';
-import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin } from '../admission/plugins/agentapproval.js';
+import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin, honoredApprovals } from '../admission/plugins/agentapproval.js';
 import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js';
@@ -231,6 +231,16 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const policies = new ParsedReader(informers.policies, parseAgentPolicy, customObjectReader(kc, 'agentpolicies', parseAgentPolicy));
   const tasks = new ParsedReader(informers.tasks, parseAgentTask, customObjectReader(kc, 'agenttasks', parseAgentTask));
   const policy = (ns: string, name: string) => policies.current(ns, name);
+  // What the broker honours of a namespace's approvals: only those whose approver may decide their task's hops now.
+  const warnedApprovals = new Set<string>();
+  const approvals = (ns: string) =>
+    honoredApprovals(informers.approvals.byIndex(ns), (name) => informers.tasks.get(ns, name), (t) => policy(ns, t.spec.policyRef.name), (approval, why) => {
+      const key = `${ns}/${approval.metadata.name ?? ''}/${approval.metadata.uid ?? ''}`;
+      if (warnedApprovals.has(key)) return;
+      if (warnedApprovals.size >= 10_000) warnedApprovals.clear();
+      warnedApprovals.add(key);
+      log.warn({ approval: `${ns}/${approval.metadata.name ?? ''}`, reason: why }, 'AgentApproval not honoured: its approver may not decide the task\'s hops');
+    });
 
   const tls = await servingMaterial(options);
   const listen = options.listen ?? { host: '127.0.0.1', port: 0 };
@@ -319,7 +329,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     journal,
     ids: new HopIds(hopKey),
     policy,
-    approvals: (ns) => informers.approvals.byIndex(ns),
+    approvals,
     credentials: credentialBroker,
     clock,
     log,
@@ -381,7 +391,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   });
   const gatewayHops = new GatewayHops({
     hops,
-    approvals: (ns) => informers.approvals.byIndex(ns),
+    approvals,
     claim: (approval, by) => claimApproval(kc, approval, by),
     // Left marked, an approval is spent on a call that did not go through: a person approves again.
     release: (approval, by) =>

@@ -86,6 +86,22 @@ export function approverRefusal(approver: Approver, task: AgentTask, policy: Age
   return `${approver.username} is not an approver under AgentPolicy ${policyName}: spec.approval.approvers names users [${users.join(', ')}] and groups [${groups.join(', ')}]; ask one of them to decide, or add the user to the policy`;
 }
 
+/**
+ * The approvals the broker honours: those whose stamped approver may decide their task's hops
+ * under its policy now. Admission refuses the others; this keeps an approval that got past it
+ * (or whose approver the policy has since dropped) from releasing anything. `refused` hears of
+ * each one left out.
+ */
+export function honoredApprovals(approvals: readonly AgentApproval[], task: (name: string) => AgentTask | undefined, policy: (task: AgentTask) => AgentPolicy | undefined, refused: (approval: AgentApproval, why: string) => void): AgentApproval[] {
+  return approvals.filter((approval) => {
+    const decided = task(approval.spec.taskRef.name);
+    if (!decided) return true;
+    const why = approval.spec.approver ? approverRefusal(approval.spec.approver, decided, policy(decided)) : 'it names no approver, which admission stamps on every approval';
+    if (why !== undefined) refused(approval, why);
+    return why === undefined;
+  });
+}
+
 export interface ApprovalLookups {
   tasks: ObjectReader<AgentTask>;
   policies: ObjectReader<AgentPolicy>;

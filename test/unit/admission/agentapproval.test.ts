@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { approvalHopDigestPlugin, approvalValidationPlugin } from '../../../src/admission/plugins/agentapproval.js';
+import { approvalHopDigestPlugin, approvalValidationPlugin, honoredApprovals } from '../../../src/admission/plugins/agentapproval.js';
 import type { AdmissionRequest } from '../../../src/admission/review.js';
 import type { AgentApproval, AgentTask } from '../../../src/api/schema.js';
 import { examplePolicy } from '../../builders/examples.js';
@@ -89,5 +89,23 @@ describe('an AgentApproval is bound to its hop by admission', () => {
       const unreadable = await validate.admit(request(approval({ hopDigest: waiting.digest, reason: '\u{1F600}'.repeat(1025) })));
       expect(unreadable).toMatchObject({ allowed: false, message: expect.stringMatching(/^AgentApproval rejected: spec\.reason: .*as chainwarden's admission webhook reads it; it judges only what it can read/) as unknown });
     });
+  });
+
+  it("the broker honours only approvals whose approver may decide the task's hops now: one that got past admission, or whose approver the policy dropped, releases nothing", () => {
+    const policy = examplePolicy('support');
+    policy.spec.approval = { approvers: { groups: ['support-leads'] } };
+    const agent = { username: 'system:serviceaccount:support:agent', groups: ['system:serviceaccounts'] };
+    const byAlice = approval({ approver: alice });
+    const byAgent = { ...approval({ approver: agent }), metadata: { name: 'forged', namespace: 'support' } };
+    const unstamped = { ...approval(), metadata: { name: 'unstamped', namespace: 'support' } };
+    delete (unstamped.spec as { approver?: unknown }).approver;
+    const otherTask = { ...approval({ approver: agent, taskRef: { name: 'gone' } }), metadata: { name: 'elsewhere', namespace: 'support' } };
+    const refused: string[] = [];
+    const honoured = honoredApprovals([byAlice, byAgent, unstamped, otherTask], (name) => (name === 't' ? task : undefined), () => policy, (a, why) => refused.push(`${a.metadata.name ?? ''}: ${why}`));
+    expect(honoured.map((a) => a.metadata.name)).toEqual(['ok', 'elsewhere']);
+    expect(refused).toEqual([expect.stringMatching(/^forged: .*the task's own service account/), expect.stringMatching(/^unstamped: it names no approver/)]);
+    // Alice dropped from the policy's approvers: her approval no longer releases anything.
+    policy.spec.approval = { approvers: { groups: ['payments-leads'] } };
+    expect(honoredApprovals([byAlice], () => task, () => policy, () => undefined)).toEqual([]);
   });
 });
