@@ -15,10 +15,10 @@ const time = (iso: string) => iso.slice(11, 19);
 const text = (v: unknown): string => (typeof v === 'string' ? v : v === undefined ? '' : JSON.stringify(v));
 const reasons = (r: unknown) => (Array.isArray(r) ? r.map((x) => text((x as { rule?: unknown } | null)?.rule)).join(', ') : '');
 
-/** What an agent wrote (a hop's tool, action, resource): as it is when it is one word of plain ASCII, else quoted and cut, so no text of its own reads as the line's decision. */
-const agentWord = (v: unknown) => agentCell(text(v), MAX_CELL, PLAIN_WORD);
 /** Visible ASCII but quote and backslash, no space. */
 const PLAIN_WORD = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+/** What an agent wrote (a hop's tool, action, resource): as it is when it is one word of plain ASCII, else quoted and cut, so no text of its own reads as the line's decision. */
+const agentWord = (v: unknown) => agentCell(text(v), MAX_CELL, PLAIN_WORD);
 
 function hopLine(node: HopNode): string {
   const d = node.record.data as { tool?: unknown; action?: unknown; resource?: unknown; decision?: unknown; reasons?: unknown };

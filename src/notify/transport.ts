@@ -59,15 +59,21 @@ export function boundedResolve(resolve: Resolve, max = MAX_RECEIVER_LOOKUPS): Re
   const waiting = new Map<string, Callback[]>();
   const start = (hostname: string, callbacks: Callback[]) => {
     inFlight.set(hostname, callbacks);
-    resolve(hostname, (err, addresses) => {
+    const answer: Callback = (err, addresses) => {
       inFlight.delete(hostname);
-      for (const callback of callbacks) callback(err, addresses);
       const next = waiting.entries().next();
       if (!next.done) {
         waiting.delete(next.value[0]);
         start(next.value[0], next.value[1]);
       }
-    });
+      for (const callback of callbacks) callback(err, addresses);
+    };
+    // A resolver that throws at once gives its slot back as one that answers does.
+    try {
+      resolve(hostname, answer);
+    } catch (err) {
+      answer(err instanceof Error ? err : new Error(String(err)), []);
+    }
   };
   return (hostname, callback) => {
     const joined = inFlight.get(hostname) ?? waiting.get(hostname);

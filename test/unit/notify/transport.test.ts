@@ -101,4 +101,18 @@ describe('the approval notification transport', () => {
     pending.get('receiver.tenant-b.example')?.([{ address: '192.0.2.9', family: 4 }]);
     expect(answers.at(-1)).toBe('receiver.tenant-b.example:192.0.2.9');
   });
+
+  it('a resolver that throws at once answers with the error and gives its slot back', () => {
+    let calls = 0;
+    const resolve = boundedResolve((hostname, callback) => {
+      calls++;
+      if (hostname.startsWith('bad')) throw new TypeError('not a hostname');
+      callback(null, [{ address: '192.0.2.1', family: 4 }]);
+    }, 1);
+    const answers: string[] = [];
+    resolve('bad.example', (err) => answers.push(err ? err.message : 'ok'));
+    resolve('good.example', (err, addresses) => answers.push(err ? err.message : addresses[0]?.address ?? ''));
+    expect(answers).toEqual(['not a hostname', '192.0.2.1']);
+    expect(calls).toBe(2);
+  });
 });
