@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
-import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import type { AgentPolicy } from '../../../src/api/schema.js';
 import { APPROVAL_USED_BY } from '../../../src/broker/gateway-hops.js';
 import { ensureMoto } from '../../../src/controlplane/assets.js';
@@ -14,7 +14,7 @@ import { exampleApproval, examplePolicy, exampleTask } from '../../builders/exam
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
 import { createRole, recordedRequests } from '../../env/aws.js';
 import { describe, expect, test } from '../../env/fixtures.js';
-import { create, read, rejection } from '../../env/kube.js';
+import { create, objectsApi, read, rejection } from '../../env/kube.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
 
 const ACCOUNT = '123456789012';
@@ -194,6 +194,39 @@ describe('every AWS call is a hop: the signing gateway', () => {
       expect((await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'outbox/reply.txt' })).out?.Body).toBe('refund approved');
       // Once: the approval is spent, the next identical call waits again.
       expect(await agent.call('s3', 'PutObject', put)).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('an approval counts only while its approver may decide: once the policy names other approvers, the unused approval releases nothing', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket);
+    try {
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      const put = { Bucket: bucket, Key: 'outbox/reply.txt', Body: 'refund approved' };
+      const hopId = waitingHop(await agent.call('s3', 'PutObject', put));
+      expect(hopId).not.toBe('');
+      // Approved by the cluster admin while the policy names no approvers, so anyone not the agent may decide.
+      const approval = exampleApproval(namespace);
+      approval.metadata.name = 'approved-by-admin';
+      approval.spec.hopId = hopId;
+      await create(admin, approval);
+      await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
+
+      // Before the agent sends the call again, the policy hands decisions to the support leads alone.
+      const policy = await read(admin, examplePolicy(namespace));
+      policy.spec.approval = { ...policy.spec.approval, approvers: { groups: ['support-leads'] } };
+      policy.spec.rules = [...(policy.spec.rules ?? []), { name: 'canary', effect: 'Deny', tools: ['tickets'], actions: ['comment'], resources: ['ticket/canary'] }];
+      await objectsApi(admin).replace(policy as unknown as KubernetesObject);
+      const hop = async () => (await getJson(`${sidecar.url}/v1/hops`, { method: 'POST', headers: { ...(await sidecar.headers()), 'content-type': 'application/json' }, body: JSON.stringify({ tool: 'tickets', action: 'comment', resource: 'ticket/canary' }) })).body as { decision?: string };
+      await expect.poll(async () => (await hop()).decision, { timeout: 10_000 }).toBe('deny');
+
+      const again = await agent.call('s3', 'PutObject', put);
+      expect(again).toMatchObject({ ok: false, name: 'ChainwardenApprovalPending' });
+      expect((await read(admin, approval)).metadata.annotations?.[APPROVAL_USED_BY]).toBeUndefined();
+      expect((await reachedAws(env)).filter((r) => r.method === 'PUT' && r.path === `/${bucket}/outbox/reply.txt`)).toEqual([]);
     } finally {
       agent.stop();
       await sidecar.stop();
