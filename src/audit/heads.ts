@@ -65,8 +65,14 @@ export class AuditHeadStore {
 
   /** The head sealed for the task with this uid, if any. */
   async find(uid: string): Promise<SealedHead | undefined> {
-    const value = (await this.read())?.data?.[uid];
-    return value ? (JSON.parse(value) as SealedHead) : undefined;
+    return (await this.all())[uid];
+  }
+
+  /** Every sealed head, by task uid, in one read. */
+  async all(): Promise<Record<string, SealedHead>> {
+    const heads: Record<string, SealedHead> = {};
+    for (const [uid, value] of Object.entries((await this.read())?.data ?? {})) heads[uid] = JSON.parse(value) as SealedHead;
+    return heads;
   }
 
   private async read(): Promise<ConfigMap | undefined> {

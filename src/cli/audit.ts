@@ -4,7 +4,7 @@ import { CustomObjectsApi } from '@kubernetes/client-node';
 import type { AgentTask } from '../api/schema.js';
 import { DEFAULT_NAMESPACE } from '../api/task.js';
 import { printable } from '../api/text.js';
-import { AUDIT_HEADS, AuditHeadStore } from '../audit/heads.js';
+import { AUDIT_HEADS, AuditHeadStore, type SealedHead } from '../audit/heads.js';
 import { renderTrace } from '../audit/trace.js';
 import { ChainVerifier, checkHead, eachAuditRecord, location, verifyChains, type AuditEntry } from '../audit/verify.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
@@ -45,7 +45,10 @@ export async function runAudit(args: string[]): Promise<number> {
   const verifier = new ChainVerifier(false);
   await eachRecord(files, (e) => verifier.add(e));
   const { chains, breaks } = verifier.finish();
-  for (const c of chains) say(`${c.task}: ${c.count} records, head ${c.head}`);
+  // A name deleted and created again has a chain per task: told apart by uid.
+  const names = new Map<string, number>();
+  for (const c of chains) names.set(c.task, (names.get(c.task) ?? 0) + 1);
+  for (const c of chains) say(`${c.task}${(names.get(c.task) ?? 0) > 1 ? ` (${c.taskUid})` : ''}: ${c.count} records, head ${c.head}`);
   for (const b of breaks) say(`BROKEN ${b.task} seq ${b.seq} (${location(b)}): ${b.problem}`);
   if (verifier.count === 0) {
     process.stderr.write('no audit records found in the stream\n');
@@ -59,15 +62,17 @@ export async function runAudit(args: string[]): Promise<number> {
 
 /**
  * `chainwarden trace <ns>/<task> [FILE...]`: the task's hop tree from the audit streams, after
- * checking the task's chain against the head kept in the task's status.
+ * checking the task's chain against the head kept in the task's status. The streams may hold
+ * earlier tasks of the same name (deleted, then created again): each of those is checked against
+ * the head sealed when it was deleted, so none of them can be cut short unseen either.
  */
 export async function runTrace(args: string[]): Promise<number> {
-  const { positionals, values } = parseCommandArgs('trace', args, { kubeconfig: { type: 'string' }, 'operator-namespace': { type: 'string' } });
+  const { positionals, values } = parseCommandArgs('trace', args, { kubeconfig: { type: 'string' }, 'operator-namespace': { type: 'string' }, uid: { type: 'string' } });
   const [target, ...files] = positionals;
   const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)$/.exec(target ?? '');
-  if (!m) throw new ChainwardenError('usage', `${target === undefined ? 'the task is missing' : `${JSON.stringify(target)} is not NAMESPACE/TASK`}: name the task with its namespace, e.g. support/ticket-4711\nuse: chainwarden trace <namespace>/<task> [FILE...]`);
+  if (!m) throw new ChainwardenError('usage', `${target === undefined ? 'the task is missing' : `${JSON.stringify(target)} is not NAMESPACE/TASK`}: name the task with its namespace, e.g. support/ticket-4711\nuse: chainwarden trace <namespace>/<task> [--uid UID] [FILE...]`);
   const [, namespace = '', name = ''] = m;
-  // Only this task's records are kept as the streams are read.
+  // Only the records of tasks of this name are kept as the streams are read.
   const all: AuditEntry[] = [];
   await eachRecord(files, (e) => {
     if (e.record.task === `${namespace}/${name}`) all.push(e);
@@ -81,34 +86,64 @@ export async function runTrace(args: string[]): Promise<number> {
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
-  // The streams may hold an earlier task of the same name; follow the one that exists now, or
-  // the one with the latest record (by time: line order means nothing across replicas).
+  const byUid = new Map<string, AuditEntry[]>();
+  for (const e of all) {
+    const uid = String(e.record.taskUid);
+    const list = byUid.get(uid);
+    if (list) list.push(e);
+    else byUid.set(uid, [e]);
+  }
+  // Followed: the task named by --uid, else the one that exists now, else the one with the
+  // latest record (by time: line order means nothing across replicas).
   const at = (e: AuditEntry) => (typeof e.record.at === 'string' ? e.record.at : '');
   const latest = all.reduce<AuditEntry | undefined>((a, b) => (a === undefined || at(b) > at(a) ? b : a), undefined);
-  const uid = task?.metadata.uid ?? latest?.record.taskUid;
-  const mine = all.filter((r) => r.record.taskUid === uid);
-  if (mine.length === 0) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
-  const { chains, breaks } = verifyChains(mine);
-  const chain = chains[0] ?? { count: 0, head: '', records: [] };
-  const problems = breaks.map((b) => `seq ${b.seq} (${location(b)}): ${b.problem}`);
+  const uid = values.uid ?? task?.metadata.uid ?? String(latest?.record.taskUid);
+  if (!byUid.has(uid)) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name}${values.uid === undefined ? '' : ` with uid ${values.uid}`} in the stream${byUid.size > 0 ? ` (it holds the tasks of this name with uids ${[...byUid.keys()].join(', ')})` : ''}`);
   // A deleted task's head was sealed in the operator's namespace when it went.
   const operatorNamespace = values['operator-namespace'] ?? DEFAULT_NAMESPACE;
-  const sealed = task ? undefined : await new AuditHeadStore(kc, operatorNamespace, systemClock, silentLogger()).find(String(uid)).catch((err: unknown) => {
-    problems.push(`the task no longer exists and its sealed head cannot be read from ConfigMap ${operatorNamespace}/${AUDIT_HEADS}: ${errorMessage(err)}`);
-    return undefined;
+  const sealedWhere = `the head sealed when the task was deleted (${operatorNamespace}/${AUDIT_HEADS})`;
+  const needsSealed = [...byUid.keys()].some((u) => u !== task?.metadata.uid);
+  let sealedUnread: string | undefined;
+  const sealedHeads = needsSealed
+    ? await new AuditHeadStore(kc, operatorNamespace, systemClock, silentLogger()).all().catch((err: unknown) => {
+        sealedUnread = `its sealed head cannot be read from ConfigMap ${operatorNamespace}/${AUDIT_HEADS}: ${errorMessage(err)}`;
+        const none: Record<string, SealedHead> = {};
+        return none;
+      })
+    : {};
+  const checked = [...byUid].map(([u, entries]) => {
+    const live = task?.metadata.uid === u ? task : undefined;
+    const { chains, breaks } = verifyChains(entries);
+    const chain = chains[0] ?? { count: 0, head: '', records: [] };
+    const problems = breaks.map((b) => `seq ${b.seq} (${location(b)}): ${b.problem}`);
+    const sealed = live ? undefined : sealedHeads[u];
+    const head = live ? live.status?.audit : sealed;
+    const where = live ? "the task's status" : sealedWhere;
+    if (!live && sealedUnread) problems.push(`the task no longer exists and ${sealedUnread}`);
+    else if (!live && !sealed) problems.push('the task no longer exists and no head was sealed for it, so the stream cannot be checked against its head');
+    else if (live && !head) problems.push('the task has no audit head in its status');
+    if (head) {
+      const problem = checkHead(chain, head);
+      if (problem) problems.push(problem.replace("the task's status", where));
+    }
+    const state = live?.status?.state ?? (sealed ? `deleted ${sealed.sealedAt}` : 'unknown');
+    return { uid: u, chain, problems, where, state };
   });
-  const head = task ? task.status?.audit : sealed;
-  const where = task ? "the task's status" : `the head sealed when the task was deleted (${operatorNamespace}/${AUDIT_HEADS})`;
-  if (!task && !sealed && problems.length === breaks.length) problems.push('the task no longer exists and no head was sealed for it, so the stream cannot be checked against its head');
-  else if (task && !head) problems.push('the task has no audit head in its status');
-  if (head) {
-    const problem = checkHead(chain, head);
-    if (problem) problems.push(problem.replace("the task's status", where));
+  const followed = checked.find((c) => c.uid === uid) ?? checked[0];
+  if (!followed) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
+  const others = checked.filter((c) => c !== followed);
+  const failed = others.filter((c) => c.problems.length > 0);
+  say(`${namespace}/${name} (${uid}) ${followed.state}`);
+  if (followed.problems.length === 0) say(`chain verified: ${followed.chain.count} records, head ${followed.chain.head.slice(0, 16)}… matches ${followed.where}`);
+  else {
+    say('CHAIN NOT VERIFIED:');
+    for (const p of followed.problems) say(`  - ${p}`);
   }
-  const state = task?.status?.state ?? (sealed ? `deleted ${sealed.sealedAt}` : 'unknown');
-  say(`${namespace}/${name} (${String(uid)}) ${state}`);
-  say(problems.length === 0 ? `chain verified: ${chain.count} records, head ${chain.head.slice(0, 16)}… matches ${where}` : 'CHAIN NOT VERIFIED:');
-  for (const p of problems) say(`  - ${p}`);
-  process.stdout.write(`${renderTrace(chain.records)}\n`);
-  return problems.length === 0 ? 0 : 1;
+  if (others.length > 0) say(`other tasks of this name in the stream:${failed.length > 0 ? ' NOT ALL VERIFIED' : ''}`);
+  for (const c of others) {
+    say(`  ${c.uid} ${c.state}: ${c.problems.length === 0 ? `chain verified: ${c.chain.count} records, head matches ${c.where}` : 'CHAIN NOT VERIFIED:'}`);
+    for (const p of c.problems) say(`    - ${p}`);
+  }
+  process.stdout.write(`${renderTrace(followed.chain.records)}\n`);
+  return followed.problems.length === 0 && failed.length === 0 ? 0 : 1;
 }

@@ -7,9 +7,10 @@ import type { AgentPolicy } from '../../../src/api/schema.js';
 import { readAuditRecords } from '../../../src/audit/verify.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { describe, expect, test } from '../../env/fixtures.js';
+import { brokerRequest, createAgentPod, podToken } from '../../env/agents.js';
 import { boundExampleAgent } from '../../env/hops.js';
-import { rejection } from '../../env/kube.js';
-import { readTask } from '../operator/helpers.js';
+import { create, rejection } from '../../env/kube.js';
+import { readTask, waitForTask } from '../operator/helpers.js';
 
 const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
 /** At the schema's limit of 8 `*`; exponential for a backtracking RegExp against a long run of `a`s. */
@@ -165,5 +166,53 @@ describe('audit heads outlive their tasks', () => {
     const truncated = trace(stream);
     expect(truncated.status).toBe(1);
     expect(truncated.stdout).toMatch(/CHAIN NOT VERIFIED:\n {2}- the stream ends at record \d+ but the head sealed when the task was deleted .* counts \d+: records are missing \(truncated\)/);
+  });
+
+  test('a task deleted and created again under its name: trace checks the earlier chain against its sealed head too, so cutting it shows', async ({ admin, env, namespace }) => {
+    const objects = admin.makeApiClient(CustomObjectsApi);
+    const first = await boundExampleAgent(admin, env, namespace);
+    for (const ticket of ['1', '2', '3']) expect((await first.hop({ tool: 'tickets', action: 'read', resource: `ticket/${ticket}` })).body.decision).toBe('allow');
+    const earlier = (await readTask(admin, namespace, 'ticket-4711'))?.metadata.uid ?? '';
+    await objects.deleteNamespacedCustomObject({ group: 'chainwarden.io', version: 'v1alpha1', namespace, plural: 'agenttasks', name: 'ticket-4711' });
+    await expect.poll(async () => readTask(admin, namespace, 'ticket-4711'), { timeout: 15_000 }).toBeUndefined();
+    const sealedCount = async () => (JSON.parse((await admin.makeApiClient(CoreV1Api).readNamespacedConfigMap({ name: 'chainwarden-audit-heads', namespace: 'chainwarden-system' })).data?.[earlier] ?? '{}') as { count?: number }).count;
+    await expect.poll(sealedCount, { timeout: 10_000 }).toEqual(expect.any(Number));
+
+    // The same name again: a re-run, with a pod of its own.
+    await create(admin, exampleTask(namespace));
+    const pod = await createAgentPod(admin, namespace, { name: 'agent-1', task: 'ticket-4711', serviceAccount: 'support-agent' });
+    const again = await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Bound');
+    const token = await podToken(admin, pod);
+    expect((await brokerRequest(env, 'POST', '/v1/hops', { token, body: { tool: 'tickets', action: 'read', resource: 'ticket/4' } })).body).toMatchObject({ decision: 'allow' });
+    const current = again.metadata.uid ?? '';
+
+    const records = async () => readAuditRecords(await readFile(env.auditFile ?? '', 'utf8')).filter((e) => e.record.task === `${namespace}/ticket-4711`);
+    const headCount = async () => (await readTask(admin, namespace, 'ticket-4711'))?.status?.audit?.count;
+    await expect.poll(async () => (await records()).filter((e) => e.record.taskUid === current).length, { timeout: 10_000 }).toBe(await headCount());
+    const count = await sealedCount();
+    expect((await records()).filter((e) => e.record.taskUid === earlier)).toHaveLength(count ?? -1);
+    const lines = (await records()).map((e) => JSON.stringify({ audit: e.record }));
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'incarnations-'));
+    const stream = path.join(dir, 'audit.jsonl');
+    const trace = (...flags: string[]) => spawnSync(process.execPath, [bin, 'trace', `${namespace}/ticket-4711`, stream, '--kubeconfig', env.kubeconfig, ...flags], { encoding: 'utf8' });
+
+    await writeFile(stream, lines.join('\n'));
+    const intact = trace();
+    expect(intact.status, intact.stdout).toBe(0);
+    expect(intact.stdout).toContain(`${namespace}/ticket-4711 (${current}) Bound`);
+    expect(intact.stdout).toMatch(new RegExp(`other tasks of this name in the stream:\n {2}${earlier} deleted \\S+: chain verified: ${count} records, head matches the head sealed when the task was deleted`));
+    // The earlier task's hops are its own: shown when asked for by uid, not in the current tree.
+    expect(intact.stdout).not.toContain('ticket/1');
+    const byUid = trace('--uid', earlier);
+    expect(byUid.status).toBe(0);
+    expect(byUid.stdout).toContain('ticket/1');
+
+    // The earlier task's last records cut: the current one still verifies, the command does not.
+    const last = (await records()).filter((e) => e.record.taskUid === earlier).sort((a, b) => b.record.seq - a.record.seq)[0];
+    await writeFile(stream, lines.filter((line) => line !== JSON.stringify({ audit: last?.record })).join('\n'));
+    const cut = trace();
+    expect(cut.status).toBe(1);
+    expect(cut.stdout).toMatch(/chain verified: \d+ records/);
+    expect(cut.stdout).toMatch(new RegExp(`other tasks of this name in the stream: NOT ALL VERIFIED\n {2}${earlier} deleted \\S+: CHAIN NOT VERIFIED:\n {4}- the stream ends at record ${(count ?? 0) - 1} but the head sealed when the task was deleted .* counts ${count}: records are missing \\(truncated\\)`));
   });
 });
