@@ -8,6 +8,8 @@ export interface AuditEntry {
   source?: string;
   /** When the line was written, if it says: after the head covering the record was in the task's status. */
   time?: string;
+  /** What is wrong with the line beyond its record's content, e.g. a key written twice. */
+  problem?: string;
 }
 
 export interface ChainBreak {
@@ -35,10 +37,71 @@ function entryOf(raw: string, line: number, source: string | undefined): AuditEn
   try {
     const parsed = JSON.parse(text) as { audit?: AuditRecord; time?: unknown };
     if (!parsed.audit || typeof parsed.audit !== 'object' || parsed.audit.v !== 1) return undefined;
-    return { record: parsed.audit, line, ...(source === undefined ? {} : { source }), ...(typeof parsed.time === 'string' ? { time: parsed.time } : {}) };
+    const twice = duplicateAuditKey(text);
+    return {
+      record: parsed.audit,
+      line,
+      ...(source === undefined ? {} : { source }),
+      ...(typeof parsed.time === 'string' ? { time: parsed.time } : {}),
+      ...(twice === undefined ? {} : { problem: `it holds the key ${JSON.stringify(twice)} twice: the hash covers the last, a person or another reader may see the first (edited)` }),
+    };
   } catch {
     return undefined; // not JSON: not a record
   }
+}
+
+/**
+ * The first key the line's audit record (or the line itself, for `audit`) holds twice, if any.
+ * `JSON.parse` keeps the last silently, and the hash is checked over what it kept, so a record
+ * with a forged first copy of a key would verify while a person, or a reader that keeps the
+ * first, sees the forgery. `text` has already parsed as JSON. Keys elsewhere in the line are the
+ * logger's, which may repeat a binding, and are not looked at.
+ */
+export function duplicateAuditKey(text: string): string | undefined {
+  // A Set of keys for each open object, undefined for each open array.
+  const open: (Set<string> | undefined)[] = [];
+  let expectKey = false;
+  let auditAt = -1;
+  let nextIsAudit = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      let end = i + 1;
+      let escaped = false;
+      while (text.charCodeAt(end) !== 0x22) {
+        const backslash = text.charCodeAt(end) === 0x5c;
+        escaped ||= backslash;
+        end += backslash ? 2 : 1;
+      }
+      const keys = open[open.length - 1];
+      if (expectKey && keys) {
+        // Decoded: "a" and "\u0061" are one key.
+        const key = escaped ? (JSON.parse(text.slice(i, end + 1)) as string) : text.slice(i + 1, end);
+        const checked = auditAt > 0 || (open.length === 1 && key === 'audit');
+        if (checked && keys.has(key)) return key;
+        keys.add(key);
+        nextIsAudit = open.length === 1 && key === 'audit';
+        expectKey = false;
+      }
+      i = end;
+    } else if (c === 0x7b) {
+      open.push(new Set());
+      if (nextIsAudit && auditAt < 0) auditAt = open.length;
+      nextIsAudit = false;
+      expectKey = true;
+    } else if (c === 0x5b) {
+      open.push(undefined);
+      nextIsAudit = false;
+    } else if (c === 0x7d || c === 0x5d) {
+      open.pop();
+      if (open.length < auditAt) auditAt = -1;
+      expectKey = false;
+    } else if (c === 0x2c) {
+      expectKey = open[open.length - 1] !== undefined;
+      nextIsAudit = false;
+    }
+  }
+  return undefined;
 }
 
 /** Audit records in a stream of log lines (pino JSON): lines carrying an `audit` object. */
@@ -175,6 +238,7 @@ export class ChainVerifier {
     }
     const computed = hashRecord(r);
     if (computed !== r.hash) this.breaks.push(breakAt(e, r.task, r.seq, 'its content does not match its hash (edited)'));
+    if (e.problem) this.breaks.push(breakAt(e, r.task, r.seq, e.problem));
     const key = `${r.task}#${r.taskUid}`;
     // A record whose content matches its hash is told apart by the hash alone; an edited one by both (never the same length).
     const link: Link = { task: r.task, seq: r.seq, prev: r.prev, hash: r.hash, copy: computed === r.hash ? r.hash : `${computed}${r.hash}`, line: e.line, ...(e.source === undefined ? {} : { source: e.source }), ...(this.keepRecords ? { record: r } : {}) };

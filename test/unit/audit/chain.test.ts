@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { applyDelta, emptyDelta } from '../../../src/audit/journal.js';
 import { canonicalJson, GENESIS, hashRecord, linkRecords, recordJson, type AuditRecord } from '../../../src/audit/record.js';
-import { ChainVerifier, readAuditRecords, readAuditStream, verifyChains } from '../../../src/audit/verify.js';
+import { ChainVerifier, duplicateAuditKey, readAuditRecords, readAuditStream, verifyChains } from '../../../src/audit/verify.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 
 const events = Array.from({ length: 5 }, (_, i) => ({ type: 'hop_decided' as const, at: `2026-11-21T10:00:0${i}Z`, data: { hopId: `h1_${i}`, decision: 'allow' } }));
@@ -164,6 +164,43 @@ describe('audit chain', () => {
     const broken = spawnSync(process.execPath, [bin, 'audit', 'verify', bad], { encoding: 'utf8' });
     expect(broken.status).toBe(1);
     expect(broken.stdout).toMatch(/BROKEN ns\/t seq 2 \(line 2\): record 2 is missing \(record 3 is the next in the stream, at line 2\)/);
+  });
+
+  it('breaks a record that holds a key twice, which JSON.parse would read as its last copy; the logger repeating its own keys is no break', () => {
+    const [first] = chain();
+    const line = JSON.stringify({ level: 30, time: 'x', audit: first });
+    // A forged first copy: the hash still matches what JSON.parse keeps, the last.
+    const forged = line.replace('"decision":"allow"', '"decision":"deny","decision":"allow"');
+    expect(JSON.parse(forged)).toEqual(JSON.parse(line));
+    const [entry] = readAuditRecords(forged);
+    expect(verifyChains(entry ? [entry] : []).breaks).toEqual([expect.objectContaining({ seq: 1, problem: expect.stringContaining('it holds the key "decision" twice') as string })]);
+    // Two audit objects on one line, the same key spelled with an escape, a repeated key of the logger's: the first two break, the third does not.
+    expect(readAuditRecords(`{"audit":${JSON.stringify({ v: 2 })},${line.slice(1)}`)[0]?.problem).toContain('"audit" twice');
+    expect(readAuditRecords(forged.replace('"decision":"deny"', '"decisio\\u006e":"deny"'))[0]?.problem).toContain('"decision" twice');
+    expect(readAuditRecords(`{"level":30,"task":"a","task":"b",${line.slice(1)}`)[0]?.problem).toBeUndefined();
+  });
+
+  it('finds a repeated key at any depth of any record, and none in what JSON.stringify writes (fuzz)', () => {
+    const key = fc.string({ maxLength: 6 });
+    fc.assert(
+      fc.property(fc.dictionary(key, fc.jsonValue({ maxDepth: 3 }), { minKeys: 1 }), fc.string({ maxLength: 6 }), (data, text) => {
+        const line = JSON.stringify({ level: 30, note: [text, { audit: text }], audit: { v: 1, data } });
+        expect(duplicateAuditKey(line)).toBeUndefined();
+        const [name] = Object.keys(data);
+        const repeated = line.replace('"data":{', () => `"data":{${JSON.stringify(name)}:${JSON.stringify(text)},`);
+        expect(duplicateAuditKey(repeated)).toBe(name);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('chainwarden audit verify tells apart the tasks of one name by uid, and only then', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'verify-'));
+    const file = path.join(dir, 'two.jsonl');
+    writeFileSync(file, `${lines(chain())}\n${lines(linkRecords({ key: 'ns/t', uid: 'u9' }, GENESIS, 0, events.slice(0, 2)))}\n${lines(linkRecords({ key: 'ns/other', uid: 'u3' }, GENESIS, 0, events))}\n`);
+    const out = spawnSync(process.execPath, [bin, 'audit', 'verify', file], { encoding: 'utf8' });
+    expect(out.status).toBe(0);
+    expect(out.stdout).toMatch(/^ns\/t \(u1\): 5 records, head [0-9a-f]{64}\nns\/t \(u9\): 2 records, head [0-9a-f]{64}\nns\/other: 5 records/);
   });
 
   it('reads a log arriving in pieces cut anywhere, even inside a character, as it reads the whole text (fuzz)', async () => {
