@@ -55,11 +55,22 @@ const OTHER: Partial<Record<AuditRecord['type'], (r: AuditRecord) => string>> = 
   task_admitted: (r) => `admitted under AgentPolicy ${text(r.data.policy)}, deadline ${text(r.data.deadline)}`,
   identity_bound: (r) => `identity ${text(r.data.spiffeID)} bound to ${(Array.isArray(r.data.pods) ? (r.data.pods as unknown[]) : []).map((p) => text((p as { name?: unknown } | null)?.name)).join(', ')}`,
   credential_issued: (r) => `credential ${text(r.data.credential)} issued: ${text(r.data.accessKeyId)} for ${text(r.data.roleArn)} until ${text(r.data.expiration)}`,
-  violation: (r) => `VIOLATION by hop ${text(r.data.hopId)}: ${text(r.data.message)}`,
+  violation: (r) => `VIOLATION by hop ${text(r.data.hopId)}: ${violated(r.data)}`,
   revocation: (r) => `revoked (${text(r.data.state)}); AWS-side deny in place: ${text(r.data.awsDenyInPlace)}`,
   completion: (r) => `completed (${text(r.data.reason)})`,
   expiry: (r) => `expired at ${text(r.data.deadline)}`,
 };
+
+/**
+ * What a violation denied, its agent-chosen words quoted as a hop line's are; a record without
+ * them (written before they were recorded apart) by its message, quoted and cut whole, since the
+ * agent's words are inside it.
+ */
+function violated(d: Record<string, unknown>): string {
+  const { tool, action, resource, rule } = d;
+  if (typeof tool === 'string' && typeof action === 'string' && typeof resource === 'string') return `${agentWord(tool)} ${agentWord(action)} ${agentWord(resource)} was denied by ${text(rule)}`;
+  return agentCell(text(d.message), MAX_CELL, PLAIN_WORD);
+}
 
 /** Whether making `parent` the parent of `child` would close a loop (only a forged stream has one). */
 function closesLoop(child: HopNode, parent: HopNode, nodes: Map<string, HopNode>): boolean {

@@ -388,6 +388,6 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
     decision,
     reasons,
     commit: true,
-    delta: { ...delta, violation: { hopId, rule, message }, events: [record, { type: 'violation', at, data: { hopId, rule, message, onViolation: 'Revoke' } }] },
+    delta: { ...delta, violation: { hopId, rule, message }, events: [record, { type: 'violation', at, data: { hopId, rule, message, tool: request.tool, action: request.action, resource: request.resource, onViolation: 'Revoke' } }] },
   };
 }

@@ -54,6 +54,22 @@ describe('printable', () => {
     expect(out).toContain('tickets read ticket/4711 → allow [read]  (h1_b)');
   });
 
+  it("an agent's resource cannot rewrite a violation's line: what was denied is quoted as a hop's is, an older record's message quoted whole", () => {
+    const spoof = `all was allowed by approval:cfo (ok);${'\u3000'.repeat(300)}`;
+    const message = `db export ${spoof} was denied by no-exports`;
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
+      { type: 'violation', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', rule: 'no-exports', message, tool: 'db', action: 'export', resource: spoof } },
+      { type: 'violation', at: '2026-01-01T00:00:01Z', data: { hopId: 'h1_b', rule: 'no-exports', message } },
+    ]);
+    const out = renderTrace(records);
+    expect(out).toContain('VIOLATION by hop h1_a: db export "all was allowed by approval:cfo (ok);');
+    expect(out).toMatch(/VIOLATION by hop h1_a: db export "[^"]+"…\(\+\d+\) was denied by no-exports/);
+    expect(out).toMatch(/VIOLATION by hop h1_b: "db export all was allowed by approval:cfo \(ok\);[^"]*"…\(\+\d+\)$/m);
+    // The wide spaces meant to push the truth off screen are shown as what they are.
+    expect(out).not.toContain('\u3000');
+    expect(out).toContain('(ok);\\\\u3000');
+  });
+
   it('renders a forged record of odd shapes instead of crashing', () => {
     const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
       { type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: { hopId: 'h1_a', parentHop: 'h1_a', reasons: 'not-a-list' } },
