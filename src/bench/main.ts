@@ -351,8 +351,9 @@ async function memory(kc: KubeConfig, broker: Broker, roleArn: string, count: nu
     await sleep(60_000);
     const steady = await sample();
     // Where the resident size is: V8's heap (in use, and reserved), and memory outside it that V8 knows of.
-    const metrics = (await https(broker, 'GET', '/metrics')).body;
-    const mib = (name: string) => Math.round(Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(typeof metrics === 'string' ? metrics : '')?.[1] ?? 0) / 2 ** 20);
+    const body = (await https(broker, 'GET', '/metrics')).body;
+    const metrics = typeof body === 'string' ? body : '';
+    const mib = (name: string) => Math.round(Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1] ?? 0) / 2 ** 20);
     return {
       tasks: count,
       rssBeforeMiB: before,
@@ -362,6 +363,7 @@ async function memory(kc: KubeConfig, broker: Broker, roleArn: string, count: nu
       heapUsedMiB: mib('nodejs_heap_size_used_bytes'),
       heapTotalMiB: mib('nodejs_heap_size_total_bytes'),
       externalMiB: mib('nodejs_external_memory_bytes'),
+      heapSpacesMiB: Object.fromEntries([...metrics.matchAll(/^nodejs_heap_space_size_total_bytes\{space="(\w+)"\} (\S+)$/gm)].map(([, space, bytes]): [string, number] => [space ?? '', Math.round(Number(bytes) / 2 ** 20)])),
       createSeconds: Math.round(createSeconds),
       settledSeconds: Math.round(settledSeconds),
     };

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
+import v8 from 'node:v8';
 import { randomBytes } from 'node:crypto';
 import type { KubeAccess } from '../kube/access.js';
 import { claimApproval, releaseApproval } from '../kube/approvals.js';
@@ -415,6 +416,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       metrics.gauge('nodejs_heap_size_used_bytes', 'JavaScript heap in use, in bytes.').set(memory.heapUsed);
       metrics.gauge('nodejs_heap_size_total_bytes', 'JavaScript heap reserved, in bytes.').set(memory.heapTotal);
       metrics.gauge('nodejs_external_memory_bytes', 'Memory of objects outside the JavaScript heap (buffers, WebAssembly), in bytes.').set(memory.external);
+      // Per space, as Prometheus's Node client names them: which part of the heap grew (the young generation after a burst, the old one with the cache).
+      for (const space of v8.getHeapSpaceStatistics()) {
+        const labels = { space: space.space_name.replace(/_space$/, '') };
+        metrics.gauge('nodejs_heap_space_size_total_bytes', 'JavaScript heap reserved for the space, in bytes.', labels).set(space.space_size);
+        metrics.gauge('nodejs_heap_space_size_used_bytes', 'JavaScript heap of the space in use, in bytes.', labels).set(space.space_used_size);
+      }
       const text = metrics.render();
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
       res.end(text);

@@ -95,7 +95,7 @@ describe('the broker listener is not held by clients that never finish a request
 });
 
 describe('the broker listener says how much memory the operator holds', () => {
-  test('resident size and JavaScript heap in bytes, beside the cache they grow with', async ({ env }) => {
+  test('resident size and JavaScript heap in bytes, in all and per space, beside the cache they grow with', async ({ env }) => {
     const text = String((await brokerRequest(env, 'GET', '/metrics')).body);
     const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1]);
     const rss = value('process_resident_memory_bytes');
@@ -106,5 +106,9 @@ describe('the broker listener says how much memory the operator holds', () => {
     expect(rss).toBeGreaterThan(value('nodejs_heap_size_total_bytes'));
     expect(value('nodejs_external_memory_bytes')).toBeGreaterThan(0);
     expect(text).toMatch(/^chainwarden_cached_objects\{resource="agenttasks"\} \d+$/m);
+    // Per space, so a grown young generation is told from a grown cache: the spaces add up to the heap.
+    const spaces = [...text.matchAll(/^nodejs_heap_space_size_total_bytes\{space="(\w+)"\} (\d+)$/gm)];
+    expect(spaces.map(([, space]) => space)).toEqual(expect.arrayContaining(['new', 'old', 'code', 'large_object']));
+    expect(spaces.reduce((sum, [, , bytes]) => sum + Number(bytes), 0)).toBe(value('nodejs_heap_size_total_bytes'));
   });
 });
