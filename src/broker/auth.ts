@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { InjectableSpec } from '../admission/plugins/pod.js';
 import type { KubeAccess } from '../kube/access.js';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, errors as jose, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
 import type { AgentTask } from '../api/schema.js';
@@ -16,7 +17,7 @@ export { BROKER_AUDIENCE } from '../api/task.js';
 
 export interface PodRecord {
   metadata?: { name?: string; namespace?: string; uid?: string; labels?: Record<string, string>; creationTimestamp?: string; deletionTimestamp?: string };
-  spec?: { serviceAccountName?: string };
+  spec?: { serviceAccountName?: string } & InjectableSpec;
   status?: { phase?: string };
 }
 

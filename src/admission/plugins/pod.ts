@@ -19,6 +19,30 @@ export const LOCAL_VOLUME = 'chainwarden-local';
 export const LOCAL_DIR = '/var/run/secrets/chainwarden-local';
 export const LOCAL_TOKEN_PATH = `${LOCAL_DIR}/token`;
 
+/** The parts of a pod's spec that show admission injected it. */
+export interface InjectableSpec {
+  initContainers?: { name: string; restartPolicy?: string; volumeMounts?: { name: string }[] }[];
+  containers?: { name: string; volumeMounts?: { name: string }[] }[];
+  ephemeralContainers?: { name: string; volumeMounts?: { name: string }[] }[];
+  volumes?: { name: string; projected?: { sources?: { serviceAccountToken?: { audience?: string } }[] } }[];
+}
+
+/**
+ * Whether a pod's spec is one admission injected: the sidecar runs as a native sidecar, the
+ * broker token is projected into it and into no other container, and no other volume projects a
+ * broker token. A pod spec cannot change once created, so this holds for the pod's life. A pod
+ * that carries the task label without it (admitted while the webhook was not registered, or
+ * labelled through its status) holds nothing the sidecar guards, and never binds.
+ */
+export function showsInjection(spec: InjectableSpec | undefined): boolean {
+  const sidecar = spec?.initContainers?.find((c) => c.name === SIDECAR_NAME);
+  if (!sidecar || sidecar.restartPolicy !== 'Always' || !sidecar.volumeMounts?.some((m) => m.name === TOKEN_VOLUME)) return false;
+  const others = [...(spec?.initContainers ?? []).filter((c) => c !== sidecar), ...(spec?.containers ?? []), ...(spec?.ephemeralContainers ?? [])];
+  if (others.some((c) => c.volumeMounts?.some((m) => m.name === TOKEN_VOLUME))) return false;
+  const tokens = (spec?.volumes ?? []).filter((v) => v.projected?.sources?.some((source) => source.serviceAccountToken?.audience === BROKER_AUDIENCE));
+  return tokens.length === 1 && tokens[0]?.name === TOKEN_VOLUME;
+}
+
 /** What every injected agent pod gets; set once per operator. */
 export interface InjectionConfig {
   /** The operator image; the sidecar runs `chainwarden agent` from it. */

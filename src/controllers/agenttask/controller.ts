@@ -1,5 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { AgentApproval, AgentPolicy, AgentTask, AgentTaskStatus } from '../../api/schema.js';
+import { showsInjection } from '../../admission/plugins/pod.js';
 import { FINALIZER, isTerminal, TASK_LABEL } from '../../api/task.js';
 import type { PodRecord } from '../../broker/auth.js';
 import type { RevocationResult } from '../../credentials/revocation.js';
@@ -84,6 +85,7 @@ export function podView(pod: PodRecord): PodView {
     serviceAccountName: pod.spec?.serviceAccountName ?? 'default',
     phase: pod.status?.phase ?? 'Pending',
     deleting: Boolean(pod.metadata?.deletionTimestamp),
+    injected: showsInjection(pod.spec),
     createdAt: Date.parse(pod.metadata?.creationTimestamp ?? '') || 0,
   };
 }

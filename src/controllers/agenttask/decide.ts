@@ -1,5 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { checkTaskAgainstPolicy } from '../../admission/plugins/agenttask.js';
+import { SIDECAR_NAME } from '../../admission/plugins/pod.js';
 import { conditionOf, ConditionType, mergeConditions, Reason, type DesiredCondition } from '../../api/conditions.js';
 import { ownedStatus } from '../../api/ownership.js';
 import type { AgentPolicy, AgentTask, AgentTaskStatus, TaskState } from '../../api/schema.js';
@@ -15,6 +16,8 @@ export interface PodView {
   serviceAccountName: string;
   phase: string;
   deleting: boolean;
+  /** Whether admission injected the pod (`showsInjection`): a pod it did not never binds. */
+  injected: boolean;
   /** Epoch ms; a pod older than its task never binds. */
   createdAt: number;
 }
@@ -71,10 +74,10 @@ export function factsOf(task: AgentTask): unknown {
 
 const finished = (p: PodView) => p.phase === 'Succeeded' || p.phase === 'Failed';
 
-/** Pods that may hold the task's identity: right service account, created after the task, not finished, not going away. */
+/** Pods that may hold the task's identity: injected, right service account, created after the task, not finished, not going away. */
 export function bindablePods(task: AgentTask, pods: readonly PodView[]): PodView[] {
   const created = Date.parse(task.metadata.creationTimestamp ?? '');
-  return pods.filter((p) => p.serviceAccountName === task.spec.serviceAccountName && p.createdAt >= created && !p.deleting && !finished(p));
+  return pods.filter((p) => p.injected && p.serviceAccountName === task.spec.serviceAccountName && p.createdAt >= created && !p.deleting && !finished(p));
 }
 
 interface Verdict {
@@ -151,7 +154,7 @@ const deadlinePassed: Check = ({ now }, deadline) =>
 
 /** Every agent pod has finished and none is left to run. */
 const podsFinished: Check = ({ task, pods }) => {
-  const mine = pods.filter((p) => p.serviceAccountName === task.spec.serviceAccountName);
+  const mine = pods.filter((p) => p.injected && p.serviceAccountName === task.spec.serviceAccountName);
   if (bindablePods(task, pods).length > 0 || !mine.some(finished) || mine.some((p) => !finished(p) && !p.deleting)) return undefined;
   return ended('Completed', { type: ConditionType.Completed, status: 'True', reason: Reason.PodsFinished, message: `the agent pods finished: ${mine.filter(finished).map((p) => `${p.name} ${p.phase}`).join(', ')}` });
 };
@@ -169,9 +172,11 @@ const outsidePolicy: Check = ({ task, policy }, deadline) => {
 const noPods: Check = ({ task, pods }, deadline) => {
   if (bindablePods(task, pods).length > 0) return undefined;
   const created = Date.parse(task.metadata.creationTimestamp ?? '');
-  const strangers = pods.filter((p) => p.serviceAccountName !== task.spec.serviceAccountName);
-  const older = pods.filter((p) => p.serviceAccountName === task.spec.serviceAccountName && p.createdAt < created);
+  const uninjected = pods.filter((p) => !p.injected);
+  const strangers = pods.filter((p) => p.injected && p.serviceAccountName !== task.spec.serviceAccountName);
+  const older = pods.filter((p) => p.injected && p.serviceAccountName === task.spec.serviceAccountName && p.createdAt < created);
   const hints = [
+    uninjected.length > 0 ? `ignored ${describePods(uninjected)}: not injected by chainwarden's admission (no ${SIDECAR_NAME} sidecar holding the broker token); create the pod again, labelled, while the chainwarden webhook is registered` : '',
     strangers.length > 0 ? `ignored ${describePods(strangers)}: not running as service account ${task.spec.serviceAccountName}` : '',
     older.length > 0 ? `ignored ${describePods(older)}: created before the task; a pod must be created after its AgentTask` : '',
   ].filter(Boolean);

@@ -1,6 +1,6 @@
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { injectPod, podInjectionPlugin, staticKeyViolations, type InjectionConfig } from '../../../src/admission/plugins/pod.js';
+import { injectPod, podInjectionPlugin, showsInjection, staticKeyViolations, type InjectionConfig } from '../../../src/admission/plugins/pod.js';
 import type { AdmissionRequest } from '../../../src/admission/review.js';
 import type { AgentTask } from '../../../src/api/schema.js';
 import type { ObjectReader } from '../../../src/kube/readers.js';
@@ -21,6 +21,23 @@ describe('injectPod', () => {
     expect(out.spec?.initContainers?.find((c) => c.name === 'setup')?.securityContext).toEqual({ capabilities: { drop: ['NET_RAW'] } });
     // The sidecar drops everything already.
     expect(out.spec?.initContainers?.[0]?.securityContext?.capabilities).toEqual({ drop: ['ALL'] });
+  });
+
+  it('leaves a spec that shows it was injected, and only such a spec shows it: the controller binds no other pod', () => {
+    const out = injectPod(pod, config, 'spiffe://id');
+    expect(showsInjection(out.spec)).toBe(true);
+    expect(showsInjection(pod.spec)).toBe(false);
+    expect(showsInjection(undefined)).toBe(false);
+    const spec = out.spec!;
+    const [sidecar, ...inits] = spec.initContainers ?? [];
+    // The sidecar as an ordinary container (started in any order, stopped before the agent), or without the token.
+    expect(showsInjection({ ...spec, initContainers: [{ ...sidecar!, restartPolicy: undefined }, ...inits] })).toBe(false);
+    expect(showsInjection({ ...spec, initContainers: [{ ...sidecar!, volumeMounts: [] }, ...inits] })).toBe(false);
+    // The token mounted into an app container too, or a second broker token of the app's own.
+    const shared: V1Container = { ...spec.containers[0]!, volumeMounts: [{ name: 'chainwarden-token', mountPath: '/t' }] };
+    expect(showsInjection({ ...spec, containers: [shared] })).toBe(false);
+    expect(showsInjection({ ...spec, volumes: [...(spec.volumes ?? []), { name: 'mine', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden', path: 't' } }] } }] })).toBe(false);
+    expect(showsInjection({ ...spec, volumes: (spec.volumes ?? []).filter((v) => v.name !== 'chainwarden-token') })).toBe(false);
   });
 
   it('gives every app container the SDK environment and keeps what was there', () => {

@@ -20,7 +20,14 @@ const newTask = (meta: Partial<AgentTask['metadata']> = {}, status?: AgentTask['
   spec: { serviceAccountName: 'agent', policyRef: { name: 'pol' }, ttl: '30m', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::111122223333:role/agent' } }] },
   status,
 });
-const agentPod: PodRecord = { metadata: { name: 'agent-0', namespace: 'ns', uid: 'p1', creationTimestamp: new Date(created + 1000).toISOString(), labels: { 'chainwarden.io/task': 't' } }, spec: { serviceAccountName: 'agent' }, status: { phase: 'Running' } };
+/** What admission leaves in an agent pod's spec, as far as the controller looks. */
+const injectedSpec = {
+  serviceAccountName: 'agent',
+  initContainers: [{ name: 'chainwarden-agent', restartPolicy: 'Always', volumeMounts: [{ name: 'chainwarden-token' }] }],
+  containers: [{ name: 'agent' }],
+  volumes: [{ name: 'chainwarden-token', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden' } }] } }],
+};
+const agentPod: PodRecord = { metadata: { name: 'agent-0', namespace: 'ns', uid: 'p1', creationTimestamp: new Date(created + 1000).toISOString(), labels: { 'chainwarden.io/task': 't' } }, spec: injectedSpec, status: { phase: 'Running' } };
 
 function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailableFor?: number; seal?: (task: AgentTask) => Promise<void> } = {}) {
   const client = new TaskClientTwin(task);

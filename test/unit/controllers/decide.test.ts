@@ -12,7 +12,7 @@ const task = (status?: AgentTask['status'], meta: Partial<AgentTask['metadata']>
   spec: { serviceAccountName: 'agent', policyRef: { name: 'pol' }, ttl: '30m' },
   status,
 });
-const pod = (name: string, extra: Partial<PodView> = {}): PodView => ({ name, uid: `uid-${name}`, serviceAccountName: 'agent', phase: 'Pending', deleting: false, createdAt: created + 1000, ...extra });
+const pod = (name: string, extra: Partial<PodView> = {}): PodView => ({ name, uid: `uid-${name}`, serviceAccountName: 'agent', phase: 'Pending', deleting: false, injected: true, createdAt: created + 1000, ...extra });
 const observe = (o: Partial<Observed>): Observed => ({ task: task(), policy, pods: [], now: created + 60_000, trustDomain: 'cluster.local', ...o });
 const condition = (o: Observed, type: string) => decide(o).status.conditions?.find((c) => c.type === type);
 const violation = { hopId: 'h1_abc', rule: 'no-exfiltration', message: 'email send x was denied by no-exfiltration' };
@@ -26,6 +26,7 @@ describe('decide: facts → state, conditions and Events', () => {
     { name: 'a pod under another service account', o: observe({ pods: [pod('a', { serviceAccountName: 'other' })] }), state: 'Pending', ready: 'WaitingForPods' },
     { name: 'a pod created before its task', o: observe({ pods: [pod('a', { createdAt: created - 5000 })] }), state: 'Pending', ready: 'WaitingForPods' },
     { name: 'a pod being deleted', o: observe({ pods: [pod('a', { deleting: true })] }), state: 'Pending', ready: 'WaitingForPods' },
+    { name: 'a labelled pod admission did not inject', o: observe({ pods: [pod('a', { injected: false })] }), state: 'Pending', ready: 'WaitingForPods' },
     { name: 'the policy is gone', o: observe({ policy: undefined, pods: [pod('a')] }), state: 'Pending', ready: 'PolicyNotFound', event: { type: 'Warning', reason: 'PolicyNotFound' } },
     { name: 'the policy tightened below the task', o: observe({ policy: { ...policy, spec: { maxTaskTTL: '10m' } }, pods: [pod('a')] }), state: 'Pending', ready: 'OutsidePolicy' },
     { name: 'the pods finished', o: observe({ pods: [pod('a', { phase: 'Succeeded' })] }), state: 'Completed', ready: 'Ended', event: { type: 'Normal', reason: 'Completed' } },
@@ -60,9 +61,10 @@ describe('decide: facts → state, conditions and Events', () => {
   });
 
   it('names the pods it ignored and why', () => {
-    const message = condition(observe({ pods: [pod('old', { createdAt: created - 1 }), pod('x', { serviceAccountName: 'other' })] }), 'Ready')?.message ?? '';
+    const message = condition(observe({ pods: [pod('old', { createdAt: created - 1 }), pod('x', { serviceAccountName: 'other' }), pod('rogue', { injected: false })] }), 'Ready')?.message ?? '';
     expect(message).toContain('old (uid-old): created before the task');
     expect(message).toContain('x (uid-x): not running as service account agent');
+    expect(message).toContain("rogue (uid-rogue): not injected by chainwarden's admission (no chainwarden-agent sidecar holding the broker token)");
   });
 
   it('binds only the bindable pods, by name and UID', () => {
