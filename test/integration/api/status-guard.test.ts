@@ -59,4 +59,38 @@ describe('the sidecar is not a way in', () => {
     const app = await rawRequest(mallory, 'PATCH', base, { spec: { containers: [{ name: 'agent', image: 'example.invalid/agent:2' }] } }, 'application/strategic-merge-patch+json');
     expect(app.status, JSON.stringify(app.body)).toBe(200);
   });
+
+  test("a tenant granted pods/status cannot add, change or remove a pod's task label there, where the pod webhook never looks", async ({ admin, env, namespace, userKubeConfig }) => {
+    await boundExampleAgent(admin, env, namespace);
+    const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
+    await rbac.createNamespacedRole({ namespace, body: { metadata: { name: 'status-writers' }, rules: [{ apiGroups: [''], resources: ['pods', 'pods/status'], verbs: ['get', 'list', 'create', 'patch', 'update'] }] } });
+    await rbac.createNamespacedRoleBinding({ namespace, body: { metadata: { name: 'status-writers' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'status-writers' }, subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'mallory' }] } });
+    const mallory = await userKubeConfig('mallory');
+    // Unlabelled, so no webhook looked at it: its container mounts a broker token of its own.
+    const rogue = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'rogue' },
+      spec: {
+        serviceAccountName: 'support-agent',
+        containers: [{ name: 'app', image: 'example.invalid/app:1', volumeMounts: [{ name: 'stolen', mountPath: '/t' }] }],
+        volumes: [{ name: 'stolen', projected: { sources: [{ serviceAccountToken: { audience: 'chainwarden', path: 'token' } }] } }],
+      },
+    };
+    expect((await rawRequest(mallory, 'POST', `/api/v1/namespaces/${namespace}/pods`, rogue)).status).toBe(201);
+    const label = (pod: string, value: string | null) => rawRequest(mallory, 'PATCH', `/api/v1/namespaces/${namespace}/pods/${pod}/status`, { metadata: { labels: { 'chainwarden.io/task': value } } }, 'application/merge-patch+json');
+    const added = await label('rogue', 'ticket-4711');
+    expect(added.status).toBe(403);
+    expect(JSON.stringify(added.body)).toContain("the chainwarden.io/task label of pod rogue is set when the pod is created and cannot be changed, through its status or otherwise (it was '', the update makes it 'ticket-4711')");
+    for (const value of ['another-task', null]) {
+      const moved = await label('agent-0', value);
+      expect(moved.status).toBe(403);
+      expect(JSON.stringify(moved.body)).toContain('the chainwarden.io/task label of pod agent-0 is set when the pod is created and cannot be changed');
+    }
+    // The grant itself works: a status update that leaves the label alone goes through.
+    const condition = await rawRequest(mallory, 'PATCH', `/api/v1/namespaces/${namespace}/pods/agent-0/status`, { status: { conditions: [{ type: 'example.com/Checked', status: 'True' }] } }, 'application/strategic-merge-patch+json');
+    expect(condition.status, JSON.stringify(condition.body)).toBe(200);
+    const task = await readTask(admin, namespace, 'ticket-4711');
+    expect(task?.status?.boundPods?.map((p) => p.name)).toEqual(['agent-0']);
+  });
 });
