@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { ChainwardenError } from '../errors.js';
 import type { McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from '../mcp/forward-api.js';
 import { HOP_BY_HOP } from '../server/http.js';
@@ -61,8 +62,10 @@ export function parseForwardAnswer(value: unknown): McpForwardAnswer {
   if (answer.hopId !== undefined && safeHopId(answer.hopId) === undefined) throw fail('hopId is not a hop id');
   const visible = answer.visibleTools;
   if (visible !== undefined && !(Array.isArray(visible) && visible.every((g) => typeof g === 'string'))) throw fail('visibleTools is not a list of globs');
+  if (answer.address !== undefined && (typeof answer.address !== 'string' || net.isIP(answer.address) === 0)) throw fail('address is not an IP address');
   return {
     url: url.href,
+    ...(typeof answer.address === 'string' ? { address: answer.address } : {}),
     headers,
     ...(typeof answer.hopId === 'string' ? { hopId: answer.hopId } : {}),
     reasons: reasonsOf(answer.reasons),

@@ -28,6 +28,12 @@ export interface McpForwardAnswer {
   /** The MCP server's Streamable HTTP endpoint, from the policy's `systems[].mcp.url`. */
   url: string;
   /**
+   * The address to connect to for `url`'s host, as the broker resolved it (absent when the URL
+   * names an address): the sidecar never resolves the name itself, since the agent may write
+   * the pod's hosts file. The request still names the host (`Host`, and TLS's server name).
+   */
+  address?: string;
+  /**
    * Header names lowercased: the credential from the system's Secret (`credentials.header`,
    * value `prefix` + the Secret's key) when the system names one, and for `tools/call` the
    * hop's `txn-token`.

@@ -10,6 +10,7 @@ import { globMatches } from '../policy/glob.js';
 import { rawPolicies } from '../policy/compile.js';
 import type { McpArguments, McpForwardAnswer, McpForwardRefusal, McpForwardRequest } from './forward-api.js';
 import type { SecretReader } from './secrets.js';
+import type { UpstreamAddresses } from './upstream.js';
 
 type System = NonNullable<AgentPolicy['spec']['systems']>[number];
 type McpServer = NonNullable<System['mcp']>;
@@ -18,6 +19,8 @@ export interface McpGatewayDeps {
   policy: (namespace: string, name: string) => AgentPolicy | undefined;
   hops: Pick<GatewayHops, 'decide'>;
   secrets: Pick<SecretReader, 'value'>;
+  /** Where each server's name leads, resolved here rather than in the pod. */
+  addresses: Pick<UpstreamAddresses, 'of'>;
 }
 
 export type McpForwardResult = { status: 200; body: McpForwardAnswer } | { status: number; body: McpForwardRefusal };
@@ -160,8 +163,10 @@ export class McpGateway {
     const server = policy.spec.systems?.[index]?.mcp;
     if (!server) throw new ChainwardenError('mcp_unknown_system', `AgentPolicy ${namespace}/${policy.metadata.name ?? ''} has no system ${request.system} with an MCP server (spec.systems[].mcp)`, { field: 'system' });
     const headers = await this.credentialHeaders(namespace, server, `spec.systems[${index}].mcp.credentials.secretRef`);
-    if (request.method === 'tools/list') return { status: 200, body: { url: server.url, headers, ...optional('visibleTools', visibleTools(policy, request.system)) } };
-    if (!request.call) return { status: 200, body: { url: server.url, headers } };
+    const pinned = await this.deps.addresses.of(server.url, namespace, `spec.systems[${index}].mcp.url`);
+    const upstream = { url: server.url, ...(pinned ? { address: pinned.address } : {}) };
+    if (request.method === 'tools/list') return { status: 200, body: { ...upstream, headers, ...optional('visibleTools', visibleTools(policy, request.system)) } };
+    if (!request.call) return { status: 200, body: { ...upstream, headers } };
     const call = request.call;
     const hop = parseHopRequest({ tool: request.system, action: call.name, resource: resourceOf(server.resource, call.arguments), attributes: attributesOf(call.arguments), ...(call.parentHop ? { parentHop: call.parentHop } : {}) });
     const verdict = await this.deps.hops.decide(who, hop, `tools/call ${call.name} on ${request.system} (${hop.resource})`, 'the identical call goes through once an AgentApproval for the hop exists');
@@ -169,7 +174,7 @@ export class McpGateway {
       const holdFor = verdict.decision === 'pending_approval' ? { holdForSeconds: parseDuration(policy.spec.approval?.holdFor ?? DEFAULT_HOLD_FOR) / 1000 } : {};
       return { status: verdict.error.status, body: { error: { code: verdict.error.code, message: verdict.error.message }, hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons, ...holdFor } };
     }
-    return { status: 200, body: { url: server.url, headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
+    return { status: 200, body: { ...upstream, headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
   }
 
   private async credentialHeaders(namespace: string, server: McpServer, field: string): Promise<Record<string, string>> {

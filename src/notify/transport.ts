@@ -37,8 +37,8 @@ export class ReceiverRefused extends Error {
 const refusal = (addresses: string[]) =>
   new ReceiverRefused(`its address ${addresses.join(', ')} is link-local, where clouds serve instance metadata; chainwarden does not post there`);
 
-type Resolve = (hostname: string, callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
-const systemResolve: Resolve = (hostname, callback) => dns.lookup(hostname, { all: true }, callback);
+export type Resolve = (hostname: string, callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
+export const systemResolve: Resolve = (hostname, callback) => dns.lookup(hostname, { all: true }, callback);
 
 /** Receivers' names resolved at once, at most: each lookup holds one of libuv's four threads until the resolver answers. */
 export const MAX_RECEIVER_LOOKUPS = 2;
@@ -79,7 +79,7 @@ export function boundedResolve(resolve: Resolve, max = MAX_RECEIVER_LOOKUPS): Re
     const joined = inFlight.get(hostname) ?? waiting.get(hostname);
     if (joined) return void joined.push(callback);
     if (inFlight.size < max) return start(hostname, [callback]);
-    if (waiting.size >= MAX_WAITING_LOOKUPS) return callback(Object.assign(new Error(`${MAX_WAITING_LOOKUPS} receivers' names wait to be resolved already`), { code: 'EAI_AGAIN' }), []);
+    if (waiting.size >= MAX_WAITING_LOOKUPS) return callback(Object.assign(new Error(`${MAX_WAITING_LOOKUPS} names wait to be resolved already`), { code: 'EAI_AGAIN' }), []);
     waiting.set(hostname, [callback]);
   };
 }

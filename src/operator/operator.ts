@@ -15,6 +15,7 @@ import { GROUP, VERSION, type AgentApproval, type AgentPolicy, type AgentTask } 
 import { AuditHeadStore } from '../audit/heads.js';
 import { AwsGateway } from '../aws/gateway.js';
 import { McpGateway } from '../mcp/gateway.js';
+import { UpstreamAddresses } from '../mcp/upstream.js';
 import { SecretReader } from '../mcp/secrets.js';
 import { ApprovalNotifier, owesNotice } from '../notify/notifier.js';
 import { GatewayHops } from '../broker/gateway-hops.js';
@@ -451,7 +452,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         clock,
         log,
       }),
-      mcp: new McpGateway({ policy, hops: gatewayHops, secrets }),
+      mcp: new McpGateway({ policy, hops: gatewayHops, secrets, addresses: new UpstreamAddresses(clock) }),
     }),
   };
   const webhookListenerRoutes: Routes = {

@@ -993,6 +993,43 @@ describe('a system whose server fails', () => {
   });
 });
 
+describe("the system's server is where the broker says, whatever the pod's hosts file says", () => {
+  it("a request goes to the address the broker resolved, with the name in Host: an agent that points the name at a listener of its own in /etc/hosts gets no credential", async () => {
+    // The agent's listener on the address the pod's resolver gives for the name (localhost is 127.0.0.1 in every hosts file)...
+    const heard: http.IncomingHttpHeaders[] = [];
+    const record = (into: http.IncomingHttpHeaders[]) => http.createServer((req, res) => {
+      into.push(req.headers);
+      req.resume();
+      req.on('end', () => res.writeHead(202).end());
+    });
+    const attacker = record(heard);
+    await new Promise<void>((done) => attacker.listen(0, '127.0.0.1', done));
+    const port = (attacker.address() as net.AddressInfo).port;
+    // ...and the system's real server, on the same port at the address the broker resolved the name to.
+    const served: http.IncomingHttpHeaders[] = [];
+    const real = record(served);
+    await new Promise<void>((done) => real.listen(port, '127.0.0.2', done));
+    twin.decide = (request) => {
+      const allowed = twin.allow(request);
+      return { status: allowed.status, body: { ...(allowed.body as object), url: `http://localhost:${port}/mcp`, address: '127.0.0.2' } };
+    };
+    try {
+      const answer = await fetch(`${sidecar.url}/mcp/tickets`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) });
+      expect(answer.status).toBe(202);
+      expect(heard).toEqual([]);
+      expect(served).toEqual([expect.objectContaining({ host: `localhost:${port}`, authorization: UPSTREAM_CREDENTIAL })]);
+      // A broker answer whose address is not an address is not used.
+      twin.decide = (request) => ({ status: 200, body: { ...(twin.allow(request).body as object), address: 'localhost' } });
+      const refused = await raw({ path: '/mcp/tickets', headers: auth(), body: callMessage('get_ticket', { ticketId: '1' }, 'a') });
+      expect(refused.status).toBe(502);
+      expect(refused.body.error?.message).toContain('address is not an IP address');
+      expect(heard).toEqual([]);
+    } finally {
+      await Promise.all([attacker, real].map((server) => new Promise((done) => server.close(done))));
+    }
+  });
+});
+
 describe('the log', () => {
   it('holds no credential, Txn-Token, local token or argument', async () => {
     const client = await connect('tickets');

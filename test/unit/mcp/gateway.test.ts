@@ -4,6 +4,7 @@ import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import type { GatewayVerdict } from '../../../src/broker/gateway-hops.js';
 import { hopDigest, parseHopRequest, type HopRequest } from '../../../src/broker/hops.js';
 import { ChainwardenError } from '../../../src/errors.js';
+import { UpstreamAddresses } from '../../../src/mcp/upstream.js';
 import { ARGUMENTS_ATTRIBUTE, attributesOf, McpGateway, parseForwardRequest, resourceOf, visibleTools } from '../../../src/mcp/gateway.js';
 
 const policy = (over: Partial<AgentPolicy['spec']> = {}): AgentPolicy =>
@@ -29,12 +30,16 @@ const policy = (over: Partial<AgentPolicy['spec']> = {}): AgentPolicy =>
 const task = { metadata: { namespace: 'support', name: 't', uid: 'u' }, spec: { policyRef: { name: 'support' }, serviceAccountName: 'sa', ttl: '1h' } } as AgentTask;
 const who = { namespace: 'support', podName: 'agent-0', podUid: 'pu', serviceAccount: 'sa', task, spiffeId: 'spiffe://cluster.local/ns/support/sa/sa/task/t' };
 
+/** The cluster's DNS, as the broker sees it. */
+const SERVICES: Record<string, string> = { 'tickets.support.svc': '10.96.0.7', 'email.support.svc': '10.96.0.8' };
+
 function gateway(verdict: (hop: HopRequest) => GatewayVerdict, p = policy(), secret: () => Promise<string> = () => Promise.resolve('s3cr3t\n')) {
   const decided: HopRequest[] = [];
   const g = new McpGateway({
     policy: () => p,
     hops: { decide: (_who, hop) => Promise.resolve(verdict((decided.push(hop), hop))) },
     secrets: { value: () => secret() },
+    addresses: new UpstreamAddresses({ now: () => 0 }, (name, found) => found(null, SERVICES[name] ? [{ address: SERVICES[name], family: 4 }] : [])),
   });
   return { g, decided };
 }
@@ -47,7 +52,7 @@ describe('the MCP gateway, broker half', () => {
     const { g, decided } = gateway(allow);
     const out = await g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'get_ticket', arguments: { ticketId: 4711, verbose: true, filter: { deep: 1 } }, parentHop: 'h1_parent' } });
     expect(decided).toEqual([expect.objectContaining({ tool: 'tickets', action: 'get_ticket', resource: 'ticket/4711', attributes: { ticketId: '4711', verbose: 'true', [ARGUMENTS_ATTRIBUTE]: SHA256 }, parentHop: 'h1_parent' })]);
-    expect(out).toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', headers: { authorization: 'Bearer s3cr3t', 'txn-token': 'txn-for-get_ticket' }, hopId: 'h1_x', reasons: [{ rule: 'read-tickets', effect: 'Allow' }] } });
+    expect(out).toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', address: '10.96.0.7', headers: { authorization: 'Bearer s3cr3t', 'txn-token': 'txn-for-get_ticket' }, hopId: 'h1_x', reasons: [{ rule: 'read-tickets', effect: 'Allow' }] } });
   });
 
   it('refuses a denied call with the rule and hop, and holds a pending one for approval.holdFor', async () => {
@@ -59,9 +64,9 @@ describe('the MCP gateway, broker half', () => {
 
   it('passes other messages on with the credential and no hop; tools/list gets the tools some rule could allow', async () => {
     const { g, decided } = gateway(allow);
-    await expect(g.forward(who, { system: 'tickets', method: 'initialize' })).resolves.toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', headers: { authorization: 'Bearer s3cr3t' } } });
+    await expect(g.forward(who, { system: 'tickets', method: 'initialize' })).resolves.toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', address: '10.96.0.7', headers: { authorization: 'Bearer s3cr3t' } } });
     await expect(g.forward(who, { system: 'tickets', method: 'tools/list' })).resolves.toMatchObject({ body: { visibleTools: ['get_*', 'list_tickets', 'refund'] } });
-    await expect(g.forward(who, { system: 'email' })).resolves.toEqual({ status: 200, body: { url: 'http://email.support.svc:8080/mcp', headers: {} } });
+    await expect(g.forward(who, { system: 'email' })).resolves.toEqual({ status: 200, body: { url: 'http://email.support.svc:8080/mcp', address: '10.96.0.8', headers: {} } });
     expect(decided).toEqual([]);
   });
 
