@@ -364,7 +364,11 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     journal,
     leading: () => elector.isLeader,
     // What this replica still has queued for the task goes into its status first, so the sealed head is the last one.
-    seal: async (task) => heads.seal((await journal.commit(task, {})) ?? task),
+    seal: async (task) => {
+      const written = (await journal.commit(task, {})) ?? task;
+      await heads.seal(written);
+      return written;
+    },
   });
   controller.watch(informers);
 

@@ -11,8 +11,13 @@ export interface Finalizable {
 export interface FinalizerArms<T> {
   /** The object is live (and holds the finalizer): converge it. */
   apply(object: T): Promise<ReconcileResult>;
-  /** The object is being deleted: undo what `apply` did outside the cluster. Must treat "already gone" as done. */
-  cleanup(object: T): Promise<void>;
+  /**
+   * The object is being deleted: undo what `apply` did outside the cluster. Must treat "already
+   * gone" as done. May return the version of the object the cleanup read its state from: the
+   * finalizer is then removed only if the object is still at that version, and a write that came
+   * between (which the cleanup did not see) runs the cleanup again.
+   */
+  cleanup(object: T): Promise<T | undefined>;
 }
 
 /**
@@ -27,8 +32,9 @@ export async function withFinalizer<T extends Finalizable>(object: T, name: stri
   const index = finalizers.indexOf(name);
   if (object.metadata.deletionTimestamp) {
     if (index < 0) return done();
-    await arms.cleanup(object);
+    const seen = (await arms.cleanup(object))?.metadata.resourceVersion;
     const outcome = await patch([
+      ...(seen === undefined ? [] : [{ op: 'test' as const, path: '/metadata/resourceVersion', value: seen }]),
       { op: 'test', path: `/metadata/finalizers/${index}`, value: name },
       { op: 'remove', path: `/metadata/finalizers/${index}` },
     ]);

@@ -45,7 +45,8 @@ export interface TaskControllerDeps {
     settleOutbox?(task: AgentTask): Promise<number | undefined>;
   };
   /** Keeps a deleted task's final audit head beyond the task; throws (retryable) when it cannot. */
-  seal?: (task: AgentTask) => Promise<void>;
+  /** Keeps the task's final audit head beyond it; returns the task as sealed, when it wrote the journal's last records first. */
+  seal?: (task: AgentTask) => Promise<AgentTask | void>;
   /**
    * Whether this replica may act as the leader at this moment (its own clock says its lease still
    * holds); checked before every write, since a replica may have been frozen past its lease while
@@ -209,23 +210,26 @@ export class AgentTaskController {
     return withFinalizer(task, FINALIZER, patch, {
       // Retryable: a failing deny throws, the finalizer stays, the queue backs off.
       cleanup: async (t) => {
-        await this.cleanUp(t);
+        const sealed = await this.cleanUp(t);
         if (this.finalized.size >= MAX_ORPHANS) this.finalized.delete(this.finalized.values().next().value ?? '');
         this.finalized.add(t.metadata.uid ?? '');
         this.deps.log.info({ leaderWork: 'finalize', task: key }, 'task cleaned up; removing the finalizer');
+        // Removed only while the task is as sealed: a record another replica wrote meanwhile is sealed on the next pass.
+        return sealed;
       },
       apply: (t) => this.converge(t),
     });
   }
 
   /** What a task's deletion undoes outside the cluster: its sessions denied at AWS, its audit head kept beyond it. */
-  private async cleanUp(task: AgentTask): Promise<void> {
+  private async cleanUp(task: AgentTask): Promise<AgentTask | undefined> {
     this.assertLeading();
     if (needsRevocation(task)) await this.revokeAtAws(task);
     faultPoint('finalize.after-deny');
     // The audit head lives in the task's status; it is kept elsewhere before the task goes.
-    await this.deps.seal?.(task);
+    const sealed = await this.deps.seal?.(task);
     faultPoint('finalize.after-seal');
+    return sealed ?? undefined;
   }
 
   private async converge(task: AgentTask): Promise<ReconcileResult> {

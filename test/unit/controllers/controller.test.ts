@@ -29,7 +29,7 @@ const injectedSpec = {
 };
 const agentPod: PodRecord = { metadata: { name: 'agent-0', namespace: 'ns', uid: 'p1', creationTimestamp: new Date(created + 1000).toISOString(), labels: { 'chainwarden.io/task': 't' } }, spec: injectedSpec, status: { phase: 'Running' } };
 
-function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailableFor?: number; seal?: (task: AgentTask) => Promise<void> } = {}) {
+function setup(task: AgentTask, options: { revokeFails?: boolean; iamUnavailableFor?: number; seal?: (task: AgentTask) => Promise<AgentTask | void> } = {}) {
   const client = new TaskClientTwin(task);
   const revocations: string[] = [];
   const records: string[] = [];
@@ -148,12 +148,34 @@ describe('AgentTaskController: acting on the plan', () => {
     expect(client.task?.metadata.finalizers).toEqual([FINALIZER]);
   });
 
+  it("keeps the finalizer when another replica's record lands between the seal and the removal, and seals again with it", async () => {
+    const sealedCounts: number[] = [];
+    let other: (() => Promise<unknown>) | undefined;
+    const { client, controller } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }), {
+      seal: async (t) => {
+        sealedCounts.push(t.status?.audit?.count ?? 0);
+        // Another replica's queued hop record reaches the task's status just after this seal read it.
+        await other?.();
+        other = undefined;
+        return t;
+      },
+    });
+    const replica = new TaskJournal({ writer: client.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0, process: 'replica-b' });
+    other = () => replica.commit(client.task!, { events: [{ type: 'hop_decided', at: '2026-11-21T10:01:00Z', data: { hopId: 'h1_late', decision: 'allow' } }] });
+    expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 100 });
+    expect(client.task?.metadata.finalizers).toEqual([FINALIZER]);
+    await controller.reconcile('ns/t');
+    expect(client.task?.metadata.finalizers ?? []).toEqual([]);
+    // Sealed first without the late record, then with it: the head kept beyond the task is its last.
+    expect(sealedCounts).toEqual([0, 1]);
+  });
+
   it('does not remove an entry that moved since it was read', async () => {
     const { client } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }));
     const stale = client.task as AgentTask;
     // Another controller's entry lands in front of ours between our read and our write.
     await client.patch(stale, [{ op: 'add', path: '/metadata/finalizers/0', value: 'example.com/other' }]);
-    const result = await withFinalizer(stale, FINALIZER, (ops) => client.patch(stale, ops), { cleanup: () => Promise.resolve(), apply: () => Promise.resolve({}) });
+    const result = await withFinalizer(stale, FINALIZER, (ops) => client.patch(stale, ops), { cleanup: () => Promise.resolve(undefined), apply: () => Promise.resolve({}) });
     expect(result).toEqual({ requeueAfterMs: 100 });
     expect(client.task?.metadata.finalizers).toEqual(['example.com/other', FINALIZER]);
   });
