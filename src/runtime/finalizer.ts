@@ -13,11 +13,13 @@ export interface FinalizerArms<T> {
   apply(object: T): Promise<ReconcileResult>;
   /**
    * The object is being deleted: undo what `apply` did outside the cluster. Must treat "already
-   * gone" as done. May return the version of the object the cleanup read its state from: the
-   * finalizer is then removed only if the object is still at that version, and a write that came
-   * between (which the cleanup did not see) runs the cleanup again.
+   * gone" as done. May return JSON patch tests on what it read its state from (say, a value in
+   * status it copied elsewhere): the finalizer is then removed only while they hold, and a write
+   * that changed one in between (which the cleanup did not see) runs the cleanup again. Test only
+   * what the cleanup copied: a test of the resourceVersion would fail on any write to the object,
+   * a tenant's label or another controller's finalizer, and could keep the cleanup running.
    */
-  cleanup(object: T): Promise<T | undefined>;
+  cleanup(object: T): Promise<JsonPatchOperation[] | undefined>;
 }
 
 /**
@@ -32,9 +34,9 @@ export async function withFinalizer<T extends Finalizable>(object: T, name: stri
   const index = finalizers.indexOf(name);
   if (object.metadata.deletionTimestamp) {
     if (index < 0) return done();
-    const seen = (await arms.cleanup(object))?.metadata.resourceVersion;
+    const held = (await arms.cleanup(object)) ?? [];
     const outcome = await patch([
-      ...(seen === undefined ? [] : [{ op: 'test' as const, path: '/metadata/resourceVersion', value: seen }]),
+      ...held,
       { op: 'test', path: `/metadata/finalizers/${index}`, value: name },
       { op: 'remove', path: `/metadata/finalizers/${index}` },
     ]);

@@ -214,8 +214,14 @@ export class AgentTaskController {
         if (this.finalized.size >= MAX_ORPHANS) this.finalized.delete(this.finalized.values().next().value ?? '');
         this.finalized.add(t.metadata.uid ?? '');
         this.deps.log.info({ leaderWork: 'finalize', task: key }, 'task cleaned up; removing the finalizer');
-        // Removed only while the task is as sealed: a record another replica wrote meanwhile is sealed on the next pass.
-        return sealed;
+        // Removed only while the task's audit head is the one sealed: a record another replica wrote meanwhile is sealed on the next pass.
+        const audit = sealed?.status?.audit;
+        return audit
+          ? [
+              { op: 'test', path: '/status/audit/head', value: audit.head },
+              { op: 'test', path: '/status/audit/count', value: audit.count },
+            ]
+          : undefined;
       },
       apply: (t) => this.converge(t),
     });

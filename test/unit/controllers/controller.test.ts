@@ -148,26 +148,37 @@ describe('AgentTaskController: acting on the plan', () => {
     expect(client.task?.metadata.finalizers).toEqual([FINALIZER]);
   });
 
-  it("keeps the finalizer when another replica's record lands between the seal and the removal, and seals again with it", async () => {
+  it("keeps the finalizer when another replica's record lands between the seal and the removal, and seals again with it; other writes meanwhile do not hold it", async () => {
+    const deleting = () => newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() });
+    const record = (hopId: string) => ({ events: [{ type: 'hop_decided' as const, at: '2026-11-21T10:01:00Z', data: { hopId, decision: 'allow' } }] });
     const sealedCounts: number[] = [];
-    let other: (() => Promise<unknown>) | undefined;
-    const { client, controller } = setup(newTask({ finalizers: [FINALIZER], deletionTimestamp: new Date(created + 5000).toISOString() }), {
-      seal: async (t) => {
-        sealedCounts.push(t.status?.audit?.count ?? 0);
-        // Another replica's queued hop record reaches the task's status just after this seal read it.
-        await other?.();
-        other = undefined;
-        return t;
-      },
-    });
+    let meanwhile: (() => Promise<unknown>) | undefined;
+    const seal = async (t: AgentTask) => {
+      sealedCounts.push(t.status?.audit?.count ?? 0);
+      await meanwhile?.();
+      meanwhile = undefined;
+      return t;
+    };
+    const { client, controller } = setup(deleting(), { seal });
     const replica = new TaskJournal({ writer: client.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0, process: 'replica-b' });
-    other = () => replica.commit(client.task!, { events: [{ type: 'hop_decided', at: '2026-11-21T10:01:00Z', data: { hopId: 'h1_late', decision: 'allow' } }] });
+    await replica.commit(client.task!, record('h1_first'));
+    // Another replica's queued hop record reaches the task's status just after the seal read it.
+    meanwhile = () => replica.commit(client.task!, record('h1_late'));
     expect(await controller.reconcile('ns/t')).toEqual({ requeueAfterMs: 100 });
     expect(client.task?.metadata.finalizers).toEqual([FINALIZER]);
     await controller.reconcile('ns/t');
     expect(client.task?.metadata.finalizers ?? []).toEqual([]);
     // Sealed first without the late record, then with it: the head kept beyond the task is its last.
-    expect(sealedCounts).toEqual([0, 1]);
+    expect(sealedCounts).toEqual([1, 2]);
+
+    // A write that leaves the audit head alone (a tenant's label, another controller's finalizer) does not hold the finalizer, nor clean up again.
+    const quiet = setup(deleting(), { seal });
+    const other = new TaskJournal({ writer: quiet.client.statusWriter('journal'), emit: () => undefined, log: silentLogger(), flushMs: 0, process: 'replica-b' });
+    await other.commit(quiet.client.task!, record('h1_first'));
+    meanwhile = () => quiet.client.patch(quiet.client.task!, [{ op: 'add', path: '/metadata/labels', value: { team: 'support' } }]);
+    expect(await quiet.controller.reconcile('ns/t')).toEqual({});
+    expect(quiet.client.task?.metadata.finalizers ?? []).toEqual([]);
+    expect(quiet.revocations.length).toBeLessThanOrEqual(1);
   });
 
   it('does not remove an entry that moved since it was read', async () => {
