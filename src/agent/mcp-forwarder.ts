@@ -63,6 +63,8 @@ export function parseForwardAnswer(value: unknown): McpForwardAnswer {
   const visible = answer.visibleTools;
   if (visible !== undefined && !(Array.isArray(visible) && visible.every((g) => typeof g === 'string'))) throw fail('visibleTools is not a list of globs');
   if (answer.address !== undefined && (typeof answer.address !== 'string' || net.isIP(answer.address) === 0)) throw fail('address is not an IP address');
+  // A name the sidecar would resolve itself, in the pod whose hosts file the agent may write: every broker replica must resolve it (upgrade them all).
+  if (answer.address === undefined && net.isIP(url.hostname.replace(/^\[|\]$/g, '')) === 0) throw fail(`it names the server ${url.hostname} without the address the broker resolved it to; every operator replica must run this version`);
   return {
     url: url.href,
     ...(typeof answer.address === 'string' ? { address: answer.address } : {}),

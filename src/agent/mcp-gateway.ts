@@ -1,7 +1,5 @@
-import type { LookupAddress } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { mediaTypeEssence } from '@modelcontextprotocol/sdk/shared/mediaType.js';
 import { ErrorCode, type ProgressToken, type RequestId } from '@modelcontextprotocol/sdk/types.js';
@@ -127,15 +125,6 @@ interface Exchange {
  * agent never holds the credential; a denied call never leaves the pod; a call that waits for a
  * person is held here, with progress notifications, until the broker decides it.
  */
-
-/** A lookup that answers with the address the broker resolved, whatever the pod's resolver would say. */
-const pinnedLookup =
-  (address: string): net.LookupFunction =>
-  (_hostname, options, callback) => {
-    const family = net.isIP(address);
-    if (options.all) (callback as unknown as (err: null, addresses: LookupAddress[]) => void)(null, [{ address, family }]);
-    else callback(null, address, family);
-  };
 export class McpGateway {
   private readonly agents = { 'http:': new http.Agent({ keepAlive: true }), 'https:': new https.Agent({ keepAlive: true }) };
   private readonly answerTimeoutMs: number;
@@ -424,7 +413,9 @@ export class McpGateway {
     if (body) Object.assign(headers, { 'content-type': 'application/json', 'content-length': String(body.length) });
     Object.assign(headers, answer.headers);
     return new Promise((resolve, reject) => {
-      const request = (protocol === 'https:' ? https : http).request(target, { method: ex.req.method, headers, agent: this.agents[protocol], ...(answer.address ? { lookup: pinnedLookup(answer.address) } : {}) });
+      // To the address itself, so that the pool keeps its connections by address: one made to another address is never reused for this one.
+      const pinned = answer.address ? { hostname: answer.address, headers: { ...headers, host: target.host }, ...(protocol === 'https:' ? { servername: target.hostname } : {}) } : { headers };
+      const request = (protocol === 'https:' ? https : http).request(target, { method: ex.req.method, agent: this.agents[protocol], ...pinned });
       ex.upstream = request;
       const timer = setTimeout(() => request.destroy(new Error(`it sent no answer within ${this.answerTimeoutMs / 1000}s`)), this.answerTimeoutMs);
       // An agent that goes away takes its request with it, answered or not.

@@ -1018,11 +1018,19 @@ describe("the system's server is where the broker says, whatever the pod's hosts
       expect(answer.status).toBe(202);
       expect(heard).toEqual([]);
       expect(served).toEqual([expect.objectContaining({ host: `localhost:${port}`, authorization: UPSTREAM_CREDENTIAL })]);
-      // A broker answer whose address is not an address is not used.
+      // A broker answer whose address is not an address, or that names a server without one (a replica of an earlier version), is not used.
       twin.decide = (request) => ({ status: 200, body: { ...(twin.allow(request).body as object), address: 'localhost' } });
       const refused = await raw({ path: '/mcp/tickets', headers: auth(), body: callMessage('get_ticket', { ticketId: '1' }, 'a') });
       expect(refused.status).toBe(502);
       expect(refused.body.error?.message).toContain('address is not an IP address');
+      twin.decide = (request) => ({ status: 200, body: { ...(twin.allow(request).body as object), url: `http://localhost:${port}/mcp` } });
+      const unresolved = await raw({ path: '/mcp/tickets', headers: auth(), body: callMessage('get_ticket', { ticketId: '1' }, 'b') });
+      expect(unresolved.status).toBe(502);
+      expect(unresolved.body.error?.message).toContain('it names the server localhost without the address the broker resolved it to; every operator replica must run this version');
+      // Kept-alive connections are kept by address: the next request for the name, pinned, goes where the broker says again.
+      twin.decide = (request) => ({ status: 200, body: { ...(twin.allow(request).body as object), url: `http://localhost:${port}/mcp`, address: '127.0.0.2' } });
+      expect((await fetch(`${sidecar.url}/mcp/tickets`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) })).status).toBe(202);
+      expect(served).toHaveLength(2);
       expect(heard).toEqual([]);
     } finally {
       await Promise.all([attacker, real].map((server) => new Promise((done) => server.close(done))));

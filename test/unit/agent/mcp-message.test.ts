@@ -124,7 +124,7 @@ describe('a broker refusal as the agent\'s client sees it', () => {
 });
 
 describe('the broker\'s go-ahead, checked before anything is sent', () => {
-  const good = { url: 'http://tickets-mcp.support.svc:8080/mcp', headers: { authorization: 'Bearer t', 'txn-token': 'a.b.c' }, hopId: HOP, visibleTools: ['get_*'] };
+  const good = { url: 'http://tickets-mcp.support.svc:8080/mcp', address: '10.96.0.7', headers: { authorization: 'Bearer t', 'txn-token': 'a.b.c' }, hopId: HOP, visibleTools: ['get_*'] };
 
   it('keeps the URL with its path, the headers, the hop and the globs', () => {
     expect(parseForwardAnswer(good)).toEqual({ ...good, reasons: [] });
@@ -141,6 +141,8 @@ describe('the broker\'s go-ahead, checked before anything is sent', () => {
     ['a transfer-encoding header', { ...good, headers: { 'transfer-encoding': 'chunked' } }, 'header transfer-encoding'],
     ['a hop id that is none', { ...good, hopId: '../x' }, 'hopId'],
     ['globs that are not strings', { ...good, visibleTools: [1] }, 'visibleTools'],
+    ['an address that is a name', { ...good, address: 'evil.example' }, 'address is not an IP address'],
+    ['a server named without its address', { ...good, address: undefined }, 'without the address the broker resolved it to'],
   ])('refuses %s', (_name, value, named) => {
     expect(() => parseForwardAnswer(value)).toThrow(named);
   });
