@@ -131,13 +131,16 @@ interface Verdict {
   denied?: Reason[];
 }
 
-/** The task's limits, each within the policy's (admission keeps them so). */
+/**
+ * The task's limits within the policy's as it is now: admission keeps a task within its policy
+ * when created, but a policy tightened since binds the task at once, not once the controller
+ * has unbound it.
+ */
 function limitsOf(input: HopInput): { maxHops: number; maxDepth: number } {
   const { task, policy } = input;
-  return {
-    maxHops: task.spec.limits?.maxHops ?? policy.spec.limits?.maxHops ?? POLICY_DEFAULTS.maxHops,
-    maxDepth: task.spec.limits?.maxDepth ?? policy.spec.limits?.maxDepth ?? POLICY_DEFAULTS.maxDepth,
-  };
+  const maxHops = policy.spec.limits?.maxHops ?? POLICY_DEFAULTS.maxHops;
+  const maxDepth = policy.spec.limits?.maxDepth ?? POLICY_DEFAULTS.maxDepth;
+  return { maxHops: Math.min(task.spec.limits?.maxHops ?? maxHops, maxHops), maxDepth: Math.min(task.spec.limits?.maxDepth ?? maxDepth, maxDepth) };
 }
 
 /** Limits come first: a hop over a limit is denied whatever the rules say. */
@@ -242,9 +245,12 @@ function heldForApproval(input: HopInput, touched: System[], evaluate: Evaluate)
 export function hopContext(input: HopInput, touched: System[]): { subject: HopSubject; context: HopContext; boundary: string } {
   const { task, policy, request, chain, now } = input;
   const systems = policy.spec.systems ?? [];
-  // A tool the policy does not declare, on a resource no system classifies, is outside the organisation.
-  const boundary = touched[0] ? (touched[0].trustBoundary ?? 'internal') : 'external';
-  const internal = new Set(systems.filter((s) => (s.trustBoundary ?? 'internal') === 'internal').map((s) => s.name));
+  // A tool the policy does not declare, on a resource no system classifies, is outside the
+  // organisation; so is a hop that touches any external system, whatever else it touches and in
+  // whatever order the policy lists them.
+  const external = (s: System) => (s.trustBoundary ?? 'internal') === 'external';
+  const boundary = touched.length === 0 || touched.some(external) ? 'external' : 'internal';
+  const internal = new Set(systems.filter((s) => !external(s)).map((s) => s.name));
   return {
     subject: {
       namespace: task.metadata.namespace ?? '',
@@ -265,7 +271,8 @@ export function hopContext(input: HopInput, touched: System[]): { subject: HopSu
       systemsTouched: [...chain.systems],
       dataClassesTouched: [...chain.dataClasses],
       trustBoundary: boundary,
-      crossesTrustBoundary: boundary === 'external' && [...chain.systems].some((s) => internal.has(s)),
+      // From an internal system to an external one: one the chain touched before, or one this hop touches itself (an email of an object an internal system classifies).
+      crossesTrustBoundary: boundary === 'external' && ([...chain.systems].some((s) => internal.has(s)) || touched.some((s) => !external(s))),
       priorDenials: chain.priorDenials,
     },
     boundary,

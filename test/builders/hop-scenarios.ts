@@ -107,6 +107,37 @@ export const scenarios: Scenario[] = [
     rules: ['reply-by-email'],
   },
   {
+    name: 'a hop touching an external system is external, whichever system the policy lists first',
+    policy: (p) => {
+      withRule({ name: 'no-crossing', effect: 'Deny', tools: ['*'], actions: ['*'], when: { crossesTrustBoundary: true } })(p);
+      withRule({ name: 'write-objects', effect: 'Allow', tools: ['aws:s3'], actions: ['s3:PutObject'], resources: ['arn:aws:s3:::*'] })(p);
+      p.spec.systems = [{ name: 'all-buckets', trustBoundary: 'internal', resources: ['arn:aws:s3:::*'] }, { name: 'public-share', trustBoundary: 'external', resources: ['arn:aws:s3:::public-share/*'] }, ...(p.spec.systems ?? [])];
+    },
+    before: [read],
+    hop: { tool: 'aws:s3', action: 's3:PutObject', resource: 'arn:aws:s3:::public-share/dump.csv' },
+    decision: 'deny',
+    rules: ['no-crossing'],
+  },
+  {
+    name: 'an external tool on a resource an internal system classifies crosses in that one hop',
+    policy: withRule({ name: 'no-crossing', effect: 'Deny', tools: ['*'], actions: ['*'], when: { crossesTrustBoundary: true } }),
+    hop: { tool: 'email', action: 'send', resource: 'arn:aws:s3:::support-customers/all.csv' },
+    decision: 'deny',
+    rules: ['no-crossing'],
+  },
+  {
+    name: "a task's limit above its policy's, tightened since, yields to the policy's",
+    policy: (p) => {
+      denyOnly(p);
+      p.spec.limits = { maxHops: 100, maxDepth: 1 };
+    },
+    task: (t) => void (t.spec.limits = { maxHops: 50, maxDepth: 4 }),
+    before: [read],
+    hop: { ...read, parent: true },
+    decision: 'deny',
+    rules: ['limit:maxDepth'],
+  },
+  {
     name: 'a rule from a depth on: depth 2 is still allowed',
     policy: withRule({ name: 'no-deep-comments', effect: 'Deny', tools: ['tickets'], actions: ['comment'], when: { minDepth: 3 } }),
     before: [read],
