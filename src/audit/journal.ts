@@ -174,13 +174,18 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now(), 
   const systems = new Set(delta.systems);
   const dataClasses = new Set(delta.dataClasses);
   const recent = [...delta.recent];
+  // A hop a person rejected, or whose approval timed out, is a denial the chain counts like any other.
+  let rejected = 0;
   // Two replicas may decide the same pending hop at once; only the first write counts.
   for (const r of delta.resolutions) {
     if (!pending.some((h) => h.hopId === r.hopId)) continue;
     pending = pending.filter((h) => h.hopId !== r.hopId);
     hops.pending -= 1;
     if (r.decision === 'allow') hops.allowed += 1;
-    else hops.denied += 1;
+    else {
+      hops.denied += 1;
+      rejected += 1;
+    }
     r.systems.forEach((x) => systems.add(x));
     r.dataClasses.forEach((x) => dataClasses.add(x));
     recent.push(r.recent);
@@ -208,7 +213,7 @@ export function applyDelta(task: AgentTask, delta: TaskDelta, now = Date.now(), 
       version: chain.version + 1,
       hopCount: chain.hopCount + delta.hopCount,
       deepest: Math.max(chain.deepest ?? 0, delta.deepest),
-      priorDenials: chain.priorDenials + delta.priorDenials + overflow.denied.length,
+      priorDenials: chain.priorDenials + delta.priorDenials + rejected + overflow.denied.length,
       // Hop decisions keep within the caps; only replicas racing at the edge can overshoot them.
       systemsTouched: [...new Set([...chain.systemsTouched, ...systems])].slice(0, STATUS_CAPS.systemsTouched),
       dataClassesTouched: [...new Set([...chain.dataClassesTouched, ...dataClasses])].slice(0, STATUS_CAPS.dataClassesTouched),

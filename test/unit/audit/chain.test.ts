@@ -261,6 +261,15 @@ describe('applyDelta', () => {
     expect(twice.records).toHaveLength(0);
   });
 
+  it('counts a rejected or timed-out hop among the chain\'s prior denials, once, as raw Cedar reads them; an approved one not', () => {
+    const rejectedOnce = applyDelta(task, { ...emptyDelta(), resolutions: [{ ...resolution, decision: 'deny' as const, systems: [], dataClasses: [] }] });
+    expect(rejectedOnce.status.hops).toEqual({ allowed: 0, denied: 1, pending: 0 });
+    expect(rejectedOnce.status.chain?.priorDenials).toBe(1);
+    const again = applyDelta({ ...task, status: rejectedOnce.status }, { ...emptyDelta(), resolutions: [{ ...resolution, decision: 'deny' as const, systems: [], dataClasses: [] }] });
+    expect(again.status.chain?.priorDenials).toBe(1);
+    expect(applyDelta(task, { ...emptyDelta(), resolutions: [resolution] }).status.chain?.priorDenials ?? 0).toBe(0);
+  });
+
   it('records the violation as a fact, the first one only, and leaves state to the controller', () => {
     const { status } = applyDelta(task, { ...emptyDelta(), violation: { hopId: 'h1_y', rule: 'never-admin', message: 'm' } });
     expect(status.violation?.hopId).toBe('h1_y');
