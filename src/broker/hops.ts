@@ -85,6 +85,10 @@ function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boo
 }
 
 /** Validates a hop request; the first problem is a 400 that names the field. */
+/** Half of a UTF-16 pair without its other half: no character, and nothing Cedar or a UTF-8 reader can take. */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+const LONE_SURROGATE_MESSAGE = 'holds an unpaired surrogate (\\ud800-\\udfff escaped alone), which is no character; send text as UTF-8, or escape both halves of a pair';
+
 export function parseHopRequest(body: unknown): HopRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('body', 'must be a JSON object such as {"tool":"tickets","action":"read","resource":"ticket/1"}');
   const b = body as Record<string, unknown>;
@@ -97,6 +101,7 @@ export function parseHopRequest(body: unknown): HopRequest {
     }
     if (typeof v !== 'string') throw bad(field, 'must be a string');
     if (v.length > max) throw bad(field, `must be at most ${max} characters`);
+    if (LONE_SURROGATE.test(v)) throw bad(field, LONE_SURROGATE_MESSAGE);
     if (pattern && !pattern.test(v)) throw bad(field, `must match ${pattern.source}`);
     return v;
   };
@@ -117,6 +122,7 @@ export function parseHopRequest(body: unknown): HopRequest {
       // A value named like a credential (`password`, `token`, `authorization`…) is never kept: a hop's attributes
       // go to the audit stream, status, traces and approval notifications. Its presence is kept, and decided on.
       attributes[k] = isSecretField(k) ? REDACTED : String(v);
+      if (LONE_SURROGATE.test(attributes[k])) throw bad(`attributes.${k}`, LONE_SURROGATE_MESSAGE);
       if (attributes[k].length > MAX_HOP_ATTRIBUTE) throw bad(`attributes.${k}`, `must be at most ${MAX_HOP_ATTRIBUTE} characters`);
     }
     if (JSON.stringify(attributes).length > MAX_HOP_ATTRIBUTES_CHARS) throw bad('attributes', `must be at most ${MAX_HOP_ATTRIBUTES_CHARS} characters in all, as JSON`);

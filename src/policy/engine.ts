@@ -167,20 +167,26 @@ export class PolicyEngine {
   private authorize(prepared: Prepared, subject: HopSubject, context: HopContext, toolBoundary: string): Evaluation {
     const taskId = `${subject.namespace}/${subject.task}`;
     const resourceId = `${context.tool}/${context.resource}`;
-    const answer = cedar.statefulIsAuthorized({
-      principal: { type: `${CEDAR_NAMESPACE}::Task`, id: taskId },
-      action: { type: `${CEDAR_NAMESPACE}::Action`, id: 'hop' },
-      resource: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId },
-      context: context as unknown as cedar.Context,
-      preparsedPolicySetId: prepared.id,
-      preparsedSchemaName: SCHEMA_NAME,
-      validateRequest: true,
-      entities: [
-        { uid: { type: `${CEDAR_NAMESPACE}::Task`, id: taskId }, attrs: { namespace: subject.namespace, name: subject.task, serviceAccount: subject.serviceAccount, intent: subject.intent }, parents: [] },
-        { uid: { type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }, attrs: { trustBoundary: toolBoundary, dataClasses: subject.toolDataClasses }, parents: [] },
-        { uid: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId }, attrs: {}, parents: [{ type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }], tags: subject.attributes },
-      ],
-    });
+    let answer: ReturnType<typeof cedar.statefulIsAuthorized>;
+    // Cedar's bindings throw on input they cannot encode (a lone surrogate): that is a denial, named, as any evaluation error is.
+    try {
+      answer = cedar.statefulIsAuthorized({
+        principal: { type: `${CEDAR_NAMESPACE}::Task`, id: taskId },
+        action: { type: `${CEDAR_NAMESPACE}::Action`, id: 'hop' },
+        resource: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId },
+        context: context as unknown as cedar.Context,
+        preparsedPolicySetId: prepared.id,
+        preparsedSchemaName: SCHEMA_NAME,
+        validateRequest: true,
+        entities: [
+          { uid: { type: `${CEDAR_NAMESPACE}::Task`, id: taskId }, attrs: { namespace: subject.namespace, name: subject.task, serviceAccount: subject.serviceAccount, intent: subject.intent }, parents: [] },
+          { uid: { type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }, attrs: { trustBoundary: toolBoundary, dataClasses: subject.toolDataClasses }, parents: [] },
+          { uid: { type: `${CEDAR_NAMESPACE}::Resource`, id: resourceId }, attrs: {}, parents: [{ type: `${CEDAR_NAMESPACE}::Tool`, id: context.tool }], tags: subject.attributes },
+        ],
+      });
+    } catch (err) {
+      return failedClosed([`the request could not be given to Cedar: ${err instanceof Error ? err.message : String(err)}`]);
+    }
     if (answer.type === 'failure') return failedClosed(answer.errors.map((e) => e.message));
     const { decision, diagnostics } = answer.response;
     if (diagnostics.errors.length > 0) return failedClosed(diagnostics.errors.map((e) => `policy ${e.policyId}: ${e.error.message}`));

@@ -14,6 +14,17 @@ import { TaskClientTwin } from '../../builders/task-client-twin.js';
 import { serviceFor } from '../../builders/hop-service.js';
 
 describe('parseHopRequest', () => {
+  it('refuses an unpaired surrogate in any text field or attribute, naming the field; a pair (an emoji) is text', () => {
+    for (const [body, field] of [
+      [{ tool: 'tickets', action: 'read', resource: 'ticket/\ud800' }, 'resource'],
+      [{ tool: 'tickets', action: 'read', resource: 'ticket/1', intent: 'x\udfffy' }, 'intent'],
+      [{ tool: 'tickets', action: 'read', resource: 'ticket/1', attributes: { note: '\udc00' } }, 'attributes.note'],
+    ] as const) {
+      expect(() => parseHopRequest(body)).toThrow(expect.objectContaining({ field, message: expect.stringContaining('unpaired surrogate') as string }) as Error);
+    }
+    expect(parseHopRequest({ tool: 'tickets', action: 'read', resource: 'ticket/😀' }).resource).toBe('ticket/😀');
+  });
+
   it('reads a hop and turns attribute values into strings', () => {
     expect(parseHopRequest({ tool: 'tickets', action: 'read', resource: 'ticket/1', attributes: { amount: 42, urgent: true } })).toEqual({
       tool: 'tickets', action: 'read', resource: 'ticket/1', parentHop: undefined, intent: '', attributes: { amount: '42', urgent: 'true' }, credential: undefined,

@@ -33,6 +33,14 @@ describe('PolicyEngine', () => {
   it('applies raw Cedar from the policy', () => {
     expect(decide({ depth: 6 })).toMatchObject({ decision: 'Deny', reasons: [{ rule: 'no-deep-chains', effect: 'Deny' }] });
   });
+  it('denies, naming why, what Cedar cannot take (a lone surrogate), and keeps deciding afterwards', () => {
+    for (const c of [{ resource: 'ticket/\ud800' }, { intent: 'x\udfff' }]) {
+      const out = decide(c);
+      expect(out).toMatchObject({ decision: 'Deny', reasons: [{ rule: 'evaluation-error', effect: 'Deny' }] });
+      expect(out.reasons[0]?.message).toContain('the request could not be given to Cedar');
+    }
+    expect(decide({})).toMatchObject({ decision: 'Allow' });
+  });
   it('compiles globs to like and exact names to equality', () => {
     expect(compileRule({ name: 'r', effect: 'Deny', tools: ['payments'], actions: ['admin.*', 'wipe'] })).toBe(
       '@id("r")\nforbid (principal, action == Chainwarden::Action::"hop", resource)\nwhen { context.tool == "payments" && (context.action like "admin.*" || context.action == "wipe") };',
