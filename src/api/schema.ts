@@ -216,8 +216,8 @@ const System = Type.Object({
 
 const RuleWhen = Type.Object(
   {
-    afterDataClasses: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'Match only once the task has touched any of these data classes.', maxItems: 20 })),
-    afterSystems: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'Match only once the task has called any of these systems.', maxItems: 20 })),
+    afterDataClasses: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'Match only once the task has touched any of these data classes. Not empty: leave it out to match whatever was touched.', minItems: 1, maxItems: 20 })),
+    afterSystems: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'Match only once the task has called any of these systems. Not empty: leave it out to match whatever was called.', minItems: 1, maxItems: 20 })),
     crossesTrustBoundary: Type.Optional(Type.Boolean({ description: 'Match only hops that go from internal systems to an external one (true) or that do not (false).' })),
     minDepth: Type.Optional(Type.Integer({ description: 'Match only hops at this depth or deeper.', minimum: 1, maximum: 64 })),
   },
@@ -231,7 +231,7 @@ const PolicyRule = Type.Object({
   }),
   tools: Type.Array(Glob('A tool name or glob, e.g. tickets or *.'), { description: 'Tools the rule applies to.', minItems: 1, maxItems: 50 }),
   actions: Type.Array(Glob('An action or glob, e.g. read or admin.*.'), { description: 'Actions the rule applies to.', minItems: 1, maxItems: 50 }),
-  resources: Type.Optional(Type.Array(Glob('A resource or glob, e.g. ticket/*.'), { description: 'Resources the rule applies to; every resource when left out.', maxItems: 50 })),
+  resources: Type.Optional(Type.Array(Glob('A resource or glob, e.g. ticket/*.'), { description: 'Resources the rule applies to; every resource when left out. Not empty: an empty list would read as every resource too.', minItems: 1, maxItems: 50 })),
   when: Type.Optional(RuleWhen),
   description: Type.Optional(Type.String({ description: 'Why the rule exists, for people reading the policy.', maxLength: 1024 })),
 });

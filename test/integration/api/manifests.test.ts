@@ -70,6 +70,8 @@ const cases: WrongManifest[] = [
   { name: 'rule effect that does not exist', build: (ns) => policy(ns, (p) => Object.assign(p.spec.rules![0]!, { effect: 'Maybe' })), field: 'spec.rules[0].effect', message: /Unsupported value: "Maybe"/ },
   { name: 'duplicate rule names', build: (ns) => policy(ns, (p) => p.spec.rules!.push(structuredClone(p.spec.rules![0]!))), field: 'spec.rules', message: /rule names must be unique/ },
   { name: 'rule with no tools', build: (ns) => policy(ns, (p) => (p.spec.rules![0]!.tools = [])), field: 'spec.rules[0].tools', message: /at least 1 item/ },
+  { name: 'rule with an empty resource list, which would read as every resource', build: (ns) => policy(ns, (p) => (p.spec.rules![0]!.resources = [])), field: 'spec.rules[0].resources', message: /at least 1 item/ },
+  { name: 'rule matching after an empty list of data classes', build: (ns) => policy(ns, (p) => (p.spec.rules![4]!.when = { afterDataClasses: [] })), field: 'spec.rules[4].when.afterDataClasses', message: /at least 1 item/ },
   { name: 'rule on an undeclared data class', build: (ns) => policy(ns, (p) => (p.spec.rules![4]!.when = { afterDataClasses: ['secrets'] })), field: 'spec.rules[4].when.afterDataClasses[0]', message: /data class "secrets" is not declared by any system/ },
   { name: 'allowed role that is not a role ARN', build: (ns) => policy(ns, (p) => (p.spec.aws = { allowedRoleArns: ['arn:aws:s3:::bucket'] })), field: 'spec.aws.allowedRoleArns[0]', message: /must be an IAM role ARN, globs allowed/ },
   { name: 'max task ttl over a day', build: (ns) => policy(ns, (p) => (p.spec.maxTaskTTL = '25h')), field: 'spec.maxTaskTTL', message: /at most 24h/ },
