@@ -119,18 +119,21 @@ export async function runTrace(args: string[]): Promise<number> {
     const sealed = live ? undefined : sealedHeads[u];
     const head = live ? live.status?.audit : sealed;
     const where = live ? "the task's status" : sealedWhere;
-    if (!live && sealedUnread) problems.push(`the task no longer exists and ${sealedUnread}`);
-    else if (!live && !sealed) problems.push('the task no longer exists and no head was sealed for it, so the stream cannot be checked against its head');
-    else if (live && !head) problems.push('the task has no audit head in its status');
+    // What cannot be checked, as against what is found wrong: for the task followed both fail the command, for the others only what is found wrong.
+    let unchecked: string | undefined;
+    if (!live && sealedUnread) unchecked = `the task no longer exists and ${sealedUnread}`;
+    else if (!live && !sealed) unchecked = 'the task no longer exists and no head was sealed for it (or it made room for newer ones), so the stream cannot be checked against its head';
+    else if (live && !head) unchecked = 'the task has no audit head in its status';
     if (head) {
       const problem = checkHead(chain, head);
       if (problem) problems.push(problem.replace("the task's status", where));
     }
     const state = live?.status?.state ?? (sealed ? `deleted ${sealed.sealedAt}` : 'unknown');
-    return { uid: u, chain, problems, where, state };
+    return { uid: u, chain, problems, unchecked, where, state };
   });
-  const followed = checked.find((c) => c.uid === uid) ?? checked[0];
-  if (!followed) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
+  const found = checked.find((c) => c.uid === uid) ?? checked[0];
+  if (!found) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
+  const followed = { ...found, problems: found.unchecked ? [...found.problems, found.unchecked] : found.problems };
   const others = checked.filter((c) => c !== followed);
   const failed = others.filter((c) => c.problems.length > 0);
   say(`${namespace}/${name} (${uid}) ${followed.state}`);
@@ -141,7 +144,8 @@ export async function runTrace(args: string[]): Promise<number> {
   }
   if (others.length > 0) say(`other tasks of this name in the stream:${failed.length > 0 ? ' NOT ALL VERIFIED' : ''}`);
   for (const c of others) {
-    say(`  ${c.uid} ${c.state}: ${c.problems.length === 0 ? `chain verified: ${c.chain.count} records, head matches ${c.where}` : 'CHAIN NOT VERIFIED:'}`);
+    const verdict = c.problems.length > 0 ? 'CHAIN NOT VERIFIED:' : c.unchecked ? `${c.chain.count} records intact, not checked against a head: ${c.unchecked}` : `chain verified: ${c.chain.count} records, head matches ${c.where}`;
+    say(`  ${c.uid} ${c.state}: ${verdict}`);
     for (const p of c.problems) say(`    - ${p}`);
   }
   process.stdout.write(`${renderTrace(followed.chain.records)}\n`);

@@ -201,6 +201,10 @@ describe('audit heads outlive their tasks', () => {
     expect(intact.status, intact.stdout).toBe(0);
     expect(intact.stdout).toContain(`${namespace}/ticket-4711 (${current}) Bound`);
     expect(intact.stdout).toMatch(new RegExp(`other tasks of this name in the stream:\n {2}${earlier} deleted \\S+: chain verified: ${count} records, head matches the head sealed when the task was deleted`));
+    // An earlier task whose head cannot be found (here: looked for in the wrong namespace) is said so, and does not fail the task followed.
+    const elsewhere = trace('--operator-namespace', 'kube-public');
+    expect(elsewhere.status, elsewhere.stdout).toBe(0);
+    expect(elsewhere.stdout).toContain(`  ${earlier} unknown: ${count} records intact, not checked against a head: the task no longer exists and no head was sealed for it`);
     // The earlier task's hops are its own: shown when asked for by uid, not in the current tree.
     expect(intact.stdout).not.toContain('ticket/1');
     const byUid = trace('--uid', earlier);
