@@ -163,10 +163,13 @@ export class McpGateway {
     const server = policy.spec.systems?.[index]?.mcp;
     if (!server) throw new ChainwardenError('mcp_unknown_system', `AgentPolicy ${namespace}/${policy.metadata.name ?? ''} has no system ${request.system} with an MCP server (spec.systems[].mcp)`, { field: 'system' });
     const headers = await this.credentialHeaders(namespace, server, `spec.systems[${index}].mcp.credentials.secretRef`);
-    const pinned = await this.deps.addresses.of(server.url, namespace, `spec.systems[${index}].mcp.url`);
-    const upstream = { url: server.url, ...(pinned ? { address: pinned.address } : {}) };
-    if (request.method === 'tools/list') return { status: 200, body: { ...upstream, headers, ...optional('visibleTools', visibleTools(policy, request.system)) } };
-    if (!request.call) return { status: 200, body: { ...upstream, headers } };
+    // Looked up after the decision of a call: a name slow to resolve holds no decision, nor the violation one may end in.
+    const upstream = async () => {
+      const pinned = await this.deps.addresses.of(server.url, namespace, `spec.systems[${index}].mcp.url`);
+      return { url: server.url, ...(pinned ? { address: pinned.address } : {}) };
+    };
+    if (request.method === 'tools/list') return { status: 200, body: { ...(await upstream()), headers, ...optional('visibleTools', visibleTools(policy, request.system)) } };
+    if (!request.call) return { status: 200, body: { ...(await upstream()), headers } };
     const call = request.call;
     const hop = parseHopRequest({ tool: request.system, action: call.name, resource: resourceOf(server.resource, call.arguments), attributes: attributesOf(call.arguments), ...(call.parentHop ? { parentHop: call.parentHop } : {}) });
     const verdict = await this.deps.hops.decide(who, hop, `tools/call ${call.name} on ${request.system} (${hop.resource})`, 'the identical call goes through once an AgentApproval for the hop exists');
@@ -174,7 +177,7 @@ export class McpGateway {
       const holdFor = verdict.decision === 'pending_approval' ? { holdForSeconds: parseDuration(policy.spec.approval?.holdFor ?? DEFAULT_HOLD_FOR) / 1000 } : {};
       return { status: verdict.error.status, body: { error: { code: verdict.error.code, message: verdict.error.message }, hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons, ...holdFor } };
     }
-    return { status: 200, body: { ...upstream, headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
+    return { status: 200, body: { ...(await upstream()), headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
   }
 
   private async credentialHeaders(namespace: string, server: McpServer, field: string): Promise<Record<string, string>> {

@@ -76,6 +76,14 @@ describe('the MCP gateway, broker half', () => {
     await expect(g.forward(who, { system: 'nope', method: 'initialize' })).rejects.toMatchObject({ code: 'mcp_unknown_system' });
   });
 
+  it("decides a call before it looks the server's name up: a name that does not resolve is a 502 naming the field, after the hop is decided and recorded", async () => {
+    const p = policy();
+    p.spec.systems = p.spec.systems?.map((sys) => (sys.name === 'tickets' && sys.mcp ? { ...sys, mcp: { ...sys.mcp, url: 'http://tickets.nowhere.example/mcp' } } : sys));
+    const { g, decided } = gateway(allow, p);
+    await expect(g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'get_ticket', arguments: { ticketId: 1 } } })).rejects.toMatchObject({ code: 'mcp_upstream_unreachable', status: 502, field: 'spec.systems[0].mcp.url' });
+    expect(decided.map((h) => h.action)).toEqual(['get_ticket']);
+  });
+
   it('refuses a credential that would break the header rather than send it', async () => {
     const { g } = gateway(allow, policy(), () => Promise.resolve('line1\nline2'));
     await expect(g.forward(who, { system: 'tickets', method: 'initialize' })).rejects.toMatchObject({ code: 'mcp_credential_missing', field: 'spec.systems[0].mcp.credentials.secretRef' });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { LookupAddress } from 'node:dns';
+import { boundedResolve, type Resolve } from '../../../src/notify/transport.js';
 import { UpstreamAddresses } from '../../../src/mcp/upstream.js';
 
 /** The names the broker's resolver serves, and every lookup it was asked for. */
@@ -46,5 +47,36 @@ describe("where the sidecar connects for an MCP server: the broker's resolution,
     expect(refused).toMatchObject({ code: 'mcp_upstream_unreachable', status: 502 });
     expect(String((refused as Error).message)).toContain("the MCP server's name gone (spec.systems[2].mcp.url) does not resolve where the broker runs (gone.support.svc: getaddrinfo ENOTFOUND gone.support.svc; gone: getaddrinfo ENOTFOUND gone)");
     expect(String((refused as Error).message)).toContain("use a name the cluster's DNS serves, or an address");
+  });
+
+  it("one tenant's names that never answer hold up no other tenant's, nor more than one lookup of the resolver's two; a name never seen is waited for 50 ms here", async () => {
+    const hanging = new Set(['slow-a.example', 'slow-b.example']);
+    const asked: string[] = [];
+    const answer: Resolve = (name, found) => {
+      asked.push(name);
+      if (!hanging.has(name)) found(null, [{ address: '10.0.0.9', family: 4 }]);
+    };
+    let now = 0;
+    const addresses = new UpstreamAddresses({ now: () => now }, boundedResolve(answer, 2), 50);
+    const refused = (url: string, ns: string) => addresses.of(url, ns, 'f').then(() => 'resolved', (err: Error) => err.message);
+    // The hostile tenant's two names: the second waits behind the first in its namespace's lane, taking no second lookup.
+    expect(await Promise.all([refused('http://slow-a.example/mcp', 'hostile'), refused('http://slow-b.example/mcp', 'hostile')])).toEqual([expect.stringContaining('no answer within 0.05 s'), expect.stringContaining('no answer within 0.05 s')]);
+    expect(asked).toEqual(['slow-a.example']);
+    // Another tenant's name still resolves at once.
+    await expect(addresses.of('http://tickets.other.svc/mcp', 'support', 'f')).resolves.toEqual({ address: '10.0.0.9', family: 4 });
+    // An address already known stands in while it is looked up again, even when that lookup hangs.
+    now += 31_000;
+    hanging.add('tickets.other.svc');
+    await expect(addresses.of('http://tickets.other.svc/mcp', 'support', 'f')).resolves.toEqual({ address: '10.0.0.9', family: 4 });
+  });
+
+  it('a name that failed is not looked up again for 30 s', async () => {
+    const { addresses, asked, later } = resolver({});
+    await expect(addresses.of('http://gone.example/mcp', 'ns', 'f')).rejects.toThrow(/gone.example/);
+    await expect(addresses.of('http://gone.example/mcp', 'ns', 'f')).rejects.toThrow(/ENOTFOUND gone.example/);
+    expect(asked).toEqual(['gone.example']);
+    later(30_000);
+    await expect(addresses.of('http://gone.example/mcp', 'ns', 'f')).rejects.toThrow(/gone.example/);
+    expect(asked).toEqual(['gone.example', 'gone.example']);
   });
 });
