@@ -84,11 +84,11 @@ function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boo
   return false;
 }
 
-/** Validates a hop request; the first problem is a 400 that names the field. */
 /** Half of a UTF-16 pair without its other half: no character, and nothing Cedar or a UTF-8 reader can take. */
 const LONE_SURROGATE = /\p{Surrogate}/u;
 const LONE_SURROGATE_MESSAGE = 'holds an unpaired surrogate (\\ud800-\\udfff escaped alone), which is no character; send text as UTF-8, or escape both halves of a pair';
 
+/** Validates a hop request; the first problem is a 400 that names the field. */
 export function parseHopRequest(body: unknown): HopRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('body', 'must be a JSON object such as {"tool":"tickets","action":"read","resource":"ticket/1"}');
   const b = body as Record<string, unknown>;

@@ -134,7 +134,7 @@ export async function runTrace(args: string[]): Promise<number> {
   const found = checked.find((c) => c.uid === uid) ?? checked[0];
   if (!found) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name} in the stream`);
   const followed = { ...found, problems: found.unchecked ? [...found.problems, found.unchecked] : found.problems };
-  const others = checked.filter((c) => c !== followed);
+  const others = checked.filter((c) => c !== found);
   const failed = others.filter((c) => c.problems.length > 0);
   say(`${namespace}/${name} (${uid}) ${followed.state}`);
   if (followed.problems.length === 0) say(`chain verified: ${followed.chain.count} records, head ${followed.chain.head.slice(0, 16)}… matches ${followed.where}`);

@@ -205,6 +205,8 @@ describe('audit heads outlive their tasks', () => {
     const elsewhere = trace('--operator-namespace', 'kube-public');
     expect(elsewhere.status, elsewhere.stdout).toBe(0);
     expect(elsewhere.stdout).toContain(`  ${earlier} unknown: ${count} records intact, not checked against a head: the task no longer exists and no head was sealed for it`);
+    // Each task once: the one followed is not listed among the others.
+    expect(intact.stdout.split('\n').filter((line) => line.includes(current))).toHaveLength(1);
     // The earlier task's hops are its own: shown when asked for by uid, not in the current tree.
     expect(intact.stdout).not.toContain('ticket/1');
     const byUid = trace('--uid', earlier);
