@@ -54,10 +54,23 @@ export class UpstreamAddresses {
     if (!known || this.clock.now() - known.at >= TTL_MS) {
       const fresh = this.lookUp(key, host, namespace);
       // What was known stands in while the name is looked up again; a name never seen is waited for, a while.
-      known ??= await Promise.race([fresh, new Promise<Known>((done) => setTimeout(() => done({ at: 0, failure: `no answer within ${this.waitMs / 1000} s` }), this.waitMs).unref())]);
+      known ??= await this.waitFor(fresh);
     }
     if ('address' in known) return known.address;
     throw new ChainwardenError('mcp_upstream_unreachable', `the MCP server's name ${host} (${field}) does not resolve where the broker runs (${known.failure}); the sidecar connects only to an address the broker resolved, so that the pod's own hosts file cannot send the system's credential elsewhere: use a name the cluster's DNS serves, or an address`, { field });
+  }
+
+  /** The lookup's answer, or a failure once the wait is over; the timer goes with the answer. */
+  private async waitFor(fresh: Promise<Known>): Promise<Known> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<Known>((done) => {
+      timer = setTimeout(() => done({ at: 0, failure: `no answer within ${this.waitMs / 1000} s` }), this.waitMs).unref();
+    });
+    try {
+      return await Promise.race([fresh, late]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** One lookup of a name at a time, queued behind the namespace's others; its answer, or failure, is kept. */
