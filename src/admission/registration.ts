@@ -41,6 +41,27 @@ const SPEC_CHANGED = [
   },
 ];
 
+const HAS_TASK = (o: string) => `(has(${o}.metadata.labels) && '${TASK_LABEL}' in ${o}.metadata.labels)`;
+
+/**
+ * An agent pod's webhook is called for a CREATE, for its ephemeral containers, and for an UPDATE
+ * that changes the spec or the task label: what its plugin checks. An UPDATE of other metadata
+ * (the Job controller's or the garbage collector's finalizers, an annotation, another label) is
+ * not sent, so it goes through while the operator is down, and an agent pod's Job still finishes.
+ */
+const POD_CHECKED = [
+  {
+    name: 'create-spec-or-task-label-changed',
+    expression: [
+      "request.operation != 'UPDATE'",
+      "(has(request.subResource) && request.subResource != '')",
+      'object.spec != oldObject.spec',
+      `${HAS_TASK('object')} != ${HAS_TASK('oldObject')}`,
+      `(${HAS_TASK('object')} && ${HAS_TASK('oldObject')} && object.metadata.labels['${TASK_LABEL}'] != oldObject.metadata.labels['${TASK_LABEL}'])`,
+    ].join(' || '),
+  },
+];
+
 /** The webhook configurations, scoped to exactly the resources and operations each plugin handles. */
 export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingWebhookConfiguration, V1MutatingWebhookConfiguration] {
   const labels = { 'app.kubernetes.io/part-of': 'chainwarden' };
@@ -92,6 +113,7 @@ export function webhookConfigurations(endpoint: WebhookEndpoint): [V1ValidatingW
           // k8s.io/apiserver .../webhook/predicates/object), so an UPDATE that adds the label
           // (new matches) or removes it (old matches) still reaches the webhook.
           objectSelector: { matchExpressions: [{ key: TASK_LABEL, operator: 'Exists' }] },
+          matchConditions: POD_CHECKED,
           reinvocationPolicy: 'IfNeeded',
           ...common(),
         },

@@ -95,6 +95,7 @@ export async function runOperator(args: string[]): Promise<number> {
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'tls-ca': { type: 'string' },
+    'tls-reload-interval': { type: 'string', default: '30s' },
     'trust-domain': { type: 'string', default: 'cluster.local' },
     'issuer-url': { type: 'string' },
     'broker-url': { type: 'string' },
@@ -125,6 +126,8 @@ export async function runOperator(args: string[]): Promise<number> {
   // A leader that steps down at its renew deadline is sure to stop before a standby may take the lease.
   if (leaderElection.renewDeadlineMs >= leaderElection.leaseDurationMs) throw new ChainwardenError('usage', '--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
   if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) throw new ChainwardenError('usage', '--tls-cert and --tls-key go together');
+  const tlsReloadIntervalMs = parseDuration(values['tls-reload-interval'] ?? '', '--tls-reload-interval');
+  if (tlsReloadIntervalMs < 1_000) throw new ChainwardenError('usage', '--tls-reload-interval must be at least 1s');
   const log = createLogger({ level: values['log-level'], name: 'operator' }, pino.destination(1));
   const listen = parseHostPort(values.listen ?? '', '--listen');
   const webhooks = webhookEndpoint(listen, values['webhook-listen'], values['webhook-url']);
@@ -137,6 +140,7 @@ export async function runOperator(args: string[]): Promise<number> {
     listen,
     webhookListen: webhooks.listen,
     tls: values['tls-cert'] && values['tls-key'] ? { certFile: values['tls-cert'], keyFile: values['tls-key'], caFile: values['tls-ca'] } : undefined,
+    tlsReloadIntervalMs,
     register,
     trustDomain: values['trust-domain'],
     issuerUrl: values['issuer-url'],

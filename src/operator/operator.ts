@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import v8 from 'node:v8';
 import { randomBytes } from 'node:crypto';
@@ -53,7 +52,8 @@ import { Informer } from '../runtime/informer.js';
 import { LeaderElector } from '../runtime/leader.js';
 import { Metrics } from '../runtime/metrics.js';
 import { sendJson } from '../server/http.js';
-import { serveHttps, type Routes, type TlsMaterial } from '../server/https.js';
+import { serveHttps, type Routes } from '../server/https.js';
+import { notAfterSeconds, readServingFiles, watchServingFiles, type ServingFilePaths, type ServingMaterial } from '../server/serving-files.js';
 
 /** How long an agent's completion waits for this replica's watch to show it before it is answered all the same. */
 const COMPLETION_SHOWN_MS = 5_000;
@@ -78,8 +78,10 @@ export interface OperatorOptions {
    * server can crowd out the other; 127.0.0.1 on a free port by default.
    */
   webhookListen?: { host: string; port: number };
-  /** Serving certificate files (in cluster: mounted from a Secret). A development CA is made when absent. */
-  tls?: { certFile: string; keyFile: string; caFile?: string };
+  /** Serving certificate files (in cluster: mounted from a Secret), read again as they change. A development CA is made when absent. */
+  tls?: ServingFilePaths;
+  /** How often the serving files are read again; 30 s by default. */
+  tlsReloadIntervalMs?: number;
   /** Register the webhooks with the API server, reaching them at this URL or Service (the webhook listener's URL when neither is given). */
   register?: Omit<WebhookEndpoint, 'caBundlePem'>;
   trustDomain?: string;
@@ -133,12 +135,8 @@ export { DEFAULT_NAMESPACE };
 export const DEFAULT_SIDECAR_IMAGE = 'chainwarden/chainwarden:0.1.0';
 export const SIDECAR_PORT = 15080;
 
-async function servingMaterial(options: OperatorOptions): Promise<TlsMaterial & { caPem: string }> {
-  if (options.tls) {
-    const [certPem, keyPem] = await Promise.all([readFile(options.tls.certFile, 'utf8'), readFile(options.tls.keyFile, 'utf8')]);
-    const caPem = options.tls.caFile ? await readFile(options.tls.caFile, 'utf8') : certPem;
-    return { certPem, keyPem, caPem };
-  }
+async function servingMaterial(options: OperatorOptions): Promise<ServingMaterial> {
+  if (options.tls) return readServingFiles(options.tls);
   const ca = await CertificateAuthority.create('chainwarden-development-ca');
   const hosts = [options.listen?.host ?? '127.0.0.1', options.webhookListen?.host ?? '127.0.0.1'].map((h) => (h === '0.0.0.0' ? '127.0.0.1' : h));
   const pair = await ca.issueServing('chainwarden', { dnsNames: ['localhost'], ips: [...new Set(hosts)] });
@@ -244,7 +242,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       log.warn({ approval: `${ns}/${approval.metadata.name ?? ''}`, reason: why }, 'AgentApproval not honoured: its approver may not decide the task\'s hops');
     });
 
-  const tls = await servingMaterial(options);
+  let tls = await servingMaterial(options);
   const listen = options.listen ?? { host: '127.0.0.1', port: 0 };
   // The URL pods and verifiers reach us at; with port 0 it is known once listening, before any request is read.
   const serving = { url: '' };
@@ -478,7 +476,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           approverStampPlugin(),
           approvalHopDigestPlugin(tasks),
           podInjectionPlugin(
-            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: tls.caPem, trustDomain, port: SIDECAR_PORT, awsPort: AWS_GATEWAY_PORT, tokenExpirationSeconds: 600 },
+            { image: options.sidecarImage ?? DEFAULT_SIDECAR_IMAGE, brokerUrl: () => options.podBrokerUrl ?? serving.url, brokerCaPem: () => tls.caPem, trustDomain, port: SIDECAR_PORT, awsPort: AWS_GATEWAY_PORT, tokenExpirationSeconds: 600 },
             tasks,
           ),
         ],
@@ -502,6 +500,23 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     await server.close();
     throw err;
   });
+
+  const stopReloading = options.tls
+    ? watchServingFiles(
+        options.tls,
+        tls,
+        options.tlsReloadIntervalMs ?? 30_000,
+        (next) => {
+          server.reload(next);
+          webhookServer.reload(next);
+          tls = next;
+          certificateExpiry.set(notAfterSeconds(next.certPem));
+        },
+        log,
+      )
+    : () => undefined;
+  const certificateExpiry = metrics.gauge('chainwarden_serving_certificate_expiry_timestamp_seconds', 'When the certificate the broker and webhooks serve expires (seconds since the epoch); it is read again from its files as they change');
+  certificateExpiry.set(notAfterSeconds(tls.certPem));
 
   const running: Promise<void>[] = [];
   const lifetime = new AbortController();
@@ -527,6 +542,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     lifetime.abort();
     await Promise.all(running);
     clearInterval(keyRefresh);
+    stopReloading();
     await journal.drain();
     await auditFile?.close();
     await traces?.shutdown();

@@ -6,6 +6,8 @@ import { sendError, sendFailure, type Handler } from './http.js';
 
 export type Routes = Record<string, Handler>;
 
+const TLS_MIN_VERSION = 'TLSv1.2';
+
 export interface TlsMaterial {
   certPem: string;
   keyPem: string;
@@ -24,6 +26,8 @@ export interface ListenerLimits {
 export interface RunningServer {
   url: string;
   port: number;
+  /** Serves a new certificate to connections from now on; open ones keep theirs. */
+  reload(tls: TlsMaterial): void;
   close(): Promise<void>;
 }
 
@@ -77,7 +81,7 @@ export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { hos
   };
   // With limits, the TLS handshake is bounded too (Node allows two minutes): they would start only after it.
   const handshake = limits.headersTimeoutMs === undefined ? {} : { handshakeTimeout: limits.headersTimeoutMs };
-  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2', ...timeouts, ...handshake }, (req, res) => {
+  const server = https.createServer({ cert: tls.certPem, key: tls.keyPem, minVersion: TLS_MIN_VERSION, ...timeouts, ...handshake }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const handler = route(path);
     if (!handler) return sendError(res, new ChainwardenError('not_found', `no endpoint at ${path}`));
@@ -97,6 +101,7 @@ export async function serveHttps(routes: Routes, tls: TlsMaterial, listen: { hos
   return {
     url: `https://${host}:${port}`,
     port,
+    reload: (next) => server.setSecureContext({ cert: next.certPem, key: next.keyPem, minVersion: TLS_MIN_VERSION }),
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -140,6 +140,43 @@ describe('Helm chart', () => {
     await expect(renderChart({ 'mcpGateway.secretNamespaces': '{Not_A_Namespace}' })).rejects.toThrow(/secretNamespaces/);
   });
 
+  test('with cert-manager, a CA of the release\'s own that lasts issues the serving certificate, so a renewal changes nothing sidecars or the API server trust', async () => {
+    const objects = await renderChart({ 'certManager.enabled': 'true' });
+    const named = (kind: string, name: string) => objects.find((o) => o.kind === kind && o.metadata?.name === name) as unknown as { spec: Record<string, unknown> } | undefined;
+    expect(named('Issuer', 'chainwarden-selfsigned')?.spec).toEqual({ selfSigned: {} });
+    expect(named('Certificate', 'chainwarden-ca')?.spec).toMatchObject({ isCA: true, secretName: 'chainwarden-ca', duration: '87600h', issuerRef: { name: 'chainwarden-selfsigned', kind: 'Issuer' } });
+    expect(named('Issuer', 'chainwarden-ca')?.spec).toEqual({ ca: { secretName: 'chainwarden-ca' } });
+    // The serving certificate comes from the CA, not from the self-signed issuer: its ca.crt is the CA.
+    expect(named('Certificate', 'chainwarden')?.spec).toMatchObject({ secretName: 'chainwarden-tls', issuerRef: { name: 'chainwarden-ca', kind: 'Issuer' } });
+    for (const kind of ['ValidatingWebhookConfiguration', 'MutatingWebhookConfiguration']) {
+      expect(objects.find((o) => o.kind === kind)?.metadata).toMatchObject({ annotations: { 'cert-manager.io/inject-ca-from': `${RELEASE_NAMESPACE}/chainwarden` } });
+    }
+    // An issuer of the cluster's is used as named, and a kind without a name is refused rather than quietly replaced.
+    const own = await renderChart({ 'certManager.enabled': 'true', 'certManager.issuerRef.name': 'internal-ca', 'certManager.issuerRef.kind': 'ClusterIssuer' });
+    expect(own.filter((o) => o.kind === 'Issuer')).toEqual([]);
+    expect((own.find((o) => o.kind === 'Certificate') as unknown as { spec: { issuerRef: object } }).spec.issuerRef).toEqual({ name: 'internal-ca', kind: 'ClusterIssuer' });
+    await expect(renderChart({ 'certManager.enabled': 'true', 'certManager.issuerRef.kind': 'ClusterIssuer' })).rejects.toThrow(/\/certManager\/issuerRef.*'name' required/);
+  });
+
+  test('refuses values that would let every tenant write what only the operator writes, or that could not install', async () => {
+    for (const group of ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts', 'system:serviceaccounts:team-a']) {
+      await expect(renderChart({ 'statusGuard.allowGroups[0]': group }), group).rejects.toThrow(`statusGuard.allowGroups: ${group} is a group every tenant`);
+    }
+    const guards = (await renderChart({ 'statusGuard.allowGroups[0]': 'oncall' })).filter((o) => o.kind === 'ValidatingAdmissionPolicy');
+    expect(JSON.stringify(guards)).toContain('\\"oncall\\" in request.userInfo.groups');
+    await expect(renderChart({ 'tracing.headersSecretRef.name': 'otlp' })).rejects.toThrow(/\/tracing\/headersSecretRef.*'key' required/);
+    await expect(renderChart({ 'mcpGateway.secretNamespaces': '{support,support}' })).rejects.toThrow(/\/mcpGateway\/secretNamespaces.*equal/);
+  });
+
+  test('a single replica gets no disruption budget that would stop every node drain; liveness asks the port agents cannot crowd', async () => {
+    expect((await renderChart({ replicaCount: '1' })).map((o) => o.kind)).not.toContain('PodDisruptionBudget');
+    expect((await renderChart({ replicaCount: '2', 'podDisruptionBudget.minAvailable': '2' })).map((o) => o.kind)).not.toContain('PodDisruptionBudget');
+    expect((await renderChart({ replicaCount: '3', 'podDisruptionBudget.minAvailable': '2' })).find((o) => o.kind === 'PodDisruptionBudget')).toMatchObject({ spec: { minAvailable: 2 } });
+    const container = ((await renderChart()).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { livenessProbe: object; readinessProbe: object }[] } } } }).spec.template.spec.containers[0];
+    expect(container?.livenessProbe).toMatchObject({ httpGet: { path: '/healthz', port: 'webhook', scheme: 'HTTPS' }, timeoutSeconds: 5 });
+    expect(container?.readinessProbe).toMatchObject({ httpGet: { path: '/readyz', port: 'https' }, timeoutSeconds: 3 });
+  });
+
   test('its service account can do the operator\'s work and nothing more', async ({ admin, namespace }) => {
     await applyChartRbac(admin);
     const sa = await chartServiceAccountKubeConfig(admin);

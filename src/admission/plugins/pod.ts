@@ -48,7 +48,8 @@ export interface InjectionConfig {
   /** The operator image; the sidecar runs `chainwarden agent` from it. */
   image: string;
   brokerUrl: ServingUrl;
-  brokerCaPem: string;
+  /** The CA the sidecar trusts the broker by; read at each injection, as the operator reloads it. */
+  brokerCaPem: string | (() => string);
   trustDomain: string;
   /** Loopback port of the sidecar inside the pod. */
   port: number;
@@ -117,7 +118,7 @@ function sidecar(config: InjectionConfig, gateway: boolean): V1Container {
       `127.0.0.1:${config.port}`,
       ...(gateway ? ['--aws-listen', `127.0.0.1:${config.awsPort}`] : []),
     ],
-    env: [{ name: 'CHAINWARDEN_BROKER_CA', value: config.brokerCaPem }],
+    env: [{ name: 'CHAINWARDEN_BROKER_CA', value: typeof config.brokerCaPem === 'function' ? config.brokerCaPem() : config.brokerCaPem }],
     // A native sidecar: started before the agent, stopped after it.
     restartPolicy: 'Always',
     // App containers start only once this succeeds, so their first read of the local token finds

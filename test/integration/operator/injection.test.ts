@@ -1,4 +1,5 @@
 import { CoreV1Api, type V1Container, type V1Pod } from '@kubernetes/client-node';
+import { webhookConfigurations } from '../../../src/admission/registration.js';
 import { rawRequest } from '../../../src/kube/raw.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
 import { readFile } from 'node:fs/promises';
@@ -181,6 +182,33 @@ describe('agent pod injection (mutating webhook)', () => {
     expect(answer.status).toBe(422);
     expect(JSON.stringify(answer.body)).toContain('spec.ephemeralContainers[0]: ephemeral container debugger cannot be added to an agent pod');
     expect((await core.readNamespacedPod({ name: 'agent-0', namespace })).spec?.ephemeralContainers ?? []).toEqual([]);
+  });
+
+  test('with the webhook unreachable, an agent pod\'s finalizers, annotations and other labels still change; its spec and task label do not', async ({ admin, namespace }) => {
+    await createServiceAccount(admin, namespace, 'support-agent');
+    const core = admin.makeApiClient(CoreV1Api);
+    await core.createNamespacedPod({ namespace, body: agentPod(namespace, 'agent-0') });
+    // The pod webhook as registered, pointed at an address nothing listens on, for this namespace alone.
+    const hook = webhookConfigurations({ url: 'https://127.0.0.1:1', caBundlePem: 'unused' })[1].webhooks?.find((w) => w.name === 'pods.mutate.chainwarden.io');
+    const name = `unreachable-${namespace}`;
+    const body = { apiVersion: 'admissionregistration.k8s.io/v1', kind: 'MutatingWebhookConfiguration', metadata: { name }, webhooks: [{ ...hook, name: 'pods.unreachable.chainwarden.io', namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': namespace } } }] };
+    const hooks = '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations';
+    expect((await rawRequest(admin, 'POST', hooks, body)).status).toBe(201);
+    const patch = (change: object) => rawRequest(admin, 'PATCH', `/api/v1/namespaces/${namespace}/pods/agent-0`, change, 'application/merge-patch+json');
+    try {
+      // A spec change still waits on the webhook, and fails closed without it.
+      await expect.poll(async () => JSON.stringify((await patch({ spec: { containers: [{ name: 'agent', image: 'example.invalid/agent:2' }] } })).body), { timeout: 10_000 }).toContain('failed calling webhook \\"pods.unreachable.chainwarden.io\\"');
+      expect(JSON.stringify((await patch({ metadata: { labels: { 'chainwarden.io/task': 'other-task' } } })).body)).toContain('chainwarden.io');
+      // What a Job's controller, the garbage collector or a person labelling pods does goes through.
+      expect((await patch({ metadata: { finalizers: ['batch.kubernetes.io/job-tracking'] } })).status).toBe(200);
+      expect((await patch({ metadata: { annotations: { note: 'on call looked' }, labels: { team: 'support' } } })).status).toBe(200);
+      expect((await patch({ metadata: { finalizers: null } })).status).toBe(200);
+      const stored = await core.readNamespacedPod({ name: 'agent-0', namespace });
+      expect(stored.metadata?.labels).toMatchObject({ 'chainwarden.io/task': 'ticket-4711', team: 'support' });
+      expect(stored.spec?.containers.find((c) => c.name === 'agent')?.image).toBe('example.invalid/agent:1');
+    } finally {
+      await rawRequest(admin, 'DELETE', `${hooks}/${name}`);
+    }
   });
 
   test('pods without the task label are left alone', async ({ admin, namespace }) => {

@@ -169,6 +169,18 @@ describe('podInjectionPlugin', () => {
     expect(text).toMatch(message);
   });
 
+  it('gives each pod the broker CA the operator serves at its admission, so pods created after a CA rotation trust the new one', async () => {
+    let ca = 'CA-1';
+    const rotating = podInjectionPlugin({ ...config, brokerCaPem: () => ca }, tasks);
+    const caOf = async () => {
+      const verdict = await rotating.admit(review('CREATE', labelled('t')));
+      return JSON.stringify(verdict.patch).match(/"name":"CHAINWARDEN_BROKER_CA","value":"([^"]*)"/)?.[1];
+    };
+    expect(await caOf()).toBe('CA-1');
+    ca = 'CA-2';
+    expect(await caOf()).toBe('CA-2');
+  });
+
   it('lets other UPDATEs of an agent pod through untouched', async () => {
     const after = labelled('t');
     after.metadata!.labels!.app = 'y';
