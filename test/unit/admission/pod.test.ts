@@ -174,7 +174,7 @@ describe('podInjectionPlugin', () => {
     const rotating = podInjectionPlugin({ ...config, brokerCaPem: () => ca }, tasks);
     const caOf = async () => {
       const verdict = await rotating.admit(review('CREATE', labelled('t')));
-      return JSON.stringify(verdict.patch).match(/"name":"CHAINWARDEN_BROKER_CA","value":"([^"]*)"/)?.[1];
+      return JSON.stringify(verdict.allowed ? verdict.patch : undefined).match(/"name":"CHAINWARDEN_BROKER_CA","value":"([^"]*)"/)?.[1];
     };
     expect(await caOf()).toBe('CA-1');
     ca = 'CA-2';
