@@ -34,9 +34,10 @@ day-two operations (also as a kubectl plugin: kubectl chainwarden …):
   approve NS/TASK HOP --reason TEXT [--kubeconfig F]
   reject NS/TASK HOP --reason TEXT [--kubeconfig F]
                                     decide a waiting hop: creates the AgentApproval as the kubeconfig's user
-  policy replay --policy FILE [AUDIT_FILE|-]
+  policy replay --policy FILE [--allow-breaks] [AUDIT_FILE|-]
                                     re-decide the recorded hops of an audit stream under the AgentPolicy in FILE;
-                                    print each decision that would change; exit 1 if any would
+                                    print each decision that would change; exit 1 if any would, 2 when the
+                                    stream's chains break (--allow-breaks: replay those that verify)
 `;
 
 /**
@@ -75,6 +76,21 @@ export function parseCommandArgs<T extends NonNullable<Parameters<typeof parseAr
 /** For a command that takes nothing: a mistyped flag is refused before anything starts, not ignored. */
 export function noArguments(command: string, args: string[]): void {
   if (args.length > 0) throw new ChainwardenError('usage', `${command} takes no arguments (got ${args.map((a) => JSON.stringify(a)).join(' ')})\n\n${usageOf(command) ?? USAGE}`);
+}
+
+/**
+ * A reader that stops early (`chainwarden policy replay … | head -1`) closes the pipe: what is
+ * left to print has no one to read it, and is dropped. Unheard, the EPIPE would end the command
+ * with a stack trace and exit 1, which `policy replay` and `audit verify` give as a verdict; the
+ * command instead runs to its end and exits with its own. Any other error on stdout is thrown as before.
+ */
+function dropOutputWithoutReader(err: NodeJS.ErrnoException): void {
+  if (err.code !== 'EPIPE') throw err;
+}
+
+/** Once for every command (main may run several in one process, as the tests do). */
+export function quietOnClosedStdout(stdout: NodeJS.WritableStream = process.stdout): void {
+  if (!stdout.listeners('error').includes(dropOutputWithoutReader)) stdout.on('error', dropOutputWithoutReader);
 }
 
 export function progressLine(message: string): void {

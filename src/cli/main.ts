@@ -1,5 +1,5 @@
 import { ChainwardenError, errorMessage } from '../errors.js';
-import { USAGE, usageOf } from './common.js';
+import { quietOnClosedStdout, USAGE, usageOf } from './common.js';
 
 type Command = (args: string[]) => Promise<number>;
 
@@ -34,6 +34,7 @@ export function programName(invokedAs: string | undefined): string {
 
 /** The `chainwarden` command line; returns the exit code. */
 export async function main(argv: string[], invokedAs?: string): Promise<number> {
+  quietOnClosedStdout();
   const program = programName(invokedAs);
   const named = (text: string) => (program === 'chainwarden' ? text : text.replace(/(^|[\s:])chainwarden /g, `$1${program} `));
   const [name, ...rest] = argv;

@@ -4,15 +4,15 @@ import type { Readable } from 'node:stream';
 import { parseAllDocuments } from 'yaml';
 import { InvalidObjectError, parseAgentPolicy } from '../api/parse.js';
 import type { AgentPolicy } from '../api/schema.js';
-import { printable } from '../api/text.js';
+import { agentCell, MAX_CELL, PLAIN_ATTRIBUTE, printable } from '../api/text.js';
 import { checkPolicy } from '../admission/plugins/agentpolicy.js';
-import { readAuditStream } from '../audit/verify.js';
-import { replayRecords, type ReplayChange } from '../broker/replay.js';
+import { eachAuditRecord, location } from '../audit/verify.js';
+import { StreamReplay, type ReplayChange, type ReplayResult } from '../broker/replay.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { PolicyEngine } from '../policy/engine.js';
 import { parseCommandArgs } from './common.js';
 
-const USAGE = 'use: chainwarden policy replay --policy FILE [AUDIT_FILE|-]';
+const USAGE = 'use: chainwarden policy replay --policy FILE [--allow-breaks] [AUDIT_FILE|-]';
 
 /**
  * The AgentPolicy in a YAML file, checked as admission checks it (the schema with its defaults,
@@ -44,9 +44,13 @@ export function loadPolicyText(text: string, file: string): AgentPolicy {
   return policy;
 }
 
+/** What an agent wrote (a hop's tool, action, resource), or a forger in the stream: as it is when it is one plain word, else quoted and cut, so no text of its own reads as the line's verdict. */
+const agentWord = (v: string) => (v ? agentCell(v, MAX_CELL, PLAIN_ATTRIBUTE) : '-');
+
 export function renderChange(c: ReplayChange): string {
   const rules = (r: string[]) => (r.length ? ` (${r.join(', ')})` : '');
-  return printable(`${c.task} hop ${c.hopId} ${c.tool} ${c.action} ${c.resource || '-'}: ${c.before}${rules(c.beforeRules)} → ${c.after}${rules(c.afterRules)}`);
+  // `agentCell`'s escapes are meant to be read as they are; the rest goes through `printable`.
+  return `${printable(`${c.task} hop ${c.hopId}`)} ${agentWord(c.tool)} ${agentWord(c.action)} ${agentWord(c.resource)}: ${printable(`${c.before}${rules(c.beforeRules)} → ${c.after}${rules(c.afterRules)}`)}`;
 }
 
 /** The stream to replay, read line by line (a log may be larger than memory allows as one string). */
@@ -57,8 +61,10 @@ function openStream(file: string | undefined): Readable {
 }
 
 /**
- * `chainwarden policy replay --policy FILE [AUDIT_FILE|-]`: exit 1 when a recorded decision would
- * change, 0 when none would, and 2 (like diff) when the policy or the stream cannot be used.
+ * `chainwarden policy replay --policy FILE [--allow-breaks] [AUDIT_FILE|-]`: exit 1 when a
+ * recorded decision would change, 0 when none would, and 2 (like diff) when the policy or the
+ * stream cannot be used: a break in the stream's chains (unless `--allow-breaks`), or no task in
+ * it that ran under the policy.
  */
 export async function runPolicy(args: string[]): Promise<number> {
   try {
@@ -70,19 +76,66 @@ export async function runPolicy(args: string[]): Promise<number> {
   }
 }
 
+/** Everything printed from a stream goes through `printable`: the stream may have been written by anyone. */
+const warn = (text: string) => process.stderr.write(`${printable(text)}\n`);
+const tasks = (n: number) => `${n} ${n === 1 ? 'task' : 'tasks'}`;
+
 async function replay(args: string[]): Promise<number> {
-  const { positionals, values } = parseCommandArgs('policy', args, { policy: { type: 'string' } });
+  const { positionals, values } = parseCommandArgs('policy', args, { policy: { type: 'string' }, 'allow-breaks': { type: 'boolean' } });
   const [verb, stream, ...extra] = positionals;
   if (verb !== 'replay' || extra.length > 0) throw new ChainwardenError('usage', USAGE);
   if (!values.policy) throw new ChainwardenError('usage', `--policy FILE is required: the AgentPolicy (YAML) to replay the stream under\n${USAGE}`);
   const policy = loadPolicyText(await readFile(values.policy, 'utf8'), values.policy);
-  const records = (await readAuditStream(openStream(stream))).map((e) => e.record);
-  if (records.length === 0) throw new ChainwardenError('no_audit_records', 'no audit records found in the stream');
+  const reading = new StreamReplay(policy);
+  await eachAuditRecord(openStream(stream), undefined, (e) => reading.add(e));
+  if (reading.count === 0) throw new ChainwardenError('no_audit_records', 'no audit records found in the stream');
+  const { breaks } = reading.verify();
+  // Worded as `audit verify` words them.
+  for (const b of breaks) warn(`BROKEN ${b.task} seq ${b.seq} (${location(b)}): ${b.problem}`);
+  if (breaks.length > 0 && !values['allow-breaks']) {
+    process.stderr.write(`chainwarden policy: ${breaks.length} ${breaks.length === 1 ? 'break' : 'breaks'} found in the audit stream: records that do not verify may not be what was decided; replay only the chains that verify with --allow-breaks\n`);
+    return 2;
+  }
   const engine = new PolicyEngine();
-  const result = replayRecords(records, policy, (...a) => engine.evaluate(...a));
-  for (const c of result.changes) process.stdout.write(`${renderChange(c)}\n`);
+  const result = reading.replay((...a) => engine.evaluate(...a));
+  for (const t of result.broken) warn(`left out: ${t}: its chain does not verify (the breaks above)`);
+  for (const u of result.unreplayable) warn(`left out: ${u.task} (line ${u.line}): its records cannot be replayed: ${u.problem}`);
   const scope = `${policy.metadata.namespace ? `${policy.metadata.namespace}/` : ''}${policy.metadata.name ?? ''}`;
-  const skipped = result.otherPolicy.length ? `; ${result.otherPolicy.length} tasks under other policies or namespaces left out` : '';
-  process.stdout.write(`${result.changes.length} of ${result.decided} recorded decisions would change under AgentPolicy ${scope} (mode ${policy.spec.mode ?? 'Enforce'})${skipped}\n`);
+  if (result.admitted === 0) throw noTaskUnder(policy.metadata.namespace ? scope : `${scope} (in any namespace)`, values.policy, result);
+  // Nothing was replayed: "0 of 0" would read as safe to roll out.
+  if (result.unreplayable.length === result.admitted) throw new ChainwardenError('no_audit_records', `no task admitted under AgentPolicy ${scope} can be replayed: the records of ${tasks(result.admitted)} cannot (named above)`);
+  for (const c of result.changes) process.stdout.write(`${renderChange(c)}\n`);
+  process.stdout.write(`${result.changes.length} of ${result.decided} recorded decisions would change under AgentPolicy ${scope} (mode ${policy.spec.mode ?? 'Enforce'})${leftOutOf(result)}\n`);
   return result.changes.length > 0 ? 1 : 0;
+}
+
+/** The tasks the summary says were left out, and why. */
+function leftOutOf(result: ReplayResult): string {
+  return [
+    result.otherPolicy ? `${result.otherPolicy} tasks under other policies or namespaces left out` : '',
+    result.notAdmitted ? `${tasks(result.notAdmitted)} whose admission is not in the stream left out` : '',
+    result.broken.length ? `${tasks(result.broken.length)} with a broken chain left out` : '',
+    result.unreplayable.length ? `${tasks(result.unreplayable.length)} whose records cannot be replayed left out` : '',
+  ]
+    .filter(Boolean)
+    .map((l) => `; ${l}`)
+    .join('');
+}
+
+/**
+ * No task in the stream ran under the policy: "0 of 0 would change" would read as safe to roll
+ * out. Most often the candidate was renamed, or names another namespace: say what the stream holds.
+ */
+function noTaskUnder(scope: string, file: string, result: ReplayResult): ChainwardenError {
+  const shown = result.admittedUnder.slice(0, 5).map(printable).join(', ');
+  const more = result.admittedUnder.length > 5 ? ` and ${result.admittedUnder.length - 5} more` : '';
+  const n = result.notAdmitted;
+  const unknown = n ? ` (${n === 1 ? "1 task's admission is" : `${n} tasks' admissions are`} not in the stream)` : '';
+  const broken = result.broken.length ? ` whose chain verifies (${tasks(result.broken.length)} with a broken chain left out)` : '';
+  const holds = shown
+    ? `: its tasks were admitted under ${shown}${more}${unknown}; give the policy in ${file} the name and namespace of the live AgentPolicy it is to replace (metadata.name, metadata.namespace)`
+    : n
+      ? `: it holds no task's admission${unknown}`
+      : '';
+  return new ChainwardenError('no_audit_records', `no task in the stream${broken} was admitted under AgentPolicy ${scope}${holds}`);
 }

@@ -3,7 +3,7 @@ import { stringify } from 'yaml';
 import { parseAgentPolicy } from '../../../src/api/parse.js';
 import type { AgentPolicy } from '../../../src/api/schema.js';
 import { linkRecords, type AuditRecord } from '../../../src/audit/record.js';
-import { replayRecords } from '../../../src/broker/replay.js';
+import { replayRecords, StreamReplay } from '../../../src/broker/replay.js';
 import { loadPolicyText, renderChange } from '../../../src/cli/replay.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { examplePolicy } from '../../builders/examples.js';
@@ -93,8 +93,35 @@ describe('replayRecords: what a policy would decide otherwise', () => {
       ...stream([READ, EMAIL]),
     ];
     const result = replayRecords(records, policy(), evaluate);
-    expect(result.otherPolicy.sort()).toEqual(['sales/ticket-9', 'support/other']);
+    expect(result.otherPolicy).toBe(2);
     expect(result.changes.map((c) => c.task)).toEqual(['support/ticket-4711']);
+  });
+
+  it.each([
+    ['rejected by a person', 'approval:lead-1'],
+    ['timed out', 'approval-timeout'],
+    ['denied by the cap on waiting hops', 'limit:pendingHops'],
+  ])('a waiting hop %s is a prior denial, as the journal counts it', (_why, rule) => {
+    const secondChances = (p: AgentPolicy) => void (p.spec.cedar = '@id("no-second-chances")\nforbid (principal, action, resource) when { context.priorDenials > 0 };');
+    const refund: Hop = { hopId: 'h1_r', tool: 'payments', action: 'refund', resource: 'order/1', decision: 'pending_approval', rules: ['refunds-need-a-human'] };
+    const records = stream([refund, { ...refund, decision: 'deny', rules: [rule] }, { ...READ, decision: 'deny', rules: ['no-second-chances'] }]);
+    const result = replayRecords(records, policy(secondChances), evaluate);
+    expect(result.decided).toBe(2);
+    expect(result.changes).toEqual([]);
+  });
+
+  it('holds, of the records read, only the hops of tasks that may have run under the policy', () => {
+    const reading = new StreamReplay(policy());
+    const feed = (records: AuditRecord[]) => records.forEach((record, i) => reading.add({ record, line: i + 1 }));
+    const hops = Array.from({ length: 50 }, (_, i) => ({ ...READ, hopId: `h1_${i}` }));
+    // Another policy's task, its hops read before its admission (replicas' streams interleave): let go once the admission is read.
+    const other = stream(hops, { task: 'support/other', uid: 'u2', policyName: 'billing' });
+    feed([...other.slice(1), other[0] as AuditRecord]);
+    feed(stream(hops, { task: 'sales/ticket-9', uid: 'u3' }));
+    expect(reading.held).toBe(0);
+    feed(stream([READ, EMAIL]));
+    expect(reading.held).toBe(2);
+    expect(reading.replay(evaluate)).toMatchObject({ decided: 2, otherPolicy: 2, admitted: 1 });
   });
 
   it('lists every change of a task with more changed decisions than a spread of arguments takes (150,000)', () => {
