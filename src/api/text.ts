@@ -48,10 +48,14 @@ const PLAIN_CELL = /^[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*$/;
 /** An attribute's name or value that reads as one as it is: no space, and none of the separators `,` `=`, no quote or backslash. */
 export const PLAIN_ATTRIBUTE = /^[\x21\x23-\x2b\x2d-\x3c\x3e-\x5b\x5d-\x7e]+$/;
 /** Spaces and invisible characters other than the plain space: a column or a cell end could be faked with them. */
-const UNSEEN = /[^\P{Z} ]|\p{C}|[\u115f\u1160\u3164\uffa0]/gu;
+const UNSEEN = /[^\P{Z} ]|\p{C}|\p{Default_Ignorable_Code_Point}|[\u115f\u1160\u3164\uffa0]/gu;
+const UNSEEN_CHAR = new RegExp(`^(?:${UNSEEN.source})$`, 'u');
+
+/** Whether a character shows as nothing, or as a space other than the plain one: text could hide behind it. */
+export const unseen = (char: string): boolean => UNSEEN_CHAR.test(char);
 
 /** Every UTF-16 unit of a character as `\uXXXX`: both halves of one outside the basic plane, so two such characters never look alike. */
-const escapeUnits = (c: string) => Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
+export const escapeUnits = (c: string) => Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
 
 /**
  * An agent-written cell as the table shows it: as it is when it plainly reads as one (`plain`),

@@ -1,5 +1,5 @@
 import { API_VERSION, type AgentPolicySpec, type AgentTaskStatus } from '../api/schema.js';
-import { printable } from '../api/text.js';
+import { escapeUnits, printable, unseen } from '../api/text.js';
 
 export type PendingHop = NonNullable<AgentTaskStatus['pendingHops']>[number];
 export type NotifyFormat = NonNullable<NonNullable<NonNullable<AgentPolicySpec['approval']>['notify']>['format']>;
@@ -79,8 +79,11 @@ function slackChar(char: string): string {
     case '\u2028':
     case '\u2029':
       return '⏎';
-    default:
-      return printable(char);
+    default: {
+      // Invisible characters (zero-width, tags, fillers) are shown as escapes too: padding of them would hide the rest of the text, and count against the cut.
+      const shown = printable(char);
+      return shown === char && unseen(char) ? escapeUnits(char) : shown;
+    }
   }
 }
 
@@ -89,7 +92,8 @@ function slackChar(char: string): string {
  * `&`, `<` and `>` become entities, as Slack asks. The text then goes inside a code span, where
  * `*bold*` and `_italics_` are not formatting; a backtick would close the span, so it becomes a
  * look-alike (ˋ), and line breaks become ⏎ so the text cannot start a line of its own that reads
- * like chainwarden's. Other controls and bidi overrides are shown as escapes (`\u202e`), so what
+ * like chainwarden's. Other controls, bidi overrides and invisible characters (zero-width spaces,
+ * tag characters) are shown as escapes (`\u202e`, `\u200b`), so what
  * the approver reads is what the hop holds: `invoice\u202egpj.exe` does not display as
  * `invoiceexe.jpg`. At most `max` characters are shown, counted as sent, so a block stays within
  * Slack's limits however many entities the text needs; the rest is cut, saying so.

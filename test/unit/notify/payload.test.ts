@@ -63,6 +63,18 @@ describe('approval notification payloads', () => {
     expect(slackCode('a\u2066b\u0007c')).toBe('`a\\u2066b\\x07c`');
   });
 
+  it('Slack: invisible characters are shown as escapes, so padding of them cannot hide the rest of a resource or an amount', () => {
+    const resource = `acct/42${'\u200b'.repeat(493)}/../../admin/all`;
+    const amount = `10${'\u2060'.repeat(178)}000000`;
+    const text = allText(slack(notice({ resource, attributes: { amount }, intent: `reply\u{e0041}\u{e0042}` })));
+    for (const hidden of ['\u200b', '\u2060', '\u{e0041}']) expect(text).not.toContain(hidden);
+    // Each escape counts against the cut, so what is cut is said and what is shown starts with what the hop holds.
+    expect(text).toContain('`acct/42\\u200b\\u200b');
+    expect(text).toMatch(/\(\d{3} more characters\)/);
+    expect(text).toContain('\\udb40\\udc41\\udb40\\udc42');
+    expect(slackCode('10\u2060000', 40)).toBe('`10\\u2060000`');
+  });
+
   it('Slack: a block stays within Slack\'s limits however many entities agent text needs', () => {
     // Slack refuses a field over 2,000 characters and a section over 3,000: the message would be retried until the hop timed out, no approver told.
     const m = slack(notice({ rules: Array.from({ length: 200 }, (_, i) => `rule-${i}`.padEnd(63, 'r')), resource: '<'.repeat(1024), intent: '&'.repeat(1024), attributes: Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`.padEnd(63, 'x'), '>'.repeat(1024)])) })) as unknown as { blocks: { fields?: { text: string }[]; text?: { text: string } }[] };
