@@ -107,6 +107,8 @@ const SECRET_PATTERNS: [RegExp, string][] = [
   // A bare AWS secret access key (40 characters of base64 with mixed case and digits) or session token (long base64).
   [/(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}\d)(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])/g, '[redacted]'],
   [/[A-Za-z0-9/+]{100,}={0,2}/g, '[redacted]'],
+  // A URL's user and password (http://otel:password@collector:4318/v1/traces): the URL stays, its credentials do not.
+  [/\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@]*@/gi, '$1[redacted]@'],
 ];
 
 /** The text with everything that looks like a credential replaced. */

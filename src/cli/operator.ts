@@ -1,6 +1,6 @@
 import { pino } from 'pino';
 import { ChainwardenError, errorMessage } from '../errors.js';
-import { createLogger } from '../log.js';
+import { createLogger, scrubSecrets } from '../log.js';
 import { startOperator } from '../operator/operator.js';
 import { parseDuration } from '../api/duration.js';
 import { systemClock } from '../runtime/clock.js';
@@ -10,14 +10,14 @@ import { parseCommandArgs, parseHostPort, untilSignal } from './common.js';
 
 function parseService(text: string): { namespace: string; name: string; port: number } {
   const m = /^([a-z0-9-]+)\/([a-z0-9-]+):(\d+)$/.exec(text);
-  if (!m) throw new ChainwardenError('usage', `--webhook-service takes NAMESPACE/NAME:PORT, e.g. chainwarden-system/chainwarden:443 (got "${text}")`);
+  if (!m) throw new ChainwardenError('usage', `--webhook-service takes NAMESPACE/NAME:PORT, e.g. chainwarden-system/chainwarden:443 (got "${scrubSecrets(text)}")`);
   return { namespace: m[1] ?? '', name: m[2] ?? '', port: Number(m[3]) };
 }
 
 /** A positive number of writes a second, e.g. 20 or 2.5. */
 export function parseRate(text: string, flag: string): number {
   const rate = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
-  if (!(rate > 0) || rate > 10_000) throw new ChainwardenError('usage', `${flag} takes status writes a second, a number above 0 and at most 10000, e.g. 20 (got "${text}")`);
+  if (!(rate > 0) || rate > 10_000) throw new ChainwardenError('usage', `${flag} takes status writes a second, a number above 0 and at most 10000, e.g. 20 (got "${scrubSecrets(text)}")`);
   return rate;
 }
 
@@ -41,7 +41,7 @@ export function parseOtlpEndpoint(text: string): string {
     url = undefined;
   }
   if (!url || !['http:', 'https:'].includes(url.protocol)) {
-    throw new ChainwardenError('usage', `--otlp-traces-endpoint (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) takes the OTLP/HTTP traces URL, e.g. http://otel-collector.observability:4318/v1/traces (got "${text}")`);
+    throw new ChainwardenError('usage', `--otlp-traces-endpoint (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) takes the OTLP/HTTP traces URL, e.g. http://otel-collector.observability:4318/v1/traces (got "${scrubSecrets(text)}")`);
   }
   return url.href;
 }

@@ -42,7 +42,12 @@ export class SecretReader {
     // Own keys only: a policy may name any key, `constructor` and `__proto__` included.
     const encoded = Object.hasOwn(read.data, key) ? read.data[key] : undefined;
     if (encoded === undefined) throw new ChainwardenError('mcp_credential_missing', `Secret ${id} has no key ${key} (${field}); add it or name the key that holds the credential`, { field });
-    return Buffer.from(encoded, 'base64').toString('utf8');
+    // Sent as a header's value: the line break a file ends with (kubectl create secret --from-file) is not the credential's.
+    const value = Buffer.from(encoded, 'base64').toString('utf8').replace(/(?:\r?\n)+$/, '');
+    if (/[^\t\x20-\x7e\x80-\uffff]/.test(value)) {
+      throw new ChainwardenError('mcp_credential_missing', `Secret ${id} key ${key} (${field}) holds a line break or another control character inside it, which no HTTP header can carry; store the credential alone, on one line`, { field });
+    }
+    return value;
   }
 
   /** Whether `author` may get Secret `namespace/name`, as the API server's authorizer says (a SubjectAccessReview). */

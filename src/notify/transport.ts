@@ -8,13 +8,17 @@ export type NotifyTransport = (url: string, request: { headers: Record<string, s
 
 /**
  * Addresses no receiver has: link-local ones, where clouds serve instance metadata and the
- * node's credentials (169.254.169.254; AWS's fd00:ec2::254 too). A policy's author picks the URL
- * and the header the operator sends, from the operator's place in the network.
+ * node's credentials (169.254.169.254, EKS Pod Identity's 169.254.170.23), and the few other
+ * addresses where a cloud does: AWS's IPv6 ones (fd00:ec2::254, ::23, the resolver ::253), Alibaba
+ * Cloud's metadata (100.100.100.200) and Azure's WireServer (168.63.129.16). A policy's author
+ * picks the URL and the header the operator sends, from the operator's place in the network.
  */
 const FORBIDDEN = new net.BlockList();
 FORBIDDEN.addSubnet('169.254.0.0', 16, 'ipv4');
 FORBIDDEN.addSubnet('fe80::', 10, 'ipv6');
-FORBIDDEN.addAddress('fd00:ec2::254', 'ipv6');
+FORBIDDEN.addSubnet('fd00:ec2::', 64, 'ipv6');
+FORBIDDEN.addAddress('100.100.100.200', 'ipv4');
+FORBIDDEN.addAddress('168.63.129.16', 'ipv4');
 // 169.254.0.0/16 inside IPv6: NAT64, IPv4-compatible, SIIT and 6to4 addresses.
 FORBIDDEN.addSubnet('64:ff9b::a9fe:0', 112, 'ipv6');
 FORBIDDEN.addSubnet('::a9fe:0', 112, 'ipv6');
@@ -35,7 +39,7 @@ export class ReceiverRefused extends Error {
 }
 
 const refusal = (addresses: string[]) =>
-  new ReceiverRefused(`its address ${addresses.join(', ')} is link-local, where clouds serve instance metadata; chainwarden does not post there`);
+  new ReceiverRefused(`its address ${addresses.join(', ')} is link-local, or another where a cloud serves instance metadata and credentials; chainwarden does not post there`);
 
 export type Resolve = (hostname: string, callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
 export const systemResolve: Resolve = (hostname, callback) => dns.lookup(hostname, { all: true }, callback);

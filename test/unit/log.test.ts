@@ -198,4 +198,13 @@ describe('secrets never reach the log', () => {
     }
     expect(scrubSecrets('AgentTask ns/t is Completed; it gets nothing more')).toBe('AgentTask ns/t is Completed; it gets nothing more');
   });
+
+  it('an OTLP endpoint with a user and password in its URL is logged without them, as the exporter logs a refused batch', () => {
+    const lines: string[] = [];
+    const log = createLogger({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+    log.warn({ endpoint: 'http://otel:hunter2-collector-password@collector.observability:4318/v1/traces' }, 'spans not accepted by the OTLP endpoint');
+    expect(lines.join('')).not.toContain('hunter2');
+    expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({ endpoint: 'http://[redacted]@collector.observability:4318/v1/traces' });
+    expect(scrubSecrets('see https://collector:4318/v1/traces and mailto:a@b')).toBe('see https://collector:4318/v1/traces and mailto:a@b');
+  });
 });

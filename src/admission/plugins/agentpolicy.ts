@@ -17,7 +17,7 @@ export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
   const notifyUrl = policy.spec.approval?.notify?.url;
   const notifyHost = notifyUrl && URL.canParse(notifyUrl) ? new URL(notifyUrl).hostname.replace(/^\[|\]$/g, '') : '';
   if (forbiddenReceiverAddress(notifyHost)) {
-    violations.push({ field: 'spec.approval.notify.url', message: `${notifyHost} is a link-local address, where clouds serve instance metadata; the operator does not post there: name the receiver's own address` });
+    violations.push({ field: 'spec.approval.notify.url', message: `${notifyHost} is a link-local address, or another where a cloud serves instance metadata and credentials; the operator does not post there: name the receiver's own address` });
   }
 
   (policy.spec.rules ?? []).forEach((rule, i) => {

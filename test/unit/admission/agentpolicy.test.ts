@@ -103,7 +103,7 @@ describe('the AgentPolicy webhook', () => {
 
   it('refuses a notification receiver at a link-local address, naming the field', async () => {
     const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
-    for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fd00:ec2::254]/']) {
+    for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fd00:ec2::254]/', 'http://[fd00:ec2::23]/', 'http://100.100.100.200/']) {
       const policy = examplePolicy('support');
       policy.spec.approval = { notify: { url } };
       const verdict = await plugin.admit(review('CREATE', policy));

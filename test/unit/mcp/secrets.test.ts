@@ -20,7 +20,8 @@ beforeAll(async () => {
       return void res.writeHead(403, { 'content-type': 'application/json' }).end('{"kind":"Status","code":403}');
     }
     if (req.url !== '/api/v1/namespaces/support/secrets/tickets-mcp') return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"kind":"Status","code":404}');
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Secret', data: { token: Buffer.from('s3cr3t').toString('base64') } }));
+    const data = { token: 's3cr3t', fromFile: 's3cr3t\n', crlf: 's3cr3t\r\n', twoLines: 's3cr3t\nX-Injected: yes' };
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Secret', data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')])) }));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   kc = kubeConfigFor(server, ca.certPem);
@@ -37,6 +38,13 @@ describe('the Secret reader', () => {
   it('reads the key of the Secret in the namespace it is given', async () => {
     await expect(new SecretReader(kc, { now: () => 0 }).value('support', 'tickets-mcp', 'token', field)).resolves.toBe('s3cr3t');
     expect(paths.at(-1)).toBe('/api/v1/namespaces/support/secrets/tickets-mcp');
+  });
+
+  it('drops the line break a file ends with, and refuses a credential no header can carry, naming the Secret and the key', async () => {
+    const reader = new SecretReader(kc, { now: () => 0 });
+    await expect(reader.value('support', 'tickets-mcp', 'fromFile', field)).resolves.toBe('s3cr3t');
+    await expect(reader.value('support', 'tickets-mcp', 'crlf', field)).resolves.toBe('s3cr3t');
+    await expect(reader.value('support', 'tickets-mcp', 'twoLines', field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field, message: expect.stringMatching(/^Secret support\/tickets-mcp key twoLines .* holds a line break/) as unknown });
   });
 
   it('a Secret the operator may not read, or may not ask about, is refused naming the Helm values that grant it', async () => {

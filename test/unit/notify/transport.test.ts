@@ -42,7 +42,7 @@ describe('the approval notification transport', () => {
 
   it('never posts to a link-local address, where clouds serve instance metadata, however it is written', async () => {
     const post = notifyTransport();
-    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://0xA9FEA9FE/', 'http://2852039166/', 'http://[::ffff:169.254.169.254]/', 'http://[fd00:ec2::254]/latest', 'http://[fe80::1]:8080/', 'http://[64:ff9b::a9fe:a9fe]/', 'http://[::169.254.169.254]/', 'http://[2002:a9fe:a9fe::1]/']) {
+    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://0xA9FEA9FE/', 'http://2852039166/', 'http://[::ffff:169.254.169.254]/', 'http://[fd00:ec2::254]/latest', 'http://[fe80::1]:8080/', 'http://[64:ff9b::a9fe:a9fe]/', 'http://[::169.254.169.254]/', 'http://[2002:a9fe:a9fe::1]/', 'http://[fd00:ec2::23]/', 'http://[fd00:ec2::253]/', 'http://100.100.100.200/latest/meta-data', 'http://168.63.129.16/machine']) {
       await expect(post(url, request()), url).rejects.toBeInstanceOf(ReceiverRefused);
     }
     expect(forbiddenReceiverAddress('10.0.0.5')).toBe(false);
@@ -55,7 +55,7 @@ describe('the approval notification transport', () => {
     const failure = await metadata(`http://hooks.example.com:${port}/x`, request()).catch((err: unknown) => err);
     expect(failure).toBeInstanceOf(ReceiverRefused);
     // What the Warning Event on the task says.
-    expect(describeFailure(failure, 10_000)).toBe('its address 169.254.169.254 is link-local, where clouds serve instance metadata; chainwarden does not post there');
+    expect(describeFailure(failure, 10_000)).toBe("its address 169.254.169.254 is link-local, or another where a cloud serves instance metadata and credentials; chainwarden does not post there");
     const none = notifyTransport((_host, callback) => callback(null, []));
     expect(describeFailure(await none(`http://hooks.example.com:${port}/x`, request()).catch((err: unknown) => err), 10_000)).toBe('ENOTFOUND');
     const both = notifyTransport((_host, callback) => callback(null, [{ address: '169.254.169.254', family: 4 }, { address: '127.0.0.1', family: 4 }]));
