@@ -224,8 +224,16 @@ const RuleWhen = Type.Object(
   { description: 'Conditions on the chain so far; all given must hold.' },
 );
 
+/** The reason a held hop gets when no approval came in time; no rule may take the name. */
+export const APPROVAL_TIMEOUT_RULE = 'approval-timeout';
+
 const PolicyRule = Type.Object({
-  name: Type.String({ description: 'Unique name; decisions cite it as the reason.', minLength: 1, maxLength: 63, ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }) }),
+  name: Type.String({
+    description: 'Unique name; decisions cite it as the reason. approval-timeout is the reason chainwarden gives a held hop whose approval never came, and no rule may take it.',
+    minLength: 1,
+    maxLength: 63,
+    ...cel({ rule: LABEL_RULE, message: 'must be a lowercase name: letters, digits and "-"' }, { rule: `self != '${APPROVAL_TIMEOUT_RULE}'`, message: 'approval-timeout is the reason chainwarden gives a hop whose approval never came; name the rule otherwise' }),
+  }),
   effect: Type.Union([Type.Literal('Allow'), Type.Literal('Deny'), Type.Literal('RequireApproval')], {
     description: 'Allow, Deny, or RequireApproval (the hop waits for an AgentApproval). Deny wins over RequireApproval, which wins over Allow.',
   }),

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, MAX_HOP_RESOURCE, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
+import { APPROVAL_TIMEOUT_RULE, MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, MAX_HOP_RESOURCE, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { isSecretField, REDACTED, type Logger } from '../log.js';
@@ -418,7 +418,7 @@ export class HopService {
       const timedOut = !approval && now >= Date.parse(hop.timeoutAt);
       if (!approval && !timedOut) continue;
       const approved = approval?.spec.decision === 'Approve';
-      const rule = approval ? `approval:${approval.metadata.name ?? ''}` : 'approval-timeout';
+      const rule = approval ? `approval:${approval.metadata.name ?? ''}` : APPROVAL_TIMEOUT_RULE;
       const reasons: Reason[] = [{ rule, effect: approved ? 'Allow' : 'Deny' }];
       const touched = policy ? touchedSystems(policy, hop) : [];
       const events: AuditEvent[] = [];

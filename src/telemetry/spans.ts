@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { AuditRecord } from '../audit/record.js';
+import { APPROVAL_TIMEOUT_RULE } from '../api/schema.js';
 
 /**
  * The audit stream as OpenTelemetry spans. A task is one trace; its span is the root, every
@@ -28,7 +29,7 @@ export const hopSpanIdOf = (taskUid: string, hopId: string) => digest(`chainward
 const recordSpanIdOf = (record: AuditRecord) => digest(`chainwarden/record/${record.taskUid}/${record.seq}/${record.hash}`, 8);
 
 /** The rules that answer a hop which was held for approval: the second decision a hop can get. */
-const RESOLVING_RULE = /^(approval:.*|approval-timeout|limit:pendingHops)$/;
+const RESOLVING_RULE = new RegExp(`^(approval:.*|${APPROVAL_TIMEOUT_RULE}|limit:pendingHops)$`);
 
 interface Reason {
   rule?: unknown;
@@ -87,7 +88,7 @@ function hopSpan(record: AuditRecord, hopId: string, at: number, approval: Audit
     if (approval) scalars(approval.data, ['approval', 'decision', 'reason'], 'chainwarden.approval.', attributes);
     const approver = (approval?.data as { approver?: { username?: unknown } } | undefined)?.approver?.username;
     if (typeof approver === 'string') attributes['chainwarden.approval.approver'] = approver;
-    const name = rules.includes('approval-timeout') ? 'approval timed out' : approval ? `approval ${text(approval.data.decision).toLowerCase()}` : `held hop ${text(d.decision)}`;
+    const name = rules.includes(APPROVAL_TIMEOUT_RULE) ? 'approval timed out' : approval ? `approval ${text(approval.data.decision).toLowerCase()}` : `held hop ${text(d.decision)}`;
     return { traceId, spanId: recordSpanIdOf(record), parentSpanId: hopSpanIdOf(record.taskUid, hopId), name, startMs: at, endMs: at, error, attributes };
   }
   const parent = typeof d.parentHop === 'string' && d.parentHop !== '' ? hopSpanIdOf(record.taskUid, d.parentHop) : taskSpanIdOf(record.taskUid);

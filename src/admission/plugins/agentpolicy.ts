@@ -1,5 +1,5 @@
 import { parseAgentPolicy, type FieldViolation } from '../../api/parse.js';
-import { MAX_HOP_RESOURCE, MAX_POLICY_GLOB_WORK, type AgentPolicy } from '../../api/schema.js';
+import { APPROVAL_TIMEOUT_RULE, MAX_HOP_RESOURCE, MAX_POLICY_GLOB_WORK, type AgentPolicy } from '../../api/schema.js';
 import { validateCedar } from '../../policy/cedar-validate.js';
 import { globWork } from '../../policy/glob.js';
 import { rawPolicies } from '../../policy/compile.js';
@@ -21,6 +21,8 @@ export function checkPolicy(policy: AgentPolicy): FieldViolation[] {
   }
 
   (policy.spec.rules ?? []).forEach((rule, i) => {
+    // The CRD refuses it too; said here as well for `policy replay`, which does not run the CRD's rules.
+    if (rule.name === APPROVAL_TIMEOUT_RULE) violations.push({ field: `spec.rules[${i}].name`, message: `${APPROVAL_TIMEOUT_RULE} is the reason chainwarden gives a hop whose approval never came; name the rule otherwise` });
     rule.when?.afterDataClasses?.forEach((dc, j) => {
       if (!dataClasses.has(dc)) {
         violations.push({
