@@ -176,7 +176,7 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
       if (refusal) return refusal;
       if (policy.metadata.deletionTimestamp) return allow();
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
-      return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, mcpWarnings(policy));
+      return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, [...mcpWarnings(policy), ...notifyWarnings(policy)]);
     },
   };
 }
@@ -186,6 +186,13 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
  * network with the sidecar, so nothing at the network separates the two. What keeps the agent
  * from calling an MCP server itself is a credential only the gateway sends.
  */
+/** A receiver's credential sent over plain HTTP crosses the network readable by anyone on the way. */
+export function notifyWarnings(policy: AgentPolicy): string[] {
+  const notify = policy.spec.approval?.notify;
+  if (!notify?.secretRef || !URL.canParse(notify.url) || new URL(notify.url).protocol !== 'http:') return [];
+  return [`spec.approval.notify.url is plain http and spec.approval.notify.secretRef sends a credential with every notification: anyone on the way can read it; use an https receiver`];
+}
+
 export function mcpWarnings(policy: AgentPolicy): string[] {
   return (policy.spec.systems ?? []).flatMap((system, i) =>
     system.mcp && !system.mcp.credentials

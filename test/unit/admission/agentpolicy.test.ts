@@ -101,6 +101,18 @@ describe('the AgentPolicy webhook', () => {
     expect(warnings[0]).toMatch(/^spec\.systems\[1\]\.mcp has no credentials: .* can call http:\/\/email-mcp\.support\.svc:8080\/mcp itself, undecided/);
   });
 
+  it('warns of a notification credential sent over plain http, and not of one sent over https', async () => {
+    const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
+    const warned = async (url: string) => {
+      const policy = withCredential();
+      policy.spec.approval = { notify: { url, secretRef: { name: 'tickets-mcp', key: 'token' } } };
+      const verdict = await plugin.admit(review('CREATE', policy));
+      return verdict.allowed ? (verdict.warnings ?? []) : ['refused'];
+    };
+    expect(await warned('http://hooks.support.svc/chainwarden')).toEqual([expect.stringMatching(/^spec\.approval\.notify\.url is plain http and spec\.approval\.notify\.secretRef sends a credential/)]);
+    expect(await warned('https://hooks.example.com/chainwarden')).toEqual([]);
+  });
+
   it('refuses a notification receiver at a link-local address, naming the field', async () => {
     const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
     for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fd00:ec2::254]/', 'http://[fd00:ec2::23]/', 'http://100.100.100.200/']) {
