@@ -10,6 +10,7 @@ import type { Metrics } from '../runtime/metrics.js';
 import { notifyRetryDelay } from './backoff.js';
 import { notifyRequest, type PendingHop } from './payload.js';
 import { notifyTransport, ReceiverRefused, type NotifyTransport } from './transport.js';
+import { childSignal } from '../runtime/abort.js';
 
 const defaultTransport = notifyTransport();
 
@@ -148,9 +149,10 @@ export class ApprovalNotifier {
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       this.pass(signal);
-      const tick = new AbortController();
+      const tick = childSignal(signal);
       this.wakeUp = () => tick.abort();
-      await sleep(this.deps.scanMs ?? 1_000, undefined, { signal: AbortSignal.any([signal, tick.signal]) }).catch(() => undefined);
+      await sleep(this.deps.scanMs ?? 1_000, undefined, { signal: tick.signal }).catch(() => undefined);
+      tick.release();
     }
     this.wakeUp = undefined;
     await Promise.all([...this.inFlight]);
@@ -216,11 +218,14 @@ export class ApprovalNotifier {
       }
       const timeoutMs = this.deps.timeoutMs ?? 10_000;
       let outcome: string;
+      const bounded = childSignal(signal, timeoutMs);
       try {
-        const { status } = await (this.deps.transport ?? defaultTransport)(notice.target.url, { headers, body: request.body, signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
+        const { status } = await (this.deps.transport ?? defaultTransport)(notice.target.url, { headers, body: request.body, signal: bounded.signal });
         outcome = status >= 200 && status < 300 ? 'delivered' : `HTTP ${status}`;
       } catch (err) {
         outcome = describeFailure(err, timeoutMs);
+      } finally {
+        bounded.release();
       }
       // Leadership lost mid-attempt: not a failure of the receiver; the next leader starts from status.
       if (signal.aborted && outcome !== 'delivered') return void this.attempts.set(key, { ...state, inFlight: false });
