@@ -108,7 +108,9 @@ const SECRET_PATTERNS: [RegExp, string][] = [
   [/(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}\d)(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])/g, '[redacted]'],
   [/[A-Za-z0-9/+]{100,}={0,2}/g, '[redacted]'],
   // A URL's user and password (http://otel:password@collector:4318/v1/traces): the URL stays, its credentials do not.
-  [/\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@]*@/gi, '$1[redacted]@'],
+  // The scheme is bounded and the user part stops at quotes and brackets (which a URL escapes), so
+  // the scan stays linear on hostile text and stops at the end of a URL quoted in JSON.
+  [/\b([a-z][a-z0-9+.-]{0,31}:\/\/)[^\s/?#@"'<>]*@/gi, '$1[redacted]@'],
 ];
 
 /** The text with everything that looks like a credential replaced. */

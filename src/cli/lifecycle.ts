@@ -90,6 +90,9 @@ export async function runStoppable<T>(work: (scope: StopScope) => Promise<T>, op
   }
   const stopErrors = await stopAll(stops);
   ended = true;
+  // Whatever was registered between the last stop and `ended` (work left behind by a signal, still
+  // starting things) is stopped too; from here on a registration stops at once.
+  stopErrors.push(...(await stopAll(stops)));
   unlisten();
   if ('failed' in outcome) {
     stopErrors.forEach((err) => options.onStopError?.(err));

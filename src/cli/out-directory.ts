@@ -1,4 +1,5 @@
-import { lstat, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { Stats } from 'node:fs';
 import { ChainwardenError } from '../errors.js';
 
@@ -41,6 +42,27 @@ export async function prepareOutDirectory(out: string, uid = currentUid()): Prom
   }
   // Checked whether or not we made it: someone may have made it first.
   await assertOnlyOursToWrite(out, uid);
+  await assertAncestorsHold(out, uid);
+}
+
+/**
+ * Every directory above `--out` must keep it where it is: whoever may write a parent may rename
+ * `--out` away and put a directory of their own in its place. A parent is fine when it is ours or
+ * root's and only its owner writes it, or when it is sticky (as /tmp is), where no one may rename
+ * what is not theirs.
+ */
+async function assertAncestorsHold(out: string, uid: number | undefined): Promise<void> {
+  if (uid === undefined) return;
+  let dir = path.dirname(await realpath(out));
+  for (;;) {
+    const stats = await stat(dir);
+    const sticky = (stats.mode & 0o1000) !== 0;
+    if (stats.uid !== uid && stats.uid !== 0) throw refuse(out, `lies under ${dir}, which another user owns (uid ${stats.uid}) and could move it out of the way`, 'Choose a directory under your home');
+    if ((stats.mode & 0o022) !== 0 && !sticky) throw refuse(out, `lies under ${dir}, which others may write (mode ${mode(stats)}) and so could move it out of the way`, `Run chmod go-w ${dir}`);
+    const parent = path.dirname(dir);
+    if (parent === dir) return;
+    dir = parent;
+  }
 }
 
 /** A temporary file a run that died left behind is removed; one someone else put there is not ours to remove or follow. */

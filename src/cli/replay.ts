@@ -104,6 +104,11 @@ async function replay(args: string[]): Promise<number> {
   if (result.admitted === 0) throw noTaskUnder(policy.metadata.namespace ? scope : `${scope} (in any namespace)`, values.policy, result);
   // Nothing was replayed: "0 of 0" would read as safe to roll out.
   if (result.unreplayable.length === result.admitted) throw new ChainwardenError('no_audit_records', `no task admitted under AgentPolicy ${scope} can be replayed: the records of ${tasks(result.admitted)} cannot (named above)`);
+  // Some were not: a verdict on the rest is given only when asked for, as with breaks.
+  if (result.unreplayable.length > 0 && !values['allow-breaks']) {
+    process.stderr.write(`chainwarden policy: the records of ${tasks(result.unreplayable.length)} under AgentPolicy ${scope} cannot be replayed (named above), so no verdict is given; replay the rest with --allow-breaks\n`);
+    return 2;
+  }
   for (const c of result.changes) process.stdout.write(`${renderChange(c)}\n`);
   process.stdout.write(`${result.changes.length} of ${result.decided} recorded decisions would change under AgentPolicy ${scope} (mode ${policy.spec.mode ?? 'Enforce'})${leftOutOf(result)}\n`);
   return result.changes.length > 0 ? 1 : 0;

@@ -44,8 +44,8 @@ export class SecretReader {
     if (encoded === undefined) throw new ChainwardenError('mcp_credential_missing', `Secret ${id} has no key ${key} (${field}); add it or name the key that holds the credential`, { field });
     // Sent as a header's value: the line break a file ends with (kubectl create secret --from-file) is not the credential's.
     const value = Buffer.from(encoded, 'base64').toString('utf8').replace(/(?:\r?\n)+$/, '');
-    if (/[^\t\x20-\x7e\x80-\uffff]/.test(value)) {
-      throw new ChainwardenError('mcp_credential_missing', `Secret ${id} key ${key} (${field}) holds a line break or another control character inside it, which no HTTP header can carry; store the credential alone, on one line`, { field });
+    if (/[^\t\x20-\x7e\x80-\xff]/.test(value)) {
+      throw new ChainwardenError('mcp_credential_missing', `Secret ${id} key ${key} (${field}) holds a line break, a control character or a character beyond Latin-1 inside it, none of which an HTTP header can carry; store the credential alone, on one line, in ASCII`, { field });
     }
     return value;
   }

@@ -19,6 +19,10 @@ FORBIDDEN.addSubnet('fe80::', 10, 'ipv6');
 FORBIDDEN.addSubnet('fd00:ec2::', 64, 'ipv6');
 FORBIDDEN.addAddress('100.100.100.200', 'ipv4');
 FORBIDDEN.addAddress('168.63.129.16', 'ipv4');
+// Both inside IPv6 as well: NAT64, IPv4-compatible, SIIT and 6to4 addresses.
+for (const embedded of ['64:ff9b::6464:64c8', '::6464:64c8', '::ffff:0:6464:64c8', '64:ff9b::a83f:8110', '::a83f:8110', '::ffff:0:a83f:8110']) FORBIDDEN.addAddress(embedded, 'ipv6');
+FORBIDDEN.addSubnet('2002:6464:64c8::', 48, 'ipv6');
+FORBIDDEN.addSubnet('2002:a83f:8110::', 48, 'ipv6');
 // 169.254.0.0/16 inside IPv6: NAT64, IPv4-compatible, SIIT and 6to4 addresses.
 FORBIDDEN.addSubnet('64:ff9b::a9fe:0', 112, 'ipv6');
 FORBIDDEN.addSubnet('::a9fe:0', 112, 'ipv6');

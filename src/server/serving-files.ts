@@ -45,6 +45,28 @@ export async function readServingFiles(paths: ServingFilePaths): Promise<Serving
   return { certPem, keyPem, caPem: caPem ?? certPem };
 }
 
+const PEM_BLOCK = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+const certificates = (pem: string): X509Certificate[] => (pem.match(PEM_BLOCK) ?? []).map((block) => new X509Certificate(block));
+
+/**
+ * Whether the certificate (with the intermediates its file holds) was issued under one of the
+ * CAs in `caPem`: what a sidecar given that CA file will accept.
+ */
+export function chainsTo(certPem: string, caPem: string): boolean {
+  const [leaf, ...intermediates] = certificates(certPem);
+  const anchors = certificates(caPem);
+  if (!leaf) return false;
+  let cert = leaf;
+  for (let depth = 0; depth < 5; depth++) {
+    const issuedBy = (c: X509Certificate) => cert.checkIssued(c) && cert.verify(c.publicKey);
+    if (anchors.some((a) => a.fingerprint256 === cert.fingerprint256 || issuedBy(a))) return true;
+    const next = intermediates.find(issuedBy);
+    if (!next || next === cert) return false;
+    cert = next;
+  }
+  return false;
+}
+
 /**
  * Reads the serving files again every `everyMs` and hands a changed, usable set to `apply`.
  * cert-manager renews a certificate well before it expires and the kubelet updates the mounted
@@ -56,12 +78,16 @@ export async function readServingFiles(paths: ServingFilePaths): Promise<Serving
 export function watchServingFiles(paths: ServingFilePaths, initial: ServingMaterial, everyMs: number, apply: (material: ServingMaterial) => void, log: Logger): () => void {
   let served = initial;
   let failing = '';
+  // Files read while the kubelet swaps them may be of two generations: a certificate the CA file
+  // does not vouch for is taken as caught mid-update, unless the first ones did not chain either.
+  const mustChain = chainsTo(initial.certPem, initial.caPem);
   let busy = false;
   const check = async () => {
     if (busy) return;
     busy = true;
     try {
       const read = await readServingFiles(paths);
+      if (mustChain && !chainsTo(read.certPem, read.caPem)) throw new Error(`${paths.certFile} was not issued under the CAs in ${paths.caFile ?? paths.certFile}`);
       failing = '';
       if (read.certPem === served.certPem && read.keyPem === served.keyPem && read.caPem === served.caPem) return;
       apply(read);

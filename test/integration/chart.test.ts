@@ -170,6 +170,7 @@ describe('Helm chart', () => {
 
   test('a single replica gets no disruption budget that would stop every node drain; liveness asks the port agents cannot crowd', async () => {
     expect((await renderChart({ replicaCount: '1' })).map((o) => o.kind)).not.toContain('PodDisruptionBudget');
+    expect((await renderChart({ replicaCount: '1', 'podDisruptionBudget.minAvailable': '100%' })).map((o) => o.kind)).not.toContain('PodDisruptionBudget');
     expect((await renderChart({ replicaCount: '2', 'podDisruptionBudget.minAvailable': '2' })).map((o) => o.kind)).not.toContain('PodDisruptionBudget');
     expect((await renderChart({ replicaCount: '3', 'podDisruptionBudget.minAvailable': '2' })).find((o) => o.kind === 'PodDisruptionBudget')).toMatchObject({ spec: { minAvailable: 2 } });
     const container = ((await renderChart()).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { livenessProbe: object; readinessProbe: object }[] } } } }).spec.template.spec.containers[0];

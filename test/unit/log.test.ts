@@ -206,5 +206,8 @@ describe('secrets never reach the log', () => {
     expect(lines.join('')).not.toContain('hunter2');
     expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({ endpoint: 'http://[redacted]@collector.observability:4318/v1/traces' });
     expect(scrubSecrets('see https://collector:4318/v1/traces and mailto:a@b')).toBe('see https://collector:4318/v1/traces and mailto:a@b');
+    // A URL quoted in JSON ends at its quote: what follows it is not taken for its user.
+    expect(scrubSecrets('{"url":"https://host","user":"x@y"}')).toBe('{"url":"https://host","user":"x@y"}');
+    expect(scrubSecrets('{"url":"https://otel:pw@host"}')).toBe('{"url":"https://[redacted]@host"}');
   });
 });

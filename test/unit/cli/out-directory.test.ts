@@ -57,6 +57,19 @@ describe('prepareOutDirectory', () => {
     await expect(prepareOutDirectory(path.join(root, 'to-shared'))).rejects.toThrow(/is writable by others \(mode 0777\)/);
   });
 
+  it('refuses a directory under one others may write, who could move it away and put theirs there; a sticky one like /tmp is fine', async () => {
+    const shared = path.join(root, 'shared');
+    await mkdir(shared);
+    await chmod(shared, 0o777);
+    const out = path.join(shared, 'cw');
+    await expect(prepareOutDirectory(out)).rejects.toThrow(`--out ${out} lies under ${shared}, which others may write (mode 0777)`);
+    await chmod(shared, 0o1777);
+    await expect(prepareOutDirectory(out)).resolves.toBeUndefined();
+    // A parent another user owns could be moved too.
+    await chmod(shared, 0o755);
+    await expect(prepareOutDirectory(out, someoneElse)).rejects.toThrow(/is owned by another user|lies under .* which another user owns/);
+  });
+
   it('refuses a file, and a dangling link, saying what is there', async () => {
     await writeFile(path.join(root, 'file'), '');
     await symlink(path.join(root, 'nowhere'), path.join(root, 'dangling'));

@@ -197,9 +197,13 @@ describe('policy replay on malformed records: a named break or a named task, nev
     expect(stdout).toMatch(/^support\/ticket-4711 hop h1_b email send c@example.com: allow \(reply-by-email\) → deny \(no-exfiltration\)\n1 of 2 recorded decisions would change/);
   });
 
-  it('a task whose admission records what admission would refuse is left out and named with its line; the others are replayed', async () => {
+  it('a task whose admission records what admission would refuse is named with its line and gives no verdict; with --allow-breaks the others are replayed', async () => {
     const refused = chain([READ, EMAIL], { task: 'support/ticket-9', uid: 'u9', admission: { serviceAccount: 'x'.repeat(300) } });
-    const { code, stdout, stderr } = await replay(policyYaml(), lines([...refused, ...chain([READ, EMAIL])]));
+    const without = await replay(policyYaml(), lines([...refused, ...chain([READ, EMAIL])]));
+    expect(without.code).toBe(2);
+    expect(without.stdout).toBe('');
+    expect(without.stderr).toMatch(/cannot be replayed \(named above\), so no verdict is given; replay the rest with --allow-breaks\n$/);
+    const { code, stdout, stderr } = await replay(policyYaml(), lines([...refused, ...chain([READ, EMAIL])]), ['--allow-breaks']);
     expect(code).toBe(1);
     expect(stdout.split('\n')).toEqual([
       'support/ticket-4711 hop h1_b email send c@example.com: allow (reply-by-email) → deny (no-exfiltration)',

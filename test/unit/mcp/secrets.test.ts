@@ -20,7 +20,7 @@ beforeAll(async () => {
       return void res.writeHead(403, { 'content-type': 'application/json' }).end('{"kind":"Status","code":403}');
     }
     if (req.url !== '/api/v1/namespaces/support/secrets/tickets-mcp') return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"kind":"Status","code":404}');
-    const data = { token: 's3cr3t', fromFile: 's3cr3t\n', crlf: 's3cr3t\r\n', twoLines: 's3cr3t\nX-Injected: yes' };
+    const data = { token: 's3cr3t', fromFile: 's3cr3t\n', crlf: 's3cr3t\r\n', twoLines: 's3cr3t\nX-Injected: yes', cyrillic: 'токен' };
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Secret', data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')])) }));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -45,6 +45,7 @@ describe('the Secret reader', () => {
     await expect(reader.value('support', 'tickets-mcp', 'fromFile', field)).resolves.toBe('s3cr3t');
     await expect(reader.value('support', 'tickets-mcp', 'crlf', field)).resolves.toBe('s3cr3t');
     await expect(reader.value('support', 'tickets-mcp', 'twoLines', field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field, message: expect.stringMatching(/^Secret support\/tickets-mcp key twoLines .* holds a line break/) as unknown });
+    await expect(reader.value('support', 'tickets-mcp', 'cyrillic', field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field });
   });
 
   it('a Secret the operator may not read, or may not ask about, is refused naming the Helm values that grant it', async () => {

@@ -42,7 +42,7 @@ describe('the approval notification transport', () => {
 
   it('never posts to a link-local address, where clouds serve instance metadata, however it is written', async () => {
     const post = notifyTransport();
-    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://0xA9FEA9FE/', 'http://2852039166/', 'http://[::ffff:169.254.169.254]/', 'http://[fd00:ec2::254]/latest', 'http://[fe80::1]:8080/', 'http://[64:ff9b::a9fe:a9fe]/', 'http://[::169.254.169.254]/', 'http://[2002:a9fe:a9fe::1]/', 'http://[fd00:ec2::23]/', 'http://[fd00:ec2::253]/', 'http://100.100.100.200/latest/meta-data', 'http://168.63.129.16/machine']) {
+    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://0xA9FEA9FE/', 'http://2852039166/', 'http://[::ffff:169.254.169.254]/', 'http://[fd00:ec2::254]/latest', 'http://[fe80::1]:8080/', 'http://[64:ff9b::a9fe:a9fe]/', 'http://[::169.254.169.254]/', 'http://[2002:a9fe:a9fe::1]/', 'http://[fd00:ec2::23]/', 'http://[fd00:ec2::253]/', 'http://100.100.100.200/latest/meta-data', 'http://168.63.129.16/machine', 'http://[64:ff9b::6464:64c8]/', 'http://[64:ff9b::a83f:8110]/', 'http://[2002:6464:64c8::1]/']) {
       await expect(post(url, request()), url).rejects.toBeInstanceOf(ReceiverRefused);
     }
     expect(forbiddenReceiverAddress('10.0.0.5')).toBe(false);
