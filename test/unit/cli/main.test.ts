@@ -88,6 +88,15 @@ describe('chainwarden CLI', () => {
     expect(stderr()).toMatch(/--outt/);
   });
 
+  it('operator --tls-reload-interval takes a duration of at least a second, before anything starts', async () => {
+    for (const [value, message] of [['0s', /--tls-reload-interval must be at least 1s/], ['soon', /--tls-reload-interval: "soon" is not a duration/]] as const) {
+      const stderr = captureStderr();
+      expect(await main(['operator', '--kubeconfig', '/nonexistent', '--tls-reload-interval', value]), value).toBe(1);
+      expect(stderr()).toMatch(message);
+      vi.restoreAllMocks();
+    }
+  });
+
   it('agent --aws-listen serves loopback only, like --listen', async () => {
     const stderr = captureStderr();
     expect(await main(['agent', '--broker', 'https://127.0.0.1:1', '--token-file', '/dev/null', '--listen', '127.0.0.1:0', '--aws-listen', '0.0.0.0:0'])).toBe(1);
