@@ -238,6 +238,8 @@ function replayTask(records: TaskRecords, admission: Admission, policy: AgentPol
 export class StreamReplay {
   private readonly verifier = new ChainVerifier(false);
   private readonly tasks = new Map<string, TaskRecords>();
+  /** Every policy any task_admitted record of a task's name claims, copies and forgeries included. */
+  private readonly admissionsOf = new Map<string, Set<string>>();
   private verified: { chains: ChainSummary[]; breaks: ChainBreak[] } | undefined;
   /** Hop records held for the replay. */
   held = 0;
@@ -262,6 +264,9 @@ export class StreamReplay {
       this.tasks.set(key, task);
     }
     if (record.type === 'task_admitted') {
+      const claimed = this.admissionsOf.get(record.task) ?? new Set<string>();
+      claimed.add(str(record.data.policy));
+      this.admissionsOf.set(record.task, claimed);
       if (!task.admission || record.seq < task.admission.seq) task.admission = admissionOf(record, entry.line);
       if (record.seq === 1 && task.admission.policy !== this.policy.metadata.name) this.leaveOut(task);
     } else if (record.type === 'hop_decided' && !task.elsewhere && !task.hops.has(record.seq)) {
@@ -277,13 +282,32 @@ export class StreamReplay {
   }
 
   /**
+   * The breaks that can change this replay: in a task of a name that may have run under the
+   * policy (in its namespace, with no admission in the stream, or one claiming the policy, even
+   * in a record that does not verify), or in a record that names no task. One replica's stream
+   * lacks the records other replicas wrote: a task of another policy broken there is no reason
+   * to give no verdict on this one.
+   */
+  breaksThatMatter(): ChainBreak[] {
+    return this.verify().breaks.filter((b) => this.mayBeReplayed(b.task));
+  }
+
+  private mayBeReplayed(task: string): boolean {
+    if (task === '?') return true;
+    if (!this.inNamespace(task)) return false;
+    const claimed = this.admissionsOf.get(task);
+    return !claimed || claimed.has(this.policy.metadata.name ?? '');
+  }
+
+  /**
    * The hops of every task whose chain verifies and that the stream says was admitted under the
    * policy (and in its namespace, when the policy names one), re-decided in chain order. A task
    * that a break names is left out whole: which of its records is the true one is not known.
    */
   replay(evaluate: Evaluate): ReplayResult {
-    const { chains, breaks } = this.verify();
-    const broken = new Set(breaks.map((b) => b.task));
+    const { chains } = this.verify();
+    // A task broken elsewhere (another policy, another namespace) is counted as such below.
+    const broken = new Set(this.breaksThatMatter().map((b) => b.task));
     const result: ReplayResult = { decided: 0, changes: [], admitted: 0, otherPolicy: 0, notAdmitted: 0, broken: [...broken].filter((t) => t !== '?').sort(), unreplayable: [], admittedUnder: [] };
     const under = new Set<string>();
     for (const chain of chains) {

@@ -112,6 +112,32 @@ describe('policy replay verifies the chains it replays, as audit verify does', (
   });
 });
 
+describe('policy replay minds only the breaks that could change its verdict', () => {
+  it('a chain broken in another namespace, or under another policy, is left out and counted, and the rest replayed: one replica\'s stream lacks what the others wrote', async () => {
+    const elsewhere = chain([READ, EMAIL], { task: 'billing/ticket-7', uid: 'u7' }).filter((r) => r.seq !== 2);
+    const otherPolicy = chain([READ, EMAIL], { task: 'support/ticket-8', uid: 'u8', policy: 'billing-agent' }).filter((r) => r.seq !== 3);
+    const { code, stdout, stderr } = await replay(policyYaml(), lines([...elsewhere, ...otherPolicy, ...chain([READ, EMAIL])]));
+    expect(stderr).toBe('');
+    expect(code).toBe(1);
+    expect(stdout).toMatch(/\n1 of 2 recorded decisions would change under AgentPolicy support\/support-agent \(mode Enforce\); 2 tasks under other policies or namespaces left out\n$/);
+  });
+
+  it('a chain of the same namespace whose admission is missing could be the policy\'s, and its break still stops replay', async () => {
+    const unknown = chain([READ, EMAIL], { task: 'support/ticket-9', uid: 'u9' }).filter((r) => r.seq !== 1);
+    const { code, stderr } = await replay(policyYaml(), lines([...unknown, ...chain([READ])]));
+    expect(code).toBe(2);
+    expect(stderr).toContain('BROKEN support/ticket-9 seq 1');
+  });
+
+  it('a forged admission claiming another policy does not hide a broken chain of this one', async () => {
+    const real = chain([READ, EMAIL], { task: 'support/ticket-9', uid: 'u9' });
+    const forged = { ...real[0], data: { ...real[0]?.data, policy: 'billing-agent' } };
+    const { code, stderr } = await replay(policyYaml(), lines([forged, ...real, ...chain([READ])]));
+    expect(code).toBe(2);
+    expect(stderr).toContain('BROKEN support/ticket-9 seq 1');
+  });
+});
+
 describe('policy replay counts what the live broker counts', () => {
   it('a hop whose approval was rejected is a prior denial: a policy replayed against its own stream changes nothing', async () => {
     const noSecondChances = (p: AgentPolicy) => void (p.spec.cedar = `@id("no-second-chances")\nforbid (principal, action, resource) when { context.priorDenials > 0 };\n${p.spec.cedar ?? ''}`);
