@@ -32,7 +32,7 @@ describe('policy replay on a recorded audit stream', () => {
     expect(changed.code, changed.stderr).toBe(1);
     expect(changed.stdout.trim().split('\n')).toEqual([
       `${namespace}/${TASK} hop ${email.body.hopId} email send customer@example.com: allow (reply-by-email) → deny (no-exfiltration)`,
-      expect.stringMatching(new RegExp(`^1 of 2 recorded decisions would change under AgentPolicy ${namespace}/support-agent \\(mode Enforce\\); \\d+ tasks under other policies or namespaces left out$`)),
+      expect.stringMatching(new RegExp(`^1 of 2 recorded decisions would change under AgentPolicy ${namespace}/support-agent \\(mode Enforce\\)(; \\d+ tasks under other policies or namespaces left out)?$`)),
     ]);
 
     // The same stream on stdin, under the policy it was recorded with: nothing changes.
