@@ -387,7 +387,9 @@ export function decideHop(input: HopInput, evaluate: Evaluate): HopOutcome {
       },
     };
   }
-  const delta: Partial<TaskDelta> = { hopCount: 1, deepest: depth, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', tool: request.tool, action: request.action, resource: request.resource, rules, at }], events: [record] };
+  // A denied hop went nowhere: it leaves the chain's depth as it was, or one attempt past maxDepth
+  // would set every later hop past it too (depthOf never goes shallower than `deepest`).
+  const delta: Partial<TaskDelta> = { hopCount: 1, denied: 1, priorDenials: 1, recent: [{ hopId, decision: 'deny', tool: request.tool, action: request.action, resource: request.resource, rules, at }], events: [record] };
   if ((policy.spec.onViolation ?? POLICY_DEFAULTS.onViolation) !== 'Revoke') return { decision, reasons, commit: false, delta };
   const rule = rules.join(', ');
   const message = `${request.tool} ${request.action} ${request.resource} was denied by ${rule}`;

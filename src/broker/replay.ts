@@ -220,7 +220,8 @@ function replayTask(records: TaskRecords, admission: Admission, policy: AgentPol
     }
     // The chain goes on as it happened.
     walk.hopCount += 1;
-    walk.deepest = Math.max(walk.deepest, depth);
+    // As the broker counts it: a denied hop leaves the chain's depth as it was.
+    if (recorded !== 'deny') walk.deepest = Math.max(walk.deepest, depth);
     if (recorded === 'allow') touch(request);
     else if (recorded === 'deny') walk.priorDenials += 1;
     else if ((recorded as HopDecision) === 'pending_approval') walk.pending.add(hopId);

@@ -165,6 +165,16 @@ export const scenarios: Scenario[] = [
     depth: 2,
   },
   {
+    name: 'a hop denied for going too deep went nowhere: the next hop is as deep as the deepest allowed one, and allowed',
+    policy: denyOnly,
+    task: (t) => void (t.spec.limits = { maxDepth: 2 }),
+    before: [read, { ...read, parent: true }, { ...read, parent: true }],
+    hop: read,
+    decision: 'allow',
+    rules: ['read-and-comment'],
+    depth: 2,
+  },
+  {
     name: 'the task\'s maxDepth stops a chain that goes too deep',
     policy: denyOnly,
     task: (t) => void (t.spec.limits = { maxDepth: 2 }),
