@@ -561,5 +561,18 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     throw err;
   }
   log.info({ url: server.url, webhookUrl: webhookServer.url, identity, namespace }, 'operator serving');
-  return { url: server.url, webhookUrl: webhookServer.url, caPem: tls.caPem, identity, metrics, isLeader: () => elector.isLeader, informers, stop: () => stop(), crash: () => stop(false) };
+  return {
+    url: server.url,
+    webhookUrl: webhookServer.url,
+    // The CA served now: the serving files may have been read again since start.
+    get caPem() {
+      return tls.caPem;
+    },
+    identity,
+    metrics,
+    isLeader: () => elector.isLeader,
+    informers,
+    stop: () => stop(),
+    crash: () => stop(false),
+  };
 }

@@ -47,6 +47,8 @@ describe('the serving certificate', () => {
       await expect.poll(() => servedSerial(operator.url, nextCa.certPem).catch(() => ''), { timeout: 10_000 }).toBe(serial);
       expect(await servedSerial(operator.webhookUrl, nextCa.certPem)).toBe(serial);
       expect(expiry()).toBe(notAfter(renewed.certPem));
+      // What the operator hands pods and devenv is the CA file as it is now.
+      expect(operator.caPem).toBe(`${nextCa.certPem.trim()}\n${firstCa.certPem}`);
     } finally {
       await operator.stop();
       await rm(dir, { recursive: true, force: true });
