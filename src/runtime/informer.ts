@@ -3,6 +3,7 @@ import { errorMessage } from '../errors.js';
 import type { KubeAccess } from '../kube/access.js';
 import { rawRequest, watchStream } from '../kube/raw.js';
 import type { Logger } from '../log.js';
+import { shareStrings } from './shared-strings.js';
 
 export interface KubeObject {
   apiVersion?: string;
@@ -323,7 +324,8 @@ export class Informer<T extends KubeObject> {
  * What the cache keeps of an object: everything but the server-side-apply bookkeeping
  * (`managedFields`) and kubectl's copy of the last applied manifest, which no reader here uses
  * and which can be larger than the rest of the object. With tens of thousands of tasks cached
- * that is most of the operator's memory.
+ * that is most of the operator's memory. Its strings share one copy with equal strings cached
+ * before it.
  */
 function slim<T extends KubeObject>(item: T): T {
   const metadata = item.metadata as { managedFields?: unknown; annotations?: Record<string, string> } | undefined;
@@ -336,6 +338,7 @@ function slim<T extends KubeObject>(item: T): T {
     kept.annotations = rest;
   }
   item.metadata = kept as T['metadata'];
+  shareStrings(item);
   return item;
 }
 
