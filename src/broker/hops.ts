@@ -54,6 +54,10 @@ export interface HopAnswer {
 
 /** How long, and for how many journal writes, the deny of a violation waits for the violation to be in status. */
 const VIOLATION_WAIT_MS = 10_000;
+/** How many answers of hops that waited for approval a replica keeps for `GET /v1/hops/{id}`. */
+const WAITED_REMEMBERED = 10_000;
+/** How many of the hops decided at once it keeps: enough for the moment between a status write and the watch showing it. */
+const LATELY_REMEMBERED = 1_024;
 /** How many journal writes a hop that must be in status before it is answered waits for. */
 const LANDING_ATTEMPTS = 8;
 /** How long an allowed hop that widens the chain waits for its record to be in status before it is refused as `journal_behind`. */
@@ -156,13 +160,27 @@ export interface HopServiceDeps {
  * to the chain are written before they are answered.
  */
 export class HopService {
-  private readonly answers = new Map<string, HopAnswer>();
+  /** Hops that waited for approval, and how each was then decided: what `GET /v1/hops/{id}` is for. */
+  private readonly waited = new Map<string, HopAnswer>();
+  /**
+   * The latest hops decided at once. An agent asking about one is answered from the journal's queue
+   * until it is written, and from the task's `recentHops` once the watch shows it; these cover the
+   * moment in between. A busy replica decides thousands a second, so they are few, not all.
+   */
+  private readonly lately = new Map<string, HopAnswer>();
 
   constructor(private readonly deps: HopServiceDeps) {}
 
-  private remember(answer: HopAnswer): void {
-    if (this.answers.size >= 20_000) this.answers.delete(this.answers.keys().next().value ?? '');
-    this.answers.set(answer.hopId, answer);
+  /** Credentials are handed out with the answer and never kept with it. */
+  private remember(answer: HopAnswer, waited: boolean): void {
+    const into = waited ? this.waited : this.lately;
+    if (into.size >= (waited ? WAITED_REMEMBERED : LATELY_REMEMBERED)) into.delete(into.keys().next().value ?? '');
+    if (answer.credentials === undefined) {
+      into.set(answer.hopId, answer);
+      return;
+    }
+    const { credentials: _handedOut, ...kept } = answer;
+    into.set(answer.hopId, kept);
   }
 
   /** POST /v1/hops: gather → decideHop → act (journal, answer). */
@@ -278,7 +296,7 @@ export class HopService {
     } else if (decision === 'deny') await this.commitViolation(task, outcome.delta, hopId);
     else await this.deps.journal.commit(task, outcome.delta);
     if (decision === 'allow' && request.credential) answer.credentials = await this.deps.credentials.forAgent(who, request.credential);
-    this.remember(answer);
+    this.remember(answer, decision === 'pending_approval');
     this.deps.metrics.counter('chainwarden_hops_total', 'Hop decisions by outcome.', { decision }).inc();
     if (outcome.wouldDeny && decision === 'allow') this.deps.metrics.counter('chainwarden_hops_would_deny_total', 'Hops allowed only because their policy is in Audit mode.').inc();
     this.deps.metrics.histogram('chainwarden_hop_decision_seconds', 'Time to decide one hop.').observe((performance.now() - started) / 1000);
@@ -376,16 +394,16 @@ export class HopService {
     const { namespace = '', name = '', uid = '' } = who.task.metadata;
     const depth = this.deps.ids.depthOf(uid, hopId);
     if (depth === undefined) throw new ChainwardenError('hop_not_found', `${hopId} is not a hop of AgentTask ${namespace}/${name}`);
-    const known = this.answers.get(hopId);
+    const known = this.waited.get(hopId) ?? this.lately.get(hopId);
     if (known && known.decision !== 'pending_approval') return known;
     const pending = (who.task.status?.pendingHops ?? []).find((h) => h.hopId === hopId);
     if (pending) {
       await this.resolvePending(who.task, true);
-      const resolved = this.answers.get(hopId);
+      const resolved = this.waited.get(hopId);
       if (resolved && resolved.decision !== 'pending_approval') return resolved;
       return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt, ...(pending.wouldDenyBy ? { wouldDeny: true } : {}) };
     }
-    const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId);
+    const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId) ?? this.deps.journal.unwritten(namespace, name)?.recent.find((h) => h.hopId === hopId);
     if (recent) {
       const effect = recent.decision === 'allow' && !recent.wouldDeny ? 'Allow' : 'Deny';
       return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect })), depth, ...(recent.wouldDeny ? { wouldDeny: true } : {}) };
@@ -449,7 +467,7 @@ export class HopService {
       const recorded = written?.status?.recentHops?.find((h) => h.hopId === r.hopId);
       const hop = pending.find((h) => h.hopId === r.hopId);
       if (!recorded || !hop) continue;
-      this.remember({ hopId: r.hopId, decision: recorded.decision as HopDecision, reasons: recorded.rules.map((rule) => ({ rule, effect: recorded.decision === 'allow' ? 'Allow' : 'Deny' })), depth: hop.depth });
+      this.remember({ hopId: r.hopId, decision: recorded.decision as HopDecision, reasons: recorded.rules.map((rule) => ({ rule, effect: recorded.decision === 'allow' ? 'Allow' : 'Deny' })), depth: hop.depth }, true);
     }
     return resolutions.length;
   }

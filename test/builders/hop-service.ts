@@ -29,12 +29,14 @@ export interface ServiceOptions {
   adjust?: (policy: AgentPolicy) => void;
   /** The task's own limits, which take precedence over the policy's. */
   taskLimits?: NonNullable<AgentTask['spec']['limits']>;
+  /** What a hop that names a credential is handed with its answer. */
+  credentials?: HopServiceDeps['credentials'];
 }
 
 export const NOW = Date.parse('2026-11-21T10:30:00Z');
 
 /** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
-export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [], adjust, taskLimits }: ServiceOptions = {}) {
+export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [], adjust, taskLimits, credentials }: ServiceOptions = {}) {
   const raw = examplePolicy('support');
   raw.spec.mode = mode;
   adjust?.(raw);
@@ -63,7 +65,7 @@ export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false,
     ids: new HopIds(Buffer.alloc(32, 3)),
     policy: () => policy,
     approvals,
-    credentials: undefined as never,
+    credentials: credentials ?? (undefined as never),
     clock: { now: () => NOW },
     log: silentLogger(),
     metrics,

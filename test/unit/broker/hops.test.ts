@@ -443,3 +443,35 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     await expect.poll(() => writes()).toBe(1);
   });
 });
+
+describe('GET /v1/hops/{id}: what a replica keeps of the hops it decided', () => {
+  const read = { tool: 'tickets', action: 'read', resource: 'ticket/1', intent: '', attributes: {} };
+  /** The task as it is once the chain has read tickets and PII: a further read widens nothing and is answered at once. */
+  const touched = (task: AgentTask): AgentTask => {
+    const copy = structuredClone(task);
+    copy.status = { ...copy.status, chain: { version: 3, hopCount: 1, deepest: 1, priorDenials: 0, systemsTouched: ['tickets'], dataClassesTouched: ['pii'] } };
+    return copy;
+  };
+
+  it('a hop decided at once is answered from the journal while its record waits to be written, however many hops came after it', async () => {
+    const { service, who, twin } = serviceFor({ hangs: true, adjust: (p) => void (p.spec.limits = { maxHops: 2_000, maxDepth: 6 }), taskLimits: { maxHops: 2_000 } });
+    const agent = { ...who, task: touched(twin.task ?? who.task) };
+    const first = await service.decideRequest(agent, read);
+    // More hops than the replica keeps answers of: the first one's is gone from its memory.
+    for (let i = 0; i < 1_100; i++) await service.decideRequest(agent, { ...read, resource: `ticket/${i + 2}` });
+    expect(agent.task.status?.recentHops ?? []).toHaveLength(0);
+    expect(await service.status(agent, first.hopId)).toMatchObject({ hopId: first.hopId, decision: 'allow', depth: 1, reasons: [{ rule: 'read-and-comment', effect: 'Allow' }] });
+  });
+
+  it('credentials handed out with an allowed hop are not kept with its answer: asking about the hop later does not hand them out again', async () => {
+    const session = { AWS_ACCESS_KEY_ID: 'ASIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret', AWS_SESSION_TOKEN: 'token' };
+    const credentials = { forAgent: () => Promise.resolve(session) } as unknown as HopServiceDeps['credentials'];
+    const { service, who, twin } = serviceFor({ hangs: true, credentials });
+    const agent = { ...who, task: touched(twin.task ?? who.task) };
+    const answer = await service.decideRequest(agent, { ...read, credential: 'default' });
+    expect(answer).toMatchObject({ decision: 'allow', credentials: session });
+    const later = await service.status(agent, answer.hopId);
+    expect(later).toMatchObject({ hopId: answer.hopId, decision: 'allow' });
+    expect(later).not.toHaveProperty('credentials');
+  });
+});
