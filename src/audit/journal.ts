@@ -624,6 +624,16 @@ export class TaskJournal {
     this.stop(task, 'completed', message);
   }
 
+  /**
+   * The watch shows the task: once it shows the chain this replica last wrote, or a newer one,
+   * the watch's copy says all that the replica's own record did, and the record goes.
+   */
+  observed(task: AgentTask): void {
+    const key = keyOf(task);
+    const mine = this.written.get(key);
+    if (mine && mine.uid === task.metadata.uid && mine.chain.version <= (task.status?.chain?.version ?? 0)) this.written.delete(key);
+  }
+
   /** Forgets a task that is gone. */
   forget(task: TaskRef): void {
     const key = keyOf(task);

@@ -345,6 +345,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   informers.tasks.on((event, task) => {
     if (event === 'delete' || endOf(task, clock.now())) credentialBroker.drop(task.metadata.uid ?? '');
     if (event === 'delete') journal.forget(task);
+    else journal.observed(task);
   });
   const controller = new AgentTaskController({
     sources: {

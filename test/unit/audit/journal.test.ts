@@ -473,3 +473,25 @@ describe('applyDelta clears the outbox it replaces by stating it, not by leaving
     expect(status.audit).toEqual({ head: 'h0', count: 1, writer: 'me' });
   });
 });
+
+describe('what the journal keeps of its own writes', () => {
+  const chainAt = (version: number) => ({ version, hopCount: version, deepest: 1, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] });
+
+  it('its record of the chain it wrote counts until the watch shows that chain, and only then goes', async () => {
+    const { journal } = journalWith((_attempt, status) => Promise.resolve(task('u1', { ...status, chain: chainAt(7) })));
+    await journal.commit(task(), { hopCount: 1, events: [hop(1)] });
+    // The watch still shows version 6: what this replica wrote is newer, and is what a hop is decided on.
+    const behind = task('u1', { chain: chainAt(6) });
+    journal.observed(behind);
+    expect(journal.latestChain(behind)?.version).toBe(7);
+    // The watch catches up: the record is gone, and the watch's copy is all there is (a copy older than it now reads as it is).
+    journal.observed(task('u1', { chain: chainAt(7) }));
+    expect(journal.latestChain(task('u1', { chain: chainAt(7) }))?.version).toBe(7);
+    expect(journal.latestChain(behind)?.version).toBe(6);
+    // Another task of the same name does not clear it either.
+    const again = journalWith((_attempt, status) => Promise.resolve(task('u1', { ...status, chain: chainAt(9) })));
+    await again.journal.commit(task(), { hopCount: 1, events: [hop(2)] });
+    again.journal.observed(task('u2', { chain: chainAt(20) }));
+    expect(again.journal.latestChain(behind)?.version).toBe(9);
+  });
+});
