@@ -31,6 +31,7 @@ export class AuditFileWriter {
   private errorCount = 0;
   private droppedCount = 0;
   private readonly clock: Clock;
+  private stored: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: AuditFileOptions) {
     this.clock = options.clock ?? systemClock;
@@ -50,7 +51,16 @@ export class AuditFileWriter {
       this.drop();
       return;
     }
-    stream.write(`{"time":"${new Date(this.clock.now()).toISOString()}","audit":${recordJson(record)}}\n`);
+    const line = `{"time":"${new Date(this.clock.now()).toISOString()}","audit":${recordJson(record)}}\n`;
+    this.stored = new Promise((resolve) => stream.write(line, () => resolve()));
+  }
+
+  /**
+   * Resolves once every record written so far is with the operating system, or was given up on
+   * (a write error, a full buffer): a killed process loses nothing `flushed` has answered for.
+   */
+  flushed(): Promise<void> {
+    return this.stored;
   }
 
   async close(): Promise<void> {

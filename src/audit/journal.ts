@@ -266,6 +266,9 @@ function auditAfter(before: AgentTaskStatus['audit'], records: AuditRecord[], wr
   return { head: last.hash, count: last.seq, ...(writer ? { writer } : {}), unsent: encodeOutbox(records), ...cleared };
 }
 
+/** The longest a status write waits for the records emitted before it to be stored. */
+export const FLUSHED_WAIT_MS = 500;
+
 /** Marks an outbox entry holding several records, deflated; an entry without it is one record. */
 const DEFLATED = 'deflate:';
 /**
@@ -484,6 +487,13 @@ export interface JournalOptions {
    */
   writesPerSecond?: number;
   maxFlushMs?: number;
+  /**
+   * Resolves once what `emit` was handed so far is stored (the audit file has it). A write waits
+   * for it, up to FLUSHED_WAIT_MS, before it replaces this process's outbox in status: a process
+   * killed after that write would otherwise take the records before it, emitted but not yet
+   * stored, with it, leaving a hole in the stream below the head.
+   */
+  flushed?: () => Promise<void>;
   /** The task as last seen through the watch; a write starts from it instead of a fresh read. */
   cached?: (namespace: string, name: string) => AgentTask | undefined;
   clock?: Clock;
@@ -712,6 +722,15 @@ export class TaskJournal {
     }, delay);
   }
 
+  /** Waits for the records emitted so far to be stored; a slow disk holds a write up to FLUSHED_WAIT_MS, no longer. */
+  private async recordsStored(): Promise<void> {
+    const stored = this.options.flushed?.();
+    if (!stored) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([stored, new Promise<void>((resolve) => (timer = setTimeout(resolve, FLUSHED_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
   private async flush(entry: Entry): Promise<void> {
     const unconfirmed = entry.unconfirmed;
     const fresh = entry.queued;
@@ -731,6 +750,7 @@ export class TaskJournal {
     entry.queuedAt = later ? this.clock.now() : undefined;
     const waiters = later ? [] : entry.waiters;
     if (!later) entry.waiters = [];
+    await this.recordsStored();
     let attempted: TaskDelta | undefined;
     let records: AuditRecord[] = [];
     let landed: AuditRecord[] = unconfirmed?.landed ?? [];

@@ -297,6 +297,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     writer: client.statusWriter('journal'),
     process: `${identity}/${randomBytes(6).toString('hex')}`,
     emit,
+    ...(auditFile ? { flushed: () => auditFile.flushed() } : {}),
     log,
     flushMs: options.journalFlushMs,
     writesPerSecond: options.journalWritesPerSecond,

@@ -28,6 +28,17 @@ describe('AuditFileWriter', () => {
     expect(writer.dropped).toBe(1);
   });
 
+  it('flushed() resolves once every record written so far is in the file, with the file still open', async () => {
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'audit-file-')), 'audit.jsonl');
+    const writer = new AuditFileWriter({ path: file, log: capture().log });
+    for (const r of records) writer.write(r);
+    // The file is opened and written on another thread: at first nothing is in it.
+    expect(existsSync(file) ? readAuditRecords(readFileSync(file, 'utf8')) : []).not.toHaveLength(200);
+    await writer.flushed();
+    expect(readAuditRecords(readFileSync(file, 'utf8'))).toHaveLength(200);
+    await writer.close();
+  });
+
   it('a write error is logged and counted, never thrown, and the file is reopened later', async () => {
     const dir = path.join(mkdtempSync(path.join(os.tmpdir(), 'audit-file-')), 'not-yet');
     const file = path.join(dir, 'audit.jsonl');

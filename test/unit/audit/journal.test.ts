@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { STATUS_CAPS } from '../../../src/api/task.js';
-import { applyDelta, emptyDelta, MAX_QUEUED_EVENT_BYTES, MAX_WRITE_EVENT_BYTES, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
+import { applyDelta, emptyDelta, FLUSHED_WAIT_MS, MAX_QUEUED_EVENT_BYTES, MAX_WRITE_EVENT_BYTES, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
 import { verifyChains } from '../../../src/audit/verify.js';
 import { ChainwardenError } from '../../../src/errors.js';
@@ -493,5 +493,39 @@ describe('what the journal keeps of its own writes', () => {
     await again.journal.commit(task(), { hopCount: 1, events: [hop(2)] });
     again.journal.observed(task('u2', { chain: chainAt(20) }));
     expect(again.journal.latestChain(behind)?.version).toBe(9);
+  });
+});
+
+describe('a status write waits for the records emitted before it to be stored', () => {
+  it('the next write, which replaces the outbox, starts only once the audit file has what the last one emitted; a disk that never answers holds it 500 ms', async () => {
+    let store: () => void = () => undefined;
+    let stored = Promise.resolve();
+    const emitted: AuditRecord[] = [];
+    let writes = 0;
+    const journal = new TaskJournal({
+      writer: { update: (_ns, _name, edit) => (writes++, Promise.resolve(task('u1', edit(task()) ?? {}))) },
+      emit: (r) => {
+        emitted.push(r);
+        stored = new Promise<void>((resolve) => (store = resolve));
+      },
+      flushed: () => stored,
+      log: silentLogger(),
+      flushMs: 0,
+    });
+    await journal.commit(task(), { hopCount: 1, events: [hop(1)] });
+    expect(emitted).toHaveLength(1);
+    // The first record is emitted, not yet stored: the write that would replace its outbox waits.
+    const second = journal.commit(task(), { hopCount: 1, events: [hop(2)] });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(writes).toBe(1);
+    store();
+    await second;
+    expect(writes).toBe(2);
+    // A disk that never answers holds a write no longer than FLUSHED_WAIT_MS.
+    const started = performance.now();
+    await journal.commit(task(), { hopCount: 1, events: [hop(3)] });
+    expect(writes).toBe(3);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(FLUSHED_WAIT_MS - 20);
+    expect(performance.now() - started).toBeLessThan(FLUSHED_WAIT_MS + 1_000);
   });
 });
