@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { X509Certificate } from 'node:crypto';
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import tls from 'node:tls';
 import type { Logger } from '../log.js';
 import type { TlsMaterial } from './https.js';
@@ -28,7 +28,22 @@ export function notAfterSeconds(certPem: string): number {
  */
 export async function readServingFiles(paths: ServingFilePaths): Promise<ServingMaterial> {
   const [certPem, keyPem, caPem] = await Promise.all([readFile(paths.certFile, 'utf8'), readFile(paths.keyFile, 'utf8'), paths.caFile ? readFile(paths.caFile, 'utf8') : undefined]);
+  // An empty file (one caught between truncation and write) would pass createSecureContext, which
+  // skips an empty cert or key, and the server would then fail every handshake: each must parse.
+  let cert: X509Certificate;
+  let key: KeyObject;
   try {
+    cert = new X509Certificate(certPem);
+  } catch (err) {
+    throw new Error(`${paths.certFile} holds no certificate (${err instanceof Error ? err.message : String(err)})`);
+  }
+  try {
+    key = createPrivateKey(keyPem);
+  } catch (err) {
+    throw new Error(`${paths.keyFile} holds no private key (${err instanceof Error ? err.message : String(err)})`);
+  }
+  try {
+    if (!cert.checkPrivateKey(key)) throw new Error('the key does not match the certificate');
     tls.createSecureContext({ cert: certPem, key: keyPem });
   } catch (err) {
     throw new Error(`${paths.certFile} and ${paths.keyFile} are not a certificate and its key (${err instanceof Error ? err.message : String(err)})`);

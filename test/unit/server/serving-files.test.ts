@@ -137,6 +137,20 @@ describe('serving certificate files', () => {
     expect(chainsTo(stray.certPem, `${ca.certPem}\n${other.certPem}`)).toBe(true);
   });
 
+  it('keeps serving while a file is caught empty, between its truncation and its write', async () => {
+    const ca = await CertificateAuthority.create('serving-ca');
+    const first = await issue(ca);
+    await write(ca, first);
+    await serve();
+    await writeFile(files.keyFile, '');
+    await until(() => Promise.resolve(logged().some((l) => l.msg.startsWith('serving certificate files unusable'))));
+    expect(await servedSerial(ca.certPem)).toBe(serialOf(first.certPem));
+    await writeFile(files.keyFile, first.keyPem);
+    await writeFile(files.certFile, '');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await servedSerial(ca.certPem)).toBe(serialOf(first.certPem));
+  });
+
   it('refuses at start a key that is not the certificate\'s, naming both files', async () => {
     const ca = await CertificateAuthority.create('serving-ca');
     const one = await issue(ca);
@@ -145,6 +159,11 @@ describe('serving certificate files', () => {
     await writeFile(files.keyFile, two.keyPem);
     await writeFile(files.caFile, ca.certPem);
     await expect(readServingFiles(files)).rejects.toThrow(`${files.certFile} and ${files.keyFile} are not a certificate and its key`);
+    await writeFile(files.keyFile, '');
+    await expect(readServingFiles(files)).rejects.toThrow(`${files.keyFile} holds no private key`);
+    await writeFile(files.certFile, '');
+    await expect(readServingFiles(files)).rejects.toThrow(`${files.certFile} holds no certificate`);
+    await writeFile(files.certFile, one.certPem);
     await writeFile(files.keyFile, one.keyPem);
     await writeFile(files.caFile, 'not a certificate');
     await expect(readServingFiles(files)).rejects.toThrow(`${files.caFile} holds no certificate`);
