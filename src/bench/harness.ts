@@ -192,6 +192,20 @@ export function writesPer(before: Map<string, number>, after: Map<string, number
   return writes;
 }
 
+/**
+ * What the API server was doing over `ms` while the bench itself sent nothing: its CPU (percent of
+ * one core) and the writes it served per second, e.g. work an earlier part left behind.
+ */
+export async function background(kc: KubeConfig, apiServer: number | undefined, ms: number): Promise<{ apiServerCpuPercent: number | undefined; writesPerSecond: Record<string, number> }> {
+  const cpuBefore = apiServer === undefined ? 0 : await cpuMs(apiServer);
+  const requestsBefore = await apiRequests(kc);
+  const started = performance.now();
+  await sleep(ms);
+  const elapsed = performance.now() - started;
+  const apiServerCpuPercent = apiServer === undefined ? undefined : Math.round((((await cpuMs(apiServer)) - cpuBefore) / elapsed) * 100);
+  return { apiServerCpuPercent, writesPerSecond: writesPer(requestsBefore, await apiRequests(kc), elapsed / 1000) };
+}
+
 export async function post(kc: KubeConfig, p: string, obj: unknown): Promise<void> {
   const res = await rawRequest(kc, 'POST', p, obj);
   if (res.status >= 300) throw new Error(`POST ${p}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
