@@ -674,22 +674,26 @@ export class TaskJournal {
     return seen;
   }
 
-  /** The newer of the chain state observed through the watch and the one this replica last wrote. */
-  latestChain(task: AgentTask): AgentTaskStatus['chain'] {
-    const observed = task.status?.chain;
-    const mine = this.written.get(keyOf(task));
-    if (!mine || mine.uid !== task.metadata.uid) return observed;
-    return !observed || mine.chain.version > observed.version ? mine.chain : observed;
-  }
-
   /**
-   * How many hops wait, by the newer of the watch's copy and what this replica last wrote: a hop
-   * decided right after another was made to wait must count it, though the watch may not show it yet.
+   * The newest chain this replica knows of the task, by version, and how many hops wait by it: the
+   * copy it is handed, the watch's copy now, or what it last wrote. A caller's copy may be older
+   * than either (taken when its request was authenticated, before another hop of the task was
+   * written), and the record of what this replica wrote goes once the watch shows it, so all three
+   * are read. A hop decided right after another was made to wait counts it, though the watch may
+   * not show it yet.
    */
-  latestPending(task: AgentTask): number {
-    const observed = task.status?.chain?.version ?? 0;
+  latest(task: AgentTask): { chain: AgentTaskStatus['chain']; pending: number } {
+    const uid = task.metadata.uid;
+    let chain = task.status?.chain;
+    let pending = task.status?.pendingHops?.length ?? 0;
+    const seen = this.options.cached?.(task.metadata.namespace ?? '', task.metadata.name ?? '');
+    if (seen && seen !== task && seen.metadata.uid === uid && (seen.status?.chain?.version ?? 0) > (chain?.version ?? 0)) {
+      chain = seen.status?.chain;
+      pending = seen.status?.pendingHops?.length ?? 0;
+    }
     const mine = this.written.get(keyOf(task));
-    return mine && mine.uid === task.metadata.uid && mine.chain.version > observed ? mine.pending : (task.status?.pendingHops?.length ?? 0);
+    if (mine && mine.uid === uid && mine.chain.version > (chain?.version ?? 0)) return { chain: mine.chain, pending: mine.pending };
+    return { chain, pending };
   }
 
   /** The changes this replica has not written yet, for deciding with a view that includes them. */

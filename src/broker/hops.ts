@@ -214,7 +214,8 @@ export class HopService {
     const task = who.task;
     const { namespace = '', name = '', uid = '' } = task.metadata;
     const policy = this.policyOf(task);
-    let chain = chainView(this.deps.journal.latestChain(task), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(task));
+    const latest = this.deps.journal.latest(task);
+    let chain = chainView(latest.chain, this.deps.journal.unwritten(namespace, name), latest.pending);
     // The depth of each hop allowed so far: what a hop that follows it is decided at.
     const depths: (number | undefined)[] = [];
     const now = this.deps.clock.now();
@@ -254,7 +255,8 @@ export class HopService {
     if (request.parentHop !== undefined && parentDepth === undefined) throw notAParentOf(task);
     const now = this.deps.clock.now();
     const decideOn = (current: AgentTask) => {
-      const chain = chainView(this.deps.journal.latestChain(current), this.deps.journal.unwritten(namespace, name), this.deps.journal.latestPending(current));
+      const latest = this.deps.journal.latest(current);
+      const chain = chainView(latest.chain, this.deps.journal.unwritten(namespace, name), latest.pending);
       const depth = depthOf(parentDepth, chain);
       const hopId = this.deps.ids.mint(uid, depth);
       const outcome = decideHop({ task: current, policy, request, hopId, depth, chain, now, pod: who.podName, ...(approval ? { approval } : {}) }, (...args) => {

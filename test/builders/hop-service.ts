@@ -31,12 +31,14 @@ export interface ServiceOptions {
   taskLimits?: NonNullable<AgentTask['spec']['limits']>;
   /** What a hop that names a credential is handed with its answer. */
   credentials?: HopServiceDeps['credentials'];
+  /** The journal reads the task as the watch shows it: the twin's copy, as the operator's journal reads the informer's. */
+  watch?: boolean;
 }
 
 export const NOW = Date.parse('2026-11-21T10:30:00Z');
 
 /** A HopService over the support policy and one bound task, its journal writing to a twin of the API server. */
-export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [], adjust, taskLimits, credentials }: ServiceOptions = {}) {
+export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false, gate, endShown, chainShown, freshTask, approvals = () => [], adjust, taskLimits, credentials, watch = false }: ServiceOptions = {}) {
   const raw = examplePolicy('support');
   raw.spec.mode = mode;
   adjust?.(raw);
@@ -59,9 +61,10 @@ export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false,
       return writer.update(...args);
     },
   };
+  const journal = new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0, ...(watch ? { cached: () => twin.task } : {}) });
   const service = new HopService({
     engine: new PolicyEngine(),
-    journal: new TaskJournal({ writer: flaky, emit: () => undefined, log: silentLogger(), flushMs: 0 }),
+    journal,
     ids: new HopIds(Buffer.alloc(32, 3)),
     policy: () => policy,
     approvals,
@@ -74,6 +77,6 @@ export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false,
     freshTask,
   });
   const who = { namespace: 'support', podName: 'agent-0', podUid: 'p', serviceAccount: 'support-agent', task, spiffeId: 'spiffe://x' };
-  return { service, who, twin, metrics, writes: () => writes };
+  return { service, who, twin, journal, metrics, writes: () => writes };
 }
 

@@ -17,7 +17,7 @@ const hop = (i: number) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:0
 type Update = TaskStatusWriter['update'];
 
 /** A journal over a writer whose answers the test scripts, with a clock the test moves. */
-function journalWith(write: (attempt: number, status: AgentTaskStatus) => Promise<AgentTask | undefined>) {
+function journalWith(write: (attempt: number, status: AgentTaskStatus) => Promise<AgentTask | undefined>, cached?: (namespace: string, name: string) => AgentTask | undefined) {
   let attempts = 0;
   let now = Date.parse('2026-11-21T10:00:00Z');
   const emitted: AuditRecord[] = [];
@@ -33,6 +33,7 @@ function journalWith(write: (attempt: number, status: AgentTaskStatus) => Promis
     flushMs: 0,
     clock: { now: () => now },
     onStop: (_t: TaskRef, cause, message) => stops.push({ cause, message }),
+    ...(cached ? { cached } : {}),
   });
   return { journal, emitted, stops, attempts: () => attempts, advance: (ms: number) => (now += ms) };
 }
@@ -262,9 +263,9 @@ describe('what a replica knows before the watch shows it', () => {
     const waiting = { hopId: 'h1_w', digest: 'd', tool: 'payments', action: 'refund', resource: 'order/1', depth: 1, rules: ['refunds'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' };
     await journal.commit(task(), { hopCount: 1, pending: 1, addPending: [waiting] });
     // The watch still shows the task as it was: no hop waiting.
-    expect(journal.latestPending(task())).toBe(1);
+    expect(journal.latest(task()).pending).toBe(1);
     // Once the watch has caught up with a newer write, its copy wins.
-    expect(journal.latestPending(task('u1', { chain: { version: 99, hopCount: 1, deepest: 1, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] }, pendingHops: [] }))).toBe(0);
+    expect(journal.latest(task('u1', { chain: { version: 99, hopCount: 1, deepest: 1, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] }, pendingHops: [] })).pending).toBe(0);
   });
 });
 
@@ -477,22 +478,28 @@ describe('applyDelta clears the outbox it replaces by stating it, not by leaving
 describe('what the journal keeps of its own writes', () => {
   const chainAt = (version: number) => ({ version, hopCount: version, deepest: 1, priorDenials: 0, systemsTouched: [], dataClassesTouched: [] });
 
-  it('its record of the chain it wrote counts until the watch shows that chain, and only then goes', async () => {
-    const { journal } = journalWith((_attempt, status) => Promise.resolve(task('u1', { ...status, chain: chainAt(7) })));
+  it('its record of the chain it wrote counts until the watch shows that chain; a copy older than either still reads the newest', async () => {
+    let watch = task('u1', { chain: chainAt(6) });
+    const { journal } = journalWith((_attempt, status) => Promise.resolve(task('u1', { ...status, chain: chainAt(7) })), () => watch);
+    // A request authenticated now holds this copy of the task, and may be decided on it after other hops were written.
+    const behind = task('u1', { chain: chainAt(6) });
     await journal.commit(task(), { hopCount: 1, events: [hop(1)] });
     // The watch still shows version 6: what this replica wrote is newer, and is what a hop is decided on.
-    const behind = task('u1', { chain: chainAt(6) });
-    journal.observed(behind);
-    expect(journal.latestChain(behind)?.version).toBe(7);
-    // The watch catches up: the record is gone, and the watch's copy is all there is (a copy older than it now reads as it is).
-    journal.observed(task('u1', { chain: chainAt(7) }));
-    expect(journal.latestChain(task('u1', { chain: chainAt(7) }))?.version).toBe(7);
-    expect(journal.latestChain(behind)?.version).toBe(6);
-    // Another task of the same name does not clear it either.
+    journal.observed(watch);
+    expect(journal.latest(behind).chain?.version).toBe(7);
+    // The watch catches up and the record goes; the older copy still reads the watch's newer chain, never its own.
+    watch = task('u1', { chain: { ...chainAt(7), dataClassesTouched: ['pii'] }, pendingHops: [] });
+    journal.observed(watch);
+    expect(journal.latest(behind).chain).toMatchObject({ version: 7, dataClassesTouched: ['pii'] });
+    // Another replica writes version 8, which this one never wrote: the watch's copy counts for it too.
+    watch = task('u1', { chain: chainAt(8) });
+    expect(journal.latest(behind).chain?.version).toBe(8);
+    // A task of the same name created again is another chain: neither the watch's copy nor the record of the old one counts.
+    expect(journal.latest(task('u2', { chain: chainAt(1) })).chain?.version).toBe(1);
     const again = journalWith((_attempt, status) => Promise.resolve(task('u1', { ...status, chain: chainAt(9) })));
     await again.journal.commit(task(), { hopCount: 1, events: [hop(2)] });
     again.journal.observed(task('u2', { chain: chainAt(20) }));
-    expect(again.journal.latestChain(behind)?.version).toBe(9);
+    expect(again.journal.latest(behind).chain?.version).toBe(9);
   });
 });
 

@@ -264,6 +264,22 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     expect(writes()).toBe(1);
   });
 
+  it('decided on the newest chain, not the copy its request was authenticated with: an email after a PII read the watch already shows is a violation', async () => {
+    const { service, who, twin, journal } = serviceFor({ watch: true });
+    const email = { tool: 'email', action: 'send', resource: 'mailto:someone@example.com', intent: '', attributes: {} };
+    expect(await service.decideRequest(who, email)).toMatchObject({ decision: 'allow' });
+    journal.observed(twin.task as AgentTask);
+    // A request authenticated now holds the task with email in its chain and no PII, and is decided
+    // later (its body came slowly, or it is the second hop of a gateway call).
+    const held = { ...who, task: twin.task as AgentTask };
+    expect(await service.decideRequest(held, read)).toMatchObject({ decision: 'allow' });
+    expect(twin.task?.status?.chain?.dataClassesTouched).toEqual(['pii']);
+    // The watch shows the read, and the replica lets go of its own record of that write.
+    journal.observed(twin.task as AgentTask);
+    // The email adds no system to the held copy's chain, so nothing is read afresh: the PII must come from the watch's copy.
+    expect(await service.decideRequest(held, email)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'no-exfiltration', effect: 'Deny' }] });
+  });
+
   it("decided on what another replica wrote, though this replica's watch does not show it yet: the email after a PII read elsewhere is a violation", async () => {
     const elsewhere = serviceFor();
     // Replica B reads the ticket; its write lands in the API server.
