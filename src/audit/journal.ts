@@ -675,6 +675,16 @@ export class TaskJournal {
   }
 
   /**
+   * The task as the watch shows it now, when it is still the task handed in; undefined once it is
+   * gone (deleted, or created again under its name). Without a watch, the copy handed in.
+   */
+  shown(task: AgentTask): AgentTask | undefined {
+    if (!this.options.cached) return task;
+    const seen = this.options.cached(task.metadata.namespace ?? '', task.metadata.name ?? '');
+    return seen?.metadata.uid === task.metadata.uid ? seen : undefined;
+  }
+
+  /**
    * The newest chain this replica knows of the task, by version, and how many hops wait by it: the
    * copy it is handed, the watch's copy now, or what it last wrote. A caller's copy may be older
    * than either (taken when its request was authenticated, before another hop of the task was
@@ -686,8 +696,8 @@ export class TaskJournal {
     const uid = task.metadata.uid;
     let chain = task.status?.chain;
     let pending = task.status?.pendingHops?.length ?? 0;
-    const seen = this.options.cached?.(task.metadata.namespace ?? '', task.metadata.name ?? '');
-    if (seen && seen !== task && seen.metadata.uid === uid && (seen.status?.chain?.version ?? 0) > (chain?.version ?? 0)) {
+    const seen = this.shown(task);
+    if (seen && seen !== task && (seen.status?.chain?.version ?? 0) > (chain?.version ?? 0)) {
       chain = seen.status?.chain;
       pending = seen.status?.pendingHops?.length ?? 0;
     }

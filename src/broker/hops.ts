@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { endOf } from '../api/task.js';
 import { APPROVAL_TIMEOUT_RULE, MAX_HOP_ACTION, MAX_HOP_ATTRIBUTE, MAX_HOP_ATTRIBUTES, MAX_HOP_ATTRIBUTES_CHARS, MAX_HOP_INTENT, MAX_HOP_RESOURCE, type AgentApproval, type AgentPolicy, type AgentTask, type AgentTaskStatus } from '../api/schema.js';
 import type { AuditEvent, TaskDelta, TaskJournal } from '../audit/journal.js';
 import type { CredentialBroker } from '../credentials/broker.js';
@@ -234,6 +235,23 @@ export class HopService {
     }
   }
 
+  /**
+   * Refuses a hop of a task that has ended since its request was authenticated: its body came
+   * slowly, another hop of the task broke a rule meanwhile, or its deadline passed. Checked right
+   * before a hop is decided and recorded, with nothing awaited in between, so no hop is allowed
+   * or recorded after the end this replica knows of.
+   */
+  private stillLive(task: AgentTask): void {
+    const { namespace = '', name = '' } = task.metadata;
+    const refusal = this.deps.journal.refusal(task);
+    if (refusal) throw refusal;
+    for (const copy of [task, this.deps.journal.shown(task)]) {
+      if (!copy) throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} is gone; it gets nothing more`);
+      const end = endOf(copy, this.deps.clock.now());
+      if (end) throw new ChainwardenError('task_not_active', `AgentTask ${namespace}/${name} ${end.message}; it gets nothing more`);
+    }
+  }
+
   /** Whether the task's policy may hold a hop for approval (only its RequireApproval rules do); true without a policy, whose decisions then say why there are none. */
   mayWait(task: AgentTask): boolean {
     const policy = this.deps.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
@@ -267,6 +285,7 @@ export class HopService {
       });
       return { chain, depth, hopId, outcome };
     };
+    this.stillLive(task);
     let basis = task;
     let decided = decideOn(task);
     const releasedBy = approval !== undefined && decided.outcome.reasons.some((r) => r.rule === `approval:${approval.name}`);
@@ -278,6 +297,7 @@ export class HopService {
       // not shown, which holds it again.
       const fresh = await this.readFresh(namespace, name);
       if (fresh?.metadata.uid === uid) basis = fresh;
+      this.stillLive(basis);
       // Decided again, on the newest chain: hops this replica decided during the read count in
       // it, and from here to the journal nothing waits, so none slips between.
       decided = decideOn(basis);

@@ -44,7 +44,8 @@ export function serviceFor({ mode = 'Enforce', failingWrites = 0, hangs = false,
   adjust?.(raw);
   const policy = parseAgentPolicy(raw);
   const rawTask = exampleTask('support');
-  rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:00:00Z' };
+  // Created ten minutes before NOW: its 30 m life runs past every test's clock.
+  rawTask.metadata = { ...rawTask.metadata, uid: 't-uid', creationTimestamp: '2026-11-21T10:20:00Z' };
   if (taskLimits) rawTask.spec.limits = taskLimits;
   const task = parseAgentTask(rawTask);
   const twin = new TaskClientTwin(task);

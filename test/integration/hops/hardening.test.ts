@@ -10,6 +10,7 @@ import { describe, expect, test } from '../../env/fixtures.js';
 import { brokerRequest, createAgentPod, podToken } from '../../env/agents.js';
 import { boundExampleAgent } from '../../env/hops.js';
 import { create, rejection } from '../../env/kube.js';
+import { rawRequest } from '../../../src/kube/raw.js';
 import { readTask, waitForTask } from '../operator/helpers.js';
 
 const bin = path.resolve(import.meta.dirname, '../../../bin/chainwarden.js');
@@ -86,6 +87,73 @@ describe('policy evaluation fails closed', () => {
     const refused = await rejection(admin, otherPolicy(namespace, (p) => (p.spec.cedar = cedar)));
     expect(refused).toContain('spec.cedar');
     expect(refused).toMatch(message);
+  });
+});
+
+/**
+ * A hop request whose headers and first bytes go now and whose body ends when `finish` is called:
+ * the broker authenticates it at once and decides it once the body is whole.
+ */
+async function heldHop(env: { brokerUrl?: string; brokerCA?: string }, token: string, hop: Record<string, unknown>) {
+  const body = JSON.stringify(hop);
+  const https = await import('node:https');
+  const ca = await readFile(env.brokerCA ?? '', 'utf8');
+  let answer: { status: number; body: Record<string, unknown> } | undefined;
+  const req = https.request(new URL('/v1/hops', env.brokerUrl), { method: 'POST', ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+    let text = '';
+    res.on('data', (c: Buffer) => (text += c.toString()));
+    res.on('end', () => (answer = { status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }));
+  });
+  req.on('error', () => undefined);
+  req.write(body.slice(0, 10));
+  await new Promise((r) => setTimeout(r, 300));
+  return {
+    answered: () => answer !== undefined,
+    finish: async () => {
+      req.end(body.slice(10));
+      await expect.poll(() => answer, { timeout: 10_000 }).toBeDefined();
+      return answer as { status: number; body: Record<string, unknown> };
+    },
+  };
+}
+
+describe('a hop is decided on the task as it stands when it is decided, not when it was authenticated', () => {
+  test('an email whose body is held back while the agent reads PII is decided with that read in view, and denied', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace, { policy: (p) => void (p.spec.onViolation = 'Deny') });
+    const email = { tool: 'email', action: 'send', resource: 'customer' };
+    expect((await agent.hop(email)).body).toMatchObject({ decision: 'allow', reasons: [{ rule: 'reply-by-email' }] });
+    // The attacker opens a second email and sends its headers and part of its body: the broker
+    // authenticates it now, while the chain holds the email and no customer data.
+    const held = await heldHop(env, agent.token, email);
+    // Then it reads customer data, and is answered once the read is in the chain.
+    expect((await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/1' })).body.decision).toBe('allow');
+    // And one more read, which adds nothing new to the chain: once it is written and the watch has
+    // shown it, the replica holds no record of its own writes that is newer than the watch's copy.
+    const again = (await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/2' })).body;
+    expect(again.decision).toBe('allow');
+    await expect.poll(async () => (await readTask(admin, namespace, 'ticket-4711'))?.status?.recentHops?.some((h) => h.hopId === again.hopId), { timeout: 10_000 }).toBe(true);
+    // (A change of the task that writes no chain makes sure the watch has shown it since.)
+    const poked = await rawRequest(admin, 'PATCH', `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/ticket-4711`, { metadata: { annotations: { 'example.com/poked': 'yes' } } }, 'application/merge-patch+json');
+    expect(poked.status).toBe(200);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(held.answered()).toBe(false);
+    const denied = await held.finish();
+    expect(denied.body).toMatchObject({ decision: 'deny', reasons: [{ rule: 'no-exfiltration', effect: 'Deny' }] });
+    // And the task's status says so, for the on-call person reading it.
+    await expect.poll(async () => (await readTask(admin, namespace, 'ticket-4711'))?.status?.recentHops?.find((h) => h.hopId === denied.body.hopId), { timeout: 10_000 }).toMatchObject({ decision: 'deny', rules: ['no-exfiltration'] });
+  });
+
+  test('a read whose body is held back until the task has been revoked for a violation is refused, and not in the chain', async ({ admin, env, namespace }) => {
+    const agent = await boundExampleAgent(admin, env, namespace);
+    const held = await heldHop(env, agent.token, { tool: 'tickets', action: 'read', resource: 'ticket/held' });
+    const broken = await agent.hop({ tool: 'payments', action: 'admin.freeze', resource: 'account/1' });
+    expect(broken.body).toMatchObject({ decision: 'deny', reasons: [{ rule: 'never-admin-payments' }] });
+    // The task is revoked; the request authenticated before it is not decided after it.
+    const refused = await held.finish();
+    expect(refused).toMatchObject({ status: 403, body: { error: { code: 'task_not_active' } } });
+    expect(JSON.stringify(refused.body)).toContain('never-admin-payments');
+    await waitForTask(admin, namespace, 'ticket-4711', (t) => t.status?.state === 'Violated');
+    expect(JSON.stringify((await readTask(admin, namespace, 'ticket-4711'))?.status?.recentHops)).not.toContain('ticket/held');
   });
 });
 

@@ -280,6 +280,30 @@ describe('HopService: a hop that widens the chain is in status, and shown by the
     expect(await service.decideRequest(held, email)).toMatchObject({ decision: 'deny', reasons: [{ rule: 'no-exfiltration', effect: 'Deny' }] });
   });
 
+  it('a hop whose task ended after its request was authenticated is refused, not decided: a violation here, a completion the watch shows, the task gone', async () => {
+    const refusedWith = async (service: ReturnType<typeof serviceFor>['service'], held: Parameters<typeof service.decideRequest>[0]) =>
+      await service.decideRequest(held, { ...read, resource: 'ticket/9' }).then(
+        (a) => a,
+        (e: unknown) => e,
+      );
+    // Another request of the task breaks a rule on this replica while this one's body is still coming.
+    const broken = serviceFor({ watch: true });
+    expect(await broken.service.decideRequest(broken.who, { tool: 'payments', action: 'admin.freeze', resource: 'account/1', intent: '', attributes: {} })).toMatchObject({ decision: 'deny' });
+    expect(await refusedWith(broken.service, broken.who)).toMatchObject({ code: 'task_not_active', message: expect.stringMatching(/never-admin-payments/) });
+    expect(broken.twin.task?.status?.recentHops?.some((h) => h.resource === 'ticket/9')).toBeFalsy();
+    // Another replica took the agent's completion, and the watch shows it.
+    const completed = serviceFor({ watch: true });
+    await completed.twin.statusWriter('broker').update('support', completed.who.task.metadata.name ?? '', (t) => ({ ...t.status, completion: { pod: 'agent-0', at: '2026-11-21T10:29:00Z' } }));
+    expect(await refusedWith(completed.service, completed.who)).toMatchObject({ code: 'task_not_active', message: expect.stringMatching(/is Completed: pod agent-0 reported the chain complete/) });
+    // The task was deleted.
+    const gone = serviceFor({ watch: true });
+    gone.twin.delete();
+    expect(await refusedWith(gone.service, gone.who)).toMatchObject({ code: 'task_not_active', message: expect.stringMatching(/is gone/) });
+    // A task that goes on is decided as ever.
+    const live = serviceFor({ watch: true });
+    expect(await refusedWith(live.service, live.who)).toMatchObject({ decision: 'allow' });
+  });
+
   it("decided on what another replica wrote, though this replica's watch does not show it yet: the email after a PII read elsewhere is a violation", async () => {
     const elsewhere = serviceFor();
     // Replica B reads the ticket; its write lands in the API server.
