@@ -46,7 +46,10 @@ export interface LoadResult {
   /** Requests that got no answer (status 0), by the client's error code: a reset, a refused connection. */
   failures?: Record<string, number>;
   seconds: number;
+  /** Every answer a second, refusals included. */
   ratePerSecond: number;
+  /** The 2xx answers a second: what the target served, not what it turned away (a 503 `journal_behind`). */
+  okPerSecond: number;
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
@@ -139,7 +142,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
   await drive(job, send, job.seconds, record);
   const seconds = (performance.now() - start) / 1000;
   const summary = summarize(latencies);
-  return { mode: job.mode, requests: summary.count, warmupRequests, errors, statuses, ...(Object.keys(failures).length > 0 ? { failures } : {}), seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
+  return { mode: job.mode, requests: summary.count, warmupRequests, errors, statuses, ...(Object.keys(failures).length > 0 ? { failures } : {}), seconds: Math.round(seconds * 100) / 100, ratePerSecond: Math.round(summary.count / seconds), okPerSecond: Math.round((summary.count - errors) / seconds), p50Ms: summary.p50Ms, p99Ms: summary.p99Ms, maxMs: summary.maxMs };
 }
 
 if (process.argv[2] === '--job') {
