@@ -34,6 +34,8 @@ export interface TaskDelta {
   recent: RecentHop[];
   violation?: Violation;
   events: AuditEvent[];
+  /** `eventBytes` of each of `events`, in order: measured once, as the event is queued. */
+  eventSizes: number[];
   /** What its records come to, about (see `eventBytes`): `events`, and those of `resolutions` and `sessions`. */
   eventBytes: number;
   /** Decisions on pending hops; each applies only if its hop is still pending when written. */
@@ -83,6 +85,7 @@ export const emptyDelta = (): TaskDelta => ({
   removePending: new Set(),
   recent: [],
   events: [],
+  eventSizes: [],
   eventBytes: 0,
   resolutions: [],
   sessions: [],
@@ -94,10 +97,10 @@ export const emptyDelta = (): TaskDelta => ({
  */
 const eventBytes = (event: AuditEvent): number => Buffer.byteLength(JSON.stringify(event.data)) + 256;
 
-function bytesOf(events: readonly AuditEvent[]): number {
-  let sum = 0;
-  for (const event of events) sum += eventBytes(event);
-  return sum;
+function sum(sizes: readonly number[]): number {
+  let total = 0;
+  for (const size of sizes) total += size;
+  return total;
 }
 
 /**
@@ -124,10 +127,9 @@ export const MAX_QUEUED_EVENT_BYTES = 4 * MAX_WRITE_EVENT_BYTES;
 function splitEvents(delta: TaskDelta, budget: number, atLeastOne: boolean): TaskDelta | undefined {
   if (delta.eventBytes <= budget) return undefined;
   // The records of resolutions and sessions go with the first part.
-  let used = delta.eventBytes - bytesOf(delta.events);
+  let used = delta.eventBytes - sum(delta.eventSizes);
   let kept = 0;
-  for (const event of delta.events) {
-    const size = eventBytes(event);
+  for (const size of delta.eventSizes) {
     if (used + size > budget && !(atLeastOne && kept === 0)) break;
     used += size;
     kept += 1;
@@ -135,6 +137,7 @@ function splitEvents(delta: TaskDelta, budget: number, atLeastOne: boolean): Tas
   if (kept === delta.events.length) return undefined;
   const later = emptyDelta();
   later.events = delta.events.splice(kept);
+  later.eventSizes = delta.eventSizes.splice(kept);
   later.eventBytes = delta.eventBytes - used;
   delta.eventBytes = used;
   return later;
@@ -412,6 +415,7 @@ function merge(into: TaskDelta, from: TaskDelta): void {
   into.recent.push(...from.recent);
   into.violation ??= from.violation;
   into.events.push(...from.events);
+  into.eventSizes.push(...from.eventSizes);
   into.eventBytes += from.eventBytes;
   into.resolutions.push(...from.resolutions);
   into.sessions.push(...from.sessions);
@@ -576,8 +580,9 @@ export class TaskJournal {
       this.entries.set(key, entry);
     }
     const delta = { ...emptyDelta(), ...change };
-    delta.eventBytes = bytesOf(delta.events);
-    for (const r of delta.resolutions) delta.eventBytes += bytesOf(r.events);
+    delta.eventSizes = delta.events.map(eventBytes);
+    delta.eventBytes = sum(delta.eventSizes);
+    for (const r of delta.resolutions) delta.eventBytes += sum(r.events.map(eventBytes));
     for (const g of delta.sessions) delta.eventBytes += eventBytes(g.event);
     merge(entry.queued, delta);
     entry.queuedAt ??= this.clock.now();
