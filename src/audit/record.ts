@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 /** The hash before a task's first record. */
 export const GENESIS = '0'.repeat(64);
@@ -74,7 +74,7 @@ export function canonicalJson(value: unknown): string {
 
 export function hashRecord(record: Omit<AuditRecord, 'hash'>): string {
   const { hash: _ignored, ...rest } = record as AuditRecord;
-  return createHash('sha256').update(canonicalJson(rest)).digest('hex');
+  return hash('sha256', canonicalJson(rest), 'hex');
 }
 
 /**
@@ -90,7 +90,10 @@ export function recordJson(record: AuditRecord): string {
   return linkedJson.get(record) ?? JSON.stringify(record);
 }
 
-/** Links `events` after `head` (which has `count` records before it). */
+/**
+ * Links `events` after `head` (which has `count` records before it). A record holds its event's
+ * data as given, not a copy: the data is hashed here, and nothing changes an event once queued.
+ */
 export function linkRecords(
   task: { key: string; uid: string },
   head: string,
@@ -100,9 +103,9 @@ export function linkRecords(
   const out: AuditRecord[] = [];
   let prev = head;
   events.forEach((e, i) => {
-    const body = { v: 1 as const, task: task.key, taskUid: task.uid, seq: count + i + 1, prev, at: e.at, type: e.type, data: structuredClone(e.data) };
+    const body = { v: 1 as const, task: task.key, taskUid: task.uid, seq: count + i + 1, prev, at: e.at, type: e.type, data: e.data };
     const canonical = canonicalJson(body);
-    const record = { ...body, hash: createHash('sha256').update(canonical).digest('hex') };
+    const record = { ...body, hash: hash('sha256', canonical, 'hex') };
     linkedJson.set(record, `${canonical.slice(0, -1)},"hash":"${record.hash}"}`);
     out.push(record);
     prev = record.hash;

@@ -12,7 +12,9 @@ import { ChainVerifier, duplicateAuditKey, readAuditRecords, readAuditStream, ve
 import type { AgentTask } from '../../../src/api/schema.js';
 
 const events = Array.from({ length: 5 }, (_, i) => ({ type: 'hop_decided' as const, at: `2026-11-21T10:00:0${i}Z`, data: { hopId: `h1_${i}`, decision: 'allow' } }));
-const chain = (): AuditRecord[] => linkRecords({ key: 'ns/t', uid: 'u1' }, GENESIS, 0, events);
+/** Each chain links events of its own, as the journal does: a record holds its event's data, so a test that edits one leaves the next chain untouched. */
+const fresh = (list: typeof events) => list.map((e) => ({ ...e, data: { ...e.data } }));
+const chain = (): AuditRecord[] => linkRecords({ key: 'ns/t', uid: 'u1' }, GENESIS, 0, fresh(events));
 const lines = (records: AuditRecord[]) => records.map((r) => JSON.stringify({ level: 30, time: 'x', audit: r })).join('\n');
 /** The breaks found, the same whether the records are kept (trace) or only their links (audit verify). */
 const verify = (records: AuditRecord[]) => {
@@ -84,7 +86,7 @@ describe('audit chain', () => {
   });
 
   it('calls two chains intact exactly when nothing was changed and nothing but their ends removed, keeping whole records or links alone (fuzz)', () => {
-    const other = () => linkRecords({ key: 'ns/u', uid: 'u9' }, GENESIS, 0, events.slice(0, 3));
+    const other = () => linkRecords({ key: 'ns/u', uid: 'u9' }, GENESIS, 0, fresh(events.slice(0, 3)));
     const op = fc.oneof(
       fc.record({ kind: fc.constant('edit' as const), at: fc.nat(), to: fc.constantFrom('deny', 'allow') }),
       fc.record({ kind: fc.constant('drop' as const), at: fc.nat() }),
