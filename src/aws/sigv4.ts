@@ -1,4 +1,4 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, hash, timingSafeEqual } from 'node:crypto';
 import { getCanonicalHeaders, getCanonicalQuery, getSigningKey } from '@smithy/signature-v4';
 import type { Checksum, HttpRequest, SourceData } from '@smithy/types';
 import { ChainwardenError } from '../errors.js';
@@ -67,7 +67,7 @@ export class Sha256 implements Checksum {
   }
 }
 
-export const sha256Hex = (data: string | Uint8Array) => createHash('sha256').update(data).digest('hex');
+export const sha256Hex = (data: string | Uint8Array) => hash('sha256', data, 'hex');
 
 function queryObject(query: string): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { InjectableSpec } from '../admission/plugins/pod.js';
 import type { KubeAccess } from '../kube/access.js';
@@ -367,7 +367,7 @@ export class AgentAuthenticator {
   async authenticate(authorization: string | undefined, options: AuthenticateOptions = {}): Promise<AgentPrincipal> {
     const token = /^Bearer\s+(\S+)$/i.exec(authorization ?? '')?.[1];
     if (!token) throw unauthenticated('send the pod\'s projected service-account token as "Authorization: Bearer <token>"');
-    const key = createHash('sha256').update(token).digest('base64url');
+    const key = hash('sha256', token, 'base64url');
     const remembered = this.rememberedRefusal(key);
     if (remembered) {
       this.count('chainwarden_agent_refusals_remembered_total', 'Agent requests refused from memory, with no verification or API call.');

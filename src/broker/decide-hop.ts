@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { parseDuration } from '../api/duration.js';
 import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
 import { POLICY_DEFAULTS, STATUS_CAPS } from '../api/task.js';
@@ -117,7 +117,7 @@ export type Evaluate = (policy: AgentPolicy, subject: HopSubject, context: HopCo
 
 /** What an approval is bound to: the same tool, action, resource and attributes, nothing else. */
 export function hopDigest(r: Pick<HopRequest, 'tool' | 'action' | 'resource' | 'attributes'>): string {
-  return createHash('sha256').update(canonicalJson({ tool: r.tool, action: r.action, resource: r.resource, attributes: r.attributes })).digest('hex');
+  return hash('sha256', canonicalJson({ tool: r.tool, action: r.action, resource: r.resource, attributes: r.attributes }), 'hex');
 }
 
 const DEFAULT_DENY: Reason = { rule: 'default-deny', effect: 'Deny' };
