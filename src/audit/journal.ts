@@ -548,8 +548,8 @@ const keyOf = (task: TaskRef) => `${task.metadata.namespace ?? ''}/${task.metada
  */
 export class TaskJournal {
   private readonly entries = new Map<string, Entry>();
-  /** The chain state this replica last wrote, per task: newer than the watch may have shown yet. */
-  private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']>; pending: number }>();
+  /** The chain state and recent hops this replica last wrote, per task: newer than the watch may have shown yet. */
+  private readonly written = new Map<string, { uid: string; chain: NonNullable<AgentTaskStatus['chain']>; pending: number; recent: readonly RecentHop[] }>();
   private readonly stops = new Map<string, Stop>();
   /** The head whose records this process last emitted, per task: an outbox it may mark emitted. */
   private readonly emittedHeads = new Map<string, string>();
@@ -711,6 +711,24 @@ export class TaskJournal {
     return { chain, pending };
   }
 
+  /**
+   * A hop of the task this replica decided, as its journal has it: queued or being written, or in
+   * the recent hops of its last write until the watch shows that write. Between a write landing
+   * and the watch showing it, neither the watch's copy nor the queue has the hop.
+   */
+  recentHop(task: AgentTask, hopId: string): RecentHop | undefined {
+    const key = keyOf(task);
+    const entry = this.entries.get(key);
+    if (entry && entry.uid === (task.metadata.uid ?? '')) {
+      for (const delta of [entry.queued, entry.inflight ?? entry.unconfirmed?.delta]) {
+        const found = delta?.recent.find((h) => h.hopId === hopId);
+        if (found) return found;
+      }
+    }
+    const mine = this.written.get(key);
+    return mine && mine.uid === task.metadata.uid ? mine.recent.find((h) => h.hopId === hopId) : undefined;
+  }
+
   /** The changes this replica has not written yet, for deciding with a view that includes them. */
   unwritten(namespace: string, name: string): TaskDelta | undefined {
     const entry = this.entries.get(`${namespace}/${name}`);
@@ -800,7 +818,7 @@ export class TaskJournal {
       if (!written) this.options.log.warn({ task, records: delta.events.length }, 'task gone before its journal was written');
       const chain = written?.status?.chain;
       if (written && chain) {
-        this.written.set(task, { uid: written.metadata.uid ?? '', chain, pending: written.status?.pendingHops?.length ?? 0 });
+        this.written.set(task, { uid: written.metadata.uid ?? '', chain, pending: written.status?.pendingHops?.length ?? 0, recent: written.status?.recentHops ?? [] });
         if (this.written.size > 50_000) this.written.delete(this.written.keys().next().value ?? '');
       }
       entry.failures = 0;

@@ -164,9 +164,10 @@ export class HopService {
   /** Hops that waited for approval, and how each was then decided: what `GET /v1/hops/{id}` is for. */
   private readonly waited = new Map<string, HopAnswer>();
   /**
-   * The latest hops decided at once. An agent asking about one is answered from the journal's queue
-   * until it is written, and from the task's `recentHops` once the watch shows it; these cover the
-   * moment in between. A busy replica decides thousands a second, so they are few, not all.
+   * The latest hops decided at once. An agent asking about an older one is answered from the
+   * task's `recentHops` once the watch shows its write, and before that from the journal (its
+   * queue, then what its last write carried). A busy replica decides thousands a second, so these
+   * are few, not all.
    */
   private readonly lately = new Map<string, HopAnswer>();
 
@@ -425,7 +426,7 @@ export class HopService {
       if (resolved && resolved.decision !== 'pending_approval') return resolved;
       return { hopId, decision: 'pending_approval', reasons: pending.rules.map((rule) => ({ rule, effect: 'RequireApproval' })), depth, timeoutAt: pending.timeoutAt, ...(pending.wouldDenyBy ? { wouldDeny: true } : {}) };
     }
-    const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId) ?? this.deps.journal.unwritten(namespace, name)?.recent.find((h) => h.hopId === hopId);
+    const recent = (who.task.status?.recentHops ?? []).find((h) => h.hopId === hopId) ?? this.deps.journal.recentHop(who.task, hopId);
     if (recent) {
       const effect = recent.decision === 'allow' && !recent.wouldDeny ? 'Allow' : 'Deny';
       return { hopId, decision: recent.decision as HopDecision, reasons: recent.rules.map((rule) => ({ rule, effect })), depth, ...(recent.wouldDeny ? { wouldDeny: true } : {}) };

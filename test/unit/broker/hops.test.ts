@@ -506,6 +506,20 @@ describe('GET /v1/hops/{id}: what a replica keeps of the hops it decided', () =>
     expect(await service.status(agent, first.hopId)).toMatchObject({ hopId: first.hopId, decision: 'allow', depth: 1, reasons: [{ rule: 'read-and-comment', effect: 'Allow' }] });
   });
 
+  it("a hop decided at once is found once written, before this replica's watch shows the write, however many hops of other tasks came after it", async () => {
+    const { service, who, twin } = serviceFor({ adjust: (p) => void (p.spec.limits = { maxHops: 2_000, maxDepth: 6 }), taskLimits: { maxHops: 2_000 } });
+    // The agent's copy of its task, as the watch showed it when the request was authenticated; the watch shows no write after.
+    const agent = { ...who, task: touched(twin.task ?? who.task) };
+    const first = await service.decideRequest(agent, read);
+    await expect.poll(() => twin.task?.status?.recentHops?.map((h) => h.hopId)).toEqual([first.hopId]);
+    // Another task's hops fill what the replica keeps of hops decided at once (the tasks share it).
+    const other = touched(agent.task);
+    other.metadata = { ...other.metadata, name: 'other-task', uid: 'o-uid' };
+    for (let i = 0; i < 1_100; i++) await service.decideRequest({ ...who, task: other }, { ...read, resource: `ticket/${i + 2}` });
+    expect(agent.task.status?.recentHops ?? []).toHaveLength(0);
+    expect(await service.status(agent, first.hopId)).toMatchObject({ hopId: first.hopId, decision: 'allow', depth: 1, reasons: [{ rule: 'read-and-comment', effect: 'Allow' }] });
+  });
+
   it('credentials handed out with an allowed hop are not kept with its answer: asking about the hop later does not hand them out again', async () => {
     const session = { AWS_ACCESS_KEY_ID: 'ASIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret', AWS_SESSION_TOKEN: 'token' };
     const credentials = { forAgent: () => Promise.resolve(session) } as unknown as HopServiceDeps['credentials'];
