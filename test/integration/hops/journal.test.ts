@@ -60,7 +60,7 @@ describe('the journal cannot be wedged', () => {
     await waitForTask(admin, namespace, TASK, (t) => t.status?.chain?.hopCount === STATUS_CAPS.pendingHops + 2);
   });
 
-  test('an agent sending hops at their size limits faster than status writes carry them is slowed, and every hop it was answered is counted and covered by the head', async ({ admin, env, namespace }) => {
+  test(`an agent with ${STATUS_CAPS.pendingHops} hops at their size limits waiting, sending more such hops faster than status writes carry them, is slowed, and every hop it was answered is counted and covered by the head`, async ({ admin, env, namespace }) => {
     const agent = await boundExampleAgent(admin, env, namespace, {
       policy: (p) => {
         roomy.policy(p);
@@ -70,13 +70,27 @@ describe('the journal cannot be wedged', () => {
     });
     // Intent, resource and attributes near their limits, in random text that does not compress: about 6 KB a record.
     const noise = (n: number) => randomBytes(n).toString('base64').slice(0, n);
+    const large = () => ({ intent: noise(1000), attributes: { a: noise(1000), b: noise(1000), c: noise(1000), d: noise(900) } });
+    // The rest of the status at its largest too: every hop it may hold waiting for approval, each at its limits.
+    const waiting = await Promise.all(Array.from({ length: STATUS_CAPS.pendingHops }, () => agent.hop({ tool: 'payments', action: 'refund', resource: `order/${noise(1000)}`, ...large() })));
+    expect(waiting.map((w) => w.body.decision)).toEqual(Array.from({ length: STATUS_CAPS.pendingHops }, () => 'pending_approval'));
+    // The largest status the API server stored while the burst ran, as read every 20 ms.
+    let largest = 0;
+    let bursting = true;
+    const sizes = (async () => {
+      while (bursting) {
+        const read = await rawRequest(admin, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${namespace}/agenttasks/${TASK}`);
+        largest = Math.max(largest, JSON.stringify((read.body as { status?: unknown }).status ?? {}).length);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
     const answers: Record<string, number> = {};
     let sent = 0;
     await Promise.all(
       Array.from({ length: 48 }, async () => {
         while (sent < 2_000) {
           sent += 1;
-          const answer = await agent.hop({ tool: 'tickets', action: 'probe', resource: `ticket/${noise(1000)}`, intent: noise(1000), attributes: { a: noise(1000), b: noise(1000), c: noise(1000), d: noise(900) } });
+          const answer = await agent.hop({ tool: 'tickets', action: 'probe', resource: `ticket/${noise(1000)}`, ...large() });
           const outcome = `${answer.status} ${answer.body.decision ?? answer.body.error?.code ?? ''}`;
           answers[outcome] = (answers[outcome] ?? 0) + 1;
           // As the refusal asks: retry shortly.
@@ -84,6 +98,10 @@ describe('the journal cannot be wedged', () => {
         }
       }),
     );
+    bursting = false;
+    await sizes;
+    // Statuses of over a megabyte (the waiting hops and a write's worth of records that do not compress) were stored, under etcd's 1.5 MiB.
+    expect(largest).toBeGreaterThan(1_000_000);
     // Before, one status write carried a second's worth of records, 413 past the API server's 3 MiB: the task
     // was stopped on this replica (task_not_active), and a thousand answered hops were neither counted nor under the head.
     expect(Object.keys(answers).filter((k) => k !== '200 allow' && k !== '503 journal_behind')).toEqual([]);
@@ -91,10 +109,10 @@ describe('the journal cannot be wedged', () => {
     expect(allowed).toBeGreaterThan(200);
     const uid = (await readTask(admin, namespace, TASK))?.metadata.uid;
     // A record reaches the stream once the head that covers it is in status.
-    await expect.poll(async () => (await auditOf(env.auditFile, uid)).filter((e) => e.record.type === 'hop_decided').length, { timeout: 30_000 }).toBe(allowed);
+    await expect.poll(async () => (await auditOf(env.auditFile, uid)).filter((e) => e.record.type === 'hop_decided').length, { timeout: 30_000 }).toBe(allowed + STATUS_CAPS.pendingHops);
     const task = await readTask(admin, namespace, TASK);
-    expect(task?.status?.chain?.hopCount).toBe(allowed);
-    expect(task?.status?.hops?.allowed).toBe(allowed);
+    expect(task?.status?.chain?.hopCount).toBe(allowed + STATUS_CAPS.pendingHops);
+    expect(task?.status?.hops).toMatchObject({ allowed, pending: STATUS_CAPS.pendingHops });
     expect((await auditOf(env.auditFile, uid)).at(-1)?.record).toMatchObject({ seq: task?.status?.audit?.count, hash: task?.status?.audit?.head });
     // The task goes on.
     expect((await agent.hop({ tool: 'tickets', action: 'read', resource: 'ticket/1' })).body.decision).toBe('allow');
