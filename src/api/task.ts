@@ -101,6 +101,26 @@ export const STATUS_CAPS = {
   dataClassesTouched: maxItemsOf(status.chain.properties.dataClassesTouched, 'chain.dataClassesTouched'),
 } as const;
 
+/** What JSON.stringify writes as one byte or two and the API server's encoder (Go's) as six: `<`, `>`, `&`, U+2028, U+2029, backspace, form feed. */
+const WIDER_STORED = /[<>&\u2028\u2029\b\f]/g;
+
+/**
+ * The bytes `value` takes as JSON in the object the API server stores: as JSON.stringify writes it
+ * in UTF-8, with each character Go's encoder escapes wider counted as its six bytes (`\u003c`).
+ * An agent's text of `<` is stored six times its length.
+ */
+export function storedJsonBytes(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value, (_key, v: unknown) => (typeof v === 'string' ? v.replace(WIDER_STORED, '\u0000') : v)) ?? '');
+}
+
+/**
+ * The most a waiting hop's own text may come to in status (its tool, action, resource, intent
+ * and attributes, as `storedJsonBytes` counts them). Its fields are bounded in characters, and a
+ * character can be three bytes, or six escaped: 100 waiting hops at those bounds made a status
+ * past what etcd stores (1.5 MiB), which the API server then refused every time.
+ */
+export const MAX_PENDING_HOP_BYTES = 8 * 1024;
+
 /**
  * The marker a hop names instead of its body's hash (`payloadSha256` that is no SHA-256: the
  * AWS gateway's UNSIGNED-PAYLOAD or streaming marker), when it does: such a body is bound to

@@ -1,7 +1,7 @@
 import { hash } from 'node:crypto';
 import { parseDuration } from '../api/duration.js';
 import type { AgentPolicy, AgentTask, AgentTaskStatus } from '../api/schema.js';
-import { POLICY_DEFAULTS, STATUS_CAPS } from '../api/task.js';
+import { MAX_PENDING_HOP_BYTES, POLICY_DEFAULTS, STATUS_CAPS, storedJsonBytes } from '../api/task.js';
 import type { AuditEvent, TaskDelta } from '../audit/journal.js';
 import { canonicalJson } from '../audit/record.js';
 import { globMatches } from '../policy/glob.js';
@@ -169,14 +169,6 @@ export function touchedSystems(policy: AgentPolicy, hop: Pick<HopRequest, 'tool'
 export const dataClassesOf = (systems: System[]): string[] => [...new Set(systems.flatMap((s) => s.dataClasses ?? []))];
 
 /**
- * The most a waiting hop's own text may come to (its tool, action, resource, intent and
- * attributes as JSON, in UTF-8). Its fields are bounded in characters, and a character can be
- * three bytes: 100 waiting hops at those bounds made a status past what etcd stores (1.5 MiB),
- * which the API server then refused every time. 100 of these fit with the rest of the status.
- */
-export const MAX_PENDING_HOP_BYTES = 8 * 1024;
-
-/**
  * What the task's status can hold: the API server refuses a status over its lists' caps every
  * time, so a hop whose record would not fit is denied rather than answered and never recorded.
  */
@@ -185,8 +177,8 @@ function overCapacity(input: HopInput, touched: System[], verdict: Verdict): Ver
   const deny = (rule: string, message?: string): Verdict => ({ decision: 'deny', reasons: [{ rule, effect: 'Deny', ...(message ? { message } : {}) }] });
   if (verdict.decision === 'pending_approval') {
     if (chain.pending >= STATUS_CAPS.pendingHops) return deny('limit:pendingHops');
-    const bytes = Buffer.byteLength(JSON.stringify({ tool: request.tool, action: request.action, resource: request.resource, intent: request.intent, attributes: request.attributes }));
-    if (bytes > MAX_PENDING_HOP_BYTES) return deny('limit:pendingHops', `a hop that waits for approval waits in the task's status, and this one's tool, action, resource, intent and attributes come to ${bytes} bytes of UTF-8, over ${MAX_PENDING_HOP_BYTES}: send shorter values, or fewer attributes`);
+    const bytes = storedJsonBytes({ tool: request.tool, action: request.action, resource: request.resource, intent: request.intent, attributes: request.attributes });
+    if (bytes > MAX_PENDING_HOP_BYTES) return deny('limit:pendingHops', `a hop that waits for approval waits in the task's status, and this one's tool, action, resource, intent and attributes come to ${bytes} bytes there (UTF-8, and <, > and & escaped in six), over ${MAX_PENDING_HOP_BYTES}: send shorter values, or fewer attributes`);
   }
   if (verdict.decision !== 'allow') return undefined;
   const added = new Set([request.tool, ...touched.map((t) => t.name)].filter((name) => !chain.systems.has(name))).size;

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseAgentPolicy, parseAgentTask } from '../../../src/api/parse.js';
 import type { TaskDelta } from '../../../src/audit/journal.js';
-import { STATUS_CAPS } from '../../../src/api/task.js';
-import { chainView, decideHop, MAX_PENDING_HOP_BYTES, depthOf, type ChainView, type HopApproval, type HopInput } from '../../../src/broker/decide-hop.js';
+import { MAX_PENDING_HOP_BYTES, STATUS_CAPS } from '../../../src/api/task.js';
+import { chainView, decideHop, depthOf, type ChainView, type HopApproval, type HopInput } from '../../../src/broker/decide-hop.js';
 import { parseHopRequest } from '../../../src/broker/hops.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { examplePolicy, exampleTask } from '../../builders/examples.js';
@@ -123,13 +123,15 @@ describe('decideHop: a hop whose record would not fit in status is denied, never
     expect(out.delta.addPending).toBeUndefined();
   });
 
-  it(`a hop that would wait with more than ${MAX_PENDING_HOP_BYTES / 1024} KiB of text in UTF-8 is denied by limit:pendingHops, saying why; the same characters in ASCII wait`, () => {
+  it(`a hop that would wait with more than ${MAX_PENDING_HOP_BYTES / 1024} KiB of text as the API server stores it is denied by limit:pendingHops, saying why; the same number of plain ASCII characters wait`, () => {
     // Within every field's character limit; three bytes a character, 100 such waiting hops made a status etcd does not store.
     const wide = (c: string) => ({ tool: 'payments', action: 'refund', resource: `order/${c.repeat(1000)}`, intent: c.repeat(1000), attributes: { a: c.repeat(1000), b: c.repeat(1000), c: c.repeat(1000), d: c.repeat(900) } });
     expect(decide(wide('x'), full({})).decision).toBe('pending_approval');
     const out = decide(wide('€'), full({}));
-    expect(out).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops', message: expect.stringMatching(/waits in the task's status.* bytes of UTF-8, over 8192: send shorter values/) as string }] });
+    expect(out).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops', message: expect.stringMatching(/waits in the task's status.* bytes there \(UTF-8, and <, > and & escaped in six\), over 8192: send shorter values/) as string }] });
     expect(out.delta.addPending).toBeUndefined();
+    // One byte each in UTF-8, six each as stored (`\u003c`): 100 such waiting hops were a status past etcd's 1.5 MiB.
+    for (const c of ['<', '>', '&']) expect(decide(wide(c), full({})), c).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops' }] });
   });
 
   it(`a new system beyond the ${STATUS_CAPS.systemsTouched} the chain records is denied; a system already touched is not`, () => {
