@@ -3,7 +3,7 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { AgentTask, AgentTaskStatus } from '../api/schema.js';
 import { ConditionType, mergeConditions, Reason } from '../api/conditions.js';
 import { MAX_RECORDED_SESSIONS } from '../api/schema.js';
-import { endOf, isTerminal, STATUS_CAPS } from '../api/task.js';
+import { endOf, isTerminal, MAX_PENDING_HOP_BYTES, STATUS_CAPS } from '../api/task.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
@@ -92,10 +92,11 @@ export const emptyDelta = (): TaskDelta => ({
 });
 
 /**
- * About what an event comes to as a record in the outbox: its data's JSON in UTF-8 and the
- * record's own fields (task, uid, sequence, time, the two hashes), about 256 bytes more.
+ * About what an event comes to as a record in the outbox: its data's JSON in UTF-8, the task's
+ * key (`namespace/name`, up to 317 characters), and the record's other fields (version, uid,
+ * sequence, time, type, the two hashes) with their keys, about 300 bytes.
  */
-const eventBytes = (event: AuditEvent): number => Buffer.byteLength(JSON.stringify(event.data)) + 256;
+const eventBytes = (key: string) => (event: AuditEvent): number => Buffer.byteLength(JSON.stringify(event.data)) + 300 + key.length;
 
 function sum(sizes: readonly number[]): number {
   let total = 0;
@@ -108,13 +109,30 @@ function sum(sizes: readonly number[]): number {
  * can be 7 KB (its intent, resource and attributes at their limits), and an agent can ask for
  * hundreds a second: written whole, a second's worth made a status the API server refuses
  * (413 past 3 MiB; etcd stores 1.5 MiB an object), and the records went out uncovered by any
- * head. Deflated and in base64, records that do not compress come to at most 683 KiB of outbox,
- * which leaves room under etcd's limit for the rest of the status (100 waiting hops at their
- * limits are about 630 KB); ordinary records deflate to a fifth. It also sets what a replica
- * journals: at `--journal-writes-per-second` 20, about 20 writes of 800 ordinary records a
- * second. At half this, a replica carried about 9,700 hops a second and refused the rest.
+ * head. Deflated and in base64, records that do not compress come to at most 683 KiB of outbox;
+ * ordinary records deflate to a fifth. While many hops wait in the status a write carries less
+ * (`writeBudget`). It also sets what a replica journals: at `--journal-writes-per-second` 20,
+ * about 20 writes of 800 ordinary records a second. At half this, a replica carried about 9,700
+ * hops a second and refused the rest.
  */
 export const MAX_WRITE_EVENT_BYTES = 512 * 1024;
+/**
+ * What etcd stores of one object (1.5 MiB), less room for the task's spec, metadata, conditions
+ * and the rest of its status (256 KiB), and for its recent hops at their limits (a resource of
+ * 1,024 characters stored in up to six bytes each).
+ */
+const STATUS_ROOM = 1_572_864 - 256 * 1024 - STATUS_CAPS.recentHops * 6_700;
+/** What one waiting hop may take of the status: its text (`MAX_PENDING_HOP_BYTES`), and its id, digest, rules and times. */
+const WAITING_HOP_ROOM = MAX_PENDING_HOP_BYTES + 700;
+
+/**
+ * The records a write may carry while `waiting` hops wait in the task's status: the room they
+ * leave, in base64 (three bytes of records, deflated or not, in four), and at most
+ * `MAX_WRITE_EVENT_BYTES`. With 100 waiting hops at their limits, about 210 KiB.
+ */
+export const writeBudget = (waiting: number): number =>
+  Math.min(MAX_WRITE_EVENT_BYTES, Math.floor(((STATUS_ROOM - Math.min(waiting, STATUS_CAPS.pendingHops) * WAITING_HOP_ROOM) * 3) / 4));
+
 /**
  * Records waiting for their writes beyond which the task's requests are refused until they are
  * written: the journal keeps pace, and an agent that outruns it is slowed, not queued for.
@@ -583,10 +601,11 @@ export class TaskJournal {
       this.entries.set(key, entry);
     }
     const delta = { ...emptyDelta(), ...change };
-    delta.eventSizes = delta.events.map(eventBytes);
+    const size = eventBytes(key);
+    delta.eventSizes = delta.events.map(size);
     delta.eventBytes = sum(delta.eventSizes);
-    for (const r of delta.resolutions) delta.eventBytes += sum(r.events.map(eventBytes));
-    for (const g of delta.sessions) delta.eventBytes += eventBytes(g.event);
+    for (const r of delta.resolutions) delta.eventBytes += sum(r.events.map(size));
+    for (const g of delta.sessions) delta.eventBytes += size(g.event);
     merge(entry.queued, delta);
     entry.queuedAt ??= this.clock.now();
     if (change.violation) this.stop(task, 'violated', `is Violated: hop ${change.violation.hopId} broke ${change.violation.rule}`);
@@ -771,6 +790,19 @@ export class TaskJournal {
     clearTimeout(timer);
   }
 
+  /**
+   * How many hops may wait in the task's status once `deltas` are written: as many as the newest
+   * copy this replica knows holds (the watch's, or its own last write), and those the deltas add.
+   */
+  private waiting(entry: Entry, deltas: (TaskDelta | undefined)[]): number {
+    const seen = this.options.cached?.(entry.namespace, entry.name);
+    let known = seen?.metadata.uid === entry.uid ? (seen.status?.pendingHops?.length ?? 0) : 0;
+    const mine = this.written.get(`${entry.namespace}/${entry.name}`);
+    if (mine && mine.uid === entry.uid) known = Math.max(known, mine.pending);
+    for (const delta of deltas) known += delta?.addPending.length ?? 0;
+    return known;
+  }
+
   private async flush(entry: Entry): Promise<void> {
     const unconfirmed = entry.unconfirmed;
     const fresh = entry.queued;
@@ -778,7 +810,7 @@ export class TaskJournal {
     // A write carries what fits of the records: the rest stays queued, in order, for the next
     // write, a window later (at once if someone waits, and whoever waits, waits for that one):
     // an agent sending more than writes carry is slowed by `refusal`, not written for back to back.
-    const later = splitEvents(fresh, MAX_WRITE_EVENT_BYTES - (unconfirmed?.delta.eventBytes ?? 0), !unconfirmed);
+    const later = splitEvents(fresh, writeBudget(this.waiting(entry, [fresh, unconfirmed?.delta])) - (unconfirmed?.delta.eventBytes ?? 0), !unconfirmed);
     // What this write carries, unless the unconfirmed one turns out to have landed.
     const delta = emptyDelta();
     if (unconfirmed) merge(delta, unconfirmed.delta);

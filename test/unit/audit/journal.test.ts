@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
 import type { AgentTask, AgentTaskStatus } from '../../../src/api/schema.js';
 import { STATUS_CAPS } from '../../../src/api/task.js';
-import { applyDelta, emptyDelta, FLUSHED_WAIT_MS, MAX_QUEUED_EVENT_BYTES, MAX_WRITE_EVENT_BYTES, TaskJournal, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
+import { applyDelta, emptyDelta, FLUSHED_WAIT_MS, MAX_QUEUED_EVENT_BYTES, MAX_WRITE_EVENT_BYTES, TaskJournal, writeBudget, type StopCause, type TaskRef } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
 import { verifyChains } from '../../../src/audit/verify.js';
 import { ChainwardenError } from '../../../src/errors.js';
@@ -192,7 +192,8 @@ describe('a write stays a size the API server stores', () => {
       outboxes.push((status.audit?.unsent ?? []).join('').length);
       return stored;
     };
-    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0 });
+    // The journal reads the task as a watch would show it: as stored.
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0, cached: () => stored });
     return { journal, emitted, outboxes, stored: () => stored, hold: (on: boolean) => ((hold = on), on ? undefined : release?.()) };
   }
 
@@ -214,6 +215,28 @@ describe('a write stays a size the API server stores', () => {
     const { chains, breaks } = verifyChains(emitted.map((record, i) => ({ record, line: i + 1 })));
     expect(breaks).toEqual([]);
     expect({ count: chains[0]?.count, head: chains[0]?.head }).toEqual({ count: 300, head: stored().status?.audit?.head });
+  });
+
+  it(`with ${STATUS_CAPS.pendingHops} hops waiting at their limits, a write carries fewer records, so the status stays under what etcd stores`, async () => {
+    const text = 'x'.repeat(1_000);
+    const pendingHops = Array.from({ length: STATUS_CAPS.pendingHops }, (_, i) => ({ hopId: `h1_p${i}`, digest: 'd'.repeat(64), tool: 'payments', action: 'refund', resource: `order/${text}`, intent: text, attributes: { a: text, b: text, c: text, d: text.slice(0, 900) }, depth: 1, rules: ['refunds-need-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' }));
+    const burst = async (initial: AgentTaskStatus) => {
+      const { journal, emitted, outboxes, stored, hold } = storing(initial);
+      hold(true);
+      for (let i = 0; i < 300; i++) journal.record(stored(), { events: [bigHop(i)] });
+      hold(false);
+      await vi.waitFor(() => expect(emitted).toHaveLength(300), { timeout: 5_000 });
+      return { largestOutbox: Math.max(...outboxes), largestStatus: JSON.stringify(stored().status).length };
+    };
+    const idle = await burst({ state: 'Bound' });
+    const waiting = await burst({ state: 'Bound', hops: { allowed: 0, denied: 0, pending: STATUS_CAPS.pendingHops }, pendingHops });
+    // Records that do not compress: base64 of about the bytes counted, at most a write's budget.
+    expect(idle.largestOutbox).toBeGreaterThan(MAX_WRITE_EVENT_BYTES);
+    expect(idle.largestOutbox).toBeLessThan((MAX_WRITE_EVENT_BYTES * 4) / 3 + 8 * 1024);
+    expect(waiting.largestOutbox).toBeLessThan((writeBudget(STATUS_CAPS.pendingHops) * 4) / 3 + 8 * 1024);
+    expect(waiting.largestOutbox).toBeLessThan(idle.largestOutbox / 2);
+    // Under etcd's 1.5 MiB, with room for the task's spec and metadata.
+    expect(waiting.largestStatus).toBeLessThan(1_572_864 - 256 * 1024);
   });
 
   it('whoever waits on a change queued behind a burst hears it landed only once its record is in status', async () => {
