@@ -178,7 +178,7 @@ function overCapacity(input: HopInput, touched: System[], verdict: Verdict): Ver
   if (verdict.decision === 'pending_approval') {
     if (chain.pending >= STATUS_CAPS.pendingHops) return deny('limit:pendingHops');
     const bytes = storedJsonBytes({ tool: request.tool, action: request.action, resource: request.resource, intent: request.intent, attributes: request.attributes });
-    if (bytes > MAX_PENDING_HOP_BYTES) return deny('limit:pendingHops', `a hop that waits for approval waits in the task's status, and this one's tool, action, resource, intent and attributes come to ${bytes} bytes there (UTF-8, and <, > and & escaped in six), over ${MAX_PENDING_HOP_BYTES}: send shorter values, or fewer attributes`);
+    if (bytes > MAX_PENDING_HOP_BYTES) return deny('limit:pendingHops', `a hop that waits for approval waits in the task's status, and this one's tool, action, resource, intent and attributes come to ${bytes} bytes of UTF-8 as the API server stores them (<, > and & escaped in six), over ${MAX_PENDING_HOP_BYTES}: send shorter values, or fewer attributes`);
   }
   if (verdict.decision !== 'allow') return undefined;
   const added = new Set([request.tool, ...touched.map((t) => t.name)].filter((name) => !chain.systems.has(name))).size;

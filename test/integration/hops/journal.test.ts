@@ -67,7 +67,7 @@ describe('the journal cannot be wedged', () => {
     // About 5,900 bytes of UTF-8, about 35 KB as stored: forty such waiting hops would be a status etcd refuses.
     const angled = await refund('<');
     expect(angled.body).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops' }] });
-    expect(JSON.stringify(angled.body)).toMatch(/bytes there \(UTF-8, and <, > and & escaped in six\), over 8192/);
+    expect(JSON.stringify(angled.body)).toMatch(/bytes of UTF-8 as the API server stores them \(<, > and & escaped in six\), over 8192/);
     const task = await waitForTask(admin, namespace, TASK, (t) => t.status?.chain?.hopCount === 2);
     expect(task.status?.pendingHops).toHaveLength(1);
   });

@@ -128,7 +128,7 @@ describe('decideHop: a hop whose record would not fit in status is denied, never
     const wide = (c: string) => ({ tool: 'payments', action: 'refund', resource: `order/${c.repeat(1000)}`, intent: c.repeat(1000), attributes: { a: c.repeat(1000), b: c.repeat(1000), c: c.repeat(1000), d: c.repeat(900) } });
     expect(decide(wide('x'), full({})).decision).toBe('pending_approval');
     const out = decide(wide('€'), full({}));
-    expect(out).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops', message: expect.stringMatching(/waits in the task's status.* bytes there \(UTF-8, and <, > and & escaped in six\), over 8192: send shorter values/) as string }] });
+    expect(out).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops', message: expect.stringMatching(/waits in the task's status.* bytes of UTF-8 as the API server stores them \(<, > and & escaped in six\), over 8192: send shorter values/) as string }] });
     expect(out.delta.addPending).toBeUndefined();
     // One byte each in UTF-8, six each as stored (`\u003c`): 100 such waiting hops were a status past etcd's 1.5 MiB.
     for (const c of ['<', '>', '&']) expect(decide(wide(c), full({})), c).toMatchObject({ decision: 'deny', reasons: [{ rule: 'limit:pendingHops' }] });
