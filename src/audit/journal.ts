@@ -803,6 +803,15 @@ export class TaskJournal {
     return known;
   }
 
+  /** Puts `delta` back in front of the task's queue: its records precede whatever queued since. */
+  private requeueFirst(entry: Entry, delta: TaskDelta): void {
+    const requeued = emptyDelta();
+    merge(requeued, delta);
+    merge(requeued, entry.queued);
+    entry.queued = requeued;
+    entry.queuedAt ??= this.clock.now();
+  }
+
   private async flush(entry: Entry): Promise<void> {
     const unconfirmed = entry.unconfirmed;
     const fresh = entry.queued;
@@ -828,6 +837,9 @@ export class TaskJournal {
     let landed: AuditRecord[] = unconfirmed?.landed ?? [];
     let seen: TaskRef | undefined;
     let replaced = false;
+    // Records this write leaves for the next: the task as read may hold more waiting hops than the
+    // split counted on (another replica's, not yet shown by the watch), leaving less room.
+    let spilled: TaskDelta | undefined;
     try {
       const found = await this.options.writer.update(
         entry.namespace,
@@ -839,7 +851,10 @@ export class TaskJournal {
           seen = current;
           // It landed (its head is there, or under the write on top of it): not applied a second time.
           const wasWritten = unconfirmed !== undefined && landedIn(unconfirmed, current);
-          attempted = wasWritten ? fresh : delta;
+          const whole = wasWritten ? fresh : delta;
+          const part = { ...whole, events: [...whole.events], eventSizes: [...whole.eventSizes] };
+          spilled = splitEvents(part, writeBudget((current.status?.pendingHops?.length ?? 0) + whole.addPending.length), true);
+          attempted = part;
           landed = wasWritten ? [...unconfirmed.landed, ...unconfirmed.records] : (unconfirmed?.landed ?? []);
           const applied = applyDelta(current, attempted, this.clock.now(), this.process);
           records = applied.records;
@@ -864,7 +879,11 @@ export class TaskJournal {
       // What the process that wrote the head before this one left unsent goes first: it precedes these records in the chain.
       for (const record of unsentByOthers(seen, this.process)) this.options.emit(record);
       for (const record of [...landed, ...records]) this.options.emit(record);
-      for (const w of waiters) w.resolve(written);
+      if (spilled) {
+        this.requeueFirst(entry, spilled);
+        // Whoever waits, waits for the write that carries the rest.
+        entry.waiters.unshift(...waiters);
+      } else for (const w of waiters) w.resolve(written);
       const head = [...landed, ...records].at(-1)?.hash;
       if (head) {
         if (this.emittedHeads.size >= 50_000 && !this.emittedHeads.has(task)) this.emittedHeads.delete(this.emittedHeads.keys().next().value ?? '');
@@ -906,6 +925,7 @@ export class TaskJournal {
         entry.queued = requeued;
       } else {
         entry.unconfirmed = { delta: attempted, uid: seen?.metadata.uid ?? '', head: isRefusal(err) ? undefined : records.at(-1)?.hash, records, landed };
+        if (spilled) this.requeueFirst(entry, spilled);
       }
       entry.queuedAt = this.clock.now();
       this.options.log.warn({ task, err: errorMessage(err), attempt: entry.failures }, 'journal write failed; retrying');

@@ -178,7 +178,7 @@ describe('a write stays a size the API server stores', () => {
   const bigHop = (i: number) => ({ type: 'hop_decided' as const, at: '2026-11-21T10:00:00Z', data: { hopId: `h1_${i}`, decision: 'allow', intent: randomBytes(768).toString('base64'), resource: `ticket/${randomBytes(768).toString('base64')}`, attributes: { a: randomBytes(1500).toString('base64'), b: randomBytes(1500).toString('base64') } } });
 
   /** A writer over one stored task, the chain linked across writes, each write's outbox size kept. */
-  function storing(initial: AgentTaskStatus = {}) {
+  function storing(initial: AgentTaskStatus = {}, watch?: (stored: AgentTask) => AgentTask) {
     let stored = task('u1', initial);
     const outboxes: number[] = [];
     const emitted: AuditRecord[] = [];
@@ -193,7 +193,7 @@ describe('a write stays a size the API server stores', () => {
       return stored;
     };
     // The journal reads the task as a watch would show it: as stored.
-    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0, cached: () => stored });
+    const journal = new TaskJournal({ writer: { update }, emit: (r) => emitted.push(r), log: silentLogger(), flushMs: 0, cached: () => (watch ? watch(stored) : stored) });
     return { journal, emitted, outboxes, stored: () => stored, hold: (on: boolean) => ((hold = on), on ? undefined : release?.()) };
   }
 
@@ -220,8 +220,8 @@ describe('a write stays a size the API server stores', () => {
   it(`with ${STATUS_CAPS.pendingHops} hops waiting at their limits, a write carries fewer records, so the status stays under what etcd stores`, async () => {
     const text = 'x'.repeat(1_000);
     const pendingHops = Array.from({ length: STATUS_CAPS.pendingHops }, (_, i) => ({ hopId: `h1_p${i}`, digest: 'd'.repeat(64), tool: 'payments', action: 'refund', resource: `order/${text}`, intent: text, attributes: { a: text, b: text, c: text, d: text.slice(0, 900) }, depth: 1, rules: ['refunds-need-a-human'], requestedAt: '2026-11-21T10:00:00Z', timeoutAt: '2026-11-21T10:15:00Z' }));
-    const burst = async (initial: AgentTaskStatus) => {
-      const { journal, emitted, outboxes, stored, hold } = storing(initial);
+    const burst = async (initial: AgentTaskStatus, watch?: (stored: AgentTask) => AgentTask) => {
+      const { journal, emitted, outboxes, stored, hold } = storing(initial, watch);
       hold(true);
       for (let i = 0; i < 300; i++) journal.record(stored(), { events: [bigHop(i)] });
       hold(false);
@@ -237,6 +237,10 @@ describe('a write stays a size the API server stores', () => {
     expect(waiting.largestOutbox).toBeLessThan(idle.largestOutbox / 2);
     // Under etcd's 1.5 MiB, with room for the task's spec and metadata.
     expect(waiting.largestStatus).toBeLessThan(1_572_864 - 256 * 1024);
+    // Another replica's waiting hops this replica's watch does not show yet: the write, as it reads the task, carries what fits, and the rest follows.
+    const unseen = await burst({ state: 'Bound', hops: { allowed: 0, denied: 0, pending: STATUS_CAPS.pendingHops }, pendingHops }, (stored) => ({ ...stored, status: { ...stored.status, pendingHops: [] } }));
+    expect(unseen.largestOutbox).toBeLessThan((writeBudget(STATUS_CAPS.pendingHops) * 4) / 3 + 8 * 1024);
+    expect(unseen.largestStatus).toBeLessThan(1_572_864 - 256 * 1024);
   });
 
   it('whoever waits on a change queued behind a burst hears it landed only once its record is in status', async () => {
