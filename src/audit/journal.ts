@@ -845,6 +845,7 @@ export class TaskJournal {
         entry.namespace,
         entry.name,
         (current) => {
+          spilled = undefined;
           // Deleted and created again under its name: the task these changes are of is gone.
           replaced = entry.uid !== '' && current.metadata.uid !== entry.uid;
           if (replaced) return undefined;
