@@ -101,7 +101,11 @@ export const STATUS_CAPS = {
   dataClassesTouched: maxItemsOf(status.chain.properties.dataClassesTouched, 'chain.dataClassesTouched'),
 } as const;
 
-/** What JSON.stringify writes as one byte or two and the API server's encoder (Go's) as six: `<`, `>`, `&`, U+2028, U+2029, backspace, form feed. */
+/**
+ * What JSON.stringify writes as one byte or two and the API server's encoder (Go's) as six: `<`,
+ * `>`, `&`, U+2028, U+2029; and backspace and form feed, which Go before 1.22 wrote in six (newer Go
+ * in two, so for them this is an upper bound).
+ */
 const WIDER_STORED = /[<>&\u2028\u2029\b\f]/g;
 
 /**
