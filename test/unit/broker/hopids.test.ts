@@ -39,6 +39,14 @@ describe('hop ids', () => {
     );
   });
 
+  it('accepts an id minted by any replica holding the key, whatever its version: the MAC is HMAC-SHA256 of uid, depth and nonce under the shared key', () => {
+    // A fixed id: replicas of two versions run side by side during an upgrade, and ids live on in audit records and approvals.
+    const uid = '3f9c2a4e-1b2c-4d5e-8f90-123456789abc';
+    expect(ids.depthOf(uid, 'h3_AAECAwQFBgcI_oifpZImgEaBgBseT')).toBe(3);
+    expect(ids.depthOf(uid, 'h3_AAECAwQFBgcI_oifpZImgEaBgBseU')).toBeUndefined();
+    expect(ids.depthOf(uid, 'h4_AAECAwQFBgcI_oifpZImgEaBgBseT')).toBeUndefined();
+  });
+
   it('never mints the same id twice, across many refills of its nonce pool', () => {
     const fresh = new HopIds(Buffer.alloc(32, 9));
     const minted = Array.from({ length: 5_000 }, () => fresh.mint('task', 1));
