@@ -157,6 +157,13 @@ export async function cpuMs(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
+/** CPU milliseconds the whole machine has spent busy (all cores, neither idle nor waiting on I/O) since boot. */
+export async function machineCpuMs(): Promise<number> {
+  const fields = (await readFile('/proc/stat', 'utf8')).split('\n')[0]?.trim().split(/\s+/).slice(1).map(Number) ?? [];
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields;
+  return (user + nice + system + irq + softirq + steal) * 10;
+}
+
 /** The process whose command line names `binary` and contains `marker` (e.g. the environment's state directory). */
 export async function pidOf(binary: string, marker: string): Promise<number | undefined> {
   for (const entry of await readdir('/proc')) {

@@ -12,10 +12,10 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { startLocalEnvironment, type LocalEnvironment } from '../controlplane/environment.js';
 import { Sha256 } from '../aws/sigv4.js';
 import { rawRequest } from '../kube/raw.js';
-import { apiRequests, background, cpuMs, https, log, pidOf, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, useAllocator, writesPer, type Broker, type Serving } from './harness.js';
+import { apiRequests, background, cpuMs, https, log, machineCpuMs, pidOf, pool, post, rssMiB, servingFiles, setUpPolicy, startBroker, startSidecar, useAllocator, writesPer, type Broker, type Serving } from './harness.js';
 import { benchAllocator, type Allocator } from './allocator.js';
 import { OPA_INPUT, startOpa } from './opa.js';
-import { WARMUP_SECONDS, type LoadJob, type LoadResult } from './load.js';
+import { NEW_SIDECAR_WARMUP_SECONDS, WARMUP_SECONDS, type LoadJob, type LoadResult } from './load.js';
 import { summarize } from './stats.js';
 import { startDemoMcpServer, TICKET_TOOLS, type DemoMcpServer } from '../demo/mcp-servers.js';
 import { SIDECAR_RESOURCES } from '../admission/plugins/pod.js';
@@ -192,7 +192,9 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
     const fixed = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 1000 });
     const apiServerCpuMsPerSecond = apiServer === undefined ? undefined : ((await cpuMs(apiServer)) - apiServerBefore) / fixed.seconds;
     const apiWritesPerSecond = writesPer(requestsBefore, await apiRequests(kc), fixed.seconds + WARMUP_SECONDS);
-    const statusBytes = JSON.stringify(((await rawRequest(kc, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks/hops-0`)).body as { status?: unknown }).status ?? {}).length;
+    // A busy task's status: what each of its writes sends the API server.
+    const busyStatusBytes = async () => JSON.stringify(((await rawRequest(kc, 'GET', `/apis/chainwarden.io/v1alpha1/namespaces/${NS}/agenttasks/hops-0`)).body as { status?: unknown }).status ?? {}).length;
+    const statusBytes = await busyStatusBytes();
     const fixedHalf = await load({ mode: 'open', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 10, rate: 500 });
     // CPU per request of a process over a run, warm-up included: steadier than a latency or a throughput, which move with whatever else the machine runs.
     const cpuPer = async (pid: number | undefined, run: () => Promise<LoadResult>) => {
@@ -201,9 +203,19 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       const us = pid === undefined ? undefined : Math.round((((await cpuMs(pid)) - before) * 1000) / (result.requests + result.warmupRequests));
       return { result, us };
     };
-    const { result: throughSidecar, us: sidecarCpuUs } = await cpuPer(sidecar.pid, () => load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000 }));
-    // CPU per decision at full load, the operator's and OPA's.
+    const { result: throughSidecar, us: sidecarCpuUs } = await cpuPer(sidecar.pid, () => load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000, warmupSeconds: NEW_SIDECAR_WARMUP_SECONDS }));
+    // CPU per decision at full load, the operator's and OPA's; and who else holds the cores while
+    // the broker runs flat out: the whole machine, the API server and etcd.
+    const etcd = await pidOf('etcd', env.stateDir);
+    const cpuNow = async () => ({ apiServer: apiServer === undefined ? 0 : await cpuMs(apiServer), etcd: etcd === undefined ? 0 : await cpuMs(etcd), machine: await machineCpuMs() });
+    const cpuBefore = await cpuNow();
+    const maxStarted = performance.now();
     const { result: max, us: operatorCpuUs } = await cpuPer(broker.pid, () => load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 }));
+    const cpuAfter = await cpuNow();
+    const perSecond = (of: keyof typeof cpuAfter) => Math.round((cpuAfter[of] - cpuBefore[of]) / ((performance.now() - maxStarted) / 1000));
+    /** CPU ms a second over the max-throughput run and its warm-up (1,000 is a core). */
+    const cpuAtMax = { machineMsPerSecond: perSecond('machine'), apiServerMsPerSecond: perSecond('apiServer'), etcdMsPerSecond: perSecond('etcd') };
+    const maxStatusBytes = await busyStatusBytes();
     const { result: opaMax, us: opaCpuUs } = await cpuPer(opa.child.pid, () => load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 }));
     // What a Node server that decides nothing reaches over the same TLS, one process and two: the ceiling the OPA ratio is read against.
     const bareTls = { one: await bareMaxOver(serving, 1, body, broker.ca), two: await bareMaxOver(serving, 2, body, broker.ca) };
@@ -219,6 +231,9 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       /** The sidecar's CPU microseconds per hop it forwarded in that run: its own cost on the agent's path. */
       sidecarCpuUsPerHop: sidecarCpuUs,
       maxThroughput: max,
+      cpuAtMax,
+      /** A busy task's status after the max-throughput run. */
+      maxStatusBytes,
       opaMaxThroughput: opaMax,
       /** Decisions served a second, the broker's over OPA's: a request the broker turns away is no decision. */
       ratioToOpa: Math.round((max.okPerSecond / opaMax.okPerSecond) * 1000) / 1000,
@@ -259,8 +274,8 @@ async function gateway(kc: KubeConfig, broker: Broker, env: LocalEnvironment, ro
     const headers = Object.fromEntries(Object.entries(signed.headers).filter(([k]) => k !== 'host')) as Record<string, string>;
     const clients = [{ headers, body }];
     // 20 s each: a p99 over 4,000 calls is not moved by one hiccup of the machine.
-    const through = await load({ mode: 'open', url: `${awsUrl}/`, method: 'POST', clients, seconds: 20, rate });
-    const direct = await load({ mode: 'open', url: `${env.stsEndpoint}/`, method: 'POST', clients, seconds: 20, rate });
+    const through = await load({ mode: 'open', url: `${awsUrl}/`, method: 'POST', clients, seconds: 20, rate, warmupSeconds: NEW_SIDECAR_WARMUP_SECONDS });
+    const direct = await load({ mode: 'open', url: `${env.stsEndpoint}/`, method: 'POST', clients, seconds: 20, rate, warmupSeconds: NEW_SIDECAR_WARMUP_SECONDS });
     const max = await load({ mode: 'closed', url: `${awsUrl}/`, method: 'POST', clients, seconds: 5, concurrency: 16 });
     const overhead = { p50Ms: Math.round((through.p50Ms - direct.p50Ms) * 100) / 100, p99Ms: Math.round((through.p99Ms - direct.p99Ms) * 100) / 100 };
     return { rate, throughGateway: through, direct, overhead, goal: { p50Ms: 2, p99Ms: 10 }, maxThroughput: max };
@@ -306,10 +321,10 @@ async function mcpGateway(kc: KubeConfig, broker: Broker, roleArn: string, serve
     const upstream = { authorization: `Bearer ${MCP_CREDENTIAL}` };
     const directClients = calls(upstream, await mcpSession(server.url, upstream));
     const before = server.calls.length;
-    const throughGateway = await load({ mode: 'open', url: through, method: 'POST', clients: throughClients, seconds: 20, rate });
+    const throughGateway = await load({ mode: 'open', url: through, method: 'POST', clients: throughClients, seconds: 20, rate, warmupSeconds: NEW_SIDECAR_WARMUP_SECONDS });
     // A denial is an HTTP 200 too: the figures count only if the server did get every call.
     if (server.calls.length - before < throughGateway.requests) throw new Error(`the MCP server got ${server.calls.length - before} of ${throughGateway.requests} calls sent through the gateway`);
-    const direct = await load({ mode: 'open', url: server.url, method: 'POST', clients: directClients, seconds: 20, rate });
+    const direct = await load({ mode: 'open', url: server.url, method: 'POST', clients: directClients, seconds: 20, rate, warmupSeconds: NEW_SIDECAR_WARMUP_SECONDS });
     const max = await load({ mode: 'closed', url: through, method: 'POST', clients: throughClients, seconds: 5, concurrency: 16 });
     const overhead = { p50Ms: Math.round((throughGateway.p50Ms - direct.p50Ms) * 100) / 100, p99Ms: Math.round((throughGateway.p99Ms - direct.p99Ms) * 100) / 100 };
     // The sidecar runs in every agent pod under the limit the pod webhook gives it: its size after this load.
@@ -375,6 +390,8 @@ async function memory(kc: KubeConfig, broker: Broker, roleArn: string, count: nu
   }
 }
 
+const firstSeconds = (run: LoadResult) => `p50 ${run.warmup.p50Ms} ms  p99 ${run.warmup.p99Ms} ms  max ${run.warmup.maxMs} ms (not counted above)`;
+
 function table(r: Results): string {
   const h = r.hops;
   const row = (a: string, b: string) => `${a.padEnd(52)} ${b}`;
@@ -384,21 +401,25 @@ function table(r: Results): string {
     row('API server CPU during the 1,000/s hops', `${h.apiServerCpuMsPerSecondAt1000 ?? '?'} ms a second (1,000 is a core); writes a second ${Object.entries(h.apiWritesPerSecondAt1000).map(([k, v]) => `${k} ${v}`).join(', ')}; a busy task's status ${h.statusBytesAt1000} bytes`),
     row('hop decisions at 500/s offered (open loop)', `${h.fixedRate500.ratePerSecond}/s  p50 ${h.fixedRate500.p50Ms} ms  p99 ${h.fixedRate500.p99Ms} ms  ${errorsOf(h.fixedRate500)}`),
     row('hop decisions through the sidecar at 1,000/s (goal p99 ≤ 5 ms)', `${h.throughSidecarFixedRate.ratePerSecond}/s  p50 ${h.throughSidecarFixedRate.p50Ms} ms  p99 ${h.throughSidecarFixedRate.p99Ms} ms  ${errorsOf(h.throughSidecarFixedRate)}`),
+    row(`  the new sidecar's first ${NEW_SIDECAR_WARMUP_SECONDS} s (its warm-up)`, firstSeconds(h.throughSidecarFixedRate)),
     row('OPA, same rules in Rego, max throughput (32 clients)', `${h.opaMaxThroughput.ratePerSecond}/s  p50 ${h.opaMaxThroughput.p50Ms} ms  p99 ${h.opaMaxThroughput.p99Ms} ms`),
     row('broker max throughput ÷ OPA\'s (goal ≥ 1)', `${h.ratioToOpa}`),
     row('bare node:https, one process, ÷ OPA\'s', `${h.bareHttpsRatioToOpa} (${h.bareHttpsMax.ratePerSecond}/s)`),
     row('bare node:https, two processes, ÷ OPA\'s', `${h.bareHttpsTwoProcessesRatioToOpa} (${h.bareHttpsTwoProcessesMax.ratePerSecond}/s)`),
     row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.okPerSecond}/s decided  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms  ${errorsOf(h.maxThroughput)}`),
+    row('CPU during the max-throughput hops, ms a second', `machine ${h.cpuAtMax.machineMsPerSecond} of ${(os.availableParallelism() * 1000).toLocaleString('en')} (all cores), API server ${h.cpuAtMax.apiServerMsPerSecond}, etcd ${h.cpuAtMax.etcdMsPerSecond}; a busy task's status ${h.maxStatusBytes} bytes`),
     row('CPU per decision at max throughput', `operator ${h.cpuUsPerDecision.operator ?? '?'} µs, OPA ${h.cpuUsPerDecision.opa ?? '?'} µs`),
     row('sidecar CPU per hop forwarded at 1,000/s', `${h.sidecarCpuUsPerHop ?? '?'} µs`),
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
     row('bare node:http at 1,000/s', `p50 ${h.bareHttpFixedRate.p50Ms} ms  p99 ${h.bareHttpFixedRate.p99Ms} ms`),
     row('hop throughput as a share of bare node:http', `${Math.round(h.throughputShareOfBare * 100)}%`),
     row(`AWS gateway at ${r.gateway.rate}/s (STS call, sidecar + broker)`, `p50 ${r.gateway.throughGateway.p50Ms} ms  p99 ${r.gateway.throughGateway.p99Ms} ms  ${errorsOf(r.gateway.throughGateway)}`),
+    row(`  the new sidecar's first ${NEW_SIDECAR_WARMUP_SECONDS} s (its warm-up)`, firstSeconds(r.gateway.throughGateway)),
     row(`the same call straight to the emulator`, `p50 ${r.gateway.direct.p50Ms} ms  p99 ${r.gateway.direct.p99Ms} ms`),
     row('gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.gateway.overhead.p50Ms} ms  p99 ${r.gateway.overhead.p99Ms} ms`),
     row('gateway, max throughput (16 clients)', `${r.gateway.maxThroughput.ratePerSecond}/s  p50 ${r.gateway.maxThroughput.p50Ms} ms  p99 ${r.gateway.maxThroughput.p99Ms} ms`),
     row(`MCP gateway at ${r.mcpGateway.rate}/s (tools/call, sidecar + broker)`, `p50 ${r.mcpGateway.throughGateway.p50Ms} ms  p99 ${r.mcpGateway.throughGateway.p99Ms} ms  ${errorsOf(r.mcpGateway.throughGateway)}`),
+    row(`  the new sidecar's first ${NEW_SIDECAR_WARMUP_SECONDS} s (its warm-up)`, firstSeconds(r.mcpGateway.throughGateway)),
     row('the same call straight to the MCP server', `p50 ${r.mcpGateway.direct.p50Ms} ms  p99 ${r.mcpGateway.direct.p99Ms} ms`),
     row('MCP gateway overhead (goal p50 ≤ 2 ms, p99 ≤ 10 ms)', `p50 ${r.mcpGateway.overhead.p50Ms} ms  p99 ${r.mcpGateway.overhead.p99Ms} ms`),
     row('MCP gateway, max throughput (16 clients)', `${r.mcpGateway.maxThroughput.ratePerSecond}/s  p50 ${r.mcpGateway.maxThroughput.p50Ms} ms  p99 ${r.mcpGateway.maxThroughput.p99Ms} ms`),
