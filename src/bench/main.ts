@@ -204,19 +204,30 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       return { result, us };
     };
     const { result: throughSidecar, us: sidecarCpuUs } = await cpuPer(sidecar.pid, () => load({ mode: 'open', url: `${sidecar.url}/v1/hops`, method: 'POST', clients: [{ headers: { authorization: `Bearer ${sidecar.localToken}` }, body }], seconds: 10, rate: 1000, warmupSeconds: NEW_SIDECAR_WARMUP_SECONDS }));
-    // CPU per decision at full load, the operator's and OPA's; and who else holds the cores while
-    // the broker runs flat out: the whole machine, the API server and etcd.
+    // CPU per decision at full load, the operator's and OPA's; and who holds the cores in each
+    // run: the whole machine (load generator included), the API server and etcd.
     const etcd = await pidOf('etcd', env.stateDir);
+    const cores = os.availableParallelism();
     const cpuNow = async () => ({ apiServer: apiServer === undefined ? 0 : await cpuMs(apiServer), etcd: etcd === undefined ? 0 : await cpuMs(etcd), machine: await machineCpuMs() });
-    const cpuBefore = await cpuNow();
-    const maxStarted = performance.now();
-    const { result: max, us: operatorCpuUs } = await cpuPer(broker.pid, () => load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 }));
-    const cpuAfter = await cpuNow();
-    const perSecond = (of: keyof typeof cpuAfter) => Math.round((cpuAfter[of] - cpuBefore[of]) / ((performance.now() - maxStarted) / 1000));
-    /** CPU ms a second over the max-throughput run and its warm-up (1,000 is a core). */
-    const cpuAtMax = { machineMsPerSecond: perSecond('machine'), apiServerMsPerSecond: perSecond('apiServer'), etcdMsPerSecond: perSecond('etcd') };
+    const machineOver = async (pid: number | undefined, run: () => Promise<LoadResult>) => {
+      const before = await cpuNow();
+      const started = performance.now();
+      const measured = await cpuPer(pid, run);
+      const after = await cpuNow();
+      const perSecond = (of: keyof typeof after) => Math.round((after[of] - before[of]) / ((performance.now() - started) / 1000));
+      const answered = measured.result.requests + measured.result.warmupRequests;
+      const machineUs = ((after.machine - before.machine) * 1000) / answered;
+      /**
+       * CPU ms a second over the run and its warm-up (1,000 is a core); the machine's CPU per
+       * answer; and the answers a second the machine's cores would allow at that cost, were all
+       * of them busy: the most any spreading of the work over the cores could give.
+       */
+      const machine = { machineMsPerSecond: perSecond('machine'), apiServerMsPerSecond: perSecond('apiServer'), etcdMsPerSecond: perSecond('etcd'), machineUsPerAnswer: Math.round(machineUs), allCoresCeilingPerSecond: Math.round((cores * 1_000_000) / machineUs) };
+      return { ...measured, machine };
+    };
+    const { result: max, us: operatorCpuUs, machine: cpuAtMax } = await machineOver(broker.pid, () => load({ mode: 'closed', url: `${broker.url}/v1/hops`, method: 'POST', clients, ca: broker.ca, seconds: 5, concurrency: 32 }));
     const maxStatusBytes = await busyStatusBytes();
-    const { result: opaMax, us: opaCpuUs } = await cpuPer(opa.child.pid, () => load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 }));
+    const { result: opaMax, us: opaCpuUs, machine: cpuAtOpaMax } = await machineOver(opa.child.pid, () => load({ mode: 'closed', url: `${opa.url}/v1/data/chainwarden/decision`, method: 'POST', clients: [{ headers: {}, body: OPA_INPUT }], ca: broker.ca, seconds: 5, concurrency: 32 }));
     // What a Node server that decides nothing reaches over the same TLS, one process and two: the ceiling the OPA ratio is read against.
     const bareTls = { one: await bareMaxOver(serving, 1, body, broker.ca), two: await bareMaxOver(serving, 2, body, broker.ca) };
     return {
@@ -232,6 +243,9 @@ async function hops(kc: KubeConfig, broker: Broker, env: LocalEnvironment, roleA
       sidecarCpuUsPerHop: sidecarCpuUs,
       maxThroughput: max,
       cpuAtMax,
+      cpuAtOpaMax,
+      /** The broker's all-cores ceiling over OPA's figure: the ratio to OPA the broker's work per decision would allow on this machine, its work spread perfectly over every core. */
+      allCoresCeilingRatioToOpa: Math.round((cpuAtMax.allCoresCeilingPerSecond / opaMax.okPerSecond) * 1000) / 1000,
       /** A busy task's status after the max-throughput run. */
       maxStatusBytes,
       opaMaxThroughput: opaMax,
@@ -408,6 +422,9 @@ function table(r: Results): string {
     row('bare node:https, two processes, ÷ OPA\'s', `${h.bareHttpsTwoProcessesRatioToOpa} (${h.bareHttpsTwoProcessesMax.ratePerSecond}/s)`),
     row('hop decisions, max throughput (32 clients)', `${h.maxThroughput.okPerSecond}/s decided  p50 ${h.maxThroughput.p50Ms} ms  p99 ${h.maxThroughput.p99Ms} ms  ${errorsOf(h.maxThroughput)}`),
     row('CPU during the max-throughput hops, ms a second', `machine ${h.cpuAtMax.machineMsPerSecond} of ${(os.availableParallelism() * 1000).toLocaleString('en')} (all cores), API server ${h.cpuAtMax.apiServerMsPerSecond}, etcd ${h.cpuAtMax.etcdMsPerSecond}; a busy task's status ${h.maxStatusBytes} bytes`),
+    row('CPU during OPA\'s max throughput, ms a second', `machine ${h.cpuAtOpaMax.machineMsPerSecond}, API server ${h.cpuAtOpaMax.apiServerMsPerSecond}, etcd ${h.cpuAtOpaMax.etcdMsPerSecond}`),
+    row('machine CPU per answer at max throughput', `broker ${h.cpuAtMax.machineUsPerAnswer} µs, OPA ${h.cpuAtOpaMax.machineUsPerAnswer} µs (load generator, API server and etcd included)`),
+    row('broker\'s ceiling on all cores ÷ OPA\'s figure', `${h.allCoresCeilingRatioToOpa} (${h.cpuAtMax.allCoresCeilingPerSecond}/s at ${h.cpuAtMax.machineUsPerAnswer} µs of the machine a decision)`),
     row('CPU per decision at max throughput', `operator ${h.cpuUsPerDecision.operator ?? '?'} µs, OPA ${h.cpuUsPerDecision.opa ?? '?'} µs`),
     row('sidecar CPU per hop forwarded at 1,000/s', `${h.sidecarCpuUsPerHop ?? '?'} µs`),
     row('bare node:http, max throughput (32 clients)', `${h.bareHttpMax.ratePerSecond}/s  p50 ${h.bareHttpMax.p50Ms} ms  p99 ${h.bareHttpMax.p99Ms} ms`),
