@@ -27,11 +27,13 @@ export async function resetMoto(endpoint: string): Promise<void> {
  * which was about a quarter of what a request cost it; what it routes to, and how, is unchanged.
  * And its recorder writes one request at a time: it appends each request through a buffered file,
  * so a request over 8 KiB goes out in pieces, and two such requests arriving at once interleave
- * into a line that is not JSON, which every later reader of the recording trips over.
+ * into a line that is not JSON, which every later reader of the recording trips over. (Each
+ * request's body is read before it waits its turn, so an upload whose body is slow to come holds
+ * up no other request.)
  * Its first argument is the `moto_server` it stands for, run as it is when this Python has no moto.
  */
 const MOTO_LAUNCHER = [
-  'import os, sys, threading',
+  'import io, os, sys, threading',
   'server = sys.argv.pop(1)',
   'try:',
   '    from moto.server import main',
@@ -48,9 +50,16 @@ const MOTO_LAUNCHER = [
   '    from moto.moto_api._internal.recorder.models import Recorder',
   '    recording = threading.Lock()',
   '    record = Recorder._record_request',
-  '    def record_alone(self, *args, **kwargs):',
+  // The body is read before the lock is taken: a body still arriving would hold every other request's recording.
+  '    def record_alone(self, request, body=None):',
+  '        if body is None and self._user_enabled:',
+  '            try:',
+  '                body = request.environ["wsgi.input"].read(int(request.headers["Content-Length"]))',
+  '                request.environ["wsgi.input"] = io.BytesIO(body)',
+  '            except (AttributeError, KeyError, ValueError):',
+  '                body = None',
   '        with recording:',
-  '            return record(self, *args, **kwargs)',
+  '            return record(self, request, body)',
   '    Recorder._record_request = record_alone',
   'except (ImportError, AttributeError):',
   '    pass',
