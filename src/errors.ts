@@ -56,6 +56,8 @@ export const ERRORS = {
   aws_headers_too_large: { status: 400 },
   /** The sidecar holds as many request bodies as it may at once: retried, as SDKs retry a 503. */
   bodies_held: { status: 503 },
+  /** An upload whose body its signature does not bind, cut or refused because the chain touched something new meanwhile: sent again, it is decided anew. */
+  chain_widened: { status: 503 },
   // The MCP gateway; the sidecar turns each into a JSON-RPC error (see src/mcp/forward-api.ts).
   mcp_unknown_system: { status: 404 },
   /** The system's Secret or key is missing: the platform team must create it. */

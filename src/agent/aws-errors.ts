@@ -77,6 +77,7 @@ const AWS_FACES: Record<string, { status: number; code: string }> = {
   journal_behind: { status: 503, code: 'ServiceUnavailable' },
   sts_unavailable: { status: 503, code: 'ServiceUnavailable' },
   bodies_held: { status: 503, code: 'ServiceUnavailable' },
+  chain_widened: { status: 503, code: 'ServiceUnavailable' },
   internal: { status: 500, code: 'InternalFailure' },
 };
 

@@ -11,15 +11,17 @@ import type { Logger } from '../log.js';
 import { readBoundedBody } from '../server/http.js';
 import { kib, MemoryBudget } from './budget.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
-import { planAwsRequest, tooLarge, type AwsRequestPlan } from './aws-request.js';
+import { planAwsRequest, tooLarge, unboundBody, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
 import { checkLoopbackCaller } from './loopback.js';
 import { checkedBrokerHeaders, downstreamHeaders, endTogether } from './relay.js';
 import type { TaskWatch } from './task-watch.js';
+import type { UnboundUploads } from './unbound-uploads.js';
 
 /** The broker's side of the gateway, as the sidecar sees it: one call, allow or an AWS-shaped refusal. */
 export interface AwsSigner {
-  sign(request: AwsSignRequest): Promise<{ ok: true; answer: AwsSignAnswer } | { ok: false; error: AwsError }>;
+  /** `chainTouched`: what the task's chain had touched once the call was decided, when the broker says. */
+  sign(request: AwsSignRequest): Promise<{ ok: true; answer: AwsSignAnswer; chainTouched?: number } | { ok: false; error: AwsError }>;
 }
 
 /** A broker answer is a few headers; anything bigger is not one. */
@@ -72,8 +74,8 @@ export function brokerAwsSigner(broker: BrokerClient): AwsSigner {
       if (sent.length > MAX_SIGN_REQUEST_BYTES) {
         throw new ChainwardenError('body_too_large', `the body comes to over ${MAX_SIGN_REQUEST_BYTES} bytes escaped as JSON, to be shown to the broker, which reads the bodies of query- and JSON-protocol calls to decide them; send fewer quotes, backslashes or control characters, or a smaller body`);
       }
-      const { status, body } = await broker.postJson('/v1/aws/sign', sent, MAX_SIGN_ANSWER_BYTES);
-      if (status === 200) return { ok: true, answer: parseSignAnswer(body) };
+      const { status, body, chainTouched } = await broker.postJson('/v1/aws/sign', sent, MAX_SIGN_ANSWER_BYTES);
+      if (status === 200) return { ok: true, answer: parseSignAnswer(body), ...(chainTouched === undefined ? {} : { chainTouched }) };
       return { ok: false, error: awsErrorOfRefusal(status, body as AwsSignRefusal | undefined) };
     },
   };
@@ -119,6 +121,8 @@ export interface AwsGatewayOptions {
   log: Logger;
   /** Ends what is on its way to or from AWS when the task ends; without it, a request runs its course. */
   watch?: Pick<TaskWatch, 'track'>;
+  /** Cuts uploads whose bodies their signature does not bind when the chain touches something new; without it, they run their course. */
+  uploads?: Pick<UnboundUploads, 'mark' | 'check' | 'track'>;
   /** The request bodies held at once, in bytes (32 MiB). */
   maxHeldBytes?: number;
 }
@@ -149,9 +153,15 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     const decision = await options.signer.sign(sign);
     if (!decision.ok) throw new AwsRefusal(decision.error);
     exchange.hopId = decision.answer.hopId;
+    const unbound = unboundBody(plan) ? options.uploads : undefined;
+    // What the chain had touched as this was decided: an upload decided on less than an answer
+    // since says is refused, before the SDK is asked for the body it holds back and before
+    // anything goes to AWS. Without a count (a broker of an earlier version), none comes to cut it.
+    const since = decision.chainTouched ?? unbound?.mark() ?? 0;
+    unbound?.check(since);
     exchange.continueBody();
     const source = body ?? bodySource(req, plan);
-    await sendUpstream(res, plan, decision.answer, upstreamHeaders(req, plan, decision.answer, body?.length), source, agents, options.watch);
+    await sendUpstream(res, plan, decision.answer, upstreamHeaders(req, plan, decision.answer, body?.length), source, agents, options.watch, unbound && { uploads: unbound, since });
     options.log.debug({ hopId: decision.answer.hopId, service: plan.authorization.service, method: req.method, status: res.statusCode }, 'aws request passed on');
   };
 
@@ -267,7 +277,16 @@ function bodySource(req: http.IncomingMessage, plan: AwsRequestPlan): Readable {
  * ends meanwhile ends it: a body still on its way is cut off, so AWS never completes the upload,
  * and an answer still streaming stops.
  */
-function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: AwsSignAnswer, headers: http.OutgoingHttpHeaders, body: Buffer | Readable, agents: Record<'http:' | 'https:', http.Agent>, watch: AwsGatewayOptions['watch']): Promise<void> {
+function sendUpstream(
+  res: http.ServerResponse,
+  plan: AwsRequestPlan,
+  answer: AwsSignAnswer,
+  headers: http.OutgoingHttpHeaders,
+  body: Buffer | Readable,
+  agents: Record<'http:' | 'https:', http.Agent>,
+  watch: AwsGatewayOptions['watch'],
+  unbound: { uploads: Pick<UnboundUploads, 'track'>; since: number } | undefined,
+): Promise<void> {
   const target = new URL(answer.url);
   const protocol = target.protocol === 'https:' ? 'https:' : 'http:';
   const path = plan.sign.query === '' ? plan.sign.path : `${plan.sign.path}?${plan.sign.query}`;
@@ -279,12 +298,20 @@ function sendUpstream(res: http.ServerResponse, plan: AwsRequestPlan, answer: Aw
       reject(err instanceof ChainwardenError ? err : new AwsRefusal(awsErrorOf('aws_unreachable', `the chainwarden agent could not complete the request to ${target.origin}: ${(err as Error).message}`)));
     };
     const request = (protocol === 'https:' ? https : http).request({ protocol, hostname: target.hostname, port: target.port, method: plan.sign.method, path, headers, agent: agents[protocol], timeout: UPSTREAM_IDLE_MS });
-    const release = watch?.track((error) => {
+    const end = (error: Error) => {
       request.destroy(error);
       // Once the answer has begun, the SDK can only be told by the connection breaking.
       if (res.headersSent) res.destroy();
-    });
-    const over = () => release?.();
+    };
+    const release = watch?.track(end);
+    // An unbound body is cut if the chain touches something new before all of it has gone: AWS
+    // completes no upload whose body broke off.
+    const sent = unbound?.uploads.track(unbound.since, end);
+    request.once('finish', () => sent?.());
+    const over = () => {
+      release?.();
+      sent?.();
+    };
     request.on('timeout', () => request.destroy(new Error(`no answer for ${UPSTREAM_IDLE_MS / 1000}s`)));
     request.on('error', (err) => {
       over();

@@ -180,6 +180,13 @@ function payloadPlan(head: AwsRequestHead, query: string, authorization: Authori
   return { body: { kind: 'buffer', maxBytes, form, declaredHash: contentSha } };
 }
 
+/**
+ * Whether the body streams to AWS without its signature binding it: UNSIGNED-PAYLOAD, or
+ * aws-chunked, whose chunks the agent signs with its placeholder key. Its content is not known
+ * when the broker decides the call (see `UnboundUploads`); a hex SHA-256, which S3 checks, is.
+ */
+export const unboundBody = (plan: Pick<AwsRequestPlan, 'body' | 'sign'>): boolean => plan.body.kind === 'stream' && !HEX_SHA256.test(plan.sign.payloadHash ?? '');
+
 /** What a re-encoded body is sent as. */
 function reencodedForward(head: AwsRequestHead, output: ChunkedOutput, length: number): NonNullable<AwsSignRequest['forward']> {
   if (output === 'unsigned-trailer') {

@@ -5,6 +5,7 @@ import https from 'node:https';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { readBoundedBody } from '../server/http.js';
 import { refusalOf } from './refusal.js';
+import { CHAIN_TOUCHED_HEADER, chainTouchedOf } from './unbound-uploads.js';
 
 /** How long the pod token is trusted from memory before the file is read again. */
 const TOKEN_TTL_MS = 10_000;
@@ -60,6 +61,15 @@ export interface BrokerAnswer {
   status: number;
   contentType: string | undefined;
   body: Buffer;
+  /** What the task's chain had touched once the call was decided, when the answer says (`CHAIN_TOUCHED_HEADER`). */
+  chainTouched?: number;
+}
+
+/** A JSON answer: its status, its body parsed (undefined when it is not JSON), and `BrokerAnswer.chainTouched`. */
+export interface JsonAnswer {
+  status: number;
+  body: unknown;
+  chainTouched?: number;
 }
 
 /**
@@ -72,6 +82,7 @@ export class BrokerClient {
   private readonly agent: https.Agent;
   private readonly origin: string;
   private taskEnded: ((message: string) => void) | undefined;
+  private chainTouched: ((touched: number) => void) | undefined;
 
   constructor(private readonly options: BrokerClientOptions) {
     this.podToken = new PodToken(options.tokenFile);
@@ -82,6 +93,14 @@ export class BrokerClient {
   /** `listener` is told of any answer that says the task has ended (403 task_not_active), with its message. */
   onTaskEnded(listener: (message: string) => void): void {
     this.taskEnded = listener;
+  }
+
+  /**
+   * `listener` is told what each answer says the task's chain has touched (`CHAIN_TOUCHED_HEADER`),
+   * before the answer is returned: before the call it decided goes on.
+   */
+  onChainTouched(listener: (touched: number) => void): void {
+    this.chainTouched = listener;
   }
 
   get url(): string {
@@ -115,17 +134,17 @@ export class BrokerClient {
   }
 
   /** A JSON call whose answer is read whole, up to `limit` bytes. */
-  requestJson(path: string, value: unknown, limit: number): Promise<{ status: number; body: unknown }> {
+  requestJson(path: string, value: unknown, limit: number): Promise<JsonAnswer> {
     return this.postJson(path, Buffer.from(JSON.stringify(value)), limit);
   }
 
   /** A POST of JSON already serialized (so that its size could be checked first), its answer read whole up to `limit` bytes. */
-  postJson(path: string, body: Buffer, limit: number): Promise<{ status: number; body: unknown }> {
+  postJson(path: string, body: Buffer, limit: number): Promise<JsonAnswer> {
     return this.json({ method: 'POST', path, body, contentType: 'application/json' }, limit);
   }
 
   /** A GET whose JSON answer is read whole, up to `limit` bytes. */
-  getJson(path: string, limit: number): Promise<{ status: number; body: unknown }> {
+  getJson(path: string, limit: number): Promise<JsonAnswer> {
     return this.json({ method: 'GET', path, body: Buffer.alloc(0) }, limit);
   }
 
@@ -134,19 +153,22 @@ export class BrokerClient {
   }
 
   /** The answer's status and its body parsed, or `undefined` when the body is not JSON. */
-  private async json(call: BrokerCall, limit: number): Promise<{ status: number; body: unknown }> {
+  private async json(call: BrokerCall, limit: number): Promise<JsonAnswer> {
     const answer = await this.request(call, limit);
+    const touched = answer.chainTouched === undefined ? {} : { chainTouched: answer.chainTouched };
     try {
-      return { status: answer.status, body: JSON.parse(answer.body.toString('utf8')) as unknown };
+      return { status: answer.status, body: JSON.parse(answer.body.toString('utf8')) as unknown, ...touched };
     } catch {
-      return { status: answer.status, body: undefined };
+      return { status: answer.status, body: undefined, ...touched };
     }
   }
 
   private async send(call: BrokerCall, token: string, limit: number): Promise<BrokerAnswer> {
     const answer = await this.answerOf(call, token);
+    const touched = chainTouchedOf(answer.headers[CHAIN_TOUCHED_HEADER]);
+    if (touched !== undefined) this.chainTouched?.(touched);
     const contentType = answer.headers['content-type'];
-    return { status: answer.statusCode ?? 502, contentType, body: await readAnswer(answer, limit, this.options.brokerUrl) };
+    return { status: answer.statusCode ?? 502, contentType, body: await readAnswer(answer, limit, this.options.brokerUrl), ...(touched === undefined ? {} : { chainTouched: touched }) };
   }
 
   private answerOf(call: BrokerCall, token: string): Promise<http.IncomingMessage> {

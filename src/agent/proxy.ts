@@ -11,6 +11,7 @@ import { assertLoopbackListen, checkLoopbackCaller, closeServer, httpUrl, listen
 import { brokerMcpForwarder } from './mcp-forwarder.js';
 import { McpGateway, type McpGatewayOptions } from './mcp-gateway.js';
 import { brokerTaskProbe, TaskWatch, type TaskWatchOptions } from './task-watch.js';
+import { UnboundUploads } from './unbound-uploads.js';
 
 export { sameSecret };
 
@@ -180,6 +181,9 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   const watch = new TaskWatch({ probe: brokerTaskProbe(broker), log: options.log, ...options.watch });
   // Any broker answer that says the task ended ends what the gateways have open, as the watch's own long poll does.
   broker.onTaskEnded((message) => watch.ended(message));
+  // Any broker answer that says the chain touched something new cuts the uploads the S3 calls' signatures do not bind.
+  const uploads = new UnboundUploads();
+  broker.onChainTouched((touched) => uploads.saw(touched));
   // Set once the file exists; the file is written only after the listener is up, so an app
   // container that found the file (the startup probe waits for it) finds the sidecar answering.
   let localToken: string | undefined;
@@ -187,7 +191,7 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   let awsPort = options.awsListen?.port ?? 0;
   const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, watch, ...options.mcp });
   const server = http.createServer(brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
-  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch }) : undefined;
+  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch, uploads }) : undefined;
   // Each connection holds what is written to it until the caller reads it (in the sidecar, or in
   // the kernel's buffers, charged to its container): a bound on connections bounds that too.
   for (const listener of [server, aws?.server]) if (listener) listener.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;

@@ -9,7 +9,7 @@ import type { Clock } from '../runtime/clock.js';
 import type { Metrics } from '../runtime/metrics.js';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import type { AgentPrincipal } from './auth.js';
-import { advanceChain, chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type HopApproval, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
+import { advanceChain, chainView, dataClassesOf, decideHop, depthOf, touchedSystems, type ChainView, type HopApproval, type HopDecision, type HopOutcome, type HopRequest } from './decide-hop.js';
 import type { HopIds } from './hopids.js';
 
 export { approvalOf, hopDigest, type HopApproval, type HopDecision, type HopRequest } from './decide-hop.js';
@@ -79,6 +79,14 @@ export const notAParentOf = (task: AgentTask) => bad('parentHop', `is not a hop 
  * or a fresh read) shows it: then it is written, and shown, before it is answered.
  */
 const isWidening = (outcome: HopOutcome, task: AgentTask) => outcome.decision === 'allow' && !outcome.commit && widens(task.status?.chain, outcome.delta);
+
+/** How many systems and data classes `chain` has touched with `delta`'s added. */
+function touchedAfter(chain: Pick<ChainView, 'systems' | 'dataClasses'>, delta: Partial<TaskDelta>): number {
+  let count = chain.systems.size + chain.dataClasses.size;
+  for (const s of delta.systems ?? []) if (!chain.systems.has(s)) count++;
+  for (const c of delta.dataClasses ?? []) if (!chain.dataClasses.has(c)) count++;
+  return count;
+}
 
 /** Whether an allowed hop's change adds a system or a data class `chain` has not touched. */
 function widens(chain: AgentTaskStatus['chain'], delta: Partial<TaskDelta>): boolean {
@@ -170,6 +178,8 @@ export class HopService {
    * are few, not all.
    */
   private readonly lately = new Map<string, HopAnswer>();
+  /** What the chain had touched as each of the latest hops was decided, until its answer says so (`touched`). */
+  private readonly touchedAt = new Map<string, number>();
 
   constructor(private readonly deps: HopServiceDeps) {}
 
@@ -253,6 +263,23 @@ export class HopService {
     }
   }
 
+  /**
+   * How many systems and data classes the task's chain had touched once hop `hopId` was decided,
+   * itself included, or, for no hop of this replica's, as this replica knows the chain now: what
+   * each answer to a sidecar says (`CHAIN_TOUCHED_HEADER`), so that the sidecar cuts the uploads
+   * decided on less. Taken as the hop is decided, not as it is answered: a hop decided in between
+   * would count in it, and an upload decided before that hop would look decided after it.
+   */
+  touched(task: AgentTask, hopId?: string): number {
+    const at = hopId === undefined ? undefined : this.touchedAt.get(hopId);
+    if (at !== undefined) {
+      this.touchedAt.delete(hopId ?? '');
+      return at;
+    }
+    const chain = this.deps.journal.latest(task).chain;
+    return (chain?.systemsTouched.length ?? 0) + (chain?.dataClassesTouched.length ?? 0);
+  }
+
   /** Whether the task's policy may hold a hop for approval (only its RequireApproval rules do); true without a policy, whose decisions then say why there are none. */
   mayWait(task: AgentTask): boolean {
     const policy = this.deps.policy(task.metadata.namespace ?? '', task.spec.policyRef.name);
@@ -305,6 +332,8 @@ export class HopService {
     }
     const { chain, depth, hopId, outcome } = decided;
     const { decision, reasons } = outcome;
+    if (this.touchedAt.size >= LATELY_REMEMBERED) this.touchedAt.delete(this.touchedAt.keys().next().value ?? '');
+    this.touchedAt.set(hopId, touchedAfter(chain, outcome.delta));
     const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}), ...(outcome.wouldDeny ? { wouldDeny: true } : {}) };
     let txnToken: string | undefined;
     if (decision === 'allow' && mint) {

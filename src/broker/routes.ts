@@ -16,6 +16,7 @@ import type { CredentialBroker } from '../credentials/broker.js';
 import { parseSignRequest, type AwsGateway } from '../aws/gateway.js';
 import { MAX_SIGN_REQUEST_BYTES } from '../aws/sign-api.js';
 import { parseForwardRequest, type McpGateway } from '../mcp/gateway.js';
+import { CHAIN_TOUCHED_HEADER } from '../agent/unbound-uploads.js';
 
 export interface BrokerDeps {
   auth: Pick<AgentAuthenticator, 'authenticate' | 'untilEnded'>;
@@ -215,15 +216,20 @@ function hops(deps: BrokerDeps): Handler {
       requireMethod(req, 'POST');
       const who = await deps.auth.authenticate(req.headers.authorization);
       const body = await readJson(req, MAX_HOP_BYTES);
-      sendJson(res, 200, await deps.hops.decide(who, body), { 'cache-control': 'no-store' });
+      const answer = await deps.hops.decide(who, body);
+      sendJson(res, 200, answer, decidedHeaders(deps, who, answer.hopId));
       return;
     }
     requireMethod(req, 'GET');
     const id = parseHopPath(path);
     const who = await deps.auth.authenticate(req.headers.authorization);
-    sendJson(res, 200, await deps.hops.status(who, id), { 'cache-control': 'no-store' });
+    const answer = await deps.hops.status(who, id);
+    sendJson(res, 200, answer, decidedHeaders(deps, who));
   };
 }
+
+/** An answer that may follow a decision (of hop `hopId`): never cached, and saying what the chain had touched once it was decided. */
+const decidedHeaders = (deps: BrokerDeps, who: AgentPrincipal, hopId?: string) => ({ 'cache-control': 'no-store', [CHAIN_TOUCHED_HEADER]: String(deps.hops.touched(who.task, hopId)) });
 
 /**
  * A gateway's one call from the sidecar: POST, the pod token, a bounded JSON body checked by
@@ -234,7 +240,8 @@ function gatewayRoute<R>(deps: BrokerDeps, maxBytes: number, parse: (body: unkno
     requireMethod(req, 'POST');
     const who = await deps.auth.authenticate(req.headers.authorization, { podTokenOnly: "the gateways' endpoints serve the pod's sidecar, which presents the pod's token: send AWS and MCP calls through the sidecar" });
     const { status, body } = await answer(who, parse(await readJson(req, maxBytes)));
-    sendJson(res, status, body, { 'cache-control': 'no-store' });
+    const hopId = (body as { hopId?: unknown } | undefined)?.hopId;
+    sendJson(res, status, body, decidedHeaders(deps, who, typeof hopId === 'string' ? hopId : undefined));
   };
 }
 

@@ -15,6 +15,7 @@ import { parseAuthorization } from '../../src/aws/sigv4.js';
 import { silentLogger } from '../../src/log.js';
 import { CertificateAuthority } from '../../src/pki/authority.js';
 import { readJson, sendJson } from '../../src/server/http.js';
+import { CHAIN_TOUCHED_HEADER } from '../../src/agent/unbound-uploads.js';
 import { serveHttps } from '../../src/server/https.js';
 
 /** What the agent's SDKs are given: worthless at AWS, good only for signing requests to the gateway. */
@@ -100,6 +101,7 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
   const tls = await ca.issueServing('broker', { ips: ['127.0.0.1'] });
   const calls: { request: AwsSignRequest; bearer: string | undefined }[] = [];
   let decide: (request: AwsSignRequest) => SignDecision = () => undefined;
+  let touched: (request: AwsSignRequest) => number | undefined = () => undefined;
   let hops = 0;
   const server = await serveHttps(
     {
@@ -114,7 +116,8 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
         if (expected !== request.authorization) return sendJson(res, 403, { error: { code: 'aws_signature_mismatch', message: 'the request signature we calculated does not match the signature you provided' } });
         const refusal = decide(request);
         if (refusal) return sendJson(res, refusal.status, refusal.body);
-        sendJson(res, 200, await signForUpstream(request, parsed.region, parsed.service, upstream ?? options.upstream(), `h1_${String(++hops).padStart(12, 'A')}_BBBBBBBBBBBBBBBB`));
+        const count = touched(request);
+        sendJson(res, 200, await signForUpstream(request, parsed.region, parsed.service, upstream ?? options.upstream(), `h1_${String(++hops).padStart(12, 'A')}_BBBBBBBBBBBBBBBB`), count === undefined ? {} : { [CHAIN_TOUCHED_HEADER]: String(count) });
       },
     },
     tls,
@@ -139,6 +142,10 @@ export async function startSignTwin(options: { podToken: string; upstream: () =>
     /** What the next requests are answered; undefined signs them. */
     set decide(fn: (request: AwsSignRequest) => SignDecision) {
       decide = fn;
+    },
+    /** What an allowed request's answer says the chain had touched once it was decided; undefined says nothing, as an earlier broker. */
+    set touched(fn: (request: AwsSignRequest) => number | undefined) {
+      touched = fn;
     },
     close: () => server.close(),
   };

@@ -4,11 +4,14 @@ import { createLocalJWKSet, jwtVerify } from 'jose';
 import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import http from 'node:http';
 import readline from 'node:readline';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { CoreV1Api, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import type { AgentPolicy } from '../../../src/api/schema.js';
 import { APPROVAL_USED_BY } from '../../../src/broker/gateway-hops.js';
 import { ensureMoto } from '../../../src/controlplane/assets.js';
+import { Sha256 } from '../../../src/aws/sigv4.js';
 import type { EnvironmentDescription } from '../../../src/controlplane/environment.js';
 import { exampleApproval, examplePolicy, exampleTask } from '../../builders/examples.js';
 import { brokerRequest, createAgentPod, createServiceAccount, getJson, podToken, startAgentProcess, type AgentProcess } from '../../env/agents.js';
@@ -94,6 +97,36 @@ async function approveThenRetry(admin: KubeConfig, namespace: string, hopId: str
   await create(admin, approval);
   await waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.pendingHops ?? []).length === 0);
   await expect.poll(async () => (await call()).ok, { timeout: 10_000 }).toBe(true);
+}
+
+/**
+ * An attacker's S3 upload to the sidecar's AWS listener, signed with the placeholder keys as an
+ * SDK would sign it, with UNSIGNED-PAYLOAD: the signature binds nothing of the body, which the
+ * caller sends a piece at a time, and finishes whenever it likes.
+ */
+async function openUpload(awsUrl: string, keys: Record<string, string>, bucket: string, key: string, length: number) {
+  const { hostname, port, host } = new URL(awsUrl);
+  const signer = new SignatureV4({ service: 's3', region: 'us-east-1', credentials: { accessKeyId: keys.AccessKeyId ?? '', secretAccessKey: keys.SecretAccessKey ?? '', sessionToken: keys.Token }, sha256: Sha256 });
+  const path = `/${bucket}/${key}`;
+  const signed = await signer.sign({ method: 'PUT', protocol: 'http:', hostname, port: Number(port), path, query: {}, headers: { host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(length) } });
+  const req = http.request({ hostname, port, method: 'PUT', path, headers: signed.headers });
+  req.on('error', () => undefined);
+  const answered = new Promise<{ status: number; body: string }>((resolve) => {
+    req.on('response', (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('close', () => resolve({ status: 0, body: 'the connection closed without an answer' }));
+  });
+  req.flushHeaders();
+  return {
+    write: (text: string) => req.write(text),
+    finish: (text: string) => {
+      req.end(text);
+      return answered;
+    },
+  };
 }
 
 describe('every AWS call is a hop: the signing gateway', () => {
@@ -382,6 +415,48 @@ describe('every AWS call is a hop: the signing gateway', () => {
       const waiting = (await readTask(admin, namespace, 'ticket-4711'))?.status?.pendingHops ?? [];
       expect(waiting.map((h) => h.resource)).toEqual([`arn:aws:s3:::${bucket}/outbox/py.txt`]);
       for (const p of out.pending) expect(p?.message).toContain(waiting[0]?.hopId);
+    } finally {
+      agent.stop();
+      await sidecar.stop();
+    }
+  });
+
+  test('an upload whose signature binds none of its body is cut when the agent reads customer data before the body is done: nothing read reaches S3, and sent again the rule refuses it; one that crosses an ordinary call goes through', async ({ admin, env, namespace }) => {
+    const bucket = `agent-data-${namespace}`;
+    const noExport = { name: 'no-export-after-customer-data', effect: 'Deny' as const, tools: ['aws:s3'], actions: ['s3:PutObject'], resources: [`arn:aws:s3:::${bucket}/exports/*`], when: { afterDataClasses: ['pii'] } };
+    const { sidecar, agent } = await gatewayAgent(admin, env, namespace, bucket, [noExport]);
+    const decided = (key: string) => waitForTask(admin, namespace, 'ticket-4711', (t) => (t.status?.recentHops ?? []).some((h) => h.action === 's3:PutObject' && h.resource === `arn:aws:s3:::${bucket}/${key}`));
+    try {
+      expect((await agent.call('s3', 'CreateBucket', { Bucket: bucket })).ok).toBe(true);
+      const keys = (await getJson(`${sidecar.url}/v1/credentials`, { headers: await sidecar.headers() })).body as Record<string, string>;
+
+      // An upload held open across a call that touches nothing new goes through whole.
+      const calm = await openUpload(sidecar.awsUrl ?? '', keys, bucket, 'notes/calm.txt', 32);
+      calm.write('first half, sent');
+      await decided('notes/calm.txt');
+      expect((await agent.call('s3', 'ListObjectsV2', { Bucket: bucket })).ok).toBe(true);
+      expect(await calm.finish(' second half!!!.')).toMatchObject({ status: 200 });
+      expect(await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'notes/calm.txt' })).toMatchObject({ ok: true, out: { Body: 'first half, sent second half!!!.' } });
+
+      // Decided while the chain held no customer data; the body is still to come.
+      const upload = await openUpload(sidecar.awsUrl ?? '', keys, bucket, 'exports/dump.txt', 64);
+      upload.write('export of ');
+      await decided('exports/dump.txt');
+      // The agent reads a ticket, customer data, and sends what it read into the open upload.
+      const readTicket = await getJson(`${sidecar.url}/v1/hops`, { method: 'POST', headers: { ...(await sidecar.headers()), 'content-type': 'application/json' }, body: JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/4711' }) });
+      expect(readTicket.body).toMatchObject({ decision: 'allow' });
+      const cut = await upload.finish('customer 4711: jane@example.com, +1 555 0100'.padEnd(54, '.'));
+      expect(cut.status).toBe(503);
+      expect(cut.body).toContain('<Code>ServiceUnavailable</Code>');
+      expect(cut.body).toContain('chain touched a system or data class it had not while this upload');
+      // Nothing of it became an object.
+      expect(await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'exports/dump.txt' })).toMatchObject({ ok: false, name: 'NoSuchKey' });
+
+      // Sent again, it is decided on the chain as it is now, and the rule refuses it before AWS.
+      const again = await agent.call('s3', 'PutObject', { Bucket: bucket, Key: 'exports/dump.txt', Body: 'customer 4711: jane@example.com' });
+      expect(again).toMatchObject({ ok: false, name: 'AccessDenied' });
+      expect(again.message).toContain('was denied by no-export-after-customer-data');
+      expect(await agent.call('s3', 'GetObject', { Bucket: bucket, Key: 'exports/dump.txt' })).toMatchObject({ ok: false, name: 'NoSuchKey' });
     } finally {
       agent.stop();
       await sidecar.stop();

@@ -10,7 +10,7 @@ import { CreateTableCommand, DynamoDBClient, GetItemCommand, PutItemCommand } fr
 import { CreateQueueCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAgentProxy, type RunningAgent } from '../../../src/agent/proxy.js';
 import type { AwsSignRefusal } from '../../../src/aws/sign-api.js';
 import { createLogger } from '../../../src/log.js';
@@ -555,5 +555,90 @@ describe('attacks from outside the SDK: answered as AWS would, nothing sent to t
     const text = logLines.join('');
     expect(text).toContain('aws request refused');
     for (const secret of [world.podToken, SESSION.secretAccessKey, SESSION.sessionToken, PLACEHOLDER.secretAccessKey]) expect(text).not.toContain(secret);
+  });
+});
+
+describe('S3 uploads whose signature binds none of their body, when the chain touches something new', () => {
+  /** What the chain has touched, as the twin broker's answers say: only ever more, as a broker's do, across these tests. */
+  let touched = 100;
+  afterEach(() => {
+    world.twin.touched = () => undefined;
+  });
+
+  /** A PUT signed with the placeholder keys, its body sent when the caller says: asked for with Expect: 100-continue, so `continued` says the broker allowed it. */
+  const openPut = async (bucket: string, key: string, payloadHash: string, length: number) => {
+    const headers = { host: `127.0.0.1:${port()}`, 'x-amz-content-sha256': payloadHash, 'content-length': String(length), expect: '100-continue' };
+    const signed = await new SignatureV4({ credentials: PLACEHOLDER, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false }).sign({ method: 'PUT', protocol: 'http:', hostname: '127.0.0.1', path: `/${bucket}/${key}`, query: {}, headers });
+    const req = http.request({ host: '127.0.0.1', port: port(), method: 'PUT', path: `/${bucket}/${key}`, headers: signed.headers, setHost: false });
+    req.on('error', () => undefined);
+    let continued = false;
+    const allowed = new Promise<void>((resolve) => req.on('continue', () => resolve(void (continued = true))));
+    const answer = new Promise<{ status: number; body: string; continued: boolean }>((resolve) => {
+      req.on('response', (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, continued }));
+      });
+    });
+    req.flushHeaders();
+    return { allowed, answer, write: (b: Buffer) => req.write(b), end: (b: Buffer) => req.end(b) };
+  };
+  const s3 = () => new S3Client(config());
+  const unsignedPut = (key: string, length: number) => openPut('widen-bucket', key, 'UNSIGNED-PAYLOAD', length);
+  const reachedPuts = (before: { broker: number; aws: number }) => since(before).aws.filter((r) => r.method === 'PUT').map((r) => r.path);
+
+  it('one still sending its body is cut when an answer says the chain touched more, and AWS keeps nothing of it; a hashed one sent meanwhile goes through', async () => {
+    await s3().send(new CreateBucketCommand({ Bucket: 'widen-bucket' })).catch(() => undefined);
+    touched += 10;
+    let read = false;
+    world.twin.touched = (r) => (r.method === 'GET' && read ? touched + 1 : touched);
+    const hashedBody = Buffer.from('a note, hashed whole');
+    const unbound = await unsignedPut('exports/dump.txt', 32);
+    const hashed = await openPut('widen-bucket', 'notes/hashed.txt', createHash('sha256').update(hashedBody).digest('hex'), hashedBody.length);
+    await Promise.all([unbound.allowed, hashed.allowed]);
+    unbound.write(Buffer.from('export of '));
+    hashed.write(hashedBody.subarray(0, 7));
+    // The agent reads something new: the answer to that read says so, before the read goes on.
+    read = true;
+    await s3().send(new ListObjectsV2Command({ Bucket: 'widen-bucket' }));
+    unbound.end(Buffer.from('what was read: jane@e.com'.padEnd(22, '.')));
+    hashed.end(hashedBody.subarray(7));
+    const cut = await unbound.answer;
+    expect(cut.status).toBe(503);
+    expect(cut.body).toContain('<Code>ServiceUnavailable</Code>');
+    expect(cut.body).toContain('chain touched a system or data class it had not while this upload');
+    expect((await hashed.answer).status).toBe(200);
+    expect(await rejection(s3().send(new GetObjectCommand({ Bucket: 'widen-bucket', Key: 'exports/dump.txt' })))).toMatchObject({ name: 'NoSuchKey' });
+    expect(await (await s3().send(new GetObjectCommand({ Bucket: 'widen-bucket', Key: 'notes/hashed.txt' }))).Body?.transformToString()).toBe('a note, hashed whole');
+  });
+
+  it('one decided on less than an answer since has said is refused before its body is asked for, and nothing reaches AWS; sent again it goes through', async () => {
+    touched += 10;
+    // The upload's answer says what the chain had touched when it was decided, before a read another answer has since reported.
+    world.twin.touched = (r) => (r.method === 'PUT' ? touched : touched + 1);
+    await s3().send(new ListObjectsV2Command({ Bucket: 'widen-bucket' }));
+    const before = sent();
+    const late = await unsignedPut('exports/late.txt', 8);
+    const refused = await late.answer;
+    expect(refused).toMatchObject({ status: 503, continued: false });
+    expect(refused.body).toContain('chain touched a system or data class it had not while this upload');
+    expect(reachedPuts(before)).toEqual([]);
+    // Decided again, on the chain as it is now.
+    world.twin.touched = () => touched + 1;
+    const again = await unsignedPut('exports/late.txt', 8);
+    await again.allowed;
+    again.end(Buffer.from('12345678'));
+    expect((await again.answer).status).toBe(200);
+    expect(reachedPuts(before)).toEqual(['/widen-bucket/exports/late.txt']);
+  });
+
+  it('a broker that says nothing of the chain cuts nothing: an upload crosses any call', async () => {
+    world.twin.touched = () => undefined;
+    const upload = await unsignedPut('exports/quiet.txt', 10);
+    await upload.allowed;
+    upload.write(Buffer.from('12345'));
+    await s3().send(new ListObjectsV2Command({ Bucket: 'widen-bucket' }));
+    upload.end(Buffer.from('67890'));
+    expect((await upload.answer).status).toBe(200);
   });
 });

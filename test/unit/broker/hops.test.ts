@@ -532,3 +532,20 @@ describe('GET /v1/hops/{id}: what a replica keeps of the hops it decided', () =>
     expect(later).not.toHaveProperty('credentials');
   });
 });
+
+describe('what an answer says the chain had touched: what a sidecar cuts the uploads their signatures do not bind on', () => {
+  it('is taken as its hop is decided, the hop included, however late the answer is sent: a hop decided before a read of customer data says less than the read', async () => {
+    const { service, who } = serviceFor();
+    const reply = await service.decide(who, { tool: 'email', action: 'send', resource: 'customer/4711' });
+    const read = await service.decide(who, { tool: 'tickets', action: 'read', resource: 'ticket/4711' });
+    expect([reply.decision, read.decision]).toEqual(['allow', 'allow']);
+    // The read's answer goes out first; the reply's, decided before the read, still says what it was decided on.
+    expect(service.touched(who.task, read.hopId)).toBe(3);
+    expect(service.touched(who.task, reply.hopId)).toBe(1);
+    // Said once per hop; otherwise what the replica knows now: email, tickets and pii.
+    expect(service.touched(who.task, reply.hopId)).toBe(3);
+    expect(service.touched(who.task)).toBe(3);
+    const again = await service.decide(who, { tool: 'tickets', action: 'read', resource: 'ticket/4712' });
+    expect(service.touched(who.task, again.hopId)).toBe(3);
+  });
+});
