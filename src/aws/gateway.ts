@@ -158,7 +158,7 @@ export class AwsGateway {
           hop(operation.action, operation.resource, { ...attributes, copySource: attributeValue(operation.reads.resource) }, '', 0),
         ]
       : each.length > 0
-        ? each.map((one, i) => hop(one.action, one.resource, {}, ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`))
+        ? each.map((one, i) => hop(one.action, one.resource, mapValues(one.attributes ?? {}, attributeValue), ` (object ${i + 1} of the ${each.length} a DeleteObjects deletes)`))
         : [hop(operation.action, operation.resource, attributes, '')];
     return this.deps.hops.decideCall(who, hops, RETRY);
   }
@@ -248,6 +248,8 @@ export function parseSignRequest(body: unknown): AwsSignRequest {
 const RETRY = 'retry the call once an AgentApproval for it exists';
 
 /** A resource as a hop attribute: as it is when it fits one, else its hash. */
+const mapValues = (record: Record<string, string>, f: (value: string) => string): Record<string, string> => Object.fromEntries(Object.entries(record).map(([k, v]) => [k, f(v)]));
+
 function attributeValue(resource: string): string {
   return resource.length <= MAX_HOP_ATTRIBUTE ? resource : `sha256:${sha256Hex(resource)}`;
 }

@@ -44,7 +44,7 @@ export interface AwsOperation {
    * A call on several resources, each decided as a hop of its own, in order, instead of
    * `action` on `resource` (which name the first): the objects of an S3 DeleteObjects.
    */
-  each?: { action: string; resource: string }[];
+  each?: { action: string; resource: string; attributes?: Record<string, string> }[];
 }
 
 /**
@@ -440,6 +440,10 @@ function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'r
   const { method, partition } = input;
   const query = parseQuery(input.query);
   refuseS3Extras(input.headers);
+  // S3 reads x-amz- parameters of the query as the headers they name (as on presigned URLs): a
+  // copy source, an ACL or a tag set given so would be out of sight of what is decided here.
+  const headerLike = [...query.keys()].find((name) => name.toLowerCase().startsWith('x-amz-'));
+  if (headerLike !== undefined) throw refuse(`the query names ${JSON.stringify(headerLike.slice(0, 64))}, which S3 can take as the header of that name, out of sight of what the call is decided on: send it as a header the SDK signs`, 'query');
   const [, rawBucket = '', ...rawKey] = input.path.split('/');
   const bucket = safeDecode(rawBucket);
   const key = strictDecode(rawKey.join('/'), 'the object key');
@@ -462,7 +466,8 @@ function s3Operation(input: AwsOperationInput): Pick<AwsOperation, 'action' | 'r
     // DeleteObjects: each object it names is a DeleteObject (or DeleteObjectVersion) of its own.
     if (key || subresources.length !== 1) throw refuse('DeleteObjects is a POST to /<bucket>?delete and nothing else', 'delete');
     if (input.body === undefined) throw refuse('DeleteObjects names its objects in its body: pass it on as form', 'form');
-    const each = deletedObjects(input.body).map((o) => ({ action: s3(o.versionId === undefined ? 'DeleteObject' : 'DeleteObjectVersion'), resource: `${bucketArn}/${o.key}` }));
+    // A version is named in the hop's attributes too, so that an approval of one version's delete releases no other's.
+    const each = deletedObjects(input.body).map((o) => ({ action: s3(o.versionId === undefined ? 'DeleteObject' : 'DeleteObjectVersion'), resource: `${bucketArn}/${o.key}`, ...(o.versionId === undefined ? {} : { attributes: { versionId: o.versionId } }) }));
     return { action: each[0]?.action ?? s3('DeleteObject'), resource: each[0]?.resource ?? bucketArn, each };
   }
   if (!key) {

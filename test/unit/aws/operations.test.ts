@@ -53,14 +53,14 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
     expect(op(input)).toMatchObject({ action, resource });
   });
 
-  it('S3 DeleteObjects: each object it names is a hop of its own, a version by DeleteObjectVersion', () => {
+  it('S3 DeleteObjects: each object it names is a hop of its own, a version by DeleteObjectVersion naming the version, so that approving one version\'s delete releases no other', () => {
     const body = '<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>tmp/a b.txt</Key></Object><Object><Key>tmp/c</Key><VersionId>3</VersionId></Object><Quiet>true</Quiet></Delete>';
     expect(op({ service: 's3', method: 'POST', path: '/scratch/', query: 'delete=', body })).toMatchObject({
       action: 's3:DeleteObject',
       resource: 'arn:aws:s3:::scratch/tmp/a b.txt',
       each: [
         { action: 's3:DeleteObject', resource: 'arn:aws:s3:::scratch/tmp/a b.txt' },
-        { action: 's3:DeleteObjectVersion', resource: 'arn:aws:s3:::scratch/tmp/c' },
+        { action: 's3:DeleteObjectVersion', resource: 'arn:aws:s3:::scratch/tmp/c', attributes: { versionId: '3' } },
       ],
     });
   });
@@ -99,6 +99,9 @@ describe('an AWS request is decided as the operation AWS performs, or refused', 
     ['S3 PutObject that locks the object', { service: 's3', method: 'PUT', path: '/drop/a', headers: { 'x-amz-object-lock-mode': 'COMPLIANCE' } }, /x-amz-object-lock-mode/],
     ['S3 with an empty bucket segment', { service: 's3', method: 'GET', path: '//customers/4711.json' }, /names no bucket/],
     ['S3 with two subresources', { service: 's3', method: 'PUT', path: '/b/k', query: 'acl=&tagging=' }, /names 2 subresources/],
+    ['S3 PutObject with a copy source in its query, which S3 can take as the header (a read of it never decided)', { service: 's3', method: 'PUT', path: '/b/public/x', query: 'x-amz-copy-source=%2Fb%2Fsecret%2Fy' }, /the query names "x-amz-copy-source", which S3 can take as the header of that name/],
+    ['S3 PutObject with an ACL in its query, spelled in capitals', { service: 's3', method: 'PUT', path: '/b/public/x', query: 'X-Amz-Acl=public-read' }, /the query names "X-Amz-Acl"/],
+    ['S3 GetObject with an encoded header name in its query', { service: 's3', method: 'GET', path: '/b/k', query: 'x%2Damz%2Dgrant%2Dread=uri' }, /the query names "x-amz-grant-read"/],
     ['S3 with a parameter given twice', { service: 's3', method: 'GET', path: '/b/k', query: 'versionId=1&versionId=2' }, /more than once/],
     ['DynamoDB with no X-Amz-Target, the operation named in the query', { service: 'dynamodb', query: 'Action=GetItem&TableName=public', body: '{"TableName":"orders"}' }, /does not take the query protocol/],
     ['DynamoDB JSON without its body passed on', { service: 'dynamodb', headers: { ...JSON_TYPE, 'x-amz-target': 'DynamoDB_20120810.DeleteTable' } }, /pass it on as form/],
