@@ -1,8 +1,9 @@
 /**
- * A bound on what the sidecar holds in memory at once to check or edit it (the AWS gateway's
- * request bodies, the MCP gateway's answers): each part is counted as it is read and given back
- * when its exchange is done, so that many large exchanges at once are refused one by one rather
- * than take the sidecar past its memory limit, where it would restart with everything in flight.
+ * A bound on what a process holds in memory at once to check or edit it (the sidecar's AWS
+ * request bodies and MCP answers, the broker's gateway calls): each part is counted as it is read
+ * and given back when its exchange is done, so that many large exchanges at once are refused one
+ * by one rather than take the process past its memory limit, where it would restart with
+ * everything in flight.
  */
 export class MemoryBudget {
   private used = 0;

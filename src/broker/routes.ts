@@ -17,6 +17,7 @@ import { parseSignRequest, type AwsGateway } from '../aws/gateway.js';
 import { MAX_SIGN_REQUEST_BYTES } from '../aws/sign-api.js';
 import { parseForwardRequest, type McpGateway } from '../mcp/gateway.js';
 import { CHAIN_TOUCHED_HEADER } from '../agent/unbound-uploads.js';
+import { kib, MemoryBudget } from '../agent/budget.js';
 
 export interface BrokerDeps {
   auth: Pick<AgentAuthenticator, 'authenticate' | 'untilEnded'>;
@@ -40,6 +41,8 @@ export interface BrokerDeps {
   mcp?: McpGateway;
   /** The audience of transaction tokens, which /v1/svid never mints for. */
   trustDomain: string;
+  /** The gateways' request bodies held at once (`GATEWAY_BODIES_BYTES` when absent). */
+  gatewayBodiesBytes?: number;
 }
 
 const requireMethod = (req: IncomingMessage, method: string) => {
@@ -232,16 +235,35 @@ function hops(deps: BrokerDeps): Handler {
 const decidedHeaders = (deps: BrokerDeps, who: AgentPrincipal, hopId?: string) => ({ 'cache-control': 'no-store', [CHAIN_TOUCHED_HEADER]: String(deps.hops.touched(who.task, hopId)) });
 
 /**
- * A gateway's one call from the sidecar: POST, the pod token, a bounded JSON body checked by
- * `parse`, and the gateway's answer as it is, never cached.
+ * The gateways' request bodies the broker holds at once, as their requests declare them (the
+ * bound when they declare none): a sign request may be 4 MiB, read whole and parsed, and every
+ * sidecar of the cluster may send its calls at once, slowly. Past this bound a call is refused
+ * with a 503, which the sidecar passes on as one SDKs retry, rather than the broker outgrowing
+ * its memory limit and every task losing its gateway while it restarts.
  */
-function gatewayRoute<R>(deps: BrokerDeps, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<{ status: number; body: unknown }>): Handler {
+export const GATEWAY_BODIES_BYTES = 64 * 1024 * 1024;
+
+/**
+ * A gateway's one call from the sidecar: POST, the pod token, a bounded JSON body checked by
+ * `parse` and counted against `bodies` while it is held, and the gateway's answer as it is,
+ * never cached.
+ */
+function gatewayRoute<R>(deps: BrokerDeps, bodies: MemoryBudget, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<{ status: number; body: unknown }>): Handler {
   return async (req, res) => {
     requireMethod(req, 'POST');
     const who = await deps.auth.authenticate(req.headers.authorization, { podTokenOnly: "the gateways' endpoints serve the pod's sidecar, which presents the pod's token: send AWS and MCP calls through the sidecar" });
-    const { status, body } = await answer(who, parse(await readJson(req, maxBytes)));
-    const hopId = (body as { hopId?: unknown } | undefined)?.hopId;
-    sendJson(res, status, body, decidedHeaders(deps, who, typeof hopId === 'string' ? hopId : undefined));
+    const declared = Number(req.headers['content-length'] ?? Number.NaN);
+    const held = Number.isSafeInteger(declared) && declared >= 0 ? Math.min(declared, maxBytes) : maxBytes;
+    if (!bodies.tryTake(held)) {
+      throw new ChainwardenError('bodies_held', `the broker holds ${kib(bodies.held)} KiB of gateway calls' bodies already, its bound being ${kib(bodies.max)} KiB; retry shortly`);
+    }
+    try {
+      const { status, body } = await answer(who, parse(await readJson(req, maxBytes)));
+      const hopId = (body as { hopId?: unknown } | undefined)?.hopId;
+      sendJson(res, status, body, decidedHeaders(deps, who, typeof hopId === 'string' ? hopId : undefined));
+    } finally {
+      bodies.give(held);
+    }
   };
 }
 
@@ -251,6 +273,7 @@ const MAX_FORWARD_BYTES = 256 * 1024;
 /** The broker's routes; prefixes end in `/`. */
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   const { aws, mcp } = deps;
+  const bodies = new MemoryBudget(deps.gatewayBodiesBytes ?? GATEWAY_BODIES_BYTES);
   return {
     '/v1/svid': svid(deps),
     '/v1/task': task(deps),
@@ -260,9 +283,9 @@ export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
     // The sidecar's AWS listener asks whether to send an SDK's call, and how it is signed.
-    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, MAX_SIGN_REQUEST_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
+    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, bodies, MAX_SIGN_REQUEST_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
     // The sidecar's MCP gateway asks where a message goes, and for tools/call whether it may.
-    ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
+    ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, bodies, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
     '/keys': published(() => deps.issuer.jwks()),
     '/.well-known/openid-configuration': published(() => deps.issuer.discovery()),
   };

@@ -6,6 +6,7 @@ import { silentLogger } from '../../../src/log.js';
 import { CertificateAuthority } from '../../../src/pki/authority.js';
 import { systemClock } from '../../../src/runtime/clock.js';
 import { serveHttps, type RunningServer } from '../../../src/server/https.js';
+import { MAX_SIGN_REQUEST_BYTES } from '../../../src/aws/sign-api.js';
 
 const authenticate = vi.fn<BrokerDeps['auth']['authenticate']>();
 const untouchable = new Proxy({}, { get: (_t, name) => () => Promise.reject(new Error(`${String(name)} must not be called`)) });
@@ -104,5 +105,49 @@ describe('GET /v1/svid', () => {
 describe('what the issuer publishes', () => {
   it.each(['POST', 'PUT', 'DELETE'])('%s on /keys or the discovery document is a 405: they are read, never written', async (method) => {
     for (const path of ['/keys', '/.well-known/openid-configuration']) expect(await call(method, path)).toMatchObject({ status: 405, body: { error: { code: 'method_not_allowed' } } });
+  });
+});
+
+describe("the gateways' bodies the broker holds at once", () => {
+  let gateway: RunningServer;
+  let gatewayCa: string;
+  const sign = vi.fn();
+  beforeAll(async () => {
+    const authority = await CertificateAuthority.create('gateway-ca');
+    const deps = { auth: { authenticate: () => Promise.resolve({ task: { metadata: {} } }) }, credentials: untouchable, hops: untouchable, issuer: untouchable, status: untouchable, clock: systemClock, log: silentLogger(), trustDomain: 'cluster.local', aws: { sign }, gatewayBodiesBytes: MAX_SIGN_REQUEST_BYTES + 1024 * 1024 } as unknown as BrokerDeps;
+    gateway = await serveHttps(brokerRoutes(deps), await authority.issueServing('gateway', { ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, silentLogger());
+    gatewayCa = authority.certPem;
+  });
+  afterAll(() => gateway.close());
+
+  /** A sign request declaring `length` bytes and sending `sent` of them; it answers when the broker does. */
+  const signRequest = (length: number, sent: string) => {
+    const req = https.request(`${gateway.url}/v1/aws/sign`, { method: 'POST', ca: gatewayCa, headers: { authorization: 'Bearer pod-token', 'content-type': 'application/json', 'content-length': String(length) } });
+    req.on('error', () => undefined);
+    const answer = new Promise<{ status: number; body: string }>((resolve) => {
+      req.on('response', (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      });
+    });
+    req.write(sent);
+    return { answer, close: () => req.destroy() };
+  };
+
+  it('a caller that declares large bodies and sends them slowly holds at most the bound: past it a call is a 503 bodies_held, which SDKs retry, and the room comes back when a call ends', async () => {
+    const slow = signRequest(MAX_SIGN_REQUEST_BYTES, '{"authorization":');
+    // Its body is being read: the broker holds its declared size.
+    await new Promise((r) => setTimeout(r, 100));
+    const refused = await signRequest(MAX_SIGN_REQUEST_BYTES, '{').answer;
+    expect(refused.status).toBe(503);
+    const error = (JSON.parse(refused.body) as { error: { code: string; message: string } }).error;
+    expect(error.code).toBe('bodies_held');
+    expect(error.message).toMatch(/holds \d+ KiB of gateway calls' bodies already, its bound being \d+ KiB; retry shortly/);
+    // A small call still fits beside it.
+    expect((await signRequest(2, '{}').answer).status).toBe(400);
+    slow.close();
+    await expect.poll(async () => (await signRequest(MAX_SIGN_REQUEST_BYTES - 1, '{}'.padEnd(MAX_SIGN_REQUEST_BYTES - 1)).answer).status, { timeout: 5_000 }).toBe(400);
+    expect(sign).not.toHaveBeenCalled();
   });
 });
