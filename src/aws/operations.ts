@@ -272,7 +272,10 @@ function namedResource(input: AwsOperationInput, params: (name: string) => strin
       const url = params('QueueUrl');
       if (url) return queueArn(url, input);
       const name = params('QueueName');
-      return name ? arn(name) : '*';
+      // GetQueueUrl may name a queue of another account by its owner: the queue AWS answers for is that account's.
+      const owner = params('QueueOwnerAWSAccountId');
+      if (owner !== undefined && !/^\d{12}$/.test(owner)) throw refuse(`QueueOwnerAWSAccountId ${JSON.stringify(owner.slice(0, 40))} is not a 12-digit account id`, 'QueueOwnerAWSAccountId');
+      return name ? `arn:${partition}:sqs:${region}:${owner ?? account}:${name}` : '*';
     }
     case 'sns':
       return params('TopicArn') ?? params('TargetArn') ?? '*';
