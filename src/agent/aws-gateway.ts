@@ -150,14 +150,16 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
       body = await readBoundedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form));
       Object.assign(sign, heldPayload(body, held));
     }
+    // Without a count in its answer (a broker of an earlier version), what answers had said when it was asked.
+    const asked = options.uploads?.mark() ?? 0;
     const decision = await options.signer.sign(sign);
     if (!decision.ok) throw new AwsRefusal(decision.error);
     exchange.hopId = decision.answer.hopId;
     const unbound = unboundBody(plan) ? options.uploads : undefined;
     // What the chain had touched as this was decided: an upload decided on less than an answer
     // since says is refused, before the SDK is asked for the body it holds back and before
-    // anything goes to AWS. Without a count (a broker of an earlier version), none comes to cut it.
-    const since = decision.chainTouched ?? unbound?.mark() ?? 0;
+    // anything goes to AWS.
+    const since = decision.chainTouched ?? asked;
     unbound?.check(since);
     exchange.continueBody();
     const source = body ?? bodySource(req, plan);

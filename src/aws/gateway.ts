@@ -1,6 +1,7 @@
 import { MAX_HOP_ATTRIBUTE, MAX_HOP_RESOURCE } from '../api/schema.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import type { CallHop, GatewayHops, GatewayVerdict } from '../broker/gateway-hops.js';
+import type { HopAnswer } from '../broker/hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { ChainwardenError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -36,7 +37,8 @@ export interface AwsGatewayDeps {
   log: Logger;
 }
 
-export type AwsSignResult = { status: 200; body: AwsSignAnswer } | { status: number; body: AwsSignRefusal };
+/** `decided`: the answer of the hop the call goes on, for what the chain had touched when it was decided. */
+export type AwsSignResult = { status: 200; body: AwsSignAnswer; decided: HopAnswer } | { status: number; body: AwsSignRefusal };
 
 /** The service's regional endpoint in the role's partition; IAM is global. */
 export function awsEndpoint(service: string, region: string, partition: string): string {
@@ -118,6 +120,7 @@ export class AwsGateway {
     this.deps.log.debug({ task: key, hopId: answer.hopId, action: operation.action, upstream: url.origin }, 'AWS call signed');
     return {
       status: 200,
+      decided: answer,
       body: {
         hopId: answer.hopId,
         decision: 'allow',

@@ -80,6 +80,9 @@ export const notAParentOf = (task: AgentTask) => bad('parentHop', `is not a hop 
  */
 const isWidening = (outcome: HopOutcome, task: AgentTask) => outcome.decision === 'allow' && !outcome.commit && widens(task.status?.chain, outcome.delta);
 
+/** What the chain had touched as each answer's hop was decided (`HopService.touched`), for as long as the answer lives. */
+const touchedWhenDecided = new WeakMap<HopAnswer, number>();
+
 /** How many systems and data classes `chain` has touched with `delta`'s added. */
 function touchedAfter(chain: Pick<ChainView, 'systems' | 'dataClasses'>, delta: Partial<TaskDelta>): number {
   let count = chain.systems.size + chain.dataClasses.size;
@@ -178,8 +181,6 @@ export class HopService {
    * are few, not all.
    */
   private readonly lately = new Map<string, HopAnswer>();
-  /** What the chain had touched as each of the latest hops was decided, until its answer says so (`touched`). */
-  private readonly touchedAt = new Map<string, number>();
 
   constructor(private readonly deps: HopServiceDeps) {}
 
@@ -264,18 +265,15 @@ export class HopService {
   }
 
   /**
-   * How many systems and data classes the task's chain had touched once hop `hopId` was decided,
-   * itself included, or, for no hop of this replica's, as this replica knows the chain now: what
+   * How many systems and data classes the task's chain had touched once the hop `answer` answers
+   * was decided, itself included, or, without one, as this replica knows the chain now: what
    * each answer to a sidecar says (`CHAIN_TOUCHED_HEADER`), so that the sidecar cuts the uploads
    * decided on less. Taken as the hop is decided, not as it is answered: a hop decided in between
    * would count in it, and an upload decided before that hop would look decided after it.
    */
-  touched(task: AgentTask, hopId?: string): number {
-    const at = hopId === undefined ? undefined : this.touchedAt.get(hopId);
-    if (at !== undefined) {
-      this.touchedAt.delete(hopId ?? '');
-      return at;
-    }
+  touched(task: AgentTask, answer?: HopAnswer): number {
+    const at = answer === undefined ? undefined : touchedWhenDecided.get(answer);
+    if (at !== undefined) return at;
     const chain = this.deps.journal.latest(task).chain;
     return (chain?.systemsTouched.length ?? 0) + (chain?.dataClassesTouched.length ?? 0);
   }
@@ -332,9 +330,8 @@ export class HopService {
     }
     const { chain, depth, hopId, outcome } = decided;
     const { decision, reasons } = outcome;
-    if (this.touchedAt.size >= LATELY_REMEMBERED) this.touchedAt.delete(this.touchedAt.keys().next().value ?? '');
-    this.touchedAt.set(hopId, touchedAfter(chain, outcome.delta));
     const answer: HopAnswer = { hopId, decision, reasons, depth, ...(outcome.timeoutAt ? { timeoutAt: outcome.timeoutAt } : {}), ...(outcome.wouldDeny ? { wouldDeny: true } : {}) };
+    touchedWhenDecided.set(answer, touchedAfter(chain, outcome.delta));
     let txnToken: string | undefined;
     if (decision === 'allow' && mint) {
       const dataClassesTouched = [...new Set([...chain.dataClasses, ...(outcome.delta.dataClasses ?? [])])];

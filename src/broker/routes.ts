@@ -11,7 +11,7 @@ import { ChainwardenError } from '../errors.js';
 import { isDnsLabel, isDnsSubdomain } from '../api/names.js';
 import type { AgentAuthenticator, AgentPrincipal } from './auth.js';
 import { parseHopId } from './hopids.js';
-import type { HopService } from './hops.js';
+import type { HopAnswer, HopService } from './hops.js';
 import type { CredentialBroker } from '../credentials/broker.js';
 import { parseSignRequest, type AwsGateway } from '../aws/gateway.js';
 import { MAX_SIGN_REQUEST_BYTES } from '../aws/sign-api.js';
@@ -220,7 +220,7 @@ function hops(deps: BrokerDeps): Handler {
       const who = await deps.auth.authenticate(req.headers.authorization);
       const body = await readJson(req, MAX_HOP_BYTES);
       const answer = await deps.hops.decide(who, body);
-      sendJson(res, 200, answer, decidedHeaders(deps, who, answer.hopId));
+      sendJson(res, 200, answer, decidedHeaders(deps, who, answer));
       return;
     }
     requireMethod(req, 'GET');
@@ -231,8 +231,15 @@ function hops(deps: BrokerDeps): Handler {
   };
 }
 
-/** An answer that may follow a decision (of hop `hopId`): never cached, and saying what the chain had touched once it was decided. */
-const decidedHeaders = (deps: BrokerDeps, who: AgentPrincipal, hopId?: string) => ({ 'cache-control': 'no-store', [CHAIN_TOUCHED_HEADER]: String(deps.hops.touched(who.task, hopId)) });
+/** An answer that may follow a decision (`decided`, the hop's answer): never cached, and saying what the chain had touched once it was decided. */
+const decidedHeaders = (deps: BrokerDeps, who: AgentPrincipal, decided?: HopAnswer) => ({ 'cache-control': 'no-store', [CHAIN_TOUCHED_HEADER]: String(deps.hops.touched(who.task, decided)) });
+
+/** A gateway's answer, and the answer of the hop it went on (its last hop) when it was allowed. */
+export interface GatewayAnswer {
+  status: number;
+  body: unknown;
+  decided?: HopAnswer;
+}
 
 /**
  * The gateways' request bodies the broker holds at once, as their requests declare them (the
@@ -248,7 +255,7 @@ export const GATEWAY_BODIES_BYTES = 64 * 1024 * 1024;
  * `parse` and counted against `bodies` while it is held, and the gateway's answer as it is,
  * never cached.
  */
-function gatewayRoute<R>(deps: BrokerDeps, bodies: MemoryBudget, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<{ status: number; body: unknown }>): Handler {
+function gatewayRoute<R>(deps: BrokerDeps, bodies: MemoryBudget, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<GatewayAnswer>): Handler {
   return async (req, res) => {
     requireMethod(req, 'POST');
     const who = await deps.auth.authenticate(req.headers.authorization, { podTokenOnly: "the gateways' endpoints serve the pod's sidecar, which presents the pod's token: send AWS and MCP calls through the sidecar" });
@@ -258,9 +265,8 @@ function gatewayRoute<R>(deps: BrokerDeps, bodies: MemoryBudget, maxBytes: numbe
       throw new ChainwardenError('bodies_held', `the broker holds ${kib(bodies.held)} KiB of gateway calls' bodies already, its bound being ${kib(bodies.max)} KiB; retry shortly`);
     }
     try {
-      const { status, body } = await answer(who, parse(await readJson(req, maxBytes)));
-      const hopId = (body as { hopId?: unknown } | undefined)?.hopId;
-      sendJson(res, status, body, decidedHeaders(deps, who, typeof hopId === 'string' ? hopId : undefined));
+      const { status, body, decided } = await answer(who, parse(await readJson(req, maxBytes)));
+      sendJson(res, status, body, decidedHeaders(deps, who, decided));
     } finally {
       bodies.give(held);
     }

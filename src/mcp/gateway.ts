@@ -4,7 +4,7 @@ import { canonicalJson } from '../audit/record.js';
 import { parseDuration } from '../api/duration.js';
 import type { AgentPrincipal } from '../broker/auth.js';
 import type { GatewayHops } from '../broker/gateway-hops.js';
-import { parseHopRequest } from '../broker/hops.js';
+import { parseHopRequest, type HopAnswer } from '../broker/hops.js';
 import { ChainwardenError } from '../errors.js';
 import { globMatches } from '../policy/glob.js';
 import { rawPolicies } from '../policy/compile.js';
@@ -23,7 +23,8 @@ export interface McpGatewayDeps {
   addresses: Pick<UpstreamAddresses, 'of'>;
 }
 
-export type McpForwardResult = { status: 200; body: McpForwardAnswer } | { status: number; body: McpForwardRefusal };
+/** `decided`: for an allowed `tools/call`, its hop's answer, for what the chain had touched when it was decided. */
+export type McpForwardResult = { status: 200; body: McpForwardAnswer; decided?: HopAnswer } | { status: number; body: McpForwardRefusal };
 
 const DEFAULT_HOLD_FOR = '30s';
 /** Longer argument values are shown by their hash: the hop stays small. */
@@ -177,7 +178,7 @@ export class McpGateway {
       const holdFor = verdict.decision === 'pending_approval' ? { holdForSeconds: parseDuration(policy.spec.approval?.holdFor ?? DEFAULT_HOLD_FOR) / 1000 } : {};
       return { status: verdict.error.status, body: { error: { code: verdict.error.code, message: verdict.error.message }, hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons, ...holdFor } };
     }
-    return { status: 200, body: { ...(await upstream()), headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
+    return { status: 200, decided: verdict.answer, body: { ...(await upstream()), headers: { ...headers, 'txn-token': verdict.txnToken }, hopId: verdict.answer.hopId, reasons: verdict.answer.reasons } };
   }
 
   private async credentialHeaders(namespace: string, server: McpServer, field: string): Promise<Record<string, string>> {

@@ -52,7 +52,8 @@ describe('the MCP gateway, broker half', () => {
     const { g, decided } = gateway(allow);
     const out = await g.forward(who, { system: 'tickets', method: 'tools/call', call: { name: 'get_ticket', arguments: { ticketId: 4711, verbose: true, filter: { deep: 1 } }, parentHop: 'h1_parent' } });
     expect(decided).toEqual([expect.objectContaining({ tool: 'tickets', action: 'get_ticket', resource: 'ticket/4711', attributes: { ticketId: '4711', verbose: 'true', [ARGUMENTS_ATTRIBUTE]: SHA256 }, parentHop: 'h1_parent' })]);
-    expect(out).toEqual({ status: 200, body: { url: 'http://tickets.support.svc:8080/mcp', address: '10.96.0.7', headers: { authorization: 'Bearer s3cr3t', 'txn-token': 'txn-for-get_ticket' }, hopId: 'h1_x', reasons: [{ rule: 'read-tickets', effect: 'Allow' }] } });
+    // `decided` stays in the broker: it says what the chain had touched, as a header, not in the body.
+    expect(out).toEqual({ status: 200, decided: expect.objectContaining({ hopId: 'h1_x' }) as unknown, body: { url: 'http://tickets.support.svc:8080/mcp', address: '10.96.0.7', headers: { authorization: 'Bearer s3cr3t', 'txn-token': 'txn-for-get_ticket' }, hopId: 'h1_x', reasons: [{ rule: 'read-tickets', effect: 'Allow' }] } });
   });
 
   it('refuses a denied call with the rule and hop, and holds a pending one for approval.holdFor', async () => {
