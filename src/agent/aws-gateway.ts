@@ -299,6 +299,9 @@ function sendUpstream(
       answered = true;
       reject(err instanceof ChainwardenError ? err : new AwsRefusal(awsErrorOf('aws_unreachable', `the chainwarden agent could not complete the request to ${target.origin}: ${(err as Error).message}`)));
     };
+    // An unbound body is cut if the chain touches something new before all of it has gone: AWS
+    // completes no upload whose body broke off. Tracked (or refused) before anything is sent.
+    const sent = unbound?.uploads.track(unbound.since, (error) => end(error));
     const request = (protocol === 'https:' ? https : http).request({ protocol, hostname: target.hostname, port: target.port, method: plan.sign.method, path, headers, agent: agents[protocol], timeout: UPSTREAM_IDLE_MS });
     const end = (error: Error) => {
       request.destroy(error);
@@ -306,9 +309,6 @@ function sendUpstream(
       if (res.headersSent) res.destroy();
     };
     const release = watch?.track(end);
-    // An unbound body is cut if the chain touches something new before all of it has gone: AWS
-    // completes no upload whose body broke off.
-    const sent = unbound?.uploads.track(unbound.since, end);
     request.once('finish', () => sent?.());
     const over = () => {
       release?.();

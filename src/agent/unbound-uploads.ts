@@ -60,11 +60,6 @@ export class UnboundUploads {
     this.open.add(entry);
     return () => void this.open.delete(entry);
   }
-
-  /** Uploads whose bodies are on their way now. */
-  get size(): number {
-    return this.open.size;
-  }
 }
 
 const widened = () =>
