@@ -56,9 +56,8 @@ export class UnboundUploads {
    */
   track(since: number, cut: (error: ChainwardenError) => void): () => void {
     this.check(since);
-    const entry = (error: ChainwardenError) => cut(error);
-    this.open.add(entry);
-    return () => void this.open.delete(entry);
+    this.open.add(cut);
+    return () => void this.open.delete(cut);
   }
 }
 
