@@ -38,16 +38,23 @@ function approvalLine(node: HopNode): string | undefined {
   return `${time(node.final.at)} no approval in time → ${text(fd.decision)} [${reasons(fd.reasons)}]`;
 }
 
+/**
+ * The most levels of a tree drawn as indentation: a hop may be 999 deep, and a forged stream as
+ * deep as it has records; past this, lines keep the indent of this level and say their depth.
+ */
+const MAX_DRAWN_DEPTH = 64;
+
 /** Depth-first, with an explicit stack: a forged stream may nest hops deeper than the call stack. */
 function render(roots: HopNode[], out: string[]): void {
-  const stack = roots.map((node, i) => ({ node, prefix: '', last: i === roots.length - 1 })).reverse();
+  const stack = roots.map((node, i) => ({ node, prefix: '', last: i === roots.length - 1, depth: 1 })).reverse();
   for (let item = stack.pop(); item; item = stack.pop()) {
-    const { node, prefix, last } = item;
-    out.push(`${prefix}${last ? '└─ ' : '├─ '}${hopLine(node)}`);
-    const inner = `${prefix}${last ? '   ' : '│  '}`;
+    const { node, prefix, last, depth } = item;
+    const deep = depth > MAX_DRAWN_DEPTH ? `(depth ${depth}) ` : '';
+    out.push(`${prefix}${last ? '└─ ' : '├─ '}${deep}${hopLine(node)}`);
+    const inner = depth >= MAX_DRAWN_DEPTH ? prefix : `${prefix}${last ? '   ' : '│  '}`;
     const approval = approvalLine(node);
     if (approval) out.push(`${inner}   ${approval}`);
-    for (let i = node.children.length - 1; i >= 0; i--) stack.push({ node: node.children[i] as HopNode, prefix: inner, last: i === node.children.length - 1 });
+    for (let i = node.children.length - 1; i >= 0; i--) stack.push({ node: node.children[i] as HopNode, prefix: inner, last: i === node.children.length - 1, depth: depth + 1 });
   }
 }
 
@@ -72,15 +79,50 @@ function violated(d: Record<string, unknown>): string {
   return agentCell(text(d.message), MAX_CELL, PLAIN_WORD);
 }
 
-/** Whether making `parent` the parent of `child` would close a loop (only a forged stream has one). */
-function closesLoop(child: HopNode, parent: HopNode, nodes: Map<string, HopNode>): boolean {
-  let at: HopNode | undefined = parent;
-  for (let steps = 0; at && steps <= nodes.size; steps++) {
-    if (at === child) return true;
-    const up: unknown = (at.record.data as { parentHop?: unknown }).parentHop;
-    at = typeof up === 'string' ? nodes.get(up) : undefined;
+/**
+ * The hop trees: each hop under the parent it names, and a hop whose parent is not in the stream
+ * a root. Only a forged stream has a loop of parents; each loop is cut at its hop met first in
+ * chain order, which becomes a root. Linear in the hops, whatever the stream holds.
+ */
+function plant(nodes: Map<string, HopNode>): HopNode[] {
+  const parentOf = (node: HopNode) => {
+    const parentHop = (node.record.data as { parentHop?: unknown }).parentHop;
+    return typeof parentHop === 'string' ? nodes.get(parentHop) : undefined;
+  };
+  const roots: HopNode[] = [];
+  for (const node of nodes.values()) {
+    const parent = parentOf(node);
+    (parent ? parent.children : roots).push(node);
   }
-  return at !== undefined;
+  const reached = new Set<HopNode>();
+  const reach = (from: HopNode) => {
+    const stack = [from];
+    for (let node = stack.pop(); node; node = stack.pop()) {
+      reached.add(node);
+      stack.push(...node.children);
+    }
+  };
+  for (const root of roots) reach(root);
+  // What no root reaches is in a loop or hangs from one; each of its hops has a parent.
+  const order = new Map([...nodes.values()].map((node, i) => [node, i]));
+  for (const node of nodes.values()) {
+    if (reached.has(node)) continue;
+    const walked = new Set<HopNode>();
+    let at = node;
+    while (!walked.has(at)) {
+      walked.add(at);
+      at = parentOf(at) as HopNode;
+    }
+    let cut = at;
+    for (let member = parentOf(at) as HopNode; member !== at; member = parentOf(member) as HopNode) {
+      if ((order.get(member) ?? 0) < (order.get(cut) ?? 0)) cut = member;
+    }
+    const parent = parentOf(cut) as HopNode;
+    parent.children.splice(parent.children.indexOf(cut), 1);
+    roots.push(cut);
+    reach(cut);
+  }
+  return roots;
 }
 
 const byTime = (a: HopNode, b: HopNode) => (a.record.at < b.record.at ? -1 : a.record.at > b.record.at ? 1 : 0);
@@ -115,12 +157,7 @@ export function renderTrace(records: readonly AuditRecord[]): string {
     const node = nodes.get((approval.data as { hopId: string }).hopId);
     if (node) node.approval = approval;
   }
-  const roots: HopNode[] = [];
-  for (const node of nodes.values()) {
-    const parentHop = (node.record.data as { parentHop?: unknown }).parentHop;
-    const parent = typeof parentHop === 'string' ? nodes.get(parentHop) : undefined;
-    (parent && !closesLoop(node, parent, nodes) ? parent.children : roots).push(node);
-  }
+  const roots = plant(nodes);
   roots.sort(byTime);
   for (const node of nodes.values()) node.children.sort(byTime);
   const out: string[] = ['hops:'];

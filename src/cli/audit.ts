@@ -88,7 +88,8 @@ export async function runTrace(args: string[]): Promise<number> {
   }
   const byUid = new Map<string, AuditEntry[]>();
   for (const e of all) {
-    const uid = String(e.record.taskUid);
+    // A record without a uid as text is a forged one: kept apart, where the verifier breaks it.
+    const uid = typeof e.record.taskUid === 'string' ? e.record.taskUid : '(no uid)';
     const list = byUid.get(uid);
     if (list) list.push(e);
     else byUid.set(uid, [e]);
@@ -97,7 +98,7 @@ export async function runTrace(args: string[]): Promise<number> {
   // latest record (by time: line order means nothing across replicas).
   const at = (e: AuditEntry) => (typeof e.record.at === 'string' ? e.record.at : '');
   const latest = all.reduce<AuditEntry | undefined>((a, b) => (a === undefined || at(b) > at(a) ? b : a), undefined);
-  const uid = values.uid ?? task?.metadata.uid ?? String(latest?.record.taskUid);
+  const uid = values.uid ?? task?.metadata.uid ?? (typeof latest?.record.taskUid === 'string' ? latest.record.taskUid : '(no uid)');
   if (!byUid.has(uid)) throw new ChainwardenError('not_found', `no audit records for ${namespace}/${name}${values.uid === undefined ? '' : ` with uid ${values.uid}`} in the stream${byUid.size > 0 ? ` (it holds the tasks of this name with uids ${[...byUid.keys()].join(', ')})` : ''}`);
   // A deleted task's head was sealed in the operator's namespace when it went.
   const operatorNamespace = values['operator-namespace'] ?? DEFAULT_NAMESPACE;

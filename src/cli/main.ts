@@ -1,4 +1,5 @@
 import { ChainwardenError, errorMessage } from '../errors.js';
+import { printable } from '../api/text.js';
 import { quietOnClosedStdout, USAGE, usageOf } from './common.js';
 
 type Command = (args: string[]) => Promise<number>;
@@ -58,7 +59,9 @@ export async function main(argv: string[], invokedAs?: string): Promise<number> 
     return await command(rest);
   } catch (err) {
     const code = err instanceof ChainwardenError ? ` [${err.code}]` : '';
-    process.stderr.write(named(`chainwarden ${name}: ${errorMessage(err)}${code}\n`));
+    // A message may quote what a stream, a manifest or the API server held: shown escaped, line by line.
+    const message = errorMessage(err).split('\n').map(printable).join('\n');
+    process.stderr.write(named(`chainwarden ${name}: ${message}${code}\n`));
     return 1;
   }
 }

@@ -288,5 +288,18 @@ describe('audit heads outlive their tasks', () => {
     expect(cut.status).toBe(1);
     expect(cut.stdout).toMatch(/chain verified: \d+ records/);
     expect(cut.stdout).toMatch(new RegExp(`other tasks of this name in the stream: NOT ALL VERIFIED\n {2}${earlier} deleted \\S+: CHAIN NOT VERIFIED:\n {4}- the stream ends at record ${(count ?? 0) - 1} but the head sealed when the task was deleted .* counts ${count}: records are missing \\(truncated\\)`));
+
+    // A stream handed to on-call with forged uids: one that is no text, one that holds terminal
+    // escapes. Neither crashes trace, and no escape reaches the terminal, not even in an error.
+    const forged = (taskUid: unknown) => JSON.stringify({ audit: { v: 1, seq: 1, task: `${namespace}/ticket-4711`, taskUid, type: 'hop_decided', at: '2026-01-01T00:00:00Z', data: {}, prev: 'x', hash: 'y' } });
+    await writeFile(stream, [...lines, forged({ toString: 1 }), forged('\u001b]52;c;aGk=\u0007\u001b[2J')].join('\n'));
+    const hostile = trace();
+    expect(hostile.status).toBe(1);
+    expect(hostile.stderr).not.toMatch(/Cannot convert object/);
+    expect(hostile.stdout).toMatch(/chain verified: \d+ records/);
+    const missing = trace('--uid', 'no-such-uid');
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toContain('\\x1b]52;c;aGk=\\x07\\x1b[2J');
+    for (const run of [hostile, missing]) expect(`${run.stdout}${run.stderr}`).not.toMatch(/[\u0007\u001b]/); // eslint-disable-line no-control-regex -- finding them is the point
   });
 });

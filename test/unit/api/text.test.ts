@@ -79,6 +79,30 @@ describe('printable', () => {
     expect(renderTrace(records)).toMatch(/└─ 00:00:00 .* \[\] {2}\(h1_a\)\n {6}00:00:01 rejected by \?/);
   });
 
+  it('cuts a forged loop of parents once, at its hop first in the chain, keeping what hangs from it in place', () => {
+    const hop = (hopId: string, parentHop: string, second: number) => ({ type: 'hop_decided' as const, at: `2026-01-01T00:00:0${second}Z`, data: { hopId, parentHop, tool: 't', action: 'a', resource: hopId, decision: 'allow' } });
+    // c → b → a → c, and d under a.
+    const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [hop('h1_d', 'h1_a', 4), hop('h1_b', 'h1_a', 2), hop('h1_c', 'h1_b', 3), hop('h1_a', 'h1_c', 1)]);
+    const lines = renderTrace(records).split('\n');
+    expect(lines.slice(1, 5)).toEqual([
+      '└─ 00:00:02 t a h1_b → allow []  (h1_b)',
+      '   └─ 00:00:03 t a h1_c → allow []  (h1_c)',
+      '      └─ 00:00:01 t a h1_a → allow []  (h1_a)',
+      '         └─ 00:00:04 t a h1_d → allow []  (h1_d)',
+    ]);
+  });
+
+  it('renders a forged chain of 20,000 hops, each under the one before, its lines of bounded width (drawn as it was, they grew to 60,000 characters)', () => {
+    const hops = Array.from({ length: 20_000 }, (_, i) => ({ type: 'hop_decided' as const, at: '2026-01-01T00:00:00Z', data: { hopId: `h${i}_x`, parentHop: `h${i - 1}_x`, tool: 't', action: 'a', resource: 'r', decision: 'allow' } }));
+    // The last one closes a loop back to the first.
+    hops[0] = { ...hops[0], data: { ...hops[0]!.data, parentHop: 'h19999_x' } } as (typeof hops)[0];
+    const out = renderTrace(linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, hops));
+    const lines = out.split('\n');
+    expect(lines.filter((l) => l.includes('→ allow'))).toHaveLength(20_000);
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThan(64 * 3 + 80);
+    expect(lines.at(20_000)).toContain('(depth 20000) ');
+  });
+
   it('renders fields that are objects whose toString is no function (String() throws on them) as their JSON', () => {
     const odd = { toString: 1, valueOf: 1 };
     const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
