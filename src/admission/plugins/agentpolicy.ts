@@ -174,7 +174,10 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
       if (keepsSpec(request)) return allow();
       const { object: policy, refusal } = parseToJudge('AgentPolicy', parseAgentPolicy, request.object);
       if (refusal) return refusal;
-      if (policy.metadata.deletionTimestamp) return allow();
+      // Being deleted, it is still in force (a finalizer holds it): a spec changed now would go unchecked by anything.
+      if (policy.metadata.deletionTimestamp) {
+        return deny('AgentPolicy', [{ field: 'spec', message: `AgentPolicy ${policy.metadata.name ?? ''} is being deleted and keeps its spec until it is gone; wait for it to go (or remove its finalizers), then create it again with the new spec` }]);
+      }
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
       return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, [...mcpWarnings(policy), ...notifyWarnings(policy)]);
     },

@@ -95,7 +95,10 @@ export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionP
       if (keepsSpec(request)) return allow();
       const { object: task, refusal } = parseToJudge('AgentTask', parseAgentTask, request.object);
       if (refusal) return refusal;
-      if (task.metadata.deletionTimestamp) return allow();
+      // Being deleted, it is still in force (a finalizer holds it): a spec changed now would go unchecked by anything.
+      if (task.metadata.deletionTimestamp) {
+        return deny('AgentTask', [{ field: 'spec', message: `AgentTask ${task.metadata.name ?? ''} is being deleted and keeps its spec until it is gone; wait for it to go (or remove its finalizers), then create it again with the new spec` }]);
+      }
       const namespace = request.namespace ?? task.metadata.namespace ?? '';
       const policy = await policies.get(namespace, task.spec.policyRef.name);
       if (!policy) {

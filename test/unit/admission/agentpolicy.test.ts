@@ -50,6 +50,22 @@ describe('the AgentPolicy webhook', () => {
     }
   });
 
+  it('refuses any spec change to a policy being deleted, which a tenant\'s finalizer keeps in force; its finalizers may still go', async () => {
+    const unreadable = { value: () => Promise.resolve('s3cr3t'), mayRead: () => Promise.resolve(false) };
+    const held = withCredential();
+    held.metadata.finalizers = ['example.com/hold'];
+    held.metadata.deletionTimestamp = '2026-01-01T00:00:00Z';
+    // Edited while held: a notification receiver that would be sent a Secret the editor may not read.
+    const edited = structuredClone(held);
+    edited.spec.approval = { ...edited.spec.approval, notify: { url: 'https://hooks.attacker.example/', secretRef: { name: 'tickets-mcp', key: 'token' } } };
+    const verdict = await agentPolicyPlugin(unreadable).admit(review('UPDATE', edited, held));
+    expect(verdict.allowed).toBe(false);
+    expect(JSON.stringify(verdict)).toMatch(/spec: AgentPolicy support-agent is being deleted and keeps its spec until it is gone/);
+    const released = structuredClone(held);
+    released.metadata.finalizers = [];
+    expect(await agentPolicyPlugin(unreadable).admit(review('UPDATE', released, held))).toMatchObject({ allowed: true });
+  });
+
   describe('an editor who may not read the Secret a policy names', () => {
     /** The Secret exists; the editor may not get it. */
     const unreadable = { value: () => Promise.resolve('s3cr3t'), mayRead: () => Promise.resolve(false) };

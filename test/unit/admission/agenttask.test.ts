@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkSessionPolicy, checkTaskAgainstPolicy, taskFinalizerPlugin } from '../../../src/admission/plugins/agenttask.js';
+import { agentTaskPlugin, checkSessionPolicy, checkTaskAgainstPolicy, taskFinalizerPlugin } from '../../../src/admission/plugins/agenttask.js';
 import type { AdmissionRequest } from '../../../src/admission/review.js';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 
@@ -30,6 +30,31 @@ describe('checkTaskAgainstPolicy', () => {
   it('says which roles the policy allows', () => {
     const [v] = checkTaskAgainstPolicy(task({ credentials: role('arn:aws:iam::1:role/x') }), policy({ aws: { allowedRoleArns: ['arn:aws:iam::1:role/y*'] } }));
     expect(v?.message).toBe('arn:aws:iam::1:role/x is not allowed by AgentPolicy pol (allowed: arn:aws:iam::1:role/y*)');
+  });
+});
+
+describe('agentTaskPlugin', () => {
+  it('refuses a spec change to a task being deleted, which its finalizers keep bound; its finalizers may still go', async () => {
+    const policies = { get: () => Promise.resolve(policy({ aws: { allowedRoleArns: ['arn:aws:iam::1:role/a'] } })) };
+    const review = (object: AgentTask, oldObject: AgentTask): AdmissionRequest => ({
+      uid: 'u',
+      kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' },
+      resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' },
+      operation: 'UPDATE',
+      namespace: 'support',
+      userInfo: { username: 'alice' },
+      object,
+      oldObject,
+    });
+    const held = task({ credentials: role('arn:aws:iam::1:role/a') });
+    held.metadata = { ...held.metadata, deletionTimestamp: '2026-01-01T00:00:00Z', finalizers: ['chainwarden.io/revoke'] };
+    const edited = structuredClone(held);
+    edited.spec.credentials = role('arn:aws:iam::1:role/admin');
+    const verdict = await agentTaskPlugin(policies).admit(review(edited, held));
+    expect(verdict).toMatchObject({ allowed: false, message: expect.stringMatching(/spec: AgentTask t is being deleted and keeps its spec until it is gone/) as string });
+    const released = structuredClone(held);
+    released.metadata.finalizers = [];
+    expect(await agentTaskPlugin(policies as never).admit(review(released, held))).toMatchObject({ allowed: true });
   });
 });
 
