@@ -1,5 +1,6 @@
 import type { KubeAccess } from '../kube/access.js';
 import { ChainwardenError } from '../errors.js';
+import { mayDo, type Subject } from '../kube/authorizer.js';
 import { rawRequest } from '../kube/raw.js';
 import type { Clock } from '../runtime/clock.js';
 
@@ -17,12 +18,7 @@ type Read = { data: Record<string, string>; readAt: number } | { error: Chainwar
  * held in memory only and never logged.
  */
 /** Who names a Secret: an admission request's userInfo. */
-export interface SecretAuthor {
-  username?: string;
-  uid?: string;
-  groups?: string[];
-  extra?: Record<string, string[]>;
-}
+export type SecretAuthor = Subject;
 
 export class SecretReader {
   private readonly cache = new Map<string, Read>();
@@ -52,16 +48,11 @@ export class SecretReader {
 
   /** Whether `author` may get Secret `namespace/name`, as the API server's authorizer says (a SubjectAccessReview). */
   async mayRead(author: SecretAuthor, namespace: string, name: string): Promise<boolean> {
-    const res = await rawRequest(this.kc, 'POST', '/apis/authorization.k8s.io/v1/subjectaccessreviews', {
-      apiVersion: 'authorization.k8s.io/v1',
-      kind: 'SubjectAccessReview',
-      spec: { user: author.username, uid: author.uid, groups: author.groups, extra: author.extra, resourceAttributes: { namespace, verb: 'get', resource: 'secrets', name } },
-    });
-    if (res.status === 403) {
-      throw new ChainwardenError('mcp_credential_missing', `the operator may not ask whether ${author.username ?? 'the user'} may read Secret ${namespace}/${name} (it is not granted create on subjectaccessreviews); install it with Helm value mcpGateway.enabled=true to use Secrets in policies`);
+    const allowed = await mayDo(this.kc, author, { namespace, verb: 'get', resource: 'secrets', name });
+    if (allowed === undefined) {
+      throw new ChainwardenError('mcp_credential_missing', `the operator may not ask whether ${author.username ?? 'the user'} may read Secret ${namespace}/${name} (it is not granted create on subjectaccessreviews); grant it, as the Helm chart does`);
     }
-    if (res.status >= 300) throw new ChainwardenError('api_error', `asking whether ${author.username ?? 'the user'} may read Secret ${namespace}/${name}: the API server answered ${res.status}`);
-    return (res.body as { status?: { allowed?: boolean } }).status?.allowed === true;
+    return allowed;
   }
 
   private async read(namespace: string, name: string, field: string): Promise<Read> {

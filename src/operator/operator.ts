@@ -5,6 +5,7 @@ import type { KubeAccess } from '../kube/access.js';
 import { claimApproval, releaseApproval } from '../kube/approvals.js';
 import { agentPolicyPlugin } from '../admission/plugins/agentpolicy.js';
 import { agentTaskPlugin, taskFinalizerPlugin } from '../admission/plugins/agenttask.js';
+import { podsMadeBy, serviceAccountSubject } from '../kube/authorizer.js';
 import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin, honoredApprovals } from '../admission/plugins/agentapproval.js';
 import { podInjectionPlugin } from '../admission/plugins/pod.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
@@ -471,6 +472,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
               if (res.status !== 200) throw new Error(`listing AgentApprovals in ${ns}: ${res.status}`);
               return (res.body as { items: AgentApproval[] }).items;
             },
+            podsMadeBy: (ns, serviceAccount) => podsMadeBy(kc, serviceAccountSubject(ns, serviceAccount), ns),
           }),
         ],
         mutate: [

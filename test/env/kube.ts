@@ -28,10 +28,10 @@ export async function read<T extends object>(kc: KubeConfig, obj: T): Promise<T>
 }
 
 /** Lets `users` do `verbs` on `resources` of the chainwarden API group in one namespace. */
-export async function grant(admin: KubeConfig, namespace: string, users: string[], resources: string[], verbs: string[]): Promise<void> {
+export async function grant(admin: KubeConfig, namespace: string, users: string[], resources: string[], verbs: string[], apiGroup = 'chainwarden.io'): Promise<void> {
   const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
   const name = `grant-${resources.join('-').replaceAll('/', '.')}`;
-  await rbac.createNamespacedRole({ namespace, body: { metadata: { name }, rules: [{ apiGroups: ['chainwarden.io'], resources, verbs }] } });
+  await rbac.createNamespacedRole({ namespace, body: { metadata: { name }, rules: [{ apiGroups: [apiGroup], resources, verbs }] } });
   await rbac.createNamespacedRoleBinding({
     namespace,
     body: {

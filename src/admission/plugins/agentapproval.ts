@@ -107,6 +107,24 @@ export interface ApprovalLookups {
   policies: ObjectReader<AgentPolicy>;
   /** The namespace's AgentApprovals, read from the API server: one created a moment ago counts. */
   approvals(namespace: string): Promise<AgentApproval[]>;
+  /** What of pods and the workloads that make them the service account may create in its namespace; undefined when the operator may not ask. */
+  podsMadeBy(namespace: string, serviceAccount: string): Promise<string[] | undefined>;
+}
+
+/**
+ * Why a service account of the task's own namespace may not decide its hops, if it may not: the
+ * task's service account can create pods there (itself or through a workload), and a pod runs as
+ * any service account of its namespace it names, so the agent would approve its own hops.
+ */
+async function sameNamespaceRefusal(approver: string, task: AgentTask, namespace: string, lookups: ApprovalLookups): Promise<string | undefined> {
+  if (!approver.startsWith(`${SERVICE_ACCOUNT}${namespace}:`)) return undefined;
+  const own = `${SERVICE_ACCOUNT}${namespace}:${task.spec.serviceAccountName}`;
+  const made = await lookups.podsMadeBy(namespace, task.spec.serviceAccountName);
+  if (made === undefined) {
+    return `${approver} is a service account of the task's own namespace, and the operator may not ask whether the task's service account can run pods as it (grant the operator create on subjectaccessreviews, as the Helm chart does); name an approver outside namespace ${namespace}`;
+  }
+  if (made.length === 0) return undefined;
+  return `${approver} is a service account of the task's own namespace, where the task's service account ${own} may create ${made.join(', ')} and so run a pod as ${approver}: the agent would decide its own hops. Name an approver outside namespace ${namespace}, or take that right from ${own}`;
 }
 
 /**
@@ -138,7 +156,7 @@ export function approvalValidationPlugin(lookups: ApprovalLookups): AdmissionPlu
           { field: 'spec.taskRef.name', message: `AgentTask "${approval.spec.taskRef.name}" does not exist in namespace ${namespace}; approve a hop of an existing task` },
         ]);
       }
-      const refusal = approverRefusal(expected, task, await lookups.policies.get(namespace, task.spec.policyRef.name));
+      const refusal = approverRefusal(expected, task, await lookups.policies.get(namespace, task.spec.policyRef.name)) ?? (await sameNamespaceRefusal(expected.username, task, namespace, lookups));
       if (refusal) return deny('AgentApproval', [{ field: 'spec.approver', message: refusal }]);
       const first = (await lookups.approvals(namespace)).find((a) => a.spec.taskRef.name === approval.spec.taskRef.name && a.spec.hopId === approval.spec.hopId && a.metadata.name !== approval.metadata.name);
       if (first) {

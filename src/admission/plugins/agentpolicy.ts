@@ -179,7 +179,8 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
         return deny('AgentPolicy', [{ field: 'spec', message: `AgentPolicy ${policy.metadata.name ?? ''} is being deleted and keeps its spec until it is gone; wait for it to go (or remove its finalizers), then create it again with the new spec` }]);
       }
       const violations = [...checkPolicy(policy), ...(secrets ? await checkMcpCredentials(policy, secrets, request.userInfo, request.operation === 'UPDATE' ? knownSecretRefs(request.oldObject) : undefined) : [])];
-      return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, [...mcpWarnings(policy), ...notifyWarnings(policy)]);
+      const namespace = request.namespace ?? policy.metadata.namespace ?? '';
+      return violations.length > 0 ? deny('AgentPolicy', violations) : allow(undefined, [...mcpWarnings(policy), ...notifyWarnings(policy), ...approverWarnings(policy, namespace)]);
     },
   };
 }
@@ -189,6 +190,15 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
  * network with the sidecar, so nothing at the network separates the two. What keeps the agent
  * from calling an MCP server itself is a credential only the gateway sends.
  */
+/** An approver that pods of the policy's own namespace can run as decides only while its tasks' accounts may create none. */
+export function approverWarnings(policy: AgentPolicy, namespace: string): string[] {
+  return (policy.spec.approval?.approvers?.users ?? []).flatMap((user, i) =>
+    user.startsWith(`system:serviceaccount:${namespace}:`)
+      ? [`spec.approval.approvers.users[${i}] is a service account of namespace ${namespace}, which any pod there can run as: its approvals are refused while a task's service account may create pods in ${namespace}; prefer an approver from another namespace`]
+      : [],
+  );
+}
+
 /** A receiver's credential sent over plain HTTP crosses the network readable by anyone on the way. */
 export function notifyWarnings(policy: AgentPolicy): string[] {
   const notify = policy.spec.approval?.notify;

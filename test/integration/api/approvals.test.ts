@@ -123,6 +123,10 @@ describe('approvals are made by approvers', () => {
     await expect.poll(async () => create(ciBot, approvalOf(namespace, 'bot', hop)).then(() => 'created', (e: Error) => e.message), { timeout: 10_000 }).toBe('created');
     expect(await rejection(agentItself, approvalOf(namespace, 'self-again', hop))).toMatch(/an agent never decides its own hops/);
     await expect.poll(async () => (await agent.poll(hop)).body.decision, { timeout: 10_000 }).toBe('allow');
+    // Once the agent's account may create Jobs there, a Job of its own could run as the bot and approve: the bot decides no more.
+    const next = await pendingRefund(agent, '8');
+    await grant(admin, namespace, [own], ['jobs'], ['create'], 'batch');
+    expect(await rejection(ciBot, approvalOf(namespace, 'bot-again', next))).toMatch(new RegExp(`${bot} is a service account of the task's own namespace, where the task's service account ${own} may create jobs and so run a pod as ${bot}`));
   });
 
   test('a second approval for the same hop is refused, naming the first', async ({ admin, env, namespace, userKubeConfig }) => {

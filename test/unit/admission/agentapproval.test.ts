@@ -31,7 +31,43 @@ const request = (object: AgentApproval): AdmissionRequest => ({
 });
 
 const tasks = { get: (_ns: string, name: string) => Promise.resolve(name === 't' ? task : undefined) };
-const validate = approvalValidationPlugin({ tasks, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]) });
+const validate = approvalValidationPlugin({ tasks, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]), podsMadeBy: () => Promise.resolve([]) });
+
+describe('a service account of the task\'s own namespace, named by the policy as an approver', () => {
+  const bot = { username: 'system:serviceaccount:support:ci-bot', groups: ['system:serviceaccounts', 'system:serviceaccounts:support'] };
+  const policy = examplePolicy('support');
+  policy.spec.approval = { approvers: { users: [bot.username, 'system:serviceaccount:ops:release-bot'] } };
+  const asked: string[] = [];
+  const checker = (made: string[] | undefined) =>
+    approvalValidationPlugin({
+      tasks,
+      policies: { get: () => Promise.resolve(policy) },
+      approvals: () => Promise.resolve([]),
+      podsMadeBy: (ns, sa) => {
+        asked.push(`${ns}/${sa}`);
+        return Promise.resolve(made);
+      },
+    });
+  const byBot = () => ({ ...request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'], approver: bot })), userInfo: bot });
+
+  it('decides while the task\'s service account can create no pod there', async () => {
+    expect(await checker([]).admit(byBot())).toMatchObject({ allowed: true });
+    expect(asked).toContain(`support/${task.spec.serviceAccountName}`);
+  });
+
+  it('is refused once the task\'s service account may create pods or a workload there, which could run as the approver', async () => {
+    const verdict = await checker(['jobs']).admit(byBot());
+    expect(verdict).toMatchObject({ allowed: false, message: expect.stringMatching(/spec\.approver: system:serviceaccount:support:ci-bot is a service account of the task's own namespace, where the task's service account system:serviceaccount:support:\S+ may create jobs and so run a pod as system:serviceaccount:support:ci-bot: the agent would decide its own hops\. Name an approver outside namespace support/) as unknown });
+  });
+
+  it('is refused when the operator cannot ask, and one from another namespace is not asked about', async () => {
+    expect(await checker(undefined).admit(byBot())).toMatchObject({ allowed: false, message: expect.stringContaining('grant the operator create on subjectaccessreviews') as unknown });
+    const elsewhere = { username: 'system:serviceaccount:ops:release-bot', groups: ['system:serviceaccounts'] };
+    asked.length = 0;
+    expect(await checker(['pods']).admit({ ...request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'], approver: elsewhere })), userInfo: elsewhere })).toMatchObject({ allowed: true });
+    expect(asked).toEqual([]);
+  });
+});
 
 describe('an AgentApproval is bound to its hop by admission', () => {
   it('the stamp replaces the digest and the rules a body claims with the pending hop\'s', async () => {
@@ -54,12 +90,12 @@ describe('an AgentApproval is bound to its hop by admission', () => {
 
   it('a hop whose body is sent unhashed cannot be approved, only rejected: no approval could bind what it would release', async () => {
     const unhashed = { ...waiting, attributes: { payloadSha256: 'UNSIGNED-PAYLOAD' } };
-    const checker = approvalValidationPlugin({ tasks: { get: () => Promise.resolve({ ...task, status: { pendingHops: [unhashed] } }) }, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]) });
+    const checker = approvalValidationPlugin({ tasks: { get: () => Promise.resolve({ ...task, status: { pendingHops: [unhashed] } }) }, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]), podsMadeBy: () => Promise.resolve([]) });
     const refused = await checker.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })));
     expect(refused).toMatchObject({ allowed: false, message: expect.stringContaining('spec.decision: hop h1_wait sends its body unhashed (x-amz-content-sha256 UNSIGNED-PAYLOAD)') as unknown });
     expect(await checker.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'], decision: 'Reject' })))).toMatchObject({ allowed: true });
     // Hashed, it is approved as any hop is.
-    const hashed = approvalValidationPlugin({ tasks: { get: () => Promise.resolve({ ...task, status: { pendingHops: [{ ...waiting, attributes: { payloadSha256: 'a'.repeat(64) } }] } }) }, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]) });
+    const hashed = approvalValidationPlugin({ tasks: { get: () => Promise.resolve({ ...task, status: { pendingHops: [{ ...waiting, attributes: { payloadSha256: 'a'.repeat(64) } }] } }) }, policies: { get: () => Promise.resolve(examplePolicy('support')) }, approvals: () => Promise.resolve([]), podsMadeBy: () => Promise.resolve([]) });
     expect(await hashed.admit(request(approval({ hopDigest: waiting.digest, hopRules: ['outbox-needs-a-human'] })))).toMatchObject({ allowed: true });
   });
 

@@ -129,6 +129,15 @@ describe('the AgentPolicy webhook', () => {
     expect(await warned('https://hooks.example.com/chainwarden')).toEqual([]);
   });
 
+  it('warns of an approver service account of the policy\'s own namespace, and not of one from another', async () => {
+    const policy = withCredential();
+    policy.spec.approval = { approvers: { users: ['system:serviceaccount:ops:release-bot', 'system:serviceaccount:support:ci-bot'] } };
+    const verdict = await agentPolicyPlugin({ value: () => Promise.resolve('t'), mayRead: () => Promise.resolve(true) }).admit(review('CREATE', policy));
+    expect(verdict).toMatchObject({ allowed: true });
+    const warnings = verdict.allowed ? (verdict.warnings ?? []) : [];
+    expect(warnings.filter((w) => w.includes('approvers'))).toEqual([expect.stringMatching(/^spec\.approval\.approvers\.users\[1\] is a service account of namespace support, which any pod there can run as/)]);
+  });
+
   it('refuses a notification receiver at a link-local address, naming the field', async () => {
     const plugin = agentPolicyPlugin({ value: () => Promise.resolve('x'), mayRead: () => Promise.resolve(true) });
     for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fd00:ec2::254]/', 'http://[fd00:ec2::23]/', 'http://100.100.100.200/']) {

@@ -48,10 +48,10 @@ describe('the Secret reader', () => {
     await expect(reader.value('support', 'tickets-mcp', 'cyrillic', field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field });
   });
 
-  it('a Secret the operator may not read, or may not ask about, is refused naming the Helm values that grant it', async () => {
+  it('a Secret the operator may not read, or may not ask about, is refused naming what grants it', async () => {
     const reader = new SecretReader(kc, { now: () => 0 });
     await expect(reader.value('support', 'forbidden', 'token', field)).rejects.toMatchObject({ code: 'mcp_credential_missing', field, message: expect.stringMatching(/may not read Secret support\/forbidden.*mcpGateway\.enabled=true and mcpGateway\.secretNamespaces/) as unknown });
-    await expect(reader.mayRead({ username: 'alice' }, 'support', 'tickets-mcp')).rejects.toMatchObject({ code: 'mcp_credential_missing', message: expect.stringMatching(/may not ask whether alice may read Secret support\/tickets-mcp.*mcpGateway\.enabled=true/) as unknown });
+    await expect(reader.mayRead({ username: 'alice' }, 'support', 'tickets-mcp')).rejects.toMatchObject({ code: 'mcp_credential_missing', message: expect.stringMatching(/may not ask whether alice may read Secret support\/tickets-mcp \(it is not granted create on subjectaccessreviews\); grant it, as the Helm chart does/) as unknown });
   });
 
   it.each(['constructor', 'toString', '__proto__', 'hasOwnProperty'])('a key %s the Secret does not have is missing, named, like any other', async (key) => {
