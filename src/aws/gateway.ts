@@ -108,7 +108,8 @@ export class AwsGateway {
     const attributes: Record<string, string> = {};
     if (/^[0-9a-f]{64}$/.test(request.payloadHash) || CARRIES_BODY.has(request.method)) attributes.payloadSha256 = request.payloadHash || 'absent';
     attributes.requestSha256 = requestHash(request.method, request.path, request.query, signed);
-    const verdict = await this.decideHops(who, operation, attributes);
+    // Which of the task's credentials signs is bound as well: an approval of a call signed with a reader's keys releases no writer's.
+    const verdict = await this.decideHops(who, operation, attributes, credential);
     if (!verdict.allowed) return refusal(verdict.error, { hopId: verdict.hopId, decision: verdict.decision, reasons: verdict.reasons });
     const answer = verdict.answer;
     const session = await this.deps.credentials.credentials(who, credential);
@@ -151,12 +152,12 @@ export class AwsGateway {
   /**
    * The call's hops: a copy is the read of its source, then the write (each names the other, so
    * approving one copy releases no other); a DeleteObjects is each object it deletes; any other
-   * call is one hop. Decided as one call (`GatewayHops.decideCall`): it goes on only if every
+   * call is one hop. Each names the credential that would sign it. Decided as one call (`GatewayHops.decideCall`): it goes on only if every
    * hop is allowed, and hops that need approval wait together.
    */
-  private decideHops(who: AgentPrincipal, operation: AwsOperation, attributes: Record<string, string>): Promise<GatewayVerdict> {
+  private decideHops(who: AgentPrincipal, operation: AwsOperation, attributes: Record<string, string>, credential: string): Promise<GatewayVerdict> {
     const hop = (action: string, resource: string, attrs: Record<string, string>, what: string, after?: number): CallHop => ({
-      request: { tool: operation.tool, action, resource, intent: '', attributes: attrs },
+      request: { tool: operation.tool, action, resource, intent: '', attributes: { ...attrs, credential } },
       what: `${action} on ${resource}${what}`,
       ...(after !== undefined ? { after } : {}),
     });

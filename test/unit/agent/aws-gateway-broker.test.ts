@@ -35,7 +35,7 @@ const task: AgentTask = {
   apiVersion: 'chainwarden.io/v1alpha1',
   kind: 'AgentTask',
   metadata: { name: 't', namespace: 'ns', uid: '6f1c0d8e-0000-0000-0000-00000000aw5g', generation: 1 },
-  spec: { serviceAccountName: 'sa', policyRef: { name: 'p' }, ttl: '30m', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::123456789012:role/agent' } }] },
+  spec: { serviceAccountName: 'sa', policyRef: { name: 'p' }, ttl: '30m', credentials: [{ name: 'default', aws: { roleArn: 'arn:aws:iam::123456789012:role/agent' } }, { name: 'writer', aws: { roleArn: 'arn:aws:iam::123456789012:role/agent-writer' } }] },
   status: { state: 'Bound', spiffeID: 'spiffe://cluster.local/ns/ns/sa/sa/task/t' },
 };
 const who: AgentPrincipal = { namespace: 'ns', podName: 'agent-0', podUid: 'u', serviceAccount: 'sa', task, spiffeId: task.status?.spiffeID ?? '' };
@@ -132,7 +132,7 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     s3.destroy();
     expect(hopsOf(from)).toEqual(['aws:s3 s3:CreateBucket arn:aws:s3:::customers', 'aws:s3 s3:PutObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:GetObject arn:aws:s3:::customers/4711.json', 'aws:s3 s3:ListBucket arn:aws:s3:::customers']);
     // The write is bound to its body, which the SDK hashed: an approval of it releases that body alone.
-    expect(decided[from + 1]?.attributes).toEqual({ payloadSha256: createHash('sha256').update('{"name":"Ada"}').digest('hex'), requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown });
+    expect(decided[from + 1]?.attributes).toEqual({ payloadSha256: createHash('sha256').update('{"name":"Ada"}').digest('hex'), requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown, credential: 'default' });
     expect(frontSince(front).map((r) => r.refused)).toEqual([undefined, undefined, undefined, undefined]);
   });
 
@@ -146,7 +146,7 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     const [read, write] = decided.slice(from);
     expect(hopsOf(from).slice(0, 2)).toEqual(['aws:s3 s3:GetObject arn:aws:s3:::reports/q4.txt', 'aws:s3 s3:PutObject arn:aws:s3:::reports/archive/q4 copy.txt']);
     // Each names the other: an approval of this copy releases no other copy, and the write follows the read in the chain.
-    expect(read?.attributes).toEqual({ copyTo: 'arn:aws:s3:::reports/archive/q4 copy.txt' });
+    expect(read?.attributes).toEqual({ copyTo: 'arn:aws:s3:::reports/archive/q4 copy.txt', credential: 'default' });
     expect(write?.attributes).toMatchObject({ copySource: 'arn:aws:s3:::reports/q4.txt' });
     expect(write?.parentHop).toMatch(/^h1_/);
 
@@ -262,10 +262,10 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     // Each hop carries its body's hash, so an approval of one PutItem releases that item only.
     const put = decided[from + 1];
     const item = JSON.stringify({ TableName: 'orders', Item: { id: { S: '981' } } });
-    expect(put?.attributes).toEqual({ payloadSha256: createHash('sha256').update(item).digest('hex'), requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown });
+    expect(put?.attributes).toEqual({ payloadSha256: createHash('sha256').update(item).digest('hex'), requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown, credential: 'default' });
   });
 
-  it('an approval binds the whole request: the same call sent again by the SDK is the same hop; other metadata, or another message in the query, is another hop', async () => {
+  it('an approval binds the whole request: the same call sent again by the SDK is the same hop; other metadata, another message in the query, or the same call signed with another of the task\'s credentials is another hop', async () => {
     const from = decided.length;
     const s3 = new S3Client(config());
     await s3.send(new CreateBucketCommand({ Bucket: 'outbox' }));
@@ -275,6 +275,10 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     await put();
     await put('everyone');
     s3.destroy();
+    // The same bytes signed with the writer's keys: approved as the reader's call, it would be signed with the writer's session.
+    const asWriter = new S3Client(config(placeholders.of(task, 'writer')));
+    await asWriter.send(new PutObjectCommand({ Bucket: 'outbox', Key: 'r.csv', Body: 'a,b' }));
+    asWriter.destroy();
     // SQS's query protocol with the message in the URL: the body is empty either way.
     const port = Number(new URL(sidecar.awsUrl ?? '').port);
     const send = async (message: string) => {
@@ -288,8 +292,9 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     };
     await send('refund order 1');
     await send('refund order 2');
-    const [, first, again, tagged, messageOne, messageTwo] = decided.slice(from);
-    expect([first, again, tagged].map((h) => h?.action)).toEqual(['s3:PutObject', 's3:PutObject', 's3:PutObject']);
+    const [, first, again, tagged, writer, messageOne, messageTwo] = decided.slice(from);
+    expect([first, again, tagged, writer].map((h) => `${h?.action} ${h?.attributes?.credential}`)).toEqual(['s3:PutObject default', 's3:PutObject default', 's3:PutObject default', 's3:PutObject writer']);
+    expect(hopDigest(writer as HopRequest)).not.toBe(hopDigest(first as HopRequest));
     expect([messageOne, messageTwo].map((h) => `${h?.action} ${h?.resource}`)).toEqual(['sqs:SendMessage arn:aws:sqs:us-east-1:123456789012:refunds', 'sqs:SendMessage arn:aws:sqs:us-east-1:123456789012:refunds']);
     expect(hopDigest(again as HopRequest)).toBe(hopDigest(first as HopRequest));
     expect(hopDigest(tagged as HopRequest)).not.toBe(hopDigest(first as HopRequest));
@@ -320,7 +325,7 @@ describe('unmodified SDKs, the sidecar and the broker\'s own signing half', () =
     });
     expect(status).toBe(200);
     // Its body is signed chunk by chunk with the placeholder key the agent holds: nothing binds it, and the hop says so (no approval releases it).
-    expect(decided.at(-1)?.attributes).toEqual({ payloadSha256: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER', requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown });
+    expect(decided.at(-1)?.attributes).toEqual({ payloadSha256: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER', requestSha256: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown, credential: 'default' });
     expect(frontSince(front)).toMatchObject([{ headers: { 'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' } }]);
     expect(frontSince(front)[0]?.refused).toBeUndefined();
     const s3 = new S3Client(config());
