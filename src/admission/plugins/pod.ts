@@ -156,6 +156,29 @@ function volumes(config: InjectionConfig): V1Volume[] {
 const NETWORK_CAPABILITIES = new Set(['NET_RAW', 'NET_ADMIN', 'ALL']);
 
 /**
+ * The capabilities a container may add: those of the Pod Security Standards' baseline profile.
+ * Any other (SYS_ADMIN, SYS_PTRACE, SYS_MODULE, DAC_READ_SEARCH, BPF, …) is a known way out of a
+ * container onto the node, where the kubelet keeps the sidecar's pod token.
+ */
+const BASELINE_CAPABILITIES = new Set(['AUDIT_WRITE', 'CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'FSETID', 'KILL', 'MKNOD', 'NET_BIND_SERVICE', 'SETFCAP', 'SETGID', 'SETPCAP', 'SETUID', 'SYS_CHROOT']);
+
+interface Confinement {
+  seccompProfile?: { type?: string };
+  appArmorProfile?: { type?: string };
+  windowsOptions?: { hostProcess?: boolean };
+}
+
+/** A pod's or a container's security context that lifts the confinement the node relies on, as the baseline profile refuses it. */
+function unconfined(context: Confinement | undefined, at: string): FieldViolation[] {
+  const violations: FieldViolation[] = [];
+  const why = "the runtime's confinement is what keeps a container from the node, where the kubelet keeps the sidecar's pod token";
+  if (context?.seccompProfile?.type === 'Unconfined') violations.push({ field: `${at}.seccompProfile.type`, message: `agent pods may not run without a seccomp profile: ${why}; use RuntimeDefault or Localhost` });
+  if (context?.appArmorProfile?.type === 'Unconfined') violations.push({ field: `${at}.appArmorProfile.type`, message: `agent pods may not run without an AppArmor profile: ${why}; use RuntimeDefault or Localhost` });
+  if (context?.windowsOptions?.hostProcess === true) violations.push({ field: `${at}.windowsOptions.hostProcess`, message: `agent pods may not run as a host process: it runs on the node itself; remove hostProcess: true` });
+  return violations;
+}
+
+/**
  * An app container without NET_RAW: the container runtime grants it by default, and with it a
  * container running as root captures what the sidecar sends on the pod's network (a plain-HTTP
  * MCP server's credential). Nothing an agent does needs raw sockets.
@@ -192,8 +215,15 @@ export function staticKeyViolations(pod: V1Pod): FieldViolation[] {
         const name = cap.toUpperCase().replace(/^CAP_/, '');
         if (NETWORK_CAPABILITIES.has(name)) {
           violations.push({ field: `spec.${kind}[${i}].securityContext.capabilities.add[${j}]`, message: `agent pods may not add ${cap}: with it a container reads or redirects the sidecar's traffic on the pod's network, where it carries the credentials the broker injects; remove it` });
+        } else if (!BASELINE_CAPABILITIES.has(name)) {
+          violations.push({ field: `spec.${kind}[${i}].securityContext.capabilities.add[${j}]`, message: `agent pods may not add ${cap}: beyond the Pod Security baseline's capabilities (${[...BASELINE_CAPABILITIES].join(', ')}) a container can reach the node, where the kubelet keeps the sidecar's pod token; remove it` });
         }
       });
+      violations.push(...unconfined(c.securityContext, `spec.${kind}[${i}].securityContext`));
+      // An unmasked /proc shows the node's kernel interfaces the runtime hides.
+      if (c.securityContext?.procMount !== undefined && c.securityContext.procMount !== 'Default') {
+        violations.push({ field: `spec.${kind}[${i}].securityContext.procMount`, message: `agent pods may not mount /proc ${c.securityContext.procMount}: it shows the node's kernel interfaces the runtime masks; remove procMount` });
+      }
       c.envFrom?.forEach((e, j) => {
         const [ref, source, single] = e.secretRef ? ['secretRef', `Secret ${e.secretRef.name}`, 'secretKeyRef'] : ['configMapRef', `ConfigMap ${e.configMapRef?.name ?? ''}`, 'configMapKeyRef'];
         violations.push({ field: `spec.${kind}[${i}].envFrom[${j}].${ref}`, message: `agent pods may not load a whole ${source} into the environment (it could hold AWS credential variables); reference the keys you need one by one with env[].valueFrom.${single}` });
@@ -235,6 +265,15 @@ function podViolations(pod: V1Pod): FieldViolation[] {
   }
   if (pod.spec?.hostPID === true) {
     violations.push({ field: 'spec.hostPID', message: "agent pods may not use the node's process namespace: the sidecar's pod token would be readable through /proc from the node's processes; remove hostPID: true" });
+  }
+  if (pod.spec?.hostIPC === true) {
+    violations.push({ field: 'spec.hostIPC', message: "agent pods may not use the node's IPC namespace: its shared memory is the node's processes'; remove hostIPC: true" });
+  }
+  violations.push(...unconfined(pod.spec?.securityContext, 'spec.securityContext'));
+  for (const [name, value] of Object.entries(pod.metadata?.annotations ?? {})) {
+    if (name.startsWith('container.apparmor.security.beta.kubernetes.io/') && value === 'unconfined') {
+      violations.push({ field: `metadata.annotations[${name}]`, message: "agent pods may not run a container without an AppArmor profile: the runtime's confinement is what keeps a container from the node, where the kubelet keeps the sidecar's pod token; use runtime/default" });
+    }
   }
   return violations;
 }

@@ -146,6 +146,9 @@ describe('agent pod injection (mutating webhook)', () => {
     expect(await refused('hostnet', { hostNetwork: true })).toMatch(/spec.hostNetwork: agent pods may not use the node's network: the sidecar's loopback listener would be reachable/);
     expect(await refused('sharedpid', { shareProcessNamespace: true })).toMatch(/spec.shareProcessNamespace: agent pods may not share a process namespace/);
     expect(await refused('netadmin', { containers: [{ name: 'agent', image: 'x', securityContext: { capabilities: { add: ['NET_ADMIN'] } } }] })).toMatch(/spec.containers\[0\].securityContext.capabilities.add\[0\]: agent pods may not add NET_ADMIN/);
+    expect(await refused('sysadmin', { containers: [{ name: 'agent', image: 'x', securityContext: { capabilities: { add: ['SYS_ADMIN'] }, seccompProfile: { type: 'Unconfined' } } }], hostIPC: true })).toMatch(
+      /spec.hostIPC: agent pods may not use the node's IPC namespace.*spec.containers\[0\].securityContext.capabilities.add\[0\]: agent pods may not add SYS_ADMIN: beyond the Pod Security baseline's capabilities.*spec.containers\[0\].securityContext.seccompProfile.type/,
+    );
   });
 
   test('a pod cannot join, leave or switch tasks after admission', async ({ admin, namespace }) => {

@@ -220,4 +220,21 @@ describe('podInjectionPlugin', () => {
     }
     expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, containers: [{ name: 'agent', image: 'x', securityContext: { capabilities: { add: ['NET_BIND_SERVICE'] } } }] } }))).toBeUndefined();
   });
+
+  it('refuses what the Pod Security baseline refuses as a way onto the node: other capabilities, unconfined seccomp or AppArmor, an unmasked /proc, the node\'s IPC, a host process', async () => {
+    const container = (securityContext: V1Container['securityContext']) => ({ ...pod, spec: { ...pod.spec!, containers: [{ name: 'agent', image: 'x', securityContext }] } });
+    for (const cap of ['SYS_ADMIN', 'CAP_SYS_PTRACE', 'sys_module', 'DAC_READ_SEARCH', 'BPF']) {
+      expect(await refusal(review('CREATE', container({ capabilities: { add: ['CHOWN', cap] } })))).toMatch(new RegExp(`^spec\\.containers\\[0\\]\\.securityContext\\.capabilities\\.add\\[1\\]: agent pods may not add ${cap}: beyond the Pod Security baseline's capabilities`));
+    }
+    expect(await refusal(review('CREATE', container({ seccompProfile: { type: 'Unconfined' } })))).toMatch(/^spec\.containers\[0\]\.securityContext\.seccompProfile\.type: agent pods may not run without a seccomp profile/);
+    expect(await refusal(review('CREATE', container({ appArmorProfile: { type: 'Unconfined' } })))).toMatch(/^spec\.containers\[0\]\.securityContext\.appArmorProfile\.type: agent pods may not run without an AppArmor profile/);
+    expect(await refusal(review('CREATE', container({ procMount: 'Unmasked' })))).toMatch(/^spec\.containers\[0\]\.securityContext\.procMount: agent pods may not mount \/proc Unmasked/);
+    expect(await refusal(review('CREATE', container({ windowsOptions: { hostProcess: true } })))).toMatch(/^spec\.containers\[0\]\.securityContext\.windowsOptions\.hostProcess/);
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, hostIPC: true } }))).toMatch(/^spec\.hostIPC: agent pods may not use the node's IPC namespace/);
+    expect(await refusal(review('CREATE', { ...pod, spec: { ...pod.spec!, securityContext: { seccompProfile: { type: 'Unconfined' } } } }))).toMatch(/^spec\.securityContext\.seccompProfile\.type/);
+    const annotated = { ...pod, metadata: { ...pod.metadata, annotations: { 'container.apparmor.security.beta.kubernetes.io/agent': 'unconfined' } } };
+    expect(await refusal(review('CREATE', annotated))).toMatch(/^metadata\.annotations\[container\.apparmor\.security\.beta\.kubernetes\.io\/agent\]: agent pods may not run a container without an AppArmor profile/);
+    // What the baseline allows is admitted.
+    expect(await refusal(review('CREATE', container({ seccompProfile: { type: 'RuntimeDefault' }, appArmorProfile: { type: 'RuntimeDefault' }, procMount: 'Default', capabilities: { add: ['SETUID', 'CAP_SETGID', 'kill'] } })))).toBeUndefined();
+  });
 });
