@@ -38,6 +38,8 @@ export const ERRORS = {
   starting: { status: 503 },
   /** A pod holds as many long polls (GET /v1/task) as it may. */
   too_many_watches: { status: 429 },
+  /** A pod has as many hop and gateway requests in flight on a replica as it may. */
+  too_many_requests: { status: 429 },
   local_token_invalid: { status: 500 },
   // AWS.
   role_not_allowed: { status: 403, reason: Reason.RoleNotAllowed },

@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BROKER_AUDIENCE, endOf, RESERVED_AUDIENCES, SVID_POD_CLAIM } from '../api/task.js';
 import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskStatusWriter } from '../kube/tasks.js';
@@ -43,6 +43,39 @@ export interface BrokerDeps {
   trustDomain: string;
   /** The gateways' request bodies held at once (`GATEWAY_BODIES_BYTES` when absent). */
   gatewayBodiesBytes?: number;
+  /** Decisions one pod may have in flight at once (`MAX_IN_FLIGHT_PER_POD` when absent). */
+  maxInFlightPerPod?: number;
+}
+
+/**
+ * The hop and gateway requests one pod may have in flight on a replica at once. A replica is one
+ * event loop shared by every tenant: a pod sending without waiting for its answers (a thousand
+ * connections, each with requests pipelined) would otherwise queue the others behind all of its
+ * own; bounded, the others wait behind at most this many (some tens of milliseconds). Legitimate
+ * agents, and the sidecar's gateways under load, stay far below it.
+ */
+export const MAX_IN_FLIGHT_PER_POD = 256;
+
+/** Counts each pod's requests in flight, refusing one past the bound. */
+class InFlight {
+  private readonly counts = new Map<string, number>();
+
+  constructor(private readonly max: number) {}
+
+  /** Counts `who`'s request until `res` closes (answered, or the connection gone). */
+  enter(who: AgentPrincipal, res: ServerResponse): void {
+    const pod = who.podUid;
+    const now = this.counts.get(pod) ?? 0;
+    if (now >= this.max) {
+      throw new ChainwardenError('too_many_requests', `pod ${who.podName} has ${now} requests in flight on this broker, the most a pod may; wait for their answers before sending more`);
+    }
+    this.counts.set(pod, now + 1);
+    res.once('close', () => {
+      const left = (this.counts.get(pod) ?? 1) - 1;
+      if (left > 0) this.counts.set(pod, left);
+      else this.counts.delete(pod);
+    });
+  }
 }
 
 const requireMethod = (req: IncomingMessage, method: string) => {
@@ -231,12 +264,13 @@ const MAX_HOP_BYTES = 64 * 1024;
  * POST /v1/hops: decide one hop; GET /v1/hops/{id}: its decision now (after approval or timeout).
  * The caller is authenticated before its body is read: an unknown caller costs no parsing.
  */
-function hops(deps: BrokerDeps): Handler {
+function hops(deps: BrokerDeps, inFlight: InFlight): Handler {
   return async (req, res) => {
     const path = pathOf(req);
     if (path === '/v1/hops') {
       requireMethod(req, 'POST');
       const who = await deps.auth.authenticate(req.headers.authorization);
+      inFlight.enter(who, res);
       const body = await readJson(req, MAX_HOP_BYTES);
       const answer = await deps.hops.decide(who, body);
       sendJson(res, 200, answer, decidedHeaders(deps, who, answer));
@@ -245,6 +279,7 @@ function hops(deps: BrokerDeps): Handler {
     requireMethod(req, 'GET');
     const id = parseHopPath(path);
     const who = await deps.auth.authenticate(req.headers.authorization);
+    inFlight.enter(who, res);
     const answer = await deps.hops.status(who, id);
     sendJson(res, 200, answer, decidedHeaders(deps, who));
   };
@@ -274,10 +309,11 @@ export const GATEWAY_BODIES_BYTES = 64 * 1024 * 1024;
  * `parse` and counted against `bodies` while it is held, and the gateway's answer as it is,
  * never cached.
  */
-function gatewayRoute<R>(deps: BrokerDeps, bodies: MemoryBudget, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<GatewayAnswer>): Handler {
+function gatewayRoute<R>(deps: BrokerDeps, inFlight: InFlight, bodies: MemoryBudget, maxBytes: number, parse: (body: unknown) => R, answer: (who: AgentPrincipal, request: R) => Promise<GatewayAnswer>): Handler {
   return async (req, res) => {
     requireMethod(req, 'POST');
     const who = await deps.auth.authenticate(req.headers.authorization, { podTokenOnly: "the gateways' endpoints serve the pod's sidecar, which presents the pod's token: send AWS and MCP calls through the sidecar" });
+    inFlight.enter(who, res);
     const declared = Number(req.headers['content-length'] ?? Number.NaN);
     const held = Number.isSafeInteger(declared) && declared >= 0 ? Math.min(declared, maxBytes) : maxBytes;
     if (!bodies.tryTake(held)) {
@@ -299,18 +335,20 @@ const MAX_FORWARD_BYTES = 256 * 1024;
 export function brokerRoutes(deps: BrokerDeps): Record<string, Handler> {
   const { aws, mcp } = deps;
   const bodies = new MemoryBudget(deps.gatewayBodiesBytes ?? GATEWAY_BODIES_BYTES);
+  // One count for the hop and gateway routes alike: a pod cannot take twice the bound through two of them.
+  const inFlight = new InFlight(deps.maxInFlightPerPod ?? MAX_IN_FLIGHT_PER_POD);
   return {
     '/v1/svid': svid(deps),
     '/v1/task': task(deps),
-    '/v1/hops': hops(deps),
-    '/v1/hops/': hops(deps),
+    '/v1/hops': hops(deps, inFlight),
+    '/v1/hops/': hops(deps, inFlight),
     '/v1/credentials': credentials(deps),
     '/v1/credentials/': credentials(deps),
     '/v1/tasks/': complete(deps),
     // The sidecar's AWS listener asks whether to send an SDK's call, and how it is signed.
-    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, bodies, MAX_SIGN_REQUEST_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
+    ...(aws ? { '/v1/aws/sign': gatewayRoute(deps, inFlight, bodies, MAX_SIGN_REQUEST_BYTES, parseSignRequest, (who, request) => aws.sign(who, request)) } : {}),
     // The sidecar's MCP gateway asks where a message goes, and for tools/call whether it may.
-    ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, bodies, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
+    ...(mcp ? { '/v1/mcp/forward': gatewayRoute(deps, inFlight, bodies, MAX_FORWARD_BYTES, parseForwardRequest, (who, request) => mcp.forward(who, request)) } : {}),
     '/keys': published(() => deps.issuer.jwks()),
     '/.well-known/openid-configuration': published(() => deps.issuer.discovery()),
   };

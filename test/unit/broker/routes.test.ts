@@ -155,3 +155,59 @@ describe("the gateways' bodies the broker holds at once", () => {
     expect(sign).not.toHaveBeenCalled();
   });
 });
+
+describe("a pod's decisions in flight at once", () => {
+  let broker: RunningServer;
+  let brokerCa: string;
+  /** Each decision waits until released: a pod that sends without waiting piles them up. */
+  const waiting: (() => void)[] = [];
+  const principal = (pod: string) => ({ podUid: `uid-${pod}`, podName: pod, task: { metadata: { name: 't', namespace: 'ns' } } });
+  beforeAll(async () => {
+    const authority = await CertificateAuthority.create('in-flight-ca');
+    const hops = {
+      decide: () => new Promise((resolve) => waiting.push(() => resolve({ hopId: HOP, decision: 'allow', reasons: [] }))),
+      touched: () => 0,
+    };
+    const deps = { auth: { authenticate: (header: string) => Promise.resolve(principal(header.replace('Bearer ', ''))) }, credentials: untouchable, hops, issuer: untouchable, status: untouchable, clock: systemClock, log: silentLogger(), trustDomain: 'cluster.local', maxInFlightPerPod: 3 } as unknown as BrokerDeps;
+    broker = await serveHttps(brokerRoutes(deps), await authority.issueServing('in-flight', { ips: ['127.0.0.1'] }), { host: '127.0.0.1', port: 0 }, silentLogger());
+    brokerCa = authority.certPem;
+  });
+  afterAll(() => broker.close());
+
+  const hop = (pod: string) => {
+    const req = https.request(`${broker.url}/v1/hops`, { method: 'POST', ca: brokerCa, agent: false, headers: { authorization: `Bearer ${pod}`, 'content-type': 'application/json' } });
+    req.on('error', () => undefined);
+    const answer = new Promise<{ status: number; body: string }>((resolve) => {
+      req.on('response', (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      });
+    });
+    req.end(JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/1' }));
+    return { answer, close: () => req.destroy() };
+  };
+
+  it('past the bound a pod is refused with a 429 naming it, while another pod is still answered; the room comes back as answers go out or connections close', async () => {
+    const flood = [hop('greedy'), hop('greedy'), hop('greedy')];
+    await expect.poll(() => waiting.length).toBe(3);
+    const refused = await hop('greedy').answer;
+    expect(refused.status).toBe(429);
+    expect(JSON.parse(refused.body)).toMatchObject({ error: { code: 'too_many_requests', message: expect.stringMatching(/^pod greedy has 3 requests in flight on this broker, the most a pod may; wait for their answers/) as unknown } });
+    // Another pod of the cluster is not held behind the greedy one's count.
+    const other = hop('patient');
+    await expect.poll(() => waiting.length).toBe(4);
+    waiting.pop()?.();
+    expect((await other.answer).status).toBe(200);
+    // One answered, one given up by its caller: two more fit, and the third is refused again.
+    waiting.shift()?.();
+    expect((await flood[0]!.answer).status).toBe(200);
+    flood[1]!.close();
+    await new Promise((r) => setTimeout(r, 100));
+    const again = [hop('greedy'), hop('greedy')];
+    await expect.poll(() => waiting.length).toBe(4);
+    expect((await hop('greedy').answer).status).toBe(429);
+    for (const release of waiting.splice(0)) release();
+    for (const h of [flood[2]!, ...again]) expect((await h.answer).status).toBe(200);
+  });
+});
