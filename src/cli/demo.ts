@@ -12,6 +12,7 @@ import { createLocalJWKSet, jwtVerify } from 'jose';
 import { pino } from 'pino';
 import { parse } from 'yaml';
 import { startAgentProxy } from '../agent/proxy.js';
+import { applyGuards, whoAmI } from '../admission/guards.js';
 import { registerWebhooks } from '../admission/registration.js';
 import type { AgentApproval, AgentPolicy, AgentTask } from '../api/schema.js';
 import { renderTrace } from '../audit/trace.js';
@@ -344,6 +345,8 @@ const localParts: DemoParts<LocalEnvironment, RunningOperator> = {
   },
   tell: async (env, operator, scope) => {
     await registerWebhooks(env.adminKubeConfig(), { url: operator.webhookUrl, caBundlePem: operator.caPem });
+    // The operator runs as the admin here: the guards name it the one writer.
+    await applyGuards(env.adminKubeConfig(), { writer: await whoAmI(env.adminKubeConfig()) });
     await story(env, operator, auditFileOf(env), scope);
   },
 };

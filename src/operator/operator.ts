@@ -8,6 +8,7 @@ import { agentTaskPlugin, taskFinalizerPlugin } from '../admission/plugins/agent
 import { podsMadeBy, serviceAccountSubject } from '../kube/authorizer.js';
 import { approvalHopDigestPlugin, approvalValidationPlugin, approverStampPlugin, honoredApprovals } from '../admission/plugins/agentapproval.js';
 import { podInjectionPlugin } from '../admission/plugins/pod.js';
+import { applyGuards, whoAmI } from '../admission/guards.js';
 import { registerWebhooks, type WebhookEndpoint } from '../admission/registration.js';
 import { admissionRoutes, WEBHOOK_LISTENER_LIMITS } from '../admission/server.js';
 import { parseAgentPolicy, parseAgentTask } from '../api/parse.js';
@@ -558,6 +559,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   try {
     if (options.register) {
       await registerWebhooks(kc, { ...options.register, url: options.register.url ?? (options.register.service ? undefined : webhookServer.url), caBundlePem: tls.caPem });
+      // What the chart would install beside the webhooks: what only this operator writes, guarded by the API server.
+      await applyGuards(kc, { writer: await whoAmI(kc) });
       webhooksRegistered = true;
     }
   } catch (err) {

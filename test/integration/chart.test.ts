@@ -1,4 +1,5 @@
 import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { guardPolicies } from '../../src/admission/guards.js';
 import { webhookConfigurations } from '../../src/admission/registration.js';
 import { rawRequest } from '../../src/kube/raw.js';
 import { applyChartRbac, chartServiceAccountKubeConfig, CHART, helm, objectPath, renderChart, RELEASE_NAMESPACE, type Rendered } from './../env/chart.js';
@@ -106,6 +107,17 @@ describe('Helm chart', () => {
     const strip = (hooks: unknown) => (hooks as { clientConfig: { caBundle?: string } }[]).map(({ clientConfig, ...rest }) => ({ ...rest, clientConfig: { ...clientConfig, caBundle: undefined } }));
     expect(strip(objects.find((o) => o.kind === 'ValidatingWebhookConfiguration')?.webhooks)).toEqual(strip(validating.webhooks));
     expect(strip(objects.find((o) => o.kind === 'MutatingWebhookConfiguration')?.webhooks)).toEqual(strip(mutating.webhooks));
+  });
+
+  test("its admission guards are the ones an operator that registers its own webhooks applies (devenv, the demo)", async () => {
+    const writer = `system:serviceaccount:${RELEASE_NAMESPACE}:chainwarden`;
+    for (const allowGroups of [[], ['oncall', 'platform-leads']]) {
+      const objects = await renderChart(allowGroups.length > 0 ? { 'statusGuard.allowGroups': `{${allowGroups.join(',')}}` } : {});
+      const rendered = objects.filter((o) => o.kind.startsWith('ValidatingAdmissionPolicy')).map((o) => ({ kind: o.kind, name: o.metadata.name, spec: o.spec }));
+      const applied = guardPolicies({ writer, allowGroups }).map((o) => ({ kind: String(o.kind), name: (o.metadata as { name: string }).name, spec: o.spec }));
+      const byName = (a: { kind: string; name: string }, b: { kind: string; name: string }) => `${a.kind}/${a.name}`.localeCompare(`${b.kind}/${b.name}`);
+      expect(applied.sort(byName)).toEqual(rendered.sort(byName));
+    }
   });
 
   test('serves the webhooks on a port of their own: container port, --webhook-listen, Service and clientConfig agree', async () => {

@@ -7,6 +7,8 @@ import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/c
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { describe, expect, it } from 'vitest';
 import type { EnvironmentDescription } from '../../src/controlplane/environment.js';
+import type { KubeAccess } from '../../src/kube/access.js';
+import { rawRequest } from '../../src/kube/raw.js';
 import { childPids, commandLine, isRunning } from '../env/processes.js';
 
 const bin = path.resolve(import.meta.dirname, '../../bin/chainwarden.js');
@@ -51,6 +53,19 @@ describe('chainwarden devenv', () => {
     expect(env.webhookUrl).not.toBe(env.brokerUrl);
     const hooks = await kc.makeApiClient(AdmissionregistrationV1Api).readValidatingWebhookConfiguration({ name: 'chainwarden' });
     expect(hooks.webhooks?.[0]?.clientConfig.url).toBe(`${env.webhookUrl ?? ''}/validate`);
+    // The guards the chart installs are in place too: another user, even one RBAC lets write
+    // anything, may not mark an approval spent (the operator, running as the admin, may).
+    const asMallory: KubeAccess = {
+      getCurrentCluster: () => kc.getCurrentCluster(),
+      applyToHTTPSOptions: async (options) => {
+        await kc.applyToHTTPSOptions(options);
+        options.headers = { ...options.headers, 'Impersonate-User': 'mallory@example.com', 'Impersonate-Group': 'system:masters' };
+      },
+    };
+    const approval = { apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentApproval', metadata: { name: 'spent', namespace: 'default', annotations: { 'chainwarden.io/used-by': 'x' } }, spec: { taskRef: { name: 't' }, hopId: 'h1_x', decision: 'Approve' } };
+    const marked = await rawRequest(asMallory, 'POST', '/apis/chainwarden.io/v1alpha1/namespaces/default/agentapprovals', approval);
+    expect(marked.status).toBe(403);
+    expect(JSON.stringify(marked.body)).toMatch(/the chainwarden.io\/used-by annotation marks an AgentApproval spent and is written by the chainwarden operator \(chainwarden-admin\) only; mallory@example.com may not set, change or remove it/);
 
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
