@@ -37,13 +37,19 @@ function entryOf(raw: string, line: number, source: string | undefined): AuditEn
   try {
     const parsed = JSON.parse(text) as { audit?: AuditRecord; time?: unknown };
     if (!parsed.audit || typeof parsed.audit !== 'object' || parsed.audit.v !== 1) return undefined;
-    const twice = duplicateAuditKey(text);
+    const { twice, aliased } = scanAudit(text);
+    const problem =
+      twice !== undefined
+        ? `it holds the key ${JSON.stringify(twice)} twice: the hash covers the last, a person or another reader may see the first (edited)`
+        : aliased !== undefined
+          ? `it holds the number ${aliased.slice(0, 40)}, which the hash covers as ${JSON.stringify(Number(aliased))}: a person or another reader sees another value than the one hashed (edited)`
+          : undefined;
     return {
       record: parsed.audit,
       line,
       ...(source === undefined ? {} : { source }),
       ...(typeof parsed.time === 'string' ? { time: parsed.time } : {}),
-      ...(twice === undefined ? {} : { problem: `it holds the key ${JSON.stringify(twice)} twice: the hash covers the last, a person or another reader may see the first (edited)` }),
+      ...(problem === undefined ? {} : { problem }),
     };
   } catch {
     return undefined; // not JSON: not a record
@@ -58,6 +64,16 @@ function entryOf(raw: string, line: number, source: string | undefined): AuditEn
  * logger's, which may repeat a binding, and are not looked at.
  */
 export function duplicateAuditKey(text: string): string | undefined {
+  return scanAudit(text).twice;
+}
+
+/**
+ * What of the line's audit record the hash does not cover as written: a key held twice
+ * (`duplicateAuditKey`), or a number not written as JSON.stringify writes it, which the hash
+ * covers as another (`1e400` as null, `9007199254740993` as `9007199254740992`, `-0` as `0`).
+ * Records are written by JSON.stringify, so only an edited one has such a number.
+ */
+function scanAudit(text: string): { twice?: string; aliased?: string } {
   // A Set of keys for each open object, undefined for each open array.
   const open: (Set<string> | undefined)[] = [];
   let expectKey = false;
@@ -78,7 +94,7 @@ export function duplicateAuditKey(text: string): string | undefined {
         // Decoded: "a" and "\u0061" are one key.
         const key = escaped ? (JSON.parse(text.slice(i, end + 1)) as string) : text.slice(i + 1, end);
         const checked = auditAt > 0 || (open.length === 1 && key === 'audit');
-        if (checked && keys.has(key)) return key;
+        if (checked && keys.has(key)) return { twice: key };
         keys.add(key);
         nextIsAudit = open.length === 1 && key === 'audit';
         expectKey = false;
@@ -99,9 +115,15 @@ export function duplicateAuditKey(text: string): string | undefined {
     } else if (c === 0x2c) {
       expectKey = open[open.length - 1] !== undefined;
       nextIsAudit = false;
+    } else if (auditAt > 0 && (c === 0x2d || (c >= 0x30 && c <= 0x39))) {
+      let end = i + 1;
+      while (end < text.length && /[0-9.eE+-]/.test(text.charAt(end))) end++;
+      const token = text.slice(i, end);
+      if (JSON.stringify(Number(token)) !== token) return { aliased: token };
+      i = end - 1;
     }
   }
-  return undefined;
+  return {};
 }
 
 /** Audit records in a stream of log lines (pino JSON): lines carrying an `audit` object. */

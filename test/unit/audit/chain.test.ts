@@ -182,12 +182,28 @@ describe('audit chain', () => {
     expect(readAuditRecords(`{"level":30,"task":"a","task":"b",${line.slice(1)}`)[0]?.problem).toBeUndefined();
   });
 
+  it('breaks a record holding a number the hash reads as another: too large for a double, past 2^53, -0, or written another way', () => {
+    const [first] = chain();
+    const line = JSON.stringify({ level: 30, time: 'x', audit: first });
+    for (const [written, hashedAs] of [['1e400', 'null'], ['9007199254740993', '9007199254740992'], ['-0', '0'], ['1.0', '1'], ['1E0', '1']]) {
+      const forged = line.replace('"data":{', `"data":{"amount":${written},`);
+      const original = line.replace('"data":{', `"data":{"amount":${hashedAs},`);
+      // The hash cannot tell them apart: both parse to the same value.
+      expect(JSON.stringify(JSON.parse(forged))).toBe(JSON.stringify(JSON.parse(original)));
+      expect(readAuditRecords(forged)[0]?.problem).toBe(`it holds the number ${written}, which the hash covers as ${hashedAs}: a person or another reader sees another value than the one hashed (edited)`);
+      expect(readAuditRecords(original)[0]?.problem).toBeUndefined();
+    }
+    // The logger's own fields are not the record's.
+    expect(readAuditRecords(`{"level":30.0,${line.slice(1)}`)[0]?.problem).toBeUndefined();
+  });
+
   it('finds a repeated key at any depth of any record, and none in what JSON.stringify writes (fuzz)', () => {
     const key = fc.string({ maxLength: 6 });
     fc.assert(
       fc.property(fc.dictionary(key, fc.jsonValue({ maxDepth: 3 }), { minKeys: 1 }), fc.string({ maxLength: 6 }), (data, text) => {
         const line = JSON.stringify({ level: 30, note: [text, { audit: text }], audit: { v: 1, data } });
         expect(duplicateAuditKey(line)).toBeUndefined();
+        expect(readAuditRecords(line)[0]?.problem).toBeUndefined();
         const [name] = Object.keys(data);
         const repeated = line.replace('"data":{', () => `"data":{${JSON.stringify(name)}:${JSON.stringify(text)},`);
         expect(duplicateAuditKey(repeated)).toBe(name);
