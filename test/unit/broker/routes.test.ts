@@ -1,3 +1,4 @@
+import type { ClientRequest } from 'node:http';
 import https from 'node:https';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { brokerRoutes, type BrokerDeps } from '../../../src/broker/routes.js';
@@ -98,6 +99,19 @@ describe('broker paths are checked before the caller is authenticated', () => {
   });
 });
 
+/** A request under way: its answer once the broker gives it, and a way to give it up first. */
+function held(req: ClientRequest): { answer: Promise<{ status: number; body: string }>; close: () => void } {
+  req.on('error', () => undefined);
+  const answer = new Promise<{ status: number; body: string }>((resolve) => {
+    req.on('response', (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+  });
+  return { answer, close: () => req.destroy() };
+}
+
 describe('GET /v1/svid', () => {
   it.each(['sts.amazonaws.com', 'cluster.local'])('never mints for audience %s: 403, unauthenticated', async (audience) => {
     // cluster.local, the trust domain, is the audience of transaction tokens, signed with the same key by the same issuer.
@@ -127,16 +141,8 @@ describe("the gateways' bodies the broker holds at once", () => {
   /** A sign request declaring `length` bytes and sending `sent` of them; it answers when the broker does. */
   const signRequest = (length: number, sent: string) => {
     const req = https.request(`${gateway.url}/v1/aws/sign`, { method: 'POST', ca: gatewayCa, headers: { authorization: 'Bearer pod-token', 'content-type': 'application/json', 'content-length': String(length) } });
-    req.on('error', () => undefined);
-    const answer = new Promise<{ status: number; body: string }>((resolve) => {
-      req.on('response', (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-      });
-    });
     req.write(sent);
-    return { answer, close: () => req.destroy() };
+    return held(req);
   };
 
   it('a caller that declares large bodies and sends them slowly holds at most the bound: past it a call is a 503 bodies_held, which SDKs retry, and the room comes back when a call ends', async () => {
@@ -176,16 +182,8 @@ describe("a pod's decisions in flight at once", () => {
 
   const hop = (pod: string) => {
     const req = https.request(`${broker.url}/v1/hops`, { method: 'POST', ca: brokerCa, agent: false, headers: { authorization: `Bearer ${pod}`, 'content-type': 'application/json' } });
-    req.on('error', () => undefined);
-    const answer = new Promise<{ status: number; body: string }>((resolve) => {
-      req.on('response', (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-      });
-    });
     req.end(JSON.stringify({ tool: 'tickets', action: 'read', resource: 'ticket/1' }));
-    return { answer, close: () => req.destroy() };
+    return held(req);
   };
 
   it('past the bound a pod is refused with a 429 naming it, while another pod is still answered; the room comes back as answers go out or connections close', async () => {
