@@ -99,7 +99,8 @@ function plant(nodes: Map<string, HopNode>): HopNode[] {
     const stack = [from];
     for (let node = stack.pop(); node; node = stack.pop()) {
       reached.add(node);
-      stack.push(...node.children);
+      // One by one: a forged stream may hang more children under one hop than a call takes arguments.
+      for (const child of node.children) stack.push(child);
     }
   };
   for (const root of roots) reach(root);

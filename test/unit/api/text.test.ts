@@ -103,6 +103,11 @@ describe('printable', () => {
     expect(lines.at(20_000)).toContain('(depth 20000) ');
   });
 
+  it('renders a forged hop with 200,000 children, more than a call takes arguments', () => {
+    const hops = Array.from({ length: 200_001 }, (_, i) => ({ type: 'hop_decided' as const, at: '2026-01-01T00:00:00Z', data: { hopId: `h${i}_x`, ...(i > 0 ? { parentHop: 'h0_x' } : {}), decision: 'allow' } }));
+    expect(renderTrace(linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, hops)).split('\n').filter((l) => l.includes('→ allow'))).toHaveLength(200_001);
+  });
+
   it('renders fields that are objects whose toString is no function (String() throws on them) as their JSON', () => {
     const odd = { toString: 1, valueOf: 1 };
     const records = linkRecords({ key: 'ns/t', uid: 'u' }, GENESIS, 0, [
