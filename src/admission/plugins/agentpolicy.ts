@@ -185,11 +185,6 @@ export function agentPolicyPlugin(secrets?: Pick<SecretReader, 'value' | 'mayRea
   };
 }
 
-/**
- * What admission allows but an author should know: the agent's container shares the pod's
- * network with the sidecar, so nothing at the network separates the two. What keeps the agent
- * from calling an MCP server itself is a credential only the gateway sends.
- */
 /** An approver that pods of the policy's own namespace can run as decides only while its tasks' accounts may create none. */
 export function approverWarnings(policy: AgentPolicy, namespace: string): string[] {
   return (policy.spec.approval?.approvers?.users ?? []).flatMap((user, i) =>
@@ -206,6 +201,11 @@ export function notifyWarnings(policy: AgentPolicy): string[] {
   return [`spec.approval.notify.url is plain http and spec.approval.notify.secretRef sends a credential with every notification: anyone on the way can read it; use an https receiver`];
 }
 
+/**
+ * What admission allows but an author should know: the agent's container shares the pod's
+ * network with the sidecar, so nothing at the network separates the two. What keeps the agent
+ * from calling an MCP server itself is a credential only the gateway sends.
+ */
 export function mcpWarnings(policy: AgentPolicy): string[] {
   return (policy.spec.systems ?? []).flatMap((system, i) =>
     system.mcp && !system.mcp.credentials
