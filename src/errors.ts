@@ -76,6 +76,8 @@ export const ERRORS = {
   revocation_policy_full: { status: 500 },
   /** IAM failed (throttling, 5xx, timeouts, connections cut, refusals): retried after a wait. */
   iam_unavailable: { status: 503 },
+  /** The deny failed on more than one of a task's roles (each named, with why); every other role was written. Retried. */
+  deny_failed: { status: 503 },
   journal_behind: { status: 503 },
   conflict: { status: 409 },
   /** A leader-only write on a replica whose lease may have passed to another: retried, by whichever replica leads. */

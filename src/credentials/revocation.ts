@@ -1,6 +1,7 @@
 import { parseDuration } from '../api/duration.js';
 import type { AgentPolicy, AgentTask } from '../api/schema.js';
 import { POLICY_DEFAULTS } from '../api/task.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
 import type { Clock } from '../runtime/clock.js';
 import { roleNameOf, sourceIdentityFor, STS_MAX_SECONDS, STS_MIN_SECONDS } from './plan.js';
 import type { Revoker, WriteGuard } from './revoke.js';
@@ -12,6 +13,8 @@ export interface RevocationResult {
   marker: string;
   roles: string[];
   pruneAfter: number;
+  /** When the task was revoked: every session the deny covers was issued before. */
+  since?: number;
 }
 
 /**
@@ -31,8 +34,14 @@ export function longestSessionMs(task: AgentTask, policy: AgentPolicy | undefine
  */
 export async function revokeTask(revoker: Revoker, clock: Clock, task: AgentTask, policy: AgentPolicy | undefined, mayWrite?: WriteGuard): Promise<RevocationResult> {
   const result = revocationOf(task, policy, clock.now());
-  for (const role of result.roles) await revoker.deny(role, { marker: result.marker, pruneAfter: result.pruneAfter }, mayWrite);
-  return result;
+  // Every role is written whatever another does: one role IAM refuses must not leave the others' sessions live.
+  const outcomes = await Promise.allSettled(result.roles.map((role) => revoker.deny(role, result, mayWrite)));
+  const failures = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason instanceof Error ? o.reason : new Error(String(o.reason))] : []));
+  const [first, ...more] = failures;
+  if (!first) return result;
+  if (more.length === 0) throw first;
+  // The lease lost outranks the rest: the new leader takes the task over.
+  throw failures.find((e) => e instanceof ChainwardenError && e.code === 'not_leader') ?? new ChainwardenError('deny_failed', failures.map(errorMessage).join('; '));
 }
 
 /** The deny a task revoked at `revokedAt` needs: on which roles, for which marker, until when. */
@@ -40,7 +49,7 @@ function revocationOf(task: AgentTask, policy: AgentPolicy | undefined, revokedA
   const marker = sourceIdentityFor(task);
   const roles = [...new Set((task.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn)))];
   const recorded = Date.parse(task.status?.credentials?.expiration ?? '') || 0;
-  return { marker, roles, pruneAfter: Math.max(recorded, revokedAt + longestSessionMs(task, policy)) + SKEW_MS };
+  return { marker, roles, pruneAfter: Math.max(recorded, revokedAt + longestSessionMs(task, policy)) + SKEW_MS, since: revokedAt };
 }
 
 /**

@@ -1,10 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ChainwardenError } from '../errors.js';
+import { ChainwardenError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../runtime/clock.js';
 import { faultPoint } from '../runtime/faults.js';
 import { isNoSuchEntity, policySize, ROLE_INLINE_POLICIES_MAX_CHARS, type IamPort } from './iam.js';
 import { planAwsRetry } from './plan.js';
+import { scrubOperatorIdentity } from './sts.js';
 
 /** The inline policy chainwarden keeps on every role tasks assume. */
 export const REVOCATION_POLICY = 'chainwarden-revocations';
@@ -169,7 +170,8 @@ export class IamUnavailableError extends ChainwardenError {
     readonly retryAt: number,
   ) {
     const name = (cause as { name?: string })?.name ?? 'Error';
-    super('iam_unavailable', `IAM failed for role ${role} (${name}: ${cause instanceof Error ? cause.message : String(cause)})`);
+    // IAM's refusals name the caller, the operator's own role and account; the message reaches the task's status, which its tenant reads.
+    super('iam_unavailable', `IAM failed for role ${role} (${name}: ${scrubOperatorIdentity(cause instanceof Error ? cause.message : String(cause), '')})`);
     this.name = 'IamUnavailableError';
   }
 }
@@ -207,17 +209,21 @@ export class Revoker {
   }
 
   /** Idempotent: resolves once IAM shows the deny (and every other this Revoker owes on the role). Throws (retryable) when IAM cannot be written. */
-  async deny(roleName: string, entry: RevocationEntry, mayWrite?: WriteGuard): Promise<void> {
+  async deny(roleName: string, entry: RevocationEntry & { since?: number }, mayWrite?: WriteGuard): Promise<void> {
     this.owe(roleName, entry);
     await this.serialized(roleName, () => this.converge(roleName, mayWrite));
   }
 
-  /** Takes on a deny without writing it: the next `prune` of the role writes it with every other owed one. */
-  owe(roleName: string, entry: RevocationEntry): void {
+  /**
+   * Takes on a deny without writing it: the next `prune` of the role writes it with every other
+   * owed one. `since` is when the task was revoked (now, unless said): a cutoff on sessions issued
+   * before it covers the entry.
+   */
+  owe(roleName: string, entry: RevocationEntry & { since?: number }): void {
     const owed = this.owed.get(roleName) ?? new Map<string, OwedDeny>();
     this.owed.set(roleName, owed);
     const known = owed.get(entry.marker);
-    owed.set(entry.marker, { marker: entry.marker, pruneAfter: Math.max(entry.pruneAfter, known?.pruneAfter ?? 0), since: known?.since ?? this.clock.now() });
+    owed.set(entry.marker, { marker: entry.marker, pruneAfter: Math.max(entry.pruneAfter, known?.pruneAfter ?? 0), since: known?.since ?? entry.since ?? this.clock.now() });
   }
 
   /** Removes expired entries, re-asserts every deny this Revoker still owes on the role, and deletes the policy once nothing is left in it. */
@@ -254,7 +260,7 @@ export class Revoker {
     const waitMs = planAwsRetry(failures, this.random);
     const error = new IamUnavailableError(role, cause, this.clock.now() + waitMs);
     this.unanswered.set(role, { failures, error });
-    this.log.warn({ role, failures, retryInMs: waitMs, err: error.message }, 'IAM failed: the role is not written to again until the wait is over');
+    this.log.warn({ role, failures, retryInMs: waitMs, err: errorMessage(cause) }, 'IAM failed: the role is not written to again until the wait is over');
     return error;
   }
 

@@ -158,7 +158,8 @@ async function pruneWhileLeading(signal: AbortSignal, leading: WriteGuard, tasks
     const startedAt = Date.now();
     for (const task of tasks.list()) {
       const owed = outstandingDeny(task, policy(task.metadata.namespace ?? '', task.spec.policyRef.name), clock.now());
-      for (const role of owed?.roles ?? []) revoker.owe(role, { marker: owed?.marker ?? '', pruneAfter: owed?.pruneAfter ?? 0 });
+      // Owed since the task was revoked, not since now: a cutoff written meanwhile by another replica covers it.
+      for (const role of owed?.roles ?? []) if (owed) revoker.owe(role, owed);
     }
     const roles = new Set(tasks.list().flatMap((t) => (t.spec.credentials ?? []).map((c) => roleNameOf(c.aws.roleArn))));
     try {

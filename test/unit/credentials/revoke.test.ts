@@ -4,6 +4,10 @@ import { ChainwardenError } from '../../../src/errors.js';
 import { InMemoryIam, policySize, type IamPort } from '../../../src/credentials/iam.js';
 import { silentLogger } from '../../../src/log.js';
 import { denies, planRevocationPolicy, REVOCATION_POLICY, RevocationPolicyFullError, Revoker } from '../../../src/credentials/revoke.js';
+import { revokeTask } from '../../../src/credentials/revocation.js';
+import { parseAgentTask } from '../../../src/api/parse.js';
+import type { AgentTask } from '../../../src/api/schema.js';
+import { exampleTask } from '../../builders/examples.js';
 
 const MIN = 60_000;
 const ROLE = 'support-agent';
@@ -307,5 +311,80 @@ describe('IAM not answering', () => {
     now += 1;
     await revoker.deny(ROLE, entry);
     expect(denies(policyOf(iam), { ...entry, since: 0 })).toBe(true);
+  });
+});
+
+describe("IAM's refusals, as the task's status shows them", () => {
+  it("do not name the operator's own role or account: the tenant reads the status", async () => {
+    const iam = new InMemoryIam();
+    iam.failNext(
+      Object.assign(new Error('User: arn:aws:sts::999988887777:assumed-role/chainwarden-operator/i-0abc is not authorized to perform: iam:GetRolePolicy on resource: role support-agent because no identity-based policy allows it'), {
+        name: 'AccessDenied',
+      }),
+    );
+    const revoker = new Revoker(iam, clockAt(), silentLogger(), noWait);
+    const refusal = await revoker.deny(ROLE, { marker: marker(1), pruneAfter: T0 + 30 * MIN }).catch((err: unknown) => err as Error);
+    expect(refusal).toBeInstanceOf(Error);
+    expect(refusal?.message).toMatch(/IAM failed for role support-agent \(AccessDenied: User: <operator identity> is not authorized to perform: iam:GetRolePolicy/);
+    expect(refusal?.message).not.toMatch(/999988887777|chainwarden-operator/);
+  });
+});
+
+describe('a task on several roles', () => {
+  /** IAM that refuses everything about one role, as for a role the operator has no permission on. */
+  const refusing = (iam: IamPort, role: string): IamPort => {
+    const no = (): Promise<never> => Promise.reject(Object.assign(new Error(`not authorized on role ${role}`), { name: 'AccessDenied' }));
+    return {
+      getRolePolicy: (r, n) => (r === role ? no() : iam.getRolePolicy(r, n)),
+      putRolePolicy: (r, n, d) => (r === role ? no() : iam.putRolePolicy(r, n, d)),
+      deleteRolePolicy: (r, n) => (r === role ? no() : iam.deleteRolePolicy(r, n)),
+      listRolePolicies: (r) => (r === role ? no() : iam.listRolePolicies(r)),
+    };
+  };
+  const task = (roles: string[]) =>
+    ({
+      ...parseAgentTask(exampleTask('support')),
+      metadata: { name: 'ticket-4711', namespace: 'support', uid: 'u-1' },
+      spec: { ...parseAgentTask(exampleTask('support')).spec, credentials: roles.map((r, i) => ({ name: `c${i}`, aws: { roleArn: `arn:aws:iam::111122223333:role/${r}` } })) },
+    }) as AgentTask;
+
+  it('gets its deny on every role IAM lets it write, even when an earlier role keeps failing; the failure names the role', async () => {
+    const iam = new InMemoryIam();
+    const revoker = new Revoker(refusing(iam, 'locked-down'), clockAt(), silentLogger(), noWait);
+    const failed = await revokeTask(revoker, clockAt(), task(['locked-down', ROLE]), undefined).then(() => undefined, (err: unknown) => err as Error);
+    expect(failed?.message).toMatch(/IAM failed for role locked-down/);
+    expect(denies(policyOf(iam), { marker: 'chainwarden-u-1', pruneAfter: T0 + 15 * MIN, since: T0 })).toBe(true);
+  });
+
+  it('when several roles fail, names each of them', async () => {
+    const iam = new InMemoryIam();
+    const revoker = new Revoker(refusing(refusing(iam, 'first-locked'), 'second-locked'), clockAt(), silentLogger(), noWait);
+    const failed = await revokeTask(revoker, clockAt(), task(['first-locked', 'second-locked', ROLE]), undefined).then(() => undefined, (err: unknown) => err as ChainwardenError);
+    expect(failed?.code).toBe('deny_failed');
+    expect(failed?.message).toMatch(/role first-locked.*; .*role second-locked/);
+    expect(denies(policyOf(iam), { marker: 'chainwarden-u-1', pruneAfter: T0 + 15 * MIN, since: T0 })).toBe(true);
+  });
+});
+
+describe('a deny taken over by a new leader', () => {
+  it('is owed since the task was revoked: a cutoff another replica wrote after the revocation already covers it, and no marker is added', async () => {
+    const iam = new InMemoryIam();
+    const revokedAt = T0;
+    const now = T0 + 5 * MIN;
+    // Another replica's collapse: every chainwarden session issued before T0 + 1 min is denied until well after.
+    const bucket = Math.ceil((T0 + 60 * MIN) / 1000 / 600) * 600;
+    const cutoff = {
+      Sid: `ChainwardenCutoff${bucket}`,
+      Effect: 'Deny',
+      Action: '*',
+      Resource: '*',
+      Condition: { StringLike: { 'aws:SourceIdentity': 'chainwarden-*' }, DateLessThan: { 'aws:TokenIssueTime': new Date(T0 + MIN).toISOString() } },
+    };
+    await iam.putRolePolicy(ROLE, REVOCATION_POLICY, JSON.stringify({ Version: '2012-10-17', Statement: [cutoff] }));
+    const before = policyOf(iam);
+    const revoker = new Revoker(iam, clockAt(now), silentLogger(), noWait);
+    revoker.owe(ROLE, { marker: marker(1), pruneAfter: T0 + 30 * MIN, since: revokedAt });
+    await revoker.prune(ROLE);
+    expect(policyOf(iam)).toBe(before);
   });
 });
