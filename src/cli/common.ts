@@ -9,6 +9,7 @@ commands:
   operator [--kubeconfig F] [--namespace NS] [--listen HOST:PORT] [--webhook-listen HOST:PORT] [--tls-cert F --tls-key F [--tls-ca F]]
            [--trust-domain D] [--issuer-url URL] [--broker-url URL] [--webhook-service NS/NAME:PORT | --webhook-url URL]
            [--sidecar-image IMAGE] [--aws-region R] [--sts-endpoint URL] [--iam-endpoint URL] [--aws-gateway-endpoint URL]
+           [--permitted-role-arn GLOB ...]
            [--audit-file F] [--otlp-traces-endpoint URL] [--log-level L] [--journal-writes-per-second N]
            [--watch-namespace NS] [--no-controllers] [--identity NAME] [--leader-elect-lease-duration D]
            [--leader-elect-renew-deadline D] [--leader-elect-retry-period D] [--revocation-prune-interval D]

@@ -2,6 +2,7 @@ import { pino } from 'pino';
 import { ChainwardenError, errorMessage } from '../errors.js';
 import { createLogger, scrubSecrets } from '../log.js';
 import { startOperator } from '../operator/operator.js';
+import { parsePermittedRoleArn } from '../credentials/permitted.js';
 import { parseDuration } from '../api/duration.js';
 import { systemClock } from '../runtime/clock.js';
 import { skewedClock } from '../runtime/faults.js';
@@ -107,6 +108,7 @@ export async function runOperator(args: string[]): Promise<number> {
     'sts-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_STS },
     'iam-endpoint': { type: 'string', default: process.env.AWS_ENDPOINT_URL_IAM },
     'aws-gateway-endpoint': { type: 'string' },
+    'permitted-role-arn': { type: 'string', multiple: true },
     'audit-file': { type: 'string' },
     'otlp-traces-endpoint': { type: 'string' },
     'no-controllers': { type: 'boolean', default: false },
@@ -146,7 +148,13 @@ export async function runOperator(args: string[]): Promise<number> {
     issuerUrl: values['issuer-url'],
     podBrokerUrl: values['broker-url'],
     sidecarImage: values['sidecar-image'],
-    aws: { region: values['aws-region'] ?? 'us-east-1', stsEndpoint: values['sts-endpoint'], iamEndpoint: values['iam-endpoint'], gatewayEndpoint: values['aws-gateway-endpoint'] },
+    aws: {
+      region: values['aws-region'] ?? 'us-east-1',
+      stsEndpoint: values['sts-endpoint'],
+      iamEndpoint: values['iam-endpoint'],
+      gatewayEndpoint: values['aws-gateway-endpoint'],
+      permittedRoleArns: (values['permitted-role-arn'] ?? []).map(parsePermittedRoleArn),
+    },
     auditFile: values['audit-file'],
     tracing: tracingOption(values['otlp-traces-endpoint']),
     controllers: !values['no-controllers'],

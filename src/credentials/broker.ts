@@ -9,6 +9,7 @@ import type { SvidIssuer } from '../identity/svid.js';
 import type { TaskClient, TaskStatusWriter } from '../kube/tasks.js';
 import type { Logger } from '../log.js';
 import { globMatches } from '../policy/glob.js';
+import type { PermittedRoles } from './permitted.js';
 import type { Clock } from '../runtime/clock.js';
 import { AWS_RETRY_BASE_MS, planCredentialDuration, planAwsRetry, roleSessionName, sessionTags, sourceIdentityFor, TRANSITIVE_TAG_KEYS } from './plan.js';
 import { StsError, type AwsSession, type StsPort } from './sts.js';
@@ -37,6 +38,8 @@ export interface CredentialBrokerDeps {
   placeholders?: Placeholders;
   /** Jitter for the wait between issuances after STS failed; Math.random by default. */
   random?: () => number;
+  /** The roles the cluster permits each namespace, over what its policy allows; every role by default. */
+  permittedRoles?: PermittedRoles;
 }
 
 /** How long placeholder keys are good for at most: the SDK fetches them again, and a task that ended gets none. */
@@ -161,6 +164,9 @@ export class CredentialBroker {
       const message = policy ? `${credential.aws.roleArn} is no longer allowed by AgentPolicy ${policy.metadata.name ?? ''}` : `AgentPolicy ${task.spec.policyRef.name} does not exist`;
       throw await this.failed(task, new ChainwardenError('role_not_allowed', message));
     }
+    // Admission refuses such a task; this holds for one admitted before the admins narrowed the roles.
+    const permitted = this.deps.permittedRoles;
+    if (permitted && !permitted.permits(namespace, credential.aws.roleArn)) throw await this.failed(task, new ChainwardenError('role_not_allowed', permitted.refusal(namespace, credential.aws.roleArn)));
     const now = this.deps.clock.now();
     const request = {
       roleArn: credential.aws.roleArn,

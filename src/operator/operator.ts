@@ -34,6 +34,7 @@ import { AgentTaskController } from '../controllers/agenttask/controller.js';
 import { DEFAULT_NAMESPACE, endOf, TASK_LABEL } from '../api/task.js';
 import { CredentialBroker } from '../credentials/broker.js';
 import { AwsIamPort } from '../credentials/iam.js';
+import { PermittedRoles } from '../credentials/permitted.js';
 import { roleNameOf, sourceIdentityFor } from '../credentials/plan.js';
 import { outstandingDeny, revokeTask } from '../credentials/revocation.js';
 import { Revoker, type WriteGuard } from '../credentials/revoke.js';
@@ -113,7 +114,15 @@ export interface OperatorOptions {
   journalWritesPerSecond?: number;
   /** Where STS and IAM are, and the operator's own AWS identity (the default chain when absent). */
   /** `gatewayEndpoint`: where the AWS gateway sends every service's calls (a local emulator); each service's regional AWS endpoint when unset. */
-  aws?: { region: string; stsEndpoint?: string; iamEndpoint?: string; gatewayEndpoint?: string; credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
+  aws?: {
+    region: string;
+    stsEndpoint?: string;
+    iamEndpoint?: string;
+    gatewayEndpoint?: string;
+    credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+    /** Globs over the roles tasks of each namespace may name (`{namespace}` stands for it); none: any the policy allows. */
+    permittedRoleArns?: string[];
+  };
 }
 
 export interface RunningOperator {
@@ -273,6 +282,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
 
   const aws = options.aws ?? { region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
   const { sts, iam } = awsPorts(aws);
+  const permittedRoles = new PermittedRoles(aws.permittedRoleArns);
   const revoker = new Revoker(iam, clock, log);
   // A full disk or a lost mount is logged and counted, never fatal; stopping flushes what is buffered.
   const auditFile = options.auditFile ? new AuditFileWriter({ path: options.auditFile, log, metrics, clock }) : undefined;
@@ -318,7 +328,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   // One key for hop ids and placeholder AWS keys, shared by every replica through a Secret.
   const hopKey = await loadHopKey(kc, namespace);
   const placeholders = new Placeholders(hopKey);
-  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal, placeholders });
+  const credentialBroker = new CredentialBroker({ sts, status: brokerStatus, events: client, issuer, policy, clock, log, trustDomain, replica: identity, journal, placeholders, permittedRoles });
   // Whether this replica's watch shows a task ended (or gone) within `timeoutMs`: an end it wrote
   // is answered once it does, since the other replicas' watches are fed alike.
   const endShown = (task: AgentTask, timeoutMs: number) => {
@@ -466,7 +476,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     ...health,
     ...admissionRoutes(
       {
-        validate: [agentTaskPlugin(policies), agentPolicyPlugin(secrets), approvalValidationPlugin({
+        validate: [agentTaskPlugin(policies, permittedRoles), agentPolicyPlugin(secrets), approvalValidationPlugin({
             tasks,
             policies,
             approvals: async (ns) => {

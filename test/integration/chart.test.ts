@@ -142,6 +142,15 @@ describe('Helm chart', () => {
     await expect(renderChart({ journalWritesPerSecond: '0' })).rejects.toThrow(/journalWritesPerSecond/);
   });
 
+  test('passes the roles each namespace may name to the operator, one flag a glob, and refuses a glob that is not over role ARNs', async () => {
+    const args = async (values: Record<string, string> = {}) =>
+      ((await renderChart(values)).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: { args: string[] }[] } } } }).spec.template.spec.containers[0]?.args ?? [];
+    expect((await args()).filter((a) => a.startsWith('--permitted-role-arn'))).toEqual([]);
+    const globs = { 'aws.permittedRoleArns[0]': 'arn:aws:iam::111122223333:role/{namespace}-*', 'aws.permittedRoleArns[1]': 'arn:aws:iam::111122223333:role/shared-reader' };
+    expect((await args(globs)).filter((a) => a.startsWith('--permitted-role-arn'))).toEqual(['--permitted-role-arn=arn:aws:iam::111122223333:role/{namespace}-*', '--permitted-role-arn=arn:aws:iam::111122223333:role/shared-reader']);
+    await expect(renderChart({ 'aws.permittedRoleArns[0]': 'team-a-*' })).rejects.toThrow(/permittedRoleArns/);
+  });
+
   test('reads tenants\' Secrets only where it is told: none by default, named namespaces, or "*"', async () => {
     const secretRules = (objects: Rendered[]) =>
       objects.flatMap((o) => ((o as { rules?: { resources?: string[]; verbs?: string[]; resourceNames?: string[] }[] }).rules ?? []).filter((r) => r.resources?.includes('secrets') && r.verbs?.includes('get') && !r.resourceNames).map(() => `${o.kind}/${o.metadata?.namespace ?? '-'}`));

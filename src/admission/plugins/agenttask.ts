@@ -2,6 +2,7 @@ import { parseDuration } from '../../api/duration.js';
 import { parseAgentTask, type FieldViolation } from '../../api/parse.js';
 import type { AgentPolicy, AgentTask } from '../../api/schema.js';
 import { FINALIZER, POLICY_DEFAULTS } from '../../api/task.js';
+import { PermittedRoles } from '../../credentials/permitted.js';
 import type { ObjectReader } from '../../kube/readers.js';
 import { globMatches } from '../../policy/glob.js';
 import { allow, deny, keepsSpec, parseToJudge, type AdmissionPlugin } from '../review.js';
@@ -85,7 +86,7 @@ export function checkTaskAgainstPolicy(task: AgentTask, policy: AgentPolicy): Fi
 
 
 /** AgentTask must name an existing AgentPolicy in its namespace and stay inside it. */
-export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionPlugin {
+export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>, permitted = new PermittedRoles()): AdmissionPlugin {
   return {
     name: 'agenttask-within-policy',
     resources: ['agenttasks'],
@@ -110,6 +111,9 @@ export function agentTaskPlugin(policies: ObjectReader<AgentPolicy>): AdmissionP
         ]);
       }
       const violations = checkTaskAgainstPolicy(task, policy);
+      (task.spec.credentials ?? []).forEach((cred, i) => {
+        if (!permitted.permits(namespace, cred.aws.roleArn)) violations.push({ field: `spec.credentials[${i}].aws.roleArn`, message: permitted.refusal(namespace, cred.aws.roleArn) });
+      });
       return violations.length > 0 ? deny('AgentTask', violations) : allow();
     },
   };

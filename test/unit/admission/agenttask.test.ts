@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { agentTaskPlugin, checkSessionPolicy, checkTaskAgainstPolicy, taskFinalizerPlugin } from '../../../src/admission/plugins/agenttask.js';
 import type { AdmissionRequest } from '../../../src/admission/review.js';
 import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
+import { parsePermittedRoleArn, PermittedRoles } from '../../../src/credentials/permitted.js';
 
 const policy = (spec: AgentPolicy['spec'] = {}): AgentPolicy => ({ apiVersion: 'chainwarden.io/v1alpha1', kind: 'AgentPolicy', metadata: { name: 'pol' }, spec });
 const task = (spec: Partial<AgentTask['spec']> = {}): AgentTask => ({
@@ -88,5 +89,38 @@ describe('taskFinalizerPlugin', () => {
   it('leaves a task that already carries it, or whose finalizers are malformed (the API server refuses those), as it is', async () => {
     expect(await admit({ name: 't', finalizers: ['chainwarden.io/revoke'] })).toEqual({ allowed: true });
     expect(await admit({ name: 't', finalizers: 'chainwarden.io/revoke' })).toEqual({ allowed: true });
+  });
+});
+
+describe('the roles the cluster permits each namespace (--permitted-role-arn)', () => {
+  const create = (object: AgentTask, namespace: string): AdmissionRequest => ({
+    uid: 'u',
+    kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' },
+    resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' },
+    operation: 'CREATE',
+    namespace,
+    userInfo: { username: 'tenant' },
+    object,
+  });
+  // A tenant's own policy, allowing every role the operator could assume.
+  const policies = { get: () => Promise.resolve(policy({ aws: { allowedRoleArns: ['arn:aws:iam::*:role/*'] } })) };
+  const permitted = new PermittedRoles(['arn:aws:iam::111122223333:role/{namespace}-*']);
+
+  it("refuses a role outside what the cluster permits the task's namespace, naming the field, what is permitted and who sets it", async () => {
+    const verdict = await agentTaskPlugin(policies, permitted).admit(create(task({ credentials: role('arn:aws:iam::111122223333:role/team-b-payments') }), 'team-a'));
+    expect(verdict).toMatchObject({ allowed: false });
+    expect(verdict.allowed ? '' : verdict.message).toMatch(/spec\.credentials\[0\]\.aws\.roleArn: arn:aws:iam::111122223333:role\/team-b-payments is not among the roles this cluster permits tasks of namespace team-a \(arn:aws:iam::111122223333:role\/team-a-\*\).*--permitted-role-arn/);
+  });
+
+  it("admits the namespace's own roles, and without the flag every role its policy allows", async () => {
+    expect(await agentTaskPlugin(policies, permitted).admit(create(task({ credentials: role('arn:aws:iam::111122223333:role/team-a-reader') }), 'team-a'))).toMatchObject({ allowed: true });
+    expect(await agentTaskPlugin(policies).admit(create(task({ credentials: role('arn:aws:iam::111122223333:role/team-b-payments') }), 'team-a'))).toMatchObject({ allowed: true });
+  });
+
+  it('takes only globs over role ARNs, {namespace} their one placeholder', () => {
+    expect(parsePermittedRoleArn('arn:aws:iam::111122223333:role/{namespace}-*')).toBe('arn:aws:iam::111122223333:role/{namespace}-*');
+    for (const bad of ['team-a-*', 'arn:aws:s3:::bucket/*', 'arn:aws:iam::111122223333:role/{name}-*', 'arn:aws:iam::111122223333:user/x']) {
+      expect(() => parsePermittedRoleArn(bad)).toThrow(/--permitted-role-arn takes a glob over IAM role ARNs/);
+    }
   });
 });

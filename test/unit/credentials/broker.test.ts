@@ -3,7 +3,8 @@ import type { AgentPolicy, AgentTask } from '../../../src/api/schema.js';
 import type { AgentPrincipal } from '../../../src/broker/auth.js';
 import { TaskJournal } from '../../../src/audit/journal.js';
 import type { AuditRecord } from '../../../src/audit/record.js';
-import { CredentialBroker } from '../../../src/credentials/broker.js';
+import { CredentialBroker, type CredentialBrokerDeps } from '../../../src/credentials/broker.js';
+import { PermittedRoles } from '../../../src/credentials/permitted.js';
 import { InMemorySts } from '../../../src/credentials/sts.js';
 import { InMemoryKeyStore, KeyRing } from '../../../src/identity/keyring.js';
 import { SvidIssuer } from '../../../src/identity/svid.js';
@@ -31,13 +32,13 @@ function journalOf(writer: TaskClientTwin, cached?: () => AgentTask | undefined,
   return { journal, emitted };
 }
 
-async function setup() {
+async function setup(extra: Partial<CredentialBrokerDeps> = {}) {
   const sts = new InMemorySts(clock.now);
   const writer = new TaskClientTwin(task);
   const ring = new KeyRing(new InMemoryKeyStore(), clock);
   await ring.refresh();
   const { journal, emitted } = journalOf(writer);
-  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal });
+  const broker = new CredentialBroker({ sts, status: writer.statusWriter('broker'), events: writer, issuer: new SvidIssuer(ring, 'https://issuer', clock), policy: () => policy, clock, log: silentLogger(), trustDomain: 'cluster.local', replica: 'r1', journal, ...extra });
   return { sts, writer, broker, journal, emitted, stored: () => writer.task as AgentTask };
 }
 
@@ -89,6 +90,19 @@ describe('CredentialBroker', () => {
     expect(reads).toBe(1);
     expect((writer.task as AgentTask).status?.credentials?.sessions?.map((s) => s.accessKeyId)).toEqual([first.accessKeyId, second.accessKeyId]);
     expect((writer.task as AgentTask).status?.deadline).toBe('2026-11-21T10:29:00Z');
+  });
+
+  it("refuses a role the cluster does not permit the task's namespace, whatever its policy allows: no STS call, and the condition says what is permitted and who sets it", async () => {
+    // The policy allows every role of the account; the cluster permits the namespace only its own.
+    const { sts, broker, stored } = await setup({ permittedRoles: new PermittedRoles(['arn:aws:iam::123456789012:role/{namespace}-*']) });
+    await expect(broker.credentials(who, 'default')).rejects.toMatchObject({ status: 403, code: 'role_not_allowed' });
+    expect(sts.requests).toHaveLength(0);
+    const issued = stored().status?.conditions?.find((c) => c.type === 'CredentialsIssued');
+    expect(issued).toMatchObject({ status: 'False', reason: 'RoleNotAllowed' });
+    expect(issued?.message).toMatch(/arn:aws:iam::123456789012:role\/agent is not among the roles this cluster permits tasks of namespace ns \(arn:aws:iam::123456789012:role\/ns-\*\).*--permitted-role-arn/);
+    // The same task in a namespace whose roles match: issued.
+    const own = await setup({ permittedRoles: new PermittedRoles(['arn:aws:iam::123456789012:role/{namespace}-*', 'arn:aws:iam::123456789012:role/agent']) });
+    await expect(own.broker.credentials(who, 'default')).resolves.toMatchObject({ accessKeyId: expect.any(String) as string });
   });
 
   it('mints one session for concurrent first fetches', async () => {
