@@ -12,13 +12,14 @@ export const TAG_SERVICE_ACCOUNT = 'chainwarden:serviceaccount';
 export const TRANSITIVE_TAG_KEYS = [TAG_TASK, TAG_NAMESPACE, TAG_SERVICE_ACCOUNT];
 
 /**
- * How long a session should last: what the task asked for, else until its deadline; never past
- * the policy's maximum or STS's 12 h, and never under STS's 15 min floor, even when the deadline
- * is closer (revocation at the deadline covers the rest).
+ * How long a session should last: until the task's deadline, or shorter where the task asks;
+ * never past the policy's maximum or STS's 12 h, and never under STS's 15 min floor, even when
+ * the deadline is closer (revocation at the deadline covers the rest). A session asked to outlive
+ * its task would hold, past the deadline, on nothing but the AWS-side deny.
  */
 export function planCredentialDuration(input: { deadline: number; now: number; requested?: string; policyMax?: string; roleMaxSeconds?: number }): number {
   const remaining = Math.floor((input.deadline - input.now) / 1000);
-  let seconds = input.requested ? Math.floor(parseDuration(input.requested) / 1000) : remaining;
+  let seconds = input.requested ? Math.min(Math.floor(parseDuration(input.requested) / 1000), remaining) : remaining;
   if (input.policyMax) seconds = Math.min(seconds, Math.floor(parseDuration(input.policyMax) / 1000));
   seconds = Math.min(seconds, input.roleMaxSeconds ?? STS_MAX_SECONDS, STS_MAX_SECONDS);
   return Math.max(seconds, STS_MIN_SECONDS);

@@ -16,6 +16,8 @@ describe('planCredentialDuration', () => {
     { name: 'never past the policy maximum', deadline: 5 * 60 * MIN, policyMax: '1h', expected: 3600 },
     { name: 'what was asked for', deadline: 60 * MIN, requested: '20m', expected: 1200 },
     { name: 'asked for more than the policy allows', deadline: 600 * MIN, requested: '3h', policyMax: '2h', expected: 7200 },
+    { name: 'asked for more than is left until the deadline: until the deadline', deadline: 40 * MIN, requested: '12h', policyMax: '12h', expected: 40 * 60 },
+    { name: 'asked for more close to the deadline: the STS floor', deadline: 5 * MIN, requested: '1h', expected: 900 },
     { name: 'never past 12 h', deadline: 48 * 60 * MIN, expected: 43_200 },
     { name: 'never past the role maximum', deadline: 48 * 60 * MIN, roleMaxSeconds: 7200, expected: 7200 },
   ])('$name', ({ deadline, requested, policyMax, roleMaxSeconds, expected }) => {
