@@ -34,7 +34,7 @@ import {
 } from './mcp-message.js';
 import { kib, MemoryBudget } from './budget.js';
 import { agentRequestKey, McpSessions, type SentRequest } from './mcp-sessions.js';
-import { downstreamHeaders, endTogether } from './relay.js';
+import { endTogether, keptHeaders } from './relay.js';
 import { eventStreamEditor, sseEvent, sseMessage, type EventSourceMessage } from './sse.js';
 import type { TaskWatch } from './task-watch.js';
 
@@ -86,10 +86,21 @@ const STALLED_EVENT_CHARS = 64 * 1024;
 const PASSED_ON = ['content-type', 'accept', 'mcp-session-id', 'mcp-protocol-version'] as const;
 /** Streamable HTTP's three methods. */
 const METHODS = new Set(['POST', 'GET', 'DELETE']);
-/** Dropped from an answer the gateway rewrites: the length changes. */
-const CONTENT_LENGTH = new Set(['content-length']);
-/** Dropped from an answer passed on without its body. */
-const BODY_HEADERS = new Set(['content-length', 'content-type', 'transfer-encoding']);
+/**
+ * What of a server's answer headers reaches the agent: what MCP's Streamable HTTP transport reads,
+ * and nothing else. Least of all what would act on the agent's side of the sidecar: a Location its
+ * client follows within the sidecar's origin (to the broker endpoints, with the local token), a
+ * Set-Cookie, a WWW-Authenticate that starts its client's OAuth flow.
+ */
+const ANSWER_HEADERS = new Set(['content-type', 'cache-control', 'mcp-session-id', 'mcp-protocol-version']);
+/** Of an answer passed on without its body (a 202): what it says of the session. */
+const BODYLESS_ANSWER_HEADERS = new Set(['mcp-session-id', 'mcp-protocol-version']);
+/**
+ * Of a server's own HTTP error, passed on as it came: its framing, and when to retry. Never its
+ * Mcp-Session-Id: the agent's client takes a session from any answer, the gateway only from a
+ * 2xx, so a session an error began would be refused at the agent's next message.
+ */
+const ERROR_ANSWER_HEADERS = new Set(['content-type', 'content-length', 'cache-control', 'mcp-protocol-version', 'retry-after', 'allow']);
 
 /** What one exchange has come to so far, for the answer if it fails and for the log. */
 interface Exchange {
@@ -437,8 +448,8 @@ export class McpGateway {
   /**
    * The server's answer on its way to the agent. Every event stream (a POST's answer, the GET
    * stream, a resumed one) is re-emitted event by event through the session's book; a 2xx JSON
-   * answer to a request must be a JSON-RPC response to it; anything else (a notification's 202,
-   * the server's own HTTP errors) passes as it came.
+   * answer to a request must be a JSON-RPC response to it; a notification's 202 and the server's
+   * own HTTP errors pass as they came, with only the headers MCP reads; a redirect does not pass.
    */
   private async relay(ex: Exchange, reply: http.IncomingMessage): Promise<void> {
     const status = reply.statusCode ?? 502;
@@ -446,26 +457,31 @@ export class McpGateway {
     if (ex.streaming) return this.relayIntoStream(ex, reply, status, type);
     const ok = status >= 200 && status <= 299;
     if (ok && type === 'text/event-stream') {
-      ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
+      ex.res.writeHead(status, keptHeaders(reply.rawHeaders, ANSWER_HEADERS));
       ex.res.flushHeaders();
       return this.editEvents(ex, reply);
     }
+    // The agent's client would follow it within the sidecar's origin, re-sending the message with the local token: to /v1/tasks/…/complete, say.
+    if (status >= 300 && status <= 399) {
+      discard(reply);
+      throw new McpFailure(upstreamFailure(ex.system, `answered with a redirect (HTTP ${status}), which the chainwarden gateway neither follows nor passes on; if the server has moved, set the system's mcp.url in the AgentPolicy to where it answers now`));
+    }
     // The server's own HTTP errors pass as they came.
-    if (!ok) return passThrough(reply, ex.res, downstreamHeaders(reply.rawHeaders));
+    if (!ok) return passThrough(reply, ex.res, keptHeaders(reply.rawHeaders, ERROR_ANSWER_HEADERS));
     // What asks no answer (a notification, the agent's answer to the server, a GET, a DELETE) gets
     // its status with nothing in it, or an event stream: a client may read any body of a GET as a
     // stream, and nothing the gateway has not checked reaches the agent.
     if (ex.id === null || (type === undefined && (status === 202 || status === 204))) {
-      reply.resume();
-      if (type === undefined || status === 202 || status === 204) return void ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, BODY_HEADERS)).end();
+      discard(reply);
+      if (type === undefined || status === 202 || status === 204) return void ex.res.writeHead(status, keptHeaders(reply.rawHeaders, BODYLESS_ANSWER_HEADERS)).end();
       throw new McpFailure(upstreamFailure(ex.system, `answered a message that asks for no answer with HTTP ${status}${type ? ` (${type})` : ''}, not 202 or an event stream`));
     }
     if (type !== 'application/json') {
-      reply.resume();
+      discard(reply);
       throw new McpFailure(upstreamFailure(ex.system, `answered with ${type ?? 'no content type'}, not application/json or text/event-stream: it does not speak MCP's Streamable HTTP there`));
     }
     const json = await this.checkedJson(ex, reply);
-    ex.res.writeHead(status, downstreamHeaders(reply.rawHeaders, CONTENT_LENGTH));
+    ex.res.writeHead(status, keptHeaders(reply.rawHeaders, ANSWER_HEADERS));
     // Counted until the agent has taken it: an agent that does not read holds it here.
     await written(ex.res, json);
   }
@@ -474,7 +490,7 @@ export class McpGateway {
   private async relayIntoStream(ex: Exchange, reply: http.IncomingMessage, status: number, type: string | undefined): Promise<void> {
     if (status === 200 && type === 'application/json') return written(ex.res, sseEvent({ event: 'message', data: await this.checkedJson(ex, reply) }));
     if (status === 200 && type === 'text/event-stream') return this.editEvents(ex, reply);
-    reply.resume();
+    discard(reply);
     throw new McpFailure(upstreamFailure(ex.system, `answered the approved call with HTTP ${status}${type ? ` (${type})` : ''}`));
   }
 
@@ -612,7 +628,19 @@ async function pause(ms: number, signal: AbortSignal): Promise<void> {
   if (ms > 0) await sleep(ms, undefined, { signal }).catch(() => undefined);
 }
 
-/** The server's answer as it came. */
+/**
+ * A server's answer whose body nothing reads. One that has arrived whole is read and dropped, so
+ * the connection serves the next message; one still arriving is cut off, since a body that never
+ * ends would otherwise be read on after the exchange is over, past the end of the task.
+ */
+function discard(reply: http.IncomingMessage): void {
+  // A body of no bytes is not yet `complete` when its answer's head is handed on: Node ends it just after.
+  const empty = reply.headers['content-length'] === '0' || reply.statusCode === 204 || reply.statusCode === 304;
+  if (reply.complete || empty) reply.resume();
+  else reply.destroy();
+}
+
+/** The server's answer as it came, with `headers`. */
 function passThrough(reply: http.IncomingMessage, res: http.ServerResponse, headers: string[]): Promise<void> {
   res.writeHead(reply.statusCode ?? 502, headers);
   return new Promise((resolve) => {

@@ -37,6 +37,16 @@ export function downstreamHeaders(raw: string[], drop?: ReadonlySet<string>): st
   return out;
 }
 
+/** An upstream's answer headers as the client gets them: only those named in `keep` (lowercase), none about the upstream connection. */
+export function keptHeaders(raw: string[], keep: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] ?? '').toLowerCase();
+    if (keep.has(name) && !HOP_BY_HOP.has(name)) out.push(raw[i] ?? '', raw[i + 1] ?? '');
+  }
+  return out;
+}
+
 /**
  * Once an answer has begun there is no one to tell: a broken stream on either side ends both.
  * `done` is called once the answer is complete or broken off. Listeners rather than pipeline():
