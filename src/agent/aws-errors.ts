@@ -60,6 +60,7 @@ const AWS_FACES: Record<string, { status: number; code: string }> = {
   aws_auth_unsupported: { status: 403, code: 'AccessDenied' },
   aws_request_invalid: { status: 400, code: 'InvalidRequest' },
   aws_headers_too_large: { status: 400, code: 'RequestHeaderSectionTooLarge' },
+  aws_request_timeout: { status: 400, code: 'RequestTimeout' },
   body_too_large: { status: 413, code: 'RequestEntityTooLarge' },
   // The broker's.
   aws_signature_mismatch: { status: 403, code: 'SignatureDoesNotMatch' },

@@ -13,7 +13,7 @@ import { kib, MemoryBudget } from './budget.js';
 import { awsErrorOf, awsErrorOfRefusal, protocolOf, renderAwsError, type AwsError, type AwsProtocol } from './aws-errors.js';
 import { planAwsRequest, tooLarge, unboundBody, type AwsRequestPlan } from './aws-request.js';
 import type { BrokerClient } from './broker-client.js';
-import { checkLoopbackCaller } from './loopback.js';
+import { awsListenerTimeouts, checkLoopbackCaller, closeWhenBodyStalls, type CallerBounds } from './loopback.js';
 import { checkedBrokerHeaders, downstreamHeaders, endTogether } from './relay.js';
 import type { TaskWatch } from './task-watch.js';
 import type { UnboundUploads } from './unbound-uploads.js';
@@ -125,6 +125,8 @@ export interface AwsGatewayOptions {
   uploads?: Pick<UnboundUploads, 'mark' | 'check' | 'track'>;
   /** The request bodies held at once, in bytes (32 MiB). */
   maxHeldBytes?: number;
+  /** How long a caller may take over its headers, and a body may send nothing; production's unless told. */
+  callerBounds?: Pick<CallerBounds, 'headersMs' | 'bodyIdleMs'>;
 }
 
 /**
@@ -145,9 +147,9 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     const sign: AwsSignRequest = { ...plan.sign, payloadHash: plan.sign.payloadHash ?? '' };
     if (plan.body.kind === 'buffer') {
       const held = plan.body;
-      exchange.hold(Math.min(declaredLength(req) ?? held.maxBytes, held.maxBytes));
+      exchange.checkRoom(Math.min(declaredLength(req) ?? 0, held.maxBytes));
       exchange.continueBody();
-      body = await readBoundedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form));
+      body = await readCountedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form), (bytes) => exchange.hold(bytes));
       Object.assign(sign, heldPayload(body, held));
     }
     // Without a count in its answer (a broker of an earlier version), what answers had said when it was asked.
@@ -169,6 +171,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
 
   const bodies = new MemoryBudget(options.maxHeldBytes ?? MAX_HELD_BYTES);
   const respond = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
+    closeWhenBodyStalls(req, options.callerBounds, options.log);
     const exchange = new Exchange(res, expectsContinue, bodies);
     handle(req, res, exchange).finally(() => exchange.release()).catch((err: unknown) => {
       const aws = err instanceof AwsRefusal ? err.aws : err instanceof ChainwardenError ? awsErrorOf(err.code, err.message, err.status, exchange.hopId) : undefined;
@@ -190,7 +193,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
     });
   };
 
-  const server = http.createServer({ maxHeaderSize: 64 * 1024, requestTimeout: 0 }, (req, res) => respond(req, res, false));
+  const server = http.createServer({ maxHeaderSize: 64 * 1024, ...awsListenerTimeouts(options.callerBounds) }, (req, res) => respond(req, res, false));
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => respond(req, res, true));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => rejectUnparsable(err, socket));
   return {
@@ -206,7 +209,8 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
  * The request bodies held at once (non-S3 bodies are read whole, to be hashed and shown to the
  * broker): bounded in all, so that an agent sending many large calls at once is asked to retry
  * rather than have the sidecar outgrow its memory limit and restart. Two of the largest bodies
- * fit, or many ordinary ones.
+ * fit, or many ordinary ones. A body counts as it arrives, not by the length it declares: two
+ * requests that declare 16 MiB and send nothing hold nothing.
  */
 const MAX_HELD_BYTES = 32 * 1024 * 1024;
 
@@ -229,12 +233,19 @@ class Exchange {
     private readonly bodies: MemoryBudget,
   ) {}
 
-  /** Counts the body this request is about to hold, or refuses it when the sidecar holds enough. */
+  /** Refuses a body of `bytes` that would not fit in what the sidecar holds now, before it is asked for. Counts nothing. */
+  checkRoom(bytes: number): void {
+    if (this.bodies.held + bytes > this.bodies.max) throw this.bodiesHeld();
+  }
+
+  /** Counts `bytes` more of the body as they arrive, or refuses the request when the sidecar holds enough. */
   hold(bytes: number): void {
-    if (!this.bodies.tryTake(bytes)) {
-      throw new ChainwardenError('bodies_held', `the chainwarden gateway holds ${kib(this.bodies.held)} KiB of request bodies already, its bound being ${kib(this.bodies.max)} KiB; retry, or send fewer large calls at once`);
-    }
+    if (!this.bodies.tryTake(bytes)) throw this.bodiesHeld();
     this.held += bytes;
+  }
+
+  private bodiesHeld(): ChainwardenError {
+    return new ChainwardenError('bodies_held', `the chainwarden gateway holds ${kib(this.bodies.held)} KiB of request bodies already, its bound being ${kib(this.bodies.max)} KiB; retry, or send fewer large calls at once`);
   }
 
   /** The request is done with its body. */
@@ -248,6 +259,40 @@ class Exchange {
     if (this.expectsContinue && !this.continued) this.res.writeContinue();
     this.continued = true;
   }
+}
+
+/**
+ * The whole body, up to `maxBytes`, each part given to `count` as it arrives (which throws to
+ * refuse it). As `readBoundedBody`: a refusal leaves the request alive, for the caller to answer
+ * and drain, and a request closed before its body ended rejects.
+ */
+function readCountedBody(req: http.IncomingMessage, maxBytes: number, tooLarge: () => Error, count: (bytes: number) => void): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = () => req.off('data', onData).off('end', onEnd).off('error', stop).off('close', onClose);
+    const stop = (err: Error) => {
+      done();
+      req.pause();
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) return stop(tooLarge());
+      try {
+        count(chunk.length);
+      } catch (err) {
+        return stop(err as Error);
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      done();
+      resolve(Buffer.concat(chunks));
+    };
+    const onClose = () => stop(new Error('the request was closed before its body ended'));
+    req.on('data', onData).on('end', onEnd).on('error', stop).on('close', onClose);
+  });
 }
 
 /** What the broker is told of a body held here: its hash (which must be the one the SDK claims, if it claims one) and a form. */
@@ -388,13 +433,19 @@ export function withoutSession(body: Buffer, encoding: string | undefined, answe
 
 /**
  * A request Node could not parse never reaches a handler: headers past Node's limit, or not
- * HTTP at all. It is still answered as AWS would, in REST-XML (the protocol cannot be known).
+ * HTTP at all, or headers that did not arrive within the bound. It is still answered as AWS
+ * would, in REST-XML (the protocol cannot be known).
  */
 function rejectUnparsable(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy();
-  const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
-  const error = tooLarge ? awsErrorOf('aws_headers_too_large', 'the request\'s headers are larger than the chainwarden gateway takes') : awsErrorOf('aws_request_invalid', 'the request is not HTTP the chainwarden gateway can read');
+  const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const error = timedOut
+    ? awsErrorOf('aws_request_timeout', 'the request\'s headers did not arrive in time; the chainwarden gateway closed the connection')
+    : err.code === 'HPE_HEADER_OVERFLOW'
+      ? awsErrorOf('aws_headers_too_large', 'the request\'s headers are larger than the chainwarden gateway takes')
+      : awsErrorOf('aws_request_invalid', 'the request is not HTTP the chainwarden gateway can read');
   const out = renderAwsError('rest-xml', error);
   const head = [`HTTP/1.1 ${out.status} ${http.STATUS_CODES[out.status] ?? ''}`, ...Object.entries(out.headers).map(([k, v]) => `${k}: ${v}`), `content-length: ${Buffer.byteLength(out.body)}`, 'connection: close'];
-  socket.end(`${head.join('\r\n')}\r\n\r\n${out.body}`);
+  // A caller that sent nothing in time gives its connection back even if it never closes its side.
+  socket.end(`${head.join('\r\n')}\r\n\r\n${out.body}`, timedOut ? () => socket.destroy() : undefined);
 }

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { readBody, sendError, sendJson } from '../server/http.js';
 import { brokerAwsSigner, createAwsGateway } from './aws-gateway.js';
 import { BrokerClient, sameSecret } from './broker-client.js';
-import { assertLoopbackListen, checkLoopbackCaller, closeServer, httpUrl, listenOn, type ListenAddress } from './loopback.js';
+import { assertLoopbackListen, checkLoopbackCaller, closeServer, httpUrl, listenOn, mainListenerTimeouts, type CallerBounds, type ListenAddress } from './loopback.js';
 import { brokerMcpForwarder } from './mcp-forwarder.js';
 import { McpGateway, type McpGatewayOptions } from './mcp-gateway.js';
 import { brokerTaskProbe, TaskWatch, type TaskWatchOptions } from './task-watch.js';
@@ -36,6 +36,8 @@ export interface AgentProxyOptions {
   watch?: Pick<TaskWatchOptions, 'startAfterMs' | 'waitSeconds' | 'staleAfterMs' | 'retryMs'>;
   /** How many connections each listener keeps open at once (256); one past it is closed at once. */
   maxConnections?: number;
+  /** How long a caller may take over a request on either listener while sending nothing; production's unless told. */
+  callerBounds?: CallerBounds;
   log: Logger;
 }
 
@@ -192,8 +194,8 @@ export async function startAgentProxy(options: AgentProxyOptions): Promise<Runni
   let port = options.listen.port;
   let awsPort = options.awsListen?.port ?? 0;
   const mcp = new McpGateway({ forwarder: brokerMcpForwarder(broker), log: options.log, watch, ...options.mcp });
-  const server = http.createServer(brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
-  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch, uploads }) : undefined;
+  const server = http.createServer(mainListenerTimeouts(options.callerBounds), brokerProxy({ broker, mcp, localTokenFile: options.localTokenFile, localToken: () => localToken, port: () => port, log: options.log }));
+  const aws = options.awsListen ? createAwsGateway({ signer: brokerAwsSigner(broker), port: () => awsPort, log: options.log, watch, uploads, callerBounds: options.callerBounds }) : undefined;
   // Each connection holds what is written to it until the caller reads it (in the sidecar, or in
   // the kernel's buffers, charged to its container): a bound on connections bounds that too.
   for (const listener of [server, aws?.server]) if (listener) listener.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;

@@ -154,3 +154,59 @@ describe('connections an agent may hold open', () => {
   });
 });
 
+
+describe('callers that hold a connection and send nothing', () => {
+  /** A connection that sends `what` and then nothing; when the sidecar closed it, counted from its opening. */
+  const idle = (port: number, what: string): Promise<number> =>
+    new Promise((resolve) => {
+      const opened = Date.now();
+      const socket = net.connect(port, '127.0.0.1', () => socket.write(what));
+      socket.on('data', () => undefined);
+      socket.on('error', () => undefined);
+      socket.on('close', () => resolve(Date.now() - opened));
+    });
+
+  it('each listener closes a connection that sends nothing, or half its headers, within its bound; the places they held are free again', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'proxy-idle-'));
+    await writeFile(path.join(dir, 'pod-token'), 'the-pod-token');
+    const sidecar = await startAgentProxy({
+      brokerUrl: 'https://127.0.0.1:1',
+      caPem: '',
+      tokenFile: path.join(dir, 'pod-token'),
+      localTokenFile: path.join(dir, 'local'),
+      listen: { host: '127.0.0.1', port: 0 },
+      awsListen: { host: '127.0.0.1', port: 0 },
+      maxConnections: 4,
+      callerBounds: { headersMs: 150, requestMs: 300, bodyIdleMs: 150 },
+      log: silentLogger(),
+    });
+    try {
+      for (const url of [sidecar.url, sidecar.awsUrl ?? '']) {
+        const port = Number(new URL(url).port);
+        // Every place the listener has, held by callers that send nothing or stop inside their headers.
+        const closed = await Promise.all(['', '', 'PUT /bucket/key HTTP/1.1\r\n', `PUT /bucket/key HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Le`].map((what) => idle(port, what)));
+        for (const afterMs of closed) expect(afterMs).toBeGreaterThanOrEqual(140);
+        for (const afterMs of closed) expect(afterMs).toBeLessThan(800);
+        const answer = await fetch(`${url}/healthz`);
+        expect(answer.status).toBeLessThan(500);
+      }
+    } finally {
+      await sidecar.close();
+    }
+  });
+
+  it('the main listener closes a connection whose request does not arrive whole within its bound', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'proxy-idle-'));
+    await writeFile(path.join(dir, 'pod-token'), 'the-pod-token');
+    const sidecar = await startAgentProxy({ brokerUrl: 'https://127.0.0.1:1', caPem: '', tokenFile: path.join(dir, 'pod-token'), localTokenFile: path.join(dir, 'local'), listen: { host: '127.0.0.1', port: 0 }, callerBounds: { headersMs: 150, requestMs: 300 }, log: silentLogger() });
+    try {
+      const port = Number(new URL(sidecar.url).port);
+      const token = await ensureLocalToken(path.join(dir, 'local'));
+      const closedAfter = await idle(port, `POST /v1/hops HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: ${token}\r\nContent-Length: 100\r\n\r\n{"tool":`);
+      expect(closedAfter).toBeGreaterThanOrEqual(290);
+      expect(closedAfter).toBeLessThan(900);
+    } finally {
+      await sidecar.close();
+    }
+  });
+});
