@@ -149,7 +149,7 @@ export function createAwsGateway(options: AwsGatewayOptions): { server: http.Ser
       const held = plan.body;
       exchange.checkRoom(Math.min(declaredLength(req) ?? 0, held.maxBytes));
       exchange.continueBody();
-      body = await readCountedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form), (bytes) => exchange.hold(bytes));
+      body = await readBoundedBody(req, held.maxBytes, () => tooLarge(held.maxBytes, held.form), (bytes) => exchange.hold(bytes));
       Object.assign(sign, heldPayload(body, held));
     }
     // Without a count in its answer (a broker of an earlier version), what answers had said when it was asked.
@@ -259,40 +259,6 @@ class Exchange {
     if (this.expectsContinue && !this.continued) this.res.writeContinue();
     this.continued = true;
   }
-}
-
-/**
- * The whole body, up to `maxBytes`, each part given to `count` as it arrives (which throws to
- * refuse it). As `readBoundedBody`: a refusal leaves the request alive, for the caller to answer
- * and drain, and a request closed before its body ended rejects.
- */
-function readCountedBody(req: http.IncomingMessage, maxBytes: number, tooLarge: () => Error, count: (bytes: number) => void): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = () => req.off('data', onData).off('end', onEnd).off('error', stop).off('close', onClose);
-    const stop = (err: Error) => {
-      done();
-      req.pause();
-      reject(err);
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > maxBytes) return stop(tooLarge());
-      try {
-        count(chunk.length);
-      } catch (err) {
-        return stop(err as Error);
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = () => {
-      done();
-      resolve(Buffer.concat(chunks));
-    };
-    const onClose = () => stop(new Error('the request was closed before its body ended'));
-    req.on('data', onData).on('end', onEnd).on('error', stop).on('close', onClose);
-  });
 }
 
 /** What the broker is told of a body held here: its hash (which must be the one the SDK claims, if it claims one) and a form. */

@@ -27,9 +27,10 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
  * `tooLarge()` but leaves the stream alive: the caller answers (a 413) and drains the rest, so the
  * client reads the refusal and its keep-alive connection stays usable (`readBody` above destroys
  * the request instead). A stream closed before its body ended rejects. Listeners, not an async iterator: every hop reads a body,
- * and an iterator's promises and stream plumbing cost more than the body does.
+ * and an iterator's promises and stream plumbing cost more than the body does. `count`, when
+ * given, is told each part's size as it arrives, and refuses the body by throwing.
  */
-export function readBoundedBody(req: Readable, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
+export function readBoundedBody(req: Readable, maxBytes: number, tooLarge: () => Error, count?: (bytes: number) => void): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -42,6 +43,13 @@ export function readBoundedBody(req: Readable, maxBytes: number, tooLarge: () =>
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > maxBytes) return stop(tooLarge());
+      if (count) {
+        try {
+          count(chunk.length);
+        } catch (err) {
+          return stop(err instanceof Error ? err : new Error(String(err)));
+        }
+      }
       chunks.push(chunk);
     };
     const onEnd = () => {

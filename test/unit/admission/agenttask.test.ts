@@ -12,6 +12,17 @@ const task = (spec: Partial<AgentTask['spec']> = {}): AgentTask => ({
   spec: { serviceAccountName: 'sa', policyRef: { name: 'pol' }, ttl: '30m', ...spec },
 });
 const role = (arn: string, extra: object = {}) => [{ name: 'default', aws: { roleArn: arn, ...extra } }];
+/** The review the API server sends for a task written by a tenant: a create, or an update from `oldObject`. */
+const review = (object: AgentTask, namespace: string, oldObject?: AgentTask): AdmissionRequest => ({
+  uid: 'u',
+  kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' },
+  resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' },
+  operation: oldObject ? 'UPDATE' : 'CREATE',
+  namespace,
+  userInfo: { username: 'alice' },
+  object,
+  oldObject,
+});
 
 describe('checkTaskAgainstPolicy', () => {
   it.each([
@@ -37,25 +48,15 @@ describe('checkTaskAgainstPolicy', () => {
 describe('agentTaskPlugin', () => {
   it('refuses a spec change to a task being deleted, which its finalizers keep bound; its finalizers may still go', async () => {
     const policies = { get: () => Promise.resolve(policy({ aws: { allowedRoleArns: ['arn:aws:iam::1:role/a'] } })) };
-    const review = (object: AgentTask, oldObject: AgentTask): AdmissionRequest => ({
-      uid: 'u',
-      kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' },
-      resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' },
-      operation: 'UPDATE',
-      namespace: 'support',
-      userInfo: { username: 'alice' },
-      object,
-      oldObject,
-    });
     const held = task({ credentials: role('arn:aws:iam::1:role/a') });
     held.metadata = { ...held.metadata, deletionTimestamp: '2026-01-01T00:00:00Z', finalizers: ['chainwarden.io/revoke'] };
     const edited = structuredClone(held);
     edited.spec.credentials = role('arn:aws:iam::1:role/admin');
-    const verdict = await agentTaskPlugin(policies).admit(review(edited, held));
+    const verdict = await agentTaskPlugin(policies).admit(review(edited, 'support', held));
     expect(verdict).toMatchObject({ allowed: false, message: expect.stringMatching(/spec: AgentTask t is being deleted and keeps its spec until it is gone/) as string });
     const released = structuredClone(held);
     released.metadata.finalizers = [];
-    expect(await agentTaskPlugin(policies as never).admit(review(released, held))).toMatchObject({ allowed: true });
+    expect(await agentTaskPlugin(policies as never).admit(review(released, 'support', held))).toMatchObject({ allowed: true });
   });
 });
 
@@ -93,28 +94,19 @@ describe('taskFinalizerPlugin', () => {
 });
 
 describe('the roles the cluster permits each namespace (--permitted-role-arn)', () => {
-  const create = (object: AgentTask, namespace: string): AdmissionRequest => ({
-    uid: 'u',
-    kind: { group: 'chainwarden.io', version: 'v1alpha1', kind: 'AgentTask' },
-    resource: { group: 'chainwarden.io', version: 'v1alpha1', resource: 'agenttasks' },
-    operation: 'CREATE',
-    namespace,
-    userInfo: { username: 'tenant' },
-    object,
-  });
   // A tenant's own policy, allowing every role the operator could assume.
   const policies = { get: () => Promise.resolve(policy({ aws: { allowedRoleArns: ['arn:aws:iam::*:role/*'] } })) };
   const permitted = new PermittedRoles(['arn:aws:iam::111122223333:role/{namespace}-*']);
 
   it("refuses a role outside what the cluster permits the task's namespace, naming the field, what is permitted and who sets it", async () => {
-    const verdict = await agentTaskPlugin(policies, permitted).admit(create(task({ credentials: role('arn:aws:iam::111122223333:role/team-b-payments') }), 'team-a'));
+    const verdict = await agentTaskPlugin(policies, permitted).admit(review(task({ credentials: role('arn:aws:iam::111122223333:role/team-b-payments') }), 'team-a'));
     expect(verdict).toMatchObject({ allowed: false });
     expect(verdict.allowed ? '' : verdict.message).toMatch(/spec\.credentials\[0\]\.aws\.roleArn: arn:aws:iam::111122223333:role\/team-b-payments is not among the roles this cluster permits tasks of namespace team-a \(arn:aws:iam::111122223333:role\/team-a-\*\).*--permitted-role-arn/);
   });
 
   it("admits the namespace's own roles, and without the flag every role its policy allows", async () => {
-    expect(await agentTaskPlugin(policies, permitted).admit(create(task({ credentials: role('arn:aws:iam::111122223333:role/team-a-reader') }), 'team-a'))).toMatchObject({ allowed: true });
-    expect(await agentTaskPlugin(policies).admit(create(task({ credentials: role('arn:aws:iam::111122223333:role/team-b-payments') }), 'team-a'))).toMatchObject({ allowed: true });
+    expect(await agentTaskPlugin(policies, permitted).admit(review(task({ credentials: role('arn:aws:iam::111122223333:role/team-a-reader') }), 'team-a'))).toMatchObject({ allowed: true });
+    expect(await agentTaskPlugin(policies).admit(review(task({ credentials: role('arn:aws:iam::111122223333:role/team-b-payments') }), 'team-a'))).toMatchObject({ allowed: true });
   });
 
   it('takes only globs over role ARNs, {namespace} their one placeholder', () => {
